@@ -1,0 +1,60 @@
+"""Errors a restore can raise: each renders as one line naming file and byte offset."""
+
+from __future__ import annotations
+
+
+class WalError(Exception):
+    """A data error in a WAL directory, a snapshot or a restore target.
+
+    ``str(err)`` is one line: ``<file>: offset <n>: seq <s>: <what>`` (parts
+    that do not apply are left out).
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        file: str | None = None,
+        offset: int | None = None,
+        seq: int | None = None,
+    ) -> None:
+        self.what = what
+        self.file = file
+        self.offset = offset
+        self.seq = seq
+        super().__init__(self._line())
+
+    def _line(self) -> str:
+        parts = []
+        if self.file is not None:
+            parts.append(str(self.file))
+        if self.offset is not None:
+            parts.append(f"offset {self.offset}")
+        if self.seq is not None:
+            parts.append(f"seq {self.seq}")
+        parts.append(self.what)
+        return ": ".join(parts)
+
+
+class CorruptRecordError(WalError):
+    """A payload that does not decode, before the stop point."""
+
+
+class BadSegmentError(WalError):
+    """A ``wal-*.log`` file with the wrong magic or version, needed by the restore."""
+
+
+class DimensionMismatchError(WalError):
+    """An applied record whose vector length differs from the index dimension."""
+
+
+class IncompleteHistoryError(WalError):
+    """The log does not start at sequence number 0 and no base covers the gap."""
+
+
+class TargetNotFoundError(WalError):
+    """A sequence-number target that no record carries."""
+
+
+class BackendUnavailableError(WalError):
+    """The requested executor cannot run here (e.g. ``cuda`` without a GPU)."""
