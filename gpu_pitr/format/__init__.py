@@ -1,0 +1,1 @@
+"""WAL format: layout, codec, writer, reader, framing and the shared payload parser."""
