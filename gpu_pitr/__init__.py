@@ -9,7 +9,7 @@ __all__ = ["restore", "RestoredIndex", "__version__"]
 def __getattr__(name: str):
     # Lazy: importing gpu_pitr must not compile Numba code or touch a GPU.
     if name == "restore":
-        from gpu_pitr.restore import restore
+        from gpu_pitr.pipeline import restore
 
         return restore
     if name == "RestoredIndex":

@@ -1,0 +1,107 @@
+"""The CPU executor: Numba ``njit`` loops over the shared payload parser.
+
+Decode runs in parallel over records (``prange``); last-writer-wins is the
+host map of ``gpu_pitr.resolve.hostmap`` applied in apply order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from gpu_pitr.format.layout import BATCH, RECORD_HEADER_SIZE
+from gpu_pitr.format.payload import MAX_BATCH_DEPTH, OK, decode_record, parse_payload
+from gpu_pitr.index import RestoredIndex
+from gpu_pitr.resolve.hostmap import HostMap, fill_counters
+from gpu_pitr.resolve.idsort import sorted_id_order
+
+_BLOCK = 1024
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _decode_records(
+    buf, first, n, off, length, status, kind, ts, aux, nent, stop,
+    e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
+):
+    n_blocks = (n - first + _BLOCK - 1) // _BLOCK
+    for b in prange(n_blocks):
+        stack = np.empty(MAX_BATCH_DEPTH, np.int64)
+        for i in range(first + b * _BLOCK, min(n, first + (b + 1) * _BLOCK)):
+            start = off[i] + RECORD_HEADER_SIZE
+            decode_record(
+                buf, start, start + length[i], i, stack,
+                status, kind, ts, aux, nent, stop,
+                e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
+            )
+
+
+@njit(cache=True, nogil=True)
+def _decode_batches(
+    buf, batches, off, length, efirst,
+    e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
+):
+    stack = np.empty(MAX_BATCH_DEPTH, np.int64)
+    for j in range(len(batches)):
+        i = batches[j]
+        start = off[i] + RECORD_HEADER_SIZE
+        parse_payload(
+            buf, start, start + length[i], stack, True, efirst[i],
+            e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
+        )
+
+
+def entry_slots(cols, first: int, n: int) -> np.ndarray:
+    """Assign entry slots: record i's own slot, batches after the records.
+
+    Returns the indices of the batch records that still need their entries
+    written (``efirst`` is set for every record of ``first..n-1``).
+    """
+    kind = cols.kind[first:n]
+    is_batch = (kind == BATCH) & (cols.status[first:n] == OK)
+    cols.efirst[first:n] = np.arange(first, n)
+    batches = np.flatnonzero(is_batch) + first
+    if len(batches):
+        counts = cols.nent[batches]
+        starts = n + np.concatenate(([0], np.cumsum(counts)[:-1]))
+        cols.ensure_entries(n + int(counts.sum()))
+        cols.efirst[batches] = starts
+    else:
+        cols.ensure_entries(n)
+    return batches
+
+
+class CpuExecutor:
+    """Decode and apply on the host; the restored index lives in NumPy arrays."""
+
+    name = "cpu"
+
+    def __init__(self, total_bytes: int) -> None:
+        self.map = HostMap(total_bytes)
+
+    def decode(self, buf: np.ndarray, cols, first: int, n: int) -> None:
+        """Decode records ``first..n-1`` of ``buf`` (framed in ``cols``)."""
+        cols.ensure_entries(n)
+        _decode_records(
+            buf, first, n, cols.off, cols.length, cols.status, cols.kind, cols.ts,
+            cols.aux, cols.nent, cols.stop,
+            cols.e_op, cols.e_id_off, cols.e_id_len, cols.e_vec_off, cols.e_dim,
+            cols.e_meta_off, cols.e_meta_len, cols.e_key,
+        )
+        batches = entry_slots(cols, first, n)
+        if len(batches):
+            _decode_batches(
+                buf, batches, cols.off, cols.length, cols.efirst,
+                cols.e_op, cols.e_id_off, cols.e_id_len, cols.e_vec_off, cols.e_dim,
+                cols.e_meta_off, cols.e_meta_len, cols.e_key,
+            )
+
+    def apply(self, buf: np.ndarray, cols, order: np.ndarray, on_dim_mismatch) -> None:
+        self.map.apply(buf, order, cols, on_dim_mismatch)
+
+    def finish(self, report) -> RestoredIndex:
+        """Sort by id, compact the rows in place and hand over the index."""
+        m = self.map
+        vectors, live = m.compact_sorted(sorted_id_order)
+        fill_counters(report, m.counters, len(live), m.dim)
+        return RestoredIndex(m.ids, m.row_id_off[live], m.row_id_len[live], vectors,
+                             m.meta, m.row_meta_off[live], m.row_meta_len[live], report)

@@ -1,0 +1,70 @@
+"""Columnar tables of one chunk: records (framing + decode) and data entries.
+
+Both executors fill the same columns; a record's entries are at ``efirst[i]``
+.. ``efirst[i] + nent[i] - 1`` (slot ``i`` itself for a non-batch record, slots
+after the records for a batch's flattened entries).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RECORD_COLUMNS = {
+    "off": np.int64,  # buffer offset of the record header
+    "length": np.int64,  # payload length
+    "seq": np.uint64,
+    "seg": np.int64,  # segment index in log order
+    "foff": np.int64,  # file offset of the record header
+    "status": np.uint8,
+    "kind": np.int64,
+    "ts": np.uint64,
+    "aux": np.uint64,
+    "nent": np.int64,
+    "stop": np.int64,
+    "efirst": np.int64,
+}
+
+ENTRY_COLUMNS = {
+    "e_op": np.int64,
+    "e_id_off": np.int64,
+    "e_id_len": np.int64,
+    "e_vec_off": np.int64,
+    "e_dim": np.int64,
+    "e_meta_off": np.int64,
+    "e_meta_len": np.int64,
+    "e_key": np.uint64,
+}
+
+
+class ChunkColumns:
+    """Reusable record and entry columns, grown only when a chunk needs more."""
+
+    def __init__(self, records: int, entries: int | None = None) -> None:
+        self.record_capacity = 0
+        self.entry_capacity = 0
+        self.ensure_records(records)
+        self.ensure_entries(entries if entries is not None else records)
+
+    def ensure_records(self, n: int) -> None:
+        if n <= self.record_capacity:
+            return
+        n = max(n, self.record_capacity + self.record_capacity // 2)
+        for name, dt in RECORD_COLUMNS.items():
+            old = getattr(self, name, None)
+            new = np.zeros(n, dt)
+            if old is not None:
+                new[: len(old)] = old
+            setattr(self, name, new)
+        self.record_capacity = n
+
+    def ensure_entries(self, n: int) -> None:
+        if n <= self.entry_capacity:
+            return
+        n = max(n, self.entry_capacity + self.entry_capacity // 2)
+        for name, dt in ENTRY_COLUMNS.items():
+            old = getattr(self, name, None)
+            new = np.zeros(n, dt)
+            if old is not None:
+                new[: len(old)] = old
+            setattr(self, name, new)
+        self.entry_capacity = n

@@ -1,0 +1,85 @@
+"""The framing pass: one compiled walk over segment bytes, emitting record columns.
+
+Records are ``[seq u64][len u32][payload]`` back to back (``layout``). The walk
+only frames: it checks every length against the bytes that remain and stops at
+the first record that does not fit, which is either the start of the next chunk
+or, at the end of a file, a torn tail. It never looks inside a payload.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from gpu_pitr.format.layout import HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, VERSION
+from gpu_pitr.format.payload import read_uint_le
+
+_HEADER_PREFIX = np.frombuffer(MAGIC + VERSION.to_bytes(4, "little"), dtype=np.uint8).copy()
+
+
+@njit(cache=True, nogil=True)
+def _is_header(buf, pos, prefix):
+    for k in range(8):
+        if buf[pos + k] != prefix[k]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _frame(buf, pos, end, max_rows, r_off, r_len, r_seq, prefix):
+    n = 0
+    headers = 0
+    while n < max_rows:
+        remaining = end - pos
+        if remaining < RECORD_HEADER_SIZE:
+            break
+        if _is_header(buf, pos, prefix):
+            # A writer reopened within the same second appended a fresh header.
+            if remaining < HEADER_SIZE:
+                break
+            pos += HEADER_SIZE
+            headers += 1
+            continue
+        length = np.int64(read_uint_le(buf, pos + 8, 4))
+        if length > remaining - RECORD_HEADER_SIZE:
+            break
+        r_off[n] = pos
+        r_len[n] = length
+        r_seq[n] = read_uint_le(buf, pos, 8)
+        n += 1
+        pos += RECORD_HEADER_SIZE + length
+    return n, pos, headers
+
+
+def frame_records(buf, pos, end, r_off, r_len, r_seq, max_rows=None):
+    """Frame whole records of ``buf[pos:end]`` into the ``r_*`` columns.
+
+    Returns ``(n_records, stop, n_headers)``: ``stop`` is where the first record
+    that is not complete in the buffer starts (``end`` when all fit, or when
+    ``max_rows`` records were framed, the position after the last one).
+    ``r_off`` holds the offset of each record's header in ``buf`` and ``r_len``
+    its payload length; mid-file segment headers are skipped and counted.
+    """
+    if max_rows is None:
+        max_rows = len(r_off)
+    return _frame(buf, pos, end, max_rows, r_off, r_len, r_seq, _HEADER_PREFIX)
+
+
+def header_problem(head: bytes) -> str | None:
+    """What is wrong with the first bytes of a segment file, or None.
+
+    ``"torn"`` when the file is shorter than a header and its bytes are a prefix
+    of a valid one (an empty file included); otherwise a description of the
+    wrong magic or version.
+    """
+    valid_prefix = MAGIC + VERSION.to_bytes(4, "little")
+    if len(head) < HEADER_SIZE:
+        if valid_prefix.startswith(head[: len(valid_prefix)]):
+            return "torn"
+        return f"wrong magic {head[:4]!r} in a file shorter than its header"
+    if head[:4] != MAGIC:
+        return f"wrong magic {head[:4]!r} (expected {MAGIC!r})"
+    version = int.from_bytes(head[4:8], "little")
+    if version != VERSION:
+        return f"unsupported version {version} (expected {VERSION})"
+    return None

@@ -1,0 +1,125 @@
+"""RestoredIndex: the state at the stop point, ids sorted by their UTF-8 bytes."""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+
+import numpy as np
+from numba import njit, prange
+
+from gpu_pitr.format.codec import decode_varint
+from gpu_pitr.report import RestoreReport
+
+
+@njit(cache=True, parallel=True)
+def _ucs4(arena, offs, lens, out):
+    # UTF-8 (validated at decode time) to UCS-4 code points, one id per row.
+    for i in prange(len(offs)):
+        p = offs[i]
+        end = p + lens[i]
+        j = 0
+        while p < end:
+            b = np.uint32(arena[p])
+            if b < 0x80:
+                cp = b
+                p += 1
+            elif b < 0xE0:
+                cp = (((b & np.uint32(0x1F)) << np.uint32(6))
+                      | (np.uint32(arena[p + 1]) & np.uint32(0x3F)))
+                p += 2
+            elif b < 0xF0:
+                cp = (((b & np.uint32(0x0F)) << np.uint32(12))
+                      | ((np.uint32(arena[p + 1]) & np.uint32(0x3F)) << np.uint32(6))
+                      | (np.uint32(arena[p + 2]) & np.uint32(0x3F)))
+                p += 3
+            else:
+                cp = (((b & np.uint32(0x07)) << np.uint32(18))
+                      | ((np.uint32(arena[p + 1]) & np.uint32(0x3F)) << np.uint32(12))
+                      | ((np.uint32(arena[p + 2]) & np.uint32(0x3F)) << np.uint32(6))
+                      | (np.uint32(arena[p + 3]) & np.uint32(0x3F)))
+                p += 4
+            out[i, j] = cp
+            j += 1
+
+
+def decode_metadata(raw: bytes) -> dict[str, str]:
+    """A bincode ``HashMap<String, String>`` (already validated): later keys win."""
+    count, p = decode_varint(raw, 0, 64)
+    out: dict[str, str] = {}
+    for _ in range(count):
+        n, p = decode_varint(raw, p, 64)
+        key = raw[p:p + n].decode("utf-8")
+        p += n
+        n, p = decode_varint(raw, p, 64)
+        out[key] = raw[p:p + n].decode("utf-8")
+        p += n
+    return out
+
+
+class RestoredIndex:
+    """The restored index: ``ids``, ``vectors``, ``metadata`` and the ``report``.
+
+    Ids and metadata are kept as byte arenas and turned into Python objects
+    only when first asked for. With the cuda executor ``vectors`` is a CuPy
+    array on the device; ``to_host()`` gives a copy whose vectors are NumPy.
+    """
+
+    def __init__(self, id_arena, id_offs, id_lens, vectors, meta_arena, meta_offs, meta_lens,
+                 report: RestoreReport) -> None:
+        self._id_arena = id_arena
+        self._id_offs = id_offs
+        self._id_lens = id_lens
+        self.vectors = vectors
+        self._meta_arena = meta_arena
+        self._meta_offs = meta_offs
+        self._meta_lens = meta_lens
+        self.report = report
+
+    @property
+    def backend(self) -> str:
+        return self.report.backend
+
+    def __len__(self) -> int:
+        return len(self._id_offs)
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        """Unicode array of the ids, sorted by UTF-8 bytes.
+
+        NumPy's fixed-width strings drop trailing NUL characters; ``id_list()``
+        is exact for such ids.
+        """
+        n = len(self._id_offs)
+        width = int(self._id_lens.max()) if n else 1
+        cps = np.zeros((n, max(width, 1)), np.uint32)
+        if n:
+            _ucs4(self._id_arena, self._id_offs, self._id_lens, cps)
+        return cps.view(f"<U{max(width, 1)}").reshape(n)
+
+    def id_list(self) -> list[str]:
+        """The ids as exact Python strings, in index order."""
+        a = self._id_arena
+        return [bytes(a[o:o + n]).decode("utf-8") for o, n in zip(
+            self._id_offs.tolist(), self._id_lens.tolist(), strict=True)]
+
+    @cached_property
+    def metadata(self) -> list[dict[str, str] | None]:
+        a = self._meta_arena
+        return [None if o < 0 else decode_metadata(bytes(a[o:o + n])) for o, n in zip(
+            self._meta_offs.tolist(), self._meta_lens.tolist(), strict=True)]
+
+    def metadata_json(self) -> np.ndarray:
+        """One JSON object per id (``"null"`` when absent): sorted keys, compact."""
+        out = [json.dumps(m, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+               for m in self.metadata]
+        return np.array(out, dtype=str) if out else np.zeros(0, "<U4")
+
+    def to_host(self) -> RestoredIndex:
+        """This index with its vectors in host memory (a NumPy array)."""
+        if isinstance(self.vectors, np.ndarray):
+            return self
+        host = RestoredIndex(self._id_arena, self._id_offs, self._id_lens,
+                             self.vectors.get(), self._meta_arena, self._meta_offs,
+                             self._meta_lens, self.report)
+        return host

@@ -1,0 +1,295 @@
+"""Commit points, transactions and the stop rule (SPEC section 3), in log order.
+
+This is the ``recoveryStopsBefore`` / ``recoveryStopsAfter`` of the project: one
+sequential walk over the decoded record table of a chunk that decides which
+records are applied and in which order (the *apply order*: commit points in log
+order, a transaction's records at its commit), where the restore stops, and
+which damage is fatal. It reads only the small per-record columns (kind,
+timestamp, transaction id, status, sequence number), so it stays on the host for
+both executors; the per-entry work happens in the executors.
+
+State that outlives a chunk is small and explicit (``PlanState``): open
+transactions and the records they hold, the stop flag and the counters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from gpu_pitr.format.layout import (
+    ABORT_TRANSACTION,
+    BATCH,
+    BEGIN_TRANSACTION,
+    COMMIT_TRANSACTION,
+)
+from gpu_pitr.format.payload import OK
+
+# Target modes.
+LATEST = 0
+TIME = 1
+SEQ = 2
+STOP_AT_FIRST = 3  # a time target before every representable timestamp
+
+# Events the walk reports (kind, record index).
+EV_BEGIN_ALREADY_OPEN = 1
+EV_END_NOT_OPEN = 2
+EV_SKIPPED = 3
+EV_DAMAGE_AFTER_STOP = 4
+
+# Walk results.
+WALK_OK = 0
+WALK_FATAL = 1
+
+# Counter slots of PlanState.counters.
+C_COMMIT_POINTS = 0
+C_COMMITTED = 1
+C_ABORTED = 2
+N_COUNTERS = 3
+
+
+@njit(cache=True, nogil=True)
+def _walk(
+    first, n, kind, ts, aux, status, seq,
+    mode, t_lim, exclusive, target_seq, skip_corrupt, stopped_in,
+    s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, stack, n_slots_in, top_in,
+    next_rec, order, events, counters,
+):
+    """Walk records ``first..n-1`` of a chunk (``0..first-1`` are carried ones).
+
+    Returns ``(result, n_order, n_events, stopped, stop_index, n_slots, top)``;
+    ``stop_index`` is the record where the restore stopped (-1 if not in this
+    chunk), or with ``WALK_FATAL`` the record that is fatally damaged.
+    """
+    n_order = 0
+    n_events = 0
+    n_slots = n_slots_in
+    top = top_in
+    stopped = stopped_in
+    stop_index = -1
+    for i in range(first, n):
+        if stopped:
+            if status[i] != OK:
+                events[n_events, 0] = EV_DAMAGE_AFTER_STOP
+                events[n_events, 1] = i
+                n_events += 1
+            continue
+        if status[i] != OK:
+            # The stop point is not reached yet, so the restore must read past it.
+            if not skip_corrupt:
+                return WALK_FATAL, n_order, n_events, stopped, i, n_slots, top
+            events[n_events, 0] = EV_SKIPPED
+            events[n_events, 1] = i
+            n_events += 1
+        else:
+            k = kind[i]
+            # The most recently begun transaction still open owns data records.
+            while top > 0 and not s_open[stack[top - 1]]:
+                top -= 1
+            if k <= BATCH:
+                if top > 0:
+                    s = stack[top - 1]
+                    next_rec[i] = -1
+                    if s_head[s] < 0:
+                        s_head[s] = i
+                    else:
+                        next_rec[s_tail[s]] = i
+                    s_tail[s] = i
+                elif _stops_before(mode, ts[i], t_lim, exclusive):
+                    stopped = True
+                    stop_index = i
+                    continue
+                else:
+                    order[n_order] = i
+                    n_order += 1
+                    counters[C_COMMIT_POINTS] += 1
+            elif k == BEGIN_TRANSACTION:
+                if _find_open(aux[i], s_txn, s_open, stack, top) >= 0:
+                    events[n_events, 0] = EV_BEGIN_ALREADY_OPEN
+                    events[n_events, 1] = i
+                    n_events += 1
+                else:
+                    s = n_slots
+                    n_slots += 1
+                    s_txn[s] = aux[i]
+                    s_open[s] = True
+                    s_cstart[s] = 0
+                    s_ccount[s] = 0
+                    s_head[s] = -1
+                    s_tail[s] = -1
+                    stack[top] = s
+                    top += 1
+            elif k == COMMIT_TRANSACTION or k == ABORT_TRANSACTION:
+                s = _find_open(aux[i], s_txn, s_open, stack, top)
+                if s < 0:
+                    events[n_events, 0] = EV_END_NOT_OPEN
+                    events[n_events, 1] = i
+                    n_events += 1
+                elif k == ABORT_TRANSACTION:
+                    s_open[s] = False
+                    counters[C_ABORTED] += 1
+                elif _stops_before(mode, ts[i], t_lim, exclusive):
+                    stopped = True
+                    stop_index = i
+                    continue
+                else:
+                    s_open[s] = False
+                    for c in range(s_cstart[s], s_cstart[s] + s_ccount[s]):
+                        order[n_order] = c
+                        n_order += 1
+                    r = s_head[s]
+                    while r >= 0:
+                        order[n_order] = r
+                        n_order += 1
+                        r = next_rec[r]
+                    counters[C_COMMIT_POINTS] += 1
+                    counters[C_COMMITTED] += 1
+        if mode == SEQ and seq[i] == target_seq:
+            # A log position: everything complete at this record, nothing after.
+            stopped = True
+            stop_index = i
+    return WALK_OK, n_order, n_events, stopped, stop_index, n_slots, top
+
+
+@njit(cache=True, nogil=True)
+def _stops_before(mode, t, t_lim, exclusive):
+    if mode == TIME:
+        return t >= t_lim if exclusive else t > t_lim
+    return mode == STOP_AT_FIRST
+
+
+@njit(cache=True, nogil=True)
+def _find_open(txn, s_txn, s_open, stack, top):
+    # Searched from the most recent: open transactions are few in real logs.
+    for j in range(top - 1, -1, -1):
+        s = stack[j]
+        if s_open[s] and s_txn[s] == txn:
+            return s
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _open_records(s_open, s_cstart, s_ccount, s_head, stack, top, next_rec, out):
+    """Records held by open transactions, grouped per transaction in begin order.
+
+    Writes them to ``out`` and rewrites each open slot's carried range to its
+    place in ``out``; returns how many records were written.
+    """
+    m = 0
+    for j in range(top):
+        s = stack[j]
+        if not s_open[s]:
+            continue
+        start = m
+        for c in range(s_cstart[s], s_cstart[s] + s_ccount[s]):
+            out[m] = c
+            m += 1
+        r = s_head[s]
+        while r >= 0:
+            out[m] = r
+            m += 1
+            r = next_rec[r]
+        s_cstart[s] = start
+        s_ccount[s] = m - start
+        s_head[s] = -1
+    return m
+
+
+class PlanState:
+    """Where the walk stands between chunks: open transactions, stop, counters."""
+
+    def __init__(self, *, to_time=None, to_seq=None, exclusive=False, skip_corrupt=False):
+        if to_time is not None and to_seq is not None:
+            raise ValueError("give at most one of to_time and to_seq")
+        self.exclusive = bool(exclusive)
+        self.skip_corrupt = bool(skip_corrupt)
+        self.t_lim = np.uint64(0)
+        self.target_seq = np.uint64(0)
+        if to_seq is not None:
+            self.mode = SEQ
+            self.target_seq = np.uint64(int(to_seq))
+        elif to_time is None:
+            self.mode = LATEST
+        else:
+            t = int(to_time)
+            if t < 0:
+                self.mode = STOP_AT_FIRST
+            elif t >= 2**64:
+                self.mode = LATEST
+            else:
+                self.mode = TIME
+                self.t_lim = np.uint64(t)
+        self.stopped = False
+        self.counters = np.zeros(N_COUNTERS, np.int64)
+        self._slots = _empty_slots(0)
+        self._stack = np.zeros(0, np.int64)
+        self._top = 0
+
+    @property
+    def open_transactions(self) -> int:
+        return int(np.count_nonzero(self._slots[1][self._stack[: self._top]]))
+
+    def walk(self, cols, first: int, n: int):
+        """Plan records ``first..n-1`` of ``cols`` (a decoded chunk).
+
+        Returns ``(result, order, events, stop_index)``; see ``_walk``.
+        """
+        cap = self._top + (n - first) + 1
+        s_txn, s_open, s_cstart, s_ccount, s_head, s_tail = _grown_slots(self._slots, cap)
+        stack = np.zeros(cap, np.int64)
+        stack[: self._top] = self._stack[: self._top]
+        next_rec = np.full(n, -1, np.int64)
+        order = np.empty(n, np.int64)
+        events = np.empty((n - first + 1, 2), np.int64)
+        result, n_order, n_events, stopped, stop_index, n_slots, top = _walk(
+            first, n, cols.kind, cols.ts, cols.aux, cols.status, cols.seq,
+            self.mode, self.t_lim, self.exclusive, self.target_seq, self.skip_corrupt,
+            self.stopped,
+            s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, stack, self._top, self._top,
+            next_rec, order, events, self.counters,
+        )
+        self.stopped = bool(stopped)
+        self._slots = (s_txn, s_open, s_cstart, s_ccount, s_head, s_tail)
+        self._stack = stack
+        self._top = top
+        self._n_slots = n_slots
+        self._next = next_rec
+        return result, order[:n_order], events[:n_events], stop_index
+
+    def carry_open(self, n: int) -> np.ndarray:
+        """Indices (into the chunk just walked) of records held by open transactions.
+
+        After this call those records are expected at ``0..len-1`` of the next
+        chunk, in the returned order.
+        """
+        if self.stopped:
+            self._top = 0
+            return np.zeros(0, np.int64)
+        s_txn, s_open, s_cstart, s_ccount, s_head, s_tail = self._slots
+        out = np.empty(n, np.int64)
+        m = _open_records(s_open, s_cstart, s_ccount, s_head, self._stack, self._top,
+                          self._next, out)
+        keep = self._stack[: self._top][s_open[self._stack[: self._top]]]
+        self._slots = tuple(a[keep].copy() for a in self._slots)
+        self._stack = np.arange(len(keep), dtype=np.int64)
+        self._top = len(keep)
+        return out[:m]
+
+
+def _empty_slots(cap):
+    return (
+        np.zeros(cap, np.uint64),
+        np.zeros(cap, np.bool_),
+        np.zeros(cap, np.int64),
+        np.zeros(cap, np.int64),
+        np.full(cap, -1, np.int64),
+        np.full(cap, -1, np.int64),
+    )
+
+
+def _grown_slots(slots, cap):
+    grown = _empty_slots(cap)
+    k = len(slots[0])
+    for new, old in zip(grown, slots, strict=True):
+        new[:k] = old
+    return grown

@@ -1,0 +1,46 @@
+"""The restore report (SPEC section 3, "The report")."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class RestoreReport:
+    """What a restore did: target, stop point, counts, damage, bytes and time per stage.
+
+    Damage lists hold dicts with ``file``, ``offset`` (a byte offset in that
+    file), ``seq`` where a record is known, and ``what``.
+    """
+
+    target: dict
+    backend: str = "cpu"
+    stop: dict = field(default_factory=lambda: {"reason": "end_of_log"})
+    base: dict | None = None
+    segments: int = 0
+    records_read: int = 0
+    commit_points_applied: int = 0
+    inserts: int = 0
+    updates: int = 0
+    updates_of_missing: int = 0
+    deletes: int = 0
+    deletes_of_missing: int = 0
+    transactions: dict = field(
+        default_factory=lambda: {"committed": 0, "aborted": 0, "in_flight_discarded": 0}
+    )
+    anomalies: list = field(default_factory=list)
+    torn_tails: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    damage_after_stop: list = field(default_factory=list)
+    trailing_bytes: list = field(default_factory=list)
+    first_seq: int | None = None
+    incomplete_history_allowed: bool = False
+    ids: int = 0
+    dim: int | None = None
+    bytes_read: int = 0
+    message: str = ""
+    timings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict of the report."""
+        return asdict(self)

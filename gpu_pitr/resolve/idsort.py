@@ -1,0 +1,41 @@
+"""Order of ids by their UTF-8 bytes (the order of the restored index)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True)
+def _words(ids, offs, lens, w, out):
+    # Big-endian 8-byte words, zero padded: integer order == byte order.
+    for i in prange(len(offs)):
+        base = offs[i] + 8 * w
+        v = np.uint64(0)
+        for b in range(8):
+            v <<= np.uint64(8)
+            if 8 * w + b < lens[i]:
+                v |= np.uint64(ids[base + b])
+        out[i] = v
+
+
+def sorted_id_order(ids: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Permutation that sorts the ids ``ids[offs[i]:offs[i]+lens[i]]`` by bytes.
+
+    An LSD sort over 8-byte words (stable sorts, least significant word first),
+    with the length as the last tie-break: two ids equal after zero padding
+    differ only by trailing zero bytes, so the shorter one is a prefix and comes
+    first. Word columns equal for all ids (a shared prefix) are skipped.
+    """
+    n = len(offs)
+    if n <= 1:
+        return np.arange(n, dtype=np.int64)
+    order = np.argsort(lens, kind="stable")
+    width = int(lens.max())
+    word = np.empty(n, np.uint64)
+    for w in range((width + 7) // 8 - 1, -1, -1):
+        _words(ids, offs, lens, w, word)
+        if word.min() == word.max():
+            continue
+        order = order[np.argsort(word[order], kind="stable")]
+    return order
