@@ -114,13 +114,17 @@ class _Restore:
         self.timings = dict.fromkeys(
             ("discover", "read", "frame", "decode", "plan", "apply", "finish"), 0.0)
         self.chunk_bytes = max(_MIN_CHUNK_BYTES, int(chunk_bytes))
-        self.buf = np.empty(self.chunk_bytes, np.uint8)
+        self.buf = self._alloc(self.chunk_bytes)
         self.cols = ChunkColumns(self.chunk_bytes // _BYTES_PER_ROW + 64)
         self.names: list[str] = []
         self.n_carried = 0  # rows 0..n_carried-1: records of open transactions
         self.carried_bytes = 0  # their bytes, at the front of buf
         self.seen_first = False
         self.stop_index = None
+
+    def _alloc(self, nbytes: int) -> np.ndarray:
+        # The executor may want special host memory (page-locked on a GPU).
+        return getattr(self.ex, "host_buffer", lambda n: np.empty(n, np.uint8))(nbytes)
 
     def _where(self, i: int) -> dict:
         c = self.cols
@@ -203,7 +207,7 @@ class _Restore:
         new = min(2 * len(self.buf), max(len(self.buf) + 1, file_size + self.carried_bytes))
         if new <= len(self.buf):
             new = len(self.buf) + RECORD_HEADER_SIZE
-        grown = np.empty(new, np.uint8)
+        grown = self._alloc(new)
         grown[: len(self.buf)] = self.buf
         self.buf = grown
 
@@ -254,7 +258,7 @@ class _Restore:
         self.carried_bytes = len(held)
         need = len(held) + len(tail) + self.chunk_bytes // 2
         if need > len(self.buf):
-            self.buf = np.empty(max(need, 2 * len(self.buf)), np.uint8)
+            self.buf = self._alloc(max(need, 2 * len(self.buf)))
         self.buf[: len(held)] = held
         self.buf[len(held):len(held) + len(tail)] = tail
         c.ensure_records(m + self.chunk_bytes // _BYTES_PER_ROW + 64)
@@ -331,6 +335,26 @@ class _Restore:
         self.report.transactions["aborted"] = int(cnt[C_ABORTED])
 
 
+def _key_collision():
+    try:
+        from gpu_pitr.executors.cuda import KeyCollision
+    except ImportError:  # no numba.cuda at all: the cuda executor never ran
+        return ()
+    return KeyCollision
+
+
+def _run(args, executor, chunk_bytes, target_doc):
+    report = RestoreReport(target=target_doc, backend=executor.name,
+                           incomplete_history_allowed=bool(args[4]))
+    run = _Restore(*args, executor, chunk_bytes or DEFAULT_CHUNK_BYTES, report)
+    run.run()
+    del run.buf, run.cols
+    t = time.perf_counter()
+    index = executor.finish(report)
+    run.timings["finish"] += time.perf_counter() - t
+    return index, run
+
+
 def restore(
     wal_dir: str | os.PathLike,
     *,
@@ -382,18 +406,23 @@ def restore(
         raise WalError("WAL directory not found or not a directory", file=str(wal_path))
     total = sum(s.size for s in list_segments(wal_path))
     executor = make_executor(backend, total)
-    report = RestoreReport(target=target_doc, backend=executor.name,
-                           incomplete_history_allowed=bool(allow_incomplete_history))
-    run = _Restore(wal_path, target, exclusive, skip_corrupt, allow_incomplete_history,
-                   executor, chunk_bytes or DEFAULT_CHUNK_BYTES, report)
-    run.run()
-    del run.buf, run.cols
-    t = time.perf_counter()
-    index = executor.finish(report)
-    run.timings["finish"] += time.perf_counter() - t
+    args = (wal_path, target, exclusive, skip_corrupt, allow_incomplete_history)
+    try:
+        index, run = _run(args, executor, chunk_bytes, target_doc)
+    except _key_collision() as err:
+        # Exactness over speed: the host map compares every id byte for byte.
+        from gpu_pitr.executors.cpu import CpuExecutor
+
+        index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc)
+        index.report.message = f"cuda executor: {err}; restored on the cpu executor instead"
+    report = index.report
     run.timings["total"] = time.perf_counter() - started
     report.timings = {k: round(v, 6) for k, v in run.timings.items()}
-    if report.records_read == 0:
+    for k, v in getattr(run.ex, "timings", {}).items() if getattr(run.ex, "profile", False) else ():
+        report.timings[f"device_{k}"] = round(v, 6)
+    if report.message:
+        pass
+    elif report.records_read == 0:
         report.message = "nothing to restore: no records in the log"
     elif len(index) == 0:
         report.message = "the index is empty at the stop point"

@@ -1,0 +1,342 @@
+"""The cuda executor: CuPy owns device memory and sorting, ``gpu_pitr.kernels`` the work.
+
+Per chunk: the host frames records and copies the chunk into a device buffer;
+a kernel decodes every record (the same parser as the CPU executor); the small
+record columns come back for the host's commit plan; the apply order goes
+down; entries are expanded in apply order, sorted stably by id key, checked
+byte for byte, resolved one thread per id against the device id map, and only
+winning vectors are scattered into the device-resident index buffer.
+
+Under ``NUMBA_ENABLE_CUDASIM=1`` the same kernels run in Numba's simulator and
+NumPy stands in for CuPy, so CI exercises this file without a GPU.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from gpu_pitr.executors.cpu import entry_slots
+from gpu_pitr.executors.device import simulator_enabled
+from gpu_pitr.format.columns import ENTRY_COLUMNS, RECORD_COLUMNS
+from gpu_pitr.format.layout import DELETE
+from gpu_pitr.index import RestoredIndex
+from gpu_pitr.resolve.hostmap import N_COUNTERS, fill_counters
+from gpu_pitr.resolve.idsort import sorted_id_order
+
+# Ids are grouped by a 64-bit key; tests narrow this mask to force collisions.
+KEY_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+_THREADS = 128
+_DEVICE_RECORD_COLUMNS = ("off", "length", "status", "kind", "ts", "aux", "nent", "stop", "efirst")
+_BACK_TO_HOST = ("status", "kind", "ts", "aux", "nent", "stop")
+
+
+class KeyCollision(Exception):
+    """Two different ids share a key: the caller restores on the exact host map."""
+
+
+def _blocks(n: int) -> int:
+    return max(1, (n + _THREADS - 1) // _THREADS)
+
+
+class CudaExecutor:
+    """Decode, resolve and scatter on the GPU; the index stays in device memory."""
+
+    name = "cuda"
+
+    def __init__(self, total_bytes: int, profile: bool = False) -> None:
+        from gpu_pitr import kernels  # noqa: F401  (fails early if numba.cuda is unusable)
+        from gpu_pitr.kernels import decode, resolve
+
+        self.k_decode = decode
+        self.k_resolve = resolve
+        self.sim = simulator_enabled()
+        if self.sim:
+            self.xp = np
+        else:
+            import cupy
+
+            self.xp = cupy
+        self.total_bytes = int(total_bytes)
+        self.profile = profile
+        self.timings = dict.fromkeys(("copy", "decode", "resolve", "scatter", "compact"), 0.0)
+        self.counters = np.zeros(N_COUNTERS, np.int64)
+        xp = self.xp
+        self.dim = -1
+        self.n_rows = 0
+        self.rows = xp.zeros((0, 0), xp.uint8)
+        self.free = xp.zeros(0, xp.int64)
+        self.n_free = 0
+        self.gkeys = xp.zeros(0, xp.uint64)  # sorted keys of live ids
+        self.grows = xp.zeros(0, xp.int64)  # their rows
+        self.row_id_off = xp.zeros(0, xp.int64)
+        self.row_id_len = xp.zeros(0, xp.int64)
+        self.row_meta_off = xp.zeros(0, xp.int64)
+        self.row_meta_len = xp.zeros(0, xp.int64)
+        self.ids = xp.zeros(1 << 16, xp.uint8)
+        self.ids_used = 0
+        self.meta = xp.zeros(1 << 16, xp.uint8)
+        self.meta_used = 0
+        self.dbuf = xp.zeros(0, xp.uint8)
+        self.rec = {}
+        self.ent = {}
+
+    def _launch(self, kernel, n, *args):
+        kernel[_blocks(n), _THREADS](*args)
+
+    def _tick(self, stage: str, t0: float) -> float:
+        if self.profile and not self.sim:
+            self.xp.cuda.get_current_stream().synchronize()
+        t = time.perf_counter()
+        self.timings[stage] += t - t0
+        return t
+
+    def host_buffer(self, nbytes: int) -> np.ndarray:
+        """A host buffer for chunks: page-locked on a GPU so copies run at full speed."""
+        if self.sim:
+            return np.empty(nbytes, np.uint8)
+        mem = self.xp.cuda.alloc_pinned_memory(nbytes)
+        return np.frombuffer(mem, np.uint8, nbytes)
+
+    def _ensure(self, table: dict, columns: dict, n: int) -> None:
+        """Grow device columns to ``n`` rows, keeping what they hold."""
+        have = len(next(iter(table.values()))) if table else 0
+        if have >= n:
+            return
+        n = max(n, 2 * have)
+        for name, dt in columns.items():
+            new = self.xp.zeros(n, dt)
+            if have:
+                new[:have] = table[name]
+            table[name] = new
+
+    def decode(self, buf: np.ndarray, cols, first: int, n: int) -> None:
+        """Decode records ``0..n-1`` (all of them: carried ones moved) on the device."""
+        xp = self.xp
+        t = time.perf_counter()
+        used = int(cols.off[n - 1] + 12 + cols.length[n - 1])
+        if len(self.dbuf) < used:
+            self.dbuf = xp.zeros(max(used, len(buf)), xp.uint8)
+        self._to_device(self.dbuf[:used], buf[:used])
+        self._ensure(self.rec, {k: RECORD_COLUMNS[k] for k in _DEVICE_RECORD_COLUMNS}, n)
+        self._ensure(self.ent, ENTRY_COLUMNS, n)
+        r, e = self.rec, self.ent
+        self._to_device(r["off"][:n], cols.off[:n])
+        self._to_device(r["length"][:n], cols.length[:n])
+        t = self._tick("copy", t)
+        self._launch(
+            self.k_decode.decode_records, n, self.dbuf, n, r["off"], r["length"], r["status"],
+            r["kind"], r["ts"], r["aux"], r["nent"], r["stop"],
+            e["e_op"], e["e_id_off"], e["e_id_len"], e["e_vec_off"], e["e_dim"],
+            e["e_meta_off"], e["e_meta_len"], e["e_key"],
+        )
+        for name in _BACK_TO_HOST:
+            getattr(cols, name)[:n] = self._to_host(r[name][:n])
+        batches = entry_slots(cols, 0, n)
+        self._ensure(self.ent, ENTRY_COLUMNS, cols.entry_capacity)
+        e = self.ent
+        self._to_device(r["efirst"][:n], cols.efirst[:n])
+        if len(batches):
+            self._launch(
+                self.k_decode.decode_batches, len(batches), self.dbuf, xp.asarray(batches),
+                r["off"], r["length"], r["efirst"],
+                e["e_op"], e["e_id_off"], e["e_id_len"], e["e_vec_off"], e["e_dim"],
+                e["e_meta_off"], e["e_meta_len"], e["e_key"],
+            )
+        self._tick("decode", t)
+
+    def _to_device(self, dst, src) -> None:
+        if self.sim:
+            dst[...] = src
+        else:
+            dst.set(np.ascontiguousarray(src))
+
+    def _to_host(self, a) -> np.ndarray:
+        return a if self.sim else a.get()
+
+    def _set_dim(self, dim: int) -> None:
+        self.dim = dim
+        self._grow_rows(max(1024, min(self.total_bytes // (4 * dim + 17) + 16, 1 << 20)))
+
+    def _grow_rows(self, cap: int) -> None:
+        xp = self.xp
+        rows = xp.zeros((cap, 4 * self.dim), xp.uint8)
+        if self.n_rows:
+            rows[: self.n_rows] = self.rows[: self.n_rows]
+        self.rows = rows
+        for name, fill in (("row_id_off", 0), ("row_id_len", -1), ("row_meta_off", -1),
+                           ("row_meta_len", 0), ("free", 0)):
+            old = getattr(self, name)
+            new = xp.full(cap, fill, xp.int64)
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+    def apply(self, buf: np.ndarray, cols, order: np.ndarray, on_dim_mismatch) -> None:
+        """Apply the records of ``order`` (apply order) to the device index."""
+        xp = self.xp
+        kr = self.k_resolve
+        r, e = self.rec, self.ent
+        t = time.perf_counter()
+        d_order = xp.asarray(order)
+        cnt = r["nent"][d_order]
+        ends = xp.cumsum(cnt)
+        total = int(ends[-1]) if len(ends) else 0
+        if total == 0:
+            return
+        starts = ends - cnt
+        ent_seq = xp.empty(total, xp.int64)
+        self._launch(kr.expand_entries, len(order), d_order, r["efirst"], r["nent"], starts,
+                     ent_seq)
+        is_vec = e["e_op"][ent_seq] != DELETE
+        dims = e["e_dim"][ent_seq]
+        if self.dim < 0:
+            first_vec = xp.flatnonzero(is_vec)[:1]
+            if len(first_vec):
+                self._set_dim(int(dims[first_vec[0]]))
+        if self.dim >= 0:
+            bad = xp.flatnonzero(is_vec & (dims != self.dim))[:1]
+            if len(bad):
+                j = int(bad[0])
+                k = int(np.searchsorted(self._to_host(ends), j, side="right"))
+                on_dim_mismatch(int(order[k]), int(ent_seq[j]), self.dim)
+        keys = e["e_key"][ent_seq] & KEY_MASK
+        perm = xp.argsort(keys, kind="stable")
+        sorted_ent = ent_seq[perm]
+        skeys = keys[perm]
+        head = xp.ones(total, xp.bool_)
+        head[1:] = skeys[1:] != skeys[:-1]
+        run_start = xp.flatnonzero(head)
+        n_runs = len(run_start)
+        run_len = xp.diff(xp.concatenate([run_start, xp.asarray([total])]))
+        run_of = xp.cumsum(head) - 1
+        run_keys = skeys[run_start]
+        run_ent = sorted_ent[run_start]
+        collision = xp.zeros(1, xp.int64)
+        self._launch(kr.check_run_ids, total, self.dbuf, sorted_ent, run_of, run_start,
+                     e["e_id_off"], e["e_id_len"], collision)
+        pos = xp.searchsorted(self.gkeys, run_keys)
+        prior_row = xp.full(n_runs, -1, xp.int64)
+        if len(self.gkeys):
+            posc = xp.minimum(pos, len(self.gkeys) - 1)
+            found = self.gkeys[posc] == run_keys
+            prior_row = xp.where(found, self.grows[posc], -1)
+            self._launch(kr.check_prior_ids, n_runs, self.dbuf, run_ent, prior_row,
+                         e["e_id_off"], e["e_id_len"], self.ids, self.row_id_off,
+                         self.row_id_len, collision)
+        if int(collision[0]):
+            raise KeyCollision("two different ids share a 64-bit key")
+        exists = xp.zeros(n_runs, xp.bool_)
+        vec_ent = xp.empty(n_runs, xp.int64)
+        meta_mode = xp.empty(n_runs, xp.int64)
+        meta_ent = xp.empty(n_runs, xp.int64)
+        counts = xp.zeros((kr.N_RUN_COUNTS, n_runs), xp.int64)
+        self._launch(kr.resolve_runs, n_runs, sorted_ent, run_start, run_len, prior_row,
+                     e["e_op"], e["e_meta_off"], exists, vec_ent, meta_mode, meta_ent, counts)
+        self.counters += self._to_host(counts.sum(axis=1))
+        t = self._tick("resolve", t)
+        row = self._assign_rows(exists, prior_row, run_keys, run_ent, pos)
+        live = xp.flatnonzero(exists)
+        if len(live):
+            rows32 = self.rows.view(xp.uint32)
+            self._launch(kr.scatter_vectors, len(live) * self.dim, self.dbuf,
+                         e["e_vec_off"][vec_ent[live]], row[live], rows32, self.dim)
+            self._apply_metadata(meta_mode[live], meta_ent[live], row[live])
+        self._tick("scatter", t)
+
+    def _append_spans(self, arena_name: str, used_name: str, src_off, length):
+        """Copy chunk byte spans to the end of a device arena; return their offsets."""
+        xp = self.xp
+        ends = xp.cumsum(length)
+        total = int(ends[-1]) if len(ends) else 0
+        used = getattr(self, used_name)
+        arena = getattr(self, arena_name)
+        if used + total > len(arena):
+            grown = xp.zeros(max(2 * len(arena), used + total), xp.uint8)
+            grown[:used] = arena[:used]
+            arena = grown
+            setattr(self, arena_name, arena)
+        dst = used + ends - length
+        if len(src_off):
+            self._launch(self.k_resolve.copy_spans, len(src_off), self.dbuf, src_off, length,
+                         arena, dst)
+        setattr(self, used_name, used + total)
+        return dst
+
+    def _assign_rows(self, exists, prior_row, run_keys, run_ent, pos):
+        """Rows for new ids (free rows first), free deleted ones, update the key map."""
+        xp = self.xp
+        e = self.ent
+        new = xp.flatnonzero(exists & (prior_row < 0))
+        gone = xp.flatnonzero(~exists & (prior_row >= 0))
+        n_new = len(new)
+        take = min(n_new, self.n_free)
+        fresh = n_new - take
+        if self.n_rows + fresh > len(self.rows):
+            self._grow_rows(max(self.n_rows + fresh, len(self.rows) + len(self.rows) // 2))
+        new_rows = xp.concatenate([
+            self.free[self.n_free - take:self.n_free],
+            xp.arange(self.n_rows, self.n_rows + fresh, dtype=xp.int64),
+        ])
+        self.n_free -= take
+        self.n_rows += fresh
+        row = prior_row.copy()
+        row[new] = new_rows
+        freed = prior_row[gone]
+        self.free[self.n_free:self.n_free + len(freed)] = freed
+        self.n_free += len(freed)
+        self.row_id_len[freed] = -1
+        if n_new:
+            ent = run_ent[new]
+            lens = e["e_id_len"][ent]
+            self.row_id_off[new_rows] = self._append_spans("ids", "ids_used",
+                                                           e["e_id_off"][ent], lens)
+            self.row_id_len[new_rows] = lens
+            self.row_meta_off[new_rows] = -1
+        if n_new or len(gone):
+            keep = xp.ones(len(self.gkeys), xp.bool_)
+            keep[pos[gone]] = False
+            keys = xp.concatenate([self.gkeys[keep], run_keys[new]])
+            rows = xp.concatenate([self.grows[keep], new_rows])
+            order = xp.argsort(keys, kind="stable")
+            self.gkeys = keys[order]
+            self.grows = rows[order]
+        return row
+
+    def _apply_metadata(self, mode, ent, row) -> None:
+        from gpu_pitr.kernels.resolve import META_NONE, META_SET
+
+        xp = self.xp
+        e = self.ent
+        self.row_meta_off[row[mode == META_NONE]] = -1
+        sel = xp.flatnonzero(mode == META_SET)
+        if len(sel):
+            src = ent[sel]
+            lens = e["e_meta_len"][src]
+            dst = self._append_spans("meta", "meta_used", e["e_meta_off"][src], lens)
+            self.row_meta_off[row[sel]] = dst
+            self.row_meta_len[row[sel]] = lens
+
+    def finish(self, report) -> RestoredIndex:
+        """Sort ids on the host, gather the rows in that order on the device."""
+        xp = self.xp
+        t = time.perf_counter()
+        live = xp.flatnonzero(self.row_id_len[: self.n_rows] >= 0)
+        ids = self._to_host(self.ids[: self.ids_used])
+        offs = self._to_host(self.row_id_off[live])
+        lens = self._to_host(self.row_id_len[live])
+        order = sorted_id_order(ids, offs, lens)
+        live = live[xp.asarray(order)]
+        if self.dim <= 0:
+            vectors = xp.zeros((len(live), max(self.dim, 0)), xp.float32)
+        else:
+            vectors = self.rows[live].view(xp.float32).reshape(len(live), self.dim)
+        self.rows = None
+        meta_offs = self._to_host(self.row_meta_off[live])
+        meta_lens = self._to_host(self.row_meta_len[live])
+        meta = self._to_host(self.meta[: self.meta_used])
+        self._tick("compact", t)
+        fill_counters(report, self.counters, len(live), self.dim)
+        return RestoredIndex(ids, offs[order], lens[order], vectors, meta, meta_offs,
+                             meta_lens, report)

@@ -1,0 +1,351 @@
+"""The seed's PointInTimeRestore: its Rust tests ported, then its quirks pinned down.
+
+Ported from cool-japan/oxirs ``engine/oxirs-vec/src/persistence/point_in_time.rs``,
+``persistence/restore.rs`` (``restore_to_timestamp`` reduced to the entries it
+replays) and the crate's point-in-time integration tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from gpu_pitr.compat import SEED_MAX_ENTRY_LEN, CheckpointRef, PointInTimeRestore
+from gpu_pitr.errors import WalError
+from gpu_pitr.format.codec import encode_entry
+from gpu_pitr.format.entries import (
+    AbortTransaction,
+    Batch,
+    BeginTransaction,
+    Checkpoint,
+    CommitTransaction,
+    Delete,
+    Insert,
+    Update,
+)
+from gpu_pitr.format.layout import segment_name
+from gpu_pitr.format.reader import scan_segment
+from gpu_pitr.format.writer import WalWriter, encode_header, encode_record
+
+CREATED = 1_700_000_000  # a realistic creation second
+
+
+def write_test_wal(wal_dir, entries, created=CREATED) -> None:
+    """The Rust tests' helper: a WalManager with sync_on_write and no checkpoints."""
+    with WalWriter(wal_dir, created=created, sync_on_write=True) as wal:
+        for entry in entries:
+            wal.append(entry)
+
+
+def restore_to_timestamp(target, wal_dir) -> tuple[int, CheckpointRef | None]:
+    """restore.rs without the VectorStore: (entries_replayed, base_checkpoint)."""
+    pit = PointInTimeRestore(target, wal_dir)
+    base = pit.find_base_checkpoint()
+    return len(pit.replay_wal_to_timestamp(base)), base
+
+
+def ins(id_: str, ts: int, vector=(1.0,)) -> Insert:
+    return Insert(id_, list(vector), None, ts)
+
+
+def ids(entries) -> list[str]:
+    return [e.id for e in entries]
+
+
+# -------------------------------------------------------------------- point_in_time.rs
+
+
+def test_find_base_checkpoint_no_checkpoint(tmp_path):
+    write_test_wal(tmp_path, [ins("v1", 1000), ins("v2", 2000, [2.0])])
+    assert PointInTimeRestore(5000, tmp_path).find_base_checkpoint() is None
+
+
+def test_find_base_checkpoint_selects_latest_before_target(tmp_path):
+    write_test_wal(tmp_path, [Checkpoint(0, 1000), Checkpoint(1, 3000), Checkpoint(2, 6000)])
+    base = PointInTimeRestore(4000, tmp_path).find_base_checkpoint()
+    assert base is not None and base.timestamp == 3000
+
+
+def test_replay_wal_to_timestamp_filters_correctly(tmp_path):
+    write_test_wal(tmp_path, [ins("v1", 1000), ins("v2", 2000, [2.0]), ins("v3", 4000, [3.0])])
+    replayed = PointInTimeRestore(2500, tmp_path).replay_wal_to_timestamp(None)
+    assert len(replayed) == 2
+    assert "v1" in ids(replayed) and "v2" in ids(replayed) and "v3" not in ids(replayed)
+
+
+def test_checkpoint_discovery_ordered(tmp_path):
+    write_test_wal(tmp_path, [Checkpoint(i, ts) for i, ts in enumerate([500, 1500, 2500, 3500])])
+    base = PointInTimeRestore(3000, tmp_path).find_base_checkpoint()
+    assert base == CheckpointRef(sequence_number=2, timestamp=2500)
+
+
+# -------------------------------------------------------------------- restore.rs
+
+
+def test_restore_basic_inserts(tmp_path):
+    write_test_wal(tmp_path, [ins("http://ex.org/a", 100), ins("http://ex.org/b", 200)])
+    assert restore_to_timestamp(300, tmp_path) == (2, None)
+    assert PointInTimeRestore(300, tmp_path).target_timestamp == 300
+
+
+def test_restore_excludes_entries_after_target(tmp_path):
+    write_test_wal(tmp_path, [ins("http://ex.org/early", 100), ins("http://ex.org/late", 900)])
+    assert restore_to_timestamp(500, tmp_path)[0] == 1
+
+
+def test_restore_no_wal_entries(tmp_path):
+    WalWriter(tmp_path, created=CREATED, sync_on_write=True).close()
+    assert restore_to_timestamp(9999, tmp_path) == (0, None)
+
+
+def test_restore_batch_entries_counted_individually(tmp_path):
+    batch = Batch([ins("http://ex.org/x", 50), ins("http://ex.org/y", 50, [2.0])], 50)
+    write_test_wal(tmp_path, [batch])
+    # The Batch is one WAL entry; replay returns it whole.
+    assert restore_to_timestamp(200, tmp_path) == (1, None)
+    assert PointInTimeRestore(200, tmp_path).replay_wal_to_timestamp() == [batch]
+
+
+# -------------------------------------------------------------------- integration tests
+
+
+def test_snapshot_pit_restore_basic(tmp_path):
+    write_test_wal(tmp_path, [ins("http://ex.org/t1", 1000), ins("http://ex.org/t2", 2000)])
+    assert restore_to_timestamp(3000, tmp_path) == (2, None)
+
+
+def test_snapshot_pit_restore_cuts_off_at_target(tmp_path):
+    write_test_wal(tmp_path, [ins("http://ex.org/early", 500), ins("http://ex.org/late", 8000)])
+    assert restore_to_timestamp(4000, tmp_path)[0] == 1
+
+
+def test_snapshot_pit_no_earlier_checkpoint_uses_empty_base(tmp_path):
+    write_test_wal(tmp_path, [ins("http://ex.org/only", 100, [0.5])])
+    assert restore_to_timestamp(50, tmp_path) == (0, None)
+
+
+def test_snapshot_checkpoint_discovery_ordered(tmp_path):
+    write_test_wal(tmp_path, [Checkpoint(i, (i + 1) * 1000) for i in range(5)])
+    base = PointInTimeRestore(3500, tmp_path).find_base_checkpoint()
+    assert base == CheckpointRef(sequence_number=2, timestamp=3000)
+
+
+def test_snapshot_pit_checkpoint_at_exact_target(tmp_path):
+    write_test_wal(tmp_path, [Checkpoint(0, 5000), ins("http://ex.org/after", 6000, [9.0])])
+    base = PointInTimeRestore(5000, tmp_path).find_base_checkpoint()
+    assert base is not None and base.timestamp == 5000
+
+
+def test_checkpoint_ref_default_is_zeroed():
+    assert CheckpointRef() == CheckpointRef(sequence_number=0, timestamp=0)
+
+
+# -------------------------------------------------------------------- quirks: what is returned
+
+
+def test_transactions_are_not_honoured(tmp_path):
+    write_test_wal(
+        tmp_path,
+        [
+            BeginTransaction(1, 10),
+            ins("aborted", 11),
+            AbortTransaction(1, 12),
+            BeginTransaction(2, 13),
+            ins("committed", 14),
+            CommitTransaction(2, 15),
+            BeginTransaction(3, 16),
+            ins("in-flight", 17),
+        ],
+    )
+    replayed = PointInTimeRestore(100, tmp_path).replay_wal_to_timestamp()
+    assert ids(replayed) == ["aborted", "committed", "in-flight"]
+
+
+def test_entries_are_filtered_not_cut_at_the_target(tmp_path):
+    write_test_wal(tmp_path, [ins("a", 100), ins("late", 300), ins("b", 200), Delete("a", 250)])
+    replayed = PointInTimeRestore(220, tmp_path).replay_wal_to_timestamp()
+    assert replayed == [ins("a", 100), ins("b", 200)]
+
+
+def test_batches_are_judged_by_their_own_timestamp_and_returned_whole(tmp_path):
+    early = Batch([ins("future-inside", 10_000), Checkpoint(0, 1), BeginTransaction(9, 1)], 10)
+    late = Batch([ins("past-inside", 1)], 500)
+    write_test_wal(tmp_path, [early, late])
+    pit = PointInTimeRestore(100, tmp_path)
+    assert pit.replay_wal_to_timestamp() == [early]
+    # A checkpoint inside a batch is not a base.
+    assert pit.find_base_checkpoint() is None
+
+
+def test_every_data_variant_is_returned_and_markers_dropped(tmp_path):
+    entries = [
+        ins("a", 1),
+        Update("a", [2.0], {"k": "v"}, 2),
+        Delete("a", 3),
+        Batch([], 4),
+        Checkpoint(0, 5),
+        BeginTransaction(1, 6),
+        CommitTransaction(1, 7),
+        AbortTransaction(2, 8),
+    ]
+    write_test_wal(tmp_path, entries)
+    assert PointInTimeRestore(100, tmp_path).replay_wal_to_timestamp() == entries[:4]
+
+
+def test_base_filter_uses_the_checkpoint_field_against_record_numbers(tmp_path):
+    # Checkpoint record seq 2 carries sequence_number 0: only record 0 is skipped.
+    write_test_wal(tmp_path, [ins("a", 10), ins("b", 20), Checkpoint(0, 25), ins("c", 30)])
+    pit = PointInTimeRestore(100, tmp_path)
+    base = pit.find_base_checkpoint()
+    assert base == CheckpointRef(0, 25)
+    assert ids(pit.replay_wal_to_timestamp(base)) == ["b", "c"]
+    assert ids(pit.replay_wal_to_timestamp(None)) == ["a", "b", "c"]
+    # A base with sequence number 0 still skips record 0 (the seed tests base.is_some()).
+    assert ids(pit.replay_wal_to_timestamp(CheckpointRef())) == ["b", "c"]
+
+
+def test_base_filter_drops_records_after_a_seq_restart(tmp_path):
+    write_test_wal(tmp_path, [ins("a", 10), ins("b", 20), Checkpoint(1, 25)], created=CREATED)
+    # Reopened without recovery: numbering restarts at 0 in the next segment.
+    write_test_wal(tmp_path, [ins("c", 30), ins("d", 40), ins("e", 50)], created=CREATED + 1)
+    pit = PointInTimeRestore(100, tmp_path)
+    base = pit.find_base_checkpoint()
+    assert base == CheckpointRef(1, 25)
+    assert ids(pit.replay_wal_to_timestamp(base)) == ["e"]
+
+
+def test_checkpoint_ties_first_wins_and_later_ones_ignored(tmp_path):
+    write_test_wal(tmp_path, [Checkpoint(7, 300), Checkpoint(8, 300), Checkpoint(9, 301)])
+    assert PointInTimeRestore(300, tmp_path).find_base_checkpoint() == CheckpointRef(7, 300)
+    assert PointInTimeRestore(299, tmp_path).find_base_checkpoint() is None
+
+
+def test_vectors_come_back_bit_exact(tmp_path):
+    bits = np.array([0x7F800001, 0x80000000, 0xFF800000], dtype="<u4")
+    entry = Insert("nan", bits.view("<f4").astype(np.float32), None, 1)
+    write_test_wal(tmp_path, [entry])
+    (replayed,) = PointInTimeRestore(1, tmp_path).replay_wal_to_timestamp()
+    assert replayed.vector.view("<u4").tolist() == bits.tolist()
+
+
+# -------------------------------------------------------------------- quirks: damage and files
+
+
+def put_segment(wal_dir, name: str, *chunks: bytes) -> None:
+    (wal_dir / name).write_bytes(b"".join(chunks))
+
+
+def rec(seq: int, entry) -> bytes:
+    return encode_record(seq, encode_entry(entry))
+
+
+def test_undecodable_records_are_skipped(tmp_path, caplog):
+    put_segment(
+        tmp_path,
+        segment_name(1),
+        encode_header(1),
+        rec(0, ins("a", 1)),
+        encode_record(1, b"\x08"),  # unknown variant
+        encode_record(2, b""),  # truncated
+        rec(3, ins("b", 2)),
+    )
+    with caplog.at_level(logging.WARNING, logger="gpu_pitr.compat"):
+        replayed = PointInTimeRestore(100, tmp_path).replay_wal_to_timestamp()
+    assert ids(replayed) == ["a", "b"]
+    assert "seq 1" in caplog.text and "seq 2" in caplog.text
+
+
+def test_torn_tail_ends_the_file_silently(tmp_path):
+    torn = rec(1, ins("torn", 2))
+    put_segment(tmp_path, segment_name(1), encode_header(1), rec(0, ins("a", 1)), torn[:-1])
+    put_segment(tmp_path, segment_name(2), encode_header(2), rec(0, ins("b", 3)))
+    assert ids(PointInTimeRestore(100, tmp_path).replay_wal_to_timestamp()) == ["a", "b"]
+
+
+def test_length_over_the_seed_limit_ends_the_file(tmp_path):
+    put_segment(
+        tmp_path,
+        segment_name(1),
+        encode_header(1),
+        rec(0, ins("a", 1)),
+        struct.pack("<QI", 1, SEED_MAX_ENTRY_LEN + 1),
+        rec(2, ins("lost", 1)),
+    )
+    put_segment(tmp_path, segment_name(2), encode_header(2), rec(0, ins("b", 1)))
+    assert ids(PointInTimeRestore(100, tmp_path).replay_wal_to_timestamp()) == ["a", "b"]
+
+
+def test_header_checks(tmp_path):
+    good = rec(0, ins("x", 1))
+    put_segment(tmp_path, "wal-0000000000000001.log", b"WALX" + encode_header(1)[4:], good)
+    put_segment(tmp_path, "wal-0000000000000002.log", b"WALV\x07\x00\x00\x00" + bytes(8), good)
+    put_segment(tmp_path, "wal-0000000000000003.log", b"WALV\x01\x00")
+    put_segment(tmp_path, "wal-0000000000000004.log", b"WA")
+    put_segment(tmp_path, "wal-0000000000000005.log")
+    # Wrong magic: skipped. Wrong version: read anyway. Short files: skipped.
+    replayed = PointInTimeRestore(100, tmp_path).replay_wal_to_timestamp()
+    assert replayed == [ins("x", 1)]
+
+
+def test_second_header_is_misread_and_ends_the_file(tmp_path):
+    with WalWriter(tmp_path, created=CREATED) as wal:
+        wal.append(ins("before", 1))
+    with WalWriter(tmp_path, created=CREATED) as wal:
+        wal.append(ins("after", 2))
+    # The spec reader sees both records ...
+    assert len(scan_segment(tmp_path / segment_name(CREATED)).records) == 2
+    # ... the seed reads "WALV\x01\0\0\0" as a seq and the low half of the
+    # creation second as a length over 100,000,000, and stops there.
+    assert CREATED & 0xFFFFFFFF > SEED_MAX_ENTRY_LEN
+    assert ids(PointInTimeRestore(100, tmp_path).replay_wal_to_timestamp()) == ["before"]
+
+
+def test_file_names_the_seed_reads(tmp_path):
+    for name, id_ in [
+        ("wal-b.log", "b"),
+        ("wal-A.log", "A"),
+        (segment_name(5), "hex"),
+        ("wal-0000000000000001.txt", "txt"),
+        ("xwal-0000000000000001.log", "prefix"),
+        ("wal-0000000000000001.log.bak", "bak"),
+    ]:
+        put_segment(tmp_path, name, encode_header(1), rec(0, ins(id_, 1)))
+    (tmp_path / "wal-dir.log").mkdir()
+    replayed = PointInTimeRestore(100, tmp_path).replay_wal_to_timestamp()
+    # Sorted by bytes: digits < upper case < lower case.
+    assert ids(replayed) == ["hex", "A", "b"]
+
+
+def test_missing_directory_reads_as_empty(tmp_path):
+    pit = PointInTimeRestore(100, tmp_path / "nope")
+    assert pit.find_base_checkpoint() is None
+    assert pit.replay_wal_to_timestamp() == []
+    assert not (tmp_path / "nope").exists()
+
+
+def test_a_file_instead_of_a_directory_is_an_error(tmp_path):
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(WalError, match="not a directory"):
+        PointInTimeRestore(100, tmp_path / "file").replay_wal_to_timestamp()
+
+
+def test_the_directory_is_only_read(tmp_path):
+    write_test_wal(tmp_path, [ins("a", 1), Checkpoint(0, 2)])
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
+    pit = PointInTimeRestore(100, tmp_path)
+    pit.find_base_checkpoint()
+    pit.replay_wal_to_timestamp(None)
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
+    assert after == before
+
+
+def test_target_must_be_a_u64(tmp_path):
+    with pytest.raises(ValueError):
+        PointInTimeRestore(-1, tmp_path)
+    with pytest.raises(ValueError):
+        PointInTimeRestore(2**64, tmp_path)
+    PointInTimeRestore(2**64 - 1, os.fspath(tmp_path))

@@ -1,0 +1,315 @@
+"""WalWriter against WalManager's behaviour (oxirs-vec wal.rs), and the pure-Python reader."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+
+from gpu_pitr.format.codec import decode_entry, encode_entry
+from gpu_pitr.format.entries import Batch, Checkpoint, Delete, Insert, Update
+from gpu_pitr.format.layout import HEADER_SIZE, RECORD_HEADER_SIZE, segment_name
+from gpu_pitr.format.reader import (
+    BadHeader,
+    RawRecord,
+    TornTail,
+    iter_segment,
+    scan_segment,
+    scan_wal,
+)
+from gpu_pitr.format.writer import WalWriter, encode_header, encode_record
+
+SPEC_ENTRY = Insert("v1", [1.0], None, 1000)
+SPEC_PAYLOAD = bytes.fromhex("00 02 76 31 01 00 00 80 3f 00 fb e8 03")
+SPEC_RECORD_SIZE = RECORD_HEADER_SIZE + len(SPEC_PAYLOAD)  # 25
+
+
+def wal_files(wal_dir) -> list[str]:
+    return sorted(os.listdir(wal_dir))
+
+
+def frozen_clock(second: int):
+    return lambda: second
+
+
+def ticking_clock(first: int):
+    counter = itertools.count(first)
+    return lambda: next(counter)
+
+
+# -------------------------------------------------------------------- writer
+
+
+def test_first_segment_name_and_header(tmp_path):
+    wal_dir = tmp_path / "wal"  # created on open, like create_dir_all
+    with WalWriter(wal_dir, created=1000) as wal:
+        assert wal.path == wal_dir / "wal-00000000000003e8.log"
+    assert wal_files(wal_dir) == ["wal-00000000000003e8.log"]
+    assert (wal_dir / segment_name(1000)).read_bytes() == encode_header(1000)
+
+
+def test_created_defaults_to_the_clock_truncated(tmp_path):
+    with WalWriter(tmp_path, clock=lambda: 1234.99) as wal:
+        assert wal.path.name == segment_name(1234)
+    assert (tmp_path / segment_name(1234)).read_bytes() == encode_header(1234)
+
+
+def test_records_bytes(tmp_path):
+    entries = [SPEC_ENTRY, Delete("v1", 1001), Batch([Update("v2", [2.0], {"k": "v"}, 5)], 1002)]
+    with WalWriter(tmp_path, created=7) as wal:
+        assert [wal.append(e) for e in entries] == [0, 1, 2]
+        assert wal.next_seq == 3
+    expected = encode_header(7) + b"".join(
+        encode_record(seq, encode_entry(e)) for seq, e in enumerate(entries)
+    )
+    assert (tmp_path / segment_name(7)).read_bytes() == expected
+    assert expected[16:41] == bytes.fromhex("00" * 8 + "0d 00 00 00") + SPEC_PAYLOAD
+
+
+def test_writes_are_buffered_until_flush(tmp_path):
+    # WalConfig's default: sync_on_write false, a 64 KiB BufWriter.
+    wal = WalWriter(tmp_path, created=1)
+    wal.append(SPEC_ENTRY)
+    assert os.path.getsize(wal.path) == 0
+    wal.flush()
+    assert os.path.getsize(wal.path) == HEADER_SIZE + SPEC_RECORD_SIZE
+    wal.close()
+    wal.close()  # harmless
+    with pytest.raises(ValueError):
+        wal.append(SPEC_ENTRY)
+
+
+def test_sync_on_write_reaches_disk_at_once(tmp_path):
+    wal = WalWriter(tmp_path, created=1, sync_on_write=True)
+    assert os.path.getsize(wal.path) == HEADER_SIZE
+    wal.append(SPEC_ENTRY)
+    assert os.path.getsize(wal.path) == HEADER_SIZE + SPEC_RECORD_SIZE
+    wal.close()
+
+
+@pytest.mark.parametrize(
+    ("buffer_size", "sizes"),
+    [
+        # Header 4+4+8 buffered; then seq 8 flushes the header, payload 13 flushes seq+len.
+        (20, [28, 53]),
+        # Payload 13 >= capacity 10: the buffer is flushed, then the payload written direct.
+        (10, [41, 66]),
+        # Capacity 0: everything goes straight to the file.
+        (0, [41, 66]),
+    ],
+)
+def test_bufwriter_policy(tmp_path, buffer_size, sizes):
+    wal = WalWriter(tmp_path, created=1, buffer_size=buffer_size)
+    seen = []
+    for _ in sizes:
+        wal.append(SPEC_ENTRY)
+        seen.append(os.path.getsize(wal.path))
+    wal.close()
+    assert seen == sizes
+    assert os.path.getsize(tmp_path / segment_name(1)) == HEADER_SIZE + 2 * SPEC_RECORD_SIZE
+
+
+def test_reopen_in_same_second_appends_a_header_and_restarts_seq(tmp_path):
+    with WalWriter(tmp_path, created=50) as wal:
+        assert wal.append(SPEC_ENTRY) == 0
+        assert wal.append(SPEC_ENTRY) == 1
+    with WalWriter(tmp_path, created=50) as wal:
+        assert wal.append(Delete("v1", 2000)) == 0
+    data = (tmp_path / segment_name(50)).read_bytes()
+    assert data == (
+        encode_header(50)
+        + encode_record(0, SPEC_PAYLOAD)
+        + encode_record(1, SPEC_PAYLOAD)
+        + encode_header(50)
+        + encode_record(0, encode_entry(Delete("v1", 2000)))
+    )
+    scan = scan_segment(tmp_path / segment_name(50))
+    assert [r.seq for r in scan.records] == [0, 1, 0]
+    assert scan.extra_headers == [HEADER_SIZE + 2 * SPEC_RECORD_SIZE]
+    assert scan.torn_tail is None and scan.bad_header is None
+
+
+def test_reopen_in_a_later_second_starts_a_new_file(tmp_path):
+    with WalWriter(tmp_path, clock=frozen_clock(50)) as wal:
+        wal.append(SPEC_ENTRY)
+    with WalWriter(tmp_path, clock=frozen_clock(51)) as wal:
+        assert wal.append(SPEC_ENTRY) == 0
+    assert wal_files(tmp_path) == [segment_name(50), segment_name(51)]
+    expected = encode_header(51) + encode_record(0, SPEC_PAYLOAD)
+    assert (tmp_path / segment_name(51)).read_bytes() == expected
+
+
+def test_manual_rotate_keeps_numbering(tmp_path):
+    with WalWriter(tmp_path, created=10) as wal:
+        wal.append(SPEC_ENTRY)
+        assert wal.rotate(created=11) == tmp_path / segment_name(11)
+        assert wal.append(SPEC_ENTRY) == 1
+    assert (tmp_path / segment_name(10)).read_bytes() == encode_header(10) + encode_record(
+        0, SPEC_PAYLOAD
+    )
+    assert (tmp_path / segment_name(11)).read_bytes() == encode_header(11) + encode_record(
+        1, SPEC_PAYLOAD
+    )
+
+
+def test_size_rotation(tmp_path):
+    # 16 + 25 = 41 < 60, then 66 >= 60: rotate after the second record.
+    clock = ticking_clock(101)
+    with WalWriter(
+        tmp_path, created=100, clock=clock, max_segment_bytes=60, sync_on_write=True
+    ) as wal:
+        seqs = [wal.append(SPEC_ENTRY) for _ in range(5)]
+    assert seqs == [0, 1, 2, 3, 4]
+    assert wal_files(tmp_path) == [segment_name(100), segment_name(101), segment_name(102)]
+    per_file = [[r.seq for r in s.records] for s in scan_wal(tmp_path)]
+    assert per_file == [[0, 1], [2, 3], [4]]
+
+
+def test_size_rotation_within_the_same_second_appends_headers(tmp_path):
+    # Once the file is over the limit, every append "rotates" to the same file.
+    with WalWriter(
+        tmp_path, clock=frozen_clock(9), max_segment_bytes=30, sync_on_write=True
+    ) as wal:
+        wal.append(SPEC_ENTRY)
+        wal.append(SPEC_ENTRY)
+    record = encode_record(0, SPEC_PAYLOAD), encode_record(1, SPEC_PAYLOAD)
+    header = encode_header(9)
+    data = (tmp_path / segment_name(9)).read_bytes()
+    assert data == header + record[0] + header + record[1] + header
+    assert scan_segment(tmp_path / segment_name(9)).extra_headers == [41, 82]
+
+
+def test_buffered_writes_do_not_count_toward_rotation(tmp_path):
+    # WalManager checks the on-disk size; a 64 KiB buffer hides small records.
+    with WalWriter(tmp_path, created=1, clock=ticking_clock(2), max_segment_bytes=60) as wal:
+        for _ in range(5):
+            wal.append(SPEC_ENTRY)
+    assert wal_files(tmp_path) == [segment_name(1)]
+
+
+def test_automatic_checkpoints(tmp_path):
+    with WalWriter(tmp_path, created=1, clock=frozen_clock(5000), checkpoint_interval=3) as wal:
+        seqs = [wal.append(Delete(str(i), i)) for i in range(6)]
+    assert seqs == [0, 1, 2, 3, 5, 6]
+    records = list(iter_segment(tmp_path / segment_name(1)))
+    decoded = {r.seq: decode_entry(r.payload)[0] for r in records}
+    assert [r.seq for r in records] == list(range(8))
+    assert decoded[4] == Checkpoint(3, 5000)
+    assert decoded[7] == Checkpoint(6, 5000)
+
+
+def test_manual_checkpoint(tmp_path):
+    with WalWriter(tmp_path, created=1, clock=frozen_clock(77)) as wal:
+        wal.append(SPEC_ENTRY)
+        assert wal.checkpoint(0) == 1
+        assert wal.checkpoint(0, timestamp=5) == 2
+    payloads = [r.payload for r in iter_segment(tmp_path / segment_name(1))]
+    assert payloads[1:] == [encode_entry(Checkpoint(0, 77)), encode_entry(Checkpoint(0, 5))]
+
+
+def test_next_seq(tmp_path):
+    with WalWriter(tmp_path, created=1, next_seq=41) as wal:
+        assert wal.append(SPEC_ENTRY) == 41
+
+
+# -------------------------------------------------------------------- reader
+
+
+def write_segment(tmp_path, created=3, count=3) -> tuple[bytes, list[int]]:
+    """A segment with ``count`` records; returns its bytes and the record offsets."""
+    with WalWriter(tmp_path, created=created) as wal:
+        for i in range(count):
+            wal.append(Insert(f"id{i}", [float(i)] * (i + 1), {"i": str(i)}, i))
+    data = (tmp_path / segment_name(created)).read_bytes()
+    offsets = [r.offset for r in scan_segment(tmp_path / segment_name(created)).records]
+    return data, offsets
+
+
+def test_reader_reads_back_the_writer(tmp_path):
+    data, offsets = write_segment(tmp_path)
+    scan = scan_segment(tmp_path / segment_name(3))
+    assert scan.created == 3 and scan.size == len(data)
+    assert scan.torn_tail is None and scan.bad_header is None and scan.extra_headers == []
+    assert offsets[0] == HEADER_SIZE
+    for i, record in enumerate(scan.records):
+        assert isinstance(record, RawRecord) and record.seq == i
+        entry, consumed = decode_entry(record.payload)
+        assert consumed == len(record.payload)
+        assert entry == Insert(f"id{i}", [float(i)] * (i + 1), {"i": str(i)}, i)
+
+
+def test_every_truncation_is_a_torn_tail(tmp_path):
+    data, offsets = write_segment(tmp_path)
+    boundaries = [*offsets, len(data)]
+    cut_file = tmp_path / "cut" / segment_name(3)
+    cut_file.parent.mkdir()
+    for cut in range(len(data) + 1):
+        cut_file.write_bytes(data[:cut])
+        scan = scan_segment(cut_file)
+        assert scan.bad_header is None
+        if cut < HEADER_SIZE:
+            assert scan.torn_tail == TornTail(0, cut)
+            assert scan.records == []
+            continue
+        complete = [off for off, end in itertools.pairwise(boundaries) if end <= cut]
+        assert [r.offset for r in scan.records] == complete
+        start = boundaries[len(complete)]
+        if cut == start:
+            assert scan.torn_tail is None
+        else:
+            assert scan.torn_tail == TornTail(start, cut - start)
+
+
+@pytest.mark.parametrize(
+    ("content", "bad"),
+    [
+        (b"X", BadHeader(0, "wrong magic")),
+        (b"WALX", BadHeader(0, "wrong magic")),
+        (b"WALV\x02", BadHeader(0, "wrong magic")),  # not a prefix of a version-1 header
+        (b"WALX" + encode_header(1)[4:], BadHeader(0, "wrong magic b'WALX'")),
+        (b"WALV\x02\x00\x00\x00" + bytes(8), BadHeader(4, "unsupported version 2")),
+    ],
+)
+def test_bad_headers(tmp_path, content, bad):
+    path = tmp_path / segment_name(1)
+    # A full bad header is followed by a record that must not be read.
+    tail = encode_record(0, SPEC_PAYLOAD) if len(content) >= HEADER_SIZE else b""
+    path.write_bytes(content + tail)
+    scan = scan_segment(path)
+    assert scan.bad_header == bad
+    assert scan.records == [] and scan.torn_tail is None
+
+
+def test_empty_file_is_a_torn_tail_at_zero(tmp_path):
+    path = tmp_path / segment_name(1)
+    path.write_bytes(b"")
+    assert scan_segment(path).torn_tail == TornTail(0, 0)
+
+
+def test_torn_second_header(tmp_path):
+    path = tmp_path / segment_name(1)
+    head = encode_header(1) + encode_record(0, SPEC_PAYLOAD)
+    path.write_bytes(head + encode_header(1)[:14])
+    scan = scan_segment(path)
+    assert [r.seq for r in scan.records] == [0]
+    assert scan.torn_tail == TornTail(len(head), 14)
+    assert scan.extra_headers == []
+
+
+def test_record_with_empty_payload(tmp_path):
+    path = tmp_path / segment_name(1)
+    path.write_bytes(encode_header(1) + encode_record(5, b""))
+    assert scan_segment(path).records == [RawRecord(5, HEADER_SIZE, b"")]
+
+
+def test_scan_wal_in_log_order_ignores_other_names(tmp_path):
+    for created in (0x20, 0x3, 0x100):
+        with WalWriter(tmp_path, created=created) as wal:
+            wal.append(Delete(str(created), created))
+    (tmp_path / "wal-0000000000000001.log.bak").write_bytes(b"junk")
+    (tmp_path / "wal-XYZ.log").write_bytes(b"junk")
+    (tmp_path / "notes.txt").write_bytes(b"junk")
+    scans = scan_wal(tmp_path)
+    assert [s.path.name for s in scans] == [segment_name(c) for c in (0x3, 0x20, 0x100)]
+    assert [s.created for s in scans] == [0x3, 0x20, 0x100]
