@@ -184,6 +184,14 @@ class _Restore:
             n, stop, _ = frame_records(self.buf, start, end, c.off[first:], c.length[first:],
                                        c.seq[first:], max_rows)
             self.timings["frame"] += time.perf_counter() - t
+            if n == 0 and stop > start:
+                # Only mid-file segment headers: step over them.
+                self.buf[start:start + end - stop] = self.buf[stop:end]
+                file_pos += stop - start
+                pending = end - stop
+                if eof and pending == 0:
+                    return
+                continue
             if n == 0:
                 if eof:
                     if pending:
@@ -228,17 +236,19 @@ class _Restore:
         t = time.perf_counter()
         result, order, events, stop_index = self.plan.walk(c, first, n)
         self._events(events)
-        if result == WALK_FATAL:
-            self._fatal(stop_index)
-        if stop_index >= 0:
+        if result != WALK_FATAL and stop_index >= 0:
             self._record_stop(stop_index)
         self._trailing(first, n)
         self.report.records_read += n - first
         self.timings["plan"] += time.perf_counter() - t
         t = time.perf_counter()
         if len(order):
+            # Before a fatal record, the commit points ahead of it still apply: an
+            # error among them (a dimension mismatch) comes first in log order.
             self.ex.apply(self.buf, c, order, self._dim_mismatch)
         self.timings["apply"] += time.perf_counter() - t
+        if result == WALK_FATAL:
+            self._fatal(stop_index)
 
     def _carry(self, n: int, stop: int, end: int) -> None:
         """Move open transactions' records, then the unframed bytes, to the front."""
@@ -283,9 +293,11 @@ class _Restore:
                     self.report.damage_after_stop.append(entry)
 
     def _bad_offset(self, i: int) -> int:
-        # The file offset of the byte where decoding failed: inside the record.
+        # The file offset of the byte where decoding failed, kept inside the record
+        # (a truncated payload fails at its end).
         c = self.cols
-        return int(c.foff[i] + (c.stop[i] - c.off[i]))
+        last = c.foff[i] + RECORD_HEADER_SIZE + c.length[i] - 1
+        return int(min(c.foff[i] + (c.stop[i] - c.off[i]), last))
 
     def _status_text(self, i: int) -> str:
         return STATUS_TEXT.get(int(self.cols.status[i]), "undecodable payload")
@@ -325,7 +337,7 @@ class _Restore:
 
     def _end_of_log(self) -> None:
         self.report.transactions["in_flight_discarded"] = (
-            0 if self.plan.stopped else self.plan.open_transactions)
+            self.plan.open_at_stop if self.plan.stopped else self.plan.open_transactions)
         if self.to_seq is not None and not self.plan.stopped:
             raise TargetNotFoundError(
                 f"no record has sequence number {self.to_seq}", file=str(self.wal_dir))

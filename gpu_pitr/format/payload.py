@@ -53,6 +53,8 @@ MAX_BATCH_DEPTH = 64
 
 FNV_OFFSET = np.uint64(14695981039346656037)
 FNV_PRIME = np.uint64(1099511628211)
+FMIX_1 = np.uint64(0xFF51AFD7ED558CCD)
+FMIX_2 = np.uint64(0xC4CEB9FE1A85EC53)
 
 
 @register_jitable
@@ -156,10 +158,19 @@ def read_string(buf, pos, end):
 
 @register_jitable
 def id_key(buf, pos, n):
-    """64-bit FNV-1a of the id bytes: an accelerator only, never an identity."""
+    """64-bit key of the id bytes: an accelerator only, never an identity.
+
+    FNV-1a, then MurmurHash3's finaliser: FNV's low bits depend only on the low
+    bits of the input, and hash tables index by the low bits.
+    """
     h = FNV_OFFSET
     for k in range(n):
         h = (h ^ np.uint64(buf[pos + k])) * FNV_PRIME
+    h ^= h >> np.uint64(33)
+    h *= FMIX_1
+    h ^= h >> np.uint64(33)
+    h *= FMIX_2
+    h ^= h >> np.uint64(33)
     return h
 
 

@@ -220,6 +220,7 @@ class PlanState:
                 self.mode = TIME
                 self.t_lim = np.uint64(t)
         self.stopped = False
+        self.open_at_stop = 0
         self.counters = np.zeros(N_COUNTERS, np.int64)
         self._slots = _empty_slots(0)
         self._stack = np.zeros(0, np.int64)
@@ -248,10 +249,13 @@ class PlanState:
             s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, stack, self._top, self._top,
             next_rec, order, events, self.counters,
         )
-        self.stopped = bool(stopped)
         self._slots = (s_txn, s_open, s_cstart, s_ccount, s_head, s_tail)
         self._stack = stack
         self._top = top
+        if stopped and not self.stopped:
+            # In flight at the stop point: never applied, like PostgreSQL's rollback.
+            self.open_at_stop = self.open_transactions
+        self.stopped = bool(stopped)
         self._n_slots = n_slots
         self._next = next_rec
         return result, order[:n_order], events[:n_events], stop_index
@@ -288,7 +292,7 @@ def _empty_slots(cap):
 
 
 def _grown_slots(slots, cap):
-    grown = _empty_slots(cap)
+    grown = _empty_slots(max(cap, len(slots[0])))
     k = len(slots[0])
     for new, old in zip(grown, slots, strict=True):
         new[:k] = old
