@@ -27,6 +27,7 @@ from gpu_pitr.format.columns import ChunkColumns
 from gpu_pitr.format.frame import frame_records, header_problem
 from gpu_pitr.format.layout import HEADER_SIZE, RECORD_HEADER_SIZE, VARIANT_NAMES
 from gpu_pitr.format.payload import OK, STATUS_TEXT
+from gpu_pitr.format.readahead import Readahead
 from gpu_pitr.format.segments import list_segments
 from gpu_pitr.index import RestoredIndex
 from gpu_pitr.plan.commit import (
@@ -42,8 +43,11 @@ from gpu_pitr.plan.commit import (
 )
 from gpu_pitr.report import RestoreReport
 
-DEFAULT_CHUNK_BYTES = 64 << 20
+DEFAULT_CHUNK_BYTES = 16 << 20
 _MIN_CHUNK_BYTES = 64
+# Bytes kept free before each piece's data for what the previous piece carries.
+_HEADROOM = 1 << 20
+_READ_THREADS = 2
 # One row of the record table per this many bytes of chunk; framing resumes
 # within the same bytes when a chunk of tiny records fills the table.
 _BYTES_PER_ROW = 128
@@ -114,13 +118,13 @@ class _Restore:
         self.timings = dict.fromkeys(
             ("discover", "read", "frame", "decode", "plan", "apply", "finish"), 0.0)
         self.chunk_bytes = max(_MIN_CHUNK_BYTES, int(chunk_bytes))
-        self.buf = self._alloc(self.chunk_bytes)
+        self.buf = np.zeros(0, np.uint8)
         self.cols = ChunkColumns(self.chunk_bytes // _BYTES_PER_ROW + 64)
         self.names: list[str] = []
         self.n_carried = 0  # rows 0..n_carried-1: records of open transactions
-        self.carried_bytes = 0  # their bytes, at the front of buf
         self.seen_first = False
-        self.stop_index = None
+        self._piece = None  # the read-ahead piece whose buffer is self.buf
+        self._reader = None
 
     def _alloc(self, nbytes: int) -> np.ndarray:
         # The executor may want special host memory (page-locked on a GPU).
@@ -134,90 +138,119 @@ class _Restore:
         t = time.perf_counter()
         segments = list_segments(self.wal_dir)
         self.report.segments = len(segments)
+        self.names = [str(seg.path) for seg in segments]
         self.timings["discover"] += time.perf_counter() - t
-        for index, seg in enumerate(segments):
-            self.names.append(str(seg.path))
-            self._segment(index, seg)
+        ranges = [(i, seg.path, HEADER_SIZE, seg.size) for i, seg in enumerate(segments)
+                  if seg.size > HEADER_SIZE]
+        reader = Readahead(ranges, self.chunk_bytes, _HEADROOM, self._alloc,
+                           threads=_READ_THREADS)
+        self._reader = reader
+        pieces = iter(reader)
+        try:
+            for index, seg in enumerate(segments):
+                if self._segment_readable(seg) and seg.size > HEADER_SIZE:
+                    self._stream(index, pieces)
+                elif seg.size > HEADER_SIZE:
+                    reader.skip(index)
+        finally:
+            reader.close()
         self._end_of_log()
 
-    def _segment(self, index, seg) -> None:
+    def _segment_readable(self, seg) -> bool:
+        """Check a segment's header; False when its records are not to be read."""
         t = time.perf_counter()
         with open(seg.path, "rb") as f:
             head = f.read(HEADER_SIZE)
-            self.report.bytes_read += len(head)
-            self.timings["read"] += time.perf_counter() - t
-            problem = header_problem(head)
-            if problem == "torn":
-                self.report.torn_tails.append(
-                    {"file": str(seg.path), "offset": 0, "bytes_lost": len(head)})
-                return
-            if problem is not None:
-                entry = {"file": str(seg.path), "offset": 0, "seq": None, "what": problem}
-                if self.plan.stopped:
-                    self.report.damage_after_stop.append(entry)
-                elif self.skip_corrupt:
-                    self.report.skipped.append(entry)
-                else:
-                    raise BadSegmentError(problem, file=str(seg.path), offset=0)
-                return
-            self._stream(index, seg, f)
+        self.report.bytes_read += len(head)
+        self.timings["read"] += time.perf_counter() - t
+        problem = header_problem(head)
+        if problem == "torn":
+            self.report.torn_tails.append(
+                {"file": str(seg.path), "offset": 0, "bytes_lost": len(head)})
+            return False
+        if problem is None:
+            return True
+        entry = {"file": str(seg.path), "offset": 0, "seq": None, "what": problem}
+        if self.plan.stopped:
+            self.report.damage_after_stop.append(entry)
+        elif self.skip_corrupt:
+            self.report.skipped.append(entry)
+        else:
+            raise BadSegmentError(problem, file=str(seg.path), offset=0)
+        return False
 
-    def _stream(self, index, seg, f) -> None:
-        file_pos = HEADER_SIZE  # file offset of buf[carried_bytes]
-        pending = 0  # bytes after the carried ones not framed yet
-        eof = False
+    def _stream(self, index: int, pieces) -> None:
+        """Frame and process every piece of segment ``index``.
+
+        Bytes not yet framed (a record cut by the piece's end) move with the
+        records of open transactions into the next piece's headroom.
+        """
+        c = self.cols
+        start = end = 0
         while True:
-            start = self.carried_bytes
-            if not eof:
-                t = time.perf_counter()
-                want = len(self.buf) - start - pending
-                got = f.readinto(memoryview(self.buf)[start + pending:]) if want else 0
-                eof = got < want
-                self.report.bytes_read += got
-                self.timings["read"] += time.perf_counter() - t
-                pending += got
-            end = start + pending
             t = time.perf_counter()
-            c = self.cols
-            first = self.n_carried
-            max_rows = c.record_capacity - first
-            n, stop, _ = frame_records(self.buf, start, end, c.off[first:], c.length[first:],
-                                       c.seq[first:], max_rows)
-            self.timings["frame"] += time.perf_counter() - t
-            if n == 0 and stop > start:
-                # Only mid-file segment headers: step over them.
-                self.buf[start:start + end - stop] = self.buf[stop:end]
-                file_pos += stop - start
-                pending = end - stop
-                if eof and pending == 0:
-                    return
-                continue
-            if n == 0:
-                if eof:
-                    if pending:
-                        self.report.torn_tails.append(
-                            {"file": str(seg.path), "offset": file_pos, "bytes_lost": pending})
-                    return
-                self._grow_buffer(seg.size)
-                continue
-            rows = slice(first, first + n)
-            c.seg[rows] = index
-            c.foff[rows] = c.off[rows] - start + file_pos
-            self._chunk(first, first + n)
-            file_pos += stop - start
-            pending = end - stop
-            self._carry(first + n, stop, end)
-            if eof and pending == 0:
+            piece = next(pieces)
+            self.timings["read"] += time.perf_counter() - t
+            self.report.bytes_read += piece.length
+            unframed = end - start
+            start = self._adopt(piece, start, end)
+            end = piece.data + piece.length
+            file_of_start = piece.file_offset - unframed  # file offset of buf[start]
+            while True:
+                t = time.perf_counter()
+                first = self.n_carried
+                n, stop, _ = frame_records(self.buf, start, end, c.off[first:],
+                                           c.length[first:], c.seq[first:],
+                                           c.record_capacity - first)
+                self.timings["frame"] += time.perf_counter() - t
+                if n:
+                    rows = slice(first, first + n)
+                    c.seg[rows] = index
+                    c.foff[rows] = c.off[rows] - start + file_of_start
+                    self._chunk(first, first + n)
+                    self._keep_open(first + n)
+                file_of_start += stop - start
+                start = stop
+                if n == 0 or stop == end:
+                    break
+            if piece.last:
+                if end > start:
+                    self.report.torn_tails.append(
+                        {"file": self.names[index], "offset": file_of_start,
+                         "bytes_lost": end - start})
                 return
 
-    def _grow_buffer(self, file_size: int) -> None:
-        # A record larger than the buffer: grow, but never past what the file holds.
-        new = min(2 * len(self.buf), max(len(self.buf) + 1, file_size + self.carried_bytes))
-        if new <= len(self.buf):
-            new = len(self.buf) + RECORD_HEADER_SIZE
-        grown = self._alloc(new)
-        grown[: len(self.buf)] = self.buf
-        self.buf = grown
+    def _adopt(self, piece, start: int, end: int) -> int:
+        """Make ``piece`` the current buffer, carrying the records of open
+        transactions and the unframed bytes ``buf[start:end]`` into its headroom.
+
+        Returns where the carried unframed bytes begin in the new buffer.
+        """
+        c = self.cols
+        m = self.n_carried
+        sizes = c.length[:m] + RECORD_HEADER_SIZE
+        carry = int(sizes.sum()) + (end - start)
+        if carry <= piece.data:
+            buf = piece.buf
+        else:
+            # More to carry than the headroom holds (a long open transaction or a
+            # record longer than a piece): a buffer of its own, the data after it.
+            buf = self._alloc(carry + piece.length)
+            buf[carry:carry + piece.length] = piece.buf[piece.data:piece.data + piece.length]
+            self._reader.release(piece)
+            piece.data = carry
+            piece.buf = None
+        pos = piece.data - carry
+        for i, (o, size) in enumerate(zip(c.off[:m].tolist(), sizes.tolist(), strict=True)):
+            buf[pos:pos + size] = self.buf[o:o + size]
+            c.off[i] = pos
+            pos += size
+        buf[pos:pos + end - start] = self.buf[start:end]
+        if self._piece is not None and self._piece.buf is not None:
+            self._reader.release(self._piece)
+        self._piece = piece
+        self.buf = buf
+        return pos
 
     def _chunk(self, first: int, n: int) -> None:
         c = self.cols
@@ -250,27 +283,15 @@ class _Restore:
         if result == WALK_FATAL:
             self._fatal(stop_index)
 
-    def _carry(self, n: int, stop: int, end: int) -> None:
-        """Move open transactions' records, then the unframed bytes, to the front."""
+    def _keep_open(self, n: int) -> None:
+        """Move the rows of records held by open transactions to the front."""
         keep = self.plan.carry_open(n)
         c = self.cols
-        offs = c.off[keep]
-        sizes = c.length[keep] + RECORD_HEADER_SIZE
-        parts = [self.buf[o:o + s] for o, s in zip(offs.tolist(), sizes.tolist(), strict=True)]
-        held = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
-        tail = self.buf[stop:end].copy()
         m = len(keep)
-        for name in ("length", "seq", "seg", "foff"):
+        for name in ("off", "length", "seq", "seg", "foff"):
             col = getattr(c, name)
             col[:m] = col[keep]
-        c.off[:m] = np.concatenate(([0], np.cumsum(sizes)[:-1])) if m else offs
         self.n_carried = m
-        self.carried_bytes = len(held)
-        need = len(held) + len(tail) + self.chunk_bytes // 2
-        if need > len(self.buf):
-            self.buf = self._alloc(max(need, 2 * len(self.buf)))
-        self.buf[: len(held)] = held
-        self.buf[len(held):len(held) + len(tail)] = tail
         c.ensure_records(m + self.chunk_bytes // _BYTES_PER_ROW + 64)
 
     def _events(self, events) -> None:
@@ -347,20 +368,21 @@ class _Restore:
         self.report.transactions["aborted"] = int(cnt[C_ABORTED])
 
 
-def _key_collision():
+def _needs_host():
     try:
-        from gpu_pitr.executors.cuda import KeyCollision
+        from gpu_pitr.executors.cuda import NeedsHostExecutor
     except ImportError:  # no numba.cuda at all: the cuda executor never ran
         return ()
-    return KeyCollision
+    return NeedsHostExecutor
 
 
 def _run(args, executor, chunk_bytes, target_doc):
     report = RestoreReport(target=target_doc, backend=executor.name,
                            incomplete_history_allowed=bool(args[4]))
-    run = _Restore(*args, executor, chunk_bytes or DEFAULT_CHUNK_BYTES, report)
+    chunk_bytes = chunk_bytes or getattr(executor, "chunk_bytes", DEFAULT_CHUNK_BYTES)
+    run = _Restore(*args, executor, chunk_bytes, report)
     run.run()
-    del run.buf, run.cols
+    del run.buf, run.cols, run._piece
     t = time.perf_counter()
     index = executor.finish(report)
     run.timings["finish"] += time.perf_counter() - t
@@ -391,7 +413,8 @@ def restore(
             each in the report, instead of failing.
         allow_incomplete_history: restore even if the log does not start at
             sequence number 0.
-        chunk_bytes: bytes read per chunk (default 64 MiB).
+        chunk_bytes: bytes read per chunk (default 16 MiB on the cpu executor,
+            128 MiB on cuda; three such buffers are in use at once).
 
     Returns:
         RestoredIndex with ids sorted by UTF-8 bytes, vectors, metadata, report.
@@ -421,8 +444,8 @@ def restore(
     args = (wal_path, target, exclusive, skip_corrupt, allow_incomplete_history)
     try:
         index, run = _run(args, executor, chunk_bytes, target_doc)
-    except _key_collision() as err:
-        # Exactness over speed: the host map compares every id byte for byte.
+    except _needs_host() as err:
+        # Exactness over speed: the host executor handles every input exactly.
         from gpu_pitr.executors.cpu import CpuExecutor
 
         index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc)

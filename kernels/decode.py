@@ -8,7 +8,7 @@ from gpu_pitr.format.layout import RECORD_HEADER_SIZE
 from gpu_pitr.format.payload import MAX_BATCH_DEPTH, decode_record, parse_payload
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def decode_records(
     buf, n, off, length, status, kind, ts, aux, nent, stop,
     e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
@@ -25,7 +25,7 @@ def decode_records(
         )
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def decode_batches(
     buf, batches, off, length, efirst,
     e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,

@@ -22,7 +22,7 @@ META_SET = 2
 N_RUN_COUNTS = 5  # inserts, updates, updates of missing, deletes, deletes of missing
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def expand_entries(order, efirst, nent, starts, ent_seq):
     """``ent_seq``: the entry slots of the records in ``order``, in apply order."""
     k = cuda.grid(1)
@@ -43,7 +43,7 @@ def _same_id(a, a_off, a_len, b, b_off, b_len):
     return True
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def check_run_ids(buf, sorted_ent, run_of, run_start, e_id_off, e_id_len, collision):
     """Flag ``collision`` when an entry's id differs from its run's first id."""
     j = cuda.grid(1)
@@ -54,7 +54,7 @@ def check_run_ids(buf, sorted_ent, run_of, run_start, e_id_off, e_id_len, collis
             collision[0] = 1
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def check_prior_ids(buf, run_ent, prior_row, e_id_off, e_id_len, ids, row_id_off, row_id_len,
                     collision):
     """Flag ``collision`` when a run's id differs from the id of the row its key found."""
@@ -68,7 +68,7 @@ def check_prior_ids(buf, run_ent, prior_row, e_id_off, e_id_len, ids, row_id_off
                 collision[0] = 1
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def resolve_runs(sorted_ent, run_start, run_len, prior_row, e_op, e_meta_off,
                  exists, vec_ent, meta_mode, meta_ent, counts):
     """Replay one id's entries (SPEC section 3) from its prior state.
@@ -112,7 +112,7 @@ def resolve_runs(sorted_ent, run_start, run_len, prior_row, e_op, e_meta_off,
         meta_ent[r] = meta
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def scatter_vectors(buf, vec_off, row, rows32, dim):
     """``rows32[row[i], j]`` = the j-th float of the vector at ``buf[vec_off[i]]``.
 
@@ -131,7 +131,7 @@ def scatter_vectors(buf, vec_off, row, rows32, dim):
         rows32[row[i], j] = w
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def copy_spans(src, src_off, length, dst, dst_off):
     """``dst[dst_off[i]:+length[i]] = src[src_off[i]:+length[i]]`` for every i."""
     i = cuda.grid(1)

@@ -10,7 +10,14 @@ import numpy as np
 from numba import njit, prange
 
 from gpu_pitr.format.layout import BATCH, RECORD_HEADER_SIZE
-from gpu_pitr.format.payload import MAX_BATCH_DEPTH, OK, decode_record, parse_payload
+from gpu_pitr.format.payload import (
+    ERR_DEPTH,
+    MAX_BATCH_DEPTH,
+    OK,
+    decode_record,
+    parse_payload,
+    stack_for,
+)
 from gpu_pitr.index import RestoredIndex
 from gpu_pitr.resolve.hostmap import HostMap, fill_counters
 from gpu_pitr.resolve.idsort import sorted_id_order
@@ -36,13 +43,30 @@ def _decode_records(
 
 
 @njit(cache=True, nogil=True)
+def _decode_deep(
+    buf, deep, off, length, status, kind, ts, aux, nent, stop,
+    e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
+):
+    # Records nested deeper than the first pass's stack, with a stack that fits.
+    for j in range(len(deep)):
+        i = deep[j]
+        stack = np.empty(stack_for(length[i]), np.int64)
+        start = off[i] + RECORD_HEADER_SIZE
+        decode_record(
+            buf, start, start + length[i], i, stack,
+            status, kind, ts, aux, nent, stop,
+            e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
+        )
+
+
+@njit(cache=True, nogil=True)
 def _decode_batches(
     buf, batches, off, length, efirst,
     e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
 ):
-    stack = np.empty(MAX_BATCH_DEPTH, np.int64)
     for j in range(len(batches)):
         i = batches[j]
+        stack = np.empty(stack_for(length[i]), np.int64)
         start = off[i] + RECORD_HEADER_SIZE
         parse_payload(
             buf, start, start + length[i], stack, True, efirst[i],
@@ -87,6 +111,14 @@ class CpuExecutor:
             cols.e_op, cols.e_id_off, cols.e_id_len, cols.e_vec_off, cols.e_dim,
             cols.e_meta_off, cols.e_meta_len, cols.e_key,
         )
+        deep = np.flatnonzero(cols.status[first:n] == ERR_DEPTH) + first
+        if len(deep):
+            _decode_deep(
+                buf, deep, cols.off, cols.length, cols.status, cols.kind, cols.ts,
+                cols.aux, cols.nent, cols.stop,
+                cols.e_op, cols.e_id_off, cols.e_id_len, cols.e_vec_off, cols.e_dim,
+                cols.e_meta_off, cols.e_meta_len, cols.e_key,
+            )
         batches = entry_slots(cols, first, n)
         if len(batches):
             _decode_batches(

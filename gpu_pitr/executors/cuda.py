@@ -13,14 +13,19 @@ NumPy stands in for CuPy, so CI exercises this file without a GPU.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 
 from gpu_pitr.executors.cpu import entry_slots
 from gpu_pitr.executors.device import simulator_enabled
 from gpu_pitr.format.columns import ENTRY_COLUMNS, RECORD_COLUMNS
-from gpu_pitr.format.layout import DELETE
+from gpu_pitr.format.layout import DELETE, RECORD_HEADER_SIZE
+from gpu_pitr.format.payload import ERR_DEPTH, MAX_BATCH_DEPTH
 from gpu_pitr.index import RestoredIndex
 from gpu_pitr.resolve.hostmap import N_COUNTERS, fill_counters
 from gpu_pitr.resolve.idsort import sorted_id_order
@@ -33,8 +38,34 @@ _DEVICE_RECORD_COLUMNS = ("off", "length", "status", "kind", "ts", "aux", "nent"
 _BACK_TO_HOST = ("status", "kind", "ts", "aux", "nent", "stop")
 
 
-class KeyCollision(Exception):
-    """Two different ids share a key: the caller restores on the exact host map."""
+class NeedsHostExecutor(Exception):
+    """Input this executor does not handle exactly: the caller restores on the cpu one.
+
+    Raised when two different ids share a key (the device map is keyed by it) or
+    a batch is nested deeper than a kernel's fixed stack.
+    """
+
+
+def _kernel_modules():
+    """``gpu_pitr.kernels.decode`` and ``.resolve``, also from an uninstalled checkout.
+
+    An installed package maps ``kernels/`` to ``gpu_pitr.kernels``; a source
+    checkout on ``PYTHONPATH`` (a GPU machine with no network to install from)
+    gets the same mapping here.
+    """
+    try:
+        from gpu_pitr.kernels import decode, resolve
+    except ModuleNotFoundError as err:
+        if err.name != "gpu_pitr.kernels":
+            raise
+        path = Path(__file__).resolve().parents[2] / "kernels"
+        spec = importlib.util.spec_from_file_location(
+            "gpu_pitr.kernels", path / "__init__.py", submodule_search_locations=[str(path)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["gpu_pitr.kernels"] = module
+        spec.loader.exec_module(module)
+        from gpu_pitr.kernels import decode, resolve
+    return decode, resolve
 
 
 def _blocks(n: int) -> int:
@@ -45,13 +76,11 @@ class CudaExecutor:
     """Decode, resolve and scatter on the GPU; the index stays in device memory."""
 
     name = "cuda"
+    # Larger chunks than the CPU's: fewer launches and host round trips per byte.
+    chunk_bytes = 128 << 20
 
     def __init__(self, total_bytes: int, profile: bool = False) -> None:
-        from gpu_pitr import kernels  # noqa: F401  (fails early if numba.cuda is unusable)
-        from gpu_pitr.kernels import decode, resolve
-
-        self.k_decode = decode
-        self.k_resolve = resolve
+        self.k_decode, self.k_resolve = _kernel_modules()
         self.sim = simulator_enabled()
         if self.sim:
             self.xp = np
@@ -84,7 +113,10 @@ class CudaExecutor:
         self.ent = {}
 
     def _launch(self, kernel, n, *args):
-        kernel[_blocks(n), _THREADS](*args)
+        with warnings.catch_warnings():
+            # Small chunks launch small grids; Numba's occupancy advice is noise here.
+            warnings.filterwarnings("ignore", message=".*(under-utilization|Grid size)")
+            kernel[_blocks(n), _THREADS](*args)
 
     def _tick(self, stage: str, t0: float) -> float:
         if self.profile and not self.sim:
@@ -116,10 +148,12 @@ class CudaExecutor:
         """Decode records ``0..n-1`` (all of them: carried ones moved) on the device."""
         xp = self.xp
         t = time.perf_counter()
-        used = int(cols.off[n - 1] + 12 + cols.length[n - 1])
+        # Records keep their host offsets on the device: copy just the span they use.
+        lo = int(cols.off[:n].min())
+        used = int((cols.off[:n] + RECORD_HEADER_SIZE + cols.length[:n]).max())
         if len(self.dbuf) < used:
             self.dbuf = xp.zeros(max(used, len(buf)), xp.uint8)
-        self._to_device(self.dbuf[:used], buf[:used])
+        self._to_device(self.dbuf[lo:used], buf[lo:used])
         self._ensure(self.rec, {k: RECORD_COLUMNS[k] for k in _DEVICE_RECORD_COLUMNS}, n)
         self._ensure(self.ent, ENTRY_COLUMNS, n)
         r, e = self.rec, self.ent
@@ -134,6 +168,9 @@ class CudaExecutor:
         )
         for name in _BACK_TO_HOST:
             getattr(cols, name)[:n] = self._to_host(r[name][:n])
+        if (cols.status[:n] == ERR_DEPTH).any():
+            raise NeedsHostExecutor(
+                f"a batch nested deeper than {MAX_BATCH_DEPTH} levels (the kernels' stack)")
         batches = entry_slots(cols, 0, n)
         self._ensure(self.ent, ENTRY_COLUMNS, cols.entry_capacity)
         e = self.ent
@@ -152,6 +189,10 @@ class CudaExecutor:
             dst[...] = src
         else:
             dst.set(np.ascontiguousarray(src))
+
+    def _stable_argsort(self, a):
+        # CuPy's argsort is always stable (and takes no kind); NumPy's must be asked.
+        return np.argsort(a, kind="stable") if self.sim else self.xp.argsort(a)
 
     def _to_host(self, a) -> np.ndarray:
         return a if self.sim else a.get()
@@ -202,7 +243,7 @@ class CudaExecutor:
                 k = int(np.searchsorted(self._to_host(ends), j, side="right"))
                 on_dim_mismatch(int(order[k]), int(ent_seq[j]), self.dim)
         keys = e["e_key"][ent_seq] & KEY_MASK
-        perm = xp.argsort(keys, kind="stable")
+        perm = self._stable_argsort(keys)
         sorted_ent = ent_seq[perm]
         skeys = keys[perm]
         head = xp.ones(total, xp.bool_)
@@ -226,7 +267,7 @@ class CudaExecutor:
                          e["e_id_off"], e["e_id_len"], self.ids, self.row_id_off,
                          self.row_id_len, collision)
         if int(collision[0]):
-            raise KeyCollision("two different ids share a 64-bit key")
+            raise NeedsHostExecutor("two different ids share a 64-bit key")
         exists = xp.zeros(n_runs, xp.bool_)
         vec_ent = xp.empty(n_runs, xp.int64)
         meta_mode = xp.empty(n_runs, xp.int64)
@@ -299,7 +340,7 @@ class CudaExecutor:
             keep[pos[gone]] = False
             keys = xp.concatenate([self.gkeys[keep], run_keys[new]])
             rows = xp.concatenate([self.grows[keep], new_rows])
-            order = xp.argsort(keys, kind="stable")
+            order = self._stable_argsort(keys)
             self.gkeys = keys[order]
             self.grows = rows[order]
         return row

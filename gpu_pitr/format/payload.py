@@ -45,11 +45,19 @@ STATUS_TEXT = {
     ERR_UTF8: "invalid UTF-8 in a string",
     ERR_OPTION: "invalid option tag",
     ERR_COUNT: "count larger than the payload",
-    ERR_DEPTH: "batches nested deeper than the supported limit",
+    ERR_DEPTH: "batches nested deeper than the parser's stack",
 }
 
-# Nested batches deeper than this are refused (each level costs a stack slot).
+# Stack slots for nested batches in the first decode pass. A record nested
+# deeper (valid, if unusual) reports ERR_DEPTH there and is decoded again with a
+# stack of ``stack_for(payload length)`` slots, which always suffices.
 MAX_BATCH_DEPTH = 64
+
+
+@register_jitable
+def stack_for(length):
+    """Stack slots that any payload of ``length`` bytes can need (>= 2 bytes a level)."""
+    return length // 2 + 2
 
 FNV_OFFSET = np.uint64(14695981039346656037)
 FNV_PRIME = np.uint64(1099511628211)
@@ -216,7 +224,8 @@ def parse_payload(
 
     When ``write`` is true the data entries are stored at ``e0, e0 + 1, ...`` of
     the ``e_*`` columns, in log order. ``stack`` holds, per open batch level,
-    the number of entries still to read (``MAX_BATCH_DEPTH`` slots).
+    the number of entries still to read; nesting deeper than it has slots stops
+    with ``ERR_DEPTH`` (see ``stack_for``).
     """
     p = pos
     depth = 0
@@ -238,7 +247,7 @@ def parse_payload(
             count, p2 = read_length(buf, p, end, 1)
             if p2 < 0:
                 return -p2, top_kind, ts, aux, n_ent, p
-            if depth >= MAX_BATCH_DEPTH:
+            if depth >= stack.shape[0]:
                 return ERR_DEPTH, top_kind, ts, aux, n_ent, p
             p = p2
             stack[depth] = count

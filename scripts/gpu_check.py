@@ -1,0 +1,277 @@
+"""One GPU check for a machine with a GPU and no network (see scripts/gpu_check).
+
+1. the cuda-vs-cpu equality tests (tests/test_cuda_executor.py) on the real GPU;
+2. a WAL of about --gib GiB (a synthetic GiB written once, its segments repeated
+   under later names, as a writer restarted without recovery would leave them);
+3. pinned host-to-device and device-to-device bandwidth, measured in this run;
+4. cuda restores from the page cache and from tmpfs (host memory), a profiled
+   run for time per stage, peak device memory, the cpu executor on the same
+   WAL, and a bit-for-bit comparison of the two results;
+5. a short table, printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+GIB = 1 << 30
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def bandwidths(cp) -> dict:
+    """Pinned host->device and device->device copy bandwidth (GB/s), CUDA events."""
+    n = 512 << 20
+    mem = cp.cuda.alloc_pinned_memory(n)
+    host = np.frombuffer(mem, np.uint8, n)
+    host[:] = np.random.default_rng(0).integers(0, 255, n, dtype=np.uint8)
+    dev = cp.empty(n, cp.uint8)
+    dev2 = cp.empty(n, cp.uint8)
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    h2d, d2d = [], []
+    for _ in range(8):
+        start.record()
+        dev.set(host)
+        stop.record()
+        stop.synchronize()
+        h2d.append(n / (cp.cuda.get_elapsed_time(start, stop) / 1e3) / 1e9)
+        start.record()
+        dev2[...] = dev
+        stop.record()
+        stop.synchronize()
+        d2d.append(2 * n / (cp.cuda.get_elapsed_time(start, stop) / 1e3) / 1e9)
+    del dev, dev2
+    return {"h2d_pinned_gbs": float(np.median(h2d[2:])), "d2d_gbs": float(np.median(d2d[2:]))}
+
+
+def build_wal(base: Path, gib: int) -> tuple[Path, dict]:
+    """One synthetic GiB, then its segments repeated under later names."""
+    from gpu_pitr.format.layout import segment_name
+    from gpu_pitr.synth import write_synthetic_wal
+
+    one = base / "one"
+    stats = write_synthetic_wal(one, total_bytes=GIB, dim=128, segments=8, seed=1)
+    wal = base / "wal"
+    wal.mkdir()
+    segs = sorted(one.glob("wal-*.log"))
+    created = 1_800_000_000
+    for _ in range(gib):
+        for s in segs:
+            shutil.copyfile(s, wal / segment_name(created))
+            created += 1
+    return wal, {"one_gib_records": stats.records, "one_gib_live_ids": stats.live_ids}
+
+
+def wal_bytes(wal: Path) -> int:
+    return sum(p.stat().st_size for p in wal.glob("wal-*.log"))
+
+
+def timed_restore(wal, backend, cp=None, **kw):
+    import gpu_pitr
+
+    t = time.perf_counter()
+    idx = gpu_pitr.restore(wal, backend=backend, **kw)
+    if cp is not None:
+        cp.cuda.get_current_stream().synchronize()
+    return idx, time.perf_counter() - t
+
+
+def profiled_restore(wal, cp):
+    """A cuda restore that synchronises after each device stage (time per stage)."""
+    from gpu_pitr.executors.cuda import CudaExecutor
+    from gpu_pitr.pipeline import _run
+
+    ex = CudaExecutor(wal_bytes(wal), profile=True)
+    t = time.perf_counter()
+    index, run = _run((Path(wal), {}, False, False, False), ex, None,
+                      {"kind": "latest", "value": None, "exclusive": False})
+    cp.cuda.get_current_stream().synchronize()
+    total = time.perf_counter() - t
+    host = {k: round(v, 4) for k, v in run.timings.items()}
+    dev = {k: round(v, 4) for k, v in ex.timings.items()}
+    return index, total, host, dev
+
+
+def same_result(a, b) -> bool:
+    ha, hb = a.to_host(), b.to_host()
+    return (ha.id_list() == hb.id_list()
+            and ha.vectors.shape == hb.vectors.shape
+            and ha.vectors.tobytes() == hb.vectors.tobytes()
+            and ha.metadata == hb.metadata)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--gib", type=int, default=8, help="WAL size in GiB (default 8)")
+    ap.add_argument("--workdir", default=None, help="where to write the WAL (default: a temp dir)")
+    ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the figures to this file")
+    args = ap.parse_args()
+    t_all = time.perf_counter()
+    rows: list[tuple[str, str]] = []
+    figures: dict = {}
+
+    import cupy as cp
+    from numba import cuda
+
+    dev = cp.cuda.runtime.getDeviceProperties(0)
+    name = dev["name"].decode() if isinstance(dev["name"], bytes) else dev["name"]
+    log(f"GPU {name}, CuPy {cp.__version__}, Numba {__import__('numba').__version__}, "
+        f"NumPy {np.__version__}, numba.cuda available: {cuda.is_available()}")
+    rows.append(("device", name))
+
+    if not args.skip_tests:
+        log("cuda == cpu on the test corpora (tests/test_cuda_executor.py, real GPU)")
+        env = dict(os.environ, GPU_PITR_REAL_GPU="1",
+                   GPU_PITR_CUDA_EXAMPLES=os.environ.get("GPU_PITR_CUDA_EXAMPLES", "15"),
+                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        env.pop("NUMBA_ENABLE_CUDASIM", None)
+        t = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             "tests/test_cuda_executor.py"], cwd=ROOT, env=env, capture_output=True, text=True)
+        tail = (proc.stdout + proc.stderr).strip().splitlines()
+        print("\n".join(tail[-25:]))
+        rows.append(("test corpora, cuda == cpu", f"{tail[-1] if tail else '?'} "
+                     f"({time.perf_counter() - t:.0f} s)"))
+        figures["tests_rc"] = proc.returncode
+
+    try:
+        return measure(args, cp, rows, figures, t_all)
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        rows.append(("FAILED", traceback.format_exc().strip().splitlines()[-1]))
+        print_table(rows)
+        return 1
+
+
+def print_table(rows) -> None:
+    width = max(len(k) for k, _ in rows)
+    print("\n== gpu_pitr gpu_check ==")
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+def measure(args, cp, rows, figures, t_all) -> int:
+    bw = bandwidths(cp)
+    figures.update(bw)
+    log(f"bandwidth: {bw}")
+
+    base = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_pitr_check_"))
+    base.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    wal, wstats = build_wal(base, args.gib)
+    size = wal_bytes(wal)
+    log(f"WAL {size / GIB:.2f} GiB in {len(list(wal.glob('wal-*.log')))} segments "
+        f"written in {time.perf_counter() - t:.1f} s")
+    figures.update(wstats, wal_bytes=size)
+
+    t = time.perf_counter()
+    buf = bytearray(64 << 20)
+    for p in sorted(wal.glob("wal-*.log")):
+        with open(p, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+    read_s = time.perf_counter() - t
+    figures["read_gbs"] = size / read_s / 1e9
+
+    log("warm-up (kernel compilation)")
+    warm = base / "warm"
+    from gpu_pitr.synth import write_synthetic_wal
+
+    write_synthetic_wal(warm, total_bytes=4 << 20, dim=128, segments=2, seed=2)
+    timed_restore(warm, "cuda", cp)
+    timed_restore(warm, "cpu")
+
+    pool = cp.get_default_memory_pool()
+    pool.free_all_blocks()
+    gpu_runs = []
+    for _ in range(2):
+        idx, s = timed_restore(wal, "cuda", cp)
+        gpu_runs.append(s)
+        peak_pool = pool.total_bytes()
+        index_bytes = idx.vectors.nbytes
+        n_ids = len(idx)
+        del idx
+        pool.free_all_blocks()
+    gpu_s = min(gpu_runs)
+    figures.update(cuda_page_cache_s=gpu_runs, cuda_gbs=size / gpu_s / 1e9,
+                   device_pool_bytes=peak_pool, index_bytes=index_bytes, ids=n_ids)
+    log(f"cuda restore from page cache: {gpu_runs} s, {n_ids} ids")
+
+    shm = Path("/dev/shm")
+    shm_s = None
+    if shm.is_dir() and shutil.disk_usage(shm).free > size + GIB:
+        shm_wal = Path(tempfile.mkdtemp(dir=shm, prefix="gpu_pitr_wal_"))
+        for p in sorted(wal.glob("wal-*.log")):
+            shutil.copyfile(p, shm_wal / p.name)
+        shm_runs = [timed_restore(shm_wal, "cuda", cp)[1] for _ in range(2)]
+        pool.free_all_blocks()
+        shm_s = min(shm_runs)
+        figures["cuda_tmpfs_s"] = shm_runs
+        shutil.rmtree(shm_wal)
+        log(f"cuda restore from tmpfs: {shm_runs} s")
+
+    gpu_idx, prof_s, host_t, dev_t = profiled_restore(wal, cp)
+    figures.update(profiled_s=prof_s, host_stages=host_t, device_stages=dev_t)
+    log(f"profiled: {prof_s:.2f} s host {host_t} device {dev_t}")
+
+    cpu_idx, cpu_s = timed_restore(wal, "cpu")
+    figures["cpu_s"] = cpu_s
+    log(f"cpu restore: {cpu_s:.2f} s")
+    equal = same_result(gpu_idx, cpu_idx)
+    figures["equal_8gib"] = equal
+    log(f"cuda == cpu on the {size / GIB:.1f} GiB WAL: {equal}")
+
+    h2d = bw["h2d_pinned_gbs"]
+    gbs = size / gpu_s / 1e9
+    touched = size + index_bytes  # every WAL byte read once, every index byte written once
+    kern_s = dev_t["decode"] + dev_t["resolve"] + dev_t["scatter"]
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
+    shutil.rmtree(base, ignore_errors=True)
+
+    rows += [
+        ("WAL", f"{size / GIB:.2f} GiB, {n_ids:,} ids x 128 (index {index_bytes / 1e9:.2f} GB)"),
+        ("pinned H2D bandwidth", f"{h2d:.1f} GB/s"),
+        ("device D2D bandwidth (r+w)", f"{bw['d2d_gbs']:.0f} GB/s"),
+        ("raw read (page cache)", f"{figures['read_gbs']:.2f} GB/s"),
+        ("cuda restore, page cache", f"{gbs:.2f} GB/s ({gpu_s:.2f} s) = {gbs / h2d:.0%} of H2D"),
+    ]
+    if shm_s:
+        g = size / shm_s / 1e9
+        rows.append(("cuda restore, tmpfs", f"{g:.2f} GB/s ({shm_s:.2f} s) = {g / h2d:.0%} of H2D"))
+    rows += [
+        ("host stages (s)", " ".join(f"{k}={v}" for k, v in host_t.items())),
+        ("device stages (s)", " ".join(f"{k}={v}" for k, v in dev_t.items())),
+        ("decode+resolve+scatter", f"{touched / kern_s / 1e9:.1f} GB/s on ~{touched / 1e9:.1f} GB "
+         f"= {touched / kern_s / 1e9 / bw['d2d_gbs']:.1%} of D2D"),
+        ("peak device pool", f"{peak_pool / 1e9:.2f} GB (index {index_bytes / 1e9:.2f} GB)"),
+        ("cpu executor, same WAL", f"{size / cpu_s / 1e9:.2f} GB/s ({cpu_s:.1f} s)"),
+        ("cuda == cpu (ids, vector bits, metadata)", str(equal)),
+        ("check wall time", f"{time.perf_counter() - t_all:.0f} s"),
+    ]
+    print_table(rows)
+    ok = equal and figures.get("tests_rc", 0) == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

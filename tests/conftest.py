@@ -1,0 +1,16 @@
+"""Test-wide setup: the CUDA kernels run in Numba's simulator unless a GPU run asks otherwise.
+
+Numba reads ``NUMBA_ENABLE_CUDASIM`` once, when it is first imported, so it is
+set here before any test module imports numba. ``GPU_PITR_REAL_GPU=1`` (used by
+``scripts/gpu_check``) leaves it unset so the same tests drive a real GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if os.environ.get("GPU_PITR_REAL_GPU") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+sys.path.insert(0, os.path.dirname(__file__))

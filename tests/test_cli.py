@@ -1,0 +1,496 @@
+"""The ``gpu-pitr`` command line, run as a real subprocess (``python -m gpu_pitr``).
+
+Every command is checked to leave the WAL directory byte-for-byte unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from reference import frame_log
+
+from gpu_pitr.format.entries import (
+    AbortTransaction,
+    Batch,
+    BeginTransaction,
+    Checkpoint,
+    CommitTransaction,
+    Delete,
+    Insert,
+    Update,
+)
+from gpu_pitr.format.writer import WalWriter
+
+T0 = int(datetime(2026, 11, 26, 10, 0, tzinfo=UTC).timestamp())
+# -0.0, +inf and a quiet NaN with a payload: must come back bit for bit.
+ODD = np.array([0x80000000, 0x7F800000, 0x7FC12345], dtype="<u4").view("<f4")
+
+
+def f32(*values: float) -> np.ndarray:
+    return np.array(values, dtype=np.float32)
+
+
+def write_wal(wal_dir: Path) -> Path:
+    """Two segments: inserts, a batch, a committed and an aborted transaction, a checkpoint,
+    a delete at exactly 10:02:00 and a transaction still open at the end.
+    """
+    wal = WalWriter(wal_dir, created=T0)
+    wal.append(Insert("a", f32(1, 2, 3), {"k": "1"}, T0 + 1))  # seq 0
+    wal.append(Insert("b", f32(4, 5, 6), None, T0 + 2))  # 1
+    wal.append(Insert("c-é", ODD, {"lang": "fr", "ü": "ß"}, T0 + 3))  # 2
+    wal.append(  # 3
+        Batch(
+            [
+                Insert("d", f32(7, 7, 7), None, T0 + 10),
+                Update("a", f32(1, 1, 1), None, T0 + 10),
+                Delete("b", T0 + 10),
+            ],
+            T0 + 10,
+        )
+    )
+    wal.append(BeginTransaction(1, T0 + 20))  # 4
+    wal.append(Update("c-é", f32(9, 9, 9), {"lang": "de"}, T0 + 21))  # 5
+    wal.append(Insert("e", f32(5, 5, 5), None, T0 + 22))  # 6
+    wal.append(CommitTransaction(1, T0 + 30))  # 7
+    wal.append(BeginTransaction(2, T0 + 40))  # 8
+    wal.append(Delete("a", T0 + 41))  # 9
+    wal.append(AbortTransaction(2, T0 + 42))  # 10
+    wal.append(Checkpoint(10, T0 + 50))  # 11
+    wal.rotate(T0 + 60)
+    wal.append(Delete("d", T0 + 120))  # 12, at 10:02:00
+    wal.append(Insert("f", f32(6, 6, 6), {"x": "y"}, T0 + 130))  # 13
+    wal.append(BeginTransaction(3, T0 + 140))  # 14
+    wal.append(Insert("g", f32(0, 0, 0), None, T0 + 141))  # 15, never committed
+    wal.close()
+    return wal_dir
+
+
+A = ("a", [1, 1, 1], {"k": "1"})
+C_FR = ("c-é", ODD, {"lang": "fr", "ü": "ß"})
+C_DE = ("c-é", [9, 9, 9], {"lang": "de"})
+D = ("d", [7, 7, 7], None)
+E = ("e", [5, 5, 5], None)
+F = ("f", [6, 6, 6], {"x": "y"})
+AFTER_BATCH = [A, C_FR, D]  # up to 10:00:10 (seq 3)
+AFTER_TXN = [A, C_DE, D, E]  # up to 10:00:30 (seq 7) and until 10:02:00 exclusive
+AT_1002 = [A, C_DE, E]
+LATEST = [A, C_DE, E, F]
+
+
+@pytest.fixture
+def wal_dir(tmp_path: Path) -> Path:
+    return write_wal(tmp_path / "wal")
+
+
+def dir_state(path: Path) -> dict:
+    """Every entry under ``path``: contents hash, size, mtime and mode."""
+    state = {}
+    for entry in sorted(path.rglob("*")) + [path]:
+        st = entry.lstat()
+        digest = hashlib.sha256(entry.read_bytes()).hexdigest() if entry.is_file() else None
+        state[str(entry.relative_to(path))] = (digest, st.st_size, st.st_mtime_ns, st.st_mode)
+    return state
+
+
+def cli(
+    *args: object, wal_dir: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``python -m gpu_pitr ARGS``; with ``wal_dir``, assert the command left it unchanged."""
+    before = dir_state(wal_dir) if wal_dir is not None and wal_dir.exists() else None
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpu_pitr", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    if before is not None:
+        assert dir_state(wal_dir) == before, f"{args} changed the WAL directory"
+    return proc
+
+
+def restore_npz(wal_dir: Path, out: Path, *args: object) -> dict:
+    proc = cli("restore", wal_dir, "--out", out, *args, wal_dir=wal_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    with np.load(out, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def assert_index(npz: dict, expected: list[tuple]) -> None:
+    assert list(npz["ids"]) == [id_ for id_, _, _ in expected]
+    assert npz["ids"].dtype.kind == "U"
+    assert npz["vectors"].dtype == np.float32
+    assert npz["vectors"].shape == (len(expected), 3)
+    for row, (_, vector, _) in zip(npz["vectors"], expected, strict=True):
+        assert row.view("<u4").tolist() == np.asarray(vector, dtype="<f4").view("<u4").tolist()
+    assert npz["metadata"].dtype.kind == "U"
+    assert [json.loads(m) for m in npz["metadata"]] == [meta for _, _, meta in expected]
+    assert npz["report"].shape == ()
+    assert isinstance(json.loads(str(npz["report"])), dict)
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("gpu-pitr: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def test_restore_latest_is_the_default(wal_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "latest.npz"
+    proc = cli("restore", wal_dir, "--out", out, wal_dir=wal_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "restored 4 ids, dim 3" in proc.stdout
+    assert "stopped: at the end of the log" in proc.stdout
+    with np.load(out, allow_pickle=False) as npz:
+        assert_index(dict(npz), LATEST)
+    assert_index(restore_npz(wal_dir, tmp_path / "l2.npz", "--latest"), LATEST)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "2026-11-26T10:02:00Z",
+        "2026-11-26T11:02:00+01:00",
+        "2026-11-26T10:02:00.500+00:00",
+        str(T0 + 120),
+    ],
+)
+def test_restore_to_time_iso_and_unix(wal_dir: Path, tmp_path: Path, target: str) -> None:
+    assert_index(restore_npz(wal_dir, tmp_path / "o.npz", "--to-time", target), AT_1002)
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [("2026-11-26T10:02:00Z", AFTER_TXN), ("2026-11-26T10:01:59.5Z", AFTER_TXN)],
+)
+def test_restore_exclusive(wal_dir: Path, tmp_path: Path, target: str, expected: list) -> None:
+    npz = restore_npz(wal_dir, tmp_path / "o.npz", "--to-time", target, "--exclusive")
+    assert_index(npz, expected)
+
+
+@pytest.mark.parametrize(("seq", "expected"), [(6, AFTER_BATCH), (7, AFTER_TXN)])
+def test_restore_to_seq(wal_dir: Path, tmp_path: Path, seq: int, expected: list) -> None:
+    # seq 6 is inside transaction 1, which is not yet committed there.
+    assert_index(restore_npz(wal_dir, tmp_path / "o.npz", "--to-seq", seq), expected)
+
+
+def test_out_name_is_kept_exactly(wal_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "restored.bin"
+    assert_index(restore_npz(wal_dir, out), LATEST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["restored.bin", "wal"]
+
+
+def test_empty_wal_dir_restores_an_empty_index(tmp_path: Path) -> None:
+    wal = tmp_path / "wal"
+    wal.mkdir()
+    npz = restore_npz(wal, tmp_path / "o.npz")
+    assert npz["ids"].shape == (0,)
+    assert npz["vectors"].shape[0] == 0
+    assert npz["metadata"].shape == (0,)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--to-time", "2026-11-26T10:02:00"],  # ISO without a zone
+        ["--to-time", "yesterday"],
+        ["--to-time", "-5"],
+        ["--to-seq", "-1"],
+        ["--to-seq", "1", "--latest"],
+        ["--to-time", "1", "--to-seq", "1"],
+        ["--backend", "tpu"],
+    ],
+)
+def test_usage_errors_exit_2(wal_dir: Path, tmp_path: Path, args: list) -> None:
+    out = tmp_path / "o.npz"
+    proc = cli("restore", wal_dir, "--out", out, *args, wal_dir=wal_dir)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_iso_without_zone_says_so(wal_dir: Path, tmp_path: Path) -> None:
+    proc = cli("restore", wal_dir, "--out", tmp_path / "o.npz", "--to-time", "2026-11-26T10:02")
+    assert proc.returncode == 2
+    assert "time zone" in proc.stderr
+
+
+def corrupt_record(wal_dir: Path, seq: int) -> tuple[str, int, int]:
+    """Give the record with ``seq`` an unknown variant; return its file, start and end."""
+    for item in frame_log(wal_dir):
+        if item[0] == "record" and item[4] == seq:
+            _, name, offset, end, _, _ = item
+            path = wal_dir / name
+            data = bytearray(path.read_bytes())
+            data[offset + 12] = 99
+            path.write_bytes(bytes(data))
+            return name, offset, end
+    raise AssertionError(f"no record with seq {seq}")
+
+
+def error_offset(line: str) -> int:
+    return int(line.split(": offset ")[1].split(":")[0])
+
+
+def test_corrupt_record_is_one_line_naming_file_and_offset(wal_dir: Path, tmp_path: Path) -> None:
+    name, start, end = corrupt_record(wal_dir, 5)
+    out = tmp_path / "o.npz"
+    out.write_bytes(b"the previous restore")
+    proc = cli("restore", wal_dir, "--out", out, wal_dir=wal_dir)
+    line = assert_one_error_line(proc, name, "seq 5")
+    assert start <= error_offset(line) < end
+    # Atomic: the old OUT is intact and no temp file is left beside it.
+    assert out.read_bytes() == b"the previous restore"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz", "wal"]
+
+
+def test_damage_after_the_stop_point_is_not_fatal(wal_dir: Path, tmp_path: Path) -> None:
+    corrupt_record(wal_dir, 5)
+    npz = restore_npz(wal_dir, tmp_path / "o.npz", "--to-seq", 3)
+    assert_index(npz, AFTER_BATCH)
+
+
+def test_skip_corrupt(wal_dir: Path, tmp_path: Path) -> None:
+    corrupt_record(wal_dir, 13)  # Insert f
+    npz = restore_npz(wal_dir, tmp_path / "o.npz", "--skip-corrupt")
+    assert_index(npz, AT_1002)
+    skipped = json.loads(str(npz["report"]))["skipped"]
+    assert [(Path(s["file"]).name, s["seq"]) for s in skipped] == [(f"wal-{T0 + 60:016x}.log", 13)]
+
+
+def test_missing_wal_dir_is_one_line(tmp_path: Path) -> None:
+    proc = cli("restore", tmp_path / "nope", "--out", tmp_path / "o.npz")
+    assert_one_error_line(proc, "nope")
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_unwritable_out_dir_is_one_line(wal_dir: Path, tmp_path: Path) -> None:
+    proc = cli("restore", wal_dir, "--out", tmp_path / "missing" / "o.npz", wal_dir=wal_dir)
+    assert_one_error_line(proc, "missing")
+
+
+@pytest.mark.parametrize("where", ["o.npz", "sub/o.npz", "."])
+def test_out_inside_wal_dir_is_refused(wal_dir: Path, where: str) -> None:
+    (wal_dir / "sub").mkdir()
+    proc = cli("restore", wal_dir, "--out", wal_dir / where, wal_dir=wal_dir)
+    assert proc.returncode == 2
+    assert "inside WAL_DIR" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_out_inside_wal_dir_through_a_symlink_is_refused(wal_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to(wal_dir)
+    proc = cli("restore", wal_dir, "--out", tmp_path / "link" / "o.npz", wal_dir=wal_dir)
+    assert proc.returncode == 2
+    assert "inside WAL_DIR" in proc.stderr
+
+
+def cuda_visible(env: dict) -> bool:
+    """Would ``--backend cuda`` under ``env`` find a device: a GPU CuPy sees, or the simulator?"""
+    if env.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        return True
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device: all mean no GPU
+        return False
+
+
+@pytest.mark.parametrize("simulator", ["1", None])
+def test_backend_cuda(wal_dir: Path, tmp_path: Path, simulator: str | None) -> None:
+    # conftest turns the simulator on for the whole run: also try without it.
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    if simulator is not None:
+        env["NUMBA_ENABLE_CUDASIM"] = simulator
+    out = tmp_path / "o.npz"
+    proc = cli("restore", wal_dir, "--out", out, "--backend", "cuda", wal_dir=wal_dir, env=env)
+    if cuda_visible(env):
+        assert proc.returncode == 0, proc.stderr
+        with np.load(out, allow_pickle=False) as npz:
+            assert_index(dict(npz), LATEST)
+    else:
+        assert_one_error_line(proc, "cuda")
+        assert not out.exists()
+
+
+def make_read_only(path: Path) -> None:
+    for entry in [*path.rglob("*"), path]:
+        entry.chmod(stat.S_IMODE(entry.stat().st_mode) & ~0o222)
+
+
+def test_read_only_wal_dir(wal_dir: Path, tmp_path: Path) -> None:
+    # Root ignores the mode bits, so what is asserted is that nothing changed.
+    make_read_only(wal_dir)
+    try:
+        assert_index(restore_npz(wal_dir, tmp_path / "o.npz", "--to-seq", 7), AFTER_TXN)
+        assert cli("inspect", wal_dir, wal_dir=wal_dir).returncode == 0
+        assert cli("inspect", wal_dir, "--json", wal_dir=wal_dir).returncode == 0
+        proc = cli("restore", wal_dir, "--out", wal_dir / "o.npz", wal_dir=wal_dir)
+        assert proc.returncode == 2
+    finally:
+        for entry in [*wal_dir.rglob("*"), wal_dir]:
+            entry.chmod(stat.S_IMODE(entry.stat().st_mode) | 0o200)
+
+
+def write_damaged_wal(wal_dir: Path) -> dict:
+    """A WAL with every kind of thing ``inspect`` reports; returns where each one is."""
+    wal = WalWriter(wal_dir, created=T0)
+    wal.append(Insert("a", f32(1), None, T0 + 1))  # 0
+    wal.append(Batch([Insert("b", f32(2), None, T0 + 2), Delete("a", T0 + 2)], T0 + 2))  # 1
+    wal.append(Checkpoint(1, T0 + 3))  # 2
+    wal.append(BeginTransaction(5, T0 + 4))  # 3
+    wal.append(BeginTransaction(5, T0 + 5))  # 4: anomaly
+    wal.append(Insert("c", f32(3), None, T0 + 6))  # 5
+    wal.append(CommitTransaction(5, T0 + 7))  # 6
+    wal.append(AbortTransaction(9, T0 + 8))  # 7: anomaly
+    wal.append(BeginTransaction(6, T0 + 9))  # 8
+    wal.append(Insert("d", f32(4), None, T0 + 10))  # 9
+    wal.append(AbortTransaction(6, T0 + 11))  # 10
+    wal.append(Insert("e", f32(5), None, T0 + 12))  # 11: made undecodable below
+    wal.append(Insert("f", f32(6), None, T0 + 13))  # 12: given 3 trailing bytes below
+    wal.close()
+    # Reopened without recovery: a new segment, seq back to 0.
+    wal = WalWriter(wal_dir, created=T0 + 100)
+    wal.append(Insert("g", f32(7), {"m": "n"}, T0 + 101))  # 0
+    wal.append(BeginTransaction(7, T0 + 102))  # 1: open at the end
+    wal.close()
+
+    first, second = (f"wal-{created:016x}.log" for created in (T0, T0 + 100))
+    records = {(i[1], i[4]): i for i in frame_log(wal_dir) if i[0] == "record"}
+    _, _, e_offset, _, _, _ = records[(first, 11)]
+    _, _, f_offset, f_end, _, f_payload = records[(first, 12)]
+    data = bytearray((wal_dir / first).read_bytes())
+    data[e_offset + 12] = 99
+    data[f_offset + 8 : f_offset + 12] = (len(f_payload) + 3).to_bytes(4, "little")
+    (wal_dir / first).write_bytes(bytes(data[:f_end]) + b"xyz")
+    second_size = (wal_dir / second).stat().st_size
+    with open(wal_dir / second, "ab") as f:
+        f.write(b"\x02\x00\x00\x00\x00\x00\x00")  # the first 7 bytes of a record
+    bad = f"wal-{T0 + 200:016x}.log"
+    (wal_dir / bad).write_bytes(b"NOPE" + bytes(20))
+    empty = f"wal-{T0 + 300:016x}.log"
+    (wal_dir / empty).write_bytes(b"")
+    (wal_dir / "notes.txt").write_text("not a segment")
+    return {
+        "first": first,
+        "second": second,
+        "bad": bad,
+        "empty": empty,
+        "e_offset": e_offset,
+        "f_offset": f_offset,
+        "torn_offset": second_size,
+        "checkpoint_offset": records[(first, 2)][2],
+        "begin5_offset": records[(first, 4)][2],
+        "abort9_offset": records[(first, 7)][2],
+    }
+
+
+def test_inspect_json(tmp_path: Path) -> None:
+    wal_dir = tmp_path / "wal"
+    w = write_damaged_wal(wal_dir)
+    proc = cli("inspect", wal_dir, "--json", wal_dir=wal_dir)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+
+    segs = {s["name"]: s for s in doc["segments"]}
+    assert list(segs) == [w["first"], w["second"], w["bad"], w["empty"]]
+    first = segs[w["first"]]
+    assert first["size"] == (wal_dir / w["first"]).stat().st_size
+    assert (first["created"], first["records"]) == (T0, 13)
+    assert (first["first_seq"], first["last_seq"]) == (0, 12)
+    # Record 11 does not decode: its timestamp is unknown.
+    assert (first["min_timestamp"], first["max_timestamp"]) == (T0 + 1, T0 + 13)
+    second = segs[w["second"]]
+    assert (second["created"], second["records"], second["first_seq"], second["last_seq"]) == (
+        T0 + 100,
+        2,
+        0,
+        1,
+    )
+    assert segs[w["bad"]]["created"] is None and segs[w["bad"]]["records"] == 0
+    assert doc["totals"] == {
+        "segments": 4,
+        "bytes": sum((wal_dir / name).stat().st_size for name in segs),
+        "records": 15,
+    }
+
+    assert doc["records_by_variant"] == {
+        "Insert": 5,
+        "Update": 0,
+        "Delete": 0,
+        "Batch": 1,
+        "Checkpoint": 1,
+        "BeginTransaction": 4,
+        "CommitTransaction": 1,
+        "AbortTransaction": 2,
+    }
+    nested = {k: v for k, v in doc["batch_entries_by_variant"].items() if v}
+    assert nested == {"Insert": 1, "Delete": 1}
+    assert doc["checkpoints"] == [
+        {
+            "file": w["first"],
+            "offset": w["checkpoint_offset"],
+            "seq": 2,
+            "sequence_number": 1,
+            "timestamp": T0 + 3,
+        }
+    ]
+    txns = doc["transactions"]
+    assert (txns["committed"], txns["aborted"], txns["open_at_end"]) == (1, 1, [7])
+    assert [(a["offset"], a["seq"], a["transaction_id"]) for a in txns["anomalies"]] == [
+        (w["begin5_offset"], 4, 5),
+        (w["abort9_offset"], 7, 9),
+    ]
+    assert doc["seq_restarts"] == [{"file": w["second"], "offset": 16, "from": 12, "to": 0}]
+    assert [(d["kind"], d["file"], d["offset"], d["seq"], d["bytes"]) for d in doc["damage"]] == [
+        ("undecodable", w["first"], w["e_offset"], 11, None),
+        ("trailing_bytes", w["first"], w["f_offset"], 12, 3),
+        ("torn_tail", w["second"], w["torn_offset"], None, 7),
+        ("bad_header", w["bad"], 0, None, None),
+        ("torn_tail", w["empty"], 0, None, 0),
+    ]
+    assert "unknown variant 99" in doc["damage"][0]["what"]
+
+
+def test_inspect_text(tmp_path: Path) -> None:
+    wal_dir = tmp_path / "wal"
+    w = write_damaged_wal(wal_dir)
+    proc = cli("inspect", wal_dir, wal_dir=wal_dir)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    for name in (w["first"], w["second"], w["bad"], w["empty"]):
+        assert name in text
+    assert "2026-11-26T10:00:00Z" in text
+    assert "1 committed, 1 aborted, 1 open at end (7)" in text
+    assert f"{w['second']}: offset 16: 12 -> 0" in text
+    assert f"{w['first']}: offset {w['e_offset']}: seq 11: undecodable" in text
+    assert "3 trailing bytes" in text
+    assert f"{w['second']}: offset {w['torn_offset']}: torn tail, 7 bytes lost" in text
+    assert "bad header: wrong magic" in text
+
+
+def test_inspect_then_restore_a_clean_wal(wal_dir: Path) -> None:
+    doc = json.loads(cli("inspect", wal_dir, "--json", wal_dir=wal_dir).stdout)
+    assert doc["damage"] == [] and doc["seq_restarts"] == []
+    assert doc["totals"]["records"] == 16
+    assert doc["transactions"]["open_at_end"] == [3]
+
+
+def test_inspect_missing_dir_is_one_line(tmp_path: Path) -> None:
+    assert_one_error_line(cli("inspect", tmp_path / "nope"), "nope")

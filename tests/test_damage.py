@@ -1,0 +1,627 @@
+"""SPEC §2 (damage) and §4 (incomplete history): one test per rule, real behaviour.
+
+Each test runs against the fast restore (CPU backend) when it exists, and against
+tests/reference.py.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import struct
+
+import pytest
+import workloads as w
+from workloads import Abort, Batch, Begin, Commit, Ins, LogBuilder, encode_entry, f32
+
+from gpu_pitr.errors import (
+    BadSegmentError,
+    CorruptRecordError,
+    DimensionMismatchError,
+    IncompleteHistoryError,
+    TargetNotFoundError,
+)
+
+IMPLS = ["reference"] + (["fast"] if w.fast_available() else [])
+
+SEG2 = 0x6000000  # creation second of a second segment (sorts after LogBuilder's default)
+
+
+@pytest.fixture(params=IMPLS)
+def restore(request):
+    return w.restore_ref if request.param == "reference" else w.restore_fast
+
+
+def base(path) -> str:
+    return os.path.basename(str(path))
+
+
+def torn(view) -> list[tuple]:
+    return [(base(t["file"]), t["offset"], t["bytes_lost"]) for t in view.report["torn_tails"]]
+
+
+def assert_listed(entries: list[dict], recs: list) -> None:
+    """The damage list names exactly these records (file, seq, an offset inside each)."""
+    assert len(entries) == len(recs), entries
+    for e, r in zip(entries, recs, strict=True):
+        assert (base(e["file"]), e.get("seq")) == (r.file, r.seq), (e, r)
+        assert r.offset <= e["offset"] < r.end, (e, r)
+
+
+def assert_names_record(err, cls, rec):
+    """The error is ``cls``, names the record's file and seq and an offset inside it."""
+    assert type(err) is cls, repr(err)
+    assert base(err.file) == rec.file
+    assert err.offset is not None and rec.offset <= err.offset < rec.end, (err.offset, rec)
+    assert err.seq == rec.seq
+    line = str(err)
+    assert "\n" not in line and rec.file in line and f"offset {err.offset}" in line
+
+
+def two_segments():
+    """Segment 1: a, b; segment 2: c. Returns (builder, recs)."""
+    b = LogBuilder()
+    ra = b.add(Ins("a", [1.0], None, 1))
+    rb = b.add(Ins("b", [2.0], None, 2))
+    b.new_segment(SEG2)
+    rc = b.add(Ins("c", [3.0], None, 3))
+    return b, (ra, rb, rc)
+
+
+# ----------------------------------------------------------------------------- torn tails
+@pytest.mark.parametrize("cut", [1, 5, 11], ids=lambda c: f"header+{c}")
+def test_torn_tail_inside_record_header_stops_that_file_only(restore, tmp_path, cut):
+    b, (ra, rb, rc) = two_segments()
+    b.truncate(rb.file, rb.offset + cut)
+    v = restore(b.write(tmp_path / "wal"))
+    assert v.ids == ["a", "c"]
+    assert torn(v) == [(rb.file, rb.offset, cut)]
+
+
+@pytest.mark.parametrize("cut", [12, 13, -1], ids=["no-payload", "payload+1", "last-byte-missing"])
+def test_torn_tail_inside_payload(restore, tmp_path, cut):
+    b, (ra, rb, rc) = two_segments()
+    size = rb.end - 1 if cut == -1 else rb.offset + cut
+    b.truncate(rb.file, size)
+    v = restore(b.write(tmp_path / "wal"))
+    assert v.ids == ["a", "c"]
+    assert torn(v) == [(rb.file, rb.offset, size - rb.offset)]
+
+
+def test_torn_tail_in_last_file(restore, tmp_path):
+    b, (ra, rb, rc) = two_segments()
+    b.truncate(rc.file, rc.end - 3)
+    v = restore(b.write(tmp_path / "wal"))
+    assert v.ids == ["a", "b"]
+    assert torn(v) == [(rc.file, rc.offset, rc.end - 3 - rc.offset)]
+    assert v.report["stop"]["reason"] == "end_of_log"
+
+
+def test_payload_length_past_end_of_file_is_a_torn_tail(restore, tmp_path):
+    b, (ra, rb, rc) = two_segments()
+    off = b.raw(struct.pack("<QI", 3, 0xFFFFFFFF) + b"\x00" * 7, file=rb.file)
+    v = restore(b.write(tmp_path / "wal"))
+    assert v.ids == ["a", "b", "c"]
+    assert torn(v) == [(rb.file, off, 19)]
+
+
+@pytest.mark.parametrize("n", [1, 4, 8, 12, 15])
+def test_torn_second_header(restore, tmp_path, n):
+    b, (ra, rb, rc) = two_segments()
+    off = b.raw(w.encode_header(0x5F5E100)[:n], file=rb.file)
+    v = restore(b.write(tmp_path / "wal"))
+    assert v.ids == ["a", "b", "c"]
+    assert torn(v) == [(rb.file, off, n)]
+
+
+def test_torn_record_is_not_a_record_for_a_seq_target(restore, tmp_path):
+    # the record header (seq 1) is complete but its payload is not: no record has seq 1
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    r = b.add(Ins("b", [2.0], None, 2))
+    b.truncate(r.file, r.end - 1)
+    with pytest.raises(TargetNotFoundError):
+        restore(b.write(tmp_path / "wal"), to_seq=1)
+
+
+# ----------------------------------------------------------------------------- short files
+def test_empty_segment_file_is_a_torn_tail_at_offset_zero(restore, tmp_path):
+    b, (ra, rb, rc) = two_segments()
+    b.put_file(w.segment_name(SEG2 - 1), b"")
+    v = restore(b.write(tmp_path / "wal"))
+    assert v.ids == ["a", "b", "c"]
+    assert torn(v) == [(w.segment_name(SEG2 - 1), 0, 0)]
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 8, 9, 15])
+def test_file_shorter_than_header_with_header_prefix_is_torn_at_zero(restore, tmp_path, n):
+    b, (ra, rb, rc) = two_segments()
+    name = w.segment_name(SEG2 - 1)
+    b.put_file(name, w.encode_header(SEG2 - 1)[:n])
+    v = restore(b.write(tmp_path / "wal"))
+    assert v.ids == ["a", "b", "c"]
+    assert torn(v) == [(name, 0, n)]
+
+
+@pytest.mark.parametrize(
+    "data", [b"X", b"WALX", b"WALV\x02", b"WALV\x01\x00\x00\x01", b"\x00" * 15], ids=repr
+)
+def test_file_shorter_than_header_without_header_prefix_is_wrong_magic(restore, tmp_path, data):
+    b, (ra, rb, rc) = two_segments()
+    name = w.segment_name(SEG2 - 1)
+    b.put_file(name, data)
+    d = b.write(tmp_path / "wal")
+    with pytest.raises(BadSegmentError) as ei:
+        restore(d)
+    assert base(ei.value.file) == name
+    # not needed: the stop point is in the first file
+    v = restore(d, to_time=1)
+    assert v.ids == ["a"]
+    assert [base(x["file"]) for x in v.report["damage_after_stop"]] == [name]
+
+
+# ----------------------------------------------------------------------------- undecodable
+def _valid_insert() -> bytes:
+    return encode_entry(Ins("id", [1.0, 2.0], {"k": "v"}, 300))
+
+
+GARBAGE = {
+    "unknown_variant_8": b"\x08\x00",
+    "unknown_variant_250": b"\xfa\x00",
+    "unknown_variant_u16": b"\xfb\x09\x00",
+    "variant_u64_marker": b"\xfd" + b"\x00" * 8 + b"\x01a\x00",
+    "variant_marker_255": b"\xff\x00\x00",
+    "timestamp_u128_marker": b"\x02\x01a\xfe" + b"\x00" * 16,
+    "timestamp_marker_255": b"\x02\x01a\xff",
+    "varint_truncated": b"\x02\x01a\xfc\x01\x00",
+    "empty_payload": b"",
+    "truncated_in_id": _valid_insert()[:3],
+    "truncated_in_vector": _valid_insert()[:8],
+    "truncated_in_metadata": _valid_insert()[:15],
+    "truncated_before_timestamp": _valid_insert()[:-3],
+    "truncated_nested_batch": encode_entry(Batch([Ins("a", [1.0], None, 1)], 2))[:-2],
+    "invalid_utf8_id": b"\x00\x02\xff\xfe\x00\x00\x05",
+    "surrogate_utf8_id": b"\x02\x03\xed\xa0\x80\x05",
+    "overlong_utf8_id": b"\x02\x02\xc0\xaf\x05",
+    "invalid_utf8_metadata_key": b"\x00\x01a\x00\x01\x01\x01\x80\x01v\x05",
+    "invalid_utf8_metadata_value": b"\x00\x01a\x00\x01\x01\x01k\x01\xc3\x05",
+    "string_length_larger_than_payload": b"\x02\xfd" + b"\xff" * 8 + b"\x05",
+    "vector_count_larger_than_payload": b"\x00\x01a\xfd" + b"\xff" * 7 + b"\x1f" + b"\x00" * 8,
+    "vector_count_off_by_one": b"\x00\x01a\x02" + f32(1.0) + b"\x00\x05",
+    "map_count_larger_than_payload": b"\x00\x01a\x00\x01\xfd" + b"\xff" * 8 + b"\x05",
+    "batch_count_larger_than_payload": b"\x03\xfd" + b"\xff" * 8 + b"\x00",
+    "bad_option_tag": b"\x00\x01a\x00\x02\x05",
+    "unknown_variant_in_batch": b"\x03\x01\x09\x00\x05",
+}
+
+
+@pytest.mark.parametrize("payload", GARBAGE.values(), ids=GARBAGE.keys())
+def test_undecodable_payload_is_an_error_naming_file_offset_seq(restore, tmp_path, payload):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    bad = b.add_payload(payload)
+    b.add(Ins("b", [2.0], None, 2))
+    with pytest.raises(CorruptRecordError) as ei:
+        restore(b.write(tmp_path / "wal"))
+    assert_names_record(ei.value, CorruptRecordError, bad)
+
+
+def test_undecodable_payload_after_stop_point_is_reported_not_fatal(restore, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    b.add(Ins("b", [2.0], None, 10))
+    bad = b.add_payload(b"\xff\xff")
+    v = restore(b.write(tmp_path / "wal"), to_time=5)
+    assert v.ids == ["a"]
+    assert_listed(v.report["damage_after_stop"], [bad])
+
+
+def test_undecodable_payload_in_a_later_file_after_stop_point(restore, tmp_path):
+    b, (ra, rb, rc) = two_segments()
+    bad = b.add_payload(b"\x08")
+    v = restore(b.write(tmp_path / "wal"), to_seq=1)
+    assert v.ids == ["a", "b"]
+    assert_listed(v.report["damage_after_stop"], [bad])
+
+
+def test_reached_is_strict_time_target_damage_after_last_applied_commit_is_fatal(restore, tmp_path):
+    # T=5 applies a; the stop point is b (first commit point past T) and must be read,
+    # so the damaged record between them is fatal
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    bad = b.add_payload(b"\xff")
+    b.add(Ins("b", [2.0], None, 10))
+    d = b.write(tmp_path / "wal")
+    with pytest.raises(CorruptRecordError) as ei:
+        restore(d, to_time=5)
+    assert_names_record(ei.value, CorruptRecordError, bad)
+
+
+def test_reached_is_strict_time_target_past_the_end_reads_everything(restore, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    bad = b.add_payload(b"\x09")
+    with pytest.raises(CorruptRecordError) as ei:
+        restore(b.write(tmp_path / "wal"), to_time=100)
+    assert_names_record(ei.value, CorruptRecordError, bad)
+
+
+def test_reached_is_strict_damage_inside_a_transaction_before_the_stop(restore, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    b.add(Begin(1, 2))
+    bad = b.add_payload(b"\x00\x01")
+    b.add(Abort(1, 3))
+    b.add(Ins("b", [2.0], None, 10))
+    d = b.write(tmp_path / "wal")
+    with pytest.raises(CorruptRecordError) as ei:
+        restore(d, to_time=5)
+    assert_names_record(ei.value, CorruptRecordError, bad)
+
+
+def test_reached_is_strict_seq_target_record_must_decode(restore, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    bad = b.add_payload(b"\x00\x05ab")  # seq 1
+    b.add(Ins("b", [2.0], None, 2))
+    d = b.write(tmp_path / "wal")
+    with pytest.raises(CorruptRecordError) as ei:
+        restore(d, to_seq=1)
+    assert_names_record(ei.value, CorruptRecordError, bad)
+    v = restore(d, to_seq=0)  # damage after the stop point
+    assert v.ids == ["a"]
+    assert_listed(v.report["damage_after_stop"], [bad])
+
+
+# ----------------------------------------------------------------------------- trailing bytes
+def test_bytes_left_after_a_payload_are_accepted_and_counted(restore, tmp_path):
+    b = LogBuilder()
+    r1 = b.add(Ins("a", [1.0], None, 1), trailing=b"\x00\x01\x02")
+    r2 = b.add(Batch([Ins("b", [2.0], None, 1)], 2), trailing=b"\xff")
+    b.add(Ins("c", [3.0], None, 3))
+    v = restore(b.write(tmp_path / "wal"))
+    assert v.ids == ["a", "b", "c"]
+    tb = v.report["trailing_bytes"]
+    assert [(base(t["file"]), t["offset"]) for t in tb] == [
+        (r1.file, r1.offset),
+        (r2.file, r2.offset),
+    ]
+    counts = [[x for k, x in t.items() if k not in ("file", "offset", "seq", "what")] for t in tb]
+    assert counts == [[3], [1]]
+
+
+# ----------------------------------------------------------------------------- wrong magic
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"WALX\x01\x00\x00\x00",
+        b"walv\x01\x00\x00\x00",
+        b"WALV\x02\x00\x00\x00",
+        b"WALV\x00\x00\x00\x00",
+        b"WALV\x01\x00\x00\x01",
+    ],
+    ids=["magic", "magic-case", "version-2", "version-0", "version-2**24"],
+)
+def test_segment_with_wrong_magic_or_version_is_an_error(restore, tmp_path, head):
+    b, (ra, rb, rc) = two_segments()
+    name = w.segment_name(SEG2 - 1)
+    b.put_file(name, head + struct.pack("<Q", SEG2 - 1) + w.encode_record(2, _valid_insert()))
+    d = b.write(tmp_path / "wal")
+    with pytest.raises(BadSegmentError) as ei:
+        restore(d)
+    assert base(ei.value.file) == name
+    assert ei.value.offset is None or 0 <= ei.value.offset < 16
+    assert name in str(ei.value)
+
+
+def test_wrong_magic_file_after_the_stop_point_is_reported_not_fatal(restore, tmp_path):
+    b, (ra, rb, rc) = two_segments()
+    name = w.segment_name(SEG2 + 1)
+    b.put_file(name, b"WALX" + b"\x01\x00\x00\x00" + b"\x00" * 8)
+    d = b.write(tmp_path / "wal")
+    v = restore(d, to_time=2)
+    assert v.ids == ["a", "b"]
+    assert [base(x["file"]) for x in v.report["damage_after_stop"]] == [name]
+    v = restore(d, to_seq=0)
+    assert v.ids == ["a"]
+    with pytest.raises(BadSegmentError):
+        restore(d, to_time=3)  # the stop point is not reached before the bad file
+
+
+def test_wrong_magic_file_before_a_seq_target_is_fatal(restore, tmp_path):
+    b, (ra, rb, rc) = two_segments()
+    b.put_file(w.segment_name(SEG2 - 1), b"WALV\x07\x00\x00\x00" + b"\x00" * 8)
+    with pytest.raises(BadSegmentError):
+        restore(b.write(tmp_path / "wal"), to_seq=2)
+
+
+# ----------------------------------------------------------------------------- dimensions
+def test_dimension_mismatch_names_the_first_applied_record_that_differs(restore, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0, 2.0], None, 1))
+    b.add(Ins("b", [1.0, 2.0], None, 2))
+    bad = b.add(w.Upd("c", [1.0, 2.0, 3.0], None, 3))
+    b.add(Ins("d", [1.0], None, 4))
+    with pytest.raises(DimensionMismatchError) as ei:
+        restore(b.write(tmp_path / "wal"))
+    assert_names_record(ei.value, DimensionMismatchError, bad)
+
+
+def test_dimension_mismatch_inside_batch_names_the_batch_record(restore, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0, 2.0], None, 1))
+    bad = b.add(Batch([Ins("b", [1.0, 2.0], None, 2), Batch([Ins("c", [1.0], None, 2)], 2)], 2))
+    with pytest.raises(DimensionMismatchError) as ei:
+        restore(b.write(tmp_path / "wal"))
+    assert_names_record(ei.value, DimensionMismatchError, bad)
+
+
+def test_dimension_mismatch_ignores_discarded_records(restore, tmp_path):
+    b = LogBuilder()
+    b.add(Begin(1, 1))
+    b.add(Ins("x", [1.0, 2.0, 3.0], None, 1))  # aborted
+    b.add(Abort(1, 1))
+    b.add(Ins("a", [1.0], None, 2))
+    b.add(Begin(2, 3))
+    b.add(Ins("y", [1.0, 2.0], None, 3))  # in flight at the end
+    v = restore(b.write(tmp_path / "wal"))
+    assert v.ids == ["a"] and v.dim == 1
+
+
+def test_dimension_mismatch_ignores_records_beyond_the_stop_point(restore, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    b.add(Ins("b", [1.0, 2.0], None, 10))
+    b.add(Ins("c", [1.0, 2.0, 3.0], None, 2))  # beyond the stop, though ts <= T
+    d = b.write(tmp_path / "wal")
+    assert restore(d, to_time=5).ids == ["a"]
+    assert restore(d, to_seq=0).ids == ["a"]
+    with pytest.raises(DimensionMismatchError):
+        restore(d, to_seq=1)
+
+
+def test_dimension_is_set_by_the_first_applied_record_not_the_first_written(restore, tmp_path):
+    b = LogBuilder()
+    b.add(Begin(1, 1))
+    first_written = b.add(Ins("a", [1.0, 2.0, 3.0], None, 1))  # -> 1
+    b.add(Begin(2, 1))
+    b.add(Ins("b", [1.0, 2.0], None, 1))  # -> 2
+    b.add(Commit(2, 2))  # applies b first: dimension 2
+    b.add(Commit(1, 3))  # a differs
+    with pytest.raises(DimensionMismatchError) as ei:
+        restore(b.write(tmp_path / "wal"))
+    assert_names_record(ei.value, DimensionMismatchError, first_written)
+
+
+def test_deleted_record_still_counts_for_dimension(restore, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    b.add(w.Del("a", 2))
+    bad = b.add(Ins("b", [1.0, 2.0], None, 3))
+    with pytest.raises(DimensionMismatchError) as ei:
+        restore(b.write(tmp_path / "wal"))
+    assert_names_record(ei.value, DimensionMismatchError, bad)
+
+
+# ----------------------------------------------------------------------------- nothing
+def _assert_empty(v):
+    assert v.ids == [] and v.vectors == [] and v.metadata == []
+    assert v.report["stop"]["reason"] == "end_of_log"
+    assert v.report["records_read"] == 0
+    assert v.report["commit_points_applied"] == 0
+
+
+def test_no_files_gives_an_empty_index(restore, tmp_path):
+    d = tmp_path / "wal"
+    d.mkdir()
+    _assert_empty(restore(str(d)))
+    _assert_empty(restore(str(d), to_time=100))
+
+
+def test_only_headers_gives_an_empty_index(restore, tmp_path):
+    b = LogBuilder()
+    b.reopen()
+    b.new_segment(SEG2)
+    v = restore(b.write(tmp_path / "wal"))
+    _assert_empty(v)
+    assert v.report["torn_tails"] == []
+
+
+def test_only_ignored_and_empty_files_gives_an_empty_index(restore, tmp_path):
+    b = LogBuilder(header=False)
+    b.put_file("notes.txt", b"hello")
+    v = restore(b.write(tmp_path / "wal"))
+    _assert_empty(v)
+    assert torn(v) == [(w.segment_name(0x5F5E100), 0, 0)]
+
+
+def test_seq_target_on_an_empty_log_is_not_found(restore, tmp_path):
+    d = tmp_path / "wal"
+    d.mkdir()
+    with pytest.raises(TargetNotFoundError):
+        restore(str(d), to_seq=0)
+
+
+# ----------------------------------------------------------------------------- skip corrupt
+def test_skip_corrupt_skips_undecodable_records_and_lists_them(restore, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    bad1 = b.add_payload(b"\xff")
+    b.add(Begin(1, 2))
+    b.add(Ins("b", [2.0], None, 2))
+    bad2 = b.add_payload(b"\x00\x01")  # inside the transaction
+    b.add(Commit(1, 3))
+    d = b.write(tmp_path / "wal")
+    v = restore(d, skip_corrupt=True)
+    assert v.ids == ["a", "b"]
+    assert_listed(v.report["skipped"], [bad1, bad2])
+    with pytest.raises(CorruptRecordError):
+        restore(d)
+
+
+def test_skip_corrupt_skips_unreadable_segment_files(restore, tmp_path):
+    b, (ra, rb, rc) = two_segments()
+    bad_a = w.segment_name(SEG2 - 2)
+    bad_b = w.segment_name(SEG2 - 1)
+    b.put_file(bad_a, b"WALX" + b"\x00" * 40)
+    b.put_file(bad_b, b"junk")
+    v = restore(b.write(tmp_path / "wal"), skip_corrupt=True)
+    assert v.ids == ["a", "b", "c"]
+    assert sorted(base(s["file"]) for s in v.report["skipped"]) == [bad_a, bad_b]
+
+
+def test_skip_corrupt_lists_damage_after_the_stop_as_such_not_as_skipped(restore, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    before = b.add_payload(b"\x09")
+    b.add(Ins("b", [2.0], None, 10))
+    after = b.add_payload(b"\x0a")
+    v = restore(b.write(tmp_path / "wal"), to_time=5, skip_corrupt=True)
+    assert v.ids == ["a"]
+    assert_listed(v.report["skipped"], [before])
+    assert_listed(v.report["damage_after_stop"], [after])
+
+
+def test_skip_corrupt_does_not_hide_dimension_mismatch(restore, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    b.add(Ins("b", [1.0, 2.0], None, 2))
+    with pytest.raises(DimensionMismatchError):
+        restore(b.write(tmp_path / "wal"), skip_corrupt=True)
+
+
+# ----------------------------------------------------------------------------- read-only
+def _snapshot(d) -> dict:
+    out = {}
+    for name in sorted(os.listdir(d)):
+        p = os.path.join(d, name)
+        s = os.stat(p)
+        with open(p, "rb") as f:
+            out[name] = (f.read(), s.st_mtime_ns, s.st_mode, s.st_size)
+    return out
+
+
+def test_source_directory_is_never_modified(restore, tmp_path, monkeypatch):
+    b, (ra, rb, rc) = two_segments()
+    b.add_payload(b"\xff")
+    b.add(Ins("d", [4.0], None, 9), trailing=b"\x00")
+    b.put_file(w.segment_name(SEG2 + 5), b"WALX")
+    b.put_file(w.segment_name(SEG2 + 6), w.encode_header(1)[:5])
+    b.put_file("other.txt", b"x")
+    d = b.write(tmp_path / "wal")
+    before = _snapshot(d)
+
+    real_open, real_os_open = builtins.open, os.open
+    writes = []
+
+    def spy_open(file, mode="r", *a, **k):
+        if isinstance(file, str | os.PathLike) and str(file).startswith(d):
+            if any(c in mode for c in "wax+"):
+                writes.append((file, mode))
+        return real_open(file, mode, *a, **k)
+
+    def spy_os_open(path, flags, *a, **k):
+        if str(path).startswith(d) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            writes.append((path, flags))
+        return real_os_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    monkeypatch.setattr(os, "open", spy_os_open)
+    for kw in ({}, {"skip_corrupt": True}, {"to_time": 2}, {"to_seq": 0}, {"to_seq": 99}):
+        try:
+            restore(d, **kw)
+        except (CorruptRecordError, BadSegmentError, TargetNotFoundError):
+            pass
+    monkeypatch.undo()
+    assert writes == []
+    assert _snapshot(d) == before
+
+
+# ----------------------------------------------------------------------------- §4 history
+def test_first_record_not_seq_zero_is_incomplete_history(restore, tmp_path):
+    b = LogBuilder(first_seq=7)
+    b.add(Ins("a", [1.0], None, 1))
+    b.add(Ins("b", [2.0], None, 2))
+    d = b.write(tmp_path / "wal")
+    with pytest.raises(IncompleteHistoryError):
+        restore(d)
+    with pytest.raises(IncompleteHistoryError):
+        restore(d, to_time=1)
+    v = restore(d, allow_incomplete_history=True)
+    assert v.ids == ["a", "b"]
+    assert restore(d, to_seq=7, allow_incomplete_history=True).ids == ["a"]
+
+
+def test_history_missing_when_first_segment_has_no_records(restore, tmp_path):
+    b = LogBuilder()  # a header-only first segment (records removed by retention)
+    b.new_segment(SEG2)
+    b.seq = 40
+    b.add(Ins("a", [1.0], None, 1))
+    d = b.write(tmp_path / "wal")
+    with pytest.raises(IncompleteHistoryError):
+        restore(d)
+    assert restore(d, allow_incomplete_history=True).ids == ["a"]
+
+
+def test_seq_restarting_at_zero_later_is_not_missing_history(restore, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    b.seq = 1000  # a gap later on is not checked
+    b.add(Ins("b", [1.0], None, 1))
+    b.reopen(SEG2)
+    b.add(Ins("c", [1.0], None, 1))
+    assert restore(b.write(tmp_path / "wal")).ids == ["a", "b", "c"]
+
+
+# ----------------------------------------------------------------------------- robustness
+def test_deeply_nested_batch_decodes(restore, tmp_path):
+    depth = 200
+    payload = b"\x03\x01" * depth + encode_entry(Ins("deep", [1.0], None, 1)) + b"\x05" * depth
+    b = LogBuilder()
+    b.add_payload(payload)
+    v = restore(b.write(tmp_path / "wal"))
+    assert v.ids == ["deep"] and v.report["inserts"] == 1
+
+
+def test_very_deeply_nested_batch_does_not_crash(restore, tmp_path):
+    depth = 100_000
+    payload = b"\x03\x01" * depth + encode_entry(Ins("deep", [1.0], None, 1)) + b"\x05" * depth
+    b = LogBuilder()
+    b.add_payload(payload)
+    v = restore(b.write(tmp_path / "wal"))
+    assert v.ids == ["deep"]
+
+
+def test_huge_counts_fail_fast_without_allocating(restore, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    huge = b"\xfd" + b"\xff" * 8
+    payloads = [
+        b"\x00" + huge + b"a",  # id length 2**64-1
+        b"\x00\x01a\xfd" + struct.pack("<Q", 2**62) + b"\x00",  # vector count
+        b"\x03" + huge + b"\x02\x01a\x00",  # batch count
+        b"\x00\x01a\x00\x01" + huge,  # map count
+    ]
+    for p in payloads:
+        b.add_payload(p)
+    d = b.write(tmp_path / "wal")
+    v = restore(d, skip_corrupt=True)
+    assert v.ids == ["a"]
+    assert len(v.report["skipped"]) == len(payloads)
+
+
+def test_many_varint_widths_roundtrip(restore, tmp_path):
+    b = LogBuilder()
+    for i, ts in enumerate([0, 250, 251, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]):
+        b.add(Ins(f"id{i}", [float(i)], None, ts))
+    d = b.write(tmp_path / "wal")
+    assert len(restore(d).ids) == 8
+    assert restore(d, to_time=65535).ids == ["id0", "id1", "id2", "id3"]
+    assert restore(d, to_time=2**32, exclusive=True).ids == [
+        "id0",
+        "id1",
+        "id2",
+        "id3",
+        "id4",
+        "id5",
+    ]
