@@ -53,33 +53,48 @@ _READ_THREADS = 2
 _BYTES_PER_ROW = 128
 
 
-def parse_time(value) -> int:
-    """A time target as Unix seconds: an int, or ISO-8601 text with a zone."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError(f"time target {value!r} has no time zone")
-        return _floor_seconds(value.timestamp())
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, float):
-        return _floor_seconds(value)
-    text = str(value).strip()
-    if text.lstrip("+-").isdigit():
-        return int(text)
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"time target {text!r} is neither Unix seconds nor ISO-8601") from None
-    if dt.tzinfo is None:
-        raise ValueError(f"time target {text!r} has no time zone (add Z or +HH:MM)")
-    return _floor_seconds(dt.timestamp())
+def parse_time(value, exclusive: bool = False) -> int:
+    """A time target as whole Unix seconds.
 
+    ``value``: an int, a float, a datetime with a zone, a string of digits, or
+    ISO-8601 text with a zone (``Z`` or ``+HH:MM``). WAL timestamps are whole
+    seconds, so a fractional target becomes the whole second that selects the same
+    commit points: rounded down when inclusive (``ts > 10.5`` is ``ts > 10``), up
+    when ``exclusive`` (``ts >= 10.5`` is ``ts >= 11``).
 
-def _floor_seconds(t: float) -> int:
-    # Timestamps are whole seconds: T = 10:02:00.5 includes everything at 10:02:00.
+    Raises:
+        ValueError: text that is neither, no time zone, or a number that is not finite.
+    """
     import math
+    import numbers
+    import re
+    from datetime import UTC, timedelta
 
-    return math.floor(t)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        if not math.isfinite(value):
+            raise ValueError(f"time target {value!r} is not a finite number")
+        return math.ceil(value) if exclusive else math.floor(value)
+    below_micro = False  # digits past the microsecond, which datetime drops
+    if isinstance(value, datetime):
+        when, text = value, str(value)
+    else:
+        text = str(value).strip()
+        if re.fullmatch(r"[+-]?[0-9]+", text):
+            return int(text)
+        fraction = re.search(r"T?\d\d:\d\d:\d\d[.,]\d{6}(\d+)", text)
+        below_micro = fraction is not None and fraction[1].strip("0") != ""
+        zulu = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
+        try:
+            when = datetime.fromisoformat(zulu)
+        except ValueError:
+            raise ValueError(
+                f"time target {text!r} is neither Unix seconds nor ISO-8601") from None
+    if when.utcoffset() is None:
+        raise ValueError(f"time target {text!r} has no time zone (add Z or +HH:MM)")
+    whole, part = divmod(when - datetime(1970, 1, 1, tzinfo=UTC), timedelta(seconds=1))
+    return whole + 1 if exclusive and (part or below_micro) else whole
 
 
 def make_executor(backend: str, total_bytes: int):
@@ -426,7 +441,7 @@ def restore(
         raise ValueError("give at most one of to_time and to_seq")
     started = time.perf_counter()
     if to_time is not None:
-        target = {"to_time": parse_time(to_time)}
+        target = {"to_time": parse_time(to_time, exclusive)}
         target_doc = {"kind": "time", "value": target["to_time"], "exclusive": bool(exclusive)}
     elif to_seq is not None:
         if int(to_seq) < 0 or int(to_seq) >= 2**64:

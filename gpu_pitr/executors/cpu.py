@@ -133,7 +133,6 @@ class CpuExecutor:
     def finish(self, report) -> RestoredIndex:
         """Sort by id, compact the rows in place and hand over the index."""
         m = self.map
-        vectors, live = m.compact_sorted(sorted_id_order)
-        fill_counters(report, m.counters, len(live), m.dim)
-        return RestoredIndex(m.ids, m.row_id_off[live], m.row_id_len[live], vectors,
-                             m.meta, m.row_meta_off[live], m.row_meta_len[live], report)
+        ids, id_offs, id_lens, vectors, meta, meta_offs, meta_lens = m.result(sorted_id_order)
+        fill_counters(report, m.counters, len(id_offs), m.dim)
+        return RestoredIndex(ids, id_offs, id_lens, vectors, meta, meta_offs, meta_lens, report)

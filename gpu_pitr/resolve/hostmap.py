@@ -11,6 +11,10 @@ Python side grows that array and resumes at the same entry.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 from numba import njit
 
@@ -42,55 +46,70 @@ def _same_bytes(a, a_off, b, b_off, n):
     return True
 
 
+# A map slot: the id's key (int64 bits), its row + 1 (0: empty, so a fresh
+# table is lazily zeroed memory), and where its bytes are in the id arena, side
+# by side so a probe touches one cache line.
+S_KEY = 0
+S_ROW = 1
+S_OFF = 2
+S_LEN = 3
+
+
 @njit(cache=True, nogil=True)
-def _find(buf, off, n, key, h_key, h_row, row_id_off, row_id_len, ids):
+def _find(buf, off, n, key, h, ids):
     """Slot of the id ``buf[off:off+n]`` in the map, and its row (-1 if absent)."""
-    mask = np.uint64(len(h_row) - 1)
-    s = np.int64(key & mask)
+    mask = h.shape[0] - 1
+    s = key & mask
     while True:
-        r = h_row[s]
+        r = h[s, S_ROW] - 1
         if r < 0:
             return s, -1
-        if h_key[s] == key and row_id_len[r] == n and _same_bytes(ids, row_id_off[r], buf, off, n):
+        if h[s, S_KEY] == key and h[s, S_LEN] == n and _same_bytes(ids, h[s, S_OFF], buf, off, n):
             return s, r
-        s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
+        s = (s + 1) & mask
 
 
 @njit(cache=True, nogil=True)
-def _remove_slot(i, h_key, h_row):
+def _remove_slot(i, h):
     """Delete slot ``i`` of a linear-probing map, shifting later entries back."""
-    mask = len(h_row) - 1
+    mask = h.shape[0] - 1
     j = i
     while True:
         j = (j + 1) & mask
-        if h_row[j] < 0:
+        if h[j, S_ROW] == 0:
             break
-        home = np.int64(h_key[j] & np.uint64(mask))
+        home = h[j, S_KEY] & mask
         # The entry at j may move to i only if its home is not cyclically in (i, j].
         if (i <= j and (home <= i or home > j)) or (i > j and home <= i and home > j):
-            h_key[i] = h_key[j]
-            h_row[i] = h_row[j]
+            h[i, :] = h[j, :]
             i = j
-    h_row[i] = -1
+    h[i, S_ROW] = 0
 
 
 @njit(cache=True, nogil=True)
 def _apply(
     buf, order, k0, e0, efirst, nent,
     e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
-    dim, rows, h_key, h_row, row_id_off, row_id_len, row_meta_off, row_meta_len, row_key,
+    dim, rows, h, row_id_off, row_id_len, row_meta_off, row_meta_len, row_key,
     n_rows, free, n_free, ids, ids_used, meta, meta_used, n_live, counters,
+    shard, n_shards,
 ):
-    """Apply entries in apply order from ``order[k0]``'s entry ``e0`` on.
+    """Apply, in apply order from ``order[k0]``'s entry ``e0`` on, the entries of
+    ids in ``shard`` (of ``n_shards``, chosen by key bits: an id's entries all
+    fall in one shard, so shards run in parallel in any order between them).
 
-    Returns ``(result, k, e, n_rows, n_free, ids_used, meta_used, n_live)``;
-    ``k``/``e`` say where to resume (or which entry differs in dimension).
+    Rows of a shard are ``i * n_shards + shard``. Returns ``(result, k, e,
+    n_rows, n_free, ids_used, meta_used, n_live)``; ``k``/``e`` say where to
+    resume (or which entry differs in dimension).
     """
     cap_rows = rows.shape[0]
     for k in range(k0, len(order)):
         r = order[k]
         first = efirst[r] if k > k0 else max(efirst[r], e0)
         for e in range(first, efirst[r] + nent[r]):
+            key = e_key[e]
+            if (key >> 32) & (n_shards - 1) != shard:
+                continue
             op = e_op[e]
             off = e_id_off[e]
             n = e_id_len[e]
@@ -101,22 +120,22 @@ def _apply(
                     return DIM_MISMATCH, k, e, n_rows, n_free, ids_used, meta_used, n_live
                 if meta_used + e_meta_len[e] > len(meta):
                     return NEED_META, k, e, n_rows, n_free, ids_used, meta_used, n_live
-            s, row = _find(buf, off, n, e_key[e], h_key, h_row, row_id_off, row_id_len, ids)
+            s, row = _find(buf, off, n, key, h, ids)
             if op == DELETE:
                 counters[C_DELETES] += 1
                 if row < 0:
                     counters[C_DELETES_MISSING] += 1
                     continue
-                _remove_slot(s, h_key, h_row)
+                _remove_slot(s, h)
                 row_id_len[row] = -1
                 free[n_free] = row
                 n_free += 1
                 n_live -= 1
                 continue
             if row < 0:
-                if n_free == 0 and n_rows == cap_rows:
+                if n_free == 0 and (n_rows + 1) * n_shards > cap_rows:
                     return NEED_ROWS, k, e, n_rows, n_free, ids_used, meta_used, n_live
-                if 2 * (n_live + 1) > len(h_row):
+                if 2 * (n_live + 1) > h.shape[0]:
                     return NEED_MAP, k, e, n_rows, n_free, ids_used, meta_used, n_live
                 if ids_used + n > len(ids):
                     return NEED_IDS, k, e, n_rows, n_free, ids_used, meta_used, n_live
@@ -124,15 +143,17 @@ def _apply(
                     n_free -= 1
                     row = free[n_free]
                 else:
-                    row = n_rows
+                    row = n_rows * n_shards + shard
                     n_rows += 1
                 ids[ids_used:ids_used + n] = buf[off:off + n]
                 row_id_off[row] = ids_used
                 row_id_len[row] = n
-                row_key[row] = e_key[e]
+                row_key[row] = key
+                h[s, S_KEY] = key
+                h[s, S_ROW] = row + 1
+                h[s, S_OFF] = ids_used
+                h[s, S_LEN] = n
                 ids_used += n
-                h_key[s] = e_key[e]
-                h_row[s] = row
                 n_live += 1
                 row_meta_off[row] = -1
                 row_meta_len[row] = 0
@@ -155,19 +176,21 @@ def _apply(
 
 
 @njit(cache=True, nogil=True)
-def _rehash(cap, n_rows, row_id_len, row_key):
-    h_key = np.zeros(cap, np.uint64)
-    h_row = np.full(cap, -1, np.int64)
-    mask = np.uint64(cap - 1)
-    for r in range(n_rows):
+def _rehash(cap, n_rows, row_id_off, row_id_len, row_key, shard, n_shards):
+    h = np.zeros((cap, 4), np.int64)
+    mask = cap - 1
+    for i in range(n_rows):
+        r = i * n_shards + shard
         if row_id_len[r] < 0:
             continue
         s = row_key[r] & mask
-        while h_row[s] >= 0:
-            s = (s + np.uint64(1)) & mask
-        h_key[s] = row_key[r]
-        h_row[s] = r
-    return h_key, h_row
+        while h[s, S_ROW] != 0:
+            s = (s + 1) & mask
+        h[s, S_KEY] = row_key[r]
+        h[s, S_ROW] = r + 1
+        h[s, S_OFF] = row_id_off[r]
+        h[s, S_LEN] = row_id_len[r]
+    return h
 
 
 @njit(cache=True, nogil=True)
@@ -199,110 +222,194 @@ def _grow(a: np.ndarray, n: int, fill=None) -> np.ndarray:
     return out
 
 
-class HostMap:
-    """The index being restored, in host memory (the CPU executor's state)."""
+def _reserve(shape, dtype, limit: int) -> np.ndarray:
+    """``np.empty`` for an upper bound, or nothing much when the OS refuses it."""
+    try:
+        if int(np.prod(shape)) * np.dtype(dtype).itemsize > limit:
+            raise MemoryError
+        return np.empty(shape, dtype)
+    except MemoryError:  # grow on demand instead
+        return np.empty((1 << 16,) + tuple(shape[1:]), dtype)
 
-    def __init__(self, total_bytes: int) -> None:
-        self.dim = -1
-        self._total_bytes = int(total_bytes)
-        self.rows = np.empty((0, 0), np.uint8)
+
+class _Shard:
+    """What one shard of the map owns: its probe table, free rows, arenas, counters."""
+
+    def __init__(self) -> None:
+        self.h = np.zeros((1024, 4), np.int64)
+        self.free = np.empty(1024, np.int64)
+        self.n_free = 0
         self.n_rows = 0
         self.n_live = 0
-        self.h_key = np.zeros(1024, np.uint64)
-        self.h_row = np.full(1024, -1, np.int64)
-        self.row_id_off = np.empty(0, np.int64)
-        self.row_id_len = np.empty(0, np.int64)
-        self.row_meta_off = np.empty(0, np.int64)
-        self.row_meta_len = np.empty(0, np.int64)
-        self.row_key = np.empty(0, np.uint64)
-        self.free = np.empty(0, np.int64)
-        self.n_free = 0
         self.ids = np.empty(1 << 16, np.uint8)
         self.ids_used = 0
         self.meta = np.empty(1 << 16, np.uint8)
         self.meta_used = 0
         self.counters = np.zeros(N_COUNTERS, np.int64)
 
+
+class HostMap:
+    """The index being restored, in host memory (the CPU executor's state).
+
+    Ids are split into shards by key bits, one per core: each shard applies
+    its ids' entries on its own thread (the compiled step releases the GIL).
+    """
+
+    def __init__(self, total_bytes: int, shards: int | None = None) -> None:
+        self.dim = -1
+        self._total_bytes = int(total_bytes)
+        if shards is None:
+            shards = min(8, numba.get_num_threads())
+        self.n_shards = 1 << (max(1, shards).bit_length() - 1)  # a power of two
+        self.shards = [_Shard() for _ in range(self.n_shards)]
+        self.rows = np.empty((0, 0), np.uint8)
+        self.row_id_off = np.empty(0, np.int64)
+        self.row_id_len = np.empty(0, np.int64)
+        self.row_meta_off = np.empty(0, np.int64)
+        self.row_meta_len = np.empty(0, np.int64)
+        self.row_key = np.empty(0, np.int64)
+        self._pool = None
+        try:
+            self._limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        except (ValueError, OSError):
+            self._limit = 1 << 34
+
+    @property
+    def counters(self) -> np.ndarray:
+        return sum(sh.counters for sh in self.shards)
+
     def _grow_rows(self, cap: int) -> None:
         old = self.rows
-        self.rows = np.empty((cap, 4 * max(self.dim, 0)), np.uint8)
-        if self.n_rows:
-            self.rows[: self.n_rows] = old[: self.n_rows]
+        used = self.n_shards * max(sh.n_rows for sh in self.shards)
+        self.rows = _reserve((cap, 4 * max(self.dim, 0)), np.uint8, self._limit)
+        if used:
+            self.rows[:used] = old[:used]
         del old
+        cap = self.rows.shape[0]
         self.row_id_off = _grow(self.row_id_off, cap)
         self.row_id_len = _grow(self.row_id_len, cap, -1)
         self.row_meta_off = _grow(self.row_meta_off, cap)
         self.row_meta_len = _grow(self.row_meta_len, cap)
         self.row_key = _grow(self.row_key, cap)
-        self.free = _grow(self.free, cap)
 
     def set_dim(self, dim: int) -> None:
         """Fix the dimension and reserve rows for the most vectors the log can hold.
 
         Every record carrying a vector takes at least ``4 * dim + 17`` bytes, so
-        that bound never needs growing; ``np.empty`` pages that are never
-        written cost no memory.
+        that bound (times the shards, whose rows interleave) never needs
+        growing, the maps never rehash and the arenas never copy; pages of
+        these reservations that are never written cost no memory.
         """
         self.dim = int(dim)
-        self._grow_rows(self._total_bytes // (4 * self.dim + 17) + 16)
+        most = self._total_bytes // (4 * self.dim + 17) + 16
+        self._grow_rows(self.n_shards * most)
+        for sh in self.shards:
+            if sh.n_live == 0:
+                sh.h = np.zeros((1 << (2 * most - 1).bit_length(), 4), np.int64)
+            if sh.ids_used == 0:
+                sh.ids = _reserve((self._total_bytes,), np.uint8, self._limit)
+            if sh.meta_used == 0:
+                sh.meta = _reserve((self._total_bytes,), np.uint8, self._limit)
+
+    def _run(self, s, buf, order, ent, k, e):
+        sh = self.shards[s]
+        res, k, e, sh.n_rows, sh.n_free, sh.ids_used, sh.meta_used, sh.n_live = _apply(
+            buf, order, k, e, ent.efirst, ent.nent,
+            ent.e_op, ent.e_id_off, ent.e_id_len, ent.e_vec_off, ent.e_dim,
+            ent.e_meta_off, ent.e_meta_len, ent.e_key.view(np.int64),
+            self.dim, self.rows, sh.h, self.row_id_off,
+            self.row_id_len, self.row_meta_off, self.row_meta_len, self.row_key,
+            sh.n_rows, sh.free, sh.n_free, sh.ids, sh.ids_used,
+            sh.meta, sh.meta_used, sh.n_live, sh.counters, s, self.n_shards,
+        )
+        return res, k, e
 
     def apply(self, buf, order, ent, on_dim_mismatch) -> None:
         """Apply the entries of the records in ``order`` (an apply order).
 
         ``ent`` is the decoded chunk (``efirst``, ``nent`` and the ``e_*`` columns);
-        ``on_dim_mismatch(record_index, entry_index, dim)`` raises.
+        ``on_dim_mismatch(record_index, entry_index, dim)`` raises. Shards run
+        in rounds: each runs until done or until something must grow; growth
+        happens between rounds, on this thread.
         """
-        k, e = 0, 0
-        while True:
-            res, k, e, self.n_rows, self.n_free, self.ids_used, self.meta_used, self.n_live = (
-                _apply(
-                    buf, order, k, e, ent.efirst, ent.nent,
-                    ent.e_op, ent.e_id_off, ent.e_id_len, ent.e_vec_off, ent.e_dim,
-                    ent.e_meta_off, ent.e_meta_len, ent.e_key,
-                    self.dim, self.rows, self.h_key, self.h_row, self.row_id_off,
-                    self.row_id_len, self.row_meta_off, self.row_meta_len, self.row_key,
-                    self.n_rows, self.free, self.n_free, self.ids, self.ids_used,
-                    self.meta, self.meta_used, self.n_live, self.counters,
-                )
-            )
-            if res == DONE:
-                return
-            if res == NEED_DIM:
-                self.set_dim(int(ent.e_dim[e]))
-            elif res == DIM_MISMATCH:
-                on_dim_mismatch(int(order[k]), int(e), self.dim)
-            elif res == NEED_ROWS:
-                self._grow_rows(max(16, self.rows.shape[0] + self.rows.shape[0] // 2))
-            elif res == NEED_MAP:
-                self.h_key, self.h_row = _rehash(
-                    2 * len(self.h_row), self.n_rows, self.row_id_len, self.row_key)
-            elif res == NEED_IDS:
-                self.ids = _grow(self.ids, 2 * len(self.ids) + int(ent.e_id_len[e]))
-            elif res == NEED_META:
-                self.meta = _grow(self.meta, 2 * len(self.meta) + int(ent.e_meta_len[e]))
+        at = dict.fromkeys(range(self.n_shards), (0, 0))
+        mismatch = None
+        while at:
+            shards = sorted(at)
+            if len(shards) > 1:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.n_shards,
+                                                    thread_name_prefix="gpu_pitr-apply")
+                outs = list(self._pool.map(
+                    lambda s: self._run(s, buf, order, ent, *at[s]), shards))
+            else:
+                outs = [self._run(shards[0], buf, order, ent, *at[shards[0]])]
+            need_dim = None
+            for s, (res, k, e) in zip(shards, outs, strict=True):
+                at[s] = (k, e)
+                sh = self.shards[s]
+                if res == DONE:
+                    del at[s]
+                elif res == DIM_MISMATCH:
+                    del at[s]
+                    mismatch = min(mismatch or (k, e), (k, e))
+                elif res == NEED_DIM:
+                    need_dim = min(need_dim or (k, e), (k, e))
+                elif res == NEED_ROWS:
+                    self._grow_rows(max(16, self.rows.shape[0] + self.rows.shape[0] // 2))
+                elif res == NEED_MAP:
+                    sh.h = _rehash(2 * sh.h.shape[0], sh.n_rows, self.row_id_off,
+                                   self.row_id_len, self.row_key, s, self.n_shards)
+                elif res == NEED_IDS:
+                    sh.ids = _grow(sh.ids, 2 * len(sh.ids) + int(ent.e_id_len[e]))
+                elif res == NEED_META:
+                    sh.meta = _grow(sh.meta, 2 * len(sh.meta) + int(ent.e_meta_len[e]))
+                if len(sh.free) < self.rows.shape[0] // self.n_shards + 1:
+                    sh.free = _grow(sh.free, self.rows.shape[0] // self.n_shards + 1)
+            if need_dim is not None:
+                # The first vector applied, in apply order, fixes the dimension.
+                self.set_dim(int(ent.e_dim[need_dim[1]]))
+                for sh in self.shards:
+                    if len(sh.free) < self.rows.shape[0] // self.n_shards + 1:
+                        sh.free = _grow(sh.free, self.rows.shape[0] // self.n_shards + 1)
+        if mismatch is not None:
+            on_dim_mismatch(int(order[mismatch[0]]), int(mismatch[1]), self.dim)
 
-    def live_rows(self) -> np.ndarray:
-        return np.flatnonzero(self.row_id_len[: self.n_rows] >= 0)
-
-    def compact_sorted(self, order_of_ids) -> tuple[np.ndarray, np.ndarray]:
-        """Move the live rows, sorted by id bytes, to the front of ``rows``.
+    def result(self, order_of_ids):
+        """The index, ids sorted by bytes: live rows move to the front of ``rows``.
 
         ``order_of_ids(ids, offsets, lengths)`` returns the sorting permutation.
-        Returns ``(vectors, live)``: the float32 view ``[n, dim]`` and the original
-        row of each output row.
+        Returns ``(ids, id_offs, id_lens, vectors, meta, meta_offs, meta_lens)``
+        with the shards' arenas joined; ``vectors`` is a float32 ``[n, dim]`` view.
         """
-        live = self.live_rows()
-        offs = self.row_id_off[live]
-        lens = self.row_id_len[live]
-        order = order_of_ids(self.ids, offs, lens)
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        used = self.n_shards * max(sh.n_rows for sh in self.shards)
+        alive = self.row_id_len[:used] >= 0
+        live = np.flatnonzero(alive)
+        shard_of = live & (self.n_shards - 1)
+        id_base = np.cumsum([0] + [sh.ids_used for sh in self.shards])
+        meta_base = np.cumsum([0] + [sh.meta_used for sh in self.shards])
+        ids = np.concatenate([sh.ids[:sh.ids_used] for sh in self.shards])
+        meta = np.concatenate([sh.meta[:sh.meta_used] for sh in self.shards])
+        id_offs = self.row_id_off[live] + id_base[shard_of]
+        id_lens = self.row_id_len[live]
+        order = order_of_ids(ids, id_offs, id_lens)
         live = live[order]
-        dead = np.flatnonzero(self.row_id_len[: self.n_rows] < 0)
-        perm = np.concatenate([live, dead])
-        if self.dim >= 0 and self.n_rows:
+        meta_offs = self.row_meta_off[live]
+        meta_offs = np.where(meta_offs >= 0, meta_offs + meta_base[live & (self.n_shards - 1)],
+                             -1)
+        perm = np.concatenate([live, np.flatnonzero(~alive)])
+        if self.dim > 0 and used:
             _permute_rows_in_place(self.rows, perm)
+        n = len(live)
         if self.dim <= 0:
-            return np.zeros((len(live), max(self.dim, 0)), np.float32), live
-        return self.rows[: len(live)].view("<f4").reshape(len(live), self.dim), live
+            vectors = np.zeros((n, max(self.dim, 0)), np.float32)
+        else:
+            vectors = self.rows[:n].view("<f4").reshape(n, self.dim)
+        return (ids, id_offs[order], id_lens[order], vectors, meta, meta_offs,
+                self.row_meta_len[live])
 
 
 def fill_counters(report, counters, n_ids: int, dim: int) -> None:
