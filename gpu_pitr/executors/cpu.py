@@ -23,6 +23,7 @@ from gpu_pitr.resolve.hostmap import HostMap, fill_counters
 from gpu_pitr.resolve.idsort import sorted_id_order
 
 _BLOCK = 1024
+_AHEAD = 2
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -31,15 +32,25 @@ def _decode_records(
     e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
 ):
     n_blocks = (n - first + _BLOCK - 1) // _BLOCK
+    touched = np.zeros(n_blocks, np.uint8)
     for b in prange(n_blocks):
         stack = np.empty(MAX_BATCH_DEPTH, np.int64)
-        for i in range(first + b * _BLOCK, min(n, first + (b + 1) * _BLOCK)):
+        hi = min(n, first + (b + 1) * _BLOCK)
+        ahead = np.uint8(0)
+        for i in range(first + b * _BLOCK, hi):
+            # Load a record a few ahead (its first and last bytes), unwaited for:
+            # the memory traffic overlaps this record's parsing.
+            j = min(i + _AHEAD, hi - 1)
+            ahead ^= buf[off[j] + RECORD_HEADER_SIZE - 1] ^ buf[off[j] + RECORD_HEADER_SIZE
+                                                                + length[j] - 1]
             start = off[i] + RECORD_HEADER_SIZE
             decode_record(
                 buf, start, start + length[i], i, stack,
                 status, kind, ts, aux, nent, stop,
                 e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
             )
+        touched[b] = ahead
+    return touched
 
 
 @njit(cache=True, nogil=True)

@@ -14,6 +14,7 @@ from numba import njit
 from gpu_pitr.format.layout import HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, VERSION
 from gpu_pitr.format.payload import read_uint_le
 
+_AHEAD = 1024
 _HEADER_PREFIX = np.frombuffer(MAGIC + VERSION.to_bytes(4, "little"), dtype=np.uint8).copy()
 
 
@@ -29,7 +30,13 @@ def _is_header(buf, pos, prefix):
 def _frame(buf, pos, end, max_rows, r_off, r_len, r_seq, prefix):
     n = 0
     headers = 0
+    # Each record's length says where the next one starts, so the walk is a
+    # chain of dependent loads. A load some way ahead, whose value nothing
+    # waits for, starts the memory traffic early (a software prefetch).
+    ahead = np.uint8(0)
+    last = end - 1
     while n < max_rows:
+        ahead ^= buf[min(pos + _AHEAD, last)]
         remaining = end - pos
         if remaining < RECORD_HEADER_SIZE:
             break
@@ -48,7 +55,7 @@ def _frame(buf, pos, end, max_rows, r_off, r_len, r_seq, prefix):
         r_seq[n] = read_uint_le(buf, pos, 8)
         n += 1
         pos += RECORD_HEADER_SIZE + length
-    return n, pos, headers
+    return n, pos, headers, ahead
 
 
 def frame_records(buf, pos, end, r_off, r_len, r_seq, max_rows=None):
@@ -62,7 +69,8 @@ def frame_records(buf, pos, end, r_off, r_len, r_seq, max_rows=None):
     """
     if max_rows is None:
         max_rows = len(r_off)
-    return _frame(buf, pos, end, max_rows, r_off, r_len, r_seq, _HEADER_PREFIX)
+    n, stop, headers, _ = _frame(buf, pos, end, max_rows, r_off, r_len, r_seq, _HEADER_PREFIX)
+    return n, stop, headers
 
 
 def header_problem(head: bytes) -> str | None:

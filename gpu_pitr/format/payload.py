@@ -61,6 +61,7 @@ def stack_for(length):
 
 FNV_OFFSET = np.uint64(14695981039346656037)
 FNV_PRIME = np.uint64(1099511628211)
+ASCII_MASK = np.uint64(0x8080808080808080)
 FMIX_1 = np.uint64(0xFF51AFD7ED558CCD)
 FMIX_2 = np.uint64(0xC4CEB9FE1A85EC53)
 
@@ -122,6 +123,11 @@ def utf8_valid(buf, pos, n):
     i = pos
     stop = pos + n
     while i < stop:
+        # ASCII runs, 8 bytes at a time.
+        while i + 8 <= stop and read_uint_le(buf, i, 8) & ASCII_MASK == np.uint64(0):
+            i += 8
+        if i >= stop:
+            break
         b0 = np.int64(buf[i])
         if b0 < 0x80:
             i += 1
@@ -168,12 +174,18 @@ def read_string(buf, pos, end):
 def id_key(buf, pos, n):
     """64-bit key of the id bytes: an accelerator only, never an identity.
 
-    FNV-1a, then MurmurHash3's finaliser: FNV's low bits depend only on the low
-    bits of the input, and hash tables index by the low bits.
+    FNV-1a over 8-byte little-endian words (then the tail bytes), then
+    MurmurHash3's finaliser: FNV's low bits depend only on the low bits of the
+    input, and hash tables index by the low bits.
     """
-    h = FNV_OFFSET
-    for k in range(n):
+    h = FNV_OFFSET ^ np.uint64(n)
+    k = 0
+    while k + 8 <= n:
+        h = (h ^ read_uint_le(buf, pos + k, 8)) * FNV_PRIME
+        k += 8
+    while k < n:
         h = (h ^ np.uint64(buf[pos + k])) * FNV_PRIME
+        k += 1
     h ^= h >> np.uint64(33)
     h *= FMIX_1
     h ^= h >> np.uint64(33)
