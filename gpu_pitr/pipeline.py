@@ -83,7 +83,7 @@ def parse_time(value, exclusive: bool = False) -> int:
         text = str(value).strip()
         if re.fullmatch(r"[+-]?[0-9]+", text):
             return int(text)
-        fraction = re.search(r"T?\d\d:\d\d:\d\d[.,]\d{6}(\d+)", text)
+        fraction = re.search(r":\d\d[.,]\d{6}(\d+)", text)
         below_micro = fraction is not None and fraction[1].strip("0") != ""
         zulu = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
         try:
@@ -397,7 +397,7 @@ def _run(args, executor, chunk_bytes, target_doc):
     chunk_bytes = chunk_bytes or getattr(executor, "chunk_bytes", DEFAULT_CHUNK_BYTES)
     run = _Restore(*args, executor, chunk_bytes, report)
     run.run()
-    del run.buf, run.cols, run._piece
+    del run.buf, run.cols, run._piece, run._reader  # the read buffers go before the sort
     t = time.perf_counter()
     index = executor.finish(report)
     run.timings["finish"] += time.perf_counter() - t

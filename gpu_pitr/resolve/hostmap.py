@@ -46,17 +46,15 @@ def _same_bytes(a, a_off, b, b_off, n):
     return True
 
 
-# A map slot: the id's key (int64 bits), its row + 1 (0: empty, so a fresh
-# table is lazily zeroed memory), and where its bytes are in the id arena, side
-# by side so a probe touches one cache line.
+# A map slot: the id's key (int64 bits) and its row + 1 (0: empty, so a fresh
+# table is lazily zeroed memory), side by side so a probe touches one cache line.
 S_KEY = 0
 S_ROW = 1
-S_OFF = 2
-S_LEN = 3
+SLOT = 2
 
 
 @njit(cache=True, nogil=True)
-def _find(buf, off, n, key, h, ids):
+def _find(buf, off, n, key, h, ids, row_id_off, row_id_len):
     """Slot of the id ``buf[off:off+n]`` in the map, and its row (-1 if absent)."""
     mask = h.shape[0] - 1
     s = key & mask
@@ -64,7 +62,8 @@ def _find(buf, off, n, key, h, ids):
         r = h[s, S_ROW] - 1
         if r < 0:
             return s, -1
-        if h[s, S_KEY] == key and h[s, S_LEN] == n and _same_bytes(ids, h[s, S_OFF], buf, off, n):
+        if (h[s, S_KEY] == key and row_id_len[r] == n
+                and _same_bytes(ids, row_id_off[r], buf, off, n)):
             return s, r
         s = (s + 1) & mask
 
@@ -120,7 +119,7 @@ def _apply(
                     return DIM_MISMATCH, k, e, n_rows, n_free, ids_used, meta_used, n_live
                 if meta_used + e_meta_len[e] > len(meta):
                     return NEED_META, k, e, n_rows, n_free, ids_used, meta_used, n_live
-            s, row = _find(buf, off, n, key, h, ids)
+            s, row = _find(buf, off, n, key, h, ids, row_id_off, row_id_len)
             if op == DELETE:
                 counters[C_DELETES] += 1
                 if row < 0:
@@ -151,8 +150,6 @@ def _apply(
                 row_key[row] = key
                 h[s, S_KEY] = key
                 h[s, S_ROW] = row + 1
-                h[s, S_OFF] = ids_used
-                h[s, S_LEN] = n
                 ids_used += n
                 n_live += 1
                 row_meta_off[row] = -1
@@ -176,8 +173,8 @@ def _apply(
 
 
 @njit(cache=True, nogil=True)
-def _rehash(cap, n_rows, row_id_off, row_id_len, row_key, shard, n_shards):
-    h = np.zeros((cap, 4), np.int64)
+def _rehash(cap, n_rows, row_id_len, row_key, shard, n_shards):
+    h = np.zeros((cap, SLOT), np.int64)
     mask = cap - 1
     for i in range(n_rows):
         r = i * n_shards + shard
@@ -188,8 +185,6 @@ def _rehash(cap, n_rows, row_id_off, row_id_len, row_key, shard, n_shards):
             s = (s + 1) & mask
         h[s, S_KEY] = row_key[r]
         h[s, S_ROW] = r + 1
-        h[s, S_OFF] = row_id_off[r]
-        h[s, S_LEN] = row_id_len[r]
     return h
 
 
@@ -236,7 +231,7 @@ class _Shard:
     """What one shard of the map owns: its probe table, free rows, arenas, counters."""
 
     def __init__(self) -> None:
-        self.h = np.zeros((1024, 4), np.int64)
+        self.h = np.zeros((1024, SLOT), np.int64)
         self.free = np.empty(1024, np.int64)
         self.n_free = 0
         self.n_rows = 0
@@ -305,7 +300,9 @@ class HostMap:
         self._grow_rows(self.n_shards * most)
         for sh in self.shards:
             if sh.n_live == 0:
-                sh.h = np.zeros((1 << (2 * most - 1).bit_length(), 4), np.int64)
+                # Keys spread evenly over shards; a skewed shard rehashes as it grows.
+                per_shard = 2 * most // self.n_shards + 1
+                sh.h = np.zeros((1 << (per_shard - 1).bit_length(), SLOT), np.int64)
             if sh.ids_used == 0:
                 sh.ids = _reserve((self._total_bytes,), np.uint8, self._limit)
             if sh.meta_used == 0:
@@ -358,8 +355,8 @@ class HostMap:
                 elif res == NEED_ROWS:
                     self._grow_rows(max(16, self.rows.shape[0] + self.rows.shape[0] // 2))
                 elif res == NEED_MAP:
-                    sh.h = _rehash(2 * sh.h.shape[0], sh.n_rows, self.row_id_off,
-                                   self.row_id_len, self.row_key, s, self.n_shards)
+                    sh.h = _rehash(2 * sh.h.shape[0], sh.n_rows, self.row_id_len,
+                                   self.row_key, s, self.n_shards)
                 elif res == NEED_IDS:
                     sh.ids = _grow(sh.ids, 2 * len(sh.ids) + int(ent.e_id_len[e]))
                 elif res == NEED_META:
@@ -385,6 +382,8 @@ class HostMap:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        for sh in self.shards:
+            sh.h = sh.free = None  # not needed any more: room for the sort below
         used = self.n_shards * max(sh.n_rows for sh in self.shards)
         alive = self.row_id_len[:used] >= 0
         live = np.flatnonzero(alive)
