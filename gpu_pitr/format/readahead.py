@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +59,7 @@ class Readahead:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gpu_pitr-read")
         self._inflight: deque = deque()
         self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
         self._depth = threads
         self._skip: set[int] = set()
         for _ in range(threads):
@@ -70,9 +72,10 @@ class Readahead:
 
     def _fd(self, path) -> int:
         key = str(path)
-        if key not in self._fds:
-            self._fds[key] = os.open(key, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        return self._fds[key]
+        with self._lock:  # two threads may start on the same file
+            if key not in self._fds:
+                self._fds[key] = os.open(key, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            return self._fds[key]
 
     def _read(self, task) -> Piece:
         seg, path, offset, length, last = task
