@@ -5,7 +5,6 @@ Every command is checked to leave the WAL directory byte-for-byte unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reference import frame_log
+from workloads import dir_state
 
 from gpu_pitr.format.entries import (
     AbortTransaction,
@@ -89,16 +89,6 @@ LATEST = [A, C_DE, E, F]
 @pytest.fixture
 def wal_dir(tmp_path: Path) -> Path:
     return write_wal(tmp_path / "wal")
-
-
-def dir_state(path: Path) -> dict:
-    """Every entry under ``path``: contents hash, size, mtime and mode."""
-    state = {}
-    for entry in sorted(path.rglob("*")) + [path]:
-        st = entry.lstat()
-        digest = hashlib.sha256(entry.read_bytes()).hexdigest() if entry.is_file() else None
-        state[str(entry.relative_to(path))] = (digest, st.st_size, st.st_mtime_ns, st.st_mode)
-    return state
 
 
 def cli(
@@ -176,7 +166,15 @@ def test_restore_to_time_iso_and_unix(wal_dir: Path, tmp_path: Path, target: str
 
 @pytest.mark.parametrize(
     ("target", "expected"),
-    [("2026-11-26T10:02:00Z", AFTER_TXN), ("2026-11-26T10:01:59.5Z", AFTER_TXN)],
+    [
+        ("2026-11-26T10:02:00Z", AFTER_TXN),
+        # Fractions round up when exclusive: >= 10:01:59.5 is >= 10:02:00, and
+        # >= 10:02:00.5 is >= 10:02:01, which keeps the delete stamped 10:02:00.
+        ("2026-11-26T10:01:59.5Z", AFTER_TXN),
+        ("2026-11-26T10:02:00.5Z", AT_1002),
+        ("2026-11-26T10:02:00.0000001Z", AT_1002),
+        (str(T0 + 120), AFTER_TXN),
+    ],
 )
 def test_restore_exclusive(wal_dir: Path, tmp_path: Path, target: str, expected: list) -> None:
     npz = restore_npz(wal_dir, tmp_path / "o.npz", "--to-time", target, "--exclusive")
@@ -210,6 +208,10 @@ def test_empty_wal_dir_restores_an_empty_index(tmp_path: Path) -> None:
         ["--to-time", "2026-11-26T10:02:00"],  # ISO without a zone
         ["--to-time", "yesterday"],
         ["--to-time", "-5"],
+        ["--to-time", "1969-12-31T23:59:59Z"],  # before the epoch
+        ["--to-time", str(2**64)],
+        ["--to-time", "10.5"],
+        ["--to-time", "2026-11-26T10:02:00.5"],
         ["--to-seq", "-1"],
         ["--to-seq", "1", "--latest"],
         ["--to-time", "1", "--to-seq", "1"],

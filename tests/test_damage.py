@@ -48,8 +48,12 @@ def assert_listed(entries: list[dict], recs: list) -> None:
         assert r.offset <= e["offset"] < r.end, (e, r)
 
 
-def assert_names_record(err, cls, rec):
-    """The error is ``cls``, names the record's file and seq and an offset inside it."""
+def assert_fails_naming(cls, rec, restore, *args, **kwargs):
+    """``restore(*args, **kwargs)`` raises ``cls`` naming ``rec``'s file and seq and an
+    offset inside it."""
+    with pytest.raises(cls) as info:
+        restore(*args, **kwargs)
+    err = info.value
     assert type(err) is cls, repr(err)
     assert base(err.file) == rec.file
     assert err.offset is not None and rec.offset <= err.offset < rec.end, (err.offset, rec)
@@ -201,9 +205,7 @@ def test_undecodable_payload_is_an_error_naming_file_offset_seq(restore, tmp_pat
     b.add(Ins("a", [1.0], None, 1))
     bad = b.add_payload(payload)
     b.add(Ins("b", [2.0], None, 2))
-    with pytest.raises(CorruptRecordError) as ei:
-        restore(b.write(tmp_path / "wal"))
-    assert_names_record(ei.value, CorruptRecordError, bad)
+    assert_fails_naming(CorruptRecordError, bad, restore, b.write(tmp_path / "wal"))
 
 
 def test_undecodable_payload_after_stop_point_is_reported_not_fatal(restore, tmp_path):
@@ -232,18 +234,14 @@ def test_reached_is_strict_time_target_damage_after_last_applied_commit_is_fatal
     bad = b.add_payload(b"\xff")
     b.add(Ins("b", [2.0], None, 10))
     d = b.write(tmp_path / "wal")
-    with pytest.raises(CorruptRecordError) as ei:
-        restore(d, to_time=5)
-    assert_names_record(ei.value, CorruptRecordError, bad)
+    assert_fails_naming(CorruptRecordError, bad, restore, d, to_time=5)
 
 
 def test_reached_is_strict_time_target_past_the_end_reads_everything(restore, tmp_path):
     b = LogBuilder()
     b.add(Ins("a", [1.0], None, 1))
     bad = b.add_payload(b"\x09")
-    with pytest.raises(CorruptRecordError) as ei:
-        restore(b.write(tmp_path / "wal"), to_time=100)
-    assert_names_record(ei.value, CorruptRecordError, bad)
+    assert_fails_naming(CorruptRecordError, bad, restore, b.write(tmp_path / "wal"), to_time=100)
 
 
 def test_reached_is_strict_damage_inside_a_transaction_before_the_stop(restore, tmp_path):
@@ -254,9 +252,7 @@ def test_reached_is_strict_damage_inside_a_transaction_before_the_stop(restore, 
     b.add(Abort(1, 3))
     b.add(Ins("b", [2.0], None, 10))
     d = b.write(tmp_path / "wal")
-    with pytest.raises(CorruptRecordError) as ei:
-        restore(d, to_time=5)
-    assert_names_record(ei.value, CorruptRecordError, bad)
+    assert_fails_naming(CorruptRecordError, bad, restore, d, to_time=5)
 
 
 def test_reached_is_strict_seq_target_record_must_decode(restore, tmp_path):
@@ -265,9 +261,7 @@ def test_reached_is_strict_seq_target_record_must_decode(restore, tmp_path):
     bad = b.add_payload(b"\x00\x05ab")  # seq 1
     b.add(Ins("b", [2.0], None, 2))
     d = b.write(tmp_path / "wal")
-    with pytest.raises(CorruptRecordError) as ei:
-        restore(d, to_seq=1)
-    assert_names_record(ei.value, CorruptRecordError, bad)
+    assert_fails_naming(CorruptRecordError, bad, restore, d, to_seq=1)
     v = restore(d, to_seq=0)  # damage after the stop point
     assert v.ids == ["a"]
     assert_listed(v.report["damage_after_stop"], [bad])
@@ -342,18 +336,14 @@ def test_dimension_mismatch_names_the_first_applied_record_that_differs(restore,
     b.add(Ins("b", [1.0, 2.0], None, 2))
     bad = b.add(w.Upd("c", [1.0, 2.0, 3.0], None, 3))
     b.add(Ins("d", [1.0], None, 4))
-    with pytest.raises(DimensionMismatchError) as ei:
-        restore(b.write(tmp_path / "wal"))
-    assert_names_record(ei.value, DimensionMismatchError, bad)
+    assert_fails_naming(DimensionMismatchError, bad, restore, b.write(tmp_path / "wal"))
 
 
 def test_dimension_mismatch_inside_batch_names_the_batch_record(restore, tmp_path):
     b = LogBuilder()
     b.add(Ins("a", [1.0, 2.0], None, 1))
     bad = b.add(Batch([Ins("b", [1.0, 2.0], None, 2), Batch([Ins("c", [1.0], None, 2)], 2)], 2))
-    with pytest.raises(DimensionMismatchError) as ei:
-        restore(b.write(tmp_path / "wal"))
-    assert_names_record(ei.value, DimensionMismatchError, bad)
+    assert_fails_naming(DimensionMismatchError, bad, restore, b.write(tmp_path / "wal"))
 
 
 def test_dimension_mismatch_ignores_discarded_records(restore, tmp_path):
@@ -388,9 +378,7 @@ def test_dimension_is_set_by_the_first_applied_record_not_the_first_written(rest
     b.add(Ins("b", [1.0, 2.0], None, 1))  # -> 2
     b.add(Commit(2, 2))  # applies b first: dimension 2
     b.add(Commit(1, 3))  # a differs
-    with pytest.raises(DimensionMismatchError) as ei:
-        restore(b.write(tmp_path / "wal"))
-    assert_names_record(ei.value, DimensionMismatchError, first_written)
+    assert_fails_naming(DimensionMismatchError, first_written, restore, b.write(tmp_path / "wal"))
 
 
 def test_deleted_record_still_counts_for_dimension(restore, tmp_path):
@@ -398,9 +386,7 @@ def test_deleted_record_still_counts_for_dimension(restore, tmp_path):
     b.add(Ins("a", [1.0], None, 1))
     b.add(w.Del("a", 2))
     bad = b.add(Ins("b", [1.0, 2.0], None, 3))
-    with pytest.raises(DimensionMismatchError) as ei:
-        restore(b.write(tmp_path / "wal"))
-    assert_names_record(ei.value, DimensionMismatchError, bad)
+    assert_fails_naming(DimensionMismatchError, bad, restore, b.write(tmp_path / "wal"))
 
 
 # ----------------------------------------------------------------------------- nothing
@@ -491,16 +477,6 @@ def test_skip_corrupt_does_not_hide_dimension_mismatch(restore, tmp_path):
 
 
 # ----------------------------------------------------------------------------- read-only
-def _snapshot(d) -> dict:
-    out = {}
-    for name in sorted(os.listdir(d)):
-        p = os.path.join(d, name)
-        s = os.stat(p)
-        with open(p, "rb") as f:
-            out[name] = (f.read(), s.st_mtime_ns, s.st_mode, s.st_size)
-    return out
-
-
 def test_source_directory_is_never_modified(restore, tmp_path, monkeypatch):
     b, (ra, rb, rc) = two_segments()
     b.add_payload(b"\xff")
@@ -509,7 +485,7 @@ def test_source_directory_is_never_modified(restore, tmp_path, monkeypatch):
     b.put_file(w.segment_name(SEG2 + 6), w.encode_header(1)[:5])
     b.put_file("other.txt", b"x")
     d = b.write(tmp_path / "wal")
-    before = _snapshot(d)
+    before = w.dir_state(d)
 
     real_open, real_os_open = builtins.open, os.open
     writes = []
@@ -534,7 +510,7 @@ def test_source_directory_is_never_modified(restore, tmp_path, monkeypatch):
             pass
     monkeypatch.undo()
     assert writes == []
-    assert _snapshot(d) == before
+    assert w.dir_state(d) == before
 
 
 # ----------------------------------------------------------------------------- §4 history

@@ -32,16 +32,6 @@ def _base(path) -> str | None:
     return None if path is None else os.path.basename(str(path))
 
 
-def _dir_state(d: str) -> dict:
-    out = {}
-    for name in sorted(os.listdir(d)):
-        p = os.path.join(d, name)
-        st_ = os.stat(p)
-        with open(p, "rb") as f:
-            out[name] = (f.read(), st_.st_mtime_ns, st_.st_mode)
-    return out
-
-
 def _pos(entry: dict) -> tuple:
     return (_base(entry["file"]), entry["offset"])
 
@@ -115,14 +105,14 @@ def assert_matches(ref: reference.RefResult, got: w.View | None, err: Exception 
 def run_case(wl: w.Workload, kw: dict, chunk_bytes) -> None:
     with tempfile.TemporaryDirectory() as d:
         wl.write(d)
-        before = _dir_state(d)
+        before = w.dir_state(d)
         ref = reference.restore(d, **kw)
         got, err = None, None
         try:
             got = w.restore_impl(d, chunk_bytes=chunk_bytes, **kw)
         except errors.WalError as e:
             err = e
-        assert _dir_state(d) == before, "the WAL directory was modified"
+        assert w.dir_state(d) == before, "the WAL directory was modified"
     assert_matches(ref, got, err)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hypothesis import strategies as st
 
@@ -576,6 +577,20 @@ def restore_fast(wal_dir, **kw) -> View:
     ]
     dim = int(vecs.shape[1]) if len(ids) else None
     return View(ids, rows, list(host.metadata), host.report.to_dict(), dim)
+
+
+def dir_state(path) -> dict:
+    """``path`` and every entry under it: contents, size, mtime and mode.
+
+    Equal before and after a command when the command left the directory as it was.
+    """
+    path = Path(path)
+    state = {}
+    for entry in [path, *sorted(path.rglob("*"))]:
+        st_ = entry.lstat()
+        data = entry.read_bytes() if entry.is_file() and not entry.is_symlink() else None
+        state[str(entry.relative_to(path))] = (data, st_.st_size, st_.st_mtime_ns, st_.st_mode)
+    return state
 
 
 def restore_impl(wal_dir, **kw) -> View:

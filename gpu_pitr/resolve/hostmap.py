@@ -210,9 +210,8 @@ def _permute_rows_in_place(rows, perm):
             t = src
 
 
-def _grow(a: np.ndarray, n: int, fill=None) -> np.ndarray:
-    out = np.empty((n,) + a.shape[1:], a.dtype) if fill is None else np.full(
-        (n,) + a.shape[1:], fill, a.dtype)
+def _grow(a: np.ndarray, n: int) -> np.ndarray:
+    out = np.empty((n,) + a.shape[1:], a.dtype)
     out[: len(a)] = a
     return out
 
@@ -281,8 +280,9 @@ class HostMap:
             self.rows[:used] = old[:used]
         del old
         cap = self.rows.shape[0]
+        # Rows are handed out in order, so only used rows' pages are ever touched.
         self.row_id_off = _grow(self.row_id_off, cap)
-        self.row_id_len = _grow(self.row_id_len, cap, -1)
+        self.row_id_len = _grow(self.row_id_len, cap)
         self.row_meta_off = _grow(self.row_meta_off, cap)
         self.row_meta_len = _grow(self.row_meta_len, cap)
         self.row_key = _grow(self.row_key, cap)
@@ -292,17 +292,14 @@ class HostMap:
 
         Every record carrying a vector takes at least ``4 * dim + 17`` bytes, so
         that bound (times the shards, whose rows interleave) never needs
-        growing, the maps never rehash and the arenas never copy; pages of
-        these reservations that are never written cost no memory.
+        growing and the arenas never copy: they are written front to back, and
+        pages of these reservations that are never written cost no memory.
+        The probe tables are written all over, so they grow with the ids.
         """
         self.dim = int(dim)
         most = self._total_bytes // (4 * self.dim + 17) + 16
         self._grow_rows(self.n_shards * most)
         for sh in self.shards:
-            if sh.n_live == 0:
-                # Keys spread evenly over shards; a skewed shard rehashes as it grows.
-                per_shard = 2 * most // self.n_shards + 1
-                sh.h = np.zeros((1 << (per_shard - 1).bit_length(), SLOT), np.int64)
             if sh.ids_used == 0:
                 sh.ids = _reserve((self._total_bytes,), np.uint8, self._limit)
             if sh.meta_used == 0:
@@ -385,7 +382,10 @@ class HostMap:
         for sh in self.shards:
             sh.h = sh.free = None  # not needed any more: room for the sort below
         used = self.n_shards * max(sh.n_rows for sh in self.shards)
-        alive = self.row_id_len[:used] >= 0
+        index = np.arange(used)
+        handed_out = (index // self.n_shards) < np.array(
+            [sh.n_rows for sh in self.shards])[index & (self.n_shards - 1)]
+        alive = handed_out & (self.row_id_len[:used] >= 0)
         live = np.flatnonzero(alive)
         shard_of = live & (self.n_shards - 1)
         id_base = np.cumsum([0] + [sh.ids_used for sh in self.shards])

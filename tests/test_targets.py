@@ -1,0 +1,123 @@
+"""``parse_time``: every form of a time target, and its rounding to whole seconds.
+
+WAL timestamps are whole seconds, so a fractional target T selects the same commit
+points as a whole one: ``ts > T`` is ``ts > floor(T)`` and, ``exclusive``,
+``ts >= T`` is ``ts >= ceil(T)``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta, timezone
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gpu_pitr.format.entries import Insert
+from gpu_pitr.format.writer import WalWriter
+from gpu_pitr.pipeline import parse_time, restore
+
+T0 = int(datetime(2026, 11, 26, 10, 2, tzinfo=UTC).timestamp())
+
+
+@pytest.mark.parametrize(
+    ("value", "inclusive", "exclusive"),
+    [
+        (T0, T0, T0),
+        (np.int64(T0), T0, T0),
+        (np.uint64(2**64 - 1), 2**64 - 1, 2**64 - 1),
+        (-5, -5, -5),
+        (T0 + 0.5, T0, T0 + 1),
+        (np.float32(10.5), 10, 11),
+        (Fraction(21, 2), 10, 11),
+        (-0.5, -1, 0),
+        (str(T0), T0, T0),
+        (f" {T0}\n", T0, T0),
+        ("18446744073709551616", 2**64, 2**64),
+        ("-5", -5, -5),
+        ("2026-11-26T10:02:00Z", T0, T0),
+        ("2026-11-26T10:02:00z", T0, T0),
+        ("2026-11-26T11:02:00+01:00", T0, T0),
+        ("2026-11-26T05:02:00-05:00", T0, T0),
+        ("2026-11-26 10:02:00+00:00", T0, T0),
+        ("2026-11-26T10:02:00.000+00:00", T0, T0),
+        ("2026-11-26T10:02:00.5Z", T0, T0 + 1),
+        ("2026-11-26T10:01:59.999999Z", T0 - 1, T0),
+        ("2026-11-26T10:02:00.000001Z", T0, T0 + 1),
+        # Past the microsecond: datetime drops these digits; the rounding must not.
+        ("2026-11-26T10:02:00.0000001Z", T0, T0 + 1),
+        ("2026-11-26T10:02:00.0000000Z", T0, T0),
+        ("1969-12-31T23:59:59.5Z", -1, 0),
+        (datetime(2026, 11, 26, 10, 2, tzinfo=UTC), T0, T0),
+        (datetime(2026, 11, 26, 11, 2, 0, 1, tzinfo=timezone(timedelta(hours=1))), T0, T0 + 1),
+    ],
+)
+def test_forms_and_rounding(value, inclusive: int, exclusive: int) -> None:
+    assert parse_time(value) == inclusive
+    assert parse_time(value, exclusive=False) == inclusive
+    assert parse_time(value, exclusive=True) == exclusive
+    assert type(parse_time(value)) is int
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("2026-11-26T10:02:00", "no time zone"),
+        ("2026-11-26", "no time zone"),
+        (datetime(2026, 11, 26, 10, 2), "no time zone"),
+        ("yesterday", "neither"),
+        ("", "neither"),
+        ("10.5", "neither"),
+        ("+-5", "neither"),
+        ("\u00b2", "neither"),  # a digit to str.isdigit, not to int()
+        (float("nan"), "finite"),
+        (float("inf"), "finite"),
+    ],
+)
+def test_bad_targets_raise_value_error(value, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_time(value)
+    with pytest.raises(ValueError, match=match):
+        parse_time(value, exclusive=True)
+
+
+@given(st.floats(-1e12, 1e12, allow_nan=False))
+def test_floats_round_down_inclusive_up_exclusive(t: float) -> None:
+    assert parse_time(t) == math.floor(t)
+    assert parse_time(t, exclusive=True) == math.ceil(t)
+
+
+@given(st.datetimes(timezones=st.just(UTC), min_value=datetime(1900, 1, 1)))
+def test_datetimes_agree_with_their_iso_text(when: datetime) -> None:
+    text = when.isoformat()
+    for exclusive in (False, True):
+        assert parse_time(text, exclusive) == parse_time(when, exclusive)
+    whole = parse_time(when)
+    assert whole <= when.timestamp() < whole + 1
+
+
+def test_restore_rounds_a_fractional_target_by_exclusive(tmp_path: Path) -> None:
+    # A commit point at each of T0-1, T0 and T0+1.
+    wal = WalWriter(tmp_path / "wal", created=T0 - 10)
+    for name, ts in (("a", T0 - 1), ("b", T0), ("c", T0 + 1)):
+        wal.append(Insert(name, np.ones(2, np.float32), None, ts))
+    wal.close()
+
+    def ids(to_time, exclusive: bool) -> list[str]:
+        index = restore(tmp_path / "wal", to_time=to_time, exclusive=exclusive, backend="cpu")
+        assert index.report.target["value"] == parse_time(to_time, exclusive)
+        return list(index.ids)
+
+    # ts > T0 - 0.5 keeps a; ts >= T0 - 0.5 stops at b as well: a only either way.
+    assert ids(T0 - 0.5, False) == ["a"]
+    assert ids(T0 - 0.5, True) == ["a"]
+    # ts > T0 + 0.5 stops at c; ts >= T0 + 0.5 also at c: a and b either way.
+    assert ids(T0 + 0.5, False) == ["a", "b"]
+    assert ids("2026-11-26T10:02:00.5Z", True) == ["a", "b"]
+    # Whole targets: exclusive leaves out the commit point stamped exactly T.
+    assert ids(T0, False) == ["a", "b"]
+    assert ids(T0, True) == ["a"]
