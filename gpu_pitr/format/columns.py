@@ -46,25 +46,19 @@ class ChunkColumns:
         self.ensure_entries(entries if entries is not None else records)
 
     def ensure_records(self, n: int) -> None:
-        if n <= self.record_capacity:
-            return
-        n = max(n, self.record_capacity + self.record_capacity // 2)
-        for name, dt in RECORD_COLUMNS.items():
-            old = getattr(self, name, None)
-            new = np.zeros(n, dt)
-            if old is not None:
-                new[: len(old)] = old
-            setattr(self, name, new)
-        self.record_capacity = n
+        self.record_capacity = self._grow(RECORD_COLUMNS, self.record_capacity, n)
 
     def ensure_entries(self, n: int) -> None:
-        if n <= self.entry_capacity:
-            return
-        n = max(n, self.entry_capacity + self.entry_capacity // 2)
-        for name, dt in ENTRY_COLUMNS.items():
-            old = getattr(self, name, None)
+        self.entry_capacity = self._grow(ENTRY_COLUMNS, self.entry_capacity, n)
+
+    def _grow(self, columns: dict, capacity: int, n: int) -> int:
+        """Grow ``columns`` to hold ``n`` rows (by half again at least), keeping them."""
+        if n <= capacity:
+            return capacity
+        n = max(n, capacity + capacity // 2)
+        for name, dt in columns.items():
             new = np.zeros(n, dt)
-            if old is not None:
-                new[: len(old)] = old
+            if capacity:
+                new[:capacity] = getattr(self, name)
             setattr(self, name, new)
-        self.entry_capacity = n
+        return n

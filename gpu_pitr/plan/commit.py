@@ -134,14 +134,7 @@ def _walk(
                     continue
                 else:
                     s_open[s] = False
-                    for c in range(s_cstart[s], s_cstart[s] + s_ccount[s]):
-                        order[n_order] = c
-                        n_order += 1
-                    r = s_head[s]
-                    while r >= 0:
-                        order[n_order] = r
-                        n_order += 1
-                        r = next_rec[r]
+                    n_order = _records_of(s, s_cstart, s_ccount, s_head, next_rec, order, n_order)
                     counters[C_COMMIT_POINTS] += 1
                     counters[C_COMMITTED] += 1
         if mode == SEQ and seq[i] == target_seq:
@@ -149,6 +142,21 @@ def _walk(
             stopped = True
             stop_index = i
     return WALK_OK, n_order, n_events, stopped, stop_index, n_slots, top
+
+
+@njit(cache=True, nogil=True)
+def _records_of(s, s_cstart, s_ccount, s_head, next_rec, out, m):
+    """Write transaction slot ``s``'s records (carried ones, then this chunk's, in
+    log order) to ``out[m:]``; returns the new end."""
+    for c in range(s_cstart[s], s_cstart[s] + s_ccount[s]):
+        out[m] = c
+        m += 1
+    r = s_head[s]
+    while r >= 0:
+        out[m] = r
+        m += 1
+        r = next_rec[r]
+    return m
 
 
 @njit(cache=True, nogil=True)
@@ -181,14 +189,7 @@ def _open_records(s_open, s_cstart, s_ccount, s_head, stack, top, next_rec, out)
         if not s_open[s]:
             continue
         start = m
-        for c in range(s_cstart[s], s_cstart[s] + s_ccount[s]):
-            out[m] = c
-            m += 1
-        r = s_head[s]
-        while r >= 0:
-            out[m] = r
-            m += 1
-            r = next_rec[r]
+        m = _records_of(s, s_cstart, s_ccount, s_head, next_rec, out, m)
         s_cstart[s] = start
         s_ccount[s] = m - start
         s_head[s] = -1
