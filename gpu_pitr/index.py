@@ -111,9 +111,16 @@ class RestoredIndex:
 
     def metadata_json(self) -> np.ndarray:
         """One JSON object per id (``"null"`` when absent): sorted keys, compact."""
-        out = [json.dumps(m, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-               for m in self.metadata]
-        return np.array(out, dtype=str) if out else np.zeros(0, "<U4")
+        out = np.full(len(self._meta_offs), "null", dtype=object)
+        a = self._meta_arena
+        present = np.flatnonzero(self._meta_offs >= 0)
+        offs = self._meta_offs[present].tolist()
+        lens = self._meta_lens[present].tolist()
+        # Most ids carry no metadata: only the others go through a dict and json.
+        for i, o, n in zip(present.tolist(), offs, lens, strict=True):
+            out[i] = json.dumps(decode_metadata(bytes(a[o:o + n])), sort_keys=True,
+                                ensure_ascii=False, separators=(",", ":"))
+        return out.astype(str) if len(out) else np.zeros(0, "<U4")
 
     def to_host(self) -> RestoredIndex:
         """This index with its vectors in host memory (a NumPy array)."""
