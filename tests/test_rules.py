@@ -1,0 +1,559 @@
+"""Rules from docs/semantics.md and docs/damage.md that had no dedicated test.
+
+Each restore runs on both executors (``backend="cpu"`` and ``backend="cuda"``; in CI
+the kernels run in Numba's CUDA simulator, tests/conftest.py). Expected values are
+written out by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import workloads as w
+from workloads import (
+    Abort,
+    Batch,
+    Begin,
+    Ckpt,
+    Commit,
+    Del,
+    Ins,
+    LogBuilder,
+    Upd,
+    dir_state,
+    f32,
+)
+
+import gpu_pitr
+from gpu_pitr.errors import (
+    CorruptRecordError,
+    DimensionMismatchError,
+    TargetNotFoundError,
+)
+from gpu_pitr.executors import cuda as cuda_executor
+
+BACKENDS = ["cpu", "cuda"]
+# The error-precedence rules are also stated by the reference restore: check it there too.
+ERROR_IMPLS = [*BACKENDS, "reference"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+def restore(wal_dir, backend, **kw) -> w.View:
+    if backend == "reference":
+        return w.restore_ref(wal_dir, **kw)
+    return w.restore_fast(wal_dir, backend=backend, **kw)
+
+
+def base(path) -> str:
+    return os.path.basename(str(path))
+
+
+def state(view) -> dict:
+    return {i: (v, m) for i, v, m in zip(view.ids, view.vectors, view.metadata, strict=True)}
+
+
+def stop_of(view) -> dict:
+    s = dict(view.report["stop"])
+    if s.get("file") is not None:
+        s["file"] = base(s["file"])
+    return {k: s.get(k) for k in ("reason", "file", "offset", "seq", "timestamp", "record")}
+
+
+def assert_error_names(err, cls, rec) -> None:
+    """``err`` is exactly ``cls`` and names ``rec``: its file, its seq, an offset inside it."""
+    assert type(err) is cls, repr(err)
+    assert base(err.file) == rec.file, (err.file, rec)
+    assert err.seq == rec.seq, (err.seq, rec)
+    assert err.offset is not None and rec.offset <= err.offset < rec.end, (err.offset, rec)
+
+
+# ----------------------------------------------------------------------------- rule 1
+def test_transaction_open_at_a_time_target_stop_point_counts_as_in_flight(backend, tmp_path):
+    b = LogBuilder()
+    b.add(Begin(1, 1))  # seq 0
+    b.add(Ins("a", [1.0], {"t": "x"}, 2))  # seq 1, belongs to transaction 1
+    b.add(Ins("b", [2.0], None, 5))  # seq 2: 1 is still open, so b belongs to it too
+    commit = b.add(Commit(1, 20))  # seq 3
+    d = b.write(tmp_path / "wal")
+    v = restore(d, backend, to_time=10)
+    # SPEC §3: a data record written while a transaction is open belongs to it, so b is
+    # not an autocommit record here, and nothing is committed by T=10.
+    assert state(v) == {}
+    assert v.report["transactions"] == {"committed": 0, "aborted": 0, "in_flight_discarded": 1}
+    assert v.report["commit_points_applied"] == 0
+    assert stop_of(v) == {
+        "reason": "target",
+        "file": commit.file,
+        "offset": commit.offset,
+        "seq": 3,
+        "timestamp": 20,
+        "record": "CommitTransaction",
+    }
+
+
+def test_transaction_open_at_a_time_target_with_an_autocommit_record_before_it(backend, tmp_path):
+    # The brief's case: b is written before the Begin so that it is its own commit point.
+    b = LogBuilder()
+    b.add(Ins("b", [2.0], None, 5))  # seq 0: autocommit, ts 5
+    b.add(Begin(1, 6))  # seq 1
+    b.add(Ins("a", [1.0], None, 7))  # seq 2: in transaction 1
+    b.add(Del("b", 8))  # seq 3: in transaction 1
+    commit = b.add(Commit(1, 20))  # seq 4
+    b.add(Ins("c", [3.0], None, 21))  # seq 5
+    d = b.write(tmp_path / "wal")
+    v = restore(d, backend, to_time=10)
+    assert state(v) == {"b": (f32(2.0), None)}
+    assert v.report["transactions"] == {"committed": 0, "aborted": 0, "in_flight_discarded": 1}
+    assert v.report["commit_points_applied"] == 1
+    assert (v.report["inserts"], v.report["deletes"]) == (1, 0)
+    assert stop_of(v) == {
+        "reason": "target",
+        "file": commit.file,
+        "offset": commit.offset,
+        "seq": 4,
+        "timestamp": 20,
+        "record": "CommitTransaction",
+    }
+    # Past the commit the same transaction is committed, not in flight.
+    v = restore(d, backend, to_time=20)
+    assert state(v) == {"a": (f32(1.0), None)}
+    assert v.report["transactions"] == {"committed": 1, "aborted": 0, "in_flight_discarded": 0}
+
+
+def test_two_transactions_open_at_a_time_target_stop_point(backend, tmp_path):
+    b = LogBuilder()
+    b.add(Begin(1, 1))
+    b.add(Ins("a", [1.0], None, 2))
+    b.add(Begin(2, 3))
+    b.add(Ins("b", [2.0], None, 4))
+    b.add(Abort(2, 5))  # aborted before the stop
+    b.add(Begin(3, 6))
+    b.add(Ins("c", [3.0], None, 7))
+    stop = b.add(Commit(3, 30))  # first commit point past T=10
+    b.add(Commit(1, 31))
+    v = restore(b.write(tmp_path / "wal"), backend, to_time=10)
+    assert state(v) == {}
+    assert v.report["transactions"] == {"committed": 0, "aborted": 1, "in_flight_discarded": 2}
+    assert (stop_of(v)["offset"], stop_of(v)["seq"]) == (stop.offset, stop.seq)
+
+
+# ----------------------------------------------------------------------------- rule 2
+SEQ_TARGET_GARBAGE = {
+    "bad_marker": b"\xff\x01\x02",
+    "unknown_variant": b"\x09\x00",
+    "truncated_insert": b"\x00\x05ab",  # the variant (Insert) decodes, the rest does not
+    "bad_utf8": w.garbage_payload("bad_utf8", b"", b""),
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("payload", SEQ_TARGET_GARBAGE.values(), ids=SEQ_TARGET_GARBAGE.keys())
+def test_undecodable_seq_target_record_with_skip_corrupt_is_skipped_and_stops_there(
+    backend, tmp_path, payload
+):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))  # seq 0
+    b.add(Ins("x", [9.0], None, 2))  # seq 1
+    b.add(Del("x", 3))  # seq 2
+    bad = b.add_payload(payload)  # seq 3
+    b.add(Ins("b", [2.0], None, 4))  # seq 4
+    d = b.write(tmp_path / "wal")
+
+    v = restore(d, backend, to_seq=3, skip_corrupt=True)
+    assert state(v) == {"a": (f32(1.0), None)}
+    assert v.report["commit_points_applied"] == 3
+    skipped = v.report["skipped"]
+    assert len(skipped) == 1, skipped
+    assert (base(skipped[0]["file"]), skipped[0]["seq"]) == (bad.file, 3)
+    assert bad.offset <= skipped[0]["offset"] < bad.end
+    assert v.report["damage_after_stop"] == []
+    assert stop_of(v) == {
+        "reason": "target",
+        "file": bad.file,
+        "offset": bad.offset,
+        "seq": 3,
+        "timestamp": None,
+        "record": None,
+    }
+
+    with pytest.raises(CorruptRecordError) as info:
+        restore(d, backend, to_seq=3)
+    assert_error_names(info.value, CorruptRecordError, bad)
+    line = str(info.value)
+    assert "\n" not in line and bad.file in line and f"offset {info.value.offset}" in line
+
+
+def test_undecodable_seq_target_inside_a_transaction_with_skip_corrupt(backend, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))  # seq 0
+    b.add(Begin(1, 2))  # seq 1
+    b.add(Ins("b", [2.0], None, 3))  # seq 2
+    bad = b.add_payload(b"\xff")  # seq 3, inside transaction 1
+    b.add(Commit(1, 4))  # seq 4
+    v = restore(b.write(tmp_path / "wal"), backend, to_seq=3, skip_corrupt=True)
+    assert state(v) == {"a": (f32(1.0), None)}
+    assert v.report["transactions"] == {"committed": 0, "aborted": 0, "in_flight_discarded": 1}
+    assert (stop_of(v)["seq"], stop_of(v)["offset"], stop_of(v)["timestamp"]) == (
+        3,
+        bad.offset,
+        None,
+    )
+
+
+# ----------------------------------------------------------------------------- rule 3
+@pytest.mark.parametrize("impl", ERROR_IMPLS)
+def test_dimension_mismatch_before_a_corrupt_record_wins(impl, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    mismatch = b.add(Ins("b", [1.0, 2.0], None, 2))
+    b.add_payload(b"\xff")
+    b.add(Ins("c", [3.0], None, 3))
+    with pytest.raises(DimensionMismatchError) as info:
+        restore(b.write(tmp_path / "wal"), impl)
+    assert_error_names(info.value, DimensionMismatchError, mismatch)
+
+
+@pytest.mark.parametrize("impl", ERROR_IMPLS)
+def test_corrupt_record_before_a_dimension_mismatch_wins(impl, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    bad = b.add_payload(b"\xff")
+    b.add(Ins("b", [1.0, 2.0], None, 2))
+    b.add(Ins("c", [3.0], None, 3))
+    with pytest.raises(CorruptRecordError) as info:
+        restore(b.write(tmp_path / "wal"), impl)
+    assert_error_names(info.value, CorruptRecordError, bad)
+
+
+@pytest.mark.parametrize("impl", ERROR_IMPLS)
+def test_transaction_dimension_mismatch_counts_at_its_commit(impl, tmp_path):
+    # The mismatching record is written before the corrupt one, but it is applied at the
+    # Commit, after the corrupt record: the corrupt record is the first fatal problem.
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    b.add(Begin(1, 2))
+    mismatch = b.add(Ins("b", [1.0, 2.0], None, 3))
+    bad = b.add_payload(b"\xff")
+    b.add(Commit(1, 4))
+    d = b.write(tmp_path / "wal")
+    with pytest.raises(CorruptRecordError) as info:
+        restore(d, impl)
+    assert_error_names(info.value, CorruptRecordError, bad)
+    # Skipping the corrupt record leaves the mismatch, named at the data record.
+    with pytest.raises(DimensionMismatchError) as info:
+        restore(d, impl, skip_corrupt=True)
+    assert_error_names(info.value, DimensionMismatchError, mismatch)
+
+
+@pytest.mark.parametrize("impl", ERROR_IMPLS)
+def test_missing_seq_target_loses_to_a_corrupt_record(impl, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))  # seq 0
+    b.add(Ins("b", [2.0], None, 2))  # seq 1
+    bad = b.add_payload(b"\x00\x05ab")  # seq 2
+    b.add(Ins("c", [3.0], None, 3))  # seq 3
+    d = b.write(tmp_path / "wal")
+    with pytest.raises(CorruptRecordError) as info:
+        restore(d, impl, to_seq=99)
+    assert_error_names(info.value, CorruptRecordError, bad)
+    # With the corrupt record skipped, what is left is the missing target.
+    with pytest.raises(TargetNotFoundError):
+        restore(d, impl, to_seq=99, skip_corrupt=True)
+
+
+@pytest.mark.parametrize("impl", ERROR_IMPLS)
+def test_missing_seq_target_on_a_clean_log_is_target_not_found(impl, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    b.add(Begin(1, 2))
+    b.add(Ins("b", [2.0], None, 3))
+    b.add(Commit(1, 4))
+    d = b.write(tmp_path / "wal")
+    with pytest.raises(TargetNotFoundError) as info:
+        restore(d, impl, to_seq=4)
+    assert type(info.value) is TargetNotFoundError
+    if impl != "reference":
+        assert "sequence number 4" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- rule 4
+def test_markers_nested_in_a_batch_carry_no_data_and_open_no_transaction(backend, tmp_path):
+    b = LogBuilder()
+    b.add(
+        Batch(
+            [
+                Ins("a", [1.0], {"k": "a"}, 1),
+                Ckpt(7, 1),
+                Begin(5, 1),  # would swallow e below if it opened a transaction
+                Ins("b", [2.0], None, 1),
+                Commit(5, 1),
+                Begin(6, 1),  # never committed: still nothing in flight
+                Abort(9, 1),  # not open: no anomaly either, it is nested
+                Batch([Ckpt(8, 1), Upd("a", [3.0], None, 1)], 1),
+                Ins("c", [4.0], None, 1),
+            ],
+            3,
+        )
+    )
+    b.add(Ins("e", [5.0], None, 4))
+    v = restore(b.write(tmp_path / "wal"), backend)
+    assert state(v) == {
+        "a": (f32(3.0), {"k": "a"}),
+        "b": (f32(2.0), None),
+        "c": (f32(4.0), None),
+        "e": (f32(5.0), None),
+    }
+    assert v.report["transactions"] == {"committed": 0, "aborted": 0, "in_flight_discarded": 0}
+    assert v.report["anomalies"] == []
+    assert v.report["commit_points_applied"] == 2
+    assert (v.report["inserts"], v.report["updates"], v.report["deletes"]) == (4, 1, 0)
+    assert v.report["skipped"] == [] and v.report["damage_after_stop"] == []
+
+
+def test_a_transaction_begun_inside_a_batch_is_not_open_at_top_level(backend, tmp_path):
+    b = LogBuilder()
+    b.add(Batch([Begin(5, 1), Ins("a", [1.0], None, 1)], 1))
+    b.add(Ins("b", [2.0], None, 2))
+    b.add(Commit(5, 3))  # 5 was never opened at top level: an anomaly
+    v = restore(b.write(tmp_path / "wal"), backend)
+    assert state(v) == {"a": (f32(1.0), None), "b": (f32(2.0), None)}
+    assert v.report["transactions"] == {"committed": 0, "aborted": 0, "in_flight_discarded": 0}
+    assert len(v.report["anomalies"]) == 1
+    assert v.report["commit_points_applied"] == 2
+
+
+# ----------------------------------------------------------------------------- rule 5
+def cuda_vs_cpu(wal_dir, **kw):
+    cpu = gpu_pitr.restore(wal_dir, backend="cpu", **kw).to_host()
+    cuda = gpu_pitr.restore(wal_dir, backend="cuda", **kw).to_host()
+    assert cuda.id_list() == cpu.id_list()
+    assert cuda.vectors.dtype == np.float32 and cuda.vectors.shape == cpu.vectors.shape
+    assert cuda.vectors.tobytes() == cpu.vectors.tobytes()
+    assert cuda.metadata == cpu.metadata
+    rc, rg = cpu.report.to_dict(), cuda.report.to_dict()
+    for r in (rc, rg):
+        for key in ("timings", "backend", "message"):
+            r.pop(key)
+    assert rg == rc
+    return cpu, cuda
+
+
+def test_batch_nested_100_levels_falls_back_to_cpu_with_the_same_result(tmp_path):
+    inner = Batch([Ins("deep", [100.0], {"d": "100"}, 1)], 1)
+    for level in range(99, 0, -1):
+        extra = [Ins(f"l{level:03d}", [float(level)], None, 1)] if level % 25 == 0 else []
+        inner = Batch([*extra, inner], 1)
+    b = LogBuilder()
+    b.add(Ins("top", [0.5], None, 1))
+    b.add(inner)
+    b.add(Del("l050", 2))
+    cpu, cuda = cuda_vs_cpu(b.write(tmp_path / "wal"))
+    assert cpu.id_list() == ["deep", "l025", "l075", "top"]
+    assert cpu.vectors.tobytes() == f32(100.0, 25.0, 75.0, 0.5)
+    assert cpu.metadata == [{"d": "100"}, None, None, None]
+    assert cuda.report.backend == "cpu"
+    assert "restored on the cpu executor" in cuda.report.message
+    assert "nested" in cuda.report.message
+
+
+def test_a_batch_nested_64_levels_stays_on_cuda(tmp_path):
+    # Within the kernels' stack: no fallback, the cuda executor gives the result itself.
+    inner = Ins("x", [1.0], None, 1)
+    for _ in range(63):
+        inner = Batch([inner], 1)
+    b = LogBuilder()
+    b.add(inner)
+    cpu, cuda = cuda_vs_cpu(b.write(tmp_path / "wal"))
+    assert cpu.id_list() == ["x"]
+    assert cuda.report.backend == "cuda"
+    assert "cpu executor" not in cuda.report.message
+
+
+def test_every_key_colliding_still_keeps_ids_apart(tmp_path, monkeypatch):
+    monkeypatch.setattr(cuda_executor, "KEY_MASK", np.uint64(0))
+    b = LogBuilder()
+    b.add(Ins("a", [1.0, 1.0], {"k": "1"}, 1))
+    b.add(Ins("a\x00", [2.0, 2.0], None, 2))
+    b.add(Ins("b", [3.0, 3.0], None, 3))
+    b.add(Batch([Ins("c", [4.0, 4.0], None, 4), Upd("b", [5.0, 5.0], {"u": ""}, 4)], 4))
+    b.add(Del("a", 5))
+    b.add(Ins("a", [6.0, 6.0], None, 6))
+    b.add(Del("c", 7))
+    b.add(Upd("d", [7.0, 7.0], None, 8))
+    cpu, cuda = cuda_vs_cpu(b.write(tmp_path / "wal"))
+    assert cpu.id_list() == ["a", "a\x00", "b", "d"]
+    assert cpu.vectors.tobytes() == f32(6.0, 6.0, 2.0, 2.0, 5.0, 5.0, 7.0, 7.0)
+    assert cpu.metadata == [None, None, {"u": ""}, None]
+    assert "restored on the cpu executor" in cuda.report.message
+
+
+# ----------------------------------------------------------------------------- CLI helpers
+def cli_restore(wal_dir, out) -> subprocess.CompletedProcess:
+    before = dir_state(wal_dir)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpu_pitr", "restore", str(wal_dir), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert dir_state(wal_dir) == before
+    return proc
+
+
+# ----------------------------------------------------------------------------- rule 6
+def test_npz_metadata_json_text_is_exact(tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], {"b": "2", "a": "é"}, 1))  # written in this key order
+    b.add(Ins("b", [2.0], None, 2))
+    b.add(Ins("c", [3.0], {}, 3))
+    b.add(Ins("d", [4.0], {"z": "\x00", "": "日本", "y\"": "\\"}, 4))
+    wal = b.write(tmp_path / "wal")
+    out = tmp_path / "o.npz"
+    proc = cli_restore(wal, out)
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out, allow_pickle=False) as npz:
+        assert npz["metadata"].dtype.kind == "U"
+        assert npz["metadata"].tolist() == [
+            '{"a":"é","b":"2"}',
+            "null",
+            "{}",
+            '{"":"日本","y\\"":"\\\\","z":"\\u0000"}',
+        ]
+        assert npz["ids"].tolist() == ["a", "b", "c", "d"]
+
+
+# ----------------------------------------------------------------------------- rule 7
+def test_id_with_trailing_nul_is_exact_in_id_list(backend, tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a\x00", [2.0], None, 1))
+    b.add(Ins("a", [1.0], None, 2))
+    b.add(Ins("\x00", [3.0], None, 3))
+    idx = gpu_pitr.restore(b.write(tmp_path / "wal"), backend=backend).to_host()
+    assert idx.id_list() == ["\x00", "a", "a\x00"]
+    assert idx.vectors.tobytes() == f32(3.0, 1.0, 2.0)
+
+
+def test_cli_refuses_ids_the_npz_cannot_hold(tmp_path):
+    # NumPy unicode arrays drop trailing NULs: "a\x00" would be written as a second "a".
+    # Silent data loss is wrong; the CLI must fail with one line naming the id.
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    b.add(Ins("a\x00", [2.0], None, 2))
+    wal = b.write(tmp_path / "wal")
+    out = tmp_path / "o.npz"
+    proc = cli_restore(wal, out)
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("gpu-pitr: error: ")
+    assert repr("a\x00") in lines[0] or json.dumps("a\x00") in lines[0], lines[0]
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name != "wal"] == []  # no temp file left
+
+
+def test_cli_keeps_ids_with_inner_nuls(tmp_path):
+    # Only trailing NULs are lost by NumPy: an inner NUL is stored exactly.
+    b = LogBuilder()
+    b.add(Ins("a\x00b", [1.0], None, 1))
+    b.add(Ins("a", [2.0], None, 2))
+    wal = b.write(tmp_path / "wal")
+    out = tmp_path / "o.npz"
+    proc = cli_restore(wal, out)
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out, allow_pickle=False) as npz:
+        assert npz["ids"].tolist() == ["a", "a\x00b"]
+        assert npz["vectors"].tobytes() == f32(2.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- rule 8
+def mixed_workload(seed: int = 1234) -> LogBuilder:
+    """A few hundred records: data, transactions (committed, aborted, open), nested
+    batches, deletes, metadata, a second segment and a writer restart."""
+    rnd = random.Random(seed)
+    ids = [f"id{i}" for i in range(24)] + ["", "a\x00", "é", "日本"]
+    b = LogBuilder()
+    ts = 1000
+    open_tx: list[int] = []
+    next_tx = 1
+
+    def vec():
+        return [rnd.choice([0.0, -0.0, 1.5, float("inf"), rnd.uniform(-9, 9)]) for _ in range(3)]
+
+    def meta():
+        r = rnd.random()
+        if r < 0.4:
+            return None
+        if r < 0.5:
+            return {}
+        return {rnd.choice(["k", "m", "ключ"]): rnd.choice(["", "v", str(rnd.randint(0, 99))])}
+
+    def data(depth=0):
+        nonlocal ts
+        ts += rnd.randint(0, 3)
+        r = rnd.random()
+        if r < 0.45:
+            return Ins(rnd.choice(ids), vec(), meta(), ts)
+        if r < 0.65:
+            return Upd(rnd.choice(ids), vec(), meta(), ts)
+        if r < 0.85 or depth >= 2:
+            return Del(rnd.choice(ids), ts)
+        return Batch([data(depth + 1) for _ in range(rnd.randint(0, 4))], ts)
+
+    for step in range(300):
+        r = rnd.random()
+        if step == 150:
+            b.new_segment(0x6000000)
+        if step == 220:
+            b.reopen()
+            open_tx.clear()
+        if r < 0.7:
+            b.add(data())
+        elif r < 0.8:
+            b.add(Begin(next_tx, ts))
+            open_tx.append(next_tx)
+            next_tx += 1
+        elif r < 0.9 and open_tx:
+            b.add(Commit(open_tx.pop(rnd.randrange(len(open_tx))), ts + rnd.randint(0, 2)))
+        elif r < 0.95 and open_tx:
+            b.add(Abort(open_tx.pop(), ts))
+        else:
+            b.add(Ckpt(step, ts))
+    return b
+
+
+def normalised(idx) -> tuple:
+    host = idx.to_host()
+    report = host.report.to_dict()
+    for key in ("timings", "backend", "message"):
+        report.pop(key)
+    return host.id_list(), host.vectors.shape, host.vectors.tobytes(), host.metadata, report
+
+
+@pytest.mark.parametrize("target", [{}, {"to_time": 1150}], ids=["latest", "time"])
+def test_result_is_the_same_for_every_chunk_size_and_executor(tmp_path, target):
+    wal = mixed_workload().write(tmp_path / "wal")
+    results = {
+        (backend, chunk): normalised(
+            gpu_pitr.restore(wal, backend=backend, chunk_bytes=chunk, **target)
+        )
+        for backend in BACKENDS
+        for chunk in (64, 4096, None)
+    }
+    first = results[("cpu", None)]
+    ids, shape, _, _, report = first
+    assert len(ids) > 5 and shape == (len(ids), 3)  # the workload restores something
+    assert report["records_read"] == 300 and report["segments"] == 2
+    assert report["transactions"]["committed"] > 0 and report["deletes"] > 0
+    for key, result in results.items():
+        assert result == first, key
