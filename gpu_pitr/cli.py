@@ -130,6 +130,11 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             allow_incomplete_history=args.allow_incomplete_history,
         ).to_host()
         report = index.report.to_dict()
+        lossy = index.ids_ending_in_nul()
+        if lossy:
+            # NumPy's unicode arrays drop trailing NULs: two ids would become one.
+            raise WalError(f"id {lossy[0]!r} ends with a NUL character, which the .npz "
+                           f"ids array cannot hold ({len(lossy)} such ids)", file=str(out))
         np.savez(
             tmp,
             ids=np.asarray(index.ids, dtype=np.str_),

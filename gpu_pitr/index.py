@@ -103,6 +103,15 @@ class RestoredIndex:
         return [bytes(a[o:o + n]).decode("utf-8") for o, n in zip(
             self._id_offs.tolist(), self._id_lens.tolist(), strict=True)]
 
+    def ids_ending_in_nul(self) -> list[str]:
+        """The ids (exact) that ``ids`` cannot hold: those ending in a NUL character."""
+        offs, lens, a = self._id_offs, self._id_lens, self._id_arena
+        bad = np.zeros(len(offs), np.bool_)
+        some = lens > 0
+        bad[some] = a[(offs + lens - 1)[some]] == 0
+        return [bytes(a[o:o + n]).decode("utf-8")
+                for o, n in zip(offs[bad].tolist(), lens[bad].tolist(), strict=True)]
+
     @cached_property
     def metadata(self) -> list[dict[str, str] | None]:
         a = self._meta_arena

@@ -27,7 +27,7 @@ from gpu_pitr.format.columns import ChunkColumns
 from gpu_pitr.format.frame import frame_records, header_problem
 from gpu_pitr.format.layout import HEADER_SIZE, RECORD_HEADER_SIZE, VARIANT_NAMES
 from gpu_pitr.format.payload import OK, STATUS_TEXT
-from gpu_pitr.format.readahead import Readahead
+from gpu_pitr.format.readahead import FrameAhead, Readahead
 from gpu_pitr.format.segments import list_segments
 from gpu_pitr.index import RestoredIndex
 from gpu_pitr.plan.commit import (
@@ -159,113 +159,85 @@ class _Restore:
                   if seg.size > HEADER_SIZE]
         reader = Readahead(ranges, self.chunk_bytes, _HEADROOM, self._alloc,
                            threads=_READ_THREADS)
+        framer = FrameAhead(segments, reader, self._alloc, frame_records, header_problem,
+                            HEADER_SIZE)
         self._reader = reader
-        pieces = iter(reader)
         try:
-            for index, seg in enumerate(segments):
-                if self._segment_readable(seg) and seg.size > HEADER_SIZE:
-                    self._stream(index, pieces)
-                elif seg.size > HEADER_SIZE:
-                    reader.skip(index)
+            t = time.perf_counter()
+            for item in framer:
+                self.timings["read"] += time.perf_counter() - t
+                if item.problem is not None:
+                    self._bad_header(item)
+                else:
+                    self._piece_framed(item)
+                t = time.perf_counter()
         finally:
+            framer.close()
             reader.close()
+            self.timings["frame"] += framer.frame_seconds
         self._end_of_log()
 
-    def _segment_readable(self, seg) -> bool:
-        """Check a segment's header; False when its records are not to be read."""
-        t = time.perf_counter()
-        with open(seg.path, "rb") as f:
-            head = f.read(HEADER_SIZE)
-        self.report.bytes_read += len(head)
-        self.timings["read"] += time.perf_counter() - t
-        problem = header_problem(head)
-        if problem == "torn":
+    def _bad_header(self, item) -> None:
+        """A segment whose header is torn or wrong: its records are not read."""
+        name = self.names[item.segment]
+        self.report.bytes_read += item.header_len
+        if item.problem == "torn":
             self.report.torn_tails.append(
-                {"file": str(seg.path), "offset": 0, "bytes_lost": len(head)})
-            return False
-        if problem is None:
-            return True
-        entry = {"file": str(seg.path), "offset": 0, "seq": None, "what": problem}
+                {"file": name, "offset": 0, "bytes_lost": item.header_len})
+            return
+        entry = {"file": name, "offset": 0, "seq": None, "what": item.problem}
         if self.plan.stopped:
             self.report.damage_after_stop.append(entry)
         elif self.skip_corrupt:
             self.report.skipped.append(entry)
         else:
-            raise BadSegmentError(problem, file=str(seg.path), offset=0)
-        return False
+            raise BadSegmentError(item.problem, file=name, offset=0)
 
-    def _stream(self, index: int, pieces) -> None:
-        """Frame and process every piece of segment ``index``.
+    def _piece_framed(self, item) -> None:
+        """Process the records framed in one piece.
 
-        Bytes not yet framed (a record cut by the piece's end) move with the
-        records of open transactions into the next piece's headroom.
+        The records of transactions still open move from the previous buffer
+        into the room before this piece's bytes (or, if they do not fit, the
+        two go to a buffer of their own), so one buffer holds every record the
+        chunk refers to.
         """
-        c = self.cols
-        start = end = 0
-        while True:
-            t = time.perf_counter()
-            piece = next(pieces)
-            self.timings["read"] += time.perf_counter() - t
-            self.report.bytes_read += piece.length
-            unframed = end - start
-            start = self._adopt(piece, start, end)
-            end = piece.data + piece.length
-            file_of_start = piece.file_offset - unframed  # file offset of buf[start]
-            while True:
-                t = time.perf_counter()
-                first = self.n_carried
-                n, stop, _ = frame_records(self.buf, start, end, c.off[first:],
-                                           c.length[first:], c.seq[first:],
-                                           c.record_capacity - first)
-                self.timings["frame"] += time.perf_counter() - t
-                if n:
-                    rows = slice(first, first + n)
-                    c.seg[rows] = index
-                    c.foff[rows] = c.off[rows] - start + file_of_start
-                    self._chunk(first, first + n)
-                    self._keep_open(first + n)
-                file_of_start += stop - start
-                start = stop
-                if n == 0 or stop == end:
-                    break
-            if piece.last:
-                if end > start:
-                    self.report.torn_tails.append(
-                        {"file": self.names[index], "offset": file_of_start,
-                         "bytes_lost": end - start})
-                return
-
-    def _adopt(self, piece, start: int, end: int) -> int:
-        """Make ``piece`` the current buffer, carrying the records of open
-        transactions and the unframed bytes ``buf[start:end]`` into its headroom.
-
-        Returns where the carried unframed bytes begin in the new buffer.
-        """
+        self.report.bytes_read += item.bytes_read
         c = self.cols
         m = self.n_carried
         sizes = c.length[:m] + RECORD_HEADER_SIZE
-        carry = int(sizes.sum()) + (end - start)
-        if carry <= piece.data:
-            buf = piece.buf
-        else:
-            # More to carry than the headroom holds (a long open transaction or a
-            # record longer than a piece): a buffer of its own, the data after it.
-            buf = self._alloc(carry + piece.length)
-            buf[carry:carry + piece.length] = piece.buf[piece.data:piece.data + piece.length]
-            self._reader.release(piece)
-            piece.data = carry
-            piece.buf = None
-        pos = piece.data - carry
+        held = int(sizes.sum())
+        buf, start, shift = item.buf, item.start, 0
+        if held > start:
+            span = item.end - item.start
+            buf = self._alloc(held + span)
+            buf[held:held + span] = item.buf[item.start:item.end]
+            shift = held - item.start
+            start = held
+        pos = start - held
         for i, (o, size) in enumerate(zip(c.off[:m].tolist(), sizes.tolist(), strict=True)):
             buf[pos:pos + size] = self.buf[o:o + size]
             c.off[i] = pos
             pos += size
-        buf[pos:pos + end - start] = self.buf[start:end]
-        if self._piece is not None and self._piece.buf is not None:
+        if self._piece is not None:
             self._reader.release(self._piece)
-        self._piece = piece
+        self._piece = item.ring if buf is item.buf else None
+        if self._piece is None and item.ring is not None:
+            self._reader.release(item.ring)
         self.buf = buf
-        return pos
+        n = item.n
+        c.ensure_records(m + n)
+        rows = slice(m, m + n)
+        c.off[rows] = item.off[:n] + shift
+        c.length[rows] = item.length[:n]
+        c.seq[rows] = item.seq[:n]
+        c.seg[rows] = item.segment
+        c.foff[rows] = c.off[rows] - start + item.file_start
+        if n:
+            self._chunk(m, m + n)
+            self._keep_open(m + n)
+        if item.torn is not None:
+            self.report.torn_tails.append({"file": self.names[item.segment],
+                                           "offset": item.torn[0], "bytes_lost": item.torn[1]})
 
     def _chunk(self, first: int, n: int) -> None:
         c = self.cols
@@ -307,7 +279,7 @@ class _Restore:
             col = getattr(c, name)
             col[:m] = col[keep]
         self.n_carried = m
-        c.ensure_records(m + self.chunk_bytes // _BYTES_PER_ROW + 64)
+
 
     def _events(self, events) -> None:
         what = {
@@ -351,8 +323,9 @@ class _Restore:
         self.report.stop = {
             "reason": "target",
             **w,
+            # A skipped undecodable record has neither (its variant byte proves nothing).
             "timestamp": int(c.ts[i]) if c.status[i] == OK else None,
-            "record": VARIANT_NAMES[kind] if 0 <= kind < len(VARIANT_NAMES) else None,
+            "record": VARIANT_NAMES[kind] if c.status[i] == OK else None,
         }
 
     def _trailing(self, first: int, n: int) -> None:

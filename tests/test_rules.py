@@ -150,10 +150,8 @@ def test_two_transactions_open_at_a_time_target_stop_point(backend, tmp_path):
 # ----------------------------------------------------------------------------- rule 2
 SEQ_TARGET_GARBAGE = {
     "bad_marker": b"\xff\x01\x02",
-    "unknown_variant": b"\x09\x00",
     "truncated_insert": b"\x00\x05ab",  # the variant (Insert) decodes, the rest does not
-    "bad_utf8": w.garbage_payload("bad_utf8", b"", b""),
-    "empty": b"",
+    "bad_utf8_id": w.garbage_payload("bad_utf8", b"", b""),
 }
 
 
@@ -416,7 +414,7 @@ def test_npz_metadata_json_text_is_exact(tmp_path):
     b.add(Ins("a", [1.0], {"b": "2", "a": "é"}, 1))  # written in this key order
     b.add(Ins("b", [2.0], None, 2))
     b.add(Ins("c", [3.0], {}, 3))
-    b.add(Ins("d", [4.0], {"z": "\x00", "": "日本", "y\"": "\\"}, 4))
+    b.add(Ins("d", [4.0], {"z": "\x00", "": "日本", 'y"': "\\"}, 4))
     wal = b.write(tmp_path / "wal")
     out = tmp_path / "o.npz"
     proc = cli_restore(wal, out)
@@ -477,8 +475,11 @@ def test_cli_keeps_ids_with_inner_nuls(tmp_path):
 
 
 # ----------------------------------------------------------------------------- rule 8
+N_STEPS = 120
+
+
 def mixed_workload(seed: int = 1234) -> LogBuilder:
-    """A few hundred records: data, transactions (committed, aborted, open), nested
+    """N_STEPS records: data, transactions (committed, aborted, open), nested
     batches, deletes, metadata, a second segment and a writer restart."""
     rnd = random.Random(seed)
     ids = [f"id{i}" for i in range(24)] + ["", "a\x00", "é", "日本"]
@@ -488,7 +489,7 @@ def mixed_workload(seed: int = 1234) -> LogBuilder:
     next_tx = 1
 
     def vec():
-        return [rnd.choice([0.0, -0.0, 1.5, float("inf"), rnd.uniform(-9, 9)]) for _ in range(3)]
+        return [rnd.choice([0.0, -0.0, 1.5, float("inf"), rnd.uniform(-9, 9)]) for _ in range(2)]
 
     def meta():
         r = rnd.random()
@@ -510,11 +511,11 @@ def mixed_workload(seed: int = 1234) -> LogBuilder:
             return Del(rnd.choice(ids), ts)
         return Batch([data(depth + 1) for _ in range(rnd.randint(0, 4))], ts)
 
-    for step in range(300):
+    for step in range(N_STEPS):
         r = rnd.random()
-        if step == 150:
+        if step == N_STEPS // 2:
             b.new_segment(0x6000000)
-        if step == 220:
+        if step == N_STEPS * 3 // 4:
             b.reopen()
             open_tx.clear()
         if r < 0.7:
@@ -540,20 +541,19 @@ def normalised(idx) -> tuple:
     return host.id_list(), host.vectors.shape, host.vectors.tobytes(), host.metadata, report
 
 
-@pytest.mark.parametrize("target", [{}, {"to_time": 1150}], ids=["latest", "time"])
-def test_result_is_the_same_for_every_chunk_size_and_executor(tmp_path, target):
+def test_result_is_the_same_for_every_chunk_size_and_executor(tmp_path):
     wal = mixed_workload().write(tmp_path / "wal")
     results = {
-        (backend, chunk): normalised(
-            gpu_pitr.restore(wal, backend=backend, chunk_bytes=chunk, **target)
-        )
+        (backend, chunk): normalised(gpu_pitr.restore(wal, backend=backend, chunk_bytes=chunk))
         for backend in BACKENDS
         for chunk in (64, 4096, None)
     }
     first = results[("cpu", None)]
     ids, shape, _, _, report = first
-    assert len(ids) > 5 and shape == (len(ids), 3)  # the workload restores something
-    assert report["records_read"] == 300 and report["segments"] == 2
+    assert len(ids) > 5 and shape == (len(ids), 2)  # the workload restores something
+    assert report["records_read"] == N_STEPS and report["segments"] == 2
     assert report["transactions"]["committed"] > 0 and report["deletes"] > 0
+    assert report["transactions"]["in_flight_discarded"] > 0
+    assert any(m for m in first[3]) and None in first[3]  # metadata, empty and absent
     for key, result in results.items():
         assert result == first, key

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -54,13 +55,15 @@ class Readahead:
                 if pos >= end:
                     break
         self._ring: queue.Queue = queue.Queue()
-        for _ in range(threads + 1):
+        # Buffers held at once: the reads in flight, one being framed, one framed
+        # and waiting, one in use.
+        for _ in range(threads + 3):
             self._ring.put(alloc(headroom + chunk_bytes))
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gpu_pitr-read")
         self._inflight: deque = deque()
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._depth = threads
+        self._closed = threading.Event()
         self._skip: set[int] = set()
         for _ in range(threads):
             self._submit()
@@ -77,9 +80,15 @@ class Readahead:
                 self._fds[key] = os.open(key, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             return self._fds[key]
 
-    def _read(self, task) -> Piece:
+    def _read(self, task) -> Piece | None:
         seg, path, offset, length, last = task
-        buf = self._ring.get()
+        while True:
+            try:
+                buf = self._ring.get(timeout=0.05)
+                break
+            except queue.Empty:
+                if self._closed.is_set():  # every buffer is held and nobody reads on
+                    return None
         if seg in self._skip:
             return Piece(seg, offset, buf, self.headroom, 0, last)
         view = memoryview(buf)[self.headroom:self.headroom + length]
@@ -96,6 +105,8 @@ class Readahead:
         while self._inflight:
             _task, fut = self._inflight.popleft()
             piece = fut.result()
+            if piece is None:
+                return
             self._submit()
             if piece.segment in self._skip:
                 self.release(piece)
@@ -108,7 +119,12 @@ class Readahead:
     def release(self, piece: Piece) -> None:
         self._ring.put(piece.buf)
 
+    def stop(self) -> None:
+        """Unblock every read waiting for a buffer; reads end from now on."""
+        self._closed.set()
+
     def close(self) -> None:
+        self.stop()
         self._tasks.clear()
         for _task, fut in self._inflight:
             fut.cancel()
@@ -116,3 +132,155 @@ class Readahead:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+@dataclass
+class Framed:
+    """A piece framed ahead, or a segment whose header is not readable.
+
+    For a piece: ``buf[start:end]`` holds the bytes the previous piece left
+    unframed followed by the piece's data; ``file_start`` is the file offset of
+    ``buf[start]``; the ``n`` records framed are in ``off``/``length``/``seq``
+    (offsets into ``buf``). ``ring`` is the read-ahead piece that owns ``buf``
+    (None when ``buf`` is a buffer of its own). ``torn`` is ``(file offset,
+    bytes lost)`` when the segment ends inside a record.
+    """
+
+    segment: int
+    problem: str | None = None
+    header_len: int = 0
+    buf: np.ndarray | None = None
+    ring: Piece | None = None
+    start: int = 0
+    end: int = 0
+    file_start: int = 0
+    n: int = 0
+    off: np.ndarray | None = None
+    length: np.ndarray | None = None
+    seq: np.ndarray | None = None
+    torn: tuple | None = None
+    bytes_read: int = 0
+
+
+class FrameAhead:
+    """Frames segment pieces one piece ahead of their use, on a thread of its own.
+
+    Framing is a chain of dependent loads (each length says where the next
+    record starts), so it runs beside decoding and applying the previous piece
+    rather than before it. Yields ``Framed`` items in log order.
+    """
+
+    def __init__(self, segments, reader: Readahead, alloc: Callable[[int], np.ndarray],
+                 frame, header_problem, header_size: int) -> None:
+        self._segments = segments
+        self._reader = reader
+        self._alloc = alloc
+        self._frame = frame
+        self._header_problem = header_problem
+        self._header_size = header_size
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self.frame_seconds = 0.0
+        self._thread = threading.Thread(target=self._run, name="gpu_pitr-frame", daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[Framed]:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            pieces = iter(self._reader)
+            for index, seg in enumerate(self._segments):
+                with open(seg.path, "rb") as f:
+                    head = f.read(self._header_size)
+                problem = self._header_problem(head)
+                has_records = seg.size > self._header_size
+                if problem is not None:
+                    if has_records:
+                        self._reader.skip(index)
+                    if not self._put(Framed(index, problem=problem, header_len=len(head))):
+                        return
+                    continue
+                if has_records and not self._segment(index, pieces, len(head)):
+                    return
+        except BaseException as err:  # handed to the consumer, raised there
+            self._put(err)
+            return
+        self._put(None)
+
+    def _segment(self, index: int, pieces, header_len: int) -> bool:
+        carry = np.zeros(0, np.uint8)
+        carry_file = self._header_size
+        while True:
+            piece = next(pieces)
+            t = time.perf_counter()
+            c = len(carry)
+            if c <= piece.data:
+                buf, ring, start = piece.buf, piece, piece.data - c
+                buf[start:piece.data] = carry
+            else:
+                # A record longer than the headroom: a buffer of its own, with the
+                # same headroom in front for what the consumer carries.
+                buf = self._alloc(self._reader.headroom + c + piece.length)
+                start = self._reader.headroom
+                buf[start:start + c] = carry
+                buf[start + c:start + c + piece.length] = piece.buf[
+                    piece.data:piece.data + piece.length]
+                self._reader.release(piece)
+                ring = None
+            end = start + c + piece.length
+            n, off, length, seq, stop = self._frame_all(buf, start, end)
+            item = Framed(index, buf=buf, ring=ring, start=start, end=end,
+                          file_start=carry_file, n=n, off=off, length=length, seq=seq,
+                          bytes_read=piece.length + (header_len if piece.file_offset
+                                                     == self._header_size else 0))
+            carry = buf[stop:end].copy()
+            carry_file += stop - start
+            if piece.last and len(carry):
+                item.torn = (carry_file, len(carry))
+            self.frame_seconds += time.perf_counter() - t
+            if not self._put(item):
+                return False
+            if piece.last:
+                return True
+
+    def _frame_all(self, buf, start: int, end: int):
+        """Every whole record of ``buf[start:end]``, growing the row arrays as needed."""
+        cap = max(64, (end - start) // 256)
+        off = np.empty(cap, np.int64)
+        length = np.empty(cap, np.int64)
+        seq = np.empty(cap, np.uint64)
+        n, pos = 0, start
+        while True:
+            got, pos, _ = self._frame(buf, pos, end, off[n:], length[n:], seq[n:], cap - n)
+            n += got
+            if n < cap:
+                return n, off, length, seq, pos
+            cap *= 2
+            off, length, seq = (np.concatenate([a[:n], np.empty(cap - n, a.dtype)])
+                                for a in (off, length, seq))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._reader.stop()  # a read it may wait on could wait for a buffer forever
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
