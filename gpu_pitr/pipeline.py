@@ -402,7 +402,7 @@ def restore(
         allow_incomplete_history: restore even if the log does not start at
             sequence number 0.
         chunk_bytes: bytes read per chunk (default 16 MiB on the cpu executor,
-            128 MiB on cuda; three such buffers are in use at once).
+            128 MiB on cuda; five such buffers are in use at once).
 
     Returns:
         RestoredIndex with ids sorted by UTF-8 bytes, vectors, metadata, report.
