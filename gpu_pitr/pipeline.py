@@ -441,8 +441,6 @@ def restore(
     report = index.report
     run.timings["total"] = time.perf_counter() - started
     report.timings = {k: round(v, 6) for k, v in run.timings.items()}
-    for k, v in getattr(run.ex, "timings", {}).items() if getattr(run.ex, "profile", False) else ():
-        report.timings[f"device_{k}"] = round(v, 6)
     if report.message:
         pass
     elif report.records_read == 0:
