@@ -57,7 +57,7 @@ def _walk(
 ):
     """Walk records ``first..n-1`` of a chunk (``0..first-1`` are carried ones).
 
-    Returns ``(result, n_order, n_events, stopped, stop_index, n_slots, top)``;
+    Returns ``(result, n_order, n_events, stopped, stop_index, top)``;
     ``stop_index`` is the record where the restore stopped (-1 if not in this
     chunk), or with ``WALK_FATAL`` the record that is fatally damaged.
     """
@@ -77,7 +77,7 @@ def _walk(
         if status[i] != OK:
             # The stop point is not reached yet, so the restore must read past it.
             if not skip_corrupt:
-                return WALK_FATAL, n_order, n_events, stopped, i, n_slots, top
+                return WALK_FATAL, n_order, n_events, stopped, i, top
             events[n_events, 0] = EV_SKIPPED
             events[n_events, 1] = i
             n_events += 1
@@ -141,7 +141,7 @@ def _walk(
             # A log position: everything complete at this record, nothing after.
             stopped = True
             stop_index = i
-    return WALK_OK, n_order, n_events, stopped, stop_index, n_slots, top
+    return WALK_OK, n_order, n_events, stopped, stop_index, top
 
 
 @njit(cache=True, nogil=True)
@@ -243,7 +243,7 @@ class PlanState:
         next_rec = np.full(n, -1, np.int64)
         order = np.empty(n, np.int64)
         events = np.empty((n - first + 1, 2), np.int64)
-        result, n_order, n_events, stopped, stop_index, n_slots, top = _walk(
+        result, n_order, n_events, stopped, stop_index, top = _walk(
             first, n, cols.kind, cols.ts, cols.aux, cols.status, cols.seq,
             self.mode, self.t_lim, self.exclusive, self.target_seq, self.skip_corrupt,
             self.stopped,
@@ -257,7 +257,6 @@ class PlanState:
             # In flight at the stop point: never applied, like PostgreSQL's rollback.
             self.open_at_stop = self.open_transactions
         self.stopped = bool(stopped)
-        self._n_slots = n_slots
         self._next = next_rec
         return result, order[:n_order], events[:n_events], stop_index
 
