@@ -122,8 +122,10 @@ class _Restore:
     """One restore in progress: the loop over segments and chunks."""
 
     def __init__(self, wal_dir, target, exclusive, skip_corrupt, allow_incomplete_history,
-                 executor, chunk_bytes, report):
+                 executor, chunk_bytes, report, progress=None):
         self.wal_dir = Path(wal_dir)
+        self.progress = progress
+        self.total_bytes = 0
         self.plan = PlanState(exclusive=exclusive, skip_corrupt=skip_corrupt, **target)
         self.to_seq = target.get("to_seq")
         self.skip_corrupt = skip_corrupt
@@ -154,7 +156,9 @@ class _Restore:
         segments = list_segments(self.wal_dir)
         self.report.segments = len(segments)
         self.names = [str(seg.path) for seg in segments]
+        self.total_bytes = sum(seg.size for seg in segments)
         self.timings["discover"] += time.perf_counter() - t
+        self._tell("read")
         ranges = [(i, seg.path, HEADER_SIZE, seg.size) for i, seg in enumerate(segments)
                   if seg.size > HEADER_SIZE]
         reader = Readahead(ranges, self.chunk_bytes, _HEADROOM, self._alloc,
@@ -170,12 +174,18 @@ class _Restore:
                     self._bad_header(item)
                 else:
                     self._piece_framed(item)
+                self._tell("read")
                 t = time.perf_counter()
         finally:
             framer.close()
             reader.close()
             self.timings["frame"] += framer.frame_seconds
         self._end_of_log()
+
+    def _tell(self, phase: str) -> None:
+        if self.progress is not None:
+            self.progress(phase, self.report.bytes_read, self.total_bytes,
+                          self.report.records_read)
 
     def _bad_header(self, item) -> None:
         """A segment whose header is torn or wrong: its records are not read."""
@@ -364,13 +374,14 @@ def _needs_host():
     return NeedsHostExecutor
 
 
-def _run(args, executor, chunk_bytes, target_doc):
+def _run(args, executor, chunk_bytes, target_doc, progress=None):
     report = RestoreReport(target=target_doc, backend=executor.name,
                            incomplete_history_allowed=bool(args[4]))
     chunk_bytes = chunk_bytes or getattr(executor, "chunk_bytes", DEFAULT_CHUNK_BYTES)
-    run = _Restore(*args, executor, chunk_bytes, report)
+    run = _Restore(*args, executor, chunk_bytes, report, progress)
     run.run()
     del run.buf, run.cols, run._piece, run._reader  # the read buffers go before the sort
+    run._tell("finish")
     t = time.perf_counter()
     index = executor.finish(report)
     run.timings["finish"] += time.perf_counter() - t
@@ -387,6 +398,7 @@ def restore(
     skip_corrupt: bool = False,
     allow_incomplete_history: bool = False,
     chunk_bytes: int | None = None,
+    progress=None,
 ) -> RestoredIndex:
     """Restore the index in ``wal_dir`` as it was at a point in time (SPEC section 3).
 
@@ -403,6 +415,9 @@ def restore(
             sequence number 0.
         chunk_bytes: bytes read per chunk (default 16 MiB on the cpu executor,
             128 MiB on cuda; five such buffers are in use at once).
+        progress: called as ``progress(phase, bytes_done, bytes_total, records)``
+            after each chunk (phase "read") and once before the final sort
+            (phase "finish"); for progress bars.
 
     Returns:
         RestoredIndex with ids sorted by UTF-8 bytes, vectors, metadata, report.
@@ -431,12 +446,12 @@ def restore(
     executor = make_executor(backend, total)
     args = (wal_path, target, exclusive, skip_corrupt, allow_incomplete_history)
     try:
-        index, run = _run(args, executor, chunk_bytes, target_doc)
+        index, run = _run(args, executor, chunk_bytes, target_doc, progress)
     except _needs_host() as err:
         # Exactness over speed: the host executor handles every input exactly.
         from gpu_pitr.executors.cpu import CpuExecutor
 
-        index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc)
+        index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc, progress)
         index.report.message = f"cuda executor: {err}; restored on the cpu executor instead"
     report = index.report
     run.timings["total"] = time.perf_counter() - started
