@@ -58,3 +58,7 @@ class TargetNotFoundError(WalError):
 
 class BackendUnavailableError(WalError):
     """The requested executor cannot run here (e.g. ``cuda`` without a GPU)."""
+
+
+class TargetBeforeBaseError(WalError):
+    """A restore target earlier than the base snapshot's position."""

@@ -75,6 +75,11 @@ class RestoredIndex:
         self._meta_offs = meta_offs
         self._meta_lens = meta_lens
         self.report = report
+        # Where in the log this state stands, and the raw records of the
+        # transactions open there: what a snapshot of it needs to be resumed
+        # (set by the restore; see gpu_pitr.snapshot.base).
+        self.position: dict | None = None
+        self.pending: bytes = b""
 
     @property
     def backend(self) -> str:
@@ -138,4 +143,5 @@ class RestoredIndex:
         host = RestoredIndex(self._id_arena, self._id_offs, self._id_lens,
                              self.vectors.get(), self._meta_arena, self._meta_offs,
                              self._meta_lens, self.report)
+        host.position, host.pending = self.position, self.pending
         return host

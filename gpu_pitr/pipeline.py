@@ -20,6 +20,7 @@ from gpu_pitr.errors import (
     CorruptRecordError,
     DimensionMismatchError,
     IncompleteHistoryError,
+    TargetBeforeBaseError,
     TargetNotFoundError,
     WalError,
 )
@@ -38,10 +39,12 @@ from gpu_pitr.plan.commit import (
     EV_DAMAGE_AFTER_STOP,
     EV_END_NOT_OPEN,
     EV_SKIPPED,
+    SEQ,
     WALK_FATAL,
     PlanState,
 )
 from gpu_pitr.report import RestoreReport
+from gpu_pitr.snapshot.base import SeqRuns, stops_at_base, target_problem
 
 DEFAULT_CHUNK_BYTES = 16 << 20
 _MIN_CHUNK_BYTES = 64
@@ -122,9 +125,18 @@ class _Restore:
     """One restore in progress: the loop over segments and chunks."""
 
     def __init__(self, wal_dir, target, exclusive, skip_corrupt, allow_incomplete_history,
-                 executor, chunk_bytes, report, progress=None):
+                 executor, chunk_bytes, report, progress=None, base=None):
         self.wal_dir = Path(wal_dir)
         self.progress = progress
+        self.base = base  # a loaded snapshot to start from, or None
+        self.target = target
+        self.seq_runs = SeqRuns()
+        self.last_record = None  # (file, offset) of the last record consumed
+        self.torn_at: dict[int, int] = {}  # segment index -> offset of its torn tail
+        self.segments = []
+        self.position: dict | None = None
+        self.pending = b""
+        self._resume_seq = None  # with a base: what the first record read must be
         self.total_bytes = 0
         self.plan = PlanState(exclusive=exclusive, skip_corrupt=skip_corrupt, **target)
         self.to_seq = target.get("to_seq")
@@ -142,6 +154,13 @@ class _Restore:
         self.seen_first = False
         self._piece = None  # the read-ahead piece whose buffer is self.buf
         self._reader = None
+        if base is not None:
+            pos = base.position
+            self.seq_runs = SeqRuns(pos.get("seq_runs"), pos.get("last_seq"))
+            last = pos.get("last_record")
+            if last:
+                self.last_record = (str(self.wal_dir / last["segment"]), last["offset"])
+            self.plan.seed_timestamps(pos.get("max_timestamp"), pos.get("timestamp"))
 
     def _alloc(self, nbytes: int) -> np.ndarray:
         # The executor may want special host memory (page-locked on a GPU).
@@ -154,17 +173,25 @@ class _Restore:
     def run(self) -> None:
         t = time.perf_counter()
         segments = list_segments(self.wal_dir)
+        starts: dict[int, int] = {}
+        if self.base is not None:
+            segments, starts = self._resume_at(segments)
+        self.segments = segments
         self.report.segments = len(segments)
         self.names = [str(seg.path) for seg in segments]
-        self.total_bytes = sum(seg.size for seg in segments)
+        self.total_bytes = sum(seg.size - starts.get(i, 0) for i, seg in enumerate(segments))
         self.timings["discover"] += time.perf_counter() - t
+        if self.base is not None:
+            t = time.perf_counter()
+            self._seed_base()
+            self.timings["base"] = time.perf_counter() - t
         self._tell("read")
-        ranges = [(i, seg.path, HEADER_SIZE, seg.size) for i, seg in enumerate(segments)
-                  if seg.size > HEADER_SIZE]
+        ranges = [(i, seg.path, starts.get(i, HEADER_SIZE), seg.size)
+                  for i, seg in enumerate(segments) if seg.size > starts.get(i, HEADER_SIZE)]
         reader = Readahead(ranges, self.chunk_bytes, _HEADROOM, self._alloc,
                            threads=_READ_THREADS)
         framer = FrameAhead(segments, reader, self._alloc, frame_records, header_problem,
-                            HEADER_SIZE)
+                            HEADER_SIZE, starts=starts)
         self._reader = reader
         try:
             t = time.perf_counter()
@@ -181,6 +208,8 @@ class _Restore:
             reader.close()
             self.timings["frame"] += framer.frame_seconds
         self._end_of_log()
+        if not self.plan.stopped:
+            self._end_position()
 
     def _tell(self, phase: str) -> None:
         if self.progress is not None:
@@ -246,6 +275,7 @@ class _Restore:
             self._chunk(m, m + n)
             self._keep_open(m + n)
         if item.torn is not None:
+            self.torn_at[item.segment] = item.torn[0]
             self.report.torn_tails.append({"file": self.names[item.segment],
                                            "offset": item.torn[0], "bytes_lost": item.torn[1]})
 
@@ -254,20 +284,20 @@ class _Restore:
         if not self.seen_first and n > first:
             self.seen_first = True
             self.report.first_seq = int(c.seq[first])
-            if c.seq[first] != 0 and not self.allow_incomplete:
-                w = self._where(first)
-                raise IncompleteHistoryError(
-                    "the log does not start at sequence number 0: earlier history is missing"
-                    " (allow it explicitly to restore anyway)", **w)
+            self._check_first(first)
         t = time.perf_counter()
         # Carried rows are decoded again: their bytes moved to the front of buf.
         self.ex.decode(self.buf, c, 0, n)
         self.timings["decode"] += time.perf_counter() - t
         t = time.perf_counter()
+        was_stopped = self.plan.stopped
         result, order, events, stop_index = self.plan.walk(c, first, n)
         self._events(events)
+        if result != WALK_FATAL and not was_stopped:
+            self._consumed(first, n, stop_index)
         if result != WALK_FATAL and stop_index >= 0:
             self._record_stop(stop_index)
+            self._stop_position(stop_index, n)
         self._trailing(first, n)
         self.report.records_read += n - first
         self.timings["plan"] += time.perf_counter() - t
@@ -290,6 +320,205 @@ class _Restore:
             col[:m] = col[keep]
         self.n_carried = m
 
+
+    # -- the log position a restore reaches (what a snapshot of it resumes from) --
+
+    def _consumed(self, first: int, n: int, stop_index: int) -> None:
+        """Note the records ``first..`` this chunk took before its stop point."""
+        c = self.cols
+        end = n
+        if stop_index >= 0:
+            # A time target stops before its record; a sequence target after it.
+            end = stop_index + 1 if self.plan.mode == SEQ else stop_index
+        if end > first:
+            self.seq_runs.add(c.seq[first:end])
+            self.last_record = (self.names[int(c.seg[end - 1])], int(c.foff[end - 1]))
+
+    def _position(self, segment: int | None, offset: int, seq: int | None) -> dict:
+        seg = self.segments[segment] if segment is not None else None
+        last_file, last_offset = self.last_record or (None, None)
+        return {
+            "segment": seg.name if seg is not None else None,
+            "offset": int(offset),
+            "seq": seq,
+            "timestamp": self.plan.last_timestamp,
+            "max_timestamp": self.plan.max_timestamp,
+            "at_segment_end": seg is not None and offset >= seg.size,
+            "segment_size": seg.size if seg is not None else None,
+            "last_seq": self.seq_runs.last,
+            "last_record": None if last_file is None else
+            {"segment": Path(last_file).name, "offset": last_offset},
+            "seq_runs": self.seq_runs.merged(),
+        }
+
+    def _stop_position(self, i: int, n: int) -> None:
+        """The position at the stop record ``i``, and the transactions open there."""
+        c = self.cols
+        if self.plan.mode == SEQ:
+            after = int(c.foff[i]) + RECORD_HEADER_SIZE + int(c.length[i])
+            self.position = self._position(int(c.seg[i]), after, None)
+        else:
+            self.position = self._position(int(c.seg[i]), int(c.foff[i]), int(c.seq[i]))
+        rows, txns, counts = self.plan.open_records(n)
+        self._keep_pending(rows, txns, counts)
+
+    def _end_position(self) -> None:
+        """The position at the end of the log: after the last whole record."""
+        if not self.segments:
+            self.position = self._position(None, 0, None)
+        else:
+            last = len(self.segments) - 1
+            end = self.torn_at.get(last, self.segments[last].size)
+            self.position = self._position(last, max(end, HEADER_SIZE), None)
+        txns, counts = self.plan.open_slots()
+        self._keep_pending(np.arange(self.n_carried), txns, counts)
+
+    def _keep_pending(self, rows: np.ndarray, txns: np.ndarray, counts: np.ndarray) -> None:
+        c = self.cols
+        parts, where = [], []
+        for i in rows.tolist():
+            o = int(c.off[i])
+            parts.append(self.buf[o:o + RECORD_HEADER_SIZE + int(c.length[i])].tobytes())
+            where.append([Path(self.names[int(c.seg[i])]).name, int(c.foff[i])])
+        self.pending = b"".join(parts)
+        self.position["pending"] = {
+            "transactions": [[int(t), int(k)] for t, k in zip(txns.tolist(), counts.tolist(),
+                                                                strict=True)],
+            "records": where,
+        }
+
+    # -- starting from a base snapshot --
+
+    def _resume_at(self, segments):
+        """The segments to read after the base's position, and where to start in the first."""
+        pos = self.base.position
+        name = pos.get("segment")
+        if name is None:  # a snapshot of an empty log: all of it comes after
+            return segments, {}
+        names = [seg.name for seg in segments]
+        if name in names:
+            i = names.index(name)
+            seg = segments[i]
+            offset = int(pos["offset"])
+            if offset > seg.size:
+                raise IncompleteHistoryError(
+                    f"the file ends before the base snapshot's position (offset {offset}):"
+                    " this is not the log the snapshot was taken from", file=str(seg.path),
+                    offset=seg.size)
+            self._resume_seq = ("at", pos.get("seq"))
+            return segments[i:], {0: offset}
+        later = [seg for seg in segments if seg.name.encode() > name.encode()]
+        if pos.get("at_segment_end") and pos.get("last_seq") is not None:
+            # The writer numbers on across a rotation: the next file must go on.
+            self._resume_seq = ("after", int(pos["last_seq"]) + 1)
+        elif not self.allow_incomplete:
+            raise IncompleteHistoryError(
+                f"the base snapshot's segment {name} is gone, with records after its "
+                f"position (offset {pos.get('offset')}): history after the snapshot is missing",
+                file=str(later[0].path if later else self.wal_dir))
+        return later, {}
+
+    def _check_first(self, first: int) -> None:
+        """Is the first record read where the log must go on? (history complete)"""
+        c = self.cols
+        seq = int(c.seq[first])
+        w = self._where(first)
+        if self.base is None:
+            if seq != 0 and not self.allow_incomplete:
+                raise IncompleteHistoryError(
+                    "the log does not start at sequence number 0: earlier history is missing"
+                    " (allow it explicitly to restore anyway)", **w)
+            return
+        if self._resume_seq is None:
+            return
+        how, want = self._resume_seq
+        pos = self.base.position
+        if how == "at":
+            # A record right at the position must be the one the snapshot stopped
+            # before (a mid-file header, a torn tail may come between otherwise).
+            at = int(c.seg[first]) == 0 and int(c.foff[first]) == int(pos["offset"])
+            if at and want is not None and seq != want:
+                raise IncompleteHistoryError(
+                    f"the log does not go on from the base snapshot's position "
+                    f"({pos['segment']} offset {pos['offset']}, seq {want})", **w)
+        elif seq != want and not self.allow_incomplete:
+            raise IncompleteHistoryError(
+                f"the log resumes at seq {seq}, not {want} right after the base snapshot's "
+                f"position ({pos['segment']} offset {pos['offset']}): history between is "
+                "missing (allow it explicitly to restore anyway)", **w)
+
+    def _seed_base(self) -> None:
+        """Load the snapshot's rows into the executor, and its open transactions."""
+        from gpu_pitr.snapshot.base import seed_chunks
+
+        snap = self.base
+        if snap.dim is not None:
+            self.ex.fix_dim(int(snap.dim))
+        self.names.append(str(snap.path))
+        where = len(self.names) - 1
+        c = self.cols
+        for buf, off, length in seed_chunks(snap, self.chunk_bytes, self._alloc):
+            n = len(off)
+            c.ensure_records(n)
+            c.off[:n], c.length[:n], c.seq[:n] = off, length, 0
+            c.seg[:n], c.foff[:n] = where, 0
+            self.ex.decode(buf, c, 0, n)
+            if np.any(c.status[:n] != OK):
+                from gpu_pitr.snapshot.format import SnapshotError
+
+                raise SnapshotError("its rows do not encode as records", file=str(snap.path))
+            self.ex.apply(buf, c, np.arange(n, dtype=np.int64), self._dim_mismatch)
+        self.ex.clear_counters()
+        if stops_at_base(snap.position, self.target):
+            self._stop_at_base()
+        else:
+            self._seed_pending(snap)
+
+    def _stop_at_base(self) -> None:
+        """A sequence target met by the base's last record: the base is the answer."""
+        pos = self.base.position
+        last = pos.get("last_record") or {}
+        self.plan.stopped = True
+        self.plan.open_at_stop = len((pos.get("pending") or {}).get("transactions") or [])
+        self.report.stop = {"reason": "target", "file": str(self.wal_dir / last["segment"]),
+                            "offset": int(last["offset"]), "seq": int(pos["last_seq"]),
+                            "timestamp": None, "record": None}
+        self.position = dict(pos)
+        self.pending = self.base.pending
+
+    def _seed_pending(self, snap) -> None:
+        """The base's open transactions become carried rows, as if read just now."""
+        info = snap.position.get("pending") or {}
+        records = info.get("records") or []
+        txns = info.get("transactions") or []
+        # An open transaction with no records yet still owns what follows.
+        self.plan.seed_open([t for t, _ in txns], [k for _, k in txns])
+        if not records:
+            return
+        blob = np.frombuffer(snap.pending, np.uint8)
+        c = self.cols
+        c.ensure_records(len(records))
+        pos = 0
+        name_index: dict[str, int] = {}
+        for i, (file, foff) in enumerate(records):
+            if pos + RECORD_HEADER_SIZE > len(blob):
+                break
+            length = int.from_bytes(blob[pos + 8:pos + 12].tobytes(), "little")
+            c.off[i], c.length[i] = pos, length
+            c.seq[i] = int.from_bytes(blob[pos:pos + 8].tobytes(), "little")
+            if file not in name_index:
+                name_index[file] = len(self.names)
+                self.names.append(str(self.wal_dir / file))
+            c.seg[i], c.foff[i] = name_index[file], int(foff)
+            pos += RECORD_HEADER_SIZE + length
+        if pos != len(blob):
+            from gpu_pitr.snapshot.format import SnapshotError
+
+            raise SnapshotError("pending records do not match the manifest",
+                                file=str(Path(snap.path) / "pending.wal"))
+        self.buf = self._alloc(len(blob))
+        self.buf[:] = blob
+        self.n_carried = len(records)
 
     def _events(self, events) -> None:
         what = {
@@ -374,17 +603,42 @@ def _needs_host():
     return NeedsHostExecutor
 
 
-def _run(args, executor, chunk_bytes, target_doc, progress=None):
+def _base_for(base, snapshots, target: dict, exclusive: bool):
+    """The snapshot a restore starts from (or None), and notes for the report."""
+    if base is not None and snapshots is not None:
+        raise ValueError("give at most one of base and snapshots")
+    if base is None and snapshots is None:
+        return None, []
+    from gpu_pitr import snapshot
+
+    if snapshots is not None:
+        return snapshot.choose(snapshots, target, exclusive)
+    snap = base if hasattr(base, "position") else snapshot.load(base)
+    problem = target_problem(snap.position, target, exclusive)
+    if problem is not None:
+        raise TargetBeforeBaseError(f"the target is earlier than the base snapshot: {problem}",
+                                    file=str(snap.path))
+    return snap, []
+
+
+def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None):
     report = RestoreReport(target=target_doc, backend=executor.name,
                            incomplete_history_allowed=bool(args[4]))
+    if base is not None:
+        pos = base.position
+        report.base = {"path": str(base.path), "segment": pos.get("segment"),
+                       "offset": pos.get("offset"), "seq": pos.get("seq"),
+                       "timestamp": pos.get("timestamp"), "ids": int(base.count),
+                       "dim": base.dim}
     chunk_bytes = chunk_bytes or getattr(executor, "chunk_bytes", DEFAULT_CHUNK_BYTES)
-    run = _Restore(*args, executor, chunk_bytes, report, progress)
+    run = _Restore(*args, executor, chunk_bytes, report, progress, base)
     run.run()
     del run.buf, run.cols, run._piece, run._reader  # the read buffers go before the sort
     run._tell("finish")
     t = time.perf_counter()
     index = executor.finish(report)
     run.timings["finish"] += time.perf_counter() - t
+    index.position, index.pending = run.position, run.pending
     return index, run
 
 
@@ -399,6 +653,8 @@ def restore(
     allow_incomplete_history: bool = False,
     chunk_bytes: int | None = None,
     progress=None,
+    base=None,
+    snapshots=None,
 ) -> RestoredIndex:
     """Restore the index in ``wal_dir`` as it was at a point in time (SPEC section 3).
 
@@ -418,6 +674,12 @@ def restore(
         progress: called as ``progress(phase, bytes_done, bytes_total, records)``
             after each chunk (phase "read") and once before the final sort
             (phase "finish"); for progress bars.
+        base: a snapshot directory (``gpu-pitr snapshot``) or a loaded
+            ``Snapshot`` to start from: its state, then only the log after its
+            position. The result is exactly that of a restore of the whole log.
+        snapshots: a directory of snapshot directories: start from the newest
+            intact one at or before the target (older ones when one is damaged,
+            the whole log when none serves; the report's message says which).
 
     Returns:
         RestoredIndex with ids sorted by UTF-8 bytes, vectors, metadata, report.
@@ -442,21 +704,27 @@ def restore(
     wal_path = Path(wal_dir)
     if not wal_path.is_dir():
         raise WalError("WAL directory not found or not a directory", file=str(wal_path))
+    snap, notes = _base_for(base, snapshots, target, exclusive)
     total = sum(s.size for s in list_segments(wal_path))
+    if snap is not None:
+        # Room for the base's rows, which go through the executor like records.
+        total += int(snap.vectors.nbytes) + len(snap.id_arena) + len(snap.meta_arena) \
+            + 32 * int(snap.count) + len(snap.pending)
     executor = make_executor(backend, total)
     args = (wal_path, target, exclusive, skip_corrupt, allow_incomplete_history)
     try:
-        index, run = _run(args, executor, chunk_bytes, target_doc, progress)
+        index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap)
     except _needs_host() as err:
         # Exactness over speed: the host executor handles every input exactly.
         from gpu_pitr.executors.cpu import CpuExecutor
 
-        index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc, progress)
-        index.report.message = f"cuda executor: {err}; restored on the cpu executor instead"
+        index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc, progress, snap)
+        notes.append(f"cuda executor: {err}; restored on the cpu executor instead")
     report = index.report
+    report.message = "; ".join(notes)
     run.timings["total"] = time.perf_counter() - started
     report.timings = {k: round(v, 6) for k, v in run.timings.items()}
-    if report.message:
+    if report.message or snap is not None:
         pass
     elif report.records_read == 0:
         report.message = "nothing to restore: no records in the log"

@@ -321,15 +321,6 @@ def phase_h2d(a: dict) -> dict:
     return {"bytes": n * reps, "seconds": ms / 1e3, "gb_s": n * reps / (ms / 1e3) / GB}
 
 
-PHASES = {
-    "read": phase_read,
-    "restore": phase_restore,
-    "reference": phase_reference,
-    "cli": phase_cli,
-    "h2d": phase_h2d,
-}
-
-
 def _run_phase(name: str, args: dict, timeout: float | None = None) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--phase", name, json.dumps(args)]
     t = time.perf_counter()
@@ -418,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=("restore", "mid", "reference", "cli"),
+        choices=("restore", "mid", "reference", "cli", "snapshot"),
         help="leave a phase out",
     )
     ap.add_argument(
@@ -486,12 +477,79 @@ def main(argv: list[str] | None = None) -> int:
         ref = phase("reference", "reference")
     if "cli" not in opts.skip:
         cli = phase("cli", "cli")
+    if "snapshot" not in opts.skip and stats:
+        phase("snapshot", "snapshot", snapshot_seq=int(stats["records"] * 0.9))
     results["load_average_after"] = os.getloadavg()
     _print_table(results, read, rest, mid, ref, cli, wal_bytes, opts)
     print(f"load average after: {_load()}")
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=1, default=str))
     return 0
+
+
+def phase_snapshot(a: dict) -> dict:
+    """A snapshot at ~90% of the log: write, load (vs a raw read of its bytes), and a
+    restore to latest from it against a restore of the whole log, in one process."""
+    import shutil
+
+    import numpy as np
+
+    from gpu_pitr import snapshot
+
+    restore = _restore_fn(a["restore_impl"])
+    kwargs = {"backend": a["backend"], "chunk_bytes": a["chunk_bytes"]}
+    snap_dir = Path(a["dir"]).parent / (Path(a["dir"]).name + ".bench-snapshot")
+    out: dict = {}
+    t = time.perf_counter()
+    full = restore(a["dir"], **kwargs)  # also compiles everything
+    _sync(full.vectors)
+    out["full_first_s"] = time.perf_counter() - t
+    n_full = len(full)
+    del full
+    gc.collect()
+    t = time.perf_counter()
+    full = restore(a["dir"], **kwargs)
+    _sync(full.vectors)
+    out["full_s"] = time.perf_counter() - t
+    full_host = full.to_host()
+    full_ids, full_vec = full_host.id_list(), np.asarray(full_host.vectors).tobytes()
+    del full, full_host
+    gc.collect()
+    part = restore(a["dir"], to_seq=a["snapshot_seq"], **kwargs)
+    out["covered_bytes"] = part.report.bytes_read
+    shutil.rmtree(snap_dir, ignore_errors=True)
+    t = time.perf_counter()
+    snapshot.save(part, snap_dir)
+    out["write_s"] = time.perf_counter() - t
+    out["snapshot_ids"] = len(part)
+    del part
+    gc.collect()
+    files = sorted(p for p in snap_dir.iterdir() if p.is_file())
+    out["snapshot_bytes"] = sum(p.stat().st_size for p in files)
+    buf = bytearray(max(p.stat().st_size for p in files))
+    view = memoryview(buf)
+    t = time.perf_counter()
+    for path in files:  # warms the page cache too, as the load below assumes
+        with open(path, "rb", buffering=0) as f:
+            f.readinto(view)
+    out["raw_read_s"] = time.perf_counter() - t
+    del buf, view
+    t = time.perf_counter()
+    loaded = snapshot.load(snap_dir)
+    out["load_s"] = time.perf_counter() - t
+    del loaded
+    gc.collect()
+    t = time.perf_counter()
+    based = restore(a["dir"], base=snap_dir, **kwargs)
+    _sync(based.vectors)
+    out["base_s"] = time.perf_counter() - t
+    out["base_timings"] = based.report.timings
+    out["base_records"] = based.report.records_read
+    host = based.to_host()
+    out["equal"] = (len(host) == n_full and host.id_list() == full_ids
+                    and np.asarray(host.vectors).tobytes() == full_vec)
+    shutil.rmtree(snap_dir, ignore_errors=True)
+    return out
 
 
 def _print_table(results, read, rest, mid, ref, cli, wal_bytes, opts) -> None:
@@ -593,11 +651,35 @@ def _print_table(results, read, rest, mid, ref, cli, wal_bytes, opts) -> None:
     else:
         note = cli.get("error", "")
     add("CLI restore -> npz, seconds", cli.get("seconds"), note)
+    snap = results.get("snapshot", {})
+    if "base_s" in snap:
+        add("snapshot at ~90% of the log", f"{snap['covered_bytes'] / wal_bytes:.0%}",
+            f"{snap['snapshot_ids']} ids, {snap['snapshot_bytes'] / MIB:.0f} MiB, written in "
+            f"{snap['write_s']:.2f} s")
+        add("snapshot load GB/s", snap["snapshot_bytes"] / snap["load_s"] / GB,
+            f"raw read of the same files {_fmt(snap['snapshot_bytes'] / snap['raw_read_s'] / GB)}"
+            f" GB/s; load / raw read time {_fmt(snap['load_s'] / snap['raw_read_s'])}")
+        add("restore from snapshot, seconds", snap["base_s"],
+            f"whole log {snap['full_s']:.3f} s in the same process: "
+            f"{_fmt(snap['full_s'] / snap['base_s'])}x faster; "
+            f"{'same result' if snap['equal'] else 'RESULT DIFFERS'}")
+    elif snap:
+        add("restore from snapshot, seconds", None, snap.get("error", ""))
 
     width = max(len(r[0]) for r in rows)
     print()
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:>10}  {note}")
+
+
+PHASES = {
+    "read": phase_read,
+    "restore": phase_restore,
+    "reference": phase_reference,
+    "cli": phase_cli,
+    "snapshot": phase_snapshot,
+    "h2d": phase_h2d,
+}
 
 
 def _default_chunk() -> int:

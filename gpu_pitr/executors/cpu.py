@@ -141,6 +141,16 @@ class CpuExecutor:
     def apply(self, buf: np.ndarray, cols, order: np.ndarray, on_dim_mismatch) -> None:
         self.map.apply(buf, order, cols, on_dim_mismatch)
 
+    def fix_dim(self, dim: int) -> None:
+        """The index dimension, known before any record (from a base snapshot)."""
+        if self.map.dim < 0:
+            self.map.set_dim(dim)
+
+    def clear_counters(self) -> None:
+        """Forget the counts so far (a base snapshot's rows are not the log's inserts)."""
+        for shard in self.map.shards:
+            shard.counters[:] = 0
+
     def finish(self, report) -> RestoredIndex:
         """Sort by id, compact the rows in place and hand over the index."""
         m = self.map

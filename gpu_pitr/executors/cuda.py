@@ -197,6 +197,15 @@ class CudaExecutor:
     def _to_host(self, a) -> np.ndarray:
         return a if self.sim else a.get()
 
+    def fix_dim(self, dim: int) -> None:
+        """The index dimension, known before any record (from a base snapshot)."""
+        if self.dim < 0:
+            self._set_dim(dim)
+
+    def clear_counters(self) -> None:
+        """Forget the counts so far (a base snapshot's rows are not the log's inserts)."""
+        self.counters[:] = 0
+
     def _set_dim(self, dim: int) -> None:
         self.dim = dim
         self._grow_rows(max(1024, min(self.total_bytes // (4 * dim + 17) + 16, 1 << 20)))

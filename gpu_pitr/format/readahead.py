@@ -171,8 +171,11 @@ class FrameAhead:
     """
 
     def __init__(self, segments, reader: Readahead, alloc: Callable[[int], np.ndarray],
-                 frame, header_problem, header_size: int) -> None:
+                 frame, header_problem, header_size: int,
+                 starts: dict[int, int] | None = None) -> None:
         self._segments = segments
+        # Where framing starts in a segment (a resumed restore), if not after its header.
+        self._starts = starts or {}
         self._reader = reader
         self._alloc = alloc
         self._frame = frame
@@ -209,23 +212,24 @@ class FrameAhead:
                 with open(seg.path, "rb") as f:
                     head = f.read(self._header_size)
                 problem = self._header_problem(head)
-                has_records = seg.size > self._header_size
+                start = self._starts.get(index, self._header_size)
+                has_records = seg.size > start
                 if problem is not None:
                     if has_records:
                         self._reader.skip(index)
                     if not self._put(Framed(index, problem=problem, header_len=len(head))):
                         return
                     continue
-                if has_records and not self._segment(index, pieces, len(head)):
+                if has_records and not self._segment(index, pieces, len(head), start):
                     return
         except BaseException as err:  # handed to the consumer, raised there
             self._put(err)
             return
         self._put(None)
 
-    def _segment(self, index: int, pieces, header_len: int) -> bool:
+    def _segment(self, index: int, pieces, header_len: int, start_offset: int) -> bool:
         carry = np.zeros(0, np.uint8)
-        carry_file = self._header_size
+        carry_file = start_offset
         while True:
             piece = next(pieces)
             t = time.perf_counter()

@@ -53,7 +53,7 @@ def _walk(
     first, n, kind, ts, aux, status, seq,
     mode, t_lim, exclusive, target_seq, skip_corrupt, stopped_in,
     s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, stack, n_slots_in, top_in,
-    next_rec, order, events, counters,
+    next_rec, order, events, counters, ts_max,
 ):
     """Walk records ``first..n-1`` of a chunk (``0..first-1`` are carried ones).
 
@@ -103,6 +103,9 @@ def _walk(
                     order[n_order] = i
                     n_order += 1
                     counters[C_COMMIT_POINTS] += 1
+                    ts_max[1] = ts[i] if ts_max[0] == 0 else max(ts_max[1], ts[i])
+                    ts_max[2] = ts[i]
+                    ts_max[0] = 1
             elif k == BEGIN_TRANSACTION:
                 if _find_open(aux[i], s_txn, s_open, stack, top) >= 0:
                     events[n_events, 0] = EV_BEGIN_ALREADY_OPEN
@@ -137,6 +140,9 @@ def _walk(
                     n_order = _records_of(s, s_cstart, s_ccount, s_head, next_rec, order, n_order)
                     counters[C_COMMIT_POINTS] += 1
                     counters[C_COMMITTED] += 1
+                    ts_max[1] = ts[i] if ts_max[0] == 0 else max(ts_max[1], ts[i])
+                    ts_max[2] = ts[i]
+                    ts_max[0] = 1
         if mode == SEQ and seq[i] == target_seq:
             # A log position: everything complete at this record, nothing after.
             stopped = True
@@ -223,9 +229,21 @@ class PlanState:
         self.stopped = False
         self.open_at_stop = 0
         self.counters = np.zeros(N_COUNTERS, np.int64)
+        # [any applied, latest timestamp of the commit points applied, last one's]
+        self._ts_max = np.zeros(3, np.uint64)
         self._slots = _empty_slots(0)
         self._stack = np.zeros(0, np.int64)
         self._top = 0
+
+    @property
+    def max_timestamp(self) -> int | None:
+        """The latest timestamp among the commit points applied so far (None: none)."""
+        return int(self._ts_max[1]) if self._ts_max[0] else None
+
+    @property
+    def last_timestamp(self) -> int | None:
+        """The timestamp of the last commit point applied (None: none)."""
+        return int(self._ts_max[2]) if self._ts_max[0] else None
 
     @property
     def open_transactions(self) -> int:
@@ -248,7 +266,7 @@ class PlanState:
             self.mode, self.t_lim, self.exclusive, self.target_seq, self.skip_corrupt,
             self.stopped,
             s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, stack, self._top, self._top,
-            next_rec, order, events, self.counters,
+            next_rec, order, events, self.counters, self._ts_max,
         )
         self._slots = (s_txn, s_open, s_cstart, s_ccount, s_head, s_tail)
         self._stack = stack
@@ -269,6 +287,42 @@ class PlanState:
         if self.stopped:
             self._top = 0
             return np.zeros(0, np.int64)
+        return self._compact_open(n)
+
+    def open_records(self, n: int):
+        """The transactions open now (at the stop point, if the walk just stopped).
+
+        Returns ``(rows, txns, counts)``: the indices of their records in the
+        chunk just walked, grouped per transaction in begin order, and each
+        transaction's id and number of records.
+        """
+        rows = self._compact_open(n)
+        return rows, *self.open_slots()
+
+    def open_slots(self):
+        """``(txns, counts)`` of the open transactions, as carried to the next chunk."""
+        top = self._top
+        return self._slots[0][:top].copy(), self._slots[3][:top].copy()
+
+    def seed_open(self, txns, counts) -> None:
+        """Start with these transactions open, their records carried as rows 0.. ."""
+        k = len(txns)
+        slots = _empty_slots(k)
+        slots[0][:] = np.asarray(txns, np.uint64)
+        slots[1][:] = True
+        counts = np.asarray(counts, np.int64)
+        slots[2][:] = np.cumsum(counts) - counts
+        slots[3][:] = counts
+        self._slots = slots
+        self._stack = np.arange(k, dtype=np.int64)
+        self._top = k
+
+    def seed_timestamps(self, max_timestamp: int | None, last_timestamp: int | None) -> None:
+        """The commit points of a base state count as applied before this walk."""
+        if max_timestamp is not None:
+            self._ts_max[:] = (1, max_timestamp, last_timestamp or 0)
+
+    def _compact_open(self, n: int) -> np.ndarray:
         s_txn, s_open, s_cstart, s_ccount, s_head, s_tail = self._slots
         out = np.empty(n, np.int64)
         m = _open_records(s_open, s_cstart, s_ccount, s_head, self._stack, self._top,

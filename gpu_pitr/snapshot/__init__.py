@@ -1,1 +1,74 @@
-"""Base snapshots (SPEC section 4): the state at a log position, on disk."""
+"""Base snapshots (SPEC section 4): the state at a log position, on disk.
+
+``save`` writes a restored index as a snapshot (format: ``format.py``,
+documented in docs/snapshot-format.md); ``load`` reads one back, checksums
+verified; ``choose`` picks, from a directory of snapshots, the newest intact one
+a target can start from. What a position is, and how a restore resumes from it:
+``base.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def save(index, out_dir) -> Path:
+    """Write ``index`` (a ``RestoredIndex`` from ``gpu_pitr.restore``) as a snapshot."""
+    from gpu_pitr.snapshot.format import write_snapshot
+
+    if index.position is None:
+        raise ValueError("this index carries no log position: snapshot a restore's result")
+    return write_snapshot(out_dir, index.to_host(), position=index.position,
+                          pending=index.pending, report=index.report.to_dict())
+
+
+def load(path, *, verify: bool = True):
+    """The snapshot at ``path``, every file's checksum verified."""
+    from gpu_pitr.snapshot.format import load_snapshot
+
+    return load_snapshot(path, verify=verify)
+
+
+def _order(position: dict) -> tuple:
+    segment = position.get("segment")
+    return (segment is not None, (segment or "").encode(), int(position.get("offset") or 0))
+
+
+def choose(directory, target: dict, exclusive: bool = False):
+    """The newest intact snapshot in ``directory`` that ``target`` can start from.
+
+    Returns ``(snapshot or None, notes)``: notes say which snapshots were
+    damaged and passed over, and when none serves (the whole log is read).
+    """
+    from gpu_pitr.errors import WalError
+    from gpu_pitr.snapshot.base import target_problem
+    from gpu_pitr.snapshot.format import is_snapshot, load_snapshot, read_manifest
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise WalError("snapshot directory not found or not a directory", file=str(directory))
+    notes: list[str] = []
+    usable = []
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        path = Path(entry.path)
+        if entry.name.startswith(".") or not entry.is_dir() or not is_snapshot(path):
+            continue
+        try:
+            position = read_manifest(path)["position"]
+        except WalError as err:
+            notes.append(f"snapshot {path} is damaged ({err}); passed over")
+            continue
+        if target_problem(position, target, exclusive) is None:
+            usable.append((_order(position), str(path)))
+    for _, path in sorted(usable, reverse=True):
+        try:
+            snap = load_snapshot(path)
+        except WalError as err:
+            notes.append(f"snapshot {path} is damaged ({err}); trying an older one")
+            continue
+        notes.append(f"started from snapshot {path}")
+        return snap, notes
+    notes.append(f"no intact snapshot in {directory} at or before the target: "
+                 "restored from the whole log")
+    return None, notes

@@ -1,0 +1,203 @@
+"""Restoring from a base snapshot (SPEC section 4): the log position a state covers,
+which targets it can serve, and how its rows seed an executor.
+
+A snapshot holds the state after a *prefix* of the log. Its ``position`` says where
+that prefix ends (``segment``, ``offset``: the first byte not covered), which
+commit points it holds (``max_timestamp``: a time target earlier than that lies
+before the snapshot; ``seq_runs``/``last_seq``: the sequence numbers of the records
+it covered), and the transactions open there (``pending``: their records, kept
+raw so that their commit after the position applies them, exactly as a restore
+from the start of the log would).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from gpu_pitr.format.layout import RECORD_HEADER_SIZE
+
+# Beyond this many runs of consecutive sequence numbers, the runs are kept as
+# their hull: a conservative answer ("maybe covered") for a hostile log.
+MAX_SEQ_RUNS = 4096
+_U64_MAX = np.uint64(2**64 - 1)
+
+
+class SeqRuns:
+    """Sequence numbers of the records a restore consumed, as merged intervals.
+
+    ``add`` takes them in log order. The last record's number is held apart
+    (``last``): a sequence target equal to it, seen nowhere before, stops exactly
+    where the snapshot stops.
+    """
+
+    def __init__(self, runs=None, last=None) -> None:
+        self.runs: list[list[int]] = [list(r) for r in runs or []]
+        self.last: int | None = last
+
+    def add(self, seqs: np.ndarray) -> None:
+        if not len(seqs):
+            return
+        seqs = np.asarray(seqs, np.uint64)
+        if self.last is not None:
+            seqs = np.concatenate([np.array([self.last], np.uint64), seqs])
+        self._add_runs(seqs[:-1])
+        self.last = int(seqs[-1])
+
+    def _add_runs(self, a: np.ndarray) -> None:
+        if not len(a):
+            return
+        follows = (a[1:] == a[:-1] + np.uint64(1)) & (a[:-1] != _U64_MAX)
+        breaks = np.flatnonzero(~follows) + 1
+        starts = a[np.concatenate(([0], breaks))].tolist()
+        ends = a[np.concatenate((breaks - 1, [len(a) - 1]))].tolist()
+        self.runs.extend([s, e] for s, e in zip(starts, ends, strict=True))
+        if len(self.runs) > MAX_SEQ_RUNS:
+            self.runs = merge_runs(self.runs)
+            if len(self.runs) > MAX_SEQ_RUNS:
+                self.runs = [[self.runs[0][0], max(e for _, e in self.runs)]]
+
+    def merged(self) -> list[list[int]]:
+        return merge_runs(self.runs)
+
+
+def merge_runs(runs) -> list[list[int]]:
+    """Sorted, non-overlapping, non-adjacent intervals covering ``runs``."""
+    out: list[list[int]] = []
+    for s, e in sorted((int(s), int(e)) for s, e in runs):
+        if out and s <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return out
+
+
+def seq_covered(runs, seq: int) -> bool:
+    return any(s <= seq <= e for s, e in runs)
+
+
+def target_problem(position: dict, target: dict, exclusive: bool) -> str | None:
+    """Why the snapshot at ``position`` cannot serve ``target`` (None: it can).
+
+    A time target T is reached at the first commit point stamped later than T
+    (``exclusive``: at or later); if one of the snapshot's commit points is, the
+    restore stops before the snapshot's position. A sequence target N stops at
+    the first record numbered N; if the snapshot covered one before its last
+    record, likewise.
+    """
+    if "to_time" in target:
+        t, top = int(target["to_time"]), position.get("max_timestamp")
+        if top is not None and (t < 0 or (top >= t if exclusive else top > t)):
+            return (f"the snapshot holds a commit point stamped {top}, later than the "
+                    f"target time {t}{' (exclusive)' if exclusive else ''}")
+    elif "to_seq" in target:
+        n = int(target["to_seq"])
+        if seq_covered(position.get("seq_runs") or [], n):
+            return f"the snapshot covers an earlier record with sequence number {n}"
+    return None
+
+
+def stops_at_base(position: dict, target: dict) -> bool:
+    """A sequence target met by the last record the snapshot covered."""
+    return "to_seq" in target and position.get("last_seq") == int(target["to_seq"])
+
+
+@njit(cache=True, nogil=True)
+def _put_varint(out, p, v):
+    if v < 251:
+        out[p] = v
+        return p + 1
+    if v < 65536:
+        out[p] = 251
+        width = 2
+    elif v < 4294967296:
+        out[p] = 252
+        width = 4
+    else:
+        out[p] = 253
+        width = 8
+    for k in range(width):
+        out[p + 1 + k] = (v >> (8 * k)) & 0xFF
+    return p + 1 + width
+
+
+@njit(cache=True, nogil=True)
+def _encode_inserts(lo, hi, id_arena, id_offs, id_lens, vec_bytes, meta_arena, meta_offs,
+                    meta_lens, out, rec_off, rec_len):
+    """``Insert{id, vector, metadata, timestamp: 0}`` records for rows ``lo..hi-1``."""
+    p = 0
+    width = vec_bytes.shape[1]
+    dim = width // 4
+    for i in range(lo, hi):
+        start = p
+        p += RECORD_HEADER_SIZE
+        out[p] = 0  # variant Insert
+        p += 1
+        n = id_lens[i]
+        p = _put_varint(out, p, n)
+        o = id_offs[i]
+        for k in range(n):
+            out[p + k] = id_arena[o + k]
+        p += n
+        p = _put_varint(out, p, dim)
+        for k in range(width):
+            out[p + k] = vec_bytes[i, k]
+        p += width
+        if meta_offs[i] < 0:
+            out[p] = 0
+            p += 1
+        else:
+            out[p] = 1
+            p += 1
+            o = meta_offs[i]
+            for k in range(meta_lens[i]):
+                out[p + k] = meta_arena[o + k]
+            p += meta_lens[i]
+        out[p] = 0  # timestamp 0
+        p += 1
+        length = p - start - RECORD_HEADER_SIZE
+        for k in range(8):
+            out[start + k] = 0  # sequence number 0: never walked
+        for k in range(4):
+            out[start + 8 + k] = (length >> (8 * k)) & 0xFF
+        rec_off[i - lo] = start
+        rec_len[i - lo] = length
+    return p
+
+
+def _varint_width(v: np.ndarray) -> np.ndarray:
+    return np.where(v < 251, 1, np.where(v < 65536, 3, np.where(v < 2**32, 5, 9)))
+
+
+def insert_record_sizes(snap) -> np.ndarray:
+    """Bytes of each row's Insert record (header included)."""
+    dim = snap.vectors.shape[1] if snap.vectors.ndim == 2 else 0
+    meta = np.where(snap.meta_offs < 0, 1, 1 + snap.meta_lens)
+    return (RECORD_HEADER_SIZE + 1 + _varint_width(snap.id_lens) + snap.id_lens
+            + _varint_width(np.full(len(snap.id_lens), dim)) + 4 * dim + meta + 1)
+
+
+def seed_chunks(snap, chunk_bytes: int, alloc):
+    """The snapshot's rows as Insert records, in pieces of about ``chunk_bytes``.
+
+    Yields ``(buf, rec_off, rec_len)``: both executors decode and apply them as
+    they would the log's own records, so a state loaded from a snapshot is
+    exactly the state those inserts build.
+    """
+    n = len(snap.id_lens)
+    if n == 0:
+        return
+    sizes = insert_record_sizes(snap)
+    ends = np.cumsum(sizes)
+    vec_bytes = np.ascontiguousarray(snap.vectors).view(np.uint8).reshape(n, -1)
+    lo = 0
+    while lo < n:
+        base = ends[lo - 1] if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, base + chunk_bytes, side="right")))
+        buf = alloc(int(ends[hi - 1] - base))
+        rec_off = np.empty(hi - lo, np.int64)
+        rec_len = np.empty(hi - lo, np.int64)
+        _encode_inserts(lo, hi, snap.id_arena, snap.id_offs, snap.id_lens, vec_bytes,
+                        snap.meta_arena, snap.meta_offs, snap.meta_lens, buf, rec_off, rec_len)
+        yield buf, rec_off, rec_len
+        lo = hi

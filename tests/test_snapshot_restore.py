@@ -1,0 +1,334 @@
+"""Restores from a base snapshot equal restores of the whole log (SPEC section 4).
+
+A snapshot is taken of a restore to target A; a restore to target B from it must
+give exactly what a restore of the whole log to B gives (ids, vector bits,
+metadata, stop point, outcome class), or refuse B as earlier than the snapshot
+— and B = A and B = latest are never refused. Random workloads with
+transactions open across the snapshot's position, damage, batches and sequence
+targets; both executors (cuda under the simulator); snapshots of restores that
+themselves started from a snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import workloads as w
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import gpu_pitr
+from gpu_pitr import snapshot
+from gpu_pitr.errors import IncompleteHistoryError, TargetBeforeBaseError, WalError
+from gpu_pitr.format.writer import WalWriter
+from gpu_pitr.synth import write_synthetic_wal
+
+SETTINGS = settings(
+    max_examples=int(os.environ.get("GPU_PITR_PROPERTY_EXAMPLES", "150")) // 4,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                           HealthCheck.function_scoped_fixture],
+)
+
+
+def _outcome(fn):
+    try:
+        return fn(), None
+    except WalError as err:
+        return None, err
+
+
+def _view(index) -> tuple:
+    host = index.to_host()
+    return (host.id_list(), np.asarray(host.vectors).tobytes(), list(host.metadata_json()),
+            host.report.dim)
+
+
+def _stop(report) -> tuple:
+    s = report.stop
+    return (s["reason"], os.path.basename(s.get("file") or ""), s.get("offset"), s.get("seq"))
+
+
+def _flags(kw: dict) -> dict:
+    return {k: kw[k] for k in ("skip_corrupt", "allow_incomplete_history") if k in kw}
+
+
+def check_base_equals_full(wal_dir, snap_dir, kw_a: dict, kw_b: dict, backend="cpu",
+                           chunk_bytes=None) -> str:
+    """Snapshot the restore to A, restore to B from it; compare with B from the log.
+
+    Returns what happened: "skip" (A itself fails), "refused" or "equal".
+    """
+    kw_b = {**kw_b, **_flags(kw_a)}
+    a, err = _outcome(lambda: gpu_pitr.restore(wal_dir, backend=backend,
+                                               chunk_bytes=chunk_bytes, **kw_a))
+    if err is not None:
+        return "skip"
+    shutil.rmtree(snap_dir, ignore_errors=True)
+    snapshot.save(a, snap_dir)
+    full, full_err = _outcome(lambda: gpu_pitr.restore(wal_dir, backend=backend, **kw_b))
+    based, based_err = _outcome(lambda: gpu_pitr.restore(
+        wal_dir, backend=backend, chunk_bytes=chunk_bytes, base=snap_dir, **kw_b))
+    if isinstance(based_err, TargetBeforeBaseError):
+        assert kw_b.get("to_time") is not None or kw_b.get("to_seq") is not None, based_err
+        assert kw_b != {**kw_a, **_flags(kw_a)}, f"A={kw_a} refused from its own snapshot"
+        return "refused"
+    assert type(based_err) is type(full_err), (kw_a, kw_b, based_err, full_err)
+    if full_err is not None:
+        assert os.path.basename(based_err.file or "") == os.path.basename(full_err.file or "")
+        assert based_err.offset == full_err.offset and based_err.seq == full_err.seq
+        return "equal"
+    assert _view(based) == _view(full), (kw_a, kw_b)
+    assert _stop(based.report) == _stop(full.report), (based.report.stop, full.report.stop)
+    assert based.report.base["path"] == str(snap_dir)
+    return "equal"
+
+
+@SETTINGS
+@given(data=st.data())
+def test_random_workloads_cpu(data, tmp_path):
+    work = data.draw(w.workloads())
+    wal = work.write(tmp_path / "wal")
+    kw_a = data.draw(w.targets(work))
+    kw_b = data.draw(st.one_of(w.targets(work), st.just(kw_a), st.just({})))
+    chunk = data.draw(st.sampled_from([64, 1000, None]))
+    got = check_base_equals_full(wal, tmp_path / "snap", kw_a, kw_b, chunk_bytes=chunk)
+    assume(got != "skip")
+
+
+@settings(SETTINGS, max_examples=max(5, SETTINGS.max_examples // 5))
+@given(data=st.data())
+def test_random_workloads_cuda(data, tmp_path):
+    work = data.draw(w.workloads(max_steps=15))
+    wal = work.write(tmp_path / "wal")
+    kw_a = data.draw(w.targets(work))
+    kw_b = data.draw(st.one_of(w.targets(work), st.just({})))
+    assume(check_base_equals_full(wal, tmp_path / "snap", kw_a, kw_b, backend="cuda") != "skip")
+
+
+def _txn_log(wal_dir: Path) -> None:
+    """Two segments; transactions open across many points; batches; a delete."""
+    with WalWriter(wal_dir, clock=iter(range(100, 10_000)).__next__,
+                   max_segment_bytes=2_000) as wr:
+        from gpu_pitr.format.entries import (
+            Batch,
+            BeginTransaction,
+            CommitTransaction,
+            Delete,
+            Insert,
+            Update,
+        )
+
+        for i in range(40):
+            wr.append(Insert(f"id{i % 13}", [float(i), -0.0], {"k": str(i)} if i % 3 else None,
+                             100 + i))
+            if i % 7 == 0:
+                wr.append(BeginTransaction(i, 100 + i))
+                wr.append(Update(f"id{i % 5}", [float("nan"), float(i)], None, 100 + i))
+            if i % 7 == 4:
+                wr.append(CommitTransaction(i - 4, 100 + i))
+            if i % 11 == 10:
+                wr.append(Batch([Delete(f"id{i % 13}", 100 + i),
+                                 Insert("b", [1.0, 2.0], {}, 100 + i)], 100 + i))
+
+
+def test_every_position_of_a_transactional_log(tmp_path):
+    """Every time and every sequence number as A, latest and every later time as B."""
+    _txn_log(tmp_path / "wal")
+    wal = tmp_path / "wal"
+    full = gpu_pitr.restore(wal, backend="cpu")
+    n_rec = full.report.records_read
+    outcomes = []
+    for t in range(100, 141, 3):
+        for t_b in (t, t + 5, None):
+            kw_b = {} if t_b is None else {"to_time": t_b}
+            outcomes.append(check_base_equals_full(wal, tmp_path / "s", {"to_time": t}, kw_b))
+    for n in range(0, n_rec, 4):
+        outcomes.append(check_base_equals_full(wal, tmp_path / "s", {"to_seq": n}, {}))
+        outcomes.append(check_base_equals_full(wal, tmp_path / "s", {"to_seq": n},
+                                               {"to_seq": min(n + 3, n_rec - 1)}))
+    assert outcomes.count("equal") == len(outcomes)
+
+
+def test_open_transactions_cross_the_snapshot(tmp_path):
+    wal = w.LogBuilder()
+    wal.add(w.Ins("a", [1.0], ts=10))
+    wal.add(w.Begin(7, ts=11))
+    wal.add(w.Ins("t", [2.0], ts=11))
+    wal.add(w.Ins("b", [3.0], ts=12))  # inside transaction 7
+    wal.add(w.Begin(8, ts=13))
+    wal.add(w.Upd("a", [4.0], {"x": "y"}, ts=13))
+    wal.add(w.Commit(8, ts=14))
+    wal.add(w.Ins("c", [5.0], ts=15))  # inside 7 again
+    wal.add(w.Commit(7, ts=20))
+    d = wal.write(tmp_path / "wal")
+    snap = tmp_path / "snap"
+    a = gpu_pitr.restore(d, backend="cpu", to_time=15)
+    assert a.position["pending"]["transactions"] == [[7, 3]]
+    snapshot.save(a, snap)
+    got = gpu_pitr.restore(d, backend="cpu", base=snap)
+    full = gpu_pitr.restore(d, backend="cpu")
+    assert _view(got) == _view(full)
+    assert got.id_list() == ["a", "b", "c", "t"]
+    assert got.report.transactions["committed"] == 1  # only 7, after the snapshot
+    assert got.report.records_read == 1
+
+
+def test_chained_snapshots(tmp_path):
+    d = tmp_path / "wal"
+    write_synthetic_wal(d, total_bytes=3 << 20, segments=3, dim=8)
+    t0 = 1_700_000_000
+    a = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 3)
+    snapshot.save(a, tmp_path / "s1")
+    b = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8, base=tmp_path / "s1")
+    snapshot.save(b, tmp_path / "s2")
+    c = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "s2")
+    assert _view(c) == _view(gpu_pitr.restore(d, backend="cpu"))
+    assert c.report.records_read < b.report.records_read + c.report.records_read
+    with pytest.raises(TargetBeforeBaseError, match="earlier than the base snapshot"):
+        gpu_pitr.restore(d, backend="cpu", to_time=t0 + 5, base=tmp_path / "s2")
+
+
+def _retained_log(tmp_path):
+    """A log whose writer rotated; the first segments deleted as retention does."""
+    d = tmp_path / "wal"
+    write_synthetic_wal(d, total_bytes=2 << 20, segments=4, dim=4)
+    return d, sorted(d.glob("wal-*.log"))
+
+
+def test_history_complete_from_a_snapshot_after_retention(tmp_path):
+    d, segs = _retained_log(tmp_path)
+    full = gpu_pitr.restore(d, backend="cpu")
+    # A snapshot at the end of the second segment: a seq target on its last record.
+    second = gpu_pitr.restore(d, backend="cpu", to_seq=_last_seq(segs[1]))
+    assert second.position["segment"] == segs[1].name and second.position["at_segment_end"]
+    snapshot.save(second, tmp_path / "snap")
+    for seg in segs[:2]:
+        seg.unlink()  # retention: only the newest segments are kept
+    with pytest.raises(IncompleteHistoryError, match="sequence number 0"):
+        gpu_pitr.restore(d, backend="cpu")
+    got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
+    assert _view(got) == _view(full)
+
+
+def test_gap_between_snapshot_and_log_is_an_error(tmp_path):
+    d, segs = _retained_log(tmp_path)
+    mid = gpu_pitr.restore(d, backend="cpu", to_seq=_last_seq(segs[0]))
+    snapshot.save(mid, tmp_path / "snap")
+    for seg in segs[:2]:
+        seg.unlink()  # the second segment, after the snapshot, is lost too
+    with pytest.raises(IncompleteHistoryError, match="history between is missing") as err:
+        gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
+    assert os.path.basename(err.value.file) == segs[2].name and err.value.offset == 16
+    got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap",
+                           allow_incomplete_history=True)
+    assert len(got) > 0
+
+
+def test_snapshot_mid_segment_whose_segment_is_gone(tmp_path):
+    d, segs = _retained_log(tmp_path)
+    t0 = 1_700_000_000
+    mid = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 1)
+    assert mid.position["segment"] == segs[0].name and not mid.position["at_segment_end"]
+    snapshot.save(mid, tmp_path / "snap")
+    segs[0].unlink()
+    with pytest.raises(IncompleteHistoryError, match="is gone"):
+        gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
+
+
+def _last_seq(seg: Path) -> int:
+    from gpu_pitr.format.reader import iter_segment
+
+    return [r.seq for r in iter_segment(seg)][-1]
+
+
+def test_snapshots_dir_picks_newest_usable_and_falls_back(tmp_path):
+    d = tmp_path / "wal"
+    write_synthetic_wal(d, total_bytes=2 << 20, segments=2, dim=4)
+    t0 = 1_700_000_000
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    for t in (2, 6, 10):
+        snapshot.save(gpu_pitr.restore(d, backend="cpu", to_time=t0 + t), snaps / f"t{t}")
+    got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8, snapshots=snaps)
+    assert got.report.base["path"] == str(snaps / "t6")
+    assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8))
+    # Damage the newest usable one: the restore falls back to the older and says so.
+    vec = snaps / "t6" / "vectors.f32"
+    data = bytearray(vec.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    vec.write_bytes(bytes(data))
+    got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8, snapshots=snaps)
+    assert got.report.base["path"] == str(snaps / "t2")
+    assert "t6" in got.report.message and "damaged" in got.report.message
+    assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8))
+    # A target before every snapshot: the whole log.
+    got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 1, snapshots=snaps)
+    assert got.report.base is None and "whole log" in got.report.message
+    assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 1))
+
+
+def _cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "gpu_pitr", *map(str, args)],
+                          capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_cli_snapshot_and_restore_from_it(tmp_path):
+    d = tmp_path / "wal"
+    write_synthetic_wal(d, total_bytes=1 << 20, segments=2, dim=4)
+    before = w.dir_state(d)
+    t0 = 1_700_000_000
+    out = _cli("snapshot", d, "--out", tmp_path / "snap", "--to-time", t0 + 4)
+    assert "snapshot" in out.stdout
+    assert json.loads((tmp_path / "snap" / "manifest.json").read_text())["count"] > 0
+    _cli("restore", d, "--base", tmp_path / "snap", "--out", tmp_path / "a.npz")
+    _cli("restore", d, "--out", tmp_path / "b.npz")
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    for key in ("ids", "vectors", "metadata"):
+        assert np.array_equal(a[key], b[key])
+    assert json.loads(str(a["report"]))["base"]["path"].endswith("snap")
+    bad = _cli("restore", d, "--base", tmp_path / "snap", "--to-time", t0 + 1,
+               "--out", tmp_path / "c.npz", check=False)
+    assert bad.returncode == 1 and "earlier than the base snapshot" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c.npz").exists()
+    assert w.dir_state(d) == before
+
+
+def test_empty_log_snapshot(tmp_path):
+    d = tmp_path / "wal"
+    d.mkdir()
+    empty = gpu_pitr.restore(d, backend="cpu")
+    snapshot.save(empty, tmp_path / "snap")
+    wal = w.LogBuilder()
+    wal.add(w.Ins("x", [1.0], ts=1))
+    wal.write(d)
+    got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
+    assert got.id_list() == ["x"]
+
+
+def test_dimension_of_an_emptied_base_still_holds(tmp_path):
+    """A base whose ids were all deleted keeps its dimension: a later vector of
+    another length is the error a whole-log restore gives."""
+    wal = w.LogBuilder()
+    wal.add(w.Ins("x", [1.0, 2.0], ts=1))
+    wal.add(w.Del("x", ts=2))
+    wal.add(w.Ins("y", [1.0], ts=3))
+    d = wal.write(tmp_path / "wal")
+    snapshot.save(gpu_pitr.restore(d, backend="cpu", to_time=2), tmp_path / "snap")
+    from gpu_pitr.errors import DimensionMismatchError
+
+    with pytest.raises(DimensionMismatchError):
+        gpu_pitr.restore(d, backend="cpu")
+    with pytest.raises(DimensionMismatchError):
+        gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
