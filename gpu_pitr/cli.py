@@ -1,4 +1,5 @@
-"""The ``gpu-pitr`` command line: ``restore`` a WAL directory to an ``.npz``, ``inspect`` one.
+"""The ``gpu-pitr`` command line: ``restore`` a WAL directory (to an ``.npz``, ``.parquet``,
+FAISS index or snapshot), ``inspect`` one.
 
 Data errors exit 1 with one line on stderr; usage errors exit 2 (argparse).
 Nothing is ever written into the WAL directory.
@@ -9,17 +10,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
-
-import numpy as np
 
 from gpu_pitr.errors import WalError
 from gpu_pitr.format.stats import stats_lines, utc_text, wal_stats
+from gpu_pitr.outputs import (
+    FORMATS,
+    MissingExtraError,
+    check_output,
+    check_writable,
+    output_files,
+    output_format,
+    write_json,
+    write_output,
+)
+from gpu_pitr.progress import progress_bar
 
 PROG = "gpu-pitr"
 U64_MAX = 2**64 - 1
@@ -31,6 +37,15 @@ def _seq(text: str) -> int:
     return int(text)
 
 
+def _size(text: str) -> int:
+    from gpu_pitr.budget import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Point-in-time restore of oxirs-vec write-ahead logs."
@@ -39,36 +54,34 @@ def _parser() -> argparse.ArgumentParser:
 
     restore = commands.add_parser(
         "restore",
-        help="restore a WAL directory to a point in time, into an .npz file",
-        description="Restore WAL_DIR to a point in time and write the index to OUT.npz "
-        "(arrays ids, vectors, metadata, report; loadable with allow_pickle=False).",
+        help="restore a WAL directory to a point in time, into .npz, .parquet, FAISS or a "
+        "snapshot",
+        description="Restore WAL_DIR to a point in time and write the index to OUT: an .npz "
+        "(arrays ids, vectors, metadata, report; loadable with allow_pickle=False), a "
+        ".parquet table, a FAISS index (+ OUT.ids.jsonl) or a snapshot directory.",
     )
     restore.add_argument("wal_dir", metavar="WAL_DIR")
-    restore.add_argument("--out", required=True, metavar="OUT.npz", help="output file")
-    target = restore.add_mutually_exclusive_group()
-    target.add_argument(
-        "--to-time",
-        metavar="T",
-        help="Unix seconds, or ISO-8601 with a zone (2026-11-26T10:02:00Z, ...+01:00)",
-    )
-    target.add_argument("--to-seq", metavar="N", type=_seq, help="stop at the record with seq N")
-    target.add_argument("--latest", action="store_true", help="apply everything (the default)")
     restore.add_argument(
-        "--exclusive",
-        action="store_true",
-        help="with --to-time: also leave out commit points stamped exactly T",
-    )
-    restore.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto")
-    restore.add_argument(
-        "--skip-corrupt",
-        action="store_true",
-        help="skip undecodable records and unreadable segments (each one is reported)",
+        "--out", required=True, metavar="OUT",
+        help="output: OUT.npz, OUT.parquet, OUT.faiss, or a directory (OUT/) for a snapshot",
     )
     restore.add_argument(
-        "--allow-incomplete-history",
-        action="store_true",
-        help="accept a log whose first record is not seq 0",
+        "--format", choices=FORMATS,
+        help="output format (default: from OUT's suffix; a directory is a snapshot)",
     )
+    _restore_options(restore)
+
+    snap = commands.add_parser(
+        "snapshot",
+        help="write the state at a point in time as a snapshot directory (a restore base)",
+        description="Restore WAL_DIR to a point in time and write it as a snapshot directory "
+        "(docs/snapshot-format.md): later restores start from it with --base or --snapshots "
+        "and read only the log after it. Written atomically.",
+    )
+    snap.add_argument("wal_dir", metavar="WAL_DIR")
+    snap.add_argument("--out", required=True, metavar="SNAP_DIR", help="snapshot directory")
+    snap.set_defaults(format="snapshot")
+    _restore_options(snap)
 
     inspect = commands.add_parser(
         "inspect",
@@ -78,7 +91,69 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("wal_dir", metavar="WAL_DIR")
     inspect.add_argument("--json", action="store_true", help="print one JSON document")
+
+    verify = commands.add_parser(
+        "verify",
+        help="check a WAL directory for damage without restoring (exit 1 if damaged)",
+        description="Check every segment header, record and payload of WAL_DIR, sequence "
+        "numbers and transactions, without restoring anything; one line per problem "
+        "(damage or notice) and a summary. Exit 0: no damage (notices allowed); 1: damage "
+        "found; 2: usage error or WAL_DIR unreadable.",
+    )
+    verify.add_argument("wal_dir", metavar="WAL_DIR")
+    verify.add_argument("--json", action="store_true", help="print one JSON document")
     return parser
+
+
+def _restore_options(p: argparse.ArgumentParser) -> None:
+    """What ``restore`` and ``snapshot`` share: target, executor, base, memory, output."""
+    p.add_argument("-q", "--quiet", action="store_true",
+                         help="no progress bar and no summary (errors still print)")
+    p.add_argument("--report-json", metavar="PATH",
+                         help="also write the report as JSON to PATH")
+    memory = p.add_mutually_exclusive_group()
+    memory.add_argument(
+        "--chunk-size", metavar="SIZE", type=_size,
+        help="bytes read per chunk, e.g. 64M (default: 16M on cpu, 128M on cuda)",
+    )
+    memory.add_argument(
+        "--memory-budget", metavar="SIZE", type=_size,
+        help="keep the restore's working memory, besides the index, within SIZE "
+        "(picks the chunk size)",
+    )
+    target = p.add_mutually_exclusive_group()
+    target.add_argument(
+        "--to-time",
+        metavar="T",
+        help="Unix seconds, or ISO-8601 with a zone (2026-11-26T10:02:00Z, ...+01:00)",
+    )
+    target.add_argument("--to-seq", metavar="N", type=_seq, help="stop at the record with seq N")
+    target.add_argument("--latest", action="store_true", help="apply everything (the default)")
+    p.add_argument(
+        "--exclusive",
+        action="store_true",
+        help="with --to-time: also leave out commit points stamped exactly T",
+    )
+    p.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="skip undecodable records and unreadable segments (each one is reported)",
+    )
+    p.add_argument(
+        "--allow-incomplete-history",
+        action="store_true",
+        help="accept a log whose first record is not seq 0",
+    )
+    base = p.add_mutually_exclusive_group()
+    base.add_argument(
+        "--base", metavar="SNAP_DIR",
+        help="start from this snapshot (gpu-pitr snapshot) and read only the log after it",
+    )
+    base.add_argument(
+        "--snapshots", metavar="DIR",
+        help="start from the newest intact snapshot in DIR at or before the target",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "restore":
+        if args.command in ("restore", "snapshot"):
             return _restore(parser, args)
+        if args.command == "verify":
+            return _verify(parser, args)
         return _inspect(args)
     except BrokenPipeError:
         # The reader of stdout went away (``| head``): stop quietly, like other tools.
@@ -103,23 +180,45 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     to_time = None
     if args.to_time is not None:
         to_time = _time_target(parser, args.to_time, args.exclusive)
+    try:
+        fmt = output_format(args.out, args.format)
+    except ValueError as err:
+        parser.error(f"argument --out: {err}")
     out = Path(args.out)
+    report_json = None if args.report_json is None else Path(args.report_json)
     # The directory resolved, the name not: OUT may be a symlink, which is replaced, not followed.
     wal_dir = Path(os.path.realpath(args.wal_dir))
-    out_real = Path(os.path.realpath(out.parent)) / out.name
-    if out_real == wal_dir or wal_dir in out_real.parents:
-        parser.error(f"argument --out: {out} is inside WAL_DIR; nothing is ever written there")
+    for flag, path in (("--out", out), ("--report-json", report_json)):
+        if path is None:
+            continue
+        for written in output_files(path, fmt) if flag == "--out" else [path]:
+            real = Path(os.path.realpath(written.parent)) / written.name
+            if real == wal_dir or wal_dir in real.parents:
+                parser.error(f"argument {flag}: {written} is inside WAL_DIR; "
+                             "nothing is ever written there")
+    chunk_bytes = args.chunk_size
+    if args.memory_budget is not None:
+        from gpu_pitr.budget import chunk_bytes_for_budget
+
+        try:
+            chunk_bytes = chunk_bytes_for_budget(args.memory_budget)
+        except ValueError as err:
+            parser.error(f"argument --memory-budget: {err}")
     if not wal_dir.is_dir():
         raise NotADirectoryError(f"{args.wal_dir}: not a directory")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"{out.parent}: no such directory for --out")
-    if out.is_dir():
-        raise IsADirectoryError(f"{out}: is a directory")
+    try:
+        # Before the restore, so that a missing or unwritable directory fails at once.
+        check_output(out, fmt)
+    except MissingExtraError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    if report_json is not None:
+        check_writable(report_json, "--report-json")
 
     import gpu_pitr
 
-    # Created before the restore so that an unwritable OUT directory fails at once.
-    with _atomic_file(out) as tmp:
+    bar = progress_bar(quiet=args.quiet)
+    try:
         index = gpu_pitr.restore(
             args.wal_dir,
             to_time=to_time,
@@ -128,21 +227,28 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             backend=args.backend,
             skip_corrupt=args.skip_corrupt,
             allow_incomplete_history=args.allow_incomplete_history,
+            chunk_bytes=chunk_bytes,
+            progress=bar,
+            base=args.base,
+            snapshots=args.snapshots,
         ).to_host()
+        if bar is not None:
+            bar.phase("write")
+        write_output(index, out, fmt)
         report = index.report.to_dict()
-        lossy = index.ids_ending_in_nul()
-        if lossy:
-            # NumPy's unicode arrays drop trailing NULs: two ids would become one.
-            raise WalError(f"id {lossy[0]!r} ends with a NUL character, which the .npz "
-                           f"ids array cannot hold ({len(lossy)} such ids)", file=str(out))
-        np.savez(
-            tmp,
-            ids=np.asarray(index.ids, dtype=np.str_),
-            vectors=np.asarray(index.vectors, dtype=np.float32),
-            metadata=np.asarray(index.metadata_json(), dtype=np.str_),
-            report=np.array(json.dumps(report)),
-        )
-    print("\n".join(restore_summary(report, out)))
+        if report_json is not None:
+            write_json(report_json, report)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        lines = restore_summary(report, out)
+        if fmt == "snapshot" and index.position is not None:
+            pos = index.position
+            lines.append(f"snapshot: {out} covers the log up to {pos['segment']} offset "
+                         f"{pos['offset']} ({len(pos['pending']['transactions'])} transactions "
+                         "open there, kept for their commit)")
+        print("\n".join(lines))
     return 0
 
 
@@ -195,41 +301,32 @@ def restore_summary(report: dict, out: Path) -> list[str]:
         f"{len(report['damage_after_stop'])} after the stop point, "
         f"{len(report['trailing_bytes'])} with trailing bytes",
     ]
+    if report.get("base"):
+        base = report["base"]
+        lines.append(f"base: snapshot {base['path']} ({base['ids']} ids, up to "
+                     f"{base['segment']} offset {base['offset']})")
     if report.get("message"):
         lines.append(report["message"])
     return lines
-
-
-@contextmanager
-def _atomic_file(dest: Path) -> Iterator[BinaryIO]:
-    """A new temp file beside ``dest``; fsynced and renamed onto ``dest`` if the block succeeds.
-
-    On any failure the temp file is removed and an existing ``dest`` is left as it was.
-    """
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    # os.open, not mkstemp: the result gets the umask's permissions, like any new file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(dest.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _inspect(args: argparse.Namespace) -> int:
     stats = wal_stats(args.wal_dir)
     print(json.dumps(stats, indent=2) if args.json else "\n".join(stats_lines(stats)))
     return 0
+
+
+def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``verify``: 0 without damage, 1 with; 2 when WAL_DIR cannot be read at all."""
+    if not os.path.isdir(args.wal_dir):
+        parser.error(f"argument WAL_DIR: {args.wal_dir}: not a directory")
+    from gpu_pitr.verify import verify_wal  # with Numba: not imported for ``inspect``
+
+    try:
+        result = verify_wal(args.wal_dir)
+    except OSError as err:
+        # Not damage: exit 1 is kept for "damage found".
+        print(f"{PROG}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(result.lines()))
+    return 0 if result.clean else 1
