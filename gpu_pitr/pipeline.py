@@ -26,7 +26,7 @@ from gpu_pitr.errors import (
 )
 from gpu_pitr.format.columns import ChunkColumns
 from gpu_pitr.format.frame import frame_records, header_problem
-from gpu_pitr.format.layout import HEADER_SIZE, RECORD_HEADER_SIZE, VARIANT_NAMES
+from gpu_pitr.format.layout import BATCH, HEADER_SIZE, RECORD_HEADER_SIZE, VARIANT_NAMES
 from gpu_pitr.format.payload import OK, STATUS_TEXT
 from gpu_pitr.format.readahead import FrameAhead, Readahead
 from gpu_pitr.format.segments import list_segments
@@ -137,6 +137,8 @@ class _Restore:
         self.position: dict | None = None
         self.pending = b""
         self._resume_seq = None  # with a base: what the first record read must be
+        self.lazy = None  # with a base on the cpu executor: its rows not moved in yet
+        self._seed_cols = ChunkColumns(1024)
         self.total_bytes = 0
         self.plan = PlanState(exclusive=exclusive, skip_corrupt=skip_corrupt, **target)
         self.to_seq = target.get("to_seq")
@@ -302,6 +304,8 @@ class _Restore:
         self.report.records_read += n - first
         self.timings["plan"] += time.perf_counter() - t
         t = time.perf_counter()
+        if len(order) and self.lazy is not None:
+            self._move_touched(n)
         if len(order):
             # Before a fatal record, the commit points ahead of it still apply: an
             # error among them (a dimension mismatch) comes first in log order.
@@ -448,31 +452,55 @@ class _Restore:
                 "missing (allow it explicitly to restore anyway)", **w)
 
     def _seed_base(self) -> None:
-        """Load the snapshot's rows into the executor, and its open transactions."""
-        from gpu_pitr.snapshot.base import seed_chunks
+        """Load the snapshot into the executor: its dimension, rows, open transactions.
+
+        On the cpu executor rows move in only when the log names their id (and
+        the others join at the end, already sorted); the cuda executor gets them
+        all now.
+        """
+        from gpu_pitr.snapshot.base import LazyBase
 
         snap = self.base
         if snap.dim is not None:
             self.ex.fix_dim(int(snap.dim))
         self.names.append(str(snap.path))
-        where = len(self.names) - 1
-        c = self.cols
-        for buf, off, length in seed_chunks(snap, self.chunk_bytes, self._alloc):
+        self._base_name = len(self.names) - 1
+        if self.ex.name == "cpu":
+            self.lazy = LazyBase(snap)
+        else:
+            self._move_in(None)
+        if stops_at_base(snap.position, self.target):
+            self._stop_at_base()
+        else:
+            self._seed_pending(snap)
+
+    def _move_in(self, rows) -> None:
+        """Base ``rows`` (None: all) into the executor, as inserts that count nothing."""
+        from gpu_pitr.snapshot.base import seed_chunks
+
+        snap = self.base
+        c = self._seed_cols
+        for buf, off, length in seed_chunks(snap, self.chunk_bytes, self._alloc, rows):
             n = len(off)
             c.ensure_records(n)
             c.off[:n], c.length[:n], c.seq[:n] = off, length, 0
-            c.seg[:n], c.foff[:n] = where, 0
+            c.seg[:n], c.foff[:n] = self._base_name, 0
             self.ex.decode(buf, c, 0, n)
             if np.any(c.status[:n] != OK):
                 from gpu_pitr.snapshot.format import SnapshotError
 
                 raise SnapshotError("its rows do not encode as records", file=str(snap.path))
-            self.ex.apply(buf, c, np.arange(n, dtype=np.int64), self._dim_mismatch)
-        self.ex.clear_counters()
-        if stops_at_base(snap.position, self.target):
-            self._stop_at_base()
-        else:
-            self._seed_pending(snap)
+            self.ex.apply_uncounted(buf, c, np.arange(n, dtype=np.int64), self._dim_mismatch)
+
+    def _move_touched(self, n: int) -> None:
+        """Before a chunk applies: the base rows whose ids its entries name."""
+        c = self.cols
+        batches = (c.kind[:n] == BATCH) & (c.status[:n] == OK)
+        used = n + int(c.nent[:n][batches].sum())
+        # Every entry's key, records that are not data included: a superset is harmless.
+        rows = self.lazy.take(c.e_key[:used])
+        if len(rows):
+            self._move_in(rows)
 
     def _stop_at_base(self) -> None:
         """A sequence target met by the base's last record: the base is the answer."""
@@ -637,6 +665,8 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None):
     run._tell("finish")
     t = time.perf_counter()
     index = executor.finish(report)
+    if run.lazy is not None:
+        index = run.lazy.merge(index)
     run.timings["finish"] += time.perf_counter() - t
     index.position, index.pending = run.position, run.pending
     return index, run

@@ -135,6 +135,7 @@ def write_synthetic_wal(
     segments: int = 8,
     seed: int = 0,
     start_time: int = 1_700_000_000,
+    max_ids: int | None = None,
 ) -> SynthStats:
     """Write a realistic WAL of about ``total_bytes`` into ``segments`` segment files.
 
@@ -142,6 +143,8 @@ def write_synthetic_wal(
     and rise about one second per ``RECORDS_PER_SECOND`` records. Vectors are
     random float32 in [-0.5, 0.5) with no element exactly zero. Existing segment
     files of the same names are overwritten; other files are left alone.
+    ``max_ids``: entries use id numbers modulo it, an update-heavy log whose index
+    stays at most that large (for memory checks).
     """
     if dim < 1 or segments < 1 or total_bytes < 1:
         raise ValueError("dim, segments and total_bytes must be positive")
@@ -150,7 +153,7 @@ def write_synthetic_wal(
     wal_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 0])
     budget = max(total_bytes - segments * HEADER_SIZE, 1)
-    plan = _plan_bytes(rng, budget, dim, start_time)
+    plan = _plan_bytes(rng, budget, dim, start_time, max_ids)
 
     seg_of_record = np.minimum(plan.r_start * segments // plan.total, segments - 1)
     rec_bounds = np.searchsorted(seg_of_record, np.arange(segments + 1))
@@ -180,7 +183,9 @@ def write_synthetic_wal(
     n_txn_commit = int(np.count_nonzero(plan.r_kind == COMMIT_TRANSACTION))
     n_standalone = int(np.count_nonzero(plan.r_kind == _DATA))
     n_batch = int(np.count_nonzero(plan.r_kind == BATCH))
-    variants = np.where(plan.r_kind == _DATA, plan.e_op[plan.r_e0], plan.r_kind)
+    # Clipped: a log ending in records without entries has r_e0 == n_entries there.
+    first_op = plan.e_op[np.minimum(plan.r_e0, plan.n_entries - 1)]
+    variants = np.where(plan.r_kind == _DATA, first_op, plan.r_kind)
     by_variant = np.bincount(variants, minlength=N_VARIANTS)
     by_op = np.bincount(plan.e_op, minlength=DELETE + 1)
     return SynthStats(
@@ -217,7 +222,8 @@ class _Plan:
     offset in the concatenation of all records (segment headers excluded).
     """
 
-    def __init__(self, rng: np.random.Generator, n_units: int, dim: int, start_time: int):
+    def __init__(self, rng: np.random.Generator, n_units: int, dim: int, start_time: int,
+                 max_ids: int | None = None):
         shares = np.array([BATCH_SHARE, TXN_SHARE, CHECKPOINT_SHARE])
         # Bins of a uniform draw: [0, batch) batch, then transaction, checkpoint, data.
         kinds = np.array([_UNIT_BATCH, _UNIT_TXN, _UNIT_CHECKPOINT, _UNIT_DATA], np.int8)
@@ -263,6 +269,8 @@ class _Plan:
         # Updates, deletes and re-inserts pick any id inserted earlier in the log.
         e_id = np.where(fresh, fresh_before, np.floor(rng.random(n_ent) * fresh_before))
         e_id = e_id.astype(np.int64)
+        if max_ids:
+            e_id %= max_ids
         blocks = _metadata_blocks()
         e_meta = np.where(
             (e_op != DELETE) & (rng.random(n_ent) < METADATA_SHARE),
@@ -327,12 +335,13 @@ class _Plan:
         self._finish()
 
 
-def _plan_bytes(rng: np.random.Generator, budget: int, dim: int, start_time: int) -> _Plan:
+def _plan_bytes(rng: np.random.Generator, budget: int, dim: int, start_time: int,
+                max_ids: int | None = None) -> _Plan:
     """A plan of whole units whose records total at least ``budget`` bytes (just over)."""
     record_guess = 4 * dim + 60
     n_units = int(budget / record_guess / (1 + BATCH_SHARE * 8 + TXN_SHARE * 4) * 1.15) + 64
     while True:
-        plan = _Plan(rng, n_units, dim, start_time)
+        plan = _Plan(rng, n_units, dim, start_time, max_ids)
         if plan.u_end_bytes[-1] >= budget:
             break
         n_units *= 2

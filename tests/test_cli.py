@@ -189,7 +189,7 @@ def test_restore_to_seq(wal_dir: Path, tmp_path: Path, seq: int, expected: list)
 
 def test_out_name_is_kept_exactly(wal_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "restored.bin"
-    assert_index(restore_npz(wal_dir, out), LATEST)
+    assert_index(restore_npz(wal_dir, out, "--format", "npz"), LATEST)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["restored.bin", "wal"]
 
 

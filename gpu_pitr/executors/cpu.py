@@ -146,10 +146,13 @@ class CpuExecutor:
         if self.map.dim < 0:
             self.map.set_dim(dim)
 
-    def clear_counters(self) -> None:
-        """Forget the counts so far (a base snapshot's rows are not the log's inserts)."""
-        for shard in self.map.shards:
-            shard.counters[:] = 0
+    def apply_uncounted(self, buf: np.ndarray, cols, order: np.ndarray, on_dim_mismatch):
+        """``apply``, leaving the counters as they were (a base snapshot's rows are not
+        the log's inserts)."""
+        saved = [shard.counters.copy() for shard in self.map.shards]
+        self.map.apply(buf, order, cols, on_dim_mismatch)
+        for shard, counters in zip(self.map.shards, saved, strict=True):
+            shard.counters[:] = counters
 
     def finish(self, report) -> RestoredIndex:
         """Sort by id, compact the rows in place and hand over the index."""

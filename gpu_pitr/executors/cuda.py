@@ -202,9 +202,12 @@ class CudaExecutor:
         if self.dim < 0:
             self._set_dim(dim)
 
-    def clear_counters(self) -> None:
-        """Forget the counts so far (a base snapshot's rows are not the log's inserts)."""
-        self.counters[:] = 0
+    def apply_uncounted(self, buf: np.ndarray, cols, order: np.ndarray, on_dim_mismatch):
+        """``apply``, leaving the counters as they were (a base snapshot's rows are not
+        the log's inserts)."""
+        saved = self.counters.copy()
+        self.apply(buf, cols, order, on_dim_mismatch)
+        self.counters[:] = saved
 
     def _set_dim(self, dim: int) -> None:
         self.dim = dim

@@ -13,9 +13,10 @@ from the start of the log would).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from gpu_pitr.format.layout import RECORD_HEADER_SIZE
+from gpu_pitr.format.payload import id_key
 
 # Beyond this many runs of consecutive sequence numbers, the runs are kept as
 # their hull: a conservative answer ("maybe covered") for a hostile log.
@@ -122,13 +123,14 @@ def _put_varint(out, p, v):
 
 
 @njit(cache=True, nogil=True)
-def _encode_inserts(lo, hi, id_arena, id_offs, id_lens, vec_bytes, meta_arena, meta_offs,
+def _encode_inserts(rows, id_arena, id_offs, id_lens, vec_bytes, meta_arena, meta_offs,
                     meta_lens, out, rec_off, rec_len):
-    """``Insert{id, vector, metadata, timestamp: 0}`` records for rows ``lo..hi-1``."""
+    """``Insert{id, vector, metadata, timestamp: 0}`` records for ``rows``."""
     p = 0
     width = vec_bytes.shape[1]
     dim = width // 4
-    for i in range(lo, hi):
+    for j in range(len(rows)):
+        i = rows[j]
         start = p
         p += RECORD_HEADER_SIZE
         out[p] = 0  # variant Insert
@@ -160,8 +162,8 @@ def _encode_inserts(lo, hi, id_arena, id_offs, id_lens, vec_bytes, meta_arena, m
             out[start + k] = 0  # sequence number 0: never walked
         for k in range(4):
             out[start + 8 + k] = (length >> (8 * k)) & 0xFF
-        rec_off[i - lo] = start
-        rec_len[i - lo] = length
+        rec_off[j] = start
+        rec_len[j] = length
     return p
 
 
@@ -169,35 +171,169 @@ def _varint_width(v: np.ndarray) -> np.ndarray:
     return np.where(v < 251, 1, np.where(v < 65536, 3, np.where(v < 2**32, 5, 9)))
 
 
-def insert_record_sizes(snap) -> np.ndarray:
-    """Bytes of each row's Insert record (header included)."""
+def insert_record_sizes(snap, rows: np.ndarray) -> np.ndarray:
+    """Bytes of the Insert record of each of ``rows`` (header included)."""
     dim = snap.vectors.shape[1] if snap.vectors.ndim == 2 else 0
-    meta = np.where(snap.meta_offs < 0, 1, 1 + snap.meta_lens)
-    return (RECORD_HEADER_SIZE + 1 + _varint_width(snap.id_lens) + snap.id_lens
-            + _varint_width(np.full(len(snap.id_lens), dim)) + 4 * dim + meta + 1)
+    id_lens = snap.id_lens[rows]
+    meta = np.where(snap.meta_offs[rows] < 0, 1, 1 + snap.meta_lens[rows])
+    return (RECORD_HEADER_SIZE + 1 + _varint_width(id_lens) + id_lens
+            + _varint_width(np.full(len(rows), dim)) + 4 * dim + meta + 1)
 
 
-def seed_chunks(snap, chunk_bytes: int, alloc):
-    """The snapshot's rows as Insert records, in pieces of about ``chunk_bytes``.
+def seed_chunks(snap, chunk_bytes: int, alloc, rows: np.ndarray | None = None):
+    """The snapshot's ``rows`` (default: all) as Insert records, in pieces of about
+    ``chunk_bytes``.
 
     Yields ``(buf, rec_off, rec_len)``: both executors decode and apply them as
     they would the log's own records, so a state loaded from a snapshot is
-    exactly the state those inserts build.
+    exactly the state those inserts build. One buffer is reused for every piece.
     """
-    n = len(snap.id_lens)
-    if n == 0:
+    if rows is None:
+        rows = np.arange(len(snap.id_lens), dtype=np.int64)
+    if len(rows) == 0:
         return
-    sizes = insert_record_sizes(snap)
+    sizes = insert_record_sizes(snap, rows)
     ends = np.cumsum(sizes)
-    vec_bytes = np.ascontiguousarray(snap.vectors).view(np.uint8).reshape(n, -1)
+    vec_bytes = np.ascontiguousarray(snap.vectors).view(np.uint8).reshape(len(snap.id_lens), -1)
+    buf = None
     lo = 0
-    while lo < n:
+    while lo < len(rows):
         base = ends[lo - 1] if lo else 0
         hi = max(lo + 1, int(np.searchsorted(ends, base + chunk_bytes, side="right")))
-        buf = alloc(int(ends[hi - 1] - base))
+        need = int(ends[hi - 1] - base)
+        if buf is None or len(buf) < need:
+            buf = alloc(max(need, min(int(ends[-1]), chunk_bytes)))
         rec_off = np.empty(hi - lo, np.int64)
         rec_len = np.empty(hi - lo, np.int64)
-        _encode_inserts(lo, hi, snap.id_arena, snap.id_offs, snap.id_lens, vec_bytes,
+        _encode_inserts(rows[lo:hi], snap.id_arena, snap.id_offs, snap.id_lens, vec_bytes,
                         snap.meta_arena, snap.meta_offs, snap.meta_lens, buf, rec_off, rec_len)
         yield buf, rec_off, rec_len
         lo = hi
+
+
+@njit(cache=True, nogil=True)
+def _id_keys(arena, offs, lens, out):
+    for i in range(len(offs)):
+        out[i] = id_key(arena, offs[i], lens[i])
+
+
+class LazyBase:
+    """A base state kept aside: only the rows the log touches go into the executor.
+
+    Rows are found by their id key (the executors' own ``id_key``); every base row
+    sharing a key with an entry of a chunk is moved in before that chunk applies,
+    so the executor sees exactly the state a full load would give it for every id
+    the log names. The rows never touched join the result at the end
+    (``merge``): they are already sorted, so they are merged, not sorted again.
+    """
+
+    def __init__(self, snap) -> None:
+        self.snap = snap
+        keys = np.empty(len(snap.id_offs), np.uint64)
+        _id_keys(snap.id_arena, snap.id_offs, snap.id_lens, keys)
+        self.order = np.argsort(keys, kind="stable")
+        self.keys = keys[self.order]
+        self.moved = np.zeros(len(keys), np.bool_)
+
+    def take(self, keys: np.ndarray) -> np.ndarray:
+        """Base rows (not moved before) sharing a key with ``keys``; marks them moved."""
+        if not len(self.keys) or not len(keys):
+            return np.zeros(0, np.int64)
+        keys = np.unique(keys)
+        lo = np.searchsorted(self.keys, keys, side="left")
+        hi = np.searchsorted(self.keys, keys, side="right")
+        hit = hi > lo
+        if not hit.any():
+            return np.zeros(0, np.int64)
+        lo, hi = lo[hit], hi[hit]
+        counts = hi - lo
+        # Every position lo..hi-1 of each hit (several base ids may share a key).
+        pos = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        rows = self.order[pos]
+        rows = rows[~self.moved[rows]]
+        self.moved[rows] = True
+        return np.sort(rows)
+
+    def merge(self, index):
+        """``index`` (the executor's result) with the base rows never moved in."""
+        from gpu_pitr.index import RestoredIndex
+
+        snap = self.snap
+        rest = np.flatnonzero(~self.moved)
+        if not len(rest):
+            return index
+        ids, id_offs, id_lens = index._id_arena, index._id_offs, index._id_lens
+        src, pos = _merge_order(ids, id_offs, id_lens, snap.id_arena,
+                                snap.id_offs[rest], snap.id_lens[rest])
+        from_index = src == 0
+        n = len(src)
+        id_base, meta_base = len(ids), len(index._meta_arena)
+        out_id_offs = np.empty(n, np.int64)
+        out_id_lens = np.empty(n, np.int64)
+        out_meta_offs = np.empty(n, np.int64)
+        out_meta_lens = np.empty(n, np.int64)
+        a, b = pos[from_index], rest[pos[~from_index]]
+        out_id_offs[from_index], out_id_lens[from_index] = id_offs[a], id_lens[a]
+        out_id_offs[~from_index] = snap.id_offs[b] + id_base
+        out_id_lens[~from_index] = snap.id_lens[b]
+        out_meta_offs[from_index], out_meta_lens[from_index] = (index._meta_offs[a],
+                                                                index._meta_lens[a])
+        base_meta = snap.meta_offs[b]
+        out_meta_offs[~from_index] = np.where(base_meta >= 0, base_meta + meta_base, -1)
+        out_meta_lens[~from_index] = snap.meta_lens[b]
+        vectors = index.vectors
+        dim = snap.vectors.shape[1] if len(index) == 0 else vectors.shape[1]
+        if isinstance(vectors, np.ndarray):
+            out = np.empty((n, dim), np.float32)
+            if n and dim:
+                _gather_rows(src, pos, rest, vectors.reshape(-1, dim), snap.vectors, out)
+        else:  # a device index: the base rows go up once, gathered on the device
+            import cupy as xp
+
+            out = xp.empty((n, dim), np.float32)
+            if len(a):
+                out[xp.asarray(np.flatnonzero(from_index))] = vectors[xp.asarray(a)]
+            out[xp.asarray(np.flatnonzero(~from_index))] = xp.asarray(snap.vectors[b])
+        merged = RestoredIndex(np.concatenate([ids, snap.id_arena]), out_id_offs, out_id_lens,
+                               out, np.concatenate([index._meta_arena, snap.meta_arena]),
+                               out_meta_offs, out_meta_lens, index.report)
+        index.report.ids = n
+        index.report.dim = int(dim)
+        return merged
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _gather_rows(src, pos, rest, a_rows, b_rows, out):
+    for k in prange(len(src)):
+        if src[k] == 0:
+            out[k, :] = a_rows[pos[k], :]
+        else:
+            out[k, :] = b_rows[rest[pos[k]], :]
+
+
+@njit(cache=True, nogil=True)
+def _less(a, ao, an, b, bo, bn):
+    for k in range(min(an, bn)):
+        if a[ao + k] != b[bo + k]:
+            return a[ao + k] < b[bo + k]
+    return an < bn
+
+
+@njit(cache=True, nogil=True)
+def _merge_order(a, a_offs, a_lens, b, b_offs, b_lens):
+    """Merge two id lists sorted by bytes: per output row, (0: from a, 1: from b) and
+    the row in that list."""
+    na, nb = len(a_offs), len(b_offs)
+    src = np.empty(na + nb, np.int8)
+    pos = np.empty(na + nb, np.int64)
+    i = j = 0
+    for k in range(na + nb):
+        if j >= nb or (i < na and _less(a, a_offs[i], a_lens[i], b, b_offs[j], b_lens[j])):
+            src[k] = 0
+            pos[k] = i
+            i += 1
+        else:
+            src[k] = 1
+            pos[k] = j
+            j += 1
+    return src, pos

@@ -1,0 +1,258 @@
+"""What ``gpu-pitr restore`` writes: an .npz, a .parquet, a FAISS index or a snapshot directory.
+
+The format comes from ``--format`` or from the name; every file appears atomically
+(a temp name beside it, fsynced, renamed), so a failed restore leaves old outputs alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from gpu_pitr.errors import WalError
+from gpu_pitr.tempfiles import remove_stale_temps
+
+FORMATS = ("npz", "parquet", "faiss", "snapshot")
+SUFFIXES = {".npz": "npz", ".parquet": "parquet", ".faiss": "faiss"}
+# The module each format needs beyond NumPy, and the extra that installs it.
+_NEEDS = {"parquet": ("pyarrow", "arrow"), "faiss": ("faiss", "faiss"),
+          "snapshot": ("pyarrow", "arrow")}
+# Read back with ``pyarrow.parquet.read_schema(path).metadata``.
+PARQUET_REPORT_KEY = b"gpu_pitr.report"
+
+
+class MissingExtraError(RuntimeError):
+    """An output format whose optional dependency is not installed."""
+
+
+def output_format(out: str, fmt: str | None = None) -> str:
+    """The format to write ``out`` in: ``fmt``, or the one its name implies.
+
+    A name ending in ``/`` or naming an existing directory implies a snapshot;
+    ``.npz``, ``.parquet`` and ``.faiss`` imply those formats.
+
+    Raises:
+        ValueError: the name and ``fmt`` disagree, or neither says which format.
+    """
+    if fmt is not None and fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+        implied, what = "snapshot", "a directory"
+    else:
+        suffix = Path(out).suffix.lower()
+        implied, what = SUFFIXES.get(suffix), f"a {suffix} name"
+    if fmt is None:
+        if implied is None:
+            raise ValueError(
+                f"cannot tell the format of {out!r} from its name: end it in .npz, .parquet "
+                "or .faiss, or in / for a snapshot directory, or give --format")
+        return implied
+    if implied is not None and implied != fmt:
+        raise ValueError(f"{out!r} is {what}, which does not fit --format {fmt}")
+    return fmt
+
+
+def output_files(out: Path, fmt: str) -> list[Path]:
+    """The files a restore to ``out`` writes (a snapshot: its directory)."""
+    if fmt == "faiss":
+        return [out, faiss_ids_path(out)]
+    return [out]
+
+
+def faiss_ids_path(out: Path) -> Path:
+    """The sidecar of a FAISS output: one JSON string id per line, in row order."""
+    return out.with_name(out.name + ".ids.jsonl")
+
+
+def check_output(out: Path, fmt: str) -> None:
+    """Fail now, before a restore, if ``out`` cannot be written in ``fmt``.
+
+    Raises:
+        MissingExtraError: the format's optional dependency is missing.
+        OSError: no such directory, a directory where a file goes, or no permission.
+    """
+    if fmt in _NEEDS:
+        _import_extra(fmt)
+    if fmt == "snapshot":
+        from gpu_pitr.snapshot.format import _check_target
+
+        # What save() would refuse after the restore (a file, a directory of other things).
+        _check_target(Path(os.path.abspath(out)))
+        where = out.parent
+    else:
+        for path in output_files(out, fmt):
+            if path.is_dir():
+                raise IsADirectoryError(f"{path}: is a directory")
+        where = out.parent
+    if not where.is_dir():
+        raise FileNotFoundError(f"{where}: no such directory for --out")
+    _probe(where / out.name)
+
+
+def _import_extra(fmt: str):
+    module, extra = _NEEDS[fmt]
+    try:
+        return __import__(module)
+    except ImportError:
+        raise MissingExtraError(
+            f"--format {fmt} needs {module}: pip install 'gpu-pitr[{extra}]'") from None
+
+
+def write_output(index, out: Path, fmt: str) -> list[Path]:
+    """Write the restored ``index`` (host vectors) to ``out`` in ``fmt``; return the paths.
+
+    Raises:
+        WalError: the index cannot be held by the format (an id ending in NUL in an
+            .npz; vectors of dimension 0 in a .parquet).
+        MissingExtraError, OSError.
+    """
+    if fmt == "snapshot":
+        from gpu_pitr import snapshot
+
+        snapshot.save(index, out)
+        return [out]
+    write = {"npz": _write_npz, "parquet": _write_parquet, "faiss": _write_faiss}[fmt]
+    return write(index, out)
+
+
+def _write_npz(index, out: Path) -> list[Path]:
+    lossy = index.ids_ending_in_nul()
+    if lossy:
+        # NumPy's unicode arrays drop trailing NULs: two ids would become one.
+        raise WalError(f"id {lossy[0]!r} ends with a NUL character, which the .npz "
+                       f"ids array cannot hold ({len(lossy)} such ids)", file=str(out))
+    report = json.dumps(index.report.to_dict())
+    with atomic_files(out) as (tmp,), open(tmp, "wb") as file:
+        # A file object, not a name: ``np.savez`` would append ".npz" to a name.
+        np.savez(
+            file,
+            ids=np.asarray(index.ids, dtype=np.str_),
+            vectors=np.asarray(index.vectors, dtype=np.float32),
+            metadata=np.asarray(index.metadata_json(), dtype=np.str_),
+            report=np.array(report),
+        )
+    return [out]
+
+
+def parquet_table(index):
+    """The index as a ``pyarrow.Table``: ``id`` string, ``vector``
+    fixed_size_list<float32>[dim], ``metadata`` map<string, string> (null when absent),
+    with the report as JSON under ``PARQUET_REPORT_KEY`` in the schema metadata.
+    """
+    pa = _import_extra("parquet")
+    from gpu_pitr.snapshot.arrow import ids_array, metadata_array
+
+    vectors = np.ascontiguousarray(index.vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    if n == 0:
+        vector_col = pa.array([], type=pa.list_(pa.float32(), dim))
+    elif dim == 0:
+        raise WalError("vectors of dimension 0 cannot be stored as a Parquet "
+                       "fixed_size_list (use --format npz or faiss)")
+    else:
+        # One flat float32 array cut into rows of dim: no Python work per row.
+        vector_col = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
+    table = pa.table({"id": ids_array(index), "vector": vector_col,
+                      "metadata": metadata_array(index)})
+    report = json.dumps(index.report.to_dict()).encode()
+    return table.replace_schema_metadata({PARQUET_REPORT_KEY: report})
+
+
+def _write_parquet(index, out: Path) -> list[Path]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = parquet_table(index)
+    except WalError as err:
+        raise WalError(err.what, file=str(out)) from None
+    with atomic_files(out) as (tmp,):
+        pq.write_table(table, tmp)
+    return [out]
+
+
+def _write_faiss(index, out: Path) -> list[Path]:
+    faiss = _import_extra("faiss")
+    vectors = np.ascontiguousarray(index.vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    flat = faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
+    if n:
+        # FAISS ids are int64: the row number in sorted id order; the sidecar maps back.
+        flat.add_with_ids(vectors, np.arange(n, dtype=np.int64))
+    ids_path = faiss_ids_path(out)
+    with atomic_files(out, ids_path) as (tmp, tmp_ids):
+        faiss.write_index(flat, str(tmp))
+        with open(tmp_ids, "w", encoding="utf-8") as file:
+            file.writelines(json.dumps(i, ensure_ascii=False) + "\n" for i in index.id_list())
+    return [out, ids_path]
+
+
+@contextmanager
+def atomic_files(*dests: Path) -> Iterator[tuple[Path, ...]]:
+    """New, empty temp files beside each of ``dests``, for the block to write.
+
+    When the block succeeds each is fsynced and renamed onto its destination, then
+    the directories are fsynced; on any failure the temp files are removed and the
+    destinations are left as they were.
+    """
+    tmps: list[Path] = []
+    try:
+        for dest in dests:
+            tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+            # os.open, not mkstemp: the file gets the umask's permissions, like any new file.
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            tmps.append(tmp)
+        yield tuple(tmps)
+        for tmp in tmps:
+            _fsync(tmp, os.O_RDONLY)
+        for tmp, dest in zip(tmps, dests, strict=True):
+            os.replace(tmp, dest)
+    except BaseException:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise
+    for directory in dict.fromkeys(dest.parent for dest in dests):
+        _fsync(directory, os.O_RDONLY | os.O_DIRECTORY)
+    for dest in dests:
+        remove_stale_temps(dest)  # left by writers of the same name that were killed
+
+
+def write_json(path: Path, doc) -> None:
+    """``doc`` as a JSON file at ``path``, atomically."""
+    with atomic_files(path) as (tmp,):
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Fail now if a file cannot be created at ``path`` (its directory missing or read-only)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: no such directory for {what}")
+    _probe(path)
+
+
+class _Probe(Exception):
+    """Unwinds ``atomic_files`` once its temp file exists, so that nothing is renamed."""
+
+
+def _probe(path: Path) -> None:
+    # Creating a file is the only test of writability that also holds for root.
+    try:
+        with atomic_files(path):
+            raise _Probe
+    except _Probe:
+        pass
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

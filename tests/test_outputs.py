@@ -1,0 +1,371 @@
+"""``gpu-pitr restore --out``: .npz, .parquet, FAISS and snapshot outputs, each read back
+with its own ecosystem's reader and compared with ``gpu_pitr.restore``'s result.
+
+Every CLI run is checked to leave the WAL directory byte-for-byte unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from workloads import Del, Ins, LogBuilder, Upd, bits, dir_state, f32
+
+import gpu_pitr
+from gpu_pitr.errors import WalError
+from gpu_pitr.outputs import (
+    PARQUET_REPORT_KEY,
+    atomic_files,
+    faiss_ids_path,
+    output_format,
+    write_output,
+)
+
+# -0.0, +inf, a quiet NaN with a payload, the smallest subnormal: back bit for bit.
+ODD = bits(0x80000000, 0x7F800000, 0x7FC12345)
+TINY = bits(0x00000001, 0xFF7FFFFF, 0x3F800000)
+
+
+def write_wal(wal_dir: Path) -> Path:
+    """Ids out of byte order, non-ASCII ids, metadata absent, ``{}`` and present."""
+    b = LogBuilder()
+    b.add(Ins("b", ODD, {"k": "v", "ü": "ß"}, 1))
+    b.add(Ins("a", f32(1, 2, 3), None, 2))  # absent metadata
+    b.add(Ins("é-id", f32(4, 5, 6), {}, 3))  # an empty map: not the same as absent
+    b.add(Ins("gone", f32(0, 0, 0), {"x": "y"}, 4))
+    b.add(Del("gone", 5))
+    b.add(Upd("a", f32(7, 8, 9), None, 6))  # keeps no metadata
+    b.add(Ins("z\u00a0\U0001f600", TINY, {"": "", "long": "x" * 300}, 7))
+    b.write(wal_dir)
+    return wal_dir
+
+
+@pytest.fixture(scope="module")
+def wal_dir(tmp_path_factory) -> Path:
+    return write_wal(tmp_path_factory.mktemp("outputs") / "wal")
+
+
+@pytest.fixture(scope="module")
+def expected(wal_dir: Path):
+    return gpu_pitr.restore(wal_dir, backend="cpu").to_host()
+
+
+def cli(*args: object, wal_dir: Path | None = None, env: dict | None = None):
+    before = dir_state(wal_dir) if wal_dir is not None else None
+    proc = subprocess.run([sys.executable, "-m", "gpu_pitr", *map(str, args)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    if before is not None:
+        assert dir_state(wal_dir) == before, f"{args} changed the WAL directory"
+    return proc
+
+
+def restore_ok(wal_dir: Path, out: Path, *args: object) -> subprocess.CompletedProcess:
+    proc = cli("restore", wal_dir, "--out", out, "--backend", "cpu", *args, wal_dir=wal_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    return proc
+
+
+def vector_bits(vectors) -> list[list[int]]:
+    return np.ascontiguousarray(vectors, dtype="<f4").view("<u4").tolist()
+
+
+def assert_same_report(got: dict, want: dict) -> None:
+    # Two runs of the same restore: everything but the clock agrees.
+    assert {k: v for k, v in got.items() if k != "timings"} == {
+        k: v for k, v in want.items() if k != "timings"}
+
+
+def test_expected_index_has_what_the_tests_need(expected) -> None:
+    assert expected.id_list() == ["a", "b", "z\u00a0\U0001f600", "é-id"]
+    assert expected.metadata == [None, {"k": "v", "ü": "ß"}, {"": "", "long": "x" * 300}, {}]
+
+
+def test_npz_contract(wal_dir: Path, tmp_path: Path, expected) -> None:
+    out = tmp_path / "o.npz"
+    restore_ok(wal_dir, out)
+    with np.load(out, allow_pickle=False) as npz:
+        assert sorted(npz.files) == ["ids", "metadata", "report", "vectors"]
+        assert npz["ids"].dtype.kind == "U" and npz["metadata"].dtype.kind == "U"
+        assert npz["ids"].tolist() == expected.id_list()
+        assert npz["vectors"].dtype == np.float32
+        assert vector_bits(npz["vectors"]) == vector_bits(expected.vectors)
+        assert npz["metadata"].tolist() == [
+            "null", '{"k":"v","ü":"ß"}', json.dumps({"": "", "long": "x" * 300},
+                                                   separators=(",", ":")), "{}"]
+        assert npz["report"].shape == ()
+        assert_same_report(json.loads(str(npz["report"])), expected.report.to_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz"]
+
+
+def test_parquet(wal_dir: Path, tmp_path: Path, expected) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "o.parquet"
+    restore_ok(wal_dir, out)
+    table = pq.read_table(out)
+    assert table.column_names == ["id", "vector", "metadata"]
+    assert pa.types.is_string(table.schema.field("id").type) or pa.types.is_large_string(
+        table.schema.field("id").type)
+    vtype = table.schema.field("vector").type
+    assert pa.types.is_fixed_size_list(vtype) and vtype.list_size == 3
+    assert vtype.value_type == pa.float32()
+    assert table.schema.field("metadata").type == pa.map_(pa.string(), pa.string())
+    assert table.column("id").to_pylist() == expected.id_list()
+    flat = table.column("vector").combine_chunks().flatten().to_numpy()
+    assert vector_bits(flat.reshape(-1, 3)) == vector_bits(expected.vectors)
+    meta = table.column("metadata").to_pylist()
+    # Absent stays null, {} stays an empty map.
+    assert [None if m is None else dict(m) for m in meta] == expected.metadata
+    assert meta[0] is None and meta[3] == []
+    report = json.loads(pq.read_schema(out).metadata[PARQUET_REPORT_KEY])
+    assert_same_report(report, expected.report.to_dict())
+
+
+def test_faiss(wal_dir: Path, tmp_path: Path, expected) -> None:
+    import faiss
+
+    out = tmp_path / "o.faiss"
+    restore_ok(wal_dir, out)
+    index = faiss.read_index(str(out))
+    assert isinstance(index, faiss.IndexIDMap2)
+    n = len(expected)
+    assert (index.ntotal, index.d) == (n, 3)
+    # Row i of the sorted ids has FAISS id i; the sidecar maps ids back.
+    lines = faiss_ids_path(out).read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == expected.id_list()
+    assert [index.reconstruct(i).view("<u4").tolist() for i in range(n)] == vector_bits(
+        expected.vectors)
+    query = np.array([[7, 8, 9]], np.float32)  # "a", row 0
+    distances, ids = index.search(query, 1)
+    assert ids.tolist() == [[0]] and distances.tolist() == [[0.0]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.faiss", "o.faiss.ids.jsonl"]
+
+
+def test_faiss_by_format_flag_any_name(wal_dir: Path, tmp_path: Path, expected) -> None:
+    import faiss
+
+    out = tmp_path / "vectors.index"
+    restore_ok(wal_dir, out, "--format", "faiss")
+    assert faiss.read_index(str(out)).ntotal == len(expected)
+    assert (tmp_path / "vectors.index.ids.jsonl").exists()
+
+
+@pytest.mark.parametrize("how", ["slash", "flag", "existing"])
+def test_snapshot_directory(wal_dir: Path, tmp_path: Path, expected, how: str) -> None:
+    from gpu_pitr import snapshot
+
+    out = tmp_path / "snap"
+    if how == "slash":
+        restore_ok(wal_dir, f"{out}/")
+    elif how == "flag":
+        restore_ok(wal_dir, out, "--format", "snapshot")
+    else:
+        out.mkdir()
+        restore_ok(wal_dir, out)
+    snap = snapshot.load(out)
+    got = snap.to_index(expected.report)
+    assert got.id_list() == expected.id_list()
+    assert vector_bits(got.vectors) == vector_bits(expected.vectors)
+    assert got.metadata == expected.metadata
+
+
+@pytest.mark.parametrize(
+    ("out", "fmt", "want"),
+    [
+        ("x.npz", None, "npz"),
+        ("x.NPZ", None, "npz"),
+        ("x.parquet", None, "parquet"),
+        ("x.faiss", None, "faiss"),
+        ("snap/", None, "snapshot"),
+        ("x.bin", "npz", "npz"),
+        ("x", "snapshot", "snapshot"),
+        ("x.index", "faiss", "faiss"),
+        ("x.npz", "npz", "npz"),
+        ("x.bin", None, ValueError),
+        ("x", None, ValueError),
+        ("x.npz", "parquet", ValueError),
+        ("x.faiss", "snapshot", ValueError),
+        ("snap/", "npz", ValueError),
+        ("x.npz", "csv", ValueError),
+    ],
+)
+def test_output_format(out: str, fmt, want) -> None:
+    if want is ValueError:
+        with pytest.raises(ValueError):
+            output_format(out, fmt)
+    else:
+        assert output_format(out, fmt) == want
+
+
+def test_existing_directory_is_a_snapshot(tmp_path: Path) -> None:
+    assert output_format(str(tmp_path)) == "snapshot"
+    with pytest.raises(ValueError, match="directory"):
+        output_format(str(tmp_path), "npz")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--out", "{tmp}/o.bin"],
+        ["--out", "{tmp}/o.npz", "--format", "parquet"],
+        ["--out", "{tmp}/o.parquet", "--format", "faiss"],
+        ["--out", "{tmp}/", "--format", "npz"],
+        ["--out", "{tmp}/o.npz", "--format", "csv"],
+    ],
+)
+def test_format_usage_errors(wal_dir: Path, tmp_path: Path, args: list) -> None:
+    proc = cli("restore", wal_dir, *[a.format(tmp=tmp_path) for a in args], wal_dir=wal_dir)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["o.npz", "o.parquet", "o.faiss", "snap/"])
+def test_missing_output_directory_fails_before_the_restore(wal_dir: Path, tmp_path: Path,
+                                                           name: str) -> None:
+    # A string: Path would drop the trailing slash that makes "snap/" a snapshot.
+    proc = cli("restore", wal_dir, "--out", f"{tmp_path}/missing/{name}", wal_dir=wal_dir)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu-pitr: error: ") and "missing" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_faiss_sidecar_inside_wal_dir_is_refused(wal_dir: Path) -> None:
+    proc = cli("restore", wal_dir, "--out", wal_dir / "o.faiss", wal_dir=wal_dir)
+    assert proc.returncode == 2 and "inside WAL_DIR" in proc.stderr
+
+
+def fake_missing(tmp_path: Path, module: str) -> dict:
+    """An environment where importing ``module`` fails, as if it were not installed."""
+    shadow = tmp_path / "shadow" / module
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(f"raise ImportError('No module named {module}')\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "shadow"), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.mark.parametrize(("name", "module", "extra"),
+                         [("o.parquet", "pyarrow", "arrow"), ("o.faiss", "faiss", "faiss")])
+def test_missing_extra_is_one_line_before_the_restore(wal_dir: Path, tmp_path: Path,
+                                                      name: str, module: str,
+                                                      extra: str) -> None:
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    proc = cli("restore", wal_dir, "--out", outdir / name, wal_dir=wal_dir,
+               env=fake_missing(tmp_path, module))
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"pip install 'gpu-pitr[{extra}]'" in lines[0]
+    assert proc.stdout == "" and list(outdir.iterdir()) == []
+
+
+def test_npz_refuses_an_id_ending_in_nul_and_keeps_the_old_file(tmp_path: Path) -> None:
+    wal = tmp_path / "wal"
+    b = LogBuilder()
+    b.add(Ins("x\0", f32(1), None, 1))
+    b.write(wal)
+    out = tmp_path / "o.npz"
+    out.write_bytes(b"the previous restore")
+    proc = cli("restore", wal, "--out", out, "--backend", "cpu", wal_dir=wal)
+    assert proc.returncode == 1 and "NUL" in proc.stderr
+    assert out.read_bytes() == b"the previous restore"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz", "wal"]
+    # Parquet and FAISS hold such ids exactly.
+    index = gpu_pitr.restore(wal, backend="cpu")
+    write_output(index, tmp_path / "o.faiss", "faiss")
+    assert json.loads((tmp_path / "o.faiss.ids.jsonl").read_text()) == "x\0"
+    import pyarrow.parquet as pq
+
+    write_output(index, tmp_path / "o.parquet", "parquet")
+    assert pq.read_table(tmp_path / "o.parquet").column("id").to_pylist() == ["x\0"]
+
+
+def empty_indexes(tmp_path: Path) -> dict:
+    """An empty log (dimension unknown) and a log whose only id was deleted (dimension 2)."""
+    never = tmp_path / "never"
+    never.mkdir()
+    deleted = tmp_path / "deleted"
+    b = LogBuilder()
+    b.add(Ins("a", f32(1, 2), None, 1))
+    b.add(Del("a", 2))
+    b.write(deleted)
+    return {"never": gpu_pitr.restore(never, backend="cpu"),
+            "deleted": gpu_pitr.restore(deleted, backend="cpu")}
+
+
+def test_empty_index_in_every_format(tmp_path: Path) -> None:
+    import faiss
+    import pyarrow.parquet as pq
+
+    from gpu_pitr import snapshot
+
+    for name, index in empty_indexes(tmp_path).items():
+        dim = 2 if name == "deleted" else 0
+        write_output(index, tmp_path / f"{name}.npz", "npz")
+        with np.load(tmp_path / f"{name}.npz", allow_pickle=False) as npz:
+            assert npz["ids"].shape == (0,) and npz["metadata"].shape == (0,)
+            assert npz["vectors"].shape == (0, dim) and npz["vectors"].dtype == np.float32
+        write_output(index, tmp_path / f"{name}.parquet", "parquet")
+        table = pq.read_table(tmp_path / f"{name}.parquet")
+        assert table.num_rows == 0 and table.column_names == ["id", "vector", "metadata"]
+        assert table.schema.field("vector").type.list_size == dim
+        write_output(index, tmp_path / f"{name}.faiss", "faiss")
+        flat = faiss.read_index(str(tmp_path / f"{name}.faiss"))
+        assert (flat.ntotal, flat.d) == (0, dim)
+        assert (tmp_path / f"{name}.faiss.ids.jsonl").read_bytes() == b""
+        write_output(index, tmp_path / f"{name}.snap", "snapshot")
+        assert snapshot.load(tmp_path / f"{name}.snap").count == 0
+
+
+def test_empty_index_through_the_cli(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    wal = tmp_path / "wal"
+    wal.mkdir()
+    restore_ok(wal, tmp_path / "e.parquet")
+    assert pq.read_table(tmp_path / "e.parquet").num_rows == 0
+
+
+def test_dimension_zero_vectors(tmp_path: Path) -> None:
+    import faiss
+
+    wal = tmp_path / "wal"
+    b = LogBuilder()
+    b.add(Ins("a", b"", None, 1))
+    b.add(Ins("b", b"", {"m": "n"}, 2))
+    b.write(wal)
+    index = gpu_pitr.restore(wal, backend="cpu")
+    assert index.vectors.shape == (2, 0)
+    write_output(index, tmp_path / "z.faiss", "faiss")
+    assert faiss.read_index(str(tmp_path / "z.faiss")).ntotal == 2
+    # A Parquet fixed_size_list cannot have size 0: refused, naming the file, not written.
+    with pytest.raises(WalError, match="dimension 0") as err:
+        write_output(index, tmp_path / "z.parquet", "parquet")
+    assert str(tmp_path / "z.parquet") in str(err.value)
+    assert not (tmp_path / "z.parquet").exists()
+
+
+def test_atomic_files_all_or_nothing(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text("old a")
+    with pytest.raises(RuntimeError), atomic_files(a, b) as (ta, tb):
+        ta.write_text("new a")
+        tb.write_text("new b")
+        raise RuntimeError("fails before the rename")
+    assert a.read_text() == "old a" and not b.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    with atomic_files(a, b) as (ta, tb):
+        ta.write_text("new a")
+        tb.write_text("new b")
+    assert (a.read_text(), b.read_text()) == ("new a", "new b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]

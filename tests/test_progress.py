@@ -1,0 +1,274 @@
+"""The progress bar (only on a terminal), ``--quiet``, ``--report-json``, ``--chunk-size``
+and ``--memory-budget`` of ``gpu-pitr restore``.
+
+A terminal is a pseudo-terminal: the CLI's stderr is the pty's slave end and the
+test reads what it drew from the master end.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from workloads import Batch, Del, Ins, LogBuilder, Upd, dir_state, f32
+
+import gpu_pitr
+from gpu_pitr.budget import chunk_bytes_for_budget, min_budget, parse_size, working_bytes
+from gpu_pitr.progress import ProgressBar, human_bytes, progress_bar
+
+
+def write_wal(wal_dir: Path, n: int = 300) -> Path:
+    """A few hundred records in two segments: several 1 KiB chunks."""
+    b = LogBuilder()
+    for i in range(n):
+        b.add(Ins(f"id-{i % 37}", f32(i, -i, 0.5), {"i": str(i)} if i % 3 else None, i))
+        if i % 50 == 49:
+            b.add(Batch([Upd(f"id-{i % 7}", f32(1, 2, 3), None, i), Del(f"id-{i % 11}", i)], i))
+    b.new_segment(0x6000_0000)
+    b.add(Ins("last", f32(9, 9, 9), None, n + 1))
+    b.write(wal_dir)
+    return wal_dir
+
+
+@pytest.fixture(scope="module")
+def wal_dir(tmp_path_factory) -> Path:
+    return write_wal(tmp_path_factory.mktemp("progress") / "wal")
+
+
+@pytest.fixture(scope="module")
+def n_ids(wal_dir: Path) -> int:
+    return len(gpu_pitr.restore(wal_dir, backend="cpu"))
+
+
+def wal_bytes(wal_dir: Path) -> int:
+    return sum(p.stat().st_size for p in wal_dir.iterdir())
+
+
+def run_on_pty(*args: object) -> tuple[int, str, str]:
+    """Run ``python -m gpu_pitr ARGS`` with stderr on a pseudo-terminal; return the exit
+    status, stdout and what reached the terminal.
+    """
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "gpu_pitr", *map(str, args)],
+                                stdout=subprocess.PIPE, stderr=slave, text=True)
+    finally:
+        os.close(slave)  # the child holds its own copy: EOF (EIO) once it exits
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError as err:
+                if err.errno != errno.EIO:
+                    raise
+                break
+            if not data:
+                break
+            chunks.append(data)
+        stdout = proc.stdout.read()
+        rc = proc.wait(timeout=600)
+    finally:
+        os.close(master)
+        proc.stdout.close()
+    return rc, stdout, b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def test_bar_on_a_terminal(wal_dir: Path, tmp_path: Path, n_ids: int) -> None:
+    before = dir_state(wal_dir)
+    rc, stdout, tty = run_on_pty("restore", wal_dir, "--out", tmp_path / "o.npz",
+                                 "--backend", "cpu", "--chunk-size", "1K")
+    assert rc == 0, tty
+    assert dir_state(wal_dir) == before
+    total = wal_bytes(wal_dir)
+    # Each phase is drawn at least once (a new phase always redraws)...
+    for phase in ("read ", "finish", "write"):
+        assert phase in tty
+    # ... and the last counts, all bytes read, are shown with the total.
+    assert f"{human_bytes(total)}/{human_bytes(total)}" in tty
+    assert "records" in tty and "\r" in tty and "\n" not in tty.replace("\r\n", "")
+    # Cleared at the end: the last thing written is a carriage return.
+    assert tty.endswith("\r")
+    assert f"restored {n_ids} ids" in stdout
+
+
+def test_quiet_on_a_terminal_writes_nothing(wal_dir: Path, tmp_path: Path, n_ids: int) -> None:
+    rc, stdout, tty = run_on_pty("restore", wal_dir, "--out", tmp_path / "o.npz",
+                                 "--backend", "cpu", "-q")
+    assert rc == 0
+    assert (stdout, tty) == ("", "")
+    assert np.load(tmp_path / "o.npz")["ids"].shape == (n_ids,)
+
+
+def test_errors_still_print_with_quiet(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "restore", tmp_path / "nope",
+                           "--out", tmp_path / "o.npz", "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and proc.stderr.startswith("gpu-pitr: error: ")
+
+
+def cli(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpu_pitr", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_no_terminal_no_bar_and_report_json(wal_dir: Path, tmp_path: Path, n_ids: int) -> None:
+    out, report = tmp_path / "o.npz", tmp_path / "report.json"
+    proc = cli("restore", wal_dir, "--out", out, "--backend", "cpu", "--report-json", report,
+               "--memory-budget", "64M")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert f"restored {n_ids} ids" in proc.stdout
+    with np.load(out, allow_pickle=False) as npz:
+        assert json.loads(report.read_text()) == json.loads(str(npz["report"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz", "report.json"]
+
+
+def test_report_json_is_not_written_on_failure(tmp_path: Path) -> None:
+    wal = tmp_path / "wal"
+    b = LogBuilder()
+    b.add(Ins("a", f32(1, 2), None, 1))
+    b.add(Ins("b", f32(1, 2, 3), None, 2))  # another dimension: a data error
+    b.write(wal)
+    report = tmp_path / "report.json"
+    report.write_text("old")
+    proc = cli("restore", wal, "--out", tmp_path / "o.npz", "--report-json", report)
+    assert proc.returncode == 1
+    assert report.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "wal"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--report-json", "{wal}/r.json"], "inside WAL_DIR"),
+        (["--chunk-size", "12Q"], "not a size"),
+        (["--chunk-size", "0"], "not a positive size"),
+        (["--memory-budget", "8M"], "too small"),
+        (["--memory-budget", "64M", "--chunk-size", "1M"], "not allowed with"),
+    ],
+)
+def test_flag_usage_errors(wal_dir: Path, tmp_path: Path, args: list, message: str) -> None:
+    before = dir_state(wal_dir)
+    proc = cli("restore", wal_dir, "--out", tmp_path / "o.npz",
+               *[a.format(wal=wal_dir) for a in args])
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert dir_state(wal_dir) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_json_missing_directory_fails_before_the_restore(wal_dir: Path,
+                                                                tmp_path: Path) -> None:
+    proc = cli("restore", wal_dir, "--out", tmp_path / "o.npz",
+               "--report-json", tmp_path / "missing" / "r.json")
+    assert proc.returncode == 1 and "missing" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_chunk_size_changes_nothing_but_the_chunks(wal_dir: Path) -> None:
+    small = gpu_pitr.restore(wal_dir, backend="cpu", chunk_bytes=parse_size("1K"))
+    large = gpu_pitr.restore(wal_dir, backend="cpu")
+    assert small.id_list() == large.id_list()
+    assert small.vectors.tobytes() == large.vectors.tobytes()
+    assert small.metadata == large.metadata
+
+
+def test_restore_calls_progress_per_chunk(wal_dir: Path) -> None:
+    calls = []
+    gpu_pitr.restore(wal_dir, backend="cpu", chunk_bytes=1024,
+                     progress=lambda *a: calls.append(a))
+    total = wal_bytes(wal_dir)
+    phases = [c[0] for c in calls]
+    assert phases[-1] == "finish" and set(phases[:-1]) == {"read"}
+    assert len(calls) > 5  # one per 1 KiB chunk at least
+    done = [c[1] for c in calls]
+    assert done == sorted(done) and done[-1] == total
+    assert all(c[2] == total for c in calls)
+    assert calls[-1][3] == 300 + 6 + 1  # every record
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_bar_redraws_at_most_ten_times_a_second() -> None:
+    stream, clock = io.StringIO(), Clock()
+    bar = ProgressBar(stream, clock=clock)
+    bar("read", 0, 10_000_000, 0)
+    for i in range(1, 50):
+        clock.now += 0.01  # 100 calls a second
+        bar("read", i * 100_000, 10_000_000, i * 10)
+    draws = stream.getvalue().count("\r")
+    assert 5 <= draws <= 6  # 0.49 s: the first draw and one per 0.1 s
+    bar("finish", 10_000_000, 10_000_000, 999)  # a new phase draws at once
+    assert stream.getvalue().count("\r") == draws + 1
+
+
+def test_bar_text() -> None:
+    stream, clock = io.StringIO(), Clock()
+    bar = ProgressBar(stream, clock=clock)
+    bar("read", 0, 400_000_000, 0)
+    clock.now += 2.0
+    bar("read", 100_000_000, 400_000_000, 12345)
+    line = stream.getvalue().rsplit("\r", 1)[1]
+    assert line.startswith("read    25% [###.........]")
+    assert "100 MB/400 MB" in line and "12,345 records" in line
+    assert "50.0 MB/s" in line and "ETA 0:06" in line
+    bar.phase("write")
+    line = stream.getvalue().rsplit("\r", 1)[1]
+    assert line.startswith("write ") and "ETA" not in line
+    # Shorter than the line before: padded with spaces over the rest of it.
+    width = len(line.rstrip())
+    assert width < len(line) < 80
+    bar.close()
+    assert stream.getvalue().endswith("\r" + " " * width + "\r")
+
+
+def test_bar_only_on_a_terminal() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert progress_bar(stream=io.StringIO()) is None
+    assert progress_bar(quiet=True, stream=Tty()) is None
+    assert isinstance(progress_bar(stream=Tty()), ProgressBar)
+    bar = ProgressBar(Tty())
+    bar.close()  # never drew: writes nothing
+    assert bar.stream.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("4096", 4096), ("1K", 1024), ("64m", 64 << 20), ("1.5G", 3 << 29), ("2GiB", 2 << 30),
+     ("16MB", 16 << 20)],
+)
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "M", "1X", "-1M", "0", "1 M B"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_budget_to_chunk_size() -> None:
+    for budget in (min_budget(), 48 << 20, 256 << 20, 1 << 30, 64 << 30):
+        chunk = chunk_bytes_for_budget(budget)
+        assert chunk % (1 << 20) == 0 and chunk >= 1 << 20
+        assert working_bytes(chunk) <= budget
+    assert chunk_bytes_for_budget(256 << 20) > chunk_bytes_for_budget(48 << 20)
+    with pytest.raises(ValueError, match="too small"):
+        chunk_bytes_for_budget(min_budget() - 1)
