@@ -198,6 +198,35 @@ def _apply(
 
 
 @njit(cache=True, nogil=True)
+def _compact_arena(arena, offs, lens, live, n_rows):
+    """Move the spans of live rows to the front of ``arena``, in place; returns the
+    bytes used. A span is only ever moved down, in order of its offset."""
+    m = 0
+    for r in range(n_rows):
+        if live[r] >= 0 and offs[r] >= 0:
+            m += 1
+    rows = np.empty(m, np.int64)
+    starts = np.empty(m, np.int64)
+    m = 0
+    for r in range(n_rows):
+        if live[r] >= 0 and offs[r] >= 0:
+            rows[m] = r
+            starts[m] = offs[r]
+            m += 1
+    w = 0
+    for j in np.argsort(starts):
+        r = rows[j]
+        o = offs[r]
+        n = lens[r]
+        if o != w:
+            for k in range(n):
+                arena[w + k] = arena[o + k]
+            offs[r] = w
+        w += n
+    return w
+
+
+@njit(cache=True, nogil=True)
 def _rehash(cap, n_rows, row_id_len, row_key):
     h = np.zeros((cap, SLOT), np.int64)
     mask = cap - 1
@@ -252,6 +281,10 @@ def _reserve(shape, dtype, limit: int) -> np.ndarray:
         return np.empty((1 << 16,) + tuple(shape[1:]), dtype)
 
 
+# Arenas are compacted past this many bytes, then past twice what stays live.
+COMPACT_SLACK = 32 << 20
+
+
 class _Shard:
     """What one shard of the map owns: its probe table, free rows, arenas, counters."""
 
@@ -266,9 +299,28 @@ class _Shard:
         self.meta = np.empty(1 << 16, np.uint8)
         self.meta_used = 0
         self.counters = np.zeros(N_COUNTERS, np.int64)
+        # Arena bytes above which garbage (overwritten metadata, deleted ids) is
+        # squeezed out: at most twice the live bytes, plus COMPACT_SLACK.
+        self.ids_limit = self.meta_limit = COMPACT_SLACK
         empty = np.empty(0, np.int64)
         self.row_id_off = self.row_id_len = self.row_meta_off = empty
         self.row_meta_len = self.row_key = empty
+
+    def compact(self) -> None:
+        """Squeeze garbage out of the arenas once it may outweigh what is live.
+
+        Append-only arenas would grow with the log, not the index (every
+        metadata applied, every id re-created); this keeps them O(live bytes)
+        at an amortised cost of one move per byte appended.
+        """
+        if self.meta_used > self.meta_limit:
+            self.meta_used = _compact_arena(self.meta, self.row_meta_off, self.row_meta_len,
+                                            self.row_id_len, self.n_rows)
+            self.meta_limit = max(COMPACT_SLACK, 2 * self.meta_used)
+        if self.ids_used > self.ids_limit:
+            self.ids_used = _compact_arena(self.ids, self.row_id_off, self.row_id_len,
+                                           self.row_id_len, self.n_rows)
+            self.ids_limit = max(COMPACT_SLACK, 2 * self.ids_used)
 
     def grow(self, cap: int) -> None:
         """Room for ``cap`` local rows (pages are touched only as rows are used)."""
@@ -391,6 +443,8 @@ class HostMap:
             if need_dim is not None:
                 # The first vector applied, in apply order, fixes the dimension.
                 self.set_dim(int(ent.e_dim[need_dim[1]]))
+        for sh in self.shards:
+            sh.compact()
         if mismatch is not None:
             on_dim_mismatch(int(order[mismatch[0]]), int(mismatch[1]), self.dim)
 
