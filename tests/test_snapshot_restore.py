@@ -332,3 +332,51 @@ def test_dimension_of_an_emptied_base_still_holds(tmp_path):
         gpu_pitr.restore(d, backend="cpu")
     with pytest.raises(DimensionMismatchError):
         gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
+
+
+def _demo_wal(d: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "demo", Path(__file__).resolve().parents[1] / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    demo.write_demo_wal(d)
+
+
+CORPORA = {
+    "synthetic": lambda d: write_synthetic_wal(d, total_bytes=192 << 10, dim=8, segments=3,
+                                               seed=3),
+    "demo": _demo_wal,
+    "transactions": _txn_log,
+}
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+@pytest.mark.parametrize("corpus", sorted(CORPORA))
+def test_every_corpus_from_snapshots(corpus, backend, tmp_path):
+    """Snapshots at a quarter, half and three quarters of each corpus's records, by
+    time and by sequence number; restores to the same points and to latest."""
+    d = tmp_path / "wal"
+    CORPORA[corpus](d)
+    full = gpu_pitr.restore(d, backend="cpu")
+    n = full.report.records_read
+    from gpu_pitr.format.reader import iter_segment
+
+    stamps = sorted({getattr(r, "timestamp", None) for r in []} - {None})
+    seqs = [r.seq for seg in sorted(d.glob("wal-*.log")) for r in iter_segment(seg)]
+    assert len(seqs) == n and n > 8
+    points = [seqs[n // 4], seqs[n // 2], seqs[3 * n // 4]]
+    times = [full.report.stop.get("timestamp")] + stamps  # latest has none: placeholder
+    del times
+    outcomes = []
+    for seq in points:
+        for kw_b in ({}, {"to_seq": seq}, {"to_seq": seqs[min(n - 1, seqs.index(seq) + 2)]}):
+            outcomes.append(check_base_equals_full(d, tmp_path / "s", {"to_seq": seq}, kw_b,
+                                                   backend=backend))
+    mid = gpu_pitr.restore(d, backend="cpu", to_seq=points[1])
+    t = mid.position["max_timestamp"]
+    for kw_b in ({}, {"to_time": t}, {"to_time": t + 1}):
+        outcomes.append(check_base_equals_full(d, tmp_path / "s", {"to_time": t}, kw_b,
+                                               backend=backend))
+    assert set(outcomes) == {"equal"}, outcomes

@@ -1,0 +1,580 @@
+"""The snapshot directory (SPEC section 4): its writer, its manifest checks and its loader.
+
+A snapshot is a directory (byte by byte in docs/snapshot-format.md)::
+
+    manifest.json      JSON object: format, format_version, count, dim, position,
+                       created, report, checksum, files (size + CRC-32 per block)
+    manifest.json.crc  CRC-32 of manifest.json's bytes: 8 lowercase hex digits, "\\n"
+    vectors.f32        count x dim float32, little-endian, row-major, rows in id order
+    ids.arrow          Arrow IPC file, one column ``id: large_string`` (not null)
+    metadata.arrow     Arrow IPC file, one column ``metadata: map<string, string>``
+    pending.wal        the caller's ``pending`` blob, verbatim (may be empty)
+
+Every data file is checksummed in blocks of ``checksum.block_size`` bytes, so the
+loader reads and verifies blocks in parallel and names the first bad one.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import secrets
+import shutil
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from numba import njit, prange
+
+from gpu_pitr.errors import WalError
+from gpu_pitr.index import RestoredIndex
+from gpu_pitr.snapshot.arrow import (
+    arenas_from_arrow,
+    ids_array,
+    metadata_chunks,
+    require_pyarrow,
+)
+
+FORMAT_NAME = "gpu_pitr.snapshot"
+FORMAT_VERSION = 1
+
+MANIFEST = "manifest.json"
+MANIFEST_CRC = "manifest.json.crc"
+VECTORS = "vectors.f32"
+IDS = "ids.arrow"
+METADATA = "metadata.arrow"
+PENDING = "pending.wal"
+DATA_FILES = (VECTORS, IDS, METADATA, PENDING)
+SNAPSHOT_FILES = frozenset((MANIFEST, MANIFEST_CRC, *DATA_FILES))
+
+ID_COLUMN = "id"
+METADATA_COLUMN = "metadata"
+CHECKSUM = "crc32"
+# Blocks checksummed (and read) one per task: small enough to spread a file over
+# the cores, large enough that a task's overhead is noise.
+BLOCK_SIZE = 16 << 20
+_READERS = min(16, os.cpu_count() or 1)
+_HEX8 = re.compile(r"[0-9a-f]{8}")
+
+
+class SnapshotError(WalError):
+    """A snapshot that cannot be used: missing, damaged, of another version, or a
+    path that cannot be written. One line naming the file (and the byte offset of
+    the first bad block where known)."""
+
+
+@dataclass
+class Snapshot:
+    """A loaded snapshot: the state in RestoredIndex's form, and where in the log it stands.
+
+    ``vectors`` is float32 ``[count, dim]`` (``(0, 0)`` when ``dim`` is None); ids are
+    sorted by their UTF-8 bytes; ``meta_offs`` is -1 where a row has no metadata.
+    """
+
+    path: Path
+    manifest: dict
+    position: dict
+    dim: int | None
+    count: int
+    id_arena: np.ndarray
+    id_offs: np.ndarray
+    id_lens: np.ndarray
+    vectors: np.ndarray
+    meta_arena: np.ndarray
+    meta_offs: np.ndarray
+    meta_lens: np.ndarray
+    pending: bytes
+
+    def to_index(self, report) -> RestoredIndex:
+        """The snapshot's state as a RestoredIndex carrying ``report``."""
+        return RestoredIndex(self.id_arena, self.id_offs, self.id_lens, self.vectors,
+                             self.meta_arena, self.meta_offs, self.meta_lens, report)
+
+
+# ----------------------------------------------------------------------------- writing
+def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
+                   report: dict | None = None) -> Path:
+    """Write ``index`` as a snapshot directory at ``out_dir``, atomically.
+
+    Everything is written into a hidden sibling ``.<name>.tmp-<pid>-<hex>``, each file
+    and the directory fsynced, then renamed onto ``out_dir``. An existing empty
+    directory or snapshot there is replaced (an old snapshot is renamed aside first,
+    then removed); anything else there is refused before anything is written.
+
+    Args:
+        out_dir: the snapshot directory to create or replace.
+        index: a ``RestoredIndex`` (vectors may be on the device).
+        position: the log position the state stands at, stored verbatim (JSON).
+        pending: raw WAL records of the transactions open at ``position``.
+        report: the restore report as a dict (JSON), stored verbatim.
+
+    Returns:
+        The snapshot's path (absolute).
+
+    Raises:
+        SnapshotError: ``out_dir`` holds something that is not a snapshot.
+        ValueError, TypeError: an index, position or report that cannot be stored.
+        OSError: the filesystem failed; nothing is left behind but what was there.
+    """
+    pa = require_pyarrow()
+    out = Path(os.path.abspath(out_dir))
+    if not isinstance(position, dict):
+        raise TypeError(f"position must be a dict, not {type(position).__name__}")
+    if report is not None and not isinstance(report, dict):
+        raise TypeError(f"report must be a dict or None, not {type(report).__name__}")
+    _json(position)  # fail on what JSON cannot hold before writing anything
+    _json(report)
+    host = index.to_host() if hasattr(index, "to_host") else index
+    count = len(host._id_offs)
+    vectors = np.asarray(host.vectors)
+    dim = _index_dim(host, vectors, count)
+    _check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        files = {}
+        flat = np.ascontiguousarray(vectors[:count] if count else vectors[:0], dtype="<f4")
+        files[VECTORS] = _write_file(tmp / VECTORS, flat.reshape(-1).view(np.uint8))
+        id_field = pa.field(ID_COLUMN, pa.large_string(), nullable=False)
+        files[IDS] = _write_file(tmp / IDS, _ipc_file(pa, id_field, [ids_array(host)]))
+        meta_field = pa.field(METADATA_COLUMN, pa.map_(pa.string(), pa.string()))
+        files[METADATA] = _write_file(tmp / METADATA,
+                                      _ipc_file(pa, meta_field, metadata_chunks(host)))
+        files[PENDING] = _write_file(tmp / PENDING, bytes(pending))
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "count": count,
+            "dim": dim,
+            "position": position,
+            "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "report": report,
+            "checksum": {"algorithm": CHECKSUM, "block_size": BLOCK_SIZE},
+            "files": files,
+        }
+        text = (_json(manifest, indent=1) + "\n").encode("utf-8")
+        _write_file(tmp / MANIFEST, text)
+        _write_file(tmp / MANIFEST_CRC, f"{zlib.crc32(text):08x}\n".encode("ascii"))
+        _fsync_dir(tmp)
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _json(value, indent=None) -> str:
+    return json.dumps(value, indent=indent, sort_keys=True, ensure_ascii=False,
+                      allow_nan=False)
+
+
+def _index_dim(host, vectors: np.ndarray, count: int) -> int | None:
+    # The report knows a dimension fixed by vectors since deleted; an index without
+    # rows and without one has (0, 0) vectors.
+    dim = getattr(getattr(host, "report", None), "dim", None)
+    if vectors.dtype != np.float32 or vectors.ndim != 2:
+        raise ValueError(f"vectors must be float32 [n, dim], not {vectors.dtype} "
+                         f"{vectors.shape}")
+    if dim is None and (count or vectors.shape[1]):
+        dim = int(vectors.shape[1])
+    if count and vectors.shape != (count, dim):
+        raise ValueError(f"vectors have shape {vectors.shape}, expected ({count}, {dim})")
+    return None if dim is None else int(dim)
+
+
+def _ipc_file(pa, field, arrays):
+    sink = pa.BufferOutputStream()
+    schema = pa.schema([field])
+    with pa.ipc.new_file(sink, schema) as writer:
+        for arr in arrays:
+            writer.write_batch(pa.record_batch([arr], schema=schema))
+    return sink.getvalue()
+
+
+def _write_file(path: Path, data) -> dict:
+    """Write ``data`` (bytes-like), fsync it; return its manifest entry."""
+    view = memoryview(data).cast("B")
+    crcs = []
+    with open(path, "xb") as f:
+        for a in range(0, len(view), BLOCK_SIZE):
+            block = view[a:a + BLOCK_SIZE]
+            crcs.append(f"{zlib.crc32(block):08x}")
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"size": len(view), CHECKSUM: crcs}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_target(out: Path) -> None:
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise SnapshotError("exists and is a file or a symlink, not a directory: not replaced",
+                            file=str(out))
+    if any(out.iterdir()) and not is_snapshot(out):
+        raise SnapshotError("is a directory that is neither empty nor a snapshot: "
+                            "not replaced", file=str(out))
+
+
+def _install(tmp: Path, out: Path) -> None:
+    # rename() replaces a missing or empty directory in one step; a snapshot there
+    # goes aside first, so out_dir never holds a half-written snapshot.
+    try:
+        os.rename(tmp, out)
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        _check_target(out)
+        aside = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.rename(out, aside)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            os.rename(aside, out)
+            raise
+        _fsync_dir(out.parent)
+        shutil.rmtree(aside, ignore_errors=True)
+    _fsync_dir(out.parent)
+
+
+def _remove_stale(out: Path) -> None:
+    """Remove temp and aside directories of dead writers of ``out`` (same host).
+
+    A dead writer's aside directory is its old snapshot: put back if ``out`` is gone.
+    """
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)-[0-9a-f]+")
+    try:
+        entries = list(os.scandir(out.parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None or _alive(int(m.group(2))):
+            continue
+        path = Path(entry.path)
+        try:
+            if m.group(1) == "old" and not os.path.lexists(out) and is_snapshot(path):
+                os.rename(path, out)
+            else:
+                shutil.rmtree(path)
+        except OSError:
+            pass  # best effort: a later write tries again
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------- manifest
+def is_snapshot(path) -> bool:
+    """Whether ``path`` is a snapshot directory (intact or not).
+
+    True for a directory holding ``manifest.json`` and only snapshot file names,
+    whose manifest, when it parses, names this format. Damage is not checked:
+    ``read_manifest`` and ``load_snapshot`` do that.
+    """
+    p = Path(path)
+    try:
+        if p.is_symlink() or not p.is_dir():
+            return False
+        names = set(os.listdir(p))
+        if MANIFEST not in names or not names <= SNAPSHOT_FILES:
+            return False
+        raw = (p / MANIFEST).read_bytes()
+    except OSError:
+        return False
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return True  # torn: still ours by its file names
+    return not isinstance(doc, dict) or doc.get("format") == FORMAT_NAME
+
+
+def read_manifest(path) -> dict:
+    """The manifest of the snapshot at ``path``, its checksum and fields validated.
+
+    Reads only ``manifest.json`` and ``manifest.json.crc``.
+
+    Raises:
+        SnapshotError: missing or damaged manifest, another format version, or
+            fields that do not fit together.
+    """
+    root = Path(path)
+    mpath = root / MANIFEST
+    if not root.is_dir():
+        raise SnapshotError("not a snapshot directory", file=str(root))
+    raw = _read_small(mpath)
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    # A newer version may checksum differently: say which version it is first.
+    if isinstance(doc, dict) and doc.get("format") == FORMAT_NAME:
+        version = doc.get("format_version")
+        if version != FORMAT_VERSION:
+            raise SnapshotError(f"format version {version!r} is not supported (this reader "
+                                f"reads version {FORMAT_VERSION})", file=str(mpath))
+    crc_path = root / MANIFEST_CRC
+    text = _read_small(crc_path).decode("ascii", "replace")
+    expect = text[:8]
+    if not (_HEX8.fullmatch(expect) and text[8:] == "\n"):
+        raise SnapshotError("not a CRC-32 (8 lowercase hex digits and a newline)",
+                            file=str(crc_path))
+    got = zlib.crc32(raw)
+    if got != int(expect, 16):
+        raise SnapshotError(f"CRC-32 {got:08x} does not match {expect} in {MANIFEST_CRC}: "
+                            "torn or edited", file=str(mpath))
+    if not isinstance(doc, dict):
+        raise SnapshotError("not a JSON object", file=str(mpath))
+    _check_manifest(doc, str(mpath))
+    return doc
+
+
+def _read_small(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise SnapshotError("missing", file=str(path)) from None
+    except OSError as err:
+        raise SnapshotError(f"cannot be read: {err.strerror}", file=str(path)) from None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_manifest(doc: dict, where: str) -> None:
+    def bad(what: str):
+        raise SnapshotError(what, file=where)
+
+    if doc.get("format") != FORMAT_NAME:
+        bad(f"format {doc.get('format')!r} is not {FORMAT_NAME!r}")
+    count, dim = doc.get("count"), doc.get("dim")
+    if not _is_int(count):
+        bad(f"count {count!r} is not a non-negative integer")
+    if dim is not None and not _is_int(dim):
+        bad(f"dim {dim!r} is neither null nor a non-negative integer")
+    if dim is None and count:
+        bad(f"count {count} with dim null: rows need a dimension")
+    if not isinstance(doc.get("position"), dict):
+        bad("position is not an object")
+    if not isinstance(doc.get("created"), str):
+        bad("created is not a string")
+    if doc.get("report") is not None and not isinstance(doc["report"], dict):
+        bad("report is neither null nor an object")
+    checksum = doc.get("checksum")
+    if (not isinstance(checksum, dict) or checksum.get("algorithm") != CHECKSUM
+            or not _is_int(checksum.get("block_size")) or checksum["block_size"] == 0):
+        bad(f"checksum {checksum!r} is not {{'algorithm': 'crc32', 'block_size': n > 0}}")
+    block = checksum["block_size"]
+    files = doc.get("files")
+    if not isinstance(files, dict) or set(files) != set(DATA_FILES):
+        bad(f"files must list exactly {', '.join(DATA_FILES)}")
+    for name in DATA_FILES:
+        entry = files[name]
+        size = entry.get("size") if isinstance(entry, dict) else None
+        crcs = entry.get(CHECKSUM) if isinstance(entry, dict) else None
+        if not _is_int(size):
+            bad(f"files.{name}.size {size!r} is not a non-negative integer")
+        if (not isinstance(crcs, list) or len(crcs) != -(-size // block)
+                or not all(isinstance(c, str) and _HEX8.fullmatch(c) for c in crcs)):
+            bad(f"files.{name}.{CHECKSUM} is not one CRC-32 per {block}-byte block")
+    expected = count * (dim or 0) * 4
+    if files[VECTORS]["size"] != expected:
+        bad(f"count {count} x dim {dim} x 4 bytes = {expected}, but {VECTORS} is listed "
+            f"with {files[VECTORS]['size']} bytes")
+
+
+# ----------------------------------------------------------------------------- loading
+def load_snapshot(path, *, verify: bool = True, mmap: bool = False) -> Snapshot:
+    """Load the snapshot at ``path``.
+
+    Sizes are checked against the manifest before anything is allocated, and the
+    Arrow data is always validated (schema, row count, offsets, UTF-8). ``verify``
+    adds every block's CRC-32 (on a thread pool, as blocks are read) and the check
+    that the ids are strictly ascending by bytes.
+
+    Args:
+        path: the snapshot directory.
+        verify: check every file's checksums and the order of the ids.
+        mmap: map ``vectors.f32`` read-only instead of reading it into memory.
+
+    Raises:
+        SnapshotError: naming the file (and the byte offset of the first bad block).
+    """
+    pa = require_pyarrow()
+    root = Path(path)
+    manifest = read_manifest(root)
+    count, dim = manifest["count"], manifest["dim"]
+    block = manifest["checksum"]["block_size"]
+    files = manifest["files"]
+    fds: dict[str, int] = {}
+    pool = ThreadPoolExecutor(_READERS)
+    try:
+        for name in DATA_FILES:
+            fds[name] = _open_checked(root / name, files[name]["size"])
+        bufs, jobs = {}, {}
+        # The small files first: their rows are converted while the vectors arrive.
+        for name in (IDS, METADATA, PENDING, VECTORS):
+            size = files[name]["size"]
+            mapped = mmap and name == VECTORS
+            bufs[name] = _map(root / name, size) if mapped else np.empty(size, np.uint8)
+            jobs[name] = [] if mapped and not verify else [
+                (a, pool.submit(_block, fds[name], bufs[name], a, min(a + block, size),
+                                not mapped, verify))
+                for a in range(0, size, block)]
+        for name in (IDS, METADATA, PENDING):
+            _check_blocks(root / name, jobs[name], files[name], block, verify)
+        arenas = _rows(pa, root, bufs[IDS], bufs[METADATA], count, verify)
+        _check_blocks(root / VECTORS, jobs[VECTORS], files[VECTORS], block, verify)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for fd in fds.values():
+            os.close(fd)
+    if count:
+        vectors = bufs[VECTORS].view("<f4").reshape(count, dim or 0)
+    else:
+        vectors = np.zeros((0, dim or 0), np.float32)
+    id_arena, id_offs, id_lens, meta_arena, meta_offs, meta_lens = arenas
+    return Snapshot(
+        path=root, manifest=manifest, position=manifest["position"], dim=dim, count=count,
+        id_arena=id_arena, id_offs=id_offs, id_lens=id_lens, vectors=vectors,
+        meta_arena=meta_arena, meta_offs=meta_offs, meta_lens=meta_lens,
+        pending=bufs[PENDING].tobytes(),
+    )
+
+
+def _check_blocks(path: Path, jobs: list, entry: dict, block: int, verify: bool) -> None:
+    # In file order: the error names the first bad block.
+    for a, fut in jobs:
+        got = fut.result()
+        if isinstance(got, str):
+            raise SnapshotError(got, file=str(path), offset=a)
+        if verify and got != int(entry[CHECKSUM][a // block], 16):
+            end = min(a + block, entry["size"])
+            raise SnapshotError(f"CRC-32 mismatch in the block of bytes {a}..{end}",
+                                file=str(path), offset=a)
+
+
+def _rows(pa, root: Path, ids_buf: np.ndarray, meta_buf: np.ndarray, count: int,
+          verify: bool) -> tuple:
+    """RestoredIndex's id and metadata arenas from the two Arrow files, checked."""
+    ids = _column(pa, root / IDS, ids_buf, ID_COLUMN, pa.large_string(), count)
+    meta = _column(pa, root / METADATA, meta_buf, METADATA_COLUMN,
+                   pa.map_(pa.string(), pa.string()), count)
+    if ids.null_count:
+        raise SnapshotError("null ids", file=str(root / IDS))
+    try:
+        arenas = arenas_from_arrow(ids, meta)
+    except ValueError as err:
+        raise SnapshotError(str(err), file=str(root / METADATA)) from None
+    row = _first_unsorted(*arenas[:3]) if verify and count > 1 else -1
+    if row >= 0:
+        raise SnapshotError(f"ids are not strictly ascending at row {row}",
+                            file=str(root / IDS))
+    return (_writable(arenas[0], ids_buf), *arenas[1:])
+
+
+def _writable(view: np.ndarray, base: np.ndarray) -> np.ndarray:
+    # Arrow hands its buffers out read-only; the bytes are ``base``'s, which is not.
+    start = view.ctypes.data - base.ctypes.data
+    if view.flags.writeable or not len(view):
+        return view if len(view) else np.zeros(0, np.uint8)
+    if 0 <= start and start + len(view) <= len(base):
+        return base[start:start + len(view)]
+    return view.copy()
+
+
+def _open_checked(path: Path, size: int) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise SnapshotError("missing", file=str(path)) from None
+    except OSError as err:
+        raise SnapshotError(f"cannot be opened: {err.strerror}", file=str(path)) from None
+    actual = os.fstat(fd).st_size
+    if actual != size:
+        os.close(fd)
+        raise SnapshotError(f"{actual} bytes, the manifest says {size}", file=str(path),
+                            offset=min(actual, size))
+    return fd
+
+
+def _map(path: Path, size: int) -> np.ndarray:
+    if size == 0:
+        return np.zeros(0, np.uint8)
+    return np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
+
+
+def _block(fd: int, buf: np.ndarray, a: int, b: int, read: bool, verify: bool):
+    """Read ``buf[a:b]`` from ``fd`` (unless mapped) and return its CRC-32 (0 unless
+    ``verify``), or a message if the file ended early."""
+    view = memoryview(buf)[a:b]
+    if read:
+        got = 0
+        while got < b - a:
+            try:
+                n = os.preadv(fd, [view[got:]], a + got)
+            except OSError as err:
+                return f"cannot be read: {err.strerror}"
+            if n == 0:
+                return f"file ended at byte {a + got} while reading"
+            got += n
+    return zlib.crc32(view) if verify else 0
+
+
+def _column(pa, path: Path, buf: np.ndarray, name: str, typ, count: int):
+    try:
+        reader = pa.ipc.open_file(pa.py_buffer(buf))
+        schema = reader.schema
+        if len(schema) != 1 or schema[0].name != name or schema[0].type != typ:
+            raise SnapshotError(f"schema is {schema.to_string(show_schema_metadata=False)!r}"
+                                f", expected one column {name}: {typ}", file=str(path))
+        column = reader.read_all().column(0)
+        for chunk in column.chunks:
+            chunk.validate(full=True)
+    except (pa.ArrowException, ValueError, OSError) as err:
+        line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SnapshotError(f"not a valid Arrow IPC file: {line}", file=str(path)) from None
+    if len(column) != count:
+        raise SnapshotError(f"{len(column)} rows, the manifest count is {count}",
+                            file=str(path))
+    return column
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _first_unsorted(arena, offs, lens):
+    # The first row whose id is not greater than the one before it, or -1.
+    n = len(offs)
+    first = n
+    for i in prange(1, n):
+        a, la = offs[i - 1], lens[i - 1]
+        b, lb = offs[i], lens[i]
+        m = min(la, lb)
+        k = 0
+        while k < m and arena[a + k] == arena[b + k]:
+            k += 1
+        if (arena[a + k] >= arena[b + k]) if k < m else (la >= lb):
+            first = min(first, i)
+    return first if first < n else -1
