@@ -368,13 +368,16 @@ def test_every_corpus_from_snapshots(corpus, backend, tmp_path):
     assert len(seqs) == n and n > 8
     points = [seqs[n // 4], seqs[n // 2], seqs[3 * n // 4]]
     outcomes = []
-    for seq in points if backend == "cpu" else points[1:2]:
-        for kw_b in ({}, {"to_seq": seq}, {"to_seq": seqs[min(n - 1, seqs.index(seq) + 2)]}):
+    # The simulator runs a Python thread per CUDA thread: fewer cases there.
+    cpu = backend == "cpu"
+    for seq in points if cpu else points[1:2]:
+        later = {"to_seq": seqs[min(n - 1, seqs.index(seq) + 2)]}
+        for kw_b in ({}, {"to_seq": seq}, later) if cpu else ({},):
             outcomes.append(check_base_equals_full(d, tmp_path / "s", {"to_seq": seq}, kw_b,
                                                    backend=backend))
     mid = gpu_pitr.restore(d, backend="cpu", to_seq=points[1])
     t = mid.position["max_timestamp"]
-    for kw_b in ({}, {"to_time": t}, {"to_time": t + 1}):
+    for kw_b in ({}, {"to_time": t}, {"to_time": t + 1}) if cpu else ({"to_time": t + 1},):
         outcomes.append(check_base_equals_full(d, tmp_path / "s", {"to_time": t}, kw_b,
                                                backend=backend))
     assert set(outcomes) == {"equal"}, outcomes
