@@ -138,6 +138,7 @@ class _Restore:
         self.pending = b""
         self._resume_seq = None  # with a base: what the first record read must be
         self.lazy = None  # with a base on the cpu executor: its rows not moved in yet
+        self.base_owned = False  # the base was loaded for this restore alone
         self._seed_cols = ChunkColumns(1024)
         self.total_bytes = 0
         self.plan = PlanState(exclusive=exclusive, skip_corrupt=skip_corrupt, **target)
@@ -466,7 +467,7 @@ class _Restore:
         self.names.append(str(snap.path))
         self._base_name = len(self.names) - 1
         if self.ex.name == "cpu":
-            self.lazy = LazyBase(snap)
+            self.lazy = LazyBase(snap, in_place=self.base_owned)
         else:
             self._move_in(None)
         if stops_at_base(snap.position, self.target):
@@ -631,25 +632,40 @@ def _needs_host():
     return NeedsHostExecutor
 
 
-def _base_for(base, snapshots, target: dict, exclusive: bool):
-    """The snapshot a restore starts from (or None), and notes for the report."""
+def _base_for(base, snapshots, target: dict, exclusive: bool, wal_path: Path):
+    """The snapshot a restore starts from (or None), notes for the report, and
+    whether this restore loaded it (then its vectors may be reused in place)."""
     if base is not None and snapshots is not None:
         raise ValueError("give at most one of base and snapshots")
     if base is None and snapshots is None:
-        return None, []
+        return None, [], False
     from gpu_pitr import snapshot
+    from gpu_pitr.snapshot.format import read_manifest
+
+    def spare_rows(manifest: dict) -> int:
+        # Room for every vector the log after the snapshot could add.
+        dim, pos = manifest.get("dim"), manifest.get("position") or {}
+        if not dim:
+            return 0
+        after = sum(seg.size for seg in list_segments(wal_path)
+                    if pos.get("segment") is None or seg.name >= pos["segment"])
+        return after // (4 * dim + 17) + 16
 
     if snapshots is not None:
-        return snapshot.choose(snapshots, target, exclusive)
-    snap = base if hasattr(base, "position") else snapshot.load(base)
+        snap, notes = snapshot.choose(snapshots, target, exclusive, spare_rows)
+        return snap, notes, True
+    if hasattr(base, "position"):
+        snap, owned = base, False
+    else:
+        snap, owned = snapshot.load(base, spare_rows=spare_rows(read_manifest(base))), True
     problem = target_problem(snap.position, target, exclusive)
     if problem is not None:
         raise TargetBeforeBaseError(f"the target is earlier than the base snapshot: {problem}",
                                     file=str(snap.path))
-    return snap, []
+    return snap, [], owned
 
 
-def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None):
+def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, owned=False):
     report = RestoreReport(target=target_doc, backend=executor.name,
                            incomplete_history_allowed=bool(args[4]))
     if base is not None:
@@ -660,6 +676,7 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None):
                        "dim": base.dim}
     chunk_bytes = chunk_bytes or getattr(executor, "chunk_bytes", DEFAULT_CHUNK_BYTES)
     run = _Restore(*args, executor, chunk_bytes, report, progress, base)
+    run.base_owned = owned
     run.run()
     del run.buf, run.cols, run._piece, run._reader  # the read buffers go before the sort
     run._tell("finish")
@@ -734,7 +751,7 @@ def restore(
     wal_path = Path(wal_dir)
     if not wal_path.is_dir():
         raise WalError("WAL directory not found or not a directory", file=str(wal_path))
-    snap, notes = _base_for(base, snapshots, target, exclusive)
+    snap, notes, owned = _base_for(base, snapshots, target, exclusive, wal_path)
     total = sum(s.size for s in list_segments(wal_path))
     if snap is not None:
         # Room for the base's rows, which go through the executor like records.
@@ -743,12 +760,13 @@ def restore(
     executor = make_executor(backend, total)
     args = (wal_path, target, exclusive, skip_corrupt, allow_incomplete_history)
     try:
-        index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap)
+        index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap, owned)
     except _needs_host() as err:
         # Exactness over speed: the host executor handles every input exactly.
         from gpu_pitr.executors.cpu import CpuExecutor
 
-        index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc, progress, snap)
+        index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc, progress, snap,
+                          owned)
         notes.append(f"cuda executor: {err}; restored on the cpu executor instead")
     report = index.report
     report.message = "; ".join(notes)

@@ -516,7 +516,10 @@ def phase_snapshot(a: dict) -> dict:
     del full, full_host
     gc.collect()
     part = restore(a["dir"], to_seq=a["snapshot_seq"], **kwargs)
-    out["covered_bytes"] = part.report.bytes_read
+    pos = part.position
+    segs = _segment_paths(Path(a["dir"]))
+    out["covered_bytes"] = sum(p.stat().st_size for p in segs if p.name < pos["segment"]) \
+        + pos["offset"]
     shutil.rmtree(snap_dir, ignore_errors=True)
     t = time.perf_counter()
     snapshot.save(part, snap_dir)

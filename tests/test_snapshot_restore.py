@@ -381,3 +381,21 @@ def test_every_corpus_from_snapshots(corpus, backend, tmp_path):
         outcomes.append(check_base_equals_full(d, tmp_path / "s", {"to_time": t}, kw_b,
                                                backend=backend))
     assert set(outcomes) == {"equal"}, outcomes
+
+
+def test_a_loaded_snapshot_is_not_consumed(tmp_path):
+    """A Snapshot object passed as base is left as it was: two restores from it agree
+    (a restore that loads the snapshot itself builds its result in that buffer)."""
+    d = tmp_path / "wal"
+    write_synthetic_wal(d, total_bytes=1 << 20, segments=2, dim=4)
+    t0 = 1_700_000_000
+    snapshot.save(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 3), tmp_path / "snap")
+    snap = snapshot.load(tmp_path / "snap")
+    before = snap.vectors.tobytes()
+    first = _view(gpu_pitr.restore(d, backend="cpu", base=snap))
+    second = _view(gpu_pitr.restore(d, backend="cpu", base=snap))
+    assert first == second == _view(gpu_pitr.restore(d, backend="cpu"))
+    assert snap.vectors.tobytes() == before
+    owned = snapshot.load(tmp_path / "snap", spare_rows=10)
+    assert owned.vector_room.shape == (len(owned.vectors) + 10, 4)
+    assert np.shares_memory(owned.vector_room, owned.vectors)

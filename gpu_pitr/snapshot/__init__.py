@@ -23,11 +23,12 @@ def save(index, out_dir) -> Path:
                           pending=index.pending, report=index.report.to_dict())
 
 
-def load(path, *, verify: bool = True):
-    """The snapshot at ``path``, every file's checksum verified."""
+def load(path, *, verify: bool = True, spare_rows: int = 0):
+    """The snapshot at ``path``, every file's checksum verified (``spare_rows``: see
+    ``load_snapshot``)."""
     from gpu_pitr.snapshot.format import load_snapshot
 
-    return load_snapshot(path, verify=verify)
+    return load_snapshot(path, verify=verify, spare_rows=spare_rows)
 
 
 def _order(position: dict) -> tuple:
@@ -35,11 +36,12 @@ def _order(position: dict) -> tuple:
     return (segment is not None, (segment or "").encode(), int(position.get("offset") or 0))
 
 
-def choose(directory, target: dict, exclusive: bool = False):
+def choose(directory, target: dict, exclusive: bool = False, spare_rows=None):
     """The newest intact snapshot in ``directory`` that ``target`` can start from.
 
     Returns ``(snapshot or None, notes)``: notes say which snapshots were
     damaged and passed over, and when none serves (the whole log is read).
+    ``spare_rows(manifest)``, if given, sizes the room loaded beside the vectors.
     """
     from gpu_pitr.errors import WalError
     from gpu_pitr.snapshot.base import target_problem
@@ -50,12 +52,14 @@ def choose(directory, target: dict, exclusive: bool = False):
         raise WalError("snapshot directory not found or not a directory", file=str(directory))
     notes: list[str] = []
     usable = []
+    manifests = {}
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
         path = Path(entry.path)
         if entry.name.startswith(".") or not entry.is_dir() or not is_snapshot(path):
             continue
         try:
-            position = read_manifest(path)["position"]
+            manifests[str(path)] = read_manifest(path)
+            position = manifests[str(path)]["position"]
         except WalError as err:
             notes.append(f"snapshot {path} is damaged ({err}); passed over")
             continue
@@ -63,7 +67,8 @@ def choose(directory, target: dict, exclusive: bool = False):
             usable.append((_order(position), str(path)))
     for _, path in sorted(usable, reverse=True):
         try:
-            snap = load_snapshot(path)
+            spare = spare_rows(manifests[path]) if spare_rows is not None else 0
+            snap = load_snapshot(path, spare_rows=spare)
         except WalError as err:
             notes.append(f"snapshot {path} is damaged ({err}); trying an older one")
             continue

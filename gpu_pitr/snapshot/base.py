@@ -227,8 +227,11 @@ class LazyBase:
     (``merge``): they are already sorted, so they are merged, not sorted again.
     """
 
-    def __init__(self, snap) -> None:
+    def __init__(self, snap, in_place: bool = False) -> None:
         self.snap = snap
+        # Build the result in the snapshot's own vector buffer (its pages are
+        # already in memory) when it has room and is this restore's alone.
+        self.in_place = in_place and getattr(snap, "vector_room", None) is not None
         keys = np.empty(len(snap.id_offs), np.uint64)
         _id_keys(snap.id_arena, snap.id_offs, snap.id_lens, keys)
         self.order = np.argsort(keys, kind="stable")
@@ -284,9 +287,15 @@ class LazyBase:
         vectors = index.vectors
         dim = snap.vectors.shape[1] if len(index) == 0 else vectors.shape[1]
         if isinstance(vectors, np.ndarray):
-            out = np.empty((n, dim), np.float32)
-            if n and dim:
-                _gather_rows(src, pos, rest, vectors.reshape(-1, dim), snap.vectors, out)
+            room = snap.vector_room if self.in_place else None
+            if room is not None and room.shape[0] >= n and room.shape[1] == dim:
+                out = room[:n]
+                _merge_in_place(src, pos, rest, vectors.reshape(-1, dim), room)
+                self.snap = None  # its vectors are the result's now
+            else:
+                out = np.empty((n, dim), np.float32)
+                if n and dim:
+                    _gather_rows(src, pos, rest, vectors.reshape(-1, dim), snap.vectors, out)
         else:  # a device index: the base rows go up once, gathered on the device
             import cupy as xp
 
@@ -309,6 +318,28 @@ def _gather_rows(src, pos, rest, a_rows, b_rows, out):
             out[k, :] = a_rows[pos[k], :]
         else:
             out[k, :] = b_rows[rest[pos[k]], :]
+
+
+@njit(cache=True, nogil=True)
+def _merge_in_place(src, pos, rest, a_rows, room):
+    """``_gather_rows`` into ``room``, whose first rows are the base's own.
+
+    First the base rows kept move down over the ones moved out (row ``j`` from
+    ``rest[j] >= j``, front to back); then, back to front, each output row ``k``
+    takes a kept base row from ``pos[k] <= k`` or a row of ``a_rows``. Every source
+    is read before anything is written over it.
+    """
+    for j in range(len(rest)):
+        r = rest[j]
+        if r != j:
+            room[j, :] = room[r, :]
+    for k in range(len(src) - 1, -1, -1):
+        p = pos[k]
+        if src[k] == 1:
+            if p != k:
+                room[k, :] = room[p, :]
+        else:
+            room[k, :] = a_rows[p, :]
 
 
 @njit(cache=True, nogil=True)

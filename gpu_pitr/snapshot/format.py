@@ -89,6 +89,9 @@ class Snapshot:
     meta_offs: np.ndarray
     meta_lens: np.ndarray
     pending: bytes
+    # With ``load_snapshot(spare_rows=k)``: the float32 ``[count + k, dim]`` buffer
+    # whose first ``count`` rows are ``vectors``, room to grow the index in place.
+    vector_room: np.ndarray | None = None
 
     def to_index(self, report) -> RestoredIndex:
         """The snapshot's state as a RestoredIndex carrying ``report``."""
@@ -407,7 +410,8 @@ def _check_manifest(doc: dict, where: str) -> None:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_snapshot(path, *, verify: bool = True, mmap: bool = False) -> Snapshot:
+def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
+                  spare_rows: int = 0) -> Snapshot:
     """Load the snapshot at ``path``.
 
     Sizes are checked against the manifest before anything is allocated, and the
@@ -419,6 +423,8 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False) -> Snapshot:
         path: the snapshot directory.
         verify: check every file's checksums and the order of the ids.
         mmap: map ``vectors.f32`` read-only instead of reading it into memory.
+        spare_rows: read the vectors into a buffer with room for this many more
+            rows (``Snapshot.vector_room``; pages never written cost no memory).
 
     Raises:
         SnapshotError: naming the file (and the byte offset of the first bad block).
@@ -439,7 +445,9 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False) -> Snapshot:
         for name in (IDS, METADATA, PENDING, VECTORS):
             size = files[name]["size"]
             mapped = mmap and name == VECTORS
-            bufs[name] = _map(root / name, size) if mapped else np.empty(size, np.uint8)
+            room = 4 * (dim or 0) * max(0, int(spare_rows)) if name == VECTORS else 0
+            bufs[name] = (_map(root / name, size) if mapped
+                          else np.empty(size + room, np.uint8)[:size])
             jobs[name] = [] if mapped and not verify else [
                 (a, pool.submit(_block, fds[name], bufs[name], a, min(a + block, size),
                                 not mapped, verify))
@@ -456,12 +464,16 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False) -> Snapshot:
         vectors = bufs[VECTORS].view("<f4").reshape(count, dim or 0)
     else:
         vectors = np.zeros((0, dim or 0), np.float32)
+    vector_room = None
+    if spare_rows > 0 and dim and not mmap:
+        full = bufs[VECTORS].base if bufs[VECTORS].base is not None else bufs[VECTORS]
+        vector_room = full.view("<f4").reshape(-1, dim)
     id_arena, id_offs, id_lens, meta_arena, meta_offs, meta_lens = arenas
     return Snapshot(
         path=root, manifest=manifest, position=manifest["position"], dim=dim, count=count,
         id_arena=id_arena, id_offs=id_offs, id_lens=id_lens, vectors=vectors,
         meta_arena=meta_arena, meta_offs=meta_offs, meta_lens=meta_lens,
-        pending=bufs[PENDING].tobytes(),
+        pending=bufs[PENDING].tobytes(), vector_room=vector_room,
     )
 
 
