@@ -245,9 +245,10 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         lines = restore_summary(report, out)
         if fmt == "snapshot" and index.position is not None:
             pos = index.position
+            open_txns = len(pos["pending"]["transactions"])
             lines.append(f"snapshot: {out} covers the log up to {pos['segment']} offset "
-                         f"{pos['offset']} ({len(pos['pending']['transactions'])} transactions "
-                         "open there, kept for their commit)")
+                         f"{pos['offset']} ({open_txns} open transaction(s) kept for "
+                         "their commit)")
         print("\n".join(lines))
     return 0
 
