@@ -73,6 +73,15 @@ def frame_records(buf, pos, end, r_off, r_len, r_seq, max_rows=None):
     return n, stop, headers
 
 
+def declared_size(buf, pos: int, end: int) -> int:
+    """Bytes (record header included) that the record starting at ``buf[pos]`` says it
+    takes; -1 while fewer than its 12 header bytes are in ``buf[pos:end]``, or when a
+    segment header starts there."""
+    if end - pos < RECORD_HEADER_SIZE or bytes(buf[pos:pos + 8]) == _HEADER_PREFIX.tobytes():
+        return -1
+    return RECORD_HEADER_SIZE + int.from_bytes(bytes(buf[pos + 8:pos + 12]), "little")
+
+
 def header_problem(head: bytes) -> str | None:
     """What is wrong with the first bytes of a segment file, or None.
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpu_pitr.format.frame import declared_size
+
 
 @dataclass
 class Piece:
@@ -228,21 +230,40 @@ class FrameAhead:
         self._put(None)
 
     def _segment(self, index: int, pieces, header_len: int, start_offset: int) -> bool:
-        carry = np.zeros(0, np.uint8)
+        carry = np.zeros(0, np.uint8)  # carry[:c]: the bytes not framed yet
+        c = 0
         carry_file = start_offset
+        file_size = self._segments[index].size
+        gathered = 0  # bytes read into carry by pieces that had no item of their own
         while True:
             piece = next(pieces)
             t = time.perf_counter()
-            c = len(carry)
+            read = piece.length + (header_len if piece.file_offset == self._header_size else 0)
+            need = declared_size(carry, 0, c)
+            if not piece.last and need > c + piece.length:
+                # A record that this piece does not complete either: its bytes go into
+                # one buffer of its declared size (within the file: checked when its
+                # header was framed), not into a carry framed and copied again at
+                # every piece, which is quadratic in the record.
+                if len(carry) < need:
+                    grown = np.empty(need, np.uint8)
+                    grown[:c] = carry[:c]
+                    carry = grown
+                carry[c:c + piece.length] = piece.buf[piece.data:piece.data + piece.length]
+                c += piece.length
+                gathered += read
+                self._reader.release(piece)
+                self.frame_seconds += time.perf_counter() - t
+                continue
             if c <= piece.data:
                 buf, ring, start = piece.buf, piece, piece.data - c
-                buf[start:piece.data] = carry
+                buf[start:piece.data] = carry[:c]
             else:
                 # A record longer than the headroom: a buffer of its own, with the
                 # same headroom in front for what the consumer carries.
                 buf = self._alloc(self._reader.headroom + c + piece.length)
                 start = self._reader.headroom
-                buf[start:start + c] = carry
+                buf[start:start + c] = carry[:c]
                 buf[start + c:start + c + piece.length] = piece.buf[
                     piece.data:piece.data + piece.length]
                 self._reader.release(piece)
@@ -251,12 +272,20 @@ class FrameAhead:
             n, off, length, seq, stop = self._frame_all(buf, start, end)
             item = Framed(index, buf=buf, ring=ring, start=start, end=end,
                           file_start=carry_file, n=n, off=off, length=length, seq=seq,
-                          bytes_read=piece.length + (header_len if piece.file_offset
-                                                     == self._header_size else 0))
-            carry = buf[stop:end].copy()
+                          bytes_read=read + gathered)
+            gathered = 0
             carry_file += stop - start
-            if piece.last and len(carry):
-                item.torn = (carry_file, len(carry))
+            if not piece.last and carry_file + declared_size(buf, stop, end) > file_size:
+                # The record's length runs past the end of its file: a torn tail now,
+                # not after reading the rest of the file towards it.
+                self._reader.skip(index)
+                item.torn = (carry_file, file_size - carry_file)
+                self.frame_seconds += time.perf_counter() - t
+                return self._put(item)
+            carry = buf[stop:end].copy()
+            c = len(carry)
+            if piece.last and c:
+                item.torn = (carry_file, c)
             self.frame_seconds += time.perf_counter() - t
             if not self._put(item):
                 return False
