@@ -1,0 +1,517 @@
+"""``gpu-pitr verify``: every problem of a WAL directory, found without restoring.
+
+The bytes go through the restore's own compiled passes (read-ahead, framing on a
+thread, the cpu executor's decode), so verify sees exactly what a restore sees;
+one compiled walk over the record columns then adds what a restore does not
+judge: sequence numbers, transaction markers and vector lengths. Nothing is
+applied, no index is built, nothing is written.
+
+Severities (docs/damage.md has the table):
+
+* ``damage``: bytes the oxirs writer cannot have written, or records lost from
+  inside the log: a bad or mismatched segment header, a torn tail, an
+  undecodable payload, trailing bytes, a sequence-number gap or a jump back that
+  is not a writer reopen, a header swallowed by a torn record;
+* ``notice``: what a healthy writer and application leave behind, each with a
+  SPEC rule a restore follows: a sequence-number restart at a writer reopen,
+  history missing before the first record, transactions still open at the end,
+  transaction anomalies, vector lengths that change, a segment file shorter than
+  its header (a crash before the header reached the disk; no record lost).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit, types
+from numba.typed import Dict
+
+from gpu_pitr.executors.cpu import CpuExecutor
+from gpu_pitr.format.columns import ChunkColumns
+from gpu_pitr.format.frame import frame_records, header_problem
+from gpu_pitr.format.layout import (
+    ABORT_TRANSACTION,
+    BATCH,
+    BEGIN_TRANSACTION,
+    COMMIT_TRANSACTION,
+    DELETE,
+    HEADER_SIZE,
+    MAGIC,
+    N_VARIANTS,
+    RECORD_HEADER_SIZE,
+    VARIANT_NAMES,
+    VERSION,
+)
+from gpu_pitr.format.payload import OK, STATUS_TEXT
+from gpu_pitr.format.readahead import FrameAhead, Readahead
+from gpu_pitr.format.segments import list_segments
+from gpu_pitr.format.stats import utc_text
+
+DAMAGE = "damage"
+NOTICE = "notice"
+
+# Every kind of problem verify reports, with its severity.
+KINDS = {
+    "bad_header": DAMAGE,
+    "header_mismatch": DAMAGE,
+    "torn_tail": DAMAGE,
+    "undecodable": DAMAGE,
+    "trailing_bytes": DAMAGE,
+    "seq_gap": DAMAGE,
+    "seq_out_of_order": DAMAGE,
+    "swallowed_header": DAMAGE,
+    "torn_header": NOTICE,
+    "seq_restart": NOTICE,
+    "incomplete_history": NOTICE,
+    "txn_begin_open": NOTICE,
+    "txn_end_not_open": NOTICE,
+    "txn_open_at_end": NOTICE,
+    "dim_change": NOTICE,
+}
+
+DEFAULT_CHUNK_BYTES = 16 << 20
+_HEADROOM = 1 << 20
+_READ_THREADS = 2
+_BYTES_PER_ROW = 128
+_EVENTS = 4096  # rows of the walk's event buffer; the walk resumes when it fills
+_HEADER_ID = MAGIC + VERSION.to_bytes(4, "little")
+_HEADER_BLOCK = HEADER_SIZE << 16  # bytes of back-to-back headers read at once
+
+# Events of the walk: (code, record index, a, b).
+EV_HEADERS = 1  # segment headers skipped before the record; a = where they start
+EV_HISTORY = 2  # the log's first record is not seq 0
+EV_RESTART = 3  # seq 0 right after a header: a writer reopened without recovery
+EV_GAP = 4  # seq larger than the previous one + 1
+EV_BACK = 5  # seq smaller, and not a restart
+EV_BEGIN_OPEN = 6
+EV_END_NOT_OPEN = 7
+EV_DIM = 8  # a = the previous vector length, b = this one
+_EVENT_ROOM = 4  # events one record can emit at most
+
+_TXN_VALUE = types.Tuple((types.int64, types.int64, types.uint64))  # segment, offset, seq
+
+
+@njit(cache=True, nogil=True)
+def _walk(i, n, seg, foff, length, seq, status, kind, aux, nent, efirst, e_op, e_dim,
+          state, last_seq, open_txns, events):
+    """Walk records ``i..n-1`` in log order; returns ``(next record, events written)``.
+
+    ``state`` carries over between calls: [any record seen, its segment, where it
+    ended in the file, the last vector length (-1: none yet)], ``last_seq`` its
+    sequence number, ``open_txns`` the open transactions (id -> where they began).
+    Stops early when ``events`` has no room for one more record's events.
+    """
+    m = 0
+    while i < n and m + _EVENT_ROOM <= events.shape[0]:
+        s = seg[i]
+        off = foff[i]
+        new_segment = state[0] == 0 or state[1] != s
+        # Records are back to back: bytes before one were skipped as headers.
+        headers_at = HEADER_SIZE if new_segment else state[2]
+        if off > headers_at:
+            events[m, 0] = EV_HEADERS
+            events[m, 1] = i
+            events[m, 2] = headers_at
+            m += 1
+        q = seq[i]
+        if state[0] == 0:
+            if q != 0:
+                events[m, 0] = EV_HISTORY
+                events[m, 1] = i
+                m += 1
+        elif q != last_seq[0] + np.uint64(1):
+            events[m, 1] = i
+            # A reopened writer starts a segment or appends a header, then counts from 0.
+            if q == 0 and (new_segment or off > headers_at):
+                events[m, 0] = EV_RESTART
+            elif q > last_seq[0]:
+                events[m, 0] = EV_GAP
+            else:
+                events[m, 0] = EV_BACK
+            m += 1
+        state[0] = 1
+        state[1] = s
+        state[2] = off + RECORD_HEADER_SIZE + length[i]
+        last_seq[0] = q
+        if status[i] == OK:
+            k = kind[i]
+            if k == BEGIN_TRANSACTION:
+                if aux[i] in open_txns:
+                    events[m, 0] = EV_BEGIN_OPEN
+                    events[m, 1] = i
+                    m += 1
+                else:
+                    open_txns[aux[i]] = (s, off, q)
+            elif k == COMMIT_TRANSACTION or k == ABORT_TRANSACTION:
+                if aux[i] in open_txns:
+                    open_txns.pop(aux[i])
+                else:
+                    events[m, 0] = EV_END_NOT_OPEN
+                    events[m, 1] = i
+                    m += 1
+            elif k <= BATCH:
+                reported = False
+                for e in range(efirst[i], efirst[i] + nent[i]):
+                    if e_op[e] == DELETE:
+                        continue
+                    d = e_dim[e]
+                    if state[3] >= 0 and d != state[3] and not reported:
+                        events[m, 0] = EV_DIM
+                        events[m, 1] = i
+                        events[m, 2] = state[3]
+                        events[m, 3] = d
+                        m += 1
+                        reported = True
+                    state[3] = d
+        i += 1
+    return i, m
+
+
+def _host_buffer(nbytes: int) -> np.ndarray:
+    return np.empty(nbytes, np.uint8)
+
+
+@njit(cache=True, nogil=True)
+def _open_at_end(open_txns):
+    """The transactions still open, in begin order, as columns (id, segment, offset, seq)."""
+    n = len(open_txns)
+    txns = np.empty(n, np.uint64)
+    segs = np.empty(n, np.int64)
+    offs = np.empty(n, np.int64)
+    seqs = np.empty(n, np.uint64)
+    j = 0
+    for txn, where in open_txns.items():
+        txns[j] = txn
+        segs[j], offs[j], seqs[j] = where
+        j += 1
+    return txns, segs, offs, seqs
+
+
+@dataclass
+class Problem:
+    """One problem: where it is (file name, byte offset, seq if known) and what it is."""
+
+    kind: str
+    file: str
+    offset: int
+    seq: int | None
+    what: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def severity(self) -> str:
+        return KINDS[self.kind]
+
+    def to_dict(self) -> dict:
+        return {"severity": self.severity, "kind": self.kind, "file": self.file,
+                "offset": self.offset, "seq": self.seq, "what": self.what, **self.extra}
+
+    def line(self) -> str:
+        seq = "" if self.seq is None else f": seq {self.seq}"
+        return f"{self.file}: offset {self.offset}{seq}: {self.severity}: {self.kind}: {self.what}"
+
+
+@dataclass
+class Verification:
+    """What ``verify_wal`` found; ``clean`` when no problem is damage."""
+
+    wal_dir: str
+    segments: int = 0
+    bytes: int = 0
+    records: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def damage(self) -> int:
+        return sum(p.severity == DAMAGE for p in self.problems)
+
+    @property
+    def notices(self) -> int:
+        return len(self.problems) - self.damage
+
+    @property
+    def clean(self) -> bool:
+        return self.damage == 0
+
+    def summary(self) -> str:
+        verdict = "clean" if self.clean else "DAMAGED"
+        return (f"{self.wal_dir}: {verdict}: {self.damage} damage, {self.notices} notices; "
+                f"{self.segments} segments, {self.bytes} bytes, {self.records} records "
+                f"({self.seconds:.3f} s)")
+
+    def lines(self) -> list[str]:
+        """One line per problem, in log order, then the summary line."""
+        return [p.line() for p in self.problems] + [self.summary()]
+
+    def to_dict(self) -> dict:
+        return {"wal_dir": self.wal_dir, "clean": self.clean, "damage": self.damage,
+                "notices": self.notices, "segments": self.segments, "bytes": self.bytes,
+                "records": self.records, "seconds": round(self.seconds, 6),
+                "problems": [p.to_dict() for p in self.problems]}
+
+
+def verify_wal(wal_dir: str | os.PathLike, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+               ) -> Verification:
+    """Every problem of ``wal_dir`` (SPEC section 2 and beyond), in log order.
+
+    Reads every byte once and judges the whole log: verify has no target, so
+    nothing is "after the stop point". Raises only for a missing directory
+    (``WalError``) or a file that cannot be read (``OSError``).
+    """
+    started = time.perf_counter()
+    run = _Verify(wal_dir, max(64, int(chunk_bytes)))
+    run.run()
+    result = run.result
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+class _Verify:
+    """One verification in progress: the loop over framed pieces."""
+
+    def __init__(self, wal_dir, chunk_bytes: int) -> None:
+        self.segments = list_segments(wal_dir)
+        self.names = [seg.name for seg in self.segments]
+        self.result = Verification(str(wal_dir), segments=len(self.segments),
+                                   bytes=sum(seg.size for seg in self.segments))
+        # A piece never spans segments: a small log needs no full-size buffers.
+        self.chunk_bytes = max(64, min(chunk_bytes, max((s.size for s in self.segments),
+                                                        default=0)))
+        self.cols = ChunkColumns(self.chunk_bytes // _BYTES_PER_ROW + 64)
+        self.decoder = CpuExecutor(0)  # its decode only; nothing is applied
+        self.heads: list[bytes] = []
+        self.framed_end: dict[int, int] = {}  # segment -> where framing ended
+        self.record_end: dict[int, int] = {}  # segment -> end of its last record
+        self.swallowed: set[tuple[int, int]] = set()  # (segment, offset) reported
+        self.fds: dict[int, int] = {}  # segment -> a descriptor, to look at damaged bytes
+        self.state = np.array([0, -1, 0, -1], np.int64)
+        self.last_seq = np.zeros(1, np.uint64)
+        self.open_txns = Dict.empty(key_type=types.uint64, value_type=_TXN_VALUE)
+        self.events = np.zeros((_EVENTS, 4), np.int64)
+
+    def _header_problem(self, head: bytes) -> str | None:
+        self.heads.append(head)  # called once per segment, in log order
+        return header_problem(head)
+
+    def run(self) -> None:
+        ranges = [(i, seg.path, HEADER_SIZE, seg.size) for i, seg in enumerate(self.segments)
+                  if seg.size > HEADER_SIZE]
+        reader = Readahead(ranges, self.chunk_bytes, _HEADROOM, _host_buffer,
+                           threads=_READ_THREADS)
+        framer = FrameAhead(self.segments, reader, _host_buffer, frame_records,
+                            self._header_problem, HEADER_SIZE)
+        try:
+            try:
+                for item in framer:
+                    if item.problem is not None:
+                        self._bad_header(item)
+                        continue
+                    self._piece(item)
+                    if item.ring is not None:
+                        reader.release(item.ring)
+            finally:
+                framer.close()
+                reader.close()
+            self._segment_ends()
+        finally:
+            for fd in self.fds.values():
+                os.close(fd)
+        txns, segs, offs, seqs = _open_at_end(self.open_txns)
+        for txn, s, off, q in zip(txns.tolist(), segs.tolist(), offs.tolist(), seqs.tolist(),
+                                  strict=True):
+            self._add("txn_open_at_end", s, off, q,
+                      f"transaction {txn} begun here is still open at the end of the log "
+                      "(a restore discards it)", transaction_id=int(txn))
+        order = {name: i for i, name in enumerate(self.names)}
+        self.result.problems.sort(key=lambda p: (order[p.file], p.offset))
+
+    def _add(self, kind: str, segment: int, offset: int, seq: int | None, what: str,
+             **extra) -> None:
+        self.result.problems.append(
+            Problem(kind, self.names[segment], int(offset), seq, what, extra))
+
+    def _bad_header(self, item) -> None:
+        if item.problem == "torn":
+            self._add("torn_header", item.segment, 0, None,
+                      f"file of {item.header_len} bytes, shorter than its header "
+                      "(a crash before the header was written; no record lost)",
+                      bytes=item.header_len)
+        else:
+            self._add("bad_header", item.segment, 0, None,
+                      f"{item.problem}: none of its records can be read")
+
+    def _piece(self, item) -> None:
+        """Decode and judge the records framed in one piece."""
+        n, c = item.n, self.cols
+        c.ensure_records(n)
+        c.off[:n] = item.off[:n]
+        c.length[:n] = item.length[:n]
+        c.seq[:n] = item.seq[:n]
+        c.seg[:n] = item.segment
+        c.foff[:n] = c.off[:n] - item.start + item.file_start
+        if n:
+            self.decoder.decode(item.buf, c, 0, n)
+            self._undecodable(n)
+            self._trailing(n)
+            self._swallowed_by_records(n)
+            self._walk(item.buf, n)
+            self.result.records += n
+            if self.state[1] == item.segment:
+                self.record_end[item.segment] = int(self.state[2])
+        if item.torn is not None:
+            at, lost = item.torn
+            self.framed_end[item.segment] = at
+            self._add("torn_tail", item.segment, at, None,
+                      f"the file ends inside a record: {lost} bytes lost "
+                      "(a restore stops reading this file here)", bytes=lost)
+            self._swallowed_near(item.segment, at, at + lost)
+
+    def _undecodable(self, n: int) -> None:
+        c = self.cols
+        for i in np.flatnonzero(c.status[:n] != OK).tolist():
+            foff = int(c.foff[i])
+            end = foff + RECORD_HEADER_SIZE + int(c.length[i])
+            # The byte where decoding failed, kept inside the record, as a restore names it.
+            at = min(foff + int(c.stop[i] - c.off[i]), end - 1)
+            kind = int(c.kind[i])
+            variant = f"{VARIANT_NAMES[kind]} " if 0 <= kind < N_VARIANTS else ""
+            self._add("undecodable", int(c.seg[i]), foff, int(c.seq[i]),
+                      f"{STATUS_TEXT.get(int(c.status[i]), 'undecodable payload')} at offset "
+                      f"{at} of a {int(c.length[i])}-byte {variant}payload", at=at)
+
+    def _trailing(self, n: int) -> None:
+        c = self.cols
+        ends = c.off[:n] + RECORD_HEADER_SIZE + c.length[:n]
+        for i in np.flatnonzero((c.status[:n] == OK) & (c.stop[:n] < ends)).tolist():
+            count = int(ends[i] - c.stop[i])
+            self._add("trailing_bytes", int(c.seg[i]), int(c.foff[i]), int(c.seq[i]),
+                      f"{count} bytes left after the payload decodes "
+                      "(a restore accepts the entry)", bytes=count)
+
+    def _swallowed_by_records(self, n: int) -> None:
+        """Headers of this file inside the bytes of a record that does not decode cleanly.
+
+        A writer reopened within the same second appends a header right after the torn
+        bytes of its crash, where the torn record's length swallows it (SPEC §1 knows a
+        header only at a record boundary): a restore never reads what follows.
+        """
+        c = self.cols
+        size = RECORD_HEADER_SIZE + c.length[:n]
+        for i in np.flatnonzero((c.status[:n] != OK) | (c.stop[:n] < c.off[:n] + size)).tolist():
+            self._swallowed_near(int(c.seg[i]), int(c.foff[i]), int(c.foff[i] + size[i]))
+
+    def _swallowed_near(self, segment: int, start: int, end: int) -> None:
+        """Search file bytes ``[start, end)`` for swallowed headers, and any overlapping them."""
+        lo = max(HEADER_SIZE, start - HEADER_SIZE + 1)
+        hi = min(self.segments[segment].size, end + HEADER_SIZE - 1)
+        for pos in range(lo, hi, _HEADER_BLOCK):
+            data = os.pread(self._fd(segment), min(_HEADER_BLOCK + HEADER_SIZE - 1, hi - pos),
+                            pos)
+            self._swallowed(segment, pos, data)
+
+    def _fd(self, segment: int) -> int:
+        """A descriptor of the segment, for the few bytes looked at again (read-only)."""
+        if segment not in self.fds:
+            self.fds[segment] = os.open(self.segments[segment].path,
+                                        os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return self.fds[segment]
+
+    def _swallowed(self, segment: int, file_start: int, data: bytes) -> None:
+        created = self.segments[segment].created
+        pattern = _HEADER_ID + created.to_bytes(8, "little")
+        k = data.find(pattern)
+        while k >= 0:
+            at = file_start + k
+            if (segment, at) not in self.swallowed:
+                self.swallowed.add((segment, at))
+                self._add("swallowed_header", segment, at, None,
+                          "a header of this file inside a damaged record: a writer reopened "
+                          "within the same second after a torn write, and a restore does not "
+                          "read the records it wrote after this header")
+            k = data.find(pattern, k + 1)
+
+    def _walk(self, buf, n: int) -> None:
+        c = self.cols
+        i = 0
+        while i < n:
+            prev_seq = int(self.last_seq[0]) if self.state[0] else None
+            start = i
+            i, m = _walk(i, n, c.seg, c.foff, c.length, c.seq, c.status, c.kind, c.aux,
+                         c.nent, c.efirst, c.e_op, c.e_dim, self.state, self.last_seq,
+                         self.open_txns, self.events)
+            for code, r, a, b in self.events[:m].tolist():
+                before = prev_seq if r == start else int(c.seq[r - 1])
+                self._event(code, r, a, b, before)
+
+    def _event(self, code: int, i: int, a: int, b: int, prev_seq: int | None) -> None:
+        c = self.cols
+        s, off, q = int(c.seg[i]), int(c.foff[i]), int(c.seq[i])
+        if code == EV_HEADERS:
+            self._headers(s, a, off)
+        elif code == EV_HISTORY:
+            self._add("incomplete_history", s, off, q,
+                      f"the log starts at seq {q}, not 0: earlier history is missing (a "
+                      "restore needs --allow-incomplete-history)")
+        elif code == EV_RESTART:
+            self._add("seq_restart", s, off, q,
+                      f"seq restarts at 0 after {prev_seq}, after a segment header "
+                      "(a writer reopened without recovery)", previous=prev_seq)
+        elif code in (EV_GAP, EV_BACK):
+            if code == EV_GAP:
+                self._add("seq_gap", s, off, q, f"seq jumps from {prev_seq} to {q}: "
+                          f"{q - prev_seq - 1} records missing", previous=prev_seq)
+            else:
+                why = " without a segment header before it" if q == 0 else ""
+                self._add("seq_out_of_order", s, off, q,
+                          f"seq goes back from {prev_seq} to {q}{why} (not a writer reopen)",
+                          previous=prev_seq)
+            # A record framed out of a swallowed header's bytes has a seq out of line.
+            self._swallowed_near(s, off, off + RECORD_HEADER_SIZE + int(c.length[i]))
+        elif code in (EV_BEGIN_OPEN, EV_END_NOT_OPEN):
+            txn = int(c.aux[i])
+            if code == EV_BEGIN_OPEN:
+                kind, what = "txn_begin_open", "BeginTransaction for a transaction already open"
+            else:
+                kind = "txn_end_not_open"
+                what = f"{VARIANT_NAMES[int(c.kind[i])]} for a transaction not open"
+            self._add(kind, s, off, q, f"{what} (id {txn}; a restore ignores it)",
+                      transaction_id=txn)
+        elif code == EV_DIM:
+            self._add("dim_change", s, off, q,
+                      f"vector of length {b} after vectors of length {a} (fatal to a "
+                      "restore that applies both)", dim=b, previous_dim=a)
+
+    def _headers(self, segment: int, start: int, end: int) -> None:
+        """Check the segment headers at file bytes ``[start, end)`` (a reopen within
+        the same second appends one): each must carry the file name's second."""
+        for pos in range(start, end, _HEADER_BLOCK):
+            data = os.pread(self._fd(segment), min(_HEADER_BLOCK, end - pos), pos)
+            for k in range(0, len(data) - HEADER_SIZE + 1, HEADER_SIZE):
+                self._created(segment, pos + k, data[k:k + HEADER_SIZE])
+
+    def _created(self, segment: int, offset: int, head: bytes) -> None:
+        if head[:len(_HEADER_ID)] != _HEADER_ID:
+            return  # framing skips only headers; the file changed while it was read
+        created = int.from_bytes(head[8:16], "little")
+        named = self.segments[segment].created
+        if created != named:
+            self._add("header_mismatch", segment, offset, None,
+                      f"segment header says created {utc_text(created)} ({created}) but the "
+                      f"file name says {utc_text(named)} ({named}): renamed or spliced",
+                      created=created)
+
+    def _segment_ends(self) -> None:
+        """First headers, and headers after a segment's last record."""
+        for s, head in enumerate(self.heads):
+            if header_problem(head) is not None:
+                continue
+            self._created(s, 0, head)
+            end = self.framed_end.get(s, self.segments[s].size)
+            start = self.record_end.get(s, HEADER_SIZE)
+            if end > start:
+                self._headers(s, start, end)
+

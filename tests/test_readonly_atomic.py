@@ -1,0 +1,415 @@
+"""No command writes into the WAL directory, and outputs appear whole or not at all.
+
+* Every command (``restore`` to each output format there is, ``inspect``, ``verify``)
+  leaves the WAL tree as it was: names, sizes, mtimes (ns), modes and content hashes,
+  the directories included; also when the tree is read-only, and, in-process, with
+  every write-mode open or change under the tree made to fail.
+* A restore killed with SIGKILL at any moment leaves ``OUT.npz`` byte-identical to
+  before, or a complete new one (or, with no previous one, none); the next successful
+  restore removes the temp files killed writers left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import workloads as w
+from workloads import Batch, Begin, Commit, Del, Ins, LogBuilder, Upd
+
+from gpu_pitr import cli
+from gpu_pitr.synth import write_synthetic_wal
+from gpu_pitr.tempfiles import remove_stale_temps
+
+SEG2 = 0x6000000
+
+
+def tree_state(root: Path) -> dict:
+    """Every entry under ``root`` (itself included): kind, size, mtime in ns, mode, sha256."""
+    state = {}
+    for entry in [root, *sorted(root.rglob("*"))]:
+        st = entry.lstat()
+        digest = None
+        if stat.S_ISREG(st.st_mode):
+            digest = hashlib.sha256(entry.read_bytes()).hexdigest()
+        state[str(entry.relative_to(root))] = (
+            stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), digest)
+    return state
+
+
+def write_wal(wal_dir: Path) -> Path:
+    """Two segments with a writer reopen, a transaction, a batch, trailing bytes and a torn
+    tail (so verify finds damage), plus a file and a folder that are not segments."""
+    b = LogBuilder()
+    b.add(Ins("a", [1, 2], {"k": "v"}, 1))
+    b.add(Begin(1, 2))
+    b.add(Ins("b", [3, 4], None, 3))
+    b.add(Commit(1, 4))
+    b.reopen()
+    b.add(Batch([Upd("a", [5, 6], None, 5), Ins("c", [7, 8])], 5))
+    b.new_segment(SEG2)
+    b.add(Del("b", 6))
+    b.add(Ins("d", [7, 8], None, 7), trailing=b"\x00")
+    torn = b.add(Ins("e", [1, 1], None, 8))
+    b.truncate(torn.file, torn.end - 2)
+    b.put_file("notes.txt", b"not a segment")
+    b.write(wal_dir)
+    (wal_dir / "archive").mkdir()
+    (wal_dir / "archive" / w.segment_name(1)).write_bytes(w.encode_header(1))
+    return wal_dir
+
+
+def _subcommands() -> set[str]:
+    parser = cli._parser()
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(actions[0].choices)
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def commands() -> list[tuple[str, list[str], int]]:
+    """(name, arguments with WAL and OUT placeholders, expected exit status) of every
+    command there is."""
+    from gpu_pitr import outputs
+
+    cmds = [("restore_npz", ["restore", "WAL", "--out", "OUT/x.npz"], 0)]
+    outs = {"parquet": "OUT/x.parquet", "faiss": "OUT/x.faiss", "snapshot": "OUT/snap/"}
+    needs = {"parquet": "pyarrow", "faiss": "faiss", "snapshot": "pyarrow"}
+    for fmt, out in outs.items():
+        if fmt in getattr(outputs, "FORMATS", ()) and _importable(needs[fmt]):
+            cmds.append((f"restore_{fmt}", ["restore", "WAL", "--out", out], 0))
+    if "snapshot" in _subcommands():
+        # Without pyarrow it fails with a one-line error (exit 1): still read-only.
+        cmds.append(("snapshot", ["snapshot", "WAL", "--out", "OUT/snapdir"],
+                     0 if _importable("pyarrow") else 1))
+    cmds += [
+        ("inspect", ["inspect", "WAL"], 0),
+        ("inspect_json", ["inspect", "WAL", "--json"], 0),
+        ("verify", ["verify", "WAL"], 1),  # the torn tail and the trailing bytes
+        ("verify_json", ["verify", "WAL", "--json"], 1),
+    ]
+    assert {c[1][0] for c in cmds} == _subcommands(), "a new command: add it here"
+    return cmds
+
+
+COMMANDS = commands()
+
+
+def _args(template: list[str], wal: Path, out: Path) -> list[str]:
+    return [str(wal) if a == "WAL" else a.replace("OUT", str(out)) for a in template]
+
+
+@contextlib.contextmanager
+def read_only(root: Path):
+    """``root`` and everything under it read-only (dirs 0555, files 0444), then restored."""
+    modes = {p: stat.S_IMODE(p.lstat().st_mode) for p in [root, *root.rglob("*")]}
+    for p in sorted(modes, key=lambda p: len(p.parts), reverse=True):
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        yield
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
+
+
+@pytest.mark.parametrize("name, template, status", COMMANDS, ids=[c[0] for c in COMMANDS])
+def test_command_on_a_read_only_wal_dir_changes_nothing(tmp_path, name, template, status):
+    """As a subprocess on a read-only tree. Run as a normal user the modes stop any
+    write; root ignores them, so under root this proves only that nothing changed
+    (``test_command_opens_nothing_under_the_wal_dir_for_writing`` proves the rest)."""
+    wal = write_wal(tmp_path / "wal")
+    out = tmp_path / "out"
+    out.mkdir()
+    with read_only(wal):
+        before = tree_state(wal)
+        proc = subprocess.run([sys.executable, "-m", "gpu_pitr", *_args(template, wal, out)],
+                              capture_output=True, text=True, timeout=300)
+        after = tree_state(wal)
+    assert proc.returncode == status, proc.stderr
+    assert after == before
+    if name.startswith(("restore", "snapshot")) and status == 0:
+        assert os.listdir(out), "the command wrote its output"
+
+
+class _WriteGuard:
+    """Makes every write-mode open and every change of a path under ``root`` fail.
+
+    Patches ``open`` (``builtins``, ``io``), ``os.open`` and the ``os``/``shutil``
+    functions that create, rename, remove or change files; paths given relative to
+    a ``dir_fd`` and file descriptors are resolved through ``/proc/self/fd``.
+    """
+
+    _OPEN_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    _CHANGERS = ("rename", "replace", "remove", "unlink", "rmdir", "mkdir", "makedirs",
+                 "truncate", "chmod", "chown", "utime", "link", "symlink", "mkfifo",
+                 "mknod", "removedirs", "renames", "lchmod", "lchown", "setxattr",
+                 "removexattr")
+
+    def __init__(self, root: Path, monkeypatch) -> None:
+        self.root = os.path.realpath(root)
+        self.refused: list[str] = []
+        self.reads = 0
+        real_open, real_os_open = builtins.open, os.open
+
+        def guarded_open(file, mode="r", *args, **kwargs):
+            if self._under(file) and any(c in mode for c in "wax+"):
+                self._refuse(f"open({file!r}, {mode!r})")
+            elif self._under(file):
+                self.reads += 1
+            return real_open(file, mode, *args, **kwargs)
+
+        def guarded_os_open(path, flags, *args, dir_fd=None, **kwargs):
+            if self._under(path, dir_fd) and flags & self._OPEN_WRITE:
+                self._refuse(f"os.open({path!r}, {flags:#o})")
+            elif self._under(path, dir_fd):
+                self.reads += 1
+            return real_os_open(path, flags, *args, dir_fd=dir_fd, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", guarded_open)
+        monkeypatch.setattr(io, "open", guarded_open)
+        monkeypatch.setattr(os, "open", guarded_os_open)
+        for fn in self._CHANGERS:
+            if hasattr(os, fn):
+                monkeypatch.setattr(os, fn, self._changer(f"os.{fn}", getattr(os, fn)))
+        for fn in ("rmtree", "move", "copy", "copy2", "copyfile"):
+            monkeypatch.setattr(shutil, fn, self._changer(f"shutil.{fn}", getattr(shutil, fn)))
+
+    def _changer(self, name, real):
+        def guarded(*args, dir_fd=None, src_dir_fd=None, dst_dir_fd=None, **kwargs):
+            fds = [src_dir_fd, dst_dir_fd] if src_dir_fd or dst_dir_fd else [dir_fd, dir_fd]
+            targets = args[:2] if name.split(".")[1] in ("rename", "replace", "renames",
+                                                         "link", "move") else args[:1]
+            if name.startswith("shutil.copy"):
+                targets = args[1:2]
+            for path, fd in zip(targets, fds, strict=False):
+                if self._under(path, fd):
+                    self._refuse(f"{name}{args!r}")
+            extra = {k: v for k, v in (("dir_fd", dir_fd), ("src_dir_fd", src_dir_fd),
+                                        ("dst_dir_fd", dst_dir_fd)) if v is not None}
+            return real(*args, **extra, **kwargs)
+
+        return guarded
+
+    def _under(self, path, dir_fd=None) -> bool:
+        try:
+            if isinstance(path, int):
+                path = os.readlink(f"/proc/self/fd/{path}")
+            path = os.fsdecode(os.fspath(path))
+            if dir_fd is not None and not os.path.isabs(path):
+                path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
+        except (TypeError, OSError):
+            return False
+        real = os.path.realpath(path)
+        return real == self.root or real.startswith(self.root + os.sep)
+
+    def _refuse(self, what: str):
+        self.refused.append(what)
+        raise PermissionError(13, f"write under the WAL directory refused: {what}")
+
+
+@pytest.mark.parametrize("name, template, status", COMMANDS, ids=[c[0] for c in COMMANDS])
+def test_command_opens_nothing_under_the_wal_dir_for_writing(
+        tmp_path, monkeypatch, capsys, name, template, status):
+    """In-process, with every write-mode open (``open``, ``os.open``) and every create,
+    rename, remove or change (``os.*``, ``shutil.*``) of a path under WAL_DIR made to fail
+    and recorded. This is the proof that holds for root too, whom chmod does not stop."""
+    wal = write_wal(tmp_path / "wal")
+    out = tmp_path / "out"
+    out.mkdir()
+    before = tree_state(wal)
+    guard = _WriteGuard(wal, monkeypatch)
+    code = cli.main(_args(template, wal, out))
+    monkeypatch.undo()
+    assert guard.refused == []
+    assert guard.reads > 0, "the guard saw the command read the WAL"
+    assert code == status, capsys.readouterr().err
+    assert tree_state(wal) == before
+
+
+def test_the_write_guard_catches_writes(tmp_path, monkeypatch):
+    """The guard above is not vacuous: each way of writing under the tree is refused."""
+    wal = write_wal(tmp_path / "wal")
+    seg = next(wal.glob("wal-*.log"))
+    guard = _WriteGuard(wal, monkeypatch)
+    attempts = [
+        lambda: open(seg, "ab"),
+        lambda: seg.write_bytes(b""),
+        lambda: os.open(wal / "new", os.O_WRONLY | os.O_CREAT),
+        lambda: os.replace(seg, wal / "moved"),
+        lambda: os.unlink(seg),
+        lambda: (wal / "d").mkdir(),
+        lambda: shutil.rmtree(wal / "archive"),
+        lambda: os.truncate(seg, 0),
+    ]
+    for attempt in attempts:
+        with pytest.raises(PermissionError):
+            attempt()
+    monkeypatch.undo()
+    assert len(guard.refused) == len(attempts)
+    assert (wal / "archive").is_dir() and seg.stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- SIGKILL
+def _temps(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f".{out.name}.tmp-*"))
+
+
+def _fingerprint(path: Path) -> tuple:
+    """The arrays of a complete .npz (load fails on a partial one), as hashes."""
+    with np.load(path, allow_pickle=False) as z:
+        assert set(z.files) == {"ids", "vectors", "metadata", "report"}
+        return tuple(hashlib.sha256(np.ascontiguousarray(z[k]).tobytes()).hexdigest()
+                     for k in ("ids", "vectors", "metadata"))
+
+
+def _restore_cmd(wal: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "gpu_pitr", "restore", str(wal), "--out", str(out),
+            "--backend", "cpu"]
+
+
+def _kill_restore(wal: Path, out: Path, moment) -> str:
+    """Start a restore to ``out`` and SIGKILL it at ``moment``: seconds after the start,
+    or "writing" (as soon as its temp file holds some bytes). Returns what was seen."""
+    proc = subprocess.Popen(_restore_cmd(wal, out), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    seen = "killed"
+    try:
+        deadline = time.monotonic() + 120
+        start = time.monotonic()
+        while proc.poll() is None and time.monotonic() < deadline:
+            if moment == "writing":
+                mine = [t for t in _temps(out) if t.name.split("-")[1] == str(proc.pid)]
+                if any(_size(t) > 0 for t in mine):
+                    seen = "killed while writing its temp file"
+                    break
+            elif time.monotonic() - start >= moment:
+                break
+            time.sleep(0.001)
+        if proc.poll() is not None:
+            seen = "finished before the kill"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    return seen
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def big_wal(tmp_path_factory) -> tuple[Path, tuple]:
+    """A synthetic WAL that takes a few seconds to restore, and its restored arrays."""
+    root = tmp_path_factory.mktemp("big")
+    wal = root / "wal"
+    write_synthetic_wal(wal, total_bytes=120 << 20, dim=128, segments=3, seed=7)
+    ref = root / "ref.npz"
+    subprocess.run(_restore_cmd(wal, ref), check=True, capture_output=True, timeout=300)
+    return wal, _fingerprint(ref)
+
+
+def test_sigkill_leaves_the_old_output_or_a_complete_new_one(tmp_path, big_wal):
+    wal, complete = big_wal
+    out = tmp_path / "OUT.npz"
+    old = b"the previous output, which must survive whole"
+    out.write_bytes(old)
+    seen = set()
+    for moment in (0.3, 1.2, 2.5, "writing"):
+        seen.add(_kill_restore(wal, out, moment))
+        if out.read_bytes() != old:
+            assert _fingerprint(out) == complete, moment
+            out.write_bytes(old)
+    # The case a non-atomic writer fails: killed with part of the new file written.
+    assert "killed while writing its temp file" in seen
+    assert out.read_bytes() == old
+    assert _temps(out), "a killed writer leaves its temp file"
+    subprocess.run(_restore_cmd(wal, out), check=True, capture_output=True, timeout=300)
+    assert _fingerprint(out) == complete
+    assert _temps(out) == [], "the next successful run removes stale temp files"
+
+
+def test_sigkill_with_no_previous_output_leaves_none_or_a_complete_one(tmp_path, big_wal):
+    wal, complete = big_wal
+    out = tmp_path / "OUT.npz"
+    seen = set()
+    for moment in ("writing", 1.2):
+        seen.add(_kill_restore(wal, out, moment))
+        if out.exists():
+            assert _fingerprint(out) == complete, moment
+            out.unlink()
+    assert "killed while writing its temp file" in seen
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+
+
+# ----------------------------------------------------------------------------- stale temps
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_successful_restore_removes_only_stale_temp_files_of_its_output(tmp_path, capsys):
+    wal = write_wal(tmp_path / "wal")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    dead = _dead_pid()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stale = out_dir / f".x.npz.tmp-{dead}-0123abcd"
+        kept = [
+            out_dir / f".x.npz.tmp-{live.pid}-0123abcd",  # its writer still runs
+            out_dir / f".x.npz.tmp-{os.getpid()}-0123abcd",  # this process's own
+            out_dir / f".y.npz.tmp-{dead}-0123abcd",  # another output's
+            out_dir / f".x.npz.tmp-{dead}-0123abc",  # not a name atomic_files makes
+            out_dir / f"x.npz.tmp-{dead}-0123abcd",  # not hidden: not ours
+        ]
+        for path in [stale, *kept]:
+            path.write_bytes(b"partial")
+        stale_dir = out_dir / f".x.npz.tmp-{dead}-89abcdef"
+        stale_dir.mkdir()  # a directory is never removed here
+        # A failed restore (no such WAL) removes nothing.
+        assert cli.main(["restore", str(tmp_path / "missing"), "--out", str(out_dir / "x.npz")]
+                        ) == 1
+        assert stale.exists()
+        assert cli.main(["restore", str(wal), "--out", str(out_dir / "x.npz"), "-q"]) == 0
+        capsys.readouterr()
+        assert not stale.exists()
+        assert all(p.exists() for p in kept) and stale_dir.is_dir()
+        assert (out_dir / "x.npz").stat().st_size > 0
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_remove_stale_temps_returns_what_it_removed(tmp_path):
+    dest = tmp_path / "r.parquet"
+    dead = _dead_pid()
+    stale = [tmp_path / f".r.parquet.tmp-{dead}-{h}" for h in ("00000000", "deadbeef")]
+    for path in stale:
+        path.write_bytes(b"")
+    (tmp_path / f".r.parquet.tmp-{os.getpid()}-00000000").write_bytes(b"")
+    assert sorted(remove_stale_temps(dest)) == stale
+    assert remove_stale_temps(dest) == []
+    assert remove_stale_temps(tmp_path / "missing-dir" / "x") == []
