@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import register_jitable
 
 from gpu_pitr.format.layout import VARINT_MAX_SINGLE, VARINT_U16, VARINT_U32, VARINT_U64
 from gpu_pitr.format.payload import read_varint
@@ -34,6 +35,15 @@ def _gather(arena, offs, lens, starts, out):
         out[starts[i]:starts[i] + lens[i]] = arena[offs[i]:offs[i] + lens[i]]
 
 
+@register_jitable
+def _string_at(arena, p, end):
+    """The byte length of the String at ``p`` and where it ends; (-1, p) if it does not fit."""
+    n, q = read_varint(arena, p, end, VARINT_U64)
+    if q < 0 or n > np.uint64(end - q):
+        return np.int64(-1), p
+    return np.int64(n), q + np.int64(n)
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _map_sizes(arena, offs, lens, pairs, kbytes, vbytes):
     # Per row: pairs, key bytes and value bytes of its bincode map. Returns the
@@ -53,18 +63,16 @@ def _map_sizes(arena, offs, lens, pairs, kbytes, vbytes):
         vb = 0
         ok = True
         for _ in range(np.int64(count)):
-            n, p = read_varint(arena, p, end, VARINT_U64)
-            if p < 0 or n > np.uint64(end - p):
+            n, p = _string_at(arena, p, end)
+            if n < 0:
                 ok = False
                 break
-            kb += np.int64(n)
-            p += np.int64(n)
-            n, p = read_varint(arena, p, end, VARINT_U64)
-            if p < 0 or n > np.uint64(end - p):
+            kb += n
+            n, p = _string_at(arena, p, end)
+            if n < 0:
                 ok = False
                 break
-            vb += np.int64(n)
-            p += np.int64(n)
+            vb += n
         if not ok or p != end:
             bad = min(bad, i)
             continue

@@ -39,6 +39,7 @@ from gpu_pitr.snapshot.arrow import (
     metadata_chunks,
     require_pyarrow,
 )
+from gpu_pitr.tempfiles import pid_alive
 
 FORMAT_NAME = "gpu_pitr.snapshot"
 FORMAT_VERSION = 1
@@ -267,7 +268,7 @@ def _remove_stale(out: Path) -> None:
         return
     for entry in entries:
         m = pattern.fullmatch(entry.name)
-        if m is None or _alive(int(m.group(2))):
+        if m is None or pid_alive(int(m.group(2))):
             continue
         path = Path(entry.path)
         try:
@@ -277,16 +278,6 @@ def _remove_stale(out: Path) -> None:
                 shutil.rmtree(path)
         except OSError:
             pass  # best effort: a later write tries again
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 # ----------------------------------------------------------------------------- manifest
