@@ -399,3 +399,33 @@ def test_a_loaded_snapshot_is_not_consumed(tmp_path):
     owned = snapshot.load(tmp_path / "snap", spare_rows=10)
     assert owned.vector_room.shape == (len(owned.vectors) + 10, 4)
     assert np.shares_memory(owned.vector_room, owned.vectors)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_merge_in_place_equals_a_gather(data):
+    """The in-place merge moves blocks up and down inside the base's own buffer: it
+    must give exactly what a gather into a fresh array gives."""
+    from gpu_pitr.snapshot.base import _gather_rows, _merge_in_place
+
+    n_base = data.draw(st.integers(0, 40))
+    kept = sorted(data.draw(st.sets(st.integers(0, max(0, n_base - 1)), max_size=n_base)))
+    kept = [k for k in kept if k < n_base]
+    n_new = data.draw(st.integers(0, 30))
+    order = data.draw(st.permutations([1] * len(kept) + [0] * n_new))
+    src = np.array(order, np.int8)
+    pos = np.zeros(len(src), np.int64)
+    pos[src == 1] = np.arange(len(kept))
+    pos[src == 0] = np.arange(n_new)
+    rest = np.array(kept, np.int64)
+    dim = data.draw(st.sampled_from([1, 2, 3]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    base = rng.standard_normal((n_base, dim)).astype(np.float32)
+    new = rng.standard_normal((n_new, dim)).astype(np.float32)
+    want = np.empty((len(src), dim), np.float32)
+    _gather_rows(src, pos, rest, new, base, want)
+    room = np.empty((max(n_base, len(src)) + 1, dim), np.float32)
+    room[:n_base] = base
+    _merge_in_place(src, pos, rest, new, room,
+                    room.reshape(-1).view(np.uint64 if dim % 2 == 0 else np.uint32))
+    assert room[: len(src)].tobytes() == want.tobytes()

@@ -290,7 +290,8 @@ class LazyBase:
             room = snap.vector_room if self.in_place else None
             if room is not None and room.shape[0] >= n and room.shape[1] == dim:
                 out = room[:n]
-                _merge_in_place(src, pos, rest, vectors.reshape(-1, dim), room)
+                words = room.reshape(-1).view(np.uint64 if dim % 2 == 0 else np.uint32)
+                _merge_in_place(src, pos, rest, vectors.reshape(-1, dim), room, words)
                 self.snap = None  # its vectors are the result's now
             else:
                 out = np.empty((n, dim), np.float32)
@@ -321,25 +322,52 @@ def _gather_rows(src, pos, rest, a_rows, b_rows, out):
 
 
 @njit(cache=True, nogil=True)
-def _merge_in_place(src, pos, rest, a_rows, room):
+def _merge_in_place(src, pos, rest, a_rows, room, words):
     """``_gather_rows`` into ``room``, whose first rows are the base's own.
 
-    First the base rows kept move down over the ones moved out (row ``j`` from
-    ``rest[j] >= j``, front to back); then, back to front, each output row ``k``
-    takes a kept base row from ``pos[k] <= k`` or a row of ``a_rows``. Every source
-    is read before anything is written over it.
+    A kept base row ``rest[j]`` goes to output row ``k``; runs of rows that keep
+    their order and shift by the same amount move as one block. Blocks moving
+    down go first, front to back; blocks moving up then go back to front; the
+    executor's rows fill the remaining places last. Output rows and their sources
+    both ascend, so no block is written over before it has moved. ``words`` is
+    ``room`` as 8-byte (or, for an odd dimension, 4-byte) words: blocks move word by
+    word.
     """
-    for j in range(len(rest)):
-        r = rest[j]
-        if r != j:
-            room[j, :] = room[r, :]
-    for k in range(len(src) - 1, -1, -1):
-        p = pos[k]
-        if src[k] == 1:
-            if p != k:
-                room[k, :] = room[p, :]
-        else:
-            room[k, :] = a_rows[p, :]
+    width = room.shape[1] * 4 // words.itemsize
+    flat = words
+    n = len(src)
+    for direction in (-1, 1):
+        k = 0 if direction < 0 else n - 1
+        while 0 <= k < n:
+            if src[k] != 1:
+                k += 1 if direction < 0 else -1
+                continue
+            r = rest[pos[k]]
+            shift = k - r
+            # The block of output rows around k with the same shift.
+            lo = hi = k
+            if direction < 0:
+                while hi + 1 < n and src[hi + 1] == 1 and rest[pos[hi + 1]] == r + (hi + 1 - k):
+                    hi += 1
+                k_next = hi + 1
+            else:
+                while lo - 1 >= 0 and src[lo - 1] == 1 and rest[pos[lo - 1]] == r - (k - lo + 1):
+                    lo -= 1
+                k_next = lo - 1
+            if (shift < 0 and direction < 0) or (shift > 0 and direction > 0):
+                d0 = lo * width
+                s0 = (lo - shift) * width
+                m = (hi - lo + 1) * width
+                if shift < 0:
+                    for b in range(m):
+                        flat[d0 + b] = flat[s0 + b]
+                else:
+                    for b in range(m - 1, -1, -1):
+                        flat[d0 + b] = flat[s0 + b]
+            k = k_next
+    for k in range(n):
+        if src[k] == 0:
+            room[k, :] = a_rows[pos[k], :]
 
 
 @njit(cache=True, nogil=True)
