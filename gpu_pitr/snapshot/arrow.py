@@ -94,18 +94,19 @@ def _map_fill(arena, offs, map_offs, koffs, voffs, kdata, vdata):
         kp = koffs[map_offs[i]]
         vp = voffs[map_offs[i]]
         for j in range(map_offs[i], map_offs[i + 1]):
-            n, p = read_varint(arena, p, len(arena), VARINT_U64)
-            m = np.int64(n)
-            koffs[j] = kp
-            kdata[kp:kp + m] = arena[p:p + m]
-            kp += m
-            p += m
-            n, p = read_varint(arena, p, len(arena), VARINT_U64)
-            m = np.int64(n)
-            voffs[j] = vp
-            vdata[vp:vp + m] = arena[p:p + m]
-            vp += m
-            p += m
+            p, kp = _take_string(arena, p, koffs, j, kdata, kp)
+            p, vp = _take_string(arena, p, voffs, j, vdata, vp)
+
+
+@register_jitable
+def _take_string(arena, p, offs, j, data, dp):
+    """Copy the (already checked) String at ``p`` to ``data[dp:]``; ``offs[j] = dp``.
+    Returns where the String ends and where the next one goes in ``data``."""
+    n, p = read_varint(arena, p, len(arena), VARINT_U64)
+    m = np.int64(n)
+    offs[j] = dp
+    data[dp:dp + m] = arena[p:p + m]
+    return p + m, dp + m
 
 
 @njit(cache=True, inline="always")
