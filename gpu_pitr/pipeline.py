@@ -373,8 +373,10 @@ class _Restore:
             self.position = self._position(None, 0, None)
         else:
             last = len(self.segments) - 1
-            end = self.torn_at.get(last, self.segments[last].size)
-            self.position = self._position(last, max(end, HEADER_SIZE), None)
+            size = self.segments[last].size
+            end = self.torn_at.get(last, size)
+            # A file shorter than its header (torn at creation) is covered whole.
+            self.position = self._position(last, min(max(end, HEADER_SIZE), size), None)
         txns, counts = self.plan.open_slots()
         self._keep_pending(np.arange(self.n_carried), txns, counts)
 
@@ -411,7 +413,7 @@ class _Restore:
                     " this is not the log the snapshot was taken from", file=str(seg.path),
                     offset=seg.size)
             self._resume_seq = ("at", pos.get("seq"))
-            return segments[i:], {0: offset}
+            return segments[i:], {0: max(offset, HEADER_SIZE)}
         later = [seg for seg in segments if seg.name.encode() > name.encode()]
         if pos.get("at_segment_end") and pos.get("last_seq") is not None:
             # The writer numbers on across a rotation: the next file must go on.

@@ -429,3 +429,13 @@ def test_merge_in_place_equals_a_gather(data):
     _merge_in_place(src, pos, rest, new, room,
                     room.reshape(-1).view(np.uint64 if dim % 2 == 0 else np.uint32))
     assert room[: len(src)].tobytes() == want.tobytes()
+
+
+def test_snapshot_at_the_end_of_a_log_whose_last_file_is_a_torn_header(tmp_path):
+    wal = w.LogBuilder()
+    wal.add(w.Ins("a", [1.0], ts=1))
+    d = Path(wal.write(tmp_path / "wal"))
+    (d / w.segment_name(0x7000_0000)).write_bytes(b"WAL")  # torn at creation
+    snapshot.save(gpu_pitr.restore(d, backend="cpu"), tmp_path / "snap")
+    got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
+    assert got.id_list() == ["a"]
