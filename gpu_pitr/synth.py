@@ -37,6 +37,7 @@ from gpu_pitr.format.layout import (
     VERSION,
     segment_name,
 )
+from gpu_pitr.format.payload import varint_widths
 
 # The workload. Shares of data entries (top-level or inside a batch or transaction):
 OP_SHARES = (0.80, 0.15, 0.05)  # Insert, Update, Delete
@@ -282,27 +283,27 @@ class _Plan:
         if id_len.max() > VARINT_MAX_SINGLE:
             raise AssertionError("id lengths must stay one-byte varints")
         meta_len = np.array([len(b) for b in blocks], np.int64)
-        vec_len = _varint_width(np.array([dim]))[0] + 4 * dim
+        vec_len = varint_widths(np.array([dim]))[0] + 4 * dim
         e_ts = r_ts[e_rec]
         e_size = (
             2
             + id_len[e_id % len(ID_PREFIXES)]
             + np.where(e_op == DELETE, 0, vec_len + 1 + np.where(e_meta >= 0, meta_len[e_meta], 0))
-            + _varint_width(e_ts)
+            + varint_widths(e_ts)
         )
         cs = np.concatenate(([0], np.cumsum(e_size)))
         r_payload = np.where(
-            r_kind == _DATA, cs[r_e0 + r_nent] - cs[r_e0], 1 + _varint_width(r_arg)
+            r_kind == _DATA, cs[r_e0 + r_nent] - cs[r_e0], 1 + varint_widths(r_arg)
         )
         r_payload[is_batch] = (
-            1 + _varint_width(r_nent[is_batch]) + cs[r_e0 + r_nent][is_batch] - cs[r_e0][is_batch]
+            1 + varint_widths(r_nent[is_batch]) + cs[r_e0 + r_nent][is_batch] - cs[r_e0][is_batch]
         )
-        r_payload[is_batch | (r_kind >= CHECKPOINT)] += _varint_width(
+        r_payload[is_batch | (r_kind >= CHECKPOINT)] += varint_widths(
             r_ts[is_batch | (r_kind >= CHECKPOINT)]
         )
         e_off = cs[:-1] - cs[r_e0[e_rec]]
         batch_entry = is_batch[e_rec]
-        e_off[batch_entry] += 1 + _varint_width(r_nent[e_rec[batch_entry]])
+        e_off[batch_entry] += 1 + varint_widths(r_nent[e_rec[batch_entry]])
         r_size = RECORD_HEADER_SIZE + r_payload
 
         self.dim = dim
@@ -378,13 +379,6 @@ def _encode_map(pairs: list[tuple[str, str]]) -> bytes:
 def _varint_bytes(value: int) -> bytes:
     widths = _varint_rows(np.array([value], np.uint64))
     return bytes(widths[0][1][0])
-
-
-def _varint_width(values: np.ndarray) -> np.ndarray:
-    """Bytes of the minimal varint of each value."""
-    v = values.astype(np.uint64)
-    wide = np.where(v < 1 << 16, 3, np.where(v < 1 << 32, 5, 9))
-    return np.where(v <= VARINT_MAX_SINGLE, 1, wide)
 
 
 def _varint_rows(values: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -477,7 +471,7 @@ def _fill_segment(
     args = np.where(kind[framed] == BATCH, plan.r_nent[rel], plan.r_arg[rel])
     _put_varints(buf, p0 + 1, args)
     ts = plan.r_ts[rel]
-    _put_varints(buf, p0 + plan.r_payload[rel] - _varint_width(ts), ts)
+    _put_varints(buf, p0 + plan.r_payload[rel] - varint_widths(ts), ts)
 
     e0, e1 = int(plan.r_e0[r0]), int(plan.r_e0[r1 - 1] + plan.r_nent[r1 - 1])
     at = start[plan.e_rec[e0:e1] - r0] + RECORD_HEADER_SIZE + plan.e_off[e0:e1]
@@ -509,7 +503,7 @@ def _fill_segment(
     for b, block in enumerate(plan.blocks):
         _put_column(buf, meta_at[meta_idx == b], block)
     ts = plan.e_ts[e0:e1]
-    _put_varints(buf, at + plan.e_size[e0:e1] - _varint_width(ts), ts)
+    _put_varints(buf, at + plan.e_size[e0:e1] - varint_widths(ts), ts)
 
 
 def _expected_state(plan: _Plan) -> tuple[np.ndarray, np.ndarray, int]:

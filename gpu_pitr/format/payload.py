@@ -102,6 +102,34 @@ def read_varint(buf, pos, end, max_marker):
 
 
 @register_jitable
+def write_varint(out, p, v):
+    """Write ``v`` at ``out[p]`` in its minimal varint form (as the oxirs-vec
+    writer emits it); returns the position after it."""
+    if v <= VARINT_MAX_SINGLE:
+        out[p] = v
+        return p + 1
+    if v < 1 << 16:
+        out[p] = VARINT_U16
+        width = 2
+    elif v < 1 << 32:
+        out[p] = VARINT_U32
+        width = 4
+    else:
+        out[p] = VARINT_U64
+        width = 8
+    for k in range(width):
+        out[p + 1 + k] = (v >> (8 * k)) & 0xFF
+    return p + 1 + width
+
+
+def varint_widths(values: np.ndarray) -> np.ndarray:
+    """Bytes of the minimal varint of each value (NumPy, for sizing buffers)."""
+    v = np.asarray(values).astype(np.uint64)
+    wide = np.where(v < 1 << 16, 3, np.where(v < 1 << 32, 5, 9))
+    return np.where(v <= VARINT_MAX_SINGLE, 1, wide)
+
+
+@register_jitable
 def read_length(buf, pos, end, unit):
     """Varint length of ``unit``-byte items, checked against the bytes that remain.
 

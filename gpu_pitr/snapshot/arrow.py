@@ -11,8 +11,8 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import register_jitable
 
-from gpu_pitr.format.layout import VARINT_MAX_SINGLE, VARINT_U16, VARINT_U32, VARINT_U64
-from gpu_pitr.format.payload import read_varint
+from gpu_pitr.format.layout import VARINT_MAX_SINGLE, VARINT_U64
+from gpu_pitr.format.payload import read_varint, write_varint
 
 # A map<string, string> array has 32-bit offsets: the pairs, key bytes and value bytes
 # of one array each stay below this. More metadata is split into several arrays.
@@ -120,26 +120,6 @@ def _varint_size(v):
     return 9
 
 
-@njit(cache=True, inline="always")
-def _put_varint(out, p, v):
-    # Minimal form, as the oxirs-vec writer emits it.
-    if v <= VARINT_MAX_SINGLE:
-        out[p] = v
-        return p + 1
-    if v < 1 << 16:
-        out[p] = VARINT_U16
-        width = 2
-    elif v < 1 << 32:
-        out[p] = VARINT_U32
-        width = 4
-    else:
-        out[p] = VARINT_U64
-        width = 8
-    for k in range(width):
-        out[p + 1 + k] = (v >> (8 * k)) & 0xFF
-    return p + 1 + width
-
-
 @njit(cache=True, parallel=True, nogil=True)
 def _bincode_sizes(valid, map_offs, koffs, voffs, sizes):
     for i in prange(len(valid)):
@@ -159,16 +139,16 @@ def _bincode_fill(valid, map_offs, koffs, kdata, voffs, vdata, starts, out):
     for i in prange(len(valid)):
         if not valid[i]:
             continue
-        p = _put_varint(out, starts[i], map_offs[i + 1] - map_offs[i])
+        p = write_varint(out, starts[i], map_offs[i + 1] - map_offs[i])
         for j in range(map_offs[i], map_offs[i + 1]):
             a = koffs[j]
             n = koffs[j + 1] - a
-            p = _put_varint(out, p, n)
+            p = write_varint(out, p, n)
             out[p:p + n] = kdata[a:a + n]
             p += n
             a = voffs[j]
             n = voffs[j + 1] - a
-            p = _put_varint(out, p, n)
+            p = write_varint(out, p, n)
             out[p:p + n] = vdata[a:a + n]
             p += n
 

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from gpu_pitr.format.layout import RECORD_HEADER_SIZE
-from gpu_pitr.format.payload import id_key
+from gpu_pitr.format.payload import id_key, varint_widths, write_varint
 
 # Beyond this many runs of consecutive sequence numbers, the runs are kept as
 # their hull: a conservative answer ("maybe covered") for a hostile log.
@@ -104,25 +104,6 @@ def stops_at_base(position: dict, target: dict) -> bool:
 
 
 @njit(cache=True, nogil=True)
-def _put_varint(out, p, v):
-    if v < 251:
-        out[p] = v
-        return p + 1
-    if v < 65536:
-        out[p] = 251
-        width = 2
-    elif v < 4294967296:
-        out[p] = 252
-        width = 4
-    else:
-        out[p] = 253
-        width = 8
-    for k in range(width):
-        out[p + 1 + k] = (v >> (8 * k)) & 0xFF
-    return p + 1 + width
-
-
-@njit(cache=True, nogil=True)
 def _encode_inserts(rows, id_arena, id_offs, id_lens, vec_bytes, meta_arena, meta_offs,
                     meta_lens, out, rec_off, rec_len):
     """``Insert{id, vector, metadata, timestamp: 0}`` records for ``rows``."""
@@ -136,12 +117,12 @@ def _encode_inserts(rows, id_arena, id_offs, id_lens, vec_bytes, meta_arena, met
         out[p] = 0  # variant Insert
         p += 1
         n = id_lens[i]
-        p = _put_varint(out, p, n)
+        p = write_varint(out, p, n)
         o = id_offs[i]
         for k in range(n):
             out[p + k] = id_arena[o + k]
         p += n
-        p = _put_varint(out, p, dim)
+        p = write_varint(out, p, dim)
         for k in range(width):
             out[p + k] = vec_bytes[i, k]
         p += width
@@ -167,17 +148,13 @@ def _encode_inserts(rows, id_arena, id_offs, id_lens, vec_bytes, meta_arena, met
     return p
 
 
-def _varint_width(v: np.ndarray) -> np.ndarray:
-    return np.where(v < 251, 1, np.where(v < 65536, 3, np.where(v < 2**32, 5, 9)))
-
-
 def insert_record_sizes(snap, rows: np.ndarray) -> np.ndarray:
     """Bytes of the Insert record of each of ``rows`` (header included)."""
     dim = snap.vectors.shape[1] if snap.vectors.ndim == 2 else 0
     id_lens = snap.id_lens[rows]
     meta = np.where(snap.meta_offs[rows] < 0, 1, 1 + snap.meta_lens[rows])
-    return (RECORD_HEADER_SIZE + 1 + _varint_width(id_lens) + id_lens
-            + _varint_width(np.full(len(rows), dim)) + 4 * dim + meta + 1)
+    return (RECORD_HEADER_SIZE + 1 + varint_widths(id_lens) + id_lens
+            + varint_widths(np.full(len(rows), dim)) + 4 * dim + meta + 1)
 
 
 def seed_chunks(snap, chunk_bytes: int, alloc, rows: np.ndarray | None = None):
