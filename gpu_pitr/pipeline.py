@@ -634,7 +634,7 @@ def _needs_host():
     return NeedsHostExecutor
 
 
-def _base_for(base, snapshots, target: dict, exclusive: bool, wal_path: Path):
+def _base_for(base, snapshots, target: dict, exclusive: bool, segments):
     """The snapshot a restore starts from (or None), notes for the report, and
     whether this restore loaded it (then its vectors may be reused in place)."""
     if base is not None and snapshots is not None:
@@ -649,7 +649,7 @@ def _base_for(base, snapshots, target: dict, exclusive: bool, wal_path: Path):
         dim, pos = manifest.get("dim"), manifest.get("position") or {}
         if not dim:
             return 0
-        after = sum(seg.size for seg in list_segments(wal_path)
+        after = sum(seg.size for seg in segments
                     if pos.get("segment") is None or seg.name >= pos["segment"])
         return after // (4 * dim + 17) + 16
 
@@ -753,8 +753,9 @@ def restore(
     wal_path = Path(wal_dir)
     if not wal_path.is_dir():
         raise WalError("WAL directory not found or not a directory", file=str(wal_path))
-    snap, notes, owned = _base_for(base, snapshots, target, exclusive, wal_path)
-    total = sum(s.size for s in list_segments(wal_path))
+    segments = list_segments(wal_path)
+    snap, notes, owned = _base_for(base, snapshots, target, exclusive, segments)
+    total = sum(s.size for s in segments)
     if snap is not None:
         # Room for the base's rows, which go through the executor like records.
         total += int(snap.vectors.nbytes) + len(snap.id_arena) + len(snap.meta_arena) \
