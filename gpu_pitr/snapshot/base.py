@@ -263,24 +263,17 @@ class LazyBase:
         out_meta_lens[~from_index] = snap.meta_lens[b]
         vectors = index.vectors
         dim = snap.vectors.shape[1] if len(index) == 0 else vectors.shape[1]
-        if isinstance(vectors, np.ndarray):
-            room = snap.vector_room if self.in_place else None
-            if room is not None and room.shape[0] >= n and room.shape[1] == dim:
-                out = room[:n]
-                words = room.reshape(-1).view(np.uint64 if dim % 2 == 0 else np.uint32)
-                _merge_in_place(src, pos, rest, vectors.reshape(-1, dim), room, words)
-                self.snap = None  # its vectors are the result's now
-            else:
-                out = np.empty((n, dim), np.float32)
-                if n and dim:
-                    _gather_rows(src, pos, rest, vectors.reshape(-1, dim), snap.vectors, out)
-        else:  # a device index: the base rows go up once, gathered on the device
-            import cupy as xp
-
-            out = xp.empty((n, dim), np.float32)
-            if len(a):
-                out[xp.asarray(np.flatnonzero(from_index))] = vectors[xp.asarray(a)]
-            out[xp.asarray(np.flatnonzero(~from_index))] = xp.asarray(snap.vectors[b])
+        # Only the cpu executor keeps a base aside: its vectors are host arrays.
+        room = snap.vector_room if self.in_place else None
+        if room is not None and room.shape[0] >= n and room.shape[1] == dim:
+            out = room[:n]
+            words = room.reshape(-1).view(np.uint64 if dim % 2 == 0 else np.uint32)
+            _merge_in_place(src, pos, rest, vectors.reshape(-1, dim), room, words)
+            self.snap = None  # its vectors are the result's now
+        else:
+            out = np.empty((n, dim), np.float32)
+            if n and dim:
+                _gather_rows(src, pos, rest, vectors.reshape(-1, dim), snap.vectors, out)
         merged = RestoredIndex(np.concatenate([ids, snap.id_arena]), out_id_offs, out_id_lens,
                                out, np.concatenate([index._meta_arena, snap.meta_arena]),
                                out_meta_offs, out_meta_lens, index.report)
