@@ -30,6 +30,7 @@ from gpu_pitr.format.layout import BATCH, HEADER_SIZE, RECORD_HEADER_SIZE, VARIA
 from gpu_pitr.format.payload import OK, STATUS_TEXT
 from gpu_pitr.format.readahead import FrameAhead, Readahead
 from gpu_pitr.format.segments import list_segments
+from gpu_pitr.hostmem import fill_once_pages
 from gpu_pitr.index import RestoredIndex
 from gpu_pitr.plan.commit import (
     C_ABORTED,
@@ -753,24 +754,25 @@ def restore(
     wal_path = Path(wal_dir)
     if not wal_path.is_dir():
         raise WalError("WAL directory not found or not a directory", file=str(wal_path))
-    segments = list_segments(wal_path)
-    snap, notes, owned = _base_for(base, snapshots, target, exclusive, segments)
-    total = sum(s.size for s in segments)
-    if snap is not None:
-        # Room for the base's rows, which go through the executor like records.
-        total += int(snap.vectors.nbytes) + len(snap.id_arena) + len(snap.meta_arena) \
-            + 32 * int(snap.count) + len(snap.pending)
-    executor = make_executor(backend, total)
-    args = (wal_path, target, exclusive, skip_corrupt, allow_incomplete_history)
-    try:
-        index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap, owned)
-    except _needs_host() as err:
-        # Exactness over speed: the host executor handles every input exactly.
-        from gpu_pitr.executors.cpu import CpuExecutor
+    with fill_once_pages():
+        segments = list_segments(wal_path)
+        snap, notes, owned = _base_for(base, snapshots, target, exclusive, segments)
+        total = sum(s.size for s in segments)
+        if snap is not None:
+            # Room for the base's rows, which go through the executor like records.
+            total += int(snap.vectors.nbytes) + len(snap.id_arena) + len(snap.meta_arena) \
+                + 32 * int(snap.count) + len(snap.pending)
+        executor = make_executor(backend, total)
+        args = (wal_path, target, exclusive, skip_corrupt, allow_incomplete_history)
+        try:
+            index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap, owned)
+        except _needs_host() as err:
+            # Exactness over speed: the host executor handles every input exactly.
+            from gpu_pitr.executors.cpu import CpuExecutor
 
-        index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc, progress, snap,
-                          owned)
-        notes.append(f"cuda executor: {err}; restored on the cpu executor instead")
+            index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc, progress, snap,
+                              owned)
+            notes.append(f"cuda executor: {err}; restored on the cpu executor instead")
     report = index.report
     report.message = "; ".join(notes)
     run.timings["total"] = time.perf_counter() - started

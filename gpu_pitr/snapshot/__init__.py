@@ -26,9 +26,11 @@ def save(index, out_dir) -> Path:
 def load(path, *, verify: bool = True, spare_rows: int = 0):
     """The snapshot at ``path``, every file's checksum verified (``spare_rows``: see
     ``load_snapshot``)."""
+    from gpu_pitr.hostmem import fill_once_pages
     from gpu_pitr.snapshot.format import load_snapshot
 
-    return load_snapshot(path, verify=verify, spare_rows=spare_rows)
+    with fill_once_pages():
+        return load_snapshot(path, verify=verify, spare_rows=spare_rows)
 
 
 def _order(position: dict) -> tuple:

@@ -188,9 +188,9 @@ def seed_chunks(snap, chunk_bytes: int, alloc, rows: np.ndarray | None = None):
         lo = hi
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _id_keys(arena, offs, lens, out):
-    for i in range(len(offs)):
+    for i in prange(len(offs)):
         out[i] = id_key(arena, offs[i], lens[i])
 
 
@@ -245,22 +245,16 @@ class LazyBase:
         ids, id_offs, id_lens = index._id_arena, index._id_offs, index._id_lens
         src, pos = _merge_order(ids, id_offs, id_lens, snap.id_arena,
                                 snap.id_offs[rest], snap.id_lens[rest])
-        from_index = src == 0
         n = len(src)
         id_base, meta_base = len(ids), len(index._meta_arena)
         out_id_offs = np.empty(n, np.int64)
         out_id_lens = np.empty(n, np.int64)
         out_meta_offs = np.empty(n, np.int64)
         out_meta_lens = np.empty(n, np.int64)
-        a, b = pos[from_index], rest[pos[~from_index]]
-        out_id_offs[from_index], out_id_lens[from_index] = id_offs[a], id_lens[a]
-        out_id_offs[~from_index] = snap.id_offs[b] + id_base
-        out_id_lens[~from_index] = snap.id_lens[b]
-        out_meta_offs[from_index], out_meta_lens[from_index] = (index._meta_offs[a],
-                                                                index._meta_lens[a])
-        base_meta = snap.meta_offs[b]
-        out_meta_offs[~from_index] = np.where(base_meta >= 0, base_meta + meta_base, -1)
-        out_meta_lens[~from_index] = snap.meta_lens[b]
+        _merge_columns(src, pos, rest, id_offs, id_lens, index._meta_offs, index._meta_lens,
+                       snap.id_offs, snap.id_lens, snap.meta_offs, snap.meta_lens,
+                       id_base, meta_base, out_id_offs, out_id_lens, out_meta_offs,
+                       out_meta_lens)
         vectors = index.vectors
         dim = snap.vectors.shape[1] if len(index) == 0 else vectors.shape[1]
         # Only the cpu executor keeps a base aside: its vectors are host arrays.
@@ -280,6 +274,28 @@ class LazyBase:
         index.report.ids = n
         index.report.dim = int(dim)
         return merged
+
+
+@njit(cache=True, nogil=True)
+def _merge_columns(src, pos, rest, id_offs, id_lens, meta_offs, meta_lens,
+                   b_id_offs, b_id_lens, b_meta_offs, b_meta_lens, id_base, meta_base,
+                   o_id_offs, o_id_lens, o_meta_offs, o_meta_lens):
+    """The merged index's id and metadata spans, in output order: the executor's as
+    they are, the base's shifted past the executor's arenas (they are appended)."""
+    for k in range(len(src)):
+        if src[k] == 0:
+            a = pos[k]
+            o_id_offs[k] = id_offs[a]
+            o_id_lens[k] = id_lens[a]
+            o_meta_offs[k] = meta_offs[a]
+            o_meta_lens[k] = meta_lens[a]
+        else:
+            b = rest[pos[k]]
+            o_id_offs[k] = b_id_offs[b] + id_base
+            o_id_lens[k] = b_id_lens[b]
+            m = b_meta_offs[b]
+            o_meta_offs[k] = m + meta_base if m >= 0 else -1
+            o_meta_lens[k] = b_meta_lens[b]
 
 
 @njit(cache=True, nogil=True, parallel=True)
