@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import os as _os
+
+# Numba's OpenMP workers spin after every parallel loop by default. A restore runs
+# a parallel decode per chunk between serial steps and beside its read, framing
+# and apply threads, so on a small machine the spinning takes their cores:
+# measured on the 2-core VM (docs/measurements.md), waiting passively cut a 1 GiB
+# restore's CPU time by 0.6-1.0 s and its wall time by 0.2-0.45 s. Read once, when
+# the OpenMP runtime starts; a value the user set is kept.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 __all__ = ["restore", "RestoredIndex", "__version__"]
 

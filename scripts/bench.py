@@ -321,11 +321,13 @@ def phase_h2d(a: dict) -> dict:
     return {"bytes": n * reps, "seconds": ms / 1e3, "gb_s": n * reps / (ms / 1e3) / GB}
 
 
-def _run_phase(name: str, args: dict, timeout: float | None = None) -> dict:
+def _run_phase(name: str, args: dict, timeout: float | None = None,
+               env: dict | None = None) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--phase", name, json.dumps(args)]
     t = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **env} if env else None)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     wall = time.perf_counter() - t
@@ -409,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=("restore", "mid", "reference", "cli", "snapshot"),
+        choices=("restore", "thp", "mid", "reference", "cli", "snapshot"),
         help="leave a phase out",
     )
     ap.add_argument(
@@ -447,9 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     results: dict = {"wal": {"dir": str(wal_dir), "bytes": wal_bytes, "stats": stats, **gen}}
 
-    def phase(key: str, name: str, **extra) -> dict:
+    def phase(key: str, name: str, env: dict | None = None, **extra) -> dict:
         print(f"- {key} ...", end=" ", flush=True)
-        r = _run_phase(name, {**common, **extra})
+        r = _run_phase(name, {**common, **extra}, env=env)
         results[key] = r
         print(r.get("error") or f"{r.get('process_wall_s', 0):.1f} s", flush=True)
         return r
@@ -463,6 +465,11 @@ def main(argv: list[str] | None = None) -> int:
             repeat=opts.repeat,
             expect_ids=stats["live_ids"] if stats else None,
         )
+        if "thp" not in opts.skip:
+            # The same restore with NumPy's huge-page advice left on (gpu_pitr.hostmem
+            # leaves a user's NUMPY_MADVISE_HUGEPAGE alone): what turning it off buys.
+            phase("restore_thp", "restore", env={"NUMPY_MADVISE_HUGEPAGE": "1"}, repeat=1,
+                  expect_ids=stats["live_ids"] if stats else None)
         if rest.get("backend") == "cuda":
             phase("h2d", "h2d")
     if "mid" not in opts.skip and stats:
@@ -586,6 +593,12 @@ def _print_table(results, read, rest, mid, ref, cli, wal_bytes, opts) -> None:
     if run:
         add("restore records/s", run["report"].get("records_read", 0) / restore_s, "", ".3e")
     add("restore-time / read-time", run and warm and restore_s / warm["seconds"], "1 = read speed")
+    thp = results.get("restore_thp", {})
+    if "runs" in thp and restore_s:
+        thp_s = thp["runs"][0]["seconds"]
+        add("  with NumPy's huge-page advice, seconds", thp_s,
+            f"fresh process, run next: {_fmt(thp_s / restore_s)} x the restore above "
+            "(gpu_pitr.hostmem turns it off)")
     mrun = mid["runs"][0] if "runs" in mid else None
     add(
         "restore to mid T, seconds",

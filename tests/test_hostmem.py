@@ -85,3 +85,21 @@ def test_restore_runs_inside_the_block(advice_on, monkeypatch, tmp_path):
     assert list(index.ids) == ["a"]
     assert seen and not any(seen)
     assert _advice() is True
+
+
+def _policy_after_import(env_extra: dict) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update(env_extra)
+    code = "import os, gpu_pitr; print(os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_openmp_workers_wait_passively_unless_the_user_chose():
+    assert _policy_after_import({}) == "PASSIVE"
+    assert _policy_after_import({"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"

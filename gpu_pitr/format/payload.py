@@ -69,9 +69,12 @@ FMIX_2 = np.uint64(0xC4CEB9FE1A85EC53)
 @register_jitable
 def read_uint_le(buf, pos, nbytes):
     """Unsigned little-endian integer of ``nbytes`` bytes at ``pos``, as uint64."""
+    # A view from 0, indexed by the loop counter: the compiler drops the
+    # negative-index checks (and, for 8 bytes on the CPU, makes one load).
+    b = buf[pos:pos + nbytes]
     v = np.uint64(0)
     for k in range(nbytes):
-        v |= np.uint64(buf[pos + k]) << np.uint64(8 * k)
+        v |= np.uint64(b[k]) << np.uint64(8 * k)
     return v
 
 
@@ -148,15 +151,15 @@ def read_length(buf, pos, end, unit):
 @register_jitable
 def utf8_valid(buf, pos, n):
     """True when ``buf[pos:pos+n]`` is well-formed UTF-8 (RFC 3629)."""
-    i = pos
-    stop = pos + n
-    while i < stop:
+    b = buf[pos:pos + n]
+    i = 0
+    while i < n:
         # ASCII runs, 8 bytes at a time.
-        while i + 8 <= stop and read_uint_le(buf, i, 8) & ASCII_MASK == np.uint64(0):
+        while i + 8 <= n and read_uint_le(b, i, 8) & ASCII_MASK == np.uint64(0):
             i += 8
-        if i >= stop:
+        if i >= n:
             break
-        b0 = np.int64(buf[i])
+        b0 = np.int64(b[i])
         if b0 < 0x80:
             i += 1
             continue
@@ -174,13 +177,13 @@ def utf8_valid(buf, pos, n):
             hi = 0x8F if b0 == 0xF4 else 0xBF
         else:
             return False
-        if i + need >= stop:
+        if i + need >= n:
             return False
-        b1 = np.int64(buf[i + 1])
+        b1 = np.int64(b[i + 1])
         if b1 < lo or b1 > hi:
             return False
         for k in range(2, need + 1):
-            bk = np.int64(buf[i + k])
+            bk = np.int64(b[i + k])
             if bk < 0x80 or bk > 0xBF:
                 return False
         i += need + 1
@@ -206,14 +209,13 @@ def id_key(buf, pos, n):
     MurmurHash3's finaliser: FNV's low bits depend only on the low bits of the
     input, and hash tables index by the low bits.
     """
+    b = buf[pos:pos + n]
     h = FNV_OFFSET ^ np.uint64(n)
-    k = 0
-    while k + 8 <= n:
-        h = (h ^ read_uint_le(buf, pos + k, 8)) * FNV_PRIME
-        k += 8
-    while k < n:
-        h = (h ^ np.uint64(buf[pos + k])) * FNV_PRIME
-        k += 1
+    words = n // 8
+    for w in range(words):
+        h = (h ^ read_uint_le(b, 8 * w, 8)) * FNV_PRIME
+    for k in range(8 * words, n):
+        h = (h ^ np.uint64(b[k])) * FNV_PRIME
     h ^= h >> np.uint64(33)
     h *= FMIX_1
     h ^= h >> np.uint64(33)
