@@ -130,10 +130,16 @@ class RestoredIndex:
         present = np.flatnonzero(self._meta_offs >= 0)
         offs = self._meta_offs[present].tolist()
         lens = self._meta_lens[present].tolist()
-        # Most ids carry no metadata: only the others go through a dict and json.
+        # Most ids carry no metadata: only the others go through a dict and json,
+        # once per distinct encoding (stores repeat a few maps over many ids).
+        seen: dict[bytes, str] = {}
         for i, o, n in zip(present.tolist(), offs, lens, strict=True):
-            out[i] = json.dumps(decode_metadata(bytes(a[o:o + n])), sort_keys=True,
-                                ensure_ascii=False, separators=(",", ":"))
+            raw = a[o:o + n].tobytes()
+            text = seen.get(raw)
+            if text is None:
+                text = seen[raw] = json.dumps(decode_metadata(raw), sort_keys=True,
+                                              ensure_ascii=False, separators=(",", ":"))
+            out[i] = text
         return out.astype(str) if len(out) else np.zeros(0, "<U4")
 
     def to_host(self) -> RestoredIndex:

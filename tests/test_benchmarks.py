@@ -1,0 +1,35 @@
+"""The benchmark scripts run end to end on tiny inputs (their numbers are not checked:
+benchmarks print, they never assert a time), and their correctness checks hold."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def test_bench_small_restores_every_id(tmp_path):
+    out = tmp_path / "small.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_small.py"), "--inserts", "3000", "--updates",
+         "600", "--dim", "8", "--repeat", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "expected 3000" in proc.stdout and "EXPECTED" not in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["ids"] == 3000 and len(doc["restore_runs_s"]) == 2 and len(doc["cli_s"]) == 3
+
+
+def test_bench_measures_a_small_wal_and_its_snapshot(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench.py"), "--size", "3M", "--dim", "16",
+         "--segments", "2", "--dir", str(tmp_path / "wal"), "--backend", "cpu",
+         "--skip", "reference", "--skip", "cli", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "matches generator" in proc.stdout, proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["snapshot"]["equal"] is True
+    assert doc["restore_thp"]["runs"][0]["ids"] == doc["restore"]["runs"][0]["ids"]
