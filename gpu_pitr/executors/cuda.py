@@ -306,9 +306,7 @@ class CudaExecutor:
         used = getattr(self, used_name)
         arena = getattr(self, arena_name)
         if used + total > len(arena):
-            grown = xp.zeros(max(2 * len(arena), used + total), xp.uint8)
-            grown[:used] = arena[:used]
-            arena = grown
+            used, arena = self._make_room(arena_name, used, total)
             setattr(self, arena_name, arena)
         dst = used + ends - length
         if len(src_off):
@@ -316,6 +314,38 @@ class CudaExecutor:
                          arena, dst)
         setattr(self, used_name, used + total)
         return dst
+
+    def _make_room(self, arena_name: str, used: int, total: int):
+        """A device arena with room for ``total`` more bytes after what it holds.
+
+        Appending is all an arena does: every metadata map applied and every id
+        re-created leaves its old span behind. When at least half of what is used
+        is such garbage, the live spans move to a new arena, in row order, and the
+        rows' offsets follow (O(live bytes), amortised: as on the cpu executor);
+        otherwise the arena doubles. Returns ``(used, arena)``.
+        """
+        xp = self.xp
+        arena = getattr(self, arena_name)
+        alive = self.row_id_len[: self.n_rows] >= 0
+        if arena_name == "ids":
+            offs, lens = self.row_id_off, self.row_id_len
+        else:
+            offs, lens = self.row_meta_off, self.row_meta_len
+            alive &= self.row_meta_off[: self.n_rows] >= 0
+        live = xp.flatnonzero(alive)
+        keep = int(lens[live].sum()) if len(live) else 0
+        if 2 * keep > used:
+            grown = xp.zeros(max(2 * len(arena), used + total), xp.uint8)
+            grown[:used] = arena[:used]
+            return used, grown
+        span = lens[live]
+        moved = xp.cumsum(span) - span
+        packed = xp.zeros(max(2 * (keep + total), 1 << 16), xp.uint8)
+        if len(live):
+            self._launch(self.k_resolve.copy_spans, len(live), arena, offs[live], span,
+                         packed, moved)
+            offs[live] = moved
+        return keep, packed
 
     def _assign_rows(self, exists, prior_row, run_keys, run_ent, pos):
         """Rows for new ids (free rows first), free deleted ones, update the key map."""
