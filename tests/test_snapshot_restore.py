@@ -439,3 +439,27 @@ def test_snapshot_at_the_end_of_a_log_whose_last_file_is_a_torn_header(tmp_path)
     snapshot.save(gpu_pitr.restore(d, backend="cpu"), tmp_path / "snap")
     got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
     assert got.id_list() == ["a"]
+
+
+def test_lazy_base_key_table_finds_every_row_sharing_a_key_once():
+    """Base rows are found by id key, and several ids may share one: each row sharing
+    a queried key moves in exactly once, whatever else the query holds."""
+    from gpu_pitr.snapshot.base import _key_table, _take_rows
+
+    rng = np.random.default_rng(7)
+    keys = rng.integers(0, 2**63, 5000, dtype=np.int64).astype(np.uint64)
+    keys[100:110] = keys[5]  # eleven rows share one key
+    keys[4000] = keys[4001] ^ np.uint64(1 << 40)  # same low bits, other key: probes on
+    table = _key_table(keys)
+    moved = np.zeros(len(keys), np.bool_)
+    out = np.empty(len(keys), np.int64)
+
+    def take(query):
+        m = _take_rows(np.asarray(query, np.uint64), table, keys, moved, out)
+        return sorted(out[:m].tolist())
+
+    assert take([keys[5], keys[5], 12345]) == [5, *range(100, 110)]
+    assert take([keys[5], keys[4001]]) == [4001]  # moved rows are not moved again
+    assert take(keys[:20]) == [i for i in range(20) if i != 5]
+    want = {i for i in range(len(keys)) if not moved[i]}
+    assert set(take(keys)) == want and moved.all()

@@ -194,6 +194,44 @@ def _id_keys(arena, offs, lens, out):
         out[i] = id_key(arena, offs[i], lens[i])
 
 
+@njit(cache=True, nogil=True)
+def _key_table(keys):
+    """Open addressing from key to base row: slot ``key mod cap`` onward (linear
+    probing, at most half full); -1 marks an empty slot. Keys are ``id_key``
+    values, already mixed."""
+    n = len(keys)
+    cap = 16
+    while cap < 2 * n:
+        cap *= 2
+    table = np.full(cap, -1, np.int64)
+    mask = cap - 1
+    for r in range(n):
+        s = np.int64(keys[r] & np.uint64(mask))
+        while table[s] >= 0:
+            s = (s + 1) & mask
+        table[s] = r
+    return table
+
+
+@njit(cache=True, nogil=True)
+def _take_rows(query, table, keys, moved, out):
+    """Every row not yet ``moved`` whose key is in ``query`` (several base ids may share
+    a key): marked moved, written to ``out``; returns how many."""
+    mask = len(table) - 1
+    m = 0
+    for q in range(len(query)):
+        k = query[q]
+        s = np.int64(k & np.uint64(mask))
+        while table[s] >= 0:
+            r = table[s]
+            if keys[r] == k and not moved[r]:
+                moved[r] = True
+                out[m] = r
+                m += 1
+            s = (s + 1) & mask
+    return m
+
+
 class LazyBase:
     """A base state kept aside: only the rows the log touches go into the executor.
 
@@ -211,28 +249,18 @@ class LazyBase:
         self.in_place = in_place and getattr(snap, "vector_room", None) is not None
         keys = np.empty(len(snap.id_offs), np.uint64)
         _id_keys(snap.id_arena, snap.id_offs, snap.id_lens, keys)
-        self.order = np.argsort(keys, kind="stable")
-        self.keys = keys[self.order]
+        self.keys = keys
+        self.table = _key_table(keys)
         self.moved = np.zeros(len(keys), np.bool_)
 
     def take(self, keys: np.ndarray) -> np.ndarray:
         """Base rows (not moved before) sharing a key with ``keys``; marks them moved."""
         if not len(self.keys) or not len(keys):
             return np.zeros(0, np.int64)
-        keys = np.unique(keys)
-        lo = np.searchsorted(self.keys, keys, side="left")
-        hi = np.searchsorted(self.keys, keys, side="right")
-        hit = hi > lo
-        if not hit.any():
-            return np.zeros(0, np.int64)
-        lo, hi = lo[hit], hi[hit]
-        counts = hi - lo
-        # Every position lo..hi-1 of each hit (several base ids may share a key).
-        pos = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-        rows = self.order[pos]
-        rows = rows[~self.moved[rows]]
-        self.moved[rows] = True
-        return np.sort(rows)
+        out = np.empty(len(self.keys), np.int64)  # pages are touched only as used
+        m = _take_rows(np.ascontiguousarray(keys, np.uint64), self.table, self.keys,
+                       self.moved, out)
+        return np.sort(out[:m])
 
     def merge(self, index):
         """``index`` (the executor's result) with the base rows never moved in."""
