@@ -125,22 +125,25 @@ class RestoredIndex:
 
     def metadata_json(self) -> np.ndarray:
         """One JSON object per id (``"null"`` when absent): sorted keys, compact."""
-        out = np.full(len(self._meta_offs), "null", dtype=object)
+        n = len(self._meta_offs)
+        if not n:
+            return np.zeros(0, "<U4")
         a = self._meta_arena
         present = np.flatnonzero(self._meta_offs >= 0)
-        offs = self._meta_offs[present].tolist()
-        lens = self._meta_lens[present].tolist()
-        # Most ids carry no metadata: only the others go through a dict and json,
-        # once per distinct encoding (stores repeat a few maps over many ids).
-        seen: dict[bytes, str] = {}
-        for i, o, n in zip(present.tolist(), offs, lens, strict=True):
-            raw = a[o:o + n].tobytes()
-            text = seen.get(raw)
-            if text is None:
-                text = seen[raw] = json.dumps(decode_metadata(raw), sort_keys=True,
-                                              ensure_ascii=False, separators=(",", ":"))
-            out[i] = text
-        return out.astype(str) if len(out) else np.zeros(0, "<U4")
+        # Most ids carry no metadata, and stores repeat a few maps over many ids:
+        # each distinct encoding goes through a dict and json once.
+        distinct: dict[bytes, int] = {}
+        which = np.empty(len(present), np.int64)
+        for j, (o, m) in enumerate(zip(self._meta_offs[present].tolist(),
+                                       self._meta_lens[present].tolist(), strict=True)):
+            which[j] = distinct.setdefault(a[o:o + m].tobytes(), len(distinct))
+        texts = [json.dumps(decode_metadata(raw), sort_keys=True, ensure_ascii=False,
+                            separators=(",", ":")) for raw in distinct]
+        width = max([4, *map(len, texts)])
+        out = np.full(n, "null", dtype=f"<U{width}")
+        if texts:
+            out[present] = np.array(texts, dtype=f"<U{width}")[which]
+        return out
 
     def to_host(self) -> RestoredIndex:
         """This index with its vectors in host memory (a NumPy array)."""
