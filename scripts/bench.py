@@ -664,7 +664,8 @@ def _print_table(results, read, rest, mid, ref, cli, wal_bytes, opts) -> None:
                 f"output memory ({label})",
                 verdict,
                 f"host RSS grew {grew / MIB:.0f} MiB while holding {r['vector_bytes'] / MIB:.0f}"
-                f" MiB of vectors; minor faults {r['minor_faults_mib']:.0f} MiB (THP: undercount)",
+                f" MiB of vectors; minor faults {r['minor_faults_mib']:.0f} MiB"
+                " (a huge page counts once)",
             )
     if "gb_s" in results.get("h2d", {}):
         h2d = results["h2d"]["gb_s"]
