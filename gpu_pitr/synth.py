@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpu_pitr.format.codec import encode_varint
 from gpu_pitr.format.layout import (
     ABORT_TRANSACTION,
     BATCH,
@@ -368,17 +369,12 @@ def _metadata_blocks() -> list[bytes]:
 
 
 def _encode_map(pairs: list[tuple[str, str]]) -> bytes:
-    out = bytearray(_varint_bytes(len(pairs)))
+    out = bytearray(encode_varint(len(pairs)))
     for key, value in pairs:
         for text in (key, value):
             raw = text.encode()
-            out += _varint_bytes(len(raw)) + raw
+            out += encode_varint(len(raw)) + raw
     return bytes(out)
-
-
-def _varint_bytes(value: int) -> bytes:
-    widths = _varint_rows(np.array([value], np.uint64))
-    return bytes(widths[0][1][0])
 
 
 def _varint_rows(values: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -492,7 +488,7 @@ def _fill_segment(
         _put(buf, at[sel] + 1, rows)
     after_id = at + 2 + plan.id_len[family]
     vec = op != DELETE
-    dim_varint = _varint_rows(np.array([plan.dim]))[0][1][0]
+    dim_varint = np.frombuffer(encode_varint(plan.dim), np.uint8)
     _put_column(buf, after_id[vec], dim_varint)
     floats_at = after_id[vec] + len(dim_varint)
     _put_vectors(buf, floats_at, plan.dim, rng)
