@@ -1,8 +1,9 @@
 """The ``gpu-pitr`` command line: ``restore`` a WAL directory (to an ``.npz``, ``.parquet``,
 FAISS index or snapshot), ``inspect`` one.
 
-Data errors exit 1 with one line on stderr; usage errors exit 2 (argparse).
-Nothing is ever written into the WAL directory.
+Data errors exit 1 with one line on stderr; usage errors exit 2 (argparse); an
+interrupt (SIGINT, SIGTERM) exits 128 + the signal's number with one line, after
+removing the outputs not yet in place. Nothing is ever written into the WAL directory.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from gpu_pitr.errors import WalError
@@ -156,10 +161,43 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that clean-up runs as for Ctrl-C."""
+
+
+@contextmanager
+def _terminate_like_interrupt() -> Iterator[None]:
+    # A service manager stops a process with SIGTERM: without a handler it dies on
+    # the spot, leaving an output's temp file behind. Only the main thread may set one.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``gpu-pitr``; return the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    try:
+        with _terminate_like_interrupt():
+            return _command(parser, args)
+    except (KeyboardInterrupt, _Terminated) as stop:
+        signum = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
+        print(f"{PROG}: interrupted by {signum.name}; outputs not yet complete were removed",
+              file=sys.stderr)
+        return 128 + signum
+
+
+def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         if args.command in ("restore", "snapshot"):
             return _restore(parser, args)

@@ -286,11 +286,14 @@ def _restore_cmd(wal: Path, out: Path) -> list[str]:
             "--backend", "cpu"]
 
 
-def _kill_restore(wal: Path, out: Path, moment) -> str:
-    """Start a restore to ``out`` and SIGKILL it at ``moment``: seconds after the start,
-    or "writing" (as soon as its temp file holds some bytes). Returns what was seen."""
+def _kill_restore(wal: Path, out: Path, moment, sig=signal.SIGKILL, result=None) -> str:
+    """Start a restore to ``out`` and send it ``sig`` at ``moment``: seconds after the
+    start, or "writing" (as soon as its temp file holds some bytes). Returns what was
+    seen; ``result``, a dict, gets the exit status and stderr."""
     proc = subprocess.Popen(_restore_cmd(wal, out), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE, text=True,
+                            # Children of a non-interactive shell may inherit SIGINT ignored.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = "killed"
     try:
         deadline = time.monotonic() + 120
@@ -306,9 +309,11 @@ def _kill_restore(wal: Path, out: Path, moment) -> str:
             time.sleep(0.001)
         if proc.poll() is not None:
             seen = "finished before the kill"
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sig)
     finally:
-        proc.wait()
+        err = proc.communicate(timeout=120)[1]
+    if result is not None:
+        result.update(status=proc.returncode, stderr=err)
     return seen
 
 
@@ -361,6 +366,28 @@ def test_sigkill_with_no_previous_output_leaves_none_or_a_complete_one(tmp_path,
             out.unlink()
     assert "killed while writing its temp file" in seen
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_exits_with_one_line_and_leaves_no_temp_file(tmp_path, big_wal, sig):
+    """Ctrl-C or a service manager's SIGTERM: the temp file goes, the old output stays,
+    one line on stderr, exit status 128 + the signal, like other command-line tools."""
+    wal, _ = big_wal
+    out = tmp_path / "OUT.npz"
+    old = b"the previous output, which must survive whole"
+    out.write_bytes(old)
+    for moment in ("writing", 1.0):
+        result = {}
+        seen = _kill_restore(wal, out, moment, sig, result)
+        if seen == "finished before the kill":
+            continue
+        if moment == "writing":
+            assert seen == "killed while writing its temp file"
+        assert result["status"] == 128 + sig, result
+        assert result["stderr"] == (f"gpu-pitr: interrupted by {sig.name}; outputs not yet "
+                                    "complete were removed\n"), result
+        assert out.read_bytes() == old
+        assert _temps(out) == []
 
 
 # ----------------------------------------------------------------------------- stale temps
