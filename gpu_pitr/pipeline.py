@@ -158,6 +158,11 @@ class _Restore:
         self.seen_first = False
         self._piece = None  # the read-ahead piece whose buffer is self.buf
         self._reader = None
+        self._framer = None
+        # An executor that copies the next piece to its device while it applies this
+        # one (cuda) has stage(buf, start, end); the cpu executor has none.
+        self._stage = getattr(executor, "stage", None) if getattr(
+            executor, "overlap", False) else None
         if base is not None:
             pos = base.position
             self.seq_runs = SeqRuns(pos.get("seq_runs"), pos.get("last_seq"))
@@ -197,6 +202,7 @@ class _Restore:
         framer = FrameAhead(segments, reader, self._alloc, frame_records, header_problem,
                             HEADER_SIZE, starts=starts)
         self._reader = reader
+        self._framer = framer
         try:
             t = time.perf_counter()
             for item in framer:
@@ -208,6 +214,7 @@ class _Restore:
                 self._tell("read")
                 t = time.perf_counter()
         finally:
+            self._unstage()  # no copy may read a buffer the reader is done with
             framer.close()
             reader.close()
             self.timings["frame"] += framer.frame_seconds
@@ -251,6 +258,9 @@ class _Restore:
         held = int(sizes.sum())
         buf, start, shift = item.buf, item.start, 0
         if held > start:
+            # A copy of item.buf ahead (stage) is of no use at other offsets, and the
+            # piece's buffer goes back to the reader below.
+            self._unstage()
             span = item.end - item.start
             buf = self._alloc(held + span)
             buf[held:held + span] = item.buf[item.start:item.end]
@@ -292,6 +302,8 @@ class _Restore:
         t = time.perf_counter()
         # Carried rows are decoded again: their bytes moved to the front of buf.
         self.ex.decode(self.buf, c, 0, n)
+        if self._stage is not None:
+            self._stage_next()
         self.timings["decode"] += time.perf_counter() - t
         t = time.perf_counter()
         was_stopped = self.plan.stopped
@@ -306,6 +318,8 @@ class _Restore:
         self.report.records_read += n - first
         self.timings["plan"] += time.perf_counter() - t
         t = time.perf_counter()
+        if self._stage is not None:
+            self._stage_next()  # the next piece may have been framed while this one planned
         if len(order) and self.lazy is not None:
             self._move_touched(n)
         if len(order):
@@ -315,6 +329,16 @@ class _Restore:
         self.timings["apply"] += time.perf_counter() - t
         if result == WALK_FATAL:
             self._fatal(stop_index)
+
+    def _stage_next(self) -> None:
+        """Start the copy of the next piece's bytes to the device, if it is framed."""
+        item = self._framer.peek()
+        if item is not None and item.problem is None and item.n:
+            self._stage(item.buf, item.start, item.end)
+
+    def _unstage(self) -> None:
+        if self._stage is not None:
+            self.ex.unstage()
 
     def _keep_open(self, n: int) -> None:
         """Move the rows of records held by open transactions to the front."""

@@ -1,12 +1,14 @@
 """One GPU check for a machine with a GPU and no network (see scripts/gpu_check).
 
-1. the cuda-vs-cpu equality tests (tests/test_cuda_executor.py) on the real GPU;
+1. the cuda-vs-cpu equality tests (tests/test_cuda_executor.py, tests/test_cuda_overlap.py)
+   on the real GPU;
 2. a WAL of about --gib GiB (a synthetic GiB written once, its segments repeated
    under later names, as a writer restarted without recovery would leave them);
 3. pinned host-to-device and device-to-device bandwidth, measured in this run;
-4. cuda restores from the page cache and from tmpfs (host memory), a profiled
-   run for time per stage, peak device memory, the cpu executor on the same
-   WAL, and a bit-for-bit comparison of the two results;
+4. cuda restores from the page cache (with the next chunk's copy overlapping
+   the kernels, and once with GPU_PITR_CUDA_OVERLAP=0) and from tmpfs (host
+   memory), a profiled run for time per stage, peak device memory, the cpu
+   executor on the same WAL, and a bit-for-bit comparison of the two results;
 5. a short table, printed last.
 """
 
@@ -81,14 +83,28 @@ def wal_bytes(wal: Path) -> int:
     return sum(p.stat().st_size for p in wal.glob("wal-*.log"))
 
 
-def timed_restore(wal, backend, cp=None, **kw):
+# Set when a measurement with the copy ahead failed: the rest is measured without it.
+OVERLAP_BROKEN = False
+
+
+def _overlap_env() -> str:
+    return "0" if OVERLAP_BROKEN else "1"
+
+
+def timed_restore(wal, backend, cp=None, overlap=True, **kw):
+    """A restore and its seconds; ``overlap=False``: the cuda executor's synchronous
+    copies (GPU_PITR_CUDA_OVERLAP=0) for this restore only."""
     import gpu_pitr
 
-    t = time.perf_counter()
-    idx = gpu_pitr.restore(wal, backend=backend, **kw)
-    if cp is not None:
-        cp.cuda.get_current_stream().synchronize()
-    return idx, time.perf_counter() - t
+    os.environ["GPU_PITR_CUDA_OVERLAP"] = "1" if overlap and not OVERLAP_BROKEN else "0"
+    try:
+        t = time.perf_counter()
+        idx = gpu_pitr.restore(wal, backend=backend, **kw)
+        if cp is not None:
+            cp.cuda.get_current_stream().synchronize()
+        return idx, time.perf_counter() - t
+    finally:
+        os.environ["GPU_PITR_CUDA_OVERLAP"] = _overlap_env()
 
 
 def profiled_restore(wal, cp):
@@ -104,7 +120,7 @@ def profiled_restore(wal, cp):
     total = time.perf_counter() - t
     host = {k: round(v, 4) for k, v in run.timings.items()}
     dev = {k: round(v, 4) for k, v in ex.timings.items()}
-    return index, total, host, dev
+    return index, total, host, dev, f"{ex.adopted}/{ex.staged}"  # copies ahead used/issued
 
 
 def snapshot_check(wal: Path, base: Path, full_idx, full_s: float, cp, figures) -> str:
@@ -165,27 +181,39 @@ def main() -> int:
 
     if not args.skip_tests:
         log("cuda == cpu on the test corpora (tests/test_cuda_executor.py, real GPU)")
-        env = dict(os.environ, GPU_PITR_REAL_GPU="1",
+        env = dict(os.environ, GPU_PITR_REAL_GPU="1", GPU_PITR_CUDA_OVERLAP="1",
                    GPU_PITR_CUDA_EXAMPLES=os.environ.get("GPU_PITR_CUDA_EXAMPLES", "15"),
                    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         env.pop("NUMBA_ENABLE_CUDASIM", None)
         t = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-             "tests/test_cuda_executor.py"], cwd=ROOT, env=env, capture_output=True, text=True)
+             "tests/test_cuda_executor.py", "tests/test_cuda_overlap.py"],
+            cwd=ROOT, env=env, capture_output=True, text=True)
         tail = (proc.stdout + proc.stderr).strip().splitlines()
         print("\n".join(tail[-25:]))
         rows.append(("test corpora, cuda == cpu", f"{tail[-1] if tail else '?'} "
                      f"({time.perf_counter() - t:.0f} s)"))
         figures["tests_rc"] = proc.returncode
 
+    global OVERLAP_BROKEN
+    import traceback
+
     try:
         return measure(args, cp, rows, figures, t_all)
     except Exception:
-        import traceback
-
         traceback.print_exc()
-        rows.append(("FAILED", traceback.format_exc().strip().splitlines()[-1]))
+        rows.append(("FAILED (copy ahead on)", traceback.format_exc().strip().splitlines()[-1]))
+    # The copy ahead is the newest GPU-only code: measure the rest without it rather
+    # than lose the run.
+    OVERLAP_BROKEN = True
+    figures["overlap_broken"] = True
+    log("measuring again with GPU_PITR_CUDA_OVERLAP=0")
+    try:
+        return measure(args, cp, rows, figures, t_all) or 1
+    except Exception:
+        traceback.print_exc()
+        rows.append(("FAILED (copy ahead off)", traceback.format_exc().strip().splitlines()[-1]))
         print_table(rows)
         return 1
 
@@ -198,6 +226,7 @@ def print_table(rows) -> None:
 
 
 def measure(args, cp, rows, figures, t_all) -> int:
+    os.environ["GPU_PITR_CUDA_OVERLAP"] = _overlap_env()  # whatever the caller's shell says
     bw = bandwidths(cp)
     figures.update(bw)
     log(f"bandwidth: {bw}")
@@ -230,19 +259,21 @@ def measure(args, cp, rows, figures, t_all) -> int:
 
     pool = cp.get_default_memory_pool()
     pool.free_all_blocks()
-    gpu_runs = []
-    for _ in range(2):
-        idx, s = timed_restore(wal, "cuda", cp)
-        gpu_runs.append(s)
-        peak_pool = pool.total_bytes()
+    gpu_runs, off_runs = [], []
+    for overlap in (True, False, True):  # A/B: the copy ahead on, off, on
+        idx, s = timed_restore(wal, "cuda", cp, overlap=overlap)
+        (gpu_runs if overlap else off_runs).append(s)
+        if overlap:
+            peak_pool = pool.total_bytes()
         index_bytes = idx.vectors.nbytes
         n_ids = len(idx)
         del idx
         pool.free_all_blocks()
-    gpu_s = min(gpu_runs)
+    gpu_s, off_s = min(gpu_runs), min(off_runs)
     figures.update(cuda_page_cache_s=gpu_runs, cuda_gbs=size / gpu_s / 1e9,
+                   cuda_overlap_off_s=off_runs,
                    device_pool_bytes=peak_pool, index_bytes=index_bytes, ids=n_ids)
-    log(f"cuda restore from page cache: {gpu_runs} s, {n_ids} ids")
+    log(f"cuda restore from page cache: {gpu_runs} s, overlap off {off_runs} s, {n_ids} ids")
 
     shm = Path("/dev/shm")
     shm_s = None
@@ -257,9 +288,10 @@ def measure(args, cp, rows, figures, t_all) -> int:
         shutil.rmtree(shm_wal)
         log(f"cuda restore from tmpfs: {shm_runs} s")
 
-    gpu_idx, prof_s, host_t, dev_t = profiled_restore(wal, cp)
-    figures.update(profiled_s=prof_s, host_stages=host_t, device_stages=dev_t)
-    log(f"profiled: {prof_s:.2f} s host {host_t} device {dev_t}")
+    gpu_idx, prof_s, host_t, dev_t, ahead = profiled_restore(wal, cp)
+    figures.update(profiled_s=prof_s, host_stages=host_t, device_stages=dev_t,
+                   copies_ahead_used_issued=ahead)
+    log(f"profiled: {prof_s:.2f} s host {host_t} device {dev_t} copies ahead {ahead}")
 
     cpu_idx, cpu_s = timed_restore(wal, "cpu")
     figures["cpu_s"] = cpu_s
@@ -284,6 +316,8 @@ def measure(args, cp, rows, figures, t_all) -> int:
         ("device D2D bandwidth (r+w)", f"{bw['d2d_gbs']:.0f} GB/s"),
         ("raw read (page cache)", f"{figures['read_gbs']:.2f} GB/s"),
         ("cuda restore, page cache", f"{gbs:.2f} GB/s ({gpu_s:.2f} s) = {gbs / h2d:.0%} of H2D"),
+        ("same, GPU_PITR_CUDA_OVERLAP=0", f"{size / off_s / 1e9:.2f} GB/s ({off_s:.2f} s); "
+         f"overlap saves {off_s - gpu_s:+.2f} s; copies ahead used {ahead} (used/issued)"),
     ]
     if shm_s:
         g = size / shm_s / 1e9

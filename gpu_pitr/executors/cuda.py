@@ -1,6 +1,9 @@
 """The cuda executor: CuPy owns device memory and sorting, ``gpu_pitr.kernels`` the work.
 
 Per chunk: the host frames records and copies the chunk into a device buffer;
+while chunk k is planned and applied, the next chunk's bytes are already copied
+(``stage``: a copy stream, pinned host memory, the other of two device buffers,
+an event the compute stream waits on; ``GPU_PITR_CUDA_OVERLAP=0`` turns it off);
 a kernel decodes every record (the same parser as the CPU executor); the small
 record columns come back for the host's commit plan; the apply order goes
 down; entries are expanded in apply order, sorted stably by id key, checked
@@ -13,7 +16,9 @@ NumPy stands in for CuPy, so CI exercises this file without a GPU.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
+import os
 import sys
 import time
 import warnings
@@ -68,6 +73,12 @@ def _kernel_modules():
     return decode, resolve
 
 
+def overlap_enabled() -> bool:
+    """Whether copies run ahead of the kernels (``GPU_PITR_CUDA_OVERLAP=0``: off)."""
+    return os.environ.get("GPU_PITR_CUDA_OVERLAP", "1").strip().lower() not in (
+        "0", "off", "false", "no")
+
+
 def _blocks(n: int) -> int:
     return max(1, (n + _THREADS - 1) // _THREADS)
 
@@ -108,15 +119,41 @@ class CudaExecutor:
         self.ids_used = 0
         self.meta = xp.zeros(1 << 16, xp.uint8)
         self.meta_used = 0
-        self.dbuf = xp.zeros(0, xp.uint8)
+        self.dbuf = xp.zeros(0, xp.uint8)  # the device bytes of the chunk in hand
         self.rec = {}
         self.ent = {}
+        # Copies ahead (stage): the next chunk's bytes go into the other device
+        # buffer on a stream of their own while this chunk's kernels run.
+        self.overlap = overlap_enabled()
+        self.staged = 0  # copies issued ahead
+        self.adopted = 0  # chunks decoded from such a copy
+        self._spare = xp.zeros(0, xp.uint8)  # the other device buffer: where stage copies
+        self._staged = None  # (host buffer, start, end) of the copy ahead not yet decoded
+        self._nb_stream = (None, None)  # (CuPy stream pointer, the Numba stream on it)
+        if self.overlap and not self.sim:
+            # Non-blocking: no implicit ordering against the legacy default stream,
+            # which is CuPy's current stream unless the caller chose another.
+            self._copy_stream = xp.cuda.Stream(non_blocking=True)
+            self._spare_free = xp.cuda.Event(disable_timing=True)
+            self._copied = xp.cuda.Event(disable_timing=True)
 
     def _launch(self, kernel, n, *args):
         with warnings.catch_warnings():
             # Small chunks launch small grids; Numba's occupancy advice is noise here.
             warnings.filterwarnings("ignore", message=".*(under-utilization|Grid size)")
-            kernel[_blocks(n), _THREADS](*args)
+            if self.sim:
+                kernel[_blocks(n), _THREADS](*args)
+            else:
+                kernel[_blocks(n), _THREADS, self._stream()](*args)
+
+    def _stream(self):
+        """CuPy's current stream as a Numba stream: kernels queue behind CuPy's work."""
+        ptr = self.xp.cuda.get_current_stream().ptr
+        if self._nb_stream[0] != ptr:
+            from numba import cuda
+
+            self._nb_stream = (ptr, cuda.external_stream(ptr))
+        return self._nb_stream[1]
 
     def _tick(self, stage: str, t0: float) -> float:
         if self.profile and not self.sim:
@@ -144,6 +181,41 @@ class CudaExecutor:
                 new[:have] = table[name]
             table[name] = new
 
+    def stage(self, buf: np.ndarray, start: int, end: int) -> bool:
+        """Start copying ``buf[start:end]`` (page-locked) to the device, for the next decode.
+
+        The copy goes into the spare device buffer, on the copy stream, after the
+        work queued so far on the compute stream (the kernels that last read that
+        buffer); an event marks its end. ``buf[start:end]`` must stay as it is, and
+        the host buffer must not be reused, until ``decode`` of these bytes has
+        returned or ``unstage`` was called. At most one copy is ahead: False when
+        one is already (or overlap is off).
+        """
+        if not self.overlap or self._staged is not None or end <= start:
+            return False
+        xp = self.xp
+        if len(self._spare) < end:
+            self._spare = xp.empty(max(end, len(buf)), xp.uint8)
+        if self.sim:
+            self._spare[start:end] = buf[start:end]  # again when decoded: see decode
+        else:
+            self._spare_free.record(xp.cuda.get_current_stream())
+            self._copy_stream.wait_event(self._spare_free)
+            # A ctypes pointer, not an int: older CuPy reads ``mem.value``.
+            self._spare[start:end].data.copy_from_host_async(
+                ctypes.c_void_p(buf.ctypes.data + start), end - start, self._copy_stream)
+            self._copied.record(self._copy_stream)
+        self._staged = (buf, start, end)
+        self.staged += 1
+        return True
+
+    def unstage(self) -> None:
+        """Drop a copy ahead that no decode will use; returns once no copy ahead reads
+        host memory any more (so its buffer may go back to the reader)."""
+        self._staged = None
+        if self.staged and not self.sim:
+            self._copied.synchronize()
+
     def decode(self, buf: np.ndarray, cols, first: int, n: int) -> None:
         """Decode records ``0..n-1`` (all of them: carried ones moved) on the device."""
         xp = self.xp
@@ -151,9 +223,29 @@ class CudaExecutor:
         # Records keep their host offsets on the device: copy just the span they use.
         lo = int(cols.off[:n].min())
         used = int((cols.off[:n] + RECORD_HEADER_SIZE + cols.length[:n]).max())
-        if len(self.dbuf) < used:
-            self.dbuf = xp.zeros(max(used, len(buf)), xp.uint8)
-        self._to_device(self.dbuf[lo:used], buf[lo:used])
+        ready = used  # device bytes [ready, used) are in self.dbuf already
+        st = self._staged
+        adopted = st is not None and st[0] is buf and st[1] < used <= st[2]
+        if adopted:
+            # The copy ahead holds these bytes: its buffer becomes the chunk's (the
+            # previous chunk's becomes the spare), and only the bytes in front of it
+            # (records of open transactions carried into the headroom) are copied now.
+            self.dbuf, self._spare = self._spare, self.dbuf
+            self._staged = None
+            self.adopted += 1
+            ready = max(lo, st[1])
+            if self.sim:
+                # The simulator's "asynchronous" copy completes here, reading the host
+                # bytes as they are now: a buffer reused too early shows in the result.
+                self.dbuf[st[1]:st[2]] = buf[st[1]:st[2]]
+            else:
+                xp.cuda.get_current_stream().wait_event(self._copied)
+        else:
+            self.unstage()
+            if len(self.dbuf) < used:
+                self.dbuf = xp.zeros(max(used, len(buf)), xp.uint8)
+        if ready > lo:
+            self._to_device(self.dbuf[lo:ready], buf[lo:ready])
         self._ensure(self.rec, {k: RECORD_COLUMNS[k] for k in _DEVICE_RECORD_COLUMNS}, n)
         self._ensure(self.ent, ENTRY_COLUMNS, n)
         r, e = self.rec, self.ent
@@ -168,6 +260,10 @@ class CudaExecutor:
         )
         for name in _BACK_TO_HOST:
             getattr(cols, name)[:n] = self._to_host(r[name][:n])
+        if adopted and not self.sim:
+            # Done already (the compute stream waited for it and has drained): the host
+            # buffer is free for the reader from here on.
+            self._copied.synchronize()
         if (cols.status[:n] == ERR_DEPTH).any():
             raise NeedsHostExecutor(
                 f"a batch nested deeper than {MAX_BATCH_DEPTH} levels (the kernels' stack)")

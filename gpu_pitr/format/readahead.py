@@ -198,6 +198,18 @@ class FrameAhead:
                 raise item
             yield item
 
+    def peek(self) -> Framed | None:
+        """The piece to be yielded next, if it is framed already; never waits.
+
+        None when it is not ready yet, or when what comes next is the end or an
+        error. Its bytes ``buf[start:end]`` do not change from here on (a
+        consumer may start copying them), and its buffer stays held until the
+        consumer has taken the item and released it.
+        """
+        with self._queue.mutex:
+            item = self._queue.queue[0] if self._queue.queue else None
+        return item if isinstance(item, Framed) else None
+
     def _put(self, item) -> bool:
         while not self._stop.is_set():
             try:
