@@ -293,7 +293,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _time_target(parser: argparse.ArgumentParser, text: str, exclusive: bool) -> int:
     """``--to-time`` as whole Unix seconds (``parse_time``); a usage error if it is not one."""
-    from gpu_pitr.pipeline import parse_time  # with Numba: not imported for ``inspect``
+    from gpu_pitr.pipeline import parse_time  # with Numba: imported when a command needs it
 
     try:
         seconds = parse_time(text, exclusive)
@@ -359,7 +359,7 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``verify``: 0 without damage, 1 with; 2 when WAL_DIR cannot be read at all."""
     if not os.path.isdir(args.wal_dir):
         parser.error(f"argument WAL_DIR: {args.wal_dir}: not a directory")
-    from gpu_pitr.verify import verify_wal  # with Numba: not imported for ``inspect``
+    from gpu_pitr.verify import verify_wal  # with Numba: imported when a command needs it
 
     try:
         result = verify_wal(args.wal_dir)

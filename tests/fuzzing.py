@@ -572,14 +572,15 @@ def outcome(files: Files, kw: dict, backend: str = "cpu", chunk_bytes: int | Non
 
 
 def check_python_readers(wal_dir: str) -> None:
-    """The pure-Python side on the same bytes: ``inspect``'s statistics never fail, the
-    reader frames exactly as the reference, and the codec decodes exactly the payloads
-    the reference decodes, to the same entry end."""
+    """The pure-Python side on the same bytes: ``inspect``'s statistics never fail (and
+    the compiled ones equal them), the reader frames exactly as the reference, and the
+    codec decodes exactly the payloads the reference decodes, to the same entry end."""
+    import inspect_reference
+
     from gpu_pitr.format.codec import PayloadError, decode_entry
     from gpu_pitr.format.reader import scan_wal
-    from gpu_pitr.format.stats import wal_stats
 
-    json.dumps(wal_stats(wal_dir))
+    json.dumps(inspect_reference.assert_same_stats(wal_dir, chunks=(None, 64)))
     records = [i for i in reference.frame_log(wal_dir) if i[0] == "record"]
     scanned = [(s.path.name, r.offset, r.seq, r.payload) for s in scan_wal(wal_dir)
                for r in s.records]

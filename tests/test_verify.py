@@ -3,7 +3,8 @@
 Each damage test builds one problem with tests/workloads.py (LogBuilder) or by editing
 bytes and asserts the exact (kind, file, offset, seq) verify reports. Random damaged
 logs are checked against two independent readers: ``inspect`` (the pure-Python reader
-and codec) and the restore's own report.
+and codec, tests/inspect_reference.py) and the restore's own report. Each log is also
+given to the compiled ``inspect``, which must equal the pure-Python one exactly.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import inspect_reference
 import pytest
 import workloads as w
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +23,6 @@ from workloads import Abort, Batch, Begin, Commit, Del, Ins, LogBuilder, Upd, di
 
 from gpu_pitr.errors import DimensionMismatchError
 from gpu_pitr.format.payload import ERR_VARIANT, STATUS_TEXT
-from gpu_pitr.format.stats import wal_stats
 from gpu_pitr.pipeline import restore
 from gpu_pitr.synth import write_synthetic_wal
 from gpu_pitr.verify import DAMAGE, KINDS, NOTICE, verify_wal
@@ -31,7 +32,9 @@ REC = 12  # record header bytes: a payload starts 12 bytes after its record
 
 
 def found(wal_dir, **kw) -> list[tuple]:
-    """(kind, file, offset, seq) of every problem, in the order verify lists them."""
+    """(kind, file, offset, seq) of every problem, in the order verify lists them (and the
+    compiled ``inspect`` of the same log equals the pure-Python one)."""
+    inspect_reference.assert_same_stats(wal_dir)
     return [(p.kind, p.file, p.offset, p.seq) for p in verify_wal(wal_dir, **kw).problems]
 
 
@@ -501,6 +504,7 @@ def test_one_log_with_every_kind_of_problem_and_the_documented_severities(tmp_pa
     b.put_file(w.segment_name(SEG2 + 1), b"WAL")  # torn_header
     b.put_file(w.segment_name(SEG2 + 2), b"WALX" + bytes(12))  # bad_header
     result = verify_wal(b.write(tmp_path / "wal"))
+    inspect_reference.assert_same_stats(tmp_path / "wal")
     assert {p.kind for p in result.problems} == set(KINDS)
     assert len(result.problems) == len(KINDS)
     severities = {p.kind: p.severity for p in result.problems}
@@ -522,7 +526,7 @@ _SEQ_KINDS = {"seq_restart", "seq_gap", "seq_out_of_order"}
 
 
 def _inspect_view(wal_dir) -> dict:
-    stats = wal_stats(wal_dir)
+    stats = inspect_reference.assert_same_stats(wal_dir)  # the pure-Python document
     damage = set()
     for d in stats["damage"]:
         if d["kind"] == "bad_header":

@@ -1,147 +1,27 @@
 """What ``gpu-pitr inspect`` reports about a WAL directory: ``wal_stats`` and its text.
 
-Built on the pure-Python reader and codec, one segment in memory at a time.
+``wal_stats`` runs the compiled pass of ``gpu_pitr.format.statwalk`` (imported
+when called: Numba is not imported with the command line).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from gpu_pitr.format.codec import PayloadError, decode_entry
-from gpu_pitr.format.entries import (
-    AbortTransaction,
-    Batch,
-    BeginTransaction,
-    Checkpoint,
-    CommitTransaction,
-)
-from gpu_pitr.format.layout import VARIANT_NAMES
-from gpu_pitr.format.reader import scan_segment
-from gpu_pitr.format.segments import list_segments
 
-
-def wal_stats(wal_dir: str | os.PathLike) -> dict:
+def wal_stats(wal_dir: str | os.PathLike, *, chunk_bytes: int | None = None) -> dict:
     """What ``inspect`` reports about ``wal_dir``, as one JSON-able document.
 
-    Built on the pure-Python reader and codec; it judges nothing: every kind of
-    damage is listed, none is fatal. Segment record counts include records whose
-    payload does not decode; variant counts and timestamps come from those that do.
+    It judges nothing: every kind of damage is listed, none is fatal. Segment
+    record counts include records whose payload does not decode; variant counts
+    and timestamps come from those that do. The segments are read in pieces of
+    ``chunk_bytes`` (default 16 MiB), never the whole log at once. Equal, for every
+    WAL, to the pure-Python reader and codec's answer (tests/inspect_reference.py).
     """
-    segments, checkpoints, anomalies, restarts, damage = [], [], [], [], []
-    top_level = dict.fromkeys(VARIANT_NAMES, 0)
-    in_batches = dict.fromkeys(VARIANT_NAMES, 0)
-    open_txns: list[int] = []  # in begin order
-    committed = aborted = 0
-    prev_seq = None
-    # One segment in memory at a time: scan_wal would hold the whole log.
-    for segment in list_segments(wal_dir):
-        scan = scan_segment(segment.path)
-        name = scan.path.name
-        if scan.bad_header is not None:
-            damage.append(
-                _damage("bad_header", name, scan.bad_header.offset, what=scan.bad_header.what)
-            )
-        stamps = []
-        for rec in scan.records:
-            if prev_seq is not None and rec.seq != prev_seq + 1:
-                restarts.append(
-                    {"file": name, "offset": rec.offset, "from": prev_seq, "to": rec.seq}
-                )
-            prev_seq = rec.seq
-            at = {"file": name, "offset": rec.offset, "seq": rec.seq}
-            try:
-                entry, used = decode_entry(rec.payload)
-            except PayloadError as err:
-                damage.append(_damage("undecodable", name, rec.offset, rec.seq, what=str(err)))
-                continue
-            if used < len(rec.payload):
-                damage.append(
-                    _damage("trailing_bytes", name, rec.offset, rec.seq, len(rec.payload) - used)
-                )
-            top_level[VARIANT_NAMES[entry.variant]] += 1
-            stamps.append(entry.timestamp)
-            if isinstance(entry, Batch):
-                for nested in _nested_entries(entry):
-                    in_batches[VARIANT_NAMES[nested.variant]] += 1
-            elif isinstance(entry, Checkpoint):
-                checkpoints.append(
-                    {**at, "sequence_number": entry.sequence_number, "timestamp": entry.timestamp}
-                )
-            elif isinstance(entry, BeginTransaction | CommitTransaction | AbortTransaction):
-                # The SPEC's transaction rules (section 3), markers nested in batches aside.
-                txn = entry.transaction_id
-                what = None
-                if isinstance(entry, BeginTransaction):
-                    if txn in open_txns:
-                        what = "begin of an open transaction"
-                    else:
-                        open_txns.append(txn)
-                elif txn not in open_txns:
-                    kind = "commit" if isinstance(entry, CommitTransaction) else "abort"
-                    what = f"{kind} of a transaction that is not open"
-                else:
-                    open_txns.remove(txn)
-                    if isinstance(entry, CommitTransaction):
-                        committed += 1
-                    else:
-                        aborted += 1
-                if what is not None:
-                    anomalies.append({**at, "transaction_id": txn, "what": what})
-        if scan.torn_tail is not None:
-            tail = scan.torn_tail
-            damage.append(_damage("torn_tail", name, tail.offset, nbytes=tail.lost))
-        segments.append(
-            {
-                "name": name,
-                "size": scan.size,
-                "created": scan.created,
-                "records": len(scan.records),
-                "first_seq": scan.records[0].seq if scan.records else None,
-                "last_seq": scan.records[-1].seq if scan.records else None,
-                "min_timestamp": min(stamps, default=None),
-                "max_timestamp": max(stamps, default=None),
-                "extra_headers": len(scan.extra_headers),
-            }
-        )
-    return {
-        "wal_dir": str(wal_dir),
-        "totals": {
-            "segments": len(segments),
-            "bytes": sum(seg["size"] for seg in segments),
-            "records": sum(seg["records"] for seg in segments),
-        },
-        "segments": segments,
-        "records_by_variant": top_level,
-        "batch_entries_by_variant": in_batches,
-        "checkpoints": checkpoints,
-        "transactions": {
-            "committed": committed,
-            "aborted": aborted,
-            "open_at_end": open_txns,
-            "anomalies": anomalies,
-        },
-        "seq_restarts": restarts,
-        "damage": damage,
-    }
+    from gpu_pitr.format.statwalk import DEFAULT_CHUNK_BYTES, scan_stats
 
-
-def _damage(kind, file, offset, seq=None, nbytes=None, what=None) -> dict:
-    return {"kind": kind, "file": file, "offset": offset, "seq": seq, "bytes": nbytes, "what": what}
-
-
-def _nested_entries(batch: Batch) -> Iterator:
-    """Every entry inside ``batch``, nested batches walked too (with a stack: depth is free)."""
-    stack = [iter(batch.entries)]
-    while stack:
-        entry = next(stack[-1], None)
-        if entry is None:
-            stack.pop()
-            continue
-        yield entry
-        if isinstance(entry, Batch):
-            stack.append(iter(entry.entries))
+    return scan_stats(wal_dir, DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
 
 
 def stats_lines(stats: dict) -> list[str]:

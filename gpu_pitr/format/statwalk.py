@@ -1,0 +1,448 @@
+"""The compiled pass behind ``wal_stats`` (``gpu-pitr inspect``).
+
+The bytes go through the restore's own pieces: ``Readahead`` and ``FrameAhead``
+(``frame_records``) read and frame each segment piece by piece on threads, and one
+compiled walk per framed piece (``_walk``) parses every payload with the shared
+parser (``payload.parse_payload``, no entry written) and keeps what inspect counts:
+variants at the top level and inside batches, sequence-number restarts and the
+transaction rules of SPEC section 3. What is listed record by record (damage,
+checkpoints, anomalies, restarts) comes back as events, so the Python work is one
+dict per listed item, not per record. An undecodable payload is decoded once more
+by the pure-Python codec, for its message.
+
+Memory: the read-ahead ring (five buffers of one piece plus headroom), the record
+columns of one piece, and the open transactions.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from numba import njit, types
+from numba.typed import Dict
+
+from gpu_pitr.format.codec import PayloadError, decode_entry
+from gpu_pitr.format.columns import ChunkColumns
+from gpu_pitr.format.frame import frame_records
+from gpu_pitr.format.layout import (
+    ABORT_TRANSACTION,
+    BATCH,
+    BEGIN_TRANSACTION,
+    CHECKPOINT,
+    COMMIT_TRANSACTION,
+    DELETE,
+    HEADER_SIZE,
+    MAGIC,
+    N_VARIANTS,
+    RECORD_HEADER_SIZE,
+    VARIANT_NAMES,
+    VARINT_U32,
+    VARINT_U64,
+    VERSION,
+)
+from gpu_pitr.format.payload import (
+    ERR_DEPTH,
+    MAX_BATCH_DEPTH,
+    OK,
+    parse_payload,
+    read_length,
+    read_varint,
+    skip_metadata,
+    stack_for,
+)
+from gpu_pitr.format.readahead import FrameAhead, Readahead
+from gpu_pitr.format.segments import list_segments
+
+DEFAULT_CHUNK_BYTES = 16 << 20
+_HEADROOM = 1 << 20
+_READ_THREADS = 2
+_BYTES_PER_ROW = 128
+_HEADER_ID = MAGIC + VERSION.to_bytes(4, "little")
+_U64_MAX = np.uint64(2**64 - 1)
+
+# Events of the walk: (code, record index in the piece).
+EV_RESTART = 1  # seq is not the previous record's + 1
+EV_UNDECODABLE = 2
+EV_TRAILING = 3  # bytes left after the payload decodes
+EV_CHECKPOINT = 4
+EV_BEGIN_OPEN = 5  # BeginTransaction of an open transaction
+EV_END_NOT_OPEN = 6  # Commit/AbortTransaction of a transaction not open
+_EVENTS = 4096  # rows of the event buffer; the walk resumes when it fills
+_EVENT_ROOM = 3  # events one record can emit at most: restart, trailing, checkpoint/anomaly
+
+# The walk's counters, carried across pieces and segments (``state``).
+_SEEN = 0  # a record was seen (``prev`` holds its seq)
+_NEXT_BEGIN = 1  # begin order of the next transaction opened
+_COMMITTED = 2
+_ABORTED = 3
+_BAD_BATCH = 4  # 1 + the record whose batch the entry count could not walk (a bug)
+
+
+@njit(cache=True, nogil=True)
+def _count_nested(buf, pos, end, stack, nested):
+    """Count, by variant, every entry nested in the Batch payload ``buf[pos:end]``
+    (nested batches and markers included). The payload is one ``parse_payload``
+    accepted with a stack as deep as ``stack``; False if it does not walk."""
+    p = pos
+    depth = 0
+    top = True
+    while True:
+        v, p = read_varint(buf, p, end, VARINT_U32)
+        if p < 0 or v >= np.uint64(N_VARIANTS):
+            return False
+        kind = np.int64(v)
+        if top:
+            top = False
+        else:
+            nested[kind] += 1
+        if kind == BATCH:
+            count, p = read_length(buf, p, end, 1)
+            if p < 0 or depth >= stack.shape[0]:
+                return False
+            stack[depth] = count
+            depth += 1
+        else:
+            if depth == 0:
+                return False  # the top-level entry is a batch
+            if kind <= DELETE:
+                n, p = read_length(buf, p, end, 1)  # the id: its UTF-8 was checked
+                if p < 0:
+                    return False
+                p += n
+                if kind != DELETE:
+                    dim, p = read_length(buf, p, end, 4)
+                    if p < 0:
+                        return False
+                    p += dim * 4
+                    _s, _n, p = skip_metadata(buf, p, end)
+                    if p < 0:
+                        return False
+            else:
+                _a, p = read_varint(buf, p, end, VARINT_U64)
+                if p < 0:
+                    return False
+            _t, p = read_varint(buf, p, end, VARINT_U64)  # the entry's timestamp
+            if p < 0:
+                return False
+            stack[depth - 1] -= 1
+        # Close every batch whose entries are all read: its timestamp follows.
+        while depth > 0 and stack[depth - 1] == 0:
+            _t, p = read_varint(buf, p, end, VARINT_U64)
+            if p < 0:
+                return False
+            depth -= 1
+            if depth > 0:
+                stack[depth - 1] -= 1
+        if depth == 0:
+            return True
+
+
+@njit(cache=True, nogil=True)
+def _walk(buf, i, n, off, length, seq, status, kind, ts, aux, stop,
+          state, prev, counts, nested, open_txns, stack, e_i64, e_u64, events):
+    """Walk records ``i..n-1`` of a piece in log order; returns ``(next record, events)``.
+
+    Fills ``status``, ``kind``, ``ts``, ``aux`` and ``stop`` per record (as the
+    executors' record columns), counts decodable records by top-level variant in
+    ``counts`` and the entries nested in their batches in ``nested``, and applies
+    the transaction rules to ``open_txns`` (id -> begin order). ``state`` and
+    ``prev`` (the last seq) carry over between calls. Stops early when ``events``
+    has no room for one more record's events.
+    """
+    m = 0
+    while i < n and m + _EVENT_ROOM <= events.shape[0]:
+        q = seq[i]
+        # As Python ints: after 2**64 - 1 every seq is a restart.
+        if state[_SEEN] != 0 and (prev[0] == _U64_MAX or q != prev[0] + np.uint64(1)):
+            events[m, 0] = EV_RESTART
+            events[m, 1] = i
+            m += 1
+        state[_SEEN] = 1
+        prev[0] = q
+        start = off[i] + RECORD_HEADER_SIZE
+        end = start + length[i]
+        st = stack
+        s, k, t, a, _ne, e = parse_payload(buf, start, end, st, False, 0, e_i64, e_i64,
+                                           e_i64, e_i64, e_i64, e_i64, e_i64, e_u64)
+        # Nested deeper than the stack: again with a deeper one (bounded by stack_for).
+        while s == ERR_DEPTH:
+            st = np.empty(min(st.shape[0] * 64, stack_for(length[i])), np.int64)
+            s, k, t, a, _ne, e = parse_payload(buf, start, end, st, False, 0, e_i64, e_i64,
+                                               e_i64, e_i64, e_i64, e_i64, e_i64, e_u64)
+        status[i] = s
+        kind[i] = k
+        ts[i] = t
+        aux[i] = a
+        stop[i] = e
+        if s != OK:
+            events[m, 0] = EV_UNDECODABLE
+            events[m, 1] = i
+            m += 1
+            i += 1
+            continue
+        if e < end:
+            events[m, 0] = EV_TRAILING
+            events[m, 1] = i
+            m += 1
+        counts[k] += 1
+        if k == BATCH:
+            if not _count_nested(buf, start, end, st, nested) and state[_BAD_BATCH] == 0:
+                state[_BAD_BATCH] = i + 1
+        elif k == CHECKPOINT:
+            events[m, 0] = EV_CHECKPOINT
+            events[m, 1] = i
+            m += 1
+        elif k == BEGIN_TRANSACTION:
+            if a in open_txns:
+                events[m, 0] = EV_BEGIN_OPEN
+                events[m, 1] = i
+                m += 1
+            else:
+                open_txns[a] = state[_NEXT_BEGIN]
+                state[_NEXT_BEGIN] += 1
+        elif k == COMMIT_TRANSACTION or k == ABORT_TRANSACTION:
+            if a in open_txns:
+                open_txns.pop(a)
+                if k == COMMIT_TRANSACTION:
+                    state[_COMMITTED] += 1
+                else:
+                    state[_ABORTED] += 1
+            else:
+                events[m, 0] = EV_END_NOT_OPEN
+                events[m, 1] = i
+                m += 1
+        i += 1
+    return i, m
+
+
+@njit(cache=True, nogil=True)
+def _new_txn_map():
+    return Dict.empty(key_type=types.uint64, value_type=types.int64)
+
+
+@njit(cache=True, nogil=True)
+def _open_in_begin_order(open_txns):
+    """The ids of the transactions still open, in the order they were begun."""
+    n = len(open_txns)
+    ids = np.empty(n, np.uint64)
+    order = np.empty(n, np.int64)
+    j = 0
+    for txn, at in open_txns.items():
+        ids[j] = txn
+        order[j] = at
+        j += 1
+    return ids[np.argsort(order)]
+
+
+def header_damage(head: bytes) -> tuple | None:
+    """What inspect lists for a segment's first bytes (``head``: up to 16 of them), as
+    ``(kind, offset, what, bytes)``, or None for a valid header."""
+    if len(head) < HEADER_SIZE:
+        if head[: len(_HEADER_ID)] == _HEADER_ID[: len(head)]:
+            return ("torn_tail", 0, None, len(head))
+        return ("bad_header", 0, "wrong magic", None)
+    if head[:4] != MAGIC:
+        return ("bad_header", 0, f"wrong magic {head[:4]!r}", None)
+    version = int.from_bytes(head[4:8], "little")
+    if version != VERSION:
+        return ("bad_header", 4, f"unsupported version {version}", None)
+    return None
+
+
+def _host_buffer(nbytes: int) -> np.ndarray:
+    return np.empty(nbytes, np.uint8)
+
+
+class _Segment:
+    """What inspect says about one segment, gathered piece by piece."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.size = size
+        self.created: int | None = None
+        self.records = 0
+        self.first_seq: int | None = None
+        self.last_seq: int | None = None
+        self.min_ts: int | None = None
+        self.max_ts: int | None = None
+        self.record_bytes = 0  # record headers and payloads framed
+        self.torn_at: int | None = None  # where a torn tail starts
+
+    def to_dict(self) -> dict:
+        extra = 0
+        if self.created is not None:
+            # Framing consumes only whole records and 16-byte headers, up to the end
+            # of the file or its torn tail: what no record holds is headers.
+            end = self.size if self.torn_at is None else self.torn_at
+            extra = (end - HEADER_SIZE - self.record_bytes) // HEADER_SIZE
+        return {
+            "name": self.name,
+            "size": self.size,
+            "created": self.created,
+            "records": self.records,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "min_timestamp": self.min_ts,
+            "max_timestamp": self.max_ts,
+            "extra_headers": extra,
+        }
+
+
+def scan_stats(wal_dir: str | os.PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict:
+    """``wal_stats``: see ``gpu_pitr.format.stats``."""
+    scan = _Scan(wal_dir, max(64, int(chunk_bytes)))
+    scan.run()
+    return scan.result()
+
+
+class _Scan:
+    """One ``wal_stats`` in progress: the loop over framed pieces."""
+
+    def __init__(self, wal_dir, chunk_bytes: int) -> None:
+        self.wal_dir = wal_dir
+        self.segments = list_segments(wal_dir)
+        self.segs = [_Segment(seg.name, seg.size) for seg in self.segments]
+        # A piece never spans segments: a small log needs no full-size buffers.
+        self.chunk_bytes = max(64, min(chunk_bytes, max((s.size for s in self.segments),
+                                                        default=0)))
+        self.cols = ChunkColumns(self.chunk_bytes // _BYTES_PER_ROW + 64, 1)
+        self.heads: list[bytes] = []
+        self.stack = np.empty(MAX_BATCH_DEPTH, np.int64)
+        self.state = np.zeros(5, np.int64)
+        self.prev = np.zeros(1, np.uint64)
+        self.counts = np.zeros(N_VARIANTS, np.int64)
+        self.nested = np.zeros(N_VARIANTS, np.int64)
+        self.open_txns = _new_txn_map()
+        self.events = np.zeros((_EVENTS, 2), np.int64)
+        self.checkpoints: list[dict] = []
+        self.anomalies: list[dict] = []
+        self.restarts: list[dict] = []
+        self.damage: list[dict] = []
+
+    def _header(self, head: bytes):
+        self.heads.append(head)  # called once per segment, in log order (frame thread)
+        return header_damage(head)
+
+    def run(self) -> None:
+        ranges = [(i, seg.path, HEADER_SIZE, seg.size) for i, seg in enumerate(self.segments)
+                  if seg.size > HEADER_SIZE]
+        reader = Readahead(ranges, self.chunk_bytes, _HEADROOM, _host_buffer,
+                           threads=_READ_THREADS)
+        framer = FrameAhead(self.segments, reader, _host_buffer, frame_records,
+                            self._header, HEADER_SIZE)
+        try:
+            for item in framer:
+                if item.problem is not None:
+                    kind, offset, what, nbytes = item.problem
+                    self.damage.append(_damage(kind, self.segs[item.segment].name, offset,
+                                               nbytes=nbytes, what=what))
+                    continue
+                self._piece(item)
+                if item.ring is not None:
+                    reader.release(item.ring)
+        finally:
+            framer.close()
+            reader.close()
+        for seg, head in zip(self.segs, self.heads, strict=False):
+            if header_damage(head) is None:
+                seg.created = int.from_bytes(head[8:16], "little")
+        if self.state[_BAD_BATCH]:
+            raise RuntimeError("inspect: a batch the payload parser accepted did not walk "
+                               "(a bug in gpu_pitr.format.statwalk)")
+
+    def _piece(self, item) -> None:
+        """Walk the records framed in one piece, then list what they hold."""
+        n, c, seg = item.n, self.cols, self.segs[item.segment]
+        if n:
+            c.ensure_records(n)
+            prev = int(self.prev[0]) if self.state[_SEEN] else None
+            i = 0
+            while i < n:
+                i, m = _walk(item.buf, i, n, item.off, item.length, item.seq, c.status,
+                             c.kind, c.ts, c.aux, c.stop, self.state, self.prev, self.counts,
+                             self.nested, self.open_txns, self.stack, c.e_op, c.e_key,
+                             self.events)
+                for code, r in self.events[:m].tolist():
+                    self._event(code, r, item, seg, prev)
+            seg.records += n
+            if seg.first_seq is None:
+                seg.first_seq = int(item.seq[0])
+            seg.last_seq = int(item.seq[n - 1])
+            stamps = c.ts[:n][c.status[:n] == OK]
+            if len(stamps):
+                low, high = int(stamps.min()), int(stamps.max())
+                seg.min_ts = low if seg.min_ts is None else min(seg.min_ts, low)
+                seg.max_ts = high if seg.max_ts is None else max(seg.max_ts, high)
+            seg.record_bytes += RECORD_HEADER_SIZE * n + int(item.length[:n].sum())
+        if item.torn is not None:
+            at, lost = item.torn
+            seg.torn_at = at
+            self.damage.append(_damage("torn_tail", seg.name, at, nbytes=lost))
+
+    def _event(self, code: int, i: int, item, seg: _Segment, prev: int | None) -> None:
+        c = self.cols
+        offset = int(item.off[i]) - item.start + item.file_start
+        q = int(item.seq[i])
+        if code == EV_RESTART:
+            before = int(item.seq[i - 1]) if i else prev
+            self.restarts.append({"file": seg.name, "offset": offset, "from": before, "to": q})
+            return
+        start = int(item.off[i]) + RECORD_HEADER_SIZE
+        length = int(item.length[i])
+        if code == EV_UNDECODABLE:
+            self.damage.append(_damage("undecodable", seg.name, offset, q,
+                                       what=_payload_error(item.buf[start:start + length])))
+        elif code == EV_TRAILING:
+            self.damage.append(_damage("trailing_bytes", seg.name, offset, q,
+                                       start + length - int(c.stop[i])))
+        elif code == EV_CHECKPOINT:
+            self.checkpoints.append({"file": seg.name, "offset": offset, "seq": q,
+                                     "sequence_number": int(c.aux[i]),
+                                     "timestamp": int(c.ts[i])})
+        else:
+            if code == EV_BEGIN_OPEN:
+                what = "begin of an open transaction"
+            else:
+                end = "commit" if int(c.kind[i]) == COMMIT_TRANSACTION else "abort"
+                what = f"{end} of a transaction that is not open"
+            self.anomalies.append({"file": seg.name, "offset": offset, "seq": q,
+                                   "transaction_id": int(c.aux[i]), "what": what})
+
+    def result(self) -> dict:
+        segments = [seg.to_dict() for seg in self.segs]
+        return {
+            "wal_dir": str(self.wal_dir),
+            "totals": {
+                "segments": len(segments),
+                "bytes": sum(seg["size"] for seg in segments),
+                "records": sum(seg["records"] for seg in segments),
+            },
+            "segments": segments,
+            "records_by_variant": dict(zip(VARIANT_NAMES, self.counts.tolist(), strict=True)),
+            "batch_entries_by_variant": dict(zip(VARIANT_NAMES, self.nested.tolist(),
+                                                 strict=True)),
+            "checkpoints": self.checkpoints,
+            "transactions": {
+                "committed": int(self.state[_COMMITTED]),
+                "aborted": int(self.state[_ABORTED]),
+                "open_at_end": _open_in_begin_order(self.open_txns).tolist(),
+                "anomalies": self.anomalies,
+            },
+            "seq_restarts": self.restarts,
+            "damage": self.damage,
+        }
+
+
+def _payload_error(payload: np.ndarray) -> str:
+    """The pure-Python codec's message for a payload the compiled parser rejected."""
+    try:
+        decode_entry(payload.tobytes())
+    except PayloadError as err:
+        return str(err)
+    raise RuntimeError("inspect: the payload parser and the codec disagree on a payload "
+                       f"({payload.tobytes()[:64].hex()})")
+
+
+def _damage(kind, file, offset, seq=None, nbytes=None, what=None) -> dict:
+    return {"kind": kind, "file": file, "offset": offset, "seq": seq, "bytes": nbytes, "what": what}
