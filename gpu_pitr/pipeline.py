@@ -217,6 +217,7 @@ class _Restore:
             self._unstage()  # no copy may read a buffer the reader is done with
             framer.close()
             reader.close()
+            self._framer = None  # it holds read buffers: they go before the sort
             self.timings["frame"] += framer.frame_seconds
         self._end_of_log()
         if not self.plan.stopped:

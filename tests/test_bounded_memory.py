@@ -47,3 +47,43 @@ def test_restore_of_a_wal_3x_the_budget_stays_within_it(tmp_path: Path, capsys) 
     assert got["peak_rss"] <= got["baseline_rss"] + budget + got["index_bytes"]
     # A peak below the baseline would mean the two children measured different things.
     assert got["peak_rss"] >= got["baseline_rss"]
+
+
+def test_read_buffers_are_freed_before_the_final_sort(tmp_path: Path, monkeypatch) -> None:
+    """The sort and the in-place reorder of the index are the restore's peak: by then
+    every read buffer (the read-ahead ring, buffers of carried records) must be gone,
+    or the peak grows by the ring (5 x (chunk + 1 MiB))."""
+    import gc
+    import weakref
+
+    import numpy as np
+
+    import gpu_pitr
+    from gpu_pitr import pipeline
+    from gpu_pitr.executors.cpu import CpuExecutor
+    from gpu_pitr.synth import write_synthetic_wal
+
+    wal = tmp_path / "wal"
+    write_synthetic_wal(wal, total_bytes=3 * MIB, dim=16, segments=2, seed=3)
+    buffers: list[weakref.ref] = []
+    alloc = pipeline._Restore._alloc
+
+    def tracked(self, nbytes):
+        buf = alloc(self, nbytes)
+        buffers.append(weakref.ref(buf))
+        return buf
+
+    alive_at_finish = []
+    finish = CpuExecutor.finish
+
+    def checked(self, report):
+        gc.collect()
+        alive_at_finish.append(sum(ref() is not None for ref in buffers))
+        return finish(self, report)
+
+    monkeypatch.setattr(pipeline._Restore, "_alloc", tracked)
+    monkeypatch.setattr(CpuExecutor, "finish", checked)
+    index = gpu_pitr.restore(wal, backend="cpu", chunk_bytes=256 << 10)
+    assert len(buffers) >= 5, "the read-ahead ring was not allocated through _alloc"
+    assert alive_at_finish == [0]
+    assert len(index) > 0 and np.isfinite(index.vectors).all()
