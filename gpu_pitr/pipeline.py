@@ -28,7 +28,14 @@ from gpu_pitr.format.columns import ChunkColumns
 from gpu_pitr.format.frame import frame_records, header_problem
 from gpu_pitr.format.layout import BATCH, HEADER_SIZE, RECORD_HEADER_SIZE, VARIANT_NAMES
 from gpu_pitr.format.payload import OK, STATUS_TEXT
-from gpu_pitr.format.readahead import FrameAhead, Readahead
+from gpu_pitr.format.readahead import (
+    BYTES_PER_ROW,
+    DEFAULT_CHUNK_BYTES,
+    HEADROOM,
+    READ_THREADS,
+    FrameAhead,
+    Readahead,
+)
 from gpu_pitr.format.segments import list_segments
 from gpu_pitr.hostmem import fill_once_pages
 from gpu_pitr.index import RestoredIndex
@@ -47,14 +54,7 @@ from gpu_pitr.plan.commit import (
 from gpu_pitr.report import RestoreReport
 from gpu_pitr.snapshot.base import SeqRuns, stops_at_base, target_problem
 
-DEFAULT_CHUNK_BYTES = 16 << 20
 _MIN_CHUNK_BYTES = 64
-# Bytes kept free before each piece's data for what the previous piece carries.
-_HEADROOM = 1 << 20
-_READ_THREADS = 2
-# One row of the record table per this many bytes of chunk; framing resumes
-# within the same bytes when a chunk of tiny records fills the table.
-_BYTES_PER_ROW = 128
 
 
 def parse_time(value, exclusive: bool = False) -> int:
@@ -152,7 +152,7 @@ class _Restore:
             ("discover", "read", "frame", "decode", "plan", "apply", "finish"), 0.0)
         self.chunk_bytes = max(_MIN_CHUNK_BYTES, int(chunk_bytes))
         self.buf = np.zeros(0, np.uint8)
-        self.cols = ChunkColumns(self.chunk_bytes // _BYTES_PER_ROW + 64)
+        self.cols = ChunkColumns(self.chunk_bytes // BYTES_PER_ROW + 64)
         self.names: list[str] = []
         self.n_carried = 0  # rows 0..n_carried-1: records of open transactions
         self.seen_first = False
@@ -197,8 +197,8 @@ class _Restore:
         self._tell("read")
         ranges = [(i, seg.path, starts.get(i, HEADER_SIZE), seg.size)
                   for i, seg in enumerate(segments) if seg.size > starts.get(i, HEADER_SIZE)]
-        reader = Readahead(ranges, self.chunk_bytes, _HEADROOM, self._alloc,
-                           threads=_READ_THREADS)
+        reader = Readahead(ranges, self.chunk_bytes, HEADROOM, self._alloc,
+                           threads=READ_THREADS)
         framer = FrameAhead(segments, reader, self._alloc, frame_records, header_problem,
                             HEADER_SIZE, starts=starts)
         self._reader = reader

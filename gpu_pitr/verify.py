@@ -31,7 +31,7 @@ from numba.typed import Dict
 
 from gpu_pitr.executors.cpu import CpuExecutor
 from gpu_pitr.format.columns import ChunkColumns
-from gpu_pitr.format.frame import frame_records, header_problem
+from gpu_pitr.format.frame import header_problem
 from gpu_pitr.format.layout import (
     ABORT_TRANSACTION,
     BATCH,
@@ -46,7 +46,12 @@ from gpu_pitr.format.layout import (
     VERSION,
 )
 from gpu_pitr.format.payload import OK, STATUS_TEXT
-from gpu_pitr.format.readahead import FrameAhead, Readahead
+from gpu_pitr.format.readahead import (
+    BYTES_PER_ROW,
+    DEFAULT_CHUNK_BYTES,
+    framed_pieces,
+    scan_chunk_bytes,
+)
 from gpu_pitr.format.segments import list_segments
 from gpu_pitr.format.stats import utc_text
 
@@ -72,10 +77,6 @@ KINDS = {
     "dim_change": NOTICE,
 }
 
-DEFAULT_CHUNK_BYTES = 16 << 20
-_HEADROOM = 1 << 20
-_READ_THREADS = 2
-_BYTES_PER_ROW = 128
 _EVENTS = 4096  # rows of the walk's event buffer; the walk resumes when it fills
 _HEADER_ID = MAGIC + VERSION.to_bytes(4, "little")
 _HEADER_BLOCK = HEADER_SIZE << 16  # bytes of back-to-back headers read at once
@@ -168,10 +169,6 @@ def _walk(i, n, seg, foff, length, seq, status, kind, aux, nent, efirst, e_op, e
                     state[3] = d
         i += 1
     return i, m
-
-
-def _host_buffer(nbytes: int) -> np.ndarray:
-    return np.empty(nbytes, np.uint8)
 
 
 @njit(cache=True, nogil=True)
@@ -278,10 +275,8 @@ class _Verify:
         self.names = [seg.name for seg in self.segments]
         self.result = Verification(str(wal_dir), segments=len(self.segments),
                                    bytes=sum(seg.size for seg in self.segments))
-        # A piece never spans segments: a small log needs no full-size buffers.
-        self.chunk_bytes = max(64, min(chunk_bytes, max((s.size for s in self.segments),
-                                                        default=0)))
-        self.cols = ChunkColumns(self.chunk_bytes // _BYTES_PER_ROW + 64)
+        self.chunk_bytes = scan_chunk_bytes(self.segments, chunk_bytes)
+        self.cols = ChunkColumns(self.chunk_bytes // BYTES_PER_ROW + 64)
         self.decoder = CpuExecutor(0)  # its decode only; nothing is applied
         self.heads: list[bytes] = []
         self.framed_end: dict[int, int] = {}  # segment -> where framing ended
@@ -298,24 +293,12 @@ class _Verify:
         return header_problem(head)
 
     def run(self) -> None:
-        ranges = [(i, seg.path, HEADER_SIZE, seg.size) for i, seg in enumerate(self.segments)
-                  if seg.size > HEADER_SIZE]
-        reader = Readahead(ranges, self.chunk_bytes, _HEADROOM, _host_buffer,
-                           threads=_READ_THREADS)
-        framer = FrameAhead(self.segments, reader, _host_buffer, frame_records,
-                            self._header_problem, HEADER_SIZE)
         try:
-            try:
-                for item in framer:
-                    if item.problem is not None:
-                        self._bad_header(item)
-                        continue
+            for item in framed_pieces(self.segments, self.chunk_bytes, self._header_problem):
+                if item.problem is not None:
+                    self._bad_header(item)
+                else:
                     self._piece(item)
-                    if item.ring is not None:
-                        reader.release(item.ring)
-            finally:
-                framer.close()
-                reader.close()
             self._segment_ends()
         finally:
             for fd in self.fds.values():

@@ -154,7 +154,7 @@ def test_carried_records_too_big_for_the_headroom(tmp_path, monkeypatch, made, f
     its own, the copy ahead is dropped (after it finished reading the reader's buffer)
     and everything is copied when decoded. A record longer than the headroom also
     comes in a buffer of its own from the framing thread."""
-    monkeypatch.setattr(pipeline, "_HEADROOM", 256)
+    monkeypatch.setattr(pipeline, "HEADROOM", 256)
     log = w.LogBuilder()
     for i in range(20):
         log.add(w.Ins(f"q{i}", [1.0], None, 0))

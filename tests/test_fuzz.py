@@ -260,7 +260,7 @@ def test_a_record_spanning_many_pieces_is_gathered_not_recopied(tmp_path, monkey
     chunk = 64 << 10
     sizes = allocations(monkeypatch)
     assert fuzzing.outcome(files, {}, chunk_bytes=chunk) == "ok"
-    ring = sum(s for s in sizes if s == pipeline._HEADROOM + chunk)
+    ring = sum(s for s in sizes if s == pipeline.HEADROOM + chunk)
     total = sum(len(d) for d in files.values())
     assert sum(sizes) - ring < 3 * total, (sum(sizes) - ring, total)
 

@@ -21,7 +21,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpu_pitr.format.frame import declared_size
+from gpu_pitr.format.frame import declared_size, frame_records
+from gpu_pitr.format.layout import HEADER_SIZE
+
+# Shared by every pass over the log (restore, verify, inspect).
+DEFAULT_CHUNK_BYTES = 16 << 20
+# Bytes kept free before each piece's data for what the previous piece carries.
+HEADROOM = 1 << 20
+READ_THREADS = 2
+# One row of the record table per this many bytes of chunk; framing resumes
+# within the same bytes when a chunk of tiny records fills the table.
+BYTES_PER_ROW = 128
 
 
 @dataclass
@@ -329,3 +339,37 @@ class FrameAhead:
             except queue.Empty:
                 pass
         self._thread.join()
+
+
+def host_buffer(nbytes: int) -> np.ndarray:
+    return np.empty(nbytes, np.uint8)
+
+
+def scan_chunk_bytes(segments, chunk_bytes: int) -> int:
+    """The piece size of a read-only scan: a piece never spans segments, so a small
+    log needs no full-size buffers."""
+    return max(64, min(int(chunk_bytes), max((s.size for s in segments), default=0)))
+
+
+def framed_pieces(segments, chunk_bytes: int,
+                  header_check: Callable[[bytes], object]) -> Iterator[Framed]:
+    """Read and frame every segment's records, piece by piece, for a scan that only
+    looks (verify, inspect): the ``FrameAhead`` items, in log order.
+
+    A piece's buffer goes back to the ring when the next item is asked for, so
+    the caller must be done with ``item.buf`` by then. The threads stop when the
+    loop ends, however it ends.
+    """
+    ranges = [(i, seg.path, HEADER_SIZE, seg.size) for i, seg in enumerate(segments)
+              if seg.size > HEADER_SIZE]
+    reader = Readahead(ranges, chunk_bytes, HEADROOM, host_buffer, threads=READ_THREADS)
+    framer = FrameAhead(segments, reader, host_buffer, frame_records, header_check,
+                        HEADER_SIZE)
+    try:
+        for item in framer:
+            yield item
+            if item.problem is None and item.ring is not None:
+                reader.release(item.ring)
+    finally:
+        framer.close()
+        reader.close()

@@ -24,7 +24,6 @@ from numba.typed import Dict
 
 from gpu_pitr.format.codec import PayloadError, decode_entry
 from gpu_pitr.format.columns import ChunkColumns
-from gpu_pitr.format.frame import frame_records
 from gpu_pitr.format.layout import (
     ABORT_TRANSACTION,
     BATCH,
@@ -51,13 +50,14 @@ from gpu_pitr.format.payload import (
     skip_metadata,
     stack_for,
 )
-from gpu_pitr.format.readahead import FrameAhead, Readahead
+from gpu_pitr.format.readahead import (
+    BYTES_PER_ROW,
+    DEFAULT_CHUNK_BYTES,
+    framed_pieces,
+    scan_chunk_bytes,
+)
 from gpu_pitr.format.segments import list_segments
 
-DEFAULT_CHUNK_BYTES = 16 << 20
-_HEADROOM = 1 << 20
-_READ_THREADS = 2
-_BYTES_PER_ROW = 128
 _HEADER_ID = MAGIC + VERSION.to_bytes(4, "little")
 _U64_MAX = np.uint64(2**64 - 1)
 
@@ -250,10 +250,6 @@ def header_damage(head: bytes) -> tuple | None:
     return None
 
 
-def _host_buffer(nbytes: int) -> np.ndarray:
-    return np.empty(nbytes, np.uint8)
-
-
 class _Segment:
     """What inspect says about one segment, gathered piece by piece."""
 
@@ -303,10 +299,8 @@ class _Scan:
         self.wal_dir = wal_dir
         self.segments = list_segments(wal_dir)
         self.segs = [_Segment(seg.name, seg.size) for seg in self.segments]
-        # A piece never spans segments: a small log needs no full-size buffers.
-        self.chunk_bytes = max(64, min(chunk_bytes, max((s.size for s in self.segments),
-                                                        default=0)))
-        self.cols = ChunkColumns(self.chunk_bytes // _BYTES_PER_ROW + 64, 1)
+        self.chunk_bytes = scan_chunk_bytes(self.segments, chunk_bytes)
+        self.cols = ChunkColumns(self.chunk_bytes // BYTES_PER_ROW + 64, 1)
         self.heads: list[bytes] = []
         self.stack = np.empty(MAX_BATCH_DEPTH, np.int64)
         self.state = np.zeros(5, np.int64)
@@ -325,25 +319,13 @@ class _Scan:
         return header_damage(head)
 
     def run(self) -> None:
-        ranges = [(i, seg.path, HEADER_SIZE, seg.size) for i, seg in enumerate(self.segments)
-                  if seg.size > HEADER_SIZE]
-        reader = Readahead(ranges, self.chunk_bytes, _HEADROOM, _host_buffer,
-                           threads=_READ_THREADS)
-        framer = FrameAhead(self.segments, reader, _host_buffer, frame_records,
-                            self._header, HEADER_SIZE)
-        try:
-            for item in framer:
-                if item.problem is not None:
-                    kind, offset, what, nbytes = item.problem
-                    self.damage.append(_damage(kind, self.segs[item.segment].name, offset,
-                                               nbytes=nbytes, what=what))
-                    continue
+        for item in framed_pieces(self.segments, self.chunk_bytes, self._header):
+            if item.problem is not None:
+                kind, offset, what, nbytes = item.problem
+                self.damage.append(_damage(kind, self.segs[item.segment].name, offset,
+                                           nbytes=nbytes, what=what))
+            else:
                 self._piece(item)
-                if item.ring is not None:
-                    reader.release(item.ring)
-        finally:
-            framer.close()
-            reader.close()
         for seg, head in zip(self.segs, self.heads, strict=False):
             if header_damage(head) is None:
                 seg.created = int.from_bytes(head[8:16], "little")
