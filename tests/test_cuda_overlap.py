@@ -31,8 +31,8 @@ from gpu_pitr.synth import write_synthetic_wal
 
 @pytest.fixture(autouse=True)
 def overlap_on(monkeypatch):
-    """The default, whatever the shell says: on."""
-    monkeypatch.delenv("GPU_PITR_CUDA_OVERLAP", raising=False)
+    """On, whatever the shell says (the default is off until a GPU run verifies it)."""
+    monkeypatch.setenv("GPU_PITR_CUDA_OVERLAP", "1")
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ def test_random_workloads_with_copies_ahead(data):
     kw = data.draw(w.targets(wl), label="target")
     chunk = data.draw(st.sampled_from([64, 200]), label="chunk_bytes")
     with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as mp:
-        mp.delenv("GPU_PITR_CUDA_OVERLAP", raising=False)
+        mp.setenv("GPU_PITR_CUDA_OVERLAP", "1")
         mp.setattr(FrameAhead, "peek", patient_peek)
         wl.write(d)
         assert_same(d, chunk_bytes=chunk, **kw)
@@ -183,6 +183,16 @@ def test_switch_off_is_the_synchronous_path(tmp_path, monkeypatch, made):
     assert len(ex._spare) == 0  # no second device buffer
     monkeypatch.setenv("GPU_PITR_CUDA_OVERLAP", "1")
     assert cuda_executor.CudaExecutor(0).overlap
+
+
+def test_copying_ahead_is_off_unless_asked_for(monkeypatch):
+    """Stream-ordering code is only proven on a GPU (scripts/gpu_check runs it there):
+    until then the synchronous path is the default."""
+    monkeypatch.delenv("GPU_PITR_CUDA_OVERLAP")
+    assert not cuda_executor.CudaExecutor(0).overlap
+    for on in ("1", "on", "yes", "true"):
+        monkeypatch.setenv("GPU_PITR_CUDA_OVERLAP", on)
+        assert cuda_executor.CudaExecutor(0).overlap, on
 
 
 def test_cpu_executor_has_no_copies_ahead(tmp_path):
