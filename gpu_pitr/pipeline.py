@@ -301,13 +301,18 @@ class _Restore:
             self.report.first_seq = int(c.seq[first])
             self._check_first(first)
         t = time.perf_counter()
-        # Carried rows are decoded again: their bytes moved to the front of buf.
-        self.ex.decode(self.buf, c, 0, n)
-        if self._stage is not None:
-            self._stage_next()
+        was_stopped = self.plan.stopped
+        check = getattr(self.ex, "check", None)
+        if was_stopped and check is not None:
+            # Past the stop point nothing is applied: a record's status and where its
+            # entry ends are all the report needs (damage, trailing bytes).
+            check(self.buf, c, 0, n)
+        else:
+            # Carried rows are decoded again: their bytes moved to the front of buf.
+            self.ex.decode(self.buf, c, 0, n)
+        self._stage_next()
         self.timings["decode"] += time.perf_counter() - t
         t = time.perf_counter()
-        was_stopped = self.plan.stopped
         result, order, events, stop_index = self.plan.walk(c, first, n)
         self._events(events)
         if result != WALK_FATAL and not was_stopped:
@@ -319,8 +324,7 @@ class _Restore:
         self.report.records_read += n - first
         self.timings["plan"] += time.perf_counter() - t
         t = time.perf_counter()
-        if self._stage is not None:
-            self._stage_next()  # the next piece may have been framed while this one planned
+        self._stage_next()  # the next piece may have been framed while this one planned
         if len(order) and self.lazy is not None:
             self._move_touched(n)
         if len(order):
@@ -333,6 +337,8 @@ class _Restore:
 
     def _stage_next(self) -> None:
         """Start the copy of the next piece's bytes to the device, if it is framed."""
+        if self._stage is None:
+            return
         item = self._framer.peek()
         if item is not None and item.problem is None and item.n:
             self._stage(item.buf, item.start, item.end)

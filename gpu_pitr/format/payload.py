@@ -374,7 +374,23 @@ def decode_record(
     second pass (``parse_payload`` with ``write``) at slots the caller assigns.
     """
     v, p = read_varint(buf, start, end, VARINT_U32)
-    write = not (p >= 0 and v == np.uint64(BATCH))
+    record_columns(
+        buf, start, end, i, stack, not (p >= 0 and v == np.uint64(BATCH)),
+        r_status, r_kind, r_ts, r_aux, r_nent, r_stop,
+        e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
+    )
+
+
+@register_jitable
+def record_columns(
+    buf, start, end, i, stack, write,
+    r_status, r_kind, r_ts, r_aux, r_nent, r_stop,
+    e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
+):
+    """Parse record ``i`` (payload ``buf[start:end]``) into the record columns at ``i``;
+    with ``write``, its data entries go to entry slots ``i, i + 1, ...``. Without,
+    nothing is written but the record columns: all a record past the stop point
+    needs (its status, and where its entry ends)."""
     status, kind, ts, aux, n_ent, stop = parse_payload(
         buf, start, end, stack, write, i,
         e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
