@@ -6,9 +6,10 @@ import json
 from functools import cached_property
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from gpu_pitr.format.codec import decode_varint
+from gpu_pitr.jit import njit
 from gpu_pitr.report import RestoreReport
 
 

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.typed import Dict
 
 from gpu_pitr.executors.cpu import CpuExecutor
@@ -54,6 +54,7 @@ from gpu_pitr.format.readahead import (
 )
 from gpu_pitr.format.segments import list_segments
 from gpu_pitr.format.stats import utc_text
+from gpu_pitr.jit import njit
 
 DAMAGE = "damage"
 NOTICE = "notice"

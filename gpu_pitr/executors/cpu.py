@@ -7,7 +7,7 @@ host map of ``gpu_pitr.resolve.hostmap`` applied in apply order.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from gpu_pitr.format.layout import BATCH, RECORD_HEADER_SIZE
 from gpu_pitr.format.payload import (
@@ -20,6 +20,7 @@ from gpu_pitr.format.payload import (
     stack_for,
 )
 from gpu_pitr.index import RestoredIndex
+from gpu_pitr.jit import njit
 from gpu_pitr.resolve.hostmap import HostMap, fill_counters
 from gpu_pitr.resolve.idsort import sorted_id_order
 

@@ -9,10 +9,10 @@ or, at the end of a file, a torn tail. It never looks inside a payload.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from gpu_pitr.format.layout import HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, VERSION
 from gpu_pitr.format.payload import read_uint_le
+from gpu_pitr.jit import njit
 
 _AHEAD = 1024
 _HEADER_PREFIX = np.frombuffer(MAGIC + VERSION.to_bytes(4, "little"), dtype=np.uint8).copy()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.typed import Dict
 
 from gpu_pitr.format.codec import PayloadError, decode_entry
@@ -57,6 +57,7 @@ from gpu_pitr.format.readahead import (
     scan_chunk_bytes,
 )
 from gpu_pitr.format.segments import list_segments
+from gpu_pitr.jit import njit
 
 _HEADER_ID = MAGIC + VERSION.to_bytes(4, "little")
 _U64_MAX = np.uint64(2**64 - 1)

@@ -15,7 +15,6 @@ transactions and the records they hold, the stop flag and the counters.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from gpu_pitr.format.layout import (
     ABORT_TRANSACTION,
@@ -24,6 +23,7 @@ from gpu_pitr.format.layout import (
     COMMIT_TRANSACTION,
 )
 from gpu_pitr.format.payload import OK
+from gpu_pitr.jit import njit
 
 # Target modes.
 LATEST = 0

@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-from numba import njit
 
 from gpu_pitr.format.layout import DELETE, INSERT
+from gpu_pitr.jit import njit
 
 # Results of _apply.
 DONE = 0

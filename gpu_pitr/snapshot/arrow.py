@@ -8,11 +8,12 @@ pyarrow is imported inside the functions (the ``arrow`` extra).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 from numba.extending import register_jitable
 
 from gpu_pitr.format.layout import VARINT_MAX_SINGLE, VARINT_U64
 from gpu_pitr.format.payload import read_varint, write_varint
+from gpu_pitr.jit import njit
 
 # A map<string, string> array has 32-bit offsets: the pairs, key bytes and value bytes
 # of one array each stay below this. More metadata is split into several arrays.

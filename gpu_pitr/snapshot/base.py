@@ -13,10 +13,11 @@ from the start of the log would).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from gpu_pitr.format.layout import RECORD_HEADER_SIZE
 from gpu_pitr.format.payload import id_key, varint_widths, write_varint
+from gpu_pitr.jit import njit
 
 # Beyond this many runs of consecutive sequence numbers, the runs are kept as
 # their hull: a conservative answer ("maybe covered") for a hostile log.

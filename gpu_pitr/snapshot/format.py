@@ -29,10 +29,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from gpu_pitr.errors import WalError
 from gpu_pitr.index import RestoredIndex
+from gpu_pitr.jit import njit
 from gpu_pitr.snapshot.arrow import (
     arenas_from_arrow,
     ids_array,

@@ -1,0 +1,113 @@
+"""``njit`` for this package: Numba's, with its on-disk cache tied to the whole package.
+
+Numba keys each cached function to the source of its own file. Functions here
+inline code from other modules (the payload parser of ``format/payload.py`` is
+``register_jitable`` and compiled into the executors, ``verify`` and ``inspect``),
+so after an edit to ``payload.py`` alone, ``executors/cpu.py`` would go on loading
+machine code built from the old parser: tests pass or fail against code that is
+no longer there. Importing this module puts a cache locator in front of Numba's
+that, for files of this package, adds a digest of every source file of the
+package (``kernels/`` included) to the freshness stamp, so any edit recompiles
+everything once. Functions of other packages keep Numba's own locators.
+
+Best effort: where Numba's caching internals differ (other versions), nothing is
+installed and caching works as Numba's does.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+from numba import njit
+from numba.core import caching
+
+__all__ = ["njit", "package_digest"]
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _roots() -> tuple[Path, ...]:
+    roots = [_PACKAGE]
+    checkout_kernels = _PACKAGE.parent / "kernels"  # a source checkout maps it in
+    if (checkout_kernels / "decode.py").is_file():
+        roots.append(checkout_kernels)
+    return tuple(roots)
+
+
+_ROOTS = _roots()
+
+
+@functools.cache
+def package_digest() -> str:
+    """SHA-256 over the paths and contents of every ``.py`` file of the package, as
+    this process first sees them (its modules were loaded from those sources)."""
+    h = hashlib.sha256()
+    for root in _ROOTS:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            for name in sorted(filenames):
+                if name.endswith(".py"):
+                    path = os.path.join(dirpath, name)
+                    h.update(os.path.relpath(path, root).encode("utf-8", "surrogateescape"))
+                    with open(path, "rb") as f:
+                        h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()
+
+
+def _in_package(py_file: str) -> bool:
+    try:
+        path = Path(py_file).resolve()
+    except (OSError, ValueError):
+        return False
+    return any(root == path.parent or root in path.parents for root in _ROOTS)
+
+
+def _install() -> bool:
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    base = getattr(caching, "_CacheLocator", None)
+    classes = getattr(impl, "_locator_classes", None)
+    if impl is None or base is None or not isinstance(classes, list):
+        return False
+    if any(getattr(cls, "_gpu_pitr", False) for cls in classes):
+        return True
+
+    class PackageLocator(base):
+        """Numba's own locator for the file, with the package digest in its stamp."""
+
+        _gpu_pitr = True
+
+        def __init__(self, inner) -> None:
+            self._inner = inner
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if not _in_package(py_file):
+                return None
+            for other in classes:
+                if other is cls:
+                    continue
+                inner = other.from_function(py_func, py_file)
+                if inner is not None:
+                    return cls(inner)
+            return None
+
+        def ensure_cache_path(self):
+            return self._inner.ensure_cache_path()
+
+        def get_cache_path(self):
+            return self._inner.get_cache_path()
+
+        def get_source_stamp(self):
+            return (self._inner.get_source_stamp(), package_digest())
+
+        def get_disambiguator(self):
+            return self._inner.get_disambiguator()
+
+    classes.insert(0, PackageLocator)
+    return True
+
+
+INSTALLED = _install()

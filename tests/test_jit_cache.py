@@ -1,0 +1,92 @@
+"""The on-disk compiled-code cache follows edits anywhere in the package (gpu_pitr.jit).
+
+Numba alone keys a cached function to its own file, so a function that inlines a
+``register_jitable`` helper from another module would keep loading machine code
+built from the helper's old source. Here a copy of the package is edited in
+``format/payload.py`` only, and ``frame_records`` (in ``format/frame.py``, which
+inlines the payload module's ``read_uint_le``) must run the edited code in the next
+process.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PROBE = """
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f)]
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import gpu_pitr
+assert gpu_pitr.__file__.startswith(sys.argv[1]), gpu_pitr.__file__
+from gpu_pitr.format.frame import frame_records
+from gpu_pitr.jit import INSTALLED
+buf = np.frombuffer(bytes.fromhex(sys.argv[2]), np.uint8).copy()
+off, length, seq = (np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(4, np.uint64))
+n, _, _ = frame_records(buf, 0, len(buf), off, length, seq)
+print(INSTALLED, int(n), int(seq[0]))
+"""
+
+
+def _probe(tree: Path, record: bytes, cache: Path) -> str:
+    env = {"NUMBA_CACHE_DIR": str(cache), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", PROBE, str(tree), record.hex()], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+def test_an_edit_to_an_inlined_helper_in_another_module_recompiles(tmp_path):
+    tree = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "gpu_pitr", tree / "gpu_pitr", ignore=ignore)
+    shutil.copytree(ROOT / "kernels", tree / "kernels", ignore=ignore)
+    cache = tmp_path / "numba-cache"
+    record = (41).to_bytes(8, "little") + (3).to_bytes(4, "little") + b"abc"
+
+    assert _probe(tree, record, cache) == "True 1 41"
+    assert _probe(tree, record, cache) == "True 1 41"  # from the cache
+    assert any(cache.rglob("frame._frame-*.nbi")), "frame_records was not cached"
+
+    payload = tree / "gpu_pitr" / "format" / "payload.py"
+    text = payload.read_text()
+    old = "        v |= np.uint64(b[k]) << np.uint64(8 * k)\n    return v\n"
+    assert old in text
+    # 8-byte reads (the sequence number) come back one larger; 4-byte ones (lengths) not.
+    payload.write_text(text.replace(old, old[:-len("    return v\n")]
+                                    + "    return v + np.uint64(nbytes == 8)\n"))
+    assert _probe(tree, record, cache) == "True 1 42"
+
+
+def test_functions_outside_the_package_keep_numbas_locators(tmp_path):
+    import numba
+    from numba.core import caching
+
+    from gpu_pitr import jit
+    from gpu_pitr.format import frame
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+    assert jit.INSTALLED
+    assert getattr(impl._locator_classes[0], "_gpu_pitr", False)
+    ours = frame._frame._cache._impl._locator
+    assert getattr(ours, "_gpu_pitr", False)
+    assert ours.get_source_stamp()[1] == jit.package_digest()
+
+    module = tmp_path / "elsewhere.py"
+    module.write_text("def f(x):\n    return x + 1\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import elsewhere
+    finally:
+        sys.path.remove(str(tmp_path))
+    f = numba.njit(cache=True)(elsewhere.f)
+    theirs = f._cache._impl._locator
+    assert not getattr(theirs, "_gpu_pitr", False)
+    assert f(np.int64(1)) == 2
