@@ -106,6 +106,9 @@ def _install() -> bool:
         def get_disambiguator(self):
             return self._inner.get_disambiguator()
 
+        def __getattr__(self, name):  # anything else a Numba version asks of a locator
+            return getattr(self._inner, name)
+
     classes.insert(0, PackageLocator)
     return True
 
