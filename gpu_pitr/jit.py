@@ -107,6 +107,8 @@ def _install() -> bool:
             return self._inner.get_disambiguator()
 
         def __getattr__(self, name):  # anything else a Numba version asks of a locator
+            if name == "_inner":
+                raise AttributeError(name)
             return getattr(self._inner, name)
 
     classes.insert(0, PackageLocator)
