@@ -137,7 +137,7 @@ def boundscheck_active() -> bool:
     except IndexError:
         pass
     try:  # a record said to start past the buffer: the loop's first load is out of bounds
-        cpu._decode_records(np.zeros(4, np.uint8), 0, 1, np.array([100]), *[z] * 15)
+        cpu._decode_records(np.zeros(4, np.uint8), 0, 1, np.array([100]), *[z] * 15, True)
         return False
     except IndexError:
         return True
