@@ -28,6 +28,24 @@ _BLOCK = 1024
 _AHEAD = 2
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _record(
+    buf, start, n, i, stack, entries, status, kind, ts, aux, nent, stop,
+    e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
+):
+    # Record i, payload buf[start:start+n]; entries=False: its record columns only.
+    if entries:
+        decode_record(
+            buf, start, start + n, i, stack, status, kind, ts, aux, nent, stop,
+            e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
+        )
+    else:
+        record_columns(
+            buf, start, start + n, i, stack, False, status, kind, ts, aux, nent, stop,
+            e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
+        )
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _decode_records(
     buf, first, n, off, length, status, kind, ts, aux, nent, stop,
@@ -46,19 +64,11 @@ def _decode_records(
             j = min(i + _AHEAD, hi - 1)
             ahead ^= buf[off[j] + RECORD_HEADER_SIZE - 1] ^ buf[off[j] + RECORD_HEADER_SIZE
                                                                 + length[j] - 1]
-            start = off[i] + RECORD_HEADER_SIZE
-            if entries:
-                decode_record(
-                    buf, start, start + length[i], i, stack,
-                    status, kind, ts, aux, nent, stop,
-                    e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
-                )
-            else:
-                record_columns(
-                    buf, start, start + length[i], i, stack, False,
-                    status, kind, ts, aux, nent, stop,
-                    e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
-                )
+            _record(
+                buf, off[i] + RECORD_HEADER_SIZE, length[i], i, stack, entries,
+                status, kind, ts, aux, nent, stop,
+                e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
+            )
         touched[b] = ahead
     return touched
 
@@ -72,19 +82,11 @@ def _decode_deep(
     for j in range(len(deep)):
         i = deep[j]
         stack = np.empty(stack_for(length[i]), np.int64)
-        start = off[i] + RECORD_HEADER_SIZE
-        if entries:
-            decode_record(
-                buf, start, start + length[i], i, stack,
-                status, kind, ts, aux, nent, stop,
-                e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
-            )
-        else:
-            record_columns(
-                buf, start, start + length[i], i, stack, False,
-                status, kind, ts, aux, nent, stop,
-                e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
-            )
+        _record(
+            buf, off[i] + RECORD_HEADER_SIZE, length[i], i, stack, entries,
+            status, kind, ts, aux, nent, stop,
+            e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
+        )
 
 
 @njit(cache=True, nogil=True)
