@@ -35,6 +35,7 @@ from gpu_pitr.format.readahead import (
     READ_THREADS,
     FrameAhead,
     Readahead,
+    host_buffer,
 )
 from gpu_pitr.format.segments import list_segments
 from gpu_pitr.hostmem import fill_once_pages
@@ -173,7 +174,7 @@ class _Restore:
 
     def _alloc(self, nbytes: int) -> np.ndarray:
         # The executor may want special host memory (page-locked on a GPU).
-        return getattr(self.ex, "host_buffer", lambda n: np.empty(n, np.uint8))(nbytes)
+        return getattr(self.ex, "host_buffer", host_buffer)(nbytes)
 
     def _where(self, i: int) -> dict:
         c = self.cols
