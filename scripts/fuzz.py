@@ -137,7 +137,8 @@ def boundscheck_active() -> bool:
     except IndexError:
         pass
     try:  # a record said to start past the buffer: the loop's first load is out of bounds
-        cpu._decode_records(np.zeros(4, np.uint8), 0, 1, np.array([100]), *[z] * 15, True)
+        cpu._decode_records(np.zeros(4, np.uint8), 0, 1, np.array([100]), *[z] * 15, True,
+                            np.zeros((1, 64), np.int64), np.zeros(1, np.uint8))
         return False
     except IndexError:
         return True

@@ -20,7 +20,7 @@ from gpu_pitr.format.payload import (
     stack_for,
 )
 from gpu_pitr.index import RestoredIndex
-from gpu_pitr.jit import njit
+from gpu_pitr.jit import NO_REFCOUNTS, njit
 from gpu_pitr.resolve.hostmap import HostMap, fill_counters
 from gpu_pitr.resolve.idsort import sorted_id_order
 
@@ -46,16 +46,17 @@ def _record(
         )
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, parallel=True, nogil=True, **NO_REFCOUNTS)
 def _decode_records(
     buf, first, n, off, length, status, kind, ts, aux, nent, stop,
     e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key, entries,
+    stacks, touched,
 ):
     # entries=False: the record columns only (records past the stop point).
+    # stacks: one batch stack per block of records; touched: one byte per block.
     n_blocks = (n - first + _BLOCK - 1) // _BLOCK
-    touched = np.zeros(n_blocks, np.uint8)
     for b in prange(n_blocks):
-        stack = np.empty(MAX_BATCH_DEPTH, np.int64)
+        stack = stacks[b]
         hi = min(n, first + (b + 1) * _BLOCK)
         ahead = np.uint8(0)
         for i in range(first + b * _BLOCK, hi):
@@ -70,7 +71,6 @@ def _decode_records(
                 e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
             )
         touched[b] = ahead
-    return touched
 
 
 @njit(cache=True, nogil=True)
@@ -154,7 +154,9 @@ class CpuExecutor:
         args = (cols.off, cols.length, cols.status, cols.kind, cols.ts, cols.aux, cols.nent,
                 cols.stop, cols.e_op, cols.e_id_off, cols.e_id_len, cols.e_vec_off,
                 cols.e_dim, cols.e_meta_off, cols.e_meta_len, cols.e_key, entries)
-        _decode_records(buf, first, n, *args)
+        blocks = (n - first + _BLOCK - 1) // _BLOCK
+        _decode_records(buf, first, n, *args, np.empty((blocks, MAX_BATCH_DEPTH), np.int64),
+                        np.empty(blocks, np.uint8))
         deep = np.flatnonzero(cols.status[first:n] == ERR_DEPTH) + first
         if len(deep):
             _decode_deep(buf, deep, *args)

@@ -12,13 +12,13 @@ import numpy as np
 
 from gpu_pitr.format.layout import HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, VERSION
 from gpu_pitr.format.payload import read_uint_le
-from gpu_pitr.jit import njit
+from gpu_pitr.jit import NO_REFCOUNTS, njit
 
 _AHEAD = 1024
 _HEADER_PREFIX = np.frombuffer(MAGIC + VERSION.to_bytes(4, "little"), dtype=np.uint8).copy()
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _is_header(buf, pos, prefix):
     for k in range(8):
         if buf[pos + k] != prefix[k]:
@@ -26,7 +26,7 @@ def _is_header(buf, pos, prefix):
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _frame(buf, pos, end, max_rows, r_off, r_len, r_seq, prefix):
     n = 0
     headers = 0

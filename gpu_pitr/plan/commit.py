@@ -23,7 +23,7 @@ from gpu_pitr.format.layout import (
     COMMIT_TRANSACTION,
 )
 from gpu_pitr.format.payload import OK
-from gpu_pitr.jit import njit
+from gpu_pitr.jit import NO_REFCOUNTS, njit
 
 # Target modes.
 LATEST = 0
@@ -48,7 +48,7 @@ C_ABORTED = 2
 N_COUNTERS = 3
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _walk(
     first, n, kind, ts, aux, status, seq,
     mode, t_lim, exclusive, target_seq, skip_corrupt, stopped_in,
@@ -150,7 +150,7 @@ def _walk(
     return WALK_OK, n_order, n_events, stopped, stop_index, top
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _records_of(s, s_cstart, s_ccount, s_head, next_rec, out, m):
     """Write transaction slot ``s``'s records (carried ones, then this chunk's, in
     log order) to ``out[m:]``; returns the new end."""
@@ -165,14 +165,14 @@ def _records_of(s, s_cstart, s_ccount, s_head, next_rec, out, m):
     return m
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _stops_before(mode, t, t_lim, exclusive):
     if mode == TIME:
         return t >= t_lim if exclusive else t > t_lim
     return mode == STOP_AT_FIRST
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _find_open(txn, s_txn, s_open, stack, top):
     # Searched from the most recent: open transactions are few in real logs.
     for j in range(top - 1, -1, -1):

@@ -18,7 +18,7 @@ import numba
 import numpy as np
 
 from gpu_pitr.format.layout import DELETE, INSERT
-from gpu_pitr.jit import njit
+from gpu_pitr.jit import NO_REFCOUNTS, njit
 
 # Results of _apply.
 DONE = 0
@@ -82,7 +82,8 @@ def _remove_slot(i, h):
         home = h[j, S_KEY] & mask
         # The entry at j may move to i only if its home is not cyclically in (i, j].
         if (i <= j and (home <= i or home > j)) or (i > j and home <= i and home > j):
-            h[i, :] = h[j, :]
+            h[i, S_KEY] = h[j, S_KEY]
+            h[i, S_ROW] = h[j, S_ROW]
             i = j
     h[i, S_ROW] = 0
 
@@ -108,7 +109,7 @@ def _copy(dst, d, src, s, n):
         a[k] = b[k]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _apply(
     buf, order, k0, e0, efirst, nent,
     e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
