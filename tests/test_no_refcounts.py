@@ -15,7 +15,7 @@ from numba import njit
 import gpu_pitr
 from gpu_pitr import synth
 from gpu_pitr.executors import cpu
-from gpu_pitr.format import frame
+from gpu_pitr.format import frame, statwalk
 from gpu_pitr.jit import NO_REFCOUNTS
 from gpu_pitr.plan import commit
 from gpu_pitr.resolve import hostmap
@@ -25,6 +25,7 @@ LOOPS = {
     "decode": cpu._decode_records,
     "plan": commit._walk,
     "apply": hostmap._apply,
+    "inspect": statwalk._parse,
 }
 REFCOUNTING = ("@NRT_incref", "@NRT_decref")
 
@@ -39,6 +40,7 @@ def signatures(tmp_path_factory):
     wal = tmp_path_factory.mktemp("wal")
     synth.write_synthetic_wal(wal, total_bytes=1 << 20, dim=8, segments=2, seed=3)
     assert len(gpu_pitr.restore(wal, backend="cpu")) > 0
+    assert sum(statwalk.scan_stats(wal)["records_by_variant"].values()) > 0
     sigs = {step: list(f.signatures) for step, f in LOOPS.items()}
     assert all(sigs.values()), sigs
     return sigs

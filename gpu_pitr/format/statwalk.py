@@ -57,7 +57,7 @@ from gpu_pitr.format.readahead import (
     scan_chunk_bytes,
 )
 from gpu_pitr.format.segments import list_segments
-from gpu_pitr.jit import njit
+from gpu_pitr.jit import NO_REFCOUNTS, njit
 
 _HEADER_ID = MAGIC + VERSION.to_bytes(4, "little")
 _U64_MAX = np.uint64(2**64 - 1)
@@ -139,13 +139,31 @@ def _count_nested(buf, pos, end, stack, nested):
             return True
 
 
+@njit(cache=True, nogil=True, **NO_REFCOUNTS)
+def _parse(buf, n, off, length, stack, status, kind, ts, aux, stop, e_i64, e_u64):
+    """Parse records ``0..n-1`` of a piece into the record columns (``_walk`` reads
+    them): the walk's per-record parsing, in a loop compiled without reference
+    counting (see ``gpu_pitr.jit.NO_REFCOUNTS``)."""
+    for i in range(n):
+        start = off[i] + RECORD_HEADER_SIZE
+        s, k, t, a, _ne, e = parse_payload(buf, start, start + length[i], stack, False, 0,
+                                           e_i64, e_i64, e_i64, e_i64, e_i64, e_i64, e_i64,
+                                           e_u64)
+        status[i] = s
+        kind[i] = k
+        ts[i] = t
+        aux[i] = a
+        stop[i] = e
+
+
 @njit(cache=True, nogil=True)
 def _walk(buf, i, n, off, length, seq, status, kind, ts, aux, stop,
           state, prev, counts, nested, open_txns, stack, e_i64, e_u64, events):
     """Walk records ``i..n-1`` of a piece in log order; returns ``(next record, events)``.
 
-    Fills ``status``, ``kind``, ``ts``, ``aux`` and ``stop`` per record (as the
-    executors' record columns), counts decodable records by top-level variant in
+    Takes ``status``, ``kind``, ``ts``, ``aux`` and ``stop`` per record from ``_parse``
+    (as the executors' record columns; a record nested deeper than ``stack`` is
+    parsed again here with a deeper one), counts decodable records by top-level variant in
     ``counts`` and the entries nested in their batches in ``nested``, and applies
     the transaction rules to ``open_txns`` (id -> begin order). ``state`` and
     ``prev`` (the last seq) carry over between calls. Stops early when ``events``
@@ -164,8 +182,7 @@ def _walk(buf, i, n, off, length, seq, status, kind, ts, aux, stop,
         start = off[i] + RECORD_HEADER_SIZE
         end = start + length[i]
         st = stack
-        s, k, t, a, _ne, e = parse_payload(buf, start, end, st, False, 0, e_i64, e_i64,
-                                           e_i64, e_i64, e_i64, e_i64, e_i64, e_u64)
+        s, k, t, a, e = np.int64(status[i]), kind[i], ts[i], aux[i], stop[i]
         # Nested deeper than the stack: again with a deeper one (bounded by stack_for).
         while s == ERR_DEPTH:
             st = np.empty(min(st.shape[0] * 64, stack_for(length[i])), np.int64)
@@ -340,6 +357,8 @@ class _Scan:
         if n:
             c.ensure_records(n)
             prev = int(self.prev[0]) if self.state[_SEEN] else None
+            _parse(item.buf, n, item.off, item.length, self.stack, c.status, c.kind, c.ts,
+                   c.aux, c.stop, c.e_op, c.e_key)
             i = 0
             while i < n:
                 i, m = _walk(item.buf, i, n, item.off, item.length, item.seq, c.status,
