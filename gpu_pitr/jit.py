@@ -26,18 +26,15 @@ from numba.core import caching
 
 __all__ = ["NO_REFCOUNTS", "njit", "package_digest"]
 
-def _no_refcounts() -> dict:
-    from numba.core import config, cpu
 
-    if config.BOUNDSCHECK:
-        # Bounds checks (the fuzzing mode) raise IndexError with a message that
-        # needs the runtime; inside a prange without it the error is lost.
-        return {}
+def _no_refcounts() -> dict:
+    from numba.core import cpu
+
     return {"_nrt": False} if hasattr(cpu.CPUTargetOptions, "_nrt") else {}
 
 
 #: ``njit`` options for the per-record and per-entry loops (framing, decode, the
-#: plan walk, apply): compile without Numba's reference counting (NRT). With it,
+#: plan walk, apply, inspect's parse): compile without Numba's reference counting (NRT). With it,
 #: every call into a helper that takes arrays (the payload parser is a chain of
 #: them: ``record_columns`` -> ``parse_payload`` -> ``read_string`` ...) counts
 #: references up and down with atomic instructions, and threads decoding one
@@ -46,6 +43,7 @@ def _no_refcounts() -> dict:
 #: Such functions (and the helpers they call, which inherit the flag) may not
 #: allocate arrays: callers pass in scratch space. ``_nrt`` is an underscore option
 #: of Numba's CPU target; where a version lacks it, the loops compile as usual.
+#: Bounds checks (``NUMBA_BOUNDSCHECK=1``, the fuzzing mode) work without it.
 NO_REFCOUNTS = _no_refcounts()
 
 _PACKAGE = Path(__file__).resolve().parent
