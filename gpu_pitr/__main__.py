@@ -1,8 +1,6 @@
 """``python -m gpu_pitr``: the ``gpu-pitr`` command line."""
 
-import sys
-
-from gpu_pitr.cli import main
+from gpu_pitr.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

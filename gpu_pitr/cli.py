@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 from gpu_pitr.errors import WalError
 from gpu_pitr.format.stats import stats_lines, utc_text, wal_stats
@@ -181,6 +182,20 @@ def _terminate_like_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def run() -> NoReturn:
+    """The ``gpu-pitr`` command (and ``python -m gpu_pitr``): ``main()``, then exit.
+
+    Once the command has finished, its outputs are complete: a Ctrl-C or SIGTERM
+    arriving while the interpreter shuts down (joining threads, unloading compiled
+    code: tens of milliseconds) is ignored, so it cannot turn a finished restore into
+    a death by signal.
+    """
+    status = main()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(status)
 
 
 def main(argv: list[str] | None = None) -> int:

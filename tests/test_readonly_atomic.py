@@ -372,7 +372,7 @@ def test_sigkill_with_no_previous_output_leaves_none_or_a_complete_one(tmp_path,
 def test_interrupt_exits_with_one_line_and_leaves_no_temp_file(tmp_path, big_wal, sig):
     """Ctrl-C or a service manager's SIGTERM: the temp file goes, the old output stays,
     one line on stderr, exit status 128 + the signal, like other command-line tools."""
-    wal, _ = big_wal
+    wal, complete = big_wal
     out = tmp_path / "OUT.npz"
     old = b"the previous output, which must survive whole"
     out.write_bytes(old)
@@ -383,11 +383,39 @@ def test_interrupt_exits_with_one_line_and_leaves_no_temp_file(tmp_path, big_wal
             continue
         if moment == "writing":
             assert seen == "killed while writing its temp file"
+        if result["status"] == 0:
+            # The signal came once the command had finished (the process was shutting
+            # down): the output is the complete new one, and the signal is ignored.
+            assert result["stderr"] == "", result
+            assert _fingerprint(out) == complete
+            assert _temps(out) == []
+            out.write_bytes(old)
+            continue
         assert result["status"] == 128 + sig, result
         assert result["stderr"] == (f"gpu-pitr: interrupted by {sig.name}; outputs not yet "
                                     "complete were removed\n"), result
         assert out.read_bytes() == old
         assert _temps(out) == []
+
+
+def test_a_signal_once_the_command_has_finished_changes_nothing(tmp_path):
+    """SIGTERM while the interpreter shuts down (here from an atexit hook, which runs
+    after the command returned): the finished restore still exits 0."""
+    wal = tmp_path / "wal"
+    write_synthetic_wal(wal, total_bytes=1 << 20, dim=8, segments=2, seed=5)
+    out = tmp_path / "OUT.npz"
+    code = ("import atexit, os, signal, sys\n"
+            "from gpu_pitr import cli\n"
+            "atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))\n"
+            f"sys.argv = ['gpu-pitr', 'restore', {str(wal)!r}, '--out', {str(out)!r}]\n"
+            "cli.run()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stderr == ""
+    with np.load(out, allow_pickle=False) as z:
+        assert len(z["ids"]) > 0
+    assert _temps(out) == []
 
 
 # ----------------------------------------------------------------------------- stale temps
