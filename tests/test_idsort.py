@@ -28,3 +28,12 @@ def test_ids_sort_by_bytes(ids):
     # Equal ids keep their order (the sort is stable).
     assert all(order[k] < order[k + 1] for k in range(len(ids) - 1)
                if ids[order[k]] == ids[order[k + 1]])
+
+
+def test_ids_longer_than_a_16_bit_length_sort_by_bytes():
+    # Equal after zero padding, so only the lengths order them: 65535 and 65536 bytes
+    # (as 16-bit numbers 65535 and 0).
+    short = b"x" * 65_535
+    ids = [short + b"\0", b"y", short, b"x"]
+    order = sorted_id_order(*_arena(ids))
+    assert [ids[i] for i in order] == sorted(ids)
