@@ -47,6 +47,7 @@ from gpu_pitr.format.payload import (
     parse_payload,
     read_length,
     read_varint,
+    record_columns,
     skip_metadata,
     stack_for,
 )
@@ -140,20 +141,14 @@ def _count_nested(buf, pos, end, stack, nested):
 
 
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
-def _parse(buf, n, off, length, stack, status, kind, ts, aux, stop, e_i64, e_u64):
-    """Parse records ``0..n-1`` of a piece into the record columns (``_walk`` reads
-    them): the walk's per-record parsing, in a loop compiled without reference
+def _parse(buf, n, off, length, stack, status, kind, ts, aux, nent, stop, e_i64, e_u64):
+    """Record columns of records ``0..n-1`` of a piece (``_walk`` reads them), no entry
+    written: the executors' ``record_columns``, in a loop compiled without reference
     counting (see ``gpu_pitr.jit.NO_REFCOUNTS``)."""
     for i in range(n):
         start = off[i] + RECORD_HEADER_SIZE
-        s, k, t, a, _ne, e = parse_payload(buf, start, start + length[i], stack, False, 0,
-                                           e_i64, e_i64, e_i64, e_i64, e_i64, e_i64, e_i64,
-                                           e_u64)
-        status[i] = s
-        kind[i] = k
-        ts[i] = t
-        aux[i] = a
-        stop[i] = e
+        record_columns(buf, start, start + length[i], i, stack, False, status, kind, ts, aux,
+                       nent, stop, e_i64, e_i64, e_i64, e_i64, e_i64, e_i64, e_i64, e_u64)
 
 
 @njit(cache=True, nogil=True)
@@ -358,7 +353,7 @@ class _Scan:
             c.ensure_records(n)
             prev = int(self.prev[0]) if self.state[_SEEN] else None
             _parse(item.buf, n, item.off, item.length, self.stack, c.status, c.kind, c.ts,
-                   c.aux, c.stop, c.e_op, c.e_key)
+                   c.aux, c.nent, c.stop, c.e_op, c.e_key)
             i = 0
             while i < n:
                 i, m = _walk(item.buf, i, n, item.off, item.length, item.seq, c.status,
