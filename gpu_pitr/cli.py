@@ -13,12 +13,10 @@ import json
 import os
 import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
+from gpu_pitr import interrupts
 from gpu_pitr.errors import WalError
 from gpu_pitr.format.stats import stats_lines, utc_text, wal_stats
 from gpu_pitr.outputs import (
@@ -162,28 +160,6 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-class _Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that clean-up runs as for Ctrl-C."""
-
-
-@contextmanager
-def _terminate_like_interrupt() -> Iterator[None]:
-    # A service manager stops a process with SIGTERM: without a handler it dies on
-    # the spot, leaving an output's temp file behind. Only the main thread may set one.
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum, frame):
-        raise _Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run() -> NoReturn:
     """The ``gpu-pitr`` command (and ``python -m gpu_pitr``): ``main()``, then exit.
 
@@ -192,20 +168,21 @@ def run() -> NoReturn:
     code: tens of milliseconds) is ignored, so it cannot turn a finished restore into
     a death by signal.
     """
-    status = main()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    sys.exit(status)
+    sys.exit(_main(None, restore_signals=False))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``gpu-pitr``; return the exit status."""
+    return _main(argv, restore_signals=True)
+
+
+def _main(argv: list[str] | None, restore_signals: bool) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        with _terminate_like_interrupt():
+        with interrupts.handle_signals(restore=restore_signals):
             return _command(parser, args)
-    except (KeyboardInterrupt, _Terminated) as stop:
+    except (KeyboardInterrupt, interrupts.Terminated) as stop:
         signum = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
         print(f"{PROG}: interrupted by {signum.name}; outputs not yet complete were removed",
               file=sys.stderr)

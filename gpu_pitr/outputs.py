@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpu_pitr import interrupts
 from gpu_pitr.errors import WalError
 from gpu_pitr.tempfiles import remove_stale_temps
 
@@ -210,6 +211,7 @@ def atomic_files(*dests: Path) -> Iterator[tuple[Path, ...]]:
         yield tuple(tmps)
         for tmp in tmps:
             _fsync(tmp, os.O_RDONLY)
+        interrupts.committing()  # a pending Ctrl-C stops here, not between renames
         for tmp, dest in zip(tmps, dests, strict=True):
             os.replace(tmp, dest)
     except BaseException:

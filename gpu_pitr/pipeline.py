@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpu_pitr import interrupts
 from gpu_pitr.errors import (
     BadSegmentError,
     CorruptRecordError,
@@ -213,6 +214,7 @@ class _Restore:
                 else:
                     self._piece_framed(item)
                 self._tell("read")
+                interrupts.check()  # a stop whose exception a callback swallowed
                 t = time.perf_counter()
         finally:
             self._unstage()  # no copy may read a buffer the reader is done with

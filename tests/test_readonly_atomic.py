@@ -468,3 +468,86 @@ def test_remove_stale_temps_returns_what_it_removed(tmp_path):
     assert sorted(remove_stale_temps(dest)) == stale
     assert remove_stale_temps(dest) == []
     assert remove_stale_temps(tmp_path / "missing-dir" / "x") == []
+
+
+# A weakref callback that sends the process a signal and runs on: the handler runs
+# inside the callback, where an exception cannot propagate (Python prints "Exception
+# ignored in ..." and carries on). The CI run that found this lost a SIGTERM that way.
+_SIGNAL_IN_A_CALLBACK = """
+import os, signal, sys, weakref
+from gpu_pitr import cli, pipeline
+
+class Thing:
+    pass
+
+def callback(ref):
+    os.kill(os.getpid(), signal.{sig})
+    for _ in range(100000):  # the handler runs here, between two bytecodes
+        pass
+
+framed = pipeline._Restore._piece_framed
+def piece_framed(self, item):
+    if not getattr(piece_framed, "fired", False):
+        piece_framed.fired = True
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        del thing  # the callback runs now, in this thread
+    return framed(self, item)
+pipeline._Restore._piece_framed = piece_framed
+sys.argv = ["gpu-pitr", "restore", {wal!r}, "--out", {out!r}, "--backend", "cpu"]
+cli.run()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_inside_a_callback_still_stops_the_restore(tmp_path, sig):
+    wal = tmp_path / "wal"
+    write_synthetic_wal(wal, total_bytes=1 << 20, dim=8, segments=2, seed=5)
+    out = tmp_path / "OUT.npz"
+    old = b"the previous output, which must survive whole"
+    out.write_bytes(old)
+    code = _SIGNAL_IN_A_CALLBACK.format(sig=sig.name, wal=str(wal), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert (proc.returncode, proc.stderr) == (
+        128 + sig, f"gpu-pitr: interrupted by {sig.name}; outputs not yet complete were "
+        "removed\n")
+    assert out.read_bytes() == old
+    assert _temps(out) == []
+
+
+def test_a_signal_during_the_renames_lets_the_pair_land_whole(tmp_path, monkeypatch):
+    """A FAISS index and its id sidecar are renamed one after the other: a SIGTERM
+    between the two renames would leave a new index beside the old ids. The signal
+    is recorded and raised at the next check, once both are in place."""
+    from gpu_pitr import interrupts, outputs
+
+    a, b = tmp_path / "index.faiss", tmp_path / "index.faiss.ids"
+    a.write_bytes(b"old index")
+    b.write_bytes(b"old ids")
+    replace = os.replace
+    renamed = []
+
+    def replace_then_signal(src, dst):
+        replace(src, dst)
+        renamed.append(Path(dst).name)
+        if len(renamed) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here: it records, it does not raise
+
+    monkeypatch.setattr(outputs.os, "replace", replace_then_signal)
+    with interrupts.handle_signals():
+        with outputs.atomic_files(a, b) as (ta, tb):
+            ta.write_bytes(b"new index")
+            tb.write_bytes(b"new ids")
+        assert renamed == [a.name, b.name]
+        assert (a.read_bytes(), b.read_bytes()) == (b"new index", b"new ids")
+        with pytest.raises(interrupts.Terminated):
+            interrupts.check()  # the next chunk, or the next output, stops
+        # ... and the next output is not put in place
+        c = tmp_path / "report.json"
+        with pytest.raises(interrupts.Terminated), outputs.atomic_files(c) as (tc,):
+            tc.write_bytes(b"{}")
+        assert not c.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [a.name, b.name]
+    interrupts.check()  # outside handle_signals nothing is pending

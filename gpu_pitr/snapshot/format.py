@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from numba import prange
 
+from gpu_pitr import interrupts
 from gpu_pitr.errors import WalError
 from gpu_pitr.index import RestoredIndex
 from gpu_pitr.jit import njit
@@ -168,6 +169,7 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
         _write_file(tmp / MANIFEST, text)
         _write_file(tmp / MANIFEST_CRC, f"{zlib.crc32(text):08x}\n".encode("ascii"))
         _fsync_dir(tmp)
+        interrupts.committing()  # no stop halfway through the renames
         _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

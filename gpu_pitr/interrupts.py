@@ -1,0 +1,105 @@
+"""SIGINT and SIGTERM during a command: stop at once, or at the latest before any rename.
+
+Python runs a signal handler between two bytecodes of the main thread, wherever that
+thread is. When that is inside a weakref callback, a ``__del__`` or a garbage
+collector callback, the exception the handler raises cannot propagate: Python
+prints "Exception ignored in ..." and carries on, so the restore would run to
+completion and rename its outputs after it was told to stop. Here the handler also
+records the signal; such a swallowed stop is not printed, and it is raised again at
+the next ``check()`` (each chunk read) and, in any case, before an output is renamed
+into place (``committing()``), so that an interrupted command never puts an output
+in place. From the first rename on the handler only records: a stop there would leave
+one file of a pair renamed and the other not, or report a complete output as
+removed. Once the command has finished, a signal changes nothing.
+
+Outside ``handle_signals()`` (the library called from user code) nothing is recorded,
+and ``check()`` and ``committing()`` cost nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that clean-up runs as for Ctrl-C."""
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _State:
+    active = False  # inside handle_signals()
+    finished = False  # the command is over: signals are ignored
+    deferring = False  # an output is in place: record, do not raise
+    pending: int | None = None  # the signal recorded, not yet raised where it propagates
+
+
+_state = _State()
+
+
+def _stop(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+def _handler(signum, frame) -> None:
+    if _state.finished:
+        return
+    _state.pending = signum
+    if not _state.deferring:
+        raise _stop(signum)
+
+
+def check() -> None:
+    """Raise the stop a signal asked for, if one was recorded and not yet raised."""
+    if _state.active and not _state.finished and _state.pending is not None:
+        raise _stop(_state.pending)
+
+
+def committing() -> None:
+    """Call before renaming outputs into place: a signal recorded before now stops the
+    command here. From now on a signal is only recorded, and raised at the next
+    ``check`` or ``committing``: never between two renames, nor after the last one,
+    where the outputs in place are complete and a stop would only misreport them."""
+    check()
+    _state.deferring = _state.active
+
+
+@contextmanager
+def handle_signals(*, restore: bool = True) -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt and SIGTERM ``Terminated`` for the block's duration.
+
+    Afterwards signals are ignored, then the previous handlers come back when
+    ``restore``; without it they stay ignored (for a process about to exit, whose
+    outputs are complete). Only the main thread can set handlers: elsewhere, and when
+    already inside one, the block runs as it is.
+    """
+    if _state.active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info) -> None:
+        if _state.pending is not None and issubclass(info.exc_type, (KeyboardInterrupt,
+                                                                     Terminated)):
+            return  # recorded: check() raises it where it can propagate
+        previous_hook(info)
+
+    _state.finished = _state.deferring = False
+    _state.pending = None
+    previous = {sig: signal.signal(sig, _handler) for sig in _SIGNALS}
+    sys.unraisablehook = unraisable
+    _state.active = True
+    try:
+        yield
+    finally:
+        _state.finished = True
+        for sig in _SIGNALS:
+            signal.signal(sig, previous[sig] if restore else signal.SIG_IGN)
+        sys.unraisablehook = previous_hook
+        _state.active = False
+        _state.pending = None
