@@ -6,11 +6,12 @@ collector callback, the exception the handler raises cannot propagate: Python
 prints "Exception ignored in ..." and carries on, so the restore would run to
 completion and rename its outputs after it was told to stop. Here the handler also
 records the signal; such a swallowed stop is not printed, and it is raised again at
-the next ``check()`` (each chunk read) and, in any case, before an output is renamed
-into place (``committing()``), so that an interrupted command never puts an output
-in place. From the first rename on the handler only records: a stop there would leave
-one file of a pair renamed and the other not, or report a complete output as
-removed. Once the command has finished, a signal changes nothing.
+the next ``check()`` (each chunk read), before an output is renamed into place
+(``committing()``), and at the latest when the command ends: an interrupted command
+never puts an output in place, nor exits 0. From the first rename on the handler only
+records: a stop there would leave one file of a pair renamed and the other not, or
+report a complete output as removed. Once the command has finished, a signal changes
+nothing.
 
 Outside ``handle_signals()`` (the library called from user code) nothing is recorded,
 and ``check()`` and ``committing()`` cost nothing.
@@ -96,6 +97,10 @@ def handle_signals(*, restore: bool = True) -> Iterator[None]:
     _state.active = True
     try:
         yield
+        # Swallowed where it landed, and no output was put in place: the command stops
+        # now (a verify or inspect that ran on), rather than report that it finished.
+        if _state.pending is not None and not _state.deferring:
+            raise _stop(_state.pending)
     finally:
         _state.finished = True
         for sig in _SIGNALS:

@@ -97,9 +97,9 @@ def test_key_collisions_never_merge_ids(monkeypatch):
         assert "restored on the cpu executor" in idx.report.message
 
 
-def test_device_arenas_stay_bounded_under_churn(monkeypatch):
-    """Metadata rewritten and ids re-created over and over: the device arenas keep
-    O(live bytes), compacting in place of doubling, and the result is the cpu one."""
+def _watch_make_room(monkeypatch) -> list:
+    """Record every (arena, used, size, total) ``_make_room`` returns, with the arenas
+    at 4 KiB instead of 64 KiB: a small log makes them fill over and over."""
     seen = []
     original = cuda_executor.CudaExecutor._make_room
 
@@ -109,40 +109,43 @@ def test_device_arenas_stay_bounded_under_churn(monkeypatch):
         return used, arena
 
     monkeypatch.setattr(cuda_executor.CudaExecutor, "_make_room", watch)
+    monkeypatch.setattr(cuda_executor.CudaExecutor, "arena_bytes", ARENA)
+    return seen
+
+
+ARENA = 1 << 12
+
+
+def test_device_arenas_stay_bounded_under_churn(monkeypatch):
+    """Metadata rewritten and ids re-created over and over: the device arenas keep
+    O(live bytes), compacting in place of doubling, and the result is the cpu one."""
+    seen = _watch_make_room(monkeypatch)
     with tempfile.TemporaryDirectory() as d:
         log = w.LogBuilder()
-        for i in range(2000):
+        for i in range(200):
             ident = f"id-{i % 20:02d}-" + "p" * 30
-            if i % 11 == 0 and i < 1900:
+            if i % 11 == 0 and i < 180:
                 log.add(w.Del(ident, ts=i))
             else:
                 log.add(w.Upd(ident, [float(i)], {"step": str(i), "pad": "x" * 40}, ts=i))
         log.write(d)
-        assert_same(d, chunk_bytes=2048)
-    # The log appends about 100 KB of metadata to an arena of 64 KiB: without
-    # compaction it would have doubled; the live bytes (~1.1 KB) are what moved.
-    assert [name for name, *_ in seen] == ["meta"] * len(seen) and seen, seen
-    assert all(used < 4096 and size == 1 << 16 for _, used, size, _ in seen), seen
+        assert_same(d, chunk_bytes=1024)
+    # The log appends about 10 KB of metadata to an arena of 4 KiB: without
+    # compaction it would have doubled twice; the live bytes (~1.1 KB) are what moved.
+    assert [name for name, *_ in seen] == ["meta"] * len(seen) and len(seen) >= 3, seen
+    assert all(used < 2048 and size == ARENA for _, used, size, _ in seen), seen
 
 
 def test_device_id_arena_compacts_when_ids_are_recreated(monkeypatch):
-    seen = []
-    original = cuda_executor.CudaExecutor._make_room
-
-    def watch(self, arena_name, used, total):
-        used, arena = original(self, arena_name, used, total)
-        seen.append((arena_name, used, len(arena)))
-        return used, arena
-
-    monkeypatch.setattr(cuda_executor.CudaExecutor, "_make_room", watch)
+    seen = _watch_make_room(monkeypatch)
     with tempfile.TemporaryDirectory() as d:
         log = w.LogBuilder()
-        for i in range(120):  # 3 long ids deleted and created again: ~240 KB of ids
-            ident = f"{i % 3}" + "u" * 2000
+        for i in range(45):  # 3 long ids deleted and created again: ~18 KB of ids
+            ident = f"{i % 3}" + "u" * 400
             log.add(w.Ins(ident, [float(i)], None, ts=2 * i))
-            if i < 117:
+            if i < 42:
                 log.add(w.Del(ident, ts=2 * i + 1))
         log.write(d)
-        assert_same(d, chunk_bytes=4096)
-    assert [name for name, *_ in seen] == ["ids"] * len(seen) and seen, seen
-    assert all(used <= 3 * 2001 and size == 1 << 16 for _, used, size in seen), seen
+        assert_same(d, chunk_bytes=512)  # one record a chunk
+    assert [name for name, *_ in seen] == ["ids"] * len(seen) and len(seen) >= 2, seen
+    assert all(used <= 3 * 401 and size == ARENA for _, used, size, _ in seen), seen

@@ -40,6 +40,10 @@ from gpu_pitr.resolve.idsort import sorted_id_order
 KEY_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 _THREADS = 128
+# The simulator runs each thread of a block as a Python thread, started per launch:
+# one warp a block starts a quarter of the threads for the small launches that most
+# tests make. The kernels use one thread per item, whatever the block size.
+_SIM_THREADS = 32
 _DEVICE_RECORD_COLUMNS = ("off", "length", "status", "kind", "ts", "aux", "nent", "stop", "efirst")
 _BACK_TO_HOST = ("status", "kind", "ts", "aux", "nent", "stop")
 
@@ -83,8 +87,21 @@ def overlap_enabled() -> bool:
         "1", "on", "true", "yes")
 
 
-def _blocks(n: int) -> int:
-    return max(1, (n + _THREADS - 1) // _THREADS)
+def _blocks(n: int, threads: int) -> int:
+    return max(1, (n + threads - 1) // threads)
+
+
+def _sim_device(arg):
+    """Under the simulator, a NumPy array as the simulator's device array over the same
+    memory: the kernel reads and writes it in place, as it would device memory. Given
+    the plain array, the simulator copies it in and back out at every launch, which
+    made the CUDA tests spend most of their time copying.
+    """
+    if isinstance(arg, np.ndarray) and arg.ndim > 0:
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        return FakeCUDAArray(arg)
+    return arg
 
 
 class CudaExecutor:
@@ -93,6 +110,8 @@ class CudaExecutor:
     name = "cuda"
     # Larger chunks than the CPU's: fewer launches and host round trips per byte.
     chunk_bytes = 128 << 20
+    #: The smallest size of the id and metadata arenas, in bytes.
+    arena_bytes = 1 << 16
 
     def __init__(self, total_bytes: int, profile: bool = False) -> None:
         self.k_decode, self.k_resolve = _kernel_modules()
@@ -119,9 +138,9 @@ class CudaExecutor:
         self.row_id_len = xp.zeros(0, xp.int64)
         self.row_meta_off = xp.zeros(0, xp.int64)
         self.row_meta_len = xp.zeros(0, xp.int64)
-        self.ids = xp.zeros(1 << 16, xp.uint8)
+        self.ids = xp.zeros(self.arena_bytes, xp.uint8)
         self.ids_used = 0
-        self.meta = xp.zeros(1 << 16, xp.uint8)
+        self.meta = xp.zeros(self.arena_bytes, xp.uint8)
         self.meta_used = 0
         self.dbuf = xp.zeros(0, xp.uint8)  # the device bytes of the chunk in hand
         self.rec = {}
@@ -146,9 +165,9 @@ class CudaExecutor:
             # Small chunks launch small grids; Numba's occupancy advice is noise here.
             warnings.filterwarnings("ignore", message=".*(under-utilization|Grid size)")
             if self.sim:
-                kernel[_blocks(n), _THREADS](*args)
+                kernel[_blocks(n, _SIM_THREADS), _SIM_THREADS](*map(_sim_device, args))
             else:
-                kernel[_blocks(n), _THREADS, self._stream()](*args)
+                kernel[_blocks(n, _THREADS), _THREADS, self._stream()](*args)
 
     def _stream(self):
         """CuPy's current stream as a Numba stream: kernels queue behind CuPy's work."""
@@ -440,7 +459,7 @@ class CudaExecutor:
             return used, grown
         span = lens[live]
         moved = xp.cumsum(span) - span
-        packed = xp.zeros(max(2 * (keep + total), 1 << 16), xp.uint8)
+        packed = xp.zeros(max(2 * (keep + total), self.arena_bytes), xp.uint8)
         if len(live):
             self._launch(self.k_resolve.copy_spans, len(live), arena, offs[live], span,
                          packed, moved)

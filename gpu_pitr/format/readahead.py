@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpu_pitr import interrupts
 from gpu_pitr.format.frame import declared_size, frame_records
 from gpu_pitr.format.layout import HEADER_SIZE
 
@@ -370,6 +371,7 @@ def framed_pieces(segments, chunk_bytes: int,
             yield item
             if item.problem is None and item.ring is not None:
                 reader.release(item.ring)
+            interrupts.check()  # a stop whose exception a callback swallowed
     finally:
         framer.close()
         reader.close()
