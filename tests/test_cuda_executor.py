@@ -23,7 +23,7 @@ from gpu_pitr.executors import cuda as cuda_executor
 from gpu_pitr.synth import write_synthetic_wal
 
 SETTINGS = settings(
-    max_examples=int(os.environ.get("GPU_PITR_CUDA_EXAMPLES", "40")),
+    max_examples=int(os.environ.get("GPU_PITR_CUDA_EXAMPLES", "100")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

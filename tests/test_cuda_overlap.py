@@ -125,7 +125,7 @@ def test_small_chunks_match_cpu(tmp_path, made, chunk_bytes):
     assert made[0].adopted <= made[0].staged
 
 
-@settings(max_examples=int(os.environ.get("GPU_PITR_CUDA_EXAMPLES", "40")) // 2,
+@settings(max_examples=int(os.environ.get("GPU_PITR_CUDA_EXAMPLES", "100")) // 2,
           deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                 HealthCheck.data_too_large])
 @given(data=st.data())
