@@ -97,6 +97,9 @@ def test_key_collisions_never_merge_ids(monkeypatch):
         assert "restored on the cpu executor" in idx.report.message
 
 
+ARENA = 1 << 12
+
+
 def _watch_make_room(monkeypatch) -> list:
     """Record every (arena, used, size, total) ``_make_room`` returns, with the arenas
     at 4 KiB instead of 64 KiB: a small log makes them fill over and over."""
@@ -111,9 +114,6 @@ def _watch_make_room(monkeypatch) -> list:
     monkeypatch.setattr(cuda_executor.CudaExecutor, "_make_room", watch)
     monkeypatch.setattr(cuda_executor.CudaExecutor, "arena_bytes", ARENA)
     return seen
-
-
-ARENA = 1 << 12
 
 
 def test_device_arenas_stay_bounded_under_churn(monkeypatch):
