@@ -35,8 +35,7 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class _State:
     active = False  # inside handle_signals()
-    finished = False  # the command is over: signals are ignored
-    deferring = False  # an output is in place: record, do not raise
+    deferring = False  # an output is in place, or the command is over: record only
     pending: int | None = None  # the signal recorded, not yet raised where it propagates
 
 
@@ -48,8 +47,6 @@ def _stop(signum: int) -> BaseException:
 
 
 def _handler(signum, frame) -> None:
-    if _state.finished:
-        return
     _state.pending = signum
     if not _state.deferring:
         raise _stop(signum)
@@ -57,7 +54,7 @@ def _handler(signum, frame) -> None:
 
 def check() -> None:
     """Raise the stop a signal asked for, if one was recorded and not yet raised."""
-    if _state.active and not _state.finished and _state.pending is not None:
+    if _state.pending is not None:  # only ever set inside handle_signals()
         raise _stop(_state.pending)
 
 
@@ -90,7 +87,7 @@ def handle_signals(*, restore: bool = True) -> Iterator[None]:
             return  # recorded: check() raises it where it can propagate
         previous_hook(info)
 
-    _state.finished = _state.deferring = False
+    _state.deferring = False
     _state.pending = None
     previous = {sig: signal.signal(sig, _handler) for sig in _SIGNALS}
     sys.unraisablehook = unraisable
@@ -102,7 +99,7 @@ def handle_signals(*, restore: bool = True) -> Iterator[None]:
         if _state.pending is not None and not _state.deferring:
             raise _stop(_state.pending)
     finally:
-        _state.finished = True
+        _state.deferring = True  # the command is over: a signal now changes nothing
         for sig in _SIGNALS:
             signal.signal(sig, previous[sig] if restore else signal.SIG_IGN)
         sys.unraisablehook = previous_hook

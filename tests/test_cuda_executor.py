@@ -8,7 +8,6 @@ and the whole report except timings and the backend's name.
 
 from __future__ import annotations
 
-import os
 import tempfile
 
 import numpy as np
@@ -23,7 +22,7 @@ from gpu_pitr.executors import cuda as cuda_executor
 from gpu_pitr.synth import write_synthetic_wal
 
 SETTINGS = settings(
-    max_examples=int(os.environ.get("GPU_PITR_CUDA_EXAMPLES", "100")),
+    max_examples=w.CUDA_EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -10,7 +10,6 @@ reader too early, shows in the result. ``scripts/gpu_check`` runs this file on a
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 
@@ -125,7 +124,7 @@ def test_small_chunks_match_cpu(tmp_path, made, chunk_bytes):
     assert made[0].adopted <= made[0].staged
 
 
-@settings(max_examples=int(os.environ.get("GPU_PITR_CUDA_EXAMPLES", "100")) // 2,
+@settings(max_examples=w.CUDA_EXAMPLES // 2,
           deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                 HealthCheck.data_too_large])
 @given(data=st.data())

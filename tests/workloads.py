@@ -526,6 +526,10 @@ class View:
     dim: int | None
 
 
+#: Hypothesis examples of the tests that run the cuda executor (the simulator in CI).
+CUDA_EXAMPLES = int(os.environ.get("GPU_PITR_CUDA_EXAMPLES", "100"))
+
+
 def fast_restore_function():
     """``gpu_pitr.restore`` (the function, even if the submodule shadows it), or None."""
     import types
