@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from gpu_pitr import interrupts
+from gpu_pitr import __version__, interrupts
 from gpu_pitr.errors import WalError
 from gpu_pitr.format.stats import stats_lines, utc_text, wal_stats
 from gpu_pitr.outputs import (
@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Point-in-time restore of oxirs-vec write-ahead logs."
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     restore = commands.add_parser(

@@ -226,6 +226,14 @@ def test_usage_errors_exit_2(wal_dir: Path, tmp_path: Path, args: list) -> None:
     assert not out.exists()
 
 
+def test_version_is_the_installed_distribution_s() -> None:
+    from importlib.metadata import version
+
+    proc = cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"gpu-pitr {version('gpu-pitr')}\n"
+
+
 def test_iso_without_zone_says_so(wal_dir: Path, tmp_path: Path) -> None:
     proc = cli("restore", wal_dir, "--out", tmp_path / "o.npz", "--to-time", "2026-11-26T10:02")
     assert proc.returncode == 2
