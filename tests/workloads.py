@@ -527,7 +527,7 @@ class View:
 
 
 #: Hypothesis examples of the tests that run the cuda executor (the simulator in CI).
-CUDA_EXAMPLES = int(os.environ.get("GPU_PITR_CUDA_EXAMPLES", "100"))
+CUDA_EXAMPLES = int(os.environ.get("GPU_PITR_CUDA_EXAMPLES", "40"))
 
 
 def fast_restore_function():
