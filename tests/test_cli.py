@@ -226,7 +226,7 @@ def test_usage_errors_exit_2(wal_dir: Path, tmp_path: Path, args: list) -> None:
     assert not out.exists()
 
 
-def test_version_is_the_installed_distribution_s() -> None:
+def test_version_prints_the_installed_version() -> None:
     from importlib.metadata import version
 
     proc = cli("--version")
