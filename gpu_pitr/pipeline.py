@@ -62,11 +62,12 @@ _MIN_CHUNK_BYTES = 64
 def parse_time(value, exclusive: bool = False) -> int:
     """A time target as whole Unix seconds.
 
-    ``value``: an int, a float, a datetime with a zone, a string of digits, or
-    ISO-8601 text with a zone (``Z`` or ``+HH:MM``). WAL timestamps are whole
-    seconds, so a fractional target becomes the whole second that selects the same
-    commit points: rounded down when inclusive (``ts > 10.5`` is ``ts > 10``), up
-    when ``exclusive`` (``ts >= 10.5`` is ``ts >= 11``).
+    ``value``: an int, a float, a datetime with a zone, a decimal string of Unix
+    seconds (``1795687320`` or ``1795687320.5``), or ISO-8601 text with a zone
+    (``Z`` or ``+HH:MM``). WAL timestamps are whole seconds, so a fractional
+    target becomes the whole second that selects the same commit points: rounded
+    down when inclusive (``ts > 10.5`` is ``ts > 10``), up when ``exclusive``
+    (``ts >= 10.5`` is ``ts >= 11``).
 
     Raises:
         ValueError: text that is neither, no time zone, or a number that is not finite.
@@ -75,6 +76,7 @@ def parse_time(value, exclusive: bool = False) -> int:
     import numbers
     import re
     from datetime import UTC, timedelta
+    from fractions import Fraction
 
     if isinstance(value, numbers.Integral):
         return int(value)
@@ -89,6 +91,9 @@ def parse_time(value, exclusive: bool = False) -> int:
         text = str(value).strip()
         if re.fullmatch(r"[+-]?[0-9]+", text):
             return int(text)
+        if re.fullmatch(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+)", text):
+            exact = Fraction(text)  # exact: a float would round 19-digit seconds
+            return math.ceil(exact) if exclusive else math.floor(exact)
         fraction = re.search(r":\d\d[.,]\d{6}(\d+)", text)
         below_micro = fraction is not None and fraction[1].strip("0") != ""
         zulu = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text

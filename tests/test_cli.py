@@ -158,6 +158,7 @@ def test_restore_latest_is_the_default(wal_dir: Path, tmp_path: Path) -> None:
         "2026-11-26T11:02:00+01:00",
         "2026-11-26T10:02:00.500+00:00",
         str(T0 + 120),
+        f"{T0 + 120}.5",  # what `date +%s.%N` prints, rounded down
     ],
 )
 def test_restore_to_time_iso_and_unix(wal_dir: Path, tmp_path: Path, target: str) -> None:
@@ -174,6 +175,8 @@ def test_restore_to_time_iso_and_unix(wal_dir: Path, tmp_path: Path, target: str
         ("2026-11-26T10:02:00.5Z", AT_1002),
         ("2026-11-26T10:02:00.0000001Z", AT_1002),
         (str(T0 + 120), AFTER_TXN),
+        (f"{T0 + 119}.5", AFTER_TXN),
+        (f"{T0 + 120}.000000001", AT_1002),
     ],
 )
 def test_restore_exclusive(wal_dir: Path, tmp_path: Path, target: str, expected: list) -> None:
@@ -210,7 +213,7 @@ def test_empty_wal_dir_restores_an_empty_index(tmp_path: Path) -> None:
         ["--to-time", "-5"],
         ["--to-time", "1969-12-31T23:59:59Z"],  # before the epoch
         ["--to-time", str(2**64)],
-        ["--to-time", "10.5"],
+        ["--to-time", "1e9"],
         ["--to-time", "2026-11-26T10:02:00.5"],
         ["--to-seq", "-1"],
         ["--to-seq", "1", "--latest"],

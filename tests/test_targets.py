@@ -39,6 +39,12 @@ T0 = int(datetime(2026, 11, 26, 10, 2, tzinfo=UTC).timestamp())
         (f" {T0}\n", T0, T0),
         ("18446744073709551616", 2**64, 2**64),
         ("-5", -5, -5),
+        ("10.5", 10, 11),
+        ("10.", 10, 10),
+        (".5", 0, 1),
+        ("-0.5", -1, 0),
+        # exact, where a float would round to a whole second
+        (f"{T0}.000000000000001", T0, T0 + 1),
         ("2026-11-26T10:02:00Z", T0, T0),
         ("2026-11-26T10:02:00z", T0, T0),
         ("2026-11-26T11:02:00+01:00", T0, T0),
@@ -71,7 +77,9 @@ def test_forms_and_rounding(value, inclusive: int, exclusive: int) -> None:
         (datetime(2026, 11, 26, 10, 2), "no time zone"),
         ("yesterday", "neither"),
         ("", "neither"),
-        ("10.5", "neither"),
+        ("10.5.1", "neither"),
+        (".", "neither"),
+        ("1e9", "neither"),
         ("+-5", "neither"),
         ("\u00b2", "neither"),  # a digit to str.isdigit, not to int()
         (float("nan"), "finite"),
