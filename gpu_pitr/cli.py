@@ -344,8 +344,20 @@ def restore_summary(report: dict, out: Path) -> list[str]:
 
 def _inspect(args: argparse.Namespace) -> int:
     stats = wal_stats(args.wal_dir)
-    print(json.dumps(stats, indent=2) if args.json else "\n".join(stats_lines(stats)))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print("\n".join(stats_lines(stats)))
+        _say_if_no_segments(args.wal_dir, stats["totals"]["segments"])
     return 0
+
+
+def _say_if_no_segments(wal_dir: str, segments: int) -> None:
+    """A WAL_DIR without segment files is empty, not damaged; say what it may be instead."""
+    if segments == 0:
+        from gpu_pitr.pipeline import no_segments_note
+
+        print(f"note: {no_segments_note(wal_dir)}", file=sys.stderr)
 
 
 def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -361,4 +373,6 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
     print(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(result.lines()))
+    if not args.json:
+        _say_if_no_segments(args.wal_dir, result.segments)
     return 0 if result.clean else 1

@@ -27,7 +27,13 @@ from gpu_pitr.errors import (
 )
 from gpu_pitr.format.columns import ChunkColumns
 from gpu_pitr.format.frame import frame_records, header_problem
-from gpu_pitr.format.layout import BATCH, HEADER_SIZE, RECORD_HEADER_SIZE, VARIANT_NAMES
+from gpu_pitr.format.layout import (
+    BATCH,
+    HEADER_SIZE,
+    RECORD_HEADER_SIZE,
+    SEGMENT_NAME_RE,
+    VARIANT_NAMES,
+)
 from gpu_pitr.format.payload import OK, STATUS_TEXT
 from gpu_pitr.format.readahead import (
     BYTES_PER_ROW,
@@ -106,6 +112,35 @@ def parse_time(value, exclusive: bool = False) -> int:
         raise ValueError(f"time target {text!r} has no time zone (add Z or +HH:MM)")
     whole, part = divmod(when - datetime(1970, 1, 1, tzinfo=UTC), timedelta(seconds=1))
     return whole + 1 if exclusive and (part or below_micro) else whole
+
+
+def no_segments_note(wal_dir) -> str:
+    """For a person: ``wal_dir`` holds no segment files, and what it may be instead.
+
+    An empty log is not an error (SPEC section 2), but a snapshot directory, or the
+    directory above the WAL's, given as WAL_DIR is a slip worth naming.
+    """
+    from gpu_pitr.snapshot.format import is_snapshot
+
+    wal_dir = Path(wal_dir)
+    note = f"no wal-<16 hex digits>.log files in {wal_dir}"
+    if is_snapshot(wal_dir):
+        return (f"{note}: it is a gpu-pitr snapshot; give it as --base (base= in the "
+                "API), with the WAL directory as WAL_DIR")
+    try:
+        subdirs = sorted(e.path for e in os.scandir(wal_dir) if e.is_dir())
+    except OSError:
+        return note
+    for sub in subdirs:
+        try:
+            if any(SEGMENT_NAME_RE.match(e.name) and e.is_file() for e in os.scandir(sub)):
+                return f"{note}, but {sub} has some: is that the WAL directory?"
+        except OSError:
+            continue
+    if any(is_snapshot(sub) for sub in subdirs):
+        return (f"{note}: it holds gpu-pitr snapshots; give it as --snapshots (snapshots= "
+                "in the API), with the WAL directory as WAL_DIR")
+    return note
 
 
 def make_executor(backend: str, total_bytes: int):
@@ -818,6 +853,8 @@ def restore(
     report.timings = {k: round(v, 6) for k, v in run.timings.items()}
     if report.message or snap is not None:
         pass
+    elif report.segments == 0:
+        report.message = f"nothing to restore: {no_segments_note(wal_path)}"
     elif report.records_read == 0:
         report.message = "nothing to restore: no records in the log"
     elif len(index) == 0:

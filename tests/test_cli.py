@@ -205,6 +205,46 @@ def test_empty_wal_dir_restores_an_empty_index(tmp_path: Path) -> None:
     assert npz["metadata"].shape == (0,)
 
 
+def test_a_wal_dir_without_segments_says_what_it_may_be_instead(
+    wal_dir: Path, tmp_path: Path
+) -> None:
+    """Empty is not an error (SPEC 2), but a snapshot or the WAL's parent given as WAL_DIR
+    is named, by the API's report and by every command."""
+    import gpu_pitr
+    from gpu_pitr import snapshot
+
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(wal_dir, backend="cpu"), snaps / "s1")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "wal-0000000000000001.LOG").write_bytes(b"")  # not a segment name
+    none = "no wal-<16 hex digits>.log files in {}"
+    messages = {
+        snaps / "s1": none + ": it is a gpu-pitr snapshot; give it as --base (base= in the "
+        "API), with the WAL directory as WAL_DIR",
+        snaps: none + ": it holds gpu-pitr snapshots; give it as --snapshots (snapshots= in "
+        "the API), with the WAL directory as WAL_DIR",
+        tmp_path: none + f", but {wal_dir} has some: is that the WAL directory?",
+        empty: none,
+    }
+    for path, message in messages.items():
+        report = gpu_pitr.restore(path, backend="cpu").report
+        assert report.message == "nothing to restore: " + message.format(path)
+    assert gpu_pitr.restore(wal_dir, backend="cpu").report.message == ""
+
+    s1 = snaps / "s1"
+    proc = cli("restore", s1, "--out", tmp_path / "o.npz", wal_dir=s1)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "nothing to restore: " + messages[s1].format(s1) in proc.stdout.splitlines()
+    for command in ("inspect", "verify"):
+        proc = cli(command, s1, wal_dir=s1)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.splitlines() == ["note: " + messages[s1].format(s1)]
+    # a WAL directory with segments gets no note
+    assert cli("verify", wal_dir, wal_dir=wal_dir).stderr == ""
+
+
 @pytest.mark.parametrize(
     "args",
     [
