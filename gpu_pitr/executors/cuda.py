@@ -165,6 +165,10 @@ class CudaExecutor:
             # Small chunks launch small grids; Numba's occupancy advice is noise here.
             warnings.filterwarnings("ignore", message=".*(under-utilization|Grid size)")
             if self.sim:
+                # The simulator runs the 64-bit key hash on NumPy scalars, which warn
+                # as they wrap; on a GPU (and on the cpu) the wrap is silent, as meant.
+                warnings.filterwarnings("ignore", "overflow encountered in scalar",
+                                        RuntimeWarning)
                 kernel[_blocks(n, _SIM_THREADS), _SIM_THREADS](*map(_sim_device, args))
             else:
                 kernel[_blocks(n, _THREADS), _THREADS, self._stream()](*args)
