@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from gpu_pitr import __version__, interrupts
-from gpu_pitr.errors import WalError
+from gpu_pitr.errors import MissingExtraError, WalError
 from gpu_pitr.format.stats import stats_lines, utc_text, wal_stats
 from gpu_pitr.outputs import (
     FORMATS,
-    MissingExtraError,
     check_output,
     check_writable,
     output_files,
@@ -201,7 +200,7 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         # The reader of stdout went away (``| head``): stop quietly, like other tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (WalError, OSError) as err:
+    except (WalError, OSError, MissingExtraError) as err:
         message = " ".join(str(err).splitlines())
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1

@@ -62,3 +62,7 @@ class BackendUnavailableError(WalError):
 
 class TargetBeforeBaseError(WalError):
     """A restore target earlier than the base snapshot's position."""
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency a command needs is not installed; says which extra has it."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gpu_pitr import interrupts
-from gpu_pitr.errors import WalError
+from gpu_pitr.errors import MissingExtraError, WalError
 from gpu_pitr.tempfiles import remove_stale_temps
 
 FORMATS = ("npz", "parquet", "faiss", "snapshot")
@@ -26,10 +26,6 @@ _NEEDS = {"parquet": ("pyarrow", "arrow"), "faiss": ("faiss", "faiss"),
           "snapshot": ("pyarrow", "arrow")}
 # Read back with ``pyarrow.parquet.read_schema(path).metadata``.
 PARQUET_REPORT_KEY = b"gpu_pitr.report"
-
-
-class MissingExtraError(RuntimeError):
-    """An output format whose optional dependency is not installed."""
 
 
 def output_format(out: str, fmt: str | None = None) -> str:

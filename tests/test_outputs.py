@@ -269,6 +269,23 @@ def test_missing_extra_is_one_line_before_the_restore(wal_dir: Path, tmp_path: P
     assert proc.stdout == "" and list(outdir.iterdir()) == []
 
 
+@pytest.mark.parametrize("flag", ["--base", "--snapshots"])
+def test_snapshot_base_without_pyarrow_is_one_line(wal_dir: Path, tmp_path: Path,
+                                                   flag: str) -> None:
+    import gpu_pitr
+    from gpu_pitr import snapshot
+
+    snapshot.save(gpu_pitr.restore(wal_dir, backend="cpu"), tmp_path / "snaps" / "s1")
+    given = tmp_path / "snaps" / ("s1" if flag == "--base" else "")
+    out = tmp_path / "o.npz"
+    proc = cli("restore", wal_dir, "--out", out, flag, given, wal_dir=wal_dir,
+               env=fake_missing(tmp_path, "pyarrow"))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "gpu-pitr: error: snapshots need pyarrow: pip install 'gpu-pitr[arrow]'"]
+    assert not out.exists()
+
+
 def test_npz_refuses_an_id_ending_in_nul_and_keeps_the_old_file(tmp_path: Path) -> None:
     wal = tmp_path / "wal"
     b = LogBuilder()

@@ -21,11 +21,13 @@ ARRAY_LIMIT = (1 << 31) - 1
 
 
 def require_pyarrow():
-    """The pyarrow module, or a one-line ImportError naming the extra to install."""
+    """The pyarrow module, or a one-line MissingExtraError naming the extra to install."""
     try:
         import pyarrow
     except ImportError:
-        raise ImportError(
+        from gpu_pitr.errors import MissingExtraError
+
+        raise MissingExtraError(
             "snapshots need pyarrow: pip install 'gpu-pitr[arrow]'") from None
     return pyarrow
 
