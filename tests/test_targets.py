@@ -99,6 +99,16 @@ def test_floats_round_down_inclusive_up_exclusive(t: float) -> None:
     assert parse_time(t, exclusive=True) == math.ceil(t)
 
 
+@given(st.integers(-(2**70), 2**70), st.text("0123456789", max_size=30), st.booleans())
+def test_decimal_text_rounds_exactly(whole: int, digits: str, dot_first: bool) -> None:
+    # Exact where a float is not: 20 significant digits, fractions of 1e-30.
+    text = f"{whole}.{digits}" if digits or not dot_first else f"{whole}."
+    exact = Fraction(f"{whole}{'.' + digits if digits else ''}")
+    assert parse_time(text) == math.floor(exact)
+    assert parse_time(text, exclusive=True) == math.ceil(exact)
+    assert parse_time(f" {text}\n") == math.floor(exact)
+
+
 @given(st.datetimes(timezones=st.just(UTC), min_value=datetime(1900, 1, 1)))
 # Past ~2**37 s a float timestamp cannot hold microseconds: .timestamp() rounds this
 # one up to a whole second, which the exact integer arithmetic below does not.
