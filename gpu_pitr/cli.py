@@ -89,20 +89,24 @@ def _parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser(
         "inspect",
-        help="statistics and damage of a WAL directory (read-only, always exits 0)",
+        help="statistics and damage of a WAL directory, or what a snapshot holds "
+        "(read-only, always exits 0)",
         description="Per-segment statistics, record counts, checkpoints, transactions, "
-        "sequence-number restarts and damage of WAL_DIR.",
+        "sequence-number restarts and damage of WAL_DIR. Given a snapshot directory: its "
+        "manifest (ids, dimension, log position, files), checksums not checked.",
     )
     inspect.add_argument("wal_dir", metavar="WAL_DIR")
     inspect.add_argument("--json", action="store_true", help="print one JSON document")
 
     verify = commands.add_parser(
         "verify",
-        help="check a WAL directory for damage without restoring (exit 1 if damaged)",
+        help="check a WAL directory, or a snapshot, for damage without restoring "
+        "(exit 1 if damaged)",
         description="Check every segment header, record and payload of WAL_DIR, sequence "
         "numbers and transactions, without restoring anything; one line per problem "
-        "(damage or notice) and a summary. Exit 0: no damage (notices allowed); 1: damage "
-        "found; 2: usage error or WAL_DIR unreadable.",
+        "(damage or notice) and a summary. Given a snapshot directory: its manifest, every "
+        "checksum, the Arrow data and the order of the ids. Exit 0: no damage (notices "
+        "allowed); 1: damage found; 2: usage error or WAL_DIR unreadable.",
     )
     verify.add_argument("wal_dir", metavar="WAL_DIR")
     verify.add_argument("--json", action="store_true", help="print one JSON document")
@@ -342,6 +346,10 @@ def restore_summary(report: dict, out: Path) -> list[str]:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from gpu_pitr.snapshot.format import holds_snapshot_files
+
+    if holds_snapshot_files(args.wal_dir):
+        return _inspect_snapshot(args)
     stats = wal_stats(args.wal_dir)
     if args.json:
         print(json.dumps(stats, indent=2))
@@ -363,8 +371,11 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``verify``: 0 without damage, 1 with; 2 when WAL_DIR cannot be read at all."""
     if not os.path.isdir(args.wal_dir):
         parser.error(f"argument WAL_DIR: {args.wal_dir}: not a directory")
+    from gpu_pitr.snapshot.format import holds_snapshot_files
     from gpu_pitr.verify import verify_wal  # with Numba: imported when a command needs it
 
+    if holds_snapshot_files(args.wal_dir):
+        return _verify_snapshot(args)
     try:
         result = verify_wal(args.wal_dir)
     except OSError as err:
@@ -375,3 +386,69 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not args.json:
         _say_if_no_segments(args.wal_dir, result.segments)
     return 0 if result.clean else 1
+
+
+def _snapshot_position(position: dict) -> str:
+    """Where in the log a snapshot stands, for a person."""
+    if not position.get("segment"):
+        return "up to the start of the log"
+    text = f"up to {position['segment']} offset {position['offset']}"
+    if position.get("timestamp") is not None:
+        text += f", last commit point applied at {utc_text(position['timestamp'])}"
+    return text
+
+
+def _inspect_snapshot(args: argparse.Namespace) -> int:
+    """``inspect`` of a snapshot directory: its manifest, checksums not checked."""
+    from gpu_pitr.snapshot.format import read_manifest
+
+    path = args.wal_dir
+    try:
+        manifest = read_manifest(path)
+    except WalError as err:
+        doc, lines = {"snapshot": path, "error": str(err)}, [f"snapshot {path}: {err}"]
+    else:
+        doc = {"snapshot": path, "manifest": manifest}
+        position = manifest["position"]
+        pending = position.get("pending", {}).get("transactions", [])
+        lines = [
+            f"snapshot {path}: format version {manifest['format_version']}, "
+            f"created {manifest.get('created')}",
+            f"{manifest['count']} ids, dim {manifest['dim']}; {_snapshot_position(position)}",
+            f"open transactions kept for their commit: {len(pending)}",
+            "",
+            f"{'file':<20} {'bytes':>14}",
+            *(f"{name:<20} {f['size']:>14}" for name, f in sorted(manifest["files"].items())),
+            "",
+            f"checksums not checked: gpu-pitr verify {path} checks them",
+        ]
+    print(json.dumps(doc, indent=2) if args.json else "\n".join(lines))
+    return 0
+
+
+def _verify_snapshot(args: argparse.Namespace) -> int:
+    """``verify`` of a snapshot directory: 0 intact, 1 damaged, 2 unreadable."""
+    import time
+
+    from gpu_pitr import snapshot
+
+    path = args.wal_dir
+    started = time.perf_counter()
+    try:
+        doc = snapshot.verify(path)
+    except (MissingExtraError, OSError) as err:
+        print(f"{PROG}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
+        return 2
+    except WalError as err:
+        seconds = time.perf_counter() - started
+        doc = {"snapshot": path, "clean": False, "seconds": round(seconds, 6),
+               "problem": {"file": err.file, "offset": err.offset, "what": err.what}}
+        lines = [str(err), f"{path}: DAMAGED: snapshot ({seconds:.3f} s)"]
+    else:
+        seconds = time.perf_counter() - started
+        doc["seconds"] = round(seconds, 6)
+        lines = [f"{path}: clean: snapshot of {doc['count']} ids, dim {doc['dim']}, "
+                 f"{_snapshot_position(doc['position'])}; {doc['bytes']} bytes checked "
+                 f"({seconds:.3f} s)"]
+    print(json.dumps(doc, indent=2) if args.json else "\n".join(lines))
+    return 0 if doc["clean"] else 1

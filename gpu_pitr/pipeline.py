@@ -120,11 +120,11 @@ def no_segments_note(wal_dir) -> str:
     An empty log is not an error (SPEC section 2), but a snapshot directory, or the
     directory above the WAL's, given as WAL_DIR is a slip worth naming.
     """
-    from gpu_pitr.snapshot.format import is_snapshot
+    from gpu_pitr.snapshot.format import holds_snapshot_files, is_snapshot
 
     wal_dir = Path(wal_dir)
     note = f"no wal-<16 hex digits>.log files in {wal_dir}"
-    if is_snapshot(wal_dir):
+    if holds_snapshot_files(wal_dir):
         return (f"{note}: it is a gpu-pitr snapshot; give it as --base (base= in the "
                 "API), with the WAL directory as WAL_DIR")
     try:

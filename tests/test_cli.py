@@ -237,10 +237,10 @@ def test_a_wal_dir_without_segments_says_what_it_may_be_instead(
     proc = cli("restore", s1, "--out", tmp_path / "o.npz", wal_dir=s1)
     assert proc.returncode == 0 and proc.stderr == ""
     assert "nothing to restore: " + messages[s1].format(s1) in proc.stdout.splitlines()
-    for command in ("inspect", "verify"):
-        proc = cli(command, s1, wal_dir=s1)
+    for command in ("inspect", "verify"):  # of a snapshot: see test_snapshot_format.py
+        proc = cli(command, snaps, wal_dir=snaps)
         assert proc.returncode == 0, proc.stderr
-        assert proc.stderr.splitlines() == ["note: " + messages[s1].format(s1)]
+        assert proc.stderr.splitlines() == ["note: " + messages[snaps].format(snaps)]
     # a WAL directory with segments gets no note
     assert cli("verify", wal_dir, wal_dir=wal_dir).stderr == ""
 

@@ -278,12 +278,17 @@ def test_snapshot_base_without_pyarrow_is_one_line(wal_dir: Path, tmp_path: Path
     snapshot.save(gpu_pitr.restore(wal_dir, backend="cpu"), tmp_path / "snaps" / "s1")
     given = tmp_path / "snaps" / ("s1" if flag == "--base" else "")
     out = tmp_path / "o.npz"
-    proc = cli("restore", wal_dir, "--out", out, flag, given, wal_dir=wal_dir,
-               env=fake_missing(tmp_path, "pyarrow"))
+    no_pyarrow = fake_missing(tmp_path, "pyarrow")
+    proc = cli("restore", wal_dir, "--out", out, flag, given, wal_dir=wal_dir, env=no_pyarrow)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.splitlines() == [
         "gpu-pitr: error: snapshots need pyarrow: pip install 'gpu-pitr[arrow]'"]
     assert not out.exists()
+    # verify of a snapshot cannot check it without pyarrow: not "damaged" (1) but 2
+    proc = cli("verify", tmp_path / "snaps" / "s1", env=no_pyarrow)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "gpu-pitr: error: snapshots need pyarrow: pip install 'gpu-pitr[arrow]'"]
 
 
 def test_npz_refuses_an_id_ending_in_nul_and_keeps_the_old_file(tmp_path: Path) -> None:

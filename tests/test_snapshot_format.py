@@ -241,6 +241,59 @@ def test_damage_names_the_file(snap, name, damage):
     assert "\n" not in message
 
 
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    from gpu_pitr.cli import main
+
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_verify_and_inspect_of_an_intact_snapshot(snap, capsys):
+    rc, out, err = _cli(capsys, "verify", snap)
+    assert (rc, err) == (0, "")
+    files = sum((snap / n).stat().st_size for n in (*DATA_FILES, MANIFEST, MANIFEST_CRC))
+    assert out.splitlines() == [
+        f"{snap}: clean: snapshot of 5 ids, dim 3, up to wal-0000000005f5e100.log offset 123, "
+        f"last commit point applied at 1970-01-01T00:00:09Z; {files} bytes checked "
+        + out.rsplit("checked ", 1)[1].strip()]
+    rc, out, err = _cli(capsys, "verify", "--json", snap)
+    doc = json.loads(out)
+    assert (rc, err, doc["clean"], doc["count"], doc["dim"], doc["bytes"]) == (0, "", True, 5, 3,
+                                                                              files)
+    assert doc["position"]["offset"] == 123
+    rc, out, err = _cli(capsys, "inspect", snap)
+    assert (rc, err) == (0, "")
+    assert "5 ids, dim 3; up to wal-0000000005f5e100.log offset 123" in out
+    assert f"{VECTORS:<20} {(snap / VECTORS).stat().st_size:>14}" in out.splitlines()
+    rc, out, err = _cli(capsys, "inspect", "--json", snap)
+    assert rc == 0 and json.loads(out)["manifest"] == read_manifest(snap)
+
+
+@pytest.mark.parametrize("name", [*DATA_FILES, MANIFEST, MANIFEST_CRC])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_verify_of_a_damaged_snapshot_names_the_file(snap, capsys, name, damage):
+    file = snap / name
+    size = file.stat().st_size
+    if damage == "delete":
+        file.unlink()
+    elif damage == "truncate":
+        os.truncate(file, size - 1)
+    else:
+        _flip(file, size // 2)
+    rc, out, err = _cli(capsys, "verify", snap)
+    assert (rc, err) == (1, "")
+    first, last = out.splitlines()
+    assert first.startswith(f"{file}: ") and last.startswith(f"{snap}: DAMAGED: snapshot")
+    rc, out, _ = _cli(capsys, "verify", "--json", snap)
+    doc = json.loads(out)
+    assert rc == 1 and doc["clean"] is False and doc["problem"]["file"] == str(file)
+    rc, out, err = _cli(capsys, "inspect", snap)  # inspect reads only the manifest
+    assert (rc, err) == (0, "")
+    if name in (MANIFEST, MANIFEST_CRC):
+        assert out.startswith(f"snapshot {snap}: {snap / name}: ")
+
+
 def test_bad_block_is_named_by_offset(tmp_path, monkeypatch):
     monkeypatch.setattr(fmt, "BLOCK_SIZE", 16)
     index = _rich(tmp_path)

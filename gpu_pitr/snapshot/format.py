@@ -308,6 +308,19 @@ def is_snapshot(path) -> bool:
     return not isinstance(doc, dict) or doc.get("format") == FORMAT_NAME
 
 
+def holds_snapshot_files(path) -> bool:
+    """Whether ``path`` is a directory of snapshot file names only, at least one.
+
+    Looser than ``is_snapshot``: a snapshot whose manifest is gone still counts, so
+    that ``verify`` calls it a damaged snapshot rather than an empty log.
+    """
+    try:
+        names = set(os.listdir(path)) if os.path.isdir(path) else set()
+    except OSError:
+        return False
+    return bool(names) and names <= SNAPSHOT_FILES
+
+
 def read_manifest(path) -> dict:
     """The manifest of the snapshot at ``path``, its checksum and fields validated.
 
