@@ -382,10 +382,26 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         # Not damage: exit 1 is kept for "damage found".
         print(f"{PROG}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
+    if result.segments == 0 and not result.problems:
+        snapshots = _snapshot_dirs(args.wal_dir)
+        if snapshots:
+            return _verify_snapshots(args, snapshots)
     print(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(result.lines()))
     if not args.json:
         _say_if_no_segments(args.wal_dir, result.segments)
     return 0 if result.clean else 1
+
+
+def _snapshot_dirs(directory: str) -> list[str]:
+    """The snapshots in ``directory`` (as ``--snapshots`` sees them), by name."""
+    from gpu_pitr.snapshot.format import holds_snapshot_files
+
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [e.path for e in entries
+            if not e.name.startswith(".") and e.is_dir() and holds_snapshot_files(e.path)]
 
 
 def _snapshot_position(position: dict) -> str:
@@ -426,29 +442,54 @@ def _inspect_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify_snapshot(args: argparse.Namespace) -> int:
-    """``verify`` of a snapshot directory: 0 intact, 1 damaged, 2 unreadable."""
+def _check_snapshot(path: str) -> tuple[dict, list[str]]:
+    """``snapshot.verify`` of ``path`` as a JSON document and the lines to print.
+
+    Raises ``MissingExtraError`` or ``OSError`` when it cannot be checked at all.
+    """
     import time
 
     from gpu_pitr import snapshot
 
-    path = args.wal_dir
     started = time.perf_counter()
     try:
         doc = snapshot.verify(path)
-    except (MissingExtraError, OSError) as err:
-        print(f"{PROG}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
-        return 2
     except WalError as err:
         seconds = time.perf_counter() - started
         doc = {"snapshot": path, "clean": False, "seconds": round(seconds, 6),
                "problem": {"file": err.file, "offset": err.offset, "what": err.what}}
-        lines = [str(err), f"{path}: DAMAGED: snapshot ({seconds:.3f} s)"]
-    else:
-        seconds = time.perf_counter() - started
-        doc["seconds"] = round(seconds, 6)
-        lines = [f"{path}: clean: snapshot of {doc['count']} ids, dim {doc['dim']}, "
+        return doc, [str(err), f"{path}: DAMAGED: snapshot ({seconds:.3f} s)"]
+    seconds = time.perf_counter() - started
+    doc["seconds"] = round(seconds, 6)
+    return doc, [f"{path}: clean: snapshot of {doc['count']} ids, dim {doc['dim']}, "
                  f"{_snapshot_position(doc['position'])}; {doc['bytes']} bytes checked "
                  f"({seconds:.3f} s)"]
-    print(json.dumps(doc, indent=2) if args.json else "\n".join(lines))
-    return 0 if doc["clean"] else 1
+
+
+def _verify_snapshot(args: argparse.Namespace) -> int:
+    """``verify`` of a snapshot directory: 0 intact, 1 damaged, 2 not checkable."""
+    return _verify_snapshots(args, [args.wal_dir], single=True)
+
+
+def _verify_snapshots(args: argparse.Namespace, paths: list[str], single: bool = False) -> int:
+    """``verify`` of snapshots (one, or each in a ``--snapshots`` directory): 0 when
+    every one is intact, 1 when one is damaged, 2 when they cannot be checked."""
+    docs, lines = [], []
+    try:
+        for path in paths:
+            doc, text = _check_snapshot(path)
+            docs.append(doc)
+            lines += text
+    except (MissingExtraError, OSError) as err:
+        print(f"{PROG}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
+        return 2
+    clean = all(doc["clean"] for doc in docs)
+    if single:
+        out = docs[0]
+    else:
+        damaged = sum(not doc["clean"] for doc in docs)
+        out = {"snapshots_dir": args.wal_dir, "clean": clean, "snapshots": docs}
+        lines.append(f"{args.wal_dir}: {'clean' if clean else 'DAMAGED'}: {len(docs)} "
+                     f"snapshots, {damaged} damaged")
+    print(json.dumps(out, indent=2) if args.json else "\n".join(lines))
+    return 0 if clean else 1

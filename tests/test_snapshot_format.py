@@ -294,6 +294,31 @@ def test_verify_of_a_damaged_snapshot_names_the_file(snap, capsys, name, damage)
         assert out.startswith(f"snapshot {snap}: {snap / name}: ")
 
 
+def test_verify_of_a_directory_of_snapshots_checks_each(tmp_path, capsys):
+    parent = tmp_path / "snaps"
+    index = _rich(tmp_path)
+    snap = write_snapshot(parent / "snap1", index, position=POSITION, pending=PENDING_BLOB)
+    write_snapshot(parent / "snap2", index, position=POSITION, pending=b"")
+    (parent / ".snap3.tmp").mkdir()  # a writer's temp dir is not a snapshot yet
+    (parent / "notes").mkdir()  # nor is any other directory
+    rc, out, err = _cli(capsys, "verify", parent)
+    assert (rc, err) == (0, "")
+    lines = out.splitlines()
+    assert [line.split(":")[:2] for line in lines[:2]] == [[str(snap), " clean"],
+                                                            [str(parent / "snap2"), " clean"]]
+    assert lines[2] == f"{parent}: clean: 2 snapshots, 0 damaged"
+    _flip(parent / "snap2" / VECTORS, 0)
+    rc, out, err = _cli(capsys, "verify", parent)
+    assert (rc, err) == (1, "")
+    lines = out.splitlines()
+    assert lines[1].startswith(f"{parent / 'snap2' / VECTORS}: offset 0: ")
+    assert lines[-1] == f"{parent}: DAMAGED: 2 snapshots, 1 damaged"
+    rc, out, _ = _cli(capsys, "verify", "--json", parent)
+    doc = json.loads(out)
+    assert rc == 1 and doc["clean"] is False
+    assert [d["clean"] for d in doc["snapshots"]] == [True, False]
+
+
 def test_bad_block_is_named_by_offset(tmp_path, monkeypatch):
     monkeypatch.setattr(fmt, "BLOCK_SIZE", 16)
     index = _rich(tmp_path)
