@@ -120,7 +120,7 @@ def no_segments_note(wal_dir) -> str:
     An empty log is not an error (SPEC section 2), but a snapshot directory, or the
     directory above the WAL's, given as WAL_DIR is a slip worth naming.
     """
-    from gpu_pitr.snapshot.format import holds_snapshot_files, is_snapshot
+    from gpu_pitr.snapshot.format import holds_snapshot_files
 
     wal_dir = Path(wal_dir)
     note = f"no wal-<16 hex digits>.log files in {wal_dir}"
@@ -137,7 +137,7 @@ def no_segments_note(wal_dir) -> str:
                 return f"{note}, but {sub} has some: is that the WAL directory?"
         except OSError:
             continue
-    if any(is_snapshot(sub) for sub in subdirs):
+    if any(holds_snapshot_files(sub) for sub in subdirs):
         return (f"{note}: it holds gpu-pitr snapshots; give it as --snapshots (snapshots= "
                 "in the API), with the WAL directory as WAL_DIR")
     return note

@@ -269,6 +269,12 @@ def test_snapshots_dir_picks_newest_usable_and_falls_back(tmp_path):
     assert got.report.base["path"] == str(snaps / "t2")
     assert "t6" in got.report.message and "damaged" in got.report.message
     assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8))
+    # One whose manifest is gone is passed over as damaged too, and said so.
+    (snaps / "t10" / "manifest.json").unlink()
+    got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 12, snapshots=snaps)
+    assert got.report.base["path"] == str(snaps / "t2")
+    assert f"snapshot {snaps / 't10'} is damaged" in got.report.message
+    assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 12))
     # A target before every snapshot: the whole log.
     got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 1, snapshots=snaps)
     assert got.report.base is None and "whole log" in got.report.message

@@ -66,7 +66,7 @@ def choose(directory, target: dict, exclusive: bool = False, spare_rows=None):
     """
     from gpu_pitr.errors import WalError
     from gpu_pitr.snapshot.base import target_problem
-    from gpu_pitr.snapshot.format import is_snapshot, load_snapshot, read_manifest
+    from gpu_pitr.snapshot.format import holds_snapshot_files, load_snapshot, read_manifest
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -76,7 +76,8 @@ def choose(directory, target: dict, exclusive: bool = False, spare_rows=None):
     manifests = {}
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
         path = Path(entry.path)
-        if entry.name.startswith(".") or not entry.is_dir() or not is_snapshot(path):
+        # holds_snapshot_files: one whose manifest is gone is passed over as damaged.
+        if entry.name.startswith(".") or not entry.is_dir() or not holds_snapshot_files(path):
             continue
         try:
             manifests[str(path)] = read_manifest(path)
