@@ -509,7 +509,9 @@ class _Restore:
             if seq != 0 and not self.allow_incomplete:
                 raise IncompleteHistoryError(
                     "the log does not start at sequence number 0: earlier history is missing"
-                    " (allow it explicitly to restore anyway)", **w)
+                    " (start from a snapshot taken before it was deleted: --base/--snapshots,"
+                    " base=/snapshots=; or restore anyway: --allow-incomplete-history,"
+                    " allow_incomplete_history=True)", **w)
             return
         if self._resume_seq is None:
             return
@@ -527,7 +529,8 @@ class _Restore:
             raise IncompleteHistoryError(
                 f"the log resumes at seq {seq}, not {want} right after the base snapshot's "
                 f"position ({pos['segment']} offset {pos['offset']}): history between is "
-                "missing (allow it explicitly to restore anyway)", **w)
+                "missing (restore anyway: --allow-incomplete-history,"
+                " allow_incomplete_history=True)", **w)
 
     def _seed_base(self) -> None:
         """Load the snapshot into the executor: its dimension, rows, open transactions.

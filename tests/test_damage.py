@@ -528,6 +528,19 @@ def test_first_record_not_seq_zero_is_incomplete_history(restore, tmp_path):
     assert restore(d, to_seq=7, allow_incomplete_history=True).ids == ["a"]
 
 
+def test_incomplete_history_error_says_how_to_go_on(tmp_path):
+    import gpu_pitr
+
+    b = LogBuilder(first_seq=7)
+    b.add(Ins("a", [1.0], None, 1))
+    d = b.write(tmp_path / "wal")
+    with pytest.raises(IncompleteHistoryError) as err:
+        gpu_pitr.restore(d, backend="cpu")
+    assert err.value.seq == 7 and base(err.value.file) == w.segment_name(0x5F5E100)
+    assert "--base/--snapshots" in str(err.value)
+    assert "--allow-incomplete-history" in str(err.value)
+
+
 def test_history_missing_when_first_segment_has_no_records(restore, tmp_path):
     b = LogBuilder()  # a header-only first segment (records removed by retention)
     b.new_segment(SEG2)
