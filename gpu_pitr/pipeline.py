@@ -198,6 +198,7 @@ class _Restore:
         self.names: list[str] = []
         self.n_carried = 0  # rows 0..n_carried-1: records of open transactions
         self.seen_first = False
+        self.seq_range: tuple[int, int] | None = None  # of the records read: for errors
         self._piece = None  # the read-ahead piece whose buffer is self.buf
         self._reader = None
         self._framer = None
@@ -330,6 +331,10 @@ class _Restore:
         c.seg[rows] = item.segment
         c.foff[rows] = c.off[rows] - start + item.file_start
         if n:
+            lo, hi = int(item.seq[:n].min()), int(item.seq[:n].max())
+            if self.seq_range is not None:
+                lo, hi = min(lo, self.seq_range[0]), max(hi, self.seq_range[1])
+            self.seq_range = (lo, hi)
             self._chunk(m, m + n)
             self._keep_open(m + n)
         if item.torn is not None:
@@ -696,8 +701,10 @@ class _Restore:
         self.report.transactions["in_flight_discarded"] = (
             self.plan.open_at_stop if self.plan.stopped else self.plan.open_transactions)
         if self.to_seq is not None and not self.plan.stopped:
+            held = ("no records were read" if self.seq_range is None else
+                    "the records read carry seq {} to {}".format(*self.seq_range))
             raise TargetNotFoundError(
-                f"no record has sequence number {self.to_seq}", file=str(self.wal_dir))
+                f"no record has sequence number {self.to_seq} ({held})", file=str(self.wal_dir))
         cnt = self.plan.counters
         self.report.commit_points_applied = int(cnt[C_COMMIT_POINTS])
         self.report.transactions["committed"] = int(cnt[C_COMMITTED])

@@ -541,6 +541,23 @@ def test_incomplete_history_error_says_how_to_go_on(tmp_path):
     assert "--allow-incomplete-history" in str(err.value)
 
 
+def test_seq_not_found_says_which_seqs_the_log_holds(tmp_path):
+    import gpu_pitr
+
+    b = LogBuilder(first_seq=7)
+    b.add(Ins("a", [1.0], None, 1))
+    b.add(Ins("b", [1.0], None, 2))
+    b.seq = 3  # a writer restart: the range covers both runs
+    b.add(Ins("c", [1.0], None, 3))
+    d = b.write(tmp_path / "wal")
+    held = r"number 5 \(the records read carry seq 3 to 8\)"
+    with pytest.raises(TargetNotFoundError, match=held):
+        gpu_pitr.restore(d, backend="cpu", to_seq=5, allow_incomplete_history=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TargetNotFoundError, match=r"number 5 \(no records were read\)"):
+        gpu_pitr.restore(tmp_path / "empty", backend="cpu", to_seq=5)
+
+
 def test_history_missing_when_first_segment_has_no_records(restore, tmp_path):
     b = LogBuilder()  # a header-only first segment (records removed by retention)
     b.new_segment(SEG2)
