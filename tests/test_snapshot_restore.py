@@ -192,8 +192,9 @@ def test_chained_snapshots(tmp_path):
     c = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "s2")
     assert _view(c) == _view(gpu_pitr.restore(d, backend="cpu"))
     assert c.report.records_read < b.report.records_read + c.report.records_read
-    with pytest.raises(TargetBeforeBaseError, match="earlier than the base snapshot"):
+    with pytest.raises(TargetBeforeBaseError, match="earlier than the base snapshot") as err:
         gpu_pitr.restore(d, backend="cpu", to_time=t0 + 5, base=tmp_path / "s2")
+    assert f"later than the target time {t0 + 5} (2023-11-14T22:13:25Z)" in str(err.value)
 
 
 def _retained_log(tmp_path):
