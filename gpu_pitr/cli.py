@@ -205,9 +205,13 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (WalError, OSError, MissingExtraError) as err:
-        message = " ".join(str(err).splitlines())
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        _print_error(err)
         return 1
+
+
+def _print_error(err: Exception) -> None:
+    """``gpu-pitr: error: <what>`` on stderr, always one line."""
+    print(f"{PROG}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
 
 
 def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -240,12 +244,8 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error(f"argument --memory-budget: {err}")
     if not wal_dir.is_dir():
         raise NotADirectoryError(f"{args.wal_dir}: not a directory")
-    try:
-        # Before the restore, so that a missing or unwritable directory fails at once.
-        check_output(out, fmt)
-    except MissingExtraError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
+    # Before the restore, so that a missing extra or an unwritable directory fails at once.
+    check_output(out, fmt)
     if report_json is not None:
         check_writable(report_json, "--report-json")
 
@@ -375,33 +375,26 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from gpu_pitr.verify import verify_wal  # with Numba: imported when a command needs it
 
     if holds_snapshot_files(args.wal_dir):
-        return _verify_snapshot(args)
+        return _verify_snapshots(args, [args.wal_dir], single=True)
     try:
         result = verify_wal(args.wal_dir)
     except OSError as err:
         # Not damage: exit 1 is kept for "damage found".
-        print(f"{PROG}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
+        _print_error(err)
         return 2
     if result.segments == 0 and not result.problems:
-        snapshots = _snapshot_dirs(args.wal_dir)
+        from gpu_pitr.snapshot import snapshot_dirs
+
+        try:
+            snapshots = snapshot_dirs(args.wal_dir)
+        except OSError:
+            snapshots = []
         if snapshots:
             return _verify_snapshots(args, snapshots)
     print(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(result.lines()))
     if not args.json:
         _say_if_no_segments(args.wal_dir, result.segments)
     return 0 if result.clean else 1
-
-
-def _snapshot_dirs(directory: str) -> list[str]:
-    """The snapshots in ``directory`` (as ``--snapshots`` sees them), by name."""
-    from gpu_pitr.snapshot.format import holds_snapshot_files
-
-    try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    except OSError:
-        return []
-    return [e.path for e in entries
-            if not e.name.startswith(".") and e.is_dir() and holds_snapshot_files(e.path)]
 
 
 def _snapshot_position(position: dict) -> str:
@@ -466,13 +459,8 @@ def _check_snapshot(path: str) -> tuple[dict, list[str]]:
                  f"({seconds:.3f} s)"]
 
 
-def _verify_snapshot(args: argparse.Namespace) -> int:
-    """``verify`` of a snapshot directory: 0 intact, 1 damaged, 2 not checkable."""
-    return _verify_snapshots(args, [args.wal_dir], single=True)
-
-
 def _verify_snapshots(args: argparse.Namespace, paths: list[str], single: bool = False) -> int:
-    """``verify`` of snapshots (one, or each in a ``--snapshots`` directory): 0 when
+    """``verify`` of snapshots (one, ``single``, or each in a ``--snapshots`` directory): 0 when
     every one is intact, 1 when one is damaged, 2 when they cannot be checked."""
     docs, lines = [], []
     try:
@@ -481,7 +469,7 @@ def _verify_snapshots(args: argparse.Namespace, paths: list[str], single: bool =
             docs.append(doc)
             lines += text
     except (MissingExtraError, OSError) as err:
-        print(f"{PROG}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
+        _print_error(err)
         return 2
     clean = all(doc["clean"] for doc in docs)
     if single:

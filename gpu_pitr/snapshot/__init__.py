@@ -52,6 +52,19 @@ def verify(path) -> dict:
             "position": snap.position, "bytes": checked}
 
 
+def snapshot_dirs(directory) -> list[str]:
+    """The snapshot directories in ``directory``, by name: what ``--snapshots`` looks at.
+
+    Hidden names (a writer's temp dirs) are left out. A directory of snapshot file
+    names only counts even when its manifest is gone, so that it is reported as
+    damaged rather than skipped. Raises ``OSError`` if ``directory`` cannot be listed.
+    """
+    from gpu_pitr.snapshot.format import holds_snapshot_files
+
+    return [e.path for e in sorted(os.scandir(directory), key=lambda e: e.name)
+            if not e.name.startswith(".") and e.is_dir() and holds_snapshot_files(e.path)]
+
+
 def _order(position: dict) -> tuple:
     segment = position.get("segment")
     return (segment is not None, (segment or "").encode(), int(position.get("offset") or 0))
@@ -66,7 +79,7 @@ def choose(directory, target: dict, exclusive: bool = False, spare_rows=None):
     """
     from gpu_pitr.errors import WalError
     from gpu_pitr.snapshot.base import target_problem
-    from gpu_pitr.snapshot.format import holds_snapshot_files, load_snapshot, read_manifest
+    from gpu_pitr.snapshot.format import load_snapshot, read_manifest
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -74,11 +87,7 @@ def choose(directory, target: dict, exclusive: bool = False, spare_rows=None):
     notes: list[str] = []
     usable = []
     manifests = {}
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-        path = Path(entry.path)
-        # holds_snapshot_files: one whose manifest is gone is passed over as damaged.
-        if entry.name.startswith(".") or not entry.is_dir() or not holds_snapshot_files(path):
-            continue
+    for path in map(Path, snapshot_dirs(directory)):
         try:
             manifests[str(path)] = read_manifest(path)
             position = manifests[str(path)]["position"]
