@@ -349,14 +349,30 @@ def _inspect(args: argparse.Namespace) -> int:
     from gpu_pitr.snapshot.format import holds_snapshot_files
 
     if holds_snapshot_files(args.wal_dir):
-        return _inspect_snapshot(args)
+        doc, lines = _snapshot_manifest(args.wal_dir)
+        print(json.dumps(doc, indent=2) if args.json else "\n".join(lines))
+        return 0
     stats = wal_stats(args.wal_dir)
+    if stats["totals"]["segments"] == 0 and not stats["damage"]:
+        snapshots = _snapshots_in(args.wal_dir)
+        if snapshots:
+            return _inspect_snapshots(args, snapshots)
     if args.json:
         print(json.dumps(stats, indent=2))
     else:
         print("\n".join(stats_lines(stats)))
         _say_if_no_segments(args.wal_dir, stats["totals"]["segments"])
     return 0
+
+
+def _snapshots_in(directory: str) -> list[str]:
+    """The snapshots of a directory of snapshots (none if it cannot be listed)."""
+    from gpu_pitr.snapshot import snapshot_dirs
+
+    try:
+        return snapshot_dirs(directory)
+    except OSError:
+        return []
 
 
 def _say_if_no_segments(wal_dir: str, segments: int) -> None:
@@ -383,12 +399,7 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         _print_error(err)
         return 2
     if result.segments == 0 and not result.problems:
-        from gpu_pitr.snapshot import snapshot_dirs
-
-        try:
-            snapshots = snapshot_dirs(args.wal_dir)
-        except OSError:
-            snapshots = []
+        snapshots = _snapshots_in(args.wal_dir)
         if snapshots:
             return _verify_snapshots(args, snapshots)
     print(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(result.lines()))
@@ -407,31 +418,61 @@ def _snapshot_position(position: dict) -> str:
     return text
 
 
-def _inspect_snapshot(args: argparse.Namespace) -> int:
-    """``inspect`` of a snapshot directory: its manifest, checksums not checked."""
+def _snapshot_manifest(path: str) -> tuple[dict, list[str]]:
+    """``inspect`` of one snapshot: its manifest (checksums not checked), as a JSON
+    document and the lines to print."""
     from gpu_pitr.snapshot.format import read_manifest
 
-    path = args.wal_dir
     try:
         manifest = read_manifest(path)
     except WalError as err:
-        doc, lines = {"snapshot": path, "error": str(err)}, [f"snapshot {path}: {err}"]
-    else:
-        doc = {"snapshot": path, "manifest": manifest}
-        position = manifest["position"]
-        pending = position.get("pending", {}).get("transactions", [])
-        lines = [
-            f"snapshot {path}: format version {manifest['format_version']}, "
-            f"created {manifest.get('created')}",
-            f"{manifest['count']} ids, dim {manifest['dim']}; {_snapshot_position(position)}",
-            f"open transactions kept for their commit: {len(pending)}",
-            "",
-            f"{'file':<20} {'bytes':>14}",
-            *(f"{name:<20} {f['size']:>14}" for name, f in sorted(manifest["files"].items())),
-            "",
-            f"checksums not checked: gpu-pitr verify {path} checks them",
-        ]
-    print(json.dumps(doc, indent=2) if args.json else "\n".join(lines))
+        return {"snapshot": path, "error": str(err)}, [f"snapshot {path}: {err}"]
+    position = manifest["position"]
+    pending = position.get("pending", {}).get("transactions", [])
+    return {"snapshot": path, "manifest": manifest}, [
+        f"snapshot {path}: format version {manifest['format_version']}, "
+        f"created {manifest.get('created')}",
+        f"{manifest['count']} ids, dim {manifest['dim']}; {_snapshot_position(position)}",
+        f"open transactions kept for their commit: {len(pending)}",
+        "",
+        f"{'file':<20} {'bytes':>14}",
+        *(f"{name:<20} {f['size']:>14}" for name, f in sorted(manifest["files"].items())),
+        "",
+        f"checksums not checked: gpu-pitr verify {path} checks them",
+    ]
+
+
+def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:
+    """``inspect`` of a directory of snapshots (what ``--snapshots`` takes): one row per
+    snapshot, in log order, from the manifests alone (``pgbackrest info``)."""
+    from gpu_pitr.snapshot import log_order
+
+    docs = [_snapshot_manifest(path)[0] for path in paths]
+    docs.sort(key=lambda d: (0, log_order(d["manifest"]["position"])) if "manifest" in d
+              else (1, ()))
+    if args.json:
+        print(json.dumps({"snapshots_dir": args.wal_dir, "snapshots": docs}, indent=2))
+        return 0
+    damaged = sum("error" in d for d in docs)
+    lines = [f"snapshots in {args.wal_dir}: {len(docs)}, {damaged} with a damaged manifest "
+             "(oldest first)", "",
+             f"{'snapshot':<24} {'ids':>10} {'dim':>5}  {'last commit applied':<20}  up to"]
+    for doc in docs:
+        name = os.path.basename(doc["snapshot"])
+        if "error" in doc:
+            lines.append(f"{name:<24} DAMAGED: {doc['error']}")
+            continue
+        m = doc["manifest"]
+        pos = m["position"]
+        when = "-" if pos.get("timestamp") is None else utc_text(pos["timestamp"])
+        where = (f"{pos['segment']} offset {pos['offset']}" if pos.get("segment")
+                 else "the start of the log")
+        lines.append(f"{name:<24} {m['count']:>10} {m['dim'] if m['dim'] is not None else '-':>5}"
+                     f"  {when:<20}  {where}")
+    lines += ["", f"checksums not checked: gpu-pitr verify {args.wal_dir} checks them",
+              f"to restore from the newest that serves a target: gpu-pitr restore WAL_DIR "
+              f"--snapshots {args.wal_dir} --out OUT [--to-time T | --to-seq N]"]
+    print("\n".join(lines))
     return 0
 
 

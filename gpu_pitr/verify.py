@@ -439,7 +439,8 @@ class _Verify:
         elif code == EV_HISTORY:
             self._add("incomplete_history", s, off, q,
                       f"the log starts at seq {q}, not 0: earlier history is missing (a "
-                      "restore needs --allow-incomplete-history)")
+                      "restore needs a snapshot that covers it, --base/--snapshots, or "
+                      "--allow-incomplete-history)")
         elif code == EV_RESTART:
             self._add("seq_restart", s, off, q,
                       f"seq restarts at 0 after {prev_seq}, after a segment header "

@@ -37,6 +37,7 @@ def wal_stats(wal_dir: str | os.PathLike) -> dict:
     open_txns: list[int] = []  # in begin order
     committed = aborted = 0
     prev_seq = None
+    first = None  # the log's first record
     # One segment in memory at a time: scan_wal would hold the whole log.
     for segment in list_segments(wal_dir):
         scan = scan_segment(segment.path)
@@ -53,6 +54,7 @@ def wal_stats(wal_dir: str | os.PathLike) -> dict:
                 )
             prev_seq = rec.seq
             at = {"file": name, "offset": rec.offset, "seq": rec.seq}
+            first = first or at
             try:
                 entry, used = decode_entry(rec.payload)
             except PayloadError as err:
@@ -126,6 +128,7 @@ def wal_stats(wal_dir: str | os.PathLike) -> dict:
         },
         "seq_restarts": restarts,
         "damage": damage,
+        "history": {"complete": first is None or first["seq"] == 0, "first_record": first},
     }
 
 

@@ -7,6 +7,7 @@ tests/reference.py.
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import struct
 
@@ -539,6 +540,34 @@ def test_incomplete_history_error_says_how_to_go_on(tmp_path):
     assert err.value.seq == 7 and base(err.value.file) == w.segment_name(0x5F5E100)
     assert "--base/--snapshots" in str(err.value)
     assert "--allow-incomplete-history" in str(err.value)
+
+
+def test_inspect_and_verify_say_whether_history_is_complete(tmp_path, capsys):
+    from gpu_pitr.cli import main
+
+    b = LogBuilder(first_seq=7)
+    b.add(Ins("a", [1.0], None, 1))
+    d = b.write(tmp_path / "wal")
+    name = w.segment_name(0x5F5E100)
+    assert main(["inspect", "--json", str(d)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["history"] == {"complete": False,
+                              "first_record": {"file": name, "offset": 16, "seq": 7}}
+    assert main(["inspect", str(d)]) == 0
+    second = capsys.readouterr().out.splitlines()[1]
+    assert second.startswith(f"history: INCOMPLETE: the log starts at seq 7 ({name}: offset 16)")
+    assert "--base/--snapshots" in second and "--allow-incomplete-history" in second
+    assert main(["verify", str(d)]) == 0  # a notice, not damage
+    assert "--base/--snapshots" in capsys.readouterr().out
+    whole = LogBuilder()
+    whole.add(Ins("a", [1.0], None, 1))
+    assert main(["inspect", str(whole.write(tmp_path / "whole"))]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        f"history: complete: the log starts at seq 0 ({name}: offset 16)")
+    (tmp_path / "empty").mkdir()
+    assert main(["inspect", "--json", str(tmp_path / "empty")]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["history"] == {"complete": True, "first_record": None}
 
 
 def test_seq_not_found_says_which_seqs_the_log_holds(tmp_path):

@@ -319,6 +319,37 @@ def test_verify_of_a_directory_of_snapshots_checks_each(tmp_path, capsys):
     assert [d["clean"] for d in doc["snapshots"]] == [True, False]
 
 
+def test_inspect_of_a_directory_of_snapshots_lists_them_in_log_order(tmp_path, capsys):
+    parent = tmp_path / "snaps"
+    index = _rich(tmp_path)
+    later = {**POSITION, "offset": 456, "timestamp": 3600}
+    write_snapshot(parent / "a-later", index, position=later, pending=b"")
+    write_snapshot(parent / "b-earlier", index, position=POSITION, pending=b"")
+    write_snapshot(parent / "c-start", index, position={}, pending=b"")
+    write_snapshot(parent / "d-gone", index, position=POSITION, pending=b"")
+    (parent / "d-gone" / MANIFEST).unlink()
+    (parent / ".e.tmp").mkdir()  # a writer's temp dir is not a snapshot yet
+    rc, out, err = _cli(capsys, "inspect", parent)
+    assert (rc, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == f"snapshots in {parent}: 4, 1 with a damaged manifest (oldest first)"
+    rows = [line.split()[:4] for line in lines[3:7]]
+    assert rows == [["c-start", "5", "3", "-"],
+                    ["b-earlier", "5", "3", "1970-01-01T00:00:09Z"],
+                    ["a-later", "5", "3", "1970-01-01T01:00:00Z"],
+                    ["d-gone", "DAMAGED:", f"{parent / 'd-gone' / MANIFEST}:", "missing"]]
+    assert lines[3].endswith("the start of the log")
+    assert lines[5].endswith("wal-0000000005f5e100.log offset 456")
+    assert lines[-2] == f"checksums not checked: gpu-pitr verify {parent} checks them"
+    rc, out, err = _cli(capsys, "inspect", "--json", parent)
+    doc = json.loads(out)
+    assert (rc, err, doc["snapshots_dir"]) == (0, "", str(parent))
+    assert [Path(d["snapshot"]).name for d in doc["snapshots"]] == [
+        "c-start", "b-earlier", "a-later", "d-gone"]
+    assert doc["snapshots"][2]["manifest"] == read_manifest(parent / "a-later")
+    assert "missing" in doc["snapshots"][3]["error"]
+
+
 def test_bad_block_is_named_by_offset(tmp_path, monkeypatch):
     monkeypatch.setattr(fmt, "BLOCK_SIZE", 16)
     index = _rich(tmp_path)

@@ -30,6 +30,7 @@ def stats_lines(stats: dict) -> list[str]:
     lines = [
         f"WAL directory {stats['wal_dir']}: {totals['segments']} segments, "
         f"{totals['bytes']} bytes, {totals['records']} records",
+        _history_line(stats["history"]),
         "",
         f"{'segment':<25} {'bytes':>10}  {'created':<20} {'records':>8}  {'seq':<13} timestamps",
     ]
@@ -75,6 +76,17 @@ def stats_lines(stats: dict) -> list[str]:
         }[d["kind"]]
         lines.append(f"  {_where(d)}: {what}")
     return lines
+
+
+def _history_line(history: dict) -> str:
+    first = history["first_record"]
+    if first is None:
+        return "history: no records"
+    where = f"the log starts at seq {first['seq']} ({first['file']}: offset {first['offset']})"
+    if history["complete"]:
+        return f"history: complete: {where}"
+    return (f"history: INCOMPLETE: {where}, not 0: earlier records are gone; a restore needs "
+            "a snapshot that covers them (--base/--snapshots) or --allow-incomplete-history")
 
 
 def _where(item: dict) -> str:

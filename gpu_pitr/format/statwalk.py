@@ -298,6 +298,13 @@ class _Segment:
         }
 
 
+def history(first_record: dict | None) -> dict:
+    """``wal_stats``'s ``history``: complete when the log's first record (SPEC section 4:
+    the first in log order) is seq 0, or when there is none."""
+    return {"complete": first_record is None or first_record["seq"] == 0,
+            "first_record": first_record}
+
+
 def scan_stats(wal_dir: str | os.PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict:
     """``wal_stats``: see ``gpu_pitr.format.stats``."""
     scan = _Scan(wal_dir, max(64, int(chunk_bytes)))
@@ -326,6 +333,7 @@ class _Scan:
         self.anomalies: list[dict] = []
         self.restarts: list[dict] = []
         self.damage: list[dict] = []
+        self.first_record: dict | None = None  # the log's first record: its history
 
     def _header(self, head: bytes):
         self.heads.append(head)  # called once per segment, in log order (frame thread)
@@ -362,6 +370,10 @@ class _Scan:
                              self.events)
                 for code, r in self.events[:m].tolist():
                     self._event(code, r, item, seg, prev)
+            if self.first_record is None:
+                self.first_record = {
+                    "file": seg.name, "offset": int(item.off[0]) - item.start + item.file_start,
+                    "seq": int(item.seq[0])}
             seg.records += n
             if seg.first_seq is None:
                 seg.first_seq = int(item.seq[0])
@@ -428,6 +440,7 @@ class _Scan:
             },
             "seq_restarts": self.restarts,
             "damage": self.damage,
+            "history": history(self.first_record),
         }
 
 

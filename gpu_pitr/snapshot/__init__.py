@@ -65,7 +65,9 @@ def snapshot_dirs(directory) -> list[str]:
             if not e.name.startswith(".") and e.is_dir() and holds_snapshot_files(e.path)]
 
 
-def _order(position: dict) -> tuple:
+def log_order(position: dict) -> tuple:
+    """Sort key of a snapshot's log position: a snapshot of the start of the log first,
+    then by segment file name and offset (log order)."""
     segment = position.get("segment")
     return (segment is not None, (segment or "").encode(), int(position.get("offset") or 0))
 
@@ -95,7 +97,7 @@ def choose(directory, target: dict, exclusive: bool = False, spare_rows=None):
             notes.append(f"snapshot {path} is damaged ({err}); passed over")
             continue
         if target_problem(position, target, exclusive) is None:
-            usable.append((_order(position), str(path)))
+            usable.append((log_order(position), str(path)))
     for _, path in sorted(usable, reverse=True):
         try:
             spare = spare_rows(manifests[path]) if spare_rows is not None else 0
