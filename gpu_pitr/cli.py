@@ -40,6 +40,12 @@ def _seq(text: str) -> int:
     return int(text)
 
 
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0, 1, 2, ...)")
+    return int(text)
+
+
 def _size(text: str) -> int:
     from gpu_pitr.budget import parse_size
 
@@ -96,7 +102,19 @@ def _parser() -> argparse.ArgumentParser:
         "manifest (ids, dimension, log position, files), checksums not checked.",
     )
     inspect.add_argument("wal_dir", metavar="WAL_DIR")
-    inspect.add_argument("--json", action="store_true", help="print one JSON document")
+    inspect.add_argument("--json", action="store_true",
+                         help="print one JSON document (with --records: one per line)")
+    records = inspect.add_argument_group(
+        "records", "list the records one by one, in log order, with the damage where it lies "
+        "(pg_waldump): to find the record a bad ingest began with. Each option below "
+        "implies --records")
+    records.add_argument("--records", action="store_true", help="list the records")
+    records.add_argument("--since", metavar="T",
+                         help="records stamped at or after T (Unix seconds or ISO-8601)")
+    records.add_argument("--until", metavar="T", help="records stamped at or before T")
+    records.add_argument("--first-seq", type=_seq, metavar="N", help="records with seq >= N")
+    records.add_argument("--last-seq", type=_seq, metavar="N", help="records with seq <= N")
+    records.add_argument("--limit", type=_count, metavar="N", help="stop after N items")
 
     verify = commands.add_parser(
         "verify",
@@ -199,7 +217,7 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return _restore(parser, args)
         if args.command == "verify":
             return _verify(parser, args)
-        return _inspect(args)
+        return _inspect(parser, args)
     except BrokenPipeError:
         # The reader of stdout went away (``| head``): stop quietly, like other tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -287,16 +305,18 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
-def _time_target(parser: argparse.ArgumentParser, text: str, exclusive: bool) -> int:
-    """``--to-time`` as whole Unix seconds (``parse_time``); a usage error if it is not one."""
+def _time_target(parser: argparse.ArgumentParser, text: str, up: bool,
+                 option: str = "--to-time") -> int:
+    """A time option as whole Unix seconds (``parse_time``: a fraction rounds down, or up
+    with ``up``); a usage error if it is not one."""
     from gpu_pitr.pipeline import parse_time  # with Numba: imported when a command needs it
 
     try:
-        seconds = parse_time(text, exclusive)
+        seconds = parse_time(text, up)
     except ValueError as err:
-        parser.error(f"argument --to-time: {err}")
+        parser.error(f"argument {option}: {err}")
     if not 0 <= seconds <= U64_MAX:
-        parser.error(f"argument --to-time: {text!r} is outside the WAL's timestamp range")
+        parser.error(f"argument {option}: {text!r} is outside the WAL's timestamp range")
     return seconds
 
 
@@ -345,9 +365,12 @@ def restore_summary(report: dict, out: Path) -> list[str]:
     return lines
 
 
-def _inspect(args: argparse.Namespace) -> int:
+def _inspect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from gpu_pitr.snapshot.format import holds_snapshot_files
 
+    filters = (args.since, args.until, args.first_seq, args.last_seq, args.limit)
+    if args.records or any(f is not None for f in filters):
+        return _inspect_records(parser, args)
     if holds_snapshot_files(args.wal_dir):
         doc, lines = _snapshot_manifest(args.wal_dir)
         print(json.dumps(doc, indent=2) if args.json else "\n".join(lines))
@@ -362,6 +385,31 @@ def _inspect(args: argparse.Namespace) -> int:
     else:
         print("\n".join(stats_lines(stats)))
         _say_if_no_segments(args.wal_dir, stats["totals"]["segments"])
+    return 0
+
+
+def _inspect_records(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``inspect --records``: every record (or those the filters keep), one by one."""
+    from gpu_pitr.format.dump import record_lines, wal_records
+    from gpu_pitr.snapshot.format import holds_snapshot_files
+
+    if holds_snapshot_files(args.wal_dir):
+        parser.error(f"--records lists the records of a WAL directory; {args.wal_dir} is a "
+                     "snapshot")
+    since = None if args.since is None else _time_target(parser, args.since, True, "--since")
+    until = None if args.until is None else _time_target(parser, args.until, False, "--until")
+    items = wal_records(args.wal_dir, since=since, until=until, first_seq=args.first_seq,
+                        last_seq=args.last_seq, limit=args.limit)
+    for doc in items:
+        text = (json.dumps(doc, ensure_ascii=False) if args.json
+                else "\n".join(record_lines(doc)))
+        try:
+            print(text)
+        except BrokenPipeError:  # | head: the reader has what it wanted
+            items.close()
+            # What is still buffered goes nowhere, not into the closed pipe at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     return 0
 
 

@@ -104,6 +104,7 @@ def commands() -> list[tuple[str, list[str], int]]:
     cmds += [
         ("inspect", ["inspect", "WAL"], 0),
         ("inspect_json", ["inspect", "WAL", "--json"], 0),
+        ("inspect_records", ["inspect", "WAL", "--records", "--json"], 0),
         ("verify", ["verify", "WAL"], 1),  # the torn tail and the trailing bytes
         ("verify_json", ["verify", "WAL", "--json"], 1),
     ]

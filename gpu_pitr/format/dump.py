@@ -1,0 +1,200 @@
+"""The records of a WAL directory one by one: ``gpu-pitr inspect --records``.
+
+What ``pg_waldump`` is without ``--stats``: the tool an operator reads to find the
+record a bad ingest started with, and so the target to restore to. Records are
+framed and their record columns parsed by the compiled pass of ``inspect``
+(``statwalk._parse``: timestamp, variant, status of every record), filtered by
+sequence number and timestamp there, and only the records that are printed are
+decoded again by the pure-Python codec, for their fields. Damage (bad headers,
+undecodable records, torn tails) is listed where it lies in log order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from gpu_pitr.format.codec import PayloadError, decode_entry
+from gpu_pitr.format.columns import ChunkColumns
+from gpu_pitr.format.entries import (
+    AbortTransaction,
+    Batch,
+    BeginTransaction,
+    Checkpoint,
+    CommitTransaction,
+    Delete,
+)
+from gpu_pitr.format.layout import RECORD_HEADER_SIZE
+from gpu_pitr.format.payload import ERR_DEPTH, MAX_BATCH_DEPTH, OK
+from gpu_pitr.format.readahead import BYTES_PER_ROW, framed_pieces, scan_chunk_bytes
+from gpu_pitr.format.segments import list_segments
+from gpu_pitr.format.stats import utc_text
+from gpu_pitr.format.statwalk import DEFAULT_CHUNK_BYTES, _parse, header_damage
+
+
+def wal_records(
+    wal_dir: str | os.PathLike,
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    first_seq: int | None = None,
+    last_seq: int | None = None,
+    limit: int | None = None,
+    chunk_bytes: int | None = None,
+) -> Iterator[dict]:
+    """The records of ``wal_dir`` in log order, as JSON-able dicts, and its damage.
+
+    A record: ``file``, ``offset`` (of its header), ``seq``, ``length`` (of its
+    payload), ``timestamp``, ``variant``, ``entry`` (its fields, vectors as their
+    dimension only; a batch's ``entries`` nested) and ``trailing_bytes``. Damage:
+    ``file``, ``offset``, ``seq`` (or None), ``damage`` (``bad_header``,
+    ``undecodable``, ``torn_tail``), ``what`` and ``bytes`` lost.
+
+    ``first_seq``/``last_seq`` keep the records (undecodable ones included) whose
+    seq is in that range; ``since``/``until`` the records stamped in that range (Unix
+    seconds, inclusive). What a filter cannot place is left out: bad headers and
+    torn tails (no seq, no timestamp) with any filter, undecodable records (no
+    timestamp) with a time filter. ``limit`` stops after that many items.
+    """
+    segments = list_segments(wal_dir)
+    chunk = scan_chunk_bytes(segments, DEFAULT_CHUNK_BYTES if chunk_bytes is None
+                             else max(64, int(chunk_bytes)))
+    cols = ChunkColumns(chunk // BYTES_PER_ROW + 64, 1)
+    stack = np.empty(MAX_BATCH_DEPTH, np.int64)
+    by_seq = first_seq is not None or last_seq is not None
+    by_time = since is not None or until is not None
+    left = limit
+    if left is not None and left <= 0:
+        return
+    for item in framed_pieces(segments, chunk, header_damage):
+        if item.problem is not None:
+            kind, offset, what, nbytes = item.problem
+            out = [_damage(segments[item.segment].name, offset, None, kind, what, nbytes)]
+            if by_seq or by_time:
+                out = []
+        else:
+            out = _piece(item, segments[item.segment].name, cols, stack, since, until,
+                         first_seq, last_seq, by_seq, by_time)
+        for doc in out:
+            yield doc
+            if left is not None:
+                left -= 1
+                if left == 0:
+                    return
+
+
+def _piece(item, name, cols, stack, since, until, first_seq, last_seq, by_seq, by_time):
+    n, out = item.n, []
+    if n:
+        cols.ensure_records(n)
+        c = cols
+        _parse(item.buf, n, item.off, item.length, stack, c.status, c.kind, c.ts, c.aux,
+               c.nent, c.stop, c.e_op, c.e_key)
+        seq = item.seq[:n]
+        keep = np.ones(n, np.bool_)
+        if first_seq is not None:
+            keep &= seq >= np.uint64(first_seq)
+        if last_seq is not None:
+            keep &= seq <= np.uint64(last_seq)
+        status = c.status[:n]
+        if by_time:
+            ts = c.ts[:n]
+            parsed = status == OK
+            if since is not None:
+                keep &= ~parsed | (ts >= since)
+            if until is not None:
+                keep &= ~parsed | (ts <= until)
+        for i in np.flatnonzero(keep).tolist():
+            doc = _record(item, name, i)
+            if "damage" in doc and by_time:
+                continue  # no timestamp to place it by
+            if "damage" not in doc and int(status[i]) == ERR_DEPTH and not (
+                    (since is None or doc["timestamp"] >= since)
+                    and (until is None or doc["timestamp"] <= until)):
+                continue  # nested deeper than the compiled pass's stack: placed here
+            out.append(doc)
+    if item.torn is not None and not (by_seq or by_time):
+        at, lost = item.torn
+        out.append(_damage(name, at, None, "torn_tail", None, lost))
+    return out
+
+
+def _record(item, name: str, i: int) -> dict:
+    offset = int(item.off[i]) - item.start + item.file_start
+    seq = int(item.seq[i])
+    start = int(item.off[i]) + RECORD_HEADER_SIZE
+    length = int(item.length[i])
+    payload = item.buf[start:start + length].tobytes()
+    try:
+        entry, used = decode_entry(payload)
+    except PayloadError as err:
+        return _damage(name, offset, seq, "undecodable", str(err), None)
+    return {"file": name, "offset": offset, "seq": seq, "length": length,
+            "timestamp": entry.timestamp, "variant": type(entry).__name__,
+            "entry": _fields(entry), "trailing_bytes": length - used}
+
+
+def _fields(entry) -> dict:
+    """An entry's fields; a batch's entries flattened in log order, each with its depth
+    (1: in this batch), a nested batch before its own entries: no recursion, at any
+    depth."""
+    if isinstance(entry, Batch):
+        flat = []
+        stack = [iter(entry.entries)]
+        while stack:
+            e = next(stack[-1], None)
+            if e is None:
+                stack.pop()
+                continue
+            item = {"depth": len(stack), "variant": type(e).__name__, "timestamp": e.timestamp}
+            item.update({"count": len(e.entries)} if isinstance(e, Batch) else _fields(e))
+            flat.append(item)
+            if isinstance(e, Batch):
+                stack.append(iter(e.entries))
+        return {"count": len(entry.entries), "entries": flat}
+    if isinstance(entry, Checkpoint):
+        return {"sequence_number": entry.sequence_number}
+    if isinstance(entry, BeginTransaction | CommitTransaction | AbortTransaction):
+        return {"transaction_id": entry.transaction_id}
+    if isinstance(entry, Delete):
+        return {"id": entry.id}
+    return {"id": entry.id, "dim": len(entry.vector), "metadata": entry.metadata}
+
+
+def _damage(file, offset, seq, kind, what, nbytes) -> dict:
+    return {"file": file, "offset": offset, "seq": seq, "damage": kind, "what": what,
+            "bytes": nbytes}
+
+
+def record_lines(doc: dict) -> list[str]:
+    """One item of ``wal_records`` for a person: a line, and one more per batch entry."""
+    where = f"{doc['file']}: offset {doc['offset']}"
+    if doc["seq"] is not None:
+        where += f": seq {doc['seq']}"
+    if "damage" in doc:
+        if doc["damage"] == "torn_tail":
+            return [f"{where}: torn tail, {doc['bytes']} bytes lost"]
+        return [f"{where}: {doc['damage'].replace('_', ' ')}: {doc['what']}"]
+    extra = f" (+{doc['trailing_bytes']} trailing bytes)" if doc["trailing_bytes"] else ""
+    lines = [f"{where}: {utc_text(doc['timestamp'])} "
+             f"{_entry_text(doc['variant'], doc['entry'])}{extra}"]
+    lines += [f"{'  ' * e['depth']}{utc_text(e['timestamp'])} {_entry_text(e['variant'], e)}"
+              for e in doc["entry"].get("entries", ())]
+    return lines
+
+
+def _entry_text(variant: str, fields: dict) -> str:
+    if "count" in fields:
+        return f"{variant} of {fields['count']} entries"
+    if "sequence_number" in fields:
+        return f"{variant} sequence_number {fields['sequence_number']}"
+    if "transaction_id" in fields:
+        return f"{variant} {fields['transaction_id']}"
+    text = f"{variant} {json.dumps(fields['id'], ensure_ascii=False)}"
+    if "dim" in fields:
+        text += (f" dim {fields['dim']} metadata "
+                 f"{json.dumps(fields['metadata'], ensure_ascii=False)}")
+    return text
