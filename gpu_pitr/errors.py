@@ -66,3 +66,19 @@ class TargetBeforeBaseError(WalError):
 
 class MissingExtraError(ImportError):
     """An optional dependency a command needs is not installed; says which extra has it."""
+
+
+class OutputError(OSError):
+    """An output that could not be written (a full disk, a lost mount, ...): one line
+    naming it. The output was written aside, so nothing was left in its place."""
+
+    def __init__(self, path, what: str, cause: OSError) -> None:
+        import os
+
+        reason = os.strerror(cause.errno) if cause.errno else (cause.strerror or str(cause))
+        super().__init__(cause.errno, f"{path}: cannot write the {what}: {reason}; "
+                         "nothing was left in its place")
+        self.filename = str(path)
+
+    def __str__(self) -> str:
+        return self.strerror

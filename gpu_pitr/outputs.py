@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gpu_pitr import interrupts
-from gpu_pitr.errors import MissingExtraError, WalError
+from gpu_pitr.errors import MissingExtraError, OutputError, WalError
 from gpu_pitr.tempfiles import remove_stale_temps
 
 FORMATS = ("npz", "parquet", "faiss", "snapshot")
@@ -109,13 +109,18 @@ def write_output(index, out: Path, fmt: str) -> list[Path]:
             .npz; vectors of dimension 0 in a .parquet).
         MissingExtraError, OSError.
     """
-    if fmt == "snapshot":
-        from gpu_pitr import snapshot
+    try:
+        if fmt == "snapshot":
+            from gpu_pitr import snapshot
 
-        snapshot.save(index, out)
-        return [out]
-    write = {"npz": _write_npz, "parquet": _write_parquet, "faiss": _write_faiss}[fmt]
-    return write(index, out)
+            snapshot.save(index, out)
+            return [out]
+        write = {"npz": _write_npz, "parquet": _write_parquet, "faiss": _write_faiss}[fmt]
+        return write(index, out)
+    except OutputError:
+        raise
+    except OSError as err:
+        raise OutputError(out, f"{fmt} output", err) from err
 
 
 def _write_npz(index, out: Path) -> list[Path]:
@@ -183,10 +188,24 @@ def _write_faiss(index, out: Path) -> list[Path]:
         flat.add_with_ids(vectors, np.arange(n, dtype=np.int64))
     ids_path = faiss_ids_path(out)
     with atomic_files(out, ids_path) as (tmp, tmp_ids):
-        faiss.write_index(flat, str(tmp))
+        try:
+            faiss.write_index(flat, str(tmp))
+        except RuntimeError as err:
+            raise _faiss_io_error(err) from err
         with open(tmp_ids, "w", encoding="utf-8") as file:
             file.writelines(json.dumps(i, ensure_ascii=False) + "\n" for i in index.id_list())
     return [out, ids_path]
+
+
+def _faiss_io_error(err: RuntimeError) -> OSError:
+    """FAISS reports a failed write as a RuntimeError ending in ``(<strerror>)``."""
+    import errno
+    import re
+
+    found = re.search(r"\(([^()]*)\)\s*$", str(err))
+    reason = found.group(1) if found else "FAISS could not write the index"
+    codes = {os.strerror(code): code for code in errno.errorcode}
+    return OSError(codes[reason], reason) if reason in codes else OSError(reason)
 
 
 @contextmanager
@@ -222,8 +241,11 @@ def atomic_files(*dests: Path) -> Iterator[tuple[Path, ...]]:
 
 def write_json(path: Path, doc) -> None:
     """``doc`` as a JSON file at ``path``, atomically."""
-    with atomic_files(path) as (tmp,):
-        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    try:
+        with atomic_files(path) as (tmp,):
+            tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise OutputError(path, "JSON file", err) from err
 
 
 def check_writable(path: Path, what: str) -> None:

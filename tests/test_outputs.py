@@ -238,6 +238,49 @@ def test_missing_output_directory_fails_before_the_restore(wal_dir: Path, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("name", "fmt"), [("o.npz", "npz"), ("o.parquet", "parquet"),
+                                         ("o.faiss", "faiss"), ("snap/", "snapshot")])
+def test_a_write_that_fails_is_one_line_naming_the_output(tmp_path: Path, name: str,
+                                                          fmt: str) -> None:
+    """A full disk, as a file-size limit (EFBIG; Python ignores SIGXFSZ): one line
+    naming the output, exit 1, the old output untouched, no temp file left."""
+    import resource
+
+    b = LogBuilder()
+    for i in range(400):
+        b.add(Ins(f"id-{i}", f32(*range(64)), {"k": str(i)}, i))
+    wal = b.write(tmp_path / "wal")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    old = out_dir / name.rstrip("/")
+    if fmt == "snapshot":  # an older snapshot, which only a whole new one replaces
+        from gpu_pitr import snapshot
+
+        small = LogBuilder()
+        small.add(Ins("old", f32(1), None, 1))
+        snapshot.save(gpu_pitr.restore(small.write(tmp_path / "small"), backend="cpu"), old)
+    else:
+        old.write_text("old")
+
+    def files(root: Path) -> dict:
+        return {str(f.relative_to(root)): f.is_file() and f.read_bytes() for f in root.rglob("*")}
+
+    before = files(out_dir)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (48 << 10, 48 << 10))
+
+    before_wal = dir_state(wal)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpu_pitr", "restore", str(wal), "--out", f"{out_dir}/{name}",
+         "-q"], capture_output=True, text=True, timeout=600, preexec_fn=limit)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"gpu-pitr: error: {old}: cannot write the {fmt} output: File too large; "
+        "nothing was left in its place"]
+    assert files(out_dir) == before and dir_state(wal) == before_wal
+
+
 def test_faiss_sidecar_inside_wal_dir_is_refused(wal_dir: Path) -> None:
     proc = cli("restore", wal_dir, "--out", wal_dir / "o.faiss", wal_dir=wal_dir)
     assert proc.returncode == 2 and "inside WAL_DIR" in proc.stderr
