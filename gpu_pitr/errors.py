@@ -68,17 +68,35 @@ class MissingExtraError(ImportError):
     """An optional dependency a command needs is not installed; says which extra has it."""
 
 
-class OutputError(OSError):
-    """An output that could not be written (a full disk, a lost mount, ...): one line
-    naming it. The output was written aside, so nothing was left in its place."""
+def _reason(cause: OSError) -> str:
+    import os
 
-    def __init__(self, path, what: str, cause: OSError) -> None:
-        import os
+    return os.strerror(cause.errno) if cause.errno else (cause.strerror or str(cause))
 
-        reason = os.strerror(cause.errno) if cause.errno else (cause.strerror or str(cause))
-        super().__init__(cause.errno, f"{path}: cannot write the {what}: {reason}; "
-                         "nothing was left in its place")
+
+class _OneLineOSError(OSError):
+    """An ``OSError`` whose text is one line naming the file (no ``[Errno n]`` prefix)."""
+
+    def __init__(self, path, line: str, cause: OSError) -> None:
+        super().__init__(cause.errno, line)
         self.filename = str(path)
 
     def __str__(self) -> str:
         return self.strerror
+
+
+class OutputError(_OneLineOSError):
+    """An output that could not be written (a full disk, a lost mount, ...): one line
+    naming it. The output was written aside, so nothing was left in its place."""
+
+    def __init__(self, path, what: str, cause: OSError) -> None:
+        super().__init__(path, f"{path}: cannot write the {what}: {_reason(cause)}; "
+                         "nothing was left in its place", cause)
+
+
+class FileReadError(_OneLineOSError):
+    """A file of the log that could not be read past its header (an I/O error, a file
+    that went away): one line naming it and the byte offset."""
+
+    def __init__(self, path, offset: int, cause: OSError) -> None:
+        super().__init__(path, f"{path}: offset {offset}: cannot read: {_reason(cause)}", cause)

@@ -154,10 +154,14 @@ def frame_log(wal_dir) -> list[tuple]:
     items: list[tuple] = []
     for name in names:
         path = os.path.join(wal_dir, name)
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) and not (os.path.islink(path) and not os.path.exists(path)):
+            continue  # a directory or a special file: not a segment
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:  # a link to a missing file, no permission: a bad segment
+            items.append(("bad", name, "cannot read the file"))
             continue
-        with open(path, "rb") as f:
-            data = f.read()
         if len(data) < 16:
             if _header_prefix_ok(data):
                 items.append(("torn", name, 0, len(data)))

@@ -10,6 +10,7 @@ import builtins
 import json
 import os
 import struct
+from pathlib import Path
 
 import pytest
 import workloads as w
@@ -455,6 +456,64 @@ def test_skip_corrupt_skips_unreadable_segment_files(restore, tmp_path):
     v = restore(b.write(tmp_path / "wal"), skip_corrupt=True)
     assert v.ids == ["a", "b", "c"]
     assert sorted(base(s["file"]) for s in v.report["skipped"]) == [bad_a, bad_b]
+
+
+def test_a_segment_that_cannot_be_read_is_a_bad_header(restore, tmp_path):
+    """A segment name whose file cannot be opened (here a symbolic link to a file that
+    is gone: an archive volume not mounted) is not silently left out of the log: like
+    a bad header it is fatal when the restore needs it, skipped with skip_corrupt,
+    listed after the stop point; verify and inspect list it."""
+    from gpu_pitr.cli import main
+
+    b, _ = two_segments()
+    d = Path(b.write(tmp_path / "wal"))
+    gone = w.segment_name(SEG2 + 1)
+    os.symlink(tmp_path / "archive" / gone, d / gone)
+    with pytest.raises(BadSegmentError) as err:
+        restore(d)
+    assert base(err.value.file) == gone and err.value.offset == 0
+    if restore is w.restore_fast:  # the reference's errors carry no text
+        assert str(err.value).endswith(
+            f"offset 0: cannot read the file: a symbolic link to "
+            f"'{tmp_path / 'archive' / gone}', which is missing")
+    v = restore(d, skip_corrupt=True)
+    assert v.ids == ["a", "b", "c"]
+    assert [base(s["file"]) for s in v.report["skipped"]] == [gone]
+    v = restore(d, to_time=1)
+    assert v.ids == ["a"]
+    assert [base(s["file"]) for s in v.report["damage_after_stop"]] == [gone]
+    assert main(["verify", str(d)]) == 1
+    assert main(["inspect", str(d)]) == 0
+    import inspect_reference  # the compiled inspect equals the pure-Python one here too
+
+    stats = inspect_reference.assert_same_stats(d)
+    assert [(x["kind"], x["file"]) for x in stats["damage"]] == [("bad_header", gone)]
+    # The file comes back: it is read like any other.
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / gone).write_bytes(b"")
+    assert restore(d).ids == ["a", "b", "c"]
+
+
+def test_an_io_error_inside_a_segment_is_one_line_naming_file_and_offset(tmp_path,
+                                                                           monkeypatch):
+    import errno
+
+    import gpu_pitr
+    from gpu_pitr.errors import FileReadError
+    from gpu_pitr.format import readahead
+
+    b, _ = two_segments()
+    d = b.write(tmp_path / "wal")
+
+    def failing(fd, buffers, offset):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(readahead.os, "preadv", failing)
+    with pytest.raises(FileReadError) as err:
+        gpu_pitr.restore(d, backend="cpu")
+    assert str(err.value) == (f"{Path(d) / w.segment_name(0x5F5E100)}: offset 16: cannot read: "
+                              "Input/output error")
+    assert isinstance(err.value, OSError) and err.value.errno == errno.EIO
 
 
 def test_skip_corrupt_lists_damage_after_the_stop_as_such_not_as_skipped(restore, tmp_path):

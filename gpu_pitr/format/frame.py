@@ -12,6 +12,7 @@ import numpy as np
 
 from gpu_pitr.format.layout import HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, VERSION
 from gpu_pitr.format.payload import read_uint_le
+from gpu_pitr.format.segments import unreadable
 from gpu_pitr.jit import NO_REFCOUNTS, njit
 
 _AHEAD = 1024
@@ -82,13 +83,16 @@ def declared_size(buf, pos: int, end: int) -> int:
     return RECORD_HEADER_SIZE + int.from_bytes(bytes(buf[pos + 8:pos + 12]), "little")
 
 
-def header_problem(head: bytes) -> str | None:
+def header_problem(head: bytes | OSError) -> str | None:
     """What is wrong with the first bytes of a segment file, or None.
 
     ``"torn"`` when the file is shorter than a header and its bytes are a prefix
     of a valid one (an empty file included); otherwise a description of the
-    wrong magic or version.
+    wrong magic or version, or (``head`` the ``OSError`` of opening or reading it)
+    of why the file cannot be read.
     """
+    if isinstance(head, OSError):
+        return unreadable(head)
     valid_prefix = MAGIC + VERSION.to_bytes(4, "little")
     if len(head) < HEADER_SIZE:
         if valid_prefix.startswith(head[: len(valid_prefix)]):

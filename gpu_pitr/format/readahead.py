@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpu_pitr import interrupts
+from gpu_pitr.errors import FileReadError
 from gpu_pitr.format.frame import declared_size, frame_records
 from gpu_pitr.format.layout import HEADER_SIZE
 
@@ -45,6 +46,7 @@ class Piece:
     data: int
     length: int
     last: bool  # the last piece of its segment
+    error: OSError | None = None  # the read failed: raised when the piece is reached
 
 
 class Readahead:
@@ -105,13 +107,18 @@ class Readahead:
         if seg in self._skip:
             return Piece(seg, offset, buf, self.headroom, 0, last)
         view = memoryview(buf)[self.headroom:self.headroom + length]
-        fd = self._fd(path)
         got = 0
-        while got < length:
-            n = os.preadv(fd, [view[got:]], offset + got)
-            if n == 0:  # the file shrank since it was listed
-                break
-            got += n
+        try:
+            fd = self._fd(path)
+            while got < length:
+                n = os.preadv(fd, [view[got:]], offset + got)
+                if n == 0:  # the file shrank since it was listed
+                    break
+                got += n
+        except OSError as err:
+            # Not raised here: the framer may skip this segment (its header unreadable).
+            return Piece(seg, offset, buf, self.headroom, 0, last,
+                         error=FileReadError(path, offset + got, err))
         return Piece(seg, offset, buf, self.headroom, got, last)
 
     def __iter__(self) -> Iterator[Piece]:
@@ -124,6 +131,9 @@ class Readahead:
             if piece.segment in self._skip:
                 self.release(piece)
                 continue
+            if piece.error is not None:
+                self.release(piece)
+                raise piece.error
             yield piece
 
     def skip(self, segment: int) -> None:
@@ -234,15 +244,19 @@ class FrameAhead:
         try:
             pieces = iter(self._reader)
             for index, seg in enumerate(self._segments):
-                with open(seg.path, "rb") as f:
-                    head = f.read(self._header_size)
+                try:
+                    with open(seg.path, "rb") as f:
+                        head = f.read(self._header_size)
+                except OSError as err:  # unreadable: a bad header, as SPEC section 2 has it
+                    head = err
                 problem = self._header_problem(head)
                 start = self._starts.get(index, self._header_size)
                 has_records = seg.size > start
                 if problem is not None:
                     if has_records:
                         self._reader.skip(index)
-                    if not self._put(Framed(index, problem=problem, header_len=len(head))):
+                    header_len = 0 if isinstance(head, OSError) else len(head)
+                    if not self._put(Framed(index, problem=problem, header_len=header_len)):
                         return
                     continue
                 if has_records and not self._segment(index, pieces, len(head), start):

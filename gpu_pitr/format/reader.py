@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpu_pitr.format.layout import HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, VERSION
-from gpu_pitr.format.segments import list_segments
+from gpu_pitr.format.segments import list_segments, unreadable
 
 # Magic and version: the part of a header that identifies one (the creation
 # second that follows can be anything).
@@ -62,13 +62,17 @@ def scan_segment(path: str | os.PathLike) -> SegmentScan:
     """Read one segment file whole and frame its records.
 
     A short file whose bytes are a prefix of a valid header (an empty file
-    included) is a torn tail at 0; any other bad header is ``bad_header``. A second
+    included) is a torn tail at 0; any other bad header, or a file that cannot be
+    read, is ``bad_header``. A second
     header at a record boundary (magic and version 1) is skipped and its offset
     listed in ``extra_headers``. Lengths are checked against the bytes present
     before anything is sliced.
     """
     path = Path(path)
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:  # a link to nothing, no permission: a bad header (SPEC section 2)
+        return SegmentScan(path=path, size=0, bad_header=BadHeader(0, unreadable(err)))
     scan = SegmentScan(path=path, size=len(data))
     if len(data) < HEADER_SIZE:
         if data[: len(_HEADER_ID)] == _HEADER_ID[: len(data)]:

@@ -25,7 +25,10 @@ class Segment:
 def list_segments(wal_dir: str | os.PathLike) -> list[Segment]:
     """Segment files of ``wal_dir`` in log order (file names sorted by bytes).
 
-    Files whose names are not ``wal-<16 lowercase hex>.log`` are ignored.
+    Entries whose names are not ``wal-<16 lowercase hex>.log`` are ignored, and so
+    are directories and special files (a FIFO would block a read) of such a name.
+    A symbolic link to a missing file is listed, with size 0: a segment that
+    cannot be read (its read says so) must not vanish from the log unnoticed.
     """
     wal_dir = Path(wal_dir)
     if not wal_dir.is_dir():
@@ -33,10 +36,24 @@ def list_segments(wal_dir: str | os.PathLike) -> list[Segment]:
 
         raise WalError("not a directory", file=str(wal_dir))
     names = sorted(
-        (e.name for e in os.scandir(wal_dir) if SEGMENT_NAME_RE.match(e.name) and e.is_file()),
+        (e.name for e in os.scandir(wal_dir) if SEGMENT_NAME_RE.match(e.name)
+         and (e.is_file() or (e.is_symlink() and not os.path.exists(e.path)))),
         key=lambda n: n.encode(),
     )
-    return [
-        Segment(path=wal_dir / n, size=(wal_dir / n).stat().st_size, created=int(n[4:20], 16))
-        for n in names
-    ]
+    return [Segment(path=wal_dir / n, size=_size(wal_dir / n), created=int(n[4:20], 16))
+            for n in names]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # a link to nothing: reading it says why
+        return 0
+
+
+def unreadable(err: OSError) -> str:
+    """Why a segment file could not be opened or read, for its bad-header problem."""
+    path = err.filename
+    if path is not None and os.path.islink(path) and not os.path.exists(path):
+        return f"cannot read the file: a symbolic link to {os.readlink(path)!r}, which is missing"
+    return f"cannot read the file: {os.strerror(err.errno) if err.errno else err}"

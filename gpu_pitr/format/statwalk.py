@@ -57,7 +57,7 @@ from gpu_pitr.format.readahead import (
     framed_pieces,
     scan_chunk_bytes,
 )
-from gpu_pitr.format.segments import list_segments
+from gpu_pitr.format.segments import list_segments, unreadable
 from gpu_pitr.jit import NO_REFCOUNTS, njit
 
 _HEADER_ID = MAGIC + VERSION.to_bytes(4, "little")
@@ -248,9 +248,12 @@ def _open_in_begin_order(open_txns):
     return ids[np.argsort(order)]
 
 
-def header_damage(head: bytes) -> tuple | None:
-    """What inspect lists for a segment's first bytes (``head``: up to 16 of them), as
-    ``(kind, offset, what, bytes)``, or None for a valid header."""
+def header_damage(head: bytes | OSError) -> tuple | None:
+    """What inspect lists for a segment's first bytes (``head``: up to 16 of them, or
+    the ``OSError`` of reading them), as ``(kind, offset, what, bytes)``, or None for a
+    valid header."""
+    if isinstance(head, OSError):
+        return ("bad_header", 0, unreadable(head), None)
     if len(head) < HEADER_SIZE:
         if head[: len(_HEADER_ID)] == _HEADER_ID[: len(head)]:
             return ("torn_tail", 0, None, len(head))
