@@ -158,7 +158,8 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--exclusive",
         action="store_true",
-        help="with --to-time: also leave out commit points stamped exactly T",
+        help="leave out the target itself: with --to-time, commit points stamped exactly "
+        "T; with --to-seq, the record numbered N (stop just before it)",
     )
     p.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument(
@@ -332,7 +333,8 @@ def restore_summary(report: dict, out: Path) -> list[str]:
         exclusive = ", exclusive" if target["exclusive"] else ""
         lines.append(f"target: time {utc_text(target['value'])}{exclusive}")
     elif target["kind"] == "seq":
-        lines.append(f"target: seq {target['value']}")
+        exclusive = ", exclusive" if target["exclusive"] else ""
+        lines.append(f"target: seq {target['value']}{exclusive}")
     else:
         lines.append("target: latest")
     if stop["reason"] == "end_of_log":
@@ -341,8 +343,8 @@ def restore_summary(report: dict, out: Path) -> list[str]:
         where = f"{Path(stop['file']).name}: offset {stop['offset']}: seq {stop['seq']}"
         stamp = "" if stop.get("timestamp") is None else f" at {utc_text(stop['timestamp'])}"
         record = stop.get("record") or "record"
-        # A time target stops before its record; a seq target stops after it.
-        how = "before" if target["kind"] == "time" else "after"
+        # A time target stops before its record; a seq target after it (unless exclusive).
+        how = "before" if target["kind"] == "time" or target["exclusive"] else "after"
         lines.append(f"stopped: {how} {record} {where}{stamp}")
     lines += [
         f"read {report['records_read']} records, {report['bytes_read']} bytes, "

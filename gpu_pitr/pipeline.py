@@ -55,7 +55,6 @@ from gpu_pitr.plan.commit import (
     EV_DAMAGE_AFTER_STOP,
     EV_END_NOT_OPEN,
     EV_SKIPPED,
-    SEQ,
     WALK_FATAL,
     PlanState,
 )
@@ -413,8 +412,9 @@ class _Restore:
         c = self.cols
         end = n
         if stop_index >= 0:
-            # A time target stops before its record; a sequence target after it.
-            end = stop_index + 1 if self.plan.mode == SEQ else stop_index
+            # A time target stops before its record; a sequence target after it
+            # (an exclusive one before it).
+            end = stop_index + 1 if self.plan.stops_after else stop_index
         if end > first:
             self.seq_runs.add(c.seq[first:end])
             self.last_record = (self.names[int(c.seg[end - 1])], int(c.foff[end - 1]))
@@ -439,7 +439,7 @@ class _Restore:
     def _stop_position(self, i: int, n: int) -> None:
         """The position at the stop record ``i``, and the transactions open there."""
         c = self.cols
-        if self.plan.mode == SEQ:
+        if self.plan.stops_after:
             after = int(c.foff[i]) + RECORD_HEADER_SIZE + int(c.length[i])
             self.position = self._position(int(c.seg[i]), after, None)
         else:
@@ -555,7 +555,7 @@ class _Restore:
             self.lazy = LazyBase(snap, in_place=self.base_owned)
         else:
             self._move_in(None)
-        if stops_at_base(snap.position, self.target):
+        if stops_at_base(snap.position, self.target, self.plan.exclusive):
             self._stop_at_base()
         else:
             self._seed_pending(snap)
@@ -796,8 +796,10 @@ def restore(
         wal_dir: directory of ``wal-*.log`` segments; only ever read.
         to_time: Unix seconds or ISO-8601 text with a zone; stop before the first
             commit point later than it (``exclusive``: at or later).
-        to_seq: a log position: the first record with this sequence number.
-        exclusive: see ``to_time``.
+        to_seq: a log position: the first record with this sequence number; the
+            commit points complete at it are applied (``exclusive``: only those
+            complete before it, PostgreSQL's ``recovery_target_inclusive = off``).
+        exclusive: leave out the target itself (see ``to_time`` and ``to_seq``).
         backend: "cpu", "cuda" or "auto" (the GPU when CuPy sees one).
         skip_corrupt: skip undecodable records and unreadable segments, listing
             each in the report, instead of failing.
@@ -831,7 +833,7 @@ def restore(
         if int(to_seq) < 0 or int(to_seq) >= 2**64:
             raise ValueError(f"sequence number {to_seq} is outside 0..2^64-1")
         target = {"to_seq": int(to_seq)}
-        target_doc = {"kind": "seq", "value": int(to_seq), "exclusive": False}
+        target_doc = {"kind": "seq", "value": int(to_seq), "exclusive": bool(exclusive)}
     else:
         target = {}
         target_doc = {"kind": "latest", "value": None, "exclusive": False}

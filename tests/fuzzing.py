@@ -515,6 +515,7 @@ def targets(s: Seed, pick: Pick) -> dict:
     elif kind == 3:
         seqs = s.seqs + [max(s.seqs, default=0) + 1, 2**64 - 1]
         kw["to_seq"] = seqs[pick(len(seqs))]
+        kw["exclusive"] = bool(pick(2))
     kw["skip_corrupt"] = bool(pick(2))
     kw["allow_incomplete_history"] = pick(4) != 0
     return kw

@@ -311,6 +311,14 @@ def restore(
             if seq != 0 and not allow_incomplete_history:
                 return _fail(res, "IncompleteHistoryError", name, off, end, seq)
         is_target = to_seq is not None and seq == to_seq
+        if is_target and exclusive:  # the position just before this record
+            try:
+                ts = decode_payload(payload)[0][-1]
+            except Undecodable:
+                ts = None
+            res.stop = dict(reason="target", file=name, offset=off, seq=seq, timestamp=ts)
+            stop_index = idx - 1  # this record is after the stop: its damage is listed
+            break
         try:
             entry, trailing = decode_payload(payload)
         except Undecodable:

@@ -190,6 +190,22 @@ def test_restore_to_seq(wal_dir: Path, tmp_path: Path, seq: int, expected: list)
     assert_index(restore_npz(wal_dir, tmp_path / "o.npz", "--to-seq", seq), expected)
 
 
+def test_restore_to_seq_exclusive_stops_before_the_record(wal_dir: Path, tmp_path: Path) -> None:
+    # seq 7 commits transaction 1: exclusive, the state just before it.
+    out = tmp_path / "o.npz"
+    proc = cli("restore", wal_dir, "--out", out, "--to-seq", "7", "--exclusive",
+               wal_dir=wal_dir)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    lines = proc.stdout.splitlines()
+    assert lines[1] == "target: seq 7, exclusive"
+    assert lines[2].startswith("stopped: before CommitTransaction ")
+    assert lines[2].endswith(": seq 7 at 2026-11-26T10:00:30Z")
+    with np.load(out, allow_pickle=False) as npz:
+        assert_index(dict(npz), AFTER_BATCH)
+    proc = cli("restore", wal_dir, "--out", out, "--to-seq", "7", wal_dir=wal_dir)
+    assert proc.stdout.splitlines()[2].startswith("stopped: after CommitTransaction ")
+
+
 def test_out_name_is_kept_exactly(wal_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "restored.bin"
     assert_index(restore_npz(wal_dir, out, "--format", "npz"), LATEST)

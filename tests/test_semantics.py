@@ -561,6 +561,43 @@ def test_seq_target_on_a_marker_record(restore, tmp_path):
     )
 
 
+def test_exclusive_seq_target_stops_just_before_its_record(restore, tmp_path):
+    """PostgreSQL's recovery_target_inclusive = off for a log position: the record
+    numbered N is not applied, wherever it is; the stop names it."""
+    d, recs = write_log(
+        tmp_path,
+        Ins("x", [0.0], None, 1),  # seq 0
+        Begin(1, 2),  # seq 1
+        Ins("a", [1.0], None, 2),  # seq 2
+        Commit(1, 3),  # seq 3
+        Ins("y", [2.0], None, 4),  # seq 4
+    )
+    for n, want in [(0, []), (1, ["x"]), (2, ["x"]), (3, ["x"]), (4, ["a", "x"])]:
+        v = restore(d, to_seq=n, exclusive=True)
+        assert v.ids == want, n
+        assert (stop_of(v)["file"], stop_of(v)["offset"], stop_of(v)["seq"]) == (
+            recs[n].file, recs[n].offset, n)
+        assert v.report["transactions"]["committed"] == (n == 4)
+    with pytest.raises(TargetNotFoundError):
+        restore(d, to_seq=5, exclusive=True)
+
+
+def test_exclusive_seq_target_on_a_record_that_does_not_decode(restore, tmp_path):
+    """The target's number is in its header: the restore stops before the record
+    without decoding it, and lists its damage as after the stop point."""
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))  # seq 0
+    bad = b.add_payload(b"\x09")  # seq 1: unknown variant
+    b.add(Ins("b", [2.0], None, 3))  # seq 2
+    d = b.write(tmp_path / "wal")
+    v = restore(d, to_seq=1, exclusive=True)
+    assert v.ids == ["a"]
+    assert (stop_of(v)["offset"], stop_of(v)["seq"], stop_of(v)["timestamp"]) == (
+        bad.offset, 1, None)
+    assert [(os.path.basename(e["file"]), e["seq"]) for e in v.report["damage_after_stop"]] == [
+        (os.path.basename(bad.file), 1)]
+
+
 def test_seq_target_not_found_is_an_error(restore, tmp_path):
     d, _ = _abc(tmp_path)
     with pytest.raises(TargetNotFoundError):

@@ -157,6 +157,27 @@ def test_every_position_of_a_transactional_log(tmp_path):
     assert outcomes.count("equal") == len(outcomes)
 
 
+def test_exclusive_seq_targets_from_snapshots(tmp_path):
+    """A snapshot taken just before record N (exclusive) resumes there; a target that
+    stops before a record the snapshot covers, its last one included, is refused."""
+    _txn_log(tmp_path / "wal")
+    wal = tmp_path / "wal"
+    n_rec = gpu_pitr.restore(wal, backend="cpu").report.records_read
+    outcomes = []
+    for n in range(0, n_rec, 3):
+        a = {"to_seq": n, "exclusive": True}
+        for kw_b in ({}, a, {"to_seq": min(n + 2, n_rec - 1), "exclusive": True},
+                     {"to_seq": n}):
+            outcomes.append(check_base_equals_full(wal, tmp_path / "s", a, kw_b))
+    assert outcomes.count("equal") == len(outcomes)
+    snap = tmp_path / "at5"
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=5), snap)
+    with pytest.raises(TargetBeforeBaseError, match="which the target .exclusive. stops"):
+        gpu_pitr.restore(wal, backend="cpu", base=snap, to_seq=5, exclusive=True)
+    based = gpu_pitr.restore(wal, backend="cpu", base=snap, to_seq=5)  # the base is the answer
+    assert _view(based) == _view(gpu_pitr.restore(wal, backend="cpu", to_seq=5))
+
+
 def test_open_transactions_cross_the_snapshot(tmp_path):
     wal = w.LogBuilder()
     wal.add(w.Ins("a", [1.0], ts=10))

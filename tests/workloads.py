@@ -509,6 +509,7 @@ def targets(draw, w: Workload) -> dict:
         present = sorted(set(w.seqs))
         absent = [max(present, default=-1) + 1, 2**64 - 1]
         kw["to_seq"] = draw(st.sampled_from(present + absent if present else absent))
+        kw["exclusive"] = draw(st.booleans())
     kw["skip_corrupt"] = draw(st.booleans())
     kw["allow_incomplete_history"] = draw(st.integers(0, 2)) == 0
     return kw

@@ -68,6 +68,11 @@ def _walk(
     stopped = stopped_in
     stop_index = -1
     for i in range(first, n):
+        if not stopped and mode == SEQ and exclusive and seq[i] == target_seq:
+            # Exclusive: the log position just before the record numbered N (which
+            # is not applied, and need not decode: its number is in its header).
+            stopped = True
+            stop_index = i
         if stopped:
             if status[i] != OK:
                 events[n_events, 0] = EV_DAMAGE_AFTER_STOP
@@ -143,7 +148,7 @@ def _walk(
                     ts_max[1] = ts[i] if ts_max[0] == 0 else max(ts_max[1], ts[i])
                     ts_max[2] = ts[i]
                     ts_max[0] = 1
-        if mode == SEQ and seq[i] == target_seq:
+        if mode == SEQ and not exclusive and seq[i] == target_seq:
             # A log position: everything complete at this record, nothing after.
             stopped = True
             stop_index = i
@@ -234,6 +239,12 @@ class PlanState:
         self._slots = _empty_slots(0)
         self._stack = np.zeros(0, np.int64)
         self._top = 0
+
+    @property
+    def stops_after(self) -> bool:
+        """Whether the stop record itself is covered: an inclusive sequence target (a
+        time target, or an exclusive one, stops before its record)."""
+        return self.mode == SEQ and not self.exclusive
 
     @property
     def max_timestamp(self) -> int | None:

@@ -84,8 +84,9 @@ def target_problem(position: dict, target: dict, exclusive: bool) -> str | None:
     A time target T is reached at the first commit point stamped later than T
     (``exclusive``: at or later); if one of the snapshot's commit points is, the
     restore stops before the snapshot's position. A sequence target N stops at
-    the first record numbered N; if the snapshot covered one before its last
-    record, likewise.
+    the first record numbered N (``exclusive``: just before it); if the snapshot
+    covered one before its last record (``exclusive``: or as its last record),
+    likewise.
     """
     if "to_time" in target:
         t, top = int(target["to_time"]), position.get("max_timestamp")
@@ -99,12 +100,16 @@ def target_problem(position: dict, target: dict, exclusive: bool) -> str | None:
         n = int(target["to_seq"])
         if seq_covered(position.get("seq_runs") or [], n):
             return f"the snapshot covers an earlier record with sequence number {n}"
+        if exclusive and position.get("last_seq") == n:
+            return (f"the snapshot covers the record with sequence number {n}, which the "
+                    "target (exclusive) stops before")
     return None
 
 
-def stops_at_base(position: dict, target: dict) -> bool:
-    """A sequence target met by the last record the snapshot covered."""
-    return "to_seq" in target and position.get("last_seq") == int(target["to_seq"])
+def stops_at_base(position: dict, target: dict, exclusive: bool = False) -> bool:
+    """An inclusive sequence target met by the last record the snapshot covered."""
+    return ("to_seq" in target and not exclusive
+            and position.get("last_seq") == int(target["to_seq"]))
 
 
 @njit(cache=True, nogil=True)
