@@ -234,6 +234,8 @@ def _print_error(err: Exception) -> None:
 
 
 def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.exclusive and args.to_time is None and args.to_seq is None:
+        parser.error("argument --exclusive: leaves out the target: give --to-time or --to-seq")
     to_time = None
     if args.to_time is not None:
         to_time = _time_target(parser, args.to_time, args.exclusive)

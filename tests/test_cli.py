@@ -278,6 +278,8 @@ def test_a_wal_dir_without_segments_says_what_it_may_be_instead(
         ["--to-time", "2026-11-26T10:02:00.5"],
         ["--to-seq", "-1"],
         ["--to-seq", "1", "--latest"],
+        ["--exclusive"],  # no target to leave out
+        ["--latest", "--exclusive"],
         ["--to-time", "1", "--to-seq", "1"],
         ["--backend", "tpu"],
     ],
