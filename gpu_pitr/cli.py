@@ -189,9 +189,17 @@ def run() -> NoReturn:
     Once the command has finished, its outputs are complete: a Ctrl-C or SIGTERM
     arriving while the interpreter shuts down (joining threads, unloading compiled
     code: tens of milliseconds) is ignored, so it cannot turn a finished restore into
-    a death by signal.
+    a death by signal. Warnings print as one line each, like errors.
     """
+    import warnings
+
+    warnings.showwarning = _show_warning
     sys.exit(_main(None, restore_signals=False))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"{PROG}: warning: {' '.join(str(message).splitlines())}",
+          file=sys.stderr if file is None else file)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,15 +10,22 @@ that, for files of this package, adds a digest of every source file of the
 package (``kernels/`` included) to the freshness stamp, so any edit recompiles
 everything once. Functions of other packages keep Numba's own locators.
 
+Writing the cache is best effort too: where it fails (a full disk, a file-size
+limit, a read-only tree that looked writable), Numba would fail the compile and so
+the restore, with an error that names no file. For this package's functions the
+failure becomes one warning, and the code compiled in memory is used.
+
 Best effort: where Numba's caching internals differ (other versions), nothing is
 installed and caching works as Numba's does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 from numba import njit
@@ -132,7 +139,42 @@ def _install() -> bool:
             return getattr(self._inner, name)
 
     classes.insert(0, PackageLocator)
+    _guard_cache_io()
     return True
+
+
+def _guard_cache_io() -> None:
+    """Cache reads and writes of this package's functions that fail with an ``OSError``
+    are skipped (a read: compiled afresh; a write: not cached), with one warning.
+
+    Numba routes both through ``Cache._guard_against_spurious_io_errors``, a
+    context manager whose swallowed exception means "no cached object" (it does
+    so itself for EACCES on Windows).
+    """
+    cache = getattr(caching, "Cache", None)
+    original = getattr(cache, "_guard_against_spurious_io_errors", None)
+    if original is None or getattr(original, "_gpu_pitr", False):
+        return
+    warned = []
+
+    @contextlib.contextmanager
+    def guard(self):
+        locator = getattr(getattr(self, "_impl", None), "locator", None)
+        if not getattr(locator, "_gpu_pitr", False):
+            with original(self):
+                yield
+            return
+        try:
+            yield
+        except OSError as err:
+            if not warned:
+                warned.append(err)
+                warnings.warn(f"Numba's cache in {getattr(self, '_cache_path', '?')} "
+                              f"cannot be used ({err}); compiling without it",
+                              RuntimeWarning, stacklevel=2)
+
+    guard._gpu_pitr = True
+    cache._guard_against_spurious_io_errors = guard
 
 
 INSTALLED = _install()

@@ -247,8 +247,9 @@ def test_a_write_that_fails_is_one_line_naming_the_output(tmp_path: Path, name: 
     import resource
 
     b = LogBuilder()
+    rng = np.random.default_rng(7)  # vectors that do not compress below the limit
     for i in range(400):
-        b.add(Ins(f"id-{i}", f32(*range(64)), {"k": str(i)}, i))
+        b.add(Ins(f"id-{i}", rng.standard_normal(64).astype(np.float32), {"k": str(i)}, i))
     wal = b.write(tmp_path / "wal")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -271,6 +272,9 @@ def test_a_write_that_fails_is_one_line_naming_the_output(tmp_path: Path, name: 
         resource.setrlimit(resource.RLIMIT_FSIZE, (48 << 10, 48 << 10))
 
     before_wal = dir_state(wal)
+    # Numba's cache warm first: with the limit, writing it would fail (the next test).
+    (tmp_path / "warm").mkdir()
+    assert cli("restore", wal, "--out", f"{tmp_path}/warm/{name}", "-q").returncode == 0
     proc = subprocess.run(
         [sys.executable, "-m", "gpu_pitr", "restore", str(wal), "--out", f"{out_dir}/{name}",
          "-q"], capture_output=True, text=True, timeout=600, preexec_fn=limit)
@@ -279,6 +283,32 @@ def test_a_write_that_fails_is_one_line_naming_the_output(tmp_path: Path, name: 
         f"gpu-pitr: error: {old}: cannot write the {fmt} output: File too large; "
         "nothing was left in its place"]
     assert files(out_dir) == before and dir_state(wal) == before_wal
+
+
+def test_a_numba_cache_that_cannot_be_written_does_not_fail_the_restore(tmp_path: Path) -> None:
+    """A cold cache in a directory where writes fail (a file-size limit here; a full
+    disk in life): one warning, the code compiled in memory runs, the restore succeeds."""
+    import resource
+
+    b = LogBuilder()
+    b.add(Ins("a", f32(1, 2), {"k": "v"}, 1))
+    wal = b.write(tmp_path / "wal")
+    out = tmp_path / "o.npz"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 10, 4 << 10))  # the npz fits
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "restore", str(wal), "--out",
+                           str(out), "-q"], capture_output=True, text=True, timeout=600,
+                          preexec_fn=limit, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.startswith("gpu-pitr: warning: Numba's cache in ") for line in
+            proc.stderr.splitlines()] == [True]
+    assert proc.stderr.rstrip().endswith("cannot be used ([Errno 27] File too large); "
+                                         "compiling without it")
+    with np.load(out, allow_pickle=False) as npz:
+        assert npz["ids"].tolist() == ["a"]
 
 
 def test_faiss_sidecar_inside_wal_dir_is_refused(wal_dir: Path) -> None:
