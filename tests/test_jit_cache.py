@@ -90,3 +90,26 @@ def test_functions_outside_the_package_keep_numbas_locators(tmp_path):
     theirs = f._cache._impl._locator
     assert not getattr(theirs, "_gpu_pitr", False)
     assert f(np.int64(1)) == 2
+
+
+def test_where_the_package_tree_is_not_writable_the_fallback_is_stamped_too(monkeypatch):
+    """A read-only install: Numba caches in the user's directory instead; the package
+    digest must stamp that cache as well (else an upgrade that edits only an inlined
+    helper would load stale machine code)."""
+    from numba.core import caching
+
+    from gpu_pitr import jit
+    from gpu_pitr.format import frame
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+    ours = impl._locator_classes[0]
+
+    def read_only(self):
+        raise PermissionError(13, "Permission denied", self.get_cache_path())
+
+    in_tree = getattr(caching, "InTreeCacheLocator", None) or caching._InTreeCacheLocator
+    monkeypatch.setattr(in_tree, "ensure_cache_path", read_only)
+    locator = ours.from_function(frame._frame.py_func, frame.__file__)
+    assert locator is not None and getattr(locator, "_gpu_pitr", False)
+    assert not isinstance(locator._inner, in_tree)
+    assert locator.get_source_stamp()[1] == jit.package_digest()
