@@ -113,20 +113,12 @@ def _install() -> bool:
         def from_function(cls, py_func, py_file):
             if not _in_package(py_file):
                 return None
-            # Numba's order, and as Numba does, the first whose directory is writable
-            # (a read-only install caches in the user's directory), so that the
-            # package digest stamps the cache wherever it is.
             for other in classes:
                 if other is cls:
                     continue
                 inner = other.from_function(py_func, py_file)
-                if inner is None:
-                    continue
-                try:
-                    inner.ensure_cache_path()
-                except OSError:
-                    continue
-                return cls(inner)
+                if inner is not None:
+                    return cls(inner)
             return None
 
         def ensure_cache_path(self):

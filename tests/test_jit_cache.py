@@ -93,9 +93,10 @@ def test_functions_outside_the_package_keep_numbas_locators(tmp_path):
 
 
 def test_where_the_package_tree_is_not_writable_the_fallback_is_stamped_too(monkeypatch):
-    """A read-only install: Numba caches in the user's directory instead; the package
-    digest must stamp that cache as well (else an upgrade that edits only an inlined
-    helper would load stale machine code)."""
+    """A read-only install: Numba's locators pass over a directory they cannot write
+    (the user's cache directory serves instead); the package digest must stamp that
+    cache as well (else an upgrade that edits only an inlined helper would load
+    stale machine code)."""
     from numba.core import caching
 
     from gpu_pitr import jit
