@@ -124,6 +124,10 @@ def test_cli_text_json_lines_and_usage(damaged, tmp_path):
     assert lines[3] == '  2026-11-26T10:00:02Z Delete "a"'
     assert f"{w['first']}: offset {w['e_offset']}: seq 11: undecodable: " in proc.stdout
     assert "(+3 trailing bytes)" in proc.stdout
+    assert record_lines({"file": "f", "offset": 1, "seq": 2, "timestamp": 0, "variant": "Update",
+                         "trailing_bytes": 0, "entry": {"id": "u", "dim": 1, "metadata": None}}
+                        ) == ['f: offset 1: seq 2: 1970-01-01T00:00:00Z Update "u" dim 1 '
+                              "metadata unchanged"]
     assert f"{w['second']}: offset {w['torn_offset']}: torn tail, 7 bytes lost" in lines
     assert f"{w['bad']}: offset 0: bad header: " in proc.stdout
     # Filters imply --records; --json prints one document per line.

@@ -195,6 +195,9 @@ def _entry_text(variant: str, fields: dict) -> str:
         return f"{variant} {fields['transaction_id']}"
     text = f"{variant} {json.dumps(fields['id'], ensure_ascii=False)}"
     if "dim" in fields:
-        text += (f" dim {fields['dim']} metadata "
-                 f"{json.dumps(fields['metadata'], ensure_ascii=False)}")
+        meta = fields["metadata"]
+        # An Update without metadata keeps the id's metadata (SPEC section 3).
+        shown = ("unchanged" if meta is None and variant == "Update"
+                 else json.dumps(meta, ensure_ascii=False))
+        text += f" dim {fields['dim']} metadata {shown}"
     return text
