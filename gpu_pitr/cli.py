@@ -95,11 +95,13 @@ def _parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser(
         "inspect",
-        help="statistics and damage of a WAL directory, or what a snapshot holds "
-        "(read-only, always exits 0)",
-        description="Per-segment statistics, record counts, checkpoints, transactions, "
-        "sequence-number restarts and damage of WAL_DIR. Given a snapshot directory: its "
-        "manifest (ids, dimension, log position, files), checksums not checked.",
+        help="statistics and damage of a WAL directory, or its records one by one; what "
+        "a snapshot, or a directory of them, holds (read-only, always exits 0)",
+        description="Whether the history is complete, per-segment statistics, record "
+        "counts, checkpoints, transactions, sequence-number restarts and damage of WAL_DIR; "
+        "with --records, every record. Given a snapshot directory: its manifest (ids, "
+        "dimension, log position, files); given a directory of snapshots: one row each, "
+        "oldest first. Checksums are not checked (verify does).",
     )
     inspect.add_argument("wal_dir", metavar="WAL_DIR")
     inspect.add_argument("--json", action="store_true",
