@@ -1,4 +1,5 @@
-"""Demo: write a small oxirs-vec WAL, inspect it, and restore it to 10:02, before a bad ingest.
+"""Demo: write a small oxirs-vec WAL, inspect it, find a bad ingest in its records, and
+restore it to 10:02, before the ingest.
 
 Run by ``./scripts/demo`` inside the project's .venv. Everything goes to a temp directory.
 """
@@ -79,6 +80,8 @@ def main() -> None:
         wal_dir, out = Path(tmp) / "wal", Path(tmp) / "at-1002.npz"
         write_demo_wal(wal_dir)
         gpu_pitr("inspect", str(wal_dir))
+        # What happened after 10:02, record by record: the bad ingest begins at 10:03.
+        gpu_pitr("inspect", str(wal_dir), "--records", "--since", "2026-11-26T10:02:00Z")
         gpu_pitr("restore", str(wal_dir), "--to-time", "2026-11-26T10:02:00Z", "--out", str(out))
 
         print(f"\n{out.name}, read back with numpy.load(allow_pickle=False):")
