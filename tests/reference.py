@@ -313,9 +313,13 @@ def restore(
         is_target = to_seq is not None and seq == to_seq
         if is_target and exclusive:  # the position just before this record
             try:
-                ts = decode_payload(payload)[0][-1]
+                entry, trailing = decode_payload(payload)
             except Undecodable:
                 ts = None
+            else:  # read, as a time target's stop record is
+                ts = entry[-1]
+                if trailing:
+                    res.trailing_bytes.append((name, off, seq, trailing))
             res.stop = dict(reason="target", file=name, offset=off, seq=seq, timestamp=ts)
             stop_index = idx - 1  # this record is after the stop: its damage is listed
             break
