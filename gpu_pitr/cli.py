@@ -217,8 +217,9 @@ def _main(argv: list[str] | None, restore_signals: bool) -> int:
             return _command(parser, args)
     except (KeyboardInterrupt, interrupts.Terminated) as stop:
         signum = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
-        print(f"{PROG}: interrupted by {signum.name}; outputs not yet complete were removed",
-              file=sys.stderr)
+        writes = args.command in ("restore", "snapshot")  # inspect and verify only read
+        print(f"{PROG}: interrupted by {signum.name}"
+              + ("; outputs not yet complete were removed" if writes else ""), file=sys.stderr)
         return 128 + signum
 
 

@@ -159,3 +159,18 @@ def test_a_reader_that_stops_early_gets_no_error(tmp_path):
     assert proc.stderr == ""
     assert proc.stdout.splitlines()[-1] == "rc=0"
     assert len(proc.stdout.splitlines()) == 3
+
+
+def test_ctrl_c_stops_a_long_listing_with_one_line(tmp_path):
+    import signal
+
+    from gpu_pitr.synth import write_synthetic_wal
+
+    wal = tmp_path / "wal"
+    write_synthetic_wal(wal, total_bytes=8 << 20, dim=8, segments=2, seed=3)
+    proc = subprocess.Popen([sys.executable, "-m", "gpu_pitr", "inspect", str(wal), "--records"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("wal-")  # listing: tens of thousands to go
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert (proc.returncode, err) == (130, "gpu-pitr: interrupted by SIGINT\n")
