@@ -136,7 +136,9 @@ def no_segments_note(wal_dir) -> str:
                 return f"{note}, but {sub} has some: is that the WAL directory?"
         except OSError:
             continue
-    if any(holds_snapshot_files(sub) for sub in subdirs):
+    from gpu_pitr.snapshot import snapshot_dirs
+
+    if snapshot_dirs(wal_dir):  # what --snapshots would look at (hidden names left out)
         return (f"{note}: it holds gpu-pitr snapshots; give it as --snapshots (snapshots= "
                 "in the API), with the WAL directory as WAL_DIR")
     return note

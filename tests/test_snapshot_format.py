@@ -350,6 +350,19 @@ def test_inspect_of_a_directory_of_snapshots_lists_them_in_log_order(tmp_path, c
     assert "missing" in doc["snapshots"][3]["error"]
 
 
+def test_a_writer_temp_dir_alone_is_not_a_directory_of_snapshots(tmp_path, capsys):
+    """What --snapshots passes over (hidden names: a writer's temp dir) is not named as
+    a directory of snapshots by the note of an empty WAL_DIR, nor listed by inspect."""
+    from gpu_pitr.pipeline import no_segments_note
+
+    parent = tmp_path / "snaps"
+    write_snapshot(parent / ".s.tmp-1", _rich(tmp_path), position=POSITION, pending=b"")
+    assert no_segments_note(parent) == f"no wal-<16 hex digits>.log files in {parent}"
+    rc, out, err = _cli(capsys, "inspect", parent)
+    assert rc == 0 and out.startswith(f"WAL directory {parent}: 0 segments")
+    assert err == f"note: no wal-<16 hex digits>.log files in {parent}\n"
+
+
 def test_bad_block_is_named_by_offset(tmp_path, monkeypatch):
     monkeypatch.setattr(fmt, "BLOCK_SIZE", 16)
     index = _rich(tmp_path)
