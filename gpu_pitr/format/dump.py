@@ -49,7 +49,8 @@ def wal_records(
 
     A record: ``file``, ``offset`` (of its header), ``seq``, ``length`` (of its
     payload), ``timestamp``, ``variant``, ``entry`` (its fields, vectors as their
-    dimension only; a batch's ``entries`` nested) and ``trailing_bytes``. Damage:
+    dimension only; a batch's ``entries`` flattened in log order, each with its
+    ``depth``) and ``trailing_bytes``. Damage:
     ``file``, ``offset``, ``seq`` (or None), ``damage`` (``bad_header``,
     ``undecodable``, ``torn_tail``), ``what`` and ``bytes`` lost.
 
@@ -72,9 +73,8 @@ def wal_records(
     for item in framed_pieces(segments, chunk, header_damage):
         if item.problem is not None:
             kind, offset, what, nbytes = item.problem
-            out = [_damage(segments[item.segment].name, offset, None, kind, what, nbytes)]
-            if by_seq or by_time:
-                out = []
+            out = [] if by_seq or by_time else [
+                _damage(segments[item.segment].name, offset, None, kind, what, nbytes)]
         else:
             out = _piece(item, segments[item.segment].name, cols, stack, since, until,
                          first_seq, last_seq, by_seq, by_time)
