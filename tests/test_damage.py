@@ -488,6 +488,17 @@ def test_a_segment_that_cannot_be_read_is_a_bad_header(restore, tmp_path):
 
     stats = inspect_reference.assert_same_stats(d)
     assert [(x["kind"], x["file"]) for x in stats["damage"]] == [("bad_header", gone)]
+    # A loop of links: the same, with the reason.
+    loop = [w.segment_name(SEG2 + 2), w.segment_name(SEG2 + 3)]
+    os.symlink(loop[1], d / loop[0])
+    os.symlink(loop[0], d / loop[1])
+    v = restore(d, skip_corrupt=True)
+    assert [base(s["file"]) for s in v.report["skipped"]] == [gone, *loop]
+    if restore is w.restore_fast:
+        assert [s["what"] for s in v.report["skipped"][1:]] == [
+            "cannot read the file: Too many levels of symbolic links"] * 2
+    for name in loop:
+        (d / name).unlink()
     # The file comes back: it is read like any other.
     (tmp_path / "archive").mkdir()
     (tmp_path / "archive" / gone).write_bytes(b"")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,24 +37,34 @@ def list_segments(wal_dir: str | os.PathLike) -> list[Segment]:
 
         raise WalError("not a directory", file=str(wal_dir))
     names = sorted(
-        (e.name for e in os.scandir(wal_dir) if SEGMENT_NAME_RE.match(e.name)
-         and (e.is_file() or (e.is_symlink() and not os.path.exists(e.path)))),
+        (e.name for e in os.scandir(wal_dir) if SEGMENT_NAME_RE.match(e.name) and _listed(e)),
         key=lambda n: n.encode(),
     )
     return [Segment(path=wal_dir / n, size=_size(wal_dir / n), created=int(n[4:20], 16))
             for n in names]
 
 
+def _listed(entry: os.DirEntry) -> bool:
+    """A regular file, or what a read would fail on (a link to nothing, a link loop)."""
+    try:
+        if entry.is_file():
+            return True
+    except OSError:  # not even its type can be known (a loop of links)
+        return True
+    return entry.is_symlink() and not os.path.exists(entry.path)
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
-    except OSError:  # a link to nothing: reading it says why
+    except OSError:  # a link to nothing, a loop: reading it says why
         return 0
 
 
 def unreadable(err: OSError) -> str:
     """Why a segment file could not be opened or read, for its bad-header problem."""
     path = err.filename
-    if path is not None and os.path.islink(path) and not os.path.exists(path):
+    if (err.errno == errno.ENOENT and path is not None and os.path.islink(path)
+            and not os.path.exists(path)):
         return f"cannot read the file: a symbolic link to {os.readlink(path)!r}, which is missing"
     return f"cannot read the file: {os.strerror(err.errno) if err.errno else err}"
