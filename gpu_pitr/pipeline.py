@@ -31,7 +31,6 @@ from gpu_pitr.format.layout import (
     BATCH,
     HEADER_SIZE,
     RECORD_HEADER_SIZE,
-    SEGMENT_NAME_RE,
     VARIANT_NAMES,
 )
 from gpu_pitr.format.payload import OK, STATUS_TEXT
@@ -132,9 +131,9 @@ def no_segments_note(wal_dir) -> str:
         return note
     for sub in subdirs:
         try:
-            if any(SEGMENT_NAME_RE.match(e.name) and e.is_file() for e in os.scandir(sub)):
+            if list_segments(sub):  # what a restore of it would read
                 return f"{note}, but {sub} has some: is that the WAL directory?"
-        except OSError:
+        except (OSError, WalError):
             continue
     from gpu_pitr.snapshot import snapshot_dirs
 
