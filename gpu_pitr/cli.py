@@ -231,12 +231,17 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return _verify(parser, args)
         return _inspect(parser, args)
     except BrokenPipeError:
-        # The reader of stdout went away (``| head``): stop quietly, like other tools.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _stdout_gone()
         return 1
     except (WalError, OSError, MissingExtraError) as err:
         _print_error(err)
         return 1
+
+
+def _stdout_gone() -> None:
+    """The reader of stdout went away (``| head``): stop quietly, like other tools; what
+    is still buffered goes nowhere, not into the closed pipe at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _print_error(err: Exception) -> None:
@@ -422,8 +427,7 @@ def _inspect_records(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             print(text)
         except BrokenPipeError:  # | head: the reader has what it wanted
             items.close()
-            # What is still buffered goes nowhere, not into the closed pipe at exit.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _stdout_gone()
             return 0
     return 0
 
@@ -471,12 +475,17 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0 if result.clean else 1
 
 
+def _snapshot_where(position: dict) -> str:
+    """The log position a snapshot covers up to: ``SEGMENT offset N``, or the start."""
+    if not position.get("segment"):
+        return "the start of the log"
+    return f"{position['segment']} offset {position['offset']}"
+
+
 def _snapshot_position(position: dict) -> str:
     """Where in the log a snapshot stands, for a person."""
-    if not position.get("segment"):
-        return "up to the start of the log"
-    text = f"up to {position['segment']} offset {position['offset']}"
-    if position.get("timestamp") is not None:
+    text = f"up to {_snapshot_where(position)}"
+    if position.get("segment") and position.get("timestamp") is not None:
         text += f", last commit point applied at {utc_text(position['timestamp'])}"
     return text
 
@@ -528,10 +537,8 @@ def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:
         m = doc["manifest"]
         pos = m["position"]
         when = "-" if pos.get("timestamp") is None else utc_text(pos["timestamp"])
-        where = (f"{pos['segment']} offset {pos['offset']}" if pos.get("segment")
-                 else "the start of the log")
         lines.append(f"{name:<24} {m['count']:>10} {m['dim'] if m['dim'] is not None else '-':>5}"
-                     f"  {when:<20}  {where}")
+                     f"  {when:<20}  {_snapshot_where(pos)}")
     lines += ["", f"checksums not checked: gpu-pitr verify {args.wal_dir} checks them",
               f"to restore from the newest that serves a target: gpu-pitr restore WAL_DIR "
               f"--snapshots {args.wal_dir} --out OUT [--to-time T | --to-seq N]"]
