@@ -516,8 +516,9 @@ def test_seq_target_is_inclusive(restore, tmp_path):
     assert restore(d, to_seq=0).ids == ["a"]
 
 
-def test_seq_target_inside_transaction_does_not_apply_it(restore, tmp_path):
-    d, _ = write_log(
+def _x_txn_y(tmp_path):
+    """x, then transaction 1 inserting a (seqs 1-3), then y: a seq for every place."""
+    return write_log(
         tmp_path,
         Ins("x", [0.0], None, 1),  # seq 0
         Begin(1, 2),  # seq 1
@@ -525,6 +526,10 @@ def test_seq_target_inside_transaction_does_not_apply_it(restore, tmp_path):
         Commit(1, 3),  # seq 3
         Ins("y", [2.0], None, 4),  # seq 4
     )
+
+
+def test_seq_target_inside_transaction_does_not_apply_it(restore, tmp_path):
+    d, _ = _x_txn_y(tmp_path)
     assert restore(d, to_seq=1).ids == ["x"]
     assert restore(d, to_seq=2).ids == ["x"]
     v = restore(d, to_seq=3)
@@ -564,14 +569,7 @@ def test_seq_target_on_a_marker_record(restore, tmp_path):
 def test_exclusive_seq_target_stops_just_before_its_record(restore, tmp_path):
     """PostgreSQL's recovery_target_inclusive = off for a log position: the record
     numbered N is not applied, wherever it is; the stop names it."""
-    d, recs = write_log(
-        tmp_path,
-        Ins("x", [0.0], None, 1),  # seq 0
-        Begin(1, 2),  # seq 1
-        Ins("a", [1.0], None, 2),  # seq 2
-        Commit(1, 3),  # seq 3
-        Ins("y", [2.0], None, 4),  # seq 4
-    )
+    d, recs = _x_txn_y(tmp_path)
     for n, want in [(0, []), (1, ["x"]), (2, ["x"]), (3, ["x"]), (4, ["a", "x"])]:
         v = restore(d, to_seq=n, exclusive=True)
         assert v.ids == want, n
