@@ -130,6 +130,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("wal_dir", metavar="WAL_DIR")
     verify.add_argument("--json", action="store_true", help="print one JSON document")
+
+    arch = commands.add_parser(
+        "archive",
+        help="copy the segments of WAL_DIR that are new or have grown into an archive "
+        "that keeps them after the writer deletes them",
+        description="Copy into ARCHIVE_DIR every segment of WAL_DIR that is not there yet "
+        "or has grown since the last run, each one atomically; never delete one. The "
+        "writer keeps only its newest segments: run this more often than it rotates "
+        "(from cron, a timer or after each checkpoint), then restore, inspect or verify "
+        "ARCHIVE_DIR. A segment whose archived bytes differ from the file is a conflict: "
+        "the archive's copy is kept. Exit 0: all copied; 1: a conflict, a segment that "
+        "could not be read or was deleted before it was copied, or an error.",
+    )
+    arch.add_argument("wal_dir", metavar="WAL_DIR")
+    arch.add_argument("--out", required=True, metavar="ARCHIVE_DIR",
+                      help="the archive directory (created if missing; not inside WAL_DIR)")
+    arch.add_argument("--json", action="store_true", help="print one JSON document")
+    arch.add_argument("-q", "--quiet", action="store_true",
+                      help="print nothing unless there is a problem")
     return parser
 
 
@@ -217,7 +236,7 @@ def _main(argv: list[str] | None, restore_signals: bool) -> int:
             return _command(parser, args)
     except (KeyboardInterrupt, interrupts.Terminated) as stop:
         signum = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
-        writes = args.command in ("restore", "snapshot")  # inspect and verify only read
+        writes = args.command in ("restore", "snapshot", "archive")  # the others only read
         print(f"{PROG}: interrupted by {signum.name}"
               + ("; outputs not yet complete were removed" if writes else ""), file=sys.stderr)
         return 128 + signum
@@ -229,6 +248,8 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return _restore(parser, args)
         if args.command == "verify":
             return _verify(parser, args)
+        if args.command == "archive":
+            return _archive(parser, args)
         return _inspect(parser, args)
     except BrokenPipeError:
         _stdout_gone()
@@ -473,6 +494,26 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not args.json:
         _say_if_no_segments(args.wal_dir, result.segments)
     return 0 if result.clean else 1
+
+
+def _archive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``archive``: 0 when every segment is in the archive, 1 otherwise."""
+    from gpu_pitr.archive import archive, inside
+
+    if inside(args.out, args.wal_dir):
+        parser.error(f"argument --out: {args.out} is inside WAL_DIR; nothing is ever "
+                     "written there")
+    result = archive(args.wal_dir, args.out)
+    if not result.segments:
+        _say_if_no_segments(args.wal_dir, 0)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    elif args.quiet:
+        for line in result.lines(problems_only=True):
+            print(line, file=sys.stderr)
+    else:
+        print("\n".join(result.lines()))
+    return 0 if result.ok else 1
 
 
 def _snapshot_where(position: dict) -> str:

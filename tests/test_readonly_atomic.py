@@ -1,9 +1,9 @@
 """No command writes into the WAL directory, and outputs appear whole or not at all.
 
-* Every command (``restore`` to each output format there is, ``inspect``, ``verify``)
-  leaves the WAL tree as it was: names, sizes, mtimes (ns), modes and content hashes,
-  the directories included; also when the tree is read-only, and, in-process, with
-  every write-mode open or change under the tree made to fail.
+* Every command (``restore`` to each output format there is, ``inspect``, ``verify``,
+  ``archive``) leaves the WAL tree as it was: names, sizes, mtimes (ns), modes and
+  content hashes, the directories included; also when the tree is read-only, and,
+  in-process, with every write-mode open or change under the tree made to fail.
 * A restore killed with SIGKILL at any moment leaves ``OUT.npz`` byte-identical to
   before, or a complete new one (or, with no previous one, none); the next successful
   restore removes the temp files killed writers left.
@@ -107,6 +107,7 @@ def commands() -> list[tuple[str, list[str], int]]:
         ("inspect_records", ["inspect", "WAL", "--records", "--json"], 0),
         ("verify", ["verify", "WAL"], 1),  # the torn tail and the trailing bytes
         ("verify_json", ["verify", "WAL", "--json"], 1),
+        ("archive", ["archive", "WAL", "--out", "OUT/archive"], 0),
     ]
     assert {c[1][0] for c in cmds} == _subcommands(), "a new command: add it here"
     return cmds
@@ -147,7 +148,7 @@ def test_command_on_a_read_only_wal_dir_changes_nothing(tmp_path, name, template
         after = tree_state(wal)
     assert proc.returncode == status, proc.stderr
     assert after == before
-    if name.startswith(("restore", "snapshot")) and status == 0:
+    if name.startswith(("restore", "snapshot", "archive")) and status == 0:
         assert os.listdir(out), "the command wrote its output"
 
 
@@ -552,3 +553,42 @@ def test_a_signal_during_the_renames_lets_the_pair_land_whole(tmp_path, monkeypa
         assert not c.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [a.name, b.name]
     interrupts.check()  # outside handle_signals nothing is pending
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_archive_stopped_mid_copy_holds_whole_segments_only(tmp_path, big_wal, sig):
+    """``archive`` stopped while a segment is half copied: every segment file in the
+    archive is a whole copy of its source (Ctrl-C also removes the temp file and says
+    so in one line); the next run completes the archive and removes what a killed run
+    left."""
+    wal, _ = big_wal
+    arc = tmp_path / "arc"
+    cmd = [sys.executable, "-m", "gpu_pitr", "archive", str(wal), "--out", str(arc)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            temps = arc.glob(f".wal-*.log.tmp-{proc.pid}-*") if arc.is_dir() else []
+            if any(_size(t) > 0 for t in temps):
+                break
+            time.sleep(0.001)
+        assert proc.poll() is None, "the archive finished before it could be stopped"
+        proc.send_signal(sig)
+    finally:
+        err = proc.communicate(timeout=120)[1]
+    sources = {p.name: p.read_bytes() for p in wal.glob("wal-*.log")}
+    copies = {p.name: p.read_bytes() for p in arc.glob("wal-*.log")}
+    assert len(copies) < len(sources)
+    assert all(copies[name] == sources[name] for name in copies)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 128 + sig
+        assert err == ("gpu-pitr: interrupted by SIGINT; outputs not yet complete were "
+                       "removed\n")
+        assert not list(arc.glob(".wal-*"))
+    else:
+        assert proc.returncode == -sig and list(arc.glob(".wal-*"))
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert {p.name: p.read_bytes() for p in arc.glob("wal-*.log")} == sources
+    assert not list(arc.glob(".wal-*")), "the next run removes what a killed run left"

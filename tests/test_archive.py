@@ -1,0 +1,323 @@
+"""``gpu-pitr archive``: the segments the writer deletes are kept, whole and exact.
+
+The archive must let a restore reach what the WAL directory no longer holds: after
+rounds of writing, archiving and the writer's retention (all but the newest three
+segments deleted), restoring the archive equals restoring the whole log. It copies
+atomically, never changes WAL_DIR, never overwrites a copy with different bytes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from workloads import (
+    Begin,
+    Commit,
+    Ins,
+    LogBuilder,
+    Upd,
+    dir_state,
+    f32,
+    restore_fast,
+    restore_ref,
+)
+
+import gpu_pitr
+from gpu_pitr import cli, snapshot
+from gpu_pitr.archive import (
+    CONFLICT,
+    GROWN,
+    LOCK_NAME,
+    LOST,
+    NEW,
+    UNCHANGED,
+    UNREADABLE,
+    ArchiveError,
+    _archive_one,
+    archive,
+)
+from gpu_pitr.format.entries import Delete, Insert
+from gpu_pitr.format.writer import WalWriter
+
+
+def assert_same_state(got, want) -> None:
+    """The same index, and the same stop point and counts in the report."""
+    assert (got.ids, got.vectors, got.metadata) == (want.ids, want.vectors, want.metadata)
+    for key in ("commit_points_applied", "inserts", "updates", "updates_of_missing",
+                "deletes", "deletes_of_missing", "transactions"):
+        assert got.report[key] == want.report[key], key
+    assert got.report["stop"]["reason"] == want.report["stop"]["reason"]
+
+
+def _segments(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.glob("wal-*.log"))}
+
+
+def _retention(wal: Path, keep: int = 3) -> list[str]:
+    """What oxirs-vec's checkpoint cleanup does: delete all but the newest ``keep``."""
+    names = sorted(p.name for p in wal.glob("wal-*.log"))
+    for name in names[:-keep]:
+        (wal / name).unlink()
+    return names[:-keep]
+
+
+class _Clock:
+    def __init__(self, t: int) -> None:
+        self.t = t
+
+    def __call__(self) -> int:
+        self.t += 1
+        return self.t
+
+
+def test_archive_keeps_what_retention_deletes_and_restores_equal_the_whole_log(tmp_path):
+    """Rounds of: the writer appends (rotating often), archive runs, retention deletes.
+    The archive then holds every byte ever written, and restores from it (to the latest
+    state and to a time in the middle) equal the reference restore of the whole log."""
+    wal, arc, whole = tmp_path / "wal", tmp_path / "arc", tmp_path / "whole"
+    snap = tmp_path / "snap"
+    clock = _Clock(1_700_000_000)
+    w = WalWriter(wal, clock=clock, max_segment_bytes=400)
+    deleted: list[str] = []
+    mid = None
+    for round_ in range(6):
+        for k in range(12):
+            i = round_ * 12 + k
+            w.append(Insert(f"id{i % 17}", [float(i), -0.0], {"r": str(round_)},
+                                       clock.t))
+            if k % 5 == 4:
+                w.append(Delete(f"id{(i * 7) % 17}", clock.t))
+        w.flush()
+        # The whole log, as it would be had nothing been deleted.
+        whole.mkdir(exist_ok=True)
+        for p in wal.glob("wal-*.log"):
+            shutil.copyfile(p, whole / p.name)
+        before = dir_state(wal)
+        result = archive(wal, arc)
+        assert result.ok and dir_state(wal) == before
+        assert {s.action for s in result.segments} <= {NEW, GROWN, UNCHANGED}
+        if round_ == 2:
+            mid = clock.t
+            # A snapshot of the live WAL directory serves restores of the archive.
+            snapshot.save(gpu_pitr.restore(wal, backend="cpu"), snap)
+        deleted += _retention(wal)
+    w.close()
+    result = archive(wal, arc)
+    assert result.ok
+    assert deleted and result.only_in_archive == len(deleted)
+    assert result.archived == len(_segments(whole))
+    assert _segments(arc) == _segments(whole)
+    for target in ({}, {"to_time": mid}):
+        assert_same_state(restore_fast(arc, **target), restore_ref(whole, **target))
+    based = restore_fast(arc, base=str(snap))
+    assert based.report["base"]["path"] == str(snap)
+    want = restore_ref(whole)  # the counts of a restore from a base are the log's after it
+    assert (based.ids, based.vectors, based.metadata) == (want.ids, want.vectors, want.metadata)
+    # The WAL directory alone has lost its history; the archive has not.
+    assert restore_fast(arc).report["first_seq"] == 0
+    with pytest.raises(Exception, match="history"):
+        restore_fast(wal)
+
+
+def test_a_grown_segment_is_copied_again_and_a_torn_live_tail_completes(tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", f32(1, 2), {"k": "v"}, 1))
+    b.add(Begin(7, 2))
+    rec = b.add(Ins("b", f32(3, 4), None, 3))
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    b.write(wal)
+    name = rec.file
+    full = bytes(b.files[name])
+    # Copied while the writer was in the middle of its last record.
+    (wal / name).write_bytes(full[: rec.end - 3])
+    first = archive(wal, arc)
+    assert [(s.action, s.size) for s in first.segments] == [(NEW, rec.end - 3)]
+    torn = restore_fast(arc).report["torn_tails"]
+    assert [t["offset"] for t in torn] == [rec.offset]
+    # The writer finishes the record and commits.
+    b.add(Commit(7, 4))
+    b.add(Upd("a", f32(5, 6), None, 5))
+    b.write(wal)
+    second = archive(wal, arc)
+    size = len(b.files[name])
+    assert [(s.action, s.size, s.added) for s in second.segments] == [
+        (GROWN, size, size - (rec.end - 3))]
+    assert (arc / name).read_bytes() == bytes(b.files[name])
+    got = restore_fast(arc)
+    assert got.ids == ["a", "b"] and got.report["torn_tails"] == []
+    assert_same_state(got, restore_ref(wal))
+    third = archive(wal, arc)
+    assert [s.action for s in third.segments] == [UNCHANGED]
+
+
+def _two_runs(tmp_path) -> tuple[Path, Path, str, bytes]:
+    b = LogBuilder()
+    for i in range(40):
+        b.add(Ins(f"x{i}", f32(i, i), None, i))
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    b.write(wal)
+    assert archive(wal, arc).ok
+    name = b.cur
+    return wal, arc, name, bytes(b.files[name])
+
+
+@pytest.mark.parametrize("case", ["grown", "same_size", "shorter"])
+def test_a_copy_that_is_not_a_prefix_is_a_conflict_and_is_kept(tmp_path, case):
+    """The archive's bytes are never replaced by different ones: one line naming the
+    file and the first byte that differs, exit 1, the copy and WAL_DIR as they were."""
+    wal, arc, name, data = _two_runs(tmp_path)
+    changed = bytearray(data)
+    changed[100] ^= 0xFF  # inside the first record after the header
+    if case == "grown":
+        changed += b"\x00" * 40
+    elif case == "shorter":
+        changed = changed[:-30]
+    else:
+        changed[100] ^= 0xFF  # undone: the two ends are what is compared
+        changed[-5] ^= 0xFF
+    (wal / name).write_bytes(changed)
+    kept = (arc / name).read_bytes()
+    before = dir_state(wal)
+    proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "archive", str(wal), "--out",
+                           str(arc)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert (arc / name).read_bytes() == kept and dir_state(wal) == before
+    line = {"grown": "offset 100: differs from the archive's copy",
+            "same_size": f"offset {len(data) - 5}: differs from the archive's copy",
+            "shorter": f"{len(data) - 30} bytes, fewer than the {len(data)} the archive "
+                       "holds"}[case]
+    problem = [x for x in proc.stdout.splitlines() if CONFLICT.upper() in x]
+    assert len(problem) == 1 and f"{name}: CONFLICT: {wal / name}" in problem[0]
+    assert line in problem[0] and problem[0].endswith("the archive's copy is kept")
+    assert not [p for p in arc.iterdir() if ".tmp-" in p.name]
+
+
+def test_unreadable_and_vanished_segments_are_problems_and_the_rest_is_copied(tmp_path):
+    wal, arc, name, data = _two_runs(tmp_path)
+    later = "wal-00000000ffffffff.log"
+    (wal / later).symlink_to(tmp_path / "unmounted" / "wal.log")
+    result = archive(wal, arc)
+    assert [(s.name, s.action) for s in result.segments] == [(name, UNCHANGED),
+                                                             (later, UNREADABLE)]
+    assert "a symbolic link to" in result.segments[1].problem and not result.ok
+    # Deleted by the writer between the listing and the copy.
+    gone = wal / "wal-00000000fffffffe.log"
+    assert _archive_one(gone, arc / gone.name, bytearray(64)).action == LOST
+    shutil.copyfile(wal / name, arc / gone.name)
+    kept = _archive_one(gone, arc / gone.name, bytearray(64))
+    assert (kept.action, kept.size) == (UNCHANGED, len(data))
+
+
+def test_cli_json_quiet_and_exit_codes(tmp_path):
+    wal, arc, name, data = _two_runs(tmp_path)
+    with open(wal / name, "ab") as f:
+        f.write(b"\x01\x02")  # a torn tail, as a live writer leaves one
+    assert cli.main(["archive", str(wal), "--out", str(arc), "-q"]) == 0
+    proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "archive", str(wal), "--out",
+                           str(arc), "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == ""
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is True and doc["archived"] == 1 and doc["only_in_archive"] == 0
+    assert doc["segments"] == [{"name": name, "action": UNCHANGED, "size": len(data) + 2,
+                                "added": 0, "problem": None}]
+    proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "archive", str(wal), "--out",
+                           str(arc), "-q"], capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    for out in (wal, wal / "sub"):
+        proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "archive", str(wal),
+                               "--out", str(out)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "is inside WAL_DIR" in proc.stderr
+    assert not (wal / "sub").exists()
+    with pytest.raises(ArchiveError, match="inside the WAL directory"):
+        archive(wal, wal / "sub")
+
+
+def test_one_run_at_a_time(tmp_path):
+    wal, arc, name, data = _two_runs(tmp_path)
+    fd = os.open(arc / LOCK_NAME, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ArchiveError, match="another gpu-pitr archive is running"):
+            archive(wal, arc)
+    finally:
+        os.close(fd)
+    assert archive(wal, arc).ok
+
+
+def test_a_copy_that_cannot_be_written_leaves_the_previous_one(tmp_path):
+    """A full disk, modelled by a file-size limit: one line naming the copy, exit 1,
+    the previous copy byte for byte and no temp file left."""
+    import resource
+
+    wal, arc, name, data = _two_runs(tmp_path)
+    with open(wal / name, "ab") as f:
+        f.write(b"\x00" * (64 << 10))
+    kept = (arc / name).read_bytes()
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32 << 10, 32 << 10))
+
+    proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "archive", str(wal), "--out",
+                           str(arc)], capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"gpu-pitr: error: {arc / name}: cannot write the archive copy: File too large; "
+        "nothing was left in its place"]
+    assert (arc / name).read_bytes() == kept
+    assert sorted(p.name for p in arc.iterdir()) == sorted([LOCK_NAME, name])
+
+
+def test_runs_beside_a_live_writer_never_conflict_and_end_equal(tmp_path):
+    """A writer appending and rotating on a thread (small buffer: records reach the file
+    in pieces) while archive runs again and again: no run finds a problem, each copy is
+    a prefix of its segment, and a last run after the writer closed holds every byte."""
+    import threading
+
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    clock = _Clock(1_800_000_000)
+    w = WalWriter(wal, clock=clock, max_segment_bytes=6000, buffer_size=100)
+    done = threading.Event()
+
+    def write():
+        try:
+            for i in range(1500):
+                w.append(Insert(f"v{i % 97}", [float(i)] * 8, {"i": str(i)} if i % 3 else None,
+                                clock.t))
+                if i % 50 == 0:
+                    w.flush()
+        finally:
+            w.close()
+            done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    runs = 0
+    while not done.is_set() or runs == 0:
+        result = archive(wal, arc)
+        runs += 1
+        assert result.ok, result.lines()
+        for name, data in _segments(arc).items():
+            assert (wal / name).read_bytes().startswith(data)
+    thread.join()
+    assert archive(wal, arc).ok
+    assert _segments(arc) == _segments(wal) and len(_segments(wal)) > 3
+    assert_same_state(restore_fast(arc), restore_ref(wal))
+
+
+def test_a_name_in_the_archive_that_is_not_a_file_is_a_conflict(tmp_path):
+    wal, arc, name, data = _two_runs(tmp_path)
+    (arc / name).unlink()
+    (arc / name).mkdir()
+    result = archive(wal, arc)
+    assert [(s.action, s.problem) for s in result.segments] == [
+        (CONFLICT, f"{arc / name}: in the archive, but not a file that can be read; "
+                   "left as it is")]
+    assert (arc / name).is_dir() and not result.ok
