@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from workloads import (
     Begin,
     Commit,
@@ -321,3 +323,44 @@ def test_a_name_in_the_archive_that_is_not_a_file_is_a_conflict(tmp_path):
         (CONFLICT, f"{arc / name}: in the archive, but not a file that can be read; "
                    "left as it is")]
     assert (arc / name).is_dir() and not result.ok
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(0, 5), st.binary(min_size=1, max_size=300)),
+    st.tuples(st.just("new")),
+    st.tuples(st.just("retention"), st.integers(1, 3)),
+    st.tuples(st.just("archive")),
+), max_size=25))
+def test_random_histories_of_appends_rotations_and_retention(tmp_path_factory, ops):
+    """Against a model: after every run the archive holds, for each segment WAL_DIR
+    still has, exactly its bytes, and for each one deleted, the bytes of its last
+    run; every run's actions say what changed; nothing is ever a problem."""
+    root = tmp_path_factory.mktemp("h")
+    wal, arc = root / "wal", root / "arc"
+    wal.mkdir()
+    created = 0x6000_0000
+    archived: dict[str, bytes] = {}
+    for op in [*ops, ("archive",)]:
+        names = sorted(p.name for p in wal.iterdir())
+        if op[0] == "append" and names:
+            with open(wal / names[op[1] % len(names)], "ab") as f:
+                f.write(op[2])
+        elif op[0] == "new":
+            created += 1
+            (wal / f"wal-{created:016x}.log").write_bytes(b"WALV\x01\x00\x00\x00"
+                                                           + created.to_bytes(8, "little"))
+        elif op[0] == "retention":
+            for name in names[:-op[1]]:
+                (wal / name).unlink()
+        elif op[0] == "archive":
+            now = {p.name: p.read_bytes() for p in wal.iterdir()}
+            result = archive(wal, arc)
+            assert result.ok
+            want = {n: (NEW if n not in archived else GROWN if len(d) > len(archived[n])
+                        else UNCHANGED) for n, d in now.items()}
+            assert {s.name: s.action for s in result.segments} == want
+            archived.update(now)
+            assert _segments(arc) == archived
+            assert result.only_in_archive == len(set(archived) - set(now))
