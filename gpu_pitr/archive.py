@@ -22,7 +22,6 @@ next run copies it again, grown.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 from dataclasses import asdict, dataclass, field
@@ -333,28 +332,68 @@ def _copy(src, src_path: Path, size: int, dest: Path, have: int | None,
     equal the archive's copy (else ``_Conflict``, and that copy is left as it was)."""
     from gpu_pitr.outputs import atomic_files
 
-    view = memoryview(buf)
+    if have:
+        _same_prefix(src, src_path, dest, have, buf)
     try:
-        with contextlib.ExitStack() as stack:
-            old = stack.enter_context(open(dest, "rb", buffering=0)) if have else None
-            tmp, = stack.enter_context(atomic_files(dest))
-            out = stack.enter_context(open(tmp, "wb", buffering=0))
-            pos = 0
-            while pos < size:
-                try:
-                    n = src.readinto(view[: min(len(buf), size - pos)])
-                except OSError as err:
-                    raise _SourceError(err) from err
+        with atomic_files(dest) as (tmp,), open(tmp, "wb", buffering=0) as out:
+            pos = _copy_in_kernel(src.fileno(), out.fileno(), size)
+            view = memoryview(buf)
+            while pos < size:  # what the kernel did not copy, and why, if it failed
+                n = _src_read_at_into(src, view[: min(len(buf), size - pos)], pos)
                 if not n:
                     raise _shorter(src_path, pos, size)
-                if old is not None and pos < have:
-                    m = min(n, have - pos)
-                    before = _read_at(old.fileno(), pos, m)
-                    if view[:m] != before:
-                        raise _differs(src_path, pos + _first_difference(view[:m], before))
                 done = 0
                 while done < n:
                     done += out.write(view[done:n])
                 pos += n
     except OSError as err:
         raise OutputError(dest, "archive copy", err) from err
+
+
+def _copy_in_kernel(src_fd: int, out_fd: int, size: int) -> int:
+    """Bytes of ``src`` copied to ``out`` (both from offset 0) by ``copy_file_range``,
+    which needs no trip through this process; it stops at the first error (a file
+    system that cannot, an I/O error, a full disk), and the caller's plain read and
+    write copy the rest, or say precisely what failed."""
+    pos = 0
+    while pos < size and hasattr(os, "copy_file_range"):
+        try:
+            n = os.copy_file_range(src_fd, out_fd, size - pos, pos, pos)
+        except OSError:
+            break
+        if not n:
+            break
+        pos += n
+    if pos:
+        os.lseek(out_fd, pos, os.SEEK_SET)
+    return pos
+
+
+def _src_read_at_into(src, view: memoryview, pos: int) -> int:
+    try:
+        return os.preadv(src.fileno(), [view], pos)
+    except OSError as err:
+        raise _SourceError(err) from err
+
+
+def _same_prefix(src, src_path: Path, dest: Path, have: int, buf: bytearray) -> None:
+    """The first ``have`` bytes of ``src`` are the archive's copy ``dest``, else
+    ``_Conflict`` naming the first byte that differs."""
+    view = memoryview(buf)
+    try:
+        old = open(dest, "rb", buffering=0)  # noqa: SIM115 - closed below
+    except OSError as err:
+        raise OutputError(dest, "archive copy", err) from err
+    with old:
+        pos = 0
+        while pos < have:
+            n = _src_read_at_into(src, view[: min(len(buf), have - pos)], pos)
+            if not n:
+                raise _shorter(src_path, pos, have)
+            try:
+                before = _read_at(old.fileno(), pos, n)
+            except OSError as err:
+                raise OutputError(dest, "archive copy", err) from err
+            if view[:n] != before:
+                raise _differs(src_path, pos + _first_difference(view[:n], before))
+            pos += n

@@ -364,3 +364,37 @@ def test_random_histories_of_appends_rotations_and_retention(tmp_path_factory, o
             archived.update(now)
             assert _segments(arc) == archived
             assert result.only_in_archive == len(set(archived) - set(now))
+
+
+@pytest.mark.parametrize("kernel_copies", [0, 1000, None], ids=["refused", "partly", "all"])
+def test_copies_are_exact_whether_the_kernel_copies_all_part_or_none(tmp_path, monkeypatch,
+                                                                      kernel_copies):
+    """``copy_file_range`` may be refused by the file system (EXDEV, ENOSYS, ...) at the
+    start or midway; the plain copy goes on from where it stopped."""
+    import errno as errno_
+
+    from gpu_pitr import archive as archive_mod
+
+    real = os.copy_file_range
+    copied = [0]
+
+    def flaky(src, dst, count, offset_src=None, offset_dst=None):
+        if kernel_copies is not None and copied[0] >= kernel_copies:
+            raise OSError(errno_.EXDEV, "Invalid cross-device link")
+        if kernel_copies is not None:
+            count = min(count, kernel_copies - copied[0])
+        n = real(src, dst, count, offset_src, offset_dst)
+        copied[0] += n
+        return n
+
+    monkeypatch.setattr(archive_mod.os, "copy_file_range", flaky)
+    monkeypatch.setattr(archive_mod, "_COPY_CHUNK", 777)  # many pieces for the plain copy
+    wal, arc, name, data = _two_runs(tmp_path)
+    more = bytes(range(256)) * 9
+    with open(wal / name, "ab") as f:
+        f.write(more)
+    result = archive(wal, arc)
+    assert [(s.action, s.added) for s in result.segments] == [(GROWN, len(more))]
+    assert (arc / name).read_bytes() == data + more
+    assert copied[0] == (min(kernel_copies, len(data)) if kernel_copies is not None
+                         else 2 * len(data) + len(more))
