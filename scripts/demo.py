@@ -1,5 +1,6 @@
 """Demo: write a small oxirs-vec WAL, inspect it, find a bad ingest in its records, and
-restore it to 10:02, before the ingest.
+restore it to 10:02, before the ingest; again from a snapshot, and from an archive of
+the segments after the writer has deleted one.
 
 Run by ``./scripts/demo`` inside the project's .venv. Everything goes to a temp directory.
 """
@@ -99,6 +100,19 @@ def main() -> None:
         with np.load(again, allow_pickle=False) as npz:
             same = np.array_equal(npz["vectors"].view(np.uint32), want.view(np.uint32))
         print(f"\nfrom the snapshot: {'the same index' if same else 'A DIFFERENT INDEX'}")
+
+        # ... and keep the segments themselves: archive them as they are written, then
+        # the writer's retention deleting the older one costs nothing.
+        archive, third = Path(tmp) / "archive", Path(tmp) / "archived-1002.npz"
+        gpu_pitr("archive", str(wal_dir), "--out", str(archive))
+        oldest = min(wal_dir.glob("wal-*.log"))
+        oldest.unlink()
+        print(f"\n(the writer's retention deletes {oldest.name})")
+        gpu_pitr("restore", str(archive), "--to-time", "2026-11-26T10:02:00Z", "--quiet",
+                 "--out", str(third))
+        with np.load(third, allow_pickle=False) as npz:
+            same = np.array_equal(npz["vectors"].view(np.uint32), want.view(np.uint32))
+        print(f"\nfrom the archive: {'the same index' if same else 'A DIFFERENT INDEX'}")
 
 
 if __name__ == "__main__":
