@@ -398,3 +398,26 @@ def test_copies_are_exact_whether_the_kernel_copies_all_part_or_none(tmp_path, m
     assert (arc / name).read_bytes() == data + more
     assert copied[0] == (min(kernel_copies, len(data)) if kernel_copies is not None
                          else 2 * len(data) + len(more))
+
+
+def test_verify_of_the_archive_names_a_segment_missed_between_runs(tmp_path, capsys):
+    """What the README promises: a segment the writer deleted before any run copied it
+    leaves a sequence-number gap, which ``verify ARCHIVE`` reports as damage (exit 1)."""
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    clock = _Clock(1_750_000_000)
+    w = WalWriter(wal, clock=clock)
+    for k in range(3):
+        for i in range(4):
+            w.append(Insert(f"s{k}-{i}", [1.0, float(i)], None, clock.t))
+        w.flush()
+        if k == 0:
+            assert archive(wal, arc).ok
+        if k < 2:
+            w.rotate()
+    w.close()
+    missed = sorted(p.name for p in wal.glob("wal-*.log"))[1]
+    (wal / missed).unlink()  # retention ran before the next archive run
+    assert archive(wal, arc).ok
+    assert cli.main(["verify", str(arc)]) == 1
+    out = capsys.readouterr().out
+    assert "seq jumps from 3 to 8" in out
