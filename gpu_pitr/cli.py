@@ -1,5 +1,6 @@
 """The ``gpu-pitr`` command line: ``restore`` a WAL directory (to an ``.npz``, ``.parquet``,
-FAISS index or snapshot), ``inspect`` one.
+FAISS index or snapshot), ``snapshot`` it, ``inspect`` or ``verify`` it (or a
+snapshot), ``archive`` its segments.
 
 Data errors exit 1 with one line on stderr; usage errors exit 2 (argparse); an
 interrupt (SIGINT, SIGTERM) exits 128 + the signal's number with one line, after
@@ -504,7 +505,7 @@ def _archive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"argument --out: {args.out} is inside WAL_DIR; nothing is ever "
                      "written there")
     result = archive(args.wal_dir, args.out)
-    if not result.segments:
+    if not (result.segments or args.json or args.quiet):
         _say_if_no_segments(args.wal_dir, 0)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -421,3 +421,15 @@ def test_verify_of_the_archive_names_a_segment_missed_between_runs(tmp_path, cap
     assert cli.main(["verify", str(arc)]) == 1
     out = capsys.readouterr().out
     assert "seq jumps from 3 to 8" in out
+
+
+def test_an_empty_wal_dir_archives_nothing_and_says_so_unless_quiet(tmp_path):
+    (tmp_path / "wal").mkdir()
+    cmd = [sys.executable, "-m", "gpu_pitr", "archive", str(tmp_path / "wal"), "--out",
+           str(tmp_path / "arc")]
+    loud = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0
+    assert loud.stderr.startswith("note: no wal-<16 hex digits>.log files in ")
+    assert "0 segments of" in loud.stdout
+    quiet = subprocess.run([*cmd, "-q"], capture_output=True, text=True, timeout=300)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
