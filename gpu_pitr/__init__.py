@@ -16,8 +16,17 @@ __version__ = "0.1.0"
 __all__ = ["restore", "RestoredIndex", "__version__"]
 
 
+# Modules reachable as attributes once ``gpu_pitr`` is imported (each on first use).
+_SUBMODULES = frozenset(("archive", "compat", "errors", "format", "report", "snapshot",
+                         "verify"))
+
+
 def __getattr__(name: str):
     # Lazy: importing gpu_pitr must not compile Numba code or touch a GPU.
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
     if name == "restore":
         from gpu_pitr.pipeline import restore
 

@@ -1,4 +1,4 @@
-"""Keeping the segments the writer deletes: ``gpu-pitr archive WAL_DIR --to ARCHIVE``.
+"""Keeping the segments the writer deletes: ``gpu-pitr archive WAL_DIR --out ARCHIVE``.
 
 oxirs-vec deletes all but its newest three segments at every checkpoint (SPEC section
 4), so restoring to a moment older than the oldest segment left needs those segments
@@ -8,12 +8,14 @@ takes ARCHIVE as its WAL directory.
 
 Each run copies into ARCHIVE every segment of WAL_DIR that is not there yet or has
 grown since (the writer only ever appends), each one atomically: written beside its
-name, fsynced, renamed onto it, the directory fsynced. The archive never loses a
-segment: one the writer has deleted stays, and one whose archived bytes are not a
-prefix of the file (another store's log, a WAL directory put back from a backup) is
-a conflict: the archive's copy is kept and the run exits 1, naming the file and the
-first byte that differs. WAL_DIR is only read. One run at a time per archive (a lock
-file, ``.gpu-pitr-archive.lock``, which no command takes for a segment).
+name with the segment's permission bits, fsynced, renamed onto it, the directory
+fsynced. The archive never loses a segment: one the writer has deleted stays, and one
+whose archived bytes are not a prefix of the file (another store's log, a WAL
+directory put back from a backup, a crash that lost bytes the writer had not synced)
+is a conflict: the archive's copy is kept and the run exits 1, naming the file and the
+first byte that differs. WAL_DIR is only read (and must not be the archive, nor hold
+it, by path or by identity). One run at a time per archive (a lock file,
+``.gpu-pitr-archive.lock``, which no command takes for a segment).
 
 The last segment is usually being written while it is copied: its copy may end
 inside a record, which a restore from the archive reports as a torn tail, and the
@@ -24,11 +26,15 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gpu_pitr import interrupts
 from gpu_pitr.errors import OutputError, WalError
-from gpu_pitr.format.segments import list_segments, unreadable
+from gpu_pitr.format.segments import Segment, list_segments, unreadable
+from gpu_pitr.outputs import inside
 
 LOCK_NAME = ".gpu-pitr-archive.lock"
 # Bytes compared of a segment whose size did not change (its header and its end):
@@ -36,6 +42,10 @@ LOCK_NAME = ".gpu-pitr-archive.lock"
 # was replaced, which shows in its first or last bytes.
 SAME_SIZE_CHECK = 1 << 16
 _COPY_CHUNK = 8 << 20
+# Bytes the kernel copies per call: a Ctrl-C is acted on between two calls.
+_KERNEL_CHUNK = 64 << 20
+# The temp file of a copy (gpu_pitr.outputs.atomic_files names it).
+_TEMP_RE = re.compile(r"\.(wal-[0-9a-f]{16}\.log)\.tmp-\d+-[0-9a-f]{8}")
 
 NEW = "new"
 GROWN = "grown"
@@ -44,12 +54,13 @@ UNCHANGED = "unchanged"
 CONFLICT = "conflict"
 UNREADABLE = "unreadable"
 LOST = "lost"
-PROBLEMS = (CONFLICT, UNREADABLE, LOST)
+FAILED = "failed"
+PROBLEMS = (CONFLICT, UNREADABLE, LOST, FAILED)
 
 
 class ArchiveError(WalError):
-    """The archive cannot be used at all: it is inside WAL_DIR, not a directory, or
-    another run holds its lock."""
+    """The archive cannot be used at all: it is WAL_DIR or inside it, it is not a
+    directory or cannot be created, or its lock cannot be taken (another run holds it)."""
 
 
 @dataclass
@@ -57,9 +68,11 @@ class ArchivedSegment:
     """What a run did with one segment of WAL_DIR.
 
     ``action``: ``new`` (copied), ``grown`` (copied again, ``added`` bytes more),
-    ``unchanged``, or a problem: ``conflict`` (the archive's copy differs, kept),
-    ``unreadable`` (the segment could not be read), ``lost`` (the writer deleted it
-    between the listing and the copy, and the archive has none of it).
+    ``unchanged``, or a problem: ``conflict`` (the archive's copy differs, or is not
+    a file that can be read: kept), ``unreadable`` (the segment could not be read),
+    ``lost`` (the writer deleted it between the listing and the copy, and the archive
+    has not all of it), ``failed`` (the copy could not be written: a full disk, ...;
+    the previous copy is left as it was).
     ``size``: the bytes the archive holds of it after the run.
     """
 
@@ -114,12 +127,16 @@ class ArchiveResult:
         if problems_only:
             return out
         counts = ", ".join(f"{self.count(a)} {a}" for a in (NEW, GROWN, UNCHANGED))
-        problems = len(self.problems)
         out.append(
-            f"archive {self.archive}: {len(self.segments)} segments of {self.wal_dir} "
-            f"({counts}; {problems} problem{'' if problems == 1 else 's'}); it holds "
-            f"{self.archived} segments, {self.only_in_archive} of them no longer in WAL_DIR")
+            f"archive {self.archive}: {_n(len(self.segments), 'segment')} of {self.wal_dir} "
+            f"({counts}; {_n(len(self.problems), 'problem')}); it holds "
+            f"{_n(self.archived, 'segment')}, {self.only_in_archive} of them no longer in "
+            "WAL_DIR")
         return out
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 class _Conflict(Exception):
@@ -142,53 +159,63 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike) -> Archi
     """Copy into ``archive_dir`` every segment of ``wal_dir`` that is new or has grown.
 
     ``archive_dir`` is created if missing (not its parents). It must not be
-    ``wal_dir`` or inside it: nothing is ever written there. Problems with single
-    segments (a conflict, an unreadable file, a file deleted before it could be
-    copied) are listed in the result and the run goes on with the next one.
+    ``wal_dir`` or inside it (``inside``): nothing is ever written there. Problems
+    with single segments (a conflict, an unreadable file, a file deleted before it
+    could be copied, a copy that could not be written) are listed in the result and
+    the run goes on with the next one.
 
     Raises:
-        ArchiveError: the archive is unusable (see the class), or WAL_DIR is not a
-            directory (``WalError``).
-        OutputError: a copy could not be written (a full disk, ...); the archive's
-            previous copy of that segment is left as it was.
+        ArchiveError: the archive cannot be used at all (see the class).
+        WalError: WAL_DIR is not a directory.
     """
     wal_dir, archive_dir = Path(wal_dir), Path(archive_dir)
-    segments = list_segments(wal_dir)  # WalError if WAL_DIR is not a directory
-    _check_apart(wal_dir, archive_dir)
-    try:
-        archive_dir.mkdir(exist_ok=True)
-    except OSError as err:
-        raise ArchiveError(f"cannot create the archive: {os.strerror(err.errno or 0)}",
-                           file=str(archive_dir)) from err
-    if not archive_dir.is_dir():
-        raise ArchiveError("not a directory", file=str(archive_dir))
+    segments = list_segments(wal_dir)
+    if inside(archive_dir, wal_dir):
+        raise ArchiveError(f"the archive is the WAL directory {wal_dir} or inside it, "
+                           "which is never written to: give a directory outside it",
+                           file=str(archive_dir))
+    _make_dir(archive_dir)
     result = ArchiveResult(str(wal_dir), str(archive_dir))
     with _locked(archive_dir):
+        _remove_stale_temps(archive_dir)
         buf = bytearray(_COPY_CHUNK)
         for seg in segments:
-            result.segments.append(_archive_one(seg.path, archive_dir / seg.name, buf))
+            interrupts.check()
+            result.segments.append(_archive_one(seg, archive_dir / seg.name, buf))
         held = {s.name for s in list_segments(archive_dir)}
         result.archived = len(held)
         result.only_in_archive = len(held - {s.name for s in segments})
     return result
 
 
-def inside(path: str | os.PathLike, wal_dir: str | os.PathLike) -> bool:
-    """``path`` is ``wal_dir`` or under it (links resolved)."""
-    wal = Path(os.path.realpath(wal_dir))
-    real = Path(os.path.realpath(path))
-    return real == wal or wal in real.parents
+def _reason(err: OSError) -> str:
+    return os.strerror(err.errno) if err.errno else str(err)
 
 
-def _check_apart(wal_dir: Path, archive_dir: Path) -> None:
-    if inside(archive_dir, wal_dir):
-        raise ArchiveError(f"the archive is inside the WAL directory {wal_dir}, which is "
-                           "never written to: give a directory outside it",
-                           file=str(archive_dir))
+def _make_dir(archive_dir: Path) -> None:
+    """The archive directory, created (and its parent fsynced) if missing."""
+    if os.path.lexists(archive_dir) and not archive_dir.is_dir():
+        raise ArchiveError("exists and is not a directory", file=str(archive_dir))
+    try:
+        archive_dir.mkdir()
+    except FileExistsError:
+        return
+    except FileNotFoundError as err:
+        raise ArchiveError("cannot create the archive: its parent directory does not exist",
+                           file=str(archive_dir)) from err
+    except OSError as err:
+        raise ArchiveError(f"cannot create the archive: {_reason(err)}",
+                           file=str(archive_dir)) from err
+    fd = os.open(archive_dir.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _locked:
-    """An exclusive ``flock`` on the archive's lock file, refused at once if held."""
+    """An exclusive ``flock`` on the archive's lock file, refused at once if held. The
+    lock file is never followed if it is a symbolic link."""
 
     def __init__(self, archive_dir: Path) -> None:
         self.path = archive_dir / LOCK_NAME
@@ -198,81 +225,103 @@ class _locked:
         import fcntl
 
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              0o666)
         except OSError as err:
-            raise OutputError(self.path, "archive's lock file", err) from err
+            why = ("it is a symbolic link" if err.errno == errno.ELOOP else _reason(err))
+            raise ArchiveError(f"cannot take the archive's lock: {why}",
+                               file=str(self.path)) from err
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             os.close(self.fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise ArchiveError("another gpu-pitr archive is running on this archive "
-                                   "(its lock is held); try again when it has finished",
-                                   file=str(self.path)) from err
-            raise OutputError(self.path, "archive's lock file", err) from err
+                why = ("another gpu-pitr archive is running on this archive; try again "
+                       "when it has finished")
+            else:
+                why = _reason(err)
+            raise ArchiveError(f"cannot take the archive's lock: {why}",
+                               file=str(self.path)) from err
 
     def __exit__(self, *exc) -> None:
         os.close(self.fd)  # closing releases the lock
 
 
-def _archive_one(src_path: Path, dest: Path, buf: bytearray) -> ArchivedSegment:
-    name = src_path.name
+def _remove_stale_temps(archive_dir: Path) -> None:
+    """The temp files that killed runs left, whatever segment they were copying."""
+    from gpu_pitr.tempfiles import remove_stale_temps
+
+    names = set()
+    for entry in os.scandir(archive_dir):
+        m = _TEMP_RE.fullmatch(entry.name)
+        if m:
+            names.add(m.group(1))
+    for name in sorted(names):
+        remove_stale_temps(archive_dir / name)
+
+
+def _archive_one(seg: Segment, dest: Path, buf: bytearray) -> ArchivedSegment:
+    name = seg.name
     try:
         have = _archived_size(dest)
     except _Conflict as c:
         return ArchivedSegment(name, CONFLICT, 0, problem=c.line)
     try:
-        src = open(src_path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        src = open(seg.path, "rb", buffering=0)  # noqa: SIM115 - closed below
     except OSError as err:
-        vanished = err.errno == errno.ENOENT and not os.path.islink(src_path)
-        if vanished and have is not None:
-            # Deleted by the writer's retention after the listing: the archive keeps
-            # what it had, which may be all of it.
+        if err.errno != errno.ENOENT or os.path.islink(seg.path):
+            return ArchivedSegment(name, UNREADABLE, have or 0,
+                                   problem=f"{seg.path}: {unreadable(err)}")
+        # Deleted (by the writer's retention) after the listing.
+        if have is not None and have >= seg.size:
             return ArchivedSegment(name, UNCHANGED, have)
-        if vanished:
-            return ArchivedSegment(name, LOST, 0, problem=(
-                "deleted from WAL_DIR (by the writer's retention) before it could be "
-                "copied: run archive more often than the writer rotates segments"))
-        return ArchivedSegment(name, UNREADABLE, have or 0,
-                               problem=f"{src_path}: {unreadable(err)}")
+        held = f"the archive holds {have} of its {seg.size} bytes" if have else \
+            "the archive has none of it"
+        return ArchivedSegment(name, LOST, have or 0, problem=(
+            f"deleted from WAL_DIR (by the writer's retention) before it could be "
+            f"copied: {held}; run archive more often than the writer rotates segments"))
     with src:
         try:
-            size = os.fstat(src.fileno()).st_size
+            st = os.fstat(src.fileno())
+            size = st.st_size
             if have is None:
-                _copy(src, src_path, size, dest, None, buf)
+                _copy(src, seg.path, size, st.st_mode, dest, None, buf)
                 return ArchivedSegment(name, NEW, size, added=size)
             if size < have:
-                raise _Conflict(f"{src_path}: {size} bytes, fewer than the {have} the "
-                                "archive holds of it: not the file archived before")
+                raise _Conflict(
+                    f"{seg.path}: offset {size}: the file ends there, {have - size} bytes "
+                    "before the archive's copy does: it was truncated or replaced (a crash "
+                    "of the writer's host that lost bytes not yet synced does this)")
             if size == have:
-                _same_ends(src, src_path, dest, size)
+                _same_ends(src, seg.path, dest, size)
                 return ArchivedSegment(name, UNCHANGED, have)
-            _copy(src, src_path, size, dest, have, buf)
+            _copy(src, seg.path, size, st.st_mode, dest, have, buf)
             return ArchivedSegment(name, GROWN, size, added=size - have)
         except _Conflict as c:
             return ArchivedSegment(name, CONFLICT, have or 0,
                                    problem=f"{c.line}; the archive's copy is kept")
         except _SourceError as e:
             return ArchivedSegment(name, UNREADABLE, have or 0,
-                                   problem=f"{src_path}: {unreadable(e.err)}")
+                                   problem=f"{seg.path}: {unreadable(e.err)}")
+        except OutputError as err:
+            return ArchivedSegment(name, FAILED, have or 0, problem=str(err))
 
 
 def _archived_size(dest: Path) -> int | None:
-    """Bytes the archive holds of a segment (None: none); its name taken by something
-    that is not a readable file is a conflict."""
-    import stat
-
+    """Bytes the archive holds of a segment (None: none). Its name taken by a link or
+    by something that is not a regular file is a conflict: that is not a copy."""
     try:
-        st = dest.stat()
+        st = os.lstat(dest)
     except FileNotFoundError:
-        if not os.path.islink(dest):
-            return None
-        st = None
-    except OSError:
-        st = None
-    if st is None or not stat.S_ISREG(st.st_mode):
-        raise _Conflict(f"{dest}: in the archive, but not a file that can be read; "
-                        "left as it is")
+        return None
+    except OSError as err:
+        raise _Conflict(f"{dest}: cannot read the archive's copy: {_reason(err)}; left as "
+                        "it is") from err
+    if stat.S_ISLNK(st.st_mode):
+        raise _Conflict(f"{dest}: in the archive, but a symbolic link, not a copy; left as "
+                        "it is")
+    if not stat.S_ISREG(st.st_mode):
+        raise _Conflict(f"{dest}: in the archive, but not a file; left as it is")
     return st.st_size
 
 
@@ -314,31 +363,67 @@ def _shorter(src_path: Path, pos: int, size: int) -> _Conflict:
                      f"({size} bytes when it was opened)")
 
 
+def _open_copy(dest: Path):
+    """The archive's copy, for reading; a copy that cannot be read is a conflict."""
+    try:
+        return open(dest, "rb", buffering=0)  # noqa: SIM115 - the caller closes it
+    except OSError as err:
+        raise _Conflict(f"{dest}: cannot read the archive's copy: {_reason(err)}") from err
+
+
+def _read_copy(old, dest: Path, pos: int, n: int) -> bytes:
+    try:
+        return _read_at(old.fileno(), pos, n)
+    except OSError as err:
+        raise _Conflict(f"{dest}: offset {pos}: cannot read the archive's copy: "
+                        f"{_reason(err)}") from err
+
+
 def _same_ends(src, src_path: Path, dest: Path, size: int) -> None:
     """Compare the first 16 and the last ``SAME_SIZE_CHECK`` bytes of two equal-sized files."""
-    with open(dest, "rb", buffering=0) as old:
+    with _open_copy(dest) as old:
         for pos, n in ((0, min(16, size)),
                        (max(0, size - SAME_SIZE_CHECK), min(size, SAME_SIZE_CHECK))):
-            a, b = _src_read_at(src, pos, n), _read_at(old.fileno(), pos, n)
+            a, b = _src_read_at(src, pos, n), _read_copy(old, dest, pos, n)
             if len(a) < n:
                 raise _shorter(src_path, pos + len(a), size)
             if a != b:
                 raise _differs(src_path, pos + _first_difference(a, b))
 
 
-def _copy(src, src_path: Path, size: int, dest: Path, have: int | None,
+def _same_prefix(src, src_path: Path, dest: Path, have: int, buf: bytearray) -> None:
+    """The first ``have`` bytes of ``src`` are the archive's copy ``dest``, else
+    ``_Conflict`` naming the first byte that differs."""
+    view = memoryview(buf)
+    with _open_copy(dest) as old:
+        pos = 0
+        while pos < have:
+            interrupts.check()
+            n = _src_read_at_into(src, view[: min(len(buf), have - pos)], pos)
+            if not n:
+                raise _shorter(src_path, pos, have)
+            before = _read_copy(old, dest, pos, n)
+            if view[:n] != before:
+                raise _differs(src_path, pos + _first_difference(view[:n], before))
+            pos += n
+
+
+def _copy(src, src_path: Path, size: int, mode: int, dest: Path, have: int | None,
           buf: bytearray) -> None:
-    """``size`` bytes of ``src`` to ``dest``, atomically; the first ``have`` bytes must
-    equal the archive's copy (else ``_Conflict``, and that copy is left as it was)."""
+    """``size`` bytes of ``src`` to ``dest`` with ``src``'s permission bits, atomically;
+    the first ``have`` bytes must equal the archive's copy (else ``_Conflict``, and
+    that copy is left as it was)."""
     from gpu_pitr.outputs import atomic_files
 
     if have:
         _same_prefix(src, src_path, dest, have, buf)
     try:
         with atomic_files(dest) as (tmp,), open(tmp, "wb", buffering=0) as out:
+            os.fchmod(out.fileno(), stat.S_IMODE(mode) & 0o777)
             pos = _copy_in_kernel(src.fileno(), out.fileno(), size)
             view = memoryview(buf)
             while pos < size:  # what the kernel did not copy, and why, if it failed
+                interrupts.check()
                 n = _src_read_at_into(src, view[: min(len(buf), size - pos)], pos)
                 if not n:
                     raise _shorter(src_path, pos, size)
@@ -357,8 +442,9 @@ def _copy_in_kernel(src_fd: int, out_fd: int, size: int) -> int:
     write copy the rest, or say precisely what failed."""
     pos = 0
     while pos < size and hasattr(os, "copy_file_range"):
+        interrupts.check()
         try:
-            n = os.copy_file_range(src_fd, out_fd, size - pos, pos, pos)
+            n = os.copy_file_range(src_fd, out_fd, min(size - pos, _KERNEL_CHUNK), pos, pos)
         except OSError:
             break
         if not n:
@@ -374,26 +460,3 @@ def _src_read_at_into(src, view: memoryview, pos: int) -> int:
         return os.preadv(src.fileno(), [view], pos)
     except OSError as err:
         raise _SourceError(err) from err
-
-
-def _same_prefix(src, src_path: Path, dest: Path, have: int, buf: bytearray) -> None:
-    """The first ``have`` bytes of ``src`` are the archive's copy ``dest``, else
-    ``_Conflict`` naming the first byte that differs."""
-    view = memoryview(buf)
-    try:
-        old = open(dest, "rb", buffering=0)  # noqa: SIM115 - closed below
-    except OSError as err:
-        raise OutputError(dest, "archive copy", err) from err
-    with old:
-        pos = 0
-        while pos < have:
-            n = _src_read_at_into(src, view[: min(len(buf), have - pos)], pos)
-            if not n:
-                raise _shorter(src_path, pos, have)
-            try:
-                before = _read_at(old.fileno(), pos, n)
-            except OSError as err:
-                raise OutputError(dest, "archive copy", err) from err
-            if view[:n] != before:
-                raise _differs(src_path, pos + _first_difference(view[:n], before))
-            pos += n

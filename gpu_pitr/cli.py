@@ -24,6 +24,7 @@ from gpu_pitr.outputs import (
     FORMATS,
     check_output,
     check_writable,
+    inside,
     output_files,
     output_format,
     write_json,
@@ -97,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser(
         "inspect",
         help="statistics and damage of a WAL directory, or its records one by one; what "
-        "a snapshot, or a directory of them, holds (read-only, always exits 0)",
+        "a snapshot, or a directory of them, holds (read-only; exits 0 whatever damage "
+        "it finds)",
         description="Whether the history is complete, per-segment statistics, record "
         "counts, checkpoints, transactions, sequence-number restarts and damage of WAL_DIR; "
         "with --records, every record. Given a snapshot directory: its manifest (ids, "
@@ -150,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     arch.add_argument("--json", action="store_true", help="print one JSON document")
     arch.add_argument("-q", "--quiet", action="store_true",
                       help="print nothing unless there is a problem")
+    for sub in commands.choices.values():  # usage errors found later print its usage
+        sub.set_defaults(command_parser=sub)
     return parser
 
 
@@ -234,7 +238,7 @@ def _main(argv: list[str] | None, restore_signals: bool) -> int:
     args = parser.parse_args(argv)
     try:
         with interrupts.handle_signals(restore=restore_signals):
-            return _command(parser, args)
+            return _command(args.command_parser, args)
     except (KeyboardInterrupt, interrupts.Terminated) as stop:
         signum = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
         writes = args.command in ("restore", "snapshot", "archive")  # the others only read
@@ -290,7 +294,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             continue
         for written in output_files(path, fmt) if flag == "--out" else [path]:
             real = Path(os.path.realpath(written.parent)) / written.name
-            if real == wal_dir or wal_dir in real.parents:
+            if real == wal_dir or inside(written.parent, wal_dir):
                 parser.error(f"argument {flag}: {written} is inside WAL_DIR; "
                              "nothing is ever written there")
     chunk_bytes = args.chunk_size
@@ -350,7 +354,7 @@ def _time_target(parser: argparse.ArgumentParser, text: str, up: bool,
                  option: str = "--to-time") -> int:
     """A time option as whole Unix seconds (``parse_time``: a fraction rounds down, or up
     with ``up``); a usage error if it is not one."""
-    from gpu_pitr.pipeline import parse_time  # with Numba: imported when a command needs it
+    from gpu_pitr.format.times import parse_time
 
     try:
         seconds = parse_time(text, up)
@@ -366,7 +370,9 @@ def restore_summary(report: dict, out: Path) -> list[str]:
     target, stop, txns = report["target"], report["stop"], report["transactions"]
     seconds = report["timings"].get("total", 0.0)
     lines = [
-        f"restored {report['ids']} ids, dim {report['dim'] or 0} -> {out} "
+        f"restored {report['ids']} ids"
+        + ("" if report["dim"] is None else f", dim {report['dim']}")
+        + f" -> {out} "
         f"(backend {report['backend']}, {seconds:.3f} s)"
     ]
     if target["kind"] == "time":
@@ -499,7 +505,7 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _archive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``archive``: 0 when every segment is in the archive, 1 otherwise."""
-    from gpu_pitr.archive import archive, inside
+    from gpu_pitr.archive import archive
 
     if inside(args.out, args.wal_dir):
         parser.error(f"argument --out: {args.out} is inside WAL_DIR; nothing is ever "

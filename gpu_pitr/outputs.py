@@ -248,6 +248,28 @@ def write_json(path: Path, doc) -> None:
         raise OutputError(path, "JSON file", err) from err
 
 
+def inside(path: str | os.PathLike, directory: str | os.PathLike) -> bool:
+    """``path`` is ``directory`` or under it: by name once links are resolved, or by
+    identity (device and inode) for ``path`` and each of its existing parents, which
+    also catches another mount of ``directory`` (a bind mount, NFS)."""
+    top = Path(os.path.realpath(directory))
+    real = Path(os.path.realpath(path))
+    if real == top or top in real.parents:
+        return True
+    try:
+        want = os.stat(top)
+    except OSError:
+        return False
+    for p in (real, *real.parents):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+            return True
+    return False
+
+
 def check_writable(path: Path, what: str) -> None:
     """Fail now if a file cannot be created at ``path`` (its directory missing or read-only)."""
     if path.is_dir():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +43,7 @@ from gpu_pitr.format.readahead import (
     host_buffer,
 )
 from gpu_pitr.format.segments import list_segments
+from gpu_pitr.format.times import parse_time
 from gpu_pitr.hostmem import fill_once_pages
 from gpu_pitr.index import RestoredIndex
 from gpu_pitr.plan.commit import (
@@ -61,55 +61,6 @@ from gpu_pitr.report import RestoreReport
 from gpu_pitr.snapshot.base import SeqRuns, stops_at_base, target_problem
 
 _MIN_CHUNK_BYTES = 64
-
-
-def parse_time(value, exclusive: bool = False) -> int:
-    """A time target as whole Unix seconds.
-
-    ``value``: an int, a float, a datetime with a zone, a decimal string of Unix
-    seconds (``1795687320`` or ``1795687320.5``), or ISO-8601 text with a zone
-    (``Z`` or ``+HH:MM``). WAL timestamps are whole seconds, so a fractional
-    target becomes the whole second that selects the same commit points: rounded
-    down when inclusive (``ts > 10.5`` is ``ts > 10``), up when ``exclusive``
-    (``ts >= 10.5`` is ``ts >= 11``).
-
-    Raises:
-        ValueError: text that is neither, no time zone, or a number that is not finite.
-    """
-    import math
-    import numbers
-    import re
-    from datetime import UTC, timedelta
-    from fractions import Fraction
-
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        if not math.isfinite(value):
-            raise ValueError(f"time target {value!r} is not a finite number")
-        return math.ceil(value) if exclusive else math.floor(value)
-    below_micro = False  # digits past the microsecond, which datetime drops
-    if isinstance(value, datetime):
-        when, text = value, str(value)
-    else:
-        text = str(value).strip()
-        if re.fullmatch(r"[+-]?[0-9]+", text):
-            return int(text)
-        if re.fullmatch(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+)", text):
-            exact = Fraction(text)  # exact: a float would round 19-digit seconds
-            return math.ceil(exact) if exclusive else math.floor(exact)
-        fraction = re.search(r":\d\d[.,]\d{6}(\d+)", text)
-        below_micro = fraction is not None and fraction[1].strip("0") != ""
-        zulu = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
-        try:
-            when = datetime.fromisoformat(zulu)
-        except ValueError:
-            raise ValueError(
-                f"time target {text!r} is neither Unix seconds nor ISO-8601") from None
-    if when.utcoffset() is None:
-        raise ValueError(f"time target {text!r} has no time zone (add Z or +HH:MM)")
-    whole, part = divmod(when - datetime(1970, 1, 1, tzinfo=UTC), timedelta(seconds=1))
-    return whole + 1 if exclusive and (part or below_micro) else whole
 
 
 def no_segments_note(wal_dir) -> str:
@@ -807,7 +758,8 @@ def restore(
         allow_incomplete_history: restore even if the log does not start at
             sequence number 0.
         chunk_bytes: bytes read per chunk (default 16 MiB on the cpu executor,
-            128 MiB on cuda; five such buffers are in use at once).
+            128 MiB on cuda; five such buffers are in use at once; at least 64 bytes
+            are read at a time).
         progress: called as ``progress(phase, bytes_done, bytes_total, records)``
             after each chunk (phase "read") and once before the final sort
             (phase "finish"); for progress bars.
@@ -826,6 +778,8 @@ def restore(
     """
     if to_time is not None and to_seq is not None:
         raise ValueError("give at most one of to_time and to_seq")
+    if chunk_bytes is not None and int(chunk_bytes) <= 0:
+        raise ValueError(f"chunk_bytes must be positive (None: the default), not {chunk_bytes}")
     started = time.perf_counter()
     if to_time is not None:
         target = {"to_time": parse_time(to_time, exclusive)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
@@ -44,3 +44,11 @@ class RestoreReport:
     def to_dict(self) -> dict:
         """A JSON-serialisable dict of the report."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> RestoreReport:
+        """The report ``to_dict`` gave (keys it does not know are left out)."""
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in doc.items() if k in names}
+        known.setdefault("target", {})
+        return cls(**known)

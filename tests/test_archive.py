@@ -46,6 +46,7 @@ from gpu_pitr.archive import (
     archive,
 )
 from gpu_pitr.format.entries import Delete, Insert
+from gpu_pitr.format.segments import Segment, list_segments
 from gpu_pitr.format.writer import WalWriter
 
 
@@ -193,8 +194,8 @@ def test_a_copy_that_is_not_a_prefix_is_a_conflict_and_is_kept(tmp_path, case):
     assert (arc / name).read_bytes() == kept and dir_state(wal) == before
     line = {"grown": "offset 100: differs from the archive's copy",
             "same_size": f"offset {len(data) - 5}: differs from the archive's copy",
-            "shorter": f"{len(data) - 30} bytes, fewer than the {len(data)} the archive "
-                       "holds"}[case]
+            "shorter": f"offset {len(data) - 30}: the file ends there, 30 bytes before the "
+                       "archive's copy does: it was truncated or replaced"}[case]
     problem = [x for x in proc.stdout.splitlines() if CONFLICT.upper() in x]
     assert len(problem) == 1 and f"{name}: CONFLICT: {wal / name}" in problem[0]
     assert line in problem[0] and problem[0].endswith("the archive's copy is kept")
@@ -210,8 +211,9 @@ def test_unreadable_and_vanished_segments_are_problems_and_the_rest_is_copied(tm
                                                              (later, UNREADABLE)]
     assert "a symbolic link to" in result.segments[1].problem and not result.ok
     # Deleted by the writer between the listing and the copy.
-    gone = wal / "wal-00000000fffffffe.log"
-    assert _archive_one(gone, arc / gone.name, bytearray(64)).action == LOST
+    gone = Segment(wal / "wal-00000000fffffffe.log", len(data), 0)
+    lost = _archive_one(gone, arc / gone.name, bytearray(64))
+    assert (lost.action, lost.size) == (LOST, 0) and "the archive has none of it" in lost.problem
     shutil.copyfile(wal / name, arc / gone.name)
     kept = _archive_one(gone, arc / gone.name, bytearray(64))
     assert (kept.action, kept.size) == (UNCHANGED, len(data))
@@ -237,7 +239,7 @@ def test_cli_json_quiet_and_exit_codes(tmp_path):
                                "--out", str(out)], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and "is inside WAL_DIR" in proc.stderr
     assert not (wal / "sub").exists()
-    with pytest.raises(ArchiveError, match="inside the WAL directory"):
+    with pytest.raises(ArchiveError, match="is the WAL directory .* or inside it"):
         archive(wal, wal / "sub")
 
 
@@ -254,8 +256,9 @@ def test_one_run_at_a_time(tmp_path):
 
 
 def test_a_copy_that_cannot_be_written_leaves_the_previous_one(tmp_path):
-    """A full disk, modelled by a file-size limit: one line naming the copy, exit 1,
-    the previous copy byte for byte and no temp file left."""
+    """A full disk, modelled by a file-size limit: the segment's line names the copy and
+    why (the run goes on with the others), exit 1, the previous copy byte for byte and
+    no temp file left."""
     import resource
 
     wal, arc, name, data = _two_runs(tmp_path)
@@ -269,10 +272,10 @@ def test_a_copy_that_cannot_be_written_leaves_the_previous_one(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "archive", str(wal), "--out",
                            str(arc)], capture_output=True, text=True, timeout=300,
                           preexec_fn=limit)
-    assert proc.returncode == 1, proc.stderr
-    assert proc.stderr.splitlines() == [
-        f"gpu-pitr: error: {arc / name}: cannot write the archive copy: File too large; "
-        "nothing was left in its place"]
+    assert (proc.returncode, proc.stderr) == (1, "")
+    assert proc.stdout.splitlines()[0] == (
+        f"{name}: FAILED: {arc / name}: cannot write the archive copy: File too large; "
+        "nothing was left in its place")
     assert (arc / name).read_bytes() == kept
     assert sorted(p.name for p in arc.iterdir()) == sorted([LOCK_NAME, name])
 
@@ -320,8 +323,7 @@ def test_a_name_in_the_archive_that_is_not_a_file_is_a_conflict(tmp_path):
     (arc / name).mkdir()
     result = archive(wal, arc)
     assert [(s.action, s.problem) for s in result.segments] == [
-        (CONFLICT, f"{arc / name}: in the archive, but not a file that can be read; "
-                   "left as it is")]
+        (CONFLICT, f"{arc / name}: in the archive, but not a file; left as it is")]
     assert (arc / name).is_dir() and not result.ok
 
 
@@ -433,3 +435,84 @@ def test_an_empty_wal_dir_archives_nothing_and_says_so_unless_quiet(tmp_path):
     assert "0 segments of" in loud.stdout
     quiet = subprocess.run([*cmd, "-q"], capture_output=True, text=True, timeout=300)
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+
+
+def test_a_link_in_the_archive_is_not_taken_for_a_copy(tmp_path):
+    """An archive entry that links to the segment itself would vanish with it."""
+    wal, arc, name, data = _two_runs(tmp_path)
+    (arc / name).unlink()
+    (arc / name).symlink_to(wal / name)
+    result = archive(wal, arc)
+    assert [(s.action, s.problem) for s in result.segments] == [
+        (CONFLICT, f"{arc / name}: in the archive, but a symbolic link, not a copy; left as "
+                   "it is")]
+    assert (arc / name).is_symlink()
+
+
+def test_a_segment_deleted_after_the_listing_with_bytes_not_yet_copied_is_lost(tmp_path):
+    wal, arc, name, data = _two_runs(tmp_path)
+    gone = Segment(path=wal / "gone" / name, size=len(data) + 50, created=0)
+    lost = _archive_one(gone, arc / name, bytearray(64))
+    assert (lost.action, lost.size) == (LOST, len(data))
+    assert f"the archive holds {len(data)} of its {len(data) + 50} bytes" in lost.problem
+    whole = _archive_one(Segment(gone.path, len(data), 0), arc / name, bytearray(64))
+    assert (whole.action, whole.size, whole.problem) == (UNCHANGED, len(data), None)
+
+
+def test_copies_keep_the_segments_permission_bits(tmp_path):
+    wal, arc, name, data = _two_runs(tmp_path)
+    (wal / name).chmod(0o600)
+    with open(wal / name, "ab") as f:
+        f.write(b"\x00")
+    assert archive(wal, arc).ok
+    assert (arc / name).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_lock_file_that_is_a_link_is_not_followed(tmp_path):
+    wal, arc, name, data = _two_runs(tmp_path)
+    (arc / LOCK_NAME).unlink()
+    (arc / LOCK_NAME).symlink_to(wal / "planted")
+    with pytest.raises(ArchiveError, match="cannot take the archive's lock: it is a symbolic"):
+        archive(wal, arc)
+    assert not (wal / "planted").exists()
+
+
+def test_another_mount_of_the_wal_dir_is_refused(tmp_path, monkeypatch):
+    """A bind mount (or NFS) of WAL_DIR has another path but the same device and inode;
+    simulated here by making ``os.stat`` of the other path answer for WAL_DIR."""
+    from gpu_pitr import outputs
+
+    wal, arc, name, data = _two_runs(tmp_path)
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    real_stat = os.stat
+
+    def stat_(p, *a, **k):
+        return real_stat(wal if os.fspath(p) == os.fspath(mount) else p, *a, **k)
+
+    monkeypatch.setattr(outputs.os, "stat", stat_)
+    with pytest.raises(ArchiveError, match="is the WAL directory .* or inside it"):
+        archive(wal, mount / "arc")
+    with pytest.raises(ArchiveError, match="is the WAL directory .* or inside it"):
+        archive(wal, mount)
+    assert not (mount / "arc").exists()
+    assert archive(wal, tmp_path / "elsewhere").ok
+
+
+def test_a_stale_temp_of_a_segment_gone_from_wal_dir_is_removed(tmp_path):
+    wal, arc, name, data = _two_runs(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = arc / f".wal-00000000000000aa.log.tmp-{int(dead.stdout)}-0123abcd"
+    mine = arc / f".wal-00000000000000aa.log.tmp-{os.getpid()}-0123abcd"
+    stale.write_bytes(b"half a copy")
+    mine.write_bytes(b"a live run's copy")
+    assert archive(wal, arc).ok
+    assert not stale.exists() and mine.exists()
+
+
+def test_a_name_with_a_trailing_newline_is_not_a_segment(tmp_path):
+    wal, arc, name, data = _two_runs(tmp_path)
+    (wal / (name[:-4] + "0.log\n")).write_bytes(data)
+    assert [s.name for s in list_segments(wal)] == [name]
+    assert [s.name for s in archive(wal, arc).segments] == [name]

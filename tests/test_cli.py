@@ -219,6 +219,9 @@ def test_empty_wal_dir_restores_an_empty_index(tmp_path: Path) -> None:
     assert npz["ids"].shape == (0,)
     assert npz["vectors"].shape[0] == 0
     assert npz["metadata"].shape == (0,)
+    # The summary has no dimension to give (the report's dim is null).
+    proc = cli("restore", wal, "--out", tmp_path / "p.npz", wal_dir=wal)
+    assert proc.stdout.startswith(f"restored 0 ids -> {tmp_path / 'p.npz'} (backend ")
 
 
 def test_a_wal_dir_without_segments_says_what_it_may_be_instead(

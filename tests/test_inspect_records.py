@@ -91,6 +91,32 @@ def test_filters_keep_exactly_the_records_they_name(damaged):
     assert list(wal_records(wal_dir, limit=0)) == []
 
 
+def test_filters_take_every_form_of_a_time_and_any_integer_bounds(damaged):
+    """``since``/``until`` take what ``to_time`` takes (ISO text, datetimes, decimal
+    seconds, a fraction narrowing to the whole seconds inside); a bound outside the u64
+    range is the range's end (still a filter: what it cannot place is left out), or
+    an empty range."""
+    from datetime import UTC, datetime
+
+    wal_dir, w = damaged
+    want = summary(wal_records(wal_dir, since=T0 + 2, until=T0 + 6))
+    iso = lambda t: datetime.fromtimestamp(t, UTC).isoformat()  # noqa: E731
+    for lo, hi in [(iso(T0 + 2), iso(T0 + 6)), (datetime.fromtimestamp(T0 + 2, UTC), str(T0 + 6)),
+                   (f"{T0 + 1}.5", f"{T0 + 6}.9"), (T0 + 1.25, T0 + 6.5)]:
+        assert summary(wal_records(wal_dir, since=lo, until=hi)) == want, (lo, hi)
+    records = [d for d in summary(wal_records(wal_dir)) if "damage" not in d]
+    assert summary(wal_records(wal_dir, since=-5, until=2**70)) == records
+    assert list(wal_records(wal_dir, since=2**64)) == []
+    assert list(wal_records(wal_dir, until=-1)) == []
+    assert list(wal_records(wal_dir, last_seq=-1)) == []
+    everything = summary(wal_records(wal_dir))
+    by_seq = [d for d in everything if d["seq"] is not None]  # damage with a seq kept
+    assert summary(wal_records(wal_dir, first_seq=-3, last_seq=2**65)) == by_seq
+    for bad in ({"since": "10:02"}, {"until": "2026-11-26T10:02:00"}, {"first_seq": 1.5}):
+        with pytest.raises((ValueError, TypeError)):
+            list(wal_records(wal_dir, **bad))
+
+
 def test_nesting_deeper_than_the_compiled_stack(tmp_path):
     b = LogBuilder()
     deep = Ins("x", f32(1, 2), None, 7)

@@ -120,6 +120,10 @@ def test_round_trip_exact(tmp_path):
     mapped = load_snapshot(out, mmap=True)
     assert mapped.vectors.tobytes() == index.vectors.tobytes()
     _same(index, load_snapshot(out, verify=False))
+    # With no report given, the index carries the report the manifest kept.
+    alone = snap.to_index()
+    assert alone.report.to_dict() == json.loads(json.dumps(index.report.to_dict()))
+    assert alone.id_list() == index.id_list() and alone.metadata == index.metadata
 
 
 def test_pairs_keep_their_order_and_varints_are_made_minimal(tmp_path):

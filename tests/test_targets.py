@@ -144,3 +144,14 @@ def test_restore_rounds_a_fractional_target_by_exclusive(tmp_path: Path) -> None
     # Whole targets: exclusive leaves out the commit point stamped exactly T.
     assert ids(T0, False) == ["a", "b"]
     assert ids(T0, True) == ["a"]
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"chunk_bytes": 0}, "chunk_bytes must be positive"),
+    ({"chunk_bytes": -1}, "chunk_bytes must be positive"),
+    ({"to_time": 5, "to_seq": 1}, "at most one of to_time and to_seq"),
+    ({"to_seq": -1}, "outside 0..2"),
+])
+def test_bad_arguments_raise_value_error_before_anything_is_read(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        restore(tmp_path / "no such directory", **kw)

@@ -12,6 +12,7 @@ undecodable records, torn tails) is listed where it lies in log order.
 from __future__ import annotations
 
 import json
+import operator
 import os
 from collections.abc import Iterator
 
@@ -33,6 +34,7 @@ from gpu_pitr.format.readahead import BYTES_PER_ROW, framed_pieces, scan_chunk_b
 from gpu_pitr.format.segments import list_segments
 from gpu_pitr.format.stats import utc_text
 from gpu_pitr.format.statwalk import DEFAULT_CHUNK_BYTES, _parse, header_damage
+from gpu_pitr.format.times import U64_MAX, parse_time
 
 
 def wal_records(
@@ -55,12 +57,30 @@ def wal_records(
     ``undecodable``, ``torn_tail``), ``what`` and ``bytes`` lost.
 
     ``first_seq``/``last_seq`` keep the records (undecodable ones included) whose
-    seq is in that range; ``since``/``until`` the records stamped in that range (Unix
-    seconds, inclusive). What a filter cannot place is left out: bad headers and
-    torn tails (no seq, no timestamp) with any filter, undecodable records (no
-    timestamp) with a time filter. ``limit`` stops after that many items.
+    seq is in that range; ``since``/``until`` the records stamped in that range
+    (inclusive; any form ``restore``'s ``to_time`` takes: Unix seconds, ISO-8601 text
+    with a zone, a datetime; a fraction of a second narrows the range to the whole
+    seconds inside it). What a filter cannot place is left out: bad headers and torn
+    tails (no seq, no timestamp) with any filter, undecodable records (no timestamp)
+    with a time filter. ``limit`` stops after that many items.
+
+    Raises:
+        ValueError: a time that is not one, or a seq that is not an integer.
     """
     segments = list_segments(wal_dir)
+    since = None if since is None else parse_time(since, exclusive=True)
+    until = None if until is None else parse_time(until)
+    first_seq = None if first_seq is None else operator.index(first_seq)
+    last_seq = None if last_seq is None else operator.index(last_seq)
+    if ((since is not None and since > U64_MAX) or (until is not None and until < 0)
+            or (first_seq is not None and first_seq > U64_MAX)
+            or (last_seq is not None and last_seq < 0)):
+        return  # a range no u64 falls in
+    # Bounds past the u64 range are those of the range (a filter all the same).
+    since = None if since is None else max(since, 0)
+    until = None if until is None else min(until, U64_MAX)
+    first_seq = None if first_seq is None else max(first_seq, 0)
+    last_seq = None if last_seq is None else min(last_seq, U64_MAX)
     chunk = scan_chunk_bytes(segments, DEFAULT_CHUNK_BYTES if chunk_bytes is None
                              else max(64, int(chunk_bytes)))
     cols = ChunkColumns(chunk // BYTES_PER_ROW + 64, 1)

@@ -41,7 +41,8 @@ RECORD_HEADER_SIZE = 12  # u64 sequence number + u32 payload length
 
 SEGMENT_PREFIX = "wal-"
 SEGMENT_SUFFIX = ".log"
-SEGMENT_NAME_RE = re.compile(r"^wal-[0-9a-f]{16}\.log$")
+# Whole names only (``fullmatch``): ``$`` would also take a name ending in a newline.
+SEGMENT_NAME_RE = re.compile(r"wal-[0-9a-f]{16}\.log")
 
 VARINT_MAX_SINGLE = 250
 VARINT_U16 = 251

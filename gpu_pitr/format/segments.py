@@ -37,7 +37,7 @@ def list_segments(wal_dir: str | os.PathLike) -> list[Segment]:
 
         raise WalError("not a directory", file=str(wal_dir))
     names = sorted(
-        (e.name for e in os.scandir(wal_dir) if SEGMENT_NAME_RE.match(e.name) and _listed(e)),
+        (e.name for e in os.scandir(wal_dir) if SEGMENT_NAME_RE.fullmatch(e.name) and _listed(e)),
         key=lambda n: n.encode(),
     )
     return [Segment(path=wal_dir / n, size=_size(wal_dir / n), created=int(n[4:20], 16))

@@ -110,3 +110,13 @@ def choose(directory, target: dict, exclusive: bool = False, spare_rows=None):
     notes.append(f"no intact snapshot in {directory} at or before the target: "
                  "restored from the whole log")
     return None, notes
+
+
+def __getattr__(name: str):
+    # Its modules are reachable as attributes (``gpu_pitr.snapshot.format``), each
+    # imported on first use.
+    if name in ("arrow", "base", "format"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -96,8 +96,13 @@ class Snapshot:
     # whose first ``count`` rows are ``vectors``, room to grow the index in place.
     vector_room: np.ndarray | None = None
 
-    def to_index(self, report) -> RestoredIndex:
-        """The snapshot's state as a RestoredIndex carrying ``report``."""
+    def to_index(self, report=None) -> RestoredIndex:
+        """The snapshot's state as a RestoredIndex carrying ``report`` (by default the
+        report of the restore that wrote the snapshot, as its manifest keeps it)."""
+        if report is None:
+            from gpu_pitr.report import RestoreReport
+
+            report = RestoreReport.from_dict(self.manifest.get("report") or {})
         return RestoredIndex(self.id_arena, self.id_offs, self.id_lens, self.vectors,
                              self.meta_arena, self.meta_offs, self.meta_lens, report)
 

@@ -1,0 +1,56 @@
+"""Time targets: what ``--to-time``, ``--since``/``--until`` and ``to_time=`` accept."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+U64_MAX = 2**64 - 1
+
+
+def parse_time(value, exclusive: bool = False) -> int:
+    """A time target as whole Unix seconds.
+
+    ``value``: an int, a float, a datetime with a zone, a decimal string of Unix
+    seconds (``1795687320`` or ``1795687320.5``), or ISO-8601 text with a zone
+    (``Z`` or ``+HH:MM``). WAL timestamps are whole seconds, so a fractional
+    target becomes the whole second that selects the same commit points: rounded
+    down when inclusive (``ts > 10.5`` is ``ts > 10``), up when ``exclusive``
+    (``ts >= 10.5`` is ``ts >= 11``).
+
+    Raises:
+        ValueError: text that is neither, no time zone, or a number that is not finite.
+    """
+    import math
+    import numbers
+    import re
+    from datetime import UTC, timedelta
+    from fractions import Fraction
+
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        if not math.isfinite(value):
+            raise ValueError(f"time target {value!r} is not a finite number")
+        return math.ceil(value) if exclusive else math.floor(value)
+    below_micro = False  # digits past the microsecond, which datetime drops
+    if isinstance(value, datetime):
+        when, text = value, str(value)
+    else:
+        text = str(value).strip()
+        if re.fullmatch(r"[+-]?[0-9]+", text):
+            return int(text)
+        if re.fullmatch(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+)", text):
+            exact = Fraction(text)  # exact: a float would round 19-digit seconds
+            return math.ceil(exact) if exclusive else math.floor(exact)
+        fraction = re.search(r":\d\d[.,]\d{6}(\d+)", text)
+        below_micro = fraction is not None and fraction[1].strip("0") != ""
+        zulu = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
+        try:
+            when = datetime.fromisoformat(zulu)
+        except ValueError:
+            raise ValueError(
+                f"time target {text!r} is neither Unix seconds nor ISO-8601") from None
+    if when.utcoffset() is None:
+        raise ValueError(f"time target {text!r} has no time zone (add Z or +HH:MM)")
+    whole, part = divmod(when - datetime(1970, 1, 1, tzinfo=UTC), timedelta(seconds=1))
+    return whole + 1 if exclusive and (part or below_micro) else whole
