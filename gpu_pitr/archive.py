@@ -24,6 +24,7 @@ next run copies it again, grown.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -32,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpu_pitr import interrupts
-from gpu_pitr.errors import OutputError, WalError
+from gpu_pitr.errors import WalError
 from gpu_pitr.format.segments import Segment, list_segments, unreadable
 from gpu_pitr.outputs import inside
 
@@ -147,12 +148,21 @@ class _Conflict(Exception):
         self.line = line
 
 
-class _SourceError(Exception):
-    """Reading the segment in WAL_DIR failed."""
+class _WriteFailed(Exception):
+    """Writing the copy into the archive failed (its temp file is gone)."""
 
     def __init__(self, err: OSError) -> None:
         super().__init__(str(err))
         self.err = err
+
+
+class _SourceError(Exception):
+    """Reading the segment in WAL_DIR failed (at byte ``offset``, where known)."""
+
+    def __init__(self, err: OSError, offset: int | None = None) -> None:
+        super().__init__(str(err))
+        self.err = err
+        self.offset = offset
 
 
 def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike) -> ArchiveResult:
@@ -182,9 +192,14 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike) -> Archi
         for seg in segments:
             interrupts.check()
             result.segments.append(_archive_one(seg, archive_dir / seg.name, buf))
-        held = {s.name for s in list_segments(archive_dir)}
+        held = {s.name for s in list_segments(archive_dir) if s.path.is_file()
+                and not s.path.is_symlink()}
+        try:  # as WAL_DIR is now: the writer may have deleted some during the run
+            now = {s.name for s in list_segments(wal_dir)}
+        except OSError:
+            now = {s.name for s in segments}
         result.archived = len(held)
-        result.only_in_archive = len(held - {s.name for s in segments})
+        result.only_in_archive = len(held - now)
     return result
 
 
@@ -249,10 +264,15 @@ class _locked:
 
 def _remove_stale_temps(archive_dir: Path) -> None:
     """The temp files that killed runs left, whatever segment they were copying."""
+    from gpu_pitr.errors import DirectoryReadError
     from gpu_pitr.tempfiles import remove_stale_temps
 
     names = set()
-    for entry in os.scandir(archive_dir):
+    try:
+        entries = list(os.scandir(archive_dir))
+    except OSError as err:
+        raise DirectoryReadError(archive_dir, err) from err
+    for entry in entries:
         m = _TEMP_RE.fullmatch(entry.name)
         if m:
             names.add(m.group(1))
@@ -273,13 +293,13 @@ def _archive_one(seg: Segment, dest: Path, buf: bytearray) -> ArchivedSegment:
             return ArchivedSegment(name, UNREADABLE, have or 0,
                                    problem=f"{seg.path}: {unreadable(err)}")
         # Deleted (by the writer's retention) after the listing.
-        if have is not None and have >= seg.size:
-            return ArchivedSegment(name, UNCHANGED, have)
+        if (have or 0) >= seg.size:  # all of it is in the archive (or it was empty)
+            return ArchivedSegment(name, UNCHANGED, have or 0)
         held = f"the archive holds {have} of its {seg.size} bytes" if have else \
             "the archive has none of it"
         return ArchivedSegment(name, LOST, have or 0, problem=(
-            f"deleted from WAL_DIR (by the writer's retention) before it could be "
-            f"copied: {held}; run archive more often than the writer rotates segments"))
+            f"{seg.path}: deleted (by the writer's retention) before it could be copied: "
+            f"{held}; run archive more often than the writer rotates segments"))
     with src:
         try:
             st = os.fstat(src.fileno())
@@ -301,10 +321,13 @@ def _archive_one(seg: Segment, dest: Path, buf: bytearray) -> ArchivedSegment:
             return ArchivedSegment(name, CONFLICT, have or 0,
                                    problem=f"{c.line}; the archive's copy is kept")
         except _SourceError as e:
+            at = "" if e.offset is None else f"offset {e.offset}: "
             return ArchivedSegment(name, UNREADABLE, have or 0,
-                                   problem=f"{seg.path}: {unreadable(e.err)}")
-        except OutputError as err:
-            return ArchivedSegment(name, FAILED, have or 0, problem=str(err))
+                                   problem=f"{seg.path}: {at}{unreadable(e.err)}")
+        except _WriteFailed as e:
+            kept = "the previous copy is kept" if have else "nothing was left in its place"
+            return ArchivedSegment(name, FAILED, have or 0, problem=(
+                f"{dest}: cannot write the archive copy: {_reason(e.err)}; {kept}"))
 
 
 def _archived_size(dest: Path) -> int | None:
@@ -340,7 +363,7 @@ def _src_read_at(src, pos: int, n: int) -> bytes:
     try:
         return _read_at(src.fileno(), pos, n)
     except OSError as err:
-        raise _SourceError(err) from err
+        raise _SourceError(err, pos) from err
 
 
 def _first_difference(a, b) -> int:
@@ -419,7 +442,10 @@ def _copy(src, src_path: Path, size: int, mode: int, dest: Path, have: int | Non
         _same_prefix(src, src_path, dest, have, buf)
     try:
         with atomic_files(dest) as (tmp,), open(tmp, "wb", buffering=0) as out:
-            os.fchmod(out.fileno(), stat.S_IMODE(mode) & 0o777)
+            # The segment's bits, and always the owner's read and write: the archive
+            # reads its copies back (and fsyncs them by name) on later runs.
+            with contextlib.suppress(OSError):  # a file system without modes (vfat)
+                os.fchmod(out.fileno(), (stat.S_IMODE(mode) & 0o777) | 0o600)
             pos = _copy_in_kernel(src.fileno(), out.fileno(), size)
             view = memoryview(buf)
             while pos < size:  # what the kernel did not copy, and why, if it failed
@@ -432,7 +458,7 @@ def _copy(src, src_path: Path, size: int, mode: int, dest: Path, have: int | Non
                     done += out.write(view[done:n])
                 pos += n
     except OSError as err:
-        raise OutputError(dest, "archive copy", err) from err
+        raise _WriteFailed(err) from err
 
 
 def _copy_in_kernel(src_fd: int, out_fd: int, size: int) -> int:
@@ -459,4 +485,4 @@ def _src_read_at_into(src, view: memoryview, pos: int) -> int:
     try:
         return os.preadv(src.fileno(), [view], pos)
     except OSError as err:
-        raise _SourceError(err) from err
+        raise _SourceError(err, pos) from err

@@ -294,7 +294,8 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             continue
         for written in output_files(path, fmt) if flag == "--out" else [path]:
             real = Path(os.path.realpath(written.parent)) / written.name
-            if real == wal_dir or inside(written.parent, wal_dir):
+            if real == wal_dir or inside(written.parent, wal_dir) or (
+                    not written.is_symlink() and inside(written, wal_dir)):
                 parser.error(f"argument {flag}: {written} is inside WAL_DIR; "
                              "nothing is ever written there")
     chunk_bytes = args.chunk_size

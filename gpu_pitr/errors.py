@@ -100,3 +100,10 @@ class FileReadError(_OneLineOSError):
 
     def __init__(self, path, offset: int, cause: OSError) -> None:
         super().__init__(path, f"{path}: offset {offset}: cannot read: {_reason(cause)}", cause)
+
+
+class DirectoryReadError(_OneLineOSError):
+    """A directory (WAL_DIR, an archive) whose entries cannot be listed: one line naming it."""
+
+    def __init__(self, path, cause: OSError) -> None:
+        super().__init__(path, f"{path}: cannot list the directory: {_reason(cause)}", cause)

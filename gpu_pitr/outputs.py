@@ -248,24 +248,37 @@ def write_json(path: Path, doc) -> None:
         raise OutputError(path, "JSON file", err) from err
 
 
+# Directories of a tree looked at by ``inside`` at most (a WAL directory has few).
+_INSIDE_WALK = 4096
+
+
 def inside(path: str | os.PathLike, directory: str | os.PathLike) -> bool:
-    """``path`` is ``directory`` or under it: by name once links are resolved, or by
-    identity (device and inode) for ``path`` and each of its existing parents, which
-    also catches another mount of ``directory`` (a bind mount, NFS)."""
+    """``path`` is ``directory`` or somewhere in its tree.
+
+    By name once links are resolved; and by identity (device and inode): ``path`` or
+    one of its existing parents is ``directory`` or a directory of its tree, seen
+    through another mount (a bind mount, NFS, a file system mounted inside it).
+    Symbolic links inside the tree are not followed (a link is not its target).
+    """
     top = Path(os.path.realpath(directory))
     real = Path(os.path.realpath(path))
     if real == top or top in real.parents:
         return True
-    try:
-        want = os.stat(top)
-    except OSError:
-        return False
+    mine = set()
     for p in (real, *real.parents):
         try:
             st = os.stat(p)
         except OSError:
             continue
-        if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+        mine.add((st.st_dev, st.st_ino))
+    for count, (root, _, _) in enumerate(os.walk(top)):
+        if count >= _INSIDE_WALK:
+            break
+        try:
+            st = os.stat(root)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in mine:
             return True
     return False
 

@@ -275,7 +275,7 @@ def test_a_copy_that_cannot_be_written_leaves_the_previous_one(tmp_path):
     assert (proc.returncode, proc.stderr) == (1, "")
     assert proc.stdout.splitlines()[0] == (
         f"{name}: FAILED: {arc / name}: cannot write the archive copy: File too large; "
-        "nothing was left in its place")
+        "the previous copy is kept")
     assert (arc / name).read_bytes() == kept
     assert sorted(p.name for p in arc.iterdir()) == sorted([LOCK_NAME, name])
 
@@ -459,13 +459,15 @@ def test_a_segment_deleted_after_the_listing_with_bytes_not_yet_copied_is_lost(t
     assert (whole.action, whole.size, whole.problem) == (UNCHANGED, len(data), None)
 
 
-def test_copies_keep_the_segments_permission_bits(tmp_path):
+@pytest.mark.parametrize("mode, kept", [(0o600, 0o600), (0o640, 0o640), (0o044, 0o644)])
+def test_copies_keep_the_segments_permission_bits(tmp_path, mode, kept):
+    """The segment's bits, plus the owner's read and write: later runs read the copy."""
     wal, arc, name, data = _two_runs(tmp_path)
-    (wal / name).chmod(0o600)
+    (wal / name).chmod(mode)
     with open(wal / name, "ab") as f:
         f.write(b"\x00")
     assert archive(wal, arc).ok
-    assert (arc / name).stat().st_mode & 0o777 == 0o600
+    assert (arc / name).stat().st_mode & 0o777 == kept
 
 
 def test_a_lock_file_that_is_a_link_is_not_followed(tmp_path):
@@ -516,3 +518,104 @@ def test_a_name_with_a_trailing_newline_is_not_a_segment(tmp_path):
     (wal / (name[:-4] + "0.log\n")).write_bytes(data)
     assert [s.name for s in list_segments(wal)] == [name]
     assert [s.name for s in archive(wal, arc).segments] == [name]
+
+
+def test_a_mount_of_a_directory_of_the_wal_tree_is_refused_too(tmp_path, monkeypatch):
+    """A bind mount of WAL_DIR/sub (or a file system mounted inside WAL_DIR): the
+    archive's path names neither, but its identity is a directory of WAL_DIR's tree.
+    Simulated by making ``os.stat`` of the mount point answer for WAL_DIR/sub."""
+    from gpu_pitr import outputs
+
+    wal, arc, name, data = _two_runs(tmp_path)
+    (wal / "sub").mkdir()
+    mount = tmp_path / "subbind"
+    mount.mkdir()
+    real_stat = os.stat
+
+    def stat_(p, *a, **k):
+        return real_stat(wal / "sub" if os.fspath(p) == os.fspath(mount) else p, *a, **k)
+
+    monkeypatch.setattr(outputs.os, "stat", stat_)
+    for target in (mount, mount / "arc"):
+        with pytest.raises(ArchiveError, match="is the WAL directory .* or inside it"):
+            archive(wal, target)
+    assert sorted(os.listdir(mount)) == [] and sorted(os.listdir(wal / "sub")) == []
+    # restore's --out is checked the same way, the output itself included.
+    for out in (str(mount / "o.npz"), f"{mount}/"):
+        with pytest.raises(SystemExit) as usage:
+            cli.main(["restore", str(wal), "--out", out])
+        assert usage.value.code == 2
+    monkeypatch.undo()
+    assert cli.main(["restore", str(wal), "--out", str(mount / "o.npz"), "-q"]) == 0
+
+
+def test_a_read_error_inside_a_segment_names_its_offset(tmp_path, monkeypatch):
+    from gpu_pitr import archive as archive_mod
+
+    wal, arc, name, data = _two_runs(tmp_path)
+    with open(wal / name, "ab") as f:
+        f.write(b"\x00" * 10)
+    real = os.preadv
+
+    def failing(fd, bufs, pos, *a):
+        if os.readlink(f"/proc/self/fd/{fd}") == str(wal / name) and pos >= 512:
+            raise OSError(5, "Input/output error")
+        return real(fd, bufs, pos, *a)
+
+    monkeypatch.setattr(archive_mod, "_COPY_CHUNK", 512)
+    monkeypatch.setattr(archive_mod.os, "preadv", failing)
+    result = archive(wal, arc)
+    assert [(s.action, s.problem) for s in result.segments] == [
+        (UNREADABLE, f"{wal / name}: offset 512: cannot read the file: Input/output error")]
+    assert (arc / name).read_bytes() == data
+
+
+def test_the_counts_are_of_files_as_wal_dir_is_at_the_end(tmp_path, monkeypatch):
+    """A segment the writer deleted during the run counts as no longer in WAL_DIR, an
+    empty one deleted loses nothing, and a link in the archive is not a held copy."""
+    from gpu_pitr import archive as archive_mod
+
+    wal, arc, name, data = _two_runs(tmp_path)
+    empty = "wal-00000000ffff0000.log"
+    (wal / empty).write_bytes(b"")
+    (arc / "wal-0000000000000001.log").symlink_to(wal / name)
+    listed = list_segments(wal)
+
+    def listing_then_retention(d):
+        if Path(d) == wal and (wal / name).exists():
+            for p in wal.iterdir():
+                p.unlink()
+            return listed
+        return list_segments(d)
+
+    monkeypatch.setattr(archive_mod, "list_segments", listing_then_retention)
+    result = archive(wal, arc)
+    assert [(s.name, s.action) for s in result.segments] == [(name, UNCHANGED),
+                                                             (empty, UNCHANGED)]
+    assert (result.archived, result.only_in_archive) == (1, 1)
+
+
+def test_a_directory_that_cannot_be_listed_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    """WAL_DIR or the archive unlistable (EACCES without root's powers): one line naming
+    the directory, from every command (verify: exit 2, it found no damage)."""
+    import errno as errno_
+
+    wal, arc, name, data = _two_runs(tmp_path)
+    real = os.scandir
+    denied = {str(wal)}
+
+    def scandir(p="."):
+        if os.fspath(p) in denied:
+            raise PermissionError(errno_.EACCES, "Permission denied", os.fspath(p))
+        return real(p)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    for argv, code in ((["inspect", str(wal)], 1), (["verify", str(wal)], 2),
+                       (["archive", str(wal), "--out", str(arc)], 1)):
+        assert cli.main(argv) == code
+        assert capsys.readouterr().err == (
+            f"gpu-pitr: error: {wal}: cannot list the directory: Permission denied\n")
+    denied = {str(arc)}
+    assert cli.main(["archive", str(wal), "--out", str(arc)]) == 1
+    assert capsys.readouterr().err == (
+        f"gpu-pitr: error: {arc}: cannot list the directory: Permission denied\n")

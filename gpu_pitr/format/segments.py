@@ -36,8 +36,14 @@ def list_segments(wal_dir: str | os.PathLike) -> list[Segment]:
         from gpu_pitr.errors import WalError
 
         raise WalError("not a directory", file=str(wal_dir))
+    try:
+        entries = list(os.scandir(wal_dir))
+    except OSError as err:
+        from gpu_pitr.errors import DirectoryReadError
+
+        raise DirectoryReadError(wal_dir, err) from err
     names = sorted(
-        (e.name for e in os.scandir(wal_dir) if SEGMENT_NAME_RE.fullmatch(e.name) and _listed(e)),
+        (e.name for e in entries if SEGMENT_NAME_RE.fullmatch(e.name) and _listed(e)),
         key=lambda n: n.encode(),
     )
     return [Segment(path=wal_dir / n, size=_size(wal_dir / n), created=int(n[4:20], 16))
