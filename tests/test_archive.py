@@ -327,7 +327,7 @@ def test_a_name_in_the_archive_that_is_not_a_file_is_a_conflict(tmp_path):
     assert (arc / name).is_dir() and not result.ok
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(st.one_of(
     st.tuples(st.just("append"), st.integers(0, 5), st.binary(min_size=1, max_size=300)),
