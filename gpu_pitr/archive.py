@@ -29,6 +29,7 @@ import errno
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,17 @@ class ArchivedSegment:
     added: int = 0
     problem: str | None = None
 
+    def line(self, problems_only: bool = False) -> str | None:
+        """Its line for a person: None when it is unchanged (or, with ``problems_only``,
+        not a problem)."""
+        if self.action in PROBLEMS:
+            return f"{self.name}: {self.action.upper()}: {self.problem}"
+        if problems_only or self.action == UNCHANGED:
+            return None
+        if self.action == NEW:
+            return f"{self.name}: new, {self.size} bytes"
+        return f"{self.name}: grown by {self.added} bytes, {self.size} bytes now"
+
 
 @dataclass
 class ArchiveResult:
@@ -115,16 +127,7 @@ class ArchiveResult:
     def lines(self, problems_only: bool = False) -> list[str]:
         """One line per segment copied or with a problem, then a summary
         (``problems_only``: the lines of the problems alone)."""
-        out = []
-        for s in self.segments:
-            if s.action in PROBLEMS:
-                out.append(f"{s.name}: {s.action.upper()}: {s.problem}")
-            elif problems_only or s.action == UNCHANGED:
-                continue
-            elif s.action == NEW:
-                out.append(f"{s.name}: new, {s.size} bytes")
-            else:
-                out.append(f"{s.name}: grown by {s.added} bytes, {s.size} bytes now")
+        out = [line for s in self.segments if (line := s.line(problems_only)) is not None]
         if problems_only:
             return out
         counts = ", ".join(f"{self.count(a)} {a}" for a in (NEW, GROWN, UNCHANGED))
@@ -165,8 +168,12 @@ class _SourceError(Exception):
         self.offset = offset
 
 
-def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike) -> ArchiveResult:
+def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
+            on_segment: Callable[[ArchivedSegment], None] | None = None) -> ArchiveResult:
     """Copy into ``archive_dir`` every segment of ``wal_dir`` that is new or has grown.
+
+    ``on_segment`` is called with each segment's row as soon as it is done (the
+    command line prints its line then, so an interrupted run has said what it did).
 
     ``archive_dir`` is created if missing (not its parents). It must not be
     ``wal_dir`` or inside it (``inside``): nothing is ever written there. Problems
@@ -192,6 +199,8 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike) -> Archi
         for seg in segments:
             interrupts.check()
             result.segments.append(_archive_one(seg, archive_dir / seg.name, buf))
+            if on_segment is not None:
+                on_segment(result.segments[-1])
         held = {s.name for s in list_segments(archive_dir) if s.path.is_file()
                 and not s.path.is_symlink()}
         try:  # as WAL_DIR is now: the writer may have deleted some during the run

@@ -511,16 +511,18 @@ def _archive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if inside(args.out, args.wal_dir):
         parser.error(f"argument --out: {args.out} is inside WAL_DIR; nothing is ever "
                      "written there")
-    result = archive(args.wal_dir, args.out)
+    def say(row) -> None:  # each segment's line as soon as it is done
+        line = row.line(problems_only=args.quiet)
+        if line is not None:
+            print(line, file=sys.stderr if args.quiet else sys.stdout, flush=True)
+
+    result = archive(args.wal_dir, args.out, on_segment=None if args.json else say)
     if not (result.segments or args.json or args.quiet):
         _say_if_no_segments(args.wal_dir, 0)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
-    elif args.quiet:
-        for line in result.lines(problems_only=True):
-            print(line, file=sys.stderr)
-    else:
-        print("\n".join(result.lines()))
+    elif not args.quiet:
+        print(result.lines()[-1])  # the summary
     return 0 if result.ok else 1
 
 

@@ -559,12 +559,12 @@ def test_a_signal_during_the_renames_lets_the_pair_land_whole(tmp_path, monkeypa
 def test_archive_stopped_mid_copy_holds_whole_segments_only(tmp_path, big_wal, sig):
     """``archive`` stopped while a segment is half copied: every segment file in the
     archive is a whole copy of its source (Ctrl-C also removes the temp file and says
-    so in one line); the next run completes the archive and removes what a killed run
-    left."""
+    so in one line, after the lines of the copies made); the next run completes the
+    archive and removes what a killed run left."""
     wal, _ = big_wal
     arc = tmp_path / "arc"
     cmd = [sys.executable, "-m", "gpu_pitr", "archive", str(wal), "--out", str(arc)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
@@ -576,12 +576,15 @@ def test_archive_stopped_mid_copy_holds_whole_segments_only(tmp_path, big_wal, s
         assert proc.poll() is None, "the archive finished before it could be stopped"
         proc.send_signal(sig)
     finally:
-        err = proc.communicate(timeout=120)[1]
+        out, err = proc.communicate(timeout=120)
     sources = {p.name: p.read_bytes() for p in wal.glob("wal-*.log")}
     copies = {p.name: p.read_bytes() for p in arc.glob("wal-*.log")}
     assert len(copies) < len(sources)
     assert all(copies[name] == sources[name] for name in copies)
     if sig == signal.SIGINT:
+        # What was done before the stop was said as it was done; no summary.
+        assert out.splitlines() == [f"{name}: new, {len(copies[name])} bytes"
+                                    for name in sorted(copies)]
         assert proc.returncode == 128 + sig
         assert err == ("gpu-pitr: interrupted by SIGINT; outputs not yet complete were "
                        "removed\n")
