@@ -27,14 +27,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpu_pitr import interrupts
-from gpu_pitr.errors import WalError
+from gpu_pitr.errors import DirectoryReadError, WalError
+from gpu_pitr.format.layout import SEGMENT_NAME_RE
 from gpu_pitr.format.segments import Segment, list_segments, unreadable
 from gpu_pitr.outputs import inside
 
@@ -46,8 +46,6 @@ SAME_SIZE_CHECK = 1 << 16
 _COPY_CHUNK = 8 << 20
 # Bytes the kernel copies per call: a Ctrl-C is acted on between two calls.
 _KERNEL_CHUNK = 64 << 20
-# The temp file of a copy (gpu_pitr.outputs.atomic_files names it).
-_TEMP_RE = re.compile(r"\.(wal-[0-9a-f]{16}\.log)\.tmp-\d+-[0-9a-f]{8}")
 
 NEW = "new"
 GROWN = "grown"
@@ -273,20 +271,13 @@ class _locked:
 
 def _remove_stale_temps(archive_dir: Path) -> None:
     """The temp files that killed runs left, whatever segment they were copying."""
-    from gpu_pitr.errors import DirectoryReadError
-    from gpu_pitr.tempfiles import remove_stale_temps
+    from gpu_pitr.tempfiles import remove_stale_entries
 
-    names = set()
     try:
         entries = list(os.scandir(archive_dir))
     except OSError as err:
         raise DirectoryReadError(archive_dir, err) from err
-    for entry in entries:
-        m = _TEMP_RE.fullmatch(entry.name)
-        if m:
-            names.add(m.group(1))
-    for name in sorted(names):
-        remove_stale_temps(archive_dir / name)
+    remove_stale_entries(entries, SEGMENT_NAME_RE.pattern)
 
 
 def _archive_one(seg: Segment, dest: Path, buf: bytearray) -> ArchivedSegment:

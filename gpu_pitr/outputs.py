@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from gpu_pitr import interrupts
 from gpu_pitr.errors import MissingExtraError, OutputError, WalError
-from gpu_pitr.tempfiles import remove_stale_temps
+from gpu_pitr.tempfiles import remove_stale_temps, temp_path
 
 FORMATS = ("npz", "parquet", "faiss", "snapshot")
 SUFFIXES = {".npz": "npz", ".parquet": "parquet", ".faiss": "faiss"}
@@ -219,7 +218,7 @@ def atomic_files(*dests: Path) -> Iterator[tuple[Path, ...]]:
     tmps: list[Path] = []
     try:
         for dest in dests:
-            tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+            tmp = temp_path(dest)
             # os.open, not mkstemp: the file gets the umask's permissions, like any new file.
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             tmps.append(tmp)

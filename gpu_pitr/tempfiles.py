@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from pathlib import Path
 
 
@@ -25,15 +26,34 @@ def remove_stale_temps(dest: Path) -> list[Path]:
     Returns:
         The paths removed.
     """
-    pattern = re.compile(rf"\.{re.escape(dest.name)}\.tmp-(\d+)-[0-9a-f]{{8}}")
-    removed = []
     try:
         entries = list(os.scandir(dest.parent))
     except OSError:
-        return removed
+        return []
+    return remove_stale_entries(entries, re.escape(dest.name))
+
+
+def temp_path(dest: Path) -> Path:
+    """A new temp name beside ``dest``: ``.<name>.tmp-<pid>-<8 hex>`` (what
+    ``temp_pattern`` matches)."""
+    return dest.parent / f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def temp_pattern(name_pattern: str) -> re.Pattern:
+    """The names ``atomic_files`` gives the temp files of the destinations whose names
+    match ``name_pattern`` (a regular expression): group 1 is the destination's name,
+    group 2 the writer's pid."""
+    return re.compile(rf"\.({name_pattern})\.tmp-(\d+)-[0-9a-f]{{8}}")
+
+
+def remove_stale_entries(entries, name_pattern: str) -> list[Path]:
+    """``remove_stale_temps`` for every destination named by ``name_pattern``, among
+    ``entries`` (``os.DirEntry`` of one directory)."""
+    pattern = temp_pattern(name_pattern)
+    removed = []
     for entry in entries:
         match = pattern.fullmatch(entry.name)
-        if match is None or pid_alive(int(match.group(1))):
+        if match is None or pid_alive(int(match.group(2))):
             continue
         try:
             if not entry.is_file(follow_symlinks=False):

@@ -41,7 +41,7 @@ from gpu_pitr.snapshot.arrow import (
     metadata_chunks,
     require_pyarrow,
 )
-from gpu_pitr.tempfiles import pid_alive
+from gpu_pitr.tempfiles import pid_alive, temp_path
 
 FORMAT_NAME = "gpu_pitr.snapshot"
 FORMAT_VERSION = 1
@@ -147,7 +147,7 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
     _check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = temp_path(out)
     tmp.mkdir()
     try:
         files = {}
