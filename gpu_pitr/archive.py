@@ -33,10 +33,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpu_pitr import interrupts
-from gpu_pitr.errors import DirectoryReadError, WalError
+from gpu_pitr.errors import DirectoryReadError, WalError, os_reason
 from gpu_pitr.format.layout import SEGMENT_NAME_RE
 from gpu_pitr.format.segments import Segment, list_segments, unreadable
-from gpu_pitr.outputs import inside
+from gpu_pitr.outputs import atomic_files, fsync_path, inside
 
 LOCK_NAME = ".gpu-pitr-archive.lock"
 # Bytes compared of a segment whose size did not change (its header and its end):
@@ -210,10 +210,6 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
     return result
 
 
-def _reason(err: OSError) -> str:
-    return os.strerror(err.errno) if err.errno else str(err)
-
-
 def _make_dir(archive_dir: Path) -> None:
     """The archive directory, created (and its parent fsynced) if missing."""
     if os.path.lexists(archive_dir) and not archive_dir.is_dir():
@@ -226,13 +222,9 @@ def _make_dir(archive_dir: Path) -> None:
         raise ArchiveError("cannot create the archive: its parent directory does not exist",
                            file=str(archive_dir)) from err
     except OSError as err:
-        raise ArchiveError(f"cannot create the archive: {_reason(err)}",
+        raise ArchiveError(f"cannot create the archive: {os_reason(err)}",
                            file=str(archive_dir)) from err
-    fd = os.open(archive_dir.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(archive_dir.parent, os.O_RDONLY | os.O_DIRECTORY)
 
 
 class _locked:
@@ -250,7 +242,7 @@ class _locked:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                               0o666)
         except OSError as err:
-            why = ("it is a symbolic link" if err.errno == errno.ELOOP else _reason(err))
+            why = ("it is a symbolic link" if err.errno == errno.ELOOP else os_reason(err))
             raise ArchiveError(f"cannot take the archive's lock: {why}",
                                file=str(self.path)) from err
         try:
@@ -261,7 +253,7 @@ class _locked:
                 why = ("another gpu-pitr archive is running on this archive; try again "
                        "when it has finished")
             else:
-                why = _reason(err)
+                why = os_reason(err)
             raise ArchiveError(f"cannot take the archive's lock: {why}",
                                file=str(self.path)) from err
 
@@ -327,7 +319,7 @@ def _archive_one(seg: Segment, dest: Path, buf: bytearray) -> ArchivedSegment:
         except _WriteFailed as e:
             kept = "the previous copy is kept" if have else "nothing was left in its place"
             return ArchivedSegment(name, FAILED, have or 0, problem=(
-                f"{dest}: cannot write the archive copy: {_reason(e.err)}; {kept}"))
+                f"{dest}: cannot write the archive copy: {os_reason(e.err)}; {kept}"))
 
 
 def _archived_size(dest: Path) -> int | None:
@@ -338,7 +330,7 @@ def _archived_size(dest: Path) -> int | None:
     except FileNotFoundError:
         return None
     except OSError as err:
-        raise _Conflict(f"{dest}: cannot read the archive's copy: {_reason(err)}; left as "
+        raise _Conflict(f"{dest}: cannot read the archive's copy: {os_reason(err)}; left as "
                         "it is") from err
     if stat.S_ISLNK(st.st_mode):
         raise _Conflict(f"{dest}: in the archive, but a symbolic link, not a copy; left as "
@@ -391,7 +383,7 @@ def _open_copy(dest: Path):
     try:
         return open(dest, "rb", buffering=0)  # noqa: SIM115 - the caller closes it
     except OSError as err:
-        raise _Conflict(f"{dest}: cannot read the archive's copy: {_reason(err)}") from err
+        raise _Conflict(f"{dest}: cannot read the archive's copy: {os_reason(err)}") from err
 
 
 def _read_copy(old, dest: Path, pos: int, n: int) -> bytes:
@@ -399,7 +391,7 @@ def _read_copy(old, dest: Path, pos: int, n: int) -> bytes:
         return _read_at(old.fileno(), pos, n)
     except OSError as err:
         raise _Conflict(f"{dest}: offset {pos}: cannot read the archive's copy: "
-                        f"{_reason(err)}") from err
+                        f"{os_reason(err)}") from err
 
 
 def _same_ends(src, src_path: Path, dest: Path, size: int) -> None:
@@ -436,8 +428,6 @@ def _copy(src, src_path: Path, size: int, mode: int, dest: Path, have: int | Non
     """``size`` bytes of ``src`` to ``dest`` with ``src``'s permission bits, atomically;
     the first ``have`` bytes must equal the archive's copy (else ``_Conflict``, and
     that copy is left as it was)."""
-    from gpu_pitr.outputs import atomic_files
-
     if have:
         _same_prefix(src, src_path, dest, have, buf)
     try:

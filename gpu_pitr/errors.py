@@ -68,7 +68,8 @@ class MissingExtraError(ImportError):
     """An optional dependency a command needs is not installed; says which extra has it."""
 
 
-def _reason(cause: OSError) -> str:
+def os_reason(cause: OSError) -> str:
+    """The text of an ``OSError`` without its ``[Errno n]`` prefix and file name."""
     import os
 
     return os.strerror(cause.errno) if cause.errno else (cause.strerror or str(cause))
@@ -90,7 +91,7 @@ class OutputError(_OneLineOSError):
     naming it. The output was written aside, so nothing was left in its place."""
 
     def __init__(self, path, what: str, cause: OSError) -> None:
-        super().__init__(path, f"{path}: cannot write the {what}: {_reason(cause)}; "
+        super().__init__(path, f"{path}: cannot write the {what}: {os_reason(cause)}; "
                          "nothing was left in its place", cause)
 
 
@@ -99,11 +100,11 @@ class FileReadError(_OneLineOSError):
     that went away): one line naming it and the byte offset."""
 
     def __init__(self, path, offset: int, cause: OSError) -> None:
-        super().__init__(path, f"{path}: offset {offset}: cannot read: {_reason(cause)}", cause)
+        super().__init__(path, f"{path}: offset {offset}: cannot read: {os_reason(cause)}", cause)
 
 
 class DirectoryReadError(_OneLineOSError):
     """A directory (WAL_DIR, an archive) whose entries cannot be listed: one line naming it."""
 
     def __init__(self, path, cause: OSError) -> None:
-        super().__init__(path, f"{path}: cannot list the directory: {_reason(cause)}", cause)
+        super().__init__(path, f"{path}: cannot list the directory: {os_reason(cause)}", cause)

@@ -224,7 +224,7 @@ def atomic_files(*dests: Path) -> Iterator[tuple[Path, ...]]:
             tmps.append(tmp)
         yield tuple(tmps)
         for tmp in tmps:
-            _fsync(tmp, os.O_RDONLY)
+            fsync_path(tmp, os.O_RDONLY)
         interrupts.committing()  # a pending Ctrl-C stops here, not between renames
         for tmp, dest in zip(tmps, dests, strict=True):
             os.replace(tmp, dest)
@@ -233,7 +233,7 @@ def atomic_files(*dests: Path) -> Iterator[tuple[Path, ...]]:
             tmp.unlink(missing_ok=True)
         raise
     for directory in dict.fromkeys(dest.parent for dest in dests):
-        _fsync(directory, os.O_RDONLY | os.O_DIRECTORY)
+        fsync_path(directory, os.O_RDONLY | os.O_DIRECTORY)
     for dest in dests:
         remove_stale_temps(dest)  # left by writers of the same name that were killed
 
@@ -304,7 +304,8 @@ def _probe(path: Path) -> None:
         pass
 
 
-def _fsync(path: Path, flags: int) -> None:
+def fsync_path(path: Path, flags: int) -> None:
+    """fsync the file or directory (``os.O_DIRECTORY`` in ``flags``) at ``path``."""
     fd = os.open(path, flags)
     try:
         os.fsync(fd)

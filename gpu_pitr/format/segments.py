@@ -73,4 +73,6 @@ def unreadable(err: OSError) -> str:
     if (err.errno == errno.ENOENT and path is not None and os.path.islink(path)
             and not os.path.exists(path)):
         return f"cannot read the file: a symbolic link to {os.readlink(path)!r}, which is missing"
-    return f"cannot read the file: {os.strerror(err.errno) if err.errno else err}"
+    from gpu_pitr.errors import os_reason
+
+    return f"cannot read the file: {os_reason(err)}"
