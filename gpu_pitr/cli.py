@@ -20,6 +20,7 @@ from typing import NoReturn
 from gpu_pitr import __version__, interrupts
 from gpu_pitr.errors import MissingExtraError, WalError
 from gpu_pitr.format.stats import stats_lines, utc_text, wal_stats
+from gpu_pitr.format.times import U64_MAX
 from gpu_pitr.outputs import (
     FORMATS,
     check_output,
@@ -33,7 +34,6 @@ from gpu_pitr.outputs import (
 from gpu_pitr.progress import progress_bar
 
 PROG = "gpu-pitr"
-U64_MAX = 2**64 - 1
 
 
 def _seq(text: str) -> int:
@@ -287,15 +287,12 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"argument --out: {err}")
     out = Path(args.out)
     report_json = None if args.report_json is None else Path(args.report_json)
-    # The directory resolved, the name not: OUT may be a symlink, which is replaced, not followed.
-    wal_dir = Path(os.path.realpath(args.wal_dir))
     for flag, path in (("--out", out), ("--report-json", report_json)):
         if path is None:
             continue
         for written in output_files(path, fmt) if flag == "--out" else [path]:
-            real = Path(os.path.realpath(written.parent)) / written.name
-            if real == wal_dir or inside(written.parent, wal_dir) or (
-                    not written.is_symlink() and inside(written, wal_dir)):
+            # OUT may be a symlink, which is replaced in its directory, not followed.
+            if inside(written.parent if written.is_symlink() else written, args.wal_dir):
                 parser.error(f"argument {flag}: {written} is inside WAL_DIR; "
                              "nothing is ever written there")
     chunk_bytes = args.chunk_size
@@ -306,7 +303,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             chunk_bytes = chunk_bytes_for_budget(args.memory_budget)
         except ValueError as err:
             parser.error(f"argument --memory-budget: {err}")
-    if not wal_dir.is_dir():
+    if not os.path.isdir(args.wal_dir):
         raise NotADirectoryError(f"{args.wal_dir}: not a directory")
     # Before the restore, so that a missing extra or an unwritable directory fails at once.
     check_output(out, fmt)
