@@ -16,17 +16,28 @@ __version__ = "0.1.0"
 __all__ = ["restore", "RestoredIndex", "__version__"]
 
 
-# Modules reachable as attributes once ``gpu_pitr`` is imported (each on first use).
-_SUBMODULES = frozenset(("archive", "compat", "errors", "format", "report", "snapshot",
-                         "verify"))
+def _lazy_modules(package: str, names):
+    """A module ``__getattr__`` for ``package``: its modules in ``names`` become
+    attributes, each imported on first use (``gpu_pitr.snapshot.save`` after a plain
+    ``import gpu_pitr``)."""
+    names = frozenset(names)
+
+    def __getattr__(name: str):
+        if name in names:
+            import importlib
+
+            return importlib.import_module(f"{package}.{name}")
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+_modules = _lazy_modules(__name__, ("archive", "compat", "errors", "format", "report",
+                                    "snapshot", "verify"))
 
 
 def __getattr__(name: str):
     # Lazy: importing gpu_pitr must not compile Numba code or touch a GPU.
-    if name in _SUBMODULES:
-        import importlib
-
-        return importlib.import_module(f"{__name__}.{name}")
     if name == "restore":
         from gpu_pitr.pipeline import restore
 
@@ -35,4 +46,4 @@ def __getattr__(name: str):
         from gpu_pitr.index import RestoredIndex
 
         return RestoredIndex
-    raise AttributeError(name)
+    return _modules(name)

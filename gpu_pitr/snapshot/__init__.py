@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gpu_pitr import _lazy_modules
+
 
 def save(index, out_dir) -> Path:
     """Write ``index`` (a ``RestoredIndex`` from ``gpu_pitr.restore``) as a snapshot."""
@@ -112,11 +114,4 @@ def choose(directory, target: dict, exclusive: bool = False, spare_rows=None):
     return None, notes
 
 
-def __getattr__(name: str):
-    # Its modules are reachable as attributes (``gpu_pitr.snapshot.format``), each
-    # imported on first use.
-    if name in ("arrow", "base", "format"):
-        import importlib
-
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _lazy_modules(__name__, ("arrow", "base", "format"))
