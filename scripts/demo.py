@@ -76,6 +76,13 @@ def gpu_pitr(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "gpu_pitr", *args], check=True)
 
 
+def say_if_same(how: str, npz_path: Path, want: np.ndarray) -> None:
+    """Whether the restore in ``npz_path`` holds ``want``'s vectors, bit for bit."""
+    with np.load(npz_path, allow_pickle=False) as npz:
+        same = np.array_equal(npz["vectors"].view(np.uint32), want.view(np.uint32))
+    print(f"\n{how}: {'the same index' if same else 'A DIFFERENT INDEX'}")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpu-pitr-demo-") as tmp:
         wal_dir, out = Path(tmp) / "wal", Path(tmp) / "at-1002.npz"
@@ -97,9 +104,7 @@ def main() -> None:
                  "--out", str(snap))
         gpu_pitr("restore", str(wal_dir), "--base", str(snap),
                  "--to-time", "2026-11-26T10:02:00Z", "--out", str(again))
-        with np.load(again, allow_pickle=False) as npz:
-            same = np.array_equal(npz["vectors"].view(np.uint32), want.view(np.uint32))
-        print(f"\nfrom the snapshot: {'the same index' if same else 'A DIFFERENT INDEX'}")
+        say_if_same("from the snapshot", again, want)
 
         # ... and keep the segments themselves: archive them as they are written, then
         # the writer's retention deleting the older one costs nothing.
@@ -110,9 +115,7 @@ def main() -> None:
         print(f"\n(the writer's retention deletes {oldest.name})")
         gpu_pitr("restore", str(archive), "--to-time", "2026-11-26T10:02:00Z", "--quiet",
                  "--out", str(third))
-        with np.load(third, allow_pickle=False) as npz:
-            same = np.array_equal(npz["vectors"].view(np.uint32), want.view(np.uint32))
-        print(f"\nfrom the archive: {'the same index' if same else 'A DIFFERENT INDEX'}")
+        say_if_same("from the archive", third, want)
 
 
 if __name__ == "__main__":
