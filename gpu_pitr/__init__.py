@@ -32,7 +32,7 @@ def _lazy_modules(package: str, names):
     return __getattr__
 
 
-_modules = _lazy_modules(__name__, ("archive", "compat", "errors", "format", "report",
+_modules = _lazy_modules(__name__, ("archive", "compat", "errors", "expire", "format", "report",
                                     "snapshot", "verify"))
 
 

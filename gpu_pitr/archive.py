@@ -191,7 +191,7 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
                            file=str(archive_dir))
     _make_dir(archive_dir)
     result = ArchiveResult(str(wal_dir), str(archive_dir))
-    with _locked(archive_dir):
+    with archive_lock(archive_dir):
         _remove_stale_temps(archive_dir)
         buf = bytearray(_COPY_CHUNK)
         for seg in segments:
@@ -227,9 +227,9 @@ def _make_dir(archive_dir: Path) -> None:
     fsync_path(archive_dir.parent, os.O_RDONLY | os.O_DIRECTORY)
 
 
-class _locked:
-    """An exclusive ``flock`` on the archive's lock file, refused at once if held. The
-    lock file is never followed if it is a symbolic link."""
+class archive_lock:
+    """An exclusive ``flock`` on the archive's lock file, refused at once if held (by
+    ``archive`` or ``expire``). The lock file is never followed if it is a symbolic link."""
 
     def __init__(self, archive_dir: Path) -> None:
         self.path = archive_dir / LOCK_NAME
@@ -250,8 +250,8 @@ class _locked:
         except OSError as err:
             os.close(self.fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                why = ("another gpu-pitr archive is running on this archive; try again "
-                       "when it has finished")
+                why = ("another gpu-pitr archive or expire is running on this archive; "
+                       "try again when it has finished")
             else:
                 why = os_reason(err)
             raise ArchiveError(f"cannot take the archive's lock: {why}",

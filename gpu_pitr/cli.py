@@ -1,6 +1,7 @@
 """The ``gpu-pitr`` command line: ``restore`` a WAL directory (to an ``.npz``, ``.parquet``,
 FAISS index or snapshot), ``snapshot`` it, ``inspect`` or ``verify`` it (or a
-snapshot), ``archive`` its segments.
+snapshot), ``archive`` its segments, ``expire`` the snapshots and archived segments
+that the retention no longer needs.
 
 Data errors exit 1 with one line on stderr; usage errors exit 2 (argparse); an
 interrupt (SIGINT, SIGTERM) exits 128 + the signal's number with one line, after
@@ -149,12 +150,39 @@ def _parser() -> argparse.ArgumentParser:
     arch.add_argument("wal_dir", metavar="WAL_DIR")
     arch.add_argument("--out", required=True, metavar="ARCHIVE_DIR",
                       help="the archive directory (created if missing; not inside WAL_DIR)")
-    arch.add_argument("--json", action="store_true", help="print one JSON document")
-    arch.add_argument("-q", "--quiet", action="store_true",
-                      help="print nothing unless there is a problem")
+    _json_quiet(arch, "print nothing unless there is a problem")
+    exp = commands.add_parser(
+        "expire",
+        help="delete the snapshots and archived segments that the retention no longer needs",
+        description="Keep the newest N snapshots of SNAP_DIR (--keep N), or the ones needed "
+        "to restore any moment from T on (--keep-since T); delete the older snapshots and "
+        "the segments of ARCHIVE_DIR that come wholly before the oldest snapshot kept. "
+        "Restores of ARCHIVE_DIR with --snapshots SNAP_DIR reach back to that snapshot. "
+        "Only an archive made by gpu-pitr archive is touched, under its lock. The oldest "
+        "snapshot kept is checked whole first (a damaged one is passed over) and must be of "
+        "this archive's log; with fewer than N snapshots nothing is deleted. Exit 0: done, "
+        "or nothing to do; 1: a deletion failed, or an error.",
+    )
+    exp.add_argument("archive_dir", metavar="ARCHIVE_DIR")
+    exp.add_argument("--snapshots", required=True, metavar="SNAP_DIR",
+                     help="the directory of this archive's snapshots")
+    keep = exp.add_mutually_exclusive_group(required=True)
+    keep.add_argument("--keep", type=_count, metavar="N",
+                      help="keep the newest N snapshots (at least 1)")
+    keep.add_argument("--keep-since", metavar="T",
+                      help="keep what restores any moment from T on (Unix seconds or ISO-8601 "
+                      "with a zone)")
+    exp.add_argument("--dry-run", action="store_true",
+                     help="delete nothing: print what would be deleted")
+    _json_quiet(exp, "print nothing unless there is a problem or a damaged snapshot")
     for sub in commands.choices.values():  # usage errors found later print its usage
         sub.set_defaults(command_parser=sub)
     return parser
+
+
+def _json_quiet(p: argparse.ArgumentParser, quiet_help: str) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
 
 
 def _restore_options(p: argparse.ArgumentParser) -> None:
@@ -255,6 +283,8 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return _verify(parser, args)
         if args.command == "archive":
             return _archive(parser, args)
+        if args.command == "expire":
+            return _expire(parser, args)
         return _inspect(parser, args)
     except BrokenPipeError:
         _stdout_gone()
@@ -520,6 +550,32 @@ def _archive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     elif not args.quiet:
         print(result.lines()[-1])  # the summary
+    return 0 if result.ok else 1
+
+
+def _expire(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``expire``: 0 when everything to delete was deleted (or nothing was to be), else 1."""
+    from gpu_pitr.expire import expire
+
+    if args.keep is not None and args.keep < 1:
+        parser.error("argument --keep: keep at least 1 snapshot")
+    since = (None if args.keep_since is None
+             else _time_target(parser, args.keep_since, False, "--keep-since"))
+
+    def say(item) -> None:  # each deletion's line as soon as it is done
+        if item.problem is not None or not args.quiet:
+            print(item.line(args.dry_run), file=sys.stderr if args.quiet else sys.stdout,
+                  flush=True)
+
+    result = expire(args.archive_dir, args.snapshots, keep=args.keep, keep_since=since,
+                    dry_run=args.dry_run, on_expired=None if args.json else say)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        for line in result.damaged:
+            print(f"{PROG}: warning: {line}", file=sys.stderr)
+        if not args.quiet:
+            print("\n".join([*result.notes, result.summary()]))
     return 0 if result.ok else 1
 
 

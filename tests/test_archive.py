@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from workloads import (
     Begin,
+    Clock,
     Commit,
     Ins,
     LogBuilder,
@@ -71,22 +72,13 @@ def _retention(wal: Path, keep: int = 3) -> list[str]:
     return names[:-keep]
 
 
-class _Clock:
-    def __init__(self, t: int) -> None:
-        self.t = t
-
-    def __call__(self) -> int:
-        self.t += 1
-        return self.t
-
-
 def test_archive_keeps_what_retention_deletes_and_restores_equal_the_whole_log(tmp_path):
     """Rounds of: the writer appends (rotating often), archive runs, retention deletes.
     The archive then holds every byte ever written, and restores from it (to the latest
     state and to a time in the middle) equal the reference restore of the whole log."""
     wal, arc, whole = tmp_path / "wal", tmp_path / "arc", tmp_path / "whole"
     snap = tmp_path / "snap"
-    clock = _Clock(1_700_000_000)
+    clock = Clock(1_700_000_000)
     w = WalWriter(wal, clock=clock, max_segment_bytes=400)
     deleted: list[str] = []
     mid = None
@@ -248,7 +240,7 @@ def test_one_run_at_a_time(tmp_path):
     fd = os.open(arc / LOCK_NAME, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(ArchiveError, match="another gpu-pitr archive is running"):
+        with pytest.raises(ArchiveError, match="another gpu-pitr archive or expire is running"):
             archive(wal, arc)
     finally:
         os.close(fd)
@@ -287,7 +279,7 @@ def test_runs_beside_a_live_writer_never_conflict_and_end_equal(tmp_path):
     import threading
 
     wal, arc = tmp_path / "wal", tmp_path / "arc"
-    clock = _Clock(1_800_000_000)
+    clock = Clock(1_800_000_000)
     w = WalWriter(wal, clock=clock, max_segment_bytes=6000, buffer_size=100)
     done = threading.Event()
 
@@ -406,7 +398,7 @@ def test_verify_of_the_archive_names_a_segment_missed_between_runs(tmp_path, cap
     """What the README promises: a segment the writer deleted before any run copied it
     leaves a sequence-number gap, which ``verify ARCHIVE`` reports as damage (exit 1)."""
     wal, arc = tmp_path / "wal", tmp_path / "arc"
-    clock = _Clock(1_750_000_000)
+    clock = Clock(1_750_000_000)
     w = WalWriter(wal, clock=clock)
     for k in range(3):
         for i in range(4):

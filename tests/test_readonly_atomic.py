@@ -108,6 +108,8 @@ def commands() -> list[tuple[str, list[str], int]]:
         ("verify", ["verify", "WAL"], 1),  # the torn tail and the trailing bytes
         ("verify_json", ["verify", "WAL", "--json"], 1),
         ("archive", ["archive", "WAL", "--out", "OUT/archive"], 0),
+        # A writer's WAL directory is not an archive: refused, whatever it holds.
+        ("expire", ["expire", "WAL", "--snapshots", "OUT", "--keep", "1"], 1),
     ]
     assert {c[1][0] for c in cmds} == _subcommands(), "a new command: add it here"
     return cmds
@@ -242,7 +244,8 @@ def test_command_opens_nothing_under_the_wal_dir_for_writing(
     code = cli.main(_args(template, wal, out))
     monkeypatch.undo()
     assert guard.refused == []
-    assert guard.reads > 0, "the guard saw the command read the WAL"
+    # expire refuses a WAL directory (not an archive) before it opens anything in it.
+    assert guard.reads > 0 or name == "expire", "the guard saw the command read the WAL"
     assert code == status, capsys.readouterr().err
     assert tree_state(wal) == before
 

@@ -173,6 +173,17 @@ def segment_name(created: int) -> str:
 
 
 # ----------------------------------------------------------------------------- builder
+class Clock:
+    """A writer's clock for tests: each call is one second later (``t`` the last)."""
+
+    def __init__(self, t: int) -> None:
+        self.t = t
+
+    def __call__(self) -> int:
+        self.t += 1
+        return self.t
+
+
 @dataclass(frozen=True)
 class Rec:
     """Where a record landed: file name, its first byte, one past its last, its seq."""

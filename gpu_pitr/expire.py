@@ -1,0 +1,390 @@
+"""Retention: ``gpu-pitr expire ARCHIVE_DIR --snapshots SNAP_DIR --keep N``.
+
+``gpu-pitr archive`` never deletes a segment, so an archive grows without end.
+``expire`` is its retention, as pgBackRest's ``expire`` is for backups and their WAL:
+it keeps the newest N snapshots of SNAP_DIR (``keep``), or the ones needed to restore
+any moment at or after T (``keep_since``), and deletes the older snapshots and the
+archived segments that come wholly before the oldest snapshot kept: the *anchor*.
+Every restore from the anchor's position on stays possible (``restore ARCHIVE_DIR
+--snapshots SNAP_DIR``); the moments before it are given up.
+
+What keeps it from deleting what is still needed:
+- only a directory that ``gpu-pitr archive`` made (it holds the archive's lock file)
+  is touched, never a writer's WAL directory, and only under that lock (never while
+  ``archive`` copies into it);
+- the anchor is checked whole first (every checksum, as ``verify`` does); a damaged
+  one is passed over, and left in place, for the next older one;
+- the anchor must be a snapshot of this archive: the segment of its position is there
+  and long enough, and the records at its position carry the sequence numbers the
+  snapshot recorded; otherwise nothing is deleted;
+- with fewer than N snapshots (or none that serves T) nothing is deleted: the
+  retention is not reached yet;
+- snapshots go first (each renamed to a hidden name, the directory fsynced, then
+  removed), segments after: a run killed midway has deleted less than asked, never
+  more, and the next run finishes it (and removes what killed runs left hidden).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gpu_pitr import interrupts
+from gpu_pitr.errors import WalError, os_reason
+
+SNAPSHOT = "snapshot"
+SEGMENT = "segment"
+# A snapshot being deleted: ``.<name>.expired-<pid>-<8 hex>`` beside it (hidden, so no
+# restore takes it for a snapshot once it is renamed).
+_ASIDE = re.compile(r"\.(.+)\.expired-(\d+)-[0-9a-f]{8}")
+
+
+class ExpireError(WalError):
+    """Nothing can be expired safely: the directory is not an archive, its lock is held,
+    or the anchor snapshot is not of this archive."""
+
+
+@dataclass
+class Expired:
+    """A snapshot or segment deleted (or, in a dry run, that would be)."""
+
+    kind: str
+    path: str
+    bytes: int
+    problem: str | None = None  # the deletion failed: why (it is still there)
+
+    def line(self, dry_run: bool) -> str:
+        if self.problem is not None:
+            return f"{self.path}: NOT DELETED: {self.problem}"
+        return f"{self.path}: {'would be deleted' if dry_run else 'deleted'} ({self.kind}, " \
+               f"{self.bytes} bytes)"
+
+
+@dataclass
+class ExpireResult:
+    """One run of ``expire``.
+
+    ``anchor``: the oldest snapshot kept (None: nothing was expired, ``notes`` say why);
+    ``kept``: every snapshot kept, newest first; ``expired``: the snapshots, then the
+    segments, deleted (or that would be, with ``dry_run``); ``notes``: snapshots passed
+    over as links, and why nothing was expired; ``damaged``: snapshots that are damaged
+    (not counted, passed over as the anchor, left in place: ``gpu-pitr verify`` says more).
+    """
+
+    archive: str
+    snapshots: str
+    dry_run: bool
+    anchor: str | None = None
+    anchor_position: dict | None = None
+    kept: list[str] = field(default_factory=list)
+    expired: list[Expired] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[Expired]:
+        return [e for e in self.expired if e.problem is not None]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def _of(self, kind: str) -> list[Expired]:
+        return [e for e in self.expired if e.kind == kind and e.problem is None]
+
+    def to_dict(self) -> dict:
+        position = self.anchor_position
+        if position is not None:
+            position = {k: v for k, v in position.items() if k not in ("seq_runs", "pending")}
+        return {"archive": self.archive, "snapshots": self.snapshots, "dry_run": self.dry_run,
+                "ok": self.ok, "anchor": self.anchor, "anchor_position": position,
+                "kept": self.kept, "expired": [asdict(e) for e in self.expired],
+                "notes": self.notes, "damaged": self.damaged}
+
+    def summary(self) -> str:
+        verb = "would delete" if self.dry_run else "deleted"
+        snaps, segs = self._of(SNAPSHOT), self._of(SEGMENT)
+        total = sum(e.bytes for e in snaps + segs)
+        line = (f"expire {self.archive}: {verb} {_n(len(snaps), 'snapshot')} and "
+                f"{_n(len(segs), 'segment')} ({total} bytes); kept "
+                f"{_n(len(self.kept), 'snapshot')}")
+        if self.anchor is None:
+            return line + "; nothing expired"
+        pos = self.anchor_position or {}
+        where = (f"{pos['segment']} offset {pos['offset']}" if pos.get("segment")
+                 else "the start of the log")
+        line += f"; restores reach back to {self.anchor} ({where}"
+        if pos.get("max_timestamp") is not None:
+            from gpu_pitr.format.stats import utc_text
+
+            line += f": to any time from {utc_text(int(pos['max_timestamp']))} on"
+        line += ")"
+        if self.problems:
+            line += f"; {_n(len(self.problems), 'problem')}"
+        return line
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def expire(archive_dir: str | os.PathLike, snapshots_dir: str | os.PathLike, *,
+           keep: int | None = None, keep_since=None, dry_run: bool = False,
+           on_expired: Callable[[Expired], None] | None = None) -> ExpireResult:
+    """Delete the snapshots of ``snapshots_dir`` and the segments of ``archive_dir`` that
+    the retention no longer needs (see the module's text).
+
+    Give exactly one of ``keep`` (the newest ``keep`` snapshots are kept, at least 1)
+    and ``keep_since`` (any time ``to_time`` takes: every moment from it on stays
+    restorable). ``dry_run``: delete nothing, say what would be. ``on_expired`` is
+    called with each deletion as soon as it is done.
+
+    Raises:
+        ValueError: neither or both of ``keep``/``keep_since``, ``keep`` < 1, a bad time.
+        ExpireError: not an archive, its lock held, an anchor not of this archive.
+        WalError: a directory missing or not listable.
+        MissingExtraError: pyarrow (the ``snapshot`` extra) is needed to check the anchor.
+    """
+    from gpu_pitr.archive import archive_lock
+    from gpu_pitr.format.segments import list_segments
+    from gpu_pitr.format.times import parse_time
+
+    if (keep is None) == (keep_since is None):
+        raise ValueError("give exactly one of keep and keep_since")
+    if keep is not None and (isinstance(keep, bool) or int(keep) != keep or keep < 1):
+        raise ValueError(f"keep must be a whole number of snapshots, at least 1, not {keep!r}")
+    since = None if keep_since is None else parse_time(keep_since)
+    archive_dir, snapshots_dir = Path(archive_dir), Path(snapshots_dir)
+    _check_archive(archive_dir)
+    if not snapshots_dir.is_dir():
+        raise WalError("snapshot directory not found or not a directory",
+                       file=str(snapshots_dir))
+    result = ExpireResult(str(archive_dir), str(snapshots_dir), dry_run)
+    with archive_lock(archive_dir):
+        if not dry_run:
+            _remove_stale_asides(snapshots_dir)
+        snaps = _snapshots(snapshots_dir, result)
+        first = _first_candidate(snaps, keep, since, result.notes)
+        at = None if first is None else _anchor(snaps, first, result)
+        if at is None:
+            result.kept = [path for path, _ in snaps]
+            return result
+        path, position = snaps[at]
+        segments = list_segments(archive_dir)
+        _check_of_archive(path, position, {s.name: s for s in segments}, archive_dir)
+        result.anchor, result.anchor_position = path, position
+        result.kept = [p for p, _ in snaps[: at + 1]]
+        old_snaps = [p for p, _ in snaps[at + 1:]]
+        name = position.get("segment")
+        old_segs = [s.path for s in segments
+                    if name is not None and s.name.encode() < name.encode()]
+        _delete(result, old_snaps, old_segs, snapshots_dir, archive_dir, on_expired)
+    return result
+
+
+def _check_archive(archive_dir: Path) -> None:
+    """``archive_dir`` is an archive ``gpu-pitr archive`` made: it holds the lock file."""
+    from gpu_pitr.archive import LOCK_NAME
+
+    if not archive_dir.is_dir():
+        raise WalError("archive directory not found or not a directory", file=str(archive_dir))
+    try:
+        st = os.lstat(archive_dir / LOCK_NAME)
+    except FileNotFoundError:
+        st = None
+    except OSError as err:
+        raise ExpireError(f"cannot read {LOCK_NAME}: {os_reason(err)}",
+                          file=str(archive_dir)) from err
+    if st is None or not stat.S_ISREG(st.st_mode):
+        raise ExpireError(
+            f"not an archive made by gpu-pitr archive (no {LOCK_NAME} file in it): expire "
+            "never deletes from a writer's WAL directory", file=str(archive_dir))
+
+
+def _snapshots(snapshots_dir: Path, result: ExpireResult) -> list[tuple[str, dict]]:
+    """``(path, position)`` of the snapshots whose manifests read, newest first."""
+    from gpu_pitr.errors import DirectoryReadError
+    from gpu_pitr.snapshot import log_order, snapshot_dirs
+    from gpu_pitr.snapshot.format import read_manifest
+
+    try:
+        paths = snapshot_dirs(snapshots_dir)
+    except OSError as err:
+        raise DirectoryReadError(snapshots_dir, err) from err
+    found = []
+    for path in paths:
+        if os.path.islink(path):
+            result.notes.append(f"snapshot {path} is a symbolic link: not counted, left in "
+                                "place")
+            continue
+        try:
+            position = read_manifest(path)["position"]
+        except WalError as err:
+            result.damaged.append(f"snapshot {path} is damaged ({err}): not counted, left in "
+                                  "place")
+            continue
+        found.append((log_order(position), path, position))
+    found.sort(key=lambda s: (s[0], s[1].encode()), reverse=True)
+    return [(path, position) for _, path, position in found]
+
+
+def _first_candidate(snaps, keep, since, notes: list[str]) -> int | None:
+    """Index in ``snaps`` of the newest snapshot that may be the anchor (None: none)."""
+    from gpu_pitr.format.stats import utc_text
+    from gpu_pitr.snapshot.base import target_problem
+
+    if keep is not None:
+        if len(snaps) < keep:
+            notes.append(f"{_n(len(snaps), 'snapshot')}, fewer than the {keep} to keep: "
+                         "nothing expired")
+            return None
+        return keep - 1
+    for i, (_, position) in enumerate(snaps):
+        if target_problem(position, {"to_time": since}, False) is None:
+            return i
+    notes.append(f"no snapshot serves a restore to {since} ({utc_text(since)}): every "
+                 "segment is still needed; nothing expired")
+    return None
+
+
+def _anchor(snaps, first: int, result: ExpireResult) -> int | None:
+    """The first snapshot from ``first`` on (older) that checks whole."""
+    from gpu_pitr.snapshot import verify
+
+    for i in range(first, len(snaps)):
+        interrupts.check()
+        path = snaps[i][0]
+        try:
+            verify(path)
+        except WalError as err:
+            result.damaged.append(f"snapshot {path} is damaged ({err}): passed over, left in "
+                                  "place")
+            continue
+        return i
+    result.notes.append("no intact snapshot old enough to keep history from: nothing expired")
+    return None
+
+
+def _check_of_archive(path: str, position: dict, segments: dict, archive_dir: Path) -> None:
+    """The anchor at ``path`` is a snapshot of this archive's log, else ``ExpireError``."""
+    from gpu_pitr.format.layout import MAGIC, RECORD_HEADER_SIZE
+
+    name = position.get("segment")
+    if name is None:
+        return  # a snapshot of an empty log: no segment comes before it
+    not_ours = f"snapshot {path} is not of this archive's log; nothing deleted"
+    seg = segments.get(name)
+    if seg is None:
+        raise ExpireError(
+            f"snapshot {path} starts in segment {name}, which the archive does not hold "
+            "(run gpu-pitr archive first, or the snapshot is of another log); nothing deleted",
+            file=str(archive_dir))
+    offset = int(position["offset"])
+    if offset > seg.size:
+        raise ExpireError(f"the file ends before the position of snapshot {path} (offset "
+                          f"{offset}); {not_ours}", file=str(seg.path), offset=seg.size)
+    checks = []
+    if position.get("seq") is not None:
+        checks.append((seg, offset, int(position["seq"])))
+    last = position.get("last_record") or {}
+    if last.get("segment") in segments and position.get("last_seq") is not None:
+        checks.append((segments[last["segment"]], int(last["offset"]),
+                       int(position["last_seq"])))
+    for s, at, want in checks:
+        try:
+            with open(s.path, "rb") as f:
+                f.seek(at)
+                head = f.read(RECORD_HEADER_SIZE)
+        except OSError as err:
+            raise ExpireError(f"cannot read: {os_reason(err)}; nothing deleted",
+                              file=str(s.path), offset=at) from err
+        if len(head) < RECORD_HEADER_SIZE or head[: len(MAGIC)] == MAGIC:
+            continue  # the end of the file, or a writer's second header: nothing to compare
+        seq = int.from_bytes(head[:8], "little")
+        if seq != want:
+            raise ExpireError(f"the record here has seq {seq} where snapshot {path} recorded "
+                              f"seq {want}; {not_ours}", file=str(s.path), offset=at)
+
+
+def _delete(result: ExpireResult, snaps: list[str], segments: list[Path],
+            snapshots_dir: Path, archive_dir: Path, on_expired) -> None:
+    """Delete the snapshots, then the segments (or, in a dry run, list them)."""
+    from gpu_pitr.outputs import fsync_path
+
+    def done(item: Expired) -> None:
+        result.expired.append(item)
+        if on_expired is not None:
+            on_expired(item)
+
+    for path in snaps:
+        interrupts.check()
+        size = _tree_bytes(Path(path))
+        if result.dry_run:
+            done(Expired(SNAPSHOT, path, size))
+            continue
+        p = Path(path)
+        aside = p.parent / f".{p.name}.expired-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.rename(p, aside)
+            fsync_path(snapshots_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as err:
+            done(Expired(SNAPSHOT, path, size, problem=os_reason(err)))
+            continue
+        shutil.rmtree(aside, ignore_errors=True)  # hidden now: a leftover is swept later
+        done(Expired(SNAPSHOT, path, size))
+    unlinked = False
+    for seg in segments:
+        interrupts.check()
+        try:
+            st = os.lstat(seg)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            done(Expired(SEGMENT, str(seg), 0, problem=os_reason(err)))
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            result.notes.append(f"{seg}: not a regular file (a link?): left in place")
+            continue
+        if not result.dry_run:
+            try:
+                os.unlink(seg)
+                unlinked = True
+            except OSError as err:
+                done(Expired(SEGMENT, str(seg), st.st_size, problem=os_reason(err)))
+                continue
+        done(Expired(SEGMENT, str(seg), st.st_size))
+    if unlinked:
+        fsync_path(archive_dir, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _remove_stale_asides(snapshots_dir: Path) -> None:
+    """Remove what killed runs left: hidden snapshot directories renamed for deletion."""
+    from gpu_pitr.tempfiles import pid_alive
+
+    try:
+        entries = list(os.scandir(snapshots_dir))
+    except OSError:
+        return
+    for entry in entries:
+        m = _ASIDE.fullmatch(entry.name)
+        if m is None or pid_alive(int(m.group(2))):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
