@@ -50,6 +50,8 @@ _KERNEL_CHUNK = 64 << 20
 NEW = "new"
 GROWN = "grown"
 UNCHANGED = "unchanged"
+# Before the first segment an ``expire`` kept: not copied back (it was deleted on purpose).
+EXPIRED = "expired"
 # Problems (the run exits 1):
 CONFLICT = "conflict"
 UNREADABLE = "unreadable"
@@ -68,7 +70,8 @@ class ArchivedSegment:
     """What a run did with one segment of WAL_DIR.
 
     ``action``: ``new`` (copied), ``grown`` (copied again, ``added`` bytes more),
-    ``unchanged``, or a problem: ``conflict`` (the archive's copy differs, or is not
+    ``unchanged``, ``expired`` (before the first segment ``expire`` kept: not copied
+    back), or a problem: ``conflict`` (the archive's copy differs, or is not
     a file that can be read: kept), ``unreadable`` (the segment could not be read),
     ``lost`` (the writer deleted it between the listing and the copy, and the archive
     has not all of it), ``failed`` (the copy could not be written: a full disk, ...;
@@ -87,7 +90,7 @@ class ArchivedSegment:
         not a problem)."""
         if self.action in PROBLEMS:
             return f"{self.name}: {self.action.upper()}: {self.problem}"
-        if problems_only or self.action == UNCHANGED:
+        if problems_only or self.action in (UNCHANGED, EXPIRED):
             return None
         if self.action == NEW:
             return f"{self.name}: new, {self.size} bytes"
@@ -128,7 +131,8 @@ class ArchiveResult:
         out = [line for s in self.segments if (line := s.line(problems_only)) is not None]
         if problems_only:
             return out
-        counts = ", ".join(f"{self.count(a)} {a}" for a in (NEW, GROWN, UNCHANGED))
+        counts = ", ".join(f"{self.count(a)} {a}" for a in (NEW, GROWN, UNCHANGED, EXPIRED)
+                           if a != EXPIRED or self.count(a))
         out.append(
             f"archive {self.archive}: {_n(len(self.segments), 'segment')} of {self.wal_dir} "
             f"({counts}; {_n(len(self.problems), 'problem')}); it holds "
@@ -192,11 +196,17 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
     _make_dir(archive_dir)
     result = ArchiveResult(str(wal_dir), str(archive_dir))
     with archive_lock(archive_dir):
+        from gpu_pitr.expire import read_marker
+
         _remove_stale_temps(archive_dir)
+        first_kept = (read_marker(archive_dir) or "").encode()
         buf = bytearray(_COPY_CHUNK)
         for seg in segments:
             interrupts.check()
-            result.segments.append(_archive_one(seg, archive_dir / seg.name, buf))
+            if seg.name.encode() < first_kept:
+                result.segments.append(ArchivedSegment(seg.name, EXPIRED, 0))
+            else:
+                result.segments.append(_archive_one(seg, archive_dir / seg.name, buf))
             if on_segment is not None:
                 on_segment(result.segments[-1])
         held = {s.name for s in list_segments(archive_dir) if s.path.is_file()

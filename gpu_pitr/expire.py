@@ -12,13 +12,21 @@ What keeps it from deleting what is still needed:
 - only a directory that ``gpu-pitr archive`` made (it holds the archive's lock file)
   is touched, never a writer's WAL directory, and only under that lock (never while
   ``archive`` copies into it);
+- only snapshots of this archive's log count, and are ever deleted: the segment of
+  each one's position is in the archive and long enough, and the records at its
+  position carry the sequence numbers (and the last one the CRC-32) it recorded. A
+  snapshot restored from an incomplete history does not count either;
 - the anchor is checked whole first (every checksum, as ``verify`` does); a damaged
   one is passed over, and left in place, for the next older one;
-- the anchor must be a snapshot of this archive: the segment of its position is there
-  and long enough, and the records at its position carry the sequence numbers the
-  snapshot recorded; otherwise nothing is deleted;
 - with fewer than N snapshots (or none that serves T) nothing is deleted: the
   retention is not reached yet;
+- before a segment is deleted, a marker (``.gpu-pitr-expired``, the first segment
+  kept) is written into the archive: restores then refuse to start before it even
+  when the first segment left starts at sequence number 0 (a writer reopened without
+  recovery numbers from 0 again), and ``archive`` does not copy an expired segment
+  back;
+- segments go oldest first, stopping at the first that cannot be deleted: the rest
+  of the log never has a hole;
 - snapshots go first (each renamed to a hidden name, the directory fsynced, then
   removed), segments after: a run killed midway has deleted less than asked, never
   more, and the next run finishes it (and removes what killed runs left hidden).
@@ -26,6 +34,7 @@ What keeps it from deleting what is still needed:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -37,17 +46,20 @@ from pathlib import Path
 
 from gpu_pitr import interrupts
 from gpu_pitr.errors import WalError, os_reason
+from gpu_pitr.format.layout import SEGMENT_NAME_RE
 
 SNAPSHOT = "snapshot"
 SEGMENT = "segment"
+# In the archive, once segments are expired: the first segment kept (``read_marker``).
+MARKER_NAME = ".gpu-pitr-expired"
+MARKER_FORMAT = "gpu-pitr expire"
 # A snapshot being deleted: ``.<name>.expired-<pid>-<8 hex>`` beside it (hidden, so no
 # restore takes it for a snapshot once it is renamed).
 _ASIDE = re.compile(r"\.(.+)\.expired-(\d+)-[0-9a-f]{8}")
 
 
 class ExpireError(WalError):
-    """Nothing can be expired safely: the directory is not an archive, its lock is held,
-    or the anchor snapshot is not of this archive."""
+    """The directory given as the archive is not one ``gpu-pitr archive`` made."""
 
 
 @dataclass
@@ -116,15 +128,18 @@ class ExpireResult:
                 f"{_n(len(self.kept), 'snapshot')}")
         if self.anchor is None:
             return line + "; nothing expired"
-        pos = self.anchor_position or {}
-        where = (f"{pos['segment']} offset {pos['offset']}" if pos.get("segment")
-                 else "the start of the log")
-        line += f"; restores reach back to {self.anchor} ({where}"
-        if pos.get("max_timestamp") is not None:
-            from gpu_pitr.format.stats import utc_text
+        if not segs:
+            line += "; no segment deleted: the archive's history is as it was"
+        else:
+            pos = self.anchor_position or {}
+            line += (f"; restores reach back to {self.anchor} ({pos['segment']} offset "
+                     f"{pos['offset']}")
+            if pos.get("max_timestamp") is not None:
+                from gpu_pitr.format.stats import utc_text
 
-            line += f": to any time from {utc_text(int(pos['max_timestamp']))} on"
-        line += ")"
+                x = utc_text(int(pos["max_timestamp"]))
+                line += f": --to-time T for T >= {x}, T > {x} with --exclusive"
+            line += ")"
         if self.problems:
             line += f"; {_n(len(self.problems), 'problem')}"
         return line
@@ -147,7 +162,8 @@ def expire(archive_dir: str | os.PathLike, snapshots_dir: str | os.PathLike, *,
 
     Raises:
         ValueError: neither or both of ``keep``/``keep_since``, ``keep`` < 1, a bad time.
-        ExpireError: not an archive, its lock held, an anchor not of this archive.
+        ExpireError: not an archive made by ``gpu-pitr archive``.
+        ArchiveError: its lock is held (``archive`` or ``expire`` runs on it).
         WalError: a directory missing or not listable.
         MissingExtraError: pyarrow (the ``snapshot`` extra) is needed to check the anchor.
     """
@@ -169,23 +185,61 @@ def expire(archive_dir: str | os.PathLike, snapshots_dir: str | os.PathLike, *,
     with archive_lock(archive_dir):
         if not dry_run:
             _remove_stale_asides(snapshots_dir)
-        snaps = _snapshots(snapshots_dir, result)
+        segments = list_segments(archive_dir)
+        snaps = _snapshots(snapshots_dir, result, {s.name: s for s in segments})
         first = _first_candidate(snaps, keep, since, result.notes)
         at = None if first is None else _anchor(snaps, first, result)
         if at is None:
             result.kept = [path for path, _ in snaps]
             return result
         path, position = snaps[at]
-        segments = list_segments(archive_dir)
-        _check_of_archive(path, position, {s.name: s for s in segments}, archive_dir)
         result.anchor, result.anchor_position = path, position
         result.kept = [p for p, _ in snaps[: at + 1]]
         old_snaps = [p for p, _ in snaps[at + 1:]]
         name = position.get("segment")
         old_segs = [s.path for s in segments
                     if name is not None and s.name.encode() < name.encode()]
+        if old_segs and not dry_run:
+            write_marker(archive_dir, name)
         _delete(result, old_snaps, old_segs, snapshots_dir, archive_dir, on_expired)
     return result
+
+
+def read_marker(wal_dir) -> str | None:
+    """The first segment an ``expire`` kept in ``wal_dir`` (None: nothing was expired).
+
+    Restores read it: history before that segment is gone even when the first segment
+    left starts at sequence number 0 (a writer reopened without recovery restarts its
+    numbers), and ``archive`` does not copy an expired segment back.
+    """
+    try:
+        raw = (Path(wal_dir) / MARKER_NAME).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise WalError(f"cannot read: {os_reason(err)}",
+                       file=str(Path(wal_dir) / MARKER_NAME)) from err
+    try:
+        doc = json.loads(raw)
+        name = doc["first_kept"]
+        if doc.get("format") != MARKER_FORMAT or not SEGMENT_NAME_RE.fullmatch(name):
+            raise ValueError(name)
+    except (ValueError, KeyError, TypeError) as err:
+        raise WalError(f"not a marker {MARKER_FORMAT} wrote (delete it only if no expire "
+                       "ever ran here)", file=str(Path(wal_dir) / MARKER_NAME)) from err
+    return name
+
+
+def write_marker(archive_dir: Path, first_kept: str) -> None:
+    """Record, atomically and before any segment is deleted, that the segments before
+    ``first_kept`` are expired (never moving the mark back)."""
+    from gpu_pitr.outputs import write_json
+
+    old = read_marker(archive_dir)
+    if old is not None and old.encode() >= first_kept.encode():
+        return
+    write_json(archive_dir / MARKER_NAME,
+               {"format": MARKER_FORMAT, "version": 1, "first_kept": first_kept})
 
 
 def _check_archive(archive_dir: Path) -> None:
@@ -207,8 +261,11 @@ def _check_archive(archive_dir: Path) -> None:
             "never deletes from a writer's WAL directory", file=str(archive_dir))
 
 
-def _snapshots(snapshots_dir: Path, result: ExpireResult) -> list[tuple[str, dict]]:
-    """``(path, position)`` of the snapshots whose manifests read, newest first."""
+def _snapshots(snapshots_dir: Path, result: ExpireResult,
+               segments: dict) -> list[tuple[str, dict]]:
+    """``(path, position)`` of the snapshots that count, newest first: their manifests
+    read, they are of this archive's log and of its whole history. The others are
+    neither counted nor deleted (``notes``, ``damaged`` say which and why)."""
     from gpu_pitr.errors import DirectoryReadError
     from gpu_pitr.snapshot import log_order, snapshot_dirs
     from gpu_pitr.snapshot.format import read_manifest
@@ -228,6 +285,13 @@ def _snapshots(snapshots_dir: Path, result: ExpireResult) -> list[tuple[str, dic
         except WalError as err:
             result.damaged.append(f"snapshot {path} is damaged ({err}): not counted, left in "
                                   "place")
+            continue
+        why = _not_of_archive(position, segments)
+        if why is None and position.get("history_complete") is False:
+            why = ("it was restored from an incomplete history "
+                   "(--allow-incomplete-history)")
+        if why is not None:
+            result.notes.append(f"snapshot {path}: {why}: not counted, left in place")
             continue
         found.append((log_order(position), path, position))
     found.sort(key=lambda s: (s[0], s[1].encode()), reverse=True)
@@ -271,45 +335,53 @@ def _anchor(snaps, first: int, result: ExpireResult) -> int | None:
     return None
 
 
-def _check_of_archive(path: str, position: dict, segments: dict, archive_dir: Path) -> None:
-    """The anchor at ``path`` is a snapshot of this archive's log, else ``ExpireError``."""
+def _not_of_archive(position: dict, segments: dict) -> str | None:
+    """Why a snapshot at ``position`` is not of this archive's log (None: it is).
+
+    Its segment must be in the archive and reach its offset; the records at its
+    position and at its last record must carry the sequence numbers it recorded, and
+    the last record the checksum it recorded (snapshots that recorded one).
+    """
+    import zlib
+
     from gpu_pitr.format.layout import MAGIC, RECORD_HEADER_SIZE
 
     name = position.get("segment")
     if name is None:
-        return  # a snapshot of an empty log: no segment comes before it
-    not_ours = f"snapshot {path} is not of this archive's log; nothing deleted"
+        return None  # a snapshot of an empty log: no segment comes before it
     seg = segments.get(name)
     if seg is None:
-        raise ExpireError(
-            f"snapshot {path} starts in segment {name}, which the archive does not hold "
-            "(run gpu-pitr archive first, or the snapshot is of another log); nothing deleted",
-            file=str(archive_dir))
+        return (f"its segment {name} is not in the archive (expired, not archived yet: "
+                "run gpu-pitr archive, or of another log)")
     offset = int(position["offset"])
     if offset > seg.size:
-        raise ExpireError(f"the file ends before the position of snapshot {path} (offset "
-                          f"{offset}); {not_ours}", file=str(seg.path), offset=seg.size)
+        return f"{seg.path} ends before its position (offset {offset}): not this archive's log"
     checks = []
     if position.get("seq") is not None:
-        checks.append((seg, offset, int(position["seq"])))
+        checks.append((seg, offset, int(position["seq"]), None, None))
     last = position.get("last_record") or {}
     if last.get("segment") in segments and position.get("last_seq") is not None:
         checks.append((segments[last["segment"]], int(last["offset"]),
-                       int(position["last_seq"])))
-    for s, at, want in checks:
+                       int(position["last_seq"]), last.get("length"), last.get("crc32")))
+    for s, at, want, length, crc in checks:
         try:
             with open(s.path, "rb") as f:
                 f.seek(at)
                 head = f.read(RECORD_HEADER_SIZE)
+                if crc is not None and len(head) == RECORD_HEADER_SIZE:
+                    body = f.read(int(length) - RECORD_HEADER_SIZE)
         except OSError as err:
-            raise ExpireError(f"cannot read: {os_reason(err)}; nothing deleted",
-                              file=str(s.path), offset=at) from err
+            return f"{s.path}: offset {at}: cannot read: {os_reason(err)}"
         if len(head) < RECORD_HEADER_SIZE or head[: len(MAGIC)] == MAGIC:
             continue  # the end of the file, or a writer's second header: nothing to compare
         seq = int.from_bytes(head[:8], "little")
         if seq != want:
-            raise ExpireError(f"the record here has seq {seq} where snapshot {path} recorded "
-                              f"seq {want}; {not_ours}", file=str(s.path), offset=at)
+            return (f"{s.path}: offset {at}: the record there has seq {seq}, the snapshot "
+                    f"recorded {want}: not this archive's log")
+        if crc is not None and zlib.crc32(head + body) != int(crc):
+            return (f"{s.path}: offset {at}: the record there differs from the one the "
+                    "snapshot recorded (CRC-32): not this archive's log")
+    return None
 
 
 def _delete(result: ExpireResult, snaps: list[str], segments: list[Path],
@@ -338,29 +410,35 @@ def _delete(result: ExpireResult, snaps: list[str], segments: list[Path],
             continue
         shutil.rmtree(aside, ignore_errors=True)  # hidden now: a leftover is swept later
         done(Expired(SNAPSHOT, path, size))
+    # Oldest first, stopping at the first that cannot go: what stays is always every
+    # segment from one on, never a log with a hole a restore would read across.
     unlinked = False
-    for seg in segments:
+    for k, seg in enumerate(segments):
         interrupts.check()
         try:
             st = os.lstat(seg)
-        except FileNotFoundError:
-            continue
-        except OSError as err:
-            done(Expired(SEGMENT, str(seg), 0, problem=os_reason(err)))
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            result.notes.append(f"{seg}: not a regular file (a link?): left in place")
-            continue
-        if not result.dry_run:
-            try:
+            if not stat.S_ISREG(st.st_mode):
+                raise _Stop("not a regular file (a link?)")
+            if not result.dry_run:
                 os.unlink(seg)
                 unlinked = True
-            except OSError as err:
-                done(Expired(SEGMENT, str(seg), st.st_size, problem=os_reason(err)))
-                continue
+        except FileNotFoundError:
+            continue
+        except (OSError, _Stop) as err:
+            why = str(err) if isinstance(err, _Stop) else os_reason(err)
+            done(Expired(SEGMENT, str(seg), 0, problem=why))
+            later = len(segments) - k - 1
+            if later:
+                result.notes.append(f"{_n(later, 'later segment')} kept as well, so that no "
+                                    "restore reads across a hole in the log")
+            break
         done(Expired(SEGMENT, str(seg), st.st_size))
     if unlinked:
         fsync_path(archive_dir, os.O_RDONLY | os.O_DIRECTORY)
+
+
+class _Stop(Exception):
+    """A segment that is not deleted, and with it every later one."""
 
 
 def _tree_bytes(path: Path) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,10 @@ class _Restore:
         self.base = base  # a loaded snapshot to start from, or None
         self.target = target
         self.seq_runs = SeqRuns()
-        self.last_record = None  # (file, offset) of the last record consumed
+        self.last_record = None  # (file, offset, length, crc32) of the last record consumed
+        # A gap in the history the caller allowed (--allow-incomplete-history) was met:
+        # a snapshot of this state does not hold the whole history (expire skips it).
+        self.history_gap = False
         self.torn_at: dict[int, int] = {}  # segment index -> offset of its torn tail
         self.segments = []
         self.position: dict | None = None
@@ -162,7 +166,9 @@ class _Restore:
             self.seq_runs = SeqRuns(pos.get("seq_runs"), pos.get("last_seq"))
             last = pos.get("last_record")
             if last:
-                self.last_record = (str(self.wal_dir / last["segment"]), last["offset"])
+                self.last_record = (str(self.wal_dir / last["segment"]), last["offset"],
+                                    last.get("length"), last.get("crc32"))
+            self.history_gap = pos.get("history_complete") is False
             self.plan.seed_timestamps(pos.get("max_timestamp"), pos.get("timestamp"))
 
     def _alloc(self, nbytes: int) -> np.ndarray:
@@ -176,6 +182,7 @@ class _Restore:
     def run(self) -> None:
         t = time.perf_counter()
         segments = list_segments(self.wal_dir)
+        self._check_expired()
         starts: dict[int, int] = {}
         if self.base is not None:
             segments, starts = self._resume_at(segments)
@@ -369,11 +376,13 @@ class _Restore:
             end = stop_index + 1 if self.plan.stops_after else stop_index
         if end > first:
             self.seq_runs.add(c.seq[first:end])
-            self.last_record = (self.names[int(c.seg[end - 1])], int(c.foff[end - 1]))
+            o, n = int(c.off[end - 1]), RECORD_HEADER_SIZE + int(c.length[end - 1])
+            self.last_record = (self.names[int(c.seg[end - 1])], int(c.foff[end - 1]),
+                                n, zlib.crc32(self.buf[o:o + n]))
 
     def _position(self, segment: int | None, offset: int, seq: int | None) -> dict:
         seg = self.segments[segment] if segment is not None else None
-        last_file, last_offset = self.last_record or (None, None)
+        last_file, last_offset, last_length, last_crc = self.last_record or (None,) * 4
         return {
             "segment": seg.name if seg is not None else None,
             "offset": int(offset),
@@ -384,7 +393,9 @@ class _Restore:
             "segment_size": seg.size if seg is not None else None,
             "last_seq": self.seq_runs.last,
             "last_record": None if last_file is None else
-            {"segment": Path(last_file).name, "offset": last_offset},
+            {"segment": Path(last_file).name, "offset": last_offset, "length": last_length,
+             "crc32": last_crc},
+            "history_complete": not self.history_gap,
             "seq_runs": self.seq_runs.merged(),
         }
 
@@ -455,7 +466,32 @@ class _Restore:
                 f"the base snapshot's segment {name} is gone, with records after its "
                 f"position (offset {pos.get('offset')}): history after the snapshot is missing",
                 file=str(later[0].path if later else self.wal_dir))
+        else:
+            self.history_gap = True
         return later, {}
+
+    def _check_expired(self) -> None:
+        """History an ``expire`` deleted (its marker): the restore must start after it,
+        even when the first segment left starts at seq 0 (a writer that restarted)."""
+        from gpu_pitr.expire import MARKER_NAME, read_marker
+
+        first_kept = read_marker(self.wal_dir)
+        if first_kept is None:
+            return
+        start = None if self.base is None else self.base.position.get("segment")
+        if start is not None and start.encode() >= first_kept.encode():
+            return
+        self.history_gap = True
+        if self.allow_incomplete:
+            return
+        since = "the start of the log" if self.base is None else \
+            f"the base snapshot's position, {start or 'the start of the log'}"
+        raise IncompleteHistoryError(
+            f"gpu-pitr expire deleted the segments before {first_kept}, and this restore "
+            f"starts at {since}: earlier history is missing (start from a snapshot expire "
+            "kept: --snapshots/--base, snapshots=/base=; or restore anyway: "
+            "--allow-incomplete-history, allow_incomplete_history=True)",
+            file=str(self.wal_dir / MARKER_NAME))
 
     def _check_first(self, first: int) -> None:
         """Is the first record read where the log must go on? (history complete)"""
@@ -463,6 +499,7 @@ class _Restore:
         seq = int(c.seq[first])
         w = self._where(first)
         if self.base is None:
+            self.history_gap |= seq != 0
             if seq != 0 and not self.allow_incomplete:
                 raise IncompleteHistoryError(
                     "the log does not start at sequence number 0: earlier history is missing"
@@ -488,6 +525,8 @@ class _Restore:
                 f"position ({pos['segment']} offset {pos['offset']}): history between is "
                 "missing (restore anyway: --allow-incomplete-history,"
                 " allow_incomplete_history=True)", **w)
+        elif seq != want:
+            self.history_gap = True
 
     def _seed_base(self) -> None:
         """Load the snapshot into the executor: its dimension, rows, open transactions.

@@ -72,6 +72,7 @@ KINDS = {
     "torn_header": NOTICE,
     "seq_restart": NOTICE,
     "incomplete_history": NOTICE,
+    "expired_history": NOTICE,
     "txn_begin_open": NOTICE,
     "txn_end_not_open": NOTICE,
     "txn_open_at_end": NOTICE,
@@ -272,6 +273,7 @@ class _Verify:
     """One verification in progress: the loop over framed pieces."""
 
     def __init__(self, wal_dir, chunk_bytes: int) -> None:
+        self.wal_dir = wal_dir
         self.segments = list_segments(wal_dir)
         self.names = [seg.name for seg in self.segments]
         self.result = Verification(str(wal_dir), segments=len(self.segments),
@@ -294,6 +296,9 @@ class _Verify:
         return header_problem(head)
 
     def run(self) -> None:
+        from gpu_pitr.expire import MARKER_NAME, read_marker
+
+        first_kept = read_marker(self.wal_dir)
         try:
             for item in framed_pieces(self.segments, self.chunk_bytes, self._header_problem):
                 if item.problem is not None:
@@ -312,6 +317,11 @@ class _Verify:
                       "(a restore discards it)", transaction_id=int(txn))
         order = {name: i for i, name in enumerate(self.names)}
         self.result.problems.sort(key=lambda p: (order[p.file], p.offset))
+        if first_kept is not None:  # first: it is about where the log begins
+            self.result.problems.insert(0, Problem(
+                "expired_history", MARKER_NAME, 0, None,
+                f"gpu-pitr expire deleted the segments before {first_kept}: restores start "
+                "from a snapshot it kept"))
 
     def _add(self, kind: str, segment: int, offset: int, seq: int | None, what: str,
              **extra) -> None:

@@ -18,16 +18,26 @@ import sys
 from pathlib import Path
 
 import pytest
-from workloads import Clock, dir_state, restore_fast, restore_ref
+from workloads import (
+    Clock,
+    Del,
+    Ins,
+    LogBuilder,
+    dir_state,
+    f32,
+    restore_fast,
+    restore_ref,
+)
 
 import gpu_pitr
 from gpu_pitr import cli, snapshot
-from gpu_pitr.archive import LOCK_NAME, ArchiveError, archive
+from gpu_pitr.archive import EXPIRED, LOCK_NAME, UNCHANGED, ArchiveError, archive
 from gpu_pitr.errors import IncompleteHistoryError, WalError
-from gpu_pitr.expire import SEGMENT, SNAPSHOT, ExpireError, expire
+from gpu_pitr.expire import SEGMENT, SNAPSHOT, ExpireError, expire, read_marker
 from gpu_pitr.format.entries import Delete, Insert, Update
 from gpu_pitr.format.writer import WalWriter
 from gpu_pitr.snapshot.format import read_manifest
+from gpu_pitr.verify import verify_wal
 
 pytest.importorskip("pyarrow")
 
@@ -123,7 +133,13 @@ def test_keep_n_deletes_the_older_snapshots_and_segments_and_kept_restores_are_e
     earliest = result.anchor_position["max_timestamp"]
     assert earliest > times[3]
     _kept_restores_equal_the_whole_log(arc, whole, snaps, [earliest])
-    with pytest.raises(IncompleteHistoryError, match="earlier history is missing"):
+    got = restore_fast(arc, to_time=earliest + 1, exclusive=True, snapshots=str(snaps))
+    _same(got, restore_ref(whole, to_time=earliest + 1, exclusive=True))
+    with pytest.raises(IncompleteHistoryError):
+        gpu_pitr.restore(arc, to_time=earliest, exclusive=True, snapshots=str(snaps),
+                         backend="cpu")
+    with pytest.raises(IncompleteHistoryError, match="expire deleted the segments before "
+                       f"{anchor_segment}, and this restore starts at the start of the log"):
         gpu_pitr.restore(arc, to_time=earliest - 1, snapshots=str(snaps), backend="cpu")
     # A second run has nothing left to do.
     again = expire(arc, snaps, keep=2)
@@ -151,6 +167,15 @@ def test_a_dry_run_deletes_nothing_and_names_what_a_run_deletes(hist):
     assert [(e.kind, e.path, e.bytes) for e in dry.expired] == \
         [(e.kind, e.path, e.bytes) for e in real.expired]
     assert dry.expired and "would delete" in dry.summary() and "deleted" in real.summary()
+
+
+def test_an_anchor_in_the_first_segment_deletes_no_segment_and_says_so(hist):
+    arc, _, snaps, _ = hist
+    before = _segments(arc)
+    result = expire(arc, snaps, keep=6)
+    assert result.anchor == str(snaps / "s00") and result.expired == []
+    assert result.summary().endswith("no segment deleted: the archive's history is as it was")
+    assert _segments(arc) == before and read_marker(arc) is None
 
 
 def test_fewer_snapshots_than_kept_deletes_nothing(hist):
@@ -186,26 +211,130 @@ def test_a_snapshot_whose_manifest_is_damaged_is_not_counted_nor_deleted(hist):
     assert "s01" in result.damaged[0] and "not counted" in result.damaged[0]
 
 
-def test_snapshots_of_another_log_delete_nothing(history, tmp_path):
+def test_snapshots_of_another_log_are_neither_counted_nor_deleted(history, tmp_path):
     _, arc, _, _, _ = history
     (tmp_path / "other").mkdir()
     other = _history(tmp_path / "other", rounds=3, id_len=5)
     arc_copy = tmp_path / "arc"
     shutil.copytree(arc, arc_copy)
     arc_before, snaps_before = dir_state(arc_copy), dir_state(other[3])
-    with pytest.raises(ExpireError, match="not of this archive's log; nothing deleted"):
-        expire(arc_copy, other[3], keep=1)
+    result = expire(arc_copy, other[3], keep=1)
+    assert result.anchor is None and result.expired == [] and result.kept == []
+    assert all("not this archive's log" in n for n in result.notes[:3])
     assert dir_state(arc_copy) == arc_before and dir_state(other[3]) == snaps_before
 
 
-def test_an_anchor_whose_segment_the_archive_lacks_deletes_nothing(hist):
+def test_a_snapshot_whose_segment_the_archive_lacks_is_not_counted(hist):
+    """Taken of WAL_DIR ahead of the last archive run (or of another log): left alone,
+    and the retention counts the others."""
     arc, _, snaps, _ = hist
     name = read_manifest(snaps / "s05")["position"]["segment"]
     (arc / name).rename(arc / "aside")
+    result = expire(arc, snaps, keep=1)
+    assert result.anchor == str(snaps / "s04") and (snaps / "s05").is_dir()
+    assert any(f"s05: its segment {name} is not in the archive" in n for n in result.notes)
+
+
+def _store(d: Path, ids: list[str], value: float, t0: int):
+    """Two segments created at 1000 and 1001 (names equal across stores), two inserts each."""
+    b = LogBuilder(created=1000)
+    for k, i in enumerate(ids[:2]):
+        b.add(Ins(i, f32(value), None, t0 + k))
+    b.new_segment(1001)
+    for k, i in enumerate(ids[2:]):
+        b.add(Ins(i, f32(value), None, t0 + 10 + k))
+    wal = Path(b.write(d / "wal"))
+    assert archive(wal, d / "arc").ok
+    return wal, d / "arc"
+
+
+def test_a_store_of_the_same_layout_is_told_apart_by_its_records(tmp_path):
+    """Two shards started in the same second: same segment names, offsets and sequence
+    numbers. The CRC-32 of the last record each snapshot covered tells them apart, so
+    one's snapshots, even in a shared directory, never expire the other's history."""
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    _, arc_a = _store(tmp_path / "A", ["a1", "a2", "a3", "a4"], 1.0, 100)
+    _, arc_b = _store(tmp_path / "B", ["b1", "b2", "b3", "b4"], 2.0, 150)
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(arc_b, to_time=150, backend="cpu"), snaps / "b_early")
+    snapshot.save(gpu_pitr.restore(arc_b, backend="cpu"), snaps / "b_late")
+    before = dir_state(tmp_path)
+    result = expire(arc_a, snaps, keep=1)
+    assert result.anchor is None and dir_state(tmp_path) == before
+    assert any("differs from the one the snapshot recorded (CRC-32)" in n
+               for n in result.notes)
+    # With A's own snapshots beside B's: only A's count, only A's are deleted.
+    snapshot.save(gpu_pitr.restore(arc_a, to_time=100, backend="cpu"), snaps / "a_early")
+    snapshot.save(gpu_pitr.restore(arc_a, backend="cpu"), snaps / "a_late")
+    result = expire(arc_a, snaps, keep=1)
+    assert result.anchor == str(snaps / "a_late")
+    assert sorted(p.name for p in snaps.iterdir()) == ["a_late", "b_early", "b_late"]
+    assert len(list(arc_b.glob("wal-*.log"))) == 2
+
+
+def test_a_writer_that_restarted_its_numbers_cannot_hide_the_expired_history(tmp_path):
+    """The first segment kept starts at seq 0 again (a writer reopened without
+    recovery): the expire marker still refuses restores that would start before it."""
+    b = LogBuilder(created=1000)
+    b.add(Ins("a", f32(1), None, 100))
+    b.add(Ins("b", f32(1), None, 101))
+    b.reopen(created=1001)
+    b.add(Ins("c", f32(1), None, 102))
+    b.add(Del("a", 103))
+    wal = Path(b.write(tmp_path / "wal"))
+    arc, snaps = tmp_path / "arc", tmp_path / "snaps"
+    snaps.mkdir()
+    assert archive(wal, arc).ok
+    snapshot.save(gpu_pitr.restore(arc, to_time=100, backend="cpu"), snaps / "s1")
+    snapshot.save(gpu_pitr.restore(arc, to_time=102, backend="cpu"), snaps / "s2")
+    result = expire(arc, snaps, keep=1)
+    assert [Path(e.path).name for e in result.expired] == ["s1", "wal-00000000000003e8.log"]
+    assert read_marker(arc) == "wal-00000000000003e9.log"
+    for kw in ({}, {"to_time": 101, "snapshots": str(snaps)}):
+        with pytest.raises(IncompleteHistoryError, match="expire deleted the segments"):
+            gpu_pitr.restore(arc, backend="cpu", **kw)
+    # Allowed, it restores what is left, and a snapshot of it records the gap.
+    left = gpu_pitr.restore(arc, allow_incomplete_history=True, backend="cpu")
+    assert left.position["history_complete"] is False
+    _same(restore_fast(arc, to_time=102, snapshots=str(snaps)), restore_ref(wal, to_time=102))
+    _same(restore_fast(arc, snapshots=str(snaps)), restore_ref(wal))
+    # archive does not copy the expired segment back from the WAL directory.
+    again = archive(wal, arc)
+    assert again.ok and [s.action for s in again.segments] == [EXPIRED, UNCHANGED]
+    assert not (arc / "wal-00000000000003e8.log").exists()
+    assert "1 expired" in again.lines()[-1]
+    # verify says so (a notice: the archive is not damaged).
+    checked = verify_wal(arc)
+    assert checked.clean and [p.kind for p in checked.problems] == ["expired_history"]
+    assert "expire deleted the segments before wal-00000000000003e9.log" in \
+        checked.problems[0].what
+
+
+def test_a_snapshot_of_an_incomplete_history_is_not_an_anchor(tmp_path):
+    b = LogBuilder(created=1000)
+    b.add(Ins("a", f32(1), None, 100))
+    b.new_segment(1001)
+    b.add(Ins("b", f32(2), None, 101))
+    b.new_segment(1002)
+    b.add(Ins("c", f32(3), None, 102))
+    wal = Path(b.write(tmp_path / "wal"))
+    arc, snaps = tmp_path / "arc", tmp_path / "snaps"
+    snaps.mkdir()
+    assert archive(wal, arc).ok
+    (wal / "wal-00000000000003e8.log").unlink()  # the writer's retention
+    cut = gpu_pitr.restore(wal, allow_incomplete_history=True, backend="cpu")
+    snapshot.save(cut, snaps / "cut")
+    # A restore based on it inherits the gap.
+    based = gpu_pitr.restore(wal, base=str(snaps / "cut"), backend="cpu")
+    assert based.position["history_complete"] is False
     before = dir_state(arc)
-    with pytest.raises(ExpireError, match=f"segment {name}, which the archive does not hold"):
-        expire(arc, snaps, keep=1)
-    assert dir_state(arc) == before
+    result = expire(arc, snaps, keep=1)
+    assert result.anchor is None and dir_state(arc) == before
+    assert "incomplete history" in result.notes[0]
+    whole = gpu_pitr.restore(arc, backend="cpu")
+    assert whole.position["history_complete"] is True and len(whole) == 3
 
 
 def test_only_an_archive_is_touched_and_only_under_its_lock(hist, tmp_path):
@@ -241,10 +370,13 @@ def test_leftovers_of_killed_runs_are_swept_and_links_left_alone(hist, tmp_path)
     assert any("s_link is a symbolic link" in note for note in result.notes)
 
 
-def test_a_deletion_that_fails_is_a_problem_and_the_rest_goes_on(hist, monkeypatch):
-    arc, _, snaps, _ = hist
+def test_a_segment_that_cannot_be_deleted_stops_the_deletions_there(hist, monkeypatch):
+    """What stays is every segment from one on: never a log with a hole in it, which a
+    restore from its start would read across."""
+    arc, whole, snaps, times = hist
     real_unlink = os.unlink
-    victim = min(p.name for p in arc.glob("wal-*.log"))
+    names = sorted(p.name for p in arc.glob("wal-*.log"))
+    victim = names[1]
 
     def unlink(path, *a, **k):
         if Path(path).name == victim:
@@ -253,10 +385,19 @@ def test_a_deletion_that_fails_is_a_problem_and_the_rest_goes_on(hist, monkeypat
 
     monkeypatch.setattr(os, "unlink", unlink)
     result = expire(arc, snaps, keep=1)
+    monkeypatch.undo()
     assert not result.ok and [Path(e.path).name for e in result.problems] == [victim]
-    assert (arc / victim).exists()
     assert "NOT DELETED: Permission denied" in result.problems[0].line(False)
-    assert len([e for e in result.expired if e.kind == SEGMENT and e.problem is None]) > 0
+    assert sorted(p.name for p in arc.glob("wal-*.log")) == names[1:]
+    assert "later segments kept as well" in result.notes[-1]
+    _kept_restores_equal_the_whole_log(arc, whole, snaps, times[5:])
+    # A link among them stops it the same way; the next run goes on from there.
+    (arc / victim).rename(arc / "real")
+    (arc / victim).symlink_to(arc / "real")
+    result = expire(arc, snaps, keep=1)
+    assert "not a regular file" in result.problems[0].problem
+    (arc / victim).unlink()
+    assert expire(arc, snaps, keep=1).ok
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -282,7 +423,7 @@ def test_command_line(hist, capsys):
     assert f"{snaps / 's02'}: deleted (snapshot, " in lines[0]
     assert lines[-1].startswith(f"expire {arc}: deleted 3 snapshots and ")
     assert f"restores reach back to {snaps / 's03'} (wal-" in lines[-1]
-    assert lines[-1].endswith("Z on)")
+    assert lines[-1].endswith("Z with --exclusive)")
     quiet = _cli("expire", str(arc), "--snapshots", str(snaps), "--keep", "1", "-q")
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
     refused = _cli("expire", str(snaps), "--snapshots", str(snaps), "--keep", "1")
