@@ -199,7 +199,8 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
         from gpu_pitr.expire import read_marker
 
         _remove_stale_temps(archive_dir)
-        first_kept = (read_marker(archive_dir) or "").encode()
+        expiry = read_marker(archive_dir)
+        first_kept = expiry.first_kept.encode() if expiry is not None else b""
         buf = bytearray(_COPY_CHUNK)
         for seg in segments:
             interrupts.check()

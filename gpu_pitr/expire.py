@@ -20,8 +20,9 @@ What keeps it from deleting what is still needed:
   one is passed over, and left in place, for the next older one;
 - with fewer than N snapshots (or none that serves T) nothing is deleted: the
   retention is not reached yet;
-- before a segment is deleted, a marker (``.gpu-pitr-expired``, the first segment
-  kept) is written into the archive: restores then refuse to start before it even
+- before a segment is deleted, a marker (``.gpu-pitr-expired``: the first segment
+  kept, the newest deleted) is written into the archive, and set back to the truth
+  if a segment cannot be deleted: restores then refuse to start before it even
   when the first segment left starts at sequence number 0 (a writer reopened without
   recovery numbers from 0 again), and ``archive`` does not copy an expired segment
   back;
@@ -53,6 +54,7 @@ SEGMENT = "segment"
 # In the archive, once segments are expired: the first segment kept (``read_marker``).
 MARKER_NAME = ".gpu-pitr-expired"
 MARKER_FORMAT = "gpu-pitr expire"
+_MARKER_MAX = 4096
 # A snapshot being deleted: ``.<name>.expired-<pid>-<8 hex>`` beside it (hidden, so no
 # restore takes it for a snapshot once it is renamed).
 _ASIDE = re.compile(r"\.(.+)\.expired-(\d+)-[0-9a-f]{8}")
@@ -199,47 +201,62 @@ def expire(archive_dir: str | os.PathLike, snapshots_dir: str | os.PathLike, *,
         name = position.get("segment")
         old_segs = [s.path for s in segments
                     if name is not None and s.name.encode() < name.encode()]
-        if old_segs and not dry_run:
-            write_marker(archive_dir, name)
-        _delete(result, old_snaps, old_segs, snapshots_dir, archive_dir, on_expired)
+        _delete(result, old_snaps, old_segs, name, snapshots_dir, archive_dir, on_expired)
     return result
 
 
-def read_marker(wal_dir) -> str | None:
-    """The first segment an ``expire`` kept in ``wal_dir`` (None: nothing was expired).
+@dataclass(frozen=True)
+class Expiry:
+    """What ``expire`` deleted from an archive: every segment before ``first_kept``;
+    ``last_expired`` is the newest of them (a base snapshot that covered it whole can
+    still go on at ``first_kept``)."""
 
-    Restores read it: history before that segment is gone even when the first segment
+    first_kept: str
+    last_expired: str | None = None
+
+
+def read_marker(wal_dir) -> Expiry | None:
+    """The marker ``expire`` left in ``wal_dir`` (None: nothing was expired there).
+
+    Restores read it: history before ``first_kept`` is gone even when the first segment
     left starts at sequence number 0 (a writer reopened without recovery restarts its
-    numbers), and ``archive`` does not copy an expired segment back.
+    numbers), and ``archive`` does not copy an expired segment back. Raises ``WalError``
+    naming the marker when it cannot be read or is not one ``expire`` wrote.
     """
+    path = Path(wal_dir) / MARKER_NAME
     try:
-        raw = (Path(wal_dir) / MARKER_NAME).read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(_MARKER_MAX + 1)
     except FileNotFoundError:
         return None
     except OSError as err:
-        raise WalError(f"cannot read: {os_reason(err)}",
-                       file=str(Path(wal_dir) / MARKER_NAME)) from err
+        raise WalError(f"cannot read: {os_reason(err)}", file=str(path)) from err
     try:
+        if len(raw) > _MARKER_MAX:
+            raise ValueError("too long")
         doc = json.loads(raw)
-        name = doc["first_kept"]
-        if doc.get("format") != MARKER_FORMAT or not SEGMENT_NAME_RE.fullmatch(name):
-            raise ValueError(name)
-    except (ValueError, KeyError, TypeError) as err:
-        raise WalError(f"not a marker {MARKER_FORMAT} wrote (delete it only if no expire "
-                       "ever ran here)", file=str(Path(wal_dir) / MARKER_NAME)) from err
-    return name
+        expiry = Expiry(doc["first_kept"], doc.get("last_expired"))
+        if doc.get("format") != MARKER_FORMAT or not all(
+                isinstance(n, str) and SEGMENT_NAME_RE.fullmatch(n)
+                for n in (expiry.first_kept, expiry.last_expired or expiry.first_kept)):
+            raise ValueError(doc)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise WalError(f"not a marker {MARKER_FORMAT} wrote (restore it, or delete it only "
+                       "if no expire ever ran here)", file=str(path)) from err
+    return expiry
 
 
-def write_marker(archive_dir: Path, first_kept: str) -> None:
-    """Record, atomically and before any segment is deleted, that the segments before
-    ``first_kept`` are expired (never moving the mark back)."""
-    from gpu_pitr.outputs import write_json
+def _set_marker(archive_dir: Path, expiry: Expiry | None) -> None:
+    """Write (atomically) or remove the archive's marker."""
+    from gpu_pitr.outputs import fsync_path, write_json
 
-    old = read_marker(archive_dir)
-    if old is not None and old.encode() >= first_kept.encode():
+    path = archive_dir / MARKER_NAME
+    if expiry is None:
+        path.unlink(missing_ok=True)
+        fsync_path(archive_dir, os.O_RDONLY | os.O_DIRECTORY)
         return
-    write_json(archive_dir / MARKER_NAME,
-               {"format": MARKER_FORMAT, "version": 1, "first_kept": first_kept})
+    write_json(path, {"format": MARKER_FORMAT, "version": 1,
+                      "first_kept": expiry.first_kept, "last_expired": expiry.last_expired})
 
 
 def _check_archive(archive_dir: Path) -> None:
@@ -287,7 +304,10 @@ def _snapshots(snapshots_dir: Path, result: ExpireResult,
                                   "place")
             continue
         why = _not_of_archive(position, segments)
-        if why is None and position.get("history_complete") is False:
+        if why is None and "history_complete" not in position:
+            why = ("written by an older gpu-pitr, without what expire checks (take a new "
+                   "snapshot)")
+        elif why is None and position["history_complete"] is not True:
             why = ("it was restored from an incomplete history "
                    "(--allow-incomplete-history)")
         if why is not None:
@@ -355,7 +375,8 @@ def _not_of_archive(position: dict, segments: dict) -> str | None:
                 "run gpu-pitr archive, or of another log)")
     offset = int(position["offset"])
     if offset > seg.size:
-        return f"{seg.path} ends before its position (offset {offset}): not this archive's log"
+        return (f"{seg.path} ends before its position (offset {offset}): not archived this "
+                "far yet (run gpu-pitr archive), or not this archive's log")
     checks = []
     if position.get("seq") is not None:
         checks.append((seg, offset, int(position["seq"]), None, None))
@@ -384,9 +405,11 @@ def _not_of_archive(position: dict, segments: dict) -> str | None:
     return None
 
 
-def _delete(result: ExpireResult, snaps: list[str], segments: list[Path],
+def _delete(result: ExpireResult, snaps: list[str], segments: list[Path], first_kept: str,
             snapshots_dir: Path, archive_dir: Path, on_expired) -> None:
-    """Delete the snapshots, then the segments (or, in a dry run, list them)."""
+    """Delete the snapshots, then the segments before ``first_kept`` (or, in a dry run,
+    list them). The marker is written before the first segment goes, and set back to
+    the truth if one cannot go."""
     from gpu_pitr.outputs import fsync_path
 
     def done(item: Expired) -> None:
@@ -413,6 +436,10 @@ def _delete(result: ExpireResult, snaps: list[str], segments: list[Path],
     # Oldest first, stopping at the first that cannot go: what stays is always every
     # segment from one on, never a log with a hole a restore would read across.
     unlinked = False
+    before = None
+    if segments and not result.dry_run:
+        before = read_marker(archive_dir)
+        _set_marker(archive_dir, Expiry(first_kept, segments[-1].name))
     for k, seg in enumerate(segments):
         interrupts.check()
         try:
@@ -427,6 +454,8 @@ def _delete(result: ExpireResult, snaps: list[str], segments: list[Path],
         except (OSError, _Stop) as err:
             why = str(err) if isinstance(err, _Stop) else os_reason(err)
             done(Expired(SEGMENT, str(seg), 0, problem=why))
+            if not result.dry_run:  # the marker says what is gone, no more
+                _set_marker(archive_dir, Expiry(seg.name, segments[k - 1].name) if k else before)
             later = len(segments) - k - 1
             if later:
                 result.notes.append(f"{_n(later, 'later segment')} kept as well, so that no "

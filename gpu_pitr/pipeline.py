@@ -443,7 +443,8 @@ class _Restore:
         """The segments to read after the base's position, and where to start in the first."""
         pos = self.base.position
         name = pos.get("segment")
-        if name is None:  # a snapshot of an empty log: all of it comes after
+        if name is None:  # a snapshot of an empty log: all of it comes after, from seq 0
+            self._resume_seq = ("start", 0)
             return segments, {}
         names = [seg.name for seg in segments]
         if name in names:
@@ -475,12 +476,15 @@ class _Restore:
         even when the first segment left starts at seq 0 (a writer that restarted)."""
         from gpu_pitr.expire import MARKER_NAME, read_marker
 
-        first_kept = read_marker(self.wal_dir)
-        if first_kept is None:
+        expiry = read_marker(self.wal_dir)
+        if expiry is None:
             return
-        start = None if self.base is None else self.base.position.get("segment")
-        if start is not None and start.encode() >= first_kept.encode():
-            return
+        first_kept = expiry.first_kept
+        pos = {} if self.base is None else self.base.position
+        start = pos.get("segment")
+        if start is not None and (start.encode() >= first_kept.encode() or (
+                pos.get("at_segment_end") and start == expiry.last_expired)):
+            return  # (a base covering the newest expired segment whole goes on after it)
         self.history_gap = True
         if self.allow_incomplete:
             return
@@ -498,7 +502,7 @@ class _Restore:
         c = self.cols
         seq = int(c.seq[first])
         w = self._where(first)
-        if self.base is None:
+        if self.base is None or self._resume_seq == ("start", 0):
             self.history_gap |= seq != 0
             if seq != 0 and not self.allow_incomplete:
                 raise IncompleteHistoryError(

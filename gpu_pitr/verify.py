@@ -73,6 +73,7 @@ KINDS = {
     "seq_restart": NOTICE,
     "incomplete_history": NOTICE,
     "expired_history": NOTICE,
+    "bad_expire_marker": DAMAGE,
     "txn_begin_open": NOTICE,
     "txn_end_not_open": NOTICE,
     "txn_open_at_end": NOTICE,
@@ -296,9 +297,13 @@ class _Verify:
         return header_problem(head)
 
     def run(self) -> None:
+        from gpu_pitr.errors import WalError
         from gpu_pitr.expire import MARKER_NAME, read_marker
 
-        first_kept = read_marker(self.wal_dir)
+        try:
+            expiry, bad_marker = read_marker(self.wal_dir), None
+        except WalError as err:
+            expiry, bad_marker = None, err.what
         try:
             for item in framed_pieces(self.segments, self.chunk_bytes, self._header_problem):
                 if item.problem is not None:
@@ -317,11 +322,14 @@ class _Verify:
                       "(a restore discards it)", transaction_id=int(txn))
         order = {name: i for i, name in enumerate(self.names)}
         self.result.problems.sort(key=lambda p: (order[p.file], p.offset))
-        if first_kept is not None:  # first: it is about where the log begins
+        if expiry is not None:  # first: it is about where the log begins
             self.result.problems.insert(0, Problem(
                 "expired_history", MARKER_NAME, 0, None,
-                f"gpu-pitr expire deleted the segments before {first_kept}: restores start "
-                "from a snapshot it kept"))
+                f"gpu-pitr expire deleted the segments before {expiry.first_kept}: restores "
+                "start from a snapshot it kept"))
+        elif bad_marker is not None:
+            self.result.problems.insert(0, Problem("bad_expire_marker", MARKER_NAME, 0, None,
+                                                   bad_marker))
 
     def _add(self, kind: str, segment: int, offset: int, seq: int | None, what: str,
              **extra) -> None:

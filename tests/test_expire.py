@@ -33,7 +33,14 @@ import gpu_pitr
 from gpu_pitr import cli, snapshot
 from gpu_pitr.archive import EXPIRED, LOCK_NAME, UNCHANGED, ArchiveError, archive
 from gpu_pitr.errors import IncompleteHistoryError, WalError
-from gpu_pitr.expire import SEGMENT, SNAPSHOT, ExpireError, expire, read_marker
+from gpu_pitr.expire import (
+    SEGMENT,
+    SNAPSHOT,
+    ExpireError,
+    Expiry,
+    expire,
+    read_marker,
+)
 from gpu_pitr.format.entries import Delete, Insert, Update
 from gpu_pitr.format.writer import WalWriter
 from gpu_pitr.snapshot.format import read_manifest
@@ -291,7 +298,7 @@ def test_a_writer_that_restarted_its_numbers_cannot_hide_the_expired_history(tmp
     snapshot.save(gpu_pitr.restore(arc, to_time=102, backend="cpu"), snaps / "s2")
     result = expire(arc, snaps, keep=1)
     assert [Path(e.path).name for e in result.expired] == ["s1", "wal-00000000000003e8.log"]
-    assert read_marker(arc) == "wal-00000000000003e9.log"
+    assert read_marker(arc) == Expiry("wal-00000000000003e9.log", "wal-00000000000003e8.log")
     for kw in ({}, {"to_time": 101, "snapshots": str(snaps)}):
         with pytest.raises(IncompleteHistoryError, match="expire deleted the segments"):
             gpu_pitr.restore(arc, backend="cpu", **kw)
@@ -370,13 +377,9 @@ def test_leftovers_of_killed_runs_are_swept_and_links_left_alone(hist, tmp_path)
     assert any("s_link is a symbolic link" in note for note in result.notes)
 
 
-def test_a_segment_that_cannot_be_deleted_stops_the_deletions_there(hist, monkeypatch):
-    """What stays is every segment from one on: never a log with a hole in it, which a
-    restore from its start would read across."""
-    arc, whole, snaps, times = hist
+def _refuse_unlink(monkeypatch, victim: str) -> None:
+    """``os.unlink`` of a file named ``victim`` fails as on a read-only file."""
     real_unlink = os.unlink
-    names = sorted(p.name for p in arc.glob("wal-*.log"))
-    victim = names[1]
 
     def unlink(path, *a, **k):
         if Path(path).name == victim:
@@ -384,11 +387,21 @@ def test_a_segment_that_cannot_be_deleted_stops_the_deletions_there(hist, monkey
         return real_unlink(path, *a, **k)
 
     monkeypatch.setattr(os, "unlink", unlink)
+
+
+def test_a_segment_that_cannot_be_deleted_stops_the_deletions_there(hist, monkeypatch):
+    """What stays is every segment from one on: never a log with a hole in it, which a
+    restore from its start would read across."""
+    arc, whole, snaps, times = hist
+    names = sorted(p.name for p in arc.glob("wal-*.log"))
+    victim = names[1]
+    _refuse_unlink(monkeypatch, victim)
     result = expire(arc, snaps, keep=1)
     monkeypatch.undo()
     assert not result.ok and [Path(e.path).name for e in result.problems] == [victim]
     assert "NOT DELETED: Permission denied" in result.problems[0].line(False)
     assert sorted(p.name for p in arc.glob("wal-*.log")) == names[1:]
+    assert read_marker(arc) == Expiry(names[1], names[0])  # what is gone, no more
     assert "later segments kept as well" in result.notes[-1]
     _kept_restores_equal_the_whole_log(arc, whole, snaps, times[5:])
     # A link among them stops it the same way; the next run goes on from there.
@@ -429,3 +442,80 @@ def test_command_line(hist, capsys):
     refused = _cli("expire", str(snaps), "--snapshots", str(snaps), "--keep", "1")
     assert refused.returncode == 1
     assert refused.stderr.startswith("gpu-pitr: error: ") and refused.stderr.count("\n") == 1
+
+
+def test_the_marker_says_only_what_is_gone(hist, monkeypatch):
+    """When the oldest segment cannot be deleted, nothing is gone: the marker is put
+    back as it was (none), and a restore from the start of the log still works."""
+    arc, whole, snaps, _ = hist
+    _refuse_unlink(monkeypatch, min(p.name for p in arc.glob("wal-*.log")))
+    result = expire(arc, snaps, keep=1)
+    monkeypatch.undo()
+    assert not result.ok and read_marker(arc) is None
+    _same(restore_fast(arc), restore_ref(whole))
+
+
+def test_snapshots_of_an_older_gpu_pitr_are_not_counted(hist):
+    """Without the record checksum and the history flag, a snapshot cannot be shown to be
+    of this archive's whole history: it neither counts nor goes."""
+    from gpu_pitr.snapshot.format import load_snapshot, write_snapshot
+
+    arc, _, snaps, _ = hist
+    for name in ("s04", "s05"):
+        snap = load_snapshot(snaps / name)
+        pos = dict(snap.position)
+        del pos["history_complete"]
+        pos["last_record"] = {k: v for k, v in pos["last_record"].items()
+                              if k in ("segment", "offset")}
+        index = snap.to_index()
+        shutil.rmtree(snaps / name)
+        write_snapshot(snaps / name, index, position=pos, pending=snap.pending,
+                       report=index.report.to_dict())
+    result = expire(arc, snaps, keep=1)
+    assert result.anchor == str(snaps / "s03")
+    assert sum("written by an older gpu-pitr" in n for n in result.notes) == 2
+    assert sorted(p.name for p in snaps.iterdir()) == ["s03", "s04", "s05"]
+
+
+def _three_segments(tmp_path: Path) -> Path:
+    b = LogBuilder(created=1000)
+    b.add(Ins("a", f32(1), None, 100))
+    b.add(Ins("b", f32(2), None, 101))
+    b.new_segment(1001)
+    b.add(Ins("c", f32(3), None, 102))
+    b.new_segment(1002)
+    b.add(Ins("d", f32(4), None, 103))
+    return Path(b.write(tmp_path / "wal"))
+
+
+def test_a_base_of_an_empty_log_needs_the_log_from_seq_0(tmp_path):
+    """A snapshot taken before the first record: a log after it that lost its first
+    segment is incomplete history (refused), and a snapshot of that says so."""
+    (tmp_path / "empty").mkdir()
+    snapshot.save(gpu_pitr.restore(tmp_path / "empty", backend="cpu"), tmp_path / "s0")
+    wal = _three_segments(tmp_path)
+    (wal / "wal-00000000000003e8.log").unlink()
+    with pytest.raises(IncompleteHistoryError, match="does not start at sequence number 0"):
+        gpu_pitr.restore(wal, base=str(tmp_path / "s0"), backend="cpu")
+    cut = gpu_pitr.restore(wal, base=str(tmp_path / "s0"), allow_incomplete_history=True,
+                           backend="cpu")
+    assert cut.position["history_complete"] is False and cut.id_list() == ["c", "d"]
+
+
+def test_a_base_that_covers_the_newest_expired_segment_whole_goes_on(tmp_path):
+    """A copy of a snapshot kept elsewhere, at the very end of the last segment expire
+    deleted: the log goes on in the first segment kept, so the restore is whole."""
+    wal = _three_segments(tmp_path)
+    arc, snaps, first = tmp_path / "arc", tmp_path / "snaps", tmp_path / "first"
+    snaps.mkdir()
+    first.mkdir()
+    assert archive(wal, arc).ok
+    shutil.copyfile(wal / "wal-00000000000003e8.log", first / "wal-00000000000003e8.log")
+    end = gpu_pitr.restore(first, backend="cpu")
+    assert end.position["at_segment_end"]
+    snapshot.save(end, tmp_path / "kept_elsewhere")
+    snapshot.save(gpu_pitr.restore(arc, to_time=101, backend="cpu"), snaps / "anchor")
+    result = expire(arc, snaps, keep=1)
+    assert read_marker(arc) == Expiry("wal-00000000000003e9.log", "wal-00000000000003e8.log")
+    assert [Path(e.path).name for e in result.expired] == ["wal-00000000000003e8.log"]
+    _same(restore_fast(arc, base=str(tmp_path / "kept_elsewhere")), restore_ref(wal))

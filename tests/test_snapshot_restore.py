@@ -33,8 +33,10 @@ from gpu_pitr.synth import write_synthetic_wal
 SETTINGS = settings(
     max_examples=int(os.environ.get("GPU_PITR_PROPERTY_EXAMPLES", "150")) // 4,
     deadline=None,
+    # filter_too_much: the tests assume() away workloads whose first restore fails
+    # (damage before its target); a CI run once drew 50 of those in a row.
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.function_scoped_fixture],
+                           HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
 )
 
 

@@ -21,7 +21,8 @@ import workloads as w
 from hypothesis import HealthCheck, given, settings
 from workloads import Abort, Batch, Begin, Commit, Del, Ins, LogBuilder, Upd, dir_state
 
-from gpu_pitr.errors import DimensionMismatchError
+from gpu_pitr.errors import DimensionMismatchError, WalError
+from gpu_pitr.expire import MARKER_NAME
 from gpu_pitr.format.payload import ERR_VARIANT, STATUS_TEXT
 from gpu_pitr.pipeline import restore
 from gpu_pitr.synth import write_synthetic_wal
@@ -503,10 +504,12 @@ def test_one_log_with_every_kind_of_problem_and_the_documented_severities(tmp_pa
     b.raw(w.encode_header(SEG2))  # swallowed_header (by the record cut); torn_tail
     b.put_file(w.segment_name(SEG2 + 1), b"WAL")  # torn_header
     b.put_file(w.segment_name(SEG2 + 2), b"WALX" + bytes(12))  # bad_header
+    b.put_file(MARKER_NAME, json.dumps({  # expired_history (bad_expire_marker: below)
+        "format": "gpu-pitr expire", "version": 1, "first_kept": w.segment_name(SEG2)}).encode())
     result = verify_wal(b.write(tmp_path / "wal"))
     inspect_reference.assert_same_stats(tmp_path / "wal")
-    assert {p.kind for p in result.problems} == set(KINDS)
-    assert len(result.problems) == len(KINDS)
+    assert {p.kind for p in result.problems} == set(KINDS) - {"bad_expire_marker"}
+    assert len(result.problems) == len(KINDS) - 1
     severities = {p.kind: p.severity for p in result.problems}
     assert severities == {  # as docs/damage.md says
         "bad_header": DAMAGE, "header_mismatch": DAMAGE, "torn_tail": DAMAGE,
@@ -514,11 +517,26 @@ def test_one_log_with_every_kind_of_problem_and_the_documented_severities(tmp_pa
         "seq_out_of_order": DAMAGE, "swallowed_header": DAMAGE, "torn_header": NOTICE,
         "seq_restart": NOTICE,
         "incomplete_history": NOTICE, "txn_begin_open": NOTICE, "txn_end_not_open": NOTICE,
-        "txn_open_at_end": NOTICE, "dim_change": NOTICE,
+        "txn_open_at_end": NOTICE, "dim_change": NOTICE, "expired_history": NOTICE,
     }
-    assert (result.damage, result.notices) == (8, 7)
+    assert (result.damage, result.notices) == (8, 8)
     assert all(p.what and "\n" not in p.what for p in result.problems)
     assert any(p.what.startswith(STATUS_TEXT[ERR_VARIANT]) for p in result.problems)
+
+
+@pytest.mark.parametrize("marker", [b"{", b"[" * 200_000, b'{"format": "x"}', b"{}" * 3000,
+                                    b'{"format": "gpu-pitr expire", "first_kept": "wal-1.log"}'])
+def test_a_bad_expire_marker_is_damage_and_stops_restores(tmp_path, marker):
+    b = LogBuilder()
+    b.add(Ins("a", [1, 2], None, 1))
+    b.put_file(MARKER_NAME, marker)
+    wal = b.write(tmp_path / "wal")
+    result = verify_wal(wal)
+    assert not result.clean and [p.kind for p in result.problems] == ["bad_expire_marker"]
+    assert result.problems[0].severity == DAMAGE
+    assert result.problems[0].what.startswith("not a marker gpu-pitr expire wrote")
+    with pytest.raises(WalError, match=f"{MARKER_NAME}: not a marker gpu-pitr expire wrote"):
+        restore(wal, backend="cpu")
 
 
 # ----------------------------------------------------------------------------- cross-checks
