@@ -714,9 +714,13 @@ def _needs_host():
     return NeedsHostExecutor
 
 
-def _base_for(base, snapshots, target: dict, exclusive: bool, segments):
+def _base_for(base, snapshots, target: dict, exclusive: bool, segments,
+              allow_incomplete: bool = False):
     """The snapshot a restore starts from (or None), notes for the report, and
-    whether this restore loaded it (then its vectors may be reused in place)."""
+    whether this restore loaded it (then its vectors may be reused in place).
+
+    A snapshot restored across a gap in the history (``history_complete`` false) is
+    a base only when this restore allows an incomplete history too."""
     if base is not None and snapshots is not None:
         raise ValueError("give at most one of base and snapshots")
     if base is None and snapshots is None:
@@ -734,7 +738,8 @@ def _base_for(base, snapshots, target: dict, exclusive: bool, segments):
         return after // (4 * dim + 17) + 16
 
     if snapshots is not None:
-        snap, notes = snapshot.choose(snapshots, target, exclusive, spare_rows)
+        snap, notes = snapshot.choose(snapshots, target, exclusive, spare_rows,
+                                      allow_incomplete)
         return snap, notes, True
     if hasattr(base, "position"):
         snap, owned = base, False
@@ -744,6 +749,11 @@ def _base_for(base, snapshots, target: dict, exclusive: bool, segments):
     if problem is not None:
         raise TargetBeforeBaseError(f"the target is earlier than the base snapshot: {problem}",
                                     file=str(snap.path))
+    if snap.position.get("history_complete") is False and not allow_incomplete:
+        raise IncompleteHistoryError(
+            "the base snapshot was restored from an incomplete history: a restore from it "
+            "is too (allow it: --allow-incomplete-history, allow_incomplete_history=True)",
+            file=str(snap.path))
     return snap, [], owned
 
 
@@ -840,7 +850,8 @@ def restore(
         raise WalError("WAL directory not found or not a directory", file=str(wal_path))
     with fill_once_pages():
         segments = list_segments(wal_path)
-        snap, notes, owned = _base_for(base, snapshots, target, exclusive, segments)
+        snap, notes, owned = _base_for(base, snapshots, target, exclusive, segments,
+                                       allow_incomplete_history)
         total = sum(s.size for s in segments)
         if snap is not None:
             # Room for the base's rows, which go through the executor like records.

@@ -333,9 +333,20 @@ def test_a_snapshot_of_an_incomplete_history_is_not_an_anchor(tmp_path):
     (wal / "wal-00000000000003e8.log").unlink()  # the writer's retention
     cut = gpu_pitr.restore(wal, allow_incomplete_history=True, backend="cpu")
     snapshot.save(cut, snaps / "cut")
-    # A restore based on it inherits the gap.
-    based = gpu_pitr.restore(wal, base=str(snaps / "cut"), backend="cpu")
+    # A restore based on it inherits the gap, and so must be allowed one.
+    with pytest.raises(IncompleteHistoryError, match="base snapshot was restored from an "
+                       "incomplete history"):
+        gpu_pitr.restore(wal, base=str(snaps / "cut"), backend="cpu")
+    based = gpu_pitr.restore(wal, base=str(snaps / "cut"), allow_incomplete_history=True,
+                             backend="cpu")
     assert based.position["history_complete"] is False
+    # --snapshots passes it over for the whole log of the archive, unless allowed.
+    chosen = gpu_pitr.restore(arc, snapshots=str(snaps), backend="cpu")
+    assert chosen.id_list() == ["a", "b", "c"] and chosen.report.base is None
+    assert "restored from an incomplete history; passed over" in chosen.report.message
+    allowed = gpu_pitr.restore(arc, snapshots=str(snaps), allow_incomplete_history=True,
+                               backend="cpu")
+    assert allowed.report.base["path"] == str(snaps / "cut")
     before = dir_state(arc)
     result = expire(arc, snaps, keep=1)
     assert result.anchor is None and dir_state(arc) == before

@@ -74,12 +74,15 @@ def log_order(position: dict) -> tuple:
     return (segment is not None, (segment or "").encode(), int(position.get("offset") or 0))
 
 
-def choose(directory, target: dict, exclusive: bool = False, spare_rows=None):
+def choose(directory, target: dict, exclusive: bool = False, spare_rows=None,
+           allow_incomplete: bool = False):
     """The newest intact snapshot in ``directory`` that ``target`` can start from.
 
     Returns ``(snapshot or None, notes)``: notes say which snapshots were
     damaged and passed over, and when none serves (the whole log is read).
     ``spare_rows(manifest)``, if given, sizes the room loaded beside the vectors.
+    A snapshot restored from an incomplete history is passed over too, unless
+    ``allow_incomplete``.
     """
     from gpu_pitr.errors import WalError
     from gpu_pitr.snapshot.base import target_problem
@@ -98,8 +101,13 @@ def choose(directory, target: dict, exclusive: bool = False, spare_rows=None):
         except WalError as err:
             notes.append(f"snapshot {path} is damaged ({err}); passed over")
             continue
-        if target_problem(position, target, exclusive) is None:
-            usable.append((log_order(position), str(path)))
+        if target_problem(position, target, exclusive) is not None:
+            continue
+        if position.get("history_complete") is False and not allow_incomplete:
+            notes.append(f"snapshot {path} was restored from an incomplete history; passed "
+                         "over (--allow-incomplete-history takes it)")
+            continue
+        usable.append((log_order(position), str(path)))
     for _, path in sorted(usable, reverse=True):
         try:
             spare = spare_rows(manifests[path]) if spare_rows is not None else 0
