@@ -2,16 +2,21 @@
 
 NumPy advises transparent huge pages (``madvise(MADV_HUGEPAGE)``) for every
 array of 4 MiB or more. A restore writes its index, arenas and snapshot
-buffers once, front to back, into memory the process has never touched; with
-the kernel's usual ``defrag=madvise`` setting, each huge-page fault of such an
-array may first compact memory to find 2 MiB free. Measured on the 2-core VM
-of docs/measurements.md: first writes to a fresh 617 MiB array ran at 0.5-1.3
-GB/s with the advice and 1.9-2.1 GB/s without, and a whole 1 GiB restore took
-0.4-0.9 s less (3.4-3.7 s -> 2.8-3.1 s, fresh processes, alternated).
+buffers once, front to back, into memory the process has never touched. Whether
+the advice helps depends on the host's free memory:
+- when the kernel has free 2 MiB blocks for all of it, a huge-page fault maps 2 MiB
+  at once: a 1 GiB restore on the 2-core Intel VM of docs/measurements.md took a
+  median 2.24 s with the advice against 2.55 s without (5 alternated pairs, faster
+  in every pair), and 0.70-0.85x the time in four bench runs;
+- when it has not, with the kernel's usual ``defrag=madvise`` setting, each
+  huge-page fault may first compact memory to make one: on the AMD VM of the same
+  page, first writes to a fresh 617 MiB array ran at 0.5-1.3 GB/s with the advice and
+  1.9-2.1 GB/s without, and whole restores took 1.1-1.6x as long.
 
-So a restore turns the advice off while it allocates, and puts NumPy's
-setting back after. A user who set ``NUMPY_MADVISE_HUGEPAGE`` has chosen, and
-is left alone.
+So ``fill_once_pages(need)`` keeps the advice when the free 2 MiB blocks
+(``/proc/buddyinfo``) cover ``need`` bytes with room to spare, and otherwise turns
+it off while the restore allocates, putting NumPy's setting back after. A user who
+set ``NUMPY_MADVISE_HUGEPAGE`` has chosen, and is left alone.
 """
 
 from __future__ import annotations
@@ -36,10 +41,47 @@ def _setter():
     return None
 
 
+# Free 2 MiB blocks must cover the memory a restore fills this many times over.
+_HEADROOM = 2
+
+
+def huge_blocks_free(buddyinfo: str | None = None) -> int | None:
+    """Bytes free in blocks of the huge-page size or larger, over all zones (None when
+    ``/proc/buddyinfo`` or the huge-page size cannot be read: not Linux)."""
+    try:
+        if buddyinfo is None:
+            with open("/proc/buddyinfo") as f:
+                buddyinfo = f.read()
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+            huge = int(f.read())
+        page = os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+    order = max(0, (huge // page).bit_length() - 1)
+    total = 0
+    for line in buddyinfo.splitlines():
+        counts = line.split("zone", 1)[-1].split()[1:]
+        for k, count in enumerate(counts):
+            if k >= order and count.isdigit():
+                total += int(count) * (page << k)
+    return total
+
+
+def keep_huge_page_advice(need: int | None, free: int | None = None) -> bool:
+    """Whether filling ``need`` bytes with NumPy's huge-page advice on is cheap here:
+    free huge-page blocks cover it ``_HEADROOM`` times (no compaction to wait for)."""
+    if need is None:
+        return False
+    free = huge_blocks_free() if free is None else free
+    return free is not None and free >= _HEADROOM * need
+
+
 @contextmanager
-def fill_once_pages() -> Iterator[None]:
-    """Within the block, large NumPy arrays get ordinary pages (re-entrant,
-    thread-safe: the setting is restored when the last block exits)."""
+def fill_once_pages(need: int | None = None) -> Iterator[None]:
+    """Within the block, large NumPy arrays get ordinary pages, unless free huge-page
+    blocks cover ``need`` bytes (``keep_huge_page_advice``: NumPy's advice then stays).
+    Re-entrant and thread-safe: blocks inside the outermost one keep its choice, and
+    the setting is restored when the last block exits."""
     global _depth, _saved
     setter = None if "NUMPY_MADVISE_HUGEPAGE" in os.environ else _setter()
     if setter is None:
@@ -48,6 +90,8 @@ def fill_once_pages() -> Iterator[None]:
     with _lock:
         if _depth == 0:
             _saved = bool(setter(False))
+            if keep_huge_page_advice(need):
+                setter(_saved)
         _depth += 1
     try:
         yield

@@ -8,6 +8,7 @@ at a chunk's end, which move to the front of the next chunk).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import zlib
@@ -757,6 +758,29 @@ def _base_for(base, snapshots, target: dict, exclusive: bool, segments,
     return snap, [], owned
 
 
+def _base_bytes(base, snapshots) -> int:
+    """The vector bytes of the base snapshot a restore names (with ``snapshots``: of the
+    largest there), as the manifests say (0: none, or none that reads yet: loading
+    says why)."""
+    from gpu_pitr.errors import WalError
+
+    if hasattr(base, "vectors"):
+        return int(base.vectors.nbytes)
+    try:
+        from gpu_pitr.snapshot import snapshot_dirs
+        from gpu_pitr.snapshot.format import read_manifest
+
+        paths = [base] if base is not None else snapshot_dirs(snapshots) if snapshots else []
+        sizes = []
+        for path in paths:
+            with contextlib.suppress(WalError):
+                manifest = read_manifest(path)
+                sizes.append(4 * int(manifest.get("count") or 0) * int(manifest.get("dim") or 0))
+        return max(sizes, default=0)
+    except (OSError, ImportError, ValueError, TypeError):
+        return 0
+
+
 def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, owned=False):
     report = RestoreReport(target=target_doc, backend=executor.name,
                            incomplete_history_allowed=bool(args[4]))
@@ -848,8 +872,9 @@ def restore(
     wal_path = Path(wal_dir)
     if not wal_path.is_dir():
         raise WalError("WAL directory not found or not a directory", file=str(wal_path))
-    with fill_once_pages():
-        segments = list_segments(wal_path)
+    segments = list_segments(wal_path)
+    # At most about the log's bytes are filled (the index, arenas, a base's rows).
+    with fill_once_pages(need=sum(s.size for s in segments) + _base_bytes(base, snapshots)):
         snap, notes, owned = _base_for(base, snapshots, target, exclusive, segments,
                                        allow_incomplete_history)
         total = sum(s.size for s in segments)

@@ -1,4 +1,5 @@
-"""The restore turns NumPy's huge-page advice off while it allocates, and back after."""
+"""The restore turns NumPy's huge-page advice off while it allocates (unless free
+2 MiB blocks cover what it fills twice over), and puts it back after."""
 
 import threading
 
@@ -66,7 +67,46 @@ def test_user_choice_is_left_alone(advice_on, monkeypatch):
         assert _advice() is True
 
 
-def test_restore_runs_inside_the_block(advice_on, monkeypatch, tmp_path):
+def test_huge_page_blocks_are_counted_from_buddyinfo():
+    import os
+
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+            huge = int(f.read())
+    except OSError:
+        assert hostmem.huge_blocks_free("Node 0, zone Normal 1 2") is None
+        return
+    page = os.sysconf("SC_PAGE_SIZE")
+    order = (huge // page).bit_length() - 1
+    counts = list(range(1, 12))
+    text = ("Node 0, zone      DMA " + " ".join(map(str, counts)) + "\n"
+            "Node 0, zone   Normal " + " ".join(map(str, counts)) + "\n")
+    want = 2 * sum(c * (page << k) for k, c in enumerate(counts) if k >= order)
+    assert want > 0 and hostmem.huge_blocks_free(text) == want
+
+
+def test_the_advice_stays_only_when_huge_blocks_cover_the_need_twice(monkeypatch):
+    keep = hostmem.keep_huge_page_advice
+    assert keep(1 << 30, free=2 << 30) and not keep(1 << 30, free=(2 << 30) - 1)
+    assert not keep(None, free=1 << 40) and keep(0, free=0)
+    monkeypatch.setattr(hostmem, "huge_blocks_free", lambda: None)  # not Linux
+    assert not keep(1)
+
+
+def test_kept_when_memory_is_plentiful_and_inner_blocks_follow(advice_on, monkeypatch):
+    monkeypatch.setattr(hostmem, "huge_blocks_free", lambda: 1 << 40)
+    with hostmem.fill_once_pages(need=1 << 30):
+        assert _advice() is True
+        with hostmem.fill_once_pages():  # no need given: the outer block's choice holds
+            assert _advice() is True
+    monkeypatch.setattr(hostmem, "huge_blocks_free", lambda: 1 << 20)
+    with hostmem.fill_once_pages(need=1 << 30):
+        assert _advice() is False
+    assert _advice() is True
+
+
+@pytest.mark.parametrize("free, advised", [(0, False), (1 << 40, True), (None, False)])
+def test_restore_runs_inside_the_block(advice_on, monkeypatch, tmp_path, free, advised):
     from gpu_pitr import restore
     from gpu_pitr.format.entries import Insert
     from gpu_pitr.format.writer import WalWriter
@@ -81,9 +121,10 @@ def test_restore_runs_inside_the_block(advice_on, monkeypatch, tmp_path):
     with WalWriter(tmp_path) as w:
         w.append(Insert(id="a", vector=[1.0, 2.0], metadata=None, timestamp=1))
     monkeypatch.setattr("gpu_pitr.resolve.hostmap.np.empty", spy)
+    monkeypatch.setattr(hostmem, "huge_blocks_free", lambda: free)
     index = restore(tmp_path, backend="cpu")
     assert list(index.ids) == ["a"]
-    assert seen and not any(seen)
+    assert seen and all(a is advised for a in seen)
     assert _advice() is True
 
 
