@@ -33,3 +33,19 @@ def test_bench_measures_a_small_wal_and_its_snapshot(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["snapshot"]["equal"] is True
     assert doc["restore_thp"]["runs"][0]["ids"] == doc["restore"]["runs"][0]["ids"]
+
+
+def test_the_huge_page_comparison_runs_both_choices(tmp_path):
+    from gpu_pitr.format.entries import Insert
+    from gpu_pitr.format.writer import WalWriter
+
+    with WalWriter(tmp_path / "wal") as w:
+        for i in range(50):
+            w.append(Insert(f"id{i}", [float(i)] * 4, None, i))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "ab_hugepages.py"), str(tmp_path / "wal"), "--pairs",
+         "2"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum("50 ids" in line for line in lines) == 4
+    assert lines[-1].startswith("own choice / forced off: ")
