@@ -28,10 +28,15 @@ def save(index, out_dir) -> Path:
 def load(path, *, verify: bool = True, spare_rows: int = 0):
     """The snapshot at ``path``, every file's checksum verified (``spare_rows``: see
     ``load_snapshot``)."""
+    from gpu_pitr.errors import WalError
     from gpu_pitr.hostmem import fill_once_pages
-    from gpu_pitr.snapshot.format import load_snapshot
+    from gpu_pitr.snapshot.format import load_snapshot, read_manifest
 
-    with fill_once_pages():
+    try:  # the bytes it fills: its files (a manifest that does not read: load says why)
+        need = sum(int(f["size"]) for f in read_manifest(path)["files"].values())
+    except (OSError, ValueError, KeyError, TypeError, WalError):
+        need = None
+    with fill_once_pages(need):
         return load_snapshot(path, verify=verify, spare_rows=spare_rows)
 
 
