@@ -87,7 +87,9 @@ class ExpireResult:
     ``anchor``: the oldest snapshot kept (None: nothing was expired, ``notes`` say why);
     ``kept``: every snapshot kept, newest first; ``expired``: the snapshots, then the
     segments, deleted (or that would be, with ``dry_run``); ``notes``: snapshots passed
-    over as links, and why nothing was expired; ``damaged``: snapshots that are damaged
+    over (links, of another log, of an older gpu-pitr, of an incomplete history), segments
+    kept after one that could not be deleted, and why nothing was expired; ``damaged``:
+    snapshots that are damaged
     (not counted, passed over as the anchor, left in place: ``gpu-pitr verify`` says more).
     """
 
@@ -185,6 +187,7 @@ def expire(archive_dir: str | os.PathLike, snapshots_dir: str | os.PathLike, *,
                        file=str(snapshots_dir))
     result = ExpireResult(str(archive_dir), str(snapshots_dir), dry_run)
     with archive_lock(archive_dir):
+        before = read_marker(archive_dir)  # a marker that is not one: refused, nothing deleted
         if not dry_run:
             _remove_stale_asides(snapshots_dir)
         segments = list_segments(archive_dir)
@@ -201,7 +204,8 @@ def expire(archive_dir: str | os.PathLike, snapshots_dir: str | os.PathLike, *,
         name = position.get("segment")
         old_segs = [s.path for s in segments
                     if name is not None and s.name.encode() < name.encode()]
-        _delete(result, old_snaps, old_segs, name, snapshots_dir, archive_dir, on_expired)
+        _delete(result, old_snaps, old_segs, name, before, snapshots_dir, archive_dir,
+                on_expired)
     return result
 
 
@@ -406,7 +410,8 @@ def _not_of_archive(position: dict, segments: dict) -> str | None:
 
 
 def _delete(result: ExpireResult, snaps: list[str], segments: list[Path], first_kept: str,
-            snapshots_dir: Path, archive_dir: Path, on_expired) -> None:
+            before: Expiry | None, snapshots_dir: Path, archive_dir: Path,
+            on_expired) -> None:
     """Delete the snapshots, then the segments before ``first_kept`` (or, in a dry run,
     list them). The marker is written before the first segment goes, and set back to
     the truth if one cannot go."""
@@ -436,9 +441,7 @@ def _delete(result: ExpireResult, snaps: list[str], segments: list[Path], first_
     # Oldest first, stopping at the first that cannot go: what stays is always every
     # segment from one on, never a log with a hole a restore would read across.
     unlinked = False
-    before = None
     if segments and not result.dry_run:
-        before = read_marker(archive_dir)
         _set_marker(archive_dir, Expiry(first_kept, segments[-1].name))
     for k, seg in enumerate(segments):
         interrupts.check()

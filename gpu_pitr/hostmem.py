@@ -7,11 +7,13 @@ the advice helps depends on the host's free memory:
 - when the kernel has free 2 MiB blocks for all of it, a huge-page fault maps 2 MiB
   at once: a 1 GiB restore on the 2-core Intel VM of docs/measurements.md took a
   median 2.24 s with the advice against 2.55 s without (5 alternated pairs, faster
-  in every pair), and 0.70-0.85x the time in four bench runs;
+  in every pair), and 0.70-0.85x the time in five of six bench runs (1.13x in one, on
+  a slow-host day);
 - when it has not, with the kernel's usual ``defrag=madvise`` setting, each
-  huge-page fault may first compact memory to make one: on the AMD VM of the same
-  page, first writes to a fresh 617 MiB array ran at 0.5-1.3 GB/s with the advice and
-  1.9-2.1 GB/s without, and whole restores took 1.1-1.6x as long.
+  huge-page fault may first compact memory to make one. That is the likely cause of
+  what the AMD VM of the same page measured (its free blocks were not recorded):
+  first writes to a fresh 617 MiB array at 0.5-1.3 GB/s with the advice and 1.9-2.1
+  GB/s without, and whole restores 1.1-1.6x as long.
 
 So ``fill_once_pages(need)`` keeps the advice when the free 2 MiB blocks
 (``/proc/buddyinfo``) cover ``need`` bytes with room to spare, and otherwise turns

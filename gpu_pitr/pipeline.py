@@ -506,10 +506,13 @@ class _Restore:
         if self.base is None or self._resume_seq == ("start", 0):
             self.history_gap |= seq != 0
             if seq != 0 and not self.allow_incomplete:
+                fix = ("the base snapshot is of an empty log, so the log must start there"
+                       if self.base is not None else
+                       "start from a snapshot taken before it was deleted: --base/--snapshots,"
+                       " base=/snapshots=")
                 raise IncompleteHistoryError(
                     "the log does not start at sequence number 0: earlier history is missing"
-                    " (start from a snapshot taken before it was deleted: --base/--snapshots,"
-                    " base=/snapshots=; or restore anyway: --allow-incomplete-history,"
+                    f" ({fix}; or restore anyway: --allow-incomplete-history,"
                     " allow_incomplete_history=True)", **w)
             return
         if self._resume_seq is None:

@@ -471,9 +471,13 @@ def main(argv: list[str] | None = None) -> int:
             # restore's own choice buys.
             from gpu_pitr.hostmem import keep_huge_page_advice
 
-            other = "0" if keep_huge_page_advice(wal_bytes) else "1"
-            phase("restore_thp", "restore", env={"NUMPY_MADVISE_HUGEPAGE": other}, repeat=1,
+            user = os.environ.get("NUMPY_MADVISE_HUGEPAGE")
+            kept = user != "0" if user is not None else keep_huge_page_advice(wal_bytes)
+            phase("restore_thp", "restore",
+                  env={"NUMPY_MADVISE_HUGEPAGE": "0" if kept else "1"}, repeat=1,
                   expect_ids=stats["live_ids"] if stats else None)
+            results["restore_thp"]["kept"] = kept
+            results["restore_thp"]["by_user"] = user is not None
         if rest.get("backend") == "cuda":
             phase("h2d", "h2d")
     if "mid" not in opts.skip and stats:
@@ -489,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     if "cli" not in opts.skip:
         cli = phase("cli", "cli")
     if "snapshot" not in opts.skip and stats:
-        phase("snapshot", "snapshot", snapshot_seq=int(stats["records"] * 0.9))
+        phase("snapshot", "snapshot", snapshot_seq=int(stats["records"] * 0.9),
+              wal_bytes=wal_bytes)
     results["load_average_after"] = os.getloadavg()
     _print_table(results, read, rest, mid, ref, cli, wal_bytes, opts)
     print(f"load average after: {_load()}")
@@ -589,7 +594,7 @@ def phase_snapshot(a: dict) -> dict:
     from gpu_pitr.hostmem import fill_once_pages
 
     src = np.frombuffer(full_vec, np.uint8)
-    with fill_once_pages(need=len(src)):  # the pages a restore of this size would get
+    with fill_once_pages(need=a["wal_bytes"]):  # the pages a restore of this log gets
         t = time.perf_counter()
         dst = np.empty_like(src)
         np.copyto(dst, src)
@@ -631,15 +636,17 @@ def _print_table(results, read, rest, mid, ref, cli, wal_bytes, opts) -> None:
     add("restore-time / read-time", run and warm and restore_s / warm["seconds"], "1 = read speed")
     thp = results.get("restore_thp", {})
     if "runs" in thp and restore_s:
-        from gpu_pitr.hostmem import huge_blocks_free, keep_huge_page_advice
+        from gpu_pitr.hostmem import huge_blocks_free
 
         thp_s = thp["runs"][0]["seconds"]
-        kept = keep_huge_page_advice(wal_bytes)
+        kept = thp["kept"]
         free = huge_blocks_free()
+        why = ("your NUMPY_MADVISE_HUGEPAGE" if thp["by_user"] else
+               f"gpu_pitr.hostmem: free 2 MiB blocks "
+               f"{'?' if free is None else f'{free / GB:.1f} GB'} before the run")
         add(f"  with NumPy's huge-page advice {'off' if kept else 'on'}, seconds", thp_s,
             f"fresh process, run next: {_fmt(thp_s / restore_s)} x the restore above, "
-            f"which kept it {'on' if kept else 'off'} (gpu_pitr.hostmem: free 2 MiB "
-            f"blocks {'?' if free is None else f'{free / GB:.1f} GB'})")
+            f"which had it {'on' if kept else 'off'} ({why})")
     mrun = mid["runs"][0] if "runs" in mid else None
     add(
         "restore to mid T, seconds",

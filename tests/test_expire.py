@@ -34,6 +34,7 @@ from gpu_pitr import cli, snapshot
 from gpu_pitr.archive import EXPIRED, LOCK_NAME, UNCHANGED, ArchiveError, archive
 from gpu_pitr.errors import IncompleteHistoryError, WalError
 from gpu_pitr.expire import (
+    MARKER_NAME,
     SEGMENT,
     SNAPSHOT,
     ExpireError,
@@ -506,7 +507,8 @@ def test_a_base_of_an_empty_log_needs_the_log_from_seq_0(tmp_path):
     snapshot.save(gpu_pitr.restore(tmp_path / "empty", backend="cpu"), tmp_path / "s0")
     wal = _three_segments(tmp_path)
     (wal / "wal-00000000000003e8.log").unlink()
-    with pytest.raises(IncompleteHistoryError, match="does not start at sequence number 0"):
+    with pytest.raises(IncompleteHistoryError, match="does not start at sequence number 0: "
+                       "earlier history is missing .the base snapshot is of an empty log"):
         gpu_pitr.restore(wal, base=str(tmp_path / "s0"), backend="cpu")
     cut = gpu_pitr.restore(wal, base=str(tmp_path / "s0"), allow_incomplete_history=True,
                            backend="cpu")
@@ -530,3 +532,16 @@ def test_a_base_that_covers_the_newest_expired_segment_whole_goes_on(tmp_path):
     assert read_marker(arc) == Expiry("wal-00000000000003e9.log", "wal-00000000000003e8.log")
     assert [Path(e.path).name for e in result.expired] == ["wal-00000000000003e8.log"]
     _same(restore_fast(arc, base=str(tmp_path / "kept_elsewhere")), restore_ref(wal))
+
+
+def test_a_bad_marker_is_refused_before_anything_is_deleted(hist, tmp_path):
+    arc, whole, snaps, _ = hist
+    (arc / MARKER_NAME).write_text("garbage")
+    arc_before, snaps_before = dir_state(arc), dir_state(snaps)
+    for dry_run in (True, False):
+        with pytest.raises(WalError, match=f"{MARKER_NAME}: not a marker gpu-pitr expire "
+                           "wrote"):
+            expire(arc, snaps, keep=2, dry_run=dry_run)
+    with pytest.raises(WalError, match="not a marker"):
+        archive(whole, arc)
+    assert dir_state(arc) == arc_before and dir_state(snaps) == snaps_before
