@@ -134,14 +134,15 @@ class ArchiveResult:
         counts = ", ".join(f"{self.count(a)} {a}" for a in (NEW, GROWN, UNCHANGED, EXPIRED)
                            if a != EXPIRED or self.count(a))
         out.append(
-            f"archive {self.archive}: {_n(len(self.segments), 'segment')} of {self.wal_dir} "
-            f"({counts}; {_n(len(self.problems), 'problem')}); it holds "
-            f"{_n(self.archived, 'segment')}, {self.only_in_archive} of them no longer in "
+            f"archive {self.archive}: {plural(len(self.segments), 'segment')} of {self.wal_dir} "
+            f"({counts}; {plural(len(self.problems), 'problem')}); it holds "
+            f"{plural(self.archived, 'segment')}, {self.only_in_archive} of them no longer in "
             "WAL_DIR")
         return out
 
 
-def _n(count: int, noun: str) -> str:
+def plural(count: int, noun: str) -> str:
+    """``1 segment``, ``2 segments``."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 

@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpu_pitr import interrupts
+from gpu_pitr.archive import plural
 from gpu_pitr.errors import WalError, os_reason
 from gpu_pitr.format.layout import SEGMENT_NAME_RE
 
@@ -89,8 +90,8 @@ class ExpireResult:
     segments, deleted (or that would be, with ``dry_run``); ``notes``: snapshots passed
     over (links, of another log, of an older gpu-pitr, of an incomplete history), segments
     kept after one that could not be deleted, and why nothing was expired; ``damaged``:
-    snapshots that are damaged
-    (not counted, passed over as the anchor, left in place: ``gpu-pitr verify`` says more).
+    snapshots that are damaged (not counted, passed over as the anchor, left in place:
+    ``gpu-pitr verify`` says more).
     """
 
     archive: str
@@ -127,9 +128,9 @@ class ExpireResult:
         verb = "would delete" if self.dry_run else "deleted"
         snaps, segs = self._of(SNAPSHOT), self._of(SEGMENT)
         total = sum(e.bytes for e in snaps + segs)
-        line = (f"expire {self.archive}: {verb} {_n(len(snaps), 'snapshot')} and "
-                f"{_n(len(segs), 'segment')} ({total} bytes); kept "
-                f"{_n(len(self.kept), 'snapshot')}")
+        line = (f"expire {self.archive}: {verb} {plural(len(snaps), 'snapshot')} and "
+                f"{plural(len(segs), 'segment')} ({total} bytes); kept "
+                f"{plural(len(self.kept), 'snapshot')}")
         if self.anchor is None:
             return line + "; nothing expired"
         if not segs:
@@ -145,12 +146,8 @@ class ExpireResult:
                 line += f": --to-time T for T >= {x}, T > {x} with --exclusive"
             line += ")"
         if self.problems:
-            line += f"; {_n(len(self.problems), 'problem')}"
+            line += f"; {plural(len(self.problems), 'problem')}"
         return line
-
-
-def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def expire(archive_dir: str | os.PathLike, snapshots_dir: str | os.PathLike, *,
@@ -329,7 +326,7 @@ def _first_candidate(snaps, keep, since, notes: list[str]) -> int | None:
 
     if keep is not None:
         if len(snaps) < keep:
-            notes.append(f"{_n(len(snaps), 'snapshot')}, fewer than the {keep} to keep: "
+            notes.append(f"{plural(len(snaps), 'snapshot')}, fewer than the {keep} to keep: "
                          "nothing expired")
             return None
         return keep - 1
@@ -461,7 +458,7 @@ def _delete(result: ExpireResult, snaps: list[str], segments: list[Path], first_
                 _set_marker(archive_dir, Expiry(seg.name, segments[k - 1].name) if k else before)
             later = len(segments) - k - 1
             if later:
-                result.notes.append(f"{_n(later, 'later segment')} kept as well, so that no "
+                result.notes.append(f"{plural(later, 'later segment')} kept as well, so that no "
                                     "restore reads across a hole in the log")
             break
         done(Expired(SEGMENT, str(seg), st.st_size))
@@ -486,15 +483,12 @@ def _tree_bytes(path: Path) -> int:
 
 def _remove_stale_asides(snapshots_dir: Path) -> None:
     """Remove what killed runs left: hidden snapshot directories renamed for deletion."""
-    from gpu_pitr.tempfiles import pid_alive
+    from gpu_pitr.tempfiles import dead_writers
 
     try:
         entries = list(os.scandir(snapshots_dir))
     except OSError:
         return
-    for entry in entries:
-        m = _ASIDE.fullmatch(entry.name)
-        if m is None or pid_alive(int(m.group(2))):
-            continue
+    for entry, _ in dead_writers(entries, _ASIDE):
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)

@@ -46,15 +46,20 @@ def temp_pattern(name_pattern: str) -> re.Pattern:
     return re.compile(rf"\.({name_pattern})\.tmp-(\d+)-[0-9a-f]{{8}}")
 
 
+def dead_writers(entries, pattern: re.Pattern):
+    """``(entry, match)`` for each of ``entries`` whose name ``pattern`` matches whole and
+    whose writer, the pid in the match's group 2, no longer runs on this host."""
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is not None and not pid_alive(int(match.group(2))):
+            yield entry, match
+
+
 def remove_stale_entries(entries, name_pattern: str) -> list[Path]:
     """``remove_stale_temps`` for every destination named by ``name_pattern``, among
     ``entries`` (``os.DirEntry`` of one directory)."""
-    pattern = temp_pattern(name_pattern)
     removed = []
-    for entry in entries:
-        match = pattern.fullmatch(entry.name)
-        if match is None or pid_alive(int(match.group(2))):
-            continue
+    for entry, _ in dead_writers(entries, temp_pattern(name_pattern)):
         try:
             if not entry.is_file(follow_symlinks=False):
                 continue

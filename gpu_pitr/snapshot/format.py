@@ -41,7 +41,7 @@ from gpu_pitr.snapshot.arrow import (
     metadata_chunks,
     require_pyarrow,
 )
-from gpu_pitr.tempfiles import pid_alive, temp_path
+from gpu_pitr.tempfiles import dead_writers, temp_path
 
 FORMAT_NAME = "gpu_pitr.snapshot"
 FORMAT_VERSION = 1
@@ -274,10 +274,7 @@ def _remove_stale(out: Path) -> None:
         entries = list(os.scandir(out.parent))
     except OSError:
         return
-    for entry in entries:
-        m = pattern.fullmatch(entry.name)
-        if m is None or pid_alive(int(m.group(2))):
-            continue
+    for entry, m in dead_writers(entries, pattern):
         path = Path(entry.path)
         try:
             if m.group(1) == "old" and not os.path.lexists(out) and is_snapshot(path):
