@@ -47,6 +47,7 @@ from pathlib import Path
 
 from gpu_pitr import interrupts
 from gpu_pitr.archive import plural
+from gpu_pitr.crc import crc32
 from gpu_pitr.errors import WalError, os_reason
 from gpu_pitr.format.layout import SEGMENT_NAME_RE
 
@@ -363,7 +364,6 @@ def _not_of_archive(position: dict, segments: dict) -> str | None:
     position and at its last record must carry the sequence numbers it recorded, and
     the last record the checksum it recorded (snapshots that recorded one).
     """
-    import zlib
 
     from gpu_pitr.format.layout import MAGIC, RECORD_HEADER_SIZE
 
@@ -400,7 +400,7 @@ def _not_of_archive(position: dict, segments: dict) -> str | None:
         if seq != want:
             return (f"{s.path}: offset {at}: the record there has seq {seq}, the snapshot "
                     f"recorded {want}: not this archive's log")
-        if crc is not None and zlib.crc32(head + body) != int(crc):
+        if crc is not None and crc32(head + body) != int(crc):
             return (f"{s.path}: offset {at}: the record there differs from the one the "
                     "snapshot recorded (CRC-32): not this archive's log")
     return None

@@ -9,8 +9,10 @@ import numpy as np
 from numba import prange
 
 from gpu_pitr.format.codec import decode_varint
+from gpu_pitr.format.payload import id_key
 from gpu_pitr.jit import njit
 from gpu_pitr.report import RestoreReport
+from gpu_pitr.resolve.idsort import compare_ids
 
 
 @njit(cache=True, parallel=True)
@@ -42,6 +44,42 @@ def _ucs4(arena, offs, lens, out):
                 p += 4
             out[i, j] = cp
             j += 1
+
+
+@njit(cache=True, parallel=True)
+def _span_keys(arena, offs, lens, out):
+    for i in prange(len(offs)):
+        out[i] = id_key(arena, offs[i], lens[i])
+
+
+@njit(cache=True, parallel=True)
+def _all_equal_to(arena, offs, lens, rep):
+    # Whether every span equals the span of row rep[i] (its key's first row).
+    same = 0
+    for i in prange(len(offs)):
+        r = rep[i]
+        if compare_ids(arena, offs[i], lens[i], arena, offs[r], lens[r]) != 0:
+            same += 1
+    return same == 0
+
+
+def _distinct_spans(arena: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> tuple:
+    """``(first, which)``: the first row of each distinct byte string
+    ``arena[offs[i]:offs[i]+lens[i]]``, and per row the index of its own in ``first``.
+
+    Grouped by a 64-bit key, then every row checked against its group's first row
+    byte for byte; where two strings share a key, by the bytes themselves.
+    """
+    keys = np.empty(len(offs), np.uint64)
+    _span_keys(arena, offs, lens, keys)
+    _, first, which = np.unique(keys, return_index=True, return_inverse=True)
+    if _all_equal_to(arena, offs, lens, first[which]):
+        return first, which.reshape(-1)
+    seen: dict[bytes, int] = {}
+    which = np.empty(len(offs), np.int64)
+    for j, (o, m) in enumerate(zip(offs.tolist(), lens.tolist(), strict=True)):
+        which[j] = seen.setdefault(arena[o:o + m].tobytes(), len(seen))
+    return np.unique(which, return_index=True)[1], which
 
 
 def decode_metadata(raw: bytes) -> dict[str, str]:
@@ -132,14 +170,12 @@ class RestoredIndex:
         a = self._meta_arena
         present = np.flatnonzero(self._meta_offs >= 0)
         # Most ids carry no metadata, and stores repeat a few maps over many ids:
-        # each distinct encoding goes through a dict and json once.
-        distinct: dict[bytes, int] = {}
-        which = np.empty(len(present), np.int64)
-        for j, (o, m) in enumerate(zip(self._meta_offs[present].tolist(),
-                                       self._meta_lens[present].tolist(), strict=True)):
-            which[j] = distinct.setdefault(a[o:o + m].tobytes(), len(distinct))
-        texts = [json.dumps(decode_metadata(raw), sort_keys=True, ensure_ascii=False,
-                            separators=(",", ":")) for raw in distinct]
+        # each distinct encoding goes through json once.
+        offs, lens = self._meta_offs[present], self._meta_lens[present]
+        distinct, which = _distinct_spans(a, offs, lens)
+        texts = [json.dumps(decode_metadata(a[o:o + m].tobytes()), sort_keys=True,
+                            ensure_ascii=False, separators=(",", ":"))
+                 for o, m in zip(offs[distinct].tolist(), lens[distinct].tolist(), strict=True)]
         width = max([4, *map(len, texts)])
         out = np.full(n, "null", dtype=f"<U{width}")
         if texts:

@@ -16,6 +16,7 @@ import numpy as np
 
 from gpu_pitr import interrupts
 from gpu_pitr.errors import MissingExtraError, OutputError, WalError
+from gpu_pitr.npzfile import write_npz
 from gpu_pitr.tempfiles import remove_stale_temps, temp_path
 
 FORMATS = ("npz", "parquet", "faiss", "snapshot")
@@ -130,14 +131,12 @@ def _write_npz(index, out: Path) -> list[Path]:
                        f"ids array cannot hold ({len(lossy)} such ids)", file=str(out))
     report = json.dumps(index.report.to_dict())
     with atomic_files(out) as (tmp,), open(tmp, "wb") as file:
-        # A file object, not a name: ``np.savez`` would append ".npz" to a name.
-        np.savez(
-            file,
-            ids=np.asarray(index.ids, dtype=np.str_),
-            vectors=np.asarray(index.vectors, dtype=np.float32),
-            metadata=np.asarray(index.metadata_json(), dtype=np.str_),
-            report=np.array(report),
-        )
+        write_npz(file, {
+            "ids": np.asarray(index.ids, dtype=np.str_),
+            "vectors": np.asarray(index.vectors, dtype=np.float32),
+            "metadata": np.asarray(index.metadata_json(), dtype=np.str_),
+            "report": np.array(report),
+        })
     return [out]
 
 

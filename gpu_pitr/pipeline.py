@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from gpu_pitr import interrupts
+from gpu_pitr.crc import crc32
 from gpu_pitr.errors import (
     BadSegmentError,
     CorruptRecordError,
@@ -379,7 +379,7 @@ class _Restore:
             self.seq_runs.add(c.seq[first:end])
             o, n = int(c.off[end - 1]), RECORD_HEADER_SIZE + int(c.length[end - 1])
             self.last_record = (self.names[int(c.seg[end - 1])], int(c.foff[end - 1]),
-                                n, zlib.crc32(self.buf[o:o + n]))
+                                n, crc32(self.buf[o:o + n]))
 
     def _position(self, segment: int | None, offset: int, seq: int | None) -> dict:
         seg = self.segments[segment] if segment is not None else None

@@ -37,3 +37,28 @@ def test_ids_longer_than_a_16_bit_length_sort_by_bytes():
     ids = [short + b"\0", b"y", short, b"x"]
     order = sorted_id_order(*_arena(ids))
     assert [ids[i] for i in order] == sorted(ids)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ID, _ID)
+def test_compare_ids_is_byte_order(a, b):
+    from gpu_pitr.resolve.idsort import compare_ids
+
+    arena, offs, lens = _arena([a, b])
+    want = (a > b) - (a < b)
+    assert compare_ids(arena, offs[0], lens[0], arena, offs[1], lens[1]) == want
+    assert compare_ids(arena, offs[1], lens[1], arena, offs[0], lens[0]) == -want
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sets(_ID, max_size=80), st.data())
+def test_merge_order_of_two_sorted_lists(ids, data):
+    # The parallel merge (parts cut at ids of the first list) equals a plain sort.
+    from gpu_pitr.snapshot.base import _merge_order
+
+    ids = sorted(ids)
+    in_a = data.draw(st.lists(st.booleans(), min_size=len(ids), max_size=len(ids)))
+    a = [x for x, f in zip(ids, in_a, strict=True) if f]
+    b = [x for x, f in zip(ids, in_a, strict=True) if not f]
+    src, pos = _merge_order(*_arena(a), *_arena(b))
+    assert [(a if s == 0 else b)[p] for s, p in zip(src, pos, strict=True)] == ids

@@ -616,3 +616,14 @@ def test_unstorable_inputs_touch_nothing(tmp_path):
     with pytest.raises(TypeError, match="position must be a dict"):
         write_snapshot(tmp_path / "s", index, position=None)
     assert w.dir_state(tmp_path) == before
+
+
+@pytest.mark.parametrize("start", range(0, 9))
+def test_null_maps_read_from_the_validity_bitmap_at_any_offset(start) -> None:
+    # Rows are read from Arrow's validity bitmap (bit order, slice offsets), the
+    # answer pyarrow's own is_valid() gives.
+    maps = [None, [("a", "b")], None, [], [("c", "d")], None, None, [("e", "")]] * 3
+    arr = pa.array(maps, type=pa.map_(pa.string(), pa.string())).slice(start, 13)
+    assert snap_arrow._validity(arr).tolist() == arr.is_valid().to_pylist()
+    whole = pa.array([[("a", "b")]] * 5, type=pa.map_(pa.string(), pa.string()))
+    assert snap_arrow._validity(whole.slice(start % 5)).all()

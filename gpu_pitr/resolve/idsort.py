@@ -4,8 +4,36 @@ from __future__ import annotations
 
 import numpy as np
 from numba import prange
+from numba.extending import register_jitable
 
 from gpu_pitr.jit import njit
+
+
+@register_jitable(inline="always")
+def _word_le(x, i):
+    # 8 bytes from ``x[i]`` as one little-endian word (a single load once compiled).
+    return (np.uint64(x[i]) | (np.uint64(x[i + 1]) << np.uint64(8))
+            | (np.uint64(x[i + 2]) << np.uint64(16)) | (np.uint64(x[i + 3]) << np.uint64(24))
+            | (np.uint64(x[i + 4]) << np.uint64(32)) | (np.uint64(x[i + 5]) << np.uint64(40))
+            | (np.uint64(x[i + 6]) << np.uint64(48)) | (np.uint64(x[i + 7]) << np.uint64(56)))
+
+
+@register_jitable
+def compare_ids(a, ao, an, b, bo, bn):
+    """-1, 0 or 1 as the id ``a[ao:ao+an]`` sorts before, equal to or after
+    ``b[bo:bo+bn]`` by bytes (a prefix first). Equal words are skipped 8 bytes at a
+    time: ids share long prefixes (URIs)."""
+    x = a[ao:ao + an]
+    y = b[bo:bo + bn]
+    m = min(an, bn)
+    k = 0
+    while k + 8 <= m and _word_le(x, k) == _word_le(y, k):
+        k += 8
+    while k < m:
+        if x[k] != y[k]:
+            return -1 if x[k] < y[k] else 1
+        k += 1
+    return -1 if an < bn else (1 if an > bn else 0)
 
 
 @njit(cache=True, parallel=True)

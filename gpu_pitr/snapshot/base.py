@@ -18,6 +18,7 @@ from numba import prange
 from gpu_pitr.format.layout import RECORD_HEADER_SIZE
 from gpu_pitr.format.payload import id_key, varint_widths, write_varint
 from gpu_pitr.jit import njit
+from gpu_pitr.resolve.idsort import compare_ids
 
 # Beyond this many runs of consecutive sequence numbers, the runs are kept as
 # their hull: a conservative answer ("maybe covered") for a hostile log.
@@ -128,12 +129,10 @@ def _encode_inserts(rows, id_arena, id_offs, id_lens, vec_bytes, meta_arena, met
         n = id_lens[i]
         p = write_varint(out, p, n)
         o = id_offs[i]
-        for k in range(n):
-            out[p + k] = id_arena[o + k]
+        out[p:p + n] = id_arena[o:o + n]
         p += n
         p = write_varint(out, p, dim)
-        for k in range(width):
-            out[p + k] = vec_bytes[i, k]
+        out[p:p + width] = vec_bytes[i]
         p += width
         if meta_offs[i] < 0:
             out[p] = 0
@@ -142,8 +141,7 @@ def _encode_inserts(rows, id_arena, id_offs, id_lens, vec_bytes, meta_arena, met
             out[p] = 1
             p += 1
             o = meta_offs[i]
-            for k in range(meta_lens[i]):
-                out[p + k] = meta_arena[o + k]
+            out[p:p + meta_lens[i]] = meta_arena[o:o + meta_lens[i]]
             p += meta_lens[i]
         out[p] = 0  # timestamp 0
         p += 1
@@ -394,28 +392,46 @@ def _merge_in_place(src, pos, rest, a_rows, room, words):
 
 
 @njit(cache=True, nogil=True)
-def _less(a, ao, an, b, bo, bn):
-    for k in range(min(an, bn)):
-        if a[ao + k] != b[bo + k]:
-            return a[ao + k] < b[bo + k]
-    return an < bn
+def _count_less(b, b_offs, b_lens, a, ao, an):
+    # How many of the sorted ids b sort before the id a[ao:ao+an].
+    lo, hi = 0, len(b_offs)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if compare_ids(b, b_offs[mid], b_lens[mid], a, ao, an) < 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _merge_order(a, a_offs, a_lens, b, b_offs, b_lens):
-    """Merge two id lists sorted by bytes: per output row, (0: from a, 1: from b) and
-    the row in that list."""
+    """Merge two id lists sorted by bytes (no id in both): per output row, (0: from a,
+    1: from b) and the row in that list. Cut into parts at ids of ``a`` (where
+    ``b`` splits there: a binary search), merged in parallel."""
     na, nb = len(a_offs), len(b_offs)
     src = np.empty(na + nb, np.int8)
     pos = np.empty(na + nb, np.int64)
-    i = j = 0
-    for k in range(na + nb):
-        if j >= nb or (i < na and _less(a, a_offs[i], a_lens[i], b, b_offs[j], b_lens[j])):
-            src[k] = 0
-            pos[k] = i
-            i += 1
-        else:
-            src[k] = 1
-            pos[k] = j
-            j += 1
+    parts = 8 if na >= 8 else 1
+    cut_a = np.empty(parts + 1, np.int64)
+    cut_b = np.empty(parts + 1, np.int64)
+    cut_a[0] = cut_b[0] = 0
+    cut_a[parts], cut_b[parts] = na, nb
+    for p in range(1, parts):
+        i = p * na // parts
+        cut_a[p] = i
+        cut_b[p] = _count_less(b, b_offs, b_lens, a, a_offs[i], a_lens[i])
+    for p in prange(parts):
+        i, i_end = cut_a[p], cut_a[p + 1]
+        j, j_end = cut_b[p], cut_b[p + 1]
+        for k in range(i + j, i_end + j_end):
+            if j >= j_end or (i < i_end and compare_ids(a, a_offs[i], a_lens[i],
+                                                        b, b_offs[j], b_lens[j]) < 0):
+                src[k] = 0
+                pos[k] = i
+                i += 1
+            else:
+                src[k] = 1
+                pos[k] = j
+                j += 1
     return src, pos

@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import shutil
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,9 +31,11 @@ import numpy as np
 from numba import prange
 
 from gpu_pitr import interrupts
+from gpu_pitr.crc import crc32
 from gpu_pitr.errors import WalError
 from gpu_pitr.index import RestoredIndex
 from gpu_pitr.jit import njit
+from gpu_pitr.resolve.idsort import compare_ids
 from gpu_pitr.snapshot.arrow import (
     arenas_from_arrow,
     ids_array,
@@ -172,7 +173,7 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
         }
         text = (_json(manifest, indent=1) + "\n").encode("utf-8")
         _write_file(tmp / MANIFEST, text)
-        _write_file(tmp / MANIFEST_CRC, f"{zlib.crc32(text):08x}\n".encode("ascii"))
+        _write_file(tmp / MANIFEST_CRC, f"{crc32(text):08x}\n".encode("ascii"))
         _fsync_dir(tmp)
         interrupts.committing()  # no stop halfway through the renames
         _install(tmp, out)
@@ -217,7 +218,7 @@ def _write_file(path: Path, data) -> dict:
     with open(path, "xb") as f:
         for a in range(0, len(view), BLOCK_SIZE):
             block = view[a:a + BLOCK_SIZE]
-            crcs.append(f"{zlib.crc32(block):08x}")
+            crcs.append(f"{crc32(block):08x}")
             f.write(block)
         f.flush()
         os.fsync(f.fileno())
@@ -353,7 +354,7 @@ def read_manifest(path) -> dict:
     if not (_HEX8.fullmatch(expect) and text[8:] == "\n"):
         raise SnapshotError("not a CRC-32 (8 lowercase hex digits and a newline)",
                             file=str(crc_path))
-    got = zlib.crc32(raw)
+    got = crc32(raw)
     if got != int(expect, 16):
         raise SnapshotError(f"CRC-32 {got:08x} does not match {expect} in {MANIFEST_CRC}: "
                             "torn or edited", file=str(mpath))
@@ -562,7 +563,7 @@ def _block(fd: int, buf: np.ndarray, a: int, b: int, read: bool, verify: bool):
             if n == 0:
                 return f"file ended at byte {a + got} while reading"
             got += n
-    return zlib.crc32(view) if verify else 0
+    return crc32(view) if verify else 0
 
 
 def _column(pa, path: Path, buf: np.ndarray, name: str, typ, count: int):
@@ -590,12 +591,6 @@ def _first_unsorted(arena, offs, lens):
     n = len(offs)
     first = n
     for i in prange(1, n):
-        a, la = offs[i - 1], lens[i - 1]
-        b, lb = offs[i], lens[i]
-        m = min(la, lb)
-        k = 0
-        while k < m and arena[a + k] == arena[b + k]:
-            k += 1
-        if (arena[a + k] >= arena[b + k]) if k < m else (la >= lb):
+        if compare_ids(arena, offs[i - 1], lens[i - 1], arena, offs[i], lens[i]) >= 0:
             first = min(first, i)
     return first if first < n else -1

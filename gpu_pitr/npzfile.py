@@ -1,0 +1,118 @@
+"""``.npz`` writing: NumPy's layout, written straight from memory.
+
+An ``.npz`` is a ZIP archive of stored (uncompressed) ``.npy`` members; ``np.load``
+reads it through Python's ``zipfile``. ``np.savez`` builds it with ``zipfile``
+too, which computes each member's CRC-32 with Python's zlib on the writing thread
+(1.8 GB/s here) and copies every 16 MiB of an array before writing it. A
+restored index is about a gigabyte of ids, vectors and metadata per million ids,
+so this writer computes each member's CRC-32 on a thread (``gpu_pitr.crc``:
+zlib-ng's where installed) while the same bytes are written from the array's own
+memory, then fills the CRC into the member's header.
+
+The archive is what ``zipfile`` writes for ``np.savez``: local headers with a
+ZIP64 extra field (``force_zip64``), central-directory ZIP64 fields and the ZIP64
+end records only where a size, an offset or the count does not fit its 16- or
+32-bit field.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from gpu_pitr.crc import crc32
+
+_LOCAL = struct.Struct("<IHHHHHIIIHH")
+_LOCAL_ZIP64 = struct.Struct("<HHQQ")
+_CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
+_END64 = struct.Struct("<IQHHIIQQQQ")
+_END64_LOCATOR = struct.Struct("<IIQI")
+_END = struct.Struct("<IHHHHIIH")
+_VERSION = 45  # ZIP64
+_MADE_BY = (3 << 8) | _VERSION  # Unix
+_CRC_AT = 14  # offset of the CRC-32 in a local header
+_PIECE = 64 << 20  # bytes per write call
+
+
+def npy_header(arr: np.ndarray) -> bytes:
+    """The ``.npy`` header ``np.save`` writes for ``arr`` (format 1.0, or 2.0 when the
+    header does not fit 1.0's 16-bit length)."""
+    import io
+
+    from numpy.lib import format as npformat
+
+    head = npformat.header_data_from_array_1_0(arr)
+    buf = io.BytesIO()
+    try:
+        npformat.write_array_header_1_0(buf, head)
+    except ValueError:
+        buf = io.BytesIO()
+        npformat.write_array_header_2_0(buf, head)
+    return buf.getvalue()
+
+
+def _dos_time(now: float) -> tuple[int, int]:
+    t = time.localtime(now)
+    date = max(t.tm_year - 1980, 0) << 9 | t.tm_mon << 5 | t.tm_mday
+    return t.tm_hour << 11 | t.tm_min << 5 | t.tm_sec // 2, date
+
+
+#: ``zipfile``'s ZIP64 threshold: larger sizes and offsets go to ZIP64 fields.
+ZIP64_LIMIT = (1 << 31) - 1
+
+
+def write_npz(file, arrays: dict, *, zip64_limit: int = ZIP64_LIMIT) -> None:
+    """Write ``arrays`` (name -> array) to the binary ``file`` (seekable, at offset 0) as
+    ``np.savez`` would, members ``NAME.npy`` in the given order.
+
+    ``zip64_limit``: the largest value written in a 32-bit field (tests lower it to
+    write the ZIP64 records of a large archive with a small one).
+    """
+    dostime, dosdate = _dos_time(time.time())
+    central = []
+    with ThreadPoolExecutor(1) as pool:
+        for name, arr in arrays.items():
+            arr = np.asarray(arr)
+            if not arr.flags.c_contiguous:
+                arr = arr.copy(order="C")
+            header = npy_header(arr)
+            body = arr.reshape(-1).view(np.uint8) if arr.size else np.zeros(0, np.uint8)
+            size = len(header) + len(body)
+            fname = f"{name}.npy".encode("ascii")
+            offset = file.tell()
+            file.write(_LOCAL.pack(0x04034B50, _VERSION, 0, 0, dostime, dosdate, 0,
+                                   0xFFFFFFFF, 0xFFFFFFFF, len(fname), _LOCAL_ZIP64.size))
+            file.write(fname)
+            file.write(_LOCAL_ZIP64.pack(1, 16, size, size))
+            crc = pool.submit(lambda h=header, b=body: crc32(b, crc32(h)))
+            file.write(header)
+            for a in range(0, len(body), _PIECE):
+                file.write(body[a:a + _PIECE])
+            end = file.tell()
+            file.seek(offset + _CRC_AT)
+            file.write(struct.pack("<I", crc.result()))
+            file.seek(end)
+            central.append((fname, crc.result(), size, offset))
+    start = file.tell()
+    for fname, crc, size, offset in central:
+        big = [v for v in (size, size, offset) if v > zip64_limit]
+        extra = struct.pack(f"<HH{len(big)}Q", 1, 8 * len(big), *big) if big else b""
+        fits = [0xFFFFFFFF if v > zip64_limit else v for v in (size, size, offset)]
+        file.write(_CENTRAL.pack(0x02014B50, _MADE_BY, _VERSION, 0, 0, dostime, dosdate, crc,
+                                 fits[0], fits[1], len(fname), len(extra), 0, 0, 0,
+                                 0o100644 << 16, fits[2]))
+        file.write(fname)
+        file.write(extra)
+    cd_size = file.tell() - start
+    count = len(central)
+    if count > 0xFFFF or cd_size > zip64_limit or start > zip64_limit:
+        at = file.tell()
+        file.write(_END64.pack(0x06064B50, _END64.size - 12, _MADE_BY, _VERSION, 0, 0,
+                               count, count, cd_size, start))
+        file.write(_END64_LOCATOR.pack(0x07064B50, 0, at, 1))
+    file.write(_END.pack(0x06054B50, 0, 0, min(count, 0xFFFF), min(count, 0xFFFF),
+                         cd_size if cd_size <= zip64_limit else 0xFFFFFFFF,
+                         start if start <= zip64_limit else 0xFFFFFFFF, 0))

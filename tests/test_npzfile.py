@@ -1,0 +1,126 @@
+"""The .npz writer (gpu_pitr/npzfile.py) and the CRC-32 it and snapshots use."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import shutil
+import subprocess
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpu_pitr import crc
+from gpu_pitr.npzfile import write_npz
+
+ARRAYS = {
+    "ids": np.array(["a", "bé", "c" * 40, "\U0001f600"]),
+    "vectors": np.array([[0.0, -0.0], [np.nan, 1.5], [np.inf, -1e-45], [3.0, 4.0]],
+                        np.float32),
+    "metadata": np.array(["null", "{}", '{"a":"1"}', "null"]),
+    "report": np.array('{"ids": 4}'),
+    "empty": np.zeros((0, 0), np.float32),
+    "large": np.random.default_rng(0).random(300_000).astype(np.float32),
+}
+
+
+def _written(arrays, **kw) -> bytes:
+    buf = io.BytesIO()
+    write_npz(buf, arrays, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("limit", [None, 0, 100])
+def test_members_are_those_of_np_savez(limit) -> None:
+    # limit 0 and 100: every size and offset (past the first member's) goes to the
+    # ZIP64 fields and the ZIP64 end records, as in an archive over 2 GiB.
+    data = _written(ARRAYS, **({} if limit is None else {"zip64_limit": limit}))
+    ref = io.BytesIO()
+    np.savez(ref, **ARRAYS)
+    ours = zipfile.ZipFile(io.BytesIO(data))
+    theirs = zipfile.ZipFile(io.BytesIO(ref.getvalue()))
+    assert ours.testzip() is None  # every member's CRC-32 checks
+    assert [i.filename for i in ours.infolist()] == [i.filename for i in theirs.infolist()]
+    for a, b in zip(ours.infolist(), theirs.infolist(), strict=True):
+        assert (a.CRC, a.file_size, a.compress_type) == (b.CRC, b.file_size, b.compress_type)
+        assert ours.read(a) == theirs.read(b)
+    if limit is None:
+        assert len(data) == len(ref.getvalue())
+    loaded = np.load(io.BytesIO(data), allow_pickle=False)
+    for name, arr in ARRAYS.items():
+        got = loaded[name]
+        assert got.dtype == arr.dtype and got.shape == arr.shape
+        assert got.tobytes() == arr.tobytes()
+
+
+def test_zip64_records_where_a_field_overflows() -> None:
+    small = _written(ARRAYS)
+    forced = _written(ARRAYS, zip64_limit=100)
+    assert b"PK\x06\x06" not in small[-200:] and b"PK\x06\x06" in forced[-200:]
+    # Central entries past offset 100 carry their offset in a ZIP64 extra field.
+    infos = zipfile.ZipFile(io.BytesIO(forced)).infolist()
+    assert all(i.header_offset > 100 for i in infos[1:])
+
+
+@pytest.mark.skipif(shutil.which("unzip") is None, reason="no unzip on this machine")
+@pytest.mark.parametrize("limit", [None, 0])
+def test_info_zip_reads_it(tmp_path, limit) -> None:
+    path = tmp_path / "x.npz"
+    path.write_bytes(_written(ARRAYS, **({} if limit is None else {"zip64_limit": limit})))
+    done = subprocess.run(["unzip", "-tq", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_non_contiguous_arrays_load_equal() -> None:
+    arrays = {"f": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+              "s": np.arange(20, dtype=np.int32)[::3]}
+    loaded = np.load(io.BytesIO(_written(arrays)), allow_pickle=False)
+    for name, arr in arrays.items():
+        assert np.array_equal(loaded[name], arr)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=5000), st.integers(0, 2**32 - 1))
+def test_crc32_is_zlibs(data, start) -> None:
+    assert crc.crc32(data) == zlib.crc32(data)
+    assert crc.crc32(data, start) == zlib.crc32(data, start)
+    # The fast one whenever the package is there (the test extra brings it).
+    have = importlib.util.find_spec("zlib_ng") is not None
+    assert crc.IMPLEMENTATION == ("zlib-ng" if have else "zlib")
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_metadata_json_groups_equal_maps_exactly(monkeypatch, collide) -> None:
+    # Distinct encodings are found by key, then checked byte for byte; keys that
+    # collide (all equal here) fall back to grouping by the bytes themselves.
+    import gpu_pitr.index as index_mod
+    from gpu_pitr.format.codec import encode_varint
+
+    def encode_metadata(m):  # bincode HashMap<String, String>, the arena's form
+        out = bytearray(encode_varint(len(m)))
+        for k, v in m.items():
+            for text in (k.encode(), v.encode()):
+                out += encode_varint(len(text)) + text
+        return bytes(out)
+
+    if collide:
+        monkeypatch.setattr(index_mod, "_span_keys", lambda a, o, n, out: out.fill(7))
+    rng = np.random.default_rng(5)
+    maps = [None, {}, {"a": "1"}, {"a": "2"}, {"b": "1", "a": "1"}, {"é": "\u00e9"}]
+    rows = [maps[i] for i in rng.integers(0, len(maps), 500)]
+    parts = [b"" if m is None else encode_metadata(m) for m in rows]
+    lens = np.array([len(b) for b in parts], np.int64)
+    offs = np.where([m is None for m in rows], -1, np.cumsum(lens) - lens)
+    arena = np.frombuffer(b"".join(parts), np.uint8).copy()
+    n = len(rows)
+    idx = index_mod.RestoredIndex(np.zeros(0, np.uint8), np.zeros(n, np.int64),
+                                  np.zeros(n, np.int64), np.zeros((n, 0), np.float32),
+                                  arena, offs, lens, None)
+    want = ["null" if m is None else json.dumps(m, sort_keys=True, ensure_ascii=False,
+                                                 separators=(",", ":")) for m in rows]
+    assert idx.metadata_json().tolist() == want
