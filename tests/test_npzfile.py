@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import zipfile
 import zlib
 
@@ -124,3 +125,21 @@ def test_metadata_json_groups_equal_maps_exactly(monkeypatch, collide) -> None:
     want = ["null" if m is None else json.dumps(m, sort_keys=True, ensure_ascii=False,
                                                  separators=(",", ":")) for m in rows]
     assert idx.metadata_json().tolist() == want
+
+
+def test_without_zlib_ng_the_same_checksums(tmp_path) -> None:
+    # The fallback (zlib) computes the same values and writes .npz files zipfile checks.
+    code = (
+        "import sys; sys.modules['zlib_ng'] = None\n"
+        "import numpy as np, zipfile, gpu_pitr\n"
+        "from gpu_pitr import crc\n"
+        "assert crc.IMPLEMENTATION == 'zlib', crc.IMPLEMENTATION\n"
+        "from gpu_pitr.npzfile import write_npz\n"
+        f"p = {str(tmp_path / 'x.npz')!r}\n"
+        "with open(p, 'wb') as f: write_npz(f, {'a': np.arange(1000.0)})\n"
+        "assert zipfile.ZipFile(p).testzip() is None\n"
+        "print(crc.crc32(b'123456789'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == 0xCBF43926 == crc.crc32(b"123456789")
