@@ -743,12 +743,13 @@ def _base_for(base, snapshots, target: dict, exclusive: bool, segments,
 
     if snapshots is not None:
         snap, notes = snapshot.choose(snapshots, target, exclusive, spare_rows,
-                                      allow_incomplete)
+                                      allow_incomplete, key_table=True)
         return snap, notes, True
     if hasattr(base, "position"):
         snap, owned = base, False
     else:
-        snap, owned = snapshot.load(base, spare_rows=spare_rows(read_manifest(base))), True
+        snap, owned = snapshot.load(base, spare_rows=spare_rows(read_manifest(base)),
+                                    key_table=True), True
     problem = target_problem(snap.position, target, exclusive)
     if problem is not None:
         raise TargetBeforeBaseError(f"the target is earlier than the base snapshot: {problem}",

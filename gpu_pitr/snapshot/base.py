@@ -201,6 +201,14 @@ def _id_keys(arena, offs, lens, out):
         out[i] = id_key(arena, offs[i], lens[i])
 
 
+def id_key_table(arena, offs, lens) -> tuple:
+    """``(keys, table)``: each row's id key, and the table from key to row that
+    ``LazyBase`` finds the base rows a chunk names with."""
+    keys = np.empty(len(offs), np.uint64)
+    _id_keys(arena, offs, lens, keys)
+    return keys, _key_table(keys)
+
+
 @njit(cache=True, nogil=True)
 def _key_table(keys):
     """Open addressing from key to base row: slot ``key mod cap`` onward (linear
@@ -254,11 +262,10 @@ class LazyBase:
         # Build the result in the snapshot's own vector buffer (its pages are
         # already in memory) when it has room and is this restore's alone.
         self.in_place = in_place and getattr(snap, "vector_room", None) is not None
-        keys = np.empty(len(snap.id_offs), np.uint64)
-        _id_keys(snap.id_arena, snap.id_offs, snap.id_lens, keys)
-        self.keys = keys
-        self.table = _key_table(keys)
-        self.moved = np.zeros(len(keys), np.bool_)
+        prepared = getattr(snap, "key_table", None)
+        self.keys, self.table = prepared or id_key_table(snap.id_arena, snap.id_offs,
+                                                         snap.id_lens)
+        self.moved = np.zeros(len(self.keys), np.bool_)
 
     def take(self, keys: np.ndarray) -> np.ndarray:
         """Base rows (not moved before) sharing a key with ``keys``; marks them moved."""

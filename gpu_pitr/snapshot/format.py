@@ -96,6 +96,8 @@ class Snapshot:
     # With ``load_snapshot(spare_rows=k)``: the float32 ``[count + k, dim]`` buffer
     # whose first ``count`` rows are ``vectors``, room to grow the index in place.
     vector_room: np.ndarray | None = None
+    # With ``load_snapshot(key_table=True)``: ``(keys, table)`` of ``id_key_table``.
+    key_table: tuple | None = None
 
     def to_index(self, report=None) -> RestoredIndex:
         """The snapshot's state as a RestoredIndex carrying ``report`` (by default the
@@ -421,7 +423,7 @@ def _check_manifest(doc: dict, where: str) -> None:
 
 # ----------------------------------------------------------------------------- loading
 def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
-                  spare_rows: int = 0) -> Snapshot:
+                  spare_rows: int = 0, key_table: bool = False) -> Snapshot:
     """Load the snapshot at ``path``.
 
     Sizes are checked against the manifest before anything is allocated, and the
@@ -435,6 +437,8 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
         mmap: map ``vectors.f32`` read-only instead of reading it into memory.
         spare_rows: read the vectors into a buffer with room for this many more
             rows (``Snapshot.vector_room``; pages never written cost no memory).
+        key_table: also build the table from id key to row that a restore from
+            the snapshot uses (``Snapshot.key_table``), while the vectors are read.
 
     Raises:
         SnapshotError: naming the file (and the byte offset of the first bad block).
@@ -465,6 +469,10 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
         for name in (IDS, METADATA, PENDING):
             _check_blocks(root / name, jobs[name], files[name], block, verify)
         arenas = _rows(pa, root, bufs[IDS], bufs[METADATA], count, verify)
+        if key_table:
+            from gpu_pitr.snapshot.base import id_key_table
+
+            keys = id_key_table(*arenas[:3])
         _check_blocks(root / VECTORS, jobs[VECTORS], files[VECTORS], block, verify)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -484,6 +492,7 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
         id_arena=id_arena, id_offs=id_offs, id_lens=id_lens, vectors=vectors,
         meta_arena=meta_arena, meta_offs=meta_offs, meta_lens=meta_lens,
         pending=bufs[PENDING].tobytes(), vector_room=vector_room,
+        key_table=keys if key_table else None,
     )
 
 
