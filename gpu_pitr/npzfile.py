@@ -9,16 +9,16 @@ so this writer computes each member's CRC-32 on a thread (``gpu_pitr.crc``:
 zlib-ng's where installed) while the same bytes are written from the array's own
 memory, then fills the CRC into the member's header.
 
-The archive is what ``zipfile`` writes for ``np.savez``: local headers with a
-ZIP64 extra field (``force_zip64``), central-directory ZIP64 fields and the ZIP64
-end records only where a size, an offset or the count does not fit its 16- or
-32-bit field.
+The bytes are those ``np.savez`` writes through ``zipfile`` (checked field by field,
+also past the ZIP64 thresholds): members dated 1980-01-01 with mode 0600, local
+headers with a ZIP64 extra field (``force_zip64``), central-directory ZIP64 fields
+and the ZIP64 end records only where a size, an offset or the count does not fit.
+Arrays that need pickle (object dtypes) are refused before anything is written.
 """
 
 from __future__ import annotations
 
 import struct
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -33,35 +33,52 @@ _END64_LOCATOR = struct.Struct("<IIQI")
 _END = struct.Struct("<IHHHHIIH")
 _VERSION = 45  # ZIP64
 _MADE_BY = (3 << 8) | _VERSION  # Unix
+_DOS_TIME, _DOS_DATE = 0, (1 << 5) | 1  # 1980-01-01 00:00:00, zipfile's default
+_MODE = 0o600 << 16  # what zipfile gives a member it opens for writing
+_UTF8_NAME = 0x800
 _CRC_AT = 14  # offset of the CRC-32 in a local header
 _PIECE = 64 << 20  # bytes per write call
 
+#: ``zipfile``'s ZIP64 threshold: larger sizes and offsets go to ZIP64 fields.
+ZIP64_LIMIT = (1 << 31) - 1
+
 
 def npy_header(arr: np.ndarray) -> bytes:
-    """The ``.npy`` header ``np.save`` writes for ``arr`` (format 1.0, or 2.0 when the
-    header does not fit 1.0's 16-bit length)."""
+    """The ``.npy`` header ``np.save`` writes for ``arr``."""
     import io
 
     from numpy.lib import format as npformat
 
     head = npformat.header_data_from_array_1_0(arr)
-    buf = io.BytesIO()
-    try:
-        npformat.write_array_header_1_0(buf, head)
-    except ValueError:
+    for write in (npformat.write_array_header_1_0, npformat.write_array_header_2_0):
         buf = io.BytesIO()
-        npformat.write_array_header_2_0(buf, head)
-    return buf.getvalue()
+        try:
+            write(buf, head)
+        except UnicodeEncodeError:  # field names outside latin-1: format 3.0
+            raise ValueError(f"dtype {arr.dtype} needs .npy format 3.0, which this "
+                             "writer does not write") from None
+        except ValueError:  # too long for 1.0's 16-bit header length
+            continue
+        return buf.getvalue()
+    raise ValueError(f"the .npy header of dtype {arr.dtype} is too long")
 
 
-def _dos_time(now: float) -> tuple[int, int]:
-    t = time.localtime(now)
-    date = max(t.tm_year - 1980, 0) << 9 | t.tm_mon << 5 | t.tm_mday
-    return t.tm_hour << 11 | t.tm_min << 5 | t.tm_sec // 2, date
-
-
-#: ``zipfile``'s ZIP64 threshold: larger sizes and offsets go to ZIP64 fields.
-ZIP64_LIMIT = (1 << 31) - 1
+def _member(name: str, arr) -> tuple:
+    """``(file name, flags, .npy header, body bytes)`` of one member, as np.save lays
+    it out: C order, or Fortran order for an array only Fortran-contiguous."""
+    arr = np.asarray(arr)
+    if arr.dtype.hasobject:
+        raise ValueError(f"{name}: dtype {arr.dtype} holds Python objects, which an .npz "
+                         "loadable with allow_pickle=False cannot")
+    if arr.flags.f_contiguous and not arr.flags.c_contiguous:
+        body = arr.T.reshape(-1)
+    else:
+        body = np.ascontiguousarray(arr).reshape(-1)
+    header = npy_header(arr)
+    body = body.view(np.uint8) if arr.size and arr.dtype.itemsize else np.zeros(0, np.uint8)
+    fname = f"{name}.npy"
+    flags = 0 if fname.isascii() else _UTF8_NAME
+    return fname.encode("utf-8"), flags, header, body
 
 
 def write_npz(file, arrays: dict, *, zip64_limit: int = ZIP64_LIMIT) -> None:
@@ -71,19 +88,13 @@ def write_npz(file, arrays: dict, *, zip64_limit: int = ZIP64_LIMIT) -> None:
     ``zip64_limit``: the largest value written in a 32-bit field (tests lower it to
     write the ZIP64 records of a large archive with a small one).
     """
-    dostime, dosdate = _dos_time(time.time())
+    members = [_member(name, arr) for name, arr in arrays.items()]  # checked first
     central = []
     with ThreadPoolExecutor(1) as pool:
-        for name, arr in arrays.items():
-            arr = np.asarray(arr)
-            if not arr.flags.c_contiguous:
-                arr = arr.copy(order="C")
-            header = npy_header(arr)
-            body = arr.reshape(-1).view(np.uint8) if arr.size else np.zeros(0, np.uint8)
+        for fname, flags, header, body in members:
             size = len(header) + len(body)
-            fname = f"{name}.npy".encode("ascii")
             offset = file.tell()
-            file.write(_LOCAL.pack(0x04034B50, _VERSION, 0, 0, dostime, dosdate, 0,
+            file.write(_LOCAL.pack(0x04034B50, _VERSION, flags, 0, _DOS_TIME, _DOS_DATE, 0,
                                    0xFFFFFFFF, 0xFFFFFFFF, len(fname), _LOCAL_ZIP64.size))
             file.write(fname)
             file.write(_LOCAL_ZIP64.pack(1, 16, size, size))
@@ -95,24 +106,23 @@ def write_npz(file, arrays: dict, *, zip64_limit: int = ZIP64_LIMIT) -> None:
             file.seek(offset + _CRC_AT)
             file.write(struct.pack("<I", crc.result()))
             file.seek(end)
-            central.append((fname, crc.result(), size, offset))
+            central.append((fname, flags, crc.result(), size, offset))
     start = file.tell()
-    for fname, crc, size, offset in central:
+    for fname, flags, crc, size, offset in central:
         big = [v for v in (size, size, offset) if v > zip64_limit]
         extra = struct.pack(f"<HH{len(big)}Q", 1, 8 * len(big), *big) if big else b""
         fits = [0xFFFFFFFF if v > zip64_limit else v for v in (size, size, offset)]
-        file.write(_CENTRAL.pack(0x02014B50, _MADE_BY, _VERSION, 0, 0, dostime, dosdate, crc,
-                                 fits[0], fits[1], len(fname), len(extra), 0, 0, 0,
-                                 0o100644 << 16, fits[2]))
+        file.write(_CENTRAL.pack(0x02014B50, _MADE_BY, _VERSION, flags, 0, _DOS_TIME,
+                                 _DOS_DATE, crc, fits[0], fits[1], len(fname), len(extra),
+                                 0, 0, 0, _MODE, fits[2]))
         file.write(fname)
         file.write(extra)
     cd_size = file.tell() - start
     count = len(central)
     if count > 0xFFFF or cd_size > zip64_limit or start > zip64_limit:
         at = file.tell()
-        file.write(_END64.pack(0x06064B50, _END64.size - 12, _MADE_BY, _VERSION, 0, 0,
+        file.write(_END64.pack(0x06064B50, _END64.size - 12, _VERSION, _VERSION, 0, 0,
                                count, count, cd_size, start))
         file.write(_END64_LOCATOR.pack(0x07064B50, 0, at, 1))
     file.write(_END.pack(0x06054B50, 0, 0, min(count, 0xFFFF), min(count, 0xFFFF),
-                         cd_size if cd_size <= zip64_limit else 0xFFFFFFFF,
-                         start if start <= zip64_limit else 0xFFFFFFFF, 0))
+                         min(cd_size, 0xFFFFFFFF), min(start, 0xFFFFFFFF), 0))
