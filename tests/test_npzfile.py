@@ -152,3 +152,25 @@ def test_without_zlib_ng_the_same_checksums(tmp_path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == 0xCBF43926 == crc.crc32(b"123456789")
+
+
+def test_a_real_file_gets_the_same_bytes_with_writeback_hints(tmp_path, monkeypatch) -> None:
+    # On a file, each 64 MiB piece is handed to the disk as written (sync_file_range);
+    # a hint only: the bytes are those written to memory, and a call that fails is
+    # ignored (a bad descriptor here), as is a C library without it.
+    import gpu_pitr.npzfile as npzfile
+    from gpu_pitr import tempfiles
+
+    monkeypatch.setattr(npzfile, "_PIECE", 1 << 16)  # many pieces
+    calls = []
+    real = tempfiles.start_writeback
+    monkeypatch.setattr(npzfile, "start_writeback",
+                        lambda fd, at, n: (calls.append((at, n)), real(fd, at, n)))
+    path = tmp_path / "x.npz"
+    with open(path, "wb") as f:
+        write_npz(f, ARRAYS)
+    assert path.read_bytes() == _written(ARRAYS)
+    assert len(calls) > 10 and all(n > 0 for _, n in calls)
+    tempfiles.start_writeback(987654, 0, 100)  # EBADF: ignored
+    monkeypatch.setattr(tempfiles, "_sync_file_range", lambda: None)
+    tempfiles.start_writeback(0, 0, 100)

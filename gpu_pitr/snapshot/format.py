@@ -42,7 +42,7 @@ from gpu_pitr.snapshot.arrow import (
     metadata_chunks,
     require_pyarrow,
 )
-from gpu_pitr.tempfiles import dead_writers, temp_path
+from gpu_pitr.tempfiles import dead_writers, start_writeback, temp_path
 
 FORMAT_NAME = "gpu_pitr.snapshot"
 FORMAT_VERSION = 1
@@ -222,7 +222,8 @@ def _write_file(path: Path, data) -> dict:
             block = view[a:a + BLOCK_SIZE]
             crcs.append(f"{crc32(block):08x}")
             f.write(block)
-        f.flush()
+            f.flush()
+            start_writeback(f.fileno(), a, len(block))  # the fsync waits less
         os.fsync(f.fileno())
     return {"size": len(view), CHECKSUM: crcs}
 
