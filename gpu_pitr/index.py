@@ -9,10 +9,9 @@ import numpy as np
 from numba import prange
 
 from gpu_pitr.format.codec import decode_varint
-from gpu_pitr.format.payload import id_key
 from gpu_pitr.jit import njit
 from gpu_pitr.report import RestoreReport
-from gpu_pitr.resolve.idsort import compare_ids
+from gpu_pitr.resolve.idsort import compare_ids, span_keys
 
 
 @njit(cache=True, parallel=True)
@@ -47,20 +46,14 @@ def _ucs4(arena, offs, lens, out):
 
 
 @njit(cache=True, parallel=True)
-def _span_keys(arena, offs, lens, out):
-    for i in prange(len(offs)):
-        out[i] = id_key(arena, offs[i], lens[i])
-
-
-@njit(cache=True, parallel=True)
 def _all_equal_to(arena, offs, lens, rep):
     # Whether every span equals the span of row rep[i] (its key's first row).
-    same = 0
+    differ = 0
     for i in prange(len(offs)):
         r = rep[i]
         if compare_ids(arena, offs[i], lens[i], arena, offs[r], lens[r]) != 0:
-            same += 1
-    return same == 0
+            differ += 1
+    return differ == 0
 
 
 def _distinct_spans(arena: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> tuple:
@@ -70,9 +63,8 @@ def _distinct_spans(arena: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> tu
     Grouped by a 64-bit key, then every row checked against its group's first row
     byte for byte; where two strings share a key, by the bytes themselves.
     """
-    keys = np.empty(len(offs), np.uint64)
-    _span_keys(arena, offs, lens, keys)
-    _, first, which = np.unique(keys, return_index=True, return_inverse=True)
+    _, first, which = np.unique(span_keys(arena, offs, lens), return_index=True,
+                                return_inverse=True)
     if _all_equal_to(arena, offs, lens, first[which]):
         return first, which.reshape(-1)
     seen: dict[bytes, int] = {}

@@ -877,11 +877,11 @@ def restore(
     if not wal_path.is_dir():
         raise WalError("WAL directory not found or not a directory", file=str(wal_path))
     segments = list_segments(wal_path)
+    total = sum(s.size for s in segments)
     # At most about the log's bytes are filled (the index, arenas, a base's rows).
-    with fill_once_pages(need=sum(s.size for s in segments) + _base_bytes(base, snapshots)):
+    with fill_once_pages(need=total + _base_bytes(base, snapshots)):
         snap, notes, owned = _base_for(base, snapshots, target, exclusive, segments,
                                        allow_incomplete_history)
-        total = sum(s.size for s in segments)
         if snap is not None:
             # Room for the base's rows, which go through the executor like records.
             total += int(snap.vectors.nbytes) + len(snap.id_arena) + len(snap.meta_arena) \

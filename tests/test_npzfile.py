@@ -119,7 +119,8 @@ def test_metadata_json_groups_equal_maps_exactly(monkeypatch, collide) -> None:
         return bytes(out)
 
     if collide:
-        monkeypatch.setattr(index_mod, "_span_keys", lambda a, o, n, out: out.fill(7))
+        monkeypatch.setattr(index_mod, "span_keys",
+                            lambda a, o, n: np.full(len(o), 7, np.uint64))
     rng = np.random.default_rng(5)
     maps = [None, {}, {"a": "1"}, {"a": "2"}, {"b": "1", "a": "1"}, {"é": "\u00e9"}]
     rows = [maps[i] for i in rng.integers(0, len(maps), 500)]

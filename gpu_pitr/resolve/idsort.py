@@ -6,6 +6,7 @@ import numpy as np
 from numba import prange
 from numba.extending import register_jitable
 
+from gpu_pitr.format.payload import id_key
 from gpu_pitr.jit import njit
 
 
@@ -34,6 +35,20 @@ def compare_ids(a, ao, an, b, bo, bn):
             return -1 if x[k] < y[k] else 1
         k += 1
     return -1 if an < bn else (1 if an > bn else 0)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _span_keys(arena, offs, lens, out):
+    for i in prange(len(offs)):
+        out[i] = id_key(arena, offs[i], lens[i])
+
+
+def span_keys(arena: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """The 64-bit ``id_key`` of each byte string ``arena[offs[i]:offs[i]+lens[i]]`` (ids,
+    metadata encodings): an accelerator for grouping, never an identity."""
+    keys = np.empty(len(offs), np.uint64)
+    _span_keys(arena, offs, lens, keys)
+    return keys
 
 
 @njit(cache=True, parallel=True)

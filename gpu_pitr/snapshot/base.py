@@ -16,9 +16,9 @@ import numpy as np
 from numba import prange
 
 from gpu_pitr.format.layout import RECORD_HEADER_SIZE
-from gpu_pitr.format.payload import id_key, varint_widths, write_varint
+from gpu_pitr.format.payload import varint_widths, write_varint
 from gpu_pitr.jit import njit
-from gpu_pitr.resolve.idsort import compare_ids
+from gpu_pitr.resolve.idsort import compare_ids, span_keys
 
 # Beyond this many runs of consecutive sequence numbers, the runs are kept as
 # their hull: a conservative answer ("maybe covered") for a hostile log.
@@ -195,17 +195,10 @@ def seed_chunks(snap, chunk_bytes: int, alloc, rows: np.ndarray | None = None):
         lo = hi
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _id_keys(arena, offs, lens, out):
-    for i in prange(len(offs)):
-        out[i] = id_key(arena, offs[i], lens[i])
-
-
 def id_key_table(arena, offs, lens) -> tuple:
     """``(keys, table)``: each row's id key, and the table from key to row that
     ``LazyBase`` finds the base rows a chunk names with."""
-    keys = np.empty(len(offs), np.uint64)
-    _id_keys(arena, offs, lens, keys)
+    keys = span_keys(arena, offs, lens)
     return keys, _key_table(keys)
 
 

@@ -470,7 +470,8 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
         for name in (IDS, METADATA, PENDING):
             _check_blocks(root / name, jobs[name], files[name], block, verify)
         arenas = _rows(pa, root, bufs[IDS], bufs[METADATA], count, verify)
-        if key_table:
+        keys = None
+        if key_table:  # while the vector blocks are still being read
             from gpu_pitr.snapshot.base import id_key_table
 
             keys = id_key_table(*arenas[:3])
@@ -493,7 +494,7 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
         id_arena=id_arena, id_offs=id_offs, id_lens=id_lens, vectors=vectors,
         meta_arena=meta_arena, meta_offs=meta_offs, meta_lens=meta_lens,
         pending=bufs[PENDING].tobytes(), vector_room=vector_room,
-        key_table=keys if key_table else None,
+        key_table=keys,
     )
 
 
