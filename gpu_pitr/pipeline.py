@@ -137,7 +137,6 @@ class _Restore:
         self.pending = b""
         self._resume_seq = None  # with a base: what the first record read must be
         self.lazy = None  # with a base on the cpu executor: its rows not moved in yet
-        self.base_owned = False  # the base was loaded for this restore alone
         self._seed_cols = ChunkColumns(1024)
         self.total_bytes = 0
         self.plan = PlanState(exclusive=exclusive, skip_corrupt=skip_corrupt, **target)
@@ -551,7 +550,7 @@ class _Restore:
         self.names.append(str(snap.path))
         self._base_name = len(self.names) - 1
         if self.ex.name == "cpu":
-            self.lazy = LazyBase(snap, in_place=self.base_owned)
+            self.lazy = LazyBase(snap)
         else:
             self._move_in(None)
         if stops_at_base(snap.position, self.target, self.plan.exclusive):
@@ -718,38 +717,24 @@ def _needs_host():
     return NeedsHostExecutor
 
 
-def _base_for(base, snapshots, target: dict, exclusive: bool, segments,
-              allow_incomplete: bool = False):
-    """The snapshot a restore starts from (or None), notes for the report, and
-    whether this restore loaded it (then its vectors may be reused in place).
+def _base_for(base, snapshots, target: dict, exclusive: bool, allow_incomplete: bool = False):
+    """The snapshot a restore starts from (or None), and notes for the report.
 
-    A snapshot restored across a gap in the history (``history_complete`` false) is
-    a base only when this restore allows an incomplete history too."""
+    A snapshot this restore loads has its vectors mapped, not read: the rows the
+    result keeps are copied from the page cache once, into their places. A snapshot
+    restored across a gap in the history (``history_complete`` false) is a base only
+    when this restore allows an incomplete history too."""
     if base is not None and snapshots is not None:
         raise ValueError("give at most one of base and snapshots")
     if base is None and snapshots is None:
-        return None, [], False
+        return None, []
     from gpu_pitr import snapshot
-    from gpu_pitr.snapshot.format import read_manifest
-
-    def spare_rows(manifest: dict) -> int:
-        # Room for every vector the log after the snapshot could add.
-        dim, pos = manifest.get("dim"), manifest.get("position") or {}
-        if not dim:
-            return 0
-        after = sum(seg.size for seg in segments
-                    if pos.get("segment") is None or seg.name >= pos["segment"])
-        return after // (4 * dim + 17) + 16
 
     if snapshots is not None:
-        snap, notes = snapshot.choose(snapshots, target, exclusive, spare_rows,
-                                      allow_incomplete, key_table=True)
-        return snap, notes, True
-    if hasattr(base, "position"):
-        snap, owned = base, False
-    else:
-        snap, owned = snapshot.load(base, spare_rows=spare_rows(read_manifest(base)),
-                                    key_table=True), True
+        return snapshot.choose(snapshots, target, exclusive, allow_incomplete, mmap=True,
+                               key_table=True)
+    snap = base if hasattr(base, "position") else snapshot.load(base, mmap=True,
+                                                                 key_table=True)
     problem = target_problem(snap.position, target, exclusive)
     if problem is not None:
         raise TargetBeforeBaseError(f"the target is earlier than the base snapshot: {problem}",
@@ -759,7 +744,7 @@ def _base_for(base, snapshots, target: dict, exclusive: bool, segments,
             "the base snapshot was restored from an incomplete history: a restore from it "
             "is too (allow it: --allow-incomplete-history, allow_incomplete_history=True)",
             file=str(snap.path))
-    return snap, [], owned
+    return snap, []
 
 
 def _base_bytes(base, snapshots) -> int:
@@ -785,7 +770,7 @@ def _base_bytes(base, snapshots) -> int:
         return 0
 
 
-def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, owned=False):
+def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None):
     report = RestoreReport(target=target_doc, backend=executor.name,
                            incomplete_history_allowed=bool(args[4]))
     if base is not None:
@@ -796,7 +781,6 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, owne
                        "dim": base.dim}
     chunk_bytes = chunk_bytes or getattr(executor, "chunk_bytes", DEFAULT_CHUNK_BYTES)
     run = _Restore(*args, executor, chunk_bytes, report, progress, base)
-    run.base_owned = owned
     run.run()
     del run.buf, run.cols, run._piece, run._reader  # the read buffers go before the sort
     run._tell("finish")
@@ -880,8 +864,7 @@ def restore(
     total = sum(s.size for s in segments)
     # At most about the log's bytes are filled (the index, arenas, a base's rows).
     with fill_once_pages(need=total + _base_bytes(base, snapshots)):
-        snap, notes, owned = _base_for(base, snapshots, target, exclusive, segments,
-                                       allow_incomplete_history)
+        snap, notes = _base_for(base, snapshots, target, exclusive, allow_incomplete_history)
         if snap is not None:
             # Room for the base's rows, which go through the executor like records.
             total += int(snap.vectors.nbytes) + len(snap.id_arena) + len(snap.meta_arena) \
@@ -889,13 +872,13 @@ def restore(
         executor = make_executor(backend, total)
         args = (wal_path, target, exclusive, skip_corrupt, allow_incomplete_history)
         try:
-            index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap, owned)
+            index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap)
         except _needs_host() as err:
             # Exactness over speed: the host executor handles every input exactly.
             from gpu_pitr.executors.cpu import CpuExecutor
 
-            index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc, progress, snap,
-                              owned)
+            index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc, progress,
+                              snap)
             notes.append(f"cuda executor: {err}; restored on the cpu executor instead")
     report = index.report
     report.message = "; ".join(notes)

@@ -414,8 +414,7 @@ def test_every_corpus_from_snapshots(corpus, backend, tmp_path):
 
 
 def test_a_loaded_snapshot_is_not_consumed(tmp_path):
-    """A Snapshot object passed as base is left as it was: two restores from it agree
-    (a restore that loads the snapshot itself builds its result in that buffer)."""
+    """A Snapshot object passed as base is left as it was: two restores from it agree."""
     d = tmp_path / "wal"
     write_synthetic_wal(d, total_bytes=1 << 20, segments=2, dim=4)
     t0 = 1_700_000_000
@@ -426,39 +425,27 @@ def test_a_loaded_snapshot_is_not_consumed(tmp_path):
     second = _view(gpu_pitr.restore(d, backend="cpu", base=snap))
     assert first == second == _view(gpu_pitr.restore(d, backend="cpu"))
     assert snap.vectors.tobytes() == before
-    owned = snapshot.load(tmp_path / "snap", spare_rows=10)
-    assert owned.vector_room.shape == (len(owned.vectors) + 10, 4)
-    assert np.shares_memory(owned.vector_room, owned.vectors)
 
 
-@settings(max_examples=200, deadline=None)
-@given(data=st.data())
-def test_merge_in_place_equals_a_gather(data):
-    """The in-place merge moves blocks up and down inside the base's own buffer: it
-    must give exactly what a gather into a fresh array gives."""
-    from gpu_pitr.snapshot.base import _gather_rows, _merge_in_place
-
-    n_base = data.draw(st.integers(0, 40))
-    kept = sorted(data.draw(st.sets(st.integers(0, max(0, n_base - 1)), max_size=n_base)))
-    kept = [k for k in kept if k < n_base]
-    n_new = data.draw(st.integers(0, 30))
-    order = data.draw(st.permutations([1] * len(kept) + [0] * n_new))
-    src = np.array(order, np.int8)
-    pos = np.zeros(len(src), np.int64)
-    pos[src == 1] = np.arange(len(kept))
-    pos[src == 0] = np.arange(n_new)
-    rest = np.array(kept, np.int64)
-    dim = data.draw(st.sampled_from([1, 2, 3]))
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    base = rng.standard_normal((n_base, dim)).astype(np.float32)
-    new = rng.standard_normal((n_new, dim)).astype(np.float32)
-    want = np.empty((len(src), dim), np.float32)
-    _gather_rows(src, pos, rest, new, base, want)
-    room = np.empty((max(n_base, len(src)) + 1, dim), np.float32)
-    room[:n_base] = base
-    _merge_in_place(src, pos, rest, new, room,
-                    room.reshape(-1).view(np.uint64 if dim % 2 == 0 else np.uint32))
-    assert room[: len(src)].tobytes() == want.tobytes()
+@pytest.mark.parametrize("to_time", [3, None])  # the base alone; the base and a tail
+def test_a_restore_from_a_snapshot_directory_owns_its_result(tmp_path, to_time):
+    """The restore maps the snapshot's vectors: its result must still be memory of its
+    own, writable, that outlives the snapshot's files and never writes into them."""
+    d = tmp_path / "wal"
+    write_synthetic_wal(d, total_bytes=1 << 20, segments=2, dim=4)
+    t0 = 1_700_000_000
+    snapshot.save(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 3), tmp_path / "snap")
+    vector_file = tmp_path / "snap" / "vectors.f32"
+    before = vector_file.read_bytes()
+    target = {} if to_time is None else {"to_time": t0 + to_time}
+    got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap", **target)
+    want = _view(gpu_pitr.restore(d, backend="cpu", **target))
+    assert len(got) > 0 and _view(got) == want
+    assert got.vectors.flags.writeable and not isinstance(got.vectors, np.memmap)
+    got.vectors[:] = 7.0
+    assert vector_file.read_bytes() == before
+    shutil.rmtree(tmp_path / "snap")
+    assert float(got.vectors.sum()) == 7.0 * got.vectors.size
 
 
 def test_snapshot_at_the_end_of_a_log_whose_last_file_is_a_torn_header(tmp_path):

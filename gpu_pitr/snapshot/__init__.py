@@ -25,20 +25,20 @@ def save(index, out_dir) -> Path:
                           pending=index.pending, report=index.report.to_dict())
 
 
-def load(path, *, verify: bool = True, spare_rows: int = 0, key_table: bool = False):
-    """The snapshot at ``path``, every file's checksum verified (``spare_rows``,
+def load(path, *, verify: bool = True, mmap: bool = False, key_table: bool = False):
+    """The snapshot at ``path``, every file's checksum verified (``mmap``,
     ``key_table``: see ``load_snapshot``)."""
     from gpu_pitr.errors import WalError
     from gpu_pitr.hostmem import fill_once_pages
-    from gpu_pitr.snapshot.format import load_snapshot, read_manifest
+    from gpu_pitr.snapshot.format import VECTORS, load_snapshot, read_manifest
 
     try:  # the bytes it fills: its files (a manifest that does not read: load says why)
-        need = sum(int(f["size"]) for f in read_manifest(path)["files"].values())
+        files = read_manifest(path)["files"]
+        need = sum(int(f["size"]) for name, f in files.items() if not (mmap and name == VECTORS))
     except (OSError, ValueError, KeyError, TypeError, WalError):
         need = None
     with fill_once_pages(need):
-        return load_snapshot(path, verify=verify, spare_rows=spare_rows,
-                             key_table=key_table)
+        return load_snapshot(path, verify=verify, mmap=mmap, key_table=key_table)
 
 
 def verify(path) -> dict:
@@ -80,15 +80,14 @@ def log_order(position: dict) -> tuple:
     return (segment is not None, (segment or "").encode(), int(position.get("offset") or 0))
 
 
-def choose(directory, target: dict, exclusive: bool = False, spare_rows=None,
-           allow_incomplete: bool = False, key_table: bool = False):
+def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: bool = False,
+           *, mmap: bool = False, key_table: bool = False):
     """The newest intact snapshot in ``directory`` that ``target`` can start from.
 
     Returns ``(snapshot or None, notes)``: notes say which snapshots were
     damaged and passed over, and when none serves (the whole log is read).
-    ``spare_rows(manifest)``, if given, sizes the room loaded beside the vectors.
     A snapshot restored from an incomplete history is passed over too, unless
-    ``allow_incomplete``. ``key_table``: see ``load_snapshot``.
+    ``allow_incomplete``. ``mmap``, ``key_table``: see ``load_snapshot``.
     """
     from gpu_pitr.errors import WalError
     from gpu_pitr.snapshot.base import target_problem
@@ -116,8 +115,7 @@ def choose(directory, target: dict, exclusive: bool = False, spare_rows=None,
         usable.append((log_order(position), str(path)))
     for _, path in sorted(usable, reverse=True):
         try:
-            spare = spare_rows(manifests[path]) if spare_rows is not None else 0
-            snap = load_snapshot(path, spare_rows=spare, key_table=key_table)
+            snap = load_snapshot(path, mmap=mmap, key_table=key_table)
         except WalError as err:
             notes.append(f"snapshot {path} is damaged ({err}); trying an older one")
             continue

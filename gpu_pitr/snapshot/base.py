@@ -113,17 +113,18 @@ def stops_at_base(position: dict, target: dict, exclusive: bool = False) -> bool
             and position.get("last_seq") == int(target["to_seq"]))
 
 
-@njit(cache=True, nogil=True)
-def _encode_inserts(rows, id_arena, id_offs, id_lens, vec_bytes, meta_arena, meta_offs,
-                    meta_lens, out, rec_off, rec_len):
-    """``Insert{id, vector, metadata, timestamp: 0}`` records for ``rows``."""
-    p = 0
+@njit(cache=True, nogil=True, parallel=True)
+def _encode_inserts(rows, starts, id_arena, id_offs, id_lens, vec_bytes, meta_arena, meta_offs,
+                    meta_lens, out, rec_len):
+    """``Insert{id, vector, metadata, timestamp: 0}`` records for ``rows``, the one of
+    ``rows[j]`` at ``out[starts[j]:]`` (``insert_record_sizes`` apart, so rows are
+    encoded in parallel); ``rec_len[j]``: its length as written."""
     width = vec_bytes.shape[1]
     dim = width // 4
-    for j in range(len(rows)):
+    for j in prange(len(rows)):
         i = rows[j]
-        start = p
-        p += RECORD_HEADER_SIZE
+        start = starts[j]
+        p = start + RECORD_HEADER_SIZE
         out[p] = 0  # variant Insert
         p += 1
         n = id_lens[i]
@@ -150,9 +151,7 @@ def _encode_inserts(rows, id_arena, id_offs, id_lens, vec_bytes, meta_arena, met
             out[start + k] = 0  # sequence number 0: never walked
         for k in range(4):
             out[start + 8 + k] = (length >> (8 * k)) & 0xFF
-        rec_off[j] = start
         rec_len[j] = length
-    return p
 
 
 def insert_record_sizes(snap, rows: np.ndarray) -> np.ndarray:
@@ -187,10 +186,12 @@ def seed_chunks(snap, chunk_bytes: int, alloc, rows: np.ndarray | None = None):
         need = int(ends[hi - 1] - base)
         if buf is None or len(buf) < need:
             buf = alloc(max(need, min(int(ends[-1]), chunk_bytes)))
-        rec_off = np.empty(hi - lo, np.int64)
+        rec_off = ends[lo:hi] - sizes[lo:hi] - base
         rec_len = np.empty(hi - lo, np.int64)
-        _encode_inserts(rows[lo:hi], snap.id_arena, snap.id_offs, snap.id_lens, vec_bytes,
-                        snap.meta_arena, snap.meta_offs, snap.meta_lens, buf, rec_off, rec_len)
+        _encode_inserts(rows[lo:hi], rec_off, snap.id_arena, snap.id_offs, snap.id_lens,
+                        vec_bytes, snap.meta_arena, snap.meta_offs, snap.meta_lens, buf, rec_len)
+        if not np.array_equal(rec_len + RECORD_HEADER_SIZE, sizes[lo:hi]):
+            raise AssertionError("insert_record_sizes disagrees with _encode_inserts")
         yield buf, rec_off, rec_len
         lo = hi
 
@@ -247,14 +248,13 @@ class LazyBase:
     sharing a key with an entry of a chunk is moved in before that chunk applies,
     so the executor sees exactly the state a full load would give it for every id
     the log names. The rows never touched join the result at the end
-    (``merge``): they are already sorted, so they are merged, not sorted again.
+    (``merge``): they are already sorted, so they are merged, not sorted again,
+    and their vectors are copied once, from the snapshot's (a restore maps them:
+    page-cache pages, not a copy) straight into their rows of the result.
     """
 
-    def __init__(self, snap, in_place: bool = False) -> None:
+    def __init__(self, snap) -> None:
         self.snap = snap
-        # Build the result in the snapshot's own vector buffer (its pages are
-        # already in memory) when it has room and is this restore's alone.
-        self.in_place = in_place and getattr(snap, "vector_room", None) is not None
         prepared = getattr(snap, "key_table", None)
         self.keys, self.table = prepared or id_key_table(snap.id_arena, snap.id_offs,
                                                          snap.id_lens)
@@ -290,19 +290,12 @@ class LazyBase:
                        snap.id_offs, snap.id_lens, snap.meta_offs, snap.meta_lens,
                        id_base, meta_base, out_id_offs, out_id_lens, out_meta_offs,
                        out_meta_lens)
+        # Only the cpu executor keeps a base aside: its vectors are host arrays.
         vectors = index.vectors
         dim = snap.vectors.shape[1] if len(index) == 0 else vectors.shape[1]
-        # Only the cpu executor keeps a base aside: its vectors are host arrays.
-        room = snap.vector_room if self.in_place else None
-        if room is not None and room.shape[0] >= n and room.shape[1] == dim:
-            out = room[:n]
-            words = room.reshape(-1).view(np.uint64 if dim % 2 == 0 else np.uint32)
-            _merge_in_place(src, pos, rest, vectors.reshape(-1, dim), room, words)
-            self.snap = None  # its vectors are the result's now
-        else:
-            out = np.empty((n, dim), np.float32)
-            if n and dim:
-                _gather_rows(src, pos, rest, vectors.reshape(-1, dim), snap.vectors, out)
+        out = np.empty((n, dim), np.float32)
+        if n and dim:
+            _gather_rows(src, pos, rest, vectors.reshape(-1, dim), snap.vectors, out)
         merged = RestoredIndex(np.concatenate([ids, snap.id_arena]), out_id_offs, out_id_lens,
                                out, np.concatenate([index._meta_arena, snap.meta_arena]),
                                out_meta_offs, out_meta_lens, index.report)
@@ -340,55 +333,6 @@ def _gather_rows(src, pos, rest, a_rows, b_rows, out):
             out[k, :] = a_rows[pos[k], :]
         else:
             out[k, :] = b_rows[rest[pos[k]], :]
-
-
-@njit(cache=True, nogil=True)
-def _merge_in_place(src, pos, rest, a_rows, room, words):
-    """``_gather_rows`` into ``room``, whose first rows are the base's own.
-
-    A kept base row ``rest[j]`` goes to output row ``k``; runs of rows that keep
-    their order and shift by the same amount move as one block. Blocks moving
-    down go first, front to back; blocks moving up then go back to front; the
-    executor's rows fill the remaining places last. Output rows and their sources
-    both ascend, so no block is written over before it has moved. ``words`` is
-    ``room`` as 8-byte (or, for an odd dimension, 4-byte) words: blocks move word by
-    word.
-    """
-    width = room.shape[1] * 4 // words.itemsize
-    flat = words
-    n = len(src)
-    for direction in (-1, 1):
-        k = 0 if direction < 0 else n - 1
-        while 0 <= k < n:
-            if src[k] != 1:
-                k += 1 if direction < 0 else -1
-                continue
-            r = rest[pos[k]]
-            shift = k - r
-            # The block of output rows around k with the same shift.
-            lo = hi = k
-            if direction < 0:
-                while hi + 1 < n and src[hi + 1] == 1 and rest[pos[hi + 1]] == r + (hi + 1 - k):
-                    hi += 1
-                k_next = hi + 1
-            else:
-                while lo - 1 >= 0 and src[lo - 1] == 1 and rest[pos[lo - 1]] == r - (k - lo + 1):
-                    lo -= 1
-                k_next = lo - 1
-            if (shift < 0 and direction < 0) or (shift > 0 and direction > 0):
-                d0 = lo * width
-                s0 = (lo - shift) * width
-                m = (hi - lo + 1) * width
-                if shift < 0:
-                    for b in range(m):
-                        flat[d0 + b] = flat[s0 + b]
-                else:
-                    for b in range(m - 1, -1, -1):
-                        flat[d0 + b] = flat[s0 + b]
-            k = k_next
-    for k in range(n):
-        if src[k] == 0:
-            room[k, :] = a_rows[pos[k], :]
 
 
 @njit(cache=True, nogil=True)

@@ -93,9 +93,6 @@ class Snapshot:
     meta_offs: np.ndarray
     meta_lens: np.ndarray
     pending: bytes
-    # With ``load_snapshot(spare_rows=k)``: the float32 ``[count + k, dim]`` buffer
-    # whose first ``count`` rows are ``vectors``, room to grow the index in place.
-    vector_room: np.ndarray | None = None
     # With ``load_snapshot(key_table=True)``: ``(keys, table)`` of ``id_key_table``.
     key_table: tuple | None = None
 
@@ -424,7 +421,7 @@ def _check_manifest(doc: dict, where: str) -> None:
 
 # ----------------------------------------------------------------------------- loading
 def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
-                  spare_rows: int = 0, key_table: bool = False) -> Snapshot:
+                  key_table: bool = False) -> Snapshot:
     """Load the snapshot at ``path``.
 
     Sizes are checked against the manifest before anything is allocated, and the
@@ -435,9 +432,11 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
     Args:
         path: the snapshot directory.
         verify: check every file's checksums and the order of the ids.
-        mmap: map ``vectors.f32`` read-only instead of reading it into memory.
-        spare_rows: read the vectors into a buffer with room for this many more
-            rows (``Snapshot.vector_room``; pages never written cost no memory).
+        mmap: map ``vectors.f32`` read-only instead of reading it into memory (the
+            checksums are computed over the mapping; a restore then copies the rows
+            it keeps from it once, straight into its result). The file must not be
+            truncated while mapped: reading past its end is a SIGBUS, as with any
+            mapped file.
         key_table: also build the table from id key to row that a restore from
             the snapshot uses (``Snapshot.key_table``), while the vectors are read.
 
@@ -460,9 +459,7 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
         for name in (IDS, METADATA, PENDING, VECTORS):
             size = files[name]["size"]
             mapped = mmap and name == VECTORS
-            room = 4 * (dim or 0) * max(0, int(spare_rows)) if name == VECTORS else 0
-            bufs[name] = (_map(root / name, size) if mapped
-                          else np.empty(size + room, np.uint8)[:size])
+            bufs[name] = _map(root / name, size) if mapped else np.empty(size, np.uint8)
             jobs[name] = [] if mapped and not verify else [
                 (a, pool.submit(_block, fds[name], bufs[name], a, min(a + block, size),
                                 not mapped, verify))
@@ -484,17 +481,12 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
         vectors = bufs[VECTORS].view("<f4").reshape(count, dim or 0)
     else:
         vectors = np.zeros((0, dim or 0), np.float32)
-    vector_room = None
-    if spare_rows > 0 and dim and not mmap:
-        full = bufs[VECTORS].base if bufs[VECTORS].base is not None else bufs[VECTORS]
-        vector_room = full.view("<f4").reshape(-1, dim)
     id_arena, id_offs, id_lens, meta_arena, meta_offs, meta_lens = arenas
     return Snapshot(
         path=root, manifest=manifest, position=manifest["position"], dim=dim, count=count,
         id_arena=id_arena, id_offs=id_offs, id_lens=id_lens, vectors=vectors,
         meta_arena=meta_arena, meta_offs=meta_offs, meta_lens=meta_lens,
-        pending=bufs[PENDING].tobytes(), vector_room=vector_room,
-        key_table=keys,
+        pending=bufs[PENDING].tobytes(), key_table=keys,
     )
 
 
