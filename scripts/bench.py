@@ -368,6 +368,23 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _page_reporting() -> str | None:
+    """A note when this (virtual) machine reports free memory to its host (virtio-balloon
+    free page reporting): memory touched again after that costs a host fault per page,
+    which makes first writes to new arrays slow at random (docs/measurements.md)."""
+    try:
+        with open("/sys/module/page_reporting/parameters/page_reporting_order") as f:
+            order = int(f.read())
+        with open("/proc/buddyinfo") as f:  # a column per block order
+            top = max(len(line.split("zone", 1)[-1].split()) - 2 for line in f)
+    except (OSError, ValueError):
+        return None
+    if order > top:  # above the largest block order: nothing is reported
+        return None
+    return (f"  host: free page reporting is on (blocks of order {order} go back to the "
+            "hypervisor): first writes to new memory may be slow at random")
+
+
 def _fmt(x, spec: str = ".3g", none: str = "n/a") -> str:
     return none if x is None else format(x, spec)
 
@@ -427,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     wal_bytes = sum(p.stat().st_size for p in paths)
     print(f"WAL {wal_dir}: {len(paths)} segments, {wal_bytes / GB:.3f} GB", flush=True)
     print(f"  host: {os.cpu_count()} CPUs, load average {_load()} (other work skews timings)")
+    if note := _page_reporting():
+        print(note)
     if gen["generated"]:
         print(f"  generated in {gen['seconds']:.2f} s ({gen['gb_s']:.2f} GB/s)", flush=True)
     else:
