@@ -785,9 +785,10 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None):
     del run.buf, run.cols, run._piece, run._reader  # the read buffers go before the sort
     run._tell("finish")
     t = time.perf_counter()
-    index = executor.finish(report)
-    if run.lazy is not None:
-        index = run.lazy.merge(index)
+    if run.lazy is not None:  # the cpu executor: its rows are copied into the merge anyway
+        index = run.lazy.merge(*executor.finish_unmoved(report))
+    else:
+        index = executor.finish(report)
     run.timings["finish"] += time.perf_counter() - t
     index.position, index.pending = run.position, run.pending
     return index, run

@@ -179,7 +179,17 @@ class CpuExecutor:
 
     def finish(self, report) -> RestoredIndex:
         """Sort by id, compact the rows in place and hand over the index."""
+        index, _ = self._finish(report, permute=True)
+        return index
+
+    def finish_unmoved(self, report) -> tuple[RestoredIndex, np.ndarray]:
+        """``(index, row_of)``: ``finish`` with the vectors left where they are, for a
+        caller that copies them elsewhere anyway (``LazyBase.merge``): ``index.vectors``
+        holds every row used and id ``k``'s vector is row ``row_of[k]`` of it."""
+        return self._finish(report, permute=False)
+
+    def _finish(self, report, permute: bool):
         m = self.map
-        ids, id_offs, id_lens, vectors, meta, meta_offs, meta_lens = m.result(sorted_id_order)
-        fill_counters(report, m.counters, len(id_offs), m.dim)
-        return RestoredIndex(ids, id_offs, id_lens, vectors, meta, meta_offs, meta_lens, report)
+        *cols, row_of = m.result(sorted_id_order, permute=permute)
+        fill_counters(report, m.counters, len(cols[1]), m.dim)
+        return RestoredIndex(*cols, report), row_of

@@ -449,12 +449,15 @@ class HostMap:
         if mismatch is not None:
             on_dim_mismatch(int(order[mismatch[0]]), int(mismatch[1]), self.dim)
 
-    def result(self, order_of_ids):
+    def result(self, order_of_ids, permute: bool = True):
         """The index, ids sorted by bytes: live rows move to the front of ``rows``.
 
         ``order_of_ids(ids, offsets, lengths)`` returns the sorting permutation.
-        Returns ``(ids, id_offs, id_lens, vectors, meta, meta_offs, meta_lens)``
-        with the shards' arenas joined; ``vectors`` is a float32 ``[n, dim]`` view.
+        Returns ``(ids, id_offs, id_lens, vectors, meta, meta_offs, meta_lens, live)``
+        with the shards' arenas joined; ``vectors`` is a float32 ``[n, dim]`` view and
+        ``live`` is None. With ``permute`` false the rows stay where they are:
+        ``vectors`` is all of them (``[used, dim]``) and id ``k``'s row is ``live[k]``
+        (for a caller that copies the rows elsewhere anyway).
         """
         if self._pool is not None:
             self._pool.shutdown()
@@ -479,6 +482,12 @@ class HostMap:
         order = order_of_ids(ids, id_offs, id_lens)
         live = live[order]
         used = self._used_rows()
+        cols = (ids, id_offs[order], id_lens[order])
+        meta_cols = (meta, meta_offs[order], meta_lens[order])
+        if not permute:
+            vectors = (self.rows[:used].view("<f4").reshape(used, self.dim) if self.dim > 0
+                       else np.zeros((used, max(self.dim, 0)), np.float32))
+            return (*cols, vectors, *meta_cols, live)
         rest = np.ones(used, np.bool_)
         rest[live] = False
         perm = np.concatenate([live, np.flatnonzero(rest)])
@@ -489,8 +498,7 @@ class HostMap:
             vectors = np.zeros((n, max(self.dim, 0)), np.float32)
         else:
             vectors = self.rows[:n].view("<f4").reshape(n, self.dim)
-        return (ids, id_offs[order], id_lens[order], vectors, meta, meta_offs[order],
-                meta_lens[order])
+        return (*cols, vectors, *meta_cols, None)
 
 
 def global_row_array(local: np.ndarray, shard: int, n_shards: int) -> np.ndarray:

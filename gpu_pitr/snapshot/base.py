@@ -269,14 +269,22 @@ class LazyBase:
                        self.moved, out)
         return np.sort(out[:m])
 
-    def merge(self, index):
-        """``index`` (the executor's result) with the base rows never moved in."""
+    def merge(self, index, row_of=None):
+        """``index`` (the executor's result) with the base rows never moved in.
+
+        ``row_of`` (from ``CpuExecutor.finish_unmoved``): the vector of ``index``'s id
+        ``k`` is row ``row_of[k]`` of ``index.vectors``; None: row ``k``. Either way
+        each vector is copied once, into its row of the result."""
         from gpu_pitr.index import RestoredIndex
 
         snap = self.snap
         rest = np.flatnonzero(~self.moved)
-        if not len(rest):
+        if not len(rest):  # every base row went through the executor
+            if row_of is not None:
+                index.vectors = index.vectors[row_of]
             return index
+        if row_of is None:
+            row_of = np.arange(len(index), dtype=np.int64)
         ids, id_offs, id_lens = index._id_arena, index._id_offs, index._id_lens
         src, pos = _merge_order(ids, id_offs, id_lens, snap.id_arena,
                                 snap.id_offs[rest], snap.id_lens[rest])
@@ -295,7 +303,7 @@ class LazyBase:
         dim = snap.vectors.shape[1] if len(index) == 0 else vectors.shape[1]
         out = np.empty((n, dim), np.float32)
         if n and dim:
-            _gather_rows(src, pos, rest, vectors.reshape(-1, dim), snap.vectors, out)
+            _gather_rows(src, pos, rest, row_of, vectors.reshape(-1, dim), snap.vectors, out)
         merged = RestoredIndex(np.concatenate([ids, snap.id_arena]), out_id_offs, out_id_lens,
                                out, np.concatenate([index._meta_arena, snap.meta_arena]),
                                out_meta_offs, out_meta_lens, index.report)
@@ -327,10 +335,10 @@ def _merge_columns(src, pos, rest, id_offs, id_lens, meta_offs, meta_lens,
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _gather_rows(src, pos, rest, a_rows, b_rows, out):
+def _gather_rows(src, pos, rest, a_row, a_rows, b_rows, out):
     for k in prange(len(src)):
         if src[k] == 0:
-            out[k, :] = a_rows[pos[k], :]
+            out[k, :] = a_rows[a_row[pos[k]], :]
         else:
             out[k, :] = b_rows[rest[pos[k]], :]
 
