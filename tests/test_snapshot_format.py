@@ -118,6 +118,7 @@ def test_round_trip_exact(tmp_path):
     assert vec.tobytes() == index.vectors.tobytes()
     assert pending == PENDING_BLOB
     mapped = load_snapshot(out, mmap=True)
+    assert isinstance(mapped.vectors.base, np.memmap) and not mapped.vectors.flags.writeable
     assert mapped.vectors.tobytes() == index.vectors.tobytes()
     _same(index, load_snapshot(out, verify=False))
     # With no report given, the index carries the report the manifest kept.
@@ -627,3 +628,31 @@ def test_null_maps_read_from_the_validity_bitmap_at_any_offset(start) -> None:
     assert snap_arrow._validity(arr).tolist() == arr.is_valid().to_pylist()
     whole = pa.array([[("a", "b")]] * 5, type=pa.map_(pa.string(), pa.string()))
     assert snap_arrow._validity(whole.slice(start % 5)).all()
+
+
+def test_a_file_system_that_cannot_map_the_vectors_gets_them_read(tmp_path, monkeypatch):
+    """Restores map a base's vectors; where mapping fails (some FUSE or network file
+    systems), the file is read instead, checksums and all."""
+    from gpu_pitr import snapshot
+    from gpu_pitr.synth import write_synthetic_wal
+
+    d = tmp_path / "wal"
+    write_synthetic_wal(d, total_bytes=1 << 19, segments=2, dim=4)
+    full = gpu_pitr.restore(d, backend="cpu")
+    snapshot.save(gpu_pitr.restore(d, backend="cpu", to_time=1_700_000_003), tmp_path / "s")
+
+    def no_map(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(np, "memmap", no_map)
+    loaded = load_snapshot(tmp_path / "s", mmap=True)
+    assert loaded.vectors.flags.writeable  # read, not mapped
+    got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "s")
+    assert got.id_list() == full.id_list()
+    assert got.vectors.tobytes() == full.vectors.tobytes()
+    vec = tmp_path / "s" / "vectors.f32"
+    data = bytearray(vec.read_bytes())
+    data[5] ^= 0x10
+    vec.write_bytes(bytes(data))
+    with pytest.raises(SnapshotError, match="CRC-32 mismatch"):
+        load_snapshot(tmp_path / "s", mmap=True)

@@ -458,8 +458,10 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
         # The small files first: their rows are converted while the vectors arrive.
         for name in (IDS, METADATA, PENDING, VECTORS):
             size = files[name]["size"]
-            mapped = mmap and name == VECTORS
-            bufs[name] = _map(root / name, size) if mapped else np.empty(size, np.uint8)
+            bufs[name] = _map(root / name, size) if mmap and name == VECTORS else None
+            mapped = bufs[name] is not None
+            if not mapped:
+                bufs[name] = np.empty(size, np.uint8)
             jobs[name] = [] if mapped and not verify else [
                 (a, pool.submit(_block, fds[name], bufs[name], a, min(a + block, size),
                                 not mapped, verify))
@@ -546,10 +548,15 @@ def _open_checked(path: Path, size: int) -> int:
     return fd
 
 
-def _map(path: Path, size: int) -> np.ndarray:
+def _map(path: Path, size: int) -> np.ndarray | None:
+    """The file mapped read-only, or None where it cannot be (a file system without
+    mmap): then it is read like the others."""
     if size == 0:
         return np.zeros(0, np.uint8)
-    return np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
+    try:
+        return np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
+    except (OSError, ValueError):
+        return None
 
 
 def _block(fd: int, buf: np.ndarray, a: int, b: int, read: bool, verify: bool):
