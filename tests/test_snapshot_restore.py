@@ -474,6 +474,39 @@ def test_log_after_the_snapshot_names_every_base_id(tmp_path, keep_one):
     assert got.vectors[2].tolist() == ([0.0, -0.0] if keep_one else [3.0, 4.0])
 
 
+@pytest.mark.parametrize("chunk", [64, None])
+def test_a_base_id_first_named_by_an_insert_that_never_applies(tmp_path, chunk):
+    """Inserts of base ids that never apply (aborted, left in flight, past the target)
+    leave the base row to what comes after: an update keeping its metadata, a delete,
+    or nothing; one that applies replaces it."""
+    wal = w.LogBuilder()
+    for i, ident in enumerate(["a", "b", "c", "d", "e"]):
+        wal.add(w.Ins(ident, [float(i), 1.0], {"m": ident}, ts=1))
+    wal.add(w.Begin(1, ts=2))
+    wal.add(w.Ins("a", [9.0, 9.0], {"new": "a"}, ts=2))
+    wal.add(w.Ins("b", [9.0, 9.0], ts=2))
+    wal.add(w.Abort(1, ts=2))
+    wal.add(w.Upd("a", [5.0, 5.0], ts=3))  # keeps a's base metadata
+    wal.add(w.Del("b", ts=3))
+    wal.add(w.Begin(2, ts=4))
+    wal.add(w.Ins("c", [7.0, 7.0], ts=4))
+    wal.add(w.Commit(2, ts=4))  # applies: c is retired and replaced
+    wal.add(w.Ins("e", [6.0, 6.0], ts=6))  # past a target of 5
+    wal.add(w.Upd("e", [6.5, 6.5], ts=6))
+    wal.add(w.Begin(3, ts=7))
+    wal.add(w.Ins("d", [8.0, 8.0], ts=7))  # in flight at the end: never applies
+    d = Path(wal.write(tmp_path / "wal"))
+    outcomes = [check_base_equals_full(d, tmp_path / "snap", {"to_time": 1}, kw_b,
+                                       chunk_bytes=chunk)
+                for kw_b in ({}, {"to_time": 5}, {"to_time": 3})]
+    assert outcomes == ["equal"] * 3
+    got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap", chunk_bytes=chunk)
+    assert got.id_list() == ["a", "c", "d", "e"]
+    assert got.metadata[0] == {"m": "a"} and got.vectors[0].tolist() == [5.0, 5.0]
+    assert got.vectors[1].tolist() == [7.0, 7.0] and got.metadata[1] is None
+    assert got.vectors[2].tolist() == [3.0, 1.0]
+
+
 def test_snapshot_at_the_end_of_a_log_whose_last_file_is_a_torn_header(tmp_path):
     wal = w.LogBuilder()
     wal.add(w.Ins("a", [1.0], ts=1))
