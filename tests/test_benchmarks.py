@@ -32,6 +32,9 @@ def test_bench_measures_a_small_wal_and_its_snapshot(tmp_path):
     assert "matches generator" in proc.stdout, proc.stdout
     doc = json.loads(out.read_text())
     assert doc["snapshot"]["equal"] is True
+    # The snapshot's ratio is taken between medians of three alternated runs a side.
+    assert len(doc["snapshot"]["full_runs"]) == len(doc["snapshot"]["base_runs"]) == 3
+    assert "runs, alternated" in proc.stdout
     assert doc["restore_thp"]["runs"][0]["ids"] == doc["restore"]["runs"][0]["ids"]
 
 
