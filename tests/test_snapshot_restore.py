@@ -527,6 +527,7 @@ def test_lazy_base_key_table_finds_every_row_sharing_a_key_once():
     keys[100:110] = keys[5]  # eleven rows share one key
     keys[4000] = keys[4001] ^ np.uint64(1 << 40)  # same low bits, other key: probes on
     table = _key_table(keys)
+    assert table.dtype == np.int32 and len(table) == 16384  # rows fit 32 bits; half full
     moved = np.zeros(len(keys), np.bool_)
     out = np.empty(len(keys), np.int64)
 

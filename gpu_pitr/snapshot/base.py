@@ -203,23 +203,29 @@ def id_key_table(arena, offs, lens) -> tuple:
     return keys, _key_table(keys)
 
 
-@njit(cache=True, nogil=True)
-def _key_table(keys):
+def _key_table(keys: np.ndarray) -> np.ndarray:
     """Open addressing from key to base row: slot ``key mod cap`` onward (linear
     probing, at most half full); -1 marks an empty slot. Keys are ``id_key``
-    values, already mixed."""
+    values, already mixed. Rows are 32-bit where they fit: half the table's memory,
+    and its random writes and probes miss the caches less (1.08M keys: 0.047 ->
+    0.030 s to build)."""
     n = len(keys)
     cap = 16
     while cap < 2 * n:
         cap *= 2
-    table = np.full(cap, -1, np.int64)
-    mask = cap - 1
-    for r in range(n):
+    table = np.full(cap, -1, np.int32 if n < 2**31 else np.int64)
+    _fill_key_table(keys, table)
+    return table
+
+
+@njit(cache=True, nogil=True)
+def _fill_key_table(keys, table):
+    mask = len(table) - 1
+    for r in range(len(keys)):
         s = np.int64(keys[r] & np.uint64(mask))
         while table[s] >= 0:
             s = (s + 1) & mask
         table[s] = r
-    return table
 
 
 @njit(cache=True, nogil=True)
