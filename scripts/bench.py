@@ -754,8 +754,7 @@ def _print_table(results, read, rest, mid, ref, cli, wal_bytes, opts) -> None:
         add("snapshot load GB/s", snap["snapshot_bytes"] / snap["load_s"] / GB,
             f"raw read of the same files {_fmt(snap['snapshot_bytes'] / snap['raw_read_s'] / GB)}"
             f" GB/s; load / raw read time {_fmt(snap['load_s'] / snap['raw_read_s'])}")
-        full_runs = snap.get("full_runs") or [snap["full_s"]]
-        base_runs = snap.get("base_runs") or [snap["base_s"]]
+        full_runs, base_runs = snap["full_runs"], snap["base_runs"]
         full_s, base_s = statistics.median(full_runs), statistics.median(base_runs)
         add("restore from snapshot, seconds", base_s,
             f"whole log {full_s:.3f} s in the same process: {_fmt(full_s / base_s)}x "

@@ -485,20 +485,19 @@ class HostMap:
         cols = (ids, id_offs[order], id_lens[order])
         meta_cols = (meta, meta_offs[order], meta_lens[order])
         if not permute:
-            vectors = (self.rows[:used].view("<f4").reshape(used, self.dim) if self.dim > 0
-                       else np.zeros((used, max(self.dim, 0)), np.float32))
-            return (*cols, vectors, *meta_cols, live)
+            return (*cols, self._vectors(used), *meta_cols, live)
         rest = np.ones(used, np.bool_)
         rest[live] = False
         perm = np.concatenate([live, np.flatnonzero(rest)])
         if self.dim > 0 and used:
             _permute_rows_in_place(self.rows, perm)
-        n = len(live)
+        return (*cols, self._vectors(len(live)), *meta_cols, None)
+
+    def _vectors(self, n: int) -> np.ndarray:
+        """The first ``n`` rows as float32 ``[n, dim]`` (zero columns before any vector)."""
         if self.dim <= 0:
-            vectors = np.zeros((n, max(self.dim, 0)), np.float32)
-        else:
-            vectors = self.rows[:n].view("<f4").reshape(n, self.dim)
-        return (*cols, vectors, *meta_cols, None)
+            return np.zeros((n, max(self.dim, 0)), np.float32)
+        return self.rows[:n].view("<f4").reshape(n, self.dim)
 
 
 def global_row_array(local: np.ndarray, shard: int, n_shards: int) -> np.ndarray:

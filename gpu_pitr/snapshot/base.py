@@ -275,22 +275,19 @@ class LazyBase:
                        self.moved, out)
         return np.sort(out[:m])
 
-    def merge(self, index, row_of=None):
+    def merge(self, index, row_of):
         """``index`` (the executor's result) with the base rows never moved in.
 
         ``row_of`` (from ``CpuExecutor.finish_unmoved``): the vector of ``index``'s id
-        ``k`` is row ``row_of[k]`` of ``index.vectors``; None: row ``k``. Either way
-        each vector is copied once, into its row of the result."""
+        ``k`` is row ``row_of[k]`` of ``index.vectors``. Each vector is copied once,
+        into its row of the result."""
         from gpu_pitr.index import RestoredIndex
 
         snap = self.snap
         rest = np.flatnonzero(~self.moved)
         if not len(rest):  # every base row went through the executor
-            if row_of is not None:
-                index.vectors = index.vectors[row_of]
+            index.vectors = index.vectors[row_of]
             return index
-        if row_of is None:
-            row_of = np.arange(len(index), dtype=np.int64)
         ids, id_offs, id_lens = index._id_arena, index._id_offs, index._id_lens
         src, pos = _merge_order(ids, id_offs, id_lens, snap.id_arena,
                                 snap.id_offs[rest], snap.id_lens[rest])
