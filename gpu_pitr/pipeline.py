@@ -552,19 +552,19 @@ class _Restore:
         if self.ex.name == "cpu":
             self.lazy = LazyBase(snap)
         else:
-            self._move_in(None)
+            self._move_in_all()
         if stops_at_base(snap.position, self.target, self.plan.exclusive):
             self._stop_at_base()
         else:
             self._seed_pending(snap)
 
-    def _move_in(self, rows) -> None:
-        """Base ``rows`` (None: all) into the executor, as inserts that count nothing."""
+    def _move_in_all(self) -> None:
+        """Every base row into the (cuda) executor, as inserts that count nothing."""
         from gpu_pitr.snapshot.base import seed_chunks
 
         snap = self.base
         c = self._seed_cols
-        for buf, off, length in seed_chunks(snap, self.chunk_bytes, self._alloc, rows):
+        for buf, off, length in seed_chunks(snap, self.chunk_bytes, self._alloc):
             n = len(off)
             c.ensure_records(n)
             c.off[:n], c.length[:n], c.seq[:n] = off, length, 0
@@ -584,7 +584,7 @@ class _Restore:
         # Every entry's key, records that are not data included: a superset is harmless.
         rows = self.lazy.take(c.e_key[:used])
         if len(rows):
-            self._move_in(rows)
+            self.ex.seed(self.base, rows, self.lazy.keys)
 
     def _stop_at_base(self) -> None:
         """A sequence target met by the base's last record: the base is the answer."""

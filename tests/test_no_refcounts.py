@@ -13,7 +13,7 @@ import pytest
 from numba import njit
 
 import gpu_pitr
-from gpu_pitr import synth
+from gpu_pitr import snapshot, synth
 from gpu_pitr.executors import cpu
 from gpu_pitr.format import frame, statwalk
 from gpu_pitr.jit import NO_REFCOUNTS
@@ -25,6 +25,7 @@ LOOPS = {
     "decode": cpu._decode_records,
     "plan": commit._walk,
     "apply": hostmap._apply,
+    "seed": hostmap._seed,
     "inspect": statwalk._parse,
 }
 REFCOUNTING = ("@NRT_incref", "@NRT_decref")
@@ -39,7 +40,14 @@ def signatures(tmp_path_factory):
     """The argument types each loop had in a real restore."""
     wal = tmp_path_factory.mktemp("wal")
     synth.write_synthetic_wal(wal, total_bytes=1 << 20, dim=8, segments=2, seed=3)
-    assert len(gpu_pitr.restore(wal, backend="cpu")) > 0
+    full = gpu_pitr.restore(wal, backend="cpu")
+    assert len(full) > 0
+    # From a base snapshot: the rows the log names move in through hostmap._seed.
+    snap = tmp_path_factory.mktemp("snap") / "half"
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=full.report.records_read
+                                   // 2), snap)
+    based = gpu_pitr.restore(wal, backend="cpu", base=snap)
+    assert based.id_list() == full.id_list()
     assert sum(statwalk.scan_stats(wal)["records_by_variant"].values()) > 0
     sigs = {step: list(f.signatures) for step, f in LOOPS.items()}
     assert all(sigs.values()), sigs

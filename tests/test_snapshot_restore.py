@@ -540,3 +540,89 @@ def test_lazy_base_key_table_finds_every_row_sharing_a_key_once():
     assert take(keys[:20]) == [i for i in range(20) if i != 5]
     want = {i for i in range(len(keys)) if not moved[i]}
     assert set(take(keys)) == want and moved.all()
+
+
+
+def test_base_rows_moving_in_grow_the_executor(tmp_path, monkeypatch):
+    """A short log naming many base rows with large metadata: the rows move in
+    through ``hostmap._seed``, which grows the probe tables between rounds, and
+    every row stays exact (deletes, updates keeping the base metadata)."""
+    from gpu_pitr.resolve import hostmap
+
+    wal = w.LogBuilder()
+    n = 6000
+    for i in range(n):
+        wal.add(w.Ins(f"id{i:05d}", [float(i), -0.0, 1.5, float(-i)], {"m": "x" * 900}, ts=1))
+    first = Path(wal.write(tmp_path / "wal"))
+    snapshot.save(gpu_pitr.restore(first, backend="cpu"), tmp_path / "snap")
+    wal.new_segment(0x7000_0000)  # the restore from the snapshot reads only this one
+    for i in range(0, n, 2):
+        wal.add(w.Del(f"id{i:05d}", ts=2))
+        wal.add(w.Upd(f"id{i + 1:05d}", [1.0, 2.0, 3.0, 4.0], ts=2))
+    d = Path(wal.write(tmp_path / "wal2"))
+    ends = []
+    real = hostmap._seed
+
+    def seed(*args):
+        out = real(*args)
+        ends.append(out[0])
+        return out
+
+    monkeypatch.setattr(hostmap, "_seed", seed)
+    got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
+    assert hostmap.NEED_MAP in ends and hostmap.SEEN not in ends, ends
+    assert len(got) == n // 2 and got.metadata[0] == {"m": "x" * 900}
+    assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu"))
+
+
+def test_hostmap_seed_grows_every_column_it_needs():
+    """``HostMap.seed`` from a reservation far too small (as when the reservation
+    would pass half the RAM): rows, probe slots, ids and metadata all grow, and the
+    result is each taken row exactly, counting nothing; a row already in the map
+    is refused."""
+    from gpu_pitr.resolve import hostmap
+    from gpu_pitr.resolve.idsort import sorted_id_order, span_keys
+
+    n, dim = 100_000, 3
+    ids = [f"urn:x:{i * 7919 % n:06d}".encode() for i in range(n)]
+    arena = np.frombuffer(b"".join(ids), np.uint8)
+    id_lens = np.array([len(x) for x in ids], np.int64)
+    id_offs = np.concatenate(([0], np.cumsum(id_lens)[:-1]))
+    metas = [bytes([i % 251]) * (i % 50) for i in range(n)]
+    meta_arena = np.frombuffer(b"".join(metas), np.uint8)
+    meta_lens = np.array([len(m) for m in metas], np.int64)
+    meta_offs = np.concatenate(([0], np.cumsum(meta_lens)[:-1]))
+    meta_offs[::5] = -1  # no metadata
+    vectors = np.arange(n * dim, dtype=np.float32).reshape(n, dim)
+    keys = span_keys(arena, id_offs, id_lens)
+    take = np.flatnonzero(np.arange(n) % 10)  # rows not named stay out
+    m = hostmap.HostMap(total_bytes=64, shards=2)
+    m._limit = 0  # every reservation falls back to growing on demand
+    m.set_dim(dim)
+    ends = []
+    real = hostmap._seed
+
+    def seed(*args):
+        out = real(*args)
+        ends.append(out[0])
+        return out
+
+    hostmap._seed, saved = seed, hostmap._seed
+    try:
+        m.seed(take, keys, arena, id_offs, id_lens, vectors, meta_arena, meta_offs, meta_lens)
+        with pytest.raises(AssertionError, match="before it moved in"):
+            m.seed(take[:1], keys, arena, id_offs, id_lens, vectors, meta_arena, meta_offs,
+                   meta_lens)
+    finally:
+        hostmap._seed = saved
+    assert {hostmap.NEED_ROWS, hostmap.NEED_MAP, hostmap.NEED_IDS, hostmap.NEED_META} <= set(
+        ends), ends
+    got_ids, g_offs, g_lens, vecs, g_meta, g_moffs, g_mlens, _ = m.result(sorted_id_order)
+    want = sorted(take, key=lambda r: ids[r])
+    assert [bytes(got_ids[o:o + k]) for o, k in zip(g_offs, g_lens, strict=True)] == [
+        ids[r] for r in want]
+    assert np.array_equal(vecs, vectors[want])
+    assert [None if o < 0 else bytes(g_meta[o:o + k])
+            for o, k in zip(g_moffs, g_mlens, strict=True)] == [
+        None if meta_offs[r] < 0 else metas[r] for r in want]
+    assert not m.counters.any()

@@ -169,13 +169,11 @@ class CpuExecutor:
         if self.map.dim < 0:
             self.map.set_dim(dim)
 
-    def apply_uncounted(self, buf: np.ndarray, cols, order: np.ndarray, on_dim_mismatch):
-        """``apply``, leaving the counters as they were (a base snapshot's rows are not
-        the log's inserts)."""
-        saved = [shard.counters.copy() for shard in self.map.shards]
-        self.map.apply(buf, order, cols, on_dim_mismatch)
-        for shard, counters in zip(self.map.shards, saved, strict=True):
-            shard.counters[:] = counters
+    def seed(self, snap, rows: np.ndarray, keys: np.ndarray) -> None:
+        """Base snapshot ``rows`` into the map as they are, counting nothing (they are
+        not the log's inserts); ``keys``: every base row's id key."""
+        self.map.seed(rows, keys, snap.id_arena, snap.id_offs, snap.id_lens, snap.vectors,
+                      snap.meta_arena, snap.meta_offs, snap.meta_lens)
 
     def finish(self, report) -> RestoredIndex:
         """Sort by id, compact the rows in place and hand over the index."""

@@ -28,6 +28,7 @@ NEED_IDS = 3
 NEED_META = 4
 NEED_DIM = 5
 DIM_MISMATCH = 6
+SEEN = 7  # _seed: the id is in the map already
 
 # Counter slots.
 C_INSERTS = 0
@@ -109,6 +110,42 @@ def _copy(dst, d, src, s, n):
         a[k] = b[k]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _room(n, n_rows, n_free, ids_used, n_live, ids_cap, slots, cap_rows, shard, n_shards):
+    """What must grow before a new id of ``n`` bytes gets a row (DONE: nothing)."""
+    if n_free == 0 and global_row(n_rows, shard, n_shards) >= cap_rows:
+        return NEED_ROWS
+    if 2 * (n_live + 1) > slots:
+        return NEED_MAP
+    if ids_used + n > ids_cap:
+        return NEED_IDS
+    return DONE
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _new_row(src, off, n, key, s, h, row_id_off, row_id_len, row_meta_off, row_meta_len,
+             row_key, n_rows, free, n_free, ids, ids_used, n_live):
+    """A row (a free one first) for the id ``src[off:off+n]``, entered in map slot
+    ``s``, without metadata. Returns ``(row, n_rows, n_free, ids_used, n_live)``."""
+    if n_free > 0:
+        n_free -= 1
+        row = free[n_free]
+    else:
+        row = n_rows
+        n_rows += 1
+    _copy(ids, ids_used, src, off, n)
+    row_id_off[row] = ids_used
+    row_id_len[row] = n
+    row_key[row] = key
+    h[s, S_KEY] = key
+    h[s, S_ROW] = row + 1
+    ids_used += n
+    n_live += 1
+    row_meta_off[row] = -1
+    row_meta_len[row] = 0
+    return row, n_rows, n_free, ids_used, n_live
+
+
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _apply(
     buf, order, k0, e0, efirst, nent,
@@ -158,28 +195,13 @@ def _apply(
                 n_live -= 1
                 continue
             if row < 0:
-                if n_free == 0 and global_row(n_rows, shard, n_shards) >= cap_rows:
-                    return NEED_ROWS, k, e, n_rows, n_free, ids_used, meta_used, n_live
-                if 2 * (n_live + 1) > h.shape[0]:
-                    return NEED_MAP, k, e, n_rows, n_free, ids_used, meta_used, n_live
-                if ids_used + n > len(ids):
-                    return NEED_IDS, k, e, n_rows, n_free, ids_used, meta_used, n_live
-                if n_free > 0:
-                    n_free -= 1
-                    row = free[n_free]
-                else:
-                    row = n_rows
-                    n_rows += 1
-                _copy(ids, ids_used, buf, off, n)
-                row_id_off[row] = ids_used
-                row_id_len[row] = n
-                row_key[row] = key
-                h[s, S_KEY] = key
-                h[s, S_ROW] = row + 1
-                ids_used += n
-                n_live += 1
-                row_meta_off[row] = -1
-                row_meta_len[row] = 0
+                need = _room(n, n_rows, n_free, ids_used, n_live, len(ids), h.shape[0],
+                             cap_rows, shard, n_shards)
+                if need != DONE:
+                    return need, k, e, n_rows, n_free, ids_used, meta_used, n_live
+                row, n_rows, n_free, ids_used, n_live = _new_row(
+                    buf, off, n, key, s, h, row_id_off, row_id_len, row_meta_off,
+                    row_meta_len, row_key, n_rows, free, n_free, ids, ids_used, n_live)
                 if op != INSERT:
                     counters[C_UPDATES_MISSING] += 1
             counters[C_INSERTS if op == INSERT else C_UPDATES] += 1
@@ -196,6 +218,48 @@ def _apply(
                 row_meta_off[row] = -1
                 row_meta_len[row] = 0
     return DONE, len(order), 0, n_rows, n_free, ids_used, meta_used, n_live
+
+
+@njit(cache=True, nogil=True, **NO_REFCOUNTS)
+def _seed(
+    take, j0, keys, src_ids, src_id_offs, src_id_lens, src_vecs, src_meta, src_meta_offs,
+    src_meta_lens, rows, h, row_id_off, row_id_len, row_meta_off, row_meta_len, row_key,
+    n_rows, free, n_free, ids, ids_used, meta, meta_used, n_live, shard, n_shards,
+):
+    """New rows for the ids ``take[j0:]`` of a base state (id, vector and metadata
+    columns ``src_*``, id keys ``keys``) that fall in ``shard``, counting nothing:
+    what applying them as inserts would do, without their records. No id may be
+    in the map already (``SEEN``). Returns like ``_apply``, ``j`` for ``k``."""
+    cap_rows = rows.shape[0]
+    width = rows.shape[1]
+    for j in range(j0, len(take)):
+        b = take[j]
+        key = keys[b]
+        if (key >> 32) & (n_shards - 1) != shard:
+            continue
+        off = src_id_offs[b]
+        n = src_id_lens[b]
+        m = src_meta_offs[b]
+        ml = src_meta_lens[b] if m >= 0 else 0
+        if meta_used + ml > len(meta):
+            return NEED_META, j, n_rows, n_free, ids_used, meta_used, n_live
+        s, row = _find(src_ids, off, n, key, h, ids, row_id_off, row_id_len)
+        if row >= 0:
+            return SEEN, j, n_rows, n_free, ids_used, meta_used, n_live
+        need = _room(n, n_rows, n_free, ids_used, n_live, len(ids), h.shape[0], cap_rows,
+                     shard, n_shards)
+        if need != DONE:
+            return need, j, n_rows, n_free, ids_used, meta_used, n_live
+        row, n_rows, n_free, ids_used, n_live = _new_row(
+            src_ids, off, n, key, s, h, row_id_off, row_id_len, row_meta_off, row_meta_len,
+            row_key, n_rows, free, n_free, ids, ids_used, n_live)
+        _copy(rows[global_row(row, shard, n_shards)], 0, src_vecs[b], 0, width)
+        if m >= 0:
+            _copy(meta, meta_used, src_meta, m, ml)
+            row_meta_off[row] = meta_used
+            row_meta_len[row] = ml
+            meta_used += ml
+    return DONE, len(take), n_rows, n_free, ids_used, meta_used, n_live
 
 
 @njit(cache=True, nogil=True)
@@ -360,10 +424,14 @@ class HostMap:
         return max(global_row(sh.n_rows - 1, i, self.n_shards) + 1 if sh.n_rows else 0
                    for i, sh in enumerate(self.shards))
 
-    def _grow_rows(self, cap: int) -> None:
+    def _grow_rows(self, cap: int, reserve: bool = False) -> None:
+        """Room for ``cap`` rows; ``reserve``: a bound that may be far above need (the
+        OS may refuse it), not rows asked for."""
         old = self.rows
         used = self._used_rows()
-        self.rows = _reserve((cap, 4 * max(self.dim, 0)), np.uint8, self._limit)
+        shape = (cap, 4 * max(self.dim, 0))
+        self.rows = _reserve(shape, np.uint8, self._limit) if reserve else np.empty(shape,
+                                                                                   np.uint8)
         if used:
             self.rows[:used] = old[:used]
         del old
@@ -382,7 +450,7 @@ class HostMap:
         """
         self.dim = int(dim)
         most = self._total_bytes // (4 * self.dim + 17) + 16
-        self._grow_rows(self.n_shards * most)
+        self._grow_rows(self.n_shards * most, reserve=True)
         for sh in self.shards:
             if sh.ids_used == 0:
                 sh.ids = _reserve((self._total_bytes,), np.uint8, self._limit)
@@ -406,48 +474,85 @@ class HostMap:
         """Apply the entries of the records in ``order`` (an apply order).
 
         ``ent`` is the decoded chunk (``efirst``, ``nent`` and the ``e_*`` columns);
-        ``on_dim_mismatch(record_index, entry_index, dim)`` raises. Shards run
-        in rounds: each runs until done or until something must grow; growth
-        happens between rounds, on this thread.
+        ``on_dim_mismatch(record_index, entry_index, dim)`` raises.
         """
+        def run(s, at):
+            res, k, e = self._run(s, buf, order, ent, *at)
+            return res, (k, e)
+
         at = dict.fromkeys(range(self.n_shards), (0, 0))
-        mismatch = None
+        mismatches = []
+        while at:
+            ended = self._rounds(run, at, lambda at: int(ent.e_id_len[at[1]]),
+                                 lambda at: int(ent.e_meta_len[at[1]]))
+            mismatches += [pos for res, pos in ended.values() if res == DIM_MISMATCH]
+            at = {s: pos for s, (res, pos) in ended.items() if res == NEED_DIM}
+            if at:  # the first vector applied, in apply order, fixes the dimension
+                self.set_dim(int(ent.e_dim[min(at.values())[1]]))
+        if mismatches:  # the shards' earliest in apply order
+            k, e = min(mismatches)
+            on_dim_mismatch(int(order[k]), int(e), self.dim)
+
+    def seed(self, take, keys, ids, id_offs, id_lens, vectors, meta, meta_offs,
+             meta_lens) -> None:
+        """New rows for ids of a base state, counting nothing: the state their inserts
+        would give, without encoding them as records. ``take``: which rows of the
+        base's columns; ``keys``: every base row's id key; ``vectors``: float32
+        ``[rows, dim]`` (the dimension is fixed already). No id may be in the map."""
+        if not len(take):
+            return
+        src_vecs = np.asarray(vectors).view(np.uint8)
+        keys = keys.view(np.int64)
+
+        def run(s, j):
+            sh = self.shards[s]
+            res, j, sh.n_rows, sh.n_free, sh.ids_used, sh.meta_used, sh.n_live = _seed(
+                take, j, keys, ids, id_offs, id_lens, src_vecs, meta, meta_offs, meta_lens,
+                self.rows, sh.h, sh.row_id_off, sh.row_id_len, sh.row_meta_off,
+                sh.row_meta_len, sh.row_key, sh.n_rows, sh.free, sh.n_free, sh.ids,
+                sh.ids_used, sh.meta, sh.meta_used, sh.n_live, s, self.n_shards)
+            return res, j
+
+        ended = self._rounds(run, dict.fromkeys(range(self.n_shards), 0),
+                             lambda j: int(id_lens[take[j]]),
+                             lambda j: int(meta_lens[take[j]]))
+        if any(res != DONE for res, _ in ended.values()):
+            raise AssertionError("a base id was in the executor's map before it moved in")
+
+    def _rounds(self, run, at: dict, id_bytes, meta_bytes) -> dict:
+        """Run shards from where ``at`` says (``run(shard, at) -> (result, at)``) in
+        rounds, each until it ends or something must grow; growth happens between
+        rounds, on this thread (``id_bytes(at)``/``meta_bytes(at)``: what the entry at
+        ``at`` adds). Returns ``{shard: (result, at)}`` of how each ended: ``DONE``, or
+        what only the caller can handle."""
+        at = dict(at)
+        ended = {}
         while at:
             shards = sorted(at)
             if len(shards) > 1:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(self.n_shards,
                                                     thread_name_prefix="gpu_pitr-apply")
-                outs = list(self._pool.map(
-                    lambda s: self._run(s, buf, order, ent, *at[s]), shards))
+                outs = list(self._pool.map(lambda s: run(s, at[s]), shards))
             else:
-                outs = [self._run(shards[0], buf, order, ent, *at[shards[0]])]
-            need_dim = None
-            for s, (res, k, e) in zip(shards, outs, strict=True):
-                at[s] = (k, e)
+                outs = [run(shards[0], at[shards[0]])]
+            for s, (res, pos) in zip(shards, outs, strict=True):
+                at[s] = pos
                 sh = self.shards[s]
-                if res == DONE:
-                    del at[s]
-                elif res == DIM_MISMATCH:
-                    del at[s]
-                    mismatch = min(mismatch or (k, e), (k, e))
-                elif res == NEED_DIM:
-                    need_dim = min(need_dim or (k, e), (k, e))
-                elif res == NEED_ROWS:
+                if res == NEED_ROWS:
                     self._grow_rows(max(16, self.rows.shape[0] + self.rows.shape[0] // 2))
                 elif res == NEED_MAP:
                     sh.h = _rehash(2 * sh.h.shape[0], sh.n_rows, sh.row_id_len, sh.row_key)
                 elif res == NEED_IDS:
-                    sh.ids = _grow(sh.ids, 2 * len(sh.ids) + int(ent.e_id_len[e]))
+                    sh.ids = _grow(sh.ids, 2 * len(sh.ids) + id_bytes(pos))
                 elif res == NEED_META:
-                    sh.meta = _grow(sh.meta, 2 * len(sh.meta) + int(ent.e_meta_len[e]))
-            if need_dim is not None:
-                # The first vector applied, in apply order, fixes the dimension.
-                self.set_dim(int(ent.e_dim[need_dim[1]]))
+                    sh.meta = _grow(sh.meta, 2 * len(sh.meta) + meta_bytes(pos))
+                else:
+                    ended[s] = (res, pos)
+                    del at[s]
         for sh in self.shards:
             sh.compact()
-        if mismatch is not None:
-            on_dim_mismatch(int(order[mismatch[0]]), int(mismatch[1]), self.dim)
+        return ended
 
     def result(self, order_of_ids, permute: bool = True):
         """The index, ids sorted by bytes: live rows move to the front of ``rows``.

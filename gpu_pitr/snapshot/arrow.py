@@ -295,17 +295,6 @@ def _string_parts(arr) -> tuple[np.ndarray, np.ndarray]:
     return offsets.astype(np.int64), data
 
 
-def _id_arenas(ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    parts = [_string_parts(c) for c in _chunks(ids)]
-    if len(parts) == 1:
-        offsets, data = parts[0]
-        arena = data[offsets[0]:offsets[-1]]
-        return arena, offsets[:-1] - offsets[0], np.diff(offsets)
-    lens = np.concatenate([np.diff(o) for o, _ in parts] or [np.zeros(0, np.int64)])
-    arena = np.concatenate([d[o[0]:o[-1]] for o, d in parts] or [np.zeros(0, np.uint8)])
-    return arena, _cumsum0(lens)[:-1], lens
-
-
 def _validity(arr) -> np.ndarray:
     """Per row, whether it is not null: from the array's validity bitmap (no
     ``pyarrow.compute``, whose import alone took 0.22 s of a restore)."""
@@ -350,19 +339,33 @@ def arenas_from_arrow(ids, metadata) -> tuple:
     Raises:
         ValueError: null ids or map values, a wrong type, or lengths that differ.
     """
-    id_arena, id_offs, id_lens = _id_arenas(ids)
+    id_cols, meta_cols = id_arenas(ids), meta_arenas(metadata)
+    if len(id_cols[1]) != len(meta_cols[1]):
+        raise ValueError(f"{len(id_cols[1])} ids but {len(meta_cols[1])} metadata rows")
+    return (*id_cols, *meta_cols)
+
+
+def id_arenas(ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(id_arena, id_offs, id_lens)`` of ``arenas_from_arrow``."""
+    parts = [_string_parts(c) for c in _chunks(ids)]
+    if len(parts) == 1:
+        offsets, data = parts[0]
+        arena = data[offsets[0]:offsets[-1]]
+        return arena, offsets[:-1] - offsets[0], np.diff(offsets)
+    lens = np.concatenate([np.diff(o) for o, _ in parts] or [np.zeros(0, np.int64)])
+    arena = np.concatenate([d[o[0]:o[-1]] for o, d in parts] or [np.zeros(0, np.uint8)])
+    return arena, _cumsum0(lens)[:-1], lens
+
+
+def meta_arenas(metadata) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(meta_arena, meta_offs, meta_lens)`` of ``arenas_from_arrow``."""
     parts = [_meta_arenas_chunk(c) for c in _chunks(metadata)]
     if not parts:  # a chunked array of no chunks
-        meta_arena, meta_offs, meta_lens = (np.zeros(0, np.uint8), np.zeros(0, np.int64),
-                                            np.zeros(0, np.int64))
-    elif len(parts) == 1:
-        meta_arena, meta_offs, meta_lens = parts[0]
-    else:
-        bases = _cumsum0(np.array([len(a) for a, _, _ in parts], np.int64))
-        meta_arena = np.concatenate([a for a, _, _ in parts])
-        meta_offs = np.concatenate(
-            [np.where(o >= 0, o + b, -1) for (_, o, _), b in zip(parts, bases, strict=False)])
-        meta_lens = np.concatenate([s for _, _, s in parts])
-    if len(id_offs) != len(meta_offs):
-        raise ValueError(f"{len(id_offs)} ids but {len(meta_offs)} metadata rows")
-    return id_arena, id_offs, id_lens, meta_arena, meta_offs, meta_lens
+        return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if len(parts) == 1:
+        return parts[0]
+    bases = _cumsum0(np.array([len(a) for a, _, _ in parts], np.int64))
+    return (np.concatenate([a for a, _, _ in parts]),
+            np.concatenate([np.where(o >= 0, o + b, -1)
+                            for (_, o, _), b in zip(parts, bases, strict=False)]),
+            np.concatenate([s for _, _, s in parts]))

@@ -37,8 +37,9 @@ from gpu_pitr.index import RestoredIndex
 from gpu_pitr.jit import njit
 from gpu_pitr.resolve.idsort import compare_ids
 from gpu_pitr.snapshot.arrow import (
-    arenas_from_arrow,
+    id_arenas,
     ids_array,
+    meta_arenas,
     metadata_chunks,
     require_pyarrow,
 )
@@ -451,6 +452,7 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
     files = manifest["files"]
     fds: dict[str, int] = {}
     pool = ThreadPoolExecutor(_READERS)
+    side = None  # builds the key table
     try:
         for name in DATA_FILES:
             fds[name] = _open_checked(root / name, files[name]["size"])
@@ -468,15 +470,13 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
                 for a in range(0, size, block)]
         for name in (IDS, METADATA, PENDING):
             _check_blocks(root / name, jobs[name], files[name], block, verify)
-        arenas = _rows(pa, root, bufs[IDS], bufs[METADATA], count, verify)
-        keys = None
-        if key_table:  # while the vector blocks are still being read
-            from gpu_pitr.snapshot.base import id_key_table
-
-            keys = id_key_table(*arenas[:3])
+        side = ThreadPoolExecutor(1) if key_table else None
+        arenas, keys = _rows(pa, root, bufs[IDS], bufs[METADATA], count, verify, side)
         _check_blocks(root / VECTORS, jobs[VECTORS], files[VECTORS], block, verify)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if side is not None:
+            side.shutdown(wait=True, cancel_futures=True)
         for fd in fds.values():
             os.close(fd)
     if count:
@@ -505,22 +505,34 @@ def _check_blocks(path: Path, jobs: list, entry: dict, block: int, verify: bool)
 
 
 def _rows(pa, root: Path, ids_buf: np.ndarray, meta_buf: np.ndarray, count: int,
-          verify: bool) -> tuple:
-    """RestoredIndex's id and metadata arenas from the two Arrow files, checked."""
+          verify: bool, side=None) -> tuple:
+    """``(arenas, key_table)``: RestoredIndex's id and metadata arenas from the two
+    Arrow files, checked; with ``side`` (an executor), the key table too, built
+    there while the metadata converts (else None)."""
     ids = _column(pa, root / IDS, ids_buf, ID_COLUMN, pa.large_string(), count)
-    meta = _column(pa, root / METADATA, meta_buf, METADATA_COLUMN,
-                   pa.map_(pa.string(), pa.string()), count)
     if ids.null_count:
         raise SnapshotError("null ids", file=str(root / IDS))
     try:
-        arenas = arenas_from_arrow(ids, meta)
+        id_arena, id_offs, id_lens = id_arenas(ids)
+    except ValueError as err:
+        raise SnapshotError(str(err), file=str(root / IDS)) from None
+    id_arena = _writable(id_arena, ids_buf)
+    keys = None
+    if side is not None:
+        from gpu_pitr.snapshot.base import id_key_table
+
+        keys = side.submit(id_key_table, id_arena, id_offs, id_lens)
+    meta = _column(pa, root / METADATA, meta_buf, METADATA_COLUMN,
+                   pa.map_(pa.string(), pa.string()), count)
+    try:
+        meta_cols = meta_arenas(meta)
     except ValueError as err:
         raise SnapshotError(str(err), file=str(root / METADATA)) from None
-    row = _first_unsorted(*arenas[:3]) if verify and count > 1 else -1
+    row = _first_unsorted(id_arena, id_offs, id_lens) if verify and count > 1 else -1
     if row >= 0:
         raise SnapshotError(f"ids are not strictly ascending at row {row}",
                             file=str(root / IDS))
-    return (_writable(arenas[0], ids_buf), *arenas[1:])
+    return (id_arena, id_offs, id_lens, *meta_cols), keys and keys.result()
 
 
 def _writable(view: np.ndarray, base: np.ndarray) -> np.ndarray:
