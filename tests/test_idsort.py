@@ -52,13 +52,46 @@ def test_compare_ids_is_byte_order(a, b):
 
 @settings(max_examples=200, deadline=None)
 @given(st.sets(_ID, max_size=80), st.data())
-def test_merge_order_of_two_sorted_lists(ids, data):
-    # The parallel merge (parts cut at ids of the first list) equals a plain sort.
-    from gpu_pitr.snapshot.base import _merge_order
+def test_merge_of_two_sorted_lists(ids, data):
+    """The parallel merge of the executor's ids (rows anywhere) with the base rows not
+    moved in (cut into parts at ids of the first list) equals a plain sort, and each
+    id's spans and vector come along."""
+    from gpu_pitr.snapshot.base import _merge_into
 
     ids = sorted(ids)
     in_a = data.draw(st.lists(st.booleans(), min_size=len(ids), max_size=len(ids)))
     a = [x for x, f in zip(ids, in_a, strict=True) if f]
-    b = [x for x, f in zip(ids, in_a, strict=True) if not f]
-    src, pos = _merge_order(*_arena(a), *_arena(b))
-    assert [(a if s == 0 else b)[p] for s, p in zip(src, pos, strict=True)] == ids
+    b_kept = [x for x, f in zip(ids, in_a, strict=True) if not f]
+    # The base holds its kept ids among others that moved into the executor.
+    moved = data.draw(st.lists(st.booleans(), min_size=len(b_kept), max_size=len(b_kept)))
+    b, rest = [], []
+    for x, m in zip(b_kept, moved, strict=True):
+        if m:
+            b.append(b"moved:" + x)
+        rest.append(len(b))
+        b.append(x)
+    a_arena, a_offs, a_lens = _arena(a)
+    b_arena, b_offs, b_lens = _arena(b)
+    a_row = np.array(data.draw(st.permutations(range(len(a)))), np.int64)
+    a_rows = np.zeros((len(a), 2), np.float32)
+    a_rows[a_row, 0] = np.arange(len(a))  # a's id i is in row a_row[i]
+    b_rows = np.zeros((len(b), 2), np.float32)
+    b_rows[:, 1] = np.arange(len(b))
+    a_meta = np.where(np.arange(len(a)) % 2, 10 * np.arange(len(a)), -1)
+    b_meta = np.where(np.arange(len(b)) % 3, 10 * np.arange(len(b)), -1)
+    n = len(a) + len(rest)
+    cols = [np.empty(n, np.int64) for _ in range(4)]
+    out = np.empty((n, 2), np.float32)
+    _merge_into(a_arena, a_offs, a_lens, a_meta, a_lens + 1, a_row, a_rows,
+                b_arena, np.array(rest, np.int64), b_offs, b_lens, b_meta, b_lens + 1, b_rows,
+                len(a_arena), 5000, *cols, out)
+    arena = np.concatenate([a_arena, b_arena]).tobytes()
+    assert [arena[o:o + k] for o, k in zip(cols[0], cols[1], strict=True)] == ids
+    for k, x in enumerate(ids):
+        if x in a:
+            i = a.index(x)
+            want = (i, 0.0, a_meta[i], len(x) + 1)
+        else:
+            r = b.index(x)
+            want = (0.0, r, b_meta[r] + 5000 if b_meta[r] >= 0 else -1, len(x) + 1)
+        assert (*out[k].tolist(), cols[2][k], cols[3][k]) == want

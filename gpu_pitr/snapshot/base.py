@@ -289,24 +289,18 @@ class LazyBase:
             index.vectors = index.vectors[row_of]
             return index
         ids, id_offs, id_lens = index._id_arena, index._id_offs, index._id_lens
-        src, pos = _merge_order(ids, id_offs, id_lens, snap.id_arena,
-                                snap.id_offs[rest], snap.id_lens[rest])
-        n = len(src)
-        id_base, meta_base = len(ids), len(index._meta_arena)
-        out_id_offs = np.empty(n, np.int64)
-        out_id_lens = np.empty(n, np.int64)
-        out_meta_offs = np.empty(n, np.int64)
-        out_meta_lens = np.empty(n, np.int64)
-        _merge_columns(src, pos, rest, id_offs, id_lens, index._meta_offs, index._meta_lens,
-                       snap.id_offs, snap.id_lens, snap.meta_offs, snap.meta_lens,
-                       id_base, meta_base, out_id_offs, out_id_lens, out_meta_offs,
-                       out_meta_lens)
+        n = len(id_offs) + len(rest)
+        cols = [np.empty(n, np.int64) for _ in range(4)]  # id offs, lens; meta offs, lens
         # Only the cpu executor keeps a base aside: its vectors are host arrays.
         vectors = index.vectors
         dim = snap.vectors.shape[1] if len(index) == 0 else vectors.shape[1]
         out = np.empty((n, dim), np.float32)
-        if n and dim:
-            _gather_rows(src, pos, rest, row_of, vectors.reshape(-1, dim), snap.vectors, out)
+        _merge_into(ids, id_offs, id_lens, index._meta_offs, index._meta_lens, row_of,
+                    vectors.reshape(-1, dim) if dim else out, snap.id_arena, rest,
+                    snap.id_offs, snap.id_lens, snap.meta_offs, snap.meta_lens,
+                    snap.vectors if dim else out, len(ids), len(index._meta_arena), *cols,
+                    out)
+        out_id_offs, out_id_lens, out_meta_offs, out_meta_lens = cols
         merged = RestoredIndex(np.concatenate([ids, snap.id_arena]), out_id_offs, out_id_lens,
                                out, np.concatenate([index._meta_arena, snap.meta_arena]),
                                out_meta_offs, out_meta_lens, index.report)
@@ -316,43 +310,12 @@ class LazyBase:
 
 
 @njit(cache=True, nogil=True)
-def _merge_columns(src, pos, rest, id_offs, id_lens, meta_offs, meta_lens,
-                   b_id_offs, b_id_lens, b_meta_offs, b_meta_lens, id_base, meta_base,
-                   o_id_offs, o_id_lens, o_meta_offs, o_meta_lens):
-    """The merged index's id and metadata spans, in output order: the executor's as
-    they are, the base's shifted past the executor's arenas (they are appended)."""
-    for k in range(len(src)):
-        if src[k] == 0:
-            a = pos[k]
-            o_id_offs[k] = id_offs[a]
-            o_id_lens[k] = id_lens[a]
-            o_meta_offs[k] = meta_offs[a]
-            o_meta_lens[k] = meta_lens[a]
-        else:
-            b = rest[pos[k]]
-            o_id_offs[k] = b_id_offs[b] + id_base
-            o_id_lens[k] = b_id_lens[b]
-            m = b_meta_offs[b]
-            o_meta_offs[k] = m + meta_base if m >= 0 else -1
-            o_meta_lens[k] = b_meta_lens[b]
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _gather_rows(src, pos, rest, a_row, a_rows, b_rows, out):
-    for k in prange(len(src)):
-        if src[k] == 0:
-            out[k, :] = a_rows[a_row[pos[k]], :]
-        else:
-            out[k, :] = b_rows[rest[pos[k]], :]
-
-
-@njit(cache=True, nogil=True)
-def _count_less(b, b_offs, b_lens, a, ao, an):
-    # How many of the sorted ids b sort before the id a[ao:ao+an].
-    lo, hi = 0, len(b_offs)
+def _count_less(b, rest, b_offs, b_lens, a, ao, an):
+    # How many of the sorted ids b (rows ``rest``) sort before the id a[ao:ao+an].
+    lo, hi = 0, len(rest)
     while lo < hi:
         mid = (lo + hi) // 2
-        if compare_ids(b, b_offs[mid], b_lens[mid], a, ao, an) < 0:
+        if compare_ids(b, b_offs[rest[mid]], b_lens[rest[mid]], a, ao, an) < 0:
             lo = mid + 1
         else:
             hi = mid
@@ -360,14 +323,16 @@ def _count_less(b, b_offs, b_lens, a, ao, an):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _merge_order(a, a_offs, a_lens, b, b_offs, b_lens):
-    """Merge two id lists sorted by bytes (no id in both): per output row, (0: from a,
-    1: from b) and the row in that list. Cut into parts at ids of ``a`` (where
-    ``b`` splits there: a binary search), merged in parallel."""
-    na, nb = len(a_offs), len(b_offs)
-    src = np.empty(na + nb, np.int8)
-    pos = np.empty(na + nb, np.int64)
-    parts = 8 if na >= 8 else 1
+def _merge_into(a, a_offs, a_lens, a_meta_offs, a_meta_lens, a_row, a_rows,
+                b, rest, b_offs, b_lens, b_meta_offs, b_meta_lens, b_rows, id_base, meta_base,
+                o_id_offs, o_id_lens, o_meta_offs, o_meta_lens, out):
+    """Merge two id lists sorted by bytes (no id in both) into the result's columns:
+    list a (the executor's: id ``i`` has vector ``a_rows[a_row[i]]``) and the rows
+    ``rest`` of list b (the base's), whose id and metadata spans shift past a's
+    arenas (they are appended after them). Each vector is copied once. Cut into
+    parts at ids of a (where b splits there: a binary search), merged in parallel."""
+    na, nb = len(a_offs), len(rest)
+    parts = 16 if na >= 16 else 1
     cut_a = np.empty(parts + 1, np.int64)
     cut_b = np.empty(parts + 1, np.int64)
     cut_a[0] = cut_b[0] = 0
@@ -375,18 +340,28 @@ def _merge_order(a, a_offs, a_lens, b, b_offs, b_lens):
     for p in range(1, parts):
         i = p * na // parts
         cut_a[p] = i
-        cut_b[p] = _count_less(b, b_offs, b_lens, a, a_offs[i], a_lens[i])
+        cut_b[p] = _count_less(b, rest, b_offs, b_lens, a, a_offs[i], a_lens[i])
+    width = out.shape[1]
     for p in prange(parts):
         i, i_end = cut_a[p], cut_a[p + 1]
         j, j_end = cut_b[p], cut_b[p + 1]
         for k in range(i + j, i_end + j_end):
-            if j >= j_end or (i < i_end and compare_ids(a, a_offs[i], a_lens[i],
-                                                        b, b_offs[j], b_lens[j]) < 0):
-                src[k] = 0
-                pos[k] = i
+            r = rest[j] if j < j_end else -1
+            if r < 0 or (i < i_end and compare_ids(a, a_offs[i], a_lens[i],
+                                                   b, b_offs[r], b_lens[r]) < 0):
+                o_id_offs[k] = a_offs[i]
+                o_id_lens[k] = a_lens[i]
+                o_meta_offs[k] = a_meta_offs[i]
+                o_meta_lens[k] = a_meta_lens[i]
+                if width:
+                    out[k, :] = a_rows[a_row[i], :]
                 i += 1
             else:
-                src[k] = 1
-                pos[k] = j
+                o_id_offs[k] = b_offs[r] + id_base
+                o_id_lens[k] = b_lens[r]
+                m = b_meta_offs[r]
+                o_meta_offs[k] = m + meta_base if m >= 0 else -1
+                o_meta_lens[k] = b_meta_lens[r]
+                if width:
+                    out[k, :] = b_rows[r, :]
                 j += 1
-    return src, pos

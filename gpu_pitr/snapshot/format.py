@@ -460,7 +460,7 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
         # The small files first: their rows are converted while the vectors arrive.
         for name in (IDS, METADATA, PENDING, VECTORS):
             size = files[name]["size"]
-            bufs[name] = _map(root / name, size) if mmap and name == VECTORS else None
+            bufs[name] = _map(root / name, size) if mmap and name != PENDING else None
             mapped = bufs[name] is not None
             if not mapped:
                 bufs[name] = np.empty(size, np.uint8)
