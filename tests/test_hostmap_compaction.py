@@ -73,3 +73,33 @@ def test_arenas_stay_bounded_under_churn(tmp_path, monkeypatch):
     last = {m["step"] for m in got.metadata}
     assert max(map(int, last)) == 39_999
     assert np.array_equal(got.vectors[:, 0] > 39_000, np.ones(50, bool))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_rows_permute_in_place_exactly(data):
+    """The in-place row permutation (cycles cut at evenly spaced positions and moved on
+    several threads, the rest followed one by one) equals a gather, for permutations
+    with one long cycle, many short ones, fixed points, fewer rows than cuts."""
+    from gpu_pitr.resolve.hostmap import PERMUTE_CUTS, permute_rows_in_place
+
+    n = data.draw(st.sampled_from([1, 2, 7, PERMUTE_CUTS - 1, PERMUTE_CUTS + 3, 5000]))
+    kind = data.draw(st.sampled_from(["random", "one_cycle", "swaps", "identity"]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    if kind == "random":
+        perm = rng.permutation(n)
+    elif kind == "one_cycle":
+        order = rng.permutation(n)
+        perm = np.empty(n, np.int64)
+        perm[order] = np.roll(order, 1)
+    elif kind == "swaps":
+        perm = np.arange(n)
+        for a, b in rng.integers(0, n, (n // 3, 2)):
+            perm[[a, b]] = perm[[b, a]]
+    else:
+        perm = np.arange(n)
+    perm = perm.astype(np.int64)
+    rows = rng.integers(0, 256, (n, 12), dtype=np.uint8)
+    want = rows[perm].copy()
+    permute_rows_in_place(rows, perm)
+    assert np.array_equal(rows, want)

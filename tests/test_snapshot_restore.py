@@ -626,3 +626,29 @@ def test_hostmap_seed_grows_every_column_it_needs():
             for o, k in zip(g_moffs, g_mlens, strict=True)] == [
         None if meta_offs[r] < 0 else metas[r] for r in want]
     assert not m.counters.any()
+
+
+def test_a_restore_from_a_snapshot_runs_on_numbas_workqueue_layer(tmp_path):
+    """Where neither OpenMP nor TBB is installed, Numba runs parallel code on its
+    workqueue layer, which terminates the process when two threads run parallel code
+    at once. The load's side thread (the key table) must run none."""
+    script = f"""
+import numba, numpy as np, gpu_pitr
+from gpu_pitr import snapshot, synth
+wal = {str(tmp_path / "wal")!r}
+synth.write_synthetic_wal(wal, total_bytes=24 << 20, dim=4, segments=2, seed=5)
+full = gpu_pitr.restore(wal, backend="cpu")
+snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=full.report.records_read // 2),
+              {str(tmp_path / "snap")!r})
+for _ in range(3):
+    based = gpu_pitr.restore(wal, backend="cpu", base={str(tmp_path / "snap")!r})
+    assert based.id_list() == full.id_list()
+    assert np.array_equal(based.vectors.view(np.uint32), full.vectors.view(np.uint32))
+print(numba.threading_layer(), len(full))
+"""
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    layer, n = out.stdout.split()
+    assert layer == "workqueue" and int(n) > 50_000

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+from numba import prange
 
 from gpu_pitr.format.layout import DELETE, INSERT
 from gpu_pitr.jit import NO_REFCOUNTS, njit
@@ -306,28 +307,68 @@ def _rehash(cap, n_rows, row_id_len, row_key):
     return h
 
 
-@njit(cache=True, nogil=True)
-def _permute_rows_in_place(rows, perm):
-    """``rows[t] = rows_before[perm[t]]`` for every t, with one spare row."""
+# Cycles of the row permutation are cut at this many evenly spaced positions.
+PERMUTE_CUTS = 256
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _follow(flat, width, perm, t, tmp, done):
+    """Follow the cycle through ``t`` (its row saved in ``tmp``): rows move along it."""
+    start = t
+    while True:
+        done[t] = True
+        src = perm[t]
+        if src == start:
+            _copy(flat, t * width, tmp, 0, width)
+            return
+        _copy(flat, t * width, flat, src * width, width)
+        t = src
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _permute_rows_in_place(rows, perm, cuts):
+    """``rows[t] = rows_before[perm[t]]`` for every t, in place.
+
+    A random permutation is mostly one long cycle, and following it is a chain of
+    dependent row copies (memory latency, not bandwidth). So cycles are cut at
+    ``cuts`` (distinct positions, ascending): their rows are saved first, then each
+    stretch of a cycle from one cut up to the next is moved by one thread (no other
+    writes it, and its reads are ahead of its writes). Cycles holding no cut are
+    followed after, one by one, with one spare row."""
     n = len(perm)
     width = rows.shape[1]
     flat = rows.reshape(-1)
+    k = len(cuts)
     done = np.zeros(n, np.bool_)
-    tmp = np.empty(width, rows.dtype)
-    for start in range(n):
-        if done[start] or perm[start] == start:
-            done[start] = True
-            continue
-        _copy(tmp, 0, flat, start * width, width)
-        t = start
+    is_cut = np.zeros(n, np.bool_)
+    saved = np.empty((k, width), rows.dtype)
+    for j in range(k):
+        is_cut[cuts[j]] = True
+        _copy(saved[j], 0, flat, cuts[j] * width, width)
+    for j in prange(k):
+        t = cuts[j]
         while True:
             done[t] = True
             src = perm[t]
-            if src == start:
-                _copy(flat, t * width, tmp, 0, width)
+            if is_cut[src]:
+                _copy(flat, t * width, saved[np.searchsorted(cuts, src)], 0, width)
                 break
             _copy(flat, t * width, flat, src * width, width)
             t = src
+    tmp = np.empty(width, rows.dtype)
+    for start in range(n):
+        if not done[start] and perm[start] != start:
+            _copy(tmp, 0, flat, start * width, width)
+            _follow(flat, width, perm, start, tmp, done)
+
+
+def permute_rows_in_place(rows: np.ndarray, perm: np.ndarray) -> None:
+    """``rows[t] = rows_before[perm[t]]`` (``perm`` a permutation of ``len(rows)``
+    rows), in place, on the Numba threads."""
+    n = len(perm)
+    if n:
+        cuts = np.unique(np.arange(PERMUTE_CUTS, dtype=np.int64) * n // PERMUTE_CUTS)
+        _permute_rows_in_place(rows, perm, cuts)
 
 
 def _grow(a: np.ndarray, n: int) -> np.ndarray:
@@ -595,7 +636,7 @@ class HostMap:
         rest[live] = False
         perm = np.concatenate([live, np.flatnonzero(rest)])
         if self.dim > 0 and used:
-            _permute_rows_in_place(self.rows, perm)
+            permute_rows_in_place(self.rows[:used], perm)
         return (*cols, self._vectors(len(live)), *meta_cols, None)
 
     def _vectors(self, n: int) -> np.ndarray:

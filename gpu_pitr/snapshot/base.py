@@ -16,7 +16,7 @@ import numpy as np
 from numba import prange
 
 from gpu_pitr.format.layout import RECORD_HEADER_SIZE
-from gpu_pitr.format.payload import varint_widths, write_varint
+from gpu_pitr.format.payload import id_key, varint_widths, write_varint
 from gpu_pitr.jit import njit
 from gpu_pitr.resolve.idsort import compare_ids, span_keys
 
@@ -196,11 +196,24 @@ def seed_chunks(snap, chunk_bytes: int, alloc, rows: np.ndarray | None = None):
         lo = hi
 
 
-def id_key_table(arena, offs, lens) -> tuple:
+def id_key_table(arena, offs, lens, *, parallel: bool = True) -> tuple:
     """``(keys, table)``: each row's id key, and the table from key to row that
-    ``LazyBase`` finds the base rows a chunk names with."""
-    keys = span_keys(arena, offs, lens)
+    ``LazyBase`` finds the base rows a chunk names with. ``parallel=False`` for a
+    caller off the main thread: it then runs no ``parallel=True`` function, which
+    Numba's ``workqueue`` threading layer (the one left where neither OpenMP nor TBB
+    is installed) cannot run from two threads at once (it terminates the process)."""
+    if parallel:
+        keys = span_keys(arena, offs, lens)
+    else:
+        keys = np.empty(len(offs), np.uint64)
+        _span_keys_serial(arena, offs, lens, keys)
     return keys, _key_table(keys)
+
+
+@njit(cache=True, nogil=True)
+def _span_keys_serial(arena, offs, lens, out):
+    for i in range(len(offs)):
+        out[i] = id_key(arena, offs[i], lens[i])
 
 
 def _key_table(keys: np.ndarray) -> np.ndarray:

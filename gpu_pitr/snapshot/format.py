@@ -521,7 +521,7 @@ def _rows(pa, root: Path, ids_buf: np.ndarray, meta_buf: np.ndarray, count: int,
     if side is not None:
         from gpu_pitr.snapshot.base import id_key_table
 
-        keys = side.submit(id_key_table, id_arena, id_offs, id_lens)
+        keys = side.submit(id_key_table, id_arena, id_offs, id_lens, parallel=False)
     meta = _column(pa, root / METADATA, meta_buf, METADATA_COLUMN,
                    pa.map_(pa.string(), pa.string()), count)
     try:
