@@ -95,3 +95,17 @@ def test_merge_of_two_sorted_lists(ids, data):
             r = b.index(x)
             want = (0.0, r, b_meta[r] + 5000 if b_meta[r] >= 0 else -1, len(x) + 1)
         assert (*out[k].tolist(), cols[2][k], cols[3][k]) == want
+
+
+def test_joined_arenas_equal_concatenate():
+    """The merge's arenas are joined on the Numba threads in 4 MiB steps: every split
+    of the two parts around a step boundary equals ``np.concatenate``."""
+    from gpu_pitr.snapshot.base import _joined
+
+    rng = np.random.default_rng(3)
+    step = 1 << 22
+    for na, nb in [(0, 0), (0, 5), (5, 0), (3, step + 7), (step, step), (step + 1, 2 * step + 3),
+                   (2 * step - 1, 1)]:
+        a = rng.integers(0, 256, na, dtype=np.uint8)
+        b = rng.integers(0, 256, nb, dtype=np.uint8)
+        assert np.array_equal(_joined(a, b), np.concatenate([a, b])), (na, nb)

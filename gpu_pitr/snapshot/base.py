@@ -314,12 +314,34 @@ class LazyBase:
                     snap.vectors if dim else out, len(ids), len(index._meta_arena), *cols,
                     out)
         out_id_offs, out_id_lens, out_meta_offs, out_meta_lens = cols
-        merged = RestoredIndex(np.concatenate([ids, snap.id_arena]), out_id_offs, out_id_lens,
-                               out, np.concatenate([index._meta_arena, snap.meta_arena]),
-                               out_meta_offs, out_meta_lens, index.report)
+        merged = RestoredIndex(_joined(ids, snap.id_arena), out_id_offs, out_id_lens, out,
+                               _joined(index._meta_arena, snap.meta_arena), out_meta_offs,
+                               out_meta_lens, index.report)
         index.report.ids = n
         index.report.dim = int(dim)
         return merged
+
+
+def _joined(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.concatenate([a, b])`` of two byte arrays, copied on the Numba threads."""
+    out = np.empty(len(a) + len(b), np.uint8)
+    _join(a, b, out)
+    return out
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _join(a, b, out):
+    na = len(a)
+    step = 1 << 22
+    for c in prange((len(out) + step - 1) // step):
+        lo = c * step
+        hi = min(len(out), lo + step)
+        if lo < na:
+            e = min(hi, na)
+            out[lo:e] = a[lo:e]
+        if hi > na:
+            s = max(lo, na)
+            out[s:hi] = b[s - na:hi - na]
 
 
 @njit(cache=True, nogil=True)
