@@ -543,6 +543,23 @@ def test_lazy_base_key_table_finds_every_row_sharing_a_key_once():
 
 
 
+def _spy_on_seed(monkeypatch) -> list:
+    """The result code of every call of ``hostmap._seed`` from now on (a shard's move-in
+    of base rows: DONE, or what had to grow)."""
+    from gpu_pitr.resolve import hostmap
+
+    ends = []
+    real = hostmap._seed
+
+    def seed(*args):
+        out = real(*args)
+        ends.append(out[0])
+        return out
+
+    monkeypatch.setattr(hostmap, "_seed", seed)
+    return ends
+
+
 def test_base_rows_moving_in_grow_the_executor(tmp_path, monkeypatch):
     """A short log naming many base rows with large metadata: the rows move in
     through ``hostmap._seed``, which grows the probe tables between rounds, and
@@ -560,22 +577,14 @@ def test_base_rows_moving_in_grow_the_executor(tmp_path, monkeypatch):
         wal.add(w.Del(f"id{i:05d}", ts=2))
         wal.add(w.Upd(f"id{i + 1:05d}", [1.0, 2.0, 3.0, 4.0], ts=2))
     d = Path(wal.write(tmp_path / "wal2"))
-    ends = []
-    real = hostmap._seed
-
-    def seed(*args):
-        out = real(*args)
-        ends.append(out[0])
-        return out
-
-    monkeypatch.setattr(hostmap, "_seed", seed)
+    ends = _spy_on_seed(monkeypatch)
     got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
     assert hostmap.NEED_MAP in ends and hostmap.SEEN not in ends, ends
     assert len(got) == n // 2 and got.metadata[0] == {"m": "x" * 900}
     assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu"))
 
 
-def test_hostmap_seed_grows_every_column_it_needs():
+def test_hostmap_seed_grows_every_column_it_needs(monkeypatch):
     """``HostMap.seed`` from a reservation far too small (as when the reservation
     would pass half the RAM): rows, probe slots, ids and metadata all grow, and the
     result is each taken row exactly, counting nothing; a row already in the map
@@ -599,22 +608,11 @@ def test_hostmap_seed_grows_every_column_it_needs():
     m = hostmap.HostMap(total_bytes=64, shards=2)
     m._limit = 0  # every reservation falls back to growing on demand
     m.set_dim(dim)
-    ends = []
-    real = hostmap._seed
-
-    def seed(*args):
-        out = real(*args)
-        ends.append(out[0])
-        return out
-
-    hostmap._seed, saved = seed, hostmap._seed
-    try:
-        m.seed(take, keys, arena, id_offs, id_lens, vectors, meta_arena, meta_offs, meta_lens)
-        with pytest.raises(AssertionError, match="before it moved in"):
-            m.seed(take[:1], keys, arena, id_offs, id_lens, vectors, meta_arena, meta_offs,
-                   meta_lens)
-    finally:
-        hostmap._seed = saved
+    ends = _spy_on_seed(monkeypatch)
+    m.seed(take, keys, arena, id_offs, id_lens, vectors, meta_arena, meta_offs, meta_lens)
+    with pytest.raises(AssertionError, match="before it moved in"):
+        m.seed(take[:1], keys, arena, id_offs, id_lens, vectors, meta_arena, meta_offs,
+               meta_lens)
     assert {hostmap.NEED_ROWS, hostmap.NEED_MAP, hostmap.NEED_IDS, hostmap.NEED_META} <= set(
         ends), ends
     got_ids, g_offs, g_lens, vecs, g_meta, g_moffs, g_mlens, _ = m.result(sorted_id_order)
