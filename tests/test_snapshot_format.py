@@ -228,7 +228,9 @@ def _flip(file: Path, at: int) -> None:
 
 @pytest.mark.parametrize("name", [*DATA_FILES, MANIFEST, MANIFEST_CRC])
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
-def test_damage_names_the_file(snap, name, damage):
+@pytest.mark.parametrize("mapped", [False, True], ids=["read", "mapped"])
+def test_damage_names_the_file(snap, name, damage, mapped):
+    # mapped: as a restore loads its base (files mapped, the key table on a thread).
     file = snap / name
     size = file.stat().st_size
     if damage == "delete":
@@ -240,7 +242,7 @@ def test_damage_names_the_file(snap, name, damage):
     else:
         _flip(file, size // 2)
     with pytest.raises(SnapshotError) as err:
-        load_snapshot(snap)
+        load_snapshot(snap, mmap=mapped, key_table=mapped)
     message = str(err.value)
     assert message.startswith(f"{file}: "), message
     assert "\n" not in message
@@ -630,9 +632,9 @@ def test_null_maps_read_from_the_validity_bitmap_at_any_offset(start) -> None:
     assert snap_arrow._validity(whole.slice(start % 5)).all()
 
 
-def test_a_file_system_that_cannot_map_the_vectors_gets_them_read(tmp_path, monkeypatch):
-    """Restores map a base's vectors; where mapping fails (some FUSE or network file
-    systems), the file is read instead, checksums and all."""
+def test_a_file_system_that_cannot_map_the_files_gets_them_read(tmp_path, monkeypatch):
+    """Restores map a base's files; where mapping fails (some FUSE or network file
+    systems), they are read instead, checksums and all."""
     from gpu_pitr import snapshot
     from gpu_pitr.synth import write_synthetic_wal
 
