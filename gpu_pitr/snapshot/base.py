@@ -163,16 +163,16 @@ def insert_record_sizes(snap, rows: np.ndarray) -> np.ndarray:
             + varint_widths(np.full(len(rows), dim)) + 4 * dim + meta + 1)
 
 
-def seed_chunks(snap, chunk_bytes: int, alloc, rows: np.ndarray | None = None):
-    """The snapshot's ``rows`` (default: all) as Insert records, in pieces of about
+def seed_chunks(snap, chunk_bytes: int, alloc):
+    """Every row of the snapshot as an Insert record, in pieces of about
     ``chunk_bytes``.
 
-    Yields ``(buf, rec_off, rec_len)``: both executors decode and apply them as
-    they would the log's own records, so a state loaded from a snapshot is
-    exactly the state those inserts build. One buffer is reused for every piece.
+    Yields ``(buf, rec_off, rec_len)``: the cuda executor decodes and applies them as
+    it would the log's own records, so a state loaded from a snapshot is exactly
+    the state those inserts build. One buffer is reused for every piece. (The cpu
+    executor takes base rows straight from the columns: ``HostMap.seed``.)
     """
-    if rows is None:
-        rows = np.arange(len(snap.id_lens), dtype=np.int64)
+    rows = np.arange(len(snap.id_lens), dtype=np.int64)
     if len(rows) == 0:
         return
     sizes = insert_record_sizes(snap, rows)
