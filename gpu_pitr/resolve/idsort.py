@@ -112,6 +112,22 @@ def stable_argsort(keys: np.ndarray) -> np.ndarray:
     return out
 
 
+@register_jitable
+def merge_parts(na, nb):
+    """``(cut_a, cut_b)`` for a parallel merge of two sorted lists of ``na`` and ``nb``
+    items in up to 16 parts: ``cut_a`` evenly spaced over the first list, ``cut_b``
+    with its ends set; the caller fills its inner cuts (how many of the second list
+    go before the first list's item at ``cut_a[p]``)."""
+    parts = 16 if na >= 16 else 1
+    cut_a = np.empty(parts + 1, np.int64)
+    cut_b = np.empty(parts + 1, np.int64)
+    for p in range(parts + 1):
+        cut_a[p] = p * na // parts
+    cut_b[0] = 0
+    cut_b[parts] = nb
+    return cut_a, cut_b
+
+
 @njit(cache=True, nogil=True)
 def _count_below(keys, b, off, x):
     # How many of b's keys (``keys[b + off]``, ascending) are below x.
@@ -130,17 +146,10 @@ def _merge_sorted_halves(keys, a, b, off, out):
     """``out``: the sorted halves ``a`` (rows of ``keys[:off]``) and ``b`` (rows of
     ``keys[off:]``, so row ``b[j] + off``) merged, a first on equal keys. Cut into
     parts at rows of ``a`` (``b`` split there by binary search), merged in parallel."""
-    na, nb = len(a), len(b)
-    parts = 16 if na >= 16 else 1
-    cut_a = np.empty(parts + 1, np.int64)
-    cut_b = np.empty(parts + 1, np.int64)
-    cut_a[0] = cut_b[0] = 0
-    cut_a[parts], cut_b[parts] = na, nb
-    for p in range(1, parts):
-        i = p * na // parts
-        cut_a[p] = i
-        cut_b[p] = _count_below(keys, b, off, keys[a[i]])
-    for p in prange(parts):
+    cut_a, cut_b = merge_parts(len(a), len(b))
+    for p in range(1, len(cut_a) - 1):
+        cut_b[p] = _count_below(keys, b, off, keys[a[cut_a[p]]])
+    for p in prange(len(cut_a) - 1):
         i, i_end = cut_a[p], cut_a[p + 1]
         j, j_end = cut_b[p], cut_b[p + 1]
         for k in range(i + j, i_end + j_end):

@@ -18,7 +18,7 @@ from numba import prange
 from gpu_pitr.format.layout import RECORD_HEADER_SIZE
 from gpu_pitr.format.payload import id_key, varint_widths, write_varint
 from gpu_pitr.jit import njit
-from gpu_pitr.resolve.idsort import compare_ids, span_keys
+from gpu_pitr.resolve.idsort import compare_ids, merge_parts, span_keys
 
 # Beyond this many runs of consecutive sequence numbers, the runs are kept as
 # their hull: a conservative answer ("maybe covered") for a hostile log.
@@ -366,18 +366,12 @@ def _merge_into(a, a_offs, a_lens, a_meta_offs, a_meta_lens, a_row, a_rows,
     ``rest`` of list b (the base's), whose id and metadata spans shift past a's
     arenas (they are appended after them). Each vector is copied once. Cut into
     parts at ids of a (where b splits there: a binary search), merged in parallel."""
-    na, nb = len(a_offs), len(rest)
-    parts = 16 if na >= 16 else 1
-    cut_a = np.empty(parts + 1, np.int64)
-    cut_b = np.empty(parts + 1, np.int64)
-    cut_a[0] = cut_b[0] = 0
-    cut_a[parts], cut_b[parts] = na, nb
-    for p in range(1, parts):
-        i = p * na // parts
-        cut_a[p] = i
+    cut_a, cut_b = merge_parts(len(a_offs), len(rest))
+    for p in range(1, len(cut_a) - 1):
+        i = cut_a[p]
         cut_b[p] = _count_less(b, rest, b_offs, b_lens, a, a_offs[i], a_lens[i])
     width = out.shape[1]
-    for p in prange(parts):
+    for p in prange(len(cut_a) - 1):
         i, i_end = cut_a[p], cut_a[p + 1]
         j, j_end = cut_b[p], cut_b[p + 1]
         for k in range(i + j, i_end + j_end):
