@@ -112,6 +112,13 @@ def _copy(dst, d, src, s, n):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def shard_of(key, n_shards):
+    """The shard that owns the id with this key (its bits 32 and up): ``_apply`` and
+    ``_seed`` must agree on it."""
+    return (key >> 32) & (n_shards - 1)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _room(n, n_rows, n_free, ids_used, n_live, ids_cap, slots, cap_rows, shard, n_shards):
     """What must grow before a new id of ``n`` bytes gets a row (DONE: nothing)."""
     if n_free == 0 and global_row(n_rows, shard, n_shards) >= cap_rows:
@@ -171,7 +178,7 @@ def _apply(
         first = efirst[r] if k > k0 else max(efirst[r], e0)
         for e in range(first, efirst[r] + nent[r]):
             key = e_key[e]
-            if (key >> 32) & (n_shards - 1) != shard:
+            if shard_of(key, n_shards) != shard:
                 continue
             op = e_op[e]
             off = e_id_off[e]
@@ -236,7 +243,7 @@ def _seed(
     for j in range(j0, len(take)):
         b = take[j]
         key = keys[b]
-        if (key >> 32) & (n_shards - 1) != shard:
+        if shard_of(key, n_shards) != shard:
             continue
         off = src_id_offs[b]
         n = src_id_lens[b]

@@ -46,11 +46,23 @@ def _span_keys(arena, offs, lens, out):
         out[i] = id_key(arena, offs[i], lens[i])
 
 
-def span_keys(arena: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> np.ndarray:
+@njit(cache=True, nogil=True)
+def _span_keys_serial(arena, offs, lens, out):
+    for i in range(len(offs)):
+        out[i] = id_key(arena, offs[i], lens[i])
+
+
+def span_keys(arena: np.ndarray, offs: np.ndarray, lens: np.ndarray, *,
+              parallel: bool = True) -> np.ndarray:
     """The 64-bit ``id_key`` of each byte string ``arena[offs[i]:offs[i]+lens[i]]`` (ids,
-    metadata encodings): an accelerator for grouping, never an identity."""
+    metadata encodings): an accelerator for grouping, never an identity.
+
+    ``parallel=False`` for a caller off the main thread: no ``parallel=True`` code
+    runs then. Numba's ``workqueue`` threading layer (its fallback where neither
+    OpenMP nor TBB is installed) terminates the process when two threads run
+    parallel code at once."""
     keys = np.empty(len(offs), np.uint64)
-    _span_keys(arena, offs, lens, keys)
+    (_span_keys if parallel else _span_keys_serial)(arena, offs, lens, keys)
     return keys
 
 

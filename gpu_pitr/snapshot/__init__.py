@@ -30,11 +30,12 @@ def load(path, *, verify: bool = True, mmap: bool = False, key_table: bool = Fal
     ``key_table``: see ``load_snapshot``)."""
     from gpu_pitr.errors import WalError
     from gpu_pitr.hostmem import fill_once_pages
-    from gpu_pitr.snapshot.format import VECTORS, load_snapshot, read_manifest
+    from gpu_pitr.snapshot.format import MAPPED_FILES, load_snapshot, read_manifest
 
-    try:  # the bytes it fills: its files (a manifest that does not read: load says why)
+    try:  # the bytes it fills: the files it reads (a manifest that does not read: load says why)
         files = read_manifest(path)["files"]
-        need = sum(int(f["size"]) for name, f in files.items() if not (mmap and name == VECTORS))
+        need = sum(int(f["size"]) for name, f in files.items()
+                   if not (mmap and name in MAPPED_FILES))
     except (OSError, ValueError, KeyError, TypeError, WalError):
         need = None
     with fill_once_pages(need):

@@ -16,7 +16,7 @@ import numpy as np
 from numba import prange
 
 from gpu_pitr.format.layout import RECORD_HEADER_SIZE
-from gpu_pitr.format.payload import id_key, varint_widths, write_varint
+from gpu_pitr.format.payload import varint_widths, write_varint
 from gpu_pitr.jit import njit
 from gpu_pitr.resolve.idsort import compare_ids, merge_parts, span_keys
 
@@ -114,15 +114,15 @@ def stops_at_base(position: dict, target: dict, exclusive: bool = False) -> bool
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _encode_inserts(rows, starts, id_arena, id_offs, id_lens, vec_bytes, meta_arena, meta_offs,
-                    meta_lens, out, rec_len):
-    """``Insert{id, vector, metadata, timestamp: 0}`` records for ``rows``, the one of
-    ``rows[j]`` at ``out[starts[j]:]`` (``insert_record_sizes`` apart, so rows are
-    encoded in parallel); ``rec_len[j]``: its length as written."""
+def _encode_inserts(first, starts, id_arena, id_offs, id_lens, vec_bytes, meta_arena,
+                    meta_offs, meta_lens, out, rec_len):
+    """``Insert{id, vector, metadata, timestamp: 0}`` records for rows ``first`` on, the
+    one of row ``first + j`` at ``out[starts[j]:]`` (``insert_record_sizes`` apart, so
+    rows are encoded in parallel); ``rec_len[j]``: its length as written."""
     width = vec_bytes.shape[1]
     dim = width // 4
-    for j in prange(len(rows)):
-        i = rows[j]
+    for j in prange(len(starts)):
+        i = first + j
         start = starts[j]
         p = start + RECORD_HEADER_SIZE
         out[p] = 0  # variant Insert
@@ -154,13 +154,13 @@ def _encode_inserts(rows, starts, id_arena, id_offs, id_lens, vec_bytes, meta_ar
         rec_len[j] = length
 
 
-def insert_record_sizes(snap, rows: np.ndarray) -> np.ndarray:
-    """Bytes of the Insert record of each of ``rows`` (header included)."""
+def insert_record_sizes(snap) -> np.ndarray:
+    """Bytes of the Insert record of each row of ``snap`` (header included)."""
     dim = snap.vectors.shape[1] if snap.vectors.ndim == 2 else 0
-    id_lens = snap.id_lens[rows]
-    meta = np.where(snap.meta_offs[rows] < 0, 1, 1 + snap.meta_lens[rows])
+    id_lens = snap.id_lens
+    meta = np.where(snap.meta_offs < 0, 1, 1 + snap.meta_lens)
     return (RECORD_HEADER_SIZE + 1 + varint_widths(id_lens) + id_lens
-            + varint_widths(np.full(len(rows), dim)) + 4 * dim + meta + 1)
+            + varint_widths(np.full(len(id_lens), dim)) + 4 * dim + meta + 1)
 
 
 def seed_chunks(snap, chunk_bytes: int, alloc):
@@ -172,15 +172,15 @@ def seed_chunks(snap, chunk_bytes: int, alloc):
     the state those inserts build. One buffer is reused for every piece. (The cpu
     executor takes base rows straight from the columns: ``HostMap.seed``.)
     """
-    rows = np.arange(len(snap.id_lens), dtype=np.int64)
-    if len(rows) == 0:
+    count = len(snap.id_lens)
+    if count == 0:
         return
-    sizes = insert_record_sizes(snap, rows)
+    sizes = insert_record_sizes(snap)
     ends = np.cumsum(sizes)
-    vec_bytes = np.ascontiguousarray(snap.vectors).view(np.uint8).reshape(len(snap.id_lens), -1)
+    vec_bytes = np.ascontiguousarray(snap.vectors).view(np.uint8).reshape(count, -1)
     buf = None
     lo = 0
-    while lo < len(rows):
+    while lo < count:
         base = ends[lo - 1] if lo else 0
         hi = max(lo + 1, int(np.searchsorted(ends, base + chunk_bytes, side="right")))
         need = int(ends[hi - 1] - base)
@@ -188,8 +188,8 @@ def seed_chunks(snap, chunk_bytes: int, alloc):
             buf = alloc(max(need, min(int(ends[-1]), chunk_bytes)))
         rec_off = ends[lo:hi] - sizes[lo:hi] - base
         rec_len = np.empty(hi - lo, np.int64)
-        _encode_inserts(rows[lo:hi], rec_off, snap.id_arena, snap.id_offs, snap.id_lens,
-                        vec_bytes, snap.meta_arena, snap.meta_offs, snap.meta_lens, buf, rec_len)
+        _encode_inserts(lo, rec_off, snap.id_arena, snap.id_offs, snap.id_lens, vec_bytes,
+                        snap.meta_arena, snap.meta_offs, snap.meta_lens, buf, rec_len)
         if not np.array_equal(rec_len + RECORD_HEADER_SIZE, sizes[lo:hi]):
             raise AssertionError("insert_record_sizes disagrees with _encode_inserts")
         yield buf, rec_off, rec_len
@@ -198,22 +198,10 @@ def seed_chunks(snap, chunk_bytes: int, alloc):
 
 def id_key_table(arena, offs, lens, *, parallel: bool = True) -> tuple:
     """``(keys, table)``: each row's id key, and the table from key to row that
-    ``LazyBase`` finds the base rows a chunk names with. ``parallel=False`` for a
-    caller off the main thread: it then runs no ``parallel=True`` function, which
-    Numba's ``workqueue`` threading layer (the one left where neither OpenMP nor TBB
-    is installed) cannot run from two threads at once (it terminates the process)."""
-    if parallel:
-        keys = span_keys(arena, offs, lens)
-    else:
-        keys = np.empty(len(offs), np.uint64)
-        _span_keys_serial(arena, offs, lens, keys)
+    ``LazyBase`` finds the base rows a chunk names with. ``parallel``: see
+    ``span_keys`` (the table itself is built on one thread either way)."""
+    keys = span_keys(arena, offs, lens, parallel=parallel)
     return keys, _key_table(keys)
-
-
-@njit(cache=True, nogil=True)
-def _span_keys_serial(arena, offs, lens, out):
-    for i in range(len(offs)):
-        out[i] = id_key(arena, offs[i], lens[i])
 
 
 def _key_table(keys: np.ndarray) -> np.ndarray:

@@ -55,6 +55,7 @@ IDS = "ids.arrow"
 METADATA = "metadata.arrow"
 PENDING = "pending.wal"
 DATA_FILES = (VECTORS, IDS, METADATA, PENDING)
+MAPPED_FILES = (VECTORS, IDS, METADATA)  # with load_snapshot(mmap=True)
 SNAPSHOT_FILES = frozenset((MANIFEST, MANIFEST_CRC, *DATA_FILES))
 
 ID_COLUMN = "id"
@@ -433,13 +434,15 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
     Args:
         path: the snapshot directory.
         verify: check every file's checksums and the order of the ids.
-        mmap: map ``vectors.f32`` read-only instead of reading it into memory (the
-            checksums are computed over the mapping; a restore then copies the rows
-            it keeps from it once, straight into its result). The file must not be
-            truncated while mapped: reading past its end is a SIGBUS, as with any
-            mapped file.
+        mmap: map ``vectors.f32``, ``ids.arrow`` and ``metadata.arrow`` read-only
+            instead of reading them into memory (the checksums are computed over the
+            mapping; a restore then copies the rows it keeps once, straight into its
+            result; ``id_arena`` is then a read-only view). A file that cannot be
+            mapped is read. A file must not be truncated while mapped: reading past
+            its end is a SIGBUS, as with any mapped file.
         key_table: also build the table from id key to row that a restore from
-            the snapshot uses (``Snapshot.key_table``), while the vectors are read.
+            the snapshot uses (``Snapshot.key_table``), on a thread of its own while
+            the metadata converts.
 
     Raises:
         SnapshotError: naming the file (and the byte offset of the first bad block).
@@ -460,7 +463,7 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
         # The small files first: their rows are converted while the vectors arrive.
         for name in (IDS, METADATA, PENDING, VECTORS):
             size = files[name]["size"]
-            bufs[name] = _map(root / name, size) if mmap and name != PENDING else None
+            bufs[name] = _map(root / name, size) if mmap and name in MAPPED_FILES else None
             mapped = bufs[name] is not None
             if not mapped:
                 bufs[name] = np.empty(size, np.uint8)
@@ -532,11 +535,12 @@ def _rows(pa, root: Path, ids_buf: np.ndarray, meta_buf: np.ndarray, count: int,
     if row >= 0:
         raise SnapshotError(f"ids are not strictly ascending at row {row}",
                             file=str(root / IDS))
-    return (id_arena, id_offs, id_lens, *meta_cols), keys and keys.result()
+    return (id_arena, id_offs, id_lens, *meta_cols), None if keys is None else keys.result()
 
 
 def _writable(view: np.ndarray, base: np.ndarray) -> np.ndarray:
-    # Arrow hands its buffers out read-only; the bytes are ``base``'s, which is not.
+    # Arrow hands its buffers out read-only; the bytes are ``base``'s, which is writable
+    # when it was read (a mapped file stays read-only: a restore copies from it).
     start = view.ctypes.data - base.ctypes.data
     if view.flags.writeable or not len(view):
         return view if len(view) else np.zeros(0, np.uint8)
