@@ -28,10 +28,11 @@ import os
 import warnings
 from pathlib import Path
 
-from numba import njit
-from numba.core import caching
+from numba import njit, types
+from numba.core import caching, cgutils
+from numba.extending import intrinsic
 
-__all__ = ["NO_REFCOUNTS", "njit", "package_digest"]
+__all__ = ["NO_REFCOUNTS", "njit", "package_digest", "prefetch"]
 
 
 def _no_refcounts() -> dict:
@@ -54,6 +55,34 @@ def _no_refcounts() -> dict:
 NO_REFCOUNTS = _no_refcounts()
 
 _PACKAGE = Path(__file__).resolve().parent
+
+
+@intrinsic
+def prefetch(typingctx, arr, i):
+    """``prefetch(arr, i)``: ask the CPU to start loading the cache line holding flat
+    element ``i`` of the C-contiguous array ``arr`` (LLVM's ``llvm.prefetch``: a read,
+    kept in every cache level). A hint only: it never faults, even out of bounds, and
+    changes no result. For loops whose loads each depend on the one before (a hash
+    probe, then the row it names), issued a few iterations ahead."""
+    if not isinstance(arr, types.Array) or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        at = context.cast(builder, args[1], signature.args[1], types.intp)
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
+            "llvm.prefetch")
+        # Arguments: address, 0 = read, 3 = keep in all cache levels, 1 = data cache.
+        builder.call(fn, [builder.bitcast(builder.gep(ary.data, [at]), byte_ptr),
+                          ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, i), codegen
 
 
 def _roots() -> tuple[Path, ...]:

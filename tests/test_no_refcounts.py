@@ -75,3 +75,11 @@ def test_the_check_sees_reference_counting_where_it_is(signatures):
     loop = LOOPS["decode"]
     options = {k: v for k, v in loop.targetoptions.items() if k != "_nrt"}
     assert _calls_refcounting(_llvm(loop.py_func, options, signatures["decode"][0]))
+
+
+def test_apply_loads_its_probes_ahead(signatures):
+    # hostmap._apply issues llvm.prefetch for the map slot and row of a later record;
+    # a refactor that drops the hint would show here, not in any result.
+    loop = LOOPS["apply"]
+    for sig in signatures["apply"]:
+        assert "@llvm.prefetch" in _llvm(loop.py_func, loop.targetoptions, sig)
