@@ -19,7 +19,7 @@ import numpy as np
 from numba import prange
 
 from gpu_pitr.format.layout import DELETE, INSERT
-from gpu_pitr.jit import NO_REFCOUNTS, njit, prefetch
+from gpu_pitr.jit import NO_REFCOUNTS, PREFETCH_AHEAD, njit, prefetch
 
 # Results of _apply.
 DONE = 0
@@ -154,15 +154,6 @@ def _new_row(src, off, n, key, s, h, row_id_off, row_id_len, row_meta_off, row_m
     return row, n_rows, n_free, ids_used, n_live
 
 
-# How many records ahead ``_apply`` starts loading the map slot of a record's
-# entry (and, half as far ahead, the row that slot names). Each probe is a chain
-# of dependent loads (slot, then the row's id span, then its vector), mostly cache
-# misses once the map outgrows the caches; issued ahead, they overlap. 1 GiB
-# benchmark log, 2-vCPU VM, minimum of 7 restores each: apply 0.687-0.698 s
-# without, 0.47-0.60 s at 16 (8-32 all within the noise).
-AHEAD = 16
-
-
 @njit(cache=True, nogil=True, inline="always")
 def _prefetch_slot(r, efirst, nent, e_key, h, shard, n_shards):
     # The home slot of record r's first entry, if this shard owns its id.
@@ -176,7 +167,7 @@ def _prefetch_slot(r, efirst, nent, e_key, h, shard, n_shards):
 def _prefetch_row(r, efirst, nent, e_key, h, row_id_off, row_id_len, rows, shard,
                   n_shards):
     # The id span and vector row of record r's first entry, if its id is in the map
-    # at its home slot (its slot was prefetched AHEAD // 2 records ago).
+    # at its home slot (its slot was prefetched PREFETCH_AHEAD // 2 records ago).
     if nent[r] > 0:
         key = e_key[efirst[r]]
         if shard_of(key, n_shards) == shard:
@@ -208,9 +199,9 @@ def _apply(
     cap_rows = rows.shape[0]
     width = 4 * dim
     for k in range(k0, len(order)):
-        if k + AHEAD < len(order):
-            _prefetch_slot(order[k + AHEAD], efirst, nent, e_key, h, shard, n_shards)
-            _prefetch_row(order[k + AHEAD // 2], efirst, nent, e_key, h, row_id_off,
+        if k + PREFETCH_AHEAD < len(order):  # the probes of later records
+            _prefetch_slot(order[k + PREFETCH_AHEAD], efirst, nent, e_key, h, shard, n_shards)
+            _prefetch_row(order[k + PREFETCH_AHEAD // 2], efirst, nent, e_key, h, row_id_off,
                           row_id_len, rows, shard, n_shards)
         r = order[k]
         first = efirst[r] if k > k0 else max(efirst[r], e0)

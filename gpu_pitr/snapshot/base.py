@@ -17,7 +17,7 @@ from numba import prange
 
 from gpu_pitr.format.layout import RECORD_HEADER_SIZE
 from gpu_pitr.format.payload import varint_widths, write_varint
-from gpu_pitr.jit import njit
+from gpu_pitr.jit import PREFETCH_AHEAD, njit, prefetch
 from gpu_pitr.resolve.idsort import compare_ids, merge_parts, span_keys
 
 # Beyond this many runs of consecutive sequence numbers, the runs are kept as
@@ -222,7 +222,10 @@ def _key_table(keys: np.ndarray) -> np.ndarray:
 @njit(cache=True, nogil=True)
 def _fill_key_table(keys, table):
     mask = len(table) - 1
-    for r in range(len(keys)):
+    n = len(keys)
+    for r in range(n):
+        if r + PREFETCH_AHEAD < n:  # the slot a later key goes to: the writes are random
+            prefetch(table, np.int64(keys[r + PREFETCH_AHEAD] & np.uint64(mask)))
         s = np.int64(keys[r] & np.uint64(mask))
         while table[s] >= 0:
             s = (s + 1) & mask
@@ -235,7 +238,14 @@ def _take_rows(query, table, keys, moved, out):
     a key): marked moved, written to ``out``; returns how many."""
     mask = len(table) - 1
     m = 0
-    for q in range(len(query)):
+    n = len(query)
+    for q in range(n):
+        if q + PREFETCH_AHEAD < n:  # a later query's slot, and nearer, the row its slot names
+            prefetch(table, np.int64(query[q + PREFETCH_AHEAD] & np.uint64(mask)))
+            r = table[np.int64(query[q + PREFETCH_AHEAD // 2] & np.uint64(mask))]
+            if r >= 0:
+                prefetch(keys, r)
+                prefetch(moved, r)
         k = query[q]
         s = np.int64(k & np.uint64(mask))
         while table[s] >= 0:
