@@ -13,9 +13,9 @@ import numpy as np
 from gpu_pitr.format.layout import HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, VERSION
 from gpu_pitr.format.payload import read_uint_le
 from gpu_pitr.format.segments import unreadable
-from gpu_pitr.jit import NO_REFCOUNTS, njit
+from gpu_pitr.jit import NO_REFCOUNTS, njit, prefetch
 
-_AHEAD = 1024
+_AHEAD = 4096
 _HEADER_PREFIX = np.frombuffer(MAGIC + VERSION.to_bytes(4, "little"), dtype=np.uint8).copy()
 
 
@@ -32,12 +32,16 @@ def _frame(buf, pos, end, max_rows, r_off, r_len, r_seq, prefix):
     n = 0
     headers = 0
     # Each record's length says where the next one starts, so the walk is a
-    # chain of dependent loads. A load some way ahead, whose value nothing
-    # waits for, starts the memory traffic early (a software prefetch).
-    ahead = np.uint8(0)
-    last = end - 1
+    # chain of dependent loads: every cache line up to _AHEAD bytes on is asked
+    # for ahead of it (a record header is 12 of a record's ~600 bytes: a stride
+    # the hardware does not follow). The frame step of the 1 GiB benchmark log:
+    # 0.17-0.21 s with an unwaited load 1 KiB on, 0.08-0.10 s with this.
+    pf = pos
     while n < max_rows:
-        ahead ^= buf[min(pos + _AHEAD, last)]
+        pf = max(pf, pos)  # not the rest of a long record already passed
+        while pf < pos + _AHEAD:
+            prefetch(buf, pf)
+            pf += 64
         remaining = end - pos
         if remaining < RECORD_HEADER_SIZE:
             break
@@ -56,7 +60,7 @@ def _frame(buf, pos, end, max_rows, r_off, r_len, r_seq, prefix):
         r_seq[n] = read_uint_le(buf, pos, 8)
         n += 1
         pos += RECORD_HEADER_SIZE + length
-    return n, pos, headers, ahead
+    return n, pos, headers
 
 
 def frame_records(buf, pos, end, r_off, r_len, r_seq, max_rows=None):
@@ -70,7 +74,7 @@ def frame_records(buf, pos, end, r_off, r_len, r_seq, max_rows=None):
     """
     if max_rows is None:
         max_rows = len(r_off)
-    n, stop, headers, _ = _frame(buf, pos, end, max_rows, r_off, r_len, r_seq, _HEADER_PREFIX)
+    n, stop, headers = _frame(buf, pos, end, max_rows, r_off, r_len, r_seq, _HEADER_PREFIX)
     return n, stop, headers
 
 
