@@ -602,6 +602,21 @@ class HostMap:
         rounds, on this thread (``id_bytes(at)``/``meta_bytes(at)``: what the entry at
         ``at`` adds). Returns ``{shard: (result, at)}`` of how each ended: ``DONE``, or
         what only the caller can handle."""
+        def run_growing(s, pos):
+            # What a shard owns (its map, its arenas) grows on its own thread; the
+            # rows all shards share grow on this one, between rounds.
+            sh = self.shards[s]
+            while True:
+                res, pos = run(s, pos)
+                if res == NEED_MAP:
+                    sh.h = _rehash(2 * sh.h.shape[0], sh.n_rows, sh.row_id_len, sh.row_key)
+                elif res == NEED_IDS:
+                    sh.ids = _grow(sh.ids, 2 * len(sh.ids) + id_bytes(pos))
+                elif res == NEED_META:
+                    sh.meta = _grow(sh.meta, 2 * len(sh.meta) + meta_bytes(pos))
+                else:
+                    return res, pos
+
         at = dict(at)
         ended = {}
         while at:
@@ -610,20 +625,13 @@ class HostMap:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(self.n_shards,
                                                     thread_name_prefix="gpu_pitr-apply")
-                outs = list(self._pool.map(lambda s: run(s, at[s]), shards))
+                outs = list(self._pool.map(lambda s: run_growing(s, at[s]), shards))
             else:
-                outs = [run(shards[0], at[shards[0]])]
+                outs = [run_growing(shards[0], at[shards[0]])]
             for s, (res, pos) in zip(shards, outs, strict=True):
                 at[s] = pos
-                sh = self.shards[s]
                 if res == NEED_ROWS:
                     self._grow_rows(max(16, self.rows.shape[0] + self.rows.shape[0] // 2))
-                elif res == NEED_MAP:
-                    sh.h = _rehash(2 * sh.h.shape[0], sh.n_rows, sh.row_id_len, sh.row_key)
-                elif res == NEED_IDS:
-                    sh.ids = _grow(sh.ids, 2 * len(sh.ids) + id_bytes(pos))
-                elif res == NEED_META:
-                    sh.meta = _grow(sh.meta, 2 * len(sh.meta) + meta_bytes(pos))
                 else:
                     ended[s] = (res, pos)
                     del at[s]
