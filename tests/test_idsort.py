@@ -134,3 +134,52 @@ def test_many_ids_sort_by_bytes_with_split_word_sorts():
     ids = [synthetic_id(int(x)).encode() for x in nums]
     order = sorted_id_order(*_arena(ids))
     assert order.tolist() == sorted(range(len(ids)), key=lambda i: ids[i])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 70), st.integers(0, 2**32 - 1), st.booleans())
+def test_dense_ranks_are_the_ranks_of_the_distinct_words(card, seed, high):
+    from gpu_pitr.resolve.idsort import _dense_ranks
+
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(0, 2**64, card, dtype=np.uint64, endpoint=False)
+    if high:
+        pool |= np.uint64(1 << 63)  # words at the top of the range rank as unsigned
+    col = pool[rng.integers(0, card, 500)]
+    values, inverse = np.unique(col, return_inverse=True)
+    rank = np.empty(len(col), np.int32)
+    assert _dense_ranks(col, len(values), rank) == len(values)
+    assert np.array_equal(rank, inverse)
+    if len(values) > 1:  # one distinct value more than allowed: refused
+        assert _dense_ranks(col, len(values) - 1, rank) == -1
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 50), st.integers(0, 2**32 - 1))
+def test_counting_sort_is_a_stable_sort_by_rank(m, seed):
+    from gpu_pitr.resolve.idsort import _counting_sort
+
+    rng = np.random.default_rng(seed)
+    rank = rng.integers(0, m, 400).astype(np.int32)
+    order = rng.permutation(400).astype(np.int64)
+    out = np.empty_like(order)
+    _counting_sort(order, rank, m, out)
+    assert np.array_equal(out, order[np.argsort(rank[order], kind="stable")])
+
+
+def test_ids_sort_by_bytes_either_side_of_the_counting_limit():
+    """A word column with FEW_WORDS distinct words is counted, one with a word more is
+    sorted by comparison: both give byte order, ties in input order."""
+    from gpu_pitr.resolve.idsort import FEW_WORDS
+
+    rng = np.random.default_rng(5)
+    for distinct in (FEW_WORDS, FEW_WORDS + 1):
+        words = np.unique(rng.integers(0, 2**64, 2 * distinct, dtype=np.uint64,
+                                       endpoint=False))[:distinct]
+        assert len(words) == distinct
+        picks = np.concatenate([np.arange(distinct), rng.integers(0, distinct, 500)])
+        # The first 8 bytes (one word column) hold exactly ``distinct`` words.
+        ids = [int(words[k]).to_bytes(8, "big") + b"/" + bytes([k % 3])
+               for k in rng.permutation(picks)]
+        order = sorted_id_order(*_arena(ids))
+        assert order.tolist() == sorted(range(len(ids)), key=lambda i: ids[i]), distinct
