@@ -136,9 +136,9 @@ def boundscheck_active() -> bool:
         return False
     except IndexError:
         pass
-    try:  # a record said to start past the buffer: the loop's first load is out of bounds
-        cpu._decode_records(np.zeros(4, np.uint8), 0, 1, np.array([100]), *[z] * 15, True,
-                            np.zeros((1, 64), np.int64), np.zeros(1, np.uint8))
+    try:  # a record said to start past the buffer: the parser's first load is out of bounds
+        cpu._decode_records(np.zeros(4, np.uint8), 0, 1, np.array([100]), np.array([8]),
+                            *[z] * 14, True, np.zeros((1, 64), np.int64))
         return False
     except IndexError:
         return True
