@@ -628,7 +628,7 @@ class HostMap:
             # MiB more peak RSS on the 1 GiB benchmark log.)
             maps = {s: np.zeros((2 * self.shards[s].h.shape[0], SLOT), np.int64)
                     for s in rehash}
-            self._on_shards(lambda s, maps=maps: self._rehash_into(s, maps[s]), rehash)
+            self._on_shards(lambda s, maps=maps: self._rehash_shard(s, maps[s]), rehash)
         for sh in self.shards:
             sh.compact()
         return ended
@@ -641,7 +641,8 @@ class HostMap:
             self._pool = ThreadPoolExecutor(self.n_shards, thread_name_prefix="gpu_pitr-apply")
         return list(self._pool.map(fn, shards))
 
-    def _rehash_into(self, s: int, h: np.ndarray) -> None:
+    def _rehash_shard(self, s: int, h: np.ndarray) -> None:
+        # Shard s's map becomes h (empty, allocated by the caller) with its rows in.
         sh = self.shards[s]
         _rehash_into(h, sh.n_rows, sh.row_id_len, sh.row_key)
         sh.h = h

@@ -219,14 +219,20 @@ def _key_table(keys: np.ndarray) -> np.ndarray:
     return table
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _home(key, mask):
+    # The slot of the key table where the search for ``key`` starts.
+    return np.int64(key & np.uint64(mask))
+
+
 @njit(cache=True, nogil=True)
 def _fill_key_table(keys, table):
     mask = len(table) - 1
     n = len(keys)
     for r in range(n):
         if r + PREFETCH_AHEAD < n:  # the slot a later key goes to: the writes are random
-            prefetch(table, np.int64(keys[r + PREFETCH_AHEAD] & np.uint64(mask)))
-        s = np.int64(keys[r] & np.uint64(mask))
+            prefetch(table, _home(keys[r + PREFETCH_AHEAD], mask))
+        s = _home(keys[r], mask)
         while table[s] >= 0:
             s = (s + 1) & mask
         table[s] = r
@@ -241,13 +247,13 @@ def _take_rows(query, table, keys, moved, out):
     n = len(query)
     for q in range(n):
         if q + PREFETCH_AHEAD < n:  # a later query's slot, and nearer, the row its slot names
-            prefetch(table, np.int64(query[q + PREFETCH_AHEAD] & np.uint64(mask)))
-            r = table[np.int64(query[q + PREFETCH_AHEAD // 2] & np.uint64(mask))]
+            prefetch(table, _home(query[q + PREFETCH_AHEAD], mask))
+            r = table[_home(query[q + PREFETCH_AHEAD // 2], mask)]
             if r >= 0:
                 prefetch(keys, r)
                 prefetch(moved, r)
         k = query[q]
-        s = np.int64(k & np.uint64(mask))
+        s = _home(k, mask)
         while table[s] >= 0:
             r = table[s]
             if keys[r] == k and not moved[r]:
