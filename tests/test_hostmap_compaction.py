@@ -103,3 +103,37 @@ def test_rows_permute_in_place_exactly(data):
     want = rows[perm].copy()
     permute_rows_in_place(rows, perm)
     assert np.array_equal(rows, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_a_map_rehashes_into_memory_never_zeroed(data):
+    """``_rehash_into`` is handed ``np.empty`` memory (zeroed there, written before it
+    is read, so its pages are not the kernel's zero page): whatever the table held
+    before, every live row is found under its key afterwards and deleted rows are not,
+    also when keys collide on their home slot."""
+    from gpu_pitr.resolve.hostmap import S_KEY, S_ROW, SLOT, _rehash_into
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    n = data.draw(st.integers(0, 300))
+    slots = 1 << data.draw(st.integers(max(1, (2 * n).bit_length()), 12))
+    keys = rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64)
+    if n and data.draw(st.booleans()):  # many share a home slot
+        keys = (keys & ~np.int64(slots - 1)) | (keys[0] & (slots - 1))
+    id_len = np.where(rng.random(n) < 0.2, -1, 5).astype(np.int64)
+    junk = data.draw(st.sampled_from([-1, 1, 7, 2**40]))
+    h = np.full((slots, SLOT), junk, np.int64)
+    _rehash_into(h, n, id_len, keys)
+    mask = slots - 1
+    found = {}
+    for s in range(slots):
+        if h[s, S_ROW]:
+            row = int(h[s, S_ROW]) - 1
+            assert h[s, S_KEY] == keys[row]
+            found[row] = s
+    assert sorted(found) == [r for r in range(n) if id_len[r] >= 0]
+    for row, s in found.items():  # reachable from its home slot by linear probing
+        t = int(keys[row]) & mask
+        while t != s:
+            assert h[t, S_ROW] != 0
+            t = (t + 1) & mask

@@ -330,7 +330,8 @@ def _compact_arena(arena, offs, lens, live, n_rows):
 
 @njit(cache=True, nogil=True)
 def _rehash_into(h, n_rows, row_id_len, row_key):
-    # The live rows entered in the empty map h (its size a power of two).
+    # The live rows entered in the map h (its size a power of two), zeroed here first.
+    h[:] = 0
     mask = h.shape[0] - 1
     for r in range(n_rows):
         if row_id_len[r] < 0:
@@ -625,8 +626,11 @@ class HostMap:
                     del at[s]
             # The new maps are allocated here, filled on the shards' threads at once.
             # (Allocated there, malloc's per-thread arenas kept the old maps' pages: 58
-            # MiB more peak RSS on the 1 GiB benchmark log.)
-            maps = {s: np.zeros((2 * self.shards[s].h.shape[0], SLOT), np.int64)
+            # MiB more peak RSS on the 1 GiB benchmark log.) Not np.zeros: read before
+            # written (by _rehash_into's probes), its pages mapped the kernel's zero
+            # page, and each page's first write then faulted again and flushed the
+            # other core's TLB (an IPI): 3% of a restore's samples in perf.
+            maps = {s: np.empty((2 * self.shards[s].h.shape[0], SLOT), np.int64)
                     for s in rehash}
             self._on_shards(lambda s, maps=maps: self._rehash_shard(s, maps[s]), rehash)
         for sh in self.shards:
