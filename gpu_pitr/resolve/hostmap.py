@@ -682,10 +682,11 @@ class HostMap:
         ids = np.concatenate([sh.ids[:sh.ids_used] for sh in self.shards])
         meta = np.concatenate([sh.meta[:sh.meta_used] for sh in self.shards])
         order = order_of_ids(ids, id_offs, id_lens)
-        live = live[order]
+        live, id_offs, id_lens, meta_offs, meta_lens = _in_order(
+            order, live, id_offs, id_lens, meta_offs, meta_lens)
         used = self._used_rows()
-        cols = (ids, id_offs[order], id_lens[order])
-        meta_cols = (meta, meta_offs[order], meta_lens[order])
+        cols = (ids, id_offs, id_lens)
+        meta_cols = (meta, meta_offs, meta_lens)
         if not permute:
             return (*cols, self._vectors(used), *meta_cols, live)
         rest = np.ones(used, np.bool_)
@@ -700,6 +701,18 @@ class HostMap:
         if self.dim <= 0:
             return np.zeros((n, max(self.dim, 0)), np.float32)
         return self.rows[:n].view("<f4").reshape(n, self.dim)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _in_order(order, a, b, c, d, e):
+    """``(a[order], b[order], ...)``: five gathers in one pass, on the Numba threads."""
+    n = len(order)
+    oa, ob, oc = np.empty(n, a.dtype), np.empty(n, b.dtype), np.empty(n, c.dtype)
+    od, oe = np.empty(n, d.dtype), np.empty(n, e.dtype)
+    for i in prange(n):
+        k = order[i]
+        oa[i], ob[i], oc[i], od[i], oe[i] = a[k], b[k], c[k], d[k], e[k]
+    return oa, ob, oc, od, oe
 
 
 def global_row_array(local: np.ndarray, shard: int, n_shards: int) -> np.ndarray:
