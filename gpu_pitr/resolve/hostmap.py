@@ -664,21 +664,19 @@ class HostMap:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-        parts = []
-        id_base = meta_base = 0
+        n = sum(sh.n_live for sh in self.shards)
+        live, id_offs, id_lens, meta_offs, meta_lens = (np.empty(n, np.int64)
+                                                        for _ in range(5))
+        at = id_base = meta_base = 0
         for s, sh in enumerate(self.shards):
             sh.h = None  # not needed any more: room for the sort below
-            local = np.flatnonzero(sh.row_id_len[: sh.n_rows] >= 0)
-            meta_offs = sh.row_meta_off[local]
-            parts.append((
-                global_row_array(local, s, self.n_shards),
-                sh.row_id_off[local] + id_base, sh.row_id_len[local],
-                np.where(meta_offs >= 0, meta_offs + meta_base, -1), sh.row_meta_len[local],
-            ))
+            at = _live_rows(sh.n_rows, sh.row_id_off, sh.row_id_len, sh.row_meta_off,
+                            sh.row_meta_len, s, self.n_shards, id_base, meta_base, at,
+                            live, id_offs, id_lens, meta_offs, meta_lens)
             id_base += sh.ids_used
             meta_base += sh.meta_used
-        live, id_offs, id_lens, meta_offs, meta_lens = (
-            np.concatenate(cols) for cols in zip(*parts, strict=True))
+        if at != n:
+            raise AssertionError(f"{at} live rows in the shards, {n} counted")
         ids = np.concatenate([sh.ids[:sh.ids_used] for sh in self.shards])
         meta = np.concatenate([sh.meta[:sh.meta_used] for sh in self.shards])
         order = order_of_ids(ids, id_offs, id_lens)
@@ -703,6 +701,28 @@ class HostMap:
         return self.rows[:n].view("<f4").reshape(n, self.dim)
 
 
+@njit(cache=True, nogil=True)
+def _live_rows(n_rows, row_id_off, row_id_len, row_meta_off, row_meta_len, shard, n_shards,
+               id_base, meta_base, at, live, id_offs, id_lens, meta_offs, meta_lens):
+    """Shard ``shard``'s live rows into the joined columns from ``at`` on: index row,
+    id span and metadata span (offsets shifted past the arenas of the shards before
+    it, whose bytes come first in the joined arenas). Returns where the next shard
+    starts (``at`` past the last row written; never past the columns' end)."""
+    for i in range(n_rows):
+        if row_id_len[i] < 0:
+            continue
+        if at >= len(live):  # more live rows than counted: the caller raises
+            return at + 1
+        live[at] = global_row(i, shard, n_shards)
+        id_offs[at] = row_id_off[i] + id_base
+        id_lens[at] = row_id_len[i]
+        m = row_meta_off[i]
+        meta_offs[at] = m + meta_base if m >= 0 else -1
+        meta_lens[at] = row_meta_len[i]
+        at += 1
+    return at
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _in_order(order, a, b, c, d, e):
     """``(a[order], b[order], ...)``: five gathers in one pass, on the Numba threads."""
@@ -713,12 +733,6 @@ def _in_order(order, a, b, c, d, e):
         k = order[i]
         oa[i], ob[i], oc[i], od[i], oe[i] = a[k], b[k], c[k], d[k], e[k]
     return oa, ob, oc, od, oe
-
-
-def global_row_array(local: np.ndarray, shard: int, n_shards: int) -> np.ndarray:
-    """``global_row`` for an array of local rows."""
-    return ((local // ROW_BLOCK) * (n_shards * ROW_BLOCK) + shard * ROW_BLOCK
-            + local % ROW_BLOCK)
 
 
 def fill_counters(report, counters, n_ids: int, dim: int) -> None:
