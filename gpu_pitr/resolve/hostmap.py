@@ -707,11 +707,12 @@ def _live_rows(n_rows, row_id_off, row_id_len, row_meta_off, row_meta_len, shard
     """Shard ``shard``'s live rows into the joined columns from ``at`` on: index row,
     id span and metadata span (offsets shifted past the arenas of the shards before
     it, whose bytes come first in the joined arenas). Returns where the next shard
-    starts (``at`` past the last row written; never past the columns' end)."""
+    starts: past ``len(live)`` if the shard holds more live rows than there is room
+    for (nothing is written past the end; the caller raises)."""
     for i in range(n_rows):
         if row_id_len[i] < 0:
             continue
-        if at >= len(live):  # more live rows than counted: the caller raises
+        if at >= len(live):
             return at + 1
         live[at] = global_row(i, shard, n_shards)
         id_offs[at] = row_id_off[i] + id_base
