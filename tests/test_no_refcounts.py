@@ -77,11 +77,11 @@ def test_the_check_sees_reference_counting_where_it_is(signatures):
     assert _calls_refcounting(_llvm(loop.py_func, options, signatures["decode"][0]))
 
 
-@pytest.mark.parametrize("step", ["frame", "decode", "apply"])
+@pytest.mark.parametrize("step", ["frame", "decode", "apply", "seed"])
 def test_the_loop_loads_ahead(signatures, step):
-    # The framing walk, the decode and apply issue llvm.prefetch for bytes they reach
-    # later (gpu_pitr.jit.prefetch); a refactor that drops the hint would show here,
-    # not in any result.
+    # The framing walk, the decode, apply and the base rows' move-in issue
+    # llvm.prefetch for bytes they reach later (gpu_pitr.jit.prefetch); a refactor
+    # that drops the hint would show here, not in any result.
     loop = LOOPS[step]
     for sig in signatures[step]:
         assert "@llvm.prefetch" in _llvm(loop.py_func, loop.targetoptions, sig), step

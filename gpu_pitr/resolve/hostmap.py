@@ -257,6 +257,21 @@ def _apply(
     return DONE, len(order), 0, n_rows, n_free, ids_used, meta_used, n_live
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_base_row(b, keys, src_ids, src_id_offs, src_vecs, src_meta, src_meta_offs,
+                       shard, n_shards):
+    # Base row b's id, vector and metadata bytes, if this shard owns its id: the rows
+    # _seed copies are scattered over the base (those the log names), and their bytes
+    # are in memory the hardware has no stride to follow through.
+    if shard_of(keys[b], n_shards) == shard:
+        prefetch(src_ids, src_id_offs[b])
+        width = src_vecs.shape[1]
+        for k in range(0, width, 64):
+            prefetch(src_vecs, b * width + k)
+        if src_meta_offs[b] >= 0:
+            prefetch(src_meta, src_meta_offs[b])
+
+
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _seed(
     take, j0, keys, src_ids, src_id_offs, src_id_lens, src_vecs, src_meta, src_meta_offs,
@@ -270,6 +285,13 @@ def _seed(
     cap_rows = rows.shape[0]
     width = rows.shape[1]
     for j in range(j0, len(take)):
+        if j + PREFETCH_AHEAD < len(take):  # a later row's columns, and nearer, its bytes
+            b = take[j + PREFETCH_AHEAD]
+            prefetch(keys, b)
+            prefetch(src_id_offs, b)
+            prefetch(src_meta_offs, b)
+            _prefetch_base_row(take[j + PREFETCH_AHEAD // 2], keys, src_ids, src_id_offs,
+                               src_vecs, src_meta, src_meta_offs, shard, n_shards)
         b = take[j]
         key = keys[b]
         if shard_of(key, n_shards) != shard:
