@@ -58,12 +58,13 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 #: How many iterations ahead the hash-probe loops ``prefetch`` (the map slot of a
-#: later entry; half as far ahead, the row that slot names): ``hostmap._apply``, and
-#: the base snapshot's key table (``snapshot.base``). A probe is a chain of dependent
-#: loads (slot, then the row's id span, then its vector), mostly cache misses once a
-#: map outgrows the caches; issued ahead, they overlap. Apply of the 1 GiB benchmark
-#: log, 2-vCPU VM, minimum of 7 restores: 0.687-0.698 s without, 0.47-0.60 s at 16
-#: (8 to 32 all within the noise).
+#: later entry; half as far ahead, the row that slot names): ``hostmap._apply``, the
+#: base snapshot's key table (``snapshot.base``), and the move-in of base rows
+#: (``hostmap._seed``: a later row's columns, half as far ahead its bytes). A probe is
+#: a chain of dependent loads (slot, then the row's id span, then its vector), mostly
+#: cache misses once a map outgrows the caches; issued ahead, they overlap. Apply of
+#: the 1 GiB benchmark log, 2-vCPU VM, minimum of 7 restores: 0.687-0.698 s without,
+#: 0.47-0.60 s at 16 (8 to 32 all within the noise).
 PREFETCH_AHEAD = 16
 
 

@@ -668,7 +668,8 @@ class HostMap:
         return list(self._pool.map(fn, shards))
 
     def _rehash_shard(self, s: int, h: np.ndarray) -> None:
-        # Shard s's map becomes h (empty, allocated by the caller) with its rows in.
+        # Shard s's map becomes h (allocated by the caller, not zeroed: _rehash_into
+        # zeroes it) with its rows in.
         sh = self.shards[s]
         _rehash_into(h, sh.n_rows, sh.row_id_len, sh.row_key)
         sh.h = h
