@@ -183,3 +183,52 @@ def test_ids_sort_by_bytes_either_side_of_the_counting_limit():
                for k in rng.permutation(picks)]
         order = sorted_id_order(*_arena(ids))
         assert order.tolist() == sorted(range(len(ids)), key=lambda i: ids[i]), distinct
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_ID, max_size=60), st.integers(1, 4))
+def test_ids_sort_by_bytes_with_word_columns_built_a_few_at_a_time(id_list, columns):
+    """However many word columns one pass over the ids builds, the same byte order."""
+    import gpu_pitr.resolve.idsort as idsort
+
+    arena, offs, lens = _arena(id_list)
+    saved = idsort.WORD_COLUMNS_BYTES
+    idsort.WORD_COLUMNS_BYTES = 8 * max(len(offs), 1) * columns
+    try:
+        order = sorted_id_order(arena, offs, lens)
+    finally:
+        idsort.WORD_COLUMNS_BYTES = saved
+    assert [id_list[i] for i in order] == sorted(id_list)
+
+
+def test_counted_columns_combine_until_their_ranks_would_not_fit():
+    """Word columns of 300, 200 and 2 distinct words, then one sorted by comparison,
+    then a few trailing bytes: the 2 and the 200 are counted as one, the 300 on its own
+    (60,000 values would be more than FEW_COMBINED). Byte order, ties in input order."""
+    import gpu_pitr.resolve.idsort as idsort
+    from gpu_pitr.resolve.idsort import FEW_COMBINED, FEW_WORDS
+
+    assert 300 <= FEW_WORDS and 2 * 200 <= FEW_COMBINED < 2 * 200 * 300
+    rng = np.random.default_rng(7)
+    words = [rng.integers(0, 2**64, k, dtype=np.uint64, endpoint=False) for k in (300, 200, 2)]
+    ids = []
+    for _ in range(6000):
+        a, b, c = (int(rng.choice(w)).to_bytes(8, "big") for w in words)
+        many = int(rng.integers(0, 2**64, dtype=np.uint64, endpoint=False)).to_bytes(8, "big")
+        tail = bytes([int(rng.integers(0, 2))]) * int(rng.integers(0, 3))
+        ids.append(a + b + c + (many if rng.integers(0, 4) else b"") + tail)
+    ids += ids[:500]  # repeats: equal ids keep their input order
+    counted = []
+    saved = idsort._counting_sort
+
+    def counting_sort(order, rank, m, out):
+        counted.append(m)
+        saved(order, rank, m, out)
+
+    idsort._counting_sort = counting_sort
+    try:
+        order = sorted_id_order(*_arena(ids))
+    finally:
+        idsort._counting_sort = saved
+    assert order.tolist() == sorted(range(len(ids)), key=lambda i: ids[i])
+    assert counted[1:] == [2 * 200, 300]  # (the first: the trailing bytes)

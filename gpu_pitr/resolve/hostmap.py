@@ -663,9 +663,13 @@ class HostMap:
         """``[fn(s) for s in shards]``, on the shards' threads when there are several."""
         if len(shards) <= 1:
             return [fn(s) for s in shards]
+        return list(self._threads().map(fn, shards))
+
+    def _threads(self) -> ThreadPoolExecutor:
+        """The shards' threads (started at first use, ended by ``result``)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.n_shards, thread_name_prefix="gpu_pitr-apply")
-        return list(self._pool.map(fn, shards))
+        return self._pool
 
     def _rehash_shard(self, s: int, h: np.ndarray) -> None:
         # Shard s's map becomes h (allocated by the caller, not zeroed: _rehash_into
@@ -684,24 +688,38 @@ class HostMap:
         ``vectors`` is all of them (``[used, dim]``) and id ``k``'s row is ``live[k]``
         (for a caller that copies the rows elsewhere anyway).
         """
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
         n = sum(sh.n_live for sh in self.shards)
         live, id_offs, id_lens, meta_offs, meta_lens = (np.empty(n, np.int64)
                                                         for _ in range(5))
-        at = id_base = meta_base = 0
-        for s, sh in enumerate(self.shards):
+        starts = np.cumsum([0] + [sh.n_live for sh in self.shards])
+        id_bases = np.cumsum([0] + [sh.ids_used for sh in self.shards])
+        meta_bases = np.cumsum([0] + [sh.meta_used for sh in self.shards])
+
+        def live_rows(s):  # shard s's live rows into its part of the joined columns
+            sh = self.shards[s]
             sh.h = None  # not needed any more: room for the sort below
             at = _live_rows(sh.n_rows, sh.row_id_off, sh.row_id_len, sh.row_meta_off,
-                            sh.row_meta_len, s, self.n_shards, id_base, meta_base, at,
-                            live, id_offs, id_lens, meta_offs, meta_lens)
-            id_base += sh.ids_used
-            meta_base += sh.meta_used
-        if at != n:
-            raise AssertionError(f"{at} live rows in the shards, {n} counted")
-        ids = np.concatenate([sh.ids[:sh.ids_used] for sh in self.shards])
-        meta = np.concatenate([sh.meta[:sh.meta_used] for sh in self.shards])
+                            sh.row_meta_len, s, self.n_shards, id_bases[s], meta_bases[s],
+                            starts[s], starts[s + 1], live, id_offs, id_lens, meta_offs,
+                            meta_lens)
+            if at != starts[s + 1]:
+                raise AssertionError(f"{at - starts[s]} live rows in shard {s}, "
+                                     f"{sh.n_live} counted")
+
+        if self.n_shards > 1:  # the shards on their threads, the arenas joined meanwhile
+            done = [self._threads().submit(live_rows, s) for s in range(self.n_shards)]
+        else:
+            live_rows(0)
+            done = []
+        try:
+            ids = np.concatenate([sh.ids[:sh.ids_used] for sh in self.shards])
+            meta = np.concatenate([sh.meta[:sh.meta_used] for sh in self.shards])
+            for f in done:
+                f.result()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
         order = order_of_ids(ids, id_offs, id_lens)
         live, id_offs, id_lens, meta_offs, meta_lens = _in_order(
             order, live, id_offs, id_lens, meta_offs, meta_lens)
@@ -726,16 +744,16 @@ class HostMap:
 
 @njit(cache=True, nogil=True)
 def _live_rows(n_rows, row_id_off, row_id_len, row_meta_off, row_meta_len, shard, n_shards,
-               id_base, meta_base, at, live, id_offs, id_lens, meta_offs, meta_lens):
-    """Shard ``shard``'s live rows into the joined columns from ``at`` on: index row,
-    id span and metadata span (offsets shifted past the arenas of the shards before
-    it, whose bytes come first in the joined arenas). Returns where the next shard
-    starts: past ``len(live)`` if the shard holds more live rows than there is room
-    for (nothing is written past the end; the caller raises)."""
+               id_base, meta_base, at, end, live, id_offs, id_lens, meta_offs, meta_lens):
+    """Shard ``shard``'s live rows into the joined columns from ``at`` up to ``end``:
+    index row, id span and metadata span (offsets shifted past the arenas of the
+    shards before it, whose bytes come first in the joined arenas). Returns where its
+    rows end: past ``end`` if the shard holds more live rows than there is room for
+    (nothing is written from ``end`` on; the caller raises)."""
     for i in range(n_rows):
         if row_id_len[i] < 0:
             continue
-        if at >= len(live):
+        if at >= end:
             return at + 1
         live[at] = global_row(i, shard, n_shards)
         id_offs[at] = row_id_off[i] + id_base
