@@ -687,6 +687,9 @@ class HostMap:
         ``live`` is None. With ``permute`` false the rows stay where they are:
         ``vectors`` is all of them (``[used, dim]``) and id ``k``'s row is ``live[k]``
         (for a caller that copies the rows elsewhere anyway).
+
+        The map is spent afterwards: each shard's map, row columns and arenas are
+        let go as soon as they are joined, which leaves room for the sort.
         """
         n = sum(sh.n_live for sh in self.shards)
         live, id_offs, id_lens, meta_offs, meta_lens = (np.empty(n, np.int64)
@@ -705,6 +708,8 @@ class HostMap:
             if at != starts[s + 1]:
                 raise AssertionError(f"{at - starts[s]} live rows in shard {s}, "
                                      f"{sh.n_live} counted")
+            sh.row_id_off = sh.row_id_len = sh.row_meta_off = sh.row_meta_len = None
+            sh.row_key = sh.free = None
 
         if self.n_shards > 1:  # the shards on their threads, the arenas joined meanwhile
             done = [self._threads().submit(live_rows, s) for s in range(self.n_shards)]
@@ -714,6 +719,8 @@ class HostMap:
         try:
             ids = np.concatenate([sh.ids[:sh.ids_used] for sh in self.shards])
             meta = np.concatenate([sh.meta[:sh.meta_used] for sh in self.shards])
+            for sh in self.shards:
+                sh.ids = sh.meta = None
             for f in done:
                 f.result()
         finally:
