@@ -57,7 +57,7 @@ S_ROW = 1
 SLOT = 2
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _find(buf, off, n, key, h, ids, row_id_off, row_id_len):
     """Slot of the id ``buf[off:off+n]`` in the map, and its row (-1 if absent)."""
     mask = h.shape[0] - 1
