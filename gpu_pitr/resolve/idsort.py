@@ -66,21 +66,33 @@ def span_keys(arena: np.ndarray, offs: np.ndarray, lens: np.ndarray, *,
     return keys
 
 
+@register_jitable(inline="always")
+def _word_be(x, i):
+    # 8 bytes from ``x[i]`` as one big-endian word (a load and a byte swap once compiled).
+    return ((np.uint64(x[i]) << np.uint64(56)) | (np.uint64(x[i + 1]) << np.uint64(48))
+            | (np.uint64(x[i + 2]) << np.uint64(40)) | (np.uint64(x[i + 3]) << np.uint64(32))
+            | (np.uint64(x[i + 4]) << np.uint64(24)) | (np.uint64(x[i + 5]) << np.uint64(16))
+            | (np.uint64(x[i + 6]) << np.uint64(8)) | np.uint64(x[i + 7]))
+
+
 @njit(cache=True, parallel=True)
 def _word_columns(ids, offs, lens, w0, out):
     # ``out[j, i]``: word ``w0 + j`` of id i, big-endian and zero padded (integer order
-    # == byte order). Every id is read once for all the columns: the passes are bound
-    # by reading the id bytes, not by building the words.
+    # == byte order). Every id is read once for all the columns (the arena once per
+    # group of columns), and whole words are loaded where the id has them.
     for i in prange(len(offs)):
-        base = offs[i]
         n = lens[i]
+        x = ids[offs[i]:offs[i] + n]
         for j in range(out.shape[0]):
             at = 8 * (w0 + j)
-            v = np.uint64(0)
-            for b in range(8):
-                v <<= np.uint64(8)
-                if at + b < n:
-                    v |= np.uint64(ids[base + at + b])
+            if at + 8 <= n:
+                v = _word_be(x, at)
+            else:
+                v = np.uint64(0)
+                for b in range(8):
+                    v <<= np.uint64(8)
+                    if at + b < n:
+                        v |= np.uint64(x[at + b])
             out[j, i] = v
 
 
