@@ -368,6 +368,9 @@ def _rehash_into(h, n_rows, row_id_len, row_key):
 
 # Cycles of the row permutation are cut at this many evenly spaced positions.
 PERMUTE_CUTS = 256
+# Rows the permutation's walk asks for ahead of the one it moves (a random
+# permutation of 1.2M rows of 512 B: median 0.136 -> 0.112 s with 8; 4 and 16 no better).
+PERMUTE_AHEAD = 8
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -392,8 +395,10 @@ def _permute_rows_in_place(rows, perm, cuts):
     dependent row copies (memory latency, not bandwidth). So cycles are cut at
     ``cuts`` (distinct positions, ascending): their rows are saved first, then each
     stretch of a cycle from one cut up to the next is moved by one thread (no other
-    writes it, and its reads are ahead of its writes). Cycles holding no cut are
-    followed after, one by one, with one spare row."""
+    writes it, and its reads are ahead of its writes), asking for the bytes of the
+    row PERMUTE_AHEAD steps on (``perm`` is small enough to be cached: walking it
+    ahead is cheap). Cycles holding no cut are followed after, one by one, with one
+    spare row."""
     n = len(perm)
     width = rows.shape[1]
     flat = rows.reshape(-1)
@@ -406,9 +411,20 @@ def _permute_rows_in_place(rows, perm, cuts):
         _copy(saved[j], 0, flat, cuts[j] * width, width)
     for j in prange(k):
         t = cuts[j]
+        # ``a``: the row PERMUTE_AHEAD steps further along this stretch (or its end),
+        # whose bytes are asked for while the rows before it move.
+        a = t
+        for _ in range(PERMUTE_AHEAD):
+            a = perm[a]
+            if is_cut[a]:
+                break
         while True:
             done[t] = True
             src = perm[t]
+            if not is_cut[a]:
+                a = perm[a]
+                for b in range(0, width, 64):
+                    prefetch(flat, a * width + b)
             if is_cut[src]:
                 _copy(flat, t * width, saved[np.searchsorted(cuts, src)], 0, width)
                 break
