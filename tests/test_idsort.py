@@ -201,7 +201,7 @@ def test_ids_sort_by_bytes_with_word_columns_built_a_few_at_a_time(id_list, colu
     assert [id_list[i] for i in order] == sorted(id_list)
 
 
-def test_counted_columns_combine_until_their_ranks_would_not_fit():
+def test_counted_columns_combine_until_their_ranks_would_not_fit(monkeypatch):
     """Word columns of 300, 200 and 2 distinct words, then one sorted by comparison,
     then a few trailing bytes: the 2 and the 200 are counted as one, the 300 on its own
     (60,000 values would be more than FEW_COMBINED). Byte order, ties in input order."""
@@ -225,10 +225,7 @@ def test_counted_columns_combine_until_their_ranks_would_not_fit():
         counted.append(m)
         saved(order, rank, m, out)
 
-    idsort._counting_sort = counting_sort
-    try:
-        order = sorted_id_order(*_arena(ids))
-    finally:
-        idsort._counting_sort = saved
+    monkeypatch.setattr(idsort, "_counting_sort", counting_sort)
+    order = sorted_id_order(*_arena(ids))
     assert order.tolist() == sorted(range(len(ids)), key=lambda i: ids[i])
     assert counted[1:] == [2 * 200, 300]  # (the first: the trailing bytes)

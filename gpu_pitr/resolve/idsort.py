@@ -14,12 +14,12 @@ from gpu_pitr.jit import njit
 
 
 @register_jitable(inline="always")
-def _word_le(x, i):
-    # 8 bytes from ``x[i]`` as one little-endian word (a single load once compiled).
-    return (np.uint64(x[i]) | (np.uint64(x[i + 1]) << np.uint64(8))
-            | (np.uint64(x[i + 2]) << np.uint64(16)) | (np.uint64(x[i + 3]) << np.uint64(24))
-            | (np.uint64(x[i + 4]) << np.uint64(32)) | (np.uint64(x[i + 5]) << np.uint64(40))
-            | (np.uint64(x[i + 6]) << np.uint64(48)) | (np.uint64(x[i + 7]) << np.uint64(56)))
+def _word_be(x, i):
+    # 8 bytes from ``x[i]`` as one big-endian word (a load and a byte swap once compiled).
+    return ((np.uint64(x[i]) << np.uint64(56)) | (np.uint64(x[i + 1]) << np.uint64(48))
+            | (np.uint64(x[i + 2]) << np.uint64(40)) | (np.uint64(x[i + 3]) << np.uint64(32))
+            | (np.uint64(x[i + 4]) << np.uint64(24)) | (np.uint64(x[i + 5]) << np.uint64(16))
+            | (np.uint64(x[i + 6]) << np.uint64(8)) | np.uint64(x[i + 7]))
 
 
 @register_jitable
@@ -31,7 +31,7 @@ def compare_ids(a, ao, an, b, bo, bn):
     y = b[bo:bo + bn]
     m = min(an, bn)
     k = 0
-    while k + 8 <= m and _word_le(x, k) == _word_le(y, k):
+    while k + 8 <= m and _word_be(x, k) == _word_be(y, k):
         k += 8
     while k < m:
         if x[k] != y[k]:
@@ -64,15 +64,6 @@ def span_keys(arena: np.ndarray, offs: np.ndarray, lens: np.ndarray, *,
     keys = np.empty(len(offs), np.uint64)
     (_span_keys if parallel else _span_keys_serial)(arena, offs, lens, keys)
     return keys
-
-
-@register_jitable(inline="always")
-def _word_be(x, i):
-    # 8 bytes from ``x[i]`` as one big-endian word (a load and a byte swap once compiled).
-    return ((np.uint64(x[i]) << np.uint64(56)) | (np.uint64(x[i + 1]) << np.uint64(48))
-            | (np.uint64(x[i + 2]) << np.uint64(40)) | (np.uint64(x[i + 3]) << np.uint64(32))
-            | (np.uint64(x[i + 4]) << np.uint64(24)) | (np.uint64(x[i + 5]) << np.uint64(16))
-            | (np.uint64(x[i + 6]) << np.uint64(8)) | np.uint64(x[i + 7]))
 
 
 @njit(cache=True, parallel=True)
