@@ -75,6 +75,24 @@ def test_arenas_stay_bounded_under_churn(tmp_path, monkeypatch):
     assert np.array_equal(got.vectors[:, 0] > 39_000, np.ones(50, bool))
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_hit_check_compares_ids_like_numpy(data):
+    """A map hit is confirmed by comparing id bytes 8 at a time, then the rest one
+    by one: equal to NumPy's comparison for every length, offset, and place of a
+    difference (in a whole word or in the tail)."""
+    n = data.draw(st.integers(0, 41))
+    ao, bo = data.draw(st.integers(0, 9)), data.draw(st.integers(0, 9))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    a = rng.integers(0, 256, ao + n + 3, dtype=np.uint8)
+    b = rng.integers(0, 256, bo + n + 5, dtype=np.uint8)
+    b[bo:bo + n] = a[ao:ao + n]
+    if n and data.draw(st.booleans()):
+        b[bo + data.draw(st.integers(0, n - 1))] ^= np.uint8(1 << data.draw(st.integers(0, 7)))
+    want = bool(np.array_equal(a[ao:ao + n], b[bo:bo + n]))
+    assert hostmap._same_bytes(a, ao, b, bo, n) is want
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_rows_permute_in_place_exactly(data):

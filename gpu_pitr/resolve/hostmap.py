@@ -19,6 +19,7 @@ import numpy as np
 from numba import prange
 
 from gpu_pitr.format.layout import DELETE, INSERT
+from gpu_pitr.format.payload import read_uint_le
 from gpu_pitr.jit import NO_REFCOUNTS, PREFETCH_AHEAD, njit, prefetch
 
 # Results of _apply.
@@ -44,9 +45,15 @@ N_COUNTERS = 5
 def _same_bytes(a, a_off, b, b_off, n):
     x = a[a_off:a_off + n]
     y = b[b_off:b_off + n]
-    for k in range(n):
+    k = 0
+    while k + 8 <= n:  # 8 bytes a compare (one load each once compiled)
+        if read_uint_le(x, k, 8) != read_uint_le(y, k, 8):
+            return False
+        k += 8
+    while k < n:
         if x[k] != y[k]:
             return False
+        k += 1
     return True
 
 
@@ -179,6 +186,32 @@ def _prefetch_row(r, efirst, nent, e_key, h, row_id_off, row_id_len, rows, shard
                 prefetch(rows, global_row(row, shard, n_shards) * rows.shape[1])
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_id(r, efirst, nent, e_key, h, row_id_off, ids, shard, n_shards):
+    # The id bytes of the row that record r's first entry names (its id span was
+    # prefetched PREFETCH_AHEAD // 4 records ago): a hit compares them.
+    if nent[r] > 0:
+        key = e_key[efirst[r]]
+        if shard_of(key, n_shards) == shard:
+            s = key & (h.shape[0] - 1)
+            row = h[s, S_ROW] - 1
+            if row >= 0 and h[s, S_KEY] == key:
+                prefetch(ids, row_id_off[row])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_vector(r, efirst, nent, e_op, e_key, e_vec_off, buf, width, shard, n_shards):
+    # The vector bytes of record r's first entry, if this shard applies it: the
+    # decode read around them, and each shard reads the chunk's vectors with gaps
+    # no stride follows.
+    if nent[r] > 0:
+        e = efirst[r]
+        if e_op[e] != DELETE and shard_of(e_key[e], n_shards) == shard:
+            v = e_vec_off[e]
+            for b in range(0, width, 64):
+                prefetch(buf, v + b)
+
+
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _apply(
     buf, order, k0, e0, efirst, nent,
@@ -203,6 +236,10 @@ def _apply(
             _prefetch_slot(order[k + PREFETCH_AHEAD], efirst, nent, e_key, h, shard, n_shards)
             _prefetch_row(order[k + PREFETCH_AHEAD // 2], efirst, nent, e_key, h, row_id_off,
                           row_id_len, rows, shard, n_shards)
+            _prefetch_vector(order[k + PREFETCH_AHEAD // 2], efirst, nent, e_op, e_key,
+                             e_vec_off, buf, width, shard, n_shards)
+            _prefetch_id(order[k + PREFETCH_AHEAD // 4], efirst, nent, e_key, h, row_id_off,
+                         ids, shard, n_shards)
         r = order[k]
         first = efirst[r] if k > k0 else max(efirst[r], e0)
         for e in range(first, efirst[r] + nent[r]):
