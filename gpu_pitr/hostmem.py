@@ -102,3 +102,20 @@ def fill_once_pages(need: int | None = None) -> Iterator[None]:
             _depth -= 1
             if _depth == 0:
                 setter(_saved)
+
+
+#: Where ``aligned_empty`` arrays start: on a page, so that rows of a multiple of 64
+#: bytes span whole cache lines (NumPy's large arrays start 16 bytes into a page).
+ALIGN = 4096
+
+
+def aligned_empty(shape, dtype):
+    """``np.empty(shape, dtype)`` starting at a multiple of ALIGN bytes (a view of a
+    slightly larger array: the restore's rows and a merge's result, which
+    ``jit.stream_copy`` writes whole lines of)."""
+    import numpy as np
+
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + ALIGN, np.uint8)
+    at = -raw.ctypes.data % ALIGN
+    return raw[at:at + size].view(dtype).reshape(shape)

@@ -8,7 +8,9 @@ completion and rename its outputs after it was told to stop. Here the handler al
 records the signal; such a swallowed stop is not printed, and it is raised again at
 the next ``check()`` (each chunk read), before an output is renamed into place
 (``committing()``), and at the latest when the command ends: an interrupted command
-never puts an output in place, nor exits 0. From the first rename on the handler only
+never puts an output in place, nor exits 0. When the handler runs inside C code that
+then returns a result anyway, Python raises SystemError from the stop: the stop is
+raised instead. From the first rename on the handler only
 records: a stop there would leave one file of a pair renamed and the other not, or
 report a complete output as removed. Once the command has finished, a signal changes
 nothing.
@@ -98,6 +100,13 @@ def handle_signals(*, restore: bool = True) -> Iterator[None]:
         # now (a verify or inspect that ran on), rather than report that it finished.
         if _state.pending is not None and not _state.deferring:
             raise _stop(_state.pending)
+    except SystemError as err:
+        # The handler ran inside C code (a compiled function's call) that went on and
+        # returned a result: Python then raises "returned a result with an exception
+        # set" from the stop. It is the stop.
+        if isinstance(err.__cause__, (KeyboardInterrupt, Terminated)):
+            raise err.__cause__ from None
+        raise
     finally:
         _state.deferring = True  # the command is over: a signal now changes nothing
         for sig in _SIGNALS:

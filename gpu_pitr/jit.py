@@ -25,6 +25,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import platform
 import warnings
 from pathlib import Path
 
@@ -32,7 +33,8 @@ from numba import njit, types
 from numba.core import caching, cgutils
 from numba.extending import intrinsic
 
-__all__ = ["NO_REFCOUNTS", "PREFETCH_AHEAD", "njit", "package_digest", "prefetch"]
+__all__ = ["NO_REFCOUNTS", "PREFETCH_AHEAD", "njit", "package_digest", "prefetch",
+           "store_fence", "stream_copy"]
 
 
 def _no_refcounts() -> dict:
@@ -95,6 +97,57 @@ def prefetch(typingctx, arr, i):
         return context.get_dummy_value()
 
     return types.void(arr, i), codegen
+
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+@intrinsic
+def stream_copy(typingctx, dst, d, src, s, n):
+    """``dst[d:d+n] = src[s:s+n]`` for uint8 arrays, with non-temporal stores 32
+    bytes at a time: the lines written are not read first and do not fill the
+    caches. ``dst[d]`` must be 32-byte aligned and ``n`` a multiple of 32. The
+    stores are weakly ordered: the thread that made them calls ``store_fence()``
+    before others read them."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
+            and all(isinstance(x, types.Integer) for x in (d, s, n))):
+        return None
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        sig = signature.args
+        dst_a = context.make_array(sig[0])(context, builder, args[0])
+        src_a = context.make_array(sig[2])(context, builder, args[2])
+        d_, s_, n_ = (context.cast(builder, args[k], sig[k], types.intp) for k in (1, 3, 4))
+        vec = ir.VectorType(ir.IntType(8), 32).as_pointer()
+        out = builder.bitcast(builder.gep(dst_a.data, [d_]), vec)
+        inp = builder.bitcast(builder.gep(src_a.data, [s_]), vec)
+        count = builder.udiv(n_, ir.Constant(n_.type, 32))
+        hint = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+        with cgutils.for_range(builder, count) as loop:
+            v = builder.load(builder.gep(inp, [loop.index]), align=1)
+            st = builder.store(v, builder.gep(out, [loop.index]), align=32)
+            st.set_metadata("nontemporal", hint)
+        return context.get_dummy_value()
+
+    return types.void(dst, d, src, s, n), codegen
+
+
+@intrinsic
+def _fence(typingctx):
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        if _X86:  # LLVM's own fences order no non-temporal store on x86
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence")
+            builder.call(fn, [])
+        else:
+            builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
 
 
 def _roots() -> tuple[Path, ...]:
@@ -219,3 +272,11 @@ def _guard_cache_io() -> None:
 
 
 INSTALLED = _install()
+
+
+# After _install(): a cached function of the package decorated earlier would keep
+# Numba's own locator (no package digest, no guard on cache I/O).
+@njit(cache=True, nogil=True)
+def store_fence():
+    """Order this thread's ``stream_copy`` stores before what it does next."""
+    _fence()

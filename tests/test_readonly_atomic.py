@@ -598,3 +598,24 @@ def test_archive_stopped_mid_copy_holds_whole_segments_only(tmp_path, big_wal, s
     assert done.returncode == 0, done.stderr
     assert {p.name: p.read_bytes() for p in arc.glob("wal-*.log")} == sources
     assert not list(arc.glob(".wal-*")), "the next run removes what a killed run left"
+
+
+def test_a_signal_that_lands_inside_compiled_code_is_still_the_stop():
+    """A handler that ran inside C code which then returned a result (seen once in a
+    Numba function's call): Python raises SystemError from the stop. The command sees
+    the stop (one line, 128 + the signal), not a traceback; another SystemError is
+    left alone."""
+    from gpu_pitr import interrupts
+
+    def landed_in_c():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler raises here
+        except interrupts.Terminated as stop:
+            raise SystemError("CPUDispatcher(<function f>) returned a result with an "
+                              "exception set") from stop
+
+    with pytest.raises(interrupts.Terminated), interrupts.handle_signals():
+        landed_in_c()
+    with pytest.raises(SystemError), interrupts.handle_signals():
+        raise SystemError("not a signal")

@@ -382,7 +382,7 @@ def workloads(draw, max_steps: int = 30, damage: bool = True) -> Workload:
     created = draw(st.integers(1, 2**40))
     first_seq = 0 if draw(st.integers(0, 5)) else draw(st.integers(1, 300))
     b = LogBuilder(created=created, first_seq=first_seq)
-    dim = draw(st.sampled_from([0, 1, 2, 2, 3, 3]))
+    dim = draw(st.sampled_from([0, 1, 2, 2, 3, 3, 16]))  # 16: rows of whole cache lines
     ts = draw(st.sampled_from(TS_STARTS))
     timestamps: list[int] = []
     seqs: list[int] = []

@@ -20,7 +20,8 @@ from numba import prange
 
 from gpu_pitr.format.layout import DELETE, INSERT
 from gpu_pitr.format.payload import read_uint_le
-from gpu_pitr.jit import NO_REFCOUNTS, PREFETCH_AHEAD, njit, prefetch
+from gpu_pitr.hostmem import aligned_empty
+from gpu_pitr.jit import NO_REFCOUNTS, PREFETCH_AHEAD, njit, prefetch, store_fence, stream_copy
 
 # Results of _apply.
 DONE = 0
@@ -218,7 +219,7 @@ def _apply(
     e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
     dim, rows, h, row_id_off, row_id_len, row_meta_off, row_meta_len, row_key,
     n_rows, free, n_free, ids, ids_used, meta, meta_used, n_live, counters,
-    shard, n_shards,
+    shard, n_shards, stream,
 ):
     """Apply, in apply order from ``order[k0]``'s entry ``e0`` on, the entries of
     ids in ``shard`` (of ``n_shards``, chosen by key bits: an id's entries all
@@ -228,6 +229,8 @@ def _apply(
     its local row ``i``; its vectors are in ``rows[global_row(i, ...)]``.
     Returns ``(result, k, e, n_rows, n_free, ids_used, meta_used, n_live)``;
     ``k``/``e`` say where to resume (or which entry differs in dimension).
+    ``stream``: rows are whole cache lines, aligned; vectors go in with
+    non-temporal stores (the caller fences them).
     """
     cap_rows = rows.shape[0]
     width = 4 * dim
@@ -280,7 +283,10 @@ def _apply(
                     counters[C_UPDATES_MISSING] += 1
             counters[C_INSERTS if op == INSERT else C_UPDATES] += 1
             g = global_row(row, shard, n_shards)
-            _copy(rows[g], 0, buf, e_vec_off[e], width)
+            if stream:
+                stream_copy(rows[g], 0, buf, e_vec_off[e], width)
+            else:
+                _copy(rows[g], 0, buf, e_vec_off[e], width)
             m = e_meta_off[e]
             if m >= 0:
                 ml = e_meta_len[e]
@@ -489,14 +495,14 @@ def _grow(a: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _reserve(shape, dtype, limit: int) -> np.ndarray:
-    """``np.empty`` for an upper bound, or nothing much when the OS refuses it."""
+def _reserve(shape, dtype, limit: int, empty=np.empty) -> np.ndarray:
+    """``empty`` for an upper bound, or nothing much when the OS refuses it."""
     try:
         if int(np.prod(shape)) * np.dtype(dtype).itemsize > limit:
             raise MemoryError
-        return np.empty(shape, dtype)
+        return empty(shape, dtype)
     except MemoryError:  # grow on demand instead
-        return np.empty((1 << 16,) + tuple(shape[1:]), dtype)
+        return empty((1 << 16,) + tuple(shape[1:]), dtype)
 
 
 # Arenas are compacted past this many bytes, then past twice what stays live.
@@ -562,6 +568,7 @@ class HostMap:
         self.n_shards = 1 << (max(1, shards).bit_length() - 1)  # a power of two
         self.shards = [_Shard() for _ in range(self.n_shards)]
         self.rows = np.empty((0, 0), np.uint8)
+        self._stream = False
         self._pool = None
         try:
             self._limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
@@ -583,11 +590,14 @@ class HostMap:
         old = self.rows
         used = self._used_rows()
         shape = (cap, 4 * max(self.dim, 0))
-        self.rows = _reserve(shape, np.uint8, self._limit) if reserve else np.empty(shape,
-                                                                                   np.uint8)
+        self.rows = (_reserve(shape, np.uint8, self._limit, aligned_empty) if reserve
+                     else aligned_empty(shape, np.uint8))
         if used:
             self.rows[:used] = old[:used]
         del old
+        # Whole cache lines per row: copied in with non-temporal stores (stream_copy).
+        width = self.rows.shape[1]
+        self._stream = width > 0 and width % 64 == 0 and self.rows.ctypes.data % 64 == 0
         per_shard = self.rows.shape[0] // self.n_shards + ROW_BLOCK
         for sh in self.shards:
             sh.grow(per_shard)
@@ -620,7 +630,9 @@ class HostMap:
             sh.row_id_len, sh.row_meta_off, sh.row_meta_len, sh.row_key,
             sh.n_rows, sh.free, sh.n_free, sh.ids, sh.ids_used,
             sh.meta, sh.meta_used, sh.n_live, sh.counters, s, self.n_shards,
+            self._stream,
         )
+        store_fence()  # the vectors it streamed, before another thread reads them
         return res, k, e
 
     def apply(self, buf, order, ent, on_dim_mismatch) -> None:
