@@ -172,32 +172,37 @@ def _prefetch_slot(r, efirst, nent, e_key, h, shard, n_shards):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _prefetch_row(r, efirst, nent, e_key, h, row_id_off, row_id_len, rows, shard,
-                  n_shards):
-    # The id span and vector row of record r's first entry, if its id is in the map
-    # at its home slot (its slot was prefetched PREFETCH_AHEAD // 2 records ago).
+def _home_row(r, efirst, nent, e_key, h, shard, n_shards):
+    # The row of record r's first entry's id if this shard owns it and it is in the
+    # map at its home slot (a hint's guess: a probe may go further), else -1.
     if nent[r] > 0:
         key = e_key[efirst[r]]
         if shard_of(key, n_shards) == shard:
             s = key & (h.shape[0] - 1)
-            row = h[s, S_ROW] - 1
-            if row >= 0 and h[s, S_KEY] == key:
-                prefetch(row_id_off, row)
-                prefetch(row_id_len, row)
-                prefetch(rows, global_row(row, shard, n_shards) * rows.shape[1])
+            if h[s, S_KEY] == key:
+                return h[s, S_ROW] - 1
+    return -1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_row(r, efirst, nent, e_key, h, row_id_off, row_id_len, rows, shard,
+                  n_shards):
+    # The id span and vector row of record r's first entry's id (its slot was
+    # prefetched PREFETCH_AHEAD // 2 records ago).
+    row = _home_row(r, efirst, nent, e_key, h, shard, n_shards)
+    if row >= 0:
+        prefetch(row_id_off, row)
+        prefetch(row_id_len, row)
+        prefetch(rows, global_row(row, shard, n_shards) * rows.shape[1])
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _prefetch_id(r, efirst, nent, e_key, h, row_id_off, ids, shard, n_shards):
     # The id bytes of the row that record r's first entry names (its id span was
     # prefetched PREFETCH_AHEAD // 4 records ago): a hit compares them.
-    if nent[r] > 0:
-        key = e_key[efirst[r]]
-        if shard_of(key, n_shards) == shard:
-            s = key & (h.shape[0] - 1)
-            row = h[s, S_ROW] - 1
-            if row >= 0 and h[s, S_KEY] == key:
-                prefetch(ids, row_id_off[row])
+    row = _home_row(r, efirst, nent, e_key, h, shard, n_shards)
+    if row >= 0:
+        prefetch(ids, row_id_off[row])
 
 
 @njit(cache=True, nogil=True, inline="always")
