@@ -111,8 +111,8 @@ ALIGN = 4096
 
 def aligned_empty(shape, dtype):
     """``np.empty(shape, dtype)`` starting at a multiple of ALIGN bytes (a view of a
-    slightly larger array: the restore's rows and a merge's result, which
-    ``jit.stream_copy`` writes whole lines of)."""
+    slightly larger array): the cpu executor's rows, which ``jit.stream_copy`` writes
+    whole lines of."""
     import numpy as np
 
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize

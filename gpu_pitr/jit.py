@@ -34,7 +34,7 @@ from numba.core import caching, cgutils
 from numba.extending import intrinsic
 
 __all__ = ["NO_REFCOUNTS", "PREFETCH_AHEAD", "njit", "package_digest", "prefetch",
-           "store_fence", "stream_copy"]
+           "prefetch_lines", "store_fence", "stream_copy"]
 
 
 def _no_refcounts() -> dict:
@@ -280,3 +280,11 @@ INSTALLED = _install()
 def store_fence():
     """Order this thread's ``stream_copy`` stores before what it does next."""
     _fence()
+
+
+@njit(cache=True, nogil=True, inline="always")
+def prefetch_lines(arr, start, n):
+    """``prefetch`` every 64-byte cache line of ``arr[start:start+n]`` (a uint8
+    array): a row or a vector whose bytes a later iteration copies."""
+    for b in range(0, n, 64):
+        prefetch(arr, start + b)

@@ -28,17 +28,25 @@ def main(argv: list[str] | None = None) -> int:
 
     # Device functions ask the current device for its compute capability.
     dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=cc)
-    from numba import cuda, types
+    import numpy as np
+    from numba import cuda, from_dtype, types
 
     import kernels.decode as decode
+    from gpu_pitr.format.columns import ENTRY_COLUMNS, RECORD_COLUMNS
 
-    col = {t: types.Array(t, 1, "C") for t in (types.uint8, types.int64, types.uint64)}
-    u8, i64, u64 = col[types.uint8], col[types.int64], col[types.uint64]
-    entries = (i64,) * 7 + (u64,)  # e_op .. e_meta_len, e_key
+    def col(dtype):
+        return types.Array(from_dtype(np.dtype(dtype)), 1, "C")
+
+    def records(*names):
+        return tuple(col(RECORD_COLUMNS[name]) for name in names)
+
+    buf = col(np.uint8)
+    entries = tuple(col(dtype) for dtype in ENTRY_COLUMNS.values())  # e_op .. e_key
     kernels = {
-        "decode_records": (decode.decode_records,
-                           (u8, types.int64, i64, i64, u8, i64, u64, u64, i64, i64) + entries),
-        "decode_batches": (decode.decode_batches, (u8, i64, i64, i64, i64) + entries),
+        "decode_records": (decode.decode_records, (buf, types.int64) + records(
+            "off", "length", "status", "kind", "ts", "aux", "nent", "stop") + entries),
+        "decode_batches": (decode.decode_batches, (buf, col(np.int64)) + records(
+            "off", "length", "efirst") + entries),
     }
     for name, (kernel, sig) in kernels.items():
         ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc)

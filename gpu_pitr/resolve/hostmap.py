@@ -21,7 +21,15 @@ from numba import prange
 from gpu_pitr.format.layout import DELETE, INSERT
 from gpu_pitr.format.payload import read_uint_le
 from gpu_pitr.hostmem import aligned_empty
-from gpu_pitr.jit import NO_REFCOUNTS, PREFETCH_AHEAD, njit, prefetch, store_fence, stream_copy
+from gpu_pitr.jit import (
+    NO_REFCOUNTS,
+    PREFETCH_AHEAD,
+    njit,
+    prefetch,
+    prefetch_lines,
+    store_fence,
+    stream_copy,
+)
 
 # Results of _apply.
 DONE = 0
@@ -47,7 +55,10 @@ def _same_bytes(a, a_off, b, b_off, n):
     x = a[a_off:a_off + n]
     y = b[b_off:b_off + n]
     k = 0
-    while k + 8 <= n:  # 8 bytes a compare (one load each once compiled)
+    # 8 bytes a compare (one load each once compiled). idsort.compare_ids skips equal
+    # words the same way; sharing its loop here changed _apply's register allocation
+    # and cost 2-5% of apply time (alternated pairs), so the two stay apart.
+    while k + 8 <= n:
         if read_uint_le(x, k, 8) != read_uint_le(y, k, 8):
             return False
         k += 8
@@ -213,9 +224,7 @@ def _prefetch_vector(r, efirst, nent, e_op, e_key, e_vec_off, buf, width, shard,
     if nent[r] > 0:
         e = efirst[r]
         if e_op[e] != DELETE and shard_of(e_key[e], n_shards) == shard:
-            v = e_vec_off[e]
-            for b in range(0, width, 64):
-                prefetch(buf, v + b)
+            prefetch_lines(buf, e_vec_off[e], width)
 
 
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
@@ -314,8 +323,7 @@ def _prefetch_base_row(b, keys, src_ids, src_id_offs, src_vecs, src_meta, src_me
     if shard_of(keys[b], n_shards) == shard:
         prefetch(src_ids, src_id_offs[b])
         width = src_vecs.shape[1]
-        for k in range(0, width, 64):
-            prefetch(src_vecs, b * width + k)
+        prefetch_lines(src_vecs, b * width, width)
         if src_meta_offs[b] >= 0:
             prefetch(src_meta, src_meta_offs[b])
 
@@ -471,8 +479,7 @@ def _permute_rows_in_place(rows, perm, cuts):
             src = perm[t]
             if not is_cut[a]:
                 a = perm[a]
-                for b in range(0, width, 64):
-                    prefetch(flat, a * width + b)
+                prefetch_lines(flat, a * width, width)
             if is_cut[src]:
                 _copy(flat, t * width, saved[np.searchsorted(cuts, src)], 0, width)
                 break
@@ -573,7 +580,6 @@ class HostMap:
         self.n_shards = 1 << (max(1, shards).bit_length() - 1)  # a power of two
         self.shards = [_Shard() for _ in range(self.n_shards)]
         self.rows = np.empty((0, 0), np.uint8)
-        self._stream = False
         self._pool = None
         try:
             self._limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
@@ -600,9 +606,6 @@ class HostMap:
         if used:
             self.rows[:used] = old[:used]
         del old
-        # Whole cache lines per row: copied in with non-temporal stores (stream_copy).
-        width = self.rows.shape[1]
-        self._stream = width > 0 and width % 64 == 0 and self.rows.ctypes.data % 64 == 0
         per_shard = self.rows.shape[0] // self.n_shards + ROW_BLOCK
         for sh in self.shards:
             sh.grow(per_shard)
@@ -635,10 +638,15 @@ class HostMap:
             sh.row_id_len, sh.row_meta_off, sh.row_meta_len, sh.row_key,
             sh.n_rows, sh.free, sh.n_free, sh.ids, sh.ids_used,
             sh.meta, sh.meta_used, sh.n_live, sh.counters, s, self.n_shards,
-            self._stream,
+            self._streams(),
         )
         store_fence()  # the vectors it streamed, before another thread reads them
         return res, k, e
+
+    def _streams(self) -> bool:
+        """Rows of whole cache lines, aligned: vectors go in with non-temporal stores."""
+        width = self.rows.shape[1]
+        return width > 0 and width % 64 == 0 and self.rows.ctypes.data % 64 == 0
 
     def apply(self, buf, order, ent, on_dim_mismatch) -> None:
         """Apply the entries of the records in ``order`` (an apply order).
