@@ -101,7 +101,7 @@ def test_rows_permute_in_place_exactly(data):
     with one long cycle, many short ones, fixed points, fewer rows than cuts."""
     from gpu_pitr.resolve.hostmap import PERMUTE_CUTS, permute_rows_in_place
 
-    n = data.draw(st.sampled_from([1, 2, 7, PERMUTE_CUTS - 1, PERMUTE_CUTS + 3, 5000]))
+    n = data.draw(st.sampled_from([1, 2, 7, PERMUTE_CUTS - 1, PERMUTE_CUTS + 3, 5000, 40_000]))
     kind = data.draw(st.sampled_from(["random", "one_cycle", "swaps", "identity"]))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     if kind == "random":

@@ -423,10 +423,15 @@ def _rehash_into(h, n_rows, row_id_len, row_key):
 
 
 # Cycles of the row permutation are cut at this many evenly spaced positions.
-PERMUTE_CUTS = 256
-# Rows the permutation's walk asks for ahead of the one it moves (a random
-# permutation of 1.2M rows of 512 B: median 0.136 -> 0.112 s with 8; 4 and 16 no better).
-PERMUTE_AHEAD = 8
+PERMUTE_CUTS = 1024
+# Stretches (cut to cut) each thread moves at once, a step of each in turn: each is a
+# chain of dependent loads, and this many are in flight together.
+PERMUTE_CHAINS = 8
+# Rows a stretch asks for ahead of the one it moves (the other chains' steps come in
+# between).
+PERMUTE_AHEAD = 2
+# The stretches are dealt to the threads in this many parts.
+PERMUTE_PARTS = 16
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -443,6 +448,20 @@ def _follow(flat, width, perm, t, tmp, done):
         t = src
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _begin_stretch(j, g, cuts, perm, is_cut, at, ahead):
+    # Chain g takes the stretch from cut j: it moves row cuts[j] first, and its
+    # look-ahead starts PERMUTE_AHEAD steps on (or at the stretch's end).
+    t = cuts[j]
+    a = t
+    for _ in range(PERMUTE_AHEAD):
+        a = perm[a]
+        if is_cut[a]:
+            break
+    at[g] = t
+    ahead[g] = a
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _permute_rows_in_place(rows, perm, cuts):
     """``rows[t] = rows_before[perm[t]]`` for every t, in place.
@@ -451,10 +470,11 @@ def _permute_rows_in_place(rows, perm, cuts):
     dependent row copies (memory latency, not bandwidth). So cycles are cut at
     ``cuts`` (distinct positions, ascending): their rows are saved first, then each
     stretch of a cycle from one cut up to the next is moved by one thread (no other
-    writes it, and its reads are ahead of its writes), asking for the bytes of the
-    row PERMUTE_AHEAD steps on (``perm`` is small enough to be cached: walking it
-    ahead is cheap). Cycles holding no cut are followed after, one by one, with one
-    spare row."""
+    writes it, and its reads are ahead of its writes). A thread moves
+    PERMUTE_CHAINS stretches at once, a step of each in turn (a stretch that ends
+    hands its chain the next one), and asks for the bytes of the row PERMUTE_AHEAD
+    steps on in each. Cycles holding no cut are followed after, one by one, with
+    one spare row."""
     n = len(perm)
     width = rows.shape[1]
     flat = rows.reshape(-1)
@@ -465,26 +485,41 @@ def _permute_rows_in_place(rows, perm, cuts):
     for j in range(k):
         is_cut[cuts[j]] = True
         _copy(saved[j], 0, flat, cuts[j] * width, width)
-    for j in prange(k):
-        t = cuts[j]
-        # ``a``: the row PERMUTE_AHEAD steps further along this stretch (or its end),
-        # whose bytes are asked for while the rows before it move.
-        a = t
-        for _ in range(PERMUTE_AHEAD):
-            a = perm[a]
-            if is_cut[a]:
-                break
-        while True:
-            done[t] = True
-            src = perm[t]
-            if not is_cut[a]:
-                a = perm[a]
-                prefetch_lines(flat, a * width, width)
-            if is_cut[src]:
+    parts = min(k, PERMUTE_PARTS)
+    for p in prange(parts):
+        nxt = p * k // parts  # this part's stretches: nxt up to end
+        end = (p + 1) * k // parts
+        at = np.full(PERMUTE_CHAINS, -1, np.int64)  # the row each chain moves next
+        ahead = np.zeros(PERMUTE_CHAINS, np.int64)
+        active = 0
+        for g in range(PERMUTE_CHAINS):
+            if nxt < end:
+                _begin_stretch(nxt, g, cuts, perm, is_cut, at, ahead)
+                nxt += 1
+                active += 1
+        while active > 0:
+            for g in range(PERMUTE_CHAINS):
+                t = at[g]
+                if t < 0:
+                    continue
+                done[t] = True
+                src = perm[t]
+                a = ahead[g]
+                if not is_cut[a]:
+                    a = perm[a]
+                    ahead[g] = a
+                    prefetch_lines(flat, a * width, width)
+                if not is_cut[src]:
+                    _copy(flat, t * width, flat, src * width, width)
+                    at[g] = src
+                    continue
                 _copy(flat, t * width, saved[np.searchsorted(cuts, src)], 0, width)
-                break
-            _copy(flat, t * width, flat, src * width, width)
-            t = src
+                if nxt < end:
+                    _begin_stretch(nxt, g, cuts, perm, is_cut, at, ahead)
+                    nxt += 1
+                else:
+                    at[g] = -1
+                    active -= 1
     tmp = np.empty(width, rows.dtype)
     for start in range(n):
         if not done[start] and perm[start] != start:
