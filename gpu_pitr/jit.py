@@ -60,14 +60,14 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 #: How many iterations ahead the hash-probe loops ``prefetch`` (the map slot of a
-#: later entry; half as far ahead, the row that slot names, and in ``_apply`` a
-#: quarter as far, that row's id bytes): ``hostmap._apply``, the
-#: base snapshot's key table (``snapshot.base``), and the move-in of base rows
-#: (``hostmap._seed``: a later row's columns, half as far ahead its bytes). A probe is
-#: a chain of dependent loads (slot, then the row's id span, then its id bytes), mostly
-#: cache misses once a map outgrows the caches; issued ahead, they overlap. Apply of
-#: the 1 GiB benchmark log, 2-vCPU VM, minimum of 7 restores: 0.687-0.698 s without,
-#: 0.47-0.60 s at 16 (8 to 32 all within the noise).
+#: later entry; half as far ahead, the row that slot names): the base snapshot's key
+#: table (``snapshot.base``) and the move-in of base rows (``hostmap._seed``: a later
+#: row's columns, half as far ahead its bytes). A probe is a chain of dependent loads
+#: (slot, then the row's id span, then its id bytes), mostly cache misses once a map
+#: outgrows the caches; issued ahead, they overlap. ``hostmap._apply`` counts its own
+#: distances in its shard's entries (``hostmap.AHEAD_*``). When ``_apply`` counted in
+#: records with this constant: 1 GiB benchmark log, 2-vCPU VM, minimum of 7 restores,
+#: apply 0.687-0.698 s without, 0.47-0.60 s at 16 (8 to 32 all within the noise).
 PREFETCH_AHEAD = 16
 
 

@@ -171,3 +171,33 @@ def test_columns_gathered_in_id_order_equal_numpy(data):
     got = _in_order(order.astype(np.int64), *cols)
     for g, c in zip(got, cols, strict=True):
         assert g.dtype == c.dtype and np.array_equal(g, c[order])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_a_shard_lists_exactly_its_own_entries(data):
+    """``_own_entries``: a shard's entries in apply order from ``order[k0]``'s entry
+    ``e0`` on (records of several entries, records of none, any resume point), each
+    with the index in ``order`` of its record, against a plain loop."""
+    from gpu_pitr.resolve.hostmap import _own_entries, shard_of
+
+    n_rec = data.draw(st.integers(1, 30))
+    nent = np.array(data.draw(st.lists(st.integers(0, 4), min_size=n_rec, max_size=n_rec)),
+                    np.int64)
+    efirst = np.concatenate(([0], np.cumsum(nent)[:-1])).astype(np.int64)
+    n_ent = int(nent.sum())
+    keys = np.array(data.draw(st.lists(st.integers(-2**63, 2**63 - 1), min_size=n_ent,
+                                       max_size=n_ent)), np.int64)
+    order = np.array(data.draw(st.permutations(range(n_rec))), np.int64)
+    n_shards = data.draw(st.sampled_from([1, 2, 4]))
+    shard = data.draw(st.integers(0, n_shards - 1))
+    k0 = data.draw(st.integers(0, n_rec - 1))
+    e0 = data.draw(st.integers(0, n_ent))
+    want = [(e, k) for k in range(k0, n_rec)
+            for e in range(efirst[order[k]] if k > k0 else max(efirst[order[k]], e0),
+                           efirst[order[k]] + nent[order[k]])
+            if shard_of(int(keys[e]), n_shards) == shard]
+    mine = np.full(max(n_ent, 1), -7, np.int64)
+    mine_k = np.full(max(n_ent, 1), -7, np.int64)
+    m = _own_entries(order, k0, e0, efirst, nent, keys, shard, n_shards, mine, mine_k)
+    assert list(zip(mine[:m].tolist(), mine_k[:m].tolist(), strict=True)) == want

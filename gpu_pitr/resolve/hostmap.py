@@ -173,58 +173,40 @@ def _new_row(src, off, n, key, s, h, row_id_off, row_id_len, row_meta_off, row_m
     return row, n_rows, n_free, ids_used, n_live
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _prefetch_slot(r, efirst, nent, e_key, h, shard, n_shards):
-    # The home slot of record r's first entry, if this shard owns its id.
-    if nent[r] > 0:
-        key = e_key[efirst[r]]
-        if shard_of(key, n_shards) == shard:
-            prefetch(h, SLOT * (key & (h.shape[0] - 1)))
+# How many of a shard's own entries ahead the apply asks for: the map slot of
+# an entry's id, then (once the slot is in) its row's spans and vector row and the
+# entry's vector bytes, then the row's id bytes (8/4/2, 12/6/3 and 16/8/4 were within the
+# noise of each other: 10 alternated restores of the 1 GiB benchmark log).
+AHEAD_SLOT = 8
+AHEAD_ROW = 4
+AHEAD_ID = 2
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _home_row(r, efirst, nent, e_key, h, shard, n_shards):
-    # The row of record r's first entry's id if this shard owns it and it is in the
-    # map at its home slot (a hint's guess: a probe may go further), else -1.
-    if nent[r] > 0:
-        key = e_key[efirst[r]]
-        if shard_of(key, n_shards) == shard:
-            s = key & (h.shape[0] - 1)
-            if h[s, S_KEY] == key:
-                return h[s, S_ROW] - 1
+def _slot_row(key, h):
+    # The row the map's slot for ``key`` names if it holds that key (a hint's
+    # guess: a probe may go further), else -1.
+    s = key & (h.shape[0] - 1)
+    if h[s, S_KEY] == key:
+        return h[s, S_ROW] - 1
     return -1
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _prefetch_row(r, efirst, nent, e_key, h, row_id_off, row_id_len, rows, shard,
-                  n_shards):
-    # The id span and vector row of record r's first entry's id (its slot was
-    # prefetched PREFETCH_AHEAD // 2 records ago).
-    row = _home_row(r, efirst, nent, e_key, h, shard, n_shards)
-    if row >= 0:
-        prefetch(row_id_off, row)
-        prefetch(row_id_len, row)
-        prefetch(rows, global_row(row, shard, n_shards) * rows.shape[1])
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _prefetch_id(r, efirst, nent, e_key, h, row_id_off, ids, shard, n_shards):
-    # The id bytes of the row that record r's first entry names (its id span was
-    # prefetched PREFETCH_AHEAD // 4 records ago): a hit compares them.
-    row = _home_row(r, efirst, nent, e_key, h, shard, n_shards)
-    if row >= 0:
-        prefetch(ids, row_id_off[row])
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _prefetch_vector(r, efirst, nent, e_op, e_key, e_vec_off, buf, width, shard, n_shards):
-    # The vector bytes of record r's first entry, if this shard applies it: the
-    # decode read around them, and each shard reads the chunk's vectors with gaps
-    # no stride follows.
-    if nent[r] > 0:
-        e = efirst[r]
-        if e_op[e] != DELETE and shard_of(e_key[e], n_shards) == shard:
-            prefetch_lines(buf, e_vec_off[e], width)
+def _own_entries(order, k0, e0, efirst, nent, e_key, shard, n_shards, mine, mine_k):
+    """The entries of ids in ``shard`` from ``order[k0]``'s entry ``e0`` on, in apply
+    order, into ``mine`` (and the index in ``order`` of each one's record into
+    ``mine_k``); returns how many. Branch-free: every entry is written, and kept by
+    counting it only if the shard owns it."""
+    m = 0
+    for k in range(k0, len(order)):
+        r = order[k]
+        first = efirst[r] if k > k0 else max(efirst[r], e0)
+        for e in range(first, efirst[r] + nent[r]):
+            mine[m] = e
+            mine_k[m] = k
+            m += shard_of(e_key[e], n_shards) == shard
+    return m
 
 
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
@@ -233,11 +215,17 @@ def _apply(
     e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
     dim, rows, h, row_id_off, row_id_len, row_meta_off, row_meta_len, row_key,
     n_rows, free, n_free, ids, ids_used, meta, meta_used, n_live, counters,
-    shard, n_shards, stream,
+    shard, n_shards, stream, mine, mine_k,
 ):
     """Apply, in apply order from ``order[k0]``'s entry ``e0`` on, the entries of
     ids in ``shard`` (of ``n_shards``, chosen by key bits: an id's entries all
     fall in one shard, so shards run in parallel in any order between them).
+
+    The shard first lists its own entries (``_own_entries``, into the scratch
+    ``mine``/``mine_k``, each as long as the chunk's entry columns), then walks only
+    those: no branch on whose entry it is, and the probes of its entries AHEAD_* on
+    are asked for exactly (the decode skipped the vectors' bytes, and a shard reads
+    the chunk's vectors with gaps no hardware stride follows).
 
     The ``row_*`` columns, ``free`` and ``h`` are the shard's own, indexed by
     its local row ``i``; its vectors are in ``rows[global_row(i, ...)]``.
@@ -248,69 +236,72 @@ def _apply(
     """
     cap_rows = rows.shape[0]
     width = 4 * dim
-    for k in range(k0, len(order)):
-        if k + PREFETCH_AHEAD < len(order):  # the probes of later records
-            _prefetch_slot(order[k + PREFETCH_AHEAD], efirst, nent, e_key, h, shard, n_shards)
-            _prefetch_row(order[k + PREFETCH_AHEAD // 2], efirst, nent, e_key, h, row_id_off,
-                          row_id_len, rows, shard, n_shards)
-            _prefetch_vector(order[k + PREFETCH_AHEAD // 2], efirst, nent, e_op, e_key,
-                             e_vec_off, buf, width, shard, n_shards)
-            _prefetch_id(order[k + PREFETCH_AHEAD // 4], efirst, nent, e_key, h, row_id_off,
-                         ids, shard, n_shards)
-        r = order[k]
-        first = efirst[r] if k > k0 else max(efirst[r], e0)
-        for e in range(first, efirst[r] + nent[r]):
-            key = e_key[e]
-            if shard_of(key, n_shards) != shard:
-                continue
-            op = e_op[e]
-            off = e_id_off[e]
-            n = e_id_len[e]
-            if op != DELETE:
-                if dim < 0:
-                    return NEED_DIM, k, e, n_rows, n_free, ids_used, meta_used, n_live
-                if e_dim[e] != dim:
-                    return DIM_MISMATCH, k, e, n_rows, n_free, ids_used, meta_used, n_live
-                if meta_used + e_meta_len[e] > len(meta):
-                    return NEED_META, k, e, n_rows, n_free, ids_used, meta_used, n_live
-            s, row = _find(buf, off, n, key, h, ids, row_id_off, row_id_len)
-            if op == DELETE:
-                counters[C_DELETES] += 1
-                if row < 0:
-                    counters[C_DELETES_MISSING] += 1
-                    continue
-                _remove_slot(s, h)
-                row_id_len[row] = -1
-                free[n_free] = row
-                n_free += 1
-                n_live -= 1
-                continue
+    n_mine = _own_entries(order, k0, e0, efirst, nent, e_key, shard, n_shards, mine, mine_k)
+    for j in range(n_mine):
+        if j + AHEAD_SLOT < n_mine:  # the probes of later entries
+            prefetch(h, SLOT * (e_key[mine[j + AHEAD_SLOT]] & (h.shape[0] - 1)))
+            a = mine[j + AHEAD_ROW]
+            row = _slot_row(e_key[a], h)
+            if row >= 0:
+                prefetch(row_id_off, row)
+                prefetch(row_id_len, row)
+                prefetch(rows, global_row(row, shard, n_shards) * rows.shape[1])
+            if e_op[a] != DELETE:
+                prefetch_lines(buf, e_vec_off[a], width)
+            row = _slot_row(e_key[mine[j + AHEAD_ID]], h)
+            if row >= 0:
+                prefetch(ids, row_id_off[row])
+        e = mine[j]
+        k = mine_k[j]
+        key = e_key[e]
+        op = e_op[e]
+        off = e_id_off[e]
+        n = e_id_len[e]
+        if op != DELETE:
+            if dim < 0:
+                return NEED_DIM, k, e, n_rows, n_free, ids_used, meta_used, n_live
+            if e_dim[e] != dim:
+                return DIM_MISMATCH, k, e, n_rows, n_free, ids_used, meta_used, n_live
+            if meta_used + e_meta_len[e] > len(meta):
+                return NEED_META, k, e, n_rows, n_free, ids_used, meta_used, n_live
+        s, row = _find(buf, off, n, key, h, ids, row_id_off, row_id_len)
+        if op == DELETE:
+            counters[C_DELETES] += 1
             if row < 0:
-                need = _room(n, n_rows, n_free, ids_used, n_live, len(ids), h.shape[0],
-                             cap_rows, shard, n_shards)
-                if need != DONE:
-                    return need, k, e, n_rows, n_free, ids_used, meta_used, n_live
-                row, n_rows, n_free, ids_used, n_live = _new_row(
-                    buf, off, n, key, s, h, row_id_off, row_id_len, row_meta_off,
-                    row_meta_len, row_key, n_rows, free, n_free, ids, ids_used, n_live)
-                if op != INSERT:
-                    counters[C_UPDATES_MISSING] += 1
-            counters[C_INSERTS if op == INSERT else C_UPDATES] += 1
-            g = global_row(row, shard, n_shards)
-            if stream:
-                stream_copy(rows[g], 0, buf, e_vec_off[e], width)
-            else:
-                _copy(rows[g], 0, buf, e_vec_off[e], width)
-            m = e_meta_off[e]
-            if m >= 0:
-                ml = e_meta_len[e]
-                _copy(meta, meta_used, buf, m, ml)
-                row_meta_off[row] = meta_used
-                row_meta_len[row] = ml
-                meta_used += ml
-            elif op == INSERT:
-                row_meta_off[row] = -1
-                row_meta_len[row] = 0
+                counters[C_DELETES_MISSING] += 1
+                continue
+            _remove_slot(s, h)
+            row_id_len[row] = -1
+            free[n_free] = row
+            n_free += 1
+            n_live -= 1
+            continue
+        if row < 0:
+            need = _room(n, n_rows, n_free, ids_used, n_live, len(ids), h.shape[0],
+                         cap_rows, shard, n_shards)
+            if need != DONE:
+                return need, k, e, n_rows, n_free, ids_used, meta_used, n_live
+            row, n_rows, n_free, ids_used, n_live = _new_row(
+                buf, off, n, key, s, h, row_id_off, row_id_len, row_meta_off,
+                row_meta_len, row_key, n_rows, free, n_free, ids, ids_used, n_live)
+            if op != INSERT:
+                counters[C_UPDATES_MISSING] += 1
+        counters[C_INSERTS if op == INSERT else C_UPDATES] += 1
+        g = global_row(row, shard, n_shards)
+        if stream:
+            stream_copy(rows[g], 0, buf, e_vec_off[e], width)
+        else:
+            _copy(rows[g], 0, buf, e_vec_off[e], width)
+        m = e_meta_off[e]
+        if m >= 0:
+            ml = e_meta_len[e]
+            _copy(meta, meta_used, buf, m, ml)
+            row_meta_off[row] = meta_used
+            row_meta_len[row] = ml
+            meta_used += ml
+        elif op == INSERT:
+            row_meta_off[row] = -1
+            row_meta_len[row] = 0
     return DONE, len(order), 0, n_rows, n_free, ids_used, meta_used, n_live
 
 
@@ -570,6 +561,7 @@ class _Shard:
         self.meta = np.empty(1 << 16, np.uint8)
         self.meta_used = 0
         self.counters = np.zeros(N_COUNTERS, np.int64)
+        self.mine = self.mine_k = np.empty(0, np.int64)
         # Arena bytes above which garbage (overwritten metadata, deleted ids) is
         # squeezed out: at most twice the live bytes, plus COMPACT_SLACK.
         self.ids_limit = self.meta_limit = COMPACT_SLACK
@@ -592,6 +584,13 @@ class _Shard:
             self.ids_used = _compact_arena(self.ids, self.row_id_off, self.row_id_len,
                                            self.row_id_len, self.n_rows)
             self.ids_limit = max(COMPACT_SLACK, 2 * self.ids_used)
+
+    def scratch(self, n: int):
+        """Room for ``n`` entries' indices (the entries of a chunk this shard owns)."""
+        if len(self.mine) < n:
+            self.mine = np.empty(n, np.int64)
+            self.mine_k = np.empty(n, np.int64)
+        return self.mine, self.mine_k
 
     def grow(self, cap: int) -> None:
         """Room for ``cap`` local rows (pages are touched only as rows are used)."""
@@ -673,7 +672,7 @@ class HostMap:
             sh.row_id_len, sh.row_meta_off, sh.row_meta_len, sh.row_key,
             sh.n_rows, sh.free, sh.n_free, sh.ids, sh.ids_used,
             sh.meta, sh.meta_used, sh.n_live, sh.counters, s, self.n_shards,
-            self._streams(),
+            self._streams(), *sh.scratch(len(ent.e_key)),
         )
         store_fence()  # the vectors it streamed, before another thread reads them
         return res, k, e
