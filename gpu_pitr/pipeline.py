@@ -48,6 +48,7 @@ from gpu_pitr.format.segments import list_segments
 from gpu_pitr.format.times import parse_time
 from gpu_pitr.hostmem import fill_once_pages
 from gpu_pitr.index import RestoredIndex
+from gpu_pitr.jit import njit
 from gpu_pitr.plan.commit import (
     C_ABORTED,
     C_COMMIT_POINTS,
@@ -283,11 +284,13 @@ class _Restore:
         n = item.n
         c.ensure_records(m + n)
         rows = slice(m, m + n)
-        c.off[rows] = item.off[:n] + shift
+        # In place (no temporary arrays: a fresh one of a chunk's rows faults its pages
+        # in at every chunk).
+        np.add(item.off[:n], shift, out=c.off[rows])
         c.length[rows] = item.length[:n]
         c.seq[rows] = item.seq[:n]
         c.seg[rows] = item.segment
-        c.foff[rows] = c.off[rows] - start + item.file_start
+        np.subtract(c.off[rows], start - item.file_start, out=c.foff[rows])
         if n:
             lo, hi = int(item.seq[:n].min()), int(item.seq[:n].max())
             if self.seq_range is not None:
@@ -681,10 +684,7 @@ class _Restore:
 
     def _trailing(self, first: int, n: int) -> None:
         c = self.cols
-        sl = slice(first, n)
-        ends = c.off[sl] + RECORD_HEADER_SIZE + c.length[sl]
-        bad = np.flatnonzero((c.status[sl] == OK) & (c.stop[sl] < ends)) + first
-        for i in bad.tolist():
+        for i in _trailing_rows(c.off, c.length, c.status, c.stop, first, n).tolist():
             entry = self._where(i)
             entry["count"] = int(c.off[i] + RECORD_HEADER_SIZE + c.length[i] - c.stop[i])
             self.report.trailing_bytes.append(entry)
@@ -707,6 +707,22 @@ class _Restore:
         self.report.commit_points_applied = int(cnt[C_COMMIT_POINTS])
         self.report.transactions["committed"] = int(cnt[C_COMMITTED])
         self.report.transactions["aborted"] = int(cnt[C_ABORTED])
+
+
+@njit(cache=True, nogil=True)
+def _trailing_rows(off, length, status, stop, first, n):
+    """Rows ``first..n-1`` of records decoded whole whose entry ends before their
+    payload does (trailing bytes): one pass, no temporary column per chunk."""
+    count = 0
+    for i in range(first, n):
+        count += status[i] == OK and stop[i] < off[i] + RECORD_HEADER_SIZE + length[i]
+    rows = np.empty(count, np.int64)
+    count = 0
+    for i in range(first, n):
+        if status[i] == OK and stop[i] < off[i] + RECORD_HEADER_SIZE + length[i]:
+            rows[count] = i
+            count += 1
+    return rows
 
 
 def _needs_host():

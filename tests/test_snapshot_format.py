@@ -19,6 +19,7 @@ import pyarrow as pa
 import pytest
 import workloads as w
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gpu_pitr
 from gpu_pitr.errors import WalError
@@ -658,3 +659,35 @@ def test_a_file_system_that_cannot_map_the_files_gets_them_read(tmp_path, monkey
     vec.write_bytes(bytes(data))
     with pytest.raises(SnapshotError, match="CRC-32 mismatch"):
         load_snapshot(tmp_path / "s", mmap=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.one_of(st.integers(0, 40), st.integers(2**64 - 4, 2**64 - 1)),
+                         max_size=12), max_size=6))
+def test_seq_runs_are_the_runs_of_what_was_added(batches):
+    """``SeqRuns.add``: each chunk's sequence numbers (in log order, the number kept
+    from the chunk before in front) become runs of consecutive numbers, the last one
+    kept apart; the largest uint64 has no successor. Against a plain loop per chunk,
+    and ``merged()`` against every number added but the last."""
+    from gpu_pitr.snapshot.base import SeqRuns, merge_runs
+
+    runs = SeqRuns()
+    want = []
+    last = None
+    for b in batches:
+        runs.add(np.array(b, np.uint64))
+        if not b:
+            continue
+        xs = ([last] if last is not None else []) + b[:-1]
+        chunk = []
+        for x in xs:
+            if chunk and chunk[-1][1] != 2**64 - 1 and x == chunk[-1][1] + 1:
+                chunk[-1][1] = x
+            else:
+                chunk.append([x, x])
+        want += chunk
+        last = b[-1]
+    assert runs.runs == want
+    assert runs.last == last
+    everything = [x for b in batches for x in b][:-1]
+    assert runs.merged() == merge_runs([[x, x] for x in everything])

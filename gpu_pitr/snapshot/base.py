@@ -23,7 +23,6 @@ from gpu_pitr.resolve.idsort import compare_ids, merge_parts, span_keys
 # Beyond this many runs of consecutive sequence numbers, the runs are kept as
 # their hull: a conservative answer ("maybe covered") for a hostile log.
 MAX_SEQ_RUNS = 4096
-_U64_MAX = np.uint64(2**64 - 1)
 
 
 class SeqRuns:
@@ -42,19 +41,13 @@ class SeqRuns:
         if not len(seqs):
             return
         seqs = np.asarray(seqs, np.uint64)
-        if self.last is not None:
-            seqs = np.concatenate([np.array([self.last], np.uint64), seqs])
-        self._add_runs(seqs[:-1])
+        has_last = self.last is not None
+        starts, ends = _run_bounds(seqs, np.uint64(self.last if has_last else 0), has_last)
+        self.runs.extend([s, e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True))
         self.last = int(seqs[-1])
+        self._bound()
 
-    def _add_runs(self, a: np.ndarray) -> None:
-        if not len(a):
-            return
-        follows = (a[1:] == a[:-1] + np.uint64(1)) & (a[:-1] != _U64_MAX)
-        breaks = np.flatnonzero(~follows) + 1
-        starts = a[np.concatenate(([0], breaks))].tolist()
-        ends = a[np.concatenate((breaks - 1, [len(a) - 1]))].tolist()
-        self.runs.extend([s, e] for s, e in zip(starts, ends, strict=True))
+    def _bound(self) -> None:
         if len(self.runs) > MAX_SEQ_RUNS:
             self.runs = merge_runs(self.runs)
             if len(self.runs) > MAX_SEQ_RUNS:
@@ -62,6 +55,45 @@ class SeqRuns:
 
     def merged(self) -> list[list[int]]:
         return merge_runs(self.runs)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _follows(prev, x):
+    # x is one more than prev (uint64: the largest, whose successor wraps to 0, has none).
+    nxt = prev + np.uint64(1)
+    return nxt != np.uint64(0) and x == nxt
+
+
+@njit(cache=True, nogil=True)
+def _run_bounds(seqs, last, has_last):
+    """``(starts, ends)`` of the runs of consecutive numbers in ``[last] + seqs[:-1]``
+    (``last`` only if ``has_last``): one pass, no temporary column per chunk. A number
+    follows the one before if it is one more (the largest uint64 has no successor)."""
+    h = 1 if has_last else 0
+    n = len(seqs) - 1 + h  # x[i] = last if has_last and i == 0 else seqs[i - h]
+    if n <= 0:
+        return np.empty(0, np.uint64), np.empty(0, np.uint64)
+    runs = 1
+    prev = last if has_last else seqs[0]
+    for i in range(1, n):
+        x = seqs[i - h]
+        if not _follows(prev, x):
+            runs += 1
+        prev = x
+    starts = np.empty(runs, np.uint64)
+    ends = np.empty(runs, np.uint64)
+    prev = last if has_last else seqs[0]
+    starts[0] = prev
+    r = 0
+    for i in range(1, n):
+        x = seqs[i - h]
+        if not _follows(prev, x):
+            ends[r] = prev
+            r += 1
+            starts[r] = x
+        prev = x
+    ends[r] = prev
+    return starts, ends
 
 
 def merge_runs(runs) -> list[list[int]]:
