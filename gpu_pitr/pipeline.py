@@ -48,7 +48,6 @@ from gpu_pitr.format.segments import list_segments
 from gpu_pitr.format.times import parse_time
 from gpu_pitr.hostmem import fill_once_pages
 from gpu_pitr.index import RestoredIndex
-from gpu_pitr.jit import njit
 from gpu_pitr.plan.commit import (
     C_ABORTED,
     C_COMMIT_POINTS,
@@ -684,7 +683,7 @@ class _Restore:
 
     def _trailing(self, first: int, n: int) -> None:
         c = self.cols
-        for i in _trailing_rows(c.off, c.length, c.status, c.stop, first, n).tolist():
+        for i in c.trailing_rows(first, n).tolist():
             entry = self._where(i)
             entry["count"] = int(c.off[i] + RECORD_HEADER_SIZE + c.length[i] - c.stop[i])
             self.report.trailing_bytes.append(entry)
@@ -707,22 +706,6 @@ class _Restore:
         self.report.commit_points_applied = int(cnt[C_COMMIT_POINTS])
         self.report.transactions["committed"] = int(cnt[C_COMMITTED])
         self.report.transactions["aborted"] = int(cnt[C_ABORTED])
-
-
-@njit(cache=True, nogil=True)
-def _trailing_rows(off, length, status, stop, first, n):
-    """Rows ``first..n-1`` of records decoded whole whose entry ends before their
-    payload does (trailing bytes): one pass, no temporary column per chunk."""
-    count = 0
-    for i in range(first, n):
-        count += status[i] == OK and stop[i] < off[i] + RECORD_HEADER_SIZE + length[i]
-    rows = np.empty(count, np.int64)
-    count = 0
-    for i in range(first, n):
-        if status[i] == OK and stop[i] < off[i] + RECORD_HEADER_SIZE + length[i]:
-            rows[count] = i
-            count += 1
-    return rows
 
 
 def _needs_host():

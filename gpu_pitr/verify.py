@@ -387,9 +387,8 @@ class _Verify:
 
     def _trailing(self, n: int) -> None:
         c = self.cols
-        ends = c.off[:n] + RECORD_HEADER_SIZE + c.length[:n]
-        for i in np.flatnonzero((c.status[:n] == OK) & (c.stop[:n] < ends)).tolist():
-            count = int(ends[i] - c.stop[i])
+        for i in c.trailing_rows(0, n).tolist():
+            count = int(c.off[i] + RECORD_HEADER_SIZE + c.length[i] - c.stop[i])
             self._add("trailing_bytes", int(c.seg[i]), int(c.foff[i]), int(c.seq[i]),
                       f"{count} bytes left after the payload decodes "
                       "(a restore accepts the entry)", bytes=count)

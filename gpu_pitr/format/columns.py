@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpu_pitr.format.layout import RECORD_HEADER_SIZE
+from gpu_pitr.format.payload import OK
+from gpu_pitr.jit import njit
+
 RECORD_COLUMNS = {
     "off": np.int64,  # buffer offset of the record header
     "length": np.int64,  # payload length
@@ -51,6 +55,11 @@ class ChunkColumns:
     def ensure_entries(self, n: int) -> None:
         self.entry_capacity = self._grow(ENTRY_COLUMNS, self.entry_capacity, n)
 
+    def trailing_rows(self, first: int, n: int) -> np.ndarray:
+        """Rows ``first..n-1`` of records decoded whole whose entry ends before their
+        payload does: the trailing bytes a restore accepts and verify reports."""
+        return _trailing_rows(self.off, self.length, self.status, self.stop, first, n)
+
     def _grow(self, columns: dict, capacity: int, n: int) -> int:
         """Grow ``columns`` to hold ``n`` rows (by half again at least), keeping them."""
         if n <= capacity:
@@ -62,3 +71,23 @@ class ChunkColumns:
                 new[:capacity] = getattr(self, name)
             setattr(self, name, new)
         return n
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _trails(i, off, length, status, stop):
+    return status[i] == OK and stop[i] < off[i] + RECORD_HEADER_SIZE + length[i]
+
+
+@njit(cache=True, nogil=True)
+def _trailing_rows(off, length, status, stop, first, n):
+    # Counted first, then listed: no temporary column of the chunk's rows.
+    count = 0
+    for i in range(first, n):
+        count += _trails(i, off, length, status, stop)
+    rows = np.empty(count, np.int64)
+    count = 0
+    for i in range(first, n):
+        if _trails(i, off, length, status, stop):
+            rows[count] = i
+            count += 1
+    return rows
