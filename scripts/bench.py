@@ -159,14 +159,16 @@ def _trim_heap() -> None:
 
 def _warmup_bytes(a: dict) -> int:
     """Size of the warm-up WAL: enough live ids for the paths only a large restore takes
-    (the id sort's two-thread split, maps grown several times), so that Numba compiles
-    them there and not in the timed restore; never more than the log itself. With an
-    empty Numba cache and a 256 KiB warm-up, the 1 GiB benchmark's first restore took
-    1.874 s against 0.775 s for the next; with this one (122 MB), 0.911 against 0.929."""
-    from gpu_pitr.resolve.idsort import SPLIT_SORT_MIN
+    (word columns of more than FEW_WORDS distinct words, sorted a byte at a time; maps
+    grown several times), so that Numba compiles them there and not in the timed
+    restore; never more than the log itself. With an empty Numba cache and a 256 KiB
+    warm-up, the 1 GiB benchmark's first restore took 1.874 s against 0.775 s for the
+    next; with this one (122 MB), 0.911 against 0.929."""
+    from gpu_pitr.resolve.idsort import FEW_WORDS
 
+    ids = 32 * FEW_WORDS  # 131,072 live ids
     # ~2/3 of the generator's records leave a live id; a record is ~4*dim + 70 bytes.
-    need = int(SPLIT_SORT_MIN * 1.6 * (4 * a["dim"] + 70))
+    need = int(ids * 1.6 * (4 * a["dim"] + 70))
     have = sum(p.stat().st_size for p in _segment_paths(Path(a["dir"])))
     return max(256 << 10, min(need, have))
 

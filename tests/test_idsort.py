@@ -1,6 +1,7 @@
 """The order of the restored index: ids sorted by their UTF-8 bytes, exactly."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -111,29 +112,51 @@ def test_joined_arenas_equal_concatenate():
         assert np.array_equal(_joined(a, b), np.concatenate([a, b])), (na, nb)
 
 
-@settings(max_examples=30, deadline=None)
-@given(st.integers(1, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(0, 3))
-def test_stable_argsort_of_many_keys_on_two_threads(card, seed, extra):
-    """From SPLIT_SORT_MIN keys on, the halves sort on two threads and merge: the same
-    permutation as NumPy's stable argsort, ties (few distinct keys) included."""
-    from gpu_pitr.resolve.idsort import SPLIT_SORT_MIN, stable_argsort
-
-    rng = np.random.default_rng(seed)
-    keys = rng.integers(0, card, SPLIT_SORT_MIN + extra, dtype=np.uint64, endpoint=False)
-    assert np.array_equal(stable_argsort(keys), np.argsort(keys, kind="stable"))
-
-
-def test_many_ids_sort_by_bytes_with_split_word_sorts():
-    """Enough ids that every word column's sort splits in two: still byte order, and
-    repeated ids keep their input order."""
-    from gpu_pitr.resolve.idsort import SPLIT_SORT_MIN
+def test_many_ids_sort_by_bytes_with_counting_on_the_numba_threads():
+    """Enough ids that every counting sort runs on the Numba threads (a part's ids after the
+    parts before it in each bucket): still byte order, repeated ids in input order."""
+    from gpu_pitr.resolve.idsort import PARALLEL_COUNT_MIN
     from gpu_pitr.synth import synthetic_id
 
     rng = np.random.default_rng(11)
-    nums = rng.integers(0, SPLIT_SORT_MIN, SPLIT_SORT_MIN + 1000)  # repeats too
+    nums = rng.integers(0, PARALLEL_COUNT_MIN, PARALLEL_COUNT_MIN + 1000)  # repeats too
     ids = [synthetic_id(int(x)).encode() for x in nums]
     order = sorted_id_order(*_arena(ids))
     assert order.tolist() == sorted(range(len(ids)), key=lambda i: ids[i])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_ID, max_size=60), st.sampled_from([0, 1, 2, 3]),
+       st.sampled_from([2, 3, 5, 300]))
+def test_ids_sort_by_bytes_with_any_digit_limits(id_list, few_words, few_combined):
+    """With tiny limits most word columns sort byte by byte and few digits combine (a
+    count of lengths too far apart falls back to sorting by them): the same byte order,
+    ties in input order."""
+    import gpu_pitr.resolve.idsort as idsort
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(idsort, "FEW_WORDS", few_words)
+        mp.setattr(idsort, "FEW_COMBINED", few_combined)
+        order = sorted_id_order(*_arena(id_list))
+    assert order.tolist() == sorted(range(len(id_list)), key=lambda i: id_list[i])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 70), st.booleans())
+def test_byte_values_rank_each_byte_among_those_present(seed, card, high):
+    from gpu_pitr.resolve.idsort import _byte_values
+
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(0, 2**64, card, dtype=np.uint64, endpoint=False)
+    if high:
+        pool |= np.uint64(0xFF << 56)
+    col = pool[rng.integers(0, card, 300)]
+    tables = np.full((8, 256), -7, np.int32)
+    values = _byte_values(col, tables)
+    for b in range(8):
+        present = np.unique((col >> np.uint64(8 * b)) & np.uint64(255)).astype(np.int64)
+        assert values[b] == len(present)
+        assert np.array_equal(tables[b, present], np.arange(len(present)))
 
 
 @settings(max_examples=40, deadline=None)
@@ -154,22 +177,24 @@ def test_dense_ranks_are_the_ranks_of_the_distinct_words(card, seed, high):
         assert _dense_ranks(col, len(values) - 1, rank) == -1
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.integers(1, 50), st.integers(0, 2**32 - 1))
-def test_counting_sort_is_a_stable_sort_by_rank(m, seed):
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 50), st.integers(0, 2**32 - 1), st.integers(0, 401), st.integers(1, 5),
+       st.booleans())
+def test_counting_sort_is_a_stable_sort_by_rank(m, seed, n, parts, first):
+    """In any number of parts (some empty), from a given order or from the identity."""
     from gpu_pitr.resolve.idsort import _counting_sort
 
     rng = np.random.default_rng(seed)
-    rank = rng.integers(0, m, 400).astype(np.int32)
-    order = rng.permutation(400).astype(np.int64)
-    out = np.empty_like(order)
-    _counting_sort(order, rank, m, out)
+    rank = rng.integers(0, m, n).astype(np.uint16)
+    order = np.arange(n) if first else rng.permutation(n).astype(np.int64)
+    out = np.full(n, -1, np.int64)
+    _counting_sort(order if not first else out, rank, m, out, first, parts)
     assert np.array_equal(out, order[np.argsort(rank[order], kind="stable")])
 
 
 def test_ids_sort_by_bytes_either_side_of_the_counting_limit():
     """A word column with FEW_WORDS distinct words is counted, one with a word more is
-    sorted by comparison: both give byte order, ties in input order."""
+    sorted byte by byte: both give byte order, ties in input order."""
     from gpu_pitr.resolve.idsort import FEW_WORDS
 
     rng = np.random.default_rng(5)
@@ -201,14 +226,32 @@ def test_ids_sort_by_bytes_with_word_columns_built_a_few_at_a_time(id_list, colu
     assert [id_list[i] for i in order] == sorted(id_list)
 
 
-def test_counted_columns_combine_until_their_ranks_would_not_fit(monkeypatch):
-    """Word columns of 300, 200 and 2 distinct words, then one sorted by comparison,
-    then a few trailing bytes: the 2 and the 200 are counted as one, the 300 on its own
-    (60,000 values would be more than FEW_COMBINED). Byte order, ties in input order."""
-    import gpu_pitr.resolve.idsort as idsort
-    from gpu_pitr.resolve.idsort import FEW_COMBINED, FEW_WORDS
+def _digit_values(ids: list[bytes]) -> list[int]:
+    """The values of each digit of the LSD sort, least significant first, worked out
+    here from the ids: the length, then per 8-byte word (last first) its distinct words
+    if at most FEW_WORDS, else its 8 bytes' distinct values (last byte first)."""
+    from gpu_pitr.resolve.idsort import FEW_WORDS
 
-    assert 300 <= FEW_WORDS and 2 * 200 <= FEW_COMBINED < 2 * 200 * 300
+    lens = [len(x) for x in ids]
+    digits = [max(lens) - min(lens) + 1]
+    n_words = (max(lens) + 7) // 8
+    for w in range(n_words - 1, -1, -1):
+        words = [x[8 * w:8 * w + 8].ljust(8, b"\0") for x in ids]
+        if len(set(words)) <= FEW_WORDS:
+            digits.append(len(set(words)))
+        else:
+            digits += [len({word[b] for word in words}) for b in range(7, -1, -1)]
+    return digits
+
+
+def test_digits_combine_until_their_values_would_not_fit(monkeypatch):
+    """Word columns of 300, 200 and 2 distinct words, then one of random words (more
+    than FEW_WORDS: a digit per byte), then a few trailing bytes: consecutive digits
+    are counted as one while their values multiply to at most FEW_COMBINED, and no
+    further. Byte order, ties in input order."""
+    import gpu_pitr.resolve.idsort as idsort
+    from gpu_pitr.resolve.idsort import FEW_COMBINED
+
     rng = np.random.default_rng(7)
     words = [rng.integers(0, 2**64, k, dtype=np.uint64, endpoint=False) for k in (300, 200, 2)]
     ids = []
@@ -218,14 +261,26 @@ def test_counted_columns_combine_until_their_ranks_would_not_fit(monkeypatch):
         tail = bytes([int(rng.integers(0, 2))]) * int(rng.integers(0, 3))
         ids.append(a + b + c + (many if rng.integers(0, 4) else b"") + tail)
     ids += ids[:500]  # repeats: equal ids keep their input order
+    want, m = [], 1  # the counting sorts a greedy combination makes
+    for values in _digit_values(ids):
+        if values > 1:
+            if m * values > FEW_COMBINED:
+                want.append(m)
+                m = 1
+            m *= values
+    want.append(m)
+    # With these words: the random word's first byte (256 values) and the 2 are one
+    # sort, the 200 and the 300 the last (60,000 values).
+    assert want[-2:] == [256 * 2, 200 * 300]
     counted = []
     saved = idsort._counting_sort
 
-    def counting_sort(order, rank, m, out):
+    def counting_sort(order, rank, m, out, first, parts):
         counted.append(m)
-        saved(order, rank, m, out)
+        assert rank.max() < m
+        saved(order, rank, m, out, first, parts)
 
     monkeypatch.setattr(idsort, "_counting_sort", counting_sort)
     order = sorted_id_order(*_arena(ids))
     assert order.tolist() == sorted(range(len(ids)), key=lambda i: ids[i])
-    assert counted[1:] == [2 * 200, 300]  # (the first: the trailing bytes)
+    assert counted == want

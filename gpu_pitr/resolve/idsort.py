@@ -9,7 +9,7 @@ import numpy as np
 from numba import prange
 from numba.extending import register_jitable
 
-from gpu_pitr.format.payload import id_key
+from gpu_pitr.format.payload import id_key, read_uint_le
 from gpu_pitr.jit import njit
 
 
@@ -66,84 +66,80 @@ def span_keys(arena: np.ndarray, offs: np.ndarray, lens: np.ndarray, *,
     return keys
 
 
-@njit(cache=True, parallel=True)
+@register_jitable(inline="always")
+def _byteswap(v):
+    # The bytes of a uint64 in reverse order (one instruction once compiled).
+    v = ((v & np.uint64(0x00000000FFFFFFFF)) << np.uint64(32)) | (v >> np.uint64(32))
+    v = (((v & np.uint64(0x0000FFFF0000FFFF)) << np.uint64(16))
+         | ((v >> np.uint64(16)) & np.uint64(0x0000FFFF0000FFFF)))
+    return (((v & np.uint64(0x00FF00FF00FF00FF)) << np.uint64(8))
+            | ((v >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF)))
+
+
+@njit(cache=True, nogil=True, parallel=True)
 def _word_columns(ids, offs, lens, w0, out):
     # ``out[j, i]``: word ``w0 + j`` of id i, big-endian and zero padded (integer order
     # == byte order). Every id is read once for all the columns (the arena once per
-    # group of columns), and whole words are loaded where the id has them.
+    # group of columns); a word is one load (masked past the id's end) and a byte swap.
+    end = len(ids)
     for i in prange(len(offs)):
         n = lens[i]
-        x = ids[offs[i]:offs[i] + n]
+        o = offs[i]
         for j in range(out.shape[0]):
             at = 8 * (w0 + j)
-            if at + 8 <= n:
-                v = _word_be(x, at)
-            else:
+            rem = n - at
+            if rem >= 8:
+                v = _byteswap(read_uint_le(ids, o + at, 8))
+            elif rem <= 0:
                 v = np.uint64(0)
-                for b in range(8):
-                    v <<= np.uint64(8)
-                    if at + b < n:
-                        v |= np.uint64(x[at + b])
+            elif o + at + 8 <= end:
+                keep = (np.uint64(1) << np.uint64(8 * rem)) - np.uint64(1)
+                v = _byteswap(read_uint_le(ids, o + at, 8) & keep)
+            else:  # the last bytes of the arena
+                v = _byteswap(read_uint_le(ids, o + at, rem))
             out[j, i] = v
 
 
-@njit(cache=True, parallel=True)
-def _combine(rank, m, combined):
-    # ``combined`` becomes the rank of (``rank``, then ``combined`` of ``m`` values).
-    for i in prange(len(rank)):
-        combined[i] += rank[i] * m
-
-
 def sorted_id_order(ids: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Permutation that sorts the ids ``ids[offs[i]:offs[i]+lens[i]]`` by bytes.
+    """Permutation that sorts the ids ``ids[offs[i]:offs[i]+lens[i]]`` by bytes, stably.
 
-    An LSD sort over 8-byte words (stable sorts, least significant word first),
-    with the length as the last tie-break: two ids equal after zero padding
-    differ only by trailing zero bytes, so the shorter one is a prefix and comes
-    first. Word columns equal for all ids (a shared prefix) are skipped; adjacent
-    columns of few distinct words are counted as one (their ranks combined).
-    The columns are built a few at a time, each group in one pass over the ids.
+    An LSD radix sort whose digits are, least significant first: the length (two ids
+    equal after zero padding differ only by trailing zero bytes, so the shorter one, a
+    prefix, comes first), then each 8-byte word of the ids, last word first. A word
+    column with at most FEW_WORDS distinct words is one digit (its words' ranks); one
+    with more is eight digits, its bytes (each byte's rank among the values found at
+    that byte). A digit with one value is skipped (a shared prefix). Consecutive digits
+    are combined into one while their values multiply to at most FEW_COMBINED, and
+    each combined digit is one stable counting sort, on the Numba threads.
+    The word columns are built a few at a time, each group in one pass over the ids.
     """
     n = len(offs)
     if n <= 1:
         return np.arange(n, dtype=np.int64)
-    width = int(lens.max())
-    # NumPy sorts 16-bit keys stably by radix: 4-7x faster than int64 for 1.2M ids.
-    order = np.argsort(lens.astype(np.uint16) if width < 1 << 16 else lens, kind="stable")
-    rank = np.empty(n, np.int32)
-    combined = np.empty(n, np.int32)  # ranks of the counted columns not sorted by yet
-    m = 1  # how many values ``combined`` can hold (1: none pending)
-    scratch = np.empty(n, np.int64)
+    sort = _DigitSort(n)
+    width, low = int(lens.max()), int(lens.min())
+    if width - low + 1 <= FEW_COMBINED:
+        sort.push(width - low + 1, _add_digit, (lens - low).astype(np.int32))
+    else:  # lengths too far apart to count: sorted by them first
+        sort.order = np.argsort(lens, kind="stable")
     n_words = (width + 7) // 8
     group = max(1, min(n_words, WORD_COLUMNS_BYTES // (8 * n)))
+    ranks = np.empty((group, n), np.int16)  # FEW_WORDS < 2**15
+    tables = np.empty((8, 256), np.int32)
     for end in range(n_words, 0, -group):
         w0 = max(0, end - group)
         words = np.empty((end - w0, n), np.uint64)
         _word_columns(ids, offs, lens, w0, words)
+        distinct = _dense_ranks_of_columns(words, ranks)
         for j in range(end - w0 - 1, -1, -1):
-            distinct = _dense_ranks(words[j], FEW_WORDS, rank)
-            if distinct == 1:
+            if distinct[j] > 0:
+                sort.push(int(distinct[j]), _add_digit, ranks[j])
                 continue
-            if 0 < distinct and m * distinct <= FEW_COMBINED:
-                if m == 1:
-                    rank, combined = combined, rank
-                else:
-                    _combine(rank, m, combined)
-                m *= distinct
-                continue
-            if m > 1:  # the pending columns are less significant: sorted by first
-                _counting_sort(order, combined, m, scratch)
-                order, scratch = scratch, order
-                m = 1
-            if distinct > 0:
-                rank, combined, m = combined, rank, distinct
-            else:
-                order = order[stable_argsort(words[j][order])]
+            values = _byte_values(words[j], tables)
+            for b in range(8):  # least significant byte first
+                sort.push(int(values[b]), _add_byte_digit, words[j], 8 * b, tables[b])
         del words
-    if m > 1:
-        _counting_sort(order, combined, m, scratch)
-        order = scratch
-    return order
+    return sort.finish()
 
 
 # The word columns built in one pass over the ids take at most this many bytes
@@ -151,11 +147,68 @@ def sorted_id_order(ids: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> np.n
 WORD_COLUMNS_BYTES = 32 << 20
 
 
-# A word column with at most this many distinct values is sorted by counting.
+# A word column with at most this many distinct values is one digit (counted by rank).
 FEW_WORDS = 4096
-# Adjacent counted columns are counted as one while their ranks combine into at most
-# this many values.
+# Consecutive digits are combined into one while their values multiply to at most
+# this many (the buckets of one counting sort).
 FEW_COMBINED = 1 << 16
+# From this many ids on, a counting sort runs on the Numba threads, in at most
+# COUNT_PARTS parts (each counts into a table of up to FEW_COMBINED buckets).
+PARALLEL_COUNT_MIN = 1 << 15
+COUNT_PARTS = 16
+
+
+class _DigitSort:
+    """The LSD sort's state: the order so far (None: the input order) and the digit
+    being combined (``combined`` holds values below ``m``)."""
+
+    def __init__(self, n: int) -> None:
+        self.order = None
+        self.combined = np.empty(n, np.uint16)
+        self.m = 1
+        self.buffers = (np.empty(n, np.int64), np.empty(n, np.int64))
+        self.parts = min(numba.get_num_threads(), COUNT_PARTS) if n >= PARALLEL_COUNT_MIN else 1
+
+    def push(self, values: int, add, *args) -> None:
+        """A more significant digit of ``values`` values: ``add(combined, m, *args)``
+        puts it above the digits combined so far."""
+        if values <= 1:
+            return
+        if self.m * values > FEW_COMBINED:
+            self._count()
+        add(self.combined, self.m, *args)
+        self.m *= values
+
+    def _count(self) -> None:
+        if self.m <= 1:
+            return
+        # Into whichever buffer does not hold the order so far.
+        out = self.buffers[1] if self.order is self.buffers[0] else self.buffers[0]
+        first = self.order is None
+        _counting_sort(out if first else self.order, self.combined, self.m, out, first,
+                       self.parts)
+        self.order = out
+        self.m = 1
+
+    def finish(self) -> np.ndarray:
+        self._count()
+        if self.order is None:
+            return np.arange(len(self.combined), dtype=np.int64)
+        return self.order
+
+
+def _dense_ranks_of_columns(words: np.ndarray, ranks: np.ndarray) -> list[int]:
+    """``_dense_ranks`` (limit FEW_WORDS) of each word column into ``ranks``, the columns
+    on threads of their own (the compiled code releases the GIL). Not a ``prange``: with
+    one, the sort's first call (compiling it) took 9.5 s instead of 7.1-7.4 s, and
+    1.2M ids sorted no faster."""
+    limit = FEW_WORDS
+    if len(words) == 1 or numba.get_num_threads() < 2:
+        return [_dense_ranks(words[j], limit, ranks[j]) for j in range(len(words))]
+    with ThreadPoolExecutor(min(len(words), numba.get_num_threads()),
+                            thread_name_prefix="gpu_pitr-sort") as pool:
+        return list(pool.map(lambda j: _dense_ranks(words[j], limit, ranks[j]),
+                             range(len(words))))
 
 
 @njit(cache=True, nogil=True)
@@ -185,7 +238,7 @@ def _dense_ranks(col, limit, rank):
             m += 1
         rank[i] = slot_of[s]
     by_value = np.argsort(seen[:m])
-    to_rank = np.empty(m, np.int32)
+    to_rank = np.empty(m, np.int64)
     for r in range(m):
         to_rank[by_value[r]] = r
     for i in range(len(col)):
@@ -194,85 +247,63 @@ def _dense_ranks(col, limit, rank):
 
 
 @njit(cache=True, nogil=True)
-def _counting_sort(order, rank, m, out):
-    # ``out``: ``order`` stably sorted by ``rank[order[i]]`` (ranks 0..m-1).
-    start = np.zeros(m + 1, np.int64)
-    for i in range(len(order)):
-        start[rank[order[i]] + 1] += 1
-    for r in range(m):
-        start[r + 1] += start[r]
-    for i in range(len(order)):
-        r = rank[order[i]]
-        out[start[r]] = order[i]
-        start[r] += 1
-
-
-# From this many keys on, a stable argsort runs as two halves on two threads.
-SPLIT_SORT_MIN = 1 << 17
-
-
-def stable_argsort(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")``. Many keys: each half is sorted on a thread
-    of its own (NumPy's sorts release the GIL), and the two are merged on the Numba
-    threads, the first half's key first on a tie (1.2M random 64-bit keys: 0.123 ->
-    0.082 s)."""
-    n = len(keys)
-    if n < SPLIT_SORT_MIN or numba.get_num_threads() < 2:
-        return np.argsort(keys, kind="stable")
-    half = n // 2
-    with ThreadPoolExecutor(1, thread_name_prefix="gpu_pitr-sort") as pool:
-        first = pool.submit(np.argsort, keys[:half], kind="stable")
-        second = np.argsort(keys[half:], kind="stable")
-        first = first.result()
-    out = np.empty(n, np.int64)
-    _merge_sorted_halves(keys, first, second, half, out)
-    return out
-
-
-@register_jitable
-def merge_parts(na, nb):
-    """``(cut_a, cut_b)`` for a parallel merge of two sorted lists of ``na`` and ``nb``
-    items in up to 16 parts: ``cut_a`` evenly spaced over the first list, ``cut_b``
-    with its ends set; the caller fills its inner cuts (how many of the second list
-    go before the first list's item at ``cut_a[p]``)."""
-    parts = 16 if na >= 16 else 1
-    cut_a = np.empty(parts + 1, np.int64)
-    cut_b = np.empty(parts + 1, np.int64)
-    for p in range(parts + 1):
-        cut_a[p] = p * na // parts
-    cut_b[0] = 0
-    cut_b[parts] = nb
-    return cut_a, cut_b
-
-
-@njit(cache=True, nogil=True)
-def _count_below(keys, b, off, x):
-    # How many of b's keys (``keys[b + off]``, ascending) are below x.
-    lo, hi = 0, len(b)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if keys[b[mid] + off] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+def _byte_values(col, tables):
+    """How many values each byte of the words in ``col`` takes (``[b]``: byte b, 0 the
+    least significant), with ``tables[b, v]`` the rank of value v among them. One
+    thread: 2.7 ms for 1.2M words; on the Numba threads 1.5 ms, but 1 s more to
+    compile."""
+    seen = np.zeros((8, 256), np.bool_)
+    for i in range(len(col)):
+        w = col[i]
+        for b in range(8):
+            seen[b, (w >> np.uint64(8 * b)) & np.uint64(255)] = True
+    values = np.zeros(8, np.int64)
+    for b in range(8):
+        r = 0
+        for v in range(256):
+            tables[b, v] = r
+            r += seen[b, v]
+        values[b] = r
+    return values
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _merge_sorted_halves(keys, a, b, off, out):
-    """``out``: the sorted halves ``a`` (rows of ``keys[:off]``) and ``b`` (rows of
-    ``keys[off:]``, so row ``b[j] + off``) merged, a first on equal keys. Cut into
-    parts at rows of ``a`` (``b`` split there by binary search), merged in parallel."""
-    cut_a, cut_b = merge_parts(len(a), len(b))
-    for p in range(1, len(cut_a) - 1):
-        cut_b[p] = _count_below(keys, b, off, keys[a[cut_a[p]]])
-    for p in prange(len(cut_a) - 1):
-        i, i_end = cut_a[p], cut_a[p + 1]
-        j, j_end = cut_b[p], cut_b[p + 1]
-        for k in range(i + j, i_end + j_end):
-            if j >= j_end or (i < i_end and keys[a[i]] <= keys[b[j] + off]):
-                out[k] = a[i]
-                i += 1
-            else:
-                out[k] = b[j] + off
-                j += 1
+def _add_digit(combined, m, rank):
+    # ``combined`` becomes the rank of (``rank``, then ``combined`` of ``m`` values).
+    for i in prange(len(rank)):
+        combined[i] = rank[i] * m + (combined[i] if m > 1 else 0)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _add_byte_digit(combined, m, col, shift, table):
+    # ``_add_digit`` of the ranks ``table`` gives the byte ``shift`` bits up in ``col``.
+    s = np.uint64(shift)
+    for i in prange(len(col)):
+        r = table[np.int64((col[i] >> s) & np.uint64(255))]
+        combined[i] = r * m + (combined[i] if m > 1 else 0)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _counting_sort(order, rank, m, out, first, parts):
+    """``out``: ``order`` (the identity when ``first``) stably sorted by
+    ``rank[order[i]]`` (ranks 0..m-1). ``parts`` threads each count and place a
+    part of ``order``; a part's items go after the parts before it in every bucket."""
+    n = len(rank)
+    start = np.zeros((parts, m), np.int64)
+    for p in prange(parts):
+        c = start[p]
+        for i in range(p * n // parts, (p + 1) * n // parts):
+            c[rank[i if first else order[i]]] += 1
+    total = 0
+    for r in range(m):
+        for p in range(parts):
+            k = start[p, r]
+            start[p, r] = total
+            total += k
+    for p in prange(parts):
+        c = start[p]
+        for i in range(p * n // parts, (p + 1) * n // parts):
+            o = i if first else order[i]
+            r = rank[o]
+            out[c[r]] = o
+            c[r] += 1

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 from numba import prange
+from numba.extending import register_jitable
 
 from gpu_pitr.format.layout import RECORD_HEADER_SIZE
 from gpu_pitr.format.payload import varint_widths, write_varint
 from gpu_pitr.jit import PREFETCH_AHEAD, njit, prefetch
-from gpu_pitr.resolve.idsort import compare_ids, merge_parts, span_keys
+from gpu_pitr.resolve.idsort import compare_ids, span_keys
 
 # Beyond this many runs of consecutive sequence numbers, the runs are kept as
 # their hull: a conservative answer ("maybe covered") for a hostile log.
@@ -380,6 +381,22 @@ def _join(a, b, out):
             out[s:hi] = b[s - na:hi - na]
 
 
+@register_jitable
+def _merge_parts(na, nb):
+    """``(cut_a, cut_b)`` for a parallel merge of two sorted lists of ``na`` and ``nb``
+    items in up to 16 parts: ``cut_a`` evenly spaced over the first list, ``cut_b``
+    with its ends set; the caller fills its inner cuts (how many of the second list
+    go before the first list's item at ``cut_a[p]``)."""
+    parts = 16 if na >= 16 else 1
+    cut_a = np.empty(parts + 1, np.int64)
+    cut_b = np.empty(parts + 1, np.int64)
+    for p in range(parts + 1):
+        cut_a[p] = p * na // parts
+    cut_b[0] = 0
+    cut_b[parts] = nb
+    return cut_a, cut_b
+
+
 @njit(cache=True, nogil=True)
 def _count_less(b, rest, b_offs, b_lens, a, ao, an):
     # How many of the sorted ids b (rows ``rest``) sort before the id a[ao:ao+an].
@@ -402,7 +419,7 @@ def _merge_into(a, a_offs, a_lens, a_meta_offs, a_meta_lens, a_row, a_rows,
     ``rest`` of list b (the base's), whose id and metadata spans shift past a's
     arenas (they are appended after them). Each vector is copied once. Cut into
     parts at ids of a (where b splits there: a binary search), merged in parallel."""
-    cut_a, cut_b = merge_parts(len(a_offs), len(rest))
+    cut_a, cut_b = _merge_parts(len(a_offs), len(rest))
     for p in range(1, len(cut_a) - 1):
         i = cut_a[p]
         cut_b[p] = _count_less(b, rest, b_offs, b_lens, a, a_offs[i], a_lens[i])
