@@ -74,8 +74,11 @@ class ChunkColumns:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _trails(i, off, length, status, stop):
-    return status[i] == OK and stop[i] < off[i] + RECORD_HEADER_SIZE + length[i]
+def _trails(status, stop, end):
+    # Scalars only: given the columns, a helper counts references to them on every
+    # row (Numba's NRT; a chunk of 24,000 records of the 1 GiB benchmark log took
+    # 0.37 ms instead of 0.076 ms, 29 ms of a 0.8 s restore on its main thread).
+    return status == OK and stop < end
 
 
 @njit(cache=True, nogil=True)
@@ -83,11 +86,11 @@ def _trailing_rows(off, length, status, stop, first, n):
     # Counted first, then listed: no temporary column of the chunk's rows.
     count = 0
     for i in range(first, n):
-        count += _trails(i, off, length, status, stop)
+        count += _trails(status[i], stop[i], off[i] + RECORD_HEADER_SIZE + length[i])
     rows = np.empty(count, np.int64)
     count = 0
     for i in range(first, n):
-        if _trails(i, off, length, status, stop):
+        if _trails(status[i], stop[i], off[i] + RECORD_HEADER_SIZE + length[i]):
             rows[count] = i
             count += 1
     return rows
