@@ -160,15 +160,16 @@ def test_a_map_rehashes_into_memory_never_zeroed(data):
 @settings(max_examples=30, deadline=None)
 @given(st.data())
 def test_columns_gathered_in_id_order_equal_numpy(data):
-    """``_in_order`` (the five column gathers of ``HostMap.result`` in one parallel
-    pass) equals NumPy's fancy indexing, for any order, repeats included."""
+    """``_in_order`` (the five columns of ``HostMap.result`` gathered from rows side by
+    side in one parallel pass) equals NumPy's fancy indexing of each column, for any
+    order, repeats included."""
     from gpu_pitr.resolve.hostmap import _in_order
 
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     n = data.draw(st.sampled_from([0, 1, 5, 1000]))
     cols = [rng.integers(-2**40, 2**40, n) for _ in range(5)]
     order = rng.integers(0, n, data.draw(st.integers(0, 2 * n))) if n else np.zeros(0, int)
-    got = _in_order(order.astype(np.int64), *cols)
+    got = _in_order(order.astype(np.int64), np.stack(cols, axis=1).reshape(n, 5))
     for g, c in zip(got, cols, strict=True):
         assert g.dtype == c.dtype and np.array_equal(g, c[order])
 
