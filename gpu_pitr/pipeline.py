@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -892,4 +893,17 @@ def restore(
         report.message = "nothing to restore: no records in the log"
     elif len(index) == 0:
         report.message = "the index is empty at the stop point"
+    if snap is not None:
+        held = [snap]
+        snap = run = executor = None
+        _let_go(held)
     return index
+
+
+def _let_go(held: list) -> None:
+    """Drop the objects in ``held`` (the caller holds no other reference to them) on a
+    thread of its own. A base snapshot's files are mapped; unmapping the bench's 90%
+    snapshot (555 MB of vectors) took 20-27 ms on the 2-core VM, which ``munmap`` does
+    without holding the GIL: the caller has its index that much sooner, and the unmap
+    goes on beside it."""
+    threading.Thread(target=held.clear, name="gpu_pitr-release", daemon=True).start()

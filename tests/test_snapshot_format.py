@@ -691,3 +691,23 @@ def test_seq_runs_are_the_runs_of_what_was_added(batches):
     assert runs.last == last
     everything = [x for b in batches for x in b][:-1]
     assert runs.merged() == merge_runs([[x, x] for x in everything])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.binary(max_size=12), max_size=80), st.data())
+def test_order_check_finds_the_first_id_out_of_order(ids, data):
+    """The load's order check (rows cut into parts on the Numba threads) names the first
+    row whose id is not greater than the one before it, as a plain loop does: ids
+    sorted, then perhaps two swapped or one repeated."""
+    ids = sorted(set(ids))
+    if len(ids) > 1 and data.draw(st.booleans()):
+        k = data.draw(st.integers(1, len(ids) - 1))
+        if data.draw(st.booleans()):
+            ids[k - 1], ids[k] = ids[k], ids[k - 1]
+        else:
+            ids[k] = ids[k - 1]
+    lens = np.array([len(x) for x in ids], np.int64)
+    offs = np.cumsum(lens) - lens
+    arena = np.frombuffer(b"".join(ids) + b"\0", np.uint8).copy()
+    want = next((i for i in range(1, len(ids)) if ids[i - 1] >= ids[i]), -1)
+    assert fmt._first_unsorted(arena, offs, lens) == want

@@ -220,6 +220,42 @@ def test_chained_snapshots(tmp_path):
     assert f"later than the target time {t0 + 5} (2023-11-14T22:13:25Z)" in str(err.value)
 
 
+def _mapped(path: Path) -> bool:
+    with open("/proc/self/maps") as f:
+        return any(line.rstrip().endswith(str(path)) for line in f)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps")
+def test_the_base_is_unmapped_after_the_restore_returns(tmp_path):
+    """A restore maps its base snapshot's files and hands them back on a thread of its
+    own as it returns (``pipeline._let_go``): they are unmapped once that thread ends,
+    and the index, which owns copies, is whole."""
+    import threading
+
+    d = tmp_path / "wal"
+    write_synthetic_wal(d, total_bytes=2 << 20, segments=2, dim=8)
+    snapshot.save(gpu_pitr.restore(d, backend="cpu", to_time=1_700_000_005), tmp_path / "s")
+    vectors = (tmp_path / "s" / "vectors.f32").resolve()
+    seen = []
+    real = gpu_pitr.pipeline._let_go
+
+    def let_go(held):
+        seen.append(_mapped(vectors))  # mapped while the restore held it
+        real(held)
+
+    gpu_pitr.pipeline._let_go = let_go
+    try:
+        got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "s")
+    finally:
+        gpu_pitr.pipeline._let_go = real
+    for t in threading.enumerate():
+        if t.name == "gpu_pitr-release":
+            t.join(10)
+    assert seen == [True]
+    assert not _mapped(vectors)
+    assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu"))
+
+
 def _retained_log(tmp_path):
     """A log whose writer rotated; the first segments deleted as retention does."""
     d = tmp_path / "wal"
