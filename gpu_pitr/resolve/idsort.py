@@ -14,12 +14,19 @@ from gpu_pitr.jit import njit
 
 
 @register_jitable(inline="always")
+def _byteswap(v):
+    # The bytes of a uint64 in reverse order (one instruction once compiled).
+    v = ((v & np.uint64(0x00000000FFFFFFFF)) << np.uint64(32)) | (v >> np.uint64(32))
+    v = (((v & np.uint64(0x0000FFFF0000FFFF)) << np.uint64(16))
+         | ((v >> np.uint64(16)) & np.uint64(0x0000FFFF0000FFFF)))
+    return (((v & np.uint64(0x00FF00FF00FF00FF)) << np.uint64(8))
+            | ((v >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF)))
+
+
+@register_jitable(inline="always")
 def _word_be(x, i):
     # 8 bytes from ``x[i]`` as one big-endian word (a load and a byte swap once compiled).
-    return ((np.uint64(x[i]) << np.uint64(56)) | (np.uint64(x[i + 1]) << np.uint64(48))
-            | (np.uint64(x[i + 2]) << np.uint64(40)) | (np.uint64(x[i + 3]) << np.uint64(32))
-            | (np.uint64(x[i + 4]) << np.uint64(24)) | (np.uint64(x[i + 5]) << np.uint64(16))
-            | (np.uint64(x[i + 6]) << np.uint64(8)) | np.uint64(x[i + 7]))
+    return _byteswap(read_uint_le(x, i, 8))
 
 
 @register_jitable
@@ -66,16 +73,6 @@ def span_keys(arena: np.ndarray, offs: np.ndarray, lens: np.ndarray, *,
     return keys
 
 
-@register_jitable(inline="always")
-def _byteswap(v):
-    # The bytes of a uint64 in reverse order (one instruction once compiled).
-    v = ((v & np.uint64(0x00000000FFFFFFFF)) << np.uint64(32)) | (v >> np.uint64(32))
-    v = (((v & np.uint64(0x0000FFFF0000FFFF)) << np.uint64(16))
-         | ((v >> np.uint64(16)) & np.uint64(0x0000FFFF0000FFFF)))
-    return (((v & np.uint64(0x00FF00FF00FF00FF)) << np.uint64(8))
-            | ((v >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF)))
-
-
 @njit(cache=True, nogil=True, parallel=True)
 def _word_columns(ids, offs, lens, w0, out):
     # ``out[j, i]``: word ``w0 + j`` of id i, big-endian and zero padded (integer order
@@ -89,7 +86,7 @@ def _word_columns(ids, offs, lens, w0, out):
             at = 8 * (w0 + j)
             rem = n - at
             if rem >= 8:
-                v = _byteswap(read_uint_le(ids, o + at, 8))
+                v = _word_be(ids, o + at)
             elif rem <= 0:
                 v = np.uint64(0)
             elif o + at + 8 <= end:
