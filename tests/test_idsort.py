@@ -98,6 +98,32 @@ def test_merge_of_two_sorted_lists(ids, data):
         assert (*out[k].tolist(), cols[2][k], cols[3][k]) == want
 
 
+@pytest.mark.parametrize("layout", ["a after b", "a before b", "alternate", "a in the middle",
+                                    "a empty", "b empty"])
+def test_merge_parts_are_equal_stretches_of_the_result(layout):
+    """Each part of the parallel merge writes as many rows as any other (to one row),
+    however the two lists interleave, and its cuts are where a plain merge is at that
+    row: a log whose new ids all sort after the base's gives no thread all the work."""
+    from gpu_pitr.snapshot.base import MERGE_PARTS, merge_cuts
+
+    ids = [b"id:%07d" % i for i in range(1000)]
+    pick = {"a after b": lambda i: i >= 900, "a before b": lambda i: i < 37,
+            "alternate": lambda i: i % 2 == 0, "a in the middle": lambda i: 400 <= i < 450,
+            "a empty": lambda i: False, "b empty": lambda i: True}[layout]
+    a = [x for i, x in enumerate(ids) if pick(i)]
+    b = [x for i, x in enumerate(ids) if not pick(i)]
+    a_arena, a_offs, a_lens = _arena(a)
+    b_arena, b_offs, b_lens = _arena(b[::-1])  # rest names b's rows out of storage order
+    rest = np.arange(len(b) - 1, -1, -1, dtype=np.int64)
+    cut_a, cut_b = merge_cuts(a_arena, a_offs, a_lens, b_arena, rest, b_offs, b_lens)
+    assert len(cut_a) == MERGE_PARTS + 1
+    sizes = np.diff(cut_a + cut_b)
+    assert sizes.sum() == len(ids) and sizes.max() - sizes.min() <= 1
+    for ca, cb in zip(cut_a.tolist(), cut_b.tolist(), strict=True):
+        # The first ca + cb rows of the merge hold exactly a[:ca] and b[:cb].
+        assert sorted(a[:ca] + b[:cb]) == ids[:ca + cb]
+
+
 def test_joined_arenas_equal_concatenate():
     """The merge's arenas are joined on the Numba threads in 4 MiB steps: every split
     of the two parts around a step boundary equals ``np.concatenate``."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 from numba import prange
-from numba.extending import register_jitable
 
 from gpu_pitr.format.layout import RECORD_HEADER_SIZE
 from gpu_pitr.format.payload import varint_widths, write_varint
@@ -381,33 +380,42 @@ def _join(a, b, out):
             out[s:hi] = b[s - na:hi - na]
 
 
-@register_jitable
-def _merge_parts(na, nb):
-    """``(cut_a, cut_b)`` for a parallel merge of two sorted lists of ``na`` and ``nb``
-    items in up to 16 parts: ``cut_a`` evenly spaced over the first list, ``cut_b``
-    with its ends set; the caller fills its inner cuts (how many of the second list
-    go before the first list's item at ``cut_a[p]``)."""
-    parts = 16 if na >= 16 else 1
-    cut_a = np.empty(parts + 1, np.int64)
-    cut_b = np.empty(parts + 1, np.int64)
-    for p in range(parts + 1):
-        cut_a[p] = p * na // parts
-    cut_b[0] = 0
-    cut_b[parts] = nb
-    return cut_a, cut_b
+# Parts of the merge below: equal stretches of the result, so the threads share it
+# evenly whichever way the two lists interleave (a log whose new ids all sort after
+# the base's puts every base row before the first of them).
+MERGE_PARTS = 16
 
 
 @njit(cache=True, nogil=True)
-def _count_less(b, rest, b_offs, b_lens, a, ao, an):
-    # How many of the sorted ids b (rows ``rest``) sort before the id a[ao:ao+an].
-    lo, hi = 0, len(rest)
+def _co_rank(k, a, a_offs, a_lens, b, rest, b_offs, b_lens):
+    # How many of list a's ids are among the first k of the merge of a and the rows
+    # ``rest`` of b (sorted, no id in both): the smallest i whose a[i] does not sort
+    # before b's (k - i - 1)-th id (a binary search along the merge's diagonal k).
+    lo, hi = max(0, k - len(rest)), min(k, len(a_offs))
     while lo < hi:
-        mid = (lo + hi) // 2
-        if compare_ids(b, b_offs[rest[mid]], b_lens[rest[mid]], a, ao, an) < 0:
-            lo = mid + 1
+        i = (lo + hi) // 2
+        r = rest[k - i - 1]
+        if compare_ids(a, a_offs[i], a_lens[i], b, b_offs[r], b_lens[r]) < 0:
+            lo = i + 1
         else:
-            hi = mid
+            hi = i
     return lo
+
+
+@njit(cache=True, nogil=True)
+def merge_cuts(a, a_offs, a_lens, b, rest, b_offs, b_lens):
+    """``(cut_a, cut_b)``: where each of up to MERGE_PARTS parts of the merge starts in
+    list a and in ``rest``; part p writes the result's rows from ``cut_a[p] +
+    cut_b[p]``, and the parts are as long as each other (to a row)."""
+    n = len(a_offs) + len(rest)
+    parts = MERGE_PARTS if n >= MERGE_PARTS else 1
+    cut_a = np.empty(parts + 1, np.int64)
+    cut_b = np.empty(parts + 1, np.int64)
+    for p in range(parts + 1):
+        k = p * n // parts
+        cut_a[p] = _co_rank(k, a, a_offs, a_lens, b, rest, b_offs, b_lens)
+        cut_b[p] = k - cut_a[p]
+    return cut_a, cut_b
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -418,11 +426,8 @@ def _merge_into(a, a_offs, a_lens, a_meta_offs, a_meta_lens, a_row, a_rows,
     list a (the executor's: id ``i`` has vector ``a_rows[a_row[i]]``) and the rows
     ``rest`` of list b (the base's), whose id and metadata spans shift past a's
     arenas (they are appended after them). Each vector is copied once. Cut into
-    parts at ids of a (where b splits there: a binary search), merged in parallel."""
-    cut_a, cut_b = _merge_parts(len(a_offs), len(rest))
-    for p in range(1, len(cut_a) - 1):
-        i = cut_a[p]
-        cut_b[p] = _count_less(b, rest, b_offs, b_lens, a, a_offs[i], a_lens[i])
+    equal parts (``merge_cuts``), merged in parallel."""
+    cut_a, cut_b = merge_cuts(a, a_offs, a_lens, b, rest, b_offs, b_lens)
     width = out.shape[1]
     for p in prange(len(cut_a) - 1):
         i, i_end = cut_a[p], cut_a[p + 1]
