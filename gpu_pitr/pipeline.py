@@ -686,7 +686,7 @@ class _Restore:
         c = self.cols
         for i in c.trailing_rows(first, n).tolist():
             entry = self._where(i)
-            entry["count"] = int(c.off[i] + RECORD_HEADER_SIZE + c.length[i] - c.stop[i])
+            entry["count"] = c.trailing_count(i)
             self.report.trailing_bytes.append(entry)
 
     def _dim_mismatch(self, record: int, entry: int, dim: int) -> None:
@@ -885,14 +885,13 @@ def restore(
     report.message = "; ".join(notes)
     run.timings["total"] = time.perf_counter() - started
     report.timings = {k: round(v, 6) for k, v in run.timings.items()}
-    if report.message or snap is not None:
-        pass
-    elif report.segments == 0:
-        report.message = f"nothing to restore: {no_segments_note(wal_path)}"
-    elif report.records_read == 0:
-        report.message = "nothing to restore: no records in the log"
-    elif len(index) == 0:
-        report.message = "the index is empty at the stop point"
+    if not report.message and snap is None:
+        if report.segments == 0:
+            report.message = f"nothing to restore: {no_segments_note(wal_path)}"
+        elif report.records_read == 0:
+            report.message = "nothing to restore: no records in the log"
+        elif len(index) == 0:
+            report.message = "the index is empty at the stop point"
     if snap is not None:
         held = [snap]
         snap = run = executor = None

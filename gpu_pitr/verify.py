@@ -388,7 +388,7 @@ class _Verify:
     def _trailing(self, n: int) -> None:
         c = self.cols
         for i in c.trailing_rows(0, n).tolist():
-            count = int(c.off[i] + RECORD_HEADER_SIZE + c.length[i] - c.stop[i])
+            count = c.trailing_count(i)
             self._add("trailing_bytes", int(c.seg[i]), int(c.foff[i]), int(c.seq[i]),
                       f"{count} bytes left after the payload decodes "
                       "(a restore accepts the entry)", bytes=count)

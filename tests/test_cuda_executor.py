@@ -96,6 +96,25 @@ def test_key_collisions_never_merge_ids(monkeypatch):
         assert "restored on the cpu executor" in idx.report.message
 
 
+def test_batch_nested_deeper_than_the_kernel_stack_restores_on_the_host():
+    """A batch nested deeper than the kernels' stack (MAX_BATCH_DEPTH) is left to the
+    cpu executor, which decodes any depth: the same index, and the report says so."""
+    from gpu_pitr.format.payload import MAX_BATCH_DEPTH
+
+    for depth, fell_back in ((MAX_BATCH_DEPTH - 2, False), (MAX_BATCH_DEPTH + 5, True)):
+        with tempfile.TemporaryDirectory() as d:
+            log = w.LogBuilder()
+            log.add(w.Ins("top", [1.0], None, 1))
+            log.add_payload(b"\x03\x01" * depth + w.encode_entry(w.Ins("deep", [2.0], None, 2))
+                            + b"\x05" * depth)
+            log.write(d)
+            cpu = outcome(d, "cpu")
+            idx = gpu_pitr.restore(d, backend="cuda")
+            assert idx.id_list() == cpu[1] == ["deep", "top"]
+            assert idx.to_host().vectors.tobytes() == cpu[3]
+            assert ("restored on the cpu executor" in idx.report.message) == fell_back
+
+
 ARENA = 1 << 12
 
 

@@ -141,7 +141,7 @@ def _entry_slots(kind, status, nent, efirst, first, n, batches):
 
 
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
-def _count_deep(status, first, n):
+def count_deep(status, first, n):
     # How many of records first..n-1 are nested deeper than the first pass's stack.
     count = 0
     for i in range(first, n):
@@ -181,7 +181,7 @@ class CpuExecutor:
                 cols.e_dim, cols.e_meta_off, cols.e_meta_len, cols.e_key, entries)
         blocks = (n - first + _BLOCK - 1) // _BLOCK
         _decode_records(buf, first, n, *args, np.empty((blocks, MAX_BATCH_DEPTH), np.int64))
-        if _count_deep(cols.status, first, n):
+        if count_deep(cols.status, first, n):
             deep = np.flatnonzero(cols.status[first:n] == ERR_DEPTH) + first
             _decode_deep(buf, deep, *args)
 

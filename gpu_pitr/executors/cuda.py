@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gpu_pitr.executors.cpu import entry_slots
+from gpu_pitr.executors.cpu import count_deep, entry_slots
 from gpu_pitr.executors.device import simulator_enabled
 from gpu_pitr.format.columns import ENTRY_COLUMNS, RECORD_COLUMNS
 from gpu_pitr.format.layout import DELETE, RECORD_HEADER_SIZE
-from gpu_pitr.format.payload import ERR_DEPTH, MAX_BATCH_DEPTH
+from gpu_pitr.format.payload import MAX_BATCH_DEPTH
 from gpu_pitr.index import RestoredIndex
 from gpu_pitr.resolve.hostmap import N_COUNTERS, fill_counters
 from gpu_pitr.resolve.idsort import sorted_id_order
@@ -291,7 +291,7 @@ class CudaExecutor:
             # Done already (the compute stream waited for it and has drained): the host
             # buffer is free for the reader from here on.
             self._copied.synchronize()
-        if (cols.status[:n] == ERR_DEPTH).any():
+        if count_deep(cols.status, 0, n):
             raise NeedsHostExecutor(
                 f"a batch nested deeper than {MAX_BATCH_DEPTH} levels (the kernels' stack)")
         batches = entry_slots(cols, 0, n)

@@ -60,6 +60,10 @@ class ChunkColumns:
         payload does: the trailing bytes a restore accepts and verify reports."""
         return _trailing_rows(self.off, self.length, self.status, self.stop, first, n)
 
+    def trailing_count(self, i: int) -> int:
+        """How many bytes of record ``i``'s payload follow its entry."""
+        return int(self.off[i] + RECORD_HEADER_SIZE + self.length[i] - self.stop[i])
+
     def _grow(self, columns: dict, capacity: int, n: int) -> int:
         """Grow ``columns`` to hold ``n`` rows (by half again at least), keeping them."""
         if n <= capacity:
