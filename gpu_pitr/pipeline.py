@@ -64,6 +64,9 @@ from gpu_pitr.report import RestoreReport
 from gpu_pitr.snapshot.base import SeqRuns, stops_at_base, target_problem
 
 _MIN_CHUNK_BYTES = 64
+# A base restore on the cpu executor sorts in place, not by a merge, when at most one
+# base row per this many of the executor's ids is left untouched (_Restore.move_in_rest).
+MOVE_IN_RATIO = 4
 
 
 def no_segments_note(wal_dir) -> str:
@@ -589,6 +592,22 @@ class _Restore:
         if len(rows):
             self.ex.seed(self.base, rows, self.lazy.keys)
 
+    def move_in_rest(self) -> bool:
+        """Before the finish: when few base rows are left untouched, move them in too.
+
+        A merge writes every row of the result into new memory beside the executor's
+        rows; the executor's own finish sorts its rows where they are. So when the log
+        brought most of the ids (an old base), the few base rows left go into the
+        executor instead, and the index is sorted in place: less to write, and the
+        peak holds the index once, not twice. Returns whether it did."""
+        rest = self.lazy.unmoved()
+        if len(rest) * MOVE_IN_RATIO > self.ex.live_ids():
+            return False
+        if len(rest):
+            self.ex.seed(self.base, rest, self.lazy.keys)
+            self.lazy.moved[rest] = True
+        return True
+
     def _stop_at_base(self) -> None:
         """A sequence target met by the base's last record: the base is the answer."""
         pos = self.base.position
@@ -785,7 +804,8 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None):
     del run.buf, run.cols, run._piece, run._reader  # the read buffers go before the sort
     run._tell("finish")
     t = time.perf_counter()
-    if run.lazy is not None:  # the cpu executor: its rows are copied into the merge anyway
+    if run.lazy is not None and not run.move_in_rest():
+        # The cpu executor: its rows are copied into the merge anyway.
         index = run.lazy.merge(*executor.finish_unmoved(report))
     else:
         index = executor.finish(report)

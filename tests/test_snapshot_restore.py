@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import gpu_pitr
-from gpu_pitr import snapshot
+from gpu_pitr import pipeline, snapshot
 from gpu_pitr.errors import IncompleteHistoryError, TargetBeforeBaseError, WalError
 from gpu_pitr.format.writer import WalWriter
 from gpu_pitr.synth import write_synthetic_wal
@@ -101,7 +101,13 @@ def test_random_workloads_cpu(data, tmp_path):
     kw_a = data.draw(w.targets(work))
     kw_b = data.draw(st.one_of(w.targets(work), st.just(kw_a), st.just({})))
     chunk = data.draw(st.sampled_from([64, 1000, None]))
-    got = check_base_equals_full(wal, tmp_path / "snap", kw_a, kw_b, chunk_bytes=chunk)
+    # How the finish joins the base rows the log never named: by its own rule, always
+    # moved into the executor and sorted in place, or always merged.
+    ratio = data.draw(st.sampled_from([None, 0, 10**18]), label="MOVE_IN_RATIO")
+    with pytest.MonkeyPatch.context() as mp:
+        if ratio is not None:
+            mp.setattr(pipeline, "MOVE_IN_RATIO", ratio)
+        got = check_base_equals_full(wal, tmp_path / "snap", kw_a, kw_b, chunk_bytes=chunk)
     assume(got != "skip")
 
 
@@ -113,6 +119,33 @@ def test_random_workloads_cuda(data, tmp_path):
     kw_a = data.draw(w.targets(work))
     kw_b = data.draw(st.one_of(w.targets(work), st.just({})))
     assume(check_base_equals_full(wal, tmp_path / "snap", kw_a, kw_b, backend="cuda") != "skip")
+
+
+@pytest.mark.parametrize("base_ids, moved_in", [(3, True), (40, False)])
+def test_few_untouched_base_rows_move_in_before_the_finish(tmp_path, monkeypatch,
+                                                          base_ids, moved_in):
+    """A base the log mostly supersedes (few of its rows untouched against the ids the
+    log brought) has those rows moved into the executor, whose index is then sorted in
+    place; a base that stays mostly untouched is merged. Either way, the full log's
+    index."""
+    log = w.LogBuilder()
+    for i in range(base_ids):
+        log.add(w.Ins(f"base{i:03d}", [float(i), -0.0], {"b": str(i)} if i % 2 else None, 1))
+    first = Path(log.write(tmp_path / "wal"))
+    snapshot.save(gpu_pitr.restore(first, backend="cpu"), tmp_path / "snap")
+    for i in range(20):
+        log.add(w.Ins(f"new{i:03d}", [100.0 + i, 1.0], None, 2))
+    log.add(w.Upd("base000", [7.0, 7.5], {"u": "1"}, 3))
+    log.add(w.Del("base001", 3))
+    wal = Path(log.write(tmp_path / "wal2"))
+    seen = []
+    move_in = pipeline._Restore.move_in_rest
+    monkeypatch.setattr(pipeline._Restore, "move_in_rest",
+                        lambda self: seen.append(move_in(self)) or seen[-1])
+    got = gpu_pitr.restore(wal, backend="cpu", base=tmp_path / "snap")
+    assert seen == [moved_in]
+    assert _view(got) == _view(gpu_pitr.restore(wal, backend="cpu"))
+    assert got.id_list()[:2] == ["base000", *(["base002"] if base_ids > 2 else [])]
 
 
 def _txn_log(wal_dir: Path) -> None:

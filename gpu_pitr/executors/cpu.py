@@ -188,6 +188,10 @@ class CpuExecutor:
     def apply(self, buf: np.ndarray, cols, order: np.ndarray, on_dim_mismatch) -> None:
         self.map.apply(buf, order, cols, on_dim_mismatch)
 
+    def live_ids(self) -> int:
+        """How many ids the executor holds now."""
+        return self.map.live_ids()
+
     def fix_dim(self, dim: int) -> None:
         """The index dimension, known before any record (from a base snapshot)."""
         if self.map.dim < 0:

@@ -624,6 +624,9 @@ class HostMap:
         except (ValueError, OSError):
             self._limit = 1 << 34
 
+    def live_ids(self) -> int:
+        return sum(sh.n_live for sh in self.shards)
+
     @property
     def counters(self) -> np.ndarray:
         return sum(sh.counters for sh in self.shards)

@@ -324,6 +324,10 @@ class LazyBase:
                        self.moved, out)
         return np.sort(out[:m])
 
+    def unmoved(self) -> np.ndarray:
+        """The base rows never moved in, in the base's (id) order."""
+        return np.flatnonzero(~self.moved)
+
     def merge(self, index, row_of):
         """``index`` (the executor's result) with the base rows never moved in.
 
@@ -333,10 +337,7 @@ class LazyBase:
         from gpu_pitr.index import RestoredIndex
 
         snap = self.snap
-        rest = np.flatnonzero(~self.moved)
-        if not len(rest):  # every base row went through the executor
-            index.vectors = index.vectors[row_of]
-            return index
+        rest = self.unmoved()
         ids, id_offs, id_lens = index._id_arena, index._id_offs, index._id_lens
         n = len(id_offs) + len(rest)
         cols = [np.empty(n, np.int64) for _ in range(4)]  # id offs, lens; meta offs, lens
