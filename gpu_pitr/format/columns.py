@@ -92,6 +92,8 @@ def _trailing_rows(off, length, status, stop, first, n):
     for i in range(first, n):
         count += _trails(status[i], stop[i], off[i] + RECORD_HEADER_SIZE + length[i])
     rows = np.empty(count, np.int64)
+    if count == 0:  # as in nearly every chunk: no second pass
+        return rows
     count = 0
     for i in range(first, n):
         if _trails(status[i], stop[i], off[i] + RECORD_HEADER_SIZE + length[i]):
