@@ -226,10 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ids", type=int, default=4096,
                         help="distinct ids in the log (the index's size; default 4096)")
     parser.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="cpu")
-    parser.add_argument("--dir", type=Path, help="where to write the WAL (default: a temp dir)")
+    parser.add_argument("--dir", type=Path,
+                        help="where to write the WAL, in a temp dir made inside it (created "
+                             "if missing; default: the system's temp dir)")
     parser.add_argument("--calibrate", action="store_true",
                         help="fit working memory against the chunk size instead")
     a = parser.parse_args(argv)
+    if a.dir is not None:
+        a.dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=a.dir, prefix="bounded_memory_") as tmp:
         workdir = Path(tmp)
         size = int(a.budget * a.ratio)
