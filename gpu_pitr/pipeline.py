@@ -600,12 +600,11 @@ class _Restore:
         brought most of the ids (an old base), the few base rows left go into the
         executor instead, and the index is sorted in place: less to write, and the
         peak holds the index once, not twice. Returns whether it did."""
-        rest = self.lazy.unmoved()
-        if len(rest) * MOVE_IN_RATIO > self.ex.live_ids():
+        if self.lazy.untouched() * MOVE_IN_RATIO > self.ex.live_ids():
             return False
+        rest = self.lazy.take_rest()
         if len(rest):
             self.ex.seed(self.base, rest, self.lazy.keys)
-            self.lazy.moved[rest] = True
         return True
 
     def _stop_at_base(self) -> None:

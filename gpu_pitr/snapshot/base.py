@@ -324,9 +324,16 @@ class LazyBase:
                        self.moved, out)
         return np.sort(out[:m])
 
-    def unmoved(self) -> np.ndarray:
-        """The base rows never moved in, in the base's (id) order."""
-        return np.flatnonzero(~self.moved)
+    def untouched(self) -> int:
+        """How many base rows have not moved in."""
+        return len(self.moved) - int(np.count_nonzero(self.moved))
+
+    def take_rest(self) -> np.ndarray:
+        """The base rows not moved in before (ascending: the base's id order); marks
+        them moved, as ``take`` does."""
+        rest = np.flatnonzero(~self.moved)
+        self.moved[rest] = True
+        return rest
 
     def merge(self, index, row_of):
         """``index`` (the executor's result) with the base rows never moved in.
@@ -337,7 +344,7 @@ class LazyBase:
         from gpu_pitr.index import RestoredIndex
 
         snap = self.snap
-        rest = self.unmoved()
+        rest = np.flatnonzero(~self.moved)
         ids, id_offs, id_lens = index._id_arena, index._id_offs, index._id_lens
         n = len(id_offs) + len(rest)
         cols = [np.empty(n, np.int64) for _ in range(4)]  # id offs, lens; meta offs, lens
