@@ -625,6 +625,7 @@ class HostMap:
             self._limit = 1 << 34
 
     def live_ids(self) -> int:
+        """How many ids the map holds now (the live rows of every shard)."""
         return sum(sh.n_live for sh in self.shards)
 
     @property
@@ -810,7 +811,7 @@ class HostMap:
         The map is spent afterwards: each shard's map, row columns and arenas are
         let go as soon as they are joined, which leaves room for the sort.
         """
-        n = sum(sh.n_live for sh in self.shards)
+        n = self.live_ids()
         # Each live row's five columns side by side (gathered in id order below: one
         # cache line a row, not five), and its id span for the sort.
         packed = np.empty((n, 5), np.int64)
