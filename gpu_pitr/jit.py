@@ -26,6 +26,8 @@ import functools
 import hashlib
 import os
 import platform
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -33,8 +35,8 @@ from numba import njit, types
 from numba.core import caching, cgutils
 from numba.extending import intrinsic
 
-__all__ = ["NO_REFCOUNTS", "PREFETCH_AHEAD", "njit", "package_digest", "prefetch",
-           "prefetch_lines", "store_fence", "stream_copy"]
+__all__ = ["NO_REFCOUNTS", "PREFETCH_AHEAD", "compile_seconds", "njit", "package_digest",
+           "prefetch", "prefetch_lines", "store_fence", "stream_copy", "watch_compiles"]
 
 
 def _no_refcounts() -> dict:
@@ -288,3 +290,84 @@ def prefetch_lines(arr, start, n):
     array): a row or a vector whose bytes a later iteration copies."""
     for b in range(0, n, 64):
         prefetch(arr, start + b)
+
+
+class _CompileClock:
+    """Numba's ``numba:compile`` events (its event API), the outermost of nested ones
+    (a function's callees compile inside it): seconds spent compiling in this process,
+    and the watchers told as a compile starts (``True``) and ends (``False``). Numba
+    sends both from inside its global compiler lock: one compile at a time."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.done = 0.0
+        self.started = 0.0
+        self.watchers: list = []
+        self.lock = threading.Lock()
+
+    def seconds(self) -> float:
+        with self.lock:
+            now = time.perf_counter() - self.started if self.depth else 0.0
+            return self.done + now
+
+    def edge(self, start: bool) -> None:
+        with self.lock:
+            if start:
+                self.depth += 1
+                tell = self.depth == 1
+                if tell:
+                    self.started = time.perf_counter()
+            elif self.depth:
+                self.depth -= 1
+                tell = self.depth == 0
+                if tell:
+                    self.done += time.perf_counter() - self.started
+            else:
+                return
+            watchers = list(self.watchers) if tell else []
+        for watcher in watchers:
+            # Called inside Numba's compile: a bar whose stream is gone must not fail it.
+            with contextlib.suppress(OSError, ValueError):
+                watcher(start)
+
+
+def _compile_clock() -> _CompileClock:
+    clock = _CompileClock()
+    try:  # best effort, as the cache above: without the event API it reads 0
+        from numba.core import event
+
+        class Listener(event.Listener):
+            def on_start(self, _event) -> None:
+                clock.edge(True)
+
+            def on_end(self, _event) -> None:
+                clock.edge(False)
+
+        event.register("numba:compile", Listener())
+    except (ImportError, AttributeError, TypeError, ValueError, AssertionError):
+        pass
+    return clock
+
+
+_COMPILES = _compile_clock()
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent in Numba compiles so far (one in progress
+    included): on the first run after an install or an edit, most of a restore's time;
+    0 once everything loads from the cache."""
+    return _COMPILES.seconds()
+
+
+@contextlib.contextmanager
+def watch_compiles(callback):
+    """Within the block, ``callback(True)`` as Numba starts to compile (the outermost
+    compile: the functions it calls compile inside it) and ``callback(False)`` as it
+    ends, from whichever thread compiles (for a progress bar)."""
+    with _COMPILES.lock:
+        _COMPILES.watchers.append(callback)
+    try:
+        yield
+    finally:
+        with _COMPILES.lock:
+            _COMPILES.watchers.remove(callback)

@@ -49,6 +49,7 @@ from gpu_pitr.format.segments import list_segments
 from gpu_pitr.format.times import parse_time
 from gpu_pitr.hostmem import fill_once_pages
 from gpu_pitr.index import RestoredIndex
+from gpu_pitr.jit import compile_seconds
 from gpu_pitr.plan.commit import (
     C_ABORTED,
     C_COMMIT_POINTS,
@@ -865,7 +866,7 @@ def restore(
         raise ValueError("give at most one of to_time and to_seq")
     if chunk_bytes is not None and int(chunk_bytes) <= 0:
         raise ValueError(f"chunk_bytes must be positive (None: the default), not {chunk_bytes}")
-    started = time.perf_counter()
+    started, compiled = time.perf_counter(), compile_seconds()
     if to_time is not None:
         target = {"to_time": parse_time(to_time, exclusive)}
         target_doc = {"kind": "time", "value": target["to_time"], "exclusive": bool(exclusive)}
@@ -902,6 +903,9 @@ def restore(
             notes.append(f"cuda executor: {err}; restored on the cpu executor instead")
     report = index.report
     report.message = "; ".join(notes)
+    # Of the total (within the stages): Numba compiling, on a first run after an
+    # install or an edit (PostgreSQL's EXPLAIN ANALYZE shows its JIT time apart too).
+    run.timings["compile"] = compile_seconds() - compiled
     run.timings["total"] = time.perf_counter() - started
     report.timings = {k: round(v, 6) for k, v in run.timings.items()}
     if not report.message and snap is None:

@@ -1,13 +1,16 @@
 """A one-line progress bar on stderr for long restores: phase, bytes, records, rate, ETA.
 
 It is fed by the ``progress`` callback of ``gpu_pitr.restore`` and draws only on a
-terminal, at most about ten times a second, rewriting its line with ``\\r``.
+terminal, at most about ten times a second, rewriting its line with ``\\r``. While
+Numba compiles (the first run after an install or an upgrade), it says so instead of
+showing a rate and an ETA, and the time compiling does not count in the rate.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TextIO
@@ -48,20 +51,40 @@ class ProgressBar:
         self.last_draw = -float("inf")
         self.state = ("read", 0, 0, 0)
         self.shown = 0  # characters on the line now
+        self.compiled = 0.0  # seconds spent compiling, ended compiles
+        self.compiling_since: float | None = None
+        self._lock = threading.Lock()  # compiles are told from the thread that compiles
 
     def __call__(self, phase: str, bytes_done: int, bytes_total: int, records: int) -> None:
-        now = self.clock()
-        if self.started is None:
-            self.started = now
-        changed = phase != self.state[0]
-        self.state = (phase, int(bytes_done), int(bytes_total), int(records))
-        if changed or now - self.last_draw >= self.interval:
-            self.last_draw = now
-            self._draw(self.line(now))
+        with self._lock:
+            now = self._now()
+            changed = phase != self.state[0]
+            self.state = (phase, int(bytes_done), int(bytes_total), int(records))
+            if changed or now - self.last_draw >= self.interval:
+                self.last_draw = now
+                self._draw(self.line(now))
 
     def phase(self, phase: str) -> None:
         """Show a new phase (e.g. "write") with the last counts."""
         self(phase, *self.state[1:])
+
+    def compiling(self, active: bool) -> None:
+        """Numba starts (True) or stops (False) compiling: ``gpu_pitr.jit.watch_compiles``."""
+        with self._lock:
+            now = self._now()
+            if active:
+                self.compiling_since = now
+            elif self.compiling_since is not None:
+                self.compiled += now - self.compiling_since
+                self.compiling_since = None
+            self.last_draw = now
+            self._draw(self.line(now))
+
+    def _now(self) -> float:
+        now = self.clock()
+        if self.started is None:
+            self.started = now
+        return now
 
     def line(self, now: float) -> str:
         """The text of the bar for the current state at time ``now``."""
@@ -69,14 +92,20 @@ class ProgressBar:
         elapsed = max(now - (self.started if self.started is not None else now), 0.0)
         frac = min(done / total, 1.0) if total else 1.0
         cells = int(frac * _BAR_CELLS)
+        compiling = self.compiling_since is not None
         parts = [
-            f"{phase:<6} {frac * 100:3.0f}% [{'#' * cells}{'.' * (_BAR_CELLS - cells)}]",
+            f"{'compile' if compiling else phase:<6} {frac * 100:3.0f}% "
+            f"[{'#' * cells}{'.' * (_BAR_CELLS - cells)}]",
             f"{human_bytes(done)}/{human_bytes(total)}",
             f"{records:,} records",
         ]
+        if compiling:  # no rate or ETA: the bytes wait for the compiler
+            parts.append(f"{_clock_text(elapsed)} (then cached)")
+            return " ".join(parts)
         eta = None
-        if elapsed > 0 and done:
-            rate = done / elapsed
+        working = elapsed - self.compiled
+        if working > 0 and done:
+            rate = done / working
             parts.append(f"{rate / 1e6:.1f} MB/s")
             if phase == "read" and done < total:
                 eta = (total - done) / rate
@@ -101,10 +130,11 @@ class ProgressBar:
 
     def close(self) -> None:
         """Clear the bar's line (nothing is written if it never drew)."""
-        if self.shown:
-            self.stream.write("\r" + " " * self.shown + "\r")
-            self.stream.flush()
-            self.shown = 0
+        with self._lock:
+            if self.shown:
+                self.stream.write("\r" + " " * self.shown + "\r")
+                self.stream.flush()
+                self.shown = 0
 
 
 def progress_bar(quiet: bool = False, stream: TextIO | None = None) -> ProgressBar | None:

@@ -272,3 +272,108 @@ def test_budget_to_chunk_size() -> None:
     assert chunk_bytes_for_budget(256 << 20) > chunk_bytes_for_budget(48 << 20)
     with pytest.raises(ValueError, match="too small"):
         chunk_bytes_for_budget(min_budget() - 1)
+
+
+def fresh_function():
+    """A Numba function never compiled before in this process (a new one each call), that
+    calls another: the callee compiles inside it, one outermost compile."""
+    from numba import njit
+
+    @njit
+    def inner(x):
+        return x * 3
+
+    @njit
+    def outer(x):
+        return inner(x) + 1
+
+    return outer
+
+
+def test_compile_seconds_and_watchers_see_outermost_compiles() -> None:
+    from gpu_pitr.jit import compile_seconds, watch_compiles
+
+    f = fresh_function()
+    seen: list[bool] = []
+    before = compile_seconds()
+    with watch_compiles(seen.append):
+        assert f(2) == 7  # compiles outer, and inner inside it
+        assert f(5) == 16  # compiled: no event
+    spent = compile_seconds() - before
+    assert seen == [True, False]
+    assert spent > 0
+    g = fresh_function()
+    g(1)  # outside the block: the watcher is gone, the clock still counts
+    assert seen == [True, False] and compile_seconds() - before > spent
+
+
+def test_bar_while_compiling() -> None:
+    stream, clock = io.StringIO(), Clock()
+    bar = ProgressBar(stream, clock=clock)
+    bar("read", 0, 400_000_000, 0)
+    clock.now += 1.0
+    bar.compiling(True)  # drawn at once, whatever the interval
+    line = stream.getvalue().rsplit("\r", 1)[1]
+    assert line.startswith("compile   0% [") and "(then cached)" in line
+    assert "MB/s" not in line and "ETA" not in line
+    clock.now += 7.0
+    bar.compiling(False)
+    assert stream.getvalue().rsplit("\r", 1)[1].startswith("read ")
+    clock.now += 2.0
+    bar("read", 100_000_000, 400_000_000, 12345)
+    # 10 s since the start, 7 of them compiling: 100 MB in 3 s.
+    line = stream.getvalue().rsplit("\r", 1)[1]
+    assert "33.3 MB/s" in line and "ETA 0:09" in line
+
+
+def test_report_counts_compiling_inside_the_restore(wal_dir: Path) -> None:
+    from gpu_pitr.jit import compile_seconds
+
+    spent = []
+
+    def progress(*_args):  # compiles, once, inside the restore
+        if not spent:
+            before = compile_seconds()
+            fresh_function()(1)
+            spent.append(compile_seconds() - before)
+
+    timings = gpu_pitr.restore(wal_dir, backend="cpu", progress=progress).report.timings
+    assert spent[0] > 0
+    assert spent[0] - 1e-6 <= timings["compile"] <= timings["total"]  # rounded to 1 us
+    assert gpu_pitr.restore(wal_dir, backend="cpu").report.timings["compile"] == 0
+
+
+def test_cli_bar_and_summary_say_when_it_compiles(wal_dir: Path, tmp_path: Path,
+                                                  monkeypatch, capsys) -> None:
+    from gpu_pitr import cli
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    monkeypatch.setattr(cli, "progress_bar", lambda quiet=False: ProgressBar(stream))
+    monkeypatch.setattr(cli, "COMPILE_NOTE_SECONDS", 1e-6)  # this compile is short
+    restore = gpu_pitr.restore
+
+    def compiling_restore(*args, progress, **kwargs):  # as on a first run: Numba compiles
+        def compile_first(*counts):
+            if not compiled:
+                compiled.append(fresh_function()(1))
+            progress(*counts)
+
+        return restore(*args, progress=compile_first, **kwargs)
+
+    compiled: list = []
+
+    monkeypatch.setattr(gpu_pitr, "restore", compiling_restore)
+    assert cli.main(["restore", str(wal_dir), "--out", str(tmp_path / "o.npz"),
+                     "--backend", "cpu"]) == 0
+    assert "\rcompile " in stream.getvalue()
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "s of it compiling, once: later runs load the cache)" in first
+    monkeypatch.setattr(gpu_pitr, "restore", restore)
+    assert cli.main(["restore", str(wal_dir), "--out", str(tmp_path / "o.npz"),
+                     "--backend", "cpu"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "compiling" not in first and first.endswith(" s)")
