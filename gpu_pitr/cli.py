@@ -21,6 +21,7 @@ from typing import NoReturn
 
 from gpu_pitr import __version__, interrupts
 from gpu_pitr.errors import MissingExtraError, WalError
+from gpu_pitr.format.segments import not_a_directory
 from gpu_pitr.format.stats import stats_lines, utc_text, wal_stats
 from gpu_pitr.format.times import U64_MAX
 from gpu_pitr.outputs import (
@@ -335,7 +336,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         except ValueError as err:
             parser.error(f"argument --memory-budget: {err}")
     if not os.path.isdir(args.wal_dir):
-        raise NotADirectoryError(f"{args.wal_dir}: not a directory")
+        raise NotADirectoryError(f"{args.wal_dir}: {not_a_directory(args.wal_dir)}")
     # Before the restore, so that a missing extra or an unwritable directory fails at once.
     check_output(out, fmt)
     if report_json is not None:
@@ -522,7 +523,7 @@ def _say_if_no_segments(wal_dir: str, segments: int) -> None:
 def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``verify``: 0 without damage, 1 with; 2 when WAL_DIR cannot be read at all."""
     if not os.path.isdir(args.wal_dir):
-        parser.error(f"argument WAL_DIR: {args.wal_dir}: not a directory")
+        parser.error(f"argument WAL_DIR: {args.wal_dir}: {not_a_directory(args.wal_dir)}")
     from gpu_pitr.snapshot.format import holds_snapshot_files
     from gpu_pitr.verify import verify_wal  # with Numba: imported when a command needs it
 

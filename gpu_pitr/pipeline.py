@@ -45,7 +45,7 @@ from gpu_pitr.format.readahead import (
     Readahead,
     host_buffer,
 )
-from gpu_pitr.format.segments import list_segments
+from gpu_pitr.format.segments import list_segments, not_a_directory
 from gpu_pitr.format.times import parse_time
 from gpu_pitr.hostmem import fill_once_pages
 from gpu_pitr.index import RestoredIndex
@@ -880,7 +880,7 @@ def restore(
         target_doc = {"kind": "latest", "value": None, "exclusive": False}
     wal_path = Path(wal_dir)
     if not wal_path.is_dir():
-        raise WalError("WAL directory not found or not a directory", file=str(wal_path))
+        raise WalError(f"WAL directory: {not_a_directory(wal_path)}", file=str(wal_path))
     segments = list_segments(wal_path)
     total = sum(s.size for s in segments)
     # At most about the log's bytes are filled (the index, arenas, a base's rows).

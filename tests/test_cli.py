@@ -18,6 +18,8 @@ import pytest
 from reference import frame_log
 from workloads import dir_state
 
+import gpu_pitr
+from gpu_pitr.errors import WalError
 from gpu_pitr.format.entries import (
     AbortTransaction,
     Batch,
@@ -354,8 +356,22 @@ def test_skip_corrupt(wal_dir: Path, tmp_path: Path) -> None:
 
 def test_missing_wal_dir_is_one_line(tmp_path: Path) -> None:
     proc = cli("restore", tmp_path / "nope", "--out", tmp_path / "o.npz")
-    assert_one_error_line(proc, "nope")
+    assert_one_error_line(proc, f"{tmp_path / 'nope'}: no such directory")
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_wal_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "wal-0000000000000001.log").write_bytes(b"")
+    for command, out in (("restore", "o.npz"), ("snapshot", "snap")):
+        proc = cli(command, tmp_path / "wal-0000000000000001.log", "--out", tmp_path / out)
+        assert_one_error_line(proc, "wal-0000000000000001.log: not a directory")
+    assert_one_error_line(cli("inspect", tmp_path / "wal-0000000000000001.log"),
+                          "not a directory")
+    with pytest.raises(WalError, match="no such directory"):
+        gpu_pitr.restore(tmp_path / "nope")
+    with pytest.raises(WalError, match="WAL directory: not a directory"):
+        gpu_pitr.restore(tmp_path / "wal-0000000000000001.log")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wal-0000000000000001.log"]
 
 
 def test_unwritable_out_dir_is_one_line(wal_dir: Path, tmp_path: Path) -> None:
@@ -573,4 +589,4 @@ def test_inspect_then_restore_a_clean_wal(wal_dir: Path) -> None:
 
 
 def test_inspect_missing_dir_is_one_line(tmp_path: Path) -> None:
-    assert_one_error_line(cli("inspect", tmp_path / "nope"), "nope")
+    assert_one_error_line(cli("inspect", tmp_path / "nope"), "nope", "no such directory")

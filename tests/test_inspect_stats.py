@@ -127,9 +127,12 @@ def test_empty_and_missing_directories(tmp_path):
     assert doc["segments"] == [] and doc["totals"]["records"] == 0
     from gpu_pitr.errors import WalError
 
+    (tmp_path / "file").write_bytes(b"")
     for stats in (wal_stats, inspect_reference.wal_stats):
-        with pytest.raises(WalError, match="not a directory"):
+        with pytest.raises(WalError, match="nope: no such directory"):
             stats(tmp_path / "nope")
+        with pytest.raises(WalError, match="file: not a directory"):
+            stats(tmp_path / "file")
 
 
 @pytest.mark.parametrize("body", [

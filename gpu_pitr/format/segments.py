@@ -23,6 +23,11 @@ class Segment:
         return self.path.name
 
 
+def not_a_directory(path: str | os.PathLike) -> str:
+    """Why ``path``, which is not a directory, cannot be one: missing, or something else."""
+    return "not a directory" if os.path.lexists(path) else "no such directory"
+
+
 def list_segments(wal_dir: str | os.PathLike) -> list[Segment]:
     """Segment files of ``wal_dir`` in log order (file names sorted by bytes).
 
@@ -35,7 +40,7 @@ def list_segments(wal_dir: str | os.PathLike) -> list[Segment]:
     if not wal_dir.is_dir():
         from gpu_pitr.errors import WalError
 
-        raise WalError("not a directory", file=str(wal_dir))
+        raise WalError(not_a_directory(wal_dir), file=str(wal_dir))
     try:
         entries = list(os.scandir(wal_dir))
     except OSError as err:
