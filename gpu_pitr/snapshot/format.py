@@ -611,16 +611,16 @@ def _column(pa, path: Path, buf: np.ndarray, name: str, typ, count: int):
     return column
 
 
+# The order check's parts (each the first unsorted row of its own, on the Numba threads).
+_ORDER_PARTS = 16
+
+
 def _first_unsorted(arena, offs, lens) -> int:
     """The first row whose id is not greater than the one before it, or -1."""
     firsts = np.empty(_ORDER_PARTS, np.int64)
     _first_unsorted_in_parts(arena, offs, lens, firsts)
     first = int(firsts.min())
     return first if first < len(offs) else -1
-
-
-# The order check's parts (each the first unsorted row of its own, on the Numba threads).
-_ORDER_PARTS = 16
 
 
 @njit(cache=True, parallel=True, nogil=True, **NO_REFCOUNTS)
