@@ -50,6 +50,7 @@ from gpu_pitr.archive import plural
 from gpu_pitr.crc import crc32
 from gpu_pitr.errors import WalError, os_reason
 from gpu_pitr.format.layout import SEGMENT_NAME_RE
+from gpu_pitr.format.segments import not_a_directory
 
 SNAPSHOT = "snapshot"
 SEGMENT = "segment"
@@ -181,7 +182,7 @@ def expire(archive_dir: str | os.PathLike, snapshots_dir: str | os.PathLike, *,
     archive_dir, snapshots_dir = Path(archive_dir), Path(snapshots_dir)
     _check_archive(archive_dir)
     if not snapshots_dir.is_dir():
-        raise WalError("snapshot directory not found or not a directory",
+        raise WalError(f"snapshot directory: {not_a_directory(snapshots_dir)}",
                        file=str(snapshots_dir))
     result = ExpireResult(str(archive_dir), str(snapshots_dir), dry_run)
     with archive_lock(archive_dir):
@@ -266,7 +267,8 @@ def _check_archive(archive_dir: Path) -> None:
     from gpu_pitr.archive import LOCK_NAME
 
     if not archive_dir.is_dir():
-        raise WalError("archive directory not found or not a directory", file=str(archive_dir))
+        raise WalError(f"archive directory: {not_a_directory(archive_dir)}",
+                       file=str(archive_dir))
     try:
         st = os.lstat(archive_dir / LOCK_NAME)
     except FileNotFoundError:

@@ -366,8 +366,14 @@ def test_only_an_archive_is_touched_and_only_under_its_lock(hist, tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(ArchiveError, match="another gpu-pitr archive or expire"):
             expire(arc, snaps, keep=1)
-    with pytest.raises(WalError, match="snapshot directory not found"):
+    with pytest.raises(WalError, match="nowhere: snapshot directory: no such directory"):
         expire(arc, tmp_path / "nowhere", keep=1)
+    with pytest.raises(WalError, match="snapshot directory: not a directory"):
+        expire(arc, arc / LOCK_NAME, keep=1)
+    with pytest.raises(WalError, match="nowhere: archive directory: no such directory"):
+        expire(tmp_path / "nowhere", snaps, keep=1)
+    with pytest.raises(WalError, match="archive directory: not a directory"):
+        expire(arc / LOCK_NAME, snaps, keep=1)
     for bad in ({}, {"keep": 1, "keep_since": 5}, {"keep": 0}, {"keep": True},
                 {"keep_since": "yesterday"}):
         with pytest.raises(ValueError):

@@ -372,6 +372,11 @@ def test_snapshots_dir_picks_newest_usable_and_falls_back(tmp_path):
     got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 1, snapshots=snaps)
     assert got.report.base is None and "whole log" in got.report.message
     assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 1))
+    # A --snapshots that is missing, or a file, says which.
+    with pytest.raises(WalError, match="nope: snapshot directory: no such directory"):
+        gpu_pitr.restore(d, backend="cpu", snapshots=tmp_path / "nope")
+    with pytest.raises(WalError, match="vectors.f32: snapshot directory: not a directory"):
+        gpu_pitr.restore(d, backend="cpu", snapshots=vec)
 
 
 def _cli(*args, check=True):

@@ -91,12 +91,14 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     ``allow_incomplete``. ``mmap``, ``key_table``: see ``load_snapshot``.
     """
     from gpu_pitr.errors import WalError
+    from gpu_pitr.format.segments import not_a_directory
     from gpu_pitr.snapshot.base import target_problem
     from gpu_pitr.snapshot.format import load_snapshot, read_manifest
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise WalError("snapshot directory not found or not a directory", file=str(directory))
+        raise WalError(f"snapshot directory: {not_a_directory(directory)}",
+                       file=str(directory))
     notes: list[str] = []
     usable = []
     manifests = {}
