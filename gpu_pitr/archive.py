@@ -223,12 +223,17 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
 
 
 def _make_dir(archive_dir: Path) -> None:
-    """The archive directory, created (and its parent fsynced) if missing."""
+    """The archive directory, created (and its parent fsynced) if missing. One that
+    exists must be empty or an archive (it holds the lock file the first run made):
+    any other, a writer's live WAL directory given as --out by a slip included, is
+    refused. Copying into it would put back what the writer's retention deleted, and
+    its lock file would then let ``expire`` delete the writer's segments."""
     if os.path.lexists(archive_dir) and not archive_dir.is_dir():
         raise ArchiveError("exists and is not a directory", file=str(archive_dir))
     try:
         archive_dir.mkdir()
     except FileExistsError:
+        _check_existing(archive_dir)
         return
     except FileNotFoundError as err:
         raise ArchiveError("cannot create the archive: its parent directory does not exist",
@@ -237,6 +242,20 @@ def _make_dir(archive_dir: Path) -> None:
         raise ArchiveError(f"cannot create the archive: {os_reason(err)}",
                            file=str(archive_dir)) from err
     fsync_path(archive_dir.parent, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _check_existing(archive_dir: Path) -> None:
+    try:
+        names = sorted(os.listdir(archive_dir))
+    except OSError as err:
+        raise ArchiveError(f"cannot list the archive: {os_reason(err)}",
+                           file=str(archive_dir)) from err
+    if names and LOCK_NAME not in names:
+        segments = sum(bool(SEGMENT_NAME_RE.fullmatch(n)) for n in names)
+        what = (f"{plural(segments, 'segment file')} (a WAL directory?)" if segments
+                else f"{names[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else ""))
+        raise ArchiveError(f"not an archive made by gpu-pitr archive, and not empty: it holds "
+                           f"{what}; give a new or empty directory", file=str(archive_dir))
 
 
 class archive_lock:

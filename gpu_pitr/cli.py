@@ -294,6 +294,11 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except (WalError, OSError, MissingExtraError) as err:
         _print_error(err)
         return 1
+    except MemoryError as err:  # NumPy's says what it could not allocate
+        hint = ("; a smaller --chunk-size or a --memory-budget needs less besides the index"
+                if args.command in ("restore", "snapshot") else "")
+        _print_error(f"out of memory: {err or 'an allocation failed'}{hint}")
+        return 1
 
 
 def _stdout_gone() -> None:
@@ -327,6 +332,11 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             if inside(written.parent if written.is_symlink() else written, args.wal_dir):
                 parser.error(f"argument {flag}: {written} is inside WAL_DIR; "
                              "nothing is ever written there")
+    if report_json is not None and any(inside(report_json, written)
+                                       for written in output_files(out, fmt)):
+        # One would overwrite the other (the index lost), or land in the snapshot's tree.
+        parser.error(f"argument --report-json: {report_json} is what --out writes, or inside "
+                     "it; give the report a path of its own")
     chunk_bytes = args.chunk_size
     if args.memory_budget is not None:
         from gpu_pitr.budget import chunk_bytes_for_budget
@@ -372,6 +382,8 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    for line in restore_warnings(report):  # with --quiet too: damage is not news to drop
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
     if not args.quiet:
         lines = restore_summary(report, out)
         if fmt == "snapshot" and index.position is not None:
@@ -402,6 +414,31 @@ def _time_target(parser: argparse.ArgumentParser, text: str, up: bool,
 #: A restore that spent this long compiling says so in its summary (a first run after an
 #: install or an upgrade compiled for 30.2 s on the 2-core VM, 2026-12-04; a cached one, 0).
 COMPILE_NOTE_SECONDS = 0.5
+
+
+#: Of each kind of damage a restore went past, the first this many are warned of one by one.
+WARN_EACH = 10
+
+
+def restore_warnings(report: dict) -> list[str]:
+    """What a restore went past that a person must not miss: each torn tail (the bytes
+    after it in its file were not read) and each record or file ``--skip-corrupt``
+    skipped, the first ``WARN_EACH`` of each, then the report's ``warnings`` (a damaged
+    snapshot passed over, a WAL_DIR without segment files)."""
+    lines = []
+    torn = [t for t in report["torn_tails"] if t["bytes_lost"]]  # an empty file loses nothing
+    for kind, items in (("torn tail", torn), ("skipped", report["skipped"])):
+        for item in items[:WARN_EACH]:
+            where = f"{item['file']}: offset {item['offset']}: "
+            if kind == "torn tail":  # inspect's words
+                lines.append(f"{where}torn tail, {item['bytes_lost']} bytes lost")
+            else:
+                seq = "" if item.get("seq") is None else f"seq {item['seq']}: "
+                lines.append(f"{where}{seq}skipped: {item['what']}")
+        if len(items) > WARN_EACH:
+            lines.append(f"{len(items) - WARN_EACH} more {kind}"
+                         f"{'s' if kind == 'torn tail' else ''} (the report lists every one)")
+    return lines + list(report.get("warnings", []))
 
 
 def restore_summary(report: dict, out: Path) -> list[str]:
@@ -683,9 +720,11 @@ def _check_snapshot(path: str) -> tuple[dict, list[str]]:
         return doc, [str(err), f"{path}: DAMAGED: snapshot ({seconds:.3f} s)"]
     seconds = time.perf_counter() - started
     doc["seconds"] = round(seconds, 6)
+    others = doc["other_files"]
     return doc, [f"{path}: clean: snapshot of {doc['count']} ids, dim {doc['dim']}, "
                  f"{_snapshot_position(doc['position'])}; {doc['bytes']} bytes checked "
-                 f"({seconds:.3f} s)"]
+                 f"({seconds:.3f} s)"
+                 + (f"; not part of it, not checked: {', '.join(others)}" if others else "")]
 
 
 def _verify_snapshots(args: argparse.Namespace, paths: list[str], single: bool = False) -> int:

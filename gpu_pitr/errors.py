@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class WalError(Exception):
     """A data error in a WAL directory, a snapshot or a restore target.
@@ -93,6 +95,17 @@ class OutputError(_OneLineOSError):
     def __init__(self, path, what: str, cause: OSError) -> None:
         super().__init__(path, f"{path}: cannot write the {what}: {os_reason(cause)}; "
                          "nothing was left in its place", cause)
+
+
+class UnwritableDirectoryError(_OneLineOSError):
+    """A directory an output was to be created in refuses new files (no permission, a
+    read-only file system): one line naming the directory and the output, checked
+    before a restore starts."""
+
+    def __init__(self, path, cause: OSError) -> None:
+        path = Path(path)
+        super().__init__(path.parent, f"{path.parent}: cannot create {path.name} there: "
+                         f"{os_reason(cause)}", cause)
 
 
 class FileReadError(_OneLineOSError):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from gpu_pitr import interrupts
-from gpu_pitr.errors import MissingExtraError, OutputError, WalError
+from gpu_pitr.errors import MissingExtraError, OutputError, UnwritableDirectoryError, WalError
 from gpu_pitr.npzfile import write_npz
 from gpu_pitr.tempfiles import remove_stale_temps, temp_path
 
@@ -32,17 +32,25 @@ def output_format(out: str, fmt: str | None = None) -> str:
     """The format to write ``out`` in: ``fmt``, or the one its name implies.
 
     A name ending in ``/`` or naming an existing directory implies a snapshot;
-    ``.npz``, ``.parquet`` and ``.faiss`` imply those formats.
+    ``.npz``, ``.parquet`` and ``.faiss`` imply those formats (an existing directory
+    with such a name is refused, unless ``fmt`` is ``snapshot``).
 
     Raises:
         ValueError: the name and ``fmt`` disagree, or neither says which format.
     """
     if fmt is not None and fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
-    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+    suffix = Path(out).suffix.lower()
+    if out.endswith(("/", os.sep)):
+        implied, what = "snapshot", "a directory"
+    elif Path(out).is_dir():
+        if suffix in SUFFIXES and fmt != "snapshot":
+            # x.npz/ from an earlier slip: neither replaced by a file nor taken for a
+            # snapshot's place without being asked.
+            raise ValueError(f"{out!r} is an existing directory with a {suffix} name: remove "
+                             "it, or give --format snapshot to write a snapshot there")
         implied, what = "snapshot", "a directory"
     else:
-        suffix = Path(out).suffix.lower()
         implied, what = SUFFIXES.get(suffix), f"a {suffix} name"
     if fmt is None:
         if implied is None:
@@ -51,7 +59,8 @@ def output_format(out: str, fmt: str | None = None) -> str:
                 "or .faiss, or in / for a snapshot directory, or give --format")
         return implied
     if implied is not None and implied != fmt:
-        raise ValueError(f"{out!r} is {what}, which does not fit --format {fmt}")
+        wanted = "a snapshot, a directory" if fmt == "snapshot" else f"--format {fmt}"
+        raise ValueError(f"{out!r} is {what}, which does not fit {wanted}")
     return fmt
 
 
@@ -295,12 +304,15 @@ class _Probe(Exception):
 
 
 def _probe(path: Path) -> None:
-    # Creating a file is the only test of writability that also holds for root.
+    # Creating a file is the only test of writability that also holds for root. It fails
+    # on the temp file's name, which the person never gave: the error names the directory.
     try:
         with atomic_files(path):
             raise _Probe
     except _Probe:
         pass
+    except OSError as err:
+        raise UnwritableDirectoryError(path, err) from err
 
 
 def fsync_path(path: Path, flags: int) -> None:

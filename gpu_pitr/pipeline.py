@@ -101,8 +101,10 @@ def no_segments_note(wal_dir) -> str:
     return note
 
 
-def make_executor(backend: str, total_bytes: int):
-    """The executor for ``backend`` ("cpu", "cuda" or "auto")."""
+def make_executor(backend: str, total_bytes: int, notes: list | None = None):
+    """The executor for ``backend`` ("cpu", "cuda" or "auto"). With ``auto`` on a machine
+    that has CuPy but no usable GPU, why the cpu executor ran goes into ``notes`` (without
+    CuPy, cpu is what was asked for: nothing to say)."""
     if backend not in ("cpu", "cuda", "auto"):
         raise ValueError(f"unknown backend {backend!r} (cpu, cuda or auto)")
     if backend in ("cuda", "auto"):
@@ -117,6 +119,11 @@ def make_executor(backend: str, total_bytes: int):
             from gpu_pitr.errors import BackendUnavailableError
 
             raise BackendUnavailableError(f"--backend cuda: {reason}")
+        from gpu_pitr.executors.device import simulator_enabled
+
+        if (notes is not None and not simulator_enabled()
+                and not reason.startswith("CuPy is not installed")):
+            notes.append(f"backend auto: the cpu executor ran, as {reason}")
     from gpu_pitr.executors.cpu import CpuExecutor
 
     return CpuExecutor(total_bytes)
@@ -226,6 +233,7 @@ class _Restore:
             reader.close()
             self._framer = None  # it holds read buffers: they go before the sort
             self.timings["frame"] += framer.frame_seconds
+            self.report.bytes_read += framer.header_only_bytes
         self._end_of_log()
         if not self.plan.stopped:
             self._end_position()
@@ -737,7 +745,8 @@ def _needs_host():
 
 
 def _base_for(base, snapshots, target: dict, exclusive: bool, allow_incomplete: bool = False):
-    """The snapshot a restore starts from (or None), and notes for the report.
+    """The snapshot a restore starts from (or None), notes for the report, and the
+    warnings among them (``snapshot.choose``).
 
     A snapshot this restore loads has its vectors mapped, not read: the rows the
     result keeps are copied from the page cache once, into their places. A snapshot
@@ -746,7 +755,7 @@ def _base_for(base, snapshots, target: dict, exclusive: bool, allow_incomplete: 
     if base is not None and snapshots is not None:
         raise ValueError("give at most one of base and snapshots")
     if base is None and snapshots is None:
-        return None, []
+        return None, [], []
     from gpu_pitr import snapshot
 
     if snapshots is not None:
@@ -763,7 +772,7 @@ def _base_for(base, snapshots, target: dict, exclusive: bool, allow_incomplete: 
             "the base snapshot was restored from an incomplete history: a restore from it "
             "is too (allow it: --allow-incomplete-history, allow_incomplete_history=True)",
             file=str(snap.path))
-    return snap, []
+    return snap, [], []
 
 
 def _base_bytes(base, snapshots) -> int:
@@ -789,7 +798,7 @@ def _base_bytes(base, snapshots) -> int:
         return 0
 
 
-def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None):
+def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, largest=0):
     report = RestoreReport(target=target_doc, backend=executor.name,
                            incomplete_history_allowed=bool(args[4]))
     if base is not None:
@@ -798,7 +807,10 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None):
                        "offset": pos.get("offset"), "seq": pos.get("seq"),
                        "timestamp": pos.get("timestamp"), "ids": int(base.count),
                        "dim": base.dim}
-    chunk_bytes = chunk_bytes or getattr(executor, "chunk_bytes", DEFAULT_CHUNK_BYTES)
+    default = getattr(executor, "chunk_bytes", DEFAULT_CHUNK_BYTES)
+    # No piece is longer than its segment: buffers past that would be allocated unused
+    # (--chunk-size 64G on a log of 20 MB asked for five of 64 GiB).
+    chunk_bytes = min(int(chunk_bytes), max(default, largest)) if chunk_bytes else default
     run = _Restore(*args, executor, chunk_bytes, report, progress, base)
     run.run()
     del run.buf, run.cols, run._piece, run._reader  # the read buffers go before the sort
@@ -845,7 +857,8 @@ def restore(
             sequence number 0.
         chunk_bytes: bytes read per chunk (default 16 MiB on the cpu executor,
             128 MiB on cuda; five such buffers are in use at once; at least 64 bytes
-            are read at a time).
+            are read at a time). A piece never spans two segments, so a size past
+            both the largest segment and the default is cut to the larger of them.
         progress: called as ``progress(phase, bytes_done, bytes_total, records)``
             after each chunk (phase "read") and once before the final sort
             (phase "finish"); for progress bars.
@@ -864,6 +877,9 @@ def restore(
     """
     if to_time is not None and to_seq is not None:
         raise ValueError("give at most one of to_time and to_seq")
+    if exclusive and to_time is None and to_seq is None:
+        # As the command line: "exclusive" of nothing is a slip, not the latest state.
+        raise ValueError("exclusive leaves out the target: give to_time or to_seq")
     if chunk_bytes is not None and int(chunk_bytes) <= 0:
         raise ValueError(f"chunk_bytes must be positive (None: the default), not {chunk_bytes}")
     started, compiled = time.perf_counter(), compile_seconds()
@@ -883,26 +899,30 @@ def restore(
         raise WalError(f"WAL directory: {not_a_directory(wal_path)}", file=str(wal_path))
     segments = list_segments(wal_path)
     total = sum(s.size for s in segments)
+    largest = max((s.size for s in segments), default=0)
     # At most about the log's bytes are filled (the index, arenas, a base's rows).
     with fill_once_pages(need=total + _base_bytes(base, snapshots)):
-        snap, notes = _base_for(base, snapshots, target, exclusive, allow_incomplete_history)
+        snap, notes, warnings = _base_for(base, snapshots, target, exclusive,
+                                          allow_incomplete_history)
         if snap is not None:
             # Room for the base's rows, which go through the executor like records.
             total += int(snap.vectors.nbytes) + len(snap.id_arena) + len(snap.meta_arena) \
                 + 32 * int(snap.count) + len(snap.pending)
-        executor = make_executor(backend, total)
+        why_cpu: list[str] = []
+        executor = make_executor(backend, total, why_cpu)
         args = (wal_path, target, exclusive, skip_corrupt, allow_incomplete_history)
         try:
-            index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap)
+            index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap, largest)
         except _needs_host() as err:
             # Exactness over speed: the host executor handles every input exactly.
             from gpu_pitr.executors.cpu import CpuExecutor
 
             index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc, progress,
-                              snap)
+                              snap, largest)
             notes.append(f"cuda executor: {err}; restored on the cpu executor instead")
     report = index.report
     report.message = "; ".join(notes)
+    report.warnings = warnings
     # Of the total (within the stages): Numba compiling, on a first run after an
     # install or an edit (PostgreSQL's EXPLAIN ANALYZE shows its JIT time apart too).
     run.timings["compile"] = compile_seconds() - compiled
@@ -911,10 +931,12 @@ def restore(
     if not report.message and snap is None:
         if report.segments == 0:
             report.message = f"nothing to restore: {no_segments_note(wal_path)}"
+            report.warnings.append(report.message)
         elif report.records_read == 0:
             report.message = "nothing to restore: no records in the log"
         elif len(index) == 0:
             report.message = "the index is empty at the stop point"
+    report.message = "; ".join(m for m in (report.message, *why_cpu) if m)
     if snap is not None:
         held = [snap]
         snap = run = executor = None

@@ -10,7 +10,10 @@ class RestoreReport:
     """What a restore did: target, stop point, counts, damage, bytes and time per stage.
 
     Damage lists hold dicts with ``file``, ``offset`` (a byte offset in that
-    file), ``seq`` where a record is known, and ``what``.
+    file), ``seq`` where a record is known, and ``what``. ``message``: notes for a
+    person; ``warnings``: those a person must not miss (a damaged snapshot passed over,
+    a WAL_DIR without segment files), which the command line prints on stderr even
+    with ``--quiet``, after each torn tail and skipped record or file.
     """
 
     target: dict
@@ -39,6 +42,7 @@ class RestoreReport:
     dim: int | None = None
     bytes_read: int = 0
     message: str = ""
+    warnings: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

@@ -309,6 +309,33 @@ def test_runs_beside_a_live_writer_never_conflict_and_end_equal(tmp_path):
     assert_same_state(restore_fast(arc), restore_ref(wal))
 
 
+def test_a_directory_that_is_not_an_archive_is_not_written_to(tmp_path):
+    """Only a new or empty directory becomes an archive: the arguments swapped by a slip
+    (the live WAL_DIR as --out) would put back what retention deleted, and the lock file
+    would then let expire delete the writer's segments."""
+    wal, arc, name, data = _two_runs(tmp_path)
+    live = tmp_path / "live"
+    shutil.copytree(wal, live)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "precious.txt").write_text("x")
+    (other / "b").mkdir()
+    left = len(_segments(live))
+    for out, what in ((live, f"{left} segment file{'s' if left > 1 else ''} (a WAL directory?)"),
+                      (other, "b and 1 more")):
+        before = dir_state(out)
+        proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "archive", str(arc), "--out",
+                               str(out)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and dir_state(out) == before, proc.stderr
+        assert proc.stderr == (f"gpu-pitr: error: {out}: not an archive made by gpu-pitr "
+                               f"archive, and not empty: it holds {what}; give a new or "
+                               "empty directory\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert archive(wal, empty).ok and _segments(empty) == _segments(wal)
+    assert archive(wal, empty).ok  # an archive now: its lock file says so
+
+
 def test_a_name_in_the_archive_that_is_not_a_file_is_a_conflict(tmp_path):
     wal, arc, name, data = _two_runs(tmp_path)
     (arc / name).unlink()

@@ -379,6 +379,27 @@ def test_unwritable_out_dir_is_one_line(wal_dir: Path, tmp_path: Path) -> None:
     assert_one_error_line(proc, "missing")
 
 
+def test_a_directory_that_refuses_new_files_is_named_not_a_temp_file(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    # The check creates a temp file (the only test that holds for root too); its name,
+    # .o.npz.tmp-PID-HEX, is not one the person gave, so the line names the directory.
+    from contextlib import contextmanager
+
+    from gpu_pitr import outputs
+
+    @contextmanager
+    def refused(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".o.npz.tmp-1-0a1b2c3d"))
+        yield
+
+    monkeypatch.setattr(outputs, "atomic_files", refused)
+    for check in (lambda: outputs.check_output(tmp_path / "o.npz", "npz"),
+                  lambda: outputs.check_writable(tmp_path / "o.npz", "--report-json")):
+        with pytest.raises(OSError) as err:
+            check()
+        assert str(err.value) == f"{tmp_path}: cannot create o.npz there: Permission denied"
+
+
 @pytest.mark.parametrize("where", ["o.npz", "sub/o.npz", "."])
 def test_out_inside_wal_dir_is_refused(wal_dir: Path, where: str) -> None:
     (wal_dir / "sub").mkdir()
@@ -590,3 +611,65 @@ def test_inspect_then_restore_a_clean_wal(wal_dir: Path) -> None:
 
 def test_inspect_missing_dir_is_one_line(tmp_path: Path) -> None:
     assert_one_error_line(cli("inspect", tmp_path / "nope"), "nope", "no such directory")
+
+
+def test_auto_says_why_the_cpu_executor_ran_where_cupy_sees_no_gpu(wal_dir: Path,
+                                                                    monkeypatch) -> None:
+    from gpu_pitr.executors import device
+
+    monkeypatch.setattr(device, "simulator_enabled", lambda: False)
+    why = "CuPy sees no GPU (CUDARuntimeError: cudaErrorNoDevice: no CUDA-capable device)"
+    monkeypatch.setattr(device, "cuda_unavailable_reason", lambda allow_simulator: why)
+    got = gpu_pitr.restore(wal_dir, backend="auto")
+    assert got.report.backend == "cpu"
+    assert got.report.message == f"backend auto: the cpu executor ran, as {why}"
+    # Without CuPy the cpu executor is what was asked for: nothing said.
+    monkeypatch.setattr(device, "cuda_unavailable_reason",
+                        lambda allow_simulator: "CuPy is not installed (pip install ...)")
+    assert gpu_pitr.restore(wal_dir, backend="auto").report.message == ""
+    with pytest.raises(gpu_pitr.errors.BackendUnavailableError, match="--backend cuda: CuPy"):
+        gpu_pitr.restore(wal_dir, backend="cuda")
+
+
+def test_what_a_restore_went_past_is_warned_of_on_stderr_with_quiet_too(tmp_path: Path) -> None:
+    # Damage that is not fatal is still news to the operator: a torn tail (the rest of
+    # its file unread), each record or file --skip-corrupt skipped. Not only in the
+    # report, and not dropped by --quiet, which drops the bar and the summary.
+    wal_dir = tmp_path / "wal"
+    w = write_damaged_wal(wal_dir)
+    path = {k: wal_dir / w[k] for k in ("first", "second", "bad")}
+    want = [
+        f"gpu-pitr: warning: {path['second']}: offset {w['torn_offset']}: torn tail, "
+        "7 bytes lost",
+        # the byte where decoding failed (the variant, after the 12-byte record header)
+        f"gpu-pitr: warning: {path['first']}: offset {w['e_offset'] + 12}: seq 11: skipped: "
+        "unknown variant",
+        f"gpu-pitr: warning: {path['bad']}: offset 0: skipped: wrong magic b'NOPE' "
+        "(expected b'WALV')",
+    ]  # the empty segment's torn tail lost no bytes: nothing to warn of
+    for quiet in ([], ["-q"]):
+        proc = cli("restore", wal_dir, "--out", tmp_path / "o.npz", "--skip-corrupt", *quiet,
+                   wal_dir=wal_dir)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.splitlines() == want
+        assert ("damage: 2 torn tails, 2 skipped" in proc.stdout) is not bool(quiet)
+    # Past the first WARN_EACH of a kind, a count.
+    from gpu_pitr.cli import WARN_EACH, restore_warnings
+
+    many = [{"file": "f", "offset": i, "bytes_lost": 1} for i in range(WARN_EACH + 3)]
+    lines = restore_warnings({"torn_tails": many, "skipped": [], "warnings": ["w"]})
+    assert lines[WARN_EACH - 1] == f"f: offset {WARN_EACH - 1}: torn tail, 1 bytes lost"
+    assert lines[WARN_EACH:] == ["3 more torn tails (the report lists every one)", "w"]
+
+
+def test_a_wal_dir_without_segments_is_warned_of_with_quiet_too(tmp_path: Path) -> None:
+    # Not an error (SPEC section 2: an empty index and a report that says so), but a
+    # WAL_DIR one level too high restores nothing: rc 0 with nothing said would pass
+    # unnoticed in a script.
+    wal_dir = tmp_path / "store" / "wal"
+    write_wal(wal_dir)
+    proc = cli("restore", tmp_path / "store", "--out", tmp_path / "o.npz", "-q")
+    assert (proc.returncode, proc.stdout) == (0, "")
+    assert proc.stderr == (f"gpu-pitr: warning: nothing to restore: no wal-<16 hex digits>.log "
+                           f"files in {tmp_path / 'store'}, but {wal_dir} has some: is that "
+                           "the WAL directory?\n")

@@ -16,6 +16,7 @@ import pytest
 import workloads as w
 from workloads import Abort, Batch, Begin, Commit, Ins, LogBuilder, encode_entry, f32
 
+import gpu_pitr
 from gpu_pitr.errors import (
     BadSegmentError,
     CorruptRecordError,
@@ -410,9 +411,13 @@ def test_only_headers_gives_an_empty_index(restore, tmp_path):
     b = LogBuilder()
     b.reopen()
     b.new_segment(SEG2)
-    v = restore(b.write(tmp_path / "wal"))
+    wal = b.write(tmp_path / "wal")
+    v = restore(wal)
     _assert_empty(v)
     assert v.report["torn_tails"] == []
+    # The headers were read and checked: their bytes count (they once did not).
+    files = sum(p.stat().st_size for p in Path(wal).iterdir())
+    assert gpu_pitr.restore(wal, backend="cpu").report.bytes_read == files == 48
 
 
 def test_only_ignored_and_empty_files_gives_an_empty_index(restore, tmp_path):

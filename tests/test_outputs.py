@@ -208,6 +208,15 @@ def test_existing_directory_is_a_snapshot(tmp_path: Path) -> None:
     assert output_format(str(tmp_path)) == "snapshot"
     with pytest.raises(ValueError, match="directory"):
         output_format(str(tmp_path), "npz")
+    # A directory named like a file (an earlier slip): not silently a snapshot.
+    (tmp_path / "e.npz").mkdir()
+    for fmt in (None, "npz", "parquet"):
+        with pytest.raises(ValueError, match="is an existing directory with a .npz name"):
+            output_format(str(tmp_path / "e.npz"), fmt)
+    assert output_format(str(tmp_path / "e.npz"), "snapshot") == "snapshot"
+    with pytest.raises(ValueError, match="'s.npz' is a .npz name, which does not fit a "
+                                         "snapshot, a directory"):
+        output_format("s.npz", "snapshot")
 
 
 @pytest.mark.parametrize(

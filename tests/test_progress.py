@@ -149,6 +149,8 @@ def test_report_json_is_not_written_on_failure(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--report-json", "{wal}/r.json"], "inside WAL_DIR"),
+        # The report over the index it reports on: refused, not written over it.
+        (["--report-json", "{out}"], "is what --out writes, or inside it"),
         (["--chunk-size", "12Q"], "not a size"),
         (["--chunk-size", "0"], "not a positive size"),
         (["--memory-budget", "8M"], "too small"),
@@ -158,10 +160,17 @@ def test_report_json_is_not_written_on_failure(tmp_path: Path) -> None:
 def test_flag_usage_errors(wal_dir: Path, tmp_path: Path, args: list, message: str) -> None:
     before = dir_state(wal_dir)
     proc = cli("restore", wal_dir, "--out", tmp_path / "o.npz",
-               *[a.format(wal=wal_dir) for a in args])
+               *[a.format(wal=wal_dir, out=tmp_path / "o.npz") for a in args])
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert dir_state(wal_dir) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_json_inside_a_snapshot_out_is_refused(wal_dir: Path, tmp_path: Path) -> None:
+    proc = cli("snapshot", wal_dir, "--out", tmp_path / "s", "--report-json",
+               tmp_path / "s" / "r.json")
+    assert proc.returncode == 2 and "is what --out writes, or inside it" in proc.stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -171,6 +180,31 @@ def test_report_json_missing_directory_fails_before_the_restore(wal_dir: Path,
                "--report-json", tmp_path / "missing" / "r.json")
     assert proc.returncode == 1 and "missing" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_chunk_past_every_segment_is_cut_to_fit(wal_dir: Path, tmp_path: Path,
+                                                  monkeypatch) -> None:
+    # No piece spans two segments: five buffers of 1 TiB for a log of a few MB were
+    # allocated (a MemoryError and its traceback) before the size was cut.
+    from gpu_pitr import pipeline
+
+    seen = []
+    real = pipeline.Readahead
+
+    def spy(ranges, chunk_bytes, *args, **kwargs):
+        seen.append(chunk_bytes)
+        return real(ranges, chunk_bytes, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "Readahead", spy)
+    got = gpu_pitr.restore(wal_dir, backend="cpu", chunk_bytes=1 << 40)
+    largest = max(p.stat().st_size for p in wal_dir.iterdir())
+    assert seen == [max(largest, pipeline.DEFAULT_CHUNK_BYTES)]
+    want = gpu_pitr.restore(wal_dir, backend="cpu")
+    assert got.id_list() == want.id_list()
+    assert got.vectors.tobytes() == want.vectors.tobytes()
+    monkeypatch.undo()
+    proc = cli("restore", wal_dir, "--out", tmp_path / "o.npz", "--chunk-size", "4T", "-q")
+    assert (proc.returncode, proc.stderr) == (0, "")
 
 
 def test_chunk_size_changes_nothing_but_the_chunks(wal_dir: Path) -> None:

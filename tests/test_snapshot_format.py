@@ -302,6 +302,35 @@ def test_verify_of_a_damaged_snapshot_names_the_file(snap, capsys, name, damage)
         assert out.startswith(f"snapshot {snap}: {snap / name}: ")
 
 
+def test_a_snapshot_with_another_file_beside_it_is_still_checked(tmp_path, snap, capsys):
+    # A --report-json put beside it, or a person's notes: the snapshot is still one to
+    # verify and inspect (not "clean: 0 segments", an empty log), and to --snapshots.
+    (snap / "notes.txt").write_text("taken before the migration\n")
+    rc, out, err = _cli(capsys, "verify", snap)
+    assert (rc, err) == (0, "")
+    assert out.startswith(f"{snap}: clean: snapshot of 5 ids")
+    assert out.rstrip().endswith("; not part of it, not checked: notes.txt")
+    rc, out, _ = _cli(capsys, "verify", "--json", snap)
+    assert rc == 0 and json.loads(out)["other_files"] == ["notes.txt"]
+    rc, out, err = _cli(capsys, "inspect", snap)
+    assert (rc, err) == (0, "") and "5 ids, dim 3; up to" in out
+    assert gpu_pitr.snapshot.snapshot_dirs(tmp_path) == [str(snap)]
+    _flip(snap / VECTORS, 0)
+    rc, out, err = _cli(capsys, "verify", snap)
+    assert (rc, err) == (1, "")
+    assert out.splitlines()[0].startswith(f"{snap / VECTORS}: offset 0: ")
+    # A snapshot written over it would lose the other file: refused.
+    with pytest.raises(SnapshotError, match=r"holds a snapshot and other files \(notes.txt\)"):
+        write_snapshot(snap, _rich(tmp_path), position=POSITION, pending=b"")
+    assert (snap / "notes.txt").exists()
+    # A WAL directory is never taken for a snapshot, whatever else it holds.
+    wal = tmp_path / "other"
+    wal.mkdir()
+    for name in (MANIFEST, VECTORS, "wal-0000000000000001.log"):
+        (wal / name).write_bytes(b"")
+    assert not fmt.holds_snapshot_files(wal)
+
+
 def test_verify_of_a_directory_of_snapshots_checks_each(tmp_path, capsys):
     parent = tmp_path / "snaps"
     index = _rich(tmp_path)

@@ -361,12 +361,22 @@ def test_snapshots_dir_picks_newest_usable_and_falls_back(tmp_path):
     got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8, snapshots=snaps)
     assert got.report.base["path"] == str(snaps / "t2")
     assert "t6" in got.report.message and "damaged" in got.report.message
+    warned = [f"snapshot {snaps / 't6'} is damaged ({vec}: offset "]
+    assert [x[:len(warned[0])] for x in got.report.warnings] == warned
+    assert got.report.warnings[0].endswith("; trying an older one")
+    # The command line says so on stderr, --quiet or not: a backup that did not serve.
+    proc = _cli("restore", d, "--to-time", t0 + 8, "--snapshots", snaps, "--out",
+                tmp_path / "o.npz", "-q")
+    assert proc.stdout == "" and proc.stderr.startswith(f"gpu-pitr: warning: {warned[0]}")
+    assert len(proc.stderr.splitlines()) == 1
     assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8))
     # One whose manifest is gone is passed over as damaged too, and said so.
     (snaps / "t10" / "manifest.json").unlink()
     got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 12, snapshots=snaps)
     assert got.report.base["path"] == str(snaps / "t2")
     assert f"snapshot {snaps / 't10'} is damaged" in got.report.message
+    assert [x.split(" (")[0] for x in got.report.warnings] == [
+        f"snapshot {snaps / 't10'} is damaged", f"snapshot {snaps / 't6'} is damaged"]
     assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 12))
     # A target before every snapshot: the whole log.
     got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 1, snapshots=snaps)

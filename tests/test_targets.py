@@ -58,6 +58,15 @@ T0 = int(datetime(2026, 11, 26, 10, 2, tzinfo=UTC).timestamp())
         ("2026-11-26T10:02:00.0000001Z", T0, T0 + 1),
         ("2026-11-26T10:02:00.0000000Z", T0, T0),
         ("1969-12-31T23:59:59.5Z", -1, 0),
+        # ISO-8601 forms datetime.fromisoformat does not take: an ordinal date (day 330
+        # of 2026 is 26 November), and the end of a day as 24:00
+        ("2026-330T10:02:00Z", T0, T0),
+        ("2026330T100200Z", T0, T0),
+        ("2024-366T00:00Z", 1735603200, 1735603200),  # a leap year's last day
+        ("2026-11-26T24:00:00Z", 1795737600, 1795737600),
+        ("2026-11-25T24Z", 1795651200, 1795651200),
+        ("2026-11-26T24:00:00.000+01:00", 1795734000, 1795734000),
+        ("2026-W48-4T10:02:00Z", T0, T0),
         (datetime(2026, 11, 26, 10, 2, tzinfo=UTC), T0, T0),
         (datetime(2026, 11, 26, 11, 2, 0, 1, tzinfo=timezone(timedelta(hours=1))), T0, T0 + 1),
     ],
@@ -76,6 +85,11 @@ def test_forms_and_rounding(value, inclusive: int, exclusive: int) -> None:
         ("2026-11-26", "no time zone"),
         (datetime(2026, 11, 26, 10, 2), "no time zone"),
         ("yesterday", "neither"),
+        ("2026-366T00:00Z", "neither"),  # 2026 has 365 days
+        ("2026-000T00:00Z", "neither"),
+        ("2026-11-26T24:00:01Z", "neither"),
+        ("2026-11-26T24:30Z", "neither"),
+        ("2026-330", "no time zone"),
         ("", "neither"),
         ("10.5.1", "neither"),
         (".", "neither"),
@@ -151,6 +165,8 @@ def test_restore_rounds_a_fractional_target_by_exclusive(tmp_path: Path) -> None
     ({"chunk_bytes": -1}, "chunk_bytes must be positive"),
     ({"to_time": 5, "to_seq": 1}, "at most one of to_time and to_seq"),
     ({"to_seq": -1}, "outside 0..2"),
+    # as --exclusive without --to-time or --to-seq on the command line
+    ({"exclusive": True}, "exclusive leaves out the target: give to_time or to_seq"),
 ])
 def test_bad_arguments_raise_value_error_before_anything_is_read(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):

@@ -207,6 +207,9 @@ class FrameAhead:
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._stop = threading.Event()
         self.frame_seconds = 0.0
+        # Bytes read that no item carries: the headers of segments without records.
+        # Read once the thread is done (``close``).
+        self.header_only_bytes = 0
         self._thread = threading.Thread(target=self._run, name="gpu_pitr-frame", daemon=True)
         self._thread.start()
 
@@ -259,7 +262,9 @@ class FrameAhead:
                     if not self._put(Framed(index, problem=problem, header_len=header_len)):
                         return
                     continue
-                if has_records and not self._segment(index, pieces, len(head), start):
+                if not has_records:
+                    self.header_only_bytes += len(head)
+                elif not self._segment(index, pieces, len(head), start):
                     return
         except BaseException as err:  # handed to the consumer, raised there
             self._put(err)

@@ -46,7 +46,7 @@ def parse_time(value, exclusive: bool = False) -> int:
         below_micro = fraction is not None and fraction[1].strip("0") != ""
         zulu = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
         try:
-            when = datetime.fromisoformat(zulu)
+            when = _from_iso(zulu)
         except ValueError:
             raise ValueError(
                 f"time target {text!r} is neither Unix seconds nor ISO-8601") from None
@@ -54,3 +54,24 @@ def parse_time(value, exclusive: bool = False) -> int:
         raise ValueError(f"time target {text!r} has no time zone (add Z or +HH:MM)")
     whole, part = divmod(when - datetime(1970, 1, 1, tzinfo=UTC), timedelta(seconds=1))
     return whole + 1 if exclusive and (part or below_micro) else whole
+
+
+def _from_iso(text: str) -> datetime:
+    """``datetime.fromisoformat``, and the ISO-8601 forms it does not take: an ordinal
+    date (``2026-330T10:02Z``, ``2026330T1002Z``: the year's day 1-366) and the end of
+    a day as ``24:00`` (``24:00:00``, ``T24Z``: the next day's ``00:00``)."""
+    import re
+    from datetime import date, timedelta
+
+    ordinal = re.match(r"([0-9]{4})-?([0-9]{3})(?=[Tt ]|$)", text)
+    if ordinal is not None:
+        year, day = int(ordinal[1]), int(ordinal[2])
+        when = date(year, 1, 1) + timedelta(days=day - 1)
+        if not 1 <= day or when.year != year:
+            raise ValueError(f"day {day} of {year}")
+        text = when.isoformat() + text[ordinal.end():]
+    end_of_day = re.search(r"(?<=[Tt ])24(:?00(:?00([.,]0+)?)?)?(?=[Zz+-]|$)", text)
+    if end_of_day is None:
+        return datetime.fromisoformat(text)
+    midnight = text[:end_of_day.start()] + "00:00:00" + text[end_of_day.end():]
+    return datetime.fromisoformat(midnight) + timedelta(days=1)

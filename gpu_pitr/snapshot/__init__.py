@@ -47,18 +47,19 @@ def verify(path) -> dict:
     CRC-32, the Arrow data, the order of the ids) without keeping it: the vectors
     are mapped, not read into memory.
 
-    Returns ``{"snapshot", "clean", "count", "dim", "position", "bytes"}`` (``bytes``:
-    of every file checked). Raises ``SnapshotError`` naming the file (and the byte
+    Returns ``{"snapshot", "clean", "count", "dim", "position", "bytes", "other_files"}``
+    (``bytes``: of every file checked; ``other_files``: names in the directory that are
+    not the snapshot's, not checked). Raises ``SnapshotError`` naming the file (and the byte
     offset of the first bad block), ``MissingExtraError`` without pyarrow.
     """
-    from gpu_pitr.snapshot.format import MANIFEST, MANIFEST_CRC, load_snapshot
+    from gpu_pitr.snapshot.format import MANIFEST, MANIFEST_CRC, load_snapshot, other_files
 
     snap = load_snapshot(path, verify=True, mmap=True)
     root = Path(path)
     checked = sum(int(f["size"]) for f in snap.manifest["files"].values())
     checked += sum(os.path.getsize(root / name) for name in (MANIFEST, MANIFEST_CRC))
     return {"snapshot": str(path), "clean": True, "count": snap.count, "dim": snap.dim,
-            "position": snap.position, "bytes": checked}
+            "position": snap.position, "bytes": checked, "other_files": other_files(root)}
 
 
 def snapshot_dirs(directory) -> list[str]:
@@ -85,8 +86,10 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
            *, mmap: bool = False, key_table: bool = False):
     """The newest intact snapshot in ``directory`` that ``target`` can start from.
 
-    Returns ``(snapshot or None, notes)``: notes say which snapshots were
-    damaged and passed over, and when none serves (the whole log is read).
+    Returns ``(snapshot or None, notes, damaged)``: notes say which snapshot was
+    used, which were passed over and why, and when none serves (the whole log is read);
+    ``damaged``: those of the notes that name a damaged snapshot (a backup that will
+    not serve when it is needed: a restore warns of each).
     A snapshot restored from an incomplete history is passed over too, unless
     ``allow_incomplete``. ``mmap``, ``key_table``: see ``load_snapshot``.
     """
@@ -100,6 +103,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
         raise WalError(f"snapshot directory: {not_a_directory(directory)}",
                        file=str(directory))
     notes: list[str] = []
+    damaged: list[str] = []
     usable = []
     manifests = {}
     for path in map(Path, snapshot_dirs(directory)):
@@ -107,7 +111,8 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
             manifests[str(path)] = read_manifest(path)
             position = manifests[str(path)]["position"]
         except WalError as err:
-            notes.append(f"snapshot {path} is damaged ({err}); passed over")
+            damaged.append(f"snapshot {path} is damaged ({err}); passed over")
+            notes.append(damaged[-1])
             continue
         if target_problem(position, target, exclusive) is not None:
             continue
@@ -120,13 +125,14 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
         try:
             snap = load_snapshot(path, mmap=mmap, key_table=key_table)
         except WalError as err:
-            notes.append(f"snapshot {path} is damaged ({err}); trying an older one")
+            damaged.append(f"snapshot {path} is damaged ({err}); trying an older one")
+            notes.append(damaged[-1])
             continue
         notes.append(f"started from snapshot {path}")
-        return snap, notes
+        return snap, notes, damaged
     notes.append(f"no intact snapshot in {directory} at or before the target: "
                  "restored from the whole log")
-    return None, notes
+    return None, notes, damaged
 
 
 __getattr__ = _lazy_modules(__name__, ("arrow", "base", "format"))

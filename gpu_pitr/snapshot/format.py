@@ -33,6 +33,7 @@ from numba import prange
 from gpu_pitr import interrupts
 from gpu_pitr.crc import crc32
 from gpu_pitr.errors import WalError
+from gpu_pitr.format.layout import SEGMENT_NAME_RE
 from gpu_pitr.index import RestoredIndex
 from gpu_pitr.jit import NO_REFCOUNTS, njit
 from gpu_pitr.resolve.idsort import compare_ids
@@ -242,6 +243,9 @@ def _check_target(out: Path) -> None:
         raise SnapshotError("exists and is a file or a symlink, not a directory: not replaced",
                             file=str(out))
     if any(out.iterdir()) and not is_snapshot(out):
+        if holds_snapshot_files(out):
+            raise SnapshotError(f"holds a snapshot and other files ({', '.join(other_files(out))}"
+                                "): not replaced, so that they are not lost", file=str(out))
         raise SnapshotError("is a directory that is neither empty nor a snapshot: "
                             "not replaced", file=str(out))
 
@@ -314,16 +318,28 @@ def is_snapshot(path) -> bool:
 
 
 def holds_snapshot_files(path) -> bool:
-    """Whether ``path`` is a directory of snapshot file names only, at least one.
+    """Whether ``path`` is a directory that holds a snapshot, intact or not: snapshot
+    file names only (at least one), or two of them or more beside other files, and no
+    segment file.
 
     Looser than ``is_snapshot``: a snapshot whose manifest is gone still counts, so
-    that ``verify`` calls it a damaged snapshot rather than an empty log.
+    that ``verify`` calls it a damaged snapshot rather than an empty log, and so does
+    one a person put another file into (a ``--report-json`` beside it, notes): its
+    manifest names its files, and the others are not part of it (``other_files``).
     """
     try:
         names = set(os.listdir(path)) if os.path.isdir(path) else set()
     except OSError:
         return False
-    return bool(names) and names <= SNAPSHOT_FILES
+    if any(SEGMENT_NAME_RE.fullmatch(n) for n in names):
+        return False
+    return bool(names) and (names <= SNAPSHOT_FILES or len(names & SNAPSHOT_FILES) >= 2)
+
+
+def other_files(path) -> list[str]:
+    """The names in the snapshot directory ``path`` that are not a snapshot's files
+    (sorted): a restore and ``verify`` leave them alone."""
+    return sorted(set(os.listdir(path)) - SNAPSHOT_FILES)
 
 
 def read_manifest(path) -> dict:
