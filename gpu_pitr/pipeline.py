@@ -9,6 +9,7 @@ at a chunk's end, which move to the front of the next chunk).
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import threading
 import time
@@ -887,6 +888,9 @@ def restore(
         target = {"to_time": parse_time(to_time, exclusive)}
         target_doc = {"kind": "time", "value": target["to_time"], "exclusive": bool(exclusive)}
     elif to_seq is not None:
+        if isinstance(to_seq, bool) or not isinstance(to_seq, numbers.Integral):
+            # 2.7 or True would restore to seq 2 or 1, and say so only in the report.
+            raise ValueError(f"to_seq must be an integer, not {to_seq!r}")
         if int(to_seq) < 0 or int(to_seq) >= 2**64:
             raise ValueError(f"sequence number {to_seq} is outside 0..2^64-1")
         target = {"to_seq": int(to_seq)}

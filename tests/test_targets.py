@@ -167,6 +167,11 @@ def test_restore_rounds_a_fractional_target_by_exclusive(tmp_path: Path) -> None
     ({"to_seq": -1}, "outside 0..2"),
     # as --exclusive without --to-time or --to-seq on the command line
     ({"exclusive": True}, "exclusive leaves out the target: give to_time or to_seq"),
+    # not silently seq 2, seq 1 or second 1
+    ({"to_seq": 2.7}, "to_seq must be an integer, not 2.7"),
+    ({"to_seq": True}, "to_seq must be an integer, not True"),
+    ({"to_seq": "2"}, "to_seq must be an integer, not '2'"),
+    ({"to_time": True}, "time target True is not a time"),
 ])
 def test_bad_arguments_raise_value_error_before_anything_is_read(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):

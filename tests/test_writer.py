@@ -313,3 +313,36 @@ def test_scan_wal_in_log_order_ignores_other_names(tmp_path):
     scans = scan_wal(tmp_path)
     assert [s.path.name for s in scans] == [segment_name(c) for c in (0x3, 0x20, 0x100)]
     assert [s.created for s in scans] == [0x3, 0x20, 0x100]
+
+
+def test_numpy_integers_encode_like_python_ones_at_every_width(tmp_path):
+    import numpy as np
+
+    for value in (250, 251, 65535, 65536, 2**32 - 1, 2**32, 2**63):
+        want = encode_entry(Delete("a", value))
+        assert encode_entry(Delete("a", np.uint64(value))) == want
+        if value < 2**63:
+            assert encode_entry(Delete("a", np.int64(value))) == want
+        assert encode_entry(Checkpoint(np.uint64(value), np.int32(7))) == encode_entry(
+            Checkpoint(value, 7))
+    with WalWriter(tmp_path, created=1000) as w:
+        assert w.append(Delete("a", np.int64(1_700_000_000))) == 0
+    for bad in (2.0, "7", None):
+        with pytest.raises(TypeError):
+            encode_entry(Delete("a", bad))
+
+
+def test_a_vector_replaced_after_the_entry_was_made_is_checked_when_written(tmp_path):
+    # A 2-d array in the field wrote its row count and then every element: another,
+    # shorter vector followed by bytes of no field.
+    import numpy as np
+
+    entry = Insert("a", [1.0, 2.0, 3.0], None, 1000)
+    entry.vector = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with pytest.raises(ValueError, match="a vector must be 1-d, got shape"):
+        encode_entry(entry)
+    entry.vector = [[1.0], [2.0]]
+    with WalWriter(tmp_path, created=1000) as w, pytest.raises(ValueError, match="1-d"):
+        w.append(entry)
+    entry.vector = [1, 2.5]  # a list again, as the constructor takes: cast to float32
+    assert decode_entry(encode_entry(entry))[0].vector.tolist() == [1.0, 2.5]

@@ -6,6 +6,7 @@ strict about every length, and exact about float bits.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,6 +19,7 @@ from gpu_pitr.format.entries import (
     Insert,
     Update,
     WalEntry,
+    as_vector,
 )
 from gpu_pitr.format.layout import (
     BATCH,
@@ -52,7 +54,9 @@ class PayloadError(ValueError):
 
 
 def encode_varint(value: int) -> bytes:
-    """Minimal bincode varint of an unsigned integer below 2**64."""
+    """Minimal bincode varint of an unsigned integer below 2**64 (a Python or NumPy
+    integer; ``TypeError`` for anything else, a float included)."""
+    value = operator.index(value)
     if not 0 <= value < _U64_LIMIT:
         raise ValueError(f"varint out of range: {value}")
     if value <= VARINT_MAX_SINGLE:
@@ -125,7 +129,9 @@ def encode_entry(entry: WalEntry) -> bytes:
 def _encode_fields(entry: WalEntry, out: bytearray) -> None:
     if isinstance(entry, (Insert, Update)):
         _encode_str(entry.id, out)
-        vector = np.asarray(entry.vector).astype(_F32_LE, copy=False)
+        # Checked again here: the field may have been replaced since the entry was made,
+        # and a 2-d array would write its row count then every element.
+        vector = as_vector(entry.vector).astype(_F32_LE, copy=False)
         out += encode_varint(len(vector))
         out += vector.tobytes()
         if entry.metadata is None:

@@ -26,6 +26,8 @@ def parse_time(value, exclusive: bool = False) -> int:
     from datetime import UTC, timedelta
     from fractions import Fraction
 
+    if isinstance(value, bool):
+        raise ValueError(f"time target {value!r} is not a time")
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):
