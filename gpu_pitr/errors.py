@@ -54,6 +54,12 @@ class IncompleteHistoryError(WalError):
     """The log does not start at sequence number 0 and no base covers the gap."""
 
 
+class BaseMismatchError(WalError):
+    """A base snapshot that is not of the log being restored: the log ends before its
+    position, or the records there are not those it recorded (another store's
+    snapshot, or a log not archived that far yet)."""
+
+
 class TargetNotFoundError(WalError):
     """A sequence-number target that no record carries."""
 

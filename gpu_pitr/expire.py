@@ -47,7 +47,6 @@ from pathlib import Path
 
 from gpu_pitr import interrupts
 from gpu_pitr.archive import plural
-from gpu_pitr.crc import crc32
 from gpu_pitr.errors import WalError, os_reason
 from gpu_pitr.format.layout import SEGMENT_NAME_RE
 from gpu_pitr.format.segments import not_a_directory
@@ -362,12 +361,10 @@ def _anchor(snaps, first: int, result: ExpireResult) -> int | None:
 def _not_of_archive(position: dict, segments: dict) -> str | None:
     """Why a snapshot at ``position`` is not of this archive's log (None: it is).
 
-    Its segment must be in the archive and reach its offset; the records at its
-    position and at its last record must carry the sequence numbers it recorded, and
-    the last record the checksum it recorded (snapshots that recorded one).
+    Its segment must be in the archive and reach its offset; then
+    ``snapshot.base.record_mismatch``.
     """
-
-    from gpu_pitr.format.layout import MAGIC, RECORD_HEADER_SIZE
+    from gpu_pitr.snapshot.base import record_mismatch
 
     name = position.get("segment")
     if name is None:
@@ -380,32 +377,7 @@ def _not_of_archive(position: dict, segments: dict) -> str | None:
     if offset > seg.size:
         return (f"{seg.path} ends before its position (offset {offset}): not archived this "
                 "far yet (run gpu-pitr archive), or not this archive's log")
-    checks = []
-    if position.get("seq") is not None:
-        checks.append((seg, offset, int(position["seq"]), None, None))
-    last = position.get("last_record") or {}
-    if last.get("segment") in segments and position.get("last_seq") is not None:
-        checks.append((segments[last["segment"]], int(last["offset"]),
-                       int(position["last_seq"]), last.get("length"), last.get("crc32")))
-    for s, at, want, length, crc in checks:
-        try:
-            with open(s.path, "rb") as f:
-                f.seek(at)
-                head = f.read(RECORD_HEADER_SIZE)
-                if crc is not None and len(head) == RECORD_HEADER_SIZE:
-                    body = f.read(int(length) - RECORD_HEADER_SIZE)
-        except OSError as err:
-            return f"{s.path}: offset {at}: cannot read: {os_reason(err)}"
-        if len(head) < RECORD_HEADER_SIZE or head[: len(MAGIC)] == MAGIC:
-            continue  # the end of the file, or a writer's second header: nothing to compare
-        seq = int.from_bytes(head[:8], "little")
-        if seq != want:
-            return (f"{s.path}: offset {at}: the record there has seq {seq}, the snapshot "
-                    f"recorded {want}: not this archive's log")
-        if crc is not None and crc32(head + body) != int(crc):
-            return (f"{s.path}: offset {at}: the record there differs from the one the "
-                    "snapshot recorded (CRC-32): not this archive's log")
-    return None
+    return record_mismatch(position, segments, "this archive's log")
 
 
 def _delete(result: ExpireResult, snaps: list[str], segments: list[Path], first_kept: str,

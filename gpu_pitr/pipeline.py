@@ -21,6 +21,7 @@ from gpu_pitr import interrupts
 from gpu_pitr.crc import crc32
 from gpu_pitr.errors import (
     BadSegmentError,
+    BaseMismatchError,
     CorruptRecordError,
     DimensionMismatchError,
     IncompleteHistoryError,
@@ -63,7 +64,7 @@ from gpu_pitr.plan.commit import (
     PlanState,
 )
 from gpu_pitr.report import RestoreReport
-from gpu_pitr.snapshot.base import SeqRuns, stops_at_base, target_problem
+from gpu_pitr.snapshot.base import SeqRuns, base_mismatch, stops_at_base, target_problem
 
 _MIN_CHUNK_BYTES = 64
 # A base restore on the cpu executor sorts in place, not by a merge, when at most one
@@ -745,7 +746,8 @@ def _needs_host():
     return NeedsHostExecutor
 
 
-def _base_for(base, snapshots, target: dict, exclusive: bool, allow_incomplete: bool = False):
+def _base_for(base, snapshots, target: dict, exclusive: bool, allow_incomplete: bool = False,
+              segments=()):
     """The snapshot a restore starts from (or None), notes for the report, and the
     warnings among them (``snapshot.choose``).
 
@@ -761,9 +763,13 @@ def _base_for(base, snapshots, target: dict, exclusive: bool, allow_incomplete: 
 
     if snapshots is not None:
         return snapshot.choose(snapshots, target, exclusive, allow_incomplete, mmap=True,
-                               key_table=True)
+                               key_table=True, segments=segments)
     snap = base if hasattr(base, "position") else snapshot.load(base, mmap=True,
                                                                  key_table=True)
+    mismatch = base_mismatch(snap.position, segments)
+    if mismatch is not None:
+        raise BaseMismatchError(f"the base snapshot is not of this log: {mismatch}",
+                                file=str(snap.path))
     problem = target_problem(snap.position, target, exclusive)
     if problem is not None:
         raise TargetBeforeBaseError(f"the target is earlier than the base snapshot: {problem}",
@@ -907,7 +913,7 @@ def restore(
     # At most about the log's bytes are filled (the index, arenas, a base's rows).
     with fill_once_pages(need=total + _base_bytes(base, snapshots)):
         snap, notes, warnings = _base_for(base, snapshots, target, exclusive,
-                                          allow_incomplete_history)
+                                          allow_incomplete_history, segments)
         if snap is not None:
             # Room for the base's rows, which go through the executor like records.
             total += int(snap.vectors.nbytes) + len(snap.id_arena) + len(snap.meta_arena) \

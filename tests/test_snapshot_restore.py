@@ -734,3 +734,43 @@ print(numba.threading_layer(), len(full))
     assert out.returncode == 0, out.stderr[-2000:]
     layer, n = out.stdout.split()
     assert layer == "workqueue" and int(n) > 50_000
+
+
+@pytest.mark.parametrize("same_second", [False, True])
+def test_a_snapshot_of_another_stores_log_is_not_a_base(tmp_path, same_second):
+    """Shards sharing one snapshots directory: store b's snapshot, taken at a position
+    store a's log does not reach (b's segment sorts after all of a's) or whose segment
+    name a's log has too (both opened in the same second), is passed over by
+    --snapshots and refused as --base. It was taken as a's state (b's rows returned as
+    a's), or a's log read on from b's offset (the two mixed)."""
+    from gpu_pitr.errors import BaseMismatchError
+    from gpu_pitr.format.entries import Insert
+
+    t = 1_800_000_000
+    logs = {}
+    for name, start in (("a", t), ("b", t if same_second else t + 50)):
+        logs[name] = tmp_path / name
+        with WalWriter(logs[name], created=start, clock=lambda s=start: s) as wr:
+            for i in range(4 + (name == "a")):
+                wr.append(Insert(f"{name}-{i}", [float(i)], None, start + i))
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    target = {} if not same_second else {"to_time": t + 2}
+    snapshot.save(gpu_pitr.restore(logs["b"], backend="cpu", **target), snaps / "b-snap")
+    whole = gpu_pitr.restore(logs["a"], backend="cpu")
+    got = gpu_pitr.restore(logs["a"], backend="cpu", snapshots=snaps)
+    assert got.id_list() == whole.id_list() == [f"a-{i}" for i in range(5)]
+    assert got.report.base is None
+    assert f"snapshot {snaps / 'b-snap'} is not of this log (" in got.report.message
+    why = "CRC-32" if same_second else "the log ends before the snapshot's segment"
+    assert why in got.report.message
+    with pytest.raises(BaseMismatchError, match="the base snapshot is not of this log: .*" + why):
+        gpu_pitr.restore(logs["a"], backend="cpu", base=snaps / "b-snap")
+    # Its own log takes it; a log of no segment at all leaves a snapshot of a whole log
+    # alone (its state is the restore's).
+    own = gpu_pitr.restore(logs["b"], backend="cpu", snapshots=snaps, **target)
+    assert own.report.base["path"] == str(snaps / "b-snap")
+    if not same_second:
+        (tmp_path / "none").mkdir()
+        alone = gpu_pitr.restore(tmp_path / "none", backend="cpu", base=snaps / "b-snap")
+        assert alone.id_list() == own.id_list() == [f"b-{i}" for i in range(4)]

@@ -83,7 +83,7 @@ def log_order(position: dict) -> tuple:
 
 
 def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: bool = False,
-           *, mmap: bool = False, key_table: bool = False):
+           *, mmap: bool = False, key_table: bool = False, segments=None):
     """The newest intact snapshot in ``directory`` that ``target`` can start from.
 
     Returns ``(snapshot or None, notes, damaged)``: notes say which snapshot was
@@ -91,11 +91,14 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     ``damaged``: those of the notes that name a damaged snapshot (a backup that will
     not serve when it is needed: a restore warns of each).
     A snapshot restored from an incomplete history is passed over too, unless
-    ``allow_incomplete``. ``mmap``, ``key_table``: see ``load_snapshot``.
+    ``allow_incomplete``, and, given ``segments`` (the log to restore, in log order), one
+    that is not of that log (``base.base_mismatch``: another store's, in a directory
+    shards share, or one the log does not reach yet). ``mmap``, ``key_table``: see
+    ``load_snapshot``.
     """
     from gpu_pitr.errors import WalError
     from gpu_pitr.format.segments import not_a_directory
-    from gpu_pitr.snapshot.base import target_problem
+    from gpu_pitr.snapshot.base import base_mismatch, target_problem
     from gpu_pitr.snapshot.format import load_snapshot, read_manifest
 
     directory = Path(directory)
@@ -119,6 +122,10 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
         if position.get("history_complete") is False and not allow_incomplete:
             notes.append(f"snapshot {path} was restored from an incomplete history; passed "
                          "over (--allow-incomplete-history takes it)")
+            continue
+        mismatch = None if segments is None else base_mismatch(position, segments)
+        if mismatch is not None:
+            notes.append(f"snapshot {path} is not of this log ({mismatch}); passed over")
             continue
         usable.append((log_order(position), str(path)))
     for _, path in sorted(usable, reverse=True):

@@ -139,6 +139,70 @@ def target_problem(position: dict, target: dict, exclusive: bool) -> str | None:
     return None
 
 
+def record_mismatch(position: dict, segments: dict, whose: str) -> str | None:
+    """Why the log of ``segments`` (name -> ``Segment``) is not the one a snapshot at
+    ``position`` was taken of, by its records (None: nothing says so): the record at its
+    position must carry the sequence number it recorded, and its last record the seq and
+    the CRC-32 it recorded (snapshots that recorded one). Reads one or two records.
+    ``whose``: the log, for the text ("this archive's log")."""
+    from gpu_pitr.crc import crc32
+    from gpu_pitr.errors import os_reason
+    from gpu_pitr.format.layout import MAGIC
+
+    checks = []
+    seg = segments.get(position.get("segment"))
+    if seg is not None and position.get("seq") is not None:
+        checks.append((seg, int(position["offset"]), int(position["seq"]), None, None))
+    last = position.get("last_record") or {}
+    if last.get("segment") in segments and position.get("last_seq") is not None:
+        checks.append((segments[last["segment"]], int(last["offset"]),
+                       int(position["last_seq"]), last.get("length"), last.get("crc32")))
+    for s, at, want, length, crc in checks:
+        try:
+            with open(s.path, "rb") as f:
+                f.seek(at)
+                head = f.read(RECORD_HEADER_SIZE)
+                if crc is not None and len(head) == RECORD_HEADER_SIZE:
+                    body = f.read(int(length) - RECORD_HEADER_SIZE)
+        except OSError as err:
+            return f"{s.path}: offset {at}: cannot read: {os_reason(err)}"
+        if len(head) < RECORD_HEADER_SIZE or head[: len(MAGIC)] == MAGIC:
+            continue  # the end of the file, or a writer's second header: nothing to compare
+        seq = int.from_bytes(head[:8], "little")
+        if seq != want:
+            return (f"{s.path}: offset {at}: the record there has seq {seq}, the snapshot "
+                    f"recorded {want}: not {whose}")
+        if crc is not None and crc32(head + body) != int(crc):
+            return (f"{s.path}: offset {at}: the record there differs from the one the "
+                    f"snapshot recorded (CRC-32): not {whose}")
+    return None
+
+
+def base_mismatch(position: dict, segments) -> str | None:
+    """Why a restore of the log of ``segments`` (in log order) cannot start from a
+    snapshot at ``position`` (None: it can, as far as its records tell).
+
+    The log must reach the snapshot's position: its segment there and long enough, or
+    (the writer's retention deleted it) a later segment. A log that ends before the
+    snapshot's segment is another store's (a snapshots directory shared by shards),
+    or one not archived that far yet: restoring from it would return the snapshot's
+    rows as this log's. A log of no segment at all leaves the snapshot alone (its state
+    is the restore's). Then ``record_mismatch``.
+    """
+    name = position.get("segment")
+    if name is None or not segments:
+        return None
+    by_name = {seg.name: seg for seg in segments}
+    seg = by_name.get(name)
+    if seg is not None and int(position["offset"]) > seg.size:
+        return (f"{seg.path} ends before the snapshot's position (offset "
+                f"{position['offset']}): another log, or not archived that far yet")
+    if seg is None and segments[-1].name.encode() < name.encode():
+        return (f"the log ends before the snapshot's segment {name} (its last is "
+                f"{segments[-1].name}): another store's log, or not archived that far yet")
+    return record_mismatch(position, by_name, "this log")
+
+
 def stops_at_base(position: dict, target: dict, exclusive: bool = False) -> bool:
     """An inclusive sequence target met by the last record the snapshot covered."""
     return ("to_seq" in target and not exclusive
