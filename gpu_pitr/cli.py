@@ -683,7 +683,7 @@ def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:
     damaged = sum("error" in d for d in docs)
     lines = [f"snapshots in {args.wal_dir}: {len(docs)}, {damaged} with a damaged manifest "
              "(oldest first)", "",
-             f"{'snapshot':<24} {'ids':>10} {'dim':>5}  {'last commit applied':<20}  up to"]
+             f"{'snapshot':<24} {'ids':>10} {'dim':>5}  {'--to-time from':<20}  up to"]
     for doc in docs:
         name = os.path.basename(doc["snapshot"])
         if "error" in doc:
@@ -691,7 +691,10 @@ def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:
             continue
         m = doc["manifest"]
         pos = m["position"]
-        when = "-" if pos.get("timestamp") is None else utc_text(pos["timestamp"])
+        # The earliest time target it serves: its latest commit stamp, which is not its
+        # last commit's when the writer's clock stepped back (snapshot.base.target_problem).
+        serves = pos.get("max_timestamp", pos.get("timestamp"))
+        when = "-" if serves is None else utc_text(serves)
         lines.append(f"{name:<24} {m['count']:>10} {m['dim'] if m['dim'] is not None else '-':>5}"
                      f"  {when:<20}  {_snapshot_where(pos)}")
     lines += ["", f"checksums not checked: gpu-pitr verify {args.wal_dir} checks them",

@@ -510,8 +510,10 @@ class _Restore:
         raise IncompleteHistoryError(
             f"gpu-pitr expire deleted the segments before {first_kept}, and this restore "
             f"starts at {since}: earlier history is missing (start from a snapshot expire "
-            "kept: --snapshots/--base, snapshots=/base=; or restore anyway: "
-            "--allow-incomplete-history, allow_incomplete_history=True)",
+            "kept, at or before the target: --snapshots/--base, snapshots=/base=; a target "
+            "before the oldest one kept is gone with what expire deleted; or restore only "
+            "the log left, from its first segment: --allow-incomplete-history, "
+            "allow_incomplete_history=True)",
             file=str(self.wal_dir / MARKER_NAME))
 
     def _check_first(self, first: int) -> None:

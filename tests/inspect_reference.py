@@ -8,8 +8,10 @@ in memory at a time; slow on purpose.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from gpu_pitr.format.codec import PayloadError, decode_entry
 from gpu_pitr.format.entries import (
@@ -128,8 +130,28 @@ def wal_stats(wal_dir: str | os.PathLike) -> dict:
         },
         "seq_restarts": restarts,
         "damage": damage,
-        "history": {"complete": first is None or first["seq"] == 0, "first_record": first},
+        "history": _history(first, wal_dir),
     }
+
+
+def _history(first, wal_dir) -> dict:
+    # SPEC section 4, and the marker gpu-pitr expire leaves (docs/damage.md): read here
+    # as plain JSON, not through gpu_pitr.expire.
+    marker = Path(wal_dir) / ".gpu-pitr-expired"
+    expired_before = problem = None
+    if marker.exists():
+        try:
+            doc = json.loads(marker.read_bytes())
+            expired_before = doc["first_kept"]
+            assert doc["format"] == "gpu-pitr expire" and isinstance(expired_before, str)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            expired_before = None
+            problem = ("not a marker gpu-pitr expire wrote (restore it, or delete it only if "
+                       "no expire ever ran here)")
+    starts_at_0 = first is None or first["seq"] == 0
+    return {"complete": starts_at_0 and expired_before is None and problem is None,
+            "first_record": first, "expired_before": expired_before,
+            "expire_marker_problem": problem}
 
 
 def _damage(kind, file, offset, seq=None, nbytes=None, what=None) -> dict:

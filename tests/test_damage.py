@@ -627,7 +627,8 @@ def test_inspect_and_verify_say_whether_history_is_complete(tmp_path, capsys):
     assert main(["inspect", "--json", str(d)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["history"] == {"complete": False,
-                              "first_record": {"file": name, "offset": 16, "seq": 7}}
+                              "first_record": {"file": name, "offset": 16, "seq": 7},
+                              "expired_before": None, "expire_marker_problem": None}
     assert main(["inspect", str(d)]) == 0
     second = capsys.readouterr().out.splitlines()[1]
     assert second.startswith(f"history: INCOMPLETE: the log starts at seq 7 ({name}: offset 16)")
@@ -642,7 +643,9 @@ def test_inspect_and_verify_say_whether_history_is_complete(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["inspect", "--json", str(tmp_path / "empty")]) == 0
     out = capsys.readouterr().out
-    assert json.loads(out)["history"] == {"complete": True, "first_record": None}
+    assert json.loads(out)["history"] == {"complete": True, "first_record": None,
+                                          "expired_before": None,
+                                          "expire_marker_problem": None}
 
 
 def test_seq_not_found_says_which_seqs_the_log_holds(tmp_path):

@@ -303,6 +303,21 @@ def test_a_writer_that_restarted_its_numbers_cannot_hide_the_expired_history(tmp
     for kw in ({}, {"to_time": 101, "snapshots": str(snaps)}):
         with pytest.raises(IncompleteHistoryError, match="expire deleted the segments"):
             gpu_pitr.restore(arc, backend="cpu", **kw)
+    # inspect says so too: its first record is seq 0, yet the history is not complete.
+    from gpu_pitr.format.stats import stats_lines, wal_stats
+
+    stats = wal_stats(arc)
+    assert stats["history"]["first_record"]["seq"] == 0
+    assert stats["history"]["complete"] is False
+    assert stats["history"]["expired_before"] == "wal-00000000000003e9.log"
+    assert stats_lines(stats)[1].startswith(
+        "history: INCOMPLETE: gpu-pitr expire deleted the segments before "
+        "wal-00000000000003e9.log; a restore needs a snapshot")
+    (tmp_path / "copy").mkdir()
+    shutil.copy(arc / MARKER_NAME, tmp_path / "copy")
+    (tmp_path / "copy" / MARKER_NAME).write_text("{}")
+    assert stats_lines(wal_stats(tmp_path / "copy"))[1].startswith(
+        "history: UNKNOWN: .gpu-pitr-expired is not a marker gpu-pitr expire wrote")
     # Allowed, it restores what is left, and a snapshot of it records the gap.
     left = gpu_pitr.restore(arc, allow_incomplete_history=True, backend="cpu")
     assert left.position["history_complete"] is False

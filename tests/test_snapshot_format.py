@@ -359,7 +359,9 @@ def test_verify_of_a_directory_of_snapshots_checks_each(tmp_path, capsys):
 def test_inspect_of_a_directory_of_snapshots_lists_them_in_log_order(tmp_path, capsys):
     parent = tmp_path / "snaps"
     index = _rich(tmp_path)
-    later = {**POSITION, "offset": 456, "timestamp": 3600}
+    # Its last commit is stamped 3000, an earlier one 3600 (a clock stepped back): it
+    # serves --to-time from 3600 on, which the table shows.
+    later = {**POSITION, "offset": 456, "timestamp": 3000, "max_timestamp": 3600}
     write_snapshot(parent / "a-later", index, position=later, pending=b"")
     write_snapshot(parent / "b-earlier", index, position=POSITION, pending=b"")
     write_snapshot(parent / "c-start", index, position={}, pending=b"")

@@ -80,13 +80,21 @@ def stats_lines(stats: dict) -> list[str]:
 
 def _history_line(history: dict) -> str:
     first = history["first_record"]
+    needs = ("a restore needs a snapshot that covers them (--base/--snapshots) or "
+             "--allow-incomplete-history")
+    if history.get("expire_marker_problem"):
+        return (f"history: UNKNOWN: .gpu-pitr-expired is {history['expire_marker_problem']}; "
+                "restores refuse this directory until it is")
+    if history.get("expired_before"):
+        # The segments left may start at seq 0 (a writer that restarted its numbers).
+        return (f"history: INCOMPLETE: gpu-pitr expire deleted the segments before "
+                f"{history['expired_before']}; {needs}")
     if first is None:
         return "history: no records"
     where = f"the log starts at seq {first['seq']} ({first['file']}: offset {first['offset']})"
     if history["complete"]:
         return f"history: complete: {where}"
-    return (f"history: INCOMPLETE: {where}, not 0: earlier records are gone; a restore needs "
-            "a snapshot that covers them (--base/--snapshots) or --allow-incomplete-history")
+    return f"history: INCOMPLETE: {where}, not 0: earlier records are gone; {needs}"
 
 
 def _where(item: dict) -> str:

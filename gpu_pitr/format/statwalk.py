@@ -301,11 +301,28 @@ class _Segment:
         }
 
 
-def history(first_record: dict | None) -> dict:
+def history(first_record: dict | None, wal_dir=None) -> dict:
     """``wal_stats``'s ``history``: complete when the log's first record (SPEC section 4:
-    the first in log order) is seq 0, or when there is none."""
-    return {"complete": first_record is None or first_record["seq"] == 0,
-            "first_record": first_record}
+    the first in log order) is seq 0, or when there is none, and when ``gpu-pitr
+    expire`` has not deleted segments of ``wal_dir`` (its marker: ``expired_before``,
+    the first segment kept; the segments left may well start at seq 0, a writer that
+    restarted its numbers). A marker that is not one expire wrote makes the history
+    unknown, not complete (``expire_marker_problem``), as restores refuse it."""
+    from gpu_pitr.errors import WalError
+    from gpu_pitr.expire import read_marker
+
+    expired_before = problem = None
+    if wal_dir is not None:
+        try:
+            expiry = read_marker(wal_dir)
+        except WalError as err:
+            problem = err.what
+        else:
+            expired_before = None if expiry is None else expiry.first_kept
+    starts_at_0 = first_record is None or first_record["seq"] == 0
+    return {"complete": starts_at_0 and expired_before is None and problem is None,
+            "first_record": first_record, "expired_before": expired_before,
+            "expire_marker_problem": problem}
 
 
 def scan_stats(wal_dir: str | os.PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict:
@@ -443,7 +460,7 @@ class _Scan:
             },
             "seq_restarts": self.restarts,
             "damage": self.damage,
-            "history": history(self.first_record),
+            "history": history(self.first_record, self.wal_dir),
         }
 
 
