@@ -301,6 +301,15 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 1
 
 
+def _emit(text: str) -> None:
+    """Print a command's report, its last act: a reader that went away (``| head``)
+    does not change the exit status, which says what the command found."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _stdout_gone()
+
+
 def _stdout_gone() -> None:
     """The reader of stdout went away (``| head``): stop quietly, like other tools; what
     is still buffered goes nowhere, not into the closed pipe at exit."""
@@ -500,7 +509,7 @@ def _inspect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return _inspect_records(parser, args)
     if holds_snapshot_files(args.wal_dir):
         doc, lines = _snapshot_manifest(args.wal_dir)
-        print(json.dumps(doc, indent=2) if args.json else "\n".join(lines))
+        _emit(json.dumps(doc, indent=2) if args.json else "\n".join(lines))
         return 0
     stats = wal_stats(args.wal_dir)
     if stats["totals"]["segments"] == 0 and not stats["damage"]:
@@ -508,9 +517,9 @@ def _inspect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if snapshots:
             return _inspect_snapshots(args, snapshots)
     if args.json:
-        print(json.dumps(stats, indent=2))
+        _emit(json.dumps(stats, indent=2))
     else:
-        print("\n".join(stats_lines(stats)))
+        _emit("\n".join(stats_lines(stats)))
         _say_if_no_segments(args.wal_dir, stats["totals"]["segments"])
     return 0
 
@@ -576,7 +585,7 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         snapshots = _snapshots_in(args.wal_dir)
         if snapshots:
             return _verify_snapshots(args, snapshots)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(result.lines()))
+    _emit(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(result.lines()))
     if not args.json:
         _say_if_no_segments(args.wal_dir, result.segments)
     return 0 if result.clean else 1
@@ -678,7 +687,7 @@ def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:
     docs.sort(key=lambda d: (0, log_order(d["manifest"]["position"])) if "manifest" in d
               else (1, ()))
     if args.json:
-        print(json.dumps({"snapshots_dir": args.wal_dir, "snapshots": docs}, indent=2))
+        _emit(json.dumps({"snapshots_dir": args.wal_dir, "snapshots": docs}, indent=2))
         return 0
     damaged = sum("error" in d for d in docs)
     lines = [f"snapshots in {args.wal_dir}: {len(docs)}, {damaged} with a damaged manifest "
@@ -700,7 +709,7 @@ def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:
     lines += ["", f"checksums not checked: gpu-pitr verify {args.wal_dir} checks them",
               f"to restore from the newest that serves a target: gpu-pitr restore WAL_DIR "
               f"--snapshots {args.wal_dir} --out OUT [--to-time T | --to-seq N]"]
-    print("\n".join(lines))
+    _emit("\n".join(lines))
     return 0
 
 
@@ -750,5 +759,5 @@ def _verify_snapshots(args: argparse.Namespace, paths: list[str], single: bool =
         out = {"snapshots_dir": args.wal_dir, "clean": clean, "snapshots": docs}
         lines.append(f"{args.wal_dir}: {'clean' if clean else 'DAMAGED'}: {len(docs)} "
                      f"snapshots, {damaged} damaged")
-    print(json.dumps(out, indent=2) if args.json else "\n".join(lines))
+    _emit(json.dumps(out, indent=2) if args.json else "\n".join(lines))
     return 0 if clean else 1

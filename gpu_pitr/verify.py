@@ -95,6 +95,7 @@ EV_END_NOT_OPEN = 7
 EV_DIM = 8  # a = the previous vector length, b = this one
 _EVENT_ROOM = 4  # events one record can emit at most
 
+_U64_MAX = np.uint64(2**64 - 1)
 _TXN_VALUE = types.Tuple((types.int64, types.int64, types.uint64))  # segment, offset, seq
 
 
@@ -126,7 +127,8 @@ def _walk(i, n, seg, foff, length, seq, status, kind, aux, nent, efirst, e_op, e
                 events[m, 0] = EV_HISTORY
                 events[m, 1] = i
                 m += 1
-        elif q != last_seq[0] + np.uint64(1):
+        elif last_seq[0] == _U64_MAX or q != last_seq[0] + np.uint64(1):
+            # (2^64-1 + 1 wraps to 0 in uint64: no seq follows 2^64-1 in line)
             events[m, 1] = i
             # A reopened writer starts a segment or appends a header, then counts from 0.
             if q == 0 and (new_segment or off > headers_at):

@@ -317,7 +317,8 @@ def test_a_writer_that_restarted_its_numbers_cannot_hide_the_expired_history(tmp
     shutil.copy(arc / MARKER_NAME, tmp_path / "copy")
     (tmp_path / "copy" / MARKER_NAME).write_text("{}")
     assert stats_lines(wal_stats(tmp_path / "copy"))[1].startswith(
-        "history: UNKNOWN: .gpu-pitr-expired is not a marker gpu-pitr expire wrote")
+        "history: UNKNOWN: its expire marker .gpu-pitr-expired: not a marker gpu-pitr "
+        "expire wrote")
     # Allowed, it restores what is left, and a snapshot of it records the gap.
     left = gpu_pitr.restore(arc, allow_incomplete_history=True, backend="cpu")
     assert left.position["history_complete"] is False

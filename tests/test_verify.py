@@ -769,3 +769,36 @@ def test_verify_never_writes(tmp_path):
     assert not verify_wal(wal).clean
     assert dir_state(tmp_path) == before
     assert sorted(os.listdir(tmp_path)) == ["wal"]
+
+
+def test_no_seq_follows_the_largest_in_line(tmp_path):
+    # 2^64-1 + 1 wrapped to 0 in the walk's uint64 check: a 0 with no header before it
+    # after 2^64-1 passed as in line.
+    top = 2**64 - 1
+    b = LogBuilder(first_seq=top - 1)
+    b.add(Ins("a", [1.0], None, 1))
+    b.add(Ins("b", [1.0], None, 2))
+    r = b.add(Ins("c", [1.0], None, 3), seq=0)
+    d = b.write(tmp_path / "wal")
+    kinds = [(p.kind, p.offset, p.seq, p.severity) for p in verify_wal(d).problems]
+    assert kinds[1:] == [("seq_out_of_order", r.offset, 0, DAMAGE)]
+    assert kinds[0][0] == "incomplete_history"
+
+
+@pytest.mark.parametrize(("notices_only", "rc"), [(True, 0), (False, 1)])
+def test_a_reader_that_goes_away_does_not_change_the_exit_status(tmp_path, notices_only, rc):
+    # verify ... | head -1: the status is what verify found (1 only for damage), and
+    # inspect's 0, not 1 for the closed pipe.
+    b = LogBuilder()
+    for i in range(4000):  # each open at the end: a notice line (over a pipe's 64 KiB)
+        b.add(w.Begin(i, 1000) if notices_only else Ins("a", [1.0], None, 1000),
+              seq=i if notices_only else 2 * i)  # (seq gaps: damage)
+    d = b.write(tmp_path / "wal")
+    for args, want in ((("verify", d), rc), (("verify", "--json", d), rc),
+                       (("inspect", d), 0), (("inspect", "--json", d), 0)):
+        proc = subprocess.Popen([sys.executable, "-m", "gpu_pitr", *map(str, args)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.read(1)
+        proc.stdout.close()  # as head does once it has its line
+        assert proc.wait(timeout=120) == want, (args, proc.stderr.read())
+        proc.stderr.close()

@@ -268,7 +268,7 @@ def test_every_truncation_is_a_torn_tail(tmp_path):
         (b"WALX", BadHeader(0, "wrong magic")),
         (b"WALV\x02", BadHeader(0, "wrong magic")),  # not a prefix of a version-1 header
         (b"WALX" + encode_header(1)[4:], BadHeader(0, "wrong magic b'WALX'")),
-        (b"WALV\x02\x00\x00\x00" + bytes(8), BadHeader(4, "unsupported version 2")),
+        (b"WALV\x02\x00\x00\x00" + bytes(8), BadHeader(0, "unsupported version 2")),
     ],
 )
 def test_bad_headers(tmp_path, content, bad):

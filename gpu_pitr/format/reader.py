@@ -85,7 +85,8 @@ def scan_segment(path: str | os.PathLike) -> SegmentScan:
         return scan
     (version,) = struct.unpack_from("<I", data, 4)
     if version != VERSION:
-        scan.bad_header = BadHeader(4, f"unsupported version {version}")
+        # At the header's offset, as restore and verify put it (not the field's, 4).
+        scan.bad_header = BadHeader(0, f"unsupported version {version}")
         return scan
     (scan.created,) = struct.unpack_from("<Q", data, 8)
 

@@ -64,7 +64,10 @@ def stats_lines(stats: dict) -> list[str]:
     lines += [
         f"  anomaly: {_where(a)}: {a['what']} (id {a['transaction_id']})" for a in txns["anomalies"]
     ]
-    lines += ["", f"sequence-number restarts: {len(stats['seq_restarts'])}"]
+    # Every record whose seq is not the previous one's + 1: a writer's restart at 0, a gap
+    # or a repeat (verify judges which: seq_restart, seq_gap, seq_out_of_order).
+    lines += ["", f"sequence-number breaks (restarts, gaps, repeats; verify judges them): "
+              f"{len(stats['seq_restarts'])}"]
     lines += [f"  {_where(r)}: {r['from']} -> {r['to']}" for r in stats["seq_restarts"]]
     lines += ["", f"damage: {len(stats['damage'])}"]
     for d in stats["damage"]:
@@ -83,8 +86,9 @@ def _history_line(history: dict) -> str:
     needs = ("a restore needs a snapshot that covers them (--base/--snapshots) or "
              "--allow-incomplete-history")
     if history.get("expire_marker_problem"):
-        return (f"history: UNKNOWN: .gpu-pitr-expired is {history['expire_marker_problem']}; "
-                "restores refuse this directory until it is")
+        return (f"history: UNKNOWN: its expire marker .gpu-pitr-expired: "
+                f"{history['expire_marker_problem']}; restores refuse this directory while "
+                "it is so")
     if history.get("expired_before"):
         # The segments left may start at seq 0 (a writer that restarted its numbers).
         return (f"history: INCOMPLETE: gpu-pitr expire deleted the segments before "

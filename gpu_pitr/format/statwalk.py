@@ -262,7 +262,7 @@ def header_damage(head: bytes | OSError) -> tuple | None:
         return ("bad_header", 0, f"wrong magic {head[:4]!r}", None)
     version = int.from_bytes(head[4:8], "little")
     if version != VERSION:
-        return ("bad_header", 4, f"unsupported version {version}", None)
+        return ("bad_header", 0, f"unsupported version {version}", None)
     return None
 
 
