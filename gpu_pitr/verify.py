@@ -486,8 +486,9 @@ class _Verify:
                       transaction_id=txn)
         elif code == EV_DIM:
             self._add("dim_change", s, off, q,
-                      f"vector of length {b} after vectors of length {a} (fatal to a "
-                      "restore that applies both)", dim=b, previous_dim=a)
+                      f"vector of length {b} after vectors of length {a}, in log order "
+                      "(fatal to a restore that applies both; which records apply depends on "
+                      "the transactions and the target)", dim=b, previous_dim=a)
 
     def _headers(self, segment: int, start: int, end: int) -> None:
         """Check the segment headers at file bytes ``[start, end)`` (a reopen within
