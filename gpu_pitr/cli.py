@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from gpu_pitr import __version__, interrupts
-from gpu_pitr.errors import MissingExtraError, WalError
+from gpu_pitr.errors import MissingExtraError, WalError, os_reason
 from gpu_pitr.format.segments import not_a_directory
 from gpu_pitr.format.stats import stats_lines, utc_text, wal_stats
 from gpu_pitr.format.times import U64_MAX
@@ -291,6 +291,9 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except BrokenPipeError:
         _stdout_gone()
         return 1
+    except _StdoutError as err:
+        _print_error(err)
+        return 2 if args.command == "verify" else 1
     except (WalError, OSError, MissingExtraError) as err:
         _print_error(err)
         return 1
@@ -301,13 +304,22 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 1
 
 
+class _StdoutError(Exception):
+    """stdout could not be written (a full disk, ``> /dev/full``): said so, naming it."""
+
+
 def _emit(text: str) -> None:
     """Print a command's report, its last act: a reader that went away (``| head``)
-    does not change the exit status, which says what the command found."""
+    does not change the exit status, which says what the command found; stdout that
+    cannot be written is an error naming stdout (verify: exit 2, as for anything
+    that is not damage)."""
     try:
         print(text, flush=True)
     except BrokenPipeError:
         _stdout_gone()
+    except OSError as err:
+        _stdout_gone()  # nothing more goes there, at exit either
+        raise _StdoutError(f"stdout: cannot write: {os_reason(err)}") from err
 
 
 def _stdout_gone() -> None:
@@ -384,10 +396,11 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             ).to_host()
             if bar is not None:
                 bar.phase("write")
-            write_output(index, out, fmt)
             report = index.report.to_dict()
-            if report_json is not None:
-                write_json(report_json, report)
+            if report_json is None:
+                write_output(index, out, fmt)
+            else:  # the index written inside the report's write: both, or neither
+                write_json(report_json, report, then=lambda: write_output(index, out, fmt))
     finally:
         if bar is not None:
             bar.close()
@@ -401,7 +414,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             lines.append(f"snapshot: {out} covers the log up to {pos['segment']} offset "
                          f"{pos['offset']} ({open_txns} open transaction(s) kept for "
                          "their commit)")
-        print("\n".join(lines))
+        _emit("\n".join(lines))
     return 0
 
 

@@ -122,6 +122,21 @@ class FileReadError(_OneLineOSError):
         super().__init__(path, f"{path}: offset {offset}: cannot read: {os_reason(cause)}", cause)
 
 
+class FileShrankError(_OneLineOSError):
+    """A segment that ended, while it was read, before the size it had when the restore
+    listed it (truncated or replaced: a writer only appends): one line naming it and the
+    byte offset. Not a torn tail: the bytes lost are unknown, and the records after them
+    may be in the log's later files."""
+
+    def __init__(self, path, offset: int, listed: int) -> None:
+        import errno
+
+        super().__init__(path, f"{path}: offset {offset}: the file ends there while it is "
+                         f"read, {listed - offset} bytes short of its size when listed: it "
+                         "was truncated or replaced during the run",
+                         OSError(errno.EIO, "file shrank"))
+
+
 class DirectoryReadError(_OneLineOSError):
     """A directory (WAL_DIR, an archive) whose entries cannot be listed: one line naming it."""
 

@@ -224,6 +224,10 @@ def atomic_files(*dests: Path) -> Iterator[tuple[Path, ...]]:
     destinations are left as they were.
     """
     tmps: list[Path] = []
+    for dest in dests:
+        # Before writing too, not only after: on a full disk a killed writer's temp holds
+        # the room a retry needs.
+        remove_stale_temps(dest)
     try:
         for dest in dests:
             tmp = temp_path(dest)
@@ -246,11 +250,18 @@ def atomic_files(*dests: Path) -> Iterator[tuple[Path, ...]]:
         remove_stale_temps(dest)  # left by writers of the same name that were killed
 
 
-def write_json(path: Path, doc) -> None:
-    """``doc`` as a JSON file at ``path``, atomically."""
+def write_json(path: Path, doc, then=None) -> None:
+    """``doc`` as a JSON file at ``path``, atomically. ``then()``, if given, runs once
+    the JSON is written aside and before it is renamed into place: a restore writes its
+    index there, so that a report that cannot be written fails the run before the
+    index replaces the old one (and an index that cannot be written leaves no report)."""
     try:
         with atomic_files(path) as (tmp,):
             tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+            if then is not None:
+                then()
+    except OutputError:
+        raise  # then()'s own, naming its file
     except OSError as err:
         raise OutputError(path, "JSON file", err) from err
 

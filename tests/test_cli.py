@@ -680,3 +680,15 @@ def test_a_wal_dir_without_segments_is_warned_of_with_quiet_too(tmp_path: Path) 
     assert proc.stderr == (f"gpu-pitr: warning: nothing to restore: no wal-<16 hex digits>.log "
                            f"files in {tmp_path / 'store'}, but {wal_dir} has some: is that "
                            "the WAL directory?\n")
+
+
+def test_stdout_that_cannot_be_written_is_named_and_verify_says_2(wal_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    # "[Errno 28] No space left on device" named nothing, and verify's 1 means damage.
+    for args, rc in ((("verify", wal_dir), 2), (("inspect", wal_dir), 1),
+                     (("restore", wal_dir, "--out", tmp_path / "o.npz"), 1)):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([sys.executable, "-m", "gpu_pitr", *map(str, args)],
+                                  stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+        assert (proc.returncode, proc.stderr) == (
+            rc, "gpu-pitr: error: stdout: cannot write: No space left on device\n"), args

@@ -738,3 +738,40 @@ def test_many_varint_widths_roundtrip(restore, tmp_path):
         "id4",
         "id5",
     ]
+
+
+@pytest.mark.parametrize("cut_to", [0, 8, 200])
+def test_a_segment_cut_while_it_is_read_is_an_error_not_a_torn_tail(tmp_path, monkeypatch,
+                                                                    cut_to):
+    # Truncated (or replaced) after the listing: a torn tail of a few bytes was reported,
+    # exit 0, and the later files applied over the hole; an emptied file was a torn
+    # header, "0 bytes lost". A writer only appends: the run fails, naming the file.
+    from gpu_pitr.errors import FileShrankError
+    from gpu_pitr.format.readahead import Readahead
+    from gpu_pitr.verify import verify_wal
+
+    b = LogBuilder()
+    for i in range(20):
+        b.add(Ins(f"id-{i}", [float(i)] * 4, None, i))
+    b.new_segment(SEG2)
+    b.add(Ins("z", [1.0] * 4, None, 99))
+    d = Path(b.write(tmp_path / "wal"))
+    first = sorted(d.iterdir())[0]
+    data = first.read_bytes()
+    real = Readahead.__init__
+
+    def listed_then_cut(self, *args, **kwargs):  # the sizes are taken: now the cut
+        os.truncate(first, cut_to)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Readahead, "__init__", listed_then_cut)
+    for run in (lambda: gpu_pitr.restore(d, backend="cpu", chunk_bytes=64),
+                lambda: verify_wal(d)):
+        first.write_bytes(data)
+        with pytest.raises(FileShrankError) as err:
+            run()
+        text = str(err.value)
+        assert text.startswith(f"{first}: offset ") and "\n" not in text
+        assert text.endswith("bytes short of its size when listed: it was truncated or "
+                             "replaced during the run")
+        assert min(cut_to, 16) <= int(text.split("offset ")[1].split(":")[0]) <= len(data)

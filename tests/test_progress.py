@@ -411,3 +411,48 @@ def test_cli_bar_and_summary_say_when_it_compiles(wal_dir: Path, tmp_path: Path,
                      "--backend", "cpu"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert "compiling" not in first and first.endswith(" s)")
+
+
+def test_a_report_that_cannot_be_written_leaves_the_old_output(wal_dir: Path, tmp_path: Path,
+                                                               monkeypatch, capsys) -> None:
+    # The index was written first: exit 1 ("nothing was left in its place") with --out
+    # already replaced. Now the index is written inside the report's write.
+    import errno
+
+    from gpu_pitr.cli import main
+
+    out, report = tmp_path / "o.npz", tmp_path / "r.json"
+    out.write_bytes(b"the old index")
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name.startswith(".r.json.tmp-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    assert main(["restore", str(wal_dir), "--out", str(out), "--report-json", str(report),
+                 "-q"]) == 1
+    assert capsys.readouterr().err == (f"gpu-pitr: error: {report}: cannot write the JSON "
+                                       "file: No space left on device; nothing was left in "
+                                       "its place\n")
+    assert out.read_bytes() == b"the old index"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz"]
+    monkeypatch.undo()
+    assert main(["restore", str(wal_dir), "--out", str(out), "--report-json", str(report),
+                 "-q"]) == 0
+    with np.load(out, allow_pickle=False) as npz:
+        assert json.loads(report.read_text()) == json.loads(str(npz["report"]))
+
+
+def test_a_killed_writers_temp_goes_before_the_write_not_only_after(tmp_path: Path) -> None:
+    # On a full disk the temp a killed run left holds the room the retry needs.
+    from gpu_pitr.outputs import atomic_files
+
+    dest = tmp_path / "o.npz"
+    dead = tmp_path / ".o.npz.tmp-999999999-0123abcd"  # no such pid
+    dead.write_bytes(b"x" * 100)
+    with atomic_files(dest) as (tmp,):
+        assert not dead.exists()
+        tmp.write_bytes(b"new")
+    assert dest.read_bytes() == b"new"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpu_pitr import interrupts
-from gpu_pitr.errors import FileReadError
+from gpu_pitr.errors import FileReadError, FileShrankError
 from gpu_pitr.format.frame import declared_size, frame_records
 from gpu_pitr.format.layout import HEADER_SIZE
 
@@ -65,7 +65,7 @@ class Readahead:
             pos = start
             while True:
                 n = min(chunk_bytes, end - pos)
-                self._tasks.append((seg, path, pos, n, pos + n >= end))
+                self._tasks.append((seg, path, pos, n, pos + n >= end, end))
                 pos += n
                 if pos >= end:
                     break
@@ -96,7 +96,7 @@ class Readahead:
             return self._fds[key]
 
     def _read(self, task) -> Piece | None:
-        seg, path, offset, length, last = task
+        seg, path, offset, length, last, listed = task
         while True:
             try:
                 buf = self._ring.get(timeout=0.05)
@@ -112,8 +112,9 @@ class Readahead:
             fd = self._fd(path)
             while got < length:
                 n = os.preadv(fd, [view[got:]], offset + got)
-                if n == 0:  # the file shrank since it was listed
-                    break
+                if n == 0:  # the file shrank since it was listed: not a torn tail
+                    return Piece(seg, offset, buf, self.headroom, 0, last,
+                                 error=FileShrankError(path, offset + got, listed))
                 got += n
         except OSError as err:
             # Not raised here: the framer may skip this segment (its header unreadable).
@@ -252,6 +253,10 @@ class FrameAhead:
                         head = f.read(self._header_size)
                 except OSError as err:  # unreadable: a bad header, as SPEC section 2 has it
                     head = err
+                if not isinstance(head, OSError) and len(head) < min(seg.size,
+                                                                     self._header_size):
+                    # Emptied or cut since it was listed: not a torn header.
+                    raise FileShrankError(seg.path, len(head), seg.size)
                 problem = self._header_problem(head)
                 start = self._starts.get(index, self._header_size)
                 has_records = seg.size > start
