@@ -13,7 +13,12 @@ everything once. Functions of other packages keep Numba's own locators.
 Writing the cache is best effort too: where it fails (a full disk, a file-size
 limit, a read-only tree that looked writable), Numba would fail the compile and so
 the restore, with an error that names no file. For this package's functions the
-failure becomes one warning, and the code compiled in memory is used.
+failure becomes one warning, and the code compiled in memory is used. Where Numba
+finds no place at all (site-packages read-only and no usable home, as for a service
+account with ``HOME=/nonexistent``), it would fail at import ("no locator
+available"): the cache goes to a directory of this user's own under the temp
+directory instead (``gpu_pitr-numba-<uid>``, mode 0700, used only if it is ours),
+and failing that, the code runs compiled in memory with the one warning.
 
 Best effort: where Numba's caching internals differ (other versions), nothing is
 installed and caching works as Numba's does.
@@ -188,6 +193,48 @@ def _in_package(py_file: str) -> bool:
     return any(root == path.parent or root in path.parents for root in _ROOTS)
 
 
+def _own_temp_dir() -> str | None:
+    """``<tempdir>/gpu_pitr-numba-<uid>``, created 0700, if it is this user's alone
+    (a directory another user made there could hand us compiled code to run)."""
+    import stat
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), f"gpu_pitr-numba-{os.getuid()}")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None
+    return path
+
+
+def _last_resort(py_func, py_file):
+    """A locator for a package file no Numba locator can cache (see the module's
+    docstring): the user's own temp directory, or one whose writes fail (the cache
+    I/O guard makes that one warning, and the code runs compiled in memory)."""
+    user_provided = (getattr(caching, "UserProvidedCacheLocator", None)
+                     or getattr(caching, "_UserProvidedCacheLocator", None))
+    if user_provided is None:  # another Numba: its own "no locator available" stands
+        return None
+
+    class LastResort(user_provided):
+        def __init__(self, py_func, py_file, root) -> None:
+            self._py_file = py_file
+            self._lineno = py_func.__code__.co_firstlineno
+            self._cache_path = os.path.join(root, self.get_suitable_cache_subpath(py_file))
+
+        def ensure_cache_path(self):
+            with contextlib.suppress(OSError):  # unwritable: the guard warns at the write
+                super().ensure_cache_path()
+
+    root = _own_temp_dir()
+    if root is None:
+        root = os.path.join(os.sep, "nonexistent", "gpu_pitr-no-cache")
+    return LastResort(py_func, py_file, root)
+
+
 def _install() -> bool:
     impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
     base = getattr(caching, "_CacheLocator", None)
@@ -215,7 +262,8 @@ def _install() -> bool:
                 inner = other.from_function(py_func, py_file)
                 if inner is not None:
                     return cls(inner)
-            return None
+            last = _last_resort(py_func, py_file)
+            return None if last is None else cls(last)
 
         def ensure_cache_path(self):
             return self._inner.ensure_cache_path()

@@ -114,3 +114,35 @@ def test_where_the_package_tree_is_not_writable_the_fallback_is_stamped_too(monk
     assert locator is not None and getattr(locator, "_gpu_pitr", False)
     assert not isinstance(locator._inner, in_tree)
     assert locator.get_source_stamp()[1] == jit.package_digest()
+
+
+def test_where_no_numba_locator_can_cache_the_users_own_temp_dir_serves(monkeypatch, tmp_path):
+    """site-packages read-only and no usable home (a service account, HOME=/nonexistent):
+    every Numba locator passes the file over, and Numba raised "no locator available"
+    at import, a traceback. The cache goes to <tempdir>/gpu_pitr-numba-<uid> (0700,
+    ours alone); where that is another's, to nowhere: compiled in memory, one warning."""
+    import os
+    import stat
+    import tempfile
+
+    from numba.core import caching
+
+    from gpu_pitr import jit
+    from gpu_pitr.format import frame
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+    ours = impl._locator_classes[0]
+    for other in impl._locator_classes[1:]:
+        monkeypatch.setattr(other, "from_function", classmethod(lambda cls, f, p: None))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    locator = ours.from_function(frame._frame.py_func, frame.__file__)
+    root = tmp_path / f"gpu_pitr-numba-{os.getuid()}"
+    assert getattr(locator, "_gpu_pitr", False)
+    assert locator.get_cache_path().startswith(str(root))
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert locator.get_source_stamp()[1] == jit.package_digest()
+    # Not ours (open to others): not used; a path no write reaches instead.
+    root.chmod(0o777)
+    locator = ours.from_function(frame._frame.py_func, frame.__file__)
+    assert locator is not None and not locator.get_cache_path().startswith(str(tmp_path))
+    locator.ensure_cache_path()  # no error here: the guarded write warns instead
