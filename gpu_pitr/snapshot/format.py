@@ -243,9 +243,10 @@ def _check_target(out: Path) -> None:
         raise SnapshotError("exists and is a file or a symlink, not a directory: not replaced",
                             file=str(out))
     if any(out.iterdir()) and not is_snapshot(out):
-        if holds_snapshot_files(out):
-            raise SnapshotError(f"holds a snapshot and other files ({', '.join(other_files(out))}"
-                                "): not replaced, so that they are not lost", file=str(out))
+        others = other_files(out) if holds_snapshot_files(out) else []
+        if others:
+            raise SnapshotError(f"holds a snapshot and other files ({', '.join(others)}): not "
+                                "replaced, so that they are not lost", file=str(out))
         raise SnapshotError("is a directory that is neither empty nor a snapshot: "
                             "not replaced", file=str(out))
 
@@ -339,7 +340,10 @@ def holds_snapshot_files(path) -> bool:
 def other_files(path) -> list[str]:
     """The names in the snapshot directory ``path`` that are not a snapshot's files
     (sorted): a restore and ``verify`` leave them alone."""
-    return sorted(set(os.listdir(path)) - SNAPSHOT_FILES)
+    try:
+        return sorted(set(os.listdir(path)) - SNAPSHOT_FILES)
+    except OSError:  # gone meanwhile (another writer's swap): none to keep
+        return []
 
 
 def read_manifest(path) -> dict:
