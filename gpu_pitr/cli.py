@@ -447,19 +447,17 @@ def restore_warnings(report: dict) -> list[str]:
     after it in its file were not read) and each record or file ``--skip-corrupt``
     skipped, the first ``WARN_EACH`` of each, then the report's ``warnings`` (a damaged
     snapshot passed over, a WAL_DIR without segment files)."""
+    # inspect's words for a torn tail; an empty file's loses nothing, so is not one
+    torn = [f"{t['file']}: offset {t['offset']}: torn tail, {t['bytes_lost']} bytes lost"
+            for t in report["torn_tails"] if t["bytes_lost"]]
+    skipped = [f"{s['file']}: offset {s['offset']}: "
+               + ("" if s.get("seq") is None else f"seq {s['seq']}: ")
+               + f"skipped: {s['what']}" for s in report["skipped"]]
     lines = []
-    torn = [t for t in report["torn_tails"] if t["bytes_lost"]]  # an empty file loses nothing
-    for kind, items in (("torn tail", torn), ("skipped", report["skipped"])):
-        for item in items[:WARN_EACH]:
-            where = f"{item['file']}: offset {item['offset']}: "
-            if kind == "torn tail":  # inspect's words
-                lines.append(f"{where}torn tail, {item['bytes_lost']} bytes lost")
-            else:
-                seq = "" if item.get("seq") is None else f"seq {item['seq']}: "
-                lines.append(f"{where}{seq}skipped: {item['what']}")
+    for kind, items in (("torn tails", torn), ("skipped", skipped)):
+        lines += items[:WARN_EACH]
         if len(items) > WARN_EACH:
-            lines.append(f"{len(items) - WARN_EACH} more {kind}"
-                         f"{'s' if kind == 'torn tail' else ''} (the report lists every one)")
+            lines.append(f"{len(items) - WARN_EACH} more {kind} (the report lists every one)")
     return lines + list(report.get("warnings", []))
 
 
