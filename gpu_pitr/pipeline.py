@@ -135,8 +135,10 @@ class _Restore:
     """One restore in progress: the loop over segments and chunks."""
 
     def __init__(self, wal_dir, target, exclusive, skip_corrupt, allow_incomplete_history,
-                 executor, chunk_bytes, report, progress=None, base=None):
+                 executor, chunk_bytes, report, progress=None, base=None, segments=None):
         self.wal_dir = Path(wal_dir)
+        # The listing the caller checked the base against (None: list here).
+        self._listed = segments
         self.progress = progress
         self.base = base  # a loaded snapshot to start from, or None
         self.target = target
@@ -195,7 +197,7 @@ class _Restore:
 
     def run(self) -> None:
         t = time.perf_counter()
-        segments = list_segments(self.wal_dir)
+        segments = self._listed if self._listed is not None else list_segments(self.wal_dir)
         self._check_expired()
         starts: dict[int, int] = {}
         if self.base is not None:
@@ -465,16 +467,10 @@ class _Restore:
             return segments, {}
         names = [seg.name for seg in segments]
         if name in names:
+            # (base_mismatch checked this listing: the file reaches the position)
             i = names.index(name)
-            seg = segments[i]
-            offset = int(pos["offset"])
-            if offset > seg.size:
-                raise IncompleteHistoryError(
-                    f"the file ends before the base snapshot's position (offset {offset}):"
-                    " this is not the log the snapshot was taken from", file=str(seg.path),
-                    offset=seg.size)
             self._resume_seq = ("at", pos.get("seq"))
-            return segments[i:], {0: max(offset, HEADER_SIZE)}
+            return segments[i:], {0: max(int(pos["offset"]), HEADER_SIZE)}
         later = [seg for seg in segments if seg.name.encode() > name.encode()]
         if pos.get("at_segment_end") and pos.get("last_seq") is not None:
             # The writer numbers on across a rotation: the next file must go on.
@@ -807,7 +803,7 @@ def _base_bytes(base, snapshots) -> int:
         return 0
 
 
-def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, largest=0):
+def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segments=()):
     report = RestoreReport(target=target_doc, backend=executor.name,
                            incomplete_history_allowed=bool(args[4]))
     if base is not None:
@@ -817,10 +813,11 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, larg
                        "timestamp": pos.get("timestamp"), "ids": int(base.count),
                        "dim": base.dim}
     default = getattr(executor, "chunk_bytes", DEFAULT_CHUNK_BYTES)
+    largest = max((s.size for s in segments), default=0)
     # No piece is longer than its segment: buffers past that would be allocated unused
     # (--chunk-size 64G on a log of 20 MB asked for five of 64 GiB).
     chunk_bytes = min(int(chunk_bytes), max(default, largest)) if chunk_bytes else default
-    run = _Restore(*args, executor, chunk_bytes, report, progress, base)
+    run = _Restore(*args, executor, chunk_bytes, report, progress, base, list(segments))
     run.run()
     del run.buf, run.cols, run._piece, run._reader  # the read buffers go before the sort
     run._tell("finish")
@@ -911,7 +908,6 @@ def restore(
         raise WalError(f"WAL directory: {not_a_directory(wal_path)}", file=str(wal_path))
     segments = list_segments(wal_path)
     total = sum(s.size for s in segments)
-    largest = max((s.size for s in segments), default=0)
     # At most about the log's bytes are filled (the index, arenas, a base's rows).
     with fill_once_pages(need=total + _base_bytes(base, snapshots)):
         snap, notes, warnings = _base_for(base, snapshots, target, exclusive,
@@ -924,13 +920,13 @@ def restore(
         executor = make_executor(backend, total, why_cpu)
         args = (wal_path, target, exclusive, skip_corrupt, allow_incomplete_history)
         try:
-            index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap, largest)
+            index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap, segments)
         except _needs_host() as err:
             # Exactness over speed: the host executor handles every input exactly.
             from gpu_pitr.executors.cpu import CpuExecutor
 
             index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc, progress,
-                              snap, largest)
+                              snap, segments)
             notes.append(f"cuda executor: {err}; restored on the cpu executor instead")
     report = index.report
     report.message = "; ".join(notes)
