@@ -36,6 +36,7 @@ from gpu_pitr import interrupts
 from gpu_pitr.errors import DirectoryReadError, WalError, os_reason
 from gpu_pitr.format.layout import SEGMENT_NAME_RE
 from gpu_pitr.format.segments import Segment, list_segments, unreadable
+from gpu_pitr.format.stats import plural
 from gpu_pitr.outputs import atomic_files, fsync_path, inside
 
 LOCK_NAME = ".gpu-pitr-archive.lock"
@@ -139,11 +140,6 @@ class ArchiveResult:
             f"{plural(self.archived, 'segment')}, {self.only_in_archive} of them no longer in "
             "WAL_DIR")
         return out
-
-
-def plural(count: int, noun: str) -> str:
-    """``1 segment``, ``2 segments``."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 class _Conflict(Exception):

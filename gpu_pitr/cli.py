@@ -22,7 +22,7 @@ from typing import NoReturn
 from gpu_pitr import __version__, interrupts
 from gpu_pitr.errors import MissingExtraError, WalError, os_reason
 from gpu_pitr.format.segments import not_a_directory
-from gpu_pitr.format.stats import stats_lines, utc_text, wal_stats
+from gpu_pitr.format.stats import plural, stats_lines, utc_text, wal_stats
 from gpu_pitr.format.times import U64_MAX
 from gpu_pitr.outputs import (
     FORMATS,
@@ -73,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
         "snapshot",
         description="Restore WAL_DIR to a point in time and write the index to OUT: an .npz "
         "(arrays ids, vectors, metadata, report; loadable with allow_pickle=False), a "
-        ".parquet table, a FAISS index (+ OUT.ids.jsonl) or a snapshot directory.",
+        ".parquet table, a FAISS index (+ OUT.ids.jsonl) or a snapshot directory. "
+        "Exit status 0: restored (warnings, if any, on stderr); 1: a data error (one line "
+        "naming the file and byte offset); 2: usage error; 128 + N: stopped by signal N.",
     )
     restore.add_argument("wal_dir", metavar="WAL_DIR")
     restore.add_argument(
@@ -91,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         help="write the state at a point in time as a snapshot directory (a restore base)",
         description="Restore WAL_DIR to a point in time and write it as a snapshot directory "
         "(docs/snapshot-format.md): later restores start from it with --base or --snapshots "
-        "and read only the log after it. Written atomically.",
+        "and read only the log after it. Written atomically. Exit status as for restore.",
     )
     snap.add_argument("wal_dir", metavar="WAL_DIR")
     snap.add_argument("--out", required=True, metavar="SNAP_DIR", help="snapshot directory")
@@ -412,7 +414,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             pos = index.position
             open_txns = len(pos["pending"]["transactions"])
             lines.append(f"snapshot: {out} covers the log up to {pos['segment']} offset "
-                         f"{pos['offset']} ({open_txns} open transaction(s) kept for "
+                         f"{pos['offset']} ({plural(open_txns, 'open transaction')} kept for "
                          "their commit)")
         _emit("\n".join(lines))
     return 0
@@ -467,7 +469,7 @@ def restore_summary(report: dict, out: Path) -> list[str]:
     seconds = report["timings"].get("total", 0.0)
     compiling = report["timings"].get("compile", 0.0)
     lines = [
-        f"restored {report['ids']} ids"
+        f"restored {plural(report['ids'], 'id')}"
         + ("" if report["dim"] is None else f", dim {report['dim']}")
         + f" -> {out} "
         f"(backend {report['backend']}, {seconds:.3f} s"
@@ -490,16 +492,24 @@ def restore_summary(report: dict, out: Path) -> list[str]:
         record = stop.get("record") or "record"
         # A time target stops before its record; a seq target after it (unless exclusive).
         how = "before" if target["kind"] == "time" or target["exclusive"] else "after"
-        lines.append(f"stopped: {how} {record} {where}{stamp}")
+        open_there = txns["in_flight_discarded"] if how == "after" else 0
+        lines.append(f"stopped: {how} {record} {where}{stamp}" + (
+            f" ({plural(open_there, 'transaction')} open there, not applied)"
+            if open_there else ""))
+    if report.get("last_commit_timestamp") is not None:
+        lines.append(f"as of {utc_text(report['last_commit_timestamp'])}: the last commit "
+                     "point applied")
     lines += [
-        f"read {report['records_read']} records, {report['bytes_read']} bytes, "
-        f"{report['segments']} segments; applied {report['commit_points_applied']} commit "
-        f"points: {report['inserts']} inserts, {report['updates']} updates, "
-        f"{report['deletes']} deletes",
+        f"read {plural(report['records_read'], 'record')}, "
+        f"{plural(report['bytes_read'], 'byte')}, {plural(report['segments'], 'segment')}; "
+        f"applied {plural(report['commit_points_applied'], 'commit point')}: "
+        f"{plural(report['inserts'], 'insert')}, {plural(report['updates'], 'update')}, "
+        f"{plural(report['deletes'], 'delete')}",
         f"transactions: {txns['committed']} committed, {txns['aborted']} aborted, "
         f"{txns['in_flight_discarded']} discarded in flight; "
-        f"{len(report['anomalies'])} anomalies",
-        f"damage: {len(report['torn_tails'])} torn tails, {len(report['skipped'])} skipped, "
+        f"{plural(len(report['anomalies']), 'anomaly', 'anomalies')}",
+        f"damage: {plural(len(report['torn_tails']), 'torn tail')}, "
+        f"{len(report['skipped'])} skipped, "
         f"{len(report['damage_after_stop'])} after the stop point, "
         f"{len(report['trailing_bytes'])} with trailing bytes",
     ]

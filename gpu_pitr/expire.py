@@ -46,10 +46,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpu_pitr import interrupts
-from gpu_pitr.archive import plural
 from gpu_pitr.errors import WalError, os_reason
 from gpu_pitr.format.layout import SEGMENT_NAME_RE
 from gpu_pitr.format.segments import not_a_directory
+from gpu_pitr.format.stats import plural
 
 SNAPSHOT = "snapshot"
 SEGMENT = "segment"

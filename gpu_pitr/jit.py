@@ -20,6 +20,10 @@ available"): the cache goes to a directory of this user's own under the temp
 directory instead (``gpu_pitr-numba-<uid>``, mode 0700, used only if it is ours),
 and failing that, the code runs compiled in memory with the one warning.
 
+The CUDA kernels (``kernels/``) get the same through ``install_for``: numba-cuda
+keeps a caching module of its own (``numba.cuda.core.caching``), which the kernels
+package patches before it compiles anything.
+
 Best effort: where Numba's caching internals differ (other versions), nothing is
 installed and caching works as Numba's does.
 """
@@ -210,7 +214,7 @@ def _own_temp_dir() -> str | None:
     return path
 
 
-def _last_resort(py_func, py_file):
+def _last_resort(py_func, py_file, caching=caching):
     """A locator for a package file no Numba locator can cache (see the module's
     docstring): the user's own temp directory, or one whose writes fail (the cache
     I/O guard makes that one warning, and the code runs compiled in memory)."""
@@ -235,7 +239,8 @@ def _last_resort(py_func, py_file):
     return LastResort(py_func, py_file, root)
 
 
-def _install() -> bool:
+def _install(caching=caching) -> bool:
+    """Put the package locator first in ``caching`` (a Numba caching module)."""
     impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
     base = getattr(caching, "_CacheLocator", None)
     classes = getattr(impl, "_locator_classes", None)
@@ -262,7 +267,7 @@ def _install() -> bool:
                 inner = other.from_function(py_func, py_file)
                 if inner is not None:
                     return cls(inner)
-            last = _last_resort(py_func, py_file)
+            last = _last_resort(py_func, py_file, caching)
             return None if last is None else cls(last)
 
         def ensure_cache_path(self):
@@ -283,11 +288,11 @@ def _install() -> bool:
             return getattr(self._inner, name)
 
     classes.insert(0, PackageLocator)
-    _guard_cache_io()
+    _guard_cache_io(caching)
     return True
 
 
-def _guard_cache_io() -> None:
+def _guard_cache_io(caching=caching) -> None:
     """Cache reads and writes of this package's functions that fail with an ``OSError``
     are skipped (a read: compiled afresh; a write: not cached), with one warning.
 
@@ -322,6 +327,19 @@ def _guard_cache_io() -> None:
 
 
 INSTALLED = _install()
+
+
+def install_for(module_name: str) -> bool:
+    """The package locator and cache I/O guard in another Numba caching module, if
+    ``module_name`` can be imported (numba-cuda's ``numba.cuda.core.caching``: its
+    kernels are cached through it, not through ``numba.core.caching``)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except Exception:  # noqa: BLE001 - best effort: an odd install keeps Numba's own
+        return False
+    return module is caching or _install(module)
 
 
 # After _install(): a cached function of the package decorated earlier would keep

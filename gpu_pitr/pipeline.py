@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
+import shlex
 import threading
 import time
 from pathlib import Path
@@ -48,6 +49,7 @@ from gpu_pitr.format.readahead import (
     host_buffer,
 )
 from gpu_pitr.format.segments import list_segments, not_a_directory
+from gpu_pitr.format.stats import utc_text
 from gpu_pitr.format.times import parse_time
 from gpu_pitr.hostmem import fill_once_pages
 from gpu_pitr.index import RestoredIndex
@@ -146,7 +148,9 @@ class _Restore:
         self.last_record = None  # (file, offset, length, crc32) of the last record consumed
         # A gap in the history the caller allowed (--allow-incomplete-history) was met:
         # a snapshot of this state does not hold the whole history (expire skips it).
+        # gap_why: the first such gap, for the restore's warning.
         self.history_gap = False
+        self.gap_why: str | None = None
         self.torn_at: dict[int, int] = {}  # segment index -> offset of its torn tail
         self.segments = []
         self.position: dict | None = None
@@ -157,6 +161,9 @@ class _Restore:
         self.total_bytes = 0
         self.plan = PlanState(exclusive=exclusive, skip_corrupt=skip_corrupt, **target)
         self.to_seq = target.get("to_seq")
+        # Records read with seq to_seq: more than one where the writer numbered from 0
+        # again (reopened without recovery); the target is the first (SPEC section 3).
+        self.to_seq_hits = 0
         self.skip_corrupt = skip_corrupt
         self.allow_incomplete = allow_incomplete_history
         self.ex = executor
@@ -184,7 +191,9 @@ class _Restore:
             if last:
                 self.last_record = (str(self.wal_dir / last["segment"]), last["offset"],
                                     last.get("length"), last.get("crc32"))
-            self.history_gap = pos.get("history_complete") is False
+            if pos.get("history_complete") is False:
+                self._gap(f"the base snapshot {base.path} was itself restored from an "
+                          "incomplete history")
             self.plan.seed_timestamps(pos.get("max_timestamp"), pos.get("timestamp"))
 
     def _alloc(self, nbytes: int) -> np.ndarray:
@@ -308,6 +317,8 @@ class _Restore:
         c.seg[rows] = item.segment
         np.subtract(c.off[rows], start - item.file_start, out=c.foff[rows])
         if n:
+            if self.to_seq is not None:
+                self.to_seq_hits += int(np.count_nonzero(item.seq[:n] == np.uint64(self.to_seq)))
             lo, hi = int(item.seq[:n].min()), int(item.seq[:n].max())
             if self.seq_range is not None:
                 lo, hi = min(lo, self.seq_range[0]), max(hi, self.seq_range[1])
@@ -481,7 +492,8 @@ class _Restore:
                 f"position (offset {pos.get('offset')}): history after the snapshot is missing",
                 file=str(later[0].path if later else self.wal_dir))
         else:
-            self.history_gap = True
+            self._gap(f"the base snapshot's segment {name} is gone, with records after its "
+                      f"position (offset {pos.get('offset')})")
         return later, {}
 
     def _check_expired(self) -> None:
@@ -498,8 +510,8 @@ class _Restore:
         if start is not None and (start.encode() >= first_kept.encode() or (
                 pos.get("at_segment_end") and start == expiry.last_expired)):
             return  # (a base covering the newest expired segment whole goes on after it)
-        self.history_gap = True
         if self.allow_incomplete:
+            self._gap(f"gpu-pitr expire deleted the segments before {first_kept}")
             return
         since = "the start of the log" if self.base is None else \
             f"the base snapshot's position, {start or 'the start of the log'}"
@@ -518,8 +530,10 @@ class _Restore:
         seq = int(c.seq[first])
         w = self._where(first)
         if self.base is None or self._resume_seq == ("start", 0):
-            self.history_gap |= seq != 0
-            if seq != 0 and not self.allow_incomplete:
+            if seq != 0 and self.allow_incomplete:
+                self._gap(f"the log starts at seq {seq} ({Path(w['file']).name} offset "
+                          f"{w['offset']}), not 0")
+            elif seq != 0:
                 fix = ("the base snapshot is of an empty log, so the log must start there"
                        if self.base is not None else
                        "start from a snapshot taken before it was deleted: --base/--snapshots,"
@@ -548,7 +562,14 @@ class _Restore:
                 "missing (restore anyway: --allow-incomplete-history,"
                 " allow_incomplete_history=True)", **w)
         elif seq != want:
-            self.history_gap = True
+            self._gap(f"the log resumes at seq {seq}, not {want}, right after the base "
+                      f"snapshot's position ({pos['segment']} offset {pos['offset']})")
+
+    def _gap(self, why: str) -> None:
+        """A gap in the history that this restore allows: noted, and warned of."""
+        self.history_gap = True
+        if self.gap_why is None:
+            self.gap_why = why
 
     def _seed_base(self) -> None:
         """Load the snapshot into the executor: its dimension, rows, open transactions.
@@ -803,7 +824,9 @@ def _base_bytes(base, snapshots) -> int:
         return 0
 
 
-def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segments=()):
+def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segments=None):
+    """One restore on ``executor``; ``segments``: the listing of ``args[0]`` the caller
+    checked (None: listed here)."""
     report = RestoreReport(target=target_doc, backend=executor.name,
                            incomplete_history_allowed=bool(args[4]))
     if base is not None:
@@ -813,11 +836,13 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segm
                        "timestamp": pos.get("timestamp"), "ids": int(base.count),
                        "dim": base.dim}
     default = getattr(executor, "chunk_bytes", DEFAULT_CHUNK_BYTES)
+    if segments is None:
+        segments = list_segments(args[0])
     largest = max((s.size for s in segments), default=0)
     # No piece is longer than its segment: buffers past that would be allocated unused
     # (--chunk-size 64G on a log of 20 MB asked for five of 64 GiB).
     chunk_bytes = min(int(chunk_bytes), max(default, largest)) if chunk_bytes else default
-    run = _Restore(*args, executor, chunk_bytes, report, progress, base, list(segments))
+    run = _Restore(*args, executor, chunk_bytes, report, progress, base, segments)
     run.run()
     del run.buf, run.cols, run._piece, run._reader  # the read buffers go before the sort
     run._tell("finish")
@@ -919,18 +944,23 @@ def restore(
         why_cpu: list[str] = []
         executor = make_executor(backend, total, why_cpu)
         args = (wal_path, target, exclusive, skip_corrupt, allow_incomplete_history)
+        fallback = None
         try:
             index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap, segments)
         except _needs_host() as err:
-            # Exactness over speed: the host executor handles every input exactly.
+            fallback = str(err)  # not err: its traceback holds the device executor's memory
+        if fallback is not None:
+            # Exactness over speed: the host executor handles every input exactly. The
+            # cuda executor's device and page-locked buffers go first.
             from gpu_pitr.executors.cpu import CpuExecutor
 
+            executor = None
             index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc, progress,
                               snap, segments)
-            notes.append(f"cuda executor: {err}; restored on the cpu executor instead")
+            notes.append(f"cuda executor: {fallback}; restored on the cpu executor instead")
     report = index.report
     report.message = "; ".join(notes)
-    report.warnings = warnings
+    report.warnings = warnings + _restore_warnings(run, report, target)
     # Of the total (within the stages): Numba compiling, on a first run after an
     # install or an edit (PostgreSQL's EXPLAIN ANALYZE shows its JIT time apart too).
     run.timings["compile"] = compile_seconds() - compiled
@@ -950,6 +980,35 @@ def restore(
         snap = run = executor = None
         _let_go(held)
     return index
+
+
+def _restore_warnings(run: _Restore, report: RestoreReport, target: dict) -> list[str]:
+    """What a restore that succeeded must not pass over in silence (``report.warnings``):
+    a gap in the history it was allowed to cross, a time target the log ends before (an
+    archive not brought up to date would give an older state without a word; PostgreSQL
+    fails such a recovery), a seq target met more than once."""
+    report.last_commit_timestamp = run.plan.last_timestamp
+    out = []
+    if run.gap_why is not None:
+        out.append(f"incomplete history, restored as allowed: {run.gap_why}; the state "
+                   "restored lacks what came before and may never have existed")
+    if "to_time" in target and report.stop["reason"] == "end_of_log" and report.segments:
+        latest = run.plan.max_timestamp
+        out.append(
+            f"the log ends before the target {utc_text(target['to_time'])}: "
+            + ("it has no commit point" if latest is None else
+               f"its latest commit point is at {utc_text(latest)}")
+            + "; if the log goes on elsewhere (an archive not brought up to date), "
+            "this index lacks it")
+    if run.to_seq_hits > 1 and report.stop["reason"] == "target":
+        stop = report.stop
+        out.append(
+            f"seq {run.to_seq} occurs {run.to_seq_hits} times in the log (the writer "
+            f"numbered from 0 again): the restore stopped at the first, "
+            f"{Path(stop.get('file', '')).name} offset {stop.get('offset')}; `gpu-pitr inspect "
+            f"{shlex.quote(str(run.wal_dir))} --first-seq {run.to_seq} --last-seq {run.to_seq}`"
+            " lists them")
+    return out
 
 
 def _let_go(held: list) -> None:

@@ -19,6 +19,9 @@ class RestoreReport:
     target: dict
     backend: str = "cpu"
     stop: dict = field(default_factory=lambda: {"reason": "end_of_log"})
+    # The timestamp of the last commit point applied (a base's counts), None if none:
+    # what the index is as of (PostgreSQL's "last completed transaction was at log time").
+    last_commit_timestamp: int | None = None
     base: dict | None = None
     segments: int = 0
     records_read: int = 0

@@ -167,3 +167,38 @@ def test_device_id_arena_compacts_when_ids_are_recreated(monkeypatch):
         assert_same(d, chunk_bytes=512)  # one record a chunk
     assert [name for name, *_ in seen] == ["ids"] * len(seen) and len(seen) >= 2, seen
     assert all(used <= 3 * 401 and size == ARENA for _, used, size, _ in seen), seen
+
+
+def test_the_cuda_executor_is_let_go_before_the_host_restores(monkeypatch):
+    """On a fallback the cpu executor runs while nothing holds the cuda executor (its
+    device buffers and page-locked chunks): not the exception, nor its traceback."""
+    import gc
+    import weakref
+
+    from gpu_pitr import pipeline
+    from gpu_pitr.executors import cpu
+
+    made, alive_at_host = [], []
+    real_make, real_init = pipeline.make_executor, cpu.CpuExecutor.__init__
+
+    def make(*a, **k):
+        ex = real_make(*a, **k)
+        made.append(weakref.ref(ex))
+        return ex
+
+    def init(self, *a, **k):
+        gc.collect()
+        alive_at_host.append(made[0]() is not None)
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(pipeline, "make_executor", make)
+    monkeypatch.setattr(cpu.CpuExecutor, "__init__", init)
+    monkeypatch.setattr(cuda_executor, "KEY_MASK", np.uint64(0x3))
+    with tempfile.TemporaryDirectory() as d:
+        log = w.LogBuilder()
+        for i in range(12):
+            log.add(w.Ins(f"id{i}", [float(i)], None, i))
+        log.write(d)
+        idx = gpu_pitr.restore(d, backend="cuda")
+    assert "restored on the cpu executor" in idx.report.message
+    assert alive_at_host == [False]

@@ -322,6 +322,10 @@ def test_a_writer_that_restarted_its_numbers_cannot_hide_the_expired_history(tmp
     # Allowed, it restores what is left, and a snapshot of it records the gap.
     left = gpu_pitr.restore(arc, allow_incomplete_history=True, backend="cpu")
     assert left.position["history_complete"] is False
+    assert left.report.warnings == [
+        "incomplete history, restored as allowed: gpu-pitr expire deleted the segments "
+        "before wal-00000000000003e9.log; the state restored lacks what came before and "
+        "may never have existed"]
     _same(restore_fast(arc, to_time=102, snapshots=str(snaps)), restore_ref(wal, to_time=102))
     _same(restore_fast(arc, snapshots=str(snaps)), restore_ref(wal))
     # archive does not copy the expired segment back from the WAL directory.

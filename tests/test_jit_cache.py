@@ -146,3 +146,34 @@ def test_where_no_numba_locator_can_cache_the_users_own_temp_dir_serves(monkeypa
     locator = ours.from_function(frame._frame.py_func, frame.__file__)
     assert locator is not None and not locator.get_cache_path().startswith(str(tmp_path))
     locator.ensure_cache_path()  # no error here: the guarded write warns instead
+
+
+def test_a_second_caching_module_gets_the_package_locator_too():
+    """numba-cuda caches its kernels through its own copy of Numba's caching module
+    (``numba.cuda.core.caching``), which ``kernels/__init__.py`` patches through
+    ``install_for``. Here a second copy of ``numba.core.caching``, loaded as a module of
+    its own, stands in for it: the package's kernels get the digest stamp there, other
+    files keep that module's locators, and its cache I/O is guarded."""
+    import importlib.util
+
+    from numba.core import caching
+
+    from gpu_pitr import jit
+    from gpu_pitr.format import frame
+
+    spec = importlib.util.spec_from_file_location("gpu_pitr_test_caching", caching.__file__)
+    other = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(other)
+    impl = getattr(other, "CacheImpl", None) or other._CacheImpl
+    before = list(impl._locator_classes)
+    assert not any(getattr(c, "_gpu_pitr", False) for c in before)
+    assert jit._install(other) and jit._install(other)  # once only
+    ours = impl._locator_classes[0]
+    assert getattr(ours, "_gpu_pitr", False) and impl._locator_classes[1:] == before
+    locator = ours.from_function(frame._frame.py_func, frame.__file__)
+    assert locator.get_source_stamp()[1] == jit.package_digest()
+    assert ours.from_function(shutil.which.__code__, shutil.__file__) is None
+    assert getattr(other.Cache._guard_against_spurious_io_errors, "_gpu_pitr", False)
+    # The module numba.core.caching itself, or one that is not there: nothing to do.
+    assert jit.install_for("numba.core.caching") is True
+    assert jit.install_for("numba.no_such_caching_module") is False

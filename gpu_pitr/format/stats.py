@@ -106,6 +106,11 @@ def _where(item: dict) -> str:
     return f"{item['file']}: offset {item['offset']}" + ("" if seq is None else f": seq {seq}")
 
 
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 segment``, ``2 segments`` (``nouns``: the plural, where not noun + s)."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
 def utc_text(seconds: int) -> str:
     """ISO-8601 UTC for a WAL timestamp, or the raw number where it is out of range."""
     try:

@@ -87,7 +87,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     """The newest intact snapshot in ``directory`` that ``target`` can start from.
 
     Returns ``(snapshot or None, notes, damaged)``: notes say which snapshot was
-    used, which were passed over and why, and when none serves (the whole log is read);
+    used, which were passed over and why, and when none serves (the log alone is read);
     ``damaged``: those of the notes that name a damaged snapshot (a backup that will
     not serve when it is needed: a restore warns of each).
     A snapshot restored from an incomplete history is passed over too, unless
@@ -98,6 +98,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     """
     from gpu_pitr.errors import WalError
     from gpu_pitr.format.segments import not_a_directory
+    from gpu_pitr.format.stats import plural
     from gpu_pitr.snapshot.base import base_mismatch, target_problem
     from gpu_pitr.snapshot.format import load_snapshot, read_manifest
 
@@ -108,6 +109,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     notes: list[str] = []
     damaged: list[str] = []
     usable = []
+    later = 0  # intact as far as their manifests go, but past the target
     manifests = {}
     for path in map(Path, snapshot_dirs(directory)):
         try:
@@ -118,6 +120,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
             notes.append(damaged[-1])
             continue
         if target_problem(position, target, exclusive) is not None:
+            later += 1
             continue
         if position.get("history_complete") is False and not allow_incomplete:
             notes.append(f"snapshot {path} was restored from an incomplete history; passed "
@@ -137,8 +140,9 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
             continue
         notes.append(f"started from snapshot {path}")
         return snap, notes, damaged
-    notes.append(f"no intact snapshot in {directory} at or before the target: "
-                 "restored from the whole log")
+    notes.append(f"no snapshot in {directory} serves the target"
+                 + (f" ({plural(later, 'snapshot')} later than it)" if later else "")
+                 + ": restored from the log alone")
     return None, notes, damaged
 
 

@@ -1,0 +1,87 @@
+"""``scripts/gpu_check``'s restores, under the CUDA simulator.
+
+A GPU is lent to this project rarely, and a check that fails on the device wastes
+the run: its profiled restore, its digests of every result, and its snapshot round
+run here on a small log, with a stand-in for the few CuPy calls they make (the
+simulator's arrays are NumPy's). The profiled restore once read no segment at all
+after a change to ``pipeline._run`` and compared an empty index with the cpu's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import gpu_pitr
+from gpu_pitr.synth import write_synthetic_wal
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Pool:
+    def free_all_blocks(self) -> None:
+        pass
+
+    def total_bytes(self) -> int:
+        return 0
+
+
+# What the check asks of CuPy around its restores; the simulator needs no syncing.
+FAKE_CP = SimpleNamespace(
+    cuda=SimpleNamespace(get_current_stream=lambda: SimpleNamespace(synchronize=lambda: None)),
+    get_default_memory_pool=_Pool,
+)
+
+
+@pytest.fixture(scope="module")
+def wal(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gpu_check") / "wal"
+    write_synthetic_wal(d, total_bytes=64 << 10, dim=8, segments=3, seed=11)
+    return d
+
+
+def test_the_profiled_restore_reads_the_log_and_equals_the_cpu_executor(wal):
+    check = _load()
+    cpu = gpu_pitr.restore(wal, backend="cpu")
+    assert len(cpu) > 100
+    index, seconds, host, device, ahead = check.profiled_restore(wal, FAKE_CP)
+    assert index.report.backend == "cuda" and index.report.records_read == \
+        cpu.report.records_read
+    assert check.same_result(index, cpu)
+    assert check.digest(index) == check.digest(cpu)
+    assert seconds > 0 and host["read"] >= 0 and set(device) >= {"decode", "resolve", "scatter"}
+    assert ahead.count("/") == 1
+
+
+def test_the_digest_tells_results_apart(wal):
+    check = _load()
+    cpu = gpu_pitr.restore(wal, backend="cpu")
+    same = gpu_pitr.restore(wal, backend="cpu")
+    assert check.digest(same) == check.digest(cpu)
+    flipped = gpu_pitr.restore(wal, backend="cpu")
+    v = flipped.vectors.view(np.uint32)
+    v[len(v) // 2, 3] ^= 1  # one bit of one vector
+    assert check.digest(flipped) != check.digest(cpu)
+    earlier = gpu_pitr.restore(wal, backend="cpu", to_seq=5)
+    assert check.digest(earlier) != check.digest(cpu)
+
+
+def test_the_snapshot_round_equals_the_whole_log_and_can_run_twice(wal, tmp_path):
+    check = _load()
+    whole = gpu_pitr.restore(wal, backend="cuda")
+    figures: dict = {}
+    for _ in range(2):  # a second round of the check reuses its work directory
+        row = check.snapshot_check(wal, tmp_path, whole, 1.0, FAKE_CP, figures)
+        assert "same result" in row and "FAILED" not in row, row
+        assert figures["snapshot_equal"] is True

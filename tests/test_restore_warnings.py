@@ -1,0 +1,204 @@
+"""What a restore that succeeds must still say (``report.warnings``, stderr even with
+``--quiet``), and what the report says the index is as of.
+
+- a time target the log ends before: an archive not brought up to date gives an older
+  state (PostgreSQL fails such a recovery; SPEC section 3 restores to the end, so this
+  warns);
+- a sequence target met more than once (a writer reopened without recovery numbers
+  from 0 again): the restore stops at the first (SPEC section 3), and says so;
+- a gap in the history that ``allow_incomplete_history`` let the restore cross;
+- ``last_commit_timestamp``: the timestamp of the last commit point applied (not the
+  latest timestamp: the log's timestamps need not rise).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from workloads import Begin, Commit, Del, Ins, LogBuilder, Upd
+
+import gpu_pitr
+from gpu_pitr import snapshot
+from gpu_pitr.cli import main
+from gpu_pitr.errors import IncompleteHistoryError
+
+T = 1_800_000_000
+V = [1.0, 2.0]
+
+
+def _log(tmp_path, name="wal"):
+    b = LogBuilder()
+    b.add(Ins("a", V, ts=T))          # seq 0
+    b.add(Ins("b", V, ts=T + 10))     # seq 1
+    b.add(Ins("c", V, ts=T + 5))      # seq 2: its stamp earlier than the one before
+    return b, tmp_path / name
+
+
+def _warned(index, text):
+    return [w for w in index.report.warnings if text in w]
+
+
+def test_a_time_target_the_log_ends_before_is_warned_of(tmp_path):
+    b, d = _log(tmp_path)
+    b.write(d)
+    got = gpu_pitr.restore(d, backend="cpu", to_time=T + 60)
+    assert got.report.stop["reason"] == "end_of_log" and len(got) == 3
+    (w,) = got.report.warnings
+    assert w.startswith("the log ends before the target 2027-01-15T08:01:00Z: its latest "
+                        "commit point is at 2027-01-15T08:00:10Z; ")
+    # Inside the log (a later commit point stops it), at latest, exclusive of a later
+    # one: no warning.
+    assert gpu_pitr.restore(d, backend="cpu", to_time=T + 9).report.warnings == []
+    assert gpu_pitr.restore(d, backend="cpu").report.warnings == []
+    assert gpu_pitr.restore(d, backend="cpu", to_time=T + 10,
+                            exclusive=True).report.warnings == []
+    # Inclusive of the latest stamp: every commit point is at or before it.
+    assert len(_warned(gpu_pitr.restore(d, backend="cpu", to_time=T + 10), "ends before")) == 1
+
+
+def test_a_time_target_past_a_log_without_commit_points(tmp_path):
+    b = LogBuilder()
+    b.add(Begin(7, ts=T))
+    b.add(Ins("x", V, ts=T))
+    d = tmp_path / "wal"
+    b.write(d)
+    got = gpu_pitr.restore(d, backend="cpu", to_time=T + 60)
+    assert len(got) == 0 and got.report.last_commit_timestamp is None
+    assert _warned(got, "the log ends before the target")[0].split(": ")[1] == \
+        "it has no commit point; if the log goes on elsewhere (an archive not brought up " \
+        "to date), this index lacks it"
+
+
+def test_a_seq_target_met_twice_stops_at_the_first_and_says_so(tmp_path):
+    b, d = _log(tmp_path)
+    b.reopen(created=0x5F5E200)       # a new file, seq from 0 again
+    b.add(Upd("a", [3.0, 4.0], ts=T + 20))  # seq 0
+    again = b.add(Del("b", ts=T + 21))      # seq 1 again
+    b.write(d)
+    for exclusive in (False, True):
+        got = gpu_pitr.restore(d, backend="cpu", to_seq=1, exclusive=exclusive,
+                               allow_incomplete_history=False)
+        assert got.report.stop["file"].endswith("wal-0000000005f5e100.log")
+        assert list(got.ids) == (["a", "b"] if not exclusive else ["a"])
+        (w,) = got.report.warnings
+        assert w == (
+            "seq 1 occurs 2 times in the log (the writer numbered from 0 again): the "
+            "restore stopped at the first, wal-0000000005f5e100.log offset "
+            f"{got.report.stop['offset']}; `gpu-pitr inspect {d} --first-seq 1 "
+            "--last-seq 1` lists them")
+    assert again.seq == 1
+    # Met once: nothing to say.
+    assert gpu_pitr.restore(d, backend="cpu", to_seq=2).report.warnings == []
+
+
+def test_an_allowed_gap_in_the_history_is_warned_of_every_time(tmp_path):
+    b = LogBuilder(first_seq=5)
+    b.add(Ins("a", V, ts=T))
+    d = tmp_path / "wal"
+    b.write(d)
+    with pytest.raises(IncompleteHistoryError):
+        gpu_pitr.restore(d, backend="cpu")
+    got = gpu_pitr.restore(d, backend="cpu", allow_incomplete_history=True)
+    assert got.report.warnings == [
+        "incomplete history, restored as allowed: the log starts at seq 5 "
+        "(wal-0000000005f5e100.log offset 16), not 0; the state restored lacks what came "
+        "before and may never have existed"]
+    # A complete history allowed to be incomplete: nothing to say.
+    b2, d2 = _log(tmp_path, "whole")
+    b2.write(d2)
+    assert gpu_pitr.restore(d2, backend="cpu", allow_incomplete_history=True
+                            ).report.warnings == []
+
+
+def test_a_base_restored_from_an_incomplete_history_is_warned_of(tmp_path):
+    b = LogBuilder(first_seq=5)
+    b.add(Ins("a", V, ts=T))
+    d = tmp_path / "wal"
+    b.write(d)
+    snap = snapshot.save(gpu_pitr.restore(d, backend="cpu", allow_incomplete_history=True),
+                         tmp_path / "snap")
+    got = gpu_pitr.restore(d, backend="cpu", base=snap, allow_incomplete_history=True)
+    assert list(got.ids) == ["a"]
+    assert got.report.warnings == [
+        f"incomplete history, restored as allowed: the base snapshot {snap} was itself "
+        "restored from an incomplete history; the state restored lacks what came before "
+        "and may never have existed"]
+
+
+def test_the_base_segment_gone_is_a_gap_warned_of(tmp_path):
+    b, d = _log(tmp_path)
+    b.write(d)
+    snap = snapshot.save(gpu_pitr.restore(d, backend="cpu", to_seq=1), tmp_path / "snap")
+    first = sorted(d.iterdir())[0]
+    b.new_segment(0x5F5E200)
+    b.add(Ins("z", V, ts=T + 30))
+    b.write(d)
+    first.unlink()  # the snapshot's segment, with records after its position, is gone
+    with pytest.raises(IncompleteHistoryError, match="history after the snapshot"):
+        gpu_pitr.restore(d, backend="cpu", base=snap)
+    got = gpu_pitr.restore(d, backend="cpu", base=snap, allow_incomplete_history=True)
+    assert list(got.ids) == ["a", "b", "z"]
+    (w,) = got.report.warnings
+    assert w.startswith("incomplete history, restored as allowed: the base snapshot's "
+                        "segment wal-0000000005f5e100.log is gone, with records after its "
+                        "position (offset ")
+
+
+def test_last_commit_timestamp_is_of_the_last_commit_point_applied(tmp_path):
+    b, d = _log(tmp_path)
+    b.add(Begin(9, ts=T + 40))
+    b.add(Ins("d", V, ts=T + 41))
+    b.add(Commit(9, ts=T + 3))         # a commit stamped earlier than those before it
+    b.write(d)
+
+    def last(**kw):
+        return gpu_pitr.restore(d, backend="cpu", **kw).report.last_commit_timestamp
+
+    assert last() == T + 3
+    assert last(to_seq=2) == T + 5      # seq 2 is a commit point of its own
+    assert last(to_seq=2, exclusive=True) == T + 10
+    assert last(to_seq=4) == T + 5      # inside transaction 9: not applied
+    assert last(to_seq=0) == T
+    assert last(to_seq=0, exclusive=True) is None
+    assert last(to_time=T + 7) == T    # stops before the stamp T + 10
+    # From a base: the base's last commit point, then the log's.
+    snap = snapshot.save(gpu_pitr.restore(d, backend="cpu", to_seq=3), tmp_path / "snap")
+    assert gpu_pitr.restore(d, backend="cpu", base=snap).report.last_commit_timestamp == T + 3
+    assert gpu_pitr.restore(d, backend="cpu", base=snap, to_seq=4
+                            ).report.last_commit_timestamp == T + 5
+
+
+def test_the_summary_says_what_the_index_is_as_of(tmp_path, capsys):
+    b, d = _log(tmp_path)
+    b.add(Begin(9, ts=T + 40))
+    d_rec = b.add(Ins("d", V, ts=T + 41))  # seq 4
+    b.write(d)
+    rc = main(["restore", str(d), "--out", str(tmp_path / "o.npz"), "--to-seq", "4"])
+    out, err = capsys.readouterr()
+    assert (rc, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].startswith(f"restored 3 ids, dim 2 -> {tmp_path / 'o.npz'} (backend cpu")
+    assert lines[2] == ("stopped: after Insert wal-0000000005f5e100.log: offset "
+                        f"{d_rec.offset}: seq 4 at "
+                        "2027-01-15T08:00:41Z (1 transaction open there, not applied)")
+    assert lines[3] == "as of 2027-01-15T08:00:05Z: the last commit point applied"
+    assert lines[4].startswith("read 5 records, ") and "1 segment; applied 3 commit " \
+        "points: 3 inserts, 0 updates, 0 deletes" in lines[4]
+    assert lines[5].endswith("; 0 anomalies") and lines[6].startswith("damage: 0 torn tails")
+    # Warnings go to stderr, with --quiet too; one id is "1 id".
+    shutil.rmtree(d)
+    b1 = LogBuilder()
+    b1.add(Ins("a", V, ts=T))
+    b1.write(d)
+    rc = main(["restore", str(d), "--out", str(tmp_path / "p.npz"), "--to-time", str(T + 1),
+               "-q"])
+    out, err = capsys.readouterr()
+    assert (rc, out) == (0, "")
+    assert err.startswith("gpu-pitr: warning: the log ends before the target "
+                          "2027-01-15T08:00:01Z: its latest commit point is at "
+                          "2027-01-15T08:00:00Z; ")
+    rc = main(["restore", str(d), "--out", str(tmp_path / "p.npz")])
+    out, err = capsys.readouterr()
+    assert (rc, err) == (0, "") and out.startswith("restored 1 id, dim 2 -> ")
+    assert "read 1 record, " in out and "applied 1 commit point: 1 insert, 0 updates" in out
