@@ -414,8 +414,8 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             pos = index.position
             open_txns = len(pos["pending"]["transactions"])
             lines.append(f"snapshot: {out} covers the log up to {pos['segment']} offset "
-                         f"{pos['offset']} ({plural(open_txns, 'open transaction')} kept for "
-                         "their commit)")
+                         f"{pos['offset']} ({plural(open_txns, 'open transaction')} kept, "
+                         f"to apply at {'its' if open_txns == 1 else 'their'} commit)")
         _emit("\n".join(lines))
     return 0
 
@@ -778,7 +778,7 @@ def _verify_snapshots(args: argparse.Namespace, paths: list[str], single: bool =
     else:
         damaged = sum(not doc["clean"] for doc in docs)
         out = {"snapshots_dir": args.wal_dir, "clean": clean, "snapshots": docs}
-        lines.append(f"{args.wal_dir}: {'clean' if clean else 'DAMAGED'}: {len(docs)} "
-                     f"snapshots, {damaged} damaged")
+        lines.append(f"{args.wal_dir}: {'clean' if clean else 'DAMAGED'}: "
+                     f"{plural(len(docs), 'snapshot')}, {damaged} damaged")
     _emit(json.dumps(out, indent=2) if args.json else "\n".join(lines))
     return 0 if clean else 1

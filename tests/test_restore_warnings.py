@@ -202,3 +202,21 @@ def test_the_summary_says_what_the_index_is_as_of(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert (rc, err) == (0, "") and out.startswith("restored 1 id, dim 2 -> ")
     assert "read 1 record, " in out and "applied 1 commit point: 1 insert, 0 updates" in out
+
+
+def test_the_snapshot_summary_names_its_position_and_open_transactions(tmp_path, capsys):
+    b, d = _log(tmp_path)
+    b.add(Begin(9, ts=T + 40))
+    b.add(Ins("d", V, ts=T + 41))
+    b.write(d)
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    rc = main(["snapshot", str(d), "--out", str(snaps / "s1")])
+    out, err = capsys.readouterr()
+    assert (rc, err) == (0, "")
+    size = (d / "wal-0000000005f5e100.log").stat().st_size
+    assert out.splitlines()[-1] == (
+        f"snapshot: {snaps / 's1'} covers the log up to wal-0000000005f5e100.log offset "
+        f"{size} (1 open transaction kept, to apply at its commit)")
+    assert main(["verify", str(snaps)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"{snaps}: clean: 1 snapshot, 0 damaged"

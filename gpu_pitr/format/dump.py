@@ -28,7 +28,7 @@ from gpu_pitr.format.entries import (
     CommitTransaction,
     Delete,
 )
-from gpu_pitr.format.layout import RECORD_HEADER_SIZE
+from gpu_pitr.format.layout import BATCH, BEGIN_TRANSACTION, RECORD_HEADER_SIZE
 from gpu_pitr.format.payload import ERR_DEPTH, MAX_BATCH_DEPTH, OK
 from gpu_pitr.format.readahead import BYTES_PER_ROW, framed_pieces, scan_chunk_bytes
 from gpu_pitr.format.segments import list_segments
@@ -52,7 +52,9 @@ def wal_records(
     A record: ``file``, ``offset`` (of its header), ``seq``, ``length`` (of its
     payload), ``timestamp``, ``variant``, ``entry`` (its fields, vectors as their
     dimension only; a batch's ``entries`` flattened in log order, each with its
-    ``depth``) and ``trailing_bytes``. Damage:
+    ``depth``) and ``trailing_bytes``; a data record inside a transaction also has
+    ``transaction``, its id (the one begun most recently of those open there, SPEC
+    section 3: the record takes effect at that transaction's commit). Damage:
     ``file``, ``offset``, ``seq`` (or None), ``damage`` (``bad_header``,
     ``undecodable``, ``torn_tail``), ``what`` and ``bytes`` lost.
 
@@ -90,6 +92,7 @@ def wal_records(
     left = limit
     if left is not None and left <= 0:
         return
+    txns = _OpenTransactions()
     for item in framed_pieces(segments, chunk, header_damage):
         if item.problem is not None:
             kind, offset, what, nbytes = item.problem
@@ -97,7 +100,7 @@ def wal_records(
                 _damage(segments[item.segment].name, offset, None, kind, what, nbytes)]
         else:
             out = _piece(item, segments[item.segment].name, cols, stack, since, until,
-                         first_seq, last_seq, by_seq, by_time)
+                         first_seq, last_seq, by_seq, by_time, txns)
         for doc in out:
             yield doc
             if left is not None:
@@ -106,7 +109,37 @@ def wal_records(
                     return
 
 
-def _piece(item, name, cols, stack, since, until, first_seq, last_seq, by_seq, by_time):
+class _OpenTransactions:
+    """The transactions open as the log is read, across pieces (SPEC section 3): a
+    Begin opens its id unless it is open already, a Commit or an Abort closes it; a
+    data record belongs to the one begun most recently of those open."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, None] = {}  # ids in the order they were begun
+
+    def members(self, kind, aux, status, n: int, rows: list[int]) -> dict[int, int]:
+        """Of ``rows`` (ascending record indices of a piece), the data records inside a
+        transaction and its id; every transaction marker of the piece is applied."""
+        marks = np.flatnonzero((status[:n] == OK) & (kind[:n] >= BEGIN_TRANSACTION)).tolist()
+        out, j = {}, 0
+        for i in rows:
+            while j < len(marks) and marks[j] < i:
+                self._mark(int(kind[marks[j]]), int(aux[marks[j]]))
+                j += 1
+            if self.open and int(kind[i]) <= BATCH and int(status[i]) in (OK, ERR_DEPTH):
+                out[i] = next(reversed(self.open))
+        for m in marks[j:]:
+            self._mark(int(kind[m]), int(aux[m]))
+        return out
+
+    def _mark(self, kind: int, txn: int) -> None:
+        if kind == BEGIN_TRANSACTION:
+            self.open.setdefault(txn)
+        else:  # Commit, Abort
+            self.open.pop(txn, None)
+
+
+def _piece(item, name, cols, stack, since, until, first_seq, last_seq, by_seq, by_time, txns):
     n, out = item.n, []
     if n:
         cols.ensure_records(n)
@@ -127,8 +160,12 @@ def _piece(item, name, cols, stack, since, until, first_seq, last_seq, by_seq, b
                 keep &= ~parsed | (ts >= since)
             if until is not None:
                 keep &= ~parsed | (ts <= until)
-        for i in np.flatnonzero(keep).tolist():
+        rows = np.flatnonzero(keep).tolist()
+        member = txns.members(c.kind, c.aux, status, n, rows)
+        for i in rows:
             doc = _record(item, name, i)
+            if i in member and "damage" not in doc:
+                doc["transaction"] = member[i]
             if "damage" in doc and by_time:
                 continue  # no timestamp to place it by
             if "damage" not in doc and int(status[i]) == ERR_DEPTH and not (
@@ -199,8 +236,9 @@ def record_lines(doc: dict) -> list[str]:
             return [f"{where}: torn tail, {doc['bytes']} bytes lost"]
         return [f"{where}: {doc['damage'].replace('_', ' ')}: {doc['what']}"]
     extra = f" (+{doc['trailing_bytes']} trailing bytes)" if doc["trailing_bytes"] else ""
+    txn = "" if doc.get("transaction") is None else f" (in transaction {doc['transaction']})"
     lines = [f"{where}: {utc_text(doc['timestamp'])} "
-             f"{_entry_text(doc['variant'], doc['entry'])}{extra}"]
+             f"{_entry_text(doc['variant'], doc['entry'])}{extra}{txn}"]
     lines += [f"{'  ' * e['depth']}{utc_text(e['timestamp'])} {_entry_text(e['variant'], e)}"
               for e in doc["entry"].get("entries", ())]
     return lines
