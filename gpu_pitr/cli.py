@@ -374,6 +374,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     check_output(out, fmt)
     if report_json is not None:
         check_writable(report_json, "--report-json")
+    replaced = _position_of_snapshot(out) if fmt == "snapshot" else None
 
     import gpu_pitr
     from gpu_pitr.jit import watch_compiles
@@ -406,7 +407,15 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    for line in restore_warnings(report):  # with --quiet too: damage is not news to drop
+    warnings = restore_warnings(report)
+    if replaced is not None and index.position is not None and (
+            replaced.get("segment"), replaced.get("offset")) != (
+            index.position.get("segment"), index.position.get("offset")):
+        # A restore point gone (pg_basebackup refuses a target that is not empty).
+        warnings.append(f"{out}: replaced a snapshot of another point "
+                        f"({_snapshot_position(replaced)}): give each snapshot a name of "
+                        "its own to keep them all")
+    for line in warnings:  # with --quiet too: damage is not news to drop
         print(f"{PROG}: warning: {line}", file=sys.stderr)
     if not args.quiet:
         lines = restore_summary(report, out)
@@ -461,6 +470,18 @@ def restore_warnings(report: dict) -> list[str]:
         if len(items) > WARN_EACH:
             lines.append(f"{len(items) - WARN_EACH} more {kind} (the report lists every one)")
     return lines + list(report.get("warnings", []))
+
+
+def _position_of_snapshot(path: Path) -> dict | None:
+    """The log position of the intact snapshot at ``path`` (None: none there)."""
+    if not path.is_dir():
+        return None
+    from gpu_pitr.snapshot.format import read_manifest
+
+    try:
+        return read_manifest(path)["position"]
+    except (WalError, OSError, KeyError):
+        return None  # no snapshot, or a damaged one: nothing a restore could start from
 
 
 def restore_summary(report: dict, out: Path) -> list[str]:

@@ -220,3 +220,25 @@ def test_the_snapshot_summary_names_its_position_and_open_transactions(tmp_path,
         f"{size} (1 open transaction kept, to apply at its commit)")
     assert main(["verify", str(snaps)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"{snaps}: clean: 1 snapshot, 0 damaged"
+
+
+def test_replacing_a_snapshot_of_another_point_is_warned_of(tmp_path, capsys):
+    """A restore point lost to a reused name: said on stderr (the same point again, or
+    a damaged snapshot replaced, is no loss: nothing said)."""
+    b, d = _log(tmp_path)
+    b.write(d)
+    out = tmp_path / "snaps" / "s1"
+    out.parent.mkdir()
+    assert main(["snapshot", str(d), "--out", str(out), "--to-seq", "1", "-q"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert main(["snapshot", str(d), "--out", str(out), "--to-seq", "1", "-q"]) == 0
+    assert capsys.readouterr() == ("", "")  # the same point
+    assert main(["snapshot", str(d), "--out", str(out), "-q"]) == 0
+    assert capsys.readouterr().err == (
+        f"gpu-pitr: warning: {out}: replaced a snapshot of another point (up to "
+        "wal-0000000005f5e100.log offset 76, last commit point applied at "
+        "2027-01-15T08:00:10Z): give each snapshot a name of its own to keep them all\n")
+    assert list(gpu_pitr.restore(d, backend="cpu", base=out).ids) == ["a", "b", "c"]
+    (out / "manifest.json.crc").write_text("0\n")  # damaged: nothing lost in replacing it
+    assert main(["snapshot", str(d), "--out", str(out), "--to-seq", "1", "-q"]) == 0
+    assert capsys.readouterr() == ("", "")
