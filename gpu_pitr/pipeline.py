@@ -824,6 +824,9 @@ def _base_bytes(base, snapshots) -> int:
         return 0
 
 
+_PIECE_STEP = 1 << 20  # a chunk cut to its log's largest segment is rounded up to this
+
+
 def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segments=None):
     """One restore on ``executor``; ``segments``: the listing of ``args[0]`` the caller
     checked (None: listed here)."""
@@ -840,8 +843,11 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segm
         segments = list_segments(args[0])
     largest = max((s.size for s in segments), default=0)
     # No piece is longer than its segment: buffers past that would be allocated unused
-    # (--chunk-size 64G on a log of 20 MB asked for five of 64 GiB).
-    chunk_bytes = min(int(chunk_bytes), max(default, largest)) if chunk_bytes else default
+    # (--chunk-size 64G on a log of 20 MB asked for five of 64 GiB; and the cuda
+    # executor page-locked five of its 128 MiB default for a log of a few KB). Whole
+    # MiB, so that restores of similar logs reuse a pool's buffers of one size.
+    fits = max(_PIECE_STEP, -(-largest // _PIECE_STEP) * _PIECE_STEP)
+    chunk_bytes = min(int(chunk_bytes) if chunk_bytes else default, fits)
     run = _Restore(*args, executor, chunk_bytes, report, progress, base, segments)
     run.run()
     del run.buf, run.cols, run._piece, run._reader  # the read buffers go before the sort
@@ -889,7 +895,7 @@ def restore(
         chunk_bytes: bytes read per chunk (default 16 MiB on the cpu executor,
             128 MiB on cuda; five such buffers are in use at once; at least 64 bytes
             are read at a time). A piece never spans two segments, so a size past
-            both the largest segment and the default is cut to the larger of them.
+            the largest segment is cut to it (rounded up to whole MiB).
         progress: called as ``progress(phase, bytes_done, bytes_total, records)``
             after each chunk (phase "read") and once before the final sort
             (phase "finish"); for progress bars.

@@ -198,7 +198,13 @@ def test_a_chunk_past_every_segment_is_cut_to_fit(wal_dir: Path, tmp_path: Path,
     monkeypatch.setattr(pipeline, "Readahead", spy)
     got = gpu_pitr.restore(wal_dir, backend="cpu", chunk_bytes=1 << 40)
     largest = max(p.stat().st_size for p in wal_dir.iterdir())
-    assert seen == [max(largest, pipeline.DEFAULT_CHUNK_BYTES)]
+    fits = max(1, -(-largest // (1 << 20))) << 20  # whole MiB
+    assert seen == [fits] and fits < pipeline.DEFAULT_CHUNK_BYTES
+    # The default too: buffers (page-locked on a GPU) no larger than the log needs;
+    # a size below that stays as given.
+    gpu_pitr.restore(wal_dir, backend="cpu")
+    gpu_pitr.restore(wal_dir, backend="cpu", chunk_bytes=1000)
+    assert seen[1:] == [fits, 1000]
     want = gpu_pitr.restore(wal_dir, backend="cpu")
     assert got.id_list() == want.id_list()
     assert got.vectors.tobytes() == want.vectors.tobytes()
