@@ -955,6 +955,15 @@ def restore(
             index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap, segments)
         except _needs_host() as err:
             fallback = str(err)  # not err: its traceback holds the device executor's memory
+        except IncompleteHistoryError as err:
+            if snapshots is None or snap is not None or not notes:
+                raise
+            # Why no snapshot served: the history the log alone lacks is what they hold.
+            from gpu_pitr.snapshot import FROM_LOG_ALONE
+
+            why = notes[-1].removesuffix(FROM_LOG_ALONE)
+            raise IncompleteHistoryError(f"{err.what}; --snapshots: {why}",
+                                         file=err.file, offset=err.offset, seq=err.seq) from None
         if fallback is not None:
             # Exactness over speed: the host executor handles every input exactly. The
             # cuda executor's device and page-locked buffers go first.

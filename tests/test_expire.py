@@ -43,6 +43,7 @@ from gpu_pitr.expire import (
     read_marker,
 )
 from gpu_pitr.format.entries import Delete, Insert, Update
+from gpu_pitr.format.stats import utc_text
 from gpu_pitr.format.writer import WalWriter
 from gpu_pitr.snapshot.format import read_manifest
 from gpu_pitr.verify import verify_wal
@@ -147,8 +148,13 @@ def test_keep_n_deletes_the_older_snapshots_and_segments_and_kept_restores_are_e
         gpu_pitr.restore(arc, to_time=earliest, exclusive=True, snapshots=str(snaps),
                          backend="cpu")
     with pytest.raises(IncompleteHistoryError, match="expire deleted the segments before "
-                       f"{anchor_segment}, and this restore starts at the start of the log"):
+                       f"{anchor_segment}, and this restore starts at the start of the log"
+                       ) as err:
         gpu_pitr.restore(arc, to_time=earliest - 1, snapshots=str(snaps), backend="cpu")
+    # ... and says why no snapshot served: the earliest time they serve.
+    assert str(err.value).endswith(
+        f"; --snapshots: no snapshot in {snaps} serves the target (2 snapshots later than "
+        f"it; the earliest serves --to-time {utc_text(earliest)} on)")
     # A second run has nothing left to do.
     again = expire(arc, snaps, keep=2)
     assert again.ok and again.expired == [] and again.anchor == str(snaps / "s04")

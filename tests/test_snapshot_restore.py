@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 import gpu_pitr
 from gpu_pitr import pipeline, snapshot
 from gpu_pitr.errors import IncompleteHistoryError, TargetBeforeBaseError, WalError
+from gpu_pitr.format.stats import utc_text
 from gpu_pitr.format.writer import WalWriter
 from gpu_pitr.synth import write_synthetic_wal
 
@@ -381,8 +382,8 @@ def test_snapshots_dir_picks_newest_usable_and_falls_back(tmp_path):
     # A target before every snapshot: the whole log.
     got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 1, snapshots=snaps)
     assert got.report.base is None and got.report.message.endswith(
-        f"no snapshot in {snaps} serves the target (2 snapshots later than it): restored "
-        "from the log alone")
+        f"no snapshot in {snaps} serves the target (2 snapshots later than it; the earliest "
+        f"serves --to-time {utc_text(t0 + 2)} on): restored from the log alone")
     assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 1))
     # A --snapshots that is missing, or a file, says which.
     with pytest.raises(WalError, match="nope: snapshot directory: no such directory"):

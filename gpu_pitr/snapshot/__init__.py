@@ -82,6 +82,10 @@ def log_order(position: dict) -> tuple:
     return (segment is not None, (segment or "").encode(), int(position.get("offset") or 0))
 
 
+#: How the note of a ``choose`` that found no snapshot to start from ends.
+FROM_LOG_ALONE = ": restored from the log alone"
+
+
 def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: bool = False,
            *, mmap: bool = False, key_table: bool = False, segments=None):
     """The newest intact snapshot in ``directory`` that ``target`` can start from.
@@ -98,7 +102,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     """
     from gpu_pitr.errors import WalError
     from gpu_pitr.format.segments import not_a_directory
-    from gpu_pitr.format.stats import plural
+    from gpu_pitr.format.stats import plural, utc_text
     from gpu_pitr.snapshot.base import base_mismatch, target_problem
     from gpu_pitr.snapshot.format import load_snapshot, read_manifest
 
@@ -109,7 +113,8 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     notes: list[str] = []
     damaged: list[str] = []
     usable = []
-    later = 0  # intact as far as their manifests go, but past the target
+    later = []  # intact as far as their manifests go, but past the target: the
+    # latest commit stamp of each (the earliest --to-time it serves)
     manifests = {}
     for path in map(Path, snapshot_dirs(directory)):
         try:
@@ -120,7 +125,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
             notes.append(damaged[-1])
             continue
         if target_problem(position, target, exclusive) is not None:
-            later += 1
+            later.append(position.get("max_timestamp"))
             continue
         if position.get("history_complete") is False and not allow_incomplete:
             notes.append(f"snapshot {path} was restored from an incomplete history; passed "
@@ -140,9 +145,13 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
             continue
         notes.append(f"started from snapshot {path}")
         return snap, notes, damaged
+    stamps = [t for t in later if t is not None]
+    earliest = (f"; the earliest serves --to-time {utc_text(min(stamps))} on"
+                if stamps and "to_time" in target else "")
     notes.append(f"no snapshot in {directory} serves the target"
-                 + (f" ({plural(later, 'snapshot')} later than it)" if later else "")
-                 + ": restored from the log alone")
+                 + (f" ({plural(len(later), 'snapshot')} later than it{earliest})"
+                    if later else "")
+                 + FROM_LOG_ALONE)
     return None, notes, damaged
 
 
