@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import operator
 import os
 import shlex
 import threading
@@ -873,6 +874,7 @@ def restore(
     skip_corrupt: bool = False,
     allow_incomplete_history: bool = False,
     chunk_bytes: int | None = None,
+    memory_budget: int | str | None = None,
     progress=None,
     base=None,
     snapshots=None,
@@ -896,6 +898,9 @@ def restore(
             128 MiB on cuda; five such buffers are in use at once; at least 64 bytes
             are read at a time). A piece never spans two segments, so a size past
             the largest segment is cut to it (rounded up to whole MiB).
+        memory_budget: instead of ``chunk_bytes``: the chunk size whose working
+            memory (beyond the interpreter and the index) stays within this many
+            bytes, or a size text like ``"256M"`` (``--memory-budget``).
         progress: called as ``progress(phase, bytes_done, bytes_total, records)``
             after each chunk (phase "read") and once before the final sort
             (phase "finish"); for progress bars.
@@ -919,6 +924,14 @@ def restore(
         raise ValueError("exclusive leaves out the target: give to_time or to_seq")
     if chunk_bytes is not None and int(chunk_bytes) <= 0:
         raise ValueError(f"chunk_bytes must be positive (None: the default), not {chunk_bytes}")
+    if memory_budget is not None:
+        if chunk_bytes is not None:
+            raise ValueError("give at most one of chunk_bytes and memory_budget")
+        from gpu_pitr.budget import chunk_bytes_for_budget, parse_size
+
+        chunk_bytes = chunk_bytes_for_budget(
+            parse_size(memory_budget) if isinstance(memory_budget, str) else
+            operator.index(memory_budget))
     started, compiled = time.perf_counter(), compile_seconds()
     if to_time is not None:
         target = {"to_time": parse_time(to_time, exclusive)}

@@ -462,3 +462,29 @@ def test_a_killed_writers_temp_goes_before_the_write_not_only_after(tmp_path: Pa
         assert not dead.exists()
         tmp.write_bytes(b"new")
     assert dest.read_bytes() == b"new"
+
+
+def test_the_api_takes_a_memory_budget_as_the_command_line_does(wal_dir: Path,
+                                                                monkeypatch) -> None:
+    from gpu_pitr import pipeline
+
+    seen = []
+    real = pipeline.Readahead
+
+    def spy(ranges, chunk_bytes, *args, **kwargs):
+        seen.append(chunk_bytes)
+        return real(ranges, chunk_bytes, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "Readahead", spy)
+    want = gpu_pitr.restore(wal_dir, backend="cpu")
+    for budget in ("40M", 40 << 20, np.int64(40 << 20)):
+        got = gpu_pitr.restore(wal_dir, backend="cpu", memory_budget=budget)
+        assert got.id_list() == want.id_list()
+        assert got.vectors.tobytes() == want.vectors.tobytes()
+    assert seen[1:] == [chunk_bytes_for_budget(40 << 20)] * 3 == [1 << 20] * 3
+    with pytest.raises(ValueError, match="too small"):
+        gpu_pitr.restore(wal_dir, backend="cpu", memory_budget="8M")
+    with pytest.raises(ValueError, match="at most one of chunk_bytes and memory_budget"):
+        gpu_pitr.restore(wal_dir, backend="cpu", memory_budget="1G", chunk_bytes=1 << 20)
+    with pytest.raises(ValueError, match="not a size"):
+        gpu_pitr.restore(wal_dir, backend="cpu", memory_budget="lots")
