@@ -248,13 +248,17 @@ def _fail(res: RefResult, cls: str, file=None, offset=None, end=None, seq=None) 
 def restore(
     wal_dir,
     *,
-    to_time: int | None = None,
+    to_time: int | str | None = None,
     to_seq: int | None = None,
     exclusive: bool = False,
     skip_corrupt: bool = False,
     allow_incomplete_history: bool = False,
 ) -> RefResult:
     res = RefResult()
+    if isinstance(to_time, str):  # ISO-8601 with a zone, whole seconds (as the tests give)
+        from datetime import datetime
+
+        to_time = int(datetime.fromisoformat(to_time).timestamp())
     items = frame_log(wal_dir)
     res.torn_tails = [(i[1], i[2], i[3]) for i in items if i[0] == "torn"]
 

@@ -131,3 +131,45 @@ def test_undamaged_latest_equals_reference(data):
     """Clean logs restored to the end: the common case, with more steps."""
     wl = data.draw(w.workloads(max_steps=60, damage=False), label="workload")
     run_case(wl, {"allow_incomplete_history": True}, None)
+
+
+def _long_log(seed: int, n: int) -> w.Workload:
+    """``n`` records of every kind (transactions, batches, deletes, reused ids), more
+    than the decode's blocks of 1,024 records: the hypothesis workloads above are short."""
+    import random
+
+    rnd = random.Random(seed)
+    b = w.LogBuilder()
+    ids = [f"id{i}" for i in range(300)]
+    open_tx: list[int] = []
+    ts = 1000
+    for k in range(n):
+        ts += rnd.randint(-1, 2)
+        r = rnd.random()
+        vec = [float(k), float(rnd.randint(-5, 5))]
+        if r < 0.40:
+            b.add(w.Ins(rnd.choice(ids), vec, rnd.choice([None, {"k": str(k)}]), ts))
+        elif r < 0.55:
+            b.add(w.Upd(rnd.choice(ids), vec, rnd.choice([None, {}]), ts))
+        elif r < 0.70:
+            b.add(w.Del(rnd.choice(ids), ts))
+        elif r < 0.78:
+            b.add(w.Batch([w.Ins(rnd.choice(ids), vec, None, ts), w.Del(rnd.choice(ids), ts)],
+                          ts))
+        elif r < 0.86 or not open_tx:
+            tx = k
+            open_tx.append(tx)
+            b.add(w.Begin(tx, ts))
+        else:
+            tx = open_tx.pop(rnd.randrange(len(open_tx)))
+            b.add((w.Commit if rnd.random() < 0.8 else w.Abort)(tx, ts))
+    return w.Workload(files={name: bytes(data) for name, data in b.files.items()})
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 4096])
+def test_logs_longer_than_a_decode_block_equal_the_reference(chunk_bytes):
+    wl = _long_log(seed=5, n=5000)
+    for kw in ({}, {"to_time": 1000 + 2000}, {"to_seq": 1023}, {"to_seq": 1024,
+                                                                 "exclusive": True},
+               {"to_seq": 4097}):
+        run_case(wl, kw, chunk_bytes)

@@ -395,6 +395,27 @@ def test_transaction_id_can_be_reused_after_commit(restore, tmp_path):
     assert v.report["transactions"]["committed"] == 2
 
 
+def test_an_id_ended_below_the_top_of_the_stack_is_not_open(restore, tmp_path):
+    """Transaction 1 commits while 2 (begun after it) stays open: 1 is closed, whatever
+    its place in the stack. Begun again, it is a new transaction; ended twice, the
+    second end is an anomaly. (A mutant that looked ids up in the stack without
+    checking that they are still open passed every other test.)"""
+    d, _ = write_log(tmp_path, Begin(1, 1), Ins("a", [1.0], None, 1), Begin(2, 2),
+                     Commit(1, 3), Begin(1, 4), Ins("a", [2.0], None, 5), Commit(2, 6),
+                     Abort(1, 7))
+    v = restore(d)
+    assert state(v) == {"a": (f32(1.0), None)}
+    assert v.report["anomalies"] == []
+    assert v.report["transactions"] == {"committed": 2, "aborted": 1,
+                                        "in_flight_discarded": 0}
+    d, recs = write_log(tmp_path / "2", Begin(1, 1), Ins("a", [1.0], None, 1), Begin(2, 2),
+                        Commit(1, 3), Commit(1, 4), Commit(2, 5))
+    v = restore(d)
+    assert v.ids == ["a"] and v.report["commit_points_applied"] == 2
+    assert [a["offset"] for a in v.report["anomalies"]] == [recs[4].offset]
+    assert v.report["transactions"]["committed"] == 2
+
+
 def test_anomalous_commit_timestamp_does_not_stop_a_time_target(restore, tmp_path):
     d, _ = write_log(tmp_path, Ins("a", [1.0], None, 1), Commit(9, 100), Ins("b", [2.0], None, 2))
     assert restore(d, to_time=5).ids == ["a", "b"]
@@ -444,6 +465,17 @@ def test_time_target_exclusive_stops_at_equal_timestamp(restore, tmp_path):
     v = restore(d, to_time=20, exclusive=True)
     assert v.ids == ["a"]
     assert stop_of(v) == stop_at(recs[1], 20)
+
+
+def test_time_target_zero_is_inclusive_too(restore, tmp_path):
+    """T = 0 (the epoch) keeps the commit points stamped 0; only a negative T (or 0,
+    exclusive) stops before them."""
+    d, recs = write_log(tmp_path, Ins("a", [1.0], None, 0), Ins("b", [2.0], None, 1))
+    assert restore(d, to_time=0).ids == ["a"]
+    assert restore(d, to_time="1970-01-01T00:00:00Z").ids == ["a"]
+    v = restore(d, to_time=0, exclusive=True)
+    assert v.ids == [] and stop_of(v) == stop_at(recs[0], 0)
+    assert restore(d, to_time=-1).ids == []
 
 
 def test_time_target_between_commit_points(restore, tmp_path):

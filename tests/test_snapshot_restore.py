@@ -214,6 +214,30 @@ def test_exclusive_seq_targets_from_snapshots(tmp_path):
     assert _view(based) == _view(gpu_pitr.restore(wal, backend="cpu", to_seq=5))
 
 
+def test_a_seq_target_at_the_end_of_a_run_the_snapshot_covers(tmp_path):
+    """seq 0..9, a snapshot after them, then a writer reopened without recovery numbering
+    0..9 again: every N of 0..8 was first met inside the snapshot, so the snapshot
+    cannot serve it (9, its last record, it can, inclusive); the end of each run of
+    sequence numbers counts as covered too."""
+    log = w.LogBuilder()
+    for i in range(10):
+        log.add(w.Ins(f"a{i}", [float(i)], ts=10 + i))
+    d = Path(log.write(tmp_path / "wal"))
+    snap = snapshot.save(gpu_pitr.restore(d, backend="cpu"), tmp_path / "snaps" / "s")
+    log.reopen(created=0x5F5E200)
+    for i in range(10):
+        log.add(w.Ins(f"b{i}", [float(i)], ts=30 + i))
+    log.write(d)
+    for n in (0, 7, 8):
+        with pytest.raises(TargetBeforeBaseError):
+            gpu_pitr.restore(d, backend="cpu", base=snap, to_seq=n)
+        got = gpu_pitr.restore(d, backend="cpu", snapshots=snap.parent, to_seq=n)
+        assert got.report.base is None
+        assert list(got.ids) == [f"a{i}" for i in range(n + 1)]
+    got = gpu_pitr.restore(d, backend="cpu", base=snap, to_seq=9)
+    assert list(got.ids) == [f"a{i}" for i in range(10)]
+
+
 def test_open_transactions_cross_the_snapshot(tmp_path):
     wal = w.LogBuilder()
     wal.add(w.Ins("a", [1.0], ts=10))
