@@ -374,7 +374,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     check_output(out, fmt)
     if report_json is not None:
         check_writable(report_json, "--report-json")
-    replaced = _position_of_snapshot(out) if fmt == "snapshot" else None
+    replaced = _replaced_snapshot_position(out) if fmt == "snapshot" else None
 
     import gpu_pitr
     from gpu_pitr.jit import watch_compiles
@@ -472,7 +472,7 @@ def restore_warnings(report: dict) -> list[str]:
     return lines + list(report.get("warnings", []))
 
 
-def _position_of_snapshot(path: Path) -> dict | None:
+def _replaced_snapshot_position(path: Path) -> dict | None:
     """The log position of the intact snapshot at ``path`` (None: none there)."""
     if not path.is_dir():
         return None

@@ -989,6 +989,7 @@ def restore(
     report = index.report
     report.message = "; ".join(notes)
     report.warnings = warnings + _restore_warnings(run, report, target)
+    report.last_commit_timestamp = run.plan.last_timestamp  # what the index is as of
     # Of the total (within the stages): Numba compiling, on a first run after an
     # install or an edit (PostgreSQL's EXPLAIN ANALYZE shows its JIT time apart too).
     run.timings["compile"] = compile_seconds() - compiled
@@ -1015,7 +1016,6 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict) -> lis
     a gap in the history it was allowed to cross, a time target the log ends before (an
     archive not brought up to date would give an older state without a word; PostgreSQL
     fails such a recovery), a seq target met more than once."""
-    report.last_commit_timestamp = run.plan.last_timestamp
     out = []
     if run.gap_why is not None:
         out.append(f"incomplete history, restored as allowed: {run.gap_why}; the state "
