@@ -110,14 +110,21 @@ def _import_extra(fmt: str):
             f"--format {fmt} needs {module}: pip install 'gpu-pitr[{extra}]'") from None
 
 
-def write_output(index, out: Path, fmt: str) -> list[Path]:
-    """Write the restored ``index`` (host vectors) to ``out`` in ``fmt``; return the paths.
+def write_output(index, out: str | os.PathLike, fmt: str) -> list[Path]:
+    """Write the restored ``index`` to ``out`` in ``fmt`` (one of ``FORMATS``),
+    atomically, as ``--out`` does; return the paths written. A cuda result is copied
+    to the host first.
 
     Raises:
         WalError: the index cannot be held by the format (an id ending in NUL in an
             .npz; vectors of dimension 0 in a .parquet).
+        ValueError: an unknown ``fmt``.
         MissingExtraError, OSError.
     """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}: one of {', '.join(FORMATS)}")
+    out = Path(out)
+    index = index.to_host()
     try:
         if fmt == "snapshot":
             from gpu_pitr import snapshot

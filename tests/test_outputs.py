@@ -475,3 +475,27 @@ def test_atomic_files_all_or_nothing(tmp_path: Path) -> None:
         tb.write_text("new b")
     assert (a.read_text(), b.read_text()) == ("new a", "new b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_write_output_is_the_cli_output_from_python(wal_dir: Path, tmp_path: Path,
+                                                    monkeypatch) -> None:
+    """The documented call: a str path or any PathLike, every format, the same bytes as
+    ``--out``, and a cuda result (under the simulator) copied to the host first."""
+    index = gpu_pitr.restore(wal_dir, backend="cpu")
+    proc = cli("restore", wal_dir, "--out", tmp_path / "cli.npz", "--backend", "cpu",
+               wal_dir=wal_dir)
+    assert proc.returncode == 0, proc.stderr
+    monkeypatch.chdir(tmp_path)
+    assert write_output(index, "api.npz", "npz") == [Path("api.npz")]
+    a, b = np.load("api.npz"), np.load(tmp_path / "cli.npz")
+    for key in ("ids", "vectors", "metadata"):
+        assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), key
+    from gpu_pitr import snapshot
+
+    written = write_output(index, "snap", "snapshot")
+    assert written == [Path("snap")] and snapshot.load("snap").count == len(index)
+    on_device = gpu_pitr.restore(wal_dir, backend="cuda")
+    write_output(on_device, tmp_path / "dev.npz", "npz")
+    assert np.load(tmp_path / "dev.npz")["vectors"].tobytes() == b["vectors"].tobytes()
+    with pytest.raises(ValueError, match="unknown output format 'csv'"):
+        write_output(index, "x.csv", "csv")
