@@ -14,8 +14,10 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -174,8 +176,8 @@ def _parser() -> argparse.ArgumentParser:
     keep.add_argument("--keep", type=_count, metavar="N",
                       help="keep the newest N snapshots (at least 1)")
     keep.add_argument("--keep-since", metavar="T",
-                      help="keep what restores any moment from T on (Unix seconds or ISO-8601 "
-                      "with a zone)")
+                      help="keep what restores any moment from T on (Unix seconds, ISO-8601 "
+                      "with a zone, or an age: 7d, 12h, 30m, 2w = that long before now)")
     exp.add_argument("--dry-run", action="store_true",
                      help="delete nothing: print what would be deleted")
     _json_quiet(exp, "print nothing unless there is a problem or a damaged snapshot")
@@ -429,6 +431,12 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
+#: An age for ``expire --keep-since`` (pgBackRest keeps backups by count or days): so
+#: long before now, by this machine's clock (the writer's stamps are Unix seconds).
+_AGE = re.compile(r"([0-9]+)\s*([smhdw])", re.IGNORECASE)
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
 def _time_target(parser: argparse.ArgumentParser, text: str, up: bool,
                  option: str = "--to-time") -> int:
     """A time option as whole Unix seconds (``parse_time``: a fraction rounds down, or up
@@ -661,8 +669,11 @@ def _expire(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     if args.keep is not None and args.keep < 1:
         parser.error("argument --keep: keep at least 1 snapshot")
-    since = (None if args.keep_since is None
-             else _time_target(parser, args.keep_since, False, "--keep-since"))
+    since = None
+    if args.keep_since is not None:
+        age = _AGE.fullmatch(args.keep_since.strip())
+        since = (int(time.time()) - int(age[1]) * _AGE_UNITS[age[2].lower()] if age else
+                 _time_target(parser, args.keep_since, False, "--keep-since"))
 
     def say(item) -> None:  # each deletion's line as soon as it is done
         if item.problem is not None or not args.quiet:
@@ -760,8 +771,6 @@ def _check_snapshot(path: str) -> tuple[dict, list[str]]:
 
     Raises ``MissingExtraError`` or ``OSError`` when it cannot be checked at all.
     """
-    import time
-
     from gpu_pitr import snapshot
 
     started = time.perf_counter()

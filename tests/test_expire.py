@@ -462,14 +462,24 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def test_command_line(hist, capsys):
-    arc, _, snaps, _ = hist
+def test_command_line(hist, capsys, monkeypatch):
+    arc, _, snaps, times = hist
     for bad in (["--keep", "0"], ["--keep", "1", "--keep-since", "5"], [],
-                ["--keep-since", "soon"]):
+                ["--keep-since", "soon"], ["--keep-since", "7x"], ["--keep-since", "-1d"]):
         with pytest.raises(SystemExit) as stop:
             cli.main(["expire", str(arc), "--snapshots", str(snaps), *bad])
         assert stop.value.code == 2
     capsys.readouterr()
+    # An age: so long before now (pgBackRest keeps by days), the same as the time it is.
+    for age, seconds in (("1d", 86400), ("3h", 3 * 3600), ("2W", 14 * 86400), ("90 s", 90)):
+        monkeypatch.setattr(cli.time, "time", lambda s=seconds: times[2] + s + 0.7)
+        docs = []
+        for since in (age, str(times[2])):
+            assert cli.main(["expire", str(arc), "--snapshots", str(snaps), "--keep-since",
+                             since, "--dry-run", "--json"]) == 0
+            docs.append(json.loads(capsys.readouterr().out))
+        assert docs[0] == docs[1] and docs[0]["anchor"] == str(snaps / "s02")
+    monkeypatch.undo()
     assert cli.main(["expire", str(arc), "--snapshots", str(snaps), "--keep", "3",
                      "--dry-run", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
