@@ -745,7 +745,8 @@ def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:
     damaged = sum("error" in d for d in docs)
     lines = [f"snapshots in {args.wal_dir}: {len(docs)}, {damaged} with a damaged manifest "
              "(oldest first)", "",
-             f"{'snapshot':<24} {'ids':>10} {'dim':>5}  {'--to-time from':<20}  up to"]
+             f"{'snapshot':<24} {'ids':>10} {'dim':>5}  {'--to-time from':<20}  "
+             f"{'taken':<20}  up to"]
     for doc in docs:
         name = os.path.basename(doc["snapshot"])
         if "error" in doc:
@@ -757,8 +758,9 @@ def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:
         # last commit's when the writer's clock stepped back (snapshot.base.target_problem).
         serves = pos.get("max_timestamp", pos.get("timestamp"))
         when = "-" if serves is None else utc_text(serves)
+        taken = m["created"][:19] + "Z"  # the writer's clock, to the second
         lines.append(f"{name:<24} {m['count']:>10} {m['dim'] if m['dim'] is not None else '-':>5}"
-                     f"  {when:<20}  {_snapshot_where(pos)}")
+                     f"  {when:<20}  {taken:<20}  {_snapshot_where(pos)}")
     lines += ["", f"checksums not checked: gpu-pitr verify {args.wal_dir} checks them",
               f"to restore from the newest that serves a target: gpu-pitr restore WAL_DIR "
               f"--snapshots {args.wal_dir} --out OUT [--to-time T | --to-seq N]"]

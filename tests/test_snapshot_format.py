@@ -377,6 +377,9 @@ def test_inspect_of_a_directory_of_snapshots_lists_them_in_log_order(tmp_path, c
                     ["b-earlier", "5", "3", "1970-01-01T00:00:09Z"],
                     ["a-later", "5", "3", "1970-01-01T01:00:00Z"],
                     ["d-gone", "DAMAGED:", f"{parent / 'd-gone' / MANIFEST}:", "missing"]]
+    assert [line.split()[4] for line in lines[3:6]] == [
+        read_manifest(parent / n)["created"][:19] + "Z" for n in ("c-start", "b-earlier",
+                                                                 "a-later")]
     assert lines[3].endswith("the start of the log")
     assert lines[5].endswith("wal-0000000005f5e100.log offset 456")
     assert lines[-2] == f"checksums not checked: gpu-pitr verify {parent} checks them"
