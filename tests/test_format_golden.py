@@ -171,6 +171,16 @@ def test_varint_boundaries(value, hex_bytes):
     roundtrip(Delete("", value), b"\x02\x00" + raw)
     # As a Checkpoint's sequence number.
     roundtrip(Checkpoint(value, 1), b"\x04" + raw + b"\x01")
+    # The compiled writer (snapshot seeding, synth, the Arrow re-encoding) and the
+    # widths buffers are sized by: the same bytes.
+    import numpy as np
+
+    from gpu_pitr.format.payload import varint_widths, write_varint
+
+    out = np.zeros(len(raw) + 3, np.uint8)
+    assert write_varint(out, 1, value) == 1 + len(raw)
+    assert out[1:1 + len(raw)].tobytes() == raw and out[0] == out[-2] == out[-1] == 0
+    assert varint_widths(np.array([value], np.uint64)).tolist() == [len(raw)]
 
 
 def test_varint_out_of_range():

@@ -142,6 +142,32 @@ def test_pairs_keep_their_order_and_varints_are_made_minimal(tmp_path):
         [[("k", "a"), ("k", "b")]]
 
 
+def test_string_lengths_at_the_varint_boundaries_round_trip(tmp_path):
+    """Ids, keys and values 250/251, 65535/65536 bytes long: their lengths change varint
+    width there, and the snapshot re-encodes them (Arrow -> the executors' records, for
+    a restore from the base). A u16 width taken for 65536 came back as an empty value
+    with no error."""
+    log = w.LogBuilder()
+    lengths = [250, 251, 65535, 65536]
+    for k, n in enumerate(lengths):
+        log.add(w.Ins("i" * n, [float(k)], {"k" * n: "v" * n, "x": "y" * (n + 1)}, 1 + k))
+    wal = log.write(tmp_path / "wal")
+    whole = gpu_pitr.restore(wal, backend="cpu")
+    assert sorted(map(len, whole.id_list())) == lengths
+    snap = gpu_pitr.snapshot.save(whole, tmp_path / "s")
+    back = load_snapshot(snap).to_index()
+    assert back.id_list() == whole.id_list() and back.metadata == whole.metadata
+    assert [len(m["k" * len(i)]) for i, m in zip(back.id_list(), back.metadata,
+                                                 strict=True)] == sorted(lengths)
+    for backend in ("cpu", "cuda"):  # the cuda executor seeds every base row as a record
+        log.add(w.Upd("i" * 251, [9.0], None, 9))
+        log.write(tmp_path / "wal")
+        got = gpu_pitr.restore(wal, backend=backend, base=snap).to_host()
+        want = gpu_pitr.restore(wal, backend="cpu")
+        assert got.id_list() == want.id_list() and got.metadata == want.metadata
+        assert got.vectors.tobytes() == want.vectors.tobytes()
+
+
 @pytest.mark.parametrize("case", ["no_records", "all_deleted", "dim_zero"])
 def test_empty_and_degenerate_indexes(tmp_path, case):
     entries = {

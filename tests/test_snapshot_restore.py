@@ -238,6 +238,25 @@ def test_a_seq_target_at_the_end_of_a_run_the_snapshot_covers(tmp_path):
     assert list(got.ids) == [f"a{i}" for i in range(10)]
 
 
+def test_a_snapshot_at_the_very_end_of_its_segment_is_of_that_log(tmp_path):
+    """Taken at the latest state, its position is the segment's size: the log reaches
+    it exactly (not "ends before"), with nothing appended since and after appends."""
+    log = w.LogBuilder()
+    for i in range(3):
+        log.add(w.Ins(f"a{i}", [float(i)], ts=10 + i))
+    d = Path(log.write(tmp_path / "wal"))
+    snap = snapshot.save(gpu_pitr.restore(d, backend="cpu"), tmp_path / "s")
+    name = w.segment_name(0x5F5E100)
+    assert snapshot.load(snap).position["offset"] == (d / name).stat().st_size
+    got = gpu_pitr.restore(d, backend="cpu", base=snap)
+    assert got.report.base["path"] == str(snap) and got.report.records_read == 0
+    assert list(got.ids) == ["a0", "a1", "a2"]
+    log.add(w.Ins("b", [5.0], ts=20))
+    log.write(d)
+    got = gpu_pitr.restore(d, backend="cpu", base=snap)
+    assert list(got.ids) == ["a0", "a1", "a2", "b"] and got.report.records_read == 1
+
+
 def test_open_transactions_cross_the_snapshot(tmp_path):
     wal = w.LogBuilder()
     wal.add(w.Ins("a", [1.0], ts=10))
