@@ -433,7 +433,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 #: An age for ``expire --keep-since`` (pgBackRest keeps backups by count or days): so
 #: long before now, by this machine's clock (the writer's stamps are Unix seconds).
-_AGE = re.compile(r"([0-9]+)\s*([smhdw])", re.IGNORECASE)
+_AGE = re.compile(r"([0-9]+)\s*([smhdw])")  # lower case: 6M (months?) is refused
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -521,7 +521,7 @@ def restore_summary(report: dict, out: Path) -> list[str]:
         record = stop.get("record") or "record"
         # A time target stops before its record; a seq target after it (unless exclusive).
         how = "before" if target["kind"] == "time" or target["exclusive"] else "after"
-        open_there = txns["in_flight_discarded"] if how == "after" else 0
+        open_there = txns["in_flight_discarded"]  # open at the stop: not applied
         lines.append(f"stopped: {how} {record} {where}{stamp}" + (
             f" ({plural(open_there, 'transaction')} open there, not applied)"
             if open_there else ""))
@@ -671,9 +671,17 @@ def _expire(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("argument --keep: keep at least 1 snapshot")
     since = None
     if args.keep_since is not None:
-        age = _AGE.fullmatch(args.keep_since.strip())
-        since = (int(time.time()) - int(age[1]) * _AGE_UNITS[age[2].lower()] if age else
-                 _time_target(parser, args.keep_since, False, "--keep-since"))
+        text = args.keep_since.strip()
+        age = _AGE.fullmatch(text)
+        if age:
+            since = int(time.time()) - int(age[1]) * _AGE_UNITS[age[2]]
+            if since < 0:
+                parser.error(f"argument --keep-since: {text!r} reaches back before 1970")
+        elif re.fullmatch(r"[0-9]+\s*[A-Za-z]+", text):
+            parser.error(f"argument --keep-since: {text!r}: an age is a number and one of "
+                         "s, m (minutes), h, d, w")
+        else:
+            since = _time_target(parser, text, False, "--keep-since")
 
     def say(item) -> None:  # each deletion's line as soon as it is done
         if item.problem is not None or not args.quiet:

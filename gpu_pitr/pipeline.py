@@ -165,6 +165,9 @@ class _Restore:
         # Records read with seq to_seq: more than one where the writer numbered from 0
         # again (reopened without recovery); the target is the first (SPEC section 3).
         self.to_seq_hits = 0
+        # The latest stamp of any record read before a stop (markers too): with a time
+        # target and no stop, whether the log reached past it (else a warning).
+        self.latest_stamp: int | None = None
         self.skip_corrupt = skip_corrupt
         self.allow_incomplete = allow_incomplete_history
         self.ex = executor
@@ -347,6 +350,12 @@ class _Restore:
         else:
             # Carried rows are decoded again: their bytes moved to the front of buf.
             self.ex.decode(self.buf, c, 0, n)
+            if "to_time" in self.target and n > first:
+                ok = c.status[first:n] == OK
+                if ok.any():
+                    top = int(c.ts[first:n][ok].max())
+                    self.latest_stamp = top if self.latest_stamp is None else max(
+                        top, self.latest_stamp)
         self._stage_next()
         self.timings["decode"] += time.perf_counter() - t
         t = time.perf_counter()
@@ -929,9 +938,13 @@ def restore(
             raise ValueError("give at most one of chunk_bytes and memory_budget")
         from gpu_pitr.budget import chunk_bytes_for_budget, parse_size
 
-        chunk_bytes = chunk_bytes_for_budget(
-            parse_size(memory_budget) if isinstance(memory_budget, str) else
-            operator.index(memory_budget))
+        if isinstance(memory_budget, bool):
+            raise ValueError(f"memory_budget is bytes or a size text, not {memory_budget!r}")
+        budget = (parse_size(memory_budget) if isinstance(memory_budget, str) else
+                  operator.index(memory_budget))
+        if budget <= 0:
+            raise ValueError(f"memory_budget must be positive, not {memory_budget!r}")
+        chunk_bytes = chunk_bytes_for_budget(budget)
     started, compiled = time.perf_counter(), compile_seconds()
     if to_time is not None:
         target = {"to_time": parse_time(to_time, exclusive)}
@@ -995,6 +1008,10 @@ def restore(
     run.timings["compile"] = compile_seconds() - compiled
     run.timings["total"] = time.perf_counter() - started
     report.timings = {k: round(v, 6) for k, v in run.timings.items()}
+    if snap is not None and report.segments == 0:
+        # The base's state alone: a WAL_DIR given wrong would pass without a word.
+        report.warnings.append("the base snapshot's state alone, no log after it: "
+                               + no_segments_note(wal_path))
     if not report.message and snap is None:
         if report.segments == 0:
             report.message = f"nothing to restore: {no_segments_note(wal_path)}"
@@ -1020,7 +1037,11 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict) -> lis
     if run.gap_why is not None:
         out.append(f"incomplete history, restored as allowed: {run.gap_why}; the state "
                    "restored lacks what came before and may never have existed")
-    if "to_time" in target and report.stop["reason"] == "end_of_log" and report.segments:
+    t = target.get("to_time")
+    stamp = run.latest_stamp
+    went_past = stamp is not None and (stamp >= t if run.plan.exclusive else stamp > t)
+    if t is not None and report.segments and report.stop["reason"] == "end_of_log" \
+            and not went_past:
         latest = run.plan.max_timestamp
         out.append(
             f"the log ends before the target {utc_text(target['to_time'])}: "

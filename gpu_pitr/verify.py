@@ -53,7 +53,7 @@ from gpu_pitr.format.readahead import (
     scan_chunk_bytes,
 )
 from gpu_pitr.format.segments import list_segments
-from gpu_pitr.format.stats import utc_text
+from gpu_pitr.format.stats import plural, utc_text
 from gpu_pitr.jit import njit
 
 DAMAGE = "damage"
@@ -241,8 +241,9 @@ class Verification:
 
     def summary(self) -> str:
         verdict = "clean" if self.clean else "DAMAGED"
-        return (f"{self.wal_dir}: {verdict}: {self.damage} damage, {self.notices} notices; "
-                f"{self.segments} segments, {self.bytes} bytes, {self.records} records "
+        return (f"{self.wal_dir}: {verdict}: {self.damage} damage, "
+                f"{plural(self.notices, 'notice')}; {plural(self.segments, 'segment')}, "
+                f"{plural(self.bytes, 'byte')}, {plural(self.records, 'record')} "
                 f"({self.seconds:.3f} s)")
 
     def lines(self) -> list[str]:

@@ -465,13 +465,16 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_command_line(hist, capsys, monkeypatch):
     arc, _, snaps, times = hist
     for bad in (["--keep", "0"], ["--keep", "1", "--keep-since", "5"], [],
-                ["--keep-since", "soon"], ["--keep-since", "7x"], ["--keep-since", "-1d"]):
+                ["--keep-since", "soon"], ["--keep-since", "7x"], ["--keep-since", "-1d"],
+                ["--keep-since", "6M"], ["--keep-since", "1y"],
+                ["--keep-since", "999999999999999w"]):
         with pytest.raises(SystemExit) as stop:
             cli.main(["expire", str(arc), "--snapshots", str(snaps), *bad])
         assert stop.value.code == 2
     capsys.readouterr()
     # An age: so long before now (pgBackRest keeps by days), the same as the time it is.
-    for age, seconds in (("1d", 86400), ("3h", 3 * 3600), ("2W", 14 * 86400), ("90 s", 90)):
+    for age, seconds in (("1d", 86400), ("3h", 3 * 3600), ("2w", 14 * 86400), ("90 s", 90),
+                         ("5m", 300)):
         monkeypatch.setattr(cli.time, "time", lambda s=seconds: times[2] + s + 0.7)
         docs = []
         for since in (age, str(times[2])):

@@ -464,7 +464,7 @@ def test_a_killed_writers_temp_goes_before_the_write_not_only_after(tmp_path: Pa
     assert dest.read_bytes() == b"new"
 
 
-def test_the_api_takes_a_memory_budget_as_the_command_line_does(wal_dir: Path,
+def test_the_api_takes_a_memory_budget_as_the_command_line_does(wal_dir: Path, tmp_path: Path,
                                                                 monkeypatch) -> None:
     from gpu_pitr import pipeline
 
@@ -476,12 +476,22 @@ def test_the_api_takes_a_memory_budget_as_the_command_line_does(wal_dir: Path,
         return real(ranges, chunk_bytes, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "Readahead", spy)
-    want = gpu_pitr.restore(wal_dir, backend="cpu")
+    # A segment of 3+ MiB: the default chunk is cut to it, the budget's is 1 MiB.
+    from gpu_pitr.synth import write_synthetic_wal
+
+    big = tmp_path / "big"
+    write_synthetic_wal(big, total_bytes=3 << 20, dim=8, segments=1, seed=4)
+    want = gpu_pitr.restore(big, backend="cpu")
     for budget in ("40M", 40 << 20, np.int64(40 << 20)):
-        got = gpu_pitr.restore(wal_dir, backend="cpu", memory_budget=budget)
+        got = gpu_pitr.restore(big, backend="cpu", memory_budget=budget)
         assert got.id_list() == want.id_list()
         assert got.vectors.tobytes() == want.vectors.tobytes()
+    size = max(p.stat().st_size for p in big.glob("wal-*.log"))
+    assert seen[0] == -(-size // (1 << 20)) << 20 >= 3 << 20  # whole MiB
     assert seen[1:] == [chunk_bytes_for_budget(40 << 20)] * 3 == [1 << 20] * 3
+    for bad in (True, -5, 0):
+        with pytest.raises(ValueError, match="memory_budget"):
+            gpu_pitr.restore(wal_dir, backend="cpu", memory_budget=bad)
     with pytest.raises(ValueError, match="too small"):
         gpu_pitr.restore(wal_dir, backend="cpu", memory_budget="8M")
     with pytest.raises(ValueError, match="at most one of chunk_bytes and memory_budget"):

@@ -242,3 +242,82 @@ def test_replacing_a_snapshot_of_another_point_is_warned_of(tmp_path, capsys):
     (out / "manifest.json.crc").write_text("0\n")  # damaged: nothing lost in replacing it
     assert main(["snapshot", str(d), "--out", str(out), "--to-seq", "1", "-q"]) == 0
     assert capsys.readouterr() == ("", "")
+
+
+def test_records_past_the_target_that_are_no_commit_point_show_the_log_went_on(tmp_path):
+    """An Abort or a Checkpoint stamped after T: the log reached past T, so the end-of-log
+    state is the state at T (no warning); stamped at T or before, the warning stands."""
+    from workloads import Abort, Ckpt
+
+    for k, (tail, warned) in enumerate((
+            ([Begin(4, ts=T + 100), Abort(4, ts=T + 102)], False),
+            ([Ckpt(3, ts=T + 300)], False),
+            ([Ckpt(3, ts=T + 50)], True))):
+        b = LogBuilder()
+        b.add(Ins("a", V, ts=T))
+        for e in tail:
+            b.add(e)
+        d = tmp_path / f"w{k}"
+        b.write(d)
+        got = gpu_pitr.restore(d, backend="cpu", to_time=T + 50)
+        assert got.report.stop["reason"] == "end_of_log" and list(got.ids) == ["a"]
+        assert bool(_warned(got, "the log ends before the target")) is warned, k
+        # Exclusive: a record stamped at T itself shows the log reached T.
+        got = gpu_pitr.restore(d, backend="cpu", to_time=T + 300, exclusive=True)
+        assert bool(_warned(got, "ends before")) is (k != 1), k
+
+
+def test_a_base_with_no_log_after_it_is_warned_of(tmp_path):
+    b, d = _log(tmp_path)
+    b.write(d)
+    snap = snapshot.save(gpu_pitr.restore(d, backend="cpu"), tmp_path / "snap")
+    empty = tmp_path / "typo"
+    empty.mkdir()
+    got = gpu_pitr.restore(empty, backend="cpu", base=snap)
+    assert list(got.ids) == ["a", "b", "c"]
+    assert got.report.warnings == [
+        f"the base snapshot's state alone, no log after it: no wal-<16 hex digits>.log "
+        f"files in {empty}"]
+    assert gpu_pitr.restore(d, backend="cpu", base=snap).report.warnings == []
+
+
+def test_a_time_stop_names_the_transactions_open_there(tmp_path, capsys):
+    b, d = _log(tmp_path)
+    b.add(Begin(9, ts=T + 40))
+    b.add(Ins("d", V, ts=T + 41))
+    b.add(Begin(10, ts=T + 42))
+    b.add(Ins("e", V, ts=T + 43))
+    commit = b.add(Commit(10, ts=T + 60))  # a commit point past T: the stop
+    b.write(d)
+    assert main(["restore", str(d), "--out", str(tmp_path / "o.npz"), "--to-time",
+                 str(T + 50)]) == 0
+    stopped = [line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("stopped:")]
+    assert stopped == [f"stopped: before CommitTransaction wal-0000000005f5e100.log: offset "
+                       f"{commit.offset}: seq {commit.seq} at 2027-01-15T08:01:00Z "
+                       "(2 transactions open there, not applied)"]
+
+
+def test_the_snapshots_note_counts_only_those_that_would_serve_a_later_target(tmp_path):
+    """A snapshot of another log is passed over as such, not counted as later than the
+    target; an exclusive target is served only after a snapshot's latest stamp."""
+    b, d = _log(tmp_path)
+    b.write(d)
+    snaps = tmp_path / "snaps"
+    snapshot.save(gpu_pitr.restore(d, backend="cpu", to_seq=1), snaps / "own")
+    other = LogBuilder(created=0x6000000)
+    other.add(Ins("z", V, ts=T + 500))
+    od = tmp_path / "other"
+    other.write(od)
+    snapshot.save(gpu_pitr.restore(od, backend="cpu"), snaps / "other")
+    got = gpu_pitr.restore(d, backend="cpu", to_time=T + 5, snapshots=snaps)
+    assert got.report.base is None and list(got.ids) == ["a"]
+    notes = got.report.message.split("; ")
+    assert any(n.startswith(f"snapshot {snaps / 'other'} is not of this log") for n in notes)
+    assert got.report.message.endswith(
+        f"no snapshot in {snaps} serves the target (1 snapshot later than it; the earliest "
+        "serves --to-time 2027-01-15T08:00:10Z on): restored from the log alone")
+    got = gpu_pitr.restore(d, backend="cpu", to_time=T + 10, exclusive=True, snapshots=snaps)
+    assert got.report.message.endswith(
+        "(1 snapshot later than it; the earliest serves --to-time after "
+        "2027-01-15T08:00:10Z with --exclusive): restored from the log alone")

@@ -802,3 +802,16 @@ def test_a_reader_that_goes_away_does_not_change_the_exit_status(tmp_path, notic
         proc.stdout.close()  # as head does once it has its line
         assert proc.wait(timeout=120) == want, (args, proc.stderr.read())
         proc.stderr.close()
+
+
+def test_the_summary_counts_in_words(tmp_path):
+    """'1 segment', '1 record', '1 notice': the summary of a small log reads right."""
+    from workloads import Begin, Ins, LogBuilder
+
+    b = LogBuilder()
+    b.add(Begin(1, 5))  # open at the end: a notice
+    b.add(Ins("a", [1.0], None, 5))
+    got = verify_wal(b.write(tmp_path / "wal"))
+    assert got.summary().startswith(f"{tmp_path / 'wal'}: clean: 0 damage, 1 notice; "
+                                    "1 segment, ")
+    assert ", 2 records (" in got.summary()

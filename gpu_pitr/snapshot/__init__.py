@@ -113,8 +113,8 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     notes: list[str] = []
     damaged: list[str] = []
     usable = []
-    later = []  # intact as far as their manifests go, but past the target: the
-    # latest commit stamp of each (the earliest --to-time it serves)
+    later = []  # would serve but for the target: the latest commit stamp of each (the
+    # earliest --to-time it serves)
     manifests = {}
     for path in map(Path, snapshot_dirs(directory)):
         try:
@@ -124,9 +124,6 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
             damaged.append(f"snapshot {path} is damaged ({err}); passed over")
             notes.append(damaged[-1])
             continue
-        if target_problem(position, target, exclusive) is not None:
-            later.append(position.get("max_timestamp"))
-            continue
         if position.get("history_complete") is False and not allow_incomplete:
             notes.append(f"snapshot {path} was restored from an incomplete history; passed "
                          "over (--allow-incomplete-history takes it)")
@@ -134,6 +131,9 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
         mismatch = None if segments is None else base_mismatch(position, segments)
         if mismatch is not None:
             notes.append(f"snapshot {path} is not of this log ({mismatch}); passed over")
+            continue
+        if target_problem(position, target, exclusive) is not None:
+            later.append(position.get("max_timestamp"))
             continue
         usable.append((log_order(position), str(path)))
     for _, path in sorted(usable, reverse=True):
@@ -146,8 +146,9 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
         notes.append(f"started from snapshot {path}")
         return snap, notes, damaged
     stamps = [t for t in later if t is not None]
-    earliest = (f"; the earliest serves --to-time {utc_text(min(stamps))} on"
-                if stamps and "to_time" in target else "")
+    earliest = "" if not stamps or "to_time" not in target else (
+        f"; the earliest serves --to-time after {utc_text(min(stamps))} with --exclusive"
+        if exclusive else f"; the earliest serves --to-time {utc_text(min(stamps))} on")
     notes.append(f"no snapshot in {directory} serves the target"
                  + (f" ({plural(len(later), 'snapshot')} later than it{earliest})"
                     if later else "")
