@@ -182,13 +182,11 @@ def test_report_json_missing_directory_fails_before_the_restore(wal_dir: Path,
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_chunk_past_every_segment_is_cut_to_fit(wal_dir: Path, tmp_path: Path,
-                                                  monkeypatch) -> None:
-    # No piece spans two segments: five buffers of 1 TiB for a log of a few MB were
-    # allocated (a MemoryError and its traceback) before the size was cut.
+def _chunks_read(monkeypatch) -> list[int]:
+    """The chunk size of each restore from now on, as its read-ahead is given it."""
     from gpu_pitr import pipeline
 
-    seen = []
+    seen: list[int] = []
     real = pipeline.Readahead
 
     def spy(ranges, chunk_bytes, *args, **kwargs):
@@ -196,6 +194,16 @@ def test_a_chunk_past_every_segment_is_cut_to_fit(wal_dir: Path, tmp_path: Path,
         return real(ranges, chunk_bytes, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "Readahead", spy)
+    return seen
+
+
+def test_a_chunk_past_every_segment_is_cut_to_fit(wal_dir: Path, tmp_path: Path,
+                                                  monkeypatch) -> None:
+    # No piece spans two segments: five buffers of 1 TiB for a log of a few MB were
+    # allocated (a MemoryError and its traceback) before the size was cut.
+    from gpu_pitr import pipeline
+
+    seen = _chunks_read(monkeypatch)
     got = gpu_pitr.restore(wal_dir, backend="cpu", chunk_bytes=1 << 40)
     largest = max(p.stat().st_size for p in wal_dir.iterdir())
     fits = max(1, -(-largest // (1 << 20))) << 20  # whole MiB
@@ -466,16 +474,7 @@ def test_a_killed_writers_temp_goes_before_the_write_not_only_after(tmp_path: Pa
 
 def test_the_api_takes_a_memory_budget_as_the_command_line_does(wal_dir: Path, tmp_path: Path,
                                                                 monkeypatch) -> None:
-    from gpu_pitr import pipeline
-
-    seen = []
-    real = pipeline.Readahead
-
-    def spy(ranges, chunk_bytes, *args, **kwargs):
-        seen.append(chunk_bytes)
-        return real(ranges, chunk_bytes, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "Readahead", spy)
+    seen = _chunks_read(monkeypatch)
     # A segment of 3+ MiB: the default chunk is cut to it, the budget's is 1 MiB.
     from gpu_pitr.synth import write_synthetic_wal
 
