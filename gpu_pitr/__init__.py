@@ -32,8 +32,8 @@ def _lazy_modules(package: str, names):
     return __getattr__
 
 
-_modules = _lazy_modules(__name__, ("archive", "compat", "errors", "expire", "format", "report",
-                                    "snapshot", "verify"))
+_modules = _lazy_modules(__name__, ("archive", "compat", "errors", "expire", "format",
+                                    "outputs", "report", "snapshot", "verify"))
 
 
 def __getattr__(name: str):
