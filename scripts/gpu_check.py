@@ -9,6 +9,8 @@
    the kernels, and once with GPU_PITR_CUDA_OVERLAP=0) and from tmpfs (host
    memory), a profiled run for time per stage, peak device memory, the cpu
    executor on the same WAL, and a bit-for-bit comparison of the two results;
+   then the same cuda restore in two fresh processes, Numba's synchronising of every
+   CuPy kernel argument left on and turned off (NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0);
 5. a short table, printed last.
 """
 
@@ -150,6 +152,52 @@ def snapshot_check(wal: Path, base: Path, full_idx, full_s: float, cp, figures) 
         figures.update(snapshot_write_s=write_s, snapshot_restore_s=s, snapshot_equal=same)
         return (f"{s:.2f} s vs {full_s:.2f} s whole log = {full_s / s:.1f}x; "
                 f"{'same result' if same else 'RESULT DIFFERS'}")
+    except Exception as err:  # a table row, not a crash: the rest of the check stands
+        return f"FAILED: {type(err).__name__}: {err}"[:200]
+
+
+# A cuda restore in a fresh process: its seconds and digest, printed as JSON.
+_CHILD = """
+import json, sys, time
+sys.path[:0] = [{root!r}, {scripts!r}]
+import gpu_pitr
+from gpu_check import digest
+gpu_pitr.restore({warm!r}, backend="cuda")  # kernels loaded, memory pools warm
+t = time.perf_counter()
+idx = gpu_pitr.restore({wal!r}, backend="cuda")
+try:
+    import cupy
+    cupy.cuda.get_current_stream().synchronize()
+except ImportError:  # the simulator: nothing runs ahead
+    pass
+print(json.dumps({{"s": time.perf_counter() - t, "digest": digest(idx)}}))
+"""
+
+
+def restore_in_child(wal: Path, warm: Path, env: dict, timeout: int = 240) -> dict:
+    """A cuda restore of ``wal`` in a fresh process with ``env`` added: ``{"s", "digest"}``
+    (an environment Numba reads at import, such as NUMBA_CUDA_ARRAY_INTERFACE_SYNC,
+    needs its own process)."""
+    code = _CHILD.format(root=str(ROOT), scripts=str(ROOT / "scripts"), warm=str(warm),
+                         wal=str(wal))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **env})
+    if proc.returncode != 0:
+        raise RuntimeError((proc.stderr.strip().splitlines() or ["no output"])[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def sync_check(wal: Path, warm: Path, want: str, figures) -> str:
+    """Numba synchronises CuPy's stream for every CuPy array passed to a kernel; both
+    share one stream, so that is redundant. Two fresh processes, the default and
+    NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0: their times, and both results against the cpu's."""
+    try:
+        on = restore_in_child(wal, warm, {})
+        off = restore_in_child(wal, warm, {"NUMBA_CUDA_ARRAY_INTERFACE_SYNC": "0"})
+        figures.update(sync_default=on, sync_off=off)
+        same = on["digest"] == want and off["digest"] == want
+        return (f"{off['s']:.2f} s with =0 vs {on['s']:.2f} s default (fresh processes); "
+                f"{'both equal the cpu result' if same else 'RESULT DIFFERS'}")
     except Exception as err:  # a table row, not a crash: the rest of the check stands
         return f"FAILED: {type(err).__name__}: {err}"[:200]
 
@@ -366,6 +414,9 @@ def measure(args, cp, rows, figures, t_all, state) -> int:
     log(f"cuda == cpu on the {size / GIB:.1f} GiB WAL: {equal}")
 
     snap_row = snapshot_check(wal, base, gpu_idx, gpu_s, cp, figures)
+    del gpu_idx
+    pool.free_all_blocks()
+    sync_row = sync_check(wal, warm, want, figures)
     bad = [c for c in compared if c != "ok"]
     figures["cuda_restores_compared"] = compared
 
@@ -401,6 +452,7 @@ def measure(args, cp, rows, figures, t_all, state) -> int:
          f"{equal}; every cuda restore: {len(compared) - len(bad)} of {len(compared)} equal"
          + (f" (differ: {', '.join(bad)})" if bad else "")),
         ("cuda restore from a 90% snapshot", snap_row),
+        ("NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0", sync_row),
         ("check wall time", f"{time.perf_counter() - t_all:.0f} s"),
     ]
     print_table(rows)

@@ -85,3 +85,19 @@ def test_the_snapshot_round_equals_the_whole_log_and_can_run_twice(wal, tmp_path
         row = check.snapshot_check(wal, tmp_path, whole, 1.0, FAKE_CP, figures)
         assert "same result" in row and "FAILED" not in row, row
         assert figures["snapshot_equal"] is True
+
+
+def test_the_sync_check_restores_in_fresh_processes_and_compares(wal):
+    """The NUMBA_CUDA_ARRAY_INTERFACE_SYNC row: two child processes (the simulator's
+    setting inherited), each result's digest against the cpu executor's."""
+    check = _load()
+    want = check.digest(gpu_pitr.restore(wal, backend="cpu"))
+    figures: dict = {}
+    row = check.sync_check(wal, wal, want, figures)
+    assert row.endswith("(fresh processes); both equal the cpu result"), row
+    assert figures["sync_off"]["digest"] == figures["sync_default"]["digest"] == want
+    # A child whose result differs is said so (its restore stood in for here).
+    check.restore_in_child = lambda w, m, env: {"s": 1.0, "digest": "x" if env else want}
+    assert check.sync_check(wal, wal, want, {}).endswith("RESULT DIFFERS")
+    check = _load()
+    assert check.sync_check(wal.parent / "missing", wal, want, {}).startswith("FAILED: ")
