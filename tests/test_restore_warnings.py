@@ -70,14 +70,15 @@ def test_a_time_target_past_a_log_without_commit_points(tmp_path):
         "to date), this index lacks it"
 
 
-def test_a_seq_target_met_twice_stops_at_the_first_and_says_so(tmp_path):
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_a_seq_target_met_twice_stops_at_the_first_and_says_so(tmp_path, backend):
     b, d = _log(tmp_path)
     b.reopen(created=0x5F5E200)       # a new file, seq from 0 again
     b.add(Upd("a", [3.0, 4.0], ts=T + 20))  # seq 0
     again = b.add(Del("b", ts=T + 21))      # seq 1 again
     b.write(d)
     for exclusive in (False, True):
-        got = gpu_pitr.restore(d, backend="cpu", to_seq=1, exclusive=exclusive,
+        got = gpu_pitr.restore(d, backend=backend, to_seq=1, exclusive=exclusive,
                                allow_incomplete_history=False)
         assert got.report.stop["file"].endswith("wal-0000000005f5e100.log")
         assert list(got.ids) == (["a", "b"] if not exclusive else ["a"])
@@ -244,7 +245,9 @@ def test_replacing_a_snapshot_of_another_point_is_warned_of(tmp_path, capsys):
     assert capsys.readouterr() == ("", "")
 
 
-def test_records_past_the_target_that_are_no_commit_point_show_the_log_went_on(tmp_path):
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_records_past_the_target_that_are_no_commit_point_show_the_log_went_on(tmp_path,
+                                                                               backend):
     """An Abort or a Checkpoint stamped after T: the log reached past T, so the end-of-log
     state is the state at T (no warning); stamped at T or before, the warning stands."""
     from workloads import Abort, Ckpt
@@ -259,11 +262,12 @@ def test_records_past_the_target_that_are_no_commit_point_show_the_log_went_on(t
             b.add(e)
         d = tmp_path / f"w{k}"
         b.write(d)
-        got = gpu_pitr.restore(d, backend="cpu", to_time=T + 50)
+        got = gpu_pitr.restore(d, backend=backend, to_time=T + 50)
+        assert got.report.backend == backend
         assert got.report.stop["reason"] == "end_of_log" and list(got.ids) == ["a"]
         assert bool(_warned(got, "the log ends before the target")) is warned, k
         # Exclusive: a record stamped at T itself shows the log reached T.
-        got = gpu_pitr.restore(d, backend="cpu", to_time=T + 300, exclusive=True)
+        got = gpu_pitr.restore(d, backend=backend, to_time=T + 300, exclusive=True)
         assert bool(_warned(got, "ends before")) is (k != 1), k
 
 
