@@ -138,19 +138,16 @@ class _Restore:
     """One restore in progress: the loop over segments and chunks."""
 
     def __init__(self, wal_dir, target, exclusive, skip_corrupt, allow_incomplete_history,
-                 executor, chunk_bytes, report, progress=None, base=None, segments=None):
+                 executor, chunk_bytes, report, progress=None, base=None, *, segments):
         self.wal_dir = Path(wal_dir)
-        # The listing the caller checked the base against (None: list here).
-        self._listed = segments
+        self._listed = segments  # the listing the caller checked the base against
         self.progress = progress
         self.base = base  # a loaded snapshot to start from, or None
         self.target = target
         self.seq_runs = SeqRuns()
         self.last_record = None  # (file, offset, length, crc32) of the last record consumed
-        # A gap in the history the caller allowed (--allow-incomplete-history) was met:
-        # a snapshot of this state does not hold the whole history (expire skips it).
-        # gap_why: the first such gap, for the restore's warning.
-        self.history_gap = False
+        # The first gap in the history the caller allowed (--allow-incomplete-history),
+        # for the restore's warning; see history_gap.
         self.gap_why: str | None = None
         self.torn_at: dict[int, int] = {}  # segment index -> offset of its torn tail
         self.segments = []
@@ -210,7 +207,7 @@ class _Restore:
 
     def run(self) -> None:
         t = time.perf_counter()
-        segments = self._listed if self._listed is not None else list_segments(self.wal_dir)
+        segments = self._listed
         self._check_expired()
         starts: dict[int, int] = {}
         if self.base is not None:
@@ -577,9 +574,14 @@ class _Restore:
 
     def _gap(self, why: str) -> None:
         """A gap in the history that this restore allows: noted, and warned of."""
-        self.history_gap = True
         if self.gap_why is None:
             self.gap_why = why
+
+    @property
+    def history_gap(self) -> bool:
+        """A gap in the history was crossed: a snapshot of this state does not hold the
+        whole history (expire skips it)."""
+        return self.gap_why is not None
 
     def _seed_base(self) -> None:
         """Load the snapshot into the executor: its dimension, rows, open transactions.
@@ -858,7 +860,7 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segm
     # MiB, so that restores of similar logs reuse a pool's buffers of one size.
     fits = max(_PIECE_STEP, -(-largest // _PIECE_STEP) * _PIECE_STEP)
     chunk_bytes = min(int(chunk_bytes) if chunk_bytes else default, fits)
-    run = _Restore(*args, executor, chunk_bytes, report, progress, base, segments)
+    run = _Restore(*args, executor, chunk_bytes, report, progress, base, segments=segments)
     run.run()
     del run.buf, run.cols, run._piece, run._reader  # the read buffers go before the sort
     run._tell("finish")

@@ -198,7 +198,8 @@ def test_cpu_executor_has_no_copies_ahead(tmp_path):
     assert not hasattr(CpuExecutor, "stage")
     spanning_transactions(tmp_path, records=20)
     run = pipeline._Restore(tmp_path, {}, False, False, False, CpuExecutor(1 << 20), 256,
-                            RestoreReport(target={}, backend="cpu"))
+                            RestoreReport(target={}, backend="cpu"),
+                            segments=pipeline.list_segments(tmp_path))
     assert run._stage is None
 
 
