@@ -424,8 +424,8 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if fmt == "snapshot" and index.position is not None:
             pos = index.position
             open_txns = len(pos["pending"]["transactions"])
-            lines.append(f"snapshot: {out} covers the log up to {pos['segment']} offset "
-                         f"{pos['offset']} ({plural(open_txns, 'open transaction')} kept, "
+            lines.append(f"snapshot: {out} covers the log up to {_snapshot_where(pos)} "
+                         f"({plural(open_txns, 'open transaction')} kept, "
                          f"to apply at {'its' if open_txns == 1 else 'their'} commit)")
         _emit("\n".join(lines))
     return 0
@@ -464,8 +464,7 @@ WARN_EACH = 10
 def restore_warnings(report: dict) -> list[str]:
     """What a restore went past that a person must not miss: each torn tail (the bytes
     after it in its file were not read) and each record or file ``--skip-corrupt``
-    skipped, the first ``WARN_EACH`` of each, then the report's ``warnings`` (a damaged
-    snapshot passed over, a WAL_DIR without segment files)."""
+    skipped, the first ``WARN_EACH`` of each, then the report's ``warnings``."""
     # inspect's words for a torn tail; an empty file's loses nothing, so is not one
     torn = [f"{t['file']}: offset {t['offset']}: torn tail, {t['bytes_lost']} bytes lost"
             for t in report["torn_tails"] if t["bytes_lost"]]

@@ -325,3 +325,12 @@ def test_the_snapshots_note_counts_only_those_that_would_serve_a_later_target(tm
     assert got.report.message.endswith(
         "(1 snapshot later than it; the earliest serves --to-time after "
         "2027-01-15T08:00:10Z with --exclusive): restored from the log alone")
+
+
+def test_the_snapshot_summary_of_an_empty_log_says_the_start(tmp_path, capsys):
+    empty = tmp_path / "wal"
+    empty.mkdir()
+    assert main(["snapshot", str(empty), "--out", str(tmp_path / "s") + "/"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"snapshot: {tmp_path / 's'} covers the log up to the start of the log "
+        "(0 open transactions kept, to apply at their commit)")
