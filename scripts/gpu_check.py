@@ -353,6 +353,7 @@ def measure(args, cp, rows, figures, t_all, state) -> int:
     # The cpu executor's result first: every cuda restore below is compared with it.
     cpu_idx, cpu_s = timed_restore(wal, "cpu")
     want = digest(cpu_idx)
+    del cpu_idx  # its digest is what every cuda restore is compared with
     figures["cpu_s"] = cpu_s
     log(f"cpu restore: {cpu_s:.2f} s")
     compared: list[str] = []  # "ok" or what differed, one per cuda restore
@@ -407,9 +408,8 @@ def measure(args, cp, rows, figures, t_all, state) -> int:
     figures.update(profiled_s=prof_s, host_stages=host_t, device_stages=dev_t,
                    copies_ahead_used_issued=ahead)
     log(f"profiled: {prof_s:.2f} s host {host_t} device {dev_t} copies ahead {ahead}")
-    equal = same_result(gpu_idx, cpu_idx)  # element by element, besides the digest
     check(gpu_idx, "profiled")
-    del cpu_idx
+    equal = compared[-1] == "ok"
     figures["equal_8gib"] = equal
     log(f"cuda == cpu on the {size / GIB:.1f} GiB WAL: {equal}")
 
