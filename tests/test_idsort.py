@@ -252,6 +252,73 @@ def test_ids_sort_by_bytes_with_word_columns_built_a_few_at_a_time(id_list, colu
     assert [id_list[i] for i in order] == sorted(id_list)
 
 
+def _shared_words_truth(ids: list[bytes]) -> int:
+    """Leading 8-byte words every id holds whole and equal to the first id's."""
+    k = 0
+    while all(len(i) >= 8 * (k + 1) and i[8 * k:8 * k + 8] == ids[0][8 * k:8 * k + 8]
+              for i in ids):
+        k += 1
+    return k
+
+
+# Ids of one site: a shared prefix of 0-40 bytes (across word boundaries), then a
+# suffix; some ids end inside the prefix (a shorter id is a prefix of the others).
+_SITE = st.integers(0, 40).flatmap(lambda n: st.lists(
+    st.one_of(st.builds(lambda s: b"https://example.org/corpus/abcdefghijklm"[:n] + s,
+                        st.binary(max_size=20)),
+              st.builds(lambda k: b"https://example.org/corpus/abcdefghijklm"[:k],
+                        st.integers(0, n))),
+    min_size=1, max_size=50))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_SITE, st.integers(1, 3))
+def test_shared_leading_words_are_found_exactly_and_not_sorted(ids, columns):
+    """The words every id shares are found exactly, whatever the sample says, and
+    the ids sort by bytes with them left out."""
+    import gpu_pitr.resolve.idsort as idsort
+
+    arena, offs, lens = _arena(ids)
+    n_words = (int(lens.max()) + 7) // 8
+    if n_words:
+        # One column a pass: any shared word found saves a pass, so it is looked for.
+        assert idsort._shared_words(arena, offs, lens, n_words, 1) == _shared_words_truth(ids)
+        # A pass that could not be saved is not looked for.
+        assert idsort._shared_words(arena, offs, lens, n_words, n_words) == 0
+    saved = idsort.WORD_COLUMNS_BYTES, idsort.SHARED_SAMPLE
+    idsort.WORD_COLUMNS_BYTES = 8 * len(offs) * columns
+    idsort.SHARED_SAMPLE = 2  # a sample that misses most ids
+    try:
+        order = sorted_id_order(arena, offs, lens)
+    finally:
+        idsort.WORD_COLUMNS_BYTES, idsort.SHARED_SAMPLE = saved
+    assert [ids[i] for i in order] == sorted(ids)
+    assert all(order[k] < order[k + 1] for k in range(len(ids) - 1)
+               if ids[order[k]] == ids[order[k + 1]])
+
+
+def test_ids_sharing_a_long_prefix_build_only_the_words_that_differ(monkeypatch):
+    """200 shared bytes of 216-byte ids: 2 of the 27 word columns are built."""
+    import gpu_pitr.resolve.idsort as idsort
+
+    rng = np.random.default_rng(3)
+    prefix = b"https://example.org/" + b"x" * 180
+    ids = [prefix + b"%016d" % k for k in rng.permutation(5000)]
+    ids += [prefix[:190] + b"%016d" % 1]  # one shorter id, parting in word 23
+    built = []
+    real = idsort._word_columns
+
+    def spy(ids_, offs, lens, w0, out):
+        built.extend(range(w0, w0 + len(out)))
+        return real(ids_, offs, lens, w0, out)
+
+    monkeypatch.setattr(idsort, "_word_columns", spy)
+    monkeypatch.setattr(idsort, "WORD_COLUMNS_BYTES", 8 * len(ids))
+    order = sorted_id_order(*_arena(ids))
+    assert [ids[i] for i in order] == sorted(ids)
+    assert sorted(built) == list(range(23, 27))
+
+
 def _digit_values(ids: list[bytes]) -> list[int]:
     """The values of each digit of the LSD sort, least significant first, worked out
     here from the ids: the length, then per 8-byte word (last first) its distinct words

@@ -108,7 +108,8 @@ def sorted_id_order(ids: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> np.n
     that byte). A digit with one value is skipped (a shared prefix). Consecutive digits
     are combined into one while their values multiply to at most FEW_COMBINED, and
     each combined digit is one stable counting sort, on the Numba threads.
-    The word columns are built a few at a time, each group in one pass over the ids.
+    The word columns are built a few at a time, each group in one pass over the ids;
+    the leading words every id shares (``_shared_words``) are not built at all.
     """
     n = len(offs)
     if n <= 1:
@@ -121,10 +122,11 @@ def sorted_id_order(ids: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> np.n
         sort.order = np.argsort(lens, kind="stable")
     n_words = (width + 7) // 8
     group = max(1, min(n_words, WORD_COLUMNS_BYTES // (8 * n)))
+    shared = _shared_words(ids, offs, lens, n_words, group)
     ranks = np.empty((group, n), np.int16)  # FEW_WORDS < 2**15
     tables = np.empty((8, 256), np.int32)
-    for end in range(n_words, 0, -group):
-        w0 = max(0, end - group)
+    for end in range(n_words, shared, -group):
+        w0 = max(shared, end - group)
         words = np.empty((end - w0, n), np.uint64)
         _word_columns(ids, offs, lens, w0, words)
         distinct = _dense_ranks_of_columns(words, ranks)
@@ -142,6 +144,56 @@ def sorted_id_order(ids: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> np.n
 # The word columns built in one pass over the ids take at most this many bytes
 # (at least one column): 3 columns for 1.2M ids.
 WORD_COLUMNS_BYTES = 32 << 20
+
+
+# Ids sampled to guess whether the ids share leading words worth a pass to find.
+SHARED_SAMPLE = 64
+
+
+def _shared_words(ids: np.ndarray, offs: np.ndarray, lens: np.ndarray, n_words: int,
+                  group: int) -> int:
+    """How many leading 8-byte words every id holds whole and equal to the first
+    id's: word columns that are one value (a digit the sort would skip), so not built.
+
+    Finding them is one pass over those bytes of every id; it is made only when a
+    sample of the ids says it would save a pass over the ids (long shared prefixes,
+    as URIs of one site have: 200-byte ids sharing 201 bytes took 29 passes of
+    20M ids, 11 s, where 4 suffice).
+    """
+    n = len(offs)
+    limit = min(n_words, int(lens[0]) // 8)
+    if limit == 0 or -(-n_words // group) < 2:
+        return 0
+    step = max(1, n // SHARED_SAMPLE)
+    sample = np.empty(1, np.int64)
+    _shared_words_in_parts(ids, np.ascontiguousarray(offs[::step]),
+                           np.ascontiguousarray(lens[::step]), offs[0], limit, sample)
+    guess = int(sample[0])
+    if -(-(n_words - guess) // group) == -(-n_words // group):
+        return 0  # no pass saved even if every id shares what the sample does
+    parts = np.empty(min(COUNT_PARTS, max(1, n // PARALLEL_COUNT_MIN)), np.int64)
+    _shared_words_in_parts(ids, offs, lens, offs[0], guess, parts)
+    return int(parts.min())
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _shared_words_in_parts(ids, offs, lens, first, limit, out):
+    # out[p]: how many of the first ``limit`` words every id of part p holds whole and
+    # equal to the words at ``first`` (the first id's). Words compare as loads.
+    n = len(offs)
+    parts = len(out)
+    for p in prange(parts):
+        k = limit
+        for i in range(p * n // parts, (p + 1) * n // parts):
+            o = offs[i]
+            k = min(k, lens[i] // 8)
+            w = 0
+            while w < k and read_uint_le(ids, o + 8 * w, 8) == read_uint_le(ids, first + 8 * w, 8):
+                w += 1
+            k = w
+            if k == 0:
+                break
+        out[p] = k
 
 
 # A word column with at most this many distinct values is one digit (counted by rank).
