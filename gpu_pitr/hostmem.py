@@ -119,3 +119,63 @@ def aligned_empty(shape, dtype):
     raw = np.empty(size + ALIGN, np.uint8)
     at = -raw.ctypes.data % ALIGN
     return raw[at:at + size].view(dtype).reshape(shape)
+
+
+#: Bytes copied between hand-backs in ``join_releasing``.
+RELEASE_BLOCK = 64 << 20
+
+_MADV_DONTNEED = 4  # Linux's value
+_madvise = None  # (function or False once looked up)
+
+
+def _madvise_fn():
+    global _madvise
+    if _madvise is None:
+        _madvise = False
+        if os.uname().sysname == "Linux":
+            try:
+                import ctypes
+
+                fn = ctypes.CDLL(None, use_errno=True).madvise
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                fn.restype = ctypes.c_int
+                _madvise = fn
+            except (OSError, AttributeError):  # pragma: no cover - not glibc/musl
+                pass
+    return _madvise
+
+
+def release(start: int, stop: int) -> int:
+    """Hand back to the OS the whole pages between the addresses ``start`` and
+    ``stop`` of memory this process owns and no longer needs (read after, they are
+    zeros); returns the page-aligned address up to which it did. Linux only
+    (``madvise(MADV_DONTNEED)``); elsewhere nothing is handed back."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    lo = -(-start // page) * page
+    hi = stop // page * page
+    fn = _madvise_fn()
+    if fn and hi > lo:
+        fn(lo, hi - lo, _MADV_DONTNEED)  # a failure only leaves the pages resident
+    return max(lo, hi)
+
+
+def join_releasing(parts: list, dtype, size: int = 0, block: int | None = None):
+    """``np.concatenate(parts)`` of 1-d arrays that are spent: each part's pages go
+    back to the OS as soon as they are copied (the parts read as zeros after), so the
+    peak is the result plus a block, not twice it. ``size``: the result's length at
+    least (what follows the parts is left unset)."""
+    import numpy as np
+
+    block = block or RELEASE_BLOCK
+    out = np.empty(max(size, sum(len(p) for p in parts)), dtype)
+    at = 0
+    for p in parts:
+        n = len(p)
+        base = p.ctypes.data if n else 0
+        done = base
+        for a in range(0, n, block):
+            b = min(a + block, n)
+            out[at + a:at + b] = p[a:b]
+            done = release(done, base + b * p.itemsize)
+        at += n
+    return out

@@ -144,3 +144,32 @@ def _policy_after_import(env_extra: dict) -> str:
 def test_openmp_workers_wait_passively_unless_the_user_chose():
     assert _policy_after_import({}) == "PASSIVE"
     assert _policy_after_import({"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+
+
+@pytest.mark.parametrize("block", [1, 4095, 4096, 10_000, 1 << 26])
+def test_join_releasing_is_concatenate(block):
+    def parts():  # spent by each join: made anew
+        rng = np.random.default_rng(block)
+        # Views that start inside pages, as the shards' arenas cut to their used bytes.
+        return [rng.integers(0, 256, n + 40, dtype=np.uint8)[17:17 + n]
+                for n in (0, 1, 5000, 70_001, 3)]
+
+    want = np.concatenate(parts())
+    assert np.array_equal(hostmem.join_releasing(parts(), np.uint8, block=block), want)
+    roomy = hostmem.join_releasing(parts(), np.uint8, size=len(want) + 99, block=block)
+    assert len(roomy) == len(want) + 99 and np.array_equal(roomy[: len(want)], want)
+
+
+@pytest.mark.skipif(hostmem._madvise_fn() is False, reason="no madvise here (not Linux)")
+def test_join_releasing_hands_back_the_pages_it_copied():
+    """The whole pages of each part are handed back (they read as zeros after); the
+    partial pages at a part's ends are not (they are not the part's alone)."""
+    page = hostmem.os.sysconf("SC_PAGE_SIZE")
+    big = np.full(64 * page + 123, 7, np.uint8)
+    part = big[100:]  # starts inside a page
+    got = hostmem.join_releasing([part, np.full(10, 9, np.uint8)], np.uint8, block=5 * page)
+    assert (got[: len(part)] == 7).all() and (got[len(part):] == 9).all()
+    start = -(-part.ctypes.data // page) * page - part.ctypes.data
+    end = (part.ctypes.data + len(part)) // page * page - part.ctypes.data
+    assert (part[:start] == 7).all() and (part[end:] == 7).all()
+    assert not part[start:end].any() and end - start >= 62 * page

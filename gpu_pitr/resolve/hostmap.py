@@ -20,7 +20,7 @@ from numba import prange
 
 from gpu_pitr.format.layout import DELETE, INSERT
 from gpu_pitr.format.payload import read_uint_le
-from gpu_pitr.hostmem import aligned_empty
+from gpu_pitr.hostmem import aligned_empty, join_releasing
 from gpu_pitr.jit import (
     NO_REFCOUNTS,
     PREFETCH_AHEAD,
@@ -537,6 +537,13 @@ def _grow(a: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def _grow_arena(arena: np.ndarray, used: int, n: int) -> np.ndarray:
+    """An arena of ``n`` bytes holding the first ``used`` of ``arena`` (the rest is
+    garbage), whose pages go back to the OS as they are copied: growth does not
+    hold the arena twice."""
+    return join_releasing([arena[:used]], np.uint8, n)
+
+
 def _reserve(shape, dtype, limit: int, empty=np.empty) -> np.ndarray:
     """``empty`` for an upper bound, or nothing much when the OS refuses it."""
     try:
@@ -760,9 +767,10 @@ class HostMap:
                 elif res == NEED_MAP:
                     rehash.append(s)
                 elif res == NEED_IDS:
-                    sh.ids = _grow(sh.ids, 2 * len(sh.ids) + id_bytes(pos))
+                    sh.ids = _grow_arena(sh.ids, sh.ids_used, 2 * len(sh.ids) + id_bytes(pos))
                 elif res == NEED_META:
-                    sh.meta = _grow(sh.meta, 2 * len(sh.meta) + meta_bytes(pos))
+                    sh.meta = _grow_arena(sh.meta, sh.meta_used,
+                                          2 * len(sh.meta) + meta_bytes(pos))
                 else:
                     ended[s] = (res, pos)
                     del at[s]
@@ -838,8 +846,10 @@ class HostMap:
             live_rows(0)
             done = []
         try:
-            ids = np.concatenate([sh.ids[:sh.ids_used] for sh in self.shards])
-            meta = np.concatenate([sh.meta[:sh.meta_used] for sh in self.shards])
+            # Each shard's arena is handed back as it is copied: the peak is the
+            # joined arenas, not twice them.
+            ids = join_releasing([sh.ids[:sh.ids_used] for sh in self.shards], np.uint8)
+            meta = join_releasing([sh.meta[:sh.meta_used] for sh in self.shards], np.uint8)
             for sh in self.shards:
                 sh.ids = sh.meta = None
             for f in done:
