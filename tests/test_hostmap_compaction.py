@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 import workloads as w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -75,6 +76,34 @@ def test_arenas_grown_on_demand_change_nothing(data, tmp_path, monkeypatch):
         assert (got.ids, got.vectors, got.metadata) == (ref.ids, ref.vectors, ref.metadata)
         if sum(len(i) for i in ref.ids) > 16:  # more than two shards' 8 bytes
             assert grown
+
+
+@pytest.mark.parametrize("block", [1, 7, 1 << 20])
+def test_arenas_grown_many_times_keep_every_byte(tmp_path, monkeypatch, block):
+    """Arenas of 8 bytes grow (and compact) many times under 600 inserts, updates,
+    deletes and re-inserts of ids and metadata of 1-90 bytes: equal to the reference."""
+    from gpu_pitr import hostmem
+
+    monkeypatch.setattr(hostmap, "_reserve", lambda shape, dtype, limit, empty=np.empty:
+                        empty((8,) + tuple(shape[1:]), dtype))
+    monkeypatch.setattr(hostmem, "RELEASE_BLOCK", block)
+    monkeypatch.setattr(hostmap, "COMPACT_SLACK", 64)
+    grown = []
+    real = hostmap._grow_arena
+    monkeypatch.setattr(hostmap, "_grow_arena", lambda *a: grown.append(a[1]) or real(*a))
+    log = w.LogBuilder()
+    for i in range(600):
+        ident = f"urn:{'é' * (i % 40)}:{i % 150}"
+        if i % 9 == 4:
+            log.add(w.Del(ident, ts=i))
+        else:
+            log.add(w.Upd(ident, [float(i), -0.0], {"k": "v" * (i % 90)} if i % 5 else None,
+                          ts=i))
+    wal = log.write(tmp_path / "wal")
+    ref = w.restore_ref(wal)
+    got = w.restore_fast(wal, chunk_bytes=256)
+    assert (got.ids, got.vectors, got.metadata) == (ref.ids, ref.vectors, ref.metadata)
+    assert len(grown) >= 10 and max(grown) > 1000
 
 
 def test_arenas_stay_bounded_under_churn(tmp_path, monkeypatch):
