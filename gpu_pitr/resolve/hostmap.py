@@ -369,13 +369,19 @@ def _seed(
 
 
 @njit(cache=True, nogil=True)
-def _compact_arena(arena, offs, lens, live, n_rows):
-    """Move the spans of live rows to the front of ``arena``, in place; returns the
-    bytes used. A span is only ever moved down, in order of its offset."""
+def _compact_arena(arena, offs, lens, live, n_rows, used):
+    """Move the spans of live rows to the front of ``arena`` (of which ``used`` bytes
+    are taken), in place; returns the bytes used. A span is only ever moved down, in
+    order of its offset. When the live spans are all ``used`` holds, nothing moves (a
+    log of inserts alone: the sort below took 2% of a restore of 5M ids)."""
     m = 0
+    live_bytes = 0
     for r in range(n_rows):
         if live[r] >= 0 and offs[r] >= 0:
             m += 1
+            live_bytes += lens[r]
+    if live_bytes == used:  # spans never overlap: they tile the used bytes already
+        return used
     rows = np.empty(m, np.int64)
     starts = np.empty(m, np.int64)
     m = 0
@@ -589,11 +595,11 @@ class _Shard:
         """
         if self.meta_used > self.meta_limit:
             self.meta_used = _compact_arena(self.meta, self.row_meta_off, self.row_meta_len,
-                                            self.row_id_len, self.n_rows)
+                                            self.row_id_len, self.n_rows, self.meta_used)
             self.meta_limit = max(COMPACT_SLACK, 2 * self.meta_used)
         if self.ids_used > self.ids_limit:
             self.ids_used = _compact_arena(self.ids, self.row_id_off, self.row_id_len,
-                                           self.row_id_len, self.n_rows)
+                                           self.row_id_len, self.n_rows, self.ids_used)
             self.ids_limit = max(COMPACT_SLACK, 2 * self.ids_used)
 
     def scratch(self, n: int):
