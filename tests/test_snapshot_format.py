@@ -609,20 +609,24 @@ def test_torn_snapshot_is_still_a_snapshot(snap):
 
 @pytest.mark.parametrize("fail_at", [1, 3, 5, 6])
 def test_failed_write_leaves_old_snapshot_and_no_temp_dir(snap, monkeypatch, fail_at):
+    # The fail_at-th of the six files written (data files, then the manifest and its CRC).
     calls = []
-    real = fmt._write_file
 
-    def failing(path, data):
-        calls.append(path.name)
-        if len(calls) == fail_at:
-            raise OSError(28, "No space left on device")
-        return real(path, data)
+    def failing(real):
+        def write(path, *args):
+            calls.append(path.name)
+            if len(calls) == fail_at:
+                raise OSError(28, "No space left on device")
+            return real(path, *args)
+        return write
 
-    monkeypatch.setattr(fmt, "_write_file", failing)
+    monkeypatch.setattr(fmt, "_write_file", failing(fmt._write_file))
+    monkeypatch.setattr(fmt, "_write_ipc", failing(fmt._write_ipc))
     index = _restore(snap.parent, [w.Ins("new", w.f32(1), None, 1)], name="wal2")
     before = _contents(snap.parent)
     with pytest.raises(OSError, match="No space"):
         write_snapshot(snap, index, position={})
+    assert len(calls) == fail_at
     assert _contents(snap.parent) == before
     assert load_snapshot(snap).position == POSITION
 
@@ -771,3 +775,44 @@ def test_order_check_finds_the_first_id_out_of_order(ids, data):
     arena = np.frombuffer(b"".join(ids) + b"\0", np.uint8).copy()
     want = next((i for i in range(1, len(ids)) if ids[i - 1] >= ids[i]), -1)
     assert fmt._first_unsorted(arena, offs, lens) == want
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=70), max_size=12), st.sampled_from([1, 7, 16, 64]))
+def test_files_are_checksummed_block_by_block_as_they_are_written(tmp_path, monkeypatch,
+                                                                    pieces, block):
+    """Writes of any sizes, across block ends: the manifest entry holds the CRC-32
+    of each block of the file's bytes, as a reader checks them."""
+    monkeypatch.setattr(fmt, "BLOCK_SIZE", block)
+    path = tmp_path / f"f{len(list(tmp_path.iterdir()))}"
+    with open(path, "xb") as f:
+        sink = fmt._Checksummed(f)
+        for piece in pieces:
+            assert sink.write(piece) == len(piece)
+        entry = sink.finish()
+    data = path.read_bytes()
+    assert data == b"".join(pieces) and entry["size"] == len(data)
+    assert entry["crc32"] == [f"{zlib.crc32(data[a:a + block]):08x}"
+                              for a in range(0, len(data), block)]
+
+
+def test_arrow_files_are_written_as_arrow_builds_them_in_memory(tmp_path, monkeypatch):
+    """Streamed into the file through the checksumming sink, the ids' and metadata's
+    Arrow IPC files are byte for byte what Arrow's own in-memory writer makes."""
+    monkeypatch.setattr(fmt, "BLOCK_SIZE", 100)
+    index = _rich(tmp_path)
+    for name, field, arrays in (
+            ("ids", pa.field("id", pa.large_string(), nullable=False),
+             [snap_arrow.ids_array(index)]),
+            ("meta", pa.field("metadata", pa.map_(pa.string(), pa.string())),
+             snap_arrow.metadata_chunks(index, limit=9))):  # two arrays
+        entry = fmt._write_ipc(tmp_path / name, pa, field, arrays)
+        sink = pa.BufferOutputStream()
+        schema = pa.schema([field])
+        with pa.ipc.new_file(sink, schema) as writer:
+            for arr in arrays:
+                writer.write_batch(pa.record_batch([arr], schema=schema))
+        want = sink.getvalue().to_pybytes()
+        assert (tmp_path / name).read_bytes() == want and entry["size"] == len(want)
+        assert len(entry["crc32"]) == -(-len(want) // 100)

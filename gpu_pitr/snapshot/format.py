@@ -157,10 +157,9 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
         flat = np.ascontiguousarray(vectors[:count] if count else vectors[:0], dtype="<f4")
         files[VECTORS] = _write_file(tmp / VECTORS, flat.reshape(-1).view(np.uint8))
         id_field = pa.field(ID_COLUMN, pa.large_string(), nullable=False)
-        files[IDS] = _write_file(tmp / IDS, _ipc_file(pa, id_field, [ids_array(host)]))
+        files[IDS] = _write_ipc(tmp / IDS, pa, id_field, [ids_array(host)])
         meta_field = pa.field(METADATA_COLUMN, pa.map_(pa.string(), pa.string()))
-        files[METADATA] = _write_file(tmp / METADATA,
-                                      _ipc_file(pa, meta_field, metadata_chunks(host)))
+        files[METADATA] = _write_ipc(tmp / METADATA, pa, meta_field, metadata_chunks(host))
         files[PENDING] = _write_file(tmp / PENDING, bytes(pending))
         manifest = {
             "format": FORMAT_NAME,
@@ -204,28 +203,73 @@ def _index_dim(host, vectors: np.ndarray, count: int) -> int | None:
     return None if dim is None else int(dim)
 
 
-def _ipc_file(pa, field, arrays):
-    sink = pa.BufferOutputStream()
+def _write_ipc(path: Path, pa, field, arrays) -> dict:
+    """Write ``arrays`` as an Arrow IPC file of one column, straight into the file (not
+    built in memory first: 5M ids of 230 bytes took 1.1 GiB more), fsync it; return
+    its manifest entry."""
     schema = pa.schema([field])
-    with pa.ipc.new_file(sink, schema) as writer:
-        for arr in arrays:
-            writer.write_batch(pa.record_batch([arr], schema=schema))
-    return sink.getvalue()
+    with open(path, "xb") as f:
+        sink = _Checksummed(f)
+        with pa.ipc.new_file(pa.PythonFile(sink, mode="w"), schema) as writer:
+            for arr in arrays:
+                writer.write_batch(pa.record_batch([arr], schema=schema))
+        return sink.finish()
 
 
 def _write_file(path: Path, data) -> dict:
     """Write ``data`` (bytes-like), fsync it; return its manifest entry."""
-    view = memoryview(data).cast("B")
-    crcs = []
     with open(path, "xb") as f:
-        for a in range(0, len(view), BLOCK_SIZE):
-            block = view[a:a + BLOCK_SIZE]
-            crcs.append(f"{crc32(block):08x}")
-            f.write(block)
-            f.flush()
-            start_writeback(f.fileno(), a, len(block))  # the fsync waits less
-        os.fsync(f.fileno())
-    return {"size": len(view), CHECKSUM: crcs}
+        sink = _Checksummed(f)
+        sink.write(data)
+        return sink.finish()
+
+
+class _Checksummed:
+    """A file written through this: the CRC-32 of every BLOCK_SIZE block as it goes
+    (the manifest's checksums), each block's writeback started once it is whole."""
+
+    closed = False
+
+    def __init__(self, f) -> None:
+        self.f = f
+        self.crcs: list[str] = []
+        self.crc = 0
+        self.fill = 0  # bytes of the block being written
+        self.size = 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        at = 0
+        while at < len(view):
+            piece = view[at:at + BLOCK_SIZE - self.fill]
+            self.crc = crc32(piece, self.crc)
+            self.f.write(piece)
+            self.fill += len(piece)
+            self.size += len(piece)
+            at += len(piece)
+            if self.fill == BLOCK_SIZE:  # blocks start at multiples of BLOCK_SIZE
+                self.crcs.append(f"{self.crc:08x}")
+                self.f.flush()
+                start_writeback(self.f.fileno(), self.size - BLOCK_SIZE, BLOCK_SIZE)
+                self.crc = self.fill = 0
+        return len(view)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def close(self) -> None:  # the caller closes the file
+        pass
+
+    def finish(self) -> dict:
+        """Fsync the file; its manifest entry."""
+        if self.fill:
+            self.crcs.append(f"{self.crc:08x}")
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        return {"size": self.size, CHECKSUM: self.crcs}
 
 
 def _fsync_dir(path: Path) -> None:
