@@ -126,12 +126,20 @@ class RestoredIndex:
         NumPy's fixed-width strings drop trailing NUL characters; ``id_list()``
         is exact for such ids.
         """
-        n = len(self._id_offs)
-        width = int(self._id_lens.max()) if n else 1
-        cps = np.zeros((n, max(width, 1)), np.uint32)
-        if n:
-            _ucs4(self._id_arena, self._id_offs, self._id_lens, cps)
-        return cps.view(f"<U{max(width, 1)}").reshape(n)
+        return self.ids_rows(0, len(self))
+
+    def ids_width(self) -> int:
+        """The characters of ``ids``' dtype (the longest id's UTF-8 bytes; at least 1)."""
+        return max(int(self._id_lens.max()) if len(self) else 1, 1)
+
+    def ids_rows(self, lo: int, hi: int) -> np.ndarray:
+        """``ids[lo:hi]``, made without making the rest (``ids`` is four bytes a
+        character: an ``.npz`` writer takes it a few rows at a time)."""
+        width = self.ids_width()
+        cps = np.zeros((hi - lo, width), np.uint32)
+        if hi > lo:
+            _ucs4(self._id_arena, self._id_offs[lo:hi], self._id_lens[lo:hi], cps)
+        return cps.view(f"<U{width}").reshape(hi - lo)
 
     def id_list(self) -> list[str]:
         """The ids as exact Python strings, in index order."""

@@ -64,9 +64,28 @@ def npy_header(arr: np.ndarray) -> bytes:
     raise ValueError(f"the .npy header of dtype {arr.dtype} is too long")
 
 
+class Pieces:
+    """A member made as it is written: an array of ``dtype`` and ``shape`` whose
+    C-order bytes ``make()`` yields as consecutive arrays (a restored index's ids as
+    NumPy unicode are four bytes a character: made a few rows at a time, never whole)."""
+
+    def __init__(self, dtype, shape: tuple, make) -> None:
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(shape)
+        self.make = make
+        self.nbytes = self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64))
+
+
 def _member(name: str, arr) -> tuple:
     """``(file name, flags, .npy header, body bytes)`` of one member, as np.save lays
-    it out: C order, or Fortran order for an array only Fortran-contiguous."""
+    it out: C order, or Fortran order for an array only Fortran-contiguous. The body
+    of ``Pieces`` is the ``Pieces``."""
+    if isinstance(arr, Pieces):
+        if arr.dtype.hasobject:
+            raise ValueError(f"{name}: dtype {arr.dtype} holds Python objects")
+        header = npy_header(np.broadcast_to(np.zeros((), arr.dtype), arr.shape))
+        fname = f"{name}.npy"
+        return fname.encode("utf-8"), 0 if fname.isascii() else _UTF8_NAME, header, arr
     arr = np.asarray(arr)
     if arr.dtype.hasobject:
         raise ValueError(f"{name}: dtype {arr.dtype} holds Python objects, which an .npz "
@@ -97,25 +116,25 @@ def write_npz(file, arrays: dict, *, zip64_limit: int = ZIP64_LIMIT) -> None:
     central = []
     with ThreadPoolExecutor(1) as pool:
         for fname, flags, header, body in members:
-            size = len(header) + len(body)
+            streamed = isinstance(body, Pieces)
+            size = len(header) + (body.nbytes if streamed else len(body))
             offset = file.tell()
             file.write(_LOCAL.pack(0x04034B50, _VERSION, flags, 0, _DOS_TIME, _DOS_DATE, 0,
                                    0xFFFFFFFF, 0xFFFFFFFF, len(fname), _LOCAL_ZIP64.size))
             file.write(fname)
             file.write(_LOCAL_ZIP64.pack(1, 16, size, size))
-            crc = pool.submit(lambda h=header, b=body: crc32(b, crc32(h)))
             file.write(header)
-            for a in range(0, len(body), _PIECE):
-                at = file.tell()
-                file.write(body[a:a + _PIECE])
-                if fd is not None:  # the disk starts on it now: the fsync waits less
-                    file.flush()
-                    start_writeback(fd, at, file.tell() - at)
+            if streamed:  # made here piece by piece: its CRC-32 on this thread
+                crc = _write_pieces(file, fd, body, crc32(header))
+            else:
+                later = pool.submit(lambda h=header, b=body: crc32(b, crc32(h)))
+                _write_body(file, fd, body)
+                crc = later.result()
             end = file.tell()
             file.seek(offset + _CRC_AT)
-            file.write(struct.pack("<I", crc.result()))
+            file.write(struct.pack("<I", crc))
             file.seek(end)
-            central.append((fname, flags, crc.result(), size, offset))
+            central.append((fname, flags, crc, size, offset))
     start = file.tell()
     for fname, flags, crc, size, offset in central:
         big = [v for v in (size, size, offset) if v > zip64_limit]
@@ -135,3 +154,28 @@ def write_npz(file, arrays: dict, *, zip64_limit: int = ZIP64_LIMIT) -> None:
         file.write(_END64_LOCATOR.pack(0x07064B50, 0, at, 1))
     file.write(_END.pack(0x06054B50, 0, 0, min(count, 0xFFFF), min(count, 0xFFFF),
                          min(cd_size, 0xFFFFFFFF), min(start, 0xFFFFFFFF), 0))
+
+
+def _write_body(file, fd, body: np.ndarray) -> None:
+    for a in range(0, len(body), _PIECE):
+        at = file.tell()
+        file.write(body[a:a + _PIECE])
+        if fd is not None:  # the disk starts on it now: the fsync waits less
+            file.flush()
+            start_writeback(fd, at, file.tell() - at)
+
+
+def _write_pieces(file, fd, member: Pieces, crc: int) -> int:
+    """Write what ``member.make()`` yields; returns the CRC-32 continued from ``crc``."""
+    done = 0
+    for piece in member.make():
+        piece = np.ascontiguousarray(piece, dtype=member.dtype).reshape(-1).view(np.uint8)
+        done += len(piece)
+        if done > member.nbytes:
+            break
+        crc = crc32(piece, crc)
+        _write_body(file, fd, piece)
+    if done != member.nbytes:
+        raise ValueError(f"a streamed .npy member of {member.nbytes} bytes was made of "
+                         f"{'more' if done > member.nbytes else done}")
+    return crc

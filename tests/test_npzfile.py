@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpu_pitr import crc
-from gpu_pitr.npzfile import write_npz
+from gpu_pitr.npzfile import Pieces, write_npz
 
 ARRAYS = {
     "ids": np.array(["a", "bé", "c" * 40, "\U0001f600"]),
@@ -55,6 +55,36 @@ def test_bytes_are_those_of_np_savez(monkeypatch, limit) -> None:
         got = loaded[name]
         assert got.dtype == arr.dtype and got.shape == arr.shape
         assert got.tobytes() == arr.tobytes()
+
+
+def _pieces(arr: np.ndarray, rows: list[int]) -> Pieces:
+    """``arr`` as a streamed member, made in pieces of the given row counts (cycled)."""
+    def make():
+        at, k = 0, 0
+        while at < len(arr):
+            step = rows[k % len(rows)]
+            yield arr[at:at + step]
+            at += step
+            k += 1
+    return Pieces(arr.dtype, arr.shape, make)
+
+
+@pytest.mark.parametrize("rows", [[1], [3, 0, 2], [1000]])
+@pytest.mark.parametrize("limit", [None, 100])
+def test_members_made_in_pieces_are_the_arrays_bytes(rows, limit) -> None:
+    """A member made as it is written (any piece sizes, empty ones too) gives the
+    archive the array itself gives, ZIP64 records and CRC-32s included."""
+    kw = {} if limit is None else {"zip64_limit": limit}
+    streamed = {name: _pieces(arr, rows) if arr.ndim and len(arr) else arr
+                for name, arr in ARRAYS.items()}
+    assert sum(isinstance(v, Pieces) for v in streamed.values()) == 4
+    assert _written(streamed, **kw) == _written(ARRAYS, **kw)
+
+
+@pytest.mark.parametrize("made", [np.array(["a", "b"]), np.array(["a", "b", "c", "d"])])
+def test_a_member_made_of_other_bytes_than_announced_is_an_error(made) -> None:
+    with pytest.raises(ValueError, match="streamed .npy member of 12 bytes"):
+        _written({"ids": Pieces("<U1", (3,), lambda: iter([made]))})
 
 
 def test_zip64_records_where_a_field_overflows() -> None:

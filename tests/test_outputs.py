@@ -103,6 +103,29 @@ def test_npz_contract(wal_dir: Path, tmp_path: Path, expected) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz"]
 
 
+@pytest.mark.parametrize("piece", [1, 50, 1 << 20])
+def test_npz_ids_made_as_written_are_the_ids_array(wal_dir: Path, tmp_path: Path,
+                                                    monkeypatch, piece) -> None:
+    """The .npz's ids member, made a few rows at a time as it is written (not as one
+    unicode array of the whole index), is byte for byte the one ``ids`` gives."""
+    import gpu_pitr.outputs as outputs
+
+    monkeypatch.setattr(outputs, "_IDS_PIECE", piece)
+    streamed = gpu_pitr.restore(wal_dir, backend="cpu")
+    assert "ids" not in vars(streamed)
+    write_output(streamed, tmp_path / "streamed.npz", "npz")
+    assert "ids" not in vars(streamed)  # never made whole
+    whole = gpu_pitr.restore(wal_dir, backend="cpu")
+    assert whole.ids.dtype == np.dtype("<U7")  # the longest id's UTF-8 bytes
+    write_output(whole, tmp_path / "whole.npz", "npz")
+
+    def members(path):
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k].tobytes() for k in npz.files if k != "report"}, npz["ids"].dtype
+
+    assert members(tmp_path / "streamed.npz") == members(tmp_path / "whole.npz")
+
+
 def test_parquet(wal_dir: Path, tmp_path: Path, expected) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
