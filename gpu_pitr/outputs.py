@@ -196,15 +196,36 @@ def parquet_table(index):
     return table.replace_schema_metadata({PARQUET_REPORT_KEY: report})
 
 
+#: Rows of a Parquet row group (``pq.write_table``'s default), each made as it is
+#: written: the ids are gathered into row order a group at a time, not all at once.
+_PARQUET_ROWS = 1 << 20
+
+
+def _rows_of(index, lo: int, hi: int):
+    """Rows ``lo:hi`` of ``index`` (a host index) as an index of their own (views)."""
+    from gpu_pitr.index import RestoredIndex
+
+    return RestoredIndex(index._id_arena, index._id_offs[lo:hi], index._id_lens[lo:hi],
+                         index.vectors[lo:hi], index._meta_arena, index._meta_offs[lo:hi],
+                         index._meta_lens[lo:hi], index.report)
+
+
 def _write_parquet(index, out: Path) -> list[Path]:
     import pyarrow.parquet as pq
 
+    index = index.to_host()
+    n = len(index)
+    groups = [(a, min(n, a + _PARQUET_ROWS)) for a in range(0, max(n, 1), _PARQUET_ROWS)]
     try:
-        table = parquet_table(index)
+        first = parquet_table(_rows_of(index, *groups[0]))
     except WalError as err:
         raise WalError(err.what, file=str(out)) from None
-    with atomic_files(out) as (tmp,):
-        pq.write_table(table, tmp)
+    with atomic_files(out) as (tmp,), pq.ParquetWriter(tmp, first.schema) as writer:
+        writer.write_table(first, row_group_size=_PARQUET_ROWS)
+        del first
+        for lo, hi in groups[1:]:
+            writer.write_table(parquet_table(_rows_of(index, lo, hi)),
+                               row_group_size=_PARQUET_ROWS)
     return [out]
 
 

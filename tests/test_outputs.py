@@ -151,6 +151,26 @@ def test_parquet(wal_dir: Path, tmp_path: Path, expected) -> None:
     assert_same_report(report, expected.report.to_dict())
 
 
+@pytest.mark.parametrize("rows", [1, 3, 1 << 20])
+def test_parquet_written_a_row_group_at_a_time_is_the_table(tmp_path: Path, expected,
+                                                             monkeypatch, rows) -> None:
+    """Each row group is made as it is written (the ids gathered a group at a time):
+    the file reads back as the whole index's table, in ceil(n / rows) row groups."""
+    import pyarrow.parquet as pq
+
+    import gpu_pitr.outputs as outputs
+
+    monkeypatch.setattr(outputs, "_PARQUET_ROWS", rows)
+    write_output(expected, tmp_path / "o.parquet", "parquet")
+    pq.write_table(outputs.parquet_table(expected), tmp_path / "whole.parquet")
+    got, want = pq.read_table(tmp_path / "o.parquet"), pq.read_table(tmp_path / "whole.parquet")
+    assert got.schema.equals(want.schema, check_metadata=True)
+    assert got["id"].equals(want["id"]) and got["metadata"].equals(want["metadata"])
+    bits_of = [vector_bits(t["vector"].combine_chunks().flatten().to_numpy()) for t in (got, want)]
+    assert bits_of[0] == bits_of[1]  # NaNs never compare equal: their bits do
+    assert pq.ParquetFile(tmp_path / "o.parquet").num_row_groups == -(-len(expected) // rows)
+
+
 def test_faiss(wal_dir: Path, tmp_path: Path, expected) -> None:
     import faiss
 
