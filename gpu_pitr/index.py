@@ -74,6 +74,16 @@ def _distinct_spans(arena: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> tu
     return np.unique(which, return_index=True)[1], which
 
 
+#: Rows of ``metadata_json`` made at a time (each a Python list before NumPy's).
+_JSON_ROWS = 1 << 16
+
+
+def json_rows(texts: list[str], which: np.ndarray, width: int) -> np.ndarray:
+    """Rows of ``RestoredIndex.metadata_json`` from ``metadata_texts()``' parts."""
+    return np.array([texts[k] if k >= 0 else "null" for k in which.tolist()],
+                    dtype=f"<U{width}").reshape(len(which))
+
+
 def decode_metadata(raw: bytes) -> dict[str, str]:
     """A bincode ``HashMap<String, String>`` (already validated): later keys win."""
     count, p = decode_varint(raw, 0, 64)
@@ -164,23 +174,30 @@ class RestoredIndex:
 
     def metadata_json(self) -> np.ndarray:
         """One JSON object per id (``"null"`` when absent): sorted keys, compact."""
+        texts, which, width = self.metadata_texts()
+        out = np.empty(len(which), f"<U{width}")
+        for lo in range(0, len(which), _JSON_ROWS):
+            out[lo:lo + _JSON_ROWS] = json_rows(texts, which[lo:lo + _JSON_ROWS], width)
+        return out
+
+    def metadata_texts(self) -> tuple[list[str], np.ndarray, int]:
+        """``(texts, which, width)``: the JSON of each distinct metadata map; per id the
+        index of its text in ``texts`` (-1: no metadata, ``"null"``); the characters
+        of the longest (at least 4). ``json_rows`` makes rows of ``metadata_json``."""
         n = len(self._meta_offs)
-        if not n:
-            return np.zeros(0, "<U4")
+        which = np.full(n, -1, np.int64)
         a = self._meta_arena
         present = np.flatnonzero(self._meta_offs >= 0)
+        if not len(present):
+            return [], which, 4
         # Most ids carry no metadata, and stores repeat a few maps over many ids:
         # each distinct encoding goes through json once.
         offs, lens = self._meta_offs[present], self._meta_lens[present]
-        distinct, which = _distinct_spans(a, offs, lens)
+        distinct, which[present] = _distinct_spans(a, offs, lens)
         texts = [json.dumps(decode_metadata(a[o:o + m].tobytes()), sort_keys=True,
                             ensure_ascii=False, separators=(",", ":"))
                  for o, m in zip(offs[distinct].tolist(), lens[distinct].tolist(), strict=True)]
-        width = max([4, *map(len, texts)])
-        out = np.full(n, "null", dtype=f"<U{width}")
-        if texts:
-            out[present] = np.array(texts, dtype=f"<U{width}")[which]
-        return out
+        return texts, which, max([4, *map(len, texts)])
 
     def to_host(self) -> RestoredIndex:
         """This index with its vectors in host memory (a NumPy array)."""

@@ -150,7 +150,7 @@ def _write_npz(index, out: Path) -> list[Path]:
         write_npz(file, {
             "ids": _ids_member(index),
             "vectors": np.asarray(index.vectors, dtype=np.float32),
-            "metadata": np.asarray(index.metadata_json(), dtype=np.str_),
+            "metadata": _metadata_member(index),
             "report": np.array(report),
         })
     return [out]
@@ -170,6 +170,19 @@ def _ids_member(index):
     rows = max(1, _IDS_PIECE // (4 * width))
     return Pieces(f"<U{width}", (n,), lambda: (
         index.ids_rows(a, min(a + rows, n)) for a in range(0, n, rows)))
+
+
+def _metadata_member(index):
+    """``index.metadata_json()`` as an .npz member made as it is written: the JSON of
+    each distinct map is held once, the unicode rows (4 bytes a character, as wide as
+    the longest) a piece at a time (500k ids of 1 KB text chunks: 2.2 GB each copy)."""
+    from gpu_pitr.index import json_rows
+
+    texts, which, width = index.metadata_texts()
+    n = len(which)
+    rows = max(1, _IDS_PIECE // (4 * width))
+    return Pieces(f"<U{width}", (n,), lambda: (
+        json_rows(texts, which[a:a + rows], width) for a in range(0, n, rows)))
 
 
 def parquet_table(index):
@@ -196,9 +209,22 @@ def parquet_table(index):
     return table.replace_schema_metadata({PARQUET_REPORT_KEY: report})
 
 
-#: Rows of a Parquet row group (``pq.write_table``'s default), each made as it is
-#: written: the ids are gathered into row order a group at a time, not all at once.
+#: Rows of a Parquet row group at most (``pq.write_table``'s default), and bytes of
+#: ids, vectors and metadata at most (about; at least one row): each group is made as
+#: it is written, its ids gathered into row order and its maps built then, so wide
+#: rows (1 KB texts as metadata) do not make a group of gigabytes.
 _PARQUET_ROWS = 1 << 20
+_PARQUET_BYTES = 128 << 20
+
+
+def _parquet_group_rows(index) -> int:
+    n = len(index)
+    if not n:
+        return _PARQUET_ROWS
+    dim = index.vectors.shape[1] if index.vectors.ndim == 2 else 0
+    present = index._meta_offs >= 0
+    row = (4 * dim + (int(index._id_lens.sum()) + int(index._meta_lens[present].sum())) / n)
+    return int(max(1, min(_PARQUET_ROWS, _PARQUET_BYTES // max(row, 1))))
 
 
 def _rows_of(index, lo: int, hi: int):
@@ -215,17 +241,17 @@ def _write_parquet(index, out: Path) -> list[Path]:
 
     index = index.to_host()
     n = len(index)
-    groups = [(a, min(n, a + _PARQUET_ROWS)) for a in range(0, max(n, 1), _PARQUET_ROWS)]
+    rows = _parquet_group_rows(index)
+    groups = [(a, min(n, a + rows)) for a in range(0, max(n, 1), rows)]
     try:
         first = parquet_table(_rows_of(index, *groups[0]))
     except WalError as err:
         raise WalError(err.what, file=str(out)) from None
     with atomic_files(out) as (tmp,), pq.ParquetWriter(tmp, first.schema) as writer:
-        writer.write_table(first, row_group_size=_PARQUET_ROWS)
+        writer.write_table(first, row_group_size=rows)
         del first
         for lo, hi in groups[1:]:
-            writer.write_table(parquet_table(_rows_of(index, lo, hi)),
-                               row_group_size=_PARQUET_ROWS)
+            writer.write_table(parquet_table(_rows_of(index, lo, hi)), row_group_size=rows)
     return [out]
 
 

@@ -108,9 +108,11 @@ def test_npz_ids_made_as_written_are_the_ids_array(wal_dir: Path, tmp_path: Path
                                                     monkeypatch, piece) -> None:
     """The .npz's ids member, made a few rows at a time as it is written (not as one
     unicode array of the whole index), is byte for byte the one ``ids`` gives."""
+    import gpu_pitr.index
     import gpu_pitr.outputs as outputs
 
     monkeypatch.setattr(outputs, "_IDS_PIECE", piece)
+    monkeypatch.setattr(gpu_pitr.index, "_JSON_ROWS", max(1, piece // 16))
     streamed = gpu_pitr.restore(wal_dir, backend="cpu")
     assert "ids" not in vars(streamed)
     write_output(streamed, tmp_path / "streamed.npz", "npz")
@@ -124,6 +126,11 @@ def test_npz_ids_made_as_written_are_the_ids_array(wal_dir: Path, tmp_path: Path
             return {k: npz[k].tobytes() for k in npz.files if k != "report"}, npz["ids"].dtype
 
     assert members(tmp_path / "streamed.npz") == members(tmp_path / "whole.npz")
+    with np.load(tmp_path / "streamed.npz", allow_pickle=False) as npz:
+        want = whole.metadata_json()
+        assert npz["metadata"].dtype == want.dtype and npz["metadata"].tolist() == [
+            json.dumps(m, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+            for m in whole.metadata] == want.tolist()
 
 
 def test_parquet(wal_dir: Path, tmp_path: Path, expected) -> None:
@@ -151,16 +158,24 @@ def test_parquet(wal_dir: Path, tmp_path: Path, expected) -> None:
     assert_same_report(report, expected.report.to_dict())
 
 
-@pytest.mark.parametrize("rows", [1, 3, 1 << 20])
+@pytest.mark.parametrize(("rows", "nbytes"), [(1, 1 << 30), (3, 1 << 30), (1 << 20, 1 << 30),
+                                             (1 << 20, 300), (1 << 20, 1)])
 def test_parquet_written_a_row_group_at_a_time_is_the_table(tmp_path: Path, expected,
-                                                             monkeypatch, rows) -> None:
-    """Each row group is made as it is written (the ids gathered a group at a time):
-    the file reads back as the whole index's table, in ceil(n / rows) row groups."""
+                                                             monkeypatch, rows, nbytes) -> None:
+    """Each row group is made as it is written (the ids gathered a group at a time), of
+    at most ``rows`` rows and about ``nbytes`` bytes: the file reads back as the whole
+    index's table, in ceil(n / rows) row groups."""
     import pyarrow.parquet as pq
 
     import gpu_pitr.outputs as outputs
 
     monkeypatch.setattr(outputs, "_PARQUET_ROWS", rows)
+    monkeypatch.setattr(outputs, "_PARQUET_BYTES", nbytes)
+    # A row's bytes: its vector, and on average the index's id and metadata bytes.
+    maps = expected._meta_lens[expected._meta_offs >= 0]
+    row = 12 + (int(expected._id_lens.sum()) + int(maps.sum())) / len(expected)
+    assert 90 < row < 150  # so 300 bytes make groups of 2 rows
+    rows = min(rows, max(1, int(nbytes // row)))
     write_output(expected, tmp_path / "o.parquet", "parquet")
     pq.write_table(outputs.parquet_table(expected), tmp_path / "whole.parquet")
     got, want = pq.read_table(tmp_path / "o.parquet"), pq.read_table(tmp_path / "whole.parquet")
