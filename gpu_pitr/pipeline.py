@@ -31,7 +31,7 @@ from gpu_pitr.errors import (
     TargetNotFoundError,
     WalError,
 )
-from gpu_pitr.format.columns import ChunkColumns
+from gpu_pitr.format.columns import ChunkColumns, move_records
 from gpu_pitr.format.frame import frame_records, header_problem
 from gpu_pitr.format.layout import (
     BATCH,
@@ -284,8 +284,7 @@ class _Restore:
         self.report.bytes_read += item.bytes_read
         c = self.cols
         m = self.n_carried
-        sizes = c.length[:m] + RECORD_HEADER_SIZE
-        held = int(sizes.sum())
+        held = int(c.length[:m].sum()) + m * RECORD_HEADER_SIZE
         buf, start, shift = item.buf, item.start, 0
         if held > start:
             # A copy of item.buf ahead (stage) is of no use at other offsets, and the
@@ -296,11 +295,8 @@ class _Restore:
             buf[held:held + span] = item.buf[item.start:item.end]
             shift = held - item.start
             start = held
-        pos = start - held
-        for i, (o, size) in enumerate(zip(c.off[:m].tolist(), sizes.tolist(), strict=True)):
-            buf[pos:pos + size] = self.buf[o:o + size]
-            c.off[i] = pos
-            pos += size
+        if m:
+            move_records(self.buf, buf, c.off, c.length, m, start - held)
         if self._piece is not None:
             self._reader.release(self._piece)
         self._piece = item.ring if buf is item.buf else None

@@ -100,3 +100,21 @@ def _trailing_rows(off, length, status, stop, first, n):
             rows[count] = i
             count += 1
     return rows
+
+
+@njit(cache=True, nogil=True)
+def move_records(src, dst, off, length, m, pos):
+    """Copy records ``0..m-1`` (each ``RECORD_HEADER_SIZE + length[i]`` bytes at
+    ``src[off[i]:]``) back to back into ``dst`` from ``pos``, pointing ``off`` at their
+    new places; returns the end. (The records of open transactions, carried into each
+    chunk's buffer: a Python loop took about 1 us a record, per chunk they are carried.)"""
+    for i in range(m):
+        o = off[i]
+        size = RECORD_HEADER_SIZE + length[i]
+        d = dst[pos:pos + size]
+        s = src[o:o + size]
+        for k in range(size):
+            d[k] = s[k]
+        off[i] = pos
+        pos += size
+    return pos
