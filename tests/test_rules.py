@@ -557,3 +557,28 @@ def test_result_is_the_same_for_every_chunk_size_and_executor(tmp_path):
     assert any(m for m in first[3]) and None in first[3]  # metadata, empty and absent
     for key, result in results.items():
         assert result == first, key
+
+
+# ------------------------------------------------------------ carried records, bytes
+@pytest.mark.parametrize("chunk", [64, 300, 4096])
+def test_records_carried_through_many_chunks_keep_every_byte(backend, tmp_path, chunk):
+    """The records of transactions open across many chunks are carried from buffer to
+    buffer: every byte of them (ids, vectors, metadata, the stamp of the commit that
+    applies them) arrives as written, whatever the chunk size, with two transactions
+    open at once and autocommit records between their records."""
+    b = LogBuilder()
+    b.add(Begin(1, 10))
+    b.add(Begin(2, 11))
+    for i in range(60):
+        ident = f"id-{i:03d}-{'é' * (i % 7)}"
+        b.add(Ins(ident, [float(i), -float(i), 0.5 + i], {"k": "v" * (i % 13)} if i % 3 else None,
+                  100 + i))
+    b.add(Commit(2, 500))  # the most recently begun takes the data records
+    b.add(Ins("plain", [9.0, 9.0, 9.0], None, 501))  # autocommit: 1 is still open...
+    b.add(Commit(1, 502))
+    got = restore(b.write(tmp_path / "wal"), backend, chunk_bytes=chunk)
+    want = {f"id-{i:03d}-{'é' * (i % 7)}": (f32(i, -float(i), 0.5 + i),
+                                             {"k": "v" * (i % 13)} if i % 3 else None)
+            for i in range(60)}
+    assert state(got) == want | {"plain": (f32(9, 9, 9), None)}
+    assert got.report["last_commit_timestamp"] == 502
