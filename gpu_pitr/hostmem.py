@@ -166,16 +166,22 @@ def join_releasing(parts: list, dtype, size: int = 0, block: int | None = None):
     least (what follows the parts is left unset)."""
     import numpy as np
 
-    block = block or RELEASE_BLOCK
     out = np.empty(max(size, sum(len(p) for p in parts)), dtype)
     at = 0
     for p in parts:
-        n = len(p)
-        base = p.ctypes.data if n else 0
-        done = base
-        for a in range(0, n, block):
-            b = min(a + block, n)
-            out[at + a:at + b] = p[a:b]
-            done = release(done, base + b * p.itemsize)
-        at += n
+        copy_releasing(out[at:at + len(p)], p, block)
+        at += len(p)
     return out
+
+
+def copy_releasing(dst, src, block: int | None = None) -> None:
+    """``dst[:] = src`` (1-d, equal lengths) a block at a time, each copied block's
+    whole pages of ``src`` handed back to the OS (``src`` is spent: zeros after)."""
+    block = block or RELEASE_BLOCK
+    n = len(src)
+    base = src.ctypes.data if n else 0
+    done = base
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        dst[a:b] = src[a:b]
+        done = release(done, base + b * src.itemsize)

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gpu_pitr
+from gpu_pitr import hostmem
 from gpu_pitr.resolve import hostmap
 
 
@@ -104,6 +105,48 @@ def test_arenas_grown_many_times_keep_every_byte(tmp_path, monkeypatch, block):
     got = w.restore_fast(wal, chunk_bytes=256)
     assert (got.ids, got.vectors, got.metadata) == (ref.ids, ref.vectors, ref.metadata)
     assert len(grown) >= 10 and max(grown) > 1000
+
+
+@pytest.mark.parametrize("spare", [True, False])
+def test_rows_reserved_for_even_shards_when_room_for_any_is_refused(tmp_path, monkeypatch,
+                                                                    spare):
+    """When room for any one shard to hold every row passes what the OS is asked for,
+    rows are reserved for even shards (an eighth to spare): a restore needs no growth
+    then; with no rows to spare at all, the shards past their share grow the rows
+    (copied, the old pages handed back): the same result either way."""
+    real = hostmap.HostMap.set_dim
+    reserved, grown = [], []
+
+    def set_dim(self, dim):
+        most = self._total_bytes // (4 * dim + 17) + 16
+        self._limit = self.n_shards * most * 4 * dim - 1  # the full room is refused
+        real(self, dim)
+        reserved.append((self.rows.shape[0], self.n_shards * most, most))
+        if not spare:  # no room to spare: growth must carry every row so far
+            self._grow_rows(16)
+
+    real_grow = hostmap.HostMap._grow_rows
+
+    def grow(self, cap, reserve=False):
+        grown.append(cap)
+        return real_grow(self, cap, reserve)
+
+    monkeypatch.setattr(hostmap.HostMap, "set_dim", set_dim)
+    monkeypatch.setattr(hostmap.HostMap, "_grow_rows", grow)
+    monkeypatch.setattr(hostmem, "RELEASE_BLOCK", 4096)
+    log = w.LogBuilder()
+    for i in range(3000):
+        log.add(w.Upd(f"k{i * 7919 % 2000}", [float(i), 1.0, 2.0, 3.0], None, ts=i))
+    wal = log.write(tmp_path / "wal")
+    got = w.restore_fast(wal, backend="cpu", chunk_bytes=16 << 10)
+    ref = w.restore_ref(wal)
+    assert (got.ids, got.vectors, got.metadata) == (ref.ids, ref.vectors, ref.metadata)
+    rows, full, most = reserved[0]
+    assert rows < full and rows >= most
+    if spare:
+        assert grown == [rows]  # the reservation alone
+    else:
+        assert len(grown) > 3  # grown from 16 rows, over and over
 
 
 def test_arenas_stay_bounded_under_churn(tmp_path, monkeypatch):

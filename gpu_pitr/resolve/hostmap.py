@@ -20,7 +20,7 @@ from numba import prange
 
 from gpu_pitr.format.layout import DELETE, INSERT
 from gpu_pitr.format.payload import read_uint_le
-from gpu_pitr.hostmem import aligned_empty, join_releasing
+from gpu_pitr.hostmem import aligned_empty, copy_releasing, join_releasing
 from gpu_pitr.jit import (
     NO_REFCOUNTS,
     PREFETCH_AHEAD,
@@ -658,8 +658,8 @@ class HostMap:
         shape = (cap, 4 * max(self.dim, 0))
         self.rows = (_reserve(shape, np.uint8, self._limit, aligned_empty) if reserve
                      else aligned_empty(shape, np.uint8))
-        if used:
-            self.rows[:used] = old[:used]
+        if used:  # the old rows' pages handed back as they are copied: not twice the rows
+            copy_releasing(self.rows[:used].reshape(-1), old[:used].reshape(-1))
         del old
         per_shard = self.rows.shape[0] // self.n_shards + ROW_BLOCK
         for sh in self.shards:
@@ -676,7 +676,14 @@ class HostMap:
         """
         self.dim = int(dim)
         most = self._total_bytes // (4 * self.dim + 17) + 16
-        self._grow_rows(self.n_shards * most, reserve=True)
+        rows = self.n_shards * most  # room for any one shard to hold every row
+        if rows * 4 * self.dim > self._limit:
+            # More than the OS is asked for: rows for even shards (their keys are
+            # hashed) and an eighth to spare; a shard past its share grows the rows.
+            # (Before, a log over a sixteenth of the RAM with 8 shards started from
+            # a stub and grew by copying, 3x the vectors in all.)
+            rows = most + most // 8 + self.n_shards * ROW_BLOCK
+        self._grow_rows(rows, reserve=True)
         for sh in self.shards:
             if sh.ids_used == 0:
                 sh.ids = _reserve((self._total_bytes,), np.uint8, self._limit)
