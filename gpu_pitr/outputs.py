@@ -185,10 +185,11 @@ def _metadata_member(index):
         json_rows(texts, which[a:a + rows], width) for a in range(0, n, rows)))
 
 
-def parquet_table(index):
+def parquet_table(index, report: bytes | None = None):
     """The index as a ``pyarrow.Table``: ``id`` string, ``vector``
     fixed_size_list<float32>[dim], ``metadata`` map<string, string> (null when absent),
-    with the report as JSON under ``PARQUET_REPORT_KEY`` in the schema metadata.
+    with the report as JSON under ``PARQUET_REPORT_KEY`` in the schema metadata
+    (``report``: that JSON, made once by a caller making many tables of one index).
     """
     pa = _import_extra("parquet")
     from gpu_pitr.snapshot.arrow import ids_array, metadata_array
@@ -205,7 +206,8 @@ def parquet_table(index):
         vector_col = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
     table = pa.table({"id": ids_array(index), "vector": vector_col,
                       "metadata": metadata_array(index)})
-    report = json.dumps(index.report.to_dict()).encode()
+    if report is None:
+        report = json.dumps(index.report.to_dict()).encode()
     return table.replace_schema_metadata({PARQUET_REPORT_KEY: report})
 
 
@@ -243,15 +245,17 @@ def _write_parquet(index, out: Path) -> list[Path]:
     n = len(index)
     rows = _parquet_group_rows(index)
     groups = [(a, min(n, a + rows)) for a in range(0, max(n, 1), rows)]
+    report = json.dumps(index.report.to_dict()).encode()  # once, not per group
     try:
-        first = parquet_table(_rows_of(index, *groups[0]))
+        first = parquet_table(_rows_of(index, *groups[0]), report)
     except WalError as err:
         raise WalError(err.what, file=str(out)) from None
     with atomic_files(out) as (tmp,), pq.ParquetWriter(tmp, first.schema) as writer:
         writer.write_table(first, row_group_size=rows)
         del first
         for lo, hi in groups[1:]:
-            writer.write_table(parquet_table(_rows_of(index, lo, hi)), row_group_size=rows)
+            writer.write_table(parquet_table(_rows_of(index, lo, hi), report),
+                               row_group_size=rows)
     return [out]
 
 
