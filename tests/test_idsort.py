@@ -379,3 +379,49 @@ def test_digits_combine_until_their_values_would_not_fit(monkeypatch):
     order = sorted_id_order(*_arena(ids))
     assert order.tolist() == sorted(range(len(ids)), key=lambda i: ids[i])
     assert counted == want
+
+
+# Ids of skewed lengths: most short, a few long, with shared prefixes and ties in the
+# words the radix sort takes (a long id extending a short one, two long ones sharing
+# their first words, equal ids).
+_SKEWED = st.lists(st.one_of(
+    st.binary(max_size=12),
+    st.builds(lambda p, s: p + s, st.sampled_from([b"", b"abcdefgh", b"abcdefghij"]),
+              st.binary(min_size=20, max_size=90))), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_SKEWED, st.sampled_from([0.0, 0.1, 0.5]), st.integers(1, 3))
+def test_ids_longer_than_the_radix_words_sort_by_comparison(ids, share, save):
+    """With only the words of most ids radix sorted, the runs they leave tied that hold
+    a longer id are sorted by comparison: the same byte order, stably."""
+    import gpu_pitr.resolve.idsort as idsort
+
+    saved = idsort.LONG_IDS_WORDS, idsort.LONG_IDS_SHARE, idsort.LONG_IDS_SAVE
+    idsort.LONG_IDS_WORDS, idsort.LONG_IDS_SHARE, idsort.LONG_IDS_SAVE = 0, share, save
+    try:
+        order = sorted_id_order(*_arena(ids))
+    finally:
+        idsort.LONG_IDS_WORDS, idsort.LONG_IDS_SHARE, idsort.LONG_IDS_SAVE = saved
+    assert [ids[i] for i in order] == sorted(ids)
+    assert all(order[k] < order[k + 1] for k in range(len(ids) - 1)
+               if ids[order[k]] == ids[order[k + 1]])
+
+
+def test_one_long_id_does_not_make_every_id_pay_for_its_words(monkeypatch):
+    """One 64 KiB id among 20k ids of 16 bytes: 2 words radix sorted, not 8,192, and the
+    long ones that tie a short one on them sorted by comparison."""
+    import gpu_pitr.resolve.idsort as idsort
+
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(97, 123, 16, dtype=np.uint8).tobytes() for _ in range(20_000)]
+    ids += [b"z" * 65_536, ids[5] + b"q" * 70_000, ids[5] + b"a" * 65_536, ids[5]]
+    built, runs = [], []
+    real_columns, real_runs = idsort._word_columns, idsort._sort_long_runs
+    monkeypatch.setattr(idsort, "_word_columns", lambda i, o, n, w0, out: (
+        built.extend(range(w0, w0 + len(out))), real_columns(i, o, n, w0, out)))
+    monkeypatch.setattr(idsort, "_sort_long_runs", lambda *a: (
+        runs.append(a[4:]), real_runs(*a)))
+    order = sorted_id_order(*_arena(ids))
+    assert [ids[i] for i in order] == sorted(ids)
+    assert sorted(built) == [0, 1] and runs == [(0, 2)]

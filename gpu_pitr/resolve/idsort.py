@@ -73,28 +73,31 @@ def span_keys(arena: np.ndarray, offs: np.ndarray, lens: np.ndarray, *,
     return keys
 
 
+@register_jitable(inline="always")
+def _padded_word(ids, o, n, at, end):
+    # Bytes ``at..at+7`` of the id ``ids[o:o+n]`` as one big-endian word, zero padded past
+    # its end (integer order == byte order): one load, masked, and a byte swap.
+    rem = n - at
+    if rem >= 8:
+        return _word_be(ids, o + at)
+    if rem <= 0:
+        return np.uint64(0)
+    if o + at + 8 <= end:
+        keep = (np.uint64(1) << np.uint64(8 * rem)) - np.uint64(1)
+        return _byteswap(read_uint_le(ids, o + at, 8) & keep)
+    return _byteswap(read_uint_le(ids, o + at, rem))  # the last bytes of the arena
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _word_columns(ids, offs, lens, w0, out):
-    # ``out[j, i]``: word ``w0 + j`` of id i, big-endian and zero padded (integer order
-    # == byte order). Every id is read once for all the columns (the arena once per
-    # group of columns); a word is one load (masked past the id's end) and a byte swap.
+    # ``out[j, i]``: word ``w0 + j`` of id i, big-endian and zero padded. Every id is
+    # read once for all the columns (the arena once per group of columns).
     end = len(ids)
     for i in prange(len(offs)):
         n = lens[i]
         o = offs[i]
         for j in range(out.shape[0]):
-            at = 8 * (w0 + j)
-            rem = n - at
-            if rem >= 8:
-                v = _word_be(ids, o + at)
-            elif rem <= 0:
-                v = np.uint64(0)
-            elif o + at + 8 <= end:
-                keep = (np.uint64(1) << np.uint64(8 * rem)) - np.uint64(1)
-                v = _byteswap(read_uint_le(ids, o + at, 8) & keep)
-            else:  # the last bytes of the arena
-                v = _byteswap(read_uint_le(ids, o + at, rem))
-            out[j, i] = v
+            out[j, i] = _padded_word(ids, o, n, 8 * (w0 + j), end)
 
 
 def sorted_id_order(ids: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -123,9 +126,10 @@ def sorted_id_order(ids: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> np.n
     n_words = (width + 7) // 8
     group = max(1, min(n_words, WORD_COLUMNS_BYTES // (8 * n)))
     shared = _shared_words(ids, offs, lens, n_words, group)
+    cut = _radix_words(lens, n_words, shared)
     ranks = np.empty((group, n), np.int16)  # FEW_WORDS < 2**15
     tables = np.empty((8, 256), np.int32)
-    for end in range(n_words, shared, -group):
+    for end in range(cut, shared, -group):
         w0 = max(shared, end - group)
         words = np.empty((end - w0, n), np.uint64)
         _word_columns(ids, offs, lens, w0, words)
@@ -138,7 +142,100 @@ def sorted_id_order(ids: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> np.n
             for b in range(8):  # least significant byte first
                 sort.push(int(values[b]), _add_byte_digit, words[j], 8 * b, tables[b])
         del words
-    return sort.finish()
+    order = sort.finish()
+    if cut < n_words:  # ids longer than the words sorted: their runs, by comparison
+        _sort_long_runs(ids, offs, lens, order, shared, cut)
+    return order
+
+
+# Ids longer than this many 8-byte words may be few: then only the words of all but
+# LONG_IDS_SHARE of the ids (and at least LONG_IDS_SAVE words fewer than the longest)
+# are radix sorted, and the runs those words leave tied that hold a longer id are
+# sorted by comparison. One 64 KiB id among 20k ids of 16 bytes made every id pay for
+# 8,192 words: 769 ms against 2.7 ms.
+LONG_IDS_WORDS = 8
+LONG_IDS_SHARE = 1 / 1000
+LONG_IDS_SAVE = 4
+
+
+def _radix_words(lens: np.ndarray, n_words: int, shared: int) -> int:
+    """How many leading words the radix sort takes (``n_words``: all of them)."""
+    if n_words <= LONG_IDS_WORDS:
+        return n_words
+    n = len(lens)
+    k = n - 1 - int(n * LONG_IDS_SHARE)  # the length all but that share are within
+    cut = max(shared + 1, (int(np.partition(lens, k)[k]) + 7) // 8)
+    return cut if n_words - cut >= LONG_IDS_SAVE else n_words
+
+
+@register_jitable
+def _same_words(ids, a_off, a_len, b_off, b_len, w0, w1, end):
+    for w in range(w0, w1):
+        if _padded_word(ids, a_off, a_len, 8 * w, end) != _padded_word(ids, b_off, b_len,
+                                                                         8 * w, end):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _sort_long_runs(ids, offs, lens, order, w0, w1):
+    """Sort, by comparing bytes, each run of ``order`` whose ids agree on words
+    ``w0..w1-1`` (the words before ``w0`` every id shares) and that holds an id longer
+    than them: stably, in place (a merge sort)."""
+    n = len(order)
+    end = len(ids)
+    covered = 8 * w1
+    tmp = np.empty(n, np.int64)
+    i = 0
+    while i < n:
+        a = order[i]
+        longer = lens[a] > covered
+        j = i + 1
+        while j < n:
+            b = order[j]
+            if not _same_words(ids, offs[a], lens[a], offs[b], lens[b], w0, w1, end):
+                break
+            longer = longer or lens[b] > covered
+            j += 1
+        if longer and j - i > 1:
+            _merge_sort(ids, offs, lens, order, i, j, tmp)
+        i = j
+
+
+@register_jitable
+def _merge_sort(ids, offs, lens, order, lo, hi, tmp):
+    # order[lo:hi] stably by the ids' bytes: bottom-up, through tmp.
+    width = 1
+    src, dst = order, tmp
+    in_tmp = False  # whether src is tmp
+    while width < hi - lo:
+        for a in range(lo, hi, 2 * width):
+            m = min(a + width, hi)
+            b = min(a + 2 * width, hi)
+            i, j, k = a, m, a
+            while i < m and j < b:
+                x, y = src[i], src[j]
+                if compare_ids(ids, offs[y], lens[y], ids, offs[x], lens[x]) < 0:
+                    dst[k] = y
+                    j += 1
+                else:  # equal: the left first (stable)
+                    dst[k] = x
+                    i += 1
+                k += 1
+            while i < m:
+                dst[k] = src[i]
+                i += 1
+                k += 1
+            while j < b:
+                dst[k] = src[j]
+                j += 1
+                k += 1
+        src, dst = dst, src
+        in_tmp = not in_tmp
+        width *= 2
+    if in_tmp:
+        for k in range(lo, hi):
+            order[k] = tmp[k]
 
 
 # The word columns built in one pass over the ids take at most this many bytes
