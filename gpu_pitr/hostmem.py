@@ -179,6 +179,8 @@ def copy_releasing(dst, src, block: int | None = None) -> None:
     whole pages of ``src`` handed back to the OS (``src`` is spent: zeros after)."""
     block = block or RELEASE_BLOCK
     n = len(src)
+    if n and not src.flags.c_contiguous:  # the pages handed back are found by address
+        raise ValueError("copy_releasing needs a contiguous source")
     base = src.ctypes.data if n else 0
     done = base
     for a in range(0, n, block):

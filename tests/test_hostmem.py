@@ -173,3 +173,11 @@ def test_join_releasing_hands_back_the_pages_it_copied():
     end = (part.ctypes.data + len(part)) // page * page - part.ctypes.data
     assert (part[:start] == 7).all() and (part[end:] == 7).all()
     assert not part[start:end].any() and end - start >= 62 * page
+
+
+def test_copy_releasing_refuses_a_strided_source():
+    """Pages are handed back by address: a strided view would hand back the bytes
+    between its elements, which are not its own."""
+    src = np.arange(100, dtype=np.uint8)[::2]
+    with pytest.raises(ValueError, match="contiguous"):
+        hostmem.copy_releasing(np.empty(50, np.uint8), src)
