@@ -274,8 +274,23 @@ def _write_faiss(index, out: Path) -> list[Path]:
         except RuntimeError as err:
             raise _faiss_io_error(err) from err
         with open(tmp_ids, "w", encoding="utf-8") as file:
-            file.writelines(json.dumps(i, ensure_ascii=False) + "\n" for i in index.id_list())
+            _write_id_lines(file, index)
     return [out, ids_path]
+
+
+#: Ids of the FAISS sidecar made into Python strings at a time.
+_SIDECAR_ROWS = 1 << 16
+
+
+def _write_id_lines(file, index) -> None:
+    """One JSON string per id, a line each: made a block of rows at a time (not a
+    Python string of every id at once), each by ``json``'s C encoder directly."""
+    from json.encoder import encode_basestring  # what json.dumps(str, ensure_ascii=False) calls
+
+    n = len(index)
+    for lo in range(0, n, _SIDECAR_ROWS):
+        rows = _rows_of(index, lo, min(n, lo + _SIDECAR_ROWS)).id_list()
+        file.write("\n".join(map(encode_basestring, rows)) + "\n")
 
 
 def _faiss_io_error(err: RuntimeError) -> OSError:

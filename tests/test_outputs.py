@@ -206,6 +206,26 @@ def test_faiss(wal_dir: Path, tmp_path: Path, expected) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.faiss", "o.faiss.ids.jsonl"]
 
 
+@pytest.mark.parametrize("rows", [1, 3, 1 << 16])
+def test_faiss_sidecar_lines_are_json_of_each_id(tmp_path: Path, monkeypatch, rows) -> None:
+    """The sidecar, written a block of ids at a time, holds ``json.dumps(id,
+    ensure_ascii=False)`` of each id in row order: quotes, backslashes, control
+    characters, NUL, U+2028 and characters past the BMP included."""
+    pytest.importorskip("faiss")
+    import gpu_pitr.outputs as outputs
+
+    monkeypatch.setattr(outputs, "_SIDECAR_ROWS", rows)
+    odd = ['a"b', "c\\d", "e\nf\tg", "\x00", "\x1f\x7f", "\u2028x", "🙂", "é"]
+    b = LogBuilder()
+    for k, ident in enumerate(odd):
+        b.add(Ins(ident, f32(k, 0, 0), None, k))
+    index = gpu_pitr.restore(b.write(tmp_path / "wal"), backend="cpu")
+    write_output(index, tmp_path / "o.faiss", "faiss")
+    text = faiss_ids_path(tmp_path / "o.faiss").read_text(encoding="utf-8")
+    assert text == "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in index.id_list())
+    assert sorted(index.id_list()) == sorted(odd)
+
+
 def test_faiss_by_format_flag_any_name(wal_dir: Path, tmp_path: Path, expected) -> None:
     import faiss
 
