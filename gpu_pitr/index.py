@@ -199,6 +199,27 @@ class RestoredIndex:
                  for o, m in zip(offs[distinct].tolist(), lens[distinct].tolist(), strict=True)]
         return texts, which, max([4, *map(len, texts)])
 
+    def rows(self, lo: int, hi: int) -> RestoredIndex:
+        """Rows ``lo:hi`` as an index of their own (views of this one's columns, the
+        same arenas and report): what an output writes a piece at a time."""
+        return RestoredIndex(self._id_arena, self._id_offs[lo:hi], self._id_lens[lo:hi],
+                             self.vectors[lo:hi], self._meta_arena, self._meta_offs[lo:hi],
+                             self._meta_lens[lo:hi], self.report)
+
+    def row_groups(self, max_rows: int, max_bytes: int) -> list[tuple[int, int]]:
+        """``(lo, hi)`` of consecutive rows covering the index, each at most
+        ``max_rows`` rows and about ``max_bytes`` of ids, vectors and metadata (rows of
+        the average size; at least one row a group, and one group when empty)."""
+        n = len(self)
+        row = 0.0
+        if n:
+            present = self._meta_offs >= 0
+            dim = self.vectors.shape[1] if self.vectors.ndim == 2 else 0
+            row = 4 * dim + (int(self._id_lens.sum())
+                             + int(self._meta_lens[present].sum())) / n
+        step = int(max(1, min(max_rows, max_bytes // max(row, 1))))
+        return [(a, min(n, a + step)) for a in range(0, max(n, 1), step)]
+
     def to_host(self) -> RestoredIndex:
         """This index with its vectors in host memory (a NumPy array)."""
         if isinstance(self.vectors, np.ndarray):

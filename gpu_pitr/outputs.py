@@ -219,43 +219,22 @@ _PARQUET_ROWS = 1 << 20
 _PARQUET_BYTES = 128 << 20
 
 
-def _parquet_group_rows(index) -> int:
-    n = len(index)
-    if not n:
-        return _PARQUET_ROWS
-    dim = index.vectors.shape[1] if index.vectors.ndim == 2 else 0
-    present = index._meta_offs >= 0
-    row = (4 * dim + (int(index._id_lens.sum()) + int(index._meta_lens[present].sum())) / n)
-    return int(max(1, min(_PARQUET_ROWS, _PARQUET_BYTES // max(row, 1))))
-
-
-def _rows_of(index, lo: int, hi: int):
-    """Rows ``lo:hi`` of ``index`` (a host index) as an index of their own (views)."""
-    from gpu_pitr.index import RestoredIndex
-
-    return RestoredIndex(index._id_arena, index._id_offs[lo:hi], index._id_lens[lo:hi],
-                         index.vectors[lo:hi], index._meta_arena, index._meta_offs[lo:hi],
-                         index._meta_lens[lo:hi], index.report)
-
-
 def _write_parquet(index, out: Path) -> list[Path]:
     import pyarrow.parquet as pq
 
     index = index.to_host()
-    n = len(index)
-    rows = _parquet_group_rows(index)
-    groups = [(a, min(n, a + rows)) for a in range(0, max(n, 1), rows)]
+    groups = index.row_groups(_PARQUET_ROWS, _PARQUET_BYTES)
+    rows = groups[0][1] - groups[0][0] or 1
     report = json.dumps(index.report.to_dict()).encode()  # once, not per group
     try:
-        first = parquet_table(_rows_of(index, *groups[0]), report)
+        first = parquet_table(index.rows(*groups[0]), report)
     except WalError as err:
         raise WalError(err.what, file=str(out)) from None
     with atomic_files(out) as (tmp,), pq.ParquetWriter(tmp, first.schema) as writer:
         writer.write_table(first, row_group_size=rows)
         del first
         for lo, hi in groups[1:]:
-            writer.write_table(parquet_table(_rows_of(index, lo, hi), report),
-                               row_group_size=rows)
+            writer.write_table(parquet_table(index.rows(lo, hi), report), row_group_size=rows)
     return [out]
 
 
@@ -289,7 +268,7 @@ def _write_id_lines(file, index) -> None:
 
     n = len(index)
     for lo in range(0, n, _SIDECAR_ROWS):
-        rows = _rows_of(index, lo, min(n, lo + _SIDECAR_ROWS)).id_list()
+        rows = index.rows(lo, min(n, lo + _SIDECAR_ROWS)).id_list()
         file.write("\n".join(map(encode_basestring, rows)) + "\n")
 
 

@@ -816,3 +816,16 @@ def test_arrow_files_are_written_as_arrow_builds_them_in_memory(tmp_path, monkey
         want = sink.getvalue().to_pybytes()
         assert (tmp_path / name).read_bytes() == want and entry["size"] == len(want)
         assert len(entry["crc32"]) == -(-len(want) // 100)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 1 << 20])
+def test_metadata_batches_made_a_group_of_rows_at_a_time_load_the_same(tmp_path,
+                                                                       monkeypatch, rows):
+    """metadata.arrow written a group of rows at a time, as record batches made as
+    they are written: the same maps load back, in as many batches as groups."""
+    monkeypatch.setattr(fmt, "META_BATCH_ROWS", rows)
+    index = _rich(tmp_path)
+    out = write_snapshot(tmp_path / "s", index, position={})
+    _same(index, load_snapshot(out))
+    with pa.ipc.open_file(pa.memory_map(str(out / METADATA))) as reader:
+        assert reader.num_record_batches == -(-len(index) // rows)

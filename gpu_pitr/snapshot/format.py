@@ -159,7 +159,11 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
         id_field = pa.field(ID_COLUMN, pa.large_string(), nullable=False)
         files[IDS] = _write_ipc(tmp / IDS, pa, id_field, [ids_array(host)])
         meta_field = pa.field(METADATA_COLUMN, pa.map_(pa.string(), pa.string()))
-        files[METADATA] = _write_ipc(tmp / METADATA, pa, meta_field, metadata_chunks(host))
+        # The maps as record batches made as they are written (one group of rows at a
+        # time): not the whole index's keys and values in memory at once.
+        batches = (chunk for lo, hi in host.row_groups(META_BATCH_ROWS, META_BATCH_BYTES)
+                   for chunk in metadata_chunks(host.rows(lo, hi)))
+        files[METADATA] = _write_ipc(tmp / METADATA, pa, meta_field, batches)
         files[PENDING] = _write_file(tmp / PENDING, bytes(pending))
         manifest = {
             "format": FORMAT_NAME,
@@ -201,6 +205,11 @@ def _index_dim(host, vectors: np.ndarray, count: int) -> int | None:
     if count and vectors.shape != (count, dim):
         raise ValueError(f"vectors have shape {vectors.shape}, expected ({count}, {dim})")
     return None if dim is None else int(dim)
+
+
+#: Rows, and bytes of ids, vectors and maps (about), of a record batch of metadata.arrow.
+META_BATCH_ROWS = 1 << 20
+META_BATCH_BYTES = 128 << 20
 
 
 def _write_ipc(path: Path, pa, field, arrays) -> dict:
