@@ -156,33 +156,37 @@ def _write_npz(index, out: Path) -> list[Path]:
     return [out]
 
 
-#: Bytes of the .npz ids member made at a time.
+#: Bytes of an .npz unicode member (ids, metadata) made at a time.
 _IDS_PIECE = 16 << 20
+
+
+def _unicode_member(n: int, width: int, rows_of) -> Pieces:
+    """A ``<U{width}`` member of ``n`` rows made as it is written: ``rows_of(lo, hi)``
+    gives rows ``lo:hi``, _IDS_PIECE bytes of them at a time (NumPy unicode is 4 bytes
+    a character, as wide as the longest row)."""
+    rows = max(1, _IDS_PIECE // (4 * width))
+    return Pieces(f"<U{width}", (n,), lambda: (
+        rows_of(a, min(a + rows, n)) for a in range(0, n, rows)))
 
 
 def _ids_member(index):
     """``index.ids`` as an .npz member: the array if made already, else made as it is
-    written, a few rows at a time (4 bytes a character: 5M ids of 230 bytes are
-    4.6 GB as NumPy unicode, against 1.15 GB of UTF-8)."""
+    written (5M ids of 230 bytes are 4.6 GB as NumPy unicode, against 1.15 GB of
+    UTF-8)."""
     if "ids" in vars(index):
         return np.asarray(index.ids, dtype=np.str_)
-    n, width = len(index), index.ids_width()
-    rows = max(1, _IDS_PIECE // (4 * width))
-    return Pieces(f"<U{width}", (n,), lambda: (
-        index.ids_rows(a, min(a + rows, n)) for a in range(0, n, rows)))
+    return _unicode_member(len(index), index.ids_width(), index.ids_rows)
 
 
 def _metadata_member(index):
     """``index.metadata_json()`` as an .npz member made as it is written: the JSON of
-    each distinct map is held once, the unicode rows (4 bytes a character, as wide as
-    the longest) a piece at a time (500k ids of 1 KB text chunks: 2.2 GB each copy)."""
+    each distinct map is held once (500k ids of 1 KB text chunks: 2.2 GB a copy of the
+    whole member)."""
     from gpu_pitr.index import json_rows
 
     texts, which, width = index.metadata_texts()
-    n = len(which)
-    rows = max(1, _IDS_PIECE // (4 * width))
-    return Pieces(f"<U{width}", (n,), lambda: (
-        json_rows(texts, which[a:a + rows], width) for a in range(0, n, rows)))
+    return _unicode_member(len(which), width,
+                           lambda lo, hi: json_rows(texts, which[lo:hi], width))
 
 
 def parquet_table(index, report: bytes | None = None):
