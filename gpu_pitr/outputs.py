@@ -184,9 +184,8 @@ def _metadata_member(index):
     whole member)."""
     from gpu_pitr.index import json_rows
 
-    texts, which, width = index.metadata_texts()
-    return _unicode_member(len(which), width,
-                           lambda lo, hi: json_rows(texts, which[lo:hi], width))
+    texts, which = index.metadata_texts()
+    return _unicode_member(len(which), texts[3], lambda lo, hi: json_rows(texts, which[lo:hi]))
 
 
 def parquet_table(index, report: bytes | None = None):
