@@ -101,3 +101,12 @@ def test_no_maps_only_null() -> None:
     texts, offs, lens, chars = metajson.json_texts(np.zeros(0, np.uint8),
                                                    np.zeros(0, np.int64))
     assert texts.tobytes() == b"null" and offs.tolist() == [0] and chars.tolist() == [4]
+
+
+def test_every_pair_count_up_to_40() -> None:
+    # Each size class of the encoder: insertion sort (16 pairs and fewer), merge sort,
+    # and maps past 32 pairs, which the parallel pass leaves to the one-by-one pass.
+    rng = np.random.default_rng(7)
+    raws = [_encode([(f"k{int(x)}é", f"v{int(x)}\n") for x in rng.permutation(n)])
+            for n in range(41)]
+    assert _texts(raws, shuffle=1) == [_want(r) for r in raws]
