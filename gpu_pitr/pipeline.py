@@ -70,6 +70,9 @@ from gpu_pitr.report import RestoreReport
 from gpu_pitr.snapshot.base import SeqRuns, base_mismatch, stops_at_base, target_problem
 
 _MIN_CHUNK_BYTES = 64
+#: Pieces are gathered (``_gather``) while the carried bytes exceed this many times
+#: the bytes read since.
+GATHER = 2
 # A base restore on the cpu executor sorts in place, not by a merge, when at most one
 # base row per this many of the executor's ids is left untouched (_Restore.move_in_rest).
 MOVE_IN_RATIO = 4
@@ -176,6 +179,10 @@ class _Restore:
         self.cols = ChunkColumns(self.chunk_bytes // BYTES_PER_ROW + 64)
         self.names: list[str] = []
         self.n_carried = 0  # rows 0..n_carried-1: records of open transactions
+        # Rows n_carried..n_gathered-1: pieces read while many carried bytes wait (see
+        # _gather); their bytes end at self.buf[gathered_end], after the carried ones.
+        self.n_gathered = 0
+        self.gathered_end = 0
         self.seen_first = False
         self.seq_range: tuple[int, int] | None = None  # of the records read: for errors
         self._piece = None  # the read-ahead piece whose buffer is self.buf
@@ -235,6 +242,7 @@ class _Restore:
             for item in framer:
                 self.timings["read"] += time.perf_counter() - t
                 if item.problem is not None:
+                    self._flush()
                     self._bad_header(item)
                 else:
                     self._piece_framed(item)
@@ -248,6 +256,7 @@ class _Restore:
             self._framer = None  # it holds read buffers: they go before the sort
             self.timings["frame"] += framer.frame_seconds
             self.report.bytes_read += framer.header_only_bytes
+        self._flush()
         self._end_of_log()
         if not self.plan.stopped:
             self._end_position()
@@ -279,33 +288,46 @@ class _Restore:
         The records of transactions still open move from the previous buffer
         into the room before this piece's bytes (or, if they do not fit, the
         two go to a buffer of their own), so one buffer holds every record the
-        chunk refers to.
+        chunk refers to. While those carried bytes outweigh what was read since,
+        pieces are gathered behind them before the chunk is processed (``_gather``).
         """
         self.report.bytes_read += item.bytes_read
         c = self.cols
         m = self.n_carried
-        held = int(c.length[:m].sum()) + m * RECORD_HEADER_SIZE
-        buf, start, shift = item.buf, item.start, 0
-        if held > start:
-            # A copy of item.buf ahead (stage) is of no use at other offsets, and the
-            # piece's buffer goes back to the reader below.
+        g = self.n_gathered
+        span = item.end - item.start
+        if g > m:  # gathering: this piece's bytes go after the others
+            start = self.gathered_end
+            buf = self._room(start + span)
+            buf[start:start + span] = item.buf[item.start:item.end]
+            shift = start - item.start
             self._unstage()
-            span = item.end - item.start
-            buf = self._alloc(held + span)
-            buf[held:held + span] = item.buf[item.start:item.end]
-            shift = held - item.start
-            start = held
-        if m:
-            move_records(self.buf, buf, c.off, c.length, m, start - held)
-        if self._piece is not None:
-            self._reader.release(self._piece)
-        self._piece = item.ring if buf is item.buf else None
-        if self._piece is None and item.ring is not None:
-            self._reader.release(item.ring)
-        self.buf = buf
+            if item.ring is not None:
+                self._reader.release(item.ring)
+        else:
+            held = int(c.length[:m].sum()) + m * RECORD_HEADER_SIZE
+            buf, start, shift = item.buf, item.start, 0
+            if held > start or held > GATHER * span:
+                # Into a buffer of their own: too many for the headroom, or so many that
+                # pieces are gathered behind them (_gather). A copy of item.buf ahead
+                # (stage) is of no use at other offsets, and the piece's buffer goes
+                # back to the reader below.
+                self._unstage()
+                buf = self._alloc(held + span)
+                buf[held:held + span] = item.buf[item.start:item.end]
+                shift = held - item.start
+                start = held
+            if m:
+                move_records(self.buf, buf, c.off, c.length, m, start - held)
+            if self._piece is not None:
+                self._reader.release(self._piece)
+            self._piece = item.ring if buf is item.buf else None
+            if self._piece is None and item.ring is not None:
+                self._reader.release(item.ring)
+            self.buf = buf
         n = item.n
-        c.ensure_records(m + n)
-        rows = slice(m, m + n)
+        c.ensure_records(g + n)
+        rows = slice(g, g + n)
         # In place, with no temporary array of the chunk's rows (line_profiler, per
         # restore of the 1 GiB benchmark log: 29.7 -> 9.9 ms for this line).
         np.add(item.off[:n], shift, out=c.off[rows])
@@ -320,12 +342,48 @@ class _Restore:
             if self.seq_range is not None:
                 lo, hi = min(lo, self.seq_range[0]), max(hi, self.seq_range[1])
             self.seq_range = (lo, hi)
-            self._chunk(m, m + n)
-            self._keep_open(m + n)
+        self.n_gathered = g + n
+        self.gathered_end = start + span
+        if not self._gather(buf is not item.buf):
+            self._flush()
         if item.torn is not None:
             self.torn_at[item.segment] = item.torn[0]
             self.report.torn_tails.append({"file": self.names[item.segment],
                                            "offset": item.torn[0], "bytes_lost": item.torn[1]})
+
+    def _gather(self, own: bool) -> bool:
+        """Whether to read on before processing the rows gathered so far.
+
+        Carried records are copied and decoded again with every chunk: a transaction
+        open across many pieces made that quadratic in its size (a 281 MB one took
+        2.5 s at the default chunk). While the carried bytes exceed ``GATHER`` times
+        the bytes read since, pieces are gathered behind them instead, in the buffer
+        of their own they are in: each chunk then reads at least 1/GATHER as much as
+        it carries, so the carried bytes grow geometrically, and are copied and decoded
+        a bounded number of times each, for a buffer at most 1 + 1/GATHER times them.
+        """
+        m = self.n_carried
+        if not own or not m:
+            return False
+        c = self.cols
+        carried = int(c.off[m - 1] + RECORD_HEADER_SIZE + c.length[m - 1] - c.off[0])
+        return carried > GATHER * (self.gathered_end - carried)
+
+    def _room(self, end: int) -> np.ndarray:
+        """``self.buf``, grown (by half again at least) to hold ``end`` bytes."""
+        if end > len(self.buf):
+            new = self._alloc(max(end, len(self.buf) + len(self.buf) // 2))
+            new[:self.gathered_end] = self.buf[:self.gathered_end]
+            self.buf = new
+        return self.buf
+
+    def _flush(self) -> None:
+        """Process the rows read since the last chunk, if any."""
+        m, n = self.n_carried, self.n_gathered
+        if n > m:
+            self._chunk(m, n)
+            self._keep_open(n)
+        self.n_gathered = self.n_carried
 
     def _chunk(self, first: int, n: int) -> None:
         c = self.cols
@@ -376,7 +434,7 @@ class _Restore:
 
     def _stage_next(self) -> None:
         """Start the copy of the next piece's bytes to the device, if it is framed."""
-        if self._stage is None:
+        if self._stage is None or self._framer is None:  # (the last rows, gathered)
             return
         item = self._framer.peek()
         if item is not None and item.problem is None and item.n:
