@@ -747,7 +747,7 @@ class _Restore:
                                 file=str(Path(snap.path) / "pending.wal"))
         self.buf = self._alloc(len(blob))
         self.buf[:] = blob
-        self.n_carried = len(records)
+        self.n_carried = self.n_gathered = len(records)
 
     def _events(self, events) -> None:
         what = {
