@@ -313,7 +313,9 @@ class _Restore:
                 # (stage) is of no use at other offsets, and the piece's buffer goes
                 # back to the reader below.
                 self._unstage()
-                buf = self._alloc(held + span)
+                # Gathering ends near held + held / GATHER: room for it from the start.
+                buf = self._alloc(held + span + (held // GATHER + span
+                                                 if held > GATHER * span else 0))
                 buf[held:held + span] = item.buf[item.start:item.end]
                 shift = held - item.start
                 start = held
