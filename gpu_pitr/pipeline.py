@@ -31,7 +31,7 @@ from gpu_pitr.errors import (
     TargetNotFoundError,
     WalError,
 )
-from gpu_pitr.format.columns import ChunkColumns, move_records
+from gpu_pitr.format.columns import ChunkColumns, back_to_back, move_records
 from gpu_pitr.format.frame import frame_records, header_problem
 from gpu_pitr.format.layout import (
     BATCH,
@@ -517,17 +517,29 @@ class _Restore:
         self._keep_pending(np.arange(self.n_carried), txns, counts)
 
     def _keep_pending(self, rows: np.ndarray, txns: np.ndarray, counts: np.ndarray) -> None:
+        """The records of the transactions open at the position: their bytes back to
+        back (``pending``), and where they were read, as runs of records that follow
+        one another in a file (``record_runs``: [file, offset, records]). A bulk load
+        open across the position is millions of records: one compiled copy and a
+        few runs, not a Python object per record (4.5M of them: 30 s to write the
+        snapshot, 22 s to restore from it, a manifest of 273 MB)."""
         c = self.cols
-        parts, where = [], []
-        for i in rows.tolist():
-            o = int(c.off[i])
-            parts.append(self.buf[o:o + RECORD_HEADER_SIZE + int(c.length[i])].tobytes())
-            where.append([Path(self.names[int(c.seg[i])]).name, int(c.foff[i])])
-        self.pending = b"".join(parts)
+        rows = np.ascontiguousarray(rows, np.int64)
+        length = c.length[rows]
+        size = RECORD_HEADER_SIZE + length
+        blob = np.empty(int(size.sum()), np.uint8)
+        move_records(self.buf, blob, c.off[rows], length, len(rows), 0)
+        self.pending = blob.tobytes()
+        seg, foff = c.seg[rows], c.foff[rows]
+        first = np.ones(len(rows), np.bool_)
+        first[1:] = (seg[1:] != seg[:-1]) | (foff[1:] != foff[:-1] + size[:-1])
+        starts = np.flatnonzero(first)
+        records = np.diff(np.append(starts, len(rows)))
         self.position["pending"] = {
             "transactions": [[int(t), int(k)] for t, k in zip(txns.tolist(), counts.tolist(),
                                                                 strict=True)],
-            "records": where,
+            "record_runs": [[Path(self.names[s]).name, o, k] for s, o, k in zip(
+                seg[starts].tolist(), foff[starts].tolist(), records.tolist(), strict=True)],
         }
 
     # -- starting from a base snapshot --
@@ -719,37 +731,49 @@ class _Restore:
 
     def _seed_pending(self, snap) -> None:
         """The base's open transactions become carried rows, as if read just now."""
+        from gpu_pitr.snapshot.format import SnapshotError
+
         info = snap.position.get("pending") or {}
-        records = info.get("records") or []
         txns = info.get("transactions") or []
         # An open transaction with no records yet still owns what follows.
         self.plan.seed_open([t for t, _ in txns], [k for _, k in txns])
-        if not records:
-            return
+        runs = info.get("record_runs")
+        if runs is None:  # written before runs: one [file, offset] a record
+            runs = [[file, foff, 1] for file, foff in info.get("records") or []]
         blob = np.frombuffer(snap.pending, np.uint8)
+        bad = SnapshotError("pending records do not match the manifest",
+                            file=str(Path(snap.path) / "pending.wal"))
+        if any(not isinstance(k, int) or k < 1 for _, _, k in runs):
+            raise bad
+        total = sum(k for _, _, k in runs)
+        if not total:
+            if len(blob):
+                raise bad
+            return
+        if total > len(blob) // RECORD_HEADER_SIZE:  # before allocating by it
+            raise bad
         c = self.cols
-        c.ensure_records(len(records))
-        pos = 0
+        c.ensure_records(total)
+        got, end = back_to_back(blob, c.off[:total], c.length[:total], c.seq[:total])
+        if got != total or end != len(blob):
+            raise bad
         name_index: dict[str, int] = {}
-        for i, (file, foff) in enumerate(records):
-            if pos + RECORD_HEADER_SIZE > len(blob):
-                break
-            length = int.from_bytes(blob[pos + 8:pos + 12].tobytes(), "little")
-            c.off[i], c.length[i] = pos, length
-            c.seq[i] = int.from_bytes(blob[pos:pos + 8].tobytes(), "little")
+        files = np.empty(len(runs), np.int64)
+        offsets = np.empty(len(runs), np.int64)
+        for r, (file, foff, _) in enumerate(runs):
             if file not in name_index:
                 name_index[file] = len(self.names)
                 self.names.append(str(self.wal_dir / file))
-            c.seg[i], c.foff[i] = name_index[file], int(foff)
-            pos += RECORD_HEADER_SIZE + length
-        if pos != len(blob):
-            from gpu_pitr.snapshot.format import SnapshotError
-
-            raise SnapshotError("pending records do not match the manifest",
-                                file=str(Path(snap.path) / "pending.wal"))
+            files[r], offsets[r] = name_index[file], int(foff)
+        records = np.array([k for _, _, k in runs], np.int64)
+        # Within a run each record follows the one before it in its file.
+        run_of = np.repeat(np.arange(len(runs)), records)
+        at = c.off[:total] - c.off[:total][np.cumsum(records) - records][run_of]
+        c.seg[:total] = files[run_of]
+        c.foff[:total] = offsets[run_of] + at
         self.buf = self._alloc(len(blob))
         self.buf[:] = blob
-        self.n_carried = self.n_gathered = len(records)
+        self.n_carried = self.n_gathered = total
 
     def _events(self, events) -> None:
         what = {

@@ -281,6 +281,92 @@ def test_open_transactions_cross_the_snapshot(tmp_path):
     assert got.report.records_read == 1
 
 
+def _pending_log(d: Path):
+    """Transaction 7 open across the snapshot, its records in three runs: two in the
+    first segment (transaction 8's record between them), one in the second. Returns
+    the record of 7 whose vector has another dimension (the restore's error)."""
+    log = w.LogBuilder()
+    log.add(w.Ins("a", [1.0, 1.0], ts=10))
+    log.add(w.Begin(7, ts=11))
+    log.add(w.Ins("t0", [2.0, 2.0], {"k": "v"}, ts=11))
+    bad = log.add(w.Ins("t1", [2.5, 2.5, 2.5], ts=11))  # three floats: not t0's place
+    log.add(w.Begin(8, ts=12))
+    log.add(w.Ins("e", [3.0, 3.0], ts=12))
+    log.add(w.Commit(8, ts=13))
+    log.add(w.Ins("t2", [4.0, 4.0], ts=14))  # inside 7 again
+    log.new_segment(0x5F5E200)
+    log.add(w.Ins("t3", [5.0, 5.0], ts=15))
+    log.add(w.Ins("t4", [6.0, 6.0], ts=15))
+    log.add(w.Commit(7, ts=20))
+    log.write(d)
+    return bad
+
+
+def test_pending_records_are_kept_as_runs_and_named_where_they_were_read(tmp_path):
+    """The records of a transaction open at the snapshot are kept as runs of records
+    that follow one another in a file (a bulk load is millions of records, one run);
+    restored from the snapshot, each is named at its own file and offset, as from the
+    whole log."""
+    d = tmp_path / "wal"
+    bad = _pending_log(d)
+    a = gpu_pitr.restore(d, backend="cpu", to_time=15)
+    pending = a.position["pending"]
+    assert pending["transactions"] == [[7, 5]]
+    first, second = sorted(p.name for p in d.iterdir())
+    runs = pending["record_runs"]
+    assert [(f, k) for f, _, k in runs] == [(first, 2), (first, 1), (second, 2)]
+    assert runs[0][1] < bad.offset  # the second record of the first run
+    snap = tmp_path / "snap"
+    snapshot.save(a, snap)
+    for backend in ("cpu", "cuda"):
+        with pytest.raises(WalError) as full:
+            gpu_pitr.restore(d, backend=backend)
+        with pytest.raises(WalError) as based:
+            gpu_pitr.restore(d, backend=backend, base=snap)
+        assert type(based.value) is type(full.value)
+        assert (Path(based.value.file).name, based.value.offset) == (first, bad.offset)
+        assert (Path(full.value.file).name, full.value.offset) == (first, bad.offset)
+
+
+def _rewrite_manifest(snap: Path, edit) -> None:
+    import zlib
+
+    doc = json.loads((snap / "manifest.json").read_text())
+    edit(doc)
+    raw = json.dumps(doc, sort_keys=True).encode()
+    (snap / "manifest.json").write_bytes(raw)
+    (snap / "manifest.json.crc").write_text(f"{zlib.crc32(raw):08x}\n")
+
+
+def test_a_snapshot_listing_pending_records_one_by_one_still_loads(tmp_path):
+    # Snapshots written before record runs list [file, offset] per pending record.
+    log = w.LogBuilder()
+    log.add(w.Ins("a", [1.0], ts=10))
+    log.add(w.Begin(7, ts=11))
+    recs = [log.add(w.Ins(f"t{i}", [float(i)], ts=11)) for i in range(3)]
+    log.add(w.Commit(7, ts=20))
+    d = log.write(tmp_path / "wal")
+    a = gpu_pitr.restore(d, backend="cpu", to_time=15)
+    snap = tmp_path / "snap"
+    snapshot.save(a, snap)
+
+    def one_by_one(doc):
+        pending = doc["position"]["pending"]
+        assert pending.pop("record_runs") == [[recs[0].file, recs[0].offset, 3]]
+        pending["records"] = [[r.file, r.offset] for r in recs]
+
+    _rewrite_manifest(snap, one_by_one)
+    got = gpu_pitr.restore(d, backend="cpu", base=snap)
+    assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu"))
+
+    def wrong(doc):  # a count the pending records do not hold
+        doc["position"]["pending"]["records"].append([recs[0].file, 0])
+
+    _rewrite_manifest(snap, wrong)
+    with pytest.raises(WalError, match="pending records do not match the manifest"):
+        gpu_pitr.restore(d, backend="cpu", base=snap)
+
+
 def test_chained_snapshots(tmp_path):
     d = tmp_path / "wal"
     write_synthetic_wal(d, total_bytes=3 << 20, segments=3, dim=8)

@@ -118,3 +118,27 @@ def move_records(src, dst, off, length, m, pos):
         off[i] = pos
         pos += size
     return pos
+
+
+@njit(cache=True, nogil=True)
+def back_to_back(blob, off, length, seq):
+    """Records laid back to back in ``blob`` (what ``move_records`` makes: a base
+    snapshot's pending records): each one's offset, payload length and seq, for as
+    many as the columns hold. Returns ``(records, end)``; ``end`` is where the last
+    whole record ends, short of ``len(blob)`` where a record does not fit."""
+    pos = 0
+    k = 0
+    while k < len(off) and pos + RECORD_HEADER_SIZE <= len(blob):
+        h = blob[pos:pos + RECORD_HEADER_SIZE]
+        n = 0
+        for b in range(4):
+            n |= np.int64(h[8 + b]) << (8 * b)
+        if pos + RECORD_HEADER_SIZE + n > len(blob):
+            break
+        s = np.uint64(0)
+        for b in range(8):
+            s |= np.uint64(h[b]) << np.uint64(8 * b)
+        off[k], length[k], seq[k] = pos, n, s
+        pos += RECORD_HEADER_SIZE + n
+        k += 1
+    return k, pos
