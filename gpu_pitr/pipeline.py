@@ -535,10 +535,11 @@ class _Restore:
         first[1:] = (seg[1:] != seg[:-1]) | (foff[1:] != foff[:-1] + size[:-1])
         starts = np.flatnonzero(first)
         records = np.diff(np.append(starts, len(rows)))
+        names = [Path(name).name for name in self.names]
         self.position["pending"] = {
             "transactions": [[int(t), int(k)] for t, k in zip(txns.tolist(), counts.tolist(),
                                                                 strict=True)],
-            "record_runs": [[Path(self.names[s]).name, o, k] for s, o, k in zip(
+            "record_runs": [[names[s], o, k] for s, o, k in zip(
                 seg[starts].tolist(), foff[starts].tolist(), records.tolist(), strict=True)],
         }
 

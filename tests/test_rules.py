@@ -559,6 +559,40 @@ def test_result_is_the_same_for_every_chunk_size_and_executor(tmp_path):
         assert result == first, key
 
 
+def test_many_transactions_open_at_once(backend, tmp_path):
+    """Thousands of transactions open together (a writer that leaks them), closed out
+    of order, with ids begun again after they closed, begun twice while open, and
+    closed twice: each begin, commit and abort finds its own transaction (a table by
+    id, not a search of the open ones), as the reference restore does."""
+    rng = random.Random(5)
+    b = LogBuilder()
+    n = 3000
+    for t in range(n):
+        b.add(Begin(t, t))
+        b.add(Ins(f"id{t}", [float(t)], None, t))
+        if t % 500 == 7:
+            b.add(Begin(t, t))  # already open: an anomaly
+    closing = list(range(n))
+    rng.shuffle(closing)
+    for j, t in enumerate(closing[: 2 * n // 3]):
+        b.add((Commit if t % 3 else Abort)(t, n + j))
+        if j % 400 == 0:
+            b.add(Commit(t, n + j))  # closed already: an anomaly
+            b.add(Begin(t, n + j))  # the same id, open again
+            b.add(Ins(f"again{t}", [-1.0], None, n + j))
+            b.add(Commit(t, n + j))
+    wal = b.write(tmp_path / "wal")
+    got = restore(wal, backend, chunk_bytes=4096)
+    want = restore(wal, "reference")
+    assert state(got) == state(want) and len(got.ids) > 1000
+    def where(report):
+        return [(base(a["file"]), a["offset"], a["seq"]) for a in report["anomalies"]]
+
+    assert where(got.report) == where(want.report) and len(where(want.report)) == 6 + 5
+    assert got.report["transactions"] == want.report["transactions"]
+    assert got.report["transactions"]["in_flight_discarded"] == n - 2 * n // 3
+
+
 # ------------------------------------------------------------ carried records, bytes
 @pytest.mark.parametrize("chunk", [64, 300, 4096])
 def test_records_carried_through_many_chunks_keep_every_byte(backend, tmp_path, chunk):

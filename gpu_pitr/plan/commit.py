@@ -22,7 +22,7 @@ from gpu_pitr.format.layout import (
     BEGIN_TRANSACTION,
     COMMIT_TRANSACTION,
 )
-from gpu_pitr.format.payload import OK
+from gpu_pitr.format.payload import FMIX_1, OK
 from gpu_pitr.jit import NO_REFCOUNTS, njit
 
 # Target modes.
@@ -53,7 +53,7 @@ def _walk(
     first, n, kind, ts, aux, status, seq,
     mode, t_lim, exclusive, target_seq, skip_corrupt, stopped_in,
     s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, stack, n_slots_in, top_in,
-    next_rec, order, events, counters, ts_max,
+    next_rec, order, events, counters, ts_max, h_txn, h_slot,
 ):
     """Walk records ``first..n-1`` of a chunk (``0..first-1`` are carried ones).
 
@@ -65,6 +65,12 @@ def _walk(
     n_events = 0
     n_slots = n_slots_in
     top = top_in
+    # The open transactions by id (h_slot all -1 on entry, room for twice the open
+    # ones and the chunk's begins): a begin, commit or abort finds its transaction in
+    # one probe, not by searching the open ones (100k left open: quadratic, minutes).
+    for j in range(top):
+        if s_open[stack[j]]:
+            _put_open(s_txn[stack[j]], stack[j], h_txn, h_slot)
     stopped = stopped_in
     stop_index = -1
     for i in range(first, n):
@@ -112,7 +118,7 @@ def _walk(
                     ts_max[2] = ts[i]
                     ts_max[0] = 1
             elif k == BEGIN_TRANSACTION:
-                if _find_open(aux[i], s_txn, s_open, stack, top) >= 0:
+                if _find_open(aux[i], s_txn, s_open, h_txn, h_slot) >= 0:
                     events[n_events, 0] = EV_BEGIN_ALREADY_OPEN
                     events[n_events, 1] = i
                     n_events += 1
@@ -127,8 +133,9 @@ def _walk(
                     s_tail[s] = -1
                     stack[top] = s
                     top += 1
+                    _put_open(aux[i], s, h_txn, h_slot)
             elif k == COMMIT_TRANSACTION or k == ABORT_TRANSACTION:
-                s = _find_open(aux[i], s_txn, s_open, stack, top)
+                s = _find_open(aux[i], s_txn, s_open, h_txn, h_slot)
                 if s < 0:
                     events[n_events, 0] = EV_END_NOT_OPEN
                     events[n_events, 1] = i
@@ -177,13 +184,35 @@ def _stops_before(mode, t, t_lim, exclusive):
     return mode == STOP_AT_FIRST
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _home(txn, mask):
+    h = txn ^ (txn >> np.uint64(33))
+    h *= FMIX_1
+    h ^= h >> np.uint64(33)
+    return np.int64(h & mask)
+
+
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
-def _find_open(txn, s_txn, s_open, stack, top):
-    # Searched from the most recent: open transactions are few in real logs.
-    for j in range(top - 1, -1, -1):
-        s = stack[j]
-        if s_open[s] and s_txn[s] == txn:
+def _put_open(txn, s, h_txn, h_slot):
+    # Open addressing; entries of transactions closed since stay until the next walk.
+    mask = np.uint64(len(h_slot) - 1)
+    j = _home(txn, mask)
+    while h_slot[j] >= 0:
+        j = (j + 1) & mask
+    h_txn[j] = txn
+    h_slot[j] = s
+
+
+@njit(cache=True, nogil=True, **NO_REFCOUNTS)
+def _find_open(txn, s_txn, s_open, h_txn, h_slot):
+    # The slot of the open transaction ``txn`` (at most one is open), or -1.
+    mask = np.uint64(len(h_slot) - 1)
+    j = _home(txn, mask)
+    while h_slot[j] >= 0:
+        s = h_slot[j]
+        if h_txn[j] == txn and s_open[s] and s_txn[s] == txn:
             return s
+        j = (j + 1) & mask
     return -1
 
 
@@ -240,6 +269,9 @@ class PlanState:
         self._stack = np.zeros(0, np.int64)
         self._top = 0
         self._next_rows = np.zeros(0, np.int64)  # next_rec's buffer
+        # _walk's table of the open transactions by id (h_slot's size: a power of two).
+        self._h_txn = np.zeros(0, np.uint64)
+        self._h_slot = np.zeros(0, np.int64)
 
     @property
     def stops_after(self) -> bool:
@@ -284,12 +316,19 @@ class PlanState:
         stack = self._stack
         order = np.empty(n, np.int64)
         events = np.empty((n - first + 1, 2), np.int64)
+        begins = int(np.count_nonzero(cols.kind[first:n] == BEGIN_TRANSACTION))
+        size = 1 << max(4, int(2 * (self._top + begins)).bit_length())
+        if len(self._h_slot) < size:
+            self._h_txn = np.empty(size, np.uint64)
+            self._h_slot = np.empty(size, np.int64)
+        h_txn, h_slot = self._h_txn[:size], self._h_slot[:size]
+        h_slot.fill(-1)
         result, n_order, n_events, stopped, stop_index, top = _walk(
             first, n, cols.kind, cols.ts, cols.aux, cols.status, cols.seq,
             self.mode, self.t_lim, self.exclusive, self.target_seq, self.skip_corrupt,
             self.stopped,
             s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, stack, self._top, self._top,
-            next_rec, order, events, self.counters, self._ts_max,
+            next_rec, order, events, self.counters, self._ts_max, h_txn, h_slot,
         )
         self._top = top
         if stopped and not self.stopped:
