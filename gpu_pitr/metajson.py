@@ -24,7 +24,7 @@ from numba.extending import register_jitable
 from gpu_pitr.format.layout import VARINT_U64
 from gpu_pitr.format.payload import read_varint
 from gpu_pitr.jit import NO_REFCOUNTS, njit
-from gpu_pitr.resolve.idsort import compare_ids
+from gpu_pitr.resolve.idsort import compare_ids, merge_sort_spans
 
 _NULL = np.frombuffer(b"null", np.uint8)
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
@@ -60,50 +60,9 @@ def _pairs(a, p, ko, kl, vo, vl):
 
 @register_jitable
 def _key_order(a, ko, kl, order, tmp):
-    """``order`` sorted by key bytes, stable (past 16 keys a bottom-up merge sort: maps
-    may hold many); then each run of equal keys cut to its last pair. Returns how
-    many."""
-    n = len(order)
-    if n <= 16:  # insertion sort: few compares, and none for keys already in order
-        for i in range(1, n):
-            x = order[i]
-            j = i
-            while j and compare_ids(a, ko[x], kl[x], a, ko[order[j - 1]],
-                                    kl[order[j - 1]]) < 0:
-                order[j] = order[j - 1]
-                j -= 1
-            order[j] = x
-        return _last_of_each(a, ko, kl, order)
-    src, dst = order, tmp
-    swapped = False
-    width = 1
-    while width < n:
-        for lo in range(0, n, 2 * width):
-            mid = min(lo + width, n)
-            hi = min(lo + 2 * width, n)
-            i, j, k = lo, mid, lo
-            while i < mid and j < hi:
-                if compare_ids(a, ko[src[j]], kl[src[j]], a, ko[src[i]], kl[src[i]]) < 0:
-                    dst[k] = src[j]
-                    j += 1
-                else:
-                    dst[k] = src[i]
-                    i += 1
-                k += 1
-            while i < mid:
-                dst[k] = src[i]
-                i += 1
-                k += 1
-            while j < hi:
-                dst[k] = src[j]
-                j += 1
-                k += 1
-        src, dst = dst, src
-        swapped = not swapped
-        width *= 2
-    if swapped:  # the last pass wrote into tmp
-        for i in range(n):
-            order[i] = tmp[i]
+    """``order`` sorted by key bytes, stable; then each run of equal keys cut to its
+    last pair. Returns how many."""
+    merge_sort_spans(a, ko, kl, order, 0, len(order), tmp)
     return _last_of_each(a, ko, kl, order)
 
 

@@ -62,8 +62,8 @@ _TEXT = st.one_of(st.text(max_size=12), st.lists(_TRICKY, max_size=8).map("".joi
 @given(st.lists(st.lists(st.tuples(_TEXT, _TEXT), max_size=40), min_size=1, max_size=8),
        st.integers(0, 2**16))
 def test_equal_to_json_dumps(maps, seed) -> None:
-    # Up to 40 pairs: insertion sort, merge sort (past 16) and the one-by-one pass
-    # (past 32) all run; repeated keys keep their last value.
+    # Up to 40 pairs: the parallel pass and the one-by-one pass (past 32 pairs) both
+    # run; repeated keys keep their last value.
     raws = []
     for pairs in maps:
         if pairs and seed % 3 == 0:
@@ -104,8 +104,8 @@ def test_no_maps_only_null() -> None:
 
 
 def test_every_pair_count_up_to_40() -> None:
-    # Each size class of the encoder: insertion sort (16 pairs and fewer), merge sort,
-    # and maps past 32 pairs, which the parallel pass leaves to the one-by-one pass.
+    # Each size the encoder treats apart: maps past 32 pairs, which the parallel pass
+    # leaves to the one-by-one pass, and those up to 32.
     rng = np.random.default_rng(7)
     raws = [_encode([(f"k{int(x)}é", f"v{int(x)}\n") for x in rng.permutation(n)])
             for n in range(41)]

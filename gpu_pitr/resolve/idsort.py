@@ -198,13 +198,14 @@ def _sort_long_runs(ids, offs, lens, order, w0, w1):
             longer = longer or lens[b] > covered
             j += 1
         if longer and j - i > 1:
-            _merge_sort(ids, offs, lens, order, i, j, tmp)
+            merge_sort_spans(ids, offs, lens, order, i, j, tmp)
         i = j
 
 
 @register_jitable
-def _merge_sort(ids, offs, lens, order, lo, hi, tmp):
-    # order[lo:hi] stably by the ids' bytes: bottom-up, through tmp.
+def merge_sort_spans(ids, offs, lens, order, lo, hi, tmp):
+    """``order[lo:hi]`` (indices of spans ``ids[offs[k]:offs[k]+lens[k]]``) sorted
+    stably by the spans' bytes: bottom-up, through ``tmp`` (as long as ``order``)."""
     width = 1
     src, dst = order, tmp
     in_tmp = False  # whether src is tmp
