@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import copy
+from dataclasses import dataclass, field, fields
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain(value):
+    """A deep copy of the report's plain data (dicts, lists, tuples, scalars), as
+    ``dataclasses.asdict`` makes, without its per-object checks and ``deepcopy``: 1.4M
+    skipped records (16 MiB of zeros read with --skip-corrupt) took 25 s of a 32 s
+    restore in ``asdict``."""
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, dict):
+        return {k: v if isinstance(v, _SCALARS) else _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(v if isinstance(v, _SCALARS) else _plain(v) for v in value)
+    return copy.deepcopy(value)
 
 
 @dataclass
@@ -49,8 +66,9 @@ class RestoreReport:
     timings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable dict of the report."""
-        return asdict(self)
+        """A JSON-serialisable dict of the report (a copy: later changes to the report
+        do not show in it)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, doc: dict) -> RestoreReport:
