@@ -512,6 +512,27 @@ def test_skip_corrupt_skips_undecodable_records_and_lists_them(restore, tmp_path
         restore(d)
 
 
+def test_a_skip_names_the_byte_the_error_names(tmp_path):
+    """A skipped record (and one past the stop) is listed at the byte where its decoding
+    failed, the offset the restore's error names without --skip-corrupt: inside the
+    payload, not the record's first byte."""
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    bad = b.add_payload(b"\x00\x01")  # an Insert whose id is cut short
+    b.add(Ins("b", [2.0], None, 10))
+    after = b.add_payload(b"\x00\x05ab")
+    d = b.write(tmp_path / "wal")
+    with pytest.raises(CorruptRecordError) as err:
+        w.restore_fast(d, to_time=5)
+    assert err.value.offset > bad.offset + 12  # in the payload
+    # The id's length byte (after the 12-byte header and the variant) runs past the
+    # payload: that byte is the one named.
+    assert err.value.offset == bad.offset + 13
+    v = w.restore_fast(d, to_time=5, skip_corrupt=True)
+    assert [e["offset"] for e in v.report["skipped"]] == [err.value.offset]
+    assert [e["offset"] for e in v.report["damage_after_stop"]] == [after.offset + 13]
+
+
 def test_skip_corrupt_skips_unreadable_segment_files(restore, tmp_path):
     b, (ra, rb, rc) = two_segments()
     bad_a = w.segment_name(SEG2 - 2)
