@@ -31,6 +31,7 @@ from gpu_pitr.errors import (
     TargetNotFoundError,
     WalError,
 )
+from gpu_pitr.format import zerofill
 from gpu_pitr.format.columns import ChunkColumns, back_to_back, move_records
 from gpu_pitr.format.frame import frame_records, header_problem
 from gpu_pitr.format.layout import (
@@ -783,28 +784,38 @@ class _Restore:
             EV_BEGIN_ALREADY_OPEN: "BeginTransaction for a transaction already open",
             EV_END_NOT_OPEN: "Commit/Abort for a transaction not open",
         }
-        # Columns of every event at once: a zero-filled tail read with --skip-corrupt is
-        # an event per 12 bytes (1.4M for 16 MiB), each listed in the report.
+        lists = {EV_SKIPPED: self.report.skipped,
+                 EV_DAMAGE_AFTER_STOP: self.report.damage_after_stop}
+        # Columns of every event at once, and a run of zero-filled records (16 MiB of
+        # zeros read with --skip-corrupt: 1.4M events) as one entry (format.zerofill).
         c = self.cols
         rows = events[:, 1]
-        files = [self.names[s] for s in c.seg[rows].tolist()]
-        foff = c.foff[rows]
+        seg, foff = c.seg[rows], c.foff[rows]
+        zero = (zerofill.zero_records(c.length[rows], c.seq[rows])
+                & np.isin(events[:, 0], list(lists)))
+        firsts, counts = zerofill.runs(seg, foff, zero, same=events[:, 0])
+        events, rows, foff = events[firsts], rows[firsts], foff[firsts]
+        files = [self.names[s] for s in seg[firsts].tolist()]
         bad = np.minimum(foff + (c.stop[rows] - c.off[rows]),
                          foff + RECORD_HEADER_SIZE + c.length[rows] - 1)
-        for (ev, i), file, at, damaged, seq, status in zip(
+        for (ev, i), file, at, damaged, seq, status, k, z in zip(
                 events.tolist(), files, foff.tolist(), bad.tolist(), c.seq[rows].tolist(),
-                c.status[rows].tolist(), strict=True):
+                c.status[rows].tolist(), counts.tolist(), zero[firsts].tolist(), strict=True):
             if ev in what:
                 self.report.anomalies.append({
                     "file": file, "offset": at, "seq": seq, "what": what[ev],
                     "transaction_id": int(c.aux[i])})
                 continue
-            entry = {"file": file, "offset": damaged, "seq": seq,
-                     "what": STATUS_TEXT.get(status, "undecodable payload")}
-            if ev == EV_SKIPPED:
-                self.report.skipped.append(entry)
-            elif ev == EV_DAMAGE_AFTER_STOP:
-                self.report.damage_after_stop.append(entry)
+            listed = lists.get(ev)
+            if listed is None:
+                continue
+            if not z:
+                listed.append({"file": file, "offset": damaged, "seq": seq,
+                               "what": STATUS_TEXT.get(status, "undecodable payload")})
+            elif zerofill.extends(listed[-1] if listed else None, file, at):
+                zerofill.extend(listed[-1], k)
+            else:
+                listed.append(zerofill.item(file, at, k, offset=damaged, seq=seq))
 
     def _bad_offset(self, i: int) -> int:
         # The file offset of the byte where decoding failed, kept inside the record
@@ -819,8 +830,12 @@ class _Restore:
     def _fatal(self, i: int) -> None:
         w = self._where(i)
         w["offset"] = self._bad_offset(i)
+        c = self.cols
+        zeros = (": 12 zero bytes, as a file extended but never written leaves; "
+                 "--skip-corrupt skips a run of them as one item"
+                 if zerofill.zero_records(c.length[i], c.seq[i]) else "")
         raise CorruptRecordError(
-            f"{self._status_text(i)} (record at offset {int(self.cols.foff[i])})", **w)
+            f"{self._status_text(i)} (record at offset {int(c.foff[i])}{zeros})", **w)
 
     def _record_stop(self, i: int) -> None:
         w = self._where(i)

@@ -10,8 +10,9 @@ Severities (docs/damage.md has the table):
 
 * ``damage``: bytes the oxirs writer cannot have written, or records lost from
   inside the log: a bad or mismatched segment header, a torn tail, an
-  undecodable payload, trailing bytes, a sequence-number gap or a jump back that
-  is not a writer reopen, a header swallowed by a torn record;
+  undecodable payload, a run of zero-filled records, trailing bytes, a
+  sequence-number gap or a jump back that is not a writer reopen, a header
+  swallowed by a torn record;
 * ``notice``: what a healthy writer and application leave behind, each with a
   SPEC rule a restore follows: a sequence-number restart at a writer reopen,
   history missing before the first record, transactions still open at the end,
@@ -30,6 +31,7 @@ from numba import types
 from numba.typed import Dict
 
 from gpu_pitr.executors.cpu import CpuExecutor
+from gpu_pitr.format import zerofill
 from gpu_pitr.format.columns import ChunkColumns
 from gpu_pitr.format.frame import header_problem
 from gpu_pitr.format.layout import (
@@ -65,6 +67,7 @@ KINDS = {
     "header_mismatch": DAMAGE,
     "torn_tail": DAMAGE,
     "undecodable": DAMAGE,
+    zerofill.KIND: DAMAGE,
     "trailing_bytes": DAMAGE,
     "seq_gap": DAMAGE,
     "seq_out_of_order": DAMAGE,
@@ -105,8 +108,9 @@ def _walk(i, n, seg, foff, length, seq, status, kind, aux, nent, efirst, e_op, e
     """Walk records ``i..n-1`` in log order; returns ``(next record, events written)``.
 
     ``state`` carries over between calls: [any record seen, its segment, where it
-    ended in the file, the last vector length (-1: none yet)], ``last_seq`` its
-    sequence number, ``open_txns`` the open transactions (id -> where they began).
+    ended in the file, the last vector length (-1: none yet), a record with a seq seen
+    (one not zero-filled)], ``last_seq`` the last such seq, ``open_txns`` the open
+    transactions (id -> where they began).
     Stops early when ``events`` has no room for one more record's events.
     """
     m = 0
@@ -122,14 +126,19 @@ def _walk(i, n, seg, foff, length, seq, status, kind, aux, nent, efirst, e_op, e
             events[m, 2] = headers_at
             m += 1
         q = seq[i]
+        # A zero-filled record's seq 0 is not one the writer gave (format.zerofill).
+        zero = q == 0 and length[i] == 0
         if state[0] == 0:
             if q != 0:
                 events[m, 0] = EV_HISTORY
                 events[m, 1] = i
                 m += 1
+        elif zero or state[4] == 0:
+            pass
         elif last_seq[0] == _U64_MAX or q != last_seq[0] + np.uint64(1):
             # (2^64-1 + 1 wraps to 0 in uint64: no seq follows 2^64-1 in line)
             events[m, 1] = i
+            events[m, 2] = np.int64(last_seq[0])  # the bits; the caller takes them back
             # A reopened writer starts a segment or appends a header, then counts from 0.
             if q == 0 and (new_segment or off > headers_at):
                 events[m, 0] = EV_RESTART
@@ -141,7 +150,9 @@ def _walk(i, n, seg, foff, length, seq, status, kind, aux, nent, efirst, e_op, e
         state[0] = 1
         state[1] = s
         state[2] = off + RECORD_HEADER_SIZE + length[i]
-        last_seq[0] = q
+        if not zero:
+            last_seq[0] = q
+            state[4] = 1
         if status[i] == OK:
             k = kind[i]
             if k == BEGIN_TRANSACTION:
@@ -289,8 +300,9 @@ class _Verify:
         self.framed_end: dict[int, int] = {}  # segment -> where framing ended
         self.record_end: dict[int, int] = {}  # segment -> end of its last record
         self.swallowed: set[tuple[int, int]] = set()  # (segment, offset) reported
+        self.zero_run: Problem | None = None  # the run of zero records listed last
         self.fds: dict[int, int] = {}  # segment -> a descriptor, to look at damaged bytes
-        self.state = np.array([0, -1, 0, -1], np.int64)
+        self.state = np.array([0, -1, 0, -1, 0], np.int64)
         self.last_seq = np.zeros(1, np.uint64)
         self.open_txns = Dict.empty(key_type=types.uint64, value_type=_TXN_VALUE)
         self.events = np.zeros((_EVENTS, 4), np.int64)
@@ -377,8 +389,15 @@ class _Verify:
 
     def _undecodable(self, n: int) -> None:
         c = self.cols
-        for i in np.flatnonzero(c.status[:n] != OK).tolist():
+        rows = np.flatnonzero(c.status[:n] != OK)
+        zero = zerofill.zero_records(c.length[rows], c.seq[rows])
+        firsts, counts = zerofill.runs(c.seg[rows], c.foff[rows], zero)
+        for i, k, z in zip(rows[firsts].tolist(), counts.tolist(), zero[firsts].tolist(),
+                           strict=True):
             foff = int(c.foff[i])
+            if z:
+                self._zero_run(int(c.seg[i]), foff, k)
+                continue
             end = foff + RECORD_HEADER_SIZE + int(c.length[i])
             # The byte where decoding failed, kept inside the record, as a restore names it.
             at = min(foff + int(c.stop[i] - c.off[i]), end - 1)
@@ -387,6 +406,24 @@ class _Verify:
             self._add("undecodable", int(c.seg[i]), foff, int(c.seq[i]),
                       f"{STATUS_TEXT.get(int(c.status[i]), 'undecodable payload')} at offset "
                       f"{at} of a {int(c.length[i])}-byte {variant}payload", at=at)
+
+    def _zero_run(self, segment: int, start: int, records: int) -> None:
+        """List ``records`` zero records from ``start`` as one item, or add them to the
+        run listed last when they continue it (a piece boundary split them)."""
+        last = self.zero_run
+        if last is not None and last.file == self.names[segment] and (
+                last.offset + last.extra["bytes"] == start):
+            last.extra["records"] += records
+            last.extra["bytes"] += records * RECORD_HEADER_SIZE
+            last.what = zerofill.describe(last.offset, last.extra["records"])
+        else:
+            # ``at``: the byte a restore names, as for an undecodable record.
+            self._add(zerofill.KIND, segment, start, 0, zerofill.describe(start, records),
+                      at=start + RECORD_HEADER_SIZE - 1, records=records,
+                      bytes=records * RECORD_HEADER_SIZE)
+            self.zero_run = self.result.problems[-1]
+        end = start + records * RECORD_HEADER_SIZE
+        self._swallowed_near(segment, start, end)
 
     def _trailing(self, n: int) -> None:
         c = self.cols
@@ -405,7 +442,9 @@ class _Verify:
         """
         c = self.cols
         size = RECORD_HEADER_SIZE + c.length[:n]
-        for i in np.flatnonzero((c.status[:n] != OK) | (c.stop[:n] < c.off[:n] + size)).tolist():
+        damaged = (c.status[:n] != OK) | (c.stop[:n] < c.off[:n] + size)
+        damaged &= ~zerofill.zero_records(c.length[:n], c.seq[:n])  # searched by _zero_run
+        for i in np.flatnonzero(damaged).tolist():
             self._swallowed_near(int(c.seg[i]), int(c.foff[i]), int(c.foff[i] + size[i]))
 
     def _swallowed_near(self, segment: int, start: int, end: int) -> None:
@@ -442,18 +481,16 @@ class _Verify:
         c = self.cols
         i = 0
         while i < n:
-            prev_seq = int(self.last_seq[0]) if self.state[0] else None
-            start = i
             i, m = _walk(i, n, c.seg, c.foff, c.length, c.seq, c.status, c.kind, c.aux,
                          c.nent, c.efirst, c.e_op, c.e_dim, self.state, self.last_seq,
                          self.open_txns, self.events)
             for code, r, a, b in self.events[:m].tolist():
-                before = prev_seq if r == start else int(c.seq[r - 1])
-                self._event(code, r, a, b, before)
+                self._event(code, r, a, b)
 
-    def _event(self, code: int, i: int, a: int, b: int, prev_seq: int | None) -> None:
+    def _event(self, code: int, i: int, a: int, b: int) -> None:
         c = self.cols
         s, off, q = int(c.seg[i]), int(c.foff[i]), int(c.seq[i])
+        prev_seq = a % 2**64  # for the seq events: the previous seq, as int64 bits
         if code == EV_HEADERS:
             self._headers(s, a, off)
         elif code == EV_HISTORY:

@@ -405,7 +405,8 @@ def _reframe(files: Files, name: str, off: int, length: int, payload: bytes) -> 
     files[name] = head + payload + data[off + 12 + length :]
 
 
-N_MUTATIONS = 16
+N_MUTATIONS = 17
+ZERO_FILL = 16
 HOSTILE_PAYLOAD = 13
 
 
@@ -456,6 +457,16 @@ def mutate(files: Files, pick: Pick, kind: int | None = None) -> str:
         other = w.segment_name(max(0, created + [-5, 5, 1 << 40][pick(3)]))
         files[other] = files.pop(name)
         return f"rename {name} -> {other}"
+    if kind == ZERO_FILL:  # zeros, as a file extended but never written leaves
+        spans = record_spans(data)
+        bounds = [off for off, _ in spans] + [size]
+        pos = bounds[pick(len(bounds))] if pick(3) else pick(size + 1)
+        n = [12, 24, 36, 12 * 40, 5, 13, 100][pick(7)]
+        if pick(2):  # appended or inserted
+            files[name] = data[:pos] + bytes(n) + data[pos:]
+            return f"zeros inserted {name}@{pos}+{n}"
+        files[name] = data[:pos] + bytes(min(n, size - pos)) + data[pos + n:]
+        return f"zeros over {name}[{pos}:+{n}]"
     if kind == 7:  # a header inserted at a record boundary or anywhere
         spans = record_spans(data)
         bounds = [off for off, _ in spans] + [size]

@@ -24,6 +24,7 @@ from gpu_pitr.format.entries import (
 from gpu_pitr.format.layout import VARIANT_NAMES
 from gpu_pitr.format.reader import scan_segment
 from gpu_pitr.format.segments import list_segments
+from gpu_pitr.format.zerofill import describe as describe_zeros
 
 
 def wal_stats(wal_dir: str | os.PathLike) -> dict:
@@ -50,6 +51,18 @@ def wal_stats(wal_dir: str | os.PathLike) -> dict:
             )
         stamps = []
         for rec in scan.records:
+            if rec.seq == 0 and not rec.payload:  # 12 zero bytes: no seq the writer gave
+                first = first or {"file": name, "offset": rec.offset, "seq": 0}
+                last = damage[-1] if damage else None
+                if (last and last["kind"] == "zero_filled" and last["file"] == name
+                        and last["offset"] + last["bytes"] == rec.offset):
+                    last["records"] += 1
+                    last["bytes"] += 12
+                    last["what"] = describe_zeros(last["offset"], last["records"])
+                else:
+                    damage.append({**_damage("zero_filled", name, rec.offset, 0, 12,
+                                             describe_zeros(rec.offset, 1)), "records": 1})
+                continue
             if prev_seq is not None and rec.seq != prev_seq + 1:
                 restarts.append(
                     {"file": name, "offset": rec.offset, "from": prev_seq, "to": rec.seq}

@@ -494,6 +494,7 @@ def test_one_log_with_every_kind_of_problem_and_the_documented_severities(tmp_pa
     b.add(Abort(2, 5))  # txn_end_not_open
     b.add(Del("a", 6), trailing=b"!")  # trailing_bytes
     b.add_payload(b"\x09")  # undecodable
+    b.raw(bytes(36))  # zero_filled: three records of 12 zero bytes, one problem
     b.add(Del("a", 7), seq=100)  # seq_gap
     b.add(Del("a", 8), seq=3)  # seq_out_of_order
     b.raw(w.encode_header(1))  # header_mismatch
@@ -513,13 +514,14 @@ def test_one_log_with_every_kind_of_problem_and_the_documented_severities(tmp_pa
     severities = {p.kind: p.severity for p in result.problems}
     assert severities == {  # as docs/damage.md says
         "bad_header": DAMAGE, "header_mismatch": DAMAGE, "torn_tail": DAMAGE,
-        "undecodable": DAMAGE, "trailing_bytes": DAMAGE, "seq_gap": DAMAGE,
+        "undecodable": DAMAGE, "zero_filled": DAMAGE, "trailing_bytes": DAMAGE,
+        "seq_gap": DAMAGE,
         "seq_out_of_order": DAMAGE, "swallowed_header": DAMAGE, "torn_header": NOTICE,
         "seq_restart": NOTICE,
         "incomplete_history": NOTICE, "txn_begin_open": NOTICE, "txn_end_not_open": NOTICE,
         "txn_open_at_end": NOTICE, "dim_change": NOTICE, "expired_history": NOTICE,
     }
-    assert (result.damage, result.notices) == (8, 8)
+    assert (result.damage, result.notices) == (9, 8)
     assert all(p.what and "\n" not in p.what for p in result.problems)
     assert any(p.what.startswith(STATUS_TEXT[ERR_VARIANT]) for p in result.problems)
 
@@ -563,7 +565,8 @@ def _inspect_view(wal_dir) -> dict:
 
 
 def _verify_view(problems) -> dict:
-    damage_kinds = {"bad_header", "torn_header", "torn_tail", "undecodable", "trailing_bytes"}
+    damage_kinds = {"bad_header", "torn_header", "torn_tail", "undecodable", "zero_filled",
+                    "trailing_bytes"}
     return {
         "damage": {(p.kind, p.file, p.offset, p.seq) for p in problems
                    if p.kind in damage_kinds},
@@ -580,7 +583,7 @@ def _restore_view(report: dict) -> dict:
 
     return {
         "torn": {(name(t), t["offset"], t["bytes_lost"]) for t in report["torn_tails"]},
-        "skipped": {(name(s), s["offset"], s["seq"]) for s in report["skipped"]},
+        "skipped": {(name(s), s["offset"], s["seq"], s.get("records")) for s in report["skipped"]},
         "trailing": {(name(t), t["offset"], t["seq"], t["count"])
                      for t in report["trailing_bytes"]},
         "anomalies": {(name(a), a["offset"], a["seq"]) for a in report["anomalies"]},
@@ -591,8 +594,11 @@ def _verify_as_restore(problems) -> dict:
     return {
         "torn": {(p.file, p.offset, p.extra["bytes"]) for p in problems
                  if p.kind in ("torn_tail", "torn_header")},
-        "skipped": {(p.file, p.extra["at"], p.seq) for p in problems if p.kind == "undecodable"}
-        | {(p.file, 0, None) for p in problems if p.kind == "bad_header"},
+        "skipped": {(p.file, p.extra["at"], p.seq, None) for p in problems
+                    if p.kind == "undecodable"}
+        | {(p.file, p.extra["at"], p.seq, p.extra["records"]) for p in problems
+           if p.kind == "zero_filled"}
+        | {(p.file, 0, None, None) for p in problems if p.kind == "bad_header"},
         "trailing": {(p.file, p.offset, p.seq, p.extra["bytes"]) for p in problems
                      if p.kind == "trailing_bytes"},
         "anomalies": {(p.file, p.offset, p.seq) for p in problems

@@ -424,7 +424,8 @@ def workloads(draw, max_steps: int = 30, damage: bool = True) -> Workload:
         + ["begin"] * 2
         + ["commit"] * 2
         + ["abort", "checkpoint", "rotate", "restart_same", "restart_new"]
-        + (["garbage", "trailing", "bad_file", "short_file", "junk_file"] if damaged else [])
+        + (["garbage", "trailing", "bad_file", "short_file", "junk_file", "zeros"]
+           if damaged else [])
     )
     for _ in range(n_steps):
         kind = draw(st.sampled_from(kinds))
@@ -465,6 +466,10 @@ def workloads(draw, max_steps: int = 30, damage: bool = True) -> Workload:
             rnd = draw(st.binary(min_size=0, max_size=12))
             r = b.add_payload(garbage_payload(g, rnd, encode_entry(data_entry(0))))
             seqs.append(r.seq)
+        elif kind == "zeros":  # a file extended but never written, then written on
+            n = draw(st.sampled_from([12, 24, 36, 120, 5, 30]))
+            steps[-1] = f"zeros:{n}"
+            b.raw(bytes(n))
         elif kind == "trailing":
             add(data_entry(0), trailing=draw(st.binary(min_size=1, max_size=5)))
         elif kind in ("bad_file", "short_file"):

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from gpu_pitr.format import zerofill
 from gpu_pitr.format.codec import PayloadError, decode_entry
 from gpu_pitr.format.columns import ChunkColumns
 from gpu_pitr.format.entries import (
@@ -56,7 +57,8 @@ def wal_records(
     ``transaction``, its id (the one begun most recently of those open there, SPEC
     section 3: the record takes effect at that transaction's commit). Damage:
     ``file``, ``offset``, ``seq`` (or None), ``damage`` (``bad_header``,
-    ``undecodable``, ``torn_tail``), ``what`` and ``bytes`` lost.
+    ``undecodable``, ``zero_filled``: a run of records of 12 zero bytes, with its
+    ``records``; ``torn_tail``), ``what`` and ``bytes`` lost.
 
     ``first_seq``/``last_seq`` keep the records (undecodable ones included) whose
     seq is in that range; ``since``/``until`` the records stamped in that range
@@ -93,20 +95,47 @@ def wal_records(
     if left is not None and left <= 0:
         return
     txns = _OpenTransactions()
-    for item in framed_pieces(segments, chunk, header_damage):
-        if item.problem is not None:
-            kind, offset, what, nbytes = item.problem
-            out = [] if by_seq or by_time else [
-                _damage(segments[item.segment].name, offset, None, kind, what, nbytes)]
+
+    def pieces():
+        for item in framed_pieces(segments, chunk, header_damage):
+            if item.problem is not None:
+                kind, offset, what, nbytes = item.problem
+                if not (by_seq or by_time):
+                    yield _damage(segments[item.segment].name, offset, None, kind, what,
+                                  nbytes)
+            else:
+                yield from _piece(item, segments[item.segment].name, cols, stack, since,
+                                  until, first_seq, last_seq, by_seq, by_time, txns)
+
+    for doc in _zero_runs_joined(pieces()):
+        yield doc
+        if left is not None:
+            left -= 1
+            if left == 0:
+                return
+
+
+def _zero_runs_joined(docs: Iterator[dict]) -> Iterator[dict]:
+    """``docs`` with each run of zero-filled records that a piece boundary split made
+    one item again: a run is held until the item after it is known."""
+    held = None
+    for doc in docs:
+        if (held is not None and doc.get("damage") == zerofill.KIND
+                and doc["file"] == held["file"]
+                and doc["offset"] == held["offset"] + held["bytes"]):
+            held["records"] += doc["records"]
+            held["bytes"] += doc["bytes"]
+            held["what"] = zerofill.describe(held["offset"], held["records"])
+            continue
+        if held is not None:
+            yield held
+            held = None
+        if doc.get("damage") == zerofill.KIND:
+            held = doc
         else:
-            out = _piece(item, segments[item.segment].name, cols, stack, since, until,
-                         first_seq, last_seq, by_seq, by_time, txns)
-        for doc in out:
             yield doc
-            if left is not None:
-                left -= 1
-                if left == 0:
-                    return
+    if held is not None:
+        yield held
 
 
 class _OpenTransactions:
@@ -160,9 +189,23 @@ def _piece(item, name, cols, stack, since, until, first_seq, last_seq, by_seq, b
                 keep &= ~parsed | (ts >= since)
             if until is not None:
                 keep &= ~parsed | (ts <= until)
-        rows = np.flatnonzero(keep).tolist()
+        zero = zerofill.zero_records(item.length[:n], seq)
+        if by_time:
+            keep &= ~zero  # no timestamp to place them by
+        rows = np.flatnonzero(keep)
+        # A run of zero-filled records back to back is one item (format.zerofill).
+        firsts, counts = zerofill.runs(np.zeros(len(rows), np.int64), item.off[rows],
+                                       zero[rows])
+        records = dict(zip(rows[firsts].tolist(), counts.tolist(), strict=True))
+        rows = rows[firsts].tolist()
         member = txns.members(c.kind, c.aux, status, n, rows)
         for i in rows:
+            if zero[i]:
+                at = int(item.off[i]) - item.start + item.file_start
+                k = records[i]
+                out.append({**_damage(name, at, 0, zerofill.KIND, zerofill.describe(at, k),
+                                      k * RECORD_HEADER_SIZE), "records": k})
+                continue
             doc = _record(item, name, i)
             if i in member and "damage" not in doc:
                 doc["transaction"] = member[i]

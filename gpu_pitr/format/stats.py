@@ -74,6 +74,7 @@ def stats_lines(stats: dict) -> list[str]:
         what = {
             "bad_header": f"bad header: {d['what']}",
             "undecodable": f"undecodable: {d['what']}",
+            "zero_filled": f"zero-filled: {d['what']}",
             "trailing_bytes": f"{d['bytes']} trailing bytes after the payload",
             "torn_tail": f"torn tail, {d['bytes']} bytes lost",
         }[d["kind"]]

@@ -22,6 +22,7 @@ import numpy as np
 from numba import types
 from numba.typed import Dict
 
+from gpu_pitr.format import zerofill
 from gpu_pitr.format.codec import PayloadError, decode_entry
 from gpu_pitr.format.columns import ChunkColumns
 from gpu_pitr.format.layout import (
@@ -63,18 +64,19 @@ from gpu_pitr.jit import NO_REFCOUNTS, njit
 _HEADER_ID = MAGIC + VERSION.to_bytes(4, "little")
 _U64_MAX = np.uint64(2**64 - 1)
 
-# Events of the walk: (code, record index in the piece).
-EV_RESTART = 1  # seq is not the previous record's + 1
+# Events of the walk: (code, record index in the piece, a number: see each code).
+EV_RESTART = 1  # seq is not the previous record's + 1 (the previous seq's bits)
 EV_UNDECODABLE = 2
 EV_TRAILING = 3  # bytes left after the payload decodes
 EV_CHECKPOINT = 4
 EV_BEGIN_OPEN = 5  # BeginTransaction of an open transaction
 EV_END_NOT_OPEN = 6  # Commit/AbortTransaction of a transaction not open
+EV_ZEROS = 7  # a run of zero-filled records (format.zerofill): how many
 _EVENTS = 4096  # rows of the event buffer; the walk resumes when it fills
 _EVENT_ROOM = 3  # events one record can emit at most: restart, trailing, checkpoint/anomaly
 
 # The walk's counters, carried across pieces and segments (``state``).
-_SEEN = 0  # a record was seen (``prev`` holds its seq)
+_SEEN = 0  # a record with a seq was seen, not zero-filled (``prev`` holds its seq)
 _NEXT_BEGIN = 1  # begin order of the next transaction opened
 _COMMITTED = 2
 _ABORTED = 3
@@ -167,10 +169,24 @@ def _walk(buf, i, n, off, length, seq, status, kind, ts, aux, stop,
     m = 0
     while i < n and m + _EVENT_ROOM <= events.shape[0]:
         q = seq[i]
+        if q == 0 and length[i] == 0:
+            # Zero-filled records back to back, one event: undecodable, and no seq the
+            # writer gave (format.zerofill).
+            j = i + 1
+            while (j < n and seq[j] == 0 and length[j] == 0
+                   and off[j] == off[j - 1] + RECORD_HEADER_SIZE):
+                j += 1
+            events[m, 0] = EV_ZEROS
+            events[m, 1] = i
+            events[m, 2] = j - i
+            m += 1
+            i = j
+            continue
         # As Python ints: after 2**64 - 1 every seq is a restart.
         if state[_SEEN] != 0 and (prev[0] == _U64_MAX or q != prev[0] + np.uint64(1)):
             events[m, 0] = EV_RESTART
             events[m, 1] = i
+            events[m, 2] = np.int64(prev[0])  # the bits; the caller takes them back
             m += 1
         state[_SEEN] = 1
         prev[0] = q
@@ -348,7 +364,7 @@ class _Scan:
         self.counts = np.zeros(N_VARIANTS, np.int64)
         self.nested = np.zeros(N_VARIANTS, np.int64)
         self.open_txns = _new_txn_map()
-        self.events = np.zeros((_EVENTS, 2), np.int64)
+        self.events = np.zeros((_EVENTS, 3), np.int64)
         self.checkpoints: list[dict] = []
         self.anomalies: list[dict] = []
         self.restarts: list[dict] = []
@@ -379,7 +395,6 @@ class _Scan:
         n, c, seg = item.n, self.cols, self.segs[item.segment]
         if n:
             c.ensure_records(n)
-            prev = int(self.prev[0]) if self.state[_SEEN] else None
             _parse(item.buf, n, item.off, item.length, self.stack, c.status, c.kind, c.ts,
                    c.aux, c.nent, c.stop, c.e_op, c.e_key)
             i = 0
@@ -388,8 +403,8 @@ class _Scan:
                              c.kind, c.ts, c.aux, c.stop, self.state, self.prev, self.counts,
                              self.nested, self.open_txns, self.stack, c.e_op, c.e_key,
                              self.events)
-                for code, r in self.events[:m].tolist():
-                    self._event(code, r, item, seg, prev)
+                for code, r, a in self.events[:m].tolist():
+                    self._event(code, r, a, item, seg)
             if self.first_record is None:
                 self.first_record = {
                     "file": seg.name, "offset": int(item.off[0]) - item.start + item.file_start,
@@ -409,13 +424,16 @@ class _Scan:
             seg.torn_at = at
             self.damage.append(_damage("torn_tail", seg.name, at, nbytes=lost))
 
-    def _event(self, code: int, i: int, item, seg: _Segment, prev: int | None) -> None:
+    def _event(self, code: int, i: int, a: int, item, seg: _Segment) -> None:
         c = self.cols
         offset = int(item.off[i]) - item.start + item.file_start
         q = int(item.seq[i])
         if code == EV_RESTART:
-            before = int(item.seq[i - 1]) if i else prev
-            self.restarts.append({"file": seg.name, "offset": offset, "from": before, "to": q})
+            self.restarts.append({"file": seg.name, "offset": offset, "from": a % 2**64,
+                                  "to": q})
+            return
+        if code == EV_ZEROS:
+            self._zeros(seg.name, offset, a)
             return
         start = int(item.off[i]) + RECORD_HEADER_SIZE
         length = int(item.length[i])
@@ -437,6 +455,21 @@ class _Scan:
                 what = f"{end} of a transaction that is not open"
             self.anomalies.append({"file": seg.name, "offset": offset, "seq": q,
                                    "transaction_id": int(c.aux[i]), "what": what})
+
+    def _zeros(self, name: str, start: int, records: int) -> None:
+        """List a run of zero records, or add it to the run listed last when it goes on
+        from there (a piece boundary split it)."""
+        last = self.damage[-1] if self.damage else None
+        nbytes = records * RECORD_HEADER_SIZE
+        if (last is not None and last["kind"] == zerofill.KIND and last["file"] == name
+                and last["offset"] + last["bytes"] == start):
+            last["records"] += records
+            last["bytes"] += nbytes
+            last["what"] = zerofill.describe(last["offset"], last["records"])
+        else:
+            self.damage.append(_damage(zerofill.KIND, name, start, 0, nbytes,
+                                       zerofill.describe(start, records)))
+            self.damage[-1]["records"] = records
 
     def result(self) -> dict:
         segments = [seg.to_dict() for seg in self.segs]
