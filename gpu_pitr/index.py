@@ -146,6 +146,10 @@ class RestoredIndex:
         """The characters of ``ids``' dtype (the longest id's UTF-8 bytes; at least 1)."""
         return max(int(self._id_lens.max()) if len(self) else 1, 1)
 
+    def id_lengths(self) -> np.ndarray:
+        """The UTF-8 bytes of each id, in index order."""
+        return self._id_lens
+
     def ids_rows(self, lo: int, hi: int) -> np.ndarray:
         """``ids[lo:hi]``, made without making the rest (``ids`` is four bytes a
         character: an ``.npz`` writer takes it a few rows at a time)."""

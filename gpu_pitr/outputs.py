@@ -146,14 +146,69 @@ def _write_npz(index, out: Path) -> list[Path]:
         raise WalError(f"id {lossy[0]!r} ends with a NUL character, which the .npz "
                        f"ids array cannot hold ({len(lossy)} such ids)", file=str(out))
     report = json.dumps(index.report.to_dict())
+    texts, which = index.metadata_texts()
+    _npz_room(index, out, texts, which, len(report))
     with atomic_files(out) as (tmp,), open(tmp, "wb") as file:
         write_npz(file, {
             "ids": _ids_member(index),
             "vectors": np.asarray(index.vectors, dtype=np.float32),
-            "metadata": _metadata_member(index),
+            "metadata": _metadata_member(texts, which),
             "report": np.array(report),
         })
     return [out]
+
+
+#: Bytes an .npz takes beyond its members' data: zip and .npy headers, with room.
+_NPZ_SLACK = 1 << 20
+#: A unicode member this large, and this many times the text it holds, is worth a word.
+_WIDE_BYTES = 1 << 30
+_WIDE_RATIO = 8
+
+
+def _npz_room(index, out: Path, texts: tuple, which: np.ndarray, report_chars: int) -> None:
+    """Refuse an .npz its file system has no room for, before writing any of it.
+
+    Its unicode members are fixed-width (``<U``: four bytes a character, every row
+    as wide as the longest), so one long id or one large metadata map among many ids
+    makes the file far larger than the log: 20,000 ids and one 50 KB map are 4 GB
+    of .npz. Rather than fill the disk and then fail, the restore says so and names
+    the row that sets the width; one that fits but is inflated that much is a
+    warning. (.parquet stores each row at its own length.)
+    """
+    import warnings
+
+    n = len(index)
+    # Per member: its characters a row, and the UTF-8 bytes of each row's text.
+    members = {"ids": (index.ids_width(), index.id_lengths()),
+               "metadata": (texts[3], texts[2][which])}
+    need = (sum(4 * n * width for width, _ in members.values())
+            + int(np.asarray(index.vectors).nbytes) + 4 * report_chars + _NPZ_SLACK)
+    why = ""
+    for name, (width, lens) in members.items():
+        size, held = 4 * n * width, int(lens.sum())
+        if size < _WIDE_BYTES or size < _WIDE_RATIO * max(held, 1):
+            continue
+        row = int(np.argmax(lens))
+        ident = index.rows(row, row + 1).id_list()[0]
+        whose = "id" if name == "ids" else "the metadata of id"
+        why += (f"; its {name} member is {n:,} rows of {width:,} characters, {_gb(size)} "
+                f"for {_gb(held)} of text (NumPy's unicode arrays are fixed-width: every "
+                f"row as wide as the longest, {whose} {ident[:60]!r})")
+    try:
+        st = os.statvfs(out.parent)
+    except OSError:
+        st = None  # not ours to judge: the write reports what goes wrong
+    if st is not None and need > st.f_bavail * st.f_frsize:
+        raise WalError(f"the .npz would take {_gb(need)}, more than the "
+                       f"{_gb(st.f_bavail * st.f_frsize)} free on its file system{why}; "
+                       "write a .parquet instead, or make room", file=str(out))
+    if why:
+        warnings.warn(f"{out}: the .npz takes {_gb(need)}{why}; a .parquet output holds "
+                      "each row at its own length", stacklevel=2)
+
+
+def _gb(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 10**9 else f"{nbytes / 1e6:.1f} MB"
 
 
 #: Bytes of an .npz unicode member (ids, metadata) made at a time.
@@ -178,13 +233,12 @@ def _ids_member(index):
     return _unicode_member(len(index), index.ids_width(), index.ids_rows)
 
 
-def _metadata_member(index):
-    """``index.metadata_json()`` as an .npz member made as it is written: the JSON of
-    each distinct map is held once (500k ids of 1 KB text chunks: 2.2 GB a copy of the
-    whole member)."""
+def _metadata_member(texts: tuple, which: np.ndarray):
+    """``index.metadata_json()`` as an .npz member made as it is written, from
+    ``index.metadata_texts()``: the JSON of each distinct map is held once (500k ids of
+    1 KB text chunks: 2.2 GB a copy of the whole member)."""
     from gpu_pitr.index import json_rows
 
-    texts, which = index.metadata_texts()
     return _unicode_member(len(which), texts[3], lambda lo, hi: json_rows(texts, which[lo:hi]))
 
 

@@ -598,3 +598,63 @@ def test_report_to_dict_is_asdicts_copy() -> None:
     d["timings"]["read"] = 1.0
     assert r.skipped[2]["in"]["k"] == [1] and r.base["runs"][0] == [1, 2]
     assert r.timings == {"read": 0.5}
+
+
+def _one_wide_map(tmp_path: Path, ids: int = 300, width: int = 5000) -> Path:
+    """``ids`` ids with small maps but one of ``width`` characters: as an .npz, every
+    metadata row is that wide (NumPy's unicode arrays are fixed-width)."""
+    b = LogBuilder()
+    for i in range(ids):
+        b.add(Ins(f"id{i:04d}", f32(1), {"k": "x" * width} if i == 7 else {"k": "v"}, i))
+    return b.write(tmp_path / "wal")
+
+
+class _FreeSpace:
+    f_frsize = 4096
+
+    def __init__(self, free: int) -> None:
+        self.f_bavail = free // self.f_frsize
+
+
+def test_an_npz_larger_than_the_free_space_is_refused_before_it_is_written(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """300 ids and one map of 5,000 characters are a 6 MB .npz (its metadata member
+    300 rows of 5,008 characters): with 1 MiB free the restore says so on one line,
+    naming the id whose map sets the width, and writes nothing, instead of filling the
+    disk first."""
+    from gpu_pitr import outputs
+    from gpu_pitr.cli import main
+
+    wal = _one_wide_map(tmp_path)
+    out = tmp_path / "o.npz"
+    out.write_bytes(b"the previous restore")
+    monkeypatch.setattr(outputs, "_WIDE_BYTES", 1 << 20)
+    monkeypatch.setattr(outputs.os, "statvfs", lambda path: _FreeSpace(1 << 20))
+    assert main(["restore", str(wal), "--out", str(out), "--backend", "cpu", "--quiet"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"gpu-pitr: error: {out}: the .npz would take 7.")
+    assert "more than the 1.0 MB free" in line
+    assert "metadata member is 300 rows of 5,008 characters" in line
+    assert "the metadata of id 'id0007'" in line and ".parquet" in line
+    assert out.read_bytes() == b"the previous restore"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz", "wal"]
+    # With room enough it is written.
+    monkeypatch.setattr(outputs.os, "statvfs", lambda path: _FreeSpace(1 << 30))
+    with pytest.warns(UserWarning, match="the metadata of id 'id0007'"):
+        write_output(gpu_pitr.restore(wal, backend="cpu"), out, "npz")
+    with np.load(out, allow_pickle=False) as npz:
+        assert npz["metadata"].dtype == np.dtype("<U5008")
+        assert json.loads(str(npz["metadata"][7])) == {"k": "x" * 5000}
+
+
+def test_an_ordinary_npz_says_nothing_of_its_width(wal_dir: Path, tmp_path: Path,
+                                                   expected) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_output(expected, tmp_path / "o.npz", "npz")
+    wal = _one_wide_map(tmp_path)  # 6 MB: inflated, but not worth a word
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_output(gpu_pitr.restore(wal, backend="cpu"), tmp_path / "w.npz", "npz")
