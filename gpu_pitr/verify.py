@@ -84,6 +84,7 @@ KINDS = {
 }
 
 _EVENTS = 4096  # rows of the walk's event buffer; the walk resumes when it fills
+_OPEN_FILES = 16  # descriptors kept to look at damaged bytes again, at most
 _HEADER_ID = MAGIC + VERSION.to_bytes(4, "little")
 _HEADER_BLOCK = HEADER_SIZE << 16  # bytes of back-to-back headers read at once
 
@@ -459,6 +460,8 @@ class _Verify:
     def _fd(self, segment: int) -> int:
         """A descriptor of the segment, for the few bytes looked at again (read-only)."""
         if segment not in self.fds:
+            if len(self.fds) >= _OPEN_FILES:  # the oldest closed: segments come in order
+                os.close(self.fds.pop(next(iter(self.fds))))
             self.fds[segment] = os.open(self.segments[segment].path,
                                         os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         return self.fds[segment]

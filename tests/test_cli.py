@@ -694,3 +694,46 @@ def test_stdout_that_cannot_be_written_is_named_and_verify_says_2(wal_dir: Path,
                                   stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
         assert (proc.returncode, proc.stderr) == (
             rc, "gpu-pitr: error: stdout: cannot write: No space left on device\n"), args
+
+
+def test_more_segments_than_the_process_may_hold_open(tmp_path):
+    """An archive of many segments (here 300, under a limit of 64 open files) is read a
+    file at a time: each segment's descriptor is closed after its last piece, and
+    verify keeps a few to look at damaged bytes again (each segment here ends with a
+    header of another second: damage it looks at)."""
+    import resource
+
+    from workloads import Ins, LogBuilder, encode_header
+
+    b = LogBuilder(created=1000)
+    for s in range(300):
+        b.add(Ins(f"id{s % 7}", [float(s)], None, s))
+        b.raw(encode_header(1))  # appended mid-file, another second: header_mismatch
+        b.new_segment(1001 + s)
+    wal = Path(b.write(tmp_path / "wal"))
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(
+            resource.RLIMIT_NOFILE)[1]))
+
+    before = dir_state(wal)
+    runs = {
+        "restore": ["restore", wal, "--out", tmp_path / "o.npz", "--backend", "cpu"],
+        "verify": ["verify", wal],
+        "inspect": ["inspect", wal],
+        "records": ["inspect", wal, "--records"],
+    }
+    for name, args in runs.items():
+        proc = subprocess.run([sys.executable, "-m", "gpu_pitr", *map(str, args)],
+                              capture_output=True, text=True, timeout=600,
+                              preexec_fn=limited)
+        assert "Too many open files" not in proc.stdout + proc.stderr, name
+        assert proc.returncode == (1 if name == "verify" else 0), (name, proc.stderr)
+    assert dir_state(wal) == before
+    with np.load(tmp_path / "o.npz", allow_pickle=False) as npz:
+        assert list(npz["ids"]) == [f"id{k}" for k in range(7)]
+        assert npz["vectors"][:, 0].tolist() == [
+            float(max(s for s in range(300) if s % 7 == k)) for k in range(7)]
+    problems = cli("verify", wal, "--json")
+    kinds = [p["kind"] for p in json.loads(problems.stdout)["problems"]]
+    assert kinds == ["header_mismatch"] * 300

@@ -61,11 +61,15 @@ class Readahead:
                  alloc: Callable[[int], np.ndarray], threads: int = 2) -> None:
         self.headroom = headroom
         self._tasks = deque()
+        # Pieces of each file not read yet: its descriptor is closed after the last
+        # (an archive of 20,000 segments would otherwise hold 20,000 of them open).
+        self._left: dict[str, int] = {}
         for seg, path, start, end in ranges:
             pos = start
             while True:
                 n = min(chunk_bytes, end - pos)
                 self._tasks.append((seg, path, pos, n, pos + n >= end, end))
+                self._left[str(path)] = self._left.get(str(path), 0) + 1
                 pos += n
                 if pos >= end:
                     break
@@ -95,7 +99,23 @@ class Readahead:
                 self._fds[key] = os.open(key, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             return self._fds[key]
 
+    def _done_with(self, path) -> None:
+        """One piece of ``path`` read (or given up): its descriptor closes after the last."""
+        key = str(path)
+        with self._lock:
+            self._left[key] -= 1
+            if self._left[key] == 0:
+                fd = self._fds.pop(key, None)
+                if fd is not None:
+                    os.close(fd)
+
     def _read(self, task) -> Piece | None:
+        try:
+            return self._read_piece(task)
+        finally:
+            self._done_with(task[1])
+
+    def _read_piece(self, task) -> Piece | None:
         seg, path, offset, length, last, listed = task
         while True:
             try:
