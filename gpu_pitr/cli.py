@@ -461,6 +461,16 @@ COMPILE_NOTE_SECONDS = 0.5
 WARN_EACH = 10
 
 
+def _zero_records(entries: list[dict]) -> str:
+    """`` (one a run of 1,398,101 zero-filled records)``: what entries of runs of
+    zero-filled records hold (``format.zerofill``), or nothing."""
+    runs = [e["records"] for e in entries if e.get("records") is not None]
+    if not runs:
+        return ""
+    which = "one a run" if len(runs) == 1 else f"{len(runs)} runs"
+    return f" ({which} of {sum(runs):,} zero-filled records)"
+
+
 def restore_warnings(report: dict) -> list[str]:
     """What a restore went past that a person must not miss: each torn tail (the bytes
     after it in its file were not read) and each record or file ``--skip-corrupt``
@@ -537,8 +547,9 @@ def restore_summary(report: dict, out: Path) -> list[str]:
         f"{txns['in_flight_discarded']} discarded in flight; "
         f"{plural(len(report['anomalies']), 'anomaly', 'anomalies')}",
         f"damage: {plural(len(report['torn_tails']), 'torn tail')}, "
-        f"{len(report['skipped'])} skipped, "
-        f"{len(report['damage_after_stop'])} after the stop point, "
+        f"{len(report['skipped'])} skipped{_zero_records(report['skipped'])}, "
+        f"{len(report['damage_after_stop'])} after the stop point"
+        f"{_zero_records(report['damage_after_stop'])}, "
         f"{len(report['trailing_bytes'])} with trailing bytes",
     ]
     if report.get("base"):

@@ -737,3 +737,29 @@ def test_more_segments_than_the_process_may_hold_open(tmp_path):
     problems = cli("verify", wal, "--json")
     kinds = [p["kind"] for p in json.loads(problems.stdout)["problems"]]
     assert kinds == ["header_mismatch"] * 300
+
+
+def test_zero_filled_records_on_the_command_line(tmp_path):
+    """Zeros where records should be: without --skip-corrupt one line that says so;
+    with it one warning, one report entry and the summary's count of the records."""
+    from workloads import Ins, LogBuilder
+
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    start = b.raw(bytes(1200))  # 100 records of 12 zero bytes
+    b.add(Ins("c", [3.0], None, 2))
+    wal = Path(b.write(tmp_path / "wal"))
+    out = tmp_path / "o.npz"
+    proc = cli("restore", wal, "--out", out, "--backend", "cpu", wal_dir=wal)
+    assert proc.returncode == 1 and not out.exists()
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"offset {start + 11}: seq 0: payload truncated" in line and "12 zero bytes" in line
+    proc = cli("restore", wal, "--out", out, "--backend", "cpu", "--skip-corrupt", wal_dir=wal)
+    assert proc.returncode == 0, proc.stderr
+    (warning,) = proc.stderr.strip().splitlines()
+    assert f"offset {start + 11}: seq 0: skipped: zero-filled: 100 records" in warning
+    assert "1 skipped (one a run of 100 zero-filled records)" in proc.stdout
+    with np.load(out, allow_pickle=False) as npz:
+        assert list(npz["ids"]) == ["a", "c"]
+        (skip,) = json.loads(str(npz["report"]))["skipped"]
+    assert (skip["start"], skip["records"], skip["bytes"]) == (start, 100, 1200)
