@@ -391,9 +391,15 @@ class _Restore:
     def _chunk(self, first: int, n: int) -> None:
         c = self.cols
         if not self.seen_first and n > first:
-            self.seen_first = True
-            self.report.first_seq = int(c.seq[first])
-            self._check_first(first)
+            head = first
+            if self.skip_corrupt and self.to_seq != 0:
+                # Zero-filled records carry no seq the writer gave: skipped, they do not
+                # say where the history starts (a seq 0 target is one of them, though).
+                head += zerofill.leading(c.length[first:n], c.seq[first:n])
+            if head < n:
+                self.seen_first = True
+                self.report.first_seq = int(c.seq[head])
+                self._check_first(head)
         t = time.perf_counter()
         was_stopped = self.plan.stopped
         check = getattr(self.ex, "check", None)

@@ -129,13 +129,13 @@ def _walk(i, n, seg, foff, length, seq, status, kind, aux, nent, efirst, e_op, e
         q = seq[i]
         # A zero-filled record's seq 0 is not one the writer gave (format.zerofill).
         zero = q == 0 and length[i] == 0
-        if state[0] == 0:
+        if zero:
+            pass
+        elif state[4] == 0:  # the first record with a seq: where the history starts
             if q != 0:
                 events[m, 0] = EV_HISTORY
                 events[m, 1] = i
                 m += 1
-        elif zero or state[4] == 0:
-            pass
         elif last_seq[0] == _U64_MAX or q != last_seq[0] + np.uint64(1):
             # (2^64-1 + 1 wraps to 0 in uint64: no seq follows 2^64-1 in line)
             events[m, 1] = i

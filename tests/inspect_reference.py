@@ -52,7 +52,6 @@ def wal_stats(wal_dir: str | os.PathLike) -> dict:
         stamps = []
         for rec in scan.records:
             if rec.seq == 0 and not rec.payload:  # 12 zero bytes: no seq the writer gave
-                first = first or {"file": name, "offset": rec.offset, "seq": 0}
                 last = damage[-1] if damage else None
                 if (last and last["kind"] == "zero_filled" and last["file"] == name
                         and last["offset"] + last["bytes"] == rec.offset):

@@ -310,7 +310,10 @@ def restore(
             return _fail(res, "BadSegmentError", item[1], 0, 16)
         _, name, off, end, seq, payload = item
         res.records_read += 1
-        if first_record:
+        # Records of 12 zero bytes carry no seq the writer gave: skipped, they do not
+        # say where the history starts (unless seq 0 is the target, which one of them is).
+        zero_skipped = seq == 0 and not payload and skip_corrupt and to_seq != 0
+        if first_record and not zero_skipped:
             first_record = False
             if seq != 0 and not allow_incomplete_history:
                 return _fail(res, "IncompleteHistoryError", name, off, end, seq)

@@ -946,3 +946,31 @@ def test_zero_filled_run_in_verify_and_inspect(tmp_path):
     import inspect_reference  # the compiled inspect equals the pure-Python one
 
     inspect_reference.assert_same_stats(d)
+
+
+def test_zero_filled_records_do_not_say_where_the_history_starts(restore, tmp_path):
+    """Zeros before the first real record (seq 500: earlier history gone) do not make
+    the history look complete with their seq 0: skipped, the first record after them
+    is judged, as verify and inspect judge it. Without skip_corrupt the zeros are fatal
+    first, as they come first."""
+    from gpu_pitr.format.stats import wal_stats
+    from gpu_pitr.verify import verify_wal
+
+    b = LogBuilder(first_seq=500)
+    start = b.raw(bytes(120))
+    first = b.add(Ins("a", [1.0], None, 1))
+    d = b.write(tmp_path / "wal")
+    with pytest.raises(CorruptRecordError):
+        restore(d)
+    with pytest.raises(IncompleteHistoryError) as err:
+        restore(d, skip_corrupt=True)
+    assert (base(err.value.file), err.value.seq) == (first.file, 500)
+    assert start < err.value.offset < first.end
+    v = restore(d, skip_corrupt=True, allow_incomplete_history=True)
+    assert v.ids == ["a"] and len(v.report["skipped"]) in (1, 10)  # (the reference: each)
+    # A seq 0 target is a zero record itself: skipped, and the restore stops there.
+    v = restore(d, skip_corrupt=True, to_seq=0)
+    assert v.ids == [] and v.report["stop"]["offset"] == start
+    kinds = [p.kind for p in verify_wal(d).problems]
+    assert kinds == ["zero_filled", "incomplete_history"]
+    assert wal_stats(d)["history"]["first_record"]["seq"] == 500

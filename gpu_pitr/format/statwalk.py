@@ -405,10 +405,14 @@ class _Scan:
                              self.events)
                 for code, r, a in self.events[:m].tolist():
                     self._event(code, r, a, item, seg)
-            if self.first_record is None:
-                self.first_record = {
-                    "file": seg.name, "offset": int(item.off[0]) - item.start + item.file_start,
-                    "seq": int(item.seq[0])}
+            if self.first_record is None:  # the first not zero-filled (format.zerofill)
+                some = np.flatnonzero(~zerofill.zero_records(item.length[:n], item.seq[:n]))
+                if len(some):
+                    f = int(some[0])
+                    self.first_record = {
+                        "file": seg.name,
+                        "offset": int(item.off[f]) - item.start + item.file_start,
+                        "seq": int(item.seq[f])}
             seg.records += n
             if seg.first_seq is None:
                 seg.first_seq = int(item.seq[0])

@@ -10,8 +10,10 @@ bytes), not an item per 12 bytes: a report, ``verify`` and ``inspect`` stay the 
 the damage's description, not of the damage (16 MiB of zeros listed record by record
 took 1.7-2.7 GB and 13-40 s).
 
-A zero record takes no part in the sequence-number checks either (verify, inspect): its
-seq 0 is not a number the writer gave.
+A zero record takes no part in the sequence-number checks either (verify, inspect), nor
+says where the history starts (SPEC section 4: the first record present; a restore that
+skips them judges the first record after them): its seq 0 is not a number the writer
+gave.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ KIND = "zero_filled"
 def zero_records(length: np.ndarray, seq: np.ndarray) -> np.ndarray:
     """Which records are 12 zero bytes (seq 0, payload length 0)."""
     return (length == 0) & (seq == 0)
+
+
+def leading(length: np.ndarray, seq: np.ndarray) -> int:
+    """How many records at the front of these columns are zero-filled."""
+    zero = zero_records(length, seq)
+    return len(zero) if zero.all() else int(np.argmin(zero))
 
 
 def runs(seg: np.ndarray, foff: np.ndarray, zero: np.ndarray, same=None):
