@@ -818,9 +818,7 @@ class _Restore:
             if not z:
                 listed.append({"file": file, "offset": damaged, "seq": seq,
                                "what": STATUS_TEXT.get(status, "undecodable payload")})
-            elif zerofill.extends(listed[-1] if listed else None, file, at):
-                zerofill.extend(listed[-1], k)
-            else:
+            elif not zerofill.join(listed[-1] if listed else None, file, at, k):
                 listed.append(zerofill.item(file, at, k, offset=damaged, seq=seq))
 
     def _bad_offset(self, i: int) -> int:

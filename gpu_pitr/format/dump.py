@@ -120,12 +120,8 @@ def _zero_runs_joined(docs: Iterator[dict]) -> Iterator[dict]:
     one item again: a run is held until the item after it is known."""
     held = None
     for doc in docs:
-        if (held is not None and doc.get("damage") == zerofill.KIND
-                and doc["file"] == held["file"]
-                and doc["offset"] == held["offset"] + held["bytes"]):
-            held["records"] += doc["records"]
-            held["bytes"] += doc["bytes"]
-            held["what"] = zerofill.describe(held["offset"], held["records"])
+        if doc.get("damage") == zerofill.KIND and zerofill.join(
+                held, doc["file"], doc["offset"], doc["records"], "offset", ""):
             continue
         if held is not None:
             yield held

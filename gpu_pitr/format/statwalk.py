@@ -463,17 +463,12 @@ class _Scan:
     def _zeros(self, name: str, start: int, records: int) -> None:
         """List a run of zero records, or add it to the run listed last when it goes on
         from there (a piece boundary split it)."""
-        last = self.damage[-1] if self.damage else None
-        nbytes = records * RECORD_HEADER_SIZE
-        if (last is not None and last["kind"] == zerofill.KIND and last["file"] == name
-                and last["offset"] + last["bytes"] == start):
-            last["records"] += records
-            last["bytes"] += nbytes
-            last["what"] = zerofill.describe(last["offset"], last["records"])
-        else:
-            self.damage.append(_damage(zerofill.KIND, name, start, 0, nbytes,
-                                       zerofill.describe(start, records)))
-            self.damage[-1]["records"] = records
+        if not zerofill.join(self.damage[-1] if self.damage else None, name, start, records,
+                             "offset", ""):
+            self.damage.append({**_damage(zerofill.KIND, name, start, 0,
+                                          records * RECORD_HEADER_SIZE,
+                                          zerofill.describe(start, records)),
+                                "records": records})
 
     def result(self) -> dict:
         segments = [seg.to_dict() for seg in self.segs]

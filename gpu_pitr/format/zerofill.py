@@ -65,22 +65,26 @@ def describe(start: int, records: int) -> str:
             "extended)")
 
 
-def extends(last: dict | None, file: str, start: int) -> bool:
-    """Whether a run from ``start`` in ``file`` goes on the run ``last`` lists (an item
-    made by ``item``), which a chunk or piece boundary split."""
-    return (last is not None and last.get("records") is not None and last["file"] == file
-            and last["start"] + last["bytes"] == start)
+REPORT_PREFIX = "zero-filled: "  # a report's entries have no kind of their own
 
 
 def item(file: str, start: int, records: int, **where) -> dict:
     """A restore report's entry for a run: ``file``, ``where`` (offset, seq), then
     ``what``, ``records``, ``bytes`` and ``start`` (the file offset of its first byte)."""
-    return {"file": file, **where, "what": "zero-filled: " + describe(start, records),
+    return {"file": file, **where, "what": REPORT_PREFIX + describe(start, records),
             "records": records, "bytes": records * RECORD_HEADER_SIZE, "start": start}
 
 
-def extend(last: dict, records: int) -> None:
-    """Add ``records`` zero records to the run ``last`` (an ``item``) lists."""
+def join(last: dict | None, file: str, start: int, records: int, start_key: str = "start",
+         prefix: str = REPORT_PREFIX) -> bool:
+    """Add a run of ``records`` zero records from ``start`` in ``file`` to the run that
+    ``last`` lists (a dict with ``file``, ``records``, ``bytes``, ``what`` and its first
+    byte under ``start_key``) when it goes on from where that one ends: a chunk or a
+    piece boundary split them. False, changing nothing, when it does not."""
+    if (last is None or last.get("records") is None or last["file"] != file
+            or last[start_key] + last["bytes"] != start):
+        return False
     last["records"] += records
     last["bytes"] += records * RECORD_HEADER_SIZE
-    last["what"] = "zero-filled: " + describe(last["start"], last["records"])
+    last["what"] = prefix + describe(last[start_key], last["records"])
+    return True
