@@ -32,7 +32,7 @@ from gpu_pitr.errors import (
     WalError,
 )
 from gpu_pitr.format import zerofill
-from gpu_pitr.format.columns import ChunkColumns, back_to_back, move_records
+from gpu_pitr.format.columns import ChunkColumns, back_to_back, file_runs, move_records
 from gpu_pitr.format.frame import frame_records, header_problem
 from gpu_pitr.format.layout import (
     BATCH,
@@ -538,10 +538,7 @@ class _Restore:
         move_records(self.buf, blob, c.off[rows], length, len(rows), 0)
         self.pending = blob.tobytes()
         seg, foff = c.seg[rows], c.foff[rows]
-        first = np.ones(len(rows), np.bool_)
-        first[1:] = (seg[1:] != seg[:-1]) | (foff[1:] != foff[:-1] + size[:-1])
-        starts = np.flatnonzero(first)
-        records = np.diff(np.append(starts, len(rows)))
+        starts, records = file_runs(seg, foff, size)
         names = [Path(name).name for name in self.names]
         self.position["pending"] = {
             "transactions": [[int(t), int(k)] for t, k in zip(txns.tolist(), counts.tolist(),
@@ -802,8 +799,7 @@ class _Restore:
         firsts, counts = zerofill.runs(seg, foff, zero, same=events[:, 0])
         events, rows, foff = events[firsts], rows[firsts], foff[firsts]
         files = [self.names[s] for s in seg[firsts].tolist()]
-        bad = np.minimum(foff + (c.stop[rows] - c.off[rows]),
-                         foff + RECORD_HEADER_SIZE + c.length[rows] - 1)
+        bad = c.bad_offsets(rows)
         for (ev, i), file, at, damaged, seq, status, k, z in zip(
                 events.tolist(), files, foff.tolist(), bad.tolist(), c.seq[rows].tolist(),
                 c.status[rows].tolist(), counts.tolist(), zero[firsts].tolist(), strict=True):
@@ -822,11 +818,7 @@ class _Restore:
                 listed.append(zerofill.item(file, at, k, offset=damaged, seq=seq))
 
     def _bad_offset(self, i: int) -> int:
-        # The file offset of the byte where decoding failed, kept inside the record
-        # (a truncated payload fails at its end). _events computes it for many.
-        c = self.cols
-        last = c.foff[i] + RECORD_HEADER_SIZE + c.length[i] - 1
-        return int(min(c.foff[i] + (c.stop[i] - c.off[i]), last))
+        return int(self.cols.bad_offsets(np.array([i]))[0])
 
     def _status_text(self, i: int) -> str:
         return STATUS_TEXT.get(int(self.cols.status[i]), "undecodable payload")

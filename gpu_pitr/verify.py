@@ -393,15 +393,14 @@ class _Verify:
         rows = np.flatnonzero(c.status[:n] != OK)
         zero = zerofill.zero_records(c.length[rows], c.seq[rows])
         firsts, counts = zerofill.runs(c.seg[rows], c.foff[rows], zero)
-        for i, k, z in zip(rows[firsts].tolist(), counts.tolist(), zero[firsts].tolist(),
-                           strict=True):
+        rows = rows[firsts]
+        # ``at``: the byte where decoding failed, as a restore names it.
+        for i, k, z, at in zip(rows.tolist(), counts.tolist(), zero[firsts].tolist(),
+                               c.bad_offsets(rows).tolist(), strict=True):
             foff = int(c.foff[i])
             if z:
                 self._zero_run(int(c.seg[i]), foff, k)
                 continue
-            end = foff + RECORD_HEADER_SIZE + int(c.length[i])
-            # The byte where decoding failed, kept inside the record, as a restore names it.
-            at = min(foff + int(c.stop[i] - c.off[i]), end - 1)
             kind = int(c.kind[i])
             variant = f"{VARIANT_NAMES[kind]} " if 0 <= kind < N_VARIANTS else ""
             self._add("undecodable", int(c.seg[i]), foff, int(c.seq[i]),

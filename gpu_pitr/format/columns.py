@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpu_pitr.format.layout import RECORD_HEADER_SIZE
-from gpu_pitr.format.payload import OK
+from gpu_pitr.format.payload import OK, read_uint_le
 from gpu_pitr.jit import njit
 
 RECORD_COLUMNS = {
@@ -60,6 +60,14 @@ class ChunkColumns:
         payload does: the trailing bytes a restore accepts and verify reports."""
         return _trailing_rows(self.off, self.length, self.status, self.stop, first, n)
 
+    def bad_offsets(self, rows: np.ndarray) -> np.ndarray:
+        """The file offset of the byte where decoding failed, of each record in ``rows``
+        (what a restore's error names): kept inside the record, so a truncated
+        payload fails at its last byte."""
+        foff = self.foff[rows]
+        return np.minimum(foff + (self.stop[rows] - self.off[rows]),
+                          foff + RECORD_HEADER_SIZE + self.length[rows] - 1)
+
     def trailing_count(self, i: int) -> int:
         """How many bytes of record ``i``'s payload follow its entry."""
         return int(self.off[i] + RECORD_HEADER_SIZE + self.length[i] - self.stop[i])
@@ -75,6 +83,26 @@ class ChunkColumns:
                 new[:capacity] = getattr(self, name)
             setattr(self, name, new)
         return n
+
+
+def file_runs(seg: np.ndarray, foff: np.ndarray, size, keep: np.ndarray | None = None,
+              same: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Group records in log order into runs, each record following the one before it in
+    its file: in the same segment, at ``foff`` + ``size`` of the one before (``size``:
+    each record's bytes, or one for all). Where given, both must be ``keep`` and have
+    the same ``same`` (an event's kind): a record that is not ``keep`` is a run of its
+    own. Returns ``(firsts, counts)``: each run's first record, and how many it holds."""
+    n = len(seg)
+    follows = np.zeros(n, np.bool_)
+    if n > 1:
+        step = size if np.ndim(size) == 0 else size[:-1]
+        follows[1:] = (seg[1:] == seg[:-1]) & (foff[1:] == foff[:-1] + step)
+        if keep is not None:
+            follows[1:] &= keep[1:] & keep[:-1]
+        if same is not None:
+            follows[1:] &= same[1:] == same[:-1]
+    firsts = np.flatnonzero(~follows)
+    return firsts, np.diff(np.append(firsts, n))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -129,16 +157,10 @@ def back_to_back(blob, off, length, seq):
     pos = 0
     k = 0
     while k < len(off) and pos + RECORD_HEADER_SIZE <= len(blob):
-        h = blob[pos:pos + RECORD_HEADER_SIZE]
-        n = 0
-        for b in range(4):
-            n |= np.int64(h[8 + b]) << (8 * b)
+        n = np.int64(read_uint_le(blob, pos + 8, 4))
         if pos + RECORD_HEADER_SIZE + n > len(blob):
             break
-        s = np.uint64(0)
-        for b in range(8):
-            s |= np.uint64(h[b]) << np.uint64(8 * b)
-        off[k], length[k], seq[k] = pos, n, s
+        off[k], length[k], seq[k] = pos, n, read_uint_le(blob, pos, 8)
         pos += RECORD_HEADER_SIZE + n
         k += 1
     return k, pos

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpu_pitr.format.columns import file_runs
 from gpu_pitr.format.layout import RECORD_HEADER_SIZE
 
 KIND = "zero_filled"
@@ -43,17 +44,8 @@ def runs(seg: np.ndarray, foff: np.ndarray, zero: np.ndarray, same=None):
 
     ``seg``, ``foff``: each item's segment and file offset; ``zero``: whether it is a
     zero record. Returns ``(firsts, counts)``: the index of each group's first item, and
-    how many items it holds."""
-    n = len(zero)
-    follows = np.zeros(n, bool)
-    if n > 1:
-        follows[1:] = (zero[1:] & zero[:-1] & (seg[1:] == seg[:-1])
-                       & (foff[1:] == foff[:-1] + RECORD_HEADER_SIZE))
-        if same is not None:
-            follows[1:] &= same[1:] == same[:-1]
-    firsts = np.flatnonzero(~follows)
-    counts = np.diff(np.append(firsts, n))
-    return firsts, counts
+    how many items it holds (``columns.file_runs``)."""
+    return file_runs(seg, foff, RECORD_HEADER_SIZE, keep=zero, same=same)
 
 
 def describe(start: int, records: int) -> str:
