@@ -619,7 +619,13 @@ def _snapshots_in(directory: str) -> list[str]:
 
 
 def _say_if_no_segments(wal_dir: str, segments: int) -> None:
-    """A WAL_DIR without segment files is empty, not damaged; say what it may be instead."""
+    """Notes on stderr: each entry named like a segment that is not a file (not read),
+    and a WAL_DIR without segment files, which is empty, not damaged: what it may be
+    instead."""
+    from gpu_pitr.format.segments import not_segment_files
+
+    for line in not_segment_files(wal_dir):
+        print(f"note: {line}", file=sys.stderr)
     if segments == 0:
         from gpu_pitr.pipeline import no_segments_note
 

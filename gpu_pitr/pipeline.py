@@ -50,7 +50,12 @@ from gpu_pitr.format.readahead import (
     Readahead,
     host_buffer,
 )
-from gpu_pitr.format.segments import list_segments, not_a_directory
+from gpu_pitr.format.segments import (
+    list_segments,
+    not_a_directory,
+    not_segment_files,
+    written_since,
+)
 from gpu_pitr.format.stats import utc_text
 from gpu_pitr.format.times import parse_time
 from gpu_pitr.hostmem import fill_once_pages
@@ -1137,8 +1142,19 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict) -> lis
     """What a restore that succeeded must not pass over in silence (``report.warnings``):
     a gap in the history it was allowed to cross, a time target the log ends before (an
     archive not brought up to date would give an older state without a word; PostgreSQL
-    fails such a recovery), a seq target met more than once."""
-    out = []
+    fails such a recovery), a seq target met more than once, a torn tail that was a
+    write in progress, an entry named like a segment that is not a file.
+    """
+    out = not_segment_files(run.wal_dir)
+    for torn in report.torn_tails:
+        size = torn["bytes_lost"] and written_since(torn["file"], torn["offset"],
+                                                    torn["bytes_lost"])
+        if size:
+            out.append(
+                f"{Path(torn['file']).name}: offset {torn['offset']}: that torn tail was a "
+                f"write in progress: the file has grown to {size} bytes since it was read, "
+                "where the record is whole; a writer is appending to it, and this restore "
+                "has the log up to the bytes it read")
     if run.gap_why is not None:
         out.append(f"incomplete history, restored as allowed: {run.gap_why}; the state "
                    "restored lacks what came before and may never have existed")

@@ -22,9 +22,9 @@ from gpu_pitr.format.layout import (
     CHECKPOINT,
     COMMIT_TRANSACTION,
     DELETE,
+    HEADER_ID,
     HEADER_SIZE,
     INSERT,
-    MAGIC,
     N_VARIANTS,
     OPTION_NONE,
     OPTION_SOME,
@@ -35,7 +35,6 @@ from gpu_pitr.format.layout import (
     VARINT_U16,
     VARINT_U32,
     VARINT_U64,
-    VERSION,
     segment_name,
 )
 from gpu_pitr.format.payload import varint_widths
@@ -447,7 +446,7 @@ def _fill_segment(
 ) -> None:
     """Write into ``buf`` (exactly its size) the segment file holding records ``r0:r1``."""
     buf[:HEADER_SIZE] = np.frombuffer(
-        MAGIC + VERSION.to_bytes(4, "little") + created.to_bytes(8, "little"), np.uint8
+        HEADER_ID + created.to_bytes(8, "little"), np.uint8
     )
     if r1 == r0:
         return

@@ -17,7 +17,9 @@ Severities (docs/damage.md has the table):
   SPEC rule a restore follows: a sequence-number restart at a writer reopen,
   history missing before the first record, transactions still open at the end,
   transaction anomalies, vector lengths that change, a segment file shorter than
-  its header (a crash before the header reached the disk; no record lost).
+  its header (a crash before the header reached the disk; no record lost), a
+  torn tail that was a write in progress (the file has grown since it was read,
+  and the record cut is whole there now: a live log's newest segment).
 """
 
 from __future__ import annotations
@@ -40,12 +42,11 @@ from gpu_pitr.format.layout import (
     BEGIN_TRANSACTION,
     COMMIT_TRANSACTION,
     DELETE,
+    HEADER_ID,
     HEADER_SIZE,
-    MAGIC,
     N_VARIANTS,
     RECORD_HEADER_SIZE,
     VARIANT_NAMES,
-    VERSION,
 )
 from gpu_pitr.format.payload import OK, STATUS_TEXT
 from gpu_pitr.format.readahead import (
@@ -54,7 +55,7 @@ from gpu_pitr.format.readahead import (
     framed_pieces,
     scan_chunk_bytes,
 )
-from gpu_pitr.format.segments import list_segments
+from gpu_pitr.format.segments import list_segments, written_since
 from gpu_pitr.format.stats import plural, utc_text
 from gpu_pitr.jit import njit
 
@@ -66,6 +67,7 @@ KINDS = {
     "bad_header": DAMAGE,
     "header_mismatch": DAMAGE,
     "torn_tail": DAMAGE,
+    "write_in_progress": NOTICE,
     "undecodable": DAMAGE,
     zerofill.KIND: DAMAGE,
     "trailing_bytes": DAMAGE,
@@ -85,7 +87,6 @@ KINDS = {
 
 _EVENTS = 4096  # rows of the walk's event buffer; the walk resumes when it fills
 _OPEN_FILES = 16  # descriptors kept to look at damaged bytes again, at most
-_HEADER_ID = MAGIC + VERSION.to_bytes(4, "little")
 _HEADER_BLOCK = HEADER_SIZE << 16  # bytes of back-to-back headers read at once
 
 # Events of the walk: (code, record index, a, b).
@@ -327,6 +328,7 @@ class _Verify:
                 else:
                     self._piece(item)
             self._segment_ends()
+            self._in_progress()
         finally:
             for fd in self.fds.values():
                 os.close(fd)
@@ -387,6 +389,21 @@ class _Verify:
                       f"the file ends inside a record: {lost} bytes lost "
                       "(a restore stops reading this file here)", bytes=lost)
             self._swallowed_near(item.segment, at, at + lost)
+
+    def _in_progress(self) -> None:
+        """Torn tails that were writes in progress (a writer appending while verify
+        read): the file has grown since, and the record cut is whole there now. Looked
+        at last, when the writer has had the longest to go on."""
+        paths = {seg.name: seg.path for seg in self.segments}
+        for p in self.result.problems:
+            if p.kind != "torn_tail":
+                continue
+            size = written_since(paths[p.file], p.offset, p.extra["bytes"])
+            if size is not None:
+                p.kind, p.extra["size_now"] = "write_in_progress", size
+                p.what = (f"the file ended inside a record when it was read, "
+                          f"{p.extra['bytes']} bytes of it, and has grown to {size} bytes "
+                          "since, where the record is whole: a writer is appending to it")
 
     def _undecodable(self, n: int) -> None:
         c = self.cols
@@ -467,7 +484,7 @@ class _Verify:
 
     def _swallowed(self, segment: int, file_start: int, data: bytes) -> None:
         created = self.segments[segment].created
-        pattern = _HEADER_ID + created.to_bytes(8, "little")
+        pattern = HEADER_ID + created.to_bytes(8, "little")
         k = data.find(pattern)
         while k >= 0:
             at = file_start + k
@@ -539,7 +556,7 @@ class _Verify:
                 self._created(segment, pos + k, data[k:k + HEADER_SIZE])
 
     def _created(self, segment: int, offset: int, head: bytes) -> None:
-        if head[:len(_HEADER_ID)] != _HEADER_ID:
+        if head[:len(HEADER_ID)] != HEADER_ID:
             return  # framing skips only headers; the file changed while it was read
         created = int.from_bytes(head[8:16], "little")
         named = self.segments[segment].created

@@ -21,6 +21,7 @@ import workloads as w
 from hypothesis import HealthCheck, given, settings
 from workloads import Abort, Batch, Begin, Commit, Del, Ins, LogBuilder, Upd, dir_state
 
+import gpu_pitr.verify as verify_module
 from gpu_pitr.errors import DimensionMismatchError, WalError
 from gpu_pitr.expire import MARKER_NAME
 from gpu_pitr.format.payload import ERR_VARIANT, STATUS_TEXT
@@ -485,7 +486,8 @@ def test_empty_directory_is_clean(tmp_path):
     assert (result.problems, result.segments, result.records) == ([], 0, 0)
 
 
-def test_one_log_with_every_kind_of_problem_and_the_documented_severities(tmp_path):
+def test_one_log_with_every_kind_of_problem_and_the_documented_severities(tmp_path,
+                                                                         monkeypatch):
     b = LogBuilder(first_seq=1)  # incomplete_history
     b.add(Ins("a", [1, 2], None, 1))
     b.add(Ins("b", [1, 2, 3], None, 2))  # dim_change
@@ -505,6 +507,9 @@ def test_one_log_with_every_kind_of_problem_and_the_documented_severities(tmp_pa
     b.raw(w.encode_header(SEG2))  # swallowed_header (by the record cut); torn_tail
     b.put_file(w.segment_name(SEG2 + 1), b"WAL")  # torn_header
     b.put_file(w.segment_name(SEG2 + 2), b"WALX" + bytes(12))  # bad_header
+    b.new_segment(SEG2 + 3)
+    live = b.add(Ins("c", [1, 2], None, 11), seq=0)  # write_in_progress: listed cut
+    w.listed_at(monkeypatch, verify_module, live.file, live.offset + 5)
     b.put_file(MARKER_NAME, json.dumps({  # expired_history (bad_expire_marker: below)
         "format": "gpu-pitr expire", "version": 1, "first_kept": w.segment_name(SEG2)}).encode())
     result = verify_wal(b.write(tmp_path / "wal"))
@@ -520,8 +525,9 @@ def test_one_log_with_every_kind_of_problem_and_the_documented_severities(tmp_pa
         "seq_restart": NOTICE,
         "incomplete_history": NOTICE, "txn_begin_open": NOTICE, "txn_end_not_open": NOTICE,
         "txn_open_at_end": NOTICE, "dim_change": NOTICE, "expired_history": NOTICE,
+        "write_in_progress": NOTICE,
     }
-    assert (result.damage, result.notices) == (9, 8)
+    assert (result.damage, result.notices) == (9, 9)
     assert all(p.what and "\n" not in p.what for p in result.problems)
     assert any(p.what.startswith(STATUS_TEXT[ERR_VARIANT]) for p in result.problems)
 

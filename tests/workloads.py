@@ -308,6 +308,21 @@ GARBAGE_KINDS = [
 ]
 
 
+def listed_at(monkeypatch, module, name: str, size: int) -> None:
+    """``module``'s ``list_segments`` lists segment ``name`` as ``size`` bytes long: what a
+    listing taken before a writer's last bytes says (every command reads a segment up to
+    the size it was listed with)."""
+    from gpu_pitr.format import segments
+
+    real = segments.list_segments
+
+    def listing(wal_dir):
+        return [segments.Segment(s.path, size, s.created) if s.name == name else s
+                for s in real(wal_dir)]
+
+    monkeypatch.setattr(module, "list_segments", listing)
+
+
 def garbage_payload(kind: str, rnd: bytes, valid: bytes) -> bytes:
     """An (almost always) undecodable payload of the given kind."""
     if kind == "bad_marker":

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpu_pitr.format.layout import HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, VERSION
+from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, VERSION
 from gpu_pitr.format.payload import read_uint_le
 from gpu_pitr.format.segments import unreadable
 from gpu_pitr.jit import NO_REFCOUNTS, njit, prefetch
 
 _AHEAD = 4096
-_HEADER_PREFIX = np.frombuffer(MAGIC + VERSION.to_bytes(4, "little"), dtype=np.uint8).copy()
+_HEADER_PREFIX = np.frombuffer(HEADER_ID, dtype=np.uint8).copy()
 
 
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
@@ -82,7 +82,7 @@ def declared_size(buf, pos: int, end: int) -> int:
     """Bytes (record header included) that the record starting at ``buf[pos]`` says it
     takes; -1 while fewer than its 12 header bytes are in ``buf[pos:end]``, or when a
     segment header starts there."""
-    if end - pos < RECORD_HEADER_SIZE or bytes(buf[pos:pos + 8]) == _HEADER_PREFIX.tobytes():
+    if end - pos < RECORD_HEADER_SIZE or bytes(buf[pos:pos + 8]) == HEADER_ID:
         return -1
     return RECORD_HEADER_SIZE + int.from_bytes(bytes(buf[pos + 8:pos + 12]), "little")
 
@@ -97,9 +97,8 @@ def header_problem(head: bytes | OSError) -> str | None:
     """
     if isinstance(head, OSError):
         return unreadable(head)
-    valid_prefix = MAGIC + VERSION.to_bytes(4, "little")
     if len(head) < HEADER_SIZE:
-        if valid_prefix.startswith(head[: len(valid_prefix)]):
+        if HEADER_ID.startswith(head[: len(HEADER_ID)]):
             return "torn"
         return f"wrong magic {head[:4]!r} in a file shorter than its header"
     if head[:4] != MAGIC:

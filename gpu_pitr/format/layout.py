@@ -38,6 +38,9 @@ MAGIC = b"WALV"
 VERSION = 1
 HEADER_SIZE = 16
 RECORD_HEADER_SIZE = 12  # u64 sequence number + u32 payload length
+# Magic and version, the first 8 bytes of a segment header: the part that identifies
+# one (the creation second after it can be anything), as at a record boundary.
+HEADER_ID = MAGIC + VERSION.to_bytes(4, "little")
 
 SEGMENT_PREFIX = "wal-"
 SEGMENT_SUFFIX = ".log"

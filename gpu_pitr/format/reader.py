@@ -12,12 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpu_pitr.format.layout import HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, VERSION
+from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, VERSION
 from gpu_pitr.format.segments import list_segments, unreadable
-
-# Magic and version: the part of a header that identifies one (the creation
-# second that follows can be anything).
-_HEADER_ID = MAGIC + struct.pack("<I", VERSION)
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,7 @@ def scan_segment(path: str | os.PathLike) -> SegmentScan:
         return SegmentScan(path=path, size=0, bad_header=BadHeader(0, unreadable(err)))
     scan = SegmentScan(path=path, size=len(data))
     if len(data) < HEADER_SIZE:
-        if data[: len(_HEADER_ID)] == _HEADER_ID[: len(data)]:
+        if data[: len(HEADER_ID)] == HEADER_ID[: len(data)]:
             scan.torn_tail = TornTail(0, len(data))
         else:
             scan.bad_header = BadHeader(0, "wrong magic")
@@ -93,7 +89,7 @@ def scan_segment(path: str | os.PathLike) -> SegmentScan:
     pos = HEADER_SIZE
     while pos < len(data):
         left = len(data) - pos
-        if data[pos : pos + len(_HEADER_ID)] == _HEADER_ID:
+        if data[pos : pos + len(HEADER_ID)] == HEADER_ID:
             # A writer reopened within the same second appended a fresh header.
             if left < HEADER_SIZE:
                 scan.torn_tail = TornTail(pos, left)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpu_pitr.format.layout import SEGMENT_NAME_RE
+from gpu_pitr.format.layout import (
+    HEADER_ID,
+    HEADER_SIZE,
+    RECORD_HEADER_SIZE,
+    SEGMENT_NAME_RE,
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,29 @@ def list_segments(wal_dir: str | os.PathLike) -> list[Segment]:
             for n in names]
 
 
+def not_segment_files(wal_dir: str | os.PathLike) -> list[str]:
+    """Entries of ``wal_dir`` named like segments that ``list_segments`` passes over
+    (directories, FIFOs, sockets, devices, links to them), a line each for a person:
+    not read, as SPEC section 1 wants, but not in silence either."""
+    try:
+        entries = sorted((e for e in os.scandir(wal_dir) if SEGMENT_NAME_RE.fullmatch(e.name)
+                          and not _listed(e)), key=lambda e: e.name.encode())
+    except OSError:
+        return []
+    out = []
+    for e in entries:
+        try:
+            mode = os.stat(e.path).st_mode
+        except OSError:
+            continue  # gone since the listing
+        what = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device file")
+        if e.is_symlink():
+            what = f"a symbolic link to {what}"
+        out.append(f"{e.name}: named like a segment file, but {what}: not read")
+    return out
+
+
 def _listed(entry: os.DirEntry) -> bool:
     """A regular file, or what a read would fail on (a link to nothing, a link loop)."""
     try:
@@ -70,6 +99,29 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:  # a link to nothing, a loop: reading it says why
         return 0
+
+
+def written_since(path: str | os.PathLike, at: int, lost: int) -> int | None:
+    """The size of ``path`` now, when the torn tail read at ``at`` (``lost`` bytes, to
+    the end of the file as it was read) was a write in progress: the file has grown
+    since, and the record (or segment header) cut there is whole now. None otherwise:
+    it has not grown (a crash, or a writer stalled mid-record: they look the same), it
+    cannot be read, or the record is still cut."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= at + lost:
+                return None
+            head = os.pread(f.fileno(), HEADER_SIZE, at)
+    except OSError:
+        return None
+    if head[:len(HEADER_ID)] == HEADER_ID:  # a second header (as framed)
+        end = at + HEADER_SIZE
+    elif len(head) >= RECORD_HEADER_SIZE:
+        end = at + RECORD_HEADER_SIZE + int.from_bytes(head[8:RECORD_HEADER_SIZE], "little")
+    else:
+        return None
+    return size if end <= size else None
 
 
 def unreadable(err: OSError) -> str:

@@ -76,7 +76,8 @@ def stats_lines(stats: dict) -> list[str]:
             "undecodable": f"undecodable: {d['what']}",
             "zero_filled": f"zero-filled: {d['what']}",
             "trailing_bytes": f"{d['bytes']} trailing bytes after the payload",
-            "torn_tail": f"torn tail, {d['bytes']} bytes lost",
+            "torn_tail": f"torn tail, {d['bytes']} bytes lost"
+                         + ("" if d.get("size_now") is None else f" ({d['what']})"),
         }[d["kind"]]
         lines.append(f"  {_where(d)}: {what}")
     return lines

@@ -32,6 +32,7 @@ from gpu_pitr.format.layout import (
     CHECKPOINT,
     COMMIT_TRANSACTION,
     DELETE,
+    HEADER_ID,
     HEADER_SIZE,
     MAGIC,
     N_VARIANTS,
@@ -58,10 +59,9 @@ from gpu_pitr.format.readahead import (
     framed_pieces,
     scan_chunk_bytes,
 )
-from gpu_pitr.format.segments import list_segments, unreadable
+from gpu_pitr.format.segments import list_segments, unreadable, written_since
 from gpu_pitr.jit import NO_REFCOUNTS, njit
 
-_HEADER_ID = MAGIC + VERSION.to_bytes(4, "little")
 _U64_MAX = np.uint64(2**64 - 1)
 
 # Events of the walk: (code, record index in the piece, a number: see each code).
@@ -271,7 +271,7 @@ def header_damage(head: bytes | OSError) -> tuple | None:
     if isinstance(head, OSError):
         return ("bad_header", 0, unreadable(head), None)
     if len(head) < HEADER_SIZE:
-        if head[: len(_HEADER_ID)] == _HEADER_ID[: len(head)]:
+        if head[: len(HEADER_ID)] == HEADER_ID[: len(head)]:
             return ("torn_tail", 0, None, len(head))
         return ("bad_header", 0, "wrong magic", None)
     if head[:4] != MAGIC:
@@ -386,6 +386,14 @@ class _Scan:
         for seg, head in zip(self.segs, self.heads, strict=False):
             if header_damage(head) is None:
                 seg.created = int.from_bytes(head[8:16], "little")
+        paths = {seg.name: seg.path for seg in self.segments}
+        for d in self.damage:  # last, when a writer has had the longest to go on
+            size = d["kind"] == "torn_tail" and d["bytes"] and written_since(
+                paths[d["file"]], d["offset"], d["bytes"])
+            if size:
+                d["size_now"] = size
+                d["what"] = (f"a write in progress: the file has grown to {size} bytes "
+                             "since it was read, where the record is whole")
         if self.state[_BAD_BATCH]:
             raise RuntimeError("inspect: a batch the payload parser accepted did not walk "
                                "(a bug in gpu_pitr.format.statwalk)")
