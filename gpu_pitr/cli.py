@@ -23,7 +23,7 @@ from typing import NoReturn
 
 from gpu_pitr import __version__, interrupts
 from gpu_pitr.errors import MissingExtraError, WalError, os_reason
-from gpu_pitr.format.segments import not_a_directory
+from gpu_pitr.format.segments import not_a_directory, not_segment_files
 from gpu_pitr.format.stats import plural, stats_lines, utc_text, wal_stats
 from gpu_pitr.format.times import U64_MAX
 from gpu_pitr.outputs import (
@@ -580,6 +580,8 @@ def _inspect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         _emit(json.dumps(stats, indent=2))
     else:
         _emit("\n".join(stats_lines(stats)))
+        for name, what in not_segment_files(args.wal_dir):
+            print(f"note: {name}: {what}", file=sys.stderr)
         _say_if_no_segments(args.wal_dir, stats["totals"]["segments"])
     return 0
 
@@ -619,13 +621,8 @@ def _snapshots_in(directory: str) -> list[str]:
 
 
 def _say_if_no_segments(wal_dir: str, segments: int) -> None:
-    """Notes on stderr: each entry named like a segment that is not a file (not read),
-    and a WAL_DIR without segment files, which is empty, not damaged: what it may be
-    instead."""
-    from gpu_pitr.format.segments import not_segment_files
-
-    for line in not_segment_files(wal_dir):
-        print(f"note: {line}", file=sys.stderr)
+    """Notes on stderr: a WAL_DIR without segment files is empty, not damaged; what it
+    may be instead."""
     if segments == 0:
         from gpu_pitr.pipeline import no_segments_note
 

@@ -1145,7 +1145,7 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict) -> lis
     fails such a recovery), a seq target met more than once, a torn tail that was a
     write in progress, an entry named like a segment that is not a file.
     """
-    out = not_segment_files(run.wal_dir)
+    out = [f"{name}: {what}" for name, what in not_segment_files(run.wal_dir)]
     for torn in report.torn_tails:
         size = torn["bytes_lost"] and written_since(torn["file"], torn["offset"],
                                                     torn["bytes_lost"])

@@ -19,7 +19,8 @@ Severities (docs/damage.md has the table):
   transaction anomalies, vector lengths that change, a segment file shorter than
   its header (a crash before the header reached the disk; no record lost), a
   torn tail that was a write in progress (the file has grown since it was read,
-  and the record cut is whole there now: a live log's newest segment).
+  and the record cut is whole there now: a live log's newest segment), an entry
+  named like a segment that is not a file (a directory, a FIFO: not read).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from gpu_pitr.format.readahead import (
     framed_pieces,
     scan_chunk_bytes,
 )
-from gpu_pitr.format.segments import list_segments, written_since
+from gpu_pitr.format.segments import list_segments, not_segment_files, written_since
 from gpu_pitr.format.stats import plural, utc_text
 from gpu_pitr.jit import njit
 
@@ -83,6 +84,7 @@ KINDS = {
     "txn_end_not_open": NOTICE,
     "txn_open_at_end": NOTICE,
     "dim_change": NOTICE,
+    "not_a_file": NOTICE,
 }
 
 _EVENTS = 4096  # rows of the walk's event buffer; the walk resumes when it fills
@@ -338,8 +340,10 @@ class _Verify:
             self._add("txn_open_at_end", s, off, q,
                       f"transaction {txn} begun here is still open at the end of the log "
                       "(a restore discards it)", transaction_id=int(txn))
-        order = {name: i for i, name in enumerate(self.names)}
-        self.result.problems.sort(key=lambda p: (order[p.file], p.offset))
+        for name, what in not_segment_files(self.wal_dir):
+            self.result.problems.append(Problem("not_a_file", name, 0, None, what))
+        # In name order, segments or not (SPEC section 1's log order for the segments).
+        self.result.problems.sort(key=lambda p: (p.file.encode(), p.offset))
         if expiry is not None:  # first: it is about where the log begins
             self.result.problems.insert(0, Problem(
                 "expired_history", MARKER_NAME, 0, None,

@@ -510,6 +510,7 @@ def test_one_log_with_every_kind_of_problem_and_the_documented_severities(tmp_pa
     b.new_segment(SEG2 + 3)
     live = b.add(Ins("c", [1, 2], None, 11), seq=0)  # write_in_progress: listed cut
     w.listed_at(monkeypatch, verify_module, live.file, live.offset + 5)
+    os.mkdir(b.write(tmp_path / "wal") + "/" + w.segment_name(SEG2 + 4))  # not_a_file
     b.put_file(MARKER_NAME, json.dumps({  # expired_history (bad_expire_marker: below)
         "format": "gpu-pitr expire", "version": 1, "first_kept": w.segment_name(SEG2)}).encode())
     result = verify_wal(b.write(tmp_path / "wal"))
@@ -525,9 +526,9 @@ def test_one_log_with_every_kind_of_problem_and_the_documented_severities(tmp_pa
         "seq_restart": NOTICE,
         "incomplete_history": NOTICE, "txn_begin_open": NOTICE, "txn_end_not_open": NOTICE,
         "txn_open_at_end": NOTICE, "dim_change": NOTICE, "expired_history": NOTICE,
-        "write_in_progress": NOTICE,
+        "write_in_progress": NOTICE, "not_a_file": NOTICE,
     }
-    assert (result.damage, result.notices) == (9, 9)
+    assert (result.damage, result.notices) == (9, 10)
     assert all(p.what and "\n" not in p.what for p in result.problems)
     assert any(p.what.startswith(STATUS_TEXT[ERR_VARIANT]) for p in result.problems)
 
@@ -660,7 +661,9 @@ def test_files_that_are_not_segments_are_ignored(tmp_path):
     wal = b.write(tmp_path / "wal")
     (tmp_path / "wal" / w.segment_name(SEG2 + 9)).mkdir()  # a directory with a segment name
     result = verify_wal(wal)
-    assert (result.problems, result.segments) == ([], 2)
+    assert [(p.kind, p.file, p.severity) for p in result.problems] == [
+        ("not_a_file", w.segment_name(SEG2 + 9), NOTICE)]  # named, not read
+    assert result.segments == 2 and result.clean
 
 
 # ----------------------------------------------------------------------------- fuzz classes

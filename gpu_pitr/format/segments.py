@@ -61,10 +61,10 @@ def list_segments(wal_dir: str | os.PathLike) -> list[Segment]:
             for n in names]
 
 
-def not_segment_files(wal_dir: str | os.PathLike) -> list[str]:
-    """Entries of ``wal_dir`` named like segments that ``list_segments`` passes over
-    (directories, FIFOs, sockets, devices, links to them), a line each for a person:
-    not read, as SPEC section 1 wants, but not in silence either."""
+def not_segment_files(wal_dir: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(name, what)`` of each entry of ``wal_dir`` named like a segment that
+    ``list_segments`` passes over (a directory, FIFO, socket, device, or a link to one),
+    ``what`` for a person: not read, as SPEC section 1 wants, but not in silence."""
     try:
         entries = sorted((e for e in os.scandir(wal_dir) if SEGMENT_NAME_RE.fullmatch(e.name)
                           and not _listed(e)), key=lambda e: e.name.encode())
@@ -80,7 +80,7 @@ def not_segment_files(wal_dir: str | os.PathLike) -> list[str]:
                 else "a socket" if stat.S_ISSOCK(mode) else "a device file")
         if e.is_symlink():
             what = f"a symbolic link to {what}"
-        out.append(f"{e.name}: named like a segment file, but {what}: not read")
+        out.append((e.name, f"named like a segment file, but {what}: not read"))
     return out
 
 
