@@ -17,9 +17,14 @@ first byte that differs. WAL_DIR is only read (and must not be the archive, nor 
 it, by path or by identity). One run at a time per archive (a lock file,
 ``.gpu-pitr-archive.lock``, which no command takes for a segment).
 
-The last segment is usually being written while it is copied: its copy may end
-inside a record, which a restore from the archive reports as a torn tail, and the
-next run copies it again, grown.
+The last segment is usually being written while it is copied, and a writer's
+buffer reaches the file in pieces that need not end where a record does. So the copy
+of the newest segment goes on to the end of the record its bytes end inside, when
+the file holds that record whole by the time it is framed: an archive taken beside a
+busy writer then ends at a record boundary, and ``verify ARCHIVE`` finds no torn
+tail the writer was about to finish. A tail the writer has not finished (stalled, or
+a crash) is copied as it stands, a torn tail to a restore from the archive, and the
+next run copies the segment again, grown.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ from pathlib import Path
 
 from gpu_pitr import interrupts
 from gpu_pitr.errors import DirectoryReadError, WalError, os_reason
-from gpu_pitr.format.layout import SEGMENT_NAME_RE
-from gpu_pitr.format.segments import Segment, list_segments, unreadable
+from gpu_pitr.format.layout import HEADER_SIZE, SEGMENT_NAME_RE
+from gpu_pitr.format.segments import Segment, list_segments, record_end, unreadable
 from gpu_pitr.format.stats import plural
 from gpu_pitr.outputs import atomic_files, fsync_path, inside
 
@@ -199,12 +204,13 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
         expiry = read_marker(archive_dir)
         first_kept = expiry.first_kept.encode() if expiry is not None else b""
         buf = bytearray(_COPY_CHUNK)
-        for seg in segments:
+        for k, seg in enumerate(segments):
             interrupts.check()
             if seg.name.encode() < first_kept:
                 result.segments.append(ArchivedSegment(seg.name, EXPIRED, 0))
             else:
-                result.segments.append(_archive_one(seg, archive_dir / seg.name, buf))
+                result.segments.append(_archive_one(seg, archive_dir / seg.name, buf,
+                                                    newest=k == len(segments) - 1))
             if on_segment is not None:
                 on_segment(result.segments[-1])
         held = {s.name for s in list_segments(archive_dir) if s.path.is_file()
@@ -299,7 +305,11 @@ def _remove_stale_temps(archive_dir: Path) -> None:
     remove_stale_entries(entries, SEGMENT_NAME_RE.pattern)
 
 
-def _archive_one(seg: Segment, dest: Path, buf: bytearray) -> ArchivedSegment:
+def _archive_one(seg: Segment, dest: Path, buf: bytearray, newest: bool = False
+                 ) -> ArchivedSegment:
+    """Copy what ``seg`` holds beyond the archive's copy at ``dest``; ``newest``: the
+    segment a writer may be appending to (its copy ends at a record boundary when the
+    file allows, ``whole_records``)."""
     name = seg.name
     try:
         have = _archived_size(dest)
@@ -323,6 +333,8 @@ def _archive_one(seg: Segment, dest: Path, buf: bytearray) -> ArchivedSegment:
         try:
             st = os.fstat(src.fileno())
             size = st.st_size
+            if newest and size != have:
+                size = whole_records(seg.path, size)
             if have is None:
                 _copy(src, seg.path, size, st.st_mode, dest, None, buf)
                 return ArchivedSegment(name, NEW, size, added=size)
@@ -347,6 +359,29 @@ def _archive_one(seg: Segment, dest: Path, buf: bytearray) -> ArchivedSegment:
             kept = "the previous copy is kept" if have else "nothing was left in its place"
             return ArchivedSegment(name, FAILED, have or 0, problem=(
                 f"{dest}: cannot write the archive copy: {os_reason(e.err)}; {kept}"))
+
+
+def whole_records(path: Path, size: int) -> int:
+    """``size``, or more: the end of the record (or segment header) that the first
+    ``size`` bytes of the segment at ``path`` end inside, when the file holds it whole
+    now (a writer's buffer flushed in the middle of it, then the rest). Framed with the
+    restore's own passes; a file that cannot be read is left to the copy to report."""
+    from gpu_pitr.format.frame import header_problem
+    from gpu_pitr.format.readahead import framed_pieces, scan_chunk_bytes
+
+    if size < HEADER_SIZE:  # the header itself being written
+        torn = (0, size)
+    else:
+        seg, torn = Segment(path, size, 0), None
+        try:
+            for item in framed_pieces([seg], scan_chunk_bytes([seg], _COPY_CHUNK),
+                                      header_problem):
+                if item.problem is None and item.torn is not None:
+                    torn = item.torn
+        except OSError:
+            return size
+    found = None if torn is None else record_end(path, torn[0])
+    return found[0] if found is not None and size < found[0] <= found[1] else size
 
 
 def _archived_size(dest: Path) -> int | None:

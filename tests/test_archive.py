@@ -27,6 +27,7 @@ from workloads import (
     LogBuilder,
     Upd,
     dir_state,
+    encode_header,
     f32,
     restore_fast,
     restore_ref,
@@ -638,3 +639,72 @@ def test_a_directory_that_cannot_be_listed_is_one_line_naming_it(tmp_path, monke
     assert cli.main(["archive", str(wal), "--out", str(arc)]) == 1
     assert capsys.readouterr().err == (
         f"gpu-pitr: error: {arc}: cannot list the directory: Permission denied\n")
+
+
+def _live_log(tmp_path: Path):
+    """Two segments; the newest one's last record is what a writer is writing."""
+    b = LogBuilder()
+    b.add(Ins("a", [1.0, 2.0], None, 10))
+    b.new_segment(0x6000000)
+    b.add(Ins("b", [3.0, 4.0], {"k": "v"}, 11))
+    last = b.add(Ins("c", [5.0, 6.0], None, 12))
+    wal = Path(b.write(tmp_path / "wal"))
+    return wal, last, (wal / last.file).read_bytes()
+
+
+@pytest.mark.parametrize("cut", [5, 12, 20])  # inside the record header; in the payload
+def test_the_newest_segments_copy_goes_on_to_the_end_of_the_record_being_written(
+        tmp_path, monkeypatch, cut):
+    """The writer's buffer reached the file up to inside a record when archive took its
+    size, and the rest a moment later (here: as archive frames it): the copy ends where
+    the record does, so ``verify`` of the archive finds no torn tail."""
+    import gpu_pitr.archive as archive_module
+    from gpu_pitr.verify import verify_wal
+
+    wal, last, data = _live_log(tmp_path)
+    path = wal / last.file
+    path.write_bytes(data[:last.offset + cut])
+    real = archive_module.record_end
+
+    def writer_goes_on(p, at):
+        if p == path and path.stat().st_size < len(data):
+            with open(path, "ab") as f:
+                f.write(data[last.offset + cut:])
+        return real(p, at)
+
+    monkeypatch.setattr(archive_module, "record_end", writer_goes_on)
+    arc = tmp_path / "arc"
+    result = archive(wal, arc)
+    assert [(s.name, s.action, s.size) for s in result.segments][-1] == (
+        last.file, NEW, len(data))
+    assert _segments(arc) == _segments(wal) and verify_wal(arc).problems == []
+
+
+def test_a_record_the_writer_has_not_finished_is_copied_as_it_stands(tmp_path):
+    """No more bytes came (a stalled writer, or a crash): the copy is the file as it is,
+    a torn tail in the archive, and a later run copies the segment again, grown."""
+    from gpu_pitr.archive import whole_records
+    from gpu_pitr.verify import verify_wal
+
+    wal, last, data = _live_log(tmp_path)
+    path = wal / last.file
+    path.write_bytes(data[:last.offset + 20])
+    arc = tmp_path / "arc"
+    assert archive(wal, arc).segments[-1].size == last.offset + 20
+    assert [p.kind for p in verify_wal(arc).problems] == ["torn_tail"]
+    path.write_bytes(data)
+    assert [(s.action, s.size) for s in archive(wal, arc).segments][-1] == (GROWN, len(data))
+    assert verify_wal(arc).problems == []
+    # Where the size given ends: at a record boundary it stays; inside a record, the
+    # record's end when the file holds it, the second segment header's likewise.
+    assert whole_records(path, last.offset) == last.offset
+    assert whole_records(path, last.offset + 3) == len(data)
+    assert whole_records(path, len(data)) == len(data)
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 10))
+    at = b.raw(encode_header(0x5F5E100))
+    b.add(Ins("b", [2.0], None, 11), seq=0)
+    two = Path(b.write(tmp_path / "two"))
+    one = next(two.iterdir())
+    assert whole_records(one, at + 9) == at + 16
+    assert whole_records(one, 7) == 16  # a header being written

@@ -107,21 +107,28 @@ def written_since(path: str | os.PathLike, at: int, lost: int) -> int | None:
     since, and the record (or segment header) cut there is whole now. None otherwise:
     it has not grown (a crash, or a writer stalled mid-record: they look the same), it
     cannot be read, or the record is still cut."""
+    found = record_end(path, at)
+    if found is None:
+        return None
+    end, size = found
+    return size if size > at + lost and end <= size else None
+
+
+def record_end(path: str | os.PathLike, at: int) -> tuple[int, int] | None:
+    """``(end, size)``: where the record (or second segment header) that starts at
+    ``at`` in ``path`` ends, as its bytes there now say, and the file's size now. None
+    when the file cannot be read or its record header is not all there yet."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            if size <= at + lost:
-                return None
             head = os.pread(f.fileno(), HEADER_SIZE, at)
     except OSError:
         return None
     if head[:len(HEADER_ID)] == HEADER_ID:  # a second header (as framed)
-        end = at + HEADER_SIZE
-    elif len(head) >= RECORD_HEADER_SIZE:
-        end = at + RECORD_HEADER_SIZE + int.from_bytes(head[8:RECORD_HEADER_SIZE], "little")
-    else:
+        return at + HEADER_SIZE, size
+    if len(head) < RECORD_HEADER_SIZE:
         return None
-    return size if end <= size else None
+    return at + RECORD_HEADER_SIZE + int.from_bytes(head[8:RECORD_HEADER_SIZE], "little"), size
 
 
 def unreadable(err: OSError) -> str:
