@@ -20,7 +20,8 @@ Severities (docs/damage.md has the table):
   its header (a crash before the header reached the disk; no record lost), a
   torn tail that was a write in progress (the file has grown since it was read,
   and the record cut is whole there now: a live log's newest segment), an entry
-  named like a segment that is not a file (a directory, a FIFO: not read).
+  named like a segment that is not a file (a directory, a FIFO: not read), a
+  segment deleted after the listing (the writer's retention: not checked).
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ from gpu_pitr.format.readahead import (
     framed_pieces,
     scan_chunk_bytes,
 )
-from gpu_pitr.format.segments import list_segments, not_segment_files, written_since
+from gpu_pitr.format.segments import (
+    list_segments,
+    not_segment_files,
+    vanished,
+    written_since,
+)
 from gpu_pitr.format.stats import plural, utc_text
 from gpu_pitr.jit import njit
 
@@ -85,9 +91,11 @@ KINDS = {
     "txn_open_at_end": NOTICE,
     "dim_change": NOTICE,
     "not_a_file": NOTICE,
+    "deleted": NOTICE,
 }
 
 _EVENTS = 4096  # rows of the walk's event buffer; the walk resumes when it fills
+_DELETED = "deleted"  # a segment's header problem: gone since the listing
 _OPEN_FILES = 16  # descriptors kept to look at damaged bytes again, at most
 _HEADER_BLOCK = HEADER_SIZE << 16  # bytes of back-to-back headers read at once
 
@@ -311,8 +319,10 @@ class _Verify:
         self.open_txns = Dict.empty(key_type=types.uint64, value_type=_TXN_VALUE)
         self.events = np.zeros((_EVENTS, 4), np.int64)
 
-    def _header_problem(self, head: bytes) -> str | None:
+    def _header_problem(self, head: bytes | OSError) -> str | None:
         self.heads.append(head)  # called once per segment, in log order
+        if isinstance(head, OSError) and vanished(head):
+            return _DELETED
         return header_problem(head)
 
     def run(self) -> None:
@@ -359,7 +369,11 @@ class _Verify:
             Problem(kind, self.names[segment], int(offset), seq, what, extra))
 
     def _bad_header(self, item) -> None:
-        if item.problem == "torn":
+        if item.problem == _DELETED:
+            self._add("deleted", item.segment, 0, None,
+                      "deleted after verify listed the directory (the writer's retention "
+                      "deletes its oldest segments at a checkpoint): not checked")
+        elif item.problem == "torn":
             self._add("torn_header", item.segment, 0, None,
                       f"file of {item.header_len} bytes, shorter than its header "
                       "(a crash before the header was written; no record lost)",

@@ -24,10 +24,12 @@ from pathlib import Path
 import pytest
 from workloads import Ins, LogBuilder, encode_header, listed_at
 
+import gpu_pitr.format.segments as segments
 import gpu_pitr.format.statwalk as statwalk
 import gpu_pitr.pipeline as pipeline
 import gpu_pitr.verify as verify
 from gpu_pitr import cli
+from gpu_pitr.errors import WalError
 from gpu_pitr.format.stats import stats_lines, wal_stats
 from gpu_pitr.verify import NOTICE, verify_wal
 
@@ -218,3 +220,41 @@ def test_entries_named_like_segments_that_are_not_files_are_named(tmp_path, caps
     doc = json.loads(capsys.readouterr().out)
     assert [(p["kind"], p["file"]) for p in doc["problems"]] == [
         ("not_a_file", line.split(":")[0]) for line in lines]
+
+
+def _with_deleted(monkeypatch, module, name: str) -> None:
+    """``module`` lists a segment ``name`` that is gone when it is opened: the writer's
+    retention deleted it between the listing and the read."""
+    real = segments.list_segments
+
+    def listing(wal_dir):
+        gone = segments.Segment(Path(wal_dir) / name, 5000, int(name[4:20], 16))
+        return sorted(real(wal_dir) + [gone], key=lambda s: s.name.encode())
+
+    monkeypatch.setattr(module, "list_segments", listing)
+
+
+def test_a_segment_deleted_after_the_listing_is_a_notice_to_verify(tmp_path, monkeypatch,
+                                                                    capsys):
+    """The writer's retention deletes its oldest segments at a checkpoint, maybe while
+    verify runs: what it lists and then cannot find was deleted, not damaged (the log
+    after it then starts past seq 0, which verify already notes). A link to a missing
+    file is still damage: that file was never there."""
+    wal, _ = _log(tmp_path)
+    gone = "wal-0000000000000001.log"
+    _with_deleted(monkeypatch, verify, gone)
+    result = verify_wal(wal)
+    assert [(p.kind, p.file, p.severity) for p in result.problems] == [
+        ("deleted", gone, NOTICE)] and result.clean
+    assert "the writer's retention" in result.problems[0].what
+    assert cli.main(["verify", str(wal)]) == 0
+    capsys.readouterr()
+    # The restore cannot do without it: an error that says what happened.
+    _with_deleted(monkeypatch, pipeline, gone)
+    with pytest.raises(WalError, match=f"{gone}: offset 0: cannot read the file: deleted "
+                                       "after the directory was listed"):
+        pipeline.restore(wal, backend="cpu")
+    monkeypatch.undo()
+    (wal / gone).symlink_to(tmp_path / "nowhere")
+    assert [(p.kind, p.severity) for p in verify_wal(wal).problems] == [
+        ("bad_header", "damage")]

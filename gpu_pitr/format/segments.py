@@ -131,9 +131,19 @@ def record_end(path: str | os.PathLike, at: int) -> tuple[int, int] | None:
     return at + RECORD_HEADER_SIZE + int.from_bytes(head[8:RECORD_HEADER_SIZE], "little"), size
 
 
+def vanished(err: OSError) -> bool:
+    """Whether opening a listed segment failed because the file was deleted after its
+    directory was listed (a symbolic link to a missing file is not that)."""
+    path = err.filename
+    return err.errno == errno.ENOENT and path is not None and not os.path.lexists(path)
+
+
 def unreadable(err: OSError) -> str:
     """Why a segment file could not be opened or read, for its bad-header problem."""
     path = err.filename
+    if vanished(err):
+        return ("cannot read the file: deleted after the directory was listed (the "
+                "writer's retention deletes its oldest segments at a checkpoint)")
     if (err.errno == errno.ENOENT and path is not None and os.path.islink(path)
             and not os.path.exists(path)):
         return f"cannot read the file: a symbolic link to {os.readlink(path)!r}, which is missing"
