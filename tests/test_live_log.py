@@ -117,6 +117,24 @@ def test_inspect_says_the_torn_tail_was_a_write_in_progress(tmp_path, monkeypatc
             "record is whole)") in stats_lines(stats)
 
 
+def test_inspect_records_says_the_torn_tail_was_a_write_in_progress(tmp_path, monkeypatch):
+    import gpu_pitr.format.dump as dump
+
+    wal, last = _log(tmp_path)
+    listed_at(monkeypatch, dump, last.file, last.offset + 20)
+    size = (wal / last.file).stat().st_size
+    docs = list(dump.wal_records(wal))
+    assert docs[-1] == {
+        "file": last.file, "offset": last.offset, "seq": None, "damage": "torn_tail",
+        "bytes": 20, "size_now": size,
+        "what": f"a write in progress: the file has grown to {size} bytes since it was "
+                "read, where the record is whole"}
+    assert dump.record_lines(docs[-1]) == [
+        f"{last.file}: offset {last.offset}: torn tail, 20 bytes lost (a write in progress: "
+        f"the file has grown to {size} bytes since it was read, where the record is whole)"]
+    assert [d.get("damage") for d in docs] == [None, None, "torn_tail"]
+
+
 def test_restore_warns_that_the_torn_tail_was_a_write_in_progress(tmp_path, monkeypatch,
                                                                    capsys):
     wal, last = _log(tmp_path)

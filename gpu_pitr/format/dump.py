@@ -32,9 +32,9 @@ from gpu_pitr.format.entries import (
 from gpu_pitr.format.layout import BATCH, BEGIN_TRANSACTION, RECORD_HEADER_SIZE
 from gpu_pitr.format.payload import ERR_DEPTH, MAX_BATCH_DEPTH, OK
 from gpu_pitr.format.readahead import BYTES_PER_ROW, framed_pieces, scan_chunk_bytes
-from gpu_pitr.format.segments import list_segments
+from gpu_pitr.format.segments import list_segments, written_since
 from gpu_pitr.format.stats import utc_text
-from gpu_pitr.format.statwalk import DEFAULT_CHUNK_BYTES, _parse, header_damage
+from gpu_pitr.format.statwalk import DEFAULT_CHUNK_BYTES, _parse, header_damage, in_progress
 from gpu_pitr.format.times import U64_MAX, parse_time
 
 
@@ -106,6 +106,14 @@ def wal_records(
             else:
                 yield from _piece(item, segments[item.segment].name, cols, stack, since,
                                   until, first_seq, last_seq, by_seq, by_time, txns)
+                if item.torn is not None and not (by_seq or by_time):
+                    at, lost = item.torn
+                    doc = _damage(segments[item.segment].name, at, None, "torn_tail", None,
+                                  lost)
+                    size = written_since(segments[item.segment].path, at, lost)
+                    if size is not None:  # a writer appending: the same words as inspect's
+                        doc.update(size_now=size, what=in_progress(size))
+                    yield doc
 
     for doc in _zero_runs_joined(pieces()):
         yield doc
@@ -212,9 +220,6 @@ def _piece(item, name, cols, stack, since, until, first_seq, last_seq, by_seq, b
                     and (until is None or doc["timestamp"] <= until)):
                 continue  # nested deeper than the compiled pass's stack: placed here
             out.append(doc)
-    if item.torn is not None and not (by_seq or by_time):
-        at, lost = item.torn
-        out.append(_damage(name, at, None, "torn_tail", None, lost))
     return out
 
 
@@ -272,7 +277,8 @@ def record_lines(doc: dict) -> list[str]:
         where += f": seq {doc['seq']}"
     if "damage" in doc:
         if doc["damage"] == "torn_tail":
-            return [f"{where}: torn tail, {doc['bytes']} bytes lost"]
+            note = "" if doc.get("size_now") is None else f" ({doc['what']})"
+            return [f"{where}: torn tail, {doc['bytes']} bytes lost{note}"]
         return [f"{where}: {doc['damage'].replace('_', ' ')}: {doc['what']}"]
     extra = f" (+{doc['trailing_bytes']} trailing bytes)" if doc["trailing_bytes"] else ""
     txn = "" if doc.get("transaction") is None else f" (in transaction {doc['transaction']})"

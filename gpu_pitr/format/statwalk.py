@@ -392,8 +392,7 @@ class _Scan:
                 paths[d["file"]], d["offset"], d["bytes"])
             if size:
                 d["size_now"] = size
-                d["what"] = (f"a write in progress: the file has grown to {size} bytes "
-                             "since it was read, where the record is whole")
+                d["what"] = in_progress(size)
         if self.state[_BAD_BATCH]:
             raise RuntimeError("inspect: a batch the payload parser accepted did not walk "
                                "(a bug in gpu_pitr.format.statwalk)")
@@ -512,6 +511,12 @@ def _payload_error(payload: np.ndarray) -> str:
         return str(err)
     raise RuntimeError("inspect: the payload parser and the codec disagree on a payload "
                        f"({payload.tobytes()[:64].hex()})")
+
+
+def in_progress(size: int) -> str:
+    """What a torn tail was when it was a write in progress (``written_since``)."""
+    return (f"a write in progress: the file has grown to {size} bytes since it was read, "
+            "where the record is whole")
 
 
 def _damage(kind, file, offset, seq=None, nbytes=None, what=None) -> dict:
