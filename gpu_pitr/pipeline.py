@@ -72,6 +72,7 @@ from gpu_pitr.plan.commit import (
     WALK_FATAL,
     PlanState,
 )
+from gpu_pitr.plan.seqjumps import SeqJumps
 from gpu_pitr.report import RestoreReport
 from gpu_pitr.snapshot.base import SeqRuns, base_mismatch, stops_at_base, target_problem
 
@@ -158,6 +159,9 @@ class _Restore:
         # The first gap in the history the caller allowed (--allow-incomplete-history),
         # for the restore's warning; see history_gap.
         self.gap_why: str | None = None
+        # Sequence-number jumps forward (records missing) among the records read up to
+        # the stop point: the first one's place, how many, how many records in all.
+        self.seq_jumps = SeqJumps()
         self.torn_at: dict[int, int] = {}  # segment index -> offset of its torn tail
         self.segments = []
         self.position: dict | None = None
@@ -428,6 +432,10 @@ class _Restore:
         self._events(events)
         if result != WALK_FATAL and not was_stopped:
             self._consumed(first, n, stop_index)
+            end = n if stop_index < 0 else stop_index + 1  # the stop record's seq too
+            at = self.seq_jumps.add(c.seq[first:end], c.length[first:end])
+            if at is not None:
+                self.seq_jumps.where = self._where(first + at)
         if result != WALK_FATAL and stop_index >= 0:
             self._record_stop(stop_index)
             self._stop_position(stop_index, n)
@@ -1146,6 +1154,16 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict) -> lis
     write in progress, an entry named like a segment that is not a file.
     """
     out = [f"{name}: {what}" for name, what in not_segment_files(run.wal_dir)]
+    jumps = run.seq_jumps
+    if jumps.count:
+        w = jumps.where
+        more = f", and {jumps.count - 1} more such jumps" if jumps.count > 1 else ""
+        out.append(
+            f"records are missing from the log: the seq jumps from {jumps.first[0]} to "
+            f"{jumps.first[1]} at {Path(w['file']).name} offset {w['offset']}{more} "
+            f"({jumps.missing} seqs in all, up to the stop point: a segment deleted before "
+            "it was archived, lost bytes, or a torn record's); the index restored lacks "
+            "whatever they did. `gpu-pitr verify` lists each jump")
     for torn in report.torn_tails:
         size = torn["bytes_lost"] and written_since(torn["file"], torn["offset"],
                                                     torn["bytes_lost"])

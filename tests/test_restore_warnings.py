@@ -334,3 +334,82 @@ def test_the_snapshot_summary_of_an_empty_log_says_the_start(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"snapshot: {tmp_path / 's'} covers the log up to the start of the log "
         "(0 open transactions kept, to apply at their commit)")
+
+
+def _gap_log(tmp_path):
+    """seq 0, 1 in one segment; seqs 2-4 gone (a segment deleted before it was
+    archived); seq 5, 6 in the next."""
+    b = LogBuilder()
+    b.add(Ins("a", V, ts=T))
+    b.add(Ins("b", V, ts=T + 1))
+    b.new_segment(0x5F5E200)
+    after = b.add(Ins("c", V, ts=T + 5), seq=5)
+    b.add(Del("a", ts=T + 6), seq=6)
+    d = tmp_path / "wal"
+    b.write(d)
+    return d, after
+
+
+GAP = ("records are missing from the log: the seq jumps from 1 to 5 at "
+       "wal-0000000005f5e200.log offset 16 (3 seqs in all, up to the stop point: a segment "
+       "deleted before it was archived, lost bytes, or a torn record's); the index restored "
+       "lacks whatever they did. `gpu-pitr verify` lists each jump")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_records_missing_inside_the_log_are_warned_of(tmp_path, backend, capsys):
+    """SPEC section 1 orders the log by file names, so the restore goes on across a seq
+    jump (its state is the same as before); it says that records are missing."""
+    d, after = _gap_log(tmp_path)
+    got = gpu_pitr.restore(d, backend=backend)
+    assert list(got.ids) == ["b", "c"] and got.report.warnings == [GAP]
+    # Split into chunks of a record or two: the same jump, counted once.
+    small = gpu_pitr.restore(d, backend=backend, chunk_bytes=64)
+    assert small.report.warnings == [GAP]
+    assert main(["restore", str(d), "--out", str(tmp_path / "o.npz"), "-q"]) == 0
+    assert capsys.readouterr().err == f"gpu-pitr: warning: {GAP}\n"
+    # The stop record's own seq counts (what is missing may have come before it)...
+    assert gpu_pitr.restore(d, backend=backend, to_time=T + 4).report.warnings == [GAP]
+    assert gpu_pitr.restore(d, backend=backend, to_seq=5).report.warnings == [GAP]
+    # ...but a jump past the stop point changes nothing restored.
+    assert gpu_pitr.restore(d, backend=backend, to_seq=1).report.warnings == []
+    assert gpu_pitr.restore(d, backend=backend, to_time=T + 1, exclusive=True
+                            ).report.warnings == []
+    assert after.seq == 5
+
+
+def test_restarts_and_zero_filled_records_are_no_jump(tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", V, ts=T))            # seq 0
+    b.add(Ins("b", V, ts=T + 1))        # seq 1
+    b.raw(bytes(24))                    # two zero-filled records (seq 0, length 0)
+    b.add(Ins("c", V, ts=T + 2), seq=2)
+    b.reopen(created=0x5F5E200)         # the writer reopened: seq from 0 again
+    b.add(Ins("d", V, ts=T + 3), seq=0)
+    b.add(Ins("e", V, ts=T + 4), seq=1)
+    d = tmp_path / "wal"
+    b.write(d)
+    got = gpu_pitr.restore(d, backend="cpu", skip_corrupt=True)
+    assert list(got.ids) == ["a", "b", "c", "d", "e"] and got.report.warnings == []
+
+
+def test_seq_jumps_counted_across_chunks_and_at_the_top_of_uint64():
+    import numpy as np
+
+    from gpu_pitr.plan.seqjumps import SeqJumps
+
+    top = 2**64 - 1
+    j = SeqJumps()
+    seq = lambda *s: np.array(s, np.uint64)  # noqa: E731
+    lengths = lambda n: np.ones(n, np.uint32)  # noqa: E731
+    assert j.add(seq(0, 1, 2), lengths(3)) is None
+    assert j.add(seq(4, 5), lengths(2)) == 0  # 2 -> 4, across the chunks: at row 0
+    assert j.add(seq(0, 9, 10), lengths(3)) is None  # a restart, then a later jump
+    assert (j.count, j.missing, j.first) == (2, 1 + 8, (2, 4))
+    assert SeqJumps().add(seq(7, 9), lengths(2)) == 1  # no record before: row 1
+    near = SeqJumps()  # the largest seq has no successor: top -> 0 is a step back
+    assert near.add(seq(top - 2, top, 0), lengths(3)) == 1
+    assert (near.count, near.missing, near.first) == (1, 1, (top - 2, top))
+    zeros = SeqJumps()  # zero-filled records (seq 0, length 0) take no part
+    assert zeros.add(seq(3, 0, 0, 4), np.array([5, 0, 0, 5], np.uint32)) is None
+    assert zeros.count == 0 and zeros.prev == 4
