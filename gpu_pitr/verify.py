@@ -121,7 +121,8 @@ def _walk(i, n, seg, foff, length, seq, status, kind, aux, nent, efirst, e_op, e
 
     ``state`` carries over between calls: [any record seen, its segment, where it
     ended in the file, the last vector length (-1: none yet), a record with a seq seen
-    (one not zero-filled)], ``last_seq`` the last such seq, ``open_txns`` the open
+    (one not zero-filled; 2: but a segment deleted since)], ``last_seq`` the last such
+    seq, ``open_txns`` the open
     transactions (id -> where they began).
     Stops early when ``events`` has no room for one more record's events.
     """
@@ -147,6 +148,8 @@ def _walk(i, n, seg, foff, length, seq, status, kind, aux, nent, efirst, e_op, e
                 events[m, 0] = EV_HISTORY
                 events[m, 1] = i
                 m += 1
+        elif state[4] == 2:
+            pass  # the first after a segment deleted while verify ran: no seq to follow
         elif last_seq[0] == _U64_MAX or q != last_seq[0] + np.uint64(1):
             # (2^64-1 + 1 wraps to 0 in uint64: no seq follows 2^64-1 in line)
             events[m, 1] = i
@@ -373,6 +376,8 @@ class _Verify:
             self._add("deleted", item.segment, 0, None,
                       "deleted after verify listed the directory (the writer's retention "
                       "deletes its oldest segments at a checkpoint): not checked")
+            if self.state[4] == 1:  # the seq after it follows what it held, not this
+                self.state[4] = 2
         elif item.problem == "torn":
             self._add("torn_header", item.segment, 0, None,
                       f"file of {item.header_len} bytes, shorter than its header "

@@ -276,3 +276,24 @@ def test_a_segment_deleted_after_the_listing_is_a_notice_to_verify(tmp_path, mon
     (wal / gone).symlink_to(tmp_path / "nowhere")
     assert [(p.kind, p.severity) for p in verify_wal(wal).problems] == [
         ("bad_header", "damage")]
+
+
+def test_the_records_after_a_segment_deleted_while_verify_ran_are_no_gap(tmp_path,
+                                                                         monkeypatch):
+    """Retention deleted a segment after verify read the one before it: the seq of the
+    next record cannot follow, and that is the deletion, already named (a notice), not
+    records lost from inside the log. A segment missing before the listing is a gap."""
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 10))
+    b.new_segment(SEG2)
+    b.add(Ins("b", [2.0], None, 11))
+    b.new_segment(SEG2 + 1)
+    c = b.add(Ins("c", [3.0], None, 12))
+    wal = Path(b.write(tmp_path / "wal"))
+    middle = sorted(p.name for p in wal.iterdir())[1]
+    (wal / middle).unlink()
+    assert [(p.kind, p.file) for p in verify_wal(wal).problems] == [("seq_gap", c.file)]
+    _with_deleted(monkeypatch, verify, middle)
+    result = verify_wal(wal)
+    assert [(p.kind, p.file) for p in result.problems] == [("deleted", middle)]
+    assert result.clean
