@@ -23,7 +23,7 @@ from typing import NoReturn
 
 from gpu_pitr import __version__, interrupts
 from gpu_pitr.errors import MissingExtraError, WalError, os_reason
-from gpu_pitr.format.segments import not_a_directory, not_segment_files
+from gpu_pitr.format.segments import in_progress, not_a_directory, not_segment_files
 from gpu_pitr.format.stats import plural, stats_lines, utc_text, wal_stats
 from gpu_pitr.format.times import U64_MAX
 from gpu_pitr.outputs import (
@@ -477,6 +477,9 @@ def restore_warnings(report: dict) -> list[str]:
     skipped, the first ``WARN_EACH`` of each, then the report's ``warnings``."""
     # inspect's words for a torn tail; an empty file's loses nothing, so is not one
     torn = [f"{t['file']}: offset {t['offset']}: torn tail, {t['bytes_lost']} bytes lost"
+            + ("" if t.get("size_now") is None else
+               f" ({in_progress(t['size_now'])}: a writer is appending to it, and this "
+               "restore has the log up to the bytes it read)")
             for t in report["torn_tails"] if t["bytes_lost"]]
     skipped = [f"{s['file']}: offset {s['offset']}: "
                + ("" if s.get("seq") is None else f"seq {s['seq']}: ")

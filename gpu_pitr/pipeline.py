@@ -1150,8 +1150,10 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict) -> lis
     """What a restore that succeeded must not pass over in silence (``report.warnings``):
     a gap in the history it was allowed to cross, a time target the log ends before (an
     archive not brought up to date would give an older state without a word; PostgreSQL
-    fails such a recovery), a seq target met more than once, a torn tail that was a
-    write in progress, an entry named like a segment that is not a file.
+    fails such a recovery), a seq target met more than once, records missing inside
+    the log, an entry named like a segment that is not a file. A torn tail that was a
+    write in progress gets ``size_now`` in its ``torn_tails`` entry (the command line
+    says so on its line).
     """
     out = [f"{name}: {what}" for name, what in not_segment_files(run.wal_dir)]
     jumps = run.seq_jumps
@@ -1168,11 +1170,7 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict) -> lis
         size = torn["bytes_lost"] and written_since(torn["file"], torn["offset"],
                                                     torn["bytes_lost"])
         if size:
-            out.append(
-                f"{Path(torn['file']).name}: offset {torn['offset']}: that torn tail was a "
-                f"write in progress: the file has grown to {size} bytes since it was read, "
-                "where the record is whole; a writer is appending to it, and this restore "
-                "has the log up to the bytes it read")
+            torn["size_now"] = size
     if run.gap_why is not None:
         out.append(f"incomplete history, restored as allowed: {run.gap_why}; the state "
                    "restored lacks what came before and may never have existed")

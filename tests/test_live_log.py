@@ -135,28 +135,30 @@ def test_inspect_records_says_the_torn_tail_was_a_write_in_progress(tmp_path, mo
     assert [d.get("damage") for d in docs] == [None, None, "torn_tail"]
 
 
-def test_restore_warns_that_the_torn_tail_was_a_write_in_progress(tmp_path, monkeypatch,
-                                                                   capsys):
+def test_restore_says_the_torn_tail_was_a_write_in_progress(tmp_path, monkeypatch, capsys):
     wal, last = _log(tmp_path)
     listed_at(monkeypatch, pipeline, last.file, last.offset + 20)
     index = pipeline.restore(wal, backend="cpu")
     assert sorted(index.ids) == ["a", "b"]  # the log as far as it was read
-    report = index.report
-    assert [(Path(t["file"]).name, t["offset"], t["bytes_lost"]) for t in report.torn_tails] \
-        == [(last.file, last.offset, 20)]
     size = (wal / last.file).stat().st_size
-    assert report.warnings == [
-        f"{last.file}: offset {last.offset}: that torn tail was a write in progress: the "
-        f"file has grown to {size} bytes since it was read, where the record is whole; a "
-        "writer is appending to it, and this restore has the log up to the bytes it read"]
+    assert [(Path(t["file"]).name, t["offset"], t["bytes_lost"], t["size_now"])
+            for t in index.report.torn_tails] == [(last.file, last.offset, 20, size)]
+    assert index.report.warnings == []
     assert cli.main(["restore", str(wal), "--out", str(tmp_path / "o.npz"), "-q"]) == 0
-    err = capsys.readouterr().err
-    assert "torn tail, 20 bytes lost" in err and "that torn tail was a write in progress" in err
-    # A torn tail of a file that did not grow: no such warning.
+    assert capsys.readouterr().err == (
+        f"gpu-pitr: warning: {wal / last.file}: offset {last.offset}: torn tail, 20 bytes "
+        f"lost (a write in progress: the file has grown to {size} bytes since it was read, "
+        "where the record is whole: a writer is appending to it, and this restore has the "
+        "log up to the bytes it read)\n")
+    # A torn tail of a file that did not grow: as it was.
     monkeypatch.undo()
     path = wal / last.file
     path.write_bytes(path.read_bytes()[:last.offset + 20])
-    assert pipeline.restore(wal, backend="cpu").report.warnings == []
+    assert "size_now" not in pipeline.restore(wal, backend="cpu").report.torn_tails[0]
+    assert cli.main(["restore", str(wal), "--out", str(tmp_path / "o.npz"), "-q"]) == 0
+    assert capsys.readouterr().err == (
+        f"gpu-pitr: warning: {wal / last.file}: offset {last.offset}: torn tail, 20 bytes "
+        "lost\n")
 
 
 WRITER = """

@@ -32,9 +32,9 @@ from gpu_pitr.format.entries import (
 from gpu_pitr.format.layout import BATCH, BEGIN_TRANSACTION, RECORD_HEADER_SIZE
 from gpu_pitr.format.payload import ERR_DEPTH, MAX_BATCH_DEPTH, OK
 from gpu_pitr.format.readahead import BYTES_PER_ROW, framed_pieces, scan_chunk_bytes
-from gpu_pitr.format.segments import list_segments, written_since
+from gpu_pitr.format.segments import in_progress, list_segments, written_since
 from gpu_pitr.format.stats import utc_text
-from gpu_pitr.format.statwalk import DEFAULT_CHUNK_BYTES, _parse, header_damage, in_progress
+from gpu_pitr.format.statwalk import DEFAULT_CHUNK_BYTES, _parse, header_damage
 from gpu_pitr.format.times import U64_MAX, parse_time
 
 

@@ -114,6 +114,12 @@ def written_since(path: str | os.PathLike, at: int, lost: int) -> int | None:
     return size if size > at + lost and end <= size else None
 
 
+def in_progress(size: int) -> str:
+    """What a torn tail was, for a person, when ``written_since`` gave ``size``."""
+    return (f"a write in progress: the file has grown to {size} bytes since it was read, "
+            "where the record is whole")
+
+
 def record_end(path: str | os.PathLike, at: int) -> tuple[int, int] | None:
     """``(end, size)``: where the record (or second segment header) that starts at
     ``at`` in ``path`` ends, as its bytes there now say, and the file's size now. None

@@ -59,7 +59,7 @@ from gpu_pitr.format.readahead import (
     framed_pieces,
     scan_chunk_bytes,
 )
-from gpu_pitr.format.segments import list_segments, unreadable, written_since
+from gpu_pitr.format.segments import in_progress, list_segments, unreadable, written_since
 from gpu_pitr.jit import NO_REFCOUNTS, njit
 
 _U64_MAX = np.uint64(2**64 - 1)
@@ -511,12 +511,6 @@ def _payload_error(payload: np.ndarray) -> str:
         return str(err)
     raise RuntimeError("inspect: the payload parser and the codec disagree on a payload "
                        f"({payload.tobytes()[:64].hex()})")
-
-
-def in_progress(size: int) -> str:
-    """What a torn tail was when it was a write in progress (``written_since``)."""
-    return (f"a write in progress: the file has grown to {size} bytes since it was read, "
-            "where the record is whole")
 
 
 def _damage(kind, file, offset, seq=None, nbytes=None, what=None) -> dict:
