@@ -122,8 +122,7 @@ def _walk(i, n, seg, foff, length, seq, status, kind, aux, nent, efirst, e_op, e
     ``state`` carries over between calls: [any record seen, its segment, where it
     ended in the file, the last vector length (-1: none yet), a record with a seq seen
     (one not zero-filled; 2: but a segment deleted since)], ``last_seq`` the last such
-    seq, ``open_txns`` the open
-    transactions (id -> where they began).
+    seq, ``open_txns`` the open transactions (id -> where they began).
     Stops early when ``events`` has no room for one more record's events.
     """
     m = 0
