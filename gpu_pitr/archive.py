@@ -39,7 +39,7 @@ from pathlib import Path
 
 from gpu_pitr import interrupts
 from gpu_pitr.errors import DirectoryReadError, WalError, os_reason
-from gpu_pitr.format.layout import HEADER_SIZE, SEGMENT_NAME_RE
+from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, RECORD_HEADER_SIZE, SEGMENT_NAME_RE
 from gpu_pitr.format.segments import Segment, list_segments, record_end, unreadable
 from gpu_pitr.format.stats import plural
 from gpu_pitr.outputs import atomic_files, fsync_path, inside
@@ -63,7 +63,8 @@ CONFLICT = "conflict"
 UNREADABLE = "unreadable"
 LOST = "lost"
 FAILED = "failed"
-PROBLEMS = (CONFLICT, UNREADABLE, LOST, FAILED)
+MISSED = "missed"
+PROBLEMS = (CONFLICT, UNREADABLE, LOST, FAILED, MISSED)
 
 
 class ArchiveError(WalError):
@@ -81,7 +82,9 @@ class ArchivedSegment:
     a file that can be read: kept), ``unreadable`` (the segment could not be read),
     ``lost`` (the writer deleted it between the listing and the copy, and the archive
     has not all of it), ``failed`` (the copy could not be written: a full disk, ...;
-    the previous copy is left as it was).
+    the previous copy is left as it was), ``missed`` (copied, new, but its first
+    record's seq does not follow the archive's segment before it, which WAL_DIR no
+    longer has: the writer deleted segments between them before any run copied them).
     ``size``: the bytes the archive holds of it after the run.
     """
 
@@ -213,6 +216,9 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
                                                     newest=k == len(segments) - 1))
             if on_segment is not None:
                 on_segment(result.segments[-1])
+        missed = _check_missed(result, archive_dir, {s.name for s in segments})
+        if missed is not None and on_segment is not None:
+            on_segment(missed)  # its row again, now a problem
         held = {s.name for s in list_segments(archive_dir) if s.path.is_file()
                 and not s.path.is_symlink()}
         try:  # as WAL_DIR is now: the writer may have deleted some during the run
@@ -359,6 +365,76 @@ def _archive_one(seg: Segment, dest: Path, buf: bytearray, newest: bool = False
             kept = "the previous copy is kept" if have else "nothing was left in its place"
             return ArchivedSegment(name, FAILED, have or 0, problem=(
                 f"{dest}: cannot write the archive copy: {os_reason(e.err)}; {kept}"))
+
+
+def _check_missed(result: ArchiveResult, archive_dir: Path, listed: set
+                  ) -> ArchivedSegment | None:
+    """Segments the writer deleted before any run copied them: the first segment this
+    run copied new does not go on from the archive's segment before it, when WAL_DIR no
+    longer has that one (retention deletes the oldest first, so only there can a
+    segment have gone unseen). Its row becomes ``missed`` (returned), and the run exits
+    1. A seq of 0 is a writer reopened, not a gap; ``verify`` judges anything else."""
+    new = next((s for s in result.segments if s.action == NEW), None)
+    if new is None:
+        return None
+    before = [s for s in list_segments(archive_dir) if s.name.encode() < new.name.encode()]
+    if not before or before[-1].name in listed:
+        return None
+    prev = before[-1]
+    last = _last_seq(prev)
+    first = _first_seq(archive_dir / new.name)
+    if last is None or first is None or first == 0 or first <= last + 1:
+        return None
+    new.action = MISSED
+    new.problem = (
+        f"copied ({new.size} bytes), but its first record is seq {first} and the "
+        f"archive's {prev.name} ends at seq {last}: {first - last - 1} records were in "
+        "segments the writer deleted before archive copied them (they are not in the "
+        "archive: restores across them lack what they did); run archive more often than "
+        "the writer rotates segments")
+    return new
+
+
+def _first_seq(path: Path) -> int | None:
+    """The seq of the first record of a segment file (None: none there, or a second
+    header first: a writer reopened)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_SIZE + RECORD_HEADER_SIZE)
+    except OSError:
+        return None
+    rec = head[HEADER_SIZE:]
+    if len(rec) < RECORD_HEADER_SIZE or rec[:len(HEADER_ID)] == HEADER_ID:
+        return None
+    return int.from_bytes(rec[:8], "little")
+
+
+def _last_seq(seg: Segment) -> int | None:
+    """The seq of the last record of a segment file that the writer numbered: a torn
+    record's too, when its seq was written; zero-filled records are none."""
+    from gpu_pitr.format import zerofill
+    from gpu_pitr.format.frame import header_problem
+    from gpu_pitr.format.readahead import framed_pieces, scan_chunk_bytes
+
+    last = None
+    try:
+        for item in framed_pieces([seg], scan_chunk_bytes([seg], _COPY_CHUNK),
+                                  header_problem):
+            if item.problem is not None:
+                return None
+            n = item.n
+            keep = ~zerofill.zero_records(item.length[:n], item.seq[:n])
+            if keep.any():
+                last = int(item.seq[:n][keep][-1])
+            if item.torn is not None and item.torn[1] >= 8:
+                with open(seg.path, "rb") as f:
+                    f.seek(item.torn[0])
+                    head = f.read(len(HEADER_ID))
+                if head != HEADER_ID:
+                    last = int.from_bytes(head[:8], "little")
+    except OSError:
+        return None
+    return last
 
 
 def whole_records(path: Path, size: int) -> int:

@@ -708,3 +708,56 @@ def test_a_record_the_writer_has_not_finished_is_copied_as_it_stands(tmp_path):
     one = next(two.iterdir())
     assert whole_records(one, at + 9) == at + 16
     assert whole_records(one, 7) == 16  # a header being written
+
+
+def test_segments_the_writer_deleted_before_any_run_copied_them_are_named(tmp_path,
+                                                                          capsys):
+    """Retention deleted segments between two runs before either saw them: the first
+    segment the later run copies does not go on from the archive's last one, which
+    WAL_DIR no longer has. That run says so (``missed``, exit 1), once."""
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))                 # seq 0, 1: segment A
+    b.add(Ins("b", [2.0], None, 2))
+    names = [b.cur]
+    for k, ident in enumerate("cdef"):              # B: 2, 3 ... E: 8, 9
+        names.append(b.new_segment(0x6000000 + k))
+        b.add(Ins(ident, [3.0], None, 3 + k))
+        b.add(Ins(ident + "2", [3.0], None, 3 + k))
+    wal, arc, full = tmp_path / "wal", tmp_path / "arc", tmp_path / "full"
+    b.write(full)
+    wal.mkdir()
+
+    def writer_has(*which):  # WAL_DIR as the writer and its retention left it
+        for p in wal.iterdir():
+            p.unlink()
+        for i in which:
+            shutil.copyfile(full / names[i], wal / names[i])
+
+    writer_has(0)
+    assert archive(wal, arc).ok
+    writer_has(1, 2)  # A deleted after the run copied it: nothing missed
+    assert archive(wal, arc).ok
+    writer_has(4)  # D (seq 6, 7) deleted before any run saw it
+    assert cli.main(["archive", str(wal), "--out", str(arc), "-q"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{names[4]}: MISSED: copied ({(full / names[4]).stat().st_size} bytes), but its "
+        f"first record is seq 8 and the archive's {names[2]} ends at seq 5: 2 records "
+        "were in segments the writer deleted before archive copied them (they are not in "
+        "the archive: restores across them lack what they did); run archive more often "
+        "than the writer rotates segments"]
+    assert [(s.name, s.action) for s in archive(wal, arc).segments] == [
+        (names[4], UNCHANGED)]  # said once
+    # A writer reopened without recovery numbers from 0: no gap to name.
+    b2 = LogBuilder()
+    b2.add(Ins("a", [1.0], None, 1))
+    first = b2.cur
+    later = b2.new_segment(0x6000000)
+    b2.add(Ins("b", [1.0], None, 2), seq=0)
+    full2, wal2, arc2 = tmp_path / "full2", tmp_path / "wal2", tmp_path / "arc2"
+    b2.write(full2)
+    wal2.mkdir()
+    shutil.copyfile(full2 / first, wal2 / first)
+    assert archive(wal2, arc2).ok
+    (wal2 / first).unlink()
+    shutil.copyfile(full2 / later, wal2 / later)
+    assert [s.action for s in archive(wal2, arc2).segments] == [NEW]
