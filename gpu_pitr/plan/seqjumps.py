@@ -14,7 +14,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpu_pitr.format import zerofill
+from gpu_pitr.jit import njit
+
+
+@njit(cache=True, nogil=True)
+def _jumps(seq, length, prev, has_prev, at, before):
+    """One pass: each record with a seq (not zero-filled: seq 0, length 0) more than one
+    past the seq before it goes into ``at`` (its index) and ``before`` (that seq).
+    Returns ``(how many, the last seq seen, whether any was)``; ``prev``/``has_prev``:
+    the seq before these records, if any. (2**64 - 1 has no successor: nothing after it
+    is a jump forward.)"""
+    m = 0
+    for i in range(len(seq)):
+        q = seq[i]
+        if q == 0 and length[i] == 0:
+            continue
+        if has_prev and q > prev and q - prev > np.uint64(1):
+            at[m] = i
+            before[m] = prev
+            m += 1
+        prev = q
+        has_prev = True
+    return m, prev, has_prev
 
 
 class SeqJumps:
@@ -31,23 +52,19 @@ class SeqJumps:
     def add(self, seq: np.ndarray, length: np.ndarray) -> int | None:
         """Feed the next records (their seqs and payload lengths); the index among them
         of the record the first jump lands on, if it is among these."""
-        rows = np.flatnonzero(~zerofill.zero_records(length, seq))
-        if not len(rows):
+        seq = np.asarray(seq, np.uint64)
+        at = np.empty(len(seq), np.int64)
+        before = np.empty(len(seq), np.uint64)
+        m, last, seen = _jumps(seq, length, np.uint64(self.prev or 0), self.prev is not None,
+                               at, before)
+        if seen:
+            self.prev = int(last)
+        if not m:
             return None
-        s = seq[rows].astype(np.uint64)
-        lead = 0 if self.prev is None else 1  # the record before these, if any
-        before = s[:-1] if not lead else np.concatenate(
-            (np.array([self.prev], np.uint64), s[:-1]))
-        after = s[1 - lead:]
-        # Forward by more than one; in uint64, where before + 1 could wrap.
-        jump = np.flatnonzero((after > before) & (after - before > np.uint64(1)))
-        self.prev = int(s[-1])
-        if not len(jump):
-            return None
-        self.count += len(jump)
-        self.missing += sum((after[jump] - before[jump] - np.uint64(1)).tolist())
+        after = seq[at[:m]]
+        self.count += m
+        self.missing += sum((after - before[:m] - np.uint64(1)).tolist())  # exact: ints
         if self.first is not None:
             return None
-        j = int(jump[0])
-        self.first = (int(before[j]), int(after[j]))
-        return int(rows[j + 1 - lead])
+        self.first = (int(before[0]), int(after[0]))
+        return int(at[0])
