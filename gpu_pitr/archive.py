@@ -409,17 +409,23 @@ def _first_seq(path: Path) -> int | None:
     return int.from_bytes(rec[:8], "little")
 
 
+def _framed(seg: Segment):
+    """The framed pieces of one segment file (its first ``seg.size`` bytes), read with
+    the restore's own passes; ``OSError`` if it cannot be read."""
+    from gpu_pitr.format.frame import header_problem
+    from gpu_pitr.format.readahead import framed_pieces, scan_chunk_bytes
+
+    return framed_pieces([seg], scan_chunk_bytes([seg], _COPY_CHUNK), header_problem)
+
+
 def _last_seq(seg: Segment) -> int | None:
     """The seq of the last record of a segment file that the writer numbered: a torn
     record's too, when its seq was written; zero-filled records are none."""
     from gpu_pitr.format import zerofill
-    from gpu_pitr.format.frame import header_problem
-    from gpu_pitr.format.readahead import framed_pieces, scan_chunk_bytes
 
     last = None
     try:
-        for item in framed_pieces([seg], scan_chunk_bytes([seg], _COPY_CHUNK),
-                                  header_problem):
+        for item in _framed(seg):
             if item.problem is not None:
                 return None
             n = item.n
@@ -442,16 +448,12 @@ def whole_records(path: Path, size: int) -> int:
     ``size`` bytes of the segment at ``path`` end inside, when the file holds it whole
     now (a writer's buffer flushed in the middle of it, then the rest). Framed with the
     restore's own passes; a file that cannot be read is left to the copy to report."""
-    from gpu_pitr.format.frame import header_problem
-    from gpu_pitr.format.readahead import framed_pieces, scan_chunk_bytes
-
     if size < HEADER_SIZE:  # the header itself being written
         torn = (0, size)
     else:
-        seg, torn = Segment(path, size, 0), None
+        torn = None
         try:
-            for item in framed_pieces([seg], scan_chunk_bytes([seg], _COPY_CHUNK),
-                                      header_problem):
+            for item in _framed(Segment(path, size, 0)):
                 if item.problem is None and item.torn is not None:
                     torn = item.torn
         except OSError:
