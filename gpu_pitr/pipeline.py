@@ -1120,6 +1120,7 @@ def restore(
     report = index.report
     report.message = "; ".join(notes)
     report.warnings = warnings + _restore_warnings(run, report, target)
+    _writes_in_progress(report)
     report.last_commit_timestamp = run.plan.last_timestamp  # what the index is as of
     # Of the total (within the stages): Numba compiling, on a first run after an
     # install or an edit (PostgreSQL's EXPLAIN ANALYZE shows its JIT time apart too).
@@ -1151,10 +1152,7 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict) -> lis
     a gap in the history it was allowed to cross, a time target the log ends before (an
     archive not brought up to date would give an older state without a word; PostgreSQL
     fails such a recovery), a seq target met more than once, records missing inside
-    the log, an entry named like a segment that is not a file. A torn tail that was a
-    write in progress gets ``size_now`` in its ``torn_tails`` entry (the command line
-    says so on its line).
-    """
+    the log, an entry named like a segment that is not a file."""
     out = [f"{name}: {what}" for name, what in not_segment_files(run.wal_dir)]
     jumps = run.seq_jumps
     if jumps.count:
@@ -1166,11 +1164,6 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict) -> lis
             f"({jumps.missing} seqs in all, up to the stop point: a segment deleted before "
             "it was archived, lost bytes, or a torn record's); the index restored lacks "
             "whatever they did. `gpu-pitr verify` lists each jump")
-    for torn in report.torn_tails:
-        size = torn["bytes_lost"] and written_since(torn["file"], torn["offset"],
-                                                    torn["bytes_lost"])
-        if size:
-            torn["size_now"] = size
     if run.gap_why is not None:
         out.append(f"incomplete history, restored as allowed: {run.gap_why}; the state "
                    "restored lacks what came before and may never have existed")
@@ -1195,6 +1188,17 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict) -> lis
             f"{shlex.quote(str(run.wal_dir))} --first-seq {run.to_seq} --last-seq {run.to_seq}`"
             " lists them")
     return out
+
+
+def _writes_in_progress(report: RestoreReport) -> None:
+    """``size_now`` in each ``torn_tails`` entry that was a write in progress: the file
+    has grown since it was read, and the record cut is whole there (the command line
+    says so on that tail's line)."""
+    for torn in report.torn_tails:
+        size = torn["bytes_lost"] and written_since(torn["file"], torn["offset"],
+                                                    torn["bytes_lost"])
+        if size:
+            torn["size_now"] = size
 
 
 def _let_go(held: list) -> None:
