@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
-from workloads import Ins, LogBuilder, encode_header, listed_at
+from workloads import Ins, LogBuilder, encode_header, listed_at, listed_gone
 
-import gpu_pitr.format.segments as segments
 import gpu_pitr.format.statwalk as statwalk
 import gpu_pitr.pipeline as pipeline
 import gpu_pitr.verify as verify
@@ -242,18 +241,6 @@ def test_entries_named_like_segments_that_are_not_files_are_named(tmp_path, caps
         ("not_a_file", line.split(":")[0]) for line in lines]
 
 
-def _with_deleted(monkeypatch, module, name: str) -> None:
-    """``module`` lists a segment ``name`` that is gone when it is opened: the writer's
-    retention deleted it between the listing and the read."""
-    real = segments.list_segments
-
-    def listing(wal_dir):
-        gone = segments.Segment(Path(wal_dir) / name, 5000, int(name[4:20], 16))
-        return sorted(real(wal_dir) + [gone], key=lambda s: s.name.encode())
-
-    monkeypatch.setattr(module, "list_segments", listing)
-
-
 def test_a_segment_deleted_after_the_listing_is_a_notice_to_verify(tmp_path, monkeypatch,
                                                                     capsys):
     """The writer's retention deletes its oldest segments at a checkpoint, maybe while
@@ -262,7 +249,7 @@ def test_a_segment_deleted_after_the_listing_is_a_notice_to_verify(tmp_path, mon
     file is still damage: that file was never there."""
     wal, _ = _log(tmp_path)
     gone = "wal-0000000000000001.log"
-    _with_deleted(monkeypatch, verify, gone)
+    listed_gone(monkeypatch, verify, gone)
     result = verify_wal(wal)
     assert [(p.kind, p.file, p.severity) for p in result.problems] == [
         ("deleted", gone, NOTICE)] and result.clean
@@ -270,7 +257,7 @@ def test_a_segment_deleted_after_the_listing_is_a_notice_to_verify(tmp_path, mon
     assert cli.main(["verify", str(wal)]) == 0
     capsys.readouterr()
     # The restore cannot do without it: an error that says what happened.
-    _with_deleted(monkeypatch, pipeline, gone)
+    listed_gone(monkeypatch, pipeline, gone)
     with pytest.raises(WalError, match=f"{gone}: offset 0: cannot read the file: deleted "
                                        "after the directory was listed"):
         pipeline.restore(wal, backend="cpu")
@@ -295,7 +282,7 @@ def test_the_records_after_a_segment_deleted_while_verify_ran_are_no_gap(tmp_pat
     middle = sorted(p.name for p in wal.iterdir())[1]
     (wal / middle).unlink()
     assert [(p.kind, p.file) for p in verify_wal(wal).problems] == [("seq_gap", c.file)]
-    _with_deleted(monkeypatch, verify, middle)
+    listed_gone(monkeypatch, verify, middle)
     result = verify_wal(wal)
     assert [(p.kind, p.file) for p in result.problems] == [("deleted", middle)]
     assert result.clean

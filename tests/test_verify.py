@@ -25,7 +25,6 @@ import gpu_pitr.verify as verify_module
 from gpu_pitr.errors import DimensionMismatchError, WalError
 from gpu_pitr.expire import MARKER_NAME
 from gpu_pitr.format.payload import ERR_VARIANT, STATUS_TEXT
-from gpu_pitr.format.segments import Segment
 from gpu_pitr.pipeline import restore
 from gpu_pitr.synth import write_synthetic_wal
 from gpu_pitr.verify import DAMAGE, KINDS, NOTICE, verify_wal
@@ -512,9 +511,7 @@ def test_one_log_with_every_kind_of_problem_and_the_documented_severities(tmp_pa
     live = b.add(Ins("c", [1, 2], None, 11), seq=0)  # write_in_progress: listed cut
     w.listed_at(monkeypatch, verify_module, live.file, live.offset + 5)
     os.mkdir(b.write(tmp_path / "wal") + "/" + w.segment_name(SEG2 + 4))  # not_a_file
-    listed, gone = verify_module.list_segments, w.segment_name(1)  # deleted: listed, gone
-    monkeypatch.setattr(verify_module, "list_segments", lambda d: sorted(
-        listed(d) + [Segment(Path(d) / gone, 100, 1)], key=lambda s: s.name.encode()))
+    w.listed_gone(monkeypatch, verify_module, w.segment_name(1))  # deleted: listed, gone
     b.put_file(MARKER_NAME, json.dumps({  # expired_history (bad_expire_marker: below)
         "format": "gpu-pitr expire", "version": 1, "first_kept": w.segment_name(SEG2)}).encode())
     result = verify_wal(b.write(tmp_path / "wal"))

@@ -311,14 +311,28 @@ GARBAGE_KINDS = [
 def listed_at(monkeypatch, module, name: str, size: int) -> None:
     """``module``'s ``list_segments`` lists segment ``name`` as ``size`` bytes long: what a
     listing taken before a writer's last bytes says (every command reads a segment up to
-    the size it was listed with)."""
+    the size it was listed with). Composes with ``listed_gone``."""
     from gpu_pitr.format import segments
 
-    real = segments.list_segments
+    real = module.list_segments
 
     def listing(wal_dir):
         return [segments.Segment(s.path, size, s.created) if s.name == name else s
                 for s in real(wal_dir)]
+
+    monkeypatch.setattr(module, "list_segments", listing)
+
+
+def listed_gone(monkeypatch, module, name: str) -> None:
+    """``module``'s ``list_segments`` lists a segment ``name`` that is gone when it is
+    opened: the writer's retention deleted it between the listing and the read."""
+    from gpu_pitr.format import segments
+
+    real = module.list_segments
+
+    def listing(wal_dir):
+        gone = segments.Segment(Path(wal_dir) / name, 5000, int(name[4:20], 16))
+        return sorted(real(wal_dir) + [gone], key=lambda s: s.name.encode())
 
     monkeypatch.setattr(module, "list_segments", listing)
 
