@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from workloads import (
     Begin,
@@ -40,6 +40,7 @@ from gpu_pitr.archive import (
     GROWN,
     LOCK_NAME,
     LOST,
+    MISSED,
     NEW,
     UNCHANGED,
     UNREADABLE,
@@ -355,10 +356,16 @@ def test_a_name_in_the_archive_that_is_not_a_file_is_a_conflict(tmp_path):
     st.tuples(st.just("retention"), st.integers(1, 3)),
     st.tuples(st.just("archive")),
 ), max_size=25))
+# Found by the search: an 8-byte torn tail of zeros (seq 0), deleted, then a segment
+# whose first record is seq 2**56.
+@example(ops=[("new",), ("append", 0, bytes(4)), ("append", 0, bytes(4)), ("archive",),
+              ("new",), ("retention", 1), ("append", 0, bytes(7) + b"\x01\x00"),
+              ("append", 0, bytes(3))])
 def test_random_histories_of_appends_rotations_and_retention(tmp_path_factory, ops):
     """Against a model: after every run the archive holds, for each segment WAL_DIR
     still has, exactly its bytes, and for each one deleted, the bytes of its last
-    run; every run's actions say what changed; nothing is ever a problem."""
+    run; every run's actions say what changed; nothing is ever a problem but
+    ``missed``, and that only where it can be (its bytes copied all the same)."""
     root = tmp_path_factory.mktemp("h")
     wal, arc = root / "wal", root / "arc"
     wal.mkdir()
@@ -379,10 +386,18 @@ def test_random_histories_of_appends_rotations_and_retention(tmp_path_factory, o
         elif op[0] == "archive":
             now = {p.name: p.read_bytes() for p in wal.iterdir()}
             result = archive(wal, arc)
-            assert result.ok
+            # Random bytes make random seqs: the first new segment's first record may
+            # not follow the seq the archive's segment before it ends at. When WAL_DIR
+            # no longer has that one, archive names it missed, and copies it all the same.
+            missed = [s.name for s in result.segments if s.action == MISSED]
+            assert len(missed) <= 1 and result.ok == (not missed)
+            for name in missed:
+                before = sorted(n for n in archived if n < name)
+                assert name not in archived and before and before[-1] not in now
             want = {n: (NEW if n not in archived else GROWN if len(d) > len(archived[n])
                         else UNCHANGED) for n, d in now.items()}
-            assert {s.name: s.action for s in result.segments} == want
+            assert {s.name: NEW if s.action == MISSED else s.action
+                    for s in result.segments} == want
             archived.update(now)
             assert _segments(arc) == archived
             assert result.only_in_archive == len(set(archived) - set(now))
