@@ -241,8 +241,10 @@ class _Restore:
         self._tell("read")
         ranges = [(i, seg.path, starts.get(i, HEADER_SIZE), seg.size)
                   for i, seg in enumerate(segments) if seg.size > starts.get(i, HEADER_SIZE)]
+        # Mapped into host buffers; copied into the executor's own (page-locked) ones.
         reader = Readahead(ranges, self.chunk_bytes, HEADROOM, self._alloc,
-                           threads=READ_THREADS)
+                           threads=READ_THREADS,
+                           map_files=not hasattr(self.ex, "host_buffer"))
         framer = FrameAhead(segments, reader, self._alloc, frame_records, header_problem,
                             HEADER_SIZE, starts=starts)
         self._reader = reader

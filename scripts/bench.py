@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=("restore", "thp", "mid", "reference", "cli", "snapshot"),
+        choices=("restore", "thp", "copied", "mid", "reference", "cli", "snapshot"),
         help="leave a phase out",
     )
     ap.add_argument(
@@ -529,6 +529,11 @@ def main(argv: list[str] | None = None) -> int:
                   expect_ids=stats["live_ids"] if stats else None)
             results["restore_thp"]["kept"] = kept
             results["restore_thp"]["by_user"] = user is not None
+        if "copied" not in opts.skip and rest.get("backend") == "cpu":
+            # The same restore with the pieces copied out of the page cache (preadv)
+            # instead of mapped (gpu_pitr.format.mapped): what mapping buys.
+            phase("restore_copied", "restore", env={"GPU_PITR_MAP_READS": "0"},
+                  repeat=opts.repeat, expect_ids=stats["live_ids"] if stats else None)
         if rest.get("backend") == "cuda":
             phase("h2d", "h2d")
     if "mid" not in opts.skip and stats:
@@ -708,6 +713,14 @@ def _print_table(results, read, rest, mid, ref, cli, wal_bytes, opts) -> None:
         add(f"  with NumPy's huge-page advice {'off' if kept else 'on'}, seconds", thp_s,
             f"fresh process, run next: {_fmt(thp_s / restore_s)} x the restore above, "
             f"which had it {'on' if kept else 'off'} ({why})")
+    copied = results.get("restore_copied", {})
+    if "runs" in copied and run:
+        best = min(r["seconds"] for r in rest["runs"])
+        best_copied = min(r["seconds"] for r in copied["runs"])
+        add("  with the reads copied, not mapped, seconds", best_copied,
+            f"fresh process, run next (GPU_PITR_MAP_READS=0), best of {len(copied['runs'])}: "
+            f"{_fmt(best_copied / best)} x the best of the restore above "
+            f"({best:.3f} s, mapped)")
     mrun = mid["runs"][0] if "runs" in mid else None
     add(
         "restore to mid T, seconds",

@@ -61,6 +61,7 @@ def test_read_buffers_are_freed_before_the_final_sort(tmp_path: Path, monkeypatc
     import gpu_pitr
     from gpu_pitr import pipeline
     from gpu_pitr.executors.cpu import CpuExecutor
+    from gpu_pitr.format import mapped
     from gpu_pitr.synth import write_synthetic_wal
 
     wal = tmp_path / "wal"
@@ -81,7 +82,14 @@ def test_read_buffers_are_freed_before_the_final_sort(tmp_path: Path, monkeypatc
         alive_at_finish.append(sum(ref() is not None for ref in buffers))
         return finish(self, report)
 
+    def tracked_region(nbytes):  # the ring's buffers, when pieces are mapped into them
+        buf = region(nbytes)
+        buffers.append(weakref.ref(buf))
+        return buf
+
+    region = mapped.region
     monkeypatch.setattr(pipeline._Restore, "_alloc", tracked)
+    monkeypatch.setattr(mapped, "region", tracked_region)
     monkeypatch.setattr(CpuExecutor, "finish", checked)
     index = gpu_pitr.restore(wal, backend="cpu", chunk_bytes=256 << 10)
     assert len(buffers) >= 5, "the read-ahead ring was not allocated through _alloc"

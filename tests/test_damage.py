@@ -591,13 +591,17 @@ def test_a_segment_that_cannot_be_read_is_a_bad_header(restore, tmp_path):
     assert restore(d).ids == ["a", "b", "c"]
 
 
+@pytest.mark.parametrize("mapping", [True, False], ids=["mapped", "read"])
 def test_an_io_error_inside_a_segment_is_one_line_naming_file_and_offset(tmp_path,
-                                                                           monkeypatch):
+                                                                           monkeypatch,
+                                                                           mapping):
+    # A page that cannot be read: mapped, its fault fails (a SIGBUS if touched, so the
+    # pages are faulted in first, where it is an error), and the piece is read instead.
     import errno
 
     import gpu_pitr
     from gpu_pitr.errors import FileReadError
-    from gpu_pitr.format import readahead
+    from gpu_pitr.format import mapped, readahead
 
     b, _ = two_segments()
     d = b.write(tmp_path / "wal")
@@ -606,6 +610,10 @@ def test_an_io_error_inside_a_segment_is_one_line_naming_file_and_offset(tmp_pat
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(readahead.os, "preadv", failing)
+    if mapping:
+        monkeypatch.setattr(mapped, "_libc", w.FailingLibc("madvise", errno.EFAULT))
+    else:
+        monkeypatch.setenv("GPU_PITR_MAP_READS", "0")
     with pytest.raises(FileReadError) as err:
         gpu_pitr.restore(d, backend="cpu")
     assert str(err.value) == (f"{Path(d) / w.segment_name(0x5F5E100)}: offset 16: cannot read: "

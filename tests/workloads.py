@@ -16,6 +16,8 @@ surgery.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
@@ -335,6 +337,35 @@ def listed_gone(monkeypatch, module, name: str) -> None:
         return sorted(real(wal_dir) + [gone], key=lambda s: s.name.encode())
 
     monkeypatch.setattr(module, "list_segments", listing)
+
+
+class FailingLibc:
+    """Stands in for ``gpu_pitr.format.mapped._libc``: its file mappings (``what`` =
+    "mmap") or the faulting in of their pages ("madvise") fail with errno ``code``
+    every ``every``-th time; anonymous mappings (memory put back) work."""
+
+    def __init__(self, what: str, code: int, every: int = 1) -> None:
+        from gpu_pitr.format import mapped
+
+        self.real = mapped._load_libc()
+        self.what, self.code, self.every, self.calls = what, code, every, 0
+
+    def _fail(self) -> bool:
+        self.calls += 1
+        if self.calls % self.every == 0:
+            ctypes.set_errno(self.code)
+            return True
+        return False
+
+    def mmap(self, addr, size, prot, flags, fd, off):
+        if self.what == "mmap" and not flags & mmap.MAP_ANONYMOUS and self._fail():
+            return None  # MAP_FAILED
+        return self.real.mmap(addr, size, prot, flags, fd, off)
+
+    def madvise(self, addr, size, advice):
+        if self.what == "madvise" and self._fail():
+            return -1
+        return self.real.madvise(addr, size, advice)
 
 
 def garbage_payload(kind: str, rnd: bytes, valid: bytes) -> bytes:

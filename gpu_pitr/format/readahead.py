@@ -6,6 +6,10 @@ of reusable buffers while the caller works on the current one. Every buffer
 keeps ``headroom`` bytes free in front of its data, so the caller can put the
 bytes it carries over (a record split across pieces, records of open
 transactions) right before the new data without moving the data.
+
+With ``map_files`` (host buffers the caller only reads and writes: not the
+page-locked ones a GPU copies from), the threads map each piece's page-cache
+pages into its buffer instead of copying them (``gpu_pitr.format.mapped``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 
 from gpu_pitr import interrupts
 from gpu_pitr.errors import FileReadError, FileShrankError
+from gpu_pitr.format import mapped
 from gpu_pitr.format.frame import declared_size, frame_records
 from gpu_pitr.format.layout import HEADER_SIZE
 
@@ -58,8 +63,13 @@ class Readahead:
     """
 
     def __init__(self, ranges, chunk_bytes: int, headroom: int,
-                 alloc: Callable[[int], np.ndarray], threads: int = 2) -> None:
+                 alloc: Callable[[int], np.ndarray], threads: int = 2,
+                 map_files: bool = False) -> None:
         self.headroom = headroom
+        # Pieces are mapped into the buffers, not copied (until a mapping cannot work).
+        self.mapping = map_files and mapped.available()
+        if self.mapping:
+            alloc = mapped.region
         self._tasks = deque()
         # Pieces of each file not read yet: its descriptor is closed after the last
         # (an archive of 20,000 segments would otherwise hold 20,000 of them open).
@@ -126,10 +136,16 @@ class Readahead:
                     return None
         if seg in self._skip:
             return Piece(seg, offset, buf, self.headroom, 0, last)
-        view = memoryview(buf)[self.headroom:self.headroom + length]
         got = 0
         try:
             fd = self._fd(path)
+            if self.mapping:
+                data = mapped.map_piece(buf, self.headroom, fd, offset, length,
+                                        self._stop_mapping)
+                if data is not None:
+                    return Piece(seg, offset, buf, data, length, last)
+            # Not mapped: read (a mapping that failed left anonymous memory here).
+            view = memoryview(buf)[self.headroom:self.headroom + length]
             while got < length:
                 n = os.preadv(fd, [view[got:]], offset + got)
                 if n == 0:  # the file shrank since it was listed: not a torn tail
@@ -141,6 +157,9 @@ class Readahead:
             return Piece(seg, offset, buf, self.headroom, 0, last,
                          error=FileReadError(path, offset + got, err))
         return Piece(seg, offset, buf, self.headroom, got, last)
+
+    def _stop_mapping(self) -> None:
+        self.mapping = False
 
     def __iter__(self) -> Iterator[Piece]:
         while self._inflight:
@@ -407,7 +426,8 @@ def framed_pieces(segments, chunk_bytes: int,
     """
     ranges = [(i, seg.path, HEADER_SIZE, seg.size) for i, seg in enumerate(segments)
               if seg.size > HEADER_SIZE]
-    reader = Readahead(ranges, chunk_bytes, HEADROOM, host_buffer, threads=READ_THREADS)
+    reader = Readahead(ranges, chunk_bytes, HEADROOM, host_buffer, threads=READ_THREADS,
+                       map_files=True)
     framer = FrameAhead(segments, reader, host_buffer, frame_records, header_check,
                         HEADER_SIZE)
     try:

@@ -1,0 +1,178 @@
+"""Pieces mapped into the read-ahead buffers instead of copied (gpu_pitr.format.mapped).
+
+The cpu executor and the scans (verify, inspect) map each piece's page-cache pages
+where a read would have copied them. These tests check that the pieces really are
+mapped, that a mapping that fails falls back to reading (with the read's own errors),
+that nothing stays mapped after a restore, and that restores with the reads copied
+(``GPU_PITR_MAP_READS=0``, and every platform but Linux) still equal the reference.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import mmap
+import os
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import test_restore_properties as props
+import workloads as w
+from hypothesis import given
+
+import gpu_pitr
+from gpu_pitr.format import mapped
+from gpu_pitr.format.layout import HEADER_SIZE
+from gpu_pitr.format.readahead import HEADROOM, Readahead, host_buffer
+from gpu_pitr.format.segments import list_segments
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="mapping pieces is Linux only")
+
+SEG2 = 1_700_000_100  # the second segment's creation second
+
+
+def _log(tmp_path, n: int = 400, dim: int = 16) -> Path:
+    b = w.LogBuilder()
+    for i in range(n):
+        b.add(w.Ins(f"id-{i}", [float(i)] * dim, {"k": str(i)}, i))
+        if i % 7 == 0:
+            b.add(w.Upd(f"id-{i // 2}", [-float(i)] * dim, None, i))
+    b.new_segment(SEG2)
+    for i in range(n // 4):
+        b.add(w.Del(f"id-{i * 3}", 1000 + i))
+    return Path(b.write(tmp_path / "wal"))
+
+
+def _state(view: w.View) -> tuple:
+    return view.ids, view.vectors, view.metadata
+
+
+def _mapped_files() -> set[str]:
+    """Paths of the files this process has mapped, from /proc/self/maps."""
+    with open("/proc/self/maps") as f:
+        return {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+
+
+def _pieces(wal: Path, chunk: int, **kw):
+    segs = list_segments(wal)
+    ranges = [(i, s.path, HEADER_SIZE, s.size) for i, s in enumerate(segs)]
+    return segs, Readahead(ranges, chunk, HEADROOM, host_buffer, threads=2, **kw)
+
+
+def test_pieces_are_the_files_pages_mapped_into_the_buffer(tmp_path):
+    wal = _log(tmp_path)
+    segs, reader = _pieces(wal, 8192, map_files=True)
+    seen = 0
+    try:
+        for piece in reader:
+            path = segs[piece.segment].path
+            data = path.read_bytes()
+            got = piece.buf[piece.data:piece.data + piece.length].tobytes()
+            assert got == data[piece.file_offset:piece.file_offset + piece.length]
+            # Mapped where the read would have put it, give or take the page offset.
+            assert piece.data == HEADROOM + piece.file_offset % mmap.PAGESIZE
+            assert str(path) in _mapped_files()
+            # The headroom is writable (carried bytes go there), and the file is not
+            # written: the mapping is private.
+            piece.buf[piece.data - 8:piece.data + 8] = 0
+            assert path.read_bytes() == data
+            seen += 1
+            reader.release(piece)
+        assert reader.mapping and seen >= 4
+    finally:
+        reader.close()
+
+
+def test_without_map_files_the_pieces_are_read(tmp_path):
+    wal = _log(tmp_path)
+    segs, reader = _pieces(wal, 8192)
+    try:
+        for piece in reader:
+            assert piece.data == HEADROOM
+            assert str(segs[piece.segment].path) not in _mapped_files()
+            reader.release(piece)
+    finally:
+        reader.close()
+
+
+def test_a_restore_maps_its_pieces_and_leaves_nothing_mapped(tmp_path, monkeypatch):
+    wal = _log(tmp_path)
+    made = []
+    real = mapped.map_piece
+
+    def counting(*args):
+        made.append(args[3])  # the file offset
+        return real(*args)
+
+    monkeypatch.setattr(mapped, "map_piece", counting)
+    got = w.restore_fast(wal, chunk_bytes=4096)
+    assert len(made) >= 8
+    gc.collect()
+    assert not any(str(wal) in p for p in _mapped_files())
+    monkeypatch.setenv("GPU_PITR_MAP_READS", "0")
+    made.clear()
+    assert _state(w.restore_fast(wal, chunk_bytes=4096)) == _state(got)
+    assert made == []
+
+
+@pytest.mark.parametrize("what,code,every,still_mapping", [
+    ("madvise", errno.EIO, 2, True),      # a page that cannot be read: that piece is read
+    ("madvise", errno.EFAULT, 3, True),   # a page past the end of the file
+    ("mmap", errno.ENOMEM, 2, True),
+    ("mmap", errno.ENODEV, 1, False),     # a file system that cannot map files: all read
+    ("madvise", errno.EINVAL, 1, False),  # a kernel without MADV_POPULATE_READ
+])
+def test_a_mapping_that_fails_is_read_instead(tmp_path, monkeypatch, what, code, every,
+                                              still_mapping):
+    wal = _log(tmp_path)
+    want = w.restore_ref(wal)
+    fake = w.FailingLibc(what, code, every)
+    monkeypatch.setattr(mapped, "_libc", fake)
+    assert _state(w.restore_fast(wal, chunk_bytes=4096)) == _state(want)
+    # Turned off at the first failure of the kind (both reading threads may have tried).
+    assert fake.calls >= 4 if still_mapping else 1 <= fake.calls <= 2
+    segs, reader = _pieces(wal, 4096, map_files=True)
+    try:
+        for piece in reader:
+            data = segs[piece.segment].path.read_bytes()
+            got = piece.buf[piece.data:piece.data + piece.length].tobytes()
+            assert got == data[piece.file_offset:piece.file_offset + piece.length]
+            reader.release(piece)
+        assert reader.mapping is still_mapping
+    finally:
+        reader.close()
+
+
+def test_a_file_cut_inside_its_last_mapped_page_is_not_read_as_zeros(tmp_path, monkeypatch):
+    # The pages map, being inside the file's last page, but the bytes past its new end
+    # would read as zeros: the size is checked after the pages are in.
+    from gpu_pitr.errors import FileShrankError
+
+    wal = _log(tmp_path, n=3)
+    first = sorted(wal.iterdir())[0]
+    size = first.stat().st_size
+    assert size < mmap.PAGESIZE
+    real = Readahead.__init__
+
+    def listed_then_cut(self, *args, **kwargs):
+        os.truncate(first, size - 5)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Readahead, "__init__", listed_then_cut)
+    with pytest.raises(FileShrankError) as err:
+        gpu_pitr.restore(wal, backend="cpu")
+    assert str(err.value).startswith(f"{first}: offset {size - 5}: the file ends there")
+
+
+@props.SETTINGS
+@given(data=props.CASES)
+def test_restores_with_the_reads_copied_equal_the_reference(data):
+    """The copy path (other platforms, GPU_PITR_MAP_READS=0) on random workloads."""
+    wl = data.draw(w.workloads(), label="workload")
+    kw = data.draw(w.targets(wl), label="target")
+    chunk = data.draw(w.st.sampled_from([None, 64, 1000]), label="chunk_bytes")
+    with mock.patch.dict(os.environ, {"GPU_PITR_MAP_READS": "0"}):
+        props.run_case(wl, kw, chunk)
