@@ -249,12 +249,13 @@ def run() -> NoReturn:
     Once the command has finished, its outputs are complete: a Ctrl-C or SIGTERM
     arriving while the interpreter shuts down (joining threads, unloading compiled
     code: tens of milliseconds) is ignored, so it cannot turn a finished restore into
-    a death by signal. Warnings print as one line each, like errors.
+    a death by signal. Warnings print as one line each, like errors, and so does a
+    SIGBUS (a mapped file cut short while it is read: ``gpu_pitr.buserror``).
     """
     import warnings
 
     warnings.showwarning = _show_warning
-    sys.exit(_main(None, restore_signals=False))
+    sys.exit(_main(None, restore_signals=False, on_bus_error=True))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -267,9 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     return _main(argv, restore_signals=True)
 
 
-def _main(argv: list[str] | None, restore_signals: bool) -> int:
+def _main(argv: list[str] | None, restore_signals: bool, on_bus_error: bool = False) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if on_bus_error:  # the process is the command's: a SIGBUS is one line, not a crash
+        from gpu_pitr import buserror
+
+        buserror.install(2 if args.command == "verify" else 1)
     try:
         with interrupts.handle_signals(restore=restore_signals):
             return _command(args.command_parser, args)

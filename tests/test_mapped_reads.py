@@ -176,3 +176,60 @@ def test_restores_with_the_reads_copied_equal_the_reference(data):
     chunk = data.draw(w.st.sampled_from([None, 64, 1000]), label="chunk_bytes")
     with mock.patch.dict(os.environ, {"GPU_PITR_MAP_READS": "0"}):
         props.run_case(wl, kw, chunk)
+
+
+# A piece mapped, then its file cut in place before the piece is read: the SIGBUS a
+# copy would not have. The command line turns it into one line and exit status.
+_CUT_AFTER_MAPPING = """
+import os, sys
+from gpu_pitr import cli
+from gpu_pitr.format import mapped
+
+real = mapped.map_piece
+
+def map_then_cut(buf, at, fd, offset, length, disable):
+    data = real(buf, at, fd, offset, length, disable)
+    # Past its header, within the first page: the pages after it are gone.
+    os.ftruncate(os.open(f"/proc/self/fd/{fd}", os.O_WRONLY), 100)
+    return data
+
+mapped.map_piece = map_then_cut
+sys.argv = ["gpu-pitr", *sys.argv[1:]]
+cli.run()
+"""
+
+
+@pytest.mark.parametrize("command,status", [
+    (["restore", "{wal}", "--out", "{out}"], 1),
+    (["verify", "{wal}"], 2),
+    (["inspect", "{wal}"], 1),
+])
+def test_a_file_cut_in_place_while_mapped_is_one_line_from_the_command(tmp_path, command,
+                                                                        status):
+    import subprocess
+
+    from gpu_pitr import buserror
+
+    wal = _log(tmp_path)
+    out = tmp_path / "out.npz"
+    args = [a.format(wal=wal, out=out) for a in command]
+    proc = subprocess.run([sys.executable, "-c", _CUT_AFTER_MAPPING, *args],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == status, proc.stderr
+    assert proc.stderr == buserror.MESSAGE
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["wal"]
+
+
+def test_only_the_command_turns_a_bus_error_into_a_line(tmp_path, monkeypatch):
+    from gpu_pitr import buserror, cli
+
+    wal = _log(tmp_path)
+    installed = []
+    monkeypatch.setattr(buserror, "install", installed.append)
+    assert cli.main(["inspect", str(wal)]) == 0  # a program's call: its own handling
+    assert installed == []
+    for command, status in (("verify", 2), ("inspect", 1)):
+        monkeypatch.setattr(sys, "argv", ["gpu-pitr", command, str(wal)])
+        with pytest.raises(SystemExit) as done:
+            cli.run()
+        assert done.value.code == 0 and installed[-1] == status
