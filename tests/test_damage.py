@@ -611,6 +611,7 @@ def test_an_io_error_inside_a_segment_is_one_line_naming_file_and_offset(tmp_pat
 
     monkeypatch.setattr(readahead.os, "preadv", failing)
     if mapping:
+        monkeypatch.setattr(mapped, "MIN_PIECE", 0)
         monkeypatch.setattr(mapped, "_libc", w.FailingLibc("madvise", errno.EFAULT))
     else:
         monkeypatch.setenv("GPU_PITR_MAP_READS", "0")

@@ -1,10 +1,13 @@
 """Pieces mapped into the read-ahead buffers instead of copied (gpu_pitr.format.mapped).
 
 The cpu executor and the scans (verify, inspect) map each piece's page-cache pages
-where a read would have copied them. These tests check that the pieces really are
+where a read would have copied them, for pieces of ``MIN_PIECE`` bytes or more. The
+test logs are small, so here every piece is mapped (``MIN_PIECE`` = 0); elsewhere
+the suite's small logs are read. These tests check that the pieces really are
 mapped, that a mapping that fails falls back to reading (with the read's own errors),
-that nothing stays mapped after a restore, and that restores with the reads copied
-(``GPU_PITR_MAP_READS=0``, and every platform but Linux) still equal the reference.
+that nothing stays mapped after a restore, that restores with every piece mapped
+equal the reference on random workloads, and what a file cut in place while mapped
+does to the command line.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ from gpu_pitr.format.segments import list_segments
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="mapping pieces is Linux only")
+
+@pytest.fixture(autouse=True)
+def every_piece_mapped(monkeypatch):
+    monkeypatch.setattr(mapped, "MIN_PIECE", 0)
+
 
 SEG2 = 1_700_000_100  # the second segment's creation second
 
@@ -169,12 +177,12 @@ def test_a_file_cut_inside_its_last_mapped_page_is_not_read_as_zeros(tmp_path, m
 
 @props.SETTINGS
 @given(data=props.CASES)
-def test_restores_with_the_reads_copied_equal_the_reference(data):
-    """The copy path (other platforms, GPU_PITR_MAP_READS=0) on random workloads."""
+def test_restores_with_every_piece_mapped_equal_the_reference(data):
+    """Random workloads (elsewhere their pieces are too small to be mapped)."""
     wl = data.draw(w.workloads(), label="workload")
     kw = data.draw(w.targets(wl), label="target")
     chunk = data.draw(w.st.sampled_from([None, 64, 1000]), label="chunk_bytes")
-    with mock.patch.dict(os.environ, {"GPU_PITR_MAP_READS": "0"}):
+    with mock.patch.object(mapped, "MIN_PIECE", 0):
         props.run_case(wl, kw, chunk)
 
 
@@ -194,6 +202,7 @@ def map_then_cut(buf, at, fd, offset, length, disable):
     return data
 
 mapped.map_piece = map_then_cut
+mapped.MIN_PIECE = 0
 sys.argv = ["gpu-pitr", *sys.argv[1:]]
 cli.run()
 """

@@ -139,7 +139,7 @@ class Readahead:
         got = 0
         try:
             fd = self._fd(path)
-            if self.mapping:
+            if self.mapping and length >= mapped.MIN_PIECE:
                 data = mapped.map_piece(buf, self.headroom, fd, offset, length,
                                         self._stop_mapping)
                 if data is not None:
