@@ -85,7 +85,10 @@ class ArchivedSegment:
     the previous copy is left as it was), ``missed`` (copied, new, but its first
     record's seq does not follow the archive's segment before it, which WAL_DIR no
     longer has: the writer deleted segments between them before any run copied them).
-    ``size``: the bytes the archive holds of it after the run.
+    ``size``: the bytes the archive holds of it after the run. ``pending``: bytes of the
+    newest segment past them, a record the writer has not finished yet (its buffer
+    reached the file in the middle of it): left for the next run, so that the archive
+    holds whole records only.
     """
 
     name: str
@@ -93,6 +96,7 @@ class ArchivedSegment:
     size: int
     added: int = 0
     problem: str | None = None
+    pending: int = 0
 
     def line(self, problems_only: bool = False) -> str | None:
         """Its line for a person: None when it is unchanged (or, with ``problems_only``,
@@ -101,9 +105,11 @@ class ArchivedSegment:
             return f"{self.name}: {self.action.upper()}: {self.problem}"
         if problems_only or self.action in (UNCHANGED, EXPIRED):
             return None
+        left = (f" ({self.pending} more bytes of a record the writer has not finished: "
+                "the next run copies them)" if self.pending else "")
         if self.action == NEW:
-            return f"{self.name}: new, {self.size} bytes"
-        return f"{self.name}: grown by {self.added} bytes, {self.size} bytes now"
+            return f"{self.name}: new, {self.size} bytes{left}"
+        return f"{self.name}: grown by {self.added} bytes, {self.size} bytes now{left}"
 
 
 @dataclass
@@ -339,11 +345,14 @@ def _archive_one(seg: Segment, dest: Path, buf: bytearray, newest: bool = False
         try:
             st = os.fstat(src.fileno())
             size = st.st_size
-            if newest and size != have:
-                size = whole_records(seg.path, size)
+            if newest and size != have and size >= (have or 0):
+                # Never less than an earlier run copied (a version that copied a record
+                # being written as it stood).
+                size = max(whole_records(seg.path, size), have or 0)
+            pending = max(0, st.st_size - size)
             if have is None:
                 _copy(src, seg.path, size, st.st_mode, dest, None, buf)
-                return ArchivedSegment(name, NEW, size, added=size)
+                return ArchivedSegment(name, NEW, size, added=size, pending=pending)
             if size < have:
                 raise _Conflict(
                     f"{seg.path}: offset {size}: the file ends there, {have - size} bytes "
@@ -351,9 +360,9 @@ def _archive_one(seg: Segment, dest: Path, buf: bytearray, newest: bool = False
                     "of the writer's host that lost bytes not yet synced does this)")
             if size == have:
                 _same_ends(src, seg.path, dest, size)
-                return ArchivedSegment(name, UNCHANGED, have)
+                return ArchivedSegment(name, UNCHANGED, have, pending=pending)
             _copy(src, seg.path, size, st.st_mode, dest, have, buf)
-            return ArchivedSegment(name, GROWN, size, added=size - have)
+            return ArchivedSegment(name, GROWN, size, added=size - have, pending=pending)
         except _Conflict as c:
             return ArchivedSegment(name, CONFLICT, have or 0,
                                    problem=f"{c.line}; the archive's copy is kept")
@@ -444,10 +453,14 @@ def _last_seq(seg: Segment) -> int | None:
 
 
 def whole_records(path: Path, size: int) -> int:
-    """``size``, or more: the end of the record (or segment header) that the first
-    ``size`` bytes of the segment at ``path`` end inside, when the file holds it whole
-    now (a writer's buffer flushed in the middle of it, then the rest). Framed with the
-    restore's own passes; a file that cannot be read is left to the copy to report."""
+    """How much of the segment at ``path`` to copy, its first ``size`` bytes listed:
+    ``size`` when they end where a record does; else the end of the record (or second
+    segment header) they end inside, when the file holds it whole now (a writer's
+    buffer flushed in the middle of it, then the rest); else where that record starts:
+    the writer has not finished it (its buffer waits for more records), and the next
+    run copies it. A segment header being written is copied as it stands. Framed with
+    the restore's own passes; a file that cannot be read is left to the copy to
+    report."""
     if size < HEADER_SIZE:  # the header itself being written
         torn = (0, size)
     else:
@@ -458,8 +471,12 @@ def whole_records(path: Path, size: int) -> int:
                     torn = item.torn
         except OSError:
             return size
-    found = None if torn is None else record_end(path, torn[0])
-    return found[0] if found is not None and size < found[0] <= found[1] else size
+    if torn is None:
+        return size
+    found = record_end(path, torn[0])
+    if found is not None and size < found[0] <= found[1]:
+        return found[0]
+    return torn[0] if torn[0] >= HEADER_SIZE else size
 
 
 def _archived_size(dest: Path) -> int | None:

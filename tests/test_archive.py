@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import reference
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from workloads import (
@@ -50,7 +51,7 @@ from gpu_pitr.archive import (
 )
 from gpu_pitr.format.entries import Delete, Insert
 from gpu_pitr.format.segments import Segment, list_segments
-from gpu_pitr.format.writer import WalWriter
+from gpu_pitr.format.writer import WalWriter, encode_record
 
 
 def assert_same_state(got, want) -> None:
@@ -132,20 +133,24 @@ def test_a_grown_segment_is_copied_again_and_a_torn_live_tail_completes(tmp_path
     b.write(wal)
     name = rec.file
     full = bytes(b.files[name])
-    # Copied while the writer was in the middle of its last record.
+    # Copied while the writer was in the middle of its last record: up to that record,
+    # which the next run copies (the archive holds whole records, no torn tail).
     (wal / name).write_bytes(full[: rec.end - 3])
     first = archive(wal, arc)
-    assert [(s.action, s.size) for s in first.segments] == [(NEW, rec.end - 3)]
-    torn = restore_fast(arc).report["torn_tails"]
-    assert [t["offset"] for t in torn] == [rec.offset]
+    assert [(s.action, s.size, s.pending) for s in first.segments] == [
+        (NEW, rec.offset, rec.end - 3 - rec.offset)]
+    assert first.lines()[0] == (f"{name}: new, {rec.offset} bytes ({rec.end - 3 - rec.offset} "
+                                "more bytes of a record the writer has not finished: the "
+                                "next run copies them)")
+    assert restore_fast(arc).report["torn_tails"] == []
     # The writer finishes the record and commits.
     b.add(Commit(7, 4))
     b.add(Upd("a", f32(5, 6), None, 5))
     b.write(wal)
     second = archive(wal, arc)
     size = len(b.files[name])
-    assert [(s.action, s.size, s.added) for s in second.segments] == [
-        (GROWN, size, size - (rec.end - 3))]
+    assert [(s.action, s.size, s.added, s.pending) for s in second.segments] == [
+        (GROWN, size, size - rec.offset, 0)]
     assert (arc / name).read_bytes() == bytes(b.files[name])
     got = restore_fast(arc)
     assert got.ids == ["a", "b"] and got.report["torn_tails"] == []
@@ -223,8 +228,8 @@ def test_cli_json_quiet_and_exit_codes(tmp_path):
     assert proc.returncode == 0 and proc.stderr == ""
     doc = json.loads(proc.stdout)
     assert doc["ok"] is True and doc["archived"] == 1 and doc["only_in_archive"] == 0
-    assert doc["segments"] == [{"name": name, "action": UNCHANGED, "size": len(data) + 2,
-                                "added": 0, "problem": None}]
+    assert doc["segments"] == [{"name": name, "action": UNCHANGED, "size": len(data),
+                                "added": 0, "problem": None, "pending": 2}]
     proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "archive", str(wal), "--out",
                            str(arc), "-q"], capture_output=True, text=True, timeout=300)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
@@ -363,9 +368,10 @@ def test_a_name_in_the_archive_that_is_not_a_file_is_a_conflict(tmp_path):
               ("append", 0, bytes(3))])
 def test_random_histories_of_appends_rotations_and_retention(tmp_path_factory, ops):
     """Against a model: after every run the archive holds, for each segment WAL_DIR
-    still has, exactly its bytes, and for each one deleted, the bytes of its last
-    run; every run's actions say what changed; nothing is ever a problem but
-    ``missed``, and that only where it can be (its bytes copied all the same)."""
+    still has, exactly its bytes (the newest: up to a record not whole yet, framed by
+    tests/reference.py), and for each one deleted, the bytes of its last run; every
+    run's actions say what changed; nothing is ever a problem but ``missed``, and that
+    only where it can be (its bytes copied all the same)."""
     root = tmp_path_factory.mktemp("h")
     wal, arc = root / "wal", root / "arc"
     wal.mkdir()
@@ -385,6 +391,11 @@ def test_random_histories_of_appends_rotations_and_retention(tmp_path_factory, o
                 (wal / name).unlink()
         elif op[0] == "archive":
             now = {p.name: p.read_bytes() for p in wal.iterdir()}
+            if now:  # the newest segment's copy ends before a record not yet whole
+                newest = max(now, key=str.encode)
+                torn = [t[2] for t in reference.frame_log(wal)
+                        if t[0] == "torn" and t[1] == newest and t[2] >= 16]
+                now[newest] = now[newest][:torn[0]] if torn else now[newest]
             result = archive(wal, arc)
             # Random bytes make random seqs: the first new segment's first record may
             # not follow the seq the archive's segment before it ends at. When WAL_DIR
@@ -427,8 +438,8 @@ def test_copies_are_exact_whether_the_kernel_copies_all_part_or_none(tmp_path, m
     monkeypatch.setattr(archive_mod.os, "copy_file_range", flaky)
     monkeypatch.setattr(archive_mod, "_COPY_CHUNK", 777)  # many pieces for the plain copy
     wal, arc, name, data = _two_runs(tmp_path)
-    more = bytes(range(256)) * 9
-    with open(wal / name, "ab") as f:
+    more = encode_record(40, bytes(range(256)) * 9)  # whole: the newest segment's copy
+    with open(wal / name, "ab") as f:                # ends where a record does
         f.write(more)
     result = archive(wal, arc)
     assert [(s.action, s.added) for s in result.segments] == [(GROWN, len(more))]
@@ -500,7 +511,7 @@ def test_copies_keep_the_segments_permission_bits(tmp_path, mode, kept):
     wal, arc, name, data = _two_runs(tmp_path)
     (wal / name).chmod(mode)
     with open(wal / name, "ab") as f:
-        f.write(b"\x00")
+        f.write(encode_record(40, b"\x00"))
     assert archive(wal, arc).ok
     assert (arc / name).stat().st_mode & 0o777 == kept
 
@@ -695,23 +706,42 @@ def test_the_newest_segments_copy_goes_on_to_the_end_of_the_record_being_written
     assert _segments(arc) == _segments(wal) and verify_wal(arc).problems == []
 
 
-def test_a_record_the_writer_has_not_finished_is_copied_as_it_stands(tmp_path):
-    """No more bytes came (a stalled writer, or a crash): the copy is the file as it is,
-    a torn tail in the archive, and a later run copies the segment again, grown."""
+def test_a_record_the_writer_has_not_finished_is_left_for_the_next_run(tmp_path):
+    """No more bytes came by the time archive looked again (a writer's buffer waiting
+    for more records, a stalled writer, or a crash): the newest segment's copy ends
+    where that record starts, so the archive holds whole records and ``verify`` of it
+    finds no torn tail; a later run copies the record once the writer has finished it,
+    or as it stands once a newer segment shows the writer has gone on without it."""
     from gpu_pitr.archive import whole_records
     from gpu_pitr.verify import verify_wal
 
     wal, last, data = _live_log(tmp_path)
     path = wal / last.file
-    path.write_bytes(data[:last.offset + 20])
-    arc = tmp_path / "arc"
-    assert archive(wal, arc).segments[-1].size == last.offset + 20
-    assert [p.kind for p in verify_wal(arc).problems] == ["torn_tail"]
+    for cut in (1, 12, 20):  # inside the record header; the header whole; the payload
+        path.write_bytes(data[:last.offset + cut])
+        arc = tmp_path / f"arc{cut}"
+        assert [(s.action, s.size, s.pending) for s in archive(wal, arc).segments][-1] == (
+            NEW, last.offset, cut)
+        assert verify_wal(arc).problems == []
+        assert whole_records(path, last.offset + cut) == last.offset
     path.write_bytes(data)
-    assert [(s.action, s.size) for s in archive(wal, arc).segments][-1] == (GROWN, len(data))
-    assert verify_wal(arc).problems == []
+    assert [(s.action, s.size, s.pending) for s in archive(wal, arc).segments][-1] == (
+        GROWN, len(data), 0)
+    assert verify_wal(arc).problems == [] and _segments(arc) == _segments(wal)
+    # A crash: the record stays torn, and the writer starts a new segment.
+    path.write_bytes(data[:last.offset + 20])
+    arc = tmp_path / "arc_crash"
+    assert archive(wal, arc).segments[-1].size == last.offset
+    b = LogBuilder(created=0x6000001)
+    b.add(Ins("d", [7.0, 8.0], None, 13), seq=0)
+    b.write(wal)
+    assert [(s.action, s.size) for s in archive(wal, arc).segments][-2:] == [
+        (GROWN, last.offset + 20), (NEW, len(b.files[b.cur]))]
+    # (the writer reopened: seq from 0, a notice)
+    assert [p.kind for p in verify_wal(arc).problems] == ["torn_tail", "seq_restart"]
     # Where the size given ends: at a record boundary it stays; inside a record, the
     # record's end when the file holds it, the second segment header's likewise.
+    path.write_bytes(data)
     assert whole_records(path, last.offset) == last.offset
     assert whole_records(path, last.offset + 3) == len(data)
     assert whole_records(path, len(data)) == len(data)
