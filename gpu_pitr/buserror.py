@@ -45,14 +45,24 @@ def _exit_2(signum):
     _exit(2)
 
 
+_installed: list = []  # the handler in place: its machine code must outlive the call
+
+
 def install(status: int) -> bool:
     """SIGBUS from now on: ``MESSAGE`` on stderr, exit ``status`` (1 or 2). False where
-    there is no SIGBUS (not POSIX) or no handler could be set."""
+    there is no SIGBUS (not POSIX) or no handler could be set: the command runs on
+    without one (the signal's default)."""
     if not hasattr(signal, "SIGBUS") or not sys.platform.startswith(("linux", "darwin")):
         return False
-    # Compiled (or loaded from the cache) here: only the one the command needs.
-    handler = cfunc(types.void(types.intc), cache=True)({1: _exit_1, 2: _exit_2}[status])
-    _libc = ctypes.CDLL(None)
-    _libc.signal.restype = ctypes.c_void_p
-    _libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
-    return _libc.signal(int(signal.SIGBUS), handler.address) != ctypes.c_void_p(-1).value
+    try:
+        # Compiled (or loaded from the cache) here: only the one the command needs.
+        handler = cfunc(types.void(types.intc), cache=True)({1: _exit_1, 2: _exit_2}[status])
+        libc = ctypes.CDLL(None)
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
+        if libc.signal(int(signal.SIGBUS), handler.address) == ctypes.c_void_p(-1).value:
+            return False
+    except Exception:  # noqa: BLE001 - a handler is a nicety; the command must run
+        return False
+    _installed[:] = [handler]
+    return True

@@ -242,3 +242,20 @@ def test_only_the_command_turns_a_bus_error_into_a_line(tmp_path, monkeypatch):
         with pytest.raises(SystemExit) as done:
             cli.run()
         assert done.value.code == 0 and installed[-1] == status
+
+
+def test_a_handler_that_cannot_be_made_leaves_the_command_running(tmp_path, monkeypatch):
+    from gpu_pitr import buserror
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(buserror, "cfunc", no_compiler)
+    assert buserror.install(1) is False
+    wal = _log(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["gpu-pitr", "verify", str(wal)])
+    with pytest.raises(SystemExit) as done:
+        from gpu_pitr import cli
+
+        cli.run()
+    assert done.value.code == 0
