@@ -58,10 +58,12 @@ def case(seed: int, i: int, cuda_every: int) -> tuple[dict, dict, list[str], str
 
 
 def run_case(files: dict, kw: dict, backend: str, chunk: int | None) -> list[str]:
-    """Both ``skip_corrupt`` settings; returns their outcome classes (raises on a failure)."""
+    """Both ``skip_corrupt`` settings (the second with every piece mapped, the first read);
+    returns their outcome classes (raises on a failure)."""
     import fuzzing
 
-    return [fuzzing.outcome(files, {**kw, "skip_corrupt": skip}, backend, chunk, not skip)
+    return [fuzzing.outcome(files, {**kw, "skip_corrupt": skip}, backend, chunk, not skip,
+                            map_all=skip)
             for skip in (False, True)]
 
 

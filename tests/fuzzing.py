@@ -19,12 +19,14 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import reference
 import workloads as w
 from workloads import Abort, Batch, Begin, Ckpt, Commit, Del, Ins, LogBuilder, Upd, bits, f32
 
 from gpu_pitr import errors
+from gpu_pitr.format import mapped
 
 Pick = Callable[[int], int]
 Files = dict[str, bytes]
@@ -555,9 +557,11 @@ def write_files(files: Files, wal_dir) -> str:
 
 
 def outcome(files: Files, kw: dict, backend: str = "cpu", chunk_bytes: int | None = None,
-            readers: bool = True) -> str:
+            readers: bool = True, map_all: bool = False) -> str:
     """Restore ``files`` with the fast path and the reference; assert they agree (and,
-    with ``readers``, check the pure-Python readers on them).
+    with ``readers``, check the pure-Python readers on them). ``map_all``: every piece
+    mapped into its buffer (``gpu_pitr.format.mapped``), not only those of 512 KiB or
+    more, which the small inputs here never have.
 
     Returns the outcome class ("ok" or the error's class name). Raises AssertionError
     on a disagreement, and lets any exception that is not a ``WalError`` through.
@@ -572,7 +576,8 @@ def outcome(files: Files, kw: dict, backend: str = "cpu", chunk_bytes: int | Non
         ref = reference.restore(d, **kw)
         got, err = None, None
         try:
-            got = w.restore_fast(d, backend=backend, chunk_bytes=chunk_bytes, **kw)
+            with mock.patch.object(mapped, "MIN_PIECE", 0 if map_all else mapped.MIN_PIECE):
+                got = w.restore_fast(d, backend=backend, chunk_bytes=chunk_bytes, **kw)
         except errors.WalError as e:
             err = e
         assert w.dir_state(d) == before, "the WAL directory was modified"

@@ -57,7 +57,8 @@ def picker(data):
 
 def both_skip_settings(files, kw, backend="cpu", chunk_bytes=None) -> list[str]:
     return [
-        fuzzing.outcome(files, {**kw, "skip_corrupt": skip}, backend, chunk_bytes, not skip)
+        fuzzing.outcome(files, {**kw, "skip_corrupt": skip}, backend, chunk_bytes, not skip,
+                        map_all=skip)
         for skip in (False, True)
     ]
 
