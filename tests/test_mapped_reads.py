@@ -94,6 +94,31 @@ def test_pieces_are_the_files_pages_mapped_into_the_buffer(tmp_path):
         reader.close()
 
 
+def test_pieces_mapped_and_read_in_turn_share_the_buffers(tmp_path, monkeypatch):
+    # Pieces under MIN_PIECE are read, into buffers that held a mapping: anonymous
+    # memory goes back first, and every piece holds its file's bytes.
+    wal = _log(tmp_path, n=600)
+    monkeypatch.setattr(mapped, "MIN_PIECE", 6000)
+    put_back = []
+    real = mapped.unmap_piece
+    monkeypatch.setattr(mapped, "unmap_piece", lambda *a: put_back.append(a) or real(*a))
+    segs, reader = _pieces(wal, 8192, map_files=True)
+    kinds = set()
+    try:
+        for piece in reader:
+            data = segs[piece.segment].path.read_bytes()
+            got = piece.buf[piece.data:piece.data + piece.length].tobytes()
+            assert got == data[piece.file_offset:piece.file_offset + piece.length]
+            kinds.add(piece.data == HEADROOM)  # read: the data right after the headroom
+            reader.release(piece)
+    finally:
+        reader.close()
+    assert kinds == {True, False} and put_back
+    want = w.restore_ref(wal)
+    for chunk in (4096, 8192, 7000):
+        assert _state(w.restore_fast(wal, chunk_bytes=chunk)) == _state(want)
+
+
 def test_without_map_files_the_pieces_are_read(tmp_path):
     wal = _log(tmp_path)
     segs, reader = _pieces(wal, 8192)

@@ -70,6 +70,10 @@ class Readahead:
         self.mapping = map_files and mapped.available()
         if self.mapping:
             alloc = mapped.region
+        # Buffers (by address) with a file's pages mapped in: anonymous memory goes back
+        # before one is read into (a write to a mapped page past its file's end, if
+        # that file was cut since, would be a SIGBUS).
+        self._mapped: set[int] = set()
         self._tasks = deque()
         # Pieces of each file not read yet: its descriptor is closed after the last
         # (an archive of 20,000 segments would otherwise hold 20,000 of them open).
@@ -143,8 +147,11 @@ class Readahead:
                 data = mapped.map_piece(buf, self.headroom, fd, offset, length,
                                         self._stop_mapping)
                 if data is not None:
+                    self._mapped.add(buf.ctypes.data)
                     return Piece(seg, offset, buf, data, length, last)
-            # Not mapped: read (a mapping that failed left anonymous memory here).
+            elif buf.ctypes.data in self._mapped:
+                mapped.unmap_piece(buf, self.headroom, len(buf) - self.headroom)
+            self._mapped.discard(buf.ctypes.data)  # (a failed mapping put it back)
             view = memoryview(buf)[self.headroom:self.headroom + length]
             while got < length:
                 n = os.preadv(fd, [view[got:]], offset + got)
