@@ -17,14 +17,15 @@ A mapped file has two hazards that a copy has not, and the read's errors are kep
   the buffer gets anonymous memory back and the caller reads the piece with
   ``preadv``, which raises the usual one-line error naming the file and offset;
 - a file cut in place (``truncate``, or ``cp`` over it) after its pages were
-  faulted in, while the piece is in use (some milliseconds), is still a SIGBUS.
-  A writer only appends, the archive replaces its files by renaming (which leaves
-  a mapping alone), and ``GPU_PITR_MAP_READS=0`` turns mapping off.
+  faulted in, while the piece is in use (some milliseconds), is still a SIGBUS
+  (``gpu-pitr`` says so in one line: ``gpu_pitr.buserror``). A writer only
+  appends, the archive replaces its files by renaming (which leaves a mapping
+  alone), and ``GPU_PITR_MAP_READS=0`` turns mapping off.
 
 Pieces shorter than ``MIN_PIECE`` (a small segment, a small chunk size) are read.
 Where a mapping cannot be made (not Linux, an older kernel, a file system that
 cannot map files), pieces are read as before, and the first failure of the kind
-turns mapping off for the process.
+turns mapping off for the rest of the pass (``Readahead.mapping``).
 """
 
 from __future__ import annotations
