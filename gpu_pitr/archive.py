@@ -148,11 +148,14 @@ class ArchiveResult:
             return out
         counts = ", ".join(f"{self.count(a)} {a}" for a in (NEW, GROWN, UNCHANGED, EXPIRED)
                            if a != EXPIRED or self.count(a))
+        pending = sum(s.pending for s in self.segments)
+        waiting = (f"; {pending} bytes of a record the writer has not finished wait for the "
+                   "next run" if pending else "")
         out.append(
             f"archive {self.archive}: {plural(len(self.segments), 'segment')} of {self.wal_dir} "
             f"({counts}; {plural(len(self.problems), 'problem')}); it holds "
             f"{plural(self.archived, 'segment')}, {self.only_in_archive} of them no longer in "
-            "WAL_DIR")
+            f"WAL_DIR{waiting}")
         return out
 
 

@@ -139,9 +139,16 @@ def test_a_grown_segment_is_copied_again_and_a_torn_live_tail_completes(tmp_path
     first = archive(wal, arc)
     assert [(s.action, s.size, s.pending) for s in first.segments] == [
         (NEW, rec.offset, rec.end - 3 - rec.offset)]
-    assert first.lines()[0] == (f"{name}: new, {rec.offset} bytes ({rec.end - 3 - rec.offset} "
-                                "more bytes of a record the writer has not finished: the "
-                                "next run copies them)")
+    held = rec.end - 3 - rec.offset
+    assert first.lines()[0] == (f"{name}: new, {rec.offset} bytes ({held} more bytes of a "
+                                "record the writer has not finished: the next run copies "
+                                "them)")
+    assert first.lines()[1].endswith(
+        f"0 of them no longer in WAL_DIR; {held} bytes of a record the writer has not "
+        "finished wait for the next run")
+    again = archive(wal, arc)  # unchanged: no line of its own, the summary says so
+    assert [(s.action, s.pending) for s in again.segments] == [(UNCHANGED, held)]
+    assert len(again.lines()) == 1 and again.lines()[0].endswith("wait for the next run")
     assert restore_fast(arc).report["torn_tails"] == []
     # The writer finishes the record and commits.
     b.add(Commit(7, 4))
