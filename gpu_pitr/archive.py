@@ -19,12 +19,12 @@ it, by path or by identity). One run at a time per archive (a lock file,
 
 The last segment is usually being written while it is copied, and a writer's
 buffer reaches the file in pieces that need not end where a record does. So the copy
-of the newest segment goes on to the end of the record its bytes end inside, when
-the file holds that record whole by the time it is framed: an archive taken beside a
-busy writer then ends at a record boundary, and ``verify ARCHIVE`` finds no torn
-tail the writer was about to finish. A tail the writer has not finished (stalled, or
-a crash) is copied as it stands, a torn tail to a restore from the archive, and the
-next run copies the segment again, grown.
+of the newest segment ends where a record does (``whole_records``): at the end of
+the record its bytes end inside, when the file holds that record whole by the time it
+is framed, else where that record starts, its bytes ``pending`` for the next run. The
+archive then holds whole records, and ``verify ARCHIVE`` beside a live writer finds
+no torn tail. Once a newer segment shows the writer went on without finishing the
+record (a crash), the segment is no longer the newest and is copied as it stands.
 """
 
 from __future__ import annotations

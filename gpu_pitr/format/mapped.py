@@ -66,8 +66,7 @@ def _load_libc():
 
 def available() -> bool:
     """Whether pieces may be mapped: Linux, and not turned off with GPU_PITR_MAP_READS=0."""
-    return (sys.platform.startswith("linux") and hasattr(mmap, "MAP_POPULATE")
-            and os.environ.get("GPU_PITR_MAP_READS", "1") != "0")
+    return sys.platform.startswith("linux") and os.environ.get("GPU_PITR_MAP_READS", "1") != "0"
 
 
 def region(nbytes: int) -> np.ndarray:
