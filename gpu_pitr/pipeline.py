@@ -1197,9 +1197,8 @@ def _writes_in_progress(report: RestoreReport) -> None:
     has grown since it was read, and the record cut is whole there (the command line
     says so on that tail's line)."""
     for torn in report.torn_tails:
-        size = torn["bytes_lost"] and written_since(torn["file"], torn["offset"],
-                                                    torn["bytes_lost"])
-        if size:
+        size = written_since(torn["file"], torn["offset"], torn["bytes_lost"])
+        if size is not None:
             torn["size_now"] = size
 
 

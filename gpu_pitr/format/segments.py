@@ -105,8 +105,10 @@ def written_since(path: str | os.PathLike, at: int, lost: int) -> int | None:
     """The size of ``path`` now, when the torn tail read at ``at`` (``lost`` bytes, to
     the end of the file as it was read) was a write in progress: the file has grown
     since, and the record (or segment header) cut there is whole now. None otherwise:
-    it has not grown (a crash, or a writer stalled mid-record: they look the same), it
-    cannot be read, or the record is still cut."""
+    no bytes were lost (an empty file), it has not grown (a crash, or a writer stalled
+    mid-record: they look the same), it cannot be read, or the record is still cut."""
+    if lost <= 0:
+        return None
     found = record_end(path, at)
     if found is None:
         return None

@@ -388,8 +388,8 @@ class _Scan:
                 seg.created = int.from_bytes(head[8:16], "little")
         paths = {seg.name: seg.path for seg in self.segments}
         for d in self.damage:  # last, when a writer has had the longest to go on
-            size = d["kind"] == "torn_tail" and d["bytes"] and written_since(
-                paths[d["file"]], d["offset"], d["bytes"])
+            size = d["kind"] == "torn_tail" and written_since(paths[d["file"]], d["offset"],
+                                                              d["bytes"])
             if size:
                 d["size_now"] = size
                 d["what"] = in_progress(size)
