@@ -74,6 +74,7 @@ from gpu_pitr.plan.commit import (
 )
 from gpu_pitr.plan.seqjumps import SeqJumps
 from gpu_pitr.report import RestoreReport
+from gpu_pitr.resolve.idshard import id_shard as parse_id_shard
 from gpu_pitr.snapshot.base import SeqRuns, base_mismatch, stops_at_base, target_problem
 
 _MIN_CHUNK_BYTES = 64
@@ -686,7 +687,7 @@ class _Restore:
         self.names.append(str(snap.path))
         self._base_name = len(self.names) - 1
         if self.ex.name == "cpu":
-            self.lazy = LazyBase(snap)
+            self.lazy = LazyBase(snap, self.ex.id_shard)
         else:
             self._move_in_all()
         if stops_at_base(snap.position, self.target, self.plan.exclusive):
@@ -957,11 +958,15 @@ def _base_bytes(base, snapshots) -> int:
 _PIECE_STEP = 1 << 20  # a chunk cut to its log's largest segment is rounded up to this
 
 
-def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segments=None):
+def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segments=None,
+         id_shard=None):
     """One restore on ``executor``; ``segments``: the listing of ``args[0]`` the caller
-    checked (None: listed here)."""
+    checked (None: listed here); ``id_shard``: the ``IdShard`` whose ids alone it keeps."""
     report = RestoreReport(target=target_doc, backend=executor.name,
                            incomplete_history_allowed=bool(args[4]))
+    if id_shard is not None:
+        executor.keep_id_shard(id_shard)
+        report.id_shard = {"index": id_shard.index, "count": id_shard.count}
     if base is not None:
         pos = base.position
         report.base = {"path": str(base.path), "segment": pos.get("segment"),
@@ -1007,6 +1012,7 @@ def restore(
     progress=None,
     base=None,
     snapshots=None,
+    id_shard=None,
 ) -> RestoredIndex:
     """Restore the index in ``wal_dir`` as it was at a point in time (SPEC section 3).
 
@@ -1039,6 +1045,11 @@ def restore(
         snapshots: a directory of snapshot directories: start from the newest
             intact one at or before the target (older ones when one is damaged,
             the whole log when none serves; the report's message says which).
+        id_shard: ``(index, count)``: keep only the ids of that shard of ``count``
+            (``gpu_pitr.resolve.idshard``): the same log read, each id's entries
+            applied by exactly one shard. ``gpu_pitr.scaleout`` runs the shards on
+            Dask workers and ``merge_shards`` joins them into this call's result
+            without ``id_shard``.
 
     Returns:
         RestoredIndex with ids sorted by UTF-8 bytes, vectors, metadata, report.
@@ -1051,6 +1062,7 @@ def restore(
     if exclusive and to_time is None and to_seq is None:
         # As the command line: "exclusive" of nothing is a slip, not the latest state.
         raise ValueError("exclusive leaves out the target: give to_time or to_seq")
+    shard = parse_id_shard(id_shard)
     if chunk_bytes is not None and int(chunk_bytes) <= 0:
         raise ValueError(f"chunk_bytes must be positive (None: the default), not {chunk_bytes}")
     if memory_budget is not None:
@@ -1098,7 +1110,8 @@ def restore(
         args = (wal_path, target, exclusive, skip_corrupt, allow_incomplete_history)
         fallback = None
         try:
-            index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap, segments)
+            index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap, segments,
+                              shard)
         except _needs_host() as err:
             fallback = str(err)  # not err: its traceback holds the device executor's memory
         except IncompleteHistoryError as err:
@@ -1117,7 +1130,7 @@ def restore(
 
             executor = None
             index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc, progress,
-                              snap, segments)
+                              snap, segments, shard)
             notes.append(f"cuda executor: {fallback}; restored on the cpu executor instead")
     report = index.report
     report.message = "; ".join(notes)

@@ -40,6 +40,8 @@ class RestoreReport:
     # what the index is as of (PostgreSQL's "last completed transaction was at log time").
     last_commit_timestamp: int | None = None
     base: dict | None = None
+    # A restore of one shard of the ids (``id_shard``): {"index", "count"}.
+    id_shard: dict | None = None
     segments: int = 0
     records_read: int = 0
     commit_points_applied: int = 0

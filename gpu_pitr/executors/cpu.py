@@ -192,6 +192,15 @@ class CpuExecutor:
         """How many ids the executor holds now."""
         return self.map.live_ids()
 
+    @property
+    def id_shard(self):
+        """The ``IdShard`` whose ids alone are applied (None: every id)."""
+        return self.map.id_shard
+
+    def keep_id_shard(self, shard) -> None:
+        """Apply only the entries of the ids of ``shard`` (an ``IdShard``) from now on."""
+        self.map.id_shard = shard
+
     def fix_dim(self, dim: int) -> None:
         """The index dimension, known before any record (from a base snapshot)."""
         if self.map.dim < 0:

@@ -34,6 +34,7 @@ from gpu_pitr.format.layout import DELETE, RECORD_HEADER_SIZE
 from gpu_pitr.format.payload import MAX_BATCH_DEPTH
 from gpu_pitr.index import RestoredIndex
 from gpu_pitr.resolve.hostmap import N_COUNTERS, fill_counters
+from gpu_pitr.resolve.idshard import id_shard_mask
 from gpu_pitr.resolve.idsort import sorted_id_order
 
 # Ids are grouped by a 64-bit key; tests narrow this mask to force collisions.
@@ -128,6 +129,7 @@ class CudaExecutor:
         self.counters = np.zeros(N_COUNTERS, np.int64)
         xp = self.xp
         self.dim = -1
+        self.id_shard = None  # an IdShard: only the entries of its ids are applied
         self.n_rows = 0
         self.rows = xp.zeros((0, 0), xp.uint8)
         self.free = xp.zeros(0, xp.int64)
@@ -325,6 +327,10 @@ class CudaExecutor:
         if self.dim < 0:
             self._set_dim(dim)
 
+    def keep_id_shard(self, shard) -> None:
+        """Apply only the entries of the ids of ``shard`` (an ``IdShard``) from now on."""
+        self.id_shard = shard
+
     def apply_uncounted(self, buf: np.ndarray, cols, order: np.ndarray, on_dim_mismatch):
         """``apply``, leaving the counters as they were (a base snapshot's rows are not
         the log's inserts)."""
@@ -378,6 +384,11 @@ class CudaExecutor:
                 k = int(np.searchsorted(self._to_host(ends), j, side="right"))
                 on_dim_mismatch(int(order[k]), int(ent_seq[j]), self.dim)
         keys = e["e_key"][ent_seq] & KEY_MASK
+        if self.id_shard is not None:  # after the dimension: every shard checks it all
+            mine = xp.flatnonzero(id_shard_mask(keys, self.id_shard))
+            ent_seq, keys, total = ent_seq[mine], keys[mine], len(mine)
+            if total == 0:
+                return
         perm = self._stable_argsort(keys)
         sorted_ent = ent_seq[perm]
         skeys = keys[perm]

@@ -30,6 +30,7 @@ from gpu_pitr.jit import (
     store_fence,
     stream_copy,
 )
+from gpu_pitr.resolve.idshard import first_vector_dims, in_id_shard
 
 # Results of _apply.
 DONE = 0
@@ -193,11 +194,13 @@ def _slot_row(key, h):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _own_entries(order, k0, e0, efirst, nent, e_key, shard, n_shards, mine, mine_k):
-    """The entries of ids in ``shard`` from ``order[k0]``'s entry ``e0`` on, in apply
-    order, into ``mine`` (and the index in ``order`` of each one's record into
-    ``mine_k``); returns how many. Branch-free: every entry is written, and kept by
-    counting it only if the shard owns it."""
+def _own_entries(order, k0, e0, efirst, nent, e_key, shard, n_shards, id_index, id_count,
+                 mine, mine_k):
+    """The entries of ids in ``shard`` (and in shard ``id_index`` of ``id_count`` of
+    the ids, ``resolve.idshard``: all of them for 0 of 1) from ``order[k0]``'s entry
+    ``e0`` on, in apply order, into ``mine`` (and the index in ``order`` of each one's
+    record into ``mine_k``); returns how many. Branch-free: every entry is written,
+    and kept by counting it only if the shard owns it."""
     m = 0
     for k in range(k0, len(order)):
         r = order[k]
@@ -205,7 +208,8 @@ def _own_entries(order, k0, e0, efirst, nent, e_key, shard, n_shards, mine, mine
         for e in range(first, efirst[r] + nent[r]):
             mine[m] = e
             mine_k[m] = k
-            m += shard_of(e_key[e], n_shards) == shard
+            key = e_key[e]
+            m += (shard_of(key, n_shards) == shard) & in_id_shard(key, id_index, id_count)
     return m
 
 
@@ -215,7 +219,7 @@ def _apply(
     e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
     dim, rows, h, row_id_off, row_id_len, row_meta_off, row_meta_len, row_key,
     n_rows, free, n_free, ids, ids_used, meta, meta_used, n_live, counters,
-    shard, n_shards, stream, mine, mine_k,
+    shard, n_shards, id_index, id_count, stream, mine, mine_k,
 ):
     """Apply, in apply order from ``order[k0]``'s entry ``e0`` on, the entries of
     ids in ``shard`` (of ``n_shards``, chosen by key bits: an id's entries all
@@ -236,7 +240,8 @@ def _apply(
     """
     cap_rows = rows.shape[0]
     width = 4 * dim
-    n_mine = _own_entries(order, k0, e0, efirst, nent, e_key, shard, n_shards, mine, mine_k)
+    n_mine = _own_entries(order, k0, e0, efirst, nent, e_key, shard, n_shards, id_index,
+                          id_count, mine, mine_k)
     for j in range(n_mine):
         if j + AHEAD_SLOT < n_mine:  # the probes of later entries
             prefetch(h, SLOT * (e_key[mine[j + AHEAD_SLOT]] & (h.shape[0] - 1)))
@@ -632,6 +637,7 @@ class HostMap:
         self.shards = [_Shard() for _ in range(self.n_shards)]
         self.rows = np.empty((0, 0), np.uint8)
         self._pool = None
+        self.id_shard = None  # an IdShard: only the entries of its ids are applied
         try:
             self._limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
         except (ValueError, OSError):
@@ -700,7 +706,7 @@ class HostMap:
             sh.row_id_len, sh.row_meta_off, sh.row_meta_len, sh.row_key,
             sh.n_rows, sh.free, sh.n_free, sh.ids, sh.ids_used,
             sh.meta, sh.meta_used, sh.n_live, sh.counters, s, self.n_shards,
-            self._streams(), *sh.scratch(len(ent.e_key)),
+            *(self.id_shard or (0, 1)), self._streams(), *sh.scratch(len(ent.e_key)),
         )
         store_fence()  # the vectors it streamed, before another thread reads them
         return res, k, e
@@ -716,6 +722,15 @@ class HostMap:
         ``ent`` is the decoded chunk (``efirst``, ``nent`` and the ``e_*`` columns);
         ``on_dim_mismatch(record_index, entry_index, dim)`` raises.
         """
+        if self.id_shard is not None:
+            # The entries of other shards' ids fix the dimension, or fail, too.
+            dim, k, e = first_vector_dims(order, ent.efirst, ent.nent, ent.e_op, ent.e_dim,
+                                          self.dim, DELETE)
+            if dim >= 0 and self.dim < 0:
+                self.set_dim(int(dim))
+            if k >= 0:
+                on_dim_mismatch(int(order[k]), int(e), self.dim)
+
         def run(s, at):
             res, k, e = self._run(s, buf, order, ent, *at)
             return res, (k, e)

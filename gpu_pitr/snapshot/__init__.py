@@ -21,6 +21,10 @@ def save(index, out_dir) -> Path:
 
     if index.position is None:
         raise ValueError("this index carries no log position: snapshot a restore's result")
+    shard = getattr(index.report, "id_shard", None)
+    if shard:
+        raise ValueError(f"this index holds shard {shard['index']} of {shard['count']} of the "
+                         "ids, not the state: snapshot the shards merged (merge_shards)")
     return write_snapshot(out_dir, index.to_host(), position=index.position,
                           pending=index.pending, report=index.report.to_dict())
 

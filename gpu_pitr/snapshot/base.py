@@ -372,12 +372,17 @@ class LazyBase:
     page-cache pages, not a copy) straight into their rows of the result.
     """
 
-    def __init__(self, snap) -> None:
+    def __init__(self, snap, id_shard=None) -> None:
         self.snap = snap
         prepared = getattr(snap, "key_table", None)
         self.keys, self.table = prepared or id_key_table(snap.id_arena, snap.id_offs,
                                                          snap.id_lens)
-        self.moved = np.zeros(len(self.keys), np.bool_)
+        if id_shard is None:
+            self.moved = np.zeros(len(self.keys), np.bool_)
+        else:  # the rows of other shards' ids never move in: as if moved already
+            from gpu_pitr.resolve.idshard import id_shard_mask
+
+            self.moved = ~id_shard_mask(self.keys, id_shard)
 
     def take(self, keys: np.ndarray) -> np.ndarray:
         """Base rows (not moved before) sharing a key with ``keys``; marks them moved."""

@@ -1,0 +1,146 @@
+"""Shards of the ids: a restore that keeps the ids of one shard, and the whole index
+again from the shards (the scale-out of docs/architecture.md).
+
+Last writer wins per id, so the ids split into shards that restore independently:
+shard ``index`` of ``count`` holds the ids whose key (``payload.id_key``, a mixed
+64-bit hash of the id's bytes) has ``((key >> 40) * count) >> 24 == index``, its top
+24 bits scaled to ``count`` (the host map's own shards use bits 32 and up, its
+tables the low bits). Each shard's restore reads, frames and decodes the whole log
+(the stop point, commit points and transaction outcomes are the same in every
+shard) and applies only its own ids' entries, so it holds about ``1/count`` of the
+index. ``merge_shards`` puts the shards back together: the restore of the whole log.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import NamedTuple
+
+import numpy as np
+
+from gpu_pitr.jit import njit
+
+# The shard is taken from the key's top 24 bits.
+MAX_SHARDS = 1 << 16
+
+
+class IdShard(NamedTuple):
+    index: int
+    count: int
+
+
+def id_shard(value) -> IdShard | None:
+    """``(index, count)`` checked (0 <= index < count <= MAX_SHARDS), or None for None
+    and for one shard of one (the whole index)."""
+    if value is None:
+        return None
+    try:
+        index, count = (operator.index(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"id_shard is (index, count), not {value!r}") from None
+    if not 1 <= count <= MAX_SHARDS or not 0 <= index < count:
+        raise ValueError(f"id_shard {index} of {count}: give 0 <= index < count <= "
+                         f"{MAX_SHARDS}")
+    return None if count == 1 else IdShard(index, count)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def in_id_shard(key, index, count):
+    """Whether the id with this key (its 64 bits as uint64 or int64) belongs to shard
+    ``index`` of ``count``."""
+    top = np.uint64(key) >> np.uint64(40)
+    return np.int64((top * np.uint64(count)) >> np.uint64(24)) == index
+
+
+def id_shard_mask(keys, shard: IdShard):
+    """``in_id_shard`` of an array of keys (NumPy or CuPy, uint64)."""
+    keys = keys.astype("uint64", copy=False)
+    xp_u64 = keys.dtype.type
+    return ((keys >> xp_u64(40)) * xp_u64(shard.count)) >> xp_u64(24) == shard.index
+
+
+@njit(cache=True, nogil=True)
+def first_vector_dims(order, efirst, nent, e_op, e_dim, dim, delete_op):
+    """Over every entry of the records ``order`` (apply order), shards or not:
+    ``(dim, k, e)``: the index dimension (``dim``, or the first vector's length if
+    ``dim`` < 0; -1 if still none) and the first vector entry ``e`` (of record
+    ``order[k]``) whose length differs from it (``k`` -1 if none). A restore of one
+    shard checks this before applying its own entries, so that every shard fixes the
+    same dimension and fails at the same record as the restore of the whole log."""
+    for k in range(len(order)):
+        r = order[k]
+        for e in range(efirst[r], efirst[r] + nent[r]):
+            if e_op[e] == delete_op:
+                continue
+            if dim < 0:
+                dim = e_dim[e]
+            elif e_dim[e] != dim:
+                return dim, k, e
+    return dim, -1, -1
+
+
+# Per-shard counts a merged report sums; the rest is the same in every shard.
+_SUMMED = ("inserts", "updates", "updates_of_missing", "deletes", "deletes_of_missing", "ids")
+
+
+def merge_reports(reports: list):
+    """The report of the whole restore from its shards' reports (in shard order)."""
+    from gpu_pitr.report import RestoreReport
+
+    # A shard that holds no ids says "the index is empty", of itself: the message of
+    # one that holds some is the whole's (all of them say it when the whole is empty).
+    first = next((r for r in reports if r.ids), reports[0])
+    whole = RestoreReport.from_dict(first.to_dict())
+    whole.id_shard = None
+    for name in _SUMMED:
+        setattr(whole, name, sum(getattr(r, name) for r in reports))
+    whole.dim = next((r.dim for r in reports if r.dim is not None), None)
+    backends = sorted({r.backend for r in reports})
+    whole.backend = ",".join(backends)  # "cpu,cuda" if workers differed
+    # Each stage as long as in the slowest shard (they ran side by side).
+    whole.timings = {k: max(r.timings.get(k, 0.0) for r in reports)
+                     for k in reports[0].timings}
+    return whole
+
+
+def merge_shards(shards: list):
+    """One ``RestoredIndex`` from the restores of every shard of the ids (the same log,
+    target and options; in any order): equal to the restore without ``id_shard``.
+    Host memory: the shards' vectors on a GPU are copied to the host."""
+    from gpu_pitr.index import RestoredIndex
+    from gpu_pitr.resolve.idsort import sorted_id_order
+
+    shards = sorted((s.to_host() for s in shards), key=_shard_index)
+    counts = {(s.report.id_shard or {}).get("count") for s in shards}
+    if counts != {len(shards)} or [_shard_index(s) for s in shards] != list(range(len(shards))):
+        raise ValueError(f"merge_shards needs every shard of one split once, got "
+                         f"{[s.report.id_shard for s in shards]}")
+    id_offs, id_lens, id_arena = _joined_spans([(s._id_offs, s._id_lens, s._id_arena)
+                                                for s in shards])
+    meta_offs, meta_lens, meta_arena = _joined_spans([(s._meta_offs, s._meta_lens,
+                                                       s._meta_arena) for s in shards])
+    order = sorted_id_order(id_arena, id_offs, id_lens)
+    dim = max(s.vectors.shape[1] for s in shards)
+    vectors = np.empty((len(order), dim), np.float32)
+    if dim:
+        stacked = np.concatenate([s.vectors.reshape(-1, dim) for s in shards])
+        np.take(stacked, order, axis=0, out=vectors)
+    index = RestoredIndex(id_arena, id_offs[order], id_lens[order], vectors, meta_arena,
+                          meta_offs[order], meta_lens[order],
+                          merge_reports([s.report for s in shards]))
+    index.position, index.pending = shards[0].position, shards[0].pending
+    return index
+
+
+def _shard_index(index) -> int:
+    return (index.report.id_shard or {}).get("index", -1)
+
+
+def _joined_spans(parts: list) -> tuple:
+    """``(offs, lens, arena)`` of several arenas joined end to end (an offset of -1,
+    no span, stays -1)."""
+    arena = np.concatenate([a for _, _, a in parts]) if parts else np.zeros(0, np.uint8)
+    base = np.cumsum([0] + [len(a) for _, _, a in parts[:-1]])
+    offs = np.concatenate([np.where(o >= 0, o + b, -1) for (o, _, _), b in zip(parts, base,
+                                                                               strict=True)])
+    return offs.astype(np.int64), np.concatenate([n for _, n, _ in parts]), arena
