@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -241,6 +242,14 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
         "--snapshots", metavar="DIR",
         help="start from the newest intact snapshot in DIR at or before the target",
     )
+    p.add_argument(
+        "--dask-scheduler", metavar="ADDRESS",
+        help="restore on this Dask cluster (tcp://host:8786, or a scheduler file), one "
+        "shard of the ids per worker; WAL_DIR, --base and --snapshots must be readable "
+        "at the same paths on every worker (needs gpu-pitr[dask])",
+    )
+    p.add_argument("--shards", metavar="N", type=int,
+                   help="with --dask-scheduler: how many shards (default: one per worker)")
 
 
 def run() -> NoReturn:
@@ -375,6 +384,8 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             chunk_bytes = chunk_bytes_for_budget(args.memory_budget)
         except ValueError as err:
             parser.error(f"argument --memory-budget: {err}")
+    if args.shards is not None and args.dask_scheduler is None:
+        parser.error("argument --shards: needs --dask-scheduler")
     if not os.path.isdir(args.wal_dir):
         raise NotADirectoryError(f"{args.wal_dir}: {not_a_directory(args.wal_dir)}")
     # Before the restore, so that a missing extra or an unwritable directory fails at once.
@@ -386,24 +397,25 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     import gpu_pitr
     from gpu_pitr.jit import watch_compiles
 
-    bar = progress_bar(quiet=args.quiet)
+    kwargs = dict(to_time=to_time, to_seq=args.to_seq, exclusive=args.exclusive,
+                  backend=args.backend, skip_corrupt=args.skip_corrupt,
+                  allow_incomplete_history=args.allow_incomplete_history,
+                  chunk_bytes=chunk_bytes, base=args.base, snapshots=args.snapshots)
+    if args.dask_scheduler is not None:
+        from gpu_pitr.scaleout import restore_with_scheduler
+
+        # The tasks' progress is on the cluster's dashboard: no bar here.
+        bar = None
+        restore = functools.partial(restore_with_scheduler, args.dask_scheduler,
+                                    shards=args.shards)
+    else:
+        bar = progress_bar(quiet=args.quiet)
+        restore = functools.partial(gpu_pitr.restore, progress=bar)
     # The bar says when Numba compiles (a first run) rather than show a rate.
     watch = contextlib.nullcontext() if bar is None else watch_compiles(bar.compiling)
     try:
         with watch:
-            index = gpu_pitr.restore(
-                args.wal_dir,
-                to_time=to_time,
-                to_seq=args.to_seq,
-                exclusive=args.exclusive,
-                backend=args.backend,
-                skip_corrupt=args.skip_corrupt,
-                allow_incomplete_history=args.allow_incomplete_history,
-                chunk_bytes=chunk_bytes,
-                progress=bar,
-                base=args.base,
-                snapshots=args.snapshots,
-            ).to_host()
+            index = restore(args.wal_dir, **kwargs).to_host()
             if bar is not None:
                 bar.phase("write")
             report = index.report.to_dict()

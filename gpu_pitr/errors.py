@@ -5,11 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _remade(cls, base, args: tuple, attrs: dict):
+    # An error unpickled (from a Dask worker): made without calling cls.__init__, whose
+    # arguments are not the exception's args, then given its attributes back.
+    err = cls.__new__(cls, *args)
+    base.__init__(err, *args)
+    for name, value in attrs.items():
+        setattr(err, name, value)
+    return err
+
+
 class WalError(Exception):
     """A data error in a WAL directory, a snapshot or a restore target.
 
     ``str(err)`` is one line: ``<file>: offset <n>: seq <s>: <what>`` (parts
-    that do not apply are left out).
+    that do not apply are left out). Pickles whole (a restore on a Dask worker
+    raises it where the result is gathered).
     """
 
     def __init__(
@@ -36,6 +47,9 @@ class WalError(Exception):
             parts.append(f"seq {self.seq}")
         parts.append(self.what)
         return ": ".join(parts)
+
+    def __reduce__(self):
+        return _remade, (type(self), Exception, self.args, dict(self.__dict__))
 
 
 class CorruptRecordError(WalError):
@@ -92,6 +106,10 @@ class _OneLineOSError(OSError):
 
     def __str__(self) -> str:
         return self.strerror
+
+    def __reduce__(self):
+        attrs = {"filename": self.filename, **self.__dict__}
+        return _remade, (type(self), OSError, (self.errno, self.strerror), attrs)
 
 
 class OutputError(_OneLineOSError):

@@ -105,12 +105,15 @@ def merge_reports(reports: list):
 
 def merge_shards(shards: list):
     """One ``RestoredIndex`` from the restores of every shard of the ids (the same log,
-    target and options; in any order): equal to the restore without ``id_shard``.
+    target and options; in any order): equal to the restore without ``id_shard``
+    (which is also the one shard of a split into one).
     Host memory: the shards' vectors on a GPU are copied to the host."""
     from gpu_pitr.index import RestoredIndex
     from gpu_pitr.resolve.idsort import sorted_id_order
 
     shards = sorted((s.to_host() for s in shards), key=_shard_index)
+    if len(shards) == 1 and shards[0].report.id_shard is None:
+        return shards[0]  # one shard of one: the whole restore
     counts = {(s.report.id_shard or {}).get("count") for s in shards}
     if counts != {len(shards)} or [_shard_index(s) for s in shards] != list(range(len(shards))):
         raise ValueError(f"merge_shards needs every shard of one split once, got "

@@ -1,0 +1,122 @@
+"""Restores on a Dask cluster (``gpu_pitr.scaleout``, ``restore --dask-scheduler``).
+
+A ``LocalCluster`` of two worker processes runs the shards; the result must equal
+the restore in this process exactly, an error in the log must come back as the same
+one-line error, and the command line must write the same output.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import workloads as w
+
+import gpu_pitr
+from gpu_pitr import snapshot
+from gpu_pitr.errors import CorruptRecordError
+from gpu_pitr.scaleout import restore_on_dask, restore_sharded, restore_with_scheduler
+from gpu_pitr.synth import write_synthetic_wal
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
+                                  dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as c:
+            yield c
+
+
+@pytest.fixture(scope="module")
+def wal(tmp_path_factory):
+    path = tmp_path_factory.mktemp("scaleout") / "wal"
+    write_synthetic_wal(path, total_bytes=2 << 20, dim=8, seed=11)
+    return path
+
+
+def _view(index) -> tuple:
+    return (index.id_list(), np.asarray(index.vectors).tobytes(), list(index.metadata_json()))
+
+
+@pytest.mark.parametrize("shards", [None, 1, 3])
+def test_the_cluster_restores_what_one_process_does(client, wal, shards):
+    stats = gpu_pitr.restore(wal, backend="cpu")
+    mid = int(stats.report.last_commit_timestamp) - 5
+    for kw in ({}, {"to_time": mid}, {"to_time": mid, "exclusive": True}):
+        want = gpu_pitr.restore(wal, backend="cpu", **kw)
+        got = restore_on_dask(client, wal, shards=shards, backend="cpu", **kw)
+        assert _view(got) == _view(want)
+        assert got.report.stop == want.report.stop
+        assert (got.report.ids, got.report.inserts, got.report.deletes) == (
+            want.report.ids, want.report.inserts, want.report.deletes)
+
+
+def test_the_shards_stay_on_the_workers_until_gathered(client, wal):
+    run = restore_sharded(client, wal, shards=4, backend="cpu")
+    try:
+        assert len(run.futures) == 4
+        assert len(run) == len(gpu_pitr.restore(wal, backend="cpu"))
+        sizes = client.gather([client.submit(len, f) for f in run.futures])
+        assert sum(sizes) == len(run) and min(sizes) > 0
+        assert run.report.id_shard is None and run.report.ids == len(run)
+    finally:
+        run.release()
+
+
+def test_from_a_base_snapshot_on_the_cluster(client, wal, tmp_path):
+    part = gpu_pitr.restore(wal, backend="cpu", to_seq=1000)
+    snapshot.save(part, tmp_path / "snap")
+    want = gpu_pitr.restore(wal, backend="cpu")
+    got = restore_on_dask(client, wal, shards=3, backend="cpu", base=tmp_path / "snap")
+    assert _view(got) == _view(want) and got.report.base is not None
+    with pytest.raises(ValueError, match="path the workers can read"):
+        restore_sharded(client, wal, base=snapshot.load(tmp_path / "snap"))
+
+
+def test_an_error_in_the_log_comes_back_whole(client, tmp_path):
+    builder = w.LogBuilder()
+    builder.add(w.Ins("a", [1.0], None, 1))
+    builder.add_payload(b"\x63")  # variant 99: no entry has that number
+    builder.add(w.Ins("b", [2.0], None, 2))
+    wal = builder.write(tmp_path / "wal")
+    with pytest.raises(CorruptRecordError) as local:
+        gpu_pitr.restore(wal)
+    with pytest.raises(CorruptRecordError) as remote:
+        restore_on_dask(client, wal, shards=2)
+    assert (remote.value.file, remote.value.offset, remote.value.seq) == (
+        local.value.file, local.value.offset, local.value.seq)
+    assert str(remote.value) == str(local.value)
+
+
+def test_the_command_line_on_a_cluster(client, wal, tmp_path):
+    address = client.scheduler.address
+    cmd = [sys.executable, "-m", "gpu_pitr", "restore", str(wal), "--backend", "cpu", "-q"]
+    local = subprocess.run([*cmd, "--out", str(tmp_path / "one.npz")], capture_output=True,
+                           text=True)
+    assert local.returncode == 0, local.stderr
+    remote = subprocess.run([*cmd, "--out", str(tmp_path / "many.npz"), "--dask-scheduler",
+                             address, "--shards", "3"], capture_output=True, text=True)
+    assert remote.returncode == 0, remote.stderr
+    with np.load(tmp_path / "one.npz") as a, np.load(tmp_path / "many.npz") as b:
+        for key in ("ids", "vectors", "metadata"):
+            assert np.array_equal(a[key], b[key]), key
+    usage = subprocess.run([*cmd, "--out", str(tmp_path / "x.npz"), "--shards", "2"],
+                           capture_output=True, text=True)
+    assert usage.returncode == 2 and "--shards: needs --dask-scheduler" in usage.stderr
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line(wal):
+    with pytest.raises(OSError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        restore_with_scheduler("tcp://127.0.0.1:9", wal, timeout="1s")
+
+
+def test_bad_arguments_are_refused(client, wal):
+    with pytest.raises(ValueError, match="shards must be"):
+        restore_sharded(client, wal, shards=0)
+    for name in ("progress", "id_shard"):
+        with pytest.raises(ValueError, match=f"takes no {name}"):
+            restore_sharded(client, wal, **{name: None})
