@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from gpu_pitr.errors import MissingExtraError
 from gpu_pitr.resolve.idshard import MAX_SHARDS, merge_reports, merge_shards
 
-
 # One restore at a time in a worker process: a restore uses every core (and the GPU)
 # already, and Numba's fallback threading layer (workqueue, where neither OpenMP nor
 # TBB is installed) ends the process when two threads run parallel code at once. A
@@ -41,6 +40,45 @@ def _restore_shard(wal_dir: str, index: int, count: int, kwargs: dict):
 
 def _report_of(index):
     return index.report
+
+
+# RestoredIndex's arrays, as Dask sends them.
+_ARRAYS = ("_id_arena", "_id_offs", "_id_lens", "vectors", "_meta_arena", "_meta_offs",
+           "_meta_lens")
+
+
+def _register_with_dask() -> None:
+    """Send a ``RestoredIndex`` between Dask processes as its arrays' bytes. Pickled,
+    as Dask sends objects it has no serializer for, a 300 MB shard took 1.1-1.2 s from
+    a worker of a local cluster, against 0.31 s for its vectors as an array."""
+    try:
+        from distributed.protocol import dask_deserialize, dask_serialize
+    except ImportError:
+        return
+    import numpy as np
+
+    from gpu_pitr.index import RestoredIndex
+    from gpu_pitr.report import RestoreReport
+
+    @dask_serialize.register(RestoredIndex)
+    def _serialize(index):
+        index = index.to_host()
+        arrays = [np.ascontiguousarray(getattr(index, name)) for name in _ARRAYS]
+        header = {"arrays": [[a.dtype.str, list(a.shape)] for a in arrays],
+                  "report": index.report.to_dict(), "position": index.position}
+        frames = [memoryview(a.reshape(-1).view(np.uint8)) for a in arrays]
+        return header, [*frames, memoryview(bytes(index.pending))]
+
+    @dask_deserialize.register(RestoredIndex)
+    def _deserialize(header, frames):
+        arrays = [np.frombuffer(f, np.uint8).view(np.dtype(dtype)).reshape(shape)
+                  for (dtype, shape), f in zip(header["arrays"], frames, strict=False)]
+        index = RestoredIndex(*arrays, RestoreReport.from_dict(header["report"]))
+        index.position, index.pending = header["position"], bytes(frames[-1])
+        return index
+
+
+_register_with_dask()
 
 
 def _workers(client) -> list[str]:

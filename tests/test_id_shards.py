@@ -146,8 +146,7 @@ def test_a_dimension_mismatch_fails_every_shard_at_the_same_record(tmp_path, bac
     builder = w.LogBuilder()
     builder.add(w.Ins(a, [1.0, 2.0], None, 1))
     builder.add(w.Ins(b, [1.0, 2.0, 3.0], None, 2))
-    wal = w.Workload(files={n: bytes(d) for n, d in builder.files.items()}).write(
-        tmp_path / "wal")
+    wal = builder.write(tmp_path / "wal")
     assert check_shards_equal_whole(wal, 2, backend=backend) == "error"
     with pytest.raises(DimensionMismatchError):
         gpu_pitr.restore(wal, backend=backend, id_shard=(1, 2))
@@ -158,8 +157,7 @@ def test_a_shard_with_no_ids_has_the_dimension_of_the_index(tmp_path, backend):
     a, = _ids_in_shards(2, [0])
     builder = w.LogBuilder()
     builder.add(w.Ins(a, [1.0, 2.0, 3.0], None, 1))
-    wal = w.Workload(files={n: bytes(d) for n, d in builder.files.items()}).write(
-        tmp_path / "wal")
+    wal = builder.write(tmp_path / "wal")
     empty = gpu_pitr.restore(wal, backend=backend, id_shard=(1, 2))
     assert len(empty) == 0 and empty.vectors.shape == (0, 3) and empty.report.dim == 3
     assert check_shards_equal_whole(wal, 2, backend=backend) == "equal"
@@ -185,8 +183,7 @@ def test_bad_id_shards_are_refused(tmp_path, bad):
 def test_one_shard_of_one_is_the_whole_index(tmp_path):
     builder = w.LogBuilder()
     builder.add(w.Ins("x", [1.0], None, 1))
-    work = w.Workload(files={n: bytes(d) for n, d in builder.files.items()})
-    wal = work.write(tmp_path / "wal")
+    wal = builder.write(tmp_path / "wal")
     index = gpu_pitr.restore(wal, id_shard=(0, 1))
     assert index.report.id_shard is None and index.id_list() == ["x"]
 
@@ -195,8 +192,7 @@ def test_a_shard_is_not_a_snapshot_and_merging_needs_every_shard(tmp_path):
     builder = w.LogBuilder()
     for i in range(20):
         builder.add(w.Ins(f"id{i}", [float(i)], None, i))
-    wal = w.Workload(files={n: bytes(d) for n, d in builder.files.items()}).write(
-        tmp_path / "wal")
+    wal = builder.write(tmp_path / "wal")
     shards = [gpu_pitr.restore(wal, id_shard=(k, 3)) for k in range(3)]
     with pytest.raises(ValueError, match="shard 0 of 3"):
         snapshot.save(shards[0], tmp_path / "snap")

@@ -120,3 +120,15 @@ def test_bad_arguments_are_refused(client, wal):
     for name in ("progress", "id_shard"):
         with pytest.raises(ValueError, match=f"takes no {name}"):
             restore_sharded(client, wal, **{name: None})
+
+
+def test_an_index_travels_as_its_arrays(wal):
+    from distributed.protocol import deserialize, serialize
+
+    index = gpu_pitr.restore(wal, backend="cpu", to_seq=1500)
+    header, frames = serialize(index)
+    assert header["serializer"] == "dask"  # not pickled: see scaleout._register_with_dask
+    back = deserialize(header, [bytes(f) for f in frames])
+    assert _view(back) == _view(index) and back.vectors.shape == index.vectors.shape
+    assert back.report.to_dict() == index.report.to_dict()
+    assert (back.position, back.pending) == (index.position, index.pending)

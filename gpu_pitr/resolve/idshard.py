@@ -17,6 +17,7 @@ import operator
 from typing import NamedTuple
 
 import numpy as np
+from numba import prange
 
 from gpu_pitr.jit import njit
 
@@ -125,14 +126,26 @@ def merge_shards(shards: list):
     order = sorted_id_order(id_arena, id_offs, id_lens)
     dim = max(s.vectors.shape[1] for s in shards)
     vectors = np.empty((len(order), dim), np.float32)
-    if dim:
-        stacked = np.concatenate([s.vectors.reshape(-1, dim) for s in shards])
-        np.take(stacked, order, axis=0, out=vectors)
+    if dim and len(order):
+        row_of = np.empty(len(order), np.int64)  # where each shard row goes
+        row_of[order] = np.arange(len(order))
+        lo = 0
+        for s in shards:  # each vector copied once, straight into its row
+            _put_rows(np.ascontiguousarray(s.vectors, np.float32).reshape(-1, dim),
+                      row_of[lo:lo + len(s)], vectors)
+            lo += len(s)
     index = RestoredIndex(id_arena, id_offs[order], id_lens[order], vectors, meta_arena,
                           meta_offs[order], meta_lens[order],
                           merge_reports([s.report for s in shards]))
     index.position, index.pending = shards[0].position, shards[0].pending
     return index
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _put_rows(src, rows, out):
+    # out[rows[i]] = src[i], on the Numba threads.
+    for i in prange(len(rows)):
+        out[rows[i], :] = src[i, :]
 
 
 def _shard_index(index) -> int:
