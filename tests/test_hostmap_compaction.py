@@ -273,7 +273,9 @@ def test_columns_gathered_in_id_order_equal_numpy(data):
 def test_a_shard_lists_exactly_its_own_entries(data):
     """``_own_entries``: a shard's entries in apply order from ``order[k0]``'s entry
     ``e0`` on (records of several entries, records of none, any resume point), each
-    with the index in ``order`` of its record, against a plain loop."""
+    with the index in ``order`` of its record, against a plain loop; within an id shard
+    of a restore (``id_shard``) too, whose test on the key's top bits (the keys come
+    in as int64) is written out here on Python ints."""
     from gpu_pitr.resolve.hostmap import _own_entries, shard_of
 
     n_rec = data.draw(st.integers(1, 30))
@@ -288,11 +290,18 @@ def test_a_shard_lists_exactly_its_own_entries(data):
     shard = data.draw(st.integers(0, n_shards - 1))
     k0 = data.draw(st.integers(0, n_rec - 1))
     e0 = data.draw(st.integers(0, n_ent))
+    id_count = data.draw(st.sampled_from([1, 2, 3, 7]))
+    id_index = data.draw(st.integers(0, id_count - 1))
+
+    def in_id_shard(key: int) -> bool:
+        return ((key % 2**64) >> 40) * id_count >> 24 == id_index
+
     want = [(e, k) for k in range(k0, n_rec)
             for e in range(efirst[order[k]] if k > k0 else max(efirst[order[k]], e0),
                            efirst[order[k]] + nent[order[k]])
-            if shard_of(int(keys[e]), n_shards) == shard]
+            if shard_of(int(keys[e]), n_shards) == shard and in_id_shard(int(keys[e]))]
     mine = np.full(max(n_ent, 1), -7, np.int64)
     mine_k = np.full(max(n_ent, 1), -7, np.int64)
-    m = _own_entries(order, k0, e0, efirst, nent, keys, shard, n_shards, mine, mine_k)
+    m = _own_entries(order, k0, e0, efirst, nent, keys, shard, n_shards, id_index, id_count,
+                     mine, mine_k)
     assert list(zip(mine[:m].tolist(), mine_k[:m].tolist(), strict=True)) == want
