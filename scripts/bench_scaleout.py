@@ -112,7 +112,7 @@ def main() -> int:
     del whole
 
     with LocalCluster(n_workers=args.workers, threads_per_worker=max(1, os.cpu_count()
-                      // args.workers), processes=True, dashboard_address=None) as cluster, \
+                      // args.workers), processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         client.run(_warm, tiny)
         bases = client.run(_peak_reset)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -68,3 +70,14 @@ def test_the_live_soak_runs_rounds_and_ends_with_a_clean_archive(tmp_path):
     from gpu_pitr.verify import verify_wal
 
     assert verify_wal(tmp_path / "soak" / "arc").problems == []
+
+
+def test_the_scale_out_bench_joins_shards_equal_to_one_process(tmp_path):
+    pytest.importorskip("distributed")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_scaleout.py"), "--size", "2M", "--workers", "2",
+         "--shards", "3"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("3 shards on 2 workers") for line in lines), proc.stdout
+    assert lines[-1].split()[-1] == "yes", proc.stdout

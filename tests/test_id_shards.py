@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import gpu_pitr
 from gpu_pitr import snapshot
-from gpu_pitr.errors import DimensionMismatchError, WalError
+from gpu_pitr.errors import DimensionMismatchError
 from gpu_pitr.resolve.idshard import IdShard, id_shard_mask, merge_shards
 from gpu_pitr.resolve.idsort import span_keys
 
@@ -40,17 +40,6 @@ _REPORT_KEYS = ("target", "backend", "stop", "last_commit_timestamp", "segments"
                 "first_seq", "ids", "dim", "bytes_read", "message", "warnings")
 
 
-def _outcome(fn):
-    try:
-        return fn(), None
-    except WalError as err:
-        return None, err
-
-
-def _view(index) -> tuple:
-    host = index.to_host()
-    return (host.id_list(), np.asarray(host.vectors).tobytes(), list(host.metadata_json()),
-            host.vectors.shape)
 
 
 def _keys_of(index) -> np.ndarray:
@@ -60,8 +49,8 @@ def _keys_of(index) -> np.ndarray:
 def check_shards_equal_whole(wal_dir, count: int, **kw) -> str:
     """Restore ``wal_dir`` whole and as ``count`` shards; compare. Returns "error" or
     "equal"."""
-    whole, err = _outcome(lambda: gpu_pitr.restore(wal_dir, **kw))
-    parts = [_outcome(lambda k=k: gpu_pitr.restore(wal_dir, id_shard=(k, count), **kw))
+    whole, err = w.outcome(lambda: gpu_pitr.restore(wal_dir, **kw))
+    parts = [w.outcome(lambda k=k: gpu_pitr.restore(wal_dir, id_shard=(k, count), **kw))
              for k in range(count)]
     if err is not None:
         for got, shard_err in parts:
@@ -78,7 +67,7 @@ def check_shards_equal_whole(wal_dir, count: int, **kw) -> str:
         assert s.report.stop == whole.report.stop
     assert sum(len(s) for s in shards) == len(whole)
     merged = merge_shards(shards[::-1])  # any order
-    assert _view(merged) == _view(whole)
+    assert w.index_view(merged) == w.index_view(whole)
     got, want = merged.report.to_dict(), whole.report.to_dict()
     assert {k: got[k] for k in _REPORT_KEYS} == {k: want[k] for k in _REPORT_KEYS}
     assert merged.report.id_shard is None
@@ -113,7 +102,7 @@ def test_random_workloads_from_a_base_snapshot(data, backend, tmp_path_factory):
     root = tmp_path_factory.mktemp("based")
     wal = work.write(root / "wal")
     kw_a = data.draw(w.targets(work))
-    a, err = _outcome(lambda: gpu_pitr.restore(wal, backend=backend, **kw_a))
+    a, err = w.outcome(lambda: gpu_pitr.restore(wal, backend=backend, **kw_a))
     assume(err is None)
     snap = root / "snap"
     shutil.rmtree(snap, ignore_errors=True)

@@ -26,7 +26,7 @@ distributed = pytest.importorskip("distributed")
 @pytest.fixture(scope="module")
 def client():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         with distributed.Client(cluster) as c:
             yield c
 
@@ -38,9 +38,6 @@ def wal(tmp_path_factory):
     return path
 
 
-def _view(index) -> tuple:
-    return (index.id_list(), np.asarray(index.vectors).tobytes(), list(index.metadata_json()))
-
 
 @pytest.mark.parametrize("shards", [None, 1, 3])
 def test_the_cluster_restores_what_one_process_does(client, wal, shards):
@@ -49,7 +46,7 @@ def test_the_cluster_restores_what_one_process_does(client, wal, shards):
     for kw in ({}, {"to_time": mid}, {"to_time": mid, "exclusive": True}):
         want = gpu_pitr.restore(wal, backend="cpu", **kw)
         got = restore_on_dask(client, wal, shards=shards, backend="cpu", **kw)
-        assert _view(got) == _view(want)
+        assert w.index_view(got) == w.index_view(want)
         assert got.report.stop == want.report.stop
         assert (got.report.ids, got.report.inserts, got.report.deletes) == (
             want.report.ids, want.report.inserts, want.report.deletes)
@@ -72,7 +69,7 @@ def test_from_a_base_snapshot_on_the_cluster(client, wal, tmp_path):
     snapshot.save(part, tmp_path / "snap")
     want = gpu_pitr.restore(wal, backend="cpu")
     got = restore_on_dask(client, wal, shards=3, backend="cpu", base=tmp_path / "snap")
-    assert _view(got) == _view(want) and got.report.base is not None
+    assert w.index_view(got) == w.index_view(want) and got.report.base is not None
     with pytest.raises(ValueError, match="path the workers can read"):
         restore_sharded(client, wal, base=snapshot.load(tmp_path / "snap"))
 
@@ -129,6 +126,6 @@ def test_an_index_travels_as_its_arrays(wal):
     header, frames = serialize(index)
     assert header["serializer"] == "dask"  # not pickled: see scaleout._register_with_dask
     back = deserialize(header, [bytes(f) for f in frames])
-    assert _view(back) == _view(index) and back.vectors.shape == index.vectors.shape
+    assert w.index_view(back) == w.index_view(index) and back.vectors.shape == index.vectors.shape
     assert back.report.to_dict() == index.report.to_dict()
     assert (back.position, back.pending) == (index.position, index.pending)

@@ -41,17 +41,6 @@ SETTINGS = settings(
 )
 
 
-def _outcome(fn):
-    try:
-        return fn(), None
-    except WalError as err:
-        return None, err
-
-
-def _view(index) -> tuple:
-    host = index.to_host()
-    return (host.id_list(), np.asarray(host.vectors).tobytes(), list(host.metadata_json()),
-            host.report.dim)
 
 
 def _stop(report) -> tuple:
@@ -70,14 +59,14 @@ def check_base_equals_full(wal_dir, snap_dir, kw_a: dict, kw_b: dict, backend="c
     Returns what happened: "skip" (A itself fails), "refused" or "equal".
     """
     kw_b = {**kw_b, **_flags(kw_a)}
-    a, err = _outcome(lambda: gpu_pitr.restore(wal_dir, backend=backend,
+    a, err = w.outcome(lambda: gpu_pitr.restore(wal_dir, backend=backend,
                                                chunk_bytes=chunk_bytes, **kw_a))
     if err is not None:
         return "skip"
     shutil.rmtree(snap_dir, ignore_errors=True)
     snapshot.save(a, snap_dir)
-    full, full_err = _outcome(lambda: gpu_pitr.restore(wal_dir, backend=backend, **kw_b))
-    based, based_err = _outcome(lambda: gpu_pitr.restore(
+    full, full_err = w.outcome(lambda: gpu_pitr.restore(wal_dir, backend=backend, **kw_b))
+    based, based_err = w.outcome(lambda: gpu_pitr.restore(
         wal_dir, backend=backend, chunk_bytes=chunk_bytes, base=snap_dir, **kw_b))
     if isinstance(based_err, TargetBeforeBaseError):
         assert kw_b.get("to_time") is not None or kw_b.get("to_seq") is not None, based_err
@@ -88,7 +77,7 @@ def check_base_equals_full(wal_dir, snap_dir, kw_a: dict, kw_b: dict, backend="c
         assert os.path.basename(based_err.file or "") == os.path.basename(full_err.file or "")
         assert based_err.offset == full_err.offset and based_err.seq == full_err.seq
         return "equal"
-    assert _view(based) == _view(full), (kw_a, kw_b)
+    assert w.index_view(based) == w.index_view(full), (kw_a, kw_b)
     assert _stop(based.report) == _stop(full.report), (based.report.stop, full.report.stop)
     assert based.report.base["path"] == str(snap_dir)
     return "equal"
@@ -145,7 +134,7 @@ def test_few_untouched_base_rows_move_in_before_the_finish(tmp_path, monkeypatch
                         lambda self: seen.append(move_in(self)) or seen[-1])
     got = gpu_pitr.restore(wal, backend="cpu", base=tmp_path / "snap")
     assert seen == [moved_in]
-    assert _view(got) == _view(gpu_pitr.restore(wal, backend="cpu"))
+    assert w.index_view(got) == w.index_view(gpu_pitr.restore(wal, backend="cpu"))
     assert got.id_list()[:2] == ["base000", "base002"]
 
 
@@ -211,7 +200,7 @@ def test_exclusive_seq_targets_from_snapshots(tmp_path):
     with pytest.raises(TargetBeforeBaseError, match="which the target .exclusive. stops"):
         gpu_pitr.restore(wal, backend="cpu", base=snap, to_seq=5, exclusive=True)
     based = gpu_pitr.restore(wal, backend="cpu", base=snap, to_seq=5)  # the base is the answer
-    assert _view(based) == _view(gpu_pitr.restore(wal, backend="cpu", to_seq=5))
+    assert w.index_view(based) == w.index_view(gpu_pitr.restore(wal, backend="cpu", to_seq=5))
 
 
 def test_a_seq_target_at_the_end_of_a_run_the_snapshot_covers(tmp_path):
@@ -275,7 +264,7 @@ def test_open_transactions_cross_the_snapshot(tmp_path):
     snapshot.save(a, snap)
     got = gpu_pitr.restore(d, backend="cpu", base=snap)
     full = gpu_pitr.restore(d, backend="cpu")
-    assert _view(got) == _view(full)
+    assert w.index_view(got) == w.index_view(full)
     assert got.id_list() == ["a", "b", "c", "t"]
     assert got.report.transactions["committed"] == 1  # only 7, after the snapshot
     assert got.report.records_read == 1
@@ -357,7 +346,7 @@ def test_a_snapshot_listing_pending_records_one_by_one_still_loads(tmp_path):
 
     _rewrite_manifest(snap, one_by_one)
     got = gpu_pitr.restore(d, backend="cpu", base=snap)
-    assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu"))
+    assert w.index_view(got) == w.index_view(gpu_pitr.restore(d, backend="cpu"))
 
     def wrong(doc):  # a count the pending records do not hold
         doc["position"]["pending"]["records"].append([recs[0].file, 0])
@@ -376,7 +365,7 @@ def test_chained_snapshots(tmp_path):
     b = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8, base=tmp_path / "s1")
     snapshot.save(b, tmp_path / "s2")
     c = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "s2")
-    assert _view(c) == _view(gpu_pitr.restore(d, backend="cpu"))
+    assert w.index_view(c) == w.index_view(gpu_pitr.restore(d, backend="cpu"))
     assert c.report.records_read < b.report.records_read + c.report.records_read
     with pytest.raises(TargetBeforeBaseError, match="earlier than the base snapshot") as err:
         gpu_pitr.restore(d, backend="cpu", to_time=t0 + 5, base=tmp_path / "s2")
@@ -416,7 +405,7 @@ def test_the_base_is_unmapped_after_the_restore_returns(tmp_path):
             t.join(10)
     assert seen == [True]
     assert not _mapped(vectors)
-    assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu"))
+    assert w.index_view(got) == w.index_view(gpu_pitr.restore(d, backend="cpu"))
 
 
 def _retained_log(tmp_path):
@@ -438,7 +427,7 @@ def test_history_complete_from_a_snapshot_after_retention(tmp_path):
     with pytest.raises(IncompleteHistoryError, match="sequence number 0"):
         gpu_pitr.restore(d, backend="cpu")
     got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
-    assert _view(got) == _view(full)
+    assert w.index_view(got) == w.index_view(full)
 
 
 def test_gap_between_snapshot_and_log_is_an_error(tmp_path):
@@ -482,7 +471,7 @@ def test_snapshots_dir_picks_newest_usable_and_falls_back(tmp_path):
         snapshot.save(gpu_pitr.restore(d, backend="cpu", to_time=t0 + t), snaps / f"t{t}")
     got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8, snapshots=snaps)
     assert got.report.base["path"] == str(snaps / "t6")
-    assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8))
+    assert w.index_view(got) == w.index_view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8))
     # Damage the newest usable one: the restore falls back to the older and says so.
     vec = snaps / "t6" / "vectors.f32"
     data = bytearray(vec.read_bytes())
@@ -499,7 +488,7 @@ def test_snapshots_dir_picks_newest_usable_and_falls_back(tmp_path):
                 tmp_path / "o.npz", "-q")
     assert proc.stdout == "" and proc.stderr.startswith(f"gpu-pitr: warning: {warned[0]}")
     assert len(proc.stderr.splitlines()) == 1
-    assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8))
+    assert w.index_view(got) == w.index_view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8))
     # One whose manifest is gone is passed over as damaged too, and said so.
     (snaps / "t10" / "manifest.json").unlink()
     got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 12, snapshots=snaps)
@@ -507,13 +496,13 @@ def test_snapshots_dir_picks_newest_usable_and_falls_back(tmp_path):
     assert f"snapshot {snaps / 't10'} is damaged" in got.report.message
     assert [x.split(" (")[0] for x in got.report.warnings] == [
         f"snapshot {snaps / 't10'} is damaged", f"snapshot {snaps / 't6'} is damaged"]
-    assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 12))
+    assert w.index_view(got) == w.index_view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 12))
     # A target before every snapshot: the whole log.
     got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 1, snapshots=snaps)
     assert got.report.base is None and got.report.message.endswith(
         f"no snapshot in {snaps} serves the target (2 snapshots later than it; the earliest "
         f"serves --to-time {utc_text(t0 + 2)} on): restored from the log alone")
-    assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 1))
+    assert w.index_view(got) == w.index_view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 1))
     # A --snapshots that is missing, or a file, says which.
     with pytest.raises(WalError, match="nope: snapshot directory: no such directory"):
         gpu_pitr.restore(d, backend="cpu", snapshots=tmp_path / "nope")
@@ -637,9 +626,9 @@ def test_a_loaded_snapshot_is_not_consumed(tmp_path):
     snapshot.save(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 3), tmp_path / "snap")
     snap = snapshot.load(tmp_path / "snap")
     before = snap.vectors.tobytes()
-    first = _view(gpu_pitr.restore(d, backend="cpu", base=snap))
-    second = _view(gpu_pitr.restore(d, backend="cpu", base=snap))
-    assert first == second == _view(gpu_pitr.restore(d, backend="cpu"))
+    first = w.index_view(gpu_pitr.restore(d, backend="cpu", base=snap))
+    second = w.index_view(gpu_pitr.restore(d, backend="cpu", base=snap))
+    assert first == second == w.index_view(gpu_pitr.restore(d, backend="cpu"))
     assert snap.vectors.tobytes() == before
 
 
@@ -655,8 +644,8 @@ def test_a_restore_from_a_snapshot_directory_owns_its_result(tmp_path, to_time):
     before = vector_file.read_bytes()
     target = {} if to_time is None else {"to_time": t0 + to_time}
     got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap", **target)
-    want = _view(gpu_pitr.restore(d, backend="cpu", **target))
-    assert len(got) > 0 and _view(got) == want
+    want = w.index_view(gpu_pitr.restore(d, backend="cpu", **target))
+    assert len(got) > 0 and w.index_view(got) == want
     assert got.vectors.flags.writeable and not isinstance(got.vectors, np.memmap)
     got.vectors[:] = 7.0
     assert vector_file.read_bytes() == before
@@ -685,7 +674,7 @@ def test_log_after_the_snapshot_names_every_base_id(tmp_path, keep_one):
         assert (d / name).read_bytes().startswith((first / name).read_bytes())
     got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
     assert got.id_list() == ["a", "b", "m", "x"]
-    assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu"))
+    assert w.index_view(got) == w.index_view(gpu_pitr.restore(d, backend="cpu"))
     assert got.vectors[0].tolist() == [1.5, 2.5]
     assert got.vectors[2].tolist() == ([0.0, -0.0] if keep_one else [3.0, 4.0])
 
@@ -797,7 +786,7 @@ def test_base_rows_moving_in_grow_the_executor(tmp_path, monkeypatch):
     got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
     assert hostmap.NEED_MAP in ends and hostmap.SEEN not in ends, ends
     assert len(got) == n // 2 and got.metadata[0] == {"m": "x" * 900}
-    assert _view(got) == _view(gpu_pitr.restore(d, backend="cpu"))
+    assert w.index_view(got) == w.index_view(gpu_pitr.restore(d, backend="cpu"))
 
 
 def test_hostmap_seed_grows_every_column_it_needs(monkeypatch):

@@ -677,3 +677,22 @@ def dir_state(path) -> dict:
 def restore_impl(wal_dir, **kw) -> View:
     """The fast path on the CPU backend if it exists, else the reference."""
     return restore_fast(wal_dir, **kw) if fast_available() else restore_ref(wal_dir, **kw)
+
+
+def outcome(fn) -> tuple:
+    """``(fn(), None)``, or ``(None, err)`` when it raises a ``WalError``."""
+    from gpu_pitr.errors import WalError
+
+    try:
+        return fn(), None
+    except WalError as err:
+        return None, err
+
+
+def index_view(index) -> tuple:
+    """What two restores that agree share: ids, vector bits and shape, metadata, dim."""
+    import numpy as np
+
+    host = index.to_host()
+    return (host.id_list(), np.asarray(host.vectors).tobytes(), host.vectors.shape,
+            list(host.metadata_json()), host.report.dim)
