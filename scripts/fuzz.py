@@ -46,6 +46,10 @@ CHUNKS = [None, None, 64, 100, 1000, 4096, 1 << 16]
 SAVE_PER_SIGNATURE = 3
 
 
+# One input in this many is also restored as id shards (2 or 3), joined and compared.
+SHARDS_EVERY = 4
+
+
 def case(seed: int, i: int, cuda_every: int) -> tuple[dict, dict, list[str], str, int | None]:
     """Input ``i`` of campaign ``seed``: (files, kwargs, steps, backend, chunk_bytes)."""
     import fuzzing
@@ -57,13 +61,21 @@ def case(seed: int, i: int, cuda_every: int) -> tuple[dict, dict, list[str], str
     return files, kw, steps, "cuda" if cuda else "cpu", chunk
 
 
-def run_case(files: dict, kw: dict, backend: str, chunk: int | None) -> list[str]:
+def case_shards(seed: int, i: int) -> int:
+    """How many id shards input ``i`` is restored as too (0: none); drawn apart from
+    ``case``, whose inputs stay those of earlier campaigns."""
+    rng = random.Random(f"{seed}:{i}:shards")
+    return 2 + rng.randrange(2) if rng.randrange(SHARDS_EVERY) == 0 else 0
+
+
+def run_case(files: dict, kw: dict, backend: str, chunk: int | None, shards: int = 0
+             ) -> list[str]:
     """Both ``skip_corrupt`` settings (the second with every piece mapped, the first read);
     returns their outcome classes (raises on a failure)."""
     import fuzzing
 
     return [fuzzing.outcome(files, {**kw, "skip_corrupt": skip}, backend, chunk, not skip,
-                            map_all=skip)
+                            map_all=skip, shards=shards)
             for skip in (False, True)]
 
 
@@ -73,7 +85,8 @@ def run_one(seed: int, i: int, cuda_every: int) -> dict:
     steps, backend = [], case_backend(i, cuda_every)
     try:
         files, kw, steps, backend, chunk = case(seed, i, cuda_every)
-        return {"outcomes": run_case(files, kw, backend, chunk), "backend": backend}
+        return {"outcomes": run_case(files, kw, backend, chunk, case_shards(seed, i)),
+                "backend": backend}
     except AssertionError as err:
         kind, problem = "mismatch", f"mismatch: {first_line(err)}"
     except Exception as err:  # noqa: BLE001 - any other exception is the finding

@@ -557,11 +557,13 @@ def write_files(files: Files, wal_dir) -> str:
 
 
 def outcome(files: Files, kw: dict, backend: str = "cpu", chunk_bytes: int | None = None,
-            readers: bool = True, map_all: bool = False) -> str:
+            readers: bool = True, map_all: bool = False, shards: int = 0) -> str:
     """Restore ``files`` with the fast path and the reference; assert they agree (and,
     with ``readers``, check the pure-Python readers on them). ``map_all``: every piece
     mapped into its buffer (``gpu_pitr.format.mapped``), not only those of 512 KiB or
-    more, which the small inputs here never have.
+    more, which the small inputs here never have. ``shards`` (2 or more): restored as
+    that many shards of the ids too, which joined must equal the whole, or fail as it
+    does (``workloads.check_shards_equal_whole``).
 
     Returns the outcome class ("ok" or the error's class name). Raises AssertionError
     on a disagreement, and lets any exception that is not a ``WalError`` through.
@@ -580,6 +582,9 @@ def outcome(files: Files, kw: dict, backend: str = "cpu", chunk_bytes: int | Non
                 got = w.restore_fast(d, backend=backend, chunk_bytes=chunk_bytes, **kw)
         except errors.WalError as e:
             err = e
+        if shards > 1:
+            w.check_shards_equal_whole(d, shards, backend=backend, chunk_bytes=chunk_bytes,
+                                       **kw)
         assert w.dir_state(d) == before, "the WAL directory was modified"
     if err is not None:
         assert type(err).__name__ in ALLOWED_ERRORS, repr(err)

@@ -55,10 +55,10 @@ def picker(data):
     return pick
 
 
-def both_skip_settings(files, kw, backend="cpu", chunk_bytes=None) -> list[str]:
+def both_skip_settings(files, kw, backend="cpu", chunk_bytes=None, shards=0) -> list[str]:
     return [
         fuzzing.outcome(files, {**kw, "skip_corrupt": skip}, backend, chunk_bytes, not skip,
-                        map_all=skip)
+                        map_all=skip, shards=shards)
         for skip in (False, True)
     ]
 
@@ -97,8 +97,9 @@ def test_ids_with_the_same_64_bit_key_stay_apart(tmp_path, backend):
 def test_mutated_wals_restore_like_the_reference(chunk_bytes, data):
     files, kw, steps = fuzzing.fuzz_input(picker(data))
     note = f"{steps} {kw}"
+    shards = data.draw(st.sampled_from([0, 0, 2, 3]), label="id shards")
     assert all(o == "ok" or o in fuzzing.ALLOWED_ERRORS for o in
-               both_skip_settings(files, kw, chunk_bytes=chunk_bytes)), note
+               both_skip_settings(files, kw, chunk_bytes=chunk_bytes, shards=shards)), note
 
 
 @fuzz_settings(80)
@@ -107,7 +108,8 @@ def test_hostile_payloads_restore_like_the_reference(data):
     """Huge counts in every counted field, varint markers 251-255, bad UTF-8, nesting to
     3000 levels: each replaces a real record's payload, its length made to agree."""
     files, kw, steps = fuzzing.fuzz_input(picker(data), kind=fuzzing.HOSTILE_PAYLOAD)
-    both_skip_settings(files, kw, chunk_bytes=data.draw(st.sampled_from([None, 64])))
+    both_skip_settings(files, kw, chunk_bytes=data.draw(st.sampled_from([None, 64])),
+                       shards=data.draw(st.sampled_from([0, 2, 3]), label="id shards"))
 
 
 @fuzz_settings(6)

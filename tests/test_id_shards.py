@@ -32,49 +32,6 @@ SETTINGS = settings(
                            HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
 )
 
-# What a merged report must carry exactly as the whole restore's does (timings differ).
-_REPORT_KEYS = ("target", "backend", "stop", "last_commit_timestamp", "segments",
-                "records_read", "commit_points_applied", "inserts", "updates",
-                "updates_of_missing", "deletes", "deletes_of_missing", "transactions",
-                "anomalies", "torn_tails", "skipped", "damage_after_stop", "trailing_bytes",
-                "first_seq", "ids", "dim", "bytes_read", "message", "warnings")
-
-
-
-
-def _keys_of(index) -> np.ndarray:
-    return span_keys(index._id_arena, index._id_offs, index._id_lens)
-
-
-def check_shards_equal_whole(wal_dir, count: int, **kw) -> str:
-    """Restore ``wal_dir`` whole and as ``count`` shards; compare. Returns "error" or
-    "equal"."""
-    whole, err = w.outcome(lambda: gpu_pitr.restore(wal_dir, **kw))
-    parts = [w.outcome(lambda k=k: gpu_pitr.restore(wal_dir, id_shard=(k, count), **kw))
-             for k in range(count)]
-    if err is not None:
-        for got, shard_err in parts:
-            assert got is None, f"shard restored where the whole failed: {err}"
-            assert type(shard_err) is type(err), (shard_err, err)
-            assert (shard_err.file, shard_err.offset, shard_err.seq) == (
-                err.file, err.offset, err.seq), (str(shard_err), str(err))
-        return "error"
-    shards = [got for got, shard_err in parts]
-    assert all(s is not None for s in shards), [e for _, e in parts]
-    for k, s in enumerate(shards):
-        assert s.report.id_shard == {"index": k, "count": count}
-        assert np.all(id_shard_mask(_keys_of(s), IdShard(k, count)))
-        assert s.report.stop == whole.report.stop
-    assert sum(len(s) for s in shards) == len(whole)
-    merged = merge_shards(shards[::-1])  # any order
-    assert w.index_view(merged) == w.index_view(whole)
-    got, want = merged.report.to_dict(), whole.report.to_dict()
-    assert {k: got[k] for k in _REPORT_KEYS} == {k: want[k] for k in _REPORT_KEYS}
-    assert merged.report.id_shard is None
-    assert merged.position == whole.position and merged.pending == whole.pending
-    return "equal"
-
-
 @SETTINGS
 @given(data=st.data())
 def test_random_workloads_cpu(data, tmp_path_factory):
@@ -83,7 +40,7 @@ def test_random_workloads_cpu(data, tmp_path_factory):
     kw = data.draw(w.targets(work))
     count = data.draw(st.sampled_from([2, 3, 7]))
     chunk = data.draw(st.sampled_from([64, 1000, None]))
-    check_shards_equal_whole(wal, count, backend="cpu", chunk_bytes=chunk, **kw)
+    w.check_shards_equal_whole(wal, count, backend="cpu", chunk_bytes=chunk, **kw)
 
 
 @settings(SETTINGS, max_examples=max(5, SETTINGS.max_examples // 5))
@@ -92,7 +49,7 @@ def test_random_workloads_cuda(data, tmp_path_factory):
     work = data.draw(w.workloads(max_steps=15))
     wal = work.write(tmp_path_factory.mktemp("wal"))
     kw = data.draw(w.targets(work))
-    check_shards_equal_whole(wal, data.draw(st.sampled_from([2, 3])), backend="cuda", **kw)
+    w.check_shards_equal_whole(wal, data.draw(st.sampled_from([2, 3])), backend="cuda", **kw)
 
 
 @settings(SETTINGS, max_examples=max(5, SETTINGS.max_examples // 3))
@@ -109,7 +66,7 @@ def test_random_workloads_from_a_base_snapshot(data, backend, tmp_path_factory):
     snapshot.save(a, snap)
     flags = {k: kw_a[k] for k in ("skip_corrupt", "allow_incomplete_history") if k in kw_a}
     kw_b = {**data.draw(st.one_of(st.just(kw_a), st.just({}))), **flags}
-    check_shards_equal_whole(wal, data.draw(st.sampled_from([2, 3])), backend=backend,
+    w.check_shards_equal_whole(wal, data.draw(st.sampled_from([2, 3])), backend=backend,
                              base=snap, **kw_b)
 
 
@@ -136,7 +93,7 @@ def test_a_dimension_mismatch_fails_every_shard_at_the_same_record(tmp_path, bac
     builder.add(w.Ins(a, [1.0, 2.0], None, 1))
     builder.add(w.Ins(b, [1.0, 2.0, 3.0], None, 2))
     wal = builder.write(tmp_path / "wal")
-    assert check_shards_equal_whole(wal, 2, backend=backend) == "error"
+    assert w.check_shards_equal_whole(wal, 2, backend=backend) == "error"
     with pytest.raises(DimensionMismatchError):
         gpu_pitr.restore(wal, backend=backend, id_shard=(1, 2))
 
@@ -149,14 +106,14 @@ def test_a_shard_with_no_ids_has_the_dimension_of_the_index(tmp_path, backend):
     wal = builder.write(tmp_path / "wal")
     empty = gpu_pitr.restore(wal, backend=backend, id_shard=(1, 2))
     assert len(empty) == 0 and empty.vectors.shape == (0, 3) and empty.report.dim == 3
-    assert check_shards_equal_whole(wal, 2, backend=backend) == "equal"
+    assert w.check_shards_equal_whole(wal, 2, backend=backend) == "equal"
 
 
 def test_shards_of_the_synthetic_log_split_the_ids_evenly(tmp_path):
     from gpu_pitr.synth import write_synthetic_wal
 
     write_synthetic_wal(tmp_path / "wal", total_bytes=3 << 20, dim=8, seed=3)
-    assert check_shards_equal_whole(tmp_path / "wal", 4, backend="cpu") == "equal"
+    assert w.check_shards_equal_whole(tmp_path / "wal", 4, backend="cpu") == "equal"
     sizes = [len(gpu_pitr.restore(tmp_path / "wal", backend="cpu", id_shard=(k, 4)))
              for k in range(4)]
     assert max(sizes) < 1.15 * min(sizes), sizes

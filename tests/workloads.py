@@ -696,3 +696,53 @@ def index_view(index) -> tuple:
     host = index.to_host()
     return (host.id_list(), np.asarray(host.vectors).tobytes(), host.vectors.shape,
             list(host.metadata_json()), host.report.dim)
+
+
+# What a merged report must carry exactly as the whole restore's does (timings differ).
+SHARD_REPORT_KEYS = (
+    "target", "backend", "stop", "last_commit_timestamp", "segments", "records_read",
+    "commit_points_applied", "inserts", "updates", "updates_of_missing", "deletes",
+    "deletes_of_missing", "transactions", "anomalies", "torn_tails", "skipped",
+    "damage_after_stop", "trailing_bytes", "first_seq", "ids", "dim", "bytes_read",
+    "message", "warnings")
+
+
+def _id_keys(index):
+    from gpu_pitr.resolve.idsort import span_keys
+
+    return span_keys(index._id_arena, index._id_offs, index._id_lens)
+
+
+def check_shards_equal_whole(wal_dir, count: int, **kw) -> str:
+    """Restore ``wal_dir`` whole and as ``count`` shards of the ids (``id_shard``);
+    the shards joined must equal the whole exactly, and a whole that fails must fail
+    every shard the same way. Returns "error" or "equal"."""
+    import numpy as np
+
+    import gpu_pitr
+    from gpu_pitr.resolve.idshard import IdShard, id_shard_mask, merge_shards
+
+    whole, err = outcome(lambda: gpu_pitr.restore(wal_dir, **kw))
+    parts = [outcome(lambda k=k: gpu_pitr.restore(wal_dir, id_shard=(k, count), **kw))
+             for k in range(count)]
+    if err is not None:
+        for got, shard_err in parts:
+            assert got is None, f"shard restored where the whole failed: {err}"
+            assert type(shard_err) is type(err), (shard_err, err)
+            assert (shard_err.file, shard_err.offset, shard_err.seq) == (
+                err.file, err.offset, err.seq), (str(shard_err), str(err))
+        return "error"
+    shards = [got for got, shard_err in parts]
+    assert all(s is not None for s in shards), [e for _, e in parts]
+    for k, s in enumerate(shards):
+        assert s.report.id_shard == {"index": k, "count": count}
+        assert np.all(id_shard_mask(_id_keys(s), IdShard(k, count)))
+        assert s.report.stop == whole.report.stop
+    assert sum(len(s) for s in shards) == len(whole)
+    merged = merge_shards(shards[::-1])  # any order
+    assert index_view(merged) == index_view(whole)
+    got, want = merged.report.to_dict(), whole.report.to_dict()
+    assert {k: got[k] for k in SHARD_REPORT_KEYS} == {k: want[k] for k in SHARD_REPORT_KEYS}
+    assert merged.report.id_shard is None
+    assert merged.position == whole.position and merged.pending == whole.pending
+    return "equal"
