@@ -73,7 +73,7 @@ from gpu_pitr.plan.commit import (
     PlanState,
 )
 from gpu_pitr.plan.seqjumps import SeqJumps
-from gpu_pitr.report import RestoreReport
+from gpu_pitr.report import EMPTY_INDEX_NOTE, RestoreReport
 from gpu_pitr.resolve.idshard import id_shard as parse_id_shard
 from gpu_pitr.snapshot.base import SeqRuns, base_mismatch, stops_at_base, target_problem
 
@@ -1153,7 +1153,7 @@ def restore(
         elif report.records_read == 0:
             report.message = "nothing to restore: no records in the log"
         elif len(index) == 0:
-            report.message = "the index is empty at the stop point"
+            report.message = EMPTY_INDEX_NOTE
     report.message = "; ".join(m for m in (report.message, *why_cpu) if m)
     if snap is not None:
         held = [snap]

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field, fields
 
 _SCALARS = (str, int, float, bool, type(None))
 
+# The message of a restore whose index holds no id (a shard's: of itself).
+EMPTY_INDEX_NOTE = "the index is empty at the stop point"
+
 
 def _plain(value):
     """A deep copy of the report's plain data (dicts, lists, tuples, scalars), as

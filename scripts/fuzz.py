@@ -213,7 +213,8 @@ def save_failure(seed: int, i: int, cuda_every: int, result: dict, out: Path) ->
     import fuzzing
 
     files, kw, steps, backend, chunk = case(seed, i, cuda_every)
-    return fuzzing.save_case(files, kw, steps, result["problem"], out, backend, chunk)
+    return fuzzing.save_case(files, kw, steps, result["problem"], out, backend, chunk,
+                             case_shards(seed, i))
 
 
 def campaign(args) -> dict:
@@ -285,7 +286,8 @@ def fixed(args) -> dict:
         else:
             files, kw, meta = fuzzing.load_case(ref)
             try:
-                result = {"outcomes": run_case(files, kw, meta["backend"], meta["chunk_bytes"])}
+                result = {"outcomes": run_case(files, kw, meta["backend"], meta["chunk_bytes"],
+                                               meta.get("shards", 0))}
             except Exception as err:  # noqa: BLE001
                 result = {"problem": f"{ref.name}: {type(err).__name__}: {err}"[:300],
                           "kind": "saved", "trace": traceback.format_exc(limit=12)}

@@ -623,8 +623,9 @@ def check_python_readers(wal_dir: str) -> None:
 # ----------------------------------------------------------------------------- regressions
 def save_case(files: Files, kw: dict, steps: list[str], problem: str,
               root: Path = REGRESSIONS, backend: str = "cpu",
-              chunk_bytes: int | None = None) -> Path:
-    """Store a failing input as ``root/<hash>/`` (wal/ and case.json); returns the folder."""
+              chunk_bytes: int | None = None, shards: int = 0) -> Path:
+    """Store a failing input as ``root/<hash>/`` (wal/ and case.json); returns the folder.
+    ``shards``: the id shards it was restored as too (``outcome``)."""
     import hashlib
 
     h = hashlib.sha1(json.dumps([sorted((n, d.hex()) for n, d in files.items()), kw,
@@ -633,6 +634,8 @@ def save_case(files: Files, kw: dict, steps: list[str], problem: str,
     write_files(files, folder / "wal")
     meta = {"kw": kw, "backend": backend, "chunk_bytes": chunk_bytes, "steps": steps,
             "problem": problem}
+    if shards:
+        meta["shards"] = shards
     (folder / "case.json").write_text(json.dumps(meta, indent=1) + "\n")
     return folder
 

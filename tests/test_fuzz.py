@@ -128,7 +128,8 @@ def test_saved_regressions(tmp_path):
     assert fuzzing.load_case(fresh)[:2] == (files, kw)
     for case in [fresh, *fuzzing.saved_cases()]:
         files, kw, meta = fuzzing.load_case(case)
-        both_skip_settings(files, kw, meta["backend"], meta["chunk_bytes"])
+        both_skip_settings(files, kw, meta["backend"], meta["chunk_bytes"],
+                           meta.get("shards", 0))
 
 
 # ----------------------------------------------------------------------------- bounds, hangs

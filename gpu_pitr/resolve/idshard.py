@@ -85,19 +85,25 @@ _SUMMED = ("inserts", "updates", "updates_of_missing", "deletes", "deletes_of_mi
 
 
 def merge_reports(reports: list):
-    """The report of the whole restore from its shards' reports (in shard order)."""
-    from gpu_pitr.report import RestoreReport
+    """The report of the whole restore from its shards' reports (in shard order).
 
-    # A shard that holds no ids says "the index is empty", of itself: the message of
-    # one that holds some is the whole's (all of them say it when the whole is empty).
-    first = next((r for r in reports if r.ids), reports[0])
-    whole = RestoreReport.from_dict(first.to_dict())
+    What a shard says of the log (stop point, damage, warnings) is the same in every
+    shard; its counts are its own ids'. The message joins the shards' distinct notes
+    (a shard whose cuda executor met two ids of one 64-bit key ran on the cpu, and says
+    so; the others did not), without "the index is empty" unless the whole is; the
+    backend names every executor that ran ("cpu,cuda")."""
+    from gpu_pitr.report import EMPTY_INDEX_NOTE, RestoreReport
+
+    whole = RestoreReport.from_dict(reports[0].to_dict())
     whole.id_shard = None
     for name in _SUMMED:
         setattr(whole, name, sum(getattr(r, name) for r in reports))
     whole.dim = next((r.dim for r in reports if r.dim is not None), None)
-    backends = sorted({r.backend for r in reports})
-    whole.backend = ",".join(backends)  # "cpu,cuda" if workers differed
+    whole.backend = ",".join(sorted({r.backend for r in reports}))
+    notes = dict.fromkeys(part for r in reports for part in r.message.split("; ") if part)
+    if whole.ids:
+        notes.pop(EMPTY_INDEX_NOTE, None)
+    whole.message = "; ".join(notes)
     # Each stage as long as in the slowest shard (they ran side by side).
     whole.timings = {k: max(r.timings.get(k, 0.0) for r in reports)
                      for k in reports[0].timings}
