@@ -54,6 +54,15 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _shards(text: str) -> int:
+    from gpu_pitr.resolve.idshard import MAX_SHARDS
+
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of shards (1 to "
+                                         f"{MAX_SHARDS})")
+    return int(text)
+
+
 def _size(text: str) -> int:
     from gpu_pitr.budget import parse_size
 
@@ -248,7 +257,7 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
         "shard of the ids per worker; WAL_DIR, --base and --snapshots must be readable "
         "at the same paths on every worker (needs gpu-pitr[dask])",
     )
-    p.add_argument("--shards", metavar="N", type=int,
+    p.add_argument("--shards", metavar="N", type=_shards,
                    help="with --dask-scheduler: how many shards (default: one per worker)")
 
 

@@ -89,6 +89,26 @@ def _workers(client) -> list[str]:
     return sorted(info.get("workers", {}))
 
 
+def _is_dir(path: str) -> bool:
+    return os.path.isdir(path)
+
+
+def _check_paths(client, paths: list[str]) -> None:
+    """A path some worker cannot see as a directory is one error naming it and those
+    workers, before any shard starts (on a worker, the restore would say only that
+    the directory is not there, which it is, here)."""
+    from gpu_pitr.errors import WalError
+
+    for path in paths:
+        seen = client.run(_is_dir, path)
+        missing = sorted(w for w, ok in seen.items() if not ok)
+        if missing:
+            where = ("any Dask worker" if len(missing) == len(seen) else
+                     f"the Dask worker(s) {', '.join(missing)}")
+            raise WalError(f"not a directory on {where}: the log (and a base) must be at "
+                           "the same path on every worker", file=path)
+
+
 @dataclass
 class ShardedRestore:
     """The shards of one restore, as Dask futures (each a ``RestoredIndex``)."""
@@ -145,13 +165,15 @@ def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> 
             raise ValueError(f"{name} must be a path the workers can read, not {value!r}")
         if value is not None:
             kwargs[name] = os.fspath(value)
+    wal_dir = os.fspath(wal_dir)
     workers = _workers(client)
+    _check_paths(client, [wal_dir] + [kwargs[n] for n in ("base", "snapshots")
+                                      if kwargs.get(n) is not None])
     count = len(workers) if shards is None else int(shards)
     if not 1 <= count <= MAX_SHARDS:
         raise ValueError(f"shards must be 1..{MAX_SHARDS}"
                          + (" (the cluster has no workers)" if not workers else "")
                          + f", not {count}")
-    wal_dir = os.fspath(wal_dir)
     run = uuid.uuid4().hex[:8]
     futures = []
     for k in range(count):

@@ -7,6 +7,7 @@ one-line error, and the command line must write the same output.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ import workloads as w
 
 import gpu_pitr
 from gpu_pitr import snapshot
-from gpu_pitr.errors import CorruptRecordError
+from gpu_pitr.errors import CorruptRecordError, WalError
 from gpu_pitr.scaleout import restore_on_dask, restore_sharded, restore_with_scheduler
 from gpu_pitr.synth import write_synthetic_wal
 
@@ -129,3 +130,29 @@ def test_an_index_travels_as_its_arrays(wal):
     assert w.index_view(back) == w.index_view(index) and back.vectors.shape == index.vectors.shape
     assert back.report.to_dict() == index.report.to_dict()
     assert (back.position, back.pending) == (index.position, index.pending)
+
+
+def test_a_path_the_workers_cannot_see_is_named_before_any_shard_runs(client, tmp_path):
+    with pytest.raises(WalError, match="not a directory on any Dask worker") as err:
+        restore_sharded(client, tmp_path / "nowhere", shards=2)
+    assert err.value.file == str(tmp_path / "nowhere")
+    with pytest.raises(WalError, match="same path on every worker"):
+        restore_sharded(client, tmp_path, base=tmp_path / "no-snapshot")
+    # One worker without the directory: it is named.
+    address = sorted(client.scheduler_info()["workers"])[0]
+    client.run(lambda: setattr(os.path, "_gpu_pitr_isdir", os.path.isdir), workers=[address])
+    client.run(lambda: setattr(os.path, "isdir", lambda p: False), workers=[address])
+    try:
+        with pytest.raises(WalError, match=f"the Dask worker\\(s\\) {address}:"):
+            restore_sharded(client, tmp_path, shards=2)
+    finally:
+        client.run(lambda: setattr(os.path, "isdir", os.path._gpu_pitr_isdir),
+                   workers=[address])
+
+
+def test_bad_shard_counts_on_the_command_line_are_usage_errors(wal, tmp_path):
+    for bad in ("0", "x", "-1", "65537"):
+        proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "restore", str(wal), "--out",
+                               str(tmp_path / "x.npz"), "--dask-scheduler", "tcp://127.0.0.1:9",
+                               "--shards", bad], capture_output=True, text=True)
+        assert proc.returncode == 2 and "is not a number of shards" in proc.stderr, bad
