@@ -252,12 +252,20 @@ def main() -> int:
             Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
 
 
+# The id shards' cuda tests (the executor's filter after its entry expansion).
+SHARD_TESTS = [f"tests/test_id_shards.py::{name}" for name in (
+    "test_random_workloads_cuda",
+    "test_a_dimension_mismatch_fails_every_shard_at_the_same_record[cuda]",
+    "test_a_shard_with_no_ids_has_the_dimension_of_the_index[cuda]")]
+
+
 def _checks(args, cp, rows, figures, t_all) -> int:
     global OVERLAP_BROKEN
     import traceback
 
     if not args.skip_tests:
-        log("cuda == cpu on the test corpora (tests/test_cuda_executor.py, real GPU)")
+        log("cuda == cpu on the test corpora (tests/test_cuda_executor.py, real GPU), and "
+            "the id shards' cuda tests")
         env = dict(os.environ, GPU_PITR_REAL_GPU="1", GPU_PITR_CUDA_OVERLAP="1",
                    GPU_PITR_CUDA_EXAMPLES=os.environ.get("GPU_PITR_CUDA_EXAMPLES", "15"),
                    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -266,7 +274,7 @@ def _checks(args, cp, rows, figures, t_all) -> int:
         try:
             proc = subprocess.run(
                 [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                 "tests/test_cuda_executor.py", "tests/test_cuda_overlap.py"],
+                 "tests/test_cuda_executor.py", "tests/test_cuda_overlap.py", *SHARD_TESTS],
                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.tests_timeout)
             tail = (proc.stdout + proc.stderr).strip().splitlines()
             figures["tests_rc"] = proc.returncode

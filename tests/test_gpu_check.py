@@ -101,3 +101,15 @@ def test_the_sync_check_restores_in_fresh_processes_and_compares(wal):
     assert check.sync_check(wal, wal, want, {}).endswith("RESULT DIFFERS")
     check = _load()
     assert check.sync_check(wal.parent / "missing", wal, want, {}).startswith("FAILED: ")
+
+
+def test_the_shard_tests_it_runs_on_the_gpu_exist():
+    import subprocess
+    import sys
+
+    names = _load().SHARD_TESTS
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                           "-p", "no:cacheprovider", *names], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{len(names)} tests collected" in proc.stdout, proc.stdout
