@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -116,6 +117,7 @@ class ShardedRestore:
     client: object
     futures: list
     _report: object = field(default=None, repr=False)
+    started: float = field(default_factory=time.perf_counter, repr=False)
 
     def __len__(self) -> int:
         return self.report.ids
@@ -133,8 +135,19 @@ class ShardedRestore:
 
     def gather(self):
         """The whole index in this process (host memory): equal to the restore without
-        shards. Raises a shard's error (a ``WalError`` naming file and byte offset)."""
-        return merge_shards(self.client.gather(self.futures))
+        shards. Raises a shard's error (a ``WalError`` naming file and byte offset).
+        Its report's ``timings`` add ``gather`` (fetching and joining the shards here,
+        once all are done) and make ``total`` the time since ``restore_sharded``
+        was called."""
+        from distributed import wait
+
+        wait(self.futures)
+        t = time.perf_counter()
+        index = merge_shards(self.client.gather(self.futures))
+        now = time.perf_counter()
+        index.report.timings["gather"] = round(now - t, 6)
+        index.report.timings["total"] = round(now - self.started, 6)
+        return index
 
     def release(self) -> None:
         """Let the workers drop the shards."""
@@ -165,6 +178,7 @@ def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> 
             raise ValueError(f"{name} must be a path the workers can read, not {value!r}")
         if value is not None:
             kwargs[name] = os.fspath(value)
+    started = time.perf_counter()
     wal_dir = os.fspath(wal_dir)
     workers = _workers(client)
     _check_paths(client, [wal_dir] + [kwargs[n] for n in ("base", "snapshots")
@@ -182,7 +196,7 @@ def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> 
         futures.append(client.submit(_restore_shard, wal_dir, k, count, kwargs, pure=False,
                                      key=f"gpu-pitr-restore-{run}-shard-{k}-of-{count}",
                                      **where))
-    return ShardedRestore(client, futures)
+    return ShardedRestore(client, futures, started=started)
 
 
 def restore_on_dask(client, wal_dir, *, shards: int | None = None, **kwargs):

@@ -51,6 +51,9 @@ def test_the_cluster_restores_what_one_process_does(client, wal, shards):
         assert got.report.stop == want.report.stop
         assert (got.report.ids, got.report.inserts, got.report.deletes) == (
             want.report.ids, want.report.inserts, want.report.deletes)
+        timings = got.report.timings  # the wall time from the call, the join apart
+        assert timings["total"] >= timings["gather"] > 0 and timings["total"] >= max(
+            v for k, v in timings.items() if k not in ("total", "gather"))
 
 
 def test_the_shards_stay_on_the_workers_until_gathered(client, wal):
