@@ -725,7 +725,7 @@ class HostMap:
         if self.id_shard is not None:
             # The entries of other shards' ids fix the dimension, or fail, too.
             dim, k, e = first_vector_dims(order, ent.efirst, ent.nent, ent.e_op, ent.e_dim,
-                                          self.dim, DELETE)
+                                          self.dim)
             if dim >= 0 and self.dim < 0:
                 self.set_dim(int(dim))
             if k >= 0:

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import prange
 
+from gpu_pitr.format.layout import DELETE
 from gpu_pitr.jit import njit
 
 # The shard is taken from the key's top 24 bits.
@@ -61,7 +62,7 @@ def id_shard_mask(keys, shard: IdShard):
 
 
 @njit(cache=True, nogil=True)
-def first_vector_dims(order, efirst, nent, e_op, e_dim, dim, delete_op):
+def first_vector_dims(order, efirst, nent, e_op, e_dim, dim):
     """Over every entry of the records ``order`` (apply order), shards or not:
     ``(dim, k, e)``: the index dimension (``dim``, or the first vector's length if
     ``dim`` < 0; -1 if still none) and the first vector entry ``e`` (of record
@@ -71,7 +72,7 @@ def first_vector_dims(order, efirst, nent, e_op, e_dim, dim, delete_op):
     for k in range(len(order)):
         r = order[k]
         for e in range(efirst[r], efirst[r] + nent[r]):
-            if e_op[e] == delete_op:
+            if e_op[e] == DELETE:  # the only entry without a vector
                 continue
             if dim < 0:
                 dim = e_dim[e]
