@@ -76,6 +76,18 @@ def test_from_a_base_snapshot_on_the_cluster(client, wal, tmp_path):
     assert w.index_view(got) == w.index_view(want) and got.report.base is not None
     with pytest.raises(ValueError, match="path the workers can read"):
         restore_sharded(client, wal, base=snapshot.load(tmp_path / "snap"))
+    # --snapshots: every shard picks the same one, passing over a damaged newer one.
+    snaps = tmp_path / "snaps"
+    snapshot.save(part, snaps / "a")
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=2000), snaps / "b")
+    with open(snaps / "b" / "vectors.f32", "r+b") as f:
+        f.write(b"\xff")
+    want = gpu_pitr.restore(wal, backend="cpu", snapshots=snaps)
+    got = restore_on_dask(client, wal, shards=2, backend="cpu", snapshots=snaps)
+    assert w.index_view(got) == w.index_view(want)
+    assert got.report.base["path"] == want.report.base["path"] == str(snaps / "a")
+    assert got.report.message == want.report.message and "is damaged" in got.report.message
+    assert got.report.warnings == want.report.warnings
 
 
 def test_an_error_in_the_log_comes_back_whole(client, tmp_path):
