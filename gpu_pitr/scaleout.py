@@ -15,6 +15,7 @@ every worker (a shared file system or a copy); nothing is written on the workers
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -66,8 +67,11 @@ def _register_with_dask() -> None:
     def _serialize(index):
         index = index.to_host()
         arrays = [np.ascontiguousarray(getattr(index, name)) for name in _ARRAYS]
+        # The report and position as JSON text: Dask's msgpack would hand lists back
+        # as tuples.
         header = {"arrays": [[a.dtype.str, list(a.shape)] for a in arrays],
-                  "report": index.report.to_dict(), "position": index.position}
+                  "report": json.dumps(index.report.to_dict()),
+                  "position": json.dumps(index.position)}
         frames = [memoryview(a.reshape(-1).view(np.uint8)) for a in arrays]
         return header, [*frames, memoryview(bytes(index.pending))]
 
@@ -75,8 +79,8 @@ def _register_with_dask() -> None:
     def _deserialize(header, frames):
         arrays = [np.frombuffer(f, np.uint8).view(np.dtype(dtype)).reshape(shape)
                   for (dtype, shape), f in zip(header["arrays"], frames, strict=False)]
-        index = RestoredIndex(*arrays, RestoreReport.from_dict(header["report"]))
-        index.position, index.pending = header["position"], bytes(frames[-1])
+        index = RestoredIndex(*arrays, RestoreReport.from_dict(json.loads(header["report"])))
+        index.position, index.pending = json.loads(header["position"]), bytes(frames[-1])
         return index
 
 
