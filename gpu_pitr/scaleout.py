@@ -174,9 +174,14 @@ def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> 
     Returns:
         ShardedRestore; the tasks run while the caller goes on.
     """
+    import inspect
+
+    from gpu_pitr import restore
+
     for name in ("progress", "id_shard"):
         if name in kwargs:
             raise ValueError(f"restore_sharded takes no {name}")
+    inspect.signature(restore).bind(wal_dir, **kwargs)  # a misspelt one fails here, at once
     for name in ("base", "snapshots"):
         value = kwargs.get(name)
         if value is not None and not isinstance(value, (str, os.PathLike)):

@@ -133,6 +133,8 @@ def test_bad_arguments_are_refused(client, wal):
     for name in ("progress", "id_shard"):
         with pytest.raises(ValueError, match=f"takes no {name}"):
             restore_sharded(client, wal, **{name: None})
+    with pytest.raises(TypeError, match="to_tme"):
+        restore_sharded(client, wal, to_tme=5)
 
 
 def test_an_index_travels_as_its_arrays(wal):
