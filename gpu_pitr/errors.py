@@ -5,16 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _remade(cls, base, args: tuple, attrs: dict):
-    # An error unpickled (from a Dask worker): made without calling cls.__init__, whose
-    # arguments are not the exception's args, then given its attributes back.
-    err = cls.__new__(cls, *args)
-    base.__init__(err, *args)
-    for name, value in attrs.items():
-        setattr(err, name, value)
-    return err
-
-
 class WalError(Exception):
     """A data error in a WAL directory, a snapshot or a restore target.
 
@@ -47,9 +37,6 @@ class WalError(Exception):
             parts.append(f"seq {self.seq}")
         parts.append(self.what)
         return ": ".join(parts)
-
-    def __reduce__(self):
-        return _remade, (type(self), Exception, self.args, dict(self.__dict__))
 
 
 class CorruptRecordError(WalError):
@@ -97,6 +84,17 @@ def os_reason(cause: OSError) -> str:
     return os.strerror(cause.errno) if cause.errno else (cause.strerror or str(cause))
 
 
+def _remade(cls, args: tuple, attrs: dict):
+    # A one-line OSError unpickled (from a Dask worker): made without calling
+    # cls.__init__, whose arguments are not the exception's args, then given its
+    # attributes back. (Pickled as OSError pickles, one failed to unpickle.)
+    err = cls.__new__(cls, *args)
+    OSError.__init__(err, *args)
+    for name, value in attrs.items():
+        setattr(err, name, value)
+    return err
+
+
 class _OneLineOSError(OSError):
     """An ``OSError`` whose text is one line naming the file (no ``[Errno n]`` prefix)."""
 
@@ -109,7 +107,7 @@ class _OneLineOSError(OSError):
 
     def __reduce__(self):
         attrs = {"filename": self.filename, **self.__dict__}
-        return _remade, (type(self), OSError, (self.errno, self.strerror), attrs)
+        return _remade, (type(self), (self.errno, self.strerror), attrs)
 
 
 class OutputError(_OneLineOSError):

@@ -173,3 +173,22 @@ def test_bad_shard_counts_on_the_command_line_are_usage_errors(wal, tmp_path):
                                str(tmp_path / "x.npz"), "--dask-scheduler", "tcp://127.0.0.1:9",
                                "--shards", bad], capture_output=True, text=True)
         assert proc.returncode == 2 and "is not a number of shards" in proc.stderr, bad
+
+
+def test_errors_pickle_whole():
+    """What a worker raises comes back with its file, offset and seq (the one-line
+    OSErrors failed to unpickle before: their __init__ takes other arguments)."""
+    import errno
+    import pickle
+
+    from gpu_pitr.errors import FileReadError, FileShrankError, OutputError
+
+    for err in (CorruptRecordError("bad varint", file="/w/wal-1.log", offset=5, seq=3),
+                FileReadError("/w/wal-1.log", 7, OSError(errno.EIO, "I/O error")),
+                OutputError("/o/x.npz", "npz", OSError(errno.ENOSPC, "full")),
+                FileShrankError("/w/wal-1.log", 3, 10)):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+        assert vars(back) == vars(err)
+        if isinstance(err, OSError):
+            assert (back.errno, back.filename) == (err.errno, err.filename)
