@@ -139,7 +139,7 @@ def _walk(i, n, seg, foff, length, seq, status, kind, aux, nent, efirst, e_op, e
             m += 1
         q = seq[i]
         # A zero-filled record's seq 0 is not one the writer gave (format.zerofill).
-        zero = q == 0 and length[i] == 0
+        zero = zerofill.is_zero_record(length[i], q)
         if zero:
             pass
         elif state[4] == 0:  # the first record with a seq: where the history starts

@@ -169,11 +169,11 @@ def _walk(buf, i, n, off, length, seq, status, kind, ts, aux, stop,
     m = 0
     while i < n and m + _EVENT_ROOM <= events.shape[0]:
         q = seq[i]
-        if q == 0 and length[i] == 0:
+        if zerofill.is_zero_record(length[i], q):
             # Zero-filled records back to back, one event: undecodable, and no seq the
             # writer gave (format.zerofill).
             j = i + 1
-            while (j < n and seq[j] == 0 and length[j] == 0
+            while (j < n and zerofill.is_zero_record(length[j], seq[j])
                    and off[j] == off[j - 1] + RECORD_HEADER_SIZE):
                 j += 1
             events[m, 0] = EV_ZEROS

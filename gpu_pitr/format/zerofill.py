@@ -19,11 +19,19 @@ gave.
 from __future__ import annotations
 
 import numpy as np
+from numba.extending import register_jitable
 
 from gpu_pitr.format.columns import file_runs
 from gpu_pitr.format.layout import RECORD_HEADER_SIZE
 
 KIND = "zero_filled"
+
+
+@register_jitable(inline="always")
+def is_zero_record(length, seq):
+    """Whether one record is 12 zero bytes (seq 0, payload length 0): for compiled
+    loops; ``zero_records`` is the same test over columns."""
+    return length == 0 and seq == 0
 
 
 def zero_records(length: np.ndarray, seq: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpu_pitr.format import zerofill
 from gpu_pitr.jit import njit
 
 
@@ -27,7 +28,7 @@ def _jumps(seq, length, prev, has_prev, at, before):
     m = 0
     for i in range(len(seq)):
         q = seq[i]
-        if q == 0 and length[i] == 0:
+        if zerofill.is_zero_record(length[i], q):
             continue
         if has_prev and q > prev and q - prev > np.uint64(1):
             at[m] = i
