@@ -165,7 +165,8 @@ def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> 
 
     Args:
         client: a ``distributed.Client``.
-        wal_dir: the WAL directory, at a path every worker can read.
+        wal_dir: the WAL directory, at a path every worker can read (made absolute
+            here, as ``base`` and ``snapshots`` are).
         shards: how many shards (default: one per worker at the time of the call).
         **kwargs: those of ``gpu_pitr.restore`` (``to_time``, ``to_seq``,
             ``exclusive``, ``backend``, ``skip_corrupt``, ``base`` or ``snapshots`` as
@@ -182,14 +183,15 @@ def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> 
         if name in kwargs:
             raise ValueError(f"restore_sharded takes no {name}")
     inspect.signature(restore).bind(wal_dir, **kwargs)  # a misspelt one fails here, at once
+    # Absolute: a worker's working directory is its own.
     for name in ("base", "snapshots"):
         value = kwargs.get(name)
         if value is not None and not isinstance(value, (str, os.PathLike)):
             raise ValueError(f"{name} must be a path the workers can read, not {value!r}")
         if value is not None:
-            kwargs[name] = os.fspath(value)
+            kwargs[name] = os.path.abspath(value)
     started = time.perf_counter()
-    wal_dir = os.fspath(wal_dir)
+    wal_dir = os.path.abspath(wal_dir)
     workers = _workers(client)
     _check_paths(client, [wal_dir] + [kwargs[n] for n in ("base", "snapshots")
                                       if kwargs.get(n) is not None])
@@ -221,20 +223,16 @@ def restore_on_dask(client, wal_dir, *, shards: int | None = None, **kwargs):
 def restore_with_scheduler(address: str, wal_dir, *, shards: int | None = None,
                            timeout: str = "30s", **kwargs):
     """``restore_on_dask`` on the cluster whose scheduler is at ``address`` (or whose
-    scheduler file is there), with paths made absolute (the workers' working
-    directories are their own): what ``gpu-pitr restore --dask-scheduler`` runs."""
+    scheduler file is there): what ``gpu-pitr restore --dask-scheduler`` runs."""
     try:
         from distributed import Client
     except ImportError:
         raise MissingExtraError("--dask-scheduler needs Dask: pip install 'gpu-pitr[dask]'"
                                 ) from None
-    for name in ("base", "snapshots"):
-        if kwargs.get(name) is not None:
-            kwargs[name] = os.path.abspath(kwargs[name])
     where = {"scheduler_file": address} if os.path.isfile(address) else {"address": address}
     try:
         client = Client(**where, timeout=timeout)
     except (OSError, TimeoutError) as err:
         raise OSError(f"cannot reach the Dask scheduler at {address}: {err}") from None
     with client:
-        return restore_on_dask(client, os.path.abspath(wal_dir), shards=shards, **kwargs)
+        return restore_on_dask(client, wal_dir, shards=shards, **kwargs)

@@ -192,3 +192,10 @@ def test_errors_pickle_whole():
         assert vars(back) == vars(err)
         if isinstance(err, OSError):
             assert (back.errno, back.filename) == (err.errno, err.filename)
+
+
+def test_relative_paths_are_the_callers(client, wal, monkeypatch):
+    # The workers' working directories are their own: paths are made absolute first.
+    monkeypatch.chdir(wal.parent)
+    got = restore_on_dask(client, wal.name, shards=2, backend="cpu")
+    assert w.index_view(got) == w.index_view(gpu_pitr.restore(wal, backend="cpu"))
