@@ -32,6 +32,7 @@ SETTINGS = settings(
                            HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
 )
 
+
 @SETTINGS
 @given(data=st.data())
 def test_random_workloads_cpu(data, tmp_path_factory):

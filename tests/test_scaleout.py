@@ -39,7 +39,6 @@ def wal(tmp_path_factory):
     return path
 
 
-
 @pytest.mark.parametrize("shards", [None, 1, 3])
 def test_the_cluster_restores_what_one_process_does(client, wal, shards):
     stats = gpu_pitr.restore(wal, backend="cpu")

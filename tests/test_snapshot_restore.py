@@ -41,8 +41,6 @@ SETTINGS = settings(
 )
 
 
-
-
 def _stop(report) -> tuple:
     s = report.stop
     return (s["reason"], os.path.basename(s.get("file") or ""), s.get("offset"), s.get("seq"))
@@ -745,7 +743,6 @@ def test_lazy_base_key_table_finds_every_row_sharing_a_key_once():
     assert take(keys[:20]) == [i for i in range(20) if i != 5]
     want = {i for i in range(len(keys)) if not moved[i]}
     assert set(take(keys)) == want and moved.all()
-
 
 
 def _spy_on_seed(monkeypatch) -> list:
