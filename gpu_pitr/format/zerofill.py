@@ -27,11 +27,11 @@ from gpu_pitr.format.layout import RECORD_HEADER_SIZE
 KIND = "zero_filled"
 
 
-@register_jitable(inline="always")
+@register_jitable
 def is_zero_record(length, seq):
     """Whether one record is 12 zero bytes (seq 0, payload length 0): for compiled
     loops; ``zero_records`` is the same test over columns."""
-    return length == 0 and seq == 0
+    return (length == 0) & (seq == 0)  # no branch: Numba's pedantic SSA check warned
 
 
 def zero_records(length: np.ndarray, seq: np.ndarray) -> np.ndarray:
