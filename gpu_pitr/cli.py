@@ -99,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
         help="output format (default: from OUT's suffix; a directory is a snapshot)",
     )
     _restore_options(restore)
+    restore.add_argument(
+        "--write-on-workers", action="store_true",
+        help="with --dask-scheduler: each worker writes its shards into OUT, a directory "
+        "(a Parquet dataset: a file a shard, and the report), at the same path on every "
+        "worker; the index never passes through this process",
+    )
 
     snap = commands.add_parser(
         "snapshot",
@@ -366,10 +372,19 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     to_time = None
     if args.to_time is not None:
         to_time = _time_target(parser, args.to_time, args.exclusive)
-    try:
-        fmt = output_format(args.out, args.format)
-    except ValueError as err:
-        parser.error(f"argument --out: {err}")
+    on_workers = getattr(args, "write_on_workers", False)  # restore's, not snapshot's
+    if on_workers:
+        if args.dask_scheduler is None:
+            parser.error("argument --write-on-workers: needs --dask-scheduler")
+        if args.format not in (None, "parquet"):
+            parser.error("argument --write-on-workers: the workers write a Parquet dataset, "
+                         f"not --format {args.format}")
+        fmt = "parquet"
+    else:
+        try:
+            fmt = output_format(args.out, args.format)
+        except ValueError as err:
+            parser.error(f"argument --out: {err}")
     out = Path(args.out)
     report_json = None if args.report_json is None else Path(args.report_json)
     for flag, path in (("--out", out), ("--report-json", report_json)):
@@ -398,7 +413,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not os.path.isdir(args.wal_dir):
         raise NotADirectoryError(f"{args.wal_dir}: {not_a_directory(args.wal_dir)}")
     # Before the restore, so that a missing extra or an unwritable directory fails at once.
-    check_output(out, fmt)
+    check_output(out, fmt, dataset=on_workers)
     if report_json is not None:
         check_writable(report_json, "--report-json")
     replaced = _replaced_snapshot_position(out) if fmt == "snapshot" else None
@@ -410,31 +425,39 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                   backend=args.backend, skip_corrupt=args.skip_corrupt,
                   allow_incomplete_history=args.allow_incomplete_history,
                   chunk_bytes=chunk_bytes, base=args.base, snapshots=args.snapshots)
-    if args.dask_scheduler is not None:
-        from gpu_pitr.scaleout import restore_with_scheduler
+    if on_workers:
+        from gpu_pitr.scaleout import write_with_scheduler
 
-        # The tasks' progress is on the cluster's dashboard: no bar here.
-        bar = None
-        restore = functools.partial(restore_with_scheduler, args.dask_scheduler,
-                                    shards=args.shards)
+        report = write_with_scheduler(args.dask_scheduler, args.wal_dir, out, report_json,
+                                      shards=args.shards, **kwargs)
+        index = None
     else:
-        bar = progress_bar(quiet=args.quiet)
-        restore = functools.partial(gpu_pitr.restore, progress=bar)
-    # The bar says when Numba compiles (a first run) rather than show a rate.
-    watch = contextlib.nullcontext() if bar is None else watch_compiles(bar.compiling)
-    try:
-        with watch:
-            index = restore(args.wal_dir, **kwargs).to_host()
+        if args.dask_scheduler is not None:
+            from gpu_pitr.scaleout import restore_with_scheduler
+
+            # The tasks' progress is on the cluster's dashboard: no bar here.
+            bar = None
+            restore = functools.partial(restore_with_scheduler, args.dask_scheduler,
+                                        shards=args.shards)
+        else:
+            bar = progress_bar(quiet=args.quiet)
+            restore = functools.partial(gpu_pitr.restore, progress=bar)
+        # The bar says when Numba compiles (a first run) rather than show a rate.
+        watch = contextlib.nullcontext() if bar is None else watch_compiles(bar.compiling)
+        try:
+            with watch:
+                index = restore(args.wal_dir, **kwargs).to_host()
+                if bar is not None:
+                    bar.phase("write")
+                report = index.report.to_dict()
+                if report_json is None:
+                    write_output(index, out, fmt)
+                else:  # the index written inside the report's write: both, or neither
+                    write_json(report_json, report,
+                               then=lambda: write_output(index, out, fmt))
+        finally:
             if bar is not None:
-                bar.phase("write")
-            report = index.report.to_dict()
-            if report_json is None:
-                write_output(index, out, fmt)
-            else:  # the index written inside the report's write: both, or neither
-                write_json(report_json, report, then=lambda: write_output(index, out, fmt))
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.close()
     warnings = restore_warnings(report)
     if replaced is not None and index.position is not None and (
             replaced.get("segment"), replaced.get("offset")) != (

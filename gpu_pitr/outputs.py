@@ -76,8 +76,9 @@ def faiss_ids_path(out: Path) -> Path:
     return out.with_name(out.name + ".ids.jsonl")
 
 
-def check_output(out: Path, fmt: str) -> None:
-    """Fail now, before a restore, if ``out`` cannot be written in ``fmt``.
+def check_output(out: Path, fmt: str, dataset: bool = False) -> None:
+    """Fail now, before a restore, if ``out`` cannot be written in ``fmt`` (``dataset``:
+    as the Parquet dataset the Dask workers write, ``ShardedRestore.to_parquet``).
 
     Raises:
         MissingExtraError: the format's optional dependency is missing.
@@ -85,7 +86,12 @@ def check_output(out: Path, fmt: str) -> None:
     """
     if fmt in _NEEDS:
         _import_extra(fmt)
-    if fmt == "snapshot":
+    if dataset:
+        from gpu_pitr.scaleout import _check_dataset_target
+
+        _check_dataset_target(Path(os.path.abspath(out)))
+        where = out.parent
+    elif fmt == "snapshot":
         from gpu_pitr.snapshot.format import _check_target
 
         # What save() would refuse after the restore (a file, a directory of other things).

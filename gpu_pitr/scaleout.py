@@ -9,18 +9,24 @@ and ``backend="cuda"``, each shard's vectors stay on its worker's device.
 ``ShardedRestore.gather()`` joins the shards into the index a restore without shards
 gives (host memory); ``restore_on_dask`` does both.
 
+``ShardedRestore.to_parquet`` has each worker write its shards as files of one
+Parquet dataset instead, for an index larger than the caller can hold.
+
 WAL_DIR, and a base snapshot given by path, must be readable at the same path on
-every worker (a shared file system or a copy); nothing is written on the workers.
+every worker (a shared file system or a copy); the workers write nothing but the
+dataset ``to_parquet`` asks for.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gpu_pitr.errors import MissingExtraError
 from gpu_pitr.resolve.idshard import MAX_SHARDS, merge_reports, merge_shards
@@ -99,7 +105,9 @@ def _is_dir(path: str) -> bool:
     return os.path.isdir(path)
 
 
-def _check_paths(client, paths: list[str]) -> None:
+def _check_paths(client, paths: list[str],
+                 why: str = "the log (and a base) must be at the same path on every worker"
+                 ) -> None:
     """A path some worker cannot see as a directory is one error naming it and those
     workers, before any shard starts (on a worker, the restore would say only that
     the directory is not there, which it is, here)."""
@@ -111,8 +119,56 @@ def _check_paths(client, paths: list[str]) -> None:
         if missing:
             where = ("any Dask worker" if len(missing) == len(seen) else
                      f"the Dask worker(s) {', '.join(missing)}")
-            raise WalError(f"not a directory on {where}: the log (and a base) must be at "
-                           "the same path on every worker", file=path)
+            raise WalError(f"not a directory on {where}: {why}", file=path)
+
+
+#: A Parquet dataset written by the workers (``ShardedRestore.to_parquet``): one file a
+#: shard, and the joined report beside them (a name readers of datasets skip: ``_``).
+PART_NAME = "part-{index:05d}-of-{count:05d}.parquet"
+_PART = re.compile(r"part-\d{5,}-of-\d{5,}\.parquet")
+DATASET_REPORT = "_gpu_pitr_report.json"
+
+
+def _is_dataset(path: Path) -> bool:
+    """Whether ``path`` is a directory holding a dataset ``to_parquet`` wrote, and nothing
+    else (at least its report)."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return DATASET_REPORT in names and all(n == DATASET_REPORT or _PART.fullmatch(n)
+                                           for n in names)
+
+
+def _check_dataset_target(out: Path) -> None:
+    """What ``to_parquet`` replaces: nothing, an empty directory, or a dataset it wrote;
+    anything else is refused (``FileExistsError``, one line) before a shard is written."""
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a directory: not replaced by the "
+                              "Parquet dataset")
+    if any(out.iterdir()) and not _is_dataset(out):
+        raise FileExistsError(f"{out}: is a directory that is neither empty nor a dataset "
+                              "gpu-pitr wrote: not replaced")
+
+
+def _write_part(index, path: str, dim: int | None) -> int:
+    """One shard as one Parquet file, on the worker that holds it (atomic, fsynced).
+    A shard without ids gets the whole index's dimension, so that every file of the
+    dataset has one schema."""
+    import numpy as np
+
+    from gpu_pitr.index import RestoredIndex
+    from gpu_pitr.outputs import write_output
+
+    index = index.to_host()
+    if dim is not None and len(index) == 0 and index.vectors.shape != (0, dim):
+        index = RestoredIndex(index._id_arena, index._id_offs, index._id_lens,
+                              np.empty((0, dim), np.float32), index._meta_arena,
+                              index._meta_offs, index._meta_lens, index.report)
+    write_output(index, path, "parquet")
+    return len(index)
 
 
 @dataclass
@@ -153,6 +209,52 @@ class ShardedRestore:
         index.report.timings["gather"] = round(now - t, 6)
         index.report.timings["total"] = round(now - self.started, 6)
         return index
+
+    def to_parquet(self, out) -> Path:
+        """Write the index as a Parquet dataset, the directory ``out``: each worker
+        writes the shards it holds, ``part-KKKKK-of-NNNNN.parquet`` (the columns of a
+        ``.parquet`` output, ids sorted within a file), and this process writes the
+        joined report as ``_gpu_pitr_report.json``. ``pyarrow.dataset``,
+        ``pandas.read_parquet`` and ``dask.dataframe.read_parquet`` read the directory
+        as one table, the index of a restore without shards up to the order of rows.
+        No shard passes through this process: for an index larger than it can hold.
+
+        ``out`` must be at the same path on every worker. It appears whole or not at
+        all: the files go into a hidden directory beside it, renamed onto ``out`` once
+        all are written and fsynced. An empty directory or an earlier dataset there is
+        replaced; anything else is refused before a file is written.
+
+        Raises a shard's error (nothing written), or ``OutputError`` naming the file
+        that could not be written. Returns ``out`` (absolute)."""
+        from distributed import wait
+
+        from gpu_pitr.outputs import atomic_files
+        from gpu_pitr.tempfiles import new_dir
+
+        if not self.futures:
+            raise ValueError("the shards were released: nothing to write")
+        report = self.report  # a shard's error, before anything is written
+        t = time.perf_counter()
+        out = Path(os.path.abspath(out))
+        _check_dataset_target(out)
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f"{out.parent}: no such directory for the dataset")
+        with new_dir(out, _check_dataset_target, _is_dataset) as tmp:
+            _check_paths(self.client, [str(tmp)], why="the dataset's directory must be at "
+                         "the same path on every worker")
+            count = len(self.futures)
+            parts = [self.client.submit(
+                _write_part, f, str(tmp / PART_NAME.format(index=k, count=count)),
+                report.dim, pure=False) for k, f in enumerate(self.futures)]
+            wait(parts)  # every file written or failed before the directory can go
+            self.client.gather(parts)  # the first failure
+            with atomic_files(tmp / DATASET_REPORT) as (name,):
+                name.write_text(json.dumps(report.to_dict(), indent=2) + "\n",
+                                encoding="utf-8")
+        now = time.perf_counter()
+        report.timings["write"] = round(now - t, 6)
+        report.timings["total"] = round(now - self.started, 6)
+        return out
 
     def release(self) -> None:
         """Let the workers drop the shards."""
@@ -220,10 +322,8 @@ def restore_on_dask(client, wal_dir, *, shards: int | None = None, **kwargs):
         run.release()
 
 
-def restore_with_scheduler(address: str, wal_dir, *, shards: int | None = None,
-                           timeout: str = "30s", **kwargs):
-    """``restore_on_dask`` on the cluster whose scheduler is at ``address`` (or whose
-    scheduler file is there): what ``gpu-pitr restore --dask-scheduler`` runs."""
+def _connect(address: str, timeout: str):
+    """A client of the scheduler at ``address`` (or whose scheduler file is there)."""
     try:
         from distributed import Client
     except ImportError:
@@ -231,8 +331,36 @@ def restore_with_scheduler(address: str, wal_dir, *, shards: int | None = None,
                                 ) from None
     where = {"scheduler_file": address} if os.path.isfile(address) else {"address": address}
     try:
-        client = Client(**where, timeout=timeout)
+        return Client(**where, timeout=timeout)
     except (OSError, TimeoutError) as err:
         raise OSError(f"cannot reach the Dask scheduler at {address}: {err}") from None
-    with client:
+
+
+def restore_with_scheduler(address: str, wal_dir, *, shards: int | None = None,
+                           timeout: str = "30s", **kwargs):
+    """``restore_on_dask`` on the cluster whose scheduler is at ``address`` (or whose
+    scheduler file is there): what ``gpu-pitr restore --dask-scheduler`` runs."""
+    with _connect(address, timeout) as client:
         return restore_on_dask(client, wal_dir, shards=shards, **kwargs)
+
+
+def write_with_scheduler(address: str, wal_dir, out, report_json=None, *,
+                         shards: int | None = None, timeout: str = "30s", **kwargs) -> dict:
+    """What ``gpu-pitr restore --dask-scheduler ADDRESS --write-on-workers`` runs: the
+    restore as shards on that cluster, written by the workers as the Parquet dataset
+    ``out`` (``ShardedRestore.to_parquet``), and the report, which it returns, as the
+    JSON file ``report_json`` if given (both written, or neither)."""
+    from gpu_pitr.outputs import write_json
+
+    with _connect(address, timeout) as client:
+        run = restore_sharded(client, wal_dir, shards=shards, **kwargs)
+        try:
+            report = run.report
+            if report_json is None:
+                run.to_parquet(out)
+            else:  # the dataset installed inside the report's write
+                write_json(Path(report_json), report.to_dict(),
+                           then=lambda: run.to_parquet(out))
+        finally:
+            run.release()
+    return report.to_dict()

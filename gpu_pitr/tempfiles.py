@@ -11,11 +11,17 @@ on each piece as it is written, so the fsync has little left to wait for.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
 import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from gpu_pitr import interrupts
 
 
 @functools.cache
@@ -99,6 +105,84 @@ def remove_stale_entries(entries, name_pattern: str) -> list[Path]:
             continue
         removed.append(Path(entry.path))
     return removed
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def install_dir(tmp: Path, out: Path, check: Callable[[Path], None]) -> None:
+    """Rename the finished directory ``tmp`` (``temp_path(out)``, fsynced) onto ``out``.
+
+    A missing or empty ``out`` is replaced in one step. An ``out`` with contents, which
+    ``check(out)`` must accept (it raises otherwise), is renamed aside first
+    (``.<name>.old-<pid>-<8 hex>``) and removed once ``tmp`` is in its place: ``out``
+    never holds a half-written directory. ``remove_stale_dirs`` puts back an aside
+    directory whose writer died between the two renames."""
+    try:
+        os.rename(tmp, out)
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        check(out)
+        aside = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.rename(out, aside)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            os.rename(aside, out)
+            raise
+        fsync_dir(out.parent)
+        shutil.rmtree(aside, ignore_errors=True)
+    fsync_dir(out.parent)
+
+
+@contextmanager
+def new_dir(out: Path, check: Callable[[Path], None],
+            restorable: Callable[[Path], bool]) -> Iterator[Path]:
+    """A new hidden directory beside ``out`` (``temp_path``) for the block to fill.
+
+    When the block succeeds the directory is fsynced and installed onto ``out``
+    (``install_dir``, which ``check`` guards); on any failure it is removed and ``out``
+    is left as it was. Leftovers of dead writers of ``out`` go first
+    (``remove_stale_dirs``, which puts back an old ``out`` that ``restorable`` calls
+    whole)."""
+    remove_stale_dirs(out, restorable)
+    tmp = temp_path(out)
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        interrupts.committing()  # no stop halfway through the renames
+        install_dir(tmp, out, check)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_stale_dirs(out: Path, restorable: Callable[[Path], bool]) -> None:
+    """Remove the temp and aside directories of writers of ``out`` (``install_dir``)
+    whose process is gone (this host's pids). A dead writer's aside directory is the
+    old ``out``: it is put back instead when ``out`` is missing and ``restorable`` says
+    it is whole. Best effort: what cannot be removed stays for a later write."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)-[0-9a-f]+")
+    try:
+        entries = list(os.scandir(out.parent))
+    except OSError:
+        return
+    for entry, m in dead_writers(entries, pattern):
+        path = Path(entry.path)
+        try:
+            if m.group(1) == "old" and not os.path.lexists(out) and restorable(path):
+                os.rename(path, out)
+            else:
+                shutil.rmtree(path)
+        except OSError:
+            pass
 
 
 def pid_alive(pid: int) -> bool:

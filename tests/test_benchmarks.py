@@ -80,4 +80,6 @@ def test_the_scale_out_bench_joins_shards_equal_to_one_process(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert any(line.startswith("3 shards on 2 workers") for line in lines), proc.stdout
+    dataset = [line for line in lines if line.startswith("the workers write a dataset")]
+    assert len(dataset) == 1 and dataset[0].endswith("rows equal"), proc.stdout
     assert lines[-1].split()[-1] == "yes", proc.stdout

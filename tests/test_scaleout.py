@@ -7,6 +7,7 @@ one-line error, and the command line must write the same output.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -198,3 +199,164 @@ def test_relative_paths_are_the_callers(client, wal, monkeypatch):
     monkeypatch.chdir(wal.parent)
     got = restore_on_dask(client, wal.name, shards=2, backend="cpu")
     assert w.index_view(got) == w.index_view(gpu_pitr.restore(wal, backend="cpu"))
+
+
+def _table_by_id(table):
+    """A pyarrow table's columns as Python values, its rows in id order."""
+    rows = sorted(zip(table.column("id").to_pylist(), table.column("vector").to_pylist(),
+                      table.column("metadata").to_pylist(), strict=True))
+    return [(i, np.asarray(v, np.float32).tobytes(), m) for i, v, m in rows]
+
+
+def test_the_workers_write_a_parquet_dataset(client, wal, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow.dataset as ds
+
+    from gpu_pitr.outputs import write_output
+    from gpu_pitr.scaleout import DATASET_REPORT
+
+    whole = gpu_pitr.restore(wal, backend="cpu")
+    write_output(whole, tmp_path / "one.parquet", "parquet")
+    run = restore_sharded(client, wal, shards=3, backend="cpu")
+    try:
+        out = run.to_parquet(tmp_path / "many")
+    finally:
+        run.release()
+    names = sorted(os.listdir(out))
+    assert names == [DATASET_REPORT] + [f"part-0000{k}-of-00003.parquet" for k in range(3)]
+    table = ds.dataset(out, format="parquet").to_table()
+    assert _table_by_id(table) == _table_by_id(pq.read_table(tmp_path / "one.parquet"))
+    for name in names[1:]:  # ids in UTF-8 byte order within each file
+        ids = [i.encode() for i in pq.read_table(out / name).column("id").to_pylist()]
+        assert ids == sorted(ids) and ids
+    report = json.loads((out / DATASET_REPORT).read_text())
+    for key in w.SHARD_REPORT_KEYS:
+        assert report[key] == whole.report.to_dict()[key], key
+    assert run.report.timings["total"] >= run.report.timings["write"] > 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    with pytest.raises(ValueError, match="released"):
+        run.to_parquet(tmp_path / "again")
+
+
+def test_a_shard_without_ids_is_a_file_of_the_same_schema(client, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.dataset as ds
+
+    builder = w.LogBuilder()
+    builder.add(w.Ins("only", [1.0, -0.0, 3.5], {"k": "v"}, 1))
+    wal = builder.write(tmp_path / "wal")
+    run = restore_sharded(client, wal, shards=4, backend="cpu")
+    try:
+        out = run.to_parquet(tmp_path / "ds")
+    finally:
+        run.release()
+    table = ds.dataset(out, format="parquet").to_table()
+    assert _table_by_id(table) == [("only", np.float32([1.0, -0.0, 3.5]).tobytes(),
+                                    [("k", "v")])]
+    assert table.schema.field("vector").type == pa.list_(pa.float32(), 3)
+
+
+def _entries(path) -> dict:
+    """``dir_state`` but the directory's own times (a temp made and removed in it)."""
+    return {k: v for k, v in w.dir_state(path).items() if k != "."}
+
+
+def test_the_dataset_appears_whole_or_not_at_all(client, wal, tmp_path):
+    from gpu_pitr.errors import OutputError
+
+    out = tmp_path / "ds"
+    run = restore_sharded(client, wal, shards=2, backend="cpu", to_seq=900)
+    try:
+        run.to_parquet(out)
+        first = w.dir_state(out)
+        run.to_parquet(out)  # an earlier dataset is replaced
+        assert w.dir_state(out).keys() == first.keys()
+        # Anything else at OUT is refused before a file is written.
+        (out / "notes.txt").write_text("mine")
+        (tmp_path / "file").write_text("x")
+        before = _entries(tmp_path)
+        with pytest.raises(FileExistsError, match="neither empty nor a dataset"):
+            run.to_parquet(out)
+        with pytest.raises(FileExistsError, match="file: exists and is not a directory"):
+            run.to_parquet(tmp_path / "file")
+        assert _entries(tmp_path) == before
+        (tmp_path / "file").unlink()
+        # A worker that fails to write its file: the error names the file, and the
+        # hidden directory goes; OUT is left as it was.
+        (out / "notes.txt").unlink()
+        before = _entries(tmp_path)
+        target = sorted(client.scheduler_info()["workers"])[0]
+
+        def break_writes():
+            import errno as e
+
+            from gpu_pitr import outputs
+
+            def fail(index, path, fmt):
+                raise OutputError(path, "parquet output", OSError(e.ENOSPC, "No space left"))
+
+            outputs._gpu_pitr_write_output, outputs.write_output = outputs.write_output, fail
+
+        client.run(break_writes, workers=[target])
+        try:
+            with pytest.raises(OutputError, match=r"part-0000\d-of-00002\.parquet.*No space"):
+                run.to_parquet(out)
+        finally:
+            client.run(lambda: setattr(__import__("gpu_pitr.outputs").outputs, "write_output",
+                                       __import__("gpu_pitr.outputs").outputs
+                                       ._gpu_pitr_write_output), workers=[target])
+        assert _entries(tmp_path) == before
+    finally:
+        run.release()
+
+
+def test_a_bad_log_writes_no_dataset(client, tmp_path):
+    builder = w.LogBuilder()
+    builder.add(w.Ins("a", [1.0], None, 1))
+    builder.add_payload(b"\x63")
+    wal = builder.write(tmp_path / "wal")
+    run = restore_sharded(client, wal, shards=2)
+    try:
+        with pytest.raises(CorruptRecordError):
+            run.to_parquet(tmp_path / "ds")
+    finally:
+        run.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wal"]
+
+
+def test_the_command_line_writes_on_the_workers(client, wal, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow.dataset as ds
+
+    address = client.scheduler.address
+    cmd = [sys.executable, "-m", "gpu_pitr", "restore", str(wal), "--backend", "cpu",
+           "--to-seq", "1200"]
+    one = subprocess.run([*cmd, "-q", "--out", str(tmp_path / "one.parquet")],
+                         capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    many = subprocess.run([*cmd, "--out", str(tmp_path / "many.parquet"), "--dask-scheduler",
+                           address, "--shards", "3", "--write-on-workers", "--report-json",
+                           str(tmp_path / "report.json")], capture_output=True, text=True)
+    assert many.returncode == 0, many.stderr
+    assert f"-> {tmp_path / 'many.parquet'} " in many.stdout
+    assert _table_by_id(ds.dataset(tmp_path / "many.parquet", format="parquet").to_table()) \
+        == _table_by_id(pq.read_table(tmp_path / "one.parquet"))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["stop"]["seq"] == 1200 and report["ids"] == pq.read_metadata(
+        tmp_path / "one.parquet").num_rows
+    # Again over the dataset: replaced (a .parquet directory is not refused here).
+    again = subprocess.run([*cmd, "-q", "--out", str(tmp_path / "many.parquet"),
+                            "--dask-scheduler", address, "--write-on-workers"],
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    for extra, why in ((["--dask-scheduler", address, "--format", "npz"], "not --format npz"),
+                       ([], "--write-on-workers: needs --dask-scheduler")):
+        usage = subprocess.run([*cmd, "--out", str(tmp_path / "x"), "--write-on-workers",
+                                *extra], capture_output=True, text=True)
+        assert usage.returncode == 2 and why in usage.stderr, usage.stderr
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("x")
+    taken = subprocess.run([*cmd, "--out", str(tmp_path / "taken"), "--dask-scheduler", address,
+                            "--write-on-workers"], capture_output=True, text=True)
+    assert taken.returncode == 1 and taken.stderr.count("\n") == 1, taken.stderr
+    assert "neither empty nor a dataset" in taken.stderr

@@ -42,6 +42,7 @@ from gpu_pitr.snapshot.format import (
     read_manifest,
     write_snapshot,
 )
+from gpu_pitr.tempfiles import remove_stale_dirs
 
 POSITION = {"segment": "wal-0000000005f5e100.log", "offset": 123, "seq": 7, "timestamp": 9,
             "max_timestamp": 9, "extra": [1, 2, {"é": None}]}
@@ -666,7 +667,7 @@ def test_stale_temp_dirs_of_dead_writers_are_cleaned(snap):
     other.mkdir()
     # A dead writer that moved the old snapshot aside and never put the new one in:
     os.rename(snap, parent / f".snap.old-{dead}-0123")
-    fmt._remove_stale(snap)
+    remove_stale_dirs(snap, fmt.is_snapshot)
     assert load_snapshot(snap).position == POSITION  # put back
     assert _hidden(parent) == [".other.tmp-" + f"{dead}-abcd", live.name]
     index = _restore(parent, [w.Ins("new", w.f32(1), None, 1)], name="wal2")

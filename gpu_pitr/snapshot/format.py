@@ -16,12 +16,9 @@ loader reads and verifies blocks in parallel and names the first bad one.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
-import secrets
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +27,6 @@ from pathlib import Path
 import numpy as np
 from numba import prange
 
-from gpu_pitr import interrupts
 from gpu_pitr.crc import crc32
 from gpu_pitr.errors import WalError
 from gpu_pitr.format.layout import SEGMENT_NAME_RE
@@ -44,7 +40,7 @@ from gpu_pitr.snapshot.arrow import (
     metadata_chunks,
     require_pyarrow,
 )
-from gpu_pitr.tempfiles import dead_writers, start_writeback, temp_path
+from gpu_pitr.tempfiles import new_dir, start_writeback
 
 FORMAT_NAME = "gpu_pitr.snapshot"
 FORMAT_VERSION = 1
@@ -149,10 +145,7 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
     dim = _index_dim(host, vectors, count)
     _check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out)
-    tmp = temp_path(out)
-    tmp.mkdir()
-    try:
+    with new_dir(out, _check_target, is_snapshot) as tmp:
         files = {}
         flat = np.ascontiguousarray(vectors[:count] if count else vectors[:0], dtype="<f4")
         files[VECTORS] = _write_file(tmp / VECTORS, flat.reshape(-1).view(np.uint8))
@@ -179,12 +172,6 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
         text = (_json(manifest, indent=1) + "\n").encode("utf-8")
         _write_file(tmp / MANIFEST, text)
         _write_file(tmp / MANIFEST_CRC, f"{crc32(text):08x}\n".encode("ascii"))
-        _fsync_dir(tmp)
-        interrupts.committing()  # no stop halfway through the renames
-        _install(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -281,14 +268,6 @@ class _Checksummed:
         return {"size": self.size, CHECKSUM: self.crcs}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _check_target(out: Path) -> None:
     if not os.path.lexists(out):
         return
@@ -302,48 +281,6 @@ def _check_target(out: Path) -> None:
                                 "replaced, so that they are not lost", file=str(out))
         raise SnapshotError("is a directory that is neither empty nor a snapshot: "
                             "not replaced", file=str(out))
-
-
-def _install(tmp: Path, out: Path) -> None:
-    # rename() replaces a missing or empty directory in one step; a snapshot there
-    # goes aside first, so out_dir never holds a half-written snapshot.
-    try:
-        os.rename(tmp, out)
-    except OSError as err:
-        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-            raise
-        _check_target(out)
-        aside = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-        os.rename(out, aside)
-        try:
-            os.rename(tmp, out)
-        except BaseException:
-            os.rename(aside, out)
-            raise
-        _fsync_dir(out.parent)
-        shutil.rmtree(aside, ignore_errors=True)
-    _fsync_dir(out.parent)
-
-
-def _remove_stale(out: Path) -> None:
-    """Remove temp and aside directories of dead writers of ``out`` (same host).
-
-    A dead writer's aside directory is its old snapshot: put back if ``out`` is gone.
-    """
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)-[0-9a-f]+")
-    try:
-        entries = list(os.scandir(out.parent))
-    except OSError:
-        return
-    for entry, m in dead_writers(entries, pattern):
-        path = Path(entry.path)
-        try:
-            if m.group(1) == "old" and not os.path.lexists(out) and is_snapshot(path):
-                os.rename(path, out)
-            else:
-                shutil.rmtree(path)
-        except OSError:
-            pass  # best effort: a later write tries again
 
 
 # ----------------------------------------------------------------------------- manifest
