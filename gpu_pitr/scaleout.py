@@ -261,6 +261,13 @@ class ShardedRestore:
         self.client.cancel(self.futures)
         self.futures = []
 
+    def __enter__(self) -> ShardedRestore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """``with restore_sharded(...) as run:`` releases the shards at the end."""
+        self.release()
+
 
 def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> ShardedRestore:
     """Restore ``wal_dir`` as ``shards`` shards of the ids on ``client``'s workers.
@@ -315,11 +322,8 @@ def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> 
 
 def restore_on_dask(client, wal_dir, *, shards: int | None = None, **kwargs):
     """``restore_sharded(...).gather()``: the whole index, restored on the cluster."""
-    run = restore_sharded(client, wal_dir, shards=shards, **kwargs)
-    try:
+    with restore_sharded(client, wal_dir, shards=shards, **kwargs) as run:
         return run.gather()
-    finally:
-        run.release()
 
 
 def _connect(address: str, timeout: str):
@@ -353,14 +357,11 @@ def write_with_scheduler(address: str, wal_dir, out, report_json=None, *,
     from gpu_pitr.outputs import write_json
 
     with _connect(address, timeout) as client:
-        run = restore_sharded(client, wal_dir, shards=shards, **kwargs)
-        try:
+        with restore_sharded(client, wal_dir, shards=shards, **kwargs) as run:
             report = run.report
             if report_json is None:
                 run.to_parquet(out)
             else:  # the dataset installed inside the report's write
                 write_json(Path(report_json), report.to_dict(),
                            then=lambda: run.to_parquet(out))
-        finally:
-            run.release()
     return report.to_dict()

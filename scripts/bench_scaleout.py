@@ -3,8 +3,10 @@
 Starts a ``LocalCluster`` of N worker processes, restores the log in one process
 and as N shards of the ids (one a worker), and prints, measured in this run:
 
-- seconds: the restore in one process; the shards until every one is done (they
-  stay on their workers); the gather that joins them here;
+- seconds: the restore in one process; one shard's restore alone in that process
+  (what a worker with a machine of its own takes: every shard reads, frames and
+  decodes the whole log, and applies and sorts 1/N of it); the shards until every one
+  is done (they stay on their workers); the gather that joins them here;
 - memory: each process's peak RSS above what it held after a warm-up restore of a
   tiny log (the interpreter, NumPy, Numba and the compiled code loaded), in one
   process and on each worker; the ratio of the largest worker's to the one
@@ -134,6 +136,13 @@ def main() -> int:
     want = (whole.id_list(), np.asarray(whole.vectors).tobytes(), list(whole.metadata_json()))
     index_bytes = whole.vectors.nbytes
     del whole
+    n = args.shards or args.workers
+    alone = []
+    for _ in range(2):  # the second as the whole restore's: its pages recycled
+        t = time.perf_counter()
+        shard = gpu_pitr.restore(wal, backend="cpu", id_shard=(0, n))
+        alone.append(time.perf_counter() - t)
+        del shard
 
     with LocalCluster(n_workers=args.workers, threads_per_worker=max(1, os.cpu_count()
                       // args.workers), processes=True, dashboard_address=":0") as cluster, \
@@ -161,11 +170,12 @@ def main() -> int:
         run.release()
     equal = want == (joined.id_list(), np.asarray(joined.vectors).tobytes(),
                      list(joined.metadata_json()))
-    n = args.shards or args.workers
     rows = [
         ("log", f"{log_bytes / MIB:.0f} MiB", f"index {index_bytes / MIB:.0f} MiB of vectors"),
         ("one process: restore", f"{one_s:.3f} s", f"{log_bytes / one_s / 1e9:.2f} GB/s; "
          f"first run {first_s:.3f} s"),
+        (f"one process: shard 0 of {n} alone", f"{alone[1]:.3f} s",
+         f"{one_s / alone[1]:.2f}x faster than the whole: a worker on a machine of its own"),
         (f"{n} shards on {args.workers} workers: until all done", f"{shards_s:.3f} s",
          f"{shards_s / one_s:.2f}x the one process; first run {first_shards_s:.3f} s"),
         ("fetch the shards here", f"{fetch_s:.3f} s",

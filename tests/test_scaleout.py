@@ -217,11 +217,9 @@ def test_the_workers_write_a_parquet_dataset(client, wal, tmp_path):
 
     whole = gpu_pitr.restore(wal, backend="cpu")
     write_output(whole, tmp_path / "one.parquet", "parquet")
-    run = restore_sharded(client, wal, shards=3, backend="cpu")
-    try:
+    with restore_sharded(client, wal, shards=3, backend="cpu") as run:
         out = run.to_parquet(tmp_path / "many")
-    finally:
-        run.release()
+    assert run.futures == []  # released
     names = sorted(os.listdir(out))
     assert names == [DATASET_REPORT] + [f"part-0000{k}-of-00003.parquet" for k in range(3)]
     table = ds.dataset(out, format="parquet").to_table()
