@@ -358,3 +358,19 @@ def test_the_command_line_writes_on_the_workers(client, wal, tmp_path):
                             "--write-on-workers"], capture_output=True, text=True)
     assert taken.returncode == 1 and taken.stderr.count("\n") == 1, taken.stderr
     assert "neither empty nor a dataset" in taken.stderr
+
+
+def test_a_snapshot_made_on_the_cluster_is_the_one_made_here(client, wal, tmp_path):
+    address = client.scheduler.address
+    for where, extra in (("here", []), ("cluster", ["--dask-scheduler", address,
+                                                    "--shards", "3"])):
+        proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "snapshot", str(wal), "--out",
+                               str(tmp_path / where), "--to-seq", "1500", "-q", *extra],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    here, there = snapshot.load(tmp_path / "here"), snapshot.load(tmp_path / "cluster")
+    assert w.index_view(there.to_index()) == w.index_view(here.to_index())
+    assert (there.position, there.pending) == (here.position, here.pending)
+    # And a restore from it, on the cluster, is the whole log's.
+    got = restore_on_dask(client, wal, shards=2, backend="cpu", base=tmp_path / "cluster")
+    assert w.index_view(got) == w.index_view(gpu_pitr.restore(wal, backend="cpu"))
