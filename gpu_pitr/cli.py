@@ -29,6 +29,7 @@ from gpu_pitr.format.stats import plural, stats_lines, utc_text, wal_stats
 from gpu_pitr.format.times import U64_MAX
 from gpu_pitr.outputs import (
     FORMATS,
+    SUFFIXES,
     check_output,
     check_writable,
     inside,
@@ -379,6 +380,10 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.format not in (None, "parquet"):
             parser.error("argument --write-on-workers: the workers write a Parquet dataset, "
                          f"not --format {args.format}")
+        suffix = Path(args.out).suffix.lower()
+        if SUFFIXES.get(suffix, "parquet") != "parquet":
+            parser.error(f"argument --out: {args.out!r} is a {suffix} name, which does not "
+                         "fit the Parquet dataset --write-on-workers writes (a directory)")
         fmt = "parquet"
     else:
         try:

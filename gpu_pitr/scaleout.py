@@ -105,6 +105,25 @@ def _is_dir(path: str) -> bool:
     return os.path.isdir(path)
 
 
+def _has_pyarrow() -> bool:
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _check_pyarrow(client) -> None:
+    """Workers without pyarrow, named before any writes a file (on a worker, the
+    ImportError would come back as a traceback)."""
+    seen = client.run(_has_pyarrow)
+    missing = sorted(w for w, ok in seen.items() if not ok)
+    if missing:
+        raise MissingExtraError(
+            f"the Dask worker(s) {', '.join(missing)} have no pyarrow, which writing the "
+            "Parquet dataset needs there: pip install 'gpu-pitr[dask]' on every worker")
+
+
 def _check_paths(client, paths: list[str],
                  why: str = "the log (and a base) must be at the same path on every worker"
                  ) -> None:
@@ -237,6 +256,7 @@ class ShardedRestore:
         t = time.perf_counter()
         out = Path(os.path.abspath(out))
         _check_dataset_target(out)
+        _check_pyarrow(self.client)
         if not out.parent.is_dir():
             raise FileNotFoundError(f"{out.parent}: no such directory for the dataset")
         with new_dir(out, _check_dataset_target, _is_dataset) as tmp:
@@ -333,11 +353,25 @@ def _connect(address: str, timeout: str):
     except ImportError:
         raise MissingExtraError("--dask-scheduler needs Dask: pip install 'gpu-pitr[dask]'"
                                 ) from None
-    where = {"scheduler_file": address} if os.path.isfile(address) else {"address": address}
+    is_file = os.path.isfile(address)
+    if not is_file and "://" not in address and (os.sep in address
+                                                 or address.endswith(".json")):
+        raise FileNotFoundError(f"{address}: no such Dask scheduler file (nor an address: "
+                                "tcp://host:port)")
+    if is_file:
+        try:
+            doc = json.loads(Path(address).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise OSError(f"{address}: cannot read the Dask scheduler file: {err}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("address"), str):
+            raise OSError(f'{address}: not a Dask scheduler file (no "address" in it)')
+    where = {"scheduler_file": address} if is_file else {"address": address}
     try:
         return Client(**where, timeout=timeout)
     except (OSError, TimeoutError) as err:
         raise OSError(f"cannot reach the Dask scheduler at {address}: {err}") from None
+    except ValueError as err:  # an address Dask cannot parse
+        raise OSError(f"{address}: not a Dask scheduler address: {err}") from None
 
 
 def restore_with_scheduler(address: str, wal_dir, *, shards: int | None = None,

@@ -347,11 +347,15 @@ def test_the_command_line_writes_on_the_workers(client, wal, tmp_path):
                             "--dask-scheduler", address, "--write-on-workers"],
                            capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    for extra, why in ((["--dask-scheduler", address, "--format", "npz"], "not --format npz"),
-                       ([], "--write-on-workers: needs --dask-scheduler")):
-        usage = subprocess.run([*cmd, "--out", str(tmp_path / "x"), "--write-on-workers",
+    for name, extra, why in (
+            ("x", ["--dask-scheduler", address, "--format", "npz"], "not --format npz"),
+            ("x", [], "--write-on-workers: needs --dask-scheduler"),
+            ("x.npz", ["--dask-scheduler", address], "is a .npz name, which does not fit"),
+            ("x.faiss", ["--dask-scheduler", address], "is a .faiss name")):
+        usage = subprocess.run([*cmd, "--out", str(tmp_path / name), "--write-on-workers",
                                 *extra], capture_output=True, text=True)
         assert usage.returncode == 2 and why in usage.stderr, usage.stderr
+        assert not (tmp_path / name).exists()
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("x")
     taken = subprocess.run([*cmd, "--out", str(tmp_path / "taken"), "--dask-scheduler", address,
@@ -374,3 +378,35 @@ def test_a_snapshot_made_on_the_cluster_is_the_one_made_here(client, wal, tmp_pa
     # And a restore from it, on the cluster, is the whole log's.
     got = restore_on_dask(client, wal, shards=2, backend="cpu", base=tmp_path / "cluster")
     assert w.index_view(got) == w.index_view(gpu_pitr.restore(wal, backend="cpu"))
+
+
+def test_scheduler_files_that_cannot_be_used_are_one_line(wal, tmp_path):
+    (tmp_path / "empty.json").write_text("{}")
+    (tmp_path / "bad.json").write_text("not json")
+    for address, why in ((str(tmp_path / "nosuch.json"), "no such Dask scheduler file"),
+                         (str(tmp_path / "empty.json"), 'not a Dask scheduler file (no "address"'),
+                         (str(tmp_path / "bad.json"), "cannot read the Dask scheduler file"),
+                         ("sched:87x", "not a Dask scheduler address")):
+        proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "restore", str(wal), "--out",
+                               str(tmp_path / "x.npz"), "--dask-scheduler", address, "-q"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith(f"gpu-pitr: error: {address}: {why}"), proc.stderr
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_workers_without_pyarrow_are_named_before_a_file_is_written(client, wal, tmp_path):
+    import gpu_pitr.scaleout as so
+    from gpu_pitr.errors import MissingExtraError
+
+    target = sorted(client.scheduler_info()["workers"])[0]
+    client.run(lambda: setattr(__import__("gpu_pitr.scaleout").scaleout, "_has_pyarrow",
+                               lambda: False), workers=[target])
+    try:
+        with restore_sharded(client, wal, shards=2, backend="cpu") as run, \
+                pytest.raises(MissingExtraError, match=f"worker\\(s\\) {target} have no pyarrow"):
+            run.to_parquet(tmp_path / "ds")
+    finally:
+        client.run(lambda: setattr(__import__("gpu_pitr.scaleout").scaleout, "_has_pyarrow",
+                                   so._has_pyarrow), workers=[target])
+    assert list(tmp_path.iterdir()) == []
