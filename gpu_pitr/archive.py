@@ -39,8 +39,14 @@ from pathlib import Path
 
 from gpu_pitr import interrupts
 from gpu_pitr.errors import DirectoryReadError, WalError, os_reason
-from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, RECORD_HEADER_SIZE, SEGMENT_NAME_RE
-from gpu_pitr.format.segments import Segment, list_segments, record_end, unreadable
+from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, SEGMENT_NAME_RE
+from gpu_pitr.format.segments import (
+    Segment,
+    first_record_seq,
+    list_segments,
+    record_end,
+    unreadable,
+)
 from gpu_pitr.format.stats import plural
 from gpu_pitr.outputs import atomic_files, fsync_path, inside
 
@@ -394,7 +400,7 @@ def _check_missed(result: ArchiveResult, archive_dir: Path, listed: set
         return None
     prev = before[-1]
     last = _last_seq(prev)
-    first = _first_seq(archive_dir / new.name)
+    first = first_record_seq(archive_dir / new.name)
     if last is None or first is None or first == 0 or first <= last + 1:
         return None
     new.action = MISSED
@@ -405,20 +411,6 @@ def _check_missed(result: ArchiveResult, archive_dir: Path, listed: set
         "archive: restores across them lack what they did); run archive more often than "
         "the writer rotates segments")
     return new
-
-
-def _first_seq(path: Path) -> int | None:
-    """The seq of the first record of a segment file (None: none there, or a second
-    header first: a writer reopened)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(HEADER_SIZE + RECORD_HEADER_SIZE)
-    except OSError:
-        return None
-    rec = head[HEADER_SIZE:]
-    if len(rec) < RECORD_HEADER_SIZE or rec[:len(HEADER_ID)] == HEADER_ID:
-        return None
-    return int.from_bytes(rec[:8], "little")
 
 
 def _framed(seg: Segment):

@@ -103,7 +103,7 @@ def check_output(out: Path, fmt: str, dataset: bool = False) -> None:
                 raise IsADirectoryError(f"{path}: is a directory")
         where = out.parent
     if not where.is_dir():
-        raise FileNotFoundError(f"{where}: no such directory for --out")
+        raise no_directory(where, "--out")
     _probe(where / out.name)
 
 
@@ -437,8 +437,15 @@ def check_writable(path: Path, what: str) -> None:
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a directory")
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path.parent}: no such directory for {what}")
+        raise no_directory(path.parent, what)
     _probe(path)
+
+
+def no_directory(where: Path, what: str) -> OSError:
+    """The error for an output whose directory ``where`` is missing, or is a file."""
+    if os.path.lexists(where):
+        return NotADirectoryError(f"{where}: not a directory, for {what}")
+    return FileNotFoundError(f"{where}: no such directory for {what}")
 
 
 class _Probe(Exception):

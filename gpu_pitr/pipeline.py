@@ -75,7 +75,13 @@ from gpu_pitr.plan.commit import (
 from gpu_pitr.plan.seqjumps import SeqJumps
 from gpu_pitr.report import EMPTY_INDEX_NOTE, RestoreReport
 from gpu_pitr.resolve.idshard import id_shard as parse_id_shard
-from gpu_pitr.snapshot.base import SeqRuns, base_mismatch, stops_at_base, target_problem
+from gpu_pitr.snapshot.base import (
+    SeqRuns,
+    base_gap,
+    base_mismatch,
+    stops_at_base,
+    target_problem,
+)
 
 _MIN_CHUNK_BYTES = 64
 #: Pieces are gathered (``_gather``) while the carried bytes exceed this many times
@@ -579,17 +585,15 @@ class _Restore:
             self._resume_seq = ("at", pos.get("seq"))
             return segments[i:], {0: max(int(pos["offset"]), HEADER_SIZE)}
         later = [seg for seg in segments if seg.name.encode() > name.encode()]
-        if pos.get("at_segment_end") and pos.get("last_seq") is not None:
+        gap = base_gap(pos, segments)
+        if gap is None:
             # The writer numbers on across a rotation: the next file must go on.
             self._resume_seq = ("after", int(pos["last_seq"]) + 1)
         elif not self.allow_incomplete:
-            raise IncompleteHistoryError(
-                f"the base snapshot's segment {name} is gone, with records after its "
-                f"position (offset {pos.get('offset')}): history after the snapshot is missing",
-                file=str(later[0].path if later else self.wal_dir))
+            raise IncompleteHistoryError(f"{gap}: history after the snapshot is missing",
+                                         file=str(later[0].path if later else self.wal_dir))
         else:
-            self._gap(f"the base snapshot's segment {name} is gone, with records after its "
-                      f"position (offset {pos.get('offset')})")
+            self._gap(gap)
         return later, {}
 
     def _check_expired(self) -> None:

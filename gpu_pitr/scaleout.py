@@ -247,7 +247,7 @@ class ShardedRestore:
         that could not be written. Returns ``out`` (absolute)."""
         from distributed import wait
 
-        from gpu_pitr.outputs import atomic_files
+        from gpu_pitr.outputs import atomic_files, no_directory
         from gpu_pitr.tempfiles import new_dir
 
         if not self.futures:
@@ -258,7 +258,7 @@ class ShardedRestore:
         _check_dataset_target(out)
         _check_pyarrow(self.client)
         if not out.parent.is_dir():
-            raise FileNotFoundError(f"{out.parent}: no such directory for the dataset")
+            raise no_directory(out.parent, "the dataset")
         with new_dir(out, _check_dataset_target, _is_dataset) as tmp:
             _check_paths(self.client, [str(tmp)], why="the dataset's directory must be at "
                          "the same path on every worker")

@@ -369,6 +369,19 @@ def test_missing_wal_dir_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "o.npz").exists()
 
 
+def test_an_out_whose_directory_is_missing_or_a_file_is_one_line(wal_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    for parent, why in (("nope", "no such directory for --out"),
+                        ("file", "not a directory, for --out")):
+        proc = cli("restore", wal_dir, "--out", tmp_path / parent / "o.npz")
+        assert_one_error_line(proc, f"{tmp_path / parent}: {why}")
+    proc = cli("restore", wal_dir, "--out", tmp_path / "o.npz", "--report-json",
+               tmp_path / "file" / "r.json")
+    assert_one_error_line(proc, f"{tmp_path / 'file'}: not a directory, for --report-json")
+    assert not (tmp_path / "o.npz").exists()
+
+
 def test_wal_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "wal-0000000000000001.log").write_bytes(b"")
     for command, out in (("restore", "o.npz"), ("snapshot", "snap")):

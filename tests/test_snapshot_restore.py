@@ -854,6 +854,55 @@ print(numba.threading_layer(), len(full))
     assert layer == "workqueue" and int(n) > 50_000
 
 
+def test_a_snapshot_the_log_does_not_go_on_from_is_passed_over(tmp_path):
+    """Store b's snapshot in a directory shared with store a, its segment between two
+    of a's (so not in a's log, which resumes after it): --snapshots passes it over for
+    a's own older snapshot, or the log alone; it was taken, and the restore failed with
+    a gap ("history after the snapshot is missing"). As --base it is still that error,
+    and --allow-incomplete-history still takes it, saying so."""
+    from gpu_pitr.errors import IncompleteHistoryError
+    from gpu_pitr.format.entries import Insert
+
+    t = 1_800_000_000
+    a, b = tmp_path / "a", tmp_path / "b"
+    with WalWriter(a, created=t, clock=lambda: t) as wr:
+        for i in range(3):
+            wr.append(Insert(f"a-{i}", [float(i)], None, t + i))
+        wr.rotate(created=t + 100)
+        for i in range(3, 6):
+            wr.append(Insert(f"a-{i}", [float(i)], None, t + 100 + i))
+    with WalWriter(b, created=t + 50, clock=lambda: t + 50) as wr:
+        for i in range(4):
+            wr.append(Insert(f"b-{i}", [float(i)], None, t + 50 + i))
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(b, backend="cpu"), snaps / "b-snap")
+    whole = gpu_pitr.restore(a, backend="cpu")
+    alone = gpu_pitr.restore(a, backend="cpu", snapshots=snaps)
+    assert alone.id_list() == whole.id_list() == [f"a-{i}" for i in range(6)]
+    assert alone.report.base is None
+    assert (f"snapshot {snaps / 'b-snap'}: the log does not go on from it (the base "
+            "snapshot's segment wal-") in alone.report.message
+    assert "and the log resumes at seq 3 in wal-" in alone.report.message
+    assert "(1 snapshot the log does not go on from): restored from the log alone" \
+        in alone.report.message
+    snapshot.save(gpu_pitr.restore(a, backend="cpu", to_seq=1), snaps / "a-early")
+    snapshot.save(gpu_pitr.restore(b, backend="cpu", to_seq=1), snaps / "b-mid")
+    got = gpu_pitr.restore(a, backend="cpu", snapshots=snaps)
+    assert got.report.base["path"] == str(snaps / "a-early")
+    assert (f"snapshot {snaps / 'b-mid'}: the log does not go on from it (the base snapshot's "
+            "segment wal-") in got.report.message
+    assert "is gone, with records after its position (offset " in got.report.message
+    assert w.index_view(got) == w.index_view(whole)
+    with pytest.raises(IncompleteHistoryError, match="resumes at seq 3, not 4 .* history "
+                       "between is missing"):
+        gpu_pitr.restore(a, backend="cpu", base=snaps / "b-snap")
+    mixed = gpu_pitr.restore(a, backend="cpu", snapshots=snaps, allow_incomplete_history=True)
+    assert mixed.report.base["path"] == str(snaps / "b-snap")
+    assert any(x.startswith("incomplete history, restored as allowed: the log resumes at seq "
+                            "3, not 4") for x in mixed.report.warnings)
+
+
 @pytest.mark.parametrize("same_second", [False, True])
 def test_a_snapshot_of_another_stores_log_is_not_a_base(tmp_path, same_second):
     """Shards sharing one snapshots directory: store b's snapshot, taken at a position

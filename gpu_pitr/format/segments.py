@@ -122,6 +122,20 @@ def in_progress(size: int) -> str:
             "where the record is whole")
 
 
+def first_record_seq(path: str | os.PathLike) -> int | None:
+    """The seq of the first record of a segment file (None: none there, or a second
+    header first: a writer reopened; or the file cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_SIZE + RECORD_HEADER_SIZE)
+    except OSError:
+        return None
+    rec = head[HEADER_SIZE:]
+    if len(rec) < RECORD_HEADER_SIZE or rec[:len(HEADER_ID)] == HEADER_ID:
+        return None
+    return int.from_bytes(rec[:8], "little")
+
+
 def record_end(path: str | os.PathLike, at: int) -> tuple[int, int] | None:
     """``(end, size)``: where the record (or second segment header) that starts at
     ``at`` in ``path`` ends, as its bytes there now say, and the file's size now. None

@@ -101,13 +101,15 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     A snapshot restored from an incomplete history is passed over too, unless
     ``allow_incomplete``, and, given ``segments`` (the log to restore, in log order), one
     that is not of that log (``base.base_mismatch``: another store's, in a directory
-    shards share, or one the log does not reach yet). ``mmap``, ``key_table``: see
-    ``load_snapshot``.
+    shards share, or one the log does not reach yet) or, unless ``allow_incomplete``,
+    one the log does not go on from (``base.base_gap``: its segment gone, the log
+    resuming later: another store's, or this one's across a gap; an older snapshot or
+    the log alone may serve). ``mmap``, ``key_table``: see ``load_snapshot``.
     """
     from gpu_pitr.errors import WalError
     from gpu_pitr.format.segments import not_a_directory
     from gpu_pitr.format.stats import plural, utc_text
-    from gpu_pitr.snapshot.base import base_mismatch, target_problem
+    from gpu_pitr.snapshot.base import base_gap, base_mismatch, target_problem
     from gpu_pitr.snapshot.format import load_snapshot, read_manifest
 
     directory = Path(directory)
@@ -120,6 +122,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     later = []  # would serve but for the target: the latest commit stamp of each (the
     # earliest --to-time it serves)
     manifests = {}
+    gaps = 0  # passed over: the log does not go on from them
     for path in map(Path, snapshot_dirs(directory)):
         try:
             manifests[str(path)] = read_manifest(path)
@@ -135,6 +138,15 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
         mismatch = None if segments is None else base_mismatch(position, segments)
         if mismatch is not None:
             notes.append(f"snapshot {path} is not of this log ({mismatch}); passed over")
+            continue
+        gap = (None if segments is None or allow_incomplete
+               else base_gap(position, segments, look=True))
+        if gap is not None:
+            # Another store's (a directory shards share), or this one's across a gap: an
+            # older snapshot, or the log alone, may serve.
+            gaps += 1
+            notes.append(f"snapshot {path}: the log does not go on from it ({gap}); passed "
+                         "over (--allow-incomplete-history takes it)")
             continue
         if target_problem(position, target, exclusive) is not None:
             later.append(position.get("max_timestamp"))
@@ -156,6 +168,8 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     notes.append(f"no snapshot in {directory} serves the target"
                  + (f" ({plural(len(later), 'snapshot')} later than it{earliest})"
                     if later else "")
+                 + (f" ({plural(gaps, 'snapshot')} the log does not go on from)"
+                    if gaps else "")
                  + FROM_LOG_ALONE)
     return None, notes, damaged
 

@@ -203,6 +203,31 @@ def base_mismatch(position: dict, segments) -> str | None:
     return record_mismatch(position, by_name, "this log")
 
 
+def base_gap(position: dict, segments, look: bool = False) -> str | None:
+    """Why the log of ``segments`` (in log order) does not go on from a snapshot at
+    ``position``: the snapshot's segment is gone, and the log resumes in a later one
+    (None: it goes on, or may). A snapshot at the end of its segment goes on into a
+    next file whose first record is its last seq + 1: the restore checks that as it
+    reads; with ``look``, the next file's first record is read here too (one whose seq
+    cannot be read, or is 0, is left to the restore). A gap in this store's history
+    (segments deleted before they were archived), or another store's snapshot: the log
+    cannot tell which."""
+    from gpu_pitr.format.segments import first_record_seq
+
+    name = position.get("segment")
+    if name is None or not segments or any(seg.name == name for seg in segments):
+        return None
+    if position.get("at_segment_end") and position.get("last_seq") is not None:
+        later = [seg for seg in segments if seg.name.encode() > name.encode()]
+        first = first_record_seq(later[0].path) if look and later else None
+        if not first or first == int(position["last_seq"]) + 1:
+            return None
+        return (f"the base snapshot's segment {name} is gone, and the log resumes at seq "
+                f"{first} in {later[0].name}, not {int(position['last_seq']) + 1}")
+    return (f"the base snapshot's segment {name} is gone, with records after its position "
+            f"(offset {position.get('offset')})")
+
+
 def stops_at_base(position: dict, target: dict, exclusive: bool = False) -> bool:
     """An inclusive sequence target met by the last record the snapshot covered."""
     return ("to_seq" in target and not exclusive
