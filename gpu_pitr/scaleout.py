@@ -105,6 +105,20 @@ def _is_dir(path: str) -> bool:
     return os.path.isdir(path)
 
 
+def _check_cuda(client) -> None:
+    """``backend="cuda"``: workers that cannot run the cuda executor, named before any
+    shard starts (on a worker, the error would come back only with the shards)."""
+    from gpu_pitr.errors import BackendUnavailableError
+    from gpu_pitr.executors.device import cuda_unavailable_reason
+
+    reasons = {w: r for w, r in client.run(cuda_unavailable_reason, True).items() if r}
+    if reasons:
+        first = min(reasons)
+        raise BackendUnavailableError(
+            f"backend cuda: the Dask worker(s) {', '.join(sorted(reasons))} cannot run the "
+            f"cuda executor ({first}: {reasons[first]})")
+
+
 def _has_pyarrow() -> bool:
     try:
         import pyarrow.parquet  # noqa: F401
@@ -324,6 +338,8 @@ def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> 
     workers = _workers(client)
     _check_paths(client, [wal_dir] + [kwargs[n] for n in ("base", "snapshots")
                                       if kwargs.get(n) is not None])
+    if kwargs.get("backend") == "cuda":
+        _check_cuda(client)
     count = len(workers) if shards is None else int(shards)
     if not 1 <= count <= MAX_SHARDS:
         raise ValueError(f"shards must be 1..{MAX_SHARDS}"

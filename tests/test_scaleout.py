@@ -410,3 +410,34 @@ def test_workers_without_pyarrow_are_named_before_a_file_is_written(client, wal,
         client.run(lambda: setattr(__import__("gpu_pitr.scaleout").scaleout, "_has_pyarrow",
                                    so._has_pyarrow), workers=[target])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_workers_that_cannot_run_cuda_are_named_before_any_shard_runs(client, tmp_path):
+    from gpu_pitr.errors import BackendUnavailableError
+
+    builder = w.LogBuilder()
+    for i in range(12):
+        builder.add(w.Ins(f"id-{i}", [float(i), -0.0], {"k": str(i)} if i % 3 else None, i))
+    small = builder.write(tmp_path / "small")
+    target = sorted(client.scheduler_info()["workers"])[0]
+
+    def patch(broken: bool):  # on the worker: what cuda_unavailable_reason says there
+        mod = __import__("gpu_pitr.executors.device").executors.device
+        if broken:
+            mod._gpu_pitr_reason = mod.cuda_unavailable_reason
+            mod.cuda_unavailable_reason = lambda allow: "CuPy sees no GPU"
+        else:
+            mod.cuda_unavailable_reason = mod._gpu_pitr_reason
+
+    client.run(patch, True, workers=[target])
+    try:
+        with pytest.raises(BackendUnavailableError,
+                           match=f"backend cuda: the Dask worker\\(s\\) {target} cannot run "
+                                 f"the cuda executor \\({target}: CuPy sees no GPU\\)"):
+            restore_sharded(client, small, shards=2, backend="cuda")
+    finally:
+        client.run(patch, False, workers=[target])
+    # The simulator on both (as in this suite): the shards run on the cuda executor.
+    got = restore_on_dask(client, small, shards=2, backend="cuda")
+    assert w.index_view(got) == w.index_view(gpu_pitr.restore(small, backend="cpu"))
+    assert got.report.backend == "cuda"
