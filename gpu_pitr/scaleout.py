@@ -19,6 +19,7 @@ dataset ``to_parquet`` asks for.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -261,6 +262,7 @@ class ShardedRestore:
         that could not be written. Returns ``out`` (absolute)."""
         from distributed import wait
 
+        from gpu_pitr.errors import OutputError, WalError
         from gpu_pitr.outputs import atomic_files, no_directory
         from gpu_pitr.tempfiles import new_dir
 
@@ -273,18 +275,29 @@ class ShardedRestore:
         _check_pyarrow(self.client)
         if not out.parent.is_dir():
             raise no_directory(out.parent, "the dataset")
-        with new_dir(out, _check_dataset_target, _is_dataset) as tmp:
-            _check_paths(self.client, [str(tmp)], why="the dataset's directory must be at "
-                         "the same path on every worker")
-            count = len(self.futures)
-            parts = [self.client.submit(
-                _write_part, f, str(tmp / PART_NAME.format(index=k, count=count)),
-                report.dim, pure=False) for k, f in enumerate(self.futures)]
-            wait(parts)  # every file written or failed before the directory can go
-            self.client.gather(parts)  # the first failure
-            with atomic_files(tmp / DATASET_REPORT) as (name,):
-                name.write_text(json.dumps(report.to_dict(), indent=2) + "\n",
-                                encoding="utf-8")
+        try:
+            with new_dir(out, _check_dataset_target, _is_dataset) as tmp:
+                _check_paths(self.client, [str(tmp)], why="the dataset's directory must be "
+                             "at the same path on every worker")
+                count = len(self.futures)
+                parts = [self.client.submit(
+                    _write_part, f, str(tmp / PART_NAME.format(index=k, count=count)),
+                    report.dim, pure=False) for k, f in enumerate(self.futures)]
+                try:
+                    wait(parts)  # every file written or failed before the directory goes
+                except BaseException:  # Ctrl-C: the files being written end first (a
+                    # cancel would not stop a running task), then the directory goes
+                    with contextlib.suppress(Exception):
+                        wait(parts, timeout=60)
+                    raise
+                self.client.gather(parts)  # the first failure
+                with atomic_files(tmp / DATASET_REPORT) as (name,):
+                    name.write_text(json.dumps(report.to_dict(), indent=2) + "\n",
+                                    encoding="utf-8")
+        except (OutputError, WalError):
+            raise  # a part's (naming its file), or a path a worker cannot see
+        except OSError as err:  # making, syncing or renaming the directory
+            raise OutputError(out, "Parquet dataset", err) from err
         now = time.perf_counter()
         report.timings["write"] = round(now - t, 6)
         report.timings["total"] = round(now - self.started, 6)
@@ -386,15 +399,37 @@ def _connect(address: str, timeout: str):
         return Client(**where, timeout=timeout)
     except (OSError, TimeoutError) as err:
         raise OSError(f"cannot reach the Dask scheduler at {address}: {err}") from None
-    except ValueError as err:  # an address Dask cannot parse
-        raise OSError(f"{address}: not a Dask scheduler address: {err}") from None
+    except (ValueError, TypeError) as err:  # an address Dask cannot parse or connect by
+        # (ucx:// without UCX installed: TypeError from an abstract connector class)
+        raise OSError(f"{address}: not a Dask scheduler address this can use: {err}") from None
+
+
+@contextlib.contextmanager
+def _on_cluster(address: str, timeout: str):
+    """A client of ``address``, and what Dask itself raises while it is used turned into
+    one-line errors: a worker that died running a task (killed for memory, say), a task
+    cancelled under us (the scheduler restarted)."""
+    from distributed import KilledWorker
+    from distributed.client import FutureCancelledError
+
+    with _connect(address, timeout) as client:
+        try:
+            yield client
+        except KilledWorker as err:
+            last = getattr(err.last_worker, "address", err.last_worker)
+            raise OSError(f"Dask workers died running {err.task} ({err.allowed_failures + 1} "
+                          f"tries, the last on {last}; killed for memory?); nothing was "
+                          "written") from None
+        except FutureCancelledError as err:
+            raise OSError(f"Dask cancelled a task of this restore ({err}); nothing was "
+                          "written") from None
 
 
 def restore_with_scheduler(address: str, wal_dir, *, shards: int | None = None,
                            timeout: str = "30s", **kwargs):
     """``restore_on_dask`` on the cluster whose scheduler is at ``address`` (or whose
     scheduler file is there): what ``gpu-pitr restore --dask-scheduler`` runs."""
-    with _connect(address, timeout) as client:
+    with _on_cluster(address, timeout) as client:
         return restore_on_dask(client, wal_dir, shards=shards, **kwargs)
 
 
@@ -404,9 +439,14 @@ def write_with_scheduler(address: str, wal_dir, out, report_json=None, *,
     restore as shards on that cluster, written by the workers as the Parquet dataset
     ``out`` (``ShardedRestore.to_parquet``), and the report, which it returns, as the
     JSON file ``report_json`` if given (both written, or neither)."""
-    from gpu_pitr.outputs import write_json
+    from gpu_pitr.outputs import no_directory, write_json
 
-    with _connect(address, timeout) as client:
+    # What to_parquet checks first, before the report's write (which would name itself).
+    out = Path(os.path.abspath(out))
+    _check_dataset_target(out)
+    if not out.parent.is_dir():
+        raise no_directory(out.parent, "the dataset")
+    with _on_cluster(address, timeout) as client:
         with restore_sharded(client, wal_dir, shards=shards, **kwargs) as run:
             report = run.report
             if report_json is None:

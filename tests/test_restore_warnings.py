@@ -285,6 +285,27 @@ def test_a_base_with_no_log_after_it_is_warned_of(tmp_path):
     assert gpu_pitr.restore(d, backend="cpu", base=snap).report.warnings == []
 
 
+def test_a_base_mid_segment_with_no_log_at_all_is_the_gap_error(tmp_path):
+    """The records after a snapshot's position went with its segment: an empty WAL_DIR
+    is a gap, not the snapshot's state (by --base and by --snapshots alike: the log
+    alone, empty, would not serve either)."""
+    from gpu_pitr.errors import IncompleteHistoryError
+
+    b, d = _log(tmp_path)
+    b.write(d)
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(d, backend="cpu", to_seq=0), snaps / "early")
+    empty = tmp_path / "typo"
+    empty.mkdir()
+    for how in ({"base": snaps / "early"}, {"snapshots": snaps}):
+        with pytest.raises(IncompleteHistoryError, match="the base snapshot's segment "
+                           "wal-.* is gone, with records after its position"):
+            gpu_pitr.restore(empty, backend="cpu", **how)
+        got = gpu_pitr.restore(empty, backend="cpu", allow_incomplete_history=True, **how)
+        assert list(got.ids) == ["a"] and _warned(got, "incomplete history"), how
+
+
 def test_a_time_stop_names_the_transactions_open_there(tmp_path, capsys):
     b, d = _log(tmp_path)
     b.add(Begin(9, ts=T + 40))

@@ -279,30 +279,27 @@ def test_the_dataset_appears_whole_or_not_at_all(client, wal, tmp_path):
             run.to_parquet(tmp_path / "file")
         assert _entries(tmp_path) == before
         (tmp_path / "file").unlink()
-        # A worker that fails to write its file: the error names the file, and the
-        # hidden directory goes; OUT is left as it was.
+        # A worker that fails to write its file (a file-size limit there, as a full disk:
+        # EFBIG; Python ignores SIGXFSZ): the error names the file, and the hidden
+        # directory goes; OUT is left as it was.
         (out / "notes.txt").unlink()
         before = _entries(tmp_path)
         target = sorted(client.scheduler_info()["workers"])[0]
 
-        def break_writes():
-            import errno as e
+        def limit(nbytes):  # on the worker: its soft limit, the hard one kept
+            import resource
 
-            from gpu_pitr import outputs
+            old = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, old[1]))
+            return old[0]
 
-            def fail(index, path, fmt):
-                raise OutputError(path, "parquet output", OSError(e.ENOSPC, "No space left"))
-
-            outputs._gpu_pitr_write_output, outputs.write_output = outputs.write_output, fail
-
-        client.run(break_writes, workers=[target])
+        old = client.run(limit, 4 << 10, workers=[target])[target]
         try:
-            with pytest.raises(OutputError, match=r"part-0000\d-of-00002\.parquet.*No space"):
+            with pytest.raises(OutputError, match=r"part-0000\d-of-00002\.parquet: cannot "
+                                                  r"write the parquet output: File too large"):
                 run.to_parquet(out)
         finally:
-            client.run(lambda: setattr(__import__("gpu_pitr.outputs").outputs, "write_output",
-                                       __import__("gpu_pitr.outputs").outputs
-                                       ._gpu_pitr_write_output), workers=[target])
+            client.run(limit, old, workers=[target])
         assert _entries(tmp_path) == before
     finally:
         run.release()
@@ -386,7 +383,9 @@ def test_scheduler_files_that_cannot_be_used_are_one_line(wal, tmp_path):
     for address, why in ((str(tmp_path / "nosuch.json"), "no such Dask scheduler file"),
                          (str(tmp_path / "empty.json"), 'not a Dask scheduler file (no "address"'),
                          (str(tmp_path / "bad.json"), "cannot read the Dask scheduler file"),
-                         ("sched:87x", "not a Dask scheduler address")):
+                         ("sched:87x", "not a Dask scheduler address"),
+                         # UCX not installed: Dask's connector class cannot be made
+                         ("ucx://127.0.0.1:9", "")):
         proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "restore", str(wal), "--out",
                                str(tmp_path / "x.npz"), "--dask-scheduler", address, "-q"],
                               capture_output=True, text=True, timeout=120)
@@ -441,3 +440,35 @@ def test_workers_that_cannot_run_cuda_are_named_before_any_shard_runs(client, tm
     got = restore_on_dask(client, small, shards=2, backend="cuda")
     assert w.index_view(got) == w.index_view(gpu_pitr.restore(small, backend="cpu"))
     assert got.report.backend == "cuda"
+
+
+def test_a_taken_out_is_named_as_the_dataset_not_the_report(client, wal, tmp_path):
+    from gpu_pitr.scaleout import write_with_scheduler
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("x")
+    address = client.scheduler.address
+    for out, named, why in (
+            (tmp_path / "taken", tmp_path / "taken", "is a directory that is neither empty"),
+            (tmp_path / "nodir" / "ds", tmp_path / "nodir", "no such directory for the dataset")):
+        with pytest.raises(OSError) as err:
+            write_with_scheduler(address, wal, out, tmp_path / "r.json", backend="cpu")
+        assert str(err.value).startswith(f"{named}: {why}"), str(err.value)  # not r.json
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_workers_that_die_are_one_line(wal, tmp_path):
+    """A worker killed while it runs a shard (out of memory, say): Dask's KilledWorker
+    becomes one line (the command line prints OSErrors as one)."""
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                     dashboard_address=":0") as cluster:
+        with distributed.Client(cluster) as c:  # the shard's task ends its process
+            c.run(lambda: setattr(__import__("gpu_pitr.scaleout").scaleout, "_restore_shard",
+                                  lambda *a: os._exit(1)))
+        with pytest.raises(OSError, match=r"Dask workers died running gpu-pitr-restore-.*"
+                                          r"\(1 tries, the last on tcp://.*; nothing was "
+                                          r"written"):
+            restore_with_scheduler(cluster.scheduler_address, wal, backend="cpu")

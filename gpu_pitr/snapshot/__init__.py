@@ -139,7 +139,9 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
         if mismatch is not None:
             notes.append(f"snapshot {path} is not of this log ({mismatch}); passed over")
             continue
-        gap = (None if segments is None or allow_incomplete
+        # (No log at all: the snapshot's state is the restore's, or the restore's gap
+        # error; the log alone, empty, would not serve.)
+        gap = (None if not segments or allow_incomplete
                else base_gap(position, segments, look=True))
         if gap is not None:
             # Another store's (a directory shards share), or this one's across a gap: an

@@ -215,7 +215,7 @@ def base_gap(position: dict, segments, look: bool = False) -> str | None:
     from gpu_pitr.format.segments import first_record_seq
 
     name = position.get("segment")
-    if name is None or not segments or any(seg.name == name for seg in segments):
+    if name is None or any(seg.name == name for seg in segments):
         return None
     if position.get("at_segment_end") and position.get("last_seq") is not None:
         later = [seg for seg in segments if seg.name.encode() > name.encode()]
