@@ -187,6 +187,18 @@ def _check_dataset_target(out: Path) -> None:
                               "gpu-pitr wrote: not replaced")
 
 
+def _dataset_out(out) -> Path:
+    """``out`` made absolute, once what a dataset needs there holds: a target
+    ``_check_dataset_target`` accepts, in an existing directory."""
+    from gpu_pitr.outputs import no_directory
+
+    out = Path(os.path.abspath(out))
+    _check_dataset_target(out)
+    if not out.parent.is_dir():
+        raise no_directory(out.parent, "the dataset")
+    return out
+
+
 def _write_part(index, path: str, dim: int | None) -> int:
     """One shard as one Parquet file, on the worker that holds it (atomic, fsynced).
     A shard without ids gets the whole index's dimension, so that every file of the
@@ -263,18 +275,15 @@ class ShardedRestore:
         from distributed import wait
 
         from gpu_pitr.errors import OutputError, WalError
-        from gpu_pitr.outputs import atomic_files, no_directory
+        from gpu_pitr.outputs import atomic_files
         from gpu_pitr.tempfiles import new_dir
 
         if not self.futures:
             raise ValueError("the shards were released: nothing to write")
         report = self.report  # a shard's error, before anything is written
         t = time.perf_counter()
-        out = Path(os.path.abspath(out))
-        _check_dataset_target(out)
+        out = _dataset_out(out)
         _check_pyarrow(self.client)
-        if not out.parent.is_dir():
-            raise no_directory(out.parent, "the dataset")
         try:
             with new_dir(out, _check_dataset_target, _is_dataset) as tmp:
                 _check_paths(self.client, [str(tmp)], why="the dataset's directory must be "
@@ -439,13 +448,10 @@ def write_with_scheduler(address: str, wal_dir, out, report_json=None, *,
     restore as shards on that cluster, written by the workers as the Parquet dataset
     ``out`` (``ShardedRestore.to_parquet``), and the report, which it returns, as the
     JSON file ``report_json`` if given (both written, or neither)."""
-    from gpu_pitr.outputs import no_directory, write_json
+    from gpu_pitr.outputs import write_json
 
     # What to_parquet checks first, before the report's write (which would name itself).
-    out = Path(os.path.abspath(out))
-    _check_dataset_target(out)
-    if not out.parent.is_dir():
-        raise no_directory(out.parent, "the dataset")
+    out = _dataset_out(out)
     with _on_cluster(address, timeout) as client:
         with restore_sharded(client, wal_dir, shards=shards, **kwargs) as run:
             report = run.report

@@ -218,8 +218,9 @@ def base_gap(position: dict, segments, look: bool = False) -> str | None:
     if name is None or any(seg.name == name for seg in segments):
         return None
     if position.get("at_segment_end") and position.get("last_seq") is not None:
-        later = [seg for seg in segments if seg.name.encode() > name.encode()]
-        first = first_record_seq(later[0].path) if look and later else None
+        later = ([seg for seg in segments if seg.name.encode() > name.encode()]
+                 if look else [])
+        first = first_record_seq(later[0].path) if later else None
         if not first or first == int(position["last_seq"]) + 1:
             return None
         return (f"the base snapshot's segment {name} is gone, and the log resumes at seq "
