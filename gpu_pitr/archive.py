@@ -25,6 +25,8 @@ is framed, else where that record starts, its bytes ``pending`` for the next run
 archive then holds whole records, and ``verify ARCHIVE`` beside a live writer finds
 no torn tail. Once a newer segment shows the writer went on without finishing the
 record (a crash), the segment is no longer the newest and is copied as it stands.
+A newer file that holds no record yet (empty, or a header alone) does not show that:
+a writer rotating creates the new file before it flushes the old one's buffer.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, SEGMENT_NAME_RE
 from gpu_pitr.format.segments import (
     Segment,
     first_record_seq,
+    last_with_records,
     list_segments,
     record_end,
     unreadable,
@@ -222,13 +225,15 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
         expiry = read_marker(archive_dir)
         first_kept = expiry.first_kept.encode() if expiry is not None else b""
         buf = bytearray(_COPY_CHUNK)
+        # Files after it hold a header at most: the writer may still be flushing it.
+        being_written = last_with_records(segments)
         for k, seg in enumerate(segments):
             interrupts.check()
             if seg.name.encode() < first_kept:
                 result.segments.append(ArchivedSegment(seg.name, EXPIRED, 0))
             else:
                 result.segments.append(_archive_one(seg, archive_dir / seg.name, buf,
-                                                    newest=k == len(segments) - 1))
+                                                    newest=k >= being_written))
             if on_segment is not None:
                 on_segment(result.segments[-1])
         missed = _check_missed(result, archive_dir, {s.name for s in segments})

@@ -294,21 +294,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None, restore_signals: bool, on_bus_error: bool = False) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if on_bus_error:  # the process is the command's: a SIGBUS is one line, not a crash
-        from gpu_pitr import buserror
-
-        buserror.install(2 if args.command == "verify" else 1)
-    try:
+    args = None
+    try:  # a Ctrl-C while Numba is imported (half a second) is one line too
+        args = _parser().parse_args(argv)
         with interrupts.handle_signals(restore=restore_signals):
+            if on_bus_error:  # the process is the command's: a SIGBUS is one line
+                from gpu_pitr import buserror
+
+                buserror.install(2 if args.command == "verify" else 1)
             return _command(args.command_parser, args)
     except (KeyboardInterrupt, interrupts.Terminated) as stop:
-        signum = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
-        writes = args.command in ("restore", "snapshot", "archive")  # the others only read
-        print(f"{PROG}: interrupted by {signum.name}"
-              + ("; outputs not yet complete were removed" if writes else ""), file=sys.stderr)
-        return 128 + signum
+        # The others only read (and before a command has started, nothing is written).
+        writes = args is not None and args.command in ("restore", "snapshot", "archive")
+        return interrupted(stop, writes)
+
+
+def interrupted(stop: BaseException, writes: bool = False) -> int:
+    """The line a stop by Ctrl-C (KeyboardInterrupt) or SIGTERM prints; the exit status."""
+    signum = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
+    print(f"{PROG}: interrupted by {signum.name}"
+          + ("; outputs not yet complete were removed" if writes else ""), file=sys.stderr)
+    return 128 + signum
 
 
 def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -360,6 +366,17 @@ def _stdout_gone() -> None:
     """The reader of stdout went away (``| head``): stop quietly, like other tools; what
     is still buffered goes nowhere, not into the closed pipe at exit."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _progress_line(line: str, stream) -> None:
+    """A line of a run that changes files (archive, expire) as it goes. A reader of
+    stdout that went away (``| head``) does not stop the run halfway, as it stops a
+    command that only reads: the run goes on, and prints nothing more there."""
+    try:
+        print(line, file=stream, flush=True)
+    except BrokenPipeError:
+        if stream is sys.stdout:
+            _stdout_gone()
 
 
 def _print_error(err: Exception) -> None:
@@ -721,7 +738,7 @@ def _archive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     def say(row) -> None:  # each segment's line as soon as it is done
         line = row.line(problems_only=args.quiet)
         if line is not None:
-            print(line, file=sys.stderr if args.quiet else sys.stdout, flush=True)
+            _progress_line(line, sys.stderr if args.quiet else sys.stdout)
 
     result = archive(args.wal_dir, args.out, on_segment=None if args.json else say)
     if not (result.segments or args.json or args.quiet):
@@ -729,7 +746,7 @@ def _archive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     elif not args.quiet:
-        print(result.lines()[-1])  # the summary
+        _progress_line(result.lines()[-1], sys.stdout)  # the summary
     return 0 if result.ok else 1
 
 
@@ -755,8 +772,7 @@ def _expire(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     def say(item) -> None:  # each deletion's line as soon as it is done
         if item.problem is not None or not args.quiet:
-            print(item.line(args.dry_run), file=sys.stderr if args.quiet else sys.stdout,
-                  flush=True)
+            _progress_line(item.line(args.dry_run), sys.stderr if args.quiet else sys.stdout)
 
     result = expire(args.archive_dir, args.snapshots, keep=args.keep, keep_since=since,
                     dry_run=args.dry_run, on_expired=None if args.json else say)
@@ -766,7 +782,7 @@ def _expire(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         for line in result.damaged:
             print(f"{PROG}: warning: {line}", file=sys.stderr)
         if not args.quiet:
-            print("\n".join([*result.notes, result.summary()]))
+            _progress_line("\n".join([*result.notes, result.summary()]), sys.stdout)
     return 0 if result.ok else 1
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,8 +100,7 @@ def check_output(out: Path, fmt: str, dataset: bool = False) -> None:
         where = out.parent
     else:
         for path in output_files(out, fmt):
-            if path.is_dir():
-                raise IsADirectoryError(f"{path}: is a directory")
+            _check_replaceable(path)
         where = out.parent
     if not where.is_dir():
         raise no_directory(where, "--out")
@@ -347,15 +347,19 @@ def _faiss_io_error(err: RuntimeError) -> OSError:
 
 
 @contextmanager
-def atomic_files(*dests: Path) -> Iterator[tuple[Path, ...]]:
+def atomic_files(*dests: Path, check: bool = True) -> Iterator[tuple[Path, ...]]:
     """New, empty temp files beside each of ``dests``, for the block to write.
 
     When the block succeeds each is fsynced and renamed onto its destination, then
     the directories are fsynced; on any failure the temp files are removed and the
-    destinations are left as they were.
+    destinations are left as they were. A destination that is a directory, a device, a
+    FIFO or a socket is refused first (not with ``check=False``: a probe of the
+    directory, for a directory output).
     """
     tmps: list[Path] = []
     for dest in dests:
+        if check:
+            _check_replaceable(dest)
         # Before writing too, not only after: on a full disk a killed writer's temp holds
         # the room a retry needs.
         remove_stale_temps(dest)
@@ -434,11 +438,31 @@ def inside(path: str | os.PathLike, directory: str | os.PathLike) -> bool:
 
 def check_writable(path: Path, what: str) -> None:
     """Fail now if a file cannot be created at ``path`` (its directory missing or read-only)."""
-    if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a directory")
+    _check_replaceable(path)
     if not path.parent.is_dir():
         raise no_directory(path.parent, what)
     _probe(path)
+
+
+_NOT_FILES = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+              (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_replaceable(path: Path) -> None:
+    """An output file is written aside, then renamed onto ``path``: refuse a directory
+    there, and a device, FIFO or socket (``/dev/null``, or ``/dev/stdout`` through its
+    link), which the rename would replace with a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # nothing there (or a dangling link, which the rename replaces)
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{path}: is a directory")
+    for test, kind in _NOT_FILES:
+        if test(mode):
+            raise FileExistsError(f"{path}: exists and is {kind}, not a regular file: not "
+                                  "replaced (outputs are written aside and renamed into "
+                                  "place; give a file's path)")
 
 
 def no_directory(where: Path, what: str) -> OSError:
@@ -456,7 +480,7 @@ def _probe(path: Path) -> None:
     # Creating a file is the only test of writability that also holds for root. It fails
     # on the temp file's name, which the person never gave: the error names the directory.
     try:
-        with atomic_files(path):
+        with atomic_files(path, check=False):
             raise _Probe
     except _Probe:
         pass

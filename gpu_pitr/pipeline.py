@@ -51,6 +51,7 @@ from gpu_pitr.format.readahead import (
     host_buffer,
 )
 from gpu_pitr.format.segments import (
+    last_with_records,
     list_segments,
     not_a_directory,
     not_segment_files,
@@ -502,7 +503,8 @@ class _Restore:
             self.last_record = (self.names[int(c.seg[end - 1])], int(c.foff[end - 1]),
                                 n, crc32(self.buf[o:o + n]))
 
-    def _position(self, segment: int | None, offset: int, seq: int | None) -> dict:
+    def _position(self, segment: int | None, offset: int, seq: int | None,
+                  torn: bool = False) -> dict:
         seg = self.segments[segment] if segment is not None else None
         last_file, last_offset, last_length, last_crc = self.last_record or (None,) * 4
         return {
@@ -512,6 +514,7 @@ class _Restore:
             "timestamp": self.plan.last_timestamp,
             "max_timestamp": self.plan.max_timestamp,
             "at_segment_end": seg is not None and offset >= seg.size,
+            "at_torn_tail": torn,
             "segment_size": seg.size if seg is not None else None,
             "last_seq": self.seq_runs.last,
             "last_record": None if last_file is None else
@@ -533,15 +536,20 @@ class _Restore:
         self._keep_pending(rows, txns, counts)
 
     def _end_position(self) -> None:
-        """The position at the end of the log: after the last whole record."""
+        """The position at the end of the log: after the last whole record, in the last
+        segment that holds more than a header. Newer files of a header or less are not
+        passed: a writer rotating creates the new file before it flushes the old one's
+        buffer, so the records it had buffered may still reach the old file (a snapshot
+        placed after them would skip them)."""
         if not self.segments:
             self.position = self._position(None, 0, None)
         else:
-            last = len(self.segments) - 1
+            last = last_with_records(self.segments)
             size = self.segments[last].size
             end = self.torn_at.get(last, size)
             # A file shorter than its header (torn at creation) is covered whole.
-            self.position = self._position(last, min(max(end, HEADER_SIZE), size), None)
+            self.position = self._position(last, min(max(end, HEADER_SIZE), size), None,
+                                           torn=end < size)
         txns, counts = self.plan.open_slots()
         self._keep_pending(np.arange(self.n_carried), txns, counts)
 

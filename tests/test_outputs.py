@@ -658,3 +658,28 @@ def test_an_ordinary_npz_says_nothing_of_its_width(wal_dir: Path, tmp_path: Path
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         write_output(gpu_pitr.restore(wal, backend="cpu"), tmp_path / "w.npz", "npz")
+
+
+@pytest.mark.parametrize("option", ["--out", "--report-json"])
+def test_a_device_or_fifo_is_not_replaced_by_an_output(wal_dir: Path, tmp_path: Path,
+                                                       expected, option: str) -> None:
+    """``--out /dev/null``, ``--report-json /dev/stdout`` (a link to one): the output is
+    written aside and renamed into place, which would put a regular file where the
+    device was. Refused, before the restore, in one line; the library refuses too."""
+    fifo = tmp_path / "f.npz"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.npz"
+    link.symlink_to("/dev/null")
+    for path, kind in ((fifo, "a FIFO"), (link, "a character device")):
+        args = ["--out", path] if option == "--out" else [
+            "--out", tmp_path / "o.npz", "--report-json", path]
+        proc = cli("restore", wal_dir, *args, wal_dir=wal_dir)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr == (f"gpu-pitr: error: {path}: exists and is {kind}, not a "
+                               "regular file: not replaced (outputs are written aside and "
+                               "renamed into place; give a file's path)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npz", "link.npz"]
+    assert fifo.is_fifo() and link.is_symlink() and os.readlink(link) == "/dev/null"
+    with pytest.raises(OSError, match="exists and is a FIFO"):
+        write_output(expected, fifo, "npz")
+    assert fifo.is_fifo()

@@ -619,3 +619,47 @@ def test_a_signal_that_lands_inside_compiled_code_is_still_the_stop():
         landed_in_c()
     with pytest.raises(SystemError), interrupts.handle_signals():
         raise SystemError("not a signal")
+
+
+# A Ctrl-C while the command starts: while ``gpu_pitr.cli`` is imported (NumPy), or
+# while the SIGBUS handler is installed (Numba imported, its handler compiled or
+# loaded; a Ctrl-C there could land in an llvmlite callback, which swallowed it).
+_CTRL_C_AT_START = """
+import os, signal, sys
+sys.argv = ["gpu-pitr", "restore", {wal!r}, "--out", {out!r}, "-q"]
+if {where!r} == "import":
+    class Stop:
+        def find_spec(self, name, path=None, target=None):
+            if name == "gpu_pitr.cli":
+                raise KeyboardInterrupt
+    sys.meta_path.insert(0, Stop())
+else:  # the signal lands in a callback, which Python reports and carries on from
+    import weakref
+    from gpu_pitr import buserror
+    class Thing:
+        pass
+    def callback(ref):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100000):  # the handler runs here, between two bytecodes
+            pass
+    def install(status):
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        del thing
+    buserror.install = install
+from gpu_pitr.__main__ import run
+run()
+"""
+
+
+@pytest.mark.parametrize("where", ["import", "buserror"])
+def test_ctrl_c_as_the_command_starts_is_one_line(tmp_path, where):
+    wal = tmp_path / "wal"
+    write_synthetic_wal(wal, total_bytes=64 << 10, dim=4, segments=1, seed=3)
+    out = tmp_path / "OUT.npz"
+    code = _CTRL_C_AT_START.format(wal=str(wal), out=str(out), where=where)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    tail = "" if where == "import" else "; outputs not yet complete were removed"
+    assert (proc.returncode, proc.stderr) == (130, f"gpu-pitr: interrupted by SIGINT{tail}\n")
+    assert not out.exists() and _temps(out) == []

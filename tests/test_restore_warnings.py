@@ -346,6 +346,14 @@ def test_the_snapshots_note_counts_only_those_that_would_serve_a_later_target(tm
     assert got.report.message.endswith(
         "(1 snapshot later than it; the earliest serves --to-time after "
         "2027-01-15T08:00:10Z with --exclusive): restored from the log alone")
+    # A sequence target the snapshot has covered: it names the first record of that seq.
+    got = gpu_pitr.restore(d, backend="cpu", to_seq=0, snapshots=snaps)
+    assert got.report.base is None
+    assert got.report.message.endswith(
+        "(1 snapshot later than it; each covers a record of seq 0, and the target is the "
+        "first record of that number in the log (a writer reopened without recovery "
+        "numbers from 0 again: a later one is a --to-time target)): restored from the log "
+        "alone")
 
 
 def test_the_snapshot_summary_of_an_empty_log_says_the_start(tmp_path, capsys):

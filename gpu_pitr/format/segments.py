@@ -61,6 +61,19 @@ def list_segments(wal_dir: str | os.PathLike) -> list[Segment]:
             for n in names]
 
 
+def last_with_records(segments: list[Segment]) -> int:
+    """The index of the last of ``segments`` (in log order) that holds more than a
+    segment header, or of the last one when none does. The files after it hold no
+    record yet: a writer rotating creates the new file (its header still in the write
+    buffer, or synced alone) before it flushes the old one's buffer, so until a newer
+    file holds a record, the old one is the one being written (its tail may be a
+    record in progress, not a crash's torn tail)."""
+    for k in range(len(segments) - 1, -1, -1):
+        if segments[k].size > HEADER_SIZE:
+            return k
+    return len(segments) - 1
+
+
 def not_segment_files(wal_dir: str | os.PathLike) -> list[tuple[str, str]]:
     """``(name, what)`` of each entry of ``wal_dir`` named like a segment that
     ``list_segments`` passes over (a directory, FIFO, socket, device, or a link to one),

@@ -167,6 +167,12 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     earliest = "" if not stamps or "to_time" not in target else (
         f"; the earliest serves --to-time after {utc_text(min(stamps))} with --exclusive"
         if exclusive else f"; the earliest serves --to-time {utc_text(min(stamps))} on")
+    if later and "to_seq" in target:
+        # The first record of that number (SPEC section 3): numbers repeat after a writer
+        # reopened without recovery, and a later record of it needs a time target.
+        earliest = (f"; each covers a record of seq {target['to_seq']}, and the target is "
+                    "the first record of that number in the log (a writer reopened without "
+                    "recovery numbers from 0 again: a later one is a --to-time target)")
     notes.append(f"no snapshot in {directory} serves the target"
                  + (f" ({plural(len(later), 'snapshot')} later than it{earliest})"
                     if later else "")

@@ -12,6 +12,8 @@ from the start of the log would).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numba import prange
 
@@ -43,15 +45,26 @@ class SeqRuns:
         seqs = np.asarray(seqs, np.uint64)
         has_last = self.last is not None
         starts, ends = _run_bounds(seqs, np.uint64(self.last if has_last else 0), has_last)
-        self.runs.extend([s, e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True))
         self.last = int(seqs[-1])
-        self._bound()
-
-    def _bound(self) -> None:
-        if len(self.runs) > MAX_SEQ_RUNS:
-            self.runs = merge_runs(self.runs)
-            if len(self.runs) > MAX_SEQ_RUNS:
-                self.runs = [[self.runs[0][0], max(e for _, e in self.runs)]]
+        if self.runs and len(starts) and int(starts[0]) - self.runs[-1][1] in (0, 1):
+            # The chunk's first run goes on from the last one (its first number is the
+            # one held apart, which followed that run or repeated its end).
+            self.runs[-1][1] = int(ends[0])
+            starts, ends = starts[1:], ends[1:]
+        if len(self.runs) + len(starts) <= MAX_SEQ_RUNS:
+            self.runs.extend([s, e] for s, e in zip(starts.tolist(), ends.tolist(),
+                                                    strict=True))
+            return
+        # Merged as arrays: a hostile log's chunk can hold millions of runs (seqs that
+        # never follow one another), too many for a Python list a run (5.5M: 9 s).
+        held = np.array(self.runs, np.uint64).reshape(-1, 2)
+        starts = np.concatenate([held[:, 0], starts])
+        ends = np.concatenate([held[:, 1], ends])
+        order = np.argsort(starts, kind="stable")
+        starts, ends = _merge_sorted(starts[order], ends[order])
+        if len(starts) > MAX_SEQ_RUNS:
+            starts, ends = starts[:1], ends.max(keepdims=True)
+        self.runs = [[s, e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
 
     def merged(self) -> list[list[int]]:
         return merge_runs(self.runs)
@@ -77,7 +90,7 @@ def _run_bounds(seqs, last, has_last):
     prev = last if has_last else seqs[0]
     for i in range(1, n):
         x = seqs[i - h]
-        if not _follows(prev, x):
+        if not _follows(prev, x) and x != prev:  # (a number again: covered already)
             runs += 1
         prev = x
     starts = np.empty(runs, np.uint64)
@@ -87,6 +100,8 @@ def _run_bounds(seqs, last, has_last):
     r = 0
     for i in range(1, n):
         x = seqs[i - h]
+        if x == prev:
+            continue
         if not _follows(prev, x):
             ends[r] = prev
             r += 1
@@ -94,6 +109,25 @@ def _run_bounds(seqs, last, has_last):
         prev = x
     ends[r] = prev
     return starts, ends
+
+
+@njit(cache=True, nogil=True)
+def _merge_sorted(starts, ends):
+    """``merge_runs`` of intervals sorted by start, as arrays (uint64: the largest
+    number has no successor to be adjacent to)."""
+    out_s = np.empty_like(starts)
+    out_e = np.empty_like(ends)
+    k = -1
+    for i in range(len(starts)):
+        s, e = starts[i], ends[i]
+        if k >= 0 and (s <= out_e[k] or _follows(out_e[k], s)):
+            if e > out_e[k]:
+                out_e[k] = e
+        else:
+            k += 1
+            out_s[k] = s
+            out_e[k] = e
+    return out_s[:k + 1], out_e[:k + 1]
 
 
 def merge_runs(runs) -> list[list[int]]:
@@ -175,7 +209,38 @@ def record_mismatch(position: dict, segments: dict, whose: str) -> str | None:
         if crc is not None and crc32(head + body) != int(crc):
             return (f"{s.path}: offset {at}: the record there differs from the one the "
                     f"snapshot recorded (CRC-32): not {whose}")
-    return None
+    return skipped_record(position, segments)
+
+
+def skipped_record(position: dict, segments: dict) -> str | None:
+    """A whole record after the snapshot's last one, in that record's file, where the
+    position is in a later file: written after the snapshot was taken, which skips it.
+    A writer rotating creates the new file before it flushes the old one's buffer; a
+    snapshot taken then (before version 2026-12-05 placed the position of ``latest``
+    in the newest file, even one holding no record yet) covers a prefix of the log no
+    more. Zero-filled bytes, a torn tail or a second header there are not records."""
+    from gpu_pitr.format.layout import HEADER_ID
+
+    last = position.get("last_record") or {}
+    seg = segments.get(last.get("segment"))
+    if seg is None or last.get("length") is None or last["segment"] == position.get(
+            "segment"):
+        return None
+    at = int(last["offset"]) + int(last["length"])
+    try:
+        with open(seg.path, "rb") as f:
+            head = os.pread(f.fileno(), RECORD_HEADER_SIZE, at)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None  # the restore names what cannot be read
+    if (len(head) < RECORD_HEADER_SIZE or head[:len(HEADER_ID)] == HEADER_ID
+            or not any(head)
+            or at + RECORD_HEADER_SIZE + int.from_bytes(head[8:], "little") > size):
+        return None
+    return (f"{seg.path}: offset {at}: a record the snapshot does not cover, before its "
+            f"position ({position['segment']} offset {position['offset']}): written after "
+            "the snapshot was taken, while the writer was starting a new segment; take the "
+            "snapshot again")
 
 
 def base_mismatch(position: dict, segments) -> str | None:
@@ -206,7 +271,8 @@ def base_mismatch(position: dict, segments) -> str | None:
 def base_gap(position: dict, segments, look: bool = False) -> str | None:
     """Why the log of ``segments`` (in log order) does not go on from a snapshot at
     ``position``: the snapshot's segment is gone, and the log resumes in a later one
-    (None: it goes on, or may). A snapshot at the end of its segment goes on into a
+    (None: it goes on, or may). A snapshot at the end of its segment (or before a torn
+    tail there) goes on into a
     next file whose first record is its last seq + 1: the restore checks that as it
     reads; with ``look``, the next file's first record is read here too (one whose seq
     cannot be read, or is 0, is left to the restore). A gap in this store's history
@@ -217,7 +283,10 @@ def base_gap(position: dict, segments, look: bool = False) -> str | None:
     name = position.get("segment")
     if name is None or any(seg.name == name for seg in segments):
         return None
-    if position.get("at_segment_end") and position.get("last_seq") is not None:
+    # At the end of its segment's whole records (a torn tail after them: a crash, or the
+    # writer's record still in progress, which the next file's first seq tells apart).
+    at_end = position.get("at_segment_end") or position.get("at_torn_tail")
+    if at_end and position.get("last_seq") is not None:
         later = ([seg for seg in segments if seg.name.encode() > name.encode()]
                  if look else [])
         first = first_record_seq(later[0].path) if later else None
