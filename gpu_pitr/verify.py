@@ -17,7 +17,7 @@ Severities (docs/damage.md has the table):
   SPEC rule a restore follows: a sequence-number restart at a writer reopen,
   history missing before the first record, transactions still open at the end,
   transaction anomalies, vector lengths that change, a segment file shorter than
-  its header (a crash before the header reached the disk; no record lost), a
+  its header (a writer starting it, or a crash then; no record lost), a
   torn tail that was a write in progress (the file has grown since it was read,
   and the record cut is whole there now: a live log's newest segment), an entry
   named like a segment that is not a file (a directory, a FIFO: not read), a
@@ -380,7 +380,8 @@ class _Verify:
         elif item.problem == "torn":
             self._add("torn_header", item.segment, 0, None,
                       f"file of {item.header_len} bytes, shorter than its header "
-                      "(a crash before the header was written; no record lost)",
+                      "(a writer starting the file, its header still in its buffer, "
+                      "or a crash then; no record lost)",
                       bytes=item.header_len)
         else:
             self._add("bad_header", item.segment, 0, None,

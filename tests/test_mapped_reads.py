@@ -284,3 +284,13 @@ def test_a_handler_that_cannot_be_made_leaves_the_command_running(tmp_path, monk
 
         cli.run()
     assert done.value.code == 0
+
+
+@pytest.mark.parametrize("value,maps", [("0", False), ("off", False), (" No ", False),
+                                        ("false", False), ("1", True), ("yes", True),
+                                        ("", True)])
+def test_map_reads_is_turned_off_by_the_words_overlap_takes(monkeypatch, value, maps):
+    """``GPU_PITR_MAP_READS`` takes 0/off/no/false, as ``GPU_PITR_CUDA_OVERLAP`` takes
+    1/on/yes/true (``no`` used to map all the same)."""
+    monkeypatch.setenv("GPU_PITR_MAP_READS", value)
+    assert mapped.available() == (maps and sys.platform.startswith("linux"))

@@ -65,8 +65,11 @@ def _load_libc():
 
 
 def available() -> bool:
-    """Whether pieces may be mapped: Linux, and not turned off with GPU_PITR_MAP_READS=0."""
-    return sys.platform.startswith("linux") and os.environ.get("GPU_PITR_MAP_READS", "1") != "0"
+    """Whether pieces may be mapped: Linux, and not turned off with GPU_PITR_MAP_READS=0
+    (or off, no, false, as GPU_PITR_CUDA_OVERLAP takes them)."""
+    off = os.environ.get("GPU_PITR_MAP_READS", "1").strip().lower() in ("0", "off", "false",
+                                                                          "no")
+    return sys.platform.startswith("linux") and not off
 
 
 def region(nbytes: int) -> np.ndarray:

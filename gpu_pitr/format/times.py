@@ -60,10 +60,17 @@ def parse_time(value, exclusive: bool = False) -> int:
 
 def _from_iso(text: str) -> datetime:
     """``datetime.fromisoformat``, and the ISO-8601 forms it does not take: an ordinal
-    date (``2026-330T10:02Z``, ``2026330T1002Z``: the year's day 1-366) and the end of
-    a day as ``24:00`` (``24:00:00``, ``T24Z``: the next day's ``00:00``)."""
+    date (``2026-330T10:02Z``, ``2026330T1002Z``: the year's day 1-366), the end of
+    a day as ``24:00`` (``24:00:00``, ``T24Z``: the next day's ``00:00``) and a leap
+    second (``23:59:60Z``: Unix time has none, so the next second, as PostgreSQL takes
+    it)."""
     import re
     from datetime import date, timedelta
+
+    leap = re.search(r"(?:(?<=[Tt ][0-9]{2}:[0-9]{2}:)|(?<=[Tt ][0-9]{4}))60(?![0-9])", text)
+    if leap is not None:
+        return _from_iso(text[:leap.start()] + "59" + text[leap.end():]) + timedelta(
+            seconds=1)
 
     ordinal = re.match(r"([0-9]{4})-?([0-9]{3})(?=[Tt ]|$)", text)
     if ordinal is not None:
