@@ -10,21 +10,38 @@ import sys
 
 from gpu_pitr.interrupts import Terminated
 
+_arrived: list[int] = []
 
-def _terminated(signum, frame) -> None:
-    raise Terminated
+
+def _stop(signum, frame) -> None:
+    _arrived.append(signum)  # seen even where a callback swallows what is raised
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+
+
+def _interrupted(signum: int) -> None:
+    print(f"gpu-pitr: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+    sys.exit(128 + signum)
 
 
 def run() -> None:
-    # Until the command's own handling takes over (cli.interrupts.handle_signals).
-    signal.signal(signal.SIGTERM, _terminated)
+    # Until the command's own handling takes over (cli: interrupts.handle_signals).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
+    hook = sys.unraisablehook
+
+    def unraisable(info) -> None:
+        if not (_arrived and issubclass(info.exc_type, (KeyboardInterrupt, Terminated))):
+            hook(info)  # (a stop swallowed by a callback: its one line comes below)
+
+    sys.unraisablehook = unraisable
     try:
         from gpu_pitr import cli
     except (KeyboardInterrupt, Terminated) as stop:
-        name, status = ("SIGINT", 130) if isinstance(stop, KeyboardInterrupt) else (
-            "SIGTERM", 143)
-        print(f"gpu-pitr: interrupted by {name}", file=sys.stderr)
-        sys.exit(status)
+        _interrupted(signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM)
+    finally:
+        sys.unraisablehook = hook
+    if _arrived:  # raised inside a callback while importing, and swallowed there
+        _interrupted(_arrived[0])
     cli.run()
 
 

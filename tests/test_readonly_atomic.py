@@ -627,39 +627,43 @@ def test_a_signal_that_lands_inside_compiled_code_is_still_the_stop():
 _CTRL_C_AT_START = """
 import os, signal, sys
 sys.argv = ["gpu-pitr", "restore", {wal!r}, "--out", {out!r}, "-q"]
-if {where!r} == "import":
-    class Stop:
-        def find_spec(self, name, path=None, target=None):
-            if name == "gpu_pitr.cli":
-                raise KeyboardInterrupt
-    sys.meta_path.insert(0, Stop())
-else:  # the signal lands in a callback, which Python reports and carries on from
-    import weakref
-    from gpu_pitr import buserror
-    class Thing:
+import weakref
+class Thing:
+    pass
+def callback(ref):
+    os.kill(os.getpid(), signal.{sig})
+    for _ in range(100000):  # the handler runs here, between two bytecodes
         pass
-    def callback(ref):
-        os.kill(os.getpid(), signal.SIGINT)
-        for _ in range(100000):  # the handler runs here, between two bytecodes
-            pass
-    def install(status):
-        thing = Thing()
-        ref = weakref.ref(thing, callback)
-        del thing
-    buserror.install = install
+def in_a_callback():  # which Python reports, and carries on from
+    thing = Thing()
+    ref = weakref.ref(thing, callback)
+    del thing
+class Stop:
+    def find_spec(self, name, path=None, target=None):
+        if name == "gpu_pitr.cli" and {where!r} == "import":
+            raise KeyboardInterrupt
+        if name == "gpu_pitr.cli" and {where!r} == "import-callback":
+            in_a_callback()
+sys.meta_path.insert(0, Stop())
+if {where!r} == "buserror":
+    from gpu_pitr import buserror
+    buserror.install = lambda status: in_a_callback()
 from gpu_pitr.__main__ import run
 run()
 """
 
 
-@pytest.mark.parametrize("where", ["import", "buserror"])
-def test_ctrl_c_as_the_command_starts_is_one_line(tmp_path, where):
+@pytest.mark.parametrize(("where", "sig"), [("import", signal.SIGINT),
+                                           ("import-callback", signal.SIGTERM),
+                                           ("buserror", signal.SIGINT)])
+def test_ctrl_c_as_the_command_starts_is_one_line(tmp_path, where, sig):
     wal = tmp_path / "wal"
     write_synthetic_wal(wal, total_bytes=64 << 10, dim=4, segments=1, seed=3)
     out = tmp_path / "OUT.npz"
-    code = _CTRL_C_AT_START.format(wal=str(wal), out=str(out), where=where)
+    code = _CTRL_C_AT_START.format(wal=str(wal), out=str(out), where=where, sig=sig.name)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
-    tail = "" if where == "import" else "; outputs not yet complete were removed"
-    assert (proc.returncode, proc.stderr) == (130, f"gpu-pitr: interrupted by SIGINT{tail}\n")
+    tail = "; outputs not yet complete were removed" if where == "buserror" else ""
+    assert (proc.returncode, proc.stderr) == (
+        128 + sig, f"gpu-pitr: interrupted by {sig.name}{tail}\n")
     assert not out.exists() and _temps(out) == []

@@ -49,11 +49,11 @@ def _mid_rotation(wal: Path, new_file: bytes) -> None:
     (wal / B).write_bytes(new_file)
 
 
-def _rotation_done(wal: Path, b_seq: int = 4) -> None:
-    """The old buffer flushed (record 3 whole in A), then record ``b_seq`` in B."""
+def _rotation_done(wal: Path) -> None:
+    """The old buffer flushed (record 3 whole in A), then record 4 in B."""
     with open(wal / A, "ab") as f:
         f.write(RECORDS[3][CUT:])
-    (wal / B).write_bytes(encode_header(T0 + 10) + RECORDS[b_seq])
+    (wal / B).write_bytes(encode_header(T0 + 10) + RECORDS[4])
 
 
 @pytest.mark.parametrize("new_file", [b"", encode_header(T0 + 10)],
@@ -157,3 +157,26 @@ def test_archive_mid_rotation_copies_whole_records(tmp_path):
     assert (arch / A).read_bytes() == (wal / A).read_bytes()
     assert (arch / B).read_bytes() == (wal / B).read_bytes()
     assert list(gpu_pitr.restore(arch, backend="cpu").ids) == list("abcde")
+
+
+@pytest.mark.parametrize("first_file", [b"", encode_header(T0)],
+                         ids=["first-file-empty", "first-file-header-only"])
+def test_a_writer_that_rotated_before_its_first_flush(tmp_path, first_file):
+    """No file holds a record yet: the first may still get the buffered ones (found by
+    the review of the fix above: the position went into the newest file)."""
+    wal = tmp_path / "wal"
+    wal.mkdir()
+    (wal / A).write_bytes(first_file)
+    (wal / B).write_bytes(b"")
+    mid = gpu_pitr.restore(wal, backend="cpu")
+    assert len(mid) == 0 and mid.position["segment"] == A
+    snapshot.save(mid, tmp_path / "snaps" / "s1")
+    # The old buffer flushed (header and records 0-2), then record 3 in the new file.
+    (wal / A).write_bytes(encode_header(T0) + b"".join(RECORDS[:3]))
+    (wal / B).write_bytes(encode_header(T0 + 10) + RECORDS[3])
+    whole = gpu_pitr.restore(wal, backend="cpu")
+    assert list(whole.ids) == list("abcd") and whole.report.torn_tails == []
+    for kw in ({"base": tmp_path / "snaps" / "s1"}, {"snapshots": tmp_path / "snaps"}):
+        got = gpu_pitr.restore(wal, backend="cpu", **kw)
+        assert got.report.base is not None
+        assert w.index_view(got) == w.index_view(whole)

@@ -63,15 +63,16 @@ def list_segments(wal_dir: str | os.PathLike) -> list[Segment]:
 
 def last_with_records(segments: list[Segment]) -> int:
     """The index of the last of ``segments`` (in log order) that holds more than a
-    segment header, or of the last one when none does. The files after it hold no
-    record yet: a writer rotating creates the new file (its header still in the write
-    buffer, or synced alone) before it flushes the old one's buffer, so until a newer
-    file holds a record, the old one is the one being written (its tail may be a
-    record in progress, not a crash's torn tail)."""
+    segment header, or 0 when none does. The files after it hold no record yet: a
+    writer rotating creates the new file (its header still in the write buffer, or
+    synced alone) before it flushes the old one's buffer, so until a newer file holds a
+    record, the old one is the one being written (its tail may be a record in progress,
+    not a crash's torn tail). With no record anywhere, the first file may be that one
+    (a writer that rotated before its first flush)."""
     for k in range(len(segments) - 1, -1, -1):
         if segments[k].size > HEADER_SIZE:
             return k
-    return len(segments) - 1
+    return 0
 
 
 def not_segment_files(wal_dir: str | os.PathLike) -> list[tuple[str, str]]:
