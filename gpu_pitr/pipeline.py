@@ -880,11 +880,15 @@ class _Restore:
             entry["count"] = c.trailing_count(i)
             self.report.trailing_bytes.append(entry)
 
-    def _dim_mismatch(self, record: int, entry: int, dim: int) -> None:
+    def _dim_mismatch(self, record: int, entry: int, dim: int, length: int | None = None
+                      ) -> None:
+        """``length``: the vector's, where the host's entry columns do not hold it (the
+        cuda executor's entries are on the device)."""
         w = self._where(record)
+        if length is None:
+            length = int(self.cols.e_dim[entry])
         raise DimensionMismatchError(
-            f"vector of length {int(self.cols.e_dim[entry])} differs from the index"
-            f" dimension {dim}", **w)
+            f"vector of length {length} differs from the index dimension {dim}", **w)
 
     def _end_of_log(self) -> None:
         self.report.transactions["in_flight_discarded"] = (

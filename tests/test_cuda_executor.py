@@ -29,13 +29,16 @@ SETTINGS = settings(
 
 
 def outcome(wal_dir, backend, **kw):
-    """Everything a restore produces, normalised for comparison."""
+    """Everything a restore produces, normalised for comparison (errors with their
+    one-line text). A restore asked for cuda must have run on it: a fall-back to the
+    cpu executor (``NeedsHostExecutor``) would compare cpu with cpu."""
     try:
         idx = gpu_pitr.restore(wal_dir, backend=backend, **kw)
     except errors.WalError as err:
-        return ("error", type(err).__name__, err.file, err.offset, err.seq)
+        return ("error", type(err).__name__, err.file, err.offset, err.seq, str(err))
     host = idx.to_host()
     assert isinstance(host.vectors, np.ndarray) and host.vectors.dtype == np.float32
+    assert idx.report.backend == backend, idx.report.message
     report = idx.report.to_dict()
     for key in ("timings", "backend", "message"):
         report.pop(key)
@@ -58,6 +61,19 @@ def test_cuda_backend_is_the_one_used():
         idx = gpu_pitr.restore(d, backend="cuda")
         assert idx.report.backend == "cuda"
         assert idx.to_host().vectors.tobytes() == np.array([1.0, -0.0], "<f4").tobytes()
+
+
+def test_a_dimension_mismatch_names_the_vector_length_as_cpu_does():
+    """The cuda executor's entries are on the device: its error said "vector of length
+    0" (the host's empty entry column) where cpu says 3."""
+    with tempfile.TemporaryDirectory() as d:
+        log = w.LogBuilder()
+        log.add(w.Ins("a", [1.0], None, 1))
+        log.add(w.Ins("b", [1.0, 2.0, 3.0], None, 2))
+        log.write(d)
+        got = assert_same(d)
+    assert got[0] == "error" and got[-1].endswith(
+        ": seq 1: vector of length 3 differs from the index dimension 1"), got
 
 
 @pytest.mark.parametrize("chunk_bytes", [None, 64], ids=["default", "c64"])

@@ -96,11 +96,20 @@ def test_the_sync_check_restores_in_fresh_processes_and_compares(wal):
     row = check.sync_check(wal, wal, want, figures)
     assert row.endswith("(fresh processes); both equal the cpu result"), row
     assert figures["sync_off"]["digest"] == figures["sync_default"]["digest"] == want
-    # A child whose result differs is said so (its restore stood in for here).
-    check.restore_in_child = lambda w, m, env: {"s": 1.0, "digest": "x" if env else want}
-    assert check.sync_check(wal, wal, want, {}).endswith("RESULT DIFFERS")
+    assert figures["sync_equal"] is True
+    # A child whose result differs, or that fell back to the cpu executor, is said so
+    # (its restore stood in for here), and the check's exit status counts it.
+    for bad in ({"digest": "x"}, {"backend": "cpu"}):
+        check.restore_in_child = lambda w, m, env, bad=bad: {
+            "s": 1.0, "digest": want, "backend": "cuda", **(bad if env else {})}
+        figures = {}
+        assert check.sync_check(wal, wal, want, figures).endswith("RESULT DIFFERS")
+        assert figures["sync_equal"] is False
     check = _load()
-    assert check.sync_check(wal.parent / "missing", wal, want, {}).startswith("FAILED: ")
+    figures = {}
+    assert check.sync_check(wal.parent / "missing", wal, want, figures).startswith(
+        "FAILED: ")
+    assert "sync_equal" not in figures
 
 
 def test_the_shard_tests_it_runs_on_the_gpu_exist():

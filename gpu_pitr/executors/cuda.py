@@ -382,7 +382,7 @@ class CudaExecutor:
             if len(bad):
                 j = int(bad[0])
                 k = int(np.searchsorted(self._to_host(ends), j, side="right"))
-                on_dim_mismatch(int(order[k]), int(ent_seq[j]), self.dim)
+                on_dim_mismatch(int(order[k]), int(ent_seq[j]), self.dim, int(dims[j]))
         keys = e["e_key"][ent_seq] & KEY_MASK
         if self.id_shard is not None:  # after the dimension: every shard checks it all
             mine = xp.flatnonzero(id_shard_mask(keys, self.id_shard))

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 
 
 def simulator_enabled() -> bool:
-    """True under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``)."""
+    """True under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``): as Numba read it,
+    once it has (the variable set after numba was imported does not turn it on)."""
+    config = sys.modules.get("numba.core.config")
+    if config is not None:
+        return bool(config.ENABLE_CUDASIM)
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
