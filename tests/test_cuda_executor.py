@@ -218,3 +218,25 @@ def test_the_cuda_executor_is_let_go_before_the_host_restores(monkeypatch):
         idx = gpu_pitr.restore(d, backend="cuda")
     assert "restored on the cpu executor" in idx.report.message
     assert alive_at_host == [False]
+
+
+def test_the_first_rows_are_bounded_in_bytes_and_grow(monkeypatch):
+    """The device rows start at most FIRST_ROWS_BYTES (and 1,024 rows): a log of wide
+    vectors no longer asks for its whole size up front; past them the rows grow, and
+    the result still equals the cpu executor's."""
+    seen = []
+    real = cuda_executor.CudaExecutor._grow_rows
+
+    def grow(self, cap):
+        seen.append(cap)
+        return real(self, cap)
+
+    monkeypatch.setattr(cuda_executor.CudaExecutor, "_grow_rows", grow)
+    monkeypatch.setattr(cuda_executor, "FIRST_ROWS_BYTES", 4 * 8 * 16)  # 16 rows of dim 8
+    with tempfile.TemporaryDirectory() as d:
+        log = w.LogBuilder()
+        for i in range(1100):
+            log.add(w.Ins(f"id{i}", [float(i)] * 8, None, i))
+        log.write(d)
+        assert_same(d)
+    assert seen[0] == 1024 and len(seen) >= 2 and seen[1] >= 1100, seen

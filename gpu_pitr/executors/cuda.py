@@ -40,6 +40,8 @@ from gpu_pitr.resolve.idsort import sorted_id_order
 # Ids are grouped by a 64-bit key; tests narrow this mask to force collisions.
 KEY_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
+# The device rows allocated before any grow (see _set_dim).
+FIRST_ROWS_BYTES = 1 << 30
 _THREADS = 128
 # The simulator runs each thread of a block as a Python thread, started per launch:
 # one warp a block starts a quarter of the threads for the small launches that most
@@ -340,7 +342,11 @@ class CudaExecutor:
 
     def _set_dim(self, dim: int) -> None:
         self.dim = dim
-        self._grow_rows(max(1024, min(self.total_bytes // (4 * dim + 17) + 16, 1 << 20)))
+        # As many rows as the log could insert, at most 1 Mi rows and FIRST_ROWS_BYTES
+        # (dimension 4096: a 16 GiB log would have asked for 16 GiB of rows up front,
+        # whatever its ids); the rows grow by half again when they run out.
+        self._grow_rows(max(1024, min(self.total_bytes // (4 * dim + 17) + 16, 1 << 20,
+                                      FIRST_ROWS_BYTES // (4 * dim))))
 
     def _grow_rows(self, cap: int) -> None:
         xp = self.xp
