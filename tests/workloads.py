@@ -744,8 +744,19 @@ def check_shards_equal_whole(wal_dir, count: int, **kw) -> str:
     got, want = merged.report.to_dict(), whole.report.to_dict()
     assert {k: got[k] for k in SHARD_REPORT_KEYS} == {k: want[k] for k in SHARD_REPORT_KEYS}
     # The same notes; the cuda executor falls back to the cpu in the shards holding two
-    # ids of one 64-bit key, as in the whole, and only in those.
-    assert set(got["message"].split("; ")) == set(want["message"].split("; "))
+    # ids of one 64-bit key, as in the whole, and only in those. Each restore names the
+    # first reason it met to fall back (a shard without the whole's colliding ids may
+    # meet another, later in the log: a batch nested too deep), so those notes are
+    # compared as "some shard fell back where the whole did".
+    def notes(message):
+        every = set(message.split("; "))
+        falls = {n for n in every if n.startswith("cuda executor: ")}
+        return every - falls, falls
+
+    (got_notes, got_falls), (want_notes, want_falls) = notes(got["message"]), notes(
+        want["message"])
+    assert got_notes == want_notes, (got["message"], want["message"])
+    assert bool(got_falls) == bool(want_falls), (got["message"], want["message"])
     ran = set(got["backend"].split(","))
     assert want["backend"] in ran and ran <= {want["backend"], kw.get("backend", "auto")}
     assert merged.report.id_shard is None
