@@ -478,9 +478,9 @@ def test_remove_stale_temps_returns_what_it_removed(tmp_path):
 # A weakref callback that sends the process a signal and runs on: the handler runs
 # inside the callback, where an exception cannot propagate (Python prints "Exception
 # ignored in ..." and carries on). The CI run that found this lost a SIGTERM that way.
-_SIGNAL_IN_A_CALLBACK = """
+# The signal sent from a weakref callback, which Python reports and carries on from.
+_IN_A_CALLBACK = """
 import os, signal, sys, weakref
-from gpu_pitr import cli, pipeline
 
 class Thing:
     pass
@@ -490,13 +490,19 @@ def callback(ref):
     for _ in range(100000):  # the handler runs here, between two bytecodes
         pass
 
+def in_a_callback():
+    thing = Thing()
+    ref = weakref.ref(thing, callback)
+    del thing  # the callback runs now, in this thread
+"""
+_SIGNAL_IN_A_CALLBACK = _IN_A_CALLBACK + """
+from gpu_pitr import cli, pipeline
+
 framed = pipeline._Restore._piece_framed
 def piece_framed(self, item):
     if not getattr(piece_framed, "fired", False):
         piece_framed.fired = True
-        thing = Thing()
-        ref = weakref.ref(thing, callback)
-        del thing  # the callback runs now, in this thread
+        in_a_callback()
     return framed(self, item)
 pipeline._Restore._piece_framed = piece_framed
 sys.argv = ["gpu-pitr", "restore", {wal!r}, "--out", {out!r}, "--backend", "cpu"]
@@ -624,20 +630,8 @@ def test_a_signal_that_lands_inside_compiled_code_is_still_the_stop():
 # A Ctrl-C while the command starts: while ``gpu_pitr.cli`` is imported (NumPy), or
 # while the SIGBUS handler is installed (Numba imported, its handler compiled or
 # loaded; a Ctrl-C there could land in an llvmlite callback, which swallowed it).
-_CTRL_C_AT_START = """
-import os, signal, sys
+_CTRL_C_AT_START = _IN_A_CALLBACK + """
 sys.argv = ["gpu-pitr", "restore", {wal!r}, "--out", {out!r}, "-q"]
-import weakref
-class Thing:
-    pass
-def callback(ref):
-    os.kill(os.getpid(), signal.{sig})
-    for _ in range(100000):  # the handler runs here, between two bytecodes
-        pass
-def in_a_callback():  # which Python reports, and carries on from
-    thing = Thing()
-    ref = weakref.ref(thing, callback)
-    del thing
 class Stop:
     def find_spec(self, name, path=None, target=None):
         if name == "gpu_pitr.cli" and {where!r} == "import":

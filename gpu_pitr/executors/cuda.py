@@ -346,7 +346,7 @@ class CudaExecutor:
         # (dimension 4096: a 16 GiB log would have asked for 16 GiB of rows up front,
         # whatever its ids); the rows grow by half again when they run out.
         self._grow_rows(max(1024, min(self.total_bytes // (4 * dim + 17) + 16, 1 << 20,
-                                      FIRST_ROWS_BYTES // (4 * dim))))
+                                      FIRST_ROWS_BYTES // max(4 * dim, 1))))
 
     def _grow_rows(self, cap: int) -> None:
         xp = self.xp
