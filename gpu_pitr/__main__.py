@@ -8,19 +8,14 @@ traceback or a silent death.
 import signal
 import sys
 
-from gpu_pitr.interrupts import Terminated
+from gpu_pitr.interrupts import Terminated, announce, signal_of, stop_for
 
 _arrived: list[int] = []
 
 
 def _stop(signum, frame) -> None:
     _arrived.append(signum)  # seen even where a callback swallows what is raised
-    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
-
-
-def _interrupted(signum: int) -> None:
-    print(f"gpu-pitr: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
-    sys.exit(128 + signum)
+    raise stop_for(signum)
 
 
 def run() -> None:
@@ -37,11 +32,11 @@ def run() -> None:
     try:
         from gpu_pitr import cli
     except (KeyboardInterrupt, Terminated) as stop:
-        _interrupted(signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM)
+        sys.exit(announce(signal_of(stop)))
     finally:
         sys.unraisablehook = hook
     if _arrived:  # raised inside a callback while importing, and swallowed there
-        _interrupted(_arrived[0])
+        sys.exit(announce(_arrived[0]))
     cli.run()
 
 

@@ -16,7 +16,6 @@ import functools
 import json
 import os
 import re
-import signal
 import sys
 import time
 from pathlib import Path
@@ -306,15 +305,7 @@ def _main(argv: list[str] | None, restore_signals: bool, on_bus_error: bool = Fa
     except (KeyboardInterrupt, interrupts.Terminated) as stop:
         # The others only read (and before a command has started, nothing is written).
         writes = args is not None and args.command in ("restore", "snapshot", "archive")
-        return interrupted(stop, writes)
-
-
-def interrupted(stop: BaseException, writes: bool = False) -> int:
-    """The line a stop by Ctrl-C (KeyboardInterrupt) or SIGTERM prints; the exit status."""
-    signum = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
-    print(f"{PROG}: interrupted by {signum.name}"
-          + ("; outputs not yet complete were removed" if writes else ""), file=sys.stderr)
-    return 128 + signum
+        return interrupts.announce(interrupts.signal_of(stop), writes)
 
 
 def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

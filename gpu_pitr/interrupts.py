@@ -44,20 +44,34 @@ class _State:
 _state = _State()
 
 
-def _stop(signum: int) -> BaseException:
+def stop_for(signum: int) -> BaseException:
+    """The exception a stop by ``signum`` raises (KeyboardInterrupt, ``Terminated``)."""
     return KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+def signal_of(stop: BaseException) -> int:
+    """The signal a stop (``stop_for``'s exception) stands for."""
+    return signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
+
+
+def announce(signum: int, writes: bool = False) -> int:
+    """The command's one line on stderr for a stop by ``signum`` (``writes``: a command
+    that writes outputs, whose incomplete ones were removed); its exit status."""
+    print(f"gpu-pitr: interrupted by {signal.Signals(signum).name}"
+          + ("; outputs not yet complete were removed" if writes else ""), file=sys.stderr)
+    return 128 + signum
 
 
 def _handler(signum, frame) -> None:
     _state.pending = signum
     if not _state.deferring:
-        raise _stop(signum)
+        raise stop_for(signum)
 
 
 def check() -> None:
     """Raise the stop a signal asked for, if one was recorded and not yet raised."""
     if _state.pending is not None:  # only ever set inside handle_signals()
-        raise _stop(_state.pending)
+        raise stop_for(_state.pending)
 
 
 def committing() -> None:
@@ -99,7 +113,7 @@ def handle_signals(*, restore: bool = True) -> Iterator[None]:
         # Swallowed where it landed, and no output was put in place: the command stops
         # now (a verify or inspect that ran on), rather than report that it finished.
         if _state.pending is not None and not _state.deferring:
-            raise _stop(_state.pending)
+            raise stop_for(_state.pending)
     except SystemError as err:
         # The handler ran inside C code (a compiled function's call) that went on and
         # returned a result: Python then raises "returned a result with an exception

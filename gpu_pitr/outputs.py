@@ -18,7 +18,7 @@ import numpy as np
 from gpu_pitr import interrupts
 from gpu_pitr.errors import MissingExtraError, OutputError, UnwritableDirectoryError, WalError
 from gpu_pitr.npzfile import Pieces, write_npz
-from gpu_pitr.tempfiles import remove_stale_temps, temp_path
+from gpu_pitr.tempfiles import fsync_path, remove_stale_temps, temp_path
 
 FORMATS = ("npz", "parquet", "faiss", "snapshot")
 SUFFIXES = {".npz": "npz", ".parquet": "parquet", ".faiss": "faiss"}
@@ -486,12 +486,3 @@ def _probe(path: Path) -> None:
         pass
     except OSError as err:
         raise UnwritableDirectoryError(path, err) from err
-
-
-def fsync_path(path: Path, flags: int) -> None:
-    """fsync the file or directory (``os.O_DIRECTORY`` in ``flags``) at ``path``."""
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

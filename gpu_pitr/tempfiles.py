@@ -107,12 +107,17 @@ def remove_stale_entries(entries, name_pattern: str) -> list[Path]:
     return removed
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_path(path: Path, flags: int) -> None:
+    """fsync the file or directory (``os.O_DIRECTORY`` in ``flags``) at ``path``."""
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fsync_path(path, os.O_RDONLY | os.O_DIRECTORY)
 
 
 def install_dir(tmp: Path, out: Path, check: Callable[[Path], None]) -> None:

@@ -272,12 +272,11 @@ def base_gap(position: dict, segments, look: bool = False) -> str | None:
     """Why the log of ``segments`` (in log order) does not go on from a snapshot at
     ``position``: the snapshot's segment is gone, and the log resumes in a later one
     (None: it goes on, or may). A snapshot at the end of its segment (or before a torn
-    tail there) goes on into a
-    next file whose first record is its last seq + 1: the restore checks that as it
-    reads; with ``look``, the next file's first record is read here too (one whose seq
-    cannot be read, or is 0, is left to the restore). A gap in this store's history
-    (segments deleted before they were archived), or another store's snapshot: the log
-    cannot tell which."""
+    tail there) goes on into a next file whose first record is its last seq + 1: the
+    restore checks that as it reads; with ``look``, the next file's first record is read
+    here too (one whose seq cannot be read, or is 0, is left to the restore). A gap in
+    this store's history (segments deleted before they were archived), or another
+    store's snapshot: the log cannot tell which."""
     from gpu_pitr.format.segments import first_record_seq
 
     name = position.get("segment")
