@@ -8,6 +8,7 @@ traceback or a silent death.
 import signal
 import sys
 
+from gpu_pitr import environment
 from gpu_pitr.interrupts import Terminated, announce, signal_of, stop_for
 
 _arrived: list[int] = []
@@ -19,6 +20,10 @@ def _stop(signum, frame) -> None:
 
 
 def run() -> None:
+    problem = environment.problem()  # before NumPy's import trips over it
+    if problem is not None:
+        print(f"gpu-pitr: error: {problem}", file=sys.stderr)
+        sys.exit(1)
     # Until the command's own handling takes over (cli: interrupts.handle_signals).
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stop)

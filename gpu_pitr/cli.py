@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from gpu_pitr import __version__, interrupts
+from gpu_pitr import __version__, environment, interrupts
 from gpu_pitr.errors import MissingExtraError, WalError, os_reason
 from gpu_pitr.format.segments import in_progress, not_a_directory, not_segment_files
 from gpu_pitr.format.stats import plural, stats_lines, utc_text, wal_stats
@@ -51,6 +51,12 @@ def _seq(text: str) -> int:
 def _count(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a count (0, 1, 2, ...)")
+    return int(text)
+
+
+def _keep(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: keep at least 1 snapshot (1, 2, 3, ...)")
     return int(text)
 
 
@@ -189,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--snapshots", required=True, metavar="SNAP_DIR",
                      help="the directory of this archive's snapshots")
     keep = exp.add_mutually_exclusive_group(required=True)
-    keep.add_argument("--keep", type=_count, metavar="N",
+    keep.add_argument("--keep", type=_keep, metavar="N",
                       help="keep the newest N snapshots (at least 1)")
     keep.add_argument("--keep-since", metavar="T",
                       help="keep what restores any moment from T on (Unix seconds, ISO-8601 "
@@ -301,6 +307,9 @@ def _main(argv: list[str] | None, restore_signals: bool, on_bus_error: bool = Fa
                 from gpu_pitr import buserror
 
                 buserror.install(2 if args.command == "verify" else 1)
+            if (problem := environment.threads_problem()) is not None:
+                print(f"{PROG}: error: {problem}", file=sys.stderr)
+                return 1
             return _command(args.command_parser, args)
     except (KeyboardInterrupt, interrupts.Terminated) as stop:
         # The others only read (and before a command has started, nothing is written).
@@ -309,6 +318,16 @@ def _main(argv: list[str] | None, restore_signals: bool, on_bus_error: bool = Fa
 
 
 def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    _stdout_lost.clear()
+    status = _run_command(parser, args)
+    if _stdout_lost:  # the run went on to its end: said last, one line
+        print(f"{PROG}: error: stdout: cannot write: {_stdout_lost[0]} (the {args.command} "
+              "went on to its end: only what it printed there is lost)", file=sys.stderr)
+        return max(status, 1)
+    return status
+
+
+def _run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         if args.command in ("restore", "snapshot"):
             return _restore(parser, args)
@@ -359,15 +378,28 @@ def _stdout_gone() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+#: Why stdout could not be written while a run that changes files went on (once).
+_stdout_lost: list[str] = []
+
+
 def _progress_line(line: str, stream) -> None:
-    """A line of a run that changes files (archive, expire) as it goes. A reader of
-    stdout that went away (``| head``) does not stop the run halfway, as it stops a
-    command that only reads: the run goes on, and prints nothing more there."""
+    """A line of a run that changes files (restore, snapshot, archive, expire), as it
+    goes or once it is done. A reader of stdout that went away (``| head``) does not
+    stop the run halfway, as it stops a command that only reads: the run goes on, and
+    prints nothing more there. Nor does stdout that cannot be written (a full disk):
+    the run goes on, and its exit status then says it could not print (``_command``),
+    as GNU tools do."""
     try:
         print(line, file=stream, flush=True)
     except BrokenPipeError:
         if stream is sys.stdout:
             _stdout_gone()
+    except OSError as err:
+        if stream is not sys.stdout:
+            raise
+        _stdout_gone()
+        if not _stdout_lost:
+            _stdout_lost.append(os_reason(err))
 
 
 def _print_error(err: Exception) -> None:
@@ -489,7 +521,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             lines.append(f"snapshot: {out} covers the log up to {_snapshot_where(pos)} "
                          f"({plural(open_txns, 'open transaction')} kept, "
                          f"to apply at {'its' if open_txns == 1 else 'their'} commit)")
-        _emit("\n".join(lines))
+        _progress_line("\n".join(lines), sys.stdout)  # the output is in place already
     return 0
 
 
@@ -734,8 +766,8 @@ def _archive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     result = archive(args.wal_dir, args.out, on_segment=None if args.json else say)
     if not (result.segments or args.json or args.quiet):
         _say_if_no_segments(args.wal_dir, 0)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+    if args.json:  # after the run: printed as its lines are
+        _progress_line(json.dumps(result.to_dict(), indent=2), sys.stdout)
     elif not args.quiet:
         _progress_line(result.lines()[-1], sys.stdout)  # the summary
     return 0 if result.ok else 1
@@ -745,8 +777,6 @@ def _expire(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``expire``: 0 when everything to delete was deleted (or nothing was to be), else 1."""
     from gpu_pitr.expire import expire
 
-    if args.keep is not None and args.keep < 1:
-        parser.error("argument --keep: keep at least 1 snapshot")
     since = None
     if args.keep_since is not None:
         text = args.keep_since.strip()
@@ -767,8 +797,8 @@ def _expire(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     result = expire(args.archive_dir, args.snapshots, keep=args.keep, keep_since=since,
                     dry_run=args.dry_run, on_expired=None if args.json else say)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+    if args.json:  # after the run: printed as its lines are
+        _progress_line(json.dumps(result.to_dict(), indent=2), sys.stdout)
     else:
         for line in result.damaged:
             print(f"{PROG}: warning: {line}", file=sys.stderr)

@@ -158,3 +158,16 @@ class DirectoryReadError(_OneLineOSError):
 
     def __init__(self, path, cause: OSError) -> None:
         super().__init__(path, f"{path}: cannot list the directory: {os_reason(cause)}", cause)
+
+
+class DirectorySearchError(_OneLineOSError):
+    """A directory whose names can be listed but whose files cannot be opened (read
+    permission without search, ``x``): one line naming the directory, not the first
+    file that failed to open, as if that file were the trouble."""
+
+    def __init__(self, path) -> None:
+        import errno
+
+        super().__init__(path, f"{path}: cannot search the directory: Permission denied (its "
+                         "names can be listed, but no file in it can be opened without the x "
+                         "permission)", PermissionError(errno.EACCES, "Permission denied"))

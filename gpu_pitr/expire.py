@@ -48,7 +48,7 @@ from pathlib import Path
 from gpu_pitr import interrupts
 from gpu_pitr.errors import WalError, os_reason
 from gpu_pitr.format.layout import SEGMENT_NAME_RE
-from gpu_pitr.format.segments import not_a_directory
+from gpu_pitr.format.segments import check_searchable, not_a_directory
 from gpu_pitr.format.stats import plural
 
 SNAPSHOT = "snapshot"
@@ -232,6 +232,8 @@ def read_marker(wal_dir) -> Expiry | None:
     except FileNotFoundError:
         return None
     except OSError as err:
+        if isinstance(err, PermissionError):
+            check_searchable(wal_dir)  # the directory's fault, not the marker's
         raise WalError(f"cannot read: {os_reason(err)}", file=str(path)) from err
     try:
         if len(raw) > _MARKER_MAX:

@@ -164,8 +164,9 @@ def _write_npz(index, out: Path) -> list[Path]:
     return [out]
 
 
-#: Bytes an .npz takes beyond its members' data: zip and .npy headers, with room.
-_NPZ_SLACK = 1 << 20
+#: Bytes an .npz takes beyond its members' data: zip and .npy headers, about 250
+#: bytes a member (4 members), with room. The file system's last partial block is added.
+_NPZ_SLACK = 4096
 #: A unicode member this large, and this many times the text it holds, is worth a word.
 _WIDE_BYTES = 1 << 30
 _WIDE_RATIO = 8
@@ -204,7 +205,7 @@ def _npz_room(index, out: Path, texts: tuple, which: np.ndarray, report_chars: i
         st = os.statvfs(out.parent)
     except OSError:
         st = None  # not ours to judge: the write reports what goes wrong
-    if st is not None and need > st.f_bavail * st.f_frsize:
+    if st is not None and need + st.f_frsize > st.f_bavail * st.f_frsize:
         raise WalError(f"the .npz would take {_gb(need)}, more than the "
                        f"{_gb(st.f_bavail * st.f_frsize)} free on its file system{why}; "
                        "write a .parquet instead, or make room", file=str(out))

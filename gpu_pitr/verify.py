@@ -48,6 +48,7 @@ from gpu_pitr.format.layout import (
     HEADER_SIZE,
     N_VARIANTS,
     RECORD_HEADER_SIZE,
+    SEGMENT_NAME_RE,
     VARIANT_NAMES,
 )
 from gpu_pitr.format.payload import OK, STATUS_TEXT
@@ -91,6 +92,7 @@ KINDS = {
     "txn_open_at_end": NOTICE,
     "dim_change": NOTICE,
     "not_a_file": NOTICE,
+    "segment_name_case": NOTICE,
     "deleted": NOTICE,
 }
 
@@ -353,7 +355,8 @@ class _Verify:
                       f"transaction {txn} begun here is still open at the end of the log "
                       "(a restore discards it)", transaction_id=int(txn))
         for name, what in not_segment_files(self.wal_dir):
-            self.result.problems.append(Problem("not_a_file", name, 0, None, what))
+            kind = "not_a_file" if SEGMENT_NAME_RE.fullmatch(name) else "segment_name_case"
+            self.result.problems.append(Problem(kind, name, 0, None, what))
         # In name order, segments or not (SPEC section 1's log order for the segments).
         self.result.problems.sort(key=lambda p: (p.file.encode(), p.offset))
         if expiry is not None:  # first: it is about where the log begins

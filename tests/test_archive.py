@@ -836,3 +836,29 @@ def test_a_reader_of_stdout_that_goes_away_does_not_stop_the_copy(tmp_path):
         p.name for p in wal.iterdir())
     for seg in wal.iterdir():
         assert (arc / seg.name).read_bytes() == seg.read_bytes()
+
+
+def test_a_directory_that_lists_but_cannot_be_searched_is_named(tmp_path, monkeypatch, capsys):
+    """WAL_DIR readable but not searchable (mode r-- without root's powers): its names
+    list, but every open fails, the expire marker's first. The line names the directory,
+    not a marker file that is not there (verify: exit 2, it found no damage)."""
+    wal, arc, name, data = _two_runs(tmp_path)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: (
+        False if os.fspath(p) == str(wal) and mode & os.X_OK else real(p, mode, **kw)))
+    real_open = open
+
+    def denied_open(p, *args, **kwargs):  # what the kernel then does to every open
+        if isinstance(p, (str, os.PathLike)) and os.path.dirname(os.fspath(p)) == str(wal):
+            raise PermissionError(13, "Permission denied", os.fspath(p))
+        return real_open(p, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", denied_open)
+    line = (f"gpu-pitr: error: {wal}: cannot search the directory: Permission denied (its "
+            "names can be listed, but no file in it can be opened without the x permission)\n")
+    for argv, code in ((["restore", str(wal), "--out", str(tmp_path / "o.npz")], 1),
+                       (["inspect", str(wal)], 1), (["verify", str(wal)], 2),
+                       (["archive", str(wal), "--out", str(arc)], 1)):
+        assert cli.main(argv) == code, argv
+        assert capsys.readouterr().err == line, argv
+    assert not (tmp_path / "o.npz").exists()

@@ -5,6 +5,7 @@ Every command is checked to leave the WAL directory byte-for-byte unchanged.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import stat
@@ -700,13 +701,25 @@ def test_a_wal_dir_without_segments_is_warned_of_with_quiet_too(tmp_path: Path) 
 def test_stdout_that_cannot_be_written_is_named_and_verify_says_2(wal_dir: Path,
                                                                   tmp_path: Path) -> None:
     # "[Errno 28] No space left on device" named nothing, and verify's 1 means damage.
-    for args, rc in ((("verify", wal_dir), 2), (("inspect", wal_dir), 1),
-                     (("restore", wal_dir, "--out", tmp_path / "o.npz"), 1)):
+    # A command that changes files goes on to its end (archive stopped after its first
+    # segment's line), then says so and exits 1, as GNU tools do.
+    error = "gpu-pitr: error: stdout: cannot write: No space left on device"
+    done = " (the {} went on to its end: only what it printed there is lost)"
+    for args, rc, said in (
+            (("verify", wal_dir), 2, ""), (("inspect", wal_dir), 1, ""),
+            (("restore", wal_dir, "--out", tmp_path / "o.npz"), 1, done.format("restore")),
+            (("archive", wal_dir, "--out", tmp_path / "arc"), 1, done.format("archive")),
+            (("archive", wal_dir, "--out", tmp_path / "arc2", "--json"), 1,
+             done.format("archive"))):
         with open("/dev/full", "w") as full:
             proc = subprocess.run([sys.executable, "-m", "gpu_pitr", *map(str, args)],
                                   stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
-        assert (proc.returncode, proc.stderr) == (
-            rc, "gpu-pitr: error: stdout: cannot write: No space left on device\n"), args
+        assert (proc.returncode, proc.stderr) == (rc, f"{error}{said}\n"), args
+    with np.load(tmp_path / "o.npz", allow_pickle=False) as npz:
+        assert list(npz["ids"]) == [id_ for id_, _, _ in LATEST]
+    for arc in ("arc", "arc2"):
+        assert sorted(p.name for p in (tmp_path / arc).glob("wal-*.log")) == sorted(
+            p.name for p in wal_dir.glob("wal-*.log"))
 
 
 def test_more_segments_than_the_process_may_hold_open(tmp_path):
@@ -776,3 +789,35 @@ def test_zero_filled_records_on_the_command_line(tmp_path):
         assert list(npz["ids"]) == ["a", "c"]
         (skip,) = json.loads(str(npz["report"]))["skipped"]
     assert (skip["start"], skip["records"], skip["bytes"]) == (start, 100, 1200)
+
+
+@pytest.mark.parametrize("name, value, fragment", [
+    ("NUMPY_MADVISE_HUGEPAGE", "garbage", "NUMPY_MADVISE_HUGEPAGE='garbage' is not a whole number"),
+    ("NUMBA_NUM_THREADS", "0", "NUMBA_NUM_THREADS='0': Numba needs at least 1 thread"),
+    ("NUMBA_DISABLE_JIT", "1", "NUMBA_DISABLE_JIT='1': gpu-pitr's loops are compiled"),
+    ("NUMBA_THREADING_LAYER", "xyz", "NUMBA_THREADING_LAYER='xyz' is not a Numba threading"),
+    ("NUMBA_THREADING_LAYER", "tbb", "NUMBA_THREADING_LAYER='tbb': Numba cannot start"),
+])
+def test_environment_numpy_and_numba_cannot_use_is_one_line(
+    wal_dir: Path, tmp_path: Path, name: str, value: str, fragment: str
+) -> None:
+    # Those libraries raise while imported or starting threads: a traceback of their
+    # internals, where the user needs the variable named.
+    out = tmp_path / "out.npz"
+    proc = cli("restore", wal_dir, "--out", out, wal_dir=wal_dir,
+               env={**os.environ, name: value})
+    if value == "tbb" and importlib.util.find_spec("tbb") is not None:
+        assert proc.returncode == 0, proc.stderr  # the layer starts where tbb is installed
+        return
+    assert_one_error_line(proc, fragment)
+    assert not out.exists()
+
+
+def test_environment_values_the_libraries_accept_still_run(wal_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.npz"
+    env = {**os.environ, "NUMPY_MADVISE_HUGEPAGE": "0", "NUMBA_DISABLE_JIT": "0",
+           "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_NUM_THREADS": "1"}
+    proc = cli("restore", wal_dir, "--out", out, "--quiet", wal_dir=wal_dir, env=env)
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out, allow_pickle=False) as npz:
+        assert list(npz["ids"]) == [id_ for id_, _, _ in LATEST]

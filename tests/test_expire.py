@@ -472,6 +472,12 @@ def test_command_line(hist, capsys, monkeypatch):
             cli.main(["expire", str(arc), "--snapshots", str(snaps), *bad])
         assert stop.value.code == 2
     capsys.readouterr()
+    for bad in ("0", "-1", "x", "1.5"):  # one message, whatever the wrong count
+        with pytest.raises(SystemExit):
+            cli.main(["expire", str(arc), "--snapshots", str(snaps), "--keep", bad])
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"gpu-pitr expire: error: argument --keep: {bad!r}: keep at least 1 snapshot "
+            "(1, 2, 3, ...)")
     # An age: so long before now (pgBackRest keeps by days), the same as the time it is.
     for age, seconds in (("1d", 86400), ("3h", 3 * 3600), ("2w", 14 * 86400), ("90 s", 90),
                          ("5m", 300)):

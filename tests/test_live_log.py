@@ -241,6 +241,34 @@ def test_entries_named_like_segments_that_are_not_files_are_named(tmp_path, caps
         ("not_a_file", line.split(":")[0]) for line in lines]
 
 
+def test_segment_names_in_another_case_are_named_not_read(tmp_path, capsys):
+    """SPEC section 1's segment names are lower case, and other names are not read; but
+    a segment whose name's case changed (a copy through a file system that folds case)
+    holds log records a user expects restored: named, as a warning, note and notice."""
+    import shutil
+
+    wal, _ = _log(tmp_path)
+    first = sorted(wal.glob("wal-*.log"))[0]
+    shutil.copy(first, wal / first.name.upper())  # WAL-….LOG
+    (wal / "wal-00000000FFFFFF04.log").write_bytes(first.read_bytes())  # upper-case hex
+    (wal / "WAL-1.LOG").write_bytes(b"")  # not a segment name in any case: nothing said
+    what = ("named like a segment file but for the case of its letters (segment names are "
+            "lower case: wal-<16 hex digits>.log): not read")
+    lines = [f"{name}: {what}" for name in sorted(
+        [first.name.upper(), "wal-00000000FFFFFF04.log"], key=str.encode)]
+    index = pipeline.restore(wal, backend="cpu")
+    assert sorted(index.ids) == ["a", "b", "c"] and index.report.warnings == lines
+    assert index.report.segments == 2
+    assert cli.main(["restore", str(wal), "--out", str(tmp_path / "o.npz"), "-q"]) == 0
+    assert capsys.readouterr().err.splitlines() == [f"gpu-pitr: warning: {x}" for x in lines]
+    assert cli.main(["inspect", str(wal)]) == 0
+    assert capsys.readouterr().err.splitlines() == [f"note: {x}" for x in lines]
+    result = verify_wal(wal)
+    assert [(p.kind, p.file, p.severity) for p in result.problems] == [
+        ("segment_name_case", line.split(":")[0], "notice") for line in lines]
+    assert result.clean and result.segments == 2
+
+
 def test_a_segment_deleted_after_the_listing_is_a_notice_to_verify(tmp_path, monkeypatch,
                                                                     capsys):
     """The writer's retention deletes its oldest segments at a checkpoint, maybe while

@@ -632,7 +632,7 @@ def test_an_npz_larger_than_the_free_space_is_refused_before_it_is_written(
     monkeypatch.setattr(outputs.os, "statvfs", lambda path: _FreeSpace(1 << 20))
     assert main(["restore", str(wal), "--out", str(out), "--backend", "cpu", "--quiet"]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"gpu-pitr: error: {out}: the .npz would take 7.")
+    assert line.startswith(f"gpu-pitr: error: {out}: the .npz would take 6.0 MB,")
     assert "more than the 1.0 MB free" in line
     assert "metadata member is 300 rows of 5,008 characters" in line
     assert "the metadata of id 'id0007'" in line and ".parquet" in line
@@ -683,3 +683,25 @@ def test_a_device_or_fifo_is_not_replaced_by_an_output(wal_dir: Path, tmp_path: 
     with pytest.raises(OSError, match="exists and is a FIFO"):
         write_output(expected, fifo, "npz")
     assert fifo.is_fifo()
+
+
+def test_a_small_npz_fits_the_little_room_a_nearly_full_disk_has(
+        wal_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """The room asked for beyond the members' bytes is the archive's headers (about
+    250 bytes a member) and one file-system block: a small restore still lands on a
+    disk with 64 KiB free, and one needing a few KiB more than is free is refused."""
+    from gpu_pitr import outputs
+
+    index = gpu_pitr.restore(wal_dir, backend="cpu")
+    out = tmp_path / "o.npz"
+    monkeypatch.setattr(outputs.os, "statvfs", lambda path: _FreeSpace(64 << 10))
+    write_output(index, out, "npz")
+    size = out.stat().st_size
+    with np.load(out, allow_pickle=False) as npz:
+        data = sum(npz[name].nbytes for name in npz.files)
+    assert data < size <= data + outputs._NPZ_SLACK  # the slack holds the headers
+    out.unlink()
+    monkeypatch.setattr(outputs.os, "statvfs", lambda path: _FreeSpace(size - 4096))
+    with pytest.raises(gpu_pitr.errors.WalError, match="the .npz would take"):
+        write_output(index, out, "npz")
+    assert not out.exists()

@@ -507,6 +507,7 @@ def test_one_log_with_every_kind_of_problem_and_the_documented_severities(tmp_pa
     b.raw(w.encode_header(SEG2))  # swallowed_header (by the record cut); torn_tail
     b.put_file(w.segment_name(SEG2 + 1), b"WAL")  # torn_header
     b.put_file(w.segment_name(SEG2 + 2), b"WALX" + bytes(12))  # bad_header
+    b.put_file(w.segment_name(SEG2 + 5).upper(), b"")  # segment_name_case
     b.new_segment(SEG2 + 3)
     live = b.add(Ins("c", [1, 2], None, 11), seq=0)  # write_in_progress: listed cut
     w.listed_at(monkeypatch, verify_module, live.file, live.offset + 5)
@@ -528,8 +529,9 @@ def test_one_log_with_every_kind_of_problem_and_the_documented_severities(tmp_pa
         "incomplete_history": NOTICE, "txn_begin_open": NOTICE, "txn_end_not_open": NOTICE,
         "txn_open_at_end": NOTICE, "dim_change": NOTICE, "expired_history": NOTICE,
         "write_in_progress": NOTICE, "not_a_file": NOTICE, "deleted": NOTICE,
+        "segment_name_case": NOTICE,
     }
-    assert (result.damage, result.notices) == (9, 11)
+    assert (result.damage, result.notices) == (9, 12)
     assert all(p.what and "\n" not in p.what for p in result.problems)
     assert any(p.what.startswith(STATUS_TEXT[ERR_VARIANT]) for p in result.problems)
 

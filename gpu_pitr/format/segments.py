@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,12 +54,22 @@ def list_segments(wal_dir: str | os.PathLike) -> list[Segment]:
         from gpu_pitr.errors import DirectoryReadError
 
         raise DirectoryReadError(wal_dir, err) from err
+    check_searchable(wal_dir)
     names = sorted(
         (e.name for e in entries if SEGMENT_NAME_RE.fullmatch(e.name) and _listed(e)),
         key=lambda n: n.encode(),
     )
     return [Segment(path=wal_dir / n, size=_size(wal_dir / n), created=int(n[4:20], 16))
             for n in names]
+
+
+def check_searchable(directory: str | os.PathLike) -> None:
+    """Raise ``DirectorySearchError`` when ``directory``'s names can be listed but its
+    files cannot be opened (read permission without search, ``x``)."""
+    if not os.access(directory, os.X_OK):
+        from gpu_pitr.errors import DirectorySearchError
+
+        raise DirectorySearchError(directory)
 
 
 def last_with_records(segments: list[Segment]) -> int:
@@ -75,17 +86,28 @@ def last_with_records(segments: list[Segment]) -> int:
     return 0
 
 
+# A segment's name but for the case of its letters (``WAL-….LOG``, upper-case hex).
+_ANY_CASE_RE = re.compile(SEGMENT_NAME_RE.pattern, re.IGNORECASE)
+
+
 def not_segment_files(wal_dir: str | os.PathLike) -> list[tuple[str, str]]:
     """``(name, what)`` of each entry of ``wal_dir`` named like a segment that
-    ``list_segments`` passes over (a directory, FIFO, socket, device, or a link to one),
-    ``what`` for a person: not read, as SPEC section 1 wants, but not in silence."""
+    ``list_segments`` passes over (a directory, FIFO, socket, device, or a link to one;
+    or a name that is a segment's but for the case of its letters, as a copy through a
+    file system that folds case may leave), ``what`` for a person: not read, as SPEC
+    section 1 wants, but not in silence."""
     try:
-        entries = sorted((e for e in os.scandir(wal_dir) if SEGMENT_NAME_RE.fullmatch(e.name)
-                          and not _listed(e)), key=lambda e: e.name.encode())
+        entries = sorted((e for e in os.scandir(wal_dir) if _ANY_CASE_RE.fullmatch(e.name)
+                          and not (SEGMENT_NAME_RE.fullmatch(e.name) and _listed(e))),
+                         key=lambda e: e.name.encode())
     except OSError:
         return []
     out = []
     for e in entries:
+        if not SEGMENT_NAME_RE.fullmatch(e.name):
+            out.append((e.name, "named like a segment file but for the case of its letters "
+                        "(segment names are lower case: wal-<16 hex digits>.log): not read"))
+            continue
         try:
             mode = os.stat(e.path).st_mode
         except OSError:
