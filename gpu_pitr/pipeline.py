@@ -80,11 +80,14 @@ from gpu_pitr.snapshot.base import (
     SeqRuns,
     base_gap,
     base_mismatch,
+    merge_runs,
     stops_at_base,
     target_problem,
 )
 
 _MIN_CHUNK_BYTES = 64
+#: Runs of seqs a seq target not found names, at most.
+_RUNS_SHOWN = 4
 #: Pieces are gathered (``_gather``) while the carried bytes exceed this many times
 #: the bytes read since.
 GATHER = 2
@@ -167,6 +170,7 @@ class _Restore:
         # The first gap in the history the caller allowed (--allow-incomplete-history),
         # for the restore's warning; see history_gap.
         self.gap_why: str | None = None
+        self.gap_lacks = ""  # (with gap_why) what the state restored lacks
         # Sequence-number jumps forward (records missing) among the records read up to
         # the stop point: the first one's place, how many, how many records in all.
         self.seq_jumps = SeqJumps()
@@ -664,19 +668,30 @@ class _Restore:
                     f"the log does not go on from the base snapshot's position "
                     f"({pos['segment']} offset {pos['offset']}, seq {want})", **w)
         elif seq != want and not self.allow_incomplete:
+            where = (f"the log resumes at seq {seq}, not {want}, right after the base "
+                     f"snapshot's position ({pos['segment']} offset {pos['offset']})")
+            if seq == 0:  # a writer reopened without recovery, or another log
+                raise IncompleteHistoryError(
+                    f"{where}, whose segment is gone: a writer reopened without recovery "
+                    "numbers from 0 again, so the log cannot show whether segments written "
+                    "between are missing (if the writer restarted right after that segment, "
+                    "none are: restore anyway with --allow-incomplete-history, "
+                    "allow_incomplete_history=True)", **w)
             raise IncompleteHistoryError(
-                f"the log resumes at seq {seq}, not {want} right after the base snapshot's "
-                f"position ({pos['segment']} offset {pos['offset']}): history between is "
-                "missing (restore anyway: --allow-incomplete-history,"
-                " allow_incomplete_history=True)", **w)
+                f"{where}: history between is missing (restore anyway: "
+                "--allow-incomplete-history, allow_incomplete_history=True)", **w)
         elif seq != want:
             self._gap(f"the log resumes at seq {seq}, not {want}, right after the base "
-                      f"snapshot's position ({pos['segment']} offset {pos['offset']})")
+                      f"snapshot's position ({pos['segment']} offset {pos['offset']})",
+                      None if seq else "whatever segments written between did, if the "
+                      "writer wrote any before it restarted at seq 0")
 
-    def _gap(self, why: str) -> None:
-        """A gap in the history that this restore allows: noted, and warned of."""
+    def _gap(self, why: str, lacks: str | None = None) -> None:
+        """A gap in the history that this restore allows: noted, and warned of (the
+        state restored lacks ``lacks``, by default what came before)."""
         if self.gap_why is None:
             self.gap_why = why
+            self.gap_lacks = lacks or "what came before and may never have existed"
 
     @property
     def history_gap(self) -> bool:
@@ -890,12 +905,25 @@ class _Restore:
         raise DimensionMismatchError(
             f"vector of length {length} differs from the index dimension {dim}", **w)
 
+    def _seqs_held(self) -> str:
+        """The seqs there are, for a seq target none carries: the runs of consecutive
+        numbers (a writer restart starts another), the first few of them."""
+        last = self.seq_runs.last
+        runs = merge_runs(self.seq_runs.runs + ([] if last is None else [[last, last]]))
+        shown = [str(a) if a == b else f"{a} to {b}" for a, b in runs[:_RUNS_SHOWN]]
+        text = shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
+        if len(runs) > _RUNS_SHOWN:
+            text = (f"{', '.join(shown)} and {len(runs) - _RUNS_SHOWN} more runs (`gpu-pitr "
+                    "inspect --records` lists them)")
+        who = ("the base snapshot and the records read after it carry" if self.base is not None
+               else "the records read carry")
+        return f"{who} seq {text}"
+
     def _end_of_log(self) -> None:
         self.report.transactions["in_flight_discarded"] = (
             self.plan.open_at_stop if self.plan.stopped else self.plan.open_transactions)
         if self.to_seq is not None and not self.plan.stopped:
-            held = ("no records were read" if self.seq_range is None else
-                    "the records read carry seq {} to {}".format(*self.seq_range))
+            held = "no records were read" if self.seq_range is None else self._seqs_held()
             raise TargetNotFoundError(
                 f"no record has sequence number {self.to_seq} ({held})", file=str(self.wal_dir))
         cnt = self.plan.counters
@@ -1197,7 +1225,7 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict) -> lis
             "whatever they did. `gpu-pitr verify` lists each jump")
     if run.gap_why is not None:
         out.append(f"incomplete history, restored as allowed: {run.gap_why}; the state "
-                   "restored lacks what came before and may never have existed")
+                   f"restored lacks {run.gap_lacks}")
     t = target.get("to_time")
     stamp = run.latest_stamp
     went_past = stamp is not None and (stamp >= t if run.plan.exclusive else stamp > t)

@@ -747,9 +747,18 @@ def test_seq_not_found_says_which_seqs_the_log_holds(tmp_path):
     b.seq = 3  # a writer restart: the range covers both runs
     b.add(Ins("c", [1.0], None, 3))
     d = b.write(tmp_path / "wal")
-    held = r"number 5 \(the records read carry seq 3 to 8\)"
+    held = r"number 5 \(the records read carry seq 3 and 7 to 8\)"  # (not "3 to 8")
     with pytest.raises(TargetNotFoundError, match=held):
         gpu_pitr.restore(d, backend="cpu", to_seq=5, allow_incomplete_history=True)
+    b = LogBuilder()
+    for k in range(6):  # six runs of two: 0-1, 10-11, ... 50-51
+        b.seq = 10 * k
+        b.add(Ins("a", [1.0], None, 2 * k))
+        b.add(Ins("b", [1.0], None, 2 * k + 1))
+    held = (r"number 5 \(the records read carry seq 0 to 1, 10 to 11, 20 to 21, 30 to 31 "
+            r"and 2 more runs \(`gpu-pitr inspect --records` lists them\)\)")
+    with pytest.raises(TargetNotFoundError, match=held):
+        gpu_pitr.restore(b.write(tmp_path / "six"), backend="cpu", to_seq=5)
     (tmp_path / "empty").mkdir()
     with pytest.raises(TargetNotFoundError, match=r"number 5 \(no records were read\)"):
         gpu_pitr.restore(tmp_path / "empty", backend="cpu", to_seq=5)

@@ -442,6 +442,41 @@ def test_gap_between_snapshot_and_log_is_an_error(tmp_path):
     assert len(got) > 0
 
 
+def test_a_writer_restart_after_a_snapshot_whose_segment_is_gone(tmp_path):
+    """A snapshot at the end of segment A; the writer reopened without recovery (seq 0
+    again, in B); retention deleted A. Whether segments between A and B were lost
+    cannot be told (seq 0 says nothing): refused, saying why and what to do; allowed,
+    the snapshot and B, with a warning that says what may be missing."""
+    from gpu_pitr.format.entries import Delete, Insert
+    from gpu_pitr.format.layout import segment_name
+
+    d, t = tmp_path / "wal", 1_700_000_000
+    with WalWriter(d, created=t, clock=lambda: t) as wr:
+        for i in range(3):
+            wr.append(Insert(f"a-{i}", [float(i)], None, t + i))
+    snapshot.save(gpu_pitr.restore(d, backend="cpu"), tmp_path / "snap")
+    with WalWriter(d, created=t + 10, clock=lambda: t + 10) as wr:  # reopened: seq 0
+        wr.append(Insert("b", [9.0], None, t + 11))
+        wr.append(Delete("a-0", t + 12))
+    whole = gpu_pitr.restore(d, backend="cpu")
+    (d / segment_name(t)).unlink()  # the writer's retention
+    with pytest.raises(IncompleteHistoryError, match=(
+            r"resumes at seq 0, not 3, right after the base snapshot's position \(.*\), "
+            "whose segment is gone: a writer reopened without recovery numbers from 0 "
+            "again, so the log cannot show whether segments written between are missing "
+            r"\(if the writer restarted right after that segment, none are: restore anyway "
+            "with --allow-incomplete-history")):
+        gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
+    got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap",
+                           allow_incomplete_history=True)
+    assert w.index_view(got) == w.index_view(whole)
+    assert got.report.warnings == [
+        "incomplete history, restored as allowed: the log resumes at seq 0, not 3, right "
+        f"after the base snapshot's position ({segment_name(t)} offset "
+        f"{got.report.base['offset']}); the state restored lacks whatever segments written "
+        "between did, if the writer wrote any before it restarted at seq 0"]
+
+
 def test_snapshot_mid_segment_whose_segment_is_gone(tmp_path):
     d, segs = _retained_log(tmp_path)
     t0 = 1_700_000_000

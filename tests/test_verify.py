@@ -665,7 +665,8 @@ def test_files_that_are_not_segments_are_ignored(tmp_path):
     (tmp_path / "wal" / w.segment_name(SEG2 + 9)).mkdir()  # a directory with a segment name
     result = verify_wal(wal)
     assert [(p.kind, p.file, p.severity) for p in result.problems] == [
-        ("not_a_file", w.segment_name(SEG2 + 9), NOTICE)]  # named, not read
+        ("segment_name_case", "WAL-0000000000000001.log", NOTICE),  # named, not read
+        ("not_a_file", w.segment_name(SEG2 + 9), NOTICE)]
     assert result.segments == 2 and result.clean
 
 
