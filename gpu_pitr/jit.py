@@ -175,17 +175,23 @@ _ROOTS = _roots()
 @functools.cache
 def package_digest() -> str:
     """SHA-256 over the paths and contents of every ``.py`` file of the package, as
-    this process first sees them (its modules were loaded from those sources)."""
-    h = hashlib.sha256()
+    this process first sees them (its modules were loaded from those sources). Paths
+    are those inside the installed package (``kernels/decode.py``), so a source
+    checkout and a wheel of the same code have the same digest."""
+    files = []
     for root in _ROOTS:
+        base = _PACKAGE if root == _PACKAGE else root.parent  # kernels/ of a checkout
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-            for name in sorted(filenames):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            for name in filenames:
                 if name.endswith(".py"):
                     path = os.path.join(dirpath, name)
-                    h.update(os.path.relpath(path, root).encode("utf-8", "surrogateescape"))
-                    with open(path, "rb") as f:
-                        h.update(hashlib.sha256(f.read()).digest())
+                    files.append((os.path.relpath(path, base), path))
+    h = hashlib.sha256()
+    for rel, path in sorted(files):
+        h.update(rel.encode("utf-8", "surrogateescape"))
+        with open(path, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
     return h.hexdigest()
 
 

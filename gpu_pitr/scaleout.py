@@ -94,6 +94,14 @@ def _register_with_dask() -> None:
 _register_with_dask()
 
 
+class NoWorkersError(OSError):
+    """The Dask cluster has no workers to run the shards on (one line)."""
+
+
+class StaleWorkersError(OSError):
+    """Dask workers run other gpu_pitr code than the caller (one line naming them)."""
+
+
 def _workers(client) -> list[str]:
     try:
         info = client.scheduler_info(n_workers=-1)  # newer clients list 5 by default
@@ -118,6 +126,29 @@ def _check_cuda(client) -> None:
         raise BackendUnavailableError(
             f"backend cuda: the Dask worker(s) {', '.join(sorted(reasons))} cannot run the "
             f"cuda executor ({first}: {reasons[first]})")
+
+
+def _code() -> tuple[str, str]:
+    """The version and the source digest of the gpu_pitr this process runs."""
+    from gpu_pitr import __version__
+    from gpu_pitr.jit import package_digest
+
+    return __version__, package_digest()
+
+
+def _check_code(client) -> None:
+    """Workers that run other gpu_pitr code than this process (a worker started before
+    an upgrade, say), named before any shard starts: shards of other code need not
+    join into the restore this code gives."""
+    here = _code()
+    other = {w: c for w, c in client.run(_code).items() if tuple(c) != here}
+    if other:
+        first = min(other)
+        version, digest = other[first]
+        raise StaleWorkersError(
+            f"the Dask worker(s) {', '.join(sorted(other))} run other gpu_pitr code than "
+            f"this process ({first}: version {version}, source digest {digest[:12]}; here: "
+            f"{here[0]}, {here[1][:12]}): restart them on the same code")
 
 
 def _has_pyarrow() -> bool:
@@ -150,6 +181,8 @@ def _check_paths(client, paths: list[str],
     for path in paths:
         seen = client.run(_is_dir, path)
         missing = sorted(w for w, ok in seen.items() if not ok)
+        if missing and len(missing) == len(seen) and not os.path.lexists(path):
+            raise WalError("no such directory, here or on any Dask worker", file=path)
         if missing:
             where = ("any Dask worker" if len(missing) == len(seen) else
                      f"the Dask worker(s) {', '.join(missing)}")
@@ -199,22 +232,49 @@ def _dataset_out(out) -> Path:
     return out
 
 
-def _write_part(index, path: str, dim: int | None) -> int:
+def _write_part(index, path: str, report: str, shown: str) -> int:
     """One shard as one Parquet file, on the worker that holds it (atomic, fsynced).
-    A shard without ids gets the whole index's dimension, so that every file of the
-    dataset has one schema."""
+    Each file's schema metadata holds the whole restore's report (JSON text ``report``),
+    as a ``.parquet`` output's does: a reader of the dataset as one table sees that
+    one, not a shard's. A shard without ids gets the whole index's dimension, so that
+    every file of the dataset has one schema. An error names the file as it will be
+    (``shown``), not the hidden directory it is written in."""
     import numpy as np
 
+    from gpu_pitr.errors import WalError
     from gpu_pitr.index import RestoredIndex
     from gpu_pitr.outputs import write_output
+    from gpu_pitr.report import RestoreReport
 
     index = index.to_host()
-    if dim is not None and len(index) == 0 and index.vectors.shape != (0, dim):
-        index = RestoredIndex(index._id_arena, index._id_offs, index._id_lens,
-                              np.empty((0, dim), np.float32), index._meta_arena,
-                              index._meta_offs, index._meta_lens, index.report)
-    write_output(index, path, "parquet")
+    whole = RestoreReport.from_dict(json.loads(report))
+    vectors = index.vectors
+    if whole.dim is not None and len(index) == 0 and vectors.shape != (0, whole.dim):
+        vectors = np.empty((0, whole.dim), np.float32)
+    index = RestoredIndex(index._id_arena, index._id_offs, index._id_lens, vectors,
+                          index._meta_arena, index._meta_offs, index._meta_lens, whole)
+    try:
+        write_output(index, path, "parquet")
+    except (OSError, WalError) as err:
+        raise _renamed(err, os.path.dirname(path), os.path.dirname(shown)) from None
     return len(index)
+
+
+def _renamed(err, old: str, new: str):
+    """``err`` (a one-line ``OSError`` or a ``WalError``) with the path ``old`` in its
+    text written ``new``."""
+    from gpu_pitr.errors import WalError
+
+    if isinstance(err, WalError):
+        err.file = None if err.file is None else str(err.file).replace(old, new)
+        err.what = err.what.replace(old, new)
+        err.args = (err._line(),)
+    else:
+        if err.filename is not None:
+            err.filename = str(err.filename).replace(old, new)
+        if err.strerror is not None:
+            err.strerror = err.strerror.replace(old, new)
+    return err
 
 
 @dataclass
@@ -248,6 +308,8 @@ class ShardedRestore:
         was called."""
         from distributed import wait
 
+        if not self.futures:
+            raise ValueError("the shards were released: nothing to gather")
         wait(self.futures)
         t = time.perf_counter()
         index = merge_shards(self.client.gather(self.futures))
@@ -289,9 +351,11 @@ class ShardedRestore:
                 _check_paths(self.client, [str(tmp)], why="the dataset's directory must be "
                              "at the same path on every worker")
                 count = len(self.futures)
-                parts = [self.client.submit(
-                    _write_part, f, str(tmp / PART_NAME.format(index=k, count=count)),
-                    report.dim, pure=False) for k, f in enumerate(self.futures)]
+                whole = json.dumps(report.to_dict())
+                names = [PART_NAME.format(index=k, count=count) for k in range(count)]
+                parts = [self.client.submit(_write_part, f, str(tmp / name), whole,
+                                            str(out / name), pure=False)
+                         for f, name in zip(self.futures, names, strict=True)]
                 try:
                     wait(parts)  # every file written or failed before the directory goes
                 except BaseException:  # Ctrl-C: the files being written end first (a
@@ -358,20 +422,21 @@ def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> 
     started = time.perf_counter()
     wal_dir = os.path.abspath(wal_dir)
     workers = _workers(client)
+    if not workers:  # tasks submitted now would wait for one without end
+        raise NoWorkersError("the Dask cluster has no workers: start some (dask worker "
+                             "SCHEDULER_ADDRESS), then run this again")
+    _check_code(client)
     _check_paths(client, [wal_dir] + [kwargs[n] for n in ("base", "snapshots")
                                       if kwargs.get(n) is not None])
     if kwargs.get("backend") == "cuda":
         _check_cuda(client)
     count = len(workers) if shards is None else int(shards)
     if not 1 <= count <= MAX_SHARDS:
-        raise ValueError(f"shards must be 1..{MAX_SHARDS}"
-                         + (" (the cluster has no workers)" if not workers else "")
-                         + f", not {count}")
+        raise ValueError(f"shards must be 1..{MAX_SHARDS}, not {count}")
     run = uuid.uuid4().hex[:8]
     futures = []
     for k in range(count):
-        where = {"workers": [workers[k % len(workers)]], "allow_other_workers": True} \
-            if workers else {}
+        where = {"workers": [workers[k % len(workers)]], "allow_other_workers": True}
         futures.append(client.submit(_restore_shard, wal_dir, k, count, kwargs, pure=False,
                                      key=f"gpu-pitr-restore-{run}-shard-{k}-of-{count}",
                                      **where))
@@ -418,9 +483,13 @@ def _on_cluster(address: str, timeout: str):
     """A client of ``address``, and what Dask itself raises while it is used turned into
     one-line errors: a worker that died running a task (killed for memory, say), a task
     cancelled under us (the scheduler restarted)."""
+    import logging
+
     from distributed import KilledWorker
     from distributed.client import FutureCancelledError
 
+    # Kept once the client is gone: those tasks may be collected later, at exit.
+    logging.getLogger("asyncio").addFilter(_drop_all_exit)
     with _connect(address, timeout) as client:
         try:
             yield client
@@ -432,6 +501,32 @@ def _on_cluster(address: str, timeout: str):
         except FutureCancelledError as err:
             raise OSError(f"Dask cancelled a task of this restore ({err}); nothing was "
                           "written") from None
+        except BaseException as stop:
+            if not isinstance(stop, Exception):  # Ctrl-C, SIGTERM: the command's one line
+                _quiet_dask()
+            raise
+
+
+def _drop_all_exit(record) -> bool:
+    """A filter of the ``asyncio`` logger: not "Task exception was never retrieved" for
+    the gathers Dask's client ends with ``AllExit`` when it is closed while they wait (a
+    Ctrl-C during a gather): a traceback about nothing, whenever the task is collected."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (exc is not None and type(exc).__name__ == "AllExit"
+                and type(exc).__module__.startswith("distributed"))
+
+
+def _quiet_dask() -> None:
+    """Silence what Dask's client logs as it is closed under a stop: the gathers it was
+    waiting on end in errors no one retrieves ("Task exception was never retrieved ...
+    AllExit" from asyncio, streams left dangling), tracebacks around the interrupted
+    command's one line."""
+    import logging
+
+    names = ["asyncio", "distributed", "tornado"]
+    names += [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def restore_with_scheduler(address: str, wal_dir, *, shards: int | None = None,
