@@ -29,11 +29,26 @@ def _lazy_modules(package: str, names):
             return importlib.import_module(f"{package}.{name}")
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
+    __getattr__.names = names
     return __getattr__
+
+
+def _lazy_dir(package: str, *names):
+    """A module ``__dir__`` for ``package``: its attributes and the ``names`` its
+    ``__getattr__`` gives (tab completion in a notebook lists them)."""
+    import sys
+
+    def __dir__():
+        return sorted({*vars(sys.modules[package]), *names})
+
+    return __dir__
 
 
 _modules = _lazy_modules(__name__, ("archive", "compat", "errors", "expire", "format",
                                     "outputs", "report", "snapshot", "verify"))
+
+
+__dir__ = _lazy_dir(__name__, "restore", "RestoredIndex", *_modules.names)
 
 
 def __getattr__(name: str):

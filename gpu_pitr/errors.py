@@ -36,7 +36,8 @@ class WalError(Exception):
         if self.seq is not None:
             parts.append(f"seq {self.seq}")
         parts.append(self.what)
-        return ": ".join(parts)
+        # One line whatever a path holds (a newline in a file name): ``file`` keeps it.
+        return " ".join(": ".join(parts).splitlines())
 
 
 class CorruptRecordError(WalError):
@@ -99,7 +100,7 @@ class _OneLineOSError(OSError):
     """An ``OSError`` whose text is one line naming the file (no ``[Errno n]`` prefix)."""
 
     def __init__(self, path, line: str, cause: OSError) -> None:
-        super().__init__(cause.errno, line)
+        super().__init__(cause.errno, " ".join(line.splitlines()))  # ``filename``: as it is
         self.filename = str(path)
 
     def __str__(self) -> str:

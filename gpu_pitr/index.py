@@ -138,9 +138,12 @@ class RestoredIndex:
         """Unicode array of the ids, sorted by UTF-8 bytes.
 
         NumPy's fixed-width strings drop trailing NUL characters; ``id_list()``
-        is exact for such ids.
+        is exact for such ids. Read-only: it is made once from the index's own ids,
+        and outputs may write it as it is (``ids.copy()`` to change one).
         """
-        return self.ids_rows(0, len(self))
+        ids = self.ids_rows(0, len(self))
+        ids.flags.writeable = False
+        return ids
 
     def ids_width(self) -> int:
         """The characters of ``ids``' dtype (the longest id's UTF-8 bytes; at least 1)."""

@@ -129,6 +129,8 @@ def write_output(index, out: str | os.PathLike, fmt: str) -> list[Path]:
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown output format {fmt!r}: one of {', '.join(FORMATS)}")
+    if fmt in _NEEDS:
+        _import_extra(fmt)  # MissingExtraError, saying which extra
     out = Path(out)
     index = index.to_host()
     try:
@@ -205,6 +207,8 @@ def _npz_room(index, out: Path, texts: tuple, which: np.ndarray, report_chars: i
         st = os.statvfs(out.parent)
     except OSError:
         st = None  # not ours to judge: the write reports what goes wrong
+    if st is not None and not st.f_blocks:
+        st = None  # a file system that gives no sizes (/proc, some FUSE): the same
     if st is not None and need + st.f_frsize > st.f_bavail * st.f_frsize:
         raise WalError(f"the .npz would take {_gb(need)}, more than the "
                        f"{_gb(st.f_bavail * st.f_frsize)} free on its file system{why}; "
@@ -215,7 +219,11 @@ def _npz_room(index, out: Path, texts: tuple, which: np.ndarray, report_chars: i
 
 
 def _gb(nbytes: int) -> str:
-    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 10**9 else f"{nbytes / 1e6:.1f} MB"
+    if nbytes >= 10**9:
+        return f"{nbytes / 1e9:.1f} GB"
+    if nbytes >= 10**6:
+        return f"{nbytes / 1e6:.1f} MB"
+    return f"{nbytes / 1e3:.1f} kB" if nbytes >= 10**3 else f"{nbytes} bytes"
 
 
 #: Bytes of an .npz unicode member (ids, metadata) made at a time.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-import operator
 import os
 import shlex
 import threading
@@ -1042,6 +1041,25 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segm
     return index, run
 
 
+def _size_arg(name: str, value) -> int:
+    """A size argument: whole bytes, or a size text like ``"256M"`` (as the command
+    line's); positive. Anything else is a ValueError naming the argument."""
+    from gpu_pitr.budget import parse_size
+
+    if isinstance(value, str):
+        try:
+            size = parse_size(value)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+    elif isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} is whole bytes or a size text like '256M', not {value!r}")
+    else:
+        size = int(value)
+    if size <= 0:
+        raise ValueError(f"{name} must be positive (None: the default), not {value!r}")
+    return size
+
+
 def restore(
     wal_dir: str | os.PathLike,
     *,
@@ -1107,20 +1125,20 @@ def restore(
         # As the command line: "exclusive" of nothing is a slip, not the latest state.
         raise ValueError("exclusive leaves out the target: give to_time or to_seq")
     shard = parse_id_shard(id_shard)
-    if chunk_bytes is not None and int(chunk_bytes) <= 0:
-        raise ValueError(f"chunk_bytes must be positive (None: the default), not {chunk_bytes}")
+    for name, flag in (("exclusive", exclusive), ("skip_corrupt", skip_corrupt),
+                       ("allow_incomplete_history", allow_incomplete_history)):
+        if not isinstance(flag, (bool, np.bool_)):  # "no" would be taken as True
+            raise ValueError(f"{name} is True or False, not {flag!r}")
+    if progress is not None and not callable(progress):
+        raise ValueError(f"progress is a callable or None, not {progress!r}")
+    if chunk_bytes is not None:
+        chunk_bytes = _size_arg("chunk_bytes", chunk_bytes)
     if memory_budget is not None:
         if chunk_bytes is not None:
             raise ValueError("give at most one of chunk_bytes and memory_budget")
-        from gpu_pitr.budget import chunk_bytes_for_budget, parse_size
+        from gpu_pitr.budget import chunk_bytes_for_budget
 
-        if isinstance(memory_budget, bool):
-            raise ValueError(f"memory_budget is bytes or a size text, not {memory_budget!r}")
-        budget = (parse_size(memory_budget) if isinstance(memory_budget, str) else
-                  operator.index(memory_budget))
-        if budget <= 0:
-            raise ValueError(f"memory_budget must be positive, not {memory_budget!r}")
-        chunk_bytes = chunk_bytes_for_budget(budget)
+        chunk_bytes = chunk_bytes_for_budget(_size_arg("memory_budget", memory_budget))
     started, compiled = time.perf_counter(), compile_seconds()
     if to_time is not None:
         target = {"to_time": parse_time(to_time, exclusive)}

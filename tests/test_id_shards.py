@@ -151,3 +151,24 @@ def test_a_shard_is_not_a_snapshot_and_merging_needs_every_shard(tmp_path):
     snapshot.save(merged, tmp_path / "snap")  # the merged state is one
     again = gpu_pitr.restore(wal, base=tmp_path / "snap")
     assert again.id_list() == merged.id_list() == sorted(f"id{i}" for i in range(20))
+
+
+def test_shards_of_different_restores_are_not_merged(tmp_path):
+    """Shard 0 at latest and shard 1 at an earlier time joined into a state that never
+    existed (and said target latest); shards of two logs failed in NumPy's reshape."""
+    builder = w.LogBuilder()
+    for i in range(20):
+        builder.add(w.Ins(f"id{i:02d}abcd", [float(i)], None, i))
+    wal = builder.write(tmp_path / "wal")
+    other = w.LogBuilder()  # as many bytes (4 less of id, 4 more of vector)
+    for i in range(20):
+        other.add(w.Ins(f"id{i:02d}", [float(i), 1.0], None, i))
+    wal2 = other.write(tmp_path / "wal2")
+    latest = [gpu_pitr.restore(wal, id_shard=(k, 2)) for k in range(2)]
+    early = [gpu_pitr.restore(wal, id_shard=(k, 2), to_time=9) for k in range(2)]
+    two = [gpu_pitr.restore(wal2, id_shard=(k, 2)) for k in range(2)]
+    with pytest.raises(ValueError, match="shards of one restore: shard 1's target"):
+        merge_shards([latest[0], early[1]])
+    with pytest.raises(ValueError, match="shards of one restore: .*dimensions \\[1, 2\\]"):
+        merge_shards([latest[0], two[1]])
+    assert merge_shards(early).id_list() == [f"id{i:02d}abcd" for i in range(10)]

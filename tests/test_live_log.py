@@ -179,7 +179,8 @@ w.close()
 def test_verify_beside_a_real_writer_finds_only_writes_in_progress(tmp_path):
     """A writer process appends (a 1000-byte buffer: records of 290 bytes reach the file
     in pieces) while verify runs again and again. Nothing but the tail being written (or
-    a file just made, its header still in the writer's buffer: a notice) is ever found, and each such tail, once the writer is done, is where a record starts.
+    a file just made, its header still in the writer's buffer: a notice) is ever
+    found, and each such tail, once the writer is done, is where a record starts.
     Whether verify saw the rest arrive (``write_in_progress``) or not (``torn_tail``, a
     writer held up longer than verify took) depends on the scheduler, so both pass here;
     the tests above fix which is which."""

@@ -611,6 +611,7 @@ def _one_wide_map(tmp_path: Path, ids: int = 300, width: int = 5000) -> Path:
 
 class _FreeSpace:
     f_frsize = 4096
+    f_blocks = 1 << 20  # a file system that gives its sizes
 
     def __init__(self, free: int) -> None:
         self.f_bavail = free // self.f_frsize

@@ -71,6 +71,8 @@ def wal_records(
     Raises:
         ValueError: a time that is not one, or a seq that is not an integer.
     """
+    if limit is not None and (isinstance(limit, bool) or operator.index(limit) < 0):
+        raise ValueError(f"limit is a count of items (0 or more), not {limit!r}")
     segments = list_segments(wal_dir)
     since = None if since is None else parse_time(since, exclusive=True)
     until = None if until is None else parse_time(until)

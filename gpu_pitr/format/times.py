@@ -30,6 +30,8 @@ def parse_time(value, exclusive: bool = False) -> int:
         raise ValueError(f"time target {value!r} is not a time")
     if isinstance(value, numbers.Integral):
         return int(value)
+    if isinstance(value, numbers.Rational):  # a Fraction: exact, and never infinite
+        return math.ceil(value) if exclusive else math.floor(value)
     if isinstance(value, numbers.Real):
         if not math.isfinite(value):
             raise ValueError(f"time target {value!r} is not a finite number")

@@ -37,6 +37,8 @@ def id_shard(value) -> IdShard | None:
     if value is None:
         return None
     try:
+        if any(isinstance(v, (bool, np.bool_)) for v in value):
+            raise TypeError  # (True, 2) is not shard 1
         index, count = (operator.index(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"id_shard is (index, count), not {value!r}") from None
@@ -126,6 +128,7 @@ def merge_shards(shards: list):
     if counts != {len(shards)} or [_shard_index(s) for s in shards] != list(range(len(shards))):
         raise ValueError(f"merge_shards needs every shard of one split once, got "
                          f"{[s.report.id_shard for s in shards]}")
+    _check_one_restore(shards)
     id_offs, id_lens, id_arena = _joined_spans([(s._id_offs, s._id_lens, s._id_arena)
                                                 for s in shards])
     meta_offs, meta_lens, meta_arena = _joined_spans([(s._meta_offs, s._meta_lens,
@@ -146,6 +149,28 @@ def merge_shards(shards: list):
                           merge_reports([s.report for s in shards]))
     index.position, index.pending = shards[0].position, shards[0].pending
     return index
+
+
+#: What every shard of one restore says alike of the log it read.
+_ALIKE = ("target", "stop", "last_commit_timestamp", "segments", "records_read",
+          "bytes_read", "first_seq", "commit_points_applied", "transactions")
+
+
+def _check_one_restore(shards: list) -> None:
+    """Shards of different restores (another target, another log) would join into a
+    state that never existed: a ValueError naming the first difference."""
+    first = shards[0].report.to_dict()
+    for s in shards[1:]:
+        doc = s.report.to_dict()
+        for name in _ALIKE:
+            if doc[name] != first[name]:
+                raise ValueError(
+                    f"merge_shards needs the shards of one restore: shard {_shard_index(s)}'s "
+                    f"{name} ({doc[name]!r}) is not shard 0's ({first[name]!r})")
+    dims = {s.vectors.shape[1] for s in shards if len(s)}
+    if len(dims) > 1:
+        raise ValueError(f"merge_shards needs the shards of one restore: their vectors have "
+                         f"dimensions {sorted(dims)}")
 
 
 @njit(cache=True, nogil=True, parallel=True)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gpu_pitr import _lazy_modules
+from gpu_pitr import _lazy_dir, _lazy_modules
 
 
 def save(index, out_dir) -> Path:
-    """Write ``index`` (a ``RestoredIndex`` from ``gpu_pitr.restore``) as a snapshot."""
+    """Write ``index`` (a ``RestoredIndex`` from ``gpu_pitr.restore``) as a snapshot.
+    Raises ``OutputError`` (one line naming ``out_dir``) when it cannot be written."""
+    from gpu_pitr.errors import OutputError
     from gpu_pitr.snapshot.format import write_snapshot
 
     if index.position is None:
@@ -25,8 +27,13 @@ def save(index, out_dir) -> Path:
     if shard:
         raise ValueError(f"this index holds shard {shard['index']} of {shard['count']} of the "
                          "ids, not the state: snapshot the shards merged (merge_shards)")
-    return write_snapshot(out_dir, index.to_host(), position=index.position,
-                          pending=index.pending, report=index.report.to_dict())
+    try:
+        return write_snapshot(out_dir, index.to_host(), position=index.position,
+                              pending=index.pending, report=index.report.to_dict())
+    except OutputError:
+        raise
+    except OSError as err:  # one line naming the snapshot, not its hidden temp directory
+        raise OutputError(Path(out_dir), "snapshot output", err) from err
 
 
 def load(path, *, verify: bool = True, mmap: bool = False, key_table: bool = False):
@@ -183,3 +190,4 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
 
 
 __getattr__ = _lazy_modules(__name__, ("arrow", "base", "format"))
+__dir__ = _lazy_dir(__name__, *__getattr__.names)

@@ -97,13 +97,25 @@ class Snapshot:
 
     def to_index(self, report=None) -> RestoredIndex:
         """The snapshot's state as a RestoredIndex carrying ``report`` (by default the
-        report of the restore that wrote the snapshot, as its manifest keeps it)."""
+        report of the restore that wrote the snapshot, as its manifest keeps it), and
+        the snapshot's log position (``snapshot.save`` of it writes the same snapshot).
+        Its arrays are the snapshot's, as read-only views: a change to them would
+        change every later restore from this ``Snapshot`` (``.copy()`` to change one)."""
         if report is None:
             from gpu_pitr.report import RestoreReport
 
             report = RestoreReport.from_dict(self.manifest.get("report") or {})
-        return RestoredIndex(self.id_arena, self.id_offs, self.id_lens, self.vectors,
-                             self.meta_arena, self.meta_offs, self.meta_lens, report)
+        index = RestoredIndex(*map(_read_only, (
+            self.id_arena, self.id_offs, self.id_lens, self.vectors, self.meta_arena,
+            self.meta_offs, self.meta_lens)), report)
+        index.position, index.pending = self.position, self.pending
+        return index
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 # ----------------------------------------------------------------------------- writing
