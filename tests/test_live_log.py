@@ -228,13 +228,7 @@ def test_entries_named_like_segments_that_are_not_files_are_named(tmp_path, caps
         "wal-00000000ffffff02.log: named like a segment file, but a FIFO: not read",
         "wal-00000000ffffff03.log: named like a segment file, but a symbolic link to a "
         "directory: not read"]
-    index = pipeline.restore(wal, backend="cpu")
-    assert sorted(index.ids) == ["a", "b", "c"] and index.report.warnings == lines
-    assert index.report.segments == 2
-    assert cli.main(["restore", str(wal), "--out", str(tmp_path / "o.npz"), "-q"]) == 0
-    assert capsys.readouterr().err.splitlines() == [f"gpu-pitr: warning: {x}" for x in lines]
-    assert cli.main(["inspect", str(wal)]) == 0
-    assert capsys.readouterr().err.splitlines() == [f"note: {x}" for x in lines]
+    _said_by_restore_and_inspect(wal, lines, tmp_path, capsys)
     result = verify_wal(wal)  # notices: named, exit 0
     assert [p.line() for p in result.problems] == [
         line.replace(": named", ": offset 0: notice: not_a_file: named") for line in lines]
@@ -243,6 +237,18 @@ def test_entries_named_like_segments_that_are_not_files_are_named(tmp_path, caps
     doc = json.loads(capsys.readouterr().out)
     assert [(p["kind"], p["file"]) for p in doc["problems"]] == [
         ("not_a_file", line.split(":")[0]) for line in lines]
+
+
+def _said_by_restore_and_inspect(wal, lines, tmp_path, capsys):
+    """The two segments of `_log` restored, `lines` the restore's warnings, the command
+    line's warnings and inspect's notes."""
+    index = pipeline.restore(wal, backend="cpu")
+    assert sorted(index.ids) == ["a", "b", "c"] and index.report.warnings == lines
+    assert index.report.segments == 2
+    assert cli.main(["restore", str(wal), "--out", str(tmp_path / "o.npz"), "-q"]) == 0
+    assert capsys.readouterr().err.splitlines() == [f"gpu-pitr: warning: {x}" for x in lines]
+    assert cli.main(["inspect", str(wal)]) == 0
+    assert capsys.readouterr().err.splitlines() == [f"note: {x}" for x in lines]
 
 
 def test_segment_names_in_another_case_are_named_not_read(tmp_path, capsys):
@@ -260,13 +266,7 @@ def test_segment_names_in_another_case_are_named_not_read(tmp_path, capsys):
             "lower case: wal-<16 hex digits>.log): not read")
     lines = [f"{name}: {what}" for name in sorted(
         [first.name.upper(), "wal-00000000FFFFFF04.log"], key=str.encode)]
-    index = pipeline.restore(wal, backend="cpu")
-    assert sorted(index.ids) == ["a", "b", "c"] and index.report.warnings == lines
-    assert index.report.segments == 2
-    assert cli.main(["restore", str(wal), "--out", str(tmp_path / "o.npz"), "-q"]) == 0
-    assert capsys.readouterr().err.splitlines() == [f"gpu-pitr: warning: {x}" for x in lines]
-    assert cli.main(["inspect", str(wal)]) == 0
-    assert capsys.readouterr().err.splitlines() == [f"note: {x}" for x in lines]
+    _said_by_restore_and_inspect(wal, lines, tmp_path, capsys)
     result = verify_wal(wal)
     assert [(p.kind, p.file, p.severity) for p in result.problems] == [
         ("segment_name_case", line.split(":")[0], "notice") for line in lines]
