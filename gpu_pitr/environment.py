@@ -4,7 +4,8 @@ A value those libraries cannot use makes them raise while they are imported or s
 their threads, a traceback of their internals. The command checks them first
 (``problem``, before NumPy is imported) and once Numba is loaded (``threads_problem``),
 and says what is wrong in one line. Values the libraries merely warn about and ignore
-(``NUMBA_OPT=zz``) are left to their warning.
+(``NUMBA_OPT=zz``) are left to their warning. gpu-pitr's own switches
+(``GPU_PITR_MAP_READS``, ``GPU_PITR_CUDA_OVERLAP``) are read here too (``switch``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,36 @@ from collections.abc import Mapping
 
 # numba.core.config's NUMBA_THREADING_LAYER choices (the first four pick among the rest).
 THREADING_LAYERS = ("default", "safe", "forksafe", "threadsafe", "tbb", "omp", "workqueue")
+
+
+# gpu-pitr's own on/off variables, and their values when unset or empty.
+SWITCHES = {"GPU_PITR_MAP_READS": True, "GPU_PITR_CUDA_OVERLAP": False}
+_ON = ("1", "on", "yes", "true")
+_OFF = ("0", "off", "no", "false")
+
+
+def _switch(name: str, environ: Mapping[str, str]) -> bool | None:
+    """The switch ``name`` as set, its default when unset or empty, None for a value
+    that is neither on nor off."""
+    value = environ.get(name, "").strip().lower()
+    if not value:
+        return SWITCHES[name]
+    return True if value in _ON else False if value in _OFF else None
+
+
+def _switch_problem(name: str, environ: Mapping[str, str]) -> str:
+    return (f"{name}={environ[name]!r} is neither on ({', '.join(_ON)}) nor off "
+            f"({', '.join(_OFF)}); set one or unset it")
+
+
+def switch(name: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether gpu-pitr's switch ``name`` (a key of ``SWITCHES``) is on; ValueError, one
+    line naming the variable, for a value that is neither on nor off (``maybe`` was
+    taken as the default, silently)."""
+    on = _switch(name, environ)
+    if on is None:
+        raise ValueError(_switch_problem(name, environ))
+    return on
 
 
 def _int(value: str) -> int | None:
@@ -41,6 +72,9 @@ def problem(environ: Mapping[str, str] = os.environ) -> str | None:
     if value is not None and value.lower() not in THREADING_LAYERS:
         return (f"NUMBA_THREADING_LAYER={value!r} is not a Numba threading layer "
                 f"(one of {', '.join(THREADING_LAYERS)}); set one or unset it")
+    for name in SWITCHES:
+        if _switch(name, environ) is None:
+            return _switch_problem(name, environ)
     return None
 
 

@@ -797,6 +797,9 @@ def test_zero_filled_records_on_the_command_line(tmp_path):
     ("NUMBA_DISABLE_JIT", "1", "NUMBA_DISABLE_JIT='1': gpu-pitr's loops are compiled"),
     ("NUMBA_THREADING_LAYER", "xyz", "NUMBA_THREADING_LAYER='xyz' is not a Numba threading"),
     ("NUMBA_THREADING_LAYER", "tbb", "NUMBA_THREADING_LAYER='tbb': Numba cannot start"),
+    ("GPU_PITR_MAP_READS", "maybe", "GPU_PITR_MAP_READS='maybe' is neither on (1, on, yes, "
+     "true) nor off (0, off, no, false)"),
+    ("GPU_PITR_CUDA_OVERLAP", "2", "GPU_PITR_CUDA_OVERLAP='2' is neither on"),
 ])
 def test_environment_numpy_and_numba_cannot_use_is_one_line(
     wal_dir: Path, tmp_path: Path, name: str, value: str, fragment: str

@@ -294,3 +294,13 @@ def test_map_reads_is_turned_off_by_the_words_overlap_takes(monkeypatch, value, 
     1/on/yes/true (``no`` used to map all the same)."""
     monkeypatch.setenv("GPU_PITR_MAP_READS", value)
     assert mapped.available() == (maps and sys.platform.startswith("linux"))
+
+
+def test_a_map_reads_value_neither_on_nor_off_is_refused(monkeypatch, tmp_path):
+    """``maybe`` used to map, silently: a library restore raises one line naming it."""
+    from gpu_pitr import pipeline
+
+    monkeypatch.setenv("GPU_PITR_MAP_READS", "maybe")
+    with pytest.raises(ValueError, match=r"^GPU_PITR_MAP_READS='maybe' is neither on") as err:
+        pipeline.restore(tmp_path, backend="cpu")
+    assert "\n" not in str(err.value)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import os
 import sys
 import time
 import warnings
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpu_pitr.environment import switch
 from gpu_pitr.executors.cpu import count_deep, entry_slots
 from gpu_pitr.executors.device import simulator_enabled
 from gpu_pitr.format.columns import ENTRY_COLUMNS, RECORD_COLUMNS
@@ -86,8 +86,7 @@ def overlap_enabled() -> bool:
     true). Off by default until ``scripts/gpu_check`` has shown, on a real GPU, that
     results with it equal the cpu executor's (the simulator cannot run streams
     concurrently, so only a device tests their ordering)."""
-    return os.environ.get("GPU_PITR_CUDA_OVERLAP", "0").strip().lower() in (
-        "1", "on", "true", "yes")
+    return switch("GPU_PITR_CUDA_OVERLAP")
 
 
 def _blocks(n: int, threads: int) -> int:

@@ -38,6 +38,8 @@ import sys
 
 import numpy as np
 
+from gpu_pitr.environment import switch
+
 PAGE = mmap.PAGESIZE
 # Pieces shorter than this are read: mapping one costs some 30-45 us more than copying
 # a small one (system calls, faults, the old mapping's TLB entries dropped on every
@@ -66,10 +68,8 @@ def _load_libc():
 
 def available() -> bool:
     """Whether pieces may be mapped: Linux, and not turned off with GPU_PITR_MAP_READS=0
-    (or off, no, false, as GPU_PITR_CUDA_OVERLAP takes them)."""
-    off = os.environ.get("GPU_PITR_MAP_READS", "1").strip().lower() in ("0", "off", "false",
-                                                                          "no")
-    return sys.platform.startswith("linux") and not off
+    (or off, no, false: ``environment.switch``)."""
+    return sys.platform.startswith("linux") and switch("GPU_PITR_MAP_READS")
 
 
 def region(nbytes: int) -> np.ndarray:
