@@ -603,12 +603,17 @@ def restore_summary(report: dict, out: Path) -> list[str]:
     target, stop, txns = report["target"], report["stop"], report["transactions"]
     seconds = report["timings"].get("total", 0.0)
     compiling = report["timings"].get("compile", 0.0)
+    if compiling >= COMPILE_NOTE_SECONDS:
+        from gpu_pitr.jit import CACHE_ERRORS
+
+        cached = ("again on every run: the cache could not be used" if CACHE_ERRORS
+                  else "once: later runs load the cache")
     lines = [
         f"restored {plural(report['ids'], 'id')}"
         + ("" if report["dim"] is None else f", dim {report['dim']}")
         + f" -> {out} "
         f"(backend {report['backend']}, {seconds:.3f} s"
-        + (f", {compiling:.1f} s of it compiling, once: later runs load the cache)"
+        + (f", {compiling:.1f} s of it compiling, {cached})"
            if compiling >= COMPILE_NOTE_SECONDS else ")")
     ]
     if target["kind"] == "time":

@@ -3,8 +3,10 @@
 A value those libraries cannot use makes them raise while they are imported or start
 their threads, a traceback of their internals. The command checks them first
 (``problem``, before NumPy is imported) and once Numba is loaded (``threads_problem``),
-and says what is wrong in one line. Values the libraries merely warn about and ignore
-(``NUMBA_OPT=zz``) are left to their warning. gpu-pitr's own switches
+and says what is wrong in one line, as it does for a value Numba would warn about
+(a traceback flattened into the warning) and ignore in the variables the command
+depends on (``NUMBA_NUM_THREADS=abc``). Other variables' values the libraries merely
+warn about (``NUMBA_OPT=zz``) are left to them. gpu-pitr's own switches
 (``GPU_PITR_MAP_READS``, ``GPU_PITR_CUDA_OVERLAP``) are read here too (``switch``).
 """
 
@@ -60,6 +62,11 @@ def problem(environ: Mapping[str, str] = os.environ) -> str | None:
     if value is not None and _int(value) is None:  # NumPy: int(value), at import
         return (f"NUMPY_MADVISE_HUGEPAGE={value!r} is not a whole number: NumPy reads it "
                 "at import (0: no huge-page advice, 1: advice); set it so or unset it")
+    for name in ("NUMBA_NUM_THREADS", "NUMBA_DISABLE_JIT"):
+        value = environ.get(name)
+        if value is not None and _int(value) is None:
+            return (f"{name}={value!r} is not a whole number: Numba reads it at import "
+                    "and would ignore it; set it so or unset it")
     value = environ.get("NUMBA_NUM_THREADS")
     if value is not None and (count := _int(value)) is not None and count < 1:
         return (f"NUMBA_NUM_THREADS={value!r}: Numba needs at least 1 thread; "

@@ -298,6 +298,11 @@ def _install(caching=caching) -> bool:
     return True
 
 
+#: The first OSError that made this package's Numba cache unusable in this process
+#: (a full disk, a read-only directory): its compiled code is then not kept.
+CACHE_ERRORS: list[OSError] = []
+
+
 def _guard_cache_io(caching=caching) -> None:
     """Cache reads and writes of this package's functions that fail with an ``OSError``
     are skipped (a read: compiled afresh; a write: not cached), with one warning.
@@ -310,7 +315,7 @@ def _guard_cache_io(caching=caching) -> None:
     original = getattr(cache, "_guard_against_spurious_io_errors", None)
     if original is None or getattr(original, "_gpu_pitr", False):
         return
-    warned = []
+    warned = CACHE_ERRORS
 
     @contextlib.contextmanager
     def guard(self):

@@ -364,6 +364,9 @@ class ShardedRestore:
                         wait(parts, timeout=60)
                     raise
                 self.client.gather(parts)  # the first failure
+                now = time.perf_counter()  # the parts are written: the report says so
+                report.timings["write"] = round(now - t, 6)
+                report.timings["total"] = round(now - self.started, 6)
                 with atomic_files(tmp / DATASET_REPORT) as (name,):
                     name.write_text(json.dumps(report.to_dict(), indent=2) + "\n",
                                     encoding="utf-8")
@@ -371,9 +374,6 @@ class ShardedRestore:
             raise  # a part's (naming its file), or a path a worker cannot see
         except OSError as err:  # making, syncing or renaming the directory
             raise OutputError(out, "Parquet dataset", err) from err
-        now = time.perf_counter()
-        report.timings["write"] = round(now - t, 6)
-        report.timings["total"] = round(now - self.started, 6)
         return out
 
     def release(self) -> None:

@@ -447,8 +447,9 @@ class _Verify:
             kind = int(c.kind[i])
             variant = f"{VARIANT_NAMES[kind]} " if 0 <= kind < N_VARIANTS else ""
             self._add("undecodable", int(c.seg[i]), foff, int(c.seq[i]),
-                      f"{STATUS_TEXT.get(int(c.status[i]), 'undecodable payload')} at offset "
-                      f"{at} of a {int(c.length[i])}-byte {variant}payload", at=at)
+                      f"{STATUS_TEXT.get(int(c.status[i]), 'undecodable payload')} at file "
+                      f"offset {at} (byte {at - foff - RECORD_HEADER_SIZE} of a "
+                      f"{int(c.length[i])}-byte {variant}payload)", at=at)
 
     def _zero_run(self, segment: int, start: int, records: int) -> None:
         """List ``records`` zero records from ``start`` as one item, or add them to the

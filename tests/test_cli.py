@@ -794,6 +794,8 @@ def test_zero_filled_records_on_the_command_line(tmp_path):
 @pytest.mark.parametrize("name, value, fragment", [
     ("NUMPY_MADVISE_HUGEPAGE", "garbage", "NUMPY_MADVISE_HUGEPAGE='garbage' is not a whole number"),
     ("NUMBA_NUM_THREADS", "0", "NUMBA_NUM_THREADS='0': Numba needs at least 1 thread"),
+    ("NUMBA_NUM_THREADS", "abc", "NUMBA_NUM_THREADS='abc' is not a whole number"),
+    ("NUMBA_DISABLE_JIT", "x", "NUMBA_DISABLE_JIT='x' is not a whole number"),
     ("NUMBA_DISABLE_JIT", "1", "NUMBA_DISABLE_JIT='1': gpu-pitr's loops are compiled"),
     ("NUMBA_THREADING_LAYER", "xyz", "NUMBA_THREADING_LAYER='xyz' is not a Numba threading"),
     ("NUMBA_THREADING_LAYER", "tbb", "NUMBA_THREADING_LAYER='tbb': Numba cannot start"),

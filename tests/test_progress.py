@@ -420,6 +420,15 @@ def test_cli_bar_and_summary_say_when_it_compiles(wal_dir: Path, tmp_path: Path,
     assert "\rcompile " in stream.getvalue()
     first = capsys.readouterr().out.splitlines()[0]
     assert "s of it compiling, once: later runs load the cache)" in first
+    # Where the cache could not be written (a full disk: jit warned), every run compiles.
+    from gpu_pitr import jit
+
+    monkeypatch.setattr(jit, "CACHE_ERRORS", [OSError(28, "No space left on device")])
+    compiled.clear()
+    assert cli.main(["restore", str(wal_dir), "--out", str(tmp_path / "o.npz"),
+                     "--backend", "cpu"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "s of it compiling, again on every run: the cache could not be used)" in first
     monkeypatch.setattr(gpu_pitr, "restore", restore)
     assert cli.main(["restore", str(wal_dir), "--out", str(tmp_path / "o.npz"),
                      "--backend", "cpu"]) == 0

@@ -258,6 +258,7 @@ def test_the_workers_write_a_parquet_dataset(client, wal, tmp_path):
     for key in w.SHARD_REPORT_KEYS:
         assert report[key] == whole.report.to_dict()[key], key
     assert run.report.timings["total"] >= run.report.timings["write"] > 0
+    assert report["timings"] == run.report.timings  # the file has the write's time too
     # The table's schema metadata (any file's) is the whole restore's report, as a
     # .parquet output's is: not a shard's.
     for part in (table, *(pq.read_table(out / name) for name in names[1:])):

@@ -276,7 +276,8 @@ def test_undecodable_payload(tmp_path, name):
     problem = result.problems[0]
     at = bad.offset + REC + fail if fail >= 0 else bad.end - 1  # kept inside the record
     assert problem.extra["at"] == at
-    assert problem.what.startswith(f"{text} at offset {at}")
+    assert problem.what.startswith(f"{text} at file offset {at} (byte {at - bad.offset - REC} "
+                                   "of a ")
     assert problem.severity == DAMAGE
 
 
@@ -430,7 +431,7 @@ def test_cli_lists_one_line_per_problem_in_log_order_and_exits_1(tmp_path):
         f"{trail.file}: offset {trail.offset}: seq {trail.seq}: damage: trailing_bytes: "
         "1 bytes left after the payload decodes (a restore accepts the entry)",
         f"{bad.file}: offset {bad.offset}: seq {bad.seq}: damage: undecodable: unknown variant"
-        f" at offset {bad.offset + REC} of a 1-byte payload",
+        f" at file offset {bad.offset + REC} (byte 0 of a 1-byte payload)",
         f"{gap.file}: offset {gap.offset}: seq 99: damage: seq_gap: seq jumps from {bad.seq}"
         f" to 99: {98 - bad.seq} records missing",
         f"{w.segment_name(SEG2 + 1)}: offset 0: damage: bad_header: wrong magic b'WALX' in a "
