@@ -1,4 +1,4 @@
-"""Compile the decode kernels to PTX without a GPU: does the CUDA target still type
+"""Compile the decode and resolve kernels to PTX without a GPU: does the CUDA target still type
 and compile the shared payload parser (``gpu_pitr.format.payload``)?
 
 Needs numba-cuda and its NVVM (``pip install 'numba-cuda[cu12]'``), not a driver: the
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from numba import cuda, from_dtype, types
 
     import kernels.decode as decode
+    import kernels.resolve as resolve
     from gpu_pitr.format.columns import ENTRY_COLUMNS, RECORD_COLUMNS
 
     def col(dtype):
@@ -42,11 +43,22 @@ def main(argv: list[str] | None = None) -> int:
 
     buf = col(np.uint8)
     entries = tuple(col(dtype) for dtype in ENTRY_COLUMNS.values())  # e_op .. e_key
+    i64 = col(np.int64)
     kernels = {
         "decode_records": (decode.decode_records, (buf, types.int64) + records(
             "off", "length", "status", "kind", "ts", "aux", "nent", "stop") + entries),
         "decode_batches": (decode.decode_batches, (buf, col(np.int64)) + records(
             "off", "length", "efirst") + entries),
+        # The resolve kernels, with the argument types CudaExecutor.apply passes.
+        "expand_entries": (resolve.expand_entries, (i64,) * 5),
+        "check_run_ids": (resolve.check_run_ids, (buf,) + (i64,) * 6),
+        "check_prior_ids": (resolve.check_prior_ids, (buf,) + (i64,) * 4 + (buf,) + (i64,) * 3),
+        "resolve_runs": (resolve.resolve_runs, (i64,) * 6 + (col(np.bool_),) + (i64,) * 3
+                         + (types.Array(types.int64, 2, "C"),)),
+        "scatter_vectors": (resolve.scatter_vectors, (buf, i64, i64,
+                                                      types.Array(types.uint32, 2, "C"),
+                                                      types.int64)),
+        "copy_spans": (resolve.copy_spans, (buf, i64, i64, buf, i64)),
     }
     for name, (kernel, sig) in kernels.items():
         ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc)

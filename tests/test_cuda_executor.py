@@ -63,6 +63,28 @@ def test_cuda_backend_is_the_one_used():
         assert idx.to_host().vectors.tobytes() == np.array([1.0, -0.0], "<f4").tobytes()
 
 
+def test_launches_leave_the_callers_warnings_alone(tmp_path, monkeypatch):
+    """Launches quiet the simulator's hash wraps and Numba's grid-size advice with
+    filters narrow to those, installed once: a ``catch_warnings`` around each launch
+    saved and restored the process-wide filter list, which two restores on two threads
+    interleave (a filter leaked, or another thread's was lost; the simulator cannot run
+    two restores at once to show it). None of the restore's wraps reach the caller, and
+    the caller's own overflow warning is still seen after it."""
+    import warnings
+
+    write_synthetic_wal(tmp_path, total_bytes=60_000, dim=4, segments=2, seed=9)
+    want = gpu_pitr.restore(tmp_path, backend="cpu").id_list()
+    monkeypatch.setattr(cuda_executor, "_QUIET", [])  # as in a fresh process
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.resetwarnings()  # pytest's own ignore of these wraps, gone
+        warnings.simplefilter("always")
+        got = gpu_pitr.restore(tmp_path, backend="cuda", chunk_bytes=4096)
+        assert got.report.backend == "cuda" and got.id_list() == want
+        assert [str(x.message) for x in seen] == []
+        _ = np.int64(2**62) * np.int64(4)  # the caller's own wrap
+    assert [str(x.message) for x in seen] == ["overflow encountered in scalar multiply"]
+
+
 def test_a_dimension_mismatch_names_the_vector_length_as_cpu_does():
     """The cuda executor's entries are on the device: its error said "vector of length
     0" (the host's empty entry column) where cpu says 3."""

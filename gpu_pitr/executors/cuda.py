@@ -93,6 +93,21 @@ def _blocks(n: int, threads: int) -> int:
     return max(1, (n + threads - 1) // threads)
 
 
+_QUIET = []
+
+
+def _quiet_launches() -> None:
+    """Once per process: small chunks launch small grids, and Numba's occupancy advice
+    is noise here; the simulator runs the 64-bit key hash on NumPy scalars, which warn
+    as they wrap (on a GPU and on the cpu the wrap is silent, as meant). The second
+    filter names the parser's module, the only place such a wrap happens."""
+    if not _QUIET:
+        _QUIET.append(True)
+        warnings.filterwarnings("ignore", message=".*(under-utilization|Grid size)")
+        warnings.filterwarnings("ignore", "overflow encountered in scalar", RuntimeWarning,
+                                r"gpu_pitr\.format\.payload")
+
+
 def _sim_device(arg):
     """Under the simulator, a NumPy array as the simulator's device array over the same
     memory: the kernel reads and writes it in place, as it would device memory. Given
@@ -164,17 +179,14 @@ class CudaExecutor:
             self._copied = xp.cuda.Event(disable_timing=True)
 
     def _launch(self, kernel, n, *args):
-        with warnings.catch_warnings():
-            # Small chunks launch small grids; Numba's occupancy advice is noise here.
-            warnings.filterwarnings("ignore", message=".*(under-utilization|Grid size)")
-            if self.sim:
-                # The simulator runs the 64-bit key hash on NumPy scalars, which warn
-                # as they wrap; on a GPU (and on the cpu) the wrap is silent, as meant.
-                warnings.filterwarnings("ignore", "overflow encountered in scalar",
-                                        RuntimeWarning)
-                kernel[_blocks(n, _SIM_THREADS), _SIM_THREADS](*map(_sim_device, args))
-            else:
-                kernel[_blocks(n, _THREADS), _THREADS, self._stream()](*args)
+        # No warnings.catch_warnings() here: it saves and restores the process-wide
+        # filter list, and two restores on two threads interleave those (a filter
+        # leaks, or another thread's is lost). The filters are installed once instead.
+        _quiet_launches()
+        if self.sim:
+            kernel[_blocks(n, _SIM_THREADS), _SIM_THREADS](*map(_sim_device, args))
+        else:
+            kernel[_blocks(n, _THREADS), _THREADS, self._stream()](*args)
 
     def _stream(self):
         """CuPy's current stream as a Numba stream: kernels queue behind CuPy's work."""
