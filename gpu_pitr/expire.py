@@ -35,6 +35,7 @@ What keeps it from deleting what is still needed:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -183,6 +184,9 @@ def expire(archive_dir: str | os.PathLike, snapshots_dir: str | os.PathLike, *,
     if not snapshots_dir.is_dir():
         raise WalError(f"snapshot directory: {not_a_directory(snapshots_dir)}",
                        file=str(snapshots_dir))
+    from gpu_pitr.snapshot import refuse_a_snapshot
+
+    refuse_a_snapshot(snapshots_dir)
     result = ExpireResult(str(archive_dir), str(snapshots_dir), dry_run)
     with archive_lock(archive_dir):
         before = read_marker(archive_dir)  # a marker that is not one: refused, nothing deleted
@@ -457,9 +461,18 @@ def _tree_bytes(path: Path) -> int:
     return total
 
 
+# What a killed ``gpu-pitr snapshot`` leaves in SNAP_DIR: its temp directory (or its
+# writability probe, an empty file) ``.<name>.tmp-<pid>-<hex>``, or the old snapshot it had
+# renamed aside, ``.<name>.old-<pid>-<hex>`` (tempfiles.install_dir).
+_WRITER_LEFTOVER = re.compile(r"\.(.+)\.(?:tmp|old)-(\d+)-[0-9a-f]+")
+
+
 def _remove_stale_asides(snapshots_dir: Path) -> None:
-    """Remove what killed runs left: hidden snapshot directories renamed for deletion."""
-    from gpu_pitr.tempfiles import dead_writers
+    """Remove what killed runs left: hidden snapshot directories renamed for deletion, and
+    the temp directories of killed ``snapshot`` runs (an aside old snapshot is put back
+    where its name is free, as the next write of that name would)."""
+    from gpu_pitr.snapshot.format import is_snapshot
+    from gpu_pitr.tempfiles import dead_writers, remove_stale_dirs
 
     try:
         entries = list(os.scandir(snapshots_dir))
@@ -468,3 +481,9 @@ def _remove_stale_asides(snapshots_dir: Path) -> None:
     for entry, _ in dead_writers(entries, _ASIDE):
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
+    for entry, match in dead_writers(entries, _WRITER_LEFTOVER):
+        if entry.is_dir(follow_symlinks=False):
+            remove_stale_dirs(snapshots_dir / match.group(1), is_snapshot)
+        elif entry.is_file(follow_symlinks=False) and entry.stat().st_size == 0:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)  # a probe of the output directory

@@ -421,6 +421,55 @@ def test_leftovers_of_killed_runs_are_swept_and_links_left_alone(hist, tmp_path)
     assert any("s_link is a symbolic link" in note for note in result.notes)
 
 
+def test_what_killed_snapshot_runs_left_is_swept(hist):
+    """A killed ``gpu-pitr snapshot SNAP_DIR/<new name>`` left its temp directory for
+    good: only a later write of the same name removed it (123 MB after a kill -9 on a
+    600 MB log). One killed between the renames of a replacement hid the old snapshot.
+    expire sweeps both (dead writers on this host) and puts the hidden snapshot back."""
+    arc, _, snaps, _ = hist
+    dead = 999_999_999  # no such process
+    temp = snaps / f".s09.tmp-{dead}-0123abcd"
+    shutil.copytree(snaps / "s00", temp)
+    (snaps / f".s10.tmp-{dead}-4567abcd").write_bytes(b"")  # a writability probe
+    os.rename(snaps / "s05", snaps / f".s05.old-{dead}-89abcdef")
+    alive = snaps / f".s11.tmp-{os.getpid()}-0123abcd"  # a snapshot being written now
+    alive.mkdir()
+    result = expire(arc, snaps, keep=1)
+    assert result.anchor == str(snaps / "s05")  # put back, then kept
+    assert sorted(p.name for p in snaps.iterdir()) == [alive.name, "s05"]
+
+
+def test_a_snapshot_whose_position_no_restore_wrote_is_no_anchor(hist):
+    """A manifest that parses, checksum and all, whose position has the wrong types:
+    expire took it as the snapshot to keep, deleted the older ones and their segments,
+    and every restore then failed with a traceback."""
+    import zlib
+
+    arc, whole, snaps, times = hist
+    manifest = snaps / "s05" / "manifest.json"
+    doc = json.loads(manifest.read_bytes())
+    doc["position"]["seq_runs"] = "x"
+    text = json.dumps(doc).encode()
+    manifest.write_bytes(text)
+    (snaps / "s05" / "manifest.json.crc").write_text(f"{zlib.crc32(text):08x}\n")
+    result = expire(arc, snaps, keep=1)
+    assert result.anchor == str(snaps / "s04")
+    assert "s05" in result.damaged[0] and "position: seq_runs" in result.damaged[0]
+    assert sorted(p.name for p in snaps.iterdir()) == ["s04", "s05"]
+    _kept_restores_equal_the_whole_log(arc, whole, snaps, times[4:])
+
+
+def test_a_snapshot_given_as_the_directory_of_snapshots_is_refused(hist, tmp_path):
+    """It holds no snapshot directory: read as one, expire deleted nothing and said
+    "nothing expired", and a restore replayed the log alone, without a word."""
+    arc, _, snaps, _ = hist
+    with pytest.raises(WalError, match=r"s05: is a snapshot, not a directory of snapshots"):
+        expire(arc, snaps / "s05", keep=1)
+    with pytest.raises(WalError, match=r"s05: is a snapshot, not a directory of snapshots"):
+        gpu_pitr.restore(arc, snapshots=snaps / "s05")
+    assert sorted(p.name for p in snaps.iterdir()) == [f"s0{i}" for i in range(6)]
+
+
 def _refuse_unlink(monkeypatch, victim: str) -> None:
     """``os.unlink`` of a file named ``victim`` fails as on a read-only file."""
     real_unlink = os.unlink

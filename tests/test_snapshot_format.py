@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zlib
@@ -472,6 +473,17 @@ def test_manifest_checks(snap):
                  "one CRC-32 per"),
         "checksum": ({"checksum": {"algorithm": "md5", "block_size": 1}}, "checksum"),
         "position": ({"position": [1]}, "position is not an object"),
+        # A position that parses, checksum and all, but that no restore wrote: it was a
+        # traceback in restore, inspect and verify, and verify called it clean.
+        "offset": ({"position": {**POSITION, "offset": "abc"}}, "position: offset 'abc'"),
+        "seq_runs": ({"position": {**POSITION, "seq_runs": "x"}}, "position: seq_runs"),
+        "seq": ({"position": {**POSITION, "seq": float("nan")}}, "position: seq nan"),
+        "segment": ({"position": {**POSITION, "segment": "../x"}}, "position: segment '../x'"),
+        "last_record": ({"position": {**POSITION, "last_record": {
+            "segment": POSITION["segment"], "offset": 1, "length": 2**40}}},
+            "position: last_record"),
+        "pending": ({"position": {**POSITION, "pending": {"transactions": [[1]]}}},
+                    "position: pending.transactions"),
         "format": ({"format": "other"}, "format 'other' is not"),
     }
     for change, match in cases.values():
@@ -673,6 +685,25 @@ def test_stale_temp_dirs_of_dead_writers_are_cleaned(snap):
     index = _restore(parent, [w.Ins("new", w.f32(1), None, 1)], name="wal2")
     write_snapshot(snap, index, position={})
     assert _hidden(parent) == [".other.tmp-" + f"{dead}-abcd", live.name]
+
+
+def test_a_fifo_or_directory_where_a_snapshot_file_belongs_is_named_not_waited_on(snap):
+    """A FIFO in a snapshot blocked the open of every restore, verify and expire (which
+    holds the archive's lock meanwhile) for ever."""
+    for name in (MANIFEST, MANIFEST_CRC, VECTORS, IDS):
+        saved = (snap / name).read_bytes()
+        (snap / name).unlink()
+        os.mkfifo(snap / name)
+        with pytest.raises(SnapshotError, match=rf"{re.escape(name)}: is a FIFO, not a "
+                                                "regular file"):
+            load_snapshot(snap)
+        (snap / name).unlink()
+        (snap / name).mkdir()
+        with pytest.raises(SnapshotError, match=rf"{re.escape(name)}: is a directory"):
+            load_snapshot(snap)
+        (snap / name).rmdir()
+        (snap / name).write_bytes(saved)
+    assert load_snapshot(snap).position == POSITION
 
 
 def test_unstorable_inputs_touch_nothing(tmp_path):

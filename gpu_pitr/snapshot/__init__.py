@@ -86,6 +86,19 @@ def snapshot_dirs(directory) -> list[str]:
             if not e.name.startswith(".") and e.is_dir() and holds_snapshot_files(e.path)]
 
 
+def refuse_a_snapshot(directory) -> None:
+    """A WalError when ``directory``, given as a directory of snapshots, is a snapshot
+    itself: it holds no snapshot directory, and read as such it would be passed over
+    without a word (a restore from the log alone, an expire of nothing)."""
+    from gpu_pitr.errors import WalError
+    from gpu_pitr.snapshot.format import holds_snapshot_files
+
+    if holds_snapshot_files(directory):
+        raise WalError("is a snapshot, not a directory of snapshots (--base takes a "
+                       "snapshot; --snapshots takes the directory that holds them)",
+                       file=str(directory))
+
+
 def log_order(position: dict) -> tuple:
     """Sort key of a snapshot's log position: a snapshot of the start of the log first,
     then by segment file name and offset (log order)."""
@@ -123,6 +136,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     if not directory.is_dir():
         raise WalError(f"snapshot directory: {not_a_directory(directory)}",
                        file=str(directory))
+    refuse_a_snapshot(directory)
     notes: list[str] = []
     damaged: list[str] = []
     usable = []

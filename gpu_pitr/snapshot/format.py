@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -389,12 +390,34 @@ def read_manifest(path) -> dict:
 
 
 def _read_small(path: Path) -> bytes:
+    fd = _open_regular(path, "cannot be read")
     try:
-        return path.read_bytes()
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as err:
+        raise SnapshotError(f"cannot be read: {err.strerror}", file=str(path)) from None
+    finally:
+        os.close(fd)
+
+
+def _open_regular(path: Path, verb: str) -> int:
+    """``path`` opened read-only; a SnapshotError if it is missing, cannot be opened, or is
+    not a regular file. O_NONBLOCK: a FIFO (or a device) put where a snapshot file
+    belongs must not block the open, and so every restore, verify and expire (which
+    holds the archive's lock) for ever."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise SnapshotError("missing", file=str(path)) from None
     except OSError as err:
-        raise SnapshotError(f"cannot be read: {err.strerror}", file=str(path)) from None
+        raise SnapshotError(f"{verb}: {err.strerror}", file=str(path)) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
+            "a device or socket"
+        raise SnapshotError(f"is {what}, not a regular file", file=str(path))
+    return fd
 
 
 def _is_int(value) -> bool:
@@ -441,6 +464,74 @@ def _check_manifest(doc: dict, where: str) -> None:
     if files[VECTORS]["size"] != expected:
         bad(f"count {count} x dim {dim} x 4 bytes = {expected}, but {VECTORS} is listed "
             f"with {files[VECTORS]['size']} bytes")
+    problem = position_problem(doc["position"])
+    if problem is not None:
+        bad(f"position: {problem}")
+
+
+_U64 = 1 << 64
+
+
+def _is_u64(value) -> bool:
+    return _is_int(value) and value < _U64
+
+
+def position_problem(pos: dict) -> str | None:
+    """Why a manifest's ``position`` cannot be one a restore wrote (None: it can be).
+
+    Only the shapes are checked (types and ranges of the keys the restore, ``expire``,
+    ``inspect`` and ``verify`` read); keys a version does not write may be absent (the
+    format stores any object: ``{}`` is a position of no segment).
+    """
+    def u64_or_none(key):
+        v = pos.get(key)
+        return None if v is None or _is_u64(v) else f"{key} {v!r} is not null or 0..2^64-1"
+
+    seg = pos.get("segment")
+    if seg is not None and not (isinstance(seg, str) and SEGMENT_NAME_RE.fullmatch(seg)):
+        return f"segment {seg!r} is neither null nor a segment file name"
+    if (seg is not None or pos.get("offset") is not None) and not _is_int(pos.get("offset")):
+        return f"offset {pos.get('offset')!r} is not a non-negative integer"
+    for key in ("seq", "last_seq", "timestamp", "max_timestamp", "segment_size"):
+        if (why := u64_or_none(key)) is not None:
+            return why
+    for key in ("at_segment_end", "at_torn_tail", "history_complete"):
+        if key in pos and not isinstance(pos[key], bool):
+            return f"{key} {pos[key]!r} is not true or false"
+    runs = pos.get("seq_runs") or []
+    if not isinstance(runs, list) or not all(
+            isinstance(r, list) and len(r) == 2 and all(map(_is_u64, r)) and r[0] <= r[1]
+            for r in runs):
+        return "seq_runs is not a list of [first, last] sequence numbers"
+    last = pos.get("last_record")
+    if last is not None:
+        if (not isinstance(last, dict) or not isinstance(last.get("segment"), str)
+                or not SEGMENT_NAME_RE.fullmatch(last["segment"])
+                or not _is_int(last.get("offset"))
+                or not (last.get("length") is None
+                        or (_is_int(last["length"]) and 12 <= last["length"] <= (1 << 32) + 12))
+                or not (last.get("crc32") is None
+                        or (_is_int(last["crc32"]) and last["crc32"] < 1 << 32))):
+            return f"last_record {last!r} is not {{segment, offset[, length, crc32]}}"
+    pending = pos.get("pending")
+    if pending is not None:
+        if not isinstance(pending, dict):
+            return "pending is not an object"
+        txns = pending.get("transactions") or []
+        runs = pending.get("record_runs")
+        legacy = pending.get("records")
+        if (not isinstance(txns, list) or not all(
+                isinstance(t, list) and len(t) == 2 and all(map(_is_u64, t)) for t in txns)):
+            return "pending.transactions is not a list of [id, records]"
+        if runs is not None and (not isinstance(runs, list) or not all(
+                isinstance(r, list) and len(r) == 3 and isinstance(r[0], str)
+                and _is_int(r[1]) and _is_int(r[2]) for r in runs)):
+            return "pending.record_runs is not a list of [file, offset, records]"
+        if legacy is not None and (not isinstance(legacy, list) or not all(
+                isinstance(r, list) and len(r) == 2 and isinstance(r[0], str)
+                and _is_int(r[1]) for r in legacy)):
+            return "pending.records is not a list of [file, offset]"
+    return None
 
 
 # ----------------------------------------------------------------------------- loading
@@ -572,12 +663,7 @@ def _writable(view: np.ndarray, base: np.ndarray) -> np.ndarray:
 
 
 def _open_checked(path: Path, size: int) -> int:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise SnapshotError("missing", file=str(path)) from None
-    except OSError as err:
-        raise SnapshotError(f"cannot be opened: {err.strerror}", file=str(path)) from None
+    fd = _open_regular(path, "cannot be opened")
     actual = os.fstat(fd).st_size
     if actual != size:
         os.close(fd)
