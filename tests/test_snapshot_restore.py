@@ -522,6 +522,15 @@ def test_snapshots_dir_picks_newest_usable_and_falls_back(tmp_path):
     assert proc.stdout == "" and proc.stderr.startswith(f"gpu-pitr: warning: {warned[0]}")
     assert len(proc.stderr.splitlines()) == 1
     assert w.index_view(got) == w.index_view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8))
+    # The oldest damaged too: none is left to try, and the warning does not say there is.
+    vec2 = snaps / "t2" / "vectors.f32"
+    saved = vec2.read_bytes()
+    vec2.write_bytes(saved[:-4] + bytes(a ^ 0xFF for a in saved[-4:]))
+    got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8, snapshots=snaps)
+    assert got.report.base is None
+    assert [x.rsplit("; ", 1)[-1] for x in got.report.warnings] == [
+        "trying an older one", "no older one serves"]
+    vec2.write_bytes(saved)
     # One whose manifest is gone is passed over as damaged too, and said so.
     (snaps / "t10" / "manifest.json").unlink()
     got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 12, snapshots=snaps)
@@ -541,6 +550,22 @@ def test_snapshots_dir_picks_newest_usable_and_falls_back(tmp_path):
         gpu_pitr.restore(d, backend="cpu", snapshots=tmp_path / "nope")
     with pytest.raises(WalError, match="vectors.f32: snapshot directory: not a directory"):
         gpu_pitr.restore(d, backend="cpu", snapshots=vec)
+    # One that cannot be listed (no read permission; root is not refused: simulated).
+    from gpu_pitr import snapshot as snapshot_pkg
+    from gpu_pitr.errors import DirectoryReadError
+
+    listing = snapshot_pkg.snapshot_dirs
+
+    def refuse(path):
+        if Path(path) == snaps:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(snapshot_pkg, "snapshot_dirs", refuse)
+        with pytest.raises(DirectoryReadError) as err:
+            gpu_pitr.restore(d, backend="cpu", snapshots=snaps)
+    assert str(err.value) == f"{snaps}: cannot list the directory: Permission denied"
 
 
 def _cli(*args, check=True):

@@ -144,7 +144,13 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     # earliest --to-time it serves)
     manifests = {}
     gaps = 0  # passed over: the log does not go on from them
-    for path in map(Path, snapshot_dirs(directory)):
+    try:
+        paths = snapshot_dirs(directory)
+    except OSError as err:  # as expire says it: the file and what, one line
+        from gpu_pitr.errors import DirectoryReadError
+
+        raise DirectoryReadError(directory, err) from err
+    for path in map(Path, paths):
         try:
             manifests[str(path)] = read_manifest(path)
             position = manifests[str(path)]["position"]
@@ -175,11 +181,13 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
             later.append(position.get("max_timestamp"))
             continue
         usable.append((log_order(position), str(path)))
-    for _, path in sorted(usable, reverse=True):
+    usable.sort(reverse=True)
+    for k, (_, path) in enumerate(usable):
         try:
             snap = load_snapshot(path, mmap=mmap, key_table=key_table)
         except WalError as err:
-            damaged.append(f"snapshot {path} is damaged ({err}); trying an older one")
+            damaged.append(f"snapshot {path} is damaged ({err}); " + (
+                "trying an older one" if k + 1 < len(usable) else "no older one serves"))
             notes.append(damaged[-1])
             continue
         notes.append(f"started from snapshot {path}")
