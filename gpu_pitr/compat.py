@@ -19,17 +19,30 @@ Where it differs from SPEC section 3, on purpose (the seed does it this way):
   shorter than its header) is skipped, the version is not checked, and a
   second header is read as a record (with a real creation second its "length"
   exceeds the limit, so the rest of that file is dropped);
-- every ``wal-*.log`` name is read, not only ``wal-<16 hex>.log``.
+- every ``wal-*.log`` name is read, not only ``wal-<16 hex>.log``;
+- nothing else in SPEC section 2 is checked either: vectors of different lengths
+  are returned without a word, bytes left over after a payload are not counted,
+  and a log whose first record is not sequence number 0 (history deleted by
+  retention, SPEC section 4) is read as if complete.
 
-Where it differs from the seed: the seed opens a ``WalManager`` on the directory
-before scanning, which creates (or appends a header to) ``wal-<now>.log``; here
-the directory is only read, as SPEC section 2 requires of every command.
+Where it differs from the seed:
+
+- the seed opens a ``WalManager`` on the directory before scanning, which creates
+  (or appends a header to) ``wal-<now>.log``; here the directory is only read, as
+  SPEC section 2 requires of every command. So a read-only directory, where the
+  seed fails ("Cannot open WAL for PIT recovery"), is read here;
+- a ``wal-*.log`` name that is not a regular file (a FIFO, socket or device, or a
+  link to one) is passed over with a warning; the seed blocks forever opening a
+  FIFO and reads a device's first 4 bytes as a magic;
+- the target must be an integer (a u64): a float or a bool is a ``TypeError``.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +88,10 @@ class PointInTimeRestore:
     """
 
     def __init__(self, target_timestamp: int, wal_dir: str | os.PathLike) -> None:
+        if isinstance(target_timestamp, bool):
+            raise TypeError("target timestamp must be an integer (a u64), got a bool")
+        # A u64 in the seed: an integer, never a float (10.5 or 1e19 were taken as is).
+        target_timestamp = operator.index(target_timestamp)
         if not 0 <= target_timestamp < 1 << 64:
             raise ValueError(f"target timestamp must be a u64, got {target_timestamp}")
         self.target_timestamp = target_timestamp
@@ -138,38 +155,50 @@ def _seed_wal_files(wal_dir: Path) -> list[Path]:
 
 
 def _seed_scan_file(path: Path) -> list[tuple[int, WalEntry]]:
-    """The seed's ``scan_wal_files`` loop for one file."""
+    """The seed's ``scan_wal_files`` loop for one file, read as it reads: a record at a time.
+
+    Unlike the seed, a name that is not a regular file (a FIFO, a socket, a device,
+    or a link to one) is passed over unread: the seed blocks on a FIFO forever, and
+    a link to ``/dev/zero`` must not be read to its (missing) end.
+    """
     try:
-        data = path.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as err:
         log.warning("PIT: cannot open WAL file %s: %s", path, err)
         return []
-    if len(data) < len(MAGIC):
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if not stat.S_ISDIR(mode):  # the seed skips a directory silently
+            log.warning("PIT: not a regular file, skipped: %s", path)
         return []
-    if data[: len(MAGIC)] != MAGIC:
-        log.warning("PIT: invalid magic in %s", path)
-        return []
-    if len(data) < HEADER_SIZE:
-        return []
-    # The version and creation second are skipped unchecked.
-    result = []
-    pos = HEADER_SIZE
-    while True:
-        if len(data) - pos < RECORD_HEADER_SIZE:
-            break  # end of file, or a torn sequence number / length
-        seq, length = struct.unpack_from("<QI", data, pos)
-        pos += RECORD_HEADER_SIZE
-        if length > SEED_MAX_ENTRY_LEN:
-            log.warning("PIT: suspicious entry length %d at seq %d in %s", length, seq, path)
-            break
-        if length > len(data) - pos:
-            break  # torn payload
-        payload = data[pos : pos + length]
-        pos += length
-        try:
-            entry, _ = decode_entry(payload)
-        except PayloadError as err:
-            log.warning("PIT: cannot deserialise entry at seq %d: %s", seq, err)
-            continue
-        result.append((seq, entry))
+    with open(fd, "rb") as file:
+        magic = file.read(len(MAGIC))
+        if len(magic) < len(MAGIC):
+            return []
+        if magic != MAGIC:
+            log.warning("PIT: invalid magic in %s", path)
+            return []
+        # The version and creation second are skipped unchecked.
+        if len(file.read(HEADER_SIZE - len(MAGIC))) < HEADER_SIZE - len(MAGIC):
+            return []
+        result = []
+        while True:
+            head = file.read(RECORD_HEADER_SIZE)
+            if len(head) < RECORD_HEADER_SIZE:
+                break  # end of file, or a torn sequence number / length
+            seq, length = struct.unpack("<QI", head)
+            if length > SEED_MAX_ENTRY_LEN:
+                log.warning("PIT: suspicious entry length %d at seq %d in %s", length, seq, path)
+                break
+            payload = file.read(length)
+            if len(payload) < length:
+                break  # torn payload
+            try:
+                entry, _ = decode_entry(payload)
+            except PayloadError as err:
+                log.warning("PIT: cannot deserialise entry at seq %d: %s", seq, err)
+                continue
+            result.append((seq, entry))
     return result

@@ -78,7 +78,9 @@ def test_replay_wal_to_timestamp_filters_correctly(tmp_path):
 
 
 def test_checkpoint_discovery_ordered(tmp_path):
-    write_test_wal(tmp_path, [Checkpoint(i, ts) for i, ts in enumerate([500, 1500, 2500, 3500])])
+    write_test_wal(
+        tmp_path, [Checkpoint(i, ts) for i, ts in enumerate([500, 1500, 2500, 3500, 4500])]
+    )
     base = PointInTimeRestore(3000, tmp_path).find_base_checkpoint()
     assert base == CheckpointRef(sequence_number=2, timestamp=2500)
 
@@ -87,13 +89,17 @@ def test_checkpoint_discovery_ordered(tmp_path):
 
 
 def test_restore_basic_inserts(tmp_path):
-    write_test_wal(tmp_path, [ins("http://ex.org/a", 100), ins("http://ex.org/b", 200)])
+    write_test_wal(
+        tmp_path, [ins("http://ex.org/a", 100, [1.0, 0.0]), ins("http://ex.org/b", 200, [0.0, 1.0])]
+    )
     assert restore_to_timestamp(300, tmp_path) == (2, None)
     assert PointInTimeRestore(300, tmp_path).target_timestamp == 300
 
 
 def test_restore_excludes_entries_after_target(tmp_path):
-    write_test_wal(tmp_path, [ins("http://ex.org/early", 100), ins("http://ex.org/late", 900)])
+    write_test_wal(
+        tmp_path, [ins("http://ex.org/early", 100), ins("http://ex.org/late", 900, [2.0])]
+    )
     assert restore_to_timestamp(500, tmp_path)[0] == 1
 
 
@@ -114,12 +120,21 @@ def test_restore_batch_entries_counted_individually(tmp_path):
 
 
 def test_snapshot_pit_restore_basic(tmp_path):
-    write_test_wal(tmp_path, [ins("http://ex.org/t1", 1000), ins("http://ex.org/t2", 2000)])
+    write_test_wal(
+        tmp_path,
+        [
+            ins("http://ex.org/t1", 1000, [1.0, 0.0, 0.0]),
+            ins("http://ex.org/t2", 2000, [0.0, 1.0, 0.0]),
+        ],
+    )
     assert restore_to_timestamp(3000, tmp_path) == (2, None)
+    assert PointInTimeRestore(3000, tmp_path).target_timestamp == 3000
 
 
 def test_snapshot_pit_restore_cuts_off_at_target(tmp_path):
-    write_test_wal(tmp_path, [ins("http://ex.org/early", 500), ins("http://ex.org/late", 8000)])
+    write_test_wal(
+        tmp_path, [ins("http://ex.org/early", 500), ins("http://ex.org/late", 8000, [2.0])]
+    )
     assert restore_to_timestamp(4000, tmp_path)[0] == 1
 
 
@@ -349,3 +364,53 @@ def test_target_must_be_a_u64(tmp_path):
     with pytest.raises(ValueError):
         PointInTimeRestore(2**64, tmp_path)
     PointInTimeRestore(2**64 - 1, os.fspath(tmp_path))
+    # A u64 in the seed: floats and bools are refused, not compared as they are.
+    for bad in (10.5, 1e19, np.float64(10.0), True):
+        with pytest.raises(TypeError):
+            PointInTimeRestore(bad, tmp_path)
+    assert PointInTimeRestore(np.uint64(10), tmp_path).target_timestamp == 10
+
+
+def test_a_fifo_named_like_a_segment_does_not_block(tmp_path):
+    import threading
+
+    write_test_wal(tmp_path, [ins("a", 1)])
+    fifo = tmp_path / "wal-zzzz.log"
+    os.mkfifo(fifo)
+    out = []
+    reader = threading.Thread(
+        target=lambda: out.append(PointInTimeRestore(100, tmp_path).replay_wal_to_timestamp()),
+        daemon=True,
+    )
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # release the blocked open before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(10)
+        pytest.fail("a FIFO named wal-*.log blocked the scan")
+    assert ids(out[0]) == ["a"]
+
+
+def test_a_link_to_a_device_is_not_read_to_its_end(tmp_path):
+    # The seed reads 4 bytes of /dev/zero, sees a wrong magic and goes on. Run in a
+    # child with its address space capped, so a regression fails instead of eating RAM.
+    import subprocess
+    import sys
+
+    write_test_wal(tmp_path, [ins("a", 1)])
+    (tmp_path / "wal-zzzz.log").symlink_to("/dev/zero")
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
+        "from gpu_pitr.compat import PointInTimeRestore\n"
+        "print([e.id for e in PointInTimeRestore(100, sys.argv[1]).replay_wal_to_timestamp()])\n"
+    )
+    # One thread a pool: a machine with many cores reserves address space per thread.
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+        timeout=120, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['a']"
