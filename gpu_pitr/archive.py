@@ -54,10 +54,6 @@ from gpu_pitr.format.stats import plural
 from gpu_pitr.outputs import atomic_files, fsync_path, inside
 
 LOCK_NAME = ".gpu-pitr-archive.lock"
-# Bytes compared of a segment whose size did not change (its header and its end):
-# the writer only appends, so a file of the same size is the same file unless it
-# was replaced, which shows in its first or last bytes.
-SAME_SIZE_CHECK = 1 << 16
 _COPY_CHUNK = 8 << 20
 # Bytes the kernel copies per call: a Ctrl-C is acted on between two calls.
 _KERNEL_CHUNK = 64 << 20
@@ -269,7 +265,16 @@ def _make_dir(archive_dir: Path) -> None:
     except OSError as err:
         raise ArchiveError(f"cannot create the archive: {os_reason(err)}",
                            file=str(archive_dir)) from err
-    fsync_path(archive_dir.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fsync_path(archive_dir.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except PermissionError:
+        # A parent we may create in but not read (mode -wx): it cannot be opened to be
+        # synced. As PostgreSQL's fsync_fname does for a directory it cannot open, go
+        # on: every copy is synced, and so is the archive directory after each rename.
+        pass
+    except OSError as err:
+        raise ArchiveError(f"created, but its parent directory could not be synced: "
+                           f"{os_reason(err)}", file=str(archive_dir)) from err
 
 
 def _check_existing(archive_dir: Path) -> None:
@@ -373,7 +378,7 @@ def _archive_one(seg: Segment, dest: Path, buf: bytearray, newest: bool = False
                     "before the archive's copy does: it was truncated or replaced (a crash "
                     "of the writer's host that lost bytes not yet synced does this)")
             if size == have:
-                _same_ends(src, seg.path, dest, size)
+                _same_prefix(src, seg.path, dest, size, buf)
                 return ArchivedSegment(name, UNCHANGED, have, pending=pending)
             _copy(src, seg.path, size, st.st_mode, dest, have, buf)
             return ArchivedSegment(name, GROWN, size, added=size - have, pending=pending)
@@ -403,15 +408,22 @@ def _check_missed(result: ArchiveResult, archive_dir: Path, listed: set
     before = [s for s in list_segments(archive_dir) if s.name.encode() < new.name.encode()]
     if not before or before[-1].name in listed:
         return None
+    # A copy taken while the writer's header was still in its buffer (a segment just
+    # created by a rotation) holds no record: the seq to go on from is in the one before.
+    empty = []
+    while len(before) > 1 and before[-1].size <= HEADER_SIZE:
+        empty.append(before.pop().name)
     prev = before[-1]
     last = _last_seq(prev)
     first = first_record_seq(archive_dir / new.name)
     if last is None or first is None or first == 0 or first <= last + 1:
         return None
+    also = (f" ({', '.join(reversed(empty))} after it was copied before the writer had "
+            "written a record there)" if empty else "")
     new.action = MISSED
     new.problem = (
         f"copied ({new.size} bytes), but its first record is seq {first} and the "
-        f"archive's {prev.name} ends at seq {last}: {first - last - 1} records were in "
+        f"archive's {prev.name} ends at seq {last}{also}: {first - last - 1} records were in "
         "segments the writer deleted before archive copied them (they are not in the "
         "archive: restores across them lack what they did); run archive more often than "
         "the writer rotates segments")
@@ -526,8 +538,9 @@ def _first_difference(a, b) -> int:
 
 
 def _differs(src_path: Path, at: int) -> _Conflict:
-    return _Conflict(f"{src_path}: offset {at}: differs from the archive's copy: not the "
-                     "file archived before")
+    return _Conflict(f"{src_path}: offset {at}: differs from the archive's copy: one of "
+                     "them changed since it was archived (a segment rewritten in place, "
+                     "another store's, or the copy damaged)")
 
 
 def _shorter(src_path: Path, pos: int, size: int) -> _Conflict:
@@ -549,18 +562,6 @@ def _read_copy(old, dest: Path, pos: int, n: int) -> bytes:
     except OSError as err:
         raise _Conflict(f"{dest}: offset {pos}: cannot read the archive's copy: "
                         f"{os_reason(err)}") from err
-
-
-def _same_ends(src, src_path: Path, dest: Path, size: int) -> None:
-    """Compare the first 16 and the last ``SAME_SIZE_CHECK`` bytes of two equal-sized files."""
-    with _open_copy(dest) as old:
-        for pos, n in ((0, min(16, size)),
-                       (max(0, size - SAME_SIZE_CHECK), min(size, SAME_SIZE_CHECK))):
-            a, b = _src_read_at(src, pos, n), _read_copy(old, dest, pos, n)
-            if len(a) < n:
-                raise _shorter(src_path, pos + len(a), size)
-            if a != b:
-                raise _differs(src_path, pos + _first_difference(a, b))
 
 
 def _same_prefix(src, src_path: Path, dest: Path, have: int, buf: bytearray) -> None:

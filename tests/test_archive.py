@@ -819,6 +819,78 @@ def test_segments_the_writer_deleted_before_any_run_copied_them_are_named(tmp_pa
     assert [s.action for s in archive(wal2, arc2).segments] == [NEW]
 
 
+def test_a_segment_copied_while_still_empty_then_deleted_is_not_a_silent_gap(tmp_path,
+                                                                            capsys):
+    """A run copies the newest segment while it is still empty (a rotation created it,
+    its header still in the writer's buffer); the writer fills it and rotates on, and
+    retention deletes it before the next run. The records it held are not in the
+    archive: that run names the gap (``missed``, exit 1), from the seq of the segment
+    before the empty copy, as it does when the copy held a record."""
+    clock = Clock(1_780_000_000)
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    w = WalWriter(wal, clock=clock, max_segment_bytes=4000, buffer_size=1024)
+    for _ in range(30):
+        w.append(Insert(f"v{w.next_seq % 7}", [1.0] * 8, None, clock.t))
+    w.rotate()
+    names = sorted(p.name for p in wal.iterdir())
+    assert [(wal / n).stat().st_size for n in names][-1] == 0
+    assert archive(wal, arc).ok
+    for _ in range(600):
+        w.append(Insert(f"v{w.next_seq % 7}", [1.0] * 8, None, clock.t))
+    w.close()
+    _retention(wal)
+    assert names[-1] not in {p.name for p in wal.iterdir()}
+    assert cli.main(["archive", str(wal), "--out", str(arc), "-q"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and ": MISSED: copied (" in err[0], err
+    assert (f"the archive's {names[0]} ends at seq 29 ({names[1]} after it was copied "
+            "before the writer had written a record there)") in err[0]
+
+
+def test_a_parent_that_can_be_written_but_not_read_takes_a_new_archive(tmp_path,
+                                                                       monkeypatch, capsys):
+    """A parent directory of mode -wx (a user may create in it, not open it): the new
+    archive's parent cannot be opened to be synced. The first run copies all the same
+    (it used to fail with a bare "[Errno 13] Permission denied" naming the parent, and
+    leave an empty directory behind for a second run to fill)."""
+    from gpu_pitr import archive as archive_module
+
+    wal, arc, name, data = _two_runs(tmp_path)
+    new = tmp_path / "drop" / "arc"
+    new.parent.mkdir()
+    real = archive_module.fsync_path
+
+    def no_read(path, flags):  # what the kernel says to a non-root user, for -wx
+        if Path(path) == new.parent:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, flags)
+
+    monkeypatch.setattr(archive_module, "fsync_path", no_read)
+    assert cli.main(["archive", str(wal), "--out", str(new), "-q"]) == 0
+    assert capsys.readouterr().err == ""
+    assert _segments(new) == _segments(wal)
+
+
+def test_a_copy_that_changed_in_the_middle_is_a_conflict_even_at_the_same_size(tmp_path):
+    """A bit flipped in the middle of the archive's copy of a segment larger than 64 KiB
+    (a bad disk; or the segment rewritten in place) is a conflict on the next run, not
+    ``unchanged``: its bytes are compared whole, as those of a grown segment are."""
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    w = WalWriter(wal, created=1_770_000_000, buffer_size=4096)
+    for i in range(3000):
+        w.append(Insert(f"v{i % 100}", [float(i)] * 64, None, 1_770_000_000 + i))
+    w.close()
+    assert archive(wal, arc).ok
+    (copy,) = arc.glob("wal-*.log")
+    data = bytearray(copy.read_bytes())
+    assert len(data) > 4 * (1 << 16)
+    at = len(data) // 3
+    data[at] ^= 1
+    copy.write_bytes(bytes(data))
+    (row,) = archive(wal, arc).segments
+    assert row.action == CONFLICT and f"offset {at}: differs" in row.problem
+
+
 def test_a_reader_of_stdout_that_goes_away_does_not_stop_the_copy(tmp_path):
     """``gpu-pitr archive WAL --out A | head -1`` from cron: the pipe closes before the
     lines are written; every segment is still copied (the writer may delete the rest
