@@ -640,12 +640,13 @@ class _Restore:
         c = self.cols
         seq = int(c.seq[first])
         w = self._where(first)
-        if self.base is None or self._resume_seq == ("start", 0):
+        if self.base is None or self._resume_seq == ("start", 0) or self._base_holds_none():
             if seq != 0 and self.allow_incomplete:
                 self._gap(f"the log starts at seq {seq} ({Path(w['file']).name} offset "
                           f"{w['offset']}), not 0")
             elif seq != 0:
-                fix = ("the base snapshot is of an empty log, so the log must start there"
+                fix = ("the base snapshot holds no record of the log (an empty log, or "
+                       "zero-filled records only), so the log must start there"
                        if self.base is not None else
                        "start from a snapshot taken before it was deleted: --base/--snapshots,"
                        " base=/snapshots=")
@@ -684,6 +685,17 @@ class _Restore:
                       f"snapshot's position ({pos['segment']} offset {pos['offset']})",
                       None if seq else "whatever segments written between did, if the "
                       "writer wrote any before it restarted at seq 0")
+
+    def _base_holds_none(self) -> bool:
+        """The base covers no record of the log: its position follows headers and
+        zero-filled records only (a seq 0 target stops at a zero record: 12 zero bytes,
+        no payload, which no real record has). The log after it is then judged as from
+        the start, as a restore of the whole log judges it: the first record must be
+        seq 0 (it was taken as going on from the zeros)."""
+        pos = self.base.position
+        last = pos.get("last_record")
+        return ("seq_runs" in pos and not pos["seq_runs"]
+                and (last is None or last.get("length") == RECORD_HEADER_SIZE))
 
     def _gap(self, why: str, lacks: str | None = None) -> None:
         """A gap in the history that this restore allows: noted, and warned of (the

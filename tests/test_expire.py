@@ -608,7 +608,8 @@ def test_a_base_of_an_empty_log_needs_the_log_from_seq_0(tmp_path):
     wal = _three_segments(tmp_path)
     (wal / "wal-00000000000003e8.log").unlink()
     with pytest.raises(IncompleteHistoryError, match="does not start at sequence number 0: "
-                       "earlier history is missing .the base snapshot is of an empty log"):
+                       "earlier history is missing .the base snapshot holds no record of "
+                       "the log .an empty log"):
         gpu_pitr.restore(wal, base=str(tmp_path / "s0"), backend="cpu")
     cut = gpu_pitr.restore(wal, base=str(tmp_path / "s0"), allow_incomplete_history=True,
                            backend="cpu")
