@@ -8,6 +8,7 @@ here so that small logs compact many times). Results must not change.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def _fast_equals_reference(data, tmp_path) -> None:
     """A drawn workload and target restored by the cpu executor (in chunks of a drawn
     size) and by the reference: the same state, or the same error."""
     work = data.draw(w.workloads(damage=False))
-    wal = work.write(tmp_path / "wal")
+    wal = work.write(tempfile.mkdtemp(dir=tmp_path))  # its own: tmp_path is every example's
     kw = data.draw(w.targets(work))
     try:
         ref = w.restore_ref(wal, **kw)
