@@ -63,6 +63,7 @@ from gpu_pitr.format.layout import (
     SEGMENT_PREFIX,
     SEGMENT_SUFFIX,
 )
+from gpu_pitr.format.segments import NotARegularFile, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -162,16 +163,13 @@ def _seed_scan_file(path: Path) -> list[tuple[int, WalEntry]]:
     a link to ``/dev/zero`` must not be read to its (missing) end.
     """
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = open_regular(path)  # without blocking: a FIFO would wait for a writer
+    except NotARegularFile as err:
+        if not stat.S_ISDIR(err.mode):  # the seed skips a directory silently
+            log.warning("PIT: not a regular file, skipped: %s", path)
+        return []
     except OSError as err:
         log.warning("PIT: cannot open WAL file %s: %s", path, err)
-        return []
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        if not stat.S_ISDIR(mode):  # the seed skips a directory silently
-            log.warning("PIT: not a regular file, skipped: %s", path)
         return []
     with open(fd, "rb") as file:
         magic = file.read(len(MAGIC))

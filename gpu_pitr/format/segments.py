@@ -112,12 +112,38 @@ def not_segment_files(wal_dir: str | os.PathLike) -> list[tuple[str, str]]:
             mode = os.stat(e.path).st_mode
         except OSError:
             continue  # gone since the listing
-        what = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-                else "a socket" if stat.S_ISSOCK(mode) else "a device file")
+        what = file_kind(mode)
         if e.is_symlink():
             what = f"a symbolic link to {what}"
         out.append((e.name, f"named like a segment file, but {what}: not read"))
     return out
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is (its ``st_mode``), for a person."""
+    return ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device file")
+
+
+class NotARegularFile(OSError):
+    """What ``open_regular`` opened is not a regular file (``mode``: its ``st_mode``)."""
+
+    def __init__(self, path, mode: int) -> None:
+        super().__init__(f"{path}: is {file_kind(mode)}, not a regular file")
+        self.filename, self.mode = str(path), mode
+
+
+def open_regular(path) -> int:
+    """``path`` opened read-only, as a file descriptor; ``NotARegularFile`` when it is not
+    a regular file, other ``OSError``s as ``os.open`` raises them. Opened without
+    blocking: a FIFO put where a file belongs would otherwise wait for a writer, and
+    with it the command, for ever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotARegularFile(path, mode)
+    return fd
 
 
 def _listed(entry: os.DirEntry) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from numba import prange
 from gpu_pitr.crc import crc32
 from gpu_pitr.errors import WalError
 from gpu_pitr.format.layout import SEGMENT_NAME_RE
+from gpu_pitr.format.segments import NotARegularFile, file_kind, open_regular
 from gpu_pitr.index import RestoredIndex
 from gpu_pitr.jit import NO_REFCOUNTS, njit
 from gpu_pitr.resolve.idsort import compare_ids
@@ -392,32 +392,26 @@ def read_manifest(path) -> dict:
 def _read_small(path: Path) -> bytes:
     fd = _open_regular(path, "cannot be read")
     try:
-        with os.fdopen(fd, "rb", closefd=False) as f:
+        with open(fd, "rb") as f:
             return f.read()
     except OSError as err:
         raise SnapshotError(f"cannot be read: {err.strerror}", file=str(path)) from None
-    finally:
-        os.close(fd)
 
 
 def _open_regular(path: Path, verb: str) -> int:
-    """``path`` opened read-only; a SnapshotError if it is missing, cannot be opened, or is
-    not a regular file. O_NONBLOCK: a FIFO (or a device) put where a snapshot file
-    belongs must not block the open, and so every restore, verify and expire (which
-    holds the archive's lock) for ever."""
+    """``path`` opened read-only (``segments.open_regular``: a FIFO put where a snapshot
+    file belongs would block every restore, verify and expire, which holds the
+    archive's lock, for ever); a SnapshotError if it is missing, cannot be opened, or is
+    not a regular file."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return open_regular(path)
     except FileNotFoundError:
         raise SnapshotError("missing", file=str(path)) from None
+    except NotARegularFile as err:
+        raise SnapshotError(f"is {file_kind(err.mode)}, not a regular file",
+                            file=str(path)) from None
     except OSError as err:
         raise SnapshotError(f"{verb}: {err.strerror}", file=str(path)) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        what = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
-            "a device or socket"
-        raise SnapshotError(f"is {what}, not a regular file", file=str(path))
-    return fd
 
 
 def _is_int(value) -> bool:
