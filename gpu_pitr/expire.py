@@ -181,12 +181,9 @@ def expire(archive_dir: str | os.PathLike, snapshots_dir: str | os.PathLike, *,
     since = None if keep_since is None else parse_time(keep_since)
     archive_dir, snapshots_dir = Path(archive_dir), Path(snapshots_dir)
     _check_archive(archive_dir)
-    if not snapshots_dir.is_dir():
-        raise WalError(f"snapshot directory: {not_a_directory(snapshots_dir)}",
-                       file=str(snapshots_dir))
-    from gpu_pitr.snapshot import refuse_a_snapshot
+    from gpu_pitr.snapshot import check_snapshots_dir
 
-    refuse_a_snapshot(snapshots_dir)
+    check_snapshots_dir(snapshots_dir)
     result = ExpireResult(str(archive_dir), str(snapshots_dir), dry_run)
     with archive_lock(archive_dir):
         before = read_marker(archive_dir)  # a marker that is not one: refused, nothing deleted
@@ -292,16 +289,11 @@ def _snapshots(snapshots_dir: Path, result: ExpireResult,
     """``(path, position)`` of the snapshots that count, newest first: their manifests
     read, they are of this archive's log and of its whole history. The others are
     neither counted nor deleted (``notes``, ``damaged`` say which and why)."""
-    from gpu_pitr.errors import DirectoryReadError
     from gpu_pitr.snapshot import log_order, snapshot_dirs
     from gpu_pitr.snapshot.format import read_manifest
 
-    try:
-        paths = snapshot_dirs(snapshots_dir)
-    except OSError as err:
-        raise DirectoryReadError(snapshots_dir, err) from err
     found = []
-    for path in paths:
+    for path in snapshot_dirs(snapshots_dir):
         if os.path.islink(path):
             result.notes.append(f"snapshot {path} is a symbolic link: not counted, left in "
                                 "place")

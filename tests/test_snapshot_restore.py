@@ -585,15 +585,15 @@ def test_snapshots_dir_picks_newest_usable_and_falls_back(tmp_path):
     from gpu_pitr import snapshot as snapshot_pkg
     from gpu_pitr.errors import DirectoryReadError
 
-    listing = snapshot_pkg.snapshot_dirs
+    listing = os.scandir
 
-    def refuse(path):
+    def refuse(path="."):
         if Path(path) == snaps:
             raise PermissionError(13, "Permission denied", str(path))
         return listing(path)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(snapshot_pkg, "snapshot_dirs", refuse)
+        mp.setattr(snapshot_pkg.os, "scandir", refuse)
         with pytest.raises(DirectoryReadError) as err:
             gpu_pitr.restore(d, backend="cpu", snapshots=snaps)
     assert str(err.value) == f"{snaps}: cannot list the directory: Permission denied"

@@ -78,21 +78,32 @@ def snapshot_dirs(directory) -> list[str]:
 
     Hidden names (a writer's temp dirs) are left out. A directory of snapshot file
     names only counts even when its manifest is gone, so that it is reported as
-    damaged rather than skipped. Raises ``OSError`` if ``directory`` cannot be listed.
+    damaged rather than skipped. Raises ``DirectoryReadError`` (an ``OSError``, one
+    line naming it) if ``directory`` cannot be listed.
     """
+    from gpu_pitr.errors import DirectoryReadError
     from gpu_pitr.snapshot.format import holds_snapshot_files
 
-    return [e.path for e in sorted(os.scandir(directory), key=lambda e: e.name)
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError as err:
+        raise DirectoryReadError(directory, err) from err
+    return [e.path for e in entries
             if not e.name.startswith(".") and e.is_dir() and holds_snapshot_files(e.path)]
 
 
-def refuse_a_snapshot(directory) -> None:
-    """A WalError when ``directory``, given as a directory of snapshots, is a snapshot
-    itself: it holds no snapshot directory, and read as such it would be passed over
-    without a word (a restore from the log alone, an expire of nothing)."""
+def check_snapshots_dir(directory) -> None:
+    """A WalError naming ``directory``, given as a directory of snapshots (``--snapshots``,
+    expire's SNAP_DIR), unless it is one: it must be a directory, and not a snapshot
+    itself, which holds no snapshot directory and would be passed over without a word
+    (a restore from the log alone, an expire of nothing)."""
     from gpu_pitr.errors import WalError
+    from gpu_pitr.format.segments import not_a_directory
     from gpu_pitr.snapshot.format import holds_snapshot_files
 
+    if not os.path.isdir(directory):
+        raise WalError(f"snapshot directory: {not_a_directory(directory)}",
+                       file=str(directory))
     if holds_snapshot_files(directory):
         raise WalError("is a snapshot, not a directory of snapshots (--base takes a "
                        "snapshot; --snapshots takes the directory that holds them)",
@@ -127,16 +138,12 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     the log alone may serve). ``mmap``, ``key_table``: see ``load_snapshot``.
     """
     from gpu_pitr.errors import WalError
-    from gpu_pitr.format.segments import not_a_directory
     from gpu_pitr.format.stats import plural, utc_text
     from gpu_pitr.snapshot.base import base_gap, base_mismatch, target_problem
     from gpu_pitr.snapshot.format import load_snapshot, read_manifest
 
     directory = Path(directory)
-    if not directory.is_dir():
-        raise WalError(f"snapshot directory: {not_a_directory(directory)}",
-                       file=str(directory))
-    refuse_a_snapshot(directory)
+    check_snapshots_dir(directory)
     notes: list[str] = []
     damaged: list[str] = []
     usable = []
@@ -144,13 +151,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     # earliest --to-time it serves)
     manifests = {}
     gaps = 0  # passed over: the log does not go on from them
-    try:
-        paths = snapshot_dirs(directory)
-    except OSError as err:  # as expire says it: the file and what, one line
-        from gpu_pitr.errors import DirectoryReadError
-
-        raise DirectoryReadError(directory, err) from err
-    for path in map(Path, paths):
+    for path in map(Path, snapshot_dirs(directory)):
         try:
             manifests[str(path)] = read_manifest(path)
             position = manifests[str(path)]["position"]
