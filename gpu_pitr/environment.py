@@ -67,12 +67,13 @@ def problem(environ: Mapping[str, str] = os.environ) -> str | None:
         if value is not None and _int(value) is None:
             return (f"{name}={value!r} is not a whole number: Numba reads it at import "
                     "and would ignore it; set it so or unset it")
+    # Both whole numbers from here on, where set.
     value = environ.get("NUMBA_NUM_THREADS")
-    if value is not None and (count := _int(value)) is not None and count < 1:
+    if value is not None and int(value) < 1:
         return (f"NUMBA_NUM_THREADS={value!r}: Numba needs at least 1 thread; "
                 "set a positive number or unset it")
     value = environ.get("NUMBA_DISABLE_JIT")
-    if value is not None and _int(value):
+    if value is not None and int(value):
         return (f"NUMBA_DISABLE_JIT={value!r}: gpu-pitr's loops are compiled by Numba "
                 "and do not run with its compiler off; unset it or set it to 0")
     value = environ.get("NUMBA_THREADING_LAYER")
