@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gpu_pitr import interrupts
+from gpu_pitr import archivesums, interrupts
 from gpu_pitr.errors import DirectoryReadError, WalError, os_reason
 from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, SEGMENT_NAME_RE
 from gpu_pitr.format.segments import (
@@ -128,6 +128,9 @@ class ArchiveResult:
     # longer has (deleted by the writer: the archive is where they live now).
     archived: int = 0
     only_in_archive: int = 0
+    # The archive's checksum file could not be used (``archivesums.SumsError``'s line):
+    # the segments are still copied, but no sums are recorded, and the run exits 1.
+    sums_problem: str | None = None
 
     @property
     def problems(self) -> list[ArchivedSegment]:
@@ -135,7 +138,14 @@ class ArchiveResult:
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and self.sums_problem is None
+
+    @property
+    def sums_line(self) -> str | None:
+        """The line of ``sums_problem`` (None: the checksum file was fine)."""
+        if self.sums_problem is None:
+            return None
+        return f"{self.sums_problem}; no checksums were recorded by this run"
 
     def count(self, action: str) -> int:
         return sum(s.action == action for s in self.segments)
@@ -143,12 +153,14 @@ class ArchiveResult:
     def to_dict(self) -> dict:
         return {"wal_dir": self.wal_dir, "archive": self.archive, "ok": self.ok,
                 "segments": [asdict(s) for s in self.segments], "archived": self.archived,
-                "only_in_archive": self.only_in_archive}
+                "only_in_archive": self.only_in_archive, "sums_problem": self.sums_problem}
 
     def lines(self, problems_only: bool = False) -> list[str]:
         """One line per segment copied or with a problem, then a summary
         (``problems_only``: the lines of the problems alone)."""
         out = [line for s in self.segments if (line := s.line(problems_only)) is not None]
+        if self.sums_line is not None:
+            out.append(self.sums_line)
         if problems_only:
             return out
         counts = ", ".join(f"{self.count(a)} {a}" for a in (NEW, GROWN, UNCHANGED, EXPIRED)
@@ -156,9 +168,10 @@ class ArchiveResult:
         pending = sum(s.pending for s in self.segments)
         waiting = (f"; {pending} bytes of a record the writer has not finished wait for the "
                    "next run" if pending else "")
+        problems = len(self.problems) + (self.sums_problem is not None)
         out.append(
             f"archive {self.archive}: {plural(len(self.segments), 'segment')} of {self.wal_dir} "
-            f"({counts}; {plural(len(self.problems), 'problem')}); it holds "
+            f"({counts}; {plural(problems, 'problem')}); it holds "
             f"{plural(self.archived, 'segment')}, {self.only_in_archive} of them no longer in "
             f"WAL_DIR{waiting}")
         return out
@@ -220,18 +233,32 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
         _remove_stale_temps(archive_dir)
         expiry = read_marker(archive_dir)
         first_kept = expiry.first_kept.encode() if expiry is not None else b""
+        try:
+            sums = archivesums.read(archive_dir) or {}
+        except archivesums.SumsError as err:
+            # Left as it is for a person to look at; the copies go on (the writer's
+            # retention does not wait), without sums.
+            sums, result.sums_problem = None, str(err)
+        recorded = dict(sums or {})
         buf = bytearray(_COPY_CHUNK)
         # Files after it hold a header at most: the writer may still be flushing it.
         being_written = last_with_records(segments)
-        for k, seg in enumerate(segments):
-            interrupts.check()
-            if seg.name.encode() < first_kept:
-                result.segments.append(ArchivedSegment(seg.name, EXPIRED, 0))
-            else:
-                result.segments.append(_archive_one(seg, archive_dir / seg.name, buf,
-                                                    newest=k >= being_written))
-            if on_segment is not None:
-                on_segment(result.segments[-1])
+        try:
+            for k, seg in enumerate(segments):
+                interrupts.check()
+                if seg.name.encode() < first_kept:
+                    result.segments.append(ArchivedSegment(seg.name, EXPIRED, 0))
+                else:
+                    result.segments.append(_archive_one(seg, archive_dir / seg.name, buf,
+                                                        newest=k >= being_written, sums=sums))
+                if on_segment is not None:
+                    on_segment(result.segments[-1])
+        finally:  # an interrupted run too records the sums of what it copied
+            if sums is not None and sums != recorded:
+                try:
+                    archivesums.write(archive_dir, sums)
+                except OSError as err:  # the copies stand; verify names them unchecked
+                    result.sums_problem = str(err)
         missed = _check_missed(result, archive_dir, {s.name for s in segments})
         if missed is not None and on_segment is not None:
             on_segment(missed)  # its row again, now a problem
@@ -336,11 +363,13 @@ def _remove_stale_temps(archive_dir: Path) -> None:
     remove_stale_entries(entries, SEGMENT_NAME_RE.pattern)
 
 
-def _archive_one(seg: Segment, dest: Path, buf: bytearray, newest: bool = False
-                 ) -> ArchivedSegment:
+def _archive_one(seg: Segment, dest: Path, buf: bytearray, newest: bool = False,
+                 sums: dict | None = None) -> ArchivedSegment:
     """Copy what ``seg`` holds beyond the archive's copy at ``dest``; ``newest``: the
     segment a writer may be appending to (its copy ends at a record boundary when the
-    file allows, ``whole_records``)."""
+    file allows, ``whole_records``). The block sums of a copy written, or of one found
+    equal to the segment that has none recorded at its size, go into ``sums`` (by
+    name; None: none are recorded)."""
     name = seg.name
     try:
         have = _archived_size(dest)
@@ -370,7 +399,7 @@ def _archive_one(seg: Segment, dest: Path, buf: bytearray, newest: bool = False
                 size = max(whole_records(seg.path, size), have or 0)
             pending = max(0, st.st_size - size)
             if have is None:
-                _copy(src, seg.path, size, st.st_mode, dest, None, buf)
+                _record(sums, name, _copy(src, seg.path, size, st.st_mode, dest, None, buf))
                 return ArchivedSegment(name, NEW, size, added=size, pending=pending)
             if size < have:
                 raise _Conflict(
@@ -378,9 +407,15 @@ def _archive_one(seg: Segment, dest: Path, buf: bytearray, newest: bool = False
                     "before the archive's copy does: it was truncated or replaced (a crash "
                     "of the writer's host that lost bytes not yet synced does this)")
             if size == have:
-                _same_prefix(src, seg.path, dest, size, buf)
+                entry = None if sums is None else sums.get(name)
+                if entry is not None and entry.size == have:
+                    _same_prefix(src, seg.path, dest, size, buf)
+                else:  # a copy made before there were sums, or its run was killed
+                    block_sums = archivesums.BlockSums()
+                    _same_prefix(src, seg.path, dest, size, buf, block_sums)
+                    _record(sums, name, block_sums.result())
                 return ArchivedSegment(name, UNCHANGED, have, pending=pending)
-            _copy(src, seg.path, size, st.st_mode, dest, have, buf)
+            _record(sums, name, _copy(src, seg.path, size, st.st_mode, dest, have, buf))
             return ArchivedSegment(name, GROWN, size, added=size - have, pending=pending)
         except _Conflict as c:
             return ArchivedSegment(name, CONFLICT, have or 0,
@@ -393,6 +428,11 @@ def _archive_one(seg: Segment, dest: Path, buf: bytearray, newest: bool = False
             kept = "the previous copy is kept" if have else "nothing was left in its place"
             return ArchivedSegment(name, FAILED, have or 0, problem=(
                 f"{dest}: cannot write the archive copy: {os_reason(e.err)}; {kept}"))
+
+
+def _record(sums: dict | None, name: str, entry: archivesums.SegmentSums) -> None:
+    if sums is not None:
+        sums[name] = entry
 
 
 def _check_missed(result: ArchiveResult, archive_dir: Path, listed: set
@@ -564,9 +604,10 @@ def _read_copy(old, dest: Path, pos: int, n: int) -> bytes:
                         f"{os_reason(err)}") from err
 
 
-def _same_prefix(src, src_path: Path, dest: Path, have: int, buf: bytearray) -> None:
+def _same_prefix(src, src_path: Path, dest: Path, have: int, buf: bytearray,
+                 block_sums: archivesums.BlockSums | None = None) -> None:
     """The first ``have`` bytes of ``src`` are the archive's copy ``dest``, else
-    ``_Conflict`` naming the first byte that differs."""
+    ``_Conflict`` naming the first byte that differs. ``block_sums`` is fed the bytes."""
     view = memoryview(buf)
     with _open_copy(dest) as old:
         pos = 0
@@ -578,18 +619,21 @@ def _same_prefix(src, src_path: Path, dest: Path, have: int, buf: bytearray) -> 
             before = _read_copy(old, dest, pos, n)
             if view[:n] != before:
                 raise _differs(src_path, pos + _first_difference(view[:n], before))
+            if block_sums is not None:
+                block_sums.feed(before)
             pos += n
 
 
 def _copy(src, src_path: Path, size: int, mode: int, dest: Path, have: int | None,
-          buf: bytearray) -> None:
+          buf: bytearray) -> archivesums.SegmentSums:
     """``size`` bytes of ``src`` to ``dest`` with ``src``'s permission bits, atomically;
     the first ``have`` bytes must equal the archive's copy (else ``_Conflict``, and
-    that copy is left as it was)."""
+    that copy is left as it was). Returns the block sums of the copy, read back from it
+    before it is renamed into place."""
     if have:
         _same_prefix(src, src_path, dest, have, buf)
     try:
-        with atomic_files(dest) as (tmp,), open(tmp, "wb", buffering=0) as out:
+        with atomic_files(dest) as (tmp,), open(tmp, "r+b", buffering=0) as out:
             # The segment's bits, and always the owner's read and write: the archive
             # reads its copies back (and fsyncs them by name) on later runs.
             with contextlib.suppress(OSError):  # a file system without modes (vfat)
@@ -605,6 +649,10 @@ def _copy(src, src_path: Path, size: int, mode: int, dest: Path, have: int | Non
                 while done < n:
                     done += out.write(view[done:n])
                 pos += n
+            try:
+                return archivesums.file_sums(out.fileno(), size)
+            except EOFError as err:  # pragma: no cover - the copy was just written whole
+                raise OSError(errno.EIO, "the copy reads back shorter than written") from err
     except OSError as err:
         raise _WriteFailed(err) from err
 

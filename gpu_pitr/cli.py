@@ -769,6 +769,8 @@ def _archive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             _progress_line(line, sys.stderr if args.quiet else sys.stdout)
 
     result = archive(args.wal_dir, args.out, on_segment=None if args.json else say)
+    if result.sums_line is not None and not args.json:
+        _progress_line(result.sums_line, sys.stderr if args.quiet else sys.stdout)
     if not (result.segments or args.json or args.quiet):
         _say_if_no_segments(args.wal_dir, 0)
     if args.json:  # after the run: printed as its lines are

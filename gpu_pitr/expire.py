@@ -409,7 +409,7 @@ def _delete(result: ExpireResult, snaps: list[str], segments: list[Path], first_
         done(Expired(SNAPSHOT, path, size))
     # Oldest first, stopping at the first that cannot go: what stays is always every
     # segment from one on, never a log with a hole a restore would read across.
-    unlinked = False
+    unlinked: list[str] = []
     if segments and not result.dry_run:
         _set_marker(archive_dir, Expiry(first_kept, segments[-1].name))
     for k, seg in enumerate(segments):
@@ -420,8 +420,9 @@ def _delete(result: ExpireResult, snaps: list[str], segments: list[Path], first_
                 raise _Stop("not a regular file (a link?)")
             if not result.dry_run:
                 os.unlink(seg)
-                unlinked = True
+                unlinked.append(seg.name)
         except FileNotFoundError:
+            unlinked.append(seg.name)
             continue
         except (OSError, _Stop) as err:
             why = str(err) if isinstance(err, _Stop) else os_reason(err)
@@ -434,8 +435,26 @@ def _delete(result: ExpireResult, snaps: list[str], segments: list[Path], first_
                                     "restore reads across a hole in the log")
             break
         done(Expired(SEGMENT, str(seg), st.st_size))
-    if unlinked:
+    if unlinked and not result.dry_run:
         fsync_path(archive_dir, os.O_RDONLY | os.O_DIRECTORY)
+        _forget_sums(archive_dir, unlinked)
+
+
+def _forget_sums(archive_dir: Path, names: list[str]) -> None:
+    """The archive's checksums of the segments deleted, dropped (a checksum file that
+    cannot be read is left for ``verify`` to name; one left with the deleted names, by
+    a run killed first, is harmless: ``verify`` passes over the names the marker says
+    are expired)."""
+    from gpu_pitr import archivesums
+
+    try:
+        sums = archivesums.read(archive_dir)
+    except archivesums.SumsError:
+        return
+    if sums is not None and any(name in sums for name in names):
+        for name in names:
+            sums.pop(name, None)
+        archivesums.write(archive_dir, sums)
 
 
 class _Stop(Exception):

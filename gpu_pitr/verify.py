@@ -94,6 +94,12 @@ KINDS = {
     "not_a_file": NOTICE,
     "segment_name_case": NOTICE,
     "deleted": NOTICE,
+    # An archive's copies against the sums ``gpu-pitr archive`` recorded (archivesums).
+    "archive_changed": DAMAGE,
+    "archive_cut": DAMAGE,
+    "archive_missing": DAMAGE,
+    "bad_archive_sums": DAMAGE,
+    "archive_unchecked": NOTICE,
 }
 
 _EVENTS = 4096  # rows of the walk's event buffer; the walk resumes when it fills
@@ -357,6 +363,7 @@ class _Verify:
         for name, what in not_segment_files(self.wal_dir):
             kind = "not_a_file" if SEGMENT_NAME_RE.fullmatch(name) else "segment_name_case"
             self.result.problems.append(Problem(kind, name, 0, None, what))
+        self.result.problems += _archive_copies(self.wal_dir, self.segments, expiry)
         # In name order, segments or not (SPEC section 1's log order for the segments).
         self.result.problems.sort(key=lambda p: (p.file.encode(), p.offset))
         if expiry is not None:  # first: it is about where the log begins
@@ -604,3 +611,86 @@ class _Verify:
             if end > start:
                 self._headers(s, start, end)
 
+
+
+def _archive_copies(wal_dir, segments: list, expiry) -> list[Problem]:
+    """An archive's copies checked against the block sums ``gpu-pitr archive`` recorded
+    when it copied them (``gpu_pitr.archivesums``): nothing for a directory that is not
+    an archive. Copies are checked on threads (reads and CRC-32s release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpu_pitr import archivesums
+    from gpu_pitr.archive import LOCK_NAME
+
+    try:
+        sums = archivesums.read(wal_dir)
+    except archivesums.SumsError as err:
+        return [Problem("bad_archive_sums", archivesums.SUMS_NAME, 0, None, err.what)]
+    if sums is None:
+        if not os.path.lexists(os.path.join(wal_dir, LOCK_NAME)):
+            return []  # not an archive
+        sums = {}
+    first_kept = expiry.first_kept.encode() if expiry is not None else b""
+    listed = {seg.name for seg in segments}
+    out = [Problem("archive_missing", name, 0, None,
+                   f"gpu-pitr archive copied this segment ({plural(entry.size, 'byte')}), and "
+                   "it is gone from the archive: not deleted by gpu-pitr expire (restores "
+                   "across it lack its records)")
+           for name, entry in sums.items()
+           if name not in listed and name.encode() >= first_kept
+           and not os.path.lexists(os.path.join(wal_dir, name))]
+    unchecked = [seg.name for seg in segments if seg.name not in sums]
+    if unchecked:
+        span = unchecked[0] if len(unchecked) == 1 else f"{unchecked[0]} to {unchecked[-1]}"
+        out.append(Problem(
+            "archive_unchecked", unchecked[0], 0, None,
+            f"{plural(len(unchecked), 'segment')} of this archive ({span}) "
+            f"{'has' if len(unchecked) == 1 else 'have'} no checksum recorded (copied by "
+            "an older gpu-pitr, or before a run was killed), so a later change to "
+            f"{'it' if len(unchecked) == 1 else 'them'} cannot be seen; the next "
+            "gpu-pitr archive run records them while WAL_DIR still holds the segments",
+            extra={"segments": len(unchecked)}))
+    checks = [(seg, sums[seg.name]) for seg in segments if seg.name in sums]
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for found in pool.map(lambda check: _archive_copy(*check), checks):
+            out += found
+    return out
+
+
+def _archive_copy(seg, entry) -> list[Problem]:
+    """One copy against its sums (nothing when it cannot be opened: the read of the
+    log has reported that)."""
+    from gpu_pitr import archivesums
+    from gpu_pitr.format.segments import open_regular
+
+    try:
+        fd = open_regular(seg.path)
+    except OSError:
+        return []
+    try:
+        size = os.fstat(fd).st_size
+        changed = archivesums.first_changed(fd, entry, size)
+    except (OSError, EOFError):
+        return []  # cut or gone while it was read: the read of the log says so
+    finally:
+        os.close(fd)
+    out = []
+    if changed is not None:
+        start, end = entry.block_range(changed // archivesums.BLOCK)
+        out.append(Problem(
+            "archive_changed", seg.name, start, None,
+            f"bytes {start} to {end - 1} are not the ones gpu-pitr archive copied (the "
+            "CRC-32 of that block differs): the copy was changed or damaged since; "
+            "restores that read it may apply wrong vectors or metadata"))
+    if size < entry.size:
+        out.append(Problem(
+            "archive_cut", seg.name, size, None,
+            f"the copy ends here, {plural(entry.size - size, 'byte')} before the "
+            f"{entry.size} gpu-pitr archive copied: it was cut short since"))
+    elif size > entry.size:
+        out.append(Problem(
+            "archive_unchecked", seg.name, entry.size, None,
+            f"the {plural(size - entry.size, 'byte')} from here on have no checksum "
+            "recorded (a run of gpu-pitr archive killed before it recorded them?): "
+            "not checked", extra={"segments": 1}))
+    return out

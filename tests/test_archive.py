@@ -49,6 +49,7 @@ from gpu_pitr.archive import (
     _archive_one,
     archive,
 )
+from gpu_pitr.archivesums import SUMS_NAME
 from gpu_pitr.format.entries import Delete, Insert
 from gpu_pitr.format.segments import Segment, list_segments
 from gpu_pitr.format.writer import WalWriter, encode_record
@@ -284,7 +285,7 @@ def test_a_copy_that_cannot_be_written_leaves_the_previous_one(tmp_path):
         f"{name}: FAILED: {arc / name}: cannot write the archive copy: File too large; "
         "the previous copy is kept")
     assert (arc / name).read_bytes() == kept
-    assert sorted(p.name for p in arc.iterdir()) == sorted([LOCK_NAME, name])
+    assert sorted(p.name for p in arc.iterdir()) == sorted([LOCK_NAME, SUMS_NAME, name])
 
 
 def test_runs_beside_a_live_writer_never_conflict_and_end_equal(tmp_path):

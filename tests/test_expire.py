@@ -30,7 +30,7 @@ from workloads import (
 )
 
 import gpu_pitr
-from gpu_pitr import cli, snapshot
+from gpu_pitr import archivesums, cli, snapshot
 from gpu_pitr.archive import EXPIRED, LOCK_NAME, UNCHANGED, ArchiveError, archive
 from gpu_pitr.errors import IncompleteHistoryError, WalError
 from gpu_pitr.expire import (
@@ -136,6 +136,9 @@ def test_keep_n_deletes_the_older_snapshots_and_segments_and_kept_restores_are_e
         ["s03", "s02", "s01", "s00"]
     # What is left is untouched, and every moment from the anchor on restores exactly.
     assert _segments(arc) == {n: b for n, b in before.items() if n >= anchor_segment}
+    # The archive's checksums are of what is left, and verify finds every copy intact.
+    assert set(archivesums.read(arc)) == set(_segments(arc))
+    assert not [p for p in verify_wal(arc).problems if p.kind.startswith("archive")]
     _kept_restores_equal_the_whole_log(arc, whole, snaps, times[4:])
     # The summary's earliest time is exact: a second earlier was given up, and fails
     # clearly (no snapshot serves it, and the log is cut).
