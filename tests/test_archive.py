@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ from workloads import (
 )
 
 import gpu_pitr
-from gpu_pitr import cli, snapshot
+from gpu_pitr import archivesums, cli, snapshot
 from gpu_pitr.archive import (
     CONFLICT,
     GROWN,
@@ -424,6 +425,11 @@ def test_random_histories_of_appends_rotations_and_retention(tmp_path_factory, o
             archived.update(now)
             assert _segments(arc) == archived
             assert result.only_in_archive == len(set(archived) - set(now))
+            # Every copy has its block sums, of the bytes it holds (zlib's CRC-32 here).
+            assert (archivesums.read(arc) or {}) == {n: archivesums.SegmentSums(
+                len(d), tuple(zlib.crc32(d[i:i + archivesums.BLOCK])
+                              for i in range(0, len(d), archivesums.BLOCK)))
+                for n, d in archived.items()}
 
 
 @pytest.mark.parametrize("kernel_copies", [0, 1000, None], ids=["refused", "partly", "all"])
