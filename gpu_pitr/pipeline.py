@@ -1262,9 +1262,12 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict) -> lis
     if t is not None and report.segments and report.stop["reason"] == "end_of_log" \
             and not went_past:
         latest = run.plan.max_timestamp
+        # Stamped T itself (inclusive): the log reached T, but not past it.
+        at_t = latest == t
         out.append(
-            f"the log ends before the target {utc_text(target['to_time'])}: "
+            f"the log ends before the target {utc_text(t)}{' is passed' if at_t else ''}: "
             + ("it has no commit point" if latest is None else
+               "its latest commit point is stamped that second itself" if at_t else
                f"its latest commit point is at {utc_text(latest)}")
             + "; if the log goes on elsewhere (an archive not brought up to date), "
             "this index lacks it")

@@ -8,7 +8,7 @@ points as a whole one: ``ts > T`` is ``ts > floor(T)`` and, ``exclusive``,
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from fractions import Fraction
 from pathlib import Path
 
@@ -72,6 +72,11 @@ T0 = int(datetime(2026, 11, 26, 10, 2, tzinfo=UTC).timestamp())
         ("2016-12-31T235960Z", 1483228800, 1483228800),
         ("2016-12-31T23:59:60.5Z", 1483228800, 1483228801),
         ("2016-12-31T23:59:60+01:00", 1483225200, 1483225200),
+        # The last day datetime holds: the second after it is no OverflowError.
+        ("9999-12-31T24:00Z", 253402300800, 253402300800),
+        ("9999-12-31T23:59:60Z", 253402300800, 253402300800),
+        ("9999-12-31T23:59:60.5Z", 253402300800, 253402300801),
+        ("9999-365T24Z", 253402300800, 253402300800),
         (datetime(2026, 11, 26, 10, 2, tzinfo=UTC), T0, T0),
         (datetime(2026, 11, 26, 11, 2, 0, 1, tzinfo=timezone(timedelta(hours=1))), T0, T0 + 1),
     ],
@@ -87,7 +92,18 @@ def test_forms_and_rounding(value, inclusive: int, exclusive: int) -> None:
     ("value", "match"),
     [
         ("2026-11-26T10:02:00", "no time zone"),
-        ("2026-11-26", "no time zone"),
+        ("2026-11-26", "a date without a time of day"),
+        # Not "no time zone (add Z ...)": the advice would not help.
+        ("2026-11-26Z", "a date without a time of day"),
+        ("2026-11-26+05:30", "a date without a time of day"),
+        ("2026-W48-4Z", "a date without a time of day"),
+        (date(2026, 11, 26), "a date without a time of day"),
+        # datetime.fromisoformat takes any character between the date and the time:
+        # the first would be 00:20:00, "1" between them.
+        ("20261126100200Z", "T or a space"),
+        ("2026-11-26X10:02Z", "T or a space"),
+        ("9999-366T00:00Z", "neither"),  # not an OverflowError
+        ("9999-999T00:00Z", "neither"),
         (datetime(2026, 11, 26, 10, 2), "no time zone"),
         ("yesterday", "neither"),
         ("2026-366T00:00Z", "neither"),  # 2026 has 365 days
@@ -96,7 +112,7 @@ def test_forms_and_rounding(value, inclusive: int, exclusive: int) -> None:
         ("2026-11-26T24:30Z", "neither"),
         ("2016-12-31T23:59:61Z", "neither"),
         ("2016-12-31T23:60:00Z", "neither"),
-        ("2026-330", "no time zone"),
+        ("2026-330", "a date without a time of day"),
         ("", "neither"),
         ("10.5.1", "neither"),
         (".", "neither"),

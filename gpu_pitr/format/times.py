@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 U64_MAX = 2**64 - 1
+
+#: The date of ISO-8601 text: ordinal, calendar or week, extended or basic.
+_DATE = r"[0-9]{4}(?:-?[0-9]{3}|-[0-9]{2}-[0-9]{2}|[0-9]{4}|-?W[0-9]{2}(?:-?[0-9])?)"
+#: A zone designator.
+_ZONE = r"[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?"
 
 
 def parse_time(value, exclusive: bool = False) -> int:
@@ -18,12 +23,13 @@ def parse_time(value, exclusive: bool = False) -> int:
     (``ts >= 10.5`` is ``ts >= 11``).
 
     Raises:
-        ValueError: text that is neither, no time zone, or a number that is not finite.
+        ValueError: text that is neither, a date without a time of day, no time zone, or
+            a number that is not finite.
     """
     import math
     import numbers
     import re
-    from datetime import UTC, timedelta
+    from datetime import UTC
     from fractions import Fraction
 
     if isinstance(value, bool):
@@ -37,6 +43,7 @@ def parse_time(value, exclusive: bool = False) -> int:
             raise ValueError(f"time target {value!r} is not a finite number")
         return math.ceil(value) if exclusive else math.floor(value)
     below_micro = False  # digits past the microsecond, which datetime drops
+    later = timedelta(0)  # a leap second's or 24:00's, which datetime may not hold
     if isinstance(value, datetime):
         when, text = value, str(value)
     else:
@@ -46,43 +53,54 @@ def parse_time(value, exclusive: bool = False) -> int:
         if re.fullmatch(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+)", text):
             exact = Fraction(text)  # exact: a float would round 19-digit seconds
             return math.ceil(exact) if exclusive else math.floor(exact)
+        if re.fullmatch(rf"(?:{_DATE})(?:{_ZONE})?", text):
+            raise ValueError(f"time target {text!r} is a date without a time of day (give "
+                             "one, with a zone: ...T00:00Z)")
+        if re.match(_DATE, text) and not re.match(rf"(?:{_DATE})(?:[Tt ]|$)", text):
+            # datetime.fromisoformat takes any character there: 20261126100200Z would
+            # be 00:20:00, with "1" between the date and the time.
+            raise ValueError(f"time target {text!r} is neither Unix seconds nor ISO-8601 "
+                             "(the date and the time go with T or a space between them)")
         fraction = re.search(r":\d\d[.,]\d{6}(\d+)", text)
         below_micro = fraction is not None and fraction[1].strip("0") != ""
         zulu = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
         try:
-            when = _from_iso(zulu)
+            when, later = _from_iso(zulu)
         except ValueError:
             raise ValueError(
                 f"time target {text!r} is neither Unix seconds nor ISO-8601") from None
     if when.utcoffset() is None:
         raise ValueError(f"time target {text!r} has no time zone (add Z or +HH:MM)")
-    whole, part = divmod(when - datetime(1970, 1, 1, tzinfo=UTC), timedelta(seconds=1))
+    whole, part = divmod(when - datetime(1970, 1, 1, tzinfo=UTC) + later,
+                         timedelta(seconds=1))
     return whole + 1 if exclusive and (part or below_micro) else whole
 
 
-def _from_iso(text: str) -> datetime:
+def _from_iso(text: str) -> tuple[datetime, timedelta]:
     """``datetime.fromisoformat``, and the ISO-8601 forms it does not take: an ordinal
     date (``2026-330T10:02Z``, ``2026330T1002Z``: the year's day 1-366), the end of
     a day as ``24:00`` (``24:00:00``, ``T24Z``: the next day's ``00:00``) and a leap
     second (``23:59:60Z``: Unix time has none, so the next second, as PostgreSQL takes
-    it)."""
+    it). Returned as a datetime and the time to add to it: a leap second's or the day
+    of ``24:00``, which the datetime may not hold (``9999-12-31T24:00Z``)."""
+    import calendar
     import re
-    from datetime import date, timedelta
+    from datetime import date
 
     leap = re.search(r"(?:(?<=[Tt ][0-9]{2}:[0-9]{2}:)|(?<=[Tt ][0-9]{4}))60(?![0-9])", text)
     if leap is not None:
-        return _from_iso(text[:leap.start()] + "59" + text[leap.end():]) + timedelta(
-            seconds=1)
+        when, later = _from_iso(text[:leap.start()] + "59" + text[leap.end():])
+        return when, later + timedelta(seconds=1)
 
     ordinal = re.match(r"([0-9]{4})-?([0-9]{3})(?=[Tt ]|$)", text)
     if ordinal is not None:
         year, day = int(ordinal[1]), int(ordinal[2])
-        when = date(year, 1, 1) + timedelta(days=day - 1)
-        if not 1 <= day or when.year != year:
+        if not 1 <= day <= 365 + calendar.isleap(year):
             raise ValueError(f"day {day} of {year}")
+        when = date(year, 1, 1) + timedelta(days=day - 1)
         text = when.isoformat() + text[ordinal.end():]
     end_of_day = re.search(r"(?<=[Tt ])24(:?00(:?00([.,]0+)?)?)?(?=[Zz+-]|$)", text)
     if end_of_day is None:
-        return datetime.fromisoformat(text)
+        return datetime.fromisoformat(text), timedelta(0)
     midnight = text[:end_of_day.start()] + "00:00:00" + text[end_of_day.end():]
-    return datetime.fromisoformat(midnight) + timedelta(days=1)
+    return datetime.fromisoformat(midnight), timedelta(days=1)
