@@ -698,6 +698,13 @@ def _inspect_records(parser: argparse.ArgumentParser, args: argparse.Namespace) 
                      "snapshot")
     since = None if args.since is None else _time_target(parser, args.since, True, "--since")
     until = None if args.until is None else _time_target(parser, args.until, False, "--until")
+    if since is not None and until is not None and since > until:
+        parser.error(f"argument --since: {args.since} is later than --until {args.until}: "
+                     "no record can be both")
+    if args.first_seq is not None and args.last_seq is not None \
+            and args.first_seq > args.last_seq:
+        parser.error(f"argument --first-seq: {args.first_seq} is larger than --last-seq "
+                     f"{args.last_seq}: no record can be both")
     items = wal_records(args.wal_dir, since=since, until=until, first_seq=args.first_seq,
                         last_seq=args.last_seq, limit=args.limit)
     for doc in items:

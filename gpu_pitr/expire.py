@@ -321,7 +321,7 @@ def _snapshots(snapshots_dir: Path, result: ExpireResult,
 
 def _first_candidate(snaps, keep, since, notes: list[str]) -> int | None:
     """Index in ``snaps`` of the newest snapshot that may be the anchor (None: none)."""
-    from gpu_pitr.format.stats import utc_text
+    from gpu_pitr.format.stats import seconds_text
     from gpu_pitr.snapshot.base import target_problem
 
     if keep is not None:
@@ -333,7 +333,7 @@ def _first_candidate(snaps, keep, since, notes: list[str]) -> int | None:
     for i, (_, position) in enumerate(snaps):
         if target_problem(position, {"to_time": since}, False) is None:
             return i
-    notes.append(f"no snapshot serves a restore to {since} ({utc_text(since)}): every "
+    notes.append(f"no snapshot serves a restore to {seconds_text(since)}: every "
                  "segment is still needed; nothing expired")
     return None
 

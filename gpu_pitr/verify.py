@@ -64,7 +64,7 @@ from gpu_pitr.format.segments import (
     vanished,
     written_since,
 )
-from gpu_pitr.format.stats import plural, utc_text
+from gpu_pitr.format.stats import plural, seconds_text
 from gpu_pitr.jit import njit
 
 DAMAGE = "damage"
@@ -596,8 +596,8 @@ class _Verify:
         named = self.segments[segment].created
         if created != named:
             self._add("header_mismatch", segment, offset, None,
-                      f"segment header says created {utc_text(created)} ({created}) but the "
-                      f"file name says {utc_text(named)} ({named}): renamed or spliced",
+                      f"segment header says created {seconds_text(created)} but the "
+                      f"file name says {seconds_text(named)}: renamed or spliced",
                       created=created)
 
     def _segment_ends(self) -> None:

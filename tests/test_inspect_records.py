@@ -169,6 +169,13 @@ def test_cli_text_json_lines_and_usage(damaged, tmp_path):
     for bad in (["--since", "yesterday"], ["--limit", "-1"], ["--first-seq", "x"]):
         proc = cli("inspect", wal_dir, *bad)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, bad
+    # Filters no record can pass are a mistake in the command, not an empty log.
+    for bad, said in ((["--since", "2026-11-26T10:02Z", "--until", "2026-11-26T10:01Z"],
+                       "is later than --until"),
+                      (["--first-seq", "5", "--last-seq", "4"], "is larger than --last-seq")):
+        proc = cli("inspect", wal_dir, *bad)
+        assert (proc.returncode, proc.stdout) == (2, ""), bad
+        assert said in proc.stderr.splitlines()[-1]
     snap = tmp_path / "snap"
     snap.mkdir()
     (snap / "manifest.json").write_text("{}")

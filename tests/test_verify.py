@@ -147,6 +147,15 @@ def test_second_header_whose_second_differs_from_the_file_name(tmp_path, records
     assert found(b.write(tmp_path / "wal")) == [("header_mismatch", b.cur, at, None)]
 
 
+def test_a_header_second_too_large_for_a_date_is_shown_once(tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", [1], None, 1))
+    b.raw(w.encode_header(2**64 - 1))
+    [p] = verify_wal(b.write(tmp_path / "wal")).problems
+    assert p.what == ("segment header says created 18446744073709551615 but the file name "
+                      "says 100000000 (1973-03-03T09:46:40Z): renamed or spliced")
+
+
 def test_header_checks_hold_at_every_chunk_size(tmp_path):
     b = LogBuilder()
     b.add(Ins("a", [1], None, 1))

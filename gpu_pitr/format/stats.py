@@ -119,3 +119,11 @@ def utc_text(seconds: int) -> str:
         return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     except (OverflowError, OSError, ValueError):
         return str(seconds)
+
+
+def seconds_text(seconds: int) -> str:
+    """A WAL timestamp as its number and, where it has one, its ISO-8601 UTC form:
+    ``1764151320 (2026-11-26T10:02:00Z)``; the number alone when it is out of range
+    (not the number twice)."""
+    utc = utc_text(seconds)
+    return str(seconds) if utc == str(seconds) else f"{seconds} ({utc})"

@@ -158,11 +158,11 @@ def target_problem(position: dict, target: dict, exclusive: bool) -> str | None:
     if "to_time" in target:
         t, top = int(target["to_time"]), position.get("max_timestamp")
         if top is not None and (t < 0 or (top >= t if exclusive else top > t)):
-            from gpu_pitr.format.stats import utc_text
+            from gpu_pitr.format.stats import seconds_text
 
-            return (f"the snapshot holds a commit point stamped {top} ({utc_text(top)}), "
-                    f"{'at or ' if exclusive else ''}later than the target time {t} "
-                    f"({utc_text(t)}){' (exclusive)' if exclusive else ''}")
+            return (f"the snapshot holds a commit point stamped {seconds_text(top)}, "
+                    f"{'at or ' if exclusive else ''}later than the target time "
+                    f"{seconds_text(t)}{' (exclusive)' if exclusive else ''}")
     elif "to_seq" in target:
         n = int(target["to_seq"])
         if seq_covered(position.get("seq_runs") or [], n):
