@@ -69,6 +69,15 @@ def _shards(text: str) -> int:
     return int(text)
 
 
+def _out_path(text: str) -> str:
+    # Path("") is the current directory: an unset variable (--out "$OUT") would have
+    # written a snapshot over the directory the command ran in.
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path (not taken for the current "
+                                         "directory: say '.' for that)")
+    return text
+
+
 def _size(text: str) -> int:
     from gpu_pitr.budget import parse_size
 
@@ -97,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("wal_dir", metavar="WAL_DIR")
     restore.add_argument(
-        "--out", required=True, metavar="OUT",
+        "--out", required=True, metavar="OUT", type=_out_path,
         help="output: OUT.npz, OUT.parquet, OUT.faiss, or a directory (OUT/) for a snapshot",
     )
     restore.add_argument(
@@ -120,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
         "and read only the log after it. Written atomically. Exit status as for restore.",
     )
     snap.add_argument("wal_dir", metavar="WAL_DIR")
-    snap.add_argument("--out", required=True, metavar="SNAP_DIR", help="snapshot directory")
+    snap.add_argument("--out", required=True, metavar="SNAP_DIR", type=_out_path,
+                      help="snapshot directory")
     snap.set_defaults(format="snapshot")
     _restore_options(snap)
 
@@ -176,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
         "could not be read or was deleted before it was copied, or an error.",
     )
     arch.add_argument("wal_dir", metavar="WAL_DIR")
-    arch.add_argument("--out", required=True, metavar="ARCHIVE_DIR",
+    arch.add_argument("--out", required=True, metavar="ARCHIVE_DIR", type=_out_path,
                       help="the archive directory (created if missing; not inside WAL_DIR)")
     _json_quiet(arch, "print nothing unless there is a problem")
     exp = commands.add_parser(
@@ -217,7 +227,7 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
     """What ``restore`` and ``snapshot`` share: target, executor, base, memory, output."""
     p.add_argument("-q", "--quiet", action="store_true",
                          help="no progress bar and no summary (errors still print)")
-    p.add_argument("--report-json", metavar="PATH",
+    p.add_argument("--report-json", metavar="PATH", type=_out_path,
                          help="also write the report as JSON to PATH")
     memory = p.add_mutually_exclusive_group()
     memory.add_argument(
@@ -390,7 +400,13 @@ def _progress_line(line: str, stream) -> None:
     the run goes on, and its exit status then says it could not print (``_command``),
     as GNU tools do."""
     try:
-        print(line, file=stream, flush=True)
+        try:
+            print(line, file=stream, flush=True)
+        except UnicodeEncodeError:
+            # A name that is not UTF-8 (b'\xff.npz', held as a surrogate) to a stdout
+            # that refuses it: \udcff, as stderr writes it, not a traceback once done.
+            enc = stream.encoding or "utf-8"
+            print(line.encode(enc, "backslashreplace").decode(enc), file=stream, flush=True)
     except BrokenPipeError:
         if stream is sys.stdout:
             _stdout_gone()

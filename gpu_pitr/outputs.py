@@ -152,7 +152,8 @@ def _write_npz(index, out: Path) -> list[Path]:
     if lossy:
         # NumPy's unicode arrays drop trailing NULs: two ids would become one.
         raise WalError(f"id {lossy[0]!r} ends with a NUL character, which the .npz "
-                       f"ids array cannot hold ({len(lossy)} such ids)", file=str(out))
+                       f"ids array cannot hold ({len(lossy)} such ids); write a .parquet, "
+                       "FAISS or snapshot output, which hold it exactly", file=str(out))
     report = json.dumps(index.report.to_dict())
     texts, which = index.metadata_texts()
     _npz_room(index, out, texts, which, len(report))
@@ -302,7 +303,12 @@ def _write_parquet(index, out: Path) -> list[Path]:
         first = parquet_table(index.rows(*groups[0]), report)
     except WalError as err:
         raise WalError(err.what, file=str(out)) from None
-    with atomic_files(out) as (tmp,), pq.ParquetWriter(tmp, first.schema) as writer:
+    pa = _import_extra("parquet")
+    # An open file, not the temp's name: pyarrow takes a name for UTF-8 text, and a
+    # name that is not (bytes a Linux name may hold: b'\xff.parquet') made a traceback
+    # once the restore was done.
+    with (atomic_files(out) as (tmp,), pa.OSFile(os.fsencode(tmp), "wb") as sink,
+          pq.ParquetWriter(sink, first.schema) as writer):
         writer.write_table(first, row_group_size=rows)
         del first
         for lo, hi in groups[1:]:
@@ -320,10 +326,11 @@ def _write_faiss(index, out: Path) -> list[Path]:
         flat.add_with_ids(vectors, np.arange(n, dtype=np.int64))
     ids_path = faiss_ids_path(out)
     with atomic_files(out, ids_path) as (tmp, tmp_ids):
-        try:
-            faiss.write_index(flat, str(tmp))
-        except RuntimeError as err:
-            raise _faiss_io_error(err) from err
+        with open(tmp, "wb") as file:
+            # Through Python's file, not FAISS's own by name: that takes UTF-8 text only
+            # (a name that is not made a traceback), and reported a failed write as a
+            # RuntimeError; here it is the OSError the write raised.
+            faiss.write_index(flat, faiss.PyCallbackIOWriter(file.write))
         with open(tmp_ids, "w", encoding="utf-8") as file:
             _write_id_lines(file, index)
     return [out, ids_path]
@@ -331,6 +338,11 @@ def _write_faiss(index, out: Path) -> list[Path]:
 
 #: Ids of the FAISS sidecar made into Python strings at a time.
 _SIDECAR_ROWS = 1 << 16
+
+
+#: Line breaks to ``str.splitlines`` that JSON leaves unescaped: escaped in the sidecar,
+#: so that an id holding one is still one line however the file is split.
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 def _write_id_lines(file, index) -> None:
@@ -341,18 +353,10 @@ def _write_id_lines(file, index) -> None:
     n = len(index)
     for lo in range(0, n, _SIDECAR_ROWS):
         rows = index.rows(lo, min(n, lo + _SIDECAR_ROWS)).id_list()
-        file.write("\n".join(map(encode_basestring, rows)) + "\n")
-
-
-def _faiss_io_error(err: RuntimeError) -> OSError:
-    """FAISS reports a failed write as a RuntimeError ending in ``(<strerror>)``."""
-    import errno
-    import re
-
-    found = re.search(r"\(([^()]*)\)\s*$", str(err))
-    reason = found.group(1) if found else "FAISS could not write the index"
-    codes = {os.strerror(code): code for code in errno.errorcode}
-    return OSError(codes[reason], reason) if reason in codes else OSError(reason)
+        text = "\n".join(map(encode_basestring, rows)) + "\n"
+        if any(chr(c) in text for c in _LINE_BREAKS):
+            text = text.translate(_LINE_BREAKS)
+        file.write(text)
 
 
 @contextmanager

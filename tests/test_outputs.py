@@ -222,8 +222,25 @@ def test_faiss_sidecar_lines_are_json_of_each_id(tmp_path: Path, monkeypatch, ro
     index = gpu_pitr.restore(b.write(tmp_path / "wal"), backend="cpu")
     write_output(index, tmp_path / "o.faiss", "faiss")
     text = faiss_ids_path(tmp_path / "o.faiss").read_text(encoding="utf-8")
-    assert text == "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in index.id_list())
+    # U+2028, U+2029 and U+0085 escaped too: line breaks to str.splitlines.
+    breaks = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+    assert text == "".join(json.dumps(i, ensure_ascii=False).translate(breaks) + "\n"
+                           for i in index.id_list())
     assert sorted(index.id_list()) == sorted(odd)
+
+
+def test_faiss_sidecar_is_one_id_a_line_however_split(tmp_path: Path) -> None:
+    """Ids holding U+2028, U+2029 or U+0085, which JSON leaves as they are and
+    ``str.splitlines`` breaks lines at: still one id a line (once a JSONDecodeError)."""
+    pytest.importorskip("faiss")
+    odd = ["a\u2028b", "\u2029", "c\x85d", "plain"]
+    b = LogBuilder()
+    for k, ident in enumerate(odd):
+        b.add(Ins(ident, f32(k), None, k))
+    index = gpu_pitr.restore(b.write(tmp_path / "wal"), backend="cpu")
+    write_output(index, tmp_path / "o.faiss", "faiss")
+    text = faiss_ids_path(tmp_path / "o.faiss").read_text(encoding="utf-8")
+    assert [json.loads(line) for line in text.splitlines()] == index.id_list()
 
 
 def test_faiss_by_format_flag_any_name(wal_dir: Path, tmp_path: Path, expected) -> None:
@@ -398,6 +415,58 @@ def test_a_numba_cache_that_cannot_be_written_does_not_fail_the_restore(tmp_path
         assert npz["ids"].tolist() == ["a"]
 
 
+@pytest.mark.parametrize("fmt", ["npz", "parquet", "faiss", "snapshot"])
+def test_an_out_name_that_is_not_utf8(wal_dir: Path, tmp_path: Path, expected,
+                                      fmt: str) -> None:
+    """A name of bytes that are not UTF-8 (Linux allows them; Python holds them as
+    surrogates): written, and named in the summary, in every format, to a stdout that
+    refuses surrogates too (an en_US.UTF-8 locale's). Once .parquet and FAISS, which
+    took the name as UTF-8 text, and the summary, were tracebacks after the restore."""
+    from gpu_pitr import snapshot
+
+    name = os.fsdecode(b"\xff\xfe" + (b"/" if fmt == "snapshot" else f".{fmt}".encode()))
+    out = tmp_path / name
+    env = dict(os.environ, PYTHONIOENCODING="utf-8:strict")
+    proc = cli("restore", wal_dir, "--out", f"{tmp_path}/{name}", "--backend", "cpu",
+               wal_dir=wal_dir, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert "\\udcff\\udcfe" in proc.stdout
+    if fmt == "npz":
+        with open(out, "rb") as file, np.load(file, allow_pickle=False) as npz:
+            ids = npz["ids"].tolist()
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        with open(out, "rb") as file:
+            ids = pq.read_table(file).column("id").to_pylist()
+    elif fmt == "faiss":
+        import faiss
+
+        with open(out, "rb") as file:
+            assert faiss.read_index(faiss.PyCallbackIOReader(file.read)).ntotal == len(expected)
+        ids = [json.loads(line) for line in
+               faiss_ids_path(out).read_text(encoding="utf-8").splitlines()]
+    else:
+        ids = snapshot.load(out).to_index().id_list()
+    assert ids == expected.id_list()
+
+
+@pytest.mark.parametrize("args", [["restore", "--out", ""], ["snapshot", "--out", ""],
+                                  ["restore", "--out", "o.npz", "--report-json", ""]])
+def test_an_empty_out_is_a_usage_error(wal_dir: Path, tmp_path: Path, args: list) -> None:
+    """``--out ""`` (an unset variable) is not the current directory: it once wrote a
+    snapshot over the directory the command ran in when that was empty or a snapshot."""
+    command, *rest = args
+    before = dir_state(wal_dir)
+    proc = subprocess.run([sys.executable, "-m", "gpu_pitr", command, str(wal_dir), *rest],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert dir_state(wal_dir) == before
+    assert proc.returncode == 2, proc.stderr
+    assert "an empty path" in proc.stderr.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_faiss_sidecar_inside_wal_dir_is_refused(wal_dir: Path) -> None:
     proc = cli("restore", wal_dir, "--out", wal_dir / "o.faiss", wal_dir=wal_dir)
     assert proc.returncode == 2 and "inside WAL_DIR" in proc.stderr
@@ -460,6 +529,7 @@ def test_npz_refuses_an_id_ending_in_nul_and_keeps_the_old_file(tmp_path: Path) 
     out.write_bytes(b"the previous restore")
     proc = cli("restore", wal, "--out", out, "--backend", "cpu", wal_dir=wal)
     assert proc.returncode == 1 and "NUL" in proc.stderr
+    assert "write a .parquet, FAISS or snapshot output" in proc.stderr  # what to do instead
     assert out.read_bytes() == b"the previous restore"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz", "wal"]
     # Parquet and FAISS hold such ids exactly.
