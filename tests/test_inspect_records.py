@@ -140,6 +140,30 @@ def test_nesting_deeper_than_the_compiled_stack(tmp_path):
     assert [d["timestamp"] for d in wal_records(wal_dir, until=299)] == [299]
 
 
+def test_deep_nesting_prints_text_linear_in_depth(tmp_path):
+    # Each level indented two more spaces made the text of a batch nested d deep d * d
+    # bytes: a 500 KB record nested 100,000 deep printed 10 GB, all of it held in memory.
+    from gpu_pitr.format import entries as E
+    from gpu_pitr.format.writer import WalWriter
+
+    depth = 1100
+    deep = E.Insert("x", [1.0], None, 7)
+    for level in range(depth):
+        deep = E.Batch([deep], 100 + level)
+    with WalWriter(tmp_path / "wal", created=T0) as w:
+        w.append(deep)
+    (doc,) = wal_records(tmp_path / "wal")
+    lines = record_lines(doc)
+    assert len(lines) == depth + 1
+    # Linear in the depth: past 256 levels the indentation stops growing (2 * 1100
+    # spaces before).
+    assert max(map(len, lines[1:])) <= 2 * 256 + 80
+    assert lines[256].startswith(" " * 512 + "1970")
+    assert lines[257].startswith(" " * 512 + "(depth 257) 1970")
+    assert lines[-1] == " " * 512 + (
+        '(depth 1100) 1970-01-01T00:00:07Z Insert "x" dim 1 metadata null')
+
+
 def test_cli_text_json_lines_and_usage(damaged, tmp_path):
     wal_dir, w = damaged
     proc = cli("inspect", wal_dir, "--records", wal_dir=wal_dir)
