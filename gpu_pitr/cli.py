@@ -474,6 +474,10 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not os.path.isdir(args.wal_dir):
         raise NotADirectoryError(f"{args.wal_dir}: {not_a_directory(args.wal_dir)}")
     # Before the restore, so that a missing extra or an unwritable directory fails at once.
+    if args.dask_scheduler is not None:  # first: the dask extra has pyarrow too
+        from gpu_pitr.scaleout import require_distributed
+
+        require_distributed()
     check_output(out, fmt, dataset=on_workers)
     if report_json is not None:
         check_writable(report_json, "--report-json")

@@ -78,6 +78,17 @@ class MissingExtraError(ImportError):
     """An optional dependency a command needs is not installed; says which extra has it."""
 
 
+def missing_extra(err: ImportError, module: str, needs: str, extra: str) -> MissingExtraError:
+    """The one line for ``err``, raised importing ``module``: ``needs`` (what needs it)
+    and the extra to install where it is not installed; where it is but fails to import
+    (a build for NumPy 1 under NumPy 2, say, which pip keeps: the extra's bound is met),
+    that, and why: installing the extra would not change it."""
+    if isinstance(err, ModuleNotFoundError) and err.name == module:
+        return MissingExtraError(f"{needs}: pip install 'gpu-pitr[{extra}]'")
+    return MissingExtraError(f"{needs}, which is installed here but does not import "
+                             f"({type(err).__name__}: {err}): upgrade or reinstall it")
+
+
 def os_reason(cause: OSError) -> str:
     """The text of an ``OSError`` without its ``[Errno n]`` prefix and file name."""
     import os

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gpu_pitr import interrupts
-from gpu_pitr.errors import MissingExtraError, OutputError, UnwritableDirectoryError, WalError
+from gpu_pitr.errors import OutputError, UnwritableDirectoryError, WalError, missing_extra
 from gpu_pitr.npzfile import Pieces, write_npz
 from gpu_pitr.tempfiles import fsync_path, remove_stale_temps, temp_path
 
@@ -111,9 +111,8 @@ def _import_extra(fmt: str):
     module, extra = _NEEDS[fmt]
     try:
         return __import__(module)
-    except ImportError:
-        raise MissingExtraError(
-            f"--format {fmt} needs {module}: pip install 'gpu-pitr[{extra}]'") from None
+    except ImportError as err:
+        raise missing_extra(err, module, f"--format {fmt} needs {module}", extra) from None
 
 
 def write_output(index, out: str | os.PathLike, fmt: str) -> list[Path]:

@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpu_pitr.errors import MissingExtraError
+from gpu_pitr.errors import MissingExtraError, missing_extra
 from gpu_pitr.resolve.idshard import MAX_SHARDS, merge_reports, merge_shards
 
 # One restore at a time in a worker process: a restore uses every core (and the GPU)
@@ -449,13 +449,18 @@ def restore_on_dask(client, wal_dir, *, shards: int | None = None, **kwargs):
         return run.gather()
 
 
+def require_distributed():
+    """The ``distributed`` module, or a one-line MissingExtraError naming the extra."""
+    try:
+        import distributed
+    except ImportError as err:
+        raise missing_extra(err, "distributed", "--dask-scheduler needs Dask", "dask") from None
+    return distributed
+
+
 def _connect(address: str, timeout: str):
     """A client of the scheduler at ``address`` (or whose scheduler file is there)."""
-    try:
-        from distributed import Client
-    except ImportError:
-        raise MissingExtraError("--dask-scheduler needs Dask: pip install 'gpu-pitr[dask]'"
-                                ) from None
+    Client = require_distributed().Client
     is_file = os.path.isfile(address)
     if not is_file and "://" not in address and (os.sep in address
                                                  or address.endswith(".json")):
@@ -473,8 +478,9 @@ def _connect(address: str, timeout: str):
         return Client(**where, timeout=timeout)
     except (OSError, TimeoutError) as err:
         raise OSError(f"cannot reach the Dask scheduler at {address}: {err}") from None
-    except (ValueError, TypeError) as err:  # an address Dask cannot parse or connect by
-        # (ucx:// without UCX installed: TypeError from an abstract connector class)
+    except (ValueError, TypeError, ImportError) as err:  # an address Dask cannot use
+        # (ucx:// without UCX installed: TypeError from an abstract connector class;
+        # distributed 2024.1: ModuleNotFoundError, no ucp)
         raise OSError(f"{address}: not a Dask scheduler address this can use: {err}") from None
 
 
@@ -484,9 +490,9 @@ def _on_cluster(address: str, timeout: str):
     one-line errors: a worker that died running a task (killed for memory, say), a task
     cancelled under us (the scheduler restarted)."""
     import logging
+    from concurrent.futures import CancelledError  # distributed >= 2024.7: a subclass
 
-    from distributed import KilledWorker
-    from distributed.client import FutureCancelledError
+    KilledWorker = require_distributed().KilledWorker
 
     # Kept once the client is gone: those tasks may be collected later, at exit.
     logging.getLogger("asyncio").addFilter(_drop_all_exit)
@@ -498,7 +504,7 @@ def _on_cluster(address: str, timeout: str):
             raise OSError(f"Dask workers died running {err.task} ({err.allowed_failures + 1} "
                           f"tries, the last on {last}; killed for memory?); nothing was "
                           "written") from None
-        except FutureCancelledError as err:
+        except CancelledError as err:
             raise OSError(f"Dask cancelled a task of this restore ({err}); nothing was "
                           "written") from None
         except BaseException as stop:

@@ -29,6 +29,11 @@ ARRAYS = {
     "large": np.random.default_rng(0).random(300_000).astype(np.float32),
 }
 
+# CPython before 3.11.4 (Debian 12's python3 is 3.11.2) gives an entry forced to ZIP64,
+# as np.savez forces each, "version needed to extract" 20 in the central directory, not
+# 45 (gh-103861): np.savez's bytes differ from ours, and the ZIP spec's, only there.
+SAVEZ_BYTES_COMPARABLE = sys.version_info >= (3, 11, 4)
+
 
 def _written(arrays, **kw) -> bytes:
     buf = io.BytesIO()
@@ -48,7 +53,7 @@ def test_bytes_are_those_of_np_savez(monkeypatch, limit) -> None:
     data = _written(ARRAYS, **kw)
     ref = io.BytesIO()
     np.savez(ref, **ARRAYS)
-    assert data == ref.getvalue()
+    assert data == ref.getvalue() or not SAVEZ_BYTES_COMPARABLE
     assert zipfile.ZipFile(io.BytesIO(data)).testzip() is None  # every CRC-32 checks
     loaded = np.load(io.BytesIO(data), allow_pickle=False)
     for name, arr in ARRAYS.items():
@@ -111,7 +116,7 @@ def test_other_layouts_and_names_as_np_savez_writes_them() -> None:
               "é": np.array(["x", "\U0010ffff"]), "z": np.zeros((2, 0), np.int16)}
     ref = io.BytesIO()
     np.savez(ref, **arrays)
-    assert _written(arrays) == ref.getvalue()
+    assert _written(arrays) == ref.getvalue() or not SAVEZ_BYTES_COMPARABLE
     loaded = np.load(io.BytesIO(_written(arrays)), allow_pickle=False)
     for name, arr in arrays.items():
         assert np.array_equal(loaded[name], arr) and loaded[name].dtype == arr.dtype

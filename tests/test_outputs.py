@@ -472,11 +472,14 @@ def test_faiss_sidecar_inside_wal_dir_is_refused(wal_dir: Path) -> None:
     assert proc.returncode == 2 and "inside WAL_DIR" in proc.stderr
 
 
-def fake_missing(tmp_path: Path, module: str) -> dict:
-    """An environment where importing ``module`` fails, as if it were not installed."""
+def fake_missing(tmp_path: Path, module: str, broken: bool = False) -> dict:
+    """An environment where importing ``module`` fails, as if it were not installed
+    (``broken``: as a build for NumPy 1 fails under NumPy 2)."""
     shadow = tmp_path / "shadow" / module
     shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text(f"raise ImportError('No module named {module}')\n")
+    raised = ("ImportError('numpy.core.multiarray failed to import')" if broken else
+              f"ModuleNotFoundError(\"No module named '{module}'\", name={module!r})")
+    (shadow / "__init__.py").write_text(f"raise {raised}\n")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "shadow"), env.get("PYTHONPATH", "")])
     return env
@@ -496,6 +499,36 @@ def test_missing_extra_is_one_line_before_the_restore(wal_dir: Path, tmp_path: P
     assert len(lines) == 1, proc.stderr
     assert f"pip install 'gpu-pitr[{extra}]'" in lines[0]
     assert proc.stdout == "" and list(outdir.iterdir()) == []
+
+
+@pytest.mark.parametrize(("args", "module", "needs"), [
+    (["--out", "o.parquet"], "pyarrow", "--format parquet needs pyarrow"),
+    (["--out", "o.faiss"], "faiss", "--format faiss needs faiss"),
+    (["--out", "o.npz", "--dask-scheduler", "tcp://127.0.0.1:9"], "distributed",
+     "--dask-scheduler needs Dask")])
+def test_an_extra_installed_but_not_importing_is_said_so(wal_dir: Path, tmp_path: Path,
+                                                         args: list, module: str,
+                                                         needs: str) -> None:
+    # pyarrow 14 or faiss-cpu 1.8.0 (no NumPy bound of their own) under NumPy 2: "pip
+    # install 'gpu-pitr[arrow]'" would keep them and change nothing.
+    proc = cli("restore", wal_dir, *args, wal_dir=wal_dir,
+               env=fake_missing(tmp_path, module, broken=True))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"gpu-pitr: error: {needs}, which is installed here but does not import (ImportError: "
+        "numpy.core.multiarray failed to import): upgrade or reinstall it"]
+
+
+@pytest.mark.parametrize("more", [[], ["--write-on-workers"]])
+def test_dask_scheduler_without_dask_is_one_line(wal_dir: Path, tmp_path: Path,
+                                                 more: list) -> None:
+    out = tmp_path / "o.parquet"
+    proc = cli("restore", wal_dir, "--out", out, "--dask-scheduler", "tcp://127.0.0.1:9", *more,
+               wal_dir=wal_dir, env=fake_missing(tmp_path, "distributed"))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "gpu-pitr: error: --dask-scheduler needs Dask: pip install 'gpu-pitr[dask]'"]
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("flag", ["--base", "--snapshots"])

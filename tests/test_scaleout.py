@@ -7,6 +7,7 @@ one-line error, and the command line must write the same output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -513,6 +514,21 @@ def test_workers_that_die_are_one_line(wal, tmp_path):
                                           r"\(1 tries, the last on tcp://.*; nothing was "
                                           r"written"):
             restore_with_scheduler(cluster.scheduler_address, wal, backend="cpu")
+
+
+def test_a_cancelled_task_is_one_line(monkeypatch):
+    """A task Dask cancels under us (the scheduler restarted): one line. Dask before
+    2024.7 (which the dask extra allows) raises concurrent.futures.CancelledError itself,
+    and has no distributed.client.FutureCancelledError, its subclass since."""
+    from concurrent.futures import CancelledError
+
+    from gpu_pitr import scaleout
+
+    monkeypatch.setattr(scaleout, "_connect", lambda *args: contextlib.nullcontext())
+    with pytest.raises(OSError, match=r"^Dask cancelled a task of this restore \(key-1\); "
+                                      r"nothing was written$"):
+        with scaleout._on_cluster("tcp://127.0.0.1:9", "1s"):
+            raise CancelledError("key-1")
 
 
 def test_gathers_a_stop_ends_leave_no_traceback(wal, tmp_path):

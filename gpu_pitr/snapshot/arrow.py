@@ -24,11 +24,10 @@ def require_pyarrow():
     """The pyarrow module, or a one-line MissingExtraError naming the extra to install."""
     try:
         import pyarrow
-    except ImportError:
-        from gpu_pitr.errors import MissingExtraError
+    except ImportError as err:
+        from gpu_pitr.errors import missing_extra
 
-        raise MissingExtraError(
-            "snapshots need pyarrow: pip install 'gpu-pitr[arrow]'") from None
+        raise missing_extra(err, "pyarrow", "snapshots need pyarrow", "arrow") from None
     return pyarrow
 
 
