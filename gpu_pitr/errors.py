@@ -137,9 +137,28 @@ class UnwritableDirectoryError(_OneLineOSError):
     before a restore starts."""
 
     def __init__(self, path, cause: OSError) -> None:
+        import errno
+        import os
+
         path = Path(path)
+        size = len(os.fsencode(path.name))
+        if cause.errno == errno.ENAMETOOLONG and size <= _NAME_MAX:
+            # The name is one the file system takes; the temp file's, longer, is not.
+            from gpu_pitr.tempfiles import temp_path
+
+            extra = len(os.fsencode(temp_path(path).name)) - size
+            super().__init__(path, (
+                f"{path}: name too long to be written atomically: it is written beside "
+                f"its place first, under a name {extra} bytes longer (a pid and a random part), so "
+                f"it can be "
+                f"{_NAME_MAX - extra} bytes long at most (it is {size})"), cause)
+            return
         super().__init__(path.parent, f"{path.parent}: cannot create {path.name} there: "
                          f"{os_reason(cause)}", cause)
+
+
+# The longest file name most Linux file systems take, in bytes (NAME_MAX).
+_NAME_MAX = 255
 
 
 class FileReadError(_OneLineOSError):

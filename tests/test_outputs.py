@@ -809,3 +809,16 @@ def test_a_small_npz_fits_the_little_room_a_nearly_full_disk_has(
     with pytest.raises(gpu_pitr.errors.WalError, match="the .npz would take"):
         write_output(index, out, "npz")
     assert not out.exists()
+
+
+def test_a_name_too_long_for_its_temp_file_says_so(wal_dir, tmp_path):
+    """A name of 240 bytes is one Linux takes, but the temp file written first, beside
+    it, has a longer one: the error says that, not "cannot create ... there"."""
+    out = tmp_path / ("n" * 236 + ".npz")
+    proc = cli("restore", wal_dir, "--out", out, "--backend", "cpu", wal_dir=wal_dir)
+    assert proc.returncode == 1 and proc.stdout == ""
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"gpu-pitr: error: {out}: name too long to be written atomically:")
+    assert line.endswith("bytes long at most (it is 240)")
+    assert list(tmp_path.iterdir()) == []
+    restore_ok(wal_dir, tmp_path / ("n" * 200 + ".npz"))
