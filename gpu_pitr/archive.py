@@ -256,7 +256,11 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
         finally:  # an interrupted run too records the sums of what it copied
             if sums is not None and sums != recorded:
                 try:
-                    archivesums.write(archive_dir, sums)
+                    # Not stopped by the Ctrl-C being handled: the copies are in place,
+                    # and once the writer deletes their segments no later run can
+                    # record their sums.
+                    with interrupts.holding():
+                        archivesums.write(archive_dir, sums)
                 except OSError as err:  # the copies stand; verify names them unchecked
                     result.sums_problem = str(err)
         missed = _check_missed(result, archive_dir, {s.name for s in segments})

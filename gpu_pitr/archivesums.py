@@ -24,12 +24,15 @@ Format (JSON)::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpu_pitr import interrupts
 from gpu_pitr.crc import crc32
 from gpu_pitr.errors import WalError, os_reason
 from gpu_pitr.format.layout import SEGMENT_NAME_RE
@@ -93,6 +96,7 @@ def file_sums(fd: int, size: int) -> SegmentSums:
     view = memoryview(buf)
     pos = 0
     while pos < size:
+        interrupts.check()  # verify reads copies on threads, which a Ctrl-C does not stop
         n = os.preadv(fd, [view[: min(len(buf), size - pos)]], pos)
         if not n:
             raise EOFError(pos)
@@ -124,6 +128,35 @@ def _check(segments: dict) -> int:
     return crc32(json.dumps(segments, sort_keys=True, separators=(",", ":")).encode())
 
 
+class _NotAFile(Exception):
+    """What is at the checksum file's name is not a regular file (the text: what it is)."""
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of the regular file at ``path``. A link is not followed (archive never
+    makes one, and replacing the file would replace the link, not its target), and
+    nothing else is read: a FIFO would wait for a writer for ever, a device (a link to
+    /dev/zero) never end."""
+    from gpu_pitr.format.segments import file_kind
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise _NotAFile("a symbolic link") from err
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _NotAFile(file_kind(mode))
+    with open(fd, "rb") as f:
+        return f.read()
+
+
 def read(archive_dir: str | os.PathLike) -> dict[str, SegmentSums] | None:
     """The sums recorded in ``archive_dir`` (None: there is no checksum file).
 
@@ -131,12 +164,11 @@ def read(archive_dir: str | os.PathLike) -> dict[str, SegmentSums] | None:
     ``archive`` wrote (cut short, changed, another program's)."""
     path = Path(archive_dir) / SUMS_NAME
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = _read_regular(path)
     except FileNotFoundError:
         return None
-    except IsADirectoryError as err:
-        raise SumsError("not a checksum file gpu-pitr archive wrote: a directory",
+    except _NotAFile as err:
+        raise SumsError(f"not a checksum file gpu-pitr archive wrote: {err}",
                         file=str(path)) from err
     except OSError as err:
         raise SumsError(f"cannot read: {os_reason(err)}", file=str(path)) from err

@@ -226,12 +226,18 @@ def read_marker(wal_dir) -> Expiry | None:
     numbers), and ``archive`` does not copy an expired segment back. Raises ``WalError``
     naming the marker when it cannot be read or is not one ``expire`` wrote.
     """
+    from gpu_pitr.format.segments import NotARegularFile, file_kind, open_regular
+
     path = Path(wal_dir) / MARKER_NAME
     try:
-        with open(path, "rb") as f:
+        # Not a plain open: a FIFO there would wait for a writer for ever.
+        with open(open_regular(path), "rb") as f:
             raw = f.read(_MARKER_MAX + 1)
     except FileNotFoundError:
         return None
+    except NotARegularFile as err:
+        raise WalError(f"is {file_kind(err.mode)}, not a regular file",
+                       file=str(path)) from err
     except OSError as err:
         if isinstance(err, PermissionError):
             check_searchable(wal_dir)  # the directory's fault, not the marker's

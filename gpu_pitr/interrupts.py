@@ -39,6 +39,7 @@ class _State:
     active = False  # inside handle_signals()
     deferring = False  # an output is in place, or the command is over: record only
     pending: int | None = None  # the signal recorded, not yet raised where it propagates
+    holding = False  # inside ``holding()``: record only, and ``check`` raises nothing
 
 
 _state = _State()
@@ -64,13 +65,13 @@ def announce(signum: int, writes: bool = False) -> int:
 
 def _handler(signum, frame) -> None:
     _state.pending = signum
-    if not _state.deferring:
+    if not (_state.deferring or _state.holding):
         raise stop_for(signum)
 
 
 def check() -> None:
     """Raise the stop a signal asked for, if one was recorded and not yet raised."""
-    if _state.pending is not None:  # only ever set inside handle_signals()
+    if _state.pending is not None and not _state.holding:  # set inside handle_signals()
         raise stop_for(_state.pending)
 
 
@@ -81,6 +82,21 @@ def committing() -> None:
     where the outputs in place are complete and a stop would only misreport them."""
     check()
     _state.deferring = _state.active
+
+
+@contextmanager
+def holding() -> Iterator[None]:
+    """The block runs to its end whatever stop comes, one already recorded included (the
+    command is being stopped): for the short write that records what a stopped command
+    did, such as ``archive``'s checksums of the copies it made. A stop that came is
+    raised at the next ``check`` after the block; as after any rename, one that came
+    during the last write of a command that then ends changes nothing."""
+    was = _state.holding
+    _state.holding = True
+    try:
+        yield
+    finally:
+        _state.holding = was
 
 
 @contextmanager

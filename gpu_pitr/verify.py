@@ -641,7 +641,14 @@ def _archive_copies(wal_dir, segments: list, expiry) -> list[Problem]:
            and not os.path.lexists(os.path.join(wal_dir, name))]
     unchecked = [seg.name for seg in segments if seg.name not in sums]
     if unchecked:
-        span = unchecked[0] if len(unchecked) == 1 else f"{unchecked[0]} to {unchecked[-1]}"
+        # "A to B" only where no copy between them has sums (an upgraded archive's
+        # segments WAL_DIR still held have them, those before and after do not).
+        names = [seg.name for seg in segments]
+        run = names.index(unchecked[-1]) - names.index(unchecked[0]) + 1 == len(unchecked)
+        span = (unchecked[0] if len(unchecked) == 1
+                else f"{unchecked[0]} to {unchecked[-1]}" if run
+                else f"{unchecked[0]} and {unchecked[1]}" if len(unchecked) == 2
+                else f"{unchecked[0]}, ..., {unchecked[-1]}, not all the segments between")
         out.append(Problem(
             "archive_unchecked", unchecked[0], 0, None,
             f"{plural(len(unchecked), 'segment')} of this archive ({span}) "

@@ -180,3 +180,122 @@ def test_the_archive_kinds_have_the_documented_severities():
     assert {k: v for k, v in KINDS.items() if "archive" in k} == {  # docs/damage.md
         "archive_changed": "damage", "archive_cut": "damage", "archive_missing": "damage",
         "bad_archive_sums": "damage", "archive_unchecked": "notice"}
+
+
+def test_a_run_stopped_by_a_signal_records_the_sums_of_the_copies_it_made(tmp_path):
+    """Ctrl-C (or SIGTERM) after the first copy: the run stops at the next segment, and
+    the copy it made has its sums recorded, so that the writer's retention deleting the
+    segment before the next run does not leave the copy unchecked for ever."""
+    import os
+    import signal
+    import time
+
+    import pytest
+
+    from gpu_pitr import interrupts
+
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    _log(wal, segments=3, records=50).close()
+    names = sorted(p.name for p in wal.glob("wal-*.log"))
+
+    def stop_after_the_first(row):
+        if row.name == names[0]:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here: a copy is in place, it records
+
+    with pytest.raises(KeyboardInterrupt), interrupts.handle_signals():
+        archive(wal, arc, on_segment=stop_after_the_first)
+    assert sorted(p.name for p in arc.glob("wal-*.log")) == names[:1]
+    sums = archivesums.read(arc)
+    assert sums is not None and set(sums) == {names[0]}
+    assert sums[names[0]].crcs == _block_crcs((arc / names[0]).read_bytes())
+    for name in names:  # retention, before the next run
+        (wal / name).unlink()
+    assert _archive_problems(arc) == []
+
+
+def test_a_checksum_file_that_is_not_a_file_is_damage_and_nothing_waits(tmp_path):
+    """A FIFO where the checksum file belongs would make a plain open wait for a writer
+    for ever (and archive hold its lock meanwhile); a link (to /dev/zero, to nothing) is
+    not the file archive wrote either. Each is one line, at once."""
+    import os
+    import subprocess
+    import sys
+
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    _log(wal, segments=1, records=50).close()
+    assert archive(wal, arc).ok
+    sums_path = arc / archivesums.SUMS_NAME
+    for make, kind in ((os.mkfifo, "a FIFO"),
+                       (lambda p: p.symlink_to(tmp_path / "nothing"), "a symbolic link"),
+                       (lambda p: p.symlink_to("/dev/zero"), "a symbolic link"),
+                       (lambda p: p.mkdir(), "a directory")):
+        if sums_path.is_dir() and not sums_path.is_symlink():
+            sums_path.rmdir()
+        else:
+            sums_path.unlink()
+        make(sums_path)
+        want = f"not a checksum file gpu-pitr archive wrote: {kind}"
+        for args in (["verify", str(arc)], ["archive", str(wal), "--out", str(arc)]):
+            proc = subprocess.run([sys.executable, "-m", "gpu_pitr", *args],
+                                  capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 1 and want in proc.stdout, (args, proc)
+            assert "Traceback" not in proc.stderr
+
+
+def test_verify_stops_checking_the_copies_at_a_ctrl_c(tmp_path, monkeypatch):
+    """The copies are checked on threads, which a Ctrl-C does not reach: each stops at
+    its next read, rather than verify going on until every copy of a large archive has
+    been read."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import pytest
+
+    from gpu_pitr import interrupts
+
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    _log(wal, segments=4, records=6000).close()
+    assert archive(wal, arc).ok
+    blocks = sum(archivesums.blocks(p.stat().st_size) for p in arc.glob("wal-*.log"))
+    monkeypatch.setattr(archivesums, "_READ", archivesums.BLOCK)
+    crc32, calls, lock = archivesums.crc32, [], threading.Lock()
+
+    def crc32_then_stop(data, value=0):
+        if threading.current_thread() is threading.main_thread():
+            return crc32(data, value)  # the checksum file's own
+        with lock:
+            calls.append(len(data))
+            first = len(calls) == 1
+        if first:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the main thread's handler raises meanwhile
+        return crc32(data, value)
+
+    monkeypatch.setattr(archivesums, "crc32", crc32_then_stop)
+    with pytest.raises(KeyboardInterrupt), interrupts.handle_signals():
+        verify_wal(arc)
+    # Each thread stops at its next read (without the checks, the copies being read
+    # when the Ctrl-C came were read to their ends: 14 blocks).
+    assert blocks == 4 * 7 and len(calls) <= 5, len(calls)
+
+
+def test_the_copies_left_unchecked_after_an_upgrade_are_named_as_they_are(tmp_path):
+    """An archive made before there were sums: the next run records those of the
+    segments WAL_DIR still holds; the notice names the others, not a range that takes
+    in a segment whose copy is now checked."""
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    _log(wal, segments=3, records=50).close()
+    assert archive(wal, arc).ok
+    (arc / archivesums.SUMS_NAME).unlink()  # as an older gpu-pitr left it
+    names = sorted(p.name for p in wal.glob("wal-*.log"))
+    (wal / names[0]).unlink()
+    (wal / names[2]).unlink()
+    assert archive(wal, arc).ok
+    assert set(archivesums.read(arc)) == {names[1]}
+    [notice] = _archive_problems(arc)
+    assert notice.kind == "archive_unchecked"
+    assert notice.what.startswith(f"2 segments of this archive ({names[0]} and {names[2]}) "
+                                  "have no checksum recorded")

@@ -649,3 +649,17 @@ def test_a_bad_marker_is_refused_before_anything_is_deleted(hist, tmp_path):
     with pytest.raises(WalError, match="not a marker"):
         archive(whole, arc)
     assert dir_state(arc) == arc_before and dir_state(snaps) == snaps_before
+
+
+def test_a_marker_that_is_a_fifo_is_refused_at_once(hist):
+    """A FIFO at the marker's name: a plain open would wait for a writer for ever, and
+    with it verify, a restore of the archive, and archive holding its lock."""
+    arc, whole, snaps, _ = hist
+    (arc / MARKER_NAME).unlink(missing_ok=True)
+    os.mkfifo(arc / MARKER_NAME)
+    for args in (["verify", str(arc)], ["archive", str(whole), "--out", str(arc)]):
+        proc = subprocess.run([sys.executable, "-m", "gpu_pitr", *args], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 1, proc
+        assert "is a FIFO, not a regular file" in proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
