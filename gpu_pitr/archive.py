@@ -35,6 +35,7 @@ import contextlib
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +56,8 @@ from gpu_pitr.outputs import atomic_files, fsync_path, inside
 
 LOCK_NAME = ".gpu-pitr-archive.lock"
 _COPY_CHUNK = 8 << 20
+# Seconds between writes of the checksum file during a run (and once at its end).
+SUMS_EVERY = 5.0
 # Bytes the kernel copies per call: a Ctrl-C is acted on between two calls.
 _KERNEL_CHUNK = 64 << 20
 
@@ -240,9 +243,24 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
             # retention does not wait), without sums.
             sums, result.sums_problem = None, str(err)
         recorded = dict(sums or {})
+
+        def record_sums() -> None:
+            if sums is None or sums == recorded or result.sums_problem is not None:
+                return
+            try:
+                # Not stopped by the Ctrl-C being handled: the copies are in place, and
+                # once the writer deletes their segments no later run can record them.
+                with interrupts.holding():
+                    archivesums.write(archive_dir, sums)
+            except OSError as err:  # the copies stand; verify names them unchecked
+                result.sums_problem = str(err)
+            recorded.clear()
+            recorded.update(sums)
+
         buf = bytearray(_COPY_CHUNK)
         # Files after it hold a header at most: the writer may still be flushing it.
         being_written = last_with_records(segments)
+        written = time.monotonic()
         try:
             for k, seg in enumerate(segments):
                 interrupts.check()
@@ -253,16 +271,13 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
                                                         newest=k >= being_written, sums=sums))
                 if on_segment is not None:
                     on_segment(result.segments[-1])
+                if time.monotonic() - written >= SUMS_EVERY:
+                    # A long run (a first one, over many segments) records as it goes:
+                    # a SIGKILL loses the sums of the last seconds' copies at most.
+                    record_sums()
+                    written = time.monotonic()
         finally:  # an interrupted run too records the sums of what it copied
-            if sums is not None and sums != recorded:
-                try:
-                    # Not stopped by the Ctrl-C being handled: the copies are in place,
-                    # and once the writer deletes their segments no later run can
-                    # record their sums.
-                    with interrupts.holding():
-                        archivesums.write(archive_dir, sums)
-                except OSError as err:  # the copies stand; verify names them unchecked
-                    result.sums_problem = str(err)
+            record_sums()
         missed = _check_missed(result, archive_dir, {s.name for s in segments})
         if missed is not None and on_segment is not None:
             on_segment(missed)  # its row again, now a problem
@@ -410,16 +425,14 @@ def _archive_one(seg: Segment, dest: Path, buf: bytearray, newest: bool = False,
                     f"{seg.path}: offset {size}: the file ends there, {have - size} bytes "
                     "before the archive's copy does: it was truncated or replaced (a crash "
                     "of the writer's host that lost bytes not yet synced does this)")
+            recorded = None if sums is None else sums.get(name)
             if size == have:
-                entry = None if sums is None else sums.get(name)
-                if entry is not None and entry.size == have:
-                    _same_prefix(src, seg.path, dest, size, buf)
-                else:  # a copy made before there were sums, or its run was killed
-                    block_sums = archivesums.BlockSums()
-                    _same_prefix(src, seg.path, dest, size, buf, block_sums)
-                    _record(sums, name, block_sums.result())
+                # (Recorded now if it had none: a copy made before there were sums, or
+                # by a run killed before it recorded them.)
+                _record(sums, name, _same_prefix(src, seg.path, dest, size, buf, recorded))
                 return ArchivedSegment(name, UNCHANGED, have, pending=pending)
-            _record(sums, name, _copy(src, seg.path, size, st.st_mode, dest, have, buf))
+            _record(sums, name, _copy(src, seg.path, size, st.st_mode, dest, have, buf,
+                                      recorded))
             return ArchivedSegment(name, GROWN, size, added=size - have, pending=pending)
         except _Conflict as c:
             return ArchivedSegment(name, CONFLICT, have or 0,
@@ -609,9 +622,17 @@ def _read_copy(old, dest: Path, pos: int, n: int) -> bytes:
 
 
 def _same_prefix(src, src_path: Path, dest: Path, have: int, buf: bytearray,
-                 block_sums: archivesums.BlockSums | None = None) -> None:
+                 recorded: archivesums.SegmentSums | None = None
+                 ) -> archivesums.SegmentSums:
     """The first ``have`` bytes of ``src`` are the archive's copy ``dest``, else
-    ``_Conflict`` naming the first byte that differs. ``block_sums`` is fed the bytes."""
+    ``_Conflict`` naming the first byte that differs; returns their block sums.
+
+    Sums ``recorded`` for a copy of ``have`` bytes must be theirs too, else
+    ``_Conflict``: the segment and its copy both changed alike since the copy was made
+    (a copy that shares the segment's blocks, as a reflink copy on btrfs or XFS does,
+    changes with it), or the checksum file was edited. Re-recording them here would
+    make ``verify`` call the archive intact."""
+    block_sums = archivesums.BlockSums()
     view = memoryview(buf)
     with _open_copy(dest) as old:
         pos = 0
@@ -623,19 +644,31 @@ def _same_prefix(src, src_path: Path, dest: Path, have: int, buf: bytearray,
             before = _read_copy(old, dest, pos, n)
             if view[:n] != before:
                 raise _differs(src_path, pos + _first_difference(view[:n], before))
-            if block_sums is not None:
-                block_sums.feed(before)
+            block_sums.feed(before)
             pos += n
+    found = block_sums.result()
+    if recorded is not None and recorded.size == have and found != recorded:
+        k = next(k for k, (a, b) in enumerate(zip(found.crcs, recorded.crcs, strict=True))
+                 if a != b)
+        start, end = recorded.block_range(k)
+        raise _Conflict(
+            f"{dest}: offset {start}: equal to the segment, but bytes {start} to {end - 1} "
+            "are not the ones archive recorded the checksum of when it copied them: the "
+            "segment and its copy changed alike since (a copy that shares the segment's "
+            "storage, as a reflink copy on btrfs or XFS does, changes with it), or the "
+            f"checksum file was edited; verify the archive, and check {src_path}")
+    return found
 
 
 def _copy(src, src_path: Path, size: int, mode: int, dest: Path, have: int | None,
-          buf: bytearray) -> archivesums.SegmentSums:
+          buf: bytearray, recorded: archivesums.SegmentSums | None = None
+          ) -> archivesums.SegmentSums:
     """``size`` bytes of ``src`` to ``dest`` with ``src``'s permission bits, atomically;
-    the first ``have`` bytes must equal the archive's copy (else ``_Conflict``, and
-    that copy is left as it was). Returns the block sums of the copy, read back from it
-    before it is renamed into place."""
+    the first ``have`` bytes must equal the archive's copy and the sums ``recorded`` of
+    it (``_same_prefix``; else ``_Conflict``, and that copy is left as it was). Returns
+    the block sums of the copy, read back from it before it is renamed into place."""
     if have:
-        _same_prefix(src, src_path, dest, have, buf)
+        _same_prefix(src, src_path, dest, have, buf, recorded)
     try:
         with atomic_files(dest) as (tmp,), open(tmp, "r+b", buffering=0) as out:
             # The segment's bits, and always the owner's read and write: the archive

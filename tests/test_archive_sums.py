@@ -299,3 +299,55 @@ def test_the_copies_left_unchecked_after_an_upgrade_are_named_as_they_are(tmp_pa
     assert notice.kind == "archive_unchecked"
     assert notice.what.startswith(f"2 segments of this archive ({names[0]} and {names[2]}) "
                                   "have no checksum recorded")
+
+
+def test_sums_that_disagree_with_a_copy_equal_to_its_segment_are_a_conflict(tmp_path, capsys):
+    """The copy still equals the segment, but not the checksums recorded when it was
+    copied: both changed alike (a reflink copy shares the segment's blocks), or the
+    checksum file was edited. archive says so instead of re-recording them (which would
+    make verify call the archive intact), and verify names the block."""
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    _log(wal, segments=2).close()
+    assert archive(wal, arc).ok
+    sums_path = arc / archivesums.SUMS_NAME
+    doc = json.loads(sums_path.read_text())
+    name = min(doc["segments"])
+    hexes = doc["segments"][name]["crc32"]
+    doc["segments"][name]["crc32"] = hexes[:8] + f"{int(hexes[8:16], 16) ^ 4:08x}" + hexes[16:]
+    doc["check"] = archivesums._check(doc["segments"])
+    sums_path.write_text(json.dumps(doc))
+    edited = sums_path.read_bytes()
+    assert cli.main(["archive", str(wal), "--out", str(arc)]) == 1
+    out = capsys.readouterr().out
+    assert (f"{name}: CONFLICT: {arc / name}: offset {MIB}: equal to the segment, but bytes "
+            f"{MIB} to {2 * MIB - 1} are not the ones archive recorded the checksum of") in out
+    assert sums_path.read_bytes() == edited
+    [changed] = _archive_problems(arc)
+    assert (changed.kind, changed.file, changed.offset) == ("archive_changed", name, MIB)
+    # Grown since, the same: the prefix is checked against its sums before the copy.
+    with open(wal / name, "ab") as f:
+        f.write(b"\0" * 12)
+    result = archive(wal, arc)
+    assert [s.action for s in result.segments] == ["conflict", "unchanged"]
+
+
+def test_a_long_run_records_the_sums_as_it_goes(tmp_path, monkeypatch):
+    """Written every SUMS_EVERY seconds, not only at the end: a SIGKILL (no finally
+    runs) loses the sums of the last copies at most, not the whole run's."""
+    import gpu_pitr.archive as archive_module
+
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    _log(wal, segments=4, records=20).close()
+    names = sorted(p.name for p in wal.glob("wal-*.log"))
+    monkeypatch.setattr(archive_module, "SUMS_EVERY", 0.0)
+    copy_one = archive_module._archive_one
+    on_disk = []
+
+    def watched(seg, *args, **kw):
+        on_disk.append(sorted(archivesums.read(arc) or {}))
+        return copy_one(seg, *args, **kw)
+
+    monkeypatch.setattr(archive_module, "_archive_one", watched)
+    assert archive(wal, arc).ok
+    assert on_disk == [names[:k] for k in range(4)]
+    assert sorted(archivesums.read(arc)) == names
