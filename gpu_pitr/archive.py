@@ -134,6 +134,8 @@ class ArchiveResult:
     # The archive's checksum file could not be used (``archivesums.SumsError``'s line):
     # the segments are still copied, but no sums are recorded, and the run exits 1.
     sums_problem: str | None = None
+    # The checksum file was written by this run before ``sums_problem`` came.
+    sums_written: bool = False
 
     @property
     def problems(self) -> list[ArchivedSegment]:
@@ -148,6 +150,9 @@ class ArchiveResult:
         """The line of ``sums_problem`` (None: the checksum file was fine)."""
         if self.sums_problem is None:
             return None
+        if self.sums_written:
+            return (f"{self.sums_problem}; the checksums of the copies made since were not "
+                    "recorded")
         return f"{self.sums_problem}; no checksums were recorded by this run"
 
     def count(self, action: str) -> int:
@@ -252,6 +257,7 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
                 # once the writer deletes their segments no later run can record them.
                 with interrupts.holding():
                     archivesums.write(archive_dir, sums)
+                result.sums_written = True
             except OSError as err:  # the copies stand; verify names them unchecked
                 result.sums_problem = str(err)
             recorded.clear()
@@ -627,10 +633,11 @@ def _same_prefix(src, src_path: Path, dest: Path, have: int, buf: bytearray,
     """The first ``have`` bytes of ``src`` are the archive's copy ``dest``, else
     ``_Conflict`` naming the first byte that differs; returns their block sums.
 
-    Sums ``recorded`` for a copy of ``have`` bytes must be theirs too, else
+    Sums ``recorded`` for a copy of ``have`` bytes (or of fewer: each whole block they
+    cover) must be theirs too, else
     ``_Conflict``: the segment and its copy both changed alike since the copy was made
-    (a copy that shares the segment's blocks, as a reflink copy on btrfs or XFS does,
-    changes with it), or the checksum file was edited. Re-recording them here would
+    (a reflink copy on btrfs or XFS shares the segment's disk blocks, so damage to
+    them reaches both), or the checksum file was edited. Re-recording them here would
     make ``verify`` call the archive intact."""
     block_sums = archivesums.BlockSums()
     view = memoryview(buf)
@@ -647,15 +654,19 @@ def _same_prefix(src, src_path: Path, dest: Path, have: int, buf: bytearray,
             block_sums.feed(before)
             pos += n
     found = block_sums.result()
-    if recorded is not None and recorded.size == have and found != recorded:
-        k = next(k for k, (a, b) in enumerate(zip(found.crcs, recorded.crcs, strict=True))
-                 if a != b)
+    # The blocks the sums cover whole: all of them, or, where the copy grew past them
+    # (a run that could not record its sums), those before their last, partial one.
+    covered = (0 if recorded is None or recorded.size > have
+               else len(recorded.crcs) if recorded.size == have
+               else recorded.size // archivesums.BLOCK)
+    k = next((k for k in range(covered) if found.crcs[k] != recorded.crcs[k]), None)
+    if k is not None:
         start, end = recorded.block_range(k)
         raise _Conflict(
             f"{dest}: offset {start}: equal to the segment, but bytes {start} to {end - 1} "
             "are not the ones archive recorded the checksum of when it copied them: the "
-            "segment and its copy changed alike since (a copy that shares the segment's "
-            "storage, as a reflink copy on btrfs or XFS does, changes with it), or the "
+            "segment and its copy changed alike since (a reflink copy shares the "
+            "segment's disk blocks: damage to them reaches both), or the "
             f"checksum file was edited; verify the archive, and check {src_path}")
     return found
 

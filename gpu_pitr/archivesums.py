@@ -28,7 +28,6 @@ import errno
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,22 +136,16 @@ def _read_regular(path: Path) -> bytes:
     makes one, and replacing the file would replace the link, not its target), and
     nothing else is read: a FIFO would wait for a writer for ever, a device (a link to
     /dev/zero) never end."""
-    from gpu_pitr.format.segments import file_kind
+    from gpu_pitr.format.segments import NotARegularFile, file_kind, open_regular
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(path, follow=False)
+    except NotARegularFile as err:
+        raise _NotAFile(file_kind(err.mode)) from err
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise _NotAFile("a symbolic link") from err
         raise
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError:
-        os.close(fd)
-        raise
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise _NotAFile(file_kind(mode))
     with open(fd, "rb") as f:
         return f.read()
 

@@ -719,8 +719,14 @@ def _inspect_records(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     since = None if args.since is None else _time_target(parser, args.since, True, "--since")
     until = None if args.until is None else _time_target(parser, args.until, False, "--until")
     if since is not None and until is not None and since > until:
-        parser.error(f"argument --since: {args.since} is later than --until {args.until}: "
-                     "no record can be both")
+        from gpu_pitr.format.times import parse_time
+
+        if parse_time(args.since) > until:  # not only its fraction rounded up
+            parser.error(f"argument --since: {args.since} is later than --until "
+                         f"{args.until}: no record can be both")
+        parser.error(f"argument --since: no whole second from {args.since} to --until "
+                     f"{args.until}, and records are stamped in whole seconds: no record "
+                     "can be both")
     if args.first_seq is not None and args.last_seq is not None \
             and args.first_seq > args.last_seq:
         parser.error(f"argument --first-seq: {args.first_seq} is larger than --last-seq "

@@ -142,11 +142,14 @@ class UnwritableDirectoryError(_OneLineOSError):
 
         path = Path(path)
         size = len(os.fsencode(path.name))
+        extra = 0
         if cause.errno == errno.ENAMETOOLONG and size <= _NAME_MAX:
-            # The name is one the file system takes; the temp file's, longer, is not.
             from gpu_pitr.tempfiles import temp_path
 
             extra = len(os.fsencode(temp_path(path).name)) - size
+        if size <= _NAME_MAX < size + extra:
+            # The name is one the file system takes; the temp file's, longer, is not
+            # (else the whole path is too long: PATH_MAX, not the name, said below).
             super().__init__(path, (
                 f"{path}: name too long to be written atomically: it is written beside "
                 f"its place first, under a name {extra} bytes longer (a pid and a random part), so "

@@ -443,14 +443,14 @@ def _delete(result: ExpireResult, snaps: list[str], segments: list[Path], first_
         done(Expired(SEGMENT, str(seg), st.st_size))
     if unlinked and not result.dry_run:
         fsync_path(archive_dir, os.O_RDONLY | os.O_DIRECTORY)
-        _forget_sums(archive_dir, unlinked)
+        _forget_sums(archive_dir, unlinked, result.notes)
 
 
-def _forget_sums(archive_dir: Path, names: list[str]) -> None:
+def _forget_sums(archive_dir: Path, names: list[str], notes: list[str]) -> None:
     """The archive's checksums of the segments deleted, dropped (a checksum file that
     cannot be read is left for ``verify`` to name; one left with the deleted names, by
-    a run killed first, is harmless: ``verify`` passes over the names the marker says
-    are expired)."""
+    a run killed first or one that could not write it, a note in ``notes``, is
+    harmless: ``verify`` passes over the names the marker says are expired)."""
     from gpu_pitr import archivesums
 
     try:
@@ -460,7 +460,11 @@ def _forget_sums(archive_dir: Path, names: list[str]) -> None:
     if sums is not None and any(name in sums for name in names):
         for name in names:
             sums.pop(name, None)
-        archivesums.write(archive_dir, sums)
+        try:
+            archivesums.write(archive_dir, sums)
+        except OSError as err:  # the segments are gone: the run's result still stands
+            notes.append(f"{err} (the old one, which stays, lists the deleted segments "
+                         "too: harmless, verify passes over the expired ones)")
 
 
 class _Stop(Exception):

@@ -271,7 +271,11 @@ def test_verify_stops_checking_the_copies_at_a_ctrl_c(tmp_path, monkeypatch):
             first = len(calls) == 1
         if first:
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.2)  # the main thread's handler raises meanwhile
+        # Until the main thread's handler has run (not a fixed sleep: on a loaded machine
+        # it may not be scheduled for longer, and the other threads read on meanwhile).
+        deadline = time.monotonic() + 10
+        while interrupts._state.pending is None and time.monotonic() < deadline:
+            time.sleep(0.001)
         return crc32(data, value)
 
     monkeypatch.setattr(archivesums, "crc32", crc32_then_stop)
@@ -351,3 +355,58 @@ def test_a_long_run_records_the_sums_as_it_goes(tmp_path, monkeypatch):
     assert archive(wal, arc).ok
     assert on_disk == [names[:k] for k in range(4)]
     assert sorted(archivesums.read(arc)) == names
+
+
+def test_a_write_of_the_sums_that_fails_after_one_that_did_not_says_so(tmp_path, monkeypatch):
+    """A long run wrote the file as it went, then the disk filled: the line must not say
+    that no checksums were recorded, when the first copies' were."""
+    import errno
+
+    import gpu_pitr.archive as archive_module
+
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    _log(wal, segments=3, records=50).close()
+    monkeypatch.setattr(archive_module, "SUMS_EVERY", 0.0)
+    write, calls = archivesums.write, []
+
+    def full_after_one(archive_dir, sums):
+        calls.append(len(sums))
+        if len(calls) > 1:
+            raise OutputError(Path(archive_dir) / archivesums.SUMS_NAME, "JSON file",
+                              OSError(errno.ENOSPC, "No space left on device"))
+        write(archive_dir, sums)
+
+    monkeypatch.setattr(archivesums, "write", full_after_one)
+    result = archive(wal, arc)
+    assert not result.ok and len(archivesums.read(arc)) == 1
+    assert "no checksums were recorded" not in result.sums_line, result.sums_line
+    assert "the copies made since were not recorded" in result.sums_line, result.sums_line
+
+
+def test_a_copy_longer_than_its_sums_is_still_checked_against_them(tmp_path):
+    """A run that grew a copy but could not record its new sums (a full disk, a SIGKILL)
+    leaves sums shorter than the copy. The whole blocks they cover must still match
+    the copy: else a copy changed alike with its segment (a reflink copy) is re-recorded
+    by the next run, and verify calls it intact."""
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    _log(wal, segments=2).close()
+    assert archive(wal, arc).ok
+    name = min(p.name for p in wal.glob("wal-*.log"))
+    recorded = archivesums.read(arc)[name]
+    assert recorded.size > MIB
+    # The copy grown as the segment did, its sums not recorded (a run killed first).
+    with open(wal / name, "ab") as f:
+        f.write(b"\0" * 100)
+    (arc / name).write_bytes((wal / name).read_bytes())
+    # Then both changed alike in the first block, as damage to blocks a reflink copy
+    # shares with its segment does.
+    for path in (wal / name, arc / name):
+        data = bytearray(path.read_bytes())
+        data[100] ^= 1
+        path.write_bytes(bytes(data))
+    result = archive(wal, arc)
+    [row] = [s for s in result.segments if s.name == name]
+    assert row.action == "conflict", row
+    assert archivesums.read(arc)[name] == recorded
+    assert [(p.kind, p.offset) for p in _archive_problems(arc)
+            if p.file == name][:1] == [("archive_changed", 0)]

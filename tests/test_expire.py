@@ -663,3 +663,26 @@ def test_a_marker_that_is_a_fifo_is_refused_at_once(hist):
         assert proc.returncode == 1, proc
         assert "is a FIFO, not a regular file" in proc.stdout + proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_a_checksum_file_that_cannot_be_rewritten_leaves_the_deletions_reported(
+        hist, monkeypatch):
+    """The segments are gone when expire drops their checksums: a full disk then (or a
+    read-only checksum file) is a note, not an error that loses the run's result (and
+    its --json) after the deletions were made; the names left in the file are harmless."""
+    import errno
+
+    from gpu_pitr.errors import OutputError
+
+    arc, _, snaps, _ = hist
+
+    def full(archive_dir, sums):
+        raise OutputError(Path(archive_dir) / archivesums.SUMS_NAME, "JSON file",
+                          OSError(errno.ENOSPC, "No space left on device"))
+
+    monkeypatch.setattr(archivesums, "write", full)
+    result = expire(arc, snaps, keep=2)
+    assert [e for e in result.expired if e.kind == SEGMENT], result
+    assert any(archivesums.SUMS_NAME in note and "No space left" in note
+               for note in result.notes), result.notes
+    assert not [p for p in verify_wal(arc).problems if p.kind.startswith("archive")]

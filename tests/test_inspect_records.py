@@ -305,3 +305,14 @@ def test_the_listing_marks_records_in_a_transaction(tmp_path):
     b.write(tmp_path / "w")
     lines = [line for doc in wal_records(tmp_path / "w") for line in record_lines(doc)]
     assert [line.endswith("(in transaction 7)") for line in lines] == [False, False, True, False]
+
+
+def test_a_window_within_one_second_is_not_called_backwards(tmp_path):
+    """--since 10:01:40.5 --until 10:01:40.7 holds no whole second (records are stamped
+    in whole seconds), so it is still a usage error, but --since is not later than
+    --until: the line must not say it is."""
+    proc = cli("inspect", tmp_path, "--since", "2026-11-26T10:01:40.5Z",
+               "--until", "2026-11-26T10:01:40.7Z")
+    assert (proc.returncode, proc.stdout) == (2, "")
+    line = proc.stderr.splitlines()[-1]
+    assert "later than" not in line and "no whole second" in line, line

@@ -822,3 +822,17 @@ def test_a_name_too_long_for_its_temp_file_says_so(wal_dir, tmp_path):
     assert line.endswith("bytes long at most (it is 240)")
     assert list(tmp_path.iterdir()) == []
     restore_ok(wal_dir, tmp_path / ("n" * 200 + ".npz"))
+
+
+def test_a_path_too_long_with_a_short_name_does_not_blame_the_name(tmp_path):
+    """ENAMETOOLONG also comes from a whole path over PATH_MAX (4096 bytes) whose last
+    part is short: the line must not say a 55-byte name is over a 236-byte limit."""
+    import errno
+
+    from gpu_pitr.errors import UnwritableDirectoryError
+
+    out = tmp_path / ("o" * 51 + ".npz")
+    line = str(UnwritableDirectoryError(out, OSError(errno.ENAMETOOLONG,
+                                                     "File name too long")))
+    assert "name too long to be written atomically" not in line, line
+    assert "File name too long" in line

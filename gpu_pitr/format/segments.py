@@ -133,13 +133,19 @@ class NotARegularFile(OSError):
         self.filename, self.mode = str(path), mode
 
 
-def open_regular(path) -> int:
+def open_regular(path, follow: bool = True) -> int:
     """``path`` opened read-only, as a file descriptor; ``NotARegularFile`` when it is not
-    a regular file, other ``OSError``s as ``os.open`` raises them. Opened without
-    blocking: a FIFO put where a file belongs would otherwise wait for a writer, and
-    with it the command, for ever."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    mode = os.fstat(fd).st_mode
+    a regular file, other ``OSError``s as ``os.open`` raises them (``follow=False``: a
+    symbolic link is not followed, ``ELOOP``). Opened without blocking: a FIFO put where
+    a file belongs would otherwise wait for a writer, and with it the command, for
+    ever."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
     if not stat.S_ISREG(mode):
         os.close(fd)
         raise NotARegularFile(path, mode)
