@@ -24,7 +24,6 @@ Format (JSON)::
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -127,44 +126,25 @@ def _check(segments: dict) -> int:
     return crc32(json.dumps(segments, sort_keys=True, separators=(",", ":")).encode())
 
 
-class _NotAFile(Exception):
-    """What is at the checksum file's name is not a regular file (the text: what it is)."""
-
-
-def _read_regular(path: Path) -> bytes:
-    """The bytes of the regular file at ``path``. A link is not followed (archive never
-    makes one, and replacing the file would replace the link, not its target), and
-    nothing else is read: a FIFO would wait for a writer for ever, a device (a link to
-    /dev/zero) never end."""
-    from gpu_pitr.format.segments import NotARegularFile, file_kind, open_regular
-
-    try:
-        fd = open_regular(path, follow=False)
-    except NotARegularFile as err:
-        raise _NotAFile(file_kind(err.mode)) from err
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise _NotAFile("a symbolic link") from err
-        raise
-    with open(fd, "rb") as f:
-        return f.read()
-
-
 def read(archive_dir: str | os.PathLike) -> dict[str, SegmentSums] | None:
     """The sums recorded in ``archive_dir`` (None: there is no checksum file).
 
     Raises ``SumsError`` naming the file when it cannot be read or is not one
     ``archive`` wrote (cut short, changed, another program's)."""
+    from gpu_pitr.format.segments import NotARegularFile, file_kind, read_regular
+
     path = Path(archive_dir) / SUMS_NAME
     try:
-        raw = _read_regular(path)
-    except FileNotFoundError:
-        return None
-    except _NotAFile as err:
-        raise SumsError(f"not a checksum file gpu-pitr archive wrote: {err}",
+        # A link is not followed (archive never makes one, and replacing the file would
+        # replace the link, not its target); a FIFO or a device is not read.
+        raw = read_regular(path, follow=False)
+    except NotARegularFile as err:
+        raise SumsError(f"not a checksum file gpu-pitr archive wrote: {file_kind(err.mode)}",
                         file=str(path)) from err
     except OSError as err:
         raise SumsError(f"cannot read: {os_reason(err)}", file=str(path)) from err
+    if raw is None:
+        return None
     try:
         doc = json.loads(raw)
         segments = doc["segments"]

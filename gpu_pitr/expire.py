@@ -226,15 +226,11 @@ def read_marker(wal_dir) -> Expiry | None:
     numbers), and ``archive`` does not copy an expired segment back. Raises ``WalError``
     naming the marker when it cannot be read or is not one ``expire`` wrote.
     """
-    from gpu_pitr.format.segments import NotARegularFile, file_kind, open_regular
+    from gpu_pitr.format.segments import NotARegularFile, file_kind, read_regular
 
     path = Path(wal_dir) / MARKER_NAME
     try:
-        # Not a plain open: a FIFO there would wait for a writer for ever.
-        with open(open_regular(path), "rb") as f:
-            raw = f.read(_MARKER_MAX + 1)
-    except FileNotFoundError:
-        return None
+        raw = read_regular(path, _MARKER_MAX + 1)  # a FIFO there is not waited on
     except NotARegularFile as err:
         raise WalError(f"is {file_kind(err.mode)}, not a regular file",
                        file=str(path)) from err
@@ -242,6 +238,8 @@ def read_marker(wal_dir) -> Expiry | None:
         if isinstance(err, PermissionError):
             check_searchable(wal_dir)  # the directory's fault, not the marker's
         raise WalError(f"cannot read: {os_reason(err)}", file=str(path)) from err
+    if raw is None:
+        return None
     try:
         if len(raw) > _MARKER_MAX:
             raise ValueError("too long")

@@ -122,7 +122,8 @@ def not_segment_files(wal_dir: str | os.PathLike) -> list[tuple[str, str]]:
 def file_kind(mode: int) -> str:
     """What a file that is not a regular one is (its ``st_mode``), for a person."""
     return ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "a device file")
+            else "a socket" if stat.S_ISSOCK(mode)
+            else "a symbolic link" if stat.S_ISLNK(mode) else "a device file")
 
 
 class NotARegularFile(OSError):
@@ -140,7 +141,12 @@ def open_regular(path, follow: bool = True) -> int:
     a file belongs would otherwise wait for a writer, and with it the command, for
     ever."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-    fd = os.open(path, flags)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        if err.errno == errno.ELOOP and not follow and os.path.islink(path):
+            raise NotARegularFile(path, stat.S_IFLNK) from err
+        raise
     try:
         mode = os.fstat(fd).st_mode
     except OSError:
@@ -150,6 +156,18 @@ def open_regular(path, follow: bool = True) -> int:
         os.close(fd)
         raise NotARegularFile(path, mode)
     return fd
+
+
+def read_regular(path, limit: int = -1, follow: bool = True) -> bytes | None:
+    """The bytes of the regular file at ``path`` (at most ``limit``), None where there is
+    nothing of that name; ``NotARegularFile`` and other ``OSError``s as ``open_regular``
+    raises them (an archive's small files: the expire marker, the checksums)."""
+    try:
+        fd = open_regular(path, follow)
+    except FileNotFoundError:
+        return None
+    with open(fd, "rb") as f:
+        return f.read(limit)
 
 
 def _listed(entry: os.DirEntry) -> bool:
