@@ -654,12 +654,10 @@ def _same_prefix(src, src_path: Path, dest: Path, have: int, buf: bytearray,
             block_sums.feed(before)
             pos += n
     found = block_sums.result()
-    # The blocks the sums cover whole: all of them, or, where the copy grew past them
-    # (a run that could not record its sums), those before their last, partial one.
-    covered = (0 if recorded is None or recorded.size > have
-               else len(recorded.crcs) if recorded.size == have
-               else recorded.size // archivesums.BLOCK)
-    k = next((k for k in range(covered) if found.crcs[k] != recorded.crcs[k]), None)
+    # Where the copy grew past the sums (a run that could not record them), the blocks
+    # before their last, partial one.
+    k = (None if recorded is None or recorded.size > have
+         else recorded.first_difference(found))
     if k is not None:
         start, end = recorded.block_range(k)
         raise _Conflict(

@@ -53,6 +53,18 @@ class SegmentSums:
         """The bytes block ``k`` covers: ``[start, end)``."""
         return k * BLOCK, min((k + 1) * BLOCK, self.size)
 
+    def first_difference(self, other: SegmentSums) -> int | None:
+        """The first block whose CRC-32 differs from ``other``'s, among those from the
+        start that cover the same bytes in both (a block one of them ends inside is
+        covered by no CRC of the other: it and the rest are not compared); None when
+        they all agree."""
+        for k, (mine, theirs) in enumerate(zip(self.crcs, other.crcs, strict=False)):
+            if self.block_range(k) != other.block_range(k):
+                return None
+            if mine != theirs:
+                return k
+        return None
+
 
 def blocks(size: int) -> int:
     """Blocks of a file of ``size`` bytes."""
@@ -106,16 +118,10 @@ def file_sums(fd: int, size: int) -> SegmentSums:
 def first_changed(fd: int, sums: SegmentSums, size: int) -> int | None:
     """The start of the first block of the open file ``fd`` (``size`` bytes now) whose
     CRC-32 is not the one recorded, over the bytes both cover; None when all agree."""
-    have = file_sums(fd, min(size, sums.size))
-    for k, (old, new) in enumerate(zip(sums.crcs, have.crcs, strict=False)):
-        start, end = sums.block_range(k)
-        if end > have.size:
-            # A file cut short inside block k: the caller reports the size. Check the
-            # bytes that remain of the block against nothing: no CRC covers them alone.
-            break
-        if old != new:
-            return start
-    return None
+    # A file cut short inside a block: the caller reports the size; the bytes that
+    # remain of that block are covered by no CRC alone.
+    k = sums.first_difference(file_sums(fd, min(size, sums.size)))
+    return None if k is None else k * BLOCK
 
 
 class SumsError(WalError):
