@@ -90,6 +90,10 @@ _RUNS_SHOWN = 4
 #: Pieces are gathered (``_gather``) while the carried bytes exceed this many times
 #: the bytes read since.
 GATHER = 2
+#: Pieces smaller than this (or than the chunk size) are packed into one chunk until
+#: their bytes reach it (``_pack``): every chunk costs a decode, a plan and an apply
+#: call, 0.2-0.4 ms even for one record, so 5,000 one-record segments took 2 s.
+PACK_BYTES = 1 << 20
 # A base restore on the cpu executor sorts in place, not by a merge, when at most one
 # base row per this many of the executor's ids is left untouched (_Restore.move_in_rest).
 MOVE_IN_RATIO = 4
@@ -204,6 +208,7 @@ class _Restore:
         # _gather); their bytes end at self.buf[gathered_end], after the carried ones.
         self.n_gathered = 0
         self.gathered_end = 0
+        self._packed = 0  # bytes of the small pieces gathered since the last chunk (_pack)
         self.seen_first = False
         self.seq_range: tuple[int, int] | None = None  # of the records read: for errors
         self._piece = None  # the read-ahead piece whose buffer is self.buf
@@ -315,10 +320,12 @@ class _Restore:
         pieces are gathered behind them before the chunk is processed (``_gather``).
         """
         self.report.bytes_read += item.bytes_read
+        span = item.end - item.start
+        if self._packed and span >= self._pack_limit():
+            self._flush()  # small pieces packed so far go first: this one is a chunk
         c = self.cols
         m = self.n_carried
         g = self.n_gathered
-        span = item.end - item.start
         if g > m:  # gathering: this piece's bytes go after the others
             start = self.gathered_end
             buf = self._room(start + span)
@@ -369,7 +376,8 @@ class _Restore:
             self.seq_range = (lo, hi)
         self.n_gathered = g + n
         self.gathered_end = start + span
-        if not self._gather(buf is not item.buf):
+        own = buf is not item.buf
+        if not self._gather(own) and not self._pack(span, own):
             self._flush()
         if item.torn is not None:
             self.torn_at[item.segment] = item.torn[0]
@@ -394,6 +402,39 @@ class _Restore:
         carried = int(c.off[m - 1] + RECORD_HEADER_SIZE + c.length[m - 1] - c.off[0])
         return carried > GATHER * (self.gathered_end - carried)
 
+    def _pack_limit(self) -> int:
+        return min(PACK_BYTES, self.chunk_bytes)
+
+    def _pack(self, span: int, own: bool) -> bool:
+        """Whether to read on, packing this small piece into one chunk with the next.
+
+        Only while the pieces gathered since the last chunk stay under
+        ``_pack_limit`` and the next piece, if framed already, is small too. A piece
+        still in its read-ahead buffer is first copied into a buffer of its own, where
+        the next pieces are gathered behind it (as ``_gather`` does).
+        """
+        limit = self._pack_limit()
+        if self.n_gathered == self.n_carried or self._packed + span >= limit:
+            return False
+        nxt = self._framer.peek() if self._framer is not None else None
+        if nxt is not None and (nxt.problem is not None or nxt.end - nxt.start >= limit):
+            return False
+        if not own:
+            c = self.cols
+            lo = int(c.off[0])  # carried rows first, then this piece's: offsets ascend
+            size = self.gathered_end - lo
+            buf = self._alloc(max(2 * limit, size + limit))
+            buf[:size] = self.buf[lo:self.gathered_end]
+            c.off[:self.n_gathered] -= lo
+            self._unstage()  # a copy made ahead is of the buffer given back here
+            if self._piece is not None:
+                self._reader.release(self._piece)
+                self._piece = None
+            self.buf = buf
+            self.gathered_end = size
+        self._packed += span
+        return True
+
     def _room(self, end: int) -> np.ndarray:
         """``self.buf``, grown (by half again at least) to hold ``end`` bytes."""
         if end > len(self.buf):
@@ -405,6 +446,7 @@ class _Restore:
     def _flush(self) -> None:
         """Process the rows read since the last chunk, if any."""
         m, n = self.n_carried, self.n_gathered
+        self._packed = 0
         if n > m:
             self._chunk(m, n)
             self._keep_open(n)
@@ -472,7 +514,9 @@ class _Restore:
         if self._stage is None or self._framer is None:  # (the last rows, gathered)
             return
         item = self._framer.peek()
-        if item is not None and item.problem is None and item.n:
+        # A small piece is packed (_pack): copied to a buffer of its own, not staged.
+        if (item is not None and item.problem is None and item.n
+                and item.end - item.start >= self._pack_limit()):
             self._stage(item.buf, item.start, item.end)
 
     def _unstage(self) -> None:
