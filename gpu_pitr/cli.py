@@ -236,8 +236,8 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
     )
     memory.add_argument(
         "--memory-budget", metavar="SIZE", type=_size,
-        help="keep the restore's working memory, besides the index, within SIZE "
-        "(picks the chunk size)",
+        help="keep the restore's working memory, besides the index and the records of "
+        "open transactions (held until they commit), within SIZE (picks the chunk size)",
     )
     target = p.add_mutually_exclusive_group()
     target.add_argument(

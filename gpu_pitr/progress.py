@@ -126,7 +126,9 @@ class ProgressBar:
             columns = os.get_terminal_size(self.stream.fileno()).columns
         except (AttributeError, OSError, ValueError):
             columns = 0
-        return columns if columns > 20 else 80
+        # 0: not known (some serial consoles). A narrow terminal is still cut to its
+        # width: a longer line wraps, and the \r of each redraw leaves a row behind.
+        return columns if columns > 0 else 80
 
     def close(self) -> None:
         """Clear the bar's line (nothing is written if it never drew)."""

@@ -320,6 +320,11 @@ def test_budget_to_chunk_size() -> None:
     assert chunk_bytes_for_budget(256 << 20) > chunk_bytes_for_budget(48 << 20)
     with pytest.raises(ValueError, match="too small"):
         chunk_bytes_for_budget(min_budget() - 1)
+    # the budget as given, not rounded to "0.0 MiB"
+    with pytest.raises(ValueError, match="of 512 bytes is too small"):
+        chunk_bytes_for_budget(512)
+    with pytest.raises(ValueError, match=r"of 33\.9 MiB is too small"):
+        chunk_bytes_for_budget(int(33.9 * (1 << 20)))
 
 
 def fresh_function():
@@ -506,3 +511,42 @@ def test_the_api_takes_a_memory_budget_as_the_command_line_does(wal_dir: Path, t
         gpu_pitr.restore(wal_dir, backend="cpu", memory_budget="1G", chunk_bytes=1 << 20)
     with pytest.raises(ValueError, match="not a size"):
         gpu_pitr.restore(wal_dir, backend="cpu", memory_budget="lots")
+
+
+@pytest.mark.parametrize("columns", [10, 20, 21])
+def test_bar_fits_a_narrow_terminal(columns: int) -> None:
+    """Each redraw fits the terminal's width, however narrow: a line that wraps leaves
+    its first rows behind at every ``\\r`` (a 20-column terminal got 80-column lines)."""
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = os.openpty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        with open(slave, "w", closefd=False) as tty:
+            clock = Clock()
+            bar = ProgressBar(tty, clock=clock)
+            bar("read", 0, 400_000_000, 0)
+            clock.now += 2.0
+            bar("read", 100_000_000, 400_000_000, 12345)
+            bar.phase("write")
+            bar.close()
+        os.close(slave)
+        slave = -1
+        drawn = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            drawn += data
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    lines = drawn.decode().split("\r")
+    assert len(lines) >= 4
+    assert all(len(line) < columns for line in lines), lines
