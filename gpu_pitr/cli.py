@@ -489,7 +489,9 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     kwargs = dict(to_time=to_time, to_seq=args.to_seq, exclusive=args.exclusive,
                   backend=args.backend, skip_corrupt=args.skip_corrupt,
                   allow_incomplete_history=args.allow_incomplete_history,
-                  chunk_bytes=chunk_bytes, base=args.base, snapshots=args.snapshots)
+                  base=args.base, snapshots=args.snapshots,
+                  **({"memory_budget": args.memory_budget} if args.memory_budget is not None
+                     else {"chunk_bytes": chunk_bytes}))
     if on_workers:
         from gpu_pitr.scaleout import write_with_scheduler
 

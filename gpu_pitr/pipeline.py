@@ -209,6 +209,10 @@ class _Restore:
         self.n_gathered = 0
         self.gathered_end = 0
         self._packed = 0  # bytes of the small pieces gathered since the last chunk (_pack)
+        # The most bytes a chunk that carried records of open transactions spanned (those
+        # records and the ones read behind them), and where the first carried record was:
+        # not within a memory budget (see _restore_warnings).
+        self.held_peak: tuple[int, dict | None] = (0, None)
         self.seen_first = False
         self.seq_range: tuple[int, int] | None = None  # of the records read: for errors
         self._piece = None  # the read-ahead piece whose buffer is self.buf
@@ -447,6 +451,11 @@ class _Restore:
         """Process the rows read since the last chunk, if any."""
         m, n = self.n_carried, self.n_gathered
         self._packed = 0
+        if m and n > m:
+            c = self.cols
+            held = int(c.off[n - 1]) + RECORD_HEADER_SIZE + int(c.length[n - 1]) - int(c.off[0])
+            if held > self.held_peak[0]:
+                self.held_peak = (held, self._where(0))
         if n > m:
             self._chunk(m, n)
             self._keep_open(n)
@@ -1194,7 +1203,8 @@ def restore(
             raise ValueError("give at most one of chunk_bytes and memory_budget")
         from gpu_pitr.budget import chunk_bytes_for_budget
 
-        chunk_bytes = chunk_bytes_for_budget(_size_arg("memory_budget", memory_budget))
+        memory_budget = _size_arg("memory_budget", memory_budget)
+        chunk_bytes = chunk_bytes_for_budget(memory_budget)
     started, compiled = time.perf_counter(), compile_seconds()
     if to_time is not None:
         target = {"to_time": parse_time(to_time, exclusive)}
@@ -1252,7 +1262,7 @@ def restore(
             notes.append(f"cuda executor: {fallback}; restored on the cpu executor instead")
     report = index.report
     report.message = "; ".join(notes)
-    report.warnings = warnings + _restore_warnings(run, report, target)
+    report.warnings = warnings + _restore_warnings(run, report, target, memory_budget)
     _writes_in_progress(report)
     report.last_commit_timestamp = run.plan.last_timestamp  # what the index is as of
     # Of the total (within the stages): Numba compiling, on a first run after an
@@ -1280,13 +1290,23 @@ def restore(
     return index
 
 
-def _restore_warnings(run: _Restore, report: RestoreReport, target: dict) -> list[str]:
+def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
+                      memory_budget: int | None = None) -> list[str]:
     """What a restore that succeeded must not pass over in silence (``report.warnings``):
     a gap in the history it was allowed to cross, a time target the log ends before (an
     archive not brought up to date would give an older state without a word; PostgreSQL
     fails such a recovery), a seq target met more than once, records missing inside
-    the log, an entry named like a segment that is not a file."""
+    the log, an entry named like a segment that is not a file, a memory budget that
+    open transactions' records alone exceeded."""
     out = [f"{name}: {what}" for name, what in not_segment_files(run.wal_dir)]
+    held, where = run.held_peak
+    if memory_budget is not None and held > memory_budget:
+        out.append(
+            f"records of open transactions, with those read behind them, took "
+            f"{held / (1 << 20):.1f} MiB of memory at once, more than the memory budget of "
+            f"{memory_budget / (1 << 20):.1f} MiB (the first from {Path(where['file']).name}"
+            f" offset {where['offset']}, seq {where['seq']}): a transaction's records wait "
+            "in memory for its commit or abort, outside any budget")
     jumps = run.seq_jumps
     if jumps.count:
         w = jumps.where

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from workloads import Batch, Del, Ins, LogBuilder, Upd, dir_state, f32
+from workloads import Batch, Begin, Commit, Del, Ins, LogBuilder, Upd, dir_state, f32
 
 import gpu_pitr
 from gpu_pitr.budget import chunk_bytes_for_budget, min_budget, parse_size, working_bytes
@@ -550,3 +550,45 @@ def test_bar_fits_a_narrow_terminal(columns: int) -> None:
     lines = drawn.decode().split("\r")
     assert len(lines) >= 4
     assert all(len(line) < columns for line in lines), lines
+
+
+def _long_transaction(wal_dir: Path, commit_early: bool):
+    """36 MiB of 4 KiB-vector inserts inside one transaction (or inside many short ones,
+    with ``commit_early``), committed at the end."""
+    b = LogBuilder()
+    vec = np.arange(1024, dtype=np.float32).tobytes()
+    b.add(Ins("before", vec, None, 1))
+    tx = 7
+    b.add(Begin(tx, 2))
+    first = None
+    for i in range(9_000):
+        if commit_early and i % 100 == 99:
+            b.add(Commit(tx, 2))
+            tx += 1
+            b.add(Begin(tx, 2))
+        rec = b.add(Ins(f"v{i}", vec, None, 2))
+        first = first or rec
+    b.add(Commit(tx, 3))
+    b.write(wal_dir)
+    return wal_dir, first
+
+
+def test_a_budget_open_transactions_exceed_is_warned_of(tmp_path: Path) -> None:
+    """Records of an open transaction wait in memory for its end (SPEC section 3), outside
+    the budget: a restore given a budget says so when they alone exceeded it."""
+    wal, first = _long_transaction(tmp_path / "one", commit_early=False)
+    got = gpu_pitr.restore(wal, backend="cpu", memory_budget="34M")
+    assert len(got) == 9_001
+    (warning,) = got.report.warnings
+    assert "more than the memory budget of 34.0 MiB" in warning
+    # the transaction's first record (data records are held; its Begin is not)
+    assert f"(the first from {first.file} offset {first.offset}, seq {first.seq})" in warning
+    # no budget given, or short transactions: nothing to say
+    assert not gpu_pitr.restore(wal, backend="cpu").report.warnings
+    short, _ = _long_transaction(tmp_path / "short", commit_early=True)
+    assert not gpu_pitr.restore(short, backend="cpu", memory_budget="34M").report.warnings
+    proc = cli("restore", wal, "--out", tmp_path / "o.npz", "--memory-budget", "34M",
+               "--backend", "cpu", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "records of open transactions, with those read behind them" in proc.stderr
+    assert "more than the memory budget of 34.0 MiB" in proc.stderr
