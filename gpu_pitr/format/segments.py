@@ -55,12 +55,12 @@ def list_segments(wal_dir: str | os.PathLike) -> list[Segment]:
 
         raise DirectoryReadError(wal_dir, err) from err
     check_searchable(wal_dir)
-    names = sorted(
-        (e.name for e in entries if SEGMENT_NAME_RE.fullmatch(e.name) and _listed(e)),
-        key=lambda n: n.encode(),
+    listed = sorted(
+        (e for e in entries if SEGMENT_NAME_RE.fullmatch(e.name) and _listed(e)),
+        key=lambda e: e.name.encode(),
     )
-    return [Segment(path=wal_dir / n, size=_size(wal_dir / n), created=int(n[4:20], 16))
-            for n in names]
+    return [Segment(path=wal_dir / e.name, size=_size(e), created=int(e.name[4:20], 16))
+            for e in listed]
 
 
 def check_searchable(directory: str | os.PathLike) -> None:
@@ -180,9 +180,9 @@ def _listed(entry: os.DirEntry) -> bool:
     return entry.is_symlink() and not os.path.exists(entry.path)
 
 
-def _size(path: Path) -> int:
+def _size(entry: os.DirEntry) -> int:
     try:
-        return path.stat().st_size
+        return entry.stat().st_size  # (the link's target's, as a read sees it)
     except OSError:  # a link to nothing, a loop: reading it says why
         return 0
 
