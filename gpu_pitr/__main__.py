@@ -20,7 +20,8 @@ def _stop(signum, frame) -> None:
 
 
 def run() -> None:
-    problem = environment.problem()  # before NumPy's import trips over it
+    # Before NumPy's import trips over it.
+    problem = environment.platform_problem() or environment.problem()
     if problem is not None:
         print(f"gpu-pitr: error: {problem}", file=sys.stderr)
         sys.exit(1)

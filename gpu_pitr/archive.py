@@ -41,13 +41,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpu_pitr import archivesums, interrupts
-from gpu_pitr.errors import DirectoryReadError, WalError, os_reason
+from gpu_pitr.errors import DirectoryReadError, NotSyncedError, WalError, os_reason
 from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, SEGMENT_NAME_RE
 from gpu_pitr.format.segments import (
     Segment,
     first_record_seq,
     last_with_records,
     list_segments,
+    read_into,
     record_end,
     unreadable,
 )
@@ -448,6 +449,11 @@ def _archive_one(seg: Segment, dest: Path, buf: bytearray, newest: bool = False,
             return ArchivedSegment(name, UNREADABLE, have or 0,
                                    problem=f"{seg.path}: {at}{unreadable(e.err)}")
         except _WriteFailed as e:
+            if isinstance(e.err, NotSyncedError):
+                return ArchivedSegment(name, FAILED, size, problem=(
+                    f"{dest}: the archive copy is written and in place, but the archive "
+                    f"directory could not be synced: {os_reason(e.err.cause)}; a crash of "
+                    "the system now may lose it"))
             kept = "the previous copy is kept" if have else "nothing was left in its place"
             return ArchivedSegment(name, FAILED, have or 0, problem=(
                 f"{dest}: cannot write the archive copy: {os_reason(e.err)}; {kept}"))
@@ -725,6 +731,6 @@ def _copy_in_kernel(src_fd: int, out_fd: int, size: int) -> int:
 
 def _src_read_at_into(src, view: memoryview, pos: int) -> int:
     try:
-        return os.preadv(src.fileno(), [view], pos)
+        return read_into(src.fileno(), view, pos)
     except OSError as err:
         raise _SourceError(err, pos) from err

@@ -34,6 +34,7 @@ from gpu_pitr import interrupts
 from gpu_pitr.crc import crc32
 from gpu_pitr.errors import WalError, os_reason
 from gpu_pitr.format.layout import SEGMENT_NAME_RE
+from gpu_pitr.format.segments import read_into
 
 SUMS_NAME = ".gpu-pitr-archive.sums"
 SUMS_FORMAT = "gpu-pitr archive sums"
@@ -107,7 +108,7 @@ def file_sums(fd: int, size: int) -> SegmentSums:
     pos = 0
     while pos < size:
         interrupts.check()  # verify reads copies on threads, which a Ctrl-C does not stop
-        n = os.preadv(fd, [view[: min(len(buf), size - pos)]], pos)
+        n = read_into(fd, view[: min(len(buf), size - pos)], pos)
         if not n:
             raise EOFError(pos)
         sums.feed(view[:n])

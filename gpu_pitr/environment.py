@@ -7,7 +7,8 @@ and says what is wrong in one line, as it does for a value Numba would warn abou
 (a traceback flattened into the warning) and ignore in the variables the command
 depends on (``NUMBA_NUM_THREADS=abc``). Other variables' values the libraries merely
 warn about (``NUMBA_OPT=zz``) are left to them. gpu-pitr's own switches
-(``GPU_PITR_MAP_READS``, ``GPU_PITR_CUDA_OVERLAP``) are read here too (``switch``).
+(``GPU_PITR_MAP_READS``, ``GPU_PITR_CUDA_OVERLAP``) are read here too (``switch``), and
+the operating system is checked before all (``platform_problem``: not Windows).
 """
 
 from __future__ import annotations
@@ -84,6 +85,17 @@ def problem(environ: Mapping[str, str] = os.environ) -> str | None:
         if _switch(name, environ) is None:
             return _switch_problem(name, environ)
     return None
+
+
+def platform_problem(os_name: str | None = None) -> str | None:
+    """Why gpu-pitr cannot run on this operating system, or None: it reads and writes
+    with POSIX calls (pread, flock, fsync of a directory, a pid's liveness by signal 0)
+    that Windows lacks or gives another meaning."""
+    os_name = os.name if os_name is None else os_name
+    if os_name == "posix":
+        return None
+    return (f"this system is not supported (os.name is {os_name!r}): gpu-pitr runs on "
+            "Linux and macOS; on Windows, run it under WSL")
 
 
 def threads_problem(environ: Mapping[str, str] = os.environ) -> str | None:

@@ -122,13 +122,29 @@ class _OneLineOSError(OSError):
         return _remade, (type(self), (self.errno, self.strerror), attrs)
 
 
+class NotSyncedError(OSError):
+    """Outputs renamed into place whose directory then failed to fsync (EIO): written,
+    but a crash of the system may still lose the rename. ``cause``: the fsync's error."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.cause = cause
+
+
 class OutputError(_OneLineOSError):
     """An output that could not be written (a full disk, a lost mount, ...): one line
-    naming it. The output was written aside, so nothing was left in its place."""
+    naming it. The output was written aside, so nothing was left in its place; or
+    (``NotSyncedError``) it is in place but its directory could not be synced."""
 
     def __init__(self, path, what: str, cause: OSError) -> None:
-        super().__init__(path, f"{path}: cannot write the {what}: {os_reason(cause)}; "
-                         "nothing was left in its place", cause)
+        if isinstance(cause, NotSyncedError):
+            line = (f"{path}: the {what} is written and in place, but its directory "
+                    f"could not be synced: {os_reason(cause.cause)}; a crash of the system "
+                    "now may lose it")
+        else:
+            line = (f"{path}: cannot write the {what}: {os_reason(cause)}; "
+                    "nothing was left in its place")
+        super().__init__(path, line, cause)
 
 
 class UnwritableDirectoryError(_OneLineOSError):

@@ -108,10 +108,16 @@ def remove_stale_entries(entries, name_pattern: str) -> list[Path]:
 
 
 def fsync_path(path: Path, flags: int) -> None:
-    """fsync the file or directory (``os.O_DIRECTORY`` in ``flags``) at ``path``."""
+    """fsync the file or directory (``os.O_DIRECTORY`` in ``flags``) at ``path``. A file
+    system that cannot fsync a directory at all (EINVAL: VirtualBox's shared folders,
+    some FUSE ones) is taken at its word, as PostgreSQL's ``fsync_fname_ext`` does: the
+    rename is as durable as it can make it, and the command does not fail for it."""
     fd = os.open(path, flags)
     try:
         os.fsync(fd)
+    except OSError as err:
+        if not (flags & os.O_DIRECTORY and err.errno in (errno.EINVAL, errno.EBADF)):
+            raise
     finally:
         os.close(fd)
 

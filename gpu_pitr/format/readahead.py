@@ -30,6 +30,7 @@ from gpu_pitr.errors import FileReadError, FileShrankError
 from gpu_pitr.format import mapped
 from gpu_pitr.format.frame import declared_size, frame_records
 from gpu_pitr.format.layout import HEADER_SIZE
+from gpu_pitr.format.segments import read_into
 
 # Shared by every pass over the log (restore, verify, inspect).
 DEFAULT_CHUNK_BYTES = 16 << 20
@@ -154,7 +155,7 @@ class Readahead:
             self._mapped.discard(buf.ctypes.data)  # (a failed mapping put it back)
             view = memoryview(buf)[self.headroom:self.headroom + length]
             while got < length:
-                n = os.preadv(fd, [view[got:]], offset + got)
+                n = read_into(fd, view[got:], offset + got)
                 if n == 0:  # the file shrank since it was listed: not a torn tail
                     return Piece(seg, offset, buf, self.headroom, 0, last,
                                  error=FileShrankError(path, offset + got, listed))

@@ -170,6 +170,25 @@ def read_regular(path, limit: int = -1, follow: bool = True) -> bytes | None:
         return f.read(limit)
 
 
+# Bytes asked of one read: macOS fails a read(2) or preadv(2) of more than INT_MAX
+# (EINVAL) where Linux returns fewer; callers loop until they have what they asked.
+_MAX_READ = 1 << 30
+
+
+def read_into(fd: int, view: memoryview, offset: int) -> int:
+    """Bytes of ``fd`` from ``offset`` read into ``view`` (a writable byte memoryview),
+    as ``os.preadv``: fewer than asked near the end of the file, 0 at it. Where Python
+    has no ``os.preadv`` (macOS before 11) the bytes are read with ``os.pread`` and
+    copied in."""
+    view = view[:_MAX_READ]
+    preadv = getattr(os, "preadv", None)
+    if preadv is not None:
+        return preadv(fd, [view], offset)
+    data = os.pread(fd, len(view), offset)
+    view[:len(data)] = data
+    return len(data)
+
+
 def _listed(entry: os.DirEntry) -> bool:
     """A regular file, or what a read would fail on (a link to nothing, a link loop)."""
     try:

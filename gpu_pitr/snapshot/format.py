@@ -30,7 +30,7 @@ from numba import prange
 from gpu_pitr.crc import crc32
 from gpu_pitr.errors import WalError
 from gpu_pitr.format.layout import SEGMENT_NAME_RE
-from gpu_pitr.format.segments import NotARegularFile, file_kind, open_regular
+from gpu_pitr.format.segments import NotARegularFile, file_kind, open_regular, read_into
 from gpu_pitr.index import RestoredIndex
 from gpu_pitr.jit import NO_REFCOUNTS, njit
 from gpu_pitr.resolve.idsort import compare_ids
@@ -685,7 +685,7 @@ def _block(fd: int, buf: np.ndarray, a: int, b: int, read: bool, verify: bool):
         got = 0
         while got < b - a:
             try:
-                n = os.preadv(fd, [view[got:]], a + got)
+                n = read_into(fd, view[got:], a + got)
             except OSError as err:
                 return f"cannot be read: {err.strerror}"
             if n == 0:
