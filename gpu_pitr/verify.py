@@ -343,15 +343,21 @@ class _Verify:
             expiry, bad_marker = read_marker(self.wal_dir), None
         except WalError as err:
             expiry, bad_marker = None, err.what
+        copies = _ArchiveCopies(self.wal_dir, self.segments, expiry)
         try:
             for item in framed_pieces(self.segments, self.chunk_bytes, self._header_problem):
+                # Copies the log's pass is done with are checked while their pages are
+                # still cached: an archive larger than memory was read twice from disk.
+                copies.check_before(item.segment)
                 if item.problem is not None:
                     self._bad_header(item)
                 else:
                     self._piece(item)
             self._segment_ends()
             self._in_progress()
+            archive_problems = copies.finish()
         finally:
+            copies.close()
             for fd in self.fds.values():
                 os.close(fd)
         txns, segs, offs, seqs = _open_at_end(self.open_txns)
@@ -363,7 +369,7 @@ class _Verify:
         for name, what in not_segment_files(self.wal_dir):
             kind = "not_a_file" if SEGMENT_NAME_RE.fullmatch(name) else "segment_name_case"
             self.result.problems.append(Problem(kind, name, 0, None, what))
-        self.result.problems += _archive_copies(self.wal_dir, self.segments, expiry)
+        self.result.problems += archive_problems
         # In name order, segments or not (SPEC section 1's log order for the segments).
         self.result.problems.sort(key=lambda p: (p.file.encode(), p.offset))
         if expiry is not None:  # first: it is about where the log begins
@@ -613,22 +619,57 @@ class _Verify:
 
 
 
-def _archive_copies(wal_dir, segments: list, expiry) -> list[Problem]:
+class _ArchiveCopies:
     """An archive's copies checked against the block sums ``gpu-pitr archive`` recorded
     when it copied them (``gpu_pitr.archivesums``): nothing for a directory that is not
-    an archive. Copies are checked on threads (reads and CRC-32s release the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
+    an archive. Each copy is checked on a thread (reads and CRC-32s release the GIL) once
+    the log's pass has gone past it (``check_before``), the rest at the end (``finish``).
+    """
 
+    def __init__(self, wal_dir, segments: list, expiry) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.problems, self.sums = _archive_listing(wal_dir, segments, expiry)
+        self.segments = segments
+        self.next = 0  # segments[:next] are submitted (or have no sums)
+        self.futures: list = []
+        self.pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                       thread_name_prefix="gpu_pitr-sums") if self.sums else None
+
+    def check_before(self, segment: int) -> None:
+        """Start the checks of the copies before ``segments[segment]``."""
+        if self.pool is None:
+            return
+        while self.next < min(segment, len(self.segments)):
+            seg = self.segments[self.next]
+            self.next += 1
+            if seg.name in self.sums:
+                self.futures.append(self.pool.submit(_archive_copy, seg, self.sums[seg.name]))
+
+    def finish(self) -> list[Problem]:
+        self.check_before(len(self.segments))
+        for fut in self.futures:
+            self.problems += fut.result()
+        return self.problems
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _archive_listing(wal_dir, segments: list, expiry) -> tuple[list[Problem], dict]:
+    """What the archive's listing says against its sums (bad sums, copies missing,
+    copies without sums), and the sums by segment name (empty: nothing to check)."""
     from gpu_pitr import archivesums
     from gpu_pitr.archive import LOCK_NAME
 
     try:
         sums = archivesums.read(wal_dir)
     except archivesums.SumsError as err:
-        return [Problem("bad_archive_sums", archivesums.SUMS_NAME, 0, None, err.what)]
+        return [Problem("bad_archive_sums", archivesums.SUMS_NAME, 0, None, err.what)], {}
     if sums is None:
         if not os.path.lexists(os.path.join(wal_dir, LOCK_NAME)):
-            return []  # not an archive
+            return [], {}  # not an archive
         sums = {}
     first_kept = expiry.first_kept.encode() if expiry is not None else b""
     listed = {seg.name for seg in segments}
@@ -657,11 +698,7 @@ def _archive_copies(wal_dir, segments: list, expiry) -> list[Problem]:
             f"{'it' if len(unchecked) == 1 else 'them'} cannot be seen; the next "
             "gpu-pitr archive run records them while WAL_DIR still holds the segments",
             extra={"segments": len(unchecked)}))
-    checks = [(seg, sums[seg.name]) for seg in segments if seg.name in sums]
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for found in pool.map(lambda check: _archive_copy(*check), checks):
-            out += found
-    return out
+    return out, sums
 
 
 def _archive_copy(seg, entry) -> list[Problem]:
