@@ -13,52 +13,11 @@ import tempfile
 import pytest
 import reference
 import workloads as w
-from test_restore_properties import assert_matches, run_case
+from test_restore_properties import _long_log, assert_matches, run_case
 
 from gpu_pitr import errors
 from gpu_pitr import pipeline as pl
 from gpu_pitr.format.layout import HEADER_SIZE
-
-
-def _small_segments(seed: int, n: int, per: tuple[int, int], big_every: int = 0) -> w.Workload:
-    """``n`` records in segments of ``per`` records each (a random count in that range),
-    every kind, transactions open across segments, writer restarts; with ``big_every``,
-    every so many segments one of 400 records (longer than a small chunk)."""
-    rnd = random.Random(seed)
-    created = 1_700_000_000
-    b = w.LogBuilder(created=created)
-    ids = [f"id{i}" for i in range(60)]
-    open_tx: list[int] = []
-    ts, left, segs = 1000, rnd.randint(*per), 0
-    for k in range(n):
-        if left == 0:
-            segs += 1
-            created += 1
-            if rnd.random() < 0.05:
-                b.reopen(created)  # seq back to 0, in a file of its own
-            else:
-                b.new_segment(created)
-            left = 400 if big_every and segs % big_every == 0 else rnd.randint(*per)
-        left -= 1
-        ts += rnd.randint(-1, 2)
-        r = rnd.random()
-        vec = [float(k), float(rnd.randint(-5, 5))]
-        if r < 0.40:
-            b.add(w.Ins(rnd.choice(ids), vec, rnd.choice([None, {"k": str(k)}]), ts))
-        elif r < 0.55:
-            b.add(w.Upd(rnd.choice(ids), vec, None, ts))
-        elif r < 0.70:
-            b.add(w.Del(rnd.choice(ids), ts))
-        elif r < 0.76:
-            b.add(w.Batch([w.Ins(rnd.choice(ids), vec, None, ts), w.Del(rnd.choice(ids), ts)],
-                          ts))
-        elif r < 0.85 or not open_tx:
-            open_tx.append(k)
-            b.add(w.Begin(k, ts))
-        else:
-            tx = open_tx.pop(rnd.randrange(len(open_tx)))
-            b.add((w.Commit if rnd.random() < 0.8 else w.Abort)(tx, ts))
-    return w.Workload(files={name: bytes(data) for name, data in b.files.items()})
 
 
 class _Chunks:
@@ -76,7 +35,7 @@ class _Chunks:
 
 
 def test_one_record_segments_are_packed_into_few_chunks(monkeypatch, tmp_path):
-    wl = _small_segments(seed=1, n=600, per=(1, 1))
+    wl = _long_log(seed=1, n=600, per=(1, 1))
     wl.write(tmp_path)
     chunks = _Chunks(monkeypatch)
     got = w.restore_fast(tmp_path)
@@ -98,7 +57,7 @@ def test_one_record_segments_are_packed_into_few_chunks(monkeypatch, tmp_path):
 def test_small_segments_equal_the_reference_at_every_target(seed, chunk_bytes):
     """Packed chunks end at every kind of place: a stop point inside them, a big
     segment after small ones (flushed first), transactions carried across."""
-    wl = _small_segments(seed=seed, n=1500, per=(1, 6), big_every=7)
+    wl = _long_log(seed=seed, n=1500, per=(1, 6), big_every=7)
     rnd = random.Random(seed)
     targets = [{}, {"to_seq": rnd.randrange(400)}, {"to_time": 1000 + rnd.randrange(600)},
                {"to_time": 1000 + rnd.randrange(600), "exclusive": True}]
@@ -110,7 +69,7 @@ def test_small_segments_equal_the_reference_at_every_target(seed, chunk_bytes):
 def test_damage_among_small_segments_equals_the_reference(damage):
     """Damage in a segment packed with its neighbours: named where the reference names
     it, with and without skip_corrupt."""
-    wl = _small_segments(seed=9, n=400, per=(2, 4))
+    wl = _long_log(seed=9, n=400, per=(2, 4))
     names = sorted(wl.files)
     victim = names[len(names) // 2]
     data = bytearray(wl.files[victim])

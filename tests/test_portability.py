@@ -163,19 +163,24 @@ def test_windows_is_refused_in_one_line(tmp_path: Path) -> None:
         "on Linux and macOS; on Windows, run it under WSL"]
 
 
-def test_a_file_system_that_cannot_fsync_a_directory(tmp_path: Path, monkeypatch) -> None:
-    # VirtualBox's shared folders (a laptop's VM) have no fsync for directories: EINVAL.
-    # PostgreSQL lets that be; every write command here failed on it, after the rename,
-    # saying "nothing was left in its place" beside the output it had just put there.
+def _directory_fsync_fails(monkeypatch, code: int) -> None:
+    """``os.fsync`` of a directory fails with ``code``; of a file, it works."""
     real = os.fsync
 
     def fsync(fd: int) -> None:
         if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "Invalid argument")
+            raise OSError(code, os.strerror(code))
         real(fd)
 
-    _write_small(tmp_path / "wal")
     monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_a_file_system_that_cannot_fsync_a_directory(tmp_path: Path, monkeypatch) -> None:
+    # VirtualBox's shared folders (a laptop's VM) have no fsync for directories: EINVAL.
+    # PostgreSQL lets that be; every write command here failed on it, after the rename,
+    # saying "nothing was left in its place" beside the output it had just put there.
+    _write_small(tmp_path / "wal")
+    _directory_fsync_fails(monkeypatch, errno.EINVAL)
     snaps = tmp_path / "snaps"
     snaps.mkdir()
     wal, arch = str(tmp_path / "wal"), str(tmp_path / "arch")
@@ -194,17 +199,10 @@ def test_a_directory_fsync_that_fails_after_the_rename_says_so(tmp_path: Path, m
                                                                capsys) -> None:
     # EIO from the directory's fsync comes after the rename: the output is there, whole.
     # It said "cannot write ...; nothing was left in its place" beside it.
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(errno.EIO, "Input/output error")
-        real(fd)
-
     _write_small(tmp_path / "wal")
     wal, out, arch = str(tmp_path / "wal"), tmp_path / "x.npz", str(tmp_path / "arch")
     os.mkdir(arch)  # (a directory archive creates is synced into its parent: said apart)
-    monkeypatch.setattr(os, "fsync", fsync)
+    _directory_fsync_fails(monkeypatch, errno.EIO)
     assert cli.main(["restore", wal, "--out", str(out), "-q"]) == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert line == (f"gpu-pitr: error: {out}: the npz output is written and in place, but its "

@@ -136,17 +136,32 @@ def test_undamaged_latest_equals_reference(data):
     run_case(wl, {"allow_incomplete_history": True}, None)
 
 
-def _long_log(seed: int, n: int) -> w.Workload:
+def _long_log(seed: int, n: int, per: tuple[int, int] | None = None,
+              big_every: int = 0) -> w.Workload:
     """``n`` records of every kind (transactions, batches, deletes, reused ids), more
-    than the decode's blocks of 1,024 records: the hypothesis workloads above are short."""
+    than the decode's blocks of 1,024 records: the hypothesis workloads above are short.
+    With ``per``, in segments of that many records each (a random count in the range;
+    now and then a writer restart, seq back to 0), and with ``big_every``, every so many
+    segments one of 400 records."""
     import random
 
     rnd = random.Random(seed)
-    b = w.LogBuilder()
+    created = 0x5F5E100
+    b = w.LogBuilder(created=created)
     ids = [f"id{i}" for i in range(300)]
     open_tx: list[int] = []
     ts = 1000
+    left, segs = (rnd.randint(*per), 0) if per else (n, 0)
     for k in range(n):
+        if left == 0:
+            segs += 1
+            created += 1
+            if rnd.random() < 0.05:
+                b.reopen(created)  # seq back to 0, in a file of its own
+            else:
+                b.new_segment(created)
+            left = 400 if big_every and segs % big_every == 0 else rnd.randint(*per)
+        left -= 1
         ts += rnd.randint(-1, 2)
         r = rnd.random()
         vec = [float(k), float(rnd.randint(-5, 5))]
