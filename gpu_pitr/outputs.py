@@ -391,8 +391,9 @@ def atomic_files(*dests: Path, check: bool = True) -> Iterator[tuple[Path, ...]]
         for tmp in tmps:
             fsync_path(tmp, os.O_RDONLY)
         interrupts.committing()  # a pending Ctrl-C stops here, not between renames
-        for tmp, dest in zip(tmps, dests, strict=True):
-            os.replace(tmp, dest)
+        with _renames_locked(dests):
+            for tmp, dest in zip(tmps, dests, strict=True):
+                os.replace(tmp, dest)
     except BaseException:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
@@ -404,6 +405,32 @@ def atomic_files(*dests: Path, check: bool = True) -> Iterator[tuple[Path, ...]]
         raise NotSyncedError(err) from err
     for dest in dests:
         remove_stale_temps(dest)  # left by writers of the same name that were killed
+
+
+@contextmanager
+def _renames_locked(dests: tuple[Path, ...]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the directory of ``dests`` while they are renamed
+    into place, when there is more than one (a FAISS index and its id sidecar): another
+    gpu-pitr writing the same outputs at the same moment (two cron jobs) renames its set
+    before or after, never between, so the pair on disk is one run's. Best effort: where
+    a directory cannot be locked (NFS's emulated flock refuses a read-only descriptor),
+    the renames go on without it."""
+    import fcntl
+
+    fd = None
+    if len(dests) > 1:
+        try:
+            fd = os.open(dests[0].parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            if fd is not None:
+                os.close(fd)
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing releases the lock
 
 
 def write_json(path: Path, doc, then=None) -> None:

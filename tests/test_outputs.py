@@ -836,3 +836,47 @@ def test_a_path_too_long_with_a_short_name_does_not_blame_the_name(tmp_path):
                                                      "File name too long")))
     assert "name too long to be written atomically" not in line, line
     assert "File name too long" in line
+
+
+def test_two_writers_of_one_faiss_output_leave_one_whole_pair(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """Two restores to the same FAISS ``OUT`` at once (two cron jobs): each renames its
+    index, then its id sidecar. Were the second's two renames to fall between the
+    first's, ``OUT`` would be one run's index and ``OUT.ids.jsonl`` the other's ids: row
+    k named by the wrong id, with nothing to tell. The renames of a set of files are
+    one step to other writers (forced here: B's whole write runs, on a thread, right
+    after A's first rename)."""
+    import threading
+
+    import gpu_pitr.outputs as outputs
+
+    faiss = pytest.importorskip("faiss")
+    small_wal, big_wal = tmp_path / "small", tmp_path / "big"
+    for wal, n in ((small_wal, 2), (big_wal, 3)):
+        b = LogBuilder()
+        for k in range(n):
+            b.add(Ins(f"id{(k * 7) % 5}", f32(k, k, k), None, k + 1))
+        b.write(wal)
+    a_index = gpu_pitr.restore(small_wal, backend="cpu")
+    b_index = gpu_pitr.restore(big_wal, backend="cpu")
+    out = tmp_path / "same.faiss"
+    real_replace = os.replace
+    b_done = threading.Event()
+    b_thread = threading.Thread(
+        target=lambda: (write_output(b_index, out, "faiss"), b_done.set()))
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if not b_thread.is_alive() and not b_done.is_set() and Path(dst) == out:
+            b_thread.start()  # B writes while A is between its renames
+            b_done.wait(2)  # (it cannot finish now if A holds the renames)
+
+    monkeypatch.setattr(outputs.os, "replace", replace)
+    write_output(a_index, out, "faiss")
+    b_thread.join(30)
+    assert b_done.is_set()
+    ids = [json.loads(line) for line in faiss_ids_path(out).read_text().splitlines()]
+    assert faiss.read_index(str(out)).ntotal == len(ids) == len(b_index)
+    assert ids == b_index.id_list()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "same.faiss", "same.faiss.ids.jsonl"]

@@ -644,6 +644,54 @@ def test_failed_write_leaves_old_snapshot_and_no_temp_dir(snap, monkeypatch, fai
     assert load_snapshot(snap).position == POSITION
 
 
+@pytest.mark.parametrize(("reader", "when"), [
+    (reader, when) for reader in ("load", "verify", "read_manifest")
+    for when in ("between_the_manifest_files", "before_the_data_files")
+    if not (reader == "read_manifest" and when == "before_the_data_files")  # reads no data
+])
+def test_a_snapshot_replaced_while_it_is_read_is_read_whole(tmp_path, monkeypatch, when,
+                                                            reader):
+    """``snapshot --out X`` from cron replacing X while ``verify X`` or ``restore --base X``
+    reads it: the reader gets the old snapshot or the new one whole, not the manifest
+    of one with the files of the other, which used to be called damaged ("torn or
+    edited", a size or CRC-32 mismatch): ``verify`` exited 1 on an intact snapshot, a
+    ``--snapshots`` restore warned of damage and passed it over."""
+    from gpu_pitr import snapshot
+
+    old = _restore(tmp_path, [w.Ins("a", w.f32(1, 2), None, 1)], name="w1")
+    new = _restore(tmp_path, [w.Ins(f"id{k}", w.f32(k, k), {"k": "v"}, k + 1)
+                              for k in range(50)], name="w2")
+    out = tmp_path / "X"
+    write_snapshot(out, old, position=POSITION)
+    real_read, real_open, swaps = fmt._read_small, fmt._open_checked, []
+
+    def replace_once():
+        if not swaps:
+            swaps.append(1)
+            write_snapshot(out, new, position={**POSITION, "offset": 999})
+
+    def read_small(path):
+        got = real_read(path)
+        if when == "between_the_manifest_files" and path.name == MANIFEST:
+            replace_once()
+        return got
+
+    def open_checked(path, size):
+        if when == "before_the_data_files":
+            replace_once()
+        return real_open(path, size)
+
+    monkeypatch.setattr(fmt, "_read_small", read_small)
+    monkeypatch.setattr(fmt, "_open_checked", open_checked)
+    if reader == "load":
+        _same(new, load_snapshot(out))
+    elif reader == "verify":
+        assert snapshot.verify(out)["count"] == len(new)
+    else:
+        assert read_manifest(out)["position"]["offset"] == 999
+    assert swaps
+
+
 def test_failed_swap_puts_the_old_snapshot_back(snap, monkeypatch):
     index = _restore(snap.parent, [w.Ins("new", w.f32(1), None, 1)], name="wal2")
     before = _contents(snap.parent)

@@ -525,6 +525,35 @@ def _last_seq(seg: Path) -> int:
     return [r.seq for r in iter_segment(seg)][-1]
 
 
+def test_a_snapshot_replaced_while_snapshots_chooses_it_is_judged_as_loaded(
+        tmp_path, monkeypatch):
+    """``snapshot --out DIR/X`` from cron replacing X with a later point while a restore
+    ``--snapshots DIR --to-time T`` picks X by its old manifest: the snapshot loaded is
+    the new one, which the target is earlier than. It must be judged by the manifest it
+    loaded (passed over here, the log alone read), never used for a state past T."""
+    from gpu_pitr.snapshot import format as snap_format
+
+    d = tmp_path / "wal"
+    write_synthetic_wal(d, total_bytes=2 << 20, segments=2, dim=4)
+    t0 = 1_700_000_000
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 2), snaps / "x")
+    later = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 10)
+    real_load = snap_format.load_snapshot
+
+    def replaced_then_loaded(path, **kw):
+        snapshot.save(later, path)  # the cron job's new snapshot lands now
+        return real_load(path, **kw)
+
+    monkeypatch.setattr(snap_format, "load_snapshot", replaced_then_loaded)
+    got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 6, snapshots=snaps)
+    assert w.index_view(got) == w.index_view(gpu_pitr.restore(d, backend="cpu",
+                                                               to_time=t0 + 6))
+    assert got.report.base is None
+    assert f"snapshot {snaps / 'x'} was replaced" in got.report.message
+
+
 def test_snapshots_dir_picks_newest_usable_and_falls_back(tmp_path):
     d = tmp_path / "wal"
     write_synthetic_wal(d, total_bytes=2 << 20, segments=2, dim=4)

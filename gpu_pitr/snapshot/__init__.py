@@ -65,10 +65,16 @@ def verify(path) -> dict:
     """
     from gpu_pitr.snapshot.format import MANIFEST, MANIFEST_CRC, load_snapshot, other_files
 
-    snap = load_snapshot(path, verify=True, mmap=True)
     root = Path(path)
-    checked = sum(int(f["size"]) for f in snap.manifest["files"].values())
-    checked += sum(os.path.getsize(root / name) for name in (MANIFEST, MANIFEST_CRC))
+    for attempt in range(3):
+        snap = load_snapshot(path, verify=True, mmap=True)
+        checked = sum(int(f["size"]) for f in snap.manifest["files"].values())
+        try:
+            checked += sum(os.path.getsize(root / name) for name in (MANIFEST, MANIFEST_CRC))
+            break
+        except OSError:  # replaced since (a writer's swap, between its two renames)
+            if attempt == 2:
+                raise
     return {"snapshot": str(path), "clean": True, "count": snap.count, "dim": snap.dim,
             "position": snap.position, "bytes": checked, "other_files": other_files(root)}
 
@@ -151,6 +157,27 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     # earliest --to-time it serves)
     manifests = {}
     gaps = 0  # passed over: the log does not go on from them
+    def passed_over(path: Path, position: dict) -> tuple[str, str] | None:
+        # Why the snapshot at ``path`` cannot start this restore (what, note), or None.
+        if position.get("history_complete") is False and not allow_incomplete:
+            return "history", (f"snapshot {path} was restored from an incomplete history; "
+                               "passed over (--allow-incomplete-history takes it)")
+        mismatch = None if segments is None else base_mismatch(position, segments)
+        if mismatch is not None:
+            return "mismatch", f"snapshot {path} is not of this log ({mismatch}); passed over"
+        # (No log at all: the snapshot's state is the restore's, or the restore's gap
+        # error; the log alone, empty, would not serve.)
+        gap = (None if not segments or allow_incomplete
+               else base_gap(position, segments, look=True))
+        if gap is not None:
+            # Another store's (a directory shards share), or this one's across a gap: an
+            # older snapshot, or the log alone, may serve.
+            return "gap", (f"snapshot {path}: the log does not go on from it ({gap}); passed "
+                           "over (--allow-incomplete-history takes it)")
+        if target_problem(position, target, exclusive) is not None:
+            return "later", ""
+        return None
+
     for path in map(Path, snapshot_dirs(directory)):
         try:
             manifests[str(path)] = read_manifest(path)
@@ -159,29 +186,14 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
             damaged.append(f"snapshot {path} is damaged ({err}); passed over")
             notes.append(damaged[-1])
             continue
-        if position.get("history_complete") is False and not allow_incomplete:
-            notes.append(f"snapshot {path} was restored from an incomplete history; passed "
-                         "over (--allow-incomplete-history takes it)")
-            continue
-        mismatch = None if segments is None else base_mismatch(position, segments)
-        if mismatch is not None:
-            notes.append(f"snapshot {path} is not of this log ({mismatch}); passed over")
-            continue
-        # (No log at all: the snapshot's state is the restore's, or the restore's gap
-        # error; the log alone, empty, would not serve.)
-        gap = (None if not segments or allow_incomplete
-               else base_gap(position, segments, look=True))
-        if gap is not None:
-            # Another store's (a directory shards share), or this one's across a gap: an
-            # older snapshot, or the log alone, may serve.
-            gaps += 1
-            notes.append(f"snapshot {path}: the log does not go on from it ({gap}); passed "
-                         "over (--allow-incomplete-history takes it)")
-            continue
-        if target_problem(position, target, exclusive) is not None:
+        why = passed_over(path, position)
+        if why is None:
+            usable.append((log_order(position), str(path)))
+        elif why[0] == "later":
             later.append(position.get("max_timestamp"))
-            continue
-        usable.append((log_order(position), str(path)))
+        else:
+            gaps += why[0] == "gap"
+            notes.append(why[1])
     usable.sort(reverse=True)
     for k, (_, path) in enumerate(usable):
         try:
@@ -190,6 +202,14 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
             damaged.append(f"snapshot {path} is damaged ({err}); " + (
                 "trying an older one" if k + 1 < len(usable) else "no older one serves"))
             notes.append(damaged[-1])
+            continue
+        why = None if snap.manifest == manifests[path] else passed_over(Path(path),
+                                                                          snap.position)
+        if why is not None:
+            # Replaced since its manifest was read (``snapshot --out`` of the same name
+            # from cron): judged by what was loaded, which may be of a later point.
+            notes.append(f"snapshot {path} was replaced while this restore chose it, by "
+                         "one that does not serve it; passed over")
             continue
         notes.append(f"started from snapshot {path}")
         return snap, notes, damaged

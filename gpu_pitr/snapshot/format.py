@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -358,7 +359,10 @@ def read_manifest(path) -> dict:
         SnapshotError: missing or damaged manifest, another format version, or
             fields that do not fit together.
     """
-    root = Path(path)
+    return _whole(Path(path), _read_manifest_once)
+
+
+def _read_manifest_once(root: Path) -> dict:
     mpath = root / MANIFEST
     if not root.is_dir():
         raise SnapshotError("not a snapshot directory", file=str(root))
@@ -551,12 +555,57 @@ def load_snapshot(path, *, verify: bool = True, mmap: bool = False,
             the snapshot uses (``Snapshot.key_table``), on a thread of its own while
             the metadata converts.
 
+    A snapshot replaced while it is read (``snapshot --out`` of the same name, which
+    renames the old directory aside and the new one into place) is read again, whole:
+    a reader sees the old one or the new one, not the manifest of one and the files of
+    the other, which would look damaged.
+
     Raises:
         SnapshotError: naming the file (and the byte offset of the first bad block).
     """
     pa = require_pyarrow()
-    root = Path(path)
-    manifest = read_manifest(root)
+    return _whole(Path(path), lambda root: _load_once(pa, root, verify, mmap, key_table))
+
+
+def _whole(root: Path, read):
+    """``read(root)``, again when it fails because the snapshot at ``root`` was replaced
+    meanwhile (``install_dir``: the old directory renamed aside, the new one renamed
+    into place, the old one removed): what it read was of one snapshot, whole."""
+    for attempt in range(_SWAP_RETRIES):
+        before = _identity(root)
+        try:
+            return read(root)
+        except SnapshotError:
+            if attempt + 1 == _SWAP_RETRIES:
+                raise
+            now = _identity(root)
+            if now is None and before is not None:
+                time.sleep(_SWAP_WAIT)  # between a writer's two renames: the new one next
+                now = _identity(root)
+            if now == before:
+                raise  # the same directory (or none all along): the error is its own
+    raise AssertionError("unreachable")
+
+
+#: Reads of a snapshot replaced while it was read, at most, and the wait for the new
+#: directory when none was in place (a writer's two renames are microseconds apart).
+_SWAP_RETRIES = 4
+_SWAP_WAIT = 0.01
+
+
+def _identity(root: Path) -> tuple[int, int, int] | None:
+    """The directory at ``root`` as (device, inode, change time); None where there is
+    none. The change time tells a new directory that got a removed one's inode number
+    apart, and a rename or removal in it changes it too."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
+
+
+def _load_once(pa, root: Path, verify: bool, mmap: bool, key_table: bool) -> Snapshot:
+    manifest = _read_manifest_once(root)
     count, dim = manifest["count"], manifest["dim"]
     block = manifest["checksum"]["block_size"]
     files = manifest["files"]
