@@ -130,6 +130,9 @@ class NotSyncedError(OSError):
         super().__init__(cause.errno, cause.strerror)
         self.cause = cause
 
+    def __reduce__(self):  # (pickled by a scale-out worker: OSError's takes two args)
+        return type(self), (self.cause,)
+
 
 class OutputError(_OneLineOSError):
     """An output that could not be written (a full disk, a lost mount, ...): one line

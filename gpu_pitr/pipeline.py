@@ -25,6 +25,8 @@ from gpu_pitr.errors import (
     BaseMismatchError,
     CorruptRecordError,
     DimensionMismatchError,
+    FileReadError,
+    FileShrankError,
     IncompleteHistoryError,
     TargetBeforeBaseError,
     TargetNotFoundError,
@@ -281,6 +283,11 @@ class _Restore:
                 self._tell("read")
                 interrupts.check()  # a stop whose exception a callback swallowed
                 t = time.perf_counter()
+        except (FileReadError, FileShrankError):
+            # A later piece could not be read: the pieces packed or gathered before it
+            # (_pack, _gather) come first, so that damage in them is what is raised.
+            self._flush()
+            raise
         finally:
             self._unstage()  # no copy may read a buffer the reader is done with
             framer.close()

@@ -241,7 +241,7 @@ def _write_part(index, path: str, report: str, shown: str) -> int:
     (``shown``), not the hidden directory it is written in."""
     import numpy as np
 
-    from gpu_pitr.errors import WalError
+    from gpu_pitr.errors import NotSyncedError, OutputError, WalError
     from gpu_pitr.index import RestoredIndex
     from gpu_pitr.outputs import write_output
     from gpu_pitr.report import RestoreReport
@@ -255,6 +255,12 @@ def _write_part(index, path: str, report: str, shown: str) -> int:
                           index._meta_arena, index._meta_offs, index._meta_lens, whole)
     try:
         write_output(index, path, "parquet")
+    except OutputError as err:
+        if isinstance(err.__cause__, NotSyncedError):
+            # In place in the dataset's hidden directory, which goes with this error:
+            # not "written and in place".
+            err = OutputError(path, "parquet output", err.__cause__.cause)
+        raise _renamed(err, os.path.dirname(path), os.path.dirname(shown)) from None
     except (OSError, WalError) as err:
         raise _renamed(err, os.path.dirname(path), os.path.dirname(shown)) from None
     return len(index)

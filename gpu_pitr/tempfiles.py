@@ -147,9 +147,20 @@ def install_dir(tmp: Path, out: Path, check: Callable[[Path], None]) -> None:
         except BaseException:
             os.rename(aside, out)
             raise
-        fsync_dir(out.parent)
+        _fsync_renamed(out.parent)  # (the old one stays aside until then: swept later)
         shutil.rmtree(aside, ignore_errors=True)
-    fsync_dir(out.parent)
+    _fsync_renamed(out.parent)
+
+
+def _fsync_renamed(directory: Path) -> None:
+    """fsync ``directory`` after a rename into it: the output is in place, so a failure
+    is ``NotSyncedError`` (not "nothing was left in its place")."""
+    from gpu_pitr.errors import NotSyncedError
+
+    try:
+        fsync_dir(directory)
+    except OSError as err:
+        raise NotSyncedError(err) from err
 
 
 @contextmanager
@@ -162,11 +173,16 @@ def new_dir(out: Path, check: Callable[[Path], None],
     is left as it was. Leftovers of dead writers of ``out`` go first
     (``remove_stale_dirs``, which puts back an old ``out`` that ``restorable`` calls
     whole)."""
+    from gpu_pitr.errors import NotSyncedError
+
     remove_stale_dirs(out, restorable)
     tmp = temp_path(out)
     tmp.mkdir()
     try:
-        yield tmp
+        try:
+            yield tmp
+        except NotSyncedError as err:  # a file put in place in tmp, which goes below
+            raise err.cause from err
         fsync_dir(tmp)
         interrupts.committing()  # no stop halfway through the renames
         install_dir(tmp, out, check)

@@ -215,3 +215,92 @@ def test_a_directory_fsync_that_fails_after_the_rename_says_so(tmp_path: Path, m
     assert "the archive copy is written and in place, but the archive directory could not " \
            "be synced: Input/output error" in err, err
     assert "nothing was left" not in err
+
+
+def _fsync_of_fails(monkeypatch, directory: Path, code: int = errno.EIO) -> None:
+    """``os.fsync`` of ``directory`` alone fails with ``code``."""
+    real, ino = os.fsync, os.stat(directory).st_ino
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode) and st.st_ino == ino:
+            raise OSError(code, os.strerror(code))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["new", "replaced"])
+def test_a_snapshot_whose_directory_fsync_fails_after_the_rename_says_so(
+        tmp_path: Path, monkeypatch, capsys, again: bool) -> None:
+    # The snapshot directory is renamed into place (tempfiles.install_dir), then its
+    # parent is synced: an EIO there said "nothing was left in its place" beside it.
+    _write_small(tmp_path / "wal")
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["snapshot", str(tmp_path / "wal"), "--out", str(out / "snap"), "-q"]
+    if again:
+        assert cli.main(argv) == 0
+    _fsync_of_fails(monkeypatch, out)
+    assert cli.main(argv) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (f"gpu-pitr: error: {out / 'snap'}: the snapshot output is written and in "
+                    "place, but its directory could not be synced: Input/output error; a "
+                    "crash of the system now may lose it")
+    monkeypatch.undo()
+    assert cli.main(["verify", str(out / "snap")]) == 0
+
+
+def test_a_file_not_synced_inside_a_new_directory_is_not_in_place(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    # A file renamed into the hidden directory of new_dir (the dataset's report, in
+    # scaleout) whose fsync of that directory fails: the directory is removed, so the
+    # error is the fsync's, not NotSyncedError ("written and in place").
+    from gpu_pitr.errors import NotSyncedError, OutputError
+    from gpu_pitr.outputs import atomic_files
+
+    out = tmp_path / "dataset"
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode) and os.path.samefile(
+                f"/proc/self/fd/{fd}", tmp_dir[0]):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd)
+
+    tmp_dir = []
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as info:
+        with tempfiles.new_dir(out, lambda p: None, lambda p: False) as tmp:
+            tmp_dir.append(tmp)
+            with atomic_files(tmp / "report.json") as (name,):
+                name.write_text("{}")
+    assert not isinstance(info.value, NotSyncedError), info.value
+    assert info.value.errno == errno.EIO
+    assert not out.exists() and not tmp_dir[0].exists()
+    assert "nothing was left in its place" in str(OutputError(out, "Parquet dataset",
+                                                               info.value))
+
+
+def test_a_dataset_part_not_synced_is_not_called_in_place(tmp_path: Path, monkeypatch) -> None:
+    # A worker writes its Parquet part into the dataset's hidden directory, which the
+    # failure removes: "written and in place" would be false.
+    import pickle
+
+    import gpu_pitr
+    from gpu_pitr import scaleout
+    from gpu_pitr.errors import NotSyncedError, OutputError
+
+    pytest.importorskip("pyarrow")
+    _write_small(tmp_path / "wal")
+    index = gpu_pitr.restore(tmp_path / "wal", backend="cpu")
+    hidden, shown = tmp_path / ".dataset.tmp", tmp_path / "dataset"
+    hidden.mkdir()
+    _fsync_of_fails(monkeypatch, hidden)
+    with pytest.raises(OutputError) as info:
+        scaleout._write_part(index, str(hidden / "part.parquet"),
+                             json.dumps(index.report.to_dict()), str(shown / "part.parquet"))
+    assert str(info.value) == (f"{shown / 'part.parquet'}: cannot write the parquet output: "
+                               "Input/output error; nothing was left in its place")
+    again = pickle.loads(pickle.dumps(NotSyncedError(OSError(errno.EIO, "Input/output error"))))
+    assert again.cause.errno == errno.EIO
