@@ -1113,6 +1113,14 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segm
     return index, run
 
 
+def _budgeted(executor, memory_budget: int | None):
+    """``executor``, its garbage allowance shared among its shards where a memory
+    budget is given (the cpu executor's arenas; ``HostMap.share_slack``)."""
+    if memory_budget is not None and hasattr(executor, "map"):
+        executor.map.share_slack()
+    return executor
+
+
 def _size_arg(name: str, value) -> int:
     """A size argument: whole bytes, or a size text like ``"256M"`` (as the command
     line's); positive. Anything else is a ValueError naming the argument."""
@@ -1241,7 +1249,7 @@ def restore(
             total += int(snap.vectors.nbytes) + len(snap.id_arena) + len(snap.meta_arena) \
                 + 32 * int(snap.count) + len(snap.pending)
         why_cpu: list[str] = []
-        executor = make_executor(backend, total, why_cpu)
+        executor = _budgeted(make_executor(backend, total, why_cpu), memory_budget)
         args = (wal_path, target, exclusive, skip_corrupt, allow_incomplete_history)
         fallback = None
         try:
@@ -1264,7 +1272,8 @@ def restore(
             from gpu_pitr.executors.cpu import CpuExecutor
 
             executor = None
-            index, run = _run(args, CpuExecutor(total), chunk_bytes, target_doc, progress,
+            index, run = _run(args, _budgeted(CpuExecutor(total), memory_budget), chunk_bytes,
+                              target_doc, progress,
                               snap, segments, shard)
             notes.append(f"cuda executor: {fallback}; restored on the cpu executor instead")
     report = index.report

@@ -565,11 +565,13 @@ def _reserve(shape, dtype, limit: int, empty=np.empty) -> np.ndarray:
         return empty((1 << 16,) + tuple(shape[1:]), dtype)
 
 
-# Arenas are compacted past this many bytes, then past twice what stays live: the
-# slack of all shards together (each shard has its share), so that the garbage an
-# index may hold does not grow with the machine's cores (8 shards held 8 x 32 MiB
-# of each arena: a --memory-budget 48M restore of 512 ids with 10 KB metadata maps
-# peaked 167 MiB above its baseline, 74 MiB with a share each).
+# Arenas are compacted past this many bytes, then past twice what stays live: each
+# shard's, or with a memory budget (``HostMap.share_slack``) all shards' together, so
+# that the garbage an index may hold does not grow with the machine's cores (8 shards
+# held 8 x 32 MiB of each arena: a --memory-budget 48M restore of 512 ids with 10 KB
+# metadata maps peaked 167 MiB above its baseline, 74 MiB with a share each). Without
+# a budget each shard keeps the whole: shares of 16 MiB on 2 cores made the 1 GiB
+# bench log's restore 10% slower (more compactions).
 COMPACT_SLACK = 32 << 20
 
 
@@ -639,7 +641,7 @@ class HostMap:
         if shards is None:
             shards = min(8, numba.get_num_threads())
         self.n_shards = 1 << (max(1, shards).bit_length() - 1)  # a power of two
-        self.shards = [_Shard(COMPACT_SLACK // self.n_shards) for _ in range(self.n_shards)]
+        self.shards = [_Shard(COMPACT_SLACK) for _ in range(self.n_shards)]
         self.rows = np.empty((0, 0), np.uint8)
         self._pool = None
         self.id_shard = None  # an IdShard: only the entries of its ids are applied
@@ -648,6 +650,12 @@ class HostMap:
         except (ValueError, OSError):
             self._limit = 1 << 34
 
+
+    def share_slack(self) -> None:
+        """Let the arenas of all shards together hold ``COMPACT_SLACK`` of garbage, not
+        each shard's (a restore within a memory budget; before anything is applied)."""
+        for shard in self.shards:
+            shard.slack = shard.ids_limit = shard.meta_limit = COMPACT_SLACK // self.n_shards
     def live_ids(self) -> int:
         """How many ids the map holds now (the live rows of every shard)."""
         return sum(sh.n_live for sh in self.shards)
