@@ -34,6 +34,7 @@ import numpy as np
 from numba import types
 from numba.typed import Dict
 
+from gpu_pitr.errors import FileReadError
 from gpu_pitr.executors.cpu import CpuExecutor
 from gpu_pitr.format import zerofill
 from gpu_pitr.format.columns import ChunkColumns
@@ -509,9 +510,22 @@ class _Verify:
         lo = max(HEADER_SIZE, start - HEADER_SIZE + 1)
         hi = min(self.segments[segment].size, end + HEADER_SIZE - 1)
         for pos in range(lo, hi, _HEADER_BLOCK):
-            data = os.pread(self._fd(segment), min(_HEADER_BLOCK + HEADER_SIZE - 1, hi - pos),
-                            pos)
+            data = self._pread(segment, min(_HEADER_BLOCK + HEADER_SIZE - 1, hi - pos), pos)
+            if not data:
+                return
             self._swallowed(segment, pos, data)
+
+    def _pread(self, segment: int, n: int, pos: int) -> bytes:
+        """``n`` bytes of the segment at ``pos``, looked at again after the log's pass;
+        nothing when the file was deleted since (the writer's retention, or ``expire`` of
+        an archive: its records were read). Another error is a one-line
+        ``FileReadError``, as in the log's pass."""
+        try:
+            return os.pread(self._fd(segment), n, pos)
+        except OSError as err:
+            if vanished(err):
+                return b""
+            raise FileReadError(self.segments[segment].path, pos, err) from err
 
     def _fd(self, segment: int) -> int:
         """A descriptor of the segment, for the few bytes looked at again (read-only)."""
@@ -591,7 +605,7 @@ class _Verify:
         """Check the segment headers at file bytes ``[start, end)`` (a reopen within
         the same second appends one): each must carry the file name's second."""
         for pos in range(start, end, _HEADER_BLOCK):
-            data = os.pread(self._fd(segment), min(_HEADER_BLOCK, end - pos), pos)
+            data = self._pread(segment, min(_HEADER_BLOCK, end - pos), pos)
             for k in range(0, len(data) - HEADER_SIZE + 1, HEADER_SIZE):
                 self._created(segment, pos + k, data[k:k + HEADER_SIZE])
 

@@ -848,3 +848,46 @@ def test_the_summary_counts_in_words(tmp_path):
     assert got.summary().startswith(f"{tmp_path / 'wal'}: clean: 0 damage, 1 notice; "
                                     "1 segment, ")
     assert ", 2 records (" in got.summary()
+
+
+def _torn_then_more(wal_dir) -> str:
+    """A first segment ending inside a record (verify looks at its bytes again, for a
+    swallowed header), then a second segment; returns the first's name."""
+    b = LogBuilder()
+    b.add(Ins("a", w.f32(1.0), None, 1))
+    b.add(Ins("b", w.f32(2.0), None, 2))
+    first = b.cur
+    b.truncate(first, len(b.files[first]) - 5)
+    b.new_segment(SEG2)
+    b.add(Ins("c", w.f32(3.0), None, 3))
+    b.write(wal_dir)
+    return first
+
+
+def test_a_segment_deleted_before_its_bytes_are_looked_at_again(tmp_path, monkeypatch):
+    """The writer's retention (or expire of an archive) deleting a segment after verify's
+    pass read it, before the look at its damaged bytes: its records were checked, so it
+    is not an error (it was a raw ``[Errno 2] No such file or directory`` line, exit 2)."""
+    first = _torn_then_more(tmp_path)
+    real = verify_module._Verify._swallowed_near
+
+    def deleted_first(run, segment, start, end):
+        (tmp_path / first).unlink(missing_ok=True)
+        return real(run, segment, start, end)
+
+    monkeypatch.setattr(verify_module._Verify, "_swallowed_near", deleted_first)
+    result = verify_wal(tmp_path)
+    assert [p.kind for p in result.problems if p.file == first] == ["torn_tail"]
+
+
+def test_a_read_error_looking_at_bytes_again_is_one_line(tmp_path, monkeypatch):
+    first = _torn_then_more(tmp_path)
+
+    def failing(fd, n, pos):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(verify_module.os, "pread", failing)
+    with pytest.raises(OSError) as err:
+        verify_wal(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / first}: offset ")
+    assert str(err.value).endswith(": cannot read: Input/output error")
