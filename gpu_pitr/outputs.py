@@ -17,14 +17,13 @@ import numpy as np
 
 from gpu_pitr import interrupts
 from gpu_pitr.errors import (
-    NotSyncedError,
     OutputError,
     UnwritableDirectoryError,
     WalError,
     missing_extra,
 )
 from gpu_pitr.npzfile import Pieces, write_npz
-from gpu_pitr.tempfiles import fsync_path, remove_stale_temps, temp_path
+from gpu_pitr.tempfiles import fsync_path, fsync_renamed, remove_stale_temps, temp_path
 
 FORMATS = ("npz", "parquet", "faiss", "snapshot")
 SUFFIXES = {".npz": "npz", ".parquet": "parquet", ".faiss": "faiss"}
@@ -398,11 +397,8 @@ def atomic_files(*dests: Path, check: bool = True) -> Iterator[tuple[Path, ...]]
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
         raise
-    try:
-        for directory in dict.fromkeys(dest.parent for dest in dests):
-            fsync_path(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as err:  # after the renames: the outputs are in place
-        raise NotSyncedError(err) from err
+    for directory in dict.fromkeys(dest.parent for dest in dests):
+        fsync_renamed(directory)  # after the renames: a failure is NotSyncedError
     for dest in dests:
         remove_stale_temps(dest)  # left by writers of the same name that were killed
 

@@ -147,12 +147,12 @@ def install_dir(tmp: Path, out: Path, check: Callable[[Path], None]) -> None:
         except BaseException:
             os.rename(aside, out)
             raise
-        _fsync_renamed(out.parent)  # (the old one stays aside until then: swept later)
+        fsync_renamed(out.parent)  # (the old one stays aside until then: swept later)
         shutil.rmtree(aside, ignore_errors=True)
-    _fsync_renamed(out.parent)
+    fsync_renamed(out.parent)
 
 
-def _fsync_renamed(directory: Path) -> None:
+def fsync_renamed(directory: Path) -> None:
     """fsync ``directory`` after a rename into it: the output is in place, so a failure
     is ``NotSyncedError`` (not "nothing was left in its place")."""
     from gpu_pitr.errors import NotSyncedError

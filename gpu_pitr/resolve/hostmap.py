@@ -578,8 +578,8 @@ COMPACT_SLACK = 32 << 20
 class _Shard:
     """What one shard of the map owns: its probe table, free rows, arenas, counters."""
 
-    def __init__(self, slack: int = COMPACT_SLACK) -> None:
-        self.slack = slack
+    def __init__(self, slack: int) -> None:
+        self.slack = slack  # (COMPACT_SLACK as it is when the map is made: not a default)
         self.h = np.zeros((1024, SLOT), np.int64)
         self.free = np.empty(1024, np.int64)
         self.n_free = 0
@@ -650,12 +650,12 @@ class HostMap:
         except (ValueError, OSError):
             self._limit = 1 << 34
 
-
     def share_slack(self) -> None:
         """Let the arenas of all shards together hold ``COMPACT_SLACK`` of garbage, not
         each shard's (a restore within a memory budget; before anything is applied)."""
         for shard in self.shards:
             shard.slack = shard.ids_limit = shard.meta_limit = COMPACT_SLACK // self.n_shards
+
     def live_ids(self) -> int:
         """How many ids the map holds now (the live rows of every shard)."""
         return sum(sh.n_live for sh in self.shards)
