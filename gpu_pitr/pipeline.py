@@ -32,7 +32,7 @@ from gpu_pitr.errors import (
     TargetNotFoundError,
     WalError,
 )
-from gpu_pitr.format import zerofill
+from gpu_pitr.format import readahead, zerofill
 from gpu_pitr.format.columns import ChunkColumns, back_to_back, file_runs, move_records
 from gpu_pitr.format.frame import frame_records, header_problem
 from gpu_pitr.format.layout import (
@@ -266,7 +266,8 @@ class _Restore:
         # Mapped into host buffers; copied into the executor's own (page-locked) ones.
         reader = Readahead(ranges, self.chunk_bytes, HEADROOM, self._alloc,
                            threads=READ_THREADS,
-                           map_files=not hasattr(self.ex, "host_buffer"))
+                           map_files=not hasattr(self.ex, "host_buffer"),
+                           direct_bytes=readahead.DIRECT_BYTES)
         framer = FrameAhead(segments, reader, self._alloc, frame_records, header_problem,
                             HEADER_SIZE, starts=starts)
         self._reader = reader
@@ -632,7 +633,7 @@ class _Restore:
         self.pending = blob.tobytes()
         seg, foff = c.seg[rows], c.foff[rows]
         starts, records = file_runs(seg, foff, size)
-        names = [Path(name).name for name in self.names]
+        names = [os.path.basename(name) for name in self.names]
         self.position["pending"] = {
             "transactions": [[int(t), int(k)] for t, k in zip(txns.tolist(), counts.tolist(),
                                                                 strict=True)],

@@ -26,7 +26,7 @@ import workloads as w
 from workloads import Abort, Batch, Begin, Ckpt, Commit, Del, Ins, LogBuilder, Upd, bits, f32
 
 from gpu_pitr import errors
-from gpu_pitr.format import mapped
+from gpu_pitr.format import mapped, readahead
 
 Pick = Callable[[int], int]
 Files = dict[str, bytes]
@@ -578,7 +578,9 @@ def outcome(files: Files, kw: dict, backend: str = "cpu", chunk_bytes: int | Non
         ref = reference.restore(d, **kw)
         got, err = None, None
         try:
-            with mock.patch.object(mapped, "MIN_PIECE", 0 if map_all else mapped.MIN_PIECE):
+            with mock.patch.object(mapped, "MIN_PIECE", 0 if map_all else mapped.MIN_PIECE), \
+                    mock.patch.object(readahead, "DIRECT_BYTES",
+                                      0 if map_all else readahead.DIRECT_BYTES):
                 got = w.restore_fast(d, backend=backend, chunk_bytes=chunk_bytes, **kw)
         except errors.WalError as e:
             err = e

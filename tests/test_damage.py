@@ -591,12 +591,13 @@ def test_a_segment_that_cannot_be_read_is_a_bad_header(restore, tmp_path):
     assert restore(d).ids == ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("mapping", [True, False], ids=["mapped", "read"])
+@pytest.mark.parametrize("mapping", [True, False, None], ids=["mapped", "read", "direct"])
 def test_an_io_error_inside_a_segment_is_one_line_naming_file_and_offset(tmp_path,
                                                                            monkeypatch,
                                                                            mapping):
     # A page that cannot be read: mapped, its fault fails (a SIGBUS if touched, so the
     # pages are faulted in first, where it is an error), and the piece is read instead.
+    # direct: a small segment's records, read by the framing thread after its header.
     import errno
 
     import gpu_pitr
@@ -610,6 +611,8 @@ def test_an_io_error_inside_a_segment_is_one_line_naming_file_and_offset(tmp_pat
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(readahead.os, "preadv", failing)
+    if mapping is not None:  # read ahead, not with the header
+        monkeypatch.setattr(readahead, "DIRECT_BYTES", 0)
     if mapping:
         monkeypatch.setattr(mapped, "MIN_PIECE", 0)
         monkeypatch.setattr(mapped, "_libc", w.FailingLibc("madvise", errno.EFAULT))

@@ -26,7 +26,7 @@ import workloads as w
 from hypothesis import given
 
 import gpu_pitr
-from gpu_pitr.format import mapped
+from gpu_pitr.format import mapped, readahead
 from gpu_pitr.format.layout import HEADER_SIZE
 from gpu_pitr.format.readahead import HEADROOM, Readahead, host_buffer
 from gpu_pitr.format.segments import list_segments
@@ -37,6 +37,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 @pytest.fixture(autouse=True)
 def every_piece_mapped(monkeypatch):
     monkeypatch.setattr(mapped, "MIN_PIECE", 0)
+    # Small segments are read with their header (not read ahead, so not mapped).
+    monkeypatch.setattr(readahead, "DIRECT_BYTES", 0)
 
 
 SEG2 = 1_700_000_100  # the second segment's creation second
@@ -216,7 +218,7 @@ def test_restores_with_every_piece_mapped_equal_the_reference(data):
 _CUT_AFTER_MAPPING = """
 import os, sys
 from gpu_pitr import cli
-from gpu_pitr.format import mapped
+from gpu_pitr.format import mapped, readahead
 
 real = mapped.map_piece
 
@@ -228,6 +230,7 @@ def map_then_cut(buf, at, fd, offset, length, disable):
 
 mapped.map_piece = map_then_cut
 mapped.MIN_PIECE = 0
+readahead.DIRECT_BYTES = 0  # small files are read with their header, not mapped
 sys.argv = ["gpu-pitr", *sys.argv[1:]]
 cli.run()
 """

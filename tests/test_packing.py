@@ -94,6 +94,47 @@ def test_damage_among_small_segments_equals_the_reference(damage):
                 assert_matches(ref, got, err)
 
 
+def test_small_segments_are_read_with_their_header_and_handed_over_in_batches(
+        monkeypatch, tmp_path):
+    """A small segment's records are read in the open that reads its header, on the
+    framing thread (no read-ahead task), and its items reach the restore in batches:
+    a task and two thread wake-ups a segment made 5,000 one-record segments 10x
+    slower than the reference. A segment larger than DIRECT_BYTES is still read ahead."""
+    from gpu_pitr.format import readahead
+
+    b = w.LogBuilder(created=0x5F5E100)
+    for k in range(600):
+        if k:
+            b.new_segment(0x5F5E100 + k)
+        if k == 300:  # a big segment: 300 records of ~260 bytes
+            for i in range(300):
+                b.add(w.Ins(f"big{i}", [float(i), 2.0], {"pad": "x" * 200}, 500))
+        b.add([w.Ins, w.Upd, w.Del][k % 3](f"id{k % 50}", *([[float(k), 1.0]] if k % 3 < 2
+                                                              else []), ts=1000 + k))
+    b.write(tmp_path)
+    assert len(b.files[sorted(b.files)[300]]) > readahead.DIRECT_BYTES
+    read_ahead, handed = [], []
+    real_read, real_put = readahead.Readahead._read, readahead.FrameAhead._put
+    monkeypatch.setattr(readahead.Readahead, "_read",
+                        lambda self, task: read_ahead.append(task[0]) or real_read(self, task))
+    monkeypatch.setattr(readahead.FrameAhead, "_put",
+                        lambda self, item: handed.append(item) or real_put(self, item))
+    got = w.restore_fast(tmp_path)
+    ref = reference.restore(tmp_path)
+    assert_matches(ref, got, None)
+    assert read_ahead == [300]  # the big segment only (one piece: under the chunk size)
+    # Batches of up to BATCH_ITEMS items, the big segment's piece alone, then the end.
+    assert len(handed) <= 600 // readahead.BATCH_ITEMS + 5, len(handed)
+    assert sum(len(h) for h in handed if isinstance(h, list)) == 600
+    # The scans (verify, inspect) read the same way.
+    read_ahead.clear()
+    handed.clear()
+    from gpu_pitr.verify import verify_wal
+
+    assert verify_wal(tmp_path).problems == []
+    assert read_ahead == [300] and len(handed) <= 600 // readahead.BATCH_ITEMS + 5
+
+
 @pytest.mark.parametrize("chunk_bytes", [None, 1000])
 def test_damage_in_packed_pieces_comes_before_a_later_read_error(monkeypatch, tmp_path,
                                                                  chunk_bytes):

@@ -40,6 +40,19 @@ READ_THREADS = 2
 # One row of the record table per this many bytes of chunk; framing resumes
 # within the same bytes when a chunk of tiny records fills the table.
 BYTES_PER_ROW = 128
+# A segment with at most this many bytes of records (and no more than a chunk) is read
+# by the framing thread itself, with its header, in one open: not read ahead. The
+# read-ahead's thread-pool task, ring buffer and hand-off cost ~70 us a piece, 20 times
+# the read of a small file from the page cache (a log of 5,000 one-record segments).
+DIRECT_BYTES = 64 << 10
+# Bytes kept free before a directly read segment's data (see HEADROOM): the consumer
+# copies what it carries, and the piece, into a buffer of its own when they do not fit.
+DIRECT_HEADROOM = 4 << 10
+# Items in buffers of their own (small segments) go to the consumer in lists of up to
+# this many bytes and items: one hand-off between threads per item cost ~80 us (two
+# wake-ups), four times the framing of a small segment.
+BATCH_BYTES = 1 << 20
+BATCH_ITEMS = 256
 
 
 @dataclass
@@ -53,6 +66,7 @@ class Piece:
     length: int
     last: bool  # the last piece of its segment
     error: OSError | None = None  # the read failed: raised when the piece is reached
+    own: bool = False  # ``buf`` is the piece's own, not one of the read-ahead's ring
 
 
 class Readahead:
@@ -61,12 +75,16 @@ class Readahead:
     ``ranges`` lists ``(segment index, path, start offset, end offset)`` in log
     order. Call ``release(piece)`` when done with a piece: its buffer goes back
     to the ring. ``skip(segment)`` drops the pieces of a segment not needed.
+    A range of at most ``direct_bytes`` (and at most ``chunk_bytes``) is not read
+    ahead: the framing thread reads it with its segment's header (``direct``).
     """
 
     def __init__(self, ranges, chunk_bytes: int, headroom: int,
                  alloc: Callable[[int], np.ndarray], threads: int = 2,
-                 map_files: bool = False) -> None:
+                 map_files: bool = False, direct_bytes: int = 0) -> None:
         self.headroom = headroom
+        self.chunk_bytes = chunk_bytes
+        self._direct: set[int] = set()
         # Pieces are mapped into the buffers, not copied (until a mapping cannot work).
         self.mapping = map_files and mapped.available()
         if self.mapping:
@@ -80,6 +98,9 @@ class Readahead:
         # (an archive of 20,000 segments would otherwise hold 20,000 of them open).
         self._left: dict[str, int] = {}
         for seg, path, start, end in ranges:
+            if end - start <= min(direct_bytes, chunk_bytes):
+                self._direct.add(seg)
+                continue
             pos = start
             while True:
                 n = min(chunk_bytes, end - pos)
@@ -141,7 +162,6 @@ class Readahead:
                     return None
         if seg in self._skip:
             return Piece(seg, offset, buf, self.headroom, 0, last)
-        got = 0
         try:
             fd = self._fd(path)
             if self.mapping and length >= mapped.MIN_PIECE:
@@ -153,21 +173,18 @@ class Readahead:
             elif buf.ctypes.data in self._mapped:
                 mapped.unmap_piece(buf, self.headroom, len(buf) - self.headroom)
             self._mapped.discard(buf.ctypes.data)  # (a failed mapping put it back)
-            view = memoryview(buf)[self.headroom:self.headroom + length]
-            while got < length:
-                n = read_into(fd, view[got:], offset + got)
-                if n == 0:  # the file shrank since it was listed: not a torn tail
-                    return Piece(seg, offset, buf, self.headroom, 0, last,
-                                 error=FileShrankError(path, offset + got, listed))
-                got += n
         except OSError as err:
             # Not raised here: the framer may skip this segment (its header unreadable).
             return Piece(seg, offset, buf, self.headroom, 0, last,
-                         error=FileReadError(path, offset + got, err))
-        return Piece(seg, offset, buf, self.headroom, got, last)
+                         error=FileReadError(path, offset, err))
+        return _fill(Piece(seg, offset, buf, self.headroom, length, last), fd, path, listed)
 
     def _stop_mapping(self) -> None:
         self.mapping = False
+
+    def direct(self, segment: int) -> bool:
+        """Whether the caller reads this segment's range itself (a small one)."""
+        return segment in self._direct
 
     def __iter__(self) -> Iterator[Piece]:
         while self._inflight:
@@ -205,6 +222,25 @@ class Readahead:
         self._fds.clear()
 
 
+def _fill(piece: Piece, fd: int, path, listed: int) -> Piece:
+    """``piece`` with its ``length`` bytes read from ``fd`` at its file offset, or
+    with the error met instead (a file shorter now than when listed: not a torn tail)."""
+    view = memoryview(piece.buf)[piece.data:piece.data + piece.length]
+    got = 0
+    try:
+        while got < piece.length:
+            n = read_into(fd, view[got:], piece.file_offset + got)
+            if n == 0:
+                piece.error = FileShrankError(path, piece.file_offset + got, listed)
+                break
+            got += n
+    except OSError as err:
+        piece.error = FileReadError(path, piece.file_offset + got, err)
+    if piece.error is not None:
+        piece.length = 0
+    return piece
+
+
 @dataclass
 class Framed:
     """A piece framed ahead, or a segment whose header is not readable.
@@ -238,7 +274,8 @@ class FrameAhead:
 
     Framing is a chain of dependent loads (each length says where the next
     record starts), so it runs beside decoding and applying the previous piece
-    rather than before it. Yields ``Framed`` items in log order.
+    rather than before it. Yields ``Framed`` items in log order. Items that hold
+    no read-ahead buffer are handed over in batches (``BATCH_BYTES``).
     """
 
     def __init__(self, segments, reader: Readahead, alloc: Callable[[int], np.ndarray],
@@ -253,6 +290,10 @@ class FrameAhead:
         self._header_problem = header_problem
         self._header_size = header_size
         self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._batch: list[Framed] = []  # (framing thread) items not handed over yet
+        self._batch_bytes = 0
+        self._batch_limit = min(BATCH_BYTES, reader.chunk_bytes)
+        self._ready: deque = deque()  # (consumer) items handed over, not yielded yet
         self._stop = threading.Event()
         self.frame_seconds = 0.0
         # Bytes read that no item carries: the headers of segments without records.
@@ -263,12 +304,14 @@ class FrameAhead:
 
     def __iter__(self) -> Iterator[Framed]:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            if not self._ready:
+                item = self._queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                self._ready.extend(item)
+            yield self._ready.popleft()
 
     def peek(self) -> Framed | None:
         """The piece to be yielded next, if it is framed already; never waits.
@@ -278,9 +321,28 @@ class FrameAhead:
         consumer may start copying them), and its buffer stays held until the
         consumer has taken the item and released it.
         """
+        if self._ready:
+            return self._ready[0]
         with self._queue.mutex:
             item = self._queue.queue[0] if self._queue.queue else None
-        return item if isinstance(item, Framed) else None
+        return item[0] if isinstance(item, list) else None
+
+    def _emit(self, item: Framed) -> bool:
+        """Hand ``item`` to the consumer: after the batch, or in it (``_hand_over``)."""
+        if item.ring is not None:
+            return self._hand_over() and self._put([item])
+        self._batch.append(item)
+        self._batch_bytes += item.end - item.start
+        if self._batch_bytes < self._batch_limit and len(self._batch) < BATCH_ITEMS:
+            return True
+        return self._hand_over()
+
+    def _hand_over(self) -> bool:
+        """Hand the batch over now (before waiting on a read, an error or the end)."""
+        if not self._batch:
+            return True
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        return self._put(batch)
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():
@@ -295,33 +357,72 @@ class FrameAhead:
         try:
             pieces = iter(self._reader)
             for index, seg in enumerate(self._segments):
-                try:
-                    with open(seg.path, "rb") as f:
-                        head = f.read(self._header_size)
-                except OSError as err:  # unreadable: a bad header, as SPEC section 2 has it
-                    head = err
-                if not isinstance(head, OSError) and len(head) < min(seg.size,
-                                                                     self._header_size):
-                    # Emptied or cut since it was listed: not a torn header.
-                    raise FileShrankError(seg.path, len(head), seg.size)
-                problem = self._header_problem(head)
                 start = self._starts.get(index, self._header_size)
-                has_records = seg.size > start
+                head, fd = self._head(seg)
+                piece = None  # the piece of all its records, when read here
+                try:
+                    if not isinstance(head, OSError) and len(head) < min(seg.size,
+                                                                         self._header_size):
+                        # Emptied or cut since it was listed: not a torn header.
+                        raise FileShrankError(seg.path, len(head), seg.size)
+                    problem = self._header_problem(head)
+                    has_records = seg.size > start
+                    if problem is None and has_records and self._reader.direct(index):
+                        piece = self._small(fd, index, seg, start)
+                finally:
+                    if fd is not None:
+                        os.close(fd)
                 if problem is not None:
                     if has_records:
                         self._reader.skip(index)
                     header_len = 0 if isinstance(head, OSError) else len(head)
-                    if not self._put(Framed(index, problem=problem, header_len=header_len)):
+                    if not self._emit(Framed(index, problem=problem, header_len=header_len)):
                         return
                     continue
                 if not has_records:
                     self.header_only_bytes += len(head)
-                elif not self._segment(index, pieces, len(head), start):
+                    continue
+                if piece is None and not self._hand_over():  # its pieces are read ahead
+                    return
+                if not self._segment(index, pieces if piece is None else iter([piece]),
+                                     len(head), start):
                     return
         except BaseException as err:  # handed to the consumer, raised there
-            self._put(err)
+            if self._hand_over():
+                self._put(err)
             return
-        self._put(None)
+        if self._hand_over():
+            self._put(None)
+
+    def _head(self, seg) -> tuple[bytes | OSError, int | None]:
+        """The segment's header, or why it cannot be read (a bad header, as SPEC
+        section 2 has it), and the descriptor it was read with (the caller closes it),
+        for a small segment's records to be read in the same open."""
+        try:
+            fd = os.open(seg.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as err:
+            return err, None
+        head = b""
+        try:
+            while len(head) < self._header_size:
+                more = os.pread(fd, self._header_size - len(head), len(head))
+                if not more:
+                    break
+                head += more
+        except OSError as err:
+            os.close(fd)
+            return err, None
+        return head, fd
+
+    def _small(self, fd: int, index: int, seg, start: int) -> Piece:
+        """A small segment's records, from ``start`` to its listed end, as one piece in
+        a buffer of its own: plain memory, not the caller's (page-locked on a GPU:
+        costly to allocate), as a restore packs small pieces into buffers of its own."""
+        headroom = min(DIRECT_HEADROOM, self._reader.headroom)
+        length = seg.size - start
+        piece = Piece(index, start, host_buffer(headroom + length), headroom, length,
+                      last=True, own=True)
+        return _fill(piece, fd, seg.path, seg.size)
 
     def _segment(self, index: int, pieces, header_len: int, start_offset: int) -> bool:
         carry = np.zeros(0, np.uint8)  # carry[:c]: the bytes not framed yet
@@ -331,6 +432,8 @@ class FrameAhead:
         gathered = 0  # bytes read into carry by pieces that had no item of their own
         while True:
             piece = next(pieces)
+            if piece.error is not None:  # (a piece read ahead raises in the iteration)
+                raise piece.error
             t = time.perf_counter()
             read = piece.length + (header_len if piece.file_offset == self._header_size else 0)
             need = declared_size(carry, 0, c)
@@ -346,11 +449,11 @@ class FrameAhead:
                 carry[c:c + piece.length] = piece.buf[piece.data:piece.data + piece.length]
                 c += piece.length
                 gathered += read
-                self._reader.release(piece)
+                self._release(piece)
                 self.frame_seconds += time.perf_counter() - t
                 continue
             if c <= piece.data:
-                buf, ring, start = piece.buf, piece, piece.data - c
+                buf, ring, start = piece.buf, None if piece.own else piece, piece.data - c
                 buf[start:piece.data] = carry[:c]
             else:
                 # A record longer than the headroom: a buffer of its own, with the
@@ -360,7 +463,7 @@ class FrameAhead:
                 buf[start:start + c] = carry[:c]
                 buf[start + c:start + c + piece.length] = piece.buf[
                     piece.data:piece.data + piece.length]
-                self._reader.release(piece)
+                self._release(piece)
                 ring = None
             end = start + c + piece.length
             n, off, length, seq, stop = self._frame_all(buf, start, end)
@@ -375,16 +478,20 @@ class FrameAhead:
                 self._reader.skip(index)
                 item.torn = (carry_file, file_size - carry_file)
                 self.frame_seconds += time.perf_counter() - t
-                return self._put(item)
+                return self._emit(item)
             carry = buf[stop:end].copy()
             c = len(carry)
             if piece.last and c:
                 item.torn = (carry_file, c)
             self.frame_seconds += time.perf_counter() - t
-            if not self._put(item):
+            if not self._emit(item):
                 return False
             if piece.last:
                 return True
+
+    def _release(self, piece: Piece) -> None:
+        if not piece.own:
+            self._reader.release(piece)
 
     def _frame_all(self, buf, start: int, end: int):
         """Every whole record of ``buf[start:end]``, growing the row arrays as needed."""
@@ -435,7 +542,7 @@ def framed_pieces(segments, chunk_bytes: int,
     ranges = [(i, seg.path, HEADER_SIZE, seg.size) for i, seg in enumerate(segments)
               if seg.size > HEADER_SIZE]
     reader = Readahead(ranges, chunk_bytes, HEADROOM, host_buffer, threads=READ_THREADS,
-                       map_files=True)
+                       map_files=True, direct_bytes=DIRECT_BYTES)
     framer = FrameAhead(segments, reader, host_buffer, frame_records, header_check,
                         HEADER_SIZE)
     try:
