@@ -23,6 +23,7 @@ from gpu_pitr.resolve import hostmap
 LOOPS = {
     "frame": frame._frame,
     "decode": cpu._decode_records,
+    "decode_block": cpu._decode_block,
     "plan": commit._walk,
     "apply": hostmap._apply,
     "seed": hostmap._seed,
@@ -49,6 +50,10 @@ def signatures(tmp_path_factory):
     based = gpu_pitr.restore(wal, backend="cpu", base=snap)
     assert based.id_list() == full.id_list()
     assert sum(statwalk.scan_stats(wal)["records_by_variant"].values()) > 0
+    # Pieces of one decode block (under 1,024 records) decode on the calling thread.
+    small = tmp_path_factory.mktemp("small")
+    synth.write_synthetic_wal(small, total_bytes=16 << 10, dim=8, segments=1, seed=3)
+    assert len(gpu_pitr.restore(small, backend="cpu")) > 0
     sigs = {step: list(f.signatures) for step, f in LOOPS.items()}
     assert all(sigs.values()), sigs
     return sigs

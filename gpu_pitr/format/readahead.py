@@ -292,7 +292,8 @@ class FrameAhead:
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._batch: list[Framed] = []  # (framing thread) items not handed over yet
         self._batch_bytes = 0
-        self._batch_limit = min(BATCH_BYTES, reader.chunk_bytes)
+        # (a scan's chunk may be as small as its largest segment: see scan_chunk_bytes)
+        self._batch_limit = min(BATCH_BYTES, max(reader.chunk_bytes, DIRECT_BYTES))
         self._ready: deque = deque()  # (consumer) items handed over, not yielded yet
         self._stop = threading.Event()
         self.frame_seconds = 0.0
