@@ -7,6 +7,7 @@ one-record segments were 5,000 chunks (2 s against the reference's 0.1 s).
 
 from __future__ import annotations
 
+import os
 import random
 import tempfile
 
@@ -217,3 +218,42 @@ def test_packing_with_the_next_piece_framed_in_time_equals_the_reference(
             assert check_base_equals_full(wal, tmp_path / "snap", a, b, backend=backend,
                                           chunk_bytes=chunk_bytes) == "equal"
             shutil.rmtree(tmp_path / "snap", ignore_errors=True)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_consumer_that_stops_while_batches_are_held_leaves_no_thread_or_descriptor(
+        tmp_path):
+    """A scan or restore that ends early (an error, Ctrl-C in a callback) while items
+    of small segments wait in batches (the framing thread's, the queue's, the
+    consumer's) ends the framing and reading threads and closes every descriptor."""
+    import threading
+
+    from gpu_pitr.format import readahead
+    from gpu_pitr.format.segments import list_segments
+
+    _long_log(seed=3, n=3000, per=(1, 3), big_every=300).write(tmp_path)  # 901 segments
+    segments = list_segments(tmp_path)
+
+    def ours():
+        return ({t for t in threading.enumerate() if t.name.startswith("gpu_pitr")},
+                len(os.listdir("/proc/self/fd")))
+
+    before = ours()
+    for stop_at in (0, 1, 300, 700):
+        with pytest.raises(KeyboardInterrupt):
+            for n, _item in enumerate(readahead.framed_pieces(segments, 1 << 20,
+                                                              lambda head: None)):
+                if n >= stop_at:
+                    raise KeyboardInterrupt
+        assert ours() == before, stop_at
+    for stop_at in (1, 5):
+        calls = []
+
+        def progress(*args, stop_at=stop_at, calls=calls):
+            calls.append(args)
+            if len(calls) >= stop_at:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            w.restore_fast(tmp_path, progress=progress, allow_incomplete_history=True)
+        assert ours() == before, stop_at
