@@ -685,7 +685,8 @@ def _copy(src, src_path: Path, size: int, mode: int, dest: Path, have: int | Non
     if have:
         _same_prefix(src, src_path, dest, have, buf, recorded)
     try:
-        with atomic_files(dest) as (tmp,), open(tmp, "r+b", buffering=0) as out:
+        # (killed runs' temp files were removed when this run took the archive's lock)
+        with atomic_files(dest, stale=False) as (tmp,), open(tmp, "r+b", buffering=0) as out:
             # The segment's bits, and always the owner's read and write: the archive
             # reads its copies back (and fsyncs them by name) on later runs.
             with contextlib.suppress(OSError):  # a file system without modes (vfat)

@@ -364,14 +364,18 @@ def _write_id_lines(file, index) -> None:
 
 
 @contextmanager
-def atomic_files(*dests: Path, check: bool = True) -> Iterator[tuple[Path, ...]]:
+def atomic_files(*dests: Path, check: bool = True,
+                 stale: bool = True) -> Iterator[tuple[Path, ...]]:
     """New, empty temp files beside each of ``dests``, for the block to write.
 
     When the block succeeds each is fsynced and renamed onto its destination, then
     the directories are fsynced; on any failure the temp files are removed and the
     destinations are left as they were. A destination that is a directory, a device, a
     FIFO or a socket is refused first (not with ``check=False``: a probe of the
-    directory, for a directory output).
+    directory, for a directory output). Killed writers' temp files of ``dests`` are
+    removed before and after (not with ``stale=False``: a caller that cleaned the
+    whole directory under a lock of its own, as ``archive`` does; each look lists the
+    directory, so one per file of an archive of N copies was N squared).
     """
     tmps: list[Path] = []
     for dest in dests:
@@ -379,7 +383,8 @@ def atomic_files(*dests: Path, check: bool = True) -> Iterator[tuple[Path, ...]]
             _check_replaceable(dest)
         # Before writing too, not only after: on a full disk a killed writer's temp holds
         # the room a retry needs.
-        remove_stale_temps(dest)
+        if stale:
+            remove_stale_temps(dest)
     try:
         for dest in dests:
             tmp = temp_path(dest)
@@ -399,7 +404,7 @@ def atomic_files(*dests: Path, check: bool = True) -> Iterator[tuple[Path, ...]]
         raise
     for directory in dict.fromkeys(dest.parent for dest in dests):
         fsync_renamed(directory)  # after the renames: a failure is NotSyncedError
-    for dest in dests:
+    for dest in dests if stale else ():
         remove_stale_temps(dest)  # left by writers of the same name that were killed
 
 

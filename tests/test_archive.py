@@ -941,3 +941,42 @@ def test_a_directory_that_lists_but_cannot_be_searched_is_named(tmp_path, monkey
         assert cli.main(argv) == code, argv
         assert capsys.readouterr().err == line, argv
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_the_archive_is_listed_a_bounded_number_of_times_however_many_copies(
+        tmp_path, monkeypatch):
+    """Killed runs' temp files are removed once, under the archive's lock; each copy
+    used to list the whole archive twice more (its own stale temps, before and after),
+    so a first run over 5,000 segments spent 13 of its 17 s in those listings. A
+    killed run's temp of a segment copied now is still removed."""
+    from gpu_pitr import tempfiles
+
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    b = LogBuilder()
+    for k in range(60):
+        if k:
+            b.new_segment(0x5F5E100 + k)
+        b.add(Ins(f"id{k}", [float(k)], None, 1000 + k))
+    first = sorted(b.files)[0]
+    wal.mkdir()
+    (wal / first).write_bytes(b.files[first])
+    assert archive(wal, arc).ok  # an archive now, of one segment
+    b.write(wal)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = arc / f".{sorted(b.files)[7]}.tmp-{int(dead.stdout)}-0123abcd"
+    stale.write_bytes(b"half a copy")
+    listed = []
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == arc:
+            listed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(tempfiles.os, "scandir", scandir)
+    result = archive(wal, arc)
+    assert result.ok and [s.action for s in result.segments] == ["unchanged"] + ["new"] * 59
+    assert not stale.exists()
+    assert len(listed) <= 8, len(listed)  # (the sums file is written atomically too)
+    assert sorted(p.name for p in arc.iterdir() if p.name.startswith("wal-")) == sorted(b.files)
