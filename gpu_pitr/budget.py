@@ -10,9 +10,9 @@ above a tiny restore's, fitted against the chunk size): 5.6 x chunk + 13 MiB wit
 585-byte records (dim 128), 8.8 x chunk + 27 MiB with 98-byte ones (dim 8), about
 9 x chunk + 38 MiB with 63-byte ones (dim 1). The model below takes records of 64
 bytes; a log of smaller records on average (mostly deletes of short ids) can pass it.
-The fixed part also holds, on a log of many small segments, the batches of their
-pieces on their way from the framing thread (``readahead.BATCH_BYTES``, 1 MiB: about
-4 MiB at the peak, measured under ``--memory-budget 40M``).
+The fixed part also holds, on a log of many small segments, up to three batches of
+their pieces on their way from the framing thread, each within ``readahead.BATCH_BYTES``
+(1 MiB of buffers and row arrays): about 3 MiB at most.
 
 Not modelled, and not within a budget: the records of open transactions, held until
 their commit or abort (2.4x their bytes above the baseline with 600-byte records,

@@ -257,3 +257,34 @@ def test_a_consumer_that_stops_while_batches_are_held_leaves_no_thread_or_descri
         with pytest.raises(KeyboardInterrupt):
             w.restore_fast(tmp_path, progress=progress, allow_incomplete_history=True)
         assert ours() == before, stop_at
+
+
+def test_a_batch_of_small_segments_holds_at_most_batch_bytes(monkeypatch, tmp_path):
+    """The batches' bound is on what their items hold (each item's buffer, its 4 KiB
+    of headroom included, and its row arrays), not only on their records' bytes: 256
+    items of 4 KiB records held 2.5 MiB in a batch counted as 1 MiB, and three batches
+    can be alive at once (the framing thread's, the queue's, the consumer's)."""
+    from gpu_pitr.format import readahead
+    from gpu_pitr.format.segments import list_segments
+
+    b = w.LogBuilder(created=0x5F5E100)
+    for k in range(300):
+        if k:
+            b.new_segment(0x5F5E100 + k)
+        b.add(w.Ins(f"id{k}", [float(k)] * 1000, None, 1000 + k))  # ~4 KiB records
+    b.write(tmp_path)
+
+    def held(item):
+        return sum(a.nbytes for a in (item.buf, item.off, item.length, item.seq)
+                   if a is not None)
+
+    batches = []
+    real_put = readahead.FrameAhead._put
+    monkeypatch.setattr(readahead.FrameAhead, "_put", lambda self, item: batches.append(
+        [held(i) for i in item] if isinstance(item, list) else []) or real_put(self, item))
+    for _item in readahead.framed_pieces(list_segments(tmp_path), 1 << 20, lambda h: None):
+        pass
+    assert sum(len(h) for h in batches) == 300
+    assert max(sum(h) - h[-1] for h in batches if h) < readahead.BATCH_BYTES, batches
+    got = w.restore_fast(tmp_path)
+    assert_matches(reference.restore(tmp_path), got, None)

@@ -50,7 +50,9 @@ DIRECT_BYTES = 64 << 10
 DIRECT_HEADROOM = 4 << 10
 # Items in buffers of their own (small segments) go to the consumer in lists of up to
 # this many bytes and items: one hand-off between threads per item cost ~80 us (two
-# wake-ups), four times the framing of a small segment.
+# wake-ups), four times the framing of a small segment. What the items hold in all
+# (``_held``: each buffer's headroom and row arrays too, ~5.5 KiB for one record) is
+# within this many bytes as well, not only their records' bytes.
 BATCH_BYTES = 1 << 20
 BATCH_ITEMS = 256
 
@@ -222,6 +224,13 @@ class Readahead:
         self._fds.clear()
 
 
+def _held(item: Framed) -> int:
+    """The bytes an item in a buffer of its own keeps alive: the whole buffer (its
+    headroom included) and its row arrays, not only the records' ``end - start``."""
+    return sum(a.nbytes for a in (item.buf, item.off, item.length, item.seq)
+               if a is not None)
+
+
 def _fill(piece: Piece, fd: int, path, listed: int) -> Piece:
     """``piece`` with its ``length`` bytes read from ``fd`` at its file offset, or
     with the error met instead (a file shorter now than when listed: not a torn tail)."""
@@ -292,6 +301,7 @@ class FrameAhead:
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._batch: list[Framed] = []  # (framing thread) items not handed over yet
         self._batch_bytes = 0
+        self._batch_held = 0  # what the batch's items hold in all (``_held``)
         # (a scan's chunk may be as small as its largest segment: see scan_chunk_bytes)
         self._batch_limit = min(BATCH_BYTES, max(reader.chunk_bytes, DIRECT_BYTES))
         self._ready: deque = deque()  # (consumer) items handed over, not yielded yet
@@ -334,7 +344,9 @@ class FrameAhead:
             return self._hand_over() and self._put([item])
         self._batch.append(item)
         self._batch_bytes += item.end - item.start
-        if self._batch_bytes < self._batch_limit and len(self._batch) < BATCH_ITEMS:
+        self._batch_held += _held(item)
+        if (self._batch_bytes < self._batch_limit and self._batch_held < BATCH_BYTES
+                and len(self._batch) < BATCH_ITEMS):
             return True
         return self._hand_over()
 
@@ -342,7 +354,7 @@ class FrameAhead:
         """Hand the batch over now (before waiting on a read, an error or the end)."""
         if not self._batch:
             return True
-        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        batch, self._batch, self._batch_bytes, self._batch_held = self._batch, [], 0, 0
         return self._put(batch)
 
     def _put(self, item) -> bool:

@@ -11,7 +11,9 @@ dict per listed item, not per record. An undecodable payload is decoded once mor
 by the pure-Python codec, for its message.
 
 Memory: the read-ahead ring (five buffers of one piece plus headroom), the record
-columns of one piece, and the open transactions.
+columns of one piece, and the open transactions; on a log of small segments, up to
+three batches of their pieces on their way from the framing thread (each within
+``readahead.BATCH_BYTES``, 1 MiB).
 """
 
 from __future__ import annotations
