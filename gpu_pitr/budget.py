@@ -60,7 +60,8 @@ def min_budget() -> int:
     return working_bytes(MIN_CHUNK)
 
 
-def _size_text(n: int) -> str:
+def size_text(n: int) -> str:
+    """``n`` bytes for a person: MiB with one decimal, or bytes below 1 MiB."""
     return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n} bytes"  # 0.5K: not 0.0 MiB
 
 
@@ -73,7 +74,7 @@ def chunk_bytes_for_budget(budget: int) -> int:
     """
     if budget < min_budget():
         raise ValueError(
-            f"a memory budget of {_size_text(budget)} is too small: a restore needs "
+            f"a memory budget of {size_text(budget)} is too small: a restore needs "
             f"at least {min_budget() / (1 << 20):.0f} MiB besides the index")
     chunk = int((budget - FIXED) / PER_CHUNK_BYTE) >> 20 << 20
     return max(MIN_CHUNK, min(chunk, MAX_CHUNK))

@@ -16,12 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gpu_pitr import interrupts
-from gpu_pitr.errors import (
-    OutputError,
-    UnwritableDirectoryError,
-    WalError,
-    missing_extra,
-)
+from gpu_pitr.errors import OutputError, UnwritableDirectoryError, WalError, missing_extra
 from gpu_pitr.npzfile import Pieces, write_npz
 from gpu_pitr.tempfiles import fsync_path, fsync_renamed, remove_stale_temps, temp_path
 

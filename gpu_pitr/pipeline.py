@@ -1318,10 +1318,12 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
     out = [f"{name}: {what}" for name, what in not_segment_files(run.wal_dir)]
     held, where = run.held_peak
     if memory_budget is not None and held > memory_budget:
+        from gpu_pitr.budget import size_text
+
         out.append(
             f"records of open transactions, with those read behind them, took "
-            f"{held / (1 << 20):.1f} MiB of memory at once, more than the memory budget of "
-            f"{memory_budget / (1 << 20):.1f} MiB (the first from {Path(where['file']).name}"
+            f"{size_text(held)} of memory at once, more than the memory budget of "
+            f"{size_text(memory_budget)} (the first from {Path(where['file']).name}"
             f" offset {where['offset']}, seq {where['seq']}): a transaction's records wait "
             "in memory for its commit or abort, outside any budget")
     jumps = run.seq_jumps

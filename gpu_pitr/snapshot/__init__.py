@@ -157,6 +157,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     # earliest --to-time it serves)
     manifests = {}
     gaps = 0  # passed over: the log does not go on from them
+
     def passed_over(path: Path, position: dict) -> tuple[str, str] | None:
         # Why the snapshot at ``path`` cannot start this restore (what, note), or None.
         if position.get("history_complete") is False and not allow_incomplete:
