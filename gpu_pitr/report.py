@@ -31,7 +31,7 @@ class RestoreReport:
 
     Damage lists hold dicts with ``file``, ``offset`` (a byte offset in that
     file), ``seq`` where a record is known, and ``what``. ``message``: notes for a
-    person; ``warnings``: those a person must not miss (docs/architecture.md lists the
+    person; ``warnings``: those a person must not miss (docs/api.md lists the
     kinds), which the command line prints on stderr even with ``--quiet``, after each
     torn tail and skipped record or file.
     """

@@ -1,5 +1,5 @@
 """Shards of the ids: a restore that keeps the ids of one shard, and the whole index
-again from the shards (the scale-out of docs/architecture.md).
+again from the shards (the scale-out of docs/internals.md).
 
 Last writer wins per id, so the ids split into shards that restore independently:
 shard ``index`` of ``count`` holds the ids whose key (``payload.id_key``, a mixed
