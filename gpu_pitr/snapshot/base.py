@@ -12,6 +12,7 @@ from the start of the log would).
 
 from __future__ import annotations
 
+import bisect
 import os
 
 import numpy as np
@@ -243,6 +244,21 @@ def skipped_record(position: dict, segments: dict) -> str | None:
             "snapshot again")
 
 
+def _log_order(seg) -> bytes:
+    return seg.name.encode()
+
+
+def _find(segments, name) -> int | None:
+    """The index of the segment named ``name`` in ``segments`` (in log order), or None.
+    By bisection: ``snapshot.choose`` asks for every snapshot of a directory, and a
+    dict or a scan of a long-kept archive's segments each time made the choice
+    snapshots x segments (300 snapshots of 20,000 segments: 2 s)."""
+    if not isinstance(name, str):
+        return None
+    k = bisect.bisect_left(segments, name.encode(), key=_log_order)
+    return k if k < len(segments) and segments[k].name == name else None
+
+
 def base_mismatch(position: dict, segments) -> str | None:
     """Why a restore of the log of ``segments`` (in log order) cannot start from a
     snapshot at ``position`` (None: it can, as far as its records tell).
@@ -257,7 +273,9 @@ def base_mismatch(position: dict, segments) -> str | None:
     name = position.get("segment")
     if name is None or not segments:
         return None
-    by_name = {seg.name: seg for seg in segments}
+    last = (position.get("last_record") or {}).get("segment")
+    # (the two names record_mismatch looks up)
+    by_name = {n: segments[k] for n in (name, last) if (k := _find(segments, n)) is not None}
     seg = by_name.get(name)
     if seg is not None and int(position["offset"]) > seg.size:
         return (f"{seg.path} ends before the snapshot's position (offset "
@@ -280,19 +298,19 @@ def base_gap(position: dict, segments, look: bool = False) -> str | None:
     from gpu_pitr.format.segments import first_record_seq
 
     name = position.get("segment")
-    if name is None or any(seg.name == name for seg in segments):
+    if name is None or _find(segments, name) is not None:
         return None
     # At the end of its segment's whole records (a torn tail after them: a crash, or the
     # writer's record still in progress, which the next file's first seq tells apart).
     at_end = position.get("at_segment_end") or position.get("at_torn_tail")
     if at_end and position.get("last_seq") is not None:
-        later = ([seg for seg in segments if seg.name.encode() > name.encode()]
-                 if look else [])
-        first = first_record_seq(later[0].path) if later else None
+        k = bisect.bisect_right(segments, name.encode(), key=_log_order)
+        later = segments[k] if look and k < len(segments) else None
+        first = first_record_seq(later.path) if later is not None else None
         if not first or first == int(position["last_seq"]) + 1:
             return None
         return (f"the base snapshot's segment {name} is gone, and the log resumes at seq "
-                f"{first} in {later[0].name}, not {int(position['last_seq']) + 1}")
+                f"{first} in {later.name}, not {int(position['last_seq']) + 1}")
     return (f"the base snapshot's segment {name} is gone, with records after its position "
             f"(offset {position.get('offset')})")
 
