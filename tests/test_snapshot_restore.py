@@ -1091,3 +1091,33 @@ def test_choosing_among_many_snapshots_looks_up_their_segments_not_the_whole_log
     assert len(looked) < len(segments), len(looked)
     got = gpu_pitr.restore(d, backend="cpu", to_time=1260, snapshots=snaps)
     assert w.index_view(got) == w.index_view(gpu_pitr.restore(d, backend="cpu", to_time=1260))
+
+
+def test_a_directory_of_snapshots_given_as_base_says_so(tmp_path):
+    """--base given the directory --snapshots takes (a slip between the two options):
+    one line saying what it is and which option takes it, not the misleading
+    "DIR/manifest.json: missing" of a damaged snapshot (the reverse slip was named)."""
+    from gpu_pitr.format.entries import Insert
+
+    t = 1_800_000_000
+    wal = tmp_path / "wal"
+    with WalWriter(wal, created=t, clock=lambda: t) as wr:
+        for i in range(3):
+            wr.append(Insert(f"id-{i}", [float(i)], None, t + i))
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=1), snaps / "s1")
+    for load in (lambda: gpu_pitr.restore(wal, backend="cpu", base=snaps),
+                 lambda: snapshot.load(snaps)):
+        with pytest.raises(WalError, match=r"snaps: is a directory of snapshots, not a "
+                                             r"snapshot \(--snapshots takes it"):
+            load()
+    out = subprocess.run([sys.executable, "-m", "gpu_pitr", "restore", str(wal), "--base",
+                          str(snaps), "--out", str(tmp_path / "x.npz")],
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and "is a directory of snapshots" in out.stderr
+    # A snapshot whose manifest is gone is still damaged, not a directory of snapshots.
+    (snaps / "s1" / "manifest.json").unlink()
+    with pytest.raises(WalError, match=r"s1/manifest.json: missing"):
+        snapshot.load(snaps / "s1")

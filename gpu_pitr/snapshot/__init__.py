@@ -41,8 +41,20 @@ def load(path, *, verify: bool = True, mmap: bool = False, key_table: bool = Fal
     ``key_table``: see ``load_snapshot``)."""
     from gpu_pitr.errors import WalError
     from gpu_pitr.hostmem import fill_once_pages
-    from gpu_pitr.snapshot.format import MAPPED_FILES, load_snapshot, read_manifest
+    from gpu_pitr.snapshot.format import (
+        MAPPED_FILES,
+        SnapshotError,
+        holds_snapshot_files,
+        load_snapshot,
+        read_manifest,
+    )
 
+    # The slip check_snapshots_dir names the other way round: "DIR/manifest.json:
+    # missing" would call the directory of snapshots a damaged snapshot.
+    if not holds_snapshot_files(path) and os.path.isdir(path) and snapshot_dirs(path):
+        raise SnapshotError("is a directory of snapshots, not a snapshot (--snapshots "
+                            "takes it; --base takes one of the snapshots in it)",
+                            file=str(path))
     try:  # the bytes it fills: the files it reads (a manifest that does not read: load says why)
         files = read_manifest(path)["files"]
         need = sum(int(f["size"]) for name, f in files.items()
