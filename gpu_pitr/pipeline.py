@@ -995,7 +995,9 @@ class _Restore:
         self.report.transactions["in_flight_discarded"] = (
             self.plan.open_at_stop if self.plan.stopped else self.plan.open_transactions)
         if self.to_seq is not None and not self.plan.stopped:
-            held = "no records were read" if self.seq_range is None else self._seqs_held()
+            # A base's records count: one at the end of the log has none read after it.
+            held = ("no records were read" if self.seq_range is None
+                    and self.seq_runs.last is None else self._seqs_held())
             raise TargetNotFoundError(
                 f"no record has sequence number {self.to_seq} ({held})", file=str(self.wal_dir))
         cnt = self.plan.counters
@@ -1262,11 +1264,20 @@ def restore(
             if snapshots is None or snap is not None or not notes:
                 raise
             # Why no snapshot served: the history the log alone lacks is what they hold.
+            # A damaged one among them is said too: the error is all the command line
+            # prints, not the warnings.
             from gpu_pitr.snapshot import FROM_LOG_ALONE
 
-            why = notes[-1].removesuffix(FROM_LOG_ALONE)
+            why = "; ".join([*warnings, notes[-1].removesuffix(FROM_LOG_ALONE)])
             raise IncompleteHistoryError(f"{err.what}; --snapshots: {why}",
                                          file=err.file, offset=err.offset, seq=err.seq) from None
+        except WalError as err:
+            if snapshots is None or not warnings:
+                raise
+            # A damaged snapshot may be why the log was read as far as this error (one
+            # intact would have started past it): said in it, as above.
+            raise type(err)(f"{err.what}; --snapshots: {'; '.join(warnings)}",
+                            file=err.file, offset=err.offset, seq=err.seq) from None
         if fallback is not None:
             # Exactness over speed: the host executor handles every input exactly. The
             # cuda executor's device and page-locked buffers go first.

@@ -765,6 +765,18 @@ def test_seq_not_found_says_which_seqs_the_log_holds(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TargetNotFoundError, match=r"number 5 \(no records were read\)"):
         gpu_pitr.restore(tmp_path / "empty", backend="cpu", to_seq=5)
+    # From a base at the end of the log no record is read after it, but the base's are
+    # still the seqs there are: not "no records were read" (a WAL_DIR given wrong?).
+    from gpu_pitr import snapshot
+
+    b = LogBuilder()
+    for k in range(3):
+        b.add(Ins("a", [1.0], None, k))
+    d = b.write(tmp_path / "based")
+    snapshot.save(gpu_pitr.restore(d, backend="cpu"), tmp_path / "snap")
+    with pytest.raises(TargetNotFoundError, match=r"number 5 \(the base snapshot and the "
+                       r"records read after it carry seq 0 to 2\)"):
+        gpu_pitr.restore(d, backend="cpu", to_seq=5, base=tmp_path / "snap")
 
 
 def test_history_missing_when_first_segment_has_no_records(restore, tmp_path):

@@ -27,7 +27,12 @@ from hypothesis import strategies as st
 
 import gpu_pitr
 from gpu_pitr import pipeline, snapshot
-from gpu_pitr.errors import IncompleteHistoryError, TargetBeforeBaseError, WalError
+from gpu_pitr.errors import (
+    CorruptRecordError,
+    IncompleteHistoryError,
+    TargetBeforeBaseError,
+    WalError,
+)
 from gpu_pitr.format.stats import utc_text
 from gpu_pitr.format.writer import WalWriter
 from gpu_pitr.synth import write_synthetic_wal
@@ -457,6 +462,60 @@ def test_history_complete_from_a_snapshot_after_retention(tmp_path):
         gpu_pitr.restore(d, backend="cpu")
     got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
     assert w.index_view(got) == w.index_view(full)
+
+
+def test_damaged_snapshot_named_when_the_log_alone_lacks_its_start(tmp_path):
+    """The one snapshot that would serve is damaged and retention deleted the log's
+    start: the error names the damaged snapshot (the command line prints the error
+    alone, not the warnings), not only "no snapshot serves the target"."""
+    d, segs = _retained_log(tmp_path)
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(d, backend="cpu", to_seq=_last_seq(segs[1])), snaps / "a")
+    for seg in segs[:2]:
+        seg.unlink()
+    vec = snaps / "a" / "vectors.f32"
+    data = bytearray(vec.read_bytes())
+    data[5] ^= 0xFF
+    vec.write_bytes(bytes(data))
+    with pytest.raises(IncompleteHistoryError) as err:
+        gpu_pitr.restore(d, backend="cpu", snapshots=snaps)
+    assert f"--snapshots: snapshot {snaps / 'a'} is damaged ({vec}: offset 0: " in str(
+        err.value)
+    assert str(err.value).endswith(f"no older one serves; no snapshot in {snaps} serves the "
+                                   "target")
+    (snaps / "a" / "manifest.json").unlink()  # found damaged when listed: said so too
+    proc = _cli("restore", d, "--snapshots", snaps, "--out", tmp_path / "o.npz", "-q",
+                check=False)
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert f"snapshot {snaps / 'a'} is damaged" in proc.stderr
+
+
+def test_damaged_snapshot_named_when_the_log_alone_meets_damage_it_covered(tmp_path):
+    """A snapshot taken with skip_corrupt past a corrupt record serves a restore without
+    it; damaged, the log alone meets the record: the error says the snapshot was
+    damaged too (the command line prints the error alone, not the warnings)."""
+    b = w.LogBuilder()
+    bad = b.add_payload(b"\xff")
+    for k in range(4):
+        b.add(w.Ins(f"id{k}", [float(k)], None, 10 + k))
+    d = b.write(tmp_path / "wal")
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(d, backend="cpu", to_seq=3, skip_corrupt=True),
+                  snaps / "a")
+    assert len(gpu_pitr.restore(d, backend="cpu", snapshots=snaps)) == 4
+    vec = snaps / "a" / "vectors.f32"
+    data = bytearray(vec.read_bytes())
+    data[1] ^= 0xFF
+    vec.write_bytes(bytes(data))
+    with pytest.raises(CorruptRecordError) as err:
+        gpu_pitr.restore(d, backend="cpu", snapshots=snaps)
+    assert (err.value.file, err.value.offset, err.value.seq) == (os.path.join(d, bad.file),
+                                                                 bad.offset + 12, 0)
+    assert str(err.value).endswith(f"; --snapshots: snapshot {snaps / 'a'} is damaged ({vec}: "
+                                   "offset 0: CRC-32 mismatch in the block of bytes 0..12); "
+                                   "no older one serves")
 
 
 def test_gap_between_snapshot_and_log_is_an_error(tmp_path):
