@@ -1261,7 +1261,12 @@ def restore(
         except _needs_host() as err:
             fallback = str(err)  # not err: its traceback holds the device executor's memory
         except IncompleteHistoryError as err:
-            if snapshots is None or snap is not None or not notes:
+            if snapshots is not None and snap is not None:
+                # "the base snapshot" of the message: which one of DIR's it chose.
+                raise IncompleteHistoryError(
+                    f"{err.what} (the base snapshot --snapshots chose: {snap.path})",
+                    file=err.file, offset=err.offset, seq=err.seq) from None
+            if snapshots is None or not notes:
                 raise
             # Why no snapshot served: the history the log alone lacks is what they hold.
             # A damaged one among them is said too: the error is all the command line

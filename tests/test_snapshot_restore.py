@@ -464,6 +464,27 @@ def test_history_complete_from_a_snapshot_after_retention(tmp_path):
     assert w.index_view(got) == w.index_view(full)
 
 
+def test_a_gap_after_the_snapshot_snapshots_chose_names_that_snapshot(tmp_path):
+    """With no segment left, --snapshots picks a snapshot taken inside a segment (the log
+    alone would be an empty index): the gap error ("the base snapshot's segment ... is
+    gone") says which of DIR's snapshots it means."""
+    d, segs = _retained_log(tmp_path)
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    mid = gpu_pitr.restore(d, backend="cpu", to_seq=_last_seq(segs[1]) - 3)
+    assert mid.position["segment"] == segs[1].name and not mid.position["at_segment_end"]
+    snapshot.save(mid, snaps / "mid")
+    for seg in segs:
+        seg.unlink()
+    with pytest.raises(IncompleteHistoryError) as err:
+        gpu_pitr.restore(d, backend="cpu", snapshots=snaps)
+    assert f"the base snapshot's segment {segs[1].name} is gone" in str(err.value)
+    assert str(err.value).endswith(f"(the base snapshot --snapshots chose: {snaps / 'mid'})")
+    with pytest.raises(IncompleteHistoryError) as err:  # --base names it itself
+        gpu_pitr.restore(d, backend="cpu", base=snaps / "mid")
+    assert "--snapshots chose" not in str(err.value)
+
+
 def test_damaged_snapshot_named_when_the_log_alone_lacks_its_start(tmp_path):
     """The one snapshot that would serve is damaged and retention deleted the log's
     start: the error names the damaged snapshot (the command line prints the error
