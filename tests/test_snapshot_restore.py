@@ -442,6 +442,13 @@ def test_the_base_is_unmapped_after_the_restore_returns(tmp_path):
     assert w.index_view(got) == w.index_view(gpu_pitr.restore(d, backend="cpu"))
 
 
+def _flip_byte(file, at: int) -> None:
+    """Damage a snapshot file: one byte inverted."""
+    data = bytearray(file.read_bytes())
+    data[at] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
 def _retained_log(tmp_path):
     """A log whose writer rotated; the first segments deleted as retention does."""
     d = tmp_path / "wal"
@@ -496,9 +503,7 @@ def test_damaged_snapshot_named_when_the_log_alone_lacks_its_start(tmp_path):
     for seg in segs[:2]:
         seg.unlink()
     vec = snaps / "a" / "vectors.f32"
-    data = bytearray(vec.read_bytes())
-    data[5] ^= 0xFF
-    vec.write_bytes(bytes(data))
+    _flip_byte(vec, 5)
     with pytest.raises(IncompleteHistoryError) as err:
         gpu_pitr.restore(d, backend="cpu", snapshots=snaps)
     assert f"--snapshots: snapshot {snaps / 'a'} is damaged ({vec}: offset 0: " in str(
@@ -527,9 +532,7 @@ def test_damaged_snapshot_named_when_the_log_alone_meets_damage_it_covered(tmp_p
                   snaps / "a")
     assert len(gpu_pitr.restore(d, backend="cpu", snapshots=snaps)) == 4
     vec = snaps / "a" / "vectors.f32"
-    data = bytearray(vec.read_bytes())
-    data[1] ^= 0xFF
-    vec.write_bytes(bytes(data))
+    _flip_byte(vec, 1)
     with pytest.raises(CorruptRecordError) as err:
         gpu_pitr.restore(d, backend="cpu", snapshots=snaps)
     assert (err.value.file, err.value.offset, err.value.seq) == (os.path.join(d, bad.file),
@@ -647,9 +650,7 @@ def test_snapshots_dir_picks_newest_usable_and_falls_back(tmp_path):
     assert w.index_view(got) == w.index_view(gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8))
     # Damage the newest usable one: the restore falls back to the older and says so.
     vec = snaps / "t6" / "vectors.f32"
-    data = bytearray(vec.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    vec.write_bytes(bytes(data))
+    _flip_byte(vec, vec.stat().st_size // 2)
     got = gpu_pitr.restore(d, backend="cpu", to_time=t0 + 8, snapshots=snaps)
     assert got.report.base["path"] == str(snaps / "t2")
     assert "t6" in got.report.message and "damaged" in got.report.message
