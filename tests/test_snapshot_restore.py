@@ -556,6 +556,45 @@ def test_gap_between_snapshot_and_log_is_an_error(tmp_path):
     assert len(got) > 0
 
 
+def _as_written_before_history_complete(snap: Path) -> None:
+    """The manifest as versions before 2026-12-03 wrote it: no ``history_complete``
+    (the report's ``incomplete_history_allowed`` is as they wrote it too)."""
+    import zlib
+
+    doc = json.loads((snap / "manifest.json").read_bytes())
+    del doc["position"]["history_complete"]
+    text = (json.dumps(doc, indent=1) + "\n").encode()
+    (snap / "manifest.json").write_bytes(text)
+    (snap / "manifest.json.crc").write_text(f"{zlib.crc32(text):08x}\n")
+
+
+def test_an_older_versions_snapshot_of_an_incomplete_history_is_not_taken_as_complete(
+        tmp_path):
+    """A snapshot an older version restored across a gap (--allow-incomplete-history)
+    records no ``history_complete``: --base and --snapshots took it as complete and
+    restored a state that may never have existed, with exit 0 and no warning."""
+    d, segs = _retained_log(tmp_path)
+    segs[0].unlink()  # lost before any snapshot: the snapshot below is over a gap
+    part = gpu_pitr.restore(d, backend="cpu", to_seq=_last_seq(segs[1]),
+                            allow_incomplete_history=True)
+    snaps = tmp_path / "snaps"
+    snapshot.save(part, snaps / "old")
+    _as_written_before_history_complete(snaps / "old")
+    with pytest.raises(IncompleteHistoryError, match="restored from an incomplete history"):
+        gpu_pitr.restore(d, backend="cpu", base=snaps / "old")
+    with pytest.raises(IncompleteHistoryError, match="earlier history is missing"):
+        gpu_pitr.restore(d, backend="cpu", snapshots=snaps)  # passed over: the log alone
+    got = gpu_pitr.restore(d, backend="cpu", base=snaps / "old", allow_incomplete_history=True)
+    assert any("restored from an incomplete history" in x for x in got.report.warnings)
+    # One of a complete history, from the same older version, is still a base.
+    whole_log = tmp_path / "whole"
+    write_synthetic_wal(whole_log, total_bytes=2 << 20, segments=4, dim=4)
+    snapshot.save(gpu_pitr.restore(whole_log, backend="cpu", to_seq=100), tmp_path / "ok")
+    _as_written_before_history_complete(tmp_path / "ok")
+    assert (w.index_view(gpu_pitr.restore(whole_log, backend="cpu", base=tmp_path / "ok"))
+            == w.index_view(gpu_pitr.restore(whole_log, backend="cpu")))
+
+
 def test_a_writer_restart_after_a_snapshot_whose_segment_is_gone(tmp_path):
     """A snapshot at the end of segment A; the writer reopened without recovery (seq 0
     again, in B); retention deleted A. Whether segments between A and B were lost

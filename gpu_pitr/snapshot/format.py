@@ -390,7 +390,20 @@ def _read_manifest_once(root: Path) -> dict:
     if not isinstance(doc, dict):
         raise SnapshotError("not a JSON object", file=str(mpath))
     _check_manifest(doc, str(mpath))
+    _legacy_history(doc)
     return doc
+
+
+def _legacy_history(doc: dict) -> None:
+    """A snapshot written before ``history_complete`` was recorded (2026-12-03) by a
+    restore that allowed an incomplete history may have been restored across a gap:
+    whether it met one was not recorded, so it counts as incomplete (``--base`` and
+    ``--snapshots`` take it only with ``--allow-incomplete-history``, as they would the
+    snapshot a current version writes), not as complete."""
+    position, report = doc["position"], doc.get("report")
+    if ("history_complete" not in position and isinstance(report, dict)
+            and report.get("incomplete_history_allowed") is True):
+        position["history_complete"] = False
 
 
 def _read_small(path: Path) -> bytes:
