@@ -1090,7 +1090,7 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segm
         report.base = {"path": str(base.path), "segment": pos.get("segment"),
                        "offset": pos.get("offset"), "seq": pos.get("seq"),
                        "timestamp": pos.get("timestamp"), "ids": int(base.count),
-                       "dim": base.dim}
+                       "dim": base.dim, "skipped": _skipped_before(base)}
     default = getattr(executor, "chunk_bytes", DEFAULT_CHUNK_BYTES)
     if segments is None:
         segments = list_segments(args[0])
@@ -1323,6 +1323,20 @@ def restore(
     return index
 
 
+def _skipped_before(base) -> int:
+    """How many damaged records or files the restores behind a snapshot skipped
+    (``skip_corrupt``): the one that wrote it (its stored report's ``skipped``), and
+    those of its own base, and so on back, as each report's ``base`` counts them."""
+    stored = base.manifest.get("report")
+    if not isinstance(stored, dict):
+        return 0
+    own = stored.get("skipped")
+    before = (stored.get("base") or {}).get("skipped") if isinstance(
+        stored.get("base"), dict) else None
+    return (len(own) if isinstance(own, list) else 0) + (
+        before if isinstance(before, int) and not isinstance(before, bool) else 0)
+
+
 def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
                       memory_budget: int | None = None) -> list[str]:
     """What a restore that succeeded must not pass over in silence (``report.warnings``):
@@ -1355,6 +1369,13 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
     if run.gap_why is not None:
         out.append(f"incomplete history, restored as allowed: {run.gap_why}; the state "
                    f"restored lacks {run.gap_lacks}")
+    skipped = (report.base or {}).get("skipped")
+    if skipped:
+        out.append(f"the base snapshot {report.base['path']} was restored past damage with "
+                   f"skip_corrupt (--skip-corrupt): {skipped} "
+                   f"{'entry' if skipped == 1 else 'entries'} of skipped records or files in "
+                   "the reports stored with it and its bases; the state restored lacks "
+                   "whatever those records did")
     t = target.get("to_time")
     stamp = run.latest_stamp
     went_past = stamp is not None and (stamp >= t if run.plan.exclusive else stamp > t)

@@ -1241,3 +1241,36 @@ def test_a_directory_of_snapshots_given_as_base_says_so(tmp_path):
     (snaps / "s1" / "manifest.json").unlink()
     with pytest.raises(WalError, match=r"s1/manifest.json: missing"):
         snapshot.load(snaps / "s1")
+
+
+def test_a_base_restored_past_damage_is_said_along_the_chain_of_snapshots(tmp_path):
+    """A snapshot made with skip_corrupt past a corrupt record lacks what it did; a
+    restore from it (without skip_corrupt) warns, and so does one from a snapshot of
+    that restore: report.base.skipped counts the entries the restores behind it listed."""
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], None, 10))
+    b.add_payload(b"\xff")
+    for k in range(6):
+        b.add(w.Ins(f"id{k}", [float(k)], None, 11 + k))
+    d = b.write(tmp_path / "wal")
+    clean = gpu_pitr.restore(d, backend="cpu", to_seq=0)
+    snapshot.save(clean, tmp_path / "clean")
+    got = gpu_pitr.restore(d, backend="cpu", to_seq=0, base=tmp_path / "clean")
+    assert got.report.base["skipped"] == 0 and got.report.warnings == []
+    first = gpu_pitr.restore(d, backend="cpu", to_seq=3, skip_corrupt=True)
+    assert len(first.report.skipped) == 1
+    snapshot.save(first, tmp_path / "s1")
+    second = gpu_pitr.restore(d, backend="cpu", to_seq=5, base=tmp_path / "s1")
+    assert second.report.skipped == [] and second.report.base["skipped"] == 1
+    assert [m for m in second.report.warnings if "past damage" in m] == [
+        f"the base snapshot {tmp_path / 's1'} was restored past damage with skip_corrupt "
+        "(--skip-corrupt): 1 entry of skipped records or files in the reports stored "
+        "with it and its bases; the state restored lacks whatever those records did"]
+    snapshot.save(second, tmp_path / "s2")  # a snapshot of a restore from s1
+    third = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "s2")
+    assert third.report.base["skipped"] == 1
+    assert any("past damage" in m for m in third.report.warnings)
+    assert w.index_view(third) == w.index_view(gpu_pitr.restore(d, backend="cpu",
+                                                                skip_corrupt=True))
+    proc = _cli("restore", d, "--base", tmp_path / "s2", "--out", tmp_path / "o.npz", "-q")
+    assert "restored past damage with skip_corrupt" in proc.stderr
