@@ -1331,10 +1331,13 @@ def _skipped_before(base) -> int:
     if not isinstance(stored, dict):
         return 0
     own = stored.get("skipped")
-    before = (stored.get("base") or {}).get("skipped") if isinstance(
-        stored.get("base"), dict) else None
+    behind = stored.get("base")
+    before = behind.get("skipped") if isinstance(behind, dict) else None
+    # (A count no restore writes, a negative one, is none: "-3 entries" would be said,
+    # or the stored report's own entries cancelled.)
     return (len(own) if isinstance(own, list) else 0) + (
-        before if isinstance(before, int) and not isinstance(before, bool) else 0)
+        before if isinstance(before, int) and not isinstance(before, bool) and before > 0
+        else 0)
 
 
 def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,

@@ -1274,3 +1274,26 @@ def test_a_base_restored_past_damage_is_said_along_the_chain_of_snapshots(tmp_pa
                                                                 skip_corrupt=True))
     proc = _cli("restore", d, "--base", tmp_path / "s2", "--out", tmp_path / "o.npz", "-q")
     assert "restored past damage with skip_corrupt" in proc.stderr
+
+
+def test_a_stored_reports_negative_base_skipped_counts_as_none(tmp_path):
+    """The count is read from the manifest as stored: a negative one (not a count a
+    restore writes) must neither make a warning of "-3 entries" nor cancel the entries
+    the stored report itself lists."""
+    import zlib
+
+    b = w.LogBuilder()
+    for k in range(4):
+        b.add(w.Ins(f"id{k}", [float(k)], None, 10 + k))
+    d = b.write(tmp_path / "wal")
+    snapshot.save(gpu_pitr.restore(d, backend="cpu", to_seq=1), tmp_path / "s")
+    for base_skipped, listed, want in ((-3, [], 0), (-1, [{"what": "x"}], 1)):
+        doc = json.loads((tmp_path / "s" / "manifest.json").read_bytes())
+        doc["report"]["base"] = {"skipped": base_skipped}
+        doc["report"]["skipped"] = listed
+        text = (json.dumps(doc, indent=1) + "\n").encode()
+        (tmp_path / "s" / "manifest.json").write_bytes(text)
+        (tmp_path / "s" / "manifest.json.crc").write_text(f"{zlib.crc32(text):08x}\n")
+        got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "s")
+        assert got.report.base["skipped"] == want
+        assert len([m for m in got.report.warnings if "past damage" in m]) == want
