@@ -81,6 +81,8 @@ from gpu_pitr.snapshot.base import (
     SeqRuns,
     base_gap,
     base_mismatch,
+    find_segment,
+    first_after,
     merge_runs,
     stops_at_base,
     target_problem,
@@ -650,13 +652,12 @@ class _Restore:
         if name is None:  # a snapshot of an empty log: all of it comes after, from seq 0
             self._resume_seq = ("start", 0)
             return segments, {}
-        names = [seg.name for seg in segments]
-        if name in names:
+        i = find_segment(segments, name)
+        if i is not None:
             # (base_mismatch checked this listing: the file reaches the position)
-            i = names.index(name)
             self._resume_seq = ("at", pos.get("seq"))
             return segments[i:], {0: max(int(pos["offset"]), HEADER_SIZE)}
-        later = [seg for seg in segments if seg.name.encode() > name.encode()]
+        later = segments[first_after(segments, name):]
         gap = base_gap(pos, segments)
         if gap is None:
             # The writer numbers on across a rotation: the next file must go on.

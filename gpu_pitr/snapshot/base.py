@@ -248,7 +248,7 @@ def _log_order(seg) -> bytes:
     return seg.name.encode()
 
 
-def _find(segments, name) -> int | None:
+def find_segment(segments, name) -> int | None:
     """The index of the segment named ``name`` in ``segments`` (in log order), or None.
     By bisection: ``snapshot.choose`` asks for every snapshot of a directory, and a
     dict or a scan of a long-kept archive's segments each time made the choice
@@ -257,6 +257,12 @@ def _find(segments, name) -> int | None:
         return None
     k = bisect.bisect_left(segments, name.encode(), key=_log_order)
     return k if k < len(segments) and segments[k].name == name else None
+
+
+def first_after(segments, name: str) -> int:
+    """The index in ``segments`` (in log order) of the first segment after ``name``
+    (``len(segments)`` if none): where a log goes on when a base's segment is gone."""
+    return bisect.bisect_right(segments, name.encode(), key=_log_order)
 
 
 def base_mismatch(position: dict, segments) -> str | None:
@@ -275,7 +281,7 @@ def base_mismatch(position: dict, segments) -> str | None:
         return None
     last = (position.get("last_record") or {}).get("segment")
     # (the two names record_mismatch looks up)
-    by_name = {n: segments[k] for n in (name, last) if (k := _find(segments, n)) is not None}
+    by_name = {n: segments[k] for n in (name, last) if (k := find_segment(segments, n)) is not None}
     seg = by_name.get(name)
     if seg is not None and int(position["offset"]) > seg.size:
         return (f"{seg.path} ends before the snapshot's position (offset "
@@ -298,13 +304,13 @@ def base_gap(position: dict, segments, look: bool = False) -> str | None:
     from gpu_pitr.format.segments import first_record_seq
 
     name = position.get("segment")
-    if name is None or _find(segments, name) is not None:
+    if name is None or find_segment(segments, name) is not None:
         return None
     # At the end of its segment's whole records (a torn tail after them: a crash, or the
     # writer's record still in progress, which the next file's first seq tells apart).
     at_end = position.get("at_segment_end") or position.get("at_torn_tail")
     if at_end and position.get("last_seq") is not None:
-        k = bisect.bisect_right(segments, name.encode(), key=_log_order)
+        k = first_after(segments, name)
         later = segments[k] if look and k < len(segments) else None
         first = first_record_seq(later.path) if later is not None else None
         if not first or first == int(position["last_seq"]) + 1:
