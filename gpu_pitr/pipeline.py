@@ -271,7 +271,7 @@ class _Restore:
                            map_files=not hasattr(self.ex, "host_buffer"),
                            direct_bytes=readahead.DIRECT_BYTES)
         framer = FrameAhead(segments, reader, self._alloc, frame_records, header_problem,
-                            HEADER_SIZE, starts=starts)
+                            HEADER_SIZE, starts=starts, merge_small=True)
         self._reader = reader
         self._framer = framer
         try:
@@ -335,8 +335,8 @@ class _Restore:
         """
         self.report.bytes_read += item.bytes_read
         span = item.end - item.start
-        if self._packed and span >= self._pack_limit():
-            self._flush()  # small pieces packed so far go first: this one is a chunk
+        if self._packed and self._packed + span > self._pack_limit():
+            self._flush()  # small pieces packed so far go first: this one would overfill
         c = self.cols
         m = self.n_carried
         g = self.n_gathered
@@ -379,8 +379,12 @@ class _Restore:
         np.add(item.off[:n], shift, out=c.off[rows])
         c.length[rows] = item.length[:n]
         c.seq[rows] = item.seq[:n]
-        c.seg[rows] = item.segment
-        np.subtract(c.off[rows], start - item.file_start, out=c.foff[rows])
+        if item.row_segment is None:
+            c.seg[rows] = item.segment
+            np.subtract(c.off[rows], start - item.file_start, out=c.foff[rows])
+        else:  # small segments framed together
+            c.seg[rows] = item.row_segment[:n]
+            c.foff[rows] = item.row_file_offset[:n]
         if n:
             if self.to_seq is not None:
                 self.to_seq_hits += int(np.count_nonzero(item.seq[:n] == np.uint64(self.to_seq)))
@@ -393,10 +397,10 @@ class _Restore:
         own = buf is not item.buf
         if not self._gather(own) and not self._pack(span, own):
             self._flush()
-        if item.torn is not None:
-            self.torn_at[item.segment] = item.torn[0]
-            self.report.torn_tails.append({"file": self.names[item.segment],
-                                           "offset": item.torn[0], "bytes_lost": item.torn[1]})
+        for segment, at, lost in item.torn_list():
+            self.torn_at[segment] = at
+            self.report.torn_tails.append({"file": self.names[segment],
+                                           "offset": at, "bytes_lost": lost})
 
     def _gather(self, own: bool) -> bool:
         """Whether to read on before processing the rows gathered so far.
@@ -1103,15 +1107,21 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segm
     fits = max(_PIECE_STEP, -(-largest // _PIECE_STEP) * _PIECE_STEP)
     chunk_bytes = min(int(chunk_bytes) if chunk_bytes else default, fits)
     run = _Restore(*args, executor, chunk_bytes, report, progress, base, segments=segments)
-    run.run()
-    del run.buf, run.cols, run._piece, run._reader  # the read buffers go before the sort
-    run._tell("finish")
-    t = time.perf_counter()
-    if run.lazy is not None and not run.move_in_rest():
-        # The cpu executor: its rows are copied into the merge anyway.
-        index = run.lazy.merge(*executor.finish_unmoved(report))
-    else:
-        index = executor.finish(report)
+    try:
+        run.run()
+        del run.buf, run.cols, run._piece, run._reader  # the read buffers before the sort
+        run._tell("finish")
+        t = time.perf_counter()
+        if run.lazy is not None and not run.move_in_rest():
+            # The cpu executor: its rows are copied into the merge anyway.
+            index = run.lazy.merge(*executor.finish_unmoved(report))
+        else:
+            index = executor.finish(report)
+    except BaseException:
+        # An error or a stop: the executor's threads end now, not when it is collected
+        # (the traceback holds it).
+        getattr(executor, "close", lambda: None)()
+        raise
     run.timings["finish"] += time.perf_counter() - t
     index.position, index.pending = run.position, run.pending
     return index, run

@@ -126,7 +126,13 @@ def test_small_segments_are_read_with_their_header_and_handed_over_in_batches(
     assert read_ahead == [300]  # the big segment only (one piece: under the chunk size)
     # Batches of up to BATCH_ITEMS items, the big segment's piece alone, then the end.
     assert len(handed) <= 600 // readahead.BATCH_ITEMS + 5, len(handed)
-    assert sum(len(h) for h in handed if isinstance(h, list)) == 600
+    # The small segments on either side of the big one are framed together: one item
+    # each side (~12 KB of records), and every segment's records in one of them.
+    items = [item for h in handed if isinstance(h, list) for item in h]
+    assert len(items) == 3, [(item.segment, item.n) for item in items]
+    covered = [item.row_segment[:item.n].tolist() if item.row_segment is not None
+               else [item.segment] * item.n for item in items]
+    assert sorted(set(sum(covered, []))) == list(range(600))
     # The scans (verify, inspect) read the same way.
     read_ahead.clear()
     handed.clear()
@@ -254,8 +260,9 @@ def test_a_consumer_that_stops_while_batches_are_held_leaves_no_thread_or_descri
             if len(calls) >= stop_at:
                 raise KeyboardInterrupt
 
-        with pytest.raises(KeyboardInterrupt):
-            w.restore_fast(tmp_path, progress=progress, allow_incomplete_history=True)
+        with pytest.raises(KeyboardInterrupt):  # (small items: a progress call each)
+            w.restore_fast(tmp_path, progress=progress, allow_incomplete_history=True,
+                           chunk_bytes=4096)
         assert ours() == before, stop_at
 
 
@@ -288,3 +295,21 @@ def test_a_batch_of_small_segments_holds_at_most_batch_bytes(monkeypatch, tmp_pa
     assert max(sum(h) - h[-1] for h in batches if h) < readahead.BATCH_BYTES, batches
     got = w.restore_fast(tmp_path)
     assert_matches(reference.restore(tmp_path), got, None)
+
+
+def test_a_restore_that_fails_after_applying_leaves_no_thread(tmp_path):
+    """A restore that raises after chunks were applied (a bad record late in the log)
+    ends the map's apply threads before the error reaches the caller: they lived on
+    for as long as the traceback held the executor."""
+    import threading
+
+    wl = _long_log(seed=3, n=3000, per=(1, 3), big_every=300)
+    last = sorted(wl.files)[-1]
+    data = bytearray(wl.files[last])
+    data[HEADER_SIZE + 12] = 255  # its first record's payload: a bad marker
+    wl.files[last] = bytes(data)
+    wl.write(tmp_path)
+    with pytest.raises(errors.CorruptRecordError) as info:
+        w.restore_fast(tmp_path, chunk_bytes=4096, allow_incomplete_history=True)
+    assert last in str(info.value)
+    assert not [t for t in threading.enumerate() if t.name.startswith("gpu_pitr")]

@@ -182,6 +182,10 @@ class CpuExecutor:
     def __init__(self, total_bytes: int) -> None:
         self.map = HostMap(total_bytes)
 
+    def close(self) -> None:
+        """End the map's threads (a restore that stopped before ``finish``)."""
+        self.map.close()
+
     def decode(self, buf: np.ndarray, cols, first: int, n: int) -> None:
         """Decode records ``first..n-1`` of ``buf`` (framed in ``cols``)."""
         self._records(buf, cols, first, n, True)

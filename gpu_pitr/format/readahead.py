@@ -227,8 +227,57 @@ class Readahead:
 def _held(item: Framed) -> int:
     """The bytes an item in a buffer of its own keeps alive: the whole buffer (its
     headroom included) and its row arrays, not only the records' ``end - start``."""
-    return sum(a.nbytes for a in (item.buf, item.off, item.length, item.seq)
+    return sum(a.nbytes for a in (item.buf, item.off, item.length, item.seq,
+                                  item.row_segment, item.row_file_offset)
                if a is not None)
+
+
+def _read_whole(seg, head: bytearray, view: np.ndarray) -> tuple[int, OSError | None]:
+    """Read a segment's first bytes into ``head``, then ``view``, in one read where
+    Python has ``os.preadv``: how many were read (fewer at the file's end), and the
+    error that stopped the read, if one did."""
+    got = 0
+    try:
+        fd = os.open(seg.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        return 0, err
+    first, rest = memoryview(head), memoryview(view)
+    try:
+        while got < len(head) + len(rest):
+            if got < len(head):
+                n = _read_two(fd, first[got:], rest, got)
+            else:
+                n = read_into(fd, rest[got - len(head):], got)
+            if n == 0:
+                break
+            got += n
+    except OSError as err:
+        # The header alone may still read: the error is then in the records (a
+        # FileReadError), not in the header (a segment that cannot be read).
+        while got < len(head):
+            try:
+                more = os.pread(fd, len(head) - got, got)
+            except OSError:
+                break
+            if not more:
+                break
+            head[got:got + len(more)] = more
+            got += len(more)
+        return got, err
+    finally:
+        os.close(fd)
+    return got, None
+
+
+def _read_two(fd: int, first: memoryview, second: memoryview, offset: int) -> int:
+    """``read_into`` of ``first`` then ``second`` from ``offset``."""
+    preadv = getattr(os, "preadv", None)
+    if preadv is not None:
+        return preadv(fd, [first, second], offset)
+    n = read_into(fd, first, offset)
+    if n < len(first):
+        return n
+    return n + read_into(fd, second, offset + n)
 
 
 def _fill(piece: Piece, fd: int, path, listed: int) -> Piece:
@@ -276,6 +325,18 @@ class Framed:
     seq: np.ndarray | None = None
     torn: tuple | None = None
     bytes_read: int = 0
+    # Several small segments in one item (``FrameAhead(merge_small=True)``): the
+    # segment and file offset of each row, and every torn tail as ``(segment, file
+    # offset, bytes lost)``; ``segment``, ``file_start`` and ``torn`` are then unused.
+    row_segment: np.ndarray | None = None
+    row_file_offset: np.ndarray | None = None
+    torn_tails: list | None = None
+
+    def torn_list(self) -> list:
+        """The item's torn tails, as ``(segment, file offset, bytes lost)``."""
+        if self.torn_tails is not None:
+            return self.torn_tails
+        return [] if self.torn is None else [(self.segment, *self.torn)]
 
 
 class FrameAhead:
@@ -285,11 +346,16 @@ class FrameAhead:
     record starts), so it runs beside decoding and applying the previous piece
     rather than before it. Yields ``Framed`` items in log order. Items that hold
     no read-ahead buffer are handed over in batches (``BATCH_BYTES``).
+
+    With ``merge_small``, consecutive small segments (read directly: see ``Readahead``)
+    are read whole, one after the other, into one buffer and framed into one item
+    (``Framed.row_segment``): a log of thousands of one-record segments then costs an
+    open and a read a segment, not an item each.
     """
 
     def __init__(self, segments, reader: Readahead, alloc: Callable[[int], np.ndarray],
                  frame, header_problem, header_size: int,
-                 starts: dict[int, int] | None = None) -> None:
+                 starts: dict[int, int] | None = None, merge_small: bool = False) -> None:
         self._segments = segments
         # Where framing starts in a segment (a resumed restore), if not after its header.
         self._starts = starts or {}
@@ -310,6 +376,8 @@ class FrameAhead:
         # Bytes read that no item carries: the headers of segments without records.
         # Read once the thread is done (``close``).
         self.header_only_bytes = 0
+        self._merge_small = merge_small
+        self._small_item: Framed | None = None  # (merge_small) the item being filled
         self._thread = threading.Thread(target=self._run, name="gpu_pitr-frame", daemon=True)
         self._thread.start()
 
@@ -371,6 +439,12 @@ class FrameAhead:
             pieces = iter(self._reader)
             for index, seg in enumerate(self._segments):
                 start = self._starts.get(index, self._header_size)
+                if self._mergeable(index, seg, start):
+                    if not self._merge(index, seg):
+                        return
+                    continue
+                if not self._end_merge():
+                    return
                 head, fd = self._head(seg)
                 piece = None  # the piece of all its records, when read here
                 try:
@@ -400,12 +474,108 @@ class FrameAhead:
                 if not self._segment(index, pieces if piece is None else iter([piece]),
                                      len(head), start):
                     return
+            if not self._end_merge():
+                return
         except BaseException as err:  # handed to the consumer, raised there
-            if self._hand_over():
+            if self._end_merge() and self._hand_over():
                 self._put(err)
             return
         if self._hand_over():
             self._put(None)
+
+    def _mergeable(self, index: int, seg, start: int) -> bool:
+        return (self._merge_small and start == self._header_size and seg.size > start
+                and self._reader.direct(index))
+
+    def _merge(self, index: int, seg) -> bool:
+        """Read a small segment whole, its records into the item being filled right
+        after the records there, and frame them.
+
+        The item is ended first when the segment does not fit, and after it (with the
+        segment emitted as an item of its own) when its header is not right.
+        """
+        item = self._small_item
+        records = seg.size - self._header_size
+        if item is not None and item.end + records > len(item.buf):
+            if not self._end_merge():
+                return False
+            item = None
+        if item is None:
+            item = self._small_item = self._new_merge(index)
+        t = time.perf_counter()
+        at = item.end
+        head = bytearray(self._header_size)
+        got, err = _read_whole(seg, head, item.buf[at:at + records])
+        if got < self._header_size:
+            if err is None:  # emptied or cut since it was listed: not a torn header
+                raise FileShrankError(seg.path, got, seg.size)
+            head = err
+        problem = self._header_problem(head if isinstance(head, OSError) else bytes(head))
+        if problem is not None:
+            self.frame_seconds += time.perf_counter() - t
+            header_len = 0 if isinstance(head, OSError) else len(head)
+            return self._end_merge() and self._emit(
+                Framed(index, problem=problem, header_len=header_len))
+        if err is not None:
+            raise FileReadError(seg.path, got, err)
+        if got < seg.size:
+            raise FileShrankError(seg.path, got, seg.size)
+        first = item.n
+        end = at + records
+        stop = self._frame_into(item, at, end)
+        item.row_segment[first:item.n] = index
+        shift = at - self._header_size  # buffer offset - file offset of its records
+        np.subtract(item.off[first:item.n], shift, out=item.row_file_offset[first:item.n])
+        if stop < end:
+            item.torn_tails.append((index, stop - shift, end - stop))
+        item.end = end
+        item.bytes_read += seg.size
+        self.frame_seconds += time.perf_counter() - t
+        return True
+
+    def _new_merge(self, index: int) -> Framed:
+        """An empty item for small segments from ``index`` on: its buffer holds the
+        records of as many of those that follow as fit in a chunk and a batch."""
+        limit = min(self._batch_limit, self._reader.chunk_bytes)
+        size, rows = 0, 0
+        for i in range(index, len(self._segments)):
+            seg = self._segments[i]
+            if not self._mergeable(i, seg, self._starts.get(i, self._header_size)):
+                break
+            records = seg.size - self._header_size
+            if size and size + records > limit:
+                break
+            size += records
+            rows += 1
+        cap = max(64, rows, size // 256)
+        return Framed(index, buf=host_buffer(DIRECT_HEADROOM + size), start=DIRECT_HEADROOM,
+                      end=DIRECT_HEADROOM, off=np.empty(cap, np.int64),
+                      length=np.empty(cap, np.int64), seq=np.empty(cap, np.uint64),
+                      row_segment=np.empty(cap, np.int64),
+                      row_file_offset=np.empty(cap, np.int64), torn_tails=[])
+
+    def _frame_into(self, item: Framed, pos: int, end: int) -> int:
+        """Frame ``item.buf[pos:end]`` onto the item's rows; where framing stopped."""
+        while True:
+            cap = len(item.off)
+            got, pos, _ = self._frame(item.buf, pos, end, item.off[item.n:],
+                                      item.length[item.n:], item.seq[item.n:],
+                                      cap - item.n)
+            item.n += got
+            if item.n < cap:
+                return pos
+            for name in ("off", "length", "seq", "row_segment", "row_file_offset"):
+                old = getattr(item, name)
+                grown = np.empty(2 * cap, old.dtype)
+                grown[:item.n] = old[:item.n]
+                setattr(item, name, grown)
+
+    def _end_merge(self) -> bool:
+        """Emit the item of small segments being filled, if any."""
+        item, self._small_item = self._small_item, None
+        if item is None or not item.bytes_read:
+            return True
+        return self._emit(item)
 
     def _head(self, seg) -> tuple[bytes | OSError, int | None]:
         """The segment's header, or why it cannot be read (a bad header, as SPEC

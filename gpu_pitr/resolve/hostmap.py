@@ -840,6 +840,12 @@ class HostMap:
             self._pool = ThreadPoolExecutor(self.n_shards, thread_name_prefix="gpu_pitr-apply")
         return self._pool
 
+    def close(self) -> None:
+        """End the shards' threads, if started (``result`` ends them too)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
     def _rehash_shard(self, s: int, h: np.ndarray) -> None:
         # Shard s's map becomes h (allocated by the caller, not zeroed: _rehash_into
         # zeroes it) with its rows in.
@@ -896,9 +902,7 @@ class HostMap:
             for f in done:
                 f.result()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown()
-                self._pool = None
+            self.close()
         order = order_of_ids(ids, id_offs, id_lens)
         id_offs = id_lens = None  # (in packed too) let go before the gather allocates
         live, id_offs, id_lens, meta_offs, meta_lens = _in_order(order, packed)
