@@ -150,6 +150,15 @@ class OutputError(_OneLineOSError):
         super().__init__(path, line, cause)
 
 
+class WalDirectoryInUseError(_OneLineOSError):
+    """Another ``WalWriter`` has the WAL directory open: one line naming it."""
+
+    def __init__(self, path, cause: OSError) -> None:
+        super().__init__(path, f"{path}: another WalWriter has this WAL directory open "
+                               f"(two would interleave their records); close it first",
+                         cause)
+
+
 class UnwritableDirectoryError(_OneLineOSError):
     """A directory an output was to be created in refuses new files (no permission, a
     read-only file system): one line naming the directory and the output, checked

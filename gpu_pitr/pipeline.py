@@ -182,6 +182,7 @@ class _Restore:
         # the stop point: the first one's place, how many, how many records in all.
         self.seq_jumps = SeqJumps()
         self.torn_at: dict[int, int] = {}  # segment index -> offset of its torn tail
+        self.joined_after_restart: tuple | None = None  # see _joined_after_restart
         self.segments = []
         self.position: dict | None = None
         self.pending = b""
@@ -982,6 +983,23 @@ class _Restore:
         raise DimensionMismatchError(
             f"vector of length {length} differs from the index dimension {dim}", **w)
 
+    def _joined_after_restart(self) -> tuple | None:
+        """The first transaction open at the end of the log whose records go on past a
+        writer restart (their seq goes back), which SPEC section 3 discards with it: a
+        writer that restarted without aborting it. ``(txn, its records, how many after
+        the restart, where the first of those is)``."""
+        txns, counts = self.plan.open_slots()
+        seq = self.cols.seq
+        start = 0
+        for txn, count in zip(txns.tolist(), counts.tolist(), strict=True):
+            rows = seq[start:start + count]
+            back = np.flatnonzero(rows[1:] <= rows[:-1])
+            if len(back):
+                first = start + int(back[0]) + 1
+                return txn, count, start + count - first, self._where(first)
+            start += count
+        return None
+
     def _seqs_held(self) -> str:
         """The seqs there are, for a seq target none carries: the runs of consecutive
         numbers (a writer restart starts another), the first few of them."""
@@ -999,6 +1017,8 @@ class _Restore:
     def _end_of_log(self) -> None:
         self.report.transactions["in_flight_discarded"] = (
             self.plan.open_at_stop if self.plan.stopped else self.plan.open_transactions)
+        if not self.plan.stopped:
+            self.joined_after_restart = self._joined_after_restart()
         if self.to_seq is not None and not self.plan.stopped:
             # A base's records count: one at the end of the log has none read after it.
             held = ("no records were read" if self.seq_range is None
@@ -1380,6 +1400,15 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
             f"({jumps.missing} seqs in all, up to the stop point: a segment deleted before "
             "it was archived, lost bytes, or a torn record's); the index restored lacks "
             "whatever they did. `gpu-pitr verify` lists each jump")
+    if run.joined_after_restart is not None:
+        txn, total, after, w = run.joined_after_restart
+        out.append(
+            f"transaction {txn} is still open at the end of the log, and {after} of its "
+            f"{total} records come after a writer restart (the seq goes back to {w['seq']} "
+            f"at {Path(w['file']).name} offset {w['offset']}): they are discarded with it "
+            "(SPEC section 3: in flight at a crash). A writer that restarts should first "
+            "abort the transactions it had open; `gpu-pitr verify` lists those open at "
+            "the end of the log")
     if run.gap_why is not None:
         out.append(f"incomplete history, restored as allowed: {run.gap_why}; the state "
                    f"restored lacks {run.gap_lacks}")

@@ -7,6 +7,7 @@
 - a sequence target met more than once (a writer reopened without recovery numbers
   from 0 again): the restore stops at the first (SPEC section 3), and says so;
 - a gap in the history that ``allow_incomplete_history`` let the restore cross;
+- a transaction open at the end of the log that records after a writer restart joined;
 - ``last_commit_timestamp``: the timestamp of the last commit point applied (not the
   latest timestamp: the log's timestamps need not rise).
 """
@@ -445,3 +446,44 @@ def test_seq_jumps_counted_across_chunks_and_at_the_top_of_uint64():
     zeros = SeqJumps()  # zero-filled records (seq 0, length 0) take no part
     assert zeros.add(seq(3, 0, 0, 4), np.array([5, 0, 0, 5], np.uint32)) is None
     assert zeros.count == 0 and zeros.prev == 4
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_a_transaction_open_across_a_writer_restart_is_warned_of(tmp_path, backend):
+    """A writer that crashed inside a transaction and restarted without aborting it:
+    every record it wrote after the restart belongs to that transaction (SPEC section
+    3) and is discarded with it at the end of the log. The result is SPEC's; the
+    restore says so, naming where the restart is (it said nothing)."""
+    b, d = _log(tmp_path)
+    b.add(Begin(7, ts=T + 11))            # seq 3
+    b.add(Ins("t", V, ts=T + 12))         # seq 4
+    b.reopen(created=0x5F5E200)           # restarted: seq from 0 again
+    first = b.add(Ins("x", V, ts=T + 20))  # seq 0, in transaction 7
+    b.add(Del("a", ts=T + 21))
+    b.write(d)
+    for chunk in (None, 64):
+        got = gpu_pitr.restore(d, backend=backend, chunk_bytes=chunk)
+        assert list(got.ids) == ["a", "b", "c"]
+        assert got.report.transactions["in_flight_discarded"] == 1
+        (w,) = _warned(got, "still open at the end of the log")
+        assert w.startswith(
+            "transaction 7 is still open at the end of the log, and 2 of its 3 records come "
+            f"after a writer restart (the seq goes back to 0 at wal-0000000005f5e200.log "
+            f"offset {first.offset}): they are discarded with it")
+    # Not when the restart is outside it, nor at a stop point before the end.
+    b, d = _log(tmp_path, "wal2")
+    b.add(Begin(7, ts=T + 11))
+    b.add(Ins("t", V, ts=T + 12))
+    b.add(Commit(7, ts=T + 13))
+    b.reopen(created=0x5F5E200)
+    b.add(Begin(8, ts=T + 20))
+    b.add(Ins("x", V, ts=T + 21))
+    b.write(d)
+    assert not _warned(gpu_pitr.restore(d, backend=backend), "still open")
+    b, d = _log(tmp_path, "wal3")
+    b.add(Begin(7, ts=T + 11))
+    b.add(Ins("t", V, ts=T + 12))
+    b.reopen(created=0x5F5E200)
+    b.add(Ins("x", V, ts=T + 20))
+    b.write(d)
+    assert not _warned(gpu_pitr.restore(d, backend=backend, to_seq=4), "still open")

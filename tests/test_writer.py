@@ -7,8 +7,16 @@ import os
 
 import pytest
 
+from gpu_pitr import restore
 from gpu_pitr.format.codec import decode_entry, encode_entry
-from gpu_pitr.format.entries import Batch, Checkpoint, Delete, Insert, Update
+from gpu_pitr.format.entries import (
+    Batch,
+    BeginTransaction,
+    Checkpoint,
+    Delete,
+    Insert,
+    Update,
+)
 from gpu_pitr.format.layout import HEADER_SIZE, RECORD_HEADER_SIZE, segment_name
 from gpu_pitr.format.reader import (
     BadHeader,
@@ -346,3 +354,146 @@ def test_a_vector_replaced_after_the_entry_was_made_is_checked_when_written(tmp_
         w.append(entry)
     entry.vector = [1, 2.5]  # a list again, as the constructor takes: cast to float32
     assert decode_entry(encode_entry(entry))[0].vector.tolist() == [1.0, 2.5]
+
+
+# -------------------------------------------------------------------- a Python store's use
+
+
+def test_an_entry_that_does_not_encode_takes_no_seq(tmp_path):
+    # WalManager numbered an entry before encoding it: every rejected append left a
+    # seq gap, which verify called damage and a restore warned of as records lost.
+    bad = [
+        (Insert(5, [1.0], None, 1), TypeError, "id: expected str, got int"),
+        (Insert("a", [1.0], {"k": 1}, 1), TypeError, r"metadata\['k'\]: expected str"),
+        (Insert("a", [1.0], [("k", "v")], 1), TypeError, "metadata: expected a dict"),
+        (Delete("a", 1.5), TypeError, r"timestamp: expected an integer \(u64\), got float"),
+        (Batch([], -1), ValueError, "timestamp: -1 is outside u64"),
+        (BeginTransaction("7", 1), TypeError, "transaction_id: expected an integer"),
+        (Delete("\ud800", 1), ValueError, "id: not encodable as UTF-8"),
+        (Batch([("x",)], 1), TypeError, "not a WAL entry"),
+    ]
+    with WalWriter(tmp_path, created=1) as wal:
+        assert wal.append(SPEC_ENTRY) == 0
+        for entry, error, match in bad:
+            with pytest.raises(error, match=match):
+                wal.append(entry)
+            assert wal.next_seq == 1
+        assert wal.append(SPEC_ENTRY) == 1
+        assert wal.checkpoint(1) == 2
+    assert [r.seq for r in iter_segment(tmp_path / segment_name(1))] == [0, 1, 2]
+
+
+def test_a_writer_never_closed_is_flushed_when_dropped(tmp_path):
+    # Rust's Drop flushes and syncs; the buffer of a writer garbage-collected or left
+    # open at exit was lost (a 64 KiB buffer: every record of a small store).
+    import gc
+    import subprocess
+    import sys
+
+    def log_one(wal_dir):
+        wal = WalWriter(wal_dir, created=1)
+        wal.append(SPEC_ENTRY)
+
+    log_one(tmp_path / "gc")
+    gc.collect()
+    want = encode_header(1) + encode_record(0, SPEC_PAYLOAD)
+    assert (tmp_path / "gc" / segment_name(1)).read_bytes() == want
+    script = ("import sys; from gpu_pitr.format.writer import WalWriter;"
+              "from gpu_pitr.format.entries import Insert;"
+              "w = WalWriter(sys.argv[1], created=1);"
+              "w.append(Insert('v1', [1.0], None, 1000))")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "exit")], check=True)
+    assert (tmp_path / "exit" / segment_name(1)).read_bytes() == want
+
+
+def test_a_second_writer_on_the_same_directory_is_refused(tmp_path):
+    # Two writers interleaved pieces of their buffers in one file: an unreadable log.
+    from gpu_pitr.errors import WalDirectoryInUseError
+
+    first = WalWriter(tmp_path, created=1)
+    with pytest.raises(WalDirectoryInUseError) as err:
+        WalWriter(tmp_path, created=1)
+    assert str(err.value).startswith(f"{tmp_path}: another WalWriter") and "\n" not in str(err)
+    first.append(SPEC_ENTRY)
+    first.close()
+    with WalWriter(tmp_path, created=1) as second:  # free once closed
+        assert second.append(SPEC_ENTRY) == 0
+    assert wal_files(tmp_path) == [segment_name(1)]  # no lock file left behind
+
+
+def test_a_clock_stepped_back_never_names_a_segment_before_the_newest(tmp_path):
+    # A segment named after a clock stepped back sorted first: its records came
+    # first in log order, and a restore of "latest" gave an old state.
+    seconds = iter([100, 101, 95, 96, 90])
+    with WalWriter(tmp_path, clock=lambda: next(seconds), max_segment_bytes=1,
+                   sync_on_write=True) as wal:
+        for i in range(3):
+            wal.append(Delete(str(i), i))
+    with WalWriter(tmp_path, clock=lambda: 50) as wal:  # reopened, the clock still behind
+        wal.append(Delete("3", 3))
+    assert wal_files(tmp_path) == [segment_name(s) for s in (100, 101, 102, 103, 104)]
+    ids = [decode_entry(r.payload)[0].id for s in scan_wal(tmp_path) for r in s.records]
+    assert ids == ["0", "1", "2", "3"]
+
+
+def test_reopened_in_the_same_second_after_a_torn_write_goes_to_a_new_file(tmp_path):
+    # The header appended after the torn bytes was swallowed by the torn record: the
+    # records written after the restart were lost to every restore, or it failed.
+    with WalWriter(tmp_path, created=7) as wal:
+        wal.append(SPEC_ENTRY)
+        wal.append(Delete("v1", 1001))
+    path = tmp_path / segment_name(7)
+    good = HEADER_SIZE + SPEC_RECORD_SIZE
+    os.truncate(path, path.stat().st_size - 3)  # a crash in the second record
+    torn = path.read_bytes()
+    with WalWriter(tmp_path, created=7, next_seq=1) as wal:
+        assert wal.torn_tail_found == (path, good, len(torn) - good)
+        wal.append(Insert("v2", [2.0], None, 1002))
+    assert path.read_bytes() == torn  # left as it is
+    assert wal_files(tmp_path) == [segment_name(7), segment_name(8)]
+    assert (tmp_path / segment_name(8)).read_bytes() == encode_header(8) + encode_record(
+        1, encode_entry(Insert("v2", [2.0], None, 1002)))
+    got = restore(tmp_path)
+    assert got.id_list() == ["v1", "v2"]
+    assert [t["offset"] for t in got.report.torn_tails] == [good]
+    with WalWriter(tmp_path, created=8) as wal:  # a whole file is appended to, as WalManager
+        assert wal.torn_tail_found is None
+    assert wal_files(tmp_path) == [segment_name(7), segment_name(8)]
+
+
+def test_dim_refuses_a_vector_of_another_length(tmp_path):
+    # Without it the record was written, and every restore that applied it failed.
+    with WalWriter(tmp_path, created=1, dim=1) as wal:
+        assert wal.append(SPEC_ENTRY) == 0
+        for entry in (Insert("v2", [1.0, 2.0], None, 1),
+                      Batch([Delete("v1", 1), Batch([Update("v3", [], None, 1)], 1)], 1)):
+            with pytest.raises(ValueError, match="has length [02], not 1"):
+                wal.append(entry)
+        assert wal.append(Batch([Update("v3", [3.0], None, 1)], 2)) == 1
+
+
+def test_a_new_segment_s_name_is_synced_with_its_records(tmp_path, monkeypatch):
+    # fsync of the file alone leaves its directory entry to a power cut.
+    import stat
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    wal = WalWriter(tmp_path, created=1)
+    wal.append(SPEC_ENTRY)
+    wal.flush()
+    assert synced == [False, True]
+    wal.flush()
+    assert synced == [False, True, False]  # once per new file
+    wal.rotate(created=2)
+    wal.close()
+    assert synced[3:] == [False, True]
+    synced.clear()
+    with WalWriter(tmp_path, created=2, sync_on_write=True) as wal:  # an existing file
+        wal.append(SPEC_ENTRY)
+    assert True not in synced

@@ -7,7 +7,7 @@ strict about every length, and exact about float bits.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -113,7 +113,7 @@ def encode_entry(entry: WalEntry) -> bytes:
         if item is _END:
             stack.pop()
             if closing_ts is not None:
-                out += encode_varint(closing_ts)
+                out += _field_varint(closing_ts, "timestamp")
             continue
         if type(item) not in ENTRY_TYPES:
             raise TypeError(f"not a WAL entry: {type(item).__name__}")
@@ -128,7 +128,7 @@ def encode_entry(entry: WalEntry) -> bytes:
 
 def _encode_fields(entry: WalEntry, out: bytearray) -> None:
     if isinstance(entry, (Insert, Update)):
-        _encode_str(entry.id, out)
+        _encode_str(entry.id, out, "id")
         # Checked again here: the field may have been replaced since the entry was made,
         # and a 2-d array would write its row count then every element.
         vector = as_vector(entry.vector).astype(_F32_LE, copy=False)
@@ -136,25 +136,43 @@ def _encode_fields(entry: WalEntry, out: bytearray) -> None:
         out += vector.tobytes()
         if entry.metadata is None:
             out.append(OPTION_NONE)
+        elif type(entry.metadata) is not dict and not isinstance(entry.metadata, Mapping):
+            raise TypeError(f"metadata: expected a dict of str to str or None, "
+                            f"got {type(entry.metadata).__name__}")
         else:
             out.append(OPTION_SOME)
             out += encode_varint(len(entry.metadata))
             for key, value in entry.metadata.items():
-                _encode_str(key, out)
-                _encode_str(value, out)
+                _encode_str(key, out, "metadata key")
+                _encode_str(value, out, f"metadata[{key!r}]")
     elif isinstance(entry, Delete):
-        _encode_str(entry.id, out)
+        _encode_str(entry.id, out, "id")
     elif isinstance(entry, Checkpoint):
-        out += encode_varint(entry.sequence_number)
+        out += _field_varint(entry.sequence_number, "sequence_number")
     else:
-        out += encode_varint(entry.transaction_id)
-    out += encode_varint(entry.timestamp)
+        out += _field_varint(entry.transaction_id, "transaction_id")
+    out += _field_varint(entry.timestamp, "timestamp")
 
 
-def _encode_str(text: str, out: bytearray) -> None:
+def _field_varint(value: int, field: str) -> bytes:
+    """``encode_varint``, its error naming the field (a float from ``time.time()``)."""
+    try:
+        return encode_varint(value)
+    except TypeError:
+        raise TypeError(f"{field}: expected an integer (u64), got "
+                        f"{type(value).__name__}") from None
+    except ValueError:
+        raise ValueError(f"{field}: {value} is outside u64") from None
+
+
+def _encode_str(text: str, out: bytearray, field: str) -> None:
     if not isinstance(text, str):
-        raise TypeError(f"expected str, got {type(text).__name__}")
-    raw = text.encode("utf-8")
+        raise TypeError(f"{field}: expected str, got {type(text).__name__}")
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate
+        raise ValueError(f"{field}: not encodable as UTF-8: {err.reason} at "
+                         f"character {err.start}") from None
     out += encode_varint(len(raw))
     out += raw
 

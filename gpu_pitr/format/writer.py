@@ -1,20 +1,26 @@
 """A WAL writer whose files are byte-identical to those of oxirs-vec's ``WalManager``.
 
 It follows ``engine/oxirs-vec/src/wal.rs`` step by step, buffering included, so
-rotation happens at the same record; used to build test and benchmark WALs.
+rotation happens at the same record; used to build test and benchmark WALs, and by
+Python stores. It departs from it only where WalManager's log would not restore as
+written (``WalWriter`` lists where).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
+from gpu_pitr.errors import WalDirectoryInUseError
 from gpu_pitr.format.codec import encode_entry
-from gpu_pitr.format.entries import Checkpoint, WalEntry
-from gpu_pitr.format.layout import MAGIC, VERSION, segment_name
+from gpu_pitr.format.entries import Batch, Checkpoint, Insert, Update, WalEntry, as_vector
+from gpu_pitr.format.layout import MAGIC, SEGMENT_NAME_RE, VERSION, segment_name
+from gpu_pitr.format.reader import scan_segment
 
 _U64_LIMIT = 1 << 64
 _U32_LIMIT = 1 << 32
@@ -48,6 +54,9 @@ class _BufWriter:
         self._file = open(path, "ab", buffering=0)
         self._capacity = capacity
         self._buf = bytearray()
+        # Rust's Drop writes the buffer out; without this a writer never closed (an
+        # exception, a forgotten close) lost every record still buffered at exit.
+        self._finalizer = weakref.finalize(self, _write_out, self._file, self._buf, os.getpid())
 
     def write_all(self, data: bytes) -> None:
         # Same branches as BufWriter::write_all / write_all_cold.
@@ -77,6 +86,7 @@ class _BufWriter:
 
     def close(self) -> None:
         self.flush_buf()
+        self._finalizer.detach()
         self._file.close()
 
     def _write_raw(self, data: bytes) -> None:
@@ -84,6 +94,59 @@ class _BufWriter:
         while view:
             written = self._file.write(view)
             view = view[written:]
+
+
+def _write_out(file, buf: bytearray, pid: int) -> None:
+    """Flush, fsync and close a writer dropped unclosed, as WalManager's ``Drop`` does
+    (not in a forked child exiting: the parent writes its own buffer)."""
+    if os.getpid() != pid:
+        return
+    view = memoryview(bytes(buf))
+    buf.clear()
+    while view:
+        view = view[file.write(view):]
+    os.fsync(file.fileno())
+    file.close()
+
+
+def _lock_directory(wal_dir: Path) -> int | None:
+    """An exclusive ``flock`` on ``wal_dir`` itself (no file is made in it), refused at
+    once if another WalWriter holds it: two writers would interleave their buffers'
+    pieces in one file. Best effort where a directory cannot be locked (NFS)."""
+    try:
+        import fcntl
+    except ImportError:  # (Windows)
+        return None
+    try:
+        fd = os.open(wal_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise WalDirectoryInUseError(wal_dir, err) from None
+        return None
+    return fd
+
+
+def _check_dim(entry: WalEntry, dim: int) -> None:
+    pending = [entry]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Batch):
+            pending.extend(item.entries)
+        elif isinstance(item, (Insert, Update)):
+            length = len(as_vector(item.vector))
+            if length != dim:
+                raise ValueError(f"vector of {item.id!r} has length {length}, not {dim}")
+
+
+def _newest_segment(wal_dir: Path) -> int | None:
+    """The creation second in the newest segment name in ``wal_dir``, if any."""
+    names = [e.name for e in os.scandir(wal_dir) if SEGMENT_NAME_RE.fullmatch(e.name)]
+    return int(max(names)[4:20], 16) if names else None
 
 
 class WalWriter:
@@ -105,7 +168,25 @@ class WalWriter:
 
     Deliberate differences: ``max_segment_bytes`` and ``checkpoint_interval`` default
     to off (WalConfig's defaults are 100 MiB and 10000), and old segments are never
-    deleted (WalManager's ``checkpoint_retention`` cleanup).
+    deleted (WalManager's ``checkpoint_retention`` cleanup). Four more, each where
+    WalManager's log would not restore as written:
+
+    - an entry that does not encode raises and takes no sequence number (WalManager
+      numbers it first; in Rust only an entry of the wrong type fails, which Python
+      does not prevent, and the gap would read as records lost);
+    - only one WalWriter at a time may have a directory open (an ``flock`` on the
+      directory; a second one raises ``WalDirectoryInUseError``);
+    - a segment named after the clock is never named before the newest segment in the
+      directory (a clock stepped back would put its records first in log order): it is
+      named one second after it instead;
+    - reopened within the same second onto a file whose last record is torn (a crash
+      mid-write), it starts a file of the next second rather than append its header
+      inside that record, where a reader would lose every record after it; the torn
+      file is left as it is (``torn_tail_found`` names it);
+
+    and a writer dropped without ``close`` is flushed and synced, as Rust's ``Drop``;
+    a sync after a segment was created syncs the directory too, so its name survives a
+    power cut with the records synced into it.
 
     Args:
         wal_dir: directory of the WAL; created if missing.
@@ -116,6 +197,9 @@ class WalWriter:
         sync_on_write: flush and fsync after every write (WalConfig.sync_on_write).
         buffer_size: write buffer capacity (WalConfig.buffer_size).
         next_seq: the first sequence number to use.
+        dim: if given, an Insert or Update (in a batch too) whose vector has another
+            length raises ``ValueError`` and is not written: a restore that applied it
+            would fail (SPEC section 2).
     """
 
     def __init__(
@@ -129,8 +213,10 @@ class WalWriter:
         sync_on_write: bool = False,
         buffer_size: int = 64 * 1024,
         next_seq: int = 0,
+        dim: int | None = None,
     ) -> None:
         self.wal_dir = Path(wal_dir)
+        self._dim = dim
         self._clock = clock
         self._max_segment_bytes = max_segment_bytes
         self._checkpoint_interval = checkpoint_interval
@@ -140,8 +226,15 @@ class WalWriter:
         self._last_checkpoint = 0
         self._out: _BufWriter | None = None
         self.path: Path | None = None
+        # Reopened onto a file whose last record is torn: (its path, the torn record's
+        # offset, the bytes it has), a tail left as it is (see _past_torn_tail).
+        self.torn_tail_found: tuple[Path, int, int] | None = None
+        self._entry_unsynced = False
         self.wal_dir.mkdir(parents=True, exist_ok=True)
-        self.rotate(created)
+        lock = _lock_directory(self.wal_dir)
+        self._unlock = weakref.finalize(self, os.close, lock) if lock is not None else None
+        self._newest = _newest_segment(self.wal_dir)
+        self.rotate(self._past_torn_tail(self._segment_second(created)))
 
     @property
     def next_seq(self) -> int:
@@ -154,28 +247,32 @@ class WalWriter:
         As in ``rotate_wal_file``, the new file's header is written before the old
         file is flushed and closed.
         """
-        if created is None:
-            created = int(self._clock())
+        created = self._segment_second(created)
         header = encode_header(created)
         path = self.wal_dir / segment_name(created)
+        new_entry = not path.exists()
         new = _BufWriter(path, self._buffer_size)
         new.write_all(header[:4])
         new.write_all(header[4:8])
         new.write_all(header[8:])
+        self._entry_unsynced = self._entry_unsynced or new_entry
         if self._sync_on_write:
-            new.sync()
+            self._sync(new)
         if self._out is not None:
             self._out.close()
         self._out = new
         self.path = path
+        self._newest = created if self._newest is None else max(self._newest, created)
         return path
 
     def append(self, entry: WalEntry) -> int:
         """Write ``entry`` as the next record; return the sequence number it got."""
         out = self._open_file()
-        # WalManager takes the number before encoding: a failed encode leaves a gap.
+        if self._dim is not None:
+            _check_dim(entry, self._dim)
+        record = encode_record(self._next_seq, encode_entry(entry))
         seq = self._take_seq()
-        self._write_record(out, seq, encode_entry(entry))
+        self._write_record(out, record)
         if self._max_segment_bytes is not None and out.disk_size() >= self._max_segment_bytes:
             self.rotate()
         if (
@@ -196,21 +293,24 @@ class WalWriter:
         out = self._open_file()
         if timestamp is None:
             timestamp = int(self._clock())
+        record = encode_record(self._next_seq, encode_entry(Checkpoint(sequence_number, timestamp)))
         seq = self._take_seq()
-        self._write_record(out, seq, encode_entry(Checkpoint(sequence_number, timestamp)))
+        self._write_record(out, record)
         self._last_checkpoint = sequence_number
         return seq
 
     def flush(self) -> None:
         """Flush the buffer and fsync, like ``WalManager::flush``."""
-        self._open_file().sync()
+        self._sync(self._open_file())
 
     def close(self) -> None:
         """Flush and close (WalManager's ``Drop``); closing twice is harmless."""
         if self._out is not None:
-            self._out.sync()
+            self._sync(self._out)
             self._out.close()
             self._out = None
+        if self._unlock is not None:
+            self._unlock()  # closing the directory releases the lock
 
     def __enter__(self) -> WalWriter:
         return self
@@ -228,11 +328,48 @@ class WalWriter:
         self._next_seq += 1
         return seq
 
-    def _write_record(self, out: _BufWriter, seq: int, payload: bytes) -> None:
-        record = encode_record(seq, payload)
+    def _segment_second(self, created: int | None) -> int:
+        """``created``, or the clock's second, moved past the newest segment if behind it."""
+        if created is not None:
+            return created
+        second = int(self._clock())
+        if self._newest is not None and second < self._newest:
+            second = self._newest + 1
+        return second
+
+    def _past_torn_tail(self, created: int) -> int:
+        """``created``, or a later second when the file of ``created``, which this open
+        would append to, ends inside a record (a crash mid-write): the header appended
+        there would be inside that record's length, and a reader (SPEC section 1 knows a
+        header only at a record boundary) would lose every record after it. The torn
+        file is left as it is (its tail is a torn tail to every restore)."""
+        path = self.wal_dir / segment_name(created)
+        if not path.is_file() or path.stat().st_size == 0:
+            return created
+        torn = scan_segment(path).torn_tail
+        if torn is None or not torn.lost:
+            return created
+        self.torn_tail_found = (path, torn.offset, torn.lost)
+        return max(created, self._newest or created) + 1
+
+    def _write_record(self, out: _BufWriter, record: bytes) -> None:
         # Three writes, as in Rust: each can flush the buffer at a different point.
         out.write_all(record[:8])
         out.write_all(record[8:12])
         out.write_all(record[12:])
         if self._sync_on_write:
-            out.sync()
+            self._sync(out)
+
+    def _sync(self, out: _BufWriter) -> None:
+        """``out.sync()``, then the directory if a segment was created since it was last
+        synced: WalManager never syncs it, so a power cut could lose a new segment's
+        name, with every record synced into it (PostgreSQL syncs pg_wal after making
+        a segment)."""
+        out.sync()
+        if self._entry_unsynced:
+            fd = os.open(self.wal_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._entry_unsynced = False
