@@ -403,13 +403,16 @@ def _delete(result: ExpireResult, snaps: list[str], segments: list[Path], first_
             continue
         p = Path(path)
         aside = p.parent / f".{p.name}.expired-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            os.rename(p, aside)
-            fsync_path(snapshots_dir, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError as err:
-            done(Expired(SNAPSHOT, path, size, problem=os_reason(err)))
-            continue
-        shutil.rmtree(aside, ignore_errors=True)  # hidden now: a leftover is swept later
+        # A Ctrl-C waits for this one snapshot's removal: it left the snapshot hidden
+        # aside, whole, until the next run.
+        with interrupts.holding():
+            try:
+                os.rename(p, aside)
+                fsync_path(snapshots_dir, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as err:
+                done(Expired(SNAPSHOT, path, size, problem=os_reason(err)))
+                continue
+            shutil.rmtree(aside, ignore_errors=True)  # hidden now: a leftover is swept later
         done(Expired(SNAPSHOT, path, size))
     # Oldest first, stopping at the first that cannot go: what stays is always every
     # segment from one on, never a log with a hole a restore would read across.

@@ -6,6 +6,7 @@ The format comes from ``--format`` or from the name; every file appears atomical
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -18,7 +19,14 @@ import numpy as np
 from gpu_pitr import interrupts
 from gpu_pitr.errors import OutputError, UnwritableDirectoryError, WalError, missing_extra
 from gpu_pitr.npzfile import Pieces, write_npz
-from gpu_pitr.tempfiles import fsync_path, fsync_renamed, remove_stale_temps, temp_path
+from gpu_pitr.tempfiles import (
+    before_install,
+    first_removing,
+    fsync_path,
+    fsync_renamed,
+    remove_stale_temps,
+    temp_path,
+)
 
 FORMATS = ("npz", "parquet", "faiss", "snapshot")
 SUFFIXES = {".npz": "npz", ".parquet": "parquet", ".faiss": "faiss"}
@@ -390,6 +398,7 @@ def atomic_files(*dests: Path, check: bool = True,
         for tmp in tmps:
             fsync_path(tmp, os.O_RDONLY)
         interrupts.committing()  # a pending Ctrl-C stops here, not between renames
+        before_install()
         with _renames_locked(dests):
             for tmp, dest in zip(tmps, dests, strict=True):
                 os.replace(tmp, dest)
@@ -433,12 +442,18 @@ def write_json(path: Path, doc, then=None) -> None:
     """``doc`` as a JSON file at ``path``, atomically. ``then()``, if given, runs once
     the JSON is written aside and before it is renamed into place: a restore writes its
     index there, so that a report that cannot be written fails the run before the
-    index replaces the old one (and an index that cannot be written leaves no report)."""
+    index replaces the old one (and an index that cannot be written leaves no report).
+    The old JSON is removed just before the index is renamed into place, and once the
+    index is there a Ctrl-C or SIGTERM waits for the JSON's rename: never the new index
+    beside the previous run's report (a SIGKILL between the two renames leaves none)."""
     try:
-        with atomic_files(path) as (tmp,):
+        with contextlib.ExitStack() as after_then, atomic_files(path) as (tmp,):
             tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
             if then is not None:
-                then()
+                with first_removing(path):  # never the new index beside an old report
+                    then()
+                # The index is in place: its report follows it, whatever stop comes.
+                after_then.enter_context(interrupts.holding())
     except OutputError:
         raise  # then()'s own, naming its file
     except OSError as err:

@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,6 +127,49 @@ def fsync_dir(path: Path) -> None:
     fsync_path(path, os.O_RDONLY | os.O_DIRECTORY)
 
 
+# What must happen just before this thread's next output is renamed into place
+# (``first_removing``): per thread, as two restores may write outputs at once.
+_installing = threading.local()
+
+
+def _before_install() -> list[Callable[[], None]]:
+    if not hasattr(_installing, "removals"):
+        _installing.removals = []
+    return _installing.removals
+
+
+@contextmanager
+def first_removing(path: Path) -> Iterator[None]:
+    """Inside the block, the first output renamed into place (``atomic_files``,
+    ``new_dir``) first removes ``path``, a file written beside it that is renamed into
+    place after it: a writer killed between the two renames (SIGKILL, power loss) then
+    leaves the new output and no ``path``, never the new output beside the previous
+    run's ``path`` (a restore's --report-json describing another index)."""
+
+    def remove() -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        fsync_dir(path.parent)  # gone before the output's rename, on disk too
+
+    removals = _before_install()
+    removals.append(remove)
+    try:
+        yield
+    finally:
+        if remove in removals:  # nothing was renamed into place
+            removals.remove(remove)
+
+
+def before_install() -> None:
+    """Called by the writers just before their first rename: runs ``first_removing``'s
+    removals, once."""
+    removals = _before_install()
+    while removals:
+        removals.pop()()
+
+
 def install_dir(tmp: Path, out: Path, check: Callable[[Path], None]) -> None:
     """Rename the finished directory ``tmp`` (``temp_path(out)``, fsynced) onto ``out``.
 
@@ -185,6 +229,7 @@ def new_dir(out: Path, check: Callable[[Path], None],
             raise err.cause from err
         fsync_dir(tmp)
         interrupts.committing()  # no stop halfway through the renames
+        before_install()
         install_dir(tmp, out, check)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

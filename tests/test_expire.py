@@ -686,3 +686,30 @@ def test_a_checksum_file_that_cannot_be_rewritten_leaves_the_deletions_reported(
     assert any(archivesums.SUMS_NAME in note and "No space left" in note
                for note in result.notes), result.notes
     assert not [p for p in verify_wal(arc).problems if p.kind.startswith("archive")]
+
+
+def test_a_stop_once_a_snapshot_is_renamed_aside_still_removes_it(hist, monkeypatch):
+    """Ctrl-C or SIGTERM right after a snapshot was renamed aside for deletion: the stop
+    was raised there, and the whole snapshot stayed, hidden, until the next run. The
+    stop now waits for that one snapshot's removal."""
+    import signal
+    import time
+
+    from gpu_pitr import interrupts
+
+    arc, _, snaps, _ = hist
+    rename = os.rename
+
+    def rename_then_signal(src, dst):
+        rename(src, dst)
+        if ".expired-" in str(dst):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here
+
+    monkeypatch.setattr(os, "rename", rename_then_signal)
+    with pytest.raises(interrupts.Terminated), interrupts.handle_signals():
+        expire(arc, snaps, keep=1)
+    monkeypatch.undo()
+    left = sorted(p.name for p in snaps.iterdir())
+    assert not [n for n in left if n.startswith(".")], left
+    assert "s05" in left and len(left) == 5  # one deleted, then the stop

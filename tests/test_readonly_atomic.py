@@ -661,3 +661,110 @@ def test_ctrl_c_as_the_command_starts_is_one_line(tmp_path, where, sig):
     assert (proc.returncode, proc.stderr) == (
         128 + sig, f"gpu-pitr: interrupted by {sig.name}{tail}\n")
     assert not out.exists() and _temps(out) == []
+
+
+def _report_target(path: Path):
+    import json
+
+    return json.loads(path.read_text())["target"]["kind"]
+
+
+@pytest.mark.parametrize("fmt", ["npz", "faiss", "snapshot"])
+def test_the_old_report_is_gone_before_the_new_index_is_in_place(tmp_path, monkeypatch, fmt):
+    """``--report-json``: the index is renamed into place, then its report. A writer killed
+    between the two (SIGKILL, power loss) left the new index beside the previous run's
+    report, which described another target. The old report now goes first: at the moment
+    the index lands, no report is there."""
+    from gpu_pitr import outputs, tempfiles
+
+    pytest.importorskip({"npz": "numpy", "faiss": "faiss", "snapshot": "pyarrow"}[fmt])
+    wal = tmp_path / "wal"
+    write_synthetic_wal(wal, total_bytes=64 << 10, dim=4, segments=2, seed=3)
+    out = tmp_path / {"npz": "x.npz", "faiss": "x.faiss", "snapshot": "snap"}[fmt]
+    report = tmp_path / "report.json"
+    base = ["restore", str(wal), "--out", str(out), "--format", fmt, "--report-json",
+            str(report), "-q"]
+    assert cli.main([*base, "--to-seq", "3"]) == 0
+    assert _report_target(report) == "seq"
+    seen = []  # what a SIGKILL right after the index's rename would leave
+
+    def note(src, dst):
+        if Path(dst) != report:
+            seen.append(report.exists() and _report_target(report))
+
+    for module, name in ((outputs.os, "replace"), (tempfiles.os, "rename")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name,
+                            lambda src, dst, real=real: (real(src, dst), note(src, dst))[0])
+    assert cli.main(base) == 0
+    assert seen and not any(seen), seen  # never the old report ("seq") beside the new index
+    assert _report_target(report) == "latest"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_once_the_index_is_in_place_lets_its_report_land(tmp_path, monkeypatch, sig):
+    """Ctrl-C or SIGTERM right after the index was renamed into place: its report was not
+    renamed (the stop was raised before it), so the new index stood beside the previous
+    run's report, and the command said its incomplete outputs were removed. The report now
+    follows the index; the command had finished its outputs, so the signal changes
+    nothing."""
+    from gpu_pitr import outputs
+
+    wal = tmp_path / "wal"
+    write_synthetic_wal(wal, total_bytes=64 << 10, dim=4, segments=2, seed=3)
+    out, report = tmp_path / "x.npz", tmp_path / "report.json"
+    base = ["restore", str(wal), "--out", str(out), "--report-json", str(report), "-q"]
+    assert cli.main([*base, "--to-seq", "3"]) == 0
+    real = os.replace
+
+    def replace_then_signal(src, dst):
+        real(src, dst)
+        if Path(dst) == out:
+            os.kill(os.getpid(), sig)
+            time.sleep(0.05)  # the handler runs here: it only records
+
+    monkeypatch.setattr(outputs.os, "replace", replace_then_signal)
+    status = cli.main(base)
+    assert _report_target(report) == "latest"
+    with np.load(out, allow_pickle=False) as z:
+        assert _report_target_of_npz(z) == "latest"
+    assert status in (0, 128 + sig)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "wal", "x.npz"]
+
+
+def _report_target_of_npz(z) -> str:
+    import json
+
+    return json.loads(str(z["report"]))["target"]["kind"]
+
+
+def test_a_snapshot_write_removes_killed_writes_of_other_names(tmp_path):
+    """Snapshots named apart (by date, as the docs advise) are never written twice under
+    one name, so the temp directory a killed ``snapshot --out snaps/snap-1`` left (up to
+    a whole snapshot, hidden from inspect and verify) was only ever removed by expire:
+    they piled up. Any snapshot write now removes those of dead writers quiet for ten
+    minutes; a live writer's, one changed lately (its pid may be another host's), and a
+    directory that holds other files than a snapshot's, stay."""
+    wal, snaps = tmp_path / "wal", tmp_path / "snaps"
+    write_synthetic_wal(wal, total_bytes=64 << 10, dim=4, segments=2, seed=3)
+    snaps.mkdir()
+    dead = _dead_pid()
+    killed = snaps / f".snap-1.tmp-{dead}-0123abcd"
+    killed.mkdir()
+    (killed / "vectors.f32").write_bytes(b"half a snapshot")
+    empty = snaps / f".snap-0.tmp-{dead}-89abcdef"  # killed before it wrote a file
+    empty.mkdir()
+    live = snaps / f".snap-9.tmp-{os.getpid()}-0123abcd"
+    live.mkdir()
+    foreign = snaps / f".notes.tmp-{dead}-0123abcd"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not a snapshot's")
+    recent = snaps / f".snap-3.tmp-{dead}-0123abcd"  # its pid may be another host's
+    recent.mkdir()
+    (recent / "vectors.f32").write_bytes(b"being written")
+    old = time.time() - 3600
+    for p in (killed, killed / "vectors.f32", empty, foreign, foreign / "notes.txt"):
+        os.utime(p, (old, old))
+    assert cli.main(["snapshot", str(wal), "--out", str(snaps / "snap-2"), "-q"]) == 0
+    assert sorted(p.name for p in snaps.iterdir()) == sorted(
+        [foreign.name, live.name, recent.name, "snap-2"])

@@ -159,6 +159,7 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
     dim = _index_dim(host, vectors, count)
     _check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_killed_writes(out.parent)
     with new_dir(out, _check_target, is_snapshot) as tmp:
         files = {}
         flat = np.ascontiguousarray(vectors[:count] if count else vectors[:0], dtype="<f4")
@@ -206,6 +207,50 @@ def _index_dim(host, vectors: np.ndarray, count: int) -> int | None:
     if count and vectors.shape != (count, dim):
         raise ValueError(f"vectors have shape {vectors.shape}, expected ({count}, {dim})")
     return None if dim is None else int(dim)
+
+
+# A snapshot being written: ``.<name>.tmp-<pid>-<8 hex>`` (tempfiles.temp_path).
+_TEMP_DIR = re.compile(r"\.(.+)\.tmp-(\d+)-[0-9a-f]{8}")
+
+
+# A temp directory of another name is removed only when nothing in it changed for this
+# long: its pid may be of a writer on another host or in another pid namespace (a
+# container) sharing the directory, which this host cannot see.
+KILLED_WRITE_QUIET_SECONDS = 600
+
+
+def remove_killed_writes(parent: Path) -> list[Path]:
+    """Remove the temp directories that killed writes of a snapshot of any name left in
+    ``parent``: their writer gone (this host's pids), holding snapshot files only, and
+    nothing in them changed for ``KILLED_WRITE_QUIET_SECONDS``. ``new_dir`` removes
+    those of the name it writes; snapshots named apart each time (by date, as they
+    should be) are never written twice, so theirs were left, up to a whole snapshot
+    each, hidden from ``inspect`` and ``verify``, until ``expire`` ran. Best effort.
+    Returns the paths removed."""
+    import shutil
+
+    from gpu_pitr.tempfiles import dead_writers
+
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return []
+    removed = []
+    quiet_since = time.time() - KILLED_WRITE_QUIET_SECONDS
+    for entry, _ in dead_writers(entries, _TEMP_DIR):
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            names = os.listdir(entry.path)
+            if not set(names) <= SNAPSHOT_FILES or any(
+                    os.stat(p, follow_symlinks=False).st_mtime > quiet_since
+                    for p in [entry.path, *(os.path.join(entry.path, n) for n in names)]):
+                continue
+            shutil.rmtree(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
 
 
 #: Rows, and bytes of ids, vectors and maps (about), of a record batch of metadata.arrow.
