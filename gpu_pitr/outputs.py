@@ -410,6 +410,27 @@ def atomic_files(*dests: Path, check: bool = True,
         fsync_renamed(directory)  # after the renames: a failure is NotSyncedError
     for dest in dests if stale else ():
         remove_stale_temps(dest)  # left by writers of the same name that were killed
+    if stale:
+        # And of other outputs' names (one name per target, as docs/recovery.md has it:
+        # never written twice), up to a whole index each, once quiet for a while.
+        for directory in dict.fromkeys(dest.parent for dest in dests):
+            _remove_killed_outputs(directory)
+
+
+# The names of the files an output writes (``--out`` by format, ``--report-json``).
+_OUTPUT_NAMES = r".+\.(?:npz|parquet|faiss|faiss\.ids\.jsonl|json)"
+
+
+def _remove_killed_outputs(directory: Path) -> None:
+    """Remove the temp files that killed writers of any output left in ``directory``
+    (their pid gone, unchanged for ``tempfiles.QUIET_SECONDS``). Best effort."""
+    from gpu_pitr.tempfiles import remove_stale_entries
+
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    remove_stale_entries(entries, _OUTPUT_NAMES, quiet=True)
 
 
 @contextmanager

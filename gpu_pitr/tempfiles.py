@@ -18,6 +18,7 @@ import re
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,13 +94,22 @@ def dead_writers(entries, pattern: re.Pattern):
             yield entry, match
 
 
-def remove_stale_entries(entries, name_pattern: str) -> list[Path]:
+# A temp file of another destination is removed only when it has not changed for this
+# long: its pid may be of a writer on another host or in another pid namespace (a
+# container) sharing the directory, which this host cannot see.
+QUIET_SECONDS = 600
+
+
+def remove_stale_entries(entries, name_pattern: str, quiet: bool = False) -> list[Path]:
     """``remove_stale_temps`` for every destination named by ``name_pattern``, among
-    ``entries`` (``os.DirEntry`` of one directory)."""
+    ``entries`` (``os.DirEntry`` of one directory); with ``quiet``, only temps not
+    changed for ``QUIET_SECONDS``."""
     removed = []
+    since = time.time() - QUIET_SECONDS
     for entry, _ in dead_writers(entries, temp_pattern(name_pattern)):
         try:
-            if not entry.is_file(follow_symlinks=False):
+            if not entry.is_file(follow_symlinks=False) or (
+                    quiet and entry.stat(follow_symlinks=False).st_mtime > since):
                 continue
             os.unlink(entry.path)
         except OSError:

@@ -768,3 +768,29 @@ def test_a_snapshot_write_removes_killed_writes_of_other_names(tmp_path):
     assert cli.main(["snapshot", str(wal), "--out", str(snaps / "snap-2"), "-q"]) == 0
     assert sorted(p.name for p in snaps.iterdir()) == sorted(
         [foreign.name, live.name, recent.name, "snap-2"])
+
+
+def test_an_output_write_removes_killed_writes_of_other_output_names(tmp_path):
+    """One output name per target (docs/recovery.md) is never written twice, so the temp
+    file a killed ``restore --out x-1.npz`` left (up to a whole index) stayed for good:
+    only a later write of the same name removed it. Any output write now removes those
+    of dead writers of any output name, once unchanged for ten minutes (a pid may be
+    another host's); other files stay."""
+    wal = tmp_path / "wal"
+    write_synthetic_wal(wal, total_bytes=64 << 10, dim=4, segments=2, seed=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = _dead_pid()
+    old = time.time() - 3600
+    names = {"killed": f".x-1.npz.tmp-{dead}-0123abcd",
+             "killed_ids": f".x-2.faiss.ids.jsonl.tmp-{dead}-0123abcd",
+             "recent": f".x-3.parquet.tmp-{dead}-0123abcd",
+             "live": f".x-4.npz.tmp-{os.getpid()}-0123abcd",
+             "other": f".notes.txt.tmp-{dead}-0123abcd"}
+    for key, name in names.items():
+        (out / name).write_bytes(b"half an output")
+        if key != "recent":
+            os.utime(out / name, (old, old))
+    assert cli.main(["restore", str(wal), "--out", str(out / "x-5.npz"), "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [names["recent"], names["live"], names["other"], "x-5.npz"])

@@ -213,30 +213,25 @@ def _index_dim(host, vectors: np.ndarray, count: int) -> int | None:
 _TEMP_DIR = re.compile(r"\.(.+)\.tmp-(\d+)-[0-9a-f]{8}")
 
 
-# A temp directory of another name is removed only when nothing in it changed for this
-# long: its pid may be of a writer on another host or in another pid namespace (a
-# container) sharing the directory, which this host cannot see.
-KILLED_WRITE_QUIET_SECONDS = 600
-
-
 def remove_killed_writes(parent: Path) -> list[Path]:
     """Remove the temp directories that killed writes of a snapshot of any name left in
     ``parent``: their writer gone (this host's pids), holding snapshot files only, and
-    nothing in them changed for ``KILLED_WRITE_QUIET_SECONDS``. ``new_dir`` removes
+    nothing in them changed for ``tempfiles.QUIET_SECONDS`` (its pid may be of a writer
+    on another host or in another pid namespace sharing the directory). ``new_dir`` removes
     those of the name it writes; snapshots named apart each time (by date, as they
     should be) are never written twice, so theirs were left, up to a whole snapshot
     each, hidden from ``inspect`` and ``verify``, until ``expire`` ran. Best effort.
     Returns the paths removed."""
     import shutil
 
-    from gpu_pitr.tempfiles import dead_writers
+    from gpu_pitr.tempfiles import QUIET_SECONDS, dead_writers
 
     try:
         entries = list(os.scandir(parent))
     except OSError:
         return []
     removed = []
-    quiet_since = time.time() - KILLED_WRITE_QUIET_SECONDS
+    quiet_since = time.time() - QUIET_SECONDS
     for entry, _ in dead_writers(entries, _TEMP_DIR):
         try:
             if not entry.is_dir(follow_symlinks=False):
