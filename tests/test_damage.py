@@ -190,6 +190,13 @@ GARBAGE = {
     "invalid_utf8_id": b"\x00\x02\xff\xfe\x00\x00\x05",
     "surrogate_utf8_id": b"\x02\x03\xed\xa0\x80\x05",
     "overlong_utf8_id": b"\x02\x02\xc0\xaf\x05",
+    # RFC 3629's other ranges: a 3- and a 4-byte overlong form, a code point past
+    # U+10FFFF, and lead bytes F5-F7 (a decoder that checks only the lead byte's
+    # pattern takes each of them)
+    "overlong_3_byte_utf8_id": b"\x02\x03\xe0\x80\x80\x05",
+    "overlong_4_byte_utf8_id": b"\x02\x04\xf0\x80\x80\x80\x05",
+    "utf8_past_u10ffff_id": b"\x02\x04\xf4\x90\x80\x80\x05",
+    "utf8_lead_f5_id": b"\x02\x04\xf5\x80\x80\x80\x05",
     "invalid_utf8_metadata_key": b"\x00\x01a\x00\x01\x01\x01\x80\x01v\x05",
     "invalid_utf8_metadata_value": b"\x00\x01a\x00\x01\x01\x01k\x01\xc3\x05",
     "string_length_larger_than_payload": b"\x02\xfd" + b"\xff" * 8 + b"\x05",
@@ -222,6 +229,8 @@ REASONS = {
         "vector_count_off_by_one", "map_count_larger_than_payload",
         "batch_count_larger_than_payload", "vector_count_of_floats_larger_than_payload"],
     "invalid UTF-8 in a string": ["invalid_utf8_id", "surrogate_utf8_id", "overlong_utf8_id",
+                                  "overlong_3_byte_utf8_id", "overlong_4_byte_utf8_id",
+                                  "utf8_past_u10ffff_id", "utf8_lead_f5_id",
                                   "invalid_utf8_metadata_key", "invalid_utf8_metadata_value",
                                   "utf8_cut_by_the_string_end"],
     "invalid option tag": ["bad_option_tag"],
@@ -359,6 +368,12 @@ def test_wrong_magic_file_after_the_stop_point_is_reported_not_fatal(restore, tm
     v = restore(d, to_time=2)
     assert v.ids == ["a", "b"]
     assert [base(x["file"]) for x in v.report["damage_after_stop"]] == [name]
+    # --skip-corrupt skips what the restore must read past; a file after the stop point
+    # is damage after it still, as an undecodable record there is
+    v = restore(d, to_time=2, skip_corrupt=True)
+    assert v.ids == ["a", "b"]
+    assert [base(x["file"]) for x in v.report["damage_after_stop"]] == [name]
+    assert v.report["skipped"] == []
     v = restore(d, to_seq=0)
     assert v.ids == ["a"]
     with pytest.raises(BadSegmentError):

@@ -445,6 +445,65 @@ def test_markers_timestamps_do_not_matter(restore, tmp_path):
     assert restore(d, to_time=5).ids == ["a", "b"]
 
 
+def _prefix_colliding_ids() -> tuple[str, str]:
+    """An 8-byte ASCII id and a 16-byte one beginning with it, with the same 64-bit id
+    key: FNV-1a's state after the long id's first word, xored with a chosen second
+    word, meets the short id's (their lengths seed the two apart)."""
+    import random
+
+    from gpu_pitr.format.payload import FNV_OFFSET, FNV_PRIME
+
+    off, prime, mask = int(FNV_OFFSET), int(FNV_PRIME), (1 << 64) - 1
+    rng = random.Random(8)
+    while True:
+        w1 = bytes(rng.randrange(0x21, 0x7F) for _ in range(8))
+        x = int.from_bytes(w1, "little")
+        w2 = ((((off ^ 16) ^ x) * prime) & mask) ^ (off ^ 8) ^ x
+        raw = w2.to_bytes(8, "little")
+        if 0 < min(raw) and max(raw) < 0x80:
+            return w1.decode(), (w1 + raw).decode()
+
+
+def test_an_id_and_a_longer_one_it_begins_stay_apart_when_their_keys_collide(
+        restore, tmp_path):
+    """Ids compare exactly: a hit on the map's key is confirmed by the id's length and
+    bytes. Here the longer id is entered first and the shorter one is its prefix, so
+    comparing the shorter one's bytes alone would take it for the longer one."""
+    import numpy as np
+
+    from gpu_pitr.resolve.idsort import span_keys
+
+    short, long = _prefix_colliding_ids()
+    raw = np.frombuffer((short + long).encode(), np.uint8)
+    keys = span_keys(raw, np.array([0, 8]), np.array([8, 16]), parallel=False)
+    assert keys[0] == keys[1] and long.startswith(short)
+    d, _ = write_log(tmp_path, Ins(long, [1.0], None, 1), Ins(short, [2.0], {"k": "s"}, 2),
+                     Upd(long, [3.0], None, 3))
+    v = restore(d)
+    assert state(v) == {short: (f32(2.0), {"k": "s"}), long: (f32(3.0), None)}
+    assert v.report["inserts"] == 2 and v.report["updates"] == 1
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 64])
+def test_transactions_in_flight_at_a_time_stop_stay_counted_after_more_chunks(
+        restore, tmp_path, chunk_bytes):
+    """Transactions open where a time target stops are in flight there, however much of
+    the log is read after the stop (in later chunks, checked for damage only)."""
+    b = LogBuilder()
+    b.add(Begin(1, 1))
+    b.add(Ins("a", [1.0], None, 1))
+    b.add(Begin(2, 2))
+    b.add(Ins("b", [2.0], None, 2))
+    stop = b.add(Commit(2, 100))  # the first commit point past T: 1 and 2 still open
+    for k in range(50):
+        b.add(Ins(f"p{k}", [float(k)], None, 200))
+    d = b.write(tmp_path / "wal")
+    v = restore(d, to_time=5, chunk_bytes=chunk_bytes)
+    assert v.ids == []
+    assert stop_of(v) == stop_at(stop, 100)
+    assert v.report["transactions"] == {"committed": 0, "aborted": 0, "in_flight_discarded": 2}
+
+
 # ----------------------------------------------------------------------------- targets
 def _abc(tmp_path, tss=(10, 20, 30)):
     return write_log(
@@ -500,6 +559,11 @@ def test_time_target_after_everything_reaches_end_of_log(restore, tmp_path):
     assert v.ids == ["a", "b", "c"]
     assert stop_of(v) == END
     assert restore(d, to_time=2**64 - 1, exclusive=True).ids == ["a", "b", "c"]
+    # past every u64 timestamp (the API takes any int; the CLI refuses these)
+    for t in (2**64, 2**70):
+        for exclusive in (False, True):
+            v = restore(d, to_time=t, exclusive=exclusive)
+            assert v.ids == ["a", "b", "c"] and stop_of(v) == END
 
 
 def test_later_commit_points_with_earlier_timestamps_are_not_applied(restore, tmp_path):
@@ -610,6 +674,22 @@ def test_exclusive_seq_target_stops_just_before_its_record(restore, tmp_path):
         assert v.report["transactions"]["committed"] == (n == 4)
     with pytest.raises(TargetNotFoundError):
         restore(d, to_seq=5, exclusive=True)
+
+
+def test_exclusive_seq_target_stops_before_the_first_record_with_that_seq(restore, tmp_path):
+    """Sequence numbers repeat after a writer reopens: an exclusive target stops just
+    before the first record numbered N in log order and names that one, not a later
+    record with the same number (the walk goes on past the stop, checking damage)."""
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))  # seq 0
+    first = b.add(Ins("b", [2.0], None, 2))  # seq 1
+    b.reopen()  # second header, seq back to 0
+    b.add(Ins("c", [3.0], None, 3))  # seq 0
+    b.add(Ins("d", [4.0], None, 4))  # seq 1
+    d = b.write(tmp_path / "wal")
+    v = restore(d, to_seq=1, exclusive=True)
+    assert v.ids == ["a"]
+    assert stop_of(v) == stop_at(first, 2)
 
 
 def test_exclusive_seq_target_on_a_record_that_does_not_decode(restore, tmp_path):

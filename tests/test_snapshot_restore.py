@@ -406,6 +406,26 @@ def test_chained_snapshots(tmp_path):
     assert f"later than the target time {t0 + 5} (2023-11-14T22:13:25Z)" in str(err.value)
 
 
+def test_a_base_is_judged_by_its_latest_stamp_not_its_last(tmp_path):
+    """Timestamps need not grow in log order: a snapshot whose commit points are stamped
+    30 then 10 (a record, then a transaction's commit) holds one later than a target of
+    20, so it cannot serve that target (a restore of the whole log stops before the
+    first commit point); judged by its last stamp, it would return every row."""
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], None, 30))
+    b.add(w.Ins("b", [2.0], None, 10))
+    b.add(w.Begin(1, 5))
+    b.add(w.Ins("c", [3.0], None, 5))
+    b.add(w.Commit(1, 10))
+    d = b.write(tmp_path / "wal")
+    snap = gpu_pitr.restore(d, backend="cpu")
+    assert (snap.position["max_timestamp"], snap.position["timestamp"]) == (30, 10)
+    snapshot.save(snap, tmp_path / "s")
+    assert gpu_pitr.restore(d, backend="cpu", to_time=20).id_list() == []
+    with pytest.raises(TargetBeforeBaseError, match="stamped"):
+        gpu_pitr.restore(d, backend="cpu", to_time=20, base=tmp_path / "s")
+
+
 def _mapped(path: Path) -> bool:
     with open("/proc/self/maps") as f:
         return any(line.rstrip().endswith(str(path)) for line in f)
