@@ -735,6 +735,25 @@ def test_stale_temp_dirs_of_dead_writers_are_cleaned(snap):
     assert _hidden(parent) == [".other.tmp-" + f"{dead}-abcd", live.name]
 
 
+def test_a_snapshot_set_aside_by_a_killed_replacement_is_named_when_it_is_missing(snap):
+    """A write killed between its two renames left the old snapshot aside, hidden, and
+    none in its place: a restore with --base said only "not a snapshot directory" (the
+    next write of the name puts it back). The error now says where it is."""
+    dead, parent = _dead_pid(), snap.parent
+    aside = parent / f".snap.old-{dead}-0123abcd"
+    os.rename(snap, aside)
+    with pytest.raises(SnapshotError) as err:
+        load_snapshot(snap)
+    assert str(err.value) == (
+        f"{snap}: not a snapshot directory (a write that was replacing it was killed: the "
+        f"snapshot it replaced is {aside}; rename it back, or write the snapshot again)")
+    os.rename(aside, snap)
+    assert load_snapshot(snap).position == POSITION
+    (parent / "gone").mkdir()
+    with pytest.raises(SnapshotError, match=r"gone/manifest.json"):  # no hint: nothing aside
+        load_snapshot(parent / "gone")
+
+
 def test_a_fifo_or_directory_where_a_snapshot_file_belongs_is_named_not_waited_on(snap):
     """A FIFO in a snapshot blocked the open of every restore, verify and expire (which
     holds the archive's lock meanwhile) for ever."""

@@ -402,10 +402,28 @@ def read_manifest(path) -> dict:
     return _whole(Path(path), _read_manifest_once)
 
 
+def _aside_hint(root: Path) -> str:
+    """Where the snapshot ``root`` is, when a write that replaced it was killed between
+    its two renames (``tempfiles.install_dir``): the old one set aside, whole. The next
+    write of ``root`` puts it back; until then this says where it is."""
+    if os.path.lexists(root):
+        return ""
+    pattern = re.compile(rf"\.{re.escape(root.name)}\.old-\d+-[0-9a-f]+")
+    try:
+        aside = sorted(e.path for e in os.scandir(root.parent) if pattern.fullmatch(e.name)
+                       and os.path.isfile(os.path.join(e.path, MANIFEST)))
+    except OSError:
+        return ""
+    if not aside:
+        return ""
+    return (f" (a write that was replacing it was killed: the snapshot it replaced is "
+            f"{aside[-1]}; rename it back, or write the snapshot again)")
+
+
 def _read_manifest_once(root: Path) -> dict:
     mpath = root / MANIFEST
     if not root.is_dir():
-        raise SnapshotError("not a snapshot directory", file=str(root))
+        raise SnapshotError("not a snapshot directory" + _aside_hint(root), file=str(root))
     raw = _read_small(mpath)
     try:
         doc = json.loads(raw)
