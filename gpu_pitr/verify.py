@@ -325,6 +325,8 @@ class _Verify:
         self.swallowed: set[tuple[int, int]] = set()  # (segment, offset) reported
         self.zero_run: Problem | None = None  # the run of zero records listed last
         self.fds: dict[int, int] = {}  # segment -> a descriptor, to look at damaged bytes
+        # Looks at file bytes again that an item of small segments asked for (_piece).
+        self._looks: list | None = None
         self.state = np.array([0, -1, 0, -1, 0], np.int64)
         self.last_seq = np.zeros(1, np.uint64)
         self.open_txns = Dict.empty(key_type=types.uint64, value_type=_TXN_VALUE)
@@ -346,7 +348,8 @@ class _Verify:
             expiry, bad_marker = None, err.what
         copies = _ArchiveCopies(self.wal_dir, self.segments, expiry)
         try:
-            for item in framed_pieces(self.segments, self.chunk_bytes, self._header_problem):
+            for item in framed_pieces(self.segments, self.chunk_bytes, self._header_problem,
+                                      merge_small="scan"):
                 # Copies the log's pass is done with are checked while their pages are
                 # still cached: an archive larger than memory was read twice from disk.
                 copies.check_before(item.segment)
@@ -411,8 +414,24 @@ class _Verify:
         c.off[:n] = item.off[:n]
         c.length[:n] = item.length[:n]
         c.seq[:n] = item.seq[:n]
-        c.seg[:n] = item.segment
-        c.foff[:n] = c.off[:n] - item.start + item.file_start
+        if item.row_segment is None:
+            c.seg[:n] = item.segment
+            c.foff[:n] = c.off[:n] - item.start + item.file_start
+        else:  # small segments framed together
+            c.seg[:n] = item.row_segment[:n]
+            c.foff[:n] = item.row_file_offset[:n]
+        # The bytes looked at again go in log order, whatever segment of the item asks
+        # first: a read error among them names the first file, as one item a file did.
+        self._looks = []
+        try:
+            self._judge(item, n)
+        finally:
+            looks, self._looks = self._looks, None
+        for _key, look, args in sorted(looks, key=lambda x: x[0]):
+            look(*args)
+
+    def _judge(self, item, n: int) -> None:
+        c = self.cols
         if n:
             self.decoder.decode(item.buf, c, 0, n)
             self._undecodable(n)
@@ -420,15 +439,17 @@ class _Verify:
             self._swallowed_by_records(n)
             self._walk(item.buf, n)
             self.result.records += n
-            if self.state[1] == item.segment:
-                self.record_end[item.segment] = int(self.state[2])
-        if item.torn is not None:
-            at, lost = item.torn
-            self.framed_end[item.segment] = at
-            self._add("torn_tail", item.segment, at, None,
+            # Where each segment's last record ends (the walk's state: the last one's).
+            segs = c.seg[:n]
+            for i in np.flatnonzero(np.append(segs[1:] != segs[:-1], True)).tolist():
+                self.record_end[int(segs[i])] = int(
+                    c.foff[i] + RECORD_HEADER_SIZE + c.length[i])
+        for segment, at, lost in item.torn_list():
+            self.framed_end[segment] = at
+            self._add("torn_tail", segment, at, None,
                       f"the file ends inside a record: {lost} bytes lost "
                       "(a restore stops reading this file here)", bytes=lost)
-            self._swallowed_near(item.segment, at, at + lost)
+            self._swallowed_near(segment, at, at + lost)
 
     def _in_progress(self) -> None:
         """Torn tails that were writes in progress (a writer appending while verify
@@ -507,6 +528,9 @@ class _Verify:
 
     def _swallowed_near(self, segment: int, start: int, end: int) -> None:
         """Search file bytes ``[start, end)`` for swallowed headers, and any overlapping them."""
+        if self._looks is not None:
+            self._looks.append(((segment, start), self._swallowed_near, (segment, start, end)))
+            return
         lo = max(HEADER_SIZE, start - HEADER_SIZE + 1)
         hi = min(self.segments[segment].size, end + HEADER_SIZE - 1)
         for pos in range(lo, hi, _HEADER_BLOCK):
@@ -604,6 +628,9 @@ class _Verify:
     def _headers(self, segment: int, start: int, end: int) -> None:
         """Check the segment headers at file bytes ``[start, end)`` (a reopen within
         the same second appends one): each must carry the file name's second."""
+        if self._looks is not None:
+            self._looks.append(((segment, start), self._headers, (segment, start, end)))
+            return
         for pos in range(start, end, _HEADER_BLOCK):
             data = self._pread(segment, min(_HEADER_BLOCK, end - pos), pos)
             for k in range(0, len(data) - HEADER_SIZE + 1, HEADER_SIZE):

@@ -313,3 +313,55 @@ def test_a_restore_that_fails_after_applying_leaves_no_thread(tmp_path):
         w.restore_fast(tmp_path, chunk_bytes=4096, allow_incomplete_history=True)
     assert last in str(info.value)
     assert not [t for t in threading.enumerate() if t.name.startswith("gpu_pitr")]
+
+
+def test_verify_of_small_segments_framed_together_equals_one_item_a_segment(monkeypatch):
+    """``verify`` frames runs of small segments into one item (``merge_small="scan"``):
+    its problems (torn tails, bad headers and records, zero fills, restarts, a header
+    swallowed by a torn record, transactions open at the end) are those of the item a
+    segment it had before, and the items are few."""
+    from gpu_pitr import verify as verify_module
+    from gpu_pitr.format import readahead
+    from gpu_pitr.verify import verify_wal
+
+    wl = _long_log(seed=5, n=600, per=(1, 3))
+    names = sorted(wl.files)
+    files = dict(wl.files)
+    torn = bytearray(files[names[40]])
+    files[names[40]] = bytes(torn[:-3])
+    bad = bytearray(files[names[80]])
+    bad[0] ^= 0xFF
+    files[names[80]] = bytes(bad)
+    rec = bytearray(files[names[120]])
+    rec[HEADER_SIZE + 12] = 255
+    files[names[120]] = bytes(rec)
+    files[names[160]] = files[names[160]] + bytes(24)  # two zero-filled records
+    # A torn write, then the header of a writer reopened in the same second after it.
+    cut = files[names[200]][:-2]
+    files[names[200]] = cut + files[names[200]][:HEADER_SIZE] + files[names[201]][HEADER_SIZE:]
+
+    def problems(merge):
+        real = readahead.framed_pieces
+        counted = []
+
+        def framed(*args, **kw):
+            kw["merge_small"] = merge
+            for item in real(*args, **kw):
+                counted.append(item)
+                yield item
+
+        monkeypatch.setattr(verify_module, "framed_pieces", framed)
+        with tempfile.TemporaryDirectory() as d:
+            w.Workload(files=files).write(d)
+            result = verify_wal(d)
+        monkeypatch.undo()
+        return [(p.kind, p.file, p.offset, p.seq, p.what, p.extra)
+                for p in result.problems], result.records, len(counted)
+
+    merged, records, items = problems("scan")
+    alone, records_alone, items_alone = problems(False)
+    assert merged == alone and records == records_alone
+    kinds = {p[0] for p in merged}
+    assert {"torn_tail", "bad_header", "undecodable", "zero_filled", "seq_restart",
+            "swallowed_header"} <= kinds, kinds
+    assert items_alone >= len(names) - 1 and items <= 10, (items, items_alone)

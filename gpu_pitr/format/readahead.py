@@ -349,13 +349,15 @@ class FrameAhead:
 
     With ``merge_small``, consecutive small segments (read directly: see ``Readahead``)
     are read whole, one after the other, into one buffer and framed into one item
-    (``Framed.row_segment``): a log of thousands of one-record segments then costs an
-    open and a read a segment, not an item each.
+    (``Framed.row_segment``) of up to a chunk (``"scan"``: up to a batch, for a scan
+    whose chunk is cut to its largest segment): a log of thousands of one-record
+    segments then costs an open and a read a segment, not an item each.
     """
 
     def __init__(self, segments, reader: Readahead, alloc: Callable[[int], np.ndarray],
                  frame, header_problem, header_size: int,
-                 starts: dict[int, int] | None = None, merge_small: bool = False) -> None:
+                 starts: dict[int, int] | None = None,
+                 merge_small: bool | str = False) -> None:
         self._segments = segments
         # Where framing starts in a segment (a resumed restore), if not after its header.
         self._starts = starts or {}
@@ -376,7 +378,10 @@ class FrameAhead:
         # Bytes read that no item carries: the headers of segments without records.
         # Read once the thread is done (``close``).
         self.header_only_bytes = 0
-        self._merge_small = merge_small
+        self._merge_small = bool(merge_small)
+        # The bytes of records an item of small segments holds at most.
+        self._merge_limit = (self._batch_limit if merge_small == "scan"
+                             else min(self._batch_limit, reader.chunk_bytes))
         self._small_item: Framed | None = None  # (merge_small) the item being filled
         self._thread = threading.Thread(target=self._run, name="gpu_pitr-frame", daemon=True)
         self._thread.start()
@@ -536,7 +541,7 @@ class FrameAhead:
     def _new_merge(self, index: int) -> Framed:
         """An empty item for small segments from ``index`` on: its buffer holds the
         records of as many of those that follow as fit in a chunk and a batch."""
-        limit = min(self._batch_limit, self._reader.chunk_bytes)
+        limit = self._merge_limit
         size, rows = 0, 0
         for i in range(index, len(self._segments)):
             seg = self._segments[i]
@@ -713,10 +718,11 @@ def scan_chunk_bytes(segments, chunk_bytes: int) -> int:
     return max(64, min(int(chunk_bytes), max((s.size for s in segments), default=0)))
 
 
-def framed_pieces(segments, chunk_bytes: int,
-                  header_check: Callable[[bytes], object]) -> Iterator[Framed]:
+def framed_pieces(segments, chunk_bytes: int, header_check: Callable[[bytes], object],
+                  merge_small: bool | str = False) -> Iterator[Framed]:
     """Read and frame every segment's records, piece by piece, for a scan that only
-    looks (verify, inspect): the ``FrameAhead`` items, in log order.
+    looks (verify, inspect): the ``FrameAhead`` items, in log order (with
+    ``merge_small``, small segments framed together: see ``FrameAhead``).
 
     A piece's buffer goes back to the ring when the next item is asked for, so
     the caller must be done with ``item.buf`` by then. The threads stop when the
@@ -727,7 +733,7 @@ def framed_pieces(segments, chunk_bytes: int,
     reader = Readahead(ranges, chunk_bytes, HEADROOM, host_buffer, threads=READ_THREADS,
                        map_files=True, direct_bytes=DIRECT_BYTES)
     framer = FrameAhead(segments, reader, host_buffer, frame_records, header_check,
-                        HEADER_SIZE)
+                        HEADER_SIZE, merge_small=merge_small)
     try:
         for item in framer:
             yield item
