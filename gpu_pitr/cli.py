@@ -23,7 +23,7 @@ from typing import NoReturn
 
 from gpu_pitr import __version__, environment, interrupts
 from gpu_pitr.errors import MissingExtraError, WalError, os_reason
-from gpu_pitr.format.segments import in_progress, not_a_directory, not_segment_files
+from gpu_pitr.format.segments import in_progress, not_a_directory
 from gpu_pitr.format.stats import plural, stats_lines, utc_text, wal_stats
 from gpu_pitr.format.times import U64_MAX
 from gpu_pitr.outputs import (
@@ -704,8 +704,8 @@ def _inspect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         _emit(json.dumps(stats, indent=2))
     else:
         _emit("\n".join(stats_lines(stats)))
-        for name, what in not_segment_files(args.wal_dir):
-            print(f"note: {name}: {what}", file=sys.stderr)
+        for item in stats["not_read"]:
+            print(f"note: {item['file']}: {item['what']}", file=sys.stderr)
         _say_if_no_segments(args.wal_dir, stats["totals"]["segments"])
     return 0
 

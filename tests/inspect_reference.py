@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from gpu_pitr.format import stats
 from gpu_pitr.format.codec import PayloadError, decode_entry
 from gpu_pitr.format.entries import (
     AbortTransaction,
@@ -49,7 +50,7 @@ def wal_stats(wal_dir: str | os.PathLike) -> dict:
             damage.append(
                 _damage("bad_header", name, scan.bad_header.offset, what=scan.bad_header.what)
             )
-        stamps = []
+        stamps, seqs = [], []
         for rec in scan.records:
             if rec.seq == 0 and not rec.payload:  # 12 zero bytes: no seq the writer gave
                 last = damage[-1] if damage else None
@@ -62,6 +63,7 @@ def wal_stats(wal_dir: str | os.PathLike) -> dict:
                     damage.append({**_damage("zero_filled", name, rec.offset, 0, 12,
                                              describe_zeros(rec.offset, 1)), "records": 1})
                 continue
+            seqs.append(rec.seq)
             if prev_seq is not None and rec.seq != prev_seq + 1:
                 restarts.append(
                     {"file": name, "offset": rec.offset, "from": prev_seq, "to": rec.seq}
@@ -116,8 +118,9 @@ def wal_stats(wal_dir: str | os.PathLike) -> dict:
                 "size": scan.size,
                 "created": scan.created,
                 "records": len(scan.records),
-                "first_seq": scan.records[0].seq if scan.records else None,
-                "last_seq": scan.records[-1].seq if scan.records else None,
+                # Zero-filled records carry no seq the writer gave.
+                "first_seq": seqs[0] if seqs else None,
+                "last_seq": seqs[-1] if seqs else None,
                 "min_timestamp": min(stamps, default=None),
                 "max_timestamp": max(stamps, default=None),
                 "extra_headers": len(scan.extra_headers),
@@ -143,6 +146,7 @@ def wal_stats(wal_dir: str | os.PathLike) -> dict:
         "seq_restarts": restarts,
         "damage": damage,
         "history": _history(first, wal_dir),
+        "not_read": stats.not_read(wal_dir),
     }
 
 
@@ -188,8 +192,6 @@ def assert_same_stats(wal_dir, chunks=(None, 97)) -> dict:
     (None: the default), equals ``wal_stats`` here: the document, its JSON text and the
     printed table. Returns the reference document."""
     import json
-
-    from gpu_pitr.format import stats
 
     ref = wal_stats(wal_dir)
     for chunk in chunks:

@@ -179,6 +179,27 @@ def test_torn_records_at_every_cut(tmp_path):
         assert_same_stats(b.write(tmp_path / f"c{cut}"), chunks=[None, 64])
 
 
+def test_zero_filled_records_bound_no_segment_seqs(tmp_path):
+    """A segment's first/last seq are the writer's: zero-filled records (seq 0, as a file
+    extended but never written leaves) count as records, but at the start or the end of
+    a segment they showed as seq 0 ("0..0" for records 0 and 1; "0..60" for a segment
+    whose first record is seq 57)."""
+    b = LogBuilder()
+    b.add(Ins("a", [1], None, 5))
+    b.add(Del("a", 6))
+    b.raw(bytes(1200))  # extended, never written: the crash
+    b.new_segment(0x6000000)
+    b.raw(bytes(24))
+    for seq in range(57, 61):
+        b.add(Ins("b", [2], None, 7), seq=seq)
+    b.new_segment(0x7000000)
+    b.raw(bytes(36))
+    doc = assert_same_stats(b.write(tmp_path / "wal"))
+    assert [(s["records"], s["first_seq"], s["last_seq"]) for s in doc["segments"]] == [
+        (102, 0, 1), (6, 57, 60), (3, None, None)]
+    assert [d["kind"] for d in doc["damage"]] == ["zero_filled"] * 3
+
+
 def test_sequence_numbers_at_the_u64_edge(tmp_path):
     """After seq 2**64 - 1 every seq is a restart (0 included), as with Python ints."""
     b = LogBuilder(first_seq=2**64 - 3)

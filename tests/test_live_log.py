@@ -249,6 +249,11 @@ def _said_by_restore_and_inspect(wal, lines, tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [f"gpu-pitr: warning: {x}" for x in lines]
     assert cli.main(["inspect", str(wal)]) == 0
     assert capsys.readouterr().err.splitlines() == [f"note: {x}" for x in lines]
+    # --json prints what the text does: a script must not take a segment left unread
+    # for one that is not there.
+    assert cli.main(["inspect", str(wal), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [f"{n['file']}: {n['what']}" for n in doc["not_read"]] == lines
 
 
 def test_segment_names_in_another_case_are_named_not_read(tmp_path, capsys):

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 def wal_stats(wal_dir: str | os.PathLike, *, chunk_bytes: int | None = None) -> dict:
     """What ``inspect`` reports about ``wal_dir``, as one JSON-able document.
 
-    It judges nothing: every kind of damage is listed, none is fatal. Segment
+    It judges nothing: every kind of damage is listed, none is fatal, and so is every
+    entry named like a segment that was not read (``not_read``). Segment
     record counts include records whose payload does not decode; variant counts
     and timestamps come from those that do. The segments are read in pieces of
     ``chunk_bytes`` (default 16 MiB), never the whole log at once. Equal, for every
@@ -21,7 +22,18 @@ def wal_stats(wal_dir: str | os.PathLike, *, chunk_bytes: int | None = None) -> 
     """
     from gpu_pitr.format.statwalk import DEFAULT_CHUNK_BYTES, scan_stats
 
-    return scan_stats(wal_dir, DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
+    stats = scan_stats(wal_dir, DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
+    stats["not_read"] = not_read(wal_dir)
+    return stats
+
+
+def not_read(wal_dir: str | os.PathLike) -> list[dict]:
+    """``wal_stats``'s ``not_read``: the entries named like a segment that no count
+    includes (a directory, a name in upper case, ...), each ``{"file", "what"}``: text
+    prints them as ``note:`` lines, and ``--json`` must not lose them."""
+    from gpu_pitr.format.segments import not_segment_files
+
+    return [{"file": name, "what": what} for name, what in not_segment_files(wal_dir)]
 
 
 def stats_lines(stats: dict) -> list[str]:

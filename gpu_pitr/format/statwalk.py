@@ -414,18 +414,20 @@ class _Scan:
                              self.events)
                 for code, r, a in self.events[:m].tolist():
                     self._event(code, r, a, item, seg)
-            if self.first_record is None:  # the first not zero-filled (format.zerofill)
-                some = np.flatnonzero(~zerofill.zero_records(item.length[:n], item.seq[:n]))
-                if len(some):
-                    f = int(some[0])
-                    self.first_record = {
-                        "file": seg.name,
-                        "offset": int(item.off[f]) - item.start + item.file_start,
-                        "seq": int(item.seq[f])}
+            # Zero-filled records carry no seq the writer gave (format.zerofill): they
+            # count as records, but neither start the history nor bound a segment's seqs.
+            some = np.flatnonzero(~zerofill.zero_records(item.length[:n], item.seq[:n]))
+            if len(some) and self.first_record is None:
+                f = int(some[0])
+                self.first_record = {
+                    "file": seg.name,
+                    "offset": int(item.off[f]) - item.start + item.file_start,
+                    "seq": int(item.seq[f])}
             seg.records += n
-            if seg.first_seq is None:
-                seg.first_seq = int(item.seq[0])
-            seg.last_seq = int(item.seq[n - 1])
+            if len(some):
+                if seg.first_seq is None:
+                    seg.first_seq = int(item.seq[some[0]])
+                seg.last_seq = int(item.seq[some[-1]])
             stamps = c.ts[:n][c.status[:n] == OK]
             if len(stamps):
                 low, high = int(stamps.min()), int(stamps.max())
