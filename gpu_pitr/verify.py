@@ -103,6 +103,11 @@ KINDS = {
     "archive_unchecked": NOTICE,
 }
 
+# Notices, not damage, that a restore refuses unless told otherwise: a history that does
+# not start at seq 0 (without a base or --allow-incomplete-history), and vector lengths
+# that change (when it applies both): ``summary`` names them, "clean" is no promise.
+_REFUSING = ("incomplete_history", "expired_history", "dim_change")
+
 _EVENTS = 4096  # rows of the walk's event buffer; the walk resumes when it fills
 _DELETED = "deleted"  # a segment's header problem: gone since the listing
 _OPEN_FILES = 16  # descriptors kept to look at damaged bytes again, at most
@@ -275,10 +280,14 @@ class Verification:
 
     def summary(self) -> str:
         verdict = "clean" if self.clean else "DAMAGED"
+        refusing = [f"{sum(p.kind == kind for p in self.problems)} {kind}"
+                    for kind in _REFUSING if any(p.kind == kind for p in self.problems)]
         return (f"{self.wal_dir}: {verdict}: {self.damage} damage, "
                 f"{plural(self.notices, 'notice')}; {plural(self.segments, 'segment')}, "
                 f"{plural(self.bytes, 'byte')}, {plural(self.records, 'record')} "
-                f"({self.seconds:.3f} s)")
+                f"({self.seconds:.3f} s)"
+                + (f"; a restore may still refuse this log, as these notices say: "
+                   f"{', '.join(refusing)}" if refusing else ""))
 
     def lines(self) -> list[str]:
         """One line per problem, in log order, then the summary line."""

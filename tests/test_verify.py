@@ -896,3 +896,27 @@ def test_a_read_error_looking_at_bytes_again_is_one_line(tmp_path, monkeypatch):
         verify_wal(tmp_path)
     assert str(err.value).startswith(f"{tmp_path / first}: offset ")
     assert str(err.value).endswith(": cannot read: Input/output error")
+
+
+def test_the_summary_names_the_notices_a_restore_refuses(tmp_path):
+    """``clean`` (exit 0) is no damage, not a promise that a restore succeeds: a log
+    whose vector length changes, or whose history does not start at seq 0, is refused
+    by a default restore. The summary line says which notices those are."""
+    from workloads import Ins, LogBuilder
+
+    import gpu_pitr
+
+    b = LogBuilder(first_seq=5)
+    b.add(Ins("a", [1.0], None, 1))
+    b.add(Ins("b", [1.0, 2.0], None, 2))
+    d = b.write(tmp_path / "wal")
+    got = verify_wal(d)
+    assert got.clean
+    assert got.summary().endswith(
+        "; a restore may still refuse this log, as these notices say: "
+        "1 incomplete_history, 1 dim_change")
+    with pytest.raises(gpu_pitr.errors.WalError):
+        gpu_pitr.restore(d)
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    assert "refuse" not in verify_wal(b.write(tmp_path / "ok")).summary()
