@@ -468,13 +468,19 @@ def write_json(path: Path, doc, then=None) -> None:
     index is there a Ctrl-C or SIGTERM waits for the JSON's rename: never the new index
     beside the previous run's report (a SIGKILL between the two renames leaves none)."""
     try:
+        text = json.dumps(doc, indent=2) + "\n"
         with contextlib.ExitStack() as after_then, atomic_files(path) as (tmp,):
-            tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+            tmp.write_text(text, encoding="utf-8")
             if then is not None:
                 with first_removing(path):  # never the new index beside an old report
                     then()
                 # The index is in place: its report follows it, whatever stop comes.
                 after_then.enter_context(interrupts.holding())
+                if not os.path.lexists(tmp):
+                    # Unchanged while then() wrote a large index, it was swept as a
+                    # killed writer's by a run on another host or in another container
+                    # (QUIET_SECONDS; this pid is not alive there): written again.
+                    tmp.write_text(text, encoding="utf-8")
     except OutputError:
         raise  # then()'s own, naming its file
     except OSError as err:

@@ -794,3 +794,26 @@ def test_an_output_write_removes_killed_writes_of_other_output_names(tmp_path):
     assert cli.main(["restore", str(wal), "--out", str(out / "x-5.npz"), "-q"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [names["recent"], names["live"], names["other"], "x-5.npz"])
+
+
+def test_a_report_swept_while_its_index_was_written_is_written_again(tmp_path, monkeypatch):
+    # The report's temp is written first and left unchanged while then() writes the
+    # index: a run on another host or in another container (this pid not alive there)
+    # swept it as a killed writer's once QUIET_SECONDS passed, and the run failed after
+    # the new index was in place, its old report removed and none written, saying
+    # "nothing was left in its place".
+    from gpu_pitr import outputs, tempfiles
+
+    (tmp_path / "r.json").write_text('{"old": 1}\n')
+
+    def then():
+        with monkeypatch.context() as m:  # the other host's sweep, long after
+            m.setattr(tempfiles, "pid_alive", lambda pid: False)
+            m.setattr(tempfiles, "QUIET_SECONDS", -60)
+            outputs._remove_killed_outputs(tmp_path)
+        with outputs.atomic_files(tmp_path / "idx.npz") as (tmp,):
+            tmp.write_bytes(b"index")
+
+    outputs.write_json(tmp_path / "r.json", {"new": 1}, then=then)
+    assert sorted(os.listdir(tmp_path)) == ["idx.npz", "r.json"]
+    assert (tmp_path / "r.json").read_text() == '{\n  "new": 1\n}\n'

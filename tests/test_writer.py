@@ -497,3 +497,97 @@ def test_a_new_segment_s_name_is_synced_with_its_records(tmp_path, monkeypatch):
     with WalWriter(tmp_path, created=2, sync_on_write=True) as wal:  # an existing file
         wal.append(SPEC_ENTRY)
     assert True not in synced
+
+
+def test_a_flush_that_failed_part_way_writes_only_the_rest_when_tried_again(tmp_path):
+    # A disk full mid-flush: the bytes written stayed in the buffer, and the flush tried
+    # again (or the writer's flush when dropped) wrote them a second time, in the
+    # middle of the log: every record after them was lost to a restore, or it failed.
+    # Rust's BufWriter drops the bytes written whatever the error.
+    import errno
+
+    entries = [Insert(f"id{i}", [float(i)] * 8, None, 1000 + i) for i in range(200)]
+    with WalWriter(tmp_path / "good", created=1) as wal:
+        for entry in entries:
+            wal.append(entry)
+    wal = WalWriter(tmp_path / "full", created=1)
+    for entry in entries:
+        wal.append(entry)
+
+    class DiskFull:  # writes 1000 bytes, then the disk is full
+        def __init__(self, file) -> None:
+            self.file, self.left = file, 1000
+
+        def write(self, data) -> int:
+            if not self.left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            n = self.file.write(memoryview(data)[:self.left])
+            self.left -= n
+            return n
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    real = wal._out._file
+    wal._out._file = DiskFull(real)
+    with pytest.raises(OSError, match="No space"):
+        wal.flush()
+    wal._out._file = real  # space again
+    wal.close()
+    name = segment_name(1)
+    assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "good" / name).read_bytes()
+
+
+def test_a_forked_child_does_not_hold_the_directory_lock(tmp_path):
+    # The flock belongs to the open directory, which a forked child shares: while a
+    # child lived (a multiprocessing pool), the parent's writer closed and opened
+    # again was refused as "another WalWriter".
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    wal = WalWriter(tmp_path, created=1)
+    wal.append(SPEC_ENTRY)
+    read, write = os.pipe()
+    started_r, started_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(write)
+        os.write(started_w, b"x")  # its at-fork hook has run (in the child, after fork)
+        os.read(read, 1)  # until the parent is done
+        os._exit(0)
+    os.close(read)
+    os.read(started_r, 1)
+    os.close(started_r)
+    os.close(started_w)
+    try:
+        wal.close()
+        with WalWriter(tmp_path, created=1, next_seq=1) as again:
+            assert again.append(SPEC_ENTRY) == 1
+    finally:
+        os.close(write)
+        os.waitpid(pid, 0)
+
+
+def test_a_directory_that_cannot_be_synced_or_listed_fails_no_write(tmp_path, monkeypatch):
+    # Some file systems refuse to fsync a directory (EINVAL), and one may be writable
+    # but not readable: PostgreSQL passes over both. The writer's flush and close
+    # raised there, with the records already synced into their file.
+    import errno
+    import stat
+
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    def scandir(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "scandir", scandir)
+    with WalWriter(tmp_path, created=1, sync_on_write=True) as wal:
+        wal.append(SPEC_ENTRY)
+        wal.flush()
+    monkeypatch.undo()
+    assert [r.seq for r in iter_segment(tmp_path / segment_name(1))] == [0]

@@ -72,8 +72,7 @@ class _BufWriter:
             self._buf += data
 
     def flush_buf(self) -> None:
-        self._write_raw(self._buf)
-        self._buf.clear()
+        _drain(self._file, self._buf)
 
     def sync(self) -> None:
         """``flush()`` then ``sync_all()``, as WalManager does after each write when asked."""
@@ -101,12 +100,40 @@ def _write_out(file, buf: bytearray, pid: int) -> None:
     (not in a forked child exiting: the parent writes its own buffer)."""
     if os.getpid() != pid:
         return
-    view = memoryview(bytes(buf))
-    buf.clear()
-    while view:
-        view = view[file.write(view):]
+    _drain(file, buf)
     os.fsync(file.fileno())
     file.close()
+
+
+def _drain(file, buf: bytearray) -> None:
+    """Write ``buf`` to ``file``, removing from it what was written, an error or not
+    (BufWriter::flush_buf's guard): a flush that failed part way (a disk full) and is
+    tried again writes only the rest, not the part written twice."""
+    view, done = memoryview(bytes(buf)), 0  # (a view of buf itself would pin its size)
+    try:
+        while done < len(view):
+            done += file.write(view[done:])
+    finally:
+        del buf[:done]
+
+
+# The WalWriters of this process that hold a directory lock.
+_LOCKED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _forget_locks() -> None:
+    """In a forked child: close its copies of the parent's directory locks. A flock
+    belongs to the open file, which the child shares: while any child lived, the
+    parent's writer, closed and opened again, was refused as in use."""
+    for writer in list(_LOCKED):
+        held = writer._unlock.detach()
+        if held is not None:
+            os.close(held[2][0])
+    _LOCKED.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks)
 
 
 def _lock_directory(wal_dir: Path) -> int | None:
@@ -131,6 +158,26 @@ def _lock_directory(wal_dir: Path) -> int | None:
     return fd
 
 
+def _sync_directory(wal_dir: Path) -> None:
+    """fsync ``wal_dir``, where the system can: some file systems refuse to sync a
+    directory (EINVAL, EBADF) or to open one without read permission (EACCES), and
+    PostgreSQL (``fsync_fname_ext``) passes over those, as this does: a flush of records
+    already synced into their file must not fail for it."""
+    try:
+        fd = os.open(wal_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EISDIR):
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
 def _check_dim(entry: WalEntry, dim: int) -> None:
     pending = [entry]
     while pending:
@@ -145,7 +192,10 @@ def _check_dim(entry: WalEntry, dim: int) -> None:
 
 def _newest_segment(wal_dir: Path) -> int | None:
     """The creation second in the newest segment name in ``wal_dir``, if any."""
-    names = [e.name for e in os.scandir(wal_dir) if SEGMENT_NAME_RE.fullmatch(e.name)]
+    try:
+        names = [e.name for e in os.scandir(wal_dir) if SEGMENT_NAME_RE.fullmatch(e.name)]
+    except PermissionError:  # a directory this process may write in but not list
+        return None
     return int(max(names)[4:20], 16) if names else None
 
 
@@ -233,6 +283,8 @@ class WalWriter:
         self.wal_dir.mkdir(parents=True, exist_ok=True)
         lock = _lock_directory(self.wal_dir)
         self._unlock = weakref.finalize(self, os.close, lock) if lock is not None else None
+        if self._unlock is not None:
+            _LOCKED.add(self)
         self._newest = _newest_segment(self.wal_dir)
         self.rotate(self._past_torn_tail(self._segment_second(created)))
 
@@ -367,9 +419,5 @@ class WalWriter:
         a segment)."""
         out.sync()
         if self._entry_unsynced:
-            fd = os.open(self.wal_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _sync_directory(self.wal_dir)
             self._entry_unsynced = False
