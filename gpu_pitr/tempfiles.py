@@ -104,18 +104,31 @@ def remove_stale_entries(entries, name_pattern: str, quiet: bool = False) -> lis
     """``remove_stale_temps`` for every destination named by ``name_pattern``, among
     ``entries`` (``os.DirEntry`` of one directory); with ``quiet``, only temps not
     changed for ``QUIET_SECONDS``."""
+    return remove_dead(entries, temp_pattern(name_pattern), lambda e: e.is_file(
+        follow_symlinks=False) and (not quiet or unchanged([e.path])))
+
+
+def remove_dead(entries, pattern: re.Pattern, removable: Callable[[os.DirEntry], bool],
+                remove: Callable[[str], None] = os.unlink) -> list[Path]:
+    """``remove`` each of ``entries`` that ``dead_writers`` yields and ``removable``
+    accepts. Best effort: what cannot be looked at or removed stays. Returns the paths
+    removed."""
     removed = []
-    since = time.time() - QUIET_SECONDS
-    for entry, _ in dead_writers(entries, temp_pattern(name_pattern)):
+    for entry, _ in dead_writers(entries, pattern):
         try:
-            if not entry.is_file(follow_symlinks=False) or (
-                    quiet and entry.stat(follow_symlinks=False).st_mtime > since):
+            if not removable(entry):
                 continue
-            os.unlink(entry.path)
+            remove(entry.path)
         except OSError:
             continue
         removed.append(Path(entry.path))
     return removed
+
+
+def unchanged(paths) -> bool:
+    """Whether none of ``paths`` changed in the last ``QUIET_SECONDS``."""
+    since = time.time() - QUIET_SECONDS
+    return all(os.stat(p, follow_symlinks=False).st_mtime <= since for p in paths)
 
 
 def fsync_path(path: Path, flags: int) -> None:

@@ -224,28 +224,20 @@ def remove_killed_writes(parent: Path) -> list[Path]:
     Returns the paths removed."""
     import shutil
 
-    from gpu_pitr.tempfiles import QUIET_SECONDS, dead_writers
+    from gpu_pitr.tempfiles import remove_dead, unchanged
+
+    def killed(entry) -> bool:
+        if not entry.is_dir(follow_symlinks=False):
+            return False
+        names = os.listdir(entry.path)
+        return set(names) <= SNAPSHOT_FILES and unchanged(
+            [entry.path, *(os.path.join(entry.path, n) for n in names)])
 
     try:
         entries = list(os.scandir(parent))
     except OSError:
         return []
-    removed = []
-    quiet_since = time.time() - QUIET_SECONDS
-    for entry, _ in dead_writers(entries, _TEMP_DIR):
-        try:
-            if not entry.is_dir(follow_symlinks=False):
-                continue
-            names = os.listdir(entry.path)
-            if not set(names) <= SNAPSHOT_FILES or any(
-                    os.stat(p, follow_symlinks=False).st_mtime > quiet_since
-                    for p in [entry.path, *(os.path.join(entry.path, n) for n in names)]):
-                continue
-            shutil.rmtree(entry.path)
-        except OSError:
-            continue
-        removed.append(Path(entry.path))
-    return removed
+    return remove_dead(entries, _TEMP_DIR, killed, shutil.rmtree)
 
 
 #: Rows, and bytes of ids, vectors and maps (about), of a record batch of metadata.arrow.
