@@ -71,6 +71,7 @@ from gpu_pitr.plan.commit import (
     EV_DAMAGE_AFTER_STOP,
     EV_END_NOT_OPEN,
     EV_SKIPPED,
+    UNKNOWN_SEQ,
     WALK_FATAL,
     PlanState,
 )
@@ -985,17 +986,24 @@ class _Restore:
 
     def _joined_after_restart(self) -> tuple | None:
         """The first transaction open at the end of the log whose records go on past a
-        writer restart (their seq goes back), which SPEC section 3 discards with it: a
-        writer that restarted without aborting it. ``(txn, its records, how many after
-        the restart, where the first of those is)``."""
+        writer restart (their seq goes back, its BeginTransaction's first: a writer that
+        crashed right after the begin has all its records after the restart), which SPEC
+        section 3 discards with it: a writer that restarted without aborting it. ``(txn,
+        its records, how many after the restart, where the first of those is)``."""
         txns, counts = self.plan.open_slots()
+        begins = self.plan.open_begin_seqs()
         seq = self.cols.seq
         start = 0
-        for txn, count in zip(txns.tolist(), counts.tolist(), strict=True):
+        for txn, count, begin in zip(txns.tolist(), counts.tolist(), begins.tolist(),
+                                     strict=True):
             rows = seq[start:start + count]
+            known = begin != int(UNKNOWN_SEQ)
+            if known:  # the restart may come before its first record, right after begin
+                rows = np.concatenate([np.array([begin], np.uint64), rows])
             back = np.flatnonzero(rows[1:] <= rows[:-1])
             if len(back):
-                first = start + int(back[0]) + 1
+                # (with the begin in front, rows[k] is the chunk's row start + k - 1)
+                first = start + int(back[0]) + (0 if known else 1)
                 return txn, count, start + count - first, self._where(first)
             start += count
         return None

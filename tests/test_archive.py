@@ -771,6 +771,32 @@ def test_a_record_the_writer_has_not_finished_is_left_for_the_next_run(tmp_path)
     one = next(two.iterdir())
     assert whole_records(one, at + 9) == at + 16
     assert whole_records(one, 7) == 16  # a header being written
+    cut = tmp_path / "cut" / one.name  # ...and no more of it in the file yet: as it stands
+    cut.parent.mkdir()
+    cut.write_bytes(one.read_bytes()[:7])
+    assert whole_records(cut, 7) == 7
+
+
+def test_a_copy_made_inside_the_record_being_written_is_never_cut_back(tmp_path):
+    """An archive whose copy of the newest segment ends inside the record being written
+    (copied as it stood: a version before ``whole_records``, or a copy by hand). The
+    writer has added a byte of that record since, and has not finished it: the copy is
+    not shorter than before (a conflict, "truncated"), it stays as it is; once the
+    record is whole the rest is copied."""
+    wal, last, data = _live_log(tmp_path)
+    path = wal / last.file
+    arc = tmp_path / "arc"
+    path.write_bytes(data[:last.offset + 12])
+    archive(wal, arc)
+    shutil.copyfile(path, arc / last.file)  # the copy as it stood, inside the record
+    path.write_bytes(data[:last.offset + 13])
+    got = archive(wal, arc)
+    assert got.ok and got.problems == [], got.lines()
+    assert [(s.action, s.size) for s in got.segments][-1] == (UNCHANGED, last.offset + 12)
+    assert (arc / last.file).read_bytes() == data[:last.offset + 12]
+    path.write_bytes(data)
+    assert [(s.action, s.size) for s in archive(wal, arc).segments][-1] == (GROWN, len(data))
+    assert _segments(arc) == _segments(wal)
 
 
 def test_segments_the_writer_deleted_before_any_run_copied_them_are_named(tmp_path,
@@ -824,6 +850,32 @@ def test_segments_the_writer_deleted_before_any_run_copied_them_are_named(tmp_pa
     (wal2 / first).unlink()
     shutil.copyfile(full2 / later, wal2 / later)
     assert [s.action for s in archive(wal2, arc2).segments] == [NEW]
+
+
+def test_a_torn_record_whose_seq_was_written_is_where_the_next_segment_goes_on_from(
+        tmp_path):
+    """The archive's copy of a segment ends in a torn record of 8 bytes: its seq, no
+    more (a crash). The writer's next segment starts at the seq after it: no records
+    went missing, nothing is named (taken from the whole record before, seq 1, this
+    was a "missed" segment of one record)."""
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))                 # seq 0
+    b.add(Ins("b", [2.0], None, 2))                 # seq 1
+    torn = b.add(Ins("c", [3.0], None, 3))          # seq 2: only its seq is written
+    first = b.cur
+    b.truncate(first, torn.offset + 8)
+    later = b.new_segment(0x6000000)
+    b.add(Ins("d", [4.0], None, 4), seq=3)
+    full, wal, arc = tmp_path / "full", tmp_path / "wal", tmp_path / "arc"
+    b.write(full)
+    wal.mkdir()
+    shutil.copyfile(full / first, wal / first)
+    assert archive(wal, arc).ok
+    shutil.copyfile(full / first, arc / first)  # (the copy as it stands, torn record too)
+    (wal / first).unlink()
+    shutil.copyfile(full / later, wal / later)
+    got = archive(wal, arc)
+    assert [(s.name, s.action) for s in got.segments] == [(later, NEW)] and got.ok
 
 
 def test_a_segment_copied_while_still_empty_then_deleted_is_not_a_silent_gap(tmp_path,

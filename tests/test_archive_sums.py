@@ -410,3 +410,20 @@ def test_a_copy_longer_than_its_sums_is_still_checked_against_them(tmp_path):
     assert archivesums.read(arc)[name] == recorded
     assert [(p.kind, p.offset) for p in _archive_problems(arc)
             if p.file == name][:1] == [("archive_changed", 0)]
+
+
+def test_a_change_in_the_last_recorded_block_of_a_copy_that_grew_is_found(tmp_path):
+    """A copy longer than its sums (bytes added after they were recorded) is checked
+    over the bytes they cover, the block they end inside too: a byte changed there is
+    archive_changed, as well as the notice for the bytes past them (summed over the
+    copy's whole size instead, that last block covered other bytes and was skipped)."""
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    _log(wal, segments=1, records=1500).close()  # ~1.6 MB: its second block partial
+    assert archive(wal, arc).ok
+    [copy] = arc.glob("wal-*.log")
+    data = bytearray(copy.read_bytes())
+    assert MIB < len(data) < 2 * MIB
+    data[MIB + 100] ^= 0xFF
+    copy.write_bytes(bytes(data) + b"\0" * 10)
+    assert [(p.kind, p.offset) for p in _archive_problems(arc)] == [
+        ("archive_changed", MIB), ("archive_unchecked", len(data))]

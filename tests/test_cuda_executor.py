@@ -134,6 +134,43 @@ def test_key_collisions_never_merge_ids(monkeypatch):
         assert "restored on the cpu executor" in idx.report.message
 
 
+def test_a_key_collision_with_a_row_of_an_earlier_chunk_is_caught(monkeypatch):
+    """Every key collides, and each chunk holds one record: each id's key finds a row
+    made by an earlier chunk (row 0 the first time), whose id differs. Missed, "b" was
+    taken for "a" (one row left)."""
+    monkeypatch.setattr(cuda_executor, "KEY_MASK", np.uint64(0))
+    with tempfile.TemporaryDirectory() as d:
+        log = w.LogBuilder()
+        for i, name in enumerate(("a", "b")):
+            log.add(w.Ins(name, [float(i)] * 16, None, i))
+        log.write(d)
+        cpu = outcome(d, "cpu")
+        idx = gpu_pitr.restore(d, backend="cuda", chunk_bytes=64)
+        assert idx.id_list() == cpu[1] == ["a", "b"]
+        assert idx.to_host().vectors.tobytes() == cpu[3]
+        assert "restored on the cpu executor" in idx.report.message
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 64], ids=["one_chunk", "a_chunk_each"])
+def test_a_key_collision_of_an_id_and_a_longer_one_it_begins_is_caught(monkeypatch,
+                                                                       chunk_bytes):
+    """The only two ids, "a" after "a" and a NUL: their keys collide (all keys do here)
+    and the shorter one's bytes are all equal to the longer one's first: only the
+    lengths tell them apart, in one chunk (check_run_ids) and across two
+    (check_prior_ids). Missed, the two were one row."""
+    monkeypatch.setattr(cuda_executor, "KEY_MASK", np.uint64(0))
+    with tempfile.TemporaryDirectory() as d:
+        log = w.LogBuilder()
+        log.add(w.Ins("a\x00", [1.0] * 16, None, 1))
+        log.add(w.Ins("a", [2.0] * 16, None, 2))
+        log.write(d)
+        cpu = outcome(d, "cpu")
+        idx = gpu_pitr.restore(d, backend="cuda", chunk_bytes=chunk_bytes)
+        assert idx.id_list() == cpu[1] == ["a", "a\x00"]
+        assert idx.to_host().vectors.tobytes() == cpu[3]
+        assert "restored on the cpu executor" in idx.report.message
+
+
 def test_batch_nested_deeper_than_the_kernel_stack_restores_on_the_host():
     """A batch nested deeper than the kernels' stack (MAX_BATCH_DEPTH) is left to the
     cpu executor, which decodes any depth: the same index, and the report says so."""

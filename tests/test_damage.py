@@ -203,6 +203,9 @@ GARBAGE = {
     "vector_count_larger_than_payload": b"\x00\x01a\xfd" + b"\xff" * 7 + b"\x1f" + b"\x00" * 8,
     "vector_count_off_by_one": b"\x00\x01a\x02" + f32(1.0) + b"\x00\x05",
     "map_count_larger_than_payload": b"\x00\x01a\x00\x01\xfd" + b"\xff" * 8 + b"\x05",
+    # 3 pairs in 4 bytes: each pair takes 2 at least (two lengths), so the count is
+    # refused before the pairs are read (read as 1 byte each, it was "truncated")
+    "map_count_over_half_the_payload": b"\x00\x01a\x00\x01\x03" + b"\x00" * 4,
     "batch_count_larger_than_payload": b"\x03\xfd" + b"\xff" * 8 + b"\x00",
     "bad_option_tag": b"\x00\x01a\x00\x02\x05",
     "unknown_variant_in_batch": b"\x03\x01\x09\x00\x05",
@@ -227,6 +230,7 @@ REASONS = {
         "truncated_in_id", "truncated_in_vector", "truncated_in_metadata",
         "string_length_larger_than_payload", "vector_count_larger_than_payload",
         "vector_count_off_by_one", "map_count_larger_than_payload",
+        "map_count_over_half_the_payload",
         "batch_count_larger_than_payload", "vector_count_of_floats_larger_than_payload"],
     "invalid UTF-8 in a string": ["invalid_utf8_id", "surrogate_utf8_id", "overlong_utf8_id",
                                   "overlong_3_byte_utf8_id", "overlong_4_byte_utf8_id",
@@ -640,6 +644,36 @@ def test_an_io_error_inside_a_segment_is_one_line_naming_file_and_offset(tmp_pat
     assert isinstance(err.value, OSError) and err.value.errno == errno.EIO
 
 
+def test_an_io_error_inside_a_small_segment_names_the_byte_it_stopped_at(tmp_path,
+                                                                       monkeypatch):
+    # A small segment read whole (its header and records in one read, beside its
+    # neighbours): the first read returns the header and 10 bytes of records, the next
+    # fails. The offset is where the read failed (26), not where the records start.
+    import errno
+
+    import gpu_pitr
+    from gpu_pitr.errors import FileReadError
+    from gpu_pitr.format import readahead
+
+    b, _ = two_segments()
+    d = b.write(tmp_path / "wal")
+    real = os.preadv
+    calls = []
+
+    def short_then_failing(fd, buffers, offset):
+        calls.append(offset)
+        if len(calls) == 1:
+            return real(fd, [buffers[0], buffers[1][:10]], offset)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(readahead.os, "preadv", short_then_failing)
+    with pytest.raises(FileReadError) as err:
+        gpu_pitr.restore(d, backend="cpu")
+    assert calls == [0, 26]
+    assert str(err.value) == (f"{Path(d) / w.segment_name(0x5F5E100)}: offset 26: cannot read: "
+                              "Input/output error")
+
+
 def test_skip_corrupt_lists_damage_after_the_stop_as_such_not_as_skipped(restore, tmp_path):
     b = LogBuilder()
     b.add(Ins("a", [1.0], None, 1))
@@ -904,6 +938,38 @@ def test_a_segment_cut_while_it_is_read_is_an_error_not_a_torn_tail(tmp_path, mo
         assert text.endswith("bytes short of its size when listed: it was truncated or "
                              "replaced during the run")
         assert min(cut_to, 16) <= int(text.split("offset ")[1].split(":")[0]) <= len(data)
+
+
+@pytest.mark.parametrize("cut_to", [0, 8, 200])
+def test_a_small_segment_cut_while_it_is_read_with_its_neighbours_is_an_error(
+        tmp_path, monkeypatch, cut_to):
+    # The same, for small segments a restore reads whole, one after the other, into one
+    # buffer (readahead.FrameAhead merge_small): the error names the byte where the file
+    # ends now. Framed up to its listed size instead, the bytes past the cut were the
+    # buffer's leftovers, restored as records (or a "zero-filled run" named there), and
+    # an emptied file was a torn header.
+    from gpu_pitr.errors import FileShrankError
+    from gpu_pitr.format import readahead
+    from gpu_pitr.format.readahead import Readahead
+
+    b = LogBuilder()
+    for i in range(20):
+        b.add(Ins(f"id-{i}", [float(i)] * 4, None, i))
+    b.new_segment(SEG2)
+    b.add(Ins("z", [1.0] * 4, None, 99))
+    d = Path(b.write(tmp_path / "wal"))
+    first = sorted(d.iterdir())[0]
+    assert len(first.read_bytes()) <= readahead.DIRECT_BYTES
+    real = Readahead.__init__
+
+    def listed_then_cut(self, *args, **kwargs):  # the sizes are taken: now the cut
+        os.truncate(first, cut_to)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Readahead, "__init__", listed_then_cut)
+    with pytest.raises(FileShrankError) as err:
+        gpu_pitr.restore(d, backend="cpu")
+    assert str(err.value).startswith(f"{first}: offset {cut_to}: the file ends there")
 
 
 # ----------------------------------------------------------------------------- zero-filled

@@ -169,6 +169,11 @@ def test_keep_since_keeps_every_moment_from_then_on(hist):
     assert result.ok and result.anchor == str(snaps / "s02")
     assert sorted(p.name for p in snaps.iterdir()) == ["s02", "s03", "s04", "s05"]
     _kept_restores_equal_the_whole_log(arc, whole, snaps, times[2:])
+    # At a snapshot's own latest stamp: it serves that moment (--to-time T is inclusive),
+    # so it is the anchor, not the one before it.
+    at = read_manifest(snaps / "s03")["position"]["max_timestamp"]
+    assert read_manifest(snaps / "s04")["position"]["max_timestamp"] > at
+    assert expire(arc, snaps, keep_since=at, dry_run=True).anchor == str(snaps / "s03")
     # ISO text takes the same path; a moment before every snapshot expires nothing.
     early = expire(arc, snaps, keep_since="2023-11-14T00:00:00Z", dry_run=True)
     assert early.anchor is None and early.expired == []

@@ -167,6 +167,21 @@ def test_headers_anywhere_and_torn_ones(tmp_path):
         assert doc["segments"][0]["extra_headers"] == 6
 
 
+def test_zero_filled_runs_a_header_apart_are_two_runs(tmp_path):
+    """Zero-filled records, a header appended after them (the writer reopened within
+    the same second), zero-filled records again: two runs, each at its own offset and
+    with its own count, as the reference lists them (not one run of all four)."""
+    created = 0x5F5E100
+    b = LogBuilder(created=created)
+    b.add(Ins("a", [1, 2], None, 1))
+    b.raw(bytes(24))  # two zero-filled records
+    b.raw(w.encode_header(created))
+    b.raw(bytes(24))
+    doc = assert_same_stats(b.write(tmp_path / "w"))
+    runs = [d for d in doc["damage"] if d.get("records")]
+    assert [d["records"] for d in runs] == [2, 2], doc["damage"]
+
+
 def test_torn_records_at_every_cut(tmp_path):
     b = LogBuilder()
     b.add(Ins("a", [1, 2], {"k": "v"}, 1))

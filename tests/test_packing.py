@@ -142,6 +142,29 @@ def test_small_segments_are_read_with_their_header_and_handed_over_in_batches(
     assert read_ahead == [300] and len(handed) <= 600 // readahead.BATCH_ITEMS + 5
 
 
+def test_a_bad_header_among_small_segments_after_the_stop_point_is_not_fatal(tmp_path):
+    """A segment with a wrong header and records behind it, among small segments read
+    together: it comes after the segments before it (their records reach the stop point
+    first), so it is damage after the stop, not a BadSegmentError."""
+    from pathlib import Path
+
+    b = w.LogBuilder(created=0x5F5E100)
+    for k in range(6):
+        if k:
+            b.new_segment(0x5F5E100 + k)
+        b.add(w.Ins(f"id{k}", [float(k), 1.0], None, 1000 + k))  # seq 2k
+        b.add(w.Ins(f"x{k}", [float(k), 2.0], None, 1000 + k))   # seq 2k + 1
+    names = sorted(b.files)
+    b.files[names[3]][0] ^= 0xFF  # wrong magic: its two records are not read
+    b.write(tmp_path)
+    for kw in ({"to_seq": 3}, {"to_time": 1001}, {"to_seq": 4, "exclusive": True}):
+        got = w.restore_fast(tmp_path, **kw)
+        assert_matches(reference.restore(tmp_path, **kw), got, None)
+        assert [Path(x["file"]).name for x in got.report["damage_after_stop"]] == [names[3]]
+    with pytest.raises(errors.BadSegmentError):
+        w.restore_fast(tmp_path, to_seq=6)
+
+
 @pytest.mark.parametrize("chunk_bytes", [None, 1000])
 def test_damage_in_packed_pieces_comes_before_a_later_read_error(monkeypatch, tmp_path,
                                                                  chunk_bytes):

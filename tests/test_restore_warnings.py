@@ -17,7 +17,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from workloads import Begin, Commit, Del, Ins, LogBuilder, Upd
+from workloads import Begin, Ckpt, Commit, Del, Ins, LogBuilder, Upd
 
 import gpu_pitr
 from gpu_pitr import snapshot
@@ -81,9 +81,10 @@ def test_a_seq_target_met_twice_stops_at_the_first_and_says_so(tmp_path, backend
     b.add(Upd("a", [3.0, 4.0], ts=T + 20))  # seq 0
     again = b.add(Del("b", ts=T + 21))      # seq 1 again
     b.write(d)
-    for exclusive in (False, True):
+    # (chunk_bytes=64: a piece a record, the two seq 1 records counted in different ones)
+    for exclusive, chunk in ((False, None), (True, None), (False, 64)):
         got = gpu_pitr.restore(d, backend=backend, to_seq=1, exclusive=exclusive,
-                               allow_incomplete_history=False)
+                               allow_incomplete_history=False, chunk_bytes=chunk)
         assert got.report.stop["file"].endswith("wal-0000000005f5e100.log")
         assert list(got.ids) == (["a", "b"] if not exclusive else ["a"])
         (w,) = got.report.warnings
@@ -487,3 +488,75 @@ def test_a_transaction_open_across_a_writer_restart_is_warned_of(tmp_path, backe
     b.add(Ins("x", V, ts=T + 20))
     b.write(d)
     assert not _warned(gpu_pitr.restore(d, backend=backend, to_seq=4), "still open")
+
+
+def test_a_restart_joined_by_the_later_of_two_open_transactions_is_counted_in_it(tmp_path):
+    """Two transactions open at the end of the log; the records after the restart join
+    the later one (the most recently begun): the warning names it and counts its own
+    records, not the earlier one's. And a restart whose first record of the transaction
+    carries the very seq of the one before it (a checkpoint took seq 0): seq 1 again is
+    a restart too."""
+    b, d = _log(tmp_path)
+    b.add(Begin(7, ts=T + 11))            # seq 3
+    b.add(Ins("t", V, ts=T + 12))         # seq 4, in 7
+    b.add(Begin(9, ts=T + 13))            # seq 5
+    b.add(Ins("s", V, ts=T + 14))         # seq 6, in 9
+    b.reopen(created=0x5F5E200)           # restarted: seq from 0 again
+    first = b.add(Ins("x", V, ts=T + 20))  # seq 0, in 9
+    b.add(Ins("y", V, ts=T + 21))         # seq 1, in 9
+    b.write(d)
+    for chunk in (None, 64):
+        got = gpu_pitr.restore(d, backend="cpu", chunk_bytes=chunk)
+        assert got.report.transactions["in_flight_discarded"] == 2
+        (w,) = _warned(got, "still open at the end of the log")
+        assert w.startswith(
+            "transaction 9 is still open at the end of the log, and 2 of its 3 records come "
+            f"after a writer restart (the seq goes back to 0 at wal-0000000005f5e200.log "
+            f"offset {first.offset}): they are discarded with it")
+    b = LogBuilder()
+    b.add(Begin(7, ts=T))                 # seq 0
+    b.add(Ins("t", V, ts=T + 1))          # seq 1, in 7
+    b.reopen(created=0x5F5E200)
+    b.add(Ckpt(5, ts=T + 2))              # seq 0
+    again = b.add(Ins("x", V, ts=T + 3))  # seq 1 again, in 7
+    d = tmp_path / "wal2"
+    b.write(d)
+    got = gpu_pitr.restore(d, backend="cpu")
+    (w,) = _warned(got, "still open at the end of the log")
+    assert w.startswith(
+        "transaction 7 is still open at the end of the log, and 1 of its 2 records come "
+        f"after a writer restart (the seq goes back to 1 at wal-0000000005f5e200.log "
+        f"offset {again.offset})")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_a_restart_right_after_a_begin_is_warned_of(tmp_path, backend):
+    """The writer crashed right after a BeginTransaction, before any record of it, and
+    restarted: every record it wrote since joins that transaction (SPEC section 3) and is
+    discarded with it. None of its records comes before the restart, so the seq never
+    goes back among them: the seq of its begin tells (the restore said nothing)."""
+    b, d = _log(tmp_path)
+    b.add(Begin(7, ts=T + 11))            # seq 3: the writer crashes here
+    b.reopen(created=0x5F5E200)           # restarted: seq from 0 again
+    first = b.add(Ins("x", V, ts=T + 20))  # seq 0, in transaction 7
+    for k in range(4):
+        b.add(Ins(f"y{k}", V, ts=T + 21 + k))
+    b.write(d)
+    for chunk in (None, 64):
+        got = gpu_pitr.restore(d, backend=backend, chunk_bytes=chunk)
+        assert list(got.ids) == ["a", "b", "c"]
+        assert got.report.transactions["in_flight_discarded"] == 1
+        (w,) = _warned(got, "still open at the end of the log")
+        assert w.startswith(
+            "transaction 7 is still open at the end of the log, and 5 of its 5 records come "
+            f"after a writer restart (the seq goes back to 0 at wal-0000000005f5e200.log "
+            f"offset {first.offset}): they are discarded with it")
+    # Open with no record at all, and begun after the restart with its records: nothing
+    # to say (what is discarded is what an open transaction always loses).
+    b, d = _log(tmp_path, "wal2")
+    b.add(Begin(7, ts=T + 11))
+    b.reopen(created=0x5F5E200)
+    b.add(Begin(8, ts=T + 20))            # seq 0
+    b.add(Ins("x", V, ts=T + 21))         # seq 1, in transaction 8
+    b.write(d)
+    assert not _warned(gpu_pitr.restore(d, backend=backend), "still open")

@@ -1307,7 +1307,8 @@ def test_a_stored_reports_negative_base_skipped_counts_as_none(tmp_path):
         b.add(w.Ins(f"id{k}", [float(k)], None, 10 + k))
     d = b.write(tmp_path / "wal")
     snapshot.save(gpu_pitr.restore(d, backend="cpu", to_seq=1), tmp_path / "s")
-    for base_skipped, listed, want in ((-3, [], 0), (-1, [{"what": "x"}], 1)):
+    # (true: JSON's boolean, an int to Python, is no count either)
+    for base_skipped, listed, want in ((-3, [], 0), (-1, [{"what": "x"}], 1), (True, [], 0)):
         doc = json.loads((tmp_path / "s" / "manifest.json").read_bytes())
         doc["report"]["base"] = {"skipped": base_skipped}
         doc["report"]["skipped"] = listed
@@ -1317,3 +1318,42 @@ def test_a_stored_reports_negative_base_skipped_counts_as_none(tmp_path):
         got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "s")
         assert got.report.base["skipped"] == want
         assert len([m for m in got.report.warnings if "past damage" in m]) == want
+
+
+def test_a_base_stamped_at_an_exclusive_time_target_is_refused(tmp_path):
+    """A snapshot whose latest commit point is stamped T itself holds what an exclusive
+    target T stops before: refused as a base (an inclusive T, or a later one, may use
+    it). Accepted, the restore kept "b", which the restore from the log does not."""
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], None, 10))
+    b.add(w.Ins("b", [2.0], None, 20))
+    b.add(w.Ins("c", [3.0], None, 30))
+    wal = b.write(tmp_path / "wal")
+    snap = tmp_path / "snap"
+    a = {"to_time": 20}
+    assert check_base_equals_full(wal, snap, a, {"to_time": 20, "exclusive": True}) == "refused"
+    assert check_base_equals_full(wal, snap, a, {"to_time": 20}) == "equal"
+    assert check_base_equals_full(wal, snap, a, {"to_time": 21, "exclusive": True}) == "equal"
+
+
+
+def test_a_snapshot_at_the_end_stays_before_a_newer_file_of_a_header_only(tmp_path):
+    """A writer rotating creates the new file, its header alone, before it flushes the
+    old file's buffer: a snapshot of the log then is placed at the old file's end, not
+    in the new one, so the records flushed there afterwards are read from it (placed
+    after the new header, the restore from it refused them, or skipped them)."""
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], None, 1))
+    old = b.cur
+    b.new_segment(0x6000000)  # 16 bytes: a header, no record yet
+    d = Path(b.write(tmp_path / "wal"))
+    snapshot.save(gpu_pitr.restore(d, backend="cpu"), tmp_path / "snap")
+    position = json.loads((tmp_path / "snap" / "manifest.json").read_bytes())["position"]
+    assert position["segment"] == old
+    late = w.LogBuilder()  # the old file's buffered record, flushed now
+    late.add(w.Ins("b", [2.0], None, 2), seq=1)
+    with open(d / old, "ab") as f:
+        f.write(late.files[late.cur][16:])
+    got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
+    assert got.id_list() == ["a", "b"]
+    assert w.index_view(got) == w.index_view(gpu_pitr.restore(d, backend="cpu"))

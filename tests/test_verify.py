@@ -630,6 +630,26 @@ def _verify_as_restore(problems) -> dict:
     }
 
 
+def test_zero_filled_runs_a_header_apart_are_two_problems(tmp_path):
+    """Zero-filled records, a header appended after them (a writer reopened within the
+    same second), zero-filled records again: two runs, as the restore skips them, not
+    one run of four from the first (the second run continues no run listed)."""
+    created = 0x5F5E100
+    b = w.LogBuilder(created=created)
+    b.add(w.Ins("a", [1.0, 2.0], None, 1))
+    first = b.raw(bytes(24))  # two zero-filled records
+    b.raw(w.encode_header(created))
+    second = b.raw(bytes(24))
+    wal = b.write(tmp_path / "wal")
+    for chunk in (None, 64):
+        problems = verify_wal(wal, **({} if chunk is None else {"chunk_bytes": chunk})).problems
+        assert [(p.offset, p.extra["records"]) for p in problems
+                if p.kind == "zero_filled"] == [(first, 2), (second, 2)]
+        got = restore(wal, backend="cpu", skip_corrupt=True)
+        assert _verify_as_restore(problems)["skipped"] == _restore_view(
+            got.report.to_dict())["skipped"]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workload=w.workloads(max_steps=25))
 def test_random_logs_agree_with_inspect_restore_and_every_chunk_size(tmp_path_factory, workload):

@@ -52,7 +52,7 @@ N_COUNTERS = 3
 def _walk(
     first, n, kind, ts, aux, status, seq,
     mode, t_lim, exclusive, target_seq, skip_corrupt, stopped_in,
-    s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, stack, n_slots_in, top_in,
+    s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, stack, n_slots_in, top_in,
     next_rec, order, events, counters, ts_max, h_txn, h_slot,
 ):
     """Walk records ``first..n-1`` of a chunk (``0..first-1`` are carried ones).
@@ -131,6 +131,7 @@ def _walk(
                     s_ccount[s] = 0
                     s_head[s] = -1
                     s_tail[s] = -1
+                    s_bseq[s] = seq[i]
                     stack[top] = s
                     top += 1
                     _put_open(aux[i], s, h_txn, h_slot)
@@ -312,7 +313,7 @@ class PlanState:
             self._next_rows = np.empty(max(n, 2 * len(self._next_rows)), np.int64)
         next_rec = self._next_rows[:n]
         next_rec.fill(-1)
-        s_txn, s_open, s_cstart, s_ccount, s_head, s_tail = self._slots
+        s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq = self._slots
         stack = self._stack
         order = np.empty(n, np.int64)
         events = np.empty((n - first + 1, 2), np.int64)
@@ -327,7 +328,8 @@ class PlanState:
             first, n, cols.kind, cols.ts, cols.aux, cols.status, cols.seq,
             self.mode, self.t_lim, self.exclusive, self.target_seq, self.skip_corrupt,
             self.stopped,
-            s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, stack, self._top, self._top,
+            s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, stack, self._top,
+            self._top,
             next_rec, order, events, self.counters, self._ts_max, h_txn, h_slot,
         )
         self._top = top
@@ -364,6 +366,11 @@ class PlanState:
         top = self._top
         return self._slots[0][:top].copy(), self._slots[3][:top].copy()
 
+    def open_begin_seqs(self) -> np.ndarray:
+        """The seq of each open transaction's BeginTransaction, as ``open_slots`` orders
+        them; ``UNKNOWN_SEQ`` for one a base snapshot carried in (``seed_open``)."""
+        return self._slots[6][: self._top].copy()
+
     def seed_open(self, txns, counts) -> None:
         """Start with these transactions open, their records carried as rows 0.. ."""
         k = len(txns)
@@ -373,6 +380,7 @@ class PlanState:
         counts = np.asarray(counts, np.int64)
         slots[2][:] = np.cumsum(counts) - counts
         slots[3][:] = counts
+        slots[6][:] = UNKNOWN_SEQ
         self._slots = slots
         self._stack = np.arange(k, dtype=np.int64)
         self._top = k
@@ -383,7 +391,7 @@ class PlanState:
             self._ts_max[:] = (1, max_timestamp, last_timestamp or 0)
 
     def _compact_open(self, n: int) -> np.ndarray:
-        s_txn, s_open, s_cstart, s_ccount, s_head, s_tail = self._slots
+        s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, _s_bseq = self._slots
         out = np.empty(n, np.int64)
         m = _open_records(s_open, s_cstart, s_ccount, s_head, self._stack, self._top,
                           self._next, out)
@@ -395,6 +403,10 @@ class PlanState:
         return out[:m]
 
 
+#: ``open_begin_seqs`` of a transaction whose begin this walk did not read.
+UNKNOWN_SEQ = np.uint64(2**64 - 1)
+
+
 def _empty_slots(cap):
     return (
         np.zeros(cap, np.uint64),
@@ -403,6 +415,7 @@ def _empty_slots(cap):
         np.zeros(cap, np.int64),
         np.full(cap, -1, np.int64),
         np.full(cap, -1, np.int64),
+        np.full(cap, UNKNOWN_SEQ, np.uint64),  # the seq of the transaction's begin
     )
 
 
