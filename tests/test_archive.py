@@ -842,14 +842,21 @@ def test_segments_the_writer_deleted_before_any_run_copied_them_are_named(tmp_pa
     first = b2.cur
     later = b2.new_segment(0x6000000)
     b2.add(Ins("b", [1.0], None, 2), seq=0)
-    full2, wal2, arc2 = tmp_path / "full2", tmp_path / "wal2", tmp_path / "arc2"
-    b2.write(full2)
-    wal2.mkdir()
-    shutil.copyfile(full2 / first, wal2 / first)
-    assert archive(wal2, arc2).ok
+    full2, wal2, arc2 = _first_archived(tmp_path, b2, first, "2")
     (wal2 / first).unlink()
     shutil.copyfile(full2 / later, wal2 / later)
     assert [s.action for s in archive(wal2, arc2).segments] == [NEW]
+
+
+def _first_archived(tmp_path, b, first: str, tag: str = ""):
+    """``b``'s log written whole to ``full<tag>``; a WAL directory ``wal<tag>`` holding
+    only its file ``first``, archived into ``arc<tag>``. Returns the three."""
+    full, wal, arc = (tmp_path / f"{name}{tag}" for name in ("full", "wal", "arc"))
+    b.write(full)
+    wal.mkdir()
+    shutil.copyfile(full / first, wal / first)
+    assert archive(wal, arc).ok
+    return full, wal, arc
 
 
 def test_a_torn_record_whose_seq_was_written_is_where_the_next_segment_goes_on_from(
@@ -866,11 +873,7 @@ def test_a_torn_record_whose_seq_was_written_is_where_the_next_segment_goes_on_f
     b.truncate(first, torn.offset + 8)
     later = b.new_segment(0x6000000)
     b.add(Ins("d", [4.0], None, 4), seq=3)
-    full, wal, arc = tmp_path / "full", tmp_path / "wal", tmp_path / "arc"
-    b.write(full)
-    wal.mkdir()
-    shutil.copyfile(full / first, wal / first)
-    assert archive(wal, arc).ok
+    full, wal, arc = _first_archived(tmp_path, b, first)
     shutil.copyfile(full / first, arc / first)  # (the copy as it stands, torn record too)
     (wal / first).unlink()
     shutil.copyfile(full / later, wal / later)

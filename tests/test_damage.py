@@ -903,15 +903,11 @@ def test_many_varint_widths_roundtrip(restore, tmp_path):
     ]
 
 
-@pytest.mark.parametrize("cut_to", [0, 8, 200])
-def test_a_segment_cut_while_it_is_read_is_an_error_not_a_torn_tail(tmp_path, monkeypatch,
-                                                                    cut_to):
-    # Truncated (or replaced) after the listing: a torn tail of a few bytes was reported,
-    # exit 0, and the later files applied over the hole; an emptied file was a torn
-    # header, "0 bytes lost". A writer only appends: the run fails, naming the file.
-    from gpu_pitr.errors import FileShrankError
+def _cut_after_listing(tmp_path, monkeypatch, cut_to: int):
+    """Two segments, the first (20 records) cut to ``cut_to`` bytes once the restore or
+    verify has listed the sizes (as it makes its read-ahead). Returns the WAL directory
+    and that first file, whole until then."""
     from gpu_pitr.format.readahead import Readahead
-    from gpu_pitr.verify import verify_wal
 
     b = LogBuilder()
     for i in range(20):
@@ -920,7 +916,6 @@ def test_a_segment_cut_while_it_is_read_is_an_error_not_a_torn_tail(tmp_path, mo
     b.add(Ins("z", [1.0] * 4, None, 99))
     d = Path(b.write(tmp_path / "wal"))
     first = sorted(d.iterdir())[0]
-    data = first.read_bytes()
     real = Readahead.__init__
 
     def listed_then_cut(self, *args, **kwargs):  # the sizes are taken: now the cut
@@ -928,6 +923,20 @@ def test_a_segment_cut_while_it_is_read_is_an_error_not_a_torn_tail(tmp_path, mo
         real(self, *args, **kwargs)
 
     monkeypatch.setattr(Readahead, "__init__", listed_then_cut)
+    return d, first
+
+
+@pytest.mark.parametrize("cut_to", [0, 8, 200])
+def test_a_segment_cut_while_it_is_read_is_an_error_not_a_torn_tail(tmp_path, monkeypatch,
+                                                                    cut_to):
+    # Truncated (or replaced) after the listing: a torn tail of a few bytes was reported,
+    # exit 0, and the later files applied over the hole; an emptied file was a torn
+    # header, "0 bytes lost". A writer only appends: the run fails, naming the file.
+    from gpu_pitr.errors import FileShrankError
+    from gpu_pitr.verify import verify_wal
+
+    d, first = _cut_after_listing(tmp_path, monkeypatch, cut_to)
+    data = first.read_bytes()
     for run in (lambda: gpu_pitr.restore(d, backend="cpu", chunk_bytes=64),
                 lambda: verify_wal(d)):
         first.write_bytes(data)
@@ -950,23 +959,9 @@ def test_a_small_segment_cut_while_it_is_read_with_its_neighbours_is_an_error(
     # an emptied file was a torn header.
     from gpu_pitr.errors import FileShrankError
     from gpu_pitr.format import readahead
-    from gpu_pitr.format.readahead import Readahead
 
-    b = LogBuilder()
-    for i in range(20):
-        b.add(Ins(f"id-{i}", [float(i)] * 4, None, i))
-    b.new_segment(SEG2)
-    b.add(Ins("z", [1.0] * 4, None, 99))
-    d = Path(b.write(tmp_path / "wal"))
-    first = sorted(d.iterdir())[0]
+    d, first = _cut_after_listing(tmp_path, monkeypatch, cut_to)
     assert len(first.read_bytes()) <= readahead.DIRECT_BYTES
-    real = Readahead.__init__
-
-    def listed_then_cut(self, *args, **kwargs):  # the sizes are taken: now the cut
-        os.truncate(first, cut_to)
-        real(self, *args, **kwargs)
-
-    monkeypatch.setattr(Readahead, "__init__", listed_then_cut)
     with pytest.raises(FileShrankError) as err:
         gpu_pitr.restore(d, backend="cpu")
     assert str(err.value).startswith(f"{first}: offset {cut_to}: the file ends there")

@@ -40,6 +40,20 @@ def _warned(index, text):
     return [w for w in index.report.warnings if text in w]
 
 
+def _assert_joined_warning(d, backend, total: int, after: int, first) -> None:
+    """A restore at two chunk sizes: transaction 7 discarded, and warned of as joined by
+    ``after`` of its ``total`` records from ``first`` on (the restart)."""
+    for chunk in (None, 64):
+        got = gpu_pitr.restore(d, backend=backend, chunk_bytes=chunk)
+        assert list(got.ids) == ["a", "b", "c"]
+        assert got.report.transactions["in_flight_discarded"] == 1
+        (w,) = _warned(got, "still open at the end of the log")
+        assert w.startswith(
+            f"transaction 7 is still open at the end of the log, and {after} of its "
+            f"{total} records come after a writer restart (the seq goes back to 0 at "
+            f"wal-0000000005f5e200.log offset {first.offset}): they are discarded with it")
+
+
 def test_a_time_target_the_log_ends_before_is_warned_of(tmp_path):
     b, d = _log(tmp_path)
     b.write(d)
@@ -462,15 +476,7 @@ def test_a_transaction_open_across_a_writer_restart_is_warned_of(tmp_path, backe
     first = b.add(Ins("x", V, ts=T + 20))  # seq 0, in transaction 7
     b.add(Del("a", ts=T + 21))
     b.write(d)
-    for chunk in (None, 64):
-        got = gpu_pitr.restore(d, backend=backend, chunk_bytes=chunk)
-        assert list(got.ids) == ["a", "b", "c"]
-        assert got.report.transactions["in_flight_discarded"] == 1
-        (w,) = _warned(got, "still open at the end of the log")
-        assert w.startswith(
-            "transaction 7 is still open at the end of the log, and 2 of its 3 records come "
-            f"after a writer restart (the seq goes back to 0 at wal-0000000005f5e200.log "
-            f"offset {first.offset}): they are discarded with it")
+    _assert_joined_warning(d, backend, 3, 2, first)
     # Not when the restart is outside it, nor at a stop point before the end.
     b, d = _log(tmp_path, "wal2")
     b.add(Begin(7, ts=T + 11))
@@ -542,15 +548,7 @@ def test_a_restart_right_after_a_begin_is_warned_of(tmp_path, backend):
     for k in range(4):
         b.add(Ins(f"y{k}", V, ts=T + 21 + k))
     b.write(d)
-    for chunk in (None, 64):
-        got = gpu_pitr.restore(d, backend=backend, chunk_bytes=chunk)
-        assert list(got.ids) == ["a", "b", "c"]
-        assert got.report.transactions["in_flight_discarded"] == 1
-        (w,) = _warned(got, "still open at the end of the log")
-        assert w.startswith(
-            "transaction 7 is still open at the end of the log, and 5 of its 5 records come "
-            f"after a writer restart (the seq goes back to 0 at wal-0000000005f5e200.log "
-            f"offset {first.offset}): they are discarded with it")
+    _assert_joined_warning(d, backend, 5, 5, first)
     # Open with no record at all, and begun after the restart with its records: nothing
     # to say (what is discarded is what an open transaction always loses).
     b, d = _log(tmp_path, "wal2")
