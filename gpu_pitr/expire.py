@@ -494,12 +494,9 @@ def _remove_stale_asides(snapshots_dir: Path) -> None:
     the temp directories of killed ``snapshot`` runs (an aside old snapshot is put back
     where its name is free, as the next write of that name would)."""
     from gpu_pitr.snapshot.format import is_snapshot
-    from gpu_pitr.tempfiles import dead_writers, remove_stale_dirs
+    from gpu_pitr.tempfiles import dead_writers, listing, remove_stale_dirs
 
-    try:
-        entries = list(os.scandir(snapshots_dir))
-    except OSError:
-        return
+    entries = listing(snapshots_dir)
     for entry, _ in dead_writers(entries, _ASIDE):
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -408,28 +409,26 @@ def atomic_files(*dests: Path, check: bool = True,
         raise
     for directory in dict.fromkeys(dest.parent for dest in dests):
         fsync_renamed(directory)  # after the renames: a failure is NotSyncedError
-    for dest in dests if stale else ():
-        remove_stale_temps(dest)  # left by writers of the same name that were killed
-    if stale:
-        # And of other outputs' names (one name per target, as docs/recovery.md has it:
-        # never written twice), up to a whole index each, once quiet for a while.
-        for directory in dict.fromkeys(dest.parent for dest in dests):
-            _remove_killed_outputs(directory)
+    for directory in dict.fromkeys(dest.parent for dest in dests) if stale else ():
+        _remove_killed_outputs(directory, [d for d in dests if d.parent == directory])
 
 
 # The names of the files an output writes (``--out`` by format, ``--report-json``).
 _OUTPUT_NAMES = r".+\.(?:npz|parquet|faiss|faiss\.ids\.jsonl|json)"
 
 
-def _remove_killed_outputs(directory: Path) -> None:
-    """Remove the temp files that killed writers of any output left in ``directory``
-    (their pid gone, unchanged for ``tempfiles.QUIET_SECONDS``). Best effort."""
-    from gpu_pitr.tempfiles import remove_stale_entries
+def _remove_killed_outputs(directory: Path, dests: tuple[Path, ...] | list[Path] = ()
+                           ) -> None:
+    """Remove the temp files that killed writers left in ``directory`` (their pid gone),
+    from one listing: those of ``dests``' own names (any age), and those of any other output's
+    name (one name per target, as docs/recovery.md has it, is never written twice: up
+    to a whole index each) once unchanged for ``tempfiles.QUIET_SECONDS``. Best effort
+    (a temp the first sweep removed is passed over by the second: it is gone)."""
+    from gpu_pitr.tempfiles import listing, remove_stale_entries
 
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return
+    entries = listing(directory)
+    for dest in dests:
+        remove_stale_entries(entries, re.escape(dest.name))
     remove_stale_entries(entries, _OUTPUT_NAMES, quiet=True)
 
 

@@ -65,11 +65,16 @@ def remove_stale_temps(dest: Path) -> list[Path]:
     Returns:
         The paths removed.
     """
+    return remove_stale_entries(listing(dest.parent), re.escape(dest.name))
+
+
+def listing(directory: Path) -> list[os.DirEntry]:
+    """The entries of ``directory``, for a sweep (best effort): none when it cannot be
+    listed."""
     try:
-        entries = list(os.scandir(dest.parent))
+        return list(os.scandir(directory))
     except OSError:
         return []
-    return remove_stale_entries(entries, re.escape(dest.name))
 
 
 def temp_path(dest: Path) -> Path:
@@ -264,12 +269,7 @@ def remove_stale_dirs(out: Path, restorable: Callable[[Path], bool]) -> None:
     whose process is gone (this host's pids). A dead writer's aside directory is the
     old ``out``: it is put back instead when ``out`` is missing and ``restorable`` says
     it is whole. Best effort: what cannot be removed stays for a later write."""
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)-[0-9a-f]+")
-    try:
-        entries = list(os.scandir(out.parent))
-    except OSError:
-        return
-    for entry, m in dead_writers(entries, pattern):
+    for entry, m in dead_writers(listing(out.parent), _dirs_of_writers(out, "tmp|old")):
         path = Path(entry.path)
         try:
             if m.group(1) == "old" and not os.path.lexists(out) and restorable(path):
@@ -278,6 +278,21 @@ def remove_stale_dirs(out: Path, restorable: Callable[[Path], bool]) -> None:
                 shutil.rmtree(path)
         except OSError:
             pass
+
+
+def _dirs_of_writers(out: Path, kinds: str) -> re.Pattern:
+    """The names ``new_dir`` and ``install_dir`` give the directories of writers of
+    ``out``: group 1 the kind (``tmp`` being written, ``old`` the previous ``out`` set
+    aside), group 2 the writer's pid."""
+    return re.compile(rf"\.{re.escape(out.name)}\.({kinds})-(\d+)-[0-9a-f]+")
+
+
+def aside_dirs(out: Path) -> list[str]:
+    """The paths of the previous ``out``s that writers set aside (``install_dir``) and
+    did not remove: killed between their two renames. Sorted; none when ``out``'s
+    directory cannot be listed."""
+    pattern = _dirs_of_writers(out, "old")
+    return sorted(e.path for e in listing(out.parent) if pattern.fullmatch(e.name))
 
 
 def pid_alive(pid: int) -> bool:

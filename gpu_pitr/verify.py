@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -280,8 +281,8 @@ class Verification:
 
     def summary(self) -> str:
         verdict = "clean" if self.clean else "DAMAGED"
-        refusing = [f"{sum(p.kind == kind for p in self.problems)} {kind}"
-                    for kind in _REFUSING if any(p.kind == kind for p in self.problems)]
+        counts = Counter(p.kind for p in self.problems)
+        refusing = [f"{counts[kind]} {kind}" for kind in _REFUSING if counts[kind]]
         return (f"{self.wal_dir}: {verdict}: {self.damage} damage, "
                 f"{plural(self.notices, 'notice')}; {plural(self.segments, 'segment')}, "
                 f"{plural(self.bytes, 'byte')}, {plural(self.records, 'record')} "

@@ -280,6 +280,21 @@ def _read_two(fd: int, first: memoryview, second: memoryview, offset: int) -> in
     return n + read_into(fd, second, offset + n)
 
 
+def _frame_rows(frame, buf, pos: int, end: int, rows: list, n: int) -> tuple[int, int]:
+    """Frame the whole records of ``buf[pos:end]`` into ``rows`` (``off``, ``length``,
+    ``seq``, then any arrays kept row for row beside them, grown with them: replaced in
+    the list) from row ``n`` on. Returns the rows filled and where framing stopped."""
+    while True:
+        cap = len(rows[0])
+        got, pos, _ = frame(buf, pos, end, rows[0][n:], rows[1][n:], rows[2][n:], cap - n)
+        n += got
+        if n < cap:
+            return n, pos
+        for k, old in enumerate(rows):
+            rows[k] = np.empty(2 * cap, old.dtype)
+            rows[k][:n] = old[:n]
+
+
 def _fill(piece: Piece, fd: int, path, listed: int) -> Piece:
     """``piece`` with its ``length`` bytes read from ``fd`` at its file offset, or
     with the error met instead (a file shorter now than when listed: not a torn tail)."""
@@ -561,19 +576,10 @@ class FrameAhead:
 
     def _frame_into(self, item: Framed, pos: int, end: int) -> int:
         """Frame ``item.buf[pos:end]`` onto the item's rows; where framing stopped."""
-        while True:
-            cap = len(item.off)
-            got, pos, _ = self._frame(item.buf, pos, end, item.off[item.n:],
-                                      item.length[item.n:], item.seq[item.n:],
-                                      cap - item.n)
-            item.n += got
-            if item.n < cap:
-                return pos
-            for name in ("off", "length", "seq", "row_segment", "row_file_offset"):
-                old = getattr(item, name)
-                grown = np.empty(2 * cap, old.dtype)
-                grown[:item.n] = old[:item.n]
-                setattr(item, name, grown)
+        rows = [item.off, item.length, item.seq, item.row_segment, item.row_file_offset]
+        item.n, stop = _frame_rows(self._frame, item.buf, pos, end, rows, item.n)
+        item.off, item.length, item.seq, item.row_segment, item.row_file_offset = rows
+        return stop
 
     def _end_merge(self) -> bool:
         """Emit the item of small segments being filled, if any."""
@@ -684,18 +690,9 @@ class FrameAhead:
     def _frame_all(self, buf, start: int, end: int):
         """Every whole record of ``buf[start:end]``, growing the row arrays as needed."""
         cap = max(64, (end - start) // 256)
-        off = np.empty(cap, np.int64)
-        length = np.empty(cap, np.int64)
-        seq = np.empty(cap, np.uint64)
-        n, pos = 0, start
-        while True:
-            got, pos, _ = self._frame(buf, pos, end, off[n:], length[n:], seq[n:], cap - n)
-            n += got
-            if n < cap:
-                return n, off, length, seq, pos
-            cap *= 2
-            off, length, seq = (np.concatenate([a[:n], np.empty(cap - n, a.dtype)])
-                                for a in (off, length, seq))
+        rows = [np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.uint64)]
+        n, stop = _frame_rows(self._frame, buf, start, end, rows, 0)
+        return n, *rows, stop
 
     def close(self) -> None:
         self._stop.set()

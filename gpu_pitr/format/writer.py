@@ -159,23 +159,18 @@ def _lock_directory(wal_dir: Path) -> int | None:
 
 
 def _sync_directory(wal_dir: Path) -> None:
-    """fsync ``wal_dir``, where the system can: some file systems refuse to sync a
-    directory (EINVAL, EBADF) or to open one without read permission (EACCES), and
-    PostgreSQL (``fsync_fname_ext``) passes over those, as this does: a flush of records
-    already synced into their file must not fail for it."""
+    """fsync ``wal_dir`` as every output's directory is (``tempfiles.fsync_dir``: a file
+    system that refuses to sync a directory, EINVAL or EBADF, is taken at its word), and
+    pass over a directory this process may not open for reading (EACCES), as PostgreSQL's
+    ``fsync_fname_ext`` does: a flush of records already synced into their file must not
+    fail for it."""
+    from gpu_pitr.tempfiles import fsync_dir
+
     try:
-        fd = os.open(wal_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fsync_dir(wal_dir)
     except OSError as err:
-        if err.errno in (errno.EACCES, errno.EISDIR):
-            return
-        raise
-    try:
-        os.fsync(fd)
-    except OSError as err:
-        if err.errno not in (errno.EINVAL, errno.EBADF):
+        if err.errno not in (errno.EACCES, errno.EISDIR):
             raise
-    finally:
-        os.close(fd)
 
 
 def _check_dim(entry: WalEntry, dim: int) -> None:

@@ -209,10 +209,6 @@ def _index_dim(host, vectors: np.ndarray, count: int) -> int | None:
     return None if dim is None else int(dim)
 
 
-# A snapshot being written: ``.<name>.tmp-<pid>-<8 hex>`` (tempfiles.temp_path).
-_TEMP_DIR = re.compile(r"\.(.+)\.tmp-(\d+)-[0-9a-f]{8}")
-
-
 def remove_killed_writes(parent: Path) -> list[Path]:
     """Remove the temp directories that killed writes of a snapshot of any name left in
     ``parent``: their writer gone (this host's pids), holding snapshot files only, and
@@ -224,7 +220,7 @@ def remove_killed_writes(parent: Path) -> list[Path]:
     Returns the paths removed."""
     import shutil
 
-    from gpu_pitr.tempfiles import remove_dead, unchanged
+    from gpu_pitr.tempfiles import listing, remove_dead, temp_pattern, unchanged
 
     def killed(entry) -> bool:
         if not entry.is_dir(follow_symlinks=False):
@@ -233,11 +229,8 @@ def remove_killed_writes(parent: Path) -> list[Path]:
         return set(names) <= SNAPSHOT_FILES and unchanged(
             [entry.path, *(os.path.join(entry.path, n) for n in names)])
 
-    try:
-        entries = list(os.scandir(parent))
-    except OSError:
-        return []
-    return remove_dead(entries, _TEMP_DIR, killed, shutil.rmtree)
+    # (a snapshot of any name being written: ``.<name>.tmp-<pid>-<8 hex>``)
+    return remove_dead(listing(parent), temp_pattern(".+"), killed, shutil.rmtree)
 
 
 #: Rows, and bytes of ids, vectors and maps (about), of a record batch of metadata.arrow.
@@ -398,14 +391,11 @@ def _aside_hint(root: Path) -> str:
     """Where the snapshot ``root`` is, when a write that replaced it was killed between
     its two renames (``tempfiles.install_dir``): the old one set aside, whole. The next
     write of ``root`` puts it back; until then this says where it is."""
+    from gpu_pitr.tempfiles import aside_dirs
+
     if os.path.lexists(root):
         return ""
-    pattern = re.compile(rf"\.{re.escape(root.name)}\.old-\d+-[0-9a-f]+")
-    try:
-        aside = sorted(e.path for e in os.scandir(root.parent) if pattern.fullmatch(e.name)
-                       and os.path.isfile(os.path.join(e.path, MANIFEST)))
-    except OSError:
-        return ""
+    aside = [p for p in aside_dirs(root) if os.path.isfile(os.path.join(p, MANIFEST))]
     if not aside:
         return ""
     return (f" (a write that was replacing it was killed: the snapshot it replaced is "
