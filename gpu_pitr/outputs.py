@@ -25,6 +25,7 @@ from gpu_pitr.tempfiles import (
     first_removing,
     fsync_path,
     fsync_renamed,
+    install_failed,
     remove_stale_temps,
     temp_path,
 )
@@ -399,10 +400,17 @@ def atomic_files(*dests: Path, check: bool = True,
         for tmp in tmps:
             fsync_path(tmp, os.O_RDONLY)
         interrupts.committing()  # a pending Ctrl-C stops here, not between renames
-        before_install()
-        with _renames_locked(dests):
-            for tmp, dest in zip(tmps, dests, strict=True):
-                os.replace(tmp, dest)
+        renamed = 0
+        try:
+            before_install()
+            with _renames_locked(dests):
+                for tmp, dest in zip(tmps, dests, strict=True):
+                    os.replace(tmp, dest)
+                    renamed += 1
+        except BaseException:
+            if not renamed:
+                install_failed()  # nothing replaced: what went aside comes back
+            raise
     except BaseException:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)

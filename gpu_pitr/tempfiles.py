@@ -11,6 +11,7 @@ on each piece as it is written, so the fsync has little left to wait for.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -155,47 +156,75 @@ def fsync_dir(path: Path) -> None:
     fsync_path(path, os.O_RDONLY | os.O_DIRECTORY)
 
 
-# What must happen just before this thread's next output is renamed into place
-# (``first_removing``): per thread, as two restores may write outputs at once.
+# What must happen just before this thread's next output is renamed into place, and
+# what undoes it if that rename fails (``first_removing``): per thread, as two restores
+# may write outputs at once.
 _installing = threading.local()
 
 
-def _before_install() -> list[Callable[[], None]]:
+def _pending() -> tuple[list[Callable[[], None]], list[Callable[[], None]]]:
     if not hasattr(_installing, "removals"):
-        _installing.removals = []
-    return _installing.removals
+        _installing.removals, _installing.undos = [], []
+    return _installing.removals, _installing.undos
 
 
 @contextmanager
 def first_removing(path: Path) -> Iterator[None]:
     """Inside the block, the first output renamed into place (``atomic_files``,
-    ``new_dir``) first removes ``path``, a file written beside it that is renamed into
-    place after it: a writer killed between the two renames (SIGKILL, power loss) then
-    leaves the new output and no ``path``, never the new output beside the previous
-    run's ``path`` (a restore's --report-json describing another index)."""
+    ``new_dir``) first moves ``path`` out of the way, a file written beside it that is
+    renamed into place after it: a writer killed between the two renames (SIGKILL, power
+    loss) then leaves the new output and no ``path``, never the new output beside the
+    previous run's ``path`` (a restore's --report-json describing another index).
+
+    ``path`` is renamed aside (a temp name, which the sweeps remove once its writer is
+    gone) and deleted when the block ends; if the output's own rename fails, it is put
+    back (``install_failed``): nothing was replaced, so nothing is lost."""
+    aside: Path | None = None
 
     def remove() -> None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
+        nonlocal aside
+        if not os.path.lexists(path):
             return
+        moved = temp_path(path)
+        os.rename(path, moved)
+        aside = moved
         fsync_dir(path.parent)  # gone before the output's rename, on disk too
 
-    removals = _before_install()
+    def put_back() -> None:
+        nonlocal aside
+        if aside is not None and not os.path.lexists(path):
+            with contextlib.suppress(OSError):  # best effort: the rename's error counts
+                os.rename(aside, path)
+                aside = None
+
+    removals, undos = _pending()
     removals.append(remove)
+    undos.append(put_back)
     try:
         yield
     finally:
-        if remove in removals:  # nothing was renamed into place
-            removals.remove(remove)
+        for pending, step in ((removals, remove), (undos, put_back)):
+            if step in pending:
+                pending.remove(step)
+        if aside is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(aside)
 
 
 def before_install() -> None:
     """Called by the writers just before their first rename: runs ``first_removing``'s
     removals, once."""
-    removals = _before_install()
+    removals, _ = _pending()
     while removals:
         removals.pop()()
+
+
+def install_failed() -> None:
+    """Called by the writers when their first rename failed (nothing was replaced):
+    puts back what ``before_install`` moved aside."""
+    _, undos = _pending()
+    while undos:
+        undos.pop()()
 
 
 def install_dir(tmp: Path, out: Path, check: Callable[[Path], None]) -> None:
@@ -257,8 +286,14 @@ def new_dir(out: Path, check: Callable[[Path], None],
             raise err.cause from err
         fsync_dir(tmp)
         interrupts.committing()  # no stop halfway through the renames
-        before_install()
-        install_dir(tmp, out, check)
+        try:
+            before_install()
+            install_dir(tmp, out, check)
+        except NotSyncedError:
+            raise  # in place, only not synced
+        except BaseException:
+            install_failed()
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -701,6 +701,43 @@ def test_the_old_report_is_gone_before_the_new_index_is_in_place(tmp_path, monke
     assert _report_target(report) == "latest"
 
 
+@pytest.mark.parametrize("fmt", ["npz", "faiss", "snapshot"])
+def test_an_index_whose_rename_fails_leaves_the_old_report(tmp_path, monkeypatch, fmt):
+    """The old report went just before the index's rename; when that rename failed (a
+    permission, a full directory), the run said nothing was replaced, yet the previous
+    run's report was gone. It is now moved aside and put back: the old index and its
+    report stay, as a pair."""
+    import errno
+
+    from gpu_pitr import outputs, tempfiles
+
+    pytest.importorskip({"npz": "numpy", "faiss": "faiss", "snapshot": "pyarrow"}[fmt])
+    wal = tmp_path / "wal"
+    write_synthetic_wal(wal, total_bytes=64 << 10, dim=4, segments=2, seed=3)
+    out = tmp_path / {"npz": "x.npz", "faiss": "x.faiss", "snapshot": "snap"}[fmt]
+    report = tmp_path / "report.json"
+    base = ["restore", str(wal), "--out", str(out), "--format", fmt, "--report-json",
+            str(report), "-q"]
+    assert cli.main([*base, "--to-seq", "3"]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
+              and wal not in p.parents}
+
+    def refuse(real):
+        def rename(src, dst):
+            if Path(dst) == out:
+                raise OSError(errno.EACCES, "Permission denied", str(dst))
+            return real(src, dst)
+        return rename
+
+    monkeypatch.setattr(outputs.os, "replace", refuse(os.replace))
+    monkeypatch.setattr(tempfiles.os, "rename", refuse(os.rename))
+    assert cli.main(base) != 0
+    after = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
+             and wal not in p.parents}
+    assert after == before  # the old index and its report, nothing else
+    assert _report_target(report) == "seq"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_once_the_index_is_in_place_lets_its_report_land(tmp_path, monkeypatch, sig):
     """Ctrl-C or SIGTERM right after the index was renamed into place: its report was not
