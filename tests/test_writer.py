@@ -406,6 +406,33 @@ def test_a_writer_never_closed_is_flushed_when_dropped(tmp_path):
     assert (tmp_path / "exit" / segment_name(1)).read_bytes() == want
 
 
+def test_a_writer_dropped_unclosed_writes_its_records_before_its_lock_goes(
+        tmp_path, monkeypatch):
+    # Collected unclosed, the writer released its directory lock first and wrote its
+    # buffer after: a writer opened in another thread in between (os.close lets it run)
+    # appended ahead of the dropped writer's last records.
+    import gc
+
+    wal_dir = tmp_path / "wal"
+    wal_dir.mkdir()
+    seen = []
+    real_close = os.close
+
+    def close(fd):
+        st = os.fstat(fd)
+        if (st.st_ino, st.st_dev) == (os.stat(wal_dir).st_ino, os.stat(wal_dir).st_dev):
+            seen.append((wal_dir / segment_name(1)).stat().st_size)  # the lock goes
+        real_close(fd)
+
+    monkeypatch.setattr(os, "close", close)
+    wal = WalWriter(wal_dir, created=1)
+    wal.append(SPEC_ENTRY)
+    del wal
+    gc.collect()
+    want = len(encode_header(1) + encode_record(0, SPEC_PAYLOAD))
+    assert seen == [want]  # every record on disk when the lock was released
+
+
 def test_a_second_writer_on_the_same_directory_is_refused(tmp_path):
     # Two writers interleaved pieces of their buffers in one file: an unreadable log.
     from gpu_pitr.errors import WalDirectoryInUseError

@@ -56,7 +56,7 @@ class _BufWriter:
         self._buf = bytearray()
         # Rust's Drop writes the buffer out; without this a writer never closed (an
         # exception, a forgotten close) lost every record still buffered at exit.
-        self._finalizer = weakref.finalize(self, _write_out, self._file, self._buf, os.getpid())
+        self.write_out = weakref.finalize(self, _write_out, self._file, self._buf, os.getpid())
 
     def write_all(self, data: bytes) -> None:
         # Same branches as BufWriter::write_all / write_all_cold.
@@ -85,7 +85,7 @@ class _BufWriter:
 
     def close(self) -> None:
         self.flush_buf()
-        self._finalizer.detach()
+        self.write_out.detach()
         self._file.close()
 
     def _write_raw(self, data: bytes) -> None:
@@ -103,6 +103,15 @@ def _write_out(file, buf: bytearray, pid: int) -> None:
     _drain(file, buf)
     os.fsync(file.fileno())
     file.close()
+
+
+def _unlock(lock: int, writes_out: list) -> None:
+    """Release a writer's directory lock, its last buffered records written out first."""
+    try:
+        if writes_out[0] is not None:
+            writes_out[0]()  # (a no-op once the segment was closed)
+    finally:
+        os.close(lock)
 
 
 def _drain(file, buf: bytearray) -> None:
@@ -277,7 +286,12 @@ class WalWriter:
         self._entry_unsynced = False
         self.wal_dir.mkdir(parents=True, exist_ok=True)
         lock = _lock_directory(self.wal_dir)
-        self._unlock = weakref.finalize(self, os.close, lock) if lock is not None else None
+        # The open segment's write-out (its _BufWriter's finalizer), run before the lock
+        # goes when the writer is collected unclosed: another writer may lock the
+        # directory the moment it is released, so no buffered record may follow.
+        self._writes_out: list = [None]
+        self._unlock = (weakref.finalize(self, _unlock, lock, self._writes_out)
+                        if lock is not None else None)
         if self._unlock is not None:
             _LOCKED.add(self)
         self._newest = _newest_segment(self.wal_dir)
@@ -308,6 +322,7 @@ class WalWriter:
         if self._out is not None:
             self._out.close()
         self._out = new
+        self._writes_out[0] = new.write_out
         self.path = path
         self._newest = created if self._newest is None else max(self._newest, created)
         return path
