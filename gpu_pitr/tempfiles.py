@@ -214,7 +214,9 @@ def first_removing(path: Path) -> Iterator[None]:
 def before_install() -> None:
     """Called by the writers just before their first rename: runs ``first_removing``'s
     removals, once."""
-    removals, _ = _pending()
+    removals, undos = _pending()
+    if not removals:  # an output renamed into place before this one: nothing to put back
+        undos.clear()
     while removals:
         removals.pop()()
 
