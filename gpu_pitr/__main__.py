@@ -19,12 +19,20 @@ def _stop(signum, frame) -> None:
     raise stop_for(signum)
 
 
+def error_status(argv: list[str]) -> int:
+    """The exit status of an error that is not the data's: 1, but 2 for ``verify``,
+    whose 1 says damage was found. (Its command is the first word that is not an
+    option: the options before it, -h and --version, take no value.)"""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return 2 if command == "verify" else 1
+
+
 def run() -> None:
     # Before NumPy's import trips over it.
     problem = environment.platform_problem() or environment.problem()
     if problem is not None:
         print(f"gpu-pitr: error: {problem}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(error_status(sys.argv[1:]))
     # Until the command's own handling takes over (cli: interrupts.handle_signals).
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stop)

@@ -143,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
         "counts, checkpoints, transactions, sequence-number restarts and damage of WAL_DIR; "
         "with --records, every record. Given a snapshot directory: its manifest (ids, "
         "dimension, log position, files); given a directory of snapshots: one row each, "
-        "oldest first. Checksums are not checked (verify does).",
+        "oldest first. Checksums are not checked (verify does). Exit 0 whatever damage it "
+        "finds; 1: WAL_DIR cannot be read (one line naming it); 2: usage error.",
     )
     inspect.add_argument("wal_dir", metavar="WAL_DIR")
     inspect.add_argument("--json", action="store_true",
@@ -319,7 +320,7 @@ def _main(argv: list[str] | None, restore_signals: bool, on_bus_error: bool = Fa
                 buserror.install(2 if args.command == "verify" else 1)
             if (problem := environment.threads_problem()) is not None:
                 print(f"{PROG}: error: {problem}", file=sys.stderr)
-                return 1
+                return 2 if args.command == "verify" else 1  # verify's 1: damage found
             return _command(args.command_parser, args)
     except (KeyboardInterrupt, interrupts.Terminated) as stop:
         # The others only read (and before a command has started, nothing is written).
@@ -368,13 +369,13 @@ class _StdoutError(Exception):
     """stdout could not be written (a full disk, ``> /dev/full``): said so, naming it."""
 
 
-def _emit(text: str) -> None:
+def _emit(text: str, end: str = "\n") -> None:
     """Print a command's report, its last act: a reader that went away (``| head``)
     does not change the exit status, which says what the command found; stdout that
     cannot be written is an error naming stdout (verify: exit 2, as for anything
     that is not damage)."""
     try:
-        print(text, flush=True)
+        print(text, end=end, flush=True)
     except BrokenPipeError:
         _stdout_gone()
     except OSError as err:
@@ -744,6 +745,11 @@ def _inspect_records(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             items.close()
             _stdout_gone()
             return 0
+        except OSError as err:  # a full disk: one line naming stdout, as _emit says it
+            items.close()
+            _stdout_gone()
+            raise _StdoutError(f"stdout: cannot write: {os_reason(err)}") from err
+    _emit("", end="")  # what is still buffered, whose failure is _emit's too
     return 0
 
 

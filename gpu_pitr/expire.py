@@ -282,7 +282,13 @@ def _check_archive(archive_dir: Path) -> None:
     except OSError as err:
         raise ExpireError(f"cannot read {LOCK_NAME}: {os_reason(err)}",
                           file=str(archive_dir)) from err
-    if st is None or not stat.S_ISREG(st.st_mode):
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        from gpu_pitr.format.segments import file_kind
+
+        # (archive refuses it too, as its lock: not "no such file", which it is not)
+        raise ExpireError(f"{LOCK_NAME} is {file_kind(st.st_mode)}, not the lock file gpu-pitr "
+                          "archive makes: nothing is deleted", file=str(archive_dir))
+    if st is None:
         raise ExpireError(
             f"not an archive made by gpu-pitr archive (no {LOCK_NAME} file in it): expire "
             "never deletes from a writer's WAL directory", file=str(archive_dir))

@@ -718,6 +718,10 @@ class _Restore:
                        if self.base is not None else
                        "start from a snapshot taken before it was deleted: --base/--snapshots,"
                        " base=/snapshots=")
+                if self.report.skipped:  # not deleted: skipped, before this record
+                    s = self.report.skipped[0]
+                    fix = (f"it is in what --skip-corrupt skipped: {s['file']} offset "
+                           f"{s['offset']}, {s['what']}; or {fix}")
                 raise IncompleteHistoryError(
                     "the log does not start at sequence number 0: earlier history is missing"
                     f" ({fix}; or restore anyway: --allow-incomplete-history,"

@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpu_pitr.errors import MissingExtraError, missing_extra
+from gpu_pitr.errors import MissingExtraError, missing_extra, os_reason
 from gpu_pitr.resolve.idshard import MAX_SHARDS, merge_reports, merge_shards
 
 # One restore at a time in a worker process: a restore uses every core (and the GPU)
@@ -470,13 +470,17 @@ def _connect(address: str, timeout: str):
     is_file = os.path.isfile(address)
     if not is_file and "://" not in address and (os.sep in address
                                                  or address.endswith(".json")):
+        if os.path.isdir(address):  # there, but not a file: not "no such file"
+            raise IsADirectoryError(f"{address}: a directory, not a Dask scheduler file")
         raise FileNotFoundError(f"{address}: no such Dask scheduler file (nor an address: "
                                 "tcp://host:port)")
     if is_file:
         try:
             doc = json.loads(Path(address).read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            raise OSError(f"{address}: cannot read the Dask scheduler file: {err}") from None
+            # An OSError's text names the file again, after its [Errno n]: its reason only.
+            why = os_reason(err) if isinstance(err, OSError) else err
+            raise OSError(f"{address}: cannot read the Dask scheduler file: {why}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("address"), str):
             raise OSError(f'{address}: not a Dask scheduler file (no "address" in it)')
     where = {"scheduler_file": address} if is_file else {"address": address}

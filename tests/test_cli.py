@@ -709,6 +709,9 @@ def test_stdout_that_cannot_be_written_is_named_and_verify_says_2(wal_dir: Path,
     done = " (the {} went on to its end: only what it printed there is lost)"
     for args, rc, said in (
             (("verify", wal_dir), 2, ""), (("inspect", wal_dir), 1, ""),
+            # (inspect --records printed "[Errno 28] No space left on device")
+            (("inspect", "--records", wal_dir), 1, ""),
+            (("inspect", "--records", "--json", "--limit", "1", wal_dir), 1, ""),
             (("restore", wal_dir, "--out", tmp_path / "o.npz"), 1, done.format("restore")),
             (("archive", wal_dir, "--out", tmp_path / "arc"), 1, done.format("archive")),
             (("archive", wal_dir, "--out", tmp_path / "arc2", "--json"), 1,
@@ -818,6 +821,10 @@ def test_environment_numpy_and_numba_cannot_use_is_one_line(
         return
     assert_one_error_line(proc, fragment)
     assert not out.exists()
+    # verify's 1 says "damage found"; a setting that stops it is 2, as stdout is
+    proc = cli("verify", wal_dir, wal_dir=wal_dir, env={**os.environ, name: value})
+    assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+    assert proc.stderr.startswith("gpu-pitr: error: ") and fragment in proc.stderr
 
 
 def test_environment_values_the_libraries_accept_still_run(wal_dir: Path, tmp_path: Path) -> None:

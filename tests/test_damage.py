@@ -364,6 +364,21 @@ def test_segment_with_wrong_magic_or_version_is_an_error(restore, tmp_path, head
     assert name in str(ei.value)
 
 
+def test_history_skipped_as_damage_is_not_said_to_be_deleted(tmp_path):
+    # The first segment unreadable and --skip-corrupt given: the log then starts at seq 2,
+    # and the error said only "start from a snapshot taken before it was deleted".
+    b, _ = two_segments()
+    first = sorted(b.files)[0]
+    b.files[first][:4] = b"NOPE"
+    d = b.write(tmp_path / "wal")
+    with pytest.raises(IncompleteHistoryError) as ei:
+        gpu_pitr.restore(d, skip_corrupt=True, backend="cpu")
+    assert (f"it is in what --skip-corrupt skipped: {os.path.join(d, first)} offset 0, "
+            "wrong magic") in str(ei.value)
+    with pytest.raises(BadSegmentError):  # without it, the file itself is the error
+        gpu_pitr.restore(d, backend="cpu")
+
+
 def test_wrong_magic_file_after_the_stop_point_is_reported_not_fatal(restore, tmp_path):
     b, (ra, rb, rc) = two_segments()
     name = w.segment_name(SEG2 + 1)

@@ -414,6 +414,23 @@ def test_only_an_archive_is_touched_and_only_under_its_lock(hist, tmp_path):
             expire(arc, snaps, **bad)
 
 
+def test_a_lock_that_is_not_a_file_is_named_as_what_it_is(hist, tmp_path):
+    # It is there: "no .gpu-pitr-archive.lock file in it" sent a person looking for a
+    # file that exists.
+    arc, _, snaps, _ = hist
+    (arc / LOCK_NAME).unlink()
+    os.symlink(tmp_path / "nowhere", arc / LOCK_NAME)
+    before = dir_state(arc)
+    with pytest.raises(ExpireError, match=f"{LOCK_NAME} is a symbolic link, not the lock "
+                                          "file gpu-pitr archive makes"):
+        expire(arc, snaps, keep=1)
+    (arc / LOCK_NAME).unlink()
+    (arc / LOCK_NAME).mkdir()
+    with pytest.raises(ExpireError, match=f"{LOCK_NAME} is a directory, not the lock"):
+        expire(arc, snaps, keep=1)
+    assert dir_state(arc).keys() == before.keys()
+
+
 def test_leftovers_of_killed_runs_are_swept_and_links_left_alone(hist, tmp_path):
     arc, _, snaps, _ = hist
     dead = snaps / ".s00.expired-999999999-0123abcd"

@@ -422,9 +422,12 @@ def test_a_snapshot_made_on_the_cluster_is_the_one_made_here(client, wal, tmp_pa
 def test_scheduler_files_that_cannot_be_used_are_one_line(wal, tmp_path):
     (tmp_path / "empty.json").write_text("{}")
     (tmp_path / "bad.json").write_text("not json")
+    (tmp_path / "dir.json").mkdir()
     for address, why in ((str(tmp_path / "nosuch.json"), "no such Dask scheduler file"),
                          (str(tmp_path / "empty.json"), 'not a Dask scheduler file (no "address"'),
                          (str(tmp_path / "bad.json"), "cannot read the Dask scheduler file"),
+                         # there, but a directory: not "no such file"
+                         (str(tmp_path / "dir.json"), "a directory, not a Dask scheduler file"),
                          ("sched:87x", "not a Dask scheduler address"),
                          # UCX not installed: Dask's connector class cannot be made
                          ("ucx://127.0.0.1:9", "")):
@@ -434,6 +437,25 @@ def test_scheduler_files_that_cannot_be_used_are_one_line(wal, tmp_path):
         assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
         assert proc.stderr.startswith(f"gpu-pitr: error: {address}: {why}"), proc.stderr
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_an_unreadable_scheduler_file_is_named_once(wal, tmp_path, monkeypatch):
+    # Its OSError's own text ("[Errno 13] Permission denied: '/path'") named the file a
+    # second time, in Python's quotes.
+    import errno
+
+    from gpu_pitr import scaleout
+
+    path = tmp_path / "s.json"
+    path.write_text("{}")
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    with pytest.raises(OSError) as got:
+        scaleout._connect(str(path), "1s")
+    assert str(got.value) == f"{path}: cannot read the Dask scheduler file: Permission denied"
 
 
 def test_workers_without_pyarrow_are_named_before_a_file_is_written(client, wal, tmp_path):

@@ -502,8 +502,12 @@ def test_read_manifest_reads_only_the_manifest(snap):
     assert read_manifest(snap)["position"] == POSITION
     with pytest.raises(SnapshotError, match="vectors.f32: missing"):
         load_snapshot(snap)
-    with pytest.raises(SnapshotError, match="not a snapshot directory"):
+    with pytest.raises(SnapshotError, match="nowhere: not a snapshot directory: no such "
+                                            "directory$"):
         read_manifest(snap / "nowhere")
+    with pytest.raises(SnapshotError, match="manifest.json: not a snapshot directory: not a "
+                                            "directory$"):
+        read_manifest(snap / "manifest.json")
 
 
 def _replace_arrow(snap: Path, name: str, table: pa.Table, doc_changes=None) -> None:

@@ -405,7 +405,12 @@ def _aside_hint(root: Path) -> str:
 def _read_manifest_once(root: Path) -> dict:
     mpath = root / MANIFEST
     if not root.is_dir():
-        raise SnapshotError("not a snapshot directory" + _aside_hint(root), file=str(root))
+        from gpu_pitr.format.segments import not_a_directory
+
+        # Why, where no hint says where it went: a path mistyped is not a damaged snapshot.
+        raise SnapshotError("not a snapshot directory"
+                            + (_aside_hint(root) or f": {not_a_directory(root)}"),
+                            file=str(root))
     raw = _read_small(mpath)
     try:
         doc = json.loads(raw)
