@@ -7,6 +7,7 @@ one-record segments were 5,000 chunks (2 s against the reference's 0.1 s).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
@@ -338,15 +339,9 @@ def test_a_restore_that_fails_after_applying_leaves_no_thread(tmp_path):
     assert not [t for t in threading.enumerate() if t.name.startswith("gpu_pitr")]
 
 
-def test_verify_of_small_segments_framed_together_equals_one_item_a_segment(monkeypatch):
-    """``verify`` frames runs of small segments into one item (``merge_small="scan"``):
-    its problems (torn tails, bad headers and records, zero fills, restarts, a header
-    swallowed by a torn record, transactions open at the end) are those of the item a
-    segment it had before, and the items are few."""
-    from gpu_pitr import verify as verify_module
-    from gpu_pitr.format import readahead
-    from gpu_pitr.verify import verify_wal
-
+def _small_segments_with_every_damage() -> tuple[dict, list]:
+    """Small segments (one to three records) with a torn tail, a bad header, a bad record,
+    zero-filled records and a header swallowed by a torn record among them."""
     wl = _long_log(seed=5, n=600, per=(1, 3))
     names = sorted(wl.files)
     files = dict(wl.files)
@@ -359,25 +354,76 @@ def test_verify_of_small_segments_framed_together_equals_one_item_a_segment(monk
     rec[HEADER_SIZE + 12] = 255
     files[names[120]] = bytes(rec)
     files[names[160]] = files[names[160]] + bytes(24)  # two zero-filled records
+    # Zero-filled records at the end of one segment and the start of the next: two runs.
+    files[names[300]] = files[names[300]] + bytes(24)
+    files[names[301]] = (files[names[301]][:HEADER_SIZE] + bytes(12)
+                         + files[names[301]][HEADER_SIZE:])
     # A torn write, then the header of a writer reopened in the same second after it.
     cut = files[names[200]][:-2]
     files[names[200]] = cut + files[names[200]][:HEADER_SIZE] + files[names[201]][HEADER_SIZE:]
+    return files, names
+
+
+@contextlib.contextmanager
+def _framed_with(monkeypatch, module, merge):
+    """``module.framed_pieces`` framing with ``merge_small=merge``; yields the list of
+    the items it framed."""
+    from gpu_pitr.format import readahead
+
+    real = readahead.framed_pieces
+    counted = []
+
+    def framed(*args, **kw):
+        kw["merge_small"] = merge
+        for item in real(*args, **kw):
+            counted.append(item)
+            yield item
+
+    with monkeypatch.context() as m:
+        m.setattr(module, "framed_pieces", framed)
+        yield counted
+
+
+def test_inspect_of_small_segments_framed_together_equals_one_item_a_segment(monkeypatch):
+    """``inspect`` frames runs of small segments into one item too: every figure it gives
+    (per segment: records, seqs, times, extra headers; damage in log order, restarts,
+    transactions, the history) is the one it gave walking an item a segment."""
+    from gpu_pitr.format import statwalk
+
+    files, names = _small_segments_with_every_damage()
+
+    def stats(merge):
+        with _framed_with(monkeypatch, statwalk, merge) as counted, \
+                tempfile.TemporaryDirectory() as d:
+            w.Workload(files=files).write(d)
+            result = statwalk.scan_stats(d)
+            result.pop("wal_dir")
+        return result, len(counted)
+
+    merged, items = stats("scan")
+    alone, items_alone = stats(False)
+    assert merged == alone
+    kinds = {d["kind"] for d in merged["damage"]}
+    assert {"torn_tail", "bad_header", "undecodable", "zero_filled"} <= kinds, kinds
+    assert merged["seq_restarts"] and merged["totals"]["segments"] == len(names)
+    assert items_alone >= len(names) - 1 and items <= 10, (items, items_alone)
+
+
+def test_verify_of_small_segments_framed_together_equals_one_item_a_segment(monkeypatch):
+    """``verify`` frames runs of small segments into one item (``merge_small="scan"``):
+    its problems (torn tails, bad headers and records, zero fills, restarts, a header
+    swallowed by a torn record, transactions open at the end) are those of the item a
+    segment it had before, and the items are few."""
+    from gpu_pitr import verify as verify_module
+    from gpu_pitr.verify import verify_wal
+
+    files, names = _small_segments_with_every_damage()
 
     def problems(merge):
-        real = readahead.framed_pieces
-        counted = []
-
-        def framed(*args, **kw):
-            kw["merge_small"] = merge
-            for item in real(*args, **kw):
-                counted.append(item)
-                yield item
-
-        monkeypatch.setattr(verify_module, "framed_pieces", framed)
-        with tempfile.TemporaryDirectory() as d:
+        with _framed_with(monkeypatch, verify_module, merge) as counted, \
+                tempfile.TemporaryDirectory() as d:
             w.Workload(files=files).write(d)
             result = verify_wal(d)
-        monkeypatch.undo()
         return [(p.kind, p.file, p.offset, p.seq, p.what, p.extra)
                 for p in result.problems], result.records, len(counted)
 

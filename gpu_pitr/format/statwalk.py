@@ -156,9 +156,10 @@ def _parse(buf, n, off, length, stack, status, kind, ts, aux, nent, stop, e_i64,
 
 
 @njit(cache=True, nogil=True)
-def _walk(buf, i, n, off, length, seq, status, kind, ts, aux, stop,
+def _walk(buf, i, n, off, length, seq, row_seg, status, kind, ts, aux, stop,
           state, prev, counts, nested, open_txns, stack, e_i64, e_u64, events):
     """Walk records ``i..n-1`` of a piece in log order; returns ``(next record, events)``.
+    ``row_seg``: each record's segment (small segments framed together), or empty.
 
     Takes ``status``, ``kind``, ``ts``, ``aux`` and ``stop`` per record from ``_parse``
     (as the executors' record columns; a record nested deeper than ``stack`` is
@@ -176,7 +177,8 @@ def _walk(buf, i, n, off, length, seq, status, kind, ts, aux, stop,
             # writer gave (format.zerofill).
             j = i + 1
             while (j < n and zerofill.is_zero_record(length[j], seq[j])
-                   and off[j] == off[j - 1] + RECORD_HEADER_SIZE):
+                   and off[j] == off[j - 1] + RECORD_HEADER_SIZE
+                   and (len(row_seg) == 0 or row_seg[j] == row_seg[j - 1])):
                 j += 1
             events[m, 0] = EV_ZEROS
             events[m, 1] = i
@@ -378,7 +380,8 @@ class _Scan:
         return header_damage(head)
 
     def run(self) -> None:
-        for item in framed_pieces(self.segments, self.chunk_bytes, self._header):
+        for item in framed_pieces(self.segments, self.chunk_bytes, self._header,
+                                  merge_small="scan"):
             if item.problem is not None:
                 kind, offset, what, nbytes = item.problem
                 self.damage.append(_damage(kind, self.segs[item.segment].name, offset,
@@ -400,48 +403,79 @@ class _Scan:
                                "(a bug in gpu_pitr.format.statwalk)")
 
     def _piece(self, item) -> None:
-        """Walk the records framed in one piece, then list what they hold."""
-        n, c, seg = item.n, self.cols, self.segs[item.segment]
+        """Walk the records framed in one item (several small segments framed together:
+        ``item.row_segment``), then list what they hold, segment by segment."""
+        n, c = item.n, self.cols
+        merged = item.row_segment is not None
+        rows = item.row_segment[:n] if merged else np.full(n, item.segment, np.int64)
+        torn = sorted(item.torn_list())  # listed after their segment's other damage
+        t = 0
         if n:
             c.ensure_records(n)
             _parse(item.buf, n, item.off, item.length, self.stack, c.status, c.kind, c.ts,
                    c.aux, c.nent, c.stop, c.e_op, c.e_key)
             i = 0
             while i < n:
-                i, m = _walk(item.buf, i, n, item.off, item.length, item.seq, c.status,
-                             c.kind, c.ts, c.aux, c.stop, self.state, self.prev, self.counts,
-                             self.nested, self.open_txns, self.stack, c.e_op, c.e_key,
-                             self.events)
+                i, m = _walk(item.buf, i, n, item.off, item.length, item.seq,
+                             rows if merged else _NO_ROWS, c.status, c.kind, c.ts, c.aux,
+                             c.stop, self.state, self.prev, self.counts, self.nested,
+                             self.open_txns, self.stack, c.e_op, c.e_key, self.events)
                 for code, r, a in self.events[:m].tolist():
-                    self._event(code, r, a, item, seg)
-            # Zero-filled records carry no seq the writer gave (format.zerofill): they
-            # count as records, but neither start the history nor bound a segment's seqs.
-            some = np.flatnonzero(~zerofill.zero_records(item.length[:n], item.seq[:n]))
-            if len(some) and self.first_record is None:
-                f = int(some[0])
-                self.first_record = {
-                    "file": seg.name,
-                    "offset": int(item.off[f]) - item.start + item.file_start,
-                    "seq": int(item.seq[f])}
-            seg.records += n
-            if len(some):
+                    segment = int(rows[r])
+                    while t < len(torn) and torn[t][0] < segment:
+                        self._torn(*torn[t])
+                        t += 1
+                    self._event(code, r, a, item, self.segs[segment])
+            self._segment_stats(item, rows)
+        for tail in torn[t:]:
+            self._torn(*tail)
+
+    def _torn(self, segment: int, at: int, lost: int) -> None:
+        seg = self.segs[segment]
+        seg.torn_at = at
+        self.damage.append(_damage("torn_tail", seg.name, at, nbytes=lost))
+
+    def _segment_stats(self, item, rows: np.ndarray) -> None:
+        """Add the records of ``item`` (of segments ``rows``, in log order) to their
+        segments' counts, seq and time ranges and bytes."""
+        n, c = item.n, self.cols
+        seq = item.seq[:n]
+        firsts = np.flatnonzero(np.diff(rows, prepend=-1))  # where each segment's rows start
+        counts = np.diff(np.append(firsts, n))
+        nbytes = np.add.reduceat(item.length[:n].astype(np.int64), firsts) \
+            + RECORD_HEADER_SIZE * counts
+        # Zero-filled records carry no seq the writer gave (format.zerofill): they
+        # count as records, but neither start the history nor bound a segment's seqs.
+        some = np.flatnonzero(~zerofill.zero_records(item.length[:n], seq))
+        if len(some) and self.first_record is None:
+            f = int(some[0])
+            self.first_record = {"file": self.segs[int(rows[f])].name,
+                                 "offset": _offset(item, f), "seq": int(seq[f])}
+        ok = c.status[:n] == OK
+        if item.row_segment is None:  # one segment: no grouping
+            seqs = {item.segment: (int(seq[some[0]]), int(seq[some[-1]]))} if len(some) else {}
+            ts = c.ts[:n][ok]
+            stamps = {item.segment: (int(ts.min()), int(ts.max()))} if len(ts) else {}
+        else:
+            seqs = _first_last(rows[some], seq[some])
+            stamps = _low_high(rows[ok], c.ts[:n][ok])
+        for segment, count, size in zip(rows[firsts].tolist(), counts.tolist(),
+                                        nbytes.tolist(), strict=True):
+            seg = self.segs[segment]
+            seg.records += count
+            seg.record_bytes += size
+            if segment in seqs:
+                first, seg.last_seq = seqs[segment]
                 if seg.first_seq is None:
-                    seg.first_seq = int(item.seq[some[0]])
-                seg.last_seq = int(item.seq[some[-1]])
-            stamps = c.ts[:n][c.status[:n] == OK]
-            if len(stamps):
-                low, high = int(stamps.min()), int(stamps.max())
+                    seg.first_seq = first
+            if segment in stamps:
+                low, high = stamps[segment]
                 seg.min_ts = low if seg.min_ts is None else min(seg.min_ts, low)
                 seg.max_ts = high if seg.max_ts is None else max(seg.max_ts, high)
-            seg.record_bytes += RECORD_HEADER_SIZE * n + int(item.length[:n].sum())
-        if item.torn is not None:
-            at, lost = item.torn
-            seg.torn_at = at
-            self.damage.append(_damage("torn_tail", seg.name, at, nbytes=lost))
 
     def _event(self, code: int, i: int, a: int, item, seg: _Segment) -> None:
         c = self.cols
-        offset = int(item.off[i]) - item.start + item.file_start
+        offset = _offset(item, i)
         q = int(item.seq[i])
         if code == EV_RESTART:
             self.restarts.append({"file": seg.name, "offset": offset, "from": a % 2**64,
@@ -505,6 +539,39 @@ class _Scan:
             "damage": self.damage,
             "history": history(self.first_record, self.wal_dir),
         }
+
+
+_NO_ROWS = np.zeros(0, np.int64)
+
+
+def _first_last(groups: np.ndarray, values: np.ndarray) -> dict:
+    """``{group: (first value, last value)}`` of ``values`` grouped by ``groups`` (sorted)."""
+    if not len(groups):
+        return {}
+    starts = np.flatnonzero(np.diff(groups, prepend=groups[0] - 1))
+    ends = np.append(starts[1:], len(groups)) - 1
+    return dict(zip(groups[starts].tolist(),
+                    zip(values[starts].tolist(), values[ends].tolist(), strict=True),
+                    strict=True))
+
+
+def _low_high(groups: np.ndarray, values: np.ndarray) -> dict:
+    """``{group: (least value, greatest value)}`` of ``values`` grouped by ``groups``
+    (sorted)."""
+    if not len(groups):
+        return {}
+    starts = np.flatnonzero(np.diff(groups, prepend=groups[0] - 1))
+    return dict(zip(groups[starts].tolist(),
+                    zip(np.minimum.reduceat(values, starts).tolist(),
+                        np.maximum.reduceat(values, starts).tolist(), strict=True),
+                    strict=True))
+
+
+def _offset(item, i: int) -> int:
+    """The file offset of row ``i`` of a framed item."""
+    if item.row_file_offset is not None:
+        return int(item.row_file_offset[i])
+    return int(item.off[i]) - item.start + item.file_start
 
 
 def _payload_error(payload: np.ndarray) -> str:
