@@ -19,6 +19,7 @@ import numpy as np
 
 from gpu_pitr import interrupts
 from gpu_pitr.errors import OutputError, UnwritableDirectoryError, WalError, missing_extra
+from gpu_pitr.format.stats import plural
 from gpu_pitr.npzfile import Pieces, write_npz
 from gpu_pitr.tempfiles import (
     before_install,
@@ -161,8 +162,9 @@ def _write_npz(index, out: Path) -> list[Path]:
     if lossy:
         # NumPy's unicode arrays drop trailing NULs: two ids would become one.
         raise WalError(f"id {lossy[0]!r} ends with a NUL character, which the .npz "
-                       f"ids array cannot hold ({len(lossy)} such ids); write a .parquet, "
-                       "FAISS or snapshot output, which hold it exactly", file=str(out))
+                       f"ids array cannot hold ({plural(len(lossy), 'such id')}); write a "
+                       ".parquet, FAISS or snapshot output, which hold it exactly",
+                       file=str(out))
     report = json.dumps(index.report.to_dict())
     texts, which = index.metadata_texts()
     _npz_room(index, out, texts, which, len(report))

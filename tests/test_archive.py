@@ -353,6 +353,22 @@ def test_a_directory_that_is_not_an_archive_is_not_written_to(tmp_path):
     assert archive(wal, empty).ok  # an archive now: its lock file says so
 
 
+def test_an_archive_that_cannot_be_made_is_one_line_naming_it(tmp_path, capsys):
+    """An --out whose parent is missing (a mistyped path: not made, as mkdir -p would)
+    or that is a file: exit 1, one line naming it and why; nothing is made."""
+    wal, _, _, _ = _two_runs(tmp_path)
+    (tmp_path / "file").write_bytes(b"precious")
+    before = dir_state(tmp_path)
+    for out, why in ((tmp_path / "nope" / "arc",
+                      "cannot create the archive: its parent directory does not exist"),
+                     (tmp_path / "file", "exists and is not a directory")):
+        assert cli.main(["archive", str(wal), "--out", str(out)]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err == f"gpu-pitr: error: {out}: {why}\n"
+    assert dir_state(tmp_path) == before
+
+
 def test_a_name_in_the_archive_that_is_not_a_file_is_a_conflict(tmp_path):
     wal, arc, name, data = _two_runs(tmp_path)
     (arc / name).unlink()

@@ -154,6 +154,31 @@ def test_a_damaged_checksum_file_is_damage_and_archive_still_copies(tmp_path, ca
     assert len(list(arc.glob("wal-*.log"))) == 2
 
 
+def test_a_checksum_file_of_another_program_says_to_move_it_aside_which_works(
+        tmp_path, capsys):
+    """Not JSON of ours: archive (exit 1) and verify each name the file and say what to do
+    (one line each); the file is kept for a person to look at, and once it is moved
+    aside, the next archive run records the sums again, as the line says."""
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    _log(wal, segments=1, records=50).close()
+    assert archive(wal, arc).ok
+    sums_path = arc / archivesums.SUMS_NAME
+    sums_path.write_bytes(b"not json\n")
+    why = "not a checksum file gpu-pitr archive wrote (move it aside to go on: "
+    assert cli.main(["archive", str(wal), "--out", str(arc)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{sums_path}: {why}") and len(out) == 2, out
+    assert "next archive run records the sums" in out[0]
+    [problem] = _archive_problems(arc)
+    assert (problem.kind, problem.file, problem.offset) == (
+        "bad_archive_sums", archivesums.SUMS_NAME, 0)
+    assert problem.what.startswith(why) and "\n" not in problem.what
+    assert sums_path.read_bytes() == b"not json\n"
+    sums_path.rename(tmp_path / "aside")
+    assert cli.main(["archive", str(wal), "--out", str(arc), "-q"]) == 0
+    assert _archive_problems(arc) == [] and archivesums.read(arc) is not None
+
+
 def test_a_checksum_file_that_cannot_be_written_leaves_the_copies_and_exits_1(
         tmp_path, monkeypatch, capsys):
     wal, arc = tmp_path / "wal", tmp_path / "arc"

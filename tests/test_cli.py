@@ -349,6 +349,33 @@ def test_corrupt_record_is_one_line_naming_file_and_offset(wal_dir: Path, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz", "wal"]
 
 
+def test_a_seq_target_no_record_carries_is_one_line_naming_the_wal_dir(
+        wal_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.npz"
+    out.write_bytes(b"the previous restore")
+    proc = cli("restore", wal_dir, "--out", out, "--to-seq", 99, wal_dir=wal_dir)
+    assert_one_error_line(proc, f"gpu-pitr: error: {wal_dir}: no record has sequence "
+                                "number 99 (", "seq 0 to 15")
+    assert out.read_bytes() == b"the previous restore"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz", "wal"]
+
+
+def test_a_vector_of_another_dimension_is_one_line_naming_its_record(tmp_path: Path) -> None:
+    """Fatal with --skip-corrupt too (SPEC: it is not damage to skip)."""
+    wal_dir = tmp_path / "wal"
+    with WalWriter(wal_dir, created=T0) as wal:
+        wal.append(Insert("a", f32(1, 2, 3), None, T0 + 1))
+        wal.append(Insert("b", f32(1, 2, 3, 4), None, T0 + 2))  # seq 1
+    name, start, end = next((item[1], item[2], item[3]) for item in frame_log(wal_dir)
+                            if item[0] == "record" and item[4] == 1)
+    proc = cli("restore", wal_dir, "--out", tmp_path / "o.npz", "--skip-corrupt",
+               wal_dir=wal_dir)
+    line = assert_one_error_line(proc, f"{wal_dir / name}: offset ", ": seq 1: ",
+                                 "vector of length 4 differs from the index dimension 3")
+    assert start <= error_offset(line) < end
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wal"]
+
+
 def test_damage_after_the_stop_point_is_not_fatal(wal_dir: Path, tmp_path: Path) -> None:
     corrupt_record(wal_dir, 5)
     npz = restore_npz(wal_dir, tmp_path / "o.npz", "--to-seq", 3)

@@ -581,6 +581,27 @@ def test_command_line(hist, capsys, monkeypatch):
     assert refused.stderr.startswith("gpu-pitr: error: ") and refused.stderr.count("\n") == 1
 
 
+def test_an_age_keep_since_cannot_use_says_why_and_deletes_nothing(hist, capsys):
+    """An age in units expire does not take (months, years: their length varies) or
+    one reaching back before 1970: exit 2, argparse's one error line naming the value
+    and why, before anything is read or deleted."""
+    arc, _, snaps, _ = hist
+    before = dir_state(arc), dir_state(snaps)
+    for age, why in (("6M", "an age is a number and one of s, m (minutes), h, d, w"),
+                     ("3 months", "an age is a number and one of s, m (minutes)"),
+                     ("1y", "an age is a number and one of s, m (minutes)"),
+                     ("99999w", "reaches back before 1970")):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["expire", str(arc), "--snapshots", str(snaps), "--keep-since", age])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("usage: gpu-pitr expire ") and "Traceback" not in err
+        line = err.splitlines()[-1]
+        assert line.startswith(f"gpu-pitr expire: error: argument --keep-since: {age!r}")
+        assert why in line, line
+    assert (dir_state(arc), dir_state(snaps)) == before
+
+
 def test_the_marker_says_only_what_is_gone(hist, monkeypatch):
     """When the oldest segment cannot be deleted, nothing is gone: the marker is put
     back as it was (none), and a restore from the start of the log still works."""

@@ -203,8 +203,12 @@ def test_cli_text_json_lines_and_usage(damaged, tmp_path):
     snap = tmp_path / "snap"
     snap.mkdir()
     (snap / "manifest.json").write_text("{}")
-    proc = cli("inspect", snap, "--records")
-    assert proc.returncode == 2 and "is a snapshot" in proc.stderr
+    proc = cli("inspect", snap, "--records", wal_dir=snap)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    line = proc.stderr.splitlines()[-1]  # after argparse's usage
+    assert line.startswith("gpu-pitr inspect: error: --records lists the records of a WAL "
+                           "directory; ")
+    assert line.endswith(f"{snap} is a snapshot"), line
 
 
 def test_a_reader_that_stops_early_gets_no_error(tmp_path):

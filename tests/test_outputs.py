@@ -561,8 +561,11 @@ def test_npz_refuses_an_id_ending_in_nul_and_keeps_the_old_file(tmp_path: Path) 
     out = tmp_path / "o.npz"
     out.write_bytes(b"the previous restore")
     proc = cli("restore", wal, "--out", out, "--backend", "cpu", wal_dir=wal)
-    assert proc.returncode == 1 and "NUL" in proc.stderr
-    assert "write a .parquet, FAISS or snapshot output" in proc.stderr  # what to do instead
+    assert proc.returncode == 1
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"gpu-pitr: error: {out}: id 'x\\x00' ends with a NUL character")
+    assert "(1 such id)" in line  # (was "1 such ids")
+    assert "write a .parquet, FAISS or snapshot output" in line  # what to do instead
     assert out.read_bytes() == b"the previous restore"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz", "wal"]
     # Parquet and FAISS hold such ids exactly.

@@ -537,6 +537,8 @@ def test_arrow_contents_are_checked(snap):
                      "not strictly ascending at row 1"),
         "duplicate": (IDS, pa.table([pa.array(ids[:1] * 5, pa.large_string())],
                                     schema=id_schema), "not strictly ascending at row 1"),
+        "null_id": (IDS, pa.table({"id": pa.array(ids[:-1] + [None], pa.large_string())}),
+                    "null ids$"),
         "null_value": (METADATA, pa.table({"metadata": pa.array(
             [[("k", None)]] * 5, meta_t)}), "null strings"),
     }
@@ -591,8 +593,13 @@ def test_replace_existing_snapshot_and_empty_dir(tmp_path):
     assert _hidden(tmp_path) == []
 
 
-@pytest.mark.parametrize("what", ["file", "dir", "extra_file", "other_manifest", "symlink"])
-def test_refuses_what_is_not_a_snapshot(tmp_path, what):
+@pytest.mark.parametrize(("what", "why"), [
+    ("file", "exists and is a file or a symlink, not a directory"),
+    ("dir", "is a directory that is neither empty nor a snapshot"),
+    ("extra_file", "holds a snapshot and other files (notes.txt)"),
+    ("other_manifest", "is a directory that is neither empty nor a snapshot"),
+    ("symlink", "exists and is a file or a symlink, not a directory")])
+def test_refuses_what_is_not_a_snapshot(tmp_path, what, why):
     index = _rich(tmp_path)
     out = tmp_path / "out"
     if what == "file":
@@ -614,7 +621,8 @@ def test_refuses_what_is_not_a_snapshot(tmp_path, what):
     assert not is_snapshot(out)
     with pytest.raises(SnapshotError, match="not replaced") as err:
         write_snapshot(out, index, position={})
-    assert str(err.value).startswith(f"{out}: ")
+    assert str(err.value).startswith(f"{out}: {why}"), err.value
+    assert "\n" not in str(err.value)
     assert w.dir_state(tmp_path) == before
 
 
