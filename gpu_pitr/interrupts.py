@@ -21,6 +21,7 @@ and ``check()`` and ``committing()`` cost nothing.
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import threading
@@ -61,6 +62,35 @@ def announce(signum: int, writes: bool = False) -> int:
     print(f"gpu-pitr: interrupted by {signal.Signals(signum).name}"
           + ("; outputs not yet complete were removed" if writes else ""), file=sys.stderr)
     return 128 + signum
+
+
+def stop_in(err: BaseException) -> BaseException | None:
+    """The stop (KeyboardInterrupt, ``Terminated``) ``err`` was raised from, if it is the
+    SystemError of a handler that ran inside C code which then returned a result (a
+    compiled function's call): Python raises "returned a result with an exception set"
+    from the stop, and again from that for each compiled call it was inside (five deep
+    seen in a restore)."""
+    while isinstance(err, SystemError):
+        err = err.__cause__
+    return err if isinstance(err, (KeyboardInterrupt, Terminated)) else None
+
+
+def raises_stops(fn):
+    """``fn``, raising a stop that landed in compiled code as the stop itself, not as
+    SystemError (``stop_in``): Ctrl-C in a notebook or a program calling the library is
+    the KeyboardInterrupt its ``except`` is written for."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SystemError as err:
+            stop = stop_in(err)
+            if stop is None:
+                raise
+            raise stop from None
+
+    return call
 
 
 def _handler(signum, frame) -> None:
@@ -134,8 +164,9 @@ def handle_signals(*, restore: bool = True) -> Iterator[None]:
         # The handler ran inside C code (a compiled function's call) that went on and
         # returned a result: Python then raises "returned a result with an exception
         # set" from the stop. It is the stop.
-        if isinstance(err.__cause__, (KeyboardInterrupt, Terminated)):
-            raise err.__cause__ from None
+        stop = stop_in(err)
+        if stop is not None:
+            raise stop from None
         raise
     finally:
         _state.deferring = True  # the command is over: a signal now changes nothing

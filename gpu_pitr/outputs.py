@@ -126,6 +126,7 @@ def _import_extra(fmt: str):
         raise missing_extra(err, module, f"--format {fmt} needs {module}", extra) from None
 
 
+@interrupts.raises_stops
 def write_output(index, out: str | os.PathLike, fmt: str) -> list[Path]:
     """Write the restored ``index`` to ``out`` in ``fmt`` (one of ``FORMATS``),
     atomically, as ``--out`` does; return the paths written. A cuda result is copied

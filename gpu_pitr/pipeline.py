@@ -272,8 +272,12 @@ class _Restore:
                            threads=READ_THREADS,
                            map_files=not hasattr(self.ex, "host_buffer"),
                            direct_bytes=readahead.DIRECT_BYTES)
-        framer = FrameAhead(segments, reader, self._alloc, frame_records, header_problem,
-                            HEADER_SIZE, starts=starts, merge_small=True)
+        try:
+            framer = FrameAhead(segments, reader, self._alloc, frame_records,
+                                header_problem, HEADER_SIZE, starts=starts, merge_small=True)
+        except BaseException:  # (Ctrl-C as its thread started) the reads end here too
+            reader.close()
+            raise
         self._reader = reader
         self._framer = framer
         try:
@@ -1186,6 +1190,7 @@ def _size_arg(name: str, value) -> int:
     return size
 
 
+@interrupts.raises_stops
 def restore(
     wal_dir: str | os.PathLike,
     *,

@@ -251,8 +251,24 @@ def install_dir(tmp: Path, out: Path, check: Callable[[Path], None]) -> None:
             os.rename(aside, out)
             raise
         fsync_renamed(out.parent)  # (the old one stays aside until then: swept later)
-        shutil.rmtree(aside, ignore_errors=True)
+        remove_tree(aside)
     fsync_renamed(out.parent)
+
+
+def remove_tree(path: Path) -> None:
+    """``shutil.rmtree(path, ignore_errors=True)``, run to its end even when a stop lands
+    in it (Ctrl-C in a program that calls the library: no command defers it), which is
+    raised after. Stopped halfway, it left the rest of the directory for as long as the
+    process lived: the sweeps pass over the directories of a writer still running."""
+    stop = None
+    while True:
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            break
+        except (KeyboardInterrupt, interrupts.Terminated) as err:
+            stop = err
+    if stop is not None:
+        raise stop
 
 
 def fsync_renamed(directory: Path) -> None:
@@ -297,7 +313,7 @@ def new_dir(out: Path, check: Callable[[Path], None],
             install_failed()
             raise
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise
 
 

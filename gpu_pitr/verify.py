@@ -35,6 +35,7 @@ import numpy as np
 from numba import types
 from numba.typed import Dict
 
+from gpu_pitr import interrupts
 from gpu_pitr.errors import FileReadError
 from gpu_pitr.executors.cpu import CpuExecutor
 from gpu_pitr.format import zerofill
@@ -301,6 +302,7 @@ class Verification:
                 "problems": [p.to_dict() for p in self.problems]}
 
 
+@interrupts.raises_stops
 def verify_wal(wal_dir: str | os.PathLike, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES
                ) -> Verification:
     """Every problem of ``wal_dir`` (SPEC section 2 and beyond), in log order.

@@ -434,3 +434,68 @@ def test_verify_of_small_segments_framed_together_equals_one_item_a_segment(monk
     assert {"torn_tail", "bad_header", "undecodable", "zero_filled", "seq_restart",
             "swallowed_header"} <= kinds, kinds
     assert items_alone >= len(names) - 1 and items <= 10, (items, items_alone)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("where", ["frame thread", "read"])
+def test_ctrl_c_while_the_threads_start_leaves_no_thread_or_descriptor(
+        monkeypatch, tmp_path, where):
+    """Ctrl-C in a notebook that lands while the framing thread starts, or while a read
+    is handed to the pool (``Thread.start`` waits for the thread; the handler raises
+    there): the restore or scan raises KeyboardInterrupt, and no thread or descriptor
+    lives on in the process. The framing thread waited forever to hand over its first
+    item, holding the read buffers, the reading threads and a segment's descriptor."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpu_pitr.format import readahead
+    from gpu_pitr.format.segments import list_segments
+    from gpu_pitr.synth import write_synthetic_wal
+
+    write_synthetic_wal(tmp_path, total_bytes=600_000, dim=16, segments=2, seed=1)
+    whole = w.restore_fast(tmp_path)
+
+    def ours():
+        fds = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                fds.add(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass
+        return ({t for t in threading.enumerate() if t.name.startswith("gpu_pitr")},
+                {f for f in fds if f.startswith(str(tmp_path))})
+
+    def interrupted(real):
+        def once(*args, **kwargs):
+            real(*args, **kwargs)  # started all the same: then the stop lands
+            monkeypatch.undo()
+            raise KeyboardInterrupt
+        return once
+
+    def arm():
+        if where == "frame thread":
+            real = threading.Thread.start
+            monkeypatch.setattr(threading.Thread, "start", lambda self: (
+                interrupted(real) if self.name == "gpu_pitr-frame" else real)(self))
+        else:
+            monkeypatch.setattr(ThreadPoolExecutor, "submit",
+                                interrupted(ThreadPoolExecutor.submit))
+
+    before = ours()
+    scans = [lambda: w.restore_fast(tmp_path, chunk_bytes=64 << 10),
+             lambda: list(readahead.framed_pieces(list_segments(tmp_path), 64 << 10,
+                                                  lambda head: None))]
+    for scan in scans:
+        arm()
+        with pytest.raises(KeyboardInterrupt):
+            scan()
+        monkeypatch.undo()
+        for _ in range(100):  # a thread that started late sees the stop within 50 ms
+            if ours() == before:
+                break
+            time.sleep(0.02)
+        assert ours() == before
+    again = w.restore_fast(tmp_path)
+    assert (again.ids, again.vectors, again.metadata) == (whole.ids, whole.vectors,
+                                                          whole.metadata)

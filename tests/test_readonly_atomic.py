@@ -627,6 +627,70 @@ def test_a_signal_that_lands_inside_compiled_code_is_still_the_stop():
         raise SystemError("not a signal")
 
 
+def _nested_in_compiled_calls(stop: BaseException, depth: int = 5):
+    """What a restore raised when Ctrl-C landed inside nested compiled calls (seen: five
+    SystemErrors, each from the one before, the first from the KeyboardInterrupt)."""
+    err = stop
+    for _ in range(depth):
+        try:
+            raise SystemError("CPUDispatcher(<function _in_order>) returned a result with "
+                              "an exception set") from err
+        except SystemError as wrapped:
+            err = wrapped
+    return err
+
+
+def test_a_signal_that_lands_inside_nested_compiled_calls_is_still_the_stop():
+    """Python raises SystemError from the stop once per compiled call it landed inside:
+    the command saw the first SystemError only, and printed a traceback and exited 1
+    instead of one line and 128 + the signal."""
+    from gpu_pitr import interrupts
+
+    for depth in (1, 2, 5):
+        with pytest.raises(KeyboardInterrupt), interrupts.handle_signals():
+            raise _nested_in_compiled_calls(KeyboardInterrupt(), depth)
+    with pytest.raises(SystemError), interrupts.handle_signals():
+        raise _nested_in_compiled_calls(ValueError("not a stop"), 2)
+
+
+def test_ctrl_c_inside_compiled_code_reaches_a_library_caller_as_keyboard_interrupt(
+        monkeypatch, tmp_path):
+    """Ctrl-C in a notebook (Python's own handler, no ``handle_signals``) that lands
+    inside a Numba call of a restore, a verify or a snapshot's save or load comes out as
+    KeyboardInterrupt, not as the SystemError Python raises from it, which an ``except
+    KeyboardInterrupt`` does not catch."""
+    import gpu_pitr
+    import gpu_pitr.snapshot
+    from gpu_pitr import outputs
+    from gpu_pitr import pipeline as pl
+    from gpu_pitr import verify as verify_module
+    from gpu_pitr.snapshot import format as snapshot_format
+    from gpu_pitr.synth import write_synthetic_wal
+
+    write_synthetic_wal(tmp_path / "wal", total_bytes=50_000, dim=4, segments=2, seed=2)
+    index = gpu_pitr.restore(tmp_path / "wal", backend="cpu")
+    gpu_pitr.snapshot.save(index, tmp_path / "snap")
+
+    def stopped(*args, **kwargs):
+        raise _nested_in_compiled_calls(KeyboardInterrupt())
+
+    calls = [
+        (pl._Restore, "_tell", lambda: gpu_pitr.restore(tmp_path / "wal", backend="cpu")),
+        (verify_module._Verify, "run", lambda: verify_module.verify_wal(tmp_path / "wal")),
+        (outputs, "atomic_files", lambda: outputs.write_output(
+            index, tmp_path / "out.npz", "npz")),
+        (snapshot_format, "write_snapshot", lambda: gpu_pitr.snapshot.save(
+            index, tmp_path / "snap2")),
+        (snapshot_format, "load_snapshot", lambda: gpu_pitr.snapshot.load(tmp_path / "snap")),
+    ]
+    for owner, name, call in calls:
+        assert hasattr(owner, name), name
+        with monkeypatch.context() as m:
+            m.setattr(owner, name, stopped)
+            with pytest.raises(KeyboardInterrupt):
+                call()
+
+
 # A Ctrl-C while the command starts: while ``gpu_pitr.cli`` is imported (NumPy), or
 # while the SIGBUS handler is installed (Numba imported, its handler compiled or
 # loaded; a Ctrl-C there could land in an llvmlite callback, which swallowed it).
@@ -854,3 +918,45 @@ def test_a_report_swept_while_its_index_was_written_is_written_again(tmp_path, m
     outputs.write_json(tmp_path / "r.json", {"new": 1}, then=then)
     assert sorted(os.listdir(tmp_path)) == ["idx.npz", "r.json"]
     assert (tmp_path / "r.json").read_text() == '{\n  "new": 1\n}\n'
+
+
+def test_ctrl_c_while_the_replaced_snapshot_is_removed_leaves_no_copy_of_it(
+        monkeypatch, tmp_path):
+    """A snapshot written over an older one sets the old one aside and removes it once the
+    new one is in place. Ctrl-C in a program that calls the library (no command defers
+    it) landing in that removal left the rest of the old snapshot as ``.NAME.old-PID-*``
+    beside the new one, for as long as the process lived: the sweep of later writes
+    passes over the directories of a writer still running (in a test that stopped a
+    running save at random, 4 of 25 stops). The removal runs to its end; the stop is
+    raised after it."""
+    import shutil
+
+    import gpu_pitr
+    import gpu_pitr.snapshot
+    from gpu_pitr import tempfiles
+    from gpu_pitr.synth import write_synthetic_wal
+
+    write_synthetic_wal(tmp_path / "wal", total_bytes=50_000, dim=4, segments=2, seed=3)
+    old = gpu_pitr.restore(tmp_path / "wal", backend="cpu", to_seq=100)
+    new = gpu_pitr.restore(tmp_path / "wal", backend="cpu")
+    out = tmp_path / "snap"
+    gpu_pitr.snapshot.save(old, out)
+
+    real_fsync, real_unlink = tempfiles.fsync_renamed, os.unlink
+
+    def stopped_once(*args, **kwargs):  # Ctrl-C lands as the first file is removed
+        real_unlink(*args, **kwargs)
+        monkeypatch.setattr(os, "unlink", real_unlink)
+        raise KeyboardInterrupt
+
+    def in_place(directory):  # the new snapshot is in place: the old one goes next
+        real_fsync(directory)
+        monkeypatch.setattr(os, "unlink", stopped_once)
+
+    monkeypatch.setattr(tempfiles, "fsync_renamed", in_place)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_pitr.snapshot.save(new, out)
+    monkeypatch.undo()
+    assert gpu_pitr.snapshot.load(out).count == len(new)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snap", "wal"]
+    shutil.rmtree(out)

@@ -448,6 +448,21 @@ def test_a_second_writer_on_the_same_directory_is_refused(tmp_path):
     assert wal_files(tmp_path) == [segment_name(1)]  # no lock file left behind
 
 
+def test_a_writer_that_failed_to_open_does_not_hold_the_directory(tmp_path):
+    """A WalWriter whose open failed after it locked the directory (its segment's name
+    taken by a directory) lets go of the lock at once, not when the traceback that holds
+    the half-made writer goes (a notebook keeps the last one in ``sys.last_value``): the
+    open tried again once the cause is gone works, rather than being refused as "another
+    WalWriter has this WAL directory open"."""
+    (tmp_path / segment_name(1000)).mkdir()
+    with pytest.raises(OSError) as failed:
+        WalWriter(tmp_path, created=1000)
+    (tmp_path / segment_name(1000)).rmdir()
+    with WalWriter(tmp_path, created=1000) as wal:
+        assert wal.append(Delete("a", 1000)) == 0
+    assert failed.value is not None  # (the traceback, and the writer in it, still held)
+
+
 def test_a_clock_stepped_back_never_names_a_segment_before_the_newest(tmp_path):
     # A segment named after a clock stepped back sorted first: its records came
     # first in log order, and a restore of "latest" gave an old state.

@@ -14,6 +14,7 @@ pages into its buffer instead of copying them (``gpu_pitr.format.mapped``).
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -122,8 +123,14 @@ class Readahead:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._skip: set[int] = set()
-        for _ in range(threads):
-            self._submit()
+        try:
+            for _ in range(threads):
+                self._submit()
+        except BaseException:
+            # Ctrl-C while a thread started (``Thread.start`` waits for it): the read
+            # may run all the same, and nobody would close its file.
+            self.close()
+            raise
 
     def _submit(self) -> None:
         if self._tasks:
@@ -133,6 +140,8 @@ class Readahead:
     def _fd(self, path) -> int:
         key = str(path)
         with self._lock:  # two threads may start on the same file
+            if self._closed.is_set():  # a read that started after ``close``: none opens
+                raise OSError(errno.EBADF, "the read-ahead is closed")
             if key not in self._fds:
                 self._fds[key] = os.open(key, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             return self._fds[key]
@@ -219,9 +228,10 @@ class Readahead:
         for _task, fut in self._inflight:
             fut.cancel()
         self._pool.shutdown(wait=True)
-        for fd in self._fds.values():
+        with self._lock:
+            fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
             os.close(fd)
-        self._fds.clear()
 
 
 def _held(item: Framed) -> int:
@@ -399,7 +409,14 @@ class FrameAhead:
                              else min(self._batch_limit, reader.chunk_bytes))
         self._small_item: Framed | None = None  # (merge_small) the item being filled
         self._thread = threading.Thread(target=self._run, name="gpu_pitr-frame", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            # Ctrl-C while the thread started: it may run all the same, and would wait
+            # forever to hand over its first item. It ends at its next look at the stop.
+            self._stop.set()
+            reader.stop()
+            raise
 
     def __iter__(self) -> Iterator[Framed]:
         while True:
@@ -729,8 +746,12 @@ def framed_pieces(segments, chunk_bytes: int, header_check: Callable[[bytes], ob
               if seg.size > HEADER_SIZE]
     reader = Readahead(ranges, chunk_bytes, HEADROOM, host_buffer, threads=READ_THREADS,
                        map_files=True, direct_bytes=DIRECT_BYTES)
-    framer = FrameAhead(segments, reader, host_buffer, frame_records, header_check,
-                        HEADER_SIZE, merge_small=merge_small)
+    try:
+        framer = FrameAhead(segments, reader, host_buffer, frame_records, header_check,
+                            HEADER_SIZE, merge_small=merge_small)
+    except BaseException:
+        reader.close()
+        raise
     try:
         for item in framer:
             yield item

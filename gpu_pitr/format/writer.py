@@ -294,8 +294,15 @@ class WalWriter:
                         if lock is not None else None)
         if self._unlock is not None:
             _LOCKED.add(self)
-        self._newest = _newest_segment(self.wal_dir)
-        self.rotate(self._past_torn_tail(self._segment_second(created)))
+        try:
+            self._newest = _newest_segment(self.wal_dir)
+            self.rotate(self._past_torn_tail(self._segment_second(created)))
+        except BaseException:
+            # Not opened: the lock goes now, not with this half-made writer, which the
+            # traceback holds (a notebook keeps the last one): an open tried again once
+            # the cause is gone would be refused as "in use".
+            self.close()
+            raise
 
     @property
     def next_seq(self) -> int:

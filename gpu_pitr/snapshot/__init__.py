@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gpu_pitr import _lazy_dir, _lazy_modules
+from gpu_pitr import _lazy_dir, _lazy_modules, interrupts
 
 
+@interrupts.raises_stops
 def save(index, out_dir) -> Path:
     """Write ``index`` (a ``RestoredIndex`` from ``gpu_pitr.restore``) as a snapshot.
     Raises ``OutputError`` (one line naming ``out_dir``) when it cannot be written."""
@@ -36,6 +37,7 @@ def save(index, out_dir) -> Path:
         raise OutputError(Path(out_dir), "snapshot output", err) from err
 
 
+@interrupts.raises_stops
 def load(path, *, verify: bool = True, mmap: bool = False, key_table: bool = False):
     """The snapshot at ``path``, every file's checksum verified (``mmap``,
     ``key_table``: see ``load_snapshot``)."""
