@@ -474,9 +474,10 @@ def write_json(path: Path, doc, then=None) -> None:
     the JSON is written aside and before it is renamed into place: a restore writes its
     index there, so that a report that cannot be written fails the run before the
     index replaces the old one (and an index that cannot be written leaves no report).
-    The old JSON is removed just before the index is renamed into place, and once the
-    index is there a Ctrl-C or SIGTERM waits for the JSON's rename: never the new index
-    beside the previous run's report (a SIGKILL between the two renames leaves none)."""
+    The old JSON is moved aside just before the index is renamed into place (and put
+    back if that rename fails; removed once it is done), and once the index is there
+    a Ctrl-C or SIGTERM waits for the JSON's rename: never the new index beside the
+    previous run's report (a SIGKILL between the two renames leaves none)."""
     try:
         text = json.dumps(doc, indent=2) + "\n"
         with contextlib.ExitStack() as after_then, atomic_files(path) as (tmp,):

@@ -158,14 +158,26 @@ def fsync_dir(path: Path) -> None:
 
 # What must happen just before this thread's next output is renamed into place, and
 # what undoes it if that rename fails (``first_removing``): per thread, as two restores
-# may write outputs at once.
+# may write outputs at once. ``filling``: how many ``new_dir`` blocks this thread is
+# inside, whose files (a dataset's report) are renamed into a temp directory, not into
+# place: the directory's own rename is the output's.
 _installing = threading.local()
 
 
 def _pending() -> tuple[list[Callable[[], None]], list[Callable[[], None]]]:
     if not hasattr(_installing, "removals"):
-        _installing.removals, _installing.undos = [], []
+        _installing.removals, _installing.undos, _installing.filling = [], [], 0
     return _installing.removals, _installing.undos
+
+
+@contextmanager
+def _filling() -> Iterator[None]:
+    _pending()
+    _installing.filling += 1
+    try:
+        yield
+    finally:
+        _installing.filling -= 1
 
 
 @contextmanager
@@ -215,6 +227,8 @@ def before_install() -> None:
     """Called by the writers just before their first rename: runs ``first_removing``'s
     removals, once."""
     removals, undos = _pending()
+    if _installing.filling:  # a file of a directory not yet in place
+        return
     if not removals:  # an output renamed into place before this one: nothing to put back
         undos.clear()
     while removals:
@@ -225,6 +239,8 @@ def install_failed() -> None:
     """Called by the writers when their first rename failed (nothing was replaced):
     puts back what ``before_install`` moved aside."""
     _, undos = _pending()
+    if _installing.filling:  # a file of a directory not yet in place
+        return
     while undos:
         undos.pop()()
 
@@ -299,7 +315,8 @@ def new_dir(out: Path, check: Callable[[Path], None],
     tmp.mkdir()
     try:
         try:
-            yield tmp
+            with _filling():
+                yield tmp
         except NotSyncedError as err:  # a file put in place in tmp, which goes below
             raise err.cause from err
         fsync_dir(tmp)
@@ -310,7 +327,8 @@ def new_dir(out: Path, check: Callable[[Path], None],
         except NotSyncedError:
             raise  # in place, only not synced
         except BaseException:
-            install_failed()
+            if os.path.lexists(tmp):  # not renamed into place (not a stop raised after)
+                install_failed()
             raise
     except BaseException:
         remove_tree(tmp)

@@ -920,6 +920,25 @@ def test_a_report_swept_while_its_index_was_written_is_written_again(tmp_path, m
     assert (tmp_path / "r.json").read_text() == '{\n  "new": 1\n}\n'
 
 
+def _stop_as_the_old_snapshot_goes(monkeypatch) -> None:
+    """Ctrl-C (no command defers it) lands as the first file of the snapshot replaced
+    is removed, once the new one is in place."""
+    from gpu_pitr import tempfiles
+
+    real_fsync, real_unlink = tempfiles.fsync_renamed, os.unlink
+
+    def stopped_once(*args, **kwargs):
+        real_unlink(*args, **kwargs)
+        monkeypatch.setattr(os, "unlink", real_unlink)
+        raise KeyboardInterrupt
+
+    def in_place(directory):  # the new snapshot is in place: the old one goes next
+        real_fsync(directory)
+        monkeypatch.setattr(os, "unlink", stopped_once)
+
+    monkeypatch.setattr(tempfiles, "fsync_renamed", in_place)
+
+
 def test_ctrl_c_while_the_replaced_snapshot_is_removed_leaves_no_copy_of_it(
         monkeypatch, tmp_path):
     """A snapshot written over an older one sets the old one aside and removes it once the
@@ -933,7 +952,6 @@ def test_ctrl_c_while_the_replaced_snapshot_is_removed_leaves_no_copy_of_it(
 
     import gpu_pitr
     import gpu_pitr.snapshot
-    from gpu_pitr import tempfiles
     from gpu_pitr.synth import write_synthetic_wal
 
     write_synthetic_wal(tmp_path / "wal", total_bytes=50_000, dim=4, segments=2, seed=3)
@@ -942,21 +960,36 @@ def test_ctrl_c_while_the_replaced_snapshot_is_removed_leaves_no_copy_of_it(
     out = tmp_path / "snap"
     gpu_pitr.snapshot.save(old, out)
 
-    real_fsync, real_unlink = tempfiles.fsync_renamed, os.unlink
-
-    def stopped_once(*args, **kwargs):  # Ctrl-C lands as the first file is removed
-        real_unlink(*args, **kwargs)
-        monkeypatch.setattr(os, "unlink", real_unlink)
-        raise KeyboardInterrupt
-
-    def in_place(directory):  # the new snapshot is in place: the old one goes next
-        real_fsync(directory)
-        monkeypatch.setattr(os, "unlink", stopped_once)
-
-    monkeypatch.setattr(tempfiles, "fsync_renamed", in_place)
+    _stop_as_the_old_snapshot_goes(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         gpu_pitr.snapshot.save(new, out)
     monkeypatch.undo()
     assert gpu_pitr.snapshot.load(out).count == len(new)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["snap", "wal"]
     shutil.rmtree(out)
+
+
+def test_ctrl_c_after_the_snapshot_is_in_place_does_not_put_the_old_report_back(
+        monkeypatch, tmp_path):
+    """A stop raised once the new snapshot is in place (Ctrl-C in a program that calls
+    the library, landing as the replaced snapshot is removed) was taken for a failed
+    rename: the previous run's report was put back beside the new snapshot, the pairing
+    ``first_removing`` exists to prevent. The old report goes; the new snapshot stays."""
+    import gpu_pitr
+    import gpu_pitr.snapshot
+    from gpu_pitr import outputs
+    from gpu_pitr.synth import write_synthetic_wal
+
+    write_synthetic_wal(tmp_path / "wal", total_bytes=50_000, dim=4, segments=2, seed=3)
+    old = gpu_pitr.restore(tmp_path / "wal", backend="cpu", to_seq=100)
+    new = gpu_pitr.restore(tmp_path / "wal", backend="cpu")
+    out, report = tmp_path / "snap", tmp_path / "r.json"
+    outputs.write_json(report, {"of": "old"}, then=lambda: gpu_pitr.snapshot.save(old, out))
+
+    _stop_as_the_old_snapshot_goes(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        outputs.write_json(report, {"of": "new"},
+                           then=lambda: gpu_pitr.snapshot.save(new, out))
+    monkeypatch.undo()
+    assert gpu_pitr.snapshot.load(out).count == len(new)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snap", "wal"]  # no old report

@@ -403,6 +403,38 @@ def test_the_command_line_writes_on_the_workers(client, wal, tmp_path):
     assert "neither empty nor a dataset" in taken.stderr
 
 
+def test_a_dataset_whose_rename_fails_leaves_the_old_report(client, wal, tmp_path,
+                                                            monkeypatch):
+    """--write-on-workers --report-json: the old report is set aside just before the
+    dataset is renamed into place, and put back when that rename fails. The dataset's
+    own report, renamed into its hidden directory first, set the old report aside and
+    dropped the means to put it back: the old dataset was kept, its report gone, and
+    the error said nothing was left in its place."""
+    import errno
+
+    from gpu_pitr import cli, tempfiles
+
+    out, report = tmp_path / "ds.parquet", tmp_path / "report.json"
+    base = ["restore", str(wal), "--backend", "cpu", "--out", str(out), "--dask-scheduler",
+            client.scheduler.address, "--write-on-workers", "--report-json", str(report),
+            "-q"]
+    assert cli.main([*base, "--to-seq", "3"]) == 0
+    before = report.read_bytes()
+    real = os.rename
+
+    def refuse(src, dst):
+        if Path(dst) == out:
+            raise OSError(errno.EACCES, "Permission denied", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(tempfiles.os, "rename", refuse)
+    assert cli.main(base) == 1
+    monkeypatch.undo()
+    assert report.read_bytes() == before  # the old dataset's report, with it
+    assert json.loads(before)["stop"]["seq"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds.parquet", "report.json"]
+
+
 def test_a_snapshot_made_on_the_cluster_is_the_one_made_here(client, wal, tmp_path):
     address = client.scheduler.address
     for where, extra in (("here", []), ("cluster", ["--dask-scheduler", address,
