@@ -733,14 +733,9 @@ def _report_target(path: Path):
     return json.loads(path.read_text())["target"]["kind"]
 
 
-@pytest.mark.parametrize("fmt", ["npz", "faiss", "snapshot"])
-def test_the_old_report_is_gone_before_the_new_index_is_in_place(tmp_path, monkeypatch, fmt):
-    """``--report-json``: the index is renamed into place, then its report. A writer killed
-    between the two (SIGKILL, power loss) left the new index beside the previous run's
-    report, which described another target. The old report now goes first: at the moment
-    the index lands, no report is there."""
-    from gpu_pitr import outputs, tempfiles
-
+def _restored_with_a_report(tmp_path: Path, fmt: str):
+    """A WAL restored to seq 3 in ``fmt`` with --report-json: ``(wal, out, report, the
+    command's arguments without the target)``."""
     pytest.importorskip({"npz": "numpy", "faiss": "faiss", "snapshot": "pyarrow"}[fmt])
     wal = tmp_path / "wal"
     write_synthetic_wal(wal, total_bytes=64 << 10, dim=4, segments=2, seed=3)
@@ -749,6 +744,18 @@ def test_the_old_report_is_gone_before_the_new_index_is_in_place(tmp_path, monke
     base = ["restore", str(wal), "--out", str(out), "--format", fmt, "--report-json",
             str(report), "-q"]
     assert cli.main([*base, "--to-seq", "3"]) == 0
+    return wal, out, report, base
+
+
+@pytest.mark.parametrize("fmt", ["npz", "faiss", "snapshot"])
+def test_the_old_report_is_gone_before_the_new_index_is_in_place(tmp_path, monkeypatch, fmt):
+    """``--report-json``: the index is renamed into place, then its report. A writer killed
+    between the two (SIGKILL, power loss) left the new index beside the previous run's
+    report, which described another target. The old report now goes first: at the moment
+    the index lands, no report is there."""
+    from gpu_pitr import outputs, tempfiles
+
+    wal, out, report, base = _restored_with_a_report(tmp_path, fmt)
     assert _report_target(report) == "seq"
     seen = []  # what a SIGKILL right after the index's rename would leave
 
@@ -775,14 +782,7 @@ def test_an_index_whose_rename_fails_leaves_the_old_report(tmp_path, monkeypatch
 
     from gpu_pitr import outputs, tempfiles
 
-    pytest.importorskip({"npz": "numpy", "faiss": "faiss", "snapshot": "pyarrow"}[fmt])
-    wal = tmp_path / "wal"
-    write_synthetic_wal(wal, total_bytes=64 << 10, dim=4, segments=2, seed=3)
-    out = tmp_path / {"npz": "x.npz", "faiss": "x.faiss", "snapshot": "snap"}[fmt]
-    report = tmp_path / "report.json"
-    base = ["restore", str(wal), "--out", str(out), "--format", fmt, "--report-json",
-            str(report), "-q"]
-    assert cli.main([*base, "--to-seq", "3"]) == 0
+    wal, out, report, base = _restored_with_a_report(tmp_path, fmt)
     before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
               and wal not in p.parents}
 
