@@ -274,7 +274,7 @@ class _Restore:
                            direct_bytes=readahead.DIRECT_BYTES)
         try:
             framer = FrameAhead(segments, reader, self._alloc, frame_records,
-                                header_problem, HEADER_SIZE, starts=starts, merge_small=True)
+                                header_problem, HEADER_SIZE, starts=starts, merge_small="chunk")
         except BaseException:  # (Ctrl-C as its thread started) the reads end here too
             reader.close()
             raise

@@ -361,7 +361,7 @@ class _Verify:
         copies = _ArchiveCopies(self.wal_dir, self.segments, expiry)
         try:
             for item in framed_pieces(self.segments, self.chunk_bytes, self._header_problem,
-                                      merge_small="scan"):
+                                      merge_small="batch"):
                 # Copies the log's pass is done with are checked while their pages are
                 # still cached: an archive larger than memory was read twice from disk.
                 copies.check_before(item.segment)

@@ -400,8 +400,8 @@ def test_inspect_of_small_segments_framed_together_equals_one_item_a_segment(mon
             result.pop("wal_dir")
         return result, len(counted)
 
-    merged, items = stats("scan")
-    alone, items_alone = stats(False)
+    merged, items = stats("batch")
+    alone, items_alone = stats(None)
     assert merged == alone
     kinds = {d["kind"] for d in merged["damage"]}
     assert {"torn_tail", "bad_header", "undecodable", "zero_filled"} <= kinds, kinds
@@ -410,7 +410,7 @@ def test_inspect_of_small_segments_framed_together_equals_one_item_a_segment(mon
 
 
 def test_verify_of_small_segments_framed_together_equals_one_item_a_segment(monkeypatch):
-    """``verify`` frames runs of small segments into one item (``merge_small="scan"``):
+    """``verify`` frames runs of small segments into one item (``merge_small="batch"``):
     its problems (torn tails, bad headers and records, zero fills, restarts, a header
     swallowed by a torn record, transactions open at the end) are those of the item a
     segment it had before, and the items are few."""
@@ -427,8 +427,8 @@ def test_verify_of_small_segments_framed_together_equals_one_item_a_segment(monk
         return [(p.kind, p.file, p.offset, p.seq, p.what, p.extra)
                 for p in result.problems], result.records, len(counted)
 
-    merged, records, items = problems("scan")
-    alone, records_alone, items_alone = problems(False)
+    merged, records, items = problems("batch")
+    alone, records_alone, items_alone = problems(None)
     assert merged == alone and records == records_alone
     kinds = {p[0] for p in merged}
     assert {"torn_tail", "bad_header", "undecodable", "zero_filled", "seq_restart",

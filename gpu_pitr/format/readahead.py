@@ -350,7 +350,7 @@ class Framed:
     seq: np.ndarray | None = None
     torn: tuple | None = None
     bytes_read: int = 0
-    # Several small segments in one item (``FrameAhead(merge_small=True)``): the
+    # Several small segments in one item (``FrameAhead(merge_small=...)``): the
     # segment and file offset of each row, and every torn tail as ``(segment, file
     # offset, bytes lost)``; ``segment``, ``file_start`` and ``torn`` are then unused.
     row_segment: np.ndarray | None = None
@@ -374,15 +374,16 @@ class FrameAhead:
 
     With ``merge_small``, consecutive small segments (read directly: see ``Readahead``)
     are read whole, one after the other, into one buffer and framed into one item
-    (``Framed.row_segment``) of up to a chunk (``"scan"``: up to a batch, for a scan
-    whose chunk is cut to its largest segment): a log of thousands of one-record
-    segments then costs an open and a read a segment, not an item each.
+    (``Framed.row_segment``) holding up to a chunk of records (``"chunk"``: a restore)
+    or up to a batch (``"batch"``: a scan, whose chunk is cut to its largest segment):
+    a log of thousands of one-record segments then costs an open and a read a segment,
+    not an item each.
     """
 
     def __init__(self, segments, reader: Readahead, alloc: Callable[[int], np.ndarray],
                  frame, header_problem, header_size: int,
                  starts: dict[int, int] | None = None,
-                 merge_small: bool | str = False) -> None:
+                 merge_small: str | None = None) -> None:
         self._segments = segments
         # Where framing starts in a segment (a resumed restore), if not after its header.
         self._starts = starts or {}
@@ -403,9 +404,11 @@ class FrameAhead:
         # Bytes read that no item carries: the headers of segments without records.
         # Read once the thread is done (``close``).
         self.header_only_bytes = 0
-        self._merge_small = bool(merge_small)
+        self._merge_small = merge_small is not None
         # The bytes of records an item of small segments holds at most.
-        self._merge_limit = (self._batch_limit if merge_small == "scan"
+        if merge_small not in (None, "chunk", "batch"):
+            raise ValueError(f"merge_small={merge_small!r}: None, 'chunk' or 'batch'")
+        self._merge_limit = (self._batch_limit if merge_small == "batch"
                              else min(self._batch_limit, reader.chunk_bytes))
         self._small_item: Framed | None = None  # (merge_small) the item being filled
         self._thread = threading.Thread(target=self._run, name="gpu_pitr-frame", daemon=True)
@@ -733,7 +736,7 @@ def scan_chunk_bytes(segments, chunk_bytes: int) -> int:
 
 
 def framed_pieces(segments, chunk_bytes: int, header_check: Callable[[bytes], object],
-                  merge_small: bool | str = False) -> Iterator[Framed]:
+                  merge_small: str | None = None) -> Iterator[Framed]:
     """Read and frame every segment's records, piece by piece, for a scan that only
     looks (verify, inspect): the ``FrameAhead`` items, in log order (with
     ``merge_small``, small segments framed together: see ``FrameAhead``).

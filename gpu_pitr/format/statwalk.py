@@ -381,7 +381,7 @@ class _Scan:
 
     def run(self) -> None:
         for item in framed_pieces(self.segments, self.chunk_bytes, self._header,
-                                  merge_small="scan"):
+                                  merge_small="batch"):
             if item.problem is not None:
                 kind, offset, what, nbytes = item.problem
                 self.damage.append(_damage(kind, self.segs[item.segment].name, offset,
