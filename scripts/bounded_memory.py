@@ -19,8 +19,9 @@ On a GPU (``--backend cuda``) the CuPy pool's high-water mark is printed too.
     python scripts/bounded_memory.py --budget 48M --ratio 4
     python scripts/bounded_memory.py --calibrate        # working memory per chunk size
 
-Exits 1 if the peak passes the bound. ``--calibrate`` restores the same WAL with
-several ``--chunk-size`` values and fits peak - baseline = a * chunk + b, the model
+Exits 1 if the peak passes the bound, or if the restore did not hand back as many
+ids as the generator left. ``--calibrate`` restores the same WAL with several
+``--chunk-size`` values and fits peak - baseline = a * chunk + b, the model
 ``gpu_pitr.budget`` uses to turn a budget into a chunk size.
 """
 
@@ -153,6 +154,12 @@ def measure(budget: int, wal_bytes: int, backend: str, workdir: Path, big: Path,
     base = restore_child(tiny, workdir / "tiny.npz", flags, backend, workdir)
     run = restore_child(big, workdir / "out.npz", flags, backend, workdir)
     index = (workdir / "out.npz").stat().st_size
+    import numpy as np
+
+    with np.load(workdir / "out.npz") as npz:  # a restore that dropped records is no pass
+        restored_ids = len(npz["ids"])
+    wals = workdir / "wals.json"  # write_wals' record of what the generator wrote
+    expected_ids = json.loads(wals.read_text())["live_ids"] if wals.exists() else None
     got = {
         "wal_bytes": wal_bytes,
         "budget": budget,
@@ -162,6 +169,8 @@ def measure(budget: int, wal_bytes: int, backend: str, workdir: Path, big: Path,
         "baseline_rss": base["peak_rss"],
         "peak_rss": run["peak_rss"],
         "bound": base["peak_rss"] + budget + index,
+        "ids": restored_ids,
+        "expected_ids": expected_ids,
     }
     if "device_pool_bytes" in run:
         got["device_pool_bytes"] = run["device_pool_bytes"]
@@ -172,18 +181,22 @@ def measure(budget: int, wal_bytes: int, backend: str, workdir: Path, big: Path,
 def show(got: dict, backend: str) -> bool:
     """Print ``measure``'s numbers as a table; True when the peak is within the bound."""
     budget, peak, base = got["budget"], got["peak_rss"], got["baseline_rss"]
-    ok = peak <= got["bound"]
+    same = got.get("expected_ids") in (None, got.get("ids"))
+    ok = peak <= got["bound"] and same
     rows = [
         ("WAL bytes", f"{got['wal_bytes']:,} ({mib(got['wal_bytes'])}, "
                       f"{got['wal_bytes'] / budget:.1f} x budget)"),
         ("memory budget", f"{budget:,} ({mib(budget)}; chunks of {mib(got['chunk_bytes'])})"),
         ("index bytes (.npz)", f"{got['index_bytes']:,} ({mib(got['index_bytes'])})"),
+        ("ids restored", f"{got.get('ids')} (generator: {got.get('expected_ids')}: "
+                         f"{'same' if same else 'DIFFERENT'})"),
         ("RSS, import only", mib(got["import_rss"])),
         ("baseline: RSS, tiny restore", mib(base)),
         ("peak RSS of the restore", mib(peak)),
         ("bound: baseline+budget+index", mib(got["bound"])),
         ("peak - baseline", f"{mib(peak - base)} ({(peak - base) / budget:.0%} of budget)"),
-        ("peak <= bound", f"{'yes' if ok else 'NO'} (margin {mib(got['bound'] - peak)})"),
+        ("peak <= bound", f"{'yes' if peak <= got['bound'] else 'NO'} "
+                          f"(margin {mib(got['bound'] - peak)})"),
     ]
     if "device_pool_bytes" in got:
         rows.append(("peak device memory (CuPy pool)", mib(got["device_pool_bytes"])))

@@ -40,6 +40,56 @@ def test_bench_measures_a_small_wal_and_its_snapshot(tmp_path):
     assert doc["restore_thp"]["runs"][0]["ids"] == doc["restore"]["runs"][0]["ids"]
 
 
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench", SCRIPTS / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_pure_python_replay_is_compared_with_the_restore(tmp_path):
+    """The replay's sample is checked against a restore to its last record, content and
+    all (the restore phases only count ids), and a difference is named."""
+    import numpy as np
+
+    import gpu_pitr
+    from gpu_pitr.synth import write_synthetic_wal
+
+    bench = _bench_module()
+    wal = tmp_path / "wal"
+    write_synthetic_wal(wal, total_bytes=1 << 20, dim=8, segments=2, seed=2)
+    a = {"dir": str(wal), "sample_records": 900, "restore_impl": "gpu_pitr:restore",
+         "backend": "cpu"}
+    got = bench.phase_reference(a)
+    assert got["records"] == 900 and got["ids"] > 0
+    assert got["same_as_restore"] == "same"
+    index = gpu_pitr.restore(wal, to_seq=got["restore_to_seq"], backend="cpu")
+    state = {k: (np.array(v), m) for k, v, m in
+             zip(index.id_list(), index.vectors, index.metadata, strict=True)}
+    assert bench._same_as_restore(a, state, got["restore_to_seq"]) == "same"
+    first = index.id_list()[0]
+    state[first][0][0] += 1
+    assert bench._same_as_restore(a, state, got["restore_to_seq"]) == \
+        f"vector of {first!r} differs"
+    del state[first]
+    assert bench._same_as_restore(a, state, got["restore_to_seq"]).startswith("ids differ")
+
+
+def test_the_raw_read_uses_a_small_buffer_and_warm_passes(tmp_path):
+    """A read into a buffer larger than the caches also times writing every byte to
+    DRAM (~1.4x slower here), which flatters each "x the raw read"."""
+    from gpu_pitr.synth import write_synthetic_wal
+
+    bench = _bench_module()
+    write_synthetic_wal(tmp_path / "wal", total_bytes=1 << 20, dim=8, segments=2, seed=2)
+    got = bench.phase_read({"dir": str(tmp_path / "wal"), "drop_cache": False})
+    assert got["buffer_bytes"] <= 1 << 20
+    assert len(got["passes"]) == 1 + bench.WARM_PASSES >= 3
+    assert bench.warm_read(got["passes"]) in got["passes"][1:]
+
+
 def test_the_huge_page_comparison_runs_both_choices(tmp_path):
     from gpu_pitr.format.entries import Insert
     from gpu_pitr.format.writer import WalWriter

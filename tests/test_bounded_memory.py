@@ -40,6 +40,8 @@ def test_restore_of_a_wal_3x_the_budget_stays_within_it(tmp_path: Path, capsys) 
     assert bm.show(got, "cpu")
     table = capsys.readouterr().out
     assert "peak <= bound                    yes" in table
+    # ... with the whole result: as many ids as the generator left.
+    assert got["ids"] == got["expected_ids"] > 0 and "same)" in table
     # The index is small, so the bound is not met by a large index term ...
     assert got["index_bytes"] < 8 * MIB
     # ... and the budget really chose smaller chunks than the default 16 MiB.
