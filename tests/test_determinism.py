@@ -146,3 +146,71 @@ def test_thread_counts_give_byte_identical_npz(wals, tmp_path, name):
         for r in reports:
             r.pop("timings")
         assert reports[0] == reports[1], threads
+
+
+def comparable(out: Path) -> dict:
+    """What README's "Comparing two restores" says to compare, for every format of a
+    restore written under ``out``; the rest, checked equal but for what must differ."""
+    import pyarrow.parquet as pq
+
+    got = {}
+    with zipfile.ZipFile(out / "i.npz") as z:
+        for info in z.infolist():
+            if info.filename != "report.npy":
+                got["npz crc " + info.filename] = info.CRC
+        report = json.loads(str(np.load(io.BytesIO(z.read("report.npy")))))
+    raw = (out / "i.parquet").read_bytes()
+    footer = int.from_bytes(raw[-8:-4], "little")
+    got["parquet pages"] = raw[:len(raw) - 8 - footer]
+    got["parquet table"] = pq.read_table(out / "i.parquet").replace_schema_metadata(None)
+    parquet_report = json.loads(pq.read_schema(out / "i.parquet").metadata[b"gpu_pitr.report"])
+    for name in ("i.faiss", "i.faiss.ids.jsonl"):
+        got[name] = (out / name).read_bytes()
+    snap = out / "snap"
+    manifest = json.loads((snap / "manifest.json").read_text(encoding="utf-8"))
+    for name in ("vectors.f32", "ids.arrow", "metadata.arrow", "pending.wal"):
+        got["snapshot " + name] = (snap / name).read_bytes()
+    got["manifest files"] = manifest["files"]
+    got["manifest position"] = manifest["position"]
+    json_report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    for r in (report, parquet_report, manifest["report"], json_report):
+        r.pop("timings")
+    got["reports"] = [report, parquet_report, manifest["report"], json_report]
+    manifest.pop("created")
+    manifest["report"].pop("backend")
+    got["manifest"] = manifest
+    return got
+
+
+@pytest.mark.parametrize("name", ["synth", "flat"])
+def test_outputs_differ_only_where_the_readme_says(wals, tmp_path, name):
+    """Every format written from restores with other chunk sizes and executors: the parts
+    README's "Comparing two restores" names are byte for byte the same, and the reports
+    (in the .npz, the .parquet, the snapshot and --report-json) differ only in timings."""
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("faiss")
+    from gpu_pitr.outputs import write_json, write_output
+
+    runs = {}
+    for label, kw in {"whole": {}, "small chunks": {"chunk_bytes": 4096},
+                      "cuda": {"backend": "cuda"}}.items():
+        kw.setdefault("backend", "cpu")
+        idx = gpu_pitr.restore(wals[name], allow_incomplete_history=True, **kw).to_host()
+        out = tmp_path / label.replace(" ", "_")
+        out.mkdir()
+        for fmt, file in (("npz", "i.npz"), ("parquet", "i.parquet"), ("faiss", "i.faiss"),
+                          ("snapshot", "snap")):
+            write_output(idx, out / file, fmt)
+        write_json(out / "report.json", idx.report.to_dict())
+        runs[label] = comparable(out)
+    base = runs["whole"]
+    for label, got in runs.items():
+        if label == "cuda":
+            for r in got["reports"] + base["reports"]:
+                r.pop("backend", None)
+        assert got.keys() == base.keys()
+        for key in base:
+            if key == "parquet table":
+                assert got[key].equals(base[key]), (label, key)
+            else:
+                assert got[key] == base[key], (label, key)
