@@ -184,12 +184,15 @@ def ids_array(index):
         len(starts) - 1, pa.py_buffer(starts), pa.py_buffer(data), null_count=0)
 
 
-def metadata_chunks(index, limit: int | None = None) -> list:
+def metadata_chunks(index, limit: int | None = None, unique_keys: bool = False) -> list:
     """The metadata of ``index`` as ``map<string, string>`` arrays over consecutive rows.
 
     One array unless the pairs, key bytes or value bytes pass ``limit`` (Arrow's
     32-bit offsets); a single row's map must fit in one array. Rows without
-    metadata are null; pairs keep their stored order (duplicate keys included).
+    metadata are null; pairs keep their stored order (duplicate keys included: a
+    snapshot holds the log's bytes), or with ``unique_keys`` only the last pair of a
+    key that repeats (the value a restore gives it, SPEC section 3's map: what readers
+    of a Parquet map expect, Spark refusing a map with a key twice).
     """
     pa = require_pyarrow()
     limit = ARRAY_LIMIT if limit is None else limit
@@ -223,6 +226,12 @@ def metadata_chunks(index, limit: int | None = None) -> list:
     vdata = np.empty(int(vstart[-1]), np.uint8)
     if n:
         _map_fill(arena, offs, map_offs, koffs, voffs, kdata, vdata)
+    if unique_keys and total_pairs:
+        keep = np.ones(total_pairs, np.bool_)
+        if _mark_repeated_keys(map_offs, koffs, kdata, keep):
+            map_offs, koffs, kdata = _kept(map_offs, koffs, kdata, keep)
+            _, voffs, vdata = _kept(None, voffs, vdata, keep)
+            kstart, vstart = koffs[map_offs], voffs[map_offs]
     present = offs >= 0
     map_type = pa.map_(pa.string(), pa.string())
     chunks = []
@@ -251,6 +260,36 @@ def metadata_chunks(index, limit: int | None = None) -> list:
     return chunks
 
 
+@njit(cache=True, parallel=True, nogil=True)
+def _mark_repeated_keys(map_offs, koffs, kdata, keep) -> int:
+    """Clear ``keep`` of every pair whose key comes again later in its row's map; returns
+    how many. (Pairwise within a row: maps are small, and rows run in parallel.)"""
+    dropped = 0
+    for i in prange(len(map_offs) - 1):
+        for j in range(map_offs[i], map_offs[i + 1] - 1):
+            a = kdata[koffs[j]:koffs[j + 1]]
+            for k in range(j + 1, map_offs[i + 1]):
+                b = kdata[koffs[k]:koffs[k + 1]]
+                if len(a) == len(b) and (a == b).all():
+                    keep[j] = False
+                    dropped += 1
+                    break
+    return dropped
+
+
+def _kept(map_offs, offs, data, keep):
+    """``(map offsets, byte offsets, bytes)`` of the pairs ``keep`` marks (one side of
+    the pairs: keys or values; ``map_offs`` None: not wanted)."""
+    lens = np.diff(offs)[keep]
+    new_offs = _cumsum0(lens)
+    out = np.empty(int(new_offs[-1]), np.uint8)
+    if len(lens):
+        _gather(data, offs[:-1][keep], lens, new_offs[:-1], out)
+    if map_offs is not None:
+        map_offs = _cumsum0(keep.astype(np.int64))[map_offs]
+    return map_offs, new_offs, out
+
+
 def _chunk_end(lo: int, n: int, map_offs, kstart, vstart, limit: int) -> int:
     # The last row hi such that rows lo..hi-1 stay within the limit in all three sums.
     hi = n
@@ -263,14 +302,15 @@ def _chunk_end(lo: int, n: int, map_offs, kstart, vstart, limit: int) -> int:
 
 
 def metadata_array(index):
-    """The metadata of ``index`` as one ``pa.MapArray`` (``map<string, string>``).
+    """The metadata of ``index`` as one ``pa.MapArray`` (``map<string, string>``), a key
+    once per map (its last value, as a restore gives it).
 
     Rows without metadata are null; ``{}`` is an empty map. When the metadata
     passes Arrow's 32-bit offsets a ``pa.ChunkedArray`` of such arrays is returned
     (see :func:`metadata_chunks`).
     """
     pa = require_pyarrow()
-    chunks = metadata_chunks(index)
+    chunks = metadata_chunks(index, unique_keys=True)
     return chunks[0] if len(chunks) == 1 else pa.chunked_array(chunks)
 
 
