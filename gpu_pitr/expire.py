@@ -16,6 +16,8 @@ What keeps it from deleting what is still needed:
   each one's position is in the archive and long enough, and the records at its
   position carry the sequence numbers (and the last one the CRC-32) it recorded. A
   snapshot restored from an incomplete history does not count either;
+- a snapshot holding other files (notes, a report) is not deleted, so that they are
+  not lost with it (a snapshot write refuses to replace it, for the same reason);
 - the anchor is checked whole first (every checksum, as ``verify`` does); a damaged
   one is passed over, and left in place, for the next older one;
 - with fewer than N snapshots (or none that serves T) nothing is deleted: the
@@ -395,6 +397,7 @@ def _delete(result: ExpireResult, snaps: list[str], segments: list[Path], first_
     list them). The marker is written before the first segment goes, and set back to
     the truth if one cannot go."""
     from gpu_pitr.outputs import fsync_path
+    from gpu_pitr.snapshot.format import other_files
 
     def done(item: Expired) -> None:
         result.expired.append(item)
@@ -403,6 +406,12 @@ def _delete(result: ExpireResult, snaps: list[str], segments: list[Path], first_
 
     for path in snaps:
         interrupts.check()
+        others = other_files(path)
+        if others:  # as a snapshot write over it refuses to: they are not the snapshot's
+            result.notes.append(f"snapshot {path} holds other files ({', '.join(others)}): "
+                                "not deleted, so that they are not lost (move them out, "
+                                "and the next run deletes it)")
+            continue
         size = _tree_bytes(Path(path))
         if result.dry_run:
             done(Expired(SNAPSHOT, path, size))
@@ -499,16 +508,19 @@ def _remove_stale_asides(snapshots_dir: Path) -> None:
     """Remove what killed runs left: hidden snapshot directories renamed for deletion, and
     the temp directories of killed ``snapshot`` runs (an aside old snapshot is put back
     where its name is free, as the next write of that name would)."""
-    from gpu_pitr.snapshot.format import is_snapshot
-    from gpu_pitr.tempfiles import dead_writers, listing, remove_stale_dirs
+    from gpu_pitr.snapshot.format import SNAPSHOT_FILES, is_snapshot
+    from gpu_pitr.tempfiles import dead_writers, holds_only, listing, remove_stale_dirs
 
+    # Only directories holding snapshot files alone: a hidden directory of someone
+    # else's in SNAP_DIR named alike by chance (``.photos.old-2023-12``) is left alone.
+    ours = SNAPSHOT_FILES.__contains__
     entries = listing(snapshots_dir)
     for entry, _ in dead_writers(entries, _ASIDE):
-        if entry.is_dir(follow_symlinks=False):
+        if holds_only(entry, ours):
             shutil.rmtree(entry.path, ignore_errors=True)
     for entry, match in dead_writers(entries, _WRITER_LEFTOVER):
         if entry.is_dir(follow_symlinks=False):
-            remove_stale_dirs(snapshots_dir / match.group(1), is_snapshot)
+            remove_stale_dirs(snapshots_dir / match.group(1), is_snapshot, ours)
         elif entry.is_file(follow_symlinks=False) and entry.stat().st_size == 0:
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)  # a probe of the output directory

@@ -207,6 +207,15 @@ def _is_dataset(path: Path) -> bool:
                                            for n in names)
 
 
+def _dataset_name(name: str) -> bool:
+    """Whether a file named ``name`` is one ``to_parquet`` writes into a dataset's
+    directory: a part, the report, or the temp file of one (``atomic_files``)."""
+    from gpu_pitr.tempfiles import temp_pattern
+
+    own = rf"{re.escape(DATASET_REPORT)}|{_PART.pattern}"
+    return re.fullmatch(own, name) is not None or temp_pattern(own).fullmatch(name) is not None
+
+
 def _check_dataset_target(out: Path) -> None:
     """What ``to_parquet`` replaces: nothing, an empty directory, or a dataset it wrote;
     anything else is refused (``FileExistsError``, one line) before a shard is written."""
@@ -353,7 +362,7 @@ class ShardedRestore:
         out = _dataset_out(out)
         _check_pyarrow(self.client)
         try:
-            with new_dir(out, _check_dataset_target, _is_dataset) as tmp:
+            with new_dir(out, _check_dataset_target, _is_dataset, _dataset_name) as tmp:
                 _check_paths(self.client, [str(tmp)], why="the dataset's directory must be "
                              "at the same path on every worker")
                 count = len(self.futures)

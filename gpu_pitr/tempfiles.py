@@ -299,18 +299,18 @@ def fsync_renamed(directory: Path) -> None:
 
 
 @contextmanager
-def new_dir(out: Path, check: Callable[[Path], None],
-            restorable: Callable[[Path], bool]) -> Iterator[Path]:
+def new_dir(out: Path, check: Callable[[Path], None], restorable: Callable[[Path], bool],
+            own_name: Callable[[str], bool]) -> Iterator[Path]:
     """A new hidden directory beside ``out`` (``temp_path``) for the block to fill.
 
     When the block succeeds the directory is fsynced and installed onto ``out``
     (``install_dir``, which ``check`` guards); on any failure it is removed and ``out``
     is left as it was. Leftovers of dead writers of ``out`` go first
     (``remove_stale_dirs``, which puts back an old ``out`` that ``restorable`` calls
-    whole)."""
+    whole; ``own_name`` says which names the block writes into the directory)."""
     from gpu_pitr.errors import NotSyncedError
 
-    remove_stale_dirs(out, restorable)
+    remove_stale_dirs(out, restorable, own_name)
     tmp = temp_path(out)
     tmp.mkdir()
     try:
@@ -335,13 +335,18 @@ def new_dir(out: Path, check: Callable[[Path], None],
         raise
 
 
-def remove_stale_dirs(out: Path, restorable: Callable[[Path], bool]) -> None:
+def remove_stale_dirs(out: Path, restorable: Callable[[Path], bool],
+                      own_name: Callable[[str], bool]) -> None:
     """Remove the temp and aside directories of writers of ``out`` (``install_dir``)
     whose process is gone (this host's pids). A dead writer's aside directory is the
     old ``out``: it is put back instead when ``out`` is missing and ``restorable`` says
-    it is whole. Best effort: what cannot be removed stays for a later write."""
+    it is whole. Only a directory that holds nothing but files ``own_name`` accepts is
+    touched (``holds_only``). Best effort: what cannot be removed stays for a later
+    write."""
     for entry, m in dead_writers(listing(out.parent), _dirs_of_writers(out, "tmp|old")):
         path = Path(entry.path)
+        if not holds_only(entry, own_name):
+            continue
         try:
             if m.group(1) == "old" and not os.path.lexists(out) and restorable(path):
                 os.rename(path, out)
@@ -349,6 +354,20 @@ def remove_stale_dirs(out: Path, restorable: Callable[[Path], bool]) -> None:
                 shutil.rmtree(path)
         except OSError:
             pass
+
+
+def holds_only(entry: os.DirEntry, own_name: Callable[[str], bool]) -> bool:
+    """Whether ``entry`` is a directory (not a link to one) holding regular files whose
+    names ``own_name`` accepts, and nothing else: what a killed writer left. A directory
+    of someone else's that is only named like a writer's (``.photos.old-2023-12``, a
+    pid and hex digits by chance) is not removed with it."""
+    try:
+        if not entry.is_dir(follow_symlinks=False):
+            return False
+        with os.scandir(entry.path) as inside:
+            return all(e.is_file(follow_symlinks=False) and own_name(e.name) for e in inside)
+    except OSError:
+        return False
 
 
 def _dirs_of_writers(out: Path, kinds: str) -> re.Pattern:

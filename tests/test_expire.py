@@ -446,6 +446,34 @@ def test_leftovers_of_killed_runs_are_swept_and_links_left_alone(hist, tmp_path)
     assert any("s_link is a symbolic link" in note for note in result.notes)
 
 
+def test_hidden_directories_only_named_like_leftovers_are_not_deleted(hist):
+    """A hidden directory of someone else's in SNAP_DIR whose name happens to fit what a
+    killed run leaves (a name, a dead pid, hex digits: ``.photos.old-2023-12``) was
+    deleted, whatever it held. Only directories holding snapshot files alone go."""
+    arc, _, snaps, _ = hist
+    theirs = [snaps / ".photos.old-2023-12", snaps / ".notes.tmp-20240101-ab",
+              snaps / ".x.expired-2023-12345678", snaps / ".s00.tmp-999999999-0123abcd"]
+    for d in theirs:
+        d.mkdir()
+        (d / "precious.txt").write_text("not gpu-pitr's")
+    (snaps / ".s00.tmp-999999999-0123abcd" / "manifest.json").write_text("{}")
+    assert expire(arc, snaps, keep=1).anchor is not None
+    for d in theirs:
+        assert (d / "precious.txt").read_text() == "not gpu-pitr's"
+
+
+def test_a_snapshot_holding_other_files_is_not_deleted_with_them(hist):
+    """A snapshot a person put a file into (notes, a report) was deleted whole, that file
+    too, though ``verify`` says it is not part of the snapshot and a snapshot write
+    refuses to replace such a directory "so that they are not lost"."""
+    arc, _, snaps, _ = hist
+    (snaps / "s01" / "NOTES.txt").write_text("why s01 matters")
+    result = expire(arc, snaps, keep=1)
+    assert (snaps / "s01" / "NOTES.txt").read_text() == "why s01 matters"
+    assert any("s01 holds other files (NOTES.txt): not deleted" in n for n in result.notes)
+    assert not (snaps / "s00").exists()  # the others go as before
+
+
 def test_what_killed_snapshot_runs_left_is_swept(hist):
     """A killed ``gpu-pitr snapshot SNAP_DIR/<new name>`` left its temp directory for
     good: only a later write of the same name removed it (123 MB after a kill -9 on a

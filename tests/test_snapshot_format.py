@@ -496,6 +496,22 @@ def test_manifest_checks(snap):
         read_manifest(snap)
 
 
+def test_a_manifest_nested_too_deep_is_damage_not_a_traceback(snap, tmp_path, capsys):
+    """A manifest whose checksum holds but whose JSON nests past Python's recursion limit
+    (garbage, or a tampered snapshot) was a RecursionError traceback in inspect, verify,
+    every restore with --snapshots that listed it, expire and a snapshot write over it."""
+    text = b"[" * 100_000 + b"]" * 100_000
+    (snap / MANIFEST).write_bytes(text)
+    (snap / MANIFEST_CRC).write_text(f"{zlib.crc32(text):08x}\n")
+    with pytest.raises(SnapshotError, match="manifest.json: not a JSON object"):
+        read_manifest(snap)
+    assert fmt.is_snapshot(snap)  # torn: replaced by the next write of its name
+    assert _cli(capsys, "verify", str(snap))[0] == 1
+    index = _restore(tmp_path, [w.Ins("new", w.f32(1), None, 1)], name="wal2")
+    write_snapshot(snap, index, position={})
+    assert load_snapshot(snap).count == 1
+
+
 def test_read_manifest_reads_only_the_manifest(snap):
     for name in DATA_FILES:
         (snap / name).unlink()
@@ -559,6 +575,27 @@ def test_arrow_contents_are_checked(snap):
     _rewrite_manifest(snap, doc)
     with pytest.raises(SnapshotError, match=r"ids\.arrow: not a valid Arrow IPC file"):
         load_snapshot(snap)
+
+
+@pytest.mark.parametrize("name", [IDS, METADATA])
+def test_compressed_arrow_files_are_refused(snap, name):
+    """A ZSTD-compressed metadata.arrow of 3 KiB inflated to 60 MB (any ratio: a tampered
+    file's few KiB, GiBs in memory) and verify called the snapshot clean, though the
+    format's files are uncompressed (so that any reader maps them)."""
+    table = pa.ipc.open_file(snap / name).read_all()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema,
+                         options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(table)
+    data = sink.getvalue().to_pybytes()
+    (snap / name).write_bytes(data)
+    doc = json.loads((snap / MANIFEST).read_bytes())
+    doc["files"][name] = {"size": len(data), "crc32": [f"{zlib.crc32(data):08x}"]}
+    _rewrite_manifest(snap, doc)
+    for mapped in (False, True):
+        with pytest.raises(SnapshotError, match=rf"{re.escape(name)}: compressed record "
+                                                "batches"):
+            load_snapshot(snap, mmap=mapped)
 
 
 def test_row_count_checked_against_arrow_when_vectors_are_empty(tmp_path):
@@ -739,7 +776,7 @@ def test_stale_temp_dirs_of_dead_writers_are_cleaned(snap):
     other.mkdir()
     # A dead writer that moved the old snapshot aside and never put the new one in:
     os.rename(snap, parent / f".snap.old-{dead}-0123")
-    remove_stale_dirs(snap, fmt.is_snapshot)
+    remove_stale_dirs(snap, fmt.is_snapshot, fmt.SNAPSHOT_FILES.__contains__)
     assert load_snapshot(snap).position == POSITION  # put back
     assert _hidden(parent) == [".other.tmp-" + f"{dead}-abcd", live.name]
     index = _restore(parent, [w.Ins("new", w.f32(1), None, 1)], name="wal2")

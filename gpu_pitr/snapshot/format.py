@@ -160,7 +160,7 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
     _check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_killed_writes(out.parent)
-    with new_dir(out, _check_target, is_snapshot) as tmp:
+    with new_dir(out, _check_target, is_snapshot, SNAPSHOT_FILES.__contains__) as tmp:
         files = {}
         flat = np.ascontiguousarray(vectors[:count] if count else vectors[:0], dtype="<f4")
         files[VECTORS] = _write_file(tmp / VECTORS, flat.reshape(-1).view(np.uint8))
@@ -220,13 +220,13 @@ def remove_killed_writes(parent: Path) -> list[Path]:
     Returns the paths removed."""
     import shutil
 
-    from gpu_pitr.tempfiles import listing, remove_dead, temp_pattern, unchanged
+    from gpu_pitr.tempfiles import holds_only, listing, remove_dead, temp_pattern, unchanged
 
     def killed(entry) -> bool:
-        if not entry.is_dir(follow_symlinks=False):
+        if not holds_only(entry, SNAPSHOT_FILES.__contains__):
             return False
         names = os.listdir(entry.path)
-        return set(names) <= SNAPSHOT_FILES and unchanged(
+        return unchanged(
             [entry.path, *(os.path.join(entry.path, n) for n in names)])
 
     # (a snapshot of any name being written: ``.<name>.tmp-<pid>-<8 hex>``)
@@ -342,7 +342,7 @@ def is_snapshot(path) -> bool:
         return False
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested too deep: Python's parser gives up)
         return True  # torn: still ours by its file names
     return not isinstance(doc, dict) or doc.get("format") == FORMAT_NAME
 
@@ -414,7 +414,7 @@ def _read_manifest_once(root: Path) -> dict:
     raw = _read_small(mpath)
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # (nested too deep: Python's parser gives up)
         doc = None
     # A newer version may checksum differently: say which version it is first.
     if isinstance(doc, dict) and doc.get("format") == FORMAT_NAME:
@@ -814,10 +814,24 @@ def _column(pa, path: Path, buf: np.ndarray, name: str, typ, count: int):
     except (pa.ArrowException, ValueError, OSError) as err:
         line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SnapshotError(f"not a valid Arrow IPC file: {line}", file=str(path)) from None
+    if not _in_place(pa.py_buffer(buf), column):
+        # A compressed body (LZ4, ZSTD) is inflated into new buffers: a few KiB of a
+        # tampered file can become GiBs, and a snapshot verify called clean was not one
+        # another reader of the format can map.
+        raise SnapshotError("compressed record batches: the format's Arrow files are "
+                            "uncompressed", file=str(path))
     if len(column) != count:
         raise SnapshotError(f"{len(column)} rows, the manifest count is {count}",
                             file=str(path))
     return column
+
+
+def _in_place(whole, column) -> bool:
+    """Whether every buffer of ``column`` lies in ``whole``, the file's bytes: read in
+    place, as an uncompressed IPC file is."""
+    lo, hi = whole.address, whole.address + whole.size
+    return all(b is None or not b.size or lo <= b.address and b.address + b.size <= hi
+               for chunk in column.chunks for b in chunk.buffers())
 
 
 # The order check's parts (each the first unsorted row of its own, on the Numba threads).
