@@ -187,3 +187,17 @@ def copy_releasing(dst, src, block: int | None = None) -> None:
         b = min(a + block, n)
         dst[a:b] = src[a:b]
         done = release(done, base + b * src.itemsize)
+
+
+def peak_rss() -> int | None:
+    """The kernel's high-water mark of this process's RSS since exec, in bytes (exact,
+    where sampling can miss a spike; unlike ``ru_maxrss``, not carried over from the
+    parent at fork); None off Linux. For the memory benchmarks."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gpu_pitr.hostmem import peak_rss
+
 SITE = b"https://example.org/corpus/"
 DIM = 4  # vector: [n mod 2^16, n div 2^16, 0.5, -0.0] (exact in float32)
 BASE_TIME = 1_700_000_000
@@ -114,19 +116,6 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _hwm() -> int | None:
-    """The kernel's high-water mark of this process's RSS (exact, where sampling can
-    miss a spike or wait for the GIL); None off Linux."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def phase_restore(wal_dir: Path, n: int, id_bytes: int, shared: int) -> dict:
     """In this (fresh) process: warm up on a small log of the same shape, then
     restore ``wal_dir`` to memory with RSS sampled every 2 ms; check the result."""
@@ -136,7 +125,7 @@ def phase_restore(wal_dir: Path, n: int, id_bytes: int, shared: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         write_log(Path(tmp), min(n, 20_000), id_bytes, shared)
         gpu_pitr.restore(tmp, backend="cpu")
-    base, hwm0 = _rss(), _hwm()
+    base, hwm0 = _rss(), peak_rss()
     peak = [base]
     done = threading.Event()
 
@@ -152,7 +141,7 @@ def phase_restore(wal_dir: Path, n: int, id_bytes: int, shared: int) -> dict:
     done.set()
     sampler.join()
     peak[0] = max(peak[0], _rss())
-    sampled, hwm = peak[0], _hwm()
+    sampled, hwm = peak[0], peak_rss()
     if hwm is not None and hwm0 is not None and hwm > hwm0:  # the warm-up peaked lower
         peak[0] = max(peak[0], hwm)
     vectors = got.vectors

@@ -61,17 +61,7 @@ with open(sys.argv[1], "w") as f:
 # ru_maxrss would do on its own but for one trap: Linux carries the RSS the parent
 # had at fork into the child's ru_maxrss, so a parent that wrote a large WAL would
 # show up in every child.
-VM_HWM = """
-def vm_hwm():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-"""
+VM_HWM = "from gpu_pitr.hostmem import peak_rss as vm_hwm\n"
 
 
 def parse_size(text: str) -> int:

@@ -271,7 +271,7 @@ def test_a_file_not_synced_inside_a_new_directory_is_not_in_place(tmp_path: Path
     tmp_dir = []
     monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(OSError) as info:
-        with tempfiles.new_dir(out, lambda p: None, lambda p: False) as tmp:
+        with tempfiles.new_dir(out, lambda p: None, lambda p: False, lambda n: False) as tmp:
             tmp_dir.append(tmp)
             with atomic_files(tmp / "report.json") as (name,):
                 name.write_text("{}")
