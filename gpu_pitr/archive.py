@@ -44,10 +44,14 @@ from gpu_pitr import archivesums, interrupts
 from gpu_pitr.errors import DirectoryReadError, NotSyncedError, WalError, os_reason
 from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, SEGMENT_NAME_RE
 from gpu_pitr.format.segments import (
+    NotARegularFile,
     Segment,
+    file_kind,
     first_record_seq,
     last_with_records,
     list_segments,
+    not_segment_files,
+    open_regular,
     read_into,
     record_end,
     unreadable,
@@ -137,6 +141,9 @@ class ArchiveResult:
     sums_problem: str | None = None
     # The checksum file was written by this run before ``sums_problem`` came.
     sums_written: bool = False
+    # Entries of WAL_DIR named like a segment that are not one (``not_segment_files``:
+    # a directory, FIFO, a link to one, a name in upper case): not copied, but said.
+    not_segments: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> list[ArchivedSegment]:
@@ -162,7 +169,8 @@ class ArchiveResult:
     def to_dict(self) -> dict:
         return {"wal_dir": self.wal_dir, "archive": self.archive, "ok": self.ok,
                 "segments": [asdict(s) for s in self.segments], "archived": self.archived,
-                "only_in_archive": self.only_in_archive, "sums_problem": self.sums_problem}
+                "only_in_archive": self.only_in_archive, "sums_problem": self.sums_problem,
+                "not_segments": self.not_segments}
 
     def lines(self, problems_only: bool = False) -> list[str]:
         """One line per segment copied or with a problem, then a summary
@@ -235,7 +243,8 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
                            "which is never written to: give a directory outside it",
                            file=str(archive_dir))
     _make_dir(archive_dir)
-    result = ArchiveResult(str(wal_dir), str(archive_dir))
+    result = ArchiveResult(str(wal_dir), str(archive_dir), not_segments=[
+        f"{wal_dir / name}: {what}" for name, what in not_segment_files(wal_dir)])
     with archive_lock(archive_dir):
         from gpu_pitr.expire import read_marker
 
@@ -363,6 +372,16 @@ class archive_lock:
             raise ArchiveError(f"cannot take the archive's lock: {why}",
                                file=str(self.path)) from err
         try:
+            mode = os.fstat(self.fd).st_mode
+        except OSError as err:
+            os.close(self.fd)
+            raise ArchiveError(f"cannot take the archive's lock: {os_reason(err)}",
+                               file=str(self.path)) from err
+        if not stat.S_ISREG(mode):  # a FIFO opens read-write without blocking: refused,
+            os.close(self.fd)       # as expire refuses it
+            raise ArchiveError(f"cannot take the archive's lock: it is {file_kind(mode)}, not "
+                               "the lock file gpu-pitr archive makes", file=str(self.path))
+        try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             os.close(self.fd)
@@ -402,7 +421,13 @@ def _archive_one(seg: Segment, dest: Path, buf: bytearray, newest: bool = False,
     except _Conflict as c:
         return ArchivedSegment(name, CONFLICT, 0, problem=c.line)
     try:
-        src = open(seg.path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        # Opened without blocking, and only if a regular file: a FIFO put in its place
+        # since the listing would otherwise hang the run, holding the archive's lock.
+        src = open(open_regular(seg.path), "rb", buffering=0)  # noqa: SIM115 - closed below
+    except NotARegularFile as err:
+        return ArchivedSegment(name, UNREADABLE, have or 0, problem=(
+            f"{seg.path}: is {file_kind(err.mode)} now, not the file the directory listed: "
+            "not read"))
     except OSError as err:
         if err.errno != errno.ENOENT or os.path.islink(seg.path):
             return ArchivedSegment(name, UNREADABLE, have or 0,
@@ -620,7 +645,11 @@ def _shorter(src_path: Path, pos: int, size: int) -> _Conflict:
 def _open_copy(dest: Path):
     """The archive's copy, for reading; a copy that cannot be read is a conflict."""
     try:
-        return open(dest, "rb", buffering=0)  # noqa: SIM115 - the caller closes it
+        # (not followed, nor waited on: a link or FIFO put there since it was looked at)
+        return open(open_regular(dest, follow=False), "rb", buffering=0)  # noqa: SIM115
+    except NotARegularFile as err:
+        raise _Conflict(f"{dest}: in the archive, but {file_kind(err.mode)}, not a copy; "
+                        "left as it is") from err
     except OSError as err:
         raise _Conflict(f"{dest}: cannot read the archive's copy: {os_reason(err)}") from err
 

@@ -810,6 +810,9 @@ def _archive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             _progress_line(line, sys.stderr if args.quiet else sys.stdout)
 
     result = archive(args.wal_dir, args.out, on_segment=None if args.json else say)
+    if not args.json:  # with --quiet too, as a restore's warnings
+        for line in result.not_segments:
+            print(f"{PROG}: warning: {line}", file=sys.stderr)
     if result.sums_line is not None and not args.json:
         _progress_line(result.sums_line, sys.stderr if args.quiet else sys.stdout)
     if not (result.segments or args.json or args.quiet):

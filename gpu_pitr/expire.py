@@ -241,6 +241,10 @@ def read_marker(wal_dir) -> Expiry | None:
             check_searchable(wal_dir)  # the directory's fault, not the marker's
         raise WalError(f"cannot read: {os_reason(err)}", file=str(path)) from err
     if raw is None:
+        if os.path.islink(path):  # not "nothing expired": the marker may be what is missing
+            raise WalError(f"is a symbolic link to {os.readlink(path)!r}, which is missing, "
+                           f"not a marker {MARKER_FORMAT} wrote (restore it, or delete it only "
+                           "if no expire ever ran here)", file=str(path))
         return None
     try:
         if len(raw) > _MARKER_MAX:

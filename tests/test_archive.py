@@ -1051,3 +1051,83 @@ def test_the_archive_is_listed_a_bounded_number_of_times_however_many_copies(
     assert not stale.exists()
     assert len(listed) <= 8, len(listed)  # (the sums file is written atomically too)
     assert sorted(p.name for p in arc.iterdir() if p.name.startswith("wal-")) == sorted(b.files)
+
+
+def _returns_within(call, seconds: float = 10.0):
+    """``call()``'s result, or a failure if it blocks (a FIFO opened for reading waits
+    for a writer: the writer opened here afterwards lets the stuck thread go)."""
+    import threading
+
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except Exception as err:  # noqa: BLE001 - handed to the test
+            out.append(err)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    return out
+
+
+def test_a_segment_replaced_by_a_fifo_after_the_listing_does_not_hang_the_run(tmp_path):
+    """A FIFO put where a listed segment was: a plain open waits for a writer for ever,
+    and the run holds the archive's lock meanwhile (every later run is refused)."""
+    wal, arc, name, data = _two_runs(tmp_path)
+    fifo = wal / "wal-0000000000000001.log"
+    os.mkfifo(fifo)
+    out = _returns_within(lambda: _archive_one(Segment(fifo, 100, 1), arc / fifo.name,
+                                               bytearray(64)))
+    if not out:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the run waits on the FIFO")
+    assert (out[0].action, out[0].problem) == (
+        UNREADABLE, f"{fifo}: is a FIFO now, not the file the directory listed: not read")
+    assert not (arc / fifo.name).exists()
+
+
+def test_an_archive_copy_replaced_by_a_fifo_is_a_conflict_not_a_wait(tmp_path):
+    from gpu_pitr.archive import _Conflict, _open_copy
+
+    fifo = tmp_path / "wal-0000000000000001.log"
+    os.mkfifo(fifo)
+    out = _returns_within(lambda: _open_copy(fifo))
+    if not out:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the run waits on the FIFO")
+    assert isinstance(out[0], _Conflict) and "a FIFO, not a copy" in out[0].line
+
+
+def test_a_lock_file_that_is_a_fifo_is_refused_as_expire_refuses_it(tmp_path):
+    """A FIFO opens read-write without blocking and takes a flock: archive went on with
+    it as its lock, while expire refuses that archive (not the lock file archive makes)."""
+    wal, arc, name, data = _two_runs(tmp_path)
+    (arc / LOCK_NAME).unlink()
+    os.mkfifo(arc / LOCK_NAME)
+    with open(wal / name, "ab") as f:
+        f.write(encode_record(40, b"\x00"))
+    with pytest.raises(ArchiveError, match="cannot take the archive's lock: it is a FIFO"):
+        archive(wal, arc)
+    assert (arc / name).read_bytes() == data
+
+
+def test_entries_named_like_segments_that_are_not_files_are_said(tmp_path, capsys):
+    """As restore, inspect and verify do (SPEC section 1: not read, but not in silence):
+    an archive run that passes them over exits 0 with a warning naming each."""
+    wal, arc, name, data = _two_runs(tmp_path)
+    (wal / "wal-0000000000000001.log").mkdir()
+    os.mkfifo(wal / "wal-0000000000000002.log")
+    (wal / name.upper()).write_bytes(data)
+    before = dir_state(wal)
+    result = archive(wal, arc)
+    assert result.ok and result.not_segments == [
+        f"{wal / name.upper()}: named like a segment file but for the case of its letters "
+        "(segment names are lower case: wal-<16 hex digits>.log): not read",
+        f"{wal}/wal-0000000000000001.log: named like a segment file, but a directory: not read",
+        f"{wal}/wal-0000000000000002.log: named like a segment file, but a FIFO: not read"]
+    assert cli.main(["archive", str(wal), "--out", str(arc), "--quiet"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"gpu-pitr: warning: {line}" for line in result.not_segments]
+    assert dir_state(wal) == before

@@ -784,3 +784,19 @@ def test_a_stop_once_a_snapshot_is_renamed_aside_still_removes_it(hist, monkeypa
     left = sorted(p.name for p in snaps.iterdir())
     assert not [n for n in left if n.startswith(".")], left
     assert "s05" in left and len(left) == 5  # one deleted, then the stop
+
+
+def test_a_marker_that_is_a_dangling_link_is_not_taken_for_no_expiry(hist, tmp_path):
+    """A link to a marker that is gone is not "nothing expired": archive copied the
+    expired segments back from WAL_DIR and verify called the archive clean, without
+    its expired_history notice."""
+    arc, whole, snaps, _ = hist
+    assert expire(arc, snaps, keep=2).ok and (arc / MARKER_NAME).exists()
+    (arc / MARKER_NAME).unlink()
+    (arc / MARKER_NAME).symlink_to(tmp_path / "moved")
+    before = dir_state(arc)
+    with pytest.raises(WalError, match="a symbolic link to .*which is missing"):
+        read_marker(arc)
+    with pytest.raises(WalError, match="not a marker"):
+        archive(whole, arc)
+    assert dir_state(arc) == before
