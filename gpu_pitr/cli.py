@@ -713,7 +713,7 @@ def _inspect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _inspect_records(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``inspect --records``: every record (or those the filters keep), one by one."""
-    from gpu_pitr.format.dump import record_lines, wal_records
+    from gpu_pitr.format.dump import json_line, record_lines, wal_records
     from gpu_pitr.snapshot.format import holds_snapshot_files
 
     if holds_snapshot_files(args.wal_dir):
@@ -737,7 +737,7 @@ def _inspect_records(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     items = wal_records(args.wal_dir, since=since, until=until, first_seq=args.first_seq,
                         last_seq=args.last_seq, limit=args.limit)
     for doc in items:
-        text = (json.dumps(doc, ensure_ascii=False) if args.json
+        text = (json_line(doc) if args.json
                 else "\n".join(record_lines(doc)))
         try:
             print(text)

@@ -352,9 +352,6 @@ def _write_faiss(index, out: Path) -> list[Path]:
 _SIDECAR_ROWS = 1 << 16
 
 
-#: Line breaks to ``str.splitlines`` that JSON leaves unescaped: escaped in the sidecar,
-#: so that an id holding one is still one line however the file is split.
-_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 def _write_id_lines(file, index) -> None:
@@ -362,12 +359,14 @@ def _write_id_lines(file, index) -> None:
     Python string of every id at once), each by ``json``'s C encoder directly."""
     from json.encoder import encode_basestring  # what json.dumps(str, ensure_ascii=False) calls
 
+    from gpu_pitr.format.dump import LINE_BREAKS  # escaped: an id is one line however split
+
     n = len(index)
     for lo in range(0, n, _SIDECAR_ROWS):
         rows = index.rows(lo, min(n, lo + _SIDECAR_ROWS)).id_list()
         text = "\n".join(map(encode_basestring, rows)) + "\n"
-        if any(chr(c) in text for c in _LINE_BREAKS):
-            text = text.translate(_LINE_BREAKS)
+        if any(chr(c) in text for c in LINE_BREAKS):
+            text = text.translate(LINE_BREAKS)
         file.write(text)
 
 

@@ -303,6 +303,19 @@ def _indent(depth: int) -> str:
     return f"{'  ' * INDENT_LEVELS}(depth {depth}) "
 
 
+#: Line breaks to ``str.splitlines`` that JSON leaves unescaped (with ``ensure_ascii=False``):
+#: escaped, so that a record (or a FAISS sidecar's id) is one line however its output is
+#: split.
+LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def json_line(value) -> str:
+    """``value`` as JSON on one line: non-ASCII text kept as it is, but for the line
+    breaks of ``str.splitlines`` (they occur only inside strings, so escaping them
+    keeps the same value)."""
+    return json.dumps(value, ensure_ascii=False).translate(LINE_BREAKS)
+
+
 def _entry_text(variant: str, fields: dict) -> str:
     if "count" in fields:
         return f"{variant} of {fields['count']} entries"
@@ -310,11 +323,11 @@ def _entry_text(variant: str, fields: dict) -> str:
         return f"{variant} sequence_number {fields['sequence_number']}"
     if "transaction_id" in fields:
         return f"{variant} {fields['transaction_id']}"
-    text = f"{variant} {json.dumps(fields['id'], ensure_ascii=False)}"
+    text = f"{variant} {json_line(fields['id'])}"
     if "dim" in fields:
         meta = fields["metadata"]
         # An Update without metadata keeps the id's metadata (SPEC section 3).
         shown = ("unchanged" if meta is None and variant == "Update"
-                 else json.dumps(meta, ensure_ascii=False))
+                 else json_line(meta))
         text += f" dim {fields['dim']} metadata {shown}"
     return text

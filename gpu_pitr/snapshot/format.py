@@ -191,8 +191,14 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
 
 
 def _json(value, indent=None) -> str:
-    return json.dumps(value, indent=indent, sort_keys=True, ensure_ascii=False,
+    text = json.dumps(value, indent=indent, sort_keys=True, ensure_ascii=False,
                       allow_nan=False)
+    # A lone surrogate (a path given with bytes that are not UTF-8, in the report's
+    # ``stop.file``) has no UTF-8 bytes: written as its escape, which loads back the same.
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _index_dim(host, vectors: np.ndarray, count: int) -> int | None:
