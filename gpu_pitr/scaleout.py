@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpu_pitr.errors import MissingExtraError, missing_extra, os_reason
-from gpu_pitr.resolve.idshard import MAX_SHARDS, merge_reports, merge_shards
+from gpu_pitr.resolve.idshard import MAX_SHARDS, first_difference, merge_reports, merge_shards
 
 # One restore at a time in a worker process: a restore uses every core (and the GPU)
 # already, and Numba's fallback threading layer (workqueue, where neither OpenMP nor
@@ -100,6 +100,15 @@ class NoWorkersError(OSError):
 
 class StaleWorkersError(OSError):
     """Dask workers run other gpu_pitr code than the caller (one line naming them)."""
+
+
+class NotASchedulerError(OSError):
+    """What answers at ``--dask-scheduler``'s address is not a Dask scheduler (one line)."""
+
+
+class ShardsDisagreeError(OSError):
+    """The shards of one restore read different logs at WAL_DIR: a worker's own copy of
+    it that is not the same (one line naming the workers and the path)."""
 
 
 def _workers(client) -> list[str]:
@@ -300,6 +309,7 @@ class ShardedRestore:
     futures: list
     _report: object = field(default=None, repr=False)
     started: float = field(default_factory=time.perf_counter, repr=False)
+    wal_dir: str | None = None
 
     def __len__(self) -> int:
         return self.report.ids
@@ -308,12 +318,30 @@ class ShardedRestore:
     def report(self):
         """The report of the whole restore (the shards' reports joined: counts summed,
         each stage's time that of the slowest shard). Waits for every shard; raises
-        the first shard's error, as the restore without shards would raise it."""
+        the first shard's error, as the restore without shards would raise it, or
+        ``ShardsDisagreeError`` when the shards read different logs."""
         if self._report is None:
             reports = self.client.gather([self.client.submit(_report_of, f, pure=False)
                                           for f in self.futures])
+            self._check_one_log(reports)
             self._report = merge_reports(reports)
         return self._report
+
+    def _check_one_log(self, reports: list) -> None:
+        """Shards that read different logs (a worker with its own copy of WAL_DIR, older
+        than the others') would join, or be written as one dataset, into a state that
+        never existed: one error naming the workers, before anything is joined."""
+        differs = first_difference(reports)
+        if differs is None:
+            return
+        k, name, got, want = differs
+        who = self.client.who_has([self.futures[0], self.futures[k]])
+        first, other = (", ".join(who.get(f.key, ())) or "a worker gone since"
+                        for f in (self.futures[0], self.futures[k]))
+        raise ShardsDisagreeError(
+            f"{self.wal_dir}: the Dask workers read different logs there: shard {k}'s "
+            f"{name} is {got!r} (on {other}), shard 0's {want!r} (on {first}): the log must "
+            "be the same at that path on every worker; nothing was written")
 
     def gather(self):
         """The whole index in this process (host memory): equal to the restore without
@@ -326,6 +354,7 @@ class ShardedRestore:
         if not self.futures:
             raise ValueError("the shards were released: nothing to gather")
         wait(self.futures)
+        self.report  # noqa: B018  shards of different logs: said before they travel
         t = time.perf_counter()
         index = merge_shards(self.client.gather(self.futures))
         now = time.perf_counter()
@@ -455,7 +484,7 @@ def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> 
         futures.append(client.submit(_restore_shard, wal_dir, k, count, kwargs, pure=False,
                                      key=f"gpu-pitr-restore-{run}-shard-{k}-of-{count}",
                                      **where))
-    return ShardedRestore(client, futures, started=started)
+    return ShardedRestore(client, futures, started=started, wal_dir=wal_dir)
 
 
 def restore_on_dask(client, wal_dir, *, shards: int | None = None, **kwargs):
@@ -494,13 +523,59 @@ def _connect(address: str, timeout: str):
             raise OSError(f'{address}: not a Dask scheduler file (no "address" in it)')
     where = {"scheduler_file": address} if is_file else {"address": address}
     try:
+        _handshake(doc["address"] if is_file else address, timeout)
         return Client(**where, timeout=timeout)
+    except NotASchedulerError:
+        raise
     except (OSError, TimeoutError) as err:
         raise OSError(f"cannot reach the Dask scheduler at {address}: {err}") from None
     except (ValueError, TypeError, ImportError) as err:  # an address Dask cannot use
         # (ucx:// without UCX installed: TypeError from an abstract connector class;
         # distributed 2024.1: ModuleNotFoundError, no ucp)
         raise OSError(f"{address}: not a Dask scheduler address this can use: {err}") from None
+
+
+def _handshake(address: str, timeout: str) -> None:
+    """Dask's handshake with ``address``, within ``timeout``: the client's own waits
+    without end for the answer of a server that is not a Dask scheduler (its dashboard,
+    an HTTP port), or takes the first bytes of another protocol for a frame's length
+    (a MemoryError of exabytes). Raises OSError (an address Dask cannot use: what the
+    client would raise)."""
+    import asyncio
+
+    from dask.utils import parse_timedelta
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    seconds = parse_timedelta(timeout, default="seconds")
+
+    async def greet():
+        comm = await connect(address, timeout=seconds,
+                             **Security().get_connection_args("client"))
+        await comm.close()
+
+    def run():
+        try:
+            # connect's own timeout ends a wait for the connection itself first, with
+            # its own OSError; this one, an answer that does not come once connected.
+            asyncio.run(asyncio.wait_for(greet(), seconds + 5))
+        except BaseException as err:  # noqa: BLE001  handed to the caller's thread
+            failed.append(err)
+
+    failed: list[BaseException] = []
+    thread = threading.Thread(target=run, daemon=True)  # not the caller's event loop
+    thread.start()
+    thread.join()
+    if not failed:
+        return
+    err = failed[0]
+    if isinstance(err, (asyncio.TimeoutError, TimeoutError)):
+        raise NotASchedulerError(f"{address}: not a Dask scheduler: no Dask answer came "
+                                 "once connected (its dashboard's, or another, port?)")
+    if isinstance(err, (OSError, ValueError, TypeError, ImportError)):
+        raise err
+    raise NotASchedulerError(f"{address}: not a Dask scheduler: it answers in another "
+                             "protocol (its dashboard's, or another, port?)") from None
 
 
 @contextlib.contextmanager
@@ -515,21 +590,46 @@ def _on_cluster(address: str, timeout: str):
 
     # Kept once the client is gone: those tasks may be collected later, at exit.
     logging.getLogger("asyncio").addFilter(_drop_all_exit)
-    with _connect(address, timeout) as client:
-        try:
-            yield client
-        except KilledWorker as err:
-            last = getattr(err.last_worker, "address", err.last_worker)
-            raise OSError(f"Dask workers died running {err.task} ({err.allowed_failures + 1} "
-                          f"tries, the last on {last}; killed for memory?); nothing was "
-                          "written") from None
-        except CancelledError as err:
-            raise OSError(f"Dask cancelled a task of this restore ({err}); nothing was "
-                          "written") from None
-        except BaseException as stop:
-            if not isinstance(stop, Exception):  # Ctrl-C, SIGTERM: the command's one line
-                _quiet_dask()
-            raise
+    client = _connect(address, timeout)
+    quiet = False
+    try:
+        yield client
+    except KilledWorker as err:
+        quiet = True
+        last = getattr(err.last_worker, "address", err.last_worker)
+        raise OSError(f"Dask workers died running {err.task} ({err.allowed_failures + 1} "
+                      f"tries, the last on {last}; killed for memory?); nothing was "
+                      "written") from None
+    except CancelledError as err:
+        quiet = True
+        raise OSError(f"Dask cancelled a task of this restore ({err}); nothing was "
+                      "written") from None
+    except BaseException as stop:
+        if not isinstance(stop, Exception):  # Ctrl-C, SIGTERM: the command's one line
+            _quiet_dask()
+        raise
+    finally:
+        # The scheduler gone: the client's reconnects, cancelled as it closes, are logged
+        # with a traceback of their own around the one line (only then: a caller's
+        # process keeps its logs).
+        with _dask_quieted() if quiet else contextlib.nullcontext():
+            client.close()
+
+
+@contextlib.contextmanager
+def _dask_quieted():
+    """``_quiet_dask`` for the block only."""
+    import logging
+
+    names = ["asyncio", "distributed", "tornado"]
+    names += [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]
+    levels = {n: logging.getLogger(n).level for n in names}
+    _quiet_dask()
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _drop_all_exit(record) -> bool:

@@ -574,15 +574,27 @@ def test_a_cancelled_task_is_one_line(monkeypatch):
     """A task Dask cancels under us (the scheduler restarted): one line. Dask before
     2024.7 (which the dask extra allows) raises concurrent.futures.CancelledError itself,
     and has no distributed.client.FutureCancelledError, its subclass since."""
+    import logging
     from concurrent.futures import CancelledError
 
     from gpu_pitr import scaleout
 
-    monkeypatch.setattr(scaleout, "_connect", lambda *args: contextlib.nullcontext())
+    # The scheduler gone: the client, closed after this line, logged its cancelled
+    # reconnects as a traceback of 25 lines around it.
+    quieted = []
+
+    class Client(contextlib.nullcontext):
+        def close(self):
+            quieted.append(logging.getLogger("distributed.client").isEnabledFor(
+                logging.CRITICAL))
+
+    monkeypatch.setattr(scaleout, "_connect", lambda *args: Client())
     with pytest.raises(OSError, match=r"^Dask cancelled a task of this restore \(key-1\); "
                                       r"nothing was written$"):
         with scaleout._on_cluster("tcp://127.0.0.1:9", "1s"):
             raise CancelledError("key-1")
+    assert quieted == [False] and logging.getLogger("distributed.client").isEnabledFor(
+        logging.CRITICAL)  # quiet while it closed, and only then
 
 
 def test_gathers_a_stop_ends_leave_no_traceback(wal, tmp_path):
@@ -676,3 +688,72 @@ def test_a_checkout_and_an_installed_package_of_the_same_code_have_one_digest(tm
     assert proc.returncode == 0, proc.stderr
     where, digest = proc.stdout.split()
     assert Path(where).is_relative_to(site) and digest == jit.package_digest()
+
+
+def test_shards_of_different_logs_are_one_line_and_write_nothing(client, wal, tmp_path):
+    """A worker with its own copy of WAL_DIR, older than the others' (the docs allow a
+    copy): its shards joined with the others' were a state that never existed, and
+    --write-on-workers wrote them as a dataset, exit 0 (the join said so as a
+    traceback)."""
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    for name in sorted(os.listdir(wal))[:-1]:
+        (stale / name).write_bytes((wal / name).read_bytes())
+    blind = sorted(client.scheduler_info()["workers"])[:1]
+
+    def other_copy(swap):
+        from gpu_pitr import scaleout
+
+        if swap:
+            scaleout._gpu_pitr_shard = scaleout._restore_shard
+            scaleout._restore_shard = lambda d, *a: scaleout._gpu_pitr_shard(str(stale), *a)
+        else:
+            scaleout._restore_shard = scaleout._gpu_pitr_shard
+
+    client.run(other_copy, True, workers=blind)
+    try:
+        said = (rf"^{re.escape(str(wal))}: the Dask workers read different logs there: "
+                r"shard 1's \w+ is .* \(on tcp://.*\), shard 0's .* \(on tcp://.*\): the "
+                "log must be the same at that path on every worker; nothing was written$")
+        with pytest.raises(OSError, match=said) as err:
+            restore_on_dask(client, wal, shards=2, backend="cpu")
+        assert f"(on {blind[0]})" in str(err.value)
+        with restore_sharded(client, wal, shards=2, backend="cpu") as run:
+            with pytest.raises(OSError, match=said):
+                run.to_parquet(tmp_path / "ds")
+        assert not (tmp_path / "ds").exists()
+    finally:
+        client.run(other_copy, False, workers=blind)
+
+
+def test_a_server_that_is_not_a_scheduler_is_one_line_not_a_wait(wal):
+    """--dask-scheduler at a dashboard's (HTTP) port, or any other: Dask's client waited
+    without end for a handshake, or read another protocol's first bytes as a frame's
+    length and failed to allocate exabytes ("out of memory ... --chunk-size")."""
+    import socket
+    import threading
+    import time
+
+    talker, silent = socket.socket(), socket.socket()
+    for s in (talker, silent):
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+
+    def talk():
+        with contextlib.suppress(OSError):
+            conn, _ = talker.accept()
+            conn.sendall(b"SSH-2.0-OpenSSH_8.9\r\n" + b"x" * 64)
+
+    threading.Thread(target=talk, daemon=True).start()
+    try:
+        for server, said in ((talker, "it answers in another protocol"),
+                             (silent, "no Dask answer came once connected")):
+            address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+            t = time.monotonic()
+            with pytest.raises(OSError,
+                               match=rf"^{re.escape(address)}: not a Dask scheduler: {said}"):
+                restore_with_scheduler(address, wal, timeout="1s")
+            assert time.monotonic() - t < 20
+    finally:
+        talker.close()
+        silent.close()

@@ -156,17 +156,29 @@ _ALIKE = ("target", "stop", "last_commit_timestamp", "segments", "records_read",
           "bytes_read", "first_seq", "commit_points_applied", "transactions")
 
 
+def first_difference(reports: list) -> tuple[int, str, object, object] | None:
+    """``(k, name, shard k's, shard 0's)`` for the first of ``_ALIKE`` that the shards'
+    reports (in shard order) do not say alike, or None: shards of another target or
+    another log (a worker's own, older copy of it) would join into a state that never
+    existed."""
+    first = reports[0].to_dict()
+    for k, report in enumerate(reports[1:], 1):
+        doc = report.to_dict()
+        for name in _ALIKE:
+            if doc[name] != first[name]:
+                return k, name, doc[name], first[name]
+    return None
+
+
 def _check_one_restore(shards: list) -> None:
     """Shards of different restores (another target, another log) would join into a
     state that never existed: a ValueError naming the first difference."""
-    first = shards[0].report.to_dict()
-    for s in shards[1:]:
-        doc = s.report.to_dict()
-        for name in _ALIKE:
-            if doc[name] != first[name]:
-                raise ValueError(
-                    f"merge_shards needs the shards of one restore: shard {_shard_index(s)}'s "
-                    f"{name} ({doc[name]!r}) is not shard 0's ({first[name]!r})")
+    differs = first_difference([s.report for s in shards])
+    if differs is not None:
+        k, name, got, want = differs
+        raise ValueError(f"merge_shards needs the shards of one restore: shard "
+                         f"{_shard_index(shards[k])}'s {name} ({got!r}) is not shard 0's "
+                         f"({want!r})")
     dims = {s.vectors.shape[1] for s in shards if len(s)}
     if len(dims) > 1:
         raise ValueError(f"merge_shards needs the shards of one restore: their vectors have "
