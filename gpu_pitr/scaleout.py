@@ -250,8 +250,10 @@ def _dataset_out(out) -> Path:
     return out
 
 
-def _write_part(index, path: str, report: str, shown: str) -> int:
+def _write_part(index, path: str, report: str, shown: str, stop: str | None = None) -> int:
     """One shard as one Parquet file, on the worker that holds it (atomic, fsynced).
+    Nothing, returning -1, once the Dask event ``stop`` is set: the caller was
+    interrupted and waits only for the parts already being written.
     Each file's schema metadata holds the whole restore's report (JSON text ``report``),
     as a ``.parquet`` output's does: a reader of the dataset as one table sees that
     one, not a shard's. A shard without ids gets the whole index's dimension, so that
@@ -264,6 +266,11 @@ def _write_part(index, path: str, report: str, shown: str) -> int:
     from gpu_pitr.outputs import write_output
     from gpu_pitr.report import RestoreReport
 
+    if stop is not None:
+        from distributed import Event
+
+        if Event(stop).is_set():
+            return -1
     index = index.to_host()
     whole = RestoreReport.from_dict(json.loads(report))
     vectors = index.vectors
@@ -378,7 +385,7 @@ class ShardedRestore:
 
         Raises a shard's error (nothing written), or ``OutputError`` naming the file
         that could not be written. Returns ``out`` (absolute)."""
-        from distributed import wait
+        from distributed import Event, wait
 
         from gpu_pitr.errors import OutputError, WalError
         from gpu_pitr.outputs import atomic_files
@@ -397,15 +404,20 @@ class ShardedRestore:
                 count = len(self.futures)
                 whole = json.dumps(report.to_dict())
                 names = [PART_NAME.format(index=k, count=count) for k in range(count)]
+                stop = Event(f"gpu-pitr-stop-{tmp.name}", client=self.client)
                 parts = [self.client.submit(_write_part, f, str(tmp / name), whole,
-                                            str(out / name), pure=False)
+                                            str(out / name), stop.name, pure=False)
                          for f, name in zip(self.futures, names, strict=True)]
                 try:
                     wait(parts)  # every file written or failed before the directory goes
                 except BaseException:  # Ctrl-C: the files being written end first (a
-                    # cancel would not stop a running task), then the directory goes
+                    # cancel would not stop a running task), the parts not yet started
+                    # write nothing (they used to start, write and go with the
+                    # directory), then the directory goes
                     with contextlib.suppress(Exception):
+                        stop.set()
                         wait(parts, timeout=60)
+                        stop.clear()  # the scheduler forgets a cleared event
                     raise
                 self.client.gather(parts)  # the first failure
                 now = time.perf_counter()  # the parts are written: the report says so

@@ -757,3 +757,33 @@ def test_a_server_that_is_not_a_scheduler_is_one_line_not_a_wait(wal):
     finally:
         talker.close()
         silent.close()
+
+
+def test_ctrl_c_while_a_dataset_is_written_starts_no_more_parts(client, wal, tmp_path,
+                                                                monkeypatch):
+    """Ctrl-C during --write-on-workers' writes: the parts being written are waited
+    for (the directory goes after them), but the parts not started yet used to start
+    then, each writing its whole file into a directory about to go: Ctrl-C took as long
+    as the writes. Now they write nothing."""
+    import distributed
+
+    hold = distributed.Event("test-hold-the-workers", client=client)
+    seen: list = []
+    real_wait = distributed.wait
+
+    def wait(parts, timeout=None):
+        if not seen:  # the parts queued behind the held threads: Ctrl-C
+            seen.append(parts)
+            raise KeyboardInterrupt
+        hold.set()
+        return real_wait(parts, timeout=timeout)
+
+    with restore_sharded(client, wal, shards=3, backend="cpu") as run:
+        run.report  # noqa: B018  the shards are restored before the threads are held
+        busy = [client.submit(hold.wait, pure=False) for _ in range(4)]  # every thread
+        monkeypatch.setattr(distributed, "wait", wait)
+        with pytest.raises(KeyboardInterrupt):
+            run.to_parquet(tmp_path / "ds")
+        assert client.gather(seen[0]) == [-1, -1, -1]  # no part wrote
+    assert os.listdir(tmp_path) == []  # nor the dataset, nor its hidden directory
+    client.gather(busy)
