@@ -163,13 +163,14 @@ def _parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser(
         "verify",
-        help="check a WAL directory, or a snapshot, for damage without restoring "
-        "(exit 1 if damaged)",
+        help="check a WAL directory, a snapshot or a directory of snapshots for damage "
+        "without restoring (exit 1 if damaged)",
         description="Check every segment header, record and payload of WAL_DIR, sequence "
         "numbers and transactions, without restoring anything; one line per problem "
         "(damage or notice) and a summary. Given a snapshot directory: its manifest, every "
-        "checksum, the Arrow data and the order of the ids. Exit 0: no damage (notices "
-        "allowed); 1: damage found; 2: usage error or WAL_DIR unreadable.",
+        "checksum, the Arrow data and the order of the ids; given a directory of "
+        "snapshots: each one. Exit 0: no damage (notices allowed); 1: damage found; 2: "
+        "usage error, WAL_DIR unreadable, or stdout that cannot be written.",
     )
     verify.add_argument("wal_dir", metavar="WAL_DIR")
     verify.add_argument("--json", action="store_true", help="print one JSON document")
@@ -184,7 +185,9 @@ def _parser() -> argparse.ArgumentParser:
         "(from cron, a timer or after each checkpoint), then restore, inspect or verify "
         "ARCHIVE_DIR. A segment whose archived bytes differ from the file is a conflict: "
         "the archive's copy is kept. Exit 0: all copied; 1: a conflict, a segment that "
-        "could not be read or was deleted before it was copied, or an error.",
+        "could not be read or was deleted before it was copied, segments the writer "
+        "deleted before any run copied them, a copy that could not be written, a "
+        "checksum file that cannot be used, or an error.",
     )
     arch.add_argument("wal_dir", metavar="WAL_DIR")
     arch.add_argument("--out", required=True, metavar="ARCHIVE_DIR", type=_out_path,
@@ -210,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="keep the newest N snapshots (at least 1)")
     keep.add_argument("--keep-since", metavar="T",
                       help="keep what restores any moment from T on (Unix seconds, ISO-8601 "
-                      "with a zone, or an age: 7d, 12h, 30m, 2w = that long before now)")
+                      "with a zone, or an age: 7d, 12h, 30m, 90s, 2w = that long before now)")
     exp.add_argument("--dry-run", action="store_true",
                      help="delete nothing: print what would be deleted")
     _json_quiet(exp, "print nothing unless there is a problem or a damaged snapshot")
@@ -227,7 +230,8 @@ def _json_quiet(p: argparse.ArgumentParser, quiet_help: str) -> None:
 def _restore_options(p: argparse.ArgumentParser) -> None:
     """What ``restore`` and ``snapshot`` share: target, executor, base, memory, output."""
     p.add_argument("-q", "--quiet", action="store_true",
-                         help="no progress bar and no summary (errors still print)")
+                         help="no progress bar and no summary (errors and warnings still "
+                         "print, on stderr)")
     p.add_argument("--report-json", metavar="PATH", type=_out_path,
                          help="also write the report as JSON to PATH")
     memory = p.add_mutually_exclusive_group()
@@ -254,7 +258,9 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
         help="leave out the target itself: with --to-time, commit points stamped exactly "
         "T; with --to-seq, the record numbered N (stop just before it)",
     )
-    p.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto",
+                   help="the executor: cpu, cuda (an error where no GPU is usable) or auto "
+                   "(the default: the GPU when CuPy sees one, else cpu)")
     p.add_argument(
         "--skip-corrupt",
         action="store_true",
@@ -263,7 +269,8 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-incomplete-history",
         action="store_true",
-        help="accept a log whose first record is not seq 0",
+        help="accept a gap in the history (a log whose first record is not seq 0, "
+        "segments expire deleted, a base the log does not go on from), with a warning",
     )
     base = p.add_mutually_exclusive_group()
     base.add_argument(

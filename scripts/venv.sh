@@ -5,7 +5,7 @@ PYTHON=${PYTHON:-python3}
 VENV_PY=.venv/bin/python
 
 ensure_venv() {
-    # $1: what to install, editable: "." or ".[test]"
+    # $1: what to install, editable: ".[arrow]" (demo) or ".[test]" (test)
     if [ ! -x "$VENV_PY" ]; then
         "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
             || { echo "$0: $PYTHON is older than 3.11; set PYTHON=python3.11" >&2; exit 1; }

@@ -862,3 +862,56 @@ def test_environment_values_the_libraries_accept_still_run(wal_dir: Path, tmp_pa
     assert proc.returncode == 0, proc.stderr
     with np.load(out, allow_pickle=False) as npz:
         assert list(npz["ids"]) == [id_ for id_, _, _ in LATEST]
+
+
+COMMANDS = ("restore", "snapshot", "inspect", "verify", "archive", "expire")
+
+
+def _help(capsys, *args: str) -> str:
+    """``gpu-pitr ARGS --help``'s text, in this process (argparse exits 0 after it)."""
+    from gpu_pitr import cli as cli_module
+
+    with pytest.raises(SystemExit) as done:
+        cli_module.main([*args, "--help"])
+    assert done.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse's line breaks undone
+
+
+def test_help_texts_say_what_the_commands_take_and_exit_with(capsys) -> None:
+    """The --help texts said less than the commands do: verify's not that it checks a
+    directory of snapshots (inspect's did), nor that a stdout it cannot write is exit 2;
+    archive's exit 1 left out a copy that cannot be written, segments the writer deleted
+    before any run copied them and an unusable checksum file;
+    --allow-incomplete-history spoke only of a first record that is not seq 0; --quiet
+    left out that warnings still print; --backend had no help (nor its default)."""
+    assert "a snapshot or a directory of snapshots" in _help(capsys)
+    verify_help = _help(capsys, "verify")
+    assert "given a directory of snapshots: each one" in verify_help
+    assert "2: usage error, WAL_DIR unreadable, or stdout that cannot be written" in verify_help
+    archive_help = _help(capsys, "archive")
+    for words in ("segments the writer deleted before any run copied them",
+                  "a copy that could not be written", "a checksum file that cannot be used"):
+        assert words in archive_help
+    for command in ("restore", "snapshot"):
+        assert "accept a gap in the history (a log whose first record is not seq 0, " \
+            "segments expire deleted, a base the log does not go on from)" \
+            in _help(capsys, command)
+    assert "90s" in _help(capsys, "expire")  # an age in seconds is taken too
+    restore_help = _help(capsys, "restore")
+    assert "(errors and warnings still print, on stderr)" in restore_help
+    assert "the executor: cpu, cuda (an error where no GPU is usable) or auto (the default" \
+        in restore_help
+
+
+def test_every_option_of_every_command_is_in_the_readme(capsys) -> None:
+    """An option a command's --help lists and the README never names is one nobody
+    reads about: every one is in the README's "Command line" section."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Command line"):readme.index("## Python API")]
+    for command in COMMANDS:
+        options = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", _help(capsys, command)))
+        options -= {"--help"}
+        missing = sorted(o for o in options if o not in section)
+        assert not missing, (command, missing)

@@ -135,6 +135,21 @@ def test_empty_and_missing_directories(tmp_path):
             stats(tmp_path / "file")
 
 
+def test_the_totals_line_says_one_in_the_singular(tmp_path):
+    """A one-segment log was "1 segments" in the table's first line (the restore's
+    summary already said "1 segment")."""
+    from gpu_pitr.format.writer import WalWriter
+
+    with WalWriter(tmp_path / "wal", created=1_795_687_200) as wal:
+        wal.append(entries.Delete("", 1_795_687_200))  # 16 + 12 + 7 bytes
+    doc = assert_same_stats(tmp_path / "wal")
+    assert doc["totals"] == {"segments": 1, "bytes": 35, "records": 1}
+    assert stats_lines(doc)[0] == f"WAL directory {tmp_path / 'wal'}: 1 segment, 35 bytes, 1 record"
+    (tmp_path / "empty").mkdir()
+    assert stats_lines(wal_stats(tmp_path / "empty"))[0].endswith(
+        ": 0 segments, 0 bytes, 0 records")
+
+
 @pytest.mark.parametrize("body", [
     b"", b"W", b"WALV", b"WALV\x01\x00\x00", b"WALV\x01\x00\x00\x00\x05",  # torn headers
     b"x", b"WALX", b"WALV\x02\x00\x00\x00\x05",  # short and wrong ("wrong magic")

@@ -40,8 +40,8 @@ def stats_lines(stats: dict) -> list[str]:
     """``wal_stats`` as the human table ``inspect`` prints."""
     totals = stats["totals"]
     lines = [
-        f"WAL directory {stats['wal_dir']}: {totals['segments']} segments, "
-        f"{totals['bytes']} bytes, {totals['records']} records",
+        f"WAL directory {stats['wal_dir']}: {plural(totals['segments'], 'segment')}, "
+        f"{plural(totals['bytes'], 'byte')}, {plural(totals['records'], 'record')}",
         _history_line(stats["history"]),
         "",
         f"{'segment':<25} {'bytes':>10}  {'created':<20} {'records':>8}  {'seq':<13} timestamps",
