@@ -425,3 +425,25 @@ def test_one_long_id_does_not_make_every_id_pay_for_its_words(monkeypatch):
     order = sorted_id_order(*_arena(ids))
     assert [ids[i] for i in order] == sorted(ids)
     assert sorted(built) == [0, 1] and runs == [(0, 2)]
+
+
+def test_few_ids_long_or_not_are_not_radix_sorted_a_word_at_a_time(monkeypatch):
+    """Each word column the radix sort takes costs a pass of Python whatever the ids:
+    two ids, one of 16 MB, were 2M columns (68 s, 3.8 GB). With few ids a few columns
+    an id are built past the shared words, the rest sorted by comparison: also where
+    every id is long (all ids past the share)."""
+    import gpu_pitr.resolve.idsort as idsort
+
+    prefix = b"p" * 24_000
+    ids = [b"a", prefix + b"b" * 40_000, prefix + b"a" * 50_000, prefix, prefix + b"b" * 40_000,
+           b"z" * 60_000]
+    built = []
+    real_columns = idsort._word_columns
+    monkeypatch.setattr(idsort, "_word_columns", lambda i, o, n, w0, out: (
+        built.extend(range(w0, w0 + len(out))), real_columns(i, o, n, w0, out)))
+    for case in (ids, ids[1:5]):
+        built.clear()
+        order = sorted_id_order(*_arena(case))
+        assert [case[i] for i in order] == sorted(case)
+        assert order.tolist() == sorted(range(len(case)), key=lambda i: (case[i], i))
+        assert len(built) <= max(idsort.LONG_IDS_WORDS, idsort.RADIX_WORDS_PER_ID * len(case))

@@ -298,6 +298,74 @@ def test_each_data_record_names_the_transaction_it_belongs_to(tmp_path_factory, 
                        if r["seq"] == seq]
 
 
+def test_records_are_made_as_they_are_listed(tmp_path, monkeypatch):
+    """The listing makes each record's dict as it is asked for, not a whole piece (up to
+    a chunk: 16 MiB of small records, 800,000 dicts, 0.7 GB) before the first one."""
+    from gpu_pitr.format import dump
+
+    made = []
+    record = dump._record
+
+    def counted(item, name, i):
+        made.append(i)
+        return record(item, name, i)
+
+    monkeypatch.setattr(dump, "_record", counted)
+    b = LogBuilder()
+    for i in range(500):
+        b.add(Ins(f"id{i}", f32(1), None, T0 + i))
+    b.write(tmp_path / "w")
+    docs = wal_records(tmp_path / "w")
+    assert next(docs)["seq"] == 0
+    assert len(made) == 1
+    assert sum(1 for _ in docs) == 499 and len(made) == 500
+
+
+def test_transactions_closed_newest_first_or_overlapping_keep_the_lookup_small(
+        tmp_path, monkeypatch):
+    """Which transaction a record is in is found without walking the closed ones: a log
+    closing 300 transactions newest first, one record in each (looking the newest up as
+    the last key of a dict walked past every key deleted from its end: quadratic, 14 s
+    at 200,000), then 300 that overlap (each committed after the next one began), and
+    ids begun again after a close. The begins held stay within twice the open ones."""
+    from workloads import Begin, Commit, Del
+
+    from gpu_pitr.format import dump
+
+    most = []
+
+    class Watched(dump._OpenTransactions):
+        def _mark(self, kind, txn):
+            super()._mark(kind, txn)
+            most.append((len(self.begun), len(self.open)))
+
+    monkeypatch.setattr(dump, "_OpenTransactions", Watched)
+    b = LogBuilder()
+    for t in range(300):
+        b.add(Begin(t, T0))
+    for t in reversed(range(300)):
+        b.add(Del("x", T0))
+        b.add(Commit(t, T0))
+    b.add(Begin(1000, T0))
+    for t in range(1001, 1300):
+        b.add(Begin(t, T0))
+        b.add(Del("y", T0))
+        b.add(Commit(t - 1, T0))
+        b.add(Del("z", T0))
+    for step in (Begin(5, T0), Begin(6, T0), Commit(5, T0), Begin(5, T0), Del("a", T0),
+                 Commit(5, T0), Del("b", T0), Commit(6, T0), Del("c", T0)):
+        b.add(step)
+    b.write(tmp_path / "w")
+    want = expected_transactions(tmp_path / "w")
+    assert want[-5:] == [5, None, 6, None, 1299]  # (1299 is still open)
+    for chunk in (None, 64):
+        most.clear()
+        got = [doc.get("transaction") for doc in wal_records(tmp_path / "w",
+                                                             chunk_bytes=chunk)]
+        assert got == want
+        assert max(held - 2 * n_open for held, n_open in most) <= 64
+
+
 def test_the_listing_marks_records_in_a_transaction(tmp_path):
     from workloads import Begin, Commit
 

@@ -428,8 +428,11 @@ def _rehash_into(h, n_rows, row_id_len, row_key):
     return h
 
 
-# Cycles of the row permutation are cut at this many evenly spaced positions.
+# Cycles of the row permutation are cut at this many evenly spaced positions, fewer
+# where their rows (each copied aside) would pass PERMUTE_SAVED_BYTES: one vector of
+# 4M floats and 64 rows (a shard's first block) saved 1 GB aside.
 PERMUTE_CUTS = 1024
+PERMUTE_SAVED_BYTES = 64 << 20
 # Stretches (cut to cut) each thread moves at once, a step of each in turn: each is a
 # chain of dependent loads, and this many are in flight together.
 PERMUTE_CHAINS = 8
@@ -538,7 +541,8 @@ def permute_rows_in_place(rows: np.ndarray, perm: np.ndarray) -> None:
     rows), in place, on the Numba threads."""
     n = len(perm)
     if n:
-        cuts = np.unique(np.arange(PERMUTE_CUTS, dtype=np.int64) * n // PERMUTE_CUTS)
+        k = max(1, min(PERMUTE_CUTS, PERMUTE_SAVED_BYTES // max(1, rows[0].nbytes)))
+        cuts = np.unique(np.arange(k, dtype=np.int64) * n // k)
         _permute_rows_in_place(rows, perm, cuts)
 
 
@@ -912,11 +916,8 @@ class HostMap:
         meta_cols = (meta, meta_offs, meta_lens)
         if not permute:
             return (*cols, self._vectors(used), *meta_cols, live)
-        rest = np.ones(used, np.bool_)
-        rest[live] = False
-        perm = np.concatenate([live, np.flatnonzero(rest)])
         if self.dim > 0 and used:
-            permute_rows_in_place(self.rows[:used], perm)
+            permute_rows_in_place(self.rows[:used], _live_first(live, used))
         return (*cols, self._vectors(len(live)), *meta_cols, None)
 
     def _vectors(self, n: int) -> np.ndarray:
@@ -924,6 +925,20 @@ class HostMap:
         if self.dim <= 0:
             return np.zeros((n, max(self.dim, 0)), np.float32)
         return self.rows[:n].view("<f4").reshape(n, self.dim)
+
+
+def _live_first(live: np.ndarray, used: int) -> np.ndarray:
+    """A permutation of ``used`` rows putting rows ``live`` first, in that order, that
+    moves no other row it need not: a live row past them swaps with a dead one before,
+    and the dead rows past them stay (a shard's rows start a block apart: one id of
+    the second shard is row 64, and its 63 dead rows before it were moved too)."""
+    n_live = len(live)
+    perm = np.arange(used, dtype=np.int64)
+    perm[:n_live] = live
+    is_live = np.zeros(used, np.bool_)
+    is_live[live] = True
+    perm[live[live >= n_live]] = np.flatnonzero(~is_live[:n_live])
+    return perm
 
 
 @njit(cache=True, nogil=True)
