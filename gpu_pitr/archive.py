@@ -614,13 +614,6 @@ def _read_at(fd: int, pos: int, n: int) -> bytes:
     return bytes(out)
 
 
-def _src_read_at(src, pos: int, n: int) -> bytes:
-    try:
-        return _read_at(src.fileno(), pos, n)
-    except OSError as err:
-        raise _SourceError(err, pos) from err
-
-
 def _first_difference(a, b) -> int:
     """Index of the first byte where ``a`` and ``b`` differ (``len`` of the shorter one
     when that is a prefix of the other)."""

@@ -365,11 +365,11 @@ def _run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
     except (WalError, OSError, MissingExtraError) as err:
         _print_error(err)
         return 1
-    except MemoryError as err:  # NumPy's says what it could not allocate
+    except MemoryError as err:  # NumPy's says what it could not allocate; Python's, nothing
         hint = ("; a smaller --chunk-size or a --memory-budget needs less besides the index"
                 if args.command in ("restore", "snapshot") else "")
-        _print_error(f"out of memory: {err or 'an allocation failed'}{hint}")
-        return 1
+        _print_error(f"out of memory: {str(err) or 'an allocation failed'}{hint}")
+        return 2 if args.command == "verify" else 1  # verify's 1: damage found
 
 
 class _StdoutError(Exception):

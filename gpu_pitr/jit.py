@@ -161,12 +161,22 @@ def _fence(typingctx):
     return types.void(), codegen
 
 
+def _checkout_kernels() -> Path | None:
+    """``kernels/`` beside the package when it runs from a source checkout (None for an
+    installed package: its kernels are its own ``gpu_pitr/kernels/``)."""
+    if (_PACKAGE / "kernels" / "decode.py").is_file():
+        return None
+    path = _PACKAGE.parent / "kernels"
+    return path if (path / "decode.py").is_file() else None
+
+
+# The cuda executor loads its kernels from here (``_kernel_modules``), and the digest
+# covers them: not another copy's that an editable install elsewhere would map in.
+CHECKOUT_KERNELS = _checkout_kernels()
+
+
 def _roots() -> tuple[Path, ...]:
-    roots = [_PACKAGE]
-    checkout_kernels = _PACKAGE.parent / "kernels"  # a source checkout maps it in
-    if (checkout_kernels / "decode.py").is_file():
-        roots.append(checkout_kernels)
-    return tuple(roots)
+    return (_PACKAGE,) if CHECKOUT_KERNELS is None else (_PACKAGE, CHECKOUT_KERNELS)
 
 
 _ROOTS = _roots()

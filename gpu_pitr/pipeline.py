@@ -139,8 +139,6 @@ def make_executor(backend: str, total_bytes: int, notes: list | None = None):
     """The executor for ``backend`` ("cpu", "cuda" or "auto"). With ``auto`` on a machine
     that has CuPy but no usable GPU, why the cpu executor ran goes into ``notes`` (without
     CuPy, cpu is what was asked for: nothing to say)."""
-    if backend not in ("cpu", "cuda", "auto"):
-        raise ValueError(f"unknown backend {backend!r} (cpu, cuda or auto)")
     if backend in ("cuda", "auto"):
         from gpu_pitr.executors.device import cuda_unavailable_reason
 
@@ -1064,8 +1062,6 @@ def _base_for(base, snapshots, target: dict, exclusive: bool, allow_incomplete: 
     result keeps are copied from the page cache once, into their places. A snapshot
     restored across a gap in the history (``history_complete`` false) is a base only
     when this restore allows an incomplete history too."""
-    if base is not None and snapshots is not None:
-        raise ValueError("give at most one of base and snapshots")
     if base is None and snapshots is None:
         return None, [], []
     from gpu_pitr import snapshot
@@ -1262,6 +1258,12 @@ def restore(
             raise ValueError(f"{name} is True or False, not {flag!r}")
     if progress is not None and not callable(progress):
         raise ValueError(f"progress is a callable or None, not {progress!r}")
+    # Before the log is listed and a base snapshot read whole: a slip is not found
+    # after minutes of reading (nor behind "no such directory").
+    if backend not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"unknown backend {backend!r} (cpu, cuda or auto)")
+    if base is not None and snapshots is not None:
+        raise ValueError("give at most one of base and snapshots")
     if chunk_bytes is not None:
         chunk_bytes = _size_arg("chunk_bytes", chunk_bytes)
     if memory_budget is not None:

@@ -161,6 +161,7 @@ def test_a_grown_segment_is_copied_again_and_a_torn_live_tail_completes(tmp_path
     size = len(b.files[name])
     assert [(s.action, s.size, s.added, s.pending) for s in second.segments] == [
         (GROWN, size, size - rec.offset, 0)]
+    assert second.lines()[0] == f"{name}: grown by {size - rec.offset} bytes, {size} bytes now"
     assert (arc / name).read_bytes() == bytes(b.files[name])
     got = restore_fast(arc)
     assert got.ids == ["a", "b"] and got.report["torn_tails"] == []

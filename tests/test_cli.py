@@ -915,3 +915,27 @@ def test_every_option_of_every_command_is_in_the_readme(capsys) -> None:
         options -= {"--help"}
         missing = sorted(o for o in options if o not in section)
         assert not missing, (command, missing)
+
+
+@pytest.mark.parametrize("command", ["restore", "verify"])
+def test_out_of_memory_is_one_line_and_not_damage(wal_dir: Path, tmp_path: Path, monkeypatch,
+                                                  capsys, command) -> None:
+    """Python's own MemoryError has no text (bytearray(n), a list that cannot grow):
+    the line said "out of memory: ;". An out-of-memory verify exited 1, its "damage
+    found", which a backup job reads as a damaged log: it is 2, as a log it could not
+    read."""
+    from gpu_pitr import cli, verify
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(gpu_pitr, "restore", no_memory)
+    monkeypatch.setattr(verify, "verify_wal", no_memory)
+    args = ["--out", str(tmp_path / "o.npz")] if command == "restore" else []
+    status = cli.main([command, str(wal_dir), *args])
+    hint = ("; a smaller --chunk-size or a --memory-budget needs less besides the index"
+            if command == "restore" else "")
+    assert (status, capsys.readouterr().err) == (
+        1 if command == "restore" else 2,
+        f"gpu-pitr: error: out of memory: an allocation failed{hint}\n")
+    assert sorted(os.listdir(tmp_path)) == ["wal"]

@@ -414,3 +414,14 @@ def test_a_link_to_a_device_is_not_read_to_its_end(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "['a']"
+
+
+def test_a_name_that_is_not_utf8_is_not_read(tmp_path):
+    """The seed lists its directory with Rust's ``to_str()``, which fails on a name that
+    is not UTF-8, and skips it: its records are not returned (a copy of a segment under
+    such a name returned every entry twice)."""
+    write_test_wal(tmp_path, [ins("a", 100), ins("b", 200)])
+    (name,) = os.listdir(tmp_path)
+    (tmp_path / os.fsdecode(b"wal-\xff" + name[4:].encode())).write_bytes(
+        (tmp_path / name).read_bytes())
+    assert restore_to_timestamp(300, tmp_path) == (2, None)

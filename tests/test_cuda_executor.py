@@ -8,7 +8,12 @@ and the whole report except timings and the backend's name.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -299,3 +304,28 @@ def test_the_first_rows_are_bounded_in_bytes_and_grow(monkeypatch):
         log.write(d)
         assert_same(d)
     assert seen[0] == 1024 and len(seen) >= 2 and seen[1] >= 1100, seen
+
+
+def test_a_checkout_runs_its_own_kernels_not_an_installed_copys(tmp_path):
+    """A source checkout on PYTHONPATH while gpu_pitr is also installed from elsewhere
+    (an editable install maps gpu_pitr.kernels to its own kernels/): the cuda executor
+    ran the installed kernels with the checkout's host code, under the checkout's
+    source digest (which covers the checkout's kernels/)."""
+    root = Path(gpu_pitr.__file__).resolve().parent.parent
+    if not (root / "kernels" / "decode.py").is_file():
+        pytest.skip("an installed package: no checkout to copy")
+    ignore = shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc")
+    copy = tmp_path.resolve() / "checkout"
+    for name in ("gpu_pitr", "kernels"):
+        shutil.copytree(root / name, copy / name, ignore=ignore)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from gpu_pitr.executors.cuda import _kernel_modules; "
+         "from gpu_pitr import jit; got = _kernel_modules(); import gpu_pitr.kernels as k; "
+         "print(*(m.__file__ for m in (*got, k)), *jit._ROOTS)"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(copy), "NUMBA_ENABLE_CUDASIM": "1"})
+    assert proc.returncode == 0, proc.stderr
+    kernels = copy / "kernels"
+    assert proc.stdout.split() == [str(kernels / "decode.py"), str(kernels / "resolve.py"),
+                                   str(kernels / "__init__.py"), str(copy / "gpu_pitr"),
+                                   str(kernels)]

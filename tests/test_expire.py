@@ -800,3 +800,28 @@ def test_a_marker_that_is_a_dangling_link_is_not_taken_for_no_expiry(hist, tmp_p
     with pytest.raises(WalError, match="not a marker"):
         archive(whole, arc)
     assert dir_state(arc) == before
+
+
+def test_no_intact_snapshot_old_enough_expires_nothing(hist, capsys):
+    """Every snapshot from the one the retention would keep history from on is damaged
+    (a checksum mismatch): nothing is deleted, each is named on stderr, and the
+    summary says why nothing expired (exit 0: no deletion failed)."""
+    arc, _, snaps, _ = hist
+    for name in ("s00", "s01", "s02"):
+        data = bytearray((snaps / name / "vectors.f32").read_bytes())
+        data[0] ^= 1
+        (snaps / name / "vectors.f32").write_bytes(bytes(data))
+    before = (dir_state(arc), dir_state(snaps))
+    assert cli.main(["expire", str(arc), "--snapshots", str(snaps), "--keep", "4"]) == 0
+    out, err = capsys.readouterr()
+    assert (dir_state(arc), dir_state(snaps)) == before
+    assert err.splitlines() == [
+        f"gpu-pitr: warning: snapshot {snaps / name} is damaged ({snaps / name}/vectors.f32: "
+        f"offset 0: CRC-32 mismatch in the block of bytes 0..{size}): passed over, left in "
+        "place" for name, size in (("s02", (snaps / "s02" / "vectors.f32").stat().st_size),
+                                   ("s01", (snaps / "s01" / "vectors.f32").stat().st_size),
+                                   ("s00", (snaps / "s00" / "vectors.f32").stat().st_size))]
+    assert out.splitlines() == [
+        "no intact snapshot old enough to keep history from: nothing expired",
+        f"expire {arc}: deleted 0 snapshots and 0 segments (0 bytes); kept 6 snapshots; "
+        "nothing expired"]

@@ -386,3 +386,35 @@ def test_arbitrary_bytes_decode_or_raise_payload_error(payload):
 
 def test_batch_entries_become_a_list():
     assert Batch((Delete("a", 1),), 2) == Batch([Delete("a", 1)], 2)
+
+
+def test_the_utf8_check_is_pythons_at_every_boundary_byte():
+    """``utf8_valid`` as the CUDA kernels run it (its Python source: the simulator runs
+    it so, and a GPU compiles the same) and as the cpu executor does (compiled): both
+    say what Python's decoder says, for every string of up to three bytes drawn from the
+    bytes at the edges of RFC 3629's ranges (a sequence cut at the end of the string,
+    a second or third byte out of its range, overlongs, surrogates, past U+10FFFF), and
+    for whole four-byte sequences."""
+    import itertools
+
+    from numba import njit
+
+    from gpu_pitr.format.payload import utf8_valid
+
+    compiled = njit(lambda buf, pos, n: utf8_valid(buf, pos, n))
+    edges = [0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF,
+             0xE0, 0xED, 0xEF, 0xF0, 0xF4, 0xF5, 0xFF]
+    strings = [bytes(s) for n in (1, 2, 3) for s in itertools.product(edges, repeat=n)]
+    strings += [bytes([a, b, c, d]) for a in (0xF0, 0xF3, 0xF4) for b in (0x8F, 0x90, 0xBF)
+                for c in (0x7F, 0x80) for d in (0x80, 0xC0)]
+    strings += [b"abcdefgh" + s for s in (b"\xc3", b"\xe2\x82", b"\xc3\xa9")]  # after 8 ASCII
+    for s in strings:
+        try:
+            s.decode("utf-8")
+            want = True
+        except UnicodeDecodeError:
+            want = False
+        # Inside a larger buffer: the check must stop at n, not at the buffer's end.
+        buf = np.frombuffer(b"\xff" + s + b"\x80\x80\x80", np.uint8)
+        assert (bool(utf8_valid(buf, 1, len(s))), bool(compiled(buf, 1, len(s)))) == (
+            want, want), s

@@ -867,6 +867,25 @@ def test_a_device_or_fifo_is_not_replaced_by_an_output(wal_dir: Path, tmp_path: 
     assert fifo.is_fifo()
 
 
+def test_a_directory_where_a_second_output_file_goes_is_refused_first(
+        wal_dir: Path, tmp_path: Path) -> None:
+    """A directory at a FAISS index's OUT.ids.jsonl, or at --report-json: refused before
+    the restore in one line naming it (the rename would fail after all the work, or
+    replace nothing), and nothing is written beside it."""
+    pytest.importorskip("faiss")
+    ids = tmp_path / "o.faiss.ids.jsonl"
+    report = tmp_path / "report.json"
+    ids.mkdir()
+    report.mkdir()
+    for args, path in ((["--out", tmp_path / "o.faiss"], ids),
+                       (["--out", tmp_path / "o.npz", "--report-json", report], report)):
+        proc = cli("restore", wal_dir, *args, "--backend", "cpu", wal_dir=wal_dir)
+        assert (proc.returncode, proc.stdout) == (1, ""), proc.stderr
+        assert proc.stderr == f"gpu-pitr: error: {path}: is a directory\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.faiss.ids.jsonl", "report.json"]
+    assert [list(p.iterdir()) for p in (ids, report)] == [[], []]
+
+
 def test_a_small_npz_fits_the_little_room_a_nearly_full_disk_has(
         wal_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """The room asked for beyond the members' bytes is the archive's headers (about

@@ -491,20 +491,30 @@ def test_an_unreadable_scheduler_file_is_named_once(wal, tmp_path, monkeypatch):
 
 
 def test_workers_without_pyarrow_are_named_before_a_file_is_written(client, wal, tmp_path):
-    import gpu_pitr.scaleout as so
     from gpu_pitr.errors import MissingExtraError
 
+    # The worker keeps its own function to put back: this process's, sent over, is
+    # pickled by name and comes back as the worker's patched one (the worker went on
+    # without pyarrow for the rest of the module's tests).
+    def hide():
+        so = __import__("gpu_pitr.scaleout").scaleout
+        so._real_has_pyarrow, so._has_pyarrow = so._has_pyarrow, lambda: False
+
+    def put_back():
+        so = __import__("gpu_pitr.scaleout").scaleout
+        so._has_pyarrow = so.__dict__.pop("_real_has_pyarrow")
+
     target = sorted(client.scheduler_info()["workers"])[0]
-    client.run(lambda: setattr(__import__("gpu_pitr.scaleout").scaleout, "_has_pyarrow",
-                               lambda: False), workers=[target])
+    client.run(hide, workers=[target])
     try:
         with restore_sharded(client, wal, shards=2, backend="cpu") as run, \
                 pytest.raises(MissingExtraError, match=f"worker\\(s\\) {target} have no pyarrow"):
             run.to_parquet(tmp_path / "ds")
     finally:
-        client.run(lambda: setattr(__import__("gpu_pitr.scaleout").scaleout, "_has_pyarrow",
-                                   so._has_pyarrow), workers=[target])
+        client.run(put_back, workers=[target])
     assert list(tmp_path.iterdir()) == []
+    assert client.run(lambda: __import__("gpu_pitr.scaleout").scaleout._has_pyarrow(),
+                      workers=[target]) == {target: True}
 
 
 def test_workers_that_cannot_run_cuda_are_named_before_any_shard_runs(client, tmp_path):
@@ -787,3 +797,33 @@ def test_ctrl_c_while_a_dataset_is_written_starts_no_more_parts(client, wal, tmp
         assert client.gather(seen[0]) == [-1, -1, -1]  # no part wrote
     assert os.listdir(tmp_path) == []  # nor the dataset, nor its hidden directory
     client.gather(busy)
+
+
+def test_a_killed_dataset_writes_leftovers_go_with_the_next_write(client, wal, tmp_path):
+    """A --write-on-workers restore killed mid-write leaves its hidden directory beside
+    OUT (part files, the report, a part's temp file), or the previous dataset set aside
+    (killed between its two renames): the next dataset write of OUT removes them. A
+    directory only named like a writer's, holding other files, is left alone."""
+    from gpu_pitr.scaleout import DATASET_REPORT
+
+    dead = 999_999_999  # no such process
+    killed = tmp_path / f".ds.tmp-{dead}-0123abcd"
+    aside = tmp_path / f".ds.old-{dead}-4567cdef"
+    for d, names in ((killed, ["part-00000-of-00002.parquet", DATASET_REPORT,
+                               f".part-00001-of-00002.parquet.tmp-{dead}-89abcdef"]),
+                     (aside, ["part-00000-of-00001.parquet", DATASET_REPORT])):
+        d.mkdir()
+        for name in names:
+            (d / name).write_bytes(b"x")
+    other = tmp_path / f".ds.tmp-{dead}-fedcba98"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    run = restore_sharded(client, wal, shards=2, backend="cpu", to_seq=900)
+    try:
+        out = run.to_parquet(tmp_path / "ds")
+    finally:
+        run.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ds", other.name])
+    assert sorted(os.listdir(out)) == [DATASET_REPORT, "part-00000-of-00002.parquet",
+                                       "part-00001-of-00002.parquet"]
+    assert os.listdir(other) == ["notes.txt"]

@@ -485,6 +485,20 @@ def test_manifest_checks(snap):
         "pending": ({"position": {**POSITION, "pending": {"transactions": [[1]]}}},
                     "position: pending.transactions"),
         "format": ({"format": "other"}, "format 'other' is not"),
+        "dim_text": ({"dim": "3"}, "dim '3' is neither null nor"),
+        "created": ({"created": 17}, "created is not a string"),
+        "report": ({"report": [1]}, "report is neither null nor an object"),
+        "size": ({"files": {**doc["files"], IDS: {"size": "5", "crc32": []}}},
+                 r"files\.ids\.arrow\.size '5' is not"),
+        "entry": ({"files": {**doc["files"], IDS: None}}, r"files\.ids\.arrow\.size None"),
+        "torn_flag": ({"position": {**POSITION, "at_torn_tail": "no"}},
+                      "position: at_torn_tail 'no' is not true or false"),
+        "pending_type": ({"position": {**POSITION, "pending": [1]}},
+                         "position: pending is not an object"),
+        "record_runs": ({"position": {**POSITION, "pending": {"record_runs": [["f", 1]]}}},
+                        r"position: pending\.record_runs is not a list"),
+        "records": ({"position": {**POSITION, "pending": {"records": [["f", -1]]}}},
+                    r"position: pending\.records is not a list"),
     }
     for change, match in cases.values():
         _rewrite_manifest(snap, {**doc, **change})

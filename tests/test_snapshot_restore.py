@@ -390,6 +390,60 @@ def test_a_snapshot_listing_pending_records_one_by_one_still_loads(tmp_path):
         gpu_pitr.restore(d, backend="cpu", base=snap)
 
 
+@pytest.mark.parametrize("runs", [
+    "no_records",  # a run of 0 records (the manifest's shape check lets 0 through)
+    "none",  # no runs, but pending.wal holds records
+    "more",  # more records than pending.wal could hold: refused before allocating
+])
+def test_pending_runs_that_do_not_fit_pending_wal_are_one_line(tmp_path, runs):
+    """A manifest (its checksum recomputed) whose pending runs do not count the records
+    pending.wal holds: the restore names pending.wal, never seeds other records."""
+    log = w.LogBuilder()
+    log.add(w.Ins("a", [1.0], ts=10))
+    log.add(w.Begin(7, ts=11))
+    recs = [log.add(w.Ins(f"t{i}", [float(i)], ts=11)) for i in range(3)]
+    log.add(w.Commit(7, ts=20))
+    d = log.write(tmp_path / "wal")
+    snap = tmp_path / "snap"
+    snapshot.save(gpu_pitr.restore(d, backend="cpu", to_time=15), snap)
+
+    def edit(doc):
+        pending = doc["position"]["pending"]
+        assert pending["record_runs"] == [[recs[0].file, recs[0].offset, 3]]
+        pending["record_runs"] = {"no_records": [[recs[0].file, recs[0].offset, 0]],
+                                  "none": [],
+                                  "more": [[recs[0].file, recs[0].offset, 10**12]]}[runs]
+
+    _rewrite_manifest(snap, edit)
+    with pytest.raises(WalError) as err:
+        gpu_pitr.restore(d, backend="cpu", base=snap)
+    assert str(err.value) == (f"{snap / 'pending.wal'}: pending records do not match the "
+                              "manifest")
+
+
+def test_a_log_shorter_than_the_snapshots_position_is_not_its_base(tmp_path):
+    """The snapshot's segment in WAL_DIR ends before the snapshot's offset (an archive
+    not copied that far yet, or another store's log): --base refuses it in one line;
+    --snapshots passes it over, saying why, and restores from the log alone."""
+    log = w.LogBuilder()
+    recs = [log.add(w.Ins(f"k{i}", [float(i), 1.0], ts=i + 1)) for i in range(6)]
+    whole = log.write(tmp_path / "whole")
+    snaps = tmp_path / "snaps"
+    snapshot.save(gpu_pitr.restore(whole, backend="cpu"), snaps / "s1")
+    short = tmp_path / "short"
+    shutil.copytree(whole, short)
+    name = recs[-1].file
+    (short / name).write_bytes(bytes(log.files[name])[:recs[3].end])
+    why = (f"{short / name} ends before the snapshot's position (offset {recs[-1].end}): "
+           "another log, or not archived that far yet")
+    with pytest.raises(WalError) as err:
+        gpu_pitr.restore(short, backend="cpu", base=snaps / "s1")
+    assert str(err.value) == f"{snaps / 's1'}: the base snapshot is not of this log: {why}"
+    got = gpu_pitr.restore(short, backend="cpu", snapshots=snaps)
+    assert list(got.ids) == ["k0", "k1", "k2", "k3"] and got.report.base is None
+    assert why in got.report.message, got.report.message
+
+
 def test_chained_snapshots(tmp_path):
     d = tmp_path / "wal"
     write_synthetic_wal(d, total_bytes=3 << 20, segments=3, dim=8)

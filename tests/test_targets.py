@@ -195,6 +195,8 @@ def test_restore_rounds_a_fractional_target_by_exclusive(tmp_path: Path) -> None
     ({"to_seq": True}, "to_seq must be an integer, not True"),
     ({"to_seq": "2"}, "to_seq must be an integer, not '2'"),
     ({"to_time": True}, "time target True is not a time"),
+    ({"backend": "gpu"}, r"unknown backend 'gpu' \(cpu, cuda or auto\)"),
+    ({"base": "snap", "snapshots": "snaps"}, "give at most one of base and snapshots"),
 ])
 def test_bad_arguments_raise_value_error_before_anything_is_read(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):

@@ -62,22 +62,26 @@ class NeedsHostExecutor(Exception):
 def _kernel_modules():
     """``gpu_pitr.kernels.decode`` and ``.resolve``, also from an uninstalled checkout.
 
-    An installed package maps ``kernels/`` to ``gpu_pitr.kernels``; a source
-    checkout on ``PYTHONPATH`` (a GPU machine with no network to install from)
-    gets the same mapping here.
+    An installed package maps ``kernels/`` to ``gpu_pitr.kernels``; a source checkout
+    on ``PYTHONPATH`` (a GPU machine with no network to install from) gets the same
+    mapping here, to its own ``kernels/``: not to those of a gpu_pitr installed
+    elsewhere (an editable install maps ``gpu_pitr.kernels`` to its own source, and
+    its kernels ran with this checkout's host code, under this checkout's digest).
     """
-    try:
-        from gpu_pitr.kernels import decode, resolve
-    except ModuleNotFoundError as err:
-        if err.name != "gpu_pitr.kernels":
-            raise
-        path = Path(__file__).resolve().parents[2] / "kernels"
+    from gpu_pitr.jit import CHECKOUT_KERNELS as path
+
+    loaded = sys.modules.get("gpu_pitr.kernels")
+    if path is not None and (loaded is None or Path(loaded.__file__).resolve().parent
+                             != path.resolve()):
+        for name in ("gpu_pitr.kernels", "gpu_pitr.kernels.decode",
+                     "gpu_pitr.kernels.resolve"):
+            sys.modules.pop(name, None)
         spec = importlib.util.spec_from_file_location(
             "gpu_pitr.kernels", path / "__init__.py", submodule_search_locations=[str(path)])
         module = importlib.util.module_from_spec(spec)
         sys.modules["gpu_pitr.kernels"] = module
         spec.loader.exec_module(module)
-        from gpu_pitr.kernels import decode, resolve
+    from gpu_pitr.kernels import decode, resolve
     return decode, resolve
 
 
