@@ -134,16 +134,37 @@ class NotSyncedError(OSError):
         return type(self), (self.cause,)
 
 
+class PartlyInPlaceError(OSError):
+    """Outputs renamed into place as a set (a FAISS index and its id sidecar) whose
+    first were renamed and a later one, ``missing``, failed to be (EIO): it is not
+    there, its previous version removed first (it described other files). ``cause``:
+    the rename's error."""
+
+    def __init__(self, missing, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.missing = str(missing)
+        self.cause = cause
+
+    def __reduce__(self):  # (pickled by a scale-out worker: OSError's takes two args)
+        return type(self), (self.missing, self.cause)
+
+
 class OutputError(_OneLineOSError):
     """An output that could not be written (a full disk, a lost mount, ...): one line
     naming it. The output was written aside, so nothing was left in its place; or
-    (``NotSyncedError``) it is in place but its directory could not be synced."""
+    (``NotSyncedError``) it is in place but its directory could not be synced; or
+    (``PartlyInPlaceError``) it is in place but a file that goes with it is missing."""
 
     def __init__(self, path, what: str, cause: OSError) -> None:
         if isinstance(cause, NotSyncedError):
             line = (f"{path}: the {what} is written and in place, but its directory "
                     f"could not be synced: {os_reason(cause.cause)}; a crash of the system "
                     "now may lose it")
+        elif isinstance(cause, PartlyInPlaceError):
+            line = (f"{path}: the {what} is in place, but {cause.missing} could not be "
+                    f"renamed into place beside it: {os_reason(cause.cause)}; it is "
+                    "missing (the previous one was removed: it described the output "
+                    "replaced): write the output again")
         else:
             line = (f"{path}: cannot write the {what}: {os_reason(cause)}; "
                     "nothing was left in its place")

@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from gpu_pitr import interrupts
-from gpu_pitr.errors import OutputError, UnwritableDirectoryError, WalError, missing_extra
+from gpu_pitr.errors import (
+    OutputError,
+    PartlyInPlaceError,
+    UnwritableDirectoryError,
+    WalError,
+    missing_extra,
+)
 from gpu_pitr.format.stats import plural
 from gpu_pitr.npzfile import Pieces, write_npz
 from gpu_pitr.tempfiles import (
@@ -377,12 +383,16 @@ def atomic_files(*dests: Path, check: bool = True,
 
     When the block succeeds each is fsynced and renamed onto its destination, then
     the directories are fsynced; on any failure the temp files are removed and the
-    destinations are left as they were. A destination that is a directory, a device, a
-    FIFO or a socket is refused first (not with ``check=False``: a probe of the
-    directory, for a directory output). Killed writers' temp files of ``dests`` are
-    removed before and after (not with ``stale=False``: a caller that cleaned the
-    whole directory under a lock of its own, as ``archive`` does; each look lists the
-    directory, so one per file of an archive of N copies was N squared).
+    destinations are left as they were. Of a set (a FAISS index and its sidecar), the
+    previous files but the first are moved aside before the first rename: once it is
+    done, a rename that fails (``PartlyInPlaceError``) or a kill leaves the new first
+    file without them, never beside them, and a stop waits for the rest. A
+    destination that is a directory, a device, a FIFO or a socket is refused first
+    (not with ``check=False``: a probe of the directory, for a directory output).
+    Killed writers' temp files of ``dests`` are removed before and after (not with
+    ``stale=False``: a caller that cleaned the whole directory under a lock of its
+    own, as ``archive`` does; each look lists the directory, so one per file of an
+    archive of N copies was N squared).
     """
     tmps: list[Path] = []
     for dest in dests:
@@ -402,17 +412,45 @@ def atomic_files(*dests: Path, check: bool = True,
         for tmp in tmps:
             fsync_path(tmp, os.O_RDONLY)
         interrupts.committing()  # a pending Ctrl-C stops here, not between renames
-        renamed = 0
+        placed, stop, asides = 0, None, {}
         try:
-            before_install()
             with _renames_locked(dests):
-                for tmp, dest in zip(tmps, dests, strict=True):
-                    os.replace(tmp, dest)
-                    renamed += 1
+                before_install()
+                # The previous files of the set but the first (a FAISS index's id
+                # sidecar) go aside first: a writer killed between the renames, or a
+                # later rename that fails, leaves the new first file and none of them,
+                # never the new index beside the old ids (row k named by another id).
+                asides = _set_aside(dests[1:])
+                while placed < len(dests):
+                    try:
+                        os.replace(tmps[placed], dests[placed])
+                        placed += 1
+                    except (KeyboardInterrupt, interrupts.Terminated) as err:
+                        # Ctrl-C in a program that calls the library (no command defers
+                        # it): before the first rename it stops here; after it, the set
+                        # is completed first, and the stop raised after. Where it landed
+                        # (as a rename returned, or before one began), the disk says.
+                        placed = next((k for k, t in enumerate(tmps)
+                                       if os.path.lexists(t)), len(tmps))
+                        if not placed:
+                            raise
+                        stop = err
+                    except OSError as err:
+                        if not placed:
+                            raise
+                        raise PartlyInPlaceError(dests[placed], err) from err
         except BaseException:
-            if not renamed:
-                install_failed()  # nothing replaced: what went aside comes back
+            if not placed:  # nothing replaced: what went aside comes back
+                for dest, aside in asides.items():
+                    with contextlib.suppress(OSError):  # best effort: the error counts
+                        os.rename(aside, dest)
+                asides = {}
+                install_failed()
             raise
+        finally:
+            for aside in asides.values():
+                with contextlib.suppress(OSError):  # (else swept as a dead writer's temp)
+                    os.unlink(aside)
     except BaseException:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
@@ -421,6 +459,29 @@ def atomic_files(*dests: Path, check: bool = True,
         fsync_renamed(directory)  # after the renames: a failure is NotSyncedError
     for directory in dict.fromkeys(dest.parent for dest in dests) if stale else ():
         _remove_killed_outputs(directory, [d for d in dests if d.parent == directory])
+    if stop is not None:
+        raise stop
+
+
+def _set_aside(dests: tuple[Path, ...]) -> dict[Path, Path]:
+    """Rename those of ``dests`` that exist to temp names beside them (the sweeps remove
+    a dead writer's), the directory fsynced (gone before the new files come, on disk
+    too); return ``{dest: aside}``. On a failure the ones moved are put back."""
+    asides: dict[Path, Path] = {}
+    try:
+        for dest in dests:
+            if os.path.lexists(dest):
+                aside = temp_path(dest)
+                os.rename(dest, aside)
+                asides[dest] = aside
+        for directory in dict.fromkeys(dest.parent for dest in asides):
+            fsync_path(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except BaseException:
+        for dest, aside in asides.items():
+            with contextlib.suppress(OSError):
+                os.rename(aside, dest)
+        raise
+    return asides
 
 
 # The names of the files an output writes (``--out`` by format, ``--report-json``).

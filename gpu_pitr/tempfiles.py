@@ -266,8 +266,20 @@ def install_dir(tmp: Path, out: Path, check: Callable[[Path], None]) -> None:
         except BaseException:
             os.rename(aside, out)
             raise
-        fsync_renamed(out.parent)  # (the old one stays aside until then: swept later)
+        # The new one is in place: a stop landing in this fsync (Ctrl-C in a program that
+        # calls the library: no command defers it) waits for it and for the removal, and
+        # is raised after. Raised at once, it left the old one aside, whole, for as long
+        # as the process lived: the sweeps pass over a live writer's directories.
+        stop = None
+        while True:
+            try:
+                fsync_renamed(out.parent)  # (the old one stays aside until then: swept later)
+                break
+            except (KeyboardInterrupt, interrupts.Terminated) as err:
+                stop = err
         remove_tree(aside)
+        if stop is not None:
+            raise stop from None
     fsync_renamed(out.parent)
 
 

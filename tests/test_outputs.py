@@ -736,6 +736,129 @@ def test_atomic_files_all_or_nothing(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
 
 
+def _replace_then(monkeypatch, after_first):
+    """``os.replace`` as ``atomic_files`` calls it, ``after_first()`` run once the first
+    file of the set is renamed into place (or, ``after_first(src, dst)`` given a second
+    file: run instead of its rename)."""
+    import gpu_pitr.outputs as outputs
+
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(Path(dst).name)
+        if len(calls) == 2 and after_first.__code__.co_argcount == 2:
+            return after_first(src, dst)
+        real(src, dst)
+        if len(calls) == 1 and after_first.__code__.co_argcount == 0:
+            after_first()
+
+    monkeypatch.setattr(outputs.os, "replace", replace)
+    return calls
+
+
+def test_a_stop_between_the_renames_of_a_set_completes_it_then_stops(
+        tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C in a program that calls the library (no command defers it) landing once a
+    FAISS index is renamed into place, before its id sidecar is: the stop went up at
+    once and left the new index beside the old sidecar, each row named by another
+    index's id, with nothing to tell. The set is completed, then the stop raised."""
+    a, b = tmp_path / "x.faiss", tmp_path / "x.faiss.ids.jsonl"
+    a.write_text("old index")
+    b.write_text("old ids")
+
+    def stop():
+        raise KeyboardInterrupt
+
+    calls = _replace_then(monkeypatch, stop)
+    with pytest.raises(KeyboardInterrupt), atomic_files(a, b) as (ta, tb):
+        ta.write_text("new index")
+        tb.write_text("new ids")
+    assert calls == [a.name, b.name]
+    assert (a.read_text(), b.read_text()) == ("new index", "new ids")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [a.name, b.name]
+
+
+def test_a_later_rename_of_a_set_that_fails_leaves_no_old_partner(
+        tmp_path: Path, monkeypatch) -> None:
+    """The index renamed into place, its sidecar's rename failing (EIO): the old sidecar
+    stayed beside the new index (row k named by another index's id) and the error said
+    "nothing was left in its place". The old sidecar is gone before the index comes;
+    the error says the index is in place and the sidecar missing."""
+    from gpu_pitr.errors import OutputError, PartlyInPlaceError
+
+    index = gpu_pitr.restore(write_wal(tmp_path / "wal"), backend="cpu")
+    out = tmp_path / "x.faiss"
+    pytest.importorskip("faiss")
+    write_output(index.rows(0, 2), out, "faiss")
+
+    def eio(src, dst):
+        raise OSError(5, "Input/output error")
+
+    _replace_then(monkeypatch, eio)
+    with pytest.raises(OutputError) as err:
+        write_output(index, out, "faiss")
+    monkeypatch.undo()
+    assert isinstance(err.value.__cause__, PartlyInPlaceError)
+    assert str(err.value) == (
+        f"{out}: the faiss output is in place, but {faiss_ids_path(out)} could not be "
+        "renamed into place beside it: Input/output error; it is missing (the previous "
+        "one was removed: it described the output replaced): write the output again")
+    import faiss
+
+    assert faiss.read_index(str(out)).ntotal == len(index)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wal", out.name]
+    import pickle  # (raised on a Dask worker, it comes back whole)
+
+    again = pickle.loads(pickle.dumps(err.value))
+    assert str(again) == str(err.value)
+    assert pickle.loads(pickle.dumps(err.value.__cause__)).missing == str(faiss_ids_path(out))
+
+
+def test_a_failed_first_rename_of_a_set_keeps_the_old_set(tmp_path: Path,
+                                                          monkeypatch) -> None:
+    """The old sidecar goes aside before the renames: the first failing, it comes back."""
+    import gpu_pitr.outputs as outputs
+
+    a, b = tmp_path / "x.faiss", tmp_path / "x.faiss.ids.jsonl"
+    a.write_text("old index")
+    b.write_text("old ids")
+
+    def eio(src, dst):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(outputs.os, "replace", eio)
+    with pytest.raises(OSError, match="Input/output error"), atomic_files(a, b) as (ta, tb):
+        ta.write_text("new index")
+        tb.write_text("new ids")
+    assert (a.read_text(), b.read_text()) == ("old index", "old ids")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [a.name, b.name]
+
+
+def test_a_writer_killed_between_the_renames_of_a_set_leaves_no_old_partner(
+        tmp_path: Path) -> None:
+    """SIGKILL (or power loss) between a FAISS index's rename and its sidecar's left the
+    new index beside the old ids, which read as a whole output. Now the new index and
+    no sidecar (a reader fails on opening it); the next write removes what is left."""
+    a, b = tmp_path / "x.faiss", tmp_path / "x.faiss.ids.jsonl"
+    a.write_text("old index")
+    b.write_text("old ids")
+    code = (
+        "import os, sys\nfrom pathlib import Path\nimport gpu_pitr.outputs as o\n"
+        "real = os.replace\n"
+        "def replace(src, dst):\n    real(src, dst)\n    os._exit(9)\n"
+        "o.os.replace = replace\n"
+        f"with o.atomic_files(Path({str(a)!r}), Path({str(b)!r})) as (ta, tb):\n"
+        "    ta.write_text('new index')\n    tb.write_text('new ids')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    assert a.read_text() == "new index" and not b.exists()
+    with atomic_files(a, b) as (ta, tb):
+        ta.write_text("newer index")
+        tb.write_text("newer ids")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [a.name, b.name]
+
+
 def test_write_output_is_the_cli_output_from_python(wal_dir: Path, tmp_path: Path,
                                                     monkeypatch) -> None:
     """The documented call: a str path or any PathLike, every format, the same bytes as

@@ -969,6 +969,41 @@ def test_ctrl_c_while_the_replaced_snapshot_is_removed_leaves_no_copy_of_it(
     shutil.rmtree(out)
 
 
+def test_ctrl_c_in_the_fsync_after_the_swap_still_removes_the_replaced_snapshot(
+        monkeypatch, tmp_path):
+    """Ctrl-C (no command defers it) landing in the fsync of the directory once the new
+    snapshot is in place, just before the replaced one is removed: the stop went up at
+    once and left the old snapshot whole as ``.NAME.old-PID-*`` beside the new one, for
+    as long as the process lived (a second write of the name in it, and ``expire``,
+    pass over a live writer's directories). The fsync and the removal run to their
+    end; the stop is raised after."""
+    import gpu_pitr
+    import gpu_pitr.snapshot
+    from gpu_pitr import tempfiles
+    from gpu_pitr.synth import write_synthetic_wal
+
+    write_synthetic_wal(tmp_path / "wal", total_bytes=50_000, dim=4, segments=2, seed=3)
+    old = gpu_pitr.restore(tmp_path / "wal", backend="cpu", to_seq=100)
+    new = gpu_pitr.restore(tmp_path / "wal", backend="cpu")
+    out = tmp_path / "snaps" / "s1"
+    gpu_pitr.snapshot.save(old, out)
+    real, calls = tempfiles.fsync_renamed, []
+
+    def stopped_once(directory):
+        calls.append(directory)
+        if len(calls) == 1:  # the first fsync once the new snapshot is in place
+            assert gpu_pitr.snapshot.load(out).count == len(new)
+            raise KeyboardInterrupt
+        real(directory)
+
+    monkeypatch.setattr(tempfiles, "fsync_renamed", stopped_once)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_pitr.snapshot.save(new, out)
+    monkeypatch.undo()
+    assert gpu_pitr.snapshot.load(out).count == len(new)
+    assert os.listdir(tmp_path / "snaps") == ["s1"]  # no hidden old copy
+
+
 def test_ctrl_c_after_the_snapshot_is_in_place_does_not_put_the_old_report_back(
         monkeypatch, tmp_path):
     """A stop raised once the new snapshot is in place (Ctrl-C in a program that calls

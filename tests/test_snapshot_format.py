@@ -526,6 +526,64 @@ def test_a_manifest_nested_too_deep_is_damage_not_a_traceback(snap, tmp_path, ca
     assert load_snapshot(snap).count == 1
 
 
+def test_a_manifest_larger_than_any_is_refused_before_it_is_read(snap, capsys):
+    """A manifest.json of gigabytes (sparse, garbage, a file still growing) was read
+    whole and parsed before it was judged: a 3 GiB one took 6.4 GB of RSS and 23 s for
+    verify to call it damaged, and under a memory limit the command said "out of
+    memory: " and nothing more. It is refused from its size, in one line naming it."""
+    with open(snap / MANIFEST, "r+b") as f:
+        f.truncate(fmt.MANIFEST_MAX + 1)  # sparse: nothing of it is ever read
+    line = (f"{snap / MANIFEST}: holds more than {fmt.MANIFEST_MAX:,} bytes, more than a "
+            "snapshot's manifest.json can be: not read")
+    with pytest.raises(SnapshotError) as err:
+        read_manifest(snap)
+    assert str(err.value) == line
+    assert is_snapshot(snap)  # ours by its names, damaged: replaced by a write of its name
+    rc, out, _ = _cli(capsys, "verify", str(snap))
+    assert rc == 1 and line in out
+    (snap / MANIFEST_CRC).write_bytes(b"0" * (1 << 20))  # a checksum file of a MiB
+    (snap / MANIFEST).write_bytes(b"{}")
+    with pytest.raises(SnapshotError, match=r"manifest\.json\.crc: holds more than 4,096"):
+        read_manifest(snap)
+
+
+def test_a_manifest_too_large_to_be_read_back_is_not_written(snap, tmp_path, monkeypatch):
+    """The writer keeps to the reader's bound: a snapshot whose manifest every load
+    would refuse is not written (the one there is kept), rather than found so later."""
+    before = read_manifest(snap)
+    monkeypatch.setattr(fmt, "MANIFEST_MAX", 200)
+    index = _restore(tmp_path, [w.Ins("new", w.f32(1), None, 1)], name="wal2")
+    with pytest.raises(SnapshotError, match=r"^.*/snap: the manifest would be [\d,]+ bytes, "
+                                            "more than the 200 a manifest may be"):
+        write_snapshot(snap, index, position=POSITION)
+    monkeypatch.undo()
+    assert read_manifest(snap) == before
+    assert sorted(os.listdir(tmp_path)) == ["snap", "wal", "wal2"]
+
+
+def test_a_fifo_where_the_manifest_belongs_blocks_no_write(tmp_path):
+    """A FIFO named manifest.json, in a directory of snapshot file names, hung
+    ``gpu-pitr snapshot --out`` of that directory (and ``expire``) for ever: telling
+    whether it was a snapshot opened it for reading, which waits for a writer. It is
+    no snapshot: the write is refused, as over any other directory."""
+    import threading
+
+    out = tmp_path / "snap"
+    out.mkdir()
+    os.mkfifo(out / MANIFEST)
+    (out / VECTORS).write_bytes(b"")
+    got = []
+    judge = threading.Thread(target=lambda: got.append(is_snapshot(out)), daemon=True)
+    judge.start()
+    judge.join(30)
+    if judge.is_alive():  # (unblocked, so that the thread ends)
+        os.close(os.open(out / MANIFEST, os.O_WRONLY | os.O_NONBLOCK))
+    assert got == [False]
+    index = _restore(tmp_path, [w.Ins("new", w.f32(1), None, 1)])
+    with pytest.raises(SnapshotError, match="neither empty nor a snapshot: not replaced"):
+        write_snapshot(out, index, position={})
+
+
 def test_read_manifest_reads_only_the_manifest(snap):
     for name in DATA_FILES:
         (snap / name).unlink()
@@ -606,6 +664,44 @@ def test_compressed_arrow_files_are_refused(snap, name):
     doc = json.loads((snap / MANIFEST).read_bytes())
     doc["files"][name] = {"size": len(data), "crc32": [f"{zlib.crc32(data):08x}"]}
     _rewrite_manifest(snap, doc)
+    for mapped in (False, True):
+        with pytest.raises(SnapshotError, match=rf"{re.escape(name)}: compressed record "
+                                                "batches"):
+            load_snapshot(snap, mmap=mapped)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+@pytest.mark.parametrize("name", [IDS, METADATA])
+def test_compressed_arrow_files_are_refused_before_their_data_is_read(snap, name, codec,
+                                                                      monkeypatch):
+    """The refusal came only once ``read_all`` had inflated every batch (a few KiB of a
+    tampered file, GiBs in memory, before the check). It is made from the footer and
+    the record batch messages: the batches' bodies are never read."""
+    table = pa.ipc.open_file(snap / name).read_all()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema,
+                         options=pa.ipc.IpcWriteOptions(compression=codec)) as writer:
+        writer.write_table(table.slice(0, 2))  # two batches, the second compressed alone
+        writer.write_table(table.slice(2))
+    data = sink.getvalue().to_pybytes()
+    (snap / name).write_bytes(data)
+    doc = json.loads((snap / MANIFEST).read_bytes())
+    doc["files"][name] = {"size": len(data), "crc32": [f"{zlib.crc32(data):08x}"]}
+    _rewrite_manifest(snap, doc)
+    real_open = pa.ipc.open_file
+
+    class Unread:  # the file's footer and schema, not its batches
+        def __init__(self, reader) -> None:
+            self.schema = reader.schema
+
+        def read_all(self):
+            raise AssertionError("the record batches were read")
+
+    def open_file(source, *args, **kwargs):
+        reader = real_open(source, *args, **kwargs)
+        return Unread(reader) if source.size == len(data) else reader  # (the other file)
+
+    monkeypatch.setattr(pa.ipc, "open_file", open_file)
     for mapped in (False, True):
         with pytest.raises(SnapshotError, match=rf"{re.escape(name)}: compressed record "
                                                 "batches"):
@@ -733,8 +829,8 @@ def test_a_snapshot_replaced_while_it_is_read_is_read_whole(tmp_path, monkeypatc
             swaps.append(1)
             write_snapshot(out, new, position={**POSITION, "offset": 999})
 
-    def read_small(path):
-        got = real_read(path)
+    def read_small(path, limit):
+        got = real_read(path, limit)
         if when == "between_the_manifest_files" and path.name == MANIFEST:
             replace_once()
         return got

@@ -633,3 +633,110 @@ def test_a_directory_that_cannot_be_synced_or_listed_fails_no_write(tmp_path, mo
         wal.flush()
     monkeypatch.undo()
     assert [r.seq for r in iter_segment(tmp_path / segment_name(1))] == [0]
+
+
+def test_a_rotate_that_failed_writes_nothing_later(tmp_path):
+    """A rotate whose old segment's last flush failed (a disk full) left the writer on
+    that segment, as it should, but the new segment's writer, its header buffered, was
+    dropped to its finalizer: whenever it was collected (the traceback holding it gone),
+    the header was written at the end of whatever that file then held, among the
+    records a later rotate to it wrote (a second header: a writer reopened, to a
+    restore; or, landing between the flushes of a long record, inside it). The failed
+    segment writes nothing more; the empty file it made goes."""
+    import errno
+    import gc
+
+    class DiskFull:
+        def __init__(self, file) -> None:
+            self.file = file
+
+        def write(self, data) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    wal = WalWriter(tmp_path, created=1)
+    wal.append(SPEC_ENTRY)
+    real = wal._out._file
+    wal._out._file = DiskFull(real)
+    with pytest.raises(OSError, match="No space"):
+        wal.rotate(created=2)
+    wal._out._file = real  # space again
+    assert wal.path == tmp_path / segment_name(1)
+    assert wal_files(tmp_path) == [segment_name(1)]  # no empty file of second 2
+    wal.append(SPEC_ENTRY)  # into segment 1, after its first record
+    wal.rotate(created=2)
+    wal.append(SPEC_ENTRY)
+    wal.flush()
+    gc.collect()  # the failed rotate's traceback is gone
+    wal.close()
+    record = encode_record(2, SPEC_PAYLOAD)
+    assert (tmp_path / segment_name(2)).read_bytes() == encode_header(2) + record
+    assert (tmp_path / segment_name(1)).read_bytes() == (
+        encode_header(1) + encode_record(0, SPEC_PAYLOAD) + encode_record(1, SPEC_PAYLOAD))
+
+
+def test_a_writer_whose_first_sync_failed_writes_nothing_after_its_lock_goes(
+        tmp_path, monkeypatch):
+    """``sync_on_write``, the first segment's header flush failing (a disk full): the
+    open failed and released the directory lock, but the segment's writer, its header
+    still buffered, was left to its finalizer, which wrote the header when the traceback
+    went: into the file of the writer opened since, after (or inside) its records."""
+    import errno
+    import gc
+
+    import gpu_pitr.format.writer as writer_module
+
+    real_drain = writer_module._drain
+
+    def full_once(file, buf):
+        monkeypatch.setattr(writer_module, "_drain", real_drain)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer_module, "_drain", full_once)
+    with pytest.raises(OSError, match="No space"):
+        WalWriter(tmp_path, created=1, sync_on_write=True)
+    with WalWriter(tmp_path, created=1) as second:  # the lock is free
+        second.append(SPEC_ENTRY)
+        second.flush()
+        gc.collect()  # the failed open's traceback is gone
+    assert (tmp_path / segment_name(1)).read_bytes() == (
+        encode_header(1) + encode_record(0, SPEC_PAYLOAD))
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new_file", "same_second"])
+def test_a_rotate_whose_header_was_half_written_leaves_the_files_as_they_were(
+        tmp_path, monkeypatch, existing):
+    """``sync_on_write``, the new segment's header half written when the disk filled:
+    the half header stayed, a torn start, and the next rotate to that second appended
+    its header after it: a bad header to every restore, the records after it lost. The
+    failed rotate takes back what it wrote (the file it made; the bytes it appended to
+    a file of that second already there); the rotate tried again starts it whole."""
+    import errno
+
+    import gpu_pitr.format.writer as writer_module
+
+    real_drain = writer_module._drain
+
+    def half_then_full(file, buf):
+        monkeypatch.setattr(writer_module, "_drain", real_drain)
+        file.write(bytes(buf[:8]))
+        del buf[:8]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    wal = WalWriter(tmp_path, created=1, sync_on_write=True)
+    wal.append(SPEC_ENTRY)
+    second = 1 if existing else 2
+    before = {name: (tmp_path / name).read_bytes() for name in wal_files(tmp_path)}
+    monkeypatch.setattr(writer_module, "_drain", half_then_full)
+    with pytest.raises(OSError, match="No space"):
+        wal.rotate(created=second)
+    assert {name: (tmp_path / name).read_bytes() for name in wal_files(tmp_path)} == before
+    wal.append(SPEC_ENTRY)
+    wal.rotate(created=second)  # space again
+    wal.append(SPEC_ENTRY)
+    wal.close()
+    scans = scan_wal(tmp_path)
+    assert [r.seq for s in scans for r in s.records] == [0, 1, 2]
+    assert all(s.bad_header is None and s.torn_tail is None for s in scans)

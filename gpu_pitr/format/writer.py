@@ -8,6 +8,7 @@ written (``WalWriter`` lists where).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -86,6 +87,15 @@ class _BufWriter:
     def close(self) -> None:
         self.flush_buf()
         self.write_out.detach()
+        self._file.close()
+
+    def discard(self) -> None:
+        """Close without writing what is buffered: a segment whose start failed
+        (``WalWriter.rotate``). Left to its finalizer, the buffer was written whenever
+        the writer was collected (the traceback holding it gone): after the directory
+        lock went, or into the file a later rotate had opened, after its records."""
+        self.write_out.detach()
+        self._buf.clear()
         self._file.close()
 
     def _write_raw(self, data: bytes) -> None:
@@ -320,14 +330,31 @@ class WalWriter:
         path = self.wal_dir / segment_name(created)
         new_entry = not path.exists()
         new = _BufWriter(path, self._buffer_size)
-        new.write_all(header[:4])
-        new.write_all(header[4:8])
-        new.write_all(header[8:])
-        self._entry_unsynced = self._entry_unsynced or new_entry
-        if self._sync_on_write:
-            self._sync(new)
-        if self._out is not None:
-            self._out.close()
+        before, closing = None, False
+        try:
+            before = new.disk_size()
+            new.write_all(header[:4])
+            new.write_all(header[4:8])
+            new.write_all(header[8:])
+            self._entry_unsynced = self._entry_unsynced or new_entry
+            if self._sync_on_write:
+                self._sync(new)
+            closing = True  # (what the old segment writes now is its own: kept)
+            if self._out is not None:
+                self._out.close()
+        except BaseException:
+            # Not started (a sync or the old segment's last flush failed): the writer
+            # stays on its segment, if it has one, and this one writes nothing more. What
+            # it wrote goes: a file it made, the bytes it appended to one there (part of
+            # a header, a disk full, was a torn start that the header of the next rotate
+            # to that second followed: a bad header, every record after it lost).
+            new.discard()
+            with contextlib.suppress(OSError):  # best effort: the error that came counts
+                if new_entry:
+                    path.unlink()
+                elif not closing and before is not None and path.stat().st_size > before:
+                    os.truncate(path, before)
+            raise
         self._out = new
         self._writes_out[0] = new.write_out
         self.path = path

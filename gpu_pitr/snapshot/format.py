@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +57,16 @@ PENDING = "pending.wal"
 DATA_FILES = (VECTORS, IDS, METADATA, PENDING)
 MAPPED_FILES = (VECTORS, IDS, METADATA)  # with load_snapshot(mmap=True)
 SNAPSHOT_FILES = frozenset((MANIFEST, MANIFEST_CRC, *DATA_FILES))
+#: Bytes of manifest.json at most, written or read: a larger file is refused before it
+#: is read (a 3 GiB one, sparse or garbage, was read whole and parsed: 6.4 GB of RSS and
+#: 23 s, or "out of memory: " under a limit). A manifest is a few kB and the per-block
+#: checksums (16 KB for a 1 TiB snapshot); what grows with a pathological log is the
+#: position's open transactions and pending record runs (a writer that begins one per
+#: insert and never commits: about 100 bytes each) and the report's damage lists (1.4M
+#: skipped records made a 196 MB report): this is millions of them beyond that.
+MANIFEST_MAX = 1 << 30
+#: Bytes of manifest.json.crc read at most (it is 9).
+_CRC_MAX = 4096
 
 ID_COLUMN = "id"
 METADATA_COLUMN = "metadata"
@@ -185,6 +196,13 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
             "files": files,
         }
         text = (_json(manifest, indent=1) + "\n").encode("utf-8")
+        if len(text) > MANIFEST_MAX:
+            # Written, it would be refused by every load: not written at all.
+            raise SnapshotError(
+                f"the manifest would be {len(text):,} bytes, more than the "
+                f"{MANIFEST_MAX:,} a manifest may be (the position's open transactions: "
+                f"{len(position.get('pending', {}).get('transactions', [])):,}; the "
+                "report's damage lists): not written", file=str(out))
         _write_file(tmp / MANIFEST, text)
         _write_file(tmp / MANIFEST_CRC, f"{crc32(text):08x}\n".encode("ascii"))
     return out
@@ -343,9 +361,15 @@ def is_snapshot(path) -> bool:
         names = set(os.listdir(p))
         if MANIFEST not in names or not names <= SNAPSHOT_FILES:
             return False
-        raw = (p / MANIFEST).read_bytes()
+        # Not ``read_bytes``: a FIFO there blocked ``snapshot --out`` and ``expire`` for
+        # ever, and a file of gigabytes was read whole.
+        fd = open_regular(p / MANIFEST)
+        with open(fd, "rb") as f:
+            raw = _read_capped(f, MANIFEST_MAX)
     except OSError:
         return False
+    if raw is None:
+        return True  # too large to be a manifest: damage, which read_manifest names
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError):  # (nested too deep: Python's parser gives up)
@@ -417,7 +441,7 @@ def _read_manifest_once(root: Path) -> dict:
         raise SnapshotError("not a snapshot directory"
                             + (_aside_hint(root) or f": {not_a_directory(root)}"),
                             file=str(root))
-    raw = _read_small(mpath)
+    raw = _read_small(mpath, MANIFEST_MAX)
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError):  # (nested too deep: Python's parser gives up)
@@ -429,7 +453,7 @@ def _read_manifest_once(root: Path) -> dict:
             raise SnapshotError(f"format version {version!r} is not supported (this reader "
                                 f"reads version {FORMAT_VERSION})", file=str(mpath))
     crc_path = root / MANIFEST_CRC
-    text = _read_small(crc_path).decode("ascii", "replace")
+    text = _read_small(crc_path, _CRC_MAX).decode("ascii", "replace")
     expect = text[:8]
     if not (_HEX8.fullmatch(expect) and text[8:] == "\n"):
         raise SnapshotError("not a CRC-32 (8 lowercase hex digits and a newline)",
@@ -457,13 +481,29 @@ def _legacy_history(doc: dict) -> None:
         position["history_complete"] = False
 
 
-def _read_small(path: Path) -> bytes:
+def _read_small(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``; a SnapshotError naming it if it holds more than ``limit``
+    (judged from its size before anything is read)."""
     fd = _open_regular(path, "cannot be read")
     try:
         with open(fd, "rb") as f:
-            return f.read()
+            raw = _read_capped(f, limit)
     except OSError as err:
         raise SnapshotError(f"cannot be read: {err.strerror}", file=str(path)) from None
+    if raw is None:
+        raise SnapshotError(f"holds more than {limit:,} bytes, more than a snapshot's "
+                            f"{path.name} can be: not read", file=str(path))
+    return raw
+
+
+def _read_capped(f, limit: int) -> bytes | None:
+    """The bytes of the open regular file ``f``, None if it holds more than ``limit``:
+    its size says so before a read, and a file that grew meanwhile is read no further
+    than ``limit`` + 1."""
+    if os.fstat(f.fileno()).st_size > limit:
+        return None
+    raw = f.read(limit + 1)
+    return None if len(raw) > limit else raw
 
 
 def _open_regular(path: Path, verb: str) -> int:
@@ -814,6 +854,10 @@ def _column(pa, path: Path, buf: np.ndarray, name: str, typ, count: int):
         if len(schema) != 1 or schema[0].name != name or schema[0].type != typ:
             raise SnapshotError(f"schema is {schema.to_string(show_schema_metadata=False)!r}"
                                 f", expected one column {name}: {typ}", file=str(path))
+        if _compressed(buf):
+            # Refused from the metadata, before read_all inflated it (a few KiB of a
+            # tampered file can become GiBs); _in_place below is the net.
+            raise SnapshotError(_COMPRESSED, file=str(path))
         column = reader.read_all().column(0)
         for chunk in column.chunks:
             chunk.validate(full=True)
@@ -824,12 +868,79 @@ def _column(pa, path: Path, buf: np.ndarray, name: str, typ, count: int):
         # A compressed body (LZ4, ZSTD) is inflated into new buffers: a few KiB of a
         # tampered file can become GiBs, and a snapshot verify called clean was not one
         # another reader of the format can map.
-        raise SnapshotError("compressed record batches: the format's Arrow files are "
-                            "uncompressed", file=str(path))
+        raise SnapshotError(_COMPRESSED, file=str(path))
     if len(column) != count:
         raise SnapshotError(f"{len(column)} rows, the manifest count is {count}",
                             file=str(path))
     return column
+
+
+_COMPRESSED = "compressed record batches: the format's Arrow files are uncompressed"
+
+
+def _compressed(buf) -> bool:
+    """Whether a record batch (or dictionary batch) that the footer of the Arrow IPC file
+    ``buf`` lists is compressed: the ``compression`` field of its ``RecordBatch``
+    message (Arrow's File.fbs, Message.fbs), read from the flatbuffers without reading
+    any body. False where the metadata cannot be followed: Arrow's reader then says
+    what is wrong, and ``_in_place`` still refuses a body it inflated."""
+    view = memoryview(buf).cast("B")
+    try:
+        size = len(view)
+        if size < 18 or bytes(view[size - 6:]) != b"ARROW1":
+            return False
+        start = size - 10 - _fb(view, size - 10, "<i")  # int32 footer length, ARROW1
+        footer = start + _fb(view, start, "<I")
+        blocks = []
+        for which in (2, 3):  # Footer.dictionaries, Footer.recordBatches: [Block]
+            at = _fb_field(view, footer, which)
+            if at is None:
+                continue
+            vec = at + _fb(view, at, "<I")
+            count = _fb(view, vec, "<I")
+            if vec + 4 + 24 * count > size:
+                return False
+            # Block: int64 offset, int32 metaDataLength, pad, int64 bodyLength.
+            blocks += [_fb(view, vec + 4 + 24 * k, "<q") for k in range(count)]
+        for offset in blocks:
+            # An encapsulated message: 0xFFFFFFFF, int32 length (or, before Arrow 0.15,
+            # the length alone), then the Message flatbuffer.
+            root = offset + (8 if _fb(view, offset, "<I") == 0xFFFFFFFF else 4)
+            message = root + _fb(view, root, "<I")
+            at = _fb_field(view, message, 1)  # header_type: 2 DictionaryBatch, 3 RecordBatch
+            kind = view[at] if at is not None else 0
+            at = _fb_field(view, message, 2)  # header
+            if kind not in (2, 3) or at is None:
+                continue
+            batch = at + _fb(view, at, "<I")
+            if kind == 2:  # DictionaryBatch.data: RecordBatch
+                at = _fb_field(view, batch, 1)
+                if at is None:
+                    continue
+                batch = at + _fb(view, at, "<I")
+            if _fb_field(view, batch, 3) is not None:  # RecordBatch.compression
+                return True
+    except (struct.error, IndexError):
+        return False
+    return False
+
+
+def _fb(view, at: int, fmt: str) -> int:
+    """The scalar ``fmt`` at ``at`` of ``view``; struct.error outside it (a negative
+    offset too, which unpack_from would take from the end)."""
+    if at < 0:
+        raise struct.error("offset before the file")
+    return struct.unpack_from(fmt, view, at)[0]
+
+
+def _fb_field(view, table: int, index: int) -> int | None:
+    """Where field ``index`` of the flatbuffer table at ``table`` is, None if absent."""
+    vtable = table - _fb(view, table, "<i")
+    slot = 4 + 2 * index
+    if slot + 2 > _fb(view, vtable, "<H"):
+        return None
+    rel = _fb(view, vtable + slot, "<H")
+    return table + rel if rel else None
 
 
 def _in_place(whole, column) -> bool:
