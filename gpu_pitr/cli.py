@@ -170,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
         "(damage or notice) and a summary. Given a snapshot directory: its manifest, every "
         "checksum, the Arrow data and the order of the ids; given a directory of "
         "snapshots: each one. Exit 0: no damage (notices allowed); 1: damage found; 2: "
-        "usage error, WAL_DIR unreadable, or stdout that cannot be written.",
+        "usage error, WAL_DIR unreadable, out of memory, or stdout that cannot be written.",
     )
     verify.add_argument("wal_dir", metavar="WAL_DIR")
     verify.add_argument("--json", action="store_true", help="print one JSON document")

@@ -336,8 +336,9 @@ class ShardedRestore:
 
     def _check_one_log(self, reports: list) -> None:
         """Shards that read different logs (a worker with its own copy of WAL_DIR, older
-        than the others') would join, or be written as one dataset, into a state that
-        never existed: one error naming the workers, before anything is joined."""
+        than the others', or a log a writer appended to between the shards' reads)
+        would join, or be written as one dataset, into a state that never existed: one
+        error naming the workers and both causes, before anything is joined."""
         differs = first_difference(reports)
         if differs is None:
             return
@@ -348,7 +349,8 @@ class ShardedRestore:
         raise ShardsDisagreeError(
             f"{self.wal_dir}: the Dask workers read different logs there: shard {k}'s "
             f"{name} is {got!r} (on {other}), shard 0's {want!r} (on {first}): the log must "
-            "be the same at that path on every worker; nothing was written")
+            "be the same at that path on every worker, and not grow while they read it (a "
+            "writer appending: restore an archive or a copy); nothing was written")
 
     def gather(self):
         """The whole index in this process (host memory): equal to the restore without
@@ -547,7 +549,7 @@ def _connect(address: str, timeout: str):
         raise OSError(f"{address}: not a Dask scheduler address this can use: {err}") from None
 
 
-def _handshake(address: str, timeout: str) -> None:
+def _handshake(address: str, timeout: str | None) -> None:
     """Dask's handshake with ``address``, within ``timeout``: the client's own waits
     without end for the answer of a server that is not a Dask scheduler (its dashboard,
     an HTTP port), or takes the first bytes of another protocol for a frame's length
@@ -555,10 +557,13 @@ def _handshake(address: str, timeout: str) -> None:
     client would raise)."""
     import asyncio
 
+    import dask
     from dask.utils import parse_timedelta
     from distributed.comm import connect
     from distributed.security import Security
 
+    if timeout is None:  # Dask's own default, as a client given none takes it
+        timeout = dask.config.get("distributed.comm.timeouts.connect")
     seconds = parse_timedelta(timeout, default="seconds")
 
     async def greet():

@@ -887,7 +887,8 @@ def test_help_texts_say_what_the_commands_take_and_exit_with(capsys) -> None:
     assert "a snapshot or a directory of snapshots" in _help(capsys)
     verify_help = _help(capsys, "verify")
     assert "given a directory of snapshots: each one" in verify_help
-    assert "2: usage error, WAL_DIR unreadable, or stdout that cannot be written" in verify_help
+    assert ("2: usage error, WAL_DIR unreadable, out of memory, or stdout that cannot be "
+            "written") in verify_help  # out of memory: 2 since 81b4488, said since
     archive_help = _help(capsys, "archive")
     for words in ("segments the writer deleted before any run copied them",
                   "a copy that could not be written", "a checksum file that cannot be used"):
@@ -939,3 +940,8 @@ def test_out_of_memory_is_one_line_and_not_damage(wal_dir: Path, tmp_path: Path,
         1 if command == "restore" else 2,
         f"gpu-pitr: error: out of memory: an allocation failed{hint}\n")
     assert sorted(os.listdir(tmp_path)) == ["wal"]
+    if command == "verify":  # and the README says so, where it lists verify's exits
+        readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text()
+                          .split())
+        assert "2 on a usage error, an unreadable `WAL_DIR` (a segment cut while it is " \
+            "read included), memory that ran out or a stdout" in readme

@@ -447,3 +447,31 @@ def test_few_ids_long_or_not_are_not_radix_sorted_a_word_at_a_time(monkeypatch):
         assert [case[i] for i in order] == sorted(case)
         assert order.tolist() == sorted(range(len(case)), key=lambda i: (case[i], i))
         assert len(built) <= max(idsort.LONG_IDS_WORDS, idsort.RADIX_WORDS_PER_ID * len(case))
+
+
+# Pieces that put NULs, prefixes and equal words at and across the 8-byte words.
+_PIECE = st.sampled_from([b"", b"\0", b"\0" * 7, b"\0" * 8, b"a" * 8, b"a" * 9, b"a" * 16,
+                          b"\xff", b"b"])
+_LONG_ID = st.builds(lambda p, parts: p + b"".join(parts),
+                     st.sampled_from([b"", b"x" * 8, b"x" * 16, b"x" * 80]),
+                     st.lists(_PIECE, max_size=14))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_LONG_ID, min_size=2, max_size=12), st.integers(0, 4), st.integers(1, 3),
+       st.sampled_from([4, 1 << 16]))
+def test_runs_tied_past_the_radix_words_sort_by_their_other_bytes(ids, per_id, few,
+                                                                  combined):
+    """The radix sort takes few words (RADIX_WORDS_PER_ID, LONG_IDS_WORDS made small);
+    the runs it leaves tied are sorted by the bytes past its words and then length:
+    ids ending with NULs, prefixes of others, equal ids and ids ending at a word's
+    edge sort as their bytes, stably (also with the lengths sorted by argsort)."""
+    import gpu_pitr.resolve.idsort as idsort
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(idsort, "RADIX_WORDS_PER_ID", per_id)
+        mp.setattr(idsort, "LONG_IDS_WORDS", few)
+        mp.setattr(idsort, "LONG_IDS_SAVE", 1)
+        mp.setattr(idsort, "FEW_COMBINED", combined)
+        order = sorted_id_order(*_arena(ids))
+    assert order.tolist() == sorted(range(len(ids)), key=lambda i: (ids[i], i))

@@ -388,3 +388,26 @@ def test_a_window_within_one_second_is_not_called_backwards(tmp_path):
     assert (proc.returncode, proc.stdout) == (2, "")
     line = proc.stderr.splitlines()[-1]
     assert "later than" not in line and "no whole second" in line, line
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.one_of(st.integers(0, 6), st.integers(0, 300))),
+                max_size=1000))
+def test_the_open_transactions_stack_says_what_the_ordered_dict_said(ops):
+    """``_OpenTransactions`` (a stack of begins, closed ones popped) against the
+    insertion-ordered dict it replaced: the newest open one after every Begin, Commit or
+    Abort (of ids open or not, begun again, closed below an open one), and a stack
+    within twice the open ones and 64."""
+    from gpu_pitr.format.dump import _OpenTransactions
+    from gpu_pitr.format.layout import BEGIN_TRANSACTION, COMMIT_TRANSACTION
+
+    txns = _OpenTransactions()
+    model: dict[int, None] = {}
+    for begin, txn in ops:
+        if begin:
+            model.setdefault(txn)
+        else:
+            model.pop(txn, None)
+        txns._mark(BEGIN_TRANSACTION if begin else COMMIT_TRANSACTION, txn)
+        assert txns.newest() == (next(reversed(model)) if model else None)
+        assert len(txns.begun) <= 2 * len(txns.open) + 65

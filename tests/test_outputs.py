@@ -1100,3 +1100,29 @@ def test_two_writers_of_one_faiss_output_leave_one_whole_pair(tmp_path: Path,
     assert ids == b_index.id_list()
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
         "same.faiss", "same.faiss.ids.jsonl"]
+
+
+def test_keys_of_one_hash_in_a_large_map_are_told_apart_by_their_bytes(monkeypatch):
+    """The keys of a large map are compared only with those of the same hash: where
+    every key has the same hash (or one of two), the pairs kept are still the last of
+    each key, by bytes (keys that are prefixes of others, NULs, the empty key)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from gpu_pitr.snapshot import arrow
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.sampled_from([b"", b"a", b"b", b"ab", b"\0", b"a\0", b"ba"]),
+                    max_size=40), st.integers(1, 2))
+    def check(keys, hashes):
+        koffs = np.cumsum([0] + [len(k) for k in keys]).astype(np.int64)
+        kdata = np.frombuffer(b"".join(keys) or b"\0", np.uint8)
+        keep = np.ones(len(keys), np.bool_)
+        # The Python function (register_jitable), its hash replaced by a weak one.
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(arrow, "id_key", lambda data, at, n: np.uint64(n % hashes))
+            dropped, _ = arrow._row_repeated_keys(0, len(keys), koffs, kdata, keep)
+        assert keep.tolist() == [k not in keys[j + 1:] for j, k in enumerate(keys)]
+        assert dropped == len(keys) - int(keep.sum())
+
+    check()

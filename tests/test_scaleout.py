@@ -724,7 +724,9 @@ def test_shards_of_different_logs_are_one_line_and_write_nothing(client, wal, tm
     try:
         said = (rf"^{re.escape(str(wal))}: the Dask workers read different logs there: "
                 r"shard 1's \w+ is .* \(on tcp://.*\), shard 0's .* \(on tcp://.*\): the "
-                "log must be the same at that path on every worker; nothing was written$")
+                "log must be the same at that path on every worker, and not grow while they "
+                r"read it \(a writer appending: restore an archive or a copy\); nothing was "
+                "written$")
         with pytest.raises(OSError, match=said) as err:
             restore_on_dask(client, wal, shards=2, backend="cpu")
         assert f"(on {blind[0]})" in str(err.value)
@@ -827,3 +829,22 @@ def test_a_killed_dataset_writes_leftovers_go_with_the_next_write(client, wal, t
     assert sorted(os.listdir(out)) == [DATASET_REPORT, "part-00000-of-00002.parquet",
                                        "part-00001-of-00002.parquet"]
     assert os.listdir(other) == ["notes.txt"]
+
+
+def test_a_handshake_without_a_timeout_takes_dasks_default():
+    """``timeout=None`` (Dask's way to say its own default) was added to 5 seconds: a
+    TypeError reported as "not a Dask scheduler address this can use: unsupported
+    operand type(s)", whatever the address. It is Dask's connect timeout."""
+    import socket
+
+    import dask
+
+    from gpu_pitr.scaleout import NotASchedulerError, _handshake
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
+                pytest.raises(NotASchedulerError, match="no Dask answer came once connected"):
+            _handshake(address, None)

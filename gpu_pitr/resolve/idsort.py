@@ -201,12 +201,6 @@ def _sort_long_runs(ids, offs, lens, order, w0, w1):
     # them is a prefix of the others, and the radix sort put the ids tied here by
     # length already. (Compared from their first byte, 2,000 ids of 64 KiB differing
     # only in the last words took 3x as long as the radix sort of every word.)
-    rest_offs = np.empty(len(offs), np.int64)
-    rest_lens = np.empty(len(offs), np.int64)
-    for k in range(len(offs)):
-        c = min(lens[k], covered)
-        rest_offs[k] = offs[k] + c
-        rest_lens[k] = lens[k] - c
     i = 0
     while i < n:
         a = order[i]
@@ -219,14 +213,15 @@ def _sort_long_runs(ids, offs, lens, order, w0, w1):
             longer = longer or lens[b] > covered
             j += 1
         if longer and j - i > 1:
-            merge_sort_spans(ids, rest_offs, rest_lens, order, i, j, tmp)
+            merge_sort_spans(ids, offs, lens, order, i, j, tmp, covered)
         i = j
 
 
 @register_jitable
-def merge_sort_spans(ids, offs, lens, order, lo, hi, tmp):
+def merge_sort_spans(ids, offs, lens, order, lo, hi, tmp, skip=0):
     """``order[lo:hi]`` (indices of spans ``ids[offs[k]:offs[k]+lens[k]]``) sorted
-    stably by the spans' bytes: bottom-up, through ``tmp`` (as long as ``order``)."""
+    stably by the spans' bytes past their first ``skip`` (those the caller knows they
+    share): bottom-up, through ``tmp`` (as long as ``order``)."""
     width = 1
     src, dst = order, tmp
     in_tmp = False  # whether src is tmp
@@ -237,7 +232,9 @@ def merge_sort_spans(ids, offs, lens, order, lo, hi, tmp):
             i, j, k = a, m, a
             while i < m and j < b:
                 x, y = src[i], src[j]
-                if compare_ids(ids, offs[y], lens[y], ids, offs[x], lens[x]) < 0:
+                sx, sy = min(lens[x], skip), min(lens[y], skip)
+                if compare_ids(ids, offs[y] + sy, lens[y] - sy, ids, offs[x] + sx,
+                               lens[x] - sx) < 0:
                     dst[k] = y
                     j += 1
                 else:  # equal: the left first (stable)
