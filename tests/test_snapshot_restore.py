@@ -361,14 +361,20 @@ def _rewrite_manifest(snap: Path, edit) -> None:
     (snap / "manifest.json.crc").write_text(f"{zlib.crc32(raw):08x}\n")
 
 
-def test_a_snapshot_listing_pending_records_one_by_one_still_loads(tmp_path):
-    # Snapshots written before record runs list [file, offset] per pending record.
+def _one_transaction_open(tmp_path):
+    """A log whose transaction is open at T=15 (three records pending there): its
+    directory and those records."""
     log = w.LogBuilder()
     log.add(w.Ins("a", [1.0], ts=10))
     log.add(w.Begin(7, ts=11))
     recs = [log.add(w.Ins(f"t{i}", [float(i)], ts=11)) for i in range(3)]
     log.add(w.Commit(7, ts=20))
-    d = log.write(tmp_path / "wal")
+    return log.write(tmp_path / "wal"), recs
+
+
+def test_a_snapshot_listing_pending_records_one_by_one_still_loads(tmp_path):
+    # Snapshots written before record runs list [file, offset] per pending record.
+    d, recs = _one_transaction_open(tmp_path)
     a = gpu_pitr.restore(d, backend="cpu", to_time=15)
     snap = tmp_path / "snap"
     snapshot.save(a, snap)
@@ -398,12 +404,7 @@ def test_a_snapshot_listing_pending_records_one_by_one_still_loads(tmp_path):
 def test_pending_runs_that_do_not_fit_pending_wal_are_one_line(tmp_path, runs):
     """A manifest (its checksum recomputed) whose pending runs do not count the records
     pending.wal holds: the restore names pending.wal, never seeds other records."""
-    log = w.LogBuilder()
-    log.add(w.Ins("a", [1.0], ts=10))
-    log.add(w.Begin(7, ts=11))
-    recs = [log.add(w.Ins(f"t{i}", [float(i)], ts=11)) for i in range(3)]
-    log.add(w.Commit(7, ts=20))
-    d = log.write(tmp_path / "wal")
+    d, recs = _one_transaction_open(tmp_path)
     snap = tmp_path / "snap"
     snapshot.save(gpu_pitr.restore(d, backend="cpu", to_time=15), snap)
 
