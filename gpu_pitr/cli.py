@@ -368,6 +368,10 @@ def _run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
     except MemoryError as err:  # NumPy's says what it could not allocate; Python's, nothing
         hint = ("; a smaller --chunk-size or a --memory-budget needs less besides the index"
                 if args.command in ("restore", "snapshot") else "")
+        if type(err).__module__.startswith("cupy"):
+            # CuPy's OutOfMemoryError: the cuda executor builds the index in GPU memory,
+            # which neither a chunk size nor a host budget changes.
+            hint = "; GPU memory: --backend cpu restores in host memory"
         _print_error(f"out of memory: {str(err) or 'an allocation failed'}{hint}")
         return 2 if args.command == "verify" else 1  # verify's 1: damage found
 

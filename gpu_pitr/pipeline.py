@@ -1333,6 +1333,11 @@ def restore(
             # intact would have started past it): said in it, as above.
             raise type(err)(f"{err.what}; --snapshots: {'; '.join(warnings)}",
                             file=err.file, offset=err.offset, seq=err.seq) from None
+        finally:
+            # The page-locked read buffers, now free in CuPy's pool, go back to the
+            # system: the pool would keep them locked for ever (reused only for a
+            # request of the same size, which the next log's segments may not make).
+            getattr(executor, "release_host_buffers", lambda: None)()
         if fallback is not None:
             # Exactness over speed: the host executor handles every input exactly. The
             # cuda executor's device and page-locked buffers go first.

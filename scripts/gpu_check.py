@@ -11,6 +11,8 @@
    executor on the same WAL, and a bit-for-bit comparison of the two results;
    then the same cuda restore in two fresh processes, Numba's synchronising of every
    CuPy kernel argument left on and turned off (NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0);
+   then whether CuPy's pinned pool keeps the page-locked read buffers of restores
+   with other chunk sizes (``pinned_check``);
 5. a short table, printed last.
 """
 
@@ -200,6 +202,43 @@ def sync_check(wal: Path, warm: Path, want: str, figures) -> str:
         figures["sync_equal"] = same
         return (f"{off['s']:.2f} s with =0 vs {on['s']:.2f} s default (fresh processes); "
                 f"{'both equal the cpu result' if same else 'RESULT DIFFERS'}")
+    except Exception as err:  # a table row, not a crash: the rest of the check stands
+        return f"FAILED: {type(err).__name__}: {err}"[:200]
+
+
+def pinned_check(cp, base: Path, figures) -> str:
+    """CuPy's pinned memory pool keeps a freed page-locked block for a later request of
+    the same size only, and frees none until ``free_all_blocks`` (or an allocation
+    fails). A restore's read-ahead ring is five buffers of its chunk (the largest
+    segment, in whole MiB, at most 128) + 1 MiB: restores in one process of logs whose
+    largest segments differ left five page-locked blocks each, until each restore
+    released its own as it ends (``CudaExecutor.release_host_buffers``). Two small
+    restores of different segment sizes: the pool's free blocks before and after (the
+    same: released; grown by ten: kept), and the seconds to page-lock one default ring
+    afresh (what the release costs the next restore). The simulator allocates no pinned
+    memory, so only a GPU shows this."""
+    try:
+        import gpu_pitr
+        from gpu_pitr.synth import write_synthetic_wal
+
+        pool = cp.get_default_pinned_memory_pool()
+        before = pool.n_free_blocks()
+        for i, mib in enumerate((3, 6)):
+            d = base / f"pinned{i}"
+            if not d.is_dir():
+                write_synthetic_wal(d, total_bytes=mib << 20, dim=8, segments=1, seed=30 + i)
+            gpu_pitr.restore(d, backend="cuda")
+        after = pool.n_free_blocks()
+        pool.free_all_blocks()
+        t = time.perf_counter()
+        ring = [cp.cuda.alloc_pinned_memory(129 << 20) for _ in range(5)]
+        pin_s = time.perf_counter() - t
+        del ring
+        pool.free_all_blocks()
+        figures.update(pinned_free_blocks=[before, after], pin_ring_s=pin_s)
+        return (f"free blocks {before} -> {after} after 2 small restores "
+                f"({'kept' if after > before else 'released'}); "
+                f"page-locking a 5 x 129 MiB ring: {pin_s:.2f} s")
     except Exception as err:  # a table row, not a crash: the rest of the check stands
         return f"FAILED: {type(err).__name__}: {err}"[:200]
 
@@ -429,6 +468,7 @@ def measure(args, cp, rows, figures, t_all, state) -> int:
     del gpu_idx
     pool.free_all_blocks()
     sync_row = sync_check(wal, warm, want, figures)
+    pinned_row = pinned_check(cp, base, figures)
     bad = [c for c in compared if c != "ok"]
     figures["cuda_restores_compared"] = compared
 
@@ -465,6 +505,7 @@ def measure(args, cp, rows, figures, t_all, state) -> int:
          + (f" (differ: {', '.join(bad)})" if bad else "")),
         ("cuda restore from a 90% snapshot", snap_row),
         ("NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0", sync_row),
+        ("pinned pool (host)", pinned_row),
         ("check wall time", f"{time.perf_counter() - t_all:.0f} s"),
     ]
     print_table(rows)

@@ -945,3 +945,29 @@ def test_out_of_memory_is_one_line_and_not_damage(wal_dir: Path, tmp_path: Path,
                           .split())
         assert "2 on a usage error, an unreadable `WAL_DIR` (a segment cut while it is " \
             "read included), memory that ran out or a stdout" in readme
+
+
+def test_out_of_gpu_memory_suggests_the_cpu_backend_not_a_chunk_size(tmp_path, monkeypatch,
+                                                                     capsys) -> None:
+    """CuPy's OutOfMemoryError is a MemoryError: the line said to lower --chunk-size or
+    give a --memory-budget, which leave GPU memory as it was (the index is built there).
+    A host MemoryError keeps that hint."""
+    from gpu_pitr import cli as cli_module
+
+    OutOfMemoryError = type("OutOfMemoryError", (MemoryError,),
+                            {"__module__": "cupy.cuda.memory"})
+    for err, hint in ((OutOfMemoryError("Out of memory allocating 4,294,967,296 bytes"),
+                       "; GPU memory: --backend cpu restores in host memory"),
+                      (MemoryError("Unable to allocate 4.00 GiB"),
+                       "; a smaller --chunk-size or a --memory-budget needs less besides "
+                       "the index")):
+        def fail(*args, err=err, **kwargs):
+            raise err
+
+        monkeypatch.setattr(gpu_pitr, "restore", fail)
+        wal = tmp_path / "wal"
+        wal.mkdir(exist_ok=True)
+        code = cli_module.main(["restore", str(wal), "--out", str(tmp_path / "x.npz"),
+                                "--quiet"])
+        assert code == 1
+        assert capsys.readouterr().err == f"gpu-pitr: error: out of memory: {err}{hint}\n"

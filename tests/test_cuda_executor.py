@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -329,3 +330,59 @@ def test_a_checkout_runs_its_own_kernels_not_an_installed_copys(tmp_path):
     assert proc.stdout.split() == [str(kernels / "decode.py"), str(kernels / "resolve.py"),
                                    str(kernels / "__init__.py"), str(copy / "gpu_pitr"),
                                    str(kernels)]
+def test_a_host_buffer_is_ordinary_memory_when_page_locked_memory_runs_out():
+    """On a GPU chunks are read into page-locked memory. When CuPy cannot page-lock
+    more (its CUDARuntimeError, not a MemoryError: the command line printed a
+    traceback), ordinary memory serves instead; any other error is raised."""
+
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    def pinned(why):
+        def alloc(nbytes):
+            if why is None:
+                return bytearray(nbytes)  # stands in for the page-locked block
+            raise CUDARuntimeError(why)
+
+        return SimpleNamespace(cuda=SimpleNamespace(alloc_pinned_memory=alloc))
+
+    ex = cuda_executor.CudaExecutor(1 << 20)
+    ex.sim = False  # the device's path, with CuPy's allocator stood in for
+    ex.xp = pinned("cudaErrorMemoryAllocation: out of memory")
+    buf = ex.host_buffer(1000)
+    assert isinstance(buf, np.ndarray) and buf.dtype == np.uint8 and buf.shape == (1000,)
+    buf[:] = 7  # writable, as the reader needs
+    ex.xp = pinned("cudaErrorInvalidValue: invalid argument")
+    with pytest.raises(CUDARuntimeError, match="InvalidValue"):
+        ex.host_buffer(1000)
+    ex.xp = pinned(None)
+    assert ex.host_buffer(1000).shape == (1000,)
+
+
+def test_page_locked_buffers_go_back_when_a_restore_ends(monkeypatch, tmp_path):
+    """CuPy's pinned pool keeps every block locked, reusing one only for a request of
+    exactly its size: restores of logs of other segment sizes in one process (a library
+    caller, a Dask worker) each locked a read ring of their own, for good. Every
+    restore, ended or failed, now unlocks the blocks nothing uses."""
+    freed = []
+    pool = SimpleNamespace(free_all_blocks=lambda: freed.append("pool"))
+    ex = cuda_executor.CudaExecutor(1 << 20)
+    ex.sim = False  # the device's path, with CuPy's pool stood in for
+    ex.xp = SimpleNamespace(get_default_pinned_memory_pool=lambda: pool)
+    ex.release_host_buffers()
+    assert freed == ["pool"]
+
+    calls = []
+    monkeypatch.setattr(cuda_executor.CudaExecutor, "release_host_buffers",
+                        lambda self: calls.append(type(self).__name__))
+    log = w.LogBuilder()
+    log.add(w.Ins("a", [1.0], None, 1))
+    log.add(w.Ins("b", [1.0, 2.0], None, 2))  # another dimension: the restore fails
+    for name, to_time in (("good", 1), ("bad", None)):
+        d = log.write(tmp_path / name)
+        if to_time is None:
+            with pytest.raises(errors.WalError):
+                gpu_pitr.restore(d, backend="cuda")
+        else:
+            assert gpu_pitr.restore(d, backend="cuda", to_time=1).id_list() == ["a"]
+    assert calls == ["CudaExecutor", "CudaExecutor"]

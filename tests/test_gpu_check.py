@@ -122,3 +122,42 @@ def test_the_shard_tests_it_runs_on_the_gpu_exist():
                           text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"{len(names)} tests collected" in proc.stdout, proc.stdout
+
+
+class _PinnedPool:
+    def __init__(self) -> None:
+        self.freed = 0
+
+    def n_free_blocks(self) -> int:
+        return 0
+
+    def free_all_blocks(self) -> None:
+        self.freed += 1
+
+
+def test_the_pinned_pool_row_restores_two_logs_and_says_what_the_pool_kept(tmp_path,
+                                                                            monkeypatch):
+    """The pinned pool row: cuda restores of two logs whose chunk sizes differ, then the
+    cost of page-locking a ring afresh; the pool left with no free blocks of its own.
+    (The restores themselves stand in here: in the simulator they took three minutes,
+    and allocate no pinned memory.)"""
+    check = _load()
+    restored = []
+    monkeypatch.setattr(gpu_pitr, "restore", lambda d, backend: restored.append(
+        (max(p.stat().st_size for p in d.glob("wal-*.log")) >> 20, backend)))
+    pool = _PinnedPool()
+    cp = SimpleNamespace(get_default_pinned_memory_pool=lambda: pool,
+                         cuda=SimpleNamespace(alloc_pinned_memory=bytearray))
+    figures: dict = {}
+    row = check.pinned_check(cp, tmp_path, figures)
+    assert row.startswith("free blocks 0 -> 0 after 2 small restores (released); "), row
+    assert "page-locking a 5 x 129 MiB ring: " in row
+    assert figures["pinned_free_blocks"] == [0, 0] and figures["pin_ring_s"] >= 0
+    assert pool.freed == 2
+    # Largest segments of 3 and 6 MiB: read-ahead rings of two sizes.
+    assert restored == [(3, "cuda"), (6, "cuda")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pinned0", "pinned1"]
+    figures = {}
+    row = check.pinned_check(SimpleNamespace(), tmp_path, figures)
+    assert row.startswith("FAILED: AttributeError"), row
+    assert not figures

@@ -212,8 +212,26 @@ class CudaExecutor:
         """A host buffer for chunks: page-locked on a GPU so copies run at full speed."""
         if self.sim:
             return np.empty(nbytes, np.uint8)
-        mem = self.xp.cuda.alloc_pinned_memory(nbytes)
+        try:
+            mem = self.xp.cuda.alloc_pinned_memory(nbytes)
+        except Exception as err:
+            # CuPy's CUDARuntimeError, not a MemoryError: the pool has released its free
+            # blocks and tried again. Ordinary memory still works (copies from it are
+            # slower, and a copy ahead waits for its source to be read); a restore of
+            # large open transactions must not stop with a traceback for want of it.
+            if "cudaErrorMemoryAllocation" not in str(err):
+                raise
+            return np.empty(nbytes, np.uint8)
         return np.frombuffer(mem, np.uint8, nbytes)
+
+    def release_host_buffers(self) -> None:
+        """Unlock the page-locked blocks no buffer uses any more (those of a restore
+        that has ended). CuPy's pinned pool keeps every block it handed out locked
+        until then, reusing one only for a request of exactly its size: restores of
+        logs of other segment sizes in one process (a library caller, a Dask worker)
+        each locked a ring of their own, outside any memory budget."""
+        if not self.sim:
+            self.xp.get_default_pinned_memory_pool().free_all_blocks()
 
     def _ensure(self, table: dict, columns: dict, n: int) -> None:
         """Grow device columns to ``n`` rows, keeping what they hold."""
