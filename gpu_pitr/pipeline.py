@@ -9,6 +9,7 @@ at a chunk's end, which move to the front of the next chunk).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import numbers
 import os
 import shlex
@@ -1159,6 +1160,27 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segm
     return index, run
 
 
+def _as_listed(segments: list, log_end: dict, wal_path: Path) -> list:
+    """``segments`` as ``log_end`` listed them: those it names, at its sizes (the log's
+    later segments and bytes left out). A segment it names that is missing or shorter
+    here is a WalError naming it: a copy of the log behind the one listed."""
+    if not isinstance(log_end, dict) or not all(
+            isinstance(k, str) and type(v) is int and v >= 0 for k, v in log_end.items()):
+        raise ValueError(f"log_end is {{segment name: bytes}}, not {log_end!r}")
+    here = {seg.name: seg for seg in segments}
+    out = []
+    for name in sorted(log_end, key=str.encode):
+        size = log_end[name]
+        seg = here.get(name)
+        if seg is None or seg.size < size:
+            has = "missing" if seg is None else f"{seg.size} bytes"
+            raise WalError(f"{has} here, {size} bytes when the log was listed for this "
+                           "restore: a copy of the log behind the one listed?",
+                           file=str(wal_path / name))
+        out.append(dataclasses.replace(seg, size=size))
+    return out
+
+
 def _budgeted(executor, memory_budget: int | None):
     """``executor``, its garbage allowance shared among its shards where a memory
     budget is given (the cpu executor's arenas; ``HostMap.share_slack``)."""
@@ -1202,6 +1224,7 @@ def restore(
     base=None,
     snapshots=None,
     id_shard=None,
+    log_end=None,
 ) -> RestoredIndex:
     """Restore the index in ``wal_dir`` as it was at a point in time (SPEC section 3).
 
@@ -1239,6 +1262,11 @@ def restore(
             applied by exactly one shard. ``gpu_pitr.scaleout`` runs the shards on
             Dask workers and ``merge_shards`` joins them into this call's result
             without ``id_shard``.
+        log_end: ``{segment file name: bytes}``, the log as listed once: only those
+            segments are read, each no further than its bytes, whatever was written
+            since (``gpu_pitr.scaleout`` lists the log once for all its shards, so
+            that they restore one state of a log being written). A segment listed
+            that is gone or shorter here is an error.
 
     Returns:
         RestoredIndex with ids sorted by UTF-8 bytes, vectors, metadata, report.
@@ -1292,6 +1320,8 @@ def restore(
     if not wal_path.is_dir():
         raise WalError(f"WAL directory: {not_a_directory(wal_path)}", file=str(wal_path))
     segments = list_segments(wal_path)
+    if log_end is not None:
+        segments = _as_listed(segments, log_end, wal_path)
     total = sum(s.size for s in segments)
     # At most about the log's bytes are filled (the index, arenas, a base's rows).
     with fill_once_pages(need=total + _base_bytes(base, snapshots)):

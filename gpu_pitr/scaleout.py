@@ -47,6 +47,25 @@ def _restore_shard(wal_dir: str, index: int, count: int, kwargs: dict):
         return restore(wal_dir, id_shard=(index, count), **kwargs)
 
 
+def _listing(wal_dir: str) -> dict[str, int]:
+    from gpu_pitr.format.segments import list_segments
+
+    return {seg.name: seg.size for seg in list_segments(wal_dir)}
+
+
+def _log_end(client, wal_dir: str) -> dict[str, int]:
+    """The log at ``wal_dir`` as the workers list it now, each segment at the most
+    bytes one of them sees: every shard reads that log (``restore``'s ``log_end``).
+    Each listing its own as it started, the shards of a log being written read
+    different logs (they disagree: an error), and a worker's copy that is behind
+    fails its shard, naming the segment it lacks."""
+    end: dict[str, int] = {}
+    for listing in client.run(_listing, wal_dir).values():
+        for name, size in listing.items():
+            end[name] = max(size, end.get(name, 0))
+    return end
+
+
 def _report_of(index):
     return index.report
 
@@ -335,10 +354,10 @@ class ShardedRestore:
         return self._report
 
     def _check_one_log(self, reports: list) -> None:
-        """Shards that read different logs (a worker with its own copy of WAL_DIR, older
-        than the others', or a log a writer appended to between the shards' reads)
-        would join, or be written as one dataset, into a state that never existed: one
-        error naming the workers and both causes, before anything is joined."""
+        """Shards that read different logs (a worker with its own copy of WAL_DIR, not
+        the others': ``log_end`` pins the segments and their lengths, not what they
+        hold) would join, or be written as one dataset, into a state that never
+        existed: one error naming the workers, before anything is joined."""
         differs = first_difference(reports)
         if differs is None:
             return
@@ -349,8 +368,7 @@ class ShardedRestore:
         raise ShardsDisagreeError(
             f"{self.wal_dir}: the Dask workers read different logs there: shard {k}'s "
             f"{name} is {got!r} (on {other}), shard 0's {want!r} (on {first}): the log must "
-            "be the same at that path on every worker, and not grow while they read it (a "
-            "writer appending: restore an archive or a copy); nothing was written")
+            "be the same at that path on every worker; nothing was written")
 
     def gather(self):
         """The whole index in this process (host memory): equal to the restore without
@@ -491,6 +509,8 @@ def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> 
     count = len(workers) if shards is None else int(shards)
     if not 1 <= count <= MAX_SHARDS:
         raise ValueError(f"shards must be 1..{MAX_SHARDS}, not {count}")
+    if kwargs.get("log_end") is None:
+        kwargs["log_end"] = _log_end(client, wal_dir)
     run = uuid.uuid4().hex[:8]
     futures = []
     for k in range(count):

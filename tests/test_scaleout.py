@@ -700,42 +700,112 @@ def test_a_checkout_and_an_installed_package_of_the_same_code_have_one_digest(tm
     assert Path(where).is_relative_to(site) and digest == jit.package_digest()
 
 
-def test_shards_of_different_logs_are_one_line_and_write_nothing(client, wal, tmp_path):
+@pytest.mark.parametrize("listed", [True, False], ids=["listed", "unlisted"])
+def test_shards_of_different_logs_are_one_line_and_write_nothing(client, wal, tmp_path,
+                                                                  listed):
     """A worker with its own copy of WAL_DIR, older than the others' (the docs allow a
     copy): its shards joined with the others' were a state that never existed, and
     --write-on-workers wrote them as a dataset, exit 0 (the join said so as a
-    traceback)."""
+    traceback). The shard on that worker fails, naming the segment its copy lacks;
+    and where it reads a log of its own all the same (``unlisted``: its restore not
+    held to the listing), the shards' reports disagree: one line naming the workers."""
     stale = tmp_path / "stale"
     stale.mkdir()
     for name in sorted(os.listdir(wal))[:-1]:
         (stale / name).write_bytes((wal / name).read_bytes())
     blind = sorted(client.scheduler_info()["workers"])[:1]
 
-    def other_copy(swap):
+    def other_copy(swap, listed):
         from gpu_pitr import scaleout
 
         if swap:
             scaleout._gpu_pitr_shard = scaleout._restore_shard
-            scaleout._restore_shard = lambda d, *a: scaleout._gpu_pitr_shard(str(stale), *a)
+            scaleout._restore_shard = lambda d, k, n, kw: scaleout._gpu_pitr_shard(
+                str(stale), k, n, kw if listed else {**kw, "log_end": None})
         else:
             scaleout._restore_shard = scaleout._gpu_pitr_shard
 
-    client.run(other_copy, True, workers=blind)
+    client.run(other_copy, True, listed, workers=blind)
     try:
-        said = (rf"^{re.escape(str(wal))}: the Dask workers read different logs there: "
-                r"shard 1's \w+ is .* \(on tcp://.*\), shard 0's .* \(on tcp://.*\): the "
-                "log must be the same at that path on every worker, and not grow while they "
-                r"read it \(a writer appending: restore an archive or a copy\); nothing was "
-                "written$")
-        with pytest.raises(OSError, match=said) as err:
+        if listed:
+            said = (rf"^{re.escape(str(stale / sorted(os.listdir(wal))[-1]))}: missing here, "
+                    r"\d+ bytes when the log was listed for this restore: a copy of the log "
+                    r"behind the one listed\?$")
+        else:
+            said = (rf"^{re.escape(str(wal))}: the Dask workers read different logs there: "
+                    r"shard 1's \w+ is .* \(on tcp://.*\), shard 0's .* \(on tcp://.*\): "
+                    "the log must be the same at that path on every worker; nothing was "
+                    "written$")
+        with pytest.raises((OSError, WalError), match=said) as err:
             restore_on_dask(client, wal, shards=2, backend="cpu")
-        assert f"(on {blind[0]})" in str(err.value)
+        if not listed:
+            assert f"(on {blind[0]})" in str(err.value)
         with restore_sharded(client, wal, shards=2, backend="cpu") as run:
-            with pytest.raises(OSError, match=said):
+            with pytest.raises((OSError, WalError), match=said):
                 run.to_parquet(tmp_path / "ds")
         assert not (tmp_path / "ds").exists()
     finally:
-        client.run(other_copy, False, workers=blind)
+        client.run(other_copy, False, listed, workers=blind)
+
+
+def test_a_log_written_to_while_the_shards_read_it_restores_as_listed(client, wal,
+                                                                       tmp_path,
+                                                                       monkeypatch):
+    """Each shard listed the log itself as it started: a writer appending between two
+    shards' reads gave shards of two states, which the join refused (before that
+    check: joined). The log is listed once for all: every shard reads those segments
+    to those lengths, the state as listed, whatever was written meanwhile."""
+    import shutil
+
+    from gpu_pitr import scaleout
+    from gpu_pitr.format.entries import Insert
+    from gpu_pitr.format.writer import WalWriter
+
+    live = tmp_path / "live"
+    shutil.copytree(wal, live)
+    want = gpu_pitr.restore(live, backend="cpu")
+    listed = scaleout._log_end
+
+    def listed_then_written(client, wal_dir):
+        end = listed(client, wal_dir)
+        with WalWriter(live, created=int(sorted(end)[-1][4:20], 16) + 1) as writer:
+            for i in range(50):
+                writer.append(Insert(f"late-{i}", [1.0] * 8, None, 2_000_000_000))
+        return end
+
+    monkeypatch.setattr(scaleout, "_log_end", listed_then_written)
+    got = restore_on_dask(client, live, shards=3, backend="cpu")
+    assert w.index_view(got) == w.index_view(want)
+    assert len(gpu_pitr.restore(live, backend="cpu")) == len(want) + 50  # written
+
+
+def test_a_restore_held_to_a_listing_reads_that_log(tmp_path):
+    """``log_end``: only the segments listed, to their lengths; a listed segment
+    missing or shorter is one line naming it."""
+    import shutil
+
+    from gpu_pitr.format.segments import list_segments
+
+    d = tmp_path / "wal"
+    write_synthetic_wal(d, total_bytes=1 << 20, dim=8, segments=3, seed=4)
+    want = gpu_pitr.restore(d, backend="cpu")
+    end = {seg.name: seg.size for seg in list_segments(d)}
+    first, *_, last = sorted(end)
+    shutil.copy(d / first, d / "wal-7fffffffffffffff.log")  # a later segment
+    with open(d / last, "ab") as f:
+        f.write(b"\x00" * 100)  # and bytes
+    got = gpu_pitr.restore(d, backend="cpu", log_end=end)
+    assert w.index_view(got) == w.index_view(want)
+    assert got.report.to_dict()["trailing_bytes"] == []
+    with pytest.raises(WalError, match=rf"{re.escape(last)}: 1 bytes here, {end[last]} "
+                       "bytes when the log was listed for this restore"):
+        os.truncate(d / last, 1)
+        gpu_pitr.restore(d, backend="cpu", log_end=end)
+    with pytest.raises(WalError, match=r"wal-0000000000000001\.log: missing here, 5 bytes"):
+        gpu_pitr.restore(d, backend="cpu", log_end={"wal-0000000000000001.log": 5})
+    with pytest.raises(ValueError, match="log_end is"):
+        gpu_pitr.restore(d, backend="cpu", log_end={first: "5"})
+
 
 
 def test_a_server_that_is_not_a_scheduler_is_one_line_not_a_wait(wal):
