@@ -1163,7 +1163,8 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segm
 def _as_listed(segments: list, log_end: dict, wal_path: Path) -> list:
     """``segments`` as ``log_end`` listed them: those it names, at its sizes (the log's
     later segments and bytes left out). A segment it names that is missing or shorter
-    here is a WalError naming it: a copy of the log behind the one listed."""
+    here is a WalError naming it: deleted since (a writer's checkpoint removes old
+    segments), cut, or a copy of the log behind the one listed."""
     if not isinstance(log_end, dict) or not all(
             isinstance(k, str) and type(v) is int and v >= 0 for k, v in log_end.items()):
         raise ValueError(f"log_end is {{segment name: bytes}}, not {log_end!r}")
@@ -1175,7 +1176,8 @@ def _as_listed(segments: list, log_end: dict, wal_path: Path) -> list:
         if seg is None or seg.size < size:
             has = "missing" if seg is None else f"{seg.size} bytes"
             raise WalError(f"{has} here, {size} bytes when the log was listed for this "
-                           "restore: a copy of the log behind the one listed?",
+                           "restore (deleted or cut since, or a copy of the log behind "
+                           "the one listed?)",
                            file=str(wal_path / name))
         out.append(dataclasses.replace(seg, size=size))
     return out
