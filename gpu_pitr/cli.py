@@ -324,10 +324,10 @@ def _main(argv: list[str] | None, restore_signals: bool, on_bus_error: bool = Fa
             if on_bus_error:  # the process is the command's: a SIGBUS is one line
                 from gpu_pitr import buserror
 
-                buserror.install(2 if args.command == "verify" else 1)
+                buserror.install(_error_status(args.command))
             if (problem := environment.threads_problem()) is not None:
                 print(f"{PROG}: error: {problem}", file=sys.stderr)
-                return 2 if args.command == "verify" else 1  # verify's 1: damage found
+                return _error_status(args.command)
             return _command(args.command_parser, args)
     except (KeyboardInterrupt, interrupts.Terminated) as stop:
         # The others only read (and before a command has started, nothing is written).
@@ -361,7 +361,7 @@ def _run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
         return 1
     except _StdoutError as err:
         _print_error(err)
-        return 2 if args.command == "verify" else 1
+        return _error_status(args.command)
     except (WalError, OSError, MissingExtraError) as err:
         _print_error(err)
         return 1
@@ -373,7 +373,14 @@ def _run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
             # which neither a chunk size nor a host budget changes.
             hint = "; GPU memory: --backend cpu restores in host memory"
         _print_error(f"out of memory: {str(err) or 'an allocation failed'}{hint}")
-        return 2 if args.command == "verify" else 1  # verify's 1: damage found
+        return _error_status(args.command)
+
+
+def _error_status(command: str) -> int:
+    """The exit status of an error that is not damage found: 1, but 2 for ``verify``,
+    whose 1 says the log is damaged (as ``__main__.error_status``, before a command is
+    parsed)."""
+    return 2 if command == "verify" else 1
 
 
 class _StdoutError(Exception):

@@ -441,9 +441,7 @@ def atomic_files(*dests: Path, check: bool = True,
                         raise PartlyInPlaceError(dests[placed], err) from err
         except BaseException:
             if not placed:  # nothing replaced: what went aside comes back
-                for dest, aside in asides.items():
-                    with contextlib.suppress(OSError):  # best effort: the error counts
-                        os.rename(aside, dest)
+                _put_back(asides)
                 asides = {}
                 install_failed()
             raise
@@ -477,11 +475,17 @@ def _set_aside(dests: tuple[Path, ...]) -> dict[Path, Path]:
         for directory in dict.fromkeys(dest.parent for dest in asides):
             fsync_path(directory, os.O_RDONLY | os.O_DIRECTORY)
     except BaseException:
-        for dest, aside in asides.items():
-            with contextlib.suppress(OSError):
-                os.rename(aside, dest)
+        _put_back(asides)
         raise
     return asides
+
+
+def _put_back(asides: dict[Path, Path]) -> None:
+    """Rename each file ``_set_aside`` moved back to its name; best effort (the error
+    that made it undo counts)."""
+    for dest, aside in asides.items():
+        with contextlib.suppress(OSError):
+            os.rename(aside, dest)
 
 
 # The names of the files an output writes (``--out`` by format, ``--report-json``).

@@ -658,10 +658,7 @@ def _dask_quieted():
     """``_quiet_dask`` for the block only."""
     import logging
 
-    names = ["asyncio", "distributed", "tornado"]
-    names += [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]
-    levels = {n: logging.getLogger(n).level for n in names}
-    _quiet_dask()
+    levels = _quiet_dask()
     try:
         yield
     finally:
@@ -678,17 +675,21 @@ def _drop_all_exit(record) -> bool:
                 and type(exc).__module__.startswith("distributed"))
 
 
-def _quiet_dask() -> None:
+def _quiet_dask() -> dict[str, int]:
     """Silence what Dask's client logs as it is closed under a stop: the gathers it was
     waiting on end in errors no one retrieves ("Task exception was never retrieved ...
     AllExit" from asyncio, streams left dangling), tracebacks around the interrupted
-    command's one line."""
+    command's one line. Returns the levels it replaced, by logger name."""
     import logging
 
     names = ["asyncio", "distributed", "tornado"]
     names += [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]
+    levels = {}
     for name in names:
-        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        logger = logging.getLogger(name)
+        levels[name] = logger.level
+        logger.setLevel(logging.CRITICAL + 1)
+    return levels
 
 
 def restore_with_scheduler(address: str, wal_dir, *, shards: int | None = None,

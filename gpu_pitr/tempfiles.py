@@ -270,17 +270,24 @@ def install_dir(tmp: Path, out: Path, check: Callable[[Path], None]) -> None:
         # calls the library: no command defers it) waits for it and for the removal, and
         # is raised after. Raised at once, it left the old one aside, whole, for as long
         # as the process lived: the sweeps pass over a live writer's directories.
-        stop = None
-        while True:
-            try:
-                fsync_renamed(out.parent)  # (the old one stays aside until then: swept later)
-                break
-            except (KeyboardInterrupt, interrupts.Terminated) as err:
-                stop = err
+        # (The old one stays aside until the fsync: swept later.)
+        stop = _through_stops(lambda: fsync_renamed(out.parent))
         remove_tree(aside)
         if stop is not None:
             raise stop from None
     fsync_renamed(out.parent)
+
+
+def _through_stops(step: Callable[[], None]) -> BaseException | None:
+    """Run ``step`` to its end, again after each stop (Ctrl-C, SIGTERM) that lands in it:
+    returns the last such stop, for the caller to raise once what must finish has."""
+    stop = None
+    while True:
+        try:
+            step()
+            return stop
+        except (KeyboardInterrupt, interrupts.Terminated) as err:
+            stop = err
 
 
 def remove_tree(path: Path) -> None:
@@ -288,13 +295,7 @@ def remove_tree(path: Path) -> None:
     in it (Ctrl-C in a program that calls the library: no command defers it), which is
     raised after. Stopped halfway, it left the rest of the directory for as long as the
     process lived: the sweeps pass over the directories of a writer still running."""
-    stop = None
-    while True:
-        try:
-            shutil.rmtree(path, ignore_errors=True)
-            break
-        except (KeyboardInterrupt, interrupts.Terminated) as err:
-            stop = err
+    stop = _through_stops(lambda: shutil.rmtree(path, ignore_errors=True))
     if stop is not None:
         raise stop
 

@@ -239,7 +239,7 @@ def _piece(item, name, cols, stack, since, until, first_seq, last_seq, by_seq, b
         member = txns.members(c.kind, c.aux, status, n, rows)
         for i in rows:
             if zero[i]:
-                at = int(item.off[i]) - item.start + item.file_start
+                at = item.file_offset(i)
                 k = records[i]
                 yield {**_damage(name, at, 0, zerofill.KIND, zerofill.describe(at, k),
                                  k * RECORD_HEADER_SIZE), "records": k}
@@ -257,7 +257,7 @@ def _piece(item, name, cols, stack, since, until, first_seq, last_seq, by_seq, b
 
 
 def _record(item, name: str, i: int) -> dict:
-    offset = int(item.off[i]) - item.start + item.file_start
+    offset = item.file_offset(i)
     seq = int(item.seq[i])
     start = int(item.off[i]) + RECORD_HEADER_SIZE
     length = int(item.length[i])

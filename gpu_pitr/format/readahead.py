@@ -363,6 +363,12 @@ class Framed:
             return self.torn_tails
         return [] if self.torn is None else [(self.segment, *self.torn)]
 
+    def file_offset(self, i: int) -> int:
+        """The file offset of row ``i`` (in its own segment's file)."""
+        if self.row_file_offset is not None:
+            return int(self.row_file_offset[i])
+        return int(self.off[i]) - self.start + self.file_start
+
 
 class FrameAhead:
     """Frames segment pieces one piece ahead of their use, on a thread of its own.

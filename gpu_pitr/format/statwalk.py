@@ -440,7 +440,7 @@ class _Scan:
         segments' counts, seq and time ranges and bytes."""
         n, c = item.n, self.cols
         seq = item.seq[:n]
-        firsts = np.flatnonzero(np.diff(rows, prepend=-1))  # where each segment's rows start
+        firsts = _group_starts(rows)  # where each segment's rows start
         counts = np.diff(np.append(firsts, n))
         nbytes = np.add.reduceat(item.length[:n].astype(np.int64), firsts) \
             + RECORD_HEADER_SIZE * counts
@@ -450,15 +450,10 @@ class _Scan:
         if len(some) and self.first_record is None:
             f = int(some[0])
             self.first_record = {"file": self.segs[int(rows[f])].name,
-                                 "offset": _offset(item, f), "seq": int(seq[f])}
+                                 "offset": item.file_offset(f), "seq": int(seq[f])}
         ok = c.status[:n] == OK
-        if item.row_segment is None:  # one segment: no grouping
-            seqs = {item.segment: (int(seq[some[0]]), int(seq[some[-1]]))} if len(some) else {}
-            ts = c.ts[:n][ok]
-            stamps = {item.segment: (int(ts.min()), int(ts.max()))} if len(ts) else {}
-        else:
-            seqs = _first_last(rows[some], seq[some])
-            stamps = _low_high(rows[ok], c.ts[:n][ok])
+        seqs = _first_last(rows[some], seq[some])
+        stamps = _low_high(rows[ok], c.ts[:n][ok])
         for segment, count, size in zip(rows[firsts].tolist(), counts.tolist(),
                                         nbytes.tolist(), strict=True):
             seg = self.segs[segment]
@@ -475,7 +470,7 @@ class _Scan:
 
     def _event(self, code: int, i: int, a: int, item, seg: _Segment) -> None:
         c = self.cols
-        offset = _offset(item, i)
+        offset = item.file_offset(i)
         q = int(item.seq[i])
         if code == EV_RESTART:
             self.restarts.append({"file": seg.name, "offset": offset, "from": a % 2**64,
@@ -544,11 +539,16 @@ class _Scan:
 _NO_ROWS = np.zeros(0, np.int64)
 
 
+def _group_starts(groups: np.ndarray) -> np.ndarray:
+    """Where each run of equal values of ``groups`` (sorted, not empty) starts."""
+    return np.flatnonzero(np.diff(groups, prepend=groups[0] - 1))
+
+
 def _first_last(groups: np.ndarray, values: np.ndarray) -> dict:
     """``{group: (first value, last value)}`` of ``values`` grouped by ``groups`` (sorted)."""
     if not len(groups):
         return {}
-    starts = np.flatnonzero(np.diff(groups, prepend=groups[0] - 1))
+    starts = _group_starts(groups)
     ends = np.append(starts[1:], len(groups)) - 1
     return dict(zip(groups[starts].tolist(),
                     zip(values[starts].tolist(), values[ends].tolist(), strict=True),
@@ -560,18 +560,11 @@ def _low_high(groups: np.ndarray, values: np.ndarray) -> dict:
     (sorted)."""
     if not len(groups):
         return {}
-    starts = np.flatnonzero(np.diff(groups, prepend=groups[0] - 1))
+    starts = _group_starts(groups)
     return dict(zip(groups[starts].tolist(),
                     zip(np.minimum.reduceat(values, starts).tolist(),
                         np.maximum.reduceat(values, starts).tolist(), strict=True),
                     strict=True))
-
-
-def _offset(item, i: int) -> int:
-    """The file offset of row ``i`` of a framed item."""
-    if item.row_file_offset is not None:
-        return int(item.row_file_offset[i])
-    return int(item.off[i]) - item.start + item.file_start
 
 
 def _payload_error(payload: np.ndarray) -> str:
