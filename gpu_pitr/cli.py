@@ -262,6 +262,14 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
                    help="the executor: cpu, cuda (an error where no GPU is usable) or auto "
                    "(the default: the GPU when CuPy sees one, else cpu)")
     p.add_argument(
+        "--stop-reading-at-target",
+        action="store_true",
+        help="read the log only as far as the stop point (by default the rest is read "
+        "too, and checked for damage): a target early in a long log, or just after a "
+        "snapshot, is restored without reading what follows it; damage after it is not "
+        "looked for",
+    )
+    p.add_argument(
         "--skip-corrupt",
         action="store_true",
         help="skip undecodable records and unreadable segments (each one is reported)",
@@ -507,6 +515,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     kwargs = dict(to_time=to_time, to_seq=args.to_seq, exclusive=args.exclusive,
                   backend=args.backend, skip_corrupt=args.skip_corrupt,
+                  read_after_stop=not args.stop_reading_at_target,
                   allow_incomplete_history=args.allow_incomplete_history,
                   base=args.base, snapshots=args.snapshots,
                   **({"memory_budget": args.memory_budget} if args.memory_budget is not None
@@ -680,6 +689,10 @@ def restore_summary(report: dict, out: Path) -> list[str]:
     if report.get("last_commit_timestamp") is not None:
         lines.append(f"as of {utc_text(report['last_commit_timestamp'])}: the last commit "
                      "point applied")
+    after_stop = (f"{len(report['damage_after_stop'])} after the stop point"
+                  f"{_zero_records(report['damage_after_stop'])}"
+                  if report.get("read_after_stop", True) else
+                  "the log after the stop point not read (--stop-reading-at-target)")
     lines += [
         f"read {plural(report['records_read'], 'record')}, "
         f"{plural(report['bytes_read'], 'byte')}, {plural(report['segments'], 'segment')}; "
@@ -691,9 +704,7 @@ def restore_summary(report: dict, out: Path) -> list[str]:
         f"{plural(len(report['anomalies']), 'anomaly', 'anomalies')}",
         f"damage: {plural(len(report['torn_tails']), 'torn tail')}, "
         f"{len(report['skipped'])} skipped{_zero_records(report['skipped'])}, "
-        f"{len(report['damage_after_stop'])} after the stop point"
-        f"{_zero_records(report['damage_after_stop'])}, "
-        f"{len(report['trailing_bytes'])} with trailing bytes",
+        f"{after_stop}, {len(report['trailing_bytes'])} with trailing bytes",
     ]
     if report.get("base"):
         base = report["base"]

@@ -200,6 +200,11 @@ class _Restore:
         self.latest_stamp: int | None = None
         self.skip_corrupt = skip_corrupt
         self.allow_incomplete = allow_incomplete_history
+        # False: reading ends at the stop record (``read_after_stop``); see _cut_at_stop.
+        self.read_after_stop = report.read_after_stop
+        # The stop record: (segment, its offset, where it ends, records read up to it).
+        self.stop_at: tuple[int, int, int, int] | None = None
+        self.bad_headers: dict[int, int] = {}  # segment -> its header's bytes, all read
         self.ex = executor
         self.report = report
         self.timings = dict.fromkeys(
@@ -265,7 +270,8 @@ class _Restore:
             self.timings["base"] = time.perf_counter() - t
         self._tell("read")
         ranges = [(i, seg.path, starts.get(i, HEADER_SIZE), seg.size)
-                  for i, seg in enumerate(segments) if seg.size > starts.get(i, HEADER_SIZE)]
+                  for i, seg in enumerate(segments) if seg.size > starts.get(i, HEADER_SIZE)
+                  and not self._read_no_more()]  # (the base is the stop: none)
         # Mapped into host buffers; copied into the executor's own (page-locked) ones.
         reader = Readahead(ranges, self.chunk_bytes, HEADROOM, self._alloc,
                            threads=READ_THREADS,
@@ -290,6 +296,8 @@ class _Restore:
                     self._piece_framed(item)
                 self._tell("read")
                 interrupts.check()  # a stop whose exception a callback swallowed
+                if self._read_no_more():
+                    break
                 t = time.perf_counter()
         except (FileReadError, FileShrankError):
             # A later piece could not be read: the pieces packed or gathered before it
@@ -307,6 +315,41 @@ class _Restore:
         self._end_of_log()
         if not self.plan.stopped:
             self._end_position()
+        elif not self.read_after_stop:
+            self._cut_at_stop(starts)
+
+    def _read_no_more(self) -> bool:
+        """Whether reading ends here: the stop point is reached, and the log after it is
+        not to be read (``read_after_stop=False``)."""
+        return self.plan.stopped and not self.read_after_stop
+
+    def _cut_at_stop(self, starts: dict[int, int]) -> None:
+        """The report of a restore that stopped reading at its stop record covers the
+        log up to that record, and nothing after it, whatever the chunk size: the last
+        chunk read goes on past the stop by however many bytes it held, and what was
+        found there (damage, torn tails, anomalies, records and bytes read) would vary
+        with it. A stop at the base snapshot's position read nothing."""
+        r = self.report
+        r.damage_after_stop.clear()  # none was looked for
+        if self.stop_at is None:  # the base is the stop
+            seg, foff, end, r.records_read = -1, 0, 0, 0
+        else:
+            seg, foff, end, r.records_read = self.stop_at
+        r.segments = seg + 1
+
+        def start(k: int) -> int:  # where reading began (a base's resume point: past it)
+            at = starts.get(k, 0)
+            return 0 if at <= HEADER_SIZE else at
+
+        # As the read counts them: a segment's bytes from where it began, a bad
+        # header's alone.
+        r.bytes_read = 0 if seg < 0 else end - start(seg) + sum(
+            self.bad_headers.get(k, s.size - start(k))
+            for k, s in enumerate(self.segments[:seg]))
+        where = {name: k for k, name in enumerate(self.names[:len(self.segments)])}
+        for entries in (r.anomalies, r.torn_tails, r.trailing_bytes, r.skipped):
+            entries[:] = [e for e in entries
+                          if (where.get(e["file"], -1), e["offset"]) <= (seg, foff)]
 
     def _tell(self, phase: str) -> None:
         if self.progress is not None:
@@ -317,6 +360,7 @@ class _Restore:
         """A segment whose header is torn or wrong: its records are not read."""
         name = self.names[item.segment]
         self.report.bytes_read += item.header_len
+        self.bad_headers[item.segment] = item.header_len
         if item.problem == "torn":
             self.report.torn_tails.append(
                 {"file": name, "offset": 0, "bytes_lost": item.header_len})
@@ -522,6 +566,10 @@ class _Restore:
         if result != WALK_FATAL and stop_index >= 0:
             self._record_stop(stop_index)
             self._stop_position(stop_index, n)
+            self.stop_at = (int(c.seg[stop_index]), int(c.foff[stop_index]),
+                            int(c.foff[stop_index]) + RECORD_HEADER_SIZE
+                            + int(c.length[stop_index]),
+                            self.report.records_read + max(0, stop_index + 1 - first))
         self._trailing(first, n)
         self.report.records_read += n - first
         self.timings["plan"] += time.perf_counter() - t
@@ -1115,11 +1163,12 @@ _PIECE_STEP = 1 << 20  # a chunk cut to its log's largest segment is rounded up 
 
 
 def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segments=None,
-         id_shard=None):
+         id_shard=None, read_after_stop=True):
     """One restore on ``executor``; ``segments``: the listing of ``args[0]`` the caller
     checked (None: listed here); ``id_shard``: the ``IdShard`` whose ids alone it keeps."""
     report = RestoreReport(target=target_doc, backend=executor.name,
-                           incomplete_history_allowed=bool(args[4]))
+                           incomplete_history_allowed=bool(args[4]),
+                           read_after_stop=bool(read_after_stop))
     if id_shard is not None:
         executor.keep_id_shard(id_shard)
         report.id_shard = {"index": id_shard.index, "count": id_shard.count}
@@ -1227,6 +1276,7 @@ def restore(
     snapshots=None,
     id_shard=None,
     log_end=None,
+    read_after_stop: bool = True,
 ) -> RestoredIndex:
     """Restore the index in ``wal_dir`` as it was at a point in time (SPEC section 3).
 
@@ -1269,6 +1319,14 @@ def restore(
             since (``gpu_pitr.scaleout`` lists the log once for all its shards, so
             that they restore one state of a log being written). A segment listed
             that is gone or shorter here is an error.
+        read_after_stop: False: stop reading the log at the stop point
+            (``--stop-reading-at-target``). By default the log after it is read too,
+            and checked, so that damage there is reported (SPEC section 2), which takes
+            as long as the rest of the log; without it, a target early in a long log
+            (or just after a snapshot, with ``snapshots``) reads only the log up to it.
+            The report then covers the log up to the stop record: ``records_read``,
+            ``bytes_read`` and ``segments`` count up to it, and ``damage_after_stop``
+            is empty (none was looked for).
 
     Returns:
         RestoredIndex with ids sorted by UTF-8 bytes, vectors, metadata, report.
@@ -1283,7 +1341,8 @@ def restore(
         raise ValueError("exclusive leaves out the target: give to_time or to_seq")
     shard = parse_id_shard(id_shard)
     for name, flag in (("exclusive", exclusive), ("skip_corrupt", skip_corrupt),
-                       ("allow_incomplete_history", allow_incomplete_history)):
+                       ("allow_incomplete_history", allow_incomplete_history),
+                       ("read_after_stop", read_after_stop)):
         if not isinstance(flag, (bool, np.bool_)):  # "no" would be taken as True
             raise ValueError(f"{name} is True or False, not {flag!r}")
     if progress is not None and not callable(progress):
@@ -1339,7 +1398,7 @@ def restore(
         fallback = None
         try:
             index, run = _run(args, executor, chunk_bytes, target_doc, progress, snap, segments,
-                              shard)
+                              shard, read_after_stop)
         except _needs_host() as err:
             fallback = str(err)  # not err: its traceback holds the device executor's memory
         except IncompleteHistoryError as err:
@@ -1377,8 +1436,7 @@ def restore(
 
             executor = None
             index, run = _run(args, _budgeted(CpuExecutor(total), memory_budget), chunk_bytes,
-                              target_doc, progress,
-                              snap, segments, shard)
+                              target_doc, progress, snap, segments, shard, read_after_stop)
             notes.append(f"cuda executor: {fallback}; restored on the cpu executor instead")
     report = index.report
     report.message = "; ".join(notes)
@@ -1390,7 +1448,7 @@ def restore(
     run.timings["compile"] = compile_seconds() - compiled
     run.timings["total"] = time.perf_counter() - started
     report.timings = {k: round(v, 6) for k, v in run.timings.items()}
-    if snap is not None and report.segments == 0:
+    if snap is not None and not run.segments:
         # The base's state alone: a WAL_DIR given wrong would pass without a word.
         report.warnings.append("the base snapshot's state alone, no log after it: "
                                + no_segments_note(wal_path))
@@ -1490,7 +1548,8 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
                f"its latest commit point is at {utc_text(latest)}")
             + "; if the log goes on elsewhere (an archive not brought up to date), "
             "this index lacks it")
-    if run.to_seq_hits > 1 and report.stop["reason"] == "target":
+    # (Not known when reading ended at the stop: the other hits are after it.)
+    if run.to_seq_hits > 1 and report.stop["reason"] == "target" and run.read_after_stop:
         stop = report.stop
         out.append(
             f"seq {run.to_seq} occurs {run.to_seq_hits} times in the log (the writer "

@@ -63,6 +63,9 @@ class RestoreReport:
     trailing_bytes: list = field(default_factory=list)
     first_seq: int | None = None
     incomplete_history_allowed: bool = False
+    # False: the restore stopped reading at its stop record (``read_after_stop``), so
+    # the log after it was not looked at, and the counts cover the log up to it.
+    read_after_stop: bool = True
     ids: int = 0
     dim: int | None = None
     bytes_read: int = 0

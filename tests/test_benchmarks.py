@@ -23,6 +23,23 @@ def test_bench_small_restores_every_id(tmp_path):
     assert doc["ids"] == 3000 and len(doc["restore_runs_s"]) == 2 and len(doc["cli_s"]) == 3
 
 
+def test_bench_early_target_compares_both_ways_on_one_index(tmp_path):
+    out = tmp_path / "early.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_early_target.py"), "--size", "2M", "--dim",
+         "8", "--repeat", "1", "--fractions", "0.1,0.9", "--dir", str(tmp_path / "wal"),
+         "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "every pair gave the same index" in proc.stdout
+    doc = json.loads(out.read_text())
+    early, late = doc["targets"]
+    assert early["bytes_read"]["read_on"] == late["bytes_read"]["read_on"] == doc["log_bytes"]
+    for r in (early, late, doc["from_snapshot"]):
+        assert r["equal"] is True
+        assert r["bytes_read"]["stop"] < r["bytes_read"]["read_on"]
+    assert early["bytes_read"]["stop"] < doc["log_bytes"] * 0.2 < late["bytes_read"]["stop"]
+
+
 def test_bench_measures_a_small_wal_and_its_snapshot(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(

@@ -47,13 +47,17 @@ def wal(tmp_path_factory):
 def test_the_cluster_restores_what_one_process_does(client, wal, shards):
     stats = gpu_pitr.restore(wal, backend="cpu")
     mid = int(stats.report.last_commit_timestamp) - 5
-    for kw in ({}, {"to_time": mid}, {"to_time": mid, "exclusive": True}):
+    for kw in ({}, {"to_time": mid}, {"to_time": mid, "exclusive": True},
+               {"to_time": mid - 60, "read_after_stop": False}):
         want = gpu_pitr.restore(wal, backend="cpu", **kw)
         got = restore_on_dask(client, wal, shards=shards, backend="cpu", **kw)
         assert w.index_view(got) == w.index_view(want)
         assert got.report.stop == want.report.stop
         assert (got.report.ids, got.report.inserts, got.report.deletes) == (
             want.report.ids, want.report.inserts, want.report.deletes)
+        # (Each shard stopped reading at the stop, at the same record: they agree.)
+        assert (got.report.records_read, got.report.read_after_stop) == (
+            want.report.records_read, want.report.read_after_stop)
         timings = got.report.timings  # the wall time from the call, the join apart
         assert timings["total"] >= timings["gather"] > 0 and timings["total"] >= max(
             v for k, v in timings.items() if k not in ("total", "gather"))

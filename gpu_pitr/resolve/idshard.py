@@ -153,7 +153,8 @@ def merge_shards(shards: list):
 
 #: What every shard of one restore says alike of the log it read.
 _ALIKE = ("target", "stop", "last_commit_timestamp", "segments", "records_read",
-          "bytes_read", "first_seq", "commit_points_applied", "transactions")
+          "bytes_read", "first_seq", "commit_points_applied", "transactions",
+          "read_after_stop")
 
 
 def first_difference(reports: list) -> tuple[int, str, object, object] | None:
