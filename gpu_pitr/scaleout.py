@@ -488,6 +488,12 @@ def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> 
         if name in kwargs:
             raise ValueError(f"restore_sharded takes no {name}")
     inspect.signature(restore).bind(wal_dir, **kwargs)  # a misspelt one fails here, at once
+    if kwargs.get("to_time") is not None:
+        from gpu_pitr.format.times import parse_time
+
+        # Read once, here, as whole seconds: a time that is not one fails at once, not
+        # on every worker, and no shard reads a datetime's zone on a machine of its own.
+        kwargs["to_time"] = parse_time(kwargs["to_time"], bool(kwargs.get("exclusive")))
     # Absolute: a worker's working directory is its own.
     for name in ("base", "snapshots"):
         value = kwargs.get(name)

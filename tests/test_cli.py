@@ -290,6 +290,8 @@ def test_a_wal_dir_without_segments_says_what_it_may_be_instead(
         ["--to-time", "2026-11-26T10:02:00.5"],
         ["--to-time", "20261126100200Z"],  # no T: not 00:20:00, "1" between date and time
         ["--to-time", "9999-366T00:00Z"],  # no day 366 (not an OverflowError's traceback)
+        # ISO-8601's 10:30, which datetime.fromisoformat read as 10:00:00.5
+        ["--to-time", "2026-11-26T10.5Z"],
         ["--to-seq", "-1"],
         ["--to-seq", "1", "--latest"],
         ["--exclusive"],  # no target to leave out

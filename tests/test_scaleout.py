@@ -142,6 +142,9 @@ def test_bad_arguments_are_refused(client, wal):
             restore_sharded(client, wal, **{name: None})
     with pytest.raises(TypeError, match="to_tme"):
         restore_sharded(client, wal, to_tme=5)
+    # At the call, before any shard is submitted (not at gather, from each worker).
+    with pytest.raises(ValueError, match="has no time zone"):
+        restore_sharded(client, wal, to_time="2026-11-26T10:02")
 
 
 def test_an_index_travels_as_its_arrays(wal):

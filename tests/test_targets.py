@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
@@ -34,6 +35,10 @@ T0 = int(datetime(2026, 11, 26, 10, 2, tzinfo=UTC).timestamp())
         (T0 + 0.5, T0, T0 + 1),
         (np.float32(10.5), 10, 11),
         (Fraction(21, 2), 10, 11),
+        # exactly, and whatever its exponent (its text "1.7952E+9" is refused)
+        (Decimal("10.5"), 10, 11),
+        (Decimal("1.7952E+9"), 1795200000, 1795200000),
+        (Decimal(f"{T0}.000000000000000000001"), T0, T0 + 1),
         (-0.5, -1, 0),
         (str(T0), T0, T0),
         (f" {T0}\n", T0, T0),
@@ -57,6 +62,10 @@ T0 = int(datetime(2026, 11, 26, 10, 2, tzinfo=UTC).timestamp())
         # Past the microsecond: datetime drops these digits; the rounding must not.
         ("2026-11-26T10:02:00.0000001Z", T0, T0 + 1),
         ("2026-11-26T10:02:00.0000000Z", T0, T0),
+        # ... in the basic form too, where no ":" comes before the seconds
+        ("20261126T100200.0000001Z", T0, T0 + 1),
+        ("2026-11-26T100200,0000001+0000", T0, T0 + 1),
+        ("2026330T100200.0000000Z", T0, T0),
         ("1969-12-31T23:59:59.5Z", -1, 0),
         # ISO-8601 forms datetime.fromisoformat does not take: an ordinal date (day 330
         # of 2026 is 26 November), and the end of a day as 24:00
@@ -113,6 +122,20 @@ def test_forms_and_rounding(value, inclusive: int, exclusive: int) -> None:
         ("2016-12-31T23:59:61Z", "neither"),
         ("2016-12-31T23:60:00Z", "neither"),
         ("2026-330", "a date without a time of day"),
+        # ISO-8601's 10.5 is 10:30 and 10:02.5 is 10:02:30; datetime.fromisoformat
+        # (3.11) read them as 10:00:00.5 and 10:02:00.5, half an hour (a minute) off.
+        ("2026-11-26T10.5Z", "a fraction of an hour or a minute"),
+        ("2026-11-26T10,5Z", "a fraction of an hour or a minute"),
+        ("2026-11-26T10:02.5Z", "a fraction of an hour or a minute"),
+        ("2026-11-26T1002.5Z", "a fraction of an hour or a minute"),
+        # No ISO-8601 zone: datetime.fromisoformat read the first as +00:00 (the half
+        # second dropped).
+        ("2026-11-26T10:02:00+00:00:00.5", "a zone other than"),
+        ("2026-11-26T10:02:00+01:00:30", "a zone other than"),
+        ("2026-11-26T10:02:00UTC", "a zone other than"),
+        # datetime.fromisoformat took the week's Monday.
+        ("2026-W48T10:02Z", "a week without its day"),
+        ("2026W48T1002Z", "a week without its day"),
         ("", "neither"),
         ("10.5.1", "neither"),
         (".", "neither"),
@@ -120,6 +143,8 @@ def test_forms_and_rounding(value, inclusive: int, exclusive: int) -> None:
         ("+-5", "neither"),
         ("\u00b2", "neither"),  # a digit to str.isdigit, not to int()
         (float("nan"), "finite"),
+        (Decimal("NaN"), "finite"),
+        (Decimal("-Infinity"), "finite"),
         (float("inf"), "finite"),
     ],
 )

@@ -10,17 +10,20 @@ U64_MAX = 2**64 - 1
 _DATE = r"[0-9]{4}(?:-?[0-9]{3}|-[0-9]{2}-[0-9]{2}|[0-9]{4}|-?W[0-9]{2}(?:-?[0-9])?)"
 #: A zone designator.
 _ZONE = r"[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?"
+#: The time of day after a date, basic or extended: hour, minute, second, a decimal
+#: fraction (of whichever comes last) and what follows (the zone).
+_CLOCK = rf"(?:{_DATE})[Tt ]([0-9]{{2}})(:?[0-9]{{2}})?(:?[0-9]{{2}})?([.,][0-9]*)?(.*)"
 
 
 def parse_time(value, exclusive: bool = False) -> int:
     """A time target as whole Unix seconds.
 
-    ``value``: an int, a float, a datetime with a zone, a decimal string of Unix
-    seconds (``1795687320`` or ``1795687320.5``), or ISO-8601 text with a zone
-    (``Z`` or ``+HH:MM``). WAL timestamps are whole seconds, so a fractional
-    target becomes the whole second that selects the same commit points: rounded
-    down when inclusive (``ts > 10.5`` is ``ts > 10``), up when ``exclusive``
-    (``ts >= 10.5`` is ``ts >= 11``).
+    ``value``: an int, a float (a Decimal too), a datetime with a zone, a decimal
+    string of Unix seconds (``1795687320`` or ``1795687320.5``), or ISO-8601 text with
+    a zone (``Z`` or ``+HH:MM``; a fraction on the seconds only). WAL timestamps are
+    whole seconds, so a fractional target becomes the whole second that selects the
+    same commit points: rounded down when inclusive (``ts > 10.5`` is ``ts > 10``), up
+    when ``exclusive`` (``ts >= 10.5`` is ``ts >= 11``).
 
     Raises:
         ValueError: text that is neither, a date without a time of day, no time zone, or
@@ -30,6 +33,7 @@ def parse_time(value, exclusive: bool = False) -> int:
     import numbers
     import re
     from datetime import UTC
+    from decimal import Decimal
     from fractions import Fraction
 
     if isinstance(value, bool):
@@ -38,10 +42,13 @@ def parse_time(value, exclusive: bool = False) -> int:
         return int(value)
     if isinstance(value, numbers.Rational):  # a Fraction: exact, and never infinite
         return math.ceil(value) if exclusive else math.floor(value)
-    if isinstance(value, numbers.Real):
-        if not math.isfinite(value):
+    if isinstance(value, (numbers.Real, Decimal)):  # a Decimal is no numbers.Real
+        if not value.is_finite() if isinstance(value, Decimal) else not math.isfinite(value):
             raise ValueError(f"time target {value!r} is not a finite number")
-        return math.ceil(value) if exclusive else math.floor(value)
+        # A Decimal exactly, as its text would be (1.7952E+9 has an exponent, which
+        # the text is refused for).
+        exact = Fraction(value) if isinstance(value, Decimal) else value
+        return math.ceil(exact) if exclusive else math.floor(exact)
     below_micro = False  # digits past the microsecond, which datetime drops
     later = timedelta(0)  # a leap second's or 24:00's, which datetime may not hold
     if isinstance(value, datetime):
@@ -61,8 +68,26 @@ def parse_time(value, exclusive: bool = False) -> int:
             # be 00:20:00, with "1" between the date and the time.
             raise ValueError(f"time target {text!r} is neither Unix seconds nor ISO-8601 "
                              "(the date and the time go with T or a space between them)")
-        fraction = re.search(r":\d\d[.,]\d{6}(\d+)", text)
-        below_micro = fraction is not None and fraction[1].strip("0") != ""
+        if re.match(r"[0-9]{4}-?W[0-9]{2}[Tt ]", text):
+            # datetime.fromisoformat takes the week's Monday: a guess, as a zone would be.
+            raise ValueError(f"time target {text!r} is a week without its day (give one: "
+                             "2026-W48-4T10:02Z)")
+        clock = re.fullmatch(_CLOCK, text)
+        if clock is not None:
+            _, _, second, fraction, zone = clock.groups()
+            if fraction is not None and second is None:
+                # ISO-8601's 10.5 is 10:30, but datetime.fromisoformat (3.11) reads it
+                # as 10:00:00.5: refused rather than restored half an hour off.
+                raise ValueError(f"time target {text!r} has a fraction of an hour or a "
+                                 "minute (write it in seconds: 10.5 is 10:30:00)")
+            if zone.strip() and not re.fullmatch(_ZONE, zone.strip()):
+                # +01:00:30 is no ISO-8601 zone, and datetime.fromisoformat drops a
+                # fraction of a second there (+00:00:00.5 reads as +00:00).
+                raise ValueError(f"time target {text!r} has a zone other than Z, ±HH:MM "
+                                 "or ±HHMM")
+            # Digits past the microsecond, which datetime drops (basic form too:
+            # 100200.0000001).
+            below_micro = fraction is not None and fraction[7:].strip("0") != ""
         zulu = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
         try:
             when, later = _from_iso(zulu)
