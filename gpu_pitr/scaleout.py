@@ -436,8 +436,15 @@ class ShardedRestore:
                     # directory), then the directory goes
                     with contextlib.suppress(Exception):
                         stop.set()
-                        wait(parts, timeout=60)
-                        stop.clear()  # the scheduler forgets a cleared event
+                        try:
+                            wait(parts, timeout=60)
+                        finally:
+                            # Past the wait's timeout too: the parts not started are
+                            # cancelled, so that none starts once the event is cleared
+                            # (the scheduler forgets a cleared event; one left set
+                            # stayed there for the cluster's life).
+                            self.client.cancel([p for p in parts if not p.done()])
+                            stop.clear()
                     raise
                 self.client.gather(parts)  # the first failure
                 now = time.perf_counter()  # the parts are written: the report says so

@@ -925,3 +925,41 @@ def test_a_handshake_without_a_timeout_takes_dasks_default():
         with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
                 pytest.raises(NotASchedulerError, match="no Dask answer came once connected"):
             _handshake(address, None)
+
+
+def test_ctrl_c_past_the_wait_for_the_parts_leaves_no_event_set(client, wal, tmp_path,
+                                                                 monkeypatch):
+    """Ctrl-C during --write-on-workers' writes waits up to 60 s for the parts being
+    written. Past that, the stop event was left set on the scheduler for the cluster's
+    life (its clear came after the wait), and the parts queued went on waiting to run.
+    Now they are cancelled and the event cleared."""
+    import distributed
+
+    hold = distributed.Event("test-hold-the-workers-2", client=client)
+    names: list[str] = []
+    real_event, calls = distributed.Event, []
+
+    def event(name, *args, **kwargs):
+        names.append(name)
+        return real_event(name, *args, **kwargs)
+
+    def wait(parts, timeout=None):
+        calls.append(parts)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # while the parts are queued behind held threads
+        raise distributed.TimeoutError  # the parts outlast the wait
+
+    with restore_sharded(client, wal, shards=3, backend="cpu") as run:
+        run.report  # noqa: B018  the shards are restored before the threads are held
+        busy = [client.submit(hold.wait, pure=False) for _ in range(4)]  # every thread
+        monkeypatch.setattr(distributed, "Event", event)
+        monkeypatch.setattr(distributed, "wait", wait)
+        with pytest.raises(KeyboardInterrupt):
+            run.to_parquet(tmp_path / "ds")
+        monkeypatch.undo()
+        assert len(names) == 1 and names[0].startswith("gpu-pitr-stop-")
+        assert not real_event(names[0], client=client).is_set()
+        assert all(p.cancelled() for p in calls[0])  # none of them will start now
+        hold.set()
+        client.gather(busy)
+    assert os.listdir(tmp_path) == []
