@@ -40,11 +40,19 @@ from gpu_pitr.outputs import (
 from gpu_pitr.progress import progress_bar
 
 PROG = "gpu-pitr"
+#: The ids of transactions open at a restore's stop named on its summary line, at most.
+_OPEN_IDS_SHOWN = 5
 
 
 def _seq(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) > U64_MAX:
         raise argparse.ArgumentTypeError(f"{text!r} is not a sequence number (0 to 2**64-1)")
+    return int(text)
+
+
+def _transaction_id(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > U64_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a transaction id (0 to 2**64-1)")
     return int(text)
 
 
@@ -159,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     records.add_argument("--until", metavar="T", help="records stamped at or before T")
     records.add_argument("--first-seq", type=_seq, metavar="N", help="records with seq >= N")
     records.add_argument("--last-seq", type=_seq, metavar="N", help="records with seq <= N")
+    records.add_argument("--transaction", type=_transaction_id, metavar="X",
+                         help="the records of transaction X: its begin, its commit or abort "
+                         "and the records inside it (pg_waldump --xid)")
     records.add_argument("--limit", type=_count, metavar="N", help="stop after N items")
 
     verify = commands.add_parser(
@@ -564,7 +575,11 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     for line in warnings:  # with --quiet too: damage is not news to drop
         print(f"{PROG}: warning: {line}", file=sys.stderr)
     if not args.quiet:
-        lines = restore_summary(report, out)
+        # (no index here when the workers wrote the dataset: the count alone)
+        position = None if index is None else index.position
+        open_ids = (None if position is None else
+                    [txn for txn, _ in position["pending"]["transactions"]])
+        lines = restore_summary(report, out, open_ids)
         if fmt == "snapshot" and index.position is not None:
             pos = index.position
             open_txns = len(pos["pending"]["transactions"])
@@ -648,8 +663,12 @@ def _replaced_snapshot_position(path: Path) -> dict | None:
         return None  # no snapshot, or a damaged one: nothing a restore could start from
 
 
-def restore_summary(report: dict, out: Path) -> list[str]:
-    """A few lines for a person: what was restored, where it stopped, what was counted."""
+def restore_summary(report: dict, out: Path, open_ids: list[int] | None = None) -> list[str]:
+    """A few lines for a person: what was restored, where it stopped, what was counted.
+
+    ``open_ids``: the ids of the transactions open at the stop (the index's position's
+    pending ones), named on the ``stopped:`` line, so that an operator who stopped
+    inside or before a bad transaction sees that it is the one left out."""
     target, stop, txns = report["target"], report["stop"], report["transactions"]
     seconds = report["timings"].get("total", 0.0)
     compiling = report["timings"].get("compile", 0.0)
@@ -683,8 +702,13 @@ def restore_summary(report: dict, out: Path) -> list[str]:
         # A time target stops before its record; a seq target after it (unless exclusive).
         how = "before" if target["kind"] == "time" or target["exclusive"] else "after"
         open_there = txns["in_flight_discarded"]  # open at the stop: not applied
+        named = ""
+        if open_ids and len(open_ids) == open_there:
+            shown = ", ".join(map(str, open_ids[:_OPEN_IDS_SHOWN]))
+            more = len(open_ids) - _OPEN_IDS_SHOWN
+            named = f": {shown}" + (f" and {more} more" if more > 0 else "")
         lines.append(f"stopped: {how} {record} {where}{stamp}" + (
-            f" ({plural(open_there, 'transaction')} open there, not applied)"
+            f" ({plural(open_there, 'transaction')} open there, not applied{named})"
             if open_there else ""))
     if report.get("last_commit_timestamp") is not None:
         lines.append(f"as of {utc_text(report['last_commit_timestamp'])}: the last commit "
@@ -718,7 +742,8 @@ def restore_summary(report: dict, out: Path) -> list[str]:
 def _inspect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from gpu_pitr.snapshot.format import holds_snapshot_files
 
-    filters = (args.since, args.until, args.first_seq, args.last_seq, args.limit)
+    filters = (args.since, args.until, args.first_seq, args.last_seq, args.transaction,
+               args.limit)
     if args.records or any(f is not None for f in filters):
         return _inspect_records(parser, args)
     if holds_snapshot_files(args.wal_dir):
@@ -764,7 +789,8 @@ def _inspect_records(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error(f"argument --first-seq: {args.first_seq} is larger than --last-seq "
                      f"{args.last_seq}: no record can be both")
     items = wal_records(args.wal_dir, since=since, until=until, first_seq=args.first_seq,
-                        last_seq=args.last_seq, limit=args.limit)
+                        last_seq=args.last_seq, transaction=args.transaction,
+                        limit=args.limit)
     for doc in items:
         text = (json_line(doc) if args.json
                 else "\n".join(record_lines(doc)))
@@ -917,6 +943,7 @@ def _snapshot_manifest(path: str) -> tuple[dict, list[str]]:
         f"snapshot {path}: format version {manifest['format_version']}, "
         f"created {manifest.get('created')}",
         f"{manifest['count']} ids, dim {manifest['dim']}; {_snapshot_position(position)}",
+        *_snapshot_last_seq(path, position),
         f"open transactions kept for their commit: {len(pending)}",
         "",
         f"{'file':<20} {'bytes':>14}",
@@ -924,6 +951,18 @@ def _snapshot_manifest(path: str) -> tuple[dict, list[str]]:
         "",
         f"checksums not checked: gpu-pitr verify {path} checks them",
     ]
+
+
+def _snapshot_last_seq(path: str, position: dict) -> list[str]:
+    """The line naming the seq of the last record a snapshot covers and the restore of
+    exactly its state: an operator who took a snapshot as a named restore point (before
+    a migration) had no way to see which ``--to-seq`` gives it back (a time target goes
+    on to later records stamped in the same second)."""
+    last = position.get("last_seq")
+    if last is None:  # an empty log's, or one written before the field was added
+        return []
+    return [f"last record covered: seq {last} (this state exactly: gpu-pitr restore "
+            f"WAL_DIR --base {path} --to-seq {last} --out OUT)"]
 
 
 def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:

@@ -1086,8 +1086,13 @@ class _Restore:
             # A base's records count: one at the end of the log has none read after it.
             held = ("no records were read" if self.seq_range is None
                     and self.seq_runs.last is None else self._seqs_held())
+            # No segment file at all: most often a WAL_DIR given wrong (the directory
+            # above it, the snapshots), which the note names; a bare "no record has
+            # seq N" sent the operator looking for the record instead of the directory.
+            wrong = "" if self._listed else f"; {no_segments_note(self.wal_dir)}"
             raise TargetNotFoundError(
-                f"no record has sequence number {self.to_seq} ({held})", file=str(self.wal_dir))
+                f"no record has sequence number {self.to_seq} ({held}){wrong}",
+                file=str(self.wal_dir))
         cnt = self.plan.counters
         self.report.commit_points_applied = int(cnt[C_COMMIT_POINTS])
         self.report.transactions["committed"] = int(cnt[C_COMMITTED])

@@ -205,7 +205,7 @@ def test_restore_to_seq_exclusive_stops_before_the_record(wal_dir: Path, tmp_pat
     assert lines[2].startswith("stopped: before CommitTransaction ")
     # Transaction 1 is open there: not applied (its commit is the record stopped before).
     assert lines[2].endswith(": seq 7 at 2026-11-26T10:00:30Z (1 transaction open there, "
-                             "not applied)")
+                             "not applied: 1)")
     with np.load(out, allow_pickle=False) as npz:
         assert_index(dict(npz), AFTER_BATCH)
     proc = cli("restore", wal_dir, "--out", out, "--to-seq", "7", wal_dir=wal_dir)

@@ -843,6 +843,35 @@ def test_seq_not_found_says_which_seqs_the_log_holds(tmp_path):
         gpu_pitr.restore(d, backend="cpu", to_seq=5, base=tmp_path / "snap")
 
 
+def test_seq_not_found_in_a_directory_without_segments_names_what_it_may_be(tmp_path):
+    """An operator in an incident who gives the directory above the WAL's (or the
+    snapshots) with ``--to-seq`` got only "no record has sequence number N (no records
+    were read)", which sends them looking for the record; a time target or none warns
+    with ``no_segments_note``, and so does this error now."""
+    b = LogBuilder()
+    for k in range(3):
+        b.add(Ins("a", [1.0], None, k))
+    wal_dir = b.write(tmp_path / "store" / "wal")
+    with pytest.raises(TargetNotFoundError) as err:
+        gpu_pitr.restore(tmp_path / "store", backend="cpu", to_seq=1)
+    assert str(err.value) == (
+        f"{tmp_path / 'store'}: no record has sequence number 1 (no records were read); "
+        f"no wal-<16 hex digits>.log files in {tmp_path / 'store'}, but {wal_dir} has "
+        "some: is that the WAL directory?")
+    # A base given with the wrong WAL_DIR: the base's seqs are named, and the slip too.
+    from gpu_pitr import snapshot
+
+    snapshot.save(gpu_pitr.restore(wal_dir, backend="cpu"), tmp_path / "snaps" / "s")
+    with pytest.raises(TargetNotFoundError, match=r"carry seq 0 to 2\); no wal-<16 hex digits>"
+                       r"\.log files in .*, but .* has some: is that the WAL directory\?$"):
+        gpu_pitr.restore(tmp_path / "store", backend="cpu", to_seq=5,
+                         snapshots=tmp_path / "snaps")
+    # A log that has segments is not given the note.
+    with pytest.raises(TargetNotFoundError) as err:
+        gpu_pitr.restore(wal_dir, backend="cpu", to_seq=7)
+    assert "no wal-" not in str(err.value)
+
+
 def test_history_missing_when_first_segment_has_no_records(restore, tmp_path):
     b = LogBuilder()  # a header-only first segment (records removed by retention)
     b.new_segment(SEG2)

@@ -411,3 +411,65 @@ def test_the_open_transactions_stack_says_what_the_ordered_dict_said(ops):
         txns._mark(BEGIN_TRANSACTION if begin else COMMIT_TRANSACTION, txn)
         assert txns.newest() == (next(reversed(model)) if model else None)
         assert len(txns.begun) <= 2 * len(txns.open) + 65
+
+
+def test_a_transaction_filter_lists_its_markers_and_the_records_inside_it(tmp_path):
+    """An operator who found a bad bulk load (``(in transaction 9)``) needs its first
+    and last records, the targets before and after it, without paging through it:
+    ``--transaction X`` (pg_waldump's ``--xid``) keeps X's top-level markers and the
+    records the listing marks ``(in transaction X)``, and nothing else: not another
+    transaction's, not a record of X's id begun again after it ended, not a marker
+    nested in a batch (which changes no transaction), not a zero-filled record."""
+    from workloads import Abort, Begin, Commit
+
+    b = LogBuilder()
+    b.add(Ins("a", f32(1), None, T0))
+    b.add(Begin(9, T0 + 1))                    # seq 1
+    b.add(Ins("bad-1", f32(2), None, T0 + 1))  # 2: in 9
+    b.add(Begin(4, T0 + 2))                    # 3: 4 is now the newest open
+    b.add(Ins("other", f32(2), None, T0 + 2))  # 4: in 4, not 9
+    b.add(Abort(4, T0 + 3))                    # 5
+    b.add(Batch([Ins("bad-2", f32(3), None, T0 + 3), Commit(9, T0 + 3)], T0 + 3))  # 6: in 9
+    b.add(Commit(9, T0 + 30))                  # 7: its commit
+    b.add(Ins("after", f32(4), None, T0 + 31))  # 8: after it
+    b.raw(bytes(12))                           # a zero-filled record: in no transaction
+    b.add(Begin(9, T0 + 40))                   # 9: the id again: listed (a marker of 9)
+    b.add(Ins("again", f32(5), None, T0 + 41))  # 10: in this 9 too (the id is all it names)
+    b.write(tmp_path / "w")
+    for chunk in (None, 64):
+        got = [(doc["seq"], doc["variant"], doc.get("transaction"))
+               for doc in wal_records(tmp_path / "w", transaction=9, chunk_bytes=chunk)]
+        assert got == [(1, "BeginTransaction", None), (2, "Insert", 9), (6, "Batch", 9),
+                       (7, "CommitTransaction", None), (9, "BeginTransaction", None),
+                       (10, "Insert", 9)]
+    assert [d["seq"] for d in wal_records(tmp_path / "w", transaction=4)] == [3, 4, 5]
+    assert [d["seq"] for d in wal_records(tmp_path / "w", transaction=9, last_seq=7,
+                                          limit=3)] == [1, 2, 6]
+    assert list(wal_records(tmp_path / "w", transaction=5)) == []
+    assert list(wal_records(tmp_path / "w", transaction=1 << 64)) == []
+    proc = cli("inspect", tmp_path / "w", "--transaction", "4", wal_dir=tmp_path / "w")
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split(": ")[2] for line in proc.stdout.splitlines()] == [
+        "seq 3", "seq 4", "seq 5"]
+    assert proc.stdout.splitlines()[1].endswith("(in transaction 4)")
+    proc = cli("inspect", tmp_path / "w", "--transaction", "-1")
+    assert proc.returncode == 2
+    assert "argument --transaction: '-1' is not a transaction id" in proc.stderr
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_transaction_filter_keeps_what_the_listing_marks(tmp_path_factory, data):
+    """On random workloads: ``transaction=X`` lists exactly the records the whole
+    listing gives ``transaction`` X and the top-level markers carrying X, in order."""
+    wl = data.draw(workloads(), label="workload")
+    wal_dir = Path(wl.write(tmp_path_factory.mktemp("txnf") / "wal"))
+    records = [doc for doc in wal_records(wal_dir) if "damage" not in doc]
+    ids = {doc["entry"]["transaction_id"] for doc in records
+           if "transaction_id" in doc["entry"]}
+    for x in sorted(ids)[:4]:
+        want = [doc["seq"] for doc in records if doc.get("transaction") == x
+                or doc["entry"].get("transaction_id") == x]
+        for chunk in (None, 64):
+            assert [doc["seq"] for doc in wal_records(wal_dir, transaction=x,
+                                                      chunk_bytes=chunk)] == want

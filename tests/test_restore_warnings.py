@@ -201,7 +201,7 @@ def test_the_summary_says_what_the_index_is_as_of(tmp_path, capsys):
     assert lines[0].startswith(f"restored 3 ids, dim 2 -> {tmp_path / 'o.npz'} (backend cpu")
     assert lines[2] == ("stopped: after Insert wal-0000000005f5e100.log: offset "
                         f"{d_rec.offset}: seq 4 at "
-                        "2027-01-15T08:00:41Z (1 transaction open there, not applied)")
+                        "2027-01-15T08:00:41Z (1 transaction open there, not applied: 9)")
     assert lines[3] == "as of 2027-01-15T08:00:05Z: the last commit point applied"
     assert lines[4].startswith("read 5 records, ") and "1 segment; applied 3 commit " \
         "points: 3 inserts, 0 updates, 0 deletes" in lines[4]
@@ -339,7 +339,20 @@ def test_a_time_stop_names_the_transactions_open_there(tmp_path, capsys):
                if line.startswith("stopped:")]
     assert stopped == [f"stopped: before CommitTransaction wal-0000000005f5e100.log: offset "
                        f"{commit.offset}: seq {commit.seq} at 2027-01-15T08:01:00Z "
-                       "(2 transactions open there, not applied)"]
+                       "(2 transactions open there, not applied: 9, 10)"]
+    # Named, not only counted: the operator who stopped before a bad transaction's
+    # commit sees that it is the one left out; past five, how many more.
+    b.add(Begin(11, ts=T + 61))
+    for tx in range(12, 18):
+        b.add(Begin(tx, ts=T + 61))
+    last = b.add(Ins("f", V, ts=T + 62))
+    b.write(d)
+    assert main(["restore", str(d), "--out", str(tmp_path / "o.npz"), "--to-seq",
+                 str(last.seq)]) == 0
+    stopped = [line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("stopped:")]
+    assert stopped[0].endswith("(8 transactions open there, not applied: 9, 11, 12, 13, 14 "
+                               "and 3 more)")
 
 
 def test_the_snapshots_note_counts_only_those_that_would_serve_a_later_target(tmp_path):

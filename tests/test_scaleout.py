@@ -410,6 +410,21 @@ def test_the_command_line_writes_on_the_workers(client, wal, tmp_path):
     assert "neither empty nor a dataset" in taken.stderr
 
 
+def test_the_summary_of_a_dataset_the_workers_wrote(client, wal, tmp_path, capsys):
+    """--write-on-workers brings no index back: the summary (which names the
+    transactions open at the stop from an index's position when there is one) is
+    printed from the report alone, not an AttributeError on the missing index."""
+    from gpu_pitr import cli
+
+    out = tmp_path / "ds.parquet"
+    assert cli.main(["restore", str(wal), "--backend", "cpu", "--out", str(out),
+                     "--dask-scheduler", client.scheduler.address, "--write-on-workers",
+                     "--to-seq", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "target: seq 3"
+    assert lines[2].startswith("stopped: after ") and ": seq 3" in lines[2]
+
+
 def test_a_dataset_whose_rename_fails_leaves_the_old_report(client, wal, tmp_path,
                                                             monkeypatch):
     """--write-on-workers --report-json: the old report is set aside just before the

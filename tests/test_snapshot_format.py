@@ -255,6 +255,38 @@ def _flip(file: Path, at: int) -> None:
     file.write_bytes(bytes(data))
 
 
+def test_inspect_of_a_snapshot_names_the_seq_that_restores_exactly_its_state(tmp_path, capsys):
+    """A snapshot taken as a named restore point (before a migration) is given back as
+    an index by a seq target at its last record; a time target goes on to records
+    stamped in the same second after it. ``inspect`` printed no seq to use: it names
+    it, with the command, and that command gives the snapshot's state exactly."""
+    b = w.LogBuilder()
+    for k in range(6):
+        b.add(w.Ins(f"d{k}", w.f32(k, k), {"k": str(k)}, 100))  # one second: 100
+    b.add(w.Begin(7, 100))
+    b.add(w.Ins("in-txn", w.f32(9, 9), None, 100))  # open at the position: kept pending
+    b.add(w.Ins("d1", w.f32(8, 8), None, 100))
+    b.add(w.Commit(7, 100))
+    wal = Path(b.write(tmp_path / "wal"))
+    (tmp_path / "snaps").mkdir()
+    assert _cli(capsys, "snapshot", wal, "--to-seq", "7", "--out", tmp_path / "snaps" / "p",
+                "-q")[0] == 0
+    rc, out, err = _cli(capsys, "inspect", tmp_path / "snaps" / "p")
+    assert (rc, err) == (0, "")
+    line = next(x for x in out.splitlines() if x.startswith("last record covered"))
+    assert line == (f"last record covered: seq 7 (this state exactly: gpu-pitr restore WAL_DIR "
+                    f"--base {tmp_path / 'snaps' / 'p'} --to-seq 7 --out OUT)")
+    command = line.split("exactly: gpu-pitr ", 1)[1].rstrip(")").split()
+    command = [str(wal) if a == "WAL_DIR" else str(tmp_path / "o.npz") if a == "OUT" else a
+               for a in command]
+    assert _cli(capsys, *command, "-q")[0] == 0
+    want = load_snapshot(tmp_path / "snaps" / "p").to_index()
+    got = np.load(tmp_path / "o.npz", allow_pickle=False)
+    assert list(got["ids"]) == want.id_list() == [f"d{k}" for k in range(6)]
+    assert np.array_equal(got["vectors"], want.vectors)
+    assert list(got["metadata"]) == list(want.metadata_json())
+
+
 @pytest.mark.parametrize("name", [*DATA_FILES, MANIFEST, MANIFEST_CRC])
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
 @pytest.mark.parametrize("mapped", [False, True], ids=["read", "mapped"])

@@ -45,6 +45,7 @@ def wal_records(
     until: int | None = None,
     first_seq: int | None = None,
     last_seq: int | None = None,
+    transaction: int | None = None,
     limit: int | None = None,
     chunk_bytes: int | None = None,
 ) -> Iterator[dict]:
@@ -66,7 +67,12 @@ def wal_records(
     with a zone, a datetime; a fraction of a second narrows the range to the whole
     seconds inside it). What a filter cannot place is left out: bad headers and torn
     tails (no seq, no timestamp) with any filter, undecodable records (no timestamp)
-    with a time filter. ``limit`` stops after that many items.
+    with a time filter. ``transaction`` keeps the records of one transaction (as
+    ``pg_waldump --xid`` does): its Begin, Commit and Abort markers and the data records
+    inside it (those given its id as ``transaction``), so that a bulk load's first and
+    last records, and so the targets before and after it, show without paging through
+    it; damage is left out, as with the other filters. ``limit`` stops after that many
+    items.
 
     Raises:
         ValueError: a time that is not one, or a seq that is not an integer.
@@ -78,6 +84,9 @@ def wal_records(
     until = None if until is None else parse_time(until)
     first_seq = None if first_seq is None else operator.index(first_seq)
     last_seq = None if last_seq is None else operator.index(last_seq)
+    transaction = None if transaction is None else operator.index(transaction)
+    if transaction is not None and not 0 <= transaction <= U64_MAX:
+        return  # no transaction id is outside the u64 range
     if ((since is not None and since > U64_MAX) or (until is not None and until < 0)
             or (first_seq is not None and first_seq > U64_MAX)
             or (last_seq is not None and last_seq < 0)):
@@ -91,7 +100,9 @@ def wal_records(
                              else max(64, int(chunk_bytes)))
     cols = ChunkColumns(chunk // BYTES_PER_ROW + 64, 1)
     stack = np.empty(MAX_BATCH_DEPTH, np.int64)
-    by_seq = first_seq is not None or last_seq is not None
+    # The transaction filter places records by seq as the seq filters do: damage
+    # without a record's place (bad headers, torn tails) is left out.
+    by_seq = first_seq is not None or last_seq is not None or transaction is not None
     by_time = since is not None or until is not None
     left = limit
     if left is not None and left <= 0:
@@ -107,7 +118,8 @@ def wal_records(
                                   nbytes)
             else:
                 yield from _piece(item, segments[item.segment].name, cols, stack, since,
-                                  until, first_seq, last_seq, by_seq, by_time, txns)
+                                  until, first_seq, last_seq, by_seq, by_time, txns,
+                                  transaction)
                 if item.torn is not None and not (by_seq or by_time):
                     at, lost = item.torn
                     doc = _damage(segments[item.segment].name, at, None, "torn_tail", None,
@@ -202,7 +214,8 @@ class _OpenTransactions:
         return self.open.get(entry[0]) == entry[1]
 
 
-def _piece(item, name, cols, stack, since, until, first_seq, last_seq, by_seq, by_time, txns):
+def _piece(item, name, cols, stack, since, until, first_seq, last_seq, by_seq, by_time, txns,
+           transaction=None):
     """The items of one framed piece, each made as it is asked for: a piece is up to a
     chunk of records, and the dicts of 800,000 small ones held at once took 0.7 GB."""
     n = item.n
@@ -226,8 +239,8 @@ def _piece(item, name, cols, stack, since, until, first_seq, last_seq, by_seq, b
             if until is not None:
                 keep &= ~parsed | (ts <= until)
         zero = zerofill.zero_records(item.length[:n], seq)
-        if by_time:
-            keep &= ~zero  # no timestamp to place them by
+        if by_time or transaction is not None:
+            keep &= ~zero  # no timestamp to place them by, in no transaction
         rows = np.flatnonzero(keep)
         # A run of zero-filled records back to back is one item (format.zerofill).
         firsts, counts = zerofill.runs(np.zeros(len(rows), np.int64), item.off[rows],
@@ -237,6 +250,10 @@ def _piece(item, name, cols, stack, since, until, first_seq, last_seq, by_seq, b
         records = dict(zip(rows[runs].tolist(), counts[runs].tolist(), strict=True))
         rows = rows.tolist()
         member = txns.members(c.kind, c.aux, status, n, rows)
+        if transaction is not None:  # its markers (top level only) and its members
+            marker = (status == OK) & (c.kind[:n] >= BEGIN_TRANSACTION)
+            rows = [i for i in rows if member.get(i) == transaction
+                    or (marker[i] and int(c.aux[i]) == transaction)]
         for i in rows:
             if zero[i]:
                 at = item.file_offset(i)
