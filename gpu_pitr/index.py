@@ -77,15 +77,29 @@ def _distinct_spans(arena: np.ndarray, offs: np.ndarray, lens: np.ndarray) -> tu
 #: Rows of ``metadata_json`` made at a time.
 _JSON_ROWS = 1 << 16
 
+#: The most characters a NumPy unicode dtype holds: its itemsize (4 bytes a character)
+#: is a C int. ``np.dtype("<U536870912")`` is a TypeError ("not understood").
+MAX_UNICODE_CHARS = (2**31 - 1) // 4
+
+
+def unicode_dtype(width: int, what: str) -> np.dtype:
+    """``<U{width}``, or a ValueError naming ``what`` when NumPy has no such dtype (an
+    id of 600 MB made ``ids``, and every .npz output of it, a TypeError traceback)."""
+    if width > MAX_UNICODE_CHARS:
+        raise ValueError(f"{what} of {width:,} characters: longer than a NumPy unicode "
+                         f"array holds ({MAX_UNICODE_CHARS:,})")
+    return np.dtype(f"<U{width}")
+
 
 def json_rows(texts: tuple, which: np.ndarray) -> np.ndarray:
     """Rows of ``RestoredIndex.metadata_json``: per id in ``which``, its text of
     ``metadata_texts()``' ``texts`` (-1: the last, ``"null"``)."""
     arena, offs, lens, width = texts
+    dtype = unicode_dtype(width, "a metadata text")
     cps = np.zeros((len(which), width), np.uint32)
     if len(which):
         _ucs4(arena, offs[which], lens[which], cps)
-    return cps.view(f"<U{width}").reshape(len(which))
+    return cps.view(dtype).reshape(len(which))
 
 
 def decode_metadata(raw: bytes) -> dict[str, str]:
@@ -157,10 +171,11 @@ class RestoredIndex:
         """``ids[lo:hi]``, made without making the rest (``ids`` is four bytes a
         character: an ``.npz`` writer takes it a few rows at a time)."""
         width = self.ids_width()
+        dtype = unicode_dtype(width, "an id")
         cps = np.zeros((hi - lo, width), np.uint32)
         if hi > lo:
             _ucs4(self._id_arena, self._id_offs[lo:hi], self._id_lens[lo:hi], cps)
-        return cps.view(f"<U{width}").reshape(hi - lo)
+        return cps.view(dtype).reshape(hi - lo)
 
     def id_list(self) -> list[str]:
         """The ids as exact Python strings, in index order."""
@@ -186,7 +201,7 @@ class RestoredIndex:
     def metadata_json(self) -> np.ndarray:
         """One JSON object per id (``"null"`` when absent): sorted keys, compact."""
         texts, which = self.metadata_texts()
-        out = np.empty(len(which), f"<U{texts[3]}")
+        out = np.empty(len(which), unicode_dtype(texts[3], "a metadata text"))
         for lo in range(0, len(which), _JSON_ROWS):
             out[lo:lo + _JSON_ROWS] = json_rows(texts, which[lo:lo + _JSON_ROWS])
         return out

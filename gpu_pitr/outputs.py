@@ -139,8 +139,9 @@ def write_output(index, out: str | os.PathLike, fmt: str) -> list[Path]:
     to the host first.
 
     Raises:
-        WalError: the index cannot be held by the format (an id ending in NUL in an
-            .npz; vectors of dimension 0 in a .parquet).
+        WalError: the index cannot be held by the format (an id ending in NUL, or an
+            id or metadata text past ``index.MAX_UNICODE_CHARS``, in an .npz; vectors
+            of dimension 0 in a .parquet).
         ValueError: an unknown ``fmt``.
         MissingExtraError, OSError.
     """
@@ -148,6 +149,8 @@ def write_output(index, out: str | os.PathLike, fmt: str) -> list[Path]:
         raise ValueError(f"unknown output format {fmt!r}: one of {', '.join(FORMATS)}")
     if fmt in _NEEDS:
         _import_extra(fmt)  # MissingExtraError, saying which extra
+    from gpu_pitr.snapshot.arrow import ArrowLimitError
+
     out = Path(out)
     index = index.to_host()
     try:
@@ -160,6 +163,11 @@ def write_output(index, out: str | os.PathLike, fmt: str) -> list[Path]:
         return write(index, out)
     except OutputError:
         raise
+    except ArrowLimitError as err:
+        # A traceback before (a map of more than 2 GiB of values in one record).
+        raise WalError(f"the metadata of id {err.ident[:60]!r} alone passes what one Arrow "
+                       f"map array holds ({err.limit:,} pairs, key bytes or value bytes), "
+                       f"which a {fmt} output stores it in", file=str(out)) from None
     except OSError as err:
         raise OutputError(out, f"{fmt} output", err) from err
 
@@ -174,6 +182,7 @@ def _write_npz(index, out: Path) -> list[Path]:
                        file=str(out))
     report = json.dumps(index.report.to_dict())
     texts, which = index.metadata_texts()
+    _npz_widths(index, out, texts, which)
     _npz_room(index, out, texts, which, len(report))
     with atomic_files(out) as (tmp,), open(tmp, "wb") as file:
         write_npz(file, {
@@ -183,6 +192,24 @@ def _write_npz(index, out: Path) -> list[Path]:
             "report": np.array(report),
         })
     return [out]
+
+
+def _npz_widths(index, out: Path, texts: tuple, which: np.ndarray) -> None:
+    """Refuse an .npz whose ids or metadata member NumPy has no dtype for (a row past
+    ``MAX_UNICODE_CHARS`` characters), before writing any of it, naming the id."""
+    from gpu_pitr.index import unicode_dtype
+
+    for name, what, width, lens in (("ids", "an id", index.ids_width(), index.id_lengths()),
+                                    ("metadata", "a metadata text", texts[3],
+                                     texts[2][which])):
+        try:
+            unicode_dtype(width, what)
+        except ValueError as err:
+            row = int(np.argmax(lens))
+            ident = index.rows(row, row + 1).id_list()[0]
+            raise WalError(f"{err}, as the .npz's {name} member must be (id {ident[:60]!r}); "
+                           "write a .parquet, FAISS or snapshot output, which hold it",
+                           file=str(out)) from None
 
 
 #: Bytes an .npz takes beyond its members' data: zip and .npy headers, about 250

@@ -20,6 +20,17 @@ from gpu_pitr.jit import njit
 ARRAY_LIMIT = (1 << 31) - 1
 
 
+class ArrowLimitError(ValueError):
+    """The metadata of one row alone passes one Arrow array's limit (``limit`` pairs, key
+    bytes or value bytes: a map of more than 2 GiB of keys or values, which a record up
+    to 4 GiB can hold). ``ident``: that row's id."""
+
+    def __init__(self, message: str, ident: str, limit: int) -> None:
+        super().__init__(message)
+        self.ident = ident
+        self.limit = limit
+
+
 def require_pyarrow():
     """The pyarrow module, or a one-line MissingExtraError naming the extra to install."""
     try:
@@ -237,7 +248,11 @@ def metadata_chunks(index, limit: int | None = None, unique_keys: bool = False) 
     chunks = []
     lo = 0
     while lo < n or not chunks:
-        hi = _chunk_end(lo, n, map_offs, kstart, vstart, limit)
+        try:
+            hi = _chunk_end(lo, n, map_offs, kstart, vstart, limit)
+        except ValueError as err:
+            ident = index.rows(lo, lo + 1).id_list()[0]
+            raise ArrowLimitError(f"{err} (id {ident[:60]!r})", ident, limit) from None
         p0, p1 = int(map_offs[lo]), int(map_offs[hi])
         k0, v0 = int(koffs[p0]), int(voffs[p0])
         k1, v1 = int(koffs[p1]), int(voffs[p1])
