@@ -19,7 +19,10 @@ Format (JSON)::
      "segments": {"wal-0000000065a1b2c3.log": {"size": 1234, "crc32": "89abcdef..."}},
      "check": <CRC-32 of the segments object, dumped with sorted keys and no spaces>}
 
-``crc32`` is 8 lowercase hex digits per block, in block order.
+``crc32`` is 8 lowercase hex digits per block, in block order. A file of this format
+with a later ``version`` is refused by its version (a newer gpu-pitr wrote it), not
+called another program's: moved aside, the sums of copies whose segments WAL_DIR no
+longer holds would be lost for good.
 """
 
 from __future__ import annotations
@@ -154,6 +157,18 @@ def read(archive_dir: str | os.PathLike) -> dict[str, SegmentSums] | None:
         return None
     try:
         doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        doc = None
+    if isinstance(doc, dict) and doc.get("format") == SUMS_FORMAT:
+        version = doc.get("version")
+        if type(version) is int and version > 1:
+            # A later gpu-pitr's: moved aside, its sums of segments WAL_DIR no longer
+            # holds would be lost for good (the copies could never be checked again).
+            raise SumsError(f"version {version} of the archive's checksum file, written by a "
+                            "newer gpu-pitr: this one reads version 1 (use that version "
+                            "or a later one on this archive; leave the file as it is)",
+                            file=str(path))
+    try:
         segments = doc["segments"]
         if (doc.get("format") != SUMS_FORMAT or doc.get("version") != 1
                 or doc.get("block") != BLOCK or not isinstance(segments, dict)):

@@ -306,7 +306,7 @@ def _snapshots(snapshots_dir: Path, result: ExpireResult,
     read, they are of this archive's log and of its whole history. The others are
     neither counted nor deleted (``notes``, ``damaged`` say which and why)."""
     from gpu_pitr.snapshot import log_order, snapshot_dirs
-    from gpu_pitr.snapshot.format import read_manifest
+    from gpu_pitr.snapshot.format import read_manifest, trouble
 
     found = []
     for path in snapshot_dirs(snapshots_dir):
@@ -317,7 +317,7 @@ def _snapshots(snapshots_dir: Path, result: ExpireResult,
         try:
             position = read_manifest(path)["position"]
         except WalError as err:
-            result.damaged.append(f"snapshot {path} is damaged ({err}): not counted, left in "
+            result.damaged.append(f"snapshot {path} {trouble(err)} ({err}): not counted, left in "
                                   "place")
             continue
         why = _not_of_archive(position, segments)
@@ -357,6 +357,7 @@ def _first_candidate(snaps, keep, since, notes: list[str]) -> int | None:
 def _anchor(snaps, first: int, result: ExpireResult) -> int | None:
     """The first snapshot from ``first`` on (older) that checks whole."""
     from gpu_pitr.snapshot import verify
+    from gpu_pitr.snapshot.format import trouble
 
     for i in range(first, len(snaps)):
         interrupts.check()
@@ -364,7 +365,7 @@ def _anchor(snaps, first: int, result: ExpireResult) -> int | None:
         try:
             verify(path)
         except WalError as err:
-            result.damaged.append(f"snapshot {path} is damaged ({err}): passed over, left in "
+            result.damaged.append(f"snapshot {path} {trouble(err)} ({err}): passed over, left in "
                                   "place")
             continue
         return i

@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from workloads import Clock
 
 from gpu_pitr import archivesums, cli
@@ -452,3 +453,28 @@ def test_a_change_in_the_last_recorded_block_of_a_copy_that_grew_is_found(tmp_pa
     copy.write_bytes(bytes(data) + b"\0" * 10)
     assert [(p.kind, p.offset) for p in _archive_problems(arc)] == [
         ("archive_changed", MIB), ("archive_unchecked", len(data))]
+
+
+def test_a_checksum_file_of_a_newer_version_is_named_as_such_and_kept(tmp_path, capsys):
+    """A checksum file a later gpu-pitr wrote (its own format, version 2) is not 'not
+    ours': moved aside as that line says, the sums of the copies whose segments WAL_DIR
+    no longer holds would be lost for good. The line says which version and to use a
+    newer gpu-pitr; archive exits 1 and leaves the file as it was, verify names it."""
+    wal, arc = tmp_path / "wal", tmp_path / "arc"
+    _log(wal, segments=1, records=50).close()
+    assert archive(wal, arc).ok
+    sums_path = arc / archivesums.SUMS_NAME
+    doc = json.loads(sums_path.read_bytes())
+    raw = json.dumps({**doc, "version": 2, "block": 4096}).encode()
+    sums_path.write_bytes(raw)
+    why = ("version 2 of the archive's checksum file, written by a newer gpu-pitr: this one "
+           "reads version 1")
+    with pytest.raises(archivesums.SumsError, match=why):
+        archivesums.read(arc)
+    assert cli.main(["archive", str(wal), "--out", str(arc)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{sums_path}: {why}") and len(out) == 2, out
+    assert "move it aside" not in out[0]
+    assert sums_path.read_bytes() == raw
+    [problem] = _archive_problems(arc)
+    assert problem.kind == "bad_archive_sums" and problem.what.startswith(why)

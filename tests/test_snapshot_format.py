@@ -111,7 +111,7 @@ def test_round_trip_exact(tmp_path):
     assert snap.pending == PENDING_BLOB
     assert snap.position == POSITION
     assert snap.manifest["report"] == json.loads(json.dumps(index.report.to_dict()))
-    assert snap.manifest["format_version"] == FORMAT_VERSION
+    assert snap.manifest["format_version"] == 1  # nothing in POSITION needs version 2
     assert all(getattr(snap, k).flags.writeable for k in (
         "id_arena", "id_offs", "id_lens", "vectors", "meta_arena", "meta_offs", "meta_lens"))
     assert index.metadata.count(None) == 1 and index.metadata.count({}) == 1
@@ -490,9 +490,15 @@ def test_manifest_checks(snap):
     with pytest.raises(SnapshotError, match="manifest.json: not a JSON object"):
         read_manifest(snap)
     # A version this reader does not know is named as such, checksum or not.
-    (snap / MANIFEST).write_text(json.dumps({**doc, "format_version": 2}))
-    with pytest.raises(SnapshotError, match="manifest.json: format version 2 is not supported"):
+    (snap / MANIFEST).write_text(json.dumps({**doc, "format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(SnapshotError, match=f"manifest.json: format version {FORMAT_VERSION + 1} "
+                       "is not supported .*: written by a newer gpu-pitr"):
         read_manifest(snap)
+    for version in (0, True, "1", 1.0, None):
+        (snap / MANIFEST).write_text(json.dumps({**doc, "format_version": version}))
+        with pytest.raises(SnapshotError, match=f"format version {version!r} is not supported "
+                           r"\(this reader reads versions 1, 2\)$"):
+            read_manifest(snap)
     cases = {
         "count": ({"count": doc["count"] + 1}, "count 6 x dim 3"),
         "dim": ({"dim": 4}, "x dim 4 x 4 bytes"),

@@ -160,7 +160,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     from gpu_pitr.errors import WalError
     from gpu_pitr.format.stats import plural, utc_text
     from gpu_pitr.snapshot.base import base_gap, base_mismatch, target_problem
-    from gpu_pitr.snapshot.format import load_snapshot, read_manifest
+    from gpu_pitr.snapshot.format import load_snapshot, read_manifest, trouble
 
     directory = Path(directory)
     check_snapshots_dir(directory)
@@ -198,7 +198,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
             manifests[str(path)] = read_manifest(path)
             position = manifests[str(path)]["position"]
         except WalError as err:
-            damaged.append(f"snapshot {path} is damaged ({err}); passed over")
+            damaged.append(f"snapshot {path} {trouble(err)} ({err}); passed over")
             notes.append(damaged[-1])
             continue
         why = passed_over(path, position)
@@ -214,7 +214,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
         try:
             snap = load_snapshot(path, mmap=mmap, key_table=key_table)
         except WalError as err:
-            damaged.append(f"snapshot {path} is damaged ({err}); " + (
+            damaged.append(f"snapshot {path} {trouble(err)} ({err}); " + (
                 "trying an older one" if k + 1 < len(usable) else "no older one serves"))
             notes.append(damaged[-1])
             continue

@@ -46,7 +46,10 @@ from gpu_pitr.snapshot.arrow import (
 from gpu_pitr.tempfiles import new_dir, start_writeback
 
 FORMAT_NAME = "gpu_pitr.snapshot"
-FORMAT_VERSION = 1
+#: The newest version written (``manifest_version``: 1 where nothing needs 2).
+FORMAT_VERSION = 2
+#: The versions this reader reads: every one a gpu-pitr ever wrote.
+READ_VERSIONS = (1, 2)
 
 MANIFEST = "manifest.json"
 MANIFEST_CRC = "manifest.json.crc"
@@ -82,6 +85,19 @@ class SnapshotError(WalError):
     """A snapshot that cannot be used: missing, damaged, of another version, or a
     path that cannot be written. One line naming the file (and the byte offset of
     the first bad block where known)."""
+
+
+class NewerFormatError(SnapshotError):
+    """A snapshot of a later ``format_version`` than this reader reads: a newer gpu-pitr
+    wrote it. Not damage: it is passed over as a damaged one is, but said as what it is
+    (``trouble``), so that a fleet upgraded host by host does not read as snapshots
+    going bad."""
+
+
+def trouble(err: Exception) -> str:
+    """What a snapshot that ``err`` refused is, for the lines that pass over it."""
+    return ("was written by a newer gpu-pitr" if isinstance(err, NewerFormatError)
+            else "is damaged")
 
 
 @dataclass
@@ -186,7 +202,7 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
         files[PENDING] = _write_file(tmp / PENDING, bytes(pending))
         manifest = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": manifest_version(position),
             "count": count,
             "dim": dim,
             "position": position,
@@ -449,9 +465,13 @@ def _read_manifest_once(root: Path) -> dict:
     # A newer version may checksum differently: say which version it is first.
     if isinstance(doc, dict) and doc.get("format") == FORMAT_NAME:
         version = doc.get("format_version")
-        if version != FORMAT_VERSION:
-            raise SnapshotError(f"format version {version!r} is not supported (this reader "
-                                f"reads version {FORMAT_VERSION})", file=str(mpath))
+        if type(version) is not int or version not in READ_VERSIONS:
+            newer = type(version) is int and version > FORMAT_VERSION
+            raise (NewerFormatError if newer else SnapshotError)(
+                f"format version {version!r} is not supported (this reader reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))})"
+                + (": written by a newer gpu-pitr; restore from it with that version or "
+                   "a later one" if newer else ""), file=str(mpath))
     crc_path = root / MANIFEST_CRC
     text = _read_small(crc_path, _CRC_MAX).decode("ascii", "replace")
     expect = text[:8]
@@ -467,6 +487,28 @@ def _read_manifest_once(root: Path) -> dict:
     _check_manifest(doc, str(mpath))
     _legacy_history(doc)
     return doc
+
+
+def manifest_version(position: dict) -> int:
+    """The ``format_version`` a snapshot at ``position`` is written with: 2 where a
+    version-1 reader would restore from it wrongly and say nothing, 1 elsewhere (every
+    gpu-pitr since the format's first reads those right).
+
+    Version-1 readers take the position's keys they know and pass over the rest. Two
+    keys came later and change what a restore from the snapshot must do:
+    ``pending.record_runs`` (2026-12-05; a version-1 reader of before then looks for
+    ``pending.records``, finds none, and drops the records of the transactions open at
+    the position: their commit applied only what followed it) and ``history_complete``
+    false (2026-12-03; a reader of before then uses a state restored across a gap as
+    complete, with no option and no warning). Snapshots holding either say 2, which
+    every older reader refuses by name before reading anything else.
+    """
+    pending = position.get("pending")
+    if isinstance(pending, dict) and pending.get("record_runs"):
+        return 2
+    if position.get("history_complete") is False:
+        return 2
+    return 1
 
 
 def _legacy_history(doc: dict) -> None:
