@@ -713,10 +713,13 @@ def restore_summary(report: dict, out: Path, open_ids: list[int] | None = None) 
     if report.get("last_commit_timestamp") is not None:
         lines.append(f"as of {utc_text(report['last_commit_timestamp'])}: the last commit "
                      "point applied")
-    after_stop = (f"{len(report['damage_after_stop'])} after the stop point"
-                  f"{_zero_records(report['damage_after_stop'])}"
-                  if report.get("read_after_stop", True) else
-                  "the log after the stop point not read (--stop-reading-at-target)")
+    damage_after = report["damage_after_stop"]
+    after_stop = f"{len(damage_after)} after the stop point{_zero_records(damage_after)}"
+    # (Stopped at the end of the log, the whole log was read, the option given or not.)
+    if not report.get("read_after_stop", True) and stop["reason"] == "target":
+        # What there is lies in the stop record (an exclusive seq target's, read).
+        after_stop = (f"{after_stop} in the stop record, " if damage_after else "") + (
+            "the log after the stop point not read (--stop-reading-at-target)")
     lines += [
         f"read {plural(report['records_read'], 'record')}, "
         f"{plural(report['bytes_read'], 'byte')}, {plural(report['segments'], 'segment')}; "

@@ -202,8 +202,8 @@ class _Restore:
         self.allow_incomplete = allow_incomplete_history
         # False: reading ends at the stop record (``read_after_stop``); see _cut_at_stop.
         self.read_after_stop = report.read_after_stop
-        # The stop record: (segment, its offset, where it ends, records read up to it).
-        self.stop_at: tuple[int, int, int, int] | None = None
+        # The stop record: (segment, where it ends, records read up to it).
+        self.stop_at: tuple[int, int, int] | None = None
         self.bad_headers: dict[int, int] = {}  # segment -> its header's bytes, all read
         self.ex = executor
         self.report = report
@@ -269,16 +269,18 @@ class _Restore:
             self._seed_base()
             self.timings["base"] = time.perf_counter() - t
         self._tell("read")
+        # The base is the stop, and the log after it is not to be read: no segment is
+        # (the framer goes over every segment it is given, header and pieces alike).
+        to_read = [] if self._read_no_more() else segments
         ranges = [(i, seg.path, starts.get(i, HEADER_SIZE), seg.size)
-                  for i, seg in enumerate(segments) if seg.size > starts.get(i, HEADER_SIZE)
-                  and not self._read_no_more()]  # (the base is the stop: none)
+                  for i, seg in enumerate(to_read) if seg.size > starts.get(i, HEADER_SIZE)]
         # Mapped into host buffers; copied into the executor's own (page-locked) ones.
         reader = Readahead(ranges, self.chunk_bytes, HEADROOM, self._alloc,
                            threads=READ_THREADS,
                            map_files=not hasattr(self.ex, "host_buffer"),
                            direct_bytes=readahead.DIRECT_BYTES)
         try:
-            framer = FrameAhead(segments, reader, self._alloc, frame_records,
+            framer = FrameAhead(to_read, reader, self._alloc, frame_records,
                                 header_problem, HEADER_SIZE, starts=starts, merge_small="chunk")
         except BaseException:  # (Ctrl-C as its thread started) the reads end here too
             reader.close()
@@ -303,7 +305,11 @@ class _Restore:
             # A later piece could not be read: the pieces packed or gathered before it
             # (_pack, _gather) come first, so that damage in them is what is raised.
             self._flush()
-            raise
+            if not self._read_no_more():
+                raise
+            # (read_after_stop=False) They held the stop: the piece that failed lies
+            # after it, and is not needed. Whether it was met at all depended on the
+            # chunk size (how many pieces were packed or gathered before the stop).
         finally:
             self._unstage()  # no copy may read a buffer the reader is done with
             framer.close()
@@ -330,26 +336,42 @@ class _Restore:
         found there (damage, torn tails, anomalies, records and bytes read) would vary
         with it. A stop at the base snapshot's position read nothing."""
         r = self.report
-        r.damage_after_stop.clear()  # none was looked for
         if self.stop_at is None:  # the base is the stop
-            seg, foff, end, r.records_read = -1, 0, 0, 0
+            seg, end, r.records_read = -1, 0, 0
         else:
-            seg, foff, end, r.records_read = self.stop_at
+            seg, end, r.records_read = self.stop_at
         r.segments = seg + 1
 
         def start(k: int) -> int:  # where reading began (a base's resume point: past it)
             at = starts.get(k, 0)
             return 0 if at <= HEADER_SIZE else at
 
-        # As the read counts them: a segment's bytes from where it began, a bad
-        # header's alone.
+        def whole(k: int, size: int) -> int:
+            """A segment before the stop's, as the read counts it: a bad header's bytes
+            alone; one with no records from where reading began, its header (read to
+            check it: a base at a segment's end too); else from where reading began."""
+            if k in self.bad_headers:
+                return self.bad_headers[k]
+            if size <= starts.get(k, HEADER_SIZE):
+                return min(size, HEADER_SIZE)
+            return size - start(k)
+
         r.bytes_read = 0 if seg < 0 else end - start(seg) + sum(
-            self.bad_headers.get(k, s.size - start(k))
-            for k, s in enumerate(self.segments[:seg]))
+            whole(k, s.size) for k, s in enumerate(self.segments[:seg]))
+        # The progress's "finish" says the bytes the restore needed, all of them done
+        # (against the whole log, it ended at a few percent).
+        self.total_bytes = r.bytes_read
+        # An entry is kept when its offset lies before the stop record's end: a skipped
+        # record's entry names the byte where decoding failed, inside the record (a seq
+        # target's record, skipped, is the stop). So is the damage of the record of an
+        # exclusive seq target, which need not decode (after the stop point, but read):
+        # its run of zero records, if it is one, cut back to the record.
         where = {name: k for k, name in enumerate(self.names[:len(self.segments)])}
-        for entries in (r.anomalies, r.torn_tails, r.trailing_bytes, r.skipped):
-            entries[:] = [e for e in entries
-                          if (where.get(e["file"], -1), e["offset"]) <= (seg, foff)]
+        for entries in (r.anomalies, r.torn_tails, r.trailing_bytes, r.skipped,
+                        r.damage_after_stop):
+            entries[:] = [_run_up_to(e, end) if where.get(e["file"], -1) == seg else e
+                          for e in entries
+                          if (where.get(e["file"], -1), e["offset"]) < (seg, end)]
 
     def _tell(self, phase: str) -> None:
         if self.progress is not None:
@@ -566,7 +588,7 @@ class _Restore:
         if result != WALK_FATAL and stop_index >= 0:
             self._record_stop(stop_index)
             self._stop_position(stop_index, n)
-            self.stop_at = (int(c.seg[stop_index]), int(c.foff[stop_index]),
+            self.stop_at = (int(c.seg[stop_index]),
                             int(c.foff[stop_index]) + RECORD_HEADER_SIZE
                             + int(c.length[stop_index]),
                             self.report.records_read + max(0, stop_index + 1 - first))
@@ -1099,6 +1121,17 @@ class _Restore:
         self.report.transactions["aborted"] = int(cnt[C_ABORTED])
 
 
+def _run_up_to(entry: dict, end: int) -> dict:
+    """A report's entry in the stop record's file: a run of zero records
+    (``format.zerofill``) cut back to end by file offset ``end`` where it goes on past
+    it."""
+    if entry.get("records") is None or entry["start"] + entry["bytes"] <= end:
+        return entry
+    records = (end - entry["start"]) // RECORD_HEADER_SIZE
+    return zerofill.item(entry["file"], entry["start"], records,
+                         **{k: entry[k] for k in ("offset", "seq")})
+
+
 def _needs_host():
     try:
         from gpu_pitr.executors.cuda import NeedsHostExecutor
@@ -1331,7 +1364,8 @@ def restore(
             (or just after a snapshot, with ``snapshots``) reads only the log up to it.
             The report then covers the log up to the stop record: ``records_read``,
             ``bytes_read`` and ``segments`` count up to it, and ``damage_after_stop``
-            is empty (none was looked for).
+            holds at most the stop record's own damage (an exclusive seq target's
+            record need not decode).
 
     Returns:
         RestoredIndex with ids sorted by UTF-8 bytes, vectors, metadata, report.

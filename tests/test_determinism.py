@@ -214,3 +214,30 @@ def test_outputs_differ_only_where_the_readme_says(wals, tmp_path, name):
                 assert got[key].equals(base[key]), (label, key)
             else:
                 assert got[key] == base[key], (label, key)
+
+
+def test_a_torn_tail_found_early_counts_the_bytes_as_a_whole_read(tmp_path):
+    """A record whose length runs past the end of its file is a torn tail as soon as a
+    piece frames its header, and the rest of the file is not read: ``bytes_read``
+    counted only the pieces read, 80 bytes at 64-byte pieces against the file's 385 read
+    whole, so the report changed with ``chunk_bytes``."""
+    import struct
+
+    from gpu_pitr.format.entries import Insert
+    from gpu_pitr.format.writer import WalWriter
+
+    wal = tmp_path / "wal"
+    with WalWriter(wal, created=1_700_000_000, clock=lambda: 1_700_000_000) as writer:
+        writer.append(Insert(id="a", vector=np.ones(4, np.float32), metadata=None,
+                             timestamp=1_700_000_000))
+    (seg,) = wal.glob("wal-*.log")
+    with open(seg, "ab") as f:  # seq 1, 10,000 bytes declared, 300 there
+        f.write(struct.pack("<QI", 1, 10_000) + bytes(range(256)) + bytes(44))
+    reports = []
+    for chunk in (64, 4096, None):
+        doc = gpu_pitr.restore(wal, backend="cpu", chunk_bytes=chunk).report.to_dict()
+        doc.pop("timings")
+        reports.append(doc)
+    assert reports[0]["bytes_read"] == seg.stat().st_size
+    assert reports[0]["torn_tails"][0]["bytes_lost"] == 312
+    assert reports[0] == reports[1] == reports[2]

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gpu_pitr
+import gpu_pitr.snapshot
 from gpu_pitr.cli import main
 from gpu_pitr.format.columns import ChunkColumns
 from gpu_pitr.format.frame import frame_records
@@ -41,10 +42,12 @@ def _doc(index) -> dict:
 
 
 def _at_or_before(entries: list, stop: dict, names: list[str]) -> list:
-    """The entries of a report's list that are no later in the log than the stop record."""
+    """The entries of a report's list that are no later in the log than the stop record:
+    before its end (a skipped record's entry names the byte where decoding failed,
+    inside the record: the stop record's own, with a seq target and skip_corrupt)."""
     order = {name: k for k, name in enumerate(names)}
-    here = (order[stop["file"]], stop["offset"])
-    return [e for e in entries if (order[e["file"]], e["offset"]) <= here]
+    here = (order[stop["file"]], _record_end(Path(stop["file"]), stop["offset"]))
+    return [e for e in entries if (order[e["file"]], e["offset"]) < here]
 
 
 def _records_up_to(stop: dict, names: list[str]) -> int:
@@ -95,7 +98,11 @@ def test_stopping_at_the_stop_gives_the_whole_reads_result(data):
                 == {k: want[k] for k in READ_KEYS if k not in ("read_after_stop", "timings")}
             return
         names = [str(s.path) for s in list_segments(d)]
-        assert got["damage_after_stop"] == []
+        # Only the stop record's own damage: an exclusive seq target's record, read.
+        assert len(got["damage_after_stop"]) <= (1 if kw.get("exclusive") and "to_seq" in kw
+                                                 else 0)
+        assert _at_or_before(got["damage_after_stop"], stop, names) == \
+            got["damage_after_stop"]
         for key in ("anomalies", "torn_tails", "trailing_bytes", "skipped"):
             assert got[key] == _at_or_before(want[key], stop, names), key
         assert got["segments"] == names.index(stop["file"]) + 1
@@ -246,3 +253,240 @@ def test_on_the_cuda_executor_too(long_log):
     assert w.index_view(gpu) == w.index_view(cpu)
     assert {k: v for k, v in _doc(gpu).items() if k not in ("backend", "message")} == \
         {k: v for k, v in _doc(cpu).items() if k not in ("backend", "message")}
+
+
+# -- the log cut at the stop record: what the report of a restore stopping there says --
+
+def _cut_log(src: str, stop: dict, out: Path) -> None:
+    """``src``'s segments up to the stop record's, that one ending with the record."""
+    names = [str(s.path) for s in list_segments(src)]
+    out.mkdir()
+    for name in names[:names.index(stop["file"])]:
+        (out / Path(name).name).write_bytes(Path(name).read_bytes())
+    end = _record_end(Path(stop["file"]), stop["offset"])
+    (out / Path(stop["file"]).name).write_bytes(Path(stop["file"]).read_bytes()[:end])
+
+
+def _log_figures(doc: dict) -> dict:
+    """What a report says of the log read, files by name (the cut log is elsewhere)."""
+    keys = ("records_read", "bytes_read", "segments", "anomalies", "torn_tails",
+            "trailing_bytes", "skipped", "damage_after_stop")
+    return {k: [{**e, "file": Path(e["file"]).name} for e in doc[k]]
+            if isinstance(doc[k], list) else doc[k] for k in keys}
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_the_report_is_the_whole_read_of_the_log_cut_at_the_stop(data):
+    """An oracle that does not share the cut's reasoning: the figures of a restore that
+    stops reading at its stop record are those of the whole read of a log that ends with
+    that record (a skipped stop record included, a base at a segment's end too)."""
+    wl = data.draw(w.workloads(max_steps=30), label="workload")
+    kw = data.draw(w.targets(wl), label="target")
+    base_kw = data.draw(st.none() | w.targets(wl), label="base target")
+    chunks = data.draw(st.sampled_from([64, 200, None]), label="chunk")
+    with tempfile.TemporaryDirectory() as d:
+        src = wl.write(Path(d) / "wal")
+        if base_kw is not None:
+            base_kw.update(skip_corrupt=kw["skip_corrupt"],
+                           allow_incomplete_history=kw["allow_incomplete_history"])
+            snap, err = w.outcome(lambda: gpu_pitr.restore(src, backend="cpu", **base_kw))
+            if err is not None:
+                return
+            kw["base"] = gpu_pitr.snapshot.save(snap, Path(d) / "base")
+        whole, err = w.outcome(lambda: gpu_pitr.restore(src, backend="cpu", **kw))
+        if err is not None or whole.report.stop["reason"] != "target":
+            return
+        early = gpu_pitr.restore(src, backend="cpu", read_after_stop=False,
+                                 chunk_bytes=chunks, **kw)
+        if early.report.segments == 0:  # the base is the stop: nothing read
+            assert (early.report.records_read, early.report.bytes_read) == (0, 0)
+            return
+        _cut_log(src, whole.report.stop, Path(d) / "cut")
+        cut = gpu_pitr.restore(Path(d) / "cut", backend="cpu", **kw)
+        assert cut.report.stop["reason"] == "target"
+        assert _log_figures(early.report.to_dict()) == _log_figures(cut.report.to_dict())
+
+
+def _undecodable_seq_1(d) -> str:
+    """seq 0 and 2 inserts, seq 1 undecodable."""
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0, 2.0], None, 10))
+    b.add_payload(b"\xff\x01\x02")
+    b.add(w.Ins("b", [3.0, 4.0], None, 12))
+    return b.write(d)
+
+
+def test_a_skipped_stop_record_stays_in_the_report_and_in_a_snapshot(tmp_path):
+    """A seq target's record that does not decode is skipped (skip_corrupt), and the
+    restore stops there: its entry names the byte where decoding failed, inside the
+    record, and was cut away as if it came after the stop. A snapshot made so then
+    told a restore from it nothing of the damage its state lacks."""
+    wal = _undecodable_seq_1(tmp_path / "wal")
+    whole = gpu_pitr.restore(wal, to_seq=1, skip_corrupt=True, backend="cpu")
+    early = gpu_pitr.restore(wal, to_seq=1, skip_corrupt=True, backend="cpu",
+                             read_after_stop=False)
+    assert len(whole.report.skipped) == 1
+    assert early.report.skipped == whole.report.skipped
+    assert main(["snapshot", wal, "--out", str(tmp_path / "snap"), "-q", "--to-seq", "1",
+                 "--skip-corrupt", "--stop-reading-at-target"]) == 0
+    later = gpu_pitr.restore(wal, backend="cpu", base=tmp_path / "snap")
+    assert later.report.base["skipped"] == 1
+    assert any("restored past damage" in x for x in later.report.warnings), \
+        later.report.warnings
+
+
+def _three_segments(d) -> str:
+    """Records 0..14, five a segment, record s stamped 100 + s."""
+    b = w.LogBuilder(created=1000)
+    for s in range(15):
+        if s in (5, 10):
+            b.new_segment(1000 + s)
+        b.add(w.Ins(f"id{s}", [float(s), 1.0], None, 100 + s))
+    return b.write(d)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_a_base_that_is_the_stop_reads_nothing(tmp_path, monkeypatch, backend):
+    """A seq target the base snapshot's last record carries, with log after it: the
+    framer went over the segments while the read-ahead had none to read (RuntimeError:
+    generator raised StopIteration)."""
+    wal = _three_segments(tmp_path / "wal")
+    assert main(["snapshot", wal, "--out", str(tmp_path / "s7"), "-q", "--to-seq", "7"]) == 0
+    whole = gpu_pitr.restore(wal, to_seq=7, backend=backend, base=tmp_path / "s7")
+    segs = {str(s.path) for s in list_segments(wal)}
+    opened: list[str] = []
+    real_open = os.open
+
+    def watched(path, *args, **kwargs):
+        opened.append(os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", watched)
+    early = gpu_pitr.restore(wal, to_seq=7, backend=backend, base=tmp_path / "s7",
+                             read_after_stop=False)
+    monkeypatch.undo()
+    assert not segs & set(opened)
+    assert w.index_view(early) == w.index_view(whole)
+    assert (early.position, early.pending) == (whole.position, whole.pending)
+    r = early.report
+    assert (r.records_read, r.bytes_read, r.segments) == (0, 0, 0)
+    assert r.stop == whole.report.stop
+
+
+def test_a_base_at_a_segment_end_counts_the_bytes_as_the_read_does(tmp_path):
+    """The stop at the log's last record: stopping there reads what the whole read does.
+    A base at the end of its segment (its header read, and counted, by the read) gave
+    16 bytes fewer."""
+    wal = _three_segments(tmp_path / "wal")
+    assert main(["snapshot", wal, "--out", str(tmp_path / "s4"), "-q", "--to-seq", "4"]) == 0
+    kw = dict(to_seq=14, backend="cpu", base=tmp_path / "s4")
+    whole, early = (gpu_pitr.restore(wal, read_after_stop=flag, **kw) for flag in (True, False))
+    assert early.report.base["offset"] == os.path.getsize(
+        tmp_path / "wal" / early.report.base["segment"])
+    assert _log_figures(early.report.to_dict()) == _log_figures(whole.report.to_dict())
+
+
+@pytest.mark.parametrize("chunk", [None, 4096, 64])
+def test_a_file_that_cannot_be_read_after_the_stop_is_not_needed(tmp_path, monkeypatch,
+                                                                   chunk):
+    """A segment after the stop that shrank since it was listed: the whole read fails on
+    it; stopping at the stop did too, or not, as the chunk size packed the pieces before
+    it with the stop's (the error came while the stop was still unknown)."""
+    from gpu_pitr import pipeline
+
+    b = w.LogBuilder(created=1000)
+    for s in range(24):
+        if s % 3 == 0 and s:
+            b.new_segment(1000 + s)
+        b.add(w.Ins(f"id{s}", [float(s)] * 8, None, 100 + s))
+    wal = b.write(tmp_path / "wal")
+    shrunk = sorted(str(s.path.name) for s in list_segments(wal))[4]
+    w.listed_at(monkeypatch, pipeline, shrunk, os.path.getsize(Path(wal) / shrunk) + 100)
+    with pytest.raises(gpu_pitr.errors.FileShrankError):
+        gpu_pitr.restore(wal, to_time=104, backend="cpu", chunk_bytes=chunk)
+    early = gpu_pitr.restore(wal, to_time=104, backend="cpu", chunk_bytes=chunk,
+                             read_after_stop=False)
+    assert early.report.ids == 5 and early.report.segments == 2
+
+
+def test_the_summary_of_a_restore_to_the_end_of_the_log_names_no_log_left_unread(
+        tmp_path, capsys):
+    """Stopped at the end of the log, the whole log was read: "the log after the stop
+    point not read" beside "stopped: at the end of the log" said otherwise."""
+    wal = _three_segments(tmp_path / "wal")
+    for target in ([], ["--to-time", "1000"]):
+        assert main(["restore", wal, "--out", str(tmp_path / "o.npz"),
+                     "--stop-reading-at-target", *target]) == 0
+        out = capsys.readouterr().out
+        assert "stopped: at the end of the log" in out
+        assert "not read" not in out and "0 after the stop point" in out
+
+
+@pytest.mark.parametrize("zeros", [False, True])
+def test_the_damaged_record_of_an_exclusive_seq_target_is_reported(tmp_path, capsys, zeros):
+    """An exclusive seq target's record need not decode: the restore stops before it, and
+    lists its damage after the stop point. Stopping there reads that record (counted in
+    records_read), but its damage was dropped with what lies after it. A zero-filled
+    run from there is cut back to the record, whatever the chunk size."""
+    b = w.LogBuilder()
+    if zeros:  # 12 zero bytes frame as a record of seq 0: the target; three of them
+        b.raw(bytes(36))
+    else:
+        b.add(w.Ins("a", [1.0, 2.0], None, 10))
+        b.add_payload(b"\xff\x01\x02")
+    b.add(w.Ins("b", [3.0, 4.0], None, 12))
+    wal = b.write(tmp_path / "wal")
+    kw = dict(to_seq=0 if zeros else 1, exclusive=True, backend="cpu")
+    whole = gpu_pitr.restore(wal, **kw)
+    (damage,) = whole.report.damage_after_stop
+    for chunk in (None, 64):
+        early = gpu_pitr.restore(wal, read_after_stop=False, chunk_bytes=chunk, **kw)
+        if zeros:
+            assert damage["records"] == 3
+            assert early.report.damage_after_stop == [{
+                **damage, "records": 1, "bytes": 12,
+                "what": damage["what"].replace("3 records", "a record").replace("36", "12")}]
+        else:
+            assert early.report.damage_after_stop == [damage]
+    assert main(["restore", wal, "--out", str(tmp_path / "o.npz"), "--to-seq",
+                 str(kw["to_seq"]), "--exclusive", "--stop-reading-at-target"]) == 0
+    out = capsys.readouterr().out
+    assert "damage: 0 torn tails, 0 skipped, 1 after the stop point" in out
+    assert "in the stop record, the log after the stop point not read" in out
+
+
+def test_a_zero_filled_run_in_an_earlier_file_is_kept_whole(tmp_path):
+    """(A guard of the cut of zero-filled runs to the stop record: it is by offset in the
+    stop record's file only; a run skipped in an earlier file, at offsets past the stop
+    record's end, is listed as the whole read lists it.)"""
+    b = w.LogBuilder(created=1000)
+    for s in range(4):
+        b.add(w.Ins(f"id{s}", [float(s), 1.0], None, 100 + s))
+    b.raw(bytes(36))
+    b.add(w.Ins("id4", [4.0, 1.0], None, 104))
+    b.new_segment(1001)
+    b.add(w.Ins("id5", [5.0, 1.0], None, 105))
+    b.add(w.Ins("id6", [6.0, 1.0], None, 106))
+    wal = b.write(tmp_path / "wal")
+    kw = dict(to_seq=5, skip_corrupt=True, backend="cpu")
+    whole = gpu_pitr.restore(wal, **kw)
+    (run,) = whole.report.skipped
+    assert run["records"] == 3 and run["start"] > whole.report.stop["offset"] + 40
+    for chunk in (None, 64):
+        early = gpu_pitr.restore(wal, read_after_stop=False, chunk_bytes=chunk, **kw)
+        assert early.report.skipped == [run]
+
+
+def test_the_progress_ends_at_the_bytes_the_restore_needed(long_log):
+    """The last call ("finish") gave the cut byte count against the whole log's size:
+    a bar ended at a few percent, after showing more bytes done."""
+    wal, stats = long_log
+    calls: list[tuple] = []
+    index = gpu_pitr.restore(wal, to_time=stats.first_timestamp + 60, backend="cpu",
+                             read_after_stop=False, progress=lambda *a: calls.append(a))
+    phase, done, total, records = calls[-1]
+    assert phase == "finish"
+    assert done == total == index.report.bytes_read
+    assert records == index.report.records_read

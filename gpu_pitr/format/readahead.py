@@ -697,6 +697,9 @@ class FrameAhead:
                 # not after reading the rest of the file towards it.
                 self._reader.skip(index)
                 item.torn = (carry_file, file_size - carry_file)
+                # The rest of the file, not read, counts as a read of it whole would
+                # (the report's bytes_read is the same whatever the piece size).
+                item.bytes_read += file_size - (piece.file_offset + piece.length)
                 self.frame_seconds += time.perf_counter() - t
                 return self._emit(item)
             carry = buf[stop:end].copy()
