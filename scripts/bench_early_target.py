@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -35,8 +36,18 @@ def _fingerprint(index) -> tuple:
     return (len(host), zlib.crc32(host._id_arena), zlib.crc32(vectors.view(np.uint8)))
 
 
-def _timed(restore, **kw) -> tuple[float, tuple, dict]:
+def drop_page_cache() -> None:
+    """The log's pages out of the page cache (Linux, as root), so that a restore reads
+    it from the disk: ``--cold``."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def _timed(restore, cold: bool = False, **kw) -> tuple[float, tuple, dict]:
     gc.collect()
+    if cold:
+        drop_page_cache()
     t = time.perf_counter()
     index = restore(**kw)
     seconds = time.perf_counter() - t
@@ -48,14 +59,15 @@ def _timed(restore, **kw) -> tuple[float, tuple, dict]:
     return seconds, fingerprint, facts
 
 
-def compare(restore, repeat: int, **kw) -> dict:
+def compare(restore, repeat: int, cold: bool = False, **kw) -> dict:
     """Reading on against stopping, alternated; the same index both ways."""
     runs: dict[str, list[float]] = {"read_on": [], "stop": []}
     seen: dict[str, tuple] = {}
     facts: dict[str, dict] = {}
     for _ in range(repeat):
         for way, flag in (("read_on", True), ("stop", False)):
-            seconds, fingerprint, facts[way] = _timed(restore, read_after_stop=flag, **kw)
+            seconds, fingerprint, facts[way] = _timed(restore, cold, read_after_stop=flag,
+                                                      **kw)
             runs[way].append(seconds)
             seen.setdefault(way, fingerprint)
             if seen[way] != fingerprint:
@@ -78,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--snapshot-at", type=float, default=0.5,
                     help="the snapshot's place (a fraction); the target is 5%% later")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cold", action="store_true",
+                    help="drop the page cache before each restore (Linux, root): the log "
+                    "read from the disk, as after a reboot or on a host that did not write it")
     ap.add_argument("--json", help="also write every number to this file")
     opts = ap.parse_args(argv)
 
@@ -94,13 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     gpu_pitr.restore(wal, backend="cpu", to_seq=0)  # the warm-up: compiled code loaded
     first, last = _time_span(wal)
     restore = gpu_pitr.restore
-    out: dict = {"wal": str(wal), "log_bytes": log_bytes, "targets": []}
+    out: dict = {"wal": str(wal), "log_bytes": log_bytes, "cold": opts.cold, "targets": []}
+    if opts.cold:
+        drop_page_cache()  # refused (not root, not Linux): an error now, not mid-run
     print(f"log {wal}: {log_bytes / 1e9:.3f} GB, stamps {first}..{last}; "
-          f"medians of {opts.repeat}, alternated\n")
+          f"medians of {opts.repeat}, alternated; page cache "
+          f"{'dropped before each restore' if opts.cold else 'warm'}\n")
     print(f"{'target':>24} {'read on s':>10} {'stop s':>8} {'speedup':>8} {'read (stop)':>12}")
     for frac in (float(x) for x in opts.fractions.split(",")):
         t = first + int(frac * (last - first))
-        r = compare(lambda **kw: restore(wal, backend="cpu", **kw), opts.repeat, to_time=t)
+        r = compare(lambda **kw: restore(wal, backend="cpu", **kw), opts.repeat, opts.cold,
+                    to_time=t)
         r["fraction"], r["to_time"] = frac, t
         out["targets"].append(r)
         print(f"{f'{frac:.0%} of the log':>24} {r['read_on_s']:10.3f} {r['stop_s']:8.3f} "
@@ -110,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         save(restore(wal, backend="cpu", to_time=at), Path(snaps) / "snap")
         t = first + int(min(1.0, opts.snapshot_at + 0.05) * (last - first))
         r = compare(lambda **kw: restore(wal, backend="cpu", snapshots=snaps, **kw),
-                    opts.repeat, to_time=t)
+                    opts.repeat, opts.cold, to_time=t)
         r["snapshot_at"], r["to_time"] = opts.snapshot_at, t
         out["from_snapshot"] = r
         label = f"snapshot {opts.snapshot_at:.0%} -> +5%"
