@@ -577,17 +577,24 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not args.quiet:
         # (no index here when the workers wrote the dataset: the count alone)
         position = None if index is None else index.position
-        open_ids = (None if position is None else
-                    [txn for txn, _ in position["pending"]["transactions"]])
+        open_ids = None if position is None else [txn for txn, _ in _pending(position)]
         lines = restore_summary(report, out, open_ids)
         if fmt == "snapshot" and index.position is not None:
             pos = index.position
-            open_txns = len(pos["pending"]["transactions"])
+            open_txns = len(_pending(pos))
             lines.append(f"snapshot: {out} covers the log up to {_snapshot_where(pos)} "
                          f"({plural(open_txns, 'open transaction')} kept, "
                          f"to apply at {'its' if open_txns == 1 else 'their'} commit)")
         _progress_line("\n".join(lines), sys.stdout)  # the output is in place already
     return 0
+
+
+def _pending(position: dict) -> list:
+    """The ``[id, records]`` of the transactions open at ``position``. A base that is
+    the stop gives its own position, whose manifest may have no ``pending`` (snapshots
+    load without one): ``position["pending"]`` was a KeyError traceback after the
+    restore had written its output."""
+    return (position.get("pending") or {}).get("transactions") or []
 
 
 #: An age for ``expire --keep-since`` (pgBackRest keeps backups by count or days): so
@@ -934,14 +941,17 @@ def _snapshot_position(position: dict) -> str:
 def _snapshot_manifest(path: str) -> tuple[dict, list[str]]:
     """``inspect`` of one snapshot: its manifest (checksums not checked), as a JSON
     document and the lines to print."""
-    from gpu_pitr.snapshot.format import read_manifest
+    from gpu_pitr.snapshot.format import NewerFormatError, read_manifest
 
     try:
         manifest = read_manifest(path)
     except WalError as err:
-        return {"snapshot": path, "error": str(err)}, [f"snapshot {path}: {err}"]
+        doc = {"snapshot": path, "error": str(err)}
+        if isinstance(err, NewerFormatError):
+            doc["newer"] = True  # not damage: a later gpu-pitr's (snapshot.format.trouble)
+        return doc, [f"snapshot {path}: {err}"]
     position = manifest["position"]
-    pending = position.get("pending", {}).get("transactions", [])
+    pending = _pending(position)
     return {"snapshot": path, "manifest": manifest}, [
         f"snapshot {path}: format version {manifest['format_version']}, "
         f"created {manifest.get('created')}",
@@ -961,11 +971,17 @@ def _snapshot_last_seq(path: str, position: dict) -> list[str]:
     exactly its state: an operator who took a snapshot as a named restore point (before
     a migration) had no way to see which ``--to-seq`` gives it back (a time target goes
     on to later records stamped in the same second)."""
+    import shlex
+
     last = position.get("last_seq")
     if last is None:  # an empty log's, or one written before the field was added
         return []
+    # One restored across a gap is refused as a base without the option (the command
+    # named failed); a path with a space is quoted, so that the command can be pasted.
+    allow = (" --allow-incomplete-history" if position.get("history_complete") is False
+             else "")
     return [f"last record covered: seq {last} (this state exactly: gpu-pitr restore "
-            f"WAL_DIR --base {path} --to-seq {last} --out OUT)"]
+            f"WAL_DIR --base {shlex.quote(str(path))} --to-seq {last}{allow} --out OUT)"]
 
 
 def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:
@@ -979,15 +995,19 @@ def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:
     if args.json:
         _emit(json.dumps({"snapshots_dir": args.wal_dir, "snapshots": docs}, indent=2))
         return 0
-    damaged = sum("error" in d for d in docs)
-    lines = [f"snapshots in {args.wal_dir}: {len(docs)}, {damaged} with a damaged manifest "
-             "(oldest first)", "",
+    # One a later gpu-pitr wrote is not damaged (a fleet upgraded host by host).
+    newer = sum(bool(d.get("newer")) for d in docs)
+    damaged = sum("error" in d for d in docs) - newer
+    lines = [f"snapshots in {args.wal_dir}: {len(docs)}, {damaged} with a damaged manifest"
+             + (f", {newer} written by a newer gpu-pitr" if newer else "")
+             + " (oldest first)", "",
              f"{'snapshot':<24} {'ids':>10} {'dim':>5}  {'--to-time from':<20}  "
              f"{'taken':<20}  up to"]
     for doc in docs:
         name = os.path.basename(doc["snapshot"])
         if "error" in doc:
-            lines.append(f"{name:<24} DAMAGED: {doc['error']}")
+            lines.append(f"{name:<24} {'NEWER' if doc.get('newer') else 'DAMAGED'}: "
+                         f"{doc['error']}")
             continue
         m = doc["manifest"]
         pos = m["position"]
@@ -1011,6 +1031,7 @@ def _check_snapshot(path: str) -> tuple[dict, list[str]]:
     Raises ``MissingExtraError`` or ``OSError`` when it cannot be checked at all.
     """
     from gpu_pitr import snapshot
+    from gpu_pitr.snapshot.format import NewerFormatError
 
     started = time.perf_counter()
     try:
@@ -1019,6 +1040,12 @@ def _check_snapshot(path: str) -> tuple[dict, list[str]]:
         seconds = time.perf_counter() - started
         doc = {"snapshot": path, "clean": False, "seconds": round(seconds, 6),
                "problem": {"file": err.file, "offset": err.offset, "what": err.what}}
+        if isinstance(err, NewerFormatError):
+            # Not damage, and not checked: a later gpu-pitr wrote it (hosts upgraded one
+            # by one share the directory). Still not clean: this version cannot vouch.
+            doc["newer"] = True
+            return doc, [str(err), f"{path}: NOT CHECKED: snapshot written by a newer "
+                         f"gpu-pitr ({seconds:.3f} s)"]
         return doc, [str(err), f"{path}: DAMAGED: snapshot ({seconds:.3f} s)"]
     seconds = time.perf_counter() - started
     doc["seconds"] = round(seconds, 6)
@@ -1045,9 +1072,13 @@ def _verify_snapshots(args: argparse.Namespace, paths: list[str], single: bool =
     if single:
         out = docs[0]
     else:
-        damaged = sum(not doc["clean"] for doc in docs)
+        newer = sum(bool(doc.get("newer")) for doc in docs)
+        damaged = sum(not doc["clean"] for doc in docs) - newer
         out = {"snapshots_dir": args.wal_dir, "clean": clean, "snapshots": docs}
-        lines.append(f"{args.wal_dir}: {'clean' if clean else 'DAMAGED'}: "
-                     f"{plural(len(docs), 'snapshot')}, {damaged} damaged")
+        verdict = "clean" if clean else "DAMAGED" if damaged else "NOT CHECKED"
+        lines.append(f"{args.wal_dir}: {verdict}: {plural(len(docs), 'snapshot')}, "
+                     f"{damaged} damaged"
+                     + (f", {newer} written by a newer gpu-pitr (not checked)" if newer
+                        else ""))
     _emit(json.dumps(out, indent=2) if args.json else "\n".join(lines))
     return 0 if clean else 1

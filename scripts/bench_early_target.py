@@ -111,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     restore = gpu_pitr.restore
     out: dict = {"wal": str(wal), "log_bytes": log_bytes, "cold": opts.cold, "targets": []}
     if opts.cold:
-        drop_page_cache()  # refused (not root, not Linux): an error now, not mid-run
+        try:
+            drop_page_cache()  # refused (not root, not Linux): said now, not mid-run
+        except OSError as err:
+            raise SystemExit(f"--cold: cannot drop the page cache ({err}): it needs Linux "
+                             "and root") from None
     print(f"log {wal}: {log_bytes / 1e9:.3f} GB, stamps {first}..{last}; "
           f"medians of {opts.repeat}, alternated; page cache "
           f"{'dropped before each restore' if opts.cold else 'warm'}\n")

@@ -287,6 +287,56 @@ def test_inspect_of_a_snapshot_names_the_seq_that_restores_exactly_its_state(tmp
     assert list(got["metadata"]) == list(want.metadata_json())
 
 
+def test_the_command_inspect_names_runs_for_a_snapshot_restored_across_a_gap(tmp_path,
+                                                                              capsys):
+    """A snapshot restored across a gap (the log starting at seq 5) is refused as a base
+    without --allow-incomplete-history: the command named left it out and failed (exit
+    1). A path with a space is quoted, so that the command can be pasted as printed."""
+    import shlex
+
+    b = w.LogBuilder(first_seq=5)
+    for k in range(6):
+        b.add(w.Ins(f"d{k}", w.f32(k, k), None, 100))
+    wal = Path(b.write(tmp_path / "wal"))
+    snap = tmp_path / "my snaps" / "p"
+    snap.parent.mkdir()
+    assert _cli(capsys, "snapshot", wal, "--to-seq", "8", "--allow-incomplete-history",
+                "--out", snap, "-q")[0] == 0
+    rc, out, _ = _cli(capsys, "inspect", snap)
+    line = next(x for x in out.splitlines() if x.startswith("last record covered"))
+    command = shlex.split(line.split("exactly: gpu-pitr ", 1)[1].rstrip(")"))
+    assert "--allow-incomplete-history" in command and str(snap) in command
+    command = [str(wal) if a == "WAL_DIR" else str(tmp_path / "o.npz") if a == "OUT" else a
+               for a in command]
+    assert _cli(capsys, *command, "-q")[0] == 0
+    got = np.load(tmp_path / "o.npz", allow_pickle=False)
+    assert list(got["ids"]) == load_snapshot(snap).to_index().id_list()
+
+
+@pytest.mark.parametrize("command", ["restore", "snapshot"])
+def test_a_base_without_pending_that_is_the_stop_is_summed_up(tmp_path, capsys, command):
+    """A manifest may leave ``pending`` out (it loads without one). A seq target at the
+    base's last record gives the base's own position, and the summary's
+    ``position["pending"]`` was a KeyError traceback after the output had been
+    written."""
+    b = w.LogBuilder()
+    for k in range(6):
+        b.add(w.Ins(f"d{k}", w.f32(k, k), None, 100))
+    wal = Path(b.write(tmp_path / "wal"))
+    base = tmp_path / "s"
+    assert _cli(capsys, "snapshot", wal, "--to-seq", "3", "--out", base, "-q")[0] == 0
+    doc = json.loads((base / MANIFEST).read_text())
+    del doc["position"]["pending"]
+    _rewrite_manifest(base, doc)
+    out = tmp_path / ("o.npz" if command == "restore" else "o")
+    rc, text, err = _cli(capsys, command, wal, "--base", base, "--to-seq", "3", "--out", out)
+    assert (rc, err) == (0, ""), err
+    assert "stopped: after" in text and "seq 3" in text
+    if command == "snapshot":
+        assert f"snapshot: {out} covers the log up to " in text
+        assert "(0 open transactions kept" in text
+
+
 @pytest.mark.parametrize("name", [*DATA_FILES, MANIFEST, MANIFEST_CRC])
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
 @pytest.mark.parametrize("mapped", [False, True], ids=["read", "mapped"])

@@ -35,6 +35,20 @@ READ_KEYS = ("records_read", "bytes_read", "segments", "anomalies", "torn_tails"
              "timings", "warnings")
 
 
+def _watch_opens(monkeypatch) -> list[str]:
+    """The paths ``os.open`` is given from now on (the read-ahead opens segments with
+    it), until ``monkeypatch.undo()``."""
+    opened: list[str] = []
+    real_open = os.open
+
+    def watched(path, *args, **kwargs):
+        opened.append(os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", watched)
+    return opened
+
+
 def _doc(index) -> dict:
     doc = index.report.to_dict()
     doc.pop("timings")
@@ -143,14 +157,7 @@ def test_the_log_after_the_stop_is_not_read(long_log, monkeypatch):
     segs = sorted(str(p) for p in wal.glob("wal-*.log"))
     stop_seg = segs.index(whole.report.stop["file"])
     assert stop_seg <= 2
-    opened: list[str] = []
-    real_open = os.open
-
-    def watched(path, *args, **kwargs):
-        opened.append(os.fspath(path))
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", watched)
+    opened = _watch_opens(monkeypatch)
     # Pieces of 64 KiB: the read-ahead cannot have reached the later segments by chance.
     early = gpu_pitr.restore(wal, to_time=target, backend="cpu", read_after_stop=False,
                              chunk_bytes=64 << 10)
@@ -356,14 +363,7 @@ def test_a_base_that_is_the_stop_reads_nothing(tmp_path, monkeypatch, backend):
     assert main(["snapshot", wal, "--out", str(tmp_path / "s7"), "-q", "--to-seq", "7"]) == 0
     whole = gpu_pitr.restore(wal, to_seq=7, backend=backend, base=tmp_path / "s7")
     segs = {str(s.path) for s in list_segments(wal)}
-    opened: list[str] = []
-    real_open = os.open
-
-    def watched(path, *args, **kwargs):
-        opened.append(os.fspath(path))
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", watched)
+    opened = _watch_opens(monkeypatch)
     early = gpu_pitr.restore(wal, to_seq=7, backend=backend, base=tmp_path / "s7",
                              read_after_stop=False)
     monkeypatch.undo()

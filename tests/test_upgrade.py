@@ -284,3 +284,44 @@ def test_a_newer_versions_snapshot_is_passed_over_as_such_not_as_damage(tmp_path
     result = expire(tmp_path / "arch", snaps, keep=1)
     assert [line.startswith(newer) for line in result.damaged] == [True]
     assert (snaps / "b" / "manifest.json").is_file() and (snaps / "a").is_dir()
+
+
+def test_verify_and_inspect_say_a_newer_versions_snapshot_is_not_damaged(tmp_path, capsys):
+    """The backup job's check of the same directory (``verify SNAPS``) and its listing
+    (``inspect SNAPS``) said DAMAGED of a snapshot a later gpu-pitr wrote, and counted it
+    damaged, where restore and expire say a newer gpu-pitr wrote it. It is not clean
+    still (exit 1): this version cannot check it."""
+    from gpu_pitr import cli
+
+    b = w.LogBuilder()
+    for k in range(6):
+        b.add(w.Ins(f"d{k}", w.f32(k, k), None, 100))
+    wal = b.write(tmp_path / "wal")
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=2), snaps / "a")
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu"), snaps / "b")
+    _version(snaps / "b", FORMAT_VERSION + 1)
+    capsys.readouterr()
+    assert cli.main(["verify", str(snaps)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "DAMAGED" not in "\n".join(out), out
+    assert out[-2].startswith(f"{snaps / 'b'}: NOT CHECKED: snapshot written by a newer "
+                              "gpu-pitr (")
+    assert out[-1] == (f"{snaps}: NOT CHECKED: 2 snapshots, 0 damaged, 1 written by a newer "
+                       "gpu-pitr (not checked)")
+    assert cli.main(["verify", str(snaps), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert [d.get("newer", False) for d in doc["snapshots"]] == [False, True]
+    # Damage as well: the directory is DAMAGED, naming both counts.
+    (snaps / "a" / "manifest.json.crc").write_text("00000000\n")
+    assert cli.main(["verify", str(snaps)]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"{snaps}: DAMAGED: 2 snapshots, 1 damaged, 1 written by a newer gpu-pitr (not "
+        "checked)")
+    assert cli.main(["inspect", str(snaps)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == (f"snapshots in {snaps}: 2, 1 with a damaged manifest, 1 "
+                                   "written by a newer gpu-pitr (oldest first)")
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[3:5]}
+    assert rows == {"a": "DAMAGED:", "b": "NEWER:"}

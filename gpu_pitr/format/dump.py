@@ -71,8 +71,10 @@ def wal_records(
     ``pg_waldump --xid`` does): its Begin, Commit and Abort markers and the data records
     inside it (those given its id as ``transaction``), so that a bulk load's first and
     last records, and so the targets before and after it, show without paging through
-    it; damage is left out, as with the other filters. ``limit`` stops after that many
-    items.
+    it; damage is left out, even an undecodable record between its Begin and its
+    Commit (no transaction can be read from it, and the seq filters, which do keep it,
+    show it: ``first_seq``/``last_seq`` of the Begin and the Commit). ``limit`` stops
+    after that many items.
 
     Raises:
         ValueError: a time that is not one, or a seq that is not an integer.
