@@ -575,26 +575,21 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     for line in warnings:  # with --quiet too: damage is not news to drop
         print(f"{PROG}: warning: {line}", file=sys.stderr)
     if not args.quiet:
+        from gpu_pitr.snapshot.format import pending_transactions
+
         # (no index here when the workers wrote the dataset: the count alone)
         position = None if index is None else index.position
-        open_ids = None if position is None else [txn for txn, _ in _pending(position)]
+        open_ids = (None if position is None else
+                    [txn for txn, _ in pending_transactions(position)])
         lines = restore_summary(report, out, open_ids)
         if fmt == "snapshot" and index.position is not None:
             pos = index.position
-            open_txns = len(_pending(pos))
+            open_txns = len(pending_transactions(pos))
             lines.append(f"snapshot: {out} covers the log up to {_snapshot_where(pos)} "
                          f"({plural(open_txns, 'open transaction')} kept, "
                          f"to apply at {'its' if open_txns == 1 else 'their'} commit)")
         _progress_line("\n".join(lines), sys.stdout)  # the output is in place already
     return 0
-
-
-def _pending(position: dict) -> list:
-    """The ``[id, records]`` of the transactions open at ``position``. A base that is
-    the stop gives its own position, whose manifest may have no ``pending`` (snapshots
-    load without one): ``position["pending"]`` was a KeyError traceback after the
-    restore had written its output."""
-    return (position.get("pending") or {}).get("transactions") or []
 
 
 #: An age for ``expire --keep-since`` (pgBackRest keeps backups by count or days): so
@@ -941,7 +936,7 @@ def _snapshot_position(position: dict) -> str:
 def _snapshot_manifest(path: str) -> tuple[dict, list[str]]:
     """``inspect`` of one snapshot: its manifest (checksums not checked), as a JSON
     document and the lines to print."""
-    from gpu_pitr.snapshot.format import NewerFormatError, read_manifest
+    from gpu_pitr.snapshot.format import NewerFormatError, pending_transactions, read_manifest
 
     try:
         manifest = read_manifest(path)
@@ -951,7 +946,7 @@ def _snapshot_manifest(path: str) -> tuple[dict, list[str]]:
             doc["newer"] = True  # not damage: a later gpu-pitr's (snapshot.format.trouble)
         return doc, [f"snapshot {path}: {err}"]
     position = manifest["position"]
-    pending = _pending(position)
+    pending = pending_transactions(position)
     return {"snapshot": path, "manifest": manifest}, [
         f"snapshot {path}: format version {manifest['format_version']}, "
         f"created {manifest.get('created')}",

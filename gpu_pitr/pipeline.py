@@ -923,10 +923,12 @@ class _Restore:
 
     def _stop_at_base(self) -> None:
         """A sequence target met by the base's last record: the base is the answer."""
+        from gpu_pitr.snapshot.format import pending_transactions
+
         pos = self.base.position
         last = pos.get("last_record") or {}
         self.plan.stopped = True
-        self.plan.open_at_stop = len((pos.get("pending") or {}).get("transactions") or [])
+        self.plan.open_at_stop = len(pending_transactions(pos))
         self.report.stop = {"reason": "target", "file": str(self.wal_dir / last["segment"]),
                             "offset": int(last["offset"]), "seq": int(pos["last_seq"]),
                             "timestamp": None, "record": None}
@@ -935,10 +937,10 @@ class _Restore:
 
     def _seed_pending(self, snap) -> None:
         """The base's open transactions become carried rows, as if read just now."""
-        from gpu_pitr.snapshot.format import SnapshotError
+        from gpu_pitr.snapshot.format import SnapshotError, pending_transactions
 
         info = snap.position.get("pending") or {}
-        txns = info.get("transactions") or []
+        txns = pending_transactions(snap.position)
         # An open transaction with no records yet still owns what follows.
         self.plan.seed_open([t for t, _ in txns], [k for _, k in txns])
         runs = info.get("record_runs")

@@ -489,6 +489,13 @@ def _read_manifest_once(root: Path) -> dict:
     return doc
 
 
+def pending_transactions(position: dict) -> list:
+    """The ``[id, records]`` of the transactions open at a log ``position`` (a
+    restore's, or a snapshot's): none where it has no ``pending`` (a snapshot loads
+    without one, and a base that is a restore's stop gives its own position)."""
+    return (position.get("pending") or {}).get("transactions") or []
+
+
 def manifest_version(position: dict) -> int:
     """The ``format_version`` a snapshot at ``position`` is written with: 2 where a
     version-1 reader would restore from it wrongly and say nothing, 1 elsewhere (every
