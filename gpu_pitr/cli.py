@@ -286,6 +286,14 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
         help="skip undecodable records and unreadable segments (each one is reported)",
     )
     p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail (exit 1, nothing written) where the target may not have been reached, "
+        "as PostgreSQL's recovery does: the log ends before --to-time, records are "
+        "missing inside the log (a jump in seq), no segment in WAL_DIR, or a base with "
+        "no log after it; by default each is a warning",
+    )
+    p.add_argument(
         "--allow-incomplete-history",
         action="store_true",
         help="accept a gap in the history (a log whose first record is not seq 0, "
@@ -526,7 +534,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     kwargs = dict(to_time=to_time, to_seq=args.to_seq, exclusive=args.exclusive,
                   backend=args.backend, skip_corrupt=args.skip_corrupt,
-                  read_after_stop=not args.stop_reading_at_target,
+                  read_after_stop=not args.stop_reading_at_target, strict=args.strict,
                   allow_incomplete_history=args.allow_incomplete_history,
                   base=args.base, snapshots=args.snapshots,
                   **({"memory_budget": args.memory_budget} if args.memory_budget is not None

@@ -74,6 +74,14 @@ class TargetBeforeBaseError(WalError):
     """A restore target earlier than the base snapshot's position."""
 
 
+class TargetNotReachedError(WalError):
+    """Under ``strict`` (``--strict``): a restore that ran but may not have reached the
+    state asked for, which by default is a warning: the log ends before a time target,
+    records are missing inside it, or there is no log at all (PostgreSQL ends such a
+    recovery with "recovery ended before configured recovery target was reached").
+    Raised before anything is written."""
+
+
 class MissingExtraError(ImportError):
     """An optional dependency a command needs is not installed; says which extra has it."""
 

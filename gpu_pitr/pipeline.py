@@ -31,6 +31,7 @@ from gpu_pitr.errors import (
     IncompleteHistoryError,
     TargetBeforeBaseError,
     TargetNotFoundError,
+    TargetNotReachedError,
     WalError,
 )
 from gpu_pitr.format import readahead, zerofill
@@ -1317,6 +1318,7 @@ def restore(
     id_shard=None,
     log_end=None,
     read_after_stop: bool = True,
+    strict: bool = False,
 ) -> RestoredIndex:
     """Restore the index in ``wal_dir`` as it was at a point in time (SPEC section 3).
 
@@ -1368,6 +1370,13 @@ def restore(
             ``bytes_read`` and ``segments`` count up to it, and ``damage_after_stop``
             holds at most the stop record's own damage (an exclusive seq target's
             record need not decode).
+        strict: True: raise ``TargetNotReachedError`` where the state restored may
+            not be the one asked for (``--strict``): the log ends before a time
+            target, records are missing inside the log up to the stop point (a jump
+            in the sequence numbers), no segment at all, or a base snapshot with no
+            log after it. By default each is a warning in ``report.warnings`` and the
+            index is returned (SPEC section 3: a time past the log's end is its latest
+            state).
 
     Returns:
         RestoredIndex with ids sorted by UTF-8 bytes, vectors, metadata, report.
@@ -1383,7 +1392,7 @@ def restore(
     shard = parse_id_shard(id_shard)
     for name, flag in (("exclusive", exclusive), ("skip_corrupt", skip_corrupt),
                        ("allow_incomplete_history", allow_incomplete_history),
-                       ("read_after_stop", read_after_stop)):
+                       ("read_after_stop", read_after_stop), ("strict", strict)):
         if not isinstance(flag, (bool, np.bool_)):  # "no" would be taken as True
             raise ValueError(f"{name} is True or False, not {flag!r}")
     if progress is not None and not callable(progress):
@@ -1481,7 +1490,9 @@ def restore(
             notes.append(f"cuda executor: {fallback}; restored on the cpu executor instead")
     report = index.report
     report.message = "; ".join(notes)
-    report.warnings = warnings + _restore_warnings(run, report, target, memory_budget)
+    unreached: list[tuple[str, dict]] = []
+    report.warnings = warnings + _restore_warnings(run, report, target, memory_budget,
+                                                   unreached)
     _writes_in_progress(report)
     report.last_commit_timestamp = run.plan.last_timestamp  # what the index is as of
     # Of the total (within the stages): Numba compiling, on a first run after an
@@ -1493,15 +1504,24 @@ def restore(
         # The base's state alone: a WAL_DIR given wrong would pass without a word.
         report.warnings.append("the base snapshot's state alone, no log after it: "
                                + no_segments_note(wal_path))
+        unreached.append((report.warnings[-1], {"file": str(wal_path)}))
     if not report.message and snap is None:
         if report.segments == 0:
             report.message = f"nothing to restore: {no_segments_note(wal_path)}"
             report.warnings.append(report.message)
+            unreached.append((report.message, {"file": str(wal_path)}))
         elif report.records_read == 0:
             report.message = "nothing to restore: no records in the log"
         elif len(index) == 0:
             report.message = EMPTY_INDEX_NOTE
     report.message = "; ".join(m for m in (report.message, *why_cpu) if m)
+    if strict and unreached:
+        # After the restore, as PostgreSQL's: that the target was not reached is known
+        # only at the end of the log. Before anything is written: nothing in place.
+        text, where = unreached[0]
+        raise TargetNotReachedError(
+            "; ".join([text, *(f"also: {t}" for t, _ in unreached[1:])])
+            + " (strict: the target was not reached; nothing restored)", **where)
     if snap is not None:
         held = [snap]
         snap = run = executor = None
@@ -1527,13 +1547,17 @@ def _skipped_before(base) -> int:
 
 
 def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
-                      memory_budget: int | None = None) -> list[str]:
+                      memory_budget: int | None = None,
+                      unreached: list | None = None) -> list[str]:
     """What a restore that succeeded must not pass over in silence (``report.warnings``):
     a gap in the history it was allowed to cross, a time target the log ends before (an
     archive not brought up to date would give an older state without a word; PostgreSQL
     fails such a recovery), a seq target met more than once, records missing inside
     the log, an entry named like a segment that is not a file, a memory budget that
-    open transactions' records alone exceeded."""
+    open transactions' records alone exceeded. Those that mean the state restored may
+    not be the one asked for (``strict`` refuses them) go on ``unreached`` too, each
+    with where it was found: ``(text, {file, offset, seq})``."""
+    unreached = [] if unreached is None else unreached
     out = [f"{name}: {what}" for name, what in not_segment_files(run.wal_dir)]
     held, where = run.held_peak
     if memory_budget is not None and held > memory_budget:
@@ -1555,6 +1579,7 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
             f"({jumps.missing} seqs in all, up to the stop point: a segment deleted before "
             "it was archived, lost bytes, or a torn record's); the index restored lacks "
             "whatever they did. `gpu-pitr verify` lists each jump")
+        unreached.append((out[-1], dict(w)))
     if run.joined_after_restart is not None:
         txn, total, after, w = run.joined_after_restart
         out.append(
@@ -1589,6 +1614,10 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
                f"its latest commit point is at {utc_text(latest)}")
             + "; if the log goes on elsewhere (an archive not brought up to date), "
             "this index lacks it")
+        end = run.position or {}
+        unreached.append((out[-1], {"file": str(run.wal_dir / end["segment"]),
+                                    "offset": end["offset"]} if end.get("segment")
+                          else {"file": str(run.wal_dir)}))
     # (Not known when reading ended at the stop: the other hits are after it.)
     if run.to_seq_hits > 1 and report.stop["reason"] == "target" and run.read_after_stop:
         stop = report.stop

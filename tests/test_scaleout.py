@@ -21,7 +21,7 @@ import workloads as w
 
 import gpu_pitr
 from gpu_pitr import snapshot
-from gpu_pitr.errors import CorruptRecordError, WalError
+from gpu_pitr.errors import CorruptRecordError, TargetNotReachedError, WalError
 from gpu_pitr.scaleout import restore_on_dask, restore_sharded, restore_with_scheduler
 from gpu_pitr.synth import write_synthetic_wal
 
@@ -978,3 +978,25 @@ def test_ctrl_c_past_the_wait_for_the_parts_leaves_no_event_set(client, wal, tmp
         hold.set()
         client.gather(busy)
     assert os.listdir(tmp_path) == []
+
+
+def test_strict_fails_on_the_cluster_as_here_and_writes_no_dataset(client, tmp_path):
+    """``strict``: each shard reads the whole log, so each finds the log ending before
+    the time target; the error comes back whole, and no dataset is written."""
+    builder = w.LogBuilder()
+    builder.add(w.Ins("a", [1.0], None, 1))
+    builder.add(w.Ins("b", [2.0], None, 2))
+    wal = builder.write(tmp_path / "wal")
+    with pytest.raises(TargetNotReachedError) as local:
+        gpu_pitr.restore(wal, to_time=60, strict=True)
+    with pytest.raises(TargetNotReachedError) as remote:
+        restore_on_dask(client, wal, shards=2, to_time=60, strict=True)
+    assert str(remote.value) == str(local.value)
+    assert "the log ends before the target" in str(local.value)
+    cmd = [sys.executable, "-m", "gpu_pitr", "restore", wal, "--to-time", "60", "--strict",
+           "--dask-scheduler", client.scheduler.address, "--write-on-workers",
+           "--out", str(tmp_path / "ds")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr == f"gpu-pitr: error: {local.value}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wal"]
+    assert len(restore_on_dask(client, wal, shards=2, to_time=60)) == 2
