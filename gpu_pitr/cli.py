@@ -957,7 +957,8 @@ def _snapshot_manifest(path: str) -> tuple[dict, list[str]]:
     pending = pending_transactions(position)
     return {"snapshot": path, "manifest": manifest}, [
         f"snapshot {path}: format version {manifest['format_version']}, "
-        f"created {manifest.get('created')}",
+        f"created {manifest.get('created')}"
+        + (f" by {manifest['written_by']}" if "written_by" in manifest else ""),
         f"{manifest['count']} ids, dim {manifest['dim']}; {_snapshot_position(position)}",
         *_snapshot_last_seq(path, position),
         f"open transactions kept for their commit: {len(pending)}",

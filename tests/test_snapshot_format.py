@@ -273,6 +273,10 @@ def test_inspect_of_a_snapshot_names_the_seq_that_restores_exactly_its_state(tmp
                 "-q")[0] == 0
     rc, out, err = _cli(capsys, "inspect", tmp_path / "snaps" / "p")
     assert (rc, err) == (0, "")
+    m = json.loads((tmp_path / "snaps" / "p" / MANIFEST).read_text())
+    assert out.splitlines()[0] == (
+        f"snapshot {tmp_path / 'snaps' / 'p'}: format version {m['format_version']}, "
+        f"created {m['created']} by gpu-pitr {gpu_pitr.__version__}")
     line = next(x for x in out.splitlines() if x.startswith("last record covered"))
     assert line == (f"last record covered: seq 7 (this state exactly: gpu-pitr restore WAL_DIR "
                     f"--base {tmp_path / 'snaps' / 'p'} --to-seq 7 --out OUT)")
@@ -540,10 +544,23 @@ def test_manifest_checks(snap):
     with pytest.raises(SnapshotError, match="manifest.json: not a JSON object"):
         read_manifest(snap)
     # A version this reader does not know is named as such, checksum or not.
-    (snap / MANIFEST).write_text(json.dumps({**doc, "format_version": FORMAT_VERSION + 1}))
-    with pytest.raises(SnapshotError, match=f"manifest.json: format version {FORMAT_VERSION + 1} "
-                       "is not supported .*: written by a newer gpu-pitr"):
-        read_manifest(snap)
+    # The writer's version is named where the manifest says it in the form written
+    # (the reader's own too: upgrading past it is the remedy); other text is not quoted.
+    assert doc["written_by"] == f"gpu-pitr {gpu_pitr.__version__}"
+    for written_by, by in ((doc["written_by"], doc["written_by"]),
+                           ("gpu-pitr 0.9.2", "gpu-pitr 0.9.2"),
+                           ("run: rm -rf /", "a newer gpu-pitr"), (7, "a newer gpu-pitr"),
+                           (None, "a newer gpu-pitr")):
+        newer = {**doc, "format_version": FORMAT_VERSION + 1, "written_by": written_by}
+        if written_by is None:
+            del newer["written_by"]
+        (snap / MANIFEST).write_text(json.dumps(newer))
+        with pytest.raises(SnapshotError) as err:
+            read_manifest(snap)
+        assert str(err.value) == (
+            f"{snap / MANIFEST}: format version {FORMAT_VERSION + 1} is not supported (this "
+            f"reader reads versions 1, 2): written by {by}; restore from it with that "
+            f"version or a later one (this is gpu-pitr {gpu_pitr.__version__})")
     for version in (0, True, "1", 1.0, None):
         (snap / MANIFEST).write_text(json.dumps({**doc, "format_version": version}))
         with pytest.raises(SnapshotError, match=f"format version {version!r} is not supported "
@@ -575,6 +592,7 @@ def test_manifest_checks(snap):
         "format": ({"format": "other"}, "format 'other' is not"),
         "dim_text": ({"dim": "3"}, "dim '3' is neither null nor"),
         "created": ({"created": 17}, "created is not a string"),
+        "written_by": ({"written_by": ["gpu-pitr"]}, "written_by is not a string"),
         "report": ({"report": [1]}, "report is neither null nor an object"),
         "size": ({"files": {**doc["files"], IDS: {"size": "5", "crc32": []}}},
                  r"files\.ids\.arrow\.size '5' is not"),

@@ -207,6 +207,7 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
             "dim": dim,
             "position": position,
             "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "written_by": written_by(),
             "report": report,
             "checksum": {"algorithm": CHECKSUM, "block_size": BLOCK_SIZE},
             "files": files,
@@ -467,11 +468,15 @@ def _read_manifest_once(root: Path) -> dict:
         version = doc.get("format_version")
         if type(version) is not int or version not in READ_VERSIONS:
             newer = type(version) is int and version > FORMAT_VERSION
+            writer = doc.get("written_by")
+            # (Its own words for the version, where it says them: pip install that.)
+            by = writer if isinstance(writer, str) and _WRITER.fullmatch(writer) \
+                else "a newer gpu-pitr"
             raise (NewerFormatError if newer else SnapshotError)(
                 f"format version {version!r} is not supported (this reader reads versions "
                 f"{', '.join(map(str, READ_VERSIONS))})"
-                + (": written by a newer gpu-pitr; restore from it with that version or "
-                   "a later one" if newer else ""), file=str(mpath))
+                + (f": written by {by}; restore from it with that version or a later one "
+                   f"(this is gpu-pitr {_version()})" if newer else ""), file=str(mpath))
     crc_path = root / MANIFEST_CRC
     text = _read_small(crc_path, _CRC_MAX).decode("ascii", "replace")
     expect = text[:8]
@@ -494,6 +499,24 @@ def pending_transactions(position: dict) -> list:
     restore's, or a snapshot's): none where it has no ``pending`` (a snapshot loads
     without one, and a base that is a restore's stop gives its own position)."""
     return (position.get("pending") or {}).get("transactions") or []
+
+
+#: ``written_by`` as a newer version's error message quotes it: "gpu-pitr" and a version
+#: (not any text a manifest holds: one line, and no instructions of its own).
+_WRITER = re.compile(r"gpu-pitr [0-9A-Za-z.+!-]{1,40}")
+
+
+def _version() -> str:
+    from gpu_pitr import __version__
+
+    return __version__
+
+
+def written_by() -> str:
+    """The manifest's ``written_by``: this gpu-pitr's version (pgBackRest records its own
+    in each backup's manifest): which version wrote a snapshot, for the one that reads it
+    (a newer format's refusal says which version to install) and for a bug report."""
+    return f"gpu-pitr {_version()}"
 
 
 def manifest_version(position: dict) -> int:
@@ -592,6 +615,8 @@ def _check_manifest(doc: dict, where: str) -> None:
         bad("position is not an object")
     if not isinstance(doc.get("created"), str):
         bad("created is not a string")
+    if "written_by" in doc and not isinstance(doc["written_by"], str):
+        bad("written_by is not a string")
     if doc.get("report") is not None and not isinstance(doc["report"], dict):
         bad("report is neither null nor an object")
     checksum = doc.get("checksum")
