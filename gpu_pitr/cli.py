@@ -185,6 +185,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("wal_dir", metavar="WAL_DIR")
     verify.add_argument("--json", action="store_true", help="print one JSON document")
+    verify.add_argument(
+        "--accept", action="append", default=[], metavar="FILE:OFFSET:BYTES",
+        help="a torn tail reviewed after a crash (the argument its hint line gives): "
+        "that one torn tail, same file, offset and bytes lost, is a notice, not damage; "
+        "one that matches none is a warning. Repeatable")
+    verify.add_argument(
+        "--accept-file", action="append", default=[], metavar="PATH",
+        help="the --accept arguments of a file, one a line ('#' starts a comment)")
 
     arch = commands.add_parser(
         "archive",
@@ -845,12 +853,33 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not os.path.isdir(args.wal_dir):
         parser.error(f"argument WAL_DIR: {args.wal_dir}: {not_a_directory(args.wal_dir)}")
     from gpu_pitr.snapshot.format import holds_snapshot_files
-    from gpu_pitr.verify import verify_wal  # with Numba: imported when a command needs it
+    from gpu_pitr.verify import (  # with Numba: imported when a command needs it
+        Accept,
+        read_accepts,
+        verify_wal,
+    )
 
+    accepts = []
+    for text in args.accept:
+        try:
+            accepts.append(Accept.parse(text, "argument --accept"))
+        except ValueError as err:
+            parser.error(f"argument --accept: {err}")
+    for path in args.accept_file:
+        try:
+            accepts += read_accepts(path)
+        except ValueError as err:
+            parser.error(f"argument --accept-file: {err}")
+        except OSError as err:
+            parser.error(f"argument --accept-file: {path}: {os_reason(err)}")
+    snapshots_only = ("argument --accept: names torn tails of a WAL directory, and "
+                      f"{args.wal_dir} holds snapshots")
     if holds_snapshot_files(args.wal_dir):
+        if accepts:
+            parser.error(snapshots_only)
         return _verify_snapshots(args, [args.wal_dir], single=True)
     try:
-        result = verify_wal(args.wal_dir)
+        result = verify_wal(args.wal_dir, accept=accepts)
     except OSError as err:
         # Not damage: exit 1 is kept for "damage found".
         _print_error(err)
@@ -858,8 +887,12 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if result.segments == 0 and not result.problems:
         snapshots = _snapshots_in(args.wal_dir)
         if snapshots:
+            if accepts:
+                parser.error(snapshots_only)
             return _verify_snapshots(args, snapshots)
     _emit(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(result.lines()))
+    for unmatched in result.unmatched:  # a stale or mistyped one, to clean up: not damage
+        print(f"{PROG}: warning: {unmatched.line()}", file=sys.stderr)
     if not args.json:
         _say_if_no_segments(args.wal_dir, result.segments)
     return 0 if result.clean else 1

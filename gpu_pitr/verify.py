@@ -22,11 +22,17 @@ Severities (docs/damage.md has the table):
   and the record cut is whole there now: a live log's newest segment), an entry
   named like a segment that is not a file (a directory, a FIFO: not read), a
   segment deleted after the listing (the writer's retention: not checked).
+
+A torn tail stays damage: a crash that lost only the record it cut, and one that also
+lost records the writer had acknowledged but not synced, leave the same bytes. An
+operator who has reviewed one acknowledges it (``Accept``, ``gpu-pitr verify
+--accept FILE:OFFSET:BYTES``): that torn tail, and no other, is then a notice.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -246,15 +252,118 @@ class Problem:
 
     @property
     def severity(self) -> str:
-        return KINDS[self.kind]
+        return NOTICE if self.extra.get("accepted") else KINDS[self.kind]
+
+    @property
+    def acknowledgement(self) -> str | None:
+        """What ``--accept`` takes to acknowledge this problem once reviewed: a torn
+        tail's ``FILE:OFFSET:BYTES``; None for every other kind."""
+        if self.kind != "torn_tail":
+            return None
+        return str(Accept(self.file, self.offset, self.extra["bytes"]))
 
     def to_dict(self) -> dict:
+        ack = self.acknowledgement
         return {"severity": self.severity, "kind": self.kind, "file": self.file,
-                "offset": self.offset, "seq": self.seq, "what": self.what, **self.extra}
+                "offset": self.offset, "seq": self.seq, "what": self.what, **self.extra,
+                **({"accept": ack} if ack is not None else {})}
 
     def line(self) -> str:
         seq = "" if self.seq is None else f": seq {self.seq}"
-        return f"{self.file}: offset {self.offset}{seq}: {self.severity}: {self.kind}: {self.what}"
+        accepted = (f"; accepted as reviewed (--accept {self.acknowledgement})"
+                    if self.extra.get("accepted") else "")
+        return (f"{self.file}: offset {self.offset}{seq}: {self.severity}: {self.kind}: "
+                f"{self.what}{accepted}")
+
+    def hint(self) -> str | None:
+        """The line after a torn tail not accepted: the argument that accepts it (as
+        PostgreSQL's HINT lines follow its errors), so that nobody types offsets."""
+        if self.acknowledgement is None or self.extra.get("accepted"):
+            return None
+        return (f"hint: once reviewed (docs/recovery.md, \"After a crash: a torn tail\"), "
+                f"verify with --accept {self.acknowledgement} to count this torn tail as a "
+                "notice")
+
+
+# An acknowledgement as verify's hint line gives it: the segment's name as verify prints
+# it, the torn record's offset, the bytes lost (all three: see Accept).
+_ACCEPT_RE = re.compile(r"(?P<file>[^:]*):(?P<offset>[0-9]+):(?P<bytes>[0-9]+)", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Accept:
+    """One torn tail an operator reviewed and acknowledged (``--accept``): the segment's
+    name, the torn record's offset and the bytes lost, as verify reports them.
+
+    All three must match. The bytes too: a tail that grew (an archive's copy of a file
+    that gained bytes since the review) or was cut shorter is not what was reviewed,
+    and a tear at another offset is another crash; each stays damage. ``origin`` says
+    where it was given (``argument --accept``, ``PATH: line N``), for the warning when
+    it matches nothing; it takes no part in comparisons.
+    """
+
+    file: str
+    offset: int
+    bytes: int
+    origin: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.offset}:{self.bytes}"
+
+    @classmethod
+    def parse(cls, text: str, origin: str = "") -> Accept:
+        """``FILE:OFFSET:BYTES``, as verify's hint gives it; ``ValueError`` (one line,
+        saying what is wrong) for anything else."""
+        m = _ACCEPT_RE.fullmatch(text.strip())
+        if m is None:
+            raise ValueError(
+                f"{text!r} is not FILE:OFFSET:BYTES (the segment's name, the torn tail's "
+                "offset and the bytes lost, as verify's hint line gives them)")
+        if not SEGMENT_NAME_RE.fullmatch(m["file"]):
+            raise ValueError(
+                f"{text!r}: {m['file']!r} is not a segment's name (wal-<16 hex digits>.log, "
+                "without a directory, as verify prints it)")
+        return cls(m["file"], int(m["offset"]), int(m["bytes"]), origin)
+
+
+def read_accepts(path: str | os.PathLike) -> list[Accept]:
+    """The acknowledgements of a file (``--accept-file``): one ``FILE:OFFSET:BYTES`` a
+    line; blank lines and what follows a ``#`` (who reviewed it, when, why) are left
+    out. ``ValueError`` naming the file and line for a line that is not one; ``OSError``
+    when it cannot be read."""
+    with open(path, "rb") as f:
+        data = f.read()
+    out = []
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{os.fsdecode(path)}: line {n}: byte {err.start + 1} is not "
+                             "UTF-8") from None
+        text = text.split("#", 1)[0].strip()
+        if not text:
+            continue
+        origin = f"{os.fsdecode(path)}: line {n}"
+        try:
+            out.append(Accept.parse(text, origin))
+        except ValueError as err:
+            raise ValueError(f"{origin}: {err}") from None
+    return out
+
+
+@dataclass
+class Unmatched:
+    """An acknowledgement that matches no torn tail, and what the file has instead."""
+
+    accept: Accept
+    what: str
+
+    def line(self) -> str:
+        where = f"{self.accept.origin}: " if self.accept.origin else ""
+        return f"{where}{self.accept} matches no torn tail: {self.what}"
+
+    def to_dict(self) -> dict:
+        return {"accept": str(self.accept), "from": self.accept.origin, "what": self.what}
 
 
 @dataclass
@@ -267,10 +376,17 @@ class Verification:
     records: int = 0
     problems: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
+    #: The acknowledgements given that match no torn tail (each one a warning).
+    unmatched: list[Unmatched] = field(default_factory=list)
 
     @property
     def damage(self) -> int:
         return sum(p.severity == DAMAGE for p in self.problems)
+
+    @property
+    def accepted(self) -> int:
+        """Torn tails acknowledged as reviewed: notices, counted among ``notices``."""
+        return sum(bool(p.extra.get("accepted")) for p in self.problems)
 
     @property
     def notices(self) -> int:
@@ -284,39 +400,103 @@ class Verification:
         verdict = "clean" if self.clean else "DAMAGED"
         counts = Counter(p.kind for p in self.problems)
         refusing = [f"{counts[kind]} {kind}" for kind in _REFUSING if counts[kind]]
+        accepted = (f" ({plural(self.accepted, 'torn tail')} accepted)" if self.accepted
+                    else "")
+        unmatched = (f"; {plural(len(self.unmatched), 'acknowledgement')} "
+                     f"{'matches' if len(self.unmatched) == 1 else 'match'} no torn tail"
+                     if self.unmatched else "")
         return (f"{self.wal_dir}: {verdict}: {self.damage} damage, "
-                f"{plural(self.notices, 'notice')}; {plural(self.segments, 'segment')}, "
+                f"{plural(self.notices, 'notice')}{accepted}; "
+                f"{plural(self.segments, 'segment')}, "
                 f"{plural(self.bytes, 'byte')}, {plural(self.records, 'record')} "
-                f"({self.seconds:.3f} s)"
+                f"({self.seconds:.3f} s){unmatched}"
                 + (f"; a restore may still refuse this log, as these notices say: "
                    f"{', '.join(refusing)}" if refusing else ""))
 
     def lines(self) -> list[str]:
-        """One line per problem, in log order, then the summary line."""
-        return [p.line() for p in self.problems] + [self.summary()]
+        """One line per problem, in log order (a torn tail not accepted followed by a
+        ``hint:`` line, the ``--accept`` that acknowledges it), then the summary line."""
+        out = []
+        for p in self.problems:
+            out.append(p.line())
+            if (hint := p.hint()) is not None:
+                out.append(hint)
+        return out + [self.summary()]
 
     def to_dict(self) -> dict:
         return {"wal_dir": self.wal_dir, "clean": self.clean, "damage": self.damage,
-                "notices": self.notices, "segments": self.segments, "bytes": self.bytes,
+                "notices": self.notices, "accepted": self.accepted,
+                "segments": self.segments, "bytes": self.bytes,
                 "records": self.records, "seconds": round(self.seconds, 6),
-                "problems": [p.to_dict() for p in self.problems]}
+                "problems": [p.to_dict() for p in self.problems],
+                "unmatched_accepts": [u.to_dict() for u in self.unmatched]}
 
 
 @interrupts.raises_stops
-def verify_wal(wal_dir: str | os.PathLike, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES
-               ) -> Verification:
+def verify_wal(wal_dir: str | os.PathLike, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+               accept=()) -> Verification:
     """Every problem of ``wal_dir`` (SPEC section 2 and beyond), in log order.
 
     Reads every byte once and judges the whole log: verify has no target, so
-    nothing is "after the stop point". Raises only for a missing directory
-    (``WalError``) or a file that cannot be read (``OSError``).
+    nothing is "after the stop point". ``accept``: torn tails an operator reviewed
+    (``Accept``, or its ``FILE:OFFSET:BYTES`` text), each a notice when one matches;
+    those that match none are in ``unmatched``. Raises only for a missing directory
+    (``WalError``) or a file that cannot be read (``OSError``), and ``ValueError`` for
+    an ``accept`` text that is not one.
     """
+    accepts = [a if isinstance(a, Accept) else Accept.parse(a) for a in accept]
     started = time.perf_counter()
     run = _Verify(wal_dir, max(64, int(chunk_bytes)))
     run.run()
     result = run.result
+    _apply_accepts(result, run.names, run.first_kept, accepts)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _apply_accepts(result: Verification, names: list[str], first_kept: str | None,
+                   accepts: list[Accept]) -> None:
+    """Mark the torn tails acknowledged, each matched on its file, offset and bytes
+    lost; list the acknowledgements that match none with what the file has instead
+    (a stale one hides nothing: what it does not match stays damage)."""
+    tails: dict[str, list[Problem]] = {}
+    missing = set()
+    for p in result.problems:
+        if p.kind in ("torn_tail", "write_in_progress"):
+            tails.setdefault(p.file, []).append(p)
+        elif p.kind == "archive_missing":
+            missing.add(p.file)
+    listed = set(names)
+    for a in dict.fromkeys(accepts):  # the same one twice: once
+        here = tails.get(a.file, [])
+        match = [p for p in here if p.kind == "torn_tail" and p.offset == a.offset
+                 and p.extra["bytes"] == a.bytes]
+        if match:
+            match[0].extra["accepted"] = True
+            continue
+        same = [p for p in here if p.offset == a.offset]
+        if a.file in missing:
+            what = (f"{a.file} is gone from the archive, not deleted by gpu-pitr expire "
+                    "(archive_missing)")
+        elif a.file not in listed and first_kept is not None and a.file < first_kept:
+            what = (f"gpu-pitr expire deleted {a.file}: this acknowledgement is no longer "
+                    "needed")
+        elif a.file not in listed:
+            what = f"{result.wal_dir} has no {a.file} (deleted, or a mistyped name)"
+        elif same and same[0].kind == "write_in_progress":
+            what = (f"the record cut at offset {a.offset} was being written, and is whole "
+                    "now (write_in_progress, a notice): nothing to accept")
+        elif same:
+            what = (f"the torn tail at offset {a.offset} has {same[0].extra['bytes']} bytes "
+                    f"lost now, not {a.bytes}: the file changed since it was reviewed (review "
+                    "it again), or the number is mistyped")
+        elif here:
+            what = "its torn tail is at " + ", ".join(
+                f"offset {p.offset} ({p.extra['bytes']} bytes lost)" for p in here
+            ) + f", not at offset {a.offset}"
+        else:
+            what = f"{a.file} has no torn tail"
+        result.unmatched.append(Unmatched(a, what))
 
 
 class _Verify:
@@ -343,6 +523,7 @@ class _Verify:
         self.last_seq = np.zeros(1, np.uint64)
         self.open_txns = Dict.empty(key_type=types.uint64, value_type=_TXN_VALUE)
         self.events = np.zeros((_EVENTS, 4), np.int64)
+        self.first_kept: str | None = None  # expire's marker: the first segment it kept
 
     def _header_problem(self, head: bytes | OSError) -> str | None:
         self.heads.append(head)  # called once per segment, in log order
@@ -358,6 +539,7 @@ class _Verify:
             expiry, bad_marker = read_marker(self.wal_dir), None
         except WalError as err:
             expiry, bad_marker = None, err.what
+        self.first_kept = expiry.first_kept if expiry is not None else None
         copies = _ArchiveCopies(self.wal_dir, self.segments, expiry)
         try:
             for item in framed_pieces(self.segments, self.chunk_bytes, self._header_problem,
