@@ -270,12 +270,17 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
         help="Unix seconds, or ISO-8601 with a zone (2026-11-26T10:02:00Z, ...+01:00)",
     )
     target.add_argument("--to-seq", metavar="N", type=_seq, help="stop at the record with seq N")
+    target.add_argument(
+        "--to-transaction", metavar="X", type=_transaction_id,
+        help="stop just after the first CommitTransaction or AbortTransaction that ends "
+        "transaction X (PostgreSQL's recovery_target_xid)")
     target.add_argument("--latest", action="store_true", help="apply everything (the default)")
     p.add_argument(
         "--exclusive",
         action="store_true",
         help="leave out the target itself: with --to-time, commit points stamped exactly "
-        "T; with --to-seq, the record numbered N (stop just before it)",
+        "T; with --to-seq, the record numbered N; with --to-transaction, the record that "
+        "ends X (stop just before it)",
     )
     p.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto",
                    help="the executor: cpu, cuda (an error where no GPU is usable) or auto "
@@ -478,8 +483,10 @@ def _print_error(err: Exception) -> None:
 
 
 def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    if args.exclusive and args.to_time is None and args.to_seq is None:
-        parser.error("argument --exclusive: leaves out the target: give --to-time or --to-seq")
+    if args.exclusive and args.to_time is None and args.to_seq is None and (
+            args.to_transaction is None):
+        parser.error("argument --exclusive: leaves out the target: give --to-time, --to-seq "
+                     "or --to-transaction")
     to_time = None
     if args.to_time is not None:
         to_time = _time_target(parser, args.to_time, args.exclusive)
@@ -540,7 +547,8 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     import gpu_pitr
     from gpu_pitr.jit import watch_compiles
 
-    kwargs = dict(to_time=to_time, to_seq=args.to_seq, exclusive=args.exclusive,
+    kwargs = dict(to_time=to_time, to_seq=args.to_seq, to_transaction=args.to_transaction,
+                  exclusive=args.exclusive,
                   backend=args.backend, skip_corrupt=args.skip_corrupt,
                   read_after_stop=not args.stop_reading_at_target, strict=args.strict,
                   allow_incomplete_history=args.allow_incomplete_history,
@@ -709,6 +717,9 @@ def restore_summary(report: dict, out: Path, open_ids: list[int] | None = None) 
     elif target["kind"] == "seq":
         exclusive = ", exclusive" if target["exclusive"] else ""
         lines.append(f"target: seq {target['value']}{exclusive}")
+    elif target["kind"] == "transaction":
+        exclusive = ", exclusive" if target["exclusive"] else ""
+        lines.append(f"target: transaction {target['value']}{exclusive}")
     else:
         lines.append("target: latest")
     if stop["reason"] == "end_of_log":
@@ -717,7 +728,8 @@ def restore_summary(report: dict, out: Path, open_ids: list[int] | None = None) 
         where = f"{Path(stop['file']).name}: offset {stop['offset']}: seq {stop['seq']}"
         stamp = "" if stop.get("timestamp") is None else f" at {utc_text(stop['timestamp'])}"
         record = stop.get("record") or "record"
-        # A time target stops before its record; a seq target after it (unless exclusive).
+        # A time target stops before its record; a seq or transaction target after it
+        # (unless exclusive).
         how = "before" if target["kind"] == "time" or target["exclusive"] else "after"
         open_there = txns["in_flight_discarded"]  # open at the stop: not applied
         named = ""

@@ -38,7 +38,10 @@ from gpu_pitr.format import readahead, zerofill
 from gpu_pitr.format.columns import ChunkColumns, back_to_back, file_runs, move_records
 from gpu_pitr.format.frame import frame_records, header_problem
 from gpu_pitr.format.layout import (
+    ABORT_TRANSACTION,
     BATCH,
+    BEGIN_TRANSACTION,
+    COMMIT_TRANSACTION,
     HEADER_SIZE,
     RECORD_HEADER_SIZE,
     VARIANT_NAMES,
@@ -196,6 +199,12 @@ class _Restore:
         # Records read with seq to_seq: more than one where the writer numbered from 0
         # again (reopened without recovery); the target is the first (SPEC section 3).
         self.to_seq_hits = 0
+        # A transaction target X, and where the log read shows it, for the error when no
+        # record ends it: the first BeginTransaction(X), the first Commit/Abort(X) that
+        # closed nothing (an anomaly), each as _where says (None: none read).
+        self.to_transaction = target.get("to_transaction")
+        self.txn_begun: dict | None = None
+        self.txn_stray: dict | None = None
         # The latest stamp of any record read before a stop (markers too): with a time
         # target and no stop, whether the log reached past it (else a warning).
         self.latest_stamp: int | None = None
@@ -580,6 +589,8 @@ class _Restore:
         t = time.perf_counter()
         result, order, events, stop_index = self.plan.walk(c, first, n)
         self._events(events)
+        if self.to_transaction is not None and result != WALK_FATAL and not was_stopped:
+            self._txn_seen(first, n if stop_index < 0 else stop_index)
         if result != WALK_FATAL and not was_stopped:
             self._consumed(first, n, stop_index)
             end = n if stop_index < 0 else stop_index + 1  # the stop record's seq too
@@ -607,6 +618,25 @@ class _Restore:
         self.timings["apply"] += time.perf_counter() - t
         if result == WALK_FATAL:
             self._fatal(stop_index)
+
+    def _txn_seen(self, first: int, end: int) -> None:
+        """Note the first begin of the transaction target, and its first end that closed
+        nothing, among records ``first..end-1`` (before the stop record): what the error
+        says when no record ends it."""
+        if self.txn_begun is not None and self.txn_stray is not None:
+            return
+        c = self.cols
+        mine = (c.aux[first:end] == np.uint64(self.to_transaction)) & (
+            c.status[first:end] == OK)
+        kind = c.kind[first:end]
+        for name, kinds in (("txn_begun", (BEGIN_TRANSACTION,)),
+                            ("txn_stray", (COMMIT_TRANSACTION, ABORT_TRANSACTION))):
+            if getattr(self, name) is None:
+                rows = np.flatnonzero(mine & np.isin(kind, kinds))
+                if len(rows):
+                    w = self._where(first + int(rows[0]))
+                    w["record"] = VARIANT_NAMES[int(kind[rows[0]])]
+                    setattr(self, name, w)
 
     def _stage_next(self) -> None:
         """Start the copy of the next piece's bytes to the device, if it is framed."""
@@ -874,7 +904,8 @@ class _Restore:
             self.lazy = LazyBase(snap, self.ex.id_shard)
         else:
             self._move_in_all()
-        if stops_at_base(snap.position, self.target, self.plan.exclusive):
+        if stops_at_base(snap.position, self.target, self.plan.exclusive) or (
+                self._base_ends_transaction(snap)):
             self._stop_at_base()
         else:
             self._seed_pending(snap)
@@ -922,8 +953,22 @@ class _Restore:
             self.ex.seed(self.base, rest, self.lazy.keys)
         return True
 
+    def _base_ends_transaction(self, snap) -> bool:
+        """An inclusive transaction target X that the base's own restore stopped at
+        (``snapshot --to-transaction X``, its stored report says): its position is just
+        after the record that ended X, so the base is the answer (read on, no record
+        after it ends X)."""
+        stored = snap.manifest.get("report") if hasattr(snap, "manifest") else None
+        if self.to_transaction is None or self.plan.exclusive or not isinstance(stored, dict):
+            return False
+        return (stored.get("target") == {"kind": "transaction", "value": self.to_transaction,
+                                         "exclusive": False}
+                and isinstance(stored.get("stop"), dict)
+                and stored["stop"].get("reason") == "target")
+
     def _stop_at_base(self) -> None:
-        """A sequence target met by the base's last record: the base is the answer."""
+        """A sequence target met by the base's last record (or a transaction target its
+        restore stopped at): the base is the answer."""
         from gpu_pitr.snapshot.format import pending_transactions
 
         pos = self.base.position
@@ -1118,10 +1163,44 @@ class _Restore:
             raise TargetNotFoundError(
                 f"no record has sequence number {self.to_seq} ({held}){wrong}",
                 file=str(self.wal_dir))
+        if self.to_transaction is not None and not self.plan.stopped:
+            raise TargetNotFoundError(self._txn_not_found(), file=str(self.wal_dir))
         cnt = self.plan.counters
         self.report.commit_points_applied = int(cnt[C_COMMIT_POINTS])
         self.report.transactions["committed"] = int(cnt[C_COMMITTED])
         self.report.transactions["aborted"] = int(cnt[C_ABORTED])
+
+
+    def _txn_not_found(self) -> str:
+        """Why no record ends the transaction target X: begun but still open at the end
+        of the log (where it began), or never begun (a stray end of it, if one was read);
+        with a base, that only the log after its position was read."""
+        from gpu_pitr.snapshot.format import pending_transactions
+
+        x = self.to_transaction
+
+        def at(w: dict) -> str:
+            return f"{Path(w['file']).name} offset {w['offset']} (seq {w['seq']})"
+
+        open_at_base = self.base is not None and any(
+            t == x for t, _ in pending_transactions(self.base.position))
+        if open_at_base or self.txn_begun is not None:
+            began = (f"it was open at the base snapshot's position ({self.base.path})"
+                     if open_at_base else f"it begins at {at(self.txn_begun)}")
+            return (f"transaction {x} never ends: {began} and is still open at the end of "
+                    "the log (in flight: no CommitTransaction or AbortTransaction closes it)")
+        stray = ("" if self.txn_stray is None else
+                 f"; the {self.txn_stray['record']} at {at(self.txn_stray)} closes no open "
+                 "transaction (an anomaly)")
+        where = "the log"
+        if self.base is not None:
+            where = (f"the log after the base snapshot's position ({self.base.path}; if "
+                     f"transaction {x} ended in the log the base covers, the base is past "
+                     "the target: restore from an older snapshot, --base, or from the log "
+                     "alone)")
+        wrong = "" if self._listed else f"; {no_segments_note(self.wal_dir)}"
+        return (f"transaction {x} never begins in {where}: no BeginTransaction has its id"
+                f"{stray}{wrong}")
 
 
 def _run_up_to(entry: dict, end: int) -> dict:
@@ -1306,6 +1385,7 @@ def restore(
     *,
     to_time=None,
     to_seq: int | None = None,
+    to_transaction: int | None = None,
     exclusive: bool = False,
     backend: str = "auto",
     skip_corrupt: bool = False,
@@ -1329,7 +1409,15 @@ def restore(
         to_seq: a log position: the first record with this sequence number; the
             commit points complete at it are applied (``exclusive``: only those
             complete before it, PostgreSQL's ``recovery_target_inclusive = off``).
-        exclusive: leave out the target itself (see ``to_time`` and ``to_seq``).
+        to_transaction: a transaction id X (PostgreSQL's ``recovery_target_xid``):
+            stop just after the first CommitTransaction or AbortTransaction in log
+            order that closes an open X (``exclusive``: just before it, X not
+            applied). Ids reused after a writer restart: the first such record wins.
+            An error if no record closes X (never begun, or still open at the end).
+            With a base snapshot only the log after its position is read (see
+            ``snapshots``).
+        exclusive: leave out the target itself (see ``to_time``, ``to_seq`` and
+            ``to_transaction``).
         backend: "cpu", "cuda" or "auto" (the GPU when CuPy sees one).
         skip_corrupt: skip undecodable records and unreadable segments, listing
             each in the report, instead of failing.
@@ -1350,7 +1438,10 @@ def restore(
             position. The result is exactly that of a restore of the whole log.
         snapshots: a directory of snapshot directories: start from the newest
             intact one at or before the target (older ones when one is damaged,
-            the whole log when none serves; the report's message says which).
+            the whole log when none serves; the report's message says which). For
+            ``to_transaction``, whose place is known only from the log: the newest
+            one at whose position X is open, else the newest (an error after the
+            read if X ended before it: name an older one with ``base``).
         id_shard: ``(index, count)``: keep only the ids of that shard of ``count``
             (``gpu_pitr.resolve.idshard``): the same log read, each id's entries
             applied by exactly one shard. ``gpu_pitr.scaleout`` runs the shards on
@@ -1384,11 +1475,13 @@ def restore(
     Raises:
         WalError: a subclass naming file, byte offset and sequence number.
     """
-    if to_time is not None and to_seq is not None:
-        raise ValueError("give at most one of to_time and to_seq")
-    if exclusive and to_time is None and to_seq is None:
+    targets = (to_time, to_seq, to_transaction)
+    if sum(t is not None for t in targets) > 1:
+        raise ValueError("give at most one of to_time, to_seq and to_transaction")
+    if exclusive and all(t is None for t in targets):
         # As the command line: "exclusive" of nothing is a slip, not the latest state.
-        raise ValueError("exclusive leaves out the target: give to_time or to_seq")
+        raise ValueError("exclusive leaves out the target: give to_time, to_seq or "
+                         "to_transaction")
     shard = parse_id_shard(id_shard)
     for name, flag in (("exclusive", exclusive), ("skip_corrupt", skip_corrupt),
                        ("allow_incomplete_history", allow_incomplete_history),
@@ -1424,6 +1517,14 @@ def restore(
             raise ValueError(f"sequence number {to_seq} is outside 0..2^64-1")
         target = {"to_seq": int(to_seq)}
         target_doc = {"kind": "seq", "value": int(to_seq), "exclusive": bool(exclusive)}
+    elif to_transaction is not None:
+        if isinstance(to_transaction, bool) or not isinstance(to_transaction, numbers.Integral):
+            raise ValueError(f"to_transaction must be an integer, not {to_transaction!r}")
+        if int(to_transaction) < 0 or int(to_transaction) >= 2**64:
+            raise ValueError(f"transaction id {to_transaction} is outside 0..2^64-1")
+        target = {"to_transaction": int(to_transaction)}
+        target_doc = {"kind": "transaction", "value": int(to_transaction),
+                      "exclusive": bool(exclusive)}
     else:
         target = {}
         target_doc = {"kind": "latest", "value": None, "exclusive": False}

@@ -481,8 +481,8 @@ def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> 
             here, as ``base`` and ``snapshots`` are).
         shards: how many shards (default: one per worker at the time of the call).
         **kwargs: those of ``gpu_pitr.restore`` (``to_time``, ``to_seq``,
-            ``exclusive``, ``backend``, ``skip_corrupt``, ``base`` or ``snapshots`` as
-            paths, ...), but ``progress`` and ``id_shard``.
+            ``to_transaction``, ``exclusive``, ``backend``, ``skip_corrupt``, ``base``
+            or ``snapshots`` as paths, ...), but ``progress`` and ``id_shard``.
 
     Returns:
         ShardedRestore; the tasks run while the caller goes on.

@@ -23,6 +23,9 @@ Decisions the SPEC leaves open, made here the way a sequential reader would make
   record: its seq does not count for a seq target.
 - Transactions open at the stop point (or at the end of the log) are "in flight".
 - Non-data entries nested inside a Batch (markers, checkpoints) have no effect.
+- A transaction target X is the first Commit/Abort of X, in log order, while X is open
+  (one of X not open is an anomaly, not the target): processed, then the stop (inclusive),
+  or the stop just before it, unapplied (exclusive); never found: TargetNotFoundError.
 """
 
 from __future__ import annotations
@@ -253,6 +256,7 @@ def restore(
     exclusive: bool = False,
     skip_corrupt: bool = False,
     allow_incomplete_history: bool = False,
+    to_transaction: int | None = None,
 ) -> RefResult:
     res = RefResult()
     if isinstance(to_time, str):  # ISO-8601 with a zone, whole seconds (as the tests give)
@@ -360,6 +364,10 @@ def restore(
             match = [t for t in open_txns if t[0] == entry[1]]
             if not match:
                 res.anomalies.append((name, off, seq, f"{kind} of unknown transaction"))
+            elif entry[1] == to_transaction and exclusive:  # just before the record
+                res.stop = dict(reason="target", file=name, offset=off, seq=seq, timestamp=ts)
+                stop_index = idx - 1
+                break
             elif kind == "abort":
                 open_txns.remove(match[0])
                 res.aborted += 1
@@ -377,13 +385,13 @@ def restore(
             bad = apply(completed)
             if bad is not None:
                 return _fail(res, "DimensionMismatchError", *bad)
-        if is_target:
+        if is_target or (kind in ("commit", "abort") and match and entry[1] == to_transaction):
             res.stop = dict(reason="target", file=name, offset=off, seq=seq, timestamp=ts)
             stop_index = idx
             break
 
     if stop_index is None:
-        if to_seq is not None:
+        if to_seq is not None or to_transaction is not None:
             return _fail(res, "TargetNotFoundError", seq=to_seq)
         res.stop = dict(reason="end_of_log", file=None, offset=None, seq=None, timestamp=None)
     else:  # damage after the stop point: reported, never fatal

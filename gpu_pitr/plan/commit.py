@@ -30,6 +30,7 @@ LATEST = 0
 TIME = 1
 SEQ = 2
 STOP_AT_FIRST = 3  # a time target before every representable timestamp
+TXN = 4  # the first Commit/Abort that closes transaction target_txn while it is open
 
 # Events the walk reports (kind, record index).
 EV_BEGIN_ALREADY_OPEN = 1
@@ -51,7 +52,7 @@ N_COUNTERS = 3
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _walk(
     first, n, kind, ts, aux, status, seq,
-    mode, t_lim, exclusive, target_seq, skip_corrupt, stopped_in,
+    mode, t_lim, exclusive, target_seq, target_txn, skip_corrupt, stopped_in,
     s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, stack, n_slots_in, top_in,
     next_rec, order, events, counters, ts_max, h_txn, h_slot,
 ):
@@ -85,6 +86,7 @@ def _walk(
                 events[n_events, 1] = i
                 n_events += 1
             continue
+        ended_txn = False  # a transaction target's record, X closed by it (inclusive)
         if status[i] != OK:
             # The stop point is not reached yet, so the restore must read past it.
             if not skip_corrupt:
@@ -137,10 +139,19 @@ def _walk(
                     _put_open(aux[i], s, h_txn, h_slot)
             elif k == COMMIT_TRANSACTION or k == ABORT_TRANSACTION:
                 s = _find_open(aux[i], s_txn, s_open, h_txn, h_slot)
+                at_txn = mode == TXN and s >= 0 and aux[i] == target_txn
+                ended_txn = at_txn
                 if s < 0:
+                    # (Not a transaction target's record either: it closes nothing.)
                     events[n_events, 0] = EV_END_NOT_OPEN
                     events[n_events, 1] = i
                     n_events += 1
+                elif at_txn and exclusive:
+                    # recovery_target_xid, inclusive off: just before the record that
+                    # ends X, X not applied (nor counted), all before it applied.
+                    stopped = True
+                    stop_index = i
+                    continue
                 elif k == ABORT_TRANSACTION:
                     s_open[s] = False
                     counters[C_ABORTED] += 1
@@ -158,6 +169,11 @@ def _walk(
                     ts_max[0] = 1
         if mode == SEQ and not exclusive and seq[i] == target_seq:
             # A log position: everything complete at this record, nothing after.
+            stopped = True
+            stop_index = i
+        elif ended_txn:
+            # Inclusive: just after the record that ended X (applied, or discarded if
+            # an abort).
             stopped = True
             stop_index = i
     return WALK_OK, n_order, n_events, stopped, stop_index, top
@@ -240,16 +256,21 @@ def _open_records(s_open, s_cstart, s_ccount, s_head, stack, top, next_rec, out)
 class PlanState:
     """Where the walk stands between chunks: open transactions, stop, counters."""
 
-    def __init__(self, *, to_time=None, to_seq=None, exclusive=False, skip_corrupt=False):
-        if to_time is not None and to_seq is not None:
-            raise ValueError("give at most one of to_time and to_seq")
+    def __init__(self, *, to_time=None, to_seq=None, to_transaction=None, exclusive=False,
+                 skip_corrupt=False):
+        if sum(t is not None for t in (to_time, to_seq, to_transaction)) > 1:
+            raise ValueError("give at most one of to_time, to_seq and to_transaction")
         self.exclusive = bool(exclusive)
         self.skip_corrupt = bool(skip_corrupt)
         self.t_lim = np.uint64(0)
         self.target_seq = np.uint64(0)
+        self.target_txn = np.uint64(0)
         if to_seq is not None:
             self.mode = SEQ
             self.target_seq = np.uint64(int(to_seq))
+        elif to_transaction is not None:
+            self.mode = TXN
+            self.target_txn = np.uint64(int(to_transaction))
         elif to_time is None:
             self.mode = LATEST
         else:
@@ -276,9 +297,10 @@ class PlanState:
 
     @property
     def stops_after(self) -> bool:
-        """Whether the stop record itself is covered: an inclusive sequence target (a
-        time target, or an exclusive one, stops before its record)."""
-        return self.mode == SEQ and not self.exclusive
+        """Whether the stop record itself is covered: an inclusive sequence or
+        transaction target (a time target, or an exclusive one, stops before its
+        record)."""
+        return self.mode in (SEQ, TXN) and not self.exclusive
 
     @property
     def max_timestamp(self) -> int | None:
@@ -326,7 +348,8 @@ class PlanState:
         h_slot.fill(-1)
         result, n_order, n_events, stopped, stop_index, top = _walk(
             first, n, cols.kind, cols.ts, cols.aux, cols.status, cols.seq,
-            self.mode, self.t_lim, self.exclusive, self.target_seq, self.skip_corrupt,
+            self.mode, self.t_lim, self.exclusive, self.target_seq, self.target_txn,
+            self.skip_corrupt,
             self.stopped,
             s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, stack, self._top,
             self._top,

@@ -210,6 +210,8 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
             gaps += why[0] == "gap"
             notes.append(why[1])
     usable.sort(reverse=True)
+    if "to_transaction" in target:
+        usable = _open_at_first(usable, manifests, int(target["to_transaction"]), notes)
     for k, (_, path) in enumerate(usable):
         try:
             snap = load_snapshot(path, mmap=mmap, key_table=key_table)
@@ -245,6 +247,26 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
                     if gaps else "")
                  + FROM_LOG_ALONE)
     return None, notes, damaged
+
+
+def _open_at_first(usable: list, manifests: dict, txn: int, notes: list[str]) -> list:
+    """``usable`` (newest first) for a transaction target X, whose place no manifest
+    says: it is known only once the log is read. Where X is open at some snapshot's
+    position, the first record after it that ends X is the target: the newest such
+    snapshot comes first, and the newer ones are passed over (X ended before them). Where
+    X is open at none, the order stays: the newest is tried, and the restore fails after
+    reading if no record after it ends X (it may have ended in the log the snapshot
+    covers: the operator names an older one with --base)."""
+    from gpu_pitr.snapshot.format import pending_transactions
+
+    for k, (_, path) in enumerate(usable):
+        if any(t == txn for t, _ in pending_transactions(manifests[path]["position"])):
+            if k:
+                notes.append(f"transaction {txn} is open at the position of snapshot "
+                             f"{path}: it ends before the {k} newer one"
+                             f"{'s' if k > 1 else ''}, passed over")
+            return usable[k:]
+    return usable
 
 
 __getattr__ = _lazy_modules(__name__, ("arrow", "base", "format"))

@@ -154,7 +154,8 @@ def target_problem(position: dict, target: dict, exclusive: bool) -> str | None:
     restore stops before the snapshot's position. A sequence target N stops at
     the first record numbered N (``exclusive``: just before it); if the snapshot
     covered one before its last record (``exclusive``: or as its last record),
-    likewise.
+    likewise. A transaction target's place is known only from the log, after reading
+    (see ``snapshot.choose``): none is judged here.
     """
     if "to_time" in target:
         t, top = int(target["to_time"]), position.get("max_timestamp")

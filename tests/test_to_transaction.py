@@ -1,0 +1,406 @@
+"""Transaction targets (``to_transaction``, ``--to-transaction``): PostgreSQL's
+``recovery_target_xid`` with ``recovery_target_inclusive``.
+
+The target is the first CommitTransaction or AbortTransaction of X, in log order, that
+closes an open X; inclusive it is applied (a seq target at its record's seq gives the
+same), exclusive the restore stops just before it. Checked against tests/reference.py
+on random logs (damage, restarts, anomalies), against the seq target where seqs are
+unique, on both executors, and by hand for the cases around it: an abort, a begin
+twice, a stray end, an id reused after a writer restart, X never ended or never begun,
+base snapshots, the command line and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+
+import pytest
+import workloads as w
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from reference import Undecodable, decode_payload, frame_log
+from test_restore_properties import SETTINGS, run_case
+
+import gpu_pitr
+from gpu_pitr import errors, snapshot
+from gpu_pitr.cli import main
+
+CUDA_SETTINGS = settings(
+    max_examples=w.CUDA_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def _markers(wal_dir) -> list[tuple]:
+    """The log's transaction records in log order: (kind, id, seq)."""
+    out = []
+    for item in frame_log(wal_dir):
+        if item[0] != "record":
+            continue
+        try:
+            entry, _ = decode_payload(item[5])
+        except Undecodable:
+            continue
+        if entry[0] in ("begin", "commit", "abort"):
+            out.append((entry[0], entry[1], item[4]))
+    return out
+
+
+def _closing_seq(wal_dir, txn: int) -> int | None:
+    """The seq of the record that is transaction ``txn``'s target (SPEC section 3's open
+    set, as the reference keeps it), or None."""
+    open_ = set()
+    for kind, tx, seq in _markers(wal_dir):
+        if kind == "begin":
+            open_.add(tx)
+        elif tx in open_:
+            if tx == txn:
+                return seq
+            open_.discard(tx)
+    return None
+
+
+@st.composite
+def _txn_targets(draw, wl: w.Workload) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        wl.write(d)
+        ids = sorted({tx for _, tx, _ in _markers(d)})
+    kw = {"to_transaction": draw(st.sampled_from(ids + [2**64 - 1] if ids else [0, 7]))}
+    kw["exclusive"] = draw(st.booleans())
+    kw["skip_corrupt"] = draw(st.booleans())
+    kw["allow_incomplete_history"] = draw(st.integers(0, 2)) == 0
+    return kw
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 64], ids=["default", "c64"])
+@SETTINGS
+@given(data=st.data())
+def test_random_logs_equal_the_reference(chunk_bytes, data):
+    wl = data.draw(w.workloads(), label="workload")
+    kw = data.draw(_txn_targets(wl), label="target")
+    run_case(wl, kw, chunk_bytes)
+
+
+def _outcome(wal_dir, **kw):
+    try:
+        idx = gpu_pitr.restore(wal_dir, **kw)
+    except errors.WalError as err:
+        return ("error", type(err).__name__, str(err))
+    assert idx.report.backend == kw["backend"], idx.report.message  # (not a fall-back)
+    report = idx.report.to_dict()
+    for key in ("timings", "backend", "message", "target"):
+        report.pop(key)
+    return ("ok", w.index_view(idx), report)
+
+
+@st.composite
+def _transaction_logs(draw) -> w.LogBuilder:
+    """Logs of interleaved transactions, their anomalies included (a begin of an open
+    id, an end of one not open), over segments, with seqs unique (no restart)."""
+    b = w.LogBuilder(created=draw(st.integers(1, 2**40)))
+    created = int(b.cur[4:20], 16)
+    open_: list[int] = []
+    ts = 1000
+    for _ in range(draw(st.integers(1, 30))):
+        ts += draw(st.integers(-2, 3))
+        step = draw(st.sampled_from(["data"] * 4 + ["begin", "begin", "end", "end", "rotate"]))
+        if step == "data":
+            ident = draw(st.sampled_from("abcdef"))
+            b.add(draw(st.sampled_from([w.Ins(ident, [float(ts)], {"t": str(ts)}, ts),
+                                        w.Upd(ident, [-float(ts)], None, ts),
+                                        w.Del(ident, ts)])))
+        elif step == "begin":
+            tx = draw(st.integers(0, 6))
+            b.add(w.Begin(tx, ts))
+            if tx not in open_:
+                open_.append(tx)
+        elif step == "end":
+            tx = draw(st.sampled_from(open_)) if open_ and draw(st.integers(0, 4)) else (
+                draw(st.integers(0, 6)))
+            b.add(draw(st.sampled_from([w.Commit, w.Commit, w.Abort]))(tx, ts))
+            if tx in open_:
+                open_.remove(tx)
+        else:
+            created += draw(st.integers(1, 50))
+            b.new_segment(created)
+    return b
+
+
+@CUDA_SETTINGS
+@given(data=st.data())
+def test_equals_the_seq_target_of_its_record_on_both_executors(data):
+    """Where seqs are unique, X's target is the seq target of the record that ends it,
+    inclusive and exclusive, whole report and all; the cuda executor agrees."""
+    log = data.draw(_transaction_logs(), label="log")
+    with tempfile.TemporaryDirectory() as d:
+        log.write(d)
+        ids = sorted({tx for kind, tx, _ in _markers(d) if _closing_seq(d, tx) is not None})
+        assume(ids)
+        txn = data.draw(st.sampled_from(ids), label="txn")
+        exclusive = data.draw(st.booleans(), label="exclusive")
+        common = dict(exclusive=exclusive, chunk_bytes=data.draw(st.sampled_from([None, 64])))
+        want = _outcome(d, backend="cpu", to_seq=_closing_seq(d, txn), **common)
+        for backend in ("cpu", "cuda"):
+            got = _outcome(d, backend=backend, to_transaction=txn, **common)
+            assert got == want, backend
+
+
+def _log(*entries, restart_before=()) -> w.LogBuilder:
+    b = w.LogBuilder()
+    for k, e in enumerate(entries):
+        if k in restart_before:
+            b.reopen()
+        b.add(e)
+    return b
+
+
+def _ids(wal, **kw) -> list[str]:
+    return gpu_pitr.restore(wal, backend="cpu", **kw).id_list()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_an_aborted_transaction_is_a_target(tmp_path, backend):
+    wal = _log(w.Ins("a", [1.0], None, 1), w.Begin(5, 2), w.Ins("x", [2.0], None, 3),
+               w.Begin(6, 3), w.Ins("y", [3.0], None, 3), w.Abort(6, 4),
+               w.Ins("b", [4.0], None, 5), w.Abort(5, 6), w.Ins("c", [5.0], None, 7)
+               ).write(tmp_path)
+    inc = gpu_pitr.restore(wal, backend=backend, to_transaction=5)
+    assert inc.id_list() == ["a"]
+    assert inc.report.stop["record"] == "AbortTransaction" and inc.report.stop["seq"] == 7
+    assert inc.report.transactions == {"committed": 0, "aborted": 2, "in_flight_discarded": 0}
+    exc = gpu_pitr.restore(wal, backend=backend, to_transaction=5, exclusive=True)
+    assert exc.id_list() == ["a"] and exc.report.stop["seq"] == 7
+    # Stopped before X's abort: X is in flight there, and its abort is not counted.
+    assert exc.report.transactions == {"committed": 0, "aborted": 1, "in_flight_discarded": 1}
+
+
+def test_a_begin_of_an_open_transaction_is_an_anomaly_not_a_new_one(tmp_path):
+    wal = _log(w.Begin(5, 1), w.Ins("x", [1.0], None, 1), w.Begin(5, 2),
+               w.Ins("y", [2.0], None, 2), w.Commit(5, 3), w.Ins("z", [3.0], None, 4)
+               ).write(tmp_path)
+    got = gpu_pitr.restore(wal, backend="cpu", to_transaction=5)
+    assert got.id_list() == ["x", "y"] and got.report.stop["seq"] == 4
+    assert [a["offset"] for a in got.report.anomalies] and len(got.report.anomalies) == 1
+    assert _ids(wal, to_transaction=5, exclusive=True) == []
+
+
+def test_an_end_of_a_transaction_not_open_is_not_the_target(tmp_path):
+    """A Commit of X before X begins closes nothing (an anomaly, SPEC section 3): the
+    target is the later one that closes X."""
+    wal = _log(w.Ins("a", [1.0], None, 1), w.Commit(5, 2), w.Ins("b", [2.0], None, 3),
+               w.Begin(5, 4), w.Ins("x", [3.0], None, 5), w.Commit(5, 6),
+               w.Ins("c", [4.0], None, 7)).write(tmp_path)
+    got = gpu_pitr.restore(wal, backend="cpu", to_transaction=5)
+    assert got.id_list() == ["a", "b", "x"] and got.report.stop["seq"] == 5
+    assert len(got.report.anomalies) == 1 and got.report.anomalies[0]["seq"] == 1
+    assert _ids(wal, to_transaction=5, exclusive=True) == ["a", "b"]
+
+
+def test_an_id_reused_after_a_restart_targets_its_first_end(tmp_path):
+    """Seqs and transaction ids both repeat after a writer restart: the first record in
+    log order that ends X is the target (a seq target would take the first record of
+    that seq, which is another record here)."""
+    wal = _log(w.Ins("a", [1.0], None, 1), w.Begin(1, 2), w.Ins("x", [2.0], None, 3),
+               w.Commit(1, 4), w.Ins("b", [3.0], None, 5),
+               # the writer reopened: seq 0 again, and ids from 1 again
+               w.Ins("c", [4.0], None, 6), w.Begin(1, 7), w.Ins("y", [5.0], None, 8),
+               w.Commit(1, 9), w.Ins("d", [6.0], None, 10), restart_before=(5,)
+               ).write(tmp_path)
+    first = gpu_pitr.restore(wal, backend="cpu", to_transaction=1,
+                             allow_incomplete_history=True)
+    assert first.id_list() == ["a", "x"]
+    assert first.report.stop["seq"] == 3 and first.report.stop["offset"] > 0
+    assert _ids(wal, to_transaction=1, exclusive=True) == ["a"]
+
+
+def test_a_transaction_never_ended_is_an_error_naming_its_begin(tmp_path):
+    b = _log(w.Ins("a", [1.0], None, 1), w.Ins("b", [1.0], None, 1))
+    begin = b.add(w.Begin(9, 2))
+    b.add(w.Ins("x", [2.0], None, 3))
+    wal = b.write(tmp_path)
+    for backend in ("cpu", "cuda"):
+        for exclusive in (False, True):
+            with pytest.raises(errors.TargetNotFoundError) as err:
+                gpu_pitr.restore(wal, backend=backend, to_transaction=9, exclusive=exclusive)
+            assert err.value.file == str(tmp_path)
+            assert (f"transaction 9 never ends: it begins at {begin.file} offset "
+                    f"{begin.offset} (seq 2) and is still open at the end of the log"
+                    ) in str(err.value)
+
+
+def test_a_transaction_never_begun_is_an_error_naming_a_stray_end(tmp_path):
+    wal = _log(w.Ins("a", [1.0], None, 1), w.Begin(3, 2), w.Commit(3, 3)).write(tmp_path)
+    with pytest.raises(errors.TargetNotFoundError,
+                       match="transaction 4 never begins in the log: no BeginTransaction "
+                       "has its id$") as err:
+        gpu_pitr.restore(wal, backend="cpu", to_transaction=4)
+    assert err.value.file == str(tmp_path)
+    b = _log(w.Ins("a", [1.0], None, 1))
+    stray = b.add(w.Abort(4, 2))
+    wal = b.write(tmp_path / "stray")
+    with pytest.raises(errors.TargetNotFoundError,
+                       match=f"; the AbortTransaction at {stray.file} offset {stray.offset} "
+                       r"\(seq 1\) closes no open transaction \(an anomaly\)$"):
+        gpu_pitr.restore(wal, backend="cpu", to_transaction=4)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"to_transaction": 1, "to_seq": 1}, "at most one of"),
+    ({"to_transaction": 1, "to_time": 1}, "at most one of"),
+    ({"to_transaction": -1}, "outside"),
+    ({"to_transaction": 2**64}, "outside"),
+    ({"to_transaction": True}, "must be an integer"),
+    ({"to_transaction": "5"}, "must be an integer"),
+])
+def test_bad_arguments(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        gpu_pitr.restore(tmp_path, **kw)
+
+
+def test_the_shards_together_equal_the_whole(tmp_path):
+    wal = _log(w.Ins("a", [1.0], None, 1), w.Begin(2, 2), w.Ins("b", [2.0], None, 3),
+               w.Ins("c", [2.0], None, 3), w.Commit(2, 4), w.Del("a", 5)).write(tmp_path)
+    for exclusive in (False, True):
+        assert w.check_shards_equal_whole(wal, 3, to_transaction=2,
+                                          exclusive=exclusive) == "equal"
+
+
+# ---------------------------------------------------------------- base snapshots
+def _snapshot_log(tmp_path):
+    """Transaction 7 open across two snapshots' positions, 8 inside the log after."""
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], None, 1))
+    b.add(w.Begin(7, 2))
+    b.add(w.Ins("x", [2.0], None, 3))  # seq 2
+    b.add(w.Ins("b", [3.0], None, 4))  # seq 3
+    b.add(w.Commit(7, 5))  # seq 4
+    b.add(w.Begin(8, 6))
+    b.add(w.Ins("y", [4.0], None, 7))
+    b.add(w.Commit(8, 8))  # seq 7
+    b.add(w.Ins("c", [5.0], None, 9))
+    wal = b.write(tmp_path / "wal")
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    for name, seq in (("s1", 1), ("s2", 2), ("s6", 6)):
+        snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=seq), snaps / name)
+    return wal, snaps
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_a_base_before_the_target_gives_the_whole_logs_answer(tmp_path, backend):
+    wal, snaps = _snapshot_log(tmp_path)
+    for txn in (7, 8):
+        for exclusive in (False, True):
+            kw = dict(backend=backend, to_transaction=txn, exclusive=exclusive)
+            whole = gpu_pitr.restore(wal, **kw)
+            for base in ("s1", "s2") + (("s6",) if txn == 8 else ()):
+                got = gpu_pitr.restore(wal, base=snaps / base, **kw)
+                assert w.index_view(got) == w.index_view(whole), (txn, exclusive, base)
+                assert got.report.stop == whole.report.stop
+
+
+def test_snapshots_choose_the_newest_where_the_transaction_is_open(tmp_path):
+    wal, snaps = _snapshot_log(tmp_path)
+    got = gpu_pitr.restore(wal, backend="cpu", snapshots=snaps, to_transaction=7)
+    assert f"started from snapshot {snaps / 's2'}" in got.report.message
+    assert "it ends before the 1 newer one, passed over" in got.report.message
+    assert got.id_list() == ["a", "b", "x"]
+    # Open at none: the newest, whose log after it ends 8.
+    got = gpu_pitr.restore(wal, backend="cpu", snapshots=snaps, to_transaction=8)
+    assert f"started from snapshot {snaps / 's6'}" in got.report.message
+    assert got.id_list() == ["a", "b", "x", "y"]
+
+
+def test_a_base_past_the_target_fails_after_the_read_naming_it(tmp_path):
+    """Where a transaction ended is known only from the log: a base past it finds no
+    record ending it after its position, and says the base may be why."""
+    wal, snaps = _snapshot_log(tmp_path)
+    later = tmp_path / "later"  # 7 is open at neither: the newest is tried
+    later.mkdir()
+    (snaps / "s6").rename(later / "s6")
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=8), later / "s8")
+    for kw in ({"base": later / "s6"}, {"snapshots": later}):
+        with pytest.raises(errors.TargetNotFoundError,
+                           match="transaction 7 never begins in the log after the base "
+                           "snapshot's position .*the base is past the target"):
+            gpu_pitr.restore(wal, backend="cpu", to_transaction=7, **kw)
+
+
+def test_a_snapshot_taken_at_the_target_is_its_answer(tmp_path):
+    """``snapshot --to-transaction X`` stops just after X's end: restoring to X from it
+    gives its state (no record after it ends X)."""
+    wal, snaps = _snapshot_log(tmp_path)
+    for exclusive in (False, True):
+        at = gpu_pitr.restore(wal, backend="cpu", to_transaction=8, exclusive=exclusive)
+        snapshot.save(at, tmp_path / f"at{exclusive}")
+        got = gpu_pitr.restore(wal, backend="cpu", to_transaction=8, exclusive=exclusive,
+                               base=tmp_path / f"at{exclusive}")
+        assert w.index_view(got) == w.index_view(at)
+        assert got.report.stop["seq"] == 7
+
+
+# ---------------------------------------------------------------- command line
+def test_cli_restores_to_a_transaction_and_reports_it(tmp_path, capsys):
+    wal, _ = _snapshot_log(tmp_path)
+    out, report = tmp_path / "o.npz", tmp_path / "r.json"
+    assert main(["restore", wal, "--to-transaction", "7", "--backend", "cpu",
+                 "--out", str(out), "--report-json", str(report)]) == 0
+    said = capsys.readouterr().out
+    assert "target: transaction 7\n" in said
+    assert "stopped: after CommitTransaction wal-" in said
+    doc = json.loads(report.read_text())
+    assert doc["target"] == {"kind": "transaction", "value": 7, "exclusive": False}
+    assert doc["stop"]["seq"] == 4 and doc["ids"] == 3
+    assert main(["restore", wal, "--to-transaction", "7", "--exclusive", "--backend", "cpu",
+                 "--out", str(out), "--report-json", str(report)]) == 0
+    said = capsys.readouterr().out
+    assert "target: transaction 7, exclusive\n" in said and "stopped: before Commit" in said
+    assert json.loads(report.read_text())["ids"] == 1
+    snap = tmp_path / "snap"
+    assert main(["snapshot", wal, "--to-transaction", "8", "--backend", "cpu", "--quiet",
+                 "--out", str(snap)]) == 0
+    assert snapshot.load(snap).manifest["report"]["target"]["kind"] == "transaction"
+
+
+@pytest.mark.parametrize("args", [
+    ["--to-transaction", "1", "--to-seq", "1"],
+    ["--to-transaction", "1", "--to-time", "1"],
+    ["--to-transaction", "1", "--latest"],
+    ["--to-transaction", "-1"],
+    ["--to-transaction", "x"],
+    ["--to-transaction", str(2**64)],
+])
+def test_cli_usage_errors(tmp_path, capsys, args):
+    wal, _ = _snapshot_log(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["restore", wal, "--out", str(tmp_path / "o.npz"), *args])
+    assert exit_.value.code == 2
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_cli_error_when_no_record_ends_it(tmp_path, capsys):
+    wal, _ = _snapshot_log(tmp_path)
+    assert main(["restore", wal, "--to-transaction", "9", "--backend", "cpu",
+                 "--out", str(tmp_path / "o.npz")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"gpu-pitr: error: {wal}: transaction 9 never begins in the log: "
+                   "no BeginTransaction has its id"]
+
+
+def test_stop_reading_at_the_target(tmp_path):
+    """``read_after_stop=False`` reads up to the record that ends X (exclusive: that
+    record too, as an exclusive seq target's), and gives the same index."""
+    b = _log(w.Ins("a", [1.0], None, 1), w.Begin(4, 2), w.Ins("x", [2.0], None, 3))
+    end = b.add(w.Commit(4, 4))
+    for k in range(50):
+        b.add(w.Ins(f"later{k}", [3.0], None, 5))
+    wal = b.write(tmp_path)
+    for exclusive in (False, True):
+        whole = gpu_pitr.restore(wal, backend="cpu", to_transaction=4, exclusive=exclusive)
+        early = gpu_pitr.restore(wal, backend="cpu", to_transaction=4, exclusive=exclusive,
+                                 read_after_stop=False)
+        assert w.index_view(early) == w.index_view(whole)
+        assert early.report.records_read == 4 and early.report.bytes_read == end.end
+        assert whole.report.records_read == 54
