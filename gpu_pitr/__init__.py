@@ -44,8 +44,8 @@ def _lazy_dir(package: str, *names):
     return __dir__
 
 
-_modules = _lazy_modules(__name__, ("archive", "compat", "errors", "expire", "format",
-                                    "outputs", "report", "snapshot", "verify"))
+_modules = _lazy_modules(__name__, ("archive", "compat", "diff", "errors", "expire",
+                                    "format", "outputs", "report", "snapshot", "verify"))
 
 
 __dir__ = _lazy_dir(__name__, "restore", "RestoredIndex", *_modules.names)

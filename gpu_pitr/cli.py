@@ -1,9 +1,10 @@
 """The ``gpu-pitr`` command line: ``restore`` a WAL directory (to an ``.npz``, ``.parquet``,
 FAISS index or snapshot), ``snapshot`` it, ``inspect`` or ``verify`` it (or a
-snapshot), ``archive`` its segments, ``expire`` the snapshots and archived segments
-that the retention no longer needs.
+snapshot), ``diff`` two restored indexes, ``archive`` its segments, ``expire`` the
+snapshots and archived segments that the retention no longer needs.
 
-Data errors exit 1 with one line on stderr; usage errors exit 2 (argparse); an
+Data errors exit 1 with one line on stderr (2 for ``verify`` and ``diff``, whose 1 is
+their finding); usage errors exit 2 (argparse); an
 interrupt (SIGINT, SIGTERM) exits 128 + the signal's number with one line, after
 removing the outputs not yet in place. Nothing is ever written into the WAL directory.
 """
@@ -193,6 +194,28 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--accept-file", action="append", default=[], metavar="PATH",
         help="the --accept arguments of a file, one a line ('#' starts a comment)")
+
+    diff = commands.add_parser(
+        "diff",
+        help="what differs between two restored states: ids only in A, only in B, and "
+        "in both with other vector bits or metadata (exit 1 if any)",
+        description="Compare two outputs of restores, each an .npz, a .parquet or a "
+        "snapshot directory (a restore before a bad ingest and one after it): the ids "
+        "only in A, the ids only in B, and the ids in both whose vector bits (NaN "
+        "payloads and -0.0 count) or metadata differ, each sorted by UTF-8 bytes. Vectors "
+        "of different lengths make every id in both changed (said in one line). Exit "
+        "status as diff(1)'s: 0: the same; 1: different; 2: usage error, A or B "
+        "unreadable or not an output a restore writes, out of memory, or stdout that "
+        "cannot be written.",
+    )
+    diff.add_argument("a", metavar="A")
+    diff.add_argument("b", metavar="B")
+    diff.add_argument("--json", action="store_true",
+                      help="print one JSON document, with every id of each list unless "
+                      "--limit is given")
+    diff.add_argument("--limit", type=_count, metavar="N",
+                      help="list the first N ids of each list (default: 10; with --json, "
+                      "all); the counts count them all")
 
     arch = commands.add_parser(
         "archive",
@@ -391,6 +414,8 @@ def _run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
             return _restore(parser, args)
         if args.command == "verify":
             return _verify(parser, args)
+        if args.command == "diff":
+            return _diff(args)
         if args.command == "archive":
             return _archive(parser, args)
         if args.command == "expire":
@@ -419,8 +444,8 @@ def _run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
 def _error_status(command: str) -> int:
     """The exit status of an error that is not damage found: 1, but 2 for ``verify``,
     whose 1 says the log is damaged (as ``__main__.error_status``, before a command is
-    parsed)."""
-    return 2 if command == "verify" else 1
+    parsed), and for ``diff``, whose 1 says A and B differ."""
+    return 2 if command in ("verify", "diff") else 1
 
 
 class _StdoutError(Exception):
@@ -908,6 +933,21 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not args.json:
         _say_if_no_segments(args.wal_dir, result.segments)
     return 0 if result.clean else 1
+
+
+def _diff(args: argparse.Namespace) -> int:
+    """``diff``: 0 when A and B are the same, 1 when they differ, 2 when either cannot be
+    read (diff(1)'s statuses: 1 is kept for "different", as verify keeps it for damage)."""
+    from gpu_pitr.diff import diff
+
+    limit = args.limit if args.limit is not None or args.json else 10
+    try:
+        result = diff(args.a, args.b, limit=limit)
+    except (WalError, OSError, MissingExtraError) as err:
+        _print_error(err)
+        return 2
+    _emit(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(result.lines()))
+    return 0 if result.same else 1
 
 
 def _archive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ NAMED = [
     "gpu_pitr.restore", "gpu_pitr.RestoredIndex", "gpu_pitr.snapshot.save",
     "gpu_pitr.snapshot.load", "gpu_pitr.snapshot.verify", "gpu_pitr.archive.archive",
     "gpu_pitr.archive.ArchiveError", "gpu_pitr.expire.expire", "gpu_pitr.expire.ExpireError",
-    "gpu_pitr.errors.WalError",
+    "gpu_pitr.errors.WalError", "gpu_pitr.diff.diff", "gpu_pitr.errors.TargetNotReachedError",
     "gpu_pitr.errors.OutputError", "gpu_pitr.errors.MissingExtraError",
     "gpu_pitr.format.stats.wal_stats", "gpu_pitr.format.dump.wal_records",
     "gpu_pitr.format.writer.WalWriter", "gpu_pitr.compat.PointInTimeRestore",

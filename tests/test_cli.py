@@ -851,9 +851,11 @@ def test_environment_numpy_and_numba_cannot_use_is_one_line(
     assert_one_error_line(proc, fragment)
     assert not out.exists()
     # verify's 1 says "damage found"; a setting that stops it is 2, as stdout is
-    proc = cli("verify", wal_dir, wal_dir=wal_dir, env={**os.environ, name: value})
-    assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
-    assert proc.stderr.startswith("gpu-pitr: error: ") and fragment in proc.stderr
+    # (and diff's 1 says "they differ")
+    for args in (("verify", wal_dir), ("diff", out, out)):
+        proc = cli(*args, wal_dir=wal_dir, env={**os.environ, name: value})
+        assert (proc.returncode, proc.stdout) == (2, ""), (args, proc.stderr)
+        assert proc.stderr.startswith("gpu-pitr: error: ") and fragment in proc.stderr
 
 
 def test_environment_values_the_libraries_accept_still_run(wal_dir: Path, tmp_path: Path) -> None:
@@ -866,7 +868,7 @@ def test_environment_values_the_libraries_accept_still_run(wal_dir: Path, tmp_pa
         assert list(npz["ids"]) == [id_ for id_, _, _ in LATEST]
 
 
-COMMANDS = ("restore", "snapshot", "inspect", "verify", "archive", "expire")
+COMMANDS = ("restore", "snapshot", "inspect", "verify", "diff", "archive", "expire")
 
 
 def _help(capsys, *args: str) -> str:
