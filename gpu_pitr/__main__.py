@@ -21,8 +21,9 @@ def _stop(signum, frame) -> None:
 
 def error_status(argv: list[str]) -> int:
     """The exit status of an error that is not the data's: 1, but 2 for ``verify``,
-    whose 1 says damage was found, and ``diff``, whose 1 says the two differ. (Its command is the first word that is not an
-    option: the options before it, -h and --version, take no value.)"""
+    whose 1 says damage was found, and ``diff``, whose 1 says the two differ. (Its
+    command is the first word that is not an option: the options before it, -h and
+    --version, take no value.)"""
     command = next((a for a in argv if not a.startswith("-")), None)
     return 2 if command in ("verify", "diff") else 1
 
