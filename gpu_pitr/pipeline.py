@@ -1439,9 +1439,9 @@ def restore(
         snapshots: a directory of snapshot directories: start from the newest
             intact one at or before the target (older ones when one is damaged,
             the whole log when none serves; the report's message says which). For
-            ``to_transaction``, whose place is known only from the log: the newest
-            one at whose position X is open, else the newest (an error after the
-            read if X ended before it: name an older one with ``base``).
+            ``to_transaction``, whose place no manifest says: the newest one before
+            X's first end in the log, found by a pass over the log's markers of X
+            first (``snapshot.choose``).
         id_shard: ``(index, count)``: keep only the ids of that shard of ``count``
             (``gpu_pitr.resolve.idshard``): the same log read, each id's entries
             applied by exactly one shard. ``gpu_pitr.scaleout`` runs the shards on

@@ -305,12 +305,55 @@ def test_snapshots_choose_the_newest_where_the_transaction_is_open(tmp_path):
     wal, snaps = _snapshot_log(tmp_path)
     got = gpu_pitr.restore(wal, backend="cpu", snapshots=snaps, to_transaction=7)
     assert f"started from snapshot {snaps / 's2'}" in got.report.message
-    assert "it ends before the 1 newer one, passed over" in got.report.message
+    assert ("1 snapshot passed over: transaction 7 ends before it, or no record after it "
+            "ends it") in got.report.message
     assert got.id_list() == ["a", "b", "x"]
-    # Open at none: the newest, whose log after it ends 8.
     got = gpu_pitr.restore(wal, backend="cpu", snapshots=snaps, to_transaction=8)
     assert f"started from snapshot {snaps / 's6'}" in got.report.message
     assert got.id_list() == ["a", "b", "x", "y"]
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_snapshots_pass_over_those_after_a_transaction_open_at_none(tmp_path, exclusive):
+    """The usual bad ingest: a short transaction begun and ended between two snapshots,
+    open at neither. The newer one is past it (the restore from it would find no end of
+    X): the older one serves, as the log's markers of X show before the restore."""
+    wal, _ = _snapshot_log(tmp_path)
+    snaps = tmp_path / "between"
+    snaps.mkdir()
+    for name, seq in (("s0", 0), ("s4", 4), ("s8", 8)):
+        snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=seq), snaps / name)
+    for txn, start, passed in ((7, "s0", 2), (8, "s4", 1)):
+        kw = dict(backend="cpu", to_transaction=txn, exclusive=exclusive)
+        got = gpu_pitr.restore(wal, snapshots=snaps, **kw)
+        assert f"started from snapshot {snaps / start}" in got.report.message
+        assert f"{passed} snapshot{'s' if passed > 1 else ''} passed over: transaction " \
+            f"{txn} ends before" in got.report.message
+        whole = gpu_pitr.restore(wal, **kw)
+        assert w.index_view(got) == w.index_view(whole)
+        assert got.report.stop == whole.report.stop
+
+
+def test_snapshots_between_two_uses_of_an_id_are_passed_over(tmp_path):
+    """An id used again after a writer restart: the target is its first end in log
+    order; a snapshot between the two uses would find the second: passed over."""
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], None, 1))
+    b.add(w.Begin(7, 2))
+    b.add(w.Ins("x", [2.0], None, 3))
+    b.add(w.Commit(7, 4))  # seq 3: the target
+    b.add(w.Ins("b", [3.0], None, 5))  # seq 4
+    b.add(w.Begin(7, 6))
+    b.add(w.Del("x", 7))
+    b.add(w.Commit(7, 8))
+    wal = b.write(tmp_path / "wal")
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=4), snaps / "between")
+    got = gpu_pitr.restore(wal, backend="cpu", snapshots=snaps, to_transaction=7)
+    assert got.report.base is None and "passed over: transaction 7 ends before it" in \
+        got.report.message
+    assert got.id_list() == ["a", "x"] and got.report.stop["seq"] == 3
 
 
 def test_a_base_past_the_target_fails_after_the_read_naming_it(tmp_path):
@@ -321,11 +364,15 @@ def test_a_base_past_the_target_fails_after_the_read_naming_it(tmp_path):
     later.mkdir()
     (snaps / "s6").rename(later / "s6")
     snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=8), later / "s8")
-    for kw in ({"base": later / "s6"}, {"snapshots": later}):
-        with pytest.raises(errors.TargetNotFoundError,
-                           match="transaction 7 never begins in the log after the base "
-                           "snapshot's position .*the base is past the target"):
-            gpu_pitr.restore(wal, backend="cpu", to_transaction=7, **kw)
+    with pytest.raises(errors.TargetNotFoundError,
+                       match="transaction 7 never begins in the log after the base "
+                       "snapshot's position .*the base is past the target"):
+        gpu_pitr.restore(wal, backend="cpu", to_transaction=7, base=later / "s6")
+    # --snapshots passes both over (the log's markers of 7 are before them): the log.
+    got = gpu_pitr.restore(wal, backend="cpu", to_transaction=7, snapshots=later)
+    assert got.report.base is None and "2 snapshots passed over" in got.report.message
+    assert w.index_view(got) == w.index_view(
+        gpu_pitr.restore(wal, backend="cpu", to_transaction=7))
 
 
 def test_a_snapshot_taken_at_the_target_is_its_answer(tmp_path):
@@ -404,3 +451,27 @@ def test_stop_reading_at_the_target(tmp_path):
         assert w.index_view(early) == w.index_view(whole)
         assert early.report.records_read == 4 and early.report.bytes_read == end.end
         assert whole.report.records_read == 54
+
+
+def test_snapshots_serve_a_transaction_begun_in_expired_history(tmp_path):
+    """The Begin is in a segment the writer deleted: the log holds only the Commit, and
+    the snapshot at whose position the transaction is open serves (its pending
+    transactions count as begun)."""
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], None, 1))
+    b.add(w.Begin(7, 2))
+    b.add(w.Ins("x", [2.0], None, 3))  # seq 2
+    first = b.cur
+    b.new_segment(0x5F5E200)
+    b.add(w.Ins("y", [3.0], None, 4))  # seq 3, inside 7
+    b.add(w.Commit(7, 5))  # seq 4
+    b.add(w.Ins("c", [4.0], None, 6))
+    wal = b.write(tmp_path / "wal")
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=3), snaps / "open")
+    whole = gpu_pitr.restore(wal, backend="cpu", to_transaction=7)
+    (tmp_path / "wal" / first).unlink()
+    got = gpu_pitr.restore(wal, backend="cpu", snapshots=snaps, to_transaction=7)
+    assert f"started from snapshot {snaps / 'open'}" in got.report.message
+    assert w.index_view(got) == w.index_view(whole) and got.id_list() == ["a", "x", "y"]

@@ -139,6 +139,32 @@ def wal_records(
                 return
 
 
+def transaction_markers(segments: list, txn: int, chunk_bytes: int | None = None
+                        ) -> list[tuple[int, str, int]]:
+    """The top-level BeginTransaction, CommitTransaction and AbortTransaction records of
+    transaction ``txn`` in ``segments`` (listed, in log order): ``(kind, segment file
+    name, offset)`` each, in log order. One framing and parsing pass, as
+    ``wal_records``'s, nothing decoded in Python: where a transaction target
+    (``to_transaction``) lies among the snapshots' positions (``snapshot.choose``)."""
+    chunk = scan_chunk_bytes(segments, DEFAULT_CHUNK_BYTES if chunk_bytes is None
+                             else max(64, int(chunk_bytes)))
+    c = ChunkColumns(chunk // BYTES_PER_ROW + 64, 1)
+    stack = np.empty(MAX_BATCH_DEPTH, np.int64)
+    out = []
+    for item in framed_pieces(segments, chunk, header_damage):
+        n = item.n
+        if item.problem is not None or not n:
+            continue
+        c.ensure_records(n)
+        _parse(item.buf, n, item.off, item.length, stack, c.status, c.kind, c.ts, c.aux,
+               c.nent, c.stop, c.e_op, c.e_key)
+        rows = np.flatnonzero((c.status[:n] == OK) & (c.kind[:n] >= BEGIN_TRANSACTION)
+                              & (c.aux[:n] == np.uint64(txn)))
+        name = segments[item.segment].name
+        out += [(int(c.kind[i]), name, item.file_offset(i)) for i in rows.tolist()]
+    return out
+
+
 def _zero_runs_joined(docs: Iterator[dict]) -> Iterator[dict]:
     """``docs`` with each run of zero-filled records that a piece boundary split made
     one item again: a run is held until the item after it is known."""

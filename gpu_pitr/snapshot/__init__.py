@@ -210,8 +210,9 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
             gaps += why[0] == "gap"
             notes.append(why[1])
     usable.sort(reverse=True)
-    if "to_transaction" in target:
-        usable = _open_at_first(usable, manifests, int(target["to_transaction"]), notes)
+    if "to_transaction" in target and usable and segments:
+        usable = _before_transaction_end(usable, manifests, int(target["to_transaction"]),
+                                         segments, notes)
     for k, (_, path) in enumerate(usable):
         try:
             snap = load_snapshot(path, mmap=mmap, key_table=key_table)
@@ -249,24 +250,45 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     return None, notes, damaged
 
 
-def _open_at_first(usable: list, manifests: dict, txn: int, notes: list[str]) -> list:
-    """``usable`` (newest first) for a transaction target X, whose place no manifest
-    says: it is known only once the log is read. Where X is open at some snapshot's
-    position, the first record after it that ends X is the target: the newest such
-    snapshot comes first, and the newer ones are passed over (X ended before them). Where
-    X is open at none, the order stays: the newest is tried, and the restore fails after
-    reading if no record after it ends X (it may have ended in the log the snapshot
-    covers: the operator names an older one with --base)."""
+def _before_transaction_end(usable: list, manifests: dict, txn: int, segments: list,
+                            notes: list[str]) -> list:
+    """Of ``usable`` (newest first), the snapshots a transaction target X can start from.
+    No manifest says where X ended, so the log's markers of X are found first (one
+    framing pass, ``format.dump.transaction_markers``). A snapshot serves when a record
+    after its position ends X (X open there, or begun after it) and none of X's Commit or
+    Abort records lies before it: the restore from it then stops at the record a restore
+    of the whole log stops at, the first end of X in log order. Where no record ends X at
+    all, every snapshot is kept: the restore from the newest says why (never begun, or
+    still open)."""
+    from gpu_pitr.format.dump import transaction_markers
+    from gpu_pitr.format.layout import BEGIN_TRANSACTION
+    from gpu_pitr.format.stats import plural
     from gpu_pitr.snapshot.format import pending_transactions
 
-    for k, (_, path) in enumerate(usable):
-        if any(t == txn for t, _ in pending_transactions(manifests[path]["position"])):
-            if k:
-                notes.append(f"transaction {txn} is open at the position of snapshot "
-                             f"{path}: it ends before the {k} newer one"
-                             f"{'s' if k > 1 else ''}, passed over")
-            return usable[k:]
-    return usable
+    markers = [(log_order({"segment": name, "offset": offset}), kind)
+               for kind, name, offset in transaction_markers(segments, txn)]
+    if all(kind == BEGIN_TRANSACTION for _, kind in markers):
+        return usable
+    kept = []
+    for key, path in usable:
+        is_open = any(t == txn for t, _ in pending_transactions(manifests[path]["position"]))
+        ends_after = ends_before = False
+        for at, kind in markers:
+            if at < key:
+                ends_before = ends_before or kind != BEGIN_TRANSACTION
+            elif kind == BEGIN_TRANSACTION:
+                is_open = True
+            elif is_open:
+                ends_after = True
+                break
+        if ends_after and not ends_before:
+            kept.append((key, path))
+    if len(kept) < len(usable):
+        passed = len(usable) - len(kept)
+        it = "it" if passed == 1 else "them"
+        notes.append(f"{plural(passed, 'snapshot')} passed over: transaction {txn} ends "
+                     f"before {it}, or no record after {it} ends it")
+    return kept
 
 
 __getattr__ = _lazy_modules(__name__, ("arrow", "base", "format"))
