@@ -110,6 +110,8 @@ def commands() -> list[tuple[str, list[str], int]]:
         ("archive", ["archive", "WAL", "--out", "OUT/archive"], 0),
         # A writer's WAL directory is not an archive: refused, whatever it holds.
         ("expire", ["expire", "WAL", "--snapshots", "OUT", "--keep", "1"], 1),
+        # Two restored indexes, not a WAL directory: refused (exit 2), nothing written.
+        ("diff", ["diff", "WAL", "WAL"], 2),
     ]
     assert {c[1][0] for c in cmds} == _subcommands(), "a new command: add it here"
     return cmds
