@@ -1375,6 +1375,18 @@ def test_a_directory_of_snapshots_given_as_base_says_so(tmp_path):
     (snaps / "s1" / "manifest.json").unlink()
     with pytest.raises(WalError, match=r"s1/manifest.json: missing"):
         snapshot.load(snaps / "s1")
+    # The WAL directory itself (restore --base WAL, diff WAL ...): said, not "missing".
+    for load in (lambda: gpu_pitr.restore(wal, backend="cpu", base=wal),
+                 lambda: snapshot.load(wal)):
+        with pytest.raises(WalError) as err:
+            load()
+        assert str(err.value) == (
+            f"{wal}: is a WAL directory (it holds wal-<16 hex digits>.log segments), not a "
+            "snapshot (gpu-pitr snapshot WAL_DIR --out SNAP_DIR writes one)")
+    out = subprocess.run([sys.executable, "-m", "gpu_pitr", "diff", str(wal), str(wal)],
+                         capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr.count("\n") == 1 and "is a WAL directory" in out.stderr
 
 
 def test_a_base_restored_past_damage_is_said_along_the_chain_of_snapshots(tmp_path):

@@ -57,6 +57,12 @@ def load(path, *, verify: bool = True, mmap: bool = False, key_table: bool = Fal
         raise SnapshotError("is a directory of snapshots, not a snapshot (--snapshots "
                             "takes it; --base takes one of the snapshots in it)",
                             file=str(path))
+    if not holds_snapshot_files(path) and _holds_segments(path):
+        # (restore --base WAL_DIR, diff WAL_DIR ...: "manifest.json: missing" said a
+        # snapshot was damaged.)
+        raise SnapshotError("is a WAL directory (it holds wal-<16 hex digits>.log "
+                            "segments), not a snapshot (gpu-pitr snapshot WAL_DIR --out "
+                            "SNAP_DIR writes one)", file=str(path))
     try:  # the bytes it fills: the files it reads (a manifest that does not read: load says why)
         files = read_manifest(path)["files"]
         need = sum(int(f["size"]) for name, f in files.items()
@@ -65,6 +71,17 @@ def load(path, *, verify: bool = True, mmap: bool = False, key_table: bool = Fal
         need = None
     with fill_once_pages(need):
         return load_snapshot(path, verify=verify, mmap=mmap, key_table=key_table)
+
+
+def _holds_segments(path) -> bool:
+    """Whether ``path`` is a directory with a segment file in it (False where it cannot
+    be listed: the load names that)."""
+    from gpu_pitr.format.segments import list_segments
+
+    try:
+        return os.path.isdir(path) and bool(list_segments(path))
+    except (OSError, ValueError):
+        return False
 
 
 def verify(path) -> dict:
