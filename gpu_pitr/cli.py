@@ -681,12 +681,26 @@ def _zero_records(entries: list[dict]) -> str:
     return f" ({which} of {sum(runs):,} zero-filled records)"
 
 
+def _past_stop(entry: dict, stop: dict | None) -> bool:
+    """Whether ``entry`` (a file and offset) lies after the stop record of a restore
+    stopped at its target: what was lost there is after the target, so a torn tail a
+    crash left later in the archive is not one the restore to before it lost data to
+    (a runbook reads a torn-tail warning as "the result may not be what was asked
+    for"). Segment names sort in log order; paths may differ in their directory only."""
+    if not stop or stop.get("reason") != "target" or stop.get("file") is None:
+        return False
+    return ((Path(entry["file"]).name, entry["offset"])
+            > (Path(stop["file"]).name, stop["offset"]))
+
+
 def restore_warnings(report: dict) -> list[str]:
     """What a restore went past that a person must not miss: each torn tail (the bytes
     after it in its file were not read) and each record or file ``--skip-corrupt``
     skipped, the first ``WARN_EACH`` of each, then the report's ``warnings``."""
     # inspect's words for a torn tail; an empty file's loses nothing, so is not one
     torn = [f"{t['file']}: offset {t['offset']}: torn tail, {t['bytes_lost']} bytes lost"
+            + (" (after the stop point: the state restored does not reach it)"
+               if _past_stop(t, report.get("stop")) else "")
             + ("" if t.get("size_now") is None else
                f" ({in_progress(t['size_now'])}: a writer is appending to it, and this "
                "restore has the log up to the bytes it read)")
@@ -769,6 +783,8 @@ def restore_summary(report: dict, out: Path, open_ids: list[int] | None = None) 
         lines.append(f"as of {utc_text(report['last_commit_timestamp'])}: the last commit "
                      "point applied")
     damage_after = report["damage_after_stop"]
+    past = sum(_past_stop(t, stop) for t in report["torn_tails"])
+    torn_past = f" ({past} beyond the stop record)" if past else ""
     after_stop = f"{len(damage_after)} after the stop point{_zero_records(damage_after)}"
     # (Stopped at the end of the log, the whole log was read, the option given or not.)
     if not report.get("read_after_stop", True) and stop["reason"] == "target":
@@ -784,7 +800,7 @@ def restore_summary(report: dict, out: Path, open_ids: list[int] | None = None) 
         f"transactions: {txns['committed']} committed, {txns['aborted']} aborted, "
         f"{txns['in_flight_discarded']} discarded in flight; "
         f"{plural(len(report['anomalies']), 'anomaly', 'anomalies')}",
-        f"damage: {plural(len(report['torn_tails']), 'torn tail')}, "
+        f"damage: {plural(len(report['torn_tails']), 'torn tail')}{torn_past}, "
         f"{len(report['skipped'])} skipped{_zero_records(report['skipped'])}, "
         f"{after_stop}, {len(report['trailing_bytes'])} with trailing bytes",
     ]
@@ -1109,7 +1125,8 @@ def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:
                      f"  {when:<20}  {taken:<20}  {_snapshot_where(pos)}")
     lines += ["", f"checksums not checked: gpu-pitr verify {args.wal_dir} checks them",
               f"to restore from the newest that serves a target: gpu-pitr restore WAL_DIR "
-              f"--snapshots {args.wal_dir} --out OUT [--to-time T | --to-seq N]"]
+              f"--snapshots {args.wal_dir} --out OUT "
+              "[--to-time T | --to-seq N | --to-transaction X]"]
     _emit("\n".join(lines))
     return 0
 

@@ -125,7 +125,7 @@ class DiffResult:
                              if _holds(among, ident)]
                     what = f" ({', '.join(parts)})"
                 lines.append(f"  {json_line(ident)}{what}")
-            if counts[name] > len(ids):
+            if ids and counts[name] > len(ids):  # (limit 0: the counts alone)
                 lines.append(f"  ... and {counts[name] - len(ids):,} more")
         return lines
 
@@ -258,9 +258,23 @@ def _side(x) -> _Side:
                            "diff reads one .parquet (a restore without --write-on-workers) "
                            "or a snapshot", file=_name(path))
 
+        _not_a_wal_dir(path)
         # Every checksum and the order of the ids checked; the vectors mapped, not read.
         return _index_side(snapshot.load(path, mmap=True).to_index(), _name(path), fmt)
     return (_npz_side if fmt == "npz" else _parquet_side)(path)
+
+
+def _not_a_wal_dir(path) -> None:
+    """Refuse a WAL directory (or an archive) given for a restored state, as the slip it
+    is (recovery.md's step 8 diffs two restores of the archive: naming the archive itself
+    is the easy mistake), rather than call it a snapshot whose manifest is missing."""
+    from gpu_pitr.snapshot import holds_segments
+    from gpu_pitr.snapshot.format import holds_snapshot_files
+
+    if not holds_snapshot_files(path) and holds_segments(path):
+        raise WalError("a WAL directory (it holds wal-<16 hex digits>.log files), "
+                       "not a restored index: diff compares what restores wrote (gpu-pitr "
+                       f"restore {_name(path)} --out X.npz, then diff X.npz)", file=_name(path))
 
 
 def _name(path) -> str:

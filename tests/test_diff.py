@@ -433,3 +433,27 @@ def test_applying_the_diff_to_a_gives_b(a_log, b_dim, data, fmt_a, fmt_b) -> Non
             "metadata_changed": by_bytes(i for i in common if sa[i][1] != sb[i][1]),
         }
         assert result.same == (sa == sb)
+
+
+def test_limit_0_prints_the_counts_alone(states, capsys) -> None:
+    """``--limit 0`` is "counts alone" (README): no "... and K more" under a count with
+    no id listed, which only repeated it."""
+    a, b = states["a"]["npz"], states["b"]["snapshot"]
+    assert cli.main(["diff", str(a), str(b), "--limit", "0"]) == 1
+    assert capsys.readouterr().out.splitlines()[2:] == [
+        "only in A: 2", "only in B: 3", "changed: 5 (3 vector, 3 metadata)"]
+
+
+def test_a_wal_directory_given_for_a_state_is_named_as_one(tmp_path: Path, states,
+                                                           capsys) -> None:
+    """The archive itself, given where a restore's output goes (recovery.md's step 8
+    diffs two restores of it), is named as a WAL directory, with what to run: not a
+    snapshot with its manifest missing."""
+    wal = write_wal(tmp_path / "arch", A_ENTRIES)
+    assert cli.main(["diff", str(states["a"]["npz"]), str(wal)]) == 2
+    assert capsys.readouterr().err == (
+        f"gpu-pitr: error: {wal}: a WAL directory (it holds wal-<16 hex digits>.log files), not a "
+        f"restored index: diff compares what restores wrote (gpu-pitr restore {wal} --out "
+        "X.npz, then diff X.npz)\n")
+    with pytest.raises(WalError, match="a WAL directory"):
+        diff(wal, states["a"]["npz"])

@@ -571,3 +571,34 @@ def test_a_restart_right_after_a_begin_is_warned_of(tmp_path, backend):
     b.add(Ins("x", V, ts=T + 21))         # seq 1, in transaction 8
     b.write(d)
     assert not _warned(gpu_pitr.restore(d, backend=backend), "still open")
+
+
+def test_a_torn_tail_after_the_stop_record_is_said_to_be_past_it(tmp_path, capsys):
+    """The usual incident after a crash: the archive holds a torn tail from later on
+    (the store killed after the bad ingest), and the restore to before the bad
+    transaction reads past it. Its warning and the summary say it lies after the stop
+    record (the state restored does not reach it), where a torn tail before the stop
+    is warned of as before: a runbook reads that warning as "data lost"."""
+    b, d = _log(tmp_path)
+    b.add(Begin(9, ts=T + 40))                  # seq 3: the bad transaction
+    b.add(Upd("a", [9.0, 9.0], ts=T + 41))
+    b.add(Commit(9, ts=T + 42))                 # seq 5
+    torn = b.add(Ins("e", V, ts=T + 50))        # seq 6: cut by the crash
+    b.truncate(torn.file, torn.end - 3)
+    b.new_segment(0x5F5E200)
+    b.seq = 6
+    b.add(Ins("e", V, ts=T + 60))               # re-sent after the restart
+    b.write(d)
+    lost = f"{d / torn.file}: offset {torn.offset}: torn tail, {torn.end - 3 - torn.offset} " \
+        "bytes lost"
+    rc = main(["restore", str(d), "--out", str(tmp_path / "o.npz"), "--to-transaction", "9",
+               "--exclusive"])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert err == (f"gpu-pitr: warning: {lost} (after the stop point: the state restored "
+                   "does not reach it)\n")
+    assert "damage: 1 torn tail (1 beyond the stop record), 0 skipped" in out
+    # Restored to a point after it (the latest), it is a torn tail the state crossed.
+    rc = main(["restore", str(d), "--out", str(tmp_path / "p.npz"), "-q"])
+    out, err = capsys.readouterr()
+    assert (rc, out, err) == (0, "", f"gpu-pitr: warning: {lost}\n")

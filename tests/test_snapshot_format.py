@@ -497,6 +497,11 @@ def test_inspect_of_a_directory_of_snapshots_lists_them_in_log_order(tmp_path, c
     assert lines[3].endswith("the start of the log")
     assert lines[5].endswith("wal-0000000005f5e100.log offset 456")
     assert lines[-2] == f"checksums not checked: gpu-pitr verify {parent} checks them"
+    # The targets a restore from them takes, --to-transaction too (pgbackrest info's
+    # reader goes on to a restore: recovery.md's bad transaction is named by its id).
+    assert lines[-1] == ("to restore from the newest that serves a target: gpu-pitr restore "
+                         f"WAL_DIR --snapshots {parent} --out OUT [--to-time T | --to-seq N "
+                         "| --to-transaction X]")
     rc, out, err = _cli(capsys, "inspect", "--json", parent)
     doc = json.loads(out)
     assert (rc, err, doc["snapshots_dir"]) == (0, "", str(parent))

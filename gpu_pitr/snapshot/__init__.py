@@ -57,7 +57,7 @@ def load(path, *, verify: bool = True, mmap: bool = False, key_table: bool = Fal
         raise SnapshotError("is a directory of snapshots, not a snapshot (--snapshots "
                             "takes it; --base takes one of the snapshots in it)",
                             file=str(path))
-    if not holds_snapshot_files(path) and _holds_segments(path):
+    if not holds_snapshot_files(path) and holds_segments(path):
         # (restore --base WAL_DIR, diff WAL_DIR ...: "manifest.json: missing" said a
         # snapshot was damaged.)
         raise SnapshotError("is a WAL directory (it holds wal-<16 hex digits>.log "
@@ -73,7 +73,7 @@ def load(path, *, verify: bool = True, mmap: bool = False, key_table: bool = Fal
         return load_snapshot(path, verify=verify, mmap=mmap, key_table=key_table)
 
 
-def _holds_segments(path) -> bool:
+def holds_segments(path) -> bool:
     """Whether ``path`` is a directory with a segment file in it (False where it cannot
     be listed: the load names that)."""
     from gpu_pitr.format.segments import list_segments
