@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from pathlib import Path
 
 import pytest
 import workloads as w
@@ -475,3 +476,29 @@ def test_snapshots_serve_a_transaction_begun_in_expired_history(tmp_path):
     got = gpu_pitr.restore(wal, backend="cpu", snapshots=snaps, to_transaction=7)
     assert f"started from snapshot {snaps / 'open'}" in got.report.message
     assert w.index_view(got) == w.index_view(whole) and got.id_list() == ["a", "x", "y"]
+
+
+def test_a_transaction_nowhere_in_the_log_is_said_before_any_restore(tmp_path):
+    """--snapshots on an archive not brought up to date (or another store's log): the
+    marker pass found no record of X and no snapshot has it open; the error says so,
+    not that the base snapshot may be past the target."""
+    wal, snaps = _snapshot_log(tmp_path)
+    last = sorted(Path(wal).glob("wal-*.log"))[-1]
+    with pytest.raises(errors.TargetNotFoundError) as err:
+        gpu_pitr.restore(wal, backend="cpu", snapshots=snaps, to_transaction=99)
+    assert str(err.value) == (
+        f"{wal}: transaction 99 appears nowhere in the log: no BeginTransaction, "
+        f"CommitTransaction or AbortTransaction has its id, and no snapshot in {snaps} has "
+        f"it open (the log ends with {last.name}, {last.stat().st_size:,} bytes: an "
+        "archive not brought up to date, or another store's log?)")
+    # Open at a snapshot but never ended: the restore's own words (where it was open).
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], None, 1))
+    b.add(w.Begin(5, 2))
+    b.add(w.Ins("x", [2.0], None, 3))
+    wal2 = b.write(tmp_path / "open")
+    (tmp_path / "snaps2").mkdir()
+    snapshot.save(gpu_pitr.restore(wal2, backend="cpu", to_seq=2), tmp_path / "snaps2" / "s")
+    with pytest.raises(errors.TargetNotFoundError, match="transaction 5 never ends: it was "
+                       "open at the base snapshot's position"):
+        gpu_pitr.restore(wal2, backend="cpu", snapshots=tmp_path / "snaps2", to_transaction=5)
