@@ -186,14 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("wal_dir", metavar="WAL_DIR")
     verify.add_argument("--json", action="store_true", help="print one JSON document")
-    verify.add_argument(
-        "--accept", action="append", default=[], metavar="FILE:OFFSET:BYTES",
-        help="a torn tail reviewed after a crash (the argument its hint line gives): "
-        "that one torn tail, same file, offset and bytes lost, is a notice, not damage; "
-        "one that matches none is a warning. Repeatable")
-    verify.add_argument(
-        "--accept-file", action="append", default=[], metavar="PATH",
-        help="the --accept arguments of a file, one a line ('#' starts a comment)")
+    _accept_options(verify, "is a notice, not damage; one that matches none is a warning")
 
     diff = commands.add_parser(
         "diff",
@@ -264,6 +257,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _accept_options(p: argparse.ArgumentParser, what: str) -> None:
+    """``--accept`` and ``--accept-file`` (``verify`` and the restores): torn tails an
+    operator reviewed after a crash, each ``FILE:OFFSET:BYTES`` as verify's hint gives."""
+    p.add_argument(
+        "--accept", action="append", default=[], metavar="FILE:OFFSET:BYTES",
+        help="a torn tail reviewed after a crash (the argument verify's hint line gives): "
+        f"that one torn tail, same file, offset and bytes lost, {what}. Repeatable")
+    p.add_argument(
+        "--accept-file", action="append", default=[], metavar="PATH",
+        help="the --accept arguments of a file, one a line ('#' starts a comment)")
+
+
+def _accepts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
+    """The acknowledgements ``--accept`` and ``--accept-file`` give (usage errors for one
+    that is not one, or a file that cannot be read)."""
+    from gpu_pitr.verify import Accept, read_accepts
+
+    accepts = []
+    for text in args.accept:
+        try:
+            accepts.append(Accept.parse(text, "argument --accept"))
+        except ValueError as err:
+            parser.error(f"argument --accept: {err}")
+    for path in args.accept_file:
+        try:
+            accepts += read_accepts(path)
+        except ValueError as err:
+            parser.error(f"argument --accept-file: {err}")
+        except OSError as err:
+            parser.error(f"argument --accept-file: {path}: {os_reason(err)}")
+    return accepts
+
+
 def _json_quiet(p: argparse.ArgumentParser, quiet_help: str) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
@@ -321,6 +347,8 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip undecodable records and unreadable segments (each one is reported)",
     )
+    _accept_options(p, "is not warned of on stderr (the report still lists it); "
+                    "verify checks the acknowledgements")
     p.add_argument(
         "--strict",
         action="store_true",
@@ -515,6 +543,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     to_time = None
     if args.to_time is not None:
         to_time = _time_target(parser, args.to_time, args.exclusive)
+    accepts = _accepts(parser, args)
     on_workers = getattr(args, "write_on_workers", False)  # restore's, not snapshot's
     if on_workers:
         if args.dask_scheduler is None:
@@ -613,7 +642,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.close()
-    warnings = restore_warnings(report)
+    warnings = restore_warnings(report, accepts)
     if replaced is not None and index.position is not None and (
             replaced.get("segment"), replaced.get("offset")) != (
             index.position.get("segment"), index.position.get("offset")):
@@ -693,10 +722,13 @@ def _past_stop(entry: dict, stop: dict | None) -> bool:
             > (Path(stop["file"]).name, stop["offset"]))
 
 
-def restore_warnings(report: dict) -> list[str]:
+def restore_warnings(report: dict, accepts=()) -> list[str]:
     """What a restore went past that a person must not miss: each torn tail (the bytes
     after it in its file were not read) and each record or file ``--skip-corrupt``
-    skipped, the first ``WARN_EACH`` of each, then the report's ``warnings``."""
+    skipped, the first ``WARN_EACH`` of each, then the report's ``warnings``. A torn
+    tail an operator reviewed (``accepts``, ``--accept``: the same file name, offset and
+    bytes lost) is not warned of again (the report still lists it)."""
+    reviewed = {(a.file, a.offset, a.bytes) for a in accepts}
     # inspect's words for a torn tail; an empty file's loses nothing, so is not one
     torn = [f"{t['file']}: offset {t['offset']}: torn tail, {t['bytes_lost']} bytes lost"
             + (" (after the stop point: the state restored does not reach it)"
@@ -704,7 +736,8 @@ def restore_warnings(report: dict) -> list[str]:
             + ("" if t.get("size_now") is None else
                f" ({in_progress(t['size_now'])}: a writer is appending to it, and this "
                "restore has the log up to the bytes it read)")
-            for t in report["torn_tails"] if t["bytes_lost"]]
+            for t in report["torn_tails"] if t["bytes_lost"]
+            and (Path(t["file"]).name, t["offset"], t["bytes_lost"]) not in reviewed]
     skipped = [f"{s['file']}: offset {s['offset']}: "
                + ("" if s.get("seq") is None else f"seq {s['seq']}: ")
                + f"skipped: {s['what']}" for s in report["skipped"]]
@@ -906,25 +939,9 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not os.path.isdir(args.wal_dir):
         parser.error(f"argument WAL_DIR: {args.wal_dir}: {not_a_directory(args.wal_dir)}")
     from gpu_pitr.snapshot.format import holds_snapshot_files
-    from gpu_pitr.verify import (  # with Numba: imported when a command needs it
-        Accept,
-        read_accepts,
-        verify_wal,
-    )
+    from gpu_pitr.verify import verify_wal  # with Numba: imported when a command needs it
 
-    accepts = []
-    for text in args.accept:
-        try:
-            accepts.append(Accept.parse(text, "argument --accept"))
-        except ValueError as err:
-            parser.error(f"argument --accept: {err}")
-    for path in args.accept_file:
-        try:
-            accepts += read_accepts(path)
-        except ValueError as err:
-            parser.error(f"argument --accept-file: {err}")
-        except OSError as err:
-            parser.error(f"argument --accept-file: {path}: {os_reason(err)}")
+    accepts = _accepts(parser, args)
     snapshots_only = ("argument --accept: names torn tails of a WAL directory, and "
                       f"{args.wal_dir} holds snapshots")
     if holds_snapshot_files(args.wal_dir):

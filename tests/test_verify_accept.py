@@ -307,3 +307,32 @@ def test_a_segment_gone_from_the_archive_is_not_called_expired(tmp_path, capsys)
     assert status == 1  # archive_missing
     assert err.endswith(f"matches no torn tail: {FIRST} is gone from the archive, not deleted "
                         "by gpu-pitr expire (archive_missing)\n")
+
+
+def test_restores_and_snapshots_take_the_same_acknowledgements(tmp_path, capsys):
+    """The nightly snapshot of the archive warned of the reviewed torn tail on every
+    run (the runbook alerts on anything on stderr): given the same --accept or
+    --accept-file as verify, a restore does not warn of that tail again; the report
+    still lists it, and a tail that does not match is warned of as before."""
+    _, arc, accept = archived(tmp_path)
+    ack = tmp_path / "arch.accepted"
+    ack.write_text(f"# reviewed after the crash\n{accept}\n")
+    torn = f"{arc / FIRST}: offset {accept.split(':')[1]}: torn tail, {CUT} bytes lost"
+    for cmd, out in (("restore", "o.npz"), ("snapshot", "snap")):
+        base = [cmd, str(arc), "--out", str(tmp_path / out), "-q", "--report-json",
+                str(tmp_path / f"{out}.json")]
+        assert cli.main(base) == 0
+        assert capsys.readouterr().err == f"gpu-pitr: warning: {torn}\n"
+        for given in (["--accept", accept], ["--accept-file", str(ack)]):
+            assert cli.main(base + given) == 0
+            assert capsys.readouterr().err == ""
+            (tail,) = json.loads((tmp_path / f"{out}.json").read_text())["torn_tails"]
+            assert (tail["offset"], tail["bytes_lost"]) == (int(accept.split(":")[1]), CUT)
+        # Another offset or byte count is not the tail reviewed: warned of.
+        other = accept.rsplit(":", 1)[0] + f":{CUT + 1}"
+        assert cli.main(base + ["--accept", other]) == 0
+        assert capsys.readouterr().err == f"gpu-pitr: warning: {torn}\n"
+    with pytest.raises(SystemExit) as done:
+        cli.main(["restore", str(arc), "--out", str(tmp_path / "x.npz"), "--accept", "x:1"])
+    assert done.value.code == 2
+    assert "argument --accept: 'x:1' is not FILE:OFFSET:BYTES" in capsys.readouterr().err
