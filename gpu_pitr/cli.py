@@ -895,10 +895,17 @@ def _inspect_records(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             and args.first_seq > args.last_seq:
         parser.error(f"argument --first-seq: {args.first_seq} is larger than --last-seq "
                      f"{args.last_seq}: no record can be both")
+    # One item past the limit, to say whether more follow (pg_waldump --limit does not).
     items = wal_records(args.wal_dir, since=since, until=until, first_seq=args.first_seq,
                         last_seq=args.last_seq, transaction=args.transaction,
-                        limit=args.limit)
+                        limit=None if args.limit is None else args.limit + 1)
+    shown, more = 0, False
     for doc in items:
+        if shown == args.limit:
+            more = True
+            items.close()
+            break
+        shown += 1
         text = (json_line(doc) if args.json
                 else "\n".join(record_lines(doc)))
         try:
@@ -912,6 +919,9 @@ def _inspect_records(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             _stdout_gone()
             raise _StdoutError(f"stdout: cannot write: {os_reason(err)}") from err
     _emit("", end="")  # what is still buffered, whose failure is _emit's too
+    if more:
+        print(f"note: --limit {args.limit} reached: more items follow (narrow the filters, "
+              "or page on with --first-seq)", file=sys.stderr)
     return 0
 
 

@@ -190,6 +190,11 @@ def test_cli_text_json_lines_and_usage(damaged, tmp_path):
         (w["second"], 0, "Insert"), (w["second"], 1, "BeginTransaction")]
     proc = cli("inspect", wal_dir, "--first-seq", "2", "--last-seq", "3", "--limit", "1")
     assert [line.split(": ")[2] for line in proc.stdout.splitlines()] == ["seq 2"]
+    # More items than the limit: said on stderr; exactly the limit's worth: nothing said.
+    assert proc.stderr == ("note: --limit 1 reached: more items follow (narrow the filters, "
+                           "or page on with --first-seq)\n")
+    proc = cli("inspect", wal_dir, "--first-seq", "2", "--last-seq", "3", "--limit", "2")
+    assert len(proc.stdout.splitlines()) == 2 and proc.stderr == ""
     for bad in (["--since", "yesterday"], ["--limit", "-1"], ["--first-seq", "x"]):
         proc = cli("inspect", wal_dir, *bad)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, bad
