@@ -269,6 +269,7 @@ class _Restore:
         starts: dict[int, int] = {}
         if self.base is not None:
             segments, starts = self._resume_at(segments)
+            self._jumps_from_base()
         self.segments = segments
         self.report.segments = len(segments)
         self.names = [str(seg.path) for seg in segments]
@@ -779,6 +780,21 @@ class _Restore:
             self._gap(gap)
         return later, {}
 
+    def _jumps_from_base(self) -> None:
+        """Records missing right after the base's position are missing inside the log, as
+        a restore of the whole log finds them: the base's last record is the one before
+        the first read (its seq, unless a zero-filled record's, which has none). Where
+        the log goes on in the base's own segment only: a later segment's first record
+        is judged by ``_check_first`` (a gap, refused or allowed)."""
+        pos = self.base.position
+        last, last_seq = pos.get("last_record"), pos.get("last_seq")
+        if self._resume_seq is None or self._resume_seq[0] != "at" or last is None \
+                or last_seq is None or self._base_holds_none():
+            return
+        if not zerofill.is_zero_record(int(last.get("length", 0)) - RECORD_HEADER_SIZE,
+                                       int(last_seq)):
+            self.seq_jumps.prev = int(last_seq)
+
     def _check_expired(self) -> None:
         """History an ``expire`` deleted (its marker): the restore must start after it,
         even when the first segment left starts at seq 0 (a writer that restarted)."""
@@ -1187,18 +1203,32 @@ class _Restore:
         if open_at_base or self.txn_begun is not None:
             began = (f"it was open at the base snapshot's position ({self.base.path})"
                      if open_at_base else f"it begins at {at(self.txn_begun)}")
+            skipped = self.report.skipped
+            # (What --skip-corrupt passed over may be the record that ended it.)
+            hint = "" if not skipped else (
+                f"; --skip-corrupt skipped {len(skipped)} damaged record"
+                f"{'s or files' if len(skipped) > 1 else ' or file'} (the first at "
+                f"{Path(skipped[0]['file']).name} offset {skipped[0]['offset']}): its end "
+                "may be among them")
             return (f"transaction {x} never ends: {began} and is still open at the end of "
-                    "the log (in flight: no CommitTransaction or AbortTransaction closes it)")
+                    "the log (in flight: no CommitTransaction or AbortTransaction closes it)"
+                    + hint)
         stray = ("" if self.txn_stray is None else
                  f"; the {self.txn_stray['record']} at {at(self.txn_stray)} closes no open "
                  "transaction (an anomaly)")
         where = "the log"
-        if self.base is not None:
+        if self.base is not None and getattr(self.base, "transaction_absent", None) != x:
+            # (With --snapshots the log's records of X were found first: where none is,
+            # no older snapshot serves either, and the whole log's words are the answer.)
             where = (f"the log after the base snapshot's position ({self.base.path}; if "
                      f"transaction {x} ended in the log the base covers, the base is past "
                      "the target: restore from an older snapshot, --base, or from the log "
                      "alone)")
-        wrong = "" if self._listed else f"; {no_segments_note(self.wal_dir)}"
+        # Where the log ends: an archive not brought up to date lacks X altogether.
+        last = self._listed[-1] if self._listed else None
+        wrong = (f"; {no_segments_note(self.wal_dir)}" if last is None else
+                 f"; the log ends with {last.name} ({last.size:,} bytes): an archive not "
+                 "brought up to date, or another store's log?")
         return (f"transaction {x} never begins in {where}: no BeginTransaction has its id"
                 f"{stray}{wrong}")
 
@@ -1605,7 +1635,10 @@ def restore(
         # The base's state alone: a WAL_DIR given wrong would pass without a word.
         report.warnings.append("the base snapshot's state alone, no log after it: "
                                + no_segments_note(wal_path))
-        unreached.append((report.warnings[-1], {"file": str(wal_path)}))
+        if report.stop["reason"] != "target":
+            # (A seq or transaction target the base itself meets is reached: its state
+            # is the one asked for, whatever log follows it.)
+            unreached.append((report.warnings[-1], {"file": str(wal_path)}))
     if not report.message and snap is None:
         if report.segments == 0:
             report.message = f"nothing to restore: {no_segments_note(wal_path)}"

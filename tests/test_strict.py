@@ -216,3 +216,53 @@ def test_a_transaction_never_committed_before_a_time_target_is_the_log_ending(tm
     b.write(tmp_path / "done")
     got = gpu_pitr.restore(tmp_path / "done", backend="cpu", to_time=T + 1, strict=True)
     assert list(got.ids) == ["a"]
+
+
+@pytest.mark.parametrize("target", [{"to_seq": 2}, {"to_transaction": 7}])
+def test_a_base_that_meets_the_target_needs_no_log_after_it(tmp_path, target):
+    """A seq or transaction target the base's own position meets is reached from the base
+    alone: strict restores it (the warning that no log follows stays), as it does for the
+    whole log; strict refused it, saying the target was not reached."""
+    b = LogBuilder()
+    b.add(Begin(7, ts=T))
+    b.add(Ins("a", V, ts=T))
+    b.add(Commit(7, ts=T + 1))  # seq 2, the log's last record
+    d = tmp_path / "wal"
+    b.write(d)
+    snap = snapshot.save(gpu_pitr.restore(d, backend="cpu", **target), tmp_path / "snap")
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    got = gpu_pitr.restore(empty, backend="cpu", base=snap, strict=True, **target)
+    _same(got, gpu_pitr.restore(d, backend="cpu", strict=True, **target))
+    assert got.report.stop["reason"] == "target" and got.report.warnings == [
+        "the base snapshot's state alone, no log after it: no wal-<16 hex digits>.log "
+        f"files in {empty}"]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+@pytest.mark.parametrize("rotate", [False, True], ids=["same_segment", "next_segment"])
+def test_records_missing_right_after_a_base_fail_as_from_the_log(tmp_path, rotate, backend):
+    """Seqs missing between the base's last record and the first one read after it are
+    missing inside the log: a restore of the whole log warns of them (strict refuses);
+    from a snapshot taken before them (``--snapshots`` for a target past them) the jump
+    was not seen at all, without a word even by default."""
+    b = LogBuilder()
+    b.add(Ins("a", V, ts=T))
+    b.add(Ins("b", V, ts=T + 1))  # seq 1: the base's last record
+    if rotate:
+        b.new_segment(SEG2)
+    b.add(Ins("c", V, ts=T + 2), seq=5)
+    b.add(Ins("d", V, ts=T + 3), seq=6)
+    d = tmp_path / "wal"
+    b.write(d)
+    snap = snapshot.save(gpu_pitr.restore(d, backend="cpu", to_seq=1), tmp_path / "snap")
+    whole = gpu_pitr.restore(d, backend=backend)
+    got = gpu_pitr.restore(d, backend=backend, base=snap)
+    _same(got, whole)
+    assert got.report.warnings == whole.report.warnings and "the seq jumps from 1 to 5" in \
+        got.report.warnings[0]
+    with pytest.raises(TargetNotReachedError) as from_log:
+        gpu_pitr.restore(d, backend=backend, strict=True)
+    with pytest.raises(TargetNotReachedError, match="the seq jumps from 1 to 5") as err:
+        gpu_pitr.restore(d, backend=backend, base=snap, strict=True)
+    assert str(err.value) == str(from_log.value) and err.value.file == _seg(d, int(rotate))

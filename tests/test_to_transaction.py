@@ -13,6 +13,7 @@ base snapshots, the command line and the report.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -231,11 +232,31 @@ def test_a_transaction_never_ended_is_an_error_naming_its_begin(tmp_path):
                     ) in str(err.value)
 
 
+def test_a_transaction_whose_end_was_skipped_says_so(tmp_path):
+    """Its CommitTransaction undecodable, skipped with skip_corrupt: X is still open at
+    the end of the log, and the error names what was skipped (the end may be there)."""
+    b = _log(w.Ins("a", [1.0], None, 1))
+    b.add(w.Begin(9, 2))
+    b.add(w.Ins("x", [2.0], None, 3))
+    bad = b.add_payload(bytes([99, 9, 0]))  # no such variant: the Commit, damaged
+    b.add(w.Ins("b", [2.0], None, 5))
+    wal = b.write(tmp_path)
+    skipped = gpu_pitr.restore(wal, backend="cpu", skip_corrupt=True).report.skipped
+    assert [(s["file"], s["seq"]) for s in skipped] == [(f"{tmp_path}/{bad.file}", bad.seq)]
+    with pytest.raises(errors.TargetNotFoundError) as err:
+        gpu_pitr.restore(wal, backend="cpu", to_transaction=9, skip_corrupt=True)
+    assert str(err.value).endswith(
+        "(in flight: no CommitTransaction or AbortTransaction closes it); --skip-corrupt "
+        f"skipped 1 damaged record or file (the first at {bad.file} offset "
+        f"{skipped[0]['offset']}): its end may be among them")
+
+
 def test_a_transaction_never_begun_is_an_error_naming_a_stray_end(tmp_path):
     wal = _log(w.Ins("a", [1.0], None, 1), w.Begin(3, 2), w.Commit(3, 3)).write(tmp_path)
     with pytest.raises(errors.TargetNotFoundError,
                        match="transaction 4 never begins in the log: no BeginTransaction "
-                       "has its id$") as err:
+                       r"has its id; the log ends with wal-.*\.log \(\d+ bytes\): an "
+                       "archive not brought up to date, or another store's log\\?$") as err:
         gpu_pitr.restore(wal, backend="cpu", to_transaction=4)
     assert err.value.file == str(tmp_path)
     b = _log(w.Ins("a", [1.0], None, 1))
@@ -243,7 +264,8 @@ def test_a_transaction_never_begun_is_an_error_naming_a_stray_end(tmp_path):
     wal = b.write(tmp_path / "stray")
     with pytest.raises(errors.TargetNotFoundError,
                        match=f"; the AbortTransaction at {stray.file} offset {stray.offset} "
-                       r"\(seq 1\) closes no open transaction \(an anomaly\)$"):
+                       r"\(seq 1\) closes no open transaction \(an anomaly\); the log "
+                       "ends with "):
         gpu_pitr.restore(wal, backend="cpu", to_transaction=4)
 
 
@@ -300,6 +322,57 @@ def test_a_base_before_the_target_gives_the_whole_logs_answer(tmp_path, backend)
                 got = gpu_pitr.restore(wal, base=snaps / base, **kw)
                 assert w.index_view(got) == w.index_view(whole), (txn, exclusive, base)
                 assert got.report.stop == whole.report.stop
+
+
+def _answer(outcome) -> tuple:
+    """What a restore from snapshots shares with the whole log's: the index and the
+    stop, or the error's type and place (the counters count only the log read, and
+    with ``read_after_stop=False`` so does the rest of the report)."""
+    idx, err = outcome
+    if err is not None:
+        return ("error", type(err).__name__, os.path.basename(err.file or ""), err.offset,
+                err.seq)
+    s = idx.report.stop
+    return ("ok", w.index_view(idx), s["reason"], os.path.basename(s.get("file") or ""),
+            s.get("offset"), s.get("seq"))
+
+
+@SETTINGS
+@given(data=st.data())
+def test_random_snapshots_give_the_whole_logs_answer(data):
+    """``snapshots=`` with a transaction target gives what the whole log gives, for
+    snapshots at random targets of random damaged logs (restarts, ids reused, markers
+    nested in batches), X drawn from the log's ids, inclusive or exclusive, any chunk
+    size, reading on past the stop or not; and the shards of it join to the whole."""
+    # Random damaged logs, or dense ones of interleaved transactions (ids used again
+    # and again: snapshots between two uses of X, stray ends around them).
+    dense = data.draw(st.integers(0, 3), label="dense") > 0
+    wl = data.draw(_transaction_logs() if dense else w.workloads(), label="log")
+    with tempfile.TemporaryDirectory() as d:
+        wal = wl.write(os.path.join(d, "wal"))
+        ids = sorted({tx for _, tx, _ in _markers(wal)}) or [0]
+        flags = dict(skip_corrupt=data.draw(st.booleans()),
+                     allow_incomplete_history=data.draw(st.booleans()))
+        snaps = os.path.join(d, "snaps")
+        os.mkdir(snaps)
+        n = sum(1 for _ in frame_log(wal))
+        for k in range(data.draw(st.integers(1, 4), label="snapshots")):
+            at = data.draw(w.targets(wl) if isinstance(wl, w.Workload) else st.builds(
+                dict, to_seq=st.integers(0, n)), label="snapshot target")
+            at.update(flags)
+            made, err = w.outcome(lambda at=at: gpu_pitr.restore(wal, backend="cpu", **at))
+            if err is None:
+                snapshot.save(made, os.path.join(snaps, f"s{k}"))
+        kw = dict(to_transaction=data.draw(st.sampled_from(ids), label="txn"),
+                  exclusive=data.draw(st.booleans()), backend="cpu", **flags)
+        whole = w.outcome(lambda: gpu_pitr.restore(wal, **kw))
+        got = w.outcome(lambda: gpu_pitr.restore(
+            wal, snapshots=snaps, chunk_bytes=data.draw(st.sampled_from([64, 200, None])),
+            read_after_stop=data.draw(st.booleans()), **kw))
+        assert _answer(got) == _answer(whole), (
+            str(got[1]), str(whole[1]), got[0] and got[0].report.message)
+        if data.draw(st.integers(0, 4), label="shards") == 0:
+            w.check_shards_equal_whole(wal, 2, snapshots=snaps, **kw)
 
 
 def test_snapshots_choose_the_newest_where_the_transaction_is_open(tmp_path):
@@ -376,6 +449,24 @@ def test_a_base_past_the_target_fails_after_the_read_naming_it(tmp_path):
         gpu_pitr.restore(wal, backend="cpu", to_transaction=7))
 
 
+def test_snapshots_and_a_transaction_the_log_never_names(tmp_path):
+    """No record of the log names X: ``--snapshots`` has read the log's markers of X, so
+    the error is the whole log's. It advised an older snapshot or the log alone (the
+    base "past the target"), which fail the same way. A base named with ``--base`` keeps
+    the advice (only the log after it was read)."""
+    wal, snaps = _snapshot_log(tmp_path)
+    last = sorted(Path(wal).glob("wal-*.log"))[-1]
+    whole = ("transaction 9 never begins in the log: no BeginTransaction has its id; the "
+             f"log ends with {last.name} ({last.stat().st_size:,} bytes): an archive not "
+             "brought up to date, or another store's log?")
+    for kw in ({}, {"snapshots": snaps}):
+        with pytest.raises(errors.TargetNotFoundError) as err:
+            gpu_pitr.restore(wal, backend="cpu", to_transaction=9, **kw)
+        assert str(err.value) == f"{wal}: {whole}"
+    with pytest.raises(errors.TargetNotFoundError, match="the base is past the target"):
+        gpu_pitr.restore(wal, backend="cpu", to_transaction=9, base=snaps / "s6")
+
+
 def test_a_snapshot_taken_at_the_target_is_its_answer(tmp_path):
     """``snapshot --to-transaction X`` stops just after X's end: restoring to X from it
     gives its state (no record after it ends X)."""
@@ -433,8 +524,11 @@ def test_cli_error_when_no_record_ends_it(tmp_path, capsys):
     assert main(["restore", wal, "--to-transaction", "9", "--backend", "cpu",
                  "--out", str(tmp_path / "o.npz")]) == 1
     err = capsys.readouterr().err.splitlines()
+    last = sorted(Path(wal).glob("wal-*.log"))[-1]
     assert err == [f"gpu-pitr: error: {wal}: transaction 9 never begins in the log: "
-                   "no BeginTransaction has its id"]
+                   f"no BeginTransaction has its id; the log ends with {last.name} "
+                   f"({last.stat().st_size:,} bytes): an archive not brought up to date, or "
+                   "another store's log?"]
 
 
 def test_stop_reading_at_the_target(tmp_path):
@@ -478,19 +572,19 @@ def test_snapshots_serve_a_transaction_begun_in_expired_history(tmp_path):
     assert w.index_view(got) == w.index_view(whole) and got.id_list() == ["a", "x", "y"]
 
 
-def test_a_transaction_nowhere_in_the_log_is_said_before_any_restore(tmp_path):
+def test_a_transaction_nowhere_in_the_log_names_where_the_log_ends(tmp_path):
     """--snapshots on an archive not brought up to date (or another store's log): the
-    marker pass found no record of X and no snapshot has it open; the error says so,
-    not that the base snapshot may be past the target."""
+    marker pass found no record of X and no snapshot has it open; the error is the whole
+    log's, naming where the log ends, not that the base snapshot may be past the
+    target."""
     wal, snaps = _snapshot_log(tmp_path)
     last = sorted(Path(wal).glob("wal-*.log"))[-1]
     with pytest.raises(errors.TargetNotFoundError) as err:
         gpu_pitr.restore(wal, backend="cpu", snapshots=snaps, to_transaction=99)
     assert str(err.value) == (
-        f"{wal}: transaction 99 appears nowhere in the log: no BeginTransaction, "
-        f"CommitTransaction or AbortTransaction has its id, and no snapshot in {snaps} has "
-        f"it open (the log ends with {last.name}, {last.stat().st_size:,} bytes: an "
-        "archive not brought up to date, or another store's log?)")
+        f"{wal}: transaction 99 never begins in the log: no BeginTransaction has its id; "
+        f"the log ends with {last.name} ({last.stat().st_size:,} bytes): an archive not "
+        "brought up to date, or another store's log?")
     # Open at a snapshot but never ended: the restore's own words (where it was open).
     b = w.LogBuilder()
     b.add(w.Ins("a", [1.0], None, 1))

@@ -227,9 +227,10 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
             gaps += why[0] == "gap"
             notes.append(why[1])
     usable.sort(reverse=True)
+    absent = False  # a transaction target no record of the log names (begun or ended)
     if "to_transaction" in target and usable and segments:
-        usable = _before_transaction_end(usable, manifests, int(target["to_transaction"]),
-                                         segments, notes, directory)
+        usable, absent = _before_transaction_end(
+            usable, manifests, int(target["to_transaction"]), segments, notes)
     for k, (_, path) in enumerate(usable):
         try:
             snap = load_snapshot(path, mmap=mmap, key_table=key_table)
@@ -247,6 +248,10 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
                          "one that does not serve it; passed over")
             continue
         notes.append(f"started from snapshot {path}")
+        if absent:
+            # (What the restore's error says: the log was read for it, not just the
+            # part after this snapshot.)
+            snap.transaction_absent = int(target["to_transaction"])
         return snap, notes, damaged
     stamps = [t for t in later if t is not None]
     earliest = "" if not stamps or "to_time" not in target else (
@@ -268,7 +273,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
 
 
 def _before_transaction_end(usable: list, manifests: dict, txn: int, segments: list,
-                            notes: list[str], directory: Path) -> list:
+                            notes: list[str]) -> tuple[list, bool]:
     """Of ``usable`` (newest first), the snapshots a transaction target X can start from.
     No manifest says where X ended, so the log's markers of X are found first (one
     framing pass, ``format.dump.transaction_markers``). A snapshot serves when a record
@@ -276,8 +281,9 @@ def _before_transaction_end(usable: list, manifests: dict, txn: int, segments: l
     Abort records lies before it: the restore from it then stops at the record a restore
     of the whole log stops at, the first end of X in log order. Where no record ends X at
     all, every snapshot is kept: the restore from the newest says why (never begun, or
-    still open); where X is nowhere, neither in the log nor open at a snapshot, that is
-    the error, before any restore (``TargetNotFoundError``)."""
+    still open). Also returned: whether no record of the log names X at all (the
+    restore's error then says so as a restore of the whole log does, not that the
+    snapshot may be past the target)."""
     from gpu_pitr.format.dump import transaction_markers
     from gpu_pitr.format.layout import BEGIN_TRANSACTION
     from gpu_pitr.format.stats import plural
@@ -285,22 +291,8 @@ def _before_transaction_end(usable: list, manifests: dict, txn: int, segments: l
 
     markers = [(log_order({"segment": name, "offset": offset}), kind)
                for kind, name, offset in transaction_markers(segments, txn)]
-    if not markers and not any(t == txn for _, path in usable
-                               for t, _ in pending_transactions(manifests[path]["position"])):
-        # Neither in the log nor open at a snapshot: an archive not brought up to date,
-        # or another store's log. (The restore from a snapshot would say "never begins
-        # in the log after the base", sending the operator to older snapshots.)
-        from gpu_pitr.errors import TargetNotFoundError
-
-        last = segments[-1]
-        raise TargetNotFoundError(
-            f"transaction {txn} appears nowhere in the log: no BeginTransaction, "
-            "CommitTransaction or AbortTransaction has its id, and no snapshot in "
-            f"{directory} has it open (the log ends with {last.name}, {last.size:,} "
-            "bytes: an archive not brought up to date, or another store's log?)",
-            file=str(Path(last.path).parent))
     if all(kind == BEGIN_TRANSACTION for _, kind in markers):
-        return usable
+        return usable, not markers
     kept = []
     for key, path in usable:
         is_open = any(t == txn for t, _ in pending_transactions(manifests[path]["position"]))
@@ -320,7 +312,7 @@ def _before_transaction_end(usable: list, manifests: dict, txn: int, segments: l
         it = "it" if passed == 1 else "them"
         notes.append(f"{plural(passed, 'snapshot')} passed over: transaction {txn} ends "
                      f"before {it}, or no record after {it} ends it")
-    return kept
+    return kept, False
 
 
 __getattr__ = _lazy_modules(__name__, ("arrow", "base", "format"))
