@@ -1327,7 +1327,8 @@ def _run(args, executor, chunk_bytes, target_doc, progress=None, base=None, segm
         report.base = {"path": str(base.path), "segment": pos.get("segment"),
                        "offset": pos.get("offset"), "seq": pos.get("seq"),
                        "timestamp": pos.get("timestamp"), "ids": int(base.count),
-                       "dim": base.dim, "skipped": _skipped_before(base)}
+                       "dim": base.dim, "skipped": _skipped_before(base),
+                       "missing_seqs": _missing_before(base)}
     default = getattr(executor, "chunk_bytes", DEFAULT_CHUNK_BYTES)
     if segments is None:
         segments = list_segments(args[0])
@@ -1621,6 +1622,9 @@ def restore(
             notes.append(f"cuda executor: {fallback}; restored on the cpu executor instead")
     report = index.report
     report.message = "; ".join(notes)
+    jumps = run.seq_jumps
+    report.seq_jumps = {"jumps": jumps.count, "missing": jumps.missing, "first": None
+                        if jumps.where is None else {**jumps.where, "previous": jumps.first[0]}}
     unreached: list[tuple[str, dict]] = []
     report.warnings = warnings + _restore_warnings(run, report, target, memory_budget,
                                                    unreached)
@@ -1680,6 +1684,25 @@ def _skipped_before(base) -> int:
         else 0)
 
 
+def _missing_before(base) -> int:
+    """How many seqs were missing inside the log behind a snapshot (jumps forward up to
+    its position): those its own restore counted (its stored report's ``seq_jumps``),
+    and its base's, and so on back, as ``_skipped_before`` counts skipped records. A
+    restore from it reads only the log after it, so would not see them: with them
+    carried, it warns (and ``strict`` refuses) as a restore of the whole log does.
+    Snapshots written before 2026-12-06 stored no count: none is known there."""
+    stored = base.manifest.get("report")
+    if not isinstance(stored, dict):
+        return 0
+
+    def count(doc, key):
+        v = doc.get(key) if isinstance(doc, dict) else None
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+
+    return count(stored.get("seq_jumps"), "missing") + count(stored.get("base"),
+                                                             "missing_seqs")
+
+
 def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
                       memory_budget: int | None = None,
                       unreached: list | None = None) -> list[str]:
@@ -1726,6 +1749,14 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
     if run.gap_why is not None:
         out.append(f"incomplete history, restored as allowed: {run.gap_why}; the state "
                    f"restored lacks {run.gap_lacks}")
+    missing = (report.base or {}).get("missing_seqs")
+    if missing:
+        out.append(f"records are missing from the log the base snapshot {report.base['path']}"
+                   f" covers: {missing} seqs in all, as the reports stored with it and its "
+                   "bases count them (a segment deleted before it was archived, lost bytes); "
+                   "the index restored lacks whatever they did. `gpu-pitr inspect "
+                   f"{shlex.quote(report.base['path'])} --json` shows the stored report")
+        unreached.append((out[-1], {"file": report.base["path"]}))
     skipped = (report.base or {}).get("skipped")
     if skipped:
         out.append(f"the base snapshot {report.base['path']} was restored past damage with "

@@ -62,6 +62,12 @@ class RestoreReport:
     damage_after_stop: list = field(default_factory=list)
     trailing_bytes: list = field(default_factory=list)
     first_seq: int | None = None
+    # Records missing inside the log read up to the stop (jumps forward in seq):
+    # {"jumps", "missing", "first"}, first the record the first jump lands on
+    # ({file, offset, seq, previous}) or None. A snapshot keeps it in its stored
+    # report, so that a restore from it knows what its own log lacked.
+    seq_jumps: dict = field(
+        default_factory=lambda: {"jumps": 0, "missing": 0, "first": None})
     incomplete_history_allowed: bool = False
     # False: the restore stopped reading at its stop record (``read_after_stop``), so
     # the log after it was not looked at, and the counts cover the log up to it.

@@ -266,3 +266,31 @@ def test_records_missing_right_after_a_base_fail_as_from_the_log(tmp_path, rotat
     with pytest.raises(TargetNotReachedError, match="the seq jumps from 1 to 5") as err:
         gpu_pitr.restore(d, backend=backend, base=snap, strict=True)
     assert str(err.value) == str(from_log.value) and err.value.file == _seg(d, int(rotate))
+
+
+def test_records_missing_in_the_log_a_base_covers_are_carried_forward(tmp_path):
+    """A snapshot restored across a seq jump keeps the count in its stored report: a
+    restore from it (and from a snapshot of that restore) warns as the whole log's does,
+    and strict refuses; a snapshot before the jump, or a log without one, carries none."""
+    d, jump = _gap_log(tmp_path)
+    whole = gpu_pitr.restore(d, backend="cpu")
+    assert whole.report.seq_jumps == {"jumps": 1, "missing": 3, "first": {
+        "file": _seg(d, 1), "offset": jump.offset, "seq": 5, "previous": 1}}
+    snap = snapshot.save(gpu_pitr.restore(d, backend="cpu", to_seq=5), tmp_path / "s5")
+    again = snapshot.save(gpu_pitr.restore(d, backend="cpu", base=snap), tmp_path / "s6")
+    for base in (snap, again):
+        got = gpu_pitr.restore(d, backend="cpu", base=base)
+        _same(got, whole)
+        assert got.report.base["missing_seqs"] == 3 and got.report.seq_jumps["jumps"] == 0
+        (w,) = got.report.warnings
+        assert w.startswith(f"records are missing from the log the base snapshot {base} "
+                            "covers: 3 seqs in all")
+        with pytest.raises(TargetNotReachedError) as err:
+            gpu_pitr.restore(d, backend="cpu", base=base, strict=True)
+        assert err.value.file == str(base) and str(err.value).startswith(f"{base}: {w}")
+    before = snapshot.save(gpu_pitr.restore(d, backend="cpu", to_seq=1), tmp_path / "s1")
+    got = gpu_pitr.restore(d, backend="cpu", base=before, to_seq=1)
+    assert got.report.base["missing_seqs"] == 0 and got.report.warnings == []
+    _, clean = _log(tmp_path / "clean")
+    assert gpu_pitr.restore(clean, backend="cpu").report.seq_jumps == {
+        "jumps": 0, "missing": 0, "first": None}
