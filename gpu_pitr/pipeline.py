@@ -1391,6 +1391,17 @@ def _budgeted(executor, memory_budget: int | None):
     return executor
 
 
+def _u64_target(name: str, what: str, value, kind: str, exclusive) -> tuple[dict, dict]:
+    """The target (``{name: value}``) and its report ``target`` of a u64 target argument
+    (``to_seq``, ``to_transaction``): an integer in 0..2^64-1, else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        # 2.7 or True would restore to seq 2 or 1, and say so only in the report.
+        raise ValueError(f"{name} must be an integer, not {value!r}")
+    if int(value) < 0 or int(value) >= 2**64:
+        raise ValueError(f"{what} {value} is outside 0..2^64-1")
+    return {name: int(value)}, {"kind": kind, "value": int(value), "exclusive": bool(exclusive)}
+
+
 def _size_arg(name: str, value) -> int:
     """A size argument: whole bytes, or a size text like ``"256M"`` (as the command
     line's); positive. Anything else is a ValueError naming the argument."""
@@ -1541,21 +1552,10 @@ def restore(
         target = {"to_time": parse_time(to_time, exclusive)}
         target_doc = {"kind": "time", "value": target["to_time"], "exclusive": bool(exclusive)}
     elif to_seq is not None:
-        if isinstance(to_seq, bool) or not isinstance(to_seq, numbers.Integral):
-            # 2.7 or True would restore to seq 2 or 1, and say so only in the report.
-            raise ValueError(f"to_seq must be an integer, not {to_seq!r}")
-        if int(to_seq) < 0 or int(to_seq) >= 2**64:
-            raise ValueError(f"sequence number {to_seq} is outside 0..2^64-1")
-        target = {"to_seq": int(to_seq)}
-        target_doc = {"kind": "seq", "value": int(to_seq), "exclusive": bool(exclusive)}
+        target, target_doc = _u64_target("to_seq", "sequence number", to_seq, "seq", exclusive)
     elif to_transaction is not None:
-        if isinstance(to_transaction, bool) or not isinstance(to_transaction, numbers.Integral):
-            raise ValueError(f"to_transaction must be an integer, not {to_transaction!r}")
-        if int(to_transaction) < 0 or int(to_transaction) >= 2**64:
-            raise ValueError(f"transaction id {to_transaction} is outside 0..2^64-1")
-        target = {"to_transaction": int(to_transaction)}
-        target_doc = {"kind": "transaction", "value": int(to_transaction),
-                      "exclusive": bool(exclusive)}
+        target, target_doc = _u64_target("to_transaction", "transaction id", to_transaction,
+                                         "transaction", exclusive)
     else:
         target = {}
         target_doc = {"kind": "latest", "value": None, "exclusive": False}
