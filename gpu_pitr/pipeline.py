@@ -785,15 +785,29 @@ class _Restore:
         a restore of the whole log finds them: the base's last record is the one before
         the first read (its seq, unless a zero-filled record's, which has none). Where
         the log goes on in the base's own segment only: a later segment's first record
-        is judged by ``_check_first`` (a gap, refused or allowed)."""
+        is judged by ``_check_first`` (a gap, refused or allowed). Not where the base's
+        own restore stopped just before the record at its position (a time target, an
+        exclusive one): it judged that record's seq, and its stored count (carried in
+        ``base.missing_seqs``) holds a jump onto it already."""
         pos = self.base.position
         last, last_seq = pos.get("last_record"), pos.get("last_seq")
         if self._resume_seq is None or self._resume_seq[0] != "at" or last is None \
-                or last_seq is None or self._base_holds_none():
+                or last_seq is None or self._base_holds_none() or self._base_judged_next():
             return
         if not zerofill.is_zero_record(int(last.get("length", 0)) - RECORD_HEADER_SIZE,
                                        int(last_seq)):
             self.seq_jumps.prev = int(last_seq)
+
+    def _base_judged_next(self) -> bool:
+        """Whether the base's stored report says its restore stopped at the record at its
+        position (the stop record of a time or exclusive target, not covered by it)."""
+        stored = getattr(self.base, "manifest", {}).get("report")
+        stop = stored.get("stop") if isinstance(stored, dict) else None
+        pos = self.base.position
+        return (isinstance(stop, dict) and stop.get("reason") == "target"
+                and isinstance(stop.get("file"), str)
+                and Path(stop["file"]).name == pos.get("segment")
+                and stop.get("offset") == pos.get("offset"))
 
     def _check_expired(self) -> None:
         """History an ``expire`` deleted (its marker): the restore must start after it,
@@ -994,6 +1008,16 @@ class _Restore:
         self.report.stop = {"reason": "target", "file": str(self.wal_dir / last["segment"]),
                             "offset": int(last["offset"]), "seq": int(pos["last_seq"]),
                             "timestamp": None, "record": None}
+        # Its kind and stamp, where the base's own restore stopped at that same record
+        # (a snapshot --to-transaction X, --to-seq N): as a restore of the whole log says.
+        stored = getattr(self.base, "manifest", {}).get("report")
+        was = stored.get("stop") if isinstance(stored, dict) else None
+        if isinstance(was, dict) and was.get("reason") == "target" and isinstance(
+                was.get("file"), str) and (Path(was["file"]).name, was.get("offset"),
+                                            was.get("seq")) == (
+                last["segment"], int(last["offset"]), int(pos["last_seq"])):
+            self.report.stop["timestamp"] = was.get("timestamp")
+            self.report.stop["record"] = was.get("record")
         self.position = dict(pos)
         self.pending = self.base.pending
 

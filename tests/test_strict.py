@@ -294,3 +294,28 @@ def test_records_missing_in_the_log_a_base_covers_are_carried_forward(tmp_path):
     _, clean = _log(tmp_path / "clean")
     assert gpu_pitr.restore(clean, backend="cpu").report.seq_jumps == {
         "jumps": 0, "missing": 0, "first": None}
+
+
+@pytest.mark.parametrize("rotate", [False, True], ids=["same_segment", "next_segment"])
+@pytest.mark.parametrize("target", [{"to_seq": 5, "exclusive": True}, {"to_time": T + 2}],
+                         ids=["seq_exclusive", "time"])
+def test_a_jump_onto_a_base_s_stop_record_is_counted_once(tmp_path, rotate, target):
+    """A base whose restore stopped just before its stop record (a time target, an
+    exclusive one) counted a jump onto that record (the stop record's seq is judged):
+    the restore from it, whose first record is that one, does not count it again. The
+    whole log has one jump of 3 seqs; it was warned of twice (6 seqs)."""
+    b = LogBuilder()
+    b.add(Ins("a", V, ts=T))
+    b.add(Ins("b", V, ts=T + 1))  # seq 1: the base's last record
+    if rotate:
+        b.new_segment(SEG2)
+    b.add(Ins("c", V, ts=T + 5), seq=5)  # the base's stop record, after the jump
+    b.add(Ins("d", V, ts=T + 6), seq=6)
+    d = tmp_path / "wal"
+    b.write(d)
+    snap = snapshot.save(gpu_pitr.restore(d, backend="cpu", **target), tmp_path / "snap")
+    whole = gpu_pitr.restore(d, backend="cpu")
+    got = gpu_pitr.restore(d, backend="cpu", base=snap)
+    _same(got, whole)
+    assert got.report.base["missing_seqs"] + got.report.seq_jumps["missing"] == 3
+    assert len(got.report.warnings) == 1 == len(whole.report.warnings)

@@ -596,3 +596,23 @@ def test_a_transaction_nowhere_in_the_log_names_where_the_log_ends(tmp_path):
     with pytest.raises(errors.TargetNotFoundError, match="transaction 5 never ends: it was "
                        "open at the base snapshot's position"):
         gpu_pitr.restore(wal2, backend="cpu", snapshots=tmp_path / "snaps2", to_transaction=5)
+
+
+def test_a_base_that_ends_the_transaction_reports_the_stop_as_the_whole_log(tmp_path):
+    """``restore --base SNAP --to-transaction X`` where SNAP was written with the same
+    target stops at the base: its report's stop names the record kind and stamp, as the
+    restore of the whole log's does (the summary said "after record", stamp unknown)."""
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], ts=10))
+    b.add(w.Begin(7, ts=11))
+    b.add(w.Ins("b", [2.0], ts=12))
+    b.add(w.Commit(7, ts=13))
+    b.add(w.Ins("c", [3.0], ts=14))
+    d = tmp_path / "wal"
+    b.write(d)
+    whole = gpu_pitr.restore(d, backend="cpu", to_transaction=7)
+    snap = snapshot.save(whole, tmp_path / "snap")
+    got = gpu_pitr.restore(d, backend="cpu", base=snap, to_transaction=7)
+    assert got.report.stop == whole.report.stop
+    assert got.report.stop["record"] == "CommitTransaction"
+    assert got.report.stop["timestamp"] == 13
