@@ -185,7 +185,9 @@ def _parser() -> argparse.ArgumentParser:
         "usage error, WAL_DIR unreadable, out of memory, or stdout that cannot be written.",
     )
     verify.add_argument("wal_dir", metavar="WAL_DIR")
-    verify.add_argument("--json", action="store_true", help="print one JSON document")
+    _json_quiet(verify, "print nothing when no damage is found (notices, hints and the "
+                "summary included); with damage, print as without it (for cron: output "
+                "means trouble)")
     _accept_options(verify, "is a notice, not damage; one that matches none is a warning")
 
     diff = commands.add_parser(
@@ -970,10 +972,12 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             if accepts:
                 parser.error(snapshots_only)
             return _verify_snapshots(args, snapshots)
-    _emit(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(result.lines()))
+    if not (result.clean and args.quiet):
+        _emit(json.dumps(result.to_dict(), indent=2) if args.json
+              else "\n".join(result.lines()))
     for unmatched in result.unmatched:  # a stale or mistyped one, to clean up: not damage
         print(f"{PROG}: warning: {unmatched.line()}", file=sys.stderr)
-    if not args.json:
+    if not args.json and not (result.clean and args.quiet):
         _say_if_no_segments(args.wal_dir, result.segments)
     return 0 if result.clean else 1
 
@@ -1213,5 +1217,6 @@ def _verify_snapshots(args: argparse.Namespace, paths: list[str], single: bool =
                      f"{damaged} damaged"
                      + (f", {newer} written by a newer gpu-pitr (not checked)" if newer
                         else ""))
-    _emit(json.dumps(out, indent=2) if args.json else "\n".join(lines))
+    if not (clean and args.quiet):
+        _emit(json.dumps(out, indent=2) if args.json else "\n".join(lines))
     return 0 if clean else 1

@@ -336,3 +336,34 @@ def test_restores_and_snapshots_take_the_same_acknowledgements(tmp_path, capsys)
         cli.main(["restore", str(arc), "--out", str(tmp_path / "x.npz"), "--accept", "x:1"])
     assert done.value.code == 2
     assert "argument --accept: 'x:1' is not FILE:OFFSET:BYTES" in capsys.readouterr().err
+
+
+def test_quiet_verify_prints_only_when_there_is_damage(tmp_path, capsys):
+    """``verify -q`` for cron (output means trouble): nothing printed when no damage is
+    found (the accepted tail is a notice), everything as without it when there is some;
+    the exit status is the same either way; snapshots alike."""
+    wal, arc, accept = archived(tmp_path)
+    def timeless(result):  # (the seconds a run took differ)
+        status, out, err = result
+        return status, [re.sub(r"\([0-9.]+ s\)", "", line) for line in out], err
+
+    loud = timeless(verify(capsys, arc))
+    assert timeless(verify(capsys, arc, "-q")) == loud and loud[0] == 1 and len(loud[1]) == 3
+    plain, quiet = (json.loads("\n".join(verify(capsys, arc, "--json", *q)[1]))
+                    for q in ((), ("-q",)))
+    assert {**plain, "seconds": 0} == {**quiet, "seconds": 0} and not quiet["clean"]
+    assert verify(capsys, arc, "--accept", accept, "-q") == (0, [], "")
+    assert verify(capsys, arc, "--accept", accept)[1]  # (without -q: the notice, summary)
+    # A stale acknowledgement still warns on stderr (something to clean up).
+    stale = accept.rsplit(":", 1)[0] + f":{CUT + 1}"
+    status, out, err = verify(capsys, arc, "--accept", accept, "--accept", stale, "-q")
+    assert (status, out) == (0, []) and "matches no torn tail" in err
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    assert cli.main(["snapshot", str(arc), "--out", str(snaps / "s"), "-q",
+                     "--accept", accept]) == 0
+    capsys.readouterr()
+    assert verify(capsys, snaps, "-q") == (0, [], "")
+    (snaps / "s" / "vectors.f32").write_bytes(b"\0" * 12)
+    status, out, _ = verify(capsys, snaps, "-q")
+    assert status == 1 and out and "DAMAGED" in out[-1]
