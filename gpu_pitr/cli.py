@@ -972,12 +972,13 @@ def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             if accepts:
                 parser.error(snapshots_only)
             return _verify_snapshots(args, snapshots)
-    if not (result.clean and args.quiet):
+    silent = result.clean and args.quiet  # -q: nothing unless there is damage
+    if not silent:
         _emit(json.dumps(result.to_dict(), indent=2) if args.json
               else "\n".join(result.lines()))
     for unmatched in result.unmatched:  # a stale or mistyped one, to clean up: not damage
         print(f"{PROG}: warning: {unmatched.line()}", file=sys.stderr)
-    if not args.json and not (result.clean and args.quiet):
+    if not args.json and not silent:
         _say_if_no_segments(args.wal_dir, result.segments)
     return 0 if result.clean else 1
 

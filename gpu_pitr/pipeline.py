@@ -801,13 +801,8 @@ class _Restore:
     def _base_judged_next(self) -> bool:
         """Whether the base's stored report says its restore stopped at the record at its
         position (the stop record of a time or exclusive target, not covered by it)."""
-        stored = getattr(self.base, "manifest", {}).get("report")
-        stop = stored.get("stop") if isinstance(stored, dict) else None
-        pos = self.base.position
-        return (isinstance(stop, dict) and stop.get("reason") == "target"
-                and isinstance(stop.get("file"), str)
-                and Path(stop["file"]).name == pos.get("segment")
-                and stop.get("offset") == pos.get("offset"))
+        at, pos = _stored_stop_at(self.base), self.base.position
+        return at is not None and at[:2] == (pos.get("segment"), pos.get("offset"))
 
     def _check_expired(self) -> None:
         """History an ``expire`` deleted (its marker): the restore must start after it,
@@ -988,13 +983,12 @@ class _Restore:
         (``snapshot --to-transaction X``, its stored report says): its position is just
         after the record that ended X, so the base is the answer (read on, no record
         after it ends X)."""
-        stored = snap.manifest.get("report") if hasattr(snap, "manifest") else None
-        if self.to_transaction is None or self.plan.exclusive or not isinstance(stored, dict):
+        if self.to_transaction is None or self.plan.exclusive:
             return False
-        return (stored.get("target") == {"kind": "transaction", "value": self.to_transaction,
-                                         "exclusive": False}
-                and isinstance(stored.get("stop"), dict)
-                and stored["stop"].get("reason") == "target")
+        stop = _stored(snap, "stop")
+        return (_stored(snap, "target") == {"kind": "transaction",
+                                            "value": self.to_transaction, "exclusive": False}
+                and stop is not None and stop.get("reason") == "target")
 
     def _stop_at_base(self) -> None:
         """A sequence target met by the base's last record (or a transaction target its
@@ -1010,12 +1004,9 @@ class _Restore:
                             "timestamp": None, "record": None}
         # Its kind and stamp, where the base's own restore stopped at that same record
         # (a snapshot --to-transaction X, --to-seq N): as a restore of the whole log says.
-        stored = getattr(self.base, "manifest", {}).get("report")
-        was = stored.get("stop") if isinstance(stored, dict) else None
-        if isinstance(was, dict) and was.get("reason") == "target" and isinstance(
-                was.get("file"), str) and (Path(was["file"]).name, was.get("offset"),
-                                            was.get("seq")) == (
-                last["segment"], int(last["offset"]), int(pos["last_seq"])):
+        if _stored_stop_at(self.base) == (last["segment"], int(last["offset"]),
+                                          int(pos["last_seq"])):
+            was = _stored(self.base, "stop")
             self.report.stop["timestamp"] = was.get("timestamp")
             self.report.stop["record"] = was.get("record")
         self.position = dict(pos)
@@ -1691,21 +1682,39 @@ def restore(
     return index
 
 
+def _stored(snap, *keys) -> dict | None:
+    """The dict at ``keys`` in the report stored with snapshot ``snap`` (that of the
+    restore that wrote it; no keys: the report itself), or None where one is missing or
+    not a dict (a ``Snapshot`` given without a manifest, or an older gpu-pitr's
+    report)."""
+    doc = getattr(snap, "manifest", None)
+    for key in ("report", *keys):
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return doc if isinstance(doc, dict) else None
+
+
+def _stored_stop_at(snap) -> tuple | None:
+    """``(segment name, offset, seq)`` of the record the restore that wrote ``snap``
+    stopped at its target (None: it stopped at the end of the log, or says nothing)."""
+    stop = _stored(snap, "stop")
+    if stop is None or stop.get("reason") != "target" or not isinstance(stop.get("file"), str):
+        return None
+    return Path(stop["file"]).name, stop.get("offset"), stop.get("seq")
+
+
+def _count(value) -> int:
+    """A count a stored report gives: a positive int, else 0 (one no restore writes, a
+    negative one, is none: "-3 entries" would be said, or another count cancelled)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _skipped_before(base) -> int:
     """How many damaged records or files the restores behind a snapshot skipped
     (``skip_corrupt``): the one that wrote it (its stored report's ``skipped``), and
     those of its own base, and so on back, as each report's ``base`` counts them."""
-    stored = base.manifest.get("report")
-    if not isinstance(stored, dict):
-        return 0
-    own = stored.get("skipped")
-    behind = stored.get("base")
-    before = behind.get("skipped") if isinstance(behind, dict) else None
-    # (A count no restore writes, a negative one, is none: "-3 entries" would be said,
-    # or the stored report's own entries cancelled.)
-    return (len(own) if isinstance(own, list) else 0) + (
-        before if isinstance(before, int) and not isinstance(before, bool) and before > 0
-        else 0)
+    own = (_stored(base) or {}).get("skipped")
+    return (len(own) if isinstance(own, list) else 0) + _count(
+        (_stored(base, "base") or {}).get("skipped"))
 
 
 def _missing_before(base) -> int:
@@ -1715,16 +1724,8 @@ def _missing_before(base) -> int:
     restore from it reads only the log after it, so would not see them: with them
     carried, it warns (and ``strict`` refuses) as a restore of the whole log does.
     Snapshots written before 2026-12-06 stored no count: none is known there."""
-    stored = base.manifest.get("report")
-    if not isinstance(stored, dict):
-        return 0
-
-    def count(doc, key):
-        v = doc.get(key) if isinstance(doc, dict) else None
-        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
-
-    return count(stored.get("seq_jumps"), "missing") + count(stored.get("base"),
-                                                             "missing_seqs")
+    return (_count((_stored(base, "seq_jumps") or {}).get("missing"))
+            + _count((_stored(base, "base") or {}).get("missing_seqs")))
 
 
 def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,

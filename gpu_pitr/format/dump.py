@@ -98,10 +98,6 @@ def wal_records(
     until = None if until is None else min(until, U64_MAX)
     first_seq = None if first_seq is None else max(first_seq, 0)
     last_seq = None if last_seq is None else min(last_seq, U64_MAX)
-    chunk = scan_chunk_bytes(segments, DEFAULT_CHUNK_BYTES if chunk_bytes is None
-                             else max(64, int(chunk_bytes)))
-    cols = ChunkColumns(chunk // BYTES_PER_ROW + 64, 1)
-    stack = np.empty(MAX_BATCH_DEPTH, np.int64)
     # The transaction filter places records by seq as the seq filters do: damage
     # without a record's place (bad headers, torn tails) is left out.
     by_seq = first_seq is not None or last_seq is not None or transaction is not None
@@ -112,16 +108,15 @@ def wal_records(
     txns = _OpenTransactions()
 
     def pieces():
-        for item in framed_pieces(segments, chunk, header_damage):
+        for item, cols in _parsed_pieces(segments, chunk_bytes):
             if item.problem is not None:
                 kind, offset, what, nbytes = item.problem
                 if not (by_seq or by_time):
                     yield _damage(segments[item.segment].name, offset, None, kind, what,
                                   nbytes)
             else:
-                yield from _piece(item, segments[item.segment].name, cols, stack, since,
-                                  until, first_seq, last_seq, by_seq, by_time, txns,
-                                  transaction)
+                yield from _piece(item, segments[item.segment].name, cols, since, until,
+                                  first_seq, last_seq, by_seq, by_time, txns, transaction)
                 if item.torn is not None and not (by_seq or by_time):
                     at, lost = item.torn
                     doc = _damage(segments[item.segment].name, at, None, "torn_tail", None,
@@ -146,23 +141,33 @@ def transaction_markers(segments: list, txn: int, chunk_bytes: int | None = None
     name, offset)`` each, in log order. One framing and parsing pass, as
     ``wal_records``'s, nothing decoded in Python: where a transaction target
     (``to_transaction``) lies among the snapshots' positions (``snapshot.choose``)."""
-    chunk = scan_chunk_bytes(segments, DEFAULT_CHUNK_BYTES if chunk_bytes is None
-                             else max(64, int(chunk_bytes)))
-    c = ChunkColumns(chunk // BYTES_PER_ROW + 64, 1)
-    stack = np.empty(MAX_BATCH_DEPTH, np.int64)
     out = []
-    for item in framed_pieces(segments, chunk, header_damage):
+    for item, c in _parsed_pieces(segments, chunk_bytes):
         n = item.n
         if item.problem is not None or not n:
             continue
-        c.ensure_records(n)
-        _parse(item.buf, n, item.off, item.length, stack, c.status, c.kind, c.ts, c.aux,
-               c.nent, c.stop, c.e_op, c.e_key)
         rows = np.flatnonzero((c.status[:n] == OK) & (c.kind[:n] >= BEGIN_TRANSACTION)
                               & (c.aux[:n] == np.uint64(txn)))
         name = segments[item.segment].name
         out += [(int(c.kind[i]), name, item.file_offset(i)) for i in rows.tolist()]
     return out
+
+
+def _parsed_pieces(segments: list, chunk_bytes: int | None):
+    """``framed_pieces`` of ``segments``, each with the columns its records parse into
+    (``statwalk._parse``: status, kind, stamp, transaction id, ...; one columns object
+    reused, valid until the next piece): what ``wal_records`` and
+    ``transaction_markers`` walk."""
+    chunk = scan_chunk_bytes(segments, DEFAULT_CHUNK_BYTES if chunk_bytes is None
+                             else max(64, int(chunk_bytes)))
+    c = ChunkColumns(chunk // BYTES_PER_ROW + 64, 1)
+    stack = np.empty(MAX_BATCH_DEPTH, np.int64)
+    for item in framed_pieces(segments, chunk, header_damage):
+        if item.problem is None and item.n:
+            c.ensure_records(item.n)
+            _parse(item.buf, item.n, item.off, item.length, stack, c.status, c.kind, c.ts,
+                   c.aux, c.nent, c.stop, c.e_op, c.e_key)
+        yield item, c
 
 
 def _zero_runs_joined(docs: Iterator[dict]) -> Iterator[dict]:
@@ -242,16 +247,14 @@ class _OpenTransactions:
         return self.open.get(entry[0]) == entry[1]
 
 
-def _piece(item, name, cols, stack, since, until, first_seq, last_seq, by_seq, by_time, txns,
+def _piece(item, name, cols, since, until, first_seq, last_seq, by_seq, by_time, txns,
            transaction=None):
-    """The items of one framed piece, each made as it is asked for: a piece is up to a
-    chunk of records, and the dicts of 800,000 small ones held at once took 0.7 GB."""
+    """The items of one framed piece (its records parsed into ``cols``), each made as it
+    is asked for: a piece is up to a chunk of records, and the dicts of 800,000 small
+    ones held at once took 0.7 GB."""
     n = item.n
     if n:
-        cols.ensure_records(n)
         c = cols
-        _parse(item.buf, n, item.off, item.length, stack, c.status, c.kind, c.ts, c.aux,
-               c.nent, c.stop, c.e_op, c.e_key)
         seq = item.seq[:n]
         keep = np.ones(n, np.bool_)
         if first_seq is not None:
