@@ -341,9 +341,7 @@ def _utf8(strings: np.ndarray, what: str, path) -> tuple:
         np.dtype(np.uint32).newbyteorder(strings.dtype.byteorder)).reshape(n, chars)
     if chars and int(cps.max()) < 0x80:
         # ASCII (most ids): the code points are the bytes (np.char.encode: 0.5 us an id).
-        lens = np.char.str_len(strings).astype(np.int64)
-        arena = cps[np.arange(chars) < lens[:, None]].astype(np.uint8)
-        return arena, np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64), lens
+        return _packed(cps, np.char.str_len(strings).astype(np.int64))
     try:
         encoded = np.char.encode(strings, "utf-8")
     except UnicodeEncodeError as err:
@@ -353,10 +351,14 @@ def _utf8(strings: np.ndarray, what: str, path) -> tuple:
     lens = np.char.str_len(encoded).astype(np.int64)
     if width == 0:
         return np.zeros(0, np.uint8), np.zeros(n, np.int64), lens
-    grid = encoded.view(np.uint8).reshape(n, width)
-    arena = grid[np.arange(width) < lens[:, None]]
-    offs = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
-    return arena, offs, lens
+    return _packed(encoded.view(np.uint8).reshape(n, width), lens)
+
+
+def _packed(grid: np.ndarray, lens: np.ndarray) -> tuple:
+    """``(arena, offs, lens)`` of the rows of ``grid`` (one a string, one unit a byte),
+    each cut to its length and packed back to back."""
+    arena = grid[np.arange(grid.shape[1]) < lens[:, None]].astype(np.uint8, copy=False)
+    return arena, np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64), lens
 
 
 def _npz_side(path) -> _Side:
