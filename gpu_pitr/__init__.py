@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import os as _os
 
+# What ``__getattr__`` gives, typed: to a type checker it was Any. (Not typing's
+# TYPE_CHECKING: importing typing would double this import's time; mypy and pyright
+# take a variable of that name as well.)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from gpu_pitr.index import RestoredIndex as RestoredIndex
+    from gpu_pitr.pipeline import restore as restore
+
 # Numba's OpenMP workers spin after every parallel loop by default. A restore runs
 # a parallel decode per chunk between serial steps and beside its read, framing
 # and apply threads, so on a small machine the spinning takes their cores:
@@ -45,7 +53,8 @@ def _lazy_dir(package: str, *names):
 
 
 _modules = _lazy_modules(__name__, ("archive", "compat", "diff", "errors", "expire",
-                                    "format", "outputs", "report", "snapshot", "verify"))
+                                    "format", "outputs", "report", "resolve", "scaleout",
+                                    "snapshot", "verify"))
 
 
 __dir__ = _lazy_dir(__name__, "restore", "RestoredIndex", *_modules.names)

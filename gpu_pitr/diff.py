@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from gpu_pitr.errors import WalError, os_reason
+from gpu_pitr.report import short_repr
 
 #: The lists a diff gives, in the order they are shown.
 LISTS = ("only_in_a", "only_in_b", "changed", "vector_changed", "metadata_changed")
@@ -67,6 +68,8 @@ class DiffResult:
     vector_changed: list[str] = field(default_factory=list)
     metadata_changed: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+
+    __repr__ = short_repr  # (a diff of a million ids: not a million in a notebook cell)
 
     @property
     def same(self) -> bool:

@@ -140,6 +140,11 @@ class RestoredIndex:
         self.position: dict | None = None
         self.pending: bytes = b""
 
+    def __repr__(self) -> str:
+        # Its shape, not its data (nor the object's address alone).
+        dim = self.vectors.shape[1] if getattr(self.vectors, "ndim", 0) == 2 else None
+        return f"RestoredIndex(ids={len(self)}, dim={dim}, backend={self.backend!r})"
+
     @property
     def backend(self) -> str:
         return self.report.backend

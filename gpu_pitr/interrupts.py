@@ -25,8 +25,12 @@ import functools
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class Terminated(BaseException):
@@ -75,13 +79,15 @@ def stop_in(err: BaseException) -> BaseException | None:
     return err if isinstance(err, (KeyboardInterrupt, Terminated)) else None
 
 
-def raises_stops(fn):
+def raises_stops(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """``fn``, raising a stop that landed in compiled code as the stop itself, not as
     SystemError (``stop_in``): Ctrl-C in a notebook or a program calling the library is
-    the KeyboardInterrupt its ``except`` is written for."""
+    the KeyboardInterrupt its ``except`` is written for. Typed so that a type checker
+    sees ``fn``'s own signature (untyped, ``restore`` and the others it wraps were
+    ``Any`` to a caller's mypy or pyright)."""
 
     @functools.wraps(fn)
-    def call(*args, **kwargs):
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return fn(*args, **kwargs)
         except SystemError as err:

@@ -15,7 +15,9 @@ import os
 import shlex
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import SupportsIndex
 
 import numpy as np
 
@@ -64,7 +66,7 @@ from gpu_pitr.format.segments import (
     written_since,
 )
 from gpu_pitr.format.stats import utc_text
-from gpu_pitr.format.times import parse_time
+from gpu_pitr.format.times import TimeTarget, parse_time
 from gpu_pitr.hostmem import fill_once_pages
 from gpu_pitr.index import RestoredIndex
 from gpu_pitr.jit import compile_seconds
@@ -93,6 +95,7 @@ from gpu_pitr.snapshot.base import (
     stops_at_base,
     target_problem,
 )
+from gpu_pitr.snapshot.format import Snapshot
 
 _MIN_CHUNK_BYTES = 64
 #: Runs of seqs a seq target not found names, at most.
@@ -1440,20 +1443,20 @@ def _size_arg(name: str, value) -> int:
 def restore(
     wal_dir: str | os.PathLike,
     *,
-    to_time=None,
-    to_seq: int | None = None,
-    to_transaction: int | None = None,
+    to_time: TimeTarget | None = None,
+    to_seq: SupportsIndex | None = None,
+    to_transaction: SupportsIndex | None = None,
     exclusive: bool = False,
     backend: str = "auto",
     skip_corrupt: bool = False,
     allow_incomplete_history: bool = False,
-    chunk_bytes: int | None = None,
-    memory_budget: int | str | None = None,
-    progress=None,
-    base=None,
-    snapshots=None,
-    id_shard=None,
-    log_end=None,
+    chunk_bytes: SupportsIndex | str | None = None,
+    memory_budget: SupportsIndex | str | None = None,
+    progress: Callable[[str, int, int, int], object] | None = None,
+    base: str | os.PathLike | Snapshot | None = None,
+    snapshots: str | os.PathLike | None = None,
+    id_shard: tuple[int, int] | None = None,
+    log_end: Mapping[str, int] | None = None,
     read_after_stop: bool = True,
     strict: bool = False,
 ) -> RestoredIndex:
@@ -1461,8 +1464,9 @@ def restore(
 
     Args:
         wal_dir: directory of ``wal-*.log`` segments; only ever read.
-        to_time: Unix seconds or ISO-8601 text with a zone; stop before the first
-            commit point later than it (``exclusive``: at or later).
+        to_time: Unix seconds (a number, or its decimal text), a zone-aware
+            ``datetime`` or ISO-8601 text with a zone; stop before the first commit
+            point later than it (``exclusive``: at or later).
         to_seq: a log position: the first record with this sequence number; the
             commit points complete at it are applied (``exclusive``: only those
             complete before it, PostgreSQL's ``recovery_target_inclusive = off``).

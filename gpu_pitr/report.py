@@ -7,6 +7,34 @@ from dataclasses import dataclass, field, fields
 
 _SCALARS = (str, int, float, bool, type(None))
 
+#: A list longer than this is shown by ``short_repr`` as its first items and a count.
+REPR_ITEMS = 10
+
+
+def _short(value) -> str:
+    """``repr(value)`` with each list or tuple of more than ``REPR_ITEMS`` items cut to
+    its first ones and a count of the rest, however deep (and long ``bytes`` to a count)."""
+    if isinstance(value, (list, tuple)):
+        shown = [_short(v) for v in value[:REPR_ITEMS]]
+        if len(value) > REPR_ITEMS:
+            shown.append(f"... ({len(value) - REPR_ITEMS:,} more)")
+        inner = ", ".join(shown) + ("," if isinstance(value, tuple) and len(value) == 1 else "")
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_short(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (bytes, bytearray)) and len(value) > 64:
+        return f"<{len(value):,} bytes>"
+    return repr(value)
+
+
+def short_repr(obj) -> str:
+    """A dataclass's repr, with its lists cut as ``_short`` cuts them: a report of a
+    restore past 1.4M skipped records (or a diff of a million ids) shown in a notebook
+    or a log line printed every entry, hundreds of MB of text."""
+    return f"{type(obj).__name__}(" + ", ".join(
+        f"{f.name}={_short(getattr(obj, f.name))}" for f in fields(obj) if f.repr) + ")"
+
+
 # The message of a restore whose index holds no id (a shard's: of itself).
 EMPTY_INDEX_NOTE = "the index is empty at the stop point"
 
@@ -78,6 +106,8 @@ class RestoreReport:
     message: str = ""
     warnings: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+
+    __repr__ = short_repr
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict of the report (a copy: later changes to the report

@@ -75,6 +75,7 @@ from gpu_pitr.format.segments import (
 )
 from gpu_pitr.format.stats import plural, seconds_text
 from gpu_pitr.jit import njit
+from gpu_pitr.report import short_repr
 
 DAMAGE = "damage"
 NOTICE = "notice"
@@ -378,6 +379,8 @@ class Verification:
     seconds: float = 0.0
     #: The acknowledgements given that match no torn tail (each one a warning).
     unmatched: list[Unmatched] = field(default_factory=list)
+
+    __repr__ = short_repr  # (a zero-filled log's problems: one line each, not all)
 
     @property
     def damage(self) -> int:

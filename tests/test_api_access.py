@@ -1,5 +1,5 @@
-"""What README's Python API section names is reachable after a plain ``import gpu_pitr``,
-and that import stays light: no Numba, no compiled code, no GPU package."""
+"""What README's Python API section and docs/api.md name is reachable after a plain
+``import gpu_pitr``, and that import stays light: no Numba, no compiled code, no GPU package."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ NAMED = [
     "gpu_pitr.format.writer.WalWriter", "gpu_pitr.compat.PointInTimeRestore",
     "gpu_pitr.snapshot.format.SnapshotError", "gpu_pitr.verify.verify_wal",
     "gpu_pitr.outputs.write_output", "gpu_pitr.outputs.FORMATS",
+    # docs/api.md's too
+    "gpu_pitr.scaleout.restore_sharded", "gpu_pitr.scaleout.restore_on_dask",
+    "gpu_pitr.resolve.idshard.merge_shards", "gpu_pitr.diff.DiffResult",
+    "gpu_pitr.verify.Verification", "gpu_pitr.report.RestoreReport",
 ]
 
 

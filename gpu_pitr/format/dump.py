@@ -35,14 +35,14 @@ from gpu_pitr.format.readahead import BYTES_PER_ROW, framed_pieces, scan_chunk_b
 from gpu_pitr.format.segments import in_progress, list_segments, written_since
 from gpu_pitr.format.stats import utc_text
 from gpu_pitr.format.statwalk import DEFAULT_CHUNK_BYTES, _parse, header_damage
-from gpu_pitr.format.times import U64_MAX, parse_time
+from gpu_pitr.format.times import U64_MAX, TimeTarget, parse_time
 
 
 def wal_records(
     wal_dir: str | os.PathLike,
     *,
-    since: int | None = None,
-    until: int | None = None,
+    since: TimeTarget | None = None,
+    until: TimeTarget | None = None,
     first_seq: int | None = None,
     last_seq: int | None = None,
     transaction: int | None = None,

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from typing import SupportsIndex
 
 U64_MAX = 2**64 - 1
+
+#: What ``parse_time`` takes (``to_time=``, ``since=``): Unix seconds as a number (a
+#: NumPy integer too), a zone-aware ``datetime``, or text. For type checkers: the
+#: arguments that take one were unannotated, or said ``int``.
+TimeTarget = float | SupportsIndex | Fraction | Decimal | str | datetime
 
 #: The date of ISO-8601 text: ordinal, calendar or week, extended or basic.
 _DATE = r"[0-9]{4}(?:-?[0-9]{3}|-[0-9]{2}-[0-9]{2}|[0-9]{4}|-?W[0-9]{2}(?:-?[0-9])?)"
@@ -15,7 +23,7 @@ _ZONE = r"[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?"
 _CLOCK = rf"(?:{_DATE})[Tt ]([0-9]{{2}})(:?[0-9]{{2}})?(:?[0-9]{{2}})?([.,][0-9]*)?(.*)"
 
 
-def parse_time(value, exclusive: bool = False) -> int:
+def parse_time(value: TimeTarget, exclusive: bool = False) -> int:
     """A time target as whole Unix seconds.
 
     ``value``: an int, a float (a Decimal too), a datetime with a zone, a decimal
@@ -33,8 +41,6 @@ def parse_time(value, exclusive: bool = False) -> int:
     import numbers
     import re
     from datetime import UTC
-    from decimal import Decimal
-    from fractions import Fraction
 
     if isinstance(value, bool):
         raise ValueError(f"time target {value!r} is not a time")

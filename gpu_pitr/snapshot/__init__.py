@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gpu_pitr import _lazy_dir, _lazy_modules, interrupts
 
+if TYPE_CHECKING:  # (imported when called: importing this package stays light)
+    from gpu_pitr.index import RestoredIndex
+    from gpu_pitr.snapshot.format import Snapshot
+
 
 @interrupts.raises_stops
-def save(index, out_dir) -> Path:
+def save(index: RestoredIndex, out_dir: str | os.PathLike) -> Path:
     """Write ``index`` (a ``RestoredIndex`` from ``gpu_pitr.restore``) as a snapshot.
     Raises ``OutputError`` (one line naming ``out_dir``) when it cannot be written."""
     from gpu_pitr.errors import OutputError
@@ -38,7 +43,8 @@ def save(index, out_dir) -> Path:
 
 
 @interrupts.raises_stops
-def load(path, *, verify: bool = True, mmap: bool = False, key_table: bool = False):
+def load(path: str | os.PathLike, *, verify: bool = True, mmap: bool = False,
+         key_table: bool = False) -> Snapshot:
     """The snapshot at ``path``, every file's checksum verified (``mmap``,
     ``key_table``: see ``load_snapshot``)."""
     from gpu_pitr.errors import WalError

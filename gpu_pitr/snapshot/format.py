@@ -100,12 +100,15 @@ def trouble(err: Exception) -> str:
             else "is damaged")
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class Snapshot:
     """A loaded snapshot: the state in RestoredIndex's form, and where in the log it stands.
 
     ``vectors`` is float32 ``[count, dim]`` (``(0, 0)`` when ``dim`` is None); ids are
     sorted by their UTF-8 bytes; ``meta_offs`` is -1 where a row has no metadata.
+    Equal only to itself (hashable), as a ``RestoredIndex`` is: the generated ``==``
+    compared the arrays, a ValueError for two loads of one snapshot; ``diff`` compares
+    states.
     """
 
     path: Path
@@ -123,6 +126,14 @@ class Snapshot:
     pending: bytes
     # With ``load_snapshot(key_table=True)``: ``(keys, table)`` of ``id_key_table``.
     key_table: tuple | None = None
+
+    def __repr__(self) -> str:
+        # The generated one printed the manifest (the report and its damage lists) and
+        # the pending records' bytes, each as long as they are.
+        where = (f"{self.position.get('segment')}:{self.position.get('offset')}"
+                 if isinstance(self.position, dict) else None)
+        return (f"Snapshot(path={str(self.path)!r}, count={self.count}, dim={self.dim}, "
+                f"position={where!r})")
 
     def to_index(self, report=None) -> RestoredIndex:
         """The snapshot's state as a RestoredIndex carrying ``report`` (by default the
