@@ -57,6 +57,19 @@ def _transaction_id(text: str) -> int:
     return int(text)
 
 
+def _position(text: str) -> str:
+    """``--to-position FILE:OFFSET``: checked for its form here (a usage error); for a
+    record there by the restore, which has the log."""
+    from gpu_pitr.pipeline import parse_position
+
+    try:
+        parse_position(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("to_position: ")
+                                         .replace("to_position is ", "a position is ")) from None
+    return text
+
+
 def _count(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a count (0, 1, 2, ...)")
@@ -325,13 +338,20 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
         "--to-transaction", metavar="X", type=_transaction_id,
         help="stop just after the first CommitTransaction or AbortTransaction that ends "
         "transaction X (PostgreSQL's recovery_target_xid)")
+    target.add_argument(
+        "--to-position", metavar="FILE:OFFSET", type=_position,
+        help="stop just after the record that starts at byte OFFSET of segment FILE, as "
+        "`gpu-pitr inspect --records` prints them (FILE: the segment's name, or its path in "
+        "WAL_DIR; PostgreSQL's recovery_target_lsn): the commit points complete at that "
+        "record are applied, as with --to-seq, but a position names one record even where "
+        "seqs repeat after a writer restart; an error if no whole record starts there")
     target.add_argument("--latest", action="store_true", help="apply everything (the default)")
     p.add_argument(
         "--exclusive",
         action="store_true",
         help="leave out the target itself: with --to-time, commit points stamped exactly "
         "T; with --to-seq, the record numbered N; with --to-transaction, the record that "
-        "ends X (stop just before it)",
+        "ends X; with --to-position, the record at FILE:OFFSET (stop just before it)",
     )
     p.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto",
                    help="the executor: cpu, cuda (an error where no GPU is usable) or auto "
@@ -539,9 +559,9 @@ def _print_error(err: Exception) -> None:
 
 def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.exclusive and args.to_time is None and args.to_seq is None and (
-            args.to_transaction is None):
-        parser.error("argument --exclusive: leaves out the target: give --to-time, --to-seq "
-                     "or --to-transaction")
+            args.to_transaction is None and args.to_position is None):
+        parser.error("argument --exclusive: leaves out the target: give --to-time, --to-seq, "
+                     "--to-transaction or --to-position")
     to_time = None
     if args.to_time is not None:
         to_time = _time_target(parser, args.to_time, args.exclusive)
@@ -604,7 +624,7 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from gpu_pitr.jit import watch_compiles
 
     kwargs = dict(to_time=to_time, to_seq=args.to_seq, to_transaction=args.to_transaction,
-                  exclusive=args.exclusive,
+                  to_position=args.to_position, exclusive=args.exclusive,
                   backend=args.backend, skip_corrupt=args.skip_corrupt,
                   read_after_stop=not args.stop_reading_at_target, strict=args.strict,
                   allow_incomplete_history=args.allow_incomplete_history,
@@ -791,9 +811,9 @@ def restore_summary(report: dict, out: Path, open_ids: list[int] | None = None) 
     elif target["kind"] == "seq":
         exclusive = ", exclusive" if target["exclusive"] else ""
         lines.append(f"target: seq {target['value']}{exclusive}")
-    elif target["kind"] == "transaction":
+    elif target["kind"] in ("transaction", "position"):
         exclusive = ", exclusive" if target["exclusive"] else ""
-        lines.append(f"target: transaction {target['value']}{exclusive}")
+        lines.append(f"target: {target['kind']} {target['value']}{exclusive}")
     else:
         lines.append("target: latest")
     if stop["reason"] == "end_of_log":
@@ -802,8 +822,8 @@ def restore_summary(report: dict, out: Path, open_ids: list[int] | None = None) 
         where = f"{Path(stop['file']).name}: offset {stop['offset']}: seq {stop['seq']}"
         stamp = "" if stop.get("timestamp") is None else f" at {utc_text(stop['timestamp'])}"
         record = stop.get("record") or "record"
-        # A time target stops before its record; a seq or transaction target after it
-        # (unless exclusive).
+        # A time target stops before its record; a seq, transaction or position target
+        # after it (unless exclusive).
         how = "before" if target["kind"] == "time" or target["exclusive"] else "after"
         open_there = txns["in_flight_discarded"]  # open at the stop: not applied
         named = ""
@@ -1158,7 +1178,7 @@ def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:
     lines += ["", f"checksums not checked: gpu-pitr verify {args.wal_dir} checks them",
               f"to restore from the newest that serves a target: gpu-pitr restore WAL_DIR "
               f"--snapshots {args.wal_dir} --out OUT "
-              "[--to-time T | --to-seq N | --to-transaction X]"]
+              "[--to-time T | --to-seq N | --to-transaction X | --to-position FILE:OFFSET]"]
     _emit("\n".join(lines))
     return 0
 

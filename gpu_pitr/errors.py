@@ -63,7 +63,8 @@ class BaseMismatchError(WalError):
 
 
 class TargetNotFoundError(WalError):
-    """A sequence-number target that no record carries."""
+    """A target no record meets: a sequence number no record carries, a transaction
+    that never ends, a position where no whole record starts."""
 
 
 class BackendUnavailableError(WalError):

@@ -208,6 +208,10 @@ class _Restore:
         self.to_transaction = target.get("to_transaction")
         self.txn_begun: dict | None = None
         self.txn_stray: dict | None = None
+        # A position target (segment name, offset of a record), and the index of its
+        # segment among those read (-1: not among them; set by run).
+        self.to_position = target.get("to_position")
+        self._position_segment = -1
         # The latest stamp of any record read before a stop (markers too): with a time
         # target and no stop, whether the log reached past it (else a warning).
         self.latest_stamp: int | None = None
@@ -275,6 +279,9 @@ class _Restore:
             self._jumps_from_base()
         self.segments = segments
         self.report.segments = len(segments)
+        if self.to_position is not None:
+            k = find_segment(segments, self.to_position[0])
+            self._position_segment = -1 if k is None else k
         self.names = [str(seg.path) for seg in segments]
         self.total_bytes = sum(seg.size - starts.get(i, 0) for i, seg in enumerate(segments))
         self.timings["discover"] += time.perf_counter() - t
@@ -562,12 +569,16 @@ class _Restore:
 
     def _chunk(self, first: int, n: int) -> None:
         c = self.cols
+        target_row = self._position_row(first, n)
         if not self.seen_first and n > first:
             head = first
             if self.skip_corrupt and self.to_seq != 0:
                 # Zero-filled records carry no seq the writer gave: skipped, they do not
-                # say where the history starts (a seq 0 target is one of them, though).
+                # say where the history starts (a seq 0 target is one of them, though,
+                # and so is a position target's record).
                 head += zerofill.leading(c.length[first:n], c.seq[first:n])
+                if target_row >= 0:
+                    head = min(head, target_row)
             if head < n:
                 self.seen_first = True
                 self.report.first_seq = int(c.seq[head])
@@ -591,7 +602,7 @@ class _Restore:
         self._stage_next()
         self.timings["decode"] += time.perf_counter() - t
         t = time.perf_counter()
-        result, order, events, stop_index = self.plan.walk(c, first, n)
+        result, order, events, stop_index = self.plan.walk(c, first, n, target_row)
         self._events(events)
         if self.to_transaction is not None and result != WALK_FATAL and not was_stopped:
             self._txn_seen(first, n if stop_index < 0 else stop_index)
@@ -622,6 +633,17 @@ class _Restore:
         self.timings["apply"] += time.perf_counter() - t
         if result == WALK_FATAL:
             self._fatal(stop_index)
+
+    def _position_row(self, first: int, n: int) -> int:
+        """The row among ``first..n-1`` of the record a position target names (-1: none
+        of them, or no position target, or stopped already). The columns have each
+        record's segment and file offset, and one record starts at a position."""
+        if self._position_segment < 0 or self.plan.stopped or n <= first:
+            return -1
+        c = self.cols
+        rows = np.flatnonzero((c.seg[first:n] == self._position_segment)
+                              & (c.foff[first:n] == self.to_position[1]))
+        return first + int(rows[0]) if len(rows) else -1
 
     def _txn_seen(self, first: int, end: int) -> None:
         """Note the first begin of the transaction target, and its first end that closed
@@ -1012,6 +1034,10 @@ class _Restore:
             was = _stored(self.base, "stop")
             self.report.stop["timestamp"] = was.get("timestamp")
             self.report.stop["record"] = was.get("record")
+        else:
+            # Its own restore stopped elsewhere (a snapshot taken just before the next
+            # record, or at the end of the log): the record, read again from the log.
+            self.report.stop.update(_kind_and_stamp(self.wal_dir / last["segment"], last))
         self.position = dict(pos)
         self.pending = self.base.pending
 
@@ -1199,6 +1225,18 @@ class _Restore:
                 file=str(self.wal_dir))
         if self.to_transaction is not None and not self.plan.stopped:
             raise TargetNotFoundError(self._txn_not_found(), file=str(self.wal_dir))
+        if self.to_position is not None and not self.plan.stopped:
+            # The record was found before the restore (check_position): not read now,
+            # as its segment was skipped (--skip-corrupt), changed since, or lies before
+            # the base's position.
+            name, offset = self.to_position
+            skipped = "" if not self.report.skipped else (
+                f"; --skip-corrupt skipped {len(self.report.skipped)} damaged record or "
+                "file: it may be among them")
+            raise TargetNotFoundError(
+                f"the restore read no record at this position (the log changed since it "
+                f"was checked, or it was not read){skipped}",
+                file=str(self.wal_dir / name), offset=int(offset))
         cnt = self.plan.counters
         self.report.commit_points_applied = int(cnt[C_COMMIT_POINTS])
         self.report.transactions["committed"] = int(cnt[C_COMMITTED])
@@ -1420,6 +1458,83 @@ def _u64_target(name: str, what: str, value, kind: str, exclusive) -> tuple[dict
     return {name: int(value)}, {"kind": kind, "value": int(value), "exclusive": bool(exclusive)}
 
 
+def parse_position(value) -> tuple[str, str, int]:
+    """A position target's ``(FILE as given, segment name, offset)``, from
+    ``"FILE:OFFSET"`` or ``(FILE, OFFSET)``: FILE a segment file name, or a path whose
+    last part is one; OFFSET a byte offset (decimal digits in the text). A ValueError
+    otherwise, before the log is listed."""
+    from gpu_pitr.format.layout import SEGMENT_NAME_RE
+
+    form = ("FILE:OFFSET (a segment file name, wal-<16 hex digits>.log, and the byte offset "
+            "of a record in it, as `gpu-pitr inspect --records` prints them)")
+    if isinstance(value, str):
+        file, sep, text = value.rpartition(":")
+        if not sep or not text.isascii() or not text.isdigit():
+            raise ValueError(f"to_position is {form}, not {value!r}")
+        offset = int(text)
+    elif isinstance(value, tuple) and len(value) == 2:
+        file, offset = value
+        if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):
+            raise ValueError(f"to_position's offset must be an integer, not {offset!r}")
+        if not isinstance(file, (str, os.PathLike)):
+            raise ValueError(f"to_position's file is a segment's name or path, not {file!r}")
+        file = os.fspath(file)
+        if int(offset) < 0:
+            raise ValueError(f"to_position's offset {offset} is negative")
+    else:
+        raise ValueError(f"to_position is {form} or (FILE, OFFSET), not {value!r}")
+    name = os.path.basename(file)
+    if not isinstance(name, str) or not SEGMENT_NAME_RE.fullmatch(name):
+        raise ValueError(f"to_position: {file!r} is not a segment file name "
+                         "(wal-<16 lowercase hex digits>.log)")
+    return file, name, int(offset)
+
+
+def position_in_wal_dir(wal_path, file: str, offset: int) -> None:
+    """A position's FILE given as a path must name a file in ``wal_path`` (the same
+    directory, however written): one elsewhere is another log's segment of that name, a
+    TargetNotFoundError. (``scaleout`` asks where the path was given: a worker's working
+    directory is its own.)"""
+    parent = os.path.dirname(file)
+    if parent:
+        try:
+            same = os.path.samefile(parent, wal_path)
+        except OSError:
+            same = False
+        if not same:
+            raise TargetNotFoundError(
+                f"the position's file is not in the WAL directory {wal_path}: give the "
+                "segment's name alone, or its path there", file=file, offset=offset)
+
+
+def check_position(wal_path: Path, segments: list, file: str, name: str, offset: int) -> None:
+    """That a whole record starts at byte ``offset`` of segment ``name`` of the log
+    (``segments``, listed), else a TargetNotFoundError naming the file and offset, and
+    what is there instead (``format.dump.position_problem``). A FILE given as a path
+    must be in ``wal_path``: one elsewhere is another log's segment of the same name."""
+    from gpu_pitr.format.dump import position_problem
+
+    position_in_wal_dir(wal_path, file, offset)
+    k = find_segment(segments, name)
+    if k is None:
+        where = f"no segment {name} in the WAL directory"
+        if not segments:
+            where += f" ({no_segments_note(wal_path)})"
+        elif name.encode() < segments[0].name.encode():
+            where += (f" (it would come before the log's first segment, {segments[0].name}: "
+                      "deleted, expired, or never archived?)")
+        elif name.encode() > segments[-1].name.encode():
+            where += (f" (it would come after the log's last segment, {segments[-1].name}: "
+                      "an archive not brought up to date?)")
+        else:
+            where += " (the log has segments before and after it: deleted, or mistyped?)"
+        raise TargetNotFoundError(where, file=str(wal_path / name), offset=offset)
+    problem = position_problem(segments[k], offset)
+    if problem is not None:
+        raise TargetNotFoundError(f"position target: {problem}",
+                                  file=str(segments[k].path), offset=offset)
+
+
 def _size_arg(name: str, value) -> int:
     """A size argument: whole bytes, or a size text like ``"256M"`` (as the command
     line's); positive. Anything else is a ValueError naming the argument."""
@@ -1446,6 +1561,7 @@ def restore(
     to_time: TimeTarget | None = None,
     to_seq: SupportsIndex | None = None,
     to_transaction: SupportsIndex | None = None,
+    to_position: str | tuple[str | os.PathLike, SupportsIndex] | None = None,
     exclusive: bool = False,
     backend: str = "auto",
     skip_corrupt: bool = False,
@@ -1477,8 +1593,18 @@ def restore(
             An error if no record closes X (never begun, or still open at the end).
             With a base snapshot only the log after its position is read (see
             ``snapshots``).
-        exclusive: leave out the target itself (see ``to_time``, ``to_seq`` and
-            ``to_transaction``).
+        to_position: a log position named by the record there (PostgreSQL's
+            ``recovery_target_lsn``): ``"FILE:OFFSET"`` or ``(FILE, OFFSET)``, FILE a
+            segment's name (``wal-<16 hex>.log``, or a path to it in ``wal_dir``),
+            OFFSET the byte offset of a record's header in it, as ``gpu-pitr inspect
+            --records`` prints them. Applies exactly the commit points complete at
+            that record, as ``to_seq`` at its seq does (``exclusive``: only those
+            complete before it); unambiguous where seqs repeat after a writer
+            restart. An error before anything is read if no whole record starts
+            there (naming the nearest starts before and after it), in a torn tail,
+            or in no segment of ``wal_dir``.
+        exclusive: leave out the target itself (see ``to_time``, ``to_seq``,
+            ``to_transaction`` and ``to_position``).
         backend: "cpu", "cuda" or "auto" (the GPU when CuPy sees one).
         skip_corrupt: skip undecodable records and unreadable segments, listing
             each in the report, instead of failing.
@@ -1536,13 +1662,15 @@ def restore(
     Raises:
         WalError: a subclass naming file, byte offset and sequence number.
     """
-    targets = (to_time, to_seq, to_transaction)
+    targets = (to_time, to_seq, to_transaction, to_position)
     if sum(t is not None for t in targets) > 1:
-        raise ValueError("give at most one of to_time, to_seq and to_transaction")
+        raise ValueError("give at most one of to_time, to_seq, to_transaction and "
+                         "to_position")
     if exclusive and all(t is None for t in targets):
         # As the command line: "exclusive" of nothing is a slip, not the latest state.
-        raise ValueError("exclusive leaves out the target: give to_time, to_seq or "
-                         "to_transaction")
+        raise ValueError("exclusive leaves out the target: give to_time, to_seq, "
+                         "to_transaction or to_position")
+    position = None if to_position is None else parse_position(to_position)
     shard = parse_id_shard(id_shard)
     for name, flag in (("exclusive", exclusive), ("skip_corrupt", skip_corrupt),
                        ("allow_incomplete_history", allow_incomplete_history),
@@ -1575,6 +1703,10 @@ def restore(
     elif to_transaction is not None:
         target, target_doc = _u64_target("to_transaction", "transaction id", to_transaction,
                                          "transaction", exclusive)
+    elif position is not None:
+        target = {"to_position": (position[1], position[2])}
+        target_doc = {"kind": "position", "value": f"{position[1]}:{position[2]}",
+                      "exclusive": bool(exclusive)}
     else:
         target = {}
         target_doc = {"kind": "latest", "value": None, "exclusive": False}
@@ -1584,6 +1716,10 @@ def restore(
     segments = list_segments(wal_path)
     if log_end is not None:
         segments = _as_listed(segments, log_end, wal_path)
+    if position is not None:
+        # Before a base is chosen or anything restored: a position mistyped is said at
+        # once, with the starts nearest it (a seq target's error waits for the log's end).
+        check_position(wal_path, segments, *position)
     total = sum(s.size for s in segments)
     # At most about the log's bytes are filled (the index, arenas, a base's rows).
     with fill_once_pages(need=total + _base_bytes(base, snapshots)):
@@ -1684,6 +1820,25 @@ def restore(
         snap = run = executor = None
         _let_go(held)
     return index
+
+
+def _kind_and_stamp(path: Path, last: dict) -> dict:
+    """``{"record": kind, "timestamp": stamp}`` of the record a base's ``last_record``
+    names, read from the log at ``path`` (its bytes are checked against the recorded
+    CRC-32 when the base was matched to the log), as a restore that stops after that
+    record reports it; nothing where it cannot be read or does not decode (a skipped
+    record's are unknown too)."""
+    from gpu_pitr.format.codec import PayloadError, decode_entry
+
+    try:
+        with open(path, "rb") as f:
+            data = os.pread(f.fileno(), int(last["length"]), int(last["offset"]))
+        entry, _ = decode_entry(data[RECORD_HEADER_SIZE:])
+    except (OSError, PayloadError, KeyError, TypeError, ValueError, RecursionError):
+        return {}
+    if last.get("crc32") is not None and crc32(data) != int(last["crc32"]):
+        return {}
+    return {"record": type(entry).__name__, "timestamp": int(entry.timestamp)}
 
 
 def _stored(snap, *keys) -> dict | None:

@@ -481,8 +481,9 @@ def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> 
             here, as ``base`` and ``snapshots`` are).
         shards: how many shards (default: one per worker at the time of the call).
         **kwargs: those of ``gpu_pitr.restore`` (``to_time``, ``to_seq``,
-            ``to_transaction``, ``exclusive``, ``backend``, ``skip_corrupt``, ``base``
-            or ``snapshots`` as paths, ...), but ``progress`` and ``id_shard``.
+            ``to_transaction``, ``to_position``, ``exclusive``, ``backend``,
+            ``skip_corrupt``, ``base`` or ``snapshots`` as paths, ...), but
+            ``progress`` and ``id_shard``.
 
     Returns:
         ShardedRestore; the tasks run while the caller goes on.
@@ -501,6 +502,14 @@ def restore_sharded(client, wal_dir, *, shards: int | None = None, **kwargs) -> 
         # Read once, here, as whole seconds: a time that is not one fails at once, not
         # on every worker, and no shard reads a datetime's zone on a machine of its own.
         kwargs["to_time"] = parse_time(kwargs["to_time"], bool(kwargs.get("exclusive")))
+    if kwargs.get("to_position") is not None:
+        from gpu_pitr.pipeline import parse_position, position_in_wal_dir
+
+        # As the segment's name: a FILE given as a path is judged here, where it was
+        # given (relative to this working directory, not a worker's).
+        file, name, offset = parse_position(kwargs["to_position"])
+        position_in_wal_dir(wal_dir, file, offset)
+        kwargs["to_position"] = f"{name}:{offset}"
     # Absolute: a worker's working directory is its own.
     for name in ("base", "snapshots"):
         value = kwargs.get(name)

@@ -26,6 +26,10 @@ Decisions the SPEC leaves open, made here the way a sequential reader would make
 - A transaction target X is the first Commit/Abort of X, in log order, while X is open
   (one of X not open is an anomaly, not the target): processed, then the stop (inclusive),
   or the stop just before it, unapplied (exclusive); never found: TargetNotFoundError.
+- A position target (segment name, offset) is the record whose header starts there, as
+  a seq target's record is (inclusive, exclusive, skipped); a position where no framed
+  record starts (a torn tail, a header, past the end, no such file) is a
+  TargetNotFoundError before anything else, as the package checks it before it reads.
 """
 
 from __future__ import annotations
@@ -257,14 +261,25 @@ def restore(
     skip_corrupt: bool = False,
     allow_incomplete_history: bool = False,
     to_transaction: int | None = None,
+    to_position: tuple[str, int] | str | None = None,
 ) -> RefResult:
     res = RefResult()
+    if isinstance(to_position, str):  # "FILE:OFFSET", FILE a segment's name
+        name, _, offset = to_position.rpartition(":")
+        to_position = (name, int(offset))
+    if to_position is not None:
+        to_position = (os.path.basename(os.fspath(to_position[0])), int(to_position[1]))
     if isinstance(to_time, str):  # ISO-8601 with a zone, whole seconds (as the tests give)
         from datetime import datetime
 
         to_time = int(datetime.fromisoformat(to_time).timestamp())
     items = frame_log(wal_dir)
     res.torn_tails = [(i[1], i[2], i[3]) for i in items if i[0] == "torn"]
+    # A position target names a record's start: anything else (a torn tail, a header,
+    # past the end, no such file) is an error before the log is restored.
+    if to_position is not None and not any(
+            i[0] == "record" and (i[1], i[2]) == tuple(to_position) for i in items):
+        return _fail(res, "TargetNotFoundError", to_position[0], to_position[1])
 
     open_txns: list[list] = []  # [txid, [ops with their record]] in begin order
     state: dict[str, tuple[bytes, dict | None]] = {}
@@ -316,12 +331,13 @@ def restore(
         res.records_read += 1
         # Records of 12 zero bytes carry no seq the writer gave: skipped, they do not
         # say where the history starts (unless seq 0 is the target, which one of them is).
-        zero_skipped = seq == 0 and not payload and skip_corrupt and to_seq != 0
+        zero_skipped = (seq == 0 and not payload and skip_corrupt and to_seq != 0
+                        and (name, off) != to_position)
         if first_record and not zero_skipped:
             first_record = False
             if seq != 0 and not allow_incomplete_history:
                 return _fail(res, "IncompleteHistoryError", name, off, end, seq)
-        is_target = to_seq is not None and seq == to_seq
+        is_target = (to_seq is not None and seq == to_seq) or (name, off) == to_position
         if is_target and exclusive:  # the position just before this record
             try:
                 entry, trailing = decode_payload(payload)

@@ -501,7 +501,7 @@ def test_inspect_of_a_directory_of_snapshots_lists_them_in_log_order(tmp_path, c
     # reader goes on to a restore: recovery.md's bad transaction is named by its id).
     assert lines[-1] == ("to restore from the newest that serves a target: gpu-pitr restore "
                          f"WAL_DIR --snapshots {parent} --out OUT [--to-time T | --to-seq N "
-                         "| --to-transaction X]")
+                         "| --to-transaction X | --to-position FILE:OFFSET]")
     rc, out, err = _cli(capsys, "inspect", "--json", parent)
     doc = json.loads(out)
     assert (rc, err, doc["snapshots_dir"]) == (0, "", str(parent))

@@ -211,11 +211,11 @@ def test_restore_rounds_a_fractional_target_by_exclusive(tmp_path: Path) -> None
 @pytest.mark.parametrize("kw, match", [
     ({"chunk_bytes": 0}, "chunk_bytes must be positive"),
     ({"chunk_bytes": -1}, "chunk_bytes must be positive"),
-    ({"to_time": 5, "to_seq": 1}, "at most one of to_time, to_seq and to_transaction"),
+    ({"to_time": 5, "to_seq": 1}, "at most one of to_time, to_seq, to_transaction and to_position"),
     ({"to_seq": -1}, "outside 0..2"),
     # as --exclusive without --to-time or --to-seq on the command line
     ({"exclusive": True},
-     "exclusive leaves out the target: give to_time, to_seq or to_transaction"),
+     "exclusive leaves out the target: give to_time, to_seq, to_transaction or to_position"),
     # not silently seq 2, seq 1 or second 1
     ({"to_seq": 2.7}, "to_seq must be an integer, not 2.7"),
     ({"to_seq": True}, "to_seq must be an integer, not True"),

@@ -29,7 +29,7 @@ from gpu_pitr.format.entries import (
     CommitTransaction,
     Delete,
 )
-from gpu_pitr.format.layout import BATCH, BEGIN_TRANSACTION, RECORD_HEADER_SIZE
+from gpu_pitr.format.layout import BATCH, BEGIN_TRANSACTION, HEADER_SIZE, RECORD_HEADER_SIZE
 from gpu_pitr.format.payload import ERR_DEPTH, MAX_BATCH_DEPTH, OK
 from gpu_pitr.format.readahead import BYTES_PER_ROW, framed_pieces, scan_chunk_bytes
 from gpu_pitr.format.segments import in_progress, list_segments, written_since
@@ -410,3 +410,59 @@ def _entry_text(variant: str, fields: dict) -> str:
                  else json_line(meta))
         text += f" dim {fields['dim']} metadata {shown}"
     return text
+
+
+def position_problem(segment, offset: int, chunk_bytes: int | None = None) -> str | None:
+    """Why no whole record starts at byte ``offset`` of ``segment`` (a listed
+    ``Segment``; None: one does), in words that help fix a position target
+    (``to_position``, ``--to-position FILE:OFFSET``): the starts of the records nearest
+    before and after it, as ``inspect --records`` prints them (the offset of a record's
+    header, its sequence number first), or that the offset lies in the file's torn tail,
+    past its end, or in a file whose header is damaged. One framing pass of that file
+    alone, nothing decoded: a zero-filled record is a record here (undecodable, as a
+    seq target's record may be). PostgreSQL's recovery never reaches a target past the
+    end of the valid log; a torn record is not one, so it is never a target."""
+    chunk = scan_chunk_bytes([segment], DEFAULT_CHUNK_BYTES if chunk_bytes is None
+                             else max(64, int(chunk_bytes)))
+    before = after = None  # (offset, seq) of the nearest record starts
+    torn = None
+    for item in framed_pieces([segment], chunk, header_damage):
+        if item.problem is not None:
+            kind, _, what, nbytes = item.problem
+            if kind == "torn_tail":
+                return (f"the file is {nbytes} bytes, a torn header: no record starts in "
+                        "it (the target is never reached)")
+            return f"its header is damaged ({what}): no record in it can be read"
+        n = item.n
+        if n:
+            starts = item.off[:n] - item.start + item.file_start
+            k = int(np.searchsorted(starts, offset))
+            if k < n and int(starts[k]) == offset:
+                return None
+            if k > 0:
+                before = (int(starts[k - 1]), int(item.seq[k - 1]))
+            if k < n and after is None:
+                after = (int(starts[k]), int(item.seq[k]))
+        if item.torn is not None:
+            torn = item.torn
+    if torn is not None and offset >= torn[0] and offset < segment.size:
+        at, lost = torn
+        return (f"in the file's torn tail: the file ends {lost} bytes into the record that "
+                f"starts at offset {at}, which is not whole (a crash mid-write): no record "
+                "there is ever reached"
+                + _nearest(before, None))
+    if offset >= segment.size:
+        return (f"past the end of the file ({segment.size:,} bytes)" + _nearest(before, None))
+    if before is None and after is None:
+        return "no record starts there: the file holds none" + (
+            f" (its last {segment.size - HEADER_SIZE} bytes are not a whole record)"
+            if segment.size > HEADER_SIZE else "")
+    return "no record starts there" + _nearest(before, after)
+
+
+def _nearest(before: tuple | None, after: tuple | None) -> str:
+    """``; the nearest record starts before it at offset B (seq S), after it at offset
+    A (seq T)``: of those known."""
+    said = [f"{how} it at offset {near[0]} (seq {near[1]})"
+            for how, near in (("before", before), ("after", after)) if near is not None]
+    return f"; the nearest record starts {', '.join(said)}" if said else ""

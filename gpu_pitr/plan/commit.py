@@ -31,6 +31,7 @@ TIME = 1
 SEQ = 2
 STOP_AT_FIRST = 3  # a time target before every representable timestamp
 TXN = 4  # the first Commit/Abort that closes transaction target_txn while it is open
+POS = 5  # the record at a log position: row target_row of the chunk (-1: not in it)
 
 # Events the walk reports (kind, record index).
 EV_BEGIN_ALREADY_OPEN = 1
@@ -52,7 +53,7 @@ N_COUNTERS = 3
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _walk(
     first, n, kind, ts, aux, status, seq,
-    mode, t_lim, exclusive, target_seq, target_txn, skip_corrupt, stopped_in,
+    mode, t_lim, exclusive, target_seq, target_txn, target_row, skip_corrupt, stopped_in,
     s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, stack, n_slots_in, top_in,
     next_rec, order, events, counters, ts_max, h_txn, h_slot,
 ):
@@ -75,9 +76,13 @@ def _walk(
     stopped = stopped_in
     stop_index = -1
     for i in range(first, n):
-        if not stopped and mode == SEQ and exclusive and seq[i] == target_seq:
+        # The record a seq or position target names: the first numbered N, or the one
+        # at the position (the caller found its row: positions are not in the columns).
+        at_target = (mode == SEQ and seq[i] == target_seq) or (mode == POS and i == target_row)
+        if not stopped and exclusive and at_target:
             # Exclusive: the log position just before the record numbered N (which
-            # is not applied, and need not decode: its number is in its header).
+            # is not applied, and need not decode: its number is in its header), or
+            # the record at the position.
             stopped = True
             stop_index = i
         if stopped:
@@ -167,7 +172,7 @@ def _walk(
                     ts_max[1] = ts[i] if ts_max[0] == 0 else max(ts_max[1], ts[i])
                     ts_max[2] = ts[i]
                     ts_max[0] = 1
-        if mode == SEQ and not exclusive and seq[i] == target_seq:
+        if at_target and not exclusive:
             # A log position: everything complete at this record, nothing after.
             stopped = True
             stop_index = i
@@ -256,10 +261,11 @@ def _open_records(s_open, s_cstart, s_ccount, s_head, stack, top, next_rec, out)
 class PlanState:
     """Where the walk stands between chunks: open transactions, stop, counters."""
 
-    def __init__(self, *, to_time=None, to_seq=None, to_transaction=None, exclusive=False,
-                 skip_corrupt=False):
-        if sum(t is not None for t in (to_time, to_seq, to_transaction)) > 1:
-            raise ValueError("give at most one of to_time, to_seq and to_transaction")
+    def __init__(self, *, to_time=None, to_seq=None, to_transaction=None, to_position=None,
+                 exclusive=False, skip_corrupt=False):
+        if sum(t is not None for t in (to_time, to_seq, to_transaction, to_position)) > 1:
+            raise ValueError("give at most one of to_time, to_seq, to_transaction and "
+                             "to_position")
         self.exclusive = bool(exclusive)
         self.skip_corrupt = bool(skip_corrupt)
         self.t_lim = np.uint64(0)
@@ -271,6 +277,10 @@ class PlanState:
         elif to_transaction is not None:
             self.mode = TXN
             self.target_txn = np.uint64(int(to_transaction))
+        elif to_position is not None:
+            # (segment name, offset): the caller finds the record's row in each chunk
+            # (``walk``'s target_row), the columns holding no file names.
+            self.mode = POS
         elif to_time is None:
             self.mode = LATEST
         else:
@@ -297,10 +307,10 @@ class PlanState:
 
     @property
     def stops_after(self) -> bool:
-        """Whether the stop record itself is covered: an inclusive sequence or
-        transaction target (a time target, or an exclusive one, stops before its
-        record)."""
-        return self.mode in (SEQ, TXN) and not self.exclusive
+        """Whether the stop record itself is covered: an inclusive sequence,
+        transaction or position target (a time target, or an exclusive one, stops
+        before its record)."""
+        return self.mode in (SEQ, TXN, POS) and not self.exclusive
 
     @property
     def max_timestamp(self) -> int | None:
@@ -316,8 +326,10 @@ class PlanState:
     def open_transactions(self) -> int:
         return int(np.count_nonzero(self._slots[1][self._stack[: self._top]]))
 
-    def walk(self, cols, first: int, n: int):
-        """Plan records ``first..n-1`` of ``cols`` (a decoded chunk).
+    def walk(self, cols, first: int, n: int, target_row: int = -1):
+        """Plan records ``first..n-1`` of ``cols`` (a decoded chunk); ``target_row``:
+        with a position target, the row of the record at the position (-1: none of
+        these).
 
         Returns ``(result, order, events, stop_index)``; see ``_walk``.
         """
@@ -349,7 +361,7 @@ class PlanState:
         result, n_order, n_events, stopped, stop_index, top = _walk(
             first, n, cols.kind, cols.ts, cols.aux, cols.status, cols.seq,
             self.mode, self.t_lim, self.exclusive, self.target_seq, self.target_txn,
-            self.skip_corrupt,
+            np.int64(target_row), self.skip_corrupt,
             self.stopped,
             s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, stack, self._top,
             self._top,

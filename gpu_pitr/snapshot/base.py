@@ -155,7 +155,11 @@ def target_problem(position: dict, target: dict, exclusive: bool) -> str | None:
     the first record numbered N (``exclusive``: just before it); if the snapshot
     covered one before its last record (``exclusive``: or as its last record),
     likewise. A transaction target's place is known only from the log, after reading
-    (see ``snapshot.choose``): none is judged here.
+    (see ``snapshot.choose``): none is judged here. A position target (segment name,
+    offset of a record) compares with the snapshot's position directly: a snapshot
+    whose position is at or before the record serves (exclusive too: its restore stops
+    on reading the record), and, inclusive, one whose last record is that record (its
+    state is the answer: ``stops_at_base``); any other covers records after it.
     """
     if "to_time" in target:
         t, top = int(target["to_time"]), position.get("max_timestamp")
@@ -172,7 +176,29 @@ def target_problem(position: dict, target: dict, exclusive: bool) -> str | None:
         if exclusive and position.get("last_seq") == n:
             return (f"the snapshot covers the record with sequence number {n}, which the "
                     "target (exclusive) stops before")
+    elif "to_position" in target:
+        name, offset = target["to_position"]
+        segment = position.get("segment")
+        if segment is None or (segment.encode(), int(position.get("offset") or 0)) <= (
+                name.encode(), int(offset)):
+            return None
+        if not exclusive and _last_record_is(position, name, offset):
+            return None
+        at = f"{segment} offset {position.get('offset')}"
+        if _last_record_is(position, name, offset):
+            return (f"the snapshot covers the record at {name} offset {offset} (its position "
+                    f"is just after it, {at}), which the target (exclusive) stops before")
+        return (f"the snapshot's position, {at}, is past the record at {name} offset "
+                f"{offset}: it covers records after the target")
     return None
+
+
+def _last_record_is(position: dict, name: str, offset: int) -> bool:
+    """Whether the last record the snapshot at ``position`` covers is the one at
+    ``name`` offset ``offset`` (snapshots that recorded their last record)."""
+    last = position.get("last_record")
+    return (isinstance(last, dict) and last.get("segment") == name
+            and last.get("offset") == int(offset))
 
 
 def record_mismatch(position: dict, segments: dict, whose: str) -> str | None:
@@ -323,7 +349,10 @@ def base_gap(position: dict, segments, look: bool = False) -> str | None:
 
 
 def stops_at_base(position: dict, target: dict, exclusive: bool = False) -> bool:
-    """An inclusive sequence target met by the last record the snapshot covered."""
+    """An inclusive sequence or position target met by the last record the snapshot
+    covered."""
+    if "to_position" in target:
+        return not exclusive and _last_record_is(position, *target["to_position"])
     return ("to_seq" in target and not exclusive
             and position.get("last_seq") == int(target["to_seq"]))
 
