@@ -158,24 +158,34 @@ def _parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser(
         "inspect",
-        help="statistics and damage of a WAL directory, or its records one by one; what "
-        "a snapshot, or a directory of them, holds (read-only; exits 0 whatever damage "
-        "it finds)",
+        help="statistics and damage of a WAL directory, or its records or transactions "
+        "one by one; what a snapshot, or a directory of them, holds (read-only; exits 0 "
+        "whatever damage it finds)",
         description="Whether the history is complete, per-segment statistics, record "
         "counts, checkpoints, transactions, sequence-number restarts and damage of WAL_DIR; "
-        "with --records, every record. Given a snapshot directory: its manifest (ids, "
-        "dimension, log position, files); given a directory of snapshots: one row each, "
-        "oldest first. Checksums are not checked (verify does). Exit 0 whatever damage it "
-        "finds; 1: WAL_DIR cannot be read (one line naming it); 2: usage error.",
+        "with --records, every record; with --transactions, one row per transaction. "
+        "Given a snapshot directory: its manifest (ids, dimension, log position, files); "
+        "given a directory of snapshots: one row each, oldest first. Checksums are not "
+        "checked (verify does). Exit 0 whatever damage it finds; 1: WAL_DIR cannot be "
+        "read (one line naming it); 2: usage error.",
     )
     inspect.add_argument("wal_dir", metavar="WAL_DIR")
     inspect.add_argument("--json", action="store_true",
-                         help="print one JSON document (with --records: one per line)")
+                         help="print one JSON document (with --records or --transactions: one "
+                         "per line)")
     records = inspect.add_argument_group(
         "records", "list the records one by one, in log order, with the damage where it lies "
         "(pg_waldump): to find the record a bad ingest began with. Each option below "
-        "implies --records")
+        "implies --records, unless --transactions is given")
     records.add_argument("--records", action="store_true", help="list the records")
+    records.add_argument(
+        "--transactions", action="store_true",
+        help="list the transactions instead, one each, in the order they end (those open "
+        "at the end of the log last): id, outcome (committed, aborted, open at the end of "
+        "the log, or an anomaly), where it begins and ends, its records, inserts, updates "
+        "and deletes; the X to give restore --to-transaction. --since/--until keep those "
+        "whose span overlaps the range, --transaction X the uses of id X, --limit N the "
+        "first N; not with --records, --first-seq or --last-seq")
     records.add_argument("--since", metavar="T",
                          help="records stamped at or after T (Unix seconds or ISO-8601)")
     records.add_argument("--until", metavar="T", help="records stamped at or before T")
@@ -873,6 +883,8 @@ def _inspect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     filters = (args.since, args.until, args.first_seq, args.last_seq, args.transaction,
                args.limit)
+    if args.transactions:
+        return _inspect_transactions(parser, args)
     if args.records or any(f is not None for f in filters):
         return _inspect_records(parser, args)
     if holds_snapshot_files(args.wal_dir):
@@ -896,23 +908,13 @@ def _inspect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _inspect_records(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``inspect --records``: every record (or those the filters keep), one by one."""
-    from gpu_pitr.format.dump import json_line, record_lines, wal_records
+    from gpu_pitr.format.dump import record_lines, wal_records
     from gpu_pitr.snapshot.format import holds_snapshot_files
 
     if holds_snapshot_files(args.wal_dir):
         parser.error(f"--records lists the records of a WAL directory; {args.wal_dir} is a "
                      "snapshot")
-    since = None if args.since is None else _time_target(parser, args.since, True, "--since")
-    until = None if args.until is None else _time_target(parser, args.until, False, "--until")
-    if since is not None and until is not None and since > until:
-        from gpu_pitr.format.times import parse_time
-
-        if parse_time(args.since) > until:  # not only its fraction rounded up
-            parser.error(f"argument --since: {args.since} is later than --until "
-                         f"{args.until}: no record can be both")
-        parser.error(f"argument --since: no whole second from {args.since} to --until "
-                     f"{args.until}, and records are stamped in whole seconds: no record "
-                     "can be both")
+    since, until = _time_window(parser, args, "record")
     if args.first_seq is not None and args.last_seq is not None \
             and args.first_seq > args.last_seq:
         parser.error(f"argument --first-seq: {args.first_seq} is larger than --last-seq "
@@ -921,6 +923,61 @@ def _inspect_records(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     items = wal_records(args.wal_dir, since=since, until=until, first_seq=args.first_seq,
                         last_seq=args.last_seq, transaction=args.transaction,
                         limit=None if args.limit is None else args.limit + 1)
+    if _print_items(items, args, record_lines):
+        print(f"note: --limit {args.limit} reached: more items follow (narrow the filters, "
+              "or page on with --first-seq)", file=sys.stderr)
+    return 0
+
+
+def _inspect_transactions(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``inspect --transactions``: one row per transaction (``dump.wal_transactions``)."""
+    from gpu_pitr.format.dump import transaction_lines, wal_transactions
+    from gpu_pitr.snapshot.format import holds_snapshot_files
+
+    # Seq filters select records; a transaction spans many seqs, which repeat after a
+    # restart: refused rather than given a meaning an operator would have to guess.
+    for option, value in (("--records", args.records or None),
+                          ("--first-seq", args.first_seq), ("--last-seq", args.last_seq)):
+        if value is not None:
+            parser.error(f"argument --transactions: not allowed with {option} (it lists "
+                         "transactions: select them with --since, --until, --transaction "
+                         "or --limit)")
+    if holds_snapshot_files(args.wal_dir):
+        parser.error(f"--transactions lists the transactions of a WAL directory; "
+                     f"{args.wal_dir} is a snapshot")
+    since, until = _time_window(parser, args, "transaction")
+    items = wal_transactions(args.wal_dir, since=since, until=until,
+                             transaction=args.transaction,
+                             limit=None if args.limit is None else args.limit + 1)
+    if _print_items(items, args, transaction_lines):
+        print(f"note: --limit {args.limit} reached: more items follow (narrow --since/"
+              "--until)", file=sys.stderr)
+    return 0
+
+
+def _time_window(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 what: str) -> tuple[int | None, int | None]:
+    """``--since``/``--until`` as whole seconds (``_time_target``); a usage error when
+    no ``what`` (a record, a transaction) can fall in both."""
+    since = None if args.since is None else _time_target(parser, args.since, True, "--since")
+    until = None if args.until is None else _time_target(parser, args.until, False, "--until")
+    if since is not None and until is not None and since > until:
+        from gpu_pitr.format.times import parse_time
+
+        if parse_time(args.since) > until:  # not only its fraction rounded up
+            parser.error(f"argument --since: {args.since} is later than --until "
+                         f"{args.until}: no {what} can be both")
+        parser.error(f"argument --since: no whole second from {args.since} to --until "
+                     f"{args.until}, and records are stamped in whole seconds: no {what} "
+                     "can be both")
+    return since, until
+
+
+def _print_items(items, args: argparse.Namespace, lines) -> bool:
+    """Print ``items`` (asked for one past ``--limit``), each as a JSON line with
+    ``--json`` or as ``lines`` gives it; whether more followed the limit."""
+    from gpu_pitr.format.dump import json_line
+
     shown, more = 0, False
     for doc in items:
         if shown == args.limit:
@@ -929,22 +986,19 @@ def _inspect_records(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             break
         shown += 1
         text = (json_line(doc) if args.json
-                else "\n".join(record_lines(doc)))
+                else "\n".join(lines(doc)))
         try:
             print(text)
         except BrokenPipeError:  # | head: the reader has what it wanted
             items.close()
             _stdout_gone()
-            return 0
+            return False
         except OSError as err:  # a full disk: one line naming stdout, as _emit says it
             items.close()
             _stdout_gone()
             raise _StdoutError(f"stdout: cannot write: {os_reason(err)}") from err
     _emit("", end="")  # what is still buffered, whose failure is _emit's too
-    if more:
-        print(f"note: --limit {args.limit} reached: more items follow (narrow the filters, "
-              "or page on with --first-seq)", file=sys.stderr)
-    return 0
+    return more
 
 
 def _snapshots_in(directory: str) -> list[str]:

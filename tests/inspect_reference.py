@@ -201,3 +201,102 @@ def assert_same_stats(wal_dir, chunks=(None, 97)) -> dict:
         assert json.dumps(got, indent=2) == json.dumps(ref, indent=2), (wal_dir, chunk)
         assert stats.stats_lines(got) == stats.stats_lines(ref), (wal_dir, chunk)
     return ref
+
+
+def wal_transactions(wal_dir: str | os.PathLike) -> list[dict]:
+    """What ``gpu_pitr.format.dump.wal_transactions`` lists, unfiltered: the pure-Python
+    reader and codec, SPEC section 3's rules applied record by record, every row kept in
+    memory and put in order at the end.
+
+    A row per Begin that opens its id and per marker that is an anomaly, placed at the
+    record that ends it (its Commit or Abort; an anomaly at its own record), those open
+    at the end after everything, oldest first; damage items (``file``, ``offset``,
+    ``seq``, ``damage``, and ``records`` of a zero-filled run) at their place. Data
+    records count for the transaction begun most recently of those open; a batch's
+    Inserts, Updates and Deletes at every depth."""
+    items: list[dict] = []  # in log order: each appended at the record that decides it
+    open_rows: list[dict] = []  # begin order
+    damage_seen = 0
+
+    def damage(item: dict) -> None:
+        nonlocal damage_seen
+        damage_seen += 1
+        items.append(item)
+
+    for scan in scan_wal_segments(wal_dir):
+        name = scan.path.name
+        if scan.bad_header is not None:
+            damage({"file": name, "offset": scan.bad_header.offset, "seq": None,
+                       "damage": "bad_header"})
+        for rec in scan.records:
+            if rec.seq == 0 and not rec.payload:  # 12 zero bytes: one run, back to back
+                last = items[-1] if items else None
+                if (last is not None and last.get("damage") == "zero_filled"
+                        and last["file"] == name
+                        and last["offset"] + 12 * last["records"] == rec.offset):
+                    last["records"] += 1
+                else:
+                    damage({"file": name, "offset": rec.offset, "seq": 0,
+                               "damage": "zero_filled", "records": 1})
+                continue
+            try:
+                entry, _ = decode_entry(rec.payload)
+            except PayloadError:
+                damage({"file": name, "offset": rec.offset, "seq": rec.seq,
+                           "damage": "undecodable"})
+                continue
+            at = {"file": name, "offset": rec.offset, "seq": rec.seq,
+                  "timestamp": entry.timestamp}
+            if isinstance(entry, Checkpoint):
+                continue
+            if isinstance(entry, BeginTransaction | CommitTransaction | AbortTransaction):
+                txn = entry.transaction_id
+                mine = [r for r in open_rows if r["transaction"] == txn]
+                row = None
+                if isinstance(entry, BeginTransaction):
+                    if mine:
+                        row = _txn_row(txn, "anomaly", at, None,
+                                       what="begin of an open transaction",
+                                       open_since=mine[0]["begin"])
+                    else:
+                        opened = _txn_row(txn, "open", at, None)
+                        opened["damage_inside"] = damage_seen
+                        open_rows.append(opened)
+                elif not mine:
+                    word = "commit" if isinstance(entry, CommitTransaction) else "abort"
+                    row = _txn_row(txn, "anomaly", None, at,
+                                   what=f"{word} of a transaction that is not open")
+                else:
+                    row = mine[0]
+                    open_rows.remove(row)
+                    row["outcome"] = ("committed" if isinstance(entry, CommitTransaction)
+                                      else "aborted")
+                    row["end"] = at
+                    row["damage_inside"] = damage_seen - row["damage_inside"]
+                if row is not None:
+                    items.append(row)
+                continue
+            if open_rows:  # a data record: the newest open transaction's
+                row = open_rows[-1]
+                row["records"] += 1
+                for e in _nested_entries(entry) if isinstance(entry, Batch) else [entry]:
+                    kind = type(e).__name__
+                    if kind in ("Insert", "Update", "Delete"):
+                        row[kind.lower() + "s"] += 1
+        if scan.torn_tail is not None:
+            damage({"file": name, "offset": scan.torn_tail.offset, "seq": None,
+                       "damage": "torn_tail"})
+    for row in open_rows:
+        row["damage_inside"] = damage_seen - row["damage_inside"]
+    return items + open_rows
+
+
+def _txn_row(txn, outcome, begin, end, **more) -> dict:
+    return {"transaction": txn, "outcome": outcome, **more, "begin": begin, "end": end,
+            "records": 0, "inserts": 0, "updates": 0, "deletes": 0, "damage_inside": 0}
+
+
+def scan_wal_segments(wal_dir):
+    """The segments of ``wal_dir`` scanned one at a time, in log order."""
+    for segment in list_segments(wal_dir):
+        yield scan_segment(segment.path)

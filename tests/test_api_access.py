@@ -13,6 +13,7 @@ NAMED = [
     "gpu_pitr.errors.WalError", "gpu_pitr.diff.diff", "gpu_pitr.errors.TargetNotReachedError",
     "gpu_pitr.errors.OutputError", "gpu_pitr.errors.MissingExtraError",
     "gpu_pitr.format.stats.wal_stats", "gpu_pitr.format.dump.wal_records",
+    "gpu_pitr.format.dump.wal_transactions",
     "gpu_pitr.format.writer.WalWriter", "gpu_pitr.compat.PointInTimeRestore",
     "gpu_pitr.snapshot.format.SnapshotError", "gpu_pitr.verify.verify_wal",
     "gpu_pitr.outputs.write_output", "gpu_pitr.outputs.FORMATS",
