@@ -597,7 +597,8 @@ def outcome(files: Files, kw: dict, backend: str = "cpu", chunk_bytes: int | Non
 
 def check_python_readers(wal_dir: str) -> None:
     """The pure-Python side on the same bytes: ``inspect``'s statistics never fail (and
-    the compiled ones equal them), the reader frames exactly as the reference, and the
+    the compiled ones equal them), nor its list of transactions (equal to the
+    reference's), the reader frames exactly as the reference, and the
     codec decodes exactly the payloads the reference decodes, to the same entry end."""
     import inspect_reference
 
@@ -605,6 +606,12 @@ def check_python_readers(wal_dir: str) -> None:
     from gpu_pitr.format.reader import scan_wal
 
     json.dumps(inspect_reference.assert_same_stats(wal_dir, chunks=(None, 64)))
+    from gpu_pitr.format.dump import wal_transactions
+
+    want = inspect_reference.wal_transactions(wal_dir)
+    for chunk in (None, 64):
+        got = list(wal_transactions(wal_dir, chunk_bytes=chunk))
+        assert inspect_reference.comparable(got) == want, chunk
     records = [i for i in reference.frame_log(wal_dir) if i[0] == "record"]
     scanned = [(s.path.name, r.offset, r.seq, r.payload) for s in scan_wal(wal_dir)
                for r in s.records]

@@ -203,6 +203,17 @@ def assert_same_stats(wal_dir, chunks=(None, 97)) -> dict:
     return ref
 
 
+#: What the reference gives of a damage item (``wal_records`` gives the rest).
+DAMAGE_KEYS = ("file", "offset", "seq", "damage", "records")
+
+
+def comparable(items) -> list[dict]:
+    """``dump.wal_transactions``' items as the reference gives them: rows whole; damage
+    items by their place, kind and zero-run length."""
+    return [doc if "damage" not in doc else {k: doc[k] for k in DAMAGE_KEYS if k in doc}
+            for doc in items]
+
+
 def wal_transactions(wal_dir: str | os.PathLike) -> list[dict]:
     """What ``gpu_pitr.format.dump.wal_transactions`` lists, unfiltered: the pure-Python
     reader and codec, SPEC section 3's rules applied record by record, every row kept in

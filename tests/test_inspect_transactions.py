@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from inspect_reference import comparable
 from inspect_reference import wal_transactions as reference
 from test_cli import T0, cli, write_damaged_wal
 from workloads import (
@@ -31,15 +32,6 @@ from workloads import (
 
 from gpu_pitr.format.dump import transaction_lines, wal_records, wal_transactions
 from gpu_pitr.format.stats import wal_stats
-
-#: What the reference gives of a damage item (``wal_records`` gives the rest).
-DAMAGE_KEYS = ("file", "offset", "seq", "damage", "records")
-
-
-def comparable(items) -> list[dict]:
-    """Rows whole; damage items by their place, kind and zero-run length."""
-    return [doc if "damage" not in doc else {k: doc[k] for k in DAMAGE_KEYS if k in doc}
-            for doc in items]
 
 
 def check(wal_dir: Path) -> list[dict]:
