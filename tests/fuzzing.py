@@ -518,9 +518,24 @@ def mutate(files: Files, pick: Pick, kind: int | None = None) -> str:
     return f"payload cut {rname}@{off} to {cut}"
 
 
+def _transaction_ids(files: Files) -> list[int]:
+    """The ids of the top-level transaction markers of ``files``, as framed."""
+    out = set()
+    for name, off, length in _all_records(files):
+        try:
+            entry, _ = reference.decode_payload(files[name][off + 12 : off + 12 + length])
+        except reference.Undecodable:
+            continue
+        if entry[0] in ("begin", "commit", "abort"):
+            out.add(entry[1])
+    return sorted(out)
+
+
 def targets(s: Seed, pick: Pick) -> dict:
-    """Restore keyword arguments for a mutated ``s``."""
-    kind = pick(5)
+    """Restore keyword arguments for a mutated ``s``: no target, a time, a seq, a
+    transaction id (one of the seed's, or one it never names) or a position (a record
+    start of the seed's, which the mutation may have moved, or a byte after one)."""
+    kind = pick(7)
     kw: dict = {}
     if kind in (1, 2) and s.timestamps:
         kw["to_time"] = max(0, s.timestamps[pick(len(s.timestamps))] + pick(3) - 1)
@@ -528,6 +543,15 @@ def targets(s: Seed, pick: Pick) -> dict:
     elif kind == 3:
         seqs = s.seqs + [max(s.seqs, default=0) + 1, 2**64 - 1]
         kw["to_seq"] = seqs[pick(len(seqs))]
+        kw["exclusive"] = bool(pick(2))
+    elif kind == 5:
+        ids = _transaction_ids(s.files) + [2**64 - 1]
+        kw["to_transaction"] = ids[pick(len(ids))]
+        kw["exclusive"] = bool(pick(2))
+    elif kind == 6 and _all_records(s.files):
+        records = _all_records(s.files)
+        name, off, _ = records[pick(len(records))]
+        kw["to_position"] = f"{name}:{off + (pick(8) == 0)}"
         kw["exclusive"] = bool(pick(2))
     kw["skip_corrupt"] = bool(pick(2))
     kw["allow_incomplete_history"] = pick(4) != 0
