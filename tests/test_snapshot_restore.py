@@ -48,8 +48,11 @@ SETTINGS = settings(
 
 
 def _stop(report) -> tuple:
+    """The stop, its record's kind and stamp included: a base whose last record is a seq
+    target's stops there without reading it, and reported neither (both None)."""
     s = report.stop
-    return (s["reason"], os.path.basename(s.get("file") or ""), s.get("offset"), s.get("seq"))
+    return (s["reason"], os.path.basename(s.get("file") or ""), s.get("offset"), s.get("seq"),
+            s.get("timestamp"), s.get("record"))
 
 
 def _flags(kw: dict) -> dict:
@@ -1483,3 +1486,38 @@ def test_a_snapshot_at_the_end_stays_before_a_newer_file_of_a_header_only(tmp_pa
     got = gpu_pitr.restore(d, backend="cpu", base=tmp_path / "snap")
     assert got.id_list() == ["a", "b"]
     assert w.index_view(got) == w.index_view(gpu_pitr.restore(d, backend="cpu"))
+
+
+def test_a_seq_target_at_the_bases_last_record_reports_the_whole_logs_stop(tmp_path):
+    """A snapshot whose own restore stopped elsewhere (a time target, an exclusive one,
+    an exclusive seq target: just before the next record) and a seq target of its last
+    record: the restore from it stops at the base without reading the log, and reported
+    the stop's record kind and stamp as None; they are read from the log, as the whole
+    log's restore gives them (a data record, a marker inside a transaction, a batch, a
+    checkpoint)."""
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], None, 10))
+    b.add(w.Begin(7, 11))
+    b.add(w.Ins("b", [2.0], None, 12))
+    b.add(w.Batch([w.Ins("c", [3.0], None, 13), w.Del("a", 13)], 13))
+    b.add(w.Commit(7, 14))
+    b.add(w.Ins("d", [4.0], None, 15))
+    b.add(w.Ckpt(5, 15))
+    b.add(w.Del("b", 16))
+    wal = b.write(tmp_path / "wal")
+    made = [{"to_time": t, "exclusive": x} for t in range(10, 17) for x in (False, True)]
+    made += [{"to_seq": n, "exclusive": True} for n in range(1, 8)]
+    seen = set()
+    for kw_a in made:
+        snap = tmp_path / "snap"
+        shutil.rmtree(snap, ignore_errors=True)
+        snapshot.save(gpu_pitr.restore(wal, backend="cpu", **kw_a), snap)
+        last = snapshot.load(snap).position["last_seq"]
+        if last is None:  # (a snapshot of no record: to_time 10, exclusive)
+            continue
+        got = gpu_pitr.restore(wal, backend="cpu", base=snap, to_seq=last)
+        whole = gpu_pitr.restore(wal, backend="cpu", to_seq=last)
+        assert got.report.stop == whole.report.stop, kw_a
+        assert got.report.stop["timestamp"] is not None, kw_a
+        seen.add(got.report.stop["record"])
+    assert seen >= {"Insert", "BeginTransaction", "Batch", "CommitTransaction", "Checkpoint"}

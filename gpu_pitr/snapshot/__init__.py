@@ -282,14 +282,21 @@ def _before_transaction_end(usable: list, manifests: dict, txn: int, segments: l
                             notes: list[str]) -> tuple[list, bool]:
     """Of ``usable`` (newest first), the snapshots a transaction target X can start from.
     No manifest says where X ended, so the log's markers of X are found first (one
-    framing pass, ``format.dump.transaction_markers``). A snapshot serves when a record
-    after its position ends X (X open there, or begun after it) and none of X's Commit or
-    Abort records lies before it: the restore from it then stops at the record a restore
-    of the whole log stops at, the first end of X in log order. Where no record ends X at
-    all, every snapshot is kept: the restore from the newest says why (never begun, or
-    still open). Also returned: whether no record of the log names X at all (the
-    restore's error then says so as a restore of the whole log does, not that the
-    snapshot may be past the target)."""
+    framing pass, ``format.dump.transaction_markers``). The target is the first end of
+    X that closes an open X (SPEC section 3: an end of X not open is an anomaly, not the
+    target), found by following X open or closed along its markers in log order from
+    what is known: nothing open at the log's start, and at each snapshot's position (oldest
+    first) X open exactly where that snapshot's pending transactions hold it (where the
+    log is whole the two agree; where its early segments were deleted, a snapshot taken
+    before that knows of a Begin the log no longer holds). A snapshot is kept exactly
+    when the restore from it (X open where its pending transactions hold it) stops at
+    that record: so a stray end before a snapshot does not pass it over, and one past
+    the target (X ended before it, or begun again after it: an id reused) is. Where no
+    record ends X at all, every snapshot is kept: the restore from the newest says why
+    (never begun, or still open); where ends of X close nothing, none is (the restore of
+    the whole log names the first stray one). Also returned: whether no record of the
+    log names X at all (the restore's error then says so as a restore of the whole log
+    does, not that the snapshot may be past the target)."""
     from gpu_pitr.format.dump import transaction_markers
     from gpu_pitr.format.layout import BEGIN_TRANSACTION
     from gpu_pitr.format.stats import plural
@@ -299,20 +306,33 @@ def _before_transaction_end(usable: list, manifests: dict, txn: int, segments: l
                for kind, name, offset in transaction_markers(segments, txn)]
     if all(kind == BEGIN_TRANSACTION for _, kind in markers):
         return usable, not markers
-    kept = []
-    for key, path in usable:
-        is_open = any(t == txn for t, _ in pending_transactions(manifests[path]["position"]))
-        ends_after = ends_before = False
+
+    def open_at(path: str) -> bool:
+        return any(t == txn for t, _ in pending_transactions(manifests[path]["position"]))
+
+    def first_end(key: tuple, is_open: bool, until: tuple | None = None) -> tuple | None:
+        # The end of X a restore from ``key`` (X open there or not) stops at, among the
+        # markers before ``until``; None: none.
         for at, kind in markers:
             if at < key:
-                ends_before = ends_before or kind != BEGIN_TRANSACTION
-            elif kind == BEGIN_TRANSACTION:
-                is_open = True
-            elif is_open:
-                ends_after = True
+                continue
+            if until is not None and at >= until:
                 break
-        if ends_after and not ends_before:
-            kept.append((key, path))
+            if kind == BEGIN_TRANSACTION:
+                is_open = True  # (a Begin of an open X: an anomaly, X still open)
+            elif is_open:
+                return at
+        return None
+
+    # (A snapshot's position at a marker's offset is before it: its restore reads it.)
+    starts = [(log_order({}), False)] + [(key, open_at(path)) for key, path in sorted(usable)]
+    target = None
+    for k, (key, is_open) in enumerate(starts):
+        target = first_end(key, is_open, starts[k + 1][0] if k + 1 < len(starts) else None)
+        if target is not None:
+            break
+    kept = [] if target is None else [
+        (key, path) for key, path in usable if first_end(key, open_at(path)) == target]
     if len(kept) < len(usable):
         passed = len(usable) - len(kept)
         it = "it" if passed == 1 else "them"
