@@ -1181,18 +1181,29 @@ def _snapshot_last_seq(path: str, position: dict) -> list[str]:
     """The line naming the seq of the last record a snapshot covers and the restore of
     exactly its state: an operator who took a snapshot as a named restore point (before
     a migration) had no way to see which ``--to-seq`` gives it back (a time target goes
-    on to later records stamped in the same second)."""
+    on to later records stamped in the same second). Where that seq occurs earlier in
+    the log it covers (a writer restarted), ``--to-seq`` names the earlier record and
+    is refused with this base: ``--to-position`` of its last record is named instead."""
     import shlex
 
     last = position.get("last_seq")
     if last is None:  # an empty log's, or one written before the field was added
         return []
+    from gpu_pitr.snapshot.base import target_problem
+
     # One restored across a gap is refused as a base without the option (the command
     # named failed); a path with a space is quoted, so that the command can be pasted.
     allow = (" --allow-incomplete-history" if position.get("history_complete") is False
              else "")
+    target = f"--to-seq {last}"
+    record = position.get("last_record")
+    if target_problem(position, {"to_seq": last}, False) is not None and isinstance(
+            record, dict) and record.get("segment") and record.get("offset") is not None:
+        # The seq occurs earlier in the log it covers (a writer restarted): --to-seq
+        # names that first record, before the base, and fails; its position names this.
+        target = f"--to-position {record['segment']}:{record['offset']}"
     return [f"last record covered: seq {last} (this state exactly: gpu-pitr restore "
-            f"WAL_DIR --base {shlex.quote(str(path))} --to-seq {last}{allow} --out OUT)"]
+            f"WAL_DIR --base {shlex.quote(str(path))} {target}{allow} --out OUT)"]
 
 
 def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:

@@ -1233,6 +1233,13 @@ class _Restore:
             skipped = "" if not self.report.skipped else (
                 f"; --skip-corrupt skipped {len(self.report.skipped)} damaged record or "
                 "file: it may be among them")
+            if find_segment(self._listed, name) is None:
+                # Not checked: a snapshot's manifest said its last record is the target
+                # (its segment gone), but that snapshot was not the base (passed over).
+                raise TargetNotFoundError(
+                    f"no segment {name} in the WAL directory, and no base snapshot whose "
+                    "last record is the target was used", file=str(self.wal_dir / name),
+                    offset=int(offset))
             raise TargetNotFoundError(
                 f"the restore read no record at this position (the log changed since it "
                 f"was checked, or it was not read){skipped}",
@@ -1363,6 +1370,31 @@ def _base_bytes(base, snapshots) -> int:
         return max(sizes, default=0)
     except (OSError, ImportError, ValueError, TypeError):
         return 0
+
+
+def _base_ends_at(base, snapshots, name: str, offset: int) -> bool:
+    """Whether the base snapshot a restore names (with ``snapshots``: one there) covers
+    the record at ``name`` offset ``offset`` as its last (its state is an inclusive
+    position target's answer there), as the manifests say (one that does not read: no;
+    loading says why)."""
+    from gpu_pitr.errors import WalError
+    from gpu_pitr.snapshot.base import stops_at_base
+
+    target = {"to_position": (name, int(offset))}
+    if hasattr(base, "position"):
+        return stops_at_base(base.position, target)
+    try:
+        from gpu_pitr.snapshot import snapshot_dirs
+        from gpu_pitr.snapshot.format import read_manifest
+
+        paths = [base] if base is not None else snapshot_dirs(snapshots) if snapshots else []
+        for path in paths:
+            with contextlib.suppress(WalError):
+                if stops_at_base(read_manifest(path)["position"], target):
+                    return True
+    except (OSError, ImportError, ValueError, TypeError, KeyError):
+        pass
+    return False
 
 
 _PIECE_STEP = 1 << 20  # a chunk cut to its log's largest segment is rounded up to this
@@ -1518,7 +1550,12 @@ def check_position(wal_path: Path, segments: list, file: str, name: str, offset:
     k = find_segment(segments, name)
     if k is None:
         where = f"no segment {name} in the WAL directory"
-        if not segments:
+        # An entry of that name the listing passes over (a directory, a FIFO, a link to
+        # one): what it is, not a guess that the segment was deleted or mistyped.
+        odd = dict(not_segment_files(wal_path)).get(name)
+        if odd is not None:
+            where += f": an entry {odd}"
+        elif not segments:
             where += f" ({no_segments_note(wal_path)})"
         elif name.encode() < segments[0].name.encode():
             where += (f" (it would come before the log's first segment, {segments[0].name}: "
@@ -1717,9 +1754,17 @@ def restore(
     if log_end is not None:
         segments = _as_listed(segments, log_end, wal_path)
     if position is not None:
-        # Before a base is chosen or anything restored: a position mistyped is said at
-        # once, with the starts nearest it (a seq target's error waits for the log's end).
-        check_position(wal_path, segments, *position)
+        if (not exclusive and find_segment(segments, position[1]) is None
+                and _base_ends_at(base, snapshots, *position[1:])):
+            # The segment is gone (the writer's retention, expire) and a base's last
+            # record is the target: that base is the answer (``stops_at_base``), and
+            # nothing of the segment is read. Its path is still judged.
+            position_in_wal_dir(wal_path, *position[::2])
+        else:
+            # Before a base is chosen or anything restored: a position mistyped is said
+            # at once, with the starts nearest it (a seq target's error waits for the
+            # log's end).
+            check_position(wal_path, segments, *position)
     total = sum(s.size for s in segments)
     # At most about the log's bytes are filled (the index, arenas, a base's rows).
     with fill_once_pages(need=total + _base_bytes(base, snapshots)):

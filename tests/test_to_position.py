@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 
+import numpy as np
 import pytest
 import workloads as w
 from hypothesis import HealthCheck, assume, given, settings
@@ -254,6 +255,82 @@ def test_a_torn_tail_is_never_reached(tmp_path):
     assert got.id_list() == ["a", "b"]
 
 
+def test_a_write_in_progress_is_not_called_a_crash(tmp_path, monkeypatch):
+    """A live log listed while the writer was mid-record: the record at the position
+    was cut by the listing, not by a crash, and is whole now. The error says so (run
+    again), not that it is never reached."""
+    from gpu_pitr import pipeline
+
+    b = w.LogBuilder()
+    first = b.add(w.Ins("a", [1.0], None, 1))
+    last = b.add(w.Ins("b", [2.0], None, 2))
+    wal = b.write(tmp_path)
+    w.listed_at(monkeypatch, pipeline, last.file, last.offset + 5)
+    err = _error(wal, to_position=(last.file, last.offset))
+    assert str(err) == (
+        f"{wal}/{last.file}: offset {last.offset}: position target: in the file's torn "
+        f"tail as it was listed: the file ended 5 bytes into the record that starts at "
+        f"offset {last.offset} (a write in progress: the file has grown to {last.end} "
+        "bytes since it was read, where the record is whole): run the restore again to "
+        f"read it; the nearest record starts before it at offset {first.offset} (seq 0)")
+    assert "crash" not in str(err) and "never reached" not in str(err)
+
+
+def test_a_record_appended_since_the_listing_is_not_past_the_end(tmp_path, monkeypatch):
+    """A live log listed before the writer appended the record at the position: the
+    offset is past the end of the file as it was listed, not of the file; run again."""
+    from gpu_pitr import pipeline
+
+    b = w.LogBuilder()
+    first = b.add(w.Ins("a", [1.0], None, 1))
+    last = b.add(w.Ins("b", [2.0], None, 2))
+    wal = b.write(tmp_path)
+    w.listed_at(monkeypatch, pipeline, last.file, last.offset)
+    err = _error(wal, to_position=(last.file, last.offset))
+    assert str(err) == (
+        f"{wal}/{last.file}: offset {last.offset}: position target: past the end of the "
+        f"file as it was listed ({last.offset} bytes; it has grown to {last.end} since: a "
+        "writer appending to it): run the restore again to read it; the nearest record "
+        f"starts before it at offset {first.offset} (seq 0)")
+    # Past the end of the file as it is now too: just that.
+    err = _error(wal, to_position=(last.file, last.end))
+    assert str(err).endswith(f"position target: past the end of the file ({last.offset} "
+                             f"bytes); the nearest record starts before it at offset "
+                             f"{first.offset} (seq 0)")
+
+
+def test_a_segment_deleted_since_the_listing_is_not_a_damaged_header(tmp_path, monkeypatch):
+    """The writer's retention deleted the position's segment between the listing and
+    the check: the file cannot be read, its header is not damaged."""
+    from gpu_pitr import pipeline
+
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], None, 1))
+    wal = b.write(tmp_path)
+    w.listed_gone(monkeypatch, pipeline, "wal-0000000005f5e000.log")
+    err = _error(wal, to_position="wal-0000000005f5e000.log:16")
+    assert str(err) == (
+        f"{wal}/wal-0000000005f5e000.log: offset 16: position target: cannot read the "
+        "file: deleted after the directory was listed (the writer's retention deletes its "
+        "oldest segments at a checkpoint): no record in it can be read")
+
+
+def test_an_entry_that_is_not_a_segment_file_says_what_it_is(tmp_path):
+    """A directory named like a segment is not read (SPEC section 1): the position's
+    error says what is there, not that the segment was deleted or mistyped."""
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], None, 1))
+    b.new_segment(0x5F5E300)
+    b.add(w.Ins("b", [2.0], None, 2))
+    wal = b.write(tmp_path)
+    os.mkdir(os.path.join(wal, "wal-0000000005f5e200.log"))
+    err = _error(wal, to_position="wal-0000000005f5e200.log:16")
+    assert str(err) == (
+        f"{wal}/wal-0000000005f5e200.log: offset 16: no segment wal-0000000005f5e200.log "
+        "in the WAL directory: an entry named like a segment file, but a directory: not "
+        "read")
+
+
 def test_a_damaged_header_and_a_zero_filled_record(tmp_path):
     b = w.LogBuilder()
     b.add(w.Ins("a", [1.0], None, 1))
@@ -473,6 +550,71 @@ def test_stop_reading_at_the_target(tmp_path):
         assert w.index_view(early) == w.index_view(whole)
         assert early.report.records_read == 2 and early.report.bytes_read == at.end
         assert whole.report.records_read == 52
+
+
+def test_a_base_ending_at_the_target_serves_after_its_segment_is_gone(tmp_path):
+    """The writer's retention deleted the segment a snapshot's last record is in (what a
+    snapshot is for): an inclusive position target at that record is the snapshot's
+    state, as ``--to-seq`` of its seq is, not an error that the segment is gone. Any
+    other position in it is still one (nothing there is read)."""
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], None, 1))
+    last = b.add(w.Ins("b", [2.0], None, 2))
+    wal = b.write(tmp_path / "wal")
+    snap = tmp_path / "snaps" / "s"
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu"), snap)
+    b.new_segment(0x5F5E200)
+    b.add(w.Ckpt(2, 3))
+    b.add(w.Ins("c", [3.0], None, 4))
+    b.write(wal)
+    os.remove(os.path.join(wal, last.file))
+    want = gpu_pitr.restore(wal, backend="cpu", base=snap, to_seq=last.seq)
+    for kw in ({"base": snap}, {"snapshots": snap.parent}):
+        got = gpu_pitr.restore(wal, backend="cpu", to_position=(last.file, last.offset), **kw)
+        assert w.index_view(got) == w.index_view(want) and got.id_list() == ["a", "b"]
+        assert got.report.stop == want.report.stop
+        assert (got.report.stop["file"], got.report.stop["offset"]) == (
+            os.path.join(wal, last.file), last.offset)
+        for other in ({"exclusive": True}, {"to_position": (last.file, 16)}):
+            err = _error(wal, **{"to_position": (last.file, last.offset), **kw, **other})
+            assert f"no segment {last.file} in the WAL directory" in str(err)
+    # That snapshot damaged, none serves: the log alone (allowed: it starts at seq 2)
+    # has no such segment, and the error says so, not that the log changed.
+    (snap / "vectors.f32").write_bytes(b"")
+    err = _error(wal, to_position=(last.file, last.offset), snapshots=snap.parent,
+                 allow_incomplete_history=True)
+    assert str(err).startswith(
+        f"{wal}/{last.file}: offset {last.offset}: no segment {last.file} in the WAL "
+        "directory, and no base snapshot whose last record is the target was used; "
+        f"--snapshots: snapshot {snap} is damaged")
+
+
+def test_inspect_names_a_command_that_gives_back_a_snapshot_past_a_restart(tmp_path,
+                                                                             capsys):
+    """``inspect SNAP`` names the restore of exactly its state. Where the seq of its last
+    record occurs earlier in the log it covers (a writer restart), ``--to-seq`` names
+    that first record, before the base, and fails (the target is earlier than the
+    base): the command names the record by its position instead."""
+    import shlex
+
+    wal, recs = _restarted(tmp_path)
+    snap = tmp_path / "snaps" / "p"
+    snap.parent.mkdir()
+    at = recs[4]  # the second record of seq 1
+    assert main(["snapshot", wal, "--to-position", f"{at.file}:{at.offset}", "--out",
+                 str(snap), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(snap)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines()
+                if x.startswith("last record covered"))
+    assert line == (f"last record covered: seq 1 (this state exactly: gpu-pitr restore "
+                    f"WAL_DIR --base {snap} --to-position {at.file}:{at.offset} --out OUT)")
+    command = shlex.split(line.split("exactly: gpu-pitr ", 1)[1].rstrip(")"))
+    command = [wal if a == "WAL_DIR" else str(tmp_path / "o.npz") if a == "OUT" else a
+               for a in command]
+    assert main([*command, "-q"]) == 0
+    got = np.load(tmp_path / "o.npz", allow_pickle=False)
+    assert list(got["ids"]) == snapshot.load(snap).to_index().id_list() == ["b", "c", "d"]
 
 
 def test_the_shards_together_equal_the_whole(tmp_path):

@@ -906,12 +906,21 @@ def position_problem(segment, offset: int, chunk_bytes: int | None = None) -> st
                              else max(64, int(chunk_bytes)))
     before = after = None  # (offset, seq) of the nearest record starts
     torn = None
-    for item in framed_pieces([segment], chunk, header_damage):
+    unread = []  # the file could not be read at all: not a damaged header
+
+    def header_check(head):
+        if isinstance(head, OSError):
+            unread.append(head)
+        return header_damage(head)
+
+    for item in framed_pieces([segment], chunk, header_check):
         if item.problem is not None:
             kind, _, what, nbytes = item.problem
             if kind == "torn_tail":
                 return (f"the file is {nbytes} bytes, a torn header: no record starts in "
                         "it (the target is never reached)")
+            if unread:  # deleted since the listing (the writer's retention), unreadable
+                return f"{what}: no record in it can be read"
             return f"its header is damaged ({what}): no record in it can be read"
         n = item.n
         if n:
@@ -927,11 +936,26 @@ def position_problem(segment, offset: int, chunk_bytes: int | None = None) -> st
             torn = item.torn
     if torn is not None and offset >= torn[0] and offset < segment.size:
         at, lost = torn
+        size = written_since(segment.path, at, lost)
+        if size is not None:
+            # A live log's last record, cut by the listing, not by a crash: whole now.
+            return (f"in the file's torn tail as it was listed: the file ended {lost} bytes "
+                    f"into the record that starts at offset {at} ({in_progress(size)}): "
+                    "run the restore again to read it" + _nearest(before, None))
         return (f"in the file's torn tail: the file ends {lost} bytes into the record that "
                 f"starts at offset {at}, which is not whole (a crash mid-write): no record "
                 "there is ever reached"
                 + _nearest(before, None))
     if offset >= segment.size:
+        try:
+            now = os.stat(segment.path).st_size
+        except OSError:
+            now = 0
+        if now > offset:
+            # A live log's segment, grown since it was listed: the record may be there now.
+            return (f"past the end of the file as it was listed ({segment.size:,} bytes; it "
+                    f"has grown to {now:,} since: a writer appending to it): run the restore "
+                    "again to read it" + _nearest(before, None))
         return (f"past the end of the file ({segment.size:,} bytes)" + _nearest(before, None))
     if before is None and after is None:
         return "no record starts there: the file holds none" + (
