@@ -949,7 +949,9 @@ def _inspect_transactions(parser: argparse.ArgumentParser, args: argparse.Namesp
     items = wal_transactions(args.wal_dir, since=since, until=until,
                              transaction=args.transaction,
                              limit=None if args.limit is None else args.limit + 1)
-    if _print_items(items, args, transaction_lines):
+    # With a filter the damage items are left out: a row's count of them is not "above".
+    listed = since is None and until is None and args.transaction is None
+    if _print_items(items, args, lambda doc: transaction_lines(doc, listed)):
         print(f"note: --limit {args.limit} reached: more items follow (narrow --since/"
               "--until)", file=sys.stderr)
     return 0

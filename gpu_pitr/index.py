@@ -141,8 +141,10 @@ class RestoredIndex:
         self.pending: bytes = b""
 
     def __repr__(self) -> str:
-        # Its shape, not its data (nor the object's address alone).
-        dim = self.vectors.shape[1] if getattr(self.vectors, "ndim", 0) == 2 else None
+        # Its shape, not its data (nor the object's address alone). Vectors of (0, 0):
+        # no dimension known yet (an empty log's), the report's ``dim`` (None) says which.
+        shape = tuple(getattr(self.vectors, "shape", ()))
+        dim = shape[1] if len(shape) == 2 and shape != (0, 0) else self.report.dim
         return f"RestoredIndex(ids={len(self)}, dim={dim}, backend={self.backend!r})"
 
     @property

@@ -696,8 +696,8 @@ class _Restore:
         c = self.cols
         end = n
         if stop_index >= 0:
-            # A time target stops before its record; a sequence target after it
-            # (an exclusive one before it).
+            # A time target stops before its record; a sequence, position or transaction
+            # target after it (an exclusive one before it).
             end = stop_index + 1 if self.plan.stops_after else stop_index
         if end > first:
             self.seq_runs.add(c.seq[first:end])
@@ -1016,8 +1016,8 @@ class _Restore:
                 and stop is not None and stop.get("reason") == "target")
 
     def _stop_at_base(self) -> None:
-        """A sequence target met by the base's last record (or a transaction target its
-        restore stopped at): the base is the answer."""
+        """A sequence or position target met by the base's last record (or a transaction
+        target its restore stopped at): the base is the answer."""
         from gpu_pitr.snapshot.format import pending_transactions
 
         pos = self.base.position

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import workloads as w
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import gpu_pitr
@@ -27,11 +27,7 @@ from gpu_pitr import errors
 from gpu_pitr.executors import cuda as cuda_executor
 from gpu_pitr.synth import write_synthetic_wal
 
-SETTINGS = settings(
-    max_examples=w.CUDA_EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+SETTINGS = w.CUDA_SETTINGS
 
 
 def outcome(wal_dir, backend, **kw):

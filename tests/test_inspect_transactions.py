@@ -370,6 +370,22 @@ def test_cli_text_json_limit_and_usage(tmp_path):
     assert len(proc.stderr.splitlines()) == 1
 
 
+def test_a_filtered_list_does_not_say_its_damage_is_listed_above(tmp_path):
+    """With --transaction, --since or --until the damage items are left out: a row's
+    count of the damage while it was open said "(listed above)" of items not there."""
+    wal_dir = tmp_path / "wal"
+    w = write_damaged_wal(wal_dir)
+    rest = [f"  begin: {w['second']}: offset 47: seq 1: 2026-11-26T10:01:42Z",
+            "  end:   none: open at the end of the log (discarded, in flight)"]
+    for option in (["--transaction", "7"], ["--since", "2026-11-26T10:01:42Z"]):
+        proc = cli("inspect", wal_dir, "--transactions", *option, wal_dir=wal_dir)
+        assert (proc.returncode, proc.stderr) == (0, "")
+        assert "undecodable" not in proc.stdout and "torn" not in proc.stdout  # not listed
+        assert proc.stdout.splitlines()[-3:] == [
+            "transaction 7: open: 0 records, 0 inserts, 0 updates, 0 deletes; 3 damage "
+            "items while open (not listed with --since, --until or --transaction)", *rest]
+
+
 def test_the_api_takes_what_wal_records_takes():
     """The same forms of time as ``wal_records`` (its hints say so too), and a limit
     that is not a count is refused as there."""

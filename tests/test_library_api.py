@@ -50,6 +50,11 @@ def test_reprs_show_the_shape_not_the_data(wal, tmp_path):
     damage entry, and an index only its address."""
     index = gpu_pitr.restore(wal, backend="cpu")
     assert repr(index) == "RestoredIndex(ids=40, dim=2, backend='cpu')"
+    # An empty log's: no dimension (the report's None), not 0 from its (0, 0) vectors.
+    (tmp_path / "empty").mkdir()
+    empty = gpu_pitr.restore(tmp_path / "empty", backend="cpu")
+    assert empty.report.dim is None
+    assert repr(empty) == "RestoredIndex(ids=0, dim=None, backend='cpu')"
     snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=5), tmp_path / "snap")
     snap = snapshot.load(tmp_path / "snap")
     snap.pending = b"\0" * 10_000  # as the records of a large open transaction

@@ -21,7 +21,7 @@ import tempfile
 import numpy as np
 import pytest
 import workloads as w
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from reference import frame_log
 from test_restore_properties import SETTINGS, run_case
@@ -29,12 +29,6 @@ from test_restore_properties import SETTINGS, run_case
 import gpu_pitr
 from gpu_pitr import errors, snapshot
 from gpu_pitr.cli import main
-
-CUDA_SETTINGS = settings(
-    max_examples=w.CUDA_EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 
 def _records(wal_dir) -> list[tuple[str, int, int]]:
@@ -81,21 +75,16 @@ def test_random_logs_equal_the_reference(chunk_bytes, data):
 
 
 def _outcome(wal_dir, **kw):
-    try:
-        idx = gpu_pitr.restore(wal_dir, **kw)
-    except errors.WalError as err:
-        return ("error", type(err).__name__, str(err))
-    assert idx.report.backend == kw["backend"], idx.report.message  # (not a fall-back)
-    report = idx.report.to_dict()
-    for key in ("timings", "backend", "message", "target"):
-        report.pop(key)
-    # A seq that repeats after a restart is warned of with a seq target (which record it
-    # stopped at): a position names one.
-    report["warnings"] = [m for m in report["warnings"] if " times in the log (the " not in m]
-    return ("ok", w.index_view(idx), report)
+    got = w.target_outcome(wal_dir, **kw)
+    if got[0] == "ok":
+        # A seq that repeats after a restart is warned of with a seq target (which record
+        # it stopped at): a position names one.
+        got[2]["warnings"] = [m for m in got[2]["warnings"]
+                              if " times in the log (the " not in m]
+    return got
 
 
-@CUDA_SETTINGS
+@w.CUDA_SETTINGS
 @given(data=st.data())
 def test_equals_the_seq_target_of_its_record_on_both_executors(data):
     """The first record of its seq in log order: its position is the seq target,
@@ -292,11 +281,13 @@ def test_a_record_appended_since_the_listing_is_not_past_the_end(tmp_path, monke
         f"file as it was listed ({last.offset} bytes; it has grown to {last.end} since: a "
         "writer appending to it): run the restore again to read it; the nearest record "
         f"starts before it at offset {first.offset} (seq 0)")
-    # Past the end of the file as it is now too: just that.
+    # Past the end of the file as it is now too: both sizes, not the listing's alone as
+    # the file's (it is larger now).
     err = _error(wal, to_position=(last.file, last.end))
-    assert str(err).endswith(f"position target: past the end of the file ({last.offset} "
-                             f"bytes); the nearest record starts before it at offset "
-                             f"{first.offset} (seq 0)")
+    assert str(err).endswith(
+        f"position target: past the end of the file as it was listed ({last.offset} bytes) "
+        f"and as it is now ({last.end}: a writer appending to it); the nearest record "
+        f"starts before it at offset {first.offset} (seq 0)")
 
 
 def test_a_segment_deleted_since_the_listing_is_not_a_damaged_header(tmp_path, monkeypatch):

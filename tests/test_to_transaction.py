@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import workloads as w
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from reference import Undecodable, decode_payload, frame_log
 from test_restore_properties import SETTINGS, run_case
@@ -27,12 +27,6 @@ from test_restore_properties import SETTINGS, run_case
 import gpu_pitr
 from gpu_pitr import errors, snapshot
 from gpu_pitr.cli import main
-
-CUDA_SETTINGS = settings(
-    max_examples=w.CUDA_EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 
 def _markers(wal_dir) -> list[tuple]:
@@ -85,18 +79,6 @@ def test_random_logs_equal_the_reference(chunk_bytes, data):
     run_case(wl, kw, chunk_bytes)
 
 
-def _outcome(wal_dir, **kw):
-    try:
-        idx = gpu_pitr.restore(wal_dir, **kw)
-    except errors.WalError as err:
-        return ("error", type(err).__name__, str(err))
-    assert idx.report.backend == kw["backend"], idx.report.message  # (not a fall-back)
-    report = idx.report.to_dict()
-    for key in ("timings", "backend", "message", "target"):
-        report.pop(key)
-    return ("ok", w.index_view(idx), report)
-
-
 @st.composite
 def _transaction_logs(draw) -> w.LogBuilder:
     """Logs of interleaved transactions, their anomalies included (a begin of an open
@@ -130,7 +112,7 @@ def _transaction_logs(draw) -> w.LogBuilder:
     return b
 
 
-@CUDA_SETTINGS
+@w.CUDA_SETTINGS
 @given(data=st.data())
 def test_equals_the_seq_target_of_its_record_on_both_executors(data):
     """Where seqs are unique, X's target is the seq target of the record that ends it,
@@ -143,9 +125,9 @@ def test_equals_the_seq_target_of_its_record_on_both_executors(data):
         txn = data.draw(st.sampled_from(ids), label="txn")
         exclusive = data.draw(st.booleans(), label="exclusive")
         common = dict(exclusive=exclusive, chunk_bytes=data.draw(st.sampled_from([None, 64])))
-        want = _outcome(d, backend="cpu", to_seq=_closing_seq(d, txn), **common)
+        want = w.target_outcome(d, backend="cpu", to_seq=_closing_seq(d, txn), **common)
         for backend in ("cpu", "cuda"):
-            got = _outcome(d, backend=backend, to_transaction=txn, **common)
+            got = w.target_outcome(d, backend=backend, to_transaction=txn, **common)
             assert got == want, backend
 
 
@@ -460,37 +442,6 @@ def test_a_stray_end_before_the_snapshots_does_not_pass_them_over(tmp_path, stra
         assert got.report.stop == whole.report.stop and whole.report.stop["seq"] == 6
 
 
-def test_a_snapshot_knows_a_begin_in_expired_history_before_a_reused_id(tmp_path):
-    """The Begin of X is in a deleted segment; the log holds X's Commit, then X used
-    again. The snapshot at whose position X is open knows what the log no longer says:
-    its Commit is X's first end (the target), not a stray one, and the snapshot serves
-    (following X's markers from the log's start alone would call that Commit stray and
-    pass the snapshot over for the second use, or fail the restore as the log's history
-    is incomplete)."""
-    b = w.LogBuilder()
-    b.add(w.Ins("a", [1.0], None, 1))
-    b.add(w.Begin(7, 2))
-    b.add(w.Ins("x", [2.0], None, 3))  # seq 2
-    first = b.cur
-    b.new_segment(0x5F5E200)
-    b.add(w.Ins("y", [3.0], None, 4))  # seq 3, inside 7
-    b.add(w.Commit(7, 5))  # seq 4: the target
-    b.add(w.Ins("c", [4.0], None, 6))
-    b.add(w.Begin(7, 7))
-    b.add(w.Del("x", 8))
-    b.add(w.Commit(7, 9))  # seq 8: the second use's end
-    wal = b.write(tmp_path / "wal")
-    snaps = tmp_path / "snaps"
-    snaps.mkdir()
-    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=3), snaps / "open")
-    whole = gpu_pitr.restore(wal, backend="cpu", to_transaction=7)
-    (tmp_path / "wal" / first).unlink()
-    got = gpu_pitr.restore(wal, backend="cpu", snapshots=snaps, to_transaction=7)
-    assert f"started from snapshot {snaps / 'open'}" in got.report.message
-    assert w.index_view(got) == w.index_view(whole) and got.id_list() == ["a", "x", "y"]
-    assert got.report.stop["seq"] == 4
-
-
 @SETTINGS
 @given(data=st.data())
 def test_snapshots_are_kept_exactly_where_their_restore_stops_as_the_whole_log(data):
@@ -671,10 +622,15 @@ def test_stop_reading_at_the_target(tmp_path):
         assert whole.report.records_read == 54
 
 
-def test_snapshots_serve_a_transaction_begun_in_expired_history(tmp_path):
+@pytest.mark.parametrize("reused", [False, True], ids=["once", "reused"])
+def test_snapshots_serve_a_transaction_begun_in_expired_history(tmp_path, reused):
     """The Begin is in a segment the writer deleted: the log holds only the Commit, and
     the snapshot at whose position the transaction is open serves (its pending
-    transactions count as begun)."""
+    transactions count as begun). ``reused``: X is used again after that Commit; the
+    snapshot knows what the log no longer says: its Commit is X's first end (the
+    target), not a stray one, and the snapshot serves (following X's markers from the
+    log's start alone would call that Commit stray and pass the snapshot over for the
+    second use, or fail the restore as the log's history is incomplete)."""
     b = w.LogBuilder()
     b.add(w.Ins("a", [1.0], None, 1))
     b.add(w.Begin(7, 2))
@@ -682,8 +638,12 @@ def test_snapshots_serve_a_transaction_begun_in_expired_history(tmp_path):
     first = b.cur
     b.new_segment(0x5F5E200)
     b.add(w.Ins("y", [3.0], None, 4))  # seq 3, inside 7
-    b.add(w.Commit(7, 5))  # seq 4
+    b.add(w.Commit(7, 5))  # seq 4: the target
     b.add(w.Ins("c", [4.0], None, 6))
+    if reused:
+        b.add(w.Begin(7, 7))
+        b.add(w.Del("x", 8))
+        b.add(w.Commit(7, 9))  # seq 8: the second use's end
     wal = b.write(tmp_path / "wal")
     snaps = tmp_path / "snaps"
     snaps.mkdir()
@@ -693,6 +653,7 @@ def test_snapshots_serve_a_transaction_begun_in_expired_history(tmp_path):
     got = gpu_pitr.restore(wal, backend="cpu", snapshots=snaps, to_transaction=7)
     assert f"started from snapshot {snaps / 'open'}" in got.report.message
     assert w.index_view(got) == w.index_view(whole) and got.id_list() == ["a", "x", "y"]
+    assert got.report.stop["seq"] == 4
 
 
 def test_a_transaction_nowhere_in_the_log_names_where_the_log_ends(tmp_path):

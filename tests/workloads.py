@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 MAGIC_V1 = b"WALV\x01\x00\x00\x00"
@@ -605,6 +606,12 @@ class View:
 
 #: Hypothesis examples of the tests that run the cuda executor (the simulator in CI).
 CUDA_EXAMPLES = int(os.environ.get("GPU_PITR_CUDA_EXAMPLES", "40"))
+#: The settings of such a test.
+CUDA_SETTINGS = settings(
+    max_examples=CUDA_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def fast_restore_function():
@@ -696,6 +703,26 @@ def index_view(index) -> tuple:
     host = index.to_host()
     return (host.id_list(), np.asarray(host.vectors).tobytes(), host.vectors.shape,
             list(host.metadata_json()), host.report.dim)
+
+
+def target_outcome(wal_dir, **kw) -> tuple:
+    """What a restore gives, for comparing it with the restore of another target that
+    names the same record (``to_position`` or ``to_transaction`` with ``to_seq``): the
+    error's kind and line, or the index and the report but for ``timings``, ``backend``,
+    ``message`` and ``target``. The executor asked for (``backend``) must have run: a
+    fall-back would compare cpu with cpu."""
+    import gpu_pitr
+    from gpu_pitr import errors
+
+    try:
+        idx = gpu_pitr.restore(wal_dir, **kw)
+    except errors.WalError as err:
+        return ("error", type(err).__name__, str(err))
+    assert idx.report.backend == kw["backend"], idx.report.message
+    report = idx.report.to_dict()
+    for key in ("timings", "backend", "message", "target"):
+        report.pop(key)
+    return ("ok", index_view(idx), report)
 
 
 # What a merged report must carry exactly as the whole restore's does (timings differ).

@@ -41,7 +41,7 @@ from gpu_pitr.format.layout import (
     RECORD_HEADER_SIZE,
     UPDATE,
 )
-from gpu_pitr.format.payload import ERR_DEPTH, MAX_BATCH_DEPTH, OK, parse_payload, stack_for
+from gpu_pitr.format.payload import ERR_DEPTH, MAX_BATCH_DEPTH, OK
 from gpu_pitr.format.readahead import BYTES_PER_ROW, framed_pieces, scan_chunk_bytes
 from gpu_pitr.format.segments import in_progress, list_segments, written_since
 from gpu_pitr.format.stats import utc_text
@@ -50,6 +50,7 @@ from gpu_pitr.format.statwalk import (
     _count_nested,
     _new_txn_map,
     _parse,
+    _parsed_deep,
     header_damage,
 )
 from gpu_pitr.format.times import U64_MAX, TimeTarget, parse_time
@@ -97,23 +98,14 @@ def wal_records(
     Raises:
         ValueError: a time that is not one, or a seq that is not an integer.
     """
-    if limit is not None and (isinstance(limit, bool) or operator.index(limit) < 0):
-        raise ValueError(f"limit is a count of items (0 or more), not {limit!r}")
-    segments = list_segments(wal_dir)
-    since = None if since is None else parse_time(since, exclusive=True)
-    until = None if until is None else parse_time(until)
+    filters = _filters(wal_dir, since, until, transaction, limit)
     first_seq = None if first_seq is None else operator.index(first_seq)
     last_seq = None if last_seq is None else operator.index(last_seq)
-    transaction = None if transaction is None else operator.index(transaction)
-    if transaction is not None and not 0 <= transaction <= U64_MAX:
-        return  # no transaction id is outside the u64 range
-    if ((since is not None and since > U64_MAX) or (until is not None and until < 0)
-            or (first_seq is not None and first_seq > U64_MAX)
+    if (filters is None or (first_seq is not None and first_seq > U64_MAX)
             or (last_seq is not None and last_seq < 0)):
-        return  # a range no u64 falls in
+        return  # a range no u64 falls in, or a limit of 0
+    segments, since, until, transaction = filters
     # Bounds past the u64 range are those of the range (a filter all the same).
-    since = None if since is None else max(since, 0)
-    until = None if until is None else min(until, U64_MAX)
     first_seq = None if first_seq is None else max(first_seq, 0)
     last_seq = None if last_seq is None else min(last_seq, U64_MAX)
     # The transaction filter places records by seq as the seq filters do: damage
@@ -121,8 +113,6 @@ def wal_records(
     by_seq = first_seq is not None or last_seq is not None or transaction is not None
     by_time = since is not None or until is not None
     left = limit
-    if left is not None and left <= 0:
-        return
     txns = _OpenTransactions()
 
     def pieces():
@@ -150,6 +140,26 @@ def wal_records(
             left -= 1
             if left == 0:
                 return
+
+
+def _filters(wal_dir, since, until, transaction, limit) -> tuple | None:
+    """What ``wal_records`` and ``wal_transactions`` make of their common arguments:
+    ``(segments listed, since, until, transaction)``, the times as whole seconds within
+    the u64 range (a bound past it is the range's), each None where not given; None
+    where nothing can be listed (a limit of 0, a time range or a transaction id no u64
+    falls in). A ValueError for a limit that is not a count or a time that is not one."""
+    if limit is not None and (isinstance(limit, bool) or operator.index(limit) < 0):
+        raise ValueError(f"limit is a count of items (0 or more), not {limit!r}")
+    segments = list_segments(wal_dir)
+    since = None if since is None else parse_time(since, exclusive=True)
+    until = None if until is None else parse_time(until)
+    transaction = None if transaction is None else operator.index(transaction)
+    if ((transaction is not None and not 0 <= transaction <= U64_MAX)
+            or (since is not None and since > U64_MAX) or (until is not None and until < 0)
+            or limit == 0):
+        return None
+    return (segments, None if since is None else max(since, 0),
+            None if until is None else min(until, U64_MAX), transaction)
 
 
 def transaction_markers(segments: list, txn: int, chunk_bytes: int | None = None
@@ -226,20 +236,11 @@ def wal_transactions(
     Raises:
         ValueError: a time that is not one, or a limit that is not a count.
     """
-    if limit is not None and (isinstance(limit, bool) or operator.index(limit) < 0):
-        raise ValueError(f"limit is a count of items (0 or more), not {limit!r}")
-    segments = list_segments(wal_dir)
-    since = None if since is None else parse_time(since, exclusive=True)
-    until = None if until is None else parse_time(until)
-    transaction = None if transaction is None else operator.index(transaction)
-    if transaction is not None and not 0 <= transaction <= U64_MAX:
-        return  # no transaction id is outside the u64 range
-    if (since is not None and since > U64_MAX) or (until is not None and until < 0):
-        return  # a range no u64 falls in
-    window = (0 if since is None else max(since, 0),
-              U64_MAX if until is None else min(until, U64_MAX))
-    if limit is not None and limit <= 0:
-        return
+    filters = _filters(wal_dir, since, until, transaction, limit)
+    if filters is None:
+        return  # a range no u64 falls in, or a limit of 0
+    segments, since, until, transaction = filters
+    window = (0 if since is None else since, U64_MAX if until is None else until)
     places = since is None and until is None and transaction is None
     left = limit
     items = _transaction_items(segments, chunk_bytes, *window, transaction)
@@ -573,29 +574,19 @@ def _data_counts(buf, n, off, length, stack, status, kind, ts, aux, stop, e_i64,
     data record (Insert, Update, Delete, Batch), then its inserts, updates and deletes,
     a batch's entries counted at every depth (nested markers change nothing: SPEC
     section 3). A record nested deeper than ``stack`` is parsed again with a deeper one
-    and its columns written back, as ``statwalk._walk`` does."""
+    and its columns written back (``statwalk._parsed_deep``, as ``statwalk._walk``)."""
     nested = np.zeros(N_VARIANTS, np.int64)
     for i in range(n):
-        start = off[i] + RECORD_HEADER_SIZE
-        end = start + length[i]
-        st = stack
-        s = np.int64(status[i])
-        while s == ERR_DEPTH:
-            st = np.empty(min(st.shape[0] * 64, stack_for(length[i])), np.int64)
-            s, k, t, a, _ne, e = parse_payload(buf, start, end, st, False, 0, e_i64, e_i64,
-                                               e_i64, e_i64, e_i64, e_i64, e_i64, e_u64)
-            status[i] = s
-            kind[i] = k
-            ts[i] = t
-            aux[i] = a
-            stop[i] = e
+        st = _parsed_deep(buf, i, off, length, stack, status, kind, ts, aux, stop, e_i64,
+                          e_u64)
         k = kind[i]
-        if s != OK or k > BATCH:
+        if status[i] != OK or k > BATCH:
             continue
         out[i, 0] = 1
         if k == BATCH:
             nested[:] = 0
-            _count_nested(buf, start, end, st, nested)
+            start = off[i] + RECORD_HEADER_SIZE
+            _count_nested(buf, start, start + length[i], st, nested)
             out[i, 1] = nested[INSERT]
             out[i, 2] = nested[UPDATE]
             out[i, 3] = nested[DELETE]
@@ -603,10 +594,12 @@ def _data_counts(buf, n, off, length, stack, status, kind, ts, aux, stop, e_i64,
             out[i, 1 + k] = 1
 
 
-def transaction_lines(doc: dict) -> list[str]:
+def transaction_lines(doc: dict, damage_listed: bool = True) -> list[str]:
     """One item of ``wal_transactions`` for a person: a damage item as ``record_lines``
     says it; a transaction as one line, where it begins and ends as ``--records`` names
-    a record's place, then what it holds."""
+    a record's place, then what it holds. ``damage_listed``: whether the damage items
+    are in the list too (``wal_transactions`` leaves them out with a filter), so that a
+    row's ``damage_inside`` is not said to be "listed above" when it is not."""
     if "damage" in doc:
         return record_lines(doc)
     txn, outcome = doc["transaction"], doc["outcome"]
@@ -620,7 +613,9 @@ def transaction_lines(doc: dict) -> list[str]:
     line = f"transaction {txn}: {outcome}: {holds}"
     if doc["damage_inside"]:
         line += (f"; {doc['damage_inside']} damage item"
-                 f"{'s' if doc['damage_inside'] != 1 else ''} while open (listed above)")
+                 f"{'s' if doc['damage_inside'] != 1 else ''} while open "
+                 + ("(listed above)" if damage_listed
+                    else "(not listed with --since, --until or --transaction)"))
     lines = [line, f"  begin: {_place(doc['begin'])}"]
     lines.append(f"  end:   {_place(doc['end'])}" if doc["end"] is not None
                  else "  end:   none: open at the end of the log (discarded, in flight)")
@@ -956,6 +951,12 @@ def position_problem(segment, offset: int, chunk_bytes: int | None = None) -> st
             return (f"past the end of the file as it was listed ({segment.size:,} bytes; it "
                     f"has grown to {now:,} since: a writer appending to it): run the restore "
                     "again to read it" + _nearest(before, None))
+        if now > segment.size:
+            # Grown, but not to the offset: both sizes, not the listing's alone as the
+            # file's (which ``ls -l`` contradicts).
+            return (f"past the end of the file as it was listed ({segment.size:,} bytes) "
+                    f"and as it is now ({now:,}: a writer appending to it)"
+                    + _nearest(before, None))
         return (f"past the end of the file ({segment.size:,} bytes)" + _nearest(before, None))
     if before is None and after is None:
         return "no record starts there: the file holds none" + (

@@ -156,6 +156,31 @@ def _parse(buf, n, off, length, stack, status, kind, ts, aux, nent, stop, e_i64,
 
 
 @njit(cache=True, nogil=True)
+def _parsed_deep(buf, i, off, length, stack, status, kind, ts, aux, stop, e_i64, e_u64):
+    """Record ``i``'s columns (from ``_parse``), parsed again with a deeper stack where it
+    is nested deeper than ``stack`` (``ERR_DEPTH``; bounded by ``stack_for``) and written
+    back; returns the stack it parsed with (``_count_nested`` of a batch needs one as
+    deep)."""
+    st = stack
+    if status[i] != ERR_DEPTH:
+        return st
+    start = off[i] + RECORD_HEADER_SIZE
+    end = start + length[i]
+    s = np.int64(ERR_DEPTH)
+    k, t, a, e = kind[i], ts[i], aux[i], stop[i]
+    while s == ERR_DEPTH:
+        st = np.empty(min(st.shape[0] * 64, stack_for(length[i])), np.int64)
+        s, k, t, a, _ne, e = parse_payload(buf, start, end, st, False, 0, e_i64, e_i64,
+                                           e_i64, e_i64, e_i64, e_i64, e_i64, e_u64)
+    status[i] = s
+    kind[i] = k
+    ts[i] = t
+    aux[i] = a
+    stop[i] = e
+    return st
+
+
+@njit(cache=True, nogil=True)
 def _walk(buf, i, n, off, length, seq, row_seg, status, kind, ts, aux, stop,
           state, prev, counts, nested, open_txns, stack, e_i64, e_u64, events):
     """Walk records ``i..n-1`` of a piece in log order; returns ``(next record, events)``.
@@ -196,18 +221,9 @@ def _walk(buf, i, n, off, length, seq, row_seg, status, kind, ts, aux, stop,
         prev[0] = q
         start = off[i] + RECORD_HEADER_SIZE
         end = start + length[i]
-        st = stack
-        s, k, t, a, e = np.int64(status[i]), kind[i], ts[i], aux[i], stop[i]
-        # Nested deeper than the stack: again with a deeper one (bounded by stack_for).
-        while s == ERR_DEPTH:
-            st = np.empty(min(st.shape[0] * 64, stack_for(length[i])), np.int64)
-            s, k, t, a, _ne, e = parse_payload(buf, start, end, st, False, 0, e_i64, e_i64,
-                                               e_i64, e_i64, e_i64, e_i64, e_i64, e_u64)
-        status[i] = s
-        kind[i] = k
-        ts[i] = t
-        aux[i] = a
-        stop[i] = e
+        st = _parsed_deep(buf, i, off, length, stack, status, kind, ts, aux, stop, e_i64,
+                          e_u64)
+        s, k, a, e = status[i], kind[i], aux[i], stop[i]
         if s != OK:
             events[m, 0] = EV_UNDECODABLE
             events[m, 1] = i
