@@ -347,11 +347,15 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
     target.add_argument(
         "--to-transaction", metavar="X", type=_transaction_id,
         help="stop just after the first CommitTransaction or AbortTransaction that ends "
-        "transaction X (PostgreSQL's recovery_target_xid)")
+        "transaction X (PostgreSQL's recovery_target_xid); an id a restarted writer used "
+        "again is matched at its first use, with a warning (inspect --transactions lists "
+        "each use: --to-position its end reaches a later one)")
     target.add_argument(
         "--to-position", metavar="FILE:OFFSET", type=_position,
         help="stop just after the record that starts at byte OFFSET of segment FILE, as "
-        "`gpu-pitr inspect --records` prints them (FILE: the segment's name, or its path in "
+        "`gpu-pitr inspect --records` and the begin:/end: lines of `inspect --transactions` "
+        "print them (`wal-...log: offset N`, quoted, or wal-...log:N; FILE: the segment's "
+        "name, or its path in "
         "WAL_DIR; PostgreSQL's recovery_target_lsn): the commit points complete at that "
         "record are applied, as with --to-seq, but a position names one record even where "
         "seqs repeat after a writer restart; an error if no whole record starts there")

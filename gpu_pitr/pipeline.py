@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import numbers
 import os
+import re
 import shlex
 import threading
 import time
@@ -65,7 +66,7 @@ from gpu_pitr.format.segments import (
     not_segment_files,
     written_since,
 )
-from gpu_pitr.format.stats import utc_text
+from gpu_pitr.format.stats import plural, utc_text
 from gpu_pitr.format.times import TimeTarget, parse_time
 from gpu_pitr.hostmem import fill_once_pages
 from gpu_pitr.index import RestoredIndex
@@ -208,6 +209,12 @@ class _Restore:
         self.to_transaction = target.get("to_transaction")
         self.txn_begun: dict | None = None
         self.txn_stray: dict | None = None
+        # BeginTransaction(X) records read after the stop (a writer restarted uses ids
+        # again), and where the first is: the target was X's first use, and a warning
+        # names the later ones, as to_seq_hits does for a seq target.
+        self.txn_later = 0
+        self.txn_later_first: dict | None = None
+        self._txn_open_after = False
         # A position target (segment name, offset of a record), and the index of its
         # segment among those read (-1: not among them; set by run).
         self.to_position = target.get("to_position")
@@ -606,6 +613,9 @@ class _Restore:
         self._events(events)
         if self.to_transaction is not None and result != WALK_FATAL and not was_stopped:
             self._txn_seen(first, n if stop_index < 0 else stop_index)
+        if self.to_transaction is not None and result != WALK_FATAL and (
+                was_stopped or stop_index >= 0):
+            self._txn_again(first if was_stopped else stop_index + 1, n)
         if result != WALK_FATAL and not was_stopped:
             self._consumed(first, n, stop_index)
             end = n if stop_index < 0 else stop_index + 1  # the stop record's seq too
@@ -663,6 +673,27 @@ class _Restore:
                     w = self._where(first + int(rows[0]))
                     w["record"] = VARIANT_NAMES[int(kind[rows[0]])]
                     setattr(self, name, w)
+
+    def _txn_again(self, first: int, end: int) -> None:
+        """Count the uses of X begun among records ``first..end-1``, after the stop
+        (their columns decoded or checked: variant and id are there): a Begin of X while
+        X is closed opens a new one, as SPEC section 3's open set has it (the record
+        that ended X's first use is the stop record, or before these rows). X used
+        again, which the first-end rule does not reach."""
+        c = self.cols
+        x = np.uint64(self.to_transaction)
+        rows = np.flatnonzero((c.aux[first:end] == x) & (c.status[first:end] == OK)
+                              & np.isin(c.kind[first:end], (BEGIN_TRANSACTION,
+                                                            COMMIT_TRANSACTION,
+                                                            ABORT_TRANSACTION)))
+        for i in (first + rows).tolist():
+            if int(c.kind[i]) != BEGIN_TRANSACTION:
+                self._txn_open_after = False
+            elif not self._txn_open_after:
+                self._txn_open_after = True
+                self.txn_later += 1
+                if self.txn_later_first is None:
+                    self.txn_later_first = self._where(i)
 
     def _stage_next(self) -> None:
         """Start the copy of the next piece's bytes to the device, if it is framed."""
@@ -1280,9 +1311,11 @@ class _Restore:
                  f"; the {self.txn_stray['record']} at {at(self.txn_stray)} closes no open "
                  "transaction (an anomaly)")
         where = "the log"
-        if self.base is not None and getattr(self.base, "transaction_absent", None) != x:
+        if self.base is not None and self._listed and getattr(
+                self.base, "transaction_absent", None) != x:
             # (With --snapshots the log's records of X were found first: where none is,
-            # no older snapshot serves either, and the whole log's words are the answer.)
+            # no older snapshot serves either, and the whole log's words are the answer.
+            # No segment at all: the directory is the answer, not an older snapshot.)
             where = (f"the log after the base snapshot's position ({self.base.path}; if "
                      f"transaction {x} ended in the log the base covers, the base is past "
                      "the target: restore from an older snapshot, --base, or from the log "
@@ -1500,9 +1533,16 @@ def parse_position(value) -> tuple[str, str, int]:
     form = ("FILE:OFFSET (a segment file name, wal-<16 hex digits>.log, and the byte offset "
             "of a record in it, as `gpu-pitr inspect --records` prints them)")
     if isinstance(value, str):
-        file, sep, text = value.rpartition(":")
+        # Also the place as inspect prints it, ``wal-...log: offset 1234`` (an `end:`
+        # line of --transactions copied up to its offset): what the runbook has the
+        # operator paste.
+        printed = re.fullmatch(r"(.+?): offset ([0-9]+)", value)
+        file, sep, text = ((printed[1], ":", printed[2]) if printed
+                           else value.rpartition(":"))
         if not sep or not text.isascii() or not text.isdigit():
-            raise ValueError(f"to_position is {form}, not {value!r}")
+            cut = re.match(r"(.+?): offset ([0-9]+):", value)
+            hint = "" if cut is None else f" (give it as {cut[1]}:{cut[2]})"
+            raise ValueError(f"to_position is {form}, not {value!r}{hint}")
         offset = int(text)
     elif isinstance(value, tuple) and len(value) == 2:
         file, offset = value
@@ -2021,6 +2061,20 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
             f"{Path(stop.get('file', '')).name} offset {stop.get('offset')}; `gpu-pitr inspect "
             f"{shlex.quote(str(run.wal_dir))} --first-seq {run.to_seq} --last-seq {run.to_seq}`"
             " lists them")
+    if run.txn_later and report.stop["reason"] == "target" and run.read_after_stop:
+        # The runbook's --to-transaction X of a bad ingest, where an earlier use of X
+        # (before a writer restart) ends first: a state long before the incident,
+        # given without a word, where a seq target repeated is warned of.
+        stop, again = report.stop, run.txn_later_first
+        out.append(
+            f"transaction {run.to_transaction} begins again later in the log "
+            f"({plural(run.txn_later, 'more use')}, the first at {Path(again['file']).name} offset "
+            f"{again['offset']} (seq {again['seq']}): a writer restarted uses ids again): "
+            f"the restore stopped at the end of the first use, "
+            f"{Path(stop.get('file', '')).name} offset {stop.get('offset')}; `gpu-pitr "
+            f"inspect {shlex.quote(str(run.wal_dir))} --transactions --transaction "
+            f"{run.to_transaction}` lists every use, and --to-position FILE:OFFSET from "
+            "a later one's `end:` line reaches it")
     return out
 
 

@@ -975,3 +975,12 @@ def test_out_of_gpu_memory_suggests_the_cpu_backend_not_a_chunk_size(tmp_path, m
                                 "--quiet"])
         assert code == 1
         assert capsys.readouterr().err == f"gpu-pitr: error: out of memory: {err}{hint}\n"
+
+
+def test_restore_help_says_what_the_new_targets_take(capsys) -> None:
+    """--to-transaction's help did not say that a reused id means its first use (and is
+    warned of), nor --to-position's that inspect's `wal-...log: offset N` is taken."""
+    text = " ".join(_help(capsys, "restore").split())
+    assert "an id a restarted writer used again is matched at its first use, with a " \
+           "warning" in text
+    assert "(`wal-...log: offset N`, quoted, or wal-...log:N;" in text

@@ -702,3 +702,29 @@ def test_cli_error_when_no_record_starts_there(tmp_path, capsys):
                    f"target: no record starts there; the nearest record starts before it at "
                    f"offset {r1.offset} (seq 1), after it at offset {r2.offset} (seq 2)"]
     assert not (tmp_path / "o.npz").exists() and w.dir_state(wal) == before
+
+
+def test_cli_takes_the_place_as_inspect_prints_it(tmp_path, capsys):
+    """``wal-...log: offset N`` as `inspect --records` and the `begin:`/`end:` lines of
+    `inspect --transactions` print it (the runbook has the operator paste it) is the
+    position FILE:N; a whole line pasted is refused with the form to give instead."""
+    wal, (r0, r1, r2) = _small(tmp_path)
+    assert main(["inspect", wal, "--records", "--first-seq", "1", "--last-seq", "1"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    place = line.split(": seq")[0]
+    assert place == f"{r1.file}: offset {r1.offset}"
+    out = tmp_path / "o.npz"
+    for pasted in (place, f"{wal}/{place}"):
+        assert main(["restore", wal, "--to-position", pasted, "--exclusive", "--backend",
+                     "cpu", "--out", str(out)]) == 0
+        said = capsys.readouterr().out
+        assert f"target: position {r1.file}:{r1.offset}, exclusive\n" in said
+        assert f"stopped: before Insert {r1.file}: offset {r1.offset}: seq 1 at " in said
+    assert gpu_pitr.restore(wal, backend="cpu", to_position=place).report.stop["offset"] \
+        == r1.offset
+    out.unlink()
+    with pytest.raises(SystemExit) as exit_:
+        main(["restore", wal, "--to-position", line, "--out", str(out)])
+    assert exit_.value.code == 2 and not out.exists()
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"not {line!r} (give it as {r1.file}:{r1.offset})")

@@ -125,9 +125,24 @@ def test_equals_the_seq_target_of_its_record_on_both_executors(data):
         txn = data.draw(st.sampled_from(ids), label="txn")
         exclusive = data.draw(st.booleans(), label="exclusive")
         common = dict(exclusive=exclusive, chunk_bytes=data.draw(st.sampled_from([None, 64])))
-        want = w.target_outcome(d, backend="cpu", to_seq=_closing_seq(d, txn), **common)
+        closing = _closing_seq(d, txn)
+        want = w.target_outcome(d, backend="cpu", to_seq=closing, **common)
+        # X begun again after its first end (a Begin while X is closed) is warned of:
+        # a later use, which the seq target has no word for.
+        again, open_ = 0, False
+        for kind, tx, seq in _markers(d):
+            if tx == txn and seq > closing:
+                again += kind == "begin" and not open_
+                open_ = kind == "begin"
         for backend in ("cpu", "cuda"):
             got = w.target_outcome(d, backend=backend, to_transaction=txn, **common)
+            if got[0] == "ok":
+                said = [x for x in got[2]["warnings"]
+                        if x.startswith(f"transaction {txn} begins again later")]
+                assert len(said) == (again > 0), said
+                if said:
+                    assert f"({again} more use" in said[0]
+                got[2]["warnings"] = [x for x in got[2]["warnings"] if x not in said]
             assert got == want, backend
 
 
@@ -197,6 +212,46 @@ def test_an_id_reused_after_a_restart_targets_its_first_end(tmp_path):
     assert first.id_list() == ["a", "x"]
     assert first.report.stop["seq"] == 3 and first.report.stop["offset"] > 0
     assert _ids(wal, to_transaction=1, exclusive=True) == ["a"]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_an_id_reused_later_is_warned_of(tmp_path, backend):
+    """The runbook's case: the bad ingest is the second use of X (ids repeat after a
+    writer restart), and --to-transaction X stops at the first, long before it. As a seq
+    target met twice, the restore says so and names the way to the later one; it did
+    not, and the older state came back with exit 0 and no word."""
+    b = _log(w.Ins("a", [1.0], None, 1), w.Begin(1, 2), w.Ins("x", [2.0], None, 3),
+             w.Commit(1, 4), w.Ins("b", [3.0], None, 5))
+    b.reopen()  # the writer restarted: seq 0 again, and ids from 1 again
+    b.add(w.Ins("c", [4.0], None, 6))
+    again = b.add(w.Begin(1, 7))
+    b.add(w.Ins("y", [5.0], None, 8))
+    b.add(w.Commit(1, 9))
+    wal = b.write(tmp_path)
+    # (chunk_bytes=64: a piece a record, the later Begin read pieces after the stop)
+    for exclusive, chunk in ((False, None), (True, None), (True, 64)):
+        got = gpu_pitr.restore(wal, backend=backend, to_transaction=1, exclusive=exclusive,
+                               allow_incomplete_history=True, chunk_bytes=chunk)
+        assert got.id_list() == (["a"] if exclusive else ["a", "x"])
+        stop = got.report.stop
+        (warning,) = [x for x in got.report.warnings if "begins again" in x]
+        assert warning == (
+            f"transaction 1 begins again later in the log (1 more use, the first at "
+            f"{Path(again.file).name} offset {again.offset} (seq {again.seq}): a writer "
+            f"restarted uses ids again): the restore stopped at the end of the first use, "
+            f"{Path(stop['file']).name} offset {stop['offset']}; `gpu-pitr inspect "
+            f"{wal} --transactions --transaction 1` lists every use, and --to-position "
+            "FILE:OFFSET from a later one's `end:` line reaches it")
+    # Reading ended at the stop: the later use is not known, and not guessed at.
+    quiet = gpu_pitr.restore(wal, backend=backend, to_transaction=1, read_after_stop=False,
+                             allow_incomplete_history=True)
+    assert not [x for x in quiet.report.warnings if "begins again" in x]
+
+
+def test_an_id_used_once_is_not_warned_of(tmp_path):
+    wal = _log(w.Ins("a", [1.0], None, 1), w.Begin(1, 2), w.Ins("x", [2.0], None, 3),
+               w.Commit(1, 4), w.Begin(2, 5), w.Commit(2, 6)).write(tmp_path)
+    assert gpu_pitr.restore(wal, backend="cpu", to_transaction=1).report.warnings == []
 
 
 def test_a_transaction_never_ended_is_an_error_naming_its_begin(tmp_path):
@@ -700,3 +755,22 @@ def test_a_base_that_ends_the_transaction_reports_the_stop_as_the_whole_log(tmp_
     assert got.report.stop == whole.report.stop
     assert got.report.stop["record"] == "CommitTransaction"
     assert got.report.stop["timestamp"] == 13
+
+
+def test_the_wrong_directory_with_snapshots_names_the_directory(tmp_path):
+    """The runbook's wrong directory (``/backup`` for ``/backup/arch``) with --snapshots
+    or --base: no segment at all, so no pass finds X; the error advised an older
+    snapshot or the log alone ("the base is past the target"), which fail the same way.
+    It is the whole log's line, ending with the directory that has segments."""
+    wal, snaps = _snapshot_log(tmp_path)
+    # (Of the whole log: a snapshot whose segment went on after it is refused as
+    # incomplete history first, a directory with no segment being a gone segment.)
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu"), snaps / "s8")
+    for kw in ({"snapshots": snaps}, {"base": snaps / "s8"}):
+        with pytest.raises(errors.TargetNotFoundError) as err:
+            gpu_pitr.restore(tmp_path, backend="cpu", to_transaction=7, exclusive=True,
+                             **kw)
+        assert str(err.value) == (
+            f"{tmp_path}: transaction 7 never begins in the log: no BeginTransaction has "
+            f"its id; no wal-<16 hex digits>.log files in {tmp_path}, but {wal} has some: "
+            "is that the WAL directory?"), kw

@@ -614,8 +614,9 @@ def transaction_lines(doc: dict, damage_listed: bool = True) -> list[str]:
     if doc["damage_inside"]:
         line += (f"; {doc['damage_inside']} damage item"
                  f"{'s' if doc['damage_inside'] != 1 else ''} while open "
-                 + ("(listed above)" if damage_listed
-                    else "(not listed with --since, --until or --transaction)"))
+                 + ("(listed above)" if damage_listed else
+                    "(left out by the filter: inspect --transactions without one, or "
+                    f"verify, lists {'them' if doc['damage_inside'] != 1 else 'it'})"))
     lines = [line, f"  begin: {_place(doc['begin'])}"]
     lines.append(f"  end:   {_place(doc['end'])}" if doc["end"] is not None
                  else "  end:   none: open at the end of the log (discarded, in flight)")
