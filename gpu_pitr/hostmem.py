@@ -15,19 +15,10 @@ the advice helps depends on the host's free memory:
   first writes to a fresh 617 MiB array at 0.5-1.3 GB/s with the advice and 1.9-2.1
   GB/s without, and whole restores 1.1-1.6x as long.
 
-- when the machine is a VM that hands its free 2 MiB blocks back to the hypervisor
-  (virtio-balloon *free page reporting* at the huge-page order: the
-  Firecracker VMs of docs/measurements.md), every huge page is a host fault of 2 MiB,
-  while small pages come first from the smaller free blocks, which are not reported:
-  on that VM, the first 1 GiB restore in a fresh process took 1.65-2.6 s with the
-  advice and 1.16-1.32 s without (0.51-0.75x, seven runs), and 0.89-0.96 s with the
-  advice once reporting was switched off (1.23-1.30x faster than without it, four runs).
-
 So ``fill_once_pages(need)`` keeps the advice when the free 2 MiB blocks
-(``/proc/buddyinfo``) cover ``need`` bytes with room to spare and are not reported
-to a hypervisor, and otherwise turns it off while the restore allocates, putting
-NumPy's setting back after. A user who set ``NUMPY_MADVISE_HUGEPAGE`` has chosen, and
-is left alone.
+(``/proc/buddyinfo``) cover ``need`` bytes with room to spare, and otherwise turns
+it off while the restore allocates, putting NumPy's setting back after. A user who
+set ``NUMPY_MADVISE_HUGEPAGE`` has chosen, and is left alone.
 """
 
 from __future__ import annotations
@@ -78,53 +69,10 @@ def huge_blocks_free(buddyinfo: str | None = None) -> int | None:
     return total
 
 
-#: Where Linux says which block order free page reporting hands back (absent: the
-#: kernel reports nothing), and the balloon driver that reports (a virtio device's
-#: ``features`` is a string of bits; VIRTIO_BALLOON_F_REPORTING is bit 5).
-_REPORTING_ORDER = "/sys/module/page_reporting/parameters/page_reporting_order"
-_VIRTIO_BALLOON = "/sys/bus/virtio/drivers/virtio_balloon"
-_F_REPORTING = 5
-
-
-def huge_blocks_reported(sys_root: str = "/") -> bool:
-    """Whether this (virtual) machine hands its free blocks of the huge-page size back
-    to its hypervisor (free page reporting at an order the kernel has, ``/proc/buddyinfo``'s
-    columns, with a virtio balloon that reports): a huge page is then a 2 MiB host
-    fault. False where any of it cannot be read (not Linux, no balloon)."""
-    def read(path: str) -> str:
-        with open(os.path.join(sys_root, path.lstrip("/"))) as f:
-            return f.read().strip()
-
-    try:
-        order = int(read(_REPORTING_ORDER))
-        top = max(len(line.split("zone", 1)[-1].split()) - 2  # a column per block order
-                  for line in read("/proc/buddyinfo").splitlines())
-    except (OSError, ValueError):
-        return False
-    if order > top:
-        return False  # above the largest block order: nothing goes back
-    try:
-        devices = os.listdir(os.path.join(sys_root, _VIRTIO_BALLOON.lstrip("/")))
-    except OSError:
-        return False
-    for device in devices:  # (the driver's own entries, bind, uevent, ..., have no features)
-        try:
-            bits = read(f"{_VIRTIO_BALLOON}/{device}/features")
-        except OSError:
-            continue
-        if len(bits) > _F_REPORTING and bits[_F_REPORTING] == "1":
-            return True
-    return False
-
-
-def keep_huge_page_advice(need: int | None, free: int | None = None,
-                          reported: bool | None = None) -> bool:
+def keep_huge_page_advice(need: int | None, free: int | None = None) -> bool:
     """Whether filling ``need`` bytes with NumPy's huge-page advice on is cheap here:
-    free huge-page blocks cover it ``_HEADROOM`` times (no compaction to wait for) and
-    are not handed back to a hypervisor (``huge_blocks_reported``)."""
+    free huge-page blocks cover it ``_HEADROOM`` times (no compaction to wait for)."""
     if need is None:
-        return False
-    if huge_blocks_reported() if reported is None else reported:
         return False
     free = huge_blocks_free() if free is None else free
     return free is not None and free >= _HEADROOM * need

@@ -764,15 +764,14 @@ def _print_table(results, read, rest, mid, ref, cli, wal_bytes, opts) -> None:
     add("restore-time / read-time", run and warm and restore_s / warm["seconds"], "1 = read speed")
     thp = results.get("restore_thp", {})
     if "runs" in thp and restore_s:
-        from gpu_pitr.hostmem import huge_blocks_free, huge_blocks_reported
+        from gpu_pitr.hostmem import huge_blocks_free
 
         thp_s = thp["runs"][0]["seconds"]
         kept = thp["kept"]
         free = huge_blocks_free()
         why = ("your NUMPY_MADVISE_HUGEPAGE" if thp["by_user"] else
                f"gpu_pitr.hostmem: free 2 MiB blocks "
-               f"{'?' if free is None else f'{free / GB:.1f} GB'} before the run"
-               + (", handed back to the hypervisor" if huge_blocks_reported() else ""))
+               f"{'?' if free is None else f'{free / GB:.1f} GB'} before the run")
         add(f"  with NumPy's huge-page advice {'off' if kept else 'on'}, seconds", thp_s,
             f"fresh process, run next: {_fmt(thp_s / restore_s)} x the restore above, "
             f"which had it {'on' if kept else 'off'} ({why})")

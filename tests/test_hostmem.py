@@ -1,6 +1,5 @@
 """The restore turns NumPy's huge-page advice off while it allocates (unless free
-2 MiB blocks cover what it fills twice over and are not handed back to a hypervisor),
-and puts it back after."""
+2 MiB blocks cover what it fills twice over), and puts it back after."""
 
 import threading
 
@@ -15,13 +14,6 @@ def _advice():
     was = setter(True)  # read the setting by setting it, then put it back
     setter(was)
     return bool(was)
-
-
-@pytest.fixture(autouse=True)
-def not_reported(monkeypatch):
-    """The tests below but the reporting ones judge the free blocks alone: this VM's
-    own balloon hands them back (``huge_blocks_reported``), which would decide first."""
-    monkeypatch.setattr(hostmem, "huge_blocks_reported", lambda sys_root="/": False)
 
 
 @pytest.fixture
@@ -189,43 +181,3 @@ def test_copy_releasing_refuses_a_strided_source():
     src = np.arange(100, dtype=np.uint8)[::2]
     with pytest.raises(ValueError, match="contiguous"):
         hostmem.copy_releasing(np.empty(50, np.uint8), src)
-
-
-def _sys_tree(root, order="9", features="0110010100", buddy_orders=11):
-    """A /sys and /proc with what ``huge_blocks_reported`` reads: the reporting order,
-    the block orders the kernel has, a virtio balloon's negotiated feature bits."""
-    (root / "proc").mkdir(parents=True)
-    (root / "proc/buddyinfo").write_text(
-        "Node 0, zone   Normal " + " ".join(["3"] * buddy_orders) + "\n")
-    if order is not None:
-        p = root / "sys/module/page_reporting/parameters"
-        p.mkdir(parents=True)
-        (p / "page_reporting_order").write_text(order + "\n")
-    if features is not None:
-        d = root / "sys/bus/virtio/drivers/virtio_balloon"
-        (d / "virtio0").mkdir(parents=True)
-        (d / "uevent").write_text("")
-        (d / "virtio0/features").write_text(features + "0" * 54 + "\n")
-    return str(root)
-
-
-def test_free_blocks_handed_back_to_the_hypervisor_are_seen(tmp_path, monkeypatch):
-    """A VM whose balloon reports free 2 MiB blocks (Firecracker's: bit 5 negotiated,
-    order 9) faults each huge page in from its host: the advice is then dropped,
-    however many blocks are free (docs/measurements.md, 41st session: the first 1 GiB
-    restore 0.51-0.75x the time without it there)."""
-    monkeypatch.undo()  # the real function, on a made-up machine
-    reported = hostmem.huge_blocks_reported
-    assert reported(_sys_tree(tmp_path / "fc"))
-    assert reported(_sys_tree(tmp_path / "o10", order="10"))
-    assert not reported(_sys_tree(tmp_path / "off", order="11"))  # above the top order
-    assert not reported(_sys_tree(tmp_path / "nodev", features=None))
-    assert not reported(_sys_tree(tmp_path / "nobit", features="0110000100"))
-    assert not reported(_sys_tree(tmp_path / "noparam", order=None))
-    assert not reported(str(tmp_path / "nothing"))
-    keep = hostmem.keep_huge_page_advice
-    assert keep(1 << 30, free=1 << 40, reported=False)
-    assert not keep(1 << 30, free=1 << 40, reported=True)
-    monkeypatch.setattr(hostmem, "huge_blocks_reported", lambda sys_root="/": True)
-    monkeypatch.setattr(hostmem, "huge_blocks_free", lambda: 1 << 40)
-    assert not keep(1 << 30)
