@@ -955,9 +955,26 @@ def _inspect_transactions(parser: argparse.ArgumentParser, args: argparse.Namesp
                              limit=None if args.limit is None else args.limit + 1)
     # With a filter the damage items are left out: a row's count of them is not "above".
     listed = since is None and until is None and args.transaction is None
-    if _print_items(items, args, lambda doc: transaction_lines(doc, listed)):
+    rows = 0
+
+    def counted():
+        nonlocal rows
+        try:
+            for doc in items:
+                rows += 1
+                yield doc
+        finally:
+            items.close()
+
+    if _print_items(counted(), args, lambda doc: transaction_lines(doc, listed)):
         print(f"note: --limit {args.limit} reached: more items follow (narrow --since/"
               "--until)", file=sys.stderr)
+    elif not rows and args.transaction is not None:
+        # (Nothing printed and exit 0 left "not in this log" to a guess.)
+        print(f"note: no transaction {args.transaction} "
+              + ("in the log: no BeginTransaction, CommitTransaction or AbortTransaction "
+                 "has its id" if since is None and until is None
+                 else "overlaps the --since/--until window"), file=sys.stderr)
     return 0
 
 

@@ -348,6 +348,16 @@ def test_cli_text_json_limit_and_usage(tmp_path):
                            "--until)\n")
     proc = cli("inspect", wal_dir, "--transactions", "--transaction", "5", "--limit", "2")
     assert proc.stderr == "" and proc.stdout.count("\ntransaction 5: committed") == 1
+    # An id the log never names: said on stderr (nothing printed and exit 0 read as "not
+    # in this log" only by guessing); one outside the window, said as that.
+    proc = cli("inspect", wal_dir, "--transactions", "--transaction", "404")
+    assert (proc.returncode, proc.stdout) == (0, "")
+    assert proc.stderr == ("note: no transaction 404 in the log: no BeginTransaction, "
+                           "CommitTransaction or AbortTransaction has its id\n")
+    proc = cli("inspect", wal_dir, "--transactions", "--transaction", "5", "--since",
+               "2026-11-26T10:01:00Z")
+    assert (proc.returncode, proc.stdout) == (0, "")
+    assert proc.stderr == "note: no transaction 5 overlaps the --since/--until window\n"
     for bad in (["--records"], ["--first-seq", "1"], ["--last-seq", "3"]):
         proc = cli("inspect", wal_dir, "--transactions", *bad, wal_dir=wal_dir)
         assert (proc.returncode, proc.stdout) == (2, ""), bad
