@@ -375,18 +375,6 @@ def test_bad_arguments(tmp_path, kw, match):
 
 
 # ---------------------------------------------------------------- base snapshots
-def _answer(outcome) -> tuple:
-    """What a restore from snapshots shares with the whole log's: the index and the
-    stop, or the error's type and place."""
-    idx, err = outcome
-    if err is not None:
-        return ("error", type(err).__name__, os.path.basename(err.file or ""), err.offset,
-                err.seq)
-    s = idx.report.stop
-    return ("ok", w.index_view(idx), s["reason"], os.path.basename(s.get("file") or ""),
-            s.get("offset"), s.get("seq"), s.get("record"), s.get("timestamp"))
-
-
 @SETTINGS
 @given(data=st.data())
 def test_random_snapshots_give_the_whole_logs_answer(data):
@@ -417,7 +405,7 @@ def test_random_snapshots_give_the_whole_logs_answer(data):
         more = dict(chunk_bytes=data.draw(st.sampled_from([64, 200, None])),
                     read_after_stop=data.draw(st.booleans()))
         got = w.outcome(lambda: gpu_pitr.restore(wal, snapshots=snaps, **more, **kw))
-        assert _answer(got) == _answer(whole), (
+        assert w.restore_answer(got) == w.restore_answer(whole), (
             str(got[1]), str(whole[1]), got[0] and got[0].report.message)
         for name in sorted(os.listdir(snaps)):
             got = w.outcome(lambda name=name: gpu_pitr.restore(
@@ -427,7 +415,8 @@ def test_random_snapshots_give_the_whole_logs_answer(data):
             if isinstance(got[1], errors.IncompleteHistoryError) or (
                     whole[1] is not None and got[1] is None):
                 continue  # (a base may start past damage or a gap the whole log fails at)
-            assert _answer(got) == _answer(whole), (name, str(got[1]), str(whole[1]))
+            assert w.restore_answer(got) == w.restore_answer(whole), (
+                name, str(got[1]), str(whole[1]))
         if data.draw(st.integers(0, 4), label="shards") == 0:
             w.check_shards_equal_whole(wal, 2, snapshots=snaps, **kw)
 

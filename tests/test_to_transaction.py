@@ -361,19 +361,6 @@ def test_a_base_before_the_target_gives_the_whole_logs_answer(tmp_path, backend)
                 assert got.report.stop == whole.report.stop
 
 
-def _answer(outcome) -> tuple:
-    """What a restore from snapshots shares with the whole log's: the index and the
-    stop, or the error's type and place (the counters count only the log read, and
-    with ``read_after_stop=False`` so does the rest of the report)."""
-    idx, err = outcome
-    if err is not None:
-        return ("error", type(err).__name__, os.path.basename(err.file or ""), err.offset,
-                err.seq)
-    s = idx.report.stop
-    return ("ok", w.index_view(idx), s["reason"], os.path.basename(s.get("file") or ""),
-            s.get("offset"), s.get("seq"), s.get("timestamp"), s.get("record"))
-
-
 @SETTINGS
 @given(data=st.data())
 def test_random_snapshots_give_the_whole_logs_answer(data):
@@ -406,7 +393,7 @@ def test_random_snapshots_give_the_whole_logs_answer(data):
         got = w.outcome(lambda: gpu_pitr.restore(
             wal, snapshots=snaps, chunk_bytes=data.draw(st.sampled_from([64, 200, None])),
             read_after_stop=data.draw(st.booleans()), **kw))
-        assert _answer(got) == _answer(whole), (
+        assert w.restore_answer(got) == w.restore_answer(whole), (
             str(got[1]), str(whole[1]), got[0] and got[0].report.message)
         if data.draw(st.integers(0, 4), label="shards") == 0:
             w.check_shards_equal_whole(wal, 2, snapshots=snaps, **kw)
@@ -548,11 +535,11 @@ def test_snapshots_are_kept_exactly_where_their_restore_stops_as_the_whole_log(d
             ends = any(kind != "begin" for kind, tx, _ in markers if tx == txn)
             assert kept == ([] if ends else [p for _, p in usable]), (kept, whole[1])
             return
-        serves = [p for _, p in usable if _answer(w.outcome(
-            lambda p=p: gpu_pitr.restore(wal, base=p, **kw))) == _answer(whole)]
+        serves = [p for _, p in usable if w.restore_answer(w.outcome(
+            lambda p=p: gpu_pitr.restore(wal, base=p, **kw))) == w.restore_answer(whole)]
         assert kept == serves, (txn, markers)
         got = gpu_pitr.restore(wal, snapshots=snaps, **kw)
-        assert _answer((got, None)) == _answer(whole)
+        assert w.restore_answer((got, None)) == w.restore_answer(whole)
         if serves:
             assert f"started from snapshot {serves[0]}\n" in got.report.message + "\n"
         else:

@@ -705,6 +705,20 @@ def index_view(index) -> tuple:
             list(host.metadata_json()), host.report.dim)
 
 
+def restore_answer(outcome) -> tuple:
+    """What a restore from snapshots shares with the whole log's (``outcome``: an
+    ``outcome()`` pair): the index and the stop, or the error's type and place (the
+    counters count only the log read, and with ``read_after_stop=False`` so does the
+    rest of the report)."""
+    idx, err = outcome
+    if err is not None:
+        return ("error", type(err).__name__, os.path.basename(err.file or ""), err.offset,
+                err.seq)
+    s = idx.report.stop
+    return ("ok", index_view(idx), s["reason"], os.path.basename(s.get("file") or ""),
+            s.get("offset"), s.get("seq"), s.get("timestamp"), s.get("record"))
+
+
 def target_outcome(wal_dir, **kw) -> tuple:
     """What a restore gives, for comparing it with the restore of another target that
     names the same record (``to_position`` or ``to_transaction`` with ``to_seq``): the
