@@ -492,6 +492,15 @@ def _run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
         _print_error(err)
         return _error_status(args.command)
     except (WalError, OSError, MissingExtraError) as err:
+        from gpu_pitr.errors import CorruptRecordError
+
+        if (isinstance(err, CorruptRecordError) and args.command in ("restore", "snapshot")
+                and not args.skip_corrupt):
+            # What the operator can do next, on the same line: the record is fatal only
+            # because the restore had to apply past it (SPEC section 2).
+            _print_error(f"{err}; --skip-corrupt restores past it (and reports it), and a "
+                         "target before it needs no option")
+            return 1
         _print_error(err)
         return 1
     except MemoryError as err:  # NumPy's says what it could not allocate; Python's, nothing

@@ -984,3 +984,25 @@ def test_restore_help_says_what_the_new_targets_take(capsys) -> None:
     assert "an id a restarted writer used again is matched at its first use, with a " \
            "warning" in text
     assert "(`wal-...log: offset N`, quoted, or wal-...log:N;" in text
+
+
+def test_an_undecodable_record_names_what_to_do_next(tmp_path):
+    """A record that does not decode, before the stop point, is fatal (SPEC section 2):
+    the one error line also says what the operator can do (walk3's incident run: the
+    line named the record but not ``--skip-corrupt``, nor that an earlier target
+    needs no option); with ``--skip-corrupt`` given, or from ``inspect``, no such
+    advice."""
+    wal_dir = tmp_path / "wal"
+    w = write_damaged_wal(wal_dir)
+    proc = cli("restore", wal_dir, "--out", tmp_path / "o.npz", wal_dir=wal_dir)
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"gpu-pitr: error: {wal_dir / w['first']}: offset ")
+    assert proc.stderr.endswith(f"(record at offset {w['e_offset']}); --skip-corrupt "
+                                "restores past it (and reports it), and a target before "
+                                "it needs no option\n"), proc.stderr
+    assert not (tmp_path / "o.npz").exists()
+    proc = cli("restore", wal_dir, "--out", tmp_path / "o.npz", "--to-seq", "10", "-q",
+               wal_dir=wal_dir)
+    assert proc.returncode == 0 and (tmp_path / "o.npz").exists()
+    proc = cli("snapshot", wal_dir, "--out", tmp_path / "s", wal_dir=wal_dir)
+    assert proc.returncode == 1 and "--skip-corrupt restores past it" in proc.stderr
