@@ -58,9 +58,7 @@ def _position_targets(draw, wl: w.Workload) -> dict:
         draw(st.sampled_from(wrong)))
     kw = {"to_position": pick if draw(st.booleans()) else f"{pick[0]}:{pick[1]}"}
     kw["exclusive"] = draw(st.booleans())
-    kw["skip_corrupt"] = draw(st.booleans())
-    kw["allow_incomplete_history"] = draw(st.integers(0, 2)) == 0
-    return kw
+    return w.damage_options(draw, kw)
 
 
 @pytest.mark.parametrize("chunk_bytes", [None, 64], ids=["default", "c64"])

@@ -65,9 +65,7 @@ def _txn_targets(draw, wl: w.Workload) -> dict:
         ids = sorted({tx for _, tx, _ in _markers(d)})
     kw = {"to_transaction": draw(st.sampled_from(ids + [2**64 - 1] if ids else [0, 7]))}
     kw["exclusive"] = draw(st.booleans())
-    kw["skip_corrupt"] = draw(st.booleans())
-    kw["allow_incomplete_history"] = draw(st.integers(0, 2)) == 0
-    return kw
+    return w.damage_options(draw, kw)
 
 
 @pytest.mark.parametrize("chunk_bytes", [None, 64], ids=["default", "c64"])
@@ -328,6 +326,14 @@ def test_the_shards_together_equal_the_whole(tmp_path):
 
 
 # ---------------------------------------------------------------- base snapshots
+def _snapshots_at(wal, snaps: Path, seqs) -> Path:
+    """A directory of snapshots ``s<N>``, one restored to each seq N of ``seqs``."""
+    snaps.mkdir()
+    for seq in seqs:
+        snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=seq), snaps / f"s{seq}")
+    return snaps
+
+
 def _snapshot_log(tmp_path):
     """Transaction 7 open across two snapshots' positions, 8 inside the log after."""
     b = w.LogBuilder()
@@ -341,10 +347,7 @@ def _snapshot_log(tmp_path):
     b.add(w.Commit(8, 8))  # seq 7
     b.add(w.Ins("c", [5.0], None, 9))
     wal = b.write(tmp_path / "wal")
-    snaps = tmp_path / "snaps"
-    snaps.mkdir()
-    for name, seq in (("s1", 1), ("s2", 2), ("s6", 6)):
-        snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=seq), snaps / name)
+    snaps = _snapshots_at(wal, tmp_path / "snaps", (1, 2, 6))
     return wal, snaps
 
 
@@ -417,10 +420,7 @@ def test_snapshots_pass_over_those_after_a_transaction_open_at_none(tmp_path, ex
     open at neither. The newer one is past it (the restore from it would find no end of
     X): the older one serves, as the log's markers of X show before the restore."""
     wal, _ = _snapshot_log(tmp_path)
-    snaps = tmp_path / "between"
-    snaps.mkdir()
-    for name, seq in (("s0", 0), ("s4", 4), ("s8", 8)):
-        snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=seq), snaps / name)
+    snaps = _snapshots_at(wal, tmp_path / "between", (0, 4, 8))
     for txn, start, passed in ((7, "s0", 2), (8, "s4", 1)):
         kw = dict(backend="cpu", to_transaction=txn, exclusive=exclusive)
         got = gpu_pitr.restore(wal, snapshots=snaps, **kw)
@@ -470,10 +470,7 @@ def test_a_stray_end_before_the_snapshots_does_not_pass_them_over(tmp_path, stra
     b.add(w.Commit(7, 7))  # seq 6: the target
     b.add(w.Ins("d", [5.0], None, 8))
     wal = b.write(tmp_path / "wal")
-    snaps = tmp_path / "snaps"
-    snaps.mkdir()
-    for name, seq in (("s0", 0), ("s2", 2), ("s4", 4)):
-        snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=seq), snaps / name)
+    snaps = _snapshots_at(wal, tmp_path / "snaps", (0, 2, 4))
     for exclusive in (False, True):
         kw = dict(backend="cpu", to_transaction=7, exclusive=exclusive)
         got = gpu_pitr.restore(wal, snapshots=snaps, **kw)

@@ -587,6 +587,13 @@ def targets(draw, w: Workload) -> dict:
         absent = [max(present, default=-1) + 1, 2**64 - 1]
         kw["to_seq"] = draw(st.sampled_from(present + absent if present else absent))
         kw["exclusive"] = draw(st.booleans())
+    return damage_options(draw, kw)
+
+
+def damage_options(draw, kw: dict) -> dict:
+    """``kw`` with the options that change what damage and gaps do drawn too
+    (``skip_corrupt``; ``allow_incomplete_history`` one time in three): what every
+    target's random restore arguments end with."""
     kw["skip_corrupt"] = draw(st.booleans())
     kw["allow_incomplete_history"] = draw(st.integers(0, 2)) == 0
     return kw
