@@ -177,11 +177,12 @@ def target_problem(position: dict, target: dict, exclusive: bool) -> str | None:
             return (f"the snapshot covers the record with sequence number {n}, which the "
                     "target (exclusive) stops before")
     elif "to_position" in target:
+        from gpu_pitr.snapshot import log_order
+
         name, offset = target["to_position"]
         segment = position.get("segment")
-        if segment is None or (segment.encode(), int(position.get("offset") or 0)) <= (
-                name.encode(), int(offset)):
-            return None
+        if log_order(position) <= log_order({"segment": name, "offset": offset}):
+            return None  # (a snapshot of the log's start, or one at or before the record)
         if not exclusive and _last_record_is(position, name, offset):
             return None
         at = f"{segment} offset {position.get('offset')}"
