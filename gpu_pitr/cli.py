@@ -936,7 +936,7 @@ def _inspect_records(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     items = wal_records(args.wal_dir, since=since, until=until, first_seq=args.first_seq,
                         last_seq=args.last_seq, transaction=args.transaction,
                         limit=None if args.limit is None else args.limit + 1)
-    if _print_items(items, args, record_lines):
+    if _print_items(items, args, record_lines)[0]:
         print(f"note: --limit {args.limit} reached: more items follow (narrow the filters, "
               "or page on with --first-seq)", file=sys.stderr)
     return 0
@@ -964,18 +964,8 @@ def _inspect_transactions(parser: argparse.ArgumentParser, args: argparse.Namesp
                              limit=None if args.limit is None else args.limit + 1)
     # With a filter the damage items are left out: a row's count of them is not "above".
     listed = since is None and until is None and args.transaction is None
-    rows = 0
-
-    def counted():
-        nonlocal rows
-        try:
-            for doc in items:
-                rows += 1
-                yield doc
-        finally:
-            items.close()
-
-    if _print_items(counted(), args, lambda doc: transaction_lines(doc, listed)):
+    more, rows = _print_items(items, args, lambda doc: transaction_lines(doc, listed))
+    if more:
         print(f"note: --limit {args.limit} reached: more items follow (narrow --since/"
               "--until)", file=sys.stderr)
     elif not rows and args.transaction is not None:
@@ -1005,9 +995,10 @@ def _time_window(parser: argparse.ArgumentParser, args: argparse.Namespace,
     return since, until
 
 
-def _print_items(items, args: argparse.Namespace, lines) -> bool:
+def _print_items(items, args: argparse.Namespace, lines) -> tuple[bool, int]:
     """Print ``items`` (asked for one past ``--limit``), each as a JSON line with
-    ``--json`` or as ``lines`` gives it; whether more followed the limit."""
+    ``--json`` or as ``lines`` gives it; whether more followed the limit, and how many
+    were printed."""
     from gpu_pitr.format.dump import json_line
 
     shown, more = 0, False
@@ -1024,13 +1015,13 @@ def _print_items(items, args: argparse.Namespace, lines) -> bool:
         except BrokenPipeError:  # | head: the reader has what it wanted
             items.close()
             _stdout_gone()
-            return False
+            return False, shown
         except OSError as err:  # a full disk: one line naming stdout, as _emit says it
             items.close()
             _stdout_gone()
             raise _StdoutError(f"stdout: cannot write: {os_reason(err)}") from err
     _emit("", end="")  # what is still buffered, whose failure is _emit's too
-    return more
+    return more, shown
 
 
 def _snapshots_in(directory: str) -> list[str]:
