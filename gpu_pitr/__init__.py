@@ -10,6 +10,7 @@ import os as _os
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from gpu_pitr.index import RestoredIndex as RestoredIndex
+    from gpu_pitr.pipeline import plan_restore as plan_restore
     from gpu_pitr.pipeline import restore as restore
 
 # Numba's OpenMP workers spin after every parallel loop by default. A restore runs
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
-__all__ = ["restore", "RestoredIndex", "__version__"]
+__all__ = ["restore", "plan_restore", "RestoredIndex", "__version__"]
 
 
 def _lazy_modules(package: str, names):
@@ -57,7 +58,7 @@ _modules = _lazy_modules(__name__, ("archive", "compat", "diff", "errors", "expi
                                     "snapshot", "verify"))
 
 
-__dir__ = _lazy_dir(__name__, "restore", "RestoredIndex", *_modules.names)
+__dir__ = _lazy_dir(__name__, "restore", "plan_restore", "RestoredIndex", *_modules.names)
 
 
 def __getattr__(name: str):
@@ -66,6 +67,10 @@ def __getattr__(name: str):
         from gpu_pitr.pipeline import restore
 
         return restore
+    if name == "plan_restore":  # (restore --dry-run)
+        from gpu_pitr.pipeline import plan_restore
+
+        return plan_restore
     if name == "RestoredIndex":
         from gpu_pitr.index import RestoredIndex
 

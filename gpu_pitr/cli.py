@@ -165,7 +165,8 @@ def _parser() -> argparse.ArgumentParser:
         "counts, checkpoints, transactions, sequence-number restarts and damage of WAL_DIR; "
         "with --records, every record; with --transactions, one row per transaction. "
         "Given a snapshot directory: its manifest (ids, dimension, log position, files); "
-        "given a directory of snapshots: one row each, oldest first. Checksums are not "
+        "given a directory of snapshots: one row each, oldest first; with --snapshots DIR: "
+        "the restorable window of WAL_DIR and DIR's snapshots. Checksums are not "
         "checked (verify does). Exit 0 whatever damage it finds; 1: WAL_DIR cannot be "
         "read (one line naming it); 2: usage error.",
     )
@@ -173,6 +174,13 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true",
                          help="print one JSON document (with --records or --transactions: one "
                          "per line)")
+    inspect.add_argument(
+        "--snapshots", metavar="DIR",
+        help="the restorable window of WAL_DIR (an archive) with the snapshots of DIR, as "
+        "restore --snapshots DIR would use them (pgbackrest info): the earliest and latest "
+        "moments a restore reaches, and for each snapshot whether a restore can start "
+        "from it, the earliest --to-time it serves and the log after it, which such a "
+        "restore reads; not with --records or --transactions")
     records = inspect.add_argument_group(
         "records", "list the records one by one, in log order, with the damage where it lies "
         "(pg_waldump): to find the record a bad ingest began with. Each option below "
@@ -409,6 +417,13 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
         help="start from the newest intact snapshot in DIR at or before the target",
     )
     p.add_argument(
+        "--dry-run", action="store_true",
+        help="restore nothing and write nothing: say which snapshot the restore would start "
+        "from (and which it would pass over, and why) and how much log it would read; "
+        "--out is checked as for the restore. Exit 1 where the restore would be refused "
+        "before reading the log (a base past the target, an incomplete history)",
+    )
+    p.add_argument(
         "--dask-scheduler", metavar="ADDRESS",
         help="restore on this Dask cluster (tcp://host:8786, or a scheduler file), one "
         "shard of the ids per worker; WAL_DIR, --base and --snapshots must be readable "
@@ -631,6 +646,9 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error(f"argument --memory-budget: {err}")
     if args.shards is not None and args.dask_scheduler is None:
         parser.error("argument --shards: needs --dask-scheduler")
+    if args.dry_run and args.dask_scheduler is not None:
+        parser.error("argument --dry-run: not allowed with --dask-scheduler (the choice is "
+                     "the same: drop --dask-scheduler to see it)")
     if not os.path.isdir(args.wal_dir):
         raise NotADirectoryError(f"{args.wal_dir}: {not_a_directory(args.wal_dir)}")
     # Before the restore, so that a missing extra or an unwritable directory fails at once.
@@ -642,6 +660,8 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if report_json is not None:
         check_writable(report_json, "--report-json")
     replaced = _replaced_snapshot_position(out) if fmt == "snapshot" else None
+    if args.dry_run:
+        return _dry_run(args, to_time)
 
     import gpu_pitr
     from gpu_pitr.jit import watch_compiles
@@ -713,6 +733,52 @@ def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                          f"to apply at {'its' if open_txns == 1 else 'their'} commit)")
         _progress_line("\n".join(lines), sys.stdout)  # the output is in place already
     return 0
+
+
+def _dry_run(args: argparse.Namespace, to_time: int | None) -> int:
+    """``restore --dry-run``: ``pipeline.plan_restore``, printed (warnings on stderr, as
+    the restore prints them)."""
+    from gpu_pitr.pipeline import plan_restore
+
+    plan = plan_restore(args.wal_dir, to_time=to_time, to_seq=args.to_seq,
+                        to_transaction=args.to_transaction, to_position=args.to_position,
+                        exclusive=args.exclusive, base=args.base, snapshots=args.snapshots,
+                        allow_incomplete_history=args.allow_incomplete_history)
+    for line in plan["warnings"]:
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
+    if not args.quiet:
+        _emit("\n".join(plan_lines(plan, stop_reading=args.stop_reading_at_target)))
+    return 0
+
+
+def plan_lines(plan: dict, stop_reading: bool = False) -> list[str]:
+    """``pipeline.plan_restore``'s document as ``restore --dry-run`` prints it."""
+    target = plan["target"]
+    exclusive = ", exclusive" if target["exclusive"] else ""
+    if target["kind"] == "time":
+        what = f"time {utc_text(target['value'])}{exclusive}"
+    elif target["kind"] == "latest":
+        what = "latest"
+    else:
+        what = f"{target['kind']} {target['value']}{exclusive}"
+    base, read = plan["base"], plan["read"]
+    if base is None:
+        start = "the start of the log"
+    else:
+        dim = "" if base["dim"] is None else f", dim {base['dim']}"
+        start = (f"snapshot {base['path']} ({plural(base['count'], 'id')}{dim}, "
+                 f"{_snapshot_position(base['position'])})")
+    reads = (f"{plural(read['segments'], 'segment')}, {plural(read['bytes'], 'byte')} of log"
+             + ("" if read["first_segment"] is None else f", from {read['first_segment']}")
+             + (": at most that, up to the stop point (--stop-reading-at-target)"
+                if stop_reading else ": to the end of the log (--stop-reading-at-target "
+                "reads only up to the stop point)"))
+    return ["dry run: nothing restored, nothing written",
+            f"target: {what}",
+            f"would start from {start}",
+            f"would read {reads}",
+            *(f"note: {note}" for note in plan["notes"]
+              if not note.startswith("started from snapshot "))]
 
 
 #: An age for ``expire --keep-since`` (pgBackRest keeps backups by count or days): so
@@ -896,6 +962,8 @@ def _inspect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     filters = (args.since, args.until, args.first_seq, args.last_seq, args.transaction,
                args.limit)
+    if args.snapshots is not None:
+        return _inspect_window(parser, args, filters)
     if args.transactions:
         return _inspect_transactions(parser, args)
     if args.records or any(f is not None for f in filters):
@@ -1269,6 +1337,108 @@ def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:
               "[--to-time T | --to-seq N | --to-transaction X | --to-position FILE:OFFSET]"]
     _emit("\n".join(lines))
     return 0
+
+
+def _inspect_window(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                    filters: tuple) -> int:
+    """``inspect WAL_DIR --snapshots DIR``: the restorable window (``snapshot.window``)."""
+    from gpu_pitr.snapshot import window
+    from gpu_pitr.snapshot.format import holds_snapshot_files
+
+    if args.records or args.transactions or any(f is not None for f in filters):
+        parser.error("argument --snapshots: not allowed with --records, --transactions or "
+                     "their filters (it shows the restorable window of WAL_DIR)")
+    if holds_snapshot_files(args.wal_dir):
+        parser.error(f"--snapshots shows the restorable window of a WAL directory; "
+                     f"{args.wal_dir} is a snapshot (--base takes one)")
+    doc = window(args.wal_dir, args.snapshots)
+    _emit(json.dumps(doc, indent=2) if args.json else "\n".join(window_lines(doc)))
+    return 0
+
+
+def window_lines(doc: dict) -> list[str]:
+    """``snapshot.window``'s document as ``inspect --snapshots`` prints it."""
+    import shlex
+
+    from gpu_pitr.format.stats import _history_line
+
+    log, earliest, latest = doc["log"], doc["earliest"], doc["latest"]
+    name = os.path.basename
+    head = f"restorable window of {doc['wal_dir']} with the snapshots in {doc['snapshots_dir']}"
+    if earliest is None and not log["segments"]:
+        lines = [f"{head}: NONE: no wal-<16 hex digits>.log files in {doc['wal_dir']}: a "
+                 "restore gives a snapshot's own state alone, no moment between (is it the "
+                 "WAL directory?)"]
+    elif earliest is None and log["history"].get("expire_marker_problem"):
+        lines = [f"{head}: NONE: restores refuse this directory while its expire marker "
+                 "is as it is (history, below)"]
+    elif earliest is None:
+        passed = sum(not r["usable"] for r in doc["snapshots"])
+        lines = [f"{head}: NONE: no snapshot can start a restore of this log"
+                 + (f" ({plural(passed, 'snapshot')} passed over: below)" if passed else "")
+                 + ", and the log alone lacks its start (--allow-incomplete-history restores "
+                 "the log left, without what came before it)"]
+    else:
+        lines = [f"{head}:"]
+        if earliest["from"] == "log_start":
+            first = log["history"]["first_record"]
+            lines.append("  earliest: the start of the log"
+                         + ("" if first is None else
+                            f" ({first['file']}: offset {first['offset']}: seq {first['seq']})")
+                         + ": any target (a --to-time before the first commit point gives "
+                         "the empty index)")
+        else:
+            pos = earliest["position"]
+            at = ("any --to-time" if earliest["time"] is None else
+                  f"--to-time T for T >= {utc_text(earliest['time'])} (T > it with "
+                  "--exclusive)")
+            lines.append(f"  earliest: {_utc_or_dash(earliest['time'])}, from snapshot"
+                         f" {name(earliest['snapshot'])} ({_snapshot_where(pos)}"
+                         + ("" if pos.get("last_seq") is None else f", seq {pos['last_seq']}")
+                         + f"): {at}; a seq or position target after its position")
+        last = latest["last_record"]
+        lines.append(f"  latest:   {_utc_or_dash(latest['time'])}, the end of the log"
+                     + ("" if last is None else f" ({last['file']}: seq {last['seq']})")
+                     + ": --latest"
+                     + ("" if latest["time"] is None else
+                        " (its newest record stamp: a --to-time at or after it restores "
+                        "the same state, warning that the log ends before the target)"))
+    stamped = ("" if log["min_timestamp"] is None else
+               f", stamped {utc_text(log['min_timestamp'])}..{utc_text(log['max_timestamp'])}")
+    lines += [f"log: {plural(log['segments'], 'segment')}, {plural(log['bytes'], 'byte')}, "
+              f"{plural(log['records'], 'record')}{stamped}; {log['seq_breaks']} "
+              f"sequence-number breaks, {log['damage']} damage items"
+              + (f" (gpu-pitr verify {shlex.quote(doc['wal_dir'])} judges them: a target past "
+                 "a gap or damage warns or fails)" if log["seq_breaks"] or log["damage"]
+                 else ""),
+              _history_line(log["history"]), "",
+              f"{'snapshot':<24} {'ids':>10} {'dim':>5}  {'--to-time from':<20}  "
+              f"{'up to':<36}  log after it (a restore from it reads)"]
+    for row in doc["snapshots"]:
+        if "position" not in row:
+            lines += [f"{name(row['snapshot']):<24} not a start: {row['why']}"]
+            continue
+        when = "-" if row["serves_time_from"] is None else utc_text(row["serves_time_from"])
+        after = row["log_after"]
+        dim = "-" if row["dim"] is None else row["dim"]
+        lines.append(f"{name(row['snapshot']):<24} {row['count']:>10} {dim:>5}  {when:<20}  "
+                     f"{_snapshot_where(row['position']):<36}  "
+                     f"{plural(after['segments'], 'segment')}, {plural(after['bytes'], 'byte')}")
+        if not row["usable"]:
+            lines.append(f"  not a start: {row['why']}")
+    if not doc["snapshots"]:
+        lines.append("(none)")
+    lines += ["", f"checksums not checked: gpu-pitr verify {shlex.quote(doc['snapshots_dir'])} "
+              "checks them"]
+    if earliest is not None:
+        lines.append(f"to restore a moment T in the window: gpu-pitr restore "
+                     f"{shlex.quote(doc['wal_dir'])} --snapshots "
+                     f"{shlex.quote(doc['snapshots_dir'])} --to-time T --out OUT")
+    return lines
+
+
+def _utc_or_dash(seconds: int | None) -> str:
+    return "-" if seconds is None else utc_text(seconds)
 
 
 def _check_snapshot(path: str) -> tuple[dict, list[str]]:

@@ -2095,3 +2095,121 @@ def _let_go(held: list) -> None:
     without holding the GIL: the caller has its index that much sooner, and the unmap
     goes on beside it."""
     threading.Thread(target=held.clear, name="gpu_pitr-release", daemon=True).start()
+
+
+def plan_restore(
+    wal_dir: str | os.PathLike,
+    *,
+    to_time: TimeTarget | None = None,
+    to_seq: SupportsIndex | None = None,
+    to_transaction: SupportsIndex | None = None,
+    to_position: str | tuple[str | os.PathLike, SupportsIndex] | None = None,
+    exclusive: bool = False,
+    allow_incomplete_history: bool = False,
+    base: str | os.PathLike | None = None,
+    snapshots: str | os.PathLike | None = None,
+) -> dict:
+    """What ``restore`` with these arguments would start from and read, without
+    restoring (``restore --dry-run``): operators asked which snapshot a restore to T
+    would use, and how much log it would read, before running one (pgBackRest's
+    ``info`` and ``restore --set`` answer it there).
+
+    The base is chosen exactly as ``restore`` chooses it (``_base_for``: ``--snapshots``'
+    choice, the chosen one's checksums checked; ``--base``'s refusals raised as the
+    restore raises them), a ``to_position`` is checked as the restore checks it, and a
+    restore from the log alone whose history is incomplete (a first record that is not
+    seq 0, segments ``expire`` deleted) raises ``IncompleteHistoryError`` as the restore
+    would, unless ``allow_incomplete_history``. What only reading the log finds (damage,
+    a seq or transaction target the log lacks) is not looked for.
+
+    Returns ``{"target", "base", "notes", "warnings", "read"}``: ``base`` the snapshot
+    started from (``{"path", "count", "dim", "position"}``) or None (the start of the
+    log); ``notes`` as the report's ``message`` says them (which snapshots were passed
+    over and why); ``warnings`` the damaged snapshots among them; ``read`` the log after
+    the base, ``{"segments", "bytes", "first_segment"}``, counted as the report's
+    ``segments`` and ``bytes_read`` count a restore that reads to the end of the log
+    (the default: ``read_after_stop=False`` stops at the target, within it).
+    """
+    from gpu_pitr.snapshot import _brief, _log_after
+
+    targets = (to_time, to_seq, to_transaction, to_position)
+    if sum(t is not None for t in targets) > 1:
+        raise ValueError("give at most one of to_time, to_seq, to_transaction and "
+                         "to_position")
+    if exclusive and all(t is None for t in targets):
+        raise ValueError("exclusive leaves out the target: give to_time, to_seq, "
+                         "to_transaction or to_position")
+    for name, flag in (("exclusive", exclusive),
+                       ("allow_incomplete_history", allow_incomplete_history)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"{name} is True or False, not {flag!r}")
+    if base is not None and snapshots is not None:
+        raise ValueError("give at most one of base and snapshots")
+    position = None if to_position is None else parse_position(to_position)
+    if to_time is not None:
+        target = {"to_time": parse_time(to_time, exclusive)}
+        target_doc = {"kind": "time", "value": target["to_time"], "exclusive": bool(exclusive)}
+    elif to_seq is not None:
+        target, target_doc = _u64_target("to_seq", "sequence number", to_seq, "seq", exclusive)
+    elif to_transaction is not None:
+        target, target_doc = _u64_target("to_transaction", "transaction id", to_transaction,
+                                         "transaction", exclusive)
+    elif position is not None:
+        target = {"to_position": (position[1], position[2])}
+        target_doc = {"kind": "position", "value": f"{position[1]}:{position[2]}",
+                      "exclusive": bool(exclusive)}
+    else:
+        target = {}
+        target_doc = {"kind": "latest", "value": None, "exclusive": False}
+    wal_path = Path(wal_dir)
+    if not wal_path.is_dir():
+        raise WalError(f"WAL directory: {not_a_directory(wal_path)}", file=str(wal_path))
+    segments = list_segments(wal_path)
+    if position is not None:
+        if (not exclusive and find_segment(segments, position[1]) is None
+                and _base_ends_at(base, snapshots, *position[1:])):
+            position_in_wal_dir(wal_path, *position[::2])
+        else:
+            check_position(wal_path, segments, *position)
+    snap, notes, warnings = _base_for(base, snapshots, target, exclusive,
+                                      allow_incomplete_history, segments)
+    if snap is None and not allow_incomplete_history:
+        _check_log_start(wal_path, segments, notes)
+    if snap is None:
+        doc = None
+        read = _log_after({"segment": None}, segments, find_segment, first_after)
+    else:
+        doc = {"path": str(snap.path), "count": int(snap.count), "dim": snap.dim,
+               "position": _brief(snap.position)}
+        read = _log_after(snap.position, segments, find_segment, first_after)
+    return {"wal_dir": str(wal_path), "target": target_doc, "base": doc, "notes": notes,
+            "warnings": warnings, "read": read}
+
+
+def _check_log_start(wal_path: Path, segments: list, notes: list[str]) -> None:
+    """``IncompleteHistoryError`` where a restore from the log alone would raise it
+    before applying anything: ``expire`` deleted its start (its marker), or its first
+    record is not seq 0 (``plan_restore``)."""
+    from gpu_pitr.expire import MARKER_NAME, read_marker
+    from gpu_pitr.format.segments import first_record_seq
+    from gpu_pitr.snapshot import FROM_LOG_ALONE
+
+    why = "; --snapshots: " + notes[-1].removesuffix(FROM_LOG_ALONE) if notes else ""
+    expiry = read_marker(wal_path)
+    if expiry is not None:
+        raise IncompleteHistoryError(
+            f"gpu-pitr expire deleted the segments before {expiry.first_kept}, and this "
+            "restore starts at the start of the log: earlier history is missing (start "
+            "from a snapshot expire kept, at or before the target: --snapshots/--base; or "
+            f"restore only the log left: --allow-incomplete-history){why}",
+            file=str(wal_path / MARKER_NAME))
+    for seg in segments:
+        if seg.size <= HEADER_SIZE:
+            continue  # (a header alone: the log starts in a later file)
+        seq = first_record_seq(seg.path)
+        if seq is not None and seq != 0:  # (None: not known here; the restore judges)
+            raise IncompleteHistoryError(
+                f"the log starts at seq {seq}, not 0: earlier records are gone (start from "
+                "a snapshot: --snapshots/--base; or --allow-incomplete-history)" + why,
+                file=str(seg.path), offset=HEADER_SIZE, seq=seq)
+        return

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 NAMED = [
-    "gpu_pitr.restore", "gpu_pitr.RestoredIndex", "gpu_pitr.snapshot.save",
+    "gpu_pitr.restore", "gpu_pitr.plan_restore", "gpu_pitr.RestoredIndex",
+    "gpu_pitr.snapshot.save", "gpu_pitr.snapshot.window",
     "gpu_pitr.snapshot.load", "gpu_pitr.snapshot.verify", "gpu_pitr.archive.archive",
     "gpu_pitr.archive.ArchiveError", "gpu_pitr.expire.expire", "gpu_pitr.expire.ExpireError",
     "gpu_pitr.errors.WalError", "gpu_pitr.diff.diff", "gpu_pitr.errors.TargetNotReachedError",

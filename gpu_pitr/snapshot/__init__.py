@@ -341,5 +341,141 @@ def _before_transaction_end(usable: list, manifests: dict, txn: int, segments: l
     return kept, False
 
 
+def window(wal_dir, directory) -> dict:
+    """The moments a restore of ``wal_dir`` with ``--snapshots directory`` can reach, from
+    the log's statistics (``inspect``'s pass) and the snapshots' manifests (checksums not
+    checked: ``verify`` does): ``inspect WAL_DIR --snapshots DIR``, as ``pgbackrest info``
+    shows each backup's WAL range and the archive's min and max. Operators asked "what
+    is the earliest and latest moment I can restore to?", and had to put it together from
+    ``inspect`` of each directory, or from what ``expire`` last printed.
+
+    Returns a JSON-able document: ``earliest`` (the start of the log when its history is
+    complete, else the oldest snapshot a restore can start from: ``--to-time`` serves T
+    from its latest commit stamp on; ``null`` when nothing serves), ``latest`` (the end
+    of the log: a ``--to-time`` at or after the newest record stamp gives that state, no
+    commit point being stamped later than its own record; both ``null``, and
+    ``restorable`` false, when nothing serves, or ``wal_dir`` holds no segment: a restore
+    then gives a snapshot's own state alone, no moment between), the log (``history``, first and
+    last records, ``seq_breaks`` and ``damage`` counts: a target past one may warn or fail)
+    and every snapshot, oldest first, with whether it can start a restore of this log, why
+    not (judged as ``choose`` judges them), the earliest ``--to-time`` it serves, and
+    the log after its position, which a restore from it reads. Raises ``WalError`` (one
+    line naming the directory) when either cannot be read, or ``directory`` is not a
+    directory of snapshots.
+    """
+    from gpu_pitr.errors import WalError
+    from gpu_pitr.expire import read_marker
+    from gpu_pitr.format.segments import list_segments
+    from gpu_pitr.format.stats import wal_stats
+    from gpu_pitr.snapshot.base import base_gap, base_mismatch, find_segment, first_after
+    from gpu_pitr.snapshot.format import read_manifest, trouble
+
+    directory = Path(directory)
+    check_snapshots_dir(directory)
+    stats = wal_stats(wal_dir)
+    segments = list_segments(wal_dir)
+    try:
+        expiry = read_marker(wal_dir)
+    except WalError:  # (stats' history says what is wrong with it; restores refuse it)
+        expiry = None
+    rows = []
+    for path in snapshot_dirs(directory):
+        row = {"snapshot": path, "usable": False, "why": None}
+        try:
+            manifest = read_manifest(path)
+        except WalError as err:
+            row["why"] = f"{trouble(err)}: {err}"
+            rows.append(row)
+            continue
+        position = manifest["position"]
+        row.update(count=manifest["count"], dim=manifest["dim"], position=_brief(position),
+                   serves_time_from=position.get("max_timestamp", position.get("timestamp")),
+                   log_after=_log_after(position, segments, find_segment, first_after))
+        row["why"] = _not_a_start(position, segments, expiry, base_mismatch, base_gap)
+        row["usable"] = row["why"] is None
+        rows.append(row)
+    rows.sort(key=lambda r: (0, log_order(r["position"])) if "position" in r else (1, ()))
+    usable = [r for r in rows if r["usable"]]
+    history = stats["history"]
+    seg_stats = stats["segments"]
+    stamps = [s["max_timestamp"] for s in seg_stats if s["max_timestamp"] is not None]
+    with_records = [s for s in seg_stats if s["first_seq"] is not None]
+    first = history.get("first_record")
+    last = None if not with_records else {"file": with_records[-1]["name"],
+                                          "seq": with_records[-1]["last_seq"]}
+    if history.get("expire_marker_problem") or not segments:
+        # (Restores refuse the directory while its marker is so. With no log at all, a
+        # restore gives a snapshot's own state, warning of it: no moment between.)
+        earliest = None
+    elif history["complete"] or (first is None and not history.get("expired_before")):
+        earliest = {"from": "log_start", "snapshot": None, "time": None, "position": None}
+    elif usable:
+        oldest = usable[0]
+        earliest = {"from": "snapshot", "snapshot": oldest["snapshot"],
+                    "time": oldest["serves_time_from"], "position": oldest["position"]}
+    else:
+        earliest = None
+    latest = None if earliest is None else {
+        "from": "log_end", "time": max(stamps) if stamps else None, "last_record": last}
+    return {"wal_dir": str(wal_dir), "snapshots_dir": str(directory),
+            "restorable": earliest is not None, "earliest": earliest, "latest": latest,
+            "log": {**stats["totals"], "history": history, "last_record": last,
+                    "min_timestamp": min((s["min_timestamp"] for s in seg_stats
+                                          if s["min_timestamp"] is not None), default=None),
+                    "max_timestamp": max(stamps) if stamps else None,
+                    "seq_breaks": len(stats["seq_restarts"]),
+                    "damage": len(stats["damage"])},
+            "snapshots": rows}
+
+
+def _brief(position: dict) -> dict:
+    """A manifest's position without its seq runs and open transactions (thousands of
+    entries, which ``inspect SNAP --json`` shows)."""
+    return {k: position.get(k) for k in ("segment", "offset", "seq", "last_seq", "timestamp",
+                                         "max_timestamp", "history_complete")}
+
+
+def _not_a_start(position: dict, segments, expiry, base_mismatch, base_gap) -> str | None:
+    """Why a restore of the log of ``segments`` cannot start from the snapshot at
+    ``position`` whatever its target (None: it can), as ``choose`` and the restore's
+    expire check judge it without ``--allow-incomplete-history``."""
+    if position.get("history_complete") is False:
+        return ("restored from an incomplete history: a restore takes it only with "
+                "--allow-incomplete-history")
+    mismatch = base_mismatch(position, segments)
+    if mismatch is not None:
+        return f"not of this log: {mismatch}"
+    start = position.get("segment")
+    if expiry is not None and not (start is not None and (
+            start.encode() >= expiry.first_kept.encode() or (
+                position.get("at_segment_end") and start == expiry.last_expired))):
+        return (f"before the segments gpu-pitr expire kept (the first kept: "
+                f"{expiry.first_kept})")
+    gap = base_gap(position, segments, look=True) if segments else None
+    if gap is not None:
+        return f"the log does not go on from it: {gap}"
+    return None
+
+
+def _log_after(position: dict, segments, find_segment, first_after) -> dict:
+    """The segments and bytes of the log after ``position``: what a restore from the
+    snapshot reads (all of it by default; up to the stop with --stop-reading-at-target),
+    counted as the restore's report counts it (``bytes_read``, ``segments``)."""
+    from gpu_pitr.format.layout import HEADER_SIZE
+
+    name = position.get("segment")
+    if name is None:
+        rest, skip = segments, 0
+    else:
+        k = find_segment(segments, name)
+        if k is None:
+            rest, skip = segments[first_after(segments, name):], 0
+        else:
+            rest, skip = segments[k:], int(position.get("offset") or 0)
+            if rest[0].size <= skip:  # (its header is still read, to check it: counted)
+                skip = rest[0].size - min(rest[0].size, HEADER_SIZE)
+    return {"segments": len(rest), "bytes": sum(s.size for s in rest) - skip,
+            "first_segment": rest[0].name if rest else None}
+
 __getattr__ = _lazy_modules(__name__, ("arrow", "base", "format"))
 __dir__ = _lazy_dir(__name__, *__getattr__.names)

@@ -1,0 +1,234 @@
+"""Questions asked before a restore, answered without restoring: the restorable window of
+an archive and its snapshots (``inspect ARCHIVE --snapshots DIR``, ``snapshot.window``:
+pgbackrest info's archive min and max), and which snapshot a restore would start from
+and how much log it would read (``restore --dry-run``, ``pipeline.plan_restore``).
+
+Every answer is checked against what the restore then does: the earliest moment restores
+and a second before it fails; the latest time gives the latest state; the snapshot named
+is the one the restore's report names, and the log counted is what its report counts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_expire import _cli, _history, _same, _segments
+from workloads import Ins, LogBuilder, dir_state, restore_fast, restore_ref
+
+import gpu_pitr
+from gpu_pitr import cli, plan_restore, snapshot
+from gpu_pitr.errors import IncompleteHistoryError, TargetBeforeBaseError
+from gpu_pitr.expire import expire
+from gpu_pitr.format.stats import utc_text
+from gpu_pitr.snapshot.format import read_manifest
+
+pytest.importorskip("pyarrow")
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    return _history(tmp_path_factory.mktemp("planning"))
+
+
+@pytest.fixture
+def hist(history, tmp_path):
+    """A private copy of the shared history (tests expire it)."""
+    _, arc, whole, snaps, times = history
+    copies = []
+    for d in (arc, snaps):
+        shutil.copytree(d, tmp_path / d.name, symlinks=True)
+        copies.append(tmp_path / d.name)
+    return copies[0], whole, copies[1], times
+
+
+# The restorable window: ``inspect ARCHIVE --snapshots DIR`` (``snapshot.window``), what
+# pgbackrest info shows as the archive's min and max. Each bound it prints is checked
+# against restores: the earliest moment restores and a second before it fails; the
+# latest time gives the latest state; each snapshot's "log after it" is what a restore
+# from it reads.
+
+
+def test_the_window_after_an_expire_is_what_restores_reach(hist):
+    arc, whole, snaps, times = hist
+    assert expire(arc, snaps, keep=2).anchor == str(snaps / "s04")
+    state = dir_state(arc), dir_state(snaps)
+    doc = snapshot.window(arc, snaps)
+    assert (dir_state(arc), dir_state(snaps)) == state  # read-only
+    anchor = read_manifest(snaps / "s04")["position"]
+    assert doc["restorable"]
+    assert doc["earliest"]["from"] == "snapshot"
+    assert doc["earliest"]["snapshot"] == str(snaps / "s04")
+    earliest = doc["earliest"]["time"]
+    assert earliest == anchor["max_timestamp"]
+    _same(restore_fast(arc, to_time=earliest, snapshots=str(snaps)),
+          restore_ref(whole, to_time=earliest))
+    with pytest.raises(IncompleteHistoryError):
+        gpu_pitr.restore(arc, to_time=earliest - 1, snapshots=str(snaps), backend="cpu")
+    latest = doc["latest"]
+    assert latest["from"] == "log_end" and latest["time"] is not None
+    _same(restore_fast(arc, to_time=latest["time"], snapshots=str(snaps)),
+          restore_ref(whole))
+    last = max(_segments(arc))
+    assert latest["last_record"]["file"] == last
+    # Each snapshot kept starts a restore, and the log after it is what that restore reads.
+    assert [(Path(r["snapshot"]).name, r["usable"]) for r in doc["snapshots"]] == \
+        [("s04", True), ("s05", True)]
+    for row in doc["snapshots"]:
+        report = gpu_pitr.restore(arc, base=row["snapshot"], backend="cpu").report.to_dict()
+        assert row["log_after"]["bytes"] == report["bytes_read"], row
+        assert row["log_after"]["segments"] == report["segments"], row
+        assert row["serves_time_from"] == read_manifest(row["snapshot"])["position"][
+            "max_timestamp"]
+
+
+def test_the_window_of_a_whole_history_starts_at_the_log_and_names_unusable_snapshots(
+        hist, tmp_path):
+    arc, whole, snaps, _ = hist
+    doc = snapshot.window(arc, snaps)
+    assert doc["earliest"]["from"] == "log_start" and doc["log"]["history"]["complete"]
+    # No log at all: a restore gives a snapshot's own state alone, no moment between.
+    (tmp_path / "empty").mkdir()
+    doc_empty = snapshot.window(tmp_path / "empty", snaps)
+    assert not doc_empty["restorable"] and doc_empty["earliest"] is None
+    assert "NONE: no wal-<16 hex digits>.log files in " in cli.window_lines(doc_empty)[0]
+    assert all(r["usable"] for r in doc["snapshots"]) and len(doc["snapshots"]) == 6
+    # Expired, with an old snapshot put back: restores cannot start from it, and the
+    # window says why rather than count it.
+    shutil.copytree(snaps / "s01", tmp_path / "s01")
+    assert expire(arc, snaps, keep=2).ok
+    shutil.copytree(tmp_path / "s01", snaps / "s01")
+    (snaps / "bad").mkdir()
+    (snaps / "bad" / "manifest.json").write_text("{")
+    doc = snapshot.window(arc, snaps)
+    rows = {Path(r["snapshot"]).name: r for r in doc["snapshots"]}
+    assert not rows["s01"]["usable"] and "expire" in rows["s01"]["why"]
+    assert not rows["bad"]["usable"] and "position" not in rows["bad"]
+    assert doc["earliest"]["snapshot"] == str(snaps / "s04")
+    with pytest.raises(IncompleteHistoryError):
+        gpu_pitr.restore(arc, to_time=rows["s01"]["serves_time_from"], snapshots=str(snaps),
+                         backend="cpu")
+    # No snapshot left that serves: nothing is restorable, and the text says so.
+    for name in ("s04", "s05"):
+        shutil.rmtree(snaps / name)
+    doc = snapshot.window(arc, snaps)
+    assert not doc["restorable"] and doc["earliest"] is None and doc["latest"] is None
+    assert ": NONE: no snapshot can start a restore of this log (2 snapshots passed over" in \
+        cli.window_lines(doc)[0]
+
+
+def test_inspect_snapshots_on_the_command_line(hist, capsys):
+    arc, _, snaps, _ = hist
+    assert expire(arc, snaps, keep=3).ok
+    assert cli.main(["inspect", str(arc), "--snapshots", str(snaps), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == json.loads(json.dumps(snapshot.window(arc, snaps)))
+    assert cli.main(["inspect", str(arc), "--snapshots", str(snaps)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"restorable window of {arc} with the snapshots in {snaps}:"
+    assert lines[1].startswith(f"  earliest: {utc_text(doc['earliest']['time'])}, from "
+                               "snapshot s03 (wal-")
+    assert lines[2].startswith(f"  latest:   {utc_text(doc['latest']['time'])}, the end of "
+                               "the log (wal-")
+    assert [line.split()[0] for line in lines if line[:2] == "s0"] == ["s03", "s04", "s05"]
+    assert lines[-1] == (f"to restore a moment T in the window: gpu-pitr restore {arc} "
+                         f"--snapshots {snaps} --to-time T --out OUT")
+    for bad in (["--records"], ["--transactions"], ["--since", "5"]):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["inspect", str(arc), "--snapshots", str(snaps), *bad])
+        assert stop.value.code == 2
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["inspect", str(snaps / "s03"), "--snapshots", str(snaps)])
+    assert stop.value.code == 2
+    capsys.readouterr()
+    # A directory that is not one of snapshots: one line naming it, exit 1.
+    refused = _cli("inspect", str(arc), "--snapshots", str(snaps / "s03"))
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith(f"gpu-pitr: error: {snaps / 's03'}: is a snapshot")
+
+
+# restore --dry-run: pipeline.plan_restore.
+
+
+def _targets(arc: Path, times: list[int]) -> list[dict]:
+    last = read_manifest(sorted(p for p in (arc.parent / "snaps").iterdir())[2])["position"]
+    return [{}, *({"to_time": t} for t in times), {"to_time": times[3], "exclusive": True},
+            {"to_seq": last["last_seq"]}, {"to_seq": last["last_seq"], "exclusive": True},
+            {"to_seq": 3}]
+
+
+def test_the_plan_names_the_base_and_the_log_the_restore_then_uses(hist):
+    arc, _, snaps, times = hist
+    for target in _targets(arc, times):
+        plan = plan_restore(arc, snapshots=snaps, **target)
+        report = gpu_pitr.restore(arc, snapshots=snaps, backend="cpu",
+                                  **target).report.to_dict()
+        base = report["base"]
+        assert (plan["base"] and plan["base"]["path"]) == (base and base["path"]), target
+        assert plan["read"]["bytes"] == report["bytes_read"], target
+        assert plan["read"]["segments"] == report["segments"], target
+        assert "; ".join(plan["notes"]) == report["message"], target
+    # A named base: the same, and its refusal is the restore's.
+    plan = plan_restore(arc, base=snaps / "s02", to_time=times[4])
+    assert plan["base"]["path"] == str(snaps / "s02")
+    with pytest.raises(TargetBeforeBaseError, match="the target is earlier than the base"):
+        plan_restore(arc, base=snaps / "s04", to_time=times[2])
+
+
+def test_the_plan_refuses_what_the_restore_refuses_before_reading(hist, tmp_path):
+    arc, _, snaps, times = hist
+    assert expire(arc, snaps, keep=2).ok
+    with pytest.raises(IncompleteHistoryError) as want:
+        gpu_pitr.restore(arc, snapshots=snaps, to_time=times[1], backend="cpu")
+    with pytest.raises(IncompleteHistoryError) as got:
+        plan_restore(arc, snapshots=snaps, to_time=times[1])
+    assert str(got.value).split(": ")[0] == str(want.value).split(": ")[0]
+    assert "no snapshot in" in str(got.value)
+    assert plan_restore(arc, snapshots=snaps, to_time=times[1],
+                        allow_incomplete_history=True)["base"] is None
+    # A log whose first record is not seq 0, no snapshot: named at its first record.
+    log = LogBuilder(first_seq=5)
+    log.add(Ins("a", [1.0], ts=10))
+    wal = tmp_path / "late"
+    log.write(wal)
+    with pytest.raises(IncompleteHistoryError):
+        gpu_pitr.restore(wal, backend="cpu")
+    with pytest.raises(IncompleteHistoryError, match="the log starts at seq 5, not 0") as err:
+        plan_restore(wal)
+    assert err.value.offset == 16 and err.value.seq == 5
+
+
+def test_restore_dry_run_on_the_command_line_writes_nothing(hist, tmp_path, capsys):
+    arc, _, snaps, times = hist
+    out = tmp_path / "out"
+    out.mkdir()
+    state = dir_state(arc), dir_state(snaps)
+    for command in ("restore", "snapshot"):
+        target = out / ("x.npz" if command == "restore" else "snap")
+        assert cli.main([command, str(arc), "--snapshots", str(snaps), "--to-time",
+                         str(times[3]), "--out", str(target), "--report-json",
+                         str(out / "r.json"), "--dry-run"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert (dir_state(arc), dir_state(snaps)) == state and not list(out.iterdir())
+        report = gpu_pitr.restore(arc, snapshots=snaps, to_time=times[3],
+                                  backend="cpu").report.to_dict()
+        assert lines[:2] == ["dry run: nothing restored, nothing written",
+                             f"target: time {utc_text(times[3])}"]
+        assert lines[2].startswith(f"would start from snapshot {report['base']['path']} (")
+        assert lines[3].startswith(f"would read {report['segments']} segments, "
+                                   f"{report['bytes_read']} bytes of log, from wal-")
+    # Refused as the restore would be: one line, exit 1; an output directory missing is
+    # found as the restore finds it.
+    refused = _cli("restore", str(arc), "--base", str(snaps / "s04"), "--to-time",
+                   str(times[1]), "--out", str(out / "x.npz"), "--dry-run")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "the target is earlier than the base snapshot" in refused.stderr
+    missing = _cli("restore", str(arc), "--out", str(tmp_path / "no" / "x.npz"), "--dry-run")
+    assert missing.returncode == 1 and "no" in missing.stderr
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["restore", str(arc), "--out", str(out / "x.npz"), "--dry-run",
+                  "--dask-scheduler", "tcp://nowhere:1"])
+    assert stop.value.code == 2
+    assert not list(out.iterdir())
