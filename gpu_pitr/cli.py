@@ -1360,7 +1360,7 @@ def window_lines(doc: dict) -> list[str]:
     """``snapshot.window``'s document as ``inspect --snapshots`` prints it."""
     import shlex
 
-    from gpu_pitr.format.stats import _history_line
+    from gpu_pitr.format.stats import history_line
 
     log, earliest, latest = doc["log"], doc["earliest"], doc["latest"]
     name = os.path.basename
@@ -1411,7 +1411,7 @@ def window_lines(doc: dict) -> list[str]:
               + (f" (gpu-pitr verify {shlex.quote(doc['wal_dir'])} judges them: a target past "
                  "a gap or damage warns or fails)" if log["seq_breaks"] or log["damage"]
                  else ""),
-              _history_line(log["history"]), "",
+              history_line(log["history"]), "",
               f"{'snapshot':<24} {'ids':>10} {'dim':>5}  {'--to-time from':<20}  "
               f"{'up to':<36}  log after it (a restore from it reads)"]
     for row in doc["snapshots"]:

@@ -219,6 +219,14 @@ class Expiry:
     first_kept: str
     last_expired: str | None = None
 
+    def kept_from(self, position: dict) -> bool:
+        """Whether a restore that starts at ``position`` (a base snapshot's; ``{}``: the
+        start of the log) starts in what was kept: at or after ``first_kept``, or at the
+        end of the newest segment expired (a base covering it whole goes on after it)."""
+        start = position.get("segment")
+        return start is not None and (start.encode() >= self.first_kept.encode() or (
+            bool(position.get("at_segment_end")) and start == self.last_expired))
+
 
 def read_marker(wal_dir) -> Expiry | None:
     """The marker ``expire`` left in ``wal_dir`` (None: nothing was expired there).

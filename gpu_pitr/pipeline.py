@@ -170,6 +170,45 @@ def make_executor(backend: str, total_bytes: int, notes: list | None = None):
     return CpuExecutor(total_bytes)
 
 
+def expired_before(wal_dir: Path, base, allow_incomplete: bool) -> str | None:
+    """Is history an ``expire`` deleted (its marker) before where this restore starts
+    (``base``'s position, or the start of the log)? It must start after it, even when the
+    first segment left starts at seq 0 (a writer that restarted). Raises
+    ``IncompleteHistoryError``, or with ``allow_incomplete`` returns the gap's words; None
+    where nothing is missing."""
+    from gpu_pitr.expire import MARKER_NAME, read_marker
+
+    expiry = read_marker(wal_dir)
+    pos = {} if base is None else base.position
+    if expiry is None or expiry.kept_from(pos):
+        return None
+    first_kept = expiry.first_kept
+    if allow_incomplete:
+        return f"gpu-pitr expire deleted the segments before {first_kept}"
+    since = "the start of the log" if base is None else \
+        f"the base snapshot's position, {pos.get('segment') or 'the start of the log'}"
+    raise IncompleteHistoryError(
+        f"gpu-pitr expire deleted the segments before {first_kept}, and this restore "
+        f"starts at {since}: earlier history is missing (start from a snapshot expire "
+        "kept, at or before the target: --snapshots/--base, snapshots=/base=; a target "
+        "before the oldest one kept is gone with what expire deleted; or restore only "
+        "the log left, from its first segment: --allow-incomplete-history, "
+        "allow_incomplete_history=True)",
+        file=str(Path(wal_dir) / MARKER_NAME))
+
+
+_FROM_A_SNAPSHOT = "start from a snapshot taken before it was deleted: --base/--snapshots, " \
+    "base=/snapshots="
+
+
+def not_from_seq_zero(fix: str, **where) -> IncompleteHistoryError:
+    """The error of a log read from its start whose first record is not seq 0."""
+    return IncompleteHistoryError(
+        "the log does not start at sequence number 0: earlier history is missing"
+        f" ({fix}; or restore anyway: --allow-incomplete-history,"
+        " allow_incomplete_history=True)", **where)
+
+
 class _Restore:
     """One restore in progress: the loop over segments and chunks."""
 
@@ -863,30 +902,9 @@ class _Restore:
     def _check_expired(self) -> None:
         """History an ``expire`` deleted (its marker): the restore must start after it,
         even when the first segment left starts at seq 0 (a writer that restarted)."""
-        from gpu_pitr.expire import MARKER_NAME, read_marker
-
-        expiry = read_marker(self.wal_dir)
-        if expiry is None:
-            return
-        first_kept = expiry.first_kept
-        pos = {} if self.base is None else self.base.position
-        start = pos.get("segment")
-        if start is not None and (start.encode() >= first_kept.encode() or (
-                pos.get("at_segment_end") and start == expiry.last_expired)):
-            return  # (a base covering the newest expired segment whole goes on after it)
-        if self.allow_incomplete:
-            self._gap(f"gpu-pitr expire deleted the segments before {first_kept}")
-            return
-        since = "the start of the log" if self.base is None else \
-            f"the base snapshot's position, {start or 'the start of the log'}"
-        raise IncompleteHistoryError(
-            f"gpu-pitr expire deleted the segments before {first_kept}, and this restore "
-            f"starts at {since}: earlier history is missing (start from a snapshot expire "
-            "kept, at or before the target: --snapshots/--base, snapshots=/base=; a target "
-            "before the oldest one kept is gone with what expire deleted; or restore only "
-            "the log left, from its first segment: --allow-incomplete-history, "
-            "allow_incomplete_history=True)",
-            file=str(self.wal_dir / MARKER_NAME))
+        gap = expired_before(self.wal_dir, self.base, self.allow_incomplete)
+        if gap is not None:
+            self._gap(gap)
 
     def _check_first(self, first: int) -> None:
         """Is the first record read where the log must go on? (history complete)"""
@@ -900,17 +918,12 @@ class _Restore:
             elif seq != 0:
                 fix = ("the base snapshot holds no record of the log (an empty log, or "
                        "zero-filled records only), so the log must start there"
-                       if self.base is not None else
-                       "start from a snapshot taken before it was deleted: --base/--snapshots,"
-                       " base=/snapshots=")
+                       if self.base is not None else _FROM_A_SNAPSHOT)
                 if self.report.skipped:  # not deleted: skipped, before this record
                     s = self.report.skipped[0]
                     fix = (f"it is in what --skip-corrupt skipped: {s['file']} offset "
                            f"{s['offset']}, {s['what']}; or {fix}")
-                raise IncompleteHistoryError(
-                    "the log does not start at sequence number 0: earlier history is missing"
-                    f" ({fix}; or restore anyway: --allow-incomplete-history,"
-                    " allow_incomplete_history=True)", **w)
+                raise not_from_seq_zero(fix, **w)
             return
         if self._resume_seq is None:
             return
@@ -1512,6 +1525,60 @@ def _budgeted(executor, memory_budget: int | None):
     return executor
 
 
+def _check_targets(to_time, to_seq, to_transaction, to_position, exclusive) -> None:
+    """At most one target, and ``exclusive`` only with one (``restore``, ``plan_restore``)."""
+    targets = (to_time, to_seq, to_transaction, to_position)
+    if sum(t is not None for t in targets) > 1:
+        raise ValueError("give at most one of to_time, to_seq, to_transaction and "
+                         "to_position")
+    if exclusive and all(t is None for t in targets):
+        # As the command line: "exclusive" of nothing is a slip, not the latest state.
+        raise ValueError("exclusive leaves out the target: give to_time, to_seq, "
+                         "to_transaction or to_position")
+
+
+def _check_flags(**flags) -> None:
+    """Each of ``flags`` a bool: "no" would be taken as True."""
+    for name, flag in flags.items():
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"{name} is True or False, not {flag!r}")
+
+
+def _target(to_time, to_seq, to_transaction, position, exclusive) -> tuple[dict, dict]:
+    """The target for the plan walk, and the report's document of it."""
+    if to_time is not None:
+        target = {"to_time": parse_time(to_time, exclusive)}
+        return target, {"kind": "time", "value": target["to_time"],
+                        "exclusive": bool(exclusive)}
+    if to_seq is not None:
+        return _u64_target("to_seq", "sequence number", to_seq, "seq", exclusive)
+    if to_transaction is not None:
+        return _u64_target("to_transaction", "transaction id", to_transaction,
+                           "transaction", exclusive)
+    if position is not None:
+        return ({"to_position": (position[1], position[2])},
+                {"kind": "position", "value": f"{position[1]}:{position[2]}",
+                 "exclusive": bool(exclusive)})
+    return {}, {"kind": "latest", "value": None, "exclusive": False}
+
+
+def _check_position_target(wal_path: Path, segments: list, position, exclusive, base,
+                           snapshots) -> None:
+    """A position target checked before a base is chosen or anything restored: a
+    position mistyped is said at once, with the starts nearest it (a seq target's error
+    waits for the log's end)."""
+    if position is None:
+        return
+    if (not exclusive and find_segment(segments, position[1]) is None
+            and _base_ends_at(base, snapshots, *position[1:])):
+        # The segment is gone (the writer's retention, expire) and a base's last record
+        # is the target: that base is the answer (``stops_at_base``), and nothing of the
+        # segment is read. Its path is still judged.
+        position_in_wal_dir(wal_path, *position[::2])
+    else:
+        check_position(wal_path, segments, *position)
+
+
 def _u64_target(name: str, what: str, value, kind: str, exclusive) -> tuple[dict, dict]:
     """The target (``{name: value}``) and its report ``target`` of a u64 target argument
     (``to_seq``, ``to_transaction``): an integer in 0..2^64-1, else a ValueError."""
@@ -1739,21 +1806,12 @@ def restore(
     Raises:
         WalError: a subclass naming file, byte offset and sequence number.
     """
-    targets = (to_time, to_seq, to_transaction, to_position)
-    if sum(t is not None for t in targets) > 1:
-        raise ValueError("give at most one of to_time, to_seq, to_transaction and "
-                         "to_position")
-    if exclusive and all(t is None for t in targets):
-        # As the command line: "exclusive" of nothing is a slip, not the latest state.
-        raise ValueError("exclusive leaves out the target: give to_time, to_seq, "
-                         "to_transaction or to_position")
+    _check_targets(to_time, to_seq, to_transaction, to_position, exclusive)
     position = None if to_position is None else parse_position(to_position)
     shard = parse_id_shard(id_shard)
-    for name, flag in (("exclusive", exclusive), ("skip_corrupt", skip_corrupt),
-                       ("allow_incomplete_history", allow_incomplete_history),
-                       ("read_after_stop", read_after_stop), ("strict", strict)):
-        if not isinstance(flag, (bool, np.bool_)):  # "no" would be taken as True
-            raise ValueError(f"{name} is True or False, not {flag!r}")
+    _check_flags(exclusive=exclusive, skip_corrupt=skip_corrupt,
+                 allow_incomplete_history=allow_incomplete_history,
+                 read_after_stop=read_after_stop, strict=strict)
     if progress is not None and not callable(progress):
         raise ValueError(f"progress is a callable or None, not {progress!r}")
     # Before the log is listed and a base snapshot read whole: a slip is not found
@@ -1772,39 +1830,14 @@ def restore(
         memory_budget = _size_arg("memory_budget", memory_budget)
         chunk_bytes = chunk_bytes_for_budget(memory_budget)
     started, compiled = time.perf_counter(), compile_seconds()
-    if to_time is not None:
-        target = {"to_time": parse_time(to_time, exclusive)}
-        target_doc = {"kind": "time", "value": target["to_time"], "exclusive": bool(exclusive)}
-    elif to_seq is not None:
-        target, target_doc = _u64_target("to_seq", "sequence number", to_seq, "seq", exclusive)
-    elif to_transaction is not None:
-        target, target_doc = _u64_target("to_transaction", "transaction id", to_transaction,
-                                         "transaction", exclusive)
-    elif position is not None:
-        target = {"to_position": (position[1], position[2])}
-        target_doc = {"kind": "position", "value": f"{position[1]}:{position[2]}",
-                      "exclusive": bool(exclusive)}
-    else:
-        target = {}
-        target_doc = {"kind": "latest", "value": None, "exclusive": False}
+    target, target_doc = _target(to_time, to_seq, to_transaction, position, exclusive)
     wal_path = Path(wal_dir)
     if not wal_path.is_dir():
         raise WalError(f"WAL directory: {not_a_directory(wal_path)}", file=str(wal_path))
     segments = list_segments(wal_path)
     if log_end is not None:
         segments = _as_listed(segments, log_end, wal_path)
-    if position is not None:
-        if (not exclusive and find_segment(segments, position[1]) is None
-                and _base_ends_at(base, snapshots, *position[1:])):
-            # The segment is gone (the writer's retention, expire) and a base's last
-            # record is the target: that base is the answer (``stops_at_base``), and
-            # nothing of the segment is read. Its path is still judged.
-            position_in_wal_dir(wal_path, *position[::2])
-        else:
-            # Before a base is chosen or anything restored: a position mistyped is said
-            # at once, with the starts nearest it (a seq target's error waits for the
-            # log's end).
-            check_position(wal_path, segments, *position)
+    _check_position_target(wal_path, segments, position, exclusive, base, snapshots)
     total = sum(s.size for s in segments)
     # At most about the log's bytes are filled (the index, arenas, a base's rows).
     with fill_once_pages(need=total + _base_bytes(base, snapshots)):
@@ -1824,21 +1857,7 @@ def restore(
         except _needs_host() as err:
             fallback = str(err)  # not err: its traceback holds the device executor's memory
         except IncompleteHistoryError as err:
-            if snapshots is not None and snap is not None:
-                # "the base snapshot" of the message: which one of DIR's it chose.
-                raise IncompleteHistoryError(
-                    f"{err.what} (the base snapshot --snapshots chose: {snap.path})",
-                    file=err.file, offset=err.offset, seq=err.seq) from None
-            if snapshots is None or not notes:
-                raise
-            # Why no snapshot served: the history the log alone lacks is what they hold.
-            # A damaged one among them is said too: the error is all the command line
-            # prints, not the warnings.
-            from gpu_pitr.snapshot import FROM_LOG_ALONE
-
-            why = "; ".join([*warnings, notes[-1].removesuffix(FROM_LOG_ALONE)])
-            raise IncompleteHistoryError(f"{err.what}; --snapshots: {why}",
-                                         file=err.file, offset=err.offset, seq=err.seq) from None
+            raise _in_snapshots_words(err, snapshots, snap, notes, warnings) from None
         except WalError as err:
             if snapshots is None or not warnings:
                 raise
@@ -1905,6 +1924,27 @@ def restore(
         snap = run = executor = None
         _let_go(held)
     return index
+
+
+def _in_snapshots_words(err: IncompleteHistoryError, snapshots, snap, notes: list,
+                        warnings: list) -> IncompleteHistoryError:
+    """``err`` of a restore with ``snapshots``, saying which of DIR's snapshots it
+    started from, or why none served."""
+    if snapshots is not None and snap is not None:
+        # "the base snapshot" of the message: which one of DIR's it chose.
+        return IncompleteHistoryError(
+            f"{err.what} (the base snapshot --snapshots chose: {snap.path})",
+            file=err.file, offset=err.offset, seq=err.seq)
+    if snapshots is None or not notes:
+        return err
+    # Why no snapshot served: the history the log alone lacks is what they hold. A
+    # damaged one among them is said too: the error is all the command line prints, not
+    # the warnings.
+    from gpu_pitr.snapshot import FROM_LOG_ALONE
+
+    why = "; ".join([*warnings, notes[-1].removesuffix(FROM_LOG_ALONE)])
+    return IncompleteHistoryError(f"{err.what}; --snapshots: {why}",
+                                  file=err.file, offset=err.offset, seq=err.seq)
 
 
 def _kind_and_stamp(path: Path, last: dict) -> dict:
@@ -2130,86 +2170,48 @@ def plan_restore(
     ``segments`` and ``bytes_read`` count a restore that reads to the end of the log
     (the default: ``read_after_stop=False`` stops at the target, within it).
     """
-    from gpu_pitr.snapshot import _brief, _log_after
+    from gpu_pitr.snapshot import log_after, position_brief
 
-    targets = (to_time, to_seq, to_transaction, to_position)
-    if sum(t is not None for t in targets) > 1:
-        raise ValueError("give at most one of to_time, to_seq, to_transaction and "
-                         "to_position")
-    if exclusive and all(t is None for t in targets):
-        raise ValueError("exclusive leaves out the target: give to_time, to_seq, "
-                         "to_transaction or to_position")
-    for name, flag in (("exclusive", exclusive),
-                       ("allow_incomplete_history", allow_incomplete_history)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise ValueError(f"{name} is True or False, not {flag!r}")
+    _check_targets(to_time, to_seq, to_transaction, to_position, exclusive)
+    _check_flags(exclusive=exclusive, allow_incomplete_history=allow_incomplete_history)
     if base is not None and snapshots is not None:
         raise ValueError("give at most one of base and snapshots")
     position = None if to_position is None else parse_position(to_position)
-    if to_time is not None:
-        target = {"to_time": parse_time(to_time, exclusive)}
-        target_doc = {"kind": "time", "value": target["to_time"], "exclusive": bool(exclusive)}
-    elif to_seq is not None:
-        target, target_doc = _u64_target("to_seq", "sequence number", to_seq, "seq", exclusive)
-    elif to_transaction is not None:
-        target, target_doc = _u64_target("to_transaction", "transaction id", to_transaction,
-                                         "transaction", exclusive)
-    elif position is not None:
-        target = {"to_position": (position[1], position[2])}
-        target_doc = {"kind": "position", "value": f"{position[1]}:{position[2]}",
-                      "exclusive": bool(exclusive)}
-    else:
-        target = {}
-        target_doc = {"kind": "latest", "value": None, "exclusive": False}
+    target, target_doc = _target(to_time, to_seq, to_transaction, position, exclusive)
     wal_path = Path(wal_dir)
     if not wal_path.is_dir():
         raise WalError(f"WAL directory: {not_a_directory(wal_path)}", file=str(wal_path))
     segments = list_segments(wal_path)
-    if position is not None:
-        if (not exclusive and find_segment(segments, position[1]) is None
-                and _base_ends_at(base, snapshots, *position[1:])):
-            position_in_wal_dir(wal_path, *position[::2])
-        else:
-            check_position(wal_path, segments, *position)
+    _check_position_target(wal_path, segments, position, exclusive, base, snapshots)
     snap, notes, warnings = _base_for(base, snapshots, target, exclusive,
                                       allow_incomplete_history, segments)
-    if snap is None and not allow_incomplete_history:
-        _check_log_start(wal_path, segments, notes)
+    try:
+        expired_before(wal_path, snap, allow_incomplete_history)
+        if snap is None and not allow_incomplete_history:
+            _check_log_start(segments)
+    except IncompleteHistoryError as err:
+        raise _in_snapshots_words(err, snapshots, snap, notes, warnings) from None
     if snap is None:
         doc = None
-        read = _log_after({"segment": None}, segments, find_segment, first_after)
+        read = log_after({"segment": None}, segments)
     else:
         doc = {"path": str(snap.path), "count": int(snap.count), "dim": snap.dim,
-               "position": _brief(snap.position)}
-        read = _log_after(snap.position, segments, find_segment, first_after)
+               "position": position_brief(snap.position)}
+        read = log_after(snap.position, segments)
     return {"wal_dir": str(wal_path), "target": target_doc, "base": doc, "notes": notes,
             "warnings": warnings, "read": read}
 
 
-def _check_log_start(wal_path: Path, segments: list, notes: list[str]) -> None:
-    """``IncompleteHistoryError`` where a restore from the log alone would raise it
-    before applying anything: ``expire`` deleted its start (its marker), or its first
-    record is not seq 0 (``plan_restore``)."""
-    from gpu_pitr.expire import MARKER_NAME, read_marker
+def _check_log_start(segments: list) -> None:
+    """The ``IncompleteHistoryError`` a restore from the log alone raises at its first
+    record, where that is not seq 0 (``plan_restore``: one record header read)."""
     from gpu_pitr.format.segments import first_record_seq
-    from gpu_pitr.snapshot import FROM_LOG_ALONE
 
-    why = "; --snapshots: " + notes[-1].removesuffix(FROM_LOG_ALONE) if notes else ""
-    expiry = read_marker(wal_path)
-    if expiry is not None:
-        raise IncompleteHistoryError(
-            f"gpu-pitr expire deleted the segments before {expiry.first_kept}, and this "
-            "restore starts at the start of the log: earlier history is missing (start "
-            "from a snapshot expire kept, at or before the target: --snapshots/--base; or "
-            f"restore only the log left: --allow-incomplete-history){why}",
-            file=str(wal_path / MARKER_NAME))
     for seg in segments:
         if seg.size <= HEADER_SIZE:
             continue  # (a header alone: the log starts in a later file)
         seq = first_record_seq(seg.path)
         if seq is not None and seq != 0:  # (None: not known here; the restore judges)
-            raise IncompleteHistoryError(
-                f"the log starts at seq {seq}, not 0: earlier records are gone (start from "
-                "a snapshot: --snapshots/--base; or --allow-incomplete-history)" + why,
-                file=str(seg.path), offset=HEADER_SIZE, seq=seq)
+            raise not_from_seq_zero(_FROM_A_SNAPSHOT, file=str(seg.path), offset=HEADER_SIZE,
+                                    seq=seq)
         return

@@ -42,7 +42,7 @@ def stats_lines(stats: dict) -> list[str]:
     lines = [
         f"WAL directory {stats['wal_dir']}: {plural(totals['segments'], 'segment')}, "
         f"{plural(totals['bytes'], 'byte')}, {plural(totals['records'], 'record')}",
-        _history_line(stats["history"]),
+        history_line(stats["history"]),
         "",
         f"{'segment':<25} {'bytes':>10}  {'created':<20} {'records':>8}  {'seq':<13} timestamps",
     ]
@@ -95,7 +95,7 @@ def stats_lines(stats: dict) -> list[str]:
     return lines
 
 
-def _history_line(history: dict) -> str:
+def history_line(history: dict) -> str:
     first = history["first_record"]
     needs = ("a restore needs a snapshot that covers them (--base/--snapshots) or "
              "--allow-incomplete-history")

@@ -367,7 +367,6 @@ def window(wal_dir, directory) -> dict:
     from gpu_pitr.expire import read_marker
     from gpu_pitr.format.segments import list_segments
     from gpu_pitr.format.stats import wal_stats
-    from gpu_pitr.snapshot.base import base_gap, base_mismatch, find_segment, first_after
     from gpu_pitr.snapshot.format import read_manifest, trouble
 
     directory = Path(directory)
@@ -388,10 +387,11 @@ def window(wal_dir, directory) -> dict:
             rows.append(row)
             continue
         position = manifest["position"]
-        row.update(count=manifest["count"], dim=manifest["dim"], position=_brief(position),
+        row.update(count=manifest["count"], dim=manifest["dim"],
+                   position=position_brief(position),
                    serves_time_from=position.get("max_timestamp", position.get("timestamp")),
-                   log_after=_log_after(position, segments, find_segment, first_after))
-        row["why"] = _not_a_start(position, segments, expiry, base_mismatch, base_gap)
+                   log_after=log_after(position, segments))
+        row["why"] = _not_a_start(position, segments, expiry)
         row["usable"] = row["why"] is None
         rows.append(row)
     rows.sort(key=lambda r: (0, log_order(r["position"])) if "position" in r else (1, ()))
@@ -428,27 +428,26 @@ def window(wal_dir, directory) -> dict:
             "snapshots": rows}
 
 
-def _brief(position: dict) -> dict:
+def position_brief(position: dict) -> dict:
     """A manifest's position without its seq runs and open transactions (thousands of
     entries, which ``inspect SNAP --json`` shows)."""
     return {k: position.get(k) for k in ("segment", "offset", "seq", "last_seq", "timestamp",
                                          "max_timestamp", "history_complete")}
 
 
-def _not_a_start(position: dict, segments, expiry, base_mismatch, base_gap) -> str | None:
+def _not_a_start(position: dict, segments, expiry) -> str | None:
     """Why a restore of the log of ``segments`` cannot start from the snapshot at
     ``position`` whatever its target (None: it can), as ``choose`` and the restore's
     expire check judge it without ``--allow-incomplete-history``."""
+    from gpu_pitr.snapshot.base import base_gap, base_mismatch
+
     if position.get("history_complete") is False:
         return ("restored from an incomplete history: a restore takes it only with "
                 "--allow-incomplete-history")
     mismatch = base_mismatch(position, segments)
     if mismatch is not None:
         return f"not of this log: {mismatch}"
-    start = position.get("segment")
-    if expiry is not None and not (start is not None and (
-            start.encode() >= expiry.first_kept.encode() or (
-                position.get("at_segment_end") and start == expiry.last_expired))):
+    if expiry is not None and not expiry.kept_from(position):
         return (f"before the segments gpu-pitr expire kept (the first kept: "
                 f"{expiry.first_kept})")
     gap = base_gap(position, segments, look=True) if segments else None
@@ -457,11 +456,12 @@ def _not_a_start(position: dict, segments, expiry, base_mismatch, base_gap) -> s
     return None
 
 
-def _log_after(position: dict, segments, find_segment, first_after) -> dict:
+def log_after(position: dict, segments) -> dict:
     """The segments and bytes of the log after ``position``: what a restore from the
     snapshot reads (all of it by default; up to the stop with --stop-reading-at-target),
     counted as the restore's report counts it (``bytes_read``, ``segments``)."""
     from gpu_pitr.format.layout import HEADER_SIZE
+    from gpu_pitr.snapshot.base import find_segment, first_after
 
     name = position.get("segment")
     if name is None:
