@@ -1034,8 +1034,13 @@ def _inspect_transactions(parser: argparse.ArgumentParser, args: argparse.Namesp
     listed = since is None and until is None and args.transaction is None
     more, rows = _print_items(items, args, lambda doc: transaction_lines(doc, listed))
     if more:
-        print(f"note: --limit {args.limit} reached: more items follow (narrow --since/"
-              "--until)", file=sys.stderr)
+        # (No --first-seq to page on here: a transaction spans seqs, which repeat.)
+        what = ("more items follow" if args.transaction is None else
+                f"transaction {args.transaction} has more rows (its id used again, or an "
+                "anomaly of it)")
+        print(f"note: --limit {args.limit} reached: {what}: raise --limit, or narrow "
+              "--since/--until to the time wanted (a transaction whose span from begin to "
+              "end overlaps them is kept)", file=sys.stderr)
     elif not rows and args.transaction is not None:
         # (Nothing printed and exit 0 left "not in this log" to a guess.)
         print(f"note: no transaction {args.transaction} "

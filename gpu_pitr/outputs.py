@@ -19,6 +19,7 @@ import numpy as np
 
 from gpu_pitr import interrupts
 from gpu_pitr.errors import (
+    NotSyncedError,
     OutputError,
     PartlyInPlaceError,
     UnwritableDirectoryError,
@@ -568,14 +569,25 @@ def write_json(path: Path, doc, then=None) -> None:
     The old JSON is moved aside just before the index is renamed into place (and put
     back if that rename fails; removed once it is done), and once the index is there
     a Ctrl-C or SIGTERM waits for the JSON's rename: never the new index beside the
-    previous run's report (a SIGKILL between the two renames leaves none)."""
+    previous run's report (a SIGKILL between the two renames leaves none).
+
+    An index renamed into place whose directory then failed to sync (an
+    ``OutputError`` from ``NotSyncedError``) is there all the same: its report follows
+    it into place, and then that error is raised (also where the report's own sync
+    fails: both are in place; a report that cannot be put in place says so instead)."""
+    unsynced = None  # then()'s error for an index in place but not synced
     try:
         text = json.dumps(doc, indent=2) + "\n"
         with contextlib.ExitStack() as after_then, atomic_files(path) as (tmp,):
             tmp.write_text(text, encoding="utf-8")
             if then is not None:
-                with first_removing(path):  # never the new index beside an old report
-                    then()
+                try:
+                    with first_removing(path):  # never the new index beside an old report
+                        then()
+                except OutputError as err:
+                    if not isinstance(err.__cause__, NotSyncedError):
+                        raise
+                    unsynced = err
                 # The index is in place: its report follows it, whatever stop comes.
                 after_then.enter_context(interrupts.holding())
                 if not os.path.lexists(tmp):
@@ -586,7 +598,11 @@ def write_json(path: Path, doc, then=None) -> None:
     except OutputError:
         raise  # then()'s own, naming its file
     except OSError as err:
-        raise OutputError(path, "JSON file", err) from err
+        if unsynced is None or not isinstance(err, NotSyncedError):
+            raise OutputError(path, "JSON file", err) from err
+        # (Else the report is in place too, only its sync failed as well: as below.)
+    if unsynced is not None:
+        raise unsynced
 
 
 # Directories of a tree looked at by ``inside`` at most (a WAL directory has few).

@@ -258,9 +258,11 @@ class _Restore:
         # segment among those read (-1: not among them; set by run).
         self.to_position = target.get("to_position")
         self._position_segment = -1
-        # The latest stamp of any record read before a stop (markers too): with a time
-        # target and no stop, whether the log reached past it (else a warning).
-        self.latest_stamp: int | None = None
+        # The stamp of the last record read that decodes (markers too), in log order:
+        # with a time target and no stop, whether the log reached past it (else a
+        # warning). The last, not the greatest: one record stamped ahead of its
+        # neighbours (a clock stepped back after it) does not say where the log ends.
+        self.last_stamp: int | None = None
         self.skip_corrupt = skip_corrupt
         self.allow_incomplete = allow_incomplete_history
         # False: reading ends at the stop record (``read_after_stop``); see _cut_at_stop.
@@ -640,11 +642,9 @@ class _Restore:
             # Carried rows are decoded again: their bytes moved to the front of buf.
             self.ex.decode(self.buf, c, 0, n)
             if "to_time" in self.target and n > first:
-                ok = c.status[first:n] == OK
-                if ok.any():
-                    top = int(c.ts[first:n][ok].max())
-                    self.latest_stamp = top if self.latest_stamp is None else max(
-                        top, self.latest_stamp)
+                ok = np.flatnonzero(c.status[first:n] == OK)
+                if len(ok):
+                    self.last_stamp = int(c.ts[first + ok[-1]])
         self._stage_next()
         self.timings["decode"] += time.perf_counter() - t
         t = time.perf_counter()
@@ -2074,7 +2074,7 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
                    "the reports stored with it and its bases; the state restored lacks "
                    "whatever those records did")
     t = target.get("to_time")
-    stamp = run.latest_stamp
+    stamp = run.last_stamp
     went_past = stamp is not None and (stamp >= t if run.plan.exclusive else stamp > t)
     if t is not None and report.segments and report.stop["reason"] == "end_of_log" \
             and not went_past:

@@ -344,8 +344,15 @@ def test_cli_text_json_limit_and_usage(tmp_path):
             ] == [(5, "committed"), (9, "anomaly")]
     proc = cli("inspect", wal_dir, "--transactions", "--transaction", "5", "--limit", "1")
     assert (proc.returncode, proc.stdout.count("\n")) == (0, 1)
-    assert proc.stderr == ("note: --limit 1 reached: more items follow (narrow --since/"
-                           "--until)\n")
+    # It said "more items follow (narrow --since/--until)": which items, and more of
+    # what limit, were left to a guess.
+    assert proc.stderr == (
+        "note: --limit 1 reached: transaction 5 has more rows (its id used again, or an "
+        "anomaly of it): raise --limit, or narrow --since/--until to the time wanted (a "
+        "transaction whose span from begin to end overlaps them is kept)\n")
+    proc = cli("inspect", wal_dir, "--transactions", "--limit", "1")
+    assert proc.stderr.startswith("note: --limit 1 reached: more items follow: raise "
+                                  "--limit, or narrow --since/--until")
     proc = cli("inspect", wal_dir, "--transactions", "--transaction", "5", "--limit", "2")
     assert proc.stderr == "" and proc.stdout.count("\ntransaction 5: committed") == 1
     # An id the log never names: said on stderr (nothing printed and exit 0 read as "not

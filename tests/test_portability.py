@@ -304,3 +304,36 @@ def test_a_dataset_part_not_synced_is_not_called_in_place(tmp_path: Path, monkey
                                "Input/output error; nothing was left in its place")
     again = pickle.loads(pickle.dumps(NotSyncedError(OSError(errno.EIO, "Input/output error"))))
     assert again.cause.errno == errno.EIO
+
+
+@pytest.mark.parametrize("fmt", ["npz", "snapshot"])
+def test_an_index_not_synced_still_gets_its_report(tmp_path: Path, monkeypatch, capsys,
+                                                   fmt: str) -> None:
+    # The index is renamed into place inside the report's write (write_json's then());
+    # its directory's fsync then failed (EIO), and the report, whose previous file had
+    # already gone aside, was never renamed into place: an index in place with no report
+    # beside it. The report follows the index in; the index's error is the one said.
+    _write_small(tmp_path / "wal")
+    out_dir, rep_dir = tmp_path / "out", tmp_path / "reports"
+    out_dir.mkdir()
+    rep_dir.mkdir()
+    out = out_dir / ("x.npz" if fmt == "npz" else "snap")
+    report = rep_dir / "r.json"
+    report.write_text('{"old": true}\n')  # the previous run's: it must not stay
+    _fsync_of_fails(monkeypatch, out_dir)
+    argv = ["restore", str(tmp_path / "wal"), "--out", str(out), "--format", fmt, "-q"]
+    assert cli.main([*argv, "--report-json", str(report)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (f"gpu-pitr: error: {out}: the {fmt} output is written and in place, but "
+                    "its directory could not be synced: Input/output error; a crash of the "
+                    "system now may lose it")
+    doc = json.loads(report.read_text())
+    assert doc["records_read"] == 4 and doc["stop"]["reason"] == "end_of_log"
+    assert sorted(p.name for p in rep_dir.iterdir()) == ["r.json"]
+    # In the same directory the report's own sync fails too: the index's error is said.
+    report = out_dir / "r.json"
+    assert cli.main([*argv, "--report-json", str(report)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"gpu-pitr: error: {out}: the {fmt} output is written and in "
+                           "place"), line
+    assert json.loads(report.read_text())["records_read"] == 4

@@ -731,6 +731,39 @@ def test_ctrl_c_as_the_command_starts_is_one_line(tmp_path, where, sig):
     assert not out.exists() and _temps(out) == []
 
 
+# A signal earlier still: as ``gpu_pitr.__main__`` imported what its handler needs
+# (``interrupts``, ``environment``: typing, threading), before ``run`` installed it.
+_SIGNAL_BEFORE_THE_HANDLER = """
+import os, signal, sys
+sys.argv = ["gpu-pitr", "inspect", {wal!r}]
+class Stop:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            os.kill(os.getpid(), signal.{sig})
+            for _ in range(100000):  # the handler runs here, between two bytecodes
+                pass
+sys.meta_path.insert(0, Stop())
+from gpu_pitr.__main__ import run
+run()
+"""
+
+
+@pytest.mark.parametrize("module", ["gpu_pitr.interrupts", "gpu_pitr.environment"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_before_the_handlers_are_in_is_one_line(tmp_path, module, sig):
+    """The window at start: ``gpu_pitr.__main__`` imported ``interrupts`` and
+    ``environment`` before ``run`` installed its handler, so a Ctrl-C there was a
+    KeyboardInterrupt traceback and a SIGTERM a death without a word. The handler now
+    comes first; only the interpreter's own start (no code of gpu-pitr's) is before it."""
+    wal = tmp_path / "wal"
+    write_synthetic_wal(wal, total_bytes=4 << 10, dim=4, segments=1, seed=3)
+    code = _SIGNAL_BEFORE_THE_HANDLER.format(wal=str(wal), module=module, sig=sig.name)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert (proc.returncode, proc.stderr) == (128 + sig, f"gpu-pitr: interrupted by {sig.name}\n")
+    assert proc.stdout == ""
+
+
 def _report_target(path: Path):
     import json
 

@@ -290,6 +290,34 @@ def test_records_past_the_target_that_are_no_commit_point_show_the_log_went_on(t
         assert bool(_warned(got, "ends before")) is (k != 1), k
 
 
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_a_record_stamped_ahead_of_its_neighbours_does_not_silence_the_warning(tmp_path,
+                                                                                backend):
+    """A Checkpoint stamped a day ahead (a clock stepped back after it), then records
+    stamped as before: the log ends at T + 20, before a target of T + 50, and says so.
+    It was judged by the greatest stamp read, so every T up to the stray one passed in
+    silence (and ``strict`` restored). The last record read is where the log ends: one
+    stamped past T there still shows the log went on (the test above)."""
+    from gpu_pitr.errors import TargetNotReachedError
+
+    b = LogBuilder()
+    b.add(Ins("a", V, ts=T))
+    b.add(Ckpt(0, ts=T + 86_400))
+    b.add(Ins("b", V, ts=T + 20))
+    d = tmp_path / "wal"
+    b.write(d)
+    for chunk in (None, 64):  # (64: a piece a record, the stray stamp in a piece before)
+        for exclusive in (False, True):
+            got = gpu_pitr.restore(d, backend=backend, to_time=T + 50, exclusive=exclusive,
+                                   chunk_bytes=chunk)
+            assert got.report.stop["reason"] == "end_of_log" and list(got.ids) == ["a", "b"]
+            (w,) = _warned(got, "the log ends before the target")
+            assert w.startswith("the log ends before the target 2027-01-15T08:00:50Z: its "
+                                "latest commit point is at 2027-01-15T08:00:20Z; "), w
+    with pytest.raises(TargetNotReachedError, match="the log ends before the target"):
+        gpu_pitr.restore(d, backend=backend, to_time=T + 50, strict=True)
+
+
 def test_a_base_with_no_log_after_it_is_warned_of(tmp_path):
     b, d = _log(tmp_path)
     b.write(d)

@@ -406,8 +406,8 @@ def test_snapshots_choose_the_newest_where_the_transaction_is_open(tmp_path):
     wal, snaps = _snapshot_log(tmp_path)
     got = gpu_pitr.restore(wal, backend="cpu", snapshots=snaps, to_transaction=7)
     assert f"started from snapshot {snaps / 's2'}" in got.report.message
-    assert ("1 snapshot passed over: transaction 7 ends before it, or no record after it "
-            "ends it") in got.report.message
+    assert ("1 snapshot passed over: transaction 7 ends before it (the target, its first "
+            "end that closes it, is at wal-") in got.report.message
     assert got.id_list() == ["a", "b", "x"]
     got = gpu_pitr.restore(wal, backend="cpu", snapshots=snaps, to_transaction=8)
     assert f"started from snapshot {snaps / 's6'}" in got.report.message
@@ -449,9 +449,33 @@ def test_snapshots_between_two_uses_of_an_id_are_passed_over(tmp_path):
     snaps.mkdir()
     snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=4), snaps / "between")
     got = gpu_pitr.restore(wal, backend="cpu", snapshots=snaps, to_transaction=7)
-    assert got.report.base is None and "passed over: transaction 7 ends before it" in \
-        got.report.message
     assert got.id_list() == ["a", "x"] and got.report.stop["seq"] == 3
+    # The note said "ends before it, or no record after it ends it": a record after it
+    # does end 7 (its second use). It names the end that is the target instead.
+    stop = got.report.stop
+    assert got.report.base is None and (
+        "1 snapshot passed over: transaction 7 ends before it (the target, its first end "
+        f"that closes it, is at {Path(stop['file']).name} offset {stop['offset']})"
+        ) in got.report.message
+
+
+def test_snapshots_passed_over_as_no_end_closes_the_transaction_say_so(tmp_path):
+    """Only a stray end of X (closing nothing) in the log: no snapshot serves, and the
+    note says why, not that X ends before them."""
+    from gpu_pitr.format.segments import list_segments
+
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], None, 1))
+    b.add(w.Commit(4, 2))  # seq 1: closes nothing
+    b.add(w.Ins("b", [2.0], None, 3))
+    wal = b.write(tmp_path / "wal")
+    snaps = _snapshots_at(wal, tmp_path / "snaps", (0, 2))
+    snap, notes, _ = snapshot.choose(snaps, {"to_transaction": 4},
+                                     segments=list_segments(wal))
+    assert snap is None
+    assert notes[0] == ("2 snapshots passed over: no record ends transaction 4 while it is "
+                        "open, as the log's markers of it show from the log's start and "
+                        "from them (each end closes nothing: an anomaly)")
 
 
 @pytest.mark.parametrize("stray", [w.Commit, w.Abort])

@@ -331,13 +331,33 @@ def _before_transaction_end(usable: list, manifests: dict, txn: int, segments: l
         target = first_end(key, is_open, starts[k + 1][0] if k + 1 < len(starts) else None)
         if target is not None:
             break
-    kept = [] if target is None else [
-        (key, path) for key, path in usable if first_end(key, open_at(path)) == target]
-    if len(kept) < len(usable):
-        passed = len(usable) - len(kept)
-        it = "it" if passed == 1 else "them"
-        notes.append(f"{plural(passed, 'snapshot')} passed over: transaction {txn} ends "
-                     f"before {it}, or no record after {it} ends it")
+    kept = []
+    passed: dict[str, int] = {}  # why -> how many: one note each
+    for key, path in usable:
+        end = first_end(key, open_at(path))
+        if target is not None and end == target:
+            kept.append((key, path))
+        else:
+            # The target is before it (an id used again after it: the restore from it
+            # would stop at a later use's end); or it is before the target, but what it
+            # holds open differs from what the log's markers say (an earlier end, or
+            # none); or no start finds an end that closes an open X at all.
+            why = ("absent" if target is None else "before" if key > target
+                   else "none" if end is None else "other")
+            passed[why] = passed.get(why, 0) + 1
+    at = "" if target is None else f"{target[1].decode()} offset {target[2]}"
+    for why, count in passed.items():
+        it = "it" if count == 1 else "them"
+        notes.append(f"{plural(count, 'snapshot')} passed over: " + {
+            "before": f"transaction {txn} ends before {it} (the target, its first end "
+                      f"that closes it, is at {at})",
+            "none": f"a restore from {it} would find no record that ends transaction "
+                    f"{txn} while it is open",
+            "other": f"a restore from {it} would stop at another end of transaction "
+                     f"{txn} than the target ({at})",
+            "absent": f"no record ends transaction {txn} while it is open, as the log's "
+                      f"markers of it show from the log's start and from {it} (each end "
+                      "closes nothing: an anomaly)"}[why])
     return kept, False
 
 
