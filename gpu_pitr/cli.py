@@ -1298,8 +1298,12 @@ def _snapshot_last_seq(path: str, position: dict) -> list[str]:
         # The seq occurs earlier in the log it covers (a writer restarted): --to-seq
         # names that first record, before the base, and fails; its position names this.
         target = f"--to-position {record['segment']}:{record['offset']}"
+    # --stop-reading-at-target: the state is the base's own, and the log after it is not
+    # read (recovery_target = 'immediate'); by default all of it would be, to look for
+    # damage the state does not depend on.
     return [f"last record covered: seq {last} (this state exactly: gpu-pitr restore "
-            f"WAL_DIR --base {shlex.quote(str(path))} {target}{allow} --out OUT)"]
+            f"WAL_DIR --base {shlex.quote(str(path))} {target}{allow} "
+            "--stop-reading-at-target --out OUT)"]
 
 
 def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:

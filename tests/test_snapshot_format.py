@@ -279,7 +279,7 @@ def test_inspect_of_a_snapshot_names_the_seq_that_restores_exactly_its_state(tmp
         f"created {m['created']} by gpu-pitr {gpu_pitr.__version__}")
     line = next(x for x in out.splitlines() if x.startswith("last record covered"))
     assert line == (f"last record covered: seq 7 (this state exactly: gpu-pitr restore WAL_DIR "
-                    f"--base {tmp_path / 'snaps' / 'p'} --to-seq 7 --out OUT)")
+                    f"--base {tmp_path / 'snaps' / 'p'} --to-seq 7 --stop-reading-at-target --out OUT)")
     command = line.split("exactly: gpu-pitr ", 1)[1].rstrip(")").split()
     command = [str(wal) if a == "WAL_DIR" else str(tmp_path / "o.npz") if a == "OUT" else a
                for a in command]
@@ -288,6 +288,10 @@ def test_inspect_of_a_snapshot_names_the_seq_that_restores_exactly_its_state(tmp
     got = np.load(tmp_path / "o.npz", allow_pickle=False)
     assert list(got["ids"]) == want.id_list() == [f"d{k}" for k in range(6)]
     assert np.array_equal(got["vectors"], want.vectors)
+    # The snapshot's own state (recovery_target = 'immediate'): no record of the log
+    # after it read, though the log goes on.
+    report = json.loads(str(got["report"]))
+    assert report["records_read"] == 0 and report["stop"]["seq"] == 7
     assert list(got["metadata"]) == list(want.metadata_json())
 
 

@@ -586,7 +586,8 @@ def test_inspect_names_a_command_that_gives_back_a_snapshot_past_a_restart(tmp_p
     line = next(x for x in capsys.readouterr().out.splitlines()
                 if x.startswith("last record covered"))
     assert line == (f"last record covered: seq 1 (this state exactly: gpu-pitr restore "
-                    f"WAL_DIR --base {snap} --to-position {at.file}:{at.offset} --out OUT)")
+                    f"WAL_DIR --base {snap} --to-position {at.file}:{at.offset} "
+                    "--stop-reading-at-target --out OUT)")
     command = shlex.split(line.split("exactly: gpu-pitr ", 1)[1].rstrip(")"))
     command = [wal if a == "WAL_DIR" else str(tmp_path / "o.npz") if a == "OUT" else a
                for a in command]
