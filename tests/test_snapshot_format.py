@@ -279,7 +279,8 @@ def test_inspect_of_a_snapshot_names_the_seq_that_restores_exactly_its_state(tmp
         f"created {m['created']} by gpu-pitr {gpu_pitr.__version__}")
     line = next(x for x in out.splitlines() if x.startswith("last record covered"))
     assert line == (f"last record covered: seq 7 (this state exactly: gpu-pitr restore WAL_DIR "
-                    f"--base {tmp_path / 'snaps' / 'p'} --to-seq 7 --stop-reading-at-target --out OUT)")
+                    f"--base {tmp_path / 'snaps' / 'p'} --to-seq 7 --stop-reading-at-target "
+                    "--out OUT)")
     command = line.split("exactly: gpu-pitr ", 1)[1].rstrip(")").split()
     command = [str(wal) if a == "WAL_DIR" else str(tmp_path / "o.npz") if a == "OUT" else a
                for a in command]
