@@ -140,6 +140,34 @@ def test_nesting_deeper_than_the_compiled_stack(tmp_path):
     assert [d["timestamp"] for d in wal_records(wal_dir, until=299)] == [299]
 
 
+def test_a_transaction_filter_leaves_out_an_undecodable_record_nested_deep(tmp_path):
+    """``--transaction X`` leaves damage out, an undecodable record between X's Begin
+    and its Commit included (no transaction can be read from it): one nested deeper than
+    the compiled parser's stack, whose first parse says only "too deep", was listed all
+    the same, given X by that parse's guess that it was a data record."""
+    from workloads import Begin, Commit, encode_entry
+
+    deep = Ins("x", f32(1, 2), None, T0 + 2)
+    for _ in range(100):
+        deep = Batch([deep], T0 + 2)
+    b = LogBuilder()
+    b.add(Begin(9, T0))                                  # seq 0
+    b.add(Ins("a", f32(1), None, T0 + 1))                # 1: in 9
+    b.add_payload(encode_entry(deep)[:-3])               # 2: undecodable, past the stack
+    b.add_payload(encode_entry(Ins("b", f32(1), None, T0 + 2))[:-3])  # 3: undecodable
+    b.add(deep)                                          # 4: in 9, past the stack
+    b.add(Commit(9, T0 + 3))                             # 5
+    wal_dir = b.write(tmp_path / "w")
+    assert [d.get("damage") for d in wal_records(wal_dir)] == [
+        None, None, "undecodable", "undecodable", None, None]
+    for chunk in (None, 64):
+        got = [(d["seq"], d.get("damage"), d.get("transaction"))
+               for d in wal_records(wal_dir, transaction=9, chunk_bytes=chunk)]
+        assert got == [(0, None, None), (1, None, 9), (4, None, 9), (5, None, None)]
+    # The seq filters, which do keep damage, show it.
+    assert [d["seq"] for d in wal_records(wal_dir, first_seq=0, last_seq=5)] == list(range(6))
+
+
 def test_deep_nesting_prints_text_linear_in_depth(tmp_path):
     # Each level indented two more spaces made the text of a batch nested d deep d * d
     # bytes: a 500 KB record nested 100,000 deep printed 10 GB, all of it held in memory.
@@ -338,13 +366,21 @@ def test_transactions_closed_newest_first_or_overlapping_keep_the_lookup_small(
     from gpu_pitr.format import dump
 
     most = []
+    walk = dump._txn_walk
 
-    class Watched(dump._OpenTransactions):
-        def _mark(self, kind, txn):
-            super()._mark(kind, txn)
-            most.append((len(self.begun), len(self.open)))
+    def stepped(i, n, *args):
+        # One record a call, to see the stack (``state[_TOP]`` entries of ``begun``)
+        # after each; ``wal_records``' walk lists nothing, so no events are lost.
+        open_txns, state = args[9], args[14]
+        while i < n:
+            i, m, more_room = walk(i, i + 1, *args)
+            assert m == 0
+            if more_room:  # (a Begin with no slot free: the tables grown, then walked)
+                return i, 0, True
+            most.append((int(state[dump._TOP]), len(open_txns)))
+        return n, 0, False
 
-    monkeypatch.setattr(dump, "_OpenTransactions", Watched)
+    monkeypatch.setattr(dump, "_txn_walk", stepped)
     b = LogBuilder()
     for t in range(300):
         b.add(Begin(t, T0))
@@ -368,6 +404,7 @@ def test_transactions_closed_newest_first_or_overlapping_keep_the_lookup_small(
         got = [doc.get("transaction") for doc in wal_records(tmp_path / "w",
                                                              chunk_bytes=chunk)]
         assert got == want
+        assert len(most) == len(want)
         assert max(held - 2 * n_open for held, n_open in most) <= 64
 
 
@@ -399,23 +436,52 @@ def test_a_window_within_one_second_is_not_called_backwards(tmp_path):
 @given(st.lists(st.tuples(st.booleans(), st.one_of(st.integers(0, 6), st.integers(0, 300))),
                 max_size=1000))
 def test_the_open_transactions_stack_says_what_the_ordered_dict_said(ops):
-    """``_OpenTransactions`` (a stack of begins, closed ones popped) against the
-    insertion-ordered dict it replaced: the newest open one after every Begin, Commit or
-    Abort (of ids open or not, begun again, closed below an open one), and a stack
-    within twice the open ones and 64."""
-    from gpu_pitr.format.dump import _OpenTransactions
-    from gpu_pitr.format.layout import BEGIN_TRANSACTION, COMMIT_TRANSACTION
+    """The compiled walk's stack of begins (closed ones popped) against the
+    insertion-ordered dict it replaced: the transaction a data record after every Begin,
+    Commit or Abort (of ids open or not, begun again, closed below an open one) belongs
+    to is the newest open one, and the stack stays within twice the open ones and 64.
+    Columns made here, not a log: each op a marker record, then a Delete."""
+    import numpy as np
 
-    txns = _OpenTransactions()
+    from gpu_pitr.format import dump
+    from gpu_pitr.format.layout import BEGIN_TRANSACTION, COMMIT_TRANSACTION, DELETE
+    from gpu_pitr.format.payload import OK
+
+    n = 2 * len(ops)
+    kind = np.full(n, DELETE, np.int64)
+    kind[0::2] = [BEGIN_TRANSACTION if begin else COMMIT_TRANSACTION for begin, _ in ops]
+    aux = np.zeros(n, np.uint64)
+    aux[0::2] = [txn for _, txn in ops]
+    status = np.full(n, OK, np.uint8)
+    ts, seq = np.zeros(n, np.uint64), np.arange(n, dtype=np.uint64)
+    foff = 16 + 20 * np.arange(n, dtype=np.int64)
+    zero, data = np.zeros(n, np.bool_), np.zeros((n, 4), np.int64)
+    txns = dump._Transactions(listing=False)
+    owned, owner = np.zeros(n, np.bool_), np.zeros(n, np.uint64)
+
+    def step(i):  # walk record i, the tables grown as the walk asks
+        while True:
+            nxt, m, more_room = dump._txn_walk(
+                i, i + 1, 0, status, kind, aux, ts, seq, foff, zero, data, txns.open,
+                txns.slot_u, txns.slot_i, txns.free, txns.begun, txns.state, txns.bounds,
+                txns.ev_i, txns.ev_u, owned, owner)
+            assert m == 0
+            if not more_room:
+                assert nxt == i + 1
+                return
+            txns._grow()
+
     model: dict[int, None] = {}
-    for begin, txn in ops:
+    for k, (begin, txn) in enumerate(ops):
         if begin:
             model.setdefault(txn)
         else:
             model.pop(txn, None)
-        txns._mark(BEGIN_TRANSACTION if begin else COMMIT_TRANSACTION, txn)
-        assert txns.newest() == (next(reversed(model)) if model else None)
-        assert len(txns.begun) <= 2 * len(txns.open) + 65
+        step(2 * k)
+        step(2 * k + 1)
+        newest = next(reversed(model)) if model else None
+        assert (int(owner[2 * k + 1]) if owned[2 * k + 1] else None) == newest
+        assert txns.state[dump._TOP] <= 2 * len(model) + 65
 
 
 def test_a_transaction_filter_lists_its_markers_and_the_records_inside_it(tmp_path):

@@ -195,6 +195,23 @@ def test_the_damaged_log_row_by_row(tmp_path):
     assert len(rows) == 9
 
 
+@pytest.mark.parametrize("window", [{"since": 0}, {"until": 2**64 - 1}, {"since": -5},
+                                    {"until": 2**70}, {"since": 0, "until": 2**64 - 1}])
+def test_a_filter_as_wide_as_the_log_still_leaves_the_damage_out(tmp_path, window):
+    """A filter given leaves the damage items out, one whose bounds are those of the
+    whole range (or past it) too: the rows are all there, their ``damage_inside`` still
+    counts, and no item of damage (undecodable records, torn tails, a bad header) is
+    listed, whether the compiled walk or the framing found it."""
+    wal_dir = tmp_path / "wal"
+    write_damaged_wal(wal_dir)
+    everything = list(wal_transactions(wal_dir))
+    assert {d["damage"] for d in everything if "damage" in d} == {
+        "undecodable", "torn_tail", "bad_header"}
+    for chunk in (None, 64):
+        assert list(wal_transactions(wal_dir, chunk_bytes=chunk, **window)) == [
+            d for d in everything if "damage" not in d]
+
+
 def test_ids_reused_after_a_restart_nested_batches_and_deep_nesting(tmp_path):
     """An id begun again after it ended is a transaction of its own; a batch's entries
     count one by one at every depth (deeper than the compiled parser's stack too) and a

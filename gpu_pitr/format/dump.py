@@ -113,7 +113,7 @@ def wal_records(
     by_seq = first_seq is not None or last_seq is not None or transaction is not None
     by_time = since is not None or until is not None
     left = limit
-    txns = _OpenTransactions()
+    txns = _Transactions(listing=False)
 
     def pieces():
         for item, cols in _parsed_pieces(segments, chunk_bytes):
@@ -124,7 +124,8 @@ def wal_records(
                                   nbytes)
             else:
                 yield from _piece(item, segments[item.segment].name, cols, since, until,
-                                  first_seq, last_seq, by_seq, by_time, txns, transaction)
+                                  first_seq, last_seq, by_seq, by_time,
+                                  txns.owners(item, item.segment, cols), transaction)
                 if item.torn is not None and not (by_seq or by_time):
                     at, lost = item.torn
                     doc = _damage(segments[item.segment].name, at, None, "torn_tail", None,
@@ -240,18 +241,9 @@ def wal_transactions(
     if filters is None:
         return  # a range no u64 falls in, or a limit of 0
     segments, since, until, transaction = filters
-    window = (0 if since is None else since, U64_MAX if until is None else until)
-    places = since is None and until is None and transaction is None
     left = limit
-    items = _transaction_items(segments, chunk_bytes, *window, transaction)
+    items = _transaction_items(segments, chunk_bytes, since, until, transaction)
     for doc in _zero_runs_joined(items):
-        if "damage" in doc:
-            if not places:
-                continue
-        elif transaction is not None and doc["transaction"] != transaction:
-            continue
-        elif not _overlaps(doc, *window):
-            continue
         yield doc
         if left is not None:
             left -= 1
@@ -259,41 +251,36 @@ def wal_transactions(
                 return
 
 
-def _overlaps(row: dict, since: int, until: int) -> bool:
-    """Whether ``row``'s span (its Begin's stamp to its end's, either way round; one
-    still open: on to any later time) meets ``since``..``until``."""
-    stamps = [row[k]["timestamp"] for k in ("begin", "end") if row[k] is not None]
-    lo, hi = min(stamps), max(stamps)
-    if row["outcome"] == "open":
-        hi = U64_MAX
-    return lo <= until and hi >= since
-
-
-def _transaction_items(segments: list, chunk_bytes: int | None, since: int = 0,
-                       until: int = U64_MAX, transaction: int | None = None
+def _transaction_items(segments: list, chunk_bytes: int | None, since: int | None = None,
+                       until: int | None = None, transaction: int | None = None
                        ) -> Iterator[dict]:
-    """Every transaction row and damage item of ``segments`` in ``wal_transactions``'
-    order (zero-filled runs split by a piece boundary not yet joined). ``since``,
-    ``until`` and ``transaction`` let the compiled walk leave out the rows that
-    ``wal_transactions`` would (it filters them again); with any of them set, damage
-    items are left out too."""
+    """The transaction rows and damage items of ``segments`` that ``wal_transactions``
+    lists (``since``, ``until``, ``transaction``: its filters, None where not given;
+    with any of them given, damage items are left out, but still counted in the rows'
+    ``damage_inside``), in
+    its order (zero-filled runs split by a piece boundary not yet joined). The rows
+    that end or are anomalies in the log are filtered by the compiled walk, those still
+    open at its end by ``still_open``, the framing's damage (bad headers, torn tails,
+    which the walk never sees) here."""
     txns = _Transactions(since, until, transaction)
     for item, c in _parsed_pieces(segments, chunk_bytes):
         name = segments[item.segment].name
         if item.problem is not None:
             kind, offset, what, nbytes = item.problem
             txns.state[_DAMAGE] += 1
-            yield _damage(name, offset, None, kind, what, nbytes)
+            if not txns.filtered:
+                yield _damage(name, offset, None, kind, what, nbytes)
             continue
         yield from txns.piece(item, item.segment, segments, c)
         if item.torn is not None:
-            at, lost = item.torn
-            doc = _damage(name, at, None, "torn_tail", None, lost)
-            size = written_since(segments[item.segment].path, at, lost)
-            if size is not None:  # a writer appending: the same words as inspect's
-                doc.update(size_now=size, what=in_progress(size))
             txns.state[_DAMAGE] += 1
-            yield doc
+            if not txns.filtered:
+                at, lost = item.torn
+                doc = _damage(name, at, None, "torn_tail", None, lost)
+                size = written_since(segments[item.segment].path, at, lost)
+                if size is not None:  # a writer appending: the same words as inspect's
+                    doc.update(size_now=size, what=in_progress(size))
+                yield doc
     yield from txns.still_open(segments)
 
 
@@ -304,7 +291,8 @@ _ZEROS_END = 2
 _TOP = 3  # entries in ``begun``
 _FREE = 4  # entries in ``free``
 _ORDER = 5  # begin order of the next transaction opened
-_FILTERED = 6  # 1: leave damage out; 2: keep one transaction id only
+_FILTERED = 6  # bits: _NO_DAMAGE, _ONE_ID, _NO_ROWS
+_NO_DAMAGE, _ONE_ID, _NO_ROWS = 1, 2, 4  # leave damage out, keep one id, list nothing
 # An open transaction's slot: ``slot_u`` (id, begin seq, begin stamp) and ``slot_i``
 # (its Begin's segment and file offset, its counts, the damage count at its Begin, its
 # begin order: -1 for a free slot):
@@ -318,11 +306,17 @@ _OUTCOME = {COMMIT_TRANSACTION: "committed", ABORT_TRANSACTION: "aborted"}
 class _Transactions:
     """The transactions open as the log is read (SPEC section 3), in compiled
     structures: an id -> slot map, slot tables of where each began and what it holds so
-    far, and ``_OpenTransactions``' stack of begins for the newest open one, to which
-    data records belong. ``piece`` walks a piece's records in ``_txn_walk``; Python
-    makes a dict only for what is listed."""
+    far, and a stack of begins for the newest open one, to which data records belong.
+    ``piece`` walks a piece's records in ``_txn_walk`` for ``wal_transactions``' rows;
+    ``owners`` walks them for ``wal_records``, which lists no rows, only which
+    transaction each data record is in. Python makes a dict only for what is listed.
 
-    def __init__(self, since: int, until: int, transaction: int | None) -> None:
+    ``since``, ``until`` and ``transaction``: the rows to list (those ``wal_transactions``
+    keeps, None where not given; with any of them given, a bound of the whole range
+    included, no damage items). ``listing=False``: nothing at all."""
+
+    def __init__(self, since: int | None = None, until: int | None = None,
+                 transaction: int | None = None, listing: bool = True) -> None:
         self.open = _new_txn_map()
         self.slot_u = np.zeros((0, 3), np.uint64)
         self.slot_i = np.zeros((0, 8), np.int64)
@@ -330,12 +324,21 @@ class _Transactions:
         self.begun = np.zeros((0, 2), np.int64)
         self.state = np.zeros(7, np.int64)
         self.state[_ZEROS_SEG] = -1
-        self.state[_FILTERED] = ((since > 0 or until < U64_MAX or transaction is not None)
-                                 + 2 * (transaction is not None))
-        self.bounds = np.array([since, until, transaction or 0], np.uint64)
+        filtered = not listing or any(f is not None for f in (since, until, transaction))
+        self.state[_FILTERED] = (_NO_DAMAGE * filtered + _ONE_ID * (transaction is not None)
+                                 + _NO_ROWS * (not listing))
+        self.bounds = np.array([since or 0, U64_MAX if until is None else until,
+                                transaction or 0], np.uint64)
         self.ev_i = np.zeros((_EVENTS, 10), np.int64)
         self.ev_u = np.zeros((_EVENTS, 3), np.uint64)
+        self.owned = np.zeros(0, np.bool_)
+        self.owner = np.zeros(0, np.uint64)
         self._grow()
+
+    @property
+    def filtered(self) -> bool:
+        """Whether damage items are left out (a filter is set)."""
+        return bool(self.state[_FILTERED] & _NO_DAMAGE)
 
     def _grow(self) -> None:
         """Room for twice as many open transactions (a slot each)."""
@@ -359,24 +362,49 @@ class _Transactions:
     def piece(self, item, seg: int, segments: list, c) -> Iterator[dict]:
         """The rows and damage items one framed piece (its records parsed into ``c``)
         completes, in log order."""
+        name = segments[seg].name
+        for m, foff in self._walk(item, seg, c):
+            for e in range(m):
+                yield self._item(item, name, segments, foff, c, e)
+
+    def owners(self, item, seg: int, c) -> tuple[np.ndarray, np.ndarray]:
+        """Of each record of one framed piece (its records parsed into ``c``), whether it
+        is a data record inside a transaction, and that transaction's id: ``(owned,
+        owner)``, valid until the next piece. The walk lists nothing (``listing=False``);
+        a record nested deeper than the parse's stack has its columns parsed again."""
+        for m, _ in self._walk(item, seg, c):
+            assert m == 0  # (nothing is listed)
+        return self.owned[:item.n], self.owner[:item.n]
+
+    def _walk(self, item, seg: int, c) -> Iterator[tuple[int, np.ndarray]]:
+        """Walk one piece in ``_txn_walk``: each time it stops, the count of events in
+        ``ev_i`` (valid until the next) and the piece's records' file offsets. Fills
+        ``owned`` and ``owner`` for the piece."""
         n = item.n
         if not n:
             return
         data = np.zeros((n, len(_COUNTED)), np.int64)
-        _data_counts(item.buf, n, item.off, item.length, np.empty(MAX_BATCH_DEPTH, np.int64),
-                     c.status, c.kind, c.ts, c.aux, c.stop, c.e_op, c.e_key, data)
+        stack = np.empty(MAX_BATCH_DEPTH, np.int64)
+        if self.state[_FILTERED] & _NO_ROWS:  # no rows to count for: deep records parsed
+            _parsed_deeper(item.buf, n, item.off, item.length, stack, c.status, c.kind,
+                           c.ts, c.aux, c.stop, c.e_op, c.e_key)
+        else:
+            _data_counts(item.buf, n, item.off, item.length, stack, c.status, c.kind, c.ts,
+                         c.aux, c.stop, c.e_op, c.e_key, data)
         foff = (item.row_file_offset[:n] if item.row_file_offset is not None
                 else item.off[:n] - item.start + item.file_start)
         zero = zerofill.zero_records(item.length[:n], item.seq[:n])
-        name = segments[seg].name
+        if len(self.owned) < n:
+            self.owned = np.zeros(n, np.bool_)
+            self.owner = np.zeros(n, np.uint64)
+        self.owned[:n] = False
         i = 0
         while i < n:
             i, m, more_room = _txn_walk(
                 i, n, seg, c.status, c.kind, c.aux, c.ts, item.seq, foff, zero, data,
                 self.open, self.slot_u, self.slot_i, self.free, self.begun, self.state,
-                self.bounds, self.ev_i, self.ev_u)
-            for e in range(m):
-                yield self._item(item, name, segments, foff, c, e)
+                self.bounds, self.ev_i, self.ev_u, self.owned, self.owner)
+            yield m, foff
             if more_room:
                 self._grow()
 
@@ -405,9 +433,17 @@ class _Transactions:
                     damage_inside=counts[4])
 
     def still_open(self, segments: list) -> Iterator[dict]:
-        """The rows of the transactions open at the end of the log, oldest first."""
+        """The rows of the transactions open at the end of the log that the filters keep
+        (as ``_txn_walk``: the id, and a span from the Begin's stamp on to any later
+        time), oldest first."""
+        _, until, want = self.bounds
         order = self.slot_i[:, _S_ORDER]
-        slots = np.flatnonzero(order >= 0)  # those open (a free slot's order is -1)
+        keep = (order >= 0) & (self.slot_u[:, 2] <= until)  # a free slot's order is -1
+        if self.state[_FILTERED] & _ONE_ID:
+            keep &= self.slot_u[:, 0] == want
+        if self.state[_FILTERED] & _NO_ROWS:
+            keep[:] = False
+        slots = np.flatnonzero(keep)
         for s in slots[np.argsort(order[slots])].tolist():
             txn, seq, ts = self.slot_u[s].tolist()
             seg, off, *counts = self.slot_i[s, :_S_DAMAGE + 1].tolist()
@@ -434,19 +470,27 @@ _COUNTED = ("records", "inserts", "updates", "deletes")
 
 @njit(cache=True, nogil=True)
 def _txn_walk(i, n, seg, status, kind, aux, ts, seq, foff, zero, data, open_txns, slot_u,
-              slot_i, free, begun, state, bounds, ev_i, ev_u):
+              slot_i, free, begun, state, bounds, ev_i, ev_u, owned, owner):
     """Walk records ``i..n-1`` of a piece in log order under SPEC section 3's transaction
     rules; returns ``(next record, events, whether a slot is wanted)``. Stops early when
     ``ev_i`` is full or no slot is free for a Begin (the caller grows the tables).
 
-    ``data``: each record's data (``_data_counts``), added to the newest open one's
-    slot. Events: a transaction ended (its slot's begin and counts copied out), a Begin
-    of an open id (the open one's begin), an end of one not open, damage (counted
-    always, listed unless ``state[_FILTERED]``). A transaction or anomaly the filters
-    (``bounds``: since, until, id) leave out is not an event at all."""
+    A Begin opens its id unless it is open already, a Commit or an Abort closes it; a
+    data record belongs to the one begun most recently of those open: ``owned[i]``,
+    ``owner[i]`` its id, and ``data[i]`` (``_data_counts``) is added to its slot. The
+    newest open one is the top of a stack of begins (``begun``: slot and begin order)
+    from which ended ones are popped when they reach the top, so each lookup is O(1)
+    and each end amortized O(1) (a lookup walking past ended ones was quadratic: a log
+    closing its transactions newest first, 200,000 open, took 14 s).
+
+    Events: a transaction ended (its slot's begin and counts copied out), a Begin of an
+    open id (the open one's begin), an end of one not open, damage (counted always,
+    listed unless ``state[_FILTERED]``). A transaction or anomaly the filters
+    (``bounds``: since, until, id; ``_NO_ROWS``: all) leave out is not an event."""
     m = 0
     since, until, want = bounds[0], bounds[1], bounds[2]
-    by_id = state[_FILTERED] >= 2
+    by_id = (state[_FILTERED] & _ONE_ID) != 0
+    rows = (state[_FILTERED] & _NO_ROWS) == 0
     while i < n:
         if m >= ev_i.shape[0]:
             return i, m, False
@@ -458,7 +502,7 @@ def _txn_walk(i, n, seg, status, kind, aux, ts, seq, foff, zero, data, open_txns
                 state[_DAMAGE] += 1  # (one a piece boundary split is joined later)
             state[_ZEROS_SEG] = seg
             state[_ZEROS_END] = foff[i] + (j - i) * RECORD_HEADER_SIZE
-            if state[_FILTERED] == 0:
+            if (state[_FILTERED] & _NO_DAMAGE) == 0:
                 ev_i[m, 0] = _EV_ZEROS
                 ev_i[m, 1] = i
                 ev_i[m, 2] = j - i
@@ -468,7 +512,7 @@ def _txn_walk(i, n, seg, status, kind, aux, ts, seq, foff, zero, data, open_txns
         if status[i] != OK:
             state[_DAMAGE] += 1
             state[_ZEROS_SEG] = -1
-            if state[_FILTERED] == 0:
+            if (state[_FILTERED] & _NO_DAMAGE) == 0:
                 ev_i[m, 0] = _EV_DAMAGE
                 ev_i[m, 1] = i
                 m += 1
@@ -479,6 +523,8 @@ def _txn_walk(i, n, seg, status, kind, aux, ts, seq, foff, zero, data, open_txns
             top = state[_TOP]
             if top > 0:
                 s = begun[top - 1, 0]
+                owned[i] = True
+                owner[i] = slot_u[s, 0]
                 for f in range(4):
                     slot_i[s, _S_RECORDS + f] += data[i, f]
             i += 1
@@ -488,7 +534,7 @@ def _txn_walk(i, n, seg, status, kind, aux, ts, seq, foff, zero, data, open_txns
             continue
         txn = aux[i]
         t = ts[i]
-        keep = not by_id or txn == want
+        keep = rows and (not by_id or txn == want)
         if k == BEGIN_TRANSACTION and txn in open_txns:
             if keep and since <= t <= until:
                 s = open_txns[txn]
@@ -532,8 +578,11 @@ def _txn_walk(i, n, seg, status, kind, aux, ts, seq, foff, zero, data, open_txns
             slot_i[s, _S_ORDER] = -1
             free[state[_FREE]] = s
             state[_FREE] += 1
-            # As _OpenTransactions: the ended ones popped off the top, and dropped from
-            # below once they are half the stack.
+            # The ended ones popped off the top (one begun again since has a later
+            # entry), so the top is the newest open one; those ended below an open one
+            # (each transaction committed after the next one began) are dropped once
+            # they are half the stack, which so stays within twice the open ones (and
+            # 64).
             top = state[_TOP]
             while top > 0 and slot_i[begun[top - 1, 0], _S_ORDER] != begun[top - 1, 1]:
                 top -= 1
@@ -577,8 +626,12 @@ def _data_counts(buf, n, off, length, stack, status, kind, ts, aux, stop, e_i64,
     and its columns written back (``statwalk._parsed_deep``, as ``statwalk._walk``)."""
     nested = np.zeros(N_VARIANTS, np.int64)
     for i in range(n):
-        st = _parsed_deep(buf, i, off, length, stack, status, kind, ts, aux, stop, e_i64,
-                          e_u64)
+        # Called for every record, ``_parsed_deep`` (not inlined: its twelve arrays'
+        # reference counts taken and dropped each time) took 0.2 s a GiB.
+        st = stack
+        if status[i] == ERR_DEPTH:
+            st = _parsed_deep(buf, i, off, length, stack, status, kind, ts, aux, stop, e_i64,
+                              e_u64)
         k = kind[i]
         if status[i] != OK or k > BATCH:
             continue
@@ -592,6 +645,18 @@ def _data_counts(buf, n, off, length, stack, status, kind, ts, aux, stop, e_i64,
             out[i, 3] = nested[DELETE]
         else:
             out[i, 1 + k] = 1
+
+
+@njit(cache=True, nogil=True)
+def _parsed_deeper(buf, n, off, length, stack, status, kind, ts, aux, stop, e_i64, e_u64):
+    """Each record of a piece nested deeper than ``stack`` parsed again with a deeper one
+    and its columns written back (``statwalk._parsed_deep``): ``_data_counts`` without
+    the counts, which ``wal_records`` has no use for (they took 0.06 s a GiB, 5% of
+    ``inspect --records`` with a filter that decodes few records)."""
+    for i in range(n):
+        if status[i] == ERR_DEPTH:  # (a call for each record: 0.2 s a GiB, as above)
+            _parsed_deep(buf, i, off, length, stack, status, kind, ts, aux, stop, e_i64,
+                         e_u64)
 
 
 def transaction_lines(doc: dict, damage_listed: bool = True) -> list[str]:
@@ -665,72 +730,17 @@ def _zero_runs_joined(docs: Iterator[dict]) -> Iterator[dict]:
         yield held
 
 
-class _OpenTransactions:
-    """The transactions open as the log is read, across pieces (SPEC section 3): a
-    Begin opens its id unless it is open already, a Commit or an Abort closes it; a
-    data record belongs to the one begun most recently of those open.
-
-    The newest open one is the top of a stack of begins from which closed ones are
-    popped when they reach the top, so each lookup is O(1) and each close amortized
-    O(1). (The last key of an insertion-ordered dict, ``next(reversed(d))``, is not:
-    CPython's reverse walk steps over every entry deleted from the end, so a log
-    closing its transactions newest first was quadratic: 200,000 open took 14 s.)
-    """
-
-    def __init__(self) -> None:
-        self.open: dict[int, int] = {}  # id -> which begin opened it (a count)
-        self.begun: list[tuple[int, int]] = []  # (id, count) of begins, oldest first
-        self._begins = 0
-
-    def newest(self) -> int | None:
-        """The id of the transaction begun most recently of those open, if any."""
-        return self.begun[-1][0] if self.begun else None
-
-    def members(self, kind, aux, status, n: int, rows: list[int]) -> dict[int, int]:
-        """Of ``rows`` (ascending record indices of a piece), the data records inside a
-        transaction and its id; every transaction marker of the piece is applied."""
-        marks = np.flatnonzero((status[:n] == OK) & (kind[:n] >= BEGIN_TRANSACTION)).tolist()
-        out, j = {}, 0
-        for i in rows:
-            while j < len(marks) and marks[j] < i:
-                self._mark(int(kind[marks[j]]), int(aux[marks[j]]))
-                j += 1
-            if self.open and int(kind[i]) <= BATCH and int(status[i]) in (OK, ERR_DEPTH):
-                out[i] = self.newest()
-        for m in marks[j:]:
-            self._mark(int(kind[m]), int(aux[m]))
-        return out
-
-    def _mark(self, kind: int, txn: int) -> None:
-        if kind == BEGIN_TRANSACTION:
-            if txn not in self.open:
-                self._begins += 1
-                self.open[txn] = self._begins
-                self.begun.append((txn, self._begins))
-        elif self.open.pop(txn, None) is not None:  # Commit, Abort
-            # Pop the closed ones off the top (one begun again since has a later
-            # entry), so the top is the newest open one; those closed below an open
-            # one (each transaction committed after the next one began) are dropped
-            # once they are half the stack, which so stays within twice the open ones
-            # (and 64).
-            begun = self.begun
-            while begun and not self._live(begun[-1]):
-                begun.pop()
-            if len(begun) > 2 * len(self.open) + 64:
-                self.begun = [entry for entry in begun if self._live(entry)]
-
-    def _live(self, entry: tuple[int, int]) -> bool:
-        return self.open.get(entry[0]) == entry[1]
-
-
-def _piece(item, name, cols, since, until, first_seq, last_seq, by_seq, by_time, txns,
+def _piece(item, name, cols, since, until, first_seq, last_seq, by_seq, by_time, owners,
            transaction=None):
-    """The items of one framed piece (its records parsed into ``cols``), each made as it
-    is asked for: a piece is up to a chunk of records, and the dicts of 800,000 small
-    ones held at once took 0.7 GB."""
+    """The items of one framed piece (its records parsed into ``cols``, those nested
+    deeper than the parse's stack parsed again: ``_Transactions.owners``, which gives
+    ``owners``, each record's transaction), each made as it is asked for: a piece is up
+    to a chunk of records, and the dicts of 800,000 small ones held at once took
+    0.7 GB."""
     n = item.n
     if n:
         c = cols
+        owned, owner = owners
         seq = item.seq[:n]
         keep = np.ones(n, np.bool_)
         if first_seq is not None:
@@ -748,6 +758,11 @@ def _piece(item, name, cols, since, until, first_seq, last_seq, by_seq, by_time,
         zero = zerofill.zero_records(item.length[:n], seq)
         if by_time or transaction is not None:
             keep &= ~zero  # no timestamp to place them by, in no transaction
+        if transaction is not None:  # its markers (top level only) and its members
+            want = np.uint64(transaction)
+            keep &= ((owned & (owner == want))
+                     | ((status == OK) & (c.kind[:n] >= BEGIN_TRANSACTION)
+                        & (c.aux[:n] == want)))
         rows = np.flatnonzero(keep)
         # A run of zero-filled records back to back is one item (format.zerofill).
         firsts, counts = zerofill.runs(np.zeros(len(rows), np.int64), item.off[rows],
@@ -755,13 +770,7 @@ def _piece(item, name, cols, since, until, first_seq, last_seq, by_seq, by_time,
         rows = rows[firsts]
         runs = zero[rows]  # (each other record is a run of its own: not held)
         records = dict(zip(rows[runs].tolist(), counts[runs].tolist(), strict=True))
-        rows = rows.tolist()
-        member = txns.members(c.kind, c.aux, status, n, rows)
-        if transaction is not None:  # its markers (top level only) and its members
-            marker = (status == OK) & (c.kind[:n] >= BEGIN_TRANSACTION)
-            rows = [i for i in rows if member.get(i) == transaction
-                    or (marker[i] and int(c.aux[i]) == transaction)]
-        for i in rows:
+        for i in rows.tolist():
             if zero[i]:
                 at = item.file_offset(i)
                 k = records[i]
@@ -769,14 +778,11 @@ def _piece(item, name, cols, since, until, first_seq, last_seq, by_seq, by_time,
                                  k * RECORD_HEADER_SIZE), "records": k}
                 continue
             doc = _record(item, name, i)
-            if i in member and "damage" not in doc:
-                doc["transaction"] = member[i]
-            if "damage" in doc and by_time:
-                continue  # no timestamp to place it by
-            if "damage" not in doc and int(status[i]) == ERR_DEPTH and not (
-                    (since is None or doc["timestamp"] >= since)
-                    and (until is None or doc["timestamp"] <= until)):
-                continue  # nested deeper than the compiled pass's stack: placed here
+            if "damage" in doc:
+                if by_time:
+                    continue  # no timestamp to place it by
+            elif owned[i]:
+                doc["transaction"] = owner[i].item()
             yield doc
 
 
