@@ -743,7 +743,8 @@ def _dry_run(args: argparse.Namespace, to_time: int | None) -> int:
     plan = plan_restore(args.wal_dir, to_time=to_time, to_seq=args.to_seq,
                         to_transaction=args.to_transaction, to_position=args.to_position,
                         exclusive=args.exclusive, base=args.base, snapshots=args.snapshots,
-                        allow_incomplete_history=args.allow_incomplete_history)
+                        allow_incomplete_history=args.allow_incomplete_history,
+                        read_after_stop=not args.stop_reading_at_target)
     for line in plan["warnings"]:
         print(f"{PROG}: warning: {line}", file=sys.stderr)
     if not args.quiet:
@@ -1410,8 +1411,9 @@ def window_lines(doc: dict) -> list[str]:
                      + ("" if last is None else f" ({last['file']}: seq {last['seq']})")
                      + ": --latest"
                      + ("" if latest["time"] is None else
-                        " (its newest record stamp: a --to-time at or after it restores "
-                        "the same state, warning that the log ends before the target)"))
+                        " (its newest record stamp, or its base snapshot's: a --to-time at "
+                        "or after it restores the same state, warning that the log ends "
+                        "before the target)"))
     stamped = ("" if log["min_timestamp"] is None else
                f", stamped {utc_text(log['min_timestamp'])}..{utc_text(log['max_timestamp'])}")
     lines += [f"log: {plural(log['segments'], 'segment')}, {plural(log['bytes'], 'byte')}, "

@@ -90,9 +90,10 @@ from gpu_pitr.snapshot.base import (
     SeqRuns,
     base_gap,
     base_mismatch,
+    counted_bytes,
     find_segment,
-    first_after,
     merge_runs,
+    resume_at,
     stops_at_base,
     target_problem,
 )
@@ -419,11 +420,7 @@ class _Restore:
             """A segment before the stop's, as the read counts it: a bad header's bytes
             alone; one with no records from where reading began, its header (read to
             check it: a base at a segment's end too); else from where reading began."""
-            if k in self.bad_headers:
-                return self.bad_headers[k]
-            if size <= starts.get(k, HEADER_SIZE):
-                return min(size, HEADER_SIZE)
-            return size - start(k)
+            return counted_bytes(size, starts.get(k, HEADER_SIZE), self.bad_headers.get(k))
 
         r.bytes_read = 0 if seg < 0 else end - start(seg) + sum(
             whole(k, s.size) for k, s in enumerate(self.segments[:seg]))
@@ -853,27 +850,12 @@ class _Restore:
 
     def _resume_at(self, segments):
         """The segments to read after the base's position, and where to start in the first."""
-        pos = self.base.position
-        name = pos.get("segment")
-        if name is None:  # a snapshot of an empty log: all of it comes after, from seq 0
-            self._resume_seq = ("start", 0)
-            return segments, {}
-        i = find_segment(segments, name)
-        if i is not None:
-            # (base_mismatch checked this listing: the file reaches the position)
-            self._resume_seq = ("at", pos.get("seq"))
-            return segments[i:], {0: max(int(pos["offset"]), HEADER_SIZE)}
-        later = segments[first_after(segments, name):]
-        gap = base_gap(pos, segments)
-        if gap is None:
-            # The writer numbers on across a rotation: the next file must go on.
-            self._resume_seq = ("after", int(pos["last_seq"]) + 1)
-        elif not self.allow_incomplete:
-            raise IncompleteHistoryError(f"{gap}: history after the snapshot is missing",
-                                         file=str(later[0].path if later else self.wal_dir))
-        else:
+        later, starts, self._resume_seq, gap = _resume_point(self.base.position, segments)
+        if gap is not None and not self.allow_incomplete:
+            raise _no_history_after_base(gap, later, self.wal_dir)
+        if gap is not None:
             self._gap(gap)
-        return later, {}
+        return later, starts
 
     def _jumps_from_base(self) -> None:
         """Records missing right after the base's position are missing inside the log, as
@@ -938,18 +920,7 @@ class _Restore:
                     f"the log does not go on from the base snapshot's position "
                     f"({pos['segment']} offset {pos['offset']}, seq {want})", **w)
         elif seq != want and not self.allow_incomplete:
-            where = (f"the log resumes at seq {seq}, not {want}, right after the base "
-                     f"snapshot's position ({pos['segment']} offset {pos['offset']})")
-            if seq == 0:  # a writer reopened without recovery, or another log
-                raise IncompleteHistoryError(
-                    f"{where}, whose segment is gone: a writer reopened without recovery "
-                    "numbers from 0 again, so the log cannot show whether segments written "
-                    "between are missing (if the writer restarted right after that segment, "
-                    "none are: restore anyway with --allow-incomplete-history, "
-                    "allow_incomplete_history=True)", **w)
-            raise IncompleteHistoryError(
-                f"{where}: history between is missing (restore anyway: "
-                "--allow-incomplete-history, allow_incomplete_history=True)", **w)
+            raise _resume_refused(pos, seq, want, w)
         elif seq != want:
             self._gap(f"the log resumes at seq {seq}, not {want}, right after the base "
                       f"snapshot's position ({pos['segment']} offset {pos['offset']})",
@@ -962,10 +933,7 @@ class _Restore:
         no payload, which no real record has). The log after it is then judged as from
         the start, as a restore of the whole log judges it: the first record must be
         seq 0 (it was taken as going on from the zeros)."""
-        pos = self.base.position
-        last = pos.get("last_record")
-        return ("seq_runs" in pos and not pos["seq_runs"]
-                and (last is None or last.get("length") == RECORD_HEADER_SIZE))
+        return _holds_no_record(self.base.position)
 
     def _gap(self, why: str, lacks: str | None = None) -> None:
         """A gap in the history that this restore allows: noted, and warned of (the
@@ -998,8 +966,7 @@ class _Restore:
             self.lazy = LazyBase(snap, self.ex.id_shard)
         else:
             self._move_in_all()
-        if stops_at_base(snap.position, self.target, self.plan.exclusive) or (
-                self._base_ends_transaction(snap)):
+        if _base_is_the_stop(snap, self.target, self.plan.exclusive):
             self._stop_at_base()
         else:
             self._seed_pending(snap)
@@ -1046,18 +1013,6 @@ class _Restore:
         if len(rest):
             self.ex.seed(self.base, rest, self.lazy.keys)
         return True
-
-    def _base_ends_transaction(self, snap) -> bool:
-        """An inclusive transaction target X that the base's own restore stopped at
-        (``snapshot --to-transaction X``, its stored report says): its position is just
-        after the record that ended X, so the base is the answer (read on, no record
-        after it ends X)."""
-        if self.to_transaction is None or self.plan.exclusive:
-            return False
-        stop = _stored(snap, "stop")
-        return (_stored(snap, "target") == {"kind": "transaction",
-                                            "value": self.to_transaction, "exclusive": False}
-                and stop is not None and stop.get("reason") == "target")
 
     def _stop_at_base(self) -> None:
         """A sequence or position target met by the base's last record (or a transaction
@@ -1340,6 +1295,75 @@ class _Restore:
                  "brought up to date, or another store's log?")
         return (f"transaction {x} never begins in {where}: no BeginTransaction has its id"
                 f"{stray}{wrong}")
+
+
+def _resume_point(pos: dict, segments: list) -> tuple[list, dict, tuple | None, str | None]:
+    """Where a restore from a base at ``pos`` resumes in the log of ``segments``: the
+    segments it reads, where it starts in the first (``{0: offset}``), the seq the first
+    record read must have (``("start", 0)``, ``("at", seq)``, ``("after", seq)``; None:
+    not judged), and the gap ``base_gap`` finds there (None: none). The restore's and
+    ``plan_restore``'s; ``snapshot.log_after`` counts the same segments (``resume_at``)."""
+    name = pos.get("segment")
+    later, start = resume_at(pos, segments)
+    if name is None:  # a snapshot of an empty log: all of it comes after, from seq 0
+        return later, {}, ("start", 0), None
+    if find_segment(segments, name) is not None:
+        # (base_mismatch checked this listing: the file reaches the position)
+        return later, {0: start}, ("at", pos.get("seq")), None
+    gap = base_gap(pos, segments)
+    if gap is None:
+        # The writer numbers on across a rotation: the next file must go on.
+        return later, {}, ("after", int(pos["last_seq"]) + 1), None
+    return later, {}, None, gap
+
+
+def _resume_refused(pos: dict, seq: int, want: int, w: dict) -> IncompleteHistoryError:
+    """The error of a restore from a base whose segment is gone where the log's first
+    record read (at ``w``: file, offset, seq) is seq ``seq``, not ``want``, the base's
+    last seq + 1 (``_Restore._check_first``; ``plan_restore`` reads that record too)."""
+    where = (f"the log resumes at seq {seq}, not {want}, right after the base "
+             f"snapshot's position ({pos['segment']} offset {pos['offset']})")
+    if seq == 0:  # a writer reopened without recovery, or another log
+        return IncompleteHistoryError(
+            f"{where}, whose segment is gone: a writer reopened without recovery "
+            "numbers from 0 again, so the log cannot show whether segments written "
+            "between are missing (if the writer restarted right after that segment, "
+            "none are: restore anyway with --allow-incomplete-history, "
+            "allow_incomplete_history=True)", **w)
+    return IncompleteHistoryError(
+        f"{where}: history between is missing (restore anyway: "
+        "--allow-incomplete-history, allow_incomplete_history=True)", **w)
+
+
+def _base_is_the_stop(snap, target: dict, exclusive: bool) -> bool:
+    """Whether the base ``snap`` is the answer to ``target`` itself: a sequence or position
+    target met by its last record (``stops_at_base``), or an inclusive transaction target
+    X that its own restore stopped at (``snapshot --to-transaction X``, its stored report
+    says: its position is just after the record that ended X; read on, no record after
+    it ends X). ``_Restore._seed_base``, and ``plan_restore``: with ``read_after_stop``
+    False such a restore reads no log."""
+    if stops_at_base(snap.position, target, exclusive):
+        return True
+    txn = target.get("to_transaction")
+    if txn is None or exclusive:
+        return False
+    stop = _stored(snap, "stop")
+    return (_stored(snap, "target") == {"kind": "transaction", "value": txn,
+                                        "exclusive": False}
+            and stop is not None and stop.get("reason") == "target")
+
+
+def _holds_no_record(pos: dict) -> bool:
+    """A base at ``pos`` covers no record of the log (``_Restore._base_holds_none``)."""
+    last = pos.get("last_record")
+    return ("seq_runs" in pos and not pos["seq_runs"]
+            and (last is None or last.get("length") == RECORD_HEADER_SIZE))
+
+
+def _no_history_after_base(gap: str, later: list, wal_dir: Path) -> IncompleteHistoryError:
+    """The error of a restore from a base the log does not go on from (``base_gap``)."""
+    return IncompleteHistoryError(f"{gap}: history after the snapshot is missing",
+                                  file=str(later[0].path if later else wal_dir))
 
 
 def _run_up_to(entry: dict, end: int) -> dict:
@@ -1861,10 +1885,7 @@ def restore(
         except WalError as err:
             if snapshots is None or not warnings:
                 raise
-            # A damaged snapshot may be why the log was read as far as this error (one
-            # intact would have started past it): said in it, as above.
-            raise type(err)(f"{err.what}; --snapshots: {'; '.join(warnings)}",
-                            file=err.file, offset=err.offset, seq=err.seq) from None
+            raise _with_damaged_snapshots(err, warnings) from None
         finally:
             # The page-locked read buffers, now free in CuPy's pool, go back to the
             # system: the pool would keep them locked for ever (reused only for a
@@ -1896,8 +1917,7 @@ def restore(
     report.timings = {k: round(v, 6) for k, v in run.timings.items()}
     if snap is not None and not run.segments:
         # The base's state alone: a WAL_DIR given wrong would pass without a word.
-        report.warnings.append("the base snapshot's state alone, no log after it: "
-                               + no_segments_note(wal_path))
+        report.warnings.append(_BASE_ALONE + no_segments_note(wal_path))
         if report.stop["reason"] != "target":
             # (A seq or transaction target the base itself meets is reached: its state
             # is the one asked for, whatever log follows it.)
@@ -1926,6 +1946,10 @@ def restore(
     return index
 
 
+#: A restore's warning where a base snapshot has no log after it (and ``plan_restore``'s).
+_BASE_ALONE = "the base snapshot's state alone, no log after it: "
+
+
 def _in_snapshots_words(err: IncompleteHistoryError, snapshots, snap, notes: list,
                         warnings: list) -> IncompleteHistoryError:
     """``err`` of a restore with ``snapshots``, saying which of DIR's snapshots it
@@ -1945,6 +1969,15 @@ def _in_snapshots_words(err: IncompleteHistoryError, snapshots, snap, notes: lis
     why = "; ".join([*warnings, notes[-1].removesuffix(FROM_LOG_ALONE)])
     return IncompleteHistoryError(f"{err.what}; --snapshots: {why}",
                                   file=err.file, offset=err.offset, seq=err.seq)
+
+
+def _with_damaged_snapshots(err: WalError, warnings: list) -> WalError:
+    """``err`` of a restore with ``snapshots``, saying the damaged snapshots it passed
+    over (``warnings``): a damaged one may be why the log was read as far as this error
+    (one intact would have started past it), and the error is all the command line
+    prints, not the warnings."""
+    return type(err)(f"{err.what}; --snapshots: {'; '.join(warnings)}",
+                     file=err.file, offset=err.offset, seq=err.seq)
 
 
 def _kind_and_stamp(path: Path, last: dict) -> dict:
@@ -2148,6 +2181,7 @@ def plan_restore(
     allow_incomplete_history: bool = False,
     base: str | os.PathLike | None = None,
     snapshots: str | os.PathLike | None = None,
+    read_after_stop: bool = True,
 ) -> dict:
     """What ``restore`` with these arguments would start from and read, without
     restoring (``restore --dry-run``): operators asked which snapshot a restore to T
@@ -2159,21 +2193,30 @@ def plan_restore(
     restore raises them), a ``to_position`` is checked as the restore checks it, and a
     restore from the log alone whose history is incomplete (a first record that is not
     seq 0, segments ``expire`` deleted) raises ``IncompleteHistoryError`` as the restore
-    would, unless ``allow_incomplete_history``. What only reading the log finds (damage,
-    a seq or transaction target the log lacks) is not looked for.
+    would, unless ``allow_incomplete_history``; so does a base whose segment is gone
+    where the log does not go on from it (``base_gap``, or a first record read after it
+    that is not its last seq + 1, as the files' first record headers say). What only
+    reading the log finds (damage, a seq or transaction target the log lacks) is not
+    looked for. ``read_after_stop``: as the restore's (False: a target the base itself
+    meets reads no log, so the log after it is not judged either).
 
     Returns ``{"target", "base", "notes", "warnings", "read"}``: ``base`` the snapshot
     started from (``{"path", "count", "dim", "position"}``) or None (the start of the
     log); ``notes`` as the report's ``message`` says them (which snapshots were passed
-    over and why); ``warnings`` the damaged snapshots among them; ``read`` the log after
-    the base, ``{"segments", "bytes", "first_segment"}``, counted as the report's
-    ``segments`` and ``bytes_read`` count a restore that reads to the end of the log
-    (the default: ``read_after_stop=False`` stops at the target, within it).
+    over and why; not what the restore finds on reading: no record in the log, an
+    empty index, the executor it fell back to); ``warnings`` the damaged snapshots
+    among them, and no segment to read at all; ``read`` the log after the base,
+    ``{"segments", "bytes", "first_segment"}``, counted as the report's ``segments`` and
+    ``bytes_read`` count a restore that reads to the end of the log (the default:
+    ``read_after_stop=False`` stops at the target, within it), a segment whose header
+    is damaged by its header's bytes alone, as the restore reads it (one read of 16
+    bytes a segment here).
     """
     from gpu_pitr.snapshot import log_after, position_brief
 
     _check_targets(to_time, to_seq, to_transaction, to_position, exclusive)
-    _check_flags(exclusive=exclusive, allow_incomplete_history=allow_incomplete_history)
+    _check_flags(exclusive=exclusive, allow_incomplete_history=allow_incomplete_history,
+                 read_after_stop=read_after_stop)
     if base is not None and snapshots is not None:
         raise ValueError("give at most one of base and snapshots")
     position = None if to_position is None else parse_position(to_position)
@@ -2189,29 +2232,61 @@ def plan_restore(
         expired_before(wal_path, snap, allow_incomplete_history)
         if snap is None and not allow_incomplete_history:
             _check_log_start(segments)
+        if snap is not None and not allow_incomplete_history:
+            # (With no segment at all too: ``choose`` takes such a base, and the
+            # restore refuses it as it starts.)
+            later, _, resume, gap = _resume_point(snap.position, segments)
+            if gap is not None:
+                raise _no_history_after_base(gap, later, wal_path)
+            if read_after_stop or not _base_is_the_stop(snap, target, exclusive):
+                # (The restore judges the first record it reads: none where the base is
+                # the stop and the log after it is not read.)
+                _check_resume(snap.position, later, resume)
     except IncompleteHistoryError as err:
         raise _in_snapshots_words(err, snapshots, snap, notes, warnings) from None
+    except WalError as err:  # (an expire marker that does not read)
+        if snapshots is None or not warnings:
+            raise
+        raise _with_damaged_snapshots(err, warnings) from None
+    # The restore's message and warning where no segment is read at all, which it
+    # knows before reading (not what it finds on reading: no record, an empty index).
     if snap is None:
         doc = None
         read = log_after({"segment": None}, segments)
+        if not notes and not segments:
+            notes.append(f"nothing to restore: {no_segments_note(wal_path)}")
+            warnings = [*warnings, notes[-1]]
     else:
         doc = {"path": str(snap.path), "count": int(snap.count), "dim": snap.dim,
                "position": position_brief(snap.position)}
         read = log_after(snap.position, segments)
+        if not read["segments"]:
+            warnings = [*warnings, _BASE_ALONE + no_segments_note(wal_path)]
     return {"wal_dir": str(wal_path), "target": target_doc, "base": doc, "notes": notes,
             "warnings": warnings, "read": read}
 
 
 def _check_log_start(segments: list) -> None:
     """The ``IncompleteHistoryError`` a restore from the log alone raises at its first
-    record, where that is not seq 0 (``plan_restore``: one record header read)."""
-    from gpu_pitr.format.segments import first_record_seq
+    record, where that is not seq 0 (``plan_restore``: a record header or two read)."""
+    from gpu_pitr.snapshot import first_log_record
 
-    for seg in segments:
-        if seg.size <= HEADER_SIZE:
-            continue  # (a header alone: the log starts in a later file)
-        seq = first_record_seq(seg.path)
-        if seq is not None and seq != 0:  # (None: not known here; the restore judges)
-            raise not_from_seq_zero(_FROM_A_SNAPSHOT, file=str(seg.path), offset=HEADER_SIZE,
-                                    seq=seq)
+    first = first_log_record(segments)
+    if first is not None and first[1] != 0:
+        raise not_from_seq_zero(_FROM_A_SNAPSHOT, file=str(first[0].path), offset=first[2],
+                                seq=first[1])
+
+
+def _check_resume(pos: dict, later: list, resume: tuple | None) -> None:
+    """The ``IncompleteHistoryError`` a restore from a base whose segment is gone raises
+    at the first record it reads, where that is not the base's last seq + 1 (a writer
+    reopened, numbering from 0 again, or another log): ``plan_restore``, reading that
+    record's header (``snapshot.first_log_record``; unknown there: not judged)."""
+    from gpu_pitr.snapshot import first_log_record
+
+    if resume is None or resume[0] != "after" or _holds_no_record(pos):
         return
+    first = first_log_record(later)
+    if first is not None and first[1] != resume[1]:
+        raise _resume_refused(pos, first[1], resume[1], {
+            "file": str(first[0].path), "offset": first[2], "seq": first[1]})

@@ -16,11 +16,16 @@ from pathlib import Path
 
 import pytest
 from test_expire import _cli, _history, _same, _segments
-from workloads import Ins, LogBuilder, dir_state, restore_fast, restore_ref
+from workloads import Ins, LogBuilder, dir_state, restore_fast, restore_ref, segment_name
 
 import gpu_pitr
 from gpu_pitr import cli, plan_restore, snapshot
-from gpu_pitr.errors import IncompleteHistoryError, TargetBeforeBaseError
+from gpu_pitr.errors import (
+    BadSegmentError,
+    IncompleteHistoryError,
+    TargetBeforeBaseError,
+    WalError,
+)
 from gpu_pitr.expire import expire
 from gpu_pitr.format.stats import utc_text
 from gpu_pitr.snapshot.format import read_manifest
@@ -242,3 +247,193 @@ def test_restore_dry_run_on_the_command_line_writes_nothing(hist, tmp_path, caps
                   "--dask-scheduler", "tcp://nowhere:1"])
     assert stop.value.code == 2
     assert not list(out.iterdir())
+
+
+# Adversarial review (planrev): each promise of the plan and the window checked on logs
+# built to break it.
+
+
+def _outcome(fn):
+    """``("ok", value)`` or ``("error", type, words)``: what a refusal is compared by."""
+    try:
+        return "ok", fn()
+    except WalError as err:
+        return "error", type(err), str(err)
+
+
+def _two_segments(tmp_path: Path) -> tuple[Path, Path, LogBuilder]:
+    """A log of two segments, the second begun by a rotation, and a snapshot at the
+    first record of the second (its position: that segment's offset 16, the header's
+    end, with records after it)."""
+    log = LogBuilder(created=1000)
+    for k in range(3):
+        log.add(Ins(f"a{k}", [float(k)], ts=10 + k))
+    log.new_segment(2000)
+    first = log.add(Ins("b0", [5.0], ts=20))
+    log.add(Ins("b1", [6.0], ts=21))
+    wal = tmp_path / "wal"
+    log.write(wal)
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    index = gpu_pitr.restore(wal, to_position=f"{first.file}:{first.offset}", exclusive=True,
+                             backend="cpu")
+    assert index.position["segment"] == first.file and index.position["offset"] == 16
+    snapshot.save(index, snaps / "s1")
+    return wal, snaps, log
+
+
+def test_the_log_counted_from_a_segment_start_and_past_a_bad_header_is_what_is_read(
+        tmp_path):
+    # A base at a segment's header end: the restore reads (and counts) the header too.
+    # A segment whose header is wrong: the restore reads its header alone, and counts
+    # those bytes; the plan and the window counted the whole file.
+    wal, snaps, _ = _two_segments(tmp_path)
+    bad = wal / segment_name(3000)
+    bad.write_bytes(b"WALV\x02\x00\x00\x00" + bytes(8) + bytes(40))
+    for kw in ({"base": snaps / "s1"}, {"snapshots": snaps}, {}):
+        report = gpu_pitr.restore(wal, backend="cpu", skip_corrupt=True,
+                                  **kw).report.to_dict()
+        assert report["skipped"][0]["file"] == str(bad)
+        plan = plan_restore(wal, **kw)
+        assert (plan["read"]["segments"], plan["read"]["bytes"]) == (
+            report["segments"], report["bytes_read"]), kw
+    row = snapshot.window(wal, snaps)["snapshots"][0]
+    report = gpu_pitr.restore(wal, base=row["snapshot"], backend="cpu",
+                              skip_corrupt=True).report.to_dict()
+    assert (row["log_after"]["segments"], row["log_after"]["bytes"]) == (
+        report["segments"], report["bytes_read"])
+
+
+def test_the_plan_refuses_a_log_start_only_where_the_restore_does(tmp_path):
+    # The first segment holds a torn record alone (a writer that crashed mid-write),
+    # and the writer went on in a new file from seq 0: the restore's first record is
+    # seq 0, and it restores; the plan took the torn record's seq for the first.
+    log = LogBuilder(created=100, first_seq=44)
+    torn = log.add(Ins("a", [1.0], ts=5))
+    log.truncate(log.cur, torn.offset + 14)
+    log.reopen(200)
+    log.add(Ins("b", [2.0], ts=6))
+    wal = log.write(tmp_path / "torn")
+    report = gpu_pitr.restore(wal, backend="cpu").report.to_dict()
+    plan = plan_restore(wal)
+    assert (plan["read"]["segments"], plan["read"]["bytes"]) == (
+        report["segments"], report["bytes_read"])
+    # A writer reopened at once (a second header first): the first record, seq 5, is
+    # after it; the restore refuses the log's start there, and so does the plan.
+    log = LogBuilder(created=400)
+    log.reopen()
+    log.add(Ins("a", [1.0], ts=5), seq=5)
+    wal = log.write(tmp_path / "reopened")
+    want = _outcome(lambda: gpu_pitr.restore(wal, backend="cpu"))
+    assert want[:2] == ("error", IncompleteHistoryError) and "offset 32: seq 5" in want[2]
+    assert _outcome(lambda: plan_restore(wal)) == want
+    # A first file of a few bytes whose header is wrong: the restore refuses the file
+    # (BadSegmentError, damage, which the plan does not look for), not the log's start.
+    log = LogBuilder(created=300, first_seq=7)
+    log.add(Ins("a", [1.0], ts=5))
+    log.put_file(segment_name(200), b"WALV\x02")
+    wal = log.write(tmp_path / "bad")
+    with pytest.raises(BadSegmentError):
+        gpu_pitr.restore(wal, backend="cpu")
+    assert plan_restore(wal)["base"] is None
+
+
+def test_the_plan_refuses_a_base_the_log_does_not_go_on_from(tmp_path):
+    # The base's segment deleted (the writer's retention) with records after its
+    # position: the restore refuses it as it starts, before reading; so does the plan.
+    wal, snaps, log = _two_segments(tmp_path)
+    mid = tmp_path / "mid"  # in the first segment, before its second record
+    snapshot.save(gpu_pitr.restore(wal, to_seq=1, exclusive=True, backend="cpu"), mid)
+    assert read_manifest(mid)["position"]["segment"] == min(log.files)
+    (wal / min(log.files)).unlink()
+    want = _outcome(lambda: gpu_pitr.restore(wal, base=mid, backend="cpu"))
+    assert want[:2] == ("error", IncompleteHistoryError) and "is gone" in want[2]
+    assert _outcome(lambda: plan_restore(wal, base=mid)) == want
+    (wal / max(log.files)).unlink()
+    for kw in ({"base": snaps / "s1"}, {"snapshots": snaps}):
+        want = _outcome(lambda kw=kw: gpu_pitr.restore(wal, backend="cpu", **kw))
+        assert want[:2] == ("error", IncompleteHistoryError), kw
+        assert _outcome(lambda kw=kw: plan_restore(wal, **kw)) == want, kw
+    # No segment left at all: --snapshots chooses it, and the restore refuses it; the
+    # window says it is no start.
+    row = snapshot.window(wal, snaps)["snapshots"][0]
+    assert not row["usable"] and "the log does not go on from it" in row["why"]
+    assert plan_restore(wal, snapshots=snaps, allow_incomplete_history=True)["base"]
+
+
+def test_the_plan_says_the_restores_words_for_a_damaged_marker_and_an_empty_log(
+        hist, tmp_path):
+    arc, _, snaps, _ = hist
+    assert expire(arc, snaps, keep=2).ok
+    (snaps / "s05" / "manifest.json").write_text("{")
+    (arc / ".gpu-pitr-expired").write_text("{")
+    want = _outcome(lambda: gpu_pitr.restore(arc, snapshots=snaps, backend="cpu"))
+    assert want[0] == "error" and "--snapshots: snapshot " in want[2]
+    assert _outcome(lambda: plan_restore(arc, snapshots=snaps)) == want
+    # No segment: the restore's message, which the plan's notes are.
+    (tmp_path / "empty").mkdir()
+    report = gpu_pitr.restore(tmp_path / "empty", backend="cpu").report
+    plan = plan_restore(tmp_path / "empty")
+    assert "; ".join(plan["notes"]) == report.message != ""
+    assert plan["warnings"] == report.warnings
+    # A base and no segment: the restore's warning, which the dry run prints.
+    report = gpu_pitr.restore(tmp_path / "empty", base=snaps / "s04", backend="cpu").report
+    assert plan_restore(tmp_path / "empty", base=snaps / "s04")["warnings"] == report.warnings
+
+
+def test_a_base_whose_segment_is_gone_and_the_log_resumes_at_seq_zero(tmp_path):
+    # A snapshot at the end of its segment, which is not in this log, whose first record
+    # is seq 0 (another store's log, or this one's writer reopened after a gap): the
+    # restore refuses it at that first record; the window called it a start, and the
+    # plan said the restore would start from it.
+    other = LogBuilder(created=10)
+    for k in range(3):
+        other.add(Ins(f"o{k}", [1.0], ts=k))
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(other.write(tmp_path / "other"), backend="cpu"),
+                  snaps / "o")
+    log = LogBuilder(created=100)
+    log.add(Ins("a", [2.0], ts=50))
+    wal = log.write(tmp_path / "wal")
+    for kw in ({"base": snaps / "o"}, {"snapshots": snaps}):
+        want = _outcome(lambda kw=kw: gpu_pitr.restore(wal, backend="cpu", **kw))
+        assert want[:2] == ("error", IncompleteHistoryError), kw
+        assert "the log resumes at seq 0, not 3" in want[2]
+        assert _outcome(lambda kw=kw: plan_restore(wal, **kw)) == want, kw
+    # With --stop-reading-at-target, a target the base itself meets reads no log: the
+    # restore restores it, and the dry run does not refuse it.
+    kw = {"base": snaps / "o", "to_seq": 2}
+    report = gpu_pitr.restore(wal, backend="cpu", read_after_stop=False, **kw).report
+    assert report.segments == 0 and report.base["path"] == str(snaps / "o")
+    assert plan_restore(wal, read_after_stop=False, **kw)["base"]["path"] == str(snaps / "o")
+    want = _outcome(lambda: gpu_pitr.restore(wal, backend="cpu", **kw))
+    assert want[0] == "error" and _outcome(lambda: plan_restore(wal, **kw)) == want
+    doc = snapshot.window(wal, snaps)
+    assert not doc["snapshots"][0]["usable"]
+    assert "the log resumes at seq 0, not 3" in doc["snapshots"][0]["why"]
+    assert doc["earliest"]["from"] == "log_start"
+
+
+def test_the_latest_time_covers_the_snapshot_the_latest_restore_starts_from(tmp_path):
+    # The writer's clock stepped back after a snapshot, whose segment its retention then
+    # deleted: the log's newest stamp (50) is before the snapshot's (200). A --to-time
+    # at the log's newest stamp passes the snapshot over (and the log alone lacks its
+    # start): the window's latest time must be the snapshot's.
+    log = LogBuilder(created=1000)
+    log.add(Ins("a", [1.0], ts=100))
+    last = log.add(Ins("b", [2.0], ts=200))
+    log.new_segment(2000)
+    log.add(Ins("c", [3.0], ts=50))
+    wal = log.write(tmp_path / "wal")
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(wal, to_position=f"{last.file}:{last.offset}",
+                                   backend="cpu"), snaps / "s")
+    (Path(wal) / last.file).unlink()
+    latest = snapshot.window(wal, snaps)["latest"]
+    assert latest["time"] == 200
+    _same(restore_fast(wal, to_time=latest["time"], snapshots=str(snaps)),
+          restore_fast(wal, snapshots=str(snaps)))
+    assert "its newest record stamp, or its base snapshot's" in "\n".join(
+        cli.window_lines(snapshot.window(wal, snaps)))

@@ -372,8 +372,9 @@ def window(wal_dir, directory) -> dict:
     Returns a JSON-able document: ``earliest`` (the start of the log when its history is
     complete, else the oldest snapshot a restore can start from: ``--to-time`` serves T
     from its latest commit stamp on; ``null`` when nothing serves), ``latest`` (the end
-    of the log: a ``--to-time`` at or after the newest record stamp gives that state, no
-    commit point being stamped later than its own record; both ``null``, and
+    of the log: a ``--to-time`` at or after ``time``, the newest record stamp of the log
+    and of the snapshot the latest restore starts from, gives that state, no commit point
+    being stamped later than its own record; both ``null``, and
     ``restorable`` false, when nothing serves, or ``wal_dir`` holds no segment: a restore
     then gives a snapshot's own state alone, no moment between), the log (``history``, first and
     last records, ``seq_breaks`` and ``damage`` counts: a target past one may warn or fail)
@@ -397,6 +398,7 @@ def window(wal_dir, directory) -> dict:
         expiry = read_marker(wal_dir)
     except WalError:  # (stats' history says what is wrong with it; restores refuse it)
         expiry = None
+    bad_headers = header_bytes_if_bad(segments)
     rows = []
     for path in snapshot_dirs(directory):
         row = {"snapshot": path, "usable": False, "why": None}
@@ -410,7 +412,7 @@ def window(wal_dir, directory) -> dict:
         row.update(count=manifest["count"], dim=manifest["dim"],
                    position=position_brief(position),
                    serves_time_from=position.get("max_timestamp", position.get("timestamp")),
-                   log_after=log_after(position, segments))
+                   log_after=log_after(position, segments, bad_headers))
         row["why"] = _not_a_start(position, segments, expiry)
         row["usable"] = row["why"] is None
         rows.append(row)
@@ -435,8 +437,14 @@ def window(wal_dir, directory) -> dict:
                     "time": oldest["serves_time_from"], "position": oldest["position"]}
     else:
         earliest = None
+    # A --to-time at or after the newest stamp of the log and of the snapshot the latest
+    # restore starts from (the newest usable one) gives the latest state: one before that
+    # snapshot's stamp passes it over (a writer's clock stepped back after it, or its
+    # later records deleted), and the restore is another one's, or the log's alone.
+    base_stamp = usable[-1]["serves_time_from"] if usable else None
+    newest = max([*stamps, *([] if base_stamp is None else [base_stamp])], default=None)
     latest = None if earliest is None else {
-        "from": "log_end", "time": max(stamps) if stamps else None, "last_record": last}
+        "from": "log_end", "time": newest, "last_record": last}
     return {"wal_dir": str(wal_dir), "snapshots_dir": str(directory),
             "restorable": earliest is not None, "earliest": earliest, "latest": latest,
             "log": {**stats["totals"], "history": history, "last_record": last,
@@ -470,32 +478,106 @@ def _not_a_start(position: dict, segments, expiry) -> str | None:
     if expiry is not None and not expiry.kept_from(position):
         return (f"before the segments gpu-pitr expire kept (the first kept: "
                 f"{expiry.first_kept})")
-    gap = base_gap(position, segments, look=True) if segments else None
+    # (With no segment at all too: a snapshot with records after its position is then
+    # refused by the restore that ``choose`` lets start from it.)
+    gap = base_gap(position, segments, look=True)
     if gap is not None:
         return f"the log does not go on from it: {gap}"
+    # Where its segment is gone and the log resumes at seq 0 (a writer reopened, or
+    # another log), ``base_gap`` leaves it to the restore, which refuses it at that first
+    # record: so does this.
+    from gpu_pitr.errors import IncompleteHistoryError
+    from gpu_pitr.pipeline import _check_resume, _resume_point
+
+    later, _, resume, _ = _resume_point(position, segments)
+    try:
+        _check_resume(position, later, resume)
+    except IncompleteHistoryError as err:
+        return f"the log does not go on from it: {err.what}"
     return None
 
 
-def log_after(position: dict, segments) -> dict:
+def log_after(position: dict, segments, bad_headers: dict | None = None) -> dict:
     """The segments and bytes of the log after ``position``: what a restore from the
     snapshot reads (all of it by default; up to the stop with --stop-reading-at-target),
-    counted as the restore's report counts it (``bytes_read``, ``segments``)."""
+    counted as the restore's report counts it (``bytes_read``, ``segments``): from the
+    restore's own resume point (``base.resume_at``), each segment as its framer counts
+    it (``base.counted_bytes``: a damaged header's bytes alone, which is all the restore
+    reads of that file). ``bad_headers``: ``header_bytes_if_bad`` of the log, read once
+    for many positions (None: read here, for the segments after ``position``)."""
     from gpu_pitr.format.layout import HEADER_SIZE
-    from gpu_pitr.snapshot.base import find_segment, first_after
+    from gpu_pitr.snapshot.base import counted_bytes, resume_at
 
-    name = position.get("segment")
-    if name is None:
-        rest, skip = segments, 0
-    else:
-        k = find_segment(segments, name)
-        if k is None:
-            rest, skip = segments[first_after(segments, name):], 0
-        else:
-            rest, skip = segments[k:], int(position.get("offset") or 0)
-            if rest[0].size <= skip:  # (its header is still read, to check it: counted)
-                skip = rest[0].size - min(rest[0].size, HEADER_SIZE)
-    return {"segments": len(rest), "bytes": sum(s.size for s in rest) - skip,
+    rest, start = resume_at(position, segments)
+    if bad_headers is None:
+        bad_headers = header_bytes_if_bad(rest)
+    total = sum(counted_bytes(seg.size, start if k == 0 else HEADER_SIZE,
+                              bad_headers.get(seg.name)) for k, seg in enumerate(rest))
+    return {"segments": len(rest), "bytes": total,
             "first_segment": rest[0].name if rest else None}
+
+
+def header_bytes_if_bad(segments) -> dict[str, int]:
+    """``{segment name: bytes of its header read}`` of the segments whose header is not
+    right (``header_problem_of``): a restore reads nothing more of such a file, and
+    counts those bytes alone. One read of 16 bytes a segment."""
+    bad = {}
+    for seg in segments:
+        problem, nbytes = header_problem_of(seg.path)
+        if problem is not None:
+            bad[seg.name] = nbytes
+    return bad
+
+
+def header_problem_of(path) -> tuple[str | None, int]:
+    """What is wrong with the header of the segment file at ``path`` (None: nothing;
+    ``"torn"``: shorter than a header, a prefix of one), judged as the restore's framer
+    judges it (``format.frame.header_problem``), and how many of its bytes were read (0:
+    it cannot be read)."""
+    from gpu_pitr.format.frame import header_problem
+    from gpu_pitr.format.layout import HEADER_SIZE
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_SIZE)
+    except OSError as err:
+        return header_problem(err), 0
+    return header_problem(head), len(head)
+
+
+def first_log_record(segments) -> tuple | None:
+    """``(segment, seq, offset)`` of the first record a restore reads in ``segments`` (in
+    log order), as the files' first bytes say: the files before it hold headers at
+    most (a writer reopened writes a second one), or a torn record alone (a writer that
+    crashed mid-write). A zero-filled record is a record of seq 0 there, as the restore
+    judges it (whether it decodes is damage, for the restore to find). None where that
+    is not known from them: a damaged header (the restore refuses the file, or with
+    --skip-corrupt goes on), a file that cannot be read, or no record at all. Read by
+    ``plan_restore`` and ``window`` for what the restore judges of its first record."""
+    from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, RECORD_HEADER_SIZE
+
+    for seg in segments:
+        problem = header_problem_of(seg.path)[0]
+        if problem == "torn" or (problem is None and seg.size <= HEADER_SIZE):
+            continue  # (a header alone, or part of one: the log goes on in a later file)
+        if problem is not None:
+            return None
+        at = HEADER_SIZE
+        try:
+            with open(seg.path, "rb") as f:
+                while True:
+                    head = os.pread(f.fileno(), HEADER_SIZE, at)
+                    if head[:len(HEADER_ID)] != HEADER_ID or at + HEADER_SIZE > seg.size:
+                        break
+                    at += HEADER_SIZE  # a second header: the writer reopened
+        except OSError:
+            return None
+        if at + RECORD_HEADER_SIZE > seg.size or head[:len(HEADER_ID)] == HEADER_ID or (
+                at + RECORD_HEADER_SIZE + int.from_bytes(head[8:12], "little") > seg.size):
+            continue  # headers, then a torn tail: no record in the file
+        return seg, int.from_bytes(head[:8], "little"), at
+    return None
+
 
 __getattr__ = _lazy_modules(__name__, ("arrow", "base", "format"))
 __dir__ = _lazy_dir(__name__, *__getattr__.names)

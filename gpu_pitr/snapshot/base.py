@@ -18,7 +18,7 @@ import os
 import numpy as np
 from numba import prange
 
-from gpu_pitr.format.layout import RECORD_HEADER_SIZE
+from gpu_pitr.format.layout import HEADER_SIZE, RECORD_HEADER_SIZE
 from gpu_pitr.format.payload import varint_widths, write_varint
 from gpu_pitr.jit import PREFETCH_AHEAD, njit, prefetch
 from gpu_pitr.resolve.idsort import compare_ids, span_keys
@@ -291,6 +291,35 @@ def first_after(segments, name: str) -> int:
     """The index in ``segments`` (in log order) of the first segment after ``name``
     (``len(segments)`` if none): where a log goes on when a base's segment is gone."""
     return bisect.bisect_right(segments, name.encode(), key=_log_order)
+
+
+def resume_at(position: dict, segments) -> tuple[list, int]:
+    """Where a restore from a snapshot at ``position`` reads the log of ``segments`` (in
+    log order): the segments from its own on (the writer's retention deleted it: from
+    the first after it), and the byte of the first of them where reading begins (its
+    header's end, or the position within its own segment). The restore's resume point
+    (``pipeline._Restore._resume_at``) and what ``snapshot.log_after`` counts for it."""
+    name = position.get("segment")
+    if name is None:  # a snapshot of an empty log: all of it comes after
+        return list(segments), HEADER_SIZE
+    k = find_segment(segments, name)
+    if k is None:
+        return list(segments[first_after(segments, name):]), HEADER_SIZE
+    return list(segments[k:]), max(int(position["offset"]), HEADER_SIZE)
+
+
+def counted_bytes(size: int, start: int, bad_header: int | None = None) -> int:
+    """The bytes a restore's report (``bytes_read``) counts for a segment of ``size``
+    bytes read from byte ``start``, as its framer counts them: a damaged header's bytes
+    alone (``bad_header``: how many it read of it); a segment with no record from
+    ``start`` on, its header (read to check it: a base at a segment's end too); one read
+    from its header's end, all of it; one read from within (a base's position), from
+    there."""
+    if bad_header is not None:
+        return bad_header
+    if size <= start:
+        return min(size, HEADER_SIZE)
+    return size if start <= HEADER_SIZE else size - start
 
 
 def base_mismatch(position: dict, segments) -> str | None:
