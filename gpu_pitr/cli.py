@@ -57,6 +57,17 @@ def _transaction_id(text: str) -> int:
     return int(text)
 
 
+def _record_id(text: str) -> str:
+    """``inspect --id``: an id is UTF-8 text in the log; an argument that is not (bytes
+    that are not UTF-8, which Python gives as lone surrogates) can match no record."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not UTF-8 text: no id in a log is this") from None
+    return text
+
+
 def _position(text: str) -> str:
     """``--to-position FILE:OFFSET``: checked for its form here (a usage error); for a
     record there by the restore, which has the log."""
@@ -193,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
         "the log, or an anomaly), where it begins and ends, its records, inserts, updates "
         "and deletes; the X to give restore --to-transaction. --since/--until keep those "
         "whose span overlaps the range, --transaction X the uses of id X, --limit N the "
-        "first N; not with --records, --first-seq or --last-seq")
+        "first N; not with --records, --first-seq, --last-seq or --id")
     records.add_argument("--since", metavar="T",
                          help="records stamped at or after T (Unix seconds or ISO-8601)")
     records.add_argument("--until", metavar="T", help="records stamped at or before T")
@@ -202,6 +213,12 @@ def _parser() -> argparse.ArgumentParser:
     records.add_argument("--transaction", type=_transaction_id, metavar="X",
                          help="the records of transaction X: its begin, its commit or abort "
                          "and the records inside it (pg_waldump --xid)")
+    records.add_argument("--id", type=_record_id, action="append", metavar="ID",
+                         help="the history of id ID (pg_waldump --relation): its inserts, "
+                         "updates and deletes, and the batches with an entry of it (only "
+                         "its entries printed, and a count of the others); matched by its "
+                         "exact bytes; repeat for several ids (any of them); an id that "
+                         "begins with '-': --id=-ID")
     records.add_argument("--limit", type=_count, metavar="N", help="stop after N items")
 
     verify = commands.add_parser(
@@ -962,7 +979,7 @@ def _inspect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from gpu_pitr.snapshot.format import holds_snapshot_files
 
     filters = (args.since, args.until, args.first_seq, args.last_seq, args.transaction,
-               args.limit)
+               args.id, args.limit)
     if args.snapshots is not None:
         return _inspect_window(parser, args, filters)
     if args.transactions:
@@ -1003,11 +1020,22 @@ def _inspect_records(parser: argparse.ArgumentParser, args: argparse.Namespace) 
                      f"{args.last_seq}: no record can be both")
     # One item past the limit, to say whether more follow (pg_waldump --limit does not).
     items = wal_records(args.wal_dir, since=since, until=until, first_seq=args.first_seq,
-                        last_seq=args.last_seq, transaction=args.transaction,
+                        last_seq=args.last_seq, transaction=args.transaction, id=args.id,
                         limit=None if args.limit is None else args.limit + 1)
-    if _print_items(items, args, record_lines)[0]:
+    more, shown = _print_items(items, args, record_lines)
+    if more:
         print(f"note: --limit {args.limit} reached: more items follow (narrow the filters, "
               "or page on with --first-seq)", file=sys.stderr)
+    elif not shown and args.id is not None:
+        # (Nothing printed and exit 0 left "not in this log" to a guess, as --transaction.)
+        from gpu_pitr.format.dump import json_line
+
+        others = any(f is not None for f in (since, until, args.first_seq, args.last_seq,
+                                             args.transaction))
+        print(f"note: no record of id{'s' if len(args.id) > 1 else ''} "
+              f"{', '.join(map(json_line, args.id))} "
+              + ("passes the other filters" if others else "in the log (damage aside: "
+                 "an undecodable record names no id)"), file=sys.stderr)
     return 0
 
 
@@ -1019,7 +1047,8 @@ def _inspect_transactions(parser: argparse.ArgumentParser, args: argparse.Namesp
     # Seq filters select records; a transaction spans many seqs, which repeat after a
     # restart: refused rather than given a meaning an operator would have to guess.
     for option, value in (("--records", args.records or None),
-                          ("--first-seq", args.first_seq), ("--last-seq", args.last_seq)):
+                          ("--first-seq", args.first_seq), ("--last-seq", args.last_seq),
+                          ("--id", args.id)):
         if value is not None:
             parser.error(f"argument --transactions: not allowed with {option} (it lists "
                          "transactions: select them with --since, --until, --transaction "

@@ -622,6 +622,7 @@ def outcome(files: Files, kw: dict, backend: str = "cpu", chunk_bytes: int | Non
 def check_python_readers(wal_dir: str) -> None:
     """The pure-Python side on the same bytes: ``inspect``'s statistics never fail (and
     the compiled ones equal them), nor its list of transactions (equal to the
+    reference's) nor the id filter's history of some of its ids (equal to the
     reference's), the reader frames exactly as the reference, and the
     codec decodes exactly the payloads the reference decodes, to the same entry end."""
     import inspect_reference
@@ -636,6 +637,13 @@ def check_python_readers(wal_dir: str) -> None:
     for chunk in (None, 64):
         got = list(wal_transactions(wal_dir, chunk_bytes=chunk))
         assert inspect_reference.comparable(got) == want, chunk
+    from gpu_pitr.format.dump import wal_records
+
+    for ids in inspect_reference.some_ids(wal_dir):  # the id filter's history of each
+        want = inspect_reference.id_history(wal_dir, ids)
+        for chunk in (None, 64):
+            got = wal_records(wal_dir, id=ids, chunk_bytes=chunk)
+            assert inspect_reference.id_history_of(got) == want, (ids, chunk)
     records = [i for i in reference.frame_log(wal_dir) if i[0] == "record"]
     scanned = [(s.path.name, r.offset, r.seq, r.payload) for s in scan_wal(wal_dir)
                for r in s.records]

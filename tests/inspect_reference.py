@@ -311,3 +311,76 @@ def scan_wal_segments(wal_dir):
     """The segments of ``wal_dir`` scanned one at a time, in log order."""
     for segment in list_segments(wal_dir):
         yield scan_segment(segment.path)
+
+
+def id_history(wal_dir: str | os.PathLike, ids) -> list[dict]:
+    """What ``gpu_pitr.format.dump.wal_records(wal_dir, id=ids)`` lists, from the
+    pure-Python reader and codec: each decodable data record that is an Insert, Update
+    or Delete of one of ``ids`` (text, compared as text: exact code points, so exact
+    UTF-8 bytes) or a Batch with an entry of one at any depth, in log order, as
+    ``{file, offset, seq, variant, transaction}`` (the SPEC section 3 transaction it
+    belongs to: the one begun most recently of those open, or None) and, for a batch,
+    ``id_entries``: the indices of the id's entries among its entries flattened (a
+    nested batch before its own entries). Damage is never listed."""
+    wanted = set(ids)
+    open_txns: list[int] = []
+    out = []
+    for scan in scan_wal_segments(wal_dir):
+        for rec in scan.records:
+            if rec.seq == 0 and not rec.payload:
+                continue  # 12 zero bytes: damage
+            try:
+                entry, _ = decode_entry(rec.payload)
+            except PayloadError:
+                continue
+            if isinstance(entry, BeginTransaction):
+                if entry.transaction_id not in open_txns:
+                    open_txns.append(entry.transaction_id)
+                continue
+            if isinstance(entry, CommitTransaction | AbortTransaction):
+                if entry.transaction_id in open_txns:
+                    open_txns.remove(entry.transaction_id)
+                continue
+            if isinstance(entry, Checkpoint):
+                continue
+            doc = {"file": scan.path.name, "offset": rec.offset, "seq": rec.seq,
+                   "variant": type(entry).__name__,
+                   "transaction": open_txns[-1] if open_txns else None}
+            if isinstance(entry, Batch):
+                doc["id_entries"] = [k for k, e in enumerate(_nested_entries(entry))
+                                     if getattr(e, "id", None) in wanted]
+                if doc["id_entries"]:
+                    out.append(doc)
+            elif entry.id in wanted:
+                out.append(doc)
+    return out
+
+
+def id_history_of(items) -> list[dict]:
+    """``wal_records``' items in ``id_history``'s shape."""
+    out = []
+    for doc in items:
+        assert "damage" not in doc, doc
+        got = {k: doc[k] for k in ("file", "offset", "seq", "variant")}
+        got["transaction"] = doc.get("transaction")
+        if doc["variant"] == "Batch":
+            got["id_entries"] = doc["id_entries"]
+        out.append(got)
+    return out
+
+
+def some_ids(wal_dir: str | os.PathLike, most: int = 3) -> list[list[str]]:
+    """Id lists to filter by: each of the first ``most`` ids the log's decodable records
+    name (at any depth) alone, then all of them with one no record names."""
+    seen: dict[str, None] = {}
+    for scan in scan_wal_segments(wal_dir):
+        for rec in scan.records:
+            try:
+                entry, _ = decode_entry(rec.payload)
+            except PayloadError:
+                continue
+            nested = _nested_entries(entry) if isinstance(entry, Batch) else [entry]
+            for e in nested:
+                if getattr(e, "id", None) is not None and len(seen) < most:
+                    seen.setdefault(e.id)
+    return [[i] for i in seen] + [[*seen, "\x00no such id\x00"]]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import operator
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -40,8 +40,18 @@ from gpu_pitr.format.layout import (
     N_VARIANTS,
     RECORD_HEADER_SIZE,
     UPDATE,
+    VARINT_U32,
+    VARINT_U64,
 )
-from gpu_pitr.format.payload import ERR_DEPTH, MAX_BATCH_DEPTH, OK
+from gpu_pitr.format.payload import (
+    ERR_DEPTH,
+    MAX_BATCH_DEPTH,
+    OK,
+    id_key,
+    read_length,
+    read_varint,
+    stack_for,
+)
 from gpu_pitr.format.readahead import BYTES_PER_ROW, framed_pieces, scan_chunk_bytes
 from gpu_pitr.format.segments import in_progress, list_segments, written_since
 from gpu_pitr.format.stats import utc_text
@@ -65,6 +75,7 @@ def wal_records(
     first_seq: int | None = None,
     last_seq: int | None = None,
     transaction: int | None = None,
+    id: str | Iterable[str] | None = None,  # (``--id``: named as ``transaction`` is)
     limit: int | None = None,
     chunk_bytes: int | None = None,
 ) -> Iterator[dict]:
@@ -92,25 +103,40 @@ def wal_records(
     last records, and so the targets before and after it, show without paging through
     it; damage is left out, even an undecodable record between its Begin and its
     Commit (no transaction can be read from it, and the seq filters, which do keep it,
-    show it: ``first_seq``/``last_seq`` of the Begin and the Commit). ``limit`` stops
-    after that many items.
+    show it: ``first_seq``/``last_seq`` of the Begin and the Commit). ``id`` (one id,
+    or an iterable of ids: any of them) keeps the history of that id (``pg_waldump
+    --relation``/``--block``): the Inserts, Updates and Deletes of it and the Batches
+    with an entry of it at any depth, so "when did doc-5 change, and to what?" lists
+    without the rest of the log; a batch kept so also has ``id_entries``, the indices
+    in its ``entry["entries"]`` of the entries of the id (the others stay there, as
+    the listing without the filter gives them). Ids match by their UTF-8 bytes
+    exactly (the 64-bit id key only finds the candidates in compiled code, each
+    confirmed byte for byte; an id that is not valid Unicode text, a lone surrogate,
+    is in no log and matches nothing). Damage is left out, undecodable records
+    included: no id can be read from one. ``limit`` stops after that many items. The
+    filters combine: a record is listed when every filter given keeps it.
 
     Raises:
-        ValueError: a time that is not one, or a seq that is not an integer.
+        ValueError: a time that is not one, a seq that is not an integer, an id that
+            is not text.
     """
+    wanted = _wanted_ids(id)
     filters = _filters(wal_dir, since, until, transaction, limit)
     first_seq = None if first_seq is None else operator.index(first_seq)
     last_seq = None if last_seq is None else operator.index(last_seq)
     if (filters is None or (first_seq is not None and first_seq > U64_MAX)
-            or (last_seq is not None and last_seq < 0)):
-        return  # a range no u64 falls in, or a limit of 0
+            or (last_seq is not None and last_seq < 0)
+            or (wanted is not None and not wanted.texts)):
+        return  # a range no u64 falls in, a limit of 0, no id that can be in a log
     segments, since, until, transaction = filters
     # Bounds past the u64 range are those of the range (a filter all the same).
     first_seq = None if first_seq is None else max(first_seq, 0)
     last_seq = None if last_seq is None else min(last_seq, U64_MAX)
     # The transaction filter places records by seq as the seq filters do: damage
     # without a record's place (bad headers, torn tails) is left out.
-    by_seq = first_seq is not None or last_seq is not None or transaction is not None
+    # So does the id filter: damage holds no id it could be said to touch.
+    by_seq = (first_seq is not None or last_seq is not None or transaction is not None
+              or wanted is not None)
     by_time = since is not None or until is not None
     left = limit
     txns = _Transactions(listing=False)
@@ -125,7 +151,8 @@ def wal_records(
             else:
                 yield from _piece(item, segments[item.segment].name, cols, since, until,
                                   first_seq, last_seq, by_seq, by_time,
-                                  txns.owners(item, item.segment, cols), transaction)
+                                  txns.owners(item, item.segment, cols), transaction,
+                                  wanted)
                 if item.torn is not None and not (by_seq or by_time):
                     at, lost = item.torn
                     doc = _damage(segments[item.segment].name, at, None, "torn_tail", None,
@@ -141,6 +168,55 @@ def wal_records(
             left -= 1
             if left == 0:
                 return
+
+
+class _WantedIds:
+    """The ids of ``wal_records``' ``id`` filter: ``texts`` (a frozenset, what the
+    printed records' entries are matched by in Python: equal text is equal UTF-8 bytes),
+    and for the compiled filter their UTF-8 bytes in one arena, ``offsets`` and
+    ``lengths`` into it and ``keys`` (``payload.id_key``), all sorted by key."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = frozenset(texts)
+        raw = [t.encode("utf-8") for t in sorted(self.texts)]
+        self.arena = np.frombuffer(b"".join(raw) or b"\0", np.uint8).copy()
+        lengths = np.array([len(r) for r in raw], np.int64)
+        offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+        keys = _keys_of(self.arena, offsets[:len(raw)], lengths)
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.offsets, self.lengths = keys[order], offsets[order], lengths[order]
+
+
+def _wanted_ids(ids) -> _WantedIds | None:
+    """``wal_records``' ``id``: one id (a str) or an iterable of them; None: no filter.
+    Ids that are not valid Unicode text (a lone surrogate, which no UTF-8 encodes) are
+    in no log and dropped: with none left the filter keeps nothing."""
+    if ids is None:
+        return None
+    if isinstance(ids, str):
+        ids = [ids]
+    elif isinstance(ids, bytes | bytearray | memoryview) or not hasattr(ids, "__iter__"):
+        raise ValueError(f"id is an id's text (str), or an iterable of them, not {ids!r}")
+    texts = []
+    for text in ids:
+        if not isinstance(text, str):
+            raise ValueError(f"id is an id's text (str), or an iterable of them; {text!r} "
+                             "is not text")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            continue  # no UTF-8 id is this text
+        texts.append(text)
+    return _WantedIds(texts)
+
+
+@njit(cache=True, nogil=True)
+def _keys_of(arena, offsets, lengths):
+    """``payload.id_key`` of each id in ``arena``, as the compiled filter computes them."""
+    keys = np.empty(len(offsets), np.uint64)
+    for j in range(len(offsets)):
+        keys[j] = id_key(arena, offsets[j], lengths[j])
+    return keys
 
 
 def _filters(wal_dir, since, until, transaction, limit) -> tuple | None:
@@ -731,12 +807,12 @@ def _zero_runs_joined(docs: Iterator[dict]) -> Iterator[dict]:
 
 
 def _piece(item, name, cols, since, until, first_seq, last_seq, by_seq, by_time, owners,
-           transaction=None):
+           transaction=None, wanted=None):
     """The items of one framed piece (its records parsed into ``cols``, those nested
     deeper than the parse's stack parsed again: ``_Transactions.owners``, which gives
     ``owners``, each record's transaction), each made as it is asked for: a piece is up
     to a chunk of records, and the dicts of 800,000 small ones held at once took
-    0.7 GB."""
+    0.7 GB. ``wanted``: the ids of the ``id`` filter (``_WantedIds``), or None."""
     n = item.n
     if n:
         c = cols
@@ -756,13 +832,17 @@ def _piece(item, name, cols, since, until, first_seq, last_seq, by_seq, by_time,
             if until is not None:
                 keep &= ~parsed | (ts <= until)
         zero = zerofill.zero_records(item.length[:n], seq)
-        if by_time or transaction is not None:
-            keep &= ~zero  # no timestamp to place them by, in no transaction
+        if by_time or transaction is not None or wanted is not None:
+            keep &= ~zero  # no timestamp to place them by, in no transaction, no id
         if transaction is not None:  # its markers (top level only) and its members
             want = np.uint64(transaction)
             keep &= ((owned & (owner == want))
                      | ((status == OK) & (c.kind[:n] >= BEGIN_TRANSACTION)
                         & (c.aux[:n] == want)))
+        if wanted is not None:  # last: only the records the other filters keep walked
+            _touching(item.buf, n, item.off, item.length, status, c.kind,
+                      np.empty(MAX_BATCH_DEPTH, np.int64), wanted.keys, wanted.offsets,
+                      wanted.lengths, wanted.arena, keep)
         rows = np.flatnonzero(keep)
         # A run of zero-filled records back to back is one item (format.zerofill).
         firsts, counts = zerofill.runs(np.zeros(len(rows), np.int64), item.off[rows],
@@ -779,11 +859,129 @@ def _piece(item, name, cols, since, until, first_seq, last_seq, by_seq, by_time,
                 continue
             doc = _record(item, name, i)
             if "damage" in doc:
-                if by_time:
-                    continue  # no timestamp to place it by
-            elif owned[i]:
-                doc["transaction"] = owner[i].item()
+                if by_time or wanted is not None:
+                    continue  # no timestamp to place it by, no id to match
+            else:
+                if owned[i]:
+                    doc["transaction"] = owner[i].item()
+                if wanted is not None and doc["variant"] == "Batch":
+                    doc["id_entries"] = [k for k, e in enumerate(doc["entry"]["entries"])
+                                         if e.get("id") in wanted.texts]
             yield doc
+
+
+@njit(cache=True, nogil=True)
+def _touching(buf, n, off, length, status, kind, stack, keys, offsets, lengths, arena, keep):
+    """``keep[i]`` left true only for the records of a piece (columns from ``_parse``,
+    deep ones parsed again) that touch one of the ids (``_WantedIds``): an Insert,
+    Update or Delete of it, a Batch with an entry of it at any depth. Only the records
+    ``keep`` holds are walked; a batch nested deeper than ``stack`` is walked again with
+    a stack as deep as its length allows (``stack_for``)."""
+    for i in range(n):
+        if not keep[i]:
+            continue
+        if status[i] != OK or kind[i] > BATCH:
+            keep[i] = False
+            continue
+        start = off[i] + RECORD_HEADER_SIZE
+        end = start + length[i]
+        found = _has_id(buf, start, end, stack, keys, offsets, lengths, arena)
+        if found < 0:
+            found = _has_id(buf, start, end, np.empty(stack_for(length[i]), np.int64), keys,
+                            offsets, lengths, arena)
+        keep[i] = found == 1
+
+
+@njit(cache=True, nogil=True)
+def _has_id(buf, pos, end, stack, keys, offsets, lengths, arena):
+    """1 if the data entry ``buf[pos:end]`` (one ``parse_payload`` accepted) is, or holds
+    at any depth, an entry of one of the ids; 0 if not; -1 if it nests deeper than
+    ``stack``. The walk of ``statwalk._count_nested``, stopping at the first match;
+    metadata skipped by its lengths (its UTF-8 was checked by the parse)."""
+    p = pos
+    depth = 0
+    while True:
+        v, p = read_varint(buf, p, end, VARINT_U32)
+        if p < 0:
+            return 0
+        k = np.int64(v)
+        if k == BATCH:
+            count, p = read_length(buf, p, end, 1)
+            if p < 0:
+                return 0
+            if depth >= stack.shape[0]:
+                return -1
+            stack[depth] = count
+            depth += 1
+        else:
+            if k <= DELETE:
+                m, p = read_length(buf, p, end, 1)
+                if p < 0:
+                    return 0
+                if _is_wanted(buf, p, m, keys, offsets, lengths, arena):
+                    return 1
+                if depth == 0:
+                    return 0
+                p += m
+                if k != DELETE:
+                    dim, p = read_length(buf, p, end, 4)
+                    if p < 0:
+                        return 0
+                    p += dim * 4
+                    if p >= end:
+                        return 0
+                    if buf[p] == 1:  # Some(map): its keys and values, by their lengths
+                        pairs, p = read_length(buf, p + 1, end, 2)
+                        for _ in range(2 * pairs):
+                            if p < 0:
+                                return 0
+                            s, p = read_length(buf, p, end, 1)
+                            p += s
+                        if p < 0:
+                            return 0
+                    else:
+                        p += 1
+            else:
+                if depth == 0:
+                    return 0
+                _a, p = read_varint(buf, p, end, VARINT_U64)
+                if p < 0:
+                    return 0
+            _t, p = read_varint(buf, p, end, VARINT_U64)  # the entry's timestamp
+            if p < 0:
+                return 0
+            stack[depth - 1] -= 1
+        # Close every batch whose entries are all read: its timestamp follows.
+        while depth > 0 and stack[depth - 1] == 0:
+            _t, p = read_varint(buf, p, end, VARINT_U64)
+            if p < 0:
+                return 0
+            depth -= 1
+            if depth > 0:
+                stack[depth - 1] -= 1
+        if depth == 0:
+            return 0
+
+
+@njit(cache=True, nogil=True)
+def _is_wanted(buf, p, m, keys, offsets, lengths, arena):
+    """Whether the id ``buf[p:p+m]`` is one of the ids: its key looked up among theirs
+    (sorted), then every id of that key compared byte for byte (a key is no identity:
+    different ids share one, tests/fuzzing.py's ``colliding_ids``)."""
+    key = id_key(buf, p, m)
+    j = np.searchsorted(keys, key)
+    while j < len(keys) and keys[j] == key:
+        if lengths[j] == m:
+            o = offsets[j]
+            same = True
+            for b in range(m):
+                if buf[p + b] != arena[o + b]:
+                    same = False
+                    break
+            if same:
+                return True
+        j += 1
+    return False
 
 
 def _record(item, name: str, i: int) -> dict:
@@ -834,7 +1032,10 @@ def _damage(file, offset, seq, kind, what, nbytes) -> dict:
 
 
 def record_lines(doc: dict) -> list[str]:
-    """One item of ``wal_records`` for a person: a line, and one more per batch entry."""
+    """One item of ``wal_records`` for a person: a line, and one more per batch entry;
+    of a batch kept by the ``id`` filter (``id_entries``), one per entry of the id (at
+    its depth's indentation), then how many others it holds: a bulk batch of 10,000
+    entries is the id's one line, not 10,000."""
     where = f"{doc['file']}: offset {doc['offset']}"
     if doc["seq"] is not None:
         where += f": seq {doc['seq']}"
@@ -847,8 +1048,15 @@ def record_lines(doc: dict) -> list[str]:
     txn = "" if doc.get("transaction") is None else f" (in transaction {doc['transaction']})"
     lines = [f"{where}: {utc_text(doc['timestamp'])} "
              f"{_entry_text(doc['variant'], doc['entry'])}{extra}{txn}"]
+    entries = doc["entry"].get("entries", ())
+    shown = doc.get("id_entries")
     lines += [f"{_indent(e['depth'])}{utc_text(e['timestamp'])} {_entry_text(e['variant'], e)}"
-              for e in doc["entry"].get("entries", ())]
+              for e in (entries if shown is None else (entries[k] for k in shown))]
+    others = 0 if shown is None else len(entries) - len(shown)
+    if others:
+        lines.append(f"  (and {others} other entr{'y' if others == 1 else 'ies'}: "
+                     f"--first-seq {doc['seq']} --last-seq {doc['seq']} lists the batch "
+                     "whole)")
     return lines
 
 

@@ -1,0 +1,295 @@
+"""``gpu-pitr inspect --records --id ID`` (``wal_records(..., id=...)``): the history of
+one id (pg_waldump ``--relation``/``--block``), equal to the pure-Python reference
+(tests/inspect_reference.py's ``id_history``): every Insert, Update and Delete of it and
+every Batch with an entry of it at any depth, ids told apart by their exact bytes (ids
+whose 64-bit keys collide included), combined with the other filters, damage left out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from inspect_reference import id_history, id_history_of
+from test_cli import T0, cli
+from workloads import (
+    ID_POOL,
+    Abort,
+    Batch,
+    Begin,
+    Commit,
+    Del,
+    Ins,
+    LogBuilder,
+    Upd,
+    encode_entry,
+    f32,
+    workloads,
+)
+
+from gpu_pitr.format.dump import record_lines, wal_records
+
+
+def listed(wal_dir, ids, **kw) -> list[dict]:
+    """``wal_records(id=ids)`` at two piece sizes (a tiny one splits every batch and
+    transaction across pieces), the same both times; in ``id_history``'s shape."""
+    got = id_history_of(wal_records(wal_dir, id=ids, **kw))
+    assert id_history_of(wal_records(wal_dir, id=ids, chunk_bytes=64, **kw)) == got
+    return got
+
+
+def ids_in(wal_dir) -> list[str]:
+    """Every id an entry of the log names, at any depth, in first-seen order."""
+    seen: dict[str, None] = {}
+    for doc in wal_records(wal_dir):
+        entry = doc.get("entry", {})
+        for e in [entry, *entry.get("entries", ())]:
+            if "id" in e:
+                seen.setdefault(e["id"])
+    return list(seen)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_the_history_of_an_id_is_the_references(tmp_path_factory, data):
+    """Random workloads (nested batches, transactions and their anomalies, restarts,
+    unicode and NUL ids, damage): one id, several, one in no record; then with each
+    other filter (AND): a transaction, a time range, a seq range, a limit."""
+    wl = data.draw(workloads(), label="workload")
+    wal_dir = Path(wl.write(tmp_path_factory.mktemp("ids") / "wal"))
+    present = ids_in(wal_dir)
+    pool = present + [i for i in ID_POOL if i not in present][:2]
+    for each in pool:  # every id of the log, one at a time (a small log: a few)
+        assert id_history_of(wal_records(wal_dir, id=each)) == id_history(wal_dir, [each])
+    one = data.draw(st.sampled_from(pool), label="id")
+    assert listed(wal_dir, one) == id_history(wal_dir, [one])
+    several = data.draw(st.lists(st.sampled_from(pool), max_size=4), label="ids")
+    assert listed(wal_dir, several) == id_history(wal_dir, several)
+    assert listed(wal_dir, tuple(several)) == listed(wal_dir, set(several))
+    want = id_history(wal_dir, [one])
+    # The other filters: what they keep of the whole listing, and of the id's records.
+    everything = {(d["file"], d["offset"]): d for d in wal_records(wal_dir)}
+    for txn in {d["transaction"] for d in want if d["transaction"] is not None}:
+        assert listed(wal_dir, one, transaction=txn) == [
+            d for d in want if d["transaction"] == txn]
+    if want:
+        stamps = sorted({everything[d["file"], d["offset"]]["timestamp"] for d in want})
+        lo = data.draw(st.sampled_from(stamps), label="since")
+        assert listed(wal_dir, one, since=lo, until=lo + 3) == [
+            d for d in want if lo <= everything[d["file"], d["offset"]]["timestamp"] <= lo + 3]
+        seq = data.draw(st.sampled_from([d["seq"] for d in want]), label="first_seq")
+        assert listed(wal_dir, one, first_seq=seq) == [d for d in want if d["seq"] >= seq]
+        k = data.draw(st.integers(1, len(want)), label="limit")
+        assert listed(wal_dir, one, limit=k) == want[:k]
+    # Each record listed whole, as the listing without the filter gives it, plus which
+    # of a batch's entries are the id's.
+    for doc in wal_records(wal_dir, id=one):
+        same = everything[doc["file"], doc["offset"]]
+        assert {k: v for k, v in doc.items() if k != "id_entries"} == same
+        assert ("id_entries" in doc) == (doc["variant"] == "Batch")
+
+
+def test_ids_whose_keys_collide_stay_apart(tmp_path):
+    """Two ids with one 64-bit key (found by construction, tests/fuzzing.py), in top-level
+    records and nested batches: each id's history is its own; a prefix, a NUL, a
+    combining accent and an empty id are other ids too."""
+    from fuzzing import colliding_ids
+
+    from gpu_pitr.format import dump
+    from gpu_pitr.format.payload import id_key
+
+    ((x, y),) = colliding_ids(1)
+    keys = dump._keys_of(*_arena(x, y))
+    assert x != y and keys[0] == keys[1] == id_key(*_arena(x)[:1], 0, len(x.encode()))
+    b = LogBuilder()
+    b.add(Ins(x, f32(1), {"who": "x"}, T0))                          # 0
+    b.add(Ins(y, f32(2), None, T0 + 1))                              # 1
+    b.add(Batch([Upd(y, f32(3), None, T0 + 2),
+                 Batch([Del(x, T0 + 2), Ins("z", f32(1), None, T0 + 2)], T0 + 2)],
+                T0 + 2))                                             # 2: x at entry 2
+    b.add(Batch([Upd(y, f32(4), None, T0 + 3)], T0 + 3))             # 3: y only
+    b.add(Del(y, T0 + 4))                                            # 4
+    for k, other in enumerate(["a", "a\x00", "ab", "", "é", "e\u0301", "日本", "日本語"]):
+        b.add(Ins(other, f32(k), None, T0 + 10 + k))                # 5..12
+    wal_dir = Path(b.write(tmp_path / "w"))
+    assert [(d["seq"], d.get("id_entries")) for d in wal_records(wal_dir, id=x)] == [
+        (0, None), (2, [2])]
+    assert [(d["seq"], d.get("id_entries")) for d in wal_records(wal_dir, id=y)] == [
+        (1, None), (2, [0]), (3, [0]), (4, None)]
+    assert [d["seq"] for d in wal_records(wal_dir, id=[x, y])] == [0, 1, 2, 3, 4]
+    for k, other in enumerate(["a", "a\x00", "ab", "", "é", "e\u0301", "日本", "日本語"]):
+        assert [d["seq"] for d in wal_records(wal_dir, id=other)] == [5 + k], other
+        assert listed(wal_dir, other) == id_history(wal_dir, [other])
+    assert list(wal_records(wal_dir, id="日")) == []
+    assert list(wal_records(wal_dir, id=x[:-1])) == []
+
+
+def test_entries_after_metadata_and_markers_in_a_batch(tmp_path):
+    """The walk skips each entry's vector, metadata (keys and values of every length,
+    None) and nested markers by their lengths to reach the ids after them."""
+    meta = {"k" * 300: "v" * 70000, "": "", "ключ": "値"}
+    b = LogBuilder()
+    b.add(Batch([Ins("a", f32(*range(40)), meta, T0), Upd("b", f32(1), None, T0),
+                 Begin(3, T0), Batch([Ins("c", f32(1), meta, T0), Commit(3, T0)], T0),
+                 Upd("d", f32(2), {"x": "y"}, T0), Del("e", T0)], T0))
+    wal_dir = Path(b.write(tmp_path / "w"))
+    for k, each in [(0, "a"), (1, "b"), (4, "c"), (6, "d"), (7, "e")]:
+        assert [d["id_entries"] for d in wal_records(wal_dir, id=each)] == [[k]], each
+    assert list(wal_records(wal_dir, id="f")) == []
+
+
+def _arena(*ids):
+    import numpy as np
+
+    raw = [i.encode() for i in ids]
+    lengths = np.array([len(r) for r in raw], np.int64)
+    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+    return np.frombuffer(b"".join(raw), np.uint8).copy(), offsets, lengths
+
+
+def test_an_id_nested_deeper_than_the_compiled_stack(tmp_path):
+    """A batch nested 100 deep (the compiled walk's stack is 64) is walked again with a
+    deeper stack: the id at the bottom is found, and one beside it at the top too."""
+    deep = Ins("bottom", f32(1, 2), None, T0)
+    for _ in range(100):
+        deep = Batch([deep], T0)
+    b = LogBuilder()
+    b.add(Batch([deep, Del("top", T0)], T0))
+    b.add(Ins("bottom", f32(3, 4), None, T0 + 1))
+    wal_dir = Path(b.write(tmp_path / "w"))
+    got = list(wal_records(wal_dir, id="bottom"))
+    assert [(d["seq"], d.get("id_entries")) for d in got] == [(0, [100]), (1, None)]
+    assert [d["seq"] for d in wal_records(wal_dir, id="top")] == [0]
+    assert listed(wal_dir, "bottom") == id_history(wal_dir, ["bottom"])
+
+
+def test_damage_is_left_out(tmp_path):
+    """An undecodable record holds no id that can be read (this one's payload is an
+    Insert of the id, cut short), nor do a zero-filled record, a bad header or a torn
+    tail: the id filter lists none of them, as the other filters leave out what they
+    cannot place; the seq filters still show the undecodable one."""
+    b = LogBuilder()
+    b.add(Ins("doc-5", f32(1), None, T0))                                 # 0
+    b.add_payload(encode_entry(Ins("doc-5", f32(2), None, T0 + 1))[:-3])  # 1: cut
+    b.raw(bytes(12))                                                      # zero-filled
+    b.add(Del("doc-5", T0 + 2))                                           # 2
+    b.add(Ins("doc-5", f32(3), None, T0 + 3))                             # 3: torn below
+    wal_dir = Path(b.write(tmp_path / "w"))
+    (seg,) = sorted(wal_dir.glob("wal-*.log"))
+    seg.write_bytes(seg.read_bytes()[:-5])
+    (wal_dir / "wal-ffffffffffffffff.log").write_bytes(b"WALX\x01\x00\x00\x00" + bytes(8))
+    kinds = [d.get("damage") for d in wal_records(wal_dir)]
+    assert kinds == [None, "undecodable", "zero_filled", None, "torn_tail", "bad_header"]
+    assert [d["seq"] for d in wal_records(wal_dir, id="doc-5")] == [0, 2]
+    assert [d.get("damage") for d in wal_records(wal_dir, first_seq=1, last_seq=1)] == [
+        "undecodable"]
+
+
+def test_the_argument_forms(tmp_path):
+    """One id (str) or an iterable of them; bytes and non-text are a ValueError, not a
+    guess; an id no UTF-8 encodes (a lone surrogate) is in no log; no ids keep nothing."""
+    b = LogBuilder()
+    b.add(Ins("a", f32(1), None, T0))
+    b.add(Ins("ab", f32(1), None, T0))
+    wal_dir = Path(b.write(tmp_path / "w"))
+    assert [d["seq"] for d in wal_records(wal_dir, id="a")] == [0]
+    assert [d["seq"] for d in wal_records(wal_dir, id=iter(["ab", "a"]))] == [0, 1]
+    assert list(wal_records(wal_dir, id=[])) == []
+    assert list(wal_records(wal_dir, id="\udcff")) == []
+    assert [d["seq"] for d in wal_records(wal_dir, id=["\ud800", "ab"])] == [1]
+    for bad in (b"a", ["a", 1], [b"a"], 5):
+        with pytest.raises(ValueError, match="id"):
+            list(wal_records(wal_dir, id=bad))
+
+
+def test_cli_lists_the_history_and_only_the_ids_entries_of_a_batch(tmp_path):
+    """``--id`` implies ``--records`` and repeats; a batch prints the id's entries and how
+    many others it holds; ``--json`` keeps the entries whole and says which are the
+    id's; each record names its transaction, so an update inside one aborted shows as
+    such with ``inspect --transactions --transaction X``."""
+    b = LogBuilder()
+    b.add(Ins("doc-5", f32(1, 2), {"src": "feed"}, T0))                   # 0
+    b.add(Begin(9, T0 + 1))                                               # 1
+    b.add(Batch([Upd("doc-6", f32(0, 0), None, T0 + 1),
+                 Batch([Upd("doc-5", f32(9, 9), {"src": "BAD"}, T0 + 1),
+                        Del("doc-7", T0 + 1)], T0 + 1)], T0 + 1))          # 2: in 9
+    b.add(Abort(9, T0 + 2))                                               # 3
+    b.add(Del("doc-5", T0 + 3))                                           # 4
+    b.add(Begin(10, T0 + 4))
+    b.add(Batch([Ins("doc-5", f32(5, 5), None, T0 + 4)], T0 + 4))         # 6: all its own
+    b.add(Commit(10, T0 + 5))
+    wal_dir = Path(b.write(tmp_path / "w"))
+    name = sorted(p.name for p in Path(wal_dir).glob("wal-*.log"))[0]
+    proc = cli("inspect", wal_dir, "--id", "doc-5", wal_dir=wal_dir)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    lines = proc.stdout.splitlines()
+    assert [line.split(": ")[2] if line.startswith("wal-") else line for line in lines] == [
+        "seq 0",
+        "seq 2",
+        '    2026-11-26T10:00:01Z Update "doc-5" dim 2 metadata {"src": "BAD"}',
+        "  (and 3 other entries: --first-seq 2 --last-seq 2 lists the batch whole)",
+        "seq 4",
+        "seq 6",
+        '  2026-11-26T10:00:04Z Insert "doc-5" dim 2 metadata null']
+    assert lines[1] == (f"{name}: offset {lines[1].split(': offset ')[1].split(':')[0]}: "
+                        "seq 2: 2026-11-26T10:00:01Z Batch of 2 entries (in transaction 9)")
+    proc = cli("inspect", wal_dir, "--id", "doc-7", "--id", "doc-6", "--json",
+               wal_dir=wal_dir)
+    (doc,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert doc["seq"] == 2 and doc["id_entries"] == [0, 3] and doc["transaction"] == 9
+    assert [e["variant"] for e in doc["entry"]["entries"]] == [
+        "Update", "Batch", "Update", "Delete"]
+    assert record_lines(doc)[-1] == (
+        "  (and 2 other entries: --first-seq 2 --last-seq 2 lists the batch whole)")
+    # Combined with the other filters (AND), and its note when nothing is listed.
+    proc = cli("inspect", wal_dir, "--id", "doc-5", "--transaction", "10", wal_dir=wal_dir)
+    assert [line.split(": ")[2] for line in proc.stdout.splitlines()
+            if line.startswith("wal-")] == ["seq 6"]
+    proc = cli("inspect", wal_dir, "--id", "doc-5", "--limit", "1", wal_dir=wal_dir)
+    assert len(proc.stdout.splitlines()) == 1 and "--limit 1 reached" in proc.stderr
+    proc = cli("inspect", wal_dir, "--records", "--id", "doc-1", wal_dir=wal_dir)
+    assert (proc.returncode, proc.stdout) == (0, "")
+    assert proc.stderr == ('note: no record of id "doc-1" in the log (damage aside: an '
+                           "undecodable record names no id)\n")
+    proc = cli("inspect", wal_dir, "--id", "doc-5", "--id", "x", "--since",
+               "2026-11-26T10:01:00Z", wal_dir=wal_dir)
+    assert proc.stderr == 'note: no record of ids "doc-5", "x" passes the other filters\n'
+    proc = cli("inspect", wal_dir, "--id=-x", wal_dir=wal_dir)
+    assert proc.returncode == 0 and 'id "-x"' in proc.stderr
+
+
+def test_cli_usage_errors_and_help(tmp_path):
+    b = LogBuilder()
+    b.add(Ins("a", f32(1), None, T0))
+    wal_dir = Path(b.write(tmp_path / "w"))
+    proc = cli("inspect", wal_dir, "--transactions", "--id", "a")
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert "argument --transactions: not allowed with --id" in proc.stderr.splitlines()[-1]
+    proc = cli("inspect", wal_dir, "--snapshots", tmp_path, "--id", "a")
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert "argument --snapshots: not allowed" in proc.stderr.splitlines()[-1]
+    proc = cli("inspect", wal_dir, "--id")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    proc = cli("inspect", wal_dir, "--help")
+    assert proc.returncode == 0
+    assert "--id ID" in proc.stdout and "pg_waldump --relation" in proc.stdout
+
+
+def test_cli_refuses_an_id_that_is_not_utf8(tmp_path):
+    """Bytes that are not UTF-8 (Python's argv gives them as lone surrogates) match no
+    id of any log: a usage error, not an empty listing."""
+    import os
+    import subprocess
+    import sys
+
+    b = LogBuilder()
+    b.add(Ins("a", f32(1), None, T0))
+    wal_dir = Path(b.write(tmp_path / "w"))
+    proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "inspect", os.fsencode(wal_dir),
+                           "--id", b"\xff"], capture_output=True, timeout=300)
+    assert (proc.returncode, proc.stdout) == (2, b"")
+    assert proc.stderr.splitlines()[-1] == (
+        b"gpu-pitr inspect: error: argument --id: '\\udcff' is not UTF-8 text: no id in a "
+        b"log is this")
