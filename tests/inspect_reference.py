@@ -323,37 +323,46 @@ def id_history(wal_dir: str | os.PathLike, ids) -> list[dict]:
     ``id_entries``: the indices of the id's entries among its entries flattened (a
     nested batch before its own entries). Damage is never listed."""
     wanted = set(ids)
-    open_txns: list[int] = []
     out = []
+    for scan, rec, entry, owner in decoded_records(wal_dir):
+        if isinstance(entry, BeginTransaction | CommitTransaction | AbortTransaction
+                      | Checkpoint):
+            continue
+        doc = {"file": scan.path.name, "offset": rec.offset, "seq": rec.seq,
+               "variant": type(entry).__name__, "transaction": owner}
+        if isinstance(entry, Batch):
+            doc["id_entries"] = [k for k, e in enumerate(_nested_entries(entry))
+                                 if getattr(e, "id", None) in wanted]
+            if doc["id_entries"]:
+                out.append(doc)
+        elif entry.id in wanted:
+            out.append(doc)
+    return out
+
+
+def decoded_records(wal_dir: str | os.PathLike) -> Iterator[tuple]:
+    """``(scan, record, entry, transaction)`` for each record of ``wal_dir`` that
+    decodes, in log order, from the pure-Python reader and codec; ``transaction``: for
+    a data record, the one it belongs to by SPEC section 3's rule (the one begun most
+    recently of those open; a Begin of an open id or an end of one that is not open
+    changes nothing), else None."""
+    open_txns: list[int] = []
     for scan in scan_wal_segments(wal_dir):
         for rec in scan.records:
-            if rec.seq == 0 and not rec.payload:
-                continue  # 12 zero bytes: damage
             try:
-                entry, _ = decode_entry(rec.payload)
+                entry, _ = decode_entry(rec.payload)  # (12 zero bytes do not decode)
             except PayloadError:
                 continue
+            owner = None
             if isinstance(entry, BeginTransaction):
                 if entry.transaction_id not in open_txns:
                     open_txns.append(entry.transaction_id)
-                continue
-            if isinstance(entry, CommitTransaction | AbortTransaction):
+            elif isinstance(entry, CommitTransaction | AbortTransaction):
                 if entry.transaction_id in open_txns:
                     open_txns.remove(entry.transaction_id)
-                continue
-            if isinstance(entry, Checkpoint):
-                continue
-            doc = {"file": scan.path.name, "offset": rec.offset, "seq": rec.seq,
-                   "variant": type(entry).__name__,
-                   "transaction": open_txns[-1] if open_txns else None}
-            if isinstance(entry, Batch):
-                doc["id_entries"] = [k for k, e in enumerate(_nested_entries(entry))
-                                     if getattr(e, "id", None) in wanted]
-                if doc["id_entries"]:
-                    out.append(doc)
-            elif entry.id in wanted:
-                out.append(doc)
-    return out
+            elif not isinstance(entry, Checkpoint) and open_txns:
+                owner = open_txns[-1]
+            yield scan, rec, entry, owner
 
 
 def id_history_of(items) -> list[dict]:

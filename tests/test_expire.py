@@ -114,6 +114,12 @@ def history(tmp_path_factory):
 @pytest.fixture
 def hist(history, tmp_path):
     """A private copy of the shared history (tests delete from it)."""
+    return private_copy(history, tmp_path)
+
+
+def private_copy(history, tmp_path):
+    """``(archive, whole log, snapshots, times)`` of ``_history``'s, the archive and the
+    snapshots copied into ``tmp_path``."""
     _, arc, whole, snaps, times = history
     copies = []
     for d in (arc, snaps):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from inspect_reference import decoded_records
 from test_cli import T0, cli, write_damaged_wal
 from workloads import Batch, Ins, LogBuilder, f32, workloads
 
@@ -274,37 +275,9 @@ def test_ctrl_c_stops_a_long_listing_with_one_line(tmp_path):
 
 def expected_transactions(wal_dir: Path) -> list[int | None]:
     """For every decodable record in log order: the transaction it belongs to (data
-    records only), from the pure-Python reader and codec and the SPEC's rule: the one
-    begun most recently of those open; a Begin of an open id or an end of one that is
-    not open changes nothing."""
-    from gpu_pitr.format.entries import (
-        AbortTransaction,
-        BeginTransaction,
-        Checkpoint,
-        CommitTransaction,
-    )
-
-    open_txns: list[int] = []
-    out = []
-    for scan in scan_wal(wal_dir):
-        for rec in scan.records:
-            try:
-                entry, _ = decode_entry(rec.payload)
-            except PayloadError:
-                continue
-            if isinstance(entry, BeginTransaction):
-                if entry.transaction_id not in open_txns:
-                    open_txns.append(entry.transaction_id)
-                out.append(None)
-            elif isinstance(entry, CommitTransaction | AbortTransaction):
-                if entry.transaction_id in open_txns:
-                    open_txns.remove(entry.transaction_id)
-                out.append(None)
-            elif isinstance(entry, Checkpoint):
-                out.append(None)
-            else:
-                out.append(open_txns[-1] if open_txns else None)
-    return out
+    records only), from the pure-Python reader and codec and the SPEC's rule
+    (``inspect_reference.decoded_records``)."""
+    return [owner for *_, owner in decoded_records(wal_dir)]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_expire import _cli, _history, _same, _segments
+from test_expire import _cli, _history, _same, _segments, private_copy
 from workloads import Ins, LogBuilder, dir_state, restore_fast, restore_ref, segment_name
 
 import gpu_pitr
@@ -41,12 +41,7 @@ def history(tmp_path_factory):
 @pytest.fixture
 def hist(history, tmp_path):
     """A private copy of the shared history (tests expire it)."""
-    _, arc, whole, snaps, times = history
-    copies = []
-    for d in (arc, snaps):
-        shutil.copytree(d, tmp_path / d.name, symlinks=True)
-        copies.append(tmp_path / d.name)
-    return copies[0], whole, copies[1], times
+    return private_copy(history, tmp_path)
 
 
 # The restorable window: ``inspect ARCHIVE --snapshots DIR`` (``snapshot.window``), what
