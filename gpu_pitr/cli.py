@@ -788,7 +788,8 @@ def plan_lines(plan: dict, stop_reading: bool = False) -> list[str]:
                  f"{_snapshot_position(base['position'])})")
     reads = (f"{plural(read['segments'], 'segment')}, {plural(read['bytes'], 'byte')} of log"
              + ("" if read["first_segment"] is None else f", from {read['first_segment']}")
-             + (": at most that, up to the stop point (--stop-reading-at-target)"
+             + (": to the end of the log" if target["kind"] == "latest" else
+                ": at most that, up to the stop point (--stop-reading-at-target)"
                 if stop_reading else ": to the end of the log (--stop-reading-at-target "
                 "reads only up to the stop point)"))
     return ["dry run: nothing restored, nothing written",

@@ -200,6 +200,8 @@ def expired_before(wal_dir: Path, base, allow_incomplete: bool) -> str | None:
 
 _FROM_A_SNAPSHOT = "start from a snapshot taken before it was deleted: --base/--snapshots, " \
     "base=/snapshots="
+_BASE_HOLDS_NONE = "the base snapshot holds no record of the log (an empty log, or " \
+    "zero-filled records only), so the log must start there"
 
 
 def not_from_seq_zero(fix: str, **where) -> IncompleteHistoryError:
@@ -306,8 +308,7 @@ class _Restore:
                 self.last_record = (str(self.wal_dir / last["segment"]), last["offset"],
                                     last.get("length"), last.get("crc32"))
             if pos.get("history_complete") is False:
-                self._gap(f"the base snapshot {base.path} was itself restored from an "
-                          "incomplete history")
+                self._gap(_restored_across_a_gap(base))
             self.plan.seed_timestamps(pos.get("max_timestamp"), pos.get("timestamp"))
 
     def _alloc(self, nbytes: int) -> np.ndarray:
@@ -895,12 +896,9 @@ class _Restore:
         w = self._where(first)
         if self.base is None or self._resume_seq == ("start", 0) or self._base_holds_none():
             if seq != 0 and self.allow_incomplete:
-                self._gap(f"the log starts at seq {seq} ({Path(w['file']).name} offset "
-                          f"{w['offset']}), not 0")
+                self._gap(*_starts_past_zero(seq, Path(w["file"]).name, w["offset"]))
             elif seq != 0:
-                fix = ("the base snapshot holds no record of the log (an empty log, or "
-                       "zero-filled records only), so the log must start there"
-                       if self.base is not None else _FROM_A_SNAPSHOT)
+                fix = _BASE_HOLDS_NONE if self.base is not None else _FROM_A_SNAPSHOT
                 if self.report.skipped:  # not deleted: skipped, before this record
                     s = self.report.skipped[0]
                     fix = (f"it is in what --skip-corrupt skipped: {s['file']} offset "
@@ -922,10 +920,7 @@ class _Restore:
         elif seq != want and not self.allow_incomplete:
             raise _resume_refused(pos, seq, want, w)
         elif seq != want:
-            self._gap(f"the log resumes at seq {seq}, not {want}, right after the base "
-                      f"snapshot's position ({pos['segment']} offset {pos['offset']})",
-                      None if seq else "whatever segments written between did, if the "
-                      "writer wrote any before it restarted at seq 0")
+            self._gap(*_resumes_elsewhere(pos, seq, want))
 
     def _base_holds_none(self) -> bool:
         """The base covers no record of the log: its position follows headers and
@@ -940,7 +935,7 @@ class _Restore:
         state restored lacks ``lacks``, by default what came before)."""
         if self.gap_why is None:
             self.gap_why = why
-            self.gap_lacks = lacks or "what came before and may never have existed"
+            self.gap_lacks = lacks or _LACKS_THE_PAST
 
     @property
     def history_gap(self) -> bool:
@@ -1333,6 +1328,37 @@ def _resume_refused(pos: dict, seq: int, want: int, w: dict) -> IncompleteHistor
     return IncompleteHistoryError(
         f"{where}: history between is missing (restore anyway: "
         "--allow-incomplete-history, allow_incomplete_history=True)", **w)
+
+
+#: What a state restored across a gap in the history lacks, unless said otherwise.
+_LACKS_THE_PAST = "what came before and may never have existed"
+
+
+def _gap_warning(why: str, lacks: str | None = None) -> str:
+    """The warning of a gap in the history a restore crossed as allowed (and the
+    dry run's of it, ``plan_restore``)."""
+    return (f"incomplete history, restored as allowed: {why}; the state restored lacks "
+            f"{lacks or _LACKS_THE_PAST}")
+
+
+def _restored_across_a_gap(snap) -> str:
+    """The gap of a base snapshot itself restored from an incomplete history."""
+    return f"the base snapshot {snap.path} was itself restored from an incomplete history"
+
+
+def _starts_past_zero(seq: int, name: str, offset: int) -> tuple[str, None]:
+    """The gap (``_Restore._gap``'s arguments) of a log read from its start whose first
+    record is seq ``seq``, not 0, in the segment ``name`` at ``offset``."""
+    return f"the log starts at seq {seq} ({name} offset {offset}), not 0", None
+
+
+def _resumes_elsewhere(pos: dict, seq: int, want: int) -> tuple[str, str | None]:
+    """The gap (``_Restore._gap``'s arguments) of a log whose first record after a base
+    at ``pos`` whose segment is gone is seq ``seq``, not ``want``."""
+    return (f"the log resumes at seq {seq}, not {want}, right after the base snapshot's "
+            f"position ({pos['segment']} offset {pos['offset']})",
+            None if seq else "whatever segments written between did, if the writer wrote "
+            "any before it restarted at seq 0")
 
 
 def _base_is_the_stop(snap, target: dict, exclusive: bool) -> bool:
@@ -2089,8 +2115,7 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
             "abort the transactions it had open; `gpu-pitr verify` lists those open at "
             "the end of the log")
     if run.gap_why is not None:
-        out.append(f"incomplete history, restored as allowed: {run.gap_why}; the state "
-                   f"restored lacks {run.gap_lacks}")
+        out.append(_gap_warning(run.gap_why, run.gap_lacks))
     missing = (report.base or {}).get("missing_seqs")
     if missing:
         out.append(f"records are missing from the log the base snapshot {report.base['path']}"
@@ -2195,7 +2220,8 @@ def plan_restore(
     seq 0, segments ``expire`` deleted) raises ``IncompleteHistoryError`` as the restore
     would, unless ``allow_incomplete_history``; so does a base whose segment is gone
     where the log does not go on from it (``base_gap``, or a first record read after it
-    that is not its last seq + 1, as the files' first record headers say). What only
+    that is not its last seq + 1, as the files' first record headers say), and a base
+    of an empty log where the log's first record is not seq 0. What only
     reading the log finds (damage, a seq or transaction target the log lacks) is not
     looked for. ``read_after_stop``: as the restore's (False: a target the base itself
     meets reads no log, so the log after it is not judged either).
@@ -2205,7 +2231,10 @@ def plan_restore(
     log); ``notes`` as the report's ``message`` says them (which snapshots were passed
     over and why; not what the restore finds on reading: no record in the log, an
     empty index, the executor it fell back to); ``warnings`` the damaged snapshots
-    among them, and no segment to read at all; ``read`` the log after the base,
+    among them, no segment to read at all, and with ``allow_incomplete_history`` the gap
+    in the history the restore would cross and warn of where that is known before
+    reading (the segments ``expire`` deleted, a first record that is not where the log
+    must go on, as the files' first record headers say); ``read`` the log after the base,
     ``{"segments", "bytes", "first_segment"}``, counted as the report's ``segments`` and
     ``bytes_read`` count a restore that reads to the end of the log (the default:
     ``read_after_stop=False`` stops at the target, within it), a segment whose header
@@ -2228,20 +2257,28 @@ def plan_restore(
     _check_position_target(wal_path, segments, position, exclusive, base, snapshots)
     snap, notes, warnings = _base_for(base, snapshots, target, exclusive,
                                       allow_incomplete_history, segments)
+    allow = allow_incomplete_history
+    # The gaps a restore allowed to cross them would find, in the order it finds them:
+    # it warns of the first (``_Restore._gap``).
+    gaps: list[tuple | None] = []
     try:
-        expired_before(wal_path, snap, allow_incomplete_history)
-        if snap is None and not allow_incomplete_history:
-            _check_log_start(segments)
-        if snap is not None and not allow_incomplete_history:
+        if snap is not None and snap.position.get("history_complete") is False:
+            gaps.append((_restored_across_a_gap(snap), None))  # (else _base_for refused)
+        expired = expired_before(wal_path, snap, allow)
+        gaps.append(None if expired is None else (expired, None))
+        if snap is None:
+            gaps.append(_check_log_start(segments, allow))
+        else:
             # (With no segment at all too: ``choose`` takes such a base, and the
             # restore refuses it as it starts.)
             later, _, resume, gap = _resume_point(snap.position, segments)
-            if gap is not None:
+            if gap is not None and not allow:
                 raise _no_history_after_base(gap, later, wal_path)
+            gaps.append(None if gap is None else (gap, None))
             if read_after_stop or not _base_is_the_stop(snap, target, exclusive):
                 # (The restore judges the first record it reads: none where the base is
                 # the stop and the log after it is not read.)
-                _check_resume(snap.position, later, resume)
+                gaps.append(_check_resume(snap.position, later, resume, allow))
     except IncompleteHistoryError as err:
         raise _in_snapshots_words(err, snapshots, snap, notes, warnings) from None
     except WalError as err:  # (an expire marker that does not read)
@@ -2262,31 +2299,59 @@ def plan_restore(
         read = log_after(snap.position, segments)
         if not read["segments"]:
             warnings = [*warnings, _BASE_ALONE + no_segments_note(wal_path)]
+    gap = next((g for g in gaps if g is not None), None)
+    if gap is not None:
+        warnings = [*warnings, _gap_warning(*gap)]
     return {"wal_dir": str(wal_path), "target": target_doc, "base": doc, "notes": notes,
             "warnings": warnings, "read": read}
 
 
-def _check_log_start(segments: list) -> None:
+def _check_log_start(segments: list, allow: bool = False) -> tuple | None:
     """The ``IncompleteHistoryError`` a restore from the log alone raises at its first
-    record, where that is not seq 0 (``plan_restore``: a record header or two read)."""
+    record, where that is not seq 0 (``plan_restore``: a record header or two read);
+    with ``allow`` (``allow_incomplete_history``), the gap it warns of instead (None:
+    none)."""
     from gpu_pitr.snapshot import first_log_record
 
     first = first_log_record(segments)
-    if first is not None and first[1] != 0:
-        raise not_from_seq_zero(_FROM_A_SNAPSHOT, file=str(first[0].path), offset=first[2],
-                                seq=first[1])
+    if first is None or first[1] == 0:
+        return None
+    if allow:
+        return _starts_past_zero(first[1], first[0].name, first[2])
+    raise not_from_seq_zero(_FROM_A_SNAPSHOT, file=str(first[0].path), offset=first[2],
+                            seq=first[1])
 
 
-def _check_resume(pos: dict, later: list, resume: tuple | None) -> None:
-    """The ``IncompleteHistoryError`` a restore from a base whose segment is gone raises
-    at the first record it reads, where that is not the base's last seq + 1 (a writer
-    reopened, numbering from 0 again, or another log): ``plan_restore``, reading that
-    record's header (``snapshot.first_log_record``; unknown there: not judged)."""
+def _check_resume(pos: dict, later: list, resume: tuple | None,
+                  allow: bool = False) -> tuple | None:
+    """The ``IncompleteHistoryError`` a restore from a base raises at the first record it
+    reads, judged from that record's header (``snapshot.first_log_record``; unknown
+    there: not judged): where the base's segment is gone, a record that is not the
+    base's last seq + 1 (a writer reopened, numbering from 0 again, or another log);
+    where the base holds no record of the log (a snapshot of an empty log), one that is
+    not seq 0, as a restore of the whole log judges it (``_Restore._check_first``).
+    ``plan_restore``, and ``snapshot.window``'s judgement of each snapshot. (A base in
+    a segment still there, holding no record: its first record is past its position,
+    which that header read does not find, so it is left to the restore.) With ``allow``
+    (``allow_incomplete_history``): the gap the restore warns of instead (None: none)."""
     from gpu_pitr.snapshot import first_log_record
 
-    if resume is None or resume[0] != "after" or _holds_no_record(pos):
-        return
+    if resume is None:
+        return None
+    from_start = resume == ("start", 0) or (resume[0] == "after" and _holds_no_record(pos))
+    if not from_start and resume[0] != "after":
+        return None
     first = first_log_record(later)
-    if first is not None and first[1] != resume[1]:
-        raise _resume_refused(pos, first[1], resume[1], {
-            "file": str(first[0].path), "offset": first[2], "seq": first[1]})
+    if first is None:
+        return None
+    seg, seq, offset = first
+    w = {"file": str(seg.path), "offset": offset, "seq": seq}
+    if from_start and seq != 0:
+        if allow:
+            return _starts_past_zero(seq, seg.name, offset)
+        raise not_from_seq_zero(_BASE_HOLDS_NONE, **w)
+    if not from_start and seq != resume[1]:
+        if allow:
+            return _resumes_elsewhere(pos, seq, resume[1])
+        raise _resume_refused(pos, seq, resume[1], w)
+    return None

@@ -236,7 +236,14 @@ def test_restore_dry_run_on_the_command_line_writes_nothing(hist, tmp_path, caps
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1
     assert "the target is earlier than the base snapshot" in refused.stderr
     missing = _cli("restore", str(arc), "--out", str(tmp_path / "no" / "x.npz"), "--dry-run")
-    assert missing.returncode == 1 and "no" in missing.stderr
+    assert (missing.returncode, missing.stderr) == (
+        1, f"gpu-pitr: error: {tmp_path / 'no'}: no such directory for --out\n")
+    # No target: no stop point for --stop-reading-at-target to stop reading at.
+    assert cli.main(["restore", str(arc), "--snapshots", str(snaps), "--out",
+                     str(out / "x.npz"), "--dry-run"]) == 0
+    (read,) = [n for n in capsys.readouterr().out.splitlines() if n.startswith("would read")]
+    last = sorted(arc.glob("wal-*.log"))[-1].name  # (the newest snapshot's segment)
+    assert read.endswith(f" of log, from {last}: to the end of the log"), read
     with pytest.raises(SystemExit) as stop:
         cli.main(["restore", str(arc), "--out", str(out / "x.npz"), "--dry-run",
                   "--dask-scheduler", "tcp://nowhere:1"])
@@ -376,6 +383,17 @@ def test_the_plan_says_the_restores_words_for_a_damaged_marker_and_an_empty_log(
     assert plan_restore(tmp_path / "empty", base=snaps / "s04")["warnings"] == report.warnings
 
 
+def _both_refuse(wal, snap: Path, words: str) -> None:
+    """The restore from ``snap`` (``--base``, and ``--snapshots`` of its directory, its
+    one snapshot) refuses the log at ``wal`` for an incomplete history, saying ``words``;
+    the plan refuses it in the same words."""
+    for kw in ({"base": snap}, {"snapshots": snap.parent}):
+        want = _outcome(lambda kw=kw: gpu_pitr.restore(wal, backend="cpu", **kw))
+        assert want[:2] == ("error", IncompleteHistoryError), kw
+        assert words in want[2]
+        assert _outcome(lambda kw=kw: plan_restore(wal, **kw)) == want, kw
+
+
 def test_a_base_whose_segment_is_gone_and_the_log_resumes_at_seq_zero(tmp_path):
     # A snapshot at the end of its segment, which is not in this log, whose first record
     # is seq 0 (another store's log, or this one's writer reopened after a gap): the
@@ -391,11 +409,7 @@ def test_a_base_whose_segment_is_gone_and_the_log_resumes_at_seq_zero(tmp_path):
     log = LogBuilder(created=100)
     log.add(Ins("a", [2.0], ts=50))
     wal = log.write(tmp_path / "wal")
-    for kw in ({"base": snaps / "o"}, {"snapshots": snaps}):
-        want = _outcome(lambda kw=kw: gpu_pitr.restore(wal, backend="cpu", **kw))
-        assert want[:2] == ("error", IncompleteHistoryError), kw
-        assert "the log resumes at seq 0, not 3" in want[2]
-        assert _outcome(lambda kw=kw: plan_restore(wal, **kw)) == want, kw
+    _both_refuse(wal, snaps / "o", "the log resumes at seq 0, not 3")
     # With --stop-reading-at-target, a target the base itself meets reads no log: the
     # restore restores it, and the dry run does not refuse it.
     kw = {"base": snaps / "o", "to_seq": 2}
@@ -408,6 +422,72 @@ def test_a_base_whose_segment_is_gone_and_the_log_resumes_at_seq_zero(tmp_path):
     assert not doc["snapshots"][0]["usable"]
     assert "the log resumes at seq 0, not 3" in doc["snapshots"][0]["why"]
     assert doc["earliest"]["from"] == "log_start"
+
+
+def test_a_snapshot_of_an_empty_log_before_a_log_not_from_seq_zero(tmp_path):
+    # A snapshot of an empty log holds no record: the log after it must start at seq 0,
+    # and the restore refuses one that starts at seq 5 (its start deleted). The plan
+    # said the restore would start from it, and the window called it a start (and so
+    # the archive restorable).
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    (tmp_path / "wal").mkdir()
+    snapshot.save(gpu_pitr.restore(tmp_path / "wal", backend="cpu"), snaps / "empty")
+    log = LogBuilder(first_seq=5)
+    log.add(Ins("a", [1.0], ts=1))
+    wal = log.write(tmp_path / "wal")
+    _both_refuse(wal, snaps / "empty", "the base snapshot holds no record of the log")
+    doc = snapshot.window(wal, snaps)
+    assert not doc["snapshots"][0]["usable"]
+    assert "the log does not start at sequence number 0" in doc["snapshots"][0]["why"]
+    assert not doc["restorable"] and doc["earliest"] is None
+    # With the log from seq 0 both start from it, as the restore does.
+    log = LogBuilder()
+    log.add(Ins("a", [1.0], ts=1))
+    wal = log.write(tmp_path / "wal0")
+    assert plan_restore(wal, snapshots=snaps)["base"]["path"] == str(snaps / "empty")
+    assert gpu_pitr.restore(wal, backend="cpu", snapshots=snaps).report.base["path"] == \
+        str(snaps / "empty")
+    assert snapshot.window(wal, snaps)["snapshots"][0]["usable"]
+
+
+def _gap_warnings(warnings) -> list[str]:
+    return [w for w in warnings if w.startswith("incomplete history, restored as allowed")]
+
+
+def test_the_plan_warns_of_the_gap_a_restore_allowed_to_cross_it_warns_of(hist, tmp_path):
+    # With --allow-incomplete-history the restore crosses a gap it can tell before
+    # reading (the segments expire deleted, a log not from seq 0, a base the log does not
+    # go on from) and warns of it: the dry run said nothing of it, as if the history
+    # were whole.
+    arc, _, snaps, times = hist
+    expire(arc, snaps, keep=2)
+    log = LogBuilder(first_seq=5)
+    log.add(Ins("a", [1.0], ts=1))
+    late = log.write(tmp_path / "late")
+    (tmp_path / "empty").mkdir()
+    bases = tmp_path / "bases"
+    bases.mkdir()
+    snapshot.save(gpu_pitr.restore(tmp_path / "empty", backend="cpu"), bases / "empty")
+    other = LogBuilder(created=10)
+    for k in range(3):
+        other.add(Ins(f"o{k}", [1.0], ts=k))
+    snapshot.save(gpu_pitr.restore(other.write(tmp_path / "other"), backend="cpu"),
+                  bases / "o")
+    log = LogBuilder(created=100)
+    log.add(Ins("a", [2.0], ts=50))
+    reopened = log.write(tmp_path / "reopened")
+    cases = [(arc, {}), (arc, {"to_time": times[1]}), (late, {}),
+             (late, {"base": bases / "empty"}), (reopened, {"base": bases / "o"})]
+    for wal, kw in cases:
+        report = gpu_pitr.restore(wal, backend="cpu", allow_incomplete_history=True, **kw)
+        want = _gap_warnings(report.report.warnings)
+        assert len(want) == 1, (wal, kw)
+        got = plan_restore(wal, allow_incomplete_history=True, **kw)["warnings"]
+        assert _gap_warnings(got) == want, (wal, kw)
+    # A whole history, and a snapshot the log goes on from: no such warning.
+    assert _gap_warnings(plan_restore(arc, snapshots=snaps,
+                                      allow_incomplete_history=True)["warnings"]) == []
 
 
 def test_the_latest_time_covers_the_snapshot_the_latest_restore_starts_from(tmp_path):
