@@ -761,7 +761,7 @@ def _dry_run(args: argparse.Namespace, to_time: int | None) -> int:
                         to_transaction=args.to_transaction, to_position=args.to_position,
                         exclusive=args.exclusive, base=args.base, snapshots=args.snapshots,
                         allow_incomplete_history=args.allow_incomplete_history,
-                        read_after_stop=not args.stop_reading_at_target)
+                        read_after_stop=not args.stop_reading_at_target, strict=args.strict)
     for line in plan["warnings"]:
         print(f"{PROG}: warning: {line}", file=sys.stderr)
     if not args.quiet:

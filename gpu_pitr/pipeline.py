@@ -2204,9 +2204,10 @@ def plan_restore(
     to_position: str | tuple[str | os.PathLike, SupportsIndex] | None = None,
     exclusive: bool = False,
     allow_incomplete_history: bool = False,
-    base: str | os.PathLike | None = None,
+    base: str | os.PathLike | Snapshot | None = None,
     snapshots: str | os.PathLike | None = None,
     read_after_stop: bool = True,
+    strict: bool = False,
 ) -> dict:
     """What ``restore`` with these arguments would start from and read, without
     restoring (``restore --dry-run``): operators asked which snapshot a restore to T
@@ -2224,7 +2225,11 @@ def plan_restore(
     of an empty log where the log's first record is not seq 0. What only
     reading the log finds (damage, a seq or transaction target the log lacks) is not
     looked for. ``read_after_stop``: as the restore's (False: a target the base itself
-    meets reads no log, so the log after it is not judged either).
+    meets reads no log, so the log after it is not judged either). ``strict``: as the
+    restore's, for what is known before reading: no log at all after the start, or
+    after a base that is not itself the target, raises ``TargetNotReachedError`` in the
+    restore's words (a time target the log ends before, or seqs missing inside it, are
+    found only by reading).
 
     Returns ``{"target", "base", "notes", "warnings", "read"}``: ``base`` the snapshot
     started from (``{"path", "count", "dim", "position"}``) or None (the start of the
@@ -2245,7 +2250,7 @@ def plan_restore(
 
     _check_targets(to_time, to_seq, to_transaction, to_position, exclusive)
     _check_flags(exclusive=exclusive, allow_incomplete_history=allow_incomplete_history,
-                 read_after_stop=read_after_stop)
+                 read_after_stop=read_after_stop, strict=strict)
     if base is not None and snapshots is not None:
         raise ValueError("give at most one of base and snapshots")
     position = None if to_position is None else parse_position(to_position)
@@ -2258,6 +2263,7 @@ def plan_restore(
     snap, notes, warnings = _base_for(base, snapshots, target, exclusive,
                                       allow_incomplete_history, segments)
     allow = allow_incomplete_history
+    unreached = None  # what strict refuses, known before reading
     # The gaps a restore allowed to cross them would find, in the order it finds them:
     # it warns of the first (``_Restore._gap``).
     gaps: list[tuple | None] = []
@@ -2293,12 +2299,21 @@ def plan_restore(
         if not notes and not segments:
             notes.append(f"nothing to restore: {no_segments_note(wal_path)}")
             warnings = [*warnings, notes[-1]]
+            unreached = notes[-1]
     else:
         doc = {"path": str(snap.path), "count": int(snap.count), "dim": snap.dim,
                "position": position_brief(snap.position)}
         read = log_after(snap.position, segments)
         if not read["segments"]:
             warnings = [*warnings, _BASE_ALONE + no_segments_note(wal_path)]
+            if not _base_is_the_stop(snap, target, exclusive):
+                unreached = warnings[-1]
+    if strict and unreached is not None:
+        # What ``strict`` refuses that is known before reading: no log to reach the
+        # target in (the restore refuses it after reading nothing, in these words).
+        raise TargetNotReachedError(
+            unreached + " (strict: the target was not reached; nothing restored)",
+            file=str(wal_path))
     gap = next((g for g in gaps if g is not None), None)
     if gap is not None:
         warnings = [*warnings, _gap_warning(*gap)]

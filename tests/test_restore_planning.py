@@ -512,3 +512,35 @@ def test_the_latest_time_covers_the_snapshot_the_latest_restore_starts_from(tmp_
           restore_fast(wal, snapshots=str(snaps)))
     assert "its newest record stamp, or its base snapshot's" in "\n".join(
         cli.window_lines(snapshot.window(wal, snaps)))
+
+
+def test_a_strict_dry_run_refuses_what_a_strict_restore_refuses_before_reading(hist, tmp_path):
+    """``--strict`` refuses a restore with no log to reach its target in (an empty WAL
+    directory; a base with no log after it that is not itself the target): known before
+    reading, so the dry run refuses it too, in the restore's words, exit 1."""
+    from gpu_pitr.errors import TargetNotReachedError
+
+    _, _, snaps, times = hist
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [({}, True), ({"base": snaps / "s02", "to_time": times[4]}, True),
+             ({"base": snaps / "s02"}, True)]
+    last_seq = read_manifest(snaps / "s02")["position"]["last_seq"]
+    cases.append(({"base": snaps / "s02", "to_seq": last_seq}, False))  # the base is it
+    for kwargs, refused in cases:
+        plan = plan_restore(empty, **kwargs)  # without strict: warned of
+        if not refused:
+            plan_restore(empty, strict=True, **kwargs)
+            gpu_pitr.restore(empty, strict=True, backend="cpu", **kwargs)
+            continue
+        assert plan["warnings"], kwargs
+        with pytest.raises(TargetNotReachedError) as want:
+            gpu_pitr.restore(empty, strict=True, backend="cpu", **kwargs)
+        with pytest.raises(TargetNotReachedError) as got:
+            plan_restore(empty, strict=True, **kwargs)
+        assert str(got.value) == str(want.value), kwargs
+    cli_run = _cli("restore", str(empty), "--base", str(snaps / "s02"), "--out",
+                   str(tmp_path / "x.npz"), "--dry-run", "--strict")
+    assert cli_run.returncode == 1 and cli_run.stderr.count("\n") == 1
+    assert "strict: the target was not reached" in cli_run.stderr
+    assert not (tmp_path / "x.npz").exists()
