@@ -228,8 +228,10 @@ def test_cli_lists_the_history_and_only_the_ids_entries_of_a_batch(tmp_path):
     assert [line.split(": ")[2] if line.startswith("wal-") else line for line in lines] == [
         "seq 0",
         "seq 2",
+        # (under the nested batch that holds it, not as a child of the line above)
+        "  2026-11-26T10:00:01Z Batch of 2 entries",
         '    2026-11-26T10:00:01Z Update "doc-5" dim 2 metadata {"src": "BAD"}',
-        "  (and 3 other entries: --first-seq 2 --last-seq 2 lists the batch whole)",
+        "  (and 2 other entries: --first-seq 2 --last-seq 2 lists the batch whole)",
         "seq 4",
         "seq 6",
         '  2026-11-26T10:00:04Z Insert "doc-5" dim 2 metadata null']
@@ -241,8 +243,9 @@ def test_cli_lists_the_history_and_only_the_ids_entries_of_a_batch(tmp_path):
     assert doc["seq"] == 2 and doc["id_entries"] == [0, 3] and doc["transaction"] == 9
     assert [e["variant"] for e in doc["entry"]["entries"]] == [
         "Update", "Batch", "Update", "Delete"]
-    assert record_lines(doc)[-1] == (
-        "  (and 2 other entries: --first-seq 2 --last-seq 2 lists the batch whole)")
+    assert [line.split("Z ", 1)[-1] for line in record_lines(doc)[1:]] == [
+        'Update "doc-6" dim 2 metadata unchanged', "Batch of 2 entries", 'Delete "doc-7"',
+        "  (and 1 other entry: --first-seq 2 --last-seq 2 lists the batch whole)"]
     # Combined with the other filters (AND), and its note when nothing is listed.
     proc = cli("inspect", wal_dir, "--id", "doc-5", "--transaction", "10", wal_dir=wal_dir)
     assert [line.split(": ")[2] for line in proc.stdout.splitlines()

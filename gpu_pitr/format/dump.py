@@ -1050,6 +1050,8 @@ def record_lines(doc: dict) -> list[str]:
              f"{_entry_text(doc['variant'], doc['entry'])}{extra}{txn}"]
     entries = doc["entry"].get("entries", ())
     shown = doc.get("id_entries")
+    if shown is not None:
+        shown = _with_enclosing(entries, shown)
     lines += [f"{_indent(e['depth'])}{utc_text(e['timestamp'])} {_entry_text(e['variant'], e)}"
               for e in (entries if shown is None else (entries[k] for k in shown))]
     others = 0 if shown is None else len(entries) - len(shown)
@@ -1058,6 +1060,28 @@ def record_lines(doc: dict) -> list[str]:
                      f"--first-seq {doc['seq']} --last-seq {doc['seq']} lists the batch "
                      "whole)")
     return lines
+
+
+def _with_enclosing(entries, shown: list[int]) -> list[int]:
+    """``shown`` (indices of a batch's entries, flattened in log order with their
+    ``depth``) with the nested batches that hold each of them, in order: an entry of the
+    id inside a nested batch is printed under that batch's line, not under whatever
+    entry of the id came before it."""
+    want = set(shown)
+    out: list[int] = []
+    open_at: list[int] = []  # the batch entries holding the next one, outermost first
+    listed = 0  # how many of ``open_at`` are in ``out`` already
+    for k, e in enumerate(entries):
+        depth = e["depth"]
+        del open_at[max(depth - 1, 0):]
+        listed = min(listed, len(open_at))
+        if k in want:
+            out += open_at[listed:]
+            listed = len(open_at)
+            out.append(k)
+        if e["variant"] == "Batch":
+            open_at.append(k)
+    return out
 
 
 #: Levels of nesting shown by indentation; an entry deeper is indented as deep as this
