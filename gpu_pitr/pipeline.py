@@ -852,6 +852,10 @@ class _Restore:
     def _resume_at(self, segments):
         """The segments to read after the base's position, and where to start in the first."""
         later, starts, self._resume_seq, gap = _resume_point(self.base.position, segments)
+        if gap is not None and _gap_not_read(self.base, self.target, self.plan.exclusive,
+                                             self.read_after_stop):
+            self._resume_seq = None  # (nothing after the base is read, nor judged)
+            return later, starts
         if gap is not None and not self.allow_incomplete:
             raise _no_history_after_base(gap, later, self.wal_dir)
         if gap is not None:
@@ -1377,6 +1381,14 @@ def _base_is_the_stop(snap, target: dict, exclusive: bool) -> bool:
     return (_stored(snap, "target") == {"kind": "transaction", "value": txn,
                                         "exclusive": False}
             and stop is not None and stop.get("reason") == "target")
+
+
+def _gap_not_read(snap, target: dict, exclusive: bool, read_after_stop: bool) -> bool:
+    """A gap in the log after the base ``snap`` that the restore never reaches: the base
+    is itself the target and nothing after the stop is read (``read_after_stop``
+    False), so the state is the base's whatever came after it (PostgreSQL's
+    ``recovery_target = 'immediate'``; ``inspect SNAP`` prints that restore)."""
+    return not read_after_stop and _base_is_the_stop(snap, target, exclusive)
 
 
 def _holds_no_record(pos: dict) -> bool:
@@ -2278,6 +2290,8 @@ def plan_restore(
             # (With no segment at all too: ``choose`` takes such a base, and the
             # restore refuses it as it starts.)
             later, _, resume, gap = _resume_point(snap.position, segments)
+            if gap is not None and _gap_not_read(snap, target, exclusive, read_after_stop):
+                gap = None  # (never reached: the restore reads nothing after the base)
             if gap is not None and not allow:
                 raise _no_history_after_base(gap, later, wal_path)
             gaps.append(None if gap is None else (gap, None))

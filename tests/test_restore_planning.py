@@ -544,3 +544,33 @@ def test_a_strict_dry_run_refuses_what_a_strict_restore_refuses_before_reading(h
     assert cli_run.returncode == 1 and cli_run.stderr.count("\n") == 1
     assert "strict: the target was not reached" in cli_run.stderr
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_a_base_that_is_the_target_needs_no_log_after_it_when_none_is_read(tmp_path):
+    """A snapshot taken mid-segment, whose segment the writer then deleted: the log after
+    it is gone, so a restore past it is refused; but the snapshot's own state (its last
+    record as the target, nothing after the stop read: what ``inspect SNAP`` prints,
+    PostgreSQL's recovery_target = 'immediate') needs none of it, and is restored. The
+    dry run says the same."""
+    log = LogBuilder(created=1000)
+    recs = [log.add(Ins(f"a{k}", [float(k)], ts=10 + k)) for k in range(3)]
+    log.new_segment(2000)
+    recs += [log.add(Ins(f"b{k}", [float(k)], ts=20 + k)) for k in range(2)]
+    wal = Path(log.write(tmp_path / "wal"))
+    at = f"{recs[1].file}:{recs[1].offset}"
+    snap = tmp_path / "mid"
+    snapshot.save(gpu_pitr.restore(wal, to_position=at, backend="cpu"), snap)
+    (wal / recs[0].file).unlink()
+    got = gpu_pitr.restore(wal, base=snap, to_position=at, read_after_stop=False,
+                           backend="cpu")
+    assert got.id_list() == ["a0", "a1"] and got.report.warnings == []
+    assert got.report.stop["reason"] == "target" and got.report.records_read == 0
+    plan = plan_restore(wal, base=snap, to_position=at, read_after_stop=False)
+    assert plan["base"]["path"] == str(snap) and plan["warnings"] == []
+    # Reading on after the stop (the default), or a later target: the gap is met.
+    for kwargs in ({"to_position": at}, {"to_seq": 3}):
+        with pytest.raises(IncompleteHistoryError, match="history after the snapshot") as want:
+            gpu_pitr.restore(wal, base=snap, backend="cpu", **kwargs)
+        with pytest.raises(IncompleteHistoryError) as err:
+            plan_restore(wal, base=snap, **kwargs)
+        assert str(err.value) == str(want.value)
