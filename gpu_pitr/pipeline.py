@@ -2234,7 +2234,8 @@ def plan_restore(
     would, unless ``allow_incomplete_history``; so does a base whose segment is gone
     where the log does not go on from it (``base_gap``, or a first record read after it
     that is not its last seq + 1, as the files' first record headers say), and a base
-    of an empty log where the log's first record is not seq 0. What only
+    that holds no record of the log (of an empty log, or of zero-filled records only)
+    where the first record after it is not seq 0. What only
     reading the log finds (damage, a seq or transaction target the log lacks) is not
     looked for. ``read_after_stop``: as the restore's (False: a target the base itself
     meets reads no log, so the log after it is not judged either). ``strict``: as the
@@ -2289,7 +2290,7 @@ def plan_restore(
         else:
             # (With no segment at all too: ``choose`` takes such a base, and the
             # restore refuses it as it starts.)
-            later, _, resume, gap = _resume_point(snap.position, segments)
+            later, starts, resume, gap = _resume_point(snap.position, segments)
             if gap is not None and _gap_not_read(snap, target, exclusive, read_after_stop):
                 gap = None  # (never reached: the restore reads nothing after the base)
             if gap is not None and not allow:
@@ -2298,7 +2299,7 @@ def plan_restore(
             if read_after_stop or not _base_is_the_stop(snap, target, exclusive):
                 # (The restore judges the first record it reads: none where the base is
                 # the stop and the log after it is not read.)
-                gaps.append(_check_resume(snap.position, later, resume, allow))
+                gaps.append(_check_resume(snap.position, later, starts, resume, allow))
     except IncompleteHistoryError as err:
         raise _in_snapshots_words(err, snapshots, snap, notes, warnings) from None
     except WalError as err:  # (an expire marker that does not read)
@@ -2351,26 +2352,26 @@ def _check_log_start(segments: list, allow: bool = False) -> tuple | None:
                             seq=first[1])
 
 
-def _check_resume(pos: dict, later: list, resume: tuple | None,
+def _check_resume(pos: dict, later: list, starts: dict, resume: tuple | None,
                   allow: bool = False) -> tuple | None:
     """The ``IncompleteHistoryError`` a restore from a base raises at the first record it
-    reads, judged from that record's header (``snapshot.first_log_record``; unknown
+    reads, judged from that record's header (``snapshot.first_log_record``, read from
+    where the restore resumes: ``later`` and ``starts`` of ``_resume_point``; unknown
     there: not judged): where the base's segment is gone, a record that is not the
     base's last seq + 1 (a writer reopened, numbering from 0 again, or another log);
-    where the base holds no record of the log (a snapshot of an empty log), one that is
-    not seq 0, as a restore of the whole log judges it (``_Restore._check_first``).
-    ``plan_restore``, and ``snapshot.window``'s judgement of each snapshot. (A base in
-    a segment still there, holding no record: its first record is past its position,
-    which that header read does not find, so it is left to the restore.) With ``allow``
+    where the base holds no record of the log (a snapshot of an empty log, or of
+    zero-filled records only, its segment there or not), one that is not seq 0, as a
+    restore of the whole log judges it (``_Restore._check_first``). ``plan_restore``,
+    and ``snapshot.window``'s judgement of each snapshot. With ``allow``
     (``allow_incomplete_history``): the gap the restore warns of instead (None: none)."""
     from gpu_pitr.snapshot import first_log_record
 
     if resume is None:
         return None
-    from_start = resume == ("start", 0) or (resume[0] == "after" and _holds_no_record(pos))
+    from_start = resume == ("start", 0) or (resume[0] != "start" and _holds_no_record(pos))
     if not from_start and resume[0] != "after":
         return None
-    first = first_log_record(later)
+    first = first_log_record(later, starts.get(0))
     if first is None:
         return None
     seg, seq, offset = first

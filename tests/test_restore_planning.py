@@ -451,6 +451,47 @@ def test_a_snapshot_of_an_empty_log_before_a_log_not_from_seq_zero(tmp_path):
     assert snapshot.window(wal, snaps)["snapshots"][0]["usable"]
 
 
+def test_a_snapshot_of_zero_filled_records_only_inside_its_segment(tmp_path):
+    # A snapshot of a log's zero-filled records alone (a seq 0 target stops at one) holds
+    # no record: the log after it, here in the same segment, must start at seq 0 as a
+    # restore of the whole log judges it. The restore refuses seq 5 there; the plan and
+    # the window judged only a base whose segment is gone so, and let this one start.
+    log = LogBuilder()
+    log.raw(b"\0" * 12)  # (a file extended but never written)
+    log.add(Ins("a", [1.0], ts=1), seq=5)
+    wal = log.write(tmp_path / "wal")
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=0, skip_corrupt=True,
+                                   allow_incomplete_history=True), snaps / "zeros")
+    position = read_manifest(snaps / "zeros")["position"]
+    assert position["segment"] == segment_name(0x5F5E100) and position["seq_runs"] == []
+    _both_refuse(wal, snaps / "zeros", "the base snapshot holds no record of the log")
+    doc = snapshot.window(wal, snaps)
+    assert not doc["snapshots"][0]["usable"]
+    assert "the log does not start at sequence number 0" in doc["snapshots"][0]["why"]
+    # Allowed, both warn of the same gap.
+    kw = {"base": snaps / "zeros", "allow_incomplete_history": True}
+    assert _gap_warnings(plan_restore(wal, **kw)["warnings"]) == _gap_warnings(
+        gpu_pitr.restore(wal, backend="cpu", **kw).report.warnings) == [
+        "incomplete history, restored as allowed: the log starts at seq 5 "
+        f"({segment_name(0x5F5E100)} offset 28), not 0; the state restored lacks what "
+        "came before and may never have existed"]
+    # Where the log after the zeros starts at seq 0, all three start from it.
+    log = LogBuilder()
+    log.raw(b"\0" * 12)
+    log.add(Ins("a", [1.0], ts=1), seq=0)
+    wal = log.write(tmp_path / "wal0")
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=0, skip_corrupt=True),
+                  tmp_path / "zeros0")
+    shutil.rmtree(snaps / "zeros")
+    (tmp_path / "zeros0").rename(snaps / "zeros")
+    assert plan_restore(wal, snapshots=snaps)["base"]["path"] == str(snaps / "zeros")
+    assert gpu_pitr.restore(wal, backend="cpu", snapshots=snaps).report.base["path"] == \
+        str(snaps / "zeros")
+    assert snapshot.window(wal, snaps)["snapshots"][0]["usable"]
+
+
 def _gap_warnings(warnings) -> list[str]:
     return [w for w in warnings if w.startswith("incomplete history, restored as allowed")]
 

@@ -719,6 +719,54 @@ def test_snapshots_serve_a_transaction_begun_in_expired_history(tmp_path, reused
     assert got.report.stop["seq"] == 4
 
 
+@pytest.mark.parametrize("reused", [False, True], ids=["none", "other"])
+def test_a_snapshot_before_a_begin_the_log_no_longer_holds_is_passed_over(tmp_path, reused):
+    """Where the log's markers of X and a snapshot disagree: its Begin was in a segment
+    since deleted, after an older snapshot (7 not open there) and before a newer one
+    (7 open). With --allow-incomplete-history (the older one's segment is gone too) both
+    can start a restore, but from the older one X's Commit closes nothing: it would find
+    no end of X (``none``), or, X used again, stop at that second use's end (``other``).
+    Passed over, saying which; the newer one serves, as the whole log did."""
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], None, 1))  # seq 0: the older snapshot after it
+    b.add(w.Begin(7, 2))
+    b.add(w.Ins("x", [2.0], None, 3))  # seq 2
+    first = b.cur
+    b.new_segment(0x5F5E200)
+    b.add(w.Ins("y", [3.0], None, 4))  # seq 3, inside 7: the newer snapshot after it
+    b.add(w.Commit(7, 5))  # seq 4: the target
+    b.add(w.Ins("c", [4.0], None, 6))
+    if reused:
+        b.add(w.Begin(7, 7))
+        b.add(w.Del("x", 8))
+        b.add(w.Commit(7, 9))  # seq 8: the second use's end
+    wal = b.write(tmp_path / "wal")
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    for seq in (0, 3):
+        snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=seq), snaps / f"s{seq}")
+    kw = [dict(backend="cpu", to_transaction=7, exclusive=exclusive)
+          for exclusive in (False, True)]
+    wholes = [gpu_pitr.restore(wal, **k) for k in kw]
+    (tmp_path / "wal" / first).unlink()
+    for k, whole in zip(kw, wholes, strict=True):
+        got = gpu_pitr.restore(wal, snapshots=snaps, allow_incomplete_history=True, **k)
+        assert got.report.message == "1 snapshot passed over: " + (
+            "a restore from it would stop at another end of transaction 7 than the target "
+            f"({b.cur} offset {whole.report.stop['offset']})" if reused else
+            "a restore from it would find no record that ends transaction 7 while it is "
+            "open") + f"; started from snapshot {snaps / 's3'}"
+        assert w.index_view(got) == w.index_view(whole) and got.report.stop == whole.report.stop
+        assert got.id_list() == (["a"] if k["exclusive"] else ["a", "x", "y"])
+        # What the note says of the older one is what the restore from it does.
+        older = w.outcome(lambda k=k: gpu_pitr.restore(
+            wal, base=snaps / "s0", allow_incomplete_history=True, **k))
+        if reused:
+            assert older[0].report.stop["seq"] == 8
+        else:
+            assert isinstance(older[1], errors.TargetNotFoundError)
+
+
 def test_a_transaction_nowhere_in_the_log_names_where_the_log_ends(tmp_path):
     """--snapshots on an archive not brought up to date (or another store's log): the
     marker pass found no record of X and no snapshot has it open; the error is the whole

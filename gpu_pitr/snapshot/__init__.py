@@ -489,9 +489,9 @@ def _not_a_start(position: dict, segments, expiry) -> str | None:
     from gpu_pitr.errors import IncompleteHistoryError
     from gpu_pitr.pipeline import _check_resume, _resume_point
 
-    later, _, resume, _ = _resume_point(position, segments)
+    later, starts, resume, _ = _resume_point(position, segments)
     try:
-        _check_resume(position, later, resume)
+        _check_resume(position, later, starts, resume)
     except IncompleteHistoryError as err:
         return f"the log does not go on from it: {err.what}"
     return None
@@ -545,24 +545,26 @@ def header_problem_of(path) -> tuple[str | None, int]:
     return header_problem(head), len(head)
 
 
-def first_log_record(segments) -> tuple | None:
+def first_log_record(segments, start: int | None = None) -> tuple | None:
     """``(segment, seq, offset)`` of the first record a restore reads in ``segments`` (in
-    log order), as the files' first bytes say: the files before it hold headers at
-    most (a writer reopened writes a second one), or a torn record alone (a writer that
-    crashed mid-write). A zero-filled record is a record of seq 0 there, as the restore
-    judges it (whether it decodes is damage, for the restore to find). None where that
-    is not known from them: a damaged header (the restore refuses the file, or with
-    --skip-corrupt goes on), a file that cannot be read, or no record at all. Read by
-    ``plan_restore`` and ``window`` for what the restore judges of its first record."""
+    log order), from byte ``start`` of the first (a base's position in its own segment,
+    ``base.resume_at``; None: its header's end), as the files' bytes there say: the
+    files before it hold headers at most (a writer reopened writes a second one), or a
+    torn record alone (a writer that crashed mid-write). A zero-filled record is a record
+    of seq 0 there, as the restore judges it (whether it decodes is damage, for the
+    restore to find). None where that is not known from them: a damaged header (the
+    restore refuses the file, or with --skip-corrupt goes on), a file that cannot be
+    read, or no record at all. Read by ``plan_restore`` and ``window`` for what the
+    restore judges of its first record (after a base too: ``pipeline._check_resume``)."""
     from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, RECORD_HEADER_SIZE
 
-    for seg in segments:
+    for k, seg in enumerate(segments):
         problem = header_problem_of(seg.path)[0]
-        if problem == "torn" or (problem is None and seg.size <= HEADER_SIZE):
+        at = max(HEADER_SIZE, start or 0) if k == 0 else HEADER_SIZE
+        if problem == "torn" or (problem is None and seg.size <= at):
             continue  # (a header alone, or part of one: the log goes on in a later file)
         if problem is not None:
             return None
-        at = HEADER_SIZE
         try:
             with open(seg.path, "rb") as f:
                 while True:
