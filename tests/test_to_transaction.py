@@ -685,15 +685,11 @@ def test_stop_reading_at_the_target(tmp_path):
         assert whole.report.records_read == 54
 
 
-@pytest.mark.parametrize("reused", [False, True], ids=["once", "reused"])
-def test_snapshots_serve_a_transaction_begun_in_expired_history(tmp_path, reused):
-    """The Begin is in a segment the writer deleted: the log holds only the Commit, and
-    the snapshot at whose position the transaction is open serves (its pending
-    transactions count as begun). ``reused``: X is used again after that Commit; the
-    snapshot knows what the log no longer says: its Commit is X's first end (the
-    target), not a stray one, and the snapshot serves (following X's markers from the
-    log's start alone would call that Commit stray and pass the snapshot over for the
-    second use, or fail the restore as the log's history is incomplete)."""
+def _begin_then_a_rotation(tmp_path, reused: bool):
+    """A log whose transaction 7 begins in its first segment (seq 0: Ins a; Begin 7; Ins
+    x) and commits in the next (Ins y, inside 7, seq 3; Commit 7, seq 4: the target; Ins
+    c); ``reused``: 7 used again after (Begin 7; Del x; Commit 7, seq 8). Returns the
+    WAL directory and the first segment's name (which the tests delete)."""
     b = w.LogBuilder()
     b.add(w.Ins("a", [1.0], None, 1))
     b.add(w.Begin(7, 2))
@@ -707,7 +703,19 @@ def test_snapshots_serve_a_transaction_begun_in_expired_history(tmp_path, reused
         b.add(w.Begin(7, 7))
         b.add(w.Del("x", 8))
         b.add(w.Commit(7, 9))  # seq 8: the second use's end
-    wal = b.write(tmp_path / "wal")
+    return b.write(tmp_path / "wal"), first
+
+
+@pytest.mark.parametrize("reused", [False, True], ids=["once", "reused"])
+def test_snapshots_serve_a_transaction_begun_in_expired_history(tmp_path, reused):
+    """The Begin is in a segment the writer deleted: the log holds only the Commit, and
+    the snapshot at whose position the transaction is open serves (its pending
+    transactions count as begun). ``reused``: X is used again after that Commit; the
+    snapshot knows what the log no longer says: its Commit is X's first end (the
+    target), not a stray one, and the snapshot serves (following X's markers from the
+    log's start alone would call that Commit stray and pass the snapshot over for the
+    second use, or fail the restore as the log's history is incomplete)."""
+    wal, first = _begin_then_a_rotation(tmp_path, reused)
     snaps = tmp_path / "snaps"
     snaps.mkdir()
     snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=3), snaps / "open")
@@ -727,20 +735,7 @@ def test_a_snapshot_before_a_begin_the_log_no_longer_holds_is_passed_over(tmp_pa
     can start a restore, but from the older one X's Commit closes nothing: it would find
     no end of X (``none``), or, X used again, stop at that second use's end (``other``).
     Passed over, saying which; the newer one serves, as the whole log did."""
-    b = w.LogBuilder()
-    b.add(w.Ins("a", [1.0], None, 1))  # seq 0: the older snapshot after it
-    b.add(w.Begin(7, 2))
-    b.add(w.Ins("x", [2.0], None, 3))  # seq 2
-    first = b.cur
-    b.new_segment(0x5F5E200)
-    b.add(w.Ins("y", [3.0], None, 4))  # seq 3, inside 7: the newer snapshot after it
-    b.add(w.Commit(7, 5))  # seq 4: the target
-    b.add(w.Ins("c", [4.0], None, 6))
-    if reused:
-        b.add(w.Begin(7, 7))
-        b.add(w.Del("x", 8))
-        b.add(w.Commit(7, 9))  # seq 8: the second use's end
-    wal = b.write(tmp_path / "wal")
+    wal, first = _begin_then_a_rotation(tmp_path, reused)
     snaps = tmp_path / "snaps"
     snaps.mkdir()
     for seq in (0, 3):
@@ -753,7 +748,8 @@ def test_a_snapshot_before_a_begin_the_log_no_longer_holds_is_passed_over(tmp_pa
         got = gpu_pitr.restore(wal, snapshots=snaps, allow_incomplete_history=True, **k)
         assert got.report.message == "1 snapshot passed over: " + (
             "a restore from it would stop at another end of transaction 7 than the target "
-            f"({b.cur} offset {whole.report.stop['offset']})" if reused else
+            f"({Path(whole.report.stop['file']).name} offset {whole.report.stop['offset']})"
+            if reused else
             "a restore from it would find no record that ends transaction 7 while it is "
             "open") + f"; started from snapshot {snaps / 's3'}"
         assert w.index_view(got) == w.index_view(whole) and got.report.stop == whole.report.stop
