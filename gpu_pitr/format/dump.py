@@ -40,16 +40,12 @@ from gpu_pitr.format.layout import (
     N_VARIANTS,
     RECORD_HEADER_SIZE,
     UPDATE,
-    VARINT_U32,
-    VARINT_U64,
 )
 from gpu_pitr.format.payload import (
     ERR_DEPTH,
     MAX_BATCH_DEPTH,
     OK,
     id_key,
-    read_length,
-    read_varint,
     stack_for,
 )
 from gpu_pitr.format.readahead import BYTES_PER_ROW, framed_pieces, scan_chunk_bytes
@@ -62,6 +58,7 @@ from gpu_pitr.format.statwalk import (
     _parse,
     _parsed_deep,
     header_damage,
+    nested_entry,
 )
 from gpu_pitr.format.times import U64_MAX, TimeTarget, parse_time
 from gpu_pitr.jit import njit
@@ -896,69 +893,18 @@ def _touching(buf, n, off, length, status, kind, stack, keys, offsets, lengths, 
 def _has_id(buf, pos, end, stack, keys, offsets, lengths, arena):
     """1 if the data entry ``buf[pos:end]`` (one ``parse_payload`` accepted) is, or holds
     at any depth, an entry of one of the ids; 0 if not; -1 if it nests deeper than
-    ``stack``. The walk of ``statwalk._count_nested``, stopping at the first match;
-    metadata skipped by its lengths (its UTF-8 was checked by the parse)."""
+    ``stack``. ``statwalk.nested_entry``'s walk, stopping at the first match; metadata
+    skipped by its lengths (its UTF-8 was checked by the parse)."""
     p = pos
     depth = 0
     while True:
-        v, p = read_varint(buf, p, end, VARINT_U32)
-        if p < 0:
+        kind, id_at, id_len, p, depth = nested_entry(buf, p, end, stack, depth, False)
+        if kind == -2:
+            return -1
+        if kind < 0:
             return 0
-        k = np.int64(v)
-        if k == BATCH:
-            count, p = read_length(buf, p, end, 1)
-            if p < 0:
-                return 0
-            if depth >= stack.shape[0]:
-                return -1
-            stack[depth] = count
-            depth += 1
-        else:
-            if k <= DELETE:
-                m, p = read_length(buf, p, end, 1)
-                if p < 0:
-                    return 0
-                if _is_wanted(buf, p, m, keys, offsets, lengths, arena):
-                    return 1
-                if depth == 0:
-                    return 0
-                p += m
-                if k != DELETE:
-                    dim, p = read_length(buf, p, end, 4)
-                    if p < 0:
-                        return 0
-                    p += dim * 4
-                    if p >= end:
-                        return 0
-                    if buf[p] == 1:  # Some(map): its keys and values, by their lengths
-                        pairs, p = read_length(buf, p + 1, end, 2)
-                        for _ in range(2 * pairs):
-                            if p < 0:
-                                return 0
-                            s, p = read_length(buf, p, end, 1)
-                            p += s
-                        if p < 0:
-                            return 0
-                    else:
-                        p += 1
-            else:
-                if depth == 0:
-                    return 0
-                _a, p = read_varint(buf, p, end, VARINT_U64)
-                if p < 0:
-                    return 0
-            _t, p = read_varint(buf, p, end, VARINT_U64)  # the entry's timestamp
-            if p < 0:
-                return 0
-            stack[depth - 1] -= 1
-        # Close every batch whose entries are all read: its timestamp follows.
-        while depth > 0 and stack[depth - 1] == 0:
-            _t, p = read_varint(buf, p, end, VARINT_U64)
-            if p < 0:
-                return 0
-            depth -= 1
-            if depth > 0:
-                stack[depth - 1] -= 1
+        if id_at >= 0 and _is_wanted(buf, id_at, id_len, keys, offsets, lengths, arena):
+            return 1
         if depth == 0:
             return 0
 

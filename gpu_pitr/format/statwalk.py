@@ -86,6 +86,76 @@ _BAD_BATCH = 4  # 1 + the record whose batch the entry count could not walk (a b
 
 
 @njit(cache=True, nogil=True)
+def nested_entry(buf, p, end, stack, depth, check_utf8):
+    """One entry of a data payload at ``p`` (a record's own entry at ``depth`` 0, then
+    those nested in its batches), read as ``parse_payload`` lays them out: returns
+    ``(kind, id_at, id_len, next_pos, depth)``, the id's bytes for an Insert, Update or
+    Delete (``id_at`` -1 for others), and the depth after it, every batch whose entries
+    are then all read closed (its timestamp read). ``kind`` -1: the bytes do not walk;
+    -2: a batch nested deeper than ``stack``. Metadata is skipped by its lengths, its
+    strings' UTF-8 checked too with ``check_utf8``. The one walk of ``_count_nested``
+    and ``format.dump``'s id filter."""
+    v, p = read_varint(buf, p, end, VARINT_U32)
+    if p < 0 or v >= np.uint64(N_VARIANTS):
+        return -1, -1, 0, p, depth
+    kind = np.int64(v)
+    id_at, id_len = np.int64(-1), np.int64(0)
+    if kind == BATCH:
+        count, p = read_length(buf, p, end, 1)
+        if p < 0:
+            return -1, -1, 0, p, depth
+        if depth >= stack.shape[0]:
+            return -2, -1, 0, p, depth
+        stack[depth] = count
+        depth += 1
+    else:
+        if kind <= DELETE:
+            id_len, p = read_length(buf, p, end, 1)  # the id: its UTF-8 was checked
+            if p < 0:
+                return -1, -1, 0, p, depth
+            id_at = p
+            p += id_len
+            if kind != DELETE:
+                dim, p = read_length(buf, p, end, 4)
+                if p < 0:
+                    return -1, -1, 0, p, depth
+                p += dim * 4
+                if check_utf8:
+                    _s, _n, p = skip_metadata(buf, p, end)
+                elif p >= end:
+                    p = -1
+                elif buf[p] == 1:  # Some(map): its keys and values, by their lengths
+                    pairs, p = read_length(buf, p + 1, end, 2)
+                    for _ in range(2 * pairs):
+                        if p < 0:
+                            break
+                        n, p = read_length(buf, p, end, 1)
+                        p += n
+                else:
+                    p += 1
+                if p < 0:
+                    return -1, -1, 0, p, depth
+        else:
+            _a, p = read_varint(buf, p, end, VARINT_U64)
+            if p < 0:
+                return -1, -1, 0, p, depth
+        _t, p = read_varint(buf, p, end, VARINT_U64)  # the entry's timestamp
+        if p < 0:
+            return -1, -1, 0, p, depth
+        if depth > 0:
+            stack[depth - 1] -= 1
+    # Close every batch whose entries are all read: its timestamp follows.
+    while depth > 0 and stack[depth - 1] == 0:
+        _t, p = read_varint(buf, p, end, VARINT_U64)
+        if p < 0:
+            return -1, -1, 0, p, depth
+        depth -= 1
+        if depth > 0:
+            stack[depth - 1] -= 1
+    return kind, id_at, id_len, p, depth
+
+
+@njit(cache=True, nogil=True)
 def _count_nested(buf, pos, end, stack, nested):
     """Count, by variant, every entry nested in the Batch payload ``buf[pos:end]``
     (nested batches and markers included). The payload is one ``parse_payload``
@@ -94,52 +164,15 @@ def _count_nested(buf, pos, end, stack, nested):
     depth = 0
     top = True
     while True:
-        v, p = read_varint(buf, p, end, VARINT_U32)
-        if p < 0 or v >= np.uint64(N_VARIANTS):
+        kind, _i, _n, p, depth = nested_entry(buf, p, end, stack, depth, True)
+        if kind < 0:
             return False
-        kind = np.int64(v)
         if top:
             top = False
+            if kind != BATCH:
+                return False  # the top-level entry is a batch
         else:
             nested[kind] += 1
-        if kind == BATCH:
-            count, p = read_length(buf, p, end, 1)
-            if p < 0 or depth >= stack.shape[0]:
-                return False
-            stack[depth] = count
-            depth += 1
-        else:
-            if depth == 0:
-                return False  # the top-level entry is a batch
-            if kind <= DELETE:
-                n, p = read_length(buf, p, end, 1)  # the id: its UTF-8 was checked
-                if p < 0:
-                    return False
-                p += n
-                if kind != DELETE:
-                    dim, p = read_length(buf, p, end, 4)
-                    if p < 0:
-                        return False
-                    p += dim * 4
-                    _s, _n, p = skip_metadata(buf, p, end)
-                    if p < 0:
-                        return False
-            else:
-                _a, p = read_varint(buf, p, end, VARINT_U64)
-                if p < 0:
-                    return False
-            _t, p = read_varint(buf, p, end, VARINT_U64)  # the entry's timestamp
-            if p < 0:
-                return False
-            stack[depth - 1] -= 1
-        # Close every batch whose entries are all read: its timestamp follows.
-        while depth > 0 and stack[depth - 1] == 0:
-            _t, p = read_varint(buf, p, end, VARINT_U64)
-            if p < 0:
-                return False
-            depth -= 1
-            if depth > 0:
-                stack[depth - 1] -= 1
         if depth == 0:
             return True
 
