@@ -1340,7 +1340,7 @@ def _snapshot_last_seq(path: str, position: dict) -> list[str]:
 def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:
     """``inspect`` of a directory of snapshots (what ``--snapshots`` takes): one row per
     snapshot, in log order, from the manifests alone (``pgbackrest info``)."""
-    from gpu_pitr.snapshot import log_order
+    from gpu_pitr.snapshot import log_order, serves_time_from
 
     docs = [_snapshot_manifest(path)[0] for path in paths]
     docs.sort(key=lambda d: (0, log_order(d["manifest"]["position"])) if "manifest" in d
@@ -1364,10 +1364,7 @@ def _inspect_snapshots(args: argparse.Namespace, paths: list[str]) -> int:
             continue
         m = doc["manifest"]
         pos = m["position"]
-        # The earliest time target it serves: its latest commit stamp, which is not its
-        # last commit's when the writer's clock stepped back (snapshot.base.target_problem).
-        serves = pos.get("max_timestamp", pos.get("timestamp"))
-        when = "-" if serves is None else utc_text(serves)
+        when = _utc_or_dash(serves_time_from(pos))  # the earliest time target it serves
         taken = m["created"][:19] + "Z"  # the writer's clock, to the second
         lines.append(f"{name:<24} {m['count']:>10} {m['dim'] if m['dim'] is not None else '-':>5}"
                      f"  {when:<20}  {taken:<20}  {_snapshot_where(pos)}")
@@ -1459,7 +1456,7 @@ def window_lines(doc: dict) -> list[str]:
         if "position" not in row:
             lines += [f"{name(row['snapshot']):<24} not a start: {row['why']}"]
             continue
-        when = "-" if row["serves_time_from"] is None else utc_text(row["serves_time_from"])
+        when = _utc_or_dash(row["serves_time_from"])
         after = row["log_after"]
         dim = "-" if row["dim"] is None else row["dim"]
         lines.append(f"{name(row['snapshot']):<24} {row['count']:>10} {dim:>5}  {when:<20}  "

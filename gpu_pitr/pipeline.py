@@ -1955,14 +1955,14 @@ def restore(
     report.timings = {k: round(v, 6) for k, v in run.timings.items()}
     if snap is not None and not run.segments:
         # The base's state alone: a WAL_DIR given wrong would pass without a word.
-        report.warnings.append(_BASE_ALONE + no_segments_note(wal_path))
+        report.warnings.append(_no_log_note(snap, wal_path))
         if report.stop["reason"] != "target":
             # (A seq or transaction target the base itself meets is reached: its state
             # is the one asked for, whatever log follows it.)
             unreached.append((report.warnings[-1], {"file": str(wal_path)}))
     if not report.message and snap is None:
         if report.segments == 0:
-            report.message = f"nothing to restore: {no_segments_note(wal_path)}"
+            report.message = _no_log_note(snap, wal_path)
             report.warnings.append(report.message)
             unreached.append((report.message, {"file": str(wal_path)}))
         elif report.records_read == 0:
@@ -1973,10 +1973,7 @@ def restore(
     if strict and unreached:
         # After the restore, as PostgreSQL's: that the target was not reached is known
         # only at the end of the log. Before anything is written: nothing in place.
-        text, where = unreached[0]
-        raise TargetNotReachedError(
-            "; ".join([text, *(f"also: {t}" for t, _ in unreached[1:])])
-            + " (strict: the target was not reached; nothing restored)", **where)
+        raise _not_reached(unreached)
     if snap is not None:
         held = [snap]
         snap = run = executor = None
@@ -1984,8 +1981,21 @@ def restore(
     return index
 
 
-#: A restore's warning where a base snapshot has no log after it (and ``plan_restore``'s).
-_BASE_ALONE = "the base snapshot's state alone, no log after it: "
+def _no_log_note(snap, wal_path: Path) -> str:
+    """The warning of a restore that read no segment (and ``plan_restore``'s): the base
+    snapshot's state alone, or nothing at all; a WAL_DIR given wrong would pass without
+    a word."""
+    return ("the base snapshot's state alone, no log after it: " if snap is not None
+            else "nothing to restore: ") + no_segments_note(wal_path)
+
+
+def _not_reached(unreached: list) -> TargetNotReachedError:
+    """``strict``'s refusal of what ``unreached`` holds (``(text, where)`` each), the
+    first's place named (the restore's, and ``plan_restore``'s before reading)."""
+    text, where = unreached[0]
+    return TargetNotReachedError(
+        "; ".join([text, *(f"also: {t}" for t, _ in unreached[1:])])
+        + " (strict: the target was not reached; nothing restored)", **where)
 
 
 def _in_snapshots_words(err: IncompleteHistoryError, snapshots, snap, notes: list,
@@ -2276,7 +2286,7 @@ def plan_restore(
     snap, notes, warnings = _base_for(base, snapshots, target, exclusive,
                                       allow_incomplete_history, segments)
     allow = allow_incomplete_history
-    unreached = None  # what strict refuses, known before reading
+    unreached = []  # what strict refuses, known before reading
     # The gaps a restore allowed to cross them would find, in the order it finds them:
     # it warns of the first (``_Restore._gap``).
     gaps: list[tuple | None] = []
@@ -2312,23 +2322,21 @@ def plan_restore(
         doc = None
         read = log_after({"segment": None}, segments)
         if not notes and not segments:
-            notes.append(f"nothing to restore: {no_segments_note(wal_path)}")
+            notes.append(_no_log_note(snap, wal_path))
             warnings = [*warnings, notes[-1]]
-            unreached = notes[-1]
+            unreached.append((notes[-1], {"file": str(wal_path)}))
     else:
         doc = {"path": str(snap.path), "count": int(snap.count), "dim": snap.dim,
                "position": position_brief(snap.position)}
         read = log_after(snap.position, segments)
         if not read["segments"]:
-            warnings = [*warnings, _BASE_ALONE + no_segments_note(wal_path)]
+            warnings = [*warnings, _no_log_note(snap, wal_path)]
             if not _base_is_the_stop(snap, target, exclusive):
-                unreached = warnings[-1]
-    if strict and unreached is not None:
+                unreached.append((warnings[-1], {"file": str(wal_path)}))
+    if strict and unreached:
         # What ``strict`` refuses that is known before reading: no log to reach the
         # target in (the restore refuses it after reading nothing, in these words).
-        raise TargetNotReachedError(
-            unreached + " (strict: the target was not reached; nothing restored)",
-            file=str(wal_path))
+        raise _not_reached(unreached)
     gap = next((g for g in gaps if g is not None), None)
     if gap is not None:
         warnings = [*warnings, _gap_warning(*gap)]
@@ -2341,19 +2349,11 @@ def _check_log_start(segments: list, allow: bool = False) -> tuple | None:
     record, where that is not seq 0 (``plan_restore``: a record header or two read);
     with ``allow`` (``allow_incomplete_history``), the gap it warns of instead (None:
     none)."""
-    from gpu_pitr.snapshot import first_log_record
-
-    first = first_log_record(segments)
-    if first is None or first[1] == 0:
-        return None
-    if allow:
-        return _starts_past_zero(first[1], first[0].name, first[2])
-    raise not_from_seq_zero(_FROM_A_SNAPSHOT, file=str(first[0].path), offset=first[2],
-                            seq=first[1])
+    return _check_resume({}, segments, {}, ("start", 0), allow, fix=_FROM_A_SNAPSHOT)
 
 
 def _check_resume(pos: dict, later: list, starts: dict, resume: tuple | None,
-                  allow: bool = False) -> tuple | None:
+                  allow: bool = False, fix: str = _BASE_HOLDS_NONE) -> tuple | None:
     """The ``IncompleteHistoryError`` a restore from a base raises at the first record it
     reads, judged from that record's header (``snapshot.first_log_record``, read from
     where the restore resumes: ``later`` and ``starts`` of ``_resume_point``; unknown
@@ -2363,7 +2363,8 @@ def _check_resume(pos: dict, later: list, starts: dict, resume: tuple | None,
     zero-filled records only, its segment there or not), one that is not seq 0, as a
     restore of the whole log judges it (``_Restore._check_first``). ``plan_restore``,
     and ``snapshot.window``'s judgement of each snapshot. With ``allow``
-    (``allow_incomplete_history``): the gap the restore warns of instead (None: none)."""
+    (``allow_incomplete_history``): the gap the restore warns of instead (None: none).
+    ``fix``: what the error says to do (``_check_log_start``: the log alone)."""
     from gpu_pitr.snapshot import first_log_record
 
     if resume is None:
@@ -2379,7 +2380,7 @@ def _check_resume(pos: dict, later: list, starts: dict, resume: tuple | None,
     if from_start and seq != 0:
         if allow:
             return _starts_past_zero(seq, seg.name, offset)
-        raise not_from_seq_zero(_BASE_HOLDS_NONE, **w)
+        raise not_from_seq_zero(fix, **w)
     if not from_start and seq != resume[1]:
         if allow:
             return _resumes_elsewhere(pos, seq, resume[1])

@@ -411,7 +411,7 @@ def window(wal_dir, directory) -> dict:
         position = manifest["position"]
         row.update(count=manifest["count"], dim=manifest["dim"],
                    position=position_brief(position),
-                   serves_time_from=position.get("max_timestamp", position.get("timestamp")),
+                   serves_time_from=serves_time_from(position),
                    log_after=log_after(position, segments, bad_headers))
         row["why"] = _not_a_start(position, segments, expiry)
         row["usable"] = row["why"] is None
@@ -454,6 +454,13 @@ def window(wal_dir, directory) -> dict:
                     "seq_breaks": len(stats["seq_restarts"]),
                     "damage": len(stats["damage"])},
             "snapshots": rows}
+
+
+def serves_time_from(position: dict) -> int | None:
+    """The earliest ``--to-time`` a snapshot at ``position`` serves: its latest commit
+    stamp, which is not its last commit's where the writer's clock stepped back
+    (``base.target_problem``; manifests of older versions have the last one only)."""
+    return position.get("max_timestamp", position.get("timestamp"))
 
 
 def position_brief(position: dict) -> dict:
