@@ -19,6 +19,12 @@ Where it differs from SPEC section 3, on purpose (the seed does it this way):
   shorter than its header) is skipped, the version is not checked, and a
   second header is read as a record (with a real creation second its "length"
   exceeds the limit, so the rest of that file is dropped);
+- nor is a file that cannot be read: one that does not open is skipped with a
+  warning, a read error (EIO) in its header skips it without one and a read error
+  after that ends it with one, the records before it kept;
+- a directory that cannot be looked up reads as empty, as a missing one does (the
+  seed asks ``Path::exists()``, false for any error: a name too long, a parent it
+  may not search);
 - every ``wal-*.log`` name is read, not only ``wal-<16 hex>.log``;
 - nothing else in SPEC section 2 is checked either: vectors of different lengths
   are returned without a word, bytes left over after a payload are not counted,
@@ -30,7 +36,9 @@ Where it differs from the seed:
 - the seed opens a ``WalManager`` on the directory before scanning, which creates
   (or appends a header to) ``wal-<now>.log``; here the directory is only read, as
   SPEC section 2 requires of every command. So a read-only directory, where the
-  seed fails ("Cannot open WAL for PIT recovery"), is read here;
+  seed fails ("Cannot open WAL for PIT recovery"), is read here, and a live log is
+  not cut: the header the seed appends lands after a writer's records of that
+  second, and its own later reads stop there (the second-header quirk above);
 - a ``wal-*.log`` name that is not a regular file (a FIFO, socket or device, or a
   link to one) is passed over with a warning; the seed blocks forever opening a
   FIFO and reads a device's first 4 bytes as a magic;
@@ -85,7 +93,8 @@ class PointInTimeRestore:
 
     Args:
         target_timestamp: Unix seconds, a u64.
-        wal_dir: the WAL directory; a missing directory reads as empty.
+        wal_dir: the WAL directory; a missing directory (or one that cannot be
+            looked up) reads as empty.
     """
 
     def __init__(self, target_timestamp: int, wal_dir: str | os.PathLike) -> None:
@@ -131,9 +140,13 @@ class PointInTimeRestore:
 
     def _indexed_entries(self) -> list[tuple[int, WalEntry]]:
         """``(record sequence number, entry)`` of every record the seed can decode."""
-        if not self.wal_dir.exists():
+        try:
+            mode = os.stat(self.wal_dir).st_mode
+        except OSError:
+            # Path::exists() in the seed: any error looking it up (not only ENOENT,
+            # where pathlib's exists() raises for ENAMETOOLONG or EACCES) reads as empty.
             return []
-        if not self.wal_dir.is_dir():
+        if not stat.S_ISDIR(mode):
             # The seed fails here too: WalManager::new cannot create the directory.
             raise WalError("not a directory", file=str(self.wal_dir))
         result: list[tuple[int, WalEntry]] = []
@@ -172,31 +185,46 @@ def _seed_scan_file(path: Path) -> list[tuple[int, WalEntry]]:
         log.warning("PIT: cannot open WAL file %s: %s", path, err)
         return []
     with open(fd, "rb") as file:
-        magic = file.read(len(MAGIC))
+        try:
+            magic = file.read(len(MAGIC))
+            # The version and creation second are skipped unchecked.
+            rest = file.read(HEADER_SIZE - len(MAGIC)) if magic == MAGIC else b""
+        except OSError:
+            return []  # the seed's read_exact(..).is_err(): passed over without a word
         if len(magic) < len(MAGIC):
             return []
         if magic != MAGIC:
             log.warning("PIT: invalid magic in %s", path)
             return []
-        # The version and creation second are skipped unchecked.
-        if len(file.read(HEADER_SIZE - len(MAGIC))) < HEADER_SIZE - len(MAGIC):
+        if len(rest) < HEADER_SIZE - len(MAGIC):
             return []
-        result = []
-        while True:
-            head = file.read(RECORD_HEADER_SIZE)
-            if len(head) < RECORD_HEADER_SIZE:
-                break  # end of file, or a torn sequence number / length
-            seq, length = struct.unpack("<QI", head)
-            if length > SEED_MAX_ENTRY_LEN:
-                log.warning("PIT: suspicious entry length %d at seq %d in %s", length, seq, path)
-                break
-            payload = file.read(length)
-            if len(payload) < length:
-                break  # torn payload
-            try:
-                entry, _ = decode_entry(payload)
-            except PayloadError as err:
-                log.warning("PIT: cannot deserialise entry at seq %d: %s", seq, err)
-                continue
-            result.append((seq, entry))
+        result: list[tuple[int, WalEntry]] = []
+        try:
+            _seed_scan_records(file, path, result)
+        except OSError as err:
+            # A read error that is not an end of file: the seed warns and drops the
+            # rest of this file, keeping what it read before, and goes on.
+            log.warning("PIT: read error in %s: %s", path, err)
     return result
+
+
+def _seed_scan_records(file, path: Path, result: list[tuple[int, WalEntry]]) -> None:
+    """The records after the header, appended to ``result`` one by one (so an
+    ``OSError`` raised part way leaves those already read)."""
+    while True:
+        head = file.read(RECORD_HEADER_SIZE)
+        if len(head) < RECORD_HEADER_SIZE:
+            return  # end of file, or a torn sequence number / length
+        seq, length = struct.unpack("<QI", head)
+        if length > SEED_MAX_ENTRY_LEN:
+            log.warning("PIT: suspicious entry length %d at seq %d in %s", length, seq, path)
+            return
+        payload = file.read(length)
+        if len(payload) < length:
+            return  # torn payload
+        try:
+            entry, _ = decode_entry(payload)
+        except PayloadError as err:
+            log.warning("PIT: cannot deserialise entry at seq %d: %s", seq, err)
+            continue
+        result.append((seq, entry))

@@ -2,7 +2,8 @@
 
 Ported from cool-japan/oxirs ``engine/oxirs-vec/src/persistence/point_in_time.rs``,
 ``persistence/restore.rs`` (``restore_to_timestamp`` reduced to the entries it
-replays) and the crate's point-in-time integration tests.
+replays), the crate's point-in-time integration tests and the snapshot-during-load
+scenario of its production_deployment tests (without threads).
 """
 
 from __future__ import annotations
@@ -425,3 +426,95 @@ def test_a_name_that_is_not_utf8_is_not_read(tmp_path):
     (tmp_path / os.fsdecode(b"wal-\xff" + name[4:].encode())).write_bytes(
         (tmp_path / name).read_bytes())
     assert restore_to_timestamp(300, tmp_path) == (2, None)
+
+
+def test_a_directory_that_cannot_be_looked_up_reads_as_empty(tmp_path):
+    """The seed asks ``Path::exists()``, false for any error looking the path up, and
+    then returns nothing; pathlib's ``exists()`` raised for a name too long."""
+    pit = PointInTimeRestore(100, tmp_path / ("x" * 300))  # ENAMETOOLONG
+    assert pit.find_base_checkpoint() is None
+    assert pit.replay_wal_to_timestamp() == []
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux /proc")
+def test_a_read_error_in_a_header_passes_the_file_over(tmp_path, caplog):
+    """A read error (EIO) in the first 16 bytes: the seed's ``read_exact(..).is_err()``
+    passes the file over without a word and goes on; it raised here. /proc/self/mem
+    is a regular file whose offset 0 is unmapped: its first read fails with EIO."""
+    write_test_wal(tmp_path, [ins("a", 1)])
+    (tmp_path / "wal-zzzz.log").symlink_to("/proc/self/mem")
+    with caplog.at_level(logging.WARNING, logger="gpu_pitr.compat"):
+        assert ids(PointInTimeRestore(100, tmp_path).replay_wal_to_timestamp()) == ["a"]
+    assert "wal-zzzz.log" not in caplog.text
+
+
+def test_a_read_error_after_the_header_ends_that_file(tmp_path, monkeypatch, caplog):
+    """A read error past the header: the seed warns, keeps the records read before it,
+    drops the rest of that file and reads the next one; it raised here."""
+    import errno
+    import io
+
+    from gpu_pitr import compat
+
+    first = [encode_header(1), rec(0, ins("a", 1)), rec(1, ins("b", 2)), rec(2, ins("c", 3))]
+    put_segment(tmp_path, segment_name(1), *first)
+    put_segment(tmp_path, segment_name(2), encode_header(2), rec(0, ins("d", 4)))
+    bad_at = sum(map(len, first[:3])) + 5  # inside record 2
+
+    class FailsAt(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell() + size > bad_at:
+                raise OSError(errno.EIO, "Input/output error")
+            return super().read(size)
+
+    opened = []
+
+    def open_failing_first(fd, mode):
+        with open(fd, mode) as real:
+            data = real.read()
+        opened.append(fd)
+        return FailsAt(data) if len(opened) == 1 else io.BytesIO(data)
+
+    monkeypatch.setattr(compat, "open", open_failing_first, raising=False)
+    with caplog.at_level(logging.WARNING, logger="gpu_pitr.compat"):
+        replayed = PointInTimeRestore(100, tmp_path).replay_wal_to_timestamp()
+    assert ids(replayed) == ["a", "b", "d"]
+    assert "read error" in caplog.text and segment_name(1) in caplog.text
+
+
+def test_base_is_the_greatest_timestamp_not_the_last_in_log_order(tmp_path):
+    """Across segments too: a later segment's checkpoint with an earlier timestamp (a
+    clock stepped back) is not the base; the seed compares timestamps only."""
+    write_test_wal(tmp_path, [ins("a", 10), Checkpoint(5, 400)], created=CREATED)
+    write_test_wal(tmp_path, [Checkpoint(0, 300), ins("b", 350)], created=CREATED + 1)
+    pit = PointInTimeRestore(500, tmp_path)
+    assert pit.find_base_checkpoint() == CheckpointRef(5, 400)
+    assert PointInTimeRestore(399, tmp_path).find_base_checkpoint() == CheckpointRef(0, 300)
+
+
+def test_records_come_in_file_order_not_sorted_by_sequence_number(tmp_path):
+    """The seed's doc comment says "(file name, sequence number)"; its code keeps each
+    file's order, whatever the numbers say."""
+    put_segment(
+        tmp_path, segment_name(1), encode_header(1), rec(5, ins("five", 1)), rec(3, ins("three", 1))
+    )
+    put_segment(tmp_path, segment_name(2), encode_header(2), rec(0, ins("zero", 1)))
+    assert ids(PointInTimeRestore(100, tmp_path).replay_wal_to_timestamp()) == [
+        "five", "three", "zero"]
+
+
+def test_snapshot_during_load_restores_what_was_written_by_the_target(tmp_path):
+    """The crate's production_deployment ``snapshot_during_load_and_restore_on_fresh_node``
+    without its threads: a restore while the writer (sync_on_write) is still appending
+    replays every entry up to the target, and none after it, then and once it is done."""
+    with WalWriter(tmp_path, created=CREATED, sync_on_write=True) as wal:
+        for i in range(1, 51):
+            wal.append(ins(f"v_{i}", i, [i, 2 * i]))
+        target = 50
+        during = restore_to_timestamp(target, tmp_path)
+        for i in range(51, 301):
+            wal.append(ins(f"v_{i}", i, [i, 2 * i]))
+    assert during == (50, None)
+    replayed = PointInTimeRestore(target, tmp_path).replay_wal_to_timestamp(None)
+    assert ids(replayed) == [f"v_{i}" for i in range(1, 51)]
+    assert max(e.timestamp for e in replayed) == target
