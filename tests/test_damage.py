@@ -208,6 +208,9 @@ GARBAGE = {
     "map_count_over_half_the_payload": b"\x00\x01a\x00\x01\x03" + b"\x00" * 4,
     "batch_count_larger_than_payload": b"\x03\xfd" + b"\xff" * 8 + b"\x00",
     "bad_option_tag": b"\x00\x01a\x00\x02\x05",
+    # The option tag is one raw byte (oxicode/bincode 2 `u8::decode`), not a varint:
+    # read as one, fb 01 00 would be Some and this an Insert with an empty map.
+    "option_tag_in_varint_form": b"\x00\x01a\x00\xfb\x01\x00\x00\x05",
     "unknown_variant_in_batch": b"\x03\x01\x09\x00\x05",
     # variant 8 with a byte after it: not "truncated" (which 08 00 alone would be too)
     "unknown_variant_8_long": b"\x08\x00\x01",
@@ -237,7 +240,7 @@ REASONS = {
                                   "utf8_past_u10ffff_id", "utf8_lead_f5_id",
                                   "invalid_utf8_metadata_key", "invalid_utf8_metadata_value",
                                   "utf8_cut_by_the_string_end"],
-    "invalid option tag": ["bad_option_tag"],
+    "invalid option tag": ["bad_option_tag", "option_tag_in_varint_form"],
 }
 
 

@@ -248,6 +248,9 @@ def test_non_minimal_varints_accepted(hex_bytes, expected):
         ("02 02 c0 af 00", 2, "UTF-8"),  # overlong
         ("00 00 00 02", 3, "option tag 2"),
         ("00 00 00 ff", 3, "option tag 255"),
+        # One raw byte, not a varint (oxicode's serde deserialize_option reads
+        # u8::decode): a varint reader would take fb 01 00 as Some.
+        ("00 00 00 fb 01 00 00 00", 3, "option tag 251"),
         ("00 00 02 00 00 80 3f 00", 2, "count 2"),
         ("02 05 61 62 63", 1, "count 5"),
         ("", 0, "truncated"),
