@@ -37,7 +37,7 @@ from gpu_pitr.errors import (
     TargetNotReachedError,
     WalError,
 )
-from gpu_pitr.format import readahead, zerofill
+from gpu_pitr.format import bincode1, readahead, zerofill
 from gpu_pitr.format.columns import ChunkColumns, back_to_back, file_runs, move_records
 from gpu_pitr.format.frame import frame_records, header_problem
 from gpu_pitr.format.layout import (
@@ -1135,8 +1135,10 @@ class _Restore:
         zeros = (": 12 zero bytes, as a file extended but never written leaves; "
                  "--skip-corrupt skips a run of them as one item"
                  if zerofill.zero_records(c.length[i], c.seq[i]) else "")
+        older = ("; it is a whole " + bincode1.OLDER_FORMAT
+                 if bincode1.record_is_bincode1(w["file"], int(c.foff[i])) else "")
         raise CorruptRecordError(
-            f"{self._status_text(i)} (record at offset {int(c.foff[i])}{zeros})", **w)
+            f"{self._status_text(i)} (record at offset {int(c.foff[i])}{zeros}){older}", **w)
 
     def _record_stop(self, i: int) -> None:
         w = self._where(i)
@@ -2153,6 +2155,10 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
                    f"{'entry' if skipped == 1 else 'entries'} of skipped records or files in "
                    "the reports stored with it and its bases; the state restored lacks "
                    "whatever those records did")
+    older = _older_format(report.trailing_bytes)
+    if older is not None:
+        out.append(older[0])
+        unreached.append(older)
     t = target.get("to_time")
     stamp = run.last_stamp
     went_past = stamp is not None and (stamp >= t if run.plan.exclusive else stamp > t)
@@ -2196,6 +2202,30 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
             f"{run.to_transaction}` lists every use, and --to-position FILE:OFFSET from "
             "a later one's `end:` line reaches it")
     return out
+
+
+def _older_format(trailing: list, examined: int = 8) -> tuple[str, dict] | None:
+    """The warning, and where, when the records that left bytes over after their payload
+    (the first ``examined`` of them) are every one a whole bincode 1.3 entry: a log of an
+    oxirs-vec before bincode 2 decodes, as bincode 2, to empty ids and vectors with bytes
+    left over, which SPEC section 2 accepts; restored, it was an index of nothing,
+    without a word (``format.bincode1``)."""
+    if not trailing:
+        return None
+    first = trailing[:examined]
+    if not all(bincode1.record_is_bincode1(t["file"], t["offset"]) for t in first):
+        return None
+    where = {k: first[0][k] for k in ("file", "offset", "seq")}
+    return (f"{plural(len(trailing), 'record')} left bytes over after the payload, the "
+            f"first at {Path(where['file']).name} offset {where['offset']} (seq "
+            f"{where['seq']}), and {_every_one(len(first), len(trailing))}"
+            f" whole entries of {bincode1.OLDER_FORMAT}: the index restored is not this "
+            "log's state", where)
+
+
+def _every_one(examined: int, total: int) -> str:
+    return ("it is" if total == 1 else f"all {total} are" if examined == total
+            else f"the first {examined} are")
 
 
 def _writes_in_progress(report: RestoreReport) -> None:

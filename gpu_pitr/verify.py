@@ -44,7 +44,7 @@ from numba.typed import Dict
 from gpu_pitr import interrupts
 from gpu_pitr.errors import FileReadError
 from gpu_pitr.executors.cpu import CpuExecutor
-from gpu_pitr.format import zerofill
+from gpu_pitr.format import bincode1, zerofill
 from gpu_pitr.format.columns import ChunkColumns
 from gpu_pitr.format.frame import header_problem
 from gpu_pitr.format.layout import (
@@ -509,6 +509,7 @@ class _Verify:
         self.wal_dir = wal_dir
         self.segments = list_segments(wal_dir)
         self.names = [seg.name for seg in self.segments]
+        self.older_checks = 0  # records read again for bincode 1.3 (``_older``)
         self.result = Verification(str(wal_dir), segments=len(self.segments),
                                    bytes=sum(seg.size for seg in self.segments))
         self.chunk_bytes = scan_chunk_bytes(self.segments, chunk_bytes)
@@ -681,7 +682,8 @@ class _Verify:
             self._add("undecodable", int(c.seg[i]), foff, int(c.seq[i]),
                       f"{STATUS_TEXT.get(int(c.status[i]), 'undecodable payload')} at file "
                       f"offset {at} (byte {at - foff - RECORD_HEADER_SIZE} of a "
-                      f"{int(c.length[i])}-byte {variant}payload)", at=at)
+                      f"{int(c.length[i])}-byte {variant}payload){self._older(c, i)}",
+                      at=at)
 
     def _zero_run(self, segment: int, start: int, records: int) -> None:
         """List ``records`` zero records from ``start`` as one item, or add them to the
@@ -707,7 +709,18 @@ class _Verify:
             count = c.trailing_count(i)
             self._add("trailing_bytes", int(c.seg[i]), int(c.foff[i]), int(c.seq[i]),
                       f"{count} bytes left after the payload decodes "
-                      "(a restore accepts the entry)", bytes=count)
+                      f"(a restore accepts the entry){self._older(c, i)}", bytes=count)
+
+    def _older(self, c, i: int, examined: int = 8) -> str:
+        """What a record that is not a clean bincode 2 entry is, where it is a whole
+        bincode 1.3 one (``format.bincode1``): the first ``examined`` such records are
+        read again, the rest of a log of them as damaged as they are."""
+        if self.older_checks >= examined:
+            return ""
+        self.older_checks += 1
+        if bincode1.record_is_bincode1(self.segments[int(c.seg[i])].path, int(c.foff[i])):
+            return f"; it is a whole entry of {bincode1.OLDER_FORMAT}"
+        return ""
 
     def _swallowed_by_records(self, n: int) -> None:
         """Headers of this file inside the bytes of a record that does not decode cleanly.
