@@ -27,6 +27,7 @@ from gpu_pitr.errors import (
     WalError,
 )
 from gpu_pitr.expire import expire
+from gpu_pitr.format.segments import list_segments
 from gpu_pitr.format.stats import utc_text
 from gpu_pitr.snapshot.format import read_manifest
 
@@ -615,3 +616,131 @@ def test_a_base_that_is_the_target_needs_no_log_after_it_when_none_is_read(tmp_p
         with pytest.raises(IncompleteHistoryError) as err:
             plan_restore(wal, base=snap, **kwargs)
         assert str(err.value) == str(want.value)
+
+
+def _window_text(doc: dict, wal: Path) -> str:
+    """``doc`` as JSON with the WAL directory's name left out (to compare the windows of
+    two copies of a log)."""
+    return json.dumps(doc).replace(str(wal), "WAL")
+
+
+def test_the_window_is_of_one_listing_of_a_log_being_written(tmp_path, monkeypatch):
+    # The writer goes on while the window is read: after inspect's pass over the log it
+    # appends to its segment and rotates to a new one. The window listed the log twice,
+    # its counts and its last record from one listing, each snapshot's judgement and the
+    # log after it from another: the log after the newest snapshot held a segment and
+    # bytes that the log, which the window said ends before them, did not. Now it is the
+    # window of the log as listed once, as a restore lists it once.
+    from gpu_pitr.format import statwalk
+
+    log = LogBuilder(created=1000)
+    for k in range(3):
+        log.add(Ins(f"a{k}", [float(k)], ts=10 + k))
+    log.new_segment(2000)
+    log.add(Ins("b0", [5.0], ts=20))
+    listed = {name: bytes(data) for name, data in log.files.items()}
+    log.add(Ins("b1", [6.0], ts=21))  # written during the window's pass
+    log.new_segment(3000)
+    log.add(Ins("c0", [7.0], ts=30))
+    whole = Path(log.write(tmp_path / "whole"))
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    for seq in (1, 3):
+        snapshot.save(gpu_pitr.restore(whole, to_seq=seq, backend="cpu"), snaps / f"s{seq}")
+    wal, before = tmp_path / "wal", tmp_path / "before"
+    for d in (wal, before):
+        d.mkdir()
+        for name, data in listed.items():
+            (d / name).write_bytes(data)
+    scan_stats = statwalk.scan_stats
+
+    def writer_goes_on(*args, **kwargs):
+        stats = scan_stats(*args, **kwargs)
+        if Path(args[0]) == wal:
+            for name, data in log.files.items():
+                (wal / name).write_bytes(bytes(data))
+        return stats
+
+    monkeypatch.setattr(statwalk, "scan_stats", writer_goes_on)
+    doc = snapshot.window(wal, snaps)
+    assert len(list(wal.iterdir())) == 3  # (the writer went on)
+    want = snapshot.window(before, snaps)
+    assert _window_text(doc, wal) == _window_text(want, before)
+    newest = doc["snapshots"][-1]
+    assert (doc["log"]["segments"], doc["latest"]["last_record"]["seq"]) == (2, 3)
+    assert newest["log_after"]["segments"] == 1
+
+
+def _bounds_are_what_restores_reach(wal, snaps) -> dict:
+    """The window of ``wal`` and ``snaps``, its bounds checked against restores: a
+    ``--to-time`` at the earliest time restores and one a second before it is refused
+    (from the log's start: one before its first stamp gives the empty index); one at the
+    latest time gives the state of ``--latest``."""
+    doc = snapshot.window(wal, snaps)
+    assert doc["restorable"]
+
+    def restore(**kw):
+        return restore_fast(wal, snapshots=str(snaps), **kw)
+
+    earliest = doc["earliest"]["time"]
+    if doc["earliest"]["from"] == "log_start":
+        assert restore(to_time=doc["log"]["min_timestamp"] - 1).ids == []
+    else:
+        restore(to_time=earliest)
+        with pytest.raises(IncompleteHistoryError):
+            gpu_pitr.restore(wal, to_time=earliest - 1, snapshots=str(snaps), backend="cpu")
+    _same(restore(to_time=doc["latest"]["time"]), restore())
+    return doc
+
+
+def test_the_bounds_of_the_window_are_what_restores_reach(history, hist, tmp_path):
+    # The whole history, from the log's start.
+    arc, _, snaps, _ = hist
+    assert _bounds_are_what_restores_reach(arc, snaps)["earliest"]["from"] == "log_start"
+    # The writer's own directory, its retention's deletions behind it (no expire marker:
+    # the log starts past seq 0): the oldest snapshot the log goes on from.
+    doc = _bounds_are_what_restores_reach(history[0], snaps)
+    assert doc["earliest"]["from"] == "snapshot" and not doc["snapshots"][0]["usable"]
+    # Expired, the oldest snapshot kept damaged (its manifest): the next one.
+    assert expire(arc, snaps, keep=2).ok
+    (snaps / "s04" / "manifest.json").write_text("{")
+    doc = _bounds_are_what_restores_reach(arc, snaps)
+    assert doc["earliest"]["snapshot"] == str(snaps / "s05")
+    # The writer's clock stepped back, the log's start deleted: the earliest is the
+    # oldest snapshot's newest stamp (200), not its last record's, nor the log's (50).
+    log = LogBuilder(created=1000)
+    log.add(Ins("a", [1.0], ts=100))
+    log.add(Ins("b", [2.0], ts=200))
+    log.new_segment(2000)
+    log.add(Ins("c", [3.0], ts=50))
+    log.add(Ins("d", [4.0], ts=60))
+    wal = Path(log.write(tmp_path / "back"))
+    back = tmp_path / "back_snaps"
+    for seq in (1, 2):
+        snapshot.save(gpu_pitr.restore(wal, to_seq=seq, backend="cpu"), back / f"s{seq}")
+    (wal / min(log.files)).unlink()
+    doc = _bounds_are_what_restores_reach(wal, back)
+    assert (doc["earliest"]["time"], doc["latest"]["time"]) == (200, 200)
+
+
+def test_the_log_after_each_position_counted_once_for_all_is_counted_alike(tmp_path):
+    # The window counts the log after each snapshot from one count of the log's
+    # segments (``counted_from``), not by adding up the segments after each one again
+    # (snapshots x segments): the same bytes, for a position in each segment, at its
+    # start, its end, past a bad header and where its segment is gone.
+    wal, _, log = _two_segments(tmp_path)
+    bad = Path(wal) / segment_name(3000)
+    bad.write_bytes(b"WALV\x02\x00\x00\x00" + bytes(8) + bytes(40))
+    (Path(wal) / segment_name(4000)).write_bytes(bytes(5))  # torn: part of a header
+    segments = list_segments(wal)
+    bad_headers = snapshot.header_bytes_if_bad(segments)
+    assert set(bad_headers) == {bad.name, segment_name(4000)}
+    counted = snapshot.counted_from(segments, bad_headers)
+    positions = [{"segment": None}, {"segment": segment_name(1500), "offset": 40}]
+    positions += [{"segment": seg.name, "offset": at} for seg in segments
+                  for at in (0, 16, 17, seg.size)]
+    for position in positions:
+        want = snapshot.log_after(position, segments, bad_headers)
+        assert snapshot.log_after(position, segments, bad_headers, counted) == want
+        assert snapshot.log_after(position, segments) == want
+    assert counted[0] == snapshot.log_after({"segment": None}, segments)["bytes"]

@@ -10,7 +10,8 @@ import os
 from datetime import UTC, datetime
 
 
-def wal_stats(wal_dir: str | os.PathLike, *, chunk_bytes: int | None = None) -> dict:
+def wal_stats(wal_dir: str | os.PathLike, *, chunk_bytes: int | None = None,
+              segments: list | None = None) -> dict:
     """What ``inspect`` reports about ``wal_dir``, as one JSON-able document.
 
     It judges nothing: every kind of damage is listed, none is fatal, and so is every
@@ -19,10 +20,15 @@ def wal_stats(wal_dir: str | os.PathLike, *, chunk_bytes: int | None = None) -> 
     and timestamps come from those that do. The segments are read in pieces of
     ``chunk_bytes`` (default 16 MiB), never the whole log at once. Equal, for every
     WAL, to the pure-Python reader and codec's answer (tests/inspect_reference.py).
+    ``segments``: ``list_segments(wal_dir)`` as the caller listed it, each read to its
+    size there (None: listed here). A caller that judges the log by its own listing too
+    (``snapshot.window``) passes it: a log being written rotates and deletes segments,
+    and two listings may not be of the same log.
     """
     from gpu_pitr.format.statwalk import DEFAULT_CHUNK_BYTES, scan_stats
 
-    stats = scan_stats(wal_dir, DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
+    stats = scan_stats(wal_dir, DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes,
+                       segments)
     stats["not_read"] = not_read(wal_dir)
     return stats
 

@@ -394,9 +394,10 @@ def history(first_record: dict | None, wal_dir=None) -> dict:
             "expire_marker_problem": problem}
 
 
-def scan_stats(wal_dir: str | os.PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict:
+def scan_stats(wal_dir: str | os.PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+               segments: list | None = None) -> dict:
     """``wal_stats``: see ``gpu_pitr.format.stats``."""
-    scan = _Scan(wal_dir, max(64, int(chunk_bytes)))
+    scan = _Scan(wal_dir, max(64, int(chunk_bytes)), segments)
     scan.run()
     return scan.result()
 
@@ -404,9 +405,9 @@ def scan_stats(wal_dir: str | os.PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTE
 class _Scan:
     """One ``wal_stats`` in progress: the loop over framed pieces."""
 
-    def __init__(self, wal_dir, chunk_bytes: int) -> None:
+    def __init__(self, wal_dir, chunk_bytes: int, segments: list | None = None) -> None:
         self.wal_dir = wal_dir
-        self.segments = list_segments(wal_dir)
+        self.segments = list_segments(wal_dir) if segments is None else list(segments)
         self.segs = [_Segment(seg.name, seg.size) for seg in self.segments]
         self.chunk_bytes = scan_chunk_bytes(self.segments, chunk_bytes)
         self.cols = ChunkColumns(self.chunk_bytes // BYTES_PER_ROW + 64, 1)

@@ -392,13 +392,17 @@ def window(wal_dir, directory) -> dict:
 
     directory = Path(directory)
     check_snapshots_dir(directory)
-    stats = wal_stats(wal_dir)
+    # One listing for the counts and every judgement: the writer rotates and deletes
+    # segments at checkpoints, and a second listing could name a segment the counts lack
+    # or lack one they hold (as a restore lists the log once, and ``log_end`` for Dask).
     segments = list_segments(wal_dir)
+    stats = wal_stats(wal_dir, segments=segments)
     try:
         expiry = read_marker(wal_dir)
     except WalError:  # (stats' history says what is wrong with it; restores refuse it)
         expiry = None
     bad_headers = header_bytes_if_bad(segments)
+    counted = counted_from(segments, bad_headers)
     rows = []
     for path in snapshot_dirs(directory):
         row = {"snapshot": path, "usable": False, "why": None}
@@ -412,7 +416,7 @@ def window(wal_dir, directory) -> dict:
         row.update(count=manifest["count"], dim=manifest["dim"],
                    position=position_brief(position),
                    serves_time_from=serves_time_from(position),
-                   log_after=log_after(position, segments, bad_headers))
+                   log_after=log_after(position, segments, bad_headers, counted))
         row["why"] = _not_a_start(position, segments, expiry)
         row["usable"] = row["why"] is None
         rows.append(row)
@@ -504,24 +508,46 @@ def _not_a_start(position: dict, segments, expiry) -> str | None:
     return None
 
 
-def log_after(position: dict, segments, bad_headers: dict | None = None) -> dict:
+def log_after(position: dict, segments, bad_headers: dict | None = None,
+              counted: list[int] | None = None) -> dict:
     """The segments and bytes of the log after ``position``: what a restore from the
     snapshot reads (all of it by default; up to the stop with --stop-reading-at-target),
     counted as the restore's report counts it (``bytes_read``, ``segments``): from the
     restore's own resume point (``base.resume_at``), each segment as its framer counts
     it (``base.counted_bytes``: a damaged header's bytes alone, which is all the restore
     reads of that file). ``bad_headers``: ``header_bytes_if_bad`` of the log, read once
-    for many positions (None: read here, for the segments after ``position``)."""
+    for many positions (None: read here, for the segments after ``position``).
+    ``counted``: ``counted_from(segments, bad_headers)``, for many positions (None: the
+    segments after ``position`` are added up here: for each of 200 snapshots of an
+    archive of 5,000 segments, 0.6 s in all)."""
     from gpu_pitr.format.layout import HEADER_SIZE
     from gpu_pitr.snapshot.base import counted_bytes, resume_at
 
     rest, start = resume_at(position, segments)
     if bad_headers is None:
         bad_headers = header_bytes_if_bad(rest)
-    total = sum(counted_bytes(seg.size, start if k == 0 else HEADER_SIZE,
-                              bad_headers.get(seg.name)) for k, seg in enumerate(rest))
+    if counted is None or not rest:
+        total = sum(counted_bytes(seg.size, start if k == 0 else HEADER_SIZE,
+                                  bad_headers.get(seg.name)) for k, seg in enumerate(rest))
+    else:  # the first read from ``start``, the others (``segments``' last ones) whole
+        total = (counted_bytes(rest[0].size, start, bad_headers.get(rest[0].name))
+                 + counted[len(segments) - len(rest) + 1])
     return {"segments": len(rest), "bytes": total,
             "first_segment": rest[0].name if rest else None}
+
+
+def counted_from(segments, bad_headers: dict) -> list[int]:
+    """``[k]``: the bytes a restore's report counts for ``segments[k:]``, each read from
+    its header's end (``log_after``'s count past a position's own segment); ``[len]``:
+    0. ``bad_headers``: ``header_bytes_if_bad(segments)``."""
+    from itertools import accumulate
+
+    from gpu_pitr.format.layout import HEADER_SIZE
+    from gpu_pitr.snapshot.base import counted_bytes
+
+    each = [counted_bytes(seg.size, HEADER_SIZE, bad_headers.get(seg.name))
+            for seg in reversed(segments)]
+    return [*reversed(list(accumulate(each, initial=0)))]
 
 
 def header_bytes_if_bad(segments) -> dict[str, int]:
