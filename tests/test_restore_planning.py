@@ -706,6 +706,17 @@ def test_the_bounds_of_the_window_are_what_restores_reach(history, hist, tmp_pat
     (snaps / "s04" / "manifest.json").write_text("{")
     doc = _bounds_are_what_restores_reach(arc, snaps)
     assert doc["earliest"]["snapshot"] == str(snaps / "s05")
+    # The one left with its vectors cut short (its manifest intact): not a start, as
+    # the restore, which passes it over for its checksums, finds: nothing serves now.
+    time = doc["earliest"]["time"]
+    vectors = snaps / "s05" / "vectors.f32"
+    vectors.write_bytes(vectors.read_bytes()[:-4])
+    doc = snapshot.window(arc, snaps)
+    assert not doc["restorable"] and doc["earliest"] is None
+    with pytest.raises(IncompleteHistoryError):
+        gpu_pitr.restore(arc, to_time=time, snapshots=str(snaps), backend="cpu")
+    row = next(r for r in doc["snapshots"] if r["snapshot"] == str(snaps / "s05"))
+    assert not row["usable"] and "vectors.f32" in row["why"], row
     # The writer's clock stepped back, the log's start deleted: the earliest is the
     # oldest snapshot's newest stamp (200), not its last record's, nor the log's (50).
     log = LogBuilder(created=1000)

@@ -363,9 +363,10 @@ def _before_transaction_end(usable: list, manifests: dict, txn: int, segments: l
 
 def window(wal_dir, directory) -> dict:
     """The moments a restore of ``wal_dir`` with ``--snapshots directory`` can reach, from
-    the log's statistics (``inspect``'s pass) and the snapshots' manifests (checksums not
-    checked: ``verify`` does): ``inspect WAL_DIR --snapshots DIR``, as ``pgbackrest info``
-    shows each backup's WAL range and the archive's min and max. Operators asked "what
+    the log's statistics (``inspect``'s pass) and the snapshots' manifests, each data
+    file's size checked against its manifest (checksums not checked: ``verify`` does):
+    ``inspect WAL_DIR --snapshots DIR``, as ``pgbackrest info`` shows each backup's WAL
+    range and the archive's min and max. Operators asked "what
     is the earliest and latest moment I can restore to?", and had to put it together from
     ``inspect`` of each directory, or from what ``expire`` last printed.
 
@@ -388,7 +389,7 @@ def window(wal_dir, directory) -> dict:
     from gpu_pitr.expire import read_marker
     from gpu_pitr.format.segments import list_segments
     from gpu_pitr.format.stats import wal_stats
-    from gpu_pitr.snapshot.format import read_manifest, trouble
+    from gpu_pitr.snapshot.format import check_sizes, read_manifest, trouble
 
     directory = Path(directory)
     check_snapshots_dir(directory)
@@ -408,6 +409,7 @@ def window(wal_dir, directory) -> dict:
         row = {"snapshot": path, "usable": False, "why": None}
         try:
             manifest = read_manifest(path)
+            check_sizes(path, manifest)
         except WalError as err:
             row["why"] = f"{trouble(err)}: {err}"
             rows.append(row)
