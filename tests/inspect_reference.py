@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from gpu_pitr.format import stats
+from gpu_pitr.format import bincode1, stats
 from gpu_pitr.format.codec import PayloadError, decode_entry
 from gpu_pitr.format.entries import (
     AbortTransaction,
@@ -42,6 +42,15 @@ def wal_stats(wal_dir: str | os.PathLike) -> dict:
     committed = aborted = 0
     prev_seq = None
     first = None  # the log's first record
+    looked = [0]  # payloads looked at for bincode 1.3: the first 8 not clean bincode 2
+
+    def older(payload: bytes) -> str | None:
+        if looked[0] >= 8:
+            return None
+        looked[0] += 1
+        return (f"it is a whole entry of {bincode1.OLDER_FORMAT}"
+                if bincode1.is_bincode1(payload) else None)
+
     # One segment in memory at a time: scan_wal would hold the whole log.
     for segment in list_segments(wal_dir):
         scan = scan_segment(segment.path)
@@ -74,12 +83,13 @@ def wal_stats(wal_dir: str | os.PathLike) -> dict:
             try:
                 entry, used = decode_entry(rec.payload)
             except PayloadError as err:
-                damage.append(_damage("undecodable", name, rec.offset, rec.seq, what=str(err)))
+                note = older(rec.payload)
+                damage.append(_damage("undecodable", name, rec.offset, rec.seq,
+                                      what=str(err) + ("" if note is None else f"; {note}")))
                 continue
             if used < len(rec.payload):
-                damage.append(
-                    _damage("trailing_bytes", name, rec.offset, rec.seq, len(rec.payload) - used)
-                )
+                damage.append(_damage("trailing_bytes", name, rec.offset, rec.seq,
+                                      len(rec.payload) - used, older(rec.payload)))
             top_level[VARIANT_NAMES[entry.variant]] += 1
             stamps.append(entry.timestamp)
             if isinstance(entry, Batch):

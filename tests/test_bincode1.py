@@ -160,3 +160,19 @@ def test_verify_names_the_older_format(tmp_path):
     result = verify_wal(wal)
     texts = [p.what for p in result.problems]
     assert texts and all("whole entry of bincode 1.3" in t for t in texts), texts
+
+
+def test_inspect_names_the_older_format_as_the_reference_does(tmp_path):
+    from tests.inspect_reference import assert_same_stats
+
+    # Undecodable (an id of 255 bytes) and accepted with bytes over, both kinds.
+    wal = _write_log(tmp_path, [encode_bincode1(Ins("x" * 255, [1.0], None, 9))]
+                     + [encode_bincode1(e) for e in OLD_LOG])
+    stats = assert_same_stats(wal)
+    assert [d["kind"] for d in stats["damage"]] == ["undecodable"] + ["trailing_bytes"] * 8
+    # Only the first 8 such records are looked at.
+    assert all("whole entry of bincode 1.3" in d["what"] for d in stats["damage"][:8])
+    assert stats["damage"][8]["what"] is None
+    # A good log's records with bytes over: not one.
+    good = _write_log(tmp_path / "good", [encode_entry(e) + b"\x07" for e in OLD_LOG])
+    assert all(d["what"] is None for d in assert_same_stats(good)["damage"])

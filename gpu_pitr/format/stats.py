@@ -93,7 +93,8 @@ def stats_lines(stats: dict) -> list[str]:
             "bad_header": f"bad header: {d['what']}",
             "undecodable": f"undecodable: {d['what']}",
             "zero_filled": f"zero-filled: {d['what']}",
-            "trailing_bytes": f"{d['bytes']} trailing bytes after the payload",
+            "trailing_bytes": f"{d['bytes']} trailing bytes after the payload"
+                              + ("" if d.get("what") is None else f"; {d['what']}"),
             "torn_tail": f"torn tail, {d['bytes']} bytes lost"
                          + ("" if d.get("size_now") is None else f" ({d['what']})"),
         }[d["kind"]]
