@@ -761,8 +761,11 @@ def _dry_run(args: argparse.Namespace, to_time: int | None) -> int:
                         to_transaction=args.to_transaction, to_position=args.to_position,
                         exclusive=args.exclusive, base=args.base, snapshots=args.snapshots,
                         allow_incomplete_history=args.allow_incomplete_history,
-                        read_after_stop=not args.stop_reading_at_target, strict=args.strict)
-    for line in plan["warnings"]:
+                        read_after_stop=not args.stop_reading_at_target, strict=args.strict,
+                        skip_corrupt=args.skip_corrupt)
+    # The files --skip-corrupt would skip, warned of as the restore warns of them.
+    for line in restore_warnings({"torn_tails": [], "skipped": plan["skipped"],
+                                  "warnings": plan["warnings"]}):
         print(f"{PROG}: warning: {line}", file=sys.stderr)
     if not args.quiet:
         _emit("\n".join(plan_lines(plan, stop_reading=args.stop_reading_at_target)))
@@ -796,6 +799,8 @@ def plan_lines(plan: dict, stop_reading: bool = False) -> list[str]:
             f"target: {what}",
             f"would start from {start}",
             f"would read {reads}",
+            *(f"would skip {Path(s['file']).name}: {s['what']} (--skip-corrupt)"
+              for s in plan.get("skipped", ())),
             *(f"note: {note}" for note in plan["notes"]
               if not note.startswith("started from snapshot "))]
 

@@ -204,6 +204,14 @@ _BASE_HOLDS_NONE = "the base snapshot holds no record of the log (an empty log, 
     "zero-filled records only), so the log must start there"
 
 
+def _skipped_fix(skipped: dict, fix: str) -> str:
+    """What the error of a log not from seq 0 says to do where ``skip_corrupt`` skipped
+    ``skipped`` (a report ``skipped`` entry) before its first record: the start may be
+    in it, not deleted (``_Restore._check_first``, and ``plan_restore``'s judgement)."""
+    return (f"it is in what --skip-corrupt skipped: {skipped['file']} offset "
+            f"{skipped['offset']}, {skipped['what']}; or {fix}")
+
+
 def not_from_seq_zero(fix: str, **where) -> IncompleteHistoryError:
     """The error of a log read from its start whose first record is not seq 0."""
     return IncompleteHistoryError(
@@ -904,9 +912,7 @@ class _Restore:
             elif seq != 0:
                 fix = _BASE_HOLDS_NONE if self.base is not None else _FROM_A_SNAPSHOT
                 if self.report.skipped:  # not deleted: skipped, before this record
-                    s = self.report.skipped[0]
-                    fix = (f"it is in what --skip-corrupt skipped: {s['file']} offset "
-                           f"{s['offset']}, {s['what']}; or {fix}")
+                    fix = _skipped_fix(self.report.skipped[0], fix)
                 raise not_from_seq_zero(fix, **w)
             return
         if self._resume_seq is None:
@@ -2107,7 +2113,7 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
     not be the one asked for (``strict`` refuses them) go on ``unreached`` too, each
     with where it was found: ``(text, {file, offset, seq})``."""
     unreached = [] if unreached is None else unreached
-    out = [f"{name}: {what}" for name, what in not_segment_files(run.wal_dir)]
+    out = _not_segment_warnings(run.wal_dir)
     held, where = run.held_peak
     if memory_budget is not None and held > memory_budget:
         from gpu_pitr.budget import size_text
@@ -2140,21 +2146,7 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
             "the end of the log")
     if run.gap_why is not None:
         out.append(_gap_warning(run.gap_why, run.gap_lacks))
-    missing = (report.base or {}).get("missing_seqs")
-    if missing:
-        out.append(f"records are missing from the log the base snapshot {report.base['path']}"
-                   f" covers: {missing} seqs in all, as the reports stored with it and its "
-                   "bases count them (a segment deleted before it was archived, lost bytes); "
-                   "the index restored lacks whatever they did. `gpu-pitr inspect "
-                   f"{shlex.quote(report.base['path'])} --json` shows the stored report")
-        unreached.append((out[-1], {"file": report.base["path"]}))
-    skipped = (report.base or {}).get("skipped")
-    if skipped:
-        out.append(f"the base snapshot {report.base['path']} was restored past damage with "
-                   f"skip_corrupt (--skip-corrupt): {skipped} "
-                   f"{'entry' if skipped == 1 else 'entries'} of skipped records or files in "
-                   "the reports stored with it and its bases; the state restored lacks "
-                   "whatever those records did")
+    out += _base_warnings(report.base, unreached)
     older = _older_format(report.trailing_bytes)
     if older is not None:
         out.append(older[0])
@@ -2228,6 +2220,38 @@ def _every_one(examined: int, total: int) -> str:
             else f"the first {examined} are")
 
 
+def _not_segment_warnings(wal_dir) -> list[str]:
+    """The warning of each entry of ``wal_dir`` named like a segment that is not read
+    (``not_segment_files``): the restore's first, and ``plan_restore``'s."""
+    return [f"{name}: {what}" for name, what in not_segment_files(wal_dir)]
+
+
+def _base_warnings(base: dict | None, unreached: list) -> list[str]:
+    """The warnings of a restore from a base whose own restore (or one of its bases')
+    went past records missing inside the log, or skipped damage with skip_corrupt:
+    ``base`` is the report's (``path``, ``missing_seqs``: ``_missing_before``,
+    ``skipped``: ``_skipped_before``), so both are known before reading, and
+    ``plan_restore`` warns of them in these words too. The missing seqs go on
+    ``unreached`` (``strict`` refuses them)."""
+    out = []
+    missing = (base or {}).get("missing_seqs")
+    if missing:
+        out.append(f"records are missing from the log the base snapshot {base['path']}"
+                   f" covers: {missing} seqs in all, as the reports stored with it and its "
+                   "bases count them (a segment deleted before it was archived, lost bytes); "
+                   "the index restored lacks whatever they did. `gpu-pitr inspect "
+                   f"{shlex.quote(base['path'])} --json` shows the stored report")
+        unreached.append((out[-1], {"file": base["path"]}))
+    skipped = (base or {}).get("skipped")
+    if skipped:
+        out.append(f"the base snapshot {base['path']} was restored past damage with "
+                   f"skip_corrupt (--skip-corrupt): {skipped} "
+                   f"{'entry' if skipped == 1 else 'entries'} of skipped records or files in "
+                   "the reports stored with it and its bases; the state restored lacks "
+                   "whatever those records did")
+    return out
+
+
 def _writes_in_progress(report: RestoreReport) -> None:
     """``size_now`` in each ``torn_tails`` entry that was a write in progress: the file
     has grown since it was read, and the record cut is whole there (the command line
@@ -2260,6 +2284,7 @@ def plan_restore(
     snapshots: str | os.PathLike | None = None,
     read_after_stop: bool = True,
     strict: bool = False,
+    skip_corrupt: bool = False,
 ) -> dict:
     """What ``restore`` with these arguments would start from and read, without
     restoring (``restore --dry-run``): operators asked which snapshot a restore to T
@@ -2282,7 +2307,14 @@ def plan_restore(
     restore's, for what is known before reading: no log at all after the start, or
     after a base that is not itself the target, raises ``TargetNotReachedError`` in the
     restore's words (a time target the log ends before, or seqs missing inside it, are
-    found only by reading).
+    found only by reading), and so do seqs missing inside the log a base covers (its
+    stored reports count them). A segment among those read whose header is damaged
+    (wrong magic or version, one read of 16 bytes) that the restore reads before its
+    stop point for certain (no target; one before a position target's segment; one
+    before which no record is read) raises the restore's ``BadSegmentError``, as the
+    restore does on reaching it (unless reading finds damage before it), and with
+    ``skip_corrupt`` is listed as the restore lists it as skipped; one only reading
+    tells (a time, seq or transaction target may stop before it) is warned of.
 
     Returns ``{"target", "base", "notes", "warnings", "read"}``: ``base`` the snapshot
     started from (``{"path", "count", "dim", "position"}``) or None (the start of the
@@ -2292,17 +2324,23 @@ def plan_restore(
     among them, no segment to read at all, and with ``allow_incomplete_history`` the gap
     in the history the restore would cross and warn of where that is known before
     reading (the segments ``expire`` deleted, a first record that is not where the log
-    must go on, as the files' first record headers say); ``read`` the log after the base,
+    must go on, as the files' first record headers say), a base restored past damage or
+    missing records and entries named like segments that are not files (in the
+    restore's words), a damaged segment header the restore may
+    or may not reach before its stop; ``skipped`` the files ``skip_corrupt`` would skip
+    for their damaged header, as the report's ``skipped`` lists them (not the records
+    only reading finds damaged); ``read`` the log after the base,
     ``{"segments", "bytes", "first_segment"}``, counted as the report's ``segments`` and
     ``bytes_read`` count a restore that reads to the end of the log (the default:
     ``read_after_stop=False`` stops at the target, within it), a segment whose header
     is damaged by its header's bytes alone, as the restore reads it (one read of 16
     bytes a segment here).
     """
-    from gpu_pitr.snapshot import log_after, position_brief
+    from gpu_pitr.snapshot import header_problem_of, log_after, position_brief
 
     _check_targets(to_time, to_seq, to_transaction, to_position, exclusive)
-    _check_flags(exclusive=exclusive, allow_incomplete_history=allow_incomplete_history,
+    _check_flags(exclusive=exclusive, skip_corrupt=skip_corrupt,
+                 allow_incomplete_history=allow_incomplete_history,
                  read_after_stop=read_after_stop, strict=strict)
     if base is not None and snapshots is not None:
         raise ValueError("give at most one of base and snapshots")
@@ -2317,6 +2355,11 @@ def plan_restore(
                                       allow_incomplete_history, segments)
     allow = allow_incomplete_history
     unreached = []  # what strict refuses, known before reading
+    # Each segment read after the base, its header as the restore's framer judges it.
+    pos = {"segment": None} if snap is None else snap.position
+    rest = resume_at(pos, segments)
+    headers = {seg.name: header_problem_of(seg.path) for seg in rest[0]}
+    over = _gone_past(headers, rest[0], snap, target, exclusive, skip_corrupt)
     # The gaps a restore allowed to cross them would find, in the order it finds them:
     # it warns of the first (``_Restore._gap``).
     gaps: list[tuple | None] = []
@@ -2326,7 +2369,7 @@ def plan_restore(
         expired = expired_before(wal_path, snap, allow)
         gaps.append(None if expired is None else (expired, None))
         if snap is None:
-            gaps.append(_check_log_start(segments, allow))
+            gaps.append(_check_log_start(segments, allow, over))
         else:
             # (With no segment at all too: ``choose`` takes such a base, and the
             # restore refuses it as it starts.)
@@ -2339,18 +2382,35 @@ def plan_restore(
             if read_after_stop or not _base_is_the_stop(snap, target, exclusive):
                 # (The restore judges the first record it reads: none where the base is
                 # the stop and the log after it is not read.)
-                gaps.append(_check_resume(snap.position, later, starts, resume, allow))
+                gaps.append(_check_resume(snap.position, later, starts, resume, allow,
+                                          over=over))
+        # Each segment read whose header is damaged, as the restore meets it: after the
+        # checks above (the restore judges its first record where no header is damaged
+        # before it), within this try (its error says the damaged snapshots passed over).
+        skipped, damaged = _damaged_headers(rest, headers, snap, target, exclusive,
+                                            skip_corrupt)
     except IncompleteHistoryError as err:
         raise _in_snapshots_words(err, snapshots, snap, notes, warnings) from None
     except WalError as err:  # (an expire marker that does not read)
         if snapshots is None or not warnings:
             raise
         raise _with_damaged_snapshots(err, warnings) from None
+    # The warnings in the restore's order: entries named like segments that are not
+    # read, the gap it crossed, its base's own restores' missing records and skipped
+    # damage (the reports stored with it say them).
+    gap = next((g for g in gaps if g is not None), None)
+    warnings = [*warnings, *_not_segment_warnings(wal_path),
+                *([] if gap is None else [_gap_warning(*gap)])]
+    if snap is not None:
+        warnings += _base_warnings({"path": str(snap.path), "skipped": _skipped_before(snap),
+                                    "missing_seqs": _missing_before(snap)}, unreached)
+    warnings += damaged
+    read = log_after(pos, segments, {name: nbytes for name, (problem, nbytes)
+                                     in headers.items() if problem is not None})
     # The restore's message and warning where no segment is read at all, which it
     # knows before reading (not what it finds on reading: no record, an empty index).
     if snap is None:
         doc = None
-        read = log_after({"segment": None}, segments)
         if not notes and not segments:
             notes.append(_no_log_note(snap, wal_path))
             warnings = [*warnings, notes[-1]]
@@ -2358,32 +2418,98 @@ def plan_restore(
     else:
         doc = {"path": str(snap.path), "count": int(snap.count), "dim": snap.dim,
                "position": position_brief(snap.position)}
-        read = log_after(snap.position, segments)
         if not read["segments"]:
             warnings = [*warnings, _no_log_note(snap, wal_path)]
             if not _base_is_the_stop(snap, target, exclusive):
                 unreached.append((warnings[-1], {"file": str(wal_path)}))
     if strict and unreached:
         # What ``strict`` refuses that is known before reading: no log to reach the
-        # target in (the restore refuses it after reading nothing, in these words).
+        # target in, records missing behind the base (the restore refuses them after
+        # reading, in these words, unless reading finds more, which it names first).
         raise _not_reached(unreached)
-    gap = next((g for g in gaps if g is not None), None)
-    if gap is not None:
-        warnings = [*warnings, _gap_warning(*gap)]
     return {"wal_dir": str(wal_path), "target": target_doc, "base": doc, "notes": notes,
-            "warnings": warnings, "read": read}
+            "warnings": warnings, "skipped": skipped, "read": read}
 
 
-def _check_log_start(segments: list, allow: bool = False) -> tuple | None:
+def _damaged_headers(rest: tuple[list, int], headers: dict, snap, target: dict,
+                     exclusive: bool, skip_corrupt: bool) -> tuple[list, list]:
+    """What the restore does with each segment it reads whose header is damaged (wrong
+    magic or version; a torn one is a torn tail, no damage to skip), as known before
+    reading (``plan_restore``): ``rest`` the segments after the base and where reading
+    begins in the first (``resume_at``), ``headers`` each one's ``header_problem_of``.
+    One the restore reads before its stop point for certain (``_read_before_stop``)
+    raises its ``BadSegmentError`` (``_Restore._bad_header``: the first such), or with
+    ``skip_corrupt`` is an entry of the report's ``skipped``; one after it, nothing (the
+    report's ``damage_after_stop``); one only reading tells, a warning of both. Returns
+    ``(skipped, warnings)``."""
+    segs, start = rest
+    skipped, warnings = [], []
+    nothing_before = True  # no record read before this segment
+    for k, seg in enumerate(segs):
+        problem = headers[seg.name][0]
+        if problem is None or problem == "torn":
+            nothing_before = nothing_before and seg.size <= (start if k == 0 else HEADER_SIZE)
+            continue
+        if snap is not None and _base_is_the_stop(snap, target, exclusive):
+            read = False  # (stopped at the base, before any segment)
+        else:
+            read = nothing_before or _read_before_stop(seg.name, target)
+        if read and not skip_corrupt:
+            raise BadSegmentError(problem, file=str(seg.path), offset=0)
+        if read:
+            skipped.append({"file": str(seg.path), "offset": 0, "seq": None, "what": problem})
+        elif read is None:
+            warnings.append(
+                f"{seg.path}: offset 0: {problem}: a restore that has not stopped at its "
+                "target before this segment " + (
+                    "skips it (--skip-corrupt), and lacks its records" if skip_corrupt
+                    else "fails here (--skip-corrupt skips it)"))
+    return skipped, warnings
+
+
+def _gone_past(headers: dict, segs: list, snap, target: dict, exclusive: bool,
+               skip_corrupt: bool) -> dict:
+    """``{segment name: entry}`` of the segments read (``segs``, in log order) whose
+    header is damaged, where the restore goes on past them to judge its first record
+    (``plan_restore``, for ``_check_resume``, which looks at those before that record
+    alone): with ``skip_corrupt`` it skips them (``entry``: the report's ``skipped``
+    entry, which its error of a log not from seq 0 names), and after a base that is
+    itself the stop it passes them over as damage after the stop (``entry`` None).
+    Without either it fails at the first (``_damaged_headers``): none is gone past."""
+    stopped = snap is not None and _base_is_the_stop(snap, target, exclusive)
+    if not (skip_corrupt or stopped):
+        return {}
+    return {seg.name: None if stopped else {"file": str(seg.path), "offset": 0, "seq": None,
+                                            "what": headers[seg.name][0]}
+            for seg in segs if headers[seg.name][0] not in (None, "torn")}
+
+
+def _read_before_stop(name: str, target: dict) -> bool | None:
+    """Whether a restore to ``target`` reads the segment ``name`` (after the first record
+    it reads) before its stop point, as known before reading: with no target it reads
+    to the end of the log; a position target stops in its own segment. None: not known
+    (a time, seq or transaction target stops where reading finds it)."""
+    if not target:
+        return True
+    if "to_position" in target:
+        at = target["to_position"][0]
+        return None if name == at else name.encode() < at.encode()
+    return None
+
+
+def _check_log_start(segments: list, allow: bool = False, over: dict | None = None
+                     ) -> tuple | None:
     """The ``IncompleteHistoryError`` a restore from the log alone raises at its first
     record, where that is not seq 0 (``plan_restore``: a record header or two read);
     with ``allow`` (``allow_incomplete_history``), the gap it warns of instead (None:
-    none)."""
-    return _check_resume({}, segments, {}, ("start", 0), allow, fix=_FROM_A_SNAPSHOT)
+    none). ``over``: as ``_check_resume``'s."""
+    return _check_resume({}, segments, {}, ("start", 0), allow, fix=_FROM_A_SNAPSHOT,
+                         over=over)
 
 
 def _check_resume(pos: dict, later: list, starts: dict, resume: tuple | None,
-                  allow: bool = False, fix: str = _BASE_HOLDS_NONE) -> tuple | None:
+                  allow: bool = False, fix: str = _BASE_HOLDS_NONE,
+                  over: dict | None = None) -> tuple | None:
     """The ``IncompleteHistoryError`` a restore from a base raises at the first record it
     reads, judged from that record's header (``snapshot.first_log_record``, read from
     where the restore resumes: ``later`` and ``starts`` of ``_resume_point``; unknown
@@ -2394,7 +2520,11 @@ def _check_resume(pos: dict, later: list, starts: dict, resume: tuple | None,
     restore of the whole log judges it (``_Restore._check_first``). ``plan_restore``,
     and ``snapshot.window``'s judgement of each snapshot. With ``allow``
     (``allow_incomplete_history``): the gap the restore warns of instead (None: none).
-    ``fix``: what the error says to do (``_check_log_start``: the log alone)."""
+    ``fix``: what the error says to do (``_check_log_start``: the log alone). ``over``:
+    the segments whose header is damaged that the restore goes past (``_gone_past``):
+    the first record is the one after them, and one not from seq 0 names the first
+    skipped before it, as the restore's error does (otherwise a damaged header is not
+    judged past: the restore fails there)."""
     from gpu_pitr.snapshot import first_log_record
 
     if resume is None:
@@ -2402,6 +2532,11 @@ def _check_resume(pos: dict, later: list, starts: dict, resume: tuple | None,
     from_start = resume == ("start", 0) or (resume[0] != "start" and _holds_no_record(pos))
     if not from_start and resume[0] != "after":
         return None
+    over = over or {}
+    if over:
+        if later and later[0].name in over:
+            starts = {}  # (where reading begins in the base's own segment: skipped)
+        later = [seg for seg in later if seg.name not in over]
     first = first_log_record(later, starts.get(0))
     if first is None:
         return None
@@ -2410,7 +2545,9 @@ def _check_resume(pos: dict, later: list, starts: dict, resume: tuple | None,
     if from_start and seq != 0:
         if allow:
             return _starts_past_zero(seq, seg.name, offset)
-        raise not_from_seq_zero(fix, **w)
+        passed = [e for name, e in over.items()
+                  if e is not None and name.encode() < seg.name.encode()]
+        raise not_from_seq_zero(_skipped_fix(passed[0], fix) if passed else fix, **w)
     if not from_start and seq != resume[1]:
         if allow:
             return _resumes_elsewhere(pos, seq, resume[1])

@@ -297,9 +297,10 @@ def test_the_log_counted_from_a_segment_start_and_past_a_bad_header_is_what_is_r
         report = gpu_pitr.restore(wal, backend="cpu", skip_corrupt=True,
                                   **kw).report.to_dict()
         assert report["skipped"][0]["file"] == str(bad)
-        plan = plan_restore(wal, **kw)
+        plan = plan_restore(wal, skip_corrupt=True, **kw)
         assert (plan["read"]["segments"], plan["read"]["bytes"]) == (
             report["segments"], report["bytes_read"]), kw
+        assert plan["skipped"] == report["skipped"], kw
     row = snapshot.window(wal, snaps)["snapshots"][0]
     report = gpu_pitr.restore(wal, base=row["snapshot"], backend="cpu",
                               skip_corrupt=True).report.to_dict()
@@ -336,9 +337,9 @@ def test_the_plan_refuses_a_log_start_only_where_the_restore_does(tmp_path):
     log.add(Ins("a", [1.0], ts=5))
     log.put_file(segment_name(200), b"WALV\x02")
     wal = log.write(tmp_path / "bad")
-    with pytest.raises(BadSegmentError):
-        gpu_pitr.restore(wal, backend="cpu")
-    assert plan_restore(wal)["base"] is None
+    want = _outcome(lambda: gpu_pitr.restore(wal, backend="cpu"))
+    assert want[:2] == ("error", BadSegmentError)
+    assert _outcome(lambda: plan_restore(wal)) == want
 
 
 def test_the_plan_refuses_a_base_the_log_does_not_go_on_from(tmp_path):
@@ -755,3 +756,195 @@ def test_the_log_after_each_position_counted_once_for_all_is_counted_alike(tmp_p
         assert snapshot.log_after(position, segments, bad_headers, counted) == want
         assert snapshot.log_after(position, segments) == want
     assert counted[0] == snapshot.log_after({"segment": None}, segments)["bytes"]
+
+
+def _bad_middle(tmp_path: Path) -> tuple[Path, Path, list]:
+    """A log of three segments whose second has a damaged header (version 2), and the
+    records of the first and third (``Rec``s: where each is)."""
+    log = LogBuilder(created=1000)
+    recs = [log.add(Ins(f"a{k}", [float(k)], ts=10 + k)) for k in range(2)]
+    log.put_file(segment_name(2000), b"WALV\x02\x00\x00\x00" + bytes(8) + bytes(40))
+    log.new_segment(3000)
+    recs += [log.add(Ins(f"c{k}", [float(k)], ts=30 + k)) for k in range(2)]
+    wal = Path(log.write(tmp_path / "wal"))
+    return wal, wal / segment_name(2000), recs
+
+
+def test_the_plan_with_and_without_skip_corrupt_meets_a_damaged_header_as_the_restore(
+        tmp_path, capsys):
+    # A segment header the restore reads before its stop for certain: without
+    # --skip-corrupt the restore fails there, with it the file is skipped and listed;
+    # the dry run took no skip_corrupt, and said nothing of either.
+    wal, bad, recs = _bad_middle(tmp_path)
+    later = f"{recs[2].file}:{recs[2].offset}"
+    for kw in ({}, {"to_position": later}, {"to_position": later, "exclusive": True}):
+        want = _outcome(lambda kw=kw: gpu_pitr.restore(wal, backend="cpu", **kw))
+        assert want == ("error", BadSegmentError,
+                        f"{bad}: offset 0: unsupported version 2 (expected 1)"), kw
+        assert _outcome(lambda kw=kw: plan_restore(wal, **kw)) == want, kw
+        report = gpu_pitr.restore(wal, backend="cpu", skip_corrupt=True,
+                                  **kw).report.to_dict()
+        plan = plan_restore(wal, skip_corrupt=True, **kw)
+        assert plan["skipped"] == report["skipped"] != [], kw
+        assert plan["warnings"] == report["warnings"] == [], kw
+    # Before it for certain (a position target in an earlier segment): the restore
+    # stops first, and passes it over (damage after the stop); so does the plan.
+    first = f"{recs[0].file}:{recs[0].offset}"
+    for skip in (False, True):
+        report = gpu_pitr.restore(wal, backend="cpu", to_position=first,
+                                  skip_corrupt=skip).report.to_dict()
+        assert report["skipped"] == [] and report["damage_after_stop"] != []
+        plan = plan_restore(wal, to_position=first, skip_corrupt=skip)
+        assert (plan["skipped"], plan["warnings"]) == ([], [])
+    # A time target: where it stops only reading tells; the plan says both outcomes.
+    plan = plan_restore(wal, to_time=10)
+    assert plan["warnings"] == [
+        f"{bad}: offset 0: unsupported version 2 (expected 1): a restore that has not "
+        "stopped at its target before this segment fails here (--skip-corrupt skips it)"]
+    with pytest.raises(BadSegmentError):
+        gpu_pitr.restore(wal, backend="cpu", to_time=31)
+    assert gpu_pitr.restore(wal, backend="cpu", to_time=10).report.skipped == []
+    # The command line passes --skip-corrupt on, and warns as the restore warns.
+    out = tmp_path / "x.npz"
+    args = ["restore", str(wal), "--out", str(out), "--skip-corrupt"]
+    assert cli.main([*args, "--dry-run"]) == 0
+    dry = capsys.readouterr()
+    assert f"would skip {bad.name}: unsupported version 2 (expected 1) (--skip-corrupt)" in \
+        dry.out.splitlines()
+    assert cli.main([*args, "--quiet"]) == 0
+    real = capsys.readouterr()
+    assert dry.err == real.err == (f"gpu-pitr: warning: {bad}: offset 0: skipped: "
+                                   "unsupported version 2 (expected 1)\n")
+    refused = _cli("restore", str(wal), "--out", str(tmp_path / "y.npz"), "--dry-run")
+    assert (refused.returncode, refused.stderr) == (
+        1, f"gpu-pitr: error: {bad}: offset 0: unsupported version 2 (expected 1)\n")
+
+
+def test_a_damaged_first_header_is_met_before_any_target_stops(tmp_path):
+    # No record comes before it: whatever the target, the restore reads it first.
+    log = LogBuilder(created=1000)
+    log.put_file(segment_name(500), b"XXXX\x01\x00\x00\x00" + bytes(8))
+    log.add(Ins("a", [1.0], ts=10))
+    wal = log.write(tmp_path / "wal")
+    want = _outcome(lambda: gpu_pitr.restore(wal, backend="cpu", to_time=10))
+    assert want[:2] == ("error", BadSegmentError)
+    assert _outcome(lambda: plan_restore(wal, to_time=10)) == want
+    report = gpu_pitr.restore(wal, backend="cpu", to_time=10, skip_corrupt=True).report
+    assert plan_restore(wal, to_time=10, skip_corrupt=True)["skipped"] == \
+        report.to_dict()["skipped"] != []
+
+
+def test_the_plan_warns_of_a_base_restored_past_damage_or_missing_records(tmp_path):
+    # A base whose own restore skipped a damaged file (--skip-corrupt), or went past
+    # seqs missing inside the log: the restore from it warns of both (its stored
+    # reports say them), and --strict refuses the missing seqs; the dry run said
+    # neither.
+    from gpu_pitr.errors import TargetNotReachedError
+
+    wal, _, recs = _bad_middle(tmp_path)
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", skip_corrupt=True,
+                                   to_position=f"{recs[2].file}:{recs[2].offset}"),
+                  snaps / "past_damage")
+    log = LogBuilder(created=1000)
+    for k, seq in enumerate((0, 1, 5, 6, 7)):
+        log.add(Ins(f"j{k}", [float(k)], ts=10 + k), seq=seq)
+    jumped = log.write(tmp_path / "jumped")
+    snapshot.save(gpu_pitr.restore(jumped, backend="cpu", to_seq=6), snaps / "missing")
+    for wal_dir, snap in ((wal, snaps / "past_damage"), (jumped, snaps / "missing")):
+        report = gpu_pitr.restore(wal_dir, base=snap, backend="cpu").report
+        assert len(report.warnings) == 1, report.warnings
+        assert plan_restore(wal_dir, base=snap)["warnings"] == report.warnings
+    assert "was restored past damage with skip_corrupt" in plan_restore(
+        wal, base=snaps / "past_damage")["warnings"][0]
+    with pytest.raises(TargetNotReachedError) as want:
+        gpu_pitr.restore(jumped, base=snaps / "missing", backend="cpu", strict=True)
+    with pytest.raises(TargetNotReachedError) as got:
+        plan_restore(jumped, base=snaps / "missing", strict=True)
+    assert str(got.value) == str(want.value)
+    assert "records are missing from the log the base snapshot" in str(got.value)
+    # No log after it at all: both, in the restore's order; and an entry named like a
+    # segment that is not read, which the restore warns of first.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / segment_name(5)).mkdir()
+    whole = tmp_path / "whole"  # (at the end of its segment: no gap after it)
+    snapshot.save(gpu_pitr.restore(jumped, backend="cpu"), whole)
+    for strict in (False, True):
+        kw = {"base": whole, "strict": strict}
+        want = _outcome(lambda kw=kw: gpu_pitr.restore(empty, backend="cpu", **kw).report)
+        got = _outcome(lambda kw=kw: plan_restore(empty, **kw))
+        if strict:
+            assert got == want and "; also: the base snapshot's state alone" in got[2]
+        else:
+            assert got[1]["warnings"] == want[1].warnings and len(want[1].warnings) == 3
+            assert want[1].warnings[0].startswith(f"{segment_name(5)}: named like a segment")
+
+
+def test_a_wrong_seq_at_the_snapshots_position_is_refused_alike(tmp_path):
+    """Already so before the dry run's skip_corrupt (a check, not a fix): the record at a
+    base's position, and its last record, are read by ``base_mismatch``, which the
+    plan's base choice (``_base_for``) shares with the restore."""
+    def log_of(third: int) -> LogBuilder:
+        log = LogBuilder(created=1000)
+        for k in range(2):
+            log.add(Ins(f"a{k}", [float(k)], ts=10 + k))
+        log.add(Ins("a2", [2.0], ts=12), seq=third)
+        log.new_segment(2000)
+        log.add(Ins("b", [3.0], ts=20), seq=third + 1)
+        return log
+
+    wal = log_of(2).write(tmp_path / "wal")
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=2, exclusive=True),
+                  snaps / "s")
+    assert read_manifest(snaps / "s")["position"]["seq"] == 2
+    # The segment replaced by a log whose record at the position is seq 9 (its last
+    # record before it the same bytes).
+    shutil.rmtree(wal)
+    wal = log_of(9).write(tmp_path / "wal")
+    want = _outcome(lambda: gpu_pitr.restore(wal, base=snaps / "s", backend="cpu"))
+    assert want[:2] == ("error", gpu_pitr.errors.BaseMismatchError)
+    assert "the record there has seq 9, the snapshot recorded 2: not this log" in want[2]
+    assert _outcome(lambda: plan_restore(wal, base=snaps / "s")) == want
+    # --snapshots passes it over, as the restore does.
+    report = gpu_pitr.restore(wal, snapshots=snaps, backend="cpu").report
+    plan = plan_restore(wal, snapshots=snaps)
+    assert plan["base"] is None and report.base is None
+    assert "; ".join(plan["notes"]) == report.message != ""
+
+
+def test_the_first_record_is_judged_past_the_damaged_headers_the_restore_goes_past(tmp_path):
+    # With --skip-corrupt the restore skips a first file whose header is damaged, and
+    # judges the log's start at the next file's first record (naming what it skipped);
+    # the plan judged nothing past a damaged header, and said the restore would run.
+    log = LogBuilder(created=1000, first_seq=5)
+    log.put_file(segment_name(500), b"XXXX\x01\x00\x00\x00" + bytes(8))
+    log.add(Ins("a", [1.0], ts=10))
+    wal = log.write(tmp_path / "start")
+    for skip in (False, True):
+        want = _outcome(lambda skip=skip: gpu_pitr.restore(wal, backend="cpu",
+                                                           skip_corrupt=skip))
+        assert want[:2] == ("error", IncompleteHistoryError if skip else BadSegmentError)
+        assert _outcome(lambda skip=skip: plan_restore(wal, skip_corrupt=skip)) == want
+    assert "it is in what --skip-corrupt skipped: " in want[2]
+    # After a base whose segment is gone (at its end): the first record after the
+    # damaged file must be its last seq + 1. Skipped (--skip-corrupt), or passed over
+    # after a base that is itself the stop (damage after it), the restore judges it.
+    log = LogBuilder(created=1000)
+    for k in range(3):
+        log.add(Ins(f"a{k}", [float(k)], ts=10 + k))
+    log.put_file(segment_name(2000), b"XXXX\x01\x00\x00\x00" + bytes(8))
+    log.new_segment(3000)
+    log.add(Ins("c", [3.0], ts=30), seq=9)
+    wal = Path(log.write(tmp_path / "after"))
+    snap = tmp_path / "snap"
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=2), snap)
+    (wal / segment_name(1000)).unlink()
+    for kw in ({"skip_corrupt": True}, {"to_seq": 2}, {"to_seq": 2, "skip_corrupt": True}):
+        want = _outcome(lambda kw=kw: gpu_pitr.restore(wal, base=snap, backend="cpu", **kw))
+        assert want[:2] == ("error", IncompleteHistoryError), kw
+        assert "the log resumes at seq 9, not 3" in want[2]
+        assert _outcome(lambda kw=kw: plan_restore(wal, base=snap, **kw)) == want, kw
