@@ -216,9 +216,11 @@ def _parser() -> argparse.ArgumentParser:
     records.add_argument("--id", type=_record_id, action="append", metavar="ID",
                          help="the history of id ID (pg_waldump --relation): its inserts, "
                          "updates and deletes, and the batches with an entry of it (only "
-                         "its entries printed, and a count of the others); matched by its "
-                         "exact bytes; repeat for several ids (any of them); an id that "
-                         "begins with '-': --id=-ID")
+                         "its entries printed, and a count of the others), each one in a "
+                         "transaction with how that ended (committed, and where; aborted or "
+                         "open at the end of the log: discarded); matched by its exact "
+                         "bytes; repeat for several ids (any of them); an id that begins "
+                         "with '-': --id=-ID")
     records.add_argument("--limit", type=_count, metavar="N", help="stop after N items")
 
     verify = commands.add_parser(

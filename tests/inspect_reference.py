@@ -328,18 +328,30 @@ def id_history(wal_dir: str | os.PathLike, ids) -> list[dict]:
     pure-Python reader and codec: each decodable data record that is an Insert, Update
     or Delete of one of ``ids`` (text, compared as text: exact code points, so exact
     UTF-8 bytes) or a Batch with an entry of one at any depth, in log order, as
-    ``{file, offset, seq, variant, transaction}`` (the SPEC section 3 transaction it
-    belongs to: the one begun most recently of those open, or None) and, for a batch,
+    ``{file, offset, seq, variant, transaction, transaction_outcome}`` (the SPEC section
+    3 transaction it belongs to: the one begun most recently of those open, or None;
+    and how that use of the id ended: ``{outcome, end}``, ``committed`` or ``aborted``
+    with the place and stamp of the Commit or Abort that closed it, or ``open`` at the
+    end of the log with ``end`` None; None outside a transaction) and, for a batch,
     ``id_entries``: the indices of the id's entries among its entries flattened (a
-    nested batch before its own entries). Damage is never listed."""
+    nested batch before its own entries). Damage is never listed. Every record held,
+    the outcomes filled in at the end: slow on purpose."""
     wanted = set(ids)
     out = []
-    for scan, rec, entry, owner in decoded_records(wal_dir):
-        if isinstance(entry, BeginTransaction | CommitTransaction | AbortTransaction
-                      | Checkpoint):
+    ends: dict[tuple, dict] = {}  # a transaction's Begin's place -> how it ended
+    for scan, rec, entry, owner, use in _decoded_uses(wal_dir):
+        at = {"file": scan.path.name, "offset": rec.offset, "seq": rec.seq,
+              "timestamp": entry.timestamp}
+        if isinstance(entry, CommitTransaction | AbortTransaction):
+            if use is not None:  # (the Begin it closes; None: an anomaly)
+                ends[use] = {"outcome": "committed" if isinstance(entry, CommitTransaction)
+                             else "aborted", "end": at}
+            continue
+        if isinstance(entry, BeginTransaction | Checkpoint):
             continue
         doc = {"file": scan.path.name, "offset": rec.offset, "seq": rec.seq,
-               "variant": type(entry).__name__, "transaction": owner}
+               "variant": type(entry).__name__, "transaction": owner,
+               "transaction_outcome": use}
         if isinstance(entry, Batch):
             doc["id_entries"] = [k for k, e in enumerate(_nested_entries(entry))
                                  if getattr(e, "id", None) in wanted]
@@ -347,6 +359,10 @@ def id_history(wal_dir: str | os.PathLike, ids) -> list[dict]:
                 out.append(doc)
         elif entry.id in wanted:
             out.append(doc)
+    for doc in out:
+        use = doc["transaction_outcome"]
+        if use is not None:
+            doc["transaction_outcome"] = ends.get(use, {"outcome": "open", "end": None})
     return out
 
 
@@ -356,23 +372,34 @@ def decoded_records(wal_dir: str | os.PathLike) -> Iterator[tuple]:
     a data record, the one it belongs to by SPEC section 3's rule (the one begun most
     recently of those open; a Begin of an open id or an end of one that is not open
     changes nothing), else None."""
-    open_txns: list[int] = []
+    for scan, rec, entry, owner, _ in _decoded_uses(wal_dir):
+        yield scan, rec, entry, owner
+
+
+def _decoded_uses(wal_dir: str | os.PathLike) -> Iterator[tuple]:
+    """``decoded_records``' tuples and, last, which use of a transaction id is meant
+    (ids repeat): its Begin's ``(file, offset)``, for a data record the one it belongs
+    to, for a Commit or an Abort the one it closes; else None."""
+    open_txns: list[tuple[int, tuple]] = []  # (id, its Begin's place), begin order
     for scan in scan_wal_segments(wal_dir):
         for rec in scan.records:
             try:
                 entry, _ = decode_entry(rec.payload)  # (12 zero bytes do not decode)
             except PayloadError:
                 continue
-            owner = None
+            owner = use = None
             if isinstance(entry, BeginTransaction):
-                if entry.transaction_id not in open_txns:
-                    open_txns.append(entry.transaction_id)
+                if entry.transaction_id not in [t for t, _ in open_txns]:
+                    open_txns.append((entry.transaction_id, (scan.path.name, rec.offset)))
             elif isinstance(entry, CommitTransaction | AbortTransaction):
-                if entry.transaction_id in open_txns:
-                    open_txns.remove(entry.transaction_id)
+                for k, (txn, begin) in enumerate(open_txns):
+                    if txn == entry.transaction_id:
+                        use = begin
+                        del open_txns[k]
+                        break
             elif not isinstance(entry, Checkpoint) and open_txns:
-                owner = open_txns[-1]
-            yield scan, rec, entry, owner
+                owner, use = open_txns[-1]
+            yield scan, rec, entry, owner, use
 
 
 def id_history_of(items) -> list[dict]:
@@ -382,6 +409,8 @@ def id_history_of(items) -> list[dict]:
         assert "damage" not in doc, doc
         got = {k: doc[k] for k in ("file", "offset", "seq", "variant")}
         got["transaction"] = doc.get("transaction")
+        got["transaction_outcome"] = doc.get("transaction_outcome")
+        assert (got["transaction"] is None) == (got["transaction_outcome"] is None), doc
         if doc["variant"] == "Batch":
             got["id_entries"] = doc["id_entries"]
         out.append(got)

@@ -29,7 +29,7 @@ from workloads import (
     workloads,
 )
 
-from gpu_pitr.format.dump import record_lines, wal_records
+from gpu_pitr.format.dump import record_lines, wal_records, wal_transactions
 
 
 def listed(wal_dir, ids, **kw) -> list[dict]:
@@ -54,9 +54,11 @@ def ids_in(wal_dir) -> list[str]:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_the_history_of_an_id_is_the_references(tmp_path_factory, data):
-    """Random workloads (nested batches, transactions and their anomalies, restarts,
-    unicode and NUL ids, damage): one id, several, one in no record; then with each
-    other filter (AND): a transaction, a time range, a seq range, a limit."""
+    """Random workloads (nested batches, transactions committed, aborted, open at the
+    end and their anomalies, restarts, unicode and NUL ids, damage): one id, several,
+    one in no record, each record's transaction and how it ended; then with each other
+    filter (AND): a transaction, a time range, a seq range, a limit (which stops the
+    first pass early)."""
     wl = data.draw(workloads(), label="workload")
     wal_dir = Path(wl.write(tmp_path_factory.mktemp("ids") / "wal"))
     present = ids_in(wal_dir)
@@ -69,6 +71,13 @@ def test_the_history_of_an_id_is_the_references(tmp_path_factory, data):
     assert listed(wal_dir, several) == id_history(wal_dir, several)
     assert listed(wal_dir, tuple(several)) == listed(wal_dir, set(several))
     want = id_history(wal_dir, [one])
+    # Each outcome is the one ``inspect --transactions`` gives that transaction.
+    rows = [r for r in wal_transactions(wal_dir) if r.get("outcome") not in (None, "anomaly")]
+    for d in want:
+        if d["transaction"] is not None:
+            outcome = d["transaction_outcome"]
+            assert any((r["transaction"], r["outcome"], r["end"]) == (
+                d["transaction"], outcome["outcome"], outcome["end"]) for r in rows), d
     # The other filters: what they keep of the whole listing, and of the id's records.
     everything = {(d["file"], d["offset"]): d for d in wal_records(wal_dir)}
     for txn in {d["transaction"] for d in want if d["transaction"] is not None}:
@@ -84,11 +93,13 @@ def test_the_history_of_an_id_is_the_references(tmp_path_factory, data):
         k = data.draw(st.integers(1, len(want)), label="limit")
         assert listed(wal_dir, one, limit=k) == want[:k]
     # Each record listed whole, as the listing without the filter gives it, plus which
-    # of a batch's entries are the id's.
+    # of a batch's entries are the id's and how its transaction ended.
     for doc in wal_records(wal_dir, id=one):
         same = everything[doc["file"], doc["offset"]]
-        assert {k: v for k, v in doc.items() if k != "id_entries"} == same
+        assert {k: v for k, v in doc.items()
+                if k not in ("id_entries", "transaction_outcome")} == same
         assert ("id_entries" in doc) == (doc["variant"] == "Batch")
+        assert ("transaction_outcome" in doc) == ("transaction" in doc)
 
 
 def test_ids_whose_keys_collide_stay_apart(tmp_path):
@@ -207,8 +218,8 @@ def test_the_argument_forms(tmp_path):
 def test_cli_lists_the_history_and_only_the_ids_entries_of_a_batch(tmp_path):
     """``--id`` implies ``--records`` and repeats; a batch prints the id's entries and how
     many others it holds; ``--json`` keeps the entries whole and says which are the
-    id's; each record names its transaction, so an update inside one aborted shows as
-    such with ``inspect --transactions --transaction X``."""
+    id's; each record names its transaction and how it ended, so an update inside one
+    aborted shows as discarded, where it shows the Commit's place of one committed."""
     b = LogBuilder()
     b.add(Ins("doc-5", f32(1, 2), {"src": "feed"}, T0))                   # 0
     b.add(Begin(9, T0 + 1))                                               # 1
@@ -236,11 +247,17 @@ def test_cli_lists_the_history_and_only_the_ids_entries_of_a_batch(tmp_path):
         "seq 6",
         '  2026-11-26T10:00:04Z Insert "doc-5" dim 2 metadata null']
     assert lines[1] == (f"{name}: offset {lines[1].split(': offset ')[1].split(':')[0]}: "
-                        "seq 2: 2026-11-26T10:00:01Z Batch of 2 entries (in transaction 9)")
+                        "seq 2: 2026-11-26T10:00:01Z Batch of 2 entries (in transaction 9: "
+                        f"aborted at {name}:{_offset_of(wal_dir, 3)}, seq 3: discarded)")
+    assert lines[0].endswith("metadata {\"src\": \"feed\"}")  # (in no transaction)
+    assert lines[6].endswith(f"Batch of 1 entries (in transaction 10: committed at "
+                             f"{name}:{_offset_of(wal_dir, 7)}, seq 7)")
     proc = cli("inspect", wal_dir, "--id", "doc-7", "--id", "doc-6", "--json",
                wal_dir=wal_dir)
     (doc,) = [json.loads(line) for line in proc.stdout.splitlines()]
     assert doc["seq"] == 2 and doc["id_entries"] == [0, 3] and doc["transaction"] == 9
+    assert doc["transaction_outcome"] == {"outcome": "aborted", "end": {
+        "file": name, "offset": _offset_of(wal_dir, 3), "seq": 3, "timestamp": T0 + 2}}
     assert [e["variant"] for e in doc["entry"]["entries"]] == [
         "Update", "Batch", "Update", "Delete"]
     assert [line.split("Z ", 1)[-1] for line in record_lines(doc)[1:]] == [
@@ -261,6 +278,96 @@ def test_cli_lists_the_history_and_only_the_ids_entries_of_a_batch(tmp_path):
     assert proc.stderr == 'note: no record of ids "doc-5", "x" passes the other filters\n'
     proc = cli("inspect", wal_dir, "--id=-x", wal_dir=wal_dir)
     assert proc.returncode == 0 and 'id "-x"' in proc.stderr
+
+
+def _offset_of(wal_dir, seq: int) -> int:
+    """The offset of the record with sequence number ``seq`` (one in the log)."""
+    (doc,) = wal_records(wal_dir, first_seq=seq, last_seq=seq)
+    return doc["offset"]
+
+
+def test_each_record_says_how_its_transaction_ended(tmp_path):
+    """An operator reading one id's history learns which writes ever took effect: each
+    record in a transaction says whether that transaction committed (and where, a place
+    ``--to-position`` takes), aborted, or was still open at the end of the log
+    (discarded as in flight), by SPEC section 3's rules: the record belongs to the
+    transaction begun most recently of those open, a Begin of an open id or an end of
+    one not open changes nothing, and an id used again is another transaction, which
+    ends on its own. Records outside a transaction are their own commit points: no
+    outcome. Across rotations, pieces of 64 bytes, with a limit that stops the first
+    pass before the log's end, and alongside ``inspect --transactions``."""
+    b = LogBuilder()
+    b.add(Begin(1, T0))                                                   # 0
+    b.add(Ins("d", f32(1), None, T0))                                     # 1: in 1
+    b.add(Begin(2, T0 + 1))                                               # 2
+    b.add(Upd("d", f32(2), None, T0 + 1))                                 # 3: in 2
+    b.add(Begin(1, T0 + 1))                                               # 4: anomaly
+    b.add(Del("d", T0 + 1))                                               # 5: still 2's
+    b.add(Abort(2, T0 + 2))                                               # 6
+    b.add(Abort(7, T0 + 2))                                               # 7: anomaly
+    b.add(Upd("d", f32(3), None, T0 + 2))                                 # 8: in 1
+    b.new_segment(0x5F5E200)
+    b.add(Commit(1, T0 + 3))                                              # 9
+    b.add(Del("d", T0 + 4))                                               # 10: none
+    b.add(Begin(2, T0 + 5))                                               # 11: 2 again
+    b.add(Batch([Ins("x", f32(0), None, T0 + 5), Ins("d", f32(4), None, T0 + 5)],
+                T0 + 5))                                                  # 12: in 2 again
+    b.add(Commit(2, T0 + 6))                                              # 13
+    b.add(Begin(3, T0 + 7))                                               # 14
+    b.add(Ins("d", f32(5), None, T0 + 7))                                 # 15: open at end
+    wal_dir = Path(b.write(tmp_path / "w"))
+    first, second = sorted(p.name for p in wal_dir.glob("wal-*.log"))
+
+    def end(name, seq, stamp):
+        return {"file": name, "offset": _offset_of(wal_dir, seq), "seq": seq,
+                "timestamp": stamp}
+
+    committed_1 = {"outcome": "committed", "end": end(second, 9, T0 + 3)}
+    aborted_2 = {"outcome": "aborted", "end": end(first, 6, T0 + 2)}
+    want = [(1, 1, committed_1), (3, 2, aborted_2), (5, 2, aborted_2),
+            (8, 1, committed_1), (10, None, None),
+            (12, 2, {"outcome": "committed", "end": end(second, 13, T0 + 6)}),
+            (15, 3, {"outcome": "open", "end": None})]
+    for chunk in (None, 64):
+        got = [(d["seq"], d.get("transaction"), d.get("transaction_outcome"))
+               for d in wal_records(wal_dir, id="d", chunk_bytes=chunk)]
+        assert got == want, chunk
+        for k in range(1, len(want) + 1):
+            got = [(d["seq"], d.get("transaction"), d.get("transaction_outcome"))
+                   for d in wal_records(wal_dir, id="d", chunk_bytes=chunk, limit=k)]
+            assert got == want[:k], (chunk, k)
+    assert listed(wal_dir, "d") == id_history(wal_dir, ["d"])
+    # With the other filters: the outcome is the transaction's, whatever they keep.
+    assert [(d["seq"], d["transaction_outcome"]) for d in wal_records(
+        wal_dir, id="d", first_seq=4, last_seq=9)] == [(5, aborted_2), (8, committed_1)]
+    assert [(d["seq"], d["transaction_outcome"]) for d in wal_records(
+        wal_dir, id="d", transaction=1)] == [(1, committed_1), (8, committed_1)]
+    # The same ends as inspect --transactions gives those transactions.
+    rows = {(r["transaction"], r["begin"]["seq"]): (r["outcome"], r["end"])
+            for r in wal_transactions(wal_dir) if r["outcome"] != "anomaly"}
+    assert rows[1, 0] == ("committed", committed_1["end"])
+    assert rows[2, 2] == ("aborted", aborted_2["end"])
+    assert rows[3, 14] == ("open", None)
+    # The words: committed with its place, aborted or open as discarded.
+    proc = cli("inspect", wal_dir, "--id", "d", wal_dir=wal_dir)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    tails = [line.split(" (", 1)[1] if " (in" in line else None
+             for line in proc.stdout.splitlines() if line.startswith("wal-")]
+    assert tails == [
+        f"in transaction 1: committed at {second}:{_offset_of(wal_dir, 9)}, seq 9)",
+        f"in transaction 2: aborted at {first}:{_offset_of(wal_dir, 6)}, seq 6: discarded)",
+        f"in transaction 2: aborted at {first}:{_offset_of(wal_dir, 6)}, seq 6: discarded)",
+        f"in transaction 1: committed at {second}:{_offset_of(wal_dir, 9)}, seq 9)",
+        None,
+        f"in transaction 2: committed at {second}:{_offset_of(wal_dir, 13)}, seq 13)",
+        "in transaction 3: still open at the end of the log: discarded, in flight)"]
+    proc = cli("inspect", wal_dir, "--id", "d", "--json", wal_dir=wal_dir)
+    docs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [d.get("transaction_outcome") for d in docs] == [w[2] for w in want]
+    # Without --id the listing is as before: no outcome, no first pass.
+    assert not any("transaction_outcome" in d for d in wal_records(wal_dir))
+    assert [line for doc in wal_records(wal_dir, first_seq=15)
+            for line in record_lines(doc)][0].endswith("(in transaction 3)")
 
 
 def test_cli_usage_errors_and_help(tmp_path):

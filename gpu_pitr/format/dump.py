@@ -106,12 +106,19 @@ def wal_records(
     with an entry of it at any depth, so "when did doc-5 change, and to what?" lists
     without the rest of the log; a batch kept so also has ``id_entries``, the indices
     in its ``entry["entries"]`` of the entries of the id (the others stay there, as
-    the listing without the filter gives them). Ids match by their UTF-8 bytes
-    exactly (the 64-bit id key only finds the candidates in compiled code, each
-    confirmed byte for byte; an id that is not valid Unicode text, a lone surrogate,
-    is in no log and matches nothing). Damage is left out, undecodable records
-    included: no id can be read from one. ``limit`` stops after that many items. The
-    filters combine: a record is listed when every filter given keeps it.
+    the listing without the filter gives them), and a record kept so that is in a
+    transaction has ``transaction_outcome``, whether the write ever took effect:
+    ``outcome`` (``committed``, ``aborted`` or ``open``: still open at the end of the
+    log, so discarded as in flight) and ``end`` (``file``, ``offset``, ``seq``,
+    ``timestamp`` of its Commit or Abort, or None), as ``wal_transactions`` gives that
+    use of the id (a transaction ends after its records, so this takes a first pass
+    over the log, the transaction walk without the codec: only with ``id``). Ids
+    match by their UTF-8 bytes exactly (the 64-bit id key only finds the candidates in
+    compiled code, each confirmed byte for byte; an id that is not valid Unicode text,
+    a lone surrogate, is in no log and matches nothing). Damage is left out,
+    undecodable records included: no id can be read from one. ``limit`` stops after
+    that many items. The filters combine: a record is listed when every filter given
+    keeps it.
 
     Raises:
         ValueError: a time that is not one, a seq that is not an integer, an id that
@@ -137,6 +144,14 @@ def wal_records(
     by_time = since is not None or until is not None
     left = limit
     txns = _Transactions(listing=False)
+    outcomes = None
+    if wanted is not None:  # a first pass: how the listed records' transactions end
+        outcomes = _outcomes(
+            segments, chunk_bytes,
+            lambda item, c, owned, owner, among: _kept(
+                item, c, owned, owner, since, until, first_seq, last_seq, by_time,
+                transaction, wanted, among)[0],
+            limit)
 
     def pieces():
         for item, cols in _parsed_pieces(segments, chunk_bytes):
@@ -149,7 +164,7 @@ def wal_records(
                 yield from _piece(item, segments[item.segment].name, cols, since, until,
                                   first_seq, last_seq, by_seq, by_time,
                                   txns.owners(item, item.segment, cols), transaction,
-                                  wanted)
+                                  wanted, outcomes)
                 if item.torn is not None and not (by_seq or by_time):
                     at, lost = item.torn
                     doc = _damage(segments[item.segment].name, at, None, "torn_tail", None,
@@ -386,10 +401,13 @@ class _Transactions:
 
     ``since``, ``until`` and ``transaction``: the rows to list (those ``wal_transactions``
     keeps, None where not given; with any of them given, a bound of the whole range
-    included, no damage items). ``listing=False``: nothing at all."""
+    included, no damage items). ``listing=False``: nothing at all. ``counts=False``: the
+    rows' counts are left at 0 (``_data_counts`` not run), and no damage items listed:
+    what ``_outcomes`` walks for, only where each transaction ends."""
 
     def __init__(self, since: int | None = None, until: int | None = None,
-                 transaction: int | None = None, listing: bool = True) -> None:
+                 transaction: int | None = None, listing: bool = True,
+                 counts: bool = True) -> None:
         self.open = _new_txn_map()
         self.slot_u = np.zeros((0, 3), np.uint64)
         self.slot_i = np.zeros((0, 8), np.int64)
@@ -397,15 +415,18 @@ class _Transactions:
         self.begun = np.zeros((0, 2), np.int64)
         self.state = np.zeros(7, np.int64)
         self.state[_ZEROS_SEG] = -1
-        filtered = not listing or any(f is not None for f in (since, until, transaction))
+        filtered = (not listing or not counts
+                    or any(f is not None for f in (since, until, transaction)))
+        self.counts = listing and counts
         self.state[_FILTERED] = (_NO_DAMAGE * filtered + _ONE_ID * (transaction is not None)
                                  + _NO_ROWS * (not listing))
         self.bounds = np.array([since or 0, U64_MAX if until is None else until,
                                 transaction or 0], np.uint64)
-        self.ev_i = np.zeros((_EVENTS, 10), np.int64)
+        self.ev_i = np.zeros((_EVENTS, 11), np.int64)
         self.ev_u = np.zeros((_EVENTS, 3), np.uint64)
         self.owned = np.zeros(0, np.bool_)
         self.owner = np.zeros(0, np.uint64)
+        self.owner_order = np.zeros(0, np.int64)
         self._grow()
 
     @property
@@ -440,25 +461,28 @@ class _Transactions:
             for e in range(m):
                 yield self._item(item, name, segments, foff, c, e)
 
-    def owners(self, item, seg: int, c) -> tuple[np.ndarray, np.ndarray]:
+    def owners(self, item, seg: int, c) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Of each record of one framed piece (its records parsed into ``c``), whether it
-        is a data record inside a transaction, and that transaction's id: ``(owned,
-        owner)``, valid until the next piece. The walk lists nothing (``listing=False``);
-        a record nested deeper than the parse's stack has its columns parsed again."""
+        is a data record inside a transaction, that transaction's id and its begin order
+        (which transaction, where ids repeat: ``_Outcomes``' key): ``(owned, owner,
+        owner_order)``, valid until the next piece. The walk lists nothing
+        (``listing=False``); a record nested deeper than the parse's stack has its
+        columns parsed again."""
         for m, _ in self._walk(item, seg, c):
             assert m == 0  # (nothing is listed)
-        return self.owned[:item.n], self.owner[:item.n]
+        n = item.n
+        return self.owned[:n], self.owner[:n], self.owner_order[:n]
 
     def _walk(self, item, seg: int, c) -> Iterator[tuple[int, np.ndarray]]:
         """Walk one piece in ``_txn_walk``: each time it stops, the count of events in
         ``ev_i`` (valid until the next) and the piece's records' file offsets. Fills
-        ``owned`` and ``owner`` for the piece."""
+        ``owned``, ``owner`` and ``owner_order`` for the piece."""
         n = item.n
         if not n:
             return
         data = np.zeros((n, len(_COUNTED)), np.int64)
         stack = np.empty(MAX_BATCH_DEPTH, np.int64)
-        if self.state[_FILTERED] & _NO_ROWS:  # no rows to count for: deep records parsed
+        if not self.counts:  # no rows to count for: deep records parsed
             _parsed_deeper(item.buf, n, item.off, item.length, stack, c.status, c.kind,
                            c.ts, c.aux, c.stop, c.e_op, c.e_key)
         else:
@@ -470,20 +494,22 @@ class _Transactions:
         if len(self.owned) < n:
             self.owned = np.zeros(n, np.bool_)
             self.owner = np.zeros(n, np.uint64)
+            self.owner_order = np.zeros(n, np.int64)
         self.owned[:n] = False
         i = 0
         while i < n:
             i, m, more_room = _txn_walk(
                 i, n, seg, c.status, c.kind, c.aux, c.ts, item.seq, foff, zero, data,
                 self.open, self.slot_u, self.slot_i, self.free, self.begun, self.state,
-                self.bounds, self.ev_i, self.ev_u, self.owned, self.owner)
+                self.bounds, self.ev_i, self.ev_u, self.owned, self.owner,
+                self.owner_order)
             yield m, foff
             if more_room:
                 self._grow()
 
     def _item(self, item, name: str, segments: list, foff, c, e: int) -> dict:
         """The listed item of event ``e``."""
-        code, i, k, seg, off, *counts = self.ev_i[e].tolist()
+        code, i, k, seg, off, *counts, _ = self.ev_i[e].tolist()  # (_: begin order)
         txn, seq, ts = self.ev_u[e].tolist()
         at = foff[i].item()
         if code == _EV_ZEROS:  # ``k``: how many records
@@ -543,18 +569,19 @@ _COUNTED = ("records", "inserts", "updates", "deletes")
 
 @njit(cache=True, nogil=True)
 def _txn_walk(i, n, seg, status, kind, aux, ts, seq, foff, zero, data, open_txns, slot_u,
-              slot_i, free, begun, state, bounds, ev_i, ev_u, owned, owner):
+              slot_i, free, begun, state, bounds, ev_i, ev_u, owned, owner, owner_order):
     """Walk records ``i..n-1`` of a piece in log order under SPEC section 3's transaction
     rules; returns ``(next record, events, whether a slot is wanted)``. Stops early when
     ``ev_i`` is full or no slot is free for a Begin (the caller grows the tables).
 
     A Begin opens its id unless it is open already, a Commit or an Abort closes it; a
     data record belongs to the one begun most recently of those open: ``owned[i]``,
-    ``owner[i]`` its id, and ``data[i]`` (``_data_counts``) is added to its slot. The
-    newest open one is the top of a stack of begins (``begun``: slot and begin order)
-    from which ended ones are popped when they reach the top, so each lookup is O(1)
-    and each end amortized O(1) (a lookup walking past ended ones was quadratic: a log
-    closing its transactions newest first, 200,000 open, took 14 s).
+    ``owner[i]`` its id, ``owner_order[i]`` its begin order (which use of the id: ids
+    repeat after a writer restart), and ``data[i]`` (``_data_counts``) is added to its
+    slot. The newest open one is the top of a stack of begins (``begun``: slot and
+    begin order) from which ended ones are popped when they reach the top, so each
+    lookup is O(1) and each end amortized O(1) (a lookup walking past ended ones was
+    quadratic: a log closing its transactions newest first, 200,000 open, took 14 s).
 
     Events: a transaction ended (its slot's begin and counts copied out), a Begin of an
     open id (the open one's begin), an end of one not open, damage (counted always,
@@ -598,6 +625,7 @@ def _txn_walk(i, n, seg, status, kind, aux, ts, seq, foff, zero, data, open_txns
                 s = begun[top - 1, 0]
                 owned[i] = True
                 owner[i] = slot_u[s, 0]
+                owner_order[i] = slot_i[s, _S_ORDER]
                 for f in range(4):
                     slot_i[s, _S_RECORDS + f] += data[i, f]
             i += 1
@@ -676,7 +704,7 @@ def _txn_walk(i, n, seg, status, kind, aux, ts, seq, foff, zero, data, open_txns
 def _event(ev_i, ev_u, m, code, i, k, txn, slot_u, slot_i, s, damage):
     """Event ``m``: ``code`` at record ``i`` (of kind ``k``) for ``txn``, with the begin
     and counts of slot ``s`` (its damage items: ``damage``, the count now, less the
-    count at its Begin)."""
+    count at its Begin) and its begin order."""
     ev_i[m, 0] = code
     ev_i[m, 1] = i
     ev_i[m, 2] = k
@@ -685,6 +713,7 @@ def _event(ev_i, ev_u, m, code, i, k, txn, slot_u, slot_i, s, damage):
     for f in range(4):
         ev_i[m, 5 + f] = slot_i[s, _S_RECORDS + f]
     ev_i[m, 9] = damage - slot_i[s, _S_DAMAGE]
+    ev_i[m, 10] = slot_i[s, _S_ORDER]
     ev_u[m, 0] = txn
     ev_u[m, 1] = slot_u[s, 1]
     ev_u[m, 2] = slot_u[s, 2]
@@ -804,42 +833,19 @@ def _zero_runs_joined(docs: Iterator[dict]) -> Iterator[dict]:
 
 
 def _piece(item, name, cols, since, until, first_seq, last_seq, by_seq, by_time, owners,
-           transaction=None, wanted=None):
+           transaction=None, wanted=None, outcomes=None):
     """The items of one framed piece (its records parsed into ``cols``, those nested
     deeper than the parse's stack parsed again: ``_Transactions.owners``, which gives
     ``owners``, each record's transaction), each made as it is asked for: a piece is up
     to a chunk of records, and the dicts of 800,000 small ones held at once took
-    0.7 GB. ``wanted``: the ids of the ``id`` filter (``_WantedIds``), or None."""
+    0.7 GB. ``wanted``: the ids of the ``id`` filter (``_WantedIds``), or None;
+    ``outcomes``: with it, how each transaction that holds a record kept ended
+    (``_outcomes``)."""
     n = item.n
     if n:
-        c = cols
-        owned, owner = owners
-        seq = item.seq[:n]
-        keep = np.ones(n, np.bool_)
-        if first_seq is not None:
-            keep &= seq >= np.uint64(first_seq)
-        if last_seq is not None:
-            keep &= seq <= np.uint64(last_seq)
-        status = c.status[:n]
-        if by_time:
-            ts = c.ts[:n]
-            parsed = status == OK
-            if since is not None:
-                keep &= ~parsed | (ts >= since)
-            if until is not None:
-                keep &= ~parsed | (ts <= until)
-        zero = zerofill.zero_records(item.length[:n], seq)
-        if by_time or transaction is not None or wanted is not None:
-            keep &= ~zero  # no timestamp to place them by, in no transaction, no id
-        if transaction is not None:  # its markers (top level only) and its members
-            want = np.uint64(transaction)
-            keep &= ((owned & (owner == want))
-                     | ((status == OK) & (c.kind[:n] >= BEGIN_TRANSACTION)
-                        & (c.aux[:n] == want)))
-        if wanted is not None:  # last: only the records the other filters keep walked
-            _touching(item.buf, n, item.off, item.length, status, c.kind,
-                      np.empty(MAX_BATCH_DEPTH, np.int64), wanted.keys, wanted.offsets,
-                      wanted.lengths, wanted.arena, keep)
+        owned, owner, order = owners
+        keep, zero = _kept(item, cols, owned, owner, since, until, first_seq, last_seq,
+                           by_time, transaction, wanted)
         rows = np.flatnonzero(keep)
         # A run of zero-filled records back to back is one item (format.zerofill).
         firsts, counts = zerofill.runs(np.zeros(len(rows), np.int64), item.off[rows],
@@ -861,10 +867,138 @@ def _piece(item, name, cols, since, until, first_seq, last_seq, by_seq, by_time,
             else:
                 if owned[i]:
                     doc["transaction"] = owner[i].item()
+                    # (None: not looked for; only were the codec to refuse a record
+                    # the compiled parse accepted, so that a limit lists one more.)
+                    outcome = None if outcomes is None else outcomes.of(order[i].item())
+                    if outcome is not None:
+                        doc["transaction_outcome"] = outcome
                 if wanted is not None and doc["variant"] == "Batch":
                     doc["id_entries"] = [k for k, e in enumerate(doc["entry"]["entries"])
                                          if e.get("id") in wanted.texts]
             yield doc
+
+
+def _kept(item, c, owned, owner, since, until, first_seq, last_seq, by_time,
+          transaction, wanted, among=None) -> tuple[np.ndarray, np.ndarray]:
+    """Of each record of one framed piece (columns ``c``, transactions ``owned`` and
+    ``owner``), whether ``wal_records``' filters keep it, and whether it is
+    zero-filled: ``(keep, zero)``. What the listing prints and what ``_outcomes``
+    looks ahead for, so the two passes keep the same records. ``among``: only these
+    records can be kept (``_outcomes``: those in a transaction, so the id walk skips
+    the rest)."""
+    n = item.n
+    seq = item.seq[:n]
+    keep = np.ones(n, np.bool_) if among is None else among.copy()
+    if first_seq is not None:
+        keep &= seq >= np.uint64(first_seq)
+    if last_seq is not None:
+        keep &= seq <= np.uint64(last_seq)
+    status = c.status[:n]
+    if by_time:
+        ts = c.ts[:n]
+        parsed = status == OK
+        if since is not None:
+            keep &= ~parsed | (ts >= since)
+        if until is not None:
+            keep &= ~parsed | (ts <= until)
+    zero = zerofill.zero_records(item.length[:n], seq)
+    if by_time or transaction is not None or wanted is not None:
+        keep &= ~zero  # no timestamp to place them by, in no transaction, no id
+    if transaction is not None:  # its markers (top level only) and its members
+        want = np.uint64(transaction)
+        keep &= ((owned & (owner == want))
+                 | ((status == OK) & (c.kind[:n] >= BEGIN_TRANSACTION)
+                    & (c.aux[:n] == want)))
+    if wanted is not None:  # last: only the records the other filters keep walked
+        _touching(item.buf, n, item.off, item.length, status, c.kind,
+                  np.empty(MAX_BATCH_DEPTH, np.int64), wanted.keys, wanted.offsets,
+                  wanted.lengths, wanted.arena, keep)
+    return keep, zero
+
+
+class _Outcomes:
+    """How each transaction that holds a record of an id's history ended, by its begin
+    order (``_txn_walk``'s count of the transactions opened, the same in each pass over
+    the same log): sorted columns, 48 bytes a transaction, not a dict each (an id
+    written in a million transactions)."""
+
+    def __init__(self, segments: list, ended: list[tuple], still_open: np.ndarray
+                 ) -> None:
+        self.names = [s.name for s in segments]
+        self.still_open = still_open  # (sorted)
+        cols = [np.concatenate(col) for col in zip(*ended, strict=True)] if ended else [
+            np.zeros(0, t) for t in (np.int64, np.int64, np.int64, np.int64, np.uint64,
+                                     np.uint64)]
+        by = np.argsort(cols[0], kind="stable")
+        self.order, self.kind, self.seg, self.off, self.seq, self.ts = (
+            col[by] for col in cols)
+
+    def of(self, order: int) -> dict | None:
+        """``transaction_outcome`` of the transaction begun ``order``-th: ``outcome``
+        (``committed``, ``aborted``, ``open``: still open at the end of the log, so
+        discarded as in flight) and ``end`` (``file``, ``offset``, ``seq``,
+        ``timestamp`` of its Commit or Abort; None for one open), as ``inspect
+        --transactions`` gives them. None: not looked for (not a kept record's)."""
+        j = int(np.searchsorted(self.order, order))
+        if j == len(self.order) or self.order[j] != order:
+            k = int(np.searchsorted(self.still_open, order))
+            if k < len(self.still_open) and self.still_open[k] == order:
+                return {"outcome": "open", "end": None}
+            return None
+        return {"outcome": _OUTCOME[int(self.kind[j])],
+                "end": {"file": self.names[int(self.seg[j])], "offset": int(self.off[j]),
+                        "seq": int(self.seq[j]), "timestamp": int(self.ts[j])}}
+
+
+def _outcomes(segments: list, chunk_bytes: int | None, select, limit: int | None
+              ) -> _Outcomes:
+    """The first pass of ``wal_records`` with an ``id`` filter: the log walked under
+    SPEC section 3's rules (``_txn_walk``, as ``wal_transactions`` walks it, without
+    its counts), to find how each transaction that holds a record the listing will
+    keep ends. A record is listed before its transaction's Commit or Abort is read,
+    so the listing cannot say it in the same pass without holding the record back
+    until then (to the end of the log, for one open there: unbounded). ``select(item,
+    c, owned, owner, among)``: ``_kept``'s ``keep`` with the listing's filters;
+    ``limit``: the records the listing stops after, so this pass stops once their
+    transactions are known. Holds only the transactions of kept records: those still
+    open as the pieces are read, and those ended. Without a limit only the records in
+    a transaction are walked for the ids (most records are in none: the id walk is
+    most of the listing's compiled time); with one, every record, to count them."""
+    txns = _Transactions(counts=False)
+    ended: list[tuple] = []  # (order, kind, segment, offset, seq, stamp) of those found
+    waiting = np.zeros(0, np.int64)  # begin orders of kept records' open transactions
+    left = limit
+    for item, c in _parsed_pieces(segments, chunk_bytes):
+        if item.problem is not None or not item.n:
+            continue
+        ends = []
+        for m, foff in txns._walk(item, item.segment, c):
+            ev = txns.ev_i[:m]
+            at = ev[ev[:, 0] == _EV_ENDED]
+            rows = at[:, 1]
+            ends.append((at[:, 10], at[:, 2], foff[rows], item.seq[rows], c.ts[rows]))
+        n = item.n
+        owned = txns.owned[:n]
+        if left is None:
+            rows = (np.flatnonzero(select(item, c, owned, txns.owner[:n], owned))
+                    if owned.any() else np.zeros(0, np.int64))
+        else:
+            rows = np.flatnonzero(select(item, c, owned, txns.owner[:n], None))[:left]
+            left -= len(rows)
+            rows = rows[owned[rows]]
+        waiting = np.union1d(waiting, txns.owner_order[rows])
+        if ends and len(waiting):
+            order, kind, off, seq, ts = (np.concatenate(col) for col in zip(*ends,
+                                                                            strict=True))
+            hit = np.isin(order, waiting)
+            if hit.any():
+                ended.append((order[hit], kind[hit], np.full(int(hit.sum()), item.segment,
+                                                             np.int64),
+                              off[hit], seq[hit], ts[hit]))
+                waiting = np.setdiff1d(waiting, order[hit], assume_unique=True)
+        if left == 0 and not len(waiting):
+            break  # (the rest of the log holds nothing the listing prints)
+    return _Outcomes(segments, ended, waiting)  # (waiting: open at the end, if read)
 
 
 @njit(cache=True, nogil=True)
@@ -981,7 +1115,8 @@ def record_lines(doc: dict) -> list[str]:
     """One item of ``wal_records`` for a person: a line, and one more per batch entry;
     of a batch kept by the ``id`` filter (``id_entries``), one per entry of the id (at
     its depth's indentation), then how many others it holds: a bulk batch of 10,000
-    entries is the id's one line, not 10,000."""
+    entries is the id's one line, not 10,000. A record in a transaction says so, and
+    with the ``id`` filter how that transaction ended (``transaction_outcome``)."""
     where = f"{doc['file']}: offset {doc['offset']}"
     if doc["seq"] is not None:
         where += f": seq {doc['seq']}"
@@ -991,7 +1126,8 @@ def record_lines(doc: dict) -> list[str]:
             return [f"{where}: torn tail, {doc['bytes']} bytes lost{note}"]
         return [f"{where}: {doc['damage'].replace('_', ' ')}: {doc['what']}"]
     extra = f" (+{doc['trailing_bytes']} trailing bytes)" if doc["trailing_bytes"] else ""
-    txn = "" if doc.get("transaction") is None else f" (in transaction {doc['transaction']})"
+    txn = ("" if doc.get("transaction") is None else
+           f" (in transaction {doc['transaction']}{_outcome_text(doc)})")
     lines = [f"{where}: {utc_text(doc['timestamp'])} "
              f"{_entry_text(doc['variant'], doc['entry'])}{extra}{txn}"]
     entries = doc["entry"].get("entries", ())
@@ -1006,6 +1142,22 @@ def record_lines(doc: dict) -> list[str]:
                      f"--first-seq {doc['seq']} --last-seq {doc['seq']} lists the batch "
                      "whole)")
     return lines
+
+
+def _outcome_text(doc: dict) -> str:
+    """How the transaction of a record of an id's history ended (``transaction_outcome``),
+    after its id: whether the record ever took effect. The end's place as
+    ``--to-position`` takes it."""
+    outcome = doc.get("transaction_outcome")
+    if outcome is None:
+        return ""
+    end = outcome["end"]
+    if end is None:
+        return ": still open at the end of the log: discarded, in flight"
+    at = f" at {end['file']}:{end['offset']}, seq {end['seq']}"
+    if outcome["outcome"] == "committed":
+        return f": committed{at}"
+    return f": aborted{at}: discarded"
 
 
 def _with_enclosing(entries, shown: list[int]) -> list[int]:
