@@ -12,6 +12,7 @@ removing the outputs not yet in place. Nothing is ever written into the WAL dire
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import functools
 import json
@@ -477,7 +478,41 @@ def main(argv: list[str] | None = None) -> int:
     return _main(argv, restore_signals=True)
 
 
+def _escape_unencodable(stream) -> None:
+    """Print what ``stream``'s encoding cannot hold as JSON's ``\\uXXXX`` escapes: ids
+    and metadata are any Unicode text, and a terminal in a legacy locale (ISO-8859-1),
+    or ``PYTHONIOENCODING=ascii`` in a job's environment, made ``inspect --records`` of
+    a Cyrillic id a traceback after the lines before it. JSON's escapes (a surrogate
+    pair past U+FFFF), not Python's ``\\U0001f600``: ``--records --json`` prints non-ASCII
+    text as it is, and its lines stay JSON (the text lines quote ids as JSON does)."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None and getattr(stream, "errors", None) == "strict":
+        with contextlib.suppress(ValueError, OSError):  # (a stream that cannot change)
+            reconfigure(errors=_JSON_ESCAPES)
+
+
+def _json_escapes(err: UnicodeError) -> tuple[str, int]:
+    """The codec error handler ``_JSON_ESCAPES``: each character the encoding lacks as
+    ``json.dumps`` escapes it (lowercase hex)."""
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    out = []
+    for ch in err.object[err.start:err.end]:
+        code = ord(ch)
+        if code > 0xFFFF:
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    return "".join(out), err.end
+
+
+_JSON_ESCAPES = "gpu_pitr.json_escapes"
+codecs.register_error(_JSON_ESCAPES, _json_escapes)
+
+
 def _main(argv: list[str] | None, restore_signals: bool, on_bus_error: bool = False) -> int:
+    _escape_unencodable(sys.stdout)
     args = None
     try:  # a Ctrl-C while Numba is imported (half a second) is one line too
         args = _parser().parse_args(argv)

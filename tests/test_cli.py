@@ -1006,3 +1006,31 @@ def test_an_undecodable_record_names_what_to_do_next(tmp_path):
     assert proc.returncode == 0 and (tmp_path / "o.npz").exists()
     proc = cli("snapshot", wal_dir, "--out", tmp_path / "s", wal_dir=wal_dir)
     assert proc.returncode == 1 and "--skip-corrupt restores past it" in proc.stderr
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_text_the_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path, encoding):
+    # Ids and metadata are any Unicode text; a terminal in a legacy locale (or
+    # PYTHONIOENCODING in a job's environment) cannot print them. The lines stay whole,
+    # with JSON's escapes where the encoding lacks a character, and --json lines stay
+    # JSON (a surrogate pair past U+FFFF, not Python's \U0001f600).
+    wal = tmp_path / "wal"
+    ident, meta = "ключ-😀-é", {"k": "значение"}
+    with WalWriter(wal) as w:
+        w.append(Insert(id=ident, vector=[1.0, 2.0], metadata=meta, timestamp=100))
+    env = {**os.environ, "PYTHONIOENCODING": encoding}
+
+    def run(*args) -> str:
+        proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "inspect", str(wal),
+                               "--records", *args], capture_output=True, env=env,
+                              timeout=600)
+        assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+        return proc.stdout.decode(encoding)
+
+    # The id as the line quotes it, JSON's way, reads back as the id.
+    line = run()
+    assert json.loads(line[line.index("Insert ") + 7:line.index(" dim ")]) == ident, line
+    assert "é" in line if encoding == "latin-1" else "\\u00e9" in line
+    [doc] = [json.loads(text) for text in run("--json").splitlines()]
+    assert doc["entry"]["id"] == ident and doc["entry"]["metadata"] == meta
+    assert "Insert" in run("--id", ident)
