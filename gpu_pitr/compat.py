@@ -142,9 +142,10 @@ class PointInTimeRestore:
         """``(record sequence number, entry)`` of every record the seed can decode."""
         try:
             mode = os.stat(self.wal_dir).st_mode
-        except OSError:
+        except (OSError, ValueError):
             # Path::exists() in the seed: any error looking it up (not only ENOENT,
-            # where pathlib's exists() raises for ENAMETOOLONG or EACCES) reads as empty.
+            # where pathlib's exists() raises for ENAMETOOLONG or EACCES; a NUL byte in
+            # the name, ValueError here) reads as empty.
             return []
         if not stat.S_ISDIR(mode):
             # The seed fails here too: WalManager::new cannot create the directory.

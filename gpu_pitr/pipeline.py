@@ -1141,7 +1141,7 @@ class _Restore:
         zeros = (": 12 zero bytes, as a file extended but never written leaves; "
                  "--skip-corrupt skips a run of them as one item"
                  if zerofill.zero_records(c.length[i], c.seq[i]) else "")
-        older = ("; it is a whole " + bincode1.OLDER_FORMAT
+        older = (f"; {bincode1.WHOLE_ENTRY}"
                  if bincode1.record_is_bincode1(w["file"], int(c.foff[i])) else "")
         raise CorruptRecordError(
             f"{self._status_text(i)} (record at offset {int(c.foff[i])}{zeros}){older}", **w)
@@ -2196,7 +2196,8 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
     return out
 
 
-def _older_format(trailing: list, examined: int = 8) -> tuple[str, dict] | None:
+def _older_format(trailing: list, examined: int = bincode1.EXAMINED
+                  ) -> tuple[str, dict] | None:
     """The warning, and where, when the records that left bytes over after their payload
     (the first ``examined`` of them) are every one a whole bincode 1.3 entry: a log of an
     oxirs-vec before bincode 2 decodes, as bincode 2, to empty ids and vectors with bytes
@@ -2210,14 +2211,14 @@ def _older_format(trailing: list, examined: int = 8) -> tuple[str, dict] | None:
     where = {k: first[0][k] for k in ("file", "offset", "seq")}
     return (f"{plural(len(trailing), 'record')} left bytes over after the payload, the "
             f"first at {Path(where['file']).name} offset {where['offset']} (seq "
-            f"{where['seq']}), and {_every_one(len(first), len(trailing))}"
-            f" whole entries of {bincode1.OLDER_FORMAT}: the index restored is not this "
-            "log's state", where)
+            f"{where['seq']}), and {_every_one(len(first), len(trailing))} of "
+            f"{bincode1.OLDER_FORMAT}: the index restored is not this log's state", where)
 
 
 def _every_one(examined: int, total: int) -> str:
-    return ("it is" if total == 1 else f"all {total} are" if examined == total
-            else f"the first {examined} are")
+    return ("it is a whole entry" if total == 1
+            else f"all {total} are whole entries" if examined == total
+            else f"the first {examined} are whole entries")
 
 
 def _not_segment_warnings(wal_dir) -> list[str]:
@@ -2360,6 +2361,7 @@ def plan_restore(
     rest = resume_at(pos, segments)
     headers = {seg.name: header_problem_of(seg.path) for seg in rest[0]}
     over = _gone_past(headers, rest[0], snap, target, exclusive, skip_corrupt)
+    zeros = _skipped_zeros(target, skip_corrupt)
     # The gaps a restore allowed to cross them would find, in the order it finds them:
     # it warns of the first (``_Restore._gap``).
     gaps: list[tuple | None] = []
@@ -2369,7 +2371,7 @@ def plan_restore(
         expired = expired_before(wal_path, snap, allow)
         gaps.append(None if expired is None else (expired, None))
         if snap is None:
-            gaps.append(_check_log_start(segments, allow, over))
+            gaps.append(_check_log_start(segments, allow, over, zeros))
         else:
             # (With no segment at all too: ``choose`` takes such a base, and the
             # restore refuses it as it starts.)
@@ -2383,7 +2385,7 @@ def plan_restore(
                 # (The restore judges the first record it reads: none where the base is
                 # the stop and the log after it is not read.)
                 gaps.append(_check_resume(snap.position, later, starts, resume, allow,
-                                          over=over))
+                                          over=over, zeros=zeros))
         # Each segment read whose header is damaged, as the restore meets it: after the
         # checks above (the restore judges its first record where no header is damaged
         # before it), within this try (its error says the damaged snapshots passed over).
@@ -2484,6 +2486,18 @@ def _gone_past(headers: dict, segs: list, snap, target: dict, exclusive: bool,
             for seg in segs if headers[seg.name][0] not in (None, "torn")}
 
 
+def _skipped_zeros(target: dict, skip_corrupt: bool) -> dict | None:
+    """How the restore finds its first record past zero-filled records (``_Restore._chunk``,
+    for ``plan_restore``'s ``_check_resume``): with ``skip_corrupt`` it skips those that
+    lead what it reads, which carry no seq the writer gave, but for a seq 0 target (a
+    zero record is one) and not past a position target's record. None: it judges the
+    first zero record, as seq 0."""
+    if not skip_corrupt or target.get("to_seq") == 0:
+        return None
+    at = target.get("to_position")
+    return {"skip_zeros": True, "stop": None if at is None else (at[0], int(at[1]))}
+
+
 def _read_before_stop(name: str, target: dict) -> bool | None:
     """Whether a restore to ``target`` reads the segment ``name`` (after the first record
     it reads) before its stop point, as known before reading: with no target it reads
@@ -2497,19 +2511,19 @@ def _read_before_stop(name: str, target: dict) -> bool | None:
     return None
 
 
-def _check_log_start(segments: list, allow: bool = False, over: dict | None = None
-                     ) -> tuple | None:
+def _check_log_start(segments: list, allow: bool = False, over: dict | None = None,
+                     zeros: dict | None = None) -> tuple | None:
     """The ``IncompleteHistoryError`` a restore from the log alone raises at its first
     record, where that is not seq 0 (``plan_restore``: a record header or two read);
     with ``allow`` (``allow_incomplete_history``), the gap it warns of instead (None:
-    none). ``over``: as ``_check_resume``'s."""
+    none). ``over`` and ``zeros``: as ``_check_resume``'s."""
     return _check_resume({}, segments, {}, ("start", 0), allow, fix=_FROM_A_SNAPSHOT,
-                         over=over)
+                         over=over, zeros=zeros)
 
 
 def _check_resume(pos: dict, later: list, starts: dict, resume: tuple | None,
                   allow: bool = False, fix: str = _BASE_HOLDS_NONE,
-                  over: dict | None = None) -> tuple | None:
+                  over: dict | None = None, zeros: dict | None = None) -> tuple | None:
     """The ``IncompleteHistoryError`` a restore from a base raises at the first record it
     reads, judged from that record's header (``snapshot.first_log_record``, read from
     where the restore resumes: ``later`` and ``starts`` of ``_resume_point``; unknown
@@ -2524,7 +2538,9 @@ def _check_resume(pos: dict, later: list, starts: dict, resume: tuple | None,
     the segments whose header is damaged that the restore goes past (``_gone_past``):
     the first record is the one after them, and one not from seq 0 names the first
     skipped before it, as the restore's error does (otherwise a damaged header is not
-    judged past: the restore fails there)."""
+    judged past: the restore fails there). ``zeros``: ``first_log_record``'s
+    ``skip_zeros`` and ``stop`` where the restore skips the zero-filled records before
+    its first record (``_skipped_zeros``; None: it judges the first of them)."""
     from gpu_pitr.snapshot import first_log_record
 
     if resume is None:
@@ -2537,7 +2553,7 @@ def _check_resume(pos: dict, later: list, starts: dict, resume: tuple | None,
         if later and later[0].name in over:
             starts = {}  # (where reading begins in the base's own segment: skipped)
         later = [seg for seg in later if seg.name not in over]
-    first = first_log_record(later, starts.get(0))
+    first = first_log_record(later, starts.get(0), **(zeros or {}))
     if first is None:
         return None
     seg, seq, offset = first

@@ -509,7 +509,7 @@ class _Verify:
         self.wal_dir = wal_dir
         self.segments = list_segments(wal_dir)
         self.names = [seg.name for seg in self.segments]
-        self.older_checks = 0  # records read again for bincode 1.3 (``_older``)
+        self.older = bincode1.Examiner()  # records read again for bincode 1.3 (``_older``)
         self.result = Verification(str(wal_dir), segments=len(self.segments),
                                    bytes=sum(seg.size for seg in self.segments))
         self.chunk_bytes = scan_chunk_bytes(self.segments, chunk_bytes)
@@ -711,16 +711,11 @@ class _Verify:
                       f"{count} bytes left after the payload decodes "
                       f"(a restore accepts the entry){self._older(c, i)}", bytes=count)
 
-    def _older(self, c, i: int, examined: int = 8) -> str:
+    def _older(self, c, i: int) -> str:
         """What a record that is not a clean bincode 2 entry is, where it is a whole
-        bincode 1.3 one (``format.bincode1``): the first ``examined`` such records are
-        read again, the rest of a log of them as damaged as they are."""
-        if self.older_checks >= examined:
-            return ""
-        self.older_checks += 1
-        if bincode1.record_is_bincode1(self.segments[int(c.seg[i])].path, int(c.foff[i])):
-            return f"; it is a whole entry of {bincode1.OLDER_FORMAT}"
-        return ""
+        bincode 1.3 one (``format.bincode1.Examiner``: the first few read again)."""
+        older = self.older.at(self.segments[int(c.seg[i])].path, int(c.foff[i]))
+        return "" if older is None else f"; {older}"
 
     def _swallowed_by_records(self, n: int) -> None:
         """Headers of this file inside the bytes of a record that does not decode cleanly.

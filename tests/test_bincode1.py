@@ -129,6 +129,14 @@ def test_restore_of_a_bincode1_log_warns_and_strict_refuses(tmp_path):
     assert err.value.offset == 16
 
 
+def test_the_warning_of_one_record_says_it_in_the_singular(tmp_path):
+    # (review diff43) "1 record left bytes over ..., and it is whole entries of".
+    wal = _write_log(tmp_path, [encode_bincode1(OLD_LOG[0])])
+    (older,) = [w for w in gpu_pitr.restore(wal, backend="cpu").report.warnings
+                if "bincode 1.3" in w]
+    assert "(seq 0), and it is a whole entry of bincode 1.3 (" in older, older
+
+
 def test_a_good_log_with_bytes_left_over_is_not_warned_of(tmp_path):
     wal = _write_log(tmp_path, [encode_entry(e) + b"\x00\x01\x02" for e in OLD_LOG])
     got = gpu_pitr.restore(wal, backend="cpu")
@@ -143,7 +151,7 @@ def test_a_bincode1_record_that_does_not_decode_says_what_it_is(tmp_path):
     # (255: never valid), so the record is undecodable, not accepted with bytes over.
     entry = Ins("x" * 255, [1.0], None, 1000)
     wal = _write_log(tmp_path, [encode_bincode1(entry)])
-    with pytest.raises(CorruptRecordError, match="it is a whole bincode 1.3") as err:
+    with pytest.raises(CorruptRecordError, match="it is a whole entry of bincode 1.3") as err:
         gpu_pitr.restore(wal, backend="cpu")
     assert err.value.file.endswith(segment_name(1000))
     # A record of the same length that is no bincode 1.3 entry says nothing of it.

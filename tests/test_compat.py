@@ -434,6 +434,11 @@ def test_a_directory_that_cannot_be_looked_up_reads_as_empty(tmp_path):
     pit = PointInTimeRestore(100, tmp_path / ("x" * 300))  # ENAMETOOLONG
     assert pit.find_base_checkpoint() is None
     assert pit.replay_wal_to_timestamp() == []
+    # (review diff43) A NUL byte in it: the seed's lookup fails (InvalidInput), so it
+    # reads as empty, as pathlib's exists() said before; os.stat raised ValueError.
+    pit = PointInTimeRestore(100, f"{tmp_path}/a\0b")
+    assert pit.find_base_checkpoint() is None
+    assert pit.replay_wal_to_timestamp() == []
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux /proc")

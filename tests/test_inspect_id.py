@@ -403,3 +403,40 @@ def test_cli_refuses_an_id_that_is_not_utf8(tmp_path):
     assert proc.stderr.splitlines()[-1] == (
         b"gpu-pitr inspect: error: argument --id: '\\udcff' is not UTF-8 text: no id in a "
         b"log is this")
+
+
+def test_the_outcomes_hold_when_the_oldest_segment_goes_between_the_passes(
+        tmp_path, monkeypatch):
+    """(review diff43) ``--id`` reads the log twice (the outcomes, then the listing). A
+    writer's retention deletes its oldest segment between them: the outcomes were known
+    by begin order, which the second pass counted without that segment's transactions,
+    so each record said another's outcome (an insert committed said aborted) or none.
+    They are known by where their Begin is, the same in both passes."""
+    from gpu_pitr.format import dump
+
+    b = LogBuilder()
+    b.add(Begin(1, T0))
+    b.add(Ins("x", f32(1), None, T0))
+    b.add(Commit(1, T0))
+    oldest = b.cur
+    b.new_segment(0x5F5E200)
+    b.add(Begin(2, T0 + 1))
+    b.add(Ins("a", f32(1), None, T0 + 1))
+    b.add(Abort(2, T0 + 1))
+    b.add(Begin(3, T0 + 2))
+    b.add(Upd("a", f32(2), None, T0 + 2))
+    b.add(Commit(3, T0 + 2))
+    wal_dir = Path(b.write(tmp_path / "w"))
+    want = [(d["seq"], d["transaction"], d["transaction_outcome"]["outcome"])
+            for d in wal_records(wal_dir, id="a")]
+    assert want == [(4, 2, "aborted"), (7, 3, "committed")]
+    first_pass = dump._outcomes
+
+    def then_retention_deletes(*args, **kwargs):
+        out = first_pass(*args, **kwargs)
+        (wal_dir / oldest).unlink()
+        return out
+
+    monkeypatch.setattr(dump, "_outcomes", then_retention_deletes)
+    assert [(d["seq"], d["transaction"], d["transaction_outcome"]["outcome"])
+            for d in wal_records(wal_dir, id="a")] == want

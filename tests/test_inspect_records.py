@@ -430,14 +430,15 @@ def test_the_open_transactions_stack_says_what_the_ordered_dict_said(ops):
     foff = 16 + 20 * np.arange(n, dtype=np.int64)
     zero, data = np.zeros(n, np.bool_), np.zeros((n, 4), np.int64)
     txns = dump._Transactions(listing=False)
-    owned, owner, order = np.zeros(n, np.bool_), np.zeros(n, np.uint64), np.zeros(n, np.int64)
+    owned, owner = np.zeros(n, np.bool_), np.zeros(n, np.uint64)
+    begun_at = np.zeros((n, 2), np.int64)
 
     def step(i):  # walk record i, the tables grown as the walk asks
         while True:
             nxt, m, more_room = dump._txn_walk(
                 i, i + 1, 0, status, kind, aux, ts, seq, foff, zero, data, txns.open,
                 txns.slot_u, txns.slot_i, txns.free, txns.begun, txns.state, txns.bounds,
-                txns.ev_i, txns.ev_u, owned, owner, order)
+                txns.ev_i, txns.ev_u, owned, owner, begun_at)
             assert m == 0
             if not more_room:
                 assert nxt == i + 1

@@ -948,3 +948,54 @@ def test_the_first_record_is_judged_past_the_damaged_headers_the_restore_goes_pa
         assert want[:2] == ("error", IncompleteHistoryError), kw
         assert "the log resumes at seq 9, not 3" in want[2]
         assert _outcome(lambda kw=kw: plan_restore(wal, base=snap, **kw)) == want, kw
+
+
+def test_the_first_record_is_judged_past_the_zero_filled_records_skip_corrupt_skips(
+        tmp_path):
+    # (review diff43) With --skip-corrupt the restore skips the zero-filled records
+    # that lead the log it reads (12 zero bytes each: no seq the writer gave) and judges
+    # the record after them; the plan judged the first zero record, as seq 0: it refused
+    # a restore from a base whose segment is gone that runs, warned of a gap the restore
+    # does not cross, and said a log that starts past seq 0 restores. Without
+    # --skip-corrupt (or with a seq 0 target, which a zero record is) the restore judges
+    # the zero record, as the plan does.
+    log = LogBuilder(created=1000)
+    for k in range(3):
+        log.add(Ins(f"a{k}", [float(k)], ts=10 + k))
+    log.new_segment(2000)
+    log.raw(bytes(36))
+    log.add(Ins("b", [2.0], ts=20))
+    wal = Path(log.write(tmp_path / "wal"))
+    snap = tmp_path / "snap"
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=2), snap)
+    (wal / segment_name(1000)).unlink()
+    for kw in ({}, {"allow_incomplete_history": True}, {"skip_corrupt": True},
+               {"skip_corrupt": True, "allow_incomplete_history": True}):
+        want = _outcome(lambda kw=kw: gpu_pitr.restore(wal, base=snap, backend="cpu",
+                                                       **kw).report.warnings)
+        got = _outcome(lambda kw=kw: plan_restore(wal, base=snap, **kw))
+        if want[0] == "ok":
+            assert got[0] == "ok" and got[1]["warnings"] == want[1], kw
+        elif want[1] is IncompleteHistoryError:
+            assert got == want, kw
+    # From the log's start: zeros (two files of them) before a record of seq 5.
+    log = LogBuilder(created=1000, first_seq=5)
+    log.raw(bytes(24))
+    log.new_segment(2000)
+    log.raw(bytes(12 * 5000))  # (more zeros than one read of them)
+    log.add(Ins("a", [1.0], ts=10))
+    wal = Path(log.write(tmp_path / "start"))
+    for kw in ({"skip_corrupt": True}, {"skip_corrupt": True, "to_time": 10},
+               {"skip_corrupt": True, "allow_incomplete_history": True}):
+        want = _outcome(lambda kw=kw: gpu_pitr.restore(wal, backend="cpu",
+                                                       **kw).report.warnings)
+        got = _outcome(lambda kw=kw: plan_restore(wal, **kw))
+        if want[0] == "ok":
+            assert got[0] == "ok" and got[1]["warnings"] == want[1], kw
+        else:
+            assert want[1] is IncompleteHistoryError and got == want, kw
+    assert _outcome(lambda: plan_restore(wal, skip_corrupt=True))[1] is \
+        IncompleteHistoryError
+    # A seq 0 target stops at the first zero record: nothing past it is judged.
+    assert gpu_pitr.restore(wal, backend="cpu", skip_corrupt=True, to_seq=0).report
+    assert plan_restore(wal, skip_corrupt=True, to_seq=0)["warnings"] == []

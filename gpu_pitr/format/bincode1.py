@@ -120,3 +120,28 @@ def record_is_bincode1(path: str | os.PathLike, offset: int) -> bool:
 OLDER_FORMAT = ("bincode 1.3 (fixed-width integers), the payload format of oxirs-vec "
                 "releases before bincode 2: this log looks written by one, and gpu_pitr "
                 "reads only SPEC section 1's bincode 2 payloads")
+WHOLE_ENTRY = f"it is a whole entry of {OLDER_FORMAT}"  # what a record found so says
+EXAMINED = 8  # records looked at, of those that are not clean bincode 2 entries
+
+
+class Examiner:
+    """The words of a damage item (``verify``'s, ``inspect``'s, the restore's warning)
+    for each of the first ``EXAMINED`` records that are not clean bincode 2 entries
+    that is a whole bincode 1.3 one: a Python walk of each, so a log of millions of
+    such records costs eight, the rest of it as damaged as they are."""
+
+    def __init__(self) -> None:
+        self.left = EXAMINED
+
+    def _looks(self) -> bool:
+        self.left -= 1
+        return self.left >= 0
+
+    def of(self, payload) -> str | None:
+        """``WHOLE_ENTRY`` where ``payload`` (bytes-like) is one, while any look is left."""
+        return WHOLE_ENTRY if self._looks() and is_bincode1(bytes(payload)) else None
+
+    def at(self, path: str | os.PathLike, offset: int) -> str | None:
+        """``WHOLE_ENTRY`` where the record at ``offset`` of ``path`` holds one
+        (``record_is_bincode1``), while any look is left."""
+        return WHOLE_ENTRY if self._looks() and record_is_bincode1(path, offset) else None

@@ -422,11 +422,11 @@ class _Transactions:
                                  + _NO_ROWS * (not listing))
         self.bounds = np.array([since or 0, U64_MAX if until is None else until,
                                 transaction or 0], np.uint64)
-        self.ev_i = np.zeros((_EVENTS, 11), np.int64)
+        self.ev_i = np.zeros((_EVENTS, 10), np.int64)
         self.ev_u = np.zeros((_EVENTS, 3), np.uint64)
         self.owned = np.zeros(0, np.bool_)
         self.owner = np.zeros(0, np.uint64)
-        self.owner_order = np.zeros(0, np.int64)
+        self.owner_begin = np.zeros((0, 2), np.int64)
         self._grow()
 
     @property
@@ -463,20 +463,20 @@ class _Transactions:
 
     def owners(self, item, seg: int, c) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Of each record of one framed piece (its records parsed into ``c``), whether it
-        is a data record inside a transaction, that transaction's id and its begin order
-        (which transaction, where ids repeat: ``_Outcomes``' key): ``(owned, owner,
-        owner_order)``, valid until the next piece. The walk lists nothing
+        is a data record inside a transaction, that transaction's id and where its Begin
+        is, ``[segment, file offset]`` (which transaction, where ids repeat: ``_Outcomes``'
+        key): ``(owned, owner, owner_begin)``, valid until the next piece. The walk lists nothing
         (``listing=False``); a record nested deeper than the parse's stack has its
         columns parsed again."""
         for m, _ in self._walk(item, seg, c):
             assert m == 0  # (nothing is listed)
         n = item.n
-        return self.owned[:n], self.owner[:n], self.owner_order[:n]
+        return self.owned[:n], self.owner[:n], self.owner_begin[:n]
 
     def _walk(self, item, seg: int, c) -> Iterator[tuple[int, np.ndarray]]:
         """Walk one piece in ``_txn_walk``: each time it stops, the count of events in
         ``ev_i`` (valid until the next) and the piece's records' file offsets. Fills
-        ``owned``, ``owner`` and ``owner_order`` for the piece."""
+        ``owned``, ``owner`` and ``owner_begin`` for the piece."""
         n = item.n
         if not n:
             return
@@ -494,7 +494,7 @@ class _Transactions:
         if len(self.owned) < n:
             self.owned = np.zeros(n, np.bool_)
             self.owner = np.zeros(n, np.uint64)
-            self.owner_order = np.zeros(n, np.int64)
+            self.owner_begin = np.zeros((n, 2), np.int64)
         self.owned[:n] = False
         i = 0
         while i < n:
@@ -502,14 +502,14 @@ class _Transactions:
                 i, n, seg, c.status, c.kind, c.aux, c.ts, item.seq, foff, zero, data,
                 self.open, self.slot_u, self.slot_i, self.free, self.begun, self.state,
                 self.bounds, self.ev_i, self.ev_u, self.owned, self.owner,
-                self.owner_order)
+                self.owner_begin)
             yield m, foff
             if more_room:
                 self._grow()
 
     def _item(self, item, name: str, segments: list, foff, c, e: int) -> dict:
         """The listed item of event ``e``."""
-        code, i, k, seg, off, *counts, _ = self.ev_i[e].tolist()  # (_: begin order)
+        code, i, k, seg, off, *counts = self.ev_i[e].tolist()
         txn, seq, ts = self.ev_u[e].tolist()
         at = foff[i].item()
         if code == _EV_ZEROS:  # ``k``: how many records
@@ -569,19 +569,20 @@ _COUNTED = ("records", "inserts", "updates", "deletes")
 
 @njit(cache=True, nogil=True)
 def _txn_walk(i, n, seg, status, kind, aux, ts, seq, foff, zero, data, open_txns, slot_u,
-              slot_i, free, begun, state, bounds, ev_i, ev_u, owned, owner, owner_order):
+              slot_i, free, begun, state, bounds, ev_i, ev_u, owned, owner, owner_begin):
     """Walk records ``i..n-1`` of a piece in log order under SPEC section 3's transaction
     rules; returns ``(next record, events, whether a slot is wanted)``. Stops early when
     ``ev_i`` is full or no slot is free for a Begin (the caller grows the tables).
 
     A Begin opens its id unless it is open already, a Commit or an Abort closes it; a
     data record belongs to the one begun most recently of those open: ``owned[i]``,
-    ``owner[i]`` its id, ``owner_order[i]`` its begin order (which use of the id: ids
-    repeat after a writer restart), and ``data[i]`` (``_data_counts``) is added to its
-    slot. The newest open one is the top of a stack of begins (``begun``: slot and
-    begin order) from which ended ones are popped when they reach the top, so each
-    lookup is O(1) and each end amortized O(1) (a lookup walking past ended ones was
-    quadratic: a log closing its transactions newest first, 200,000 open, took 14 s).
+    ``owner[i]`` its id, ``owner_begin[i]`` its Begin's segment and file offset (which
+    use of the id: ids repeat after a writer restart), and ``data[i]``
+    (``_data_counts``) is added to its slot. The newest open one is the top of a stack
+    of begins (``begun``: slot and begin order) from which ended ones are popped when
+    they reach the top, so each lookup is O(1) and each end amortized O(1) (a lookup
+    walking past ended ones was quadratic: a log closing its transactions newest first,
+    200,000 open, took 14 s).
 
     Events: a transaction ended (its slot's begin and counts copied out), a Begin of an
     open id (the open one's begin), an end of one not open, damage (counted always,
@@ -625,7 +626,8 @@ def _txn_walk(i, n, seg, status, kind, aux, ts, seq, foff, zero, data, open_txns
                 s = begun[top - 1, 0]
                 owned[i] = True
                 owner[i] = slot_u[s, 0]
-                owner_order[i] = slot_i[s, _S_ORDER]
+                owner_begin[i, 0] = slot_i[s, _S_SEG]
+                owner_begin[i, 1] = slot_i[s, _S_OFF]
                 for f in range(4):
                     slot_i[s, _S_RECORDS + f] += data[i, f]
             i += 1
@@ -704,7 +706,7 @@ def _txn_walk(i, n, seg, status, kind, aux, ts, seq, foff, zero, data, open_txns
 def _event(ev_i, ev_u, m, code, i, k, txn, slot_u, slot_i, s, damage):
     """Event ``m``: ``code`` at record ``i`` (of kind ``k``) for ``txn``, with the begin
     and counts of slot ``s`` (its damage items: ``damage``, the count now, less the
-    count at its Begin) and its begin order."""
+    count at its Begin)."""
     ev_i[m, 0] = code
     ev_i[m, 1] = i
     ev_i[m, 2] = k
@@ -713,7 +715,6 @@ def _event(ev_i, ev_u, m, code, i, k, txn, slot_u, slot_i, s, damage):
     for f in range(4):
         ev_i[m, 5 + f] = slot_i[s, _S_RECORDS + f]
     ev_i[m, 9] = damage - slot_i[s, _S_DAMAGE]
-    ev_i[m, 10] = slot_i[s, _S_ORDER]
     ev_u[m, 0] = txn
     ev_u[m, 1] = slot_u[s, 1]
     ev_u[m, 2] = slot_u[s, 2]
@@ -843,7 +844,7 @@ def _piece(item, name, cols, since, until, first_seq, last_seq, by_seq, by_time,
     (``_outcomes``)."""
     n = item.n
     if n:
-        owned, owner, order = owners
+        owned, owner, begin = owners
         keep, zero = _kept(item, cols, owned, owner, since, until, first_seq, last_seq,
                            by_time, transaction, wanted)
         rows = np.flatnonzero(keep)
@@ -869,7 +870,7 @@ def _piece(item, name, cols, since, until, first_seq, last_seq, by_seq, by_time,
                     doc["transaction"] = owner[i].item()
                     # (None: not looked for; only were the codec to refuse a record
                     # the compiled parse accepted, so that a limit lists one more.)
-                    outcome = None if outcomes is None else outcomes.of(order[i].item())
+                    outcome = None if outcomes is None else outcomes.of(begin[i])
                     if outcome is not None:
                         doc["transaction_outcome"] = outcome
                 if wanted is not None and doc["variant"] == "Batch":
@@ -916,33 +917,50 @@ def _kept(item, c, owned, owner, since, until, first_seq, last_seq, by_time,
     return keep, zero
 
 
+def _begin_keys(span: int, seg: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """One int64 for each Begin at segment ``seg`` (an index into the listing), file
+    offset ``off`` (below ``span``: ``_span``): what ``_Outcomes`` knows a transaction
+    by. Its place, not its begin order: a log being written loses its oldest segments
+    to the writer's retention, and a segment gone between the two passes shifted every
+    later count by the transactions begun in it, so that each record said another
+    transaction's outcome."""
+    return seg.astype(np.int64) * span + off.astype(np.int64)
+
+
+def _span(segments: list) -> int:
+    """Past every file offset of the listed ``segments`` (each read to its listed size)."""
+    return max((s.size for s in segments), default=0) + 1
+
+
 class _Outcomes:
-    """How each transaction that holds a record of an id's history ended, by its begin
-    order (``_txn_walk``'s count of the transactions opened, the same in each pass over
-    the same log): sorted columns, 48 bytes a transaction, not a dict each (an id
-    written in a million transactions)."""
+    """How each transaction that holds a record of an id's history ended, by where its
+    Begin is (``_begin_keys``): sorted columns, 48 bytes a transaction, not a dict each
+    (an id written in a million transactions)."""
 
     def __init__(self, segments: list, ended: list[tuple], still_open: np.ndarray
                  ) -> None:
+        self.span = _span(segments)
         self.names = [s.name for s in segments]
         self.still_open = still_open  # (sorted)
         cols = [np.concatenate(col) for col in zip(*ended, strict=True)] if ended else [
             np.zeros(0, t) for t in (np.int64, np.int64, np.int64, np.int64, np.uint64,
                                      np.uint64)]
         by = np.argsort(cols[0], kind="stable")
-        self.order, self.kind, self.seg, self.off, self.seq, self.ts = (
+        self.key, self.kind, self.seg, self.off, self.seq, self.ts = (
             col[by] for col in cols)
 
-    def of(self, order: int) -> dict | None:
-        """``transaction_outcome`` of the transaction begun ``order``-th: ``outcome``
-        (``committed``, ``aborted``, ``open``: still open at the end of the log, so
-        discarded as in flight) and ``end`` (``file``, ``offset``, ``seq``,
-        ``timestamp`` of its Commit or Abort; None for one open), as ``inspect
-        --transactions`` gives them. None: not looked for (not a kept record's)."""
-        j = int(np.searchsorted(self.order, order))
-        if j == len(self.order) or self.order[j] != order:
-            k = int(np.searchsorted(self.still_open, order))
-            if k < len(self.still_open) and self.still_open[k] == order:
+    def of(self, begin: np.ndarray) -> dict | None:
+        """``transaction_outcome`` of the transaction whose Begin is at ``begin``
+        (``[segment, file offset]``): ``outcome`` (``committed``, ``aborted``, ``open``:
+        still open at the end of the log, so discarded as in flight) and ``end``
+        (``file``, ``offset``, ``seq``, ``timestamp`` of its Commit or Abort; None for
+        one open), as ``inspect --transactions`` gives them. None: not looked for (not
+        a kept record's)."""
+        key = int(_begin_keys(self.span, begin[:1], begin[1:])[0])
+        j = int(np.searchsorted(self.key, key))
+        if j == len(self.key) or self.key[j] != key:
+            k = int(np.searchsorted(self.still_open, key))
+            if k < len(self.still_open) and self.still_open[k] == key:
                 return {"outcome": "open", "end": None}
             return None
         return {"outcome": _OUTCOME[int(self.kind[j])],
@@ -965,9 +983,10 @@ def _outcomes(segments: list, chunk_bytes: int | None, select, limit: int | None
     a transaction are walked for the ids (most records are in none: the id walk is
     most of the listing's compiled time); with one, every record, to count them."""
     txns = _Transactions(counts=False)
-    ended: list[tuple] = []  # (order, kind, segment, offset, seq, stamp) of those found
-    waiting = np.zeros(0, np.int64)  # begin orders of kept records' open transactions
+    ended: list[tuple] = []  # (key, kind, segment, offset, seq, stamp) of those found
+    waiting = np.zeros(0, np.int64)  # ``_begin_keys`` of kept records' open transactions
     left = limit
+    span = _span(segments)
     for item, c in _parsed_pieces(segments, chunk_bytes):
         if item.problem is not None or not item.n:
             continue
@@ -976,7 +995,8 @@ def _outcomes(segments: list, chunk_bytes: int | None, select, limit: int | None
             ev = txns.ev_i[:m]
             at = ev[ev[:, 0] == _EV_ENDED]
             rows = at[:, 1]
-            ends.append((at[:, 10], at[:, 2], foff[rows], item.seq[rows], c.ts[rows]))
+            ends.append((_begin_keys(span, at[:, 3], at[:, 4]), at[:, 2], foff[rows],
+                         item.seq[rows], c.ts[rows]))
         n = item.n
         owned = txns.owned[:n]
         if left is None:
@@ -986,16 +1006,17 @@ def _outcomes(segments: list, chunk_bytes: int | None, select, limit: int | None
             rows = np.flatnonzero(select(item, c, owned, txns.owner[:n], None))[:left]
             left -= len(rows)
             rows = rows[owned[rows]]
-        waiting = np.union1d(waiting, txns.owner_order[rows])
+        begin = txns.owner_begin[rows]
+        waiting = np.union1d(waiting, _begin_keys(span, begin[:, 0], begin[:, 1]))
         if ends and len(waiting):
-            order, kind, off, seq, ts = (np.concatenate(col) for col in zip(*ends,
-                                                                            strict=True))
-            hit = np.isin(order, waiting)
+            key, kind, off, seq, ts = (np.concatenate(col) for col in zip(*ends,
+                                                                          strict=True))
+            hit = np.isin(key, waiting)
             if hit.any():
-                ended.append((order[hit], kind[hit], np.full(int(hit.sum()), item.segment,
-                                                             np.int64),
+                ended.append((key[hit], kind[hit], np.full(int(hit.sum()), item.segment,
+                                                           np.int64),
                               off[hit], seq[hit], ts[hit]))
-                waiting = np.setdiff1d(waiting, order[hit], assume_unique=True)
+                waiting = np.setdiff1d(waiting, key[hit], assume_unique=True)
         if left == 0 and not len(waiting):
             break  # (the rest of the log holds nothing the listing prints)
     return _Outcomes(segments, ended, waiting)  # (waiting: open at the end, if read)

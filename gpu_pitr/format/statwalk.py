@@ -409,7 +409,7 @@ class _Scan:
         self.wal_dir = wal_dir
         self.segments = list_segments(wal_dir) if segments is None else list(segments)
         self.segs = [_Segment(seg.name, seg.size) for seg in self.segments]
-        self.older_checks = 0  # payloads looked at for bincode 1.3 (``_older``)
+        self.older = bincode1.Examiner()  # payloads looked at for bincode 1.3
         self.chunk_bytes = scan_chunk_bytes(self.segments, chunk_bytes)
         self.cols = ChunkColumns(self.chunk_bytes // BYTES_PER_ROW + 64, 1)
         self.heads: list[bytes] = []
@@ -519,16 +519,6 @@ class _Scan:
                 seg.min_ts = low if seg.min_ts is None else min(seg.min_ts, low)
                 seg.max_ts = high if seg.max_ts is None else max(seg.max_ts, high)
 
-    def _older(self, payload, examined: int = 8) -> str | None:
-        """What a payload that is not a clean bincode 2 entry is, where it is a whole
-        bincode 1.3 one (``format.bincode1``; the first ``examined`` such looked at)."""
-        if self.older_checks >= examined:
-            return None
-        self.older_checks += 1
-        if not bincode1.is_bincode1(bytes(payload)):
-            return None
-        return f"it is a whole entry of {bincode1.OLDER_FORMAT}"
-
     def _event(self, code: int, i: int, a: int, item, seg: _Segment) -> None:
         c = self.cols
         offset = item.file_offset(i)
@@ -544,14 +534,14 @@ class _Scan:
         length = int(item.length[i])
         if code == EV_UNDECODABLE:
             payload = item.buf[start:start + length]
-            older = self._older(payload)
+            older = self.older.of(payload)
             self.damage.append(_damage("undecodable", seg.name, offset, q,
                                        what=_payload_error(payload)
                                        + ("" if older is None else f"; {older}")))
         elif code == EV_TRAILING:
             self.damage.append(_damage("trailing_bytes", seg.name, offset, q,
                                        start + length - int(c.stop[i]),
-                                       what=self._older(item.buf[start:start + length])))
+                                       what=self.older.of(item.buf[start:start + length])))
         elif code == EV_CHECKPOINT:
             self.checkpoints.append({"file": seg.name, "offset": offset, "seq": q,
                                      "sequence_number": int(c.aux[i]),

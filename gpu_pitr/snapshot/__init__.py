@@ -580,17 +580,22 @@ def header_problem_of(path) -> tuple[str | None, int]:
     return header_problem(head), len(head)
 
 
-def first_log_record(segments, start: int | None = None) -> tuple | None:
+def first_log_record(segments, start: int | None = None, skip_zeros: bool = False,
+                     stop: tuple[str, int] | None = None) -> tuple | None:
     """``(segment, seq, offset)`` of the first record a restore reads in ``segments`` (in
     log order), from byte ``start`` of the first (a base's position in its own segment,
     ``base.resume_at``; None: its header's end), as the files' bytes there say: the
     files before it hold headers at most (a writer reopened writes a second one), or a
     torn record alone (a writer that crashed mid-write). A zero-filled record is a record
     of seq 0 there, as the restore judges it (whether it decodes is damage, for the
-    restore to find). None where that is not known from them: a damaged header (the
-    restore refuses the file, or with --skip-corrupt goes on), a file that cannot be
-    read, or no record at all. Read by ``plan_restore`` and ``window`` for what the
-    restore judges of its first record (after a base too: ``pipeline._check_resume``)."""
+    restore to find). ``skip_zeros``: as a restore with --skip-corrupt judges it, which
+    skips the zero-filled records that lead what it reads (they carry no seq the writer
+    gave): the first record after them, but not past ``stop`` (``(segment, offset)`` of
+    a position target, whose record the restore stops at). None where that is not known
+    from them: a damaged header (the restore refuses the file, or with --skip-corrupt
+    goes on), a file that cannot be read, or no record at all. Read by ``plan_restore``
+    and ``window`` for what the restore judges of its first record (after a base too:
+    ``pipeline._check_resume``)."""
     from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, RECORD_HEADER_SIZE
 
     for k, seg in enumerate(segments):
@@ -604,9 +609,17 @@ def first_log_record(segments, start: int | None = None) -> tuple | None:
             with open(seg.path, "rb") as f:
                 while True:
                     head = os.pread(f.fileno(), HEADER_SIZE, at)
-                    if head[:len(HEADER_ID)] != HEADER_ID or at + HEADER_SIZE > seg.size:
+                    if head[:len(HEADER_ID)] == HEADER_ID and at + HEADER_SIZE <= seg.size:
+                        at += HEADER_SIZE  # a second header: the writer reopened
+                    elif skip_zeros and head[:RECORD_HEADER_SIZE] == ZERO_RECORD:
+                        limit = stop[1] if stop is not None and stop[0] == seg.name \
+                            else seg.size
+                        end = _zero_records_end(f.fileno(), at, min(seg.size, limit))
+                        if end == at:
+                            break  # (the position target's record)
+                        at = end
+                    else:
                         break
-                    at += HEADER_SIZE  # a second header: the writer reopened
         except OSError:
             return None
         if at + RECORD_HEADER_SIZE > seg.size or head[:len(HEADER_ID)] == HEADER_ID or (
@@ -614,6 +627,25 @@ def first_log_record(segments, start: int | None = None) -> tuple | None:
             continue  # headers, then a torn tail: no record in the file
         return seg, int.from_bytes(head[:8], "little"), at
     return None
+
+
+ZERO_RECORD = bytes(12)  # a zero-filled record (format.zerofill): seq 0, length 0
+
+
+def _zero_records_end(fd: int, at: int, end: int) -> int:
+    """Where the run of zero-filled records (12 zero bytes each) from ``at`` of the file
+    ``fd`` ends, read in blocks up to byte ``end`` (a preallocated file holds megabytes
+    of them): past the last whole one."""
+    pos = at
+    while pos < end:
+        block = os.pread(fd, min(1 << 20, end - pos), pos)
+        if not block:
+            break
+        zeros = len(block) - len(block.lstrip(b"\0"))
+        pos += zeros
+        if zeros < len(block):
+            break
+    return at + (pos - at) // len(ZERO_RECORD) * len(ZERO_RECORD)
 
 
 __getattr__ = _lazy_modules(__name__, ("arrow", "base", "format"))
