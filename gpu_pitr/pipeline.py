@@ -1172,8 +1172,13 @@ class _Restore:
         w = self._where(record)
         if length is None:
             length = int(self.cols.e_dim[entry])
+        # A log upgraded from an oxirs-vec before bincode 2: its older records read as
+        # empty vectors set the dimension to 0, and the first new one fails here, before
+        # the end of the log where the restore names the older format (``_older_format``).
+        older = _older_format(self.report.trailing_bytes, tail="") if dim == 0 else None
         raise DimensionMismatchError(
-            f"vector of length {length} differs from the index dimension {dim}", **w)
+            f"vector of length {length} differs from the index dimension {dim}"
+            + (f", which records before it set: {older[0]}" if older else ""), **w)
 
     def _joined_after_restart(self) -> tuple | None:
         """The first transaction open at the end of the log whose records go on past a
@@ -1267,21 +1272,23 @@ class _Restore:
         def at(w: dict) -> str:
             return f"{Path(w['file']).name} offset {w['offset']} (seq {w['seq']})"
 
+        def skipped_hint(record: str) -> str:
+            # (What --skip-corrupt passed over may be the record that began or ended it.)
+            skipped = self.report.skipped
+            return "" if not skipped else (
+                f"; --skip-corrupt skipped {len(skipped)} damaged record"
+                f"{'s or files' if len(skipped) > 1 else ' or file'} (the first at "
+                f"{Path(skipped[0]['file']).name} offset {skipped[0]['offset']}): its "
+                f"{record} may be among them")
+
         open_at_base = self.base is not None and any(
             t == x for t, _ in pending_transactions(self.base.position))
         if open_at_base or self.txn_begun is not None:
             began = (f"it was open at the base snapshot's position ({self.base.path})"
                      if open_at_base else f"it begins at {at(self.txn_begun)}")
-            skipped = self.report.skipped
-            # (What --skip-corrupt passed over may be the record that ended it.)
-            hint = "" if not skipped else (
-                f"; --skip-corrupt skipped {len(skipped)} damaged record"
-                f"{'s or files' if len(skipped) > 1 else ' or file'} (the first at "
-                f"{Path(skipped[0]['file']).name} offset {skipped[0]['offset']}): its end "
-                "may be among them")
             return (f"transaction {x} never ends: {began} and is still open at the end of "
                     "the log (in flight: no CommitTransaction or AbortTransaction closes it)"
-                    + hint)
+                    + skipped_hint("end"))
         stray = ("" if self.txn_stray is None else
                  f"; the {self.txn_stray['record']} at {at(self.txn_stray)} closes no open "
                  "transaction (an anomaly)")
@@ -1301,7 +1308,7 @@ class _Restore:
                  f"; the log ends with {last.name} ({last.size:,} bytes): an archive not "
                  "brought up to date, or another store's log?")
         return (f"transaction {x} never begins in {where}: no BeginTransaction has its id"
-                f"{stray}{wrong}")
+                f"{stray}{wrong}{skipped_hint('begin')}")
 
 
 def _resume_point(pos: dict, segments: list) -> tuple[list, dict, tuple | None, str | None]:
@@ -2196,7 +2203,8 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
     return out
 
 
-def _older_format(trailing: list, examined: int = bincode1.EXAMINED
+def _older_format(trailing: list, examined: int = bincode1.EXAMINED,
+                  tail: str = ": the index restored is not this log's state"
                   ) -> tuple[str, dict] | None:
     """The warning, and where, when the records that left bytes over after their payload
     (the first ``examined`` of them) are every one a whole bincode 1.3 entry: a log of an
@@ -2212,7 +2220,7 @@ def _older_format(trailing: list, examined: int = bincode1.EXAMINED
     return (f"{plural(len(trailing), 'record')} left bytes over after the payload, the "
             f"first at {Path(where['file']).name} offset {where['offset']} (seq "
             f"{where['seq']}), and {_every_one(len(first), len(trailing))} of "
-            f"{bincode1.OLDER_FORMAT}: the index restored is not this log's state", where)
+            f"{bincode1.OLDER_FORMAT}{tail}", where)
 
 
 def _every_one(examined: int, total: int) -> str:

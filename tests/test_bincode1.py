@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gpu_pitr
-from gpu_pitr.errors import CorruptRecordError, TargetNotReachedError
+from gpu_pitr.errors import CorruptRecordError, DimensionMismatchError, TargetNotReachedError
 from gpu_pitr.format import bincode1
-from gpu_pitr.format.writer import encode_header, encode_record
+from gpu_pitr.format.entries import Insert
+from gpu_pitr.format.writer import WalWriter, encode_header, encode_record
 from gpu_pitr.verify import verify_wal
 from tests.workloads import (
     Batch,
@@ -184,3 +185,30 @@ def test_inspect_names_the_older_format_as_the_reference_does(tmp_path):
     # A good log's records with bytes over: not one.
     good = _write_log(tmp_path / "good", [encode_entry(e) + b"\x07" for e in OLD_LOG])
     assert all(d["what"] is None for d in assert_same_stats(good)["damage"])
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_log_upgraded_to_bincode2_names_the_older_records_in_its_dimension_error(
+        tmp_path, strict):
+    # (review walk43) Old segments, then the upgraded writer's: the old records set the
+    # index's dimension to 0 (empty vectors), and the first new insert failed with
+    # "vector of length 2 differs from the index dimension 0" and not a word of why,
+    # with or without --strict (which refuses such a log: it never got the chance).
+    wal = _write_log(tmp_path, [encode_bincode1(e) for e in OLD_LOG])
+    with WalWriter(wal, created=5000, next_seq=len(OLD_LOG), clock=lambda: 5000) as w:
+        w.append(Insert("n1", [9.0, 9.0], None, 5000))
+    with pytest.raises(DimensionMismatchError) as err:
+        gpu_pitr.restore(wal, backend="cpu", strict=strict)
+    text = str(err.value)
+    assert "differs from the index dimension 0" in text
+    assert "whole entries of bincode 1.3" in text, text
+    assert "wal-00000000000003e8.log offset 16 (seq 0)" in text, text
+    assert err.value.file.endswith(segment_name(5000))
+
+
+def test_a_dimension_error_of_a_good_log_says_nothing_of_bincode1(tmp_path):
+    wal = _write_log(tmp_path, [encode_entry(Ins("a", [], None, 1)) + b"\x00",
+                                encode_entry(Ins("b", [1.0], None, 2))])
+    with pytest.raises(DimensionMismatchError) as err:
+        gpu_pitr.restore(wal, backend="cpu")
+    assert "bincode 1.3" not in str(err.value)

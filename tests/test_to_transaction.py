@@ -286,6 +286,24 @@ def test_a_transaction_whose_end_was_skipped_says_so(tmp_path):
         f"{skipped[0]['offset']}): its end may be among them")
 
 
+def test_a_transaction_whose_begin_was_skipped_says_so(tmp_path):
+    """(review walk43) Its BeginTransaction undecodable, skipped with skip_corrupt: the
+    error said X never begins, "an archive not brought up to date, or another store's
+    log?", and not a word of what --skip-corrupt passed over, where its begin is."""
+    b = _log(w.Ins("a", [1.0], None, 1))
+    bad = b.add_payload(bytes([99, 9, 2]))  # no such variant: the Begin, damaged
+    b.add(w.Ins("x", [2.0], None, 3))
+    b.add(w.Commit(9, 4))
+    wal = b.write(tmp_path)
+    skipped = gpu_pitr.restore(wal, backend="cpu", skip_corrupt=True).report.skipped
+    with pytest.raises(errors.TargetNotFoundError) as err:
+        gpu_pitr.restore(wal, backend="cpu", to_transaction=9, skip_corrupt=True)
+    assert "transaction 9 never begins in the log" in str(err.value)
+    assert str(err.value).endswith(
+        "; --skip-corrupt skipped 1 damaged record or file (the first at "
+        f"{bad.file} offset {skipped[0]['offset']}): its begin may be among them")
+
+
 def test_a_transaction_never_begun_is_an_error_naming_a_stray_end(tmp_path):
     wal = _log(w.Ins("a", [1.0], None, 1), w.Begin(3, 2), w.Commit(3, 3)).write(tmp_path)
     with pytest.raises(errors.TargetNotFoundError,
