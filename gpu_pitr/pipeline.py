@@ -2398,7 +2398,7 @@ def plan_restore(
         # checks above (the restore judges its first record where no header is damaged
         # before it), within this try (its error says the damaged snapshots passed over).
         skipped, damaged = _damaged_headers(rest, headers, snap, target, exclusive,
-                                            skip_corrupt)
+                                            skip_corrupt, strict)
     except IncompleteHistoryError as err:
         raise _in_snapshots_words(err, snapshots, snap, notes, warnings) from None
     except WalError as err:  # (an expire marker that does not read)
@@ -2442,7 +2442,8 @@ def plan_restore(
 
 
 def _damaged_headers(rest: tuple[list, int], headers: dict, snap, target: dict,
-                     exclusive: bool, skip_corrupt: bool) -> tuple[list, list]:
+                     exclusive: bool, skip_corrupt: bool, strict: bool = False
+                     ) -> tuple[list, list]:
     """What the restore does with each segment it reads whose header is damaged (wrong
     magic or version; a torn one is a torn tail, no damage to skip), as known before
     reading (``plan_restore``): ``rest`` the segments after the base and where reading
@@ -2450,8 +2451,11 @@ def _damaged_headers(rest: tuple[list, int], headers: dict, snap, target: dict,
     One the restore reads before its stop point for certain (``_read_before_stop``)
     raises its ``BadSegmentError`` (``_Restore._bad_header``: the first such), or with
     ``skip_corrupt`` is an entry of the report's ``skipped``; one after it, nothing (the
-    report's ``damage_after_stop``); one only reading tells, a warning of both. Returns
-    ``(skipped, warnings)``."""
+    report's ``damage_after_stop``); one only reading tells, a warning of both. With
+    ``strict``, a file skipped that holds bytes past its header is warned of: records
+    there leave a gap in the seqs, which the strict restore refuses, and only reading
+    the records around it tells (review walk43: the dry run passed, the restore
+    refused). Returns ``(skipped, warnings)``."""
     segs, start = rest
     skipped, warnings = [], []
     nothing_before = True  # no record read before this segment
@@ -2468,6 +2472,12 @@ def _damaged_headers(rest: tuple[list, int], headers: dict, snap, target: dict,
             raise BadSegmentError(problem, file=str(seg.path), offset=0)
         if read:
             skipped.append({"file": str(seg.path), "offset": 0, "seq": None, "what": problem})
+            if strict and seg.size > HEADER_SIZE:
+                warnings.append(
+                    f"{seg.path}: offset 0: {problem}: --skip-corrupt skips its "
+                    f"{seg.size - HEADER_SIZE:,} bytes after the header; records there "
+                    "leave a gap in the seqs, which --strict refuses (the dry run reads "
+                    "none of them: the restore finds whether there is a gap)")
         elif read is None:
             warnings.append(
                 f"{seg.path}: offset 0: {problem}: a restore that has not stopped at its "

@@ -999,3 +999,35 @@ def test_the_first_record_is_judged_past_the_zero_filled_records_skip_corrupt_sk
     # A seq 0 target stops at the first zero record: nothing past it is judged.
     assert gpu_pitr.restore(wal, backend="cpu", skip_corrupt=True, to_seq=0).report
     assert plan_restore(wal, skip_corrupt=True, to_seq=0)["warnings"] == []
+
+
+def test_a_strict_plan_warns_that_a_skipped_file_may_leave_a_gap(tmp_path):
+    # --skip-corrupt skips a segment whose header is damaged; where it held records,
+    # their seqs are missing and a --strict restore refuses the gap, which the dry run
+    # (reading no record of it) cannot tell: it passed in silence, and the restore then
+    # refused (review walk43). Now it warns; without --strict it need not.
+    from gpu_pitr.errors import TargetNotReachedError
+
+    log = LogBuilder(created=1000)
+    log.add(Ins("a", [1.0], ts=10))
+    log.new_segment(2000)
+    log.add(Ins("b", [2.0], ts=20))
+    log.new_segment(3000)
+    log.add(Ins("c", [3.0], ts=30))
+    wal = Path(log.write(tmp_path / "wal"))
+    bad = wal / segment_name(2000)
+    data = bytearray(bad.read_bytes())
+    data[4] = 2  # version 2: the whole file is skipped, its record with it
+    bad.write_bytes(bytes(data))
+    kw = {"skip_corrupt": True, "strict": True}
+    with pytest.raises(TargetNotReachedError, match="records are missing"):
+        gpu_pitr.restore(wal, backend="cpu", **kw)
+    plan = plan_restore(wal, **kw)
+    assert [s["file"] for s in plan["skipped"]] == [str(bad)]
+    [warning] = [w for w in plan["warnings"] if "--strict refuses" in w]
+    assert warning.startswith(f"{bad}: offset 0: unsupported version 2")
+    assert not [w for w in plan_restore(wal, skip_corrupt=True)["warnings"]
+                if "--strict refuses" in w]
+    # A file with nothing past its header leaves no gap: nothing to warn of.
+    bad.write_bytes(bytes(data[:16]))
+    assert not [w for w in plan_restore(wal, **kw)["warnings"] if "--strict" in w]
