@@ -486,7 +486,10 @@ def _escape_unencodable(stream) -> None:
     pair past U+FFFF), not Python's ``\\U0001f600``: ``--records --json`` prints non-ASCII
     text as it is, and its lines stay JSON (the text lines quote ids as JSON does)."""
     reconfigure = getattr(stream, "reconfigure", None)
-    if reconfigure is not None and getattr(stream, "errors", None) == "strict":
+    # (stderr's own default, backslashreplace, wrote the same path as \xe4 there and
+    # as \u00e4 on stdout.)
+    if reconfigure is not None and getattr(stream, "errors", None) in (
+            "strict", "backslashreplace"):
         with contextlib.suppress(ValueError, OSError):  # (a stream that cannot change)
             reconfigure(errors=_JSON_ESCAPES)
 
@@ -513,6 +516,7 @@ codecs.register_error(_JSON_ESCAPES, _json_escapes)
 
 def _main(argv: list[str] | None, restore_signals: bool, on_bus_error: bool = False) -> int:
     _escape_unencodable(sys.stdout)
+    _escape_unencodable(sys.stderr)  # (a path named in an error: the same escapes)
     args = None
     try:  # a Ctrl-C while Numba is imported (half a second) is one line too
         args = _parser().parse_args(argv)

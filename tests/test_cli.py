@@ -1034,3 +1034,19 @@ def test_text_the_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path, en
     [doc] = [json.loads(text) for text in run("--json").splitlines()]
     assert doc["entry"]["id"] == ident and doc["entry"]["metadata"] == meta
     assert "Insert" in run("--id", ident)
+    # An error naming such a path: the same escapes on stderr (not Python's \\x.. there
+    # and \\u.... on stdout for one directory).
+    missing = tmp_path / "kä-😀-каталог"
+    proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "inspect", str(missing)],
+                          capture_output=True, env=env, timeout=600)
+    assert proc.returncode == 1
+
+    def shown(ch: str) -> str:  # as the encoding holds it, else JSON's escape
+        try:
+            ch.encode(encoding)
+            return ch
+        except UnicodeEncodeError:
+            return json.dumps(ch)[1:-1]
+
+    assert proc.stderr.decode(encoding).rstrip("\n") == (
+        f"gpu-pitr: error: {''.join(map(shown, str(missing)))}: no such directory")
