@@ -636,7 +636,7 @@ class _Restore:
             if head < n:
                 self.seen_first = True
                 self.report.first_seq = int(c.seq[head])
-                self._check_first(head)
+                self._check_first(head, self._first_skipped(first, head))
         t = time.perf_counter()
         was_stopped = self.plan.stopped
         check = getattr(self.ex, "check", None)
@@ -901,8 +901,33 @@ class _Restore:
         if gap is not None:
             self._gap(gap)
 
-    def _check_first(self, first: int) -> None:
-        """Is the first record read where the log must go on? (history complete)"""
+    def _first_skipped(self, lead: int, head: int) -> dict | None:
+        """The report's first ``skipped`` entry as it stands once rows ``lead..head-1``
+        of this chunk, zero-filled records skipped before the first record, are listed
+        (``_events`` lists them after the first record is judged): the error of a log
+        not from seq 0 names it, and named it only where a chunk boundary fell before
+        the first record (a fuzzed log: 64-byte chunks said it, 16 MiB ones did not)."""
+        skipped = self.report.skipped
+        entry = dict(skipped[0]) if skipped else None
+        if head <= lead or len(skipped) > 1:
+            return entry
+        c = self.cols
+        k = 1
+        while (lead + k < head and c.seg[lead + k] == c.seg[lead]
+               and int(c.foff[lead + k]) == int(c.foff[lead]) + k * RECORD_HEADER_SIZE):
+            k += 1
+        file, at = self.names[int(c.seg[lead])], int(c.foff[lead])
+        if entry is None:
+            # (Not decoded yet: a zero record's bad offset is its header's last byte.)
+            return zerofill.item(file, at, k, offset=at + RECORD_HEADER_SIZE - 1,
+                                 seq=int(c.seq[lead]))
+        zerofill.join(entry, file, at, k)  # (the run a chunk boundary split)
+        return entry
+
+    def _check_first(self, first: int, skipped: dict | None = None) -> None:
+        """Is the first record read where the log must go on? (history complete)
+        ``skipped``: the report's first ``skipped`` entry, with what this chunk skipped
+        before ``first`` (``_first_skipped``)."""
         c = self.cols
         seq = int(c.seq[first])
         w = self._where(first)
@@ -911,8 +936,8 @@ class _Restore:
                 self._gap(*_starts_past_zero(seq, Path(w["file"]).name, w["offset"]))
             elif seq != 0:
                 fix = _BASE_HOLDS_NONE if self.base is not None else _FROM_A_SNAPSHOT
-                if self.report.skipped:  # not deleted: skipped, before this record
-                    fix = _skipped_fix(self.report.skipped[0], fix)
+                if skipped:  # not deleted: skipped, before this record
+                    fix = _skipped_fix(skipped, fix)
                 raise not_from_seq_zero(fix, **w)
             return
         if self._resume_seq is None:
@@ -2571,7 +2596,8 @@ def _check_resume(pos: dict, later: list, starts: dict, resume: tuple | None,
         if later and later[0].name in over:
             starts = {}  # (where reading begins in the base's own segment: skipped)
         later = [seg for seg in later if seg.name not in over]
-    first = first_log_record(later, starts.get(0), **(zeros or {}))
+    runs: list = []  # the zero-filled records skipped before it, where they are
+    first = first_log_record(later, starts.get(0), **(zeros or {}), zero_runs=runs)
     if first is None:
         return None
     seg, seq, offset = first
@@ -2579,9 +2605,15 @@ def _check_resume(pos: dict, later: list, starts: dict, resume: tuple | None,
     if from_start and seq != 0:
         if allow:
             return _starts_past_zero(seq, seg.name, offset)
-        passed = [e for name, e in over.items()
+        # What the restore skipped first, in log order, as its report's ``skipped``
+        # lists it: a file with a damaged header, or a run of zero-filled records.
+        passed = [((name.encode(), 0), e) for name, e in over.items()
                   if e is not None and name.encode() < seg.name.encode()]
-        raise not_from_seq_zero(_skipped_fix(passed[0], fix) if passed else fix, **w)
+        passed += [((run.name.encode(), a), zerofill.item(
+            str(run.path), a, (b - a) // RECORD_HEADER_SIZE, offset=a + RECORD_HEADER_SIZE - 1,
+            seq=0)) for run, a, b in runs[:1]]
+        skipped = min(passed, key=lambda p: p[0])[1] if passed else None
+        raise not_from_seq_zero(_skipped_fix(skipped, fix) if skipped else fix, **w)
     if not from_start and seq != resume[1]:
         if allow:
             return _resumes_elsewhere(pos, seq, resume[1])

@@ -1031,3 +1031,28 @@ def test_a_strict_plan_warns_that_a_skipped_file_may_leave_a_gap(tmp_path):
     # A file with nothing past its header leaves no gap: nothing to warn of.
     bad.write_bytes(bytes(data[:16]))
     assert not [w for w in plan_restore(wal, **kw)["warnings"] if "--strict" in w]
+
+
+def test_the_skipped_zeros_before_a_log_not_from_seq_zero_are_named_at_every_chunk_size(
+        tmp_path):
+    # A log that starts with a zero-filled record, then seq 1: with --skip-corrupt the
+    # restore's error named the zeros it skipped only where a chunk boundary fell between
+    # them and the first record (64-byte chunks), not with the default chunk, where the
+    # first record is judged before the chunk's skips are listed (found by
+    # tests/test_stop_reading.py's property in CI). Every chunk size says the same, and
+    # so does the dry run.
+    log = LogBuilder(created=1000, first_seq=1)
+    log.raw(bytes(12))
+    log.add(Ins("a", [1.0], ts=10))
+    log.add(Ins("b", [2.0], ts=11))
+    wal = Path(log.write(tmp_path / "wal"))
+    texts = set()
+    for chunk in (None, 64, 200, 4096):
+        with pytest.raises(IncompleteHistoryError) as err:
+            gpu_pitr.restore(wal, backend="cpu", skip_corrupt=True, chunk_bytes=chunk)
+        texts.add(str(err.value))
+    [text] = texts
+    assert "it is in what --skip-corrupt skipped" in text and "offset 27, zero-filled" in text
+    with pytest.raises(IncompleteHistoryError) as err:
+        plan_restore(wal, skip_corrupt=True)
+    assert str(err.value) == text

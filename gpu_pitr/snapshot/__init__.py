@@ -581,7 +581,8 @@ def header_problem_of(path) -> tuple[str | None, int]:
 
 
 def first_log_record(segments, start: int | None = None, skip_zeros: bool = False,
-                     stop: tuple[str, int] | None = None) -> tuple | None:
+                     stop: tuple[str, int] | None = None,
+                     zero_runs: list | None = None) -> tuple | None:
     """``(segment, seq, offset)`` of the first record a restore reads in ``segments`` (in
     log order), from byte ``start`` of the first (a base's position in its own segment,
     ``base.resume_at``; None: its header's end), as the files' bytes there say: the
@@ -595,7 +596,9 @@ def first_log_record(segments, start: int | None = None, skip_zeros: bool = Fals
     from them: a damaged header (the restore refuses the file, or with --skip-corrupt
     goes on), a file that cannot be read, or no record at all. Read by ``plan_restore``
     and ``window`` for what the restore judges of its first record (after a base too:
-    ``pipeline._check_resume``)."""
+    ``pipeline._check_resume``). ``zero_runs``: where given, each run of zero-filled
+    records skipped is appended, ``(segment, start, end)`` (the restore's ``skipped``
+    lists them, and its error of a log not from seq 0 names the first)."""
     from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, RECORD_HEADER_SIZE
 
     for k, seg in enumerate(segments):
@@ -617,6 +620,8 @@ def first_log_record(segments, start: int | None = None, skip_zeros: bool = Fals
                         end = _zero_records_end(f.fileno(), at, min(seg.size, limit))
                         if end == at:
                             break  # (the position target's record)
+                        if zero_runs is not None:
+                            zero_runs.append((seg, at, end))
                         at = end
                     else:
                         break
