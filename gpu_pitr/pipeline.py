@@ -204,6 +204,12 @@ _BASE_HOLDS_NONE = "the base snapshot holds no record of the log (an empty log, 
     "zero-filled records only), so the log must start there"
 
 
+def _skipped_file(file: str, problem: str) -> dict:
+    """The report's entry (``skipped``, ``damage_after_stop``) of a segment whose header
+    is damaged: none of it is read (the restore's, and ``plan_restore``'s)."""
+    return {"file": file, "offset": 0, "seq": None, "what": problem}
+
+
 def _skipped_fix(skipped: dict, fix: str) -> str:
     """What the error of a log not from seq 0 says to do where ``skip_corrupt`` skipped
     ``skipped`` (a report ``skipped`` entry) before its first record: the start may be
@@ -462,7 +468,7 @@ class _Restore:
             self.report.torn_tails.append(
                 {"file": name, "offset": 0, "bytes_lost": item.header_len})
             return
-        entry = {"file": name, "offset": 0, "seq": None, "what": item.problem}
+        entry = _skipped_file(name, item.problem)
         if self.plan.stopped:
             self.report.damage_after_stop.append(entry)
         elif self.skip_corrupt:
@@ -912,15 +918,12 @@ class _Restore:
         if head <= lead or len(skipped) > 1:
             return entry
         c = self.cols
-        k = 1
-        while (lead + k < head and c.seg[lead + k] == c.seg[lead]
-               and int(c.foff[lead + k]) == int(c.foff[lead]) + k * RECORD_HEADER_SIZE):
-            k += 1
+        _, counts = zerofill.runs(c.seg[lead:head], c.foff[lead:head],
+                                  np.ones(head - lead, np.bool_))
+        k = int(counts[0])  # (the first file's run: one entry a file)
         file, at = self.names[int(c.seg[lead])], int(c.foff[lead])
         if entry is None:
-            # (Not decoded yet: a zero record's bad offset is its header's last byte.)
-            return zerofill.item(file, at, k, offset=at + RECORD_HEADER_SIZE - 1,
-                                 seq=int(c.seq[lead]))
+            return zerofill.skipped_item(file, at, k)  # (not decoded yet)
         zerofill.join(entry, file, at, k)  # (the run a chunk boundary split)
         return entry
 
@@ -2496,7 +2499,7 @@ def _damaged_headers(rest: tuple[list, int], headers: dict, snap, target: dict,
         if read and not skip_corrupt:
             raise BadSegmentError(problem, file=str(seg.path), offset=0)
         if read:
-            skipped.append({"file": str(seg.path), "offset": 0, "seq": None, "what": problem})
+            skipped.append(_skipped_file(str(seg.path), problem))
             if strict and seg.size > HEADER_SIZE:
                 warnings.append(
                     f"{seg.path}: offset 0: {problem}: --skip-corrupt skips its "
@@ -2524,8 +2527,7 @@ def _gone_past(headers: dict, segs: list, snap, target: dict, exclusive: bool,
     stopped = snap is not None and _base_is_the_stop(snap, target, exclusive)
     if not (skip_corrupt or stopped):
         return {}
-    return {seg.name: None if stopped else {"file": str(seg.path), "offset": 0, "seq": None,
-                                            "what": headers[seg.name][0]}
+    return {seg.name: None if stopped else _skipped_file(str(seg.path), headers[seg.name][0])
             for seg in segs if headers[seg.name][0] not in (None, "torn")}
 
 
@@ -2609,9 +2611,9 @@ def _check_resume(pos: dict, later: list, starts: dict, resume: tuple | None,
         # lists it: a file with a damaged header, or a run of zero-filled records.
         passed = [((name.encode(), 0), e) for name, e in over.items()
                   if e is not None and name.encode() < seg.name.encode()]
-        passed += [((run.name.encode(), a), zerofill.item(
-            str(run.path), a, (b - a) // RECORD_HEADER_SIZE, offset=a + RECORD_HEADER_SIZE - 1,
-            seq=0)) for run, a, b in runs[:1]]
+        passed += [((run.name.encode(), a),
+                    zerofill.skipped_item(str(run.path), a, (b - a) // RECORD_HEADER_SIZE))
+                   for run, a, b in runs[:1]]
         skipped = min(passed, key=lambda p: p[0])[1] if passed else None
         raise not_from_seq_zero(_skipped_fix(skipped, fix) if skipped else fix, **w)
     if not from_start and seq != resume[1]:

@@ -75,6 +75,13 @@ def item(file: str, start: int, records: int, **where) -> dict:
             "records": records, "bytes": records * RECORD_HEADER_SIZE, "start": start}
 
 
+def skipped_item(file: str, start: int, records: int) -> dict:
+    """The report's ``skipped`` entry of a run found before it is decoded (the first
+    records ``--skip-corrupt`` skips, judged where the log starts): named at its first
+    record's last header byte, where decoding fails, with seq 0."""
+    return item(file, start, records, offset=start + RECORD_HEADER_SIZE - 1, seq=0)
+
+
 def join(last: dict | None, file: str, start: int, records: int, start_key: str = "start",
          prefix: str = REPORT_PREFIX) -> bool:
     """Add a run of ``records`` zero records from ``start`` in ``file`` to the run that
