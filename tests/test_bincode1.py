@@ -24,6 +24,7 @@ from gpu_pitr.format.entries import Insert
 from gpu_pitr.format.writer import WalWriter, encode_header, encode_record
 from gpu_pitr.verify import verify_wal
 from tests.workloads import (
+    _VARIANT,
     Batch,
     Begin,
     Ckpt,
@@ -36,9 +37,6 @@ from tests.workloads import (
     meta_st,
     segment_name,
 )
-
-_VARIANT = {"insert": 0, "update": 1, "delete": 2, "batch": 3, "checkpoint": 4,
-            "begin": 5, "commit": 6, "abort": 7}
 
 
 def _s1(text: str) -> bytes:
