@@ -185,6 +185,29 @@ def test_inspect_names_the_older_format_as_the_reference_does(tmp_path):
     assert all(d["what"] is None for d in assert_same_stats(good)["damage"])
 
 
+def test_inspect_records_names_each_older_record(tmp_path):
+    # Listed as bincode 2, an older record reads as an empty Insert with bytes over:
+    # the listing says what it is (every such record: it walks them in Python anyway).
+    from gpu_pitr.format.dump import record_lines, wal_records
+
+    wal = _write_log(tmp_path, [encode_bincode1(Ins("x" * 255, [1.0], None, 9))]
+                     + [encode_bincode1(e) for e in OLD_LOG * 2])
+    docs = list(wal_records(wal))
+    assert docs[0]["damage"] == "undecodable"
+    assert docs[0]["what"].endswith(bincode1.WHOLE_ENTRY)
+    assert len(docs) == 1 + 2 * len(OLD_LOG)
+    assert all(d["trailing_bytes"] and d["bincode1"] for d in docs[1:])
+    (line,) = record_lines(docs[1])
+    assert line.endswith("(+34 trailing bytes: a whole bincode 1.3 entry, an older "
+                         "oxirs-vec's format)"), line
+    # A good log's records with bytes over are not one; one without has no such key.
+    good = _write_log(tmp_path / "good", [encode_entry(e) + b"\x07" for e in OLD_LOG]
+                      + [encode_entry(OLD_LOG[0])])
+    docs = list(wal_records(good))
+    assert [d.get("bincode1") for d in docs] == [False] * len(OLD_LOG) + [None]
+    assert record_lines(docs[0])[0].endswith("(+1 trailing bytes)")
+
+
 @pytest.mark.parametrize("strict", [False, True])
 def test_a_log_upgraded_to_bincode2_names_the_older_records_in_its_dimension_error(
         tmp_path, strict):

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from gpu_pitr.format import zerofill
+from gpu_pitr.format import bincode1, zerofill
 from gpu_pitr.format.codec import PayloadError, decode_entry
 from gpu_pitr.format.columns import ChunkColumns
 from gpu_pitr.format.entries import (
@@ -81,7 +81,8 @@ def wal_records(
     A record: ``file``, ``offset`` (of its header), ``seq``, ``length`` (of its
     payload), ``timestamp``, ``variant``, ``entry`` (its fields, vectors as their
     dimension only; a batch's ``entries`` flattened in log order, each with its
-    ``depth``) and ``trailing_bytes``; a data record inside a transaction also has
+    ``depth``) and ``trailing_bytes`` (where non-zero, ``bincode1``: whether the payload
+    is a whole bincode 1.3 entry, ``format.bincode1``); a data record inside a transaction also has
     ``transaction``, its id (the one begun most recently of those open there, SPEC
     section 3: the record takes effect at that transaction's commit). Damage:
     ``file``, ``offset``, ``seq`` (or None), ``damage`` (``bad_header``,
@@ -1094,10 +1095,18 @@ def _record(item, name: str, i: int) -> dict:
     try:
         entry, used = decode_entry(payload)
     except PayloadError as err:
-        return _damage(name, offset, seq, "undecodable", str(err), None)
-    return {"file": name, "offset": offset, "seq": seq, "length": length,
-            "timestamp": entry.timestamp, "variant": type(entry).__name__,
-            "entry": _fields(entry), "trailing_bytes": length - used}
+        what = str(err)
+        if bincode1.is_bincode1(payload):
+            what += f"; {bincode1.WHOLE_ENTRY}"
+        return _damage(name, offset, seq, "undecodable", what, None)
+    doc = {"file": name, "offset": offset, "seq": seq, "length": length,
+           "timestamp": entry.timestamp, "variant": type(entry).__name__,
+           "entry": _fields(entry), "trailing_bytes": length - used}
+    if used < length:
+        # Read as bincode 2, an older oxirs-vec's record decodes to an empty entry with
+        # bytes left over: its listing is not what was logged, and says so.
+        doc["bincode1"] = bincode1.is_bincode1(payload)
+    return doc
 
 
 def _fields(entry) -> dict:
@@ -1146,7 +1155,11 @@ def record_lines(doc: dict) -> list[str]:
             note = "" if doc.get("size_now") is None else f" ({doc['what']})"
             return [f"{where}: torn tail, {doc['bytes']} bytes lost{note}"]
         return [f"{where}: {doc['damage'].replace('_', ' ')}: {doc['what']}"]
-    extra = f" (+{doc['trailing_bytes']} trailing bytes)" if doc["trailing_bytes"] else ""
+    extra = ""
+    if doc["trailing_bytes"]:
+        older = (": a whole bincode 1.3 entry, an older oxirs-vec's format"
+                 if doc.get("bincode1") else "")
+        extra = f" (+{doc['trailing_bytes']} trailing bytes{older})"
     txn = ("" if doc.get("transaction") is None else
            f" (in transaction {doc['transaction']}{_outcome_text(doc)})")
     lines = [f"{where}: {utc_text(doc['timestamp'])} "
