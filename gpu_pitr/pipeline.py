@@ -2038,7 +2038,7 @@ def _not_reached(unreached: list) -> TargetNotReachedError:
     text, where = unreached[0]
     return TargetNotReachedError(
         "; ".join([text, *(f"also: {t}" for t, _ in unreached[1:])])
-        + " (strict: the target was not reached; nothing restored)", **where)
+        + " (strict: the state asked for was not reached; nothing restored)", **where)
 
 
 def _in_snapshots_words(err: IncompleteHistoryError, snapshots, snap, notes: list,

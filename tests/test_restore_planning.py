@@ -585,7 +585,7 @@ def test_a_strict_dry_run_refuses_what_a_strict_restore_refuses_before_reading(h
     cli_run = _cli("restore", str(empty), "--base", str(snaps / "s02"), "--out",
                    str(tmp_path / "x.npz"), "--dry-run", "--strict")
     assert cli_run.returncode == 1 and cli_run.stderr.count("\n") == 1
-    assert "strict: the target was not reached" in cli_run.stderr
+    assert "strict: the state asked for was not reached" in cli_run.stderr
     assert not (tmp_path / "x.npz").exists()
 
 

@@ -73,8 +73,8 @@ def test_a_time_target_past_the_log_fails_naming_where_the_log_ends(tmp_path, ba
     end = lax.position["offset"]
     assert end == (tmp_path / "wal" / lax.position["segment"]).stat().st_size
     assert (err.value.file, err.value.offset, err.value.seq) == (_seg(d), end, None)
-    assert str(err.value) == (f"{_seg(d)}: offset {end}: {warning} (strict: the target "
-                              "was not reached; nothing restored)")
+    assert str(err.value) == (f"{_seg(d)}: offset {end}: {warning} (strict: the state "
+                              "asked for was not reached; nothing restored)")
     assert warning.startswith("the log ends before the target 2027-01-15T08:01:00Z")
     # Stamped the target second itself (inclusive): not passed, so not reached either.
     with pytest.raises(TargetNotReachedError, match="is passed: its latest commit point is "
