@@ -87,6 +87,13 @@ class MissingExtraError(ImportError):
     """An optional dependency a command needs is not installed; says which extra has it."""
 
 
+class ForkedOpenMPError(RuntimeError):
+    """Parallel code called in a process forked from one that had started GNU OpenMP's
+    threads (Numba's ``omp`` layer, its default on Linux): that runtime does not survive
+    a fork, and Numba would end the child with SIGTERM instead (a
+    ``multiprocessing.Pool`` waited for its task forever)."""
+
+
 def missing_extra(err: ImportError, module: str, needs: str, extra: str) -> MissingExtraError:
     """The one line for ``err``, raised importing ``module``: ``needs`` (what needs it)
     and the extra to install where it is not installed; where it is but fails to import

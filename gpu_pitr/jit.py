@@ -26,6 +26,15 @@ package patches before it compiles anything.
 
 Best effort: where Numba's caching internals differ (other versions), nothing is
 installed and caching works as Numba's does.
+
+A ``parallel=True`` function comes wrapped (``OneRegionAtATime``): on Numba's
+``workqueue`` threading layer, the fallback where neither OpenMP nor TBB is installed,
+its calls from Python take one lock of the process, because that layer terminates the
+process when two threads run parallel code at once (two restores in a program's
+threads, a restore and ``RestoredIndex.ids``). On the other layers they run as they
+are, at once. In a process forked from one that had started GNU OpenMP's threads
+(Numba's ``omp`` layer, the default on Linux), which do not survive a fork, a call
+raises ``ForkedOpenMPError``: Numba would end the process with SIGTERM.
 """
 
 from __future__ import annotations
@@ -40,12 +49,100 @@ import time
 import warnings
 from pathlib import Path
 
-from numba import njit, types
+import numba
+from numba import types
 from numba.core import caching, cgutils
 from numba.extending import intrinsic
 
-__all__ = ["NO_REFCOUNTS", "PREFETCH_AHEAD", "compile_seconds", "njit", "package_digest",
-           "prefetch", "prefetch_lines", "store_fence", "stream_copy", "watch_compiles"]
+__all__ = ["NO_REFCOUNTS", "PREFETCH_AHEAD", "OneRegionAtATime", "compile_seconds", "njit",
+           "package_digest", "prefetch", "prefetch_lines", "store_fence", "stream_copy",
+           "watch_compiles"]
+
+
+# Whether Numba's threading layer is ``workqueue`` (None: not known yet), and the lock its
+# parallel regions take there.
+_WORKQUEUE: bool | None = None
+_REGIONS = threading.RLock()
+
+
+# Set in a child forked from a process with GNU OpenMP's threads started.
+_FORKED_OFF_GNU_OPENMP = False
+
+
+def _after_fork_in_child() -> None:
+    global _REGIONS, _FORKED_OFF_GNU_OPENMP
+    # A fork from one thread while another held the lock would leave it held for good
+    # in the child, whose first parallel call would wait forever.
+    _REGIONS = threading.RLock()
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no threads started in the parent: the child starts its own
+        return
+    if layer == "omp":
+        from numba.np.ufunc import omppool
+
+        _FORKED_OFF_GNU_OPENMP = getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def on_workqueue() -> bool:
+    """Whether Numba runs parallel code on its ``workqueue`` layer. Asked once: it
+    starts the layer's threads, as the first parallel call would (Numba picks the
+    layer then)."""
+    global _WORKQUEUE
+    if _WORKQUEUE is None:
+        numba.get_num_threads()  # launches the threads; raises as a parallel call would
+        _WORKQUEUE = numba.threading_layer() == "workqueue"
+    return _WORKQUEUE
+
+
+class OneRegionAtATime:
+    """A ``parallel=True`` dispatcher whose calls from Python take ``_REGIONS`` on the
+    ``workqueue`` layer: that layer is not thread safe, and ends the process ("Concurrent
+    access has been detected") when a second thread starts parallel code while one
+    runs, which two restores in threads of one program did. Locking each call rather
+    than each public call (``restore``, ``RestoredIndex.ids``, the snapshot's ``load``,
+    ``wal_records``' iterator...) covers them all, holds nothing between two calls nor
+    across a generator's ``yield``, and lets one call's serial parts (reading, framing,
+    writing) overlap another's parallel ones. Not callable from compiled code: none
+    calls these. Other attributes are the dispatcher's (``signatures``, ``py_func``)."""
+
+    def __init__(self, dispatcher) -> None:
+        self.dispatcher = dispatcher
+        functools.update_wrapper(self, dispatcher.py_func)
+
+    def __getattr__(self, name: str):
+        return getattr(self.dispatcher, name)
+
+    def __call__(self, *args, **kwargs):
+        if _FORKED_OFF_GNU_OPENMP:
+            from gpu_pitr.errors import ForkedOpenMPError
+
+            raise ForkedOpenMPError(
+                "gpu_pitr cannot run here: this process was forked from one that had "
+                "started GNU OpenMP's threads (Numba's omp threading layer), which do not "
+                "survive a fork; start it with multiprocessing's 'spawn' or 'forkserver' "
+                "method, or set NUMBA_THREADING_LAYER=workqueue (or tbb, where installed)")
+        if _WORKQUEUE is False or not on_workqueue():
+            return self.dispatcher(*args, **kwargs)
+        with _REGIONS:
+            return self.dispatcher(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"OneRegionAtATime({self.dispatcher!r})"
+
+
+def njit(*args, **options):
+    """Numba's ``njit``; with ``parallel=True``, the dispatcher comes wrapped in
+    ``OneRegionAtATime``."""
+    if not options.get("parallel"):
+        return numba.njit(*args, **options)
+    if args and callable(args[0]):
+        return OneRegionAtATime(numba.njit(*args, **options))
+    made = numba.njit(*args, **options)
+    return lambda fn: OneRegionAtATime(made(fn))
 
 
 def _no_refcounts() -> dict:

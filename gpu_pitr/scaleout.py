@@ -33,9 +33,10 @@ from gpu_pitr.errors import MissingExtraError, missing_extra, os_reason
 from gpu_pitr.resolve.idshard import MAX_SHARDS, first_difference, merge_reports, merge_shards
 
 # One restore at a time in a worker process: a restore uses every core (and the GPU)
-# already, and Numba's fallback threading layer (workqueue, where neither OpenMP nor
-# TBB is installed) ends the process when two threads run parallel code at once. A
-# worker with several threads, given several shards, runs them one after another.
+# already, and two at once would hold two shards' memory. (On Numba's workqueue layer,
+# which ends the process when two threads run parallel code at once, the package's
+# own lock, ``jit.OneRegionAtATime``, keeps them apart as well.) A worker with several
+# threads, given several shards, runs them one after another.
 _ONE_AT_A_TIME = threading.Lock()
 
 

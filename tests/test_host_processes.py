@@ -1,0 +1,168 @@
+"""The library inside host programs: restores in several Python threads at once, in
+processes forked after one, and a fork while another thread runs parallel code.
+
+Each runs in a subprocess of its own, with the Numba threading layer it needs and a
+timeout: a process that Numba terminates or that hangs fails the test, not the run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+TIMEOUT = 600
+
+
+def _run(script: str, layer: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NUMBA_THREADING_LAYER": layer}
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+def test_restores_in_threads_at_once_on_numbas_workqueue_layer(tmp_path):
+    """The workqueue layer (Numba's fallback where neither OpenMP nor TBB is installed)
+    terminates the process when two threads run parallel code at once: four threads
+    restoring a 32 MiB log ended it ("Concurrent access has been detected", exit 134),
+    as did a thread reading ``RestoredIndex.ids`` beside a restore. Parallel calls take
+    one lock there; the results are those of one restore alone."""
+    script = f"""
+import threading
+import numba, numpy as np, gpu_pitr
+from gpu_pitr import synth
+wal = {str(tmp_path / "wal")!r}
+synth.write_synthetic_wal(wal, total_bytes=32 << 20, segments=4, seed=3)
+alone = gpu_pitr.restore(wal, backend="cpu")
+want = (alone.id_list(), alone.vectors.tobytes(), alone.metadata_json().tolist())
+got, failed = [], []
+
+def restores():
+    try:
+        for _ in range(3):
+            ix = gpu_pitr.restore(wal, backend="cpu")
+            got.append((ix.id_list(), ix.vectors.tobytes(), ix.metadata_json().tolist()))
+    except BaseException as err:
+        failed.append(repr(err))
+
+def reads():
+    try:
+        for _ in range(20):
+            assert list(alone.ids) == want[0]
+    except BaseException as err:
+        failed.append(repr(err))
+
+threads = [threading.Thread(target=restores) for _ in range(4)]
+threads.append(threading.Thread(target=reads))
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert not failed, failed
+assert len(got) == 12 and all(g == want for g in got)
+print(numba.threading_layer(), len(alone))
+"""
+    out = _run(script, "workqueue")
+    assert out.returncode == 0, out.stderr[-2000:]
+    layer, n = out.stdout.split()
+    assert layer == "workqueue" and int(n) > 10_000
+
+
+_FORKED = """
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+import numba, gpu_pitr
+from gpu_pitr import synth
+from numba.np.ufunc import omppool
+
+WAL = {wal!r}
+
+def child(_):
+    return len(gpu_pitr.restore(WAL, backend="cpu"))
+
+if __name__ == "__main__":
+    synth.write_synthetic_wal(WAL, total_bytes=2 << 20, segments=2, seed=4)
+    n = len(gpu_pitr.restore(WAL, backend="cpu"))
+    if numba.threading_layer() != "omp" or omppool.openmp_vendor != "GNU":
+        print("skip", numba.threading_layer(), omppool.openmp_vendor)
+        raise SystemExit(0)
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as pool:
+        try:
+            pool.submit(child, 0).result()
+        except Exception as err:
+            print("refused", type(err).__name__, str(err).count("spawn"))
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        print("spawned", pool.submit(child, 0).result() == n)
+"""
+
+
+def test_a_process_forked_after_a_restore_on_gnu_openmp_raises(tmp_path):
+    """GNU OpenMP (Numba's ``omp`` layer, its default on Linux) does not survive a fork:
+    a child forked after a restore (multiprocessing's default start method on Linux
+    before Python 3.14) was ended by SIGTERM at its first parallel loop, and a
+    ``multiprocessing.Pool`` waited for its task forever (here: BrokenProcessPool). The
+    child's call raises ForkedOpenMPError, which names the start methods that work; a
+    spawned child restores."""
+    script_path = tmp_path / "forked.py"  # spawn imports the main module from a file
+    script_path.write_text(_FORKED.format(wal=str(tmp_path / "wal")))
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "omp"}
+    out = subprocess.run([sys.executable, str(script_path)], env=env, capture_output=True,
+                         text=True, timeout=TIMEOUT)
+    if out.returncode != 0 and "cannot start" in out.stderr.lower():
+        pytest.skip("no OpenMP layer here")
+    assert out.returncode == 0, out.stderr[-2000:]
+    if out.stdout.startswith("skip"):
+        pytest.skip(out.stdout.strip())
+    assert out.stdout.split() == ["refused", "ForkedOpenMPError", "1", "spawned", "True"], \
+        out.stdout
+
+
+@pytest.mark.parametrize("layer", ["workqueue", "omp"])
+def test_a_fork_while_another_thread_holds_the_lock(tmp_path, layer):
+    """A thread in a parallel call on the workqueue layer holds the package's lock; a
+    fork from another thread then left it held in the child for good, and the child's
+    restore waited forever. On other layers the lock is never taken: a restore runs
+    while another thread holds it."""
+    script = f"""
+import os, signal, threading, time
+import numba, gpu_pitr
+from gpu_pitr import jit, synth
+wal = {str(tmp_path / "wal")!r}
+synth.write_synthetic_wal(wal, total_bytes=1 << 20, segments=1, seed=6)
+gpu_pitr.restore(wal, backend="cpu")  # the layer started, and known
+holding, done = threading.Event(), threading.Event()
+
+def hold():
+    with jit._REGIONS:
+        holding.set()
+        done.wait()
+
+t = threading.Thread(target=hold)
+t.start()
+assert holding.wait(60), "no lock to hold"
+if {layer!r} == "workqueue":
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if len(gpu_pitr.restore(wal, backend="cpu")) > 0 else 1)
+    for _ in range(1200):  # a child that hangs is killed, not left behind
+        done_pid, status = os.waitpid(pid, os.WNOHANG)
+        if done_pid:
+            print("child", os.waitstatus_to_exitcode(status))
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        print("child hung")
+else:
+    print("beside", len(gpu_pitr.restore(wal, backend="cpu")) > 0)
+done.set()
+t.join()
+print(numba.threading_layer())
+"""
+    out = _run(script, layer)
+    if out.returncode != 0 and layer == "omp" and "cannot" in out.stderr.lower():
+        pytest.skip("no OpenMP layer here")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == (["child", "0", "workqueue"] if layer == "workqueue"
+                                  else ["beside", "True", "omp"]), out.stdout
