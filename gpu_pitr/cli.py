@@ -469,8 +469,11 @@ def run() -> NoReturn:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"{PROG}: warning: {' '.join(str(message).splitlines())}",
-          file=sys.stderr if file is None else file)
+    # Best effort, as Python's own: a stderr on a full disk (Numba's cache and the job's
+    # log on one file system) made the cache's warning an OSError inside the compile.
+    with contextlib.suppress(OSError):
+        print(f"{PROG}: warning: {' '.join(str(message).splitlines())}",
+              file=sys.stderr if file is None else file)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -649,8 +652,12 @@ def _progress_line(line: str, stream) -> None:
 
 
 def _print_error(err: Exception) -> None:
-    """``gpu-pitr: error: <what>`` on stderr, always one line."""
-    print(f"{PROG}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
+    """``gpu-pitr: error: <what>`` on stderr, always one line. Best effort: a stderr that
+    cannot be written (``verify ... >>LOG 2>&1``, LOG's disk full) loses the line, not the
+    exit status; the OSError escaped and Python exited 1, which from verify and diff says
+    the log is damaged or A and B differ."""
+    with contextlib.suppress(OSError):
+        print(f"{PROG}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
 
 
 def _restore(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -187,6 +187,19 @@ class OutputError(_OneLineOSError):
         super().__init__(path, line, cause)
 
 
+class WithoutItsJsonError(OutputError):
+    """The JSON file written with an output (``--report-json``: ``write_json``'s
+    ``then``) that could not be put in place once that output was (a full directory's
+    rename, a lost mount): one line naming it, saying the output is in place without it
+    and its previous version is gone (it described the output replaced)."""
+
+    def __init__(self, path, cause: OSError) -> None:
+        _OneLineOSError.__init__(self, path, (
+            f"{path}: cannot write the JSON file: {os_reason(cause)}; the output written "
+            "with it is in place without it (a previous JSON file there is removed: it "
+            "described the output replaced): write them again"), cause)
+
+
 class WalDirectoryInUseError(_OneLineOSError):
     """Another ``WalWriter`` has the WAL directory open: one line naming it."""
 

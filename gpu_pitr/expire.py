@@ -446,7 +446,19 @@ def _delete(result: ExpireResult, snaps: list[str], segments: list[Path], first_
     # segment from one on, never a log with a hole a restore would read across.
     unlinked: list[str] = []
     if segments and not result.dry_run:
-        _set_marker(archive_dir, Expiry(first_kept, segments[-1].name))
+        try:
+            _set_marker(archive_dir, Expiry(first_kept, segments[-1].name))
+        except OSError as err:
+            # A full archive (the marker is written beside its name, then renamed): no
+            # segment goes without it. Said as a segment not deleted, beside the snapshots
+            # that were: the run stopped with the error alone (--json printed nothing of
+            # the snapshots deleted), on the file system expire is run to free.
+            done(Expired(SEGMENT, str(segments[0]), 0, problem=str(err)))
+            result.notes.append(
+                f"{plural(len(segments), 'segment')} before the anchor kept: the marker "
+                f"{MARKER_NAME} must be written before any goes (make a few kB of room in "
+                "the archive and run expire again)")
+            return
     for k, seg in enumerate(segments):
         interrupts.check()
         try:

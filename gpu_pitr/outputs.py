@@ -24,6 +24,7 @@ from gpu_pitr.errors import (
     PartlyInPlaceError,
     UnwritableDirectoryError,
     WalError,
+    WithoutItsJsonError,
     missing_extra,
 )
 from gpu_pitr.format.stats import plural
@@ -576,6 +577,7 @@ def write_json(path: Path, doc, then=None) -> None:
     it into place, and then that error is raised (also where the report's own sync
     fails: both are in place; a report that cannot be put in place says so instead)."""
     unsynced = None  # then()'s error for an index in place but not synced
+    placed = False  # then() is done: the index is in place, whatever fails after
     try:
         text = json.dumps(doc, indent=2) + "\n"
         with contextlib.ExitStack() as after_then, atomic_files(path) as (tmp,):
@@ -589,6 +591,7 @@ def write_json(path: Path, doc, then=None) -> None:
                         raise
                     unsynced = err
                 # The index is in place: its report follows it, whatever stop comes.
+                placed = True
                 after_then.enter_context(interrupts.holding())
                 if not os.path.lexists(tmp):
                     # Unchanged while then() wrote a large index, it was swept as a
@@ -598,6 +601,10 @@ def write_json(path: Path, doc, then=None) -> None:
     except OutputError:
         raise  # then()'s own, naming its file
     except OSError as err:
+        if placed and not isinstance(err, NotSyncedError):
+            # Its fsync or rename failed (a new name in a full directory: ENOSPC at the
+            # rename) once the index was in place: it said "nothing was left in its place".
+            raise WithoutItsJsonError(path, err) from err
         if unsynced is None or not isinstance(err, NotSyncedError):
             raise OutputError(path, "JSON file", err) from err
         # (Else the report is in place too, only its sync failed as well: as below.)

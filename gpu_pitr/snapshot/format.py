@@ -16,12 +16,15 @@ loader reads and verifies blocks in parallel and names the first bad one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import struct
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -196,9 +199,8 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
     vectors = np.asarray(host.vectors)
     dim = _index_dim(host, vectors, count)
     _check_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_killed_writes(out.parent)
-    with new_dir(out, _check_target, is_snapshot, SNAPSHOT_FILES.__contains__) as tmp:
+    with (_in_parent(out),
+          new_dir(out, _check_target, is_snapshot, SNAPSHOT_FILES.__contains__) as tmp):
         files = {}
         flat = np.ascontiguousarray(vectors[:count] if count else vectors[:0], dtype="<f4")
         files[VECTORS] = _write_file(tmp / VECTORS, flat.reshape(-1).view(np.uint8))
@@ -234,6 +236,47 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
         _write_file(tmp / MANIFEST, text)
         _write_file(tmp / MANIFEST_CRC, f"{crc32(text):08x}\n".encode("ascii"))
     return out
+
+
+@contextmanager
+def _in_parent(out: Path) -> Iterator[None]:
+    """``out``'s parent directory, made (with its own missing parents) if missing, for the
+    block to write ``out`` into, killed writes there removed first. The directories it
+    made are removed again when the block fails (each if still empty): a save that failed
+    for a full disk left the new directories above its snapshot. A parent that is a file
+    is ``NotADirectoryError`` naming it (``mkdir`` said "File exists")."""
+    made = []
+    for parent in reversed([out.parent, *out.parent.parents]):
+        if parent.is_dir():
+            continue
+        if os.path.lexists(parent):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(parent))
+        try:
+            parent.mkdir()
+        except FileExistsError:  # made by another writer meanwhile
+            if not parent.is_dir():
+                raise
+            continue
+        except BaseException:
+            _remove_dirs(made)
+            raise
+        made.append(parent)
+    try:
+        remove_killed_writes(out.parent)
+        yield
+    except BaseException:
+        _remove_dirs(made)
+        raise
+
+
+def _remove_dirs(made: list[Path]) -> None:
+    """Remove the directories ``made`` (parents first in the list), deepest first, where
+    still empty; best effort."""
+    for path in reversed(made):
+        try:
+            path.rmdir()
+        except OSError:
+            return  # not empty (another writer's): nor are those above it
 
 
 def _json(value, indent=None) -> str:
