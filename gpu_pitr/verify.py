@@ -949,13 +949,16 @@ def _archive_listing(wal_dir, segments: list, expiry) -> tuple[list[Problem], di
 
 def _archive_copy(seg, entry) -> list[Problem]:
     """One copy against its sums (nothing when it cannot be opened: the read of the
-    log has reported that)."""
+    log has reported that; but an open that failed for no fault of the file, out of
+    descriptors, is a ``FileReadError``: the read of the log had opened it, and the
+    copy, unchecked, would pass as sound)."""
     from gpu_pitr import archivesums
-    from gpu_pitr.format.segments import open_regular
+    from gpu_pitr.format.segments import open_regular, raise_if_not_the_files
 
     try:
         fd = open_regular(seg.path)
-    except OSError:
+    except OSError as err:
+        raise_if_not_the_files(err)
         return []
     try:
         size = os.fstat(fd).st_size

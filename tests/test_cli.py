@@ -777,11 +777,19 @@ def test_more_segments_than_the_process_may_hold_open(tmp_path):
             resource.RLIMIT_NOFILE)[1]))
 
     before = dir_state(wal)
-    runs = {
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    runs = {  # in this order: the later ones use what the earlier wrote
         "restore": ["restore", wal, "--out", tmp_path / "o.npz", "--backend", "cpu"],
         "verify": ["verify", wal],
         "inspect": ["inspect", wal],
         "records": ["inspect", wal, "--records"],
+        "transactions": ["inspect", wal, "--transactions"],
+        "dry-run": ["restore", wal, "--out", tmp_path / "d.npz", "--dry-run"],
+        "snapshot": ["snapshot", wal, "--out", snaps / "s1", "--to-time", 150,
+                     "--backend", "cpu"],
+        "from snapshots": ["restore", wal, "--out", tmp_path / "s.npz", "--snapshots", snaps,
+                           "--backend", "cpu"],
     }
     for name, args in runs.items():
         proc = subprocess.run([sys.executable, "-m", "gpu_pitr", *map(str, args)],
@@ -790,10 +798,11 @@ def test_more_segments_than_the_process_may_hold_open(tmp_path):
         assert "Too many open files" not in proc.stdout + proc.stderr, name
         assert proc.returncode == (1 if name == "verify" else 0), (name, proc.stderr)
     assert dir_state(wal) == before
-    with np.load(tmp_path / "o.npz", allow_pickle=False) as npz:
-        assert list(npz["ids"]) == [f"id{k}" for k in range(7)]
-        assert npz["vectors"][:, 0].tolist() == [
-            float(max(s for s in range(300) if s % 7 == k)) for k in range(7)]
+    for out in ("o.npz", "s.npz"):
+        with np.load(tmp_path / out, allow_pickle=False) as npz:
+            assert list(npz["ids"]) == [f"id{k}" for k in range(7)]
+            assert npz["vectors"][:, 0].tolist() == [
+                float(max(s for s in range(300) if s % 7 == k)) for k in range(7)]
     problems = cli("verify", wal, "--json")
     kinds = [p["kind"] for p in json.loads(problems.stdout)["problems"]]
     assert kinds == ["header_mismatch"] * 300

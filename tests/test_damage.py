@@ -692,6 +692,46 @@ def test_an_io_error_inside_a_small_segment_names_the_byte_it_stopped_at(tmp_pat
                               "Input/output error")
 
 
+@pytest.mark.parametrize("ahead", [False, True], ids=["small", "read-ahead"])
+def test_a_segment_the_process_has_no_descriptor_for_is_not_skipped_as_damaged(
+        tmp_path, monkeypatch, ahead):
+    # EMFILE (ulimit -n reached: a service manager's limit, a caller's own sockets)
+    # opening a sound segment was judged a bad header: --skip-corrupt skipped the file
+    # and restored without its records, verify and inspect called it damaged. It says
+    # nothing about the file: one line naming it, as an I/O error in its records.
+    # small: read whole beside its neighbours; read-ahead: its header read alone.
+    import errno
+
+    from gpu_pitr.errors import FileReadError
+    from gpu_pitr.format import readahead
+    from gpu_pitr.format.dump import wal_records
+    from gpu_pitr.format.stats import wal_stats
+    from gpu_pitr.verify import verify_wal
+
+    b, _ = two_segments()
+    d = b.write(tmp_path / "wal")
+    second = os.path.join(d, w.segment_name(SEG2))
+    real = os.open
+
+    def out_of_descriptors(path, flags, *a, **k):
+        if os.fspath(path) == second:
+            raise OSError(errno.EMFILE, "Too many open files", path)
+        return real(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", out_of_descriptors)
+    if ahead:
+        monkeypatch.setattr(readahead, "DIRECT_BYTES", 0)
+    line = f"{second}: offset 0: cannot read: Too many open files"
+    for call in (lambda: gpu_pitr.restore(d, backend="cpu", skip_corrupt=True),
+                 lambda: gpu_pitr.restore(d, backend="cpu"),
+                 lambda: verify_wal(d),
+                 lambda: wal_stats(d),
+                 lambda: list(wal_records(d))):
+        with pytest.raises(FileReadError) as err:
+            call()
+        assert str(err.value) == line and err.value.errno == errno.EMFILE
+
+
 def test_skip_corrupt_lists_damage_after_the_stop_as_such_not_as_skipped(restore, tmp_path):
     b = LogBuilder()
     b.add(Ins("a", [1.0], None, 1))

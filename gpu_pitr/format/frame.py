@@ -12,7 +12,7 @@ import numpy as np
 
 from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, MAGIC, RECORD_HEADER_SIZE, VERSION
 from gpu_pitr.format.payload import read_uint_le
-from gpu_pitr.format.segments import unreadable
+from gpu_pitr.format.segments import raise_if_not_the_files, unreadable
 from gpu_pitr.jit import NO_REFCOUNTS, njit, prefetch
 
 _AHEAD = 4096
@@ -93,9 +93,11 @@ def header_problem(head: bytes | OSError) -> str | None:
     ``"torn"`` when the file is shorter than a header and its bytes are a prefix
     of a valid one (an empty file included); otherwise a description of the
     wrong magic or version, or (``head`` the ``OSError`` of opening or reading it)
-    of why the file cannot be read.
+    of why the file cannot be read; an error that is not the file's (no descriptor
+    left: ``EMFILE``) raises ``FileReadError`` (``raise_if_not_the_files``).
     """
     if isinstance(head, OSError):
+        raise_if_not_the_files(head)
         return unreadable(head)
     if len(head) < HEADER_SIZE:
         if HEADER_ID.startswith(head[: len(HEADER_ID)]):

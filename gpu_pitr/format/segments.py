@@ -265,6 +265,23 @@ def vanished(err: OSError) -> bool:
     return err.errno == errno.ENOENT and path is not None and not os.path.lexists(path)
 
 
+# Errors of an open that say nothing about the file: the process has no descriptor left
+# (a service manager's ``ulimit -n``, a library caller's own files and sockets), or the
+# system none or no memory for one. No segment is damaged by them.
+_NOT_THE_FILES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM))
+
+
+def raise_if_not_the_files(err: OSError) -> None:
+    """Raise ``FileReadError`` (one line naming the file, exit status of a read error)
+    when opening a segment failed for a reason that is not the file's (``EMFILE``...):
+    judged a bad header instead, ``--skip-corrupt`` would skip a sound segment and
+    restore without its records, and ``verify`` would call it damaged."""
+    if err.errno in _NOT_THE_FILES and err.filename is not None:
+        from gpu_pitr.errors import FileReadError
+
+        raise FileReadError(err.filename, 0, err) from err
+
+
 def unreadable(err: OSError) -> str:
     """Why a segment file could not be opened or read, for its bad-header problem."""
     path = err.filename

@@ -61,7 +61,13 @@ from gpu_pitr.format.readahead import (
     framed_pieces,
     scan_chunk_bytes,
 )
-from gpu_pitr.format.segments import in_progress, list_segments, unreadable, written_since
+from gpu_pitr.format.segments import (
+    in_progress,
+    list_segments,
+    raise_if_not_the_files,
+    unreadable,
+    written_since,
+)
 from gpu_pitr.jit import NO_REFCOUNTS, njit
 
 _U64_MAX = np.uint64(2**64 - 1)
@@ -322,6 +328,7 @@ def header_damage(head: bytes | OSError) -> tuple | None:
     the ``OSError`` of reading them), as ``(kind, offset, what, bytes)``, or None for a
     valid header."""
     if isinstance(head, OSError):
+        raise_if_not_the_files(head)
         return ("bad_header", 0, unreadable(head), None)
     if len(head) < HEADER_SIZE:
         if head[: len(HEADER_ID)] == HEADER_ID[: len(head)]:
