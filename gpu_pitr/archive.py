@@ -52,6 +52,7 @@ from gpu_pitr.format.segments import (
     list_segments,
     not_segment_files,
     open_regular,
+    raise_if_not_the_files,
     read_into,
     record_end,
     unreadable,
@@ -553,7 +554,8 @@ def _last_seq(seg: Segment) -> int | None:
                     head = f.read(len(HEADER_ID))
                 if head != HEADER_ID:
                     last = int.from_bytes(head[:8], "little")
-    except OSError:
+    except OSError as err:
+        raise_if_not_the_files(err)  # out of descriptors: the check is not passed over
         return None
     return last
 

@@ -35,7 +35,13 @@ from numba import prange
 from gpu_pitr.crc import crc32
 from gpu_pitr.errors import WalError
 from gpu_pitr.format.layout import SEGMENT_NAME_RE
-from gpu_pitr.format.segments import NotARegularFile, file_kind, open_regular, read_into
+from gpu_pitr.format.segments import (
+    NotARegularFile,
+    file_kind,
+    open_regular,
+    raise_if_not_the_files,
+    read_into,
+)
 from gpu_pitr.index import RestoredIndex
 from gpu_pitr.jit import NO_REFCOUNTS, njit
 from gpu_pitr.resolve.idsort import compare_ids
@@ -437,7 +443,8 @@ def is_snapshot(path) -> bool:
         fd = open_regular(p / MANIFEST)
         with open(fd, "rb") as f:
             raw = _read_capped(f, MANIFEST_MAX)
-    except OSError:
+    except OSError as err:
+        raise_if_not_the_files(err)  # out of descriptors: not "no snapshot"
         return False
     if raw is None:
         return True  # too large to be a manifest: damage, which read_manifest names
@@ -460,7 +467,8 @@ def holds_snapshot_files(path) -> bool:
     """
     try:
         names = set(os.listdir(path)) if os.path.isdir(path) else set()
-    except OSError:
+    except OSError as err:
+        raise_if_not_the_files(err)
         return False
     if any(SEGMENT_NAME_RE.fullmatch(n) for n in names):
         return False
