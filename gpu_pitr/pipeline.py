@@ -1232,20 +1232,6 @@ class _Restore:
             start += count
         return None
 
-    def _seqs_held(self) -> str:
-        """The seqs there are, for a seq target none carries: the runs of consecutive
-        numbers (a writer restart starts another), the first few of them."""
-        last = self.seq_runs.last
-        runs = merge_runs(self.seq_runs.runs + ([] if last is None else [[last, last]]))
-        shown = [str(a) if a == b else f"{a} to {b}" for a, b in runs[:_RUNS_SHOWN]]
-        text = shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
-        if len(runs) > _RUNS_SHOWN:
-            text = (f"{', '.join(shown)} and {len(runs) - _RUNS_SHOWN} more runs (`gpu-pitr "
-                    "inspect --records` lists them)")
-        who = ("the base snapshot and the records read after it carry" if self.base is not None
-               else "the records read carry")
-        return f"{who} seq {text}"
-
     def _end_of_log(self) -> None:
         self.report.transactions["in_flight_discarded"] = (
             self.plan.open_at_stop if self.plan.stopped else self.plan.open_transactions)
@@ -1253,15 +1239,8 @@ class _Restore:
             self.joined_after_restart = self._joined_after_restart()
         if self.to_seq is not None and not self.plan.stopped:
             # A base's records count: one at the end of the log has none read after it.
-            held = ("no records were read" if self.seq_range is None
-                    and self.seq_runs.last is None else self._seqs_held())
-            # No segment file at all: most often a WAL_DIR given wrong (the directory
-            # above it, the snapshots), which the note names; a bare "no record has
-            # seq N" sent the operator looking for the record instead of the directory.
-            wrong = "" if self._listed else f"; {no_segments_note(self.wal_dir)}"
-            raise TargetNotFoundError(
-                f"no record has sequence number {self.to_seq} ({held}){wrong}",
-                file=str(self.wal_dir))
+            raise _seq_not_found(self.to_seq, self.seq_runs, self.seq_range is not None,
+                                 self.base is not None, self._listed, self.wal_dir)
         if self.to_transaction is not None and not self.plan.stopped:
             raise TargetNotFoundError(self._txn_not_found(), file=str(self.wal_dir))
         if self.to_position is not None and not self.plan.stopped:
@@ -1290,53 +1269,89 @@ class _Restore:
 
 
     def _txn_not_found(self) -> str:
-        """Why no record ends the transaction target X: begun but still open at the end
-        of the log (where it began), or never begun (a stray end of it, if one was read);
-        with a base, that only the log after its position was read."""
-        from gpu_pitr.snapshot.format import pending_transactions
+        """Why no record ends the transaction target (``_txn_not_found``)."""
+        return _txn_not_found(self.to_transaction, self.base, self._listed, self.wal_dir,
+                              self.txn_begun, self.txn_stray, self.report.skipped)
 
-        x = self.to_transaction
 
-        def at(w: dict) -> str:
-            return f"{Path(w['file']).name} offset {w['offset']} (seq {w['seq']})"
+def _seqs_held(seq_runs, based: bool) -> str:
+    """The seqs there are, for a seq target none carries: the runs of consecutive
+    numbers (a writer restart starts another), the first few of them; ``seq_runs`` the
+    restore's ``SeqRuns``, ``based``: it started from a base snapshot."""
+    last = seq_runs.last
+    runs = merge_runs(seq_runs.runs + ([] if last is None else [[last, last]]))
+    shown = [str(a) if a == b else f"{a} to {b}" for a, b in runs[:_RUNS_SHOWN]]
+    text = shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
+    if len(runs) > _RUNS_SHOWN:
+        text = (f"{', '.join(shown)} and {len(runs) - _RUNS_SHOWN} more runs (`gpu-pitr "
+                "inspect --records` lists them)")
+    who = "the base snapshot and the records read after it carry" if based \
+        else "the records read carry"
+    return f"{who} seq {text}"
 
-        def skipped_hint(record: str) -> str:
-            # (What --skip-corrupt passed over may be the record that began or ended it.)
-            skipped = self.report.skipped
-            return "" if not skipped else (
-                f"; --skip-corrupt skipped {len(skipped)} damaged record"
-                f"{'s or files' if len(skipped) > 1 else ' or file'} (the first at "
-                f"{Path(skipped[0]['file']).name} offset {skipped[0]['offset']}): its "
-                f"{record} may be among them")
 
-        open_at_base = self.base is not None and any(
-            t == x for t, _ in pending_transactions(self.base.position))
-        if open_at_base or self.txn_begun is not None:
-            began = (f"it was open at the base snapshot's position ({self.base.path})"
-                     if open_at_base else f"it begins at {at(self.txn_begun)}")
-            return (f"transaction {x} never ends: {began} and is still open at the end of "
-                    "the log (in flight: no CommitTransaction or AbortTransaction closes it)"
-                    + skipped_hint("end"))
-        stray = ("" if self.txn_stray is None else
-                 f"; the {self.txn_stray['record']} at {at(self.txn_stray)} closes no open "
-                 "transaction (an anomaly)")
-        where = "the log"
-        if self.base is not None and self._listed and getattr(
-                self.base, "transaction_absent", None) != x:
-            # (With --snapshots the log's records of X were found first: where none is,
-            # no older snapshot serves either, and the whole log's words are the answer.
-            # No segment at all: the directory is the answer, not an older snapshot.)
-            where = (f"the log after the base snapshot's position ({self.base.path}; if "
-                     f"transaction {x} ended in the log the base covers, the base is past "
-                     "the target: restore from an older snapshot, --base, or from the log "
-                     "alone)")
-        # Where the log ends: an archive not brought up to date lacks X altogether.
-        last = self._listed[-1] if self._listed else None
-        wrong = (f"; {no_segments_note(self.wal_dir)}" if last is None else
-                 f"; the log ends with {last.name} ({last.size:,} bytes): an archive not "
-                 "brought up to date, or another store's log?")
-        return (f"transaction {x} never begins in {where}: no BeginTransaction has its id"
-                f"{stray}{wrong}{skipped_hint('begin')}")
+def _seq_not_found(seq: int, seq_runs, read_any: bool, based: bool, listed: list,
+                   wal_dir: Path) -> TargetNotFoundError:
+    """The error of a seq target no record carries, at the end of the log
+    (``_Restore._end_of_log``; ``plan_restore`` where no log is read at all):
+    ``read_any``, records were read; ``listed``, the segments listed."""
+    held = "no records were read" if not read_any and seq_runs.last is None \
+        else _seqs_held(seq_runs, based)
+    # No segment file at all: most often a WAL_DIR given wrong (the directory above it,
+    # the snapshots), which the note names; a bare "no record has seq N" sent the
+    # operator looking for the record instead of the directory.
+    wrong = "" if listed else f"; {no_segments_note(wal_dir)}"
+    return TargetNotFoundError(f"no record has sequence number {seq} ({held}){wrong}",
+                               file=str(wal_dir))
+
+
+def _txn_not_found(x: int, base, listed: list, wal_dir: Path, begun: dict | None = None,
+                   stray: dict | None = None, skipped: list = ()) -> str:
+    """Why no record ends the transaction target X (``_Restore._end_of_log``;
+    ``plan_restore`` where no log is read at all): begun but still open at the end of
+    the log (``begun``: where it began), or never begun (``stray``: a stray end of it,
+    if one was read); with a base, that only the log after its position was read.
+    ``skipped``: the report's, what --skip-corrupt passed over."""
+    from gpu_pitr.snapshot.format import pending_transactions
+
+    def at(w: dict) -> str:
+        return f"{Path(w['file']).name} offset {w['offset']} (seq {w['seq']})"
+
+    def skipped_hint(record: str) -> str:
+        # (What --skip-corrupt passed over may be the record that began or ended it.)
+        return "" if not skipped else (
+            f"; --skip-corrupt skipped {len(skipped)} damaged record"
+            f"{'s or files' if len(skipped) > 1 else ' or file'} (the first at "
+            f"{Path(skipped[0]['file']).name} offset {skipped[0]['offset']}): its "
+            f"{record} may be among them")
+
+    open_at_base = base is not None and any(
+        t == x for t, _ in pending_transactions(base.position))
+    if open_at_base or begun is not None:
+        began = (f"it was open at the base snapshot's position ({base.path})"
+                 if open_at_base else f"it begins at {at(begun)}")
+        return (f"transaction {x} never ends: {began} and is still open at the end of "
+                "the log (in flight: no CommitTransaction or AbortTransaction closes it)"
+                + skipped_hint("end"))
+    stray_text = ("" if stray is None else
+                  f"; the {stray['record']} at {at(stray)} closes no open "
+                  "transaction (an anomaly)")
+    where = "the log"
+    if base is not None and listed and getattr(base, "transaction_absent", None) != x:
+        # (With --snapshots the log's records of X were found first: where none is,
+        # no older snapshot serves either, and the whole log's words are the answer.
+        # No segment at all: the directory is the answer, not an older snapshot.)
+        where = (f"the log after the base snapshot's position ({base.path}; if "
+                 f"transaction {x} ended in the log the base covers, the base is past "
+                 "the target: restore from an older snapshot, --base, or from the log "
+                 "alone)")
+    # Where the log ends: an archive not brought up to date lacks X altogether.
+    last = listed[-1] if listed else None
+    wrong = (f"; {no_segments_note(wal_dir)}" if last is None else
+             f"; the log ends with {last.name} ({last.size:,} bytes): an archive not "
+             "brought up to date, or another store's log?")
+    return (f"transaction {x} never begins in {where}: no BeginTransaction has its id"
+            f"{stray_text}{wrong}{skipped_hint('begin')}")
 
 
 def _resume_point(pos: dict, segments: list) -> tuple[list, dict, tuple | None, str | None]:
@@ -2339,8 +2354,12 @@ def plan_restore(
     that holds no record of the log (of an empty log, or of zero-filled records only)
     where the first record after it is not seq 0. What only
     reading the log finds (damage, a seq or transaction target the log lacks) is not
-    looked for. ``read_after_stop``: as the restore's (False: a target the base itself
-    meets reads no log, so the log after it is not judged either). ``strict``: as the
+    looked for; but where no log is read at all (no segment, or none after a base that
+    is not itself the target), a seq or transaction target raises the restore's
+    ``TargetNotFoundError``, strict or not (the restore raises it at the end of its
+    empty log, before strict's check). ``read_after_stop``: as the restore's (False: a
+    target the base itself meets reads no log, so the log after it is not judged
+    either). ``strict``: as the
     restore's, for what is known before reading: no log at all after the start, or
     after a base that is not itself the target, raises ``TargetNotReachedError`` in the
     restore's words (a time target the log ends before, or seqs missing inside it, are
@@ -2390,6 +2409,7 @@ def plan_restore(
     _check_position_target(wal_path, segments, position, exclusive, base, snapshots)
     snap, notes, warnings = _base_for(base, snapshots, target, exclusive,
                                       allow_incomplete_history, segments)
+    passed_over = list(warnings)  # (the damaged snapshots: the restore's errors say them)
     allow = allow_incomplete_history
     unreached = []  # what strict refuses, known before reading
     # Each segment read after the base, its header as the restore's framer judges it.
@@ -2460,6 +2480,16 @@ def plan_restore(
             warnings = [*warnings, _no_log_note(snap, wal_path)]
             if not _base_is_the_stop(snap, target, exclusive):
                 unreached.append((warnings[-1], {"file": str(wal_path)}))
+    if not read["segments"] and (snap is None or not _base_is_the_stop(snap, target,
+                                                                      exclusive)):
+        # No record read at all: a seq or transaction target is not found, whatever
+        # strict says (the restore finds it at the end of its empty log, before strict's
+        # check); the dry run refused that as not reached, in other words (review
+        # planprop: its property test).
+        missing = _not_found_in_no_log(target, snap, segments, wal_path)
+        if missing is not None:
+            raise missing if snapshots is None or not passed_over else \
+                _with_damaged_snapshots(missing, passed_over)
     if strict and unreached:
         # What ``strict`` refuses that is known before reading: no log to reach the
         # target in, records missing behind the base (the restore refuses them after
@@ -2467,6 +2497,25 @@ def plan_restore(
         raise _not_reached(unreached)
     return {"wal_dir": str(wal_path), "target": target_doc, "base": doc, "notes": notes,
             "warnings": warnings, "skipped": skipped, "read": read}
+
+
+def _not_found_in_no_log(target: dict, snap, segments: list, wal_path: Path
+                         ) -> TargetNotFoundError | None:
+    """The ``TargetNotFoundError`` a restore that reads no log at all (no segment, or
+    none after the base ``snap``, which is not itself the target) raises at its end for
+    a seq or transaction target, in its words (``_Restore._end_of_log``), for
+    ``plan_restore``; None for the other targets."""
+    from gpu_pitr.snapshot.base import SeqRuns
+
+    pos = {} if snap is None else snap.position
+    if "to_seq" in target:
+        return _seq_not_found(int(target["to_seq"]), SeqRuns(pos.get("seq_runs"),
+                                                             pos.get("last_seq")),
+                              False, snap is not None, segments, wal_path)
+    if "to_transaction" in target:
+        return TargetNotFoundError(_txn_not_found(int(target["to_transaction"]), snap,
+                                                  segments, wal_path), file=str(wal_path))
+    return None
 
 
 def _damaged_headers(rest: tuple[list, int], headers: dict, snap, target: dict,

@@ -1056,3 +1056,45 @@ def test_the_skipped_zeros_before_a_log_not_from_seq_zero_are_named_at_every_chu
     with pytest.raises(IncompleteHistoryError) as err:
         plan_restore(wal, skip_corrupt=True)
     assert str(err.value) == text
+
+
+
+def test_a_seq_or_transaction_target_with_no_log_to_read_is_not_found_alike(tmp_path):
+    # (review planprop, its property test) No log is read at all (an empty WAL
+    # directory, or none after the base): the restore ends its empty log without the
+    # seq or transaction target and raises TargetNotFoundError, strict or not, before
+    # strict's check; the dry run passed without strict, and with it refused the
+    # target as not reached (TargetNotReachedError, in other words).
+    from workloads import Begin
+
+    from gpu_pitr.errors import TargetNotFoundError, TargetNotReachedError
+
+    log = LogBuilder(created=1000)
+    log.add(Ins("a", [1.0], ts=5))
+    log.add(Begin(7, ts=6))
+    log.add(Ins("b", [2.0], ts=7))
+    wal = Path(log.write(tmp_path / "wal"))
+    snap = tmp_path / "snap"
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu"), snap)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    snaps = tmp_path / "snaps"  # (one damaged snapshot: the error says it was passed over)
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=0), snaps / "s")
+    (snaps / "s" / "manifest.json.crc").write_text("00000000\n")
+    cases = [{"to_seq": 3}, {"to_transaction": 7}, {"base": snap, "to_seq": 5},
+             {"base": snap, "to_transaction": 7}, {"base": snap, "to_transaction": 9},
+             {"snapshots": snaps, "to_seq": 5}]
+    for kw in cases:
+        for strict in (False, True):
+            kw = {**kw, "strict": strict}
+            want = _outcome(lambda kw=kw: gpu_pitr.restore(empty, backend="cpu", **kw))
+            assert want[:2] == ("error", TargetNotFoundError), (kw, want)
+            assert _outcome(lambda kw=kw: plan_restore(empty, **kw)) == want, kw
+    assert "--snapshots: snapshot " in want[2]
+    # A time target is no target the log lacks: passed, warned of, refused by strict.
+    assert plan_restore(empty, base=snap, to_time=100)["warnings"]
+    with pytest.raises(TargetNotReachedError):
+        plan_restore(empty, base=snap, to_time=100, strict=True)
+    # The base itself the target: nothing to find in the log.
+    assert plan_restore(empty, base=snap, to_seq=2, strict=True)["base"]["path"] == str(snap)
