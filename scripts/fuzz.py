@@ -118,6 +118,7 @@ def serial_bounds_checked() -> list[str]:
     from numba.core.registry import CPUDispatcher
 
     import gpu_pitr.executors.cpu
+    from gpu_pitr.jit import OneRegionAtATime
     import gpu_pitr.index
     import gpu_pitr.pipeline
     import gpu_pitr.resolve.hostmap
@@ -127,6 +128,8 @@ def serial_bounds_checked() -> list[str]:
     replaced = {}
     for mod in mods:
         for name, obj in list(vars(mod).items()):
+            if isinstance(obj, OneRegionAtATime):  # (the package's parallel ones, wrapped)
+                obj = obj.dispatcher
             if isinstance(obj, CPUDispatcher) and obj.targetoptions.get("parallel"):
                 if id(obj) not in replaced:
                     replaced[id(obj)] = njit(boundscheck=True)(obj.py_func)
