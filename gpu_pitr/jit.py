@@ -114,7 +114,15 @@ class OneRegionAtATime:
         functools.update_wrapper(self, dispatcher.py_func)
 
     def __getattr__(self, name: str):
+        if name == "dispatcher":  # not set yet (copy, unpickling): not asked of itself
+            raise AttributeError(name)
         return getattr(self.dispatcher, name)
+
+    def __reduce__(self):
+        # As the dispatcher pickles (Dask, cloudpickle, copy): pickle's default pickled
+        # the function ``update_wrapper`` put in ``__wrapped__`` by its name, which is
+        # this wrapper's, and failed; copy and cloudpickle recursed in ``__getattr__``.
+        return OneRegionAtATime, (self.dispatcher,)
 
     def __call__(self, *args, **kwargs):
         if _FORKED_OFF_GNU_OPENMP:
@@ -140,9 +148,15 @@ def njit(*args, **options):
     if not options.get("parallel"):
         return numba.njit(*args, **options)
     if args and callable(args[0]):
-        return OneRegionAtATime(numba.njit(*args, **options))
+        return _wrapped(numba.njit(*args, **options))
     made = numba.njit(*args, **options)
-    return lambda fn: OneRegionAtATime(made(fn))
+    return lambda fn: _wrapped(made(fn))
+
+
+def _wrapped(dispatcher):
+    # With NUMBA_DISABLE_JIT=1 Numba hands back the Python function itself: nothing to
+    # lock (it runs serially), and no ``py_func`` to wrap (the import failed on it).
+    return OneRegionAtATime(dispatcher) if hasattr(dispatcher, "py_func") else dispatcher
 
 
 def _no_refcounts() -> dict:

@@ -118,21 +118,21 @@ def serial_bounds_checked() -> list[str]:
     from numba.core.registry import CPUDispatcher
 
     import gpu_pitr.executors.cpu
-    from gpu_pitr.jit import OneRegionAtATime
     import gpu_pitr.index
     import gpu_pitr.pipeline
     import gpu_pitr.resolve.hostmap
     import gpu_pitr.resolve.idsort  # noqa: F401 - loaded so that its functions are found
+    from gpu_pitr.jit import OneRegionAtATime
 
     mods = [m for name, m in sys.modules.items() if name.startswith("gpu_pitr") and m]
     replaced = {}
     for mod in mods:
         for name, obj in list(vars(mod).items()):
-            if isinstance(obj, OneRegionAtATime):  # (the package's parallel ones, wrapped)
-                obj = obj.dispatcher
-            if isinstance(obj, CPUDispatcher) and obj.targetoptions.get("parallel"):
+            # (The package wraps each parallel dispatcher: gpu_pitr.jit.OneRegionAtATime.)
+            inner = obj.dispatcher if isinstance(obj, OneRegionAtATime) else obj
+            if isinstance(inner, CPUDispatcher) and inner.targetoptions.get("parallel"):
                 if id(obj) not in replaced:
-                    replaced[id(obj)] = njit(boundscheck=True)(obj.py_func)
+                    replaced[id(obj)] = njit(boundscheck=True)(inner.py_func)
                 setattr(mod, name, replaced[id(obj)])
     return sorted({f"{d.py_func.__module__}.{d.py_func.__name__}" for d in replaced.values()})
 

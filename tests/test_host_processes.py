@@ -166,3 +166,63 @@ print(numba.threading_layer())
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == (["child", "0", "workqueue"] if layer == "workqueue"
                                   else ["beside", "True", "omp"]), out.stdout
+
+
+def test_a_parallel_function_pickles_and_copies_as_its_dispatcher_did():
+    """``OneRegionAtATime`` stands where a Numba dispatcher stood: pickle (by its name
+    through ``__wrapped__``, which is the plain function's) and ``copy``, ``cloudpickle``
+    (Dask's: ``__getattr__`` asked itself for ``dispatcher`` without end) failed on it."""
+    import copy
+    import pickle
+
+    from gpu_pitr.jit import OneRegionAtATime
+    from gpu_pitr.resolve import idsort
+
+    fn = idsort._span_keys
+    assert isinstance(fn, OneRegionAtATime)
+    picklers = [pickle, pytest.importorskip("cloudpickle")]
+    for again in [copy.copy(fn), copy.deepcopy(fn),
+                  *(p.loads(p.dumps(fn)) for p in picklers)]:
+        assert isinstance(again, OneRegionAtATime)
+        assert again.dispatcher is fn.dispatcher and again.__name__ == "_span_keys"
+    half = idsort._add_byte_digit
+    assert pickle.loads(pickle.dumps(half)).py_func is half.py_func
+
+
+def test_the_package_imports_with_numbas_compiler_off():
+    """``NUMBA_DISABLE_JIT=1`` makes Numba's ``njit`` return the Python function itself,
+    which has no ``py_func``: importing a module with a parallel loop raised
+    AttributeError (the CLI refuses that setting; a library caller got a traceback)."""
+    script = """
+from gpu_pitr.resolve import idsort
+from gpu_pitr.jit import OneRegionAtATime
+print(isinstance(idsort._span_keys, OneRegionAtATime), callable(idsort._span_keys))
+"""
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]
+
+
+def test_the_fuzzers_bounds_checked_mode_still_finds_the_parallel_loops():
+    """``scripts/fuzz.py`` under ``NUMBA_BOUNDSCHECK=1`` swaps each ``parallel=True``
+    dispatcher for a serial bounds-checked one, found by type: wrapped, none was found
+    (it returned []), and the campaign ran the parallel loops unchecked."""
+    scripts = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "scripts")
+    script = f"""
+import sys
+sys.path.insert(0, {scripts!r})
+import fuzz
+from gpu_pitr.executors import cpu
+from gpu_pitr.jit import OneRegionAtATime
+names = fuzz.serial_bounds_checked()
+print("gpu_pitr.executors.cpu._decode_records" in names, len(names) > 10,
+      isinstance(cpu._decode_records, OneRegionAtATime),
+      cpu._decode_records.targetoptions.get("boundscheck"))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True", "False", "True"], out.stdout
