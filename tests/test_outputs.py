@@ -261,6 +261,27 @@ def test_parquet_written_a_row_group_at_a_time_is_the_table(tmp_path: Path, expe
     assert pq.ParquetFile(tmp_path / "o.parquet").num_row_groups == -(-len(expected) // rows)
 
 
+def test_parquet_ids_and_vectors_have_no_dictionary(tmp_path: Path, expected) -> None:
+    """pyarrow dictionary-encodes every column by default. Ids are unique and vectors
+    rarely repeat, so their dictionary grew to 1 MiB and each column chunk fell back to
+    plain pages part way (from about 24,000 ids of 40 bytes): wasted bytes and time, and
+    a chunk that fastparquet 2026.9 (``pandas.read_parquet(engine="fastparquet")``) read
+    with every id after the fallback as None. Only the metadata's keys and values, which
+    repeat, have a dictionary now."""
+    import pyarrow.parquet as pq
+
+    write_output(expected, tmp_path / "o.parquet", "parquet")
+    group = pq.ParquetFile(tmp_path / "o.parquet").metadata.row_group(0)
+    columns = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    assert set(columns) == {"id", "vector.list.element", "metadata.key_value.key",
+                            "metadata.key_value.value"}
+    for name, column in columns.items():
+        dictionary = any("DICTIONARY" in e for e in column.encodings)
+        assert dictionary == name.startswith("metadata."), (name, column.encodings)
+        assert column.has_dictionary_page == name.startswith("metadata."), name
+    assert pq.read_table(tmp_path / "o.parquet")["id"].to_pylist() == expected.id_list()
+
+
 def test_faiss(wal_dir: Path, tmp_path: Path, expected) -> None:
     import faiss
 
