@@ -8,8 +8,11 @@ tests drive a real GPU.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+
+import pytest
 
 if os.environ.get("GPU_PITR_REAL_GPU") != "1":
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
@@ -22,3 +25,22 @@ if os.environ.get("GPU_PITR_REAL_GPU") != "1":
         config.reload_config()
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture
+def no_descriptor_for(monkeypatch):
+    """``no_descriptor_for(owner, name, path)``: ``owner.name`` (``os.open``,
+    ``os.listdir``, ``segments.open_regular``...) raises EMFILE for ``path`` alone, as it
+    does for every file under a ``ulimit -n`` reached."""
+
+    def patch(owner, name: str, path) -> None:
+        real = getattr(owner, name)
+
+        def out_of_descriptors(target=".", *args, **kwargs):
+            if os.fspath(target) == os.fspath(path):
+                raise OSError(errno.EMFILE, "Too many open files", os.fspath(target))
+            return real(target, *args, **kwargs)
+
+        monkeypatch.setattr(owner, name, out_of_descriptors)
+
+    return patch

@@ -270,14 +270,12 @@ def test_a_checksum_file_that_is_not_a_file_is_damage_and_nothing_waits(tmp_path
 
 
 def test_a_copy_the_process_has_no_descriptor_for_is_not_passed_as_checked(
-        tmp_path, monkeypatch, capsys):
+        tmp_path, no_descriptor_for, capsys):
     """A copy whose open for its check failed was passed over in silence ("the read of
     the log reports it"): out of descriptors (EMFILE, under ``ulimit -n``) the log's read
     had opened it, and a changed copy went unreported (600 changed copies under
     ``ulimit -n 20``: 33 to 43 named; here verify exited 0). Now one line naming it,
     exit 2, as when the log's own read is out of descriptors."""
-    import errno
-    import os
 
     from gpu_pitr.format import segments
 
@@ -286,14 +284,7 @@ def test_a_copy_the_process_has_no_descriptor_for_is_not_passed_as_checked(
     data = bytearray(copy.read_bytes())
     data[MIB + 1000] ^= 0x01
     copy.write_bytes(bytes(data))
-    real = segments.open_regular
-
-    def out_of_descriptors(path, *a, **k):
-        if os.fspath(path) == str(copy):
-            raise OSError(errno.EMFILE, "Too many open files", path)
-        return real(path, *a, **k)
-
-    monkeypatch.setattr(segments, "open_regular", out_of_descriptors)
+    no_descriptor_for(segments, "open_regular", copy)
     assert cli.main(["verify", str(arc)]) == 2
     assert capsys.readouterr().err == (
         f"gpu-pitr: error: {copy}: offset 0: cannot read: Too many open files\n")

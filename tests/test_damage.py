@@ -694,7 +694,7 @@ def test_an_io_error_inside_a_small_segment_names_the_byte_it_stopped_at(tmp_pat
 
 @pytest.mark.parametrize("ahead", [False, True], ids=["small", "read-ahead"])
 def test_a_segment_the_process_has_no_descriptor_for_is_not_skipped_as_damaged(
-        tmp_path, monkeypatch, ahead):
+        tmp_path, monkeypatch, no_descriptor_for, ahead):
     # EMFILE (ulimit -n reached: a service manager's limit, a caller's own sockets)
     # opening a sound segment was judged a bad header: --skip-corrupt skipped the file
     # and restored without its records, verify and inspect called it damaged. It says
@@ -711,14 +711,7 @@ def test_a_segment_the_process_has_no_descriptor_for_is_not_skipped_as_damaged(
     b, _ = two_segments()
     d = b.write(tmp_path / "wal")
     second = os.path.join(d, w.segment_name(SEG2))
-    real = os.open
-
-    def out_of_descriptors(path, flags, *a, **k):
-        if os.fspath(path) == second:
-            raise OSError(errno.EMFILE, "Too many open files", path)
-        return real(path, flags, *a, **k)
-
-    monkeypatch.setattr(os, "open", out_of_descriptors)
+    no_descriptor_for(os, "open", second)
     if ahead:
         monkeypatch.setattr(readahead, "DIRECT_BYTES", 0)
     line = f"{second}: offset 0: cannot read: Too many open files"

@@ -754,13 +754,12 @@ def test_a_snapshot_replaced_while_snapshots_chooses_it_is_judged_as_loaded(
     assert f"snapshot {snaps / 'x'} was replaced" in got.report.message
 
 
-def test_a_snapshot_the_process_has_no_descriptor_for_is_not_passed_over(tmp_path,
-                                                                          monkeypatch):
+def test_a_snapshot_the_process_has_no_descriptor_for_is_not_passed_over(
+        tmp_path, no_descriptor_for):
     # (review fds) Listing a snapshot directory or opening its manifest out of
     # descriptors (EMFILE: ulimit -n reached) said "no snapshot there": --snapshots
     # passed the newest over without a word and restored from an older one or the whole
     # log, which a log already expired lacks. It is a read error naming the directory.
-    import errno
 
     from gpu_pitr.errors import FileReadError
 
@@ -769,14 +768,7 @@ def test_a_snapshot_the_process_has_no_descriptor_for_is_not_passed_over(tmp_pat
     snaps = tmp_path / "snaps"
     snaps.mkdir()
     snapshot.save(gpu_pitr.restore(d, backend="cpu"), snaps / "s")
-    real = os.listdir
-
-    def out_of_descriptors(path="."):
-        if os.fspath(path) == str(snaps / "s"):
-            raise OSError(errno.EMFILE, "Too many open files", os.fspath(path))
-        return real(path)
-
-    monkeypatch.setattr(os, "listdir", out_of_descriptors)
+    no_descriptor_for(os, "listdir", snaps / "s")
     with pytest.raises(FileReadError) as err:
         gpu_pitr.restore(d, backend="cpu", snapshots=snaps)
     assert str(err.value) == f"{snaps / 's'}: offset 0: cannot read: Too many open files"

@@ -64,10 +64,10 @@ def span_keys(arena: np.ndarray, offs: np.ndarray, lens: np.ndarray, *,
     """The 64-bit ``id_key`` of each byte string ``arena[offs[i]:offs[i]+lens[i]]`` (ids,
     metadata encodings): an accelerator for grouping, never an identity.
 
-    ``parallel=False`` for a caller off the main thread: no ``parallel=True`` code
-    runs then. Numba's ``workqueue`` threading layer (its fallback where neither
-    OpenMP nor TBB is installed) terminates the process when two threads run
-    parallel code at once."""
+    ``parallel=False`` for a caller off the main thread, beside the main thread's own
+    parallel steps (the snapshot's load): one core's loop that overlaps them. On
+    Numba's ``workqueue`` layer a parallel call there would wait for theirs
+    (``jit.OneRegionAtATime``), and on the others take cores they are using."""
     keys = np.empty(len(offs), np.uint64)
     (_span_keys if parallel else _span_keys_serial)(arena, offs, lens, keys)
     return keys
