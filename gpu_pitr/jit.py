@@ -154,8 +154,9 @@ def njit(*args, **options):
 
 
 def _wrapped(dispatcher):
-    # With NUMBA_DISABLE_JIT=1 Numba hands back the Python function itself: nothing to
-    # lock (it runs serially), and no ``py_func`` to wrap (the import failed on it).
+    # With NUMBA_DISABLE_JIT=1 Numba hands back the Python function itself, with no
+    # ``py_func`` to wrap: the import failed on it. (The package is not usable so: its
+    # intrinsics have no Python form, and the command line refuses the setting.)
     return OneRegionAtATime(dispatcher) if hasattr(dispatcher, "py_func") else dispatcher
 
 

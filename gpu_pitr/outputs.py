@@ -343,6 +343,10 @@ _PARQUET_BYTES = 128 << 20
 #: column chunk: bytes and time for nothing, and a chunk that fastparquet 2026.9
 #: (pandas' other engine) reads with every id after the fallback as None.
 _PARQUET_DICTIONARY = ["metadata.key_value.key", "metadata.key_value.value"]
+#: ... and their dictionary may hold a row group's every distinct key and value (at
+#: most about ``_PARQUET_BYTES``): values unique per id (a text chunk each) passed the
+#: 1 MiB limit, and fastparquet read each value after the fallback as its key.
+_PARQUET_DICTIONARY_BYTES = 2 * _PARQUET_BYTES
 
 
 def _write_parquet(index, out: Path) -> list[Path]:
@@ -361,8 +365,8 @@ def _write_parquet(index, out: Path) -> list[Path]:
     # name that is not (bytes a Linux name may hold: b'\xff.parquet') made a traceback
     # once the restore was done.
     with (atomic_files(out) as (tmp,), pa.OSFile(os.fsencode(tmp), "wb") as sink,
-          pq.ParquetWriter(sink, first.schema,
-                           use_dictionary=_PARQUET_DICTIONARY) as writer):
+          pq.ParquetWriter(sink, first.schema, use_dictionary=_PARQUET_DICTIONARY,
+                           dictionary_pagesize_limit=_PARQUET_DICTIONARY_BYTES) as writer):
         writer.write_table(first, row_group_size=rows)
         del first
         for lo, hi in groups[1:]:

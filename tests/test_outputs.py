@@ -261,6 +261,14 @@ def test_parquet_written_a_row_group_at_a_time_is_the_table(tmp_path: Path, expe
     assert pq.ParquetFile(tmp_path / "o.parquet").num_row_groups == -(-len(expected) // rows)
 
 
+def parquet_columns(path: Path) -> dict:
+    """The column chunks of the file's first row group, by their path in the schema."""
+    import pyarrow.parquet as pq
+
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    return {c.path_in_schema: c for c in map(group.column, range(group.num_columns))}
+
+
 def test_parquet_ids_and_vectors_have_no_dictionary(tmp_path: Path, expected) -> None:
     """pyarrow dictionary-encodes every column by default. Ids are unique and vectors
     rarely repeat, so their dictionary grew to 1 MiB and each column chunk fell back to
@@ -271,8 +279,7 @@ def test_parquet_ids_and_vectors_have_no_dictionary(tmp_path: Path, expected) ->
     import pyarrow.parquet as pq
 
     write_output(expected, tmp_path / "o.parquet", "parquet")
-    group = pq.ParquetFile(tmp_path / "o.parquet").metadata.row_group(0)
-    columns = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    columns = parquet_columns(tmp_path / "o.parquet")
     assert set(columns) == {"id", "vector.list.element", "metadata.key_value.key",
                             "metadata.key_value.value"}
     for name, column in columns.items():
@@ -280,6 +287,30 @@ def test_parquet_ids_and_vectors_have_no_dictionary(tmp_path: Path, expected) ->
         assert dictionary == name.startswith("metadata."), (name, column.encodings)
         assert column.has_dictionary_page == name.startswith("metadata."), name
     assert pq.read_table(tmp_path / "o.parquet")["id"].to_pylist() == expected.id_list()
+
+
+def test_parquet_metadata_dictionary_holds_every_distinct_value(tmp_path: Path) -> None:
+    """Metadata values unique per id (a text chunk each) passed pyarrow's 1 MiB
+    dictionary limit: the chunk fell back to plain pages part way, which fastparquet
+    2026.9 read with each value after the fallback replaced by its key (wrong maps, no
+    error), as it read ids before. The dictionary page now holds a group's every
+    distinct value: 2.4 MB of them here (hex: snappy keeps nearly all of it), where
+    pyarrow's limit left 1.2 MB (it checks the limit a batch of 1,024 values at a time)."""
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(7)
+    b = LogBuilder()
+    texts = [rng.bytes(200).hex() for _ in range(6000)]
+    for i, text in enumerate(texts):
+        b.add(Ins(f"doc-{i:05d}", f32(i, 0, 0), {"text": text}, i + 1))
+    index = gpu_pitr.restore(b.write(tmp_path / "wal"), backend="cpu").to_host()
+    write_output(index, tmp_path / "o.parquet", "parquet")
+    values = parquet_columns(tmp_path / "o.parquet")["metadata.key_value.value"]
+    assert values.has_dictionary_page
+    dictionary_page = values.data_page_offset - values.dictionary_page_offset
+    assert dictionary_page > 0.9 * sum(map(len, texts)), (dictionary_page, values.encodings)
+    got = pq.read_table(tmp_path / "o.parquet")["metadata"].to_pylist()
+    assert got == [[("text", text)] for text in texts]
 
 
 def test_faiss(wal_dir: Path, tmp_path: Path, expected) -> None:

@@ -259,9 +259,15 @@ def test_the_workers_write_a_parquet_dataset(client, wal, tmp_path):
     assert names == [DATASET_REPORT] + [f"part-0000{k}-of-00003.parquet" for k in range(3)]
     table = ds.dataset(out, format="parquet").to_table()
     assert _table_by_id(table) == _table_by_id(pq.read_table(tmp_path / "one.parquet"))
+    def dictionaries(path) -> dict:  # the writer's options, as the file shows them
+        group = pq.ParquetFile(path).metadata.row_group(0)
+        return {c.path_in_schema: c.has_dictionary_page
+                for c in map(group.column, range(group.num_columns))}
+
     for name in names[1:]:  # ids in UTF-8 byte order within each file
         ids = [i.encode() for i in pq.read_table(out / name).column("id").to_pylist()]
         assert ids == sorted(ids) and ids
+        assert dictionaries(out / name) == dictionaries(tmp_path / "one.parquet")
     report = json.loads((out / DATASET_REPORT).read_text())
     for key in w.SHARD_REPORT_KEYS:
         assert report[key] == whole.report.to_dict()[key], key
