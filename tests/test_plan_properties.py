@@ -316,3 +316,43 @@ def test_the_dry_run_predicts_the_restore(data, tmp_path):
         event(f"from {next(iter(where), 'the log')}")
     finally:
         shutil.rmtree(root)
+
+
+def test_the_open_transactions_table_does_not_grow_a_chain_of_closed_ones():
+    """The walk's table of open transactions kept every closed transaction's entry
+    until the next chunk: a log that begins and commits one id again and again (ids
+    reused, as a counter that restarts) made one chain of them, probed by every begin
+    (64,000 times in a chunk: 13 s). A closed entry met on the way is now taken over,
+    and the table's homes are seeded per process, so ids picked to share a home do
+    not."""
+    import numpy as np
+
+    from gpu_pitr.plan import commit
+
+    n = 1000
+    h_txn = np.zeros(4 * n, np.uint64)
+    h_slot = np.full(4 * n, -1, np.int64)
+    s_txn = np.zeros(n + 1, np.uint64)
+    s_open = np.zeros(n + 1, np.bool_)
+    seed = commit._H_SEED
+    for s in range(n):  # begin 7 (not open), then commit 7
+        assert commit._find_open(np.uint64(7), s_txn, s_open, h_txn, h_slot, seed) == -1
+        s_txn[s], s_open[s] = 7, True
+        commit._put_open(np.uint64(7), s, s_open, h_txn, h_slot, seed)
+        assert commit._find_open(np.uint64(7), s_txn, s_open, h_txn, h_slot, seed) == s
+        s_open[s] = False
+    assert np.count_nonzero(h_slot >= 0) == 1  # was 1,000 entries, one chain
+
+    # Ids of one home without the seed (the mix is invertible) spread with it.
+    mask = np.uint64(len(h_slot) - 1)
+    f1_inv = pow(int(commit.FMIX_1), -1, 1 << 64)
+    m64 = (1 << 64) - 1
+
+    def unmix(h):
+        h ^= h >> 33
+        h = h * f1_inv & m64
+        return h ^ (h >> 33)
+
+    ids = [unmix((i << 32) | 5) for i in range(1, n + 1)]
+    assert {int(commit._home(np.uint64(t), mask, np.uint64(0))) for t in ids} == {5}
+    assert len({int(commit._home(np.uint64(t), mask, seed)) for t in ids}) > n // 2

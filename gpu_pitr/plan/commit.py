@@ -14,6 +14,8 @@ transactions and the records they hold, the stop flag and the counters.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from gpu_pitr.format.layout import (
@@ -55,7 +57,7 @@ def _walk(
     first, n, kind, ts, aux, status, seq,
     mode, t_lim, exclusive, target_seq, target_txn, target_row, skip_corrupt, stopped_in,
     s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, stack, n_slots_in, top_in,
-    next_rec, order, events, counters, ts_max, h_txn, h_slot,
+    next_rec, order, events, counters, ts_max, h_txn, h_slot, h_seed,
 ):
     """Walk records ``first..n-1`` of a chunk (``0..first-1`` are carried ones).
 
@@ -72,7 +74,7 @@ def _walk(
     # one probe, not by searching the open ones (100k left open: quadratic, minutes).
     for j in range(top):
         if s_open[stack[j]]:
-            _put_open(s_txn[stack[j]], stack[j], h_txn, h_slot)
+            _put_open(s_txn[stack[j]], stack[j], s_open, h_txn, h_slot, h_seed)
     stopped = stopped_in
     stop_index = -1
     for i in range(first, n):
@@ -125,7 +127,7 @@ def _walk(
                     ts_max[2] = ts[i]
                     ts_max[0] = 1
             elif k == BEGIN_TRANSACTION:
-                if _find_open(aux[i], s_txn, s_open, h_txn, h_slot) >= 0:
+                if _find_open(aux[i], s_txn, s_open, h_txn, h_slot, h_seed) >= 0:
                     events[n_events, 0] = EV_BEGIN_ALREADY_OPEN
                     events[n_events, 1] = i
                     n_events += 1
@@ -141,9 +143,9 @@ def _walk(
                     s_bseq[s] = seq[i]
                     stack[top] = s
                     top += 1
-                    _put_open(aux[i], s, h_txn, h_slot)
+                    _put_open(aux[i], s, s_open, h_txn, h_slot, h_seed)
             elif k == COMMIT_TRANSACTION or k == ABORT_TRANSACTION:
-                s = _find_open(aux[i], s_txn, s_open, h_txn, h_slot)
+                s = _find_open(aux[i], s_txn, s_open, h_txn, h_slot, h_seed)
                 at_txn = mode == TXN and s >= 0 and aux[i] == target_txn
                 ended_txn = at_txn
                 if s < 0:
@@ -206,8 +208,15 @@ def _stops_before(mode, t, t_lim, exclusive):
     return mode == STOP_AT_FIRST
 
 
+# The seed of _walk's table (see _home).
+_H_SEED = np.uint64(int.from_bytes(os.urandom(8), "little"))
+
+
 @njit(cache=True, nogil=True, inline="always")
-def _home(txn, mask):
+def _home(txn, mask, seed):
+    # ``seed``: per process, so transaction ids (chosen outside) cannot be picked to
+    # share a home; the table lives for one walk, and nothing else sees its layout.
+    txn = txn ^ seed
     h = txn ^ (txn >> np.uint64(33))
     h *= FMIX_1
     h ^= h >> np.uint64(33)
@@ -215,21 +224,23 @@ def _home(txn, mask):
 
 
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
-def _put_open(txn, s, h_txn, h_slot):
-    # Open addressing; entries of transactions closed since stay until the next walk.
+def _put_open(txn, s, s_open, h_txn, h_slot, h_seed):
+    # Open addressing; entries of transactions closed since stay until the next walk,
+    # and the first one met is taken over: a log that begins and ends one transaction
+    # id again and again (ids reused) grew one chain of them, a probe of it per begin.
     mask = np.uint64(len(h_slot) - 1)
-    j = _home(txn, mask)
-    while h_slot[j] >= 0:
+    j = _home(txn, mask, h_seed)
+    while h_slot[j] >= 0 and s_open[h_slot[j]]:
         j = (j + 1) & mask
     h_txn[j] = txn
     h_slot[j] = s
 
 
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
-def _find_open(txn, s_txn, s_open, h_txn, h_slot):
+def _find_open(txn, s_txn, s_open, h_txn, h_slot, h_seed):
     # The slot of the open transaction ``txn`` (at most one is open), or -1.
     mask = np.uint64(len(h_slot) - 1)
-    j = _home(txn, mask)
+    j = _home(txn, mask, h_seed)
     while h_slot[j] >= 0:
         s = h_slot[j]
         if h_txn[j] == txn and s_open[s] and s_txn[s] == txn:
@@ -365,7 +376,7 @@ class PlanState:
             self.stopped,
             s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, stack, self._top,
             self._top,
-            next_rec, order, events, self.counters, self._ts_max, h_txn, h_slot,
+            next_rec, order, events, self.counters, self._ts_max, h_txn, h_slot, _H_SEED,
         )
         self._top = top
         if stopped and not self.stopped:

@@ -14,6 +14,7 @@ from numba.extending import register_jitable
 from gpu_pitr.format.layout import VARINT_MAX_SINGLE, VARINT_U64
 from gpu_pitr.format.payload import id_key, read_varint, write_varint
 from gpu_pitr.jit import njit
+from gpu_pitr.resolve.idsort import compare_ids
 
 # A map<string, string> array has 32-bit offsets: the pairs, key bytes and value bytes
 # of one array each stay below this. More metadata is split into several arrays.
@@ -321,6 +322,22 @@ def _row_repeated_keys(lo, hi, koffs, kdata, keep):
         b = a + 1
         while b < m and h[order[b]] == h[order[a]]:
             b += 1
+        if b - a > PAIRWISE_KEYS:
+            # Many keys of one hash: different keys can share it (ids and metadata are
+            # chosen by the store's users, and the hash is cheap to collide), where
+            # comparing each with every later one took b*b/2 comparisons. Sorted by
+            # their bytes (stably: log order among copies), copies are side by side.
+            run = np.empty(b - a, np.int64)
+            for x in range(a, b):
+                run[x - a] = lo + order[x]
+            compares += _sort_by_bytes(koffs, kdata, run)
+            for x in range(b - a - 1):
+                compares += 1
+                if _same_key(koffs, kdata, run[x], run[x + 1]):
+                    keep[run[x]] = False
+                    dropped += 1
+            a = b
+            continue
         for x in range(a, b - 1):
             for y in range(x + 1, b):  # later pairs of this hash, in log order
                 compares += 1
@@ -330,6 +347,75 @@ def _row_repeated_keys(lo, hi, koffs, kdata, keep):
                     break
         a = b
     return dropped, compares
+
+
+@register_jitable
+def _compare_keys(koffs, kdata, j, k):
+    return compare_ids(kdata, koffs[j], koffs[j + 1] - koffs[j],
+                       kdata, koffs[k], koffs[k + 1] - koffs[k])
+
+
+@register_jitable
+def _sort_by_bytes(koffs, kdata, run):
+    """``run`` (pair indices) sorted stably by their keys' bytes, in place; returns the
+    comparisons made. A natural merge sort: keys already in order (one key many times)
+    cost one pass, any order at most about ``len * log2(len)``."""
+    m = len(run)
+    compares = 0
+    starts = np.empty(m + 1, np.int64)  # where each ascending stretch starts, then m
+    r = 1
+    starts[0] = 0
+    for t in range(1, m):
+        compares += 1
+        if _compare_keys(koffs, kdata, run[t - 1], run[t]) > 0:
+            starts[r] = t
+            r += 1
+    starts[r] = m
+    src = run
+    dst = np.empty_like(run)
+    in_run = True  # whether src is run
+    while r > 1:
+        nr = 0
+        p = 0
+        while p < r:
+            a = starts[p]
+            if p + 1 == r:  # a last stretch without a partner
+                for k in range(a, m):
+                    dst[k] = src[k]
+                starts[nr] = a
+                nr += 1
+                break
+            mid = starts[p + 1]
+            b = starts[p + 2]
+            i, j, k = a, mid, a
+            while i < mid and j < b:
+                compares += 1
+                if _compare_keys(koffs, kdata, src[j], src[i]) < 0:
+                    dst[k] = src[j]
+                    j += 1
+                else:  # equal: the left first (stable)
+                    dst[k] = src[i]
+                    i += 1
+                k += 1
+            while i < mid:
+                dst[k] = src[i]
+                i += 1
+                k += 1
+            while j < b:
+                dst[k] = src[j]
+                j += 1
+                k += 1
+            starts[nr] = a
+            nr += 1
+            p += 2
+        starts[nr] = m
+        r = nr
+        src, dst = dst, src
+        in_run = not in_run
+    if not in_run:
+        for k in range(m):
+            run[k] = src[k]
+    return compares
 
 
 @register_jitable
