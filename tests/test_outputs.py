@@ -207,7 +207,7 @@ def test_a_map_of_many_keys_is_made_unique_without_comparing_every_pair():
     A large map's keys are now compared only with those of the same hash, in log order:
     the pairs kept are the same (the last of each key, also where one key fills the
     map), in comparisons linear in its pairs."""
-    from gpu_pitr.snapshot.arrow import PAIRWISE_KEYS, _mark_repeated_keys
+    from gpu_pitr.snapshot.arrow import PAIRWISE_KEYS
 
     rows = [
         [f"k{i}" for i in range(3000)],  # no key twice
@@ -216,39 +216,18 @@ def test_a_map_of_many_keys_is_made_unique_without_comparing_every_pair():
         ["b", "a", "b"],  # a small map: pairwise
         [],
     ]
-    keys = [k.encode() for row in rows for k in row]
-    koffs = np.cumsum([0] + [len(k) for k in keys]).astype(np.int64)
-    kdata = np.frombuffer(b"".join(keys), np.uint8).copy()
-    map_offs = np.cumsum([0] + [len(row) for row in rows]).astype(np.int64)
-    keep = np.ones(len(keys), np.bool_)
-    compares = np.zeros(len(rows), np.int64)
-    dropped = _mark_repeated_keys(map_offs, koffs, kdata, keep, compares)
-    want = []
-    for row in rows:
-        want += [k not in row[j + 1:] for j, k in enumerate(row)]
-    assert keep.tolist() == want
-    assert dropped == len(keys) - sum(want)
-    for row, made in zip(rows, compares.tolist(), strict=True):
+    compares = _repeated_keys_marked(rows)
+    for row, made in zip(rows, compares, strict=True):
         if len(row) > PAIRWISE_KEYS:
             assert made <= 2 * len(row), (len(row), made)  # pairwise: millions
 
 
-def test_a_map_of_keys_sharing_one_hash_is_made_unique_in_n_log_n_comparisons():
-    """Keys are grouped by their hash, and the keys of one hash were compared pairwise:
-    but metadata keys are chosen by the store's users and the hash is cheap to collide
-    (tests/collisions.py), so 2,000 different keys of one hash took 2,000,000
-    comparisons (64,000: 2 billion). They are now sorted by their bytes."""
-    from collisions import colliding_ids, key_of
-
+def _repeated_keys_marked(rows: list[list[str]]) -> list[int]:
+    """``_mark_repeated_keys`` over maps of ``rows`` keys: checks that it keeps the last
+    of each key of a map (and counts the rest as dropped); returns the comparisons it
+    made in each map."""
     from gpu_pitr.snapshot.arrow import _mark_repeated_keys
 
-    same = colliding_ids(2000)
-    assert len({key_of(k.encode()) for k in same}) == 1
-    rng = np.random.default_rng(5)
-    rows = [
-        same,  # 2,000 different keys, one hash
-        [same[i] for i in rng.integers(0, 300, 3000)],  # and each again and again
-    ]
     keys = [k.encode() for row in rows for k in row]
     koffs = np.cumsum([0] + [len(k) for k in keys]).astype(np.int64)
     kdata = np.frombuffer(b"".join(keys), np.uint8).copy()
@@ -262,7 +241,25 @@ def test_a_map_of_keys_sharing_one_hash_is_made_unique_in_n_log_n_comparisons():
         want += [last[k] == j for j, k in enumerate(row)]
     assert keep.tolist() == want
     assert dropped == len(keys) - sum(want)
-    for row, made in zip(rows, compares.tolist(), strict=True):
+    return compares.tolist()
+
+
+def test_a_map_of_keys_sharing_one_hash_is_made_unique_in_n_log_n_comparisons():
+    """Keys are grouped by their hash, and the keys of one hash were compared pairwise:
+    but metadata keys are chosen by the store's users and the hash is cheap to collide
+    (tests/collisions.py), so 2,000 different keys of one hash took 2,000,000
+    comparisons (64,000: 2 billion). They are now sorted by their bytes."""
+    from collisions import colliding_ids, key_of
+
+    same = colliding_ids(2000)
+    assert len({key_of(k.encode()) for k in same}) == 1
+    rng = np.random.default_rng(5)
+    rows = [
+        same,  # 2,000 different keys, one hash
+        [same[i] for i in rng.integers(0, 300, 3000)],  # and each again and again
+    ]
+    compares = _repeated_keys_marked(rows)
+    for row, made in zip(rows, compares, strict=True):
         assert made <= 14 * len(row), (len(row), made)  # pairwise: 2,000,000 and more
 
 
