@@ -227,34 +227,44 @@ def merge_sort_spans(ids, offs, lens, order, lo, hi, tmp, skip=0):
     in_tmp = False  # whether src is tmp
     while width < hi - lo:
         for a in range(lo, hi, 2 * width):
-            m = min(a + width, hi)
-            b = min(a + 2 * width, hi)
-            i, j, k = a, m, a
-            while i < m and j < b:
-                x, y = src[i], src[j]
-                sx, sy = min(lens[x], skip), min(lens[y], skip)
-                if compare_ids(ids, offs[y] + sy, lens[y] - sy, ids, offs[x] + sx,
-                               lens[x] - sx) < 0:
-                    dst[k] = y
-                    j += 1
-                else:  # equal: the left first (stable)
-                    dst[k] = x
-                    i += 1
-                k += 1
-            while i < m:
-                dst[k] = src[i]
-                i += 1
-                k += 1
-            while j < b:
-                dst[k] = src[j]
-                j += 1
-                k += 1
+            merge_spans(ids, offs, lens, src, dst, a, min(a + width, hi),
+                        min(a + 2 * width, hi), skip)
         src, dst = dst, src
         in_tmp = not in_tmp
         width *= 2
     if in_tmp:
         for k in range(lo, hi):
             order[k] = tmp[k]
+
+
+@register_jitable
+def merge_spans(ids, offs, lens, src, dst, a, m, b, skip=0):
+    """``src[a:m]`` and ``src[m:b]``, each sorted by their spans' bytes past the first
+    ``skip`` (as ``merge_sort_spans``), merged stably into ``dst[a:b]``; returns the
+    comparisons made."""
+    compares = 0
+    i, j, k = a, m, a
+    while i < m and j < b:
+        compares += 1
+        x, y = src[i], src[j]
+        sx, sy = min(lens[x], skip), min(lens[y], skip)
+        if compare_ids(ids, offs[y] + sy, lens[y] - sy, ids, offs[x] + sx,
+                       lens[x] - sx) < 0:
+            dst[k] = y
+            j += 1
+        else:  # equal: the left first (stable)
+            dst[k] = x
+            i += 1
+        k += 1
+    while i < m:
+        dst[k] = src[i]
+        i += 1
+        k += 1
+    while j < b:
+        dst[k] = src[j]
+        j += 1
+        k += 1
+    return compares
 
 
 # The word columns built in one pass over the ids take at most this many bytes

@@ -14,7 +14,7 @@ from numba.extending import register_jitable
 from gpu_pitr.format.layout import VARINT_MAX_SINGLE, VARINT_U64
 from gpu_pitr.format.payload import id_key, read_varint, write_varint
 from gpu_pitr.jit import njit
-from gpu_pitr.resolve.idsort import compare_ids
+from gpu_pitr.resolve.idsort import compare_ids, merge_spans
 
 # A map<string, string> array has 32-bit offsets: the pairs, key bytes and value bytes
 # of one array each stay below this. More metadata is split into several arrays.
@@ -350,30 +350,29 @@ def _row_repeated_keys(lo, hi, koffs, kdata, keep):
 
 
 @register_jitable
-def _compare_keys(koffs, kdata, j, k):
-    return compare_ids(kdata, koffs[j], koffs[j + 1] - koffs[j],
-                       kdata, koffs[k], koffs[k + 1] - koffs[k])
-
-
-@register_jitable
 def _sort_by_bytes(koffs, kdata, run):
     """``run`` (pair indices) sorted stably by their keys' bytes, in place; returns the
-    comparisons made. A natural merge sort: keys already in order (one key many times)
-    cost one pass, any order at most about ``len * log2(len)``."""
+    comparisons made. A natural merge sort (``idsort.merge_spans`` merges): keys already
+    in order (one key many times) cost one pass, any order at most about
+    ``len * log2(len)``."""
     m = len(run)
+    offs = np.empty(m, np.int64)  # the run's keys as spans of kdata
+    lens = np.empty(m, np.int64)
+    for t in range(m):
+        offs[t] = koffs[run[t]]
+        lens[t] = koffs[run[t] + 1] - koffs[run[t]]
     compares = 0
     starts = np.empty(m + 1, np.int64)  # where each ascending stretch starts, then m
     r = 1
     starts[0] = 0
     for t in range(1, m):
         compares += 1
-        if _compare_keys(koffs, kdata, run[t - 1], run[t]) > 0:
+        if compare_ids(kdata, offs[t - 1], lens[t - 1], kdata, offs[t], lens[t]) > 0:
             starts[r] = t
             r += 1
     starts[r] = m
-    src = run
-    dst = np.empty_like(run)
-    in_run = True  # whether src is run
+    src = np.arange(m)
+    dst = np.empty_like(src)
     while r > 1:
         nr = 0
         p = 0
@@ -385,36 +384,15 @@ def _sort_by_bytes(koffs, kdata, run):
                 starts[nr] = a
                 nr += 1
                 break
-            mid = starts[p + 1]
-            b = starts[p + 2]
-            i, j, k = a, mid, a
-            while i < mid and j < b:
-                compares += 1
-                if _compare_keys(koffs, kdata, src[j], src[i]) < 0:
-                    dst[k] = src[j]
-                    j += 1
-                else:  # equal: the left first (stable)
-                    dst[k] = src[i]
-                    i += 1
-                k += 1
-            while i < mid:
-                dst[k] = src[i]
-                i += 1
-                k += 1
-            while j < b:
-                dst[k] = src[j]
-                j += 1
-                k += 1
+            compares += merge_spans(kdata, offs, lens, src, dst, a, starts[p + 1],
+                                    starts[p + 2])
             starts[nr] = a
             nr += 1
             p += 2
         starts[nr] = m
         r = nr
         src, dst = dst, src
-        in_run = not in_run
-    if not in_run:
-        for k in range(m):
-            run[k] = src[k]
+    run[:] = run[src]
     return compares
 
 
