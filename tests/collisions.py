@@ -19,8 +19,9 @@ _ALPHABET = np.frombuffer(
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_", np.uint8)
 
 
-def _unfmix(k: int) -> int:
-    # The finaliser undone: x ^= x >> 33 is its own inverse; the multiplies are odd.
+def unfmix(k: int) -> int:
+    """MurmurHash3's finaliser undone (``x ^= x >> 33`` is its own inverse; the
+    multiplies are odd): the key of a chosen ``homes.seeded_home`` with seed 0."""
     k ^= k >> 33
     k = k * pow(_F2, -1, 1 << 64) & _M
     k ^= k >> 33
@@ -49,7 +50,7 @@ def colliding_ids(count: int, key: int = 0xDEADBEEF12345678, prefix: bytes = b"d
     with ``/`` to 8 bytes, 16 random letters, then the one word that gives ``key``."""
     pre = prefix + b"/" * (-len(prefix) % 8)
     n = len(pre) + 24
-    target = _unfmix(key) * pow(_P, -1, 1 << 64) & _M
+    target = unfmix(key) * pow(_P, -1, 1 << 64) & _M
     h0 = _OFFSET ^ n
     for i in range(len(pre) // 8):
         h0 = ((h0 ^ int.from_bytes(pre[8 * i:8 * i + 8], "little")) * _P) & _M

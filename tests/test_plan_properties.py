@@ -326,7 +326,9 @@ def test_the_open_transactions_table_does_not_grow_a_chain_of_closed_ones():
     and the table's homes are seeded per process, so ids picked to share a home do
     not."""
     import numpy as np
+    from collisions import unfmix
 
+    from gpu_pitr.homes import HOME_SEED, seeded_home
     from gpu_pitr.plan import commit
 
     n = 1000
@@ -334,7 +336,7 @@ def test_the_open_transactions_table_does_not_grow_a_chain_of_closed_ones():
     h_slot = np.full(4 * n, -1, np.int64)
     s_txn = np.zeros(n + 1, np.uint64)
     s_open = np.zeros(n + 1, np.bool_)
-    seed = commit._H_SEED
+    seed = HOME_SEED
     for s in range(n):  # begin 7 (not open), then commit 7
         assert commit._find_open(np.uint64(7), s_txn, s_open, h_txn, h_slot, seed) == -1
         s_txn[s], s_open[s] = 7, True
@@ -345,14 +347,7 @@ def test_the_open_transactions_table_does_not_grow_a_chain_of_closed_ones():
 
     # Ids of one home without the seed (the mix is invertible) spread with it.
     mask = np.uint64(len(h_slot) - 1)
-    f1_inv = pow(int(commit.FMIX_1), -1, 1 << 64)
-    m64 = (1 << 64) - 1
+    ids = [unfmix((i << 32) | 5) for i in range(1, n + 1)]
+    assert {int(seeded_home(np.uint64(t), mask, np.uint64(0))) for t in ids} == {5}
+    assert len({int(seeded_home(np.uint64(t), mask, seed)) for t in ids}) > n // 2
 
-    def unmix(h):
-        h ^= h >> 33
-        h = h * f1_inv & m64
-        return h ^ (h >> 33)
-
-    ids = [unmix((i << 32) | 5) for i in range(1, n + 1)]
-    assert {int(commit._home(np.uint64(t), mask, np.uint64(0))) for t in ids} == {5}
-    assert len({int(commit._home(np.uint64(t), mask, seed)) for t in ids}) > n // 2

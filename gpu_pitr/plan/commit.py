@@ -14,8 +14,6 @@ transactions and the records they hold, the stop flag and the counters.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from gpu_pitr.format.layout import (
@@ -24,7 +22,8 @@ from gpu_pitr.format.layout import (
     BEGIN_TRANSACTION,
     COMMIT_TRANSACTION,
 )
-from gpu_pitr.format.payload import FMIX_1, OK
+from gpu_pitr.format.payload import OK
+from gpu_pitr.homes import HOME_SEED, seeded_home
 from gpu_pitr.jit import NO_REFCOUNTS, njit
 
 # Target modes.
@@ -208,28 +207,13 @@ def _stops_before(mode, t, t_lim, exclusive):
     return mode == STOP_AT_FIRST
 
 
-# The seed of _walk's table (see _home).
-_H_SEED = np.uint64(int.from_bytes(os.urandom(8), "little"))
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _home(txn, mask, seed):
-    # ``seed``: per process, so transaction ids (chosen outside) cannot be picked to
-    # share a home; the table lives for one walk, and nothing else sees its layout.
-    txn = txn ^ seed
-    h = txn ^ (txn >> np.uint64(33))
-    h *= FMIX_1
-    h ^= h >> np.uint64(33)
-    return np.int64(h & mask)
-
-
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _put_open(txn, s, s_open, h_txn, h_slot, h_seed):
     # Open addressing; entries of transactions closed since stay until the next walk,
     # and the first one met is taken over: a log that begins and ends one transaction
     # id again and again (ids reused) grew one chain of them, a probe of it per begin.
     mask = np.uint64(len(h_slot) - 1)
-    j = _home(txn, mask, h_seed)
+    j = seeded_home(txn, mask, h_seed)
     while h_slot[j] >= 0 and s_open[h_slot[j]]:
         j = (j + 1) & mask
     h_txn[j] = txn
@@ -240,7 +224,7 @@ def _put_open(txn, s, s_open, h_txn, h_slot, h_seed):
 def _find_open(txn, s_txn, s_open, h_txn, h_slot, h_seed):
     # The slot of the open transaction ``txn`` (at most one is open), or -1.
     mask = np.uint64(len(h_slot) - 1)
-    j = _home(txn, mask, h_seed)
+    j = seeded_home(txn, mask, h_seed)
     while h_slot[j] >= 0:
         s = h_slot[j]
         if h_txn[j] == txn and s_open[s] and s_txn[s] == txn:
@@ -376,7 +360,7 @@ class PlanState:
             self.stopped,
             s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, stack, self._top,
             self._top,
-            next_rec, order, events, self.counters, self._ts_max, h_txn, h_slot, _H_SEED,
+            next_rec, order, events, self.counters, self._ts_max, h_txn, h_slot, HOME_SEED,
         )
         self._top = top
         if stopped and not self.stopped:

@@ -1,0 +1,36 @@
+"""Where a key starts its search in the in-memory open-addressing tables.
+
+The tables are keyed by values the log's writers choose: transaction ids, and ids'
+``id_key`` (a fixed, public hash: cheap to steer, ``tests/collisions.py``). Taking a
+key's low bits as its home let keys picked to share them line up in one run, and every
+probe walked it: quadratic. The home is MurmurHash3's finaliser of the key xor a seed
+drawn once per process, passed to the compiled code as an argument (a constant would
+be compiled into Numba's on-disk cache, the same for every process). Nothing outside
+the process sees a table's layout, so nothing else depends on the seed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from gpu_pitr.format.payload import FMIX_1, FMIX_2
+from gpu_pitr.jit import njit
+
+#: This process's seed (see the module's docstring).
+HOME_SEED = np.uint64(int.from_bytes(os.urandom(8), "little"))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def seeded_home(key, mask, seed):
+    """The home slot of ``key`` (64 bits, any sign) in a table of ``mask + 1`` slots
+    (a power of two): the whole finaliser, since one round leaves keys that differ
+    only in bits 63 and 30 with the same low 30 bits whatever the seed."""
+    h = np.uint64(key) ^ seed
+    h ^= h >> np.uint64(33)
+    h *= FMIX_1
+    h ^= h >> np.uint64(33)
+    h *= FMIX_2
+    h ^= h >> np.uint64(33)
+    return np.int64(h & np.uint64(mask))
