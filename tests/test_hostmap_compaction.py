@@ -262,30 +262,31 @@ def test_live_rows_go_first_and_dead_rows_past_them_stay(data):
 def test_a_map_rehashes_into_memory_never_zeroed(data):
     """``_rehash_into`` is handed ``np.empty`` memory (zeroed there, written before it
     is read, so its pages are not the kernel's zero page): whatever the table held
-    before, every live row is found under its key afterwards and deleted rows are not,
-    also when keys collide on their home slot."""
-    from gpu_pitr.resolve.hostmap import S_KEY, S_ROW, SLOT, _rehash_into
+    before, every entry of the old map (rows and marks) is in the new one once,
+    reachable from its seeded home, also when keys share a home or a key."""
+    from gpu_pitr.homes import seeded_home
+    from gpu_pitr.resolve.hostmap import MARK, S_KEY, S_ROW, SLOT, _rehash_into
 
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    n = data.draw(st.integers(0, 300))
-    slots = 1 << data.draw(st.integers(max(1, (2 * n).bit_length()), 12))
+    old_slots = 1 << data.draw(st.integers(1, 11))
+    n = data.draw(st.integers(0, old_slots))
+    slots = 1 << data.draw(st.integers(max(1, n.bit_length()), 12))
+    seed = np.uint64(data.draw(st.integers(0, 2**64 - 1)))
     keys = rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64)
-    if n and data.draw(st.booleans()):  # many share a home slot
-        keys = (keys & ~np.int64(slots - 1)) | (keys[0] & (slots - 1))
-    id_len = np.where(rng.random(n) < 0.2, -1, 5).astype(np.int64)
+    if n and data.draw(st.booleans()):  # many share a key
+        keys[rng.random(n) < 0.5] = keys[0]
+    vals = np.where(rng.random(n) < 0.2, MARK, np.arange(1, n + 1)).astype(np.int64)
+    old = np.zeros((old_slots, SLOT), np.int64)
+    at = rng.permutation(old_slots)[:n]  # (where they were does not matter)
+    old[at, S_KEY], old[at, S_ROW] = keys, vals
     junk = data.draw(st.sampled_from([-1, 1, 7, 2**40]))
     h = np.full((slots, SLOT), junk, np.int64)
-    _rehash_into(h, n, id_len, keys)
+    _rehash_into(h, old, seed)
     mask = slots - 1
-    found = {}
-    for s in range(slots):
-        if h[s, S_ROW]:
-            row = int(h[s, S_ROW]) - 1
-            assert h[s, S_KEY] == keys[row]
-            found[row] = s
-    assert sorted(found) == [r for r in range(n) if id_len[r] >= 0]
-    for row, s in found.items():  # reachable from its home slot by linear probing
-        t = int(keys[row]) & mask
+    held = sorted((int(k), int(v)) for k, v in h if v != 0)
+    assert held == sorted(zip(keys.tolist(), vals.tolist(), strict=True))
+    for s in np.flatnonzero(h[:, S_ROW]):  # reachable from its home by linear probing
+        t = int(seeded_home(h[s, S_KEY], mask, seed))
         while t != s:
             assert h[t, S_ROW] != 0
             t = (t + 1) & mask

@@ -3,7 +3,10 @@
 Entries are applied one by one in apply order (SPEC section 3: insert, update
 with the metadata rule, delete), so the latest writer of every id wins. The map
 is open addressing keyed by a 64-bit hash of the id; a hit is confirmed by
-comparing the id bytes, so two different ids never merge whatever their hash.
+comparing the id bytes, so two different ids never merge whatever their hash. Homes
+are seeded per process and ids of one key past the first are entered by a seeded
+hash of their bytes (``_find``): ids are chosen by the store's users, and ids chosen
+to share a key or a home made every probe walk all of them (64k ids of one key: 18 s).
 
 Each compiled step returns instead of allocating when something must grow; the
 Python side grows that array and resumes at the same entry.
@@ -21,6 +24,7 @@ from numba import prange
 
 from gpu_pitr.format.layout import DELETE, INSERT
 from gpu_pitr.format.payload import read_uint_le
+from gpu_pitr.homes import HOME_SEED, seeded_bytes_key, seeded_home
 from gpu_pitr.hostmem import aligned_empty, copy_releasing, join_releasing
 from gpu_pitr.jit import (
     NO_REFCOUNTS,
@@ -76,25 +80,71 @@ def _same_bytes(a, a_off, b, b_off, n):
 S_KEY = 0
 S_ROW = 1
 SLOT = 2
+# S_ROW of a mark: ids of this key past the first are entered by their spill key.
+MARK = -1
+# _find's row for an absent id whose key another id holds, unmarked: it goes in by its
+# spill key once the key is marked (``_mark``).
+MUST_MARK = -2
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _find(buf, off, n, key, h, ids, row_id_off, row_id_len):
-    """Slot of the id ``buf[off:off+n]`` in the map, and its row (-1 if absent)."""
+def _find(buf, off, n, key, h, ids, row_id_off, row_id_len, seed):
+    """The id ``buf[off:off+n]`` of ``key`` in the map: ``(slot, row, slot_key)``.
+
+    Its row, or -1 if absent (MUST_MARK: absent, and ``_mark`` must enter it); its
+    slot, or the empty slot it goes in; and the key it is entered by there. That is
+    ``key``, or, for an id of a key that holds a mark, its spill key: a seeded hash
+    of its bytes (``homes.seeded_bytes_key``), so that the ids of one key do not make
+    one run every probe walks (a chosen key's ids are cheap to make, the key's hash is
+    public). The key's whole run is searched: the id may be past the mark.
+    """
     mask = h.shape[0] - 1
-    s = key & mask
+    s = seeded_home(key, mask, seed)
+    marked = other = False
     while True:
-        r = h[s, S_ROW] - 1
-        if r < 0:
-            return s, -1
-        if (h[s, S_KEY] == key and row_id_len[r] == n
-                and _same_bytes(ids, row_id_off[r], buf, off, n)):
-            return s, r
+        v = h[s, S_ROW]
+        if v == 0:
+            break
+        if h[s, S_KEY] == key:
+            if v == MARK:
+                marked = True
+            elif row_id_len[v - 1] == n and _same_bytes(ids, row_id_off[v - 1], buf, off, n):
+                return s, v - 1, key
+            else:
+                other = True
+        s = (s + 1) & mask
+    if not marked:
+        return s, MUST_MARK if other else -1, key
+    spill = seeded_bytes_key(buf, off, n, seed)
+    s = seeded_home(spill, mask, seed)
+    while True:
+        v = h[s, S_ROW]
+        if v == 0:
+            return s, -1, spill
+        if (h[s, S_KEY] == spill and v != MARK and row_id_len[v - 1] == n
+                and _same_bytes(ids, row_id_off[v - 1], buf, off, n)):
+            return s, v - 1, spill
         s = (s + 1) & mask
 
 
 @njit(cache=True, nogil=True)
-def _remove_slot(i, h):
+def _mark(s, key, h, buf, off, n, seed, marks):
+    """Mark ``key`` in the empty slot ``s`` its run ends at (_find's MUST_MARK): its
+    ids from now on are entered by their spill keys, and the absent id ``buf[off:
+    off+n]`` with them. Returns ``(slot, slot_key)`` for it, as ``_find`` would."""
+    h[s, S_KEY] = key
+    h[s, S_ROW] = MARK
+    marks[0] += 1
+    mask = h.shape[0] - 1
+    spill = seeded_bytes_key(buf, off, n, seed)
+    s = seeded_home(spill, mask, seed)
+    while h[s, S_ROW] != 0:
+        s = (s + 1) & mask
+    return s, spill
+
+
+@njit(cache=True, nogil=True)
+def _remove_slot(i, h, seed):
     """Delete slot ``i`` of a linear-probing map, shifting later entries back."""
     mask = h.shape[0] - 1
     j = i
@@ -102,7 +152,7 @@ def _remove_slot(i, h):
         j = (j + 1) & mask
         if h[j, S_ROW] == 0:
             break
-        home = h[j, S_KEY] & mask
+        home = seeded_home(h[j, S_KEY], mask, seed)
         # The entry at j may move to i only if its home is not cyclically in (i, j].
         if (i <= j and (home <= i or home > j)) or (i > j and home <= i and home > j):
             h[i, S_KEY] = h[j, S_KEY]
@@ -140,11 +190,13 @@ def shard_of(key, n_shards):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _room(n, n_rows, n_free, ids_used, n_live, ids_cap, slots, cap_rows, shard, n_shards):
-    """What must grow before a new id of ``n`` bytes gets a row (DONE: nothing)."""
+def _room(n, n_rows, n_free, ids_used, n_live, ids_cap, slots, cap_rows, shard, n_shards,
+          marks):
+    """What must grow before a new id of ``n`` bytes gets a row (DONE: nothing); the map
+    keeps room for it and a mark."""
     if n_free == 0 and global_row(n_rows, shard, n_shards) >= cap_rows:
         return NEED_ROWS
-    if 2 * (n_live + 1) > slots:
+    if 2 * (n_live + marks[0] + 2) > slots:
         return NEED_MAP
     if ids_used + n > ids_cap:
         return NEED_IDS
@@ -153,9 +205,10 @@ def _room(n, n_rows, n_free, ids_used, n_live, ids_cap, slots, cap_rows, shard, 
 
 @njit(cache=True, nogil=True, inline="always")
 def _new_row(src, off, n, key, s, h, row_id_off, row_id_len, row_meta_off, row_meta_len,
-             row_key, n_rows, free, n_free, ids, ids_used, n_live):
+             n_rows, free, n_free, ids, ids_used, n_live):
     """A row (a free one first) for the id ``src[off:off+n]``, entered in map slot
-    ``s``, without metadata. Returns ``(row, n_rows, n_free, ids_used, n_live)``."""
+    ``s`` by ``key``, without metadata. Returns ``(row, n_rows, n_free, ids_used,
+    n_live)``."""
     if n_free > 0:
         n_free -= 1
         row = free[n_free]
@@ -165,7 +218,6 @@ def _new_row(src, off, n, key, s, h, row_id_off, row_id_len, row_meta_off, row_m
     _copy(ids, ids_used, src, off, n)
     row_id_off[row] = ids_used
     row_id_len[row] = n
-    row_key[row] = key
     h[s, S_KEY] = key
     h[s, S_ROW] = row + 1
     ids_used += n
@@ -185,10 +237,10 @@ AHEAD_ID = 2
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _slot_row(key, h):
+def _slot_row(key, h, seed):
     # The row the map's slot for ``key`` names if it holds that key (a hint's
-    # guess: a probe may go further), else -1.
-    s = key & (h.shape[0] - 1)
+    # guess: a probe may go further), else negative.
+    s = seeded_home(key, h.shape[0] - 1, seed)
     if h[s, S_KEY] == key:
         return h[s, S_ROW] - 1
     return -1
@@ -218,9 +270,9 @@ def _own_entries(order, k0, e0, efirst, nent, e_key, shard, n_shards, id_index, 
 def _apply(
     buf, order, k0, e0, efirst, nent,
     e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
-    dim, rows, h, row_id_off, row_id_len, row_meta_off, row_meta_len, row_key,
+    dim, rows, h, row_id_off, row_id_len, row_meta_off, row_meta_len,
     n_rows, free, n_free, ids, ids_used, meta, meta_used, n_live, counters,
-    shard, n_shards, id_index, id_count, stream, mine, mine_k,
+    shard, n_shards, id_index, id_count, stream, mine, mine_k, marks, seed,
 ):
     """Apply, in apply order from ``order[k0]``'s entry ``e0`` on, the entries of
     ids in ``shard`` (of ``n_shards``, chosen by key bits: an id's entries all
@@ -232,8 +284,9 @@ def _apply(
     are asked for exactly (the decode skipped the vectors' bytes, and a shard reads
     the chunk's vectors with gaps no hardware stride follows).
 
-    The ``row_*`` columns, ``free`` and ``h`` are the shard's own, indexed by
-    its local row ``i``; its vectors are in ``rows[global_row(i, ...)]``.
+    The ``row_*`` columns, ``free``, ``h`` and ``marks`` (how many keys ``h`` holds a
+    mark of) are the shard's own, indexed by its local row ``i``; its vectors are in
+    ``rows[global_row(i, ...)]``. ``seed``: ``homes.HOME_SEED``.
     Returns ``(result, k, e, n_rows, n_free, ids_used, meta_used, n_live)``;
     ``k``/``e`` say where to resume (or which entry differs in dimension).
     ``stream``: rows are whole cache lines, aligned; vectors go in with
@@ -245,16 +298,16 @@ def _apply(
                           id_count, mine, mine_k)
     for j in range(n_mine):
         if j + AHEAD_SLOT < n_mine:  # the probes of later entries
-            prefetch(h, SLOT * (e_key[mine[j + AHEAD_SLOT]] & (h.shape[0] - 1)))
+            prefetch(h, SLOT * seeded_home(e_key[mine[j + AHEAD_SLOT]], h.shape[0] - 1, seed))
             a = mine[j + AHEAD_ROW]
-            row = _slot_row(e_key[a], h)
+            row = _slot_row(e_key[a], h, seed)
             if row >= 0:
                 prefetch(row_id_off, row)
                 prefetch(row_id_len, row)
                 prefetch(rows, global_row(row, shard, n_shards) * rows.shape[1])
             if e_op[a] != DELETE:
                 prefetch_lines(buf, e_vec_off[a], width)
-            row = _slot_row(e_key[mine[j + AHEAD_ID]], h)
+            row = _slot_row(e_key[mine[j + AHEAD_ID]], h, seed)
             if row >= 0:
                 prefetch(ids, row_id_off[row])
         e = mine[j]
@@ -270,13 +323,13 @@ def _apply(
                 return DIM_MISMATCH, k, e, n_rows, n_free, ids_used, meta_used, n_live
             if meta_used + e_meta_len[e] > len(meta):
                 return NEED_META, k, e, n_rows, n_free, ids_used, meta_used, n_live
-        s, row = _find(buf, off, n, key, h, ids, row_id_off, row_id_len)
+        s, row, key = _find(buf, off, n, key, h, ids, row_id_off, row_id_len, seed)
         if op == DELETE:
             counters[C_DELETES] += 1
             if row < 0:
                 counters[C_DELETES_MISSING] += 1
                 continue
-            _remove_slot(s, h)
+            _remove_slot(s, h, seed)
             row_id_len[row] = -1
             free[n_free] = row
             n_free += 1
@@ -284,12 +337,14 @@ def _apply(
             continue
         if row < 0:
             need = _room(n, n_rows, n_free, ids_used, n_live, len(ids), h.shape[0],
-                         cap_rows, shard, n_shards)
+                         cap_rows, shard, n_shards, marks)
             if need != DONE:
                 return need, k, e, n_rows, n_free, ids_used, meta_used, n_live
+            if row == MUST_MARK:
+                s, key = _mark(s, key, h, buf, off, n, seed, marks)
             row, n_rows, n_free, ids_used, n_live = _new_row(
                 buf, off, n, key, s, h, row_id_off, row_id_len, row_meta_off,
-                row_meta_len, row_key, n_rows, free, n_free, ids, ids_used, n_live)
+                row_meta_len, n_rows, free, n_free, ids, ids_used, n_live)
             if op != INSERT:
                 counters[C_UPDATES_MISSING] += 1
         counters[C_INSERTS if op == INSERT else C_UPDATES] += 1
@@ -328,8 +383,9 @@ def _prefetch_base_row(b, keys, src_ids, src_id_offs, src_vecs, src_meta, src_me
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _seed(
     take, j0, keys, src_ids, src_id_offs, src_id_lens, src_vecs, src_meta, src_meta_offs,
-    src_meta_lens, rows, h, row_id_off, row_id_len, row_meta_off, row_meta_len, row_key,
-    n_rows, free, n_free, ids, ids_used, meta, meta_used, n_live, shard, n_shards,
+    src_meta_lens, rows, h, row_id_off, row_id_len, row_meta_off, row_meta_len,
+    n_rows, free, n_free, ids, ids_used, meta, meta_used, n_live, shard, n_shards, marks,
+    seed,
 ):
     """New rows for the ids ``take[j0:]`` of a base state (id, vector and metadata
     columns ``src_*``, id keys ``keys``) that fall in ``shard``, counting nothing:
@@ -355,16 +411,18 @@ def _seed(
         ml = src_meta_lens[b] if m >= 0 else 0
         if meta_used + ml > len(meta):
             return NEED_META, j, n_rows, n_free, ids_used, meta_used, n_live
-        s, row = _find(src_ids, off, n, key, h, ids, row_id_off, row_id_len)
+        s, row, key = _find(src_ids, off, n, key, h, ids, row_id_off, row_id_len, seed)
         if row >= 0:
             return SEEN, j, n_rows, n_free, ids_used, meta_used, n_live
         need = _room(n, n_rows, n_free, ids_used, n_live, len(ids), h.shape[0], cap_rows,
-                     shard, n_shards)
+                     shard, n_shards, marks)
         if need != DONE:
             return need, j, n_rows, n_free, ids_used, meta_used, n_live
+        if row == MUST_MARK:
+            s, key = _mark(s, key, h, src_ids, off, n, seed, marks)
         row, n_rows, n_free, ids_used, n_live = _new_row(
             src_ids, off, n, key, s, h, row_id_off, row_id_len, row_meta_off, row_meta_len,
-            row_key, n_rows, free, n_free, ids, ids_used, n_live)
+            n_rows, free, n_free, ids, ids_used, n_live)
         _copy(rows[global_row(row, shard, n_shards)], 0, src_vecs[b], 0, width)
         if m >= 0:
             _copy(meta, meta_used, src_meta, m, ml)
@@ -410,22 +468,24 @@ def _compact_arena(arena, offs, lens, live, n_rows, used):
 
 
 @njit(cache=True, nogil=True)
-def _rehash_into(h, n_rows, row_id_len, row_key):
-    # The live rows entered in the map h (its size a power of two), zeroed here first.
-    # The slot of the row PREFETCH_AHEAD on is asked for first: 600,000 rows into a new
-    # map of 2^21 slots, 12.7-14.9 ms without, 9.3-11.3 ms with.
+def _rehash_into(h, old, seed):
+    """The entries of the map ``old`` (rows and marks, by the keys they were entered
+    by) in the map ``h`` (its size a power of two), zeroed here first. The slot of the
+    entry PREFETCH_AHEAD on is asked for first: 600,000 rows into a new map of 2^21
+    slots, 12.7-14.9 ms without, 9.3-11.3 ms with (when the rows' keys were read)."""
     h[:] = 0
     mask = h.shape[0] - 1
-    for r in range(n_rows):
-        if r + PREFETCH_AHEAD < n_rows:
-            prefetch(h, SLOT * (row_key[r + PREFETCH_AHEAD] & mask))
-        if row_id_len[r] < 0:
+    n = old.shape[0]
+    for i in range(n):
+        if i + PREFETCH_AHEAD < n and old[i + PREFETCH_AHEAD, S_ROW] != 0:
+            prefetch(h, SLOT * seeded_home(old[i + PREFETCH_AHEAD, S_KEY], mask, seed))
+        if old[i, S_ROW] == 0:
             continue
-        s = row_key[r] & mask
+        s = seeded_home(old[i, S_KEY], mask, seed)
         while h[s, S_ROW] != 0:
             s = (s + 1) & mask
-        h[s, S_KEY] = row_key[r]
-        h[s, S_ROW] = r + 1
+        h[s, S_KEY] = old[i, S_KEY]
+        h[s, S_ROW] = old[i, S_ROW]
     return h
 
 
@@ -605,13 +665,14 @@ class _Shard:
         self.meta = np.empty(1 << 16, np.uint8)
         self.meta_used = 0
         self.counters = np.zeros(N_COUNTERS, np.int64)
+        self.marks = np.zeros(1, np.int64)  # keys marked in h (``_find``)
         self.mine = self.mine_k = np.empty(0, np.int64)
         # Arena bytes above which garbage (overwritten metadata, deleted ids) is
         # squeezed out: at most twice the live bytes, plus the slack.
         self.ids_limit = self.meta_limit = slack
         empty = np.empty(0, np.int64)
         self.row_id_off = self.row_id_len = self.row_meta_off = empty
-        self.row_meta_len = self.row_key = empty
+        self.row_meta_len = empty
 
     def compact(self) -> None:
         """Squeeze garbage out of the arenas once it may outweigh what is live.
@@ -638,8 +699,7 @@ class _Shard:
 
     def grow(self, cap: int) -> None:
         """Room for ``cap`` local rows (pages are touched only as rows are used)."""
-        for name in ("row_id_off", "row_id_len", "row_meta_off", "row_meta_len", "row_key",
-                     "free"):
+        for name in ("row_id_off", "row_id_len", "row_meta_off", "row_meta_len", "free"):
             setattr(self, name, _grow(getattr(self, name)[: self.n_rows], cap))
 
 
@@ -731,10 +791,11 @@ class HostMap:
             ent.e_op, ent.e_id_off, ent.e_id_len, ent.e_vec_off, ent.e_dim,
             ent.e_meta_off, ent.e_meta_len, ent.e_key.view(np.int64),
             self.dim, self.rows, sh.h, sh.row_id_off,
-            sh.row_id_len, sh.row_meta_off, sh.row_meta_len, sh.row_key,
+            sh.row_id_len, sh.row_meta_off, sh.row_meta_len,
             sh.n_rows, sh.free, sh.n_free, sh.ids, sh.ids_used,
             sh.meta, sh.meta_used, sh.n_live, sh.counters, s, self.n_shards,
             *(self.id_shard or (0, 1)), self._streams(), *sh.scratch(len(ent.e_key)),
+            sh.marks, HOME_SEED,
         )
         store_fence()  # the vectors it streamed, before another thread reads them
         return res, k, e
@@ -792,8 +853,9 @@ class HostMap:
             res, j, sh.n_rows, sh.n_free, sh.ids_used, sh.meta_used, sh.n_live = _seed(
                 take, j, keys, ids, id_offs, id_lens, src_vecs, meta, meta_offs, meta_lens,
                 self.rows, sh.h, sh.row_id_off, sh.row_id_len, sh.row_meta_off,
-                sh.row_meta_len, sh.row_key, sh.n_rows, sh.free, sh.n_free, sh.ids,
-                sh.ids_used, sh.meta, sh.meta_used, sh.n_live, s, self.n_shards)
+                sh.row_meta_len, sh.n_rows, sh.free, sh.n_free, sh.ids,
+                sh.ids_used, sh.meta, sh.meta_used, sh.n_live, s, self.n_shards, sh.marks,
+                HOME_SEED)
             return res, j
 
         ended = self._rounds(run, dict.fromkeys(range(self.n_shards), 0),
@@ -865,7 +927,7 @@ class HostMap:
         # Shard s's map becomes h (allocated by the caller, not zeroed: _rehash_into
         # zeroes it) with its rows in.
         sh = self.shards[s]
-        _rehash_into(h, sh.n_rows, sh.row_id_len, sh.row_key)
+        _rehash_into(h, sh.h, HOME_SEED)
         sh.h = h
 
     def result(self, order_of_ids, permute: bool = True):
@@ -900,7 +962,7 @@ class HostMap:
                 raise AssertionError(f"{at - starts[s]} live rows in shard {s}, "
                                      f"{sh.n_live} counted")
             sh.row_id_off = sh.row_id_len = sh.row_meta_off = sh.row_meta_len = None
-            sh.row_key = sh.free = None
+            sh.free = None
 
         if self.n_shards > 1:  # the shards on their threads, the arenas joined meanwhile
             done = [self._threads().submit(live_rows, s) for s in range(self.n_shards)]

@@ -1,0 +1,139 @@
+"""Ids chosen to share one 64-bit key, or one home slot, restore exactly, and the host
+map does not line them up in one run of its probe table.
+
+Ids are chosen by the store's users and ``payload.id_key`` is public and cheap to
+steer (``tests/collisions.py``). The host map took a key's low bits as its home and
+entered every id by its key: 64k ids of one key were one run that every probe walked
+(a restore of them took 18 s; random ids, 0.06 s), and distinct keys sharing their low
+bits did the same. Homes are now seeded per process (``homes.seeded_home``) and a key's
+ids past the first are entered by a seeded hash of their bytes. The checks count slots,
+not seconds: the old map held all of them in one run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference
+import workloads as w
+from collisions import colliding_ids, key_of
+
+import gpu_pitr
+from gpu_pitr import snapshot
+from gpu_pitr.resolve import hostmap
+
+ONE_KEY = 0xDEADBEEF12345678
+
+
+def _low_bits_ids(count: int, bits: int = 24) -> list[str]:
+    """Ids of ``count`` distinct keys that share their low ``bits`` bits."""
+    return [colliding_ids(1, key=(i << bits) | 0xABCDEF, prefix=b"low/", seed=i)[0]
+            for i in range(1, count + 1)]
+
+
+def _workload(ids: list[str], rng) -> w.LogBuilder:
+    """Inserts of every id (a metadata map on some), then updates of a half, deletes of a
+    third, re-inserts of some deleted and updates of some missing (which insert)."""
+    log = w.LogBuilder()
+    ts = 1
+
+    def vec():
+        return rng.standard_normal(4).astype("<f4").tobytes()
+
+    for i, ident in enumerate(ids):
+        log.add(w.Ins(ident, vec(), {"n": str(i)} if i % 3 == 0 else None, ts))
+    order = rng.permutation(len(ids))
+    for k in order[: len(ids) // 2]:
+        log.add(w.Upd(ids[k], vec(), {"u": "1"} if k % 2 else None, ts))
+    gone = order[len(ids) // 3: 2 * len(ids) // 3]
+    for k in gone:
+        log.add(w.Del(ids[k], ts))
+    for k in gone[::3]:
+        log.add(w.Ins(ids[k], vec(), None, ts))
+    for k in gone[1::3]:
+        log.add(w.Upd(ids[k], vec(), None, ts))
+    log.add(w.Del("never-inserted", ts))
+    return log
+
+
+@pytest.fixture
+def tables(monkeypatch) -> list:
+    """The shards' probe tables (and marks) of each restore, as ``result`` finds them."""
+    seen = []
+    real = hostmap.HostMap.result
+
+    def result(self, *args, **kwargs):
+        seen.append([(sh.h.copy(), int(sh.marks[0])) for sh in self.shards])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(hostmap.HostMap, "result", result)
+    return seen
+
+
+def _longest_run(h: np.ndarray) -> int:
+    """The most occupied slots in a row, around the end too."""
+    full = np.concatenate([h[:, hostmap.S_ROW] != 0] * 2).astype(np.int8)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], full, [0]])))
+    return int((edges[1::2] - edges[::2]).max(initial=0)) if not full.all() else len(full)
+
+
+def _same_as_reference(wal, got) -> None:
+    ref = reference.restore(wal)
+    assert ref.error is None
+    host = got.to_host()
+    assert host.id_list() == ref.ids
+    assert [v.tobytes() for v in host.vectors] == ref.vectors
+    assert host.metadata == ref.metadata
+    for key in ("inserts", "updates", "updates_of_missing", "deletes", "deletes_of_missing"):
+        assert getattr(got.report, key) == getattr(ref, key), key
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 4096])
+def test_ids_of_one_key_restore_exactly_and_are_not_one_run(tmp_path, tables, chunk_bytes):
+    rng = np.random.default_rng(7)
+    same = colliding_ids(3000, key=ONE_KEY)
+    assert {key_of(s.encode()) for s in same} == {ONE_KEY}
+    ids = same + [f"plain/{i}" for i in range(1000)]
+    wal = _workload(ids, rng).write(tmp_path / "wal")
+    got = gpu_pitr.restore(wal, backend="cpu", chunk_bytes=chunk_bytes)
+    _same_as_reference(wal, got)
+    (shards,) = tables
+    for h, marks in shards:
+        # The key's first id and its mark at most; the old map held all 3,000 (at
+        # least the 2,000 live ones) in one run.
+        assert np.count_nonzero(h[:, hostmap.S_KEY] == np.int64(ONE_KEY - (1 << 64))) <= 2
+        assert _longest_run(h) < 200
+        assert marks <= 1
+
+
+def test_ids_of_distinct_keys_sharing_low_bits_are_not_one_run(tmp_path, tables):
+    rng = np.random.default_rng(8)
+    ids = _low_bits_ids(600)
+    assert len({key_of(s.encode()) for s in ids}) == 600
+    assert len({key_of(s.encode()) & 0xFFFFFF for s in ids}) == 1
+    wal = _workload(ids, rng).write(tmp_path / "wal")
+    _same_as_reference(wal, gpu_pitr.restore(wal, backend="cpu"))
+    (shards,) = tables
+    assert max(_longest_run(h) for h, _ in shards) < 100  # was one run of them all
+
+
+def test_ids_of_one_key_move_in_from_a_base_snapshot(tmp_path, tables):
+    """A base holding many ids of one key: the ones the log names move into the map
+    (``hostmap._seed``, which finds and marks like the apply), and the result equals a
+    restore of the whole log."""
+    rng = np.random.default_rng(9)
+    same = colliding_ids(1500, key=ONE_KEY)
+    log = _workload(same, rng)
+    first = log.write(tmp_path / "first")
+    snapshot.save(gpu_pitr.restore(first, backend="cpu"), tmp_path / "snap")
+    for k in rng.permutation(len(same))[:700]:  # more records after the base
+        if k % 4:
+            log.add(w.Upd(same[k], rng.standard_normal(4).astype("<f4").tobytes(), None, 2))
+        else:
+            log.add(w.Del(same[k], 2))
+    wal = log.write(tmp_path / "wal")
+    got = gpu_pitr.restore(wal, backend="cpu", base=tmp_path / "snap")
+    assert w.index_view(got) == w.index_view(gpu_pitr.restore(wal, backend="cpu"))
+    for h, marks in tables[1]:  # the restore from the base
+        assert np.count_nonzero(h[:, hostmap.S_KEY] == np.int64(ONE_KEY - (1 << 64))) <= 2
+        assert _longest_run(h) < 200 and marks <= 1
