@@ -121,8 +121,30 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser (its subparsers too), except that ``--help`` or ``--version``
+    text that stdout cannot take (``> /dev/full``) is an error naming stdout, exit 1, as
+    for a command's report: argparse drops the OSError, and exited 0 without a word."""
+
+    def _print_message(self, message: str, file=None) -> None:
+        if not message:
+            return
+        file = file or sys.stderr
+        try:
+            file.write(message)
+            file.flush()
+        except BrokenPipeError:  # (| head: quietly, as a command's report)
+            if file is sys.stdout:
+                _stdout_gone()
+        except OSError as err:
+            if file is not sys.stdout:
+                return  # (nowhere left to say it)
+            _stdout_gone()
+            self.exit(1, f"{PROG}: error: stdout: cannot write: {os_reason(err)}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="Point-in-time restore of oxirs-vec write-ahead logs."
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")

@@ -733,7 +733,8 @@ def test_stdout_that_cannot_be_written_is_named_and_verify_says_2(wal_dir: Path,
                                                                   tmp_path: Path) -> None:
     # "[Errno 28] No space left on device" named nothing, and verify's 1 means damage.
     # A command that changes files goes on to its end (archive stopped after its first
-    # segment's line), then says so and exits 1, as GNU tools do.
+    # segment's line), then says so and exits 1, as GNU tools do; so do --help and
+    # --version (``ls --help > /dev/full``: "write error", exit 2).
     error = "gpu-pitr: error: stdout: cannot write: No space left on device"
     done = " (the {} went on to its end: only what it printed there is lost)"
     for args, rc, said in (
@@ -744,7 +745,9 @@ def test_stdout_that_cannot_be_written_is_named_and_verify_says_2(wal_dir: Path,
             (("restore", wal_dir, "--out", tmp_path / "o.npz"), 1, done.format("restore")),
             (("archive", wal_dir, "--out", tmp_path / "arc"), 1, done.format("archive")),
             (("archive", wal_dir, "--out", tmp_path / "arc2", "--json"), 1,
-             done.format("archive"))):
+             done.format("archive")),
+            # (argparse dropped the error: exit 0, nothing said)
+            (("--help",), 1, ""), (("--version",), 1, ""), (("restore", "--help"), 1, "")):
         with open("/dev/full", "w") as full:
             proc = subprocess.run([sys.executable, "-m", "gpu_pitr", *map(str, args)],
                                   stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
