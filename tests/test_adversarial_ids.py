@@ -33,7 +33,8 @@ def _low_bits_ids(count: int, bits: int = 24) -> list[str]:
 
 def _workload(ids: list[str], rng) -> w.LogBuilder:
     """Inserts of every id (a metadata map on some), then updates of a half, deletes of a
-    third, re-inserts of some deleted and updates of some missing (which insert)."""
+    third, re-inserts of some deleted and updates of some missing (which insert), and
+    the first id updated, deleted and put back."""
     log = w.LogBuilder()
     ts = 1
 
@@ -53,6 +54,10 @@ def _workload(ids: list[str], rng) -> w.LogBuilder:
     for k in gone[1::3]:
         log.add(w.Upd(ids[k], vec(), None, ts))
     log.add(w.Del("never-inserted", ts))
+    # The first id of a key is entered by the key, before the mark: found past it.
+    log.add(w.Upd(ids[0], vec(), {"first": "1"}, ts))
+    log.add(w.Del(ids[0], ts))
+    log.add(w.Upd(ids[0], vec(), None, ts))  # (missing: inserted, now by its spill key)
     return log
 
 
