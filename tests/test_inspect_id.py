@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -135,6 +136,31 @@ def test_ids_whose_keys_collide_stay_apart(tmp_path):
         assert listed(wal_dir, other) == id_history(wal_dir, [other])
     assert list(wal_records(wal_dir, id="日")) == []
     assert list(wal_records(wal_dir, id=x[:-1])) == []
+
+
+def test_an_id_is_looked_up_among_wanted_ids_of_its_key_by_a_binary_search():
+    """Ids (and so which ids share a 64-bit key) are chosen by the store's users. An
+    entry's id was compared with every wanted id of its key in turn: a log of 64k ids
+    of one key, listed with a quarter of them wanted, compared every entry with 16k ids
+    (12 s against 0.27 s for random ids). The wanted ids of a key are in byte order, so
+    each id is found (or not) in at most ceil(log2(n + 1)) comparisons."""
+    from collisions import colliding_ids
+
+    from gpu_pitr.format import dump
+
+    ids = colliding_ids(3000)
+    wanted = dump._WantedIds(ids[::2])
+    assert len(set(wanted.keys.tolist())) == 1  # one key, all 1,500 of them
+    for k, text in enumerate(ids):
+        buf = np.frombuffer(text.encode(), np.uint8)
+        j, compared = dump._find_wanted(buf, 0, len(buf), wanted.keys, wanted.offsets,
+                                        wanted.lengths, wanted.arena)
+        assert compared <= 11, (k, compared)  # one by one: up to 1,500
+        if k % 2:
+            assert j == -1
+        else:
+            o, n = wanted.offsets[j], wanted.lengths[j]
+            assert wanted.arena[o:o + n].tobytes() == buf.tobytes()
 
 
 def test_entries_after_metadata_and_markers_in_a_batch(tmp_path):
