@@ -188,7 +188,11 @@ def colliding_ids(count: int) -> list[tuple[str, str]]:
 
 
 def _collide_seed() -> Seed:
-    """Ids whose 64-bit keys really collide (no monkeypatching): they must stay apart."""
+    """Ids whose 64-bit keys really collide (no monkeypatching): they must stay apart.
+    Pairs, then six ids of one key (the host map marks the key: its ids past the first
+    go in by a seeded hash of their bytes)."""
+    from collisions import colliding_ids as of_one_key
+
     b = LogBuilder(created=SEG0)
     r = []
     for k, (x, y) in enumerate(colliding_ids(2)):
@@ -199,6 +203,10 @@ def _collide_seed() -> Seed:
             b.add(Del(y, 10 * k + 3)),
             b.add(Upd(y, f32(k, 5), {"again": "y"}, 10 * k + 4)),
         ]
+    same = of_one_key(6)
+    r += [b.add(Ins(x, f32(k, 6), None, 30 + k)) for k, x in enumerate(same)]
+    r += [b.add(Batch([Del(same[0]), Upd(same[3], f32(7, 7)), Ins(same[0], f32(8, 8), None)], 40)),
+          b.add(Del(same[1], 41)), b.add(Upd(same[1], f32(9, 9), {"back": "1"}, 42))]
     return _seed_of("collide", b, r)
 
 

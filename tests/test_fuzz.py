@@ -25,6 +25,7 @@ import fuzzing
 import numpy as np
 import pytest
 import workloads as w
+from collisions import colliding_ids
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from workloads import LogBuilder
@@ -82,10 +83,12 @@ def test_ids_with_the_same_64_bit_key_stay_apart(tmp_path, backend):
     fuzzing.outcome(s.files, {}, backend)
     idx = gpu_pitr.restore(fuzzing.write_files(s.files, tmp_path), backend=backend)
     ids = idx.id_list()
-    assert ids == sorted([b for _, b in pairs] + [a for a, _ in pairs], key=str.encode)
+    same = colliding_ids(6)  # and six of one key
+    assert ids == sorted([b for _, b in pairs] + [a for a, _ in pairs] + same, key=str.encode)
     vecs = dict(zip(ids, np.asarray(idx.to_host().vectors).tolist(), strict=True))
     for k, (a, b) in enumerate(pairs):
         assert vecs[a] == [k, 4] and vecs[b] == [k, 5]
+    assert [vecs[x] for x in same] == [[8, 8], [9, 9], [2, 6], [7, 7], [4, 6], [5, 6]]
     if backend == "cuda":  # the device map is keyed by the 64-bit key: exactness falls back
         assert idx.report.backend == "cpu" and "cuda executor" in idx.report.message
 
