@@ -1095,12 +1095,14 @@ def test_lazy_base_key_table_finds_every_row_sharing_a_key_once():
     keys[100:110] = keys[5]  # eleven rows share one key
     keys[4000] = keys[4001] ^ np.uint64(1 << 40)  # same low bits, other key: probes on
     table = _key_table(keys)
-    assert table.dtype == np.int32 and len(table) == 16384  # rows fit 32 bits; half full
+    slots = table[0]
+    assert slots.dtype == np.int32 and len(slots) == 16384  # rows fit 32 bits; half full
+    assert np.count_nonzero(slots != -1) == len(keys) - 10  # a slot a key
     moved = np.zeros(len(keys), np.bool_)
     out = np.empty(len(keys), np.int64)
 
     def take(query):
-        m = _take_rows(np.asarray(query, np.uint64), table, keys, moved, out)
+        m = _take_rows(np.asarray(query, np.uint64), *table, keys, moved, out)
         return sorted(out[:m].tolist())
 
     assert take([keys[5], keys[5], 12345]) == [5, *range(100, 110)]
