@@ -142,3 +142,27 @@ def test_ids_of_one_key_move_in_from_a_base_snapshot(tmp_path, tables):
     for h, marks in tables[1]:  # the restore from the base
         assert np.count_nonzero(h[:, hostmap.S_KEY] == np.int64(ONE_KEY - (1 << 64))) <= 2
         assert _longest_run(h) < 200 and marks <= 1
+
+
+def test_marks_of_keys_whose_ids_are_all_deleted_go_at_the_next_growth(tmp_path, tables):
+    """Two ids of each of 300 keys put and deleted (each key marked once), the ids of
+    20 of the keys left, then 6,000 more ids, which grow the map: only the 20 keys'
+    marks are copied into it (all 300 stayed for good: a log that puts and deletes
+    ids of one key, key after key, grew the map with the log)."""
+    rng = np.random.default_rng(10)
+    pairs = [colliding_ids(2, key=(0x9E3779B97F4A7C15 * (i + 1)) % (1 << 64), seed=i)
+             for i in range(300)]
+    log = w.LogBuilder()
+    for a, b in pairs:
+        log.add(w.Ins(a, rng.standard_normal(4).astype("<f4").tobytes(), None, 1))
+        log.add(w.Ins(b, rng.standard_normal(4).astype("<f4").tobytes(), {"b": a}, 1))
+    for a, b in pairs[20:]:
+        log.add(w.Del(b, 2))
+        log.add(w.Del(a, 2))
+    for i in range(6000):
+        log.add(w.Ins(f"later/{i}", rng.standard_normal(4).astype("<f4").tobytes(), None, 3))
+    wal = log.write(tmp_path / "wal")
+    _same_as_reference(wal, gpu_pitr.restore(wal, backend="cpu", chunk_bytes=4096))
+    (shards,) = tables
+    assert sum(marks for _, marks in shards) == 20
+    assert sum(np.count_nonzero(h[:, hostmap.S_ROW] == hostmap.MARK) for h, _ in shards) == 20

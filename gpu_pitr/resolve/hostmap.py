@@ -36,6 +36,7 @@ from gpu_pitr.jit import (
     stream_copy,
 )
 from gpu_pitr.resolve.idshard import first_vector_dims, in_id_shard
+from gpu_pitr.resolve.idsort import span_keys
 
 # Results of _apply.
 DONE = 0
@@ -925,8 +926,10 @@ class HostMap:
 
     def _rehash_shard(self, s: int, h: np.ndarray) -> None:
         # Shard s's map becomes h (allocated by the caller, not zeroed: _rehash_into
-        # zeroes it) with its rows in.
+        # zeroes it) with its rows in, and the marks some live id still needs.
         sh = self.shards[s]
+        if sh.marks[0]:
+            _drop_stale_marks(sh)
         _rehash_into(h, sh.h, HOME_SEED)
         sh.h = h
 
@@ -998,6 +1001,20 @@ class HostMap:
         if self.dim <= 0:
             return np.zeros((n, max(self.dim, 0)), np.float32)
         return self.rows[:n].view("<f4").reshape(n, self.dim)
+
+
+def _drop_stale_marks(sh: _Shard) -> None:
+    """Empty the marks of ``sh.h`` whose key no live id of the shard has (its ids were
+    all deleted), before the map is copied into a larger one: marks would otherwise
+    stay for good, and a log that puts and deletes ids of one key, key after key, would
+    grow the map with the log, not the index. One key per live id (its bytes hashed
+    again), only when the map holds marks. ``sh.h`` is left fit only to be copied."""
+    live = np.flatnonzero(sh.row_id_len[:sh.n_rows] >= 0)
+    keys = span_keys(sh.ids, sh.row_id_off[live], sh.row_id_len[live], parallel=False)
+    marked = np.flatnonzero(sh.h[:, S_ROW] == MARK)
+    stale = marked[~np.isin(sh.h[marked, S_KEY], keys.view(np.int64))]
+    sh.h[stale, S_ROW] = 0
+    sh.marks[0] -= len(stale)
 
 
 def _live_first(live: np.ndarray, used: int) -> np.ndarray:
