@@ -37,9 +37,10 @@ def mix64(h):
 def seeded_bytes_key(buf, off, n, seed):
     """A 64-bit key of the bytes ``buf[off:off+n]`` that depends on ``seed`` (as int64):
     each 8-byte word goes through the finaliser, so no difference of two inputs
-    cancels whatever the seed (FNV-1a's words cancel their top bits)."""
+    cancels whatever the seed (FNV-1a's words cancel their top bits), the length
+    first (xored in beside the first word, ``a`` and ``b\0`` were one key)."""
     b = buf[off:off + n]
-    h = seed ^ np.uint64(n)
+    h = mix64(seed ^ np.uint64(n))
     k = 0
     while k + 8 <= n:
         h = mix64(h ^ read_uint_le(b, k, 8))
