@@ -39,14 +39,13 @@ def seeded_bytes_key(buf, off, n, seed):
     each 8-byte word goes through the finaliser, so no difference of two inputs
     cancels whatever the seed (FNV-1a's words cancel their top bits), the length
     first (xored in beside the first word, ``a`` and ``b\0`` were one key)."""
-    b = buf[off:off + n]
     h = mix64(seed ^ np.uint64(n))
     k = 0
     while k + 8 <= n:
-        h = mix64(h ^ read_uint_le(b, k, 8))
+        h = mix64(h ^ read_uint_le(buf, off + k, 8))
         k += 8
     if k < n:
-        h = mix64(h ^ read_uint_le(b, k, n - k))
+        h = mix64(h ^ read_uint_le(buf, off + k, n - k))
     return np.int64(mix64(h ^ seed))
 
 

@@ -262,29 +262,33 @@ def test_live_rows_go_first_and_dead_rows_past_them_stay(data):
 def test_a_map_rehashes_into_memory_never_zeroed(data):
     """``_rehash_into`` is handed ``np.empty`` memory (zeroed there, written before it
     is read, so its pages are not the kernel's zero page): whatever the table held
-    before, every entry of the old map (rows and marks) is in the new one once,
+    before, every live row is in it once under the key it was entered by, deleted rows
+    are not, and the old map's marks are copied (nothing else of it), each entry
     reachable from its seeded home, also when keys share a home or a key."""
     from gpu_pitr.homes import seeded_home
     from gpu_pitr.resolve.hostmap import MARK, S_KEY, S_ROW, SLOT, _rehash_into
 
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    old_slots = 1 << data.draw(st.integers(1, 11))
-    n = data.draw(st.integers(0, old_slots))
-    slots = 1 << data.draw(st.integers(max(1, n.bit_length()), 12))
+    n = data.draw(st.integers(0, 300))
+    n_marks = data.draw(st.integers(0, 20))
+    slots = 1 << data.draw(st.integers(max(1, (2 * (n + n_marks)).bit_length()), 12))
     seed = np.uint64(data.draw(st.integers(0, 2**64 - 1)))
     keys = rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64)
     if n and data.draw(st.booleans()):  # many share a key
         keys[rng.random(n) < 0.5] = keys[0]
-    vals = np.where(rng.random(n) < 0.2, MARK, np.arange(1, n + 1)).astype(np.int64)
-    old = np.zeros((old_slots, SLOT), np.int64)
-    at = rng.permutation(old_slots)[:n]  # (where they were does not matter)
-    old[at, S_KEY], old[at, S_ROW] = keys, vals
+    id_len = np.where(rng.random(n) < 0.2, -1, 5).astype(np.int64)
+    old = np.zeros((64, SLOT), np.int64)  # its rows are not read, only its marks
+    old[:, S_KEY] = rng.integers(-2**63, 2**63 - 1, 64, dtype=np.int64)
+    old[:, S_ROW] = rng.integers(1, 1000, 64)
+    at = rng.permutation(64)[:n_marks]
+    old[at, S_ROW] = MARK
     junk = data.draw(st.sampled_from([-1, 1, 7, 2**40]))
     h = np.full((slots, SLOT), junk, np.int64)
-    _rehash_into(h, old, seed)
-    mask = slots - 1
+    _rehash_into(h, n, id_len, keys, old, n_marks, seed)
     held = sorted((int(k), int(v)) for k, v in h if v != 0)
-    assert held == sorted(zip(keys.tolist(), vals.tolist(), strict=True))
+    want = [(int(keys[r]), r + 1) for r in range(n) if id_len[r] >= 0]
+    assert held == sorted(want + [(int(k), MARK) for k in old[at, S_KEY]])
+    mask = slots - 1
     for s in np.flatnonzero(h[:, S_ROW]):  # reachable from its home by linear probing
         t = int(seeded_home(h[s, S_KEY], mask, seed))
         while t != s:

@@ -127,6 +127,7 @@ class Table:
         # No spare rows: a slot's row read out of bounds would be another id's.
         self.row_id_off = np.full(n_ids, -1, np.int64)
         self.row_id_len = np.full(n_ids, -1, np.int64)
+        self.row_key = np.zeros(n_ids, np.int64)
         self.marks = np.zeros(1, np.int64)
         self.n_rows = 0
         self.free: list[int] = []
@@ -139,7 +140,8 @@ class Table:
 
     def rehash(self, slots: int) -> None:
         new = np.full((slots, SLOT), 7, np.int64)  # _rehash_into zeroes it
-        hostmap._rehash_into(new, self.h, self.seed)
+        hostmap._rehash_into(new, self.n_rows, self.row_id_len, self.row_key, self.h,
+                             int(self.marks[0]), self.seed)
         self.h = new
 
     def insert(self, b: bytes, key: int) -> None:
@@ -161,6 +163,7 @@ class Table:
         self.n_rows = max(self.n_rows, row + 1)
         self.ids[self.used:self.used + len(b)] = buf
         self.row_id_off[row], self.row_id_len[row] = self.used, len(b)
+        self.row_key[row] = slot_key
         self.used += len(b)
         self.h[s, S_KEY], self.h[s, S_ROW] = slot_key, row + 1
         self.live[b] = (row, key)

@@ -99,8 +99,14 @@ def _find(buf, off, n, key, h, ids, row_id_off, row_id_len, seed):
     one run every probe walks (a chosen key's ids are cheap to make, the key's hash is
     public). The key's whole run is searched: the id may be past the mark.
     """
+    return _find_from(seeded_home(key, h.shape[0] - 1, seed), buf, off, n, key, h, ids,
+                      row_id_off, row_id_len, seed)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _find_from(s, buf, off, n, key, h, ids, row_id_off, row_id_len, seed):
+    """``_find``, ``s`` the key's home (computed already)."""
     mask = h.shape[0] - 1
-    s = seeded_home(key, mask, seed)
     marked = other = False
     while True:
         v = h[s, S_ROW]
@@ -206,10 +212,10 @@ def _room(n, n_rows, n_free, ids_used, n_live, ids_cap, slots, cap_rows, shard, 
 
 @njit(cache=True, nogil=True, inline="always")
 def _new_row(src, off, n, key, s, h, row_id_off, row_id_len, row_meta_off, row_meta_len,
-             n_rows, free, n_free, ids, ids_used, n_live):
+             row_key, n_rows, free, n_free, ids, ids_used, n_live):
     """A row (a free one first) for the id ``src[off:off+n]``, entered in map slot
-    ``s`` by ``key``, without metadata. Returns ``(row, n_rows, n_free, ids_used,
-    n_live)``."""
+    ``s`` by ``key`` (kept in ``row_key``: a larger map enters it again by it), without
+    metadata. Returns ``(row, n_rows, n_free, ids_used, n_live)``."""
     if n_free > 0:
         n_free -= 1
         row = free[n_free]
@@ -219,6 +225,7 @@ def _new_row(src, off, n, key, s, h, row_id_off, row_id_len, row_meta_off, row_m
     _copy(ids, ids_used, src, off, n)
     row_id_off[row] = ids_used
     row_id_len[row] = n
+    row_key[row] = key
     h[s, S_KEY] = key
     h[s, S_ROW] = row + 1
     ids_used += n
@@ -238,10 +245,9 @@ AHEAD_ID = 2
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _slot_row(key, h, seed):
-    # The row the map's slot for ``key`` names if it holds that key (a hint's
-    # guess: a probe may go further), else negative.
-    s = seeded_home(key, h.shape[0] - 1, seed)
+def _slot_row(key, s, h):
+    # The row the map's slot ``s`` (the home of ``key``) names if it holds that key (a
+    # hint's guess: a probe may go further), else negative.
     if h[s, S_KEY] == key:
         return h[s, S_ROW] - 1
     return -1
@@ -271,19 +277,20 @@ def _own_entries(order, k0, e0, efirst, nent, e_key, shard, n_shards, id_index, 
 def _apply(
     buf, order, k0, e0, efirst, nent,
     e_op, e_id_off, e_id_len, e_vec_off, e_dim, e_meta_off, e_meta_len, e_key,
-    dim, rows, h, row_id_off, row_id_len, row_meta_off, row_meta_len,
+    dim, rows, h, row_id_off, row_id_len, row_meta_off, row_meta_len, row_key,
     n_rows, free, n_free, ids, ids_used, meta, meta_used, n_live, counters,
-    shard, n_shards, id_index, id_count, stream, mine, mine_k, marks, seed,
+    shard, n_shards, id_index, id_count, stream, mine, mine_k, homes, marks, seed,
 ):
     """Apply, in apply order from ``order[k0]``'s entry ``e0`` on, the entries of
     ids in ``shard`` (of ``n_shards``, chosen by key bits: an id's entries all
     fall in one shard, so shards run in parallel in any order between them).
 
     The shard first lists its own entries (``_own_entries``, into the scratch
-    ``mine``/``mine_k``, each as long as the chunk's entry columns), then walks only
-    those: no branch on whose entry it is, and the probes of its entries AHEAD_* on
-    are asked for exactly (the decode skipped the vectors' bytes, and a shard reads
-    the chunk's vectors with gaps no hardware stride follows).
+    ``mine``/``mine_k``, each as long as the chunk's entry columns, and ``homes``, the
+    home of each one's key, as it asks for its slot), then walks only those: no
+    branch on whose entry it is, and the probes of its entries AHEAD_* on are asked
+    for exactly (the decode skipped the vectors' bytes, and a shard reads the chunk's
+    vectors with gaps no hardware stride follows).
 
     The ``row_*`` columns, ``free``, ``h`` and ``marks`` (how many keys ``h`` holds a
     mark of) are the shard's own, indexed by its local row ``i``; its vectors are in
@@ -297,18 +304,25 @@ def _apply(
     width = 4 * dim
     n_mine = _own_entries(order, k0, e0, efirst, nent, e_key, shard, n_shards, id_index,
                           id_count, mine, mine_k)
+    mask = h.shape[0] - 1
+    for j in range(min(AHEAD_SLOT, n_mine)):
+        homes[j] = seeded_home(e_key[mine[j]], mask, seed)
     for j in range(n_mine):
         if j + AHEAD_SLOT < n_mine:  # the probes of later entries
-            prefetch(h, SLOT * seeded_home(e_key[mine[j + AHEAD_SLOT]], h.shape[0] - 1, seed))
+            # (Each home computed once: four times an entry, the seeded homes cost the
+            # 1 GiB benchmark log's restore about 5 ms a shard.)
+            home = seeded_home(e_key[mine[j + AHEAD_SLOT]], mask, seed)
+            homes[j + AHEAD_SLOT] = home
+            prefetch(h, SLOT * home)
             a = mine[j + AHEAD_ROW]
-            row = _slot_row(e_key[a], h, seed)
+            row = _slot_row(e_key[a], homes[j + AHEAD_ROW], h)
             if row >= 0:
                 prefetch(row_id_off, row)
                 prefetch(row_id_len, row)
                 prefetch(rows, global_row(row, shard, n_shards) * rows.shape[1])
             if e_op[a] != DELETE:
                 prefetch_lines(buf, e_vec_off[a], width)
-            row = _slot_row(e_key[mine[j + AHEAD_ID]], h, seed)
+            row = _slot_row(e_key[mine[j + AHEAD_ID]], homes[j + AHEAD_ID], h)
             if row >= 0:
                 prefetch(ids, row_id_off[row])
         e = mine[j]
@@ -324,7 +338,8 @@ def _apply(
                 return DIM_MISMATCH, k, e, n_rows, n_free, ids_used, meta_used, n_live
             if meta_used + e_meta_len[e] > len(meta):
                 return NEED_META, k, e, n_rows, n_free, ids_used, meta_used, n_live
-        s, row, key = _find(buf, off, n, key, h, ids, row_id_off, row_id_len, seed)
+        s, row, key = _find_from(homes[j], buf, off, n, key, h, ids, row_id_off, row_id_len,
+                                 seed)
         if op == DELETE:
             counters[C_DELETES] += 1
             if row < 0:
@@ -345,7 +360,7 @@ def _apply(
                 s, key = _mark(s, key, h, buf, off, n, seed, marks)
             row, n_rows, n_free, ids_used, n_live = _new_row(
                 buf, off, n, key, s, h, row_id_off, row_id_len, row_meta_off,
-                row_meta_len, n_rows, free, n_free, ids, ids_used, n_live)
+                row_meta_len, row_key, n_rows, free, n_free, ids, ids_used, n_live)
             if op != INSERT:
                 counters[C_UPDATES_MISSING] += 1
         counters[C_INSERTS if op == INSERT else C_UPDATES] += 1
@@ -384,7 +399,7 @@ def _prefetch_base_row(b, keys, src_ids, src_id_offs, src_vecs, src_meta, src_me
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _seed(
     take, j0, keys, src_ids, src_id_offs, src_id_lens, src_vecs, src_meta, src_meta_offs,
-    src_meta_lens, rows, h, row_id_off, row_id_len, row_meta_off, row_meta_len,
+    src_meta_lens, rows, h, row_id_off, row_id_len, row_meta_off, row_meta_len, row_key,
     n_rows, free, n_free, ids, ids_used, meta, meta_used, n_live, shard, n_shards, marks,
     seed,
 ):
@@ -423,7 +438,7 @@ def _seed(
             s, key = _mark(s, key, h, src_ids, off, n, seed, marks)
         row, n_rows, n_free, ids_used, n_live = _new_row(
             src_ids, off, n, key, s, h, row_id_off, row_id_len, row_meta_off, row_meta_len,
-            n_rows, free, n_free, ids, ids_used, n_live)
+            row_key, n_rows, free, n_free, ids, ids_used, n_live)
         _copy(rows[global_row(row, shard, n_shards)], 0, src_vecs[b], 0, width)
         if m >= 0:
             _copy(meta, meta_used, src_meta, m, ml)
@@ -468,25 +483,42 @@ def _compact_arena(arena, offs, lens, live, n_rows, used):
     return w
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _enter_at(h, s, key, v, mask):
+    # ``(key, v)`` into the first empty slot from the key's home ``s``.
+    while h[s, S_ROW] != 0:
+        s = (s + 1) & mask
+    h[s, S_KEY] = key
+    h[s, S_ROW] = v
+
+
 @njit(cache=True, nogil=True)
-def _rehash_into(h, old, seed):
-    """The entries of the map ``old`` (rows and marks, by the keys they were entered
-    by) in the map ``h`` (its size a power of two), zeroed here first. The slot of the
-    entry PREFETCH_AHEAD on is asked for first: 600,000 rows into a new map of 2^21
-    slots, 12.7-14.9 ms without, 9.3-11.3 ms with (when the rows' keys were read)."""
+def _rehash_into(h, n_rows, row_id_len, row_key, old, marks, seed):
+    """The live rows, by the keys they were entered by (``row_key``), and the marks of
+    the map ``old``, if it holds any, in the map ``h`` (its size a power of two),
+    zeroed here first. The slot of the row PREFETCH_AHEAD on is asked for first:
+    600,000 rows into a new map of 2^21 slots, 12.7-14.9 ms without, 9.3-11.3 ms with.
+    (Copying every entry of ``old`` instead, rows and marks, took 45 -> 67 ms of the
+    1 GiB benchmark log's restore: ``old`` is twice the rows, and whether a slot is
+    taken is a branch no predictor learns.)"""
     h[:] = 0
     mask = h.shape[0] - 1
-    n = old.shape[0]
-    for i in range(n):
-        if i + PREFETCH_AHEAD < n and old[i + PREFETCH_AHEAD, S_ROW] != 0:
-            prefetch(h, SLOT * seeded_home(old[i + PREFETCH_AHEAD, S_KEY], mask, seed))
-        if old[i, S_ROW] == 0:
-            continue
-        s = seeded_home(old[i, S_KEY], mask, seed)
-        while h[s, S_ROW] != 0:
-            s = (s + 1) & mask
-        h[s, S_KEY] = old[i, S_KEY]
-        h[s, S_ROW] = old[i, S_ROW]
+    ring = np.empty(PREFETCH_AHEAD, np.int64)  # the homes of rows r .. r + AHEAD - 1
+    for r in range(min(PREFETCH_AHEAD, n_rows)):
+        ring[r] = seeded_home(row_key[r], mask, seed)
+    for r in range(n_rows):
+        s = ring[r % PREFETCH_AHEAD]
+        if r + PREFETCH_AHEAD < n_rows:
+            later = seeded_home(row_key[r + PREFETCH_AHEAD], mask, seed)
+            ring[r % PREFETCH_AHEAD] = later
+            prefetch(h, SLOT * later)
+        if row_id_len[r] >= 0:
+            _enter_at(h, s, row_key[r], r + 1, mask)
+    if marks:
+        for i in range(old.shape[0]):
+            if old[i, S_ROW] == MARK:
+                _enter_at(h, seeded_home(old[i, S_KEY], mask, seed), old[i, S_KEY], MARK,
+                          mask)
     return h
 
 
@@ -667,13 +699,13 @@ class _Shard:
         self.meta_used = 0
         self.counters = np.zeros(N_COUNTERS, np.int64)
         self.marks = np.zeros(1, np.int64)  # keys marked in h (``_find``)
-        self.mine = self.mine_k = np.empty(0, np.int64)
+        self.mine = self.mine_k = self.homes = np.empty(0, np.int64)
         # Arena bytes above which garbage (overwritten metadata, deleted ids) is
         # squeezed out: at most twice the live bytes, plus the slack.
         self.ids_limit = self.meta_limit = slack
         empty = np.empty(0, np.int64)
         self.row_id_off = self.row_id_len = self.row_meta_off = empty
-        self.row_meta_len = empty
+        self.row_meta_len = self.row_key = empty
 
     def compact(self) -> None:
         """Squeeze garbage out of the arenas once it may outweigh what is live.
@@ -696,11 +728,13 @@ class _Shard:
         if len(self.mine) < n:
             self.mine = np.empty(n, np.int64)
             self.mine_k = np.empty(n, np.int64)
-        return self.mine, self.mine_k
+            self.homes = np.empty(n, np.int64)
+        return self.mine, self.mine_k, self.homes
 
     def grow(self, cap: int) -> None:
         """Room for ``cap`` local rows (pages are touched only as rows are used)."""
-        for name in ("row_id_off", "row_id_len", "row_meta_off", "row_meta_len", "free"):
+        for name in ("row_id_off", "row_id_len", "row_meta_off", "row_meta_len", "row_key",
+                     "free"):
             setattr(self, name, _grow(getattr(self, name)[: self.n_rows], cap))
 
 
@@ -792,7 +826,7 @@ class HostMap:
             ent.e_op, ent.e_id_off, ent.e_id_len, ent.e_vec_off, ent.e_dim,
             ent.e_meta_off, ent.e_meta_len, ent.e_key.view(np.int64),
             self.dim, self.rows, sh.h, sh.row_id_off,
-            sh.row_id_len, sh.row_meta_off, sh.row_meta_len,
+            sh.row_id_len, sh.row_meta_off, sh.row_meta_len, sh.row_key,
             sh.n_rows, sh.free, sh.n_free, sh.ids, sh.ids_used,
             sh.meta, sh.meta_used, sh.n_live, sh.counters, s, self.n_shards,
             *(self.id_shard or (0, 1)), self._streams(), *sh.scratch(len(ent.e_key)),
@@ -854,7 +888,7 @@ class HostMap:
             res, j, sh.n_rows, sh.n_free, sh.ids_used, sh.meta_used, sh.n_live = _seed(
                 take, j, keys, ids, id_offs, id_lens, src_vecs, meta, meta_offs, meta_lens,
                 self.rows, sh.h, sh.row_id_off, sh.row_id_len, sh.row_meta_off,
-                sh.row_meta_len, sh.n_rows, sh.free, sh.n_free, sh.ids,
+                sh.row_meta_len, sh.row_key, sh.n_rows, sh.free, sh.n_free, sh.ids,
                 sh.ids_used, sh.meta, sh.meta_used, sh.n_live, s, self.n_shards, sh.marks,
                 HOME_SEED)
             return res, j
@@ -930,7 +964,7 @@ class HostMap:
         sh = self.shards[s]
         if sh.marks[0]:
             _drop_stale_marks(sh)
-        _rehash_into(h, sh.h, HOME_SEED)
+        _rehash_into(h, sh.n_rows, sh.row_id_len, sh.row_key, sh.h, sh.marks[0], HOME_SEED)
         sh.h = h
 
     def result(self, order_of_ids, permute: bool = True):
@@ -965,7 +999,7 @@ class HostMap:
                 raise AssertionError(f"{at - starts[s]} live rows in shard {s}, "
                                      f"{sh.n_live} counted")
             sh.row_id_off = sh.row_id_len = sh.row_meta_off = sh.row_meta_len = None
-            sh.free = None
+            sh.row_key = sh.free = None
 
         if self.n_shards > 1:  # the shards on their threads, the arenas joined meanwhile
             done = [self._threads().submit(live_rows, s) for s in range(self.n_shards)]
