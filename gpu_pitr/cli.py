@@ -136,6 +136,8 @@ class _Parser(argparse.ArgumentParser):
         except BrokenPipeError:  # (| head: quietly, as a command's report)
             if file is sys.stdout:
                 _stdout_gone()
+        except AttributeError:  # (no stream at all: started with stderr closed, 2>&-)
+            return
         except OSError as err:
             if file is not sys.stdout:
                 return  # (nowhere left to say it)

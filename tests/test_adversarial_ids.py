@@ -166,3 +166,27 @@ def test_marks_of_keys_whose_ids_are_all_deleted_go_at_the_next_growth(tmp_path,
     (shards,) = tables
     assert sum(marks for _, marks in shards) == 20
     assert sum(np.count_nonzero(h[:, hostmap.S_ROW] == hostmap.MARK) for h, _ in shards) == 20
+
+
+def test_a_map_of_stale_marks_does_not_grow_with_the_log(tmp_path, tables, monkeypatch):
+    """Two ids of each of 3,000 keys put and deleted, key after key: no id stays live,
+    and the marks of the keys are all stale when the map fills. Dropped, they leave the
+    map empty, so it is rehashed at its size (it doubled all the same: 4 slots for every
+    key the log ever marked, a map that grew with the log, not the index)."""
+    real_init = hostmap.HostMap.__init__
+    monkeypatch.setattr(hostmap.HostMap, "__init__",
+                        lambda self, total_bytes, shards=None: real_init(self, total_bytes, 1))
+    rng = np.random.default_rng(11)
+    log = w.LogBuilder()
+    for i in range(3000):
+        a, b = colliding_ids(2, key=(0x9E3779B97F4A7C15 * (i + 1)) % (1 << 64), seed=i)
+        log.add(w.Ins(a, rng.standard_normal(4).astype("<f4").tobytes(), None, 1))
+        log.add(w.Ins(b, rng.standard_normal(4).astype("<f4").tobytes(), None, 1))
+        log.add(w.Del(a, 1))
+        log.add(w.Del(b, 1))
+    log.add(w.Ins("last", rng.standard_normal(4).astype("<f4").tobytes(), None, 2))
+    wal = log.write(tmp_path / "wal")
+    _same_as_reference(wal, gpu_pitr.restore(wal, backend="cpu", chunk_bytes=4096))
+    (shards,) = tables
+    ((h, marks),) = shards  # (one shard: its map filled with 3,000 marks, 1,024 slots)
+    assert h.shape[0] <= 2048 and marks <= 1024

@@ -1062,3 +1062,15 @@ def test_text_the_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path, en
 
     assert proc.stderr.decode(encoding).rstrip("\n") == (
         f"gpu-pitr: error: {''.join(map(shown, str(missing)))}: no such directory")
+
+
+def test_a_usage_error_with_no_stderr_still_exits_2(monkeypatch) -> None:
+    """Started with stderr closed (``2>&-``) Python has no ``sys.stderr``: argparse's own
+    message writer drops the error's line and exits 2; the parser's override wrote to
+    None, and the AttributeError made it exit 1 (a traceback printed nowhere)."""
+    from gpu_pitr import cli as cli_module
+
+    monkeypatch.setattr(sys, "stderr", None)
+    with pytest.raises(SystemExit) as exit_:
+        cli_module.main(["restore", "--no-such-option"])
+    assert exit_.value.code == 2

@@ -933,7 +933,13 @@ class HostMap:
             # written (by _rehash_into's probes), its pages mapped the kernel's zero
             # page, and each page's first write then faulted again and flushed the
             # other core's TLB (an IPI): 3% of a restore's samples in perf.
-            maps = {s: np.empty((2 * self.shards[s].h.shape[0], SLOT), np.int64)
+            # The marks of keys no live id has go first (on the shards' threads): a map
+            # they filled is rehashed at its size when what stays fills a quarter of it at
+            # most (doubled all the same, a map of marks put and dropped key after key
+            # grew with the log: 4 slots for every key it ever marked).
+            self._on_shards(lambda s: _drop_stale_marks(self.shards[s]),
+                            [s for s in rehash if self.shards[s].marks[0]])
+            maps = {s: np.empty((_map_slots(self.shards[s]), SLOT), np.int64)
                     for s in rehash}
             self._on_shards(lambda s, maps=maps: self._rehash_shard(s, maps[s]), rehash)
         for sh in self.shards:
@@ -960,10 +966,8 @@ class HostMap:
 
     def _rehash_shard(self, s: int, h: np.ndarray) -> None:
         # Shard s's map becomes h (allocated by the caller, not zeroed: _rehash_into
-        # zeroes it) with its rows in, and the marks some live id still needs.
+        # zeroes it) with its rows in, and its marks (the stale ones dropped already).
         sh = self.shards[s]
-        if sh.marks[0]:
-            _drop_stale_marks(sh)
         _rehash_into(h, sh.n_rows, sh.row_id_len, sh.row_key, sh.h, sh.marks[0], HOME_SEED)
         sh.h = h
 
@@ -1037,9 +1041,16 @@ class HostMap:
         return self.rows[:n].view("<f4").reshape(n, self.dim)
 
 
+def _map_slots(sh: _Shard) -> int:
+    """The size of the map that ``sh.h`` is rehashed into: its own while what it holds
+    (and ``_room``'s two more) fills a quarter of it at most, else twice that."""
+    slots = sh.h.shape[0]
+    return slots if 4 * (sh.n_live + int(sh.marks[0]) + 2) <= slots else 2 * slots
+
+
 def _drop_stale_marks(sh: _Shard) -> None:
     """Empty the marks of ``sh.h`` whose key no live id of the shard has (its ids were
-    all deleted), before the map is copied into a larger one: marks would otherwise
+    all deleted), before the map is rehashed (``_map_slots``): marks would otherwise
     stay for good, and a log that puts and deletes ids of one key, key after key, would
     grow the map with the log, not the index. One key per live id (its bytes hashed
     again), only when the map holds marks. ``sh.h`` is left fit only to be copied."""
