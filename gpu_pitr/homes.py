@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from gpu_pitr.format.payload import FMIX_1, FMIX_2, read_uint_le
+from gpu_pitr.format.payload import fmix64, read_uint_le
 from gpu_pitr.jit import njit
 
 #: This process's seed (see the module's docstring).
@@ -23,30 +23,19 @@ HOME_SEED = np.uint64(int.from_bytes(os.urandom(8), "little"))
 
 
 @njit(cache=True, nogil=True, inline="always")
-def mix64(h):
-    """MurmurHash3's 64-bit finaliser (a bijection)."""
-    h ^= h >> np.uint64(33)
-    h *= FMIX_1
-    h ^= h >> np.uint64(33)
-    h *= FMIX_2
-    h ^= h >> np.uint64(33)
-    return h
-
-
-@njit(cache=True, nogil=True, inline="always")
 def seeded_bytes_key(buf, off, n, seed):
     """A 64-bit key of the bytes ``buf[off:off+n]`` that depends on ``seed`` (as int64):
     each 8-byte word goes through the finaliser, so no difference of two inputs
     cancels whatever the seed (FNV-1a's words cancel their top bits), the length
-    first (xored in beside the first word, ``a`` and ``b\0`` were one key)."""
-    h = mix64(seed ^ np.uint64(n))
+    first (xored in beside the first word, ``a`` and ``b\\0`` were one key)."""
+    h = fmix64(seed ^ np.uint64(n))
     k = 0
     while k + 8 <= n:
-        h = mix64(h ^ read_uint_le(buf, off + k, 8))
+        h = fmix64(h ^ read_uint_le(buf, off + k, 8))
         k += 8
     if k < n:
-        h = mix64(h ^ read_uint_le(buf, off + k, n - k))
-    return np.int64(mix64(h ^ seed))
+        h = fmix64(h ^ read_uint_le(buf, off + k, n - k))
+    return np.int64(fmix64(h ^ seed))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -54,4 +43,4 @@ def seeded_home(key, mask, seed):
     """The home slot of ``key`` (64 bits, any sign) in a table of ``mask + 1`` slots
     (a power of two): the whole finaliser, since one round leaves keys that differ
     only in bits 63 and 30 with the same low 30 bits whatever the seed."""
-    return np.int64(mix64(np.uint64(key) ^ seed) & np.uint64(mask))
+    return np.int64(fmix64(np.uint64(key) ^ seed) & np.uint64(mask))

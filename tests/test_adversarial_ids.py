@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference
 import workloads as w
 from collisions import colliding_ids, key_of
 
@@ -82,17 +81,6 @@ def _longest_run(h: np.ndarray) -> int:
     return int((edges[1::2] - edges[::2]).max(initial=0)) if not full.all() else len(full)
 
 
-def _same_as_reference(wal, got) -> None:
-    ref = reference.restore(wal)
-    assert ref.error is None
-    host = got.to_host()
-    assert host.id_list() == ref.ids
-    assert [v.tobytes() for v in host.vectors] == ref.vectors
-    assert host.metadata == ref.metadata
-    for key in ("inserts", "updates", "updates_of_missing", "deletes", "deletes_of_missing"):
-        assert getattr(got.report, key) == getattr(ref, key), key
-
-
 @pytest.mark.parametrize("chunk_bytes", [None, 4096])
 def test_ids_of_one_key_restore_exactly_and_are_not_one_run(tmp_path, tables, chunk_bytes):
     rng = np.random.default_rng(7)
@@ -101,7 +89,7 @@ def test_ids_of_one_key_restore_exactly_and_are_not_one_run(tmp_path, tables, ch
     ids = same + [f"plain/{i}" for i in range(1000)]
     wal = _workload(ids, rng).write(tmp_path / "wal")
     got = gpu_pitr.restore(wal, backend="cpu", chunk_bytes=chunk_bytes)
-    _same_as_reference(wal, got)
+    w.same_as_reference(wal, got)
     (shards,) = tables
     for h, marks in shards:
         # The key's first id and its mark at most; the old map held all 3,000 (at
@@ -117,7 +105,7 @@ def test_ids_of_distinct_keys_sharing_low_bits_are_not_one_run(tmp_path, tables)
     assert len({key_of(s.encode()) for s in ids}) == 600
     assert len({key_of(s.encode()) & 0xFFFFFF for s in ids}) == 1
     wal = _workload(ids, rng).write(tmp_path / "wal")
-    _same_as_reference(wal, gpu_pitr.restore(wal, backend="cpu"))
+    w.same_as_reference(wal, gpu_pitr.restore(wal, backend="cpu"))
     (shards,) = tables
     assert max(_longest_run(h) for h, _ in shards) < 100  # was one run of them all
 
@@ -162,7 +150,7 @@ def test_marks_of_keys_whose_ids_are_all_deleted_go_at_the_next_growth(tmp_path,
     for i in range(6000):
         log.add(w.Ins(f"later/{i}", rng.standard_normal(4).astype("<f4").tobytes(), None, 3))
     wal = log.write(tmp_path / "wal")
-    _same_as_reference(wal, gpu_pitr.restore(wal, backend="cpu", chunk_bytes=4096))
+    w.same_as_reference(wal, gpu_pitr.restore(wal, backend="cpu", chunk_bytes=4096))
     (shards,) = tables
     assert sum(marks for _, marks in shards) == 20
     assert sum(np.count_nonzero(h[:, hostmap.S_ROW] == hostmap.MARK) for h, _ in shards) == 20
@@ -186,7 +174,7 @@ def test_a_map_of_stale_marks_does_not_grow_with_the_log(tmp_path, tables, monke
         log.add(w.Del(b, 1))
     log.add(w.Ins("last", rng.standard_normal(4).astype("<f4").tobytes(), None, 2))
     wal = log.write(tmp_path / "wal")
-    _same_as_reference(wal, gpu_pitr.restore(wal, backend="cpu", chunk_bytes=4096))
+    w.same_as_reference(wal, gpu_pitr.restore(wal, backend="cpu", chunk_bytes=4096))
     (shards,) = tables
     ((h, marks),) = shards  # (one shard: its map filled with 3,000 marks, 1,024 slots)
     assert h.shape[0] <= 2048 and marks <= 1024

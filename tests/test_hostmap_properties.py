@@ -321,17 +321,6 @@ def map_setup(seed, shards: int, slots: int, checked: list):
         yield
 
 
-def _same_as_reference(wal, got) -> None:
-    ref = reference.restore(wal)
-    assert ref.error is None
-    host = got.to_host()
-    assert host.id_list() == ref.ids
-    assert [v.tobytes() for v in host.vectors] == ref.vectors
-    assert host.metadata == ref.metadata
-    for key in ("inserts", "updates", "updates_of_missing", "deletes", "deletes_of_missing"):
-        assert getattr(got.report, key) == getattr(ref, key), key
-
-
 @st.composite
 def steps(draw, max_steps: int = 60) -> list:
     """Data entries (and batches of them) over ``UNIVERSE``, ids of the pools drawn
@@ -386,7 +375,7 @@ def test_restores_of_colliding_ids_equal_the_reference(steps_, chunk, shards, sl
     with tempfile.TemporaryDirectory() as d, map_setup(seed, shards, slots, checked):
         wal = _log(_entries(steps_)).write(Path(d) / "wal")
         got = gpu_pitr.restore(wal, backend="cpu", chunk_bytes=chunk)
-        _same_as_reference(wal, got)
+        w.same_as_reference(wal, got)
         if id_shards:
             assert w.check_shards_equal_whole(wal, id_shards, backend="cpu",
                                               chunk_bytes=chunk) == "equal"
@@ -434,7 +423,7 @@ def test_a_restore_of_many_marked_keys_emptied_leaves_room(tmp_path):
     for shards, chunk in ((1, None), (2, 4096)):
         checked = []
         with map_setup(SEED, shards, 1024, checked):
-            _same_as_reference(wal, gpu_pitr.restore(wal, backend="cpu", chunk_bytes=chunk))
+            w.same_as_reference(wal, gpu_pitr.restore(wal, backend="cpu", chunk_bytes=chunk))
         ((*tables,),) = checked
         if shards == 1:  # (two maps of 1,024 hold 300 marks each: no growth)
             assert sum(marks for _, marks in tables) < 600  # (kept for good: 600)

@@ -703,6 +703,21 @@ def outcome(fn) -> tuple:
         return None, err
 
 
+def same_as_reference(wal, got) -> None:
+    """The restore ``got`` of the log ``wal`` (to its end) has the reference's ids,
+    vector bytes, metadata and apply counters."""
+    import reference
+
+    ref = reference.restore(wal)
+    assert ref.error is None
+    host = got.to_host()
+    assert host.id_list() == ref.ids
+    assert [v.tobytes() for v in host.vectors] == ref.vectors
+    assert host.metadata == ref.metadata
+    for key in ("inserts", "updates", "updates_of_missing", "deletes", "deletes_of_missing"):
+        assert getattr(got.report, key) == getattr(ref, key), key
+
+
 def index_view(index) -> tuple:
     """What two restores that agree share: ids, vector bits and shape, metadata, dim."""
     import numpy as np

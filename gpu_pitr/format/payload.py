@@ -232,6 +232,13 @@ def id_key(buf, pos, n):
         h = (h ^ read_uint_le(b, 8 * w, 8)) * FNV_PRIME
     for k in range(8 * words, n):
         h = (h ^ np.uint64(b[k])) * FNV_PRIME
+    return fmix64(h)
+
+
+@_shared
+def fmix64(h):
+    """MurmurHash3's 64-bit finaliser of the uint64 ``h`` (a bijection): ``id_key``'s last
+    step, and the mix of the seeded homes (``gpu_pitr.homes``)."""
     h ^= h >> np.uint64(33)
     h *= FMIX_1
     h ^= h >> np.uint64(33)

@@ -537,6 +537,18 @@ def _tag(key, b, t):
     return np.int64(key >> np.uint64(64 - t)) << (b + 1)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _slot_of(k, tag, slots, keys, mask, b, seed):
+    """``(slot, value)``: the slot of ``_key_table`` that holds the key ``k`` (its tag
+    ``tag``), or the empty one (value -1) its run ends at."""
+    s = seeded_home(k, mask, seed)
+    while True:
+        h = np.int64(slots[s])
+        if h == -1 or (h >> (b + 1) << (b + 1) == tag and keys[h & ((1 << b) - 1)] == k):
+            return s, h
+        s = (s + 1) & mask
+
+
 @njit(cache=True, nogil=True)
 def _fill_key_table(keys, slots, chain, seed):
     mask = len(slots) - 1
@@ -549,23 +561,17 @@ def _fill_key_table(keys, slots, chain, seed):
             prefetch(slots, seeded_home(keys[r + PREFETCH_AHEAD], mask, seed))
         k = keys[r]
         tag = _tag(k, b, t)
-        s = seeded_home(k, mask, seed)
-        while True:
-            h = np.int64(slots[s])
-            if h == -1:
-                slots[s] = tag | r
-                break
-            if h >> (b + 1) << (b + 1) == tag:
-                first = h & first_of
-                if keys[first] == k:  # a later row of this key: linked after its first
-                    if h >> b & 1:
-                        chain[r] = chain[first]
-                    else:
-                        slots[s] = h | (1 << b)
-                        chain[r] = -1
-                    chain[first] = r
-                    break
-            s = (s + 1) & mask
+        s, h = _slot_of(k, tag, slots, keys, mask, b, seed)
+        if h == -1:
+            slots[s] = tag | r
+            continue
+        first = h & first_of  # a later row of this key: linked after its first
+        if h >> b & 1:
+            chain[r] = chain[first]
+        else:
+            slots[s] = h | (1 << b)
+            chain[r] = -1
+        chain[first] = r
 
 
 @njit(cache=True, nogil=True)
@@ -590,28 +596,21 @@ def _take_rows(query, slots, chain, seed, keys, moved, out):
                 prefetch(keys, h & first_of)
                 prefetch(moved, h & first_of)
         k = query[q]
-        tag = _tag(k, b, t)
-        s = seeded_home(k, mask, seed)
-        while True:
-            h = np.int64(slots[s])
-            if h == -1:
-                break
+        s, h = _slot_of(k, _tag(k, b, t), slots, keys, mask, b, seed)
+        if h != -1:
             r = h & first_of
-            if h >> (b + 1) << (b + 1) == tag and keys[r] == k:
-                if not moved[r]:
-                    moved[r] = True
-                    out[m] = r
-                    m += 1
-                    if h >> b & 1:
+            if not moved[r]:
+                moved[r] = True
+                out[m] = r
+                m += 1
+                if h >> b & 1:
+                    r = chain[r]
+                    while r >= 0:
+                        if not moved[r]:
+                            moved[r] = True
+                            out[m] = r
+                            m += 1
                         r = chain[r]
-                        while r >= 0:
-                            if not moved[r]:
-                                moved[r] = True
-                                out[m] = r
-                                m += 1
-                            r = chain[r]
-                break
-            s = (s + 1) & mask
     return m
 
 
