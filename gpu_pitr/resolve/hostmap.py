@@ -309,8 +309,7 @@ def _apply(
         homes[j] = seeded_home(e_key[mine[j]], mask, seed)
     for j in range(n_mine):
         if j + AHEAD_SLOT < n_mine:  # the probes of later entries
-            # (Each home computed once: four times an entry, the seeded homes cost the
-            # 1 GiB benchmark log's restore about 5 ms a shard.)
+            # (Each home computed once, here, and kept for its three later uses.)
             home = seeded_home(e_key[mine[j + AHEAD_SLOT]], mask, seed)
             homes[j + AHEAD_SLOT] = home
             prefetch(h, SLOT * home)
