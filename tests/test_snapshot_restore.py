@@ -761,7 +761,8 @@ def test_a_snapshot_the_process_has_no_descriptor_for_is_not_passed_over(
     # passed the newest over without a word and restored from an older one or the whole
     # log, which a log already expired lacks. It is a read error naming the directory.
 
-    from gpu_pitr.errors import FileReadError
+    # (It said "offset 0: cannot read" of the directory: now what a WAL_DIR's says.)
+    from gpu_pitr.errors import DirectoryReadError
 
     d = tmp_path / "wal"
     write_synthetic_wal(d, total_bytes=1 << 20, segments=2, dim=4)
@@ -769,9 +770,10 @@ def test_a_snapshot_the_process_has_no_descriptor_for_is_not_passed_over(
     snaps.mkdir()
     snapshot.save(gpu_pitr.restore(d, backend="cpu"), snaps / "s")
     no_descriptor_for(os, "listdir", snaps / "s")
-    with pytest.raises(FileReadError) as err:
+    with pytest.raises(DirectoryReadError) as err:
         gpu_pitr.restore(d, backend="cpu", snapshots=snaps)
-    assert str(err.value) == f"{snaps / 's'}: offset 0: cannot read: Too many open files"
+    assert str(err.value) == (f"{snaps / 's'}: cannot list the directory: Too many open "
+                              "files")
 
 
 def test_snapshots_dir_picks_newest_usable_and_falls_back(tmp_path):

@@ -272,13 +272,16 @@ _NOT_THE_FILES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM))
 
 
 def raise_if_not_the_files(err: OSError) -> None:
-    """Raise ``FileReadError`` (one line naming the file, exit status of a read error)
-    when opening a segment failed for a reason that is not the file's (``EMFILE``...):
-    judged a bad header instead, ``--skip-corrupt`` would skip a sound segment and
-    restore without its records, and ``verify`` would call it damaged."""
+    """Raise ``FileReadError`` (one line naming the file, exit status of a read error;
+    ``DirectoryReadError`` for a directory) when opening a segment failed for a reason
+    that is not the file's (``EMFILE``...): judged a bad header instead,
+    ``--skip-corrupt`` would skip a sound segment and restore without its records, and
+    ``verify`` would call it damaged."""
     if err.errno in _NOT_THE_FILES and err.filename is not None:
-        from gpu_pitr.errors import FileReadError
+        from gpu_pitr.errors import DirectoryReadError, FileReadError
 
+        if os.path.isdir(err.filename):  # (a snapshot's directory: no "offset 0" in it)
+            raise DirectoryReadError(err.filename, err) from err
         raise FileReadError(err.filename, 0, err) from err
 
 
