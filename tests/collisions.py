@@ -71,3 +71,13 @@ def colliding_ids(count: int, key: int = 0xDEADBEEF12345678, prefix: bytes = b"d
                 if len(out) == count:
                     break
     return [b.decode("ascii") for b in out]
+
+
+def longest_run(taken: np.ndarray) -> int:
+    """The most slots in a row of an open-addressing table that are taken (``taken``: a
+    bool a slot), around the table's end too: what a probe may walk."""
+    if taken.all():
+        return len(taken)
+    twice = np.concatenate([taken, taken]).view(np.int8)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], twice, [0]])))
+    return int((edges[1::2] - edges[::2]).max(initial=0))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import workloads as w
-from collisions import colliding_ids, key_of
+from collisions import colliding_ids, key_of, longest_run
 
 import gpu_pitr
 from gpu_pitr import snapshot
@@ -75,10 +75,8 @@ def tables(monkeypatch) -> list:
 
 
 def _longest_run(h: np.ndarray) -> int:
-    """The most occupied slots in a row, around the end too."""
-    full = np.concatenate([h[:, hostmap.S_ROW] != 0] * 2).astype(np.int8)
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], full, [0]])))
-    return int((edges[1::2] - edges[::2]).max(initial=0)) if not full.all() else len(full)
+    """The most occupied slots of the map ``h`` in a row, around the end too."""
+    return longest_run(h[:, hostmap.S_ROW] != 0)
 
 
 @pytest.mark.parametrize("chunk_bytes", [None, 4096])

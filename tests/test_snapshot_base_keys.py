@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import workloads as w
-from collisions import colliding_ids, key_of, unfmix
+from collisions import colliding_ids, key_of, longest_run, unfmix
 
 import gpu_pitr
 from gpu_pitr import snapshot
@@ -27,12 +27,8 @@ ONE_KEY = 0xDEADBEEF12345678
 
 
 def _longest_run(slots: np.ndarray) -> int:
-    """The most slots in a row that are taken (the table wraps around)."""
-    taken = np.concatenate([slots, slots]) != -1
-    if taken.all():
-        return len(slots)
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], taken.view(np.int8), [0]])))
-    return int((edges[1::2] - edges[::2]).max(initial=0))
+    """The most slots of the key table in a row that are taken (it wraps around)."""
+    return longest_run(slots != -1)
 
 
 def _taker(keys, table):
