@@ -931,6 +931,9 @@ class _Restore:
         """Is the first record read where the log must go on? (history complete)
         ``skipped``: the report's first ``skipped`` entry, with what this chunk skipped
         before ``first`` (``_first_skipped``)."""
+        if self.base is not None and not _judges_after_base(
+                self.base, self.target, self.plan.exclusive, self.read_after_stop):
+            return
         c = self.cols
         seq = int(c.seq[first])
         w = self._where(first)
@@ -1447,6 +1450,20 @@ def _gap_not_read(snap, target: dict, exclusive: bool, read_after_stop: bool) ->
     False), so the state is the base's whatever came after it (PostgreSQL's
     ``recovery_target = 'immediate'``; ``inspect SNAP`` prints that restore)."""
     return not read_after_stop and _base_is_the_stop(snap, target, exclusive)
+
+
+def _judges_after_base(snap, target: dict, exclusive: bool, read_after_stop: bool) -> bool:
+    """Whether a restore from the base ``snap`` judges the first record it reads after it
+    (``_Restore._check_first``, ``plan_restore``'s ``_check_resume``). Not where the
+    base is itself the stop and the log after it is not read; nor where the base is the
+    stop and holds no record of the log: its own restore (a seq 0 target, or a position
+    target, at a zero-filled record) took the zero record it stopped at as the log's
+    first, seq 0, and judged the start there, and a restore of the whole log judges no
+    record past its stop. Otherwise the log must go on from the base, even past the
+    stop: a record there that does not says the base is not of this log."""
+    if not _base_is_the_stop(snap, target, exclusive):
+        return True
+    return read_after_stop and not _holds_no_record(snap.position)
 
 
 def _holds_no_record(pos: dict) -> bool:
@@ -2437,9 +2454,7 @@ def plan_restore(
             if gap is not None and not allow:
                 raise _no_history_after_base(gap, later, wal_path)
             gaps.append(None if gap is None else (gap, None))
-            if read_after_stop or not _base_is_the_stop(snap, target, exclusive):
-                # (The restore judges the first record it reads: none where the base is
-                # the stop and the log after it is not read.)
+            if _judges_after_base(snap, target, exclusive, read_after_stop):
                 gaps.append(_check_resume(snap.position, later, starts, resume, allow,
                                           over=over, zeros=zeros))
         # Each segment read whose header is damaged, as the restore meets it: after the

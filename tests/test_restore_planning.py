@@ -494,6 +494,48 @@ def test_a_snapshot_of_zero_filled_records_only_inside_its_segment(tmp_path):
     assert snapshot.window(wal, snaps)["snapshots"][0]["usable"]
 
 
+def test_a_base_of_zero_filled_records_that_is_the_stop_judges_nothing_after_it(
+        tmp_path):
+    # (CI, 45th session) A seq 0 target, or an inclusive position target at a
+    # zero-filled record, stops at that record: a restore of the whole log takes it as
+    # the log's first record (seq 0) and judges nothing past its stop, so the seq 5
+    # record after it is no gap. A snapshot of that restore holds no record of the log;
+    # a restore to the same target from it is the base itself, and reading on past it
+    # (the default), it judged that seq 5 record as the log's start and refused it. The
+    # answer is the whole log's, and the plan agrees; allowed, no gap is warned of.
+    log = LogBuilder()
+    log.raw(bytes(12))
+    log.add(Ins("a", [1.0], ts=1), seq=5)
+    wal = log.write(tmp_path / "wal")
+    name = segment_name(0x5F5E100)
+    for k, target in enumerate(({"to_seq": 0}, {"to_position": (name, 16)})):
+        snaps = tmp_path / f"snaps{k}"
+        snaps.mkdir()
+        for allow in (False, True):
+            kw = {**target, "skip_corrupt": True, "allow_incomplete_history": allow}
+            whole = gpu_pitr.restore(wal, backend="cpu", **kw)
+            assert whole.id_list() == [] and whole.report.stop["seq"] == 0
+            if not allow:
+                snapshot.save(whole, snaps / "zeros")
+            for how in ({"base": snaps / "zeros"}, {"snapshots": snaps}):
+                for more in ({}, {"read_after_stop": False}):
+                    got = gpu_pitr.restore(wal, backend="cpu", **how, **more, **kw)
+                    assert got.report.base["path"] == str(snaps / "zeros"), (kw, how)
+                    assert got.id_list() == [] and got.report.stop == whole.report.stop
+                    assert not _gap_warnings(got.report.warnings), (kw, how, more)
+                    plan = plan_restore(wal, **how, **more, **kw)
+                    assert plan["base"]["path"] == str(snaps / "zeros")
+                    assert not _gap_warnings(plan["warnings"]), (kw, how, more)
+        # Past the base, to the end of the log, the seq 5 record is the log's start:
+        # refused (allowed: warned of), as the whole log refuses it.
+        kw = {"skip_corrupt": True, "base": snaps / "zeros"}
+        want = _outcome(lambda kw=kw: gpu_pitr.restore(wal, backend="cpu", **kw))
+        assert want[:2] == ("error", IncompleteHistoryError)
+        assert _outcome(lambda kw=kw: plan_restore(wal, **kw)) == want
+        assert _outcome(lambda: gpu_pitr.restore(wal, backend="cpu", skip_corrupt=True)
+                        )[:2] == ("error", IncompleteHistoryError)
+
+
 def _gap_warnings(warnings) -> list[str]:
     return [w for w in warnings if w.startswith("incomplete history, restored as allowed")]
 
