@@ -42,7 +42,7 @@ from pathlib import Path
 
 from gpu_pitr import archivesums, interrupts
 from gpu_pitr.errors import DirectoryReadError, NotSyncedError, WalError, os_reason
-from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, SEGMENT_NAME_RE
+from gpu_pitr.format.layout import HEADER_ID, HEADER_SIZE, RECORD_HEADER_SIZE, SEGMENT_NAME_RE
 from gpu_pitr.format.segments import (
     NotARegularFile,
     Segment,
@@ -510,7 +510,7 @@ def _check_missed(result: ArchiveResult, archive_dir: Path, listed: set
         empty.append(before.pop().name)
     prev = before[-1]
     last = _last_seq(prev)
-    first = first_record_seq(archive_dir / new.name)
+    first = _first_seq(archive_dir / new.name)
     if last is None or first is None or first == 0 or first <= last + 1:
         return None
     also = (f" ({', '.join(reversed(empty))} after it was copied before the writer had "
@@ -536,7 +536,10 @@ def _framed(seg: Segment):
 
 def _last_seq(seg: Segment) -> int | None:
     """The seq of the last record of a segment file that the writer numbered: a torn
-    record's too, when its seq was written; zero-filled records are none."""
+    record's too, when its seq was written; zero-filled records are none, and nor is a
+    torn one whose bytes are all zeros (what a file extended but never written leaves,
+    short of a whole zero record: taken as seq 0, a next segment from the seq after the
+    last record was named missed)."""
     from gpu_pitr.format import zerofill
 
     last = None
@@ -551,13 +554,35 @@ def _last_seq(seg: Segment) -> int | None:
             if item.torn is not None and item.torn[1] >= 8:
                 with open(seg.path, "rb") as f:
                     f.seek(item.torn[0])
-                    head = f.read(len(HEADER_ID))
-                if head != HEADER_ID:
+                    head = f.read(min(item.torn[1], RECORD_HEADER_SIZE))
+                if head[:len(HEADER_ID)] != HEADER_ID and any(head):
                     last = int.from_bytes(head[:8], "little")
     except OSError as err:
         raise_if_not_the_files(err)  # out of descriptors: the check is not passed over
         return None
     return last
+
+
+def _first_seq(path: Path) -> int | None:
+    """The seq of the first record of a segment file that the writer numbered
+    (``first_record_seq``): zero-filled records that lead it (a crash after the file was
+    extended) are none, as ``_last_seq`` passes over those that end one. Their seq 0
+    is not a writer reopened: read as one, a segment gone before it went unnamed."""
+    from gpu_pitr.snapshot import ZERO_RECORD, first_log_record
+
+    first = first_record_seq(path)
+    if first != 0:
+        return first
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = os.pread(f.fileno(), RECORD_HEADER_SIZE, HEADER_SIZE)
+    except OSError:
+        return None
+    if head != ZERO_RECORD:
+        return first
+    found = first_log_record([Segment(path, size, 0)], skip_zeros=True)
+    return None if found is None else found[1]
 
 
 def whole_records(path: Path, size: int) -> int:

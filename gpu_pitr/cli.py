@@ -1406,10 +1406,17 @@ def _snapshot_last_seq(path: str, position: dict) -> list[str]:
         # The seq occurs earlier in the log it covers (a writer restarted): --to-seq
         # names that first record, before the base, and fails; its position names this.
         target = f"--to-position {record['segment']}:{record['offset']}"
+    # A zero-filled record's seq 0 is none the writer gave (format.zerofill): it is named
+    # as what it is, the target naming it all the same.
+    from gpu_pitr.format.layout import RECORD_HEADER_SIZE
+
+    what = f"seq {last}"
+    if last == 0 and isinstance(record, dict) and record.get("length") == RECORD_HEADER_SIZE:
+        what = "a zero-filled record (12 zero bytes: no seq the writer gave)"
     # --stop-reading-at-target: the state is the base's own, and the log after it is not
     # read (recovery_target = 'immediate'); by default all of it would be, to look for
     # damage the state does not depend on.
-    return [f"last record covered: seq {last} (this state exactly: gpu-pitr restore "
+    return [f"last record covered: {what} (this state exactly: gpu-pitr restore "
             f"WAL_DIR --base {shlex.quote(str(path))} {target}{allow} "
             "--stop-reading-at-target --out OUT)"]
 

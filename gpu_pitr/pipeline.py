@@ -237,6 +237,9 @@ class _Restore:
         self.base = base  # a loaded snapshot to start from, or None
         self.target = target
         self.seq_runs = SeqRuns()
+        # Whether a record consumed is not zero-filled (seq_runs holds their seq 0 too:
+        # a seq 0 target is one of them): a position after zeros alone holds no record.
+        self.covers_records = False
         self.last_record = None  # (file, offset, length, crc32) of the last record consumed
         # The first gap in the history the caller allowed (--allow-incomplete-history),
         # for the restore's warning; see history_gap.
@@ -317,6 +320,7 @@ class _Restore:
         if base is not None:
             pos = base.position
             self.seq_runs = SeqRuns(pos.get("seq_runs"), pos.get("last_seq"))
+            self.covers_records = not _holds_no_record(pos)
             last = pos.get("last_record")
             if last:
                 self.last_record = (str(self.wal_dir / last["segment"]), last["offset"],
@@ -783,6 +787,9 @@ class _Restore:
             end = stop_index + 1 if self.plan.stops_after else stop_index
         if end > first:
             self.seq_runs.add(c.seq[first:end])
+            if not self.covers_records:
+                self.covers_records = not zerofill.zero_records(
+                    c.length[first:end], c.seq[first:end]).all()
             o, n = int(c.off[end - 1]), RECORD_HEADER_SIZE + int(c.length[end - 1])
             self.last_record = (self.names[int(c.seg[end - 1])], int(c.foff[end - 1]),
                                 n, crc32(self.buf[o:o + n]))
@@ -806,6 +813,7 @@ class _Restore:
              "crc32": last_crc},
             "history_complete": not self.history_gap,
             "seq_runs": self.seq_runs.merged(),
+            "covers_records": self.covers_records,
         }
 
     def _stop_position(self, i: int, n: int) -> None:
@@ -1467,7 +1475,13 @@ def _judges_after_base(snap, target: dict, exclusive: bool, read_after_stop: boo
 
 
 def _holds_no_record(pos: dict) -> bool:
-    """A base at ``pos`` covers no record of the log (``_Restore._base_holds_none``)."""
+    """A base at ``pos`` covers no record of the log (``_Restore._base_holds_none``):
+    ``covers_records`` false. A position without it (snapshots of versions before
+    2026-12-07) is judged by its seqs: none but the last, itself a zero-filled record's,
+    which passed a base of two zero records or more as one that holds a record."""
+    covers = pos.get("covers_records")
+    if isinstance(covers, bool):
+        return not covers
     last = pos.get("last_record")
     return ("seq_runs" in pos and not pos["seq_runs"]
             and (last is None or last.get("length") == RECORD_HEADER_SIZE))

@@ -865,6 +865,37 @@ def test_segments_the_writer_deleted_before_any_run_copied_them_are_named(tmp_pa
     assert [s.action for s in archive(wal2, arc2).segments] == [NEW]
 
 
+def test_zero_filled_records_leading_the_first_segment_copied_hide_no_missed_one(tmp_path):
+    """The first segment a run copies after segments the writer deleted unseen starts
+    with zero-filled records (a crash after the file was extended), then seq 8 where the
+    archive's last segment ends at seq 5. Their seq 0 is none the writer gave (as
+    ``verify`` of the archive judges them, and as the end of a segment's are): not a
+    writer reopened. The run took it for one and named nothing (exit 0); it names the
+    2 records missed. Zeros before a seq 0 are a writer reopened still."""
+    for first_seq, missed in ((8, True), (0, False)):
+        b = LogBuilder()
+        b.add(Ins("a", [1.0], None, 1))             # seq 0, 1: segment A
+        b.add(Ins("b", [2.0], None, 2))
+        first = b.cur
+        b.new_segment(0x6000000)                    # B: seq 2 .. 7, deleted unseen
+        for k in range(6):
+            b.add(Ins(f"c{k}", [3.0], None, 3))
+        later = b.new_segment(0x6000001)            # C: zeros, then seq 8 (or 0)
+        b.raw(bytes(12 * 3))
+        b.add(Ins("d", [4.0], None, 4), seq=first_seq)
+        full, wal, arc = _first_archived(tmp_path, b, first, str(first_seq))
+        (wal / first).unlink()
+        shutil.copyfile(full / later, wal / later)
+        got = archive(wal, arc)
+        assert [(s.name, s.action) for s in got.segments] == [
+            (later, MISSED if missed else NEW)]
+        assert got.ok == (not missed)
+        if missed:
+            assert got.segments[0].problem.startswith(
+                f"copied (74 bytes), but its first record is seq 8 and the archive's "
+                f"{first} ends at seq 1: 6 records were in segments the writer deleted")
+
+
 def _first_archived(tmp_path, b, first: str, tag: str = ""):
     """``b``'s log written whole to ``full<tag>``; a WAL directory ``wal<tag>`` holding
     only its file ``first``, archived into ``arc<tag>``. Returns the three."""
@@ -896,6 +927,29 @@ def test_a_torn_record_whose_seq_was_written_is_where_the_next_segment_goes_on_f
     shutil.copyfile(full / later, wal / later)
     got = archive(wal, arc)
     assert [(s.name, s.action) for s in got.segments] == [(later, NEW)] and got.ok
+
+
+def test_a_torn_tail_of_zeros_is_no_seq_the_next_segment_goes_on_from(tmp_path):
+    """The archive's copy of a segment ends in zeros the writer never wrote (a crash
+    after the file was extended): a zero-filled record, then 8 to 11 zero bytes, short of
+    another. Those are no seq (as the whole zero record is none): the next segment
+    starts at the seq after the last record, seq 2, and nothing is named. Taken as a
+    torn record of seq 0, it was named missed ("ends at seq 0: 1 records were in
+    segments the writer deleted"), which ``verify`` of the archive does not find."""
+    for tail in (8, 11):
+        b = LogBuilder()
+        b.add(Ins("a", [1.0], None, 1))             # seq 0
+        b.add(Ins("b", [2.0], None, 2))             # seq 1
+        b.raw(bytes(12 + tail))
+        first = b.cur
+        later = b.new_segment(0x6000000)
+        b.add(Ins("d", [4.0], None, 4), seq=2)
+        full, wal, arc = _first_archived(tmp_path, b, first, str(tail))
+        shutil.copyfile(full / first, arc / first)  # (the copy as it stands, zeros too)
+        (wal / first).unlink()
+        shutil.copyfile(full / later, wal / later)
+        got = archive(wal, arc)
+        assert [(s.name, s.action) for s in got.segments] == [(later, NEW)] and got.ok
 
 
 def test_a_segment_copied_while_still_empty_then_deleted_is_not_a_silent_gap(tmp_path,

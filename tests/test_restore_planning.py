@@ -536,6 +536,46 @@ def test_a_base_of_zero_filled_records_that_is_the_stop_judges_nothing_after_it(
                         )[:2] == ("error", IncompleteHistoryError)
 
 
+def test_a_base_of_two_zero_filled_records_or_more_holds_no_record(tmp_path):
+    # A position target at the second (or a later) zero-filled record that leads the
+    # log: with --skip-corrupt the restore skips those before it and takes it as the
+    # log's first record, seq 0, as at the first. A snapshot of that holds no record of
+    # the log either; but seq 0 went into its seqs twice, and a base with any seq but
+    # its last was taken as one that holds a record: the log after it went unjudged, and
+    # the seq 5 record after the zeros, which the whole log refuses as its start, was
+    # restored from it with no word of the history missing before it.
+    log = LogBuilder()
+    log.raw(bytes(12 * 3))
+    log.add(Ins("a", [1.0], ts=1), seq=5)
+    log.add(Ins("b", [2.0], ts=2), seq=6)
+    wal = log.write(tmp_path / "wal")
+    name = segment_name(0x5F5E100)
+    for offset, exclusive in ((28, False), (40, False), (40, True)):
+        snaps = tmp_path / f"snaps{offset}{exclusive}"
+        snaps.mkdir()
+        snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_position=(name, offset),
+                                       exclusive=exclusive, skip_corrupt=True),
+                      snaps / "zeros")
+        for target in ({}, {"to_seq": 5}, {"to_time": 1}):
+            kw = {**target, "skip_corrupt": True}
+            whole = _outcome(lambda kw=kw: gpu_pitr.restore(wal, backend="cpu", **kw))
+            assert whole[:2] == ("error", IncompleteHistoryError)
+            for how in ({"base": snaps / "zeros"}, {"snapshots": snaps}):
+                got = _outcome(lambda kw=kw, how=how: gpu_pitr.restore(
+                    wal, backend="cpu", **how, **kw))
+                assert got[:2] == whole[:2], (offset, exclusive, kw, how)
+                assert "seq 5: the log does not start at sequence number 0" in got[2]
+                assert _outcome(lambda kw=kw, how=how: plan_restore(
+                    wal, **how, **kw)) == got
+        manifest = read_manifest(snaps / "zeros")
+        assert manifest["position"]["covers_records"] is False
+        # (Readers of before covers_records misjudge it: a version they refuse.)
+        assert manifest["format_version"] == (2 if manifest["position"]["seq_runs"] else 1)
+        if (offset, exclusive) == (40, False):  # (the window judges a zero record read
+            # first as seq 0, as a restore without --skip-corrupt does: the others)
+            assert not snapshot.window(wal, snaps)["snapshots"][0]["usable"]
+
+
 def _gap_warnings(warnings) -> list[str]:
     return [w for w in warnings if w.startswith("incomplete history, restored as allowed")]
 

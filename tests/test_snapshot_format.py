@@ -296,6 +296,34 @@ def test_inspect_of_a_snapshot_names_the_seq_that_restores_exactly_its_state(tmp
     assert list(got["metadata"]) == list(want.metadata_json())
 
 
+def test_the_command_inspect_names_a_zero_filled_last_record_as_one(tmp_path, capsys):
+    """A snapshot whose last record covered is zero-filled (a position target at one,
+    with --skip-corrupt): its seq 0 is none the writer gave, and the line said "seq 0"
+    after records of seq 0 and 1. It names it as what it is; the command it gives (the
+    record's position) gives the snapshot's state exactly."""
+    b = w.LogBuilder()
+    b.add(w.Ins("a", w.f32(1), None, 1))
+    b.add(w.Ins("b", w.f32(2), None, 2))
+    at = b.raw(bytes(24))
+    b.add(w.Ins("c", w.f32(3), None, 3))
+    wal = Path(b.write(tmp_path / "wal"))
+    snap = tmp_path / "snaps" / "p"
+    snap.parent.mkdir()
+    assert _cli(capsys, "snapshot", wal, "--to-position", f"{b.cur}:{at}",
+                "--skip-corrupt", "--out", snap, "-q")[0] == 0
+    rc, out, _ = _cli(capsys, "inspect", snap)
+    line = next(x for x in out.splitlines() if x.startswith("last record covered"))
+    assert line == (
+        "last record covered: a zero-filled record (12 zero bytes: no seq the writer "
+        f"gave) (this state exactly: gpu-pitr restore WAL_DIR --base {snap} "
+        f"--to-position {b.cur}:{at} --stop-reading-at-target --out OUT)")
+    command = line.split("exactly: gpu-pitr ", 1)[1].rstrip(")").split()
+    command = [str(wal) if a == "WAL_DIR" else str(tmp_path / "o.npz") if a == "OUT" else a
+               for a in command]
+    assert _cli(capsys, *command, "-q")[0] == 0
+    assert list(np.load(tmp_path / "o.npz", allow_pickle=False)["ids"]) == ["a", "b"]
+
+
 def test_the_command_inspect_names_runs_for_a_snapshot_restored_across_a_gap(tmp_path,
                                                                               capsys):
     """A snapshot restored across a gap (the log starting at seq 5) is refused as a base

@@ -593,12 +593,17 @@ def manifest_version(position: dict) -> int:
     the position: their commit applied only what followed it) and ``history_complete``
     false (2026-12-03; a reader of before then uses a state restored across a gap as
     complete, with no option and no warning). Snapshots holding either say 2, which
-    every older reader refuses by name before reading anything else.
+    every older reader refuses by name before reading anything else. So does one whose
+    ``covers_records`` (2026-12-07) is false while its ``seq_runs`` hold the seq 0 of
+    zero-filled records: a reader of before then takes it as holding a record of the
+    log and does not judge the log after it from its start.
     """
     pending = position.get("pending")
     if isinstance(pending, dict) and pending.get("record_runs"):
         return 2
     if position.get("history_complete") is False:
+        return 2
+    if position.get("covers_records") is False and position.get("seq_runs"):
         return 2
     return 1
 
@@ -733,7 +738,7 @@ def position_problem(pos: dict) -> str | None:
     for key in ("seq", "last_seq", "timestamp", "max_timestamp", "segment_size"):
         if (why := u64_or_none(key)) is not None:
             return why
-    for key in ("at_segment_end", "at_torn_tail", "history_complete"):
+    for key in ("at_segment_end", "at_torn_tail", "history_complete", "covers_records"):
         if key in pos and not isinstance(pos[key], bool):
             return f"{key} {pos[key]!r} is not true or false"
     runs = pos.get("seq_runs") or []
