@@ -568,19 +568,15 @@ def _first_seq(path: Path) -> int | None:
     (``first_record_seq``): zero-filled records that lead it (a crash after the file was
     extended) are none, as ``_last_seq`` passes over those that end one. Their seq 0
     is not a writer reopened: read as one, a segment gone before it went unnamed."""
-    from gpu_pitr.snapshot import ZERO_RECORD, first_log_record
+    from gpu_pitr.snapshot import first_log_record
 
     first = first_record_seq(path)
     if first != 0:
         return first
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = os.pread(f.fileno(), RECORD_HEADER_SIZE, HEADER_SIZE)
+        size = os.stat(path).st_size
     except OSError:
         return None
-    if head != ZERO_RECORD:
-        return first
     found = first_log_record([Segment(path, size, 0)], skip_zeros=True)
     return None if found is None else found[1]
 
