@@ -967,7 +967,8 @@ class _Restore:
                     f"the log does not go on from the base snapshot's position "
                     f"({pos['segment']} offset {pos['offset']}, seq {want})", **w)
         elif seq != want and not self.allow_incomplete:
-            raise _resume_refused(pos, seq, want, w)
+            raise _resume_refused(pos, seq, want, w, zerofill.is_zero_record(
+                int(c.length[first]), seq))
         elif seq != want:
             self._gap(*_resumes_elsewhere(pos, seq, want))
 
@@ -1385,10 +1386,23 @@ def _resume_point(pos: dict, segments: list) -> tuple[list, dict, tuple | None, 
     return later, {}, None, gap
 
 
-def _resume_refused(pos: dict, seq: int, want: int, w: dict) -> IncompleteHistoryError:
+def _resume_refused(pos: dict, seq: int, want: int, w: dict, zero: bool = False
+                    ) -> IncompleteHistoryError:
     """The error of a restore from a base whose segment is gone where the log's first
     record read (at ``w``: file, offset, seq) is seq ``seq``, not ``want``, the base's
-    last seq + 1 (``_Restore._check_first``; ``plan_restore`` reads that record too)."""
+    last seq + 1 (``_Restore._check_first``; ``plan_restore`` reads that record too).
+    ``zero``: that record is zero-filled, whose seq 0 is none the writer gave: not a
+    writer reopened, and not a gap that --allow-incomplete-history should let through
+    (the restore would then fail at it as damage): --skip-corrupt judges the record
+    after it (review zeroaudit)."""
+    if zero:
+        return IncompleteHistoryError(
+            f"the first record right after the base snapshot's position "
+            f"({pos['segment']} offset {pos['offset']}), whose segment is gone, is "
+            "zero-filled (12 zero bytes: no seq the writer gave, a crash after the file "
+            f"was extended), so it does not show that the log goes on at seq {want}: "
+            "--skip-corrupt (skip_corrupt=True) skips zero-filled records and judges "
+            "the record after them", **w)
     where = (f"the log resumes at seq {seq}, not {want}, right after the base "
              f"snapshot's position ({pos['segment']} offset {pos['offset']})")
     if seq == 0:  # a writer reopened without recovery, or another log
@@ -1423,6 +1437,18 @@ def _starts_past_zero(seq: int, name: str, offset: int) -> tuple[str, None]:
     """The gap (``_Restore._gap``'s arguments) of a log read from its start whose first
     record is seq ``seq``, not 0, in the segment ``name`` at ``offset``."""
     return f"the log starts at seq {seq} ({name} offset {offset}), not 0", None
+
+
+def _zero_record_at(path, offset: int) -> bool:
+    """Whether the record at ``offset`` of the segment at ``path`` is zero-filled (as
+    ``first_log_record`` found it; unreadable now: not known to be)."""
+    from gpu_pitr.snapshot import ZERO_RECORD
+
+    try:
+        with open(path, "rb") as f:
+            return os.pread(f.fileno(), RECORD_HEADER_SIZE, offset) == ZERO_RECORD
+    except OSError:
+        return False
 
 
 def _resumes_elsewhere(pos: dict, seq: int, want: int) -> tuple[str, str | None]:
@@ -2697,5 +2723,5 @@ def _check_resume(pos: dict, later: list, starts: dict, resume: tuple | None,
     if not from_start and seq != resume[1]:
         if allow:
             return _resumes_elsewhere(pos, seq, resume[1])
-        raise _resume_refused(pos, seq, resume[1], w)
+        raise _resume_refused(pos, seq, resume[1], w, _zero_record_at(seg.path, offset))
     return None

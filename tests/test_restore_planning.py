@@ -576,6 +576,41 @@ def test_a_base_of_two_zero_filled_records_or_more_holds_no_record(tmp_path):
             assert not snapshot.window(wal, snaps)["snapshots"][0]["usable"]
 
 
+def test_a_zero_filled_record_first_after_a_base_whose_segment_is_gone(tmp_path):
+    # (review zeroaudit) The base's segment is gone and the next one starts with a
+    # zero-filled record (a crash after the file was extended), then the seqs that go on
+    # from the base. Without --skip-corrupt the restore and the plan refused it as "the
+    # log resumes at seq 0 ... a writer reopened", and said --allow-incomplete-history,
+    # which then failed at the zero record as damage. They name the zero record, and
+    # --skip-corrupt, which restores the log after it.
+    log = LogBuilder(created=1000)
+    log.add(Ins("a", [1.0], ts=1))
+    log.add(Ins("b", [2.0], ts=2))
+    log.new_segment(2000)
+    log.raw(bytes(12))
+    log.add(Ins("c", [3.0], ts=3), seq=2)
+    wal = Path(log.write(tmp_path / "wal"))
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=1), snaps / "s")
+    (wal / segment_name(1000)).unlink()
+    for how in ({"base": snaps / "s"}, {"snapshots": snaps}):
+        want = _outcome(lambda how=how: gpu_pitr.restore(wal, backend="cpu", **how))
+        assert want[:2] == ("error", IncompleteHistoryError)
+        assert (f"{segment_name(2000)}: offset 16: seq 0: the first record right after the "
+                f"base snapshot's position ({segment_name(1000)} offset 60), whose segment "
+                "is gone, is zero-filled (12 zero bytes: no seq the writer gave, a crash "
+                "after the file was extended), so it does not show that the log goes on "
+                "at seq 2: --skip-corrupt (skip_corrupt=True) skips zero-filled records "
+                "and judges the record after them") in want[2]
+        assert "reopened" not in want[2]
+        assert _outcome(lambda how=how: plan_restore(wal, **how)) == want
+        got = gpu_pitr.restore(wal, backend="cpu", skip_corrupt=True, **how)
+        assert got.id_list() == ["a", "b", "c"] and not _gap_warnings(got.report.warnings)
+    why = snapshot.window(wal, snaps)["snapshots"][0]["why"]
+    assert "is zero-filled" in why and "reopened" not in why
+
+
 def _gap_warnings(warnings) -> list[str]:
     return [w for w in warnings if w.startswith("incomplete history, restored as allowed")]
 
