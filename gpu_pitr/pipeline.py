@@ -240,7 +240,8 @@ class _Restore:
         # Whether a record consumed is not zero-filled (seq_runs holds their seq 0 too:
         # a seq 0 target is one of them): a position after zeros alone holds no record.
         self.covers_records = False
-        self.last_record = None  # (file, offset, length, crc32) of the last record consumed
+        # (file, offset, length, crc32, {record, timestamp}) of the last record consumed
+        self.last_record = None
         # The first gap in the history the caller allowed (--allow-incomplete-history),
         # for the restore's warning; see history_gap.
         self.gap_why: str | None = None
@@ -324,7 +325,8 @@ class _Restore:
             last = pos.get("last_record")
             if last:
                 self.last_record = (str(self.wal_dir / last["segment"]), last["offset"],
-                                    last.get("length"), last.get("crc32"))
+                                    last.get("length"), last.get("crc32"),
+                                    {k: last[k] for k in _LAST_KIND if k in last})
             if pos.get("history_complete") is False:
                 self._gap(_restored_across_a_gap(base))
             self.plan.seed_timestamps(pos.get("max_timestamp"), pos.get("timestamp"))
@@ -790,14 +792,18 @@ class _Restore:
             if not self.covers_records:
                 self.covers_records = not zerofill.zero_records(
                     c.length[first:end], c.seq[first:end]).all()
-            o, n = int(c.off[end - 1]), RECORD_HEADER_SIZE + int(c.length[end - 1])
-            self.last_record = (self.names[int(c.seg[end - 1])], int(c.foff[end - 1]),
-                                n, crc32(self.buf[o:o + n]))
+            i = end - 1
+            o, n = int(c.off[i]), RECORD_HEADER_SIZE + int(c.length[i])
+            ok = c.status[i] == OK  # (a skipped record's kind and stamp are unknown)
+            self.last_record = (self.names[int(c.seg[i])], int(c.foff[i]), n,
+                                crc32(self.buf[o:o + n]),
+                                {"record": VARIANT_NAMES[int(c.kind[i])] if ok else None,
+                                 "timestamp": int(c.ts[i]) if ok else None})
 
     def _position(self, segment: int | None, offset: int, seq: int | None,
                   torn: bool = False) -> dict:
         seg = self.segments[segment] if segment is not None else None
-        last_file, last_offset, last_length, last_crc = self.last_record or (None,) * 4
+        last_file, last_offset, last_length, last_crc, kind = self.last_record or (None,) * 5
         return {
             "segment": seg.name if seg is not None else None,
             "offset": int(offset),
@@ -810,7 +816,7 @@ class _Restore:
             "last_seq": self.seq_runs.last,
             "last_record": None if last_file is None else
             {"segment": Path(last_file).name, "offset": last_offset, "length": last_length,
-             "crc32": last_crc},
+             "crc32": last_crc, **kind},
             "history_complete": not self.history_gap,
             "seq_runs": self.seq_runs.merged(),
             "covers_records": self.covers_records,
@@ -1080,8 +1086,13 @@ class _Restore:
             self.report.stop["record"] = was.get("record")
         else:
             # Its own restore stopped elsewhere (a snapshot taken just before the next
-            # record, or at the end of the log): the record, read again from the log.
-            self.report.stop.update(_kind_and_stamp(self.wal_dir / last["segment"], last))
+            # record, or at the end of the log): the record's, as the snapshot stored
+            # them (since 2026-12-07: its segment may since have been expired), else read
+            # again from the log.
+            stored = {k: last[k] for k in _LAST_KIND if k in last}
+            self.report.stop.update(
+                stored if len(stored) == len(_LAST_KIND)
+                else _kind_and_stamp(self.wal_dir / last["segment"], last))
         self.position = dict(pos)
         self.pending = self.base.pending
 
@@ -2141,6 +2152,11 @@ def _with_damaged_snapshots(err: WalError, warnings: list) -> WalError:
     prints, not the warnings."""
     return type(err)(f"{err.what}; --snapshots: {'; '.join(warnings)}",
                      file=err.file, offset=err.offset, seq=err.seq)
+
+
+#: What a snapshot's ``last_record`` holds of its record besides its place (written since
+#: 2026-12-07): its variant's name and timestamp, None where it did not decode.
+_LAST_KIND = ("record", "timestamp")
 
 
 def _kind_and_stamp(path: Path, last: dict) -> dict:

@@ -251,17 +251,11 @@ def _gap_allowed(kind: str, got, want: tuple, now: tuple | None) -> bool:
     """Expired segments: an error, or a restore that warns of the gap it crossed, need
     not give the full log's answer (one that says nothing of a gap must), nor one that
     gives the answer of the log left (``now``: snapshots passed over, the log alone
-    read; deleted without expire's marker, it cannot tell); a stop at the base's last
-    record, in a segment gone, has no kind or stamp (docs/api.md, ``stop``: read from
-    the log)."""
+    read; deleted without expire's marker, it cannot tell)."""
     if not kind.endswith("expired"):
         return False
-    if got[1] is not None or w.restore_answer(got) == now or any(
-            t.startswith("incomplete history") for t in got[0].report.warnings):
-        return True
-    have, stop = w.restore_answer(got), got[0].report.stop
-    return (have[-2:] == (None, None) and have[:-2] == want[:-2]
-            and not os.path.exists(stop["file"]))
+    return got[1] is not None or w.restore_answer(got) == now or any(
+        t.startswith("incomplete history") for t in got[0].report.warnings)
 
 
 def _show(out) -> str:

@@ -419,6 +419,35 @@ def test_random_snapshots_give_the_whole_logs_answer(data):
             w.check_shards_equal_whole(wal, 2, snapshots=snaps, **kw)
 
 
+def test_a_stop_at_a_base_whose_segment_is_gone_keeps_its_kind_and_stamp(tmp_path):
+    """(review smallscope) A snapshot whose own restore stopped past its last record (an
+    exclusive target at the next one): a restore whose target is that last record stops
+    at the base, and its stop's kind and stamp were read again from the log. With the
+    segment since expired they were null; the snapshot stores them now, and the stop is
+    the whole log's."""
+    b = w.LogBuilder()
+    b.add(w.Ins("a", [1.0], None, 1))
+    begin = b.add(w.Begin(1, 2))
+    b.new_segment(0x5F5E200)
+    nxt = b.add(w.Ins("b", [2.0], None, 3))
+    b.add(w.Abort(1, 4))
+    wal = b.write(tmp_path / "wal")
+    whole = gpu_pitr.restore(wal, backend="cpu", to_position=(begin.file, begin.offset))
+    assert (whole.report.stop["timestamp"], whole.report.stop["record"]) == (
+        2, "BeginTransaction")
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_position=(nxt.file, nxt.offset),
+                                   exclusive=True), snaps / "s")
+    last = json.loads((snaps / "s" / "manifest.json").read_text())["position"]["last_record"]
+    assert (last["record"], last["timestamp"]) == ("BeginTransaction", 2)
+    os.unlink(os.path.join(wal, begin.file))
+    got = gpu_pitr.restore(wal, backend="cpu", snapshots=snaps,
+                           to_position=(begin.file, begin.offset))
+    assert got.report.base["path"] == str(snaps / "s")
+    assert got.id_list() == whole.id_list() and got.report.stop == whole.report.stop
+
+
 def _snapshot_log(tmp_path):
     wal, recs = _restarted(tmp_path)
     snaps = tmp_path / "snaps"

@@ -34,7 +34,7 @@ from numba import prange
 
 from gpu_pitr.crc import crc32
 from gpu_pitr.errors import WalError
-from gpu_pitr.format.layout import SEGMENT_NAME_RE
+from gpu_pitr.format.layout import SEGMENT_NAME_RE, VARIANT_NAMES
 from gpu_pitr.format.segments import (
     NotARegularFile,
     file_kind,
@@ -754,8 +754,11 @@ def position_problem(pos: dict) -> str | None:
                 or not (last.get("length") is None
                         or (_is_int(last["length"]) and 12 <= last["length"] <= (1 << 32) + 12))
                 or not (last.get("crc32") is None
-                        or (_is_int(last["crc32"]) and last["crc32"] < 1 << 32))):
-            return f"last_record {last!r} is not {{segment, offset[, length, crc32]}}"
+                        or (_is_int(last["crc32"]) and last["crc32"] < 1 << 32))
+                or not (last.get("record") is None or last["record"] in VARIANT_NAMES)
+                or not (last.get("timestamp") is None or _is_u64(last["timestamp"]))):
+            return (f"last_record {last!r} is not {{segment, offset[, length, crc32, "
+                    "record, timestamp]}")
     pending = pos.get("pending")
     if pending is not None:
         if not isinstance(pending, dict):
