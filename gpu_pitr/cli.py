@@ -1409,9 +1409,11 @@ def _snapshot_last_seq(path: str, position: dict) -> list[str]:
     # A zero-filled record's seq 0 is none the writer gave (format.zerofill): it is named
     # as what it is, the target naming it all the same.
     from gpu_pitr.format.layout import RECORD_HEADER_SIZE
+    from gpu_pitr.format.zerofill import is_zero_record
 
     what = f"seq {last}"
-    if last == 0 and isinstance(record, dict) and record.get("length") == RECORD_HEADER_SIZE:
+    if isinstance(record, dict) and isinstance(record.get("length"), int) and is_zero_record(
+            record["length"] - RECORD_HEADER_SIZE, last):
         what = "a zero-filled record (12 zero bytes: no seq the writer gave)"
     # --stop-reading-at-target: the state is the base's own, and the log after it is not
     # read (recovery_target = 'immediate'); by default all of it would be, to look for

@@ -326,7 +326,7 @@ class _Restore:
             if last:
                 self.last_record = (str(self.wal_dir / last["segment"]), last["offset"],
                                     last.get("length"), last.get("crc32"),
-                                    {k: last[k] for k in _LAST_KIND if k in last})
+                                    _stored_kind(last))
             if pos.get("history_complete") is False:
                 self._gap(_restored_across_a_gap(base))
             self.plan.seed_timestamps(pos.get("max_timestamp"), pos.get("timestamp"))
@@ -1089,7 +1089,7 @@ class _Restore:
             # record, or at the end of the log): the record's, as the snapshot stored
             # them (since 2026-12-07: its segment may since have been expired), else read
             # again from the log.
-            stored = {k: last[k] for k in _LAST_KIND if k in last}
+            stored = _stored_kind(last)
             self.report.stop.update(
                 stored if len(stored) == len(_LAST_KIND)
                 else _kind_and_stamp(self.wal_dir / last["segment"], last))
@@ -2157,6 +2157,11 @@ def _with_damaged_snapshots(err: WalError, warnings: list) -> WalError:
 #: What a snapshot's ``last_record`` holds of its record besides its place (written since
 #: 2026-12-07): its variant's name and timestamp, None where it did not decode.
 _LAST_KIND = ("record", "timestamp")
+
+
+def _stored_kind(last: dict) -> dict:
+    """What of ``_LAST_KIND`` a base's ``last_record`` holds (none before 2026-12-07)."""
+    return {k: last[k] for k in _LAST_KIND if k in last}
 
 
 def _kind_and_stamp(path: Path, last: dict) -> dict:
