@@ -251,10 +251,14 @@ def test_read_after_stop_must_be_a_bool(long_log):
 
 
 def test_on_the_cuda_executor_too(long_log):
-    """(The simulator in CI.) The same cut, the same report but the backend's name."""
+    """(The simulator in CI.) The same cut, the same report but the backend's name. The
+    stop is in the second segment: one segment read whole, the next cut (a later stop
+    costs the simulator time in proportion: it runs a thread per record in Python)."""
     wal, stats = long_log
-    kw = dict(to_time=stats.first_timestamp + 60, read_after_stop=False)
+    kw = dict(to_time=stats.first_timestamp + 20, read_after_stop=False)
     cpu = gpu_pitr.restore(wal, backend="cpu", **kw)
+    segs = sorted(str(p) for p in wal.glob("wal-*.log"))
+    assert segs.index(cpu.report.stop["file"]) == 1
     gpu = gpu_pitr.restore(wal, backend="cuda", **kw)
     assert gpu.report.backend == "cuda", gpu.report.message
     assert w.index_view(gpu) == w.index_view(cpu)
