@@ -221,6 +221,7 @@ class RefResult:
     stop: dict = field(default_factory=dict)
     records_read: int = 0  # records framed up to the stop (the stop record included)
     commit_points_applied: int = 0
+    last_commit_timestamp: int | None = None  # the stamp of the last commit point applied
     inserts: int = 0
     updates: int = 0  # every Update applied, updates_of_missing included
     updates_of_missing: int = 0
@@ -401,6 +402,7 @@ def restore(
             bad = apply(completed)
             if bad is not None:
                 return _fail(res, "DimensionMismatchError", *bad)
+            res.last_commit_timestamp = ts
         if is_target or (kind in ("commit", "abort") and match and entry[1] == to_transaction):
             res.stop = dict(reason="target", file=name, offset=off, seq=seq, timestamp=ts)
             stop_index = idx

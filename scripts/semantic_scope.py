@@ -1,0 +1,308 @@
+"""Bounded-exhaustive check of restore semantics: every small log against the reference.
+
+The property tests (tests/test_restore_properties.py) draw random logs, and
+scripts/small_scope.py places damage next to snapshot positions in 5 fixed logs; neither
+visits every small log, where the rules of SPEC section 3 meet each other (a seq target
+inside a transaction begun inside another, an abort of a transaction whose records have
+another dimension, a nested batch as a transaction's last record...). This enumerates
+them: every sequence of 1..N entries (N=5; 6 with ``--full``), each length spelled
+with the letters of its tier (``TIERS``): up to 2 with all 17 of ``LETTERS`` (inserts of
+two ids, with metadata absent, ``{}`` or not empty; updates of a present and a missing
+id; deletes of a present and an absent id; an insert of another dimension;
+Begin/Commit/Abort of transaction 1, Begin/Commit of 2; a batch of two entries; a
+nested batch; a batch holding markers; a checkpoint), 3 with 13 of them (``MID``), 4
+with 6 (``CORE``: where transactions, their nesting, aborts and the dimension meet) and
+5 with 5 (``CORE5``); ``--full``: 3 with all, 4 with ``MID``, 5 and 6 with ``CORE``
+(hours). Symmetric duplicates are pruned: a log whose first transaction marker names
+transaction 2 is the log with 1 and 2 swapped, which is enumerated when its letters are
+in the tier.
+
+Each log is written in one of several shapes, taken in turn from its index (``--full``:
+every shape): stamps from {1, 2, 3} rising with ties, flat, falling, or zigzag; one
+segment, two segments split before some record, two with the writer reopened there
+(seq back to 0, so seqs repeat), or a log starting at seq 3 (history missing). Every
+target is restored (latest; each seq inclusive, an absent one, one seq exclusive; each
+time T in 0..3 inclusive and one T in 1..3 exclusive, in turn; transactions 1 and 2
+inclusive, 1 exclusive; where seqs repeat, each record's position, inclusive or
+exclusive in turn; ``--full``: every exclusive one) with ``gpu_pitr.restore`` (backend
+cpu, chunk sizes in turn the default and 64 bytes, which splits transactions across
+chunks, reading on past the stop or not; ``--full``: both sizes) and with
+``tests/reference.py``, and the two must agree exactly
+(``test_restore_properties.assert_matches``: the outcome, error class and place, ids,
+vector bits, metadata, the stop point, the counters; here too the stop's record kind,
+the index's size, ``last_commit_timestamp``, a missing transaction target's kind of
+message, and, reading stopped at the target, ``records_read``). A log with a restart
+or a missing start is also restored with ``skip_corrupt`` and
+``allow_incomplete_history``. Every 50th log is restored on the cuda executor too (the
+simulator, ``NUMBA_ENABLE_CUDASIM=1``, unless set otherwise), latest and one seq
+target.
+
+Usage: ``nice -n 10 python scripts/semantic_scope.py [--full] [-n N] [--sample K]
+[--start I] [--cuda-every K] [-v]``. Prints each disagreement with the log that shows
+it (letters, shape, target) and a count; exits 1 if any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path.insert(0, str(TESTS))
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import reference  # noqa: E402
+import test_restore_properties as trp  # noqa: E402
+import workloads as w  # noqa: E402
+from workloads import Abort, Batch, Begin, Ckpt, Commit, Del, Ins, LogBuilder, Upd  # noqa: E402
+
+from gpu_pitr import errors  # noqa: E402
+
+#: The entries logs are spelled with: name -> entry at a timestamp.
+LETTERS = {
+    "Ia": lambda t: Ins("a", [1.0], None, t),
+    "Ia{}": lambda t: Ins("a", [2.0], {}, t),
+    "Ib": lambda t: Ins("b", [3.0], {"k": "v"}, t),
+    "Ua": lambda t: Upd("a", [4.0], None, t),
+    "Da": lambda t: Del("a", t),
+    "Db": lambda t: Del("b", t),
+    "Ia2": lambda t: Ins("a", [5.0, 6.0], None, t),  # another dimension
+    "B1": lambda t: Begin(1, t),
+    "C1": lambda t: Commit(1, t),
+    "A1": lambda t: Abort(1, t),
+    "B2": lambda t: Begin(2, t),
+    "C2": lambda t: Commit(2, t),
+    "Bat": lambda t: Batch([Ins("b", [7.0], None, t), Del("a", t)], t),
+    "Nest": lambda t: Batch([Batch([Upd("a", [8.0], {"n": "1"}, t)], t),
+                             Ins("b", [-0.0], {}, t)], t),
+    "K": lambda t: Ckpt(0, t),
+    "Ub": lambda t: Upd("b", [9.0], {"u": "1"}, t),  # of a missing id, with metadata
+    # Markers nested in a batch carry no data (docs/semantics.md): its insert applies.
+    "BatM": lambda t: Batch([Begin(1, t), Ins("a", [10.0], None, t), Abort(1, t)], t),
+}
+#: The letters of longer logs: every log of up to ``length`` records is spelled with
+#: the first tier that reaches it (longer ones: the last tier).
+MID = ("Ia", "Ia{}", "Ib", "Ua", "Da", "Ia2", "B1", "C1", "A1", "B2", "C2", "Bat", "Nest")
+CORE = ("Ia", "Ia2", "B1", "C1", "A1", "B2")
+CORE5 = ("Ia", "Ia2", "B1", "C1", "A1")
+TIERS = ((2, tuple(LETTERS)), (3, MID), (4, CORE), (5, CORE5))
+FULL_TIERS = ((3, tuple(LETTERS)), (4, MID), (6, CORE))
+#: Swapping transactions 1 and 2 (a letter absent: the swapped log is not spelled).
+SWAP = {"B1": "B2", "B2": "B1", "C1": "C2", "C2": "C1", "A1": None}
+STAMPS = ("rise", "flat", "fall", "zigzag")
+LAYOUTS = ("one", "split", "restart", "one", "split", "late")
+CREATED = 0x5F5E100
+
+
+def _pruned(letters: tuple, alphabet) -> bool:
+    """The log with transactions 1 and 2 swapped is enumerated instead."""
+    marks = [x for x in letters if x in SWAP]
+    if not marks or marks[0][1] != "2":
+        return False
+    return all(SWAP.get(x, x) in alphabet for x in letters)
+
+
+def alphabet_of(length: int, tiers=TIERS) -> tuple:
+    return next((a for most, a in tiers if length <= most), tiers[-1][1])
+
+
+def logs(n: int, tiers=TIERS) -> list[tuple]:
+    """Every log of 1..``n`` letters, each length spelled with its tier's letters,
+    symmetric duplicates left out."""
+    out = []
+    for length in range(1, n + 1):
+        alphabet = alphabet_of(length, tiers)
+        out += [x for x in itertools.product(alphabet, repeat=length) if not _pruned(x, alphabet)]
+    return out
+
+
+def stamp(pattern: str, i: int, n: int) -> int:
+    """The timestamp of record ``i`` of ``n``, in {1, 2, 3}."""
+    if pattern == "rise":
+        return 1 + 3 * i // n
+    if pattern == "flat":
+        return 2
+    if pattern == "fall":
+        return 3 - 3 * i // n
+    return (2, 1, 3)[i % 3]
+
+
+def shapes(n: int, index: int, full: bool) -> list[tuple]:
+    """The shapes a log of ``n`` records is written in: (stamps, layout, split before
+    record k)."""
+    every = [(p, lay, k) for p in STAMPS for lay in dict.fromkeys(LAYOUTS)
+             for k in (range(1, n) if lay in ("split", "restart") else (0,))]
+    if full:
+        return every
+    lay = LAYOUTS[(index // len(STAMPS)) % len(LAYOUTS)]
+    if n == 1 and lay in ("split", "restart"):
+        lay = "one"
+    k = 1 + (index // 24) % (n - 1) if lay in ("split", "restart") else 0
+    return [(STAMPS[index % len(STAMPS)], lay, k)]
+
+
+def build(letters: tuple, shape: tuple) -> tuple[LogBuilder, list]:
+    """The log, and its records: (file, offset, seq, entry)."""
+    pattern, layout, split = shape
+    b = LogBuilder(created=CREATED, first_seq=3 if layout == "late" else 0)
+    recs = []
+    for i, x in enumerate(letters):
+        if i == split and layout == "split":
+            b.new_segment(CREATED + 10)
+        elif i == split and layout == "restart":
+            b.reopen(CREATED + 10)
+        entry = LETTERS[x](stamp(pattern, i, len(letters)))
+        r = b.add(entry)
+        recs.append((r.file, r.offset, r.seq, entry))
+    return b, recs
+
+
+def targets(recs: list, index: int, full: bool) -> list[dict]:
+    seqs = [r[2] for r in recs]
+    out = [{}]
+    out += [{"to_seq": s} for s in dict.fromkeys(seqs)] + [{"to_seq": max(seqs) + 1}]
+    pick = range(len(recs)) if full else (index % len(recs),)
+    out += [{"to_seq": s, "exclusive": True} for s in dict.fromkeys(seqs[k] for k in pick)]
+    out += [{"to_time": t} for t in (0, 1, 2, 3)]
+    # (exclusive T selects what inclusive T - 1 does: one a log, in turn)
+    out += [{"to_time": t, "exclusive": True} for t in ((1, 2, 3) if full else (1 + index % 3,))]
+    out += [{"to_transaction": 1}, {"to_transaction": 2}, {"to_transaction": 1, "exclusive": True}]
+    if len(set(seqs)) < len(seqs):  # seqs repeat: a record's position is its only name
+        for k, (f, off, _, _) in enumerate(recs):
+            for exclusive in (False, True) if full else ((k + index) % 2 == 1,):
+                out.append({"to_position": f"{f}:{off}", "exclusive": exclusive})
+    if full:
+        out += [{"to_transaction": 2, "exclusive": True}]
+    return out
+
+
+def _kind(entry) -> str:
+    return {"insert": "Insert", "update": "Update", "delete": "Delete", "batch": "Batch",
+            "checkpoint": "Checkpoint", "begin": "BeginTransaction",
+            "commit": "CommitTransaction", "abort": "AbortTransaction"}[entry[0]]
+
+
+def compare(wal: str, kw: dict, recs: list, *, backend: str = "cpu", chunk=None,
+            read_after_stop: bool = True) -> str | None:
+    """None where the restore and the reference agree, else what differs."""
+    ref = reference.restore(wal, **kw)
+    got, err = None, None
+    try:
+        view = w.restore_fast(wal, backend=backend, chunk_bytes=chunk,
+                              read_after_stop=read_after_stop, **kw)
+        got = view
+    except errors.WalError as e:
+        err = e
+    try:
+        trp.assert_matches(ref, got, err)
+    except AssertionError as e:
+        return f"assert_matches: {e!s}"[:800]
+    if err is not None:
+        if "to_transaction" in kw and isinstance(err, errors.TargetNotFoundError):
+            begun = any(r[3][0] == "begin" and r[3][1] == kw["to_transaction"] for r in recs)
+            want = "never ends" if begun else "never begins"
+            if want not in str(err):
+                return f"message: wanted '{want}': {err}"
+        return None
+    rep = got.report
+    if rep["backend"] != backend:
+        return f"ran on {rep['backend']}: {rep['message']}"
+    if rep["ids"] != len(ref.ids):
+        return f"report ids {rep['ids']} != {len(ref.ids)}"
+    if ref.stop["reason"] == "target" and ref.stop.get("timestamp") is not None:
+        at = [r[3] for r in recs if (r[0], r[1]) == (ref.stop["file"], ref.stop["offset"])]
+        if rep["stop"].get("record") != _kind(at[0]):
+            return f"stop record {rep['stop'].get('record')} != {_kind(at[0])}"
+    if rep["last_commit_timestamp"] != ref.last_commit_timestamp:
+        return (f"last_commit_timestamp {rep['last_commit_timestamp']} != reference "
+                f"{ref.last_commit_timestamp}")
+    if not read_after_stop and rep["records_read"] != ref.records_read:
+        return f"records_read {rep['records_read']} != reference {ref.records_read}"
+    return None
+
+
+def check_log(root: Path, letters: tuple, index: int, full: bool = False,
+              cuda: bool = False) -> tuple[list[str], int]:
+    """Every target of every shape of one log; returns the disagreements and the count
+    of restores."""
+    found, runs = [], 0
+    for shape in shapes(len(letters), index, full):
+        b, recs = build(letters, shape)
+        wal = root / "wal"
+        shutil.rmtree(wal, ignore_errors=True)
+        b.write(wal)
+        late, restarted = shape[1] == "late", shape[1] == "restart"
+        flag_sets = [{}]
+        if late:
+            flag_sets = [{"allow_incomplete_history": True}]
+        for j, t in enumerate(targets(recs, index, full)):
+            runs_of = []
+            for flags in flag_sets:
+                chunks = (None, 64) if full else ((None, 64)[(index + j) % 2],)
+                runs_of += [(flags, c, (index + j) % 3 != 2) for c in chunks]
+            if (late or restarted) and (not t or j % 4 == 0):
+                runs_of.append(({"skip_corrupt": True, "allow_incomplete_history": True},
+                                None, True))
+                if late:
+                    runs_of.append(({}, 64, True))
+            for flags, chunk, rap in runs_of:
+                kw = {**t, **flags}
+                bad = compare(str(wal), kw, recs, chunk=chunk, read_after_stop=rap)
+                runs += 1
+                if bad:
+                    found.append(_line(letters, shape, kw, chunk, rap, "cpu", bad))
+            if cuda and (not t or t == {"to_seq": recs[len(recs) // 2][2]}):
+                kw = {**t, **flag_sets[0]}
+                bad = compare(str(wal), kw, recs, backend="cuda")
+                runs += 1
+                if bad:
+                    found.append(_line(letters, shape, kw, None, True, "cuda", bad))
+    return found, runs
+
+
+def _line(letters, shape, kw, chunk, rap, backend, what) -> str:
+    return (f"[{' '.join(letters)}] stamps={shape[0]} layout={shape[1]}"
+            f"{'@' + str(shape[2]) if shape[2] else ''} target={kw} backend={backend} "
+            f"chunk_bytes={chunk} read_after_stop={rap}\n    {what}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--full", action="store_true",
+                    help="N=6, every shape, both chunk sizes, every exclusive seq")
+    ap.add_argument("-n", type=int, default=None, help="longest log (5; 6 with --full)")
+    ap.add_argument("--sample", type=int, default=1, metavar="K", help="every K-th log only")
+    ap.add_argument("--start", type=int, default=0, metavar="I", help="from the I-th log on")
+    ap.add_argument("--cuda-every", type=int, default=50, metavar="K",
+                    help="the cuda executor on every K-th log (0: never)")
+    ap.add_argument("-v", action="store_true", help="progress every 500 logs")
+    args = ap.parse_args(argv)
+    n = args.n or (6 if args.full else 5)
+    todo = logs(n, FULL_TIERS if args.full else TIERS)
+    t0, total, runs, seen = time.monotonic(), 0, 0, 0
+    with tempfile.TemporaryDirectory() as d:
+        for index in range(args.start, len(todo), args.sample):
+            letters = todo[index]
+            cuda = bool(args.cuda_every) and index % args.cuda_every == 0
+            lines, k = check_log(Path(d), letters, index, args.full, cuda)
+            runs += k
+            seen += 1
+            total += len(lines)
+            for line in lines:
+                print(line, flush=True)
+            if args.v and seen % 500 == 0:
+                print(f"... {seen} logs ({index + 1}/{len(todo)}), {runs} restores, "
+                      f"{total} disagreements, {time.monotonic() - t0:.0f} s", flush=True)
+    print(f"{seen} logs, {runs} restores, {total} disagreements, "
+          f"{time.monotonic() - t0:.0f} s")
+    return 1 if total else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
