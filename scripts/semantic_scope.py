@@ -5,7 +5,7 @@ scripts/small_scope.py places damage next to snapshot positions in 5 fixed logs;
 visits every small log, where the rules of SPEC section 3 meet each other (a seq target
 inside a transaction begun inside another, an abort of a transaction whose records have
 another dimension, a nested batch as a transaction's last record...). This enumerates
-them: every sequence of 1..N entries (N=5; 6 with ``--full``), each length spelled
+them: every sequence of 0..N entries (N=5; 6 with ``--full``), each length spelled
 with the letters of its tier (``TIERS``): up to 2 with all 17 of ``LETTERS`` (inserts of
 two ids, with metadata absent, ``{}`` or not empty; updates of a present and a missing
 id; deletes of a present and an absent id; an insert of another dimension;
@@ -113,9 +113,9 @@ def alphabet_of(length: int, tiers=TIERS) -> tuple:
 
 
 def logs(n: int, tiers=TIERS) -> list[tuple]:
-    """Every log of 1..``n`` letters, each length spelled with its tier's letters,
+    """Every log of 0..``n`` letters, each length spelled with its tier's letters,
     symmetric duplicates left out."""
-    out = []
+    out = [()]  # (a segment of no records: an empty index, not an error)
     for length in range(1, n + 1):
         alphabet = alphabet_of(length, tiers)
         out += [x for x in itertools.product(alphabet, repeat=length) if not _pruned(x, alphabet)]
@@ -141,7 +141,7 @@ def shapes(n: int, index: int, full: bool) -> list[tuple]:
     if full:
         return every
     lay = LAYOUTS[(index // len(STAMPS)) % len(LAYOUTS)]
-    if n == 1 and lay in ("split", "restart"):
+    if n <= 1 and lay in ("split", "restart"):
         lay = "one"
     k = 1 + (index // 24) % (n - 1) if lay in ("split", "restart") else 0
     return [(STAMPS[index % len(STAMPS)], lay, k)]
@@ -165,6 +165,9 @@ def build(letters: tuple, shape: tuple) -> tuple[LogBuilder, list]:
 
 def targets(recs: list, index: int, full: bool) -> list[dict]:
     seqs = [r[2] for r in recs]
+    if not recs:
+        return [{}, {"to_seq": 0}, {"to_time": 0}, {"to_time": 0, "exclusive": True},
+                {"to_transaction": 1}]
     out = [{}]
     out += [{"to_seq": s} for s in dict.fromkeys(seqs)] + [{"to_seq": max(seqs) + 1}]
     pick = range(len(recs)) if full else (index % len(recs),)
@@ -257,7 +260,7 @@ def check_log(root: Path, letters: tuple, index: int, full: bool = False,
                 runs += 1
                 if bad:
                     found.append(_line(letters, shape, kw, chunk, rap, "cpu", bad))
-            if cuda and (not t or t == {"to_seq": recs[len(recs) // 2][2]}):
+            if cuda and (not t or recs and t == {"to_seq": recs[len(recs) // 2][2]}):
                 kw = {**t, **flag_sets[0]}
                 bad = compare(str(wal), kw, recs, backend="cuda")
                 runs += 1
