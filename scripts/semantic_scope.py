@@ -30,9 +30,9 @@ chunks, reading on past the stop or not; ``--full``: both sizes) and with
 ``tests/reference.py``, and the two must agree exactly
 (``test_restore_properties.assert_matches``: the outcome, error class and place, ids,
 vector bits, metadata, the stop point, the counters; here too the stop's record kind,
-the index's size, ``last_commit_timestamp``, a missing transaction target's kind of
-message, and, reading stopped at the target, ``records_read``). A log with a restart
-or a missing start is also restored with ``skip_corrupt`` and
+the index's size, ``last_commit_timestamp``, the record every error names, a missing
+target's kind of message, and, reading stopped at the target, ``records_read``). A log
+with a restart or a missing start is also restored with ``skip_corrupt`` and
 ``allow_incomplete_history``. Every 50th log is restored on the cuda executor too (the
 simulator, ``NUMBA_ENABLE_CUDASIM=1``, unless set otherwise), latest and one seq
 target.
@@ -207,12 +207,7 @@ def compare(wal: str, kw: dict, recs: list, *, backend: str = "cpu", chunk=None,
     except AssertionError as e:
         return f"assert_matches: {e!s}"[:800]
     if err is not None:
-        if "to_transaction" in kw and isinstance(err, errors.TargetNotFoundError):
-            begun = any(r[3][0] == "begin" and r[3][1] == kw["to_transaction"] for r in recs)
-            want = "never ends" if begun else "never begins"
-            if want not in str(err):
-                return f"message: wanted '{want}': {err}"
-        return None
+        return _error_disagrees(ref.error, err, kw, recs)
     rep = got.report
     if rep["backend"] != backend:
         return f"ran on {rep['backend']}: {rep['message']}"
@@ -228,6 +223,30 @@ def compare(wal: str, kw: dict, recs: list, *, backend: str = "cpu", chunk=None,
     if not read_after_stop and rep["records_read"] != ref.records_read:
         return f"records_read {rep['records_read']} != reference {ref.records_read}"
     return None
+
+
+def _error_disagrees(want, err, kw: dict, recs: list) -> str | None:
+    """What a refusal gets wrong beyond its class: the record it names (every error
+    that names one), or its kind of message (a target not found)."""
+    if want.file is not None and (
+            os.path.basename(err.file or "") != want.file or err.offset is None
+            or not want.offset <= err.offset < want.end or err.seq != want.seq):
+        return f"error place: wanted {want}, got {type(err).__name__}: {err}"
+    if not isinstance(err, errors.TargetNotFoundError):
+        return None
+    if "to_seq" in kw:
+        words = f"no record has sequence number {kw['to_seq']}"
+    elif "to_transaction" in kw:
+        x, opener = kw["to_transaction"], None
+        for r in recs:  # (no end of X closes it: the Begin that opened it is open still)
+            if r[3][0] == "begin" and r[3][1] == x and opener is None:
+                opener = r
+        words = (f"transaction {x} never begins" if opener is None else
+                 f"transaction {x} never ends: it begins at {opener[0]} offset {opener[1]}"
+                 f" (seq {opener[2]})")
+    else:
+        return None
+    return None if words in str(err) else f"message: wanted '{words}', got: {err}"
 
 
 def check_log(root: Path, letters: tuple, index: int, full: bool = False,
