@@ -1,6 +1,7 @@
 """A small, fixed slice of scripts/semantic_scope.py's enumeration, so CI keeps it: every
 small log, restored to every target, equals tests/reference.py exactly (the whole
-enumeration: ``nice -n 10 python scripts/semantic_scope.py``, about 20 minutes)."""
+enumeration, ``nice -n 10 python scripts/semantic_scope.py``: 6,139 logs, 109,216
+restores, 9-16 minutes on a shared 2-vCPU VM)."""
 
 from __future__ import annotations
 
