@@ -907,3 +907,53 @@ def test_many_distinct_ids_are_never_merged(restore, tmp_path):
     expect = {i: f32(float(j % 1000)) for j, i in enumerate(ids)}
     assert v.vectors == [expect[i] for i in keep]
     assert v.report["deletes_of_missing"] == 0
+
+
+# ----------------------------------------------------------------------------- the report
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_the_report_holds_every_field_spec_section_3_lists(tmp_path, backend):
+    """SPEC §3 "The report", field by field, on one log that gives each a value other
+    than its default. The property tests compare the counts with tests/reference.py, but
+    leave out ``timings`` (the reference has none): here each stage must have been timed
+    (a stage whose time was never added stayed 0.0 without a test failing)."""
+    import gpu_pitr
+
+    b = LogBuilder()
+    b.add(Ins("a", [1.0], None, 1))
+    b.add(Begin(1, 2))
+    b.add(Upd("b", [2.0], {"k": "v"}, 2))  # an update of a missing id
+    b.add(Commit(1, 3))
+    b.add(Begin(2, 3))
+    b.add(Ins("c", [3.0], None, 3))
+    b.add(Abort(2, 4))
+    stray = b.add(Commit(9, 4))  # an anomaly
+    b.add(Ckpt(3, 4))
+    b.add(Batch([Del("z", 4), Del("a", 4)], 4))  # a delete of a missing id
+    b.add(Begin(5, 5))
+    b.add(Ins("e", [5.0], None, 5))
+    stop = b.add(Commit(5, 6))  # the first commit point past T: 5 is in flight there
+    torn_at = b.raw(b"\x07\x00\x00")  # a torn tail, after the stop: still listed
+    b.new_segment(0x6000000)
+    b.add(Ins("f", [6.0], None, 7))
+    d = b.write(tmp_path / "wal")
+    size = sum(len(data) for data in b.files.values())
+
+    r = gpu_pitr.restore(d, backend=backend, to_time=5).report.to_dict()
+    assert r["target"] == {"kind": "time", "value": 5, "exclusive": False}
+    assert stop_of(w.View([], [], [], r, None)) == stop_at(stop, 6)
+    assert (r["records_read"], r["commit_points_applied"]) == (14, 3)
+    assert (r["inserts"], r["updates"], r["deletes"]) == (1, 1, 2)
+    assert (r["updates_of_missing"], r["deletes_of_missing"]) == (1, 1)
+    assert r["transactions"] == {"committed": 1, "aborted": 1, "in_flight_discarded": 1}
+    assert [(os.path.basename(a["file"]), a["offset"], a["seq"], a["transaction_id"])
+            for a in r["anomalies"]] == [(stray.file, stray.offset, stray.seq, 9)]
+    assert [(os.path.basename(t["file"]), t["offset"], t["bytes_lost"])
+            for t in r["torn_tails"]] == [(stop.file, torn_at, 3)]
+    assert r["skipped"] == [] and r["damage_after_stop"] == [] and r["base"] is None
+    assert r["bytes_read"] == size
+    stages = ("discover", "read", "frame", "decode", "plan", "apply", "finish")
+    assert set(r["timings"]) == {*stages, "compile", "total"}
+    # each within the whole (reading and framing overlap: threads, so no sum)
+    assert all(0 <= r["timings"][s] <= r["timings"]["total"] for s in stages)
+    # the stages that run compiled code over the records take time on any machine
+    assert r["timings"]["decode"] > 0 and r["timings"]["apply"] > 0
