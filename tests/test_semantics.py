@@ -957,3 +957,51 @@ def test_the_report_holds_every_field_spec_section_3_lists(tmp_path, backend):
     assert all(0 <= r["timings"][s] <= r["timings"]["total"] for s in stages)
     # the stages that run compiled code over the records take time on any machine
     assert r["timings"]["decode"] > 0 and r["timings"]["apply"] > 0
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_every_integer_field_is_read_in_every_width_it_may_take(tmp_path, backend):
+    """SPEC §1: a reader accepts any varint form that decodes to the field's type. The
+    variant index (a u32) in its 2- and 4-byte forms, at the top and inside a batch;
+    transaction ids, checkpoint numbers, counts, lengths and timestamps up to 8 bytes.
+    (test_non_minimal_varints_are_accepted has the variant index in its u16 form only.)"""
+    import gpu_pitr
+
+    def u16(v):
+        return b"\xfb" + struct.pack("<H", v)
+
+    def u32(v):
+        return b"\xfc" + struct.pack("<I", v)
+
+    def u64(v):
+        return b"\xfd" + struct.pack("<Q", v)
+
+    def text(s, width):
+        return width(len(s)) + s.encode()
+
+    b = LogBuilder()
+    b.add_payload(u32(5) + u64(7) + u16(1))  # BeginTransaction 7
+    b.add_payload(
+        u16(3) + u32(2)  # Batch of 2
+        + u32(0) + text("a", u16) + u32(1) + f32(1.0)  # Insert "a" [1.0]
+        + b"\x01" + u64(1) + text("k", u16) + text("v", u32) + u64(2)  # Some({k: v})
+        + u16(2) + text("z", u64) + u32(2)  # Delete "z" (missing)
+        + u64(2))  # the batch's timestamp
+    b.add_payload(u16(6) + u32(7) + u64(3))  # CommitTransaction 7 at 3
+    b.add_payload(u32(4) + u16(0) + u16(3))  # Checkpoint
+    b.add_payload(u32(5) + u16(8) + u32(4))  # BeginTransaction 8
+    b.add_payload(b"\x00\x01b\x01" + f32(5.0) + b"\x00\x04")  # Insert "b", minimal
+    b.add_payload(u32(7) + u64(8) + u16(4))  # AbortTransaction 8
+    b.add_payload(u32(1) + text("a", u64) + u16(1) + f32(2.0) + b"\x00" + u32(5))  # Update
+    d = b.write(tmp_path / "wal")
+
+    idx = gpu_pitr.restore(d, backend=backend)
+    assert idx.id_list() == ["a"] and list(idx.metadata) == [{"k": "v"}]
+    assert idx.to_host().vectors.tobytes() == f32(2.0)
+    r = idx.report
+    assert r.skipped == [] and r.trailing_bytes == [] and r.anomalies == []
+    assert r.transactions == {"committed": 1, "aborted": 1, "in_flight_discarded": 0}
+    assert (r.commit_points_applied, r.deletes_of_missing) == (2, 1)
+    at_3 = gpu_pitr.restore(d, backend=backend, to_time=4, exclusive=True)
+    assert at_3.to_host().vectors.tobytes() == f32(1.0)
+    assert at_3.report.stop["seq"] == 7
