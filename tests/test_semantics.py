@@ -359,6 +359,27 @@ def test_begin_of_open_transaction_is_an_anomaly_and_changes_nothing(restore, tm
     assert v.report["transactions"]["committed"] == 1
 
 
+def test_begin_of_an_open_transaction_does_not_make_it_the_most_recently_begun(
+        restore, tmp_path):
+    """A Begin for an id already open "changes nothing" (SPEC §3): with 2 begun after 1,
+    a second Begin of 1 leaves 2 the owner of the data records that follow."""
+    d, recs = write_log(
+        tmp_path,
+        Begin(1, 1),
+        Ins("a", [1.0], None, 1),  # -> 1
+        Begin(2, 2),
+        Ins("b", [2.0], None, 2),  # -> 2
+        Begin(1, 3),  # anomaly: 1 is open
+        Ins("c", [3.0], None, 3),  # -> 2, still the most recently begun
+        Commit(1, 4),  # applies a only
+        Abort(2, 5),  # discards b and c
+    )
+    v = restore(d)
+    assert state(v) == {"a": (f32(1.0), None)}
+    assert [a["offset"] for a in v.report["anomalies"]] == [recs[4].offset]
+    assert v.report["transactions"] == {"committed": 1, "aborted": 1, "in_flight_discarded": 0}
+
+
 def test_commit_of_unknown_transaction_is_an_anomaly(restore, tmp_path):
     d, recs = write_log(tmp_path, Ins("a", [1.0], None, 1), Commit(7, 2), Abort(8, 3))
     v = restore(d)
