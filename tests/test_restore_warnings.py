@@ -75,6 +75,26 @@ def test_a_time_target_the_log_ends_before_is_warned_of(tmp_path):
                         "latest commit point is stamped that second itself; ")
 
 
+def test_a_time_target_past_every_u64_stays_a_time_target_and_is_warned_of(tmp_path):
+    """docs/semantics.md: in the API a T >= 2^64 restores to the end of the log as
+    "latest" does, but stays a time target (``target.kind`` is ``time``) and warns that
+    the log ends before it; a negative T stops before the first commit point."""
+    b, d = _log(tmp_path)
+    b.write(d)
+    for t in (2**64, 10**30):
+        for exclusive in (False, True):
+            got = gpu_pitr.restore(d, backend="cpu", to_time=t, exclusive=exclusive)
+            assert len(got) == 3 and got.report.stop["reason"] == "end_of_log"
+            assert got.report.target == {"kind": "time", "value": t, "exclusive": exclusive}
+            (w,) = got.report.warnings
+            assert w.startswith(f"the log ends before the target {t}: its latest commit "
+                                "point is at 2027-01-15T08:00:10Z; "), w
+    got = gpu_pitr.restore(d, backend="cpu", to_time=-1)
+    assert len(got) == 0 and got.report.stop["reason"] == "target"
+    assert got.report.target == {"kind": "time", "value": -1, "exclusive": False}
+    assert got.report.warnings == []
+
+
 def test_a_time_target_past_a_log_without_commit_points(tmp_path):
     b = LogBuilder()
     b.add(Begin(7, ts=T))
