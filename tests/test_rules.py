@@ -330,6 +330,50 @@ def test_a_transaction_begun_inside_a_batch_is_not_open_at_top_level(backend, tm
     assert v.report["commit_points_applied"] == 2
 
 
+# ----------------------------------------------------------------------------- SPEC §3's table
+@pytest.mark.parametrize("chunk", [None, 64], ids=["one_chunk", "c64"])
+def test_the_operation_table_holds_on_both_executors(backend, tmp_path, chunk):
+    """Each row of SPEC §3's operation table, written out by hand, on both executors:
+    test_semantics.py states them on the cpu executor only, and the cuda executor's own
+    replay (kernels/resolve.py) was held to them mostly by comparisons with the cpu (random
+    logs, the corpora). With 64-byte chunks an id's earlier state comes from an earlier
+    chunk (the device map's prior row), not from the same run of entries."""
+
+    def v(x):  # 8 floats: a record takes over 32 bytes, so a 64-byte chunk holds one
+        return [x] * 8
+
+    b = LogBuilder()
+    b.add(Ins("a", v(1.0), {"k": "a"}, 1))
+    b.add(Ins("a", v(2.0), None, 2))  # Insert: metadata absent if None, id existing or not
+    b.add(Ins("b", v(3.0), {"k": "b"}, 3))
+    b.add(Upd("b", v(4.0), None, 4))  # Update with None: keeps the previous metadata
+    b.add(Ins("c", v(5.0), {"k": "c"}, 5))
+    b.add(Upd("c", v(6.0), {}, 6))  # Update with Some: replaces it, an empty map too
+    b.add(Upd("d", v(7.0), None, 7))  # Update of a missing id: created, counted
+    b.add(Ins("e", v(8.0), {"k": "e"}, 8))
+    b.add(Del("e", 9))
+    b.add(Upd("e", v(9.0), None, 10))  # after a Delete: the old metadata is not revived
+    b.add(Del("z", 11))  # Delete of a missing id: counted, no effect
+    b.add(Ins("f", v(10.0), {}, 12))  # an empty map is not absent
+    b.add(Batch([Ins("g", v(11.0), {"k": "g"}, 13), Upd("g", v(12.0), None, 13),
+                 Del("h", 13), Ins("h", v(13.0), None, 13), Upd("h", v(14.0), {"x": "y"}, 13)],
+                13))  # a Batch: its entries in order, as one step
+    got = restore(b.write(tmp_path / "wal"), backend, chunk_bytes=chunk)
+    assert state(got) == {
+        "a": (f32(*v(2.0)), None),
+        "b": (f32(*v(4.0)), {"k": "b"}),
+        "c": (f32(*v(6.0)), {}),
+        "d": (f32(*v(7.0)), None),
+        "e": (f32(*v(9.0)), None),
+        "f": (f32(*v(10.0)), {}),
+        "g": (f32(*v(12.0)), {"k": "g"}),
+        "h": (f32(*v(14.0)), {"x": "y"}),
+    }
+    r = got.report
+    assert (r["inserts"], r["updates"], r["updates_of_missing"]) == (8, 6, 2)
+    assert (r["deletes"], r["deletes_of_missing"], r["commit_points_applied"]) == (3, 2, 13)
+
+
 # ----------------------------------------------------------------------------- rule 5
 def cuda_vs_cpu(wal_dir, **kw):
     cpu = gpu_pitr.restore(wal_dir, backend="cpu", **kw).to_host()
