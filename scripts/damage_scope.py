@@ -16,7 +16,9 @@ every 4th exclusive) and to one time target (T in 0..3, in turn), each also with
 ``allow_incomplete_history``; each is compared with ``tests/reference.py`` by
 ``semantic_scope.compare`` (the outcome, the error class and the file, offset and seq it
 names, ids, vector bits, metadata, the stop, the counters, the skipped, torn tails and
-damage after the stop lists). On top of that: every error's ``str(err)`` is one line
+damage after the stop lists; reading on past the stop, every torn tail and every
+damage after the stop, where compare lets the restore leave out what lies beyond the
+stop). On top of that: every error's ``str(err)`` is one line
 naming the file and an offset inside the record (or file) the reference blames, and any
 exception that is not a ``WalError`` is a crash. ``skip_corrupt`` changes nothing where
 no record is undecodable and no file unreadable, so it is restored only where the
@@ -30,7 +32,7 @@ each in the shape ``semantic_scope.shapes`` gives its index); ``--full``: every 
 up to 3 records (hours).
 
 Usage: ``nice -n 10 python scripts/damage_scope.py [--full] [--stride2 K] [--stride3 K]
-[--cuda-every K] [-v]``; one damaged log again, every restore printed:
+[--offset I] [--cuda-every K] [-v]``; one damaged log again, every restore printed:
 ``python scripts/damage_scope.py --log 'Ia B1' --shape rise/split/1 --damage
 set:wal-0000000005f5e100.log:17:0x00``. Prints each disagreement with its reproducer
 and a count; exits 1 if any.
@@ -54,6 +56,7 @@ os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 import reference  # noqa: E402
 import semantic_scope as ss  # noqa: E402
+import test_restore_properties as trp  # noqa: E402
 import workloads as w  # noqa: E402
 
 from gpu_pitr import errors  # noqa: E402
@@ -180,14 +183,15 @@ def restore_and_check(wal: str, kw: dict, recs: list, *, backend="cpu", chunk=No
                       rap=True) -> tuple[str | None, BaseException | None]:
     """semantic_scope.compare, plus the one-line message and crash checks; returns what
     differs (None: nothing) and the exception the restore raised."""
-    real, seen = w.restore_fast, []
+    real, seen, views = w.restore_fast, [], []
 
-    def watched(*args, **kwargs):  # (compare keeps the restore's exception to itself)
+    def watched(*args, **kwargs):  # (compare keeps the restore's result to itself)
         try:
-            return real(*args, **kwargs)
+            views.append(real(*args, **kwargs))
         except BaseException as e:
             seen.append(e)
             raise
+        return views[-1]
 
     w.restore_fast = watched  # compare calls it as w.restore_fast
     try:
@@ -200,12 +204,31 @@ def restore_and_check(wal: str, kw: dict, recs: list, *, backend="cpu", chunk=No
     err = seen[-1] if seen else None
     if bad is None and err is not None:
         bad = message_disagrees(err, reference.restore(wal, **kw).error)
+    if bad is None and views and rap:
+        bad = after_stop_disagrees(views[-1].report, reference.restore(wal, **kw))
     return bad, err
 
 
+def after_stop_disagrees(rep: dict, ref) -> str | None:
+    """Reading on past the stop, the whole log is read (docs/damage.md): every torn
+    tail and every undecodable record or unreadable file after the stop is listed,
+    where compare lets the restore leave out what lies beyond the stop."""
+    torn = {(os.path.basename(t["file"]), t["offset"], t["bytes_lost"])
+            for t in rep["torn_tails"]}
+    if torn != set(ref.torn_tails):
+        return f"torn_tails {sorted(torn)} != reference {sorted(ref.torn_tails)}"
+    try:
+        trp._assert_damage_list(rep["damage_after_stop"], ref.damage_after_stop, exact=True)
+    except AssertionError as e:
+        return f"damage_after_stop: {e}"[:800]
+    return None
+
+
 # ----------------------------------------------------------------------------- scope
-def selection(full: bool, stride2: int, stride3: int) -> list[tuple[int, tuple]]:
-    """(index in ``semantic_scope.logs(3)``, letters) of the logs damaged."""
+def selection(full: bool, stride2: int, stride3: int, offset: int = 0) -> list[tuple[int, tuple]]:
+    """(index in ``semantic_scope.logs(3)``, letters) of the logs damaged: every log of
+    up to 1 record, every ``stride2``-th of 2 and every ``stride3``-th of 3, from the
+    ``offset``-th on (an ``offset`` other than 0: other logs of 2 and 3 records only)."""
     todo = ss.logs(3)
     if full:
         return list(enumerate(todo))
@@ -214,8 +237,8 @@ def selection(full: bool, stride2: int, stride3: int) -> list[tuple[int, tuple]]
     for i, letters in enumerate(todo):
         k = counts.get(len(letters), 0)
         counts[len(letters)] = k + 1
-        stride = {2: stride2, 3: stride3}.get(len(letters), 1)
-        if k % stride == 0:
+        stride = {2: stride2, 3: stride3}.get(len(letters))
+        if stride is None and not offset or stride and k % stride == offset % stride:
             out.append((i, letters))
     return out
 
@@ -225,6 +248,7 @@ class Counter:
         self.variants = 0
         self.restores = 0
         self.cuda = 0
+        self.refused = 0  # restores refused with a WalError: their messages checked
         self.found: list[str] = []
 
 
@@ -262,6 +286,7 @@ def check_log(root: Path, letters: tuple, index: int, shape: tuple, c: Counter,
             rap = (v + j) % 3 != 2
             bad, err = restore_and_check(str(wal), kw, recs, chunk=chunk, rap=rap)
             c.restores += 1
+            c.refused += isinstance(err, errors.WalError)
             if verbose:
                 print(f"  {kw} chunk={chunk} rap={rap}: "
                       f"{type(err).__name__ + ': ' + str(err) if err else 'ok'}"
@@ -278,6 +303,7 @@ def check_log(root: Path, letters: tuple, index: int, shape: tuple, c: Counter,
             bad, err = restore_and_check(str(wal), kw, recs, backend="cuda")
             c.cuda += 1
             c.restores += 1
+            c.refused += isinstance(err, errors.WalError)
             if verbose:
                 print(f"  cuda {kw}: {type(err).__name__ + ': ' + str(err) if err else 'ok'}"
                       f"{' -- ' + bad if bad else ''}")
@@ -299,6 +325,8 @@ def main(argv=None) -> int:
                     help="every K-th log of 2 records (5)")
     ap.add_argument("--stride3", type=int, default=67, metavar="K",
                     help="every K-th log of 3 records (67)")
+    ap.add_argument("--offset", type=int, default=0, metavar="I",
+                    help="the logs of 2 and 3 records from the I-th on (another slice)")
     ap.add_argument("--cuda-every", type=int, default=200, metavar="K",
                     help="the cuda executor on every K-th damaged log (0: never)")
     ap.add_argument("--log", help="one log: its letters, space-separated")
@@ -312,7 +340,7 @@ def main(argv=None) -> int:
         todo = [(0, letters, (p, lay, int(k)))]
     else:
         todo = [(i, x, ss.shapes(len(x), i, False)[0])
-                for i, x in selection(args.full, args.stride2, args.stride3)]
+                for i, x in selection(args.full, args.stride2, args.stride3, args.offset)]
     c = Counter()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as d:
@@ -327,7 +355,8 @@ def main(argv=None) -> int:
                       f"restores, {len(c.found)} disagreements, "
                       f"{time.monotonic() - t0:.0f} s", flush=True)
     print(f"{len(todo)} logs, {c.variants} damaged logs, {c.restores} restores "
-          f"({c.cuda} on cuda), {len(c.found)} disagreements, {time.monotonic() - t0:.0f} s")
+          f"({c.cuda} on cuda; {c.refused} refused, their messages checked), "
+          f"{len(c.found)} disagreements, {time.monotonic() - t0:.0f} s")
     return 1 if c.found else 0
 
 
