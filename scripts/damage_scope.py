@@ -172,10 +172,10 @@ def message_disagrees(err: BaseException, want) -> str | None:
         return None
     if want.file not in line:
         return f"message does not name {want.file}: {line}"
+    end = want.offset + 1 if want.end is None else want.end  # (a position: that byte)
     offsets = [int(m) for m in re.findall(r"offset (\d+)", line)]
-    if not any(want.offset <= o < want.end for o in offsets):
-        return (f"message names no offset in [{want.offset}, {want.end}) of {want.file}: "
-                f"{line}")
+    if not any(want.offset <= o < end for o in offsets):
+        return f"message names no offset in [{want.offset}, {end}) of {want.file}: {line}"
     return None
 
 

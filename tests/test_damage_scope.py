@@ -3,7 +3,8 @@ every byte (set to 0x00, 0xFF, +1, -1), cut at every length, a file deleted, 12 
 bytes inserted at a record boundary, each restored to the latest state, a seq and a time
 target, with and without ``skip_corrupt``, equal to tests/reference.py exactly, every
 error one line naming the file and an offset inside the record blamed, no crash (the
-whole enumeration: ``nice -n 10 python scripts/damage_scope.py``)."""
+whole enumeration, ``nice -n 10 python scripts/damage_scope.py``: 87 logs, 22,905
+damaged logs, 110,310 restores, 9 minutes on a shared 2-vCPU VM)."""
 
 from __future__ import annotations
 
@@ -128,3 +129,9 @@ def test_a_wrong_answer_or_a_crash_is_a_disagreement(tmp_path, monkeypatch):
     assert "no offset in [16, 30)" in damage_scope.message_disagrees(outside, want)
     inside = errors.CorruptRecordError("bad", file=SEG, offset=29, seq=0)
     assert damage_scope.message_disagrees(inside, want) is None
+    # A position target no whole record starts at: the reference names that byte only.
+    at = reference.RefError("TargetNotFoundError", SEG, 31)
+    here = errors.TargetNotFoundError("position target", file=SEG, offset=31)
+    assert damage_scope.message_disagrees(here, at) is None
+    there = errors.TargetNotFoundError("position target", file=SEG, offset=16)
+    assert "no offset in [31, 32)" in damage_scope.message_disagrees(there, at)
