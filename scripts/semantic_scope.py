@@ -37,9 +37,20 @@ with a restart or a missing start is also restored with ``skip_corrupt`` and
 simulator, ``NUMBA_ENABLE_CUDASIM=1``, unless set otherwise), latest and one seq
 target.
 
+The other paths that must agree, on the same logs (``--paths``, default ``restore``):
+``shards``, each target restored as 2 or 3 shards of the ids (in turn) and joined by
+``merge_shards``, equal to the restore without shards exactly (a refusal: every shard
+refuses at the same record); ``inspect``, ``wal_stats`` equal to
+tests/inspect_reference.py's document; ``verify``, its verdict agreeing with the
+reference restore of latest (``check_verify`` says what "agree" is); ``cli``, on every
+``--cli-every``-th log (200), ``python -m gpu_pitr restore --out x.npz`` of a few
+targets equal to the library's restore, or exit 1 with one line naming the record the
+library's error names; ``compat``, the seed API doing what SPEC section 5 says.
+
 Usage: ``nice -n 10 python scripts/semantic_scope.py [--full] [-n N] [--sample K]
-[--start I] [--cuda-every K] [-v]``. Prints each disagreement with the log that shows
-it (letters, shape, target) and a count; exits 1 if any.
+[--start I] [--cuda-every K] [--paths P,...] [--cli-every K] [-v]``. Prints each
+disagreement with the log that shows it (letters, shape, target) and each path's
+figures (logs, runs, disagreements, seconds); exits 1 if any.
 """
 
 from __future__ import annotations
@@ -288,6 +299,236 @@ def check_log(root: Path, letters: tuple, index: int, full: bool = False,
     return found, runs
 
 
+#: The paths the enumeration can check (``--paths``); the default is ``restore``.
+PATHS = ("restore", "shards", "inspect", "verify", "cli", "compat")
+
+
+def check_paths(root: Path, letters: tuple, index: int, paths=("restore",),
+                full: bool = False, cuda: bool = False,
+                cli_every: int = 200) -> dict[str, tuple[list[str], int]]:
+    """Each path of ``paths`` on one log: its disagreements and its count of runs."""
+    out = {}
+    if "restore" in paths:
+        out["restore"] = check_log(root, letters, index, full, cuda)
+    others = [p for p in paths if p != "restore"]
+    if not others:
+        return out
+    for p in others:
+        out[p] = ([], 0)
+    for shape in shapes(len(letters), index, full):
+        b, recs = build(letters, shape)
+        wal = root / "wal"
+        shutil.rmtree(wal, ignore_errors=True)
+        b.write(wal)
+        for p in others:
+            if p == "cli" and (not cli_every or index % cli_every):
+                continue
+            found, runs = _CHECKS[p](root, wal, recs, index, shape, full)
+            out[p] = (out[p][0] + [_line(letters, shape, kw, chunk, rap, p, what)
+                                   for kw, chunk, rap, what in found], out[p][1] + runs)
+    return out
+
+
+def _runs(recs: list, index: int, shape: tuple, full: bool) -> list[tuple]:
+    """(target and flags, chunk size, read_after_stop) for each restore of a path that
+    takes the restore's targets: each target once, its chunk and reading in turn."""
+    flags = {"allow_incomplete_history": True} if shape[1] == "late" else {}
+    return [({**t, **flags}, (None, 64)[(index + j) % 2], (index + j) % 3 != 2)
+            for j, t in enumerate(targets(recs, index, full))]
+
+
+def check_shards(root, wal, recs, index, shape, full) -> tuple[list, int]:
+    """Each target restored as 2 or 3 shards of the ids (in turn), merged with the
+    library's ``merge_shards``, equals the restore without shards exactly; a refusal
+    refuses every shard alike (``workloads.check_shards_equal_whole``)."""
+    found, runs = [], 0
+    for j, (kw, chunk, rap) in enumerate(_runs(recs, index, shape, full)):
+        count = (2, 3)[(index + j) % 2]
+        try:
+            w.check_shards_equal_whole(str(wal), count, backend="cpu", chunk_bytes=chunk,
+                                       read_after_stop=rap, **kw)
+        except AssertionError as e:
+            found.append((kw, chunk, rap, f"{count} shards: {e!s}"[:800]))
+        runs += 1 + count
+    return found, runs
+
+
+def check_inspect(root, wal, recs, index, shape, full) -> tuple[list, int]:
+    """``wal_stats`` (``gpu-pitr inspect --json``) equals tests/inspect_reference.py's
+    document, its JSON text and its printed table, at the default piece size and 64
+    bytes in turn (``--full``: both)."""
+    import inspect_reference
+
+    chunks = (None, 64) if full else ((None, 64)[index % 2],)
+    try:
+        inspect_reference.assert_same_stats(str(wal), chunks)
+    except AssertionError as e:
+        return [({}, chunks, True, f"inspect: {e!s}"[:800])], len(chunks)
+    return [], len(chunks)
+
+
+def check_verify(root, wal, recs, index, shape, full) -> tuple[list, int]:
+    """What ``verify_wal`` says of the log agrees with the reference restore of latest.
+
+    These logs are all a writer's (no damage): verify must find no damage, and its
+    notices must be the ones the log's shape and the reference predict
+    (docs/damage.md): ``seq_restart`` where the writer reopened and only there;
+    ``incomplete_history`` iff the log starts past seq 0, which is iff the restore
+    refuses it (``IncompleteHistoryError``); and the restore fails for any other reason
+    only with ``DimensionMismatchError`` where a ``dim_change`` notice is at or before
+    the record it names (a restore may apply records of one length where the record
+    that changed it was aborted: no notice is owed a restore that succeeds). Its record
+    count is the log's.
+    """
+    from gpu_pitr import verify
+
+    chunk = 64 if index % 2 else verify.DEFAULT_CHUNK_BYTES
+    v = verify.verify_wal(str(wal), chunk_bytes=chunk)
+    ref = reference.restore(str(wal))
+    kinds = [p.kind for p in v.problems]
+    bad = []
+    if not v.clean:
+        bad.append(f"damage: {[p.line() for p in v.problems if p.severity == 'damage']}")
+    if v.records != len(recs):
+        bad.append(f"records {v.records} != {len(recs)}")
+    if ("seq_restart" in kinds) != (shape[1] == "restart"):
+        bad.append(f"seq_restart notices {kinds.count('seq_restart')} in a "
+                   f"{shape[1]} layout")
+    refused = ref.error is not None and ref.error.cls == "IncompleteHistoryError"
+    if ("incomplete_history" in kinds) != refused:
+        bad.append(f"incomplete_history notice {'incomplete_history' in kinds}, reference "
+                   f"{ref.error}")
+    if ref.error is not None and not refused:
+        e = ref.error
+        where = {(r[0], r[1]): k for k, r in enumerate(recs)}
+        at = where.get((e.file, e.offset))
+        notes = [where.get((os.path.basename(p.file or ""), p.offset)) for p in v.problems
+                 if p.kind == "dim_change"]
+        if e.cls != "DimensionMismatchError" or at is None or not any(
+                k is not None and k <= at for k in notes):
+            bad.append(f"reference fails with {e.cls} at {e.file}:{e.offset}, verify's "
+                       f"dim_change notices at records {notes}")
+    if bad:
+        return [({}, chunk, True, "verify: " + "; ".join(bad)
+                 + f"\n    verify said: {v.lines()}")], 1
+    return [], 1
+
+
+def _cli_args(kw: dict, rap: bool) -> list[str]:
+    args = []
+    for key, value in kw.items():
+        if key in ("exclusive", "allow_incomplete_history", "skip_corrupt"):
+            if value:
+                args.append("--" + key.replace("_", "-"))
+        else:
+            args += ["--" + key.replace("_", "-"), str(value)]
+    return args + ([] if rap else ["--stop-reading-at-target"])
+
+
+def check_cli(root, wal, recs, index, shape, full) -> tuple[list, int]:
+    """``python -m gpu_pitr restore WAL --out x.npz`` on a few targets (latest, a seq in
+    the middle, one exclusive T, transaction 1) equals the library's restore, loaded
+    with ``allow_pickle=False``: ids, vector bits, metadata, the report's stop and
+    counts; where the library refuses, it exits 1 with one stderr line naming the same
+    file and offset."""
+    import json
+    import subprocess
+
+    import numpy as np
+
+    import gpu_pitr
+
+    runs_all = _runs(recs, index, shape, full)
+    picks = [r for r in runs_all if not {k: v for k, v in r[0].items()
+                                         if k != "allow_incomplete_history"}]
+    if recs:
+        mid = recs[len(recs) // 2][2]
+        picks += [r for r in runs_all if r[0].get("to_seq") == mid][:1]
+    picks += [r for r in runs_all if "to_time" in r[0] and r[0].get("exclusive")][:1]
+    picks += [r for r in runs_all if r[0].get("to_transaction") == 1
+              and not r[0].get("exclusive")][:1]
+    found = []
+    out = root / "x.npz"
+    for kw, _, rap in picks:
+        got, err = w.outcome(lambda kw=kw, rap=rap: gpu_pitr.restore(
+            str(wal), backend="cpu", read_after_stop=rap, **kw))
+        out.unlink(missing_ok=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "gpu_pitr", "restore", str(wal), "--out", str(out),
+             "--backend", "cpu", "--quiet", *_cli_args(kw, rap)],
+            capture_output=True, text=True, timeout=600)
+        bad = None
+        if err is not None:
+            lines = proc.stderr.splitlines()
+            if proc.returncode == 0 or len(lines) != 1 or "Traceback" in proc.stderr:
+                bad = f"library: {err}; cli exit {proc.returncode}: {proc.stderr!r}"
+            elif err.file is not None and (
+                    os.path.basename(err.file) not in lines[0]
+                    or (err.offset is not None and f"offset {err.offset}" not in lines[0])):
+                bad = f"library: {err}; cli: {lines[0]}"
+            elif out.exists():
+                bad = f"library: {err}; cli wrote {out.name}"
+        elif proc.returncode != 0:
+            bad = f"library restored, cli exit {proc.returncode}: {proc.stderr!r}"
+        else:
+            with np.load(out, allow_pickle=False) as npz:
+                host = got.to_host()
+                vecs = np.asarray(host.vectors, dtype="<f4")
+                rep = json.loads(str(npz["report"]))
+                want = host.report.to_dict()
+                if list(npz["ids"]) != host.id_list():
+                    bad = f"ids {list(npz['ids'])} != {host.id_list()}"
+                elif (npz["vectors"].astype("<f4").tobytes() != vecs.tobytes()
+                      or (len(vecs) and npz["vectors"].shape != vecs.shape)):
+                    bad = f"vectors {npz['vectors']!r} != {vecs!r}"
+                elif [json.loads(m) for m in npz["metadata"]] != list(host.metadata):
+                    bad = f"metadata {list(npz['metadata'])} != {list(host.metadata)}"
+                else:
+                    diff = {k: (rep.get(k), want[k]) for k in w.SHARD_REPORT_KEYS
+                            if k not in ("segments", "bytes_read") and rep.get(k) != want[k]}
+                    if diff:
+                        bad = f"report differs: {diff}"[:800]
+        if bad:
+            found.append((kw, None, rap, f"cli: {bad}"[:800]))
+    return found, len(picks)
+
+
+def check_compat(root, wal, recs, index, shape, full) -> tuple[list, int]:
+    """The seed API (SPEC section 5) for each T in 0..4: ``find_base_checkpoint`` is the
+    top-level Checkpoint with the greatest timestamp <= T (the first of a tie), and
+    ``replay_wal_to_timestamp`` every top-level record stamped <= T that is not a
+    Checkpoint or marker, in log order, batches whole, aborted ones too; with that
+    base, only records whose seq is greater than its ``sequence_number``. Compared as
+    encoded bytes."""
+    from gpu_pitr.compat import PointInTimeRestore
+    from gpu_pitr.format.codec import encode_entry
+
+    found, runs = [], 0
+    for t in range(5):
+        pit = PointInTimeRestore(t, wal)
+        base = pit.find_base_checkpoint()
+        ckpts = [r for r in recs if r[3][0] == "checkpoint" and r[3][2] <= t]
+        best = max(ckpts, key=lambda r: r[3][2], default=None)  # (max: the first of a tie)
+        want_base = None if best is None else (best[3][1], best[3][2])
+        got_base = None if base is None else (base.sequence_number, base.timestamp)
+        if got_base != want_base:
+            found.append(({"to_time": t}, None, True, f"compat base {got_base} != {want_base}"))
+        for b in (None, base) if base is not None else (None,):
+            got = [bytes(encode_entry(e)) for e in pit.replay_wal_to_timestamp(b)]
+            want = [w.encode_entry(r[3]) for r in recs
+                    if r[3][0] not in ("checkpoint", "begin", "commit", "abort")
+                    and r[3][-1] <= t and (b is None or r[2] > b.sequence_number)]
+            runs += 1
+            if got != want:
+                found.append(({"to_time": t, "base": got_base}, None, True,
+                              f"compat replay: {len(got)} entries, wanted {len(want)}"))
+    return found, runs
+
+
+_CHECKS = {"shards": check_shards, "inspect": check_inspect, "verify": check_verify,
+           "cli": check_cli, "compat": check_compat}
+
+
 def _line(letters, shape, kw, chunk, rap, backend, what) -> str:
     return (f"[{' '.join(letters)}] stamps={shape[0]} layout={shape[1]}"
             f"{'@' + str(shape[2]) if shape[2] else ''} target={kw} backend={backend} "
@@ -303,27 +544,44 @@ def main(argv=None) -> int:
     ap.add_argument("--start", type=int, default=0, metavar="I", help="from the I-th log on")
     ap.add_argument("--cuda-every", type=int, default=50, metavar="K",
                     help="the cuda executor on every K-th log (0: never)")
+    ap.add_argument("--paths", default="restore", metavar="P,...",
+                    help=f"the paths to check, of {','.join(PATHS)} (default: restore)")
+    ap.add_argument("--cli-every", type=int, default=200, metavar="K",
+                    help="the cli path on every K-th log only (0: never)")
     ap.add_argument("-v", action="store_true", help="progress every 500 logs")
     args = ap.parse_args(argv)
+    paths = tuple(p for p in args.paths.split(",") if p)
+    if not paths or set(paths) - set(PATHS):
+        ap.error(f"--paths: each of {','.join(PATHS)}, got {args.paths!r}")
     n = args.n or (6 if args.full else 5)
     todo = logs(n, FULL_TIERS if args.full else TIERS)
-    t0, total, runs, seen = time.monotonic(), 0, 0, 0
+    t0, seen = time.monotonic(), 0
+    figures = {p: [0, 0, 0, 0.0] for p in paths}  # logs, runs, disagreements, seconds
     with tempfile.TemporaryDirectory() as d:
         for index in range(args.start, len(todo), args.sample):
             letters = todo[index]
             cuda = bool(args.cuda_every) and index % args.cuda_every == 0
-            lines, k = check_log(Path(d), letters, index, args.full, cuda)
-            runs += k
+            for p in paths:
+                started = time.monotonic()
+                lines, k = check_paths(Path(d), letters, index, (p,), args.full, cuda,
+                                       args.cli_every)[p]
+                fig = figures[p]
+                fig[0] += bool(k)
+                fig[1] += k
+                fig[2] += len(lines)
+                fig[3] += time.monotonic() - started
+                for line in lines:
+                    print(line, flush=True)
             seen += 1
-            total += len(lines)
-            for line in lines:
-                print(line, flush=True)
             if args.v and seen % 500 == 0:
-                print(f"... {seen} logs ({index + 1}/{len(todo)}), {runs} restores, "
-                      f"{total} disagreements, {time.monotonic() - t0:.0f} s", flush=True)
-    print(f"{seen} logs, {runs} restores, {total} disagreements, "
-          f"{time.monotonic() - t0:.0f} s")
-    return 1 if total else 0
+                print(f"... {seen} logs ({index + 1}/{len(todo)}), "
+                      + "; ".join(f"{p}: {f[1]} runs, {f[2]} disagreements"
+                                  for p, f in figures.items())
+                      + f", {time.monotonic() - t0:.0f} s", flush=True)
+    for p, (logs_, runs, total, secs) in figures.items():
+        what = "restores" if p == "restore" else "runs"
+        print(f"{p}: {logs_} logs, {runs} {what}, {total} disagreements, {secs:.0f} s")
+    return 1 if any(f[2] for f in figures.values()) else 0
 
 
 if __name__ == "__main__":
