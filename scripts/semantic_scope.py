@@ -380,6 +380,8 @@ def check_verify(root, wal, recs, index, shape, full) -> tuple[list, int]:
     that changed it was aborted: no notice is owed a restore that succeeds). Its record
     count is the log's.
     """
+    import inspect_reference
+
     from gpu_pitr import verify
 
     chunk = 64 if index % 2 else verify.DEFAULT_CHUNK_BYTES
@@ -408,10 +410,42 @@ def check_verify(root, wal, recs, index, shape, full) -> tuple[list, int]:
                 k is not None and k <= at for k in notes):
             bad.append(f"reference fails with {e.cls} at {e.file}:{e.offset}, verify's "
                        f"dim_change notices at records {notes}")
+    # Its transaction notices are the reference's anomalies (a restore that read the
+    # whole log) and inspect's transactions open at the end; its dim_change notices, the
+    # records with a vector of another length than the one before it in log order.
+    whole = reference.restore(str(wal), allow_incomplete_history=True)
+    if whole.error is None:
+        mine = [(os.path.basename(p.file), p.offset) for p in v.problems
+                if p.kind in ("txn_begin_open", "txn_end_not_open")]
+        if mine != [a[:2] for a in whole.anomalies]:
+            bad.append(f"transaction notices at {mine}, reference anomalies {whole.anomalies}")
+    opened = sorted(p.extra["transaction_id"] for p in v.problems
+                    if p.kind == "txn_open_at_end")
+    if opened != sorted(inspect_reference.wal_stats(str(wal))["transactions"]["open_at_end"]):
+        bad.append(f"transactions open at the end {opened}, inspect's differ")
+    dims, last = [], None
+    for k, r in enumerate(recs):
+        lengths = [len(e[2]) for e in _flat(r[3]) if e[0] in ("insert", "update")]
+        if any(last is not None and n != last for n in lengths) or (
+                lengths and len(set(lengths)) > 1):
+            dims.append(k)
+        last = lengths[-1] if lengths else last
+    where = {(r[0], r[1]): k for k, r in enumerate(recs)}
+    noted = [where.get((os.path.basename(p.file), p.offset)) for p in v.problems
+             if p.kind == "dim_change"]
+    if noted != dims:
+        bad.append(f"dim_change notices at records {noted}, wanted {dims}")
     if bad:
         return [({}, chunk, True, "verify: " + "; ".join(bad)
                  + f"\n    verify said: {v.lines()}")], 1
     return [], 1
+
+
+def _flat(entry) -> list:
+    """A record's entries, batches opened (nested ones too)."""
+    if entry[0] != "batch":
+        return [entry]
+    return [x for sub in entry[1] for x in _flat(sub)]
 
 
 def _cli_args(kw: dict, rap: bool) -> list[str]:
