@@ -519,7 +519,7 @@ def check_cli(root, wal, recs, index, shape, full) -> tuple[list, int]:
                     bad = f"metadata {list(npz['metadata'])} != {list(host.metadata)}"
                 else:
                     diff = {k: (rep.get(k), want[k]) for k in w.SHARD_REPORT_KEYS
-                            if k not in ("segments", "bytes_read") and rep.get(k) != want[k]}
+                            if rep.get(k) != want[k]}
                     if diff:
                         bad = f"report differs: {diff}"[:800]
         if bad:
