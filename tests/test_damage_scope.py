@@ -97,17 +97,11 @@ def test_every_damage_is_enumerated_once_and_replays_from_its_key():
 def test_a_wrong_answer_or_a_crash_is_a_disagreement(tmp_path, monkeypatch):
     """The check is not vacuous: a reference that lost an id, a restore that raises
     something not a WalError, and a message of two lines are each caught."""
-    real = reference.restore
-
-    def lost_an_id(*args, **kw):
-        res = real(*args, **kw)
-        if res.ids:
-            res.ids, res.vectors, res.metadata = res.ids[:-1], res.vectors[:-1], res.metadata[:-1]
-        return res
+    from test_semantic_scope import losing_an_id
 
     log = (("Ia", "Ib"), 0, ("rise", "one", 0))
     with monkeypatch.context() as m:
-        m.setattr(reference, "restore", lost_an_id)
+        m.setattr(reference, "restore", losing_an_id(reference.restore))
         c = damage_scope.Counter()
         damage_scope.check_log(tmp_path, *log, c, cuda_every=0, only=f"set:{SEG}:57:0x41")
         assert c.found and "assert_matches" in c.found[0] and "--damage set:" in c.found[0]

@@ -83,18 +83,22 @@ def test_a_refusal_named_by_a_position_alone_is_compared_at_that_byte(tmp_path):
     assert want is not None and want.end is None and want.offset == 31
 
 
-def test_a_wrong_answer_is_a_disagreement(tmp_path, monkeypatch):
-    """The check is not vacuous: a reference that lost the last id, or stopped a record
-    later, disagrees with the restore."""
-    real = reference.restore
-
+def losing_an_id(real):
+    """``reference.restore`` made wrong: its answer without the last id."""
     def lost_an_id(*args, **kw):
         res = real(*args, **kw)
         if res.ids:
             res.ids, res.vectors, res.metadata = res.ids[:-1], res.vectors[:-1], res.metadata[:-1]
         return res
 
-    monkeypatch.setattr(reference, "restore", lost_an_id)
+    return lost_an_id
+
+
+def test_a_wrong_answer_is_a_disagreement(tmp_path, monkeypatch):
+    """The check is not vacuous: a reference that lost the last id, or stopped a record
+    later, disagrees with the restore."""
+    real = reference.restore
+    monkeypatch.setattr(reference, "restore", losing_an_id(real))
     lines, _ = semantic_scope.check_log(tmp_path, ("Ia", "B1", "Ib", "C1"), 0)
     assert lines and all("[Ia B1 Ib C1]" in line for line in lines)
 
