@@ -92,22 +92,14 @@ def damages(files: dict[str, bytes], bounds: dict[str, list[int]]):
         return True
 
     for name, data in files.items():
-        for pos, byte in enumerate(data):
-            for val in (0x00, 0xFF, (byte + 1) % 256, (byte - 1) % 256):
-                new = {**files, name: data[:pos] + bytes([val]) + data[pos + 1 :]}
-                if fresh(new):
-                    yield f"set:{name}:{pos}:{val:#04x}", new
-        for n in range(len(data)):
-            new = {**files, name: data[:n]}
+        keys = [f"set:{name}:{pos}:{val:#04x}" for pos, byte in enumerate(data)
+                for val in (0x00, 0xFF, (byte + 1) % 256, (byte - 1) % 256)]
+        keys += [f"cut:{name}:{n}" for n in range(len(data))]
+        keys += [f"del:{name}"] + [f"zeros:{name}:{pos}" for pos in bounds.get(name, ())]
+        for key in keys:  # (each built by ``damaged``, as a reproducer's key replays it)
+            new = damaged(files, key)
             if fresh(new):
-                yield f"cut:{name}:{n}", new
-        new = {k: v for k, v in files.items() if k != name}
-        if fresh(new):
-            yield f"del:{name}", new
-        for pos in bounds.get(name, ()):
-            new = {**files, name: data[:pos] + ZEROS + data[pos:]}
-            if fresh(new):
-                yield f"zeros:{name}:{pos}", new
+                yield key, new
 
 
 def damaged(files: dict[str, bytes], key: str) -> dict[str, bytes]:
@@ -172,7 +164,7 @@ def message_disagrees(err: BaseException, want) -> str | None:
         return None
     if want.file not in line:
         return f"message does not name {want.file}: {line}"
-    end = want.offset + 1 if want.end is None else want.end  # (a position: that byte)
+    end = ss.blamed_end(want)
     offsets = [int(m) for m in re.findall(r"offset (\d+)", line)]
     if not any(want.offset <= o < end for o in offsets):
         return f"message names no offset in [{want.offset}, {end}) of {want.file}: {line}"

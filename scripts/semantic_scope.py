@@ -174,6 +174,15 @@ def build(letters: tuple, shape: tuple) -> tuple[LogBuilder, list]:
     return b, recs
 
 
+def _written(root: Path, letters: tuple, shape: tuple) -> tuple[Path, list]:
+    """The log written afresh as ``root/wal``, and its records (``build``)."""
+    b, recs = build(letters, shape)
+    wal = root / "wal"
+    shutil.rmtree(wal, ignore_errors=True)
+    b.write(wal)
+    return wal, recs
+
+
 def targets(recs: list, index: int, full: bool) -> list[dict]:
     seqs = [r[2] for r in recs]
     if not recs:
@@ -194,12 +203,6 @@ def targets(recs: list, index: int, full: bool) -> list[dict]:
     if full:
         out += [{"to_transaction": 2, "exclusive": True}]
     return out
-
-
-def _kind(entry) -> str:
-    return {"insert": "Insert", "update": "Update", "delete": "Delete", "batch": "Batch",
-            "checkpoint": "Checkpoint", "begin": "BeginTransaction",
-            "commit": "CommitTransaction", "abort": "AbortTransaction"}[entry[0]]
 
 
 def compare(wal: str, kw: dict, recs: list, *, backend: str = "cpu", chunk=None,
@@ -226,8 +229,9 @@ def compare(wal: str, kw: dict, recs: list, *, backend: str = "cpu", chunk=None,
         return f"report ids {rep['ids']} != {len(ref.ids)}"
     if ref.stop["reason"] == "target" and ref.stop.get("timestamp") is not None:
         at = [r[3] for r in recs if (r[0], r[1]) == (ref.stop["file"], ref.stop["offset"])]
-        if rep["stop"].get("record") != _kind(at[0]):
-            return f"stop record {rep['stop'].get('record')} != {_kind(at[0])}"
+        kind = type(w.to_project_entry(at[0])).__name__  # (named as the Rust variant)
+        if rep["stop"].get("record") != kind:
+            return f"stop record {rep['stop'].get('record')} != {kind}"
     if rep["last_commit_timestamp"] != ref.last_commit_timestamp:
         return (f"last_commit_timestamp {rep['last_commit_timestamp']} != reference "
                 f"{ref.last_commit_timestamp}")
@@ -236,15 +240,19 @@ def compare(wal: str, kw: dict, recs: list, *, backend: str = "cpu", chunk=None,
     return None
 
 
+def blamed_end(want) -> int:
+    """The end of the bytes a reference refusal blames: its record's; a refusal it names
+    by a position alone (no record ends there: a position target inside a torn tail)
+    blames that byte (review dmgscope)."""
+    return want.end if want.end is not None else want.offset + 1
+
+
 def _error_disagrees(want, err, kw: dict, recs: list) -> str | None:
     """What a refusal gets wrong beyond its class: the record it names (every error
     that names one), or its kind of message (a target not found)."""
-    # A refusal the reference names by a position alone (no record ends there: a
-    # position target inside a torn tail) names that byte (review dmgscope).
-    end = want.end if want.end is not None else (want.offset or 0) + 1
     if want.file is not None and (
             os.path.basename(err.file or "") != want.file or err.offset is None
-            or not want.offset <= err.offset < end or err.seq != want.seq):
+            or not want.offset <= err.offset < blamed_end(want) or err.seq != want.seq):
         return f"error place: wanted {want}, got {type(err).__name__}: {err}"
     if not isinstance(err, errors.TargetNotFoundError):
         return None
@@ -269,10 +277,7 @@ def check_log(root: Path, letters: tuple, index: int, full: bool = False,
     of restores."""
     found, runs = [], 0
     for shape in shapes(len(letters), index, full):
-        b, recs = build(letters, shape)
-        wal = root / "wal"
-        shutil.rmtree(wal, ignore_errors=True)
-        b.write(wal)
+        wal, recs = _written(root, letters, shape)
         late, restarted = shape[1] == "late", shape[1] == "restart"
         flag_sets = [{}]
         if late:
@@ -319,10 +324,7 @@ def check_paths(root: Path, letters: tuple, index: int, paths=("restore",),
     for p in others:
         out[p] = ([], 0)
     for shape in shapes(len(letters), index, full):
-        b, recs = build(letters, shape)
-        wal = root / "wal"
-        shutil.rmtree(wal, ignore_errors=True)
-        b.write(wal)
+        wal, recs = _written(root, letters, shape)
         for p in others:
             if p == "cli" and (not cli_every or index % cli_every):
                 continue
