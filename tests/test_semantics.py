@@ -1,7 +1,7 @@
 """SPEC §3 by hand: one small case per rule, each against values written out here.
 
-Every case runs against the fast restore (CPU backend) when it exists, and always
-against tests/reference.py too, so these are also the reference's own check.
+Every case runs against both executors of the package (cuda under the simulator) when
+it is installed, and always against tests/reference.py too, so these are also the reference's own check.
 """
 
 from __future__ import annotations
@@ -27,12 +27,11 @@ from workloads import (
 
 from gpu_pitr.errors import TargetNotFoundError
 
-IMPLS = ["reference"] + (["fast"] if w.fast_available() else [])
 
 
-@pytest.fixture(params=IMPLS)
+@pytest.fixture(params=w.IMPLS)
 def restore(request):
-    return w.restore_ref if request.param == "reference" else w.restore_fast
+    return w.impl_restore(request.param)
 
 
 def write_log(tmp_path, *entries, first_seq=0):

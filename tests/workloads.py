@@ -674,6 +674,27 @@ def restore_fast(wal_dir, **kw) -> View:
     return View(ids, rows, list(host.metadata), host.report.to_dict(), dim)
 
 
+def restore_cuda(wal_dir, **kw) -> View:
+    """``restore_fast`` on the cuda executor (under the simulator without a GPU). It
+    ran there, or fell back to the cpu executor saying why (colliding keys, a batch
+    nested past the kernels' stack): never the cpu executor unannounced."""
+    kw.setdefault("backend", "cuda")
+    view = restore_fast(wal_dir, **kw)
+    assert view.report["backend"] == kw["backend"] or view.report["message"].startswith(
+        "cuda executor: "), view.report
+    return view
+
+
+#: The restores a hand-written SPEC case runs on: the reference always, and both
+#: executors of the package where it is installed.
+IMPLS = ["reference"] + (["cpu", "cuda"] if fast_available() else [])
+
+
+def impl_restore(name: str):
+    """The restore function of an ``IMPLS`` name."""
+    return {"reference": restore_ref, "cpu": restore_fast, "cuda": restore_cuda}[name]
+
+
 def dir_state(path) -> dict:
     """``path`` and every entry under it: contents, size, mtime and mode.
 
