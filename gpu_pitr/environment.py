@@ -75,8 +75,7 @@ def problem(environ: Mapping[str, str] = os.environ) -> str | None:
                 "set a positive number or unset it")
     value = environ.get("NUMBA_DISABLE_JIT")
     if value is not None and int(value):
-        return (f"NUMBA_DISABLE_JIT={value!r}: gpu-pitr's loops are compiled by Numba "
-                "and do not run with its compiler off; unset it or set it to 0")
+        return compiler_off(value)
     value = environ.get("NUMBA_THREADING_LAYER")
     if value is not None and value.lower() not in THREADING_LAYERS:
         return (f"NUMBA_THREADING_LAYER={value!r} is not a Numba threading layer "
@@ -85,6 +84,12 @@ def problem(environ: Mapping[str, str] = os.environ) -> str | None:
         if _switch(name, environ) is None:
             return _switch_problem(name, environ)
     return None
+
+
+def compiler_off(value: str) -> str:
+    """The one line for ``NUMBA_DISABLE_JIT=value``, a value that turns the compiler off."""
+    return (f"NUMBA_DISABLE_JIT={value!r}: gpu-pitr's loops are compiled by Numba "
+            "and do not run with its compiler off; unset it or set it to 0")
 
 
 def platform_problem(os_name: str | None = None) -> str | None:

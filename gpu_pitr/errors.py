@@ -94,6 +94,14 @@ class ForkedOpenMPError(RuntimeError):
     ``multiprocessing.Pool`` waited for its task forever)."""
 
 
+class CompilerOffError(RuntimeError):
+    """A compiled loop of gpu_pitr called with Numba's compiler off
+    (``NUMBA_DISABLE_JIT=1``): the loops then run as NumPy code in Python, whose integer
+    rules are not the compiled ones (uint64 and int64 make float64), and the package's
+    intrinsics have no Python form. One line naming the setting, not a TypeError from
+    inside a loop."""
+
+
 def missing_extra(err: ImportError, module: str, needs: str, extra: str) -> MissingExtraError:
     """The one line for ``err``, raised importing ``module``: ``needs`` (what needs it)
     and the extra to install where it is not installed; where it is but fails to import

@@ -144,7 +144,10 @@ class OneRegionAtATime:
 
 def njit(*args, **options):
     """Numba's ``njit``; with ``parallel=True``, the dispatcher comes wrapped in
-    ``OneRegionAtATime``."""
+    ``OneRegionAtATime``. With Numba's compiler off, a function that refuses to run
+    (``_compiler_off``)."""
+    if numba.config.DISABLE_JIT:
+        return _compiler_off(args[0]) if args and callable(args[0]) else _compiler_off
     if not options.get("parallel"):
         return numba.njit(*args, **options)
     if args and callable(args[0]):
@@ -154,10 +157,25 @@ def njit(*args, **options):
 
 
 def _wrapped(dispatcher):
-    # With NUMBA_DISABLE_JIT=1 Numba hands back the Python function itself, with no
-    # ``py_func`` to wrap: the import failed on it. (The package is not usable so: its
-    # intrinsics have no Python form, and the command line refuses the setting.)
-    return OneRegionAtATime(dispatcher) if hasattr(dispatcher, "py_func") else dispatcher
+    return OneRegionAtATime(dispatcher)
+
+
+def _compiler_off(fn):
+    """``fn`` as ``njit`` gives it with ``NUMBA_DISABLE_JIT=1``: it raises
+    ``CompilerOffError`` when called. Run as Python, the loops would use NumPy's
+    integer rules, not the compiled ones (a uint64 key and an int64 step make a
+    float64, and a mask of it a TypeError), and the intrinsics have no Python form:
+    a library caller got a traceback from inside a loop (the command line refuses
+    the setting before it starts). The package still imports."""
+
+    @functools.wraps(fn)
+    def refuse(*args, **kwargs):
+        from gpu_pitr.environment import compiler_off
+        from gpu_pitr.errors import CompilerOffError
+
+        raise CompilerOffError(compiler_off(os.environ.get("NUMBA_DISABLE_JIT", "1")))
+
+    return refuse
 
 
 def _no_refcounts() -> dict:

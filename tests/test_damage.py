@@ -25,7 +25,6 @@ from gpu_pitr.errors import (
     TargetNotFoundError,
 )
 
-
 SEG2 = 0x6000000  # creation second of a second segment (sorts after LogBuilder's default)
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from workloads import Ins, LogBuilder, f32
 
 TIMEOUT = 600
 
@@ -189,20 +190,35 @@ def test_a_parallel_function_pickles_and_copies_as_its_dispatcher_did():
     assert pickle.loads(pickle.dumps(half)).py_func is half.py_func
 
 
-def test_the_package_imports_with_numbas_compiler_off():
+def test_the_package_imports_with_numbas_compiler_off_and_a_restore_says_why_not(tmp_path):
     """``NUMBA_DISABLE_JIT=1`` makes Numba's ``njit`` return the Python function itself,
     which has no ``py_func``: importing a module with a parallel loop raised
-    AttributeError (the CLI refuses that setting; a library caller got a traceback)."""
-    script = """
+    AttributeError. Imported, a restore ran its loops as Python and failed inside one
+    (NotImplementedError from an intrinsic, or NumPy's TypeError for a uint64 key
+    masked by an int64): now one line naming the setting, as the command line says."""
+    b = LogBuilder()
+    b.add(Ins("a", f32(1, 2), None, 1))
+    wal = b.write(tmp_path / "wal")
+    script = f"""
+import gpu_pitr
+from gpu_pitr.errors import CompilerOffError
 from gpu_pitr.resolve import idsort
 from gpu_pitr.jit import OneRegionAtATime
 print(isinstance(idsort._span_keys, OneRegionAtATime), callable(idsort._span_keys))
+try:
+    gpu_pitr.restore({str(wal)!r}, backend="cpu")
+except CompilerOffError as err:
+    print(repr(str(err)))
 """
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["False", "True"]
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["False", "True"]
+    assert lines[1:] == [repr("NUMBA_DISABLE_JIT='1': gpu-pitr's loops are compiled by "
+                              "Numba and do not run with its compiler off; unset it or set "
+                              "it to 0")]
 
 
 def test_the_fuzzers_bounds_checked_mode_still_finds_the_parallel_loops():

@@ -1,7 +1,8 @@
 """SPEC §3 by hand: one small case per rule, each against values written out here.
 
 Every case runs against both executors of the package (cuda under the simulator) when
-it is installed, and always against tests/reference.py too, so these are also the reference's own check.
+it is installed, and always against tests/reference.py too, so these are also the
+reference's own check.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from workloads import (
 )
 
 from gpu_pitr.errors import TargetNotFoundError
-
 
 
 @pytest.fixture(params=w.IMPLS)
