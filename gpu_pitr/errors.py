@@ -195,6 +195,17 @@ class OutputError(_OneLineOSError):
         super().__init__(path, line, cause)
 
 
+class NoRoomError(OutputError):
+    """An output refused before any of it is written: its file system has not the room
+    for it (``errno`` ENOSPC), said on one line naming it (the previous file there, if
+    any, untouched). An output error, not a ``WalError``: the log is not at fault."""
+
+    def __init__(self, path, line: str) -> None:
+        import errno
+
+        _OneLineOSError.__init__(self, path, line, OSError(errno.ENOSPC, line))
+
+
 class WithoutItsJsonError(OutputError):
     """The JSON file written with an output (``--report-json``: ``write_json``'s
     ``then``) that could not be put in place once that output was (a full directory's

@@ -19,6 +19,7 @@ import numpy as np
 
 from gpu_pitr import interrupts
 from gpu_pitr.errors import (
+    NoRoomError,
     NotSyncedError,
     OutputError,
     PartlyInPlaceError,
@@ -144,6 +145,8 @@ def write_output(index, out: str | os.PathLike, fmt: str) -> list[Path]:
         WalError: the index cannot be held by the format (an id ending in NUL, or an
             id or metadata text past ``index.MAX_UNICODE_CHARS``, in an .npz; vectors
             of dimension 0 in a .parquet).
+        NoRoomError: an .npz its file system has not the room for (an ``OutputError``,
+            raised before any of it is written).
         ValueError: an unknown ``fmt``.
         MissingExtraError, OSError.
     """
@@ -258,9 +261,9 @@ def _npz_room(index, out: Path, texts: tuple, which: np.ndarray, report_chars: i
     if st is not None and not st.f_blocks:
         st = None  # a file system that gives no sizes (/proc, some FUSE): the same
     if st is not None and need + st.f_frsize > st.f_bavail * st.f_frsize:
-        raise WalError(f"the .npz would take {_gb(need)}, more than the "
-                       f"{_gb(st.f_bavail * st.f_frsize)} free on its file system{why}; "
-                       "write a .parquet instead, or make room", file=str(out))
+        raise NoRoomError(out, f"{out}: the .npz would take {_gb(need)}, more than the "
+                          f"{_gb(st.f_bavail * st.f_frsize)} free on its file system{why}; "
+                          "write a .parquet instead, or make room")
     if why:
         warnings.warn(f"{out}: the .npz takes {_gb(need)}{why}; a .parquet output holds "
                       "each row at its own length", stacklevel=2)

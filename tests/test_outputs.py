@@ -6,8 +6,10 @@ Every CLI run is checked to leave the WAL directory byte-for-byte unchanged.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -1108,9 +1110,17 @@ def test_a_small_npz_fits_the_little_room_a_nearly_full_disk_has(
     assert data < size <= data + outputs._NPZ_SLACK  # the slack holds the headers
     out.unlink()
     monkeypatch.setattr(outputs.os, "statvfs", lambda path: _FreeSpace(size - 4096))
-    with pytest.raises(gpu_pitr.errors.WalError, match="the .npz would take"):
+    with pytest.raises(gpu_pitr.errors.NoRoomError, match="the .npz would take") as err:
         write_output(index, out, "npz")
     assert not out.exists()
+    # An output error, not the log's: a caller that catches OutputError (or OSError,
+    # ENOSPC) for a full disk catches this one too; pickled as a worker sends it.
+    assert isinstance(err.value, gpu_pitr.errors.OutputError)
+    assert not isinstance(err.value, gpu_pitr.errors.WalError)
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(out)
+    again = pickle.loads(pickle.dumps(err.value))
+    assert type(again) is type(err.value) and str(again) == str(err.value)
+    assert str(err.value).startswith(f"{out}: the .npz would take ")
 
 
 def test_a_name_too_long_for_its_temp_file_says_so(wal_dir, tmp_path):
