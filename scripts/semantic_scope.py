@@ -45,7 +45,10 @@ tests/inspect_reference.py's document; ``verify``, its verdict agreeing with the
 reference restore of latest (``check_verify`` says what "agree" is); ``cli``, on every
 ``--cli-every``-th log (200), ``python -m gpu_pitr restore --out x.npz`` of a few
 targets equal to the library's restore, or exit 1 with one line naming the record the
-library's error names; ``compat``, the seed API doing what SPEC section 5 says.
+library's error names; ``compat``, the seed API doing what SPEC section 5 says;
+``warnings``, the categories of ``report.warnings`` and what ``strict=True`` refuses
+equal to tests/reference_warnings.py's model, each log in one of the restore's layouts
+or "gap" (seqs missing between two segments) in turn (``check_warnings``).
 
 Usage: ``nice -n 10 python scripts/semantic_scope.py [--full] [-n N] [--sample K]
 [--start I] [--cuda-every K] [--paths P,...] [--cli-every K] [-v]``. Prints each
@@ -166,6 +169,9 @@ def build(letters: tuple, shape: tuple) -> tuple[LogBuilder, list]:
     for i, x in enumerate(letters):
         if i == split and layout == "split":
             b.new_segment(CREATED + 10)
+        elif i == split and layout == "gap":  # a segment lost between: seqs jump by 4
+            b.new_segment(CREATED + 10)
+            b.seq += 3
         elif i == split and layout == "restart":
             b.reopen(CREATED + 10)
         entry = LETTERS[x](stamp(pattern, i, len(letters)))
@@ -307,8 +313,103 @@ def check_log(root: Path, letters: tuple, index: int, full: bool = False,
     return found, runs
 
 
+#: The layouts of the warnings path: the restore's, and "gap", two segments with
+#: seqs missing between them (a segment lost: records missing inside the log).
+WARN_LAYOUTS = ("one", "split", "restart", "late", "gap")
+
+
+def warn_shapes(n: int, index: int, full: bool) -> list[tuple]:
+    """The shapes of a log of ``n`` records on the warnings path (``shapes``, with
+    ``WARN_LAYOUTS``): one a log, in turn; ``--full``: every one."""
+    every = [(p, lay, k) for p in STAMPS for lay in WARN_LAYOUTS
+             for k in (range(1, n) if lay in ("split", "restart", "gap") else (0,))]
+    if full:
+        return every
+    lay = WARN_LAYOUTS[(index // len(STAMPS)) % len(WARN_LAYOUTS)]
+    if n <= 1 and lay in ("split", "restart", "gap"):
+        lay = "one"
+    k = 1 + (index // 20) % (n - 1) if lay in ("split", "restart", "gap") else 0
+    return [(STAMPS[index % len(STAMPS)], lay, k)]
+
+
+def compare_warnings(wal: str, kw: dict, *, chunk=None, read_after_stop: bool = True
+                     ) -> str | None:
+    """None where the restore's warnings, told apart by category
+    (``reference_warnings.classify``), and what ``strict=True`` does agree with
+    tests/reference_warnings.py's model, else what differs: each category once, none
+    the model does not owe; strict refuses (``TargetNotReachedError``) exactly the
+    categories the model says it refuses, else returns the same warnings; a restore
+    that fails fails alike with strict."""
+    import reference_warnings as rw
+
+    import gpu_pitr
+
+    want = rw.warnings_model(wal, read_after_stop=read_after_stop, **kw)
+    runs = {}
+    for strict in (False, True):
+        try:
+            runs[strict] = (gpu_pitr.restore(wal, backend="cpu", chunk_bytes=chunk,
+                                             read_after_stop=read_after_stop, strict=strict,
+                                             **kw), None)
+        except errors.WalError as e:
+            runs[strict] = (None, e)
+    (got, err), (sgot, serr) = runs[False], runs[True]
+    if want.error is not None:
+        # (Which error, and where: the restore path's comparison.)
+        bad = [f"{'strict ' if s else ''}restored" if e is None else
+               f"{'strict ' if s else ''}{type(e).__name__}: {e}"
+               for s, (_, e) in runs.items()
+               if e is None or type(e).__name__ != want.error.cls]
+        return f"model fails with {want.error.cls}; " + "; ".join(bad) if bad else None
+    if err is not None:
+        return f"model restores; restore raised {type(err).__name__}: {err}"
+    kinds = [rw.classify(t) for t in got.report.warnings]
+    if sorted(kinds) != list(want.categories):
+        return (f"warnings {sorted(kinds)} != model {list(want.categories)}: "
+                f"{got.report.warnings}")[:1200]
+    if want.refused:
+        if not isinstance(serr, errors.TargetNotReachedError):
+            return (f"strict: wanted TargetNotReachedError of {list(want.refused)}, got "
+                    + ("a restore" if serr is None else f"{type(serr).__name__}: {serr}"))
+        named = rw.refused_categories(serr.what)
+        if sorted(named) != list(want.refused):
+            return f"strict refused {named} != model {list(want.refused)}: {serr}"[:1200]
+    elif serr is not None:
+        return f"strict raised {type(serr).__name__}: {serr}; model refuses nothing"
+    elif sgot.report.warnings != got.report.warnings:
+        return f"strict warnings {sgot.report.warnings} != {got.report.warnings}"
+    return None
+
+
+def check_warnings(root: Path, letters: tuple, index: int, full: bool = False
+                   ) -> tuple[list[str], int]:
+    """Every target of the log in its warnings shape (``warn_shapes``), restored with
+    and without ``strict`` (``compare_warnings``); chunk size and reading on past the
+    stop in turn, as ``check_log``. A log whose history starts past seq 0 is restored
+    with ``allow_incomplete_history`` (and, every fourth target, without: the error,
+    strict or not). Returns the disagreements and the count of comparisons."""
+    found, runs = [], 0
+    for shape in warn_shapes(len(letters), index, full):
+        wal, recs = _written(root, letters, shape)
+        late = shape[1] == "late"
+        for j, t in enumerate(targets(recs, index, full)):
+            flag_sets = [{"allow_incomplete_history": True}] if late else [{}]
+            if late and j % 4 == 0:
+                flag_sets.append({})
+            if shape[1] == "restart" and j % 4 == 0:
+                flag_sets.append({"skip_corrupt": True})
+            for flags in flag_sets:
+                chunk, rap = (None, 64)[(index + j) % 2], (index + j) % 3 != 2
+                kw = {**t, **flags}
+                bad = compare_warnings(str(wal), kw, chunk=chunk, read_after_stop=rap)
+                runs += 1
+                if bad:
+                    found.append(_line(letters, shape, kw, chunk, rap, "warnings", bad))
+    return found, runs
+
+
 #: The paths the enumeration can check (``--paths``); the default is ``restore``.
-PATHS = ("restore", "shards", "inspect", "verify", "cli", "compat")
+PATHS = ("restore", "shards", "inspect", "verify", "cli", "compat", "warnings")
 
 
 def check_paths(root: Path, letters: tuple, index: int, paths=("restore",),
@@ -318,7 +419,9 @@ def check_paths(root: Path, letters: tuple, index: int, paths=("restore",),
     out = {}
     if "restore" in paths:
         out["restore"] = check_log(root, letters, index, full, cuda)
-    others = [p for p in paths if p != "restore"]
+    if "warnings" in paths:
+        out["warnings"] = check_warnings(root, letters, index, full)
+    others = [p for p in paths if p not in ("restore", "warnings")]
     if not others:
         return out
     for p in others:
