@@ -1983,10 +1983,11 @@ def restore(
         strict: True: raise ``TargetNotReachedError`` where the state restored may
             not be the one asked for (``--strict``): the log ends before a time
             target, records are missing inside the log up to the stop point (a jump
-            in the sequence numbers), no segment at all, or a base snapshot with no
-            log after it. By default each is a warning in ``report.warnings`` and the
-            index is returned (SPEC section 3: a time past the log's end is its latest
-            state).
+            in the sequence numbers) or in the log a base snapshot covers
+            (``base.missing_seqs``), no segment at all, a base snapshot with no log
+            after it, or a log written before bincode 2 (docs/damage.md). By default
+            each is a warning in ``report.warnings`` and the index is returned (SPEC
+            section 3: a time past the log's end is its latest state).
 
     Returns:
         RestoredIndex with ids sorted by UTF-8 bytes, vectors, metadata, report.
