@@ -83,7 +83,7 @@ from gpu_pitr.plan.commit import (
     WALK_FATAL,
     PlanState,
 )
-from gpu_pitr.plan.seqjumps import SeqJumps
+from gpu_pitr.plan.seqjumps import Restarts, SeqJumps
 from gpu_pitr.report import EMPTY_INDEX_NOTE, RestoreReport
 from gpu_pitr.resolve.idshard import id_shard as parse_id_shard
 from gpu_pitr.snapshot.base import (
@@ -249,6 +249,7 @@ class _Restore:
         # Sequence-number jumps forward (records missing) among the records read up to
         # the stop point: the first one's place, how many, how many records in all.
         self.seq_jumps = SeqJumps()
+        self.restarts = Restarts()  # each record's epoch, for _joined_after_restart
         self.torn_at: dict[int, int] = {}  # segment index -> offset of its torn tail
         self.joined_after_restart: tuple | None = None  # see _joined_after_restart
         self.segments = []
@@ -666,6 +667,8 @@ class _Restore:
         self._stage_next()
         self.timings["decode"] += time.perf_counter() - t
         t = time.perf_counter()
+        if not was_stopped:  # (read by the walk at each BeginTransaction)
+            self.restarts.epochs(c.seq[first:n], c.length[first:n], c.epoch[first:n])
         result, order, events, stop_index = self.plan.walk(c, first, n, target_row)
         self._events(events)
         if self.to_transaction is not None and result != WALK_FATAL and not was_stopped:
@@ -771,7 +774,7 @@ class _Restore:
         keep = self.plan.carry_open(n)
         c = self.cols
         m = len(keep)
-        for name in ("off", "length", "seq", "seg", "foff"):
+        for name in ("off", "length", "seq", "seg", "foff", "epoch"):
             col = getattr(c, name)
             col[:m] = col[keep]
         self.n_carried = m
@@ -906,7 +909,7 @@ class _Restore:
             return
         if not zerofill.is_zero_record(int(last.get("length", 0)) - RECORD_HEADER_SIZE,
                                        int(last_seq)):
-            self.seq_jumps.prev = int(last_seq)
+            self.seq_jumps.prev = self.restarts.prev = int(last_seq)
 
     def _base_judged_next(self) -> bool:
         """Whether the base's stored report says its restore stopped at the record at its
@@ -1138,6 +1141,7 @@ class _Restore:
         at = c.off[:total] - c.off[:total][np.cumsum(records) - records][run_of]
         c.seg[:total] = files[run_of]
         c.foff[:total] = offsets[run_of] + at
+        c.epoch[:total] = 0  # read before the base's position: no restart counted yet
         self.buf = self._alloc(len(blob))
         self.buf[:] = blob
         self.n_carried = self.n_gathered = total
@@ -1233,24 +1237,33 @@ class _Restore:
 
     def _joined_after_restart(self) -> tuple | None:
         """The first transaction open at the end of the log whose records go on past a
-        writer restart (their seq goes back, its BeginTransaction's first: a writer that
-        crashed right after the begin has all its records after the restart), which SPEC
-        section 3 discards with it: a writer that restarted without aborting it. ``(txn,
-        its records, how many after the restart, where the first of those is)``."""
+        writer restart that followed its BeginTransaction, which SPEC section 3 discards
+        with it: a writer that restarted without aborting it. ``(txn, its records, how
+        many after the restart, where the first of those is)``.
+
+        A restart is a record whose seq is not above the one before it in the log,
+        whichever record that is (``Restarts``: each row's epoch against the begin's;
+        the restarted writer's checkpoints or transactions may take the low seqs, and
+        its first record joining the transaction come later, numbered past the
+        transaction's own). For a transaction a base snapshot carried in, restarts are
+        counted from the base's position, and among its records from the base its own
+        seqs going back are the restart."""
         txns, counts = self.plan.open_slots()
         begins = self.plan.open_begin_seqs()
-        seq = self.cols.seq
+        begin_epochs = self.plan.open_begin_epochs()
+        seq, epoch = self.cols.seq, self.cols.epoch
         start = 0
-        for txn, count, begin in zip(txns.tolist(), counts.tolist(), begins.tolist(),
-                                     strict=True):
-            rows = seq[start:start + count]
-            known = begin != int(UNKNOWN_SEQ)
-            if known:  # the restart may come before its first record, right after begin
-                rows = np.concatenate([np.array([begin], np.uint64), rows])
-            back = np.flatnonzero(rows[1:] <= rows[:-1])
-            if len(back):
-                # (with the begin in front, rows[k] is the chunk's row start + k - 1)
-                first = start + int(back[0]) + (0 if known else 1)
+        for txn, count, begin, begin_epoch in zip(txns.tolist(), counts.tolist(),
+                                                  begins.tolist(), begin_epochs.tolist(),
+                                                  strict=True):
+            after = np.flatnonzero(epoch[start:start + count] > np.uint64(begin_epoch))
+            first = start + int(after[0]) if len(after) else None
+            if begin == int(UNKNOWN_SEQ):
+                rows = seq[start:start + count]
+                back = np.flatnonzero(rows[1:] <= rows[:-1])
+                if len(back) and (first is None or start + int(back[0]) + 1 < first):
+                    first = start + int(back[0]) + 1
+            if first is not None:
                 return txn, count, start + count - first, self._where(first)
             start += count
         return None
@@ -2274,8 +2287,9 @@ def _restore_warnings(run: _Restore, report: RestoreReport, target: dict,
         txn, total, after, w = run.joined_after_restart
         out.append(
             f"transaction {txn} is still open at the end of the log, and {after} of its "
-            f"{total} records come after a writer restart (the seq goes back to {w['seq']} "
-            f"at {Path(w['file']).name} offset {w['offset']}): they are discarded with it "
+            f"{total} records come after a writer restart (the first of them: seq "
+            f"{w['seq']} at {Path(w['file']).name} offset {w['offset']}): they are "
+            "discarded with it "
             "(SPEC section 3: in flight at a crash). A writer that restarts should first "
             "abort the transactions it had open; `gpu-pitr verify` lists those open at "
             "the end of the log")

@@ -50,7 +50,7 @@ def _assert_joined_warning(d, backend, total: int, after: int, first) -> None:
         (w,) = _warned(got, "still open at the end of the log")
         assert w.startswith(
             f"transaction 7 is still open at the end of the log, and {after} of its "
-            f"{total} records come after a writer restart (the seq goes back to 0 at "
+            f"{total} records come after a writer restart (the first of them: seq 0 at "
             f"wal-0000000005f5e200.log offset {first.offset}): they are discarded with it")
 
 
@@ -578,7 +578,7 @@ def test_a_restart_joined_by_the_later_of_two_open_transactions_is_counted_in_it
         (w,) = _warned(got, "still open at the end of the log")
         assert w.startswith(
             "transaction 9 is still open at the end of the log, and 2 of its 3 records come "
-            f"after a writer restart (the seq goes back to 0 at wal-0000000005f5e200.log "
+            f"after a writer restart (the first of them: seq 0 at wal-0000000005f5e200.log "
             f"offset {first.offset}): they are discarded with it")
     b = LogBuilder()
     b.add(Begin(7, ts=T))                 # seq 0
@@ -592,7 +592,7 @@ def test_a_restart_joined_by_the_later_of_two_open_transactions_is_counted_in_it
     (w,) = _warned(got, "still open at the end of the log")
     assert w.startswith(
         "transaction 7 is still open at the end of the log, and 1 of its 2 records come "
-        f"after a writer restart (the seq goes back to 1 at wal-0000000005f5e200.log "
+        f"after a writer restart (the first of them: seq 1 at wal-0000000005f5e200.log "
         f"offset {again.offset})")
 
 

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from workloads import Begin, Ckpt, Commit, Ins, LogBuilder
 
+import gpu_pitr
 from gpu_pitr import pipeline
 
 _SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "semantic_scope.py"
@@ -157,16 +158,16 @@ _AFTER_RESTART = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="the restore tells a writer restart by the seqs of "
-                   "the transaction's own records alone (warnscope finding)")
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
 @pytest.mark.parametrize("after_restart", list(_AFTER_RESTART))
-def test_a_restart_seen_only_in_other_records_is_warned_of(tmp_path, after_restart):
+def test_a_restart_seen_only_in_other_records_is_warned_of(tmp_path, after_restart, backend):
     """Transaction 7 is open at the end of the log and record x, written after a writer
     restart, joins it (SPEC section 3) and is discarded with it: docs/semantics.md says
-    the restore warns. But the records after the restart that take the low seqs are not
-    7's own, so 7's seqs (its begin's, then its records') never go back, and the restore
-    says nothing. The model sees the restart in the log's seqs.
-    ``scripts/semantic_scope.py --paths warnings`` finds 59 such restores, of 9 logs."""
+    the restore warns. The records after the restart that take the low seqs are not
+    7's own, so 7's seqs (its begin's, then its records') never go back: the restore
+    said nothing (``scripts/semantic_scope.py --paths warnings`` found 59 such
+    restores, of 9 logs). It now counts restarts in the log's seqs, whichever record
+    shows one (``seqjumps.Restarts``)."""
     b = LogBuilder()
     b.add(Begin(7, ts=100))              # seq 0
     if after_restart != "a begin of it again":
@@ -174,7 +175,46 @@ def test_a_restart_seen_only_in_other_records_is_warned_of(tmp_path, after_resta
     b.reopen(created=0x5F5E200)          # restarted: seq from 0 again
     for entry in _AFTER_RESTART[after_restart]:
         b.add(entry)
-    b.add(Ins("x", V, ts=105))           # in 7, after the restart
+    x = b.add(Ins("x", V, ts=105))       # in 7, after the restart
     wal = b.write(tmp_path / "wal")
     assert rw.warnings_model(wal).categories == ("joined_after_restart",)
     assert semantic_scope.compare_warnings(wal, {}) is None
+    got = gpu_pitr.restore(wal, backend=backend, chunk_bytes=64)
+    (text,) = got.report.warnings
+    own = 1 if after_restart == "a begin of it again" else 2
+    assert text.startswith(
+        f"transaction 7 is still open at the end of the log, and 1 of its {own} records "
+        f"come after a writer restart (the first of them: seq {x.seq} at "
+        f"{os.path.basename(x.file)} offset {x.offset})")
+
+
+@pytest.mark.parametrize("reopened", [True, False], ids=["new segment", "same segment"])
+def test_a_restart_after_a_bases_position_is_warned_of_too(tmp_path, reopened):
+    """Transaction 7 open at a snapshot's position, carried in by it (its begin not
+    read by the restore from it): the restarted writer's checkpoints take seqs 0-2 and
+    x, seq 3, is past 7's own records' seqs. The restore from the base warns as the
+    restore of the whole log does, counting the restart at the base's position."""
+    from gpu_pitr import snapshot
+
+    b = LogBuilder()
+    b.add(Begin(7, ts=100))
+    b.add(Ins("t", V, ts=101))
+    b.add(Ins("u", V, ts=101))  # seq 2: the base's last record
+    if reopened:
+        b.reopen(created=0x5F5E200)
+    else:
+        b.seq = 0  # the writer numbering from 0 again in the same file
+    for k in range(3):
+        b.add(Ckpt(5 + k, ts=102))
+    x = b.add(Ins("x", V, ts=105))
+    wal = b.write(tmp_path / "wal")
+    snapshot.save(gpu_pitr.restore(wal, backend="cpu", to_seq=2), tmp_path / "snap")
+    whole = gpu_pitr.restore(wal, backend="cpu").report.warnings
+    got = gpu_pitr.restore(wal, backend="cpu", base=tmp_path / "snap").report
+    assert got.base is not None and got.records_read == 4
+    assert got.warnings == whole
+    (text,) = whole
+    assert text.startswith(
+        "transaction 7 is still open at the end of the log, and 1 of its 3 records come "
+        f"after a writer restart (the first of them: seq 3 at {os.path.basename(x.file)} "
+        f"offset {x.offset})")

@@ -26,6 +26,9 @@ RECORD_COLUMNS = {
     "nent": np.int64,
     "stop": np.int64,
     "efirst": np.int64,
+    # Writer restarts (a seq not above the one before it) read up to and including this
+    # record: set by the restore before its plan walk (``seqjumps.Restarts``).
+    "epoch": np.uint64,
 }
 
 ENTRY_COLUMNS = {

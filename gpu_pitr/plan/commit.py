@@ -53,9 +53,10 @@ N_COUNTERS = 3
 
 @njit(cache=True, nogil=True, **NO_REFCOUNTS)
 def _walk(
-    first, n, kind, ts, aux, status, seq,
+    first, n, kind, ts, aux, status, seq, epoch,
     mode, t_lim, exclusive, target_seq, target_txn, target_row, skip_corrupt, stopped_in,
-    s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, stack, n_slots_in, top_in,
+    s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, s_bepoch, stack, n_slots_in,
+    top_in,
     next_rec, order, events, counters, ts_max, h_txn, h_slot, h_seed,
 ):
     """Walk records ``first..n-1`` of a chunk (``0..first-1`` are carried ones).
@@ -140,6 +141,7 @@ def _walk(
                     s_head[s] = -1
                     s_tail[s] = -1
                     s_bseq[s] = seq[i]
+                    s_bepoch[s] = epoch[i]
                     stack[top] = s
                     top += 1
                     _put_open(aux[i], s, s_open, h_txn, h_slot, h_seed)
@@ -342,7 +344,7 @@ class PlanState:
             self._next_rows = np.empty(max(n, 2 * len(self._next_rows)), np.int64)
         next_rec = self._next_rows[:n]
         next_rec.fill(-1)
-        s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq = self._slots
+        s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, s_bepoch = self._slots
         stack = self._stack
         order = np.empty(n, np.int64)
         events = np.empty((n - first + 1, 2), np.int64)
@@ -354,12 +356,12 @@ class PlanState:
         h_txn, h_slot = self._h_txn[:size], self._h_slot[:size]
         h_slot.fill(-1)
         result, n_order, n_events, stopped, stop_index, top = _walk(
-            first, n, cols.kind, cols.ts, cols.aux, cols.status, cols.seq,
+            first, n, cols.kind, cols.ts, cols.aux, cols.status, cols.seq, cols.epoch,
             self.mode, self.t_lim, self.exclusive, self.target_seq, self.target_txn,
             np.int64(target_row), self.skip_corrupt,
             self.stopped,
-            s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, stack, self._top,
-            self._top,
+            s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, s_bepoch, stack,
+            self._top, self._top,
             next_rec, order, events, self.counters, self._ts_max, h_txn, h_slot, HOME_SEED,
         )
         self._top = top
@@ -401,6 +403,13 @@ class PlanState:
         them; ``UNKNOWN_SEQ`` for one a base snapshot carried in (``seed_open``)."""
         return self._slots[6][: self._top].copy()
 
+    def open_begin_epochs(self) -> np.ndarray:
+        """The ``epoch`` column's value at each open transaction's BeginTransaction (the
+        writer restarts read before it and at it), as ``open_slots`` orders them; 0 for
+        one a base snapshot carried in (``seed_open``), as restarts are counted from
+        the base's position on."""
+        return self._slots[7][: self._top].copy()
+
     def seed_open(self, txns, counts) -> None:
         """Start with these transactions open, their records carried as rows 0.. ."""
         k = len(txns)
@@ -411,6 +420,7 @@ class PlanState:
         slots[2][:] = np.cumsum(counts) - counts
         slots[3][:] = counts
         slots[6][:] = UNKNOWN_SEQ
+        slots[7][:] = 0
         self._slots = slots
         self._stack = np.arange(k, dtype=np.int64)
         self._top = k
@@ -421,7 +431,7 @@ class PlanState:
             self._ts_max[:] = (1, max_timestamp, last_timestamp or 0)
 
     def _compact_open(self, n: int) -> np.ndarray:
-        s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, _s_bseq = self._slots
+        s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, _s_bseq, _s_bepoch = self._slots
         out = np.empty(n, np.int64)
         m = _open_records(s_open, s_cstart, s_ccount, s_head, self._stack, self._top,
                           self._next, out)
@@ -446,6 +456,7 @@ def _empty_slots(cap):
         np.full(cap, -1, np.int64),
         np.full(cap, -1, np.int64),
         np.full(cap, UNKNOWN_SEQ, np.uint64),  # the seq of the transaction's begin
+        np.zeros(cap, np.uint64),  # the epoch (restarts read) at its begin
     )
 
 

@@ -69,3 +69,41 @@ class SeqJumps:
             return None
         self.first = (int(before[0]), int(after[0]))
         return int(at[0])
+
+
+@njit(cache=True, nogil=True)
+def _epochs(seq, length, prev, has_prev, count, out):
+    """``out[i]``: ``count`` plus the writer restarts among records ``0..i`` (a record
+    with a seq not above the seq before it; zero-filled records take no part). Returns
+    ``(count, the last seq seen, whether any was)`` after them."""
+    for i in range(len(seq)):
+        q = seq[i]
+        if not zerofill.is_zero_record(length[i], q):
+            if has_prev and q <= prev:
+                count += np.uint64(1)
+            prev = q
+            has_prev = True
+        out[i] = count
+    return count, prev, has_prev
+
+
+class Restarts:
+    """Writer restarts in log order, counted from where the restore starts reading: each
+    record gets the count up to and including it (its epoch), so that two records with
+    a restart between them differ. A transaction open at the end of the log whose
+    records come after a restart that followed its begin was left open by a writer
+    that crashed (``pipeline._joined_after_restart``), whichever records took the
+    restarted writer's low seqs."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.prev: int | None = None  # the seq of the last record fed (not a zero one)
+
+    def epochs(self, seq: np.ndarray, length: np.ndarray, out: np.ndarray) -> None:
+        """Fill ``out`` with the epochs of the next records in log order."""
+        count, last, seen = _epochs(np.asarray(seq, np.uint64), length,
+                                    np.uint64(self.prev or 0), self.prev is not None,
+                                    np.uint64(self.count), out)
+        self.count = int(count)
+        if seen:
+            self.prev = int(last)
