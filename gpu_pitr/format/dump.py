@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import operator
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -114,11 +115,13 @@ def wal_records(
     ``outcome`` (``committed``, ``aborted`` or ``open``: still open at the end of the
     log, so discarded as in flight) and ``end`` (``file``, ``offset``, ``seq``,
     ``timestamp`` of its Commit or Abort, or None), as ``wal_transactions`` gives that
-    use of the id (a transaction ends after its records, so this takes a first pass
-    over the log, the transaction walk without the codec: only with ``id``). Ids
-    match by their UTF-8 bytes exactly (the 64-bit id key only finds the candidates in
-    compiled code, each confirmed byte for byte; an id that is not valid Unicode text,
-    a lone surrogate, is in no log and matches nothing). Damage is left out,
+    use of the id (a transaction ends after its records: one pass over the log holds
+    back a record whose transaction has not ended yet, and those listed after it, until
+    it ends; past ``HOLD_ENTRIES`` held, a second pass from the start finds the
+    outcomes instead: ``_id_history``). Ids match by their UTF-8 bytes exactly (the
+    64-bit id key only finds the candidates in compiled code, each confirmed byte for
+    byte; an id that is not valid Unicode text, a lone surrogate, is in no log and
+    matches nothing). Damage is left out,
     undecodable records included: no id can be read from one. ``limit`` stops after
     that many items. The filters combine: a record is listed when every filter given
     keeps it.
@@ -147,14 +150,11 @@ def wal_records(
     by_time = since is not None or until is not None
     left = limit
     txns = _Transactions(listing=False)
-    outcomes = None
-    if wanted is not None:  # a first pass: how the listed records' transactions end
-        outcomes = _outcomes(
-            segments, chunk_bytes,
-            lambda item, c, owned, owner, among: _kept(
-                item, c, owned, owner, since, until, first_seq, last_seq, by_time,
-                transaction, wanted, among)[0],
-            limit)
+
+    def listed(item, cols, owners, outcomes):
+        """The records of one piece the filters keep (``_piece``)."""
+        return _piece(item, segments[item.segment].name, cols, since, until, first_seq,
+                      last_seq, by_seq, by_time, owners, transaction, wanted, outcomes)
 
     def pieces():
         for item, cols in _parsed_pieces(segments, chunk_bytes):
@@ -164,10 +164,7 @@ def wal_records(
                     yield _damage(segments[item.segment].name, offset, None, kind, what,
                                   nbytes)
             else:
-                yield from _piece(item, segments[item.segment].name, cols, since, until,
-                                  first_seq, last_seq, by_seq, by_time,
-                                  txns.owners(item, item.segment, cols), transaction,
-                                  wanted, outcomes)
+                yield from listed(item, cols, txns.owners(item, item.segment, cols), None)
                 if item.torn is not None and not (by_seq or by_time):
                     at, lost = item.torn
                     doc = _damage(segments[item.segment].name, at, None, "torn_tail", None,
@@ -177,7 +174,15 @@ def wal_records(
                         doc.update(size_now=size, what=in_progress(size))
                     yield doc
 
-    for doc in _zero_runs_joined(pieces()):
+    items = pieces()
+    if wanted is not None:  # (no damage listed: ``by_seq``)
+        items = _id_history(
+            segments, chunk_bytes, listed,
+            lambda item, c, owned, owner, among: _kept(
+                item, c, owned, owner, since, until, first_seq, last_seq, by_time,
+                transaction, wanted, among)[0],
+            limit)
+    for doc in _zero_runs_joined(items):
         yield doc
         if left is not None:
             left -= 1
@@ -846,7 +851,7 @@ def _piece(item, name, cols, since, until, first_seq, last_seq, by_seq, by_time,
     to a chunk of records, and the dicts of 800,000 small ones held at once took
     0.7 GB. ``wanted``: the ids of the ``id`` filter (``_WantedIds``), or None;
     ``outcomes``: with it, how each transaction that holds a record kept ended
-    (``_outcomes``)."""
+    (``_Ends.of``: the outcome, or a ``_Pending`` for ``_id_history`` to fill in)."""
     n = item.n
     if n:
         owned, owner, begin = owners
@@ -975,12 +980,14 @@ class _Outcomes:
 
 def _outcomes(segments: list, chunk_bytes: int | None, select, limit: int | None
               ) -> _Outcomes:
-    """The first pass of ``wal_records`` with an ``id`` filter: the log walked under
-    SPEC section 3's rules (``_txn_walk``, as ``wal_transactions`` walks it, without
-    its counts), to find how each transaction that holds a record the listing will
-    keep ends. A record is listed before its transaction's Commit or Abort is read,
-    so the listing cannot say it in the same pass without holding the record back
-    until then (to the end of the log, for one open there: unbounded). ``select(item,
+    """A pass of its own over the log for ``wal_records`` with an ``id`` filter, once
+    ``_id_history`` holds back more than ``HOLD_ENTRIES``: the log walked under SPEC
+    section 3's rules (``_txn_walk``, as ``wal_transactions`` walks it, without its
+    counts), to find how each transaction that holds a record the listing keeps ends.
+    A record is listed before its transaction's Commit or Abort is read, so the listing
+    says it in the same pass only by holding the record back until then (to the end of
+    the log, for one open there: ``_id_history``'s bound); this pass holds a few numbers
+    a transaction instead, and reads the log once more. ``select(item,
     c, owned, owner, among)``: ``_kept``'s ``keep`` with the listing's filters;
     ``limit``: the records the listing stops after, so this pass stops once their
     transactions are known. Holds only the transactions of kept records: those still
@@ -1025,6 +1032,155 @@ def _outcomes(segments: list, chunk_bytes: int | None, select, limit: int | None
         if left == 0 and not len(waiting):
             break  # (the rest of the log holds nothing the listing prints)
     return _Outcomes(segments, ended, waiting)  # (waiting: open at the end, if read)
+
+
+#: How many entries (a record one, a batch one and one for each entry it holds at any
+#: depth) ``_id_history`` holds back, waiting for a transaction's end, before it reads
+#: the log once more for the outcomes instead (``_outcomes``). An entry's dict took
+#: 0.7 KB (tracemalloc, 20,000 records of ``synth.write_synthetic_wal``'s log, their
+#: metadata included), so about 12 MB held; more where metadata is large.
+HOLD_ENTRIES = 1 << 14
+
+
+class _Pending:
+    """``transaction_outcome`` of a record whose transaction has not ended where the log
+    has been read to: its Begin's place (``[segment, file offset]``) and ``_begin_keys``
+    key. ``_id_history`` replaces it before the record is handed out."""
+
+    __slots__ = ("begin", "key")
+
+    def __init__(self, begin: np.ndarray, key: int) -> None:
+        self.begin = begin.copy()
+        self.key = key
+
+
+class _Ends:
+    """Where the transactions ended in the piece last walked (``_Transactions`` end
+    events), by their Begins' places (``_begin_keys``), for ``_id_history``; or, once it
+    has fallen back to reading the log twice, ``table`` (``_outcomes``)."""
+
+    def __init__(self, segments: list) -> None:
+        self.span = _span(segments)
+        self.names = [s.name for s in segments]
+        self.table: _Outcomes | None = None
+        self.piece([], 0)
+
+    def piece(self, ends: list[tuple], seg: int) -> None:
+        """The ends of one piece (of segment ``seg``): ``(key, kind, offset, seq,
+        stamp)`` column tuples, one per stop of its walk."""
+        cols = ([np.concatenate(col) for col in zip(*ends, strict=True)] if ends else
+                [np.zeros(0, t) for t in (np.int64, np.int64, np.int64, np.uint64,
+                                          np.uint64)])
+        by = np.argsort(cols[0], kind="stable")
+        self.key, self.kind, self.off, self.seq, self.ts = (col[by] for col in cols)
+        self.seg = seg
+
+    def outcome(self, j: int) -> dict:
+        """``transaction_outcome`` of the transaction of end ``j``, as ``_Outcomes.of``."""
+        return {"outcome": _OUTCOME[int(self.kind[j])],
+                "end": {"file": self.names[self.seg], "offset": int(self.off[j]),
+                        "seq": int(self.seq[j]), "timestamp": int(self.ts[j])}}
+
+    def of(self, begin: np.ndarray):
+        """``_piece``'s outcome of the transaction whose Begin is at ``begin``: the
+        table's, once fallen back to it; its end if it ended in this piece (after the
+        record: a transaction ends after its records); else a ``_Pending``."""
+        if self.table is not None:
+            return self.table.of(begin)
+        key = int(_begin_keys(self.span, begin[:1], begin[1:])[0])
+        j = int(np.searchsorted(self.key, key))
+        if j < len(self.key) and self.key[j] == key:
+            return self.outcome(j)
+        return _Pending(begin, key)
+
+
+def _id_history(segments: list, chunk_bytes: int | None, listed, select,
+                limit: int | None) -> Iterator[dict]:
+    """``wal_records``' items with an ``id`` filter, each record in a transaction with
+    how that transaction ends (``transaction_outcome``), in one pass over the log where
+    it can: the listing's transaction walk (``_txn_walk``, with its end events) finds
+    the ends as it goes, and a record whose transaction is still open at the end of its
+    piece is held back, with every record listed after it (the order is the log's),
+    until that transaction ends (or the log does: ``open``). Memory: what is held, the
+    records of the ids from the first one in a transaction not yet ended on; the
+    transactions' ends are kept for one piece. Past ``HOLD_ENTRIES`` held (an id's
+    record in a transaction that a crash left open early in the log holds every later
+    one to the end), the log is read once more from its start for the outcomes of every
+    record the listing keeps (``_outcomes``, what every ``--id`` listing did before),
+    the held records are given theirs and the listing goes on from where it is: two
+    reads at most, as before, and memory as before (the outcomes of the kept records'
+    transactions). ``listed(item, cols, owners, outcomes)``: ``_piece`` with the
+    filters; ``select``: ``_kept``'s ``keep`` (``_outcomes``' argument); ``limit``:
+    the records to list at most, after which the log is read only as far as the ends
+    of the held ones."""
+    txns = _Transactions(counts=False)  # no rows listed: only its ends are used
+    ends = _Ends(segments)
+    queue: deque = deque()  # (doc, entries) to hand out, in log order
+    pending: dict[int, list] = {}  # a Begin's key -> the held records in its transaction
+    held = 0  # entries in ``queue``
+    left = limit
+
+    def flush():
+        nonlocal held
+        while queue and not isinstance(queue[0][0].get("transaction_outcome"), _Pending):
+            doc, size = queue.popleft()
+            held -= size
+            yield doc
+
+    for item, c in _parsed_pieces(segments, chunk_bytes):
+        if item.problem is not None:
+            continue
+        n = item.n
+        found = []
+        for m, foff in txns._walk(item, item.segment, c):
+            ev = txns.ev_i[:m]
+            at = ev[ev[:, 0] == _EV_ENDED]
+            rows = at[:, 1]
+            found.append((_begin_keys(ends.span, at[:, 3], at[:, 4]), at[:, 2], foff[rows],
+                          item.seq[rows], c.ts[rows]))
+        ends.piece(found, item.segment)
+        if pending and len(ends.key):
+            for j in np.flatnonzero(np.isin(ends.key, np.fromiter(pending, np.int64))):
+                for doc in pending.pop(int(ends.key[j])):
+                    doc["transaction_outcome"] = ends.outcome(j)
+        yield from flush()
+        if left == 0:
+            if not pending:
+                return  # (the rest of the log holds nothing listed)
+            continue
+        owners = (txns.owned[:n], txns.owner[:n], txns.owner_begin[:n])
+        for doc in listed(item, c, owners, ends):
+            entries = 1 + len(doc["entry"].get("entries", ()))
+            queue.append((doc, entries))
+            held += entries
+            outcome = doc.get("transaction_outcome")
+            if isinstance(outcome, _Pending):
+                pending.setdefault(outcome.key, []).append(doc)
+            if pending and held > HOLD_ENTRIES:
+                ends.table = _outcomes(segments, chunk_bytes, select, limit)
+                for docs in pending.values():
+                    for waiting in docs:
+                        _resolved(waiting, ends.table)
+                pending.clear()
+            yield from flush()
+            if left is not None:
+                left -= 1
+                if left == 0:
+                    break
+    for docs in pending.values():  # still open at the end of the log
+        for doc in docs:
+            doc["transaction_outcome"] = {"outcome": "open", "end": None}
+    yield from flush()
+
+
+def _resolved(doc: dict, table: _Outcomes) -> None:
+    """A held record's outcome from ``_outcomes``' table (none: not looked for, as
+    ``_piece`` leaves it without one)."""
+    outcome = table.of(doc["transaction_outcome"].begin)
+    if outcome is None:
+        del doc["transaction_outcome"]
+    else:
+        doc["transaction_outcome"] = outcome
 
 
 @njit(cache=True, nogil=True)
