@@ -31,8 +31,15 @@ a shared 2-vCPU VM): every log of 0 and 1 records, every 5th of 2 records and ev
 of 3 (``semantic_scope.logs(3)``, each in the shape ``semantic_scope.shapes`` gives its
 index); ``--full``: every log of up to 3 records (hours).
 
+``--warnings``: instead, each damaged log's warnings and what ``strict=True`` refuses
+against tests/reference_warnings.py's model (``semantic_scope.compare_warnings``): the
+latest state, the seq target and the time target, each with and without
+``skip_corrupt`` (and ``allow_incomplete_history`` where the reference refuses for
+incomplete history), chunk sizes and reading on past the stop in turn (the default
+logs: 23,040 damaged, 138,240 comparisons, each two restores and the model).
+
 Usage: ``nice -n 10 python scripts/damage_scope.py [--full] [--stride2 K] [--stride3 K]
-[--offset I] [--cuda-every K] [-v]``; one damaged log again, every restore printed:
+[--offset I] [--cuda-every K] [--warnings] [-v]``; one damaged log again, every restore printed:
 ``python scripts/damage_scope.py --log 'Ia B1' --shape rise/split/1 --damage
 set:wal-0000000005f5e100.log:17:0x00``. Prints each disagreement with its reproducer
 and a count; exits 1 if any.
@@ -303,6 +310,31 @@ def check_log(root: Path, letters: tuple, index: int, shape: tuple, c: Counter,
                 c.found.append(_line(letters, shape, key, kw, None, True, "cuda", bad))
 
 
+def check_warnings_log(root: Path, letters: tuple, index: int, shape: tuple, c: Counter,
+                       every: int = 1) -> None:
+    """Every damage of one log (``every``: every K-th only), its warnings and ``strict``
+    against the model (``--warnings``); ``c.restores`` counts the comparisons."""
+    b, recs0 = ss.build(letters, shape)
+    files = {k: bytes(v) for k, v in b.files.items()}
+    wal = root / "wal"
+    write_dir(wal, files)
+    seqs = [r[2] for r in recs0] or [0]
+    for key, new in itertools.islice(damages(files, boundaries(str(wal))), 0, None, every):
+        v = c.variants
+        c.variants += 1
+        write_dir(wal, new)
+        for t in ({}, {"to_seq": seqs[(index + v) % len(seqs)]}, {"to_time": v % 4}):
+            for flags in ({}, {"skip_corrupt": True}):
+                kw = {**t, **flags}
+                if reference.restore(str(wal), **kw).outcome == "IncompleteHistoryError":
+                    kw["allow_incomplete_history"] = True
+                chunk, rap = (None, 64)[(v + c.restores) % 2], (v + c.restores) % 3 != 2
+                bad = ss.compare_warnings(str(wal), kw, chunk=chunk, read_after_stop=rap)
+                c.restores += 1
+                if bad:
+                    c.found.append(_line(letters, shape, key, kw, chunk, rap, "cpu", bad))
+
+
 def _line(letters, shape, key, kw, chunk, rap, backend, what) -> str:
     return (f"[{' '.join(letters)}] shape={'/'.join(map(str, shape))} damage={key} "
             f"target={kw} backend={backend} chunk_bytes={chunk} read_after_stop={rap}\n"
@@ -321,6 +353,8 @@ def main(argv=None) -> int:
                     help="the logs of 2 and 3 records from the I-th on (another slice)")
     ap.add_argument("--cuda-every", type=int, default=200, metavar="K",
                     help="the cuda executor on every K-th damaged log (0: never)")
+    ap.add_argument("--warnings", action="store_true",
+                    help="compare the warnings and strict with the model instead")
     ap.add_argument("--log", help="one log: its letters, space-separated")
     ap.add_argument("--shape", help="with --log: STAMPS/LAYOUT/SPLIT, e.g. rise/split/1")
     ap.add_argument("--damage", help="with --log: one damage key; every restore printed")
@@ -338,17 +372,24 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as d:
         for n, (index, letters, shape) in enumerate(todo):
             before = len(c.found)
-            check_log(Path(d), letters, index, shape, c, args.cuda_every, args.damage,
-                      verbose=args.damage is not None)
+            if args.warnings:
+                check_warnings_log(Path(d), letters, index, shape, c)
+            else:
+                check_log(Path(d), letters, index, shape, c, args.cuda_every, args.damage,
+                          verbose=args.damage is not None)
             for line in c.found[before:]:
                 print(line, flush=True)
             if args.v and (n + 1) % 10 == 0:
                 print(f"... {n + 1}/{len(todo)} logs, {c.variants} damaged, {c.restores} "
                       f"restores, {len(c.found)} disagreements, "
                       f"{time.monotonic() - t0:.0f} s", flush=True)
-    print(f"{len(todo)} logs, {c.variants} damaged logs, {c.restores} restores "
-          f"({c.cuda} on cuda; {c.refused} refused, their messages checked), "
-          f"{len(c.found)} disagreements, {time.monotonic() - t0:.0f} s")
+    if args.warnings:
+        print(f"warnings: {len(todo)} logs, {c.variants} damaged logs, {c.restores} "
+              f"comparisons, {len(c.found)} disagreements, {time.monotonic() - t0:.0f} s")
+    else:
+        print(f"{len(todo)} logs, {c.variants} damaged logs, {c.restores} restores "
+              f"({c.cuda} on cuda; {c.refused} refused, their messages checked), "
+              f"{len(c.found)} disagreements, {time.monotonic() - t0:.0f} s")
     return 1 if c.found else 0
 
 

@@ -129,3 +129,26 @@ def test_a_wrong_answer_or_a_crash_is_a_disagreement(tmp_path, monkeypatch):
     assert damage_scope.message_disagrees(here, at) is None
     there = errors.TargetNotFoundError("position target", file=SEG, offset=16)
     assert "no offset in [31, 32)" in damage_scope.message_disagrees(there, at)
+
+
+def test_damaged_small_logs_warn_as_the_model_says(tmp_path, monkeypatch):
+    """``--warnings``: a slice of one log's damages, their warnings and strict's refusals
+    against tests/reference_warnings.py's model; and the check is not vacuous: a restore
+    that drops its warnings disagrees."""
+    from gpu_pitr import pipeline
+
+    log = (("Ia", "B1", "Ia"), 0, ("rise", "split", 1))
+    c = damage_scope.Counter()
+    damage_scope.check_warnings_log(tmp_path, *log, c, every=40)
+    assert c.variants > 5 and c.restores == 6 * c.variants
+    assert not c.found, "\n".join(c.found)
+    real = pipeline._restore_warnings
+
+    def silent(*args, **kw):
+        real(*args, **kw)
+        return []
+
+    monkeypatch.setattr(pipeline, "_restore_warnings", silent)
+    c = damage_scope.Counter()
+    damage_scope.check_warnings_log(tmp_path, *log, c, every=40)
+    assert c.found and "--damage" in c.found[0]
