@@ -381,7 +381,8 @@ def main(argv=None) -> int:
                 print(line, flush=True)
             if args.v and (n + 1) % 10 == 0:
                 print(f"... {n + 1}/{len(todo)} logs, {c.variants} damaged, {c.restores} "
-                      f"restores, {len(c.found)} disagreements, "
+                      f"{'comparisons' if args.warnings else 'restores'}, "
+                      f"{len(c.found)} disagreements, "
                       f"{time.monotonic() - t0:.0f} s", flush=True)
     if args.warnings:
         print(f"warnings: {len(todo)} logs, {c.variants} damaged logs, {c.restores} "
