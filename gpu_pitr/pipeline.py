@@ -79,7 +79,7 @@ from gpu_pitr.plan.commit import (
     EV_DAMAGE_AFTER_STOP,
     EV_END_NOT_OPEN,
     EV_SKIPPED,
-    UNKNOWN_SEQ,
+    UNKNOWN_BEGIN,
     WALK_FATAL,
     PlanState,
 )
@@ -1249,16 +1249,16 @@ class _Restore:
         counted from the base's position, and among its records from the base its own
         seqs going back are the restart."""
         txns, counts = self.plan.open_slots()
-        begins = self.plan.open_begin_seqs()
-        begin_epochs = self.plan.open_begin_epochs()
+        begins = self.plan.open_begin_epochs()
         seq, epoch = self.cols.seq, self.cols.epoch
         start = 0
-        for txn, count, begin, begin_epoch in zip(txns.tolist(), counts.tolist(),
-                                                  begins.tolist(), begin_epochs.tolist(),
-                                                  strict=True):
-            after = np.flatnonzero(epoch[start:start + count] > np.uint64(begin_epoch))
+        for txn, count, begin in zip(txns.tolist(), counts.tolist(), begins.tolist(),
+                                     strict=True):
+            carried = begin == int(UNKNOWN_BEGIN)  # (restarts counted from the base on)
+            after = np.flatnonzero(epoch[start:start + count] > np.uint64(0 if carried
+                                                                          else begin))
             first = start + int(after[0]) if len(after) else None
-            if begin == int(UNKNOWN_SEQ):
+            if carried:
                 rows = seq[start:start + count]
                 back = np.flatnonzero(rows[1:] <= rows[:-1])
                 if len(back) and (first is None or start + int(back[0]) + 1 < first):

@@ -55,8 +55,7 @@ N_COUNTERS = 3
 def _walk(
     first, n, kind, ts, aux, status, seq, epoch,
     mode, t_lim, exclusive, target_seq, target_txn, target_row, skip_corrupt, stopped_in,
-    s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, s_bepoch, stack, n_slots_in,
-    top_in,
+    s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bepoch, stack, n_slots_in, top_in,
     next_rec, order, events, counters, ts_max, h_txn, h_slot, h_seed,
 ):
     """Walk records ``first..n-1`` of a chunk (``0..first-1`` are carried ones).
@@ -140,7 +139,6 @@ def _walk(
                     s_ccount[s] = 0
                     s_head[s] = -1
                     s_tail[s] = -1
-                    s_bseq[s] = seq[i]
                     s_bepoch[s] = epoch[i]
                     stack[top] = s
                     top += 1
@@ -344,7 +342,7 @@ class PlanState:
             self._next_rows = np.empty(max(n, 2 * len(self._next_rows)), np.int64)
         next_rec = self._next_rows[:n]
         next_rec.fill(-1)
-        s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, s_bepoch = self._slots
+        s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bepoch = self._slots
         stack = self._stack
         order = np.empty(n, np.int64)
         events = np.empty((n - first + 1, 2), np.int64)
@@ -360,8 +358,8 @@ class PlanState:
             self.mode, self.t_lim, self.exclusive, self.target_seq, self.target_txn,
             np.int64(target_row), self.skip_corrupt,
             self.stopped,
-            s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bseq, s_bepoch, stack,
-            self._top, self._top,
+            s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, s_bepoch, stack, self._top,
+            self._top,
             next_rec, order, events, self.counters, self._ts_max, h_txn, h_slot, HOME_SEED,
         )
         self._top = top
@@ -398,17 +396,11 @@ class PlanState:
         top = self._top
         return self._slots[0][:top].copy(), self._slots[3][:top].copy()
 
-    def open_begin_seqs(self) -> np.ndarray:
-        """The seq of each open transaction's BeginTransaction, as ``open_slots`` orders
-        them; ``UNKNOWN_SEQ`` for one a base snapshot carried in (``seed_open``)."""
-        return self._slots[6][: self._top].copy()
-
     def open_begin_epochs(self) -> np.ndarray:
         """The ``epoch`` column's value at each open transaction's BeginTransaction (the
-        writer restarts read before it and at it), as ``open_slots`` orders them; 0 for
-        one a base snapshot carried in (``seed_open``), as restarts are counted from
-        the base's position on."""
-        return self._slots[7][: self._top].copy()
+        writer restarts read before it and at it), as ``open_slots`` orders them;
+        ``UNKNOWN_BEGIN`` for one a base snapshot carried in (``seed_open``)."""
+        return self._slots[6][: self._top].copy()
 
     def seed_open(self, txns, counts) -> None:
         """Start with these transactions open, their records carried as rows 0.. ."""
@@ -419,8 +411,7 @@ class PlanState:
         counts = np.asarray(counts, np.int64)
         slots[2][:] = np.cumsum(counts) - counts
         slots[3][:] = counts
-        slots[6][:] = UNKNOWN_SEQ
-        slots[7][:] = 0
+        slots[6][:] = UNKNOWN_BEGIN
         self._slots = slots
         self._stack = np.arange(k, dtype=np.int64)
         self._top = k
@@ -431,7 +422,7 @@ class PlanState:
             self._ts_max[:] = (1, max_timestamp, last_timestamp or 0)
 
     def _compact_open(self, n: int) -> np.ndarray:
-        s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, _s_bseq, _s_bepoch = self._slots
+        s_txn, s_open, s_cstart, s_ccount, s_head, s_tail, _s_bepoch = self._slots
         out = np.empty(n, np.int64)
         m = _open_records(s_open, s_cstart, s_ccount, s_head, self._stack, self._top,
                           self._next, out)
@@ -443,8 +434,8 @@ class PlanState:
         return out[:m]
 
 
-#: ``open_begin_seqs`` of a transaction whose begin this walk did not read.
-UNKNOWN_SEQ = np.uint64(2**64 - 1)
+#: ``open_begin_epochs`` of a transaction whose begin this walk did not read.
+UNKNOWN_BEGIN = np.uint64(2**64 - 1)
 
 
 def _empty_slots(cap):
@@ -455,8 +446,7 @@ def _empty_slots(cap):
         np.zeros(cap, np.int64),
         np.full(cap, -1, np.int64),
         np.full(cap, -1, np.int64),
-        np.full(cap, UNKNOWN_SEQ, np.uint64),  # the seq of the transaction's begin
-        np.zeros(cap, np.uint64),  # the epoch (restarts read) at its begin
+        np.full(cap, UNKNOWN_BEGIN, np.uint64),  # the epoch (restarts read) at its begin
     )
 
 
