@@ -251,11 +251,11 @@ class Counter:
         self.found: list[str] = []
 
 
-def check_log(root: Path, letters: tuple, index: int, shape: tuple, c: Counter,
-              cuda_every: int = 200, only: str | None = None, verbose: bool = False,
-              every: int = 1) -> None:
-    """Every damage of one log (``only``: the one with that key; ``every``: every K-th
-    damage only), every restore."""
+def _damaged_logs(root: Path, letters: tuple, shape: tuple, c: Counter,
+                  only: str | None = None, every: int = 1):
+    """``(key, v, wal, seqs)`` for every damage of one log (``only``: the one with that
+    key; ``every``: every K-th damage only), written as ``wal`` in turn: ``v`` its number
+    (``c.variants``, counted here), ``seqs`` the undamaged log's seqs (the seq targets)."""
     b, recs0 = ss.build(letters, shape)
     files = {k: bytes(v) for k, v in b.files.items()}
     wal = root / "wal"
@@ -267,6 +267,15 @@ def check_log(root: Path, letters: tuple, index: int, shape: tuple, c: Counter,
         v = c.variants
         c.variants += 1
         write_dir(wal, new)
+        yield key, v, wal, seqs
+
+
+def check_log(root: Path, letters: tuple, index: int, shape: tuple, c: Counter,
+              cuda_every: int = 200, only: str | None = None, verbose: bool = False,
+              every: int = 1) -> None:
+    """Every damage of one log (``only``: the one with that key; ``every``: every K-th
+    damage only), every restore."""
+    for key, v, wal, seqs in _damaged_logs(root, letters, shape, c, only, every):
         recs, skippable = framed_records(str(wal))
         seq_t = {"to_seq": seqs[(index + v) % len(seqs)]}
         if v % 4 == 3:
@@ -314,15 +323,7 @@ def check_warnings_log(root: Path, letters: tuple, index: int, shape: tuple, c: 
                        every: int = 1) -> None:
     """Every damage of one log (``every``: every K-th only), its warnings and ``strict``
     against the model (``--warnings``); ``c.restores`` counts the comparisons."""
-    b, recs0 = ss.build(letters, shape)
-    files = {k: bytes(v) for k, v in b.files.items()}
-    wal = root / "wal"
-    write_dir(wal, files)
-    seqs = [r[2] for r in recs0] or [0]
-    for key, new in itertools.islice(damages(files, boundaries(str(wal))), 0, None, every):
-        v = c.variants
-        c.variants += 1
-        write_dir(wal, new)
+    for key, v, wal, seqs in _damaged_logs(root, letters, shape, c, every=every):
         for t in ({}, {"to_seq": seqs[(index + v) % len(seqs)]}, {"to_time": v % 4}):
             for flags in ({}, {"skip_corrupt": True}):
                 kw = {**t, **flags}
