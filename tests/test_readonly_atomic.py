@@ -764,6 +764,45 @@ def test_a_signal_before_the_handlers_are_in_is_one_line(tmp_path, module, sig):
     assert proc.stdout == ""
 
 
+# A Ctrl-C that lands in code run from text (``exec``: dataclasses, namedtuple and Numba
+# make functions so), as the module named is imported: here by a ``sitecustomize``.
+_STOP_IN_EXEC = """
+import sys
+class Stop:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            exec("import os, signal\\nos.kill(os.getpid(), signal.SIGINT)\\n"
+                 "for _ in range(100000): pass\\n")
+sys.meta_path.insert(0, Stop())
+"""
+
+
+@pytest.mark.parametrize(("module", "tail"), [
+    ("gpu_pitr.environment", ""),  # __main__'s own handler, before the command's
+    ("gpu_pitr.cli", ""),  # __main__'s, once ``interrupts`` is in
+    ("gpu_pitr.buserror", "; outputs not yet complete were removed"),  # the command's
+])
+def test_ctrl_c_inside_code_run_from_text_exits_130_under_python_m(tmp_path, module, tail):
+    """``python -m gpu_pitr``: CPython notes a KeyboardInterrupt that leaves ``exec``'d
+    text as unhandled, though the command caught it, and then ended the process by
+    SIGINT (status -2) after its one line, not with 130. Seen in the suite's own
+    interrupt test, once in a CI run."""
+    wal = tmp_path / "wal"
+    write_synthetic_wal(wal, total_bytes=64 << 10, dim=4, segments=1, seed=3)
+    out = tmp_path / "OUT.npz"
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_STOP_IN_EXEC.format(module=module))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(site)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run([sys.executable, "-m", "gpu_pitr", "restore", str(wal), "--out",
+                           str(out), "-q"], capture_output=True, text=True, timeout=300,
+                          env=env, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                    signal.SIG_DFL))
+    assert (proc.returncode, proc.stderr) == (130, f"gpu-pitr: interrupted by SIGINT{tail}\n")
+    assert not out.exists() and _temps(out) == []
+
+
 def _report_target(path: Path):
     import json
 
