@@ -22,7 +22,9 @@ def _early(signum, frame) -> None:
 
 def _stop(signum, frame) -> None:
     _arrived.append(signum)  # seen even where a callback swallows what is raised
-    raise sys.modules["gpu_pitr.interrupts"].stop_for(signum)  # (imported by now)
+    interrupts = sys.modules["gpu_pitr.interrupts"]  # (imported by now)
+    if not interrupts.in_binding(frame):  # (there: said once the import is over)
+        raise interrupts.stop_for(signum)
 
 
 def error_status(argv: list[str]) -> int:

@@ -114,15 +114,98 @@ def raises_stops(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return call
 
 
+#: The package a stop is never raised inside: LLVM's binding, whose callbacks swallow it.
+_BINDING = "llvmlite"
+
+
+def _outermost_binding_frame(frame):
+    """The outermost frame of llvmlite on ``frame``'s stack, if any (Numba's code that
+    llvmlite calls back, its object cache's, is above it)."""
+    found = None
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").partition(".")[0] == _BINDING:
+            found = frame
+        frame = frame.f_back
+    return found
+
+
+def in_binding(frame) -> bool:
+    """Whether ``frame`` (a signal handler's) runs inside llvmlite, which Numba calls to
+    make machine code or load it from its cache. LLVM calls back into Python there
+    (the object cache's ``getbuffer``, through ctypes). A stop raised in such a
+    callback is swallowed by ctypes, and the function's machine code is never loaded:
+    Numba then writes its environment's address to address 0, and the process dies by
+    SIGSEGV. That happened twice in some 1,000 restores interrupted at random moments,
+    and every time in a test that stops inside each such callback. No stop is raised
+    there: it is raised in llvmlite's caller as soon as that goes on
+    (``_raise_on_return``), milliseconds later. (Numba's own Python code is left
+    alone: a stop goes through it as any exception does, and waiting until a whole
+    compile returned took up to 11 s of a first run.)"""
+    return _outermost_binding_frame(frame) is not None
+
+
+class _Armed:
+    frame = None  # llvmlite's caller, whose next line raises the pending stop
+    previous = None  # the trace function it replaced (a debugger's, coverage's)
+    unset = None  # that one, when the stop was raised: set again as the block ends
+
+
+_armed = _Armed()
+
+
+def _raise_on_return(caller) -> None:
+    """Raise the pending stop in ``caller`` (the frame that called llvmlite) at its next
+    event: the line after the call, or its return. Python's trace functions do this
+    (a debugger's ``set_trace`` is built so): the global one traces no new frame,
+    ``caller``'s own raises."""
+    if _armed.frame is None:
+        _armed.previous = sys.gettrace()
+    else:  # (a second signal, from deeper down)
+        _armed.frame.f_trace = None
+    _armed.frame = caller
+    caller.f_trace = _stop_in_caller
+    sys.settrace(_trace_no_new_frame)
+
+
+def _trace_no_new_frame(frame, event, arg) -> None:
+    return None
+
+
+def _disarm() -> None:
+    if _armed.frame is not None:
+        _armed.frame.f_trace = None
+        _armed.frame = None
+        sys.settrace(_armed.previous)
+        _armed.previous = None
+
+
+def _stop_in_caller(frame, event, arg):
+    previous = _armed.previous
+    _disarm()
+    if _state.pending is not None and not (_state.deferring or _state.holding):
+        # Python unsets tracing when a trace function raises: ``handle_signals`` sets
+        # the one before again as it ends.
+        _armed.unset = previous
+        raise stop_for(_state.pending)
+    return None  # (held or deferred: ``check`` raises it, as for any stop held)
+
+
 def _handler(signum, frame) -> None:
     _state.pending = signum
-    if not (_state.deferring or _state.holding):
+    if _state.deferring or _state.holding:
+        return
+    binding = _outermost_binding_frame(frame)
+    if binding is None:
+        _disarm()
         raise stop_for(signum)
+    if binding.f_back is not None:
+        _raise_on_return(binding.f_back)
 
 
 def check() -> None:
     """Raise the stop a signal asked for, if one was recorded and not yet raised."""
     if _state.pending is not None and not _state.holding:  # set inside handle_signals()
+        _disarm()
         raise stop_for(_state.pending)
 
 
@@ -191,6 +274,10 @@ def handle_signals(*, restore: bool = True) -> Iterator[None]:
         raise
     finally:
         _state.deferring = True  # the command is over: a signal now changes nothing
+        _disarm()
+        if _armed.unset is not None:
+            sys.settrace(_armed.unset)
+            _armed.unset = None
         for sig in _SIGNALS:
             signal.signal(sig, previous[sig] if restore else signal.SIG_IGN)
         sys.unraisablehook = previous_hook

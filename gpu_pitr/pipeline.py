@@ -403,9 +403,10 @@ class _Restore:
             # after it, and is not needed. Whether it was met at all depended on the
             # chunk size (how many pieces were packed or gathered before the stop).
         finally:
-            self._unstage()  # no copy may read a buffer the reader is done with
-            framer.close()
-            reader.close()
+            with interrupts.holding():  # a stop comes after the clean-up, never inside it
+                self._unstage()  # no copy may read a buffer the reader is done with
+                framer.close()
+                reader.close()
             self._framer = None  # it holds read buffers: they go before the sort
             self.timings["frame"] += framer.frame_seconds
             self.report.bytes_read += framer.header_only_bytes

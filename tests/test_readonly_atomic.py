@@ -568,6 +568,40 @@ def test_a_signal_during_the_renames_lets_the_pair_land_whole(tmp_path, monkeypa
     interrupts.check()  # outside handle_signals nothing is pending
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_inside_the_read_aheads_close_still_ends_its_threads(tmp_path, sig):
+    """A Ctrl-C that lands while the read-ahead is being closed (the reading ended, or
+    another stop is on its way out) used to skip the rest of the close: the read
+    threads ran on and the files stayed open while the command went on to exit, its
+    buffers freed under them. The close runs to its end; the stop comes after it."""
+    from gpu_pitr import interrupts
+    from gpu_pitr.format import readahead
+    from gpu_pitr.format.segments import list_segments
+
+    wal = tmp_path / "wal"
+    write_synthetic_wal(wal, total_bytes=8 << 20, dim=16, segments=2, seed=11)
+    readers = []
+    stop = readahead.Readahead.stop
+
+    def stop_with_a_signal(reader):
+        readers.append(reader)
+        if len(readers) == 1:  # the framer's close, first: the signal lands inside it
+            os.kill(os.getpid(), sig)
+            for _ in range(100000):  # the handler runs here, between two bytecodes
+                pass
+        stop(reader)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(readahead.Readahead, "stop", stop_with_a_signal)
+        with pytest.raises(type(interrupts.stop_for(sig))), interrupts.handle_signals():
+            for item in readahead.framed_pieces(list_segments(wal), 256 << 10, lambda h: None):
+                assert item.problem is None
+                break  # the scan ends after its first piece: the close runs
+    reader = readers[0]
+    assert reader._fds == {}, "every segment file the reads opened is closed"
+    assert not [t for t in reader._pool._threads if t.is_alive()], "the read threads ended"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_archive_stopped_mid_copy_holds_whole_segments_only(tmp_path, big_wal, sig):
     """``archive`` stopped while a segment is half copied: every segment file in the
@@ -762,6 +796,77 @@ def test_a_signal_before_the_handlers_are_in_is_one_line(tmp_path, module, sig):
                           timeout=300)
     assert (proc.returncode, proc.stderr) == (128 + sig, f"gpu-pitr: interrupted by {sig.name}\n")
     assert proc.stdout == ""
+
+
+# A signal inside each callback LLVM makes into Python as compiled code is loaded from
+# Numba's cache (the object cache's ``getbuffer``, through ctypes).
+_SIGNAL_IN_THE_CACHE_LOAD = """
+import os, signal, sys
+import numba.core.codegen as codegen
+load = codegen.CPUCodeLibrary._object_getbuffer_hook.__func__
+def signalled_load(cls, module):
+    with open({mark!r}, "a") as f:
+        f.write("x")
+    os.kill(os.getpid(), signal.{sig})
+    for _ in range(100000):  # the handler runs here, between two bytecodes
+        pass
+    return load(cls, module)
+codegen.CPUCodeLibrary._object_getbuffer_hook = classmethod(signalled_load)
+sys.argv = ["gpu-pitr", "restore", {wal!r}, "--out", {out!r}, "-q"]
+from gpu_pitr.__main__ import run
+run()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_compiled_code_loads_is_one_line_not_a_crash(tmp_path, sig):
+    """A stop raised inside that callback was swallowed by ctypes, the machine code was
+    never loaded, and the restore went on to die by SIGSEGV (no line, status -11):
+    twice in some 1,000 restores interrupted at random moments. Inside llvmlite a
+    stop is now raised in its caller, once the call is over."""
+    wal = tmp_path / "wal"
+    write_synthetic_wal(wal, total_bytes=64 << 10, dim=4, segments=1, seed=3)
+    out, mark = tmp_path / "OUT.npz", tmp_path / "loads"
+    subprocess.run(_restore_cmd(wal, out), check=True, capture_output=True, timeout=300)
+    out.unlink()  # (the cache holds the restore's compiled code now)
+    code = _SIGNAL_IN_THE_CACHE_LOAD.format(wal=str(wal), out=str(out), mark=str(mark),
+                                            sig=sig.name)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert len(mark.read_text()) > 1, "the code was loaded from the cache, and signalled"
+    assert (proc.returncode, proc.stderr) == (
+        128 + sig, f"gpu-pitr: interrupted by {sig.name}; outputs not yet complete were "
+        "removed\n")
+    assert not out.exists() and _temps(out) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_inside_llvmlite_is_raised_in_its_caller_at_once(sig):
+    """Inside llvmlite a stop is not raised; it is raised in the code that called it,
+    on its next line, not at the command's next ``check``. A trace function already
+    set is set again."""
+    from gpu_pitr import interrupts
+
+    binding = {"__name__": "llvmlite.binding.stand_in", "os": os, "signal": signal}
+    exec("def finalize(sig):\n"  # a function of llvmlite's, as its module names it
+         "    os.kill(os.getpid(), sig)\n"
+         "    for _ in range(100000):  # the handler runs here\n"
+         "        pass\n"
+         "    return 'finalized'\n", binding)
+    got, after = [], []
+
+    def tracer(frame, event, arg):
+        return None
+
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(type(interrupts.stop_for(sig))), interrupts.handle_signals():
+            got.append(binding["finalize"](sig))  # llvmlite returns normally...
+            after.append("the next line")  # ... and its caller stops before this one
+        assert sys.gettrace() is tracer
+    finally:
+        sys.settrace(None)
+    assert (got, after) == (["finalized"], [])
 
 
 # A Ctrl-C that lands in code run from text (``exec``: dataclasses, namedtuple and Numba

@@ -223,15 +223,19 @@ class Readahead:
         self._closed.set()
 
     def close(self) -> None:
-        self.stop()
-        self._tasks.clear()
-        for _task, fut in self._inflight:
-            fut.cancel()
-        self._pool.shutdown(wait=True)
-        with self._lock:
-            fds, self._fds = list(self._fds.values()), {}
-        for fd in fds:
-            os.close(fd)
+        """End the reads, wait for the threads, close the files. A stop (Ctrl-C) landing
+        here is raised after it (``interrupts.holding``): cut short, the close left the
+        threads reading into buffers the command was about to free as it exited."""
+        with interrupts.holding():
+            self.stop()
+            self._tasks.clear()
+            for _task, fut in self._inflight:
+                fut.cancel()
+            self._pool.shutdown(wait=True)
+            with self._lock:
+                fds, self._fds = list(self._fds.values()), {}
+            for fd in fds:
+                os.close(fd)
 
 
 def _held(item: Framed) -> int:
@@ -724,14 +728,17 @@ class FrameAhead:
         return n, *rows, stop
 
     def close(self) -> None:
-        self._stop.set()
-        self._reader.stop()  # a read it may wait on could wait for a buffer forever
-        while self._thread.is_alive():
-            try:
-                self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        self._thread.join()
+        """Stop the framing thread and wait for it; a stop landing here comes after it,
+        as in ``Readahead.close``."""
+        with interrupts.holding():
+            self._stop.set()
+            self._reader.stop()  # a read it may wait on could wait for a buffer forever
+            while self._thread.is_alive():
+                try:
+                    self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            self._thread.join()
 
 
 def host_buffer(nbytes: int) -> np.ndarray:
@@ -771,5 +778,6 @@ def framed_pieces(segments, chunk_bytes: int, header_check: Callable[[bytes], ob
                 reader.release(item.ring)
             interrupts.check()  # a stop whose exception a callback swallowed
     finally:
-        framer.close()
-        reader.close()
+        with interrupts.holding():  # (between the two closes too)
+            framer.close()
+            reader.close()
