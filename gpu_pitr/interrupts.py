@@ -84,28 +84,42 @@ def handled() -> None:
 
 
 def stop_in(err: BaseException) -> BaseException | None:
-    """The stop (KeyboardInterrupt, ``Terminated``) ``err`` was raised from, if it is the
-    SystemError of a handler that ran inside C code which then returned a result (a
-    compiled function's call): Python raises "returned a result with an exception set"
-    from the stop, and again from that for each compiled call it was inside (five deep
-    seen in a restore)."""
-    while isinstance(err, SystemError):
-        err = err.__cause__
-    return err if isinstance(err, (KeyboardInterrupt, Terminated)) else None
+    """The stop (KeyboardInterrupt, ``Terminated``) ``err`` comes of, if any:
+
+    - the SystemError of a handler that ran inside C code which then returned a result
+      (a compiled function's call): Python raises "returned a result with an exception
+      set" from the stop, and again from that for each compiled call it was inside
+      (five deep seen in a restore);
+    - an error raised while the stop went by, by code it cut short: a Ctrl-C inside
+      ``threading.Condition.wait`` (a thread pool's ``result``) left its lock released,
+      and the ``with`` around it raised "cannot release un-acquired lock" instead (a
+      traceback and status 1, once in 300 restores interrupted at random moments).
+      Not one raised ``from None``, which says it replaces what it handled.
+    """
+    for _ in range(100):  # (a chain is short; this bounds a cyclic one)
+        if err is None or isinstance(err, (KeyboardInterrupt, Terminated)):
+            return err
+        if isinstance(err, SystemError) and err.__cause__ is not None:
+            err = err.__cause__
+        elif err.__suppress_context__:
+            return None
+        else:
+            err = err.__context__
+    return None
 
 
 def raises_stops(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """``fn``, raising a stop that landed in compiled code as the stop itself, not as
-    SystemError (``stop_in``): Ctrl-C in a notebook or a program calling the library is
-    the KeyboardInterrupt its ``except`` is written for. Typed so that a type checker
-    sees ``fn``'s own signature (untyped, ``restore`` and the others it wraps were
-    ``Any`` to a caller's mypy or pyright)."""
+    """``fn``, raising a stop that landed in compiled code, or that code it cut short
+    raised an error over, as the stop itself (``stop_in``): Ctrl-C in a notebook or a
+    program calling the library is the KeyboardInterrupt its ``except`` is written for.
+    Typed so that a type checker sees ``fn``'s own signature (untyped, ``restore`` and
+    the others it wraps were ``Any`` to a caller's mypy or pyright)."""
 
     @functools.wraps(fn)
     def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return fn(*args, **kwargs)
-        except SystemError as err:
+        except Exception as err:
             stop = stop_in(err)
             if stop is None:
                 raise
@@ -264,10 +278,10 @@ def handle_signals(*, restore: bool = True) -> Iterator[None]:
         # now (a verify or inspect that ran on), rather than report that it finished.
         if _state.pending is not None and not _state.deferring:
             raise stop_for(_state.pending)
-    except SystemError as err:
+    except Exception as err:
         # The handler ran inside C code (a compiled function's call) that went on and
-        # returned a result: Python then raises "returned a result with an exception
-        # set" from the stop. It is the stop.
+        # returned a result, or cut short code that then raised an error of its own:
+        # it is the stop (``stop_in``).
         stop = stop_in(err)
         if stop is not None:
             raise stop from None

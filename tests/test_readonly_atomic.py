@@ -869,6 +869,44 @@ def test_a_signal_inside_llvmlite_is_raised_in_its_caller_at_once(sig):
     assert (got, after) == (["finalized"], [])
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_error_raised_as_a_stop_went_by_is_the_stop(sig):
+    """A Ctrl-C inside ``threading.Condition.wait`` (a thread pool's ``result``) left
+    its lock released, and the ``with`` around it raised "cannot release un-acquired
+    lock" over the stop: a traceback and status 1, not the one line and 128 + N. An
+    error raised while a stop goes by is the stop; one raised ``from None`` is not."""
+    from gpu_pitr import interrupts
+
+    stop = type(interrupts.stop_for(sig))
+
+    def cut_short():
+        try:
+            os.kill(os.getpid(), sig)
+            for _ in range(100000):  # the handler runs here
+                pass
+        finally:
+            raise RuntimeError("cannot release un-acquired lock")
+
+    with pytest.raises(stop), interrupts.handle_signals():
+        cut_short()
+    with pytest.raises(stop):  # (the library called from a program: the same)
+        interrupts.raises_stops(_raise_over)(stop)
+    with pytest.raises(RuntimeError, match="replaces"), interrupts.handle_signals():
+        try:
+            os.kill(os.getpid(), sig)
+            for _ in range(100000):
+                pass
+        except stop:
+            raise RuntimeError("replaces the stop") from None
+
+
+def _raise_over(stop):
+    try:
+        raise stop()
+    finally:
+        raise ValueError("raised as the stop went by")
+
+
 # A Ctrl-C that lands in code run from text (``exec``: dataclasses, namedtuple and Numba
 # make functions so), as the module named is imported: here by a ``sitecustomize``.
 _STOP_IN_EXEC = """
