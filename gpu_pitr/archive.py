@@ -36,7 +36,7 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -145,6 +145,9 @@ class ArchiveResult:
     # Entries of WAL_DIR named like a segment that are not one (``not_segment_files``:
     # a directory, FIFO, a link to one, a name in upper case): not copied, but said.
     not_segments: list[str] = field(default_factory=list)
+    # The run created the archive directory, failed, and removed it again: it had
+    # copied nothing into it (``_held``).
+    removed: bool = False
 
     @property
     def problems(self) -> list[ArchivedSegment]:
@@ -171,7 +174,7 @@ class ArchiveResult:
         return {"wal_dir": self.wal_dir, "archive": self.archive, "ok": self.ok,
                 "segments": [asdict(s) for s in self.segments], "archived": self.archived,
                 "only_in_archive": self.only_in_archive, "sums_problem": self.sums_problem,
-                "not_segments": self.not_segments}
+                "not_segments": self.not_segments, "removed": self.removed}
 
     def lines(self, problems_only: bool = False) -> list[str]:
         """One line per segment copied or with a problem, then a summary
@@ -191,7 +194,9 @@ class ArchiveResult:
             f"archive {self.archive}: {plural(len(self.segments), 'segment')} of {self.wal_dir} "
             f"({counts}; {plural(problems, 'problem')}); it holds "
             f"{plural(self.archived, 'segment')}, {self.only_in_archive} of them no longer in "
-            f"WAL_DIR{waiting}")
+            f"WAL_DIR{waiting}"
+            + (f"; {self.archive} was removed again: this run created it and copied nothing "
+               "into it" if self.removed else ""))
         return out
 
 
@@ -227,7 +232,8 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
     ``on_segment`` is called with each segment's row as soon as it is done (the
     command line prints its line then, so an interrupted run has said what it did).
 
-    ``archive_dir`` is created if missing (not its parents). It must not be
+    ``archive_dir`` is created if missing (not its parents), and removed again if the
+    run fails having put nothing into it (``ArchiveResult.removed``). It must not be
     ``wal_dir`` or inside it (``inside``): nothing is ever written there. Problems
     with single segments (a conflict, an unreadable file, a file deleted before it
     could be copied, a copy that could not be written) are listed in the result and
@@ -243,74 +249,132 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
         raise ArchiveError(f"the archive is the WAL directory {wal_dir} or inside it, "
                            "which is never written to: give a directory outside it",
                            file=str(archive_dir))
-    _make_dir(archive_dir)
+    created = _make_dir(archive_dir)
     result = ArchiveResult(str(wal_dir), str(archive_dir), not_segments=[
         f"{wal_dir / name}: {what}" for name, what in not_segment_files(wal_dir)])
-    with archive_lock(archive_dir):
-        from gpu_pitr.expire import read_marker
-
-        _remove_stale_temps(archive_dir)
-        expiry = read_marker(archive_dir)
-        first_kept = expiry.first_kept.encode() if expiry is not None else b""
-        try:
-            sums = archivesums.read(archive_dir) or {}
-        except archivesums.SumsError as err:
-            # Left as it is for a person to look at; the copies go on (the writer's
-            # retention does not wait), without sums.
-            sums, result.sums_problem = None, str(err)
-        recorded = dict(sums or {})
-
-        def record_sums() -> None:
-            if sums is None or sums == recorded or result.sums_problem is not None:
-                return
-            try:
-                # Not stopped by the Ctrl-C being handled: the copies are in place, and
-                # once the writer deletes their segments no later run can record them.
-                with interrupts.holding():
-                    archivesums.write(archive_dir, sums)
-                result.sums_written = True
-            except OSError as err:  # the copies stand; verify names them unchecked
-                result.sums_problem = str(err)
-            recorded.clear()
-            recorded.update(sums)
-
-        buf = bytearray(_COPY_CHUNK)
-        # Files after it hold a header at most: the writer may still be flushing it.
-        being_written = last_with_records(segments)
-        written = time.monotonic()
-        try:
-            for k, seg in enumerate(segments):
-                interrupts.check()
-                if seg.name.encode() < first_kept:
-                    result.segments.append(ArchivedSegment(seg.name, EXPIRED, 0))
-                else:
-                    result.segments.append(_archive_one(seg, archive_dir / seg.name, buf,
-                                                        newest=k >= being_written, sums=sums))
-                if on_segment is not None:
-                    on_segment(result.segments[-1])
-                if time.monotonic() - written >= SUMS_EVERY:
-                    # A long run (a first one, over many segments) records as it goes:
-                    # a SIGKILL loses the sums of the last seconds' copies at most.
-                    record_sums()
-                    written = time.monotonic()
-        finally:  # an interrupted run too records the sums of what it copied
-            record_sums()
-        missed = _check_missed(result, archive_dir, {s.name for s in segments})
-        if missed is not None and on_segment is not None:
-            on_segment(missed)  # its row again, now a problem
-        held = {s.name for s in list_segments(archive_dir) if s.path.is_file()
-                and not s.path.is_symlink()}
-        try:  # as WAL_DIR is now: the writer may have deleted some during the run
-            now = {s.name for s in list_segments(wal_dir)}
-        except OSError:
-            now = {s.name for s in segments}
-        result.archived = len(held)
-        result.only_in_archive = len(held - now)
+    with _held(archive_dir, created, result):
+        _run(wal_dir, archive_dir, segments, result, on_segment)
     return result
 
 
-def _make_dir(archive_dir: Path) -> None:
-    """The archive directory, created (and its parent fsynced) if missing. One that
+def _run(wal_dir: Path, archive_dir: Path, segments: list[Segment], result: ArchiveResult,
+         on_segment: Callable[[ArchivedSegment], None] | None) -> None:
+    """The run itself, the archive's lock held: its rows go into ``result``."""
+    from gpu_pitr.expire import read_marker
+
+    _remove_stale_temps(archive_dir)
+    expiry = read_marker(archive_dir)
+    first_kept = expiry.first_kept.encode() if expiry is not None else b""
+    try:
+        sums = archivesums.read(archive_dir) or {}
+    except archivesums.SumsError as err:
+        # Left as it is for a person to look at; the copies go on (the writer's
+        # retention does not wait), without sums.
+        sums, result.sums_problem = None, str(err)
+    recorded = dict(sums or {})
+
+    def record_sums() -> None:
+        if sums is None or sums == recorded or result.sums_problem is not None:
+            return
+        try:
+            # Not stopped by the Ctrl-C being handled: the copies are in place, and
+            # once the writer deletes their segments no later run can record them.
+            with interrupts.holding():
+                archivesums.write(archive_dir, sums)
+            result.sums_written = True
+        except OSError as err:  # the copies stand; verify names them unchecked
+            result.sums_problem = str(err)
+        recorded.clear()
+        recorded.update(sums)
+
+    buf = bytearray(_COPY_CHUNK)
+    # Files after it hold a header at most: the writer may still be flushing it.
+    being_written = last_with_records(segments)
+    written = time.monotonic()
+    try:
+        for k, seg in enumerate(segments):
+            interrupts.check()
+            if seg.name.encode() < first_kept:
+                result.segments.append(ArchivedSegment(seg.name, EXPIRED, 0))
+            else:
+                result.segments.append(_archive_one(seg, archive_dir / seg.name, buf,
+                                                    newest=k >= being_written, sums=sums))
+            if on_segment is not None:
+                on_segment(result.segments[-1])
+            if time.monotonic() - written >= SUMS_EVERY:
+                # A long run (a first one, over many segments) records as it goes:
+                # a SIGKILL loses the sums of the last seconds' copies at most.
+                record_sums()
+                written = time.monotonic()
+    finally:  # an interrupted run too records the sums of what it copied
+        record_sums()
+    missed = _check_missed(result, archive_dir, {s.name for s in segments})
+    if missed is not None and on_segment is not None:
+        on_segment(missed)  # its row again, now a problem
+    held = {s.name for s in list_segments(archive_dir) if s.path.is_file()
+            and not s.path.is_symlink()}
+    try:  # as WAL_DIR is now: the writer may have deleted some during the run
+        now = {s.name for s in list_segments(wal_dir)}
+    except OSError:
+        now = {s.name for s in segments}
+    result.archived = len(held)
+    result.only_in_archive = len(held - now)
+
+
+@contextlib.contextmanager
+def _held(archive_dir: Path, created: bool, result: ArchiveResult) -> Iterator[None]:
+    """The archive's lock, held for the run. A directory this run created is removed
+    again when the run fails (its rows hold a problem, or it raised: a Ctrl-C, an error)
+    with nothing but its own lock file in it, as initdb and pg_basebackup remove the
+    directory they made when they fail: an empty archive left behind would read as
+    one, with nothing in it. A directory that was there, one that got a copy, and one
+    another process put anything into are kept (``_remove_if_only_locked``)."""
+    lock = archive_lock(archive_dir)
+    try:
+        lock.__enter__()
+    except BaseException:
+        if created:  # (another run holding it has put its lock file there: kept)
+            with contextlib.suppress(OSError):
+                os.rmdir(archive_dir)
+        raise
+    try:
+        try:
+            yield
+        except BaseException:
+            if created:
+                _remove_if_only_locked(archive_dir, lock)
+            raise
+        if created and not result.ok:
+            result.removed = _remove_if_only_locked(archive_dir, lock)
+    finally:
+        lock.__exit__()
+
+
+def _remove_if_only_locked(archive_dir: Path, lock: archive_lock) -> bool:
+    """Remove ``archive_dir`` when it holds the lock file ``lock`` holds and nothing
+    else; True when it is gone. Done before the lock is released: a second run that
+    opened the lock file before it was unlinked finds it held and stops, and one that
+    opens it after makes a new one, which ``rmdir`` (refusing a directory not empty)
+    then keeps, as it keeps any file another process put there meanwhile. Never an
+    error: the run's own problem is what the caller says."""
+    try:
+        if os.listdir(archive_dir) != [LOCK_NAME]:
+            return False
+        mine, there = os.fstat(lock.fd), os.lstat(lock.path)
+        if (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino):
+            return False  # not the file this run locked
+        os.unlink(lock.path)
+        os.rmdir(archive_dir)
+    except OSError:  # not empty any more (ENOTEMPTY), gone (ENOENT), ...: left as it is
+        return False
+    with contextlib.suppress(OSError):  # as _make_dir synced its parent to keep it
+        fsync_path(archive_dir.parent, os.O_RDONLY | os.O_DIRECTORY)
+    return True
+
+
+def _make_dir(archive_dir: Path) -> bool:
+    """The archive directory, created (and its parent fsynced) if missing: True when
+    this call created it. One that
     exists must be empty or an archive (it holds the lock file the first run made):
     any other, a writer's live WAL directory given as --out by a slip included, is
     refused. Copying into it would put back what the writer's retention deleted, and
@@ -321,7 +385,7 @@ def _make_dir(archive_dir: Path) -> None:
         archive_dir.mkdir()
     except FileExistsError:
         _check_existing(archive_dir)
-        return
+        return False
     except FileNotFoundError as err:
         raise ArchiveError("cannot create the archive: its parent directory does not exist",
                            file=str(archive_dir)) from err
@@ -338,6 +402,7 @@ def _make_dir(archive_dir: Path) -> None:
     except OSError as err:
         raise ArchiveError(f"created, but its parent directory could not be synced: "
                            f"{os_reason(err)}", file=str(archive_dir)) from err
+    return True
 
 
 def _check_existing(archive_dir: Path) -> None:

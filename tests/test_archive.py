@@ -1186,3 +1186,96 @@ def test_entries_named_like_segments_that_are_not_files_are_said(tmp_path, capsy
     err = capsys.readouterr().err.splitlines()
     assert err == [f"gpu-pitr: warning: {line}" for line in result.not_segments]
     assert dir_state(wal) == before
+
+
+def _wal_whose_first_segment_cannot_be_read(tmp_path, also_good: bool = False
+                                            ) -> tuple[Path, Path]:
+    """A WAL directory whose first segment is a link to a missing file (it cannot be
+    read: a source that fails as root does too), and with ``also_good`` a readable one
+    after it."""
+    wal = tmp_path / "wal"
+    wal.mkdir(parents=True)
+    bad = wal / "wal-0000000000000001.log"
+    bad.symlink_to(tmp_path / "missing")
+    if also_good:
+        b = LogBuilder(created=2)
+        b.add(Ins("a", f32(1, 2), None, 0))
+        b.write(wal)
+    return wal, bad
+
+
+def test_a_new_archive_its_run_put_nothing_into_is_removed_again(tmp_path, capsys):
+    """As initdb and pg_basebackup remove the directory they created when they fail: a
+    run that made ARCHIVE_DIR and copied nothing into it (its only segment unreadable)
+    exits 1 with the problem's one line naming the file, and leaves no empty archive
+    behind to be mistaken for a good one (or refused later as 'not empty')."""
+    wal, bad = _wal_whose_first_segment_cannot_be_read(tmp_path)
+    arc = tmp_path / "arc"
+    result = archive(wal, arc)
+    assert [s.action for s in result.segments] == [UNREADABLE] and not result.ok
+    assert result.removed and not os.path.lexists(arc)
+    assert cli.main(["archive", str(wal), "--out", str(arc)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (f"{bad.name}: UNREADABLE: {bad}: cannot read the file: a symbolic "
+                      f"link to '{tmp_path / 'missing'}', which is missing")
+    assert out[1].endswith(f"; {arc} was removed again: this run created it and copied "
+                           "nothing into it")
+    assert len(out) == 2 and not os.path.lexists(arc)
+    assert cli.main(["archive", str(wal), "--out", str(arc), "--quiet"]) == 1
+    assert capsys.readouterr().err.splitlines() == out[:1]
+    assert cli.main(["archive", str(wal), "--out", str(arc), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["removed"] is True
+    assert not os.path.lexists(arc)
+
+
+def test_an_archive_directory_that_was_there_or_got_a_copy_is_kept(tmp_path):
+    """Only a directory this run created, and only while it holds nothing but the
+    run's own lock file: an empty directory given as --out stays (someone made it), so
+    does a new one that got a copy of a later segment, one another process put a file
+    into during the run, and a new one whose run succeeded with nothing to copy."""
+    wal, _ = _wal_whose_first_segment_cannot_be_read(tmp_path)
+    given = tmp_path / "given"
+    given.mkdir()
+    result = archive(wal, given)
+    assert not result.ok and not result.removed and os.listdir(given) == [LOCK_NAME]
+
+    both, _ = _wal_whose_first_segment_cannot_be_read(tmp_path / "b", also_good=True)
+    arc = tmp_path / "b" / "arc"
+    result = archive(both, arc)
+    assert [s.action for s in result.segments] == [UNREADABLE, NEW]
+    good = both / result.segments[1].name
+    assert not result.removed and _segments(arc) == {good.name: good.read_bytes()}
+
+    shared = tmp_path / "shared"
+
+    def another_writer(row) -> None:  # another process's file, there before the end
+        (shared / "theirs").write_bytes(b"x")
+
+    result = archive(wal, shared, on_segment=another_writer)
+    assert not result.ok and not result.removed
+    assert sorted(os.listdir(shared)) == sorted([LOCK_NAME, "theirs"])
+
+    empty_wal = tmp_path / "empty_wal"
+    empty_wal.mkdir()
+    result = archive(empty_wal, tmp_path / "first")
+    assert result.ok and not result.removed and (tmp_path / "first").is_dir()
+
+
+def test_a_new_archive_is_removed_when_its_first_copy_is_interrupted(tmp_path, monkeypatch):
+    """A Ctrl-C (or any error) in the middle of the first copy into a new archive: the
+    copy's temp file is removed, and so is the directory the run made."""
+    wal, _, _, _ = _two_runs(tmp_path)
+    new = tmp_path / "new"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("gpu_pitr.archive._copy_in_kernel", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        archive(wal, new)
+    assert not os.path.lexists(new)
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(KeyboardInterrupt):  # a directory that was there: kept
+        archive(wal, existing)
+    assert os.listdir(existing) == [LOCK_NAME]
