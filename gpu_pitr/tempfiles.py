@@ -104,6 +104,12 @@ def dead_writers(entries, pattern: re.Pattern):
 # long: its pid may be of a writer on another host or in another pid namespace (a
 # container) sharing the directory, which this host cannot see.
 QUIET_SECONDS = 600
+# Times a write makes the parent of its output again when it vanished between being
+# made (or found) and the temp entry's creation in it: another writer's failed save
+# removed the empty parent it had made (``snapshot.format._in_parent``). As git's
+# ``raceproof_create_file`` does against a process pruning empty directories; each
+# time takes another writer failing at that very moment, so a few are plenty.
+PARENT_RETRIES = 8
 
 
 def remove_stale_entries(entries, name_pattern: str, quiet: bool = False) -> list[Path]:
@@ -313,19 +319,30 @@ def fsync_renamed(directory: Path) -> None:
 
 @contextmanager
 def new_dir(out: Path, check: Callable[[Path], None], restorable: Callable[[Path], bool],
-            own_name: Callable[[str], bool]) -> Iterator[Path]:
+            own_name: Callable[[str], bool],
+            parent_gone: Callable[[], None] | None = None) -> Iterator[Path]:
     """A new hidden directory beside ``out`` (``temp_path``) for the block to fill.
 
     When the block succeeds the directory is fsynced and installed onto ``out``
     (``install_dir``, which ``check`` guards); on any failure it is removed and ``out``
     is left as it was. Leftovers of dead writers of ``out`` go first
     (``remove_stale_dirs``, which puts back an old ``out`` that ``restorable`` calls
-    whole; ``own_name`` says which names the block writes into the directory)."""
+    whole; ``own_name`` says which names the block writes into the directory).
+    ``parent_gone``, if given, makes ``out``'s parent again when it is gone before the
+    directory is made in it (``PARENT_RETRIES``); once the directory is there the
+    parent is not empty, and no writer's clean-up (``rmdir``) can take it."""
     from gpu_pitr.errors import NotSyncedError
 
     remove_stale_dirs(out, restorable, own_name)
     tmp = temp_path(out)
-    tmp.mkdir()
+    for attempt in range(PARENT_RETRIES + 1):
+        try:
+            tmp.mkdir()
+            break
+        except FileNotFoundError:
+            if parent_gone is None or attempt == PARENT_RETRIES:
+                raise
+            parent_gone()
     try:
         try:
             with _filling():

@@ -257,3 +257,56 @@ def test_a_warning_to_a_full_stderr_does_not_fail_the_write(tmp_path, monkeypatc
     finally:
         os.close(fd)
     assert sorted(os.listdir(tmp_path)) == ["wal", "x.npz"]
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_failed_save_does_not_take_the_parent_from_a_save_beside_it(
+        tmp_path, monkeypatch, small_index, depth):
+    """Two saves into the same missing parent (``depth`` 2: into sibling parents under a
+    missing one): A makes it, B finds it there, A fails and removes the (still empty)
+    directory it made, then B makes its temp directory in it. B must not fail for
+    that: as git's ``raceproof_create_file`` does against a process pruning empty
+    directories, a save whose parent vanished under it makes it again."""
+    pytest.importorskip("pyarrow")
+    import threading
+
+    import gpu_pitr.snapshot
+    from gpu_pitr.snapshot import format as fmt
+
+    top = tmp_path / "snaps"
+    a_target = top / "a" / "snap" if depth == 2 else top / "a"
+    b_target = top / "b" / "snap" if depth == 2 else top / "b"
+    b_checked, a_done = threading.Event(), threading.Event()
+    b_result: dict = {}
+    mkdir, write_file = Path.mkdir, fmt._write_file
+
+    def b_waits_at_its_first_mkdir(path, *args, **kwargs):
+        if threading.current_thread().name == "B" and not b_checked.is_set():
+            b_checked.set()  # B has found what it needs there: A fails now
+            assert a_done.wait(30)
+        return mkdir(path, *args, **kwargs)
+
+    def failing_write(path, data):
+        if threading.current_thread().name != "B":
+            b.start()
+            assert b_checked.wait(30)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write_file(path, data)
+
+    def save_b() -> None:
+        try:
+            b_result["path"] = gpu_pitr.snapshot.save(small_index, b_target)
+        except BaseException as err:  # noqa: BLE001 - said by the assertion below
+            b_result["error"] = err
+
+    b = threading.Thread(target=save_b, name="B")
+    monkeypatch.setattr(Path, "mkdir", b_waits_at_its_first_mkdir)
+    monkeypatch.setattr(fmt, "_write_file", failing_write)
+    with pytest.raises(OutputError, match="No space left on device"):
+        gpu_pitr.snapshot.save(small_index, a_target)
+    a_done.set()
+    b.join(60)
+    assert "error" not in b_result, b_result.get("error")
+    assert b_result["path"] == b_target and gpu_pitr.snapshot.load(b_target).count >= 0
+    assert not os.path.lexists(a_target)
+    assert sorted(os.listdir(top)) == ["b"]

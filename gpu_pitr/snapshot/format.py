@@ -22,7 +22,7 @@ import os
 import re
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,7 +52,7 @@ from gpu_pitr.snapshot.arrow import (
     metadata_chunks,
     require_pyarrow,
 )
-from gpu_pitr.tempfiles import new_dir, start_writeback
+from gpu_pitr.tempfiles import PARENT_RETRIES, new_dir, start_writeback
 
 FORMAT_NAME = "gpu_pitr.snapshot"
 #: The newest version written (``manifest_version``: 1 where nothing needs 2).
@@ -205,8 +205,9 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
     vectors = np.asarray(host.vectors)
     dim = _index_dim(host, vectors, count)
     _check_target(out)
-    with (_in_parent(out),
-          new_dir(out, _check_target, is_snapshot, SNAPSHOT_FILES.__contains__) as tmp):
+    with (_in_parent(out) as make_parent,
+          new_dir(out, _check_target, is_snapshot, SNAPSHOT_FILES.__contains__,
+                  parent_gone=make_parent) as tmp):
         files = {}
         flat = np.ascontiguousarray(vectors[:count] if count else vectors[:0], dtype="<f4")
         files[VECTORS] = _write_file(tmp / VECTORS, flat.reshape(-1).view(np.uint8))
@@ -245,13 +246,41 @@ def write_snapshot(out_dir, index, *, position: dict, pending: bytes = b"",
 
 
 @contextmanager
-def _in_parent(out: Path) -> Iterator[None]:
+def _in_parent(out: Path) -> Iterator[Callable[[], None]]:
     """``out``'s parent directory, made (with its own missing parents) if missing, for the
     block to write ``out`` into, killed writes there removed first. The directories it
     made are removed again when the block fails (each if still empty): a save that failed
     for a full disk left the new directories above its snapshot. A parent that is a file
-    is ``NotADirectoryError`` naming it (``mkdir`` said "File exists")."""
-    made = []
+    is ``NotADirectoryError`` naming it (``mkdir`` said "File exists").
+
+    Another save into the same new parent may find it made by this one, and then see it
+    removed by this one's failure before it has put anything there (``rmdir`` takes an
+    empty directory): the block gets the function that makes the parents again, for
+    ``new_dir`` to call then, and a parent gone while they are made is made again too
+    (``PARENT_RETRIES``). The failure of one save so never fails another."""
+    made: list[Path] = []
+
+    def make() -> None:
+        for attempt in range(PARENT_RETRIES + 1):
+            try:
+                _make_parents(out, made)
+                return
+            except FileNotFoundError:  # one above it was removed since it was looked at
+                if attempt == PARENT_RETRIES:
+                    raise
+
+    try:
+        make()
+        remove_killed_writes(out.parent)
+        yield make
+    except BaseException:
+        _remove_dirs(made)
+        raise
+
+
+def _make_parents(out: Path, made: list[Path]) -> None:
+    """Make the missing directories above ``out``, top first, adding to ``made`` those
+    made here (another writer may make one meanwhile: then it is theirs)."""
     for parent in reversed([out.parent, *out.parent.parents]):
         if parent.is_dir():
             continue
@@ -263,22 +292,14 @@ def _in_parent(out: Path) -> Iterator[None]:
             if not parent.is_dir():
                 raise
             continue
-        except BaseException:
-            _remove_dirs(made)
-            raise
-        made.append(parent)
-    try:
-        remove_killed_writes(out.parent)
-        yield
-    except BaseException:
-        _remove_dirs(made)
-        raise
+        if parent not in made:  # (made again: this save's still)
+            made.append(parent)
 
 
 def _remove_dirs(made: list[Path]) -> None:
-    """Remove the directories ``made`` (parents first in the list), deepest first, where
-    still empty; best effort."""
-    for path in reversed(made):
+    """Remove the directories ``made``, deepest first, where still empty (``rmdir``: one
+    another writer has put anything into stays); best effort."""
+    for path in sorted(made, key=lambda p: len(p.parts), reverse=True):
         try:
             path.rmdir()
         except OSError:
