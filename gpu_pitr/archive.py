@@ -86,6 +86,17 @@ class ArchiveError(WalError):
     directory or cannot be created, or its lock cannot be taken (another run holds it)."""
 
 
+class _Vanished(ArchiveError):
+    """The archive directory, or the lock file in it, was removed while this run was
+    starting (before it held the lock): another run that had created it failed with
+    nothing copied and removed it again (``_held``). The run starts again."""
+
+
+# Starts of a run (``_Vanished``): each one lost takes another run's failure at that
+# very moment.
+_START_TRIES = 8
+
+
 @dataclass
 class ArchivedSegment:
     """What a run did with one segment of WAL_DIR.
@@ -249,12 +260,19 @@ def archive(wal_dir: str | os.PathLike, archive_dir: str | os.PathLike, *,
         raise ArchiveError(f"the archive is the WAL directory {wal_dir} or inside it, "
                            "which is never written to: give a directory outside it",
                            file=str(archive_dir))
-    created = _make_dir(archive_dir)
     result = ArchiveResult(str(wal_dir), str(archive_dir), not_segments=[
         f"{wal_dir / name}: {what}" for name, what in not_segment_files(wal_dir)])
-    with _held(archive_dir, created, result):
-        _run(wal_dir, archive_dir, segments, result, on_segment)
-    return result
+    for attempt in range(_START_TRIES):
+        created = _make_dir(archive_dir)
+        try:
+            with _held(archive_dir, created, result):
+                _run(wal_dir, archive_dir, segments, result, on_segment)
+        except _Vanished:  # (raised before the lock is held: nothing done yet)
+            if attempt == _START_TRIES - 1:
+                raise
+            continue
+        return result
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _run(wal_dir: Path, archive_dir: Path, segments: list[Segment], result: ArchiveResult,
@@ -409,8 +427,9 @@ def _check_existing(archive_dir: Path) -> None:
     try:
         names = sorted(os.listdir(archive_dir))
     except OSError as err:
-        raise ArchiveError(f"cannot list the archive: {os_reason(err)}",
-                           file=str(archive_dir)) from err
+        kind = _Vanished if err.errno == errno.ENOENT else ArchiveError
+        raise kind(f"cannot list the archive: {os_reason(err)}",
+                   file=str(archive_dir)) from err
     if names and LOCK_NAME not in names:
         segments = sum(bool(SEGMENT_NAME_RE.fullmatch(n)) for n in names)
         what = (f"{plural(segments, 'segment file')} (a WAL directory?)" if segments
@@ -435,8 +454,8 @@ class archive_lock:
                               0o666)
         except OSError as err:
             why = ("it is a symbolic link" if err.errno == errno.ELOOP else os_reason(err))
-            raise ArchiveError(f"cannot take the archive's lock: {why}",
-                               file=str(self.path)) from err
+            kind = _Vanished if err.errno == errno.ENOENT else ArchiveError
+            raise kind(f"cannot take the archive's lock: {why}", file=str(self.path)) from err
         try:
             mode = os.fstat(self.fd).st_mode
         except OSError as err:
@@ -458,6 +477,25 @@ class archive_lock:
                 why = os_reason(err)
             raise ArchiveError(f"cannot take the archive's lock: {why}",
                                file=str(self.path)) from err
+        # The file locked must still be the one at its name: a run that created the
+        # archive and failed unlinks it (under its lock) before it removes the
+        # directory, and a lock on the file it unlinked would let this run work beside
+        # one that has made the archive again since (on a new lock file).
+        try:
+            there = os.lstat(self.path)
+            mine = os.fstat(self.fd)
+            same = (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
+        except FileNotFoundError:
+            same = False
+        except OSError as err:
+            os.close(self.fd)
+            raise ArchiveError(f"cannot take the archive's lock: {os_reason(err)}",
+                               file=str(self.path)) from err
+        if not same:
+            os.close(self.fd)
+            raise _Vanished("cannot take the archive's lock: the lock file was removed "
+                            "meanwhile (a run that created the archive failed and removed "
+                            "it)", file=str(self.path))
 
     def __exit__(self, *exc) -> None:
         os.close(self.fd)  # closing releases the lock

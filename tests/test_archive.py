@@ -1279,3 +1279,45 @@ def test_a_new_archive_is_removed_when_its_first_copy_is_interrupted(tmp_path, m
     with pytest.raises(KeyboardInterrupt):  # a directory that was there: kept
         archive(wal, existing)
     assert os.listdir(existing) == [LOCK_NAME]
+
+
+@pytest.mark.parametrize("when", ["before_the_lock_file_is_opened", "before_it_is_locked"])
+def test_a_run_whose_new_archive_another_run_removed_as_it_started_starts_again(
+        tmp_path, monkeypatch, when):
+    """Another run made ARCHIVE_DIR, failed with nothing copied and removed it again
+    while this one, finding the directory there, was starting: this run makes it again
+    and copies, rather than failing with 'No such file or directory' (its lock file
+    gone), or, having locked the lock file the other had unlinked, working beside a
+    third run that made the archive again since."""
+    import gpu_pitr.archive as archive_module
+
+    wal, _, _, _ = _two_runs(tmp_path)
+    arc = tmp_path / "new"
+    arc.mkdir()  # as the other run made it
+    removed = []
+
+    def removed_by_the_other_run() -> None:
+        if not removed:
+            removed.append(True)
+            if (arc / LOCK_NAME).exists():
+                (arc / LOCK_NAME).unlink()
+            arc.rmdir()
+
+    if when == "before_the_lock_file_is_opened":
+        enter = archive_module.archive_lock.__enter__
+
+        def late_enter(self):
+            removed_by_the_other_run()
+            return enter(self)
+
+        monkeypatch.setattr(archive_module.archive_lock, "__enter__", late_enter)
+    else:
+        flock = fcntl.flock
+
+        def late_flock(fd, op):
+            removed_by_the_other_run()
+            return flock(fd, op)
+
+        monkeypatch.setattr(fcntl, "flock", late_flock)
+    result = archive(wal, arc)
+    assert removed and result.ok and _segments(arc) == _segments(wal)
