@@ -23,7 +23,7 @@ def _early(signum, frame) -> None:
 def _stop(signum, frame) -> None:
     _arrived.append(signum)  # seen even where a callback swallows what is raised
     interrupts = sys.modules["gpu_pitr.interrupts"]  # (imported by now)
-    if not interrupts.in_binding(frame):  # (there: said once the import is over)
+    if not interrupts.shielded(frame):  # (there: said once the import is over)
         raise interrupts.stop_for(signum)
 
 

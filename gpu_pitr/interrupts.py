@@ -128,38 +128,49 @@ def raises_stops(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return call
 
 
-#: The package a stop is never raised inside: LLVM's binding, whose callbacks swallow it.
-_BINDING = "llvmlite"
+#: Modules a stop is never raised inside: it is raised in their caller, once they return.
+_SHIELDED = ("llvmlite", "numba.core.caching")
 
 
-def _outermost_binding_frame(frame):
-    """The outermost frame of llvmlite on ``frame``'s stack, if any (Numba's code that
-    llvmlite calls back, its object cache's, is above it)."""
+def _shielded(name: str) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in _SHIELDED)
+
+
+def _outermost_shielded_frame(frame):
+    """The outermost frame of a ``_SHIELDED`` module on ``frame``'s stack, if any."""
     found = None
     while frame is not None:
-        if frame.f_globals.get("__name__", "").partition(".")[0] == _BINDING:
+        if _shielded(frame.f_globals.get("__name__") or ""):
             found = frame
         frame = frame.f_back
     return found
 
 
-def in_binding(frame) -> bool:
-    """Whether ``frame`` (a signal handler's) runs inside llvmlite, which Numba calls to
-    make machine code or load it from its cache. LLVM calls back into Python there
-    (the object cache's ``getbuffer``, through ctypes). A stop raised in such a
-    callback is swallowed by ctypes, and the function's machine code is never loaded:
-    Numba then writes its environment's address to address 0, and the process dies by
-    SIGSEGV. That happened twice in some 1,000 restores interrupted at random moments,
-    and every time in a test that stops inside each such callback. No stop is raised
-    there: it is raised in llvmlite's caller as soon as that goes on
-    (``_raise_on_return``), milliseconds later. (Numba's own Python code is left
-    alone: a stop goes through it as any exception does, and waiting until a whole
-    compile returned took up to 11 s of a first run.)"""
-    return _outermost_binding_frame(frame) is not None
+def shielded(frame) -> bool:
+    """Whether ``frame`` (a signal handler's) runs where a stop must not be raised:
+
+    - inside llvmlite, which Numba calls to make machine code or load it. LLVM calls
+      back into Python there (the object cache's ``getbuffer``, through ctypes). A stop
+      raised in such a callback is swallowed by ctypes, and the function's machine
+      code is never loaded: Numba then writes its environment's address to address 0,
+      and the process dies by SIGSEGV. That happened twice in some 1,000 restores
+      interrupted at random moments, and every time in a test that stops inside each
+      such callback;
+    - inside Numba's cache (``numba.core.caching``), which loads a function (that
+      callback, then the environment) or saves it: it writes the index naming a data
+      file before the data file itself. Stopped between the two, in a first run after
+      an upgrade, it left the index naming the file the version before wrote, which
+      the next run would load as this version's code.
+
+    There the stop is raised in the caller of the outermost such frame as soon as that
+    goes on (``_raise_on_return``): a load or a save takes milliseconds. (Numba's
+    compiler itself is left alone: a stop goes through it as any exception does, and
+    waiting until a whole compile returned took up to 11 s of a first run.)"""
+    return _outermost_shielded_frame(frame) is not None
 
 
 class _Armed:
-    frame = None  # llvmlite's caller, whose next line raises the pending stop
+    frame = None  # a shielded frame's caller, whose next line raises the pending stop
     previous = None  # the trace function it replaced (a debugger's, coverage's)
     unset = None  # that one, when the stop was raised: set again as the block ends
 
@@ -168,8 +179,8 @@ _armed = _Armed()
 
 
 def _raise_on_return(caller) -> None:
-    """Raise the pending stop in ``caller`` (the frame that called llvmlite) at its next
-    event: the line after the call, or its return. Python's trace functions do this
+    """Raise the pending stop in ``caller`` (the frame that called a shielded one) at its
+    next event: the line after the call, or its return. Python's trace functions do this
     (a debugger's ``set_trace`` is built so): the global one traces no new frame,
     ``caller``'s own raises."""
     if _armed.frame is None:
@@ -208,12 +219,12 @@ def _handler(signum, frame) -> None:
     _state.pending = signum
     if _state.deferring or _state.holding:
         return
-    binding = _outermost_binding_frame(frame)
-    if binding is None:
+    outermost = _outermost_shielded_frame(frame)
+    if outermost is None:
         _disarm()
         raise stop_for(signum)
-    if binding.f_back is not None:
-        _raise_on_return(binding.f_back)
+    if outermost.f_back is not None:
+        _raise_on_return(outermost.f_back)
 
 
 def check() -> None:

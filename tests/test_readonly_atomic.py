@@ -841,14 +841,16 @@ def test_a_signal_while_compiled_code_loads_is_one_line_not_a_crash(tmp_path, si
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_inside_llvmlite_is_raised_in_its_caller_at_once(sig):
-    """Inside llvmlite a stop is not raised; it is raised in the code that called it,
-    on its next line, not at the command's next ``check``. A trace function already
-    set is set again."""
+@pytest.mark.parametrize("module", ["llvmlite.binding.stand_in", "numba.core.caching.stand_in"])
+def test_a_signal_inside_llvmlite_or_numbas_cache_is_raised_in_its_caller_at_once(sig, module):
+    """Inside llvmlite (whose ctypes callbacks swallow a stop) and Numba's cache (which
+    writes an index, then the data it names) a stop is not raised; it is raised in the
+    code that called them, on its next line, not at the command's next ``check``. A
+    trace function already set is set again."""
     from gpu_pitr import interrupts
 
-    binding = {"__name__": "llvmlite.binding.stand_in", "os": os, "signal": signal}
-    exec("def finalize(sig):\n"  # a function of llvmlite's, as its module names it
+    binding = {"__name__": module, "os": os, "signal": signal}
+    exec("def finalize(sig):\n"  # a function of theirs, as its module names it
          "    os.kill(os.getpid(), sig)\n"
          "    for _ in range(100000):  # the handler runs here\n"
          "        pass\n"
@@ -861,7 +863,7 @@ def test_a_signal_inside_llvmlite_is_raised_in_its_caller_at_once(sig):
     sys.settrace(tracer)
     try:
         with pytest.raises(type(interrupts.stop_for(sig))), interrupts.handle_signals():
-            got.append(binding["finalize"](sig))  # llvmlite returns normally...
+            got.append(binding["finalize"](sig))  # it returns normally...
             after.append("the next line")  # ... and its caller stops before this one
         assert sys.gettrace() is tracer
     finally:
