@@ -6,7 +6,8 @@ drawn uniformly from ``[--from, --to]`` seconds after its start, and checks each
 
 - it exits 0 with nothing on stderr (the signal came once it had finished, or during
   the interpreter's shutdown: ignored), or 128 + the signal with exactly the one line
-  ``gpu-pitr: interrupted by SIG...; outputs not yet complete were removed``;
+  ``gpu-pitr: interrupted by SIG...; outputs not yet complete were removed`` (or,
+  stopped before the command started, ``gpu-pitr: interrupted by SIG...``);
 - never a death by a signal (a status below 0: SIGSEGV, or SIGINT after the line),
   a traceback, or another status;
 - ``OUT`` is the previous bytes or the complete new output, and no temp file of it is
@@ -82,8 +83,10 @@ def _run(wal: Path, out: Path, sig: signal.Signals, moment: float,
     proc.send_signal(sig)
     err = proc.communicate(timeout=600)[1]
     status = proc.returncode
-    line = (f"gpu-pitr: interrupted by {sig.name}; outputs not yet complete were "
-            "removed\n")
+    # (Stopped before the command itself started, as the interpreter imported it, it
+    # has written nothing, and says only that.)
+    lines = (f"gpu-pitr: interrupted by {sig.name}; outputs not yet complete were "
+             "removed\n", f"gpu-pitr: interrupted by {sig.name}\n")
     left = _temps(out)
     now = out.read_bytes() if out.exists() else None
     if status == 0:
@@ -98,7 +101,7 @@ def _run(wal: Path, out: Path, sig: signal.Signals, moment: float,
             return "finished", f"the output is not the complete one {err!r}"
         return ("finished", f"temp files left: {left}") if left else ("finished", "")
     if status == 128 + sig:
-        if err != line:
+        if err not in lines:
             return "stopped", f"stderr {err[-2000:]!r}"
         if now != PREVIOUS:
             return "stopped", "the previous output was not kept"
