@@ -64,6 +64,11 @@ _KINDS = (
     ("gap", re.compile(r"incomplete history, restored as allowed: ")),
     ("no_segments", re.compile(r"nothing to restore: ")),
     ("base_no_log", re.compile(r"the base snapshot's state alone, no log after it")),
+    ("base_skipped", re.compile(r"the base snapshot .+ was restored past damage with ")),
+    # (``snapshot.choose``: a damaged one passed over, tried or not)
+    ("snapshot_damaged", re.compile(
+        r"snapshot .+ (is damaged|was written by a newer gpu-pitr) \(.+; "
+        r"(passed over|trying an older one|no older one serves)$", re.S)),
 )
 
 
