@@ -902,15 +902,24 @@ class _Restore:
         is judged by ``_check_first`` (a gap, refused or allowed). Not where the base's
         own restore stopped just before the record at its position (a time target, an
         exclusive one): it judged that record's seq, and its stored count (carried in
-        ``base.missing_seqs``) holds a jump onto it already."""
+        ``base.missing_seqs``) holds a jump onto it already.
+
+        Writer restarts count from the base's position on (docs/semantics.md) in every
+        case: the first record read against the base's last, in its segment or a later
+        one (seq 0 there: a writer reopened), whatever its own restore stopped at. A
+        snapshot stores no count of restarts, so one right at its position, left out
+        with the jumps, went unseen: a transaction it carried in, joined after that
+        restart, was discarded without the warning a restore of the whole log gives."""
         pos = self.base.position
         last, last_seq = pos.get("last_record"), pos.get("last_seq")
-        if self._resume_seq is None or self._resume_seq[0] != "at" or last is None \
-                or last_seq is None or self._base_holds_none() or self._base_judged_next():
+        if last is None or last_seq is None or self._base_holds_none() \
+                or zerofill.is_zero_record(int(last.get("length", 0)) - RECORD_HEADER_SIZE,
+                                           int(last_seq)):
             return
-        if not zerofill.is_zero_record(int(last.get("length", 0)) - RECORD_HEADER_SIZE,
-                                       int(last_seq)):
-            self.seq_jumps.prev = self.restarts.prev = int(last_seq)
+        self.restarts.prev = int(last_seq)
+        if self._resume_seq is not None and self._resume_seq[0] == "at" \
+                and not self._base_judged_next():
+            self.seq_jumps.prev = int(last_seq)
 
     def _base_judged_next(self) -> bool:
         """Whether the base's stored report says its restore stopped at the record at its
