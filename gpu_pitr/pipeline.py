@@ -1087,6 +1087,11 @@ class _Restore:
         last = pos.get("last_record") or {}
         self.plan.stopped = True
         self.plan.open_at_stop = len(pending_transactions(pos))
+        if self.to_seq is not None:
+            # Its last record is the first numbered N, not read again: one of the records
+            # of that number, which a restore of the whole log counts too (a writer
+            # reopened numbers from 0 again: the warning names how many there are).
+            self.to_seq_hits = 1
         self.report.stop = {"reason": "target", "file": str(self.wal_dir / last["segment"]),
                             "offset": int(last["offset"]), "seq": int(pos["last_seq"]),
                             "timestamp": None, "record": None}
