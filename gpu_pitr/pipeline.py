@@ -330,6 +330,15 @@ class _Restore:
                                     _stored_kind(last))
             if pos.get("history_complete") is False:
                 self._gap(_restored_across_a_gap(base))
+            if last and self.covers_records and target.get("to_time") is not None:
+                # The last record that decodes where the log ends may be the base's own
+                # (nothing, or nothing that decodes, after it): a time target its stamp
+                # is past is not one the log ends before, as for a restore of the whole
+                # log (its stamp as stored since 2026-12-07, else read from the log).
+                stored = _stored_kind(last)
+                stamp = (stored if len(stored) == len(_LAST_KIND) else _kind_and_stamp(
+                    self.wal_dir / last["segment"], last)).get("timestamp")
+                self.last_stamp = None if stamp is None else int(stamp)
             self.plan.seed_timestamps(pos.get("max_timestamp"), pos.get("timestamp"))
 
     def _alloc(self, nbytes: int) -> np.ndarray:
