@@ -236,7 +236,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
     absent = False  # a transaction target no record of the log names (begun or ended)
     if "to_transaction" in target and usable and segments:
         usable, absent = _before_transaction_end(
-            usable, manifests, int(target["to_transaction"]), segments, notes)
+            usable, manifests, int(target["to_transaction"]), segments, notes, exclusive)
     for k, (_, path) in enumerate(usable):
         try:
             snap = load_snapshot(path, mmap=mmap, key_table=key_table)
@@ -279,7 +279,7 @@ def choose(directory, target: dict, exclusive: bool = False, allow_incomplete: b
 
 
 def _before_transaction_end(usable: list, manifests: dict, txn: int, segments: list,
-                            notes: list[str]) -> tuple[list, bool]:
+                            notes: list[str], exclusive: bool = False) -> tuple[list, bool]:
     """Of ``usable`` (newest first), the snapshots a transaction target X can start from.
     No manifest says where X ended, so the log's markers of X are found first (one
     framing pass, ``format.dump.transaction_markers``). The target is the first end of
@@ -291,7 +291,11 @@ def _before_transaction_end(usable: list, manifests: dict, txn: int, segments: l
     before that knows of a Begin the log no longer holds). A snapshot is kept exactly
     when the restore from it (X open where its pending transactions hold it) stops at
     that record: so a stray end before a snapshot does not pass it over, and one past
-    the target (X ended before it, or begun again after it: an id reused) is. Where no
+    the target (X ended before it, or begun again after it: an id reused) is, but for
+    one taken at the target itself (``snapshot --to-transaction X``, inclusive, whose
+    last record is that end: its state is the answer, as the restore from it knows by
+    its stored report; X is closed at its position, so no end of X follows it there, and
+    it was passed over for an older snapshot, or the log alone). Where no
     record ends X at all, every snapshot is kept: the restore from the newest says why
     (never begun, or still open); where ends of X close nothing, none is (the restore of
     the whole log names the first stray one). Also returned: whether no record of the
@@ -331,11 +335,25 @@ def _before_transaction_end(usable: list, manifests: dict, txn: int, segments: l
         target = first_end(key, is_open, starts[k + 1][0] if k + 1 < len(starts) else None)
         if target is not None:
             break
+    def answers(path: str) -> bool:
+        # Taken --to-transaction X (inclusive) and stopped at the target's record (its
+        # stored report says so, as ``pipeline._base_is_the_stop`` reads it).
+        doc = manifests[path]
+        report = doc.get("report") if isinstance(doc.get("report"), dict) else {}
+        stop = report.get("stop") if isinstance(report.get("stop"), dict) else {}
+        last = doc["position"].get("last_record") or {}
+        return (not exclusive and target is not None and stop.get("reason") == "target"
+                and report.get("target") == {"kind": "transaction", "value": txn,
+                                             "exclusive": False}
+                and isinstance(last.get("segment"), str)
+                and log_order({"segment": last["segment"], "offset": last.get("offset")})
+                == target)
+
     kept = []
     passed: dict[str, int] = {}  # why -> how many: one note each
     for key, path in usable:
         end = first_end(key, open_at(path))
-        if target is not None and end == target:
+        if target is not None and (end == target or answers(path)):
             kept.append((key, path))
         else:
             # The target is before it (an id used again after it: the restore from it
