@@ -1,21 +1,32 @@
-"""Restores FROM A BASE SNAPSHOT warn as the restore of the whole log does.
+"""The warnings of restores FROM A BASE SNAPSHOT against tests/reference_base_warnings.py.
 
-Each case here was found by ``scripts/base_warnings_scope.py``, which compares the
-warnings of restores from snapshots with tests/reference_base_warnings.py's model."""
+``scripts/base_warnings_scope.py`` compares, on small logs of ``semantic_scope``'s
+enumeration, a snapshot at every place a restore leaves one and every target from it
+(on the log whole, on the log without the segments the snapshot covers, and from a
+directory of snapshots one of which is damaged), the categories of ``report.warnings``
+and what ``strict=True`` refuses with the model. This keeps a slice of it, the cases
+it found, and shows that the comparison is not vacuous."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+import reference_base_warnings as rbw
 import reference_warnings as rw
 from workloads import Begin, Ckpt, Commit, Ins, LogBuilder
 
 import gpu_pitr
-from gpu_pitr import snapshot
+from gpu_pitr import pipeline, snapshot
 from gpu_pitr.errors import TargetNotReachedError
+
+_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "base_warnings_scope.py"
+_spec = importlib.util.spec_from_file_location("base_warnings_scope", _SCRIPT)
+scope = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(scope)
 
 V = [1.0]
 
@@ -156,3 +167,132 @@ def test_snapshots_start_from_the_one_taken_at_the_transaction_target(tmp_path, 
                           exclusive=True)
     assert (ex.report.base or {}).get("path") == (None if damaged else str(older))
     assert ex.id_list() == [] and _kinds(ex) == (["snapshot_damaged"] if damaged else [])
+
+
+#: (letters, index) of ``semantic_scope.logs(4)`` where the enumeration disagreed before
+#: the fixes above, and others where the categories meet (``test_the_cases_owe_...``).
+CASES = [
+    (("B1", "Ia", "B1", "B2"), 2231),  # restarted inside 1: a restart at a base's position
+    (("B2", "B1", "C1", "B1"), 2910),  # restarted: seq 0, 1 twice; transaction 1 again
+    (("B1", "B2", "B2", "Ia2"), 2425),  # stamped past T where the log ends, no commit
+    (("C1", "B2", "Ia2", "C1"), 2619),  # seqs missing between the segments
+    (("A1", "A1", "C1", "B2"), 2813),  # history from seq 3, allowed
+    ((), 0),  # an empty log: a snapshot of it, and a directory of none that serve
+]
+
+
+@pytest.mark.parametrize("letters,index", CASES, ids=lambda c: str(c))
+def test_small_logs_warn_from_a_base_as_the_model_says(tmp_path, letters, index):
+    assert scope.semantic_scope.logs(4)[index] == letters
+    lines, runs = scope.check_base_log(tmp_path, letters, index)
+    assert runs
+    assert not lines, "\n".join(lines)
+
+
+def test_the_cases_owe_every_category_the_enumeration_meets(tmp_path):
+    """Between them the cases owe every category the model has for a log without damage,
+    so the slice above checks each one."""
+    seen = set()
+    for letters, index in CASES:
+        (shape,) = scope.semantic_scope.warn_shapes(len(letters), index, False)
+        wal, recs = scope.semantic_scope._written(tmp_path, letters, shape)
+        late = {"allow_incomplete_history": True} if shape[1] == "late" else {}
+        for base_kw in scope.base_targets(recs, bool(late)):
+            base = rbw.base_of(str(wal), base_kw)
+            if base is None:
+                continue
+            present = [None]
+            if rbw.deletable(str(wal), base):
+                present.append(sorted(set(os.listdir(wal)) - set(rbw.deletable(str(wal),
+                                                                                  base))))
+            for t in scope.semantic_scope.targets(recs, index, False):
+                for p in present:
+                    got = rbw.base_warnings_model(str(wal), base, present=p, **t, **late)
+                    seen |= set(got.categories)
+    assert seen == {"seq_jump", "time_not_reached", "seq_repeated", "txn_again",
+                    "joined_after_restart", "gap", "base_missing", "base_no_log"}
+
+
+def _dropping(real, prefix: str, refuse: bool = True):
+    """``pipeline._restore_warnings`` made wrong: the warnings that begin with ``prefix``
+    left out (``refuse`` False: and nothing left for strict to refuse)."""
+    def dropped(run, report, target, memory_budget=None, unreached=None):
+        mine = []
+        out = real(run, report, target, memory_budget, mine)
+        if unreached is not None and refuse:
+            unreached += mine
+        return [t for t in out if not t.startswith(prefix)]
+
+    return dropped
+
+
+def test_a_warning_dropped_is_a_disagreement(tmp_path, monkeypatch):
+    """The comparison is not vacuous: a restore from a base that drops the warning of
+    records missing in the log the base covers, or of a restart after its position, or
+    whose strict refuses nothing, disagrees with the model where it agreed."""
+    letters, index = CASES[3]  # seqs missing between the segments
+    (shape,) = scope.semantic_scope.warn_shapes(len(letters), index, False)
+    wal, _ = scope.semantic_scope._written(tmp_path, letters, shape)
+    snap = _snap(wal, tmp_path / "snap")
+    base = rbw.base_of(str(wal), {})
+    b = LogBuilder()  # test_a_restart_at_the_position_of_a_base_that_stopped_before_it's
+    for entry in (Begin(7, ts=1), Ins("t", V, ts=1), Begin(9, ts=1), Ins("u", V, ts=1)):
+        b.add(entry)
+    b.reopen(created=0x5F5E200)
+    for entry in (Commit(9, ts=5), Ckpt(0, ts=6), Ckpt(0, ts=6), Ins("x", V, ts=6)):
+        b.add(entry)
+    wal7 = b.write(tmp_path / "wal7")
+    snap7 = _snap(wal7, tmp_path / "snap7", to_time=3)
+    base7 = rbw.base_of(wal7, {"to_time": 3})
+    runs = ((wal, snap, base, "records are missing from the log the base snapshot"),
+            (wal7, snap7, base7, "transaction 7 is still open at the end of the log"))
+    real = pipeline._restore_warnings
+    for wal_dir, snap_dir, model, prefix in runs:
+        assert scope.compare_base(wal_dir, wal_dir, snap_dir, model, {}) is None
+        monkeypatch.setattr(pipeline, "_restore_warnings", _dropping(real, prefix))
+        bad = scope.compare_base(wal_dir, wal_dir, snap_dir, model, {})
+        assert bad is not None and "!= model [" in bad, prefix
+        monkeypatch.setattr(pipeline, "_restore_warnings", real)
+    assert rbw.base_warnings_model(str(wal), base).refused == ("base_missing",)
+    monkeypatch.setattr(pipeline, "_restore_warnings", _dropping(real, "\0", refuse=False))
+    bad = scope.compare_base(wal, wal, snap, base, {})
+    assert bad is not None and bad.startswith("strict: wanted TargetNotReachedError")
+
+
+def test_a_restart_before_the_bases_position_is_not_seen_as_documented(tmp_path):
+    """The limit docs/semantics.md states: restarts count "from the base's position on
+    (and among the records the base kept, their seqs going back)". A snapshot keeps no
+    record of a restart between a transaction's begin and its position that none of
+    the transaction's own records shows (the restarted writer's checkpoints took the low
+    seqs): the restore from it does not warn where the restore of the whole log does, and
+    the model says so. One record of 7 after the restart, numbered below 7's last, is
+    seen (its seqs going back)."""
+    b = LogBuilder()
+    b.add(Begin(7, ts=1))                # seq 0
+    b.add(Ins("t", V, ts=1))             # seq 1, in 7
+    b.reopen(created=0x5F5E200)
+    b.add(Ckpt(0, ts=2))                 # seq 0
+    b.add(Ckpt(0, ts=2))                 # seq 1: the base's last record
+    b.add(Ckpt(0, ts=2))                 # seq 2
+    b.add(Ins("x", V, ts=3))             # seq 3, in 7
+    wal = b.write(tmp_path / "wal")
+    snap = _snap(wal, tmp_path / "snap", to_position="wal-0000000005f5e200.log:31")
+    whole = gpu_pitr.restore(wal, backend="cpu")
+    got = gpu_pitr.restore(wal, backend="cpu", base=snap)
+    assert _kinds(whole) == ["joined_after_restart"]
+    base = rbw.base_of(wal, {"to_position": "wal-0000000005f5e200.log:31"})
+    assert _kinds(got) == list(rbw.base_warnings_model(wal, base).categories) == []
+    # x numbered 1, below t's: 7's own seqs go back, seen from the base too.
+    b2 = LogBuilder()
+    b2.add(Begin(7, ts=1))
+    b2.add(Ins("t", V, ts=1))
+    b2.add(Ins("u", V, ts=1))             # seq 2
+    b2.reopen(created=0x5F5E200)
+    b2.add(Ckpt(0, ts=2))                 # seq 0: the base's last record
+    b2.add(Ins("x", V, ts=3))             # seq 1, in 7
+    wal2 = b2.write(tmp_path / "wal2")
+    snap2 = _snap(wal2, tmp_path / "snap2", to_position="wal-0000000005f5e200.log:16")
+    got2 = gpu_pitr.restore(wal2, backend="cpu", base=snap2)
+    base2 = rbw.base_of(wal2, {"to_position": "wal-0000000005f5e200.log:16"})
+    assert _kinds(got2) == list(rbw.base_warnings_model(wal2, base2).categories) \
+        == ["joined_after_restart"]
