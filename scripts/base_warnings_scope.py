@@ -82,33 +82,8 @@ def _restore(wal, **kw):
 
 def judge(want, runs: dict) -> str | None:
     """None where ``runs`` (strict False/True -> (index, error)) agree with the model's
-    ``want`` (``BaseVerdict``), else what differs (``semantic_scope.compare_warnings``'
-    rules)."""
-    (got, err), (sgot, serr) = runs[False], runs[True]
-    if want.error is not None:
-        bad = [f"{'strict ' if s else ''}restored" if e is None else
-               f"{'strict ' if s else ''}{type(e).__name__}: {e}"
-               for s, (_, e) in runs.items()
-               if e is None or type(e).__name__ != want.error.cls]
-        return f"model fails with {want.error.cls}; " + "; ".join(bad) if bad else None
-    if err is not None:
-        return f"model restores; restore raised {type(err).__name__}: {err}"[:1200]
-    kinds = [rw.classify(t) for t in got.report.warnings]
-    if sorted(kinds) != list(want.categories):
-        return (f"warnings {sorted(kinds)} != model {list(want.categories)}: "
-                f"{got.report.warnings}")[:1500]
-    if want.refused:
-        if not isinstance(serr, errors.TargetNotReachedError):
-            return (f"strict: wanted TargetNotReachedError of {list(want.refused)}, got "
-                    + ("a restore" if serr is None else f"{type(serr).__name__}: {serr}"))
-        named = rw.refused_categories(serr.what)
-        if sorted(named) != list(want.refused):
-            return f"strict refused {named} != model {list(want.refused)}: {serr}"[:1200]
-    elif serr is not None:
-        return f"strict raised {type(serr).__name__}: {serr}; model refuses nothing"[:1200]
-    elif sgot.report.warnings != got.report.warnings:
-        return f"strict warnings {sgot.report.warnings} != {got.report.warnings}"[:1200]
-    return None
+    ``want`` (``BaseVerdict``), else what differs (``semantic_scope.judge_warnings``)."""
+    return semantic_scope.judge_warnings(want, runs)
 
 
 def compare_base(wal_full, wal_run, snap, base, kw: dict, *, present=None, chunk=None,

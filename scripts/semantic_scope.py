@@ -353,20 +353,29 @@ def compare_warnings(wal: str, kw: dict, *, chunk=None, read_after_stop: bool = 
                                              **kw), None)
         except errors.WalError as e:
             runs[strict] = (None, e)
+    return judge_warnings(want, runs)
+
+
+def judge_warnings(want, runs: dict) -> str | None:
+    """None where ``runs`` (strict False/True -> (index, error)) agree with a model's
+    ``want`` (its ``error``, ``categories`` and ``refused``: ``reference_warnings``' or
+    ``reference_base_warnings``' verdict), else what differs (``compare_warnings``'
+    rules)."""
+    import reference_warnings as rw
+
     (got, err), (sgot, serr) = runs[False], runs[True]
     if want.error is not None:
-        # (Which error, and where: the restore path's comparison.)
         bad = [f"{'strict ' if s else ''}restored" if e is None else
                f"{'strict ' if s else ''}{type(e).__name__}: {e}"
                for s, (_, e) in runs.items()
                if e is None or type(e).__name__ != want.error.cls]
         return f"model fails with {want.error.cls}; " + "; ".join(bad) if bad else None
     if err is not None:
-        return f"model restores; restore raised {type(err).__name__}: {err}"
+        return f"model restores; restore raised {type(err).__name__}: {err}"[:1200]
     kinds = [rw.classify(t) for t in got.report.warnings]
     if sorted(kinds) != list(want.categories):
         return (f"warnings {sorted(kinds)} != model {list(want.categories)}: "
-                f"{got.report.warnings}")[:1200]
+                f"{got.report.warnings}")[:1500]
     if want.refused:
         if not isinstance(serr, errors.TargetNotReachedError):
             return (f"strict: wanted TargetNotReachedError of {list(want.refused)}, got "
@@ -375,9 +384,9 @@ def compare_warnings(wal: str, kw: dict, *, chunk=None, read_after_stop: bool = 
         if sorted(named) != list(want.refused):
             return f"strict refused {named} != model {list(want.refused)}: {serr}"[:1200]
     elif serr is not None:
-        return f"strict raised {type(serr).__name__}: {serr}; model refuses nothing"
+        return f"strict raised {type(serr).__name__}: {serr}; model refuses nothing"[:1200]
     elif sgot.report.warnings != got.report.warnings:
-        return f"strict warnings {sgot.report.warnings} != {got.report.warnings}"
+        return f"strict warnings {sgot.report.warnings} != {got.report.warnings}"[:1200]
     return None
 
 

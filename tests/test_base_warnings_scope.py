@@ -213,19 +213,6 @@ def test_the_cases_owe_every_category_the_enumeration_meets(tmp_path):
                     "joined_after_restart", "gap", "base_missing", "base_no_log"}
 
 
-def _dropping(real, prefix: str, refuse: bool = True):
-    """``pipeline._restore_warnings`` made wrong: the warnings that begin with ``prefix``
-    left out (``refuse`` False: and nothing left for strict to refuse)."""
-    def dropped(run, report, target, memory_budget=None, unreached=None):
-        mine = []
-        out = real(run, report, target, memory_budget, mine)
-        if unreached is not None and refuse:
-            unreached += mine
-        return [t for t in out if not t.startswith(prefix)]
-
-    return dropped
-
-
 def test_a_warning_dropped_is_a_disagreement(tmp_path, monkeypatch):
     """The comparison is not vacuous: a restore from a base that drops the warning of
     records missing in the log the base covers, or of a restart after its position, or
@@ -249,12 +236,12 @@ def test_a_warning_dropped_is_a_disagreement(tmp_path, monkeypatch):
     real = pipeline._restore_warnings
     for wal_dir, snap_dir, model, prefix in runs:
         assert scope.compare_base(wal_dir, wal_dir, snap_dir, model, {}) is None
-        monkeypatch.setattr(pipeline, "_restore_warnings", _dropping(real, prefix))
+        monkeypatch.setattr(pipeline, "_restore_warnings", rw.dropping(real, prefix))
         bad = scope.compare_base(wal_dir, wal_dir, snap_dir, model, {})
         assert bad is not None and "!= model [" in bad, prefix
         monkeypatch.setattr(pipeline, "_restore_warnings", real)
     assert rbw.base_warnings_model(str(wal), base).refused == ("base_missing",)
-    monkeypatch.setattr(pipeline, "_restore_warnings", _dropping(real, "\0", refuse=False))
+    monkeypatch.setattr(pipeline, "_restore_warnings", rw.dropping(real, "\0", refuse=False))
     bad = scope.compare_base(wal, wal, snap, base, {})
     assert bad is not None and bad.startswith("strict: wanted TargetNotReachedError")
 

@@ -88,30 +88,17 @@ def test_random_damaged_logs_warn_as_the_model_says(tmp_path, data):
     assert bad is None, bad
 
 
-def _dropping(real, prefix: str, refuse: bool = True):
-    """``pipeline._restore_warnings`` made wrong: the warnings that begin with ``prefix``
-    left out (``refuse`` False: and nothing left for strict to refuse)."""
-    def dropped(run, report, target, memory_budget=None, unreached=None):
-        mine = []
-        out = real(run, report, target, memory_budget, mine)
-        if unreached is not None and refuse:
-            unreached += mine
-        return [t for t in out if not t.startswith(prefix)]
-
-    return dropped
-
-
 def test_a_warning_dropped_or_strict_not_refusing_is_a_disagreement(tmp_path, monkeypatch):
     """The comparison is not vacuous: a restore that drops a warning the model owes, or
     whose strict refuses nothing, disagrees on the very logs that agree above."""
     letters, index = CASES[0]  # seqs missing, and time targets past the log
     real = pipeline._restore_warnings
     for prefix in ("records are missing from the log", "the log ends before the target"):
-        monkeypatch.setattr(pipeline, "_restore_warnings", _dropping(real, prefix))
+        monkeypatch.setattr(pipeline, "_restore_warnings", rw.dropping(real, prefix))
         lines, _ = semantic_scope.check_warnings(tmp_path, letters, index)
         assert lines and all("warnings [" in line and "!= model [" in line
                              for line in lines), prefix
-    monkeypatch.setattr(pipeline, "_restore_warnings", _dropping(real, "\0", refuse=False))
+    monkeypatch.setattr(pipeline, "_restore_warnings", rw.dropping(real, "\0", refuse=False))
     lines, _ = semantic_scope.check_warnings(tmp_path, letters, index)
     assert lines and all("strict: wanted TargetNotReachedError" in line for line in lines)
     monkeypatch.setattr(pipeline, "_restore_warnings", real)
