@@ -44,10 +44,17 @@ class _State:
     active = False  # inside handle_signals()
     deferring = False  # an output is in place, or the command is over: record only
     pending: int | None = None  # the signal recorded, not yet raised where it propagates
-    holding = False  # inside ``holding()``: record only, and ``check`` raises nothing
 
 
 _state = _State()
+# Per thread: how deep inside ``holding()`` it is. Only the holding thread's own checks
+# wait (the main thread, where the handler runs and records); another thread's, such
+# as verify's copies being checked on a pool, stop at their next read as ever.
+_held = threading.local()
+
+
+def _holding() -> bool:
+    return getattr(_held, "depth", 0) > 0
 
 
 def stop_for(signum: int) -> BaseException:
@@ -207,7 +214,7 @@ def _disarm() -> None:
 def _stop_in_caller(frame, event, arg):
     previous = _armed.previous
     _disarm()
-    if _state.pending is not None and not (_state.deferring or _state.holding):
+    if _state.pending is not None and not (_state.deferring or _holding()):
         # Python unsets tracing when a trace function raises: ``handle_signals`` sets
         # the one before again as it ends.
         _armed.unset = previous
@@ -217,7 +224,7 @@ def _stop_in_caller(frame, event, arg):
 
 def _handler(signum, frame) -> None:
     _state.pending = signum
-    if _state.deferring or _state.holding:
+    if _state.deferring or _holding():
         return
     outermost = _outermost_shielded_frame(frame)
     if outermost is None:
@@ -229,7 +236,7 @@ def _handler(signum, frame) -> None:
 
 def check() -> None:
     """Raise the stop a signal asked for, if one was recorded and not yet raised."""
-    if _state.pending is not None and not _state.holding:  # set inside handle_signals()
+    if _state.pending is not None and not _holding():  # set inside handle_signals()
         _disarm()
         raise stop_for(_state.pending)
 
@@ -249,13 +256,14 @@ def holding() -> Iterator[None]:
     command is being stopped): for the short write that records what a stopped command
     did, such as ``archive``'s checksums of the copies it made. A stop that came is
     raised at the next ``check`` after the block; as after any rename, one that came
-    during the last write of a command that then ends changes nothing."""
-    was = _state.holding
-    _state.holding = True
+    during the last write of a command that then ends changes nothing. It holds the
+    stop for this thread alone: other threads' ``check`` raises it as ever (verify's
+    copy checks on a pool read on past a Ctrl-C while the scan's read-ahead closed)."""
+    _held.depth = getattr(_held, "depth", 0) + 1
     try:
         yield
     finally:
-        _state.holding = was
+        _held.depth -= 1
 
 
 @contextmanager

@@ -909,6 +909,36 @@ def _raise_over(stop):
         raise ValueError("raised as the stop went by")
 
 
+def test_holding_holds_a_stop_for_its_own_thread_only():
+    """The read-ahead's close holds a stop in the main thread; verify's copy checks, on
+    a pool, must still stop at their next read (CI once saw 7 blocks read, not 5 at
+    most: ``holding`` was one flag for every thread)."""
+    import threading
+
+    from gpu_pitr import interrupts
+
+    stopped = []
+
+    def other_thread_checks():
+        try:
+            interrupts.check()
+            stopped.append(False)
+        except KeyboardInterrupt:
+            stopped.append(True)
+
+    with pytest.raises(KeyboardInterrupt), interrupts.handle_signals():
+        with interrupts.holding():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100000):  # the handler runs here: it only records
+                pass
+            interrupts.check()  # the holding thread's own: nothing yet
+            worker = threading.Thread(target=other_thread_checks)
+            worker.start()
+            worker.join()
+        assert stopped == [True]
+        interrupts.check()  # after the block, the holder's check raises it
+
+
 # A Ctrl-C that lands in code run from text (``exec``: dataclasses, namedtuple and Numba
 # make functions so), as the module named is imported: here by a ``sitecustomize``.
 _STOP_IN_EXEC = """
