@@ -335,9 +335,7 @@ class _Restore:
                 # (nothing, or nothing that decodes, after it): a time target its stamp
                 # is past is not one the log ends before, as for a restore of the whole
                 # log (its stamp as stored since 2026-12-07, else read from the log).
-                stored = _stored_kind(last)
-                stamp = (stored if len(stored) == len(_LAST_KIND) else _kind_and_stamp(
-                    self.wal_dir / last["segment"], last)).get("timestamp")
+                stamp = _base_last_kind(self.wal_dir, last).get("timestamp")
                 self.last_stamp = None if stamp is None else int(stamp)
             self.plan.seed_timestamps(pos.get("max_timestamp"), pos.get("timestamp"))
 
@@ -1116,10 +1114,7 @@ class _Restore:
             # record, or at the end of the log): the record's, as the snapshot stored
             # them (since 2026-12-07: its segment may since have been expired), else read
             # again from the log.
-            stored = _stored_kind(last)
-            self.report.stop.update(
-                stored if len(stored) == len(_LAST_KIND)
-                else _kind_and_stamp(self.wal_dir / last["segment"], last))
+            self.report.stop.update(_base_last_kind(self.wal_dir, last))
         self.position = dict(pos)
         self.pending = self.base.pending
 
@@ -2206,6 +2201,15 @@ _LAST_KIND = ("record", "timestamp")
 def _stored_kind(last: dict) -> dict:
     """What of ``_LAST_KIND`` a base's ``last_record`` holds (none before 2026-12-07)."""
     return {k: last[k] for k in _LAST_KIND if k in last}
+
+
+def _base_last_kind(wal_dir: Path, last: dict) -> dict:
+    """``_LAST_KIND`` of a base's last record: as the snapshot stored them (since
+    2026-12-07: its segment may since have been expired), else read from the log."""
+    stored = _stored_kind(last)
+    if len(stored) == len(_LAST_KIND):
+        return stored
+    return _kind_and_stamp(wal_dir / last["segment"], last)
 
 
 def _kind_and_stamp(path: Path, last: dict) -> dict:
