@@ -1513,12 +1513,23 @@ def _base_is_the_stop(snap, target: dict, exclusive: bool) -> bool:
     if stops_at_base(snap.position, target, exclusive):
         return True
     txn = target.get("to_transaction")
-    if txn is None or exclusive:
+    return txn is not None and taken_at_transaction(getattr(snap, "manifest", None), txn,
+                                                    exclusive)
+
+
+def taken_at_transaction(manifest, txn: int, exclusive: bool) -> bool:
+    """Whether a snapshot's ``manifest`` (its stored report) says its own restore stopped
+    at the inclusive transaction target ``txn`` (``snapshot --to-transaction X``): the
+    answer to that target itself (``_base_is_the_stop``; ``snapshot.choose``, before the
+    snapshot is loaded)."""
+    if exclusive or not isinstance(manifest, dict):
         return False
-    stop = _stored(snap, "stop")
-    return (_stored(snap, "target") == {"kind": "transaction", "value": txn,
-                                        "exclusive": False}
-            and stop is not None and stop.get("reason") == "target")
+    report = manifest.get("report")
+    if not isinstance(report, dict):
+        return False
+    stop = report.get("stop")
+    return (report.get("target") == {"kind": "transaction", "value": txn, "exclusive": False}
+            and isinstance(stop, dict) and stop.get("reason") == "target")
 
 
 def _gap_not_read(snap, target: dict, exclusive: bool, read_after_stop: bool) -> bool:

@@ -335,16 +335,14 @@ def _before_transaction_end(usable: list, manifests: dict, txn: int, segments: l
         target = first_end(key, is_open, starts[k + 1][0] if k + 1 < len(starts) else None)
         if target is not None:
             break
+    from gpu_pitr.pipeline import taken_at_transaction
+
     def answers(path: str) -> bool:
         # Taken --to-transaction X (inclusive) and stopped at the target's record (its
         # stored report says so, as ``pipeline._base_is_the_stop`` reads it).
         doc = manifests[path]
-        report = doc.get("report") if isinstance(doc.get("report"), dict) else {}
-        stop = report.get("stop") if isinstance(report.get("stop"), dict) else {}
         last = doc["position"].get("last_record") or {}
-        return (not exclusive and target is not None and stop.get("reason") == "target"
-                and report.get("target") == {"kind": "transaction", "value": txn,
-                                             "exclusive": False}
+        return (target is not None and taken_at_transaction(doc, txn, exclusive)
                 and isinstance(last.get("segment"), str)
                 and log_order({"segment": last["segment"], "offset": last.get("offset")})
                 == target)
