@@ -10,6 +10,16 @@ that, for files of this package, adds a digest of every source file of the
 package (``kernels/`` included) to the freshness stamp, so any edit recompiles
 everything once. Functions of other packages keep Numba's own locators.
 
+The digest is in the cache files' names as well (``frame._frame-30-<12 hex>.py311.nbi``).
+Numba writes a function's index before its data file, and after an edit it numbers
+data files from 1 again, over the old ones: a process killed between the two writes
+left an index of the new source naming the old source's ``.1.nbc``, and the next
+process ran that old machine code. With the digest in the names an edit starts files
+of its own; the first index it writes removes that function's files of other digests
+(and those from before the digest was in the names). Each data file also holds its
+entry's key and is loaded only for that key (two processes compiling two signatures
+of a function at once could each write ``.1.nbc``: ``_patch_cache_file``).
+
 Writing the cache is best effort too: where it fails (a full disk, a file-size
 limit, a read-only tree that looked writable), Numba would fail the compile and so
 the restore, with an error that names no file. For this package's functions the
@@ -426,7 +436,7 @@ def _install(caching=caching) -> bool:
             return (self._inner.get_source_stamp(), package_digest())
 
         def get_disambiguator(self):
-            return self._inner.get_disambiguator()
+            return f"{self._inner.get_disambiguator()}-{digest_tag()}"
 
         def __getattr__(self, name):  # anything else a Numba version asks of a locator
             if name == "_inner":
@@ -435,7 +445,82 @@ def _install(caching=caching) -> bool:
 
     classes.insert(0, PackageLocator)
     _guard_cache_io(caching)
+    _patch_cache_file(caching)
     return True
+
+
+def digest_tag() -> str:
+    """The package digest as cache file names carry it (see the module's docstring)."""
+    return package_digest()[:12]
+
+
+def _other_versions(names, index_name: str, tag: str) -> list[str]:
+    """Of ``names`` (a cache directory's), the files of ``index_name``'s function
+    stamped with a digest other than ``tag``, or with none (written before the digest
+    was in the names); ``[]`` if ``index_name`` is not one of ``tag``'s."""
+    import re
+
+    head, sep, _ = index_name.partition(f"-{tag}.py")
+    fullname = head.rpartition("-")[0]
+    if not sep or not fullname:
+        return []
+    pattern = re.compile(re.escape(fullname)
+                         + r"-\d+(?:-([0-9a-f]{12}))?\.py\d+\w*(?:\.\d+)?\.nb[ic]")
+    return [name for name in names
+            if (m := pattern.fullmatch(name)) is not None and m.group(1) != tag]
+
+
+# Marks a data file written as (_KEYED, key, data): see _patch_cache_file.
+_KEYED = "gpu_pitr-keyed-1"
+
+
+def _patch_cache_file(caching=caching) -> None:
+    """For this package's functions (cache files named with the digest tag), Numba's
+    index/data file pair is made safe against a data file of another entry:
+
+    - each data file holds its entry's key, and one whose key is not the one asked
+      for is not loaded (compiled afresh, then written over). Numba picks a data
+      file's number from the index it read, so two processes compiling two
+      signatures of one function at once can each take ``.1.nbc``, and the index of
+      one then names the other's machine code;
+    - once an index is written, that function's files of other digests are removed
+      (best effort: a file another process removes first, or one that cannot be
+      removed, stays as it is).
+    """
+    cache_file = getattr(caching, "IndexDataCacheFile", None)
+    save, load = getattr(cache_file, "save", None), getattr(cache_file, "load", None)
+    save_index = getattr(cache_file, "_save_index", None)
+    if None in (save, load, save_index) or getattr(save, "_gpu_pitr", False):
+        return
+
+    def ours(self) -> bool:
+        return f"-{digest_tag()}.py" in getattr(self, "_index_name", "")
+
+    def keyed_save(self, key, data):
+        save(self, key, (_KEYED, key, data) if ours(self) else data)
+
+    def keyed_load(self, key):
+        data = load(self, key)
+        if data is None or not ours(self):
+            return data
+        if isinstance(data, tuple) and len(data) == 3 and data[0] == _KEYED and data[1] == key:
+            return data[2]
+        return None
+
+    def pruning_save_index(self, overloads):
+        save_index(self, overloads)
+        path, name = getattr(self, "_cache_path", None), getattr(self, "_index_name", "")
+        if path is None or not ours(self):
+            return
+        with contextlib.suppress(OSError):
+            for other in _other_versions(os.listdir(path), name, digest_tag()):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(path, other))
+
+    for name, function in (("save", keyed_save), ("load", keyed_load),
+                           ("_save_index", pruning_save_index)):
+        function._gpu_pitr = True
+        setattr(cache_file, name, function)
 
 
 #: The first OSError that made this package's Numba cache unusable in this process

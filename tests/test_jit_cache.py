@@ -35,34 +35,98 @@ print(INSTALLED, int(n), int(seq[0]))
 """
 
 
-def _probe(tree: Path, record: bytes, cache: Path) -> str:
+# Dies (SIGKILL's stand-in) between Numba's two writes of frame._frame's cache entry:
+# its index is written, its data file not.
+DIE_BEFORE_DATA = """
+import os
+from numba.core import caching
+_save_data = caching.IndexDataCacheFile._save_data
+def _die(self, name, data):
+    if name.startswith("frame._frame-"):
+        os._exit(9)
+    return _save_data(self, name, data)
+caching.IndexDataCacheFile._save_data = _die
+"""
+
+RECORD = (41).to_bytes(8, "little") + (3).to_bytes(4, "little") + b"abc"
+
+
+def _probe(tree: Path, record: bytes, cache: Path, *, before: str = "",
+           status: int = 0) -> str:
     env = {"NUMBA_CACHE_DIR": str(cache), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", PROBE, str(tree), record.hex()], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = subprocess.run([sys.executable, "-c", before + PROBE, str(tree), record.hex()],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == status, out.stderr[-2000:]
     return out.stdout.strip()
 
 
-def test_an_edit_to_an_inlined_helper_in_another_module_recompiles(tmp_path):
+def _copy(tmp_path: Path) -> Path:
     tree = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__")
     shutil.copytree(ROOT / "gpu_pitr", tree / "gpu_pitr", ignore=ignore)
     shutil.copytree(ROOT / "kernels", tree / "kernels", ignore=ignore)
-    cache = tmp_path / "numba-cache"
-    record = (41).to_bytes(8, "little") + (3).to_bytes(4, "little") + b"abc"
+    return tree
 
-    assert _probe(tree, record, cache) == "True 1 41"
-    assert _probe(tree, record, cache) == "True 1 41"  # from the cache
-    assert any(cache.rglob("frame._frame-*.nbi")), "frame_records was not cached"
 
+def _edit_payload(tree: Path) -> None:
+    """8-byte reads (the sequence number) come back one larger; 4-byte ones (lengths)
+    not."""
     payload = tree / "gpu_pitr" / "format" / "payload.py"
     text = payload.read_text()
     old = "        v |= np.uint64(b[k]) << np.uint64(8 * k)\n    return v\n"
     assert old in text
-    # 8-byte reads (the sequence number) come back one larger; 4-byte ones (lengths) not.
     payload.write_text(text.replace(old, old[:-len("    return v\n")]
                                     + "    return v + np.uint64(nbytes == 8)\n"))
-    assert _probe(tree, record, cache) == "True 1 42"
+
+
+def test_an_edit_to_an_inlined_helper_in_another_module_recompiles(tmp_path):
+    tree = _copy(tmp_path)
+    cache = tmp_path / "numba-cache"
+
+    assert _probe(tree, RECORD, cache) == "True 1 41"
+    assert _probe(tree, RECORD, cache) == "True 1 41"  # from the cache
+    assert any(cache.rglob("frame._frame-*.nbi")), "frame_records was not cached"
+
+    _edit_payload(tree)
+    assert _probe(tree, RECORD, cache) == "True 1 42"
+
+
+def test_a_process_killed_between_the_index_and_the_data_write_leaves_no_old_code(tmp_path):
+    """Numba writes a function's index, then its data file, and after an edit it numbers
+    data files from 1 again: killed between the two, the new index named the old
+    source's ``.1.nbc``, and the next process ran the old machine code (41, not 42).
+    The package digest in the file names keeps an edit's files apart, and the old
+    version's files are removed once the new index is written."""
+    tree = _copy(tmp_path)
+    cache = tmp_path / "numba-cache"
+    assert _probe(tree, RECORD, cache) == "True 1 41"
+    old = sorted(p.name for p in cache.rglob("frame._frame-*"))
+    assert len(old) == 2, old  # its index and one data file
+
+    _edit_payload(tree)
+    assert _probe(tree, RECORD, cache, before=DIE_BEFORE_DATA, status=9) == ""
+    assert _probe(tree, RECORD, cache) == "True 1 42"
+    assert _probe(tree, RECORD, cache) == "True 1 42"  # from the cache
+    new = sorted(p.name for p in cache.rglob("frame._frame-*"))
+    assert len(new) == 2 and not set(new) & set(old), (old, new)
+
+
+def test_only_the_functions_own_files_of_other_digests_are_pruned():
+    from gpu_pitr.jit import _other_versions
+
+    tag, other = "0123456789ab", "ba9876543210"
+    index = f"frame._frame-30-{tag}.py311.nbi"
+    names = [index, f"frame._frame-30-{tag}.py311.1.nbc",
+             f"frame._frame-30-{tag}.py312.nbi",  # another Python, this digest: kept
+             f"frame._frame-28-{other}.py311.nbi", f"frame._frame-28-{other}.py311.2.nbc",
+             "frame._frame-30.py311.nbi", "frame._frame-30.py311.1.nbc",  # no digest
+             f"frame._frame_x-30-{other}.py311.nbi",  # another function
+             f"frame.outer.locals._frame-9-{other}.py311.nbi",
+             f"frame._frame-30-{other}.py311.nbi.tmp"]  # not a cache file
+    assert sorted(_other_versions(names, index, tag)) == sorted([
+        f"frame._frame-28-{other}.py311.nbi", f"frame._frame-28-{other}.py311.2.nbc",
+        "frame._frame-30.py311.nbi", "frame._frame-30.py311.1.nbc"])
+    assert _other_versions(names, "frame._frame-30.py311.nbi", tag) == []
 
 
 def test_functions_outside_the_package_keep_numbas_locators(tmp_path):
@@ -177,3 +241,38 @@ def test_a_second_caching_module_gets_the_package_locator_too():
     # The module numba.core.caching itself, or one that is not there: nothing to do.
     assert jit.install_for("numba.core.caching") is True
     assert jit.install_for("numba.no_such_caching_module") is False
+
+
+def test_a_data_file_holding_another_entrys_code_is_not_loaded(tmp_path):
+    """Numba numbers a new entry's data file from the index it read: two processes
+    compiling two signatures of one function at once can both write ``.1.nbc``, and the
+    index then names the other signature's machine code. Here the two data files are
+    swapped, as that race leaves them: neither is loaded for the other's key (Numba's
+    own loads them as they are), and a save puts the right one back."""
+    import os
+
+    from numba.core import caching
+
+    from gpu_pitr.jit import digest_tag
+
+    def entry(base):
+        return caching.IndexDataCacheFile(str(tmp_path), base, source_stamp=("s", 1))
+
+    def swap():
+        one, two = tmp_path / f"{base}.1.nbc", tmp_path / f"{base}.2.nbc"
+        os.replace(one, tmp_path / "t")
+        os.replace(two, one)
+        os.replace(tmp_path / "t", two)
+
+    for base, checked in ((f"f-1-{digest_tag()}.py311", True), ("g-1.py311", False)):
+        cache = entry(base)
+        cache.save(("int64",), "code for int64")
+        cache.save(("float64",), "code for float64")
+        assert cache.load(("int64",)) == "code for int64"
+        swap()
+        if not checked:  # another package's function: Numba's files, as Numba reads them
+            assert cache.load(("int64",)) == "code for float64"
+            continue
+        assert cache.load(("int64",)) is None and cache.load(("float64",)) is None
+        cache.save(("int64",), "code for int64")
+        assert entry(base).load(("int64",)) == "code for int64"
