@@ -15,8 +15,12 @@ records: a stop there would leave one file of a pair renamed and the other not, 
 report a complete output as removed. Once the command has finished, a signal changes
 nothing.
 
-Outside ``handle_signals()`` (the library called from user code) nothing is recorded,
-and ``check()`` and ``committing()`` cost nothing.
+Outside ``handle_signals()`` (the library called from user code), a call of the
+library's entry points (``raises_stops``) whose SIGINT handler is Python's own puts this
+module's handler in for SIGINT for the call's duration, so that a Ctrl-C in a notebook
+or a program is the KeyboardInterrupt it always was, but never raised inside llvmlite or
+Numba's cache (a crash, below) nor inside ``holding()``; SIGTERM is left to the program.
+Otherwise nothing is recorded, and ``check()`` and ``committing()`` cost nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class _State:
     active = False  # inside handle_signals()
+    library = False  # inside a library call's SIGINT handler (``_library_call``)
     deferring = False  # an output is in place, or the command is over: record only
     pending: int | None = None  # the signal recorded, not yet raised where it propagates
 
@@ -125,7 +130,8 @@ def raises_stops(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     @functools.wraps(fn)
     def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
-            return fn(*args, **kwargs)
+            with _library_call():
+                return fn(*args, **kwargs)
         except Exception as err:
             stop = stop_in(err)
             if stop is None:
@@ -133,6 +139,37 @@ def raises_stops(fn: Callable[_P, _R]) -> Callable[_P, _R]:
             raise stop from None
 
     return call
+
+
+@contextmanager
+def _library_call() -> Iterator[None]:
+    """The library called from a program's main thread whose SIGINT handler is Python's
+    own (a script, IPython, a Jupyter kernel as it runs a cell): for the block, this
+    module's handler serves instead. A Ctrl-C is the KeyboardInterrupt it was, raised
+    where it lands, but inside llvmlite or Numba's cache it is raised in their caller
+    (``shielded``: a notebook's kernel died by SIGSEGV there), and inside ``holding()``
+    after the block held; one swallowed where it landed is raised at the next ``check``
+    or as the call returns. Anywhere else (another handler, another thread, a command's
+    ``handle_signals``, a call inside a call) the block runs as it is."""
+    if (_state.active or _state.library
+            or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    deferring = _state.deferring
+    _state.library, _state.deferring, _state.pending = True, False, None
+    signal.signal(signal.SIGINT, _handler)
+    try:
+        yield
+        if _state.pending is not None:  # swallowed where it landed: the call stops now
+            raise KeyboardInterrupt()
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _disarm()
+        if _armed.unset is not None:
+            sys.settrace(_armed.unset)
+            _armed.unset = None
+        _state.library, _state.deferring, _state.pending = False, deferring, None
 
 
 #: Modules a stop is never raised inside: it is raised in their caller, once they return.
