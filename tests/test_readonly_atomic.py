@@ -401,8 +401,13 @@ def test_interrupt_exits_with_one_line_and_leaves_no_temp_file(tmp_path, big_wal
             out.write_bytes(old)
             continue
         assert result["status"] == 128 + sig, result
-        assert result["stderr"] == (f"gpu-pitr: interrupted by {sig.name}; outputs not yet "
-                                    "complete were removed\n"), result
+        lines = [f"gpu-pitr: interrupted by {sig.name}; outputs not yet complete were "
+                 "removed\n"]
+        if moment != "writing":
+            # On a loaded host the interpreter may still be importing the command at
+            # 1 s: stopped before it started, it wrote nothing and says only that.
+            lines.append(f"gpu-pitr: interrupted by {sig.name}\n")
+        assert result["stderr"] in lines, result
         assert out.read_bytes() == old
         assert _temps(out) == []
 
