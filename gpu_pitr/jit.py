@@ -18,7 +18,9 @@ process ran that old machine code. With the digest in the names an edit starts f
 of its own; the first index it writes removes that function's files of other digests
 (and those from before the digest was in the names). Each data file also holds its
 entry's key and is loaded only for that key (two processes compiling two signatures
-of a function at once could each write ``.1.nbc``: ``_patch_cache_file``).
+of a function at once could each write ``.1.nbc``: ``_patch_cache_file``), and its
+SHA-256: a file a power cut left empty or short, or one damaged since, is compiled
+afresh and written over, where Numba's unpickling failed every later process.
 
 Writing the cache is best effort too: where it fails (a full disk, a file-size
 limit, a read-only tree that looked writable), Numba would fail the compile and so
@@ -472,6 +474,9 @@ def _other_versions(names, index_name: str, tag: str) -> list[str]:
 
 # Marks a data file written as (_KEYED, key, data): see _patch_cache_file.
 _KEYED = "gpu_pitr-keyed-1"
+# Marks a data file written as (_SUMMED, SHA-256 of the pickle, the pickle of
+# (_KEYED, key, data)): see _patch_cache_file.
+_SUMMED = "gpu_pitr-summed-1"
 
 
 def _patch_cache_file(caching=caching) -> None:
@@ -485,12 +490,26 @@ def _patch_cache_file(caching=caching) -> None:
       one then names the other's machine code;
     - once an index is written, that function's files of other digests are removed
       (best effort: a file another process removes first, or one that cannot be
-      removed, stays as it is).
+      removed, stays as it is);
+    - a damaged file is no file: an index that does not unpickle is read as none, a
+      data file that does not, or whose SHA-256 (of the pickle it holds) does not
+      match, as no entry;
+      compiled afresh and written over, without a word. Numba writes a temp file and
+      renames it, with no fsync: a power cut can leave the new name on an empty or
+      short file, and a partial copy of a cache directory, a disk error, the same.
+      Numba unpickled them as they were: every later process failed with a traceback
+      (EOFError, UnpicklingError, UnicodeDecodeError, an LLVM bitcode error) until
+      the file was removed, and a byte flipped in machine code that still unpickled
+      would have run.
     """
     cache_file = getattr(caching, "IndexDataCacheFile", None)
     save, load = getattr(cache_file, "save", None), getattr(cache_file, "load", None)
     save_index = getattr(cache_file, "_save_index", None)
-    if None in (save, load, save_index) or getattr(save, "_gpu_pitr", False):
+    load_index = getattr(cache_file, "_load_index", None)
+    save_data, load_data = (getattr(cache_file, "_save_data", None),
+                            getattr(cache_file, "_load_data", None))
+    if None in (save, load, save_index, load_index, save_data, load_data) \
+            or not hasattr(cache_file, "_dump") or getattr(save, "_gpu_pitr", False):
         return
 
     def ours(self) -> bool:
@@ -507,6 +526,39 @@ def _patch_cache_file(caching=caching) -> None:
             return data[2]
         return None
 
+    def sound_load_index(self):
+        try:
+            return load_index(self)
+        except OSError:  # unreadable: the cache I/O guard's (one warning)
+            raise
+        except Exception:  # noqa: BLE001 - not a pickle Numba wrote whole: no index
+            if not ours(self):
+                raise
+            return {}
+
+    def summed_save_data(self, name, data):
+        if ours(self):
+            body = self._dump(data)
+            data = (_SUMMED, hashlib.sha256(body).digest(), body)
+        save_data(self, name, data)
+
+    def summed_load_data(self, name):
+        if not ours(self):
+            return load_data(self, name)
+        try:
+            data = load_data(self, name)
+        except OSError:  # no entry (Numba's load)
+            raise
+        except Exception:  # noqa: BLE001 - not a pickle Numba wrote whole: no entry
+            return None
+        if not (isinstance(data, tuple) and len(data) == 3 and data[0] == _SUMMED
+                and isinstance(data[2], bytes)
+                and hashlib.sha256(data[2]).digest() == data[1]):
+            return None
+        import pickle
+
+        return pickle.loads(data[2])
+
     def pruning_save_index(self, overloads):
         save_index(self, overloads)
         path, name = getattr(self, "_cache_path", None), getattr(self, "_index_name", "")
@@ -518,7 +570,9 @@ def _patch_cache_file(caching=caching) -> None:
                     os.unlink(os.path.join(path, other))
 
     for name, function in (("save", keyed_save), ("load", keyed_load),
-                           ("_save_index", pruning_save_index)):
+                           ("_save_index", pruning_save_index),
+                           ("_load_index", sound_load_index),
+                           ("_save_data", summed_save_data), ("_load_data", summed_load_data)):
         function._gpu_pitr = True
         setattr(cache_file, name, function)
 

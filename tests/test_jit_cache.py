@@ -276,3 +276,32 @@ def test_a_data_file_holding_another_entrys_code_is_not_loaded(tmp_path):
         assert cache.load(("int64",)) is None and cache.load(("float64",)) is None
         cache.save(("int64",), "code for int64")
         assert entry(base).load(("int64",)) == "code for int64"
+
+
+def test_a_damaged_cache_file_is_compiled_afresh_not_a_crash(tmp_path):
+    """A cache file that is empty, cut short or garbage (a power cut before its write
+    reached the disk: Numba writes a temp file and renames it, with no fsync; a partial
+    copy of a cache directory; a disk error) made every later process fail with a
+    traceback from pickle (EOFError, UnpicklingError, UnicodeDecodeError...) or LLVM,
+    until someone removed the file. A flipped byte that still unpickled could load
+    other machine code. Such an index is read as no index, such a data file as no
+    entry: compiled afresh and written over, so the run after heals the file."""
+    tree = _copy(tmp_path)
+    cache = tmp_path / "numba-cache"
+    assert _probe(tree, RECORD, cache) == "True 1 41"
+    files = sorted(cache.rglob("frame._frame-*"))
+    assert [p.suffix for p in files] == [".nbc", ".nbi"], files
+    good = {p: p.read_bytes() for p in files}
+    for path in files:
+        data = good[path]
+        flipped = bytearray(data)
+        flipped[len(data) * 3 // 4] ^= 0x10  # inside the machine code's bytes, for .nbc
+        for damaged in (b"", data[:len(data) // 2], bytes(len(data)), bytes(flipped)):
+            for p, d in good.items():
+                p.write_bytes(d)
+            path.write_bytes(damaged)
+            # No traceback, no warning: the cache is only a cache.
+            assert _probe(tree, RECORD, cache) == "True 1 41"
+            if damaged != bytes(flipped) or path.suffix == ".nbc":  # (a flipped index
+                assert path.read_bytes() != damaged  # may still read: its stamp or key off)
+            assert _probe(tree, RECORD, cache) == "True 1 41"
