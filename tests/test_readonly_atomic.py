@@ -983,6 +983,46 @@ def test_ctrl_c_inside_code_run_from_text_exits_130_under_python_m(tmp_path, mod
     assert not out.exists() and _temps(out) == []
 
 
+_STOP_IN_C_IMPORT = """
+import sys
+class Stop:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numba._devicearray":  # imported by numba._dispatcher's C code
+            sys.meta_path.remove(self)
+            import os, signal
+            os.kill(os.getpid(), signal.{sig})
+            for _ in range(100000): pass
+sys.meta_path.insert(0, Stop())
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("command", ["verify", "restore", "archive"])
+def test_a_stop_that_c_code_prints_and_replaces_is_the_stop(tmp_path, command, sig):
+    """A stop raised in Python code that C code called, which prints it (``PyErr_Print``)
+    and raises an error of its own in its place: numba's ``_dispatcher`` does so when
+    the import of ``numba._devicearray`` fails. It was a traceback of the stop, then
+    one of "ImportError: numba._devicearray failed to import", and status 1 (2 for
+    verify), once in 60 ``expire`` runs interrupted at random moments (and possible for
+    every command: Numba is imported once the command's handling is in)."""
+    wal = tmp_path / "wal"
+    write_synthetic_wal(wal, total_bytes=64 << 10, dim=4, segments=1, seed=3)
+    out = tmp_path / ("OUT.npz" if command == "restore" else "arc")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_STOP_IN_C_IMPORT.format(sig=sig.name))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(site)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    args = [str(wal)] if command == "verify" else [str(wal), "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "gpu_pitr", command, *args], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=tmp_path,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    tail = "" if command == "verify" else "; outputs not yet complete were removed"
+    assert (proc.returncode, proc.stderr) == (128 + sig, f"gpu-pitr: interrupted by {sig.name}"
+                                                         f"{tail}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "wal"]
+
+
 def _report_target(path: Path):
     import json
 
