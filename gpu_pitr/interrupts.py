@@ -166,7 +166,8 @@ def _library_call() -> Iterator[None]:
     where it lands, but inside llvmlite or Numba's cache it is raised in their caller
     (``shielded``: a notebook's kernel died by SIGSEGV there), and inside ``holding()``
     after the block held; one swallowed where it landed is raised at the next ``check``
-    or as the call returns. Anywhere else (another handler, another thread, a command's
+    or as the call returns, and for an error of unknown origin raised after it (see
+    ``handle_signals``). Anywhere else (another handler, another thread, a command's
     ``handle_signals``, a call inside a call) the block runs as it is."""
     if (_state.active or _state.library
             or threading.current_thread() is not threading.main_thread()
@@ -180,6 +181,12 @@ def _library_call() -> Iterator[None]:
         yield
         if _state.pending is not None:  # swallowed where it landed: the call stops now
             raise KeyboardInterrupt()
+    except Exception as err:
+        # As in a command (``handle_signals``): C code that printed the stop and raised
+        # an error of its own, chained to nothing (a failed import), was stopped.
+        if _state.pending is not None and stop_in(err) is None and _origin_unknown(err):
+            raise KeyboardInterrupt() from None
+        raise
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _disarm()

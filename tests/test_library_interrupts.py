@@ -141,3 +141,36 @@ def test_a_programs_own_sigint_handler_is_left_as_it_is():
         assert seen == [own] and signal.getsignal(signal.SIGINT) is own
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_in_a_library_call_an_error_out_of_nothing_after_a_ctrl_c_is_the_stop():
+    """C code that prints the stop and raises an error of its own, chained to nothing
+    (numba's ``_dispatcher`` when the import it runs fails: "ImportError:
+    numba._devicearray failed to import"), as in a command; an error raised ``from``
+    another, or with no stop recorded, stays what it is."""
+    def printed_and_replaced():
+        try:
+            _signalled()
+        except KeyboardInterrupt:
+            pass  # (printed, in C)
+        raise ImportError("numba._devicearray failed to import")
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.raises_stops(printed_and_replaced)()
+
+    def replaced_from(err_type):
+        try:
+            _signalled()
+        except KeyboardInterrupt as stop:
+            saved = stop
+        raise err_type("says what it replaces") from ValueError(str(saved))
+
+    with pytest.raises(ImportError, match="replaces"):
+        interrupts.raises_stops(replaced_from)(ImportError)
+
+    def no_stop():
+        raise ImportError("no stop came")
+
+    with pytest.raises(ImportError, match="no stop"):
+        interrupts.raises_stops(no_stop)()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
