@@ -240,43 +240,47 @@ class _Bases:
         return int(gpu_pitr.restore(wal, backend="cpu").report.records_read)
 
 
-class RestoreBase(Restore, _Bases):
+class _FromSnapshots(Restore, _Bases):
+    """A restore that reads snapshots (``flag`` PATH): as ``restore``; PATH unchanged."""
+
+    flag = ""
+
+    def _watch(self, path: Path) -> None:
+        self.watched, self.watched_tree = path, _tree(path)
+
+    def extra(self) -> list[str]:
+        return [self.flag, str(self.watched)]
+
+    def check(self, stopped: bool) -> str:
+        if _tree(self.watched) != self.watched_tree:
+            return f"{self.watched.name} changed"
+        return super().check(stopped)
+
+
+class RestoreBase(_FromSnapshots):
     """``restore WAL --base SNAP``: as ``restore``; SNAP unchanged."""
 
+    flag = "--base"
+
     def __init__(self, tmp: Path, mib: int) -> None:
         super().__init__(tmp, mib)
-        self.base = tmp / "base"
-        self._snapshot(self.wal, self.base, self._records(self.wal) // 2)
-        self.base_tree = _tree(self.base)
-
-    def extra(self) -> list[str]:
-        return ["--base", str(self.base)]
-
-    def check(self, stopped: bool) -> str:
-        if _tree(self.base) != self.base_tree:
-            return "the base snapshot changed"
-        return super().check(stopped)
+        self._snapshot(self.wal, tmp / "base", self._records(self.wal) // 2)
+        self._watch(tmp / "base")
 
 
-class RestoreSnapshots(Restore, _Bases):
+class RestoreSnapshots(_FromSnapshots):
     """``restore WAL --snapshots DIR``: as ``restore``; DIR unchanged."""
 
+    flag = "--snapshots"
+
     def __init__(self, tmp: Path, mib: int) -> None:
         super().__init__(tmp, mib)
-        self.snaps = tmp / "snaps"
-        self.snaps.mkdir()
+        snaps = tmp / "snaps"
+        snaps.mkdir()
         n = self._records(self.wal)
         for name, seq in (("s1", n // 3), ("s2", 2 * n // 3)):
-            self._snapshot(self.wal, self.snaps / name, seq)
-        self.snaps_tree = _tree(self.snaps)
-
-    def extra(self) -> list[str]:
-        return ["--snapshots", str(self.snaps)]
-
-    def check(self, stopped: bool) -> str:
-        if _tree(self.snaps) != self.snaps_tree:
-            return "the snapshots changed"
-        return super().check(stopped)
+            self._snapshot(self.wal, snaps / name, seq)
+        self._watch(snaps)
 
 
 class Snapshot(Scenario, _Bases):
