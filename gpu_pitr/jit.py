@@ -493,10 +493,10 @@ def _patch_cache_file(caching=caching) -> None:
       removed, stays as it is);
     - a damaged file is no file: an index that does not unpickle is read as none, a
       data file that does not, or whose SHA-256 (of the pickle it holds) does not
-      match, as no entry;
-      compiled afresh and written over, without a word. Numba writes a temp file and
-      renames it, with no fsync: a power cut can leave the new name on an empty or
-      short file, and a partial copy of a cache directory, a disk error, the same.
+      match, as no entry: compiled afresh and written over, without a word. Numba
+      writes a temp file and renames it, with no fsync: a power cut can leave the new
+      name on an empty or short file, and a partial copy of a cache directory, a disk
+      error, the same.
       Numba unpickled them as they were: every later process failed with a traceback
       (EOFError, UnpicklingError, UnicodeDecodeError, an LLVM bitcode error) until
       the file was removed, and a byte flipped in machine code that still unpickled
