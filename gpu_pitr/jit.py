@@ -20,7 +20,10 @@ of its own; the first index it writes removes that function's files of other dig
 entry's key and is loaded only for that key (two processes compiling two signatures
 of a function at once could each write ``.1.nbc``: ``_patch_cache_file``), and its
 SHA-256: a file a power cut left empty or short, or one damaged since, is compiled
-afresh and written over, where Numba's unpickling failed every later process.
+afresh and written over, where Numba's unpickling failed every later process. The
+digest is taken as this module is imported, and many modules are imported later: if
+the sources changed in between (an edit, an upgrade in place), what they compile is not
+what the digest stands for, and it is not cached (``sources_unchanged``).
 
 Writing the cache is best effort too: where it fails (a full disk, a file-size
 limit, a read-only tree that looked writable), Numba would fail the compile and so
@@ -324,12 +327,9 @@ def _roots() -> tuple[Path, ...]:
 _ROOTS = _roots()
 
 
-@functools.cache
-def package_digest() -> str:
-    """SHA-256 over the paths and contents of every ``.py`` file of the package, as
-    this process first sees them (its modules were loaded from those sources). Paths
-    are those inside the installed package (``kernels/decode.py``), so a source
-    checkout and a wheel of the same code have the same digest."""
+def _source_files() -> list[tuple[str, str]]:
+    """Every ``.py`` file of the package: (its path inside the installed package, its
+    path here), sorted."""
     files = []
     for root in _ROOTS:
         base = _PACKAGE if root == _PACKAGE else root.parent  # kernels/ of a checkout
@@ -339,12 +339,46 @@ def package_digest() -> str:
                 if name.endswith(".py"):
                     path = os.path.join(dirpath, name)
                     files.append((os.path.relpath(path, base), path))
+    return sorted(files)
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+# What package_digest read: each file's path and (mtime, size, inode) as it was read.
+_DIGESTED: list[tuple[str, tuple[int, int, int]]] = []
+
+
+@functools.cache
+def package_digest() -> str:
+    """SHA-256 over the paths and contents of every ``.py`` file of the package, as
+    this process first sees them (its modules were loaded from those sources). Paths
+    are those inside the installed package (``kernels/decode.py``), so a source
+    checkout and a wheel of the same code have the same digest."""
     h = hashlib.sha256()
-    for rel, path in sorted(files):
+    for rel, path in _source_files():
         h.update(rel.encode("utf-8", "surrogateescape"))
         with open(path, "rb") as f:
+            _DIGESTED.append((rel, _stat_key(os.fstat(f.fileno()))))
             h.update(hashlib.sha256(f.read()).digest())
     return h.hexdigest()
+
+
+def sources_unchanged() -> bool:
+    """Whether the package's sources are still those ``package_digest`` read: no file
+    added, removed, or changed (by its time, size or inode) since. A module imported
+    after the digest was taken (many are, lazily) was compiled from the file as it is
+    then; where that is no longer what the digest stands for (an edit, a ``git
+    checkout`` or an upgrade in place while this process ran), its machine code must not
+    go into the cache under that digest, where a process of the digested sources would
+    load it."""
+    package_digest()
+    try:
+        now = [(rel, _stat_key(os.stat(path))) for rel, path in _source_files()]
+    except OSError:
+        return False
+    return now == _DIGESTED
 
 
 def _in_package(py_file: str) -> bool:
@@ -516,7 +550,10 @@ def _patch_cache_file(caching=caching) -> None:
         return f"-{digest_tag()}.py" in getattr(self, "_index_name", "")
 
     def keyed_save(self, key, data):
-        save(self, key, (_KEYED, key, data) if ours(self) else data)
+        if not ours(self):
+            save(self, key, data)
+        elif sources_unchanged():  # else compiled from other sources: kept in memory only
+            save(self, key, (_KEYED, key, data))
 
     def keyed_load(self, key):
         data = load(self, key)

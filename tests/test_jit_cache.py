@@ -111,6 +111,37 @@ def test_a_process_killed_between_the_index_and_the_data_write_leaves_no_old_cod
     assert len(new) == 2 and not set(new) & set(old), (old, new)
 
 
+# The digest is taken (gpu_pitr.jit imported), then the sources change under the running
+# process (a checkout, an upgrade in place) before frame.py is imported and compiled.
+EDIT_AFTER_THE_DIGEST = """
+import shutil, sys
+sys.path.insert(0, sys.argv[1])
+import gpu_pitr.jit
+shutil.copyfile({edited!r}, {payload!r})
+"""
+
+
+def test_code_compiled_from_sources_changed_after_the_digest_is_not_cached(tmp_path):
+    """Modules are imported lazily, after the digest was taken: one whose sources changed
+    in between compiled the new source and cached it under the old digest, and a
+    process of the old sources then ran the new code (42, not 41). Such code is now
+    used in memory only."""
+    tree = _copy(tmp_path)
+    cache = tmp_path / "numba-cache"
+    payload = tree / "gpu_pitr" / "format" / "payload.py"
+    original = payload.read_text()
+    _edit_payload(tree)
+    edited = tmp_path / "edited.py"
+    edited.write_text(payload.read_text())
+    payload.write_text(original)
+
+    before = EDIT_AFTER_THE_DIGEST.format(edited=str(edited), payload=str(payload))
+    assert _probe(tree, RECORD, cache, before=before) == "True 1 42"  # the edited code ran
+    payload.write_text(original)  # (the same digest as the first process took)
+    assert _probe(tree, RECORD, cache) == "True 1 41"
+    assert _probe(tree, RECORD, cache) == "True 1 41"  # cached now, from these sources
+
+
 def test_only_the_functions_own_files_of_other_digests_are_pruned():
     from gpu_pitr.jit import _other_versions
 
