@@ -336,7 +336,9 @@ def _source_files() -> list[tuple[str, str]]:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if d != "__pycache__"]
             for name in filenames:
-                if name.endswith(".py"):
+                # (Not hidden ones, never a module: an editor's lock ``.#x.py``, a
+                # dangling link while the file is open, would fail the read.)
+                if name.endswith(".py") and not name.startswith("."):
                     path = os.path.join(dirpath, name)
                     files.append((os.path.relpath(path, base), path))
     return sorted(files)

@@ -336,3 +336,12 @@ def test_a_damaged_cache_file_is_compiled_afresh_not_a_crash(tmp_path):
             if damaged != bytes(flipped) or path.suffix == ".nbc":  # (a flipped index
                 assert path.read_bytes() != damaged  # may still read: its stamp or key off)
             assert _probe(tree, RECORD, cache) == "True 1 41"
+
+
+def test_a_hidden_file_in_the_package_such_as_an_editors_lock_is_not_read(tmp_path):
+    """Emacs marks a file being edited with a dangling link ``.#cli.py``: the digest read
+    it and every command failed at import (FileNotFoundError). Hidden files are never
+    modules; they are left out."""
+    tree = _copy(tmp_path)
+    (tree / "gpu_pitr" / ".#cli.py").symlink_to("user@host.1234:1700000000")
+    assert _probe(tree, RECORD, tmp_path / "numba-cache") == "True 1 41"
