@@ -22,6 +22,9 @@ from gpu_pitr.synth import write_synthetic_wal
 # A program: Ctrl-C inside the K-th callback LLVM makes as compiled code is loaded.
 _PROGRAM = """
 import os, signal, sys
+# Python's own handler, as a program started from a terminal has it (a child of a pytest
+# worker inherits SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import numba.core.codegen as codegen
 load = codegen.CPUCodeLibrary._object_getbuffer_hook.__func__
 loads = [0]
@@ -42,6 +45,15 @@ except KeyboardInterrupt:
 assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 print(len(gpu_pitr.restore({wal!r}).ids))
 """
+
+
+@pytest.fixture(autouse=True)
+def pythons_own_handler():
+    """Python's SIGINT handler for each test, as a program or a notebook has it (pytest-
+    xdist's workers run with SIGINT ignored), and the one before it back after."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="module")
