@@ -109,32 +109,57 @@ def stop_in(err: BaseException) -> BaseException | None:
       traceback and status 1, once in 300 restores interrupted at random moments).
       Not one raised ``from None``, which says it replaces what it handled.
     """
-    for _ in range(100):  # (a chain is short; this bounds a cyclic one)
-        if err is None or isinstance(err, (KeyboardInterrupt, Terminated)):
-            return err
+    if err is None:
+        return None
+    return next((e for e in _chain(err) if isinstance(e, (KeyboardInterrupt, Terminated))),
+                None)
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """``err``, then what it comes of, as ``stop_in`` follows it: a SystemError's cause,
+    else the error it was raised while handling; it ends at an error raised out of
+    nothing (no context) or at one raised ``from`` another (that says what it replaces).
+    (A chain is short; 100 bounds a cyclic one.)"""
+    for _ in range(100):
+        yield err
         if isinstance(err, SystemError) and err.__cause__ is not None:
             err = err.__cause__
-        elif err.__suppress_context__:
-            return None
+        elif err.__suppress_context__ or err.__context__ is None:
+            return
         else:
             err = err.__context__
-    return None
 
 
 def _origin_unknown(err: BaseException) -> bool:
-    """Whether ``err``'s chain, followed as ``stop_in`` does, ends in an error raised out
-    of nothing (no context, no cause): not one raised ``from`` another, which says
-    what it replaces or comes of."""
-    for _ in range(100):
-        if isinstance(err, SystemError) and err.__cause__ is not None:
-            err = err.__cause__
-        elif err.__suppress_context__:
-            return False
-        elif err.__context__ is None:
-            return True
-        else:
-            err = err.__context__
-    return False
+    """Whether ``err``'s chain (``_chain``) ends in an error raised out of nothing (no
+    context, no cause): not one raised ``from`` another, which says what it replaces or
+    comes of."""
+    *_, last = _chain(err)
+    return (last.__context__ is None and not last.__suppress_context__
+            and not (isinstance(last, SystemError) and last.__cause__ is not None))
+
+
+def _stop_of(err: Exception) -> BaseException | None:
+    """The stop to raise for ``err`` leaving a command's or a library call's block: the
+    one it comes of (``stop_in``), or the one recorded if ``err`` came out of nothing
+    before an output was put in place (C code that printed the stop and raised an error
+    of its own, chained to nothing: numba's "ImportError: numba._devicearray failed to
+    import", a traceback and status 1 once in 60 ``expire`` runs stopped at random
+    moments; the stop, asked for, ends it with nothing in place either way)."""
+    stop = stop_in(err)
+    if (stop is None and _state.pending is not None and not _state.deferring
+            and _origin_unknown(err)):
+        stop = stop_for(_state.pending)
+    return stop
+
+
+def _end_armed() -> None:
+    """No stop armed in a caller any more, and the trace function a raised one unset set
+    again (the end of a command's or a library call's block)."""
+    _disarm()
+    if _armed.unset is not None:
+        sys.settrace(_armed.unset)
+        _armed.unset = None
 
 
 def raises_stops(fn: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -182,17 +207,13 @@ def _library_call() -> Iterator[None]:
         if _state.pending is not None:  # swallowed where it landed: the call stops now
             raise KeyboardInterrupt()
     except Exception as err:
-        # As in a command (``handle_signals``): C code that printed the stop and raised
-        # an error of its own, chained to nothing (a failed import), was stopped.
-        if _state.pending is not None and stop_in(err) is None and _origin_unknown(err):
-            raise KeyboardInterrupt() from None
+        stop = _stop_of(err)  # as in a command (``handle_signals``)
+        if stop is not None:
+            raise stop from None
         raise
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        _disarm()
-        if _armed.unset is not None:
-            sys.settrace(_armed.unset)
-            _armed.unset = None
+        _end_armed()
         _state.library, _state.deferring, _state.pending = False, deferring, None
 
 
@@ -369,27 +390,16 @@ def handle_signals(*, restore: bool = True) -> Iterator[None]:
             raise stop_for(_state.pending)
     except Exception as err:
         # The handler ran inside C code (a compiled function's call) that went on and
-        # returned a result, or cut short code that then raised an error of its own:
-        # it is the stop (``stop_in``). So is an error of unknown origin once a stop
-        # was recorded and before an output was put in place (``committing``): C code
-        # may have printed the stop and raised an error of its own, chained to
-        # nothing (numba's "ImportError: numba._devicearray failed to import": a
-        # traceback and status 1 once in 60 ``expire`` runs stopped at random
-        # moments); the stop, asked for, ends the command with nothing in place
-        # either way.
-        stop = stop_in(err)
-        if (stop is None and _state.pending is not None and not _state.deferring
-                and _origin_unknown(err)):
-            stop = stop_for(_state.pending)
+        # returned a result, or cut short code that then raised an error of its own, or
+        # C code printed the stop and raised an error out of nothing: it is the stop
+        # (``_stop_of``).
+        stop = _stop_of(err)
         if stop is not None:
             raise stop from None
         raise
     finally:
         _state.deferring = True  # the command is over: a signal now changes nothing
-        _disarm()
-        if _armed.unset is not None:
-            sys.settrace(_armed.unset)
-            _armed.unset = None
+        _end_armed()
         for sig in _SIGNALS:
             signal.signal(sig, previous[sig] if restore else signal.SIG_IGN)
         sys.unraisablehook, sys.excepthook = previous_hook, previous_excepthook
