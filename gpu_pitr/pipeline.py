@@ -1522,14 +1522,12 @@ def taken_at_transaction(manifest, txn: int, exclusive: bool) -> bool:
     at the inclusive transaction target ``txn`` (``snapshot --to-transaction X``): the
     answer to that target itself (``_base_is_the_stop``; ``snapshot.choose``, before the
     snapshot is loaded)."""
-    if exclusive or not isinstance(manifest, dict):
+    if exclusive:
         return False
-    report = manifest.get("report")
-    if not isinstance(report, dict):
-        return False
-    stop = report.get("stop")
-    return (report.get("target") == {"kind": "transaction", "value": txn, "exclusive": False}
-            and isinstance(stop, dict) and stop.get("reason") == "target")
+    stop = _in_report(manifest, "stop")
+    return (_in_report(manifest, "target") == {"kind": "transaction", "value": txn,
+                                                "exclusive": False}
+            and stop is not None and stop.get("reason") == "target")
 
 
 def _gap_not_read(snap, target: dict, exclusive: bool, read_after_stop: bool) -> bool:
@@ -2247,7 +2245,12 @@ def _stored(snap, *keys) -> dict | None:
     restore that wrote it; no keys: the report itself), or None where one is missing or
     not a dict (a ``Snapshot`` given without a manifest, or an older gpu-pitr's
     report)."""
-    doc = getattr(snap, "manifest", None)
+    return _in_report(getattr(snap, "manifest", None), *keys)
+
+
+def _in_report(manifest, *keys) -> dict | None:
+    """``_stored`` of a snapshot's manifest (a dict, or anything else: None)."""
+    doc = manifest
     for key in ("report", *keys):
         doc = doc.get(key) if isinstance(doc, dict) else None
     return doc if isinstance(doc, dict) else None
