@@ -75,6 +75,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from workloads import dir_state  # noqa: E402
 
 from gpu_pitr.synth import write_synthetic_wal  # noqa: E402
 
@@ -123,16 +126,6 @@ def _snapshot_digest(path: Path) -> str:
 
     snap = snapshot.load(path)
     return _index_digest(snap.to_index()) + json.dumps(snap.position, sort_keys=True)
-
-
-def _tree(root: Path) -> dict:
-    """Every entry under ``root``: size, mtime (ns) and, for files, a hash."""
-    state = {}
-    for entry in sorted(root.rglob("*")):
-        st = entry.lstat()
-        data = hashlib.sha256(entry.read_bytes()).hexdigest() if entry.is_file() else None
-        state[str(entry.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns, data)
-    return state
 
 
 def _temps(out: Path) -> list[Path]:
@@ -246,13 +239,13 @@ class _FromSnapshots(Restore, _Bases):
     flag = ""
 
     def _watch(self, path: Path) -> None:
-        self.watched, self.watched_tree = path, _tree(path)
+        self.watched, self.watched_tree = path, dir_state(path)
 
     def extra(self) -> list[str]:
         return [self.flag, str(self.watched)]
 
     def check(self, stopped: bool) -> str:
-        if _tree(self.watched) != self.watched_tree:
+        if dir_state(self.watched) != self.watched_tree:
             return f"{self.watched.name} changed"
         return super().check(stopped)
 
@@ -509,10 +502,10 @@ class Verify(Scenario):
 
     def prepare(self, k: int) -> None:
         if self.before is None:
-            self.before = _tree(self.tmp)
+            self.before = dir_state(self.tmp)
 
     def check(self, stopped: bool) -> str:
-        return "" if _tree(self.tmp) == self.before else "the directory changed"
+        return "" if dir_state(self.tmp) == self.before else "the directory changed"
 
 
 class VerifyArchive(Verify):
